@@ -1,0 +1,39 @@
+"""Domain exceptions of the features package.
+
+Each message is one line that names the file or option at fault. ``exit_code`` is what the CLI
+exits with: 2 for bad input (the user can fix the command), 1 for failures at run time.
+"""
+
+
+class FeaturesError(Exception):
+    """Base class of every error the features package raises on purpose."""
+
+    exit_code = 2
+
+
+class UnknownBackboneError(FeaturesError):
+    """A backbone name that is not in the registry."""
+
+
+class WeightsError(FeaturesError):
+    """Weights that cannot be downloaded, found or loaded."""
+
+
+class ImageSizeError(FeaturesError):
+    """An image size the backbone cannot take."""
+
+
+class StoreError(FeaturesError):
+    """A feature cache that is missing, foreign, incomplete or of an unknown format version."""
+
+
+class StoreConfigMismatch(StoreError):
+    """An existing cache was written with a different configuration."""
+
+
+class StoreExistsError(StoreError):
+    """A finished cache exists and ``overwrite`` was not given."""
+
+
+class StoreInUseError(StoreError):
+    """Another process holds the cache file open for writing."""

@@ -1,0 +1,35 @@
+"""Domain exceptions of the pipeline package; only ``cli.py`` turns them into click errors.
+
+``exit_code`` 2 marks input the user can fix (a path, an option, a config file); 1 marks a failure
+at run time (a parity check, too many bad images).
+"""
+
+
+class HeadstartError(Exception):
+    """Base class of every error the pipeline raises on purpose."""
+
+    exit_code = 2
+
+
+class OptionError(HeadstartError):
+    """An option value or combination of options that cannot work."""
+
+
+class DataError(HeadstartError):
+    """A source, split spec or image that cannot be read."""
+
+
+class RunDirError(HeadstartError):
+    """A run directory that is missing, foreign, incomplete or would be overwritten."""
+
+
+class TooManyBadImages(HeadstartError):
+    """More images were skipped than ``--max-bad`` allows, or one was bad under ``--strict``."""
+
+    exit_code = 1
+
+
+class ParityError(HeadstartError):
+    """The assembled model disagrees with the head on cached features."""
+
+    exit_code = 1
