@@ -1,0 +1,143 @@
+"""Typed configs: the one source of defaults for every stage.
+
+The CLI reads its option defaults from these dataclasses, and every output directory or cache gets
+the resolved config written next to it (``config.json`` / HDF5 attributes), so a run can be
+reproduced from what it left behind. Defaults reproduce the Keras "transfer learning &
+fine-tuning" guide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import OptionError
+
+#: The guide's splits of ``tfds:cats_vs_dogs`` (it only has a ``train`` split upstream).
+CATS_VS_DOGS_SPLITS = {
+    "train": "train[:40%]",
+    "validation": "train[40%:50%]",
+    "test": "train[50%:60%]",
+}
+DEFAULT_AUGMENT = "flip,rotate=0.1"
+
+
+@dataclass
+class ExtractConfig:
+    """What ``extract-features`` needs; everything that shapes the cached features."""
+
+    source: str = ""
+    out: str = ""
+    backbone: str = "xception"
+    weights: str = "imagenet"
+    alpha: float | None = None
+    image_size: int = 150
+    pooling: str = "avg"
+    dtype: str = "float32"
+    batch_size: int = 64
+    splits: tuple[str, ...] = ("train", "validation", "test")
+    split_specs: dict[str, str] = field(default_factory=dict)
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_bad: int | None = None
+    strict: bool = False
+    augment_views: int = 0
+    augment: str = DEFAULT_AUGMENT
+    seed: int = 0
+    overwrite: bool = False
+
+
+@dataclass
+class HeadConfig:
+    """What ``train-head`` needs."""
+
+    features: str = ""
+    out: str = ""
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 64
+    dropout: float = 0.2
+    patience: int = 3
+    seed: int = 0
+    deterministic: bool = False
+    memory_limit_mb: int = 2048
+    overwrite: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    """What ``finetune`` needs; backbone, size, pooling and classes come from the head run."""
+
+    source: str = ""
+    head: str | None = None
+    out: str = ""
+    epochs: int = 10
+    lr: float = 1e-5
+    batch_size: int = 32
+    head_epochs: int = 20
+    head_lr: float = 1e-3
+    head_batch_size: int = 64
+    unfreeze: str = "all"
+    augment: str = DEFAULT_AUGMENT
+    patience: int = 3
+    seed: int = 0
+    parity_samples: int = 16
+    resume: bool = False
+    export: tuple[str, ...] = ()
+    overwrite: bool = False
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Returns a JSON-ready dict of a config dataclass (tuples become lists)."""
+    out = {}
+    for key, value in dataclasses.asdict(config).items():
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_from_dict(cls: type, values: dict[str, Any], *, origin: str = "config") -> Any:
+    """Builds a config dataclass from a dict, refusing unknown keys and wrong types.
+
+    Args:
+        cls: one of the config dataclasses.
+        values: key → value, e.g. parsed from TOML or JSON.
+        origin: names the file or place the values came from, for the error message.
+
+    Raises:
+        OptionError: an unknown key or a value of the wrong type.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise OptionError(f"{origin}: unknown key '{key}' (known: {', '.join(sorted(fields))})")
+        default = getattr(cls(), key)
+        kwargs[key] = _coerce(value, default, f"{origin}: key '{key}'")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    # Type checks follow the default's type, so the dataclass stays the only place types live.
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise OptionError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, tuple):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif isinstance(default, dict):
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
+    raise OptionError(f"{where} must be of type {type(default).__name__}, got {value!r}")
