@@ -37,3 +37,9 @@ class StoreExistsError(StoreError):
 
 class StoreInUseError(StoreError):
     """Another process holds the cache file open for writing."""
+
+
+class BadImagesError(FeaturesError):
+    """More images were skipped than ``--max-bad`` allows, or one was bad under ``--strict``."""
+
+    exit_code = 1

@@ -1,7 +1,7 @@
 """Domain exceptions of the pipeline package; only ``cli.py`` turns them into click errors.
 
 ``exit_code`` 2 marks input the user can fix (a path, an option, a config file); 1 marks a failure
-at run time (a parity check, too many bad images).
+at run time (a parity check).
 """
 
 
@@ -21,12 +21,6 @@ class DataError(HeadstartError):
 
 class RunDirError(HeadstartError):
     """A run directory that is missing, foreign, incomplete or would be overwritten."""
-
-
-class TooManyBadImages(HeadstartError):
-    """More images were skipped than ``--max-bad`` allows, or one was bad under ``--strict``."""
-
-    exit_code = 1
 
 
 class ParityError(HeadstartError):

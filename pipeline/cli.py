@@ -1,0 +1,145 @@
+"""The ``headstart`` command line: parse options → one library call → print.
+
+Nothing here imports TensorFlow at module level, so ``headstart --help`` stays fast; each command
+imports its library module when it runs. Library errors are domain exceptions (``HeadstartError``,
+``FeaturesError``) and only this file turns them into click errors, with their exit code (2 for
+input the user can fix).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from features.errors import FeaturesError
+from pipeline.config import ExtractConfig, config_to_dict
+from pipeline.errors import HeadstartError
+
+_EXTRACT = ExtractConfig()
+
+
+class _CliError(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _library_call(fn):
+    """Turns domain exceptions into one-line click errors; Ctrl-C into a resume hint."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (HeadstartError, FeaturesError) as exc:
+            raise _CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                            getattr(exc, "exit_code", 2)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted; run the same command again to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _quiet_tensorflow() -> None:
+    # TF's C++ start-up chatter drowns the one-line output users read; keep warnings and errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="headstart")
+def main() -> None:
+    """Transfer learning for image classifiers.
+
+    Fast path: `extract-features` caches a frozen ImageNet backbone's features once, then
+    `train-head` trains the classifier head on the cache in seconds. End-to-end path: `finetune`
+    rebuilds the full model around the trained head and fine-tunes it with BatchNorm kept frozen.
+    """
+    _quiet_tensorflow()
+
+
+@main.command("extract-features")
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write, e.g. features.h5.")
+@click.option("--backbone", default=_EXTRACT.backbone, show_default=True,
+              help="Backbone from the registry: xception, mobilenet, mobilenet_v2, resnet50, efficientnetv2_b0.")
+@click.option("--weights", default=_EXTRACT.weights, show_default=True,
+              help="'imagenet' (downloaded once by Keras), 'none' (random), or a local .h5/.weights.h5 file.")
+@click.option("--alpha", type=float, default=None, help="Width multiplier for mobilenet and mobilenet_v2.")
+@click.option("--image-size", type=int, default=_EXTRACT.image_size, show_default=True, help="Square input size in pixels.")
+@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=_EXTRACT.pooling, show_default=True,
+              help="Pool the feature map (avg, max) or keep it spatial (none).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=_EXTRACT.dtype, show_default=True,
+              help="Storage type of the cached features.")
+@click.option("--batch-size", type=int, default=_EXTRACT.batch_size, show_default=True, help="Images per forward pass.")
+@click.option("--splits", default=",".join(_EXTRACT.splits), show_default=True, help="Comma-separated splits to extract.")
+@click.option("--split", "split_specs", multiple=True, metavar="NAME=SPEC",
+              help="Override a split: TFDS slicing (train=train[:80%]); repeatable.")
+@click.option("--validation-fraction", type=float, default=_EXTRACT.validation_fraction, show_default=True,
+              help="Share of a single class-folder tree held out for validation (stable hash of the path).")
+@click.option("--test-fraction", type=float, default=_EXTRACT.test_fraction, show_default=True,
+              help="Share of a single class-folder tree held out for testing.")
+@click.option("--max-bad", type=int, default=None, help="Fail when more than this many images are skipped (default: any).")
+@click.option("--strict", is_flag=True, help="Fail on the first bad image, before writing any features.")
+@click.option("--augment-views", type=int, default=_EXTRACT.augment_views, show_default=True,
+              help="Extra augmented views stored per training image, for augmentation on the fast path.")
+@click.option("--augment", default=_EXTRACT.augment, show_default=True, help="Augmentation for --augment-views.")
+@click.option("--seed", type=int, default=_EXTRACT.seed, show_default=True, help="Seed of the augmented views.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing cache written with another configuration.")
+@click.option("--quiet", is_flag=True, help="Print only the final summary.")
+@_library_call
+def extract_features_command(source, out, splits, split_specs, quiet, **options):
+    """Run a frozen backbone over SOURCE once and cache its features in HDF5.
+
+    SOURCE is `tfds:NAME` (e.g. tfds:cats_vs_dogs) or a folder of class folders, optionally split
+    into train/, validation/ and test/. A killed run resumes when started again with the same
+    command.
+    """
+    from pipeline.data import parse_split_option
+    from pipeline.extraction import extract_features
+    from pipeline.progress import ProgressLine
+
+    config = ExtractConfig(source=source, out=out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+                           split_specs=parse_split_option(split_specs), **options)
+    lines: dict[str, ProgressLine] = {}
+
+    def on_progress(p):
+        line = lines.setdefault(p.split, ProgressLine(f"extract {p.split}", quiet=quiet))
+        line.update(p.done, p.total, p.images_per_second)
+
+    try:
+        summary = extract_features(config, on_progress=on_progress,
+                                   log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    finally:
+        for line in lines.values():
+            line.close()
+    if summary.already_complete:
+        click.echo(f"{summary.path}: already complete")
+        return
+    for split, info in summary.splits.items():
+        click.echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped, "
+                   f"{info['images_per_second']:.1f} images/s")
+    for split, key, reason in summary.skipped:
+        click.echo(f"skipped [{split}] {key}: {reason}")
+    click.echo(f"wrote {summary.path} ({summary.backbone['backbone']}, {len(summary.class_names)} classes, "
+               f"{summary.seconds:.1f} s)")
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_library_call
+def inspect_command(path, as_json):
+    """Show what a feature cache holds: provenance, splits, class balance, skipped files."""
+    from pipeline.inspection import inspect_path, format_inspection
+
+    info = inspect_path(path)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

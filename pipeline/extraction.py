@@ -1,0 +1,226 @@
+"""``extract-features``: resolve the source, build the frozen extractor, fill the feature cache."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import ExtractConfig, config_to_dict
+from pipeline.errors import OptionError
+
+POOLINGS = ("avg", "max", "none")
+DTYPES = ("float16", "float32")
+
+
+@dataclass
+class ExtractSummary:
+    """What an extraction produced, for the CLI to print."""
+
+    path: str
+    already_complete: bool
+    backbone: dict
+    class_names: list[str]
+    splits: dict[str, dict] = field(default_factory=dict)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (split, key, reason)
+    seconds: float = 0.0
+
+
+def validate_extract_config(config: ExtractConfig) -> None:
+    """Checks option values that need no TensorFlow, so bad input fails fast.
+
+    Raises:
+        OptionError: naming the option at fault.
+    """
+    if not config.source:
+        raise OptionError("SOURCE is required")
+    if not config.out:
+        raise OptionError("--out is required")
+    if config.pooling not in POOLINGS:
+        raise OptionError(f"--pooling must be one of {', '.join(POOLINGS)}, got '{config.pooling}'")
+    if config.dtype not in DTYPES:
+        raise OptionError(f"--dtype must be one of {', '.join(DTYPES)}, got '{config.dtype}'")
+    if config.batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.augment_views < 0:
+        raise OptionError(f"--augment-views must be 0 or more, got {config.augment_views}")
+    if config.max_bad is not None and config.max_bad < 0:
+        raise OptionError(f"--max-bad must be 0 or more, got {config.max_bad}")
+    if not config.splits:
+        raise OptionError("--splits must name at least one split")
+    for name in ("validation_fraction", "test_fraction"):
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            raise OptionError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+    if config.validation_fraction + config.test_fraction >= 1.0:
+        raise OptionError("--validation-fraction plus --test-fraction must leave some training data")
+    out = Path(config.out)
+    if out.exists() and out.is_dir():
+        raise OptionError(f"--out {out} is a directory; give a file name such as features.h5")
+    if not out.parent.exists():
+        raise OptionError(f"--out {out}: folder {out.parent} does not exist")
+
+
+def extract_features(
+    config: ExtractConfig,
+    *,
+    on_progress: Callable | None = None,
+    log: Callable[[str], None] = print,
+) -> ExtractSummary:
+    """Runs the frozen backbone over every requested split and writes the feature cache.
+
+    A killed run started again with the same config resumes from the last committed batch; a
+    finished cache with the same config is left as it is.
+
+    Args:
+        config: the resolved extraction options.
+        on_progress: called with a ``features.extract.Progress`` after each committed batch.
+        log: where one-line status messages go.
+
+    Returns:
+        An ExtractSummary.
+
+    Raises:
+        OptionError, DataError: bad options or source. FeaturesError subclasses: backbone, weights,
+        cache and bad-image failures.
+    """
+    validate_extract_config(config)
+    from features.backbones import build_extractor, check_image_size, get_backbone_spec
+    from features.errors import BadImagesError
+    from features.extract import extract_split, find_bad_images
+    from features.store import create_or_resume
+    from pipeline.data import resolve_source
+
+    get_backbone_spec(config.backbone)
+    check_image_size(config.backbone, config.image_size)
+    source = resolve_source(config.source, split_specs=config.split_specs,
+                            validation_fraction=config.validation_fraction,
+                            test_fraction=config.test_fraction)
+    splits = _select_splits(config, source.split_names)
+
+    if config.strict:
+        # --strict promises that nothing is written when any image is bad, so look first.
+        for split in splits:
+            bad = find_bad_images(source.dataset(split, config.image_size), batch_size=config.batch_size)
+            if bad:
+                key, reason = bad[0]
+                raise BadImagesError(f"{_describe_key(source, key)}: {reason} (--strict; "
+                                     f"{len(bad)} bad in split '{split}')")
+
+    extractor, info = build_extractor(config.backbone, weights=config.weights,
+                                      image_size=config.image_size, alpha=config.alpha,
+                                      pooling=config.pooling)
+    augment = None
+    if config.augment_views:
+        from pipeline.augment import build_augmentation
+
+        augment = build_augmentation(config.augment, seed=config.seed)
+
+    writer = create_or_resume(
+        config.out,
+        config=_cache_config(config, info.to_dict(), source, splits),
+        provenance=_provenance(config),
+        class_names=list(source.class_names),
+        splits=splits,
+        feature_shape=tuple(info.feature_shape),
+        dtype=config.dtype,
+        views=config.augment_views,
+        overwrite=config.overwrite,
+    )
+    summary = ExtractSummary(path=config.out, already_complete=writer.complete,
+                             backbone=info.to_dict(), class_names=list(source.class_names))
+    if writer.complete:
+        log(f"{config.out} is already complete with this configuration; nothing to do")
+        return summary
+
+    start = time.perf_counter()
+    finished = False
+    try:
+        bad = 0
+        for split in splits:
+            consumed, _ = writer.progress(split)
+            if consumed and not writer.is_done(split):
+                log(f"resuming split '{split}' after {consumed} images")
+            report = extract_split(
+                writer, split, source.dataset(split, config.image_size), extractor,
+                batch_size=config.batch_size, total=source.count(split),
+                augment=augment if split == "train" else None,
+                views=config.augment_views if split == "train" else 0,
+                seed=config.seed, max_bad=config.max_bad, bad_so_far=bad,
+                on_progress=on_progress,
+            )
+            bad += len(report.skipped)
+            summary.splits[split] = {"rows": report.rows, "skipped": len(report.skipped),
+                                     "images_per_second": round(report.images_per_second, 2)}
+            summary.skipped.extend((split, k, r) for k, r in report.skipped)
+        summary.seconds = time.perf_counter() - start
+        writer.finalize({"extract_seconds": round(summary.seconds, 3)})
+        finished = True
+    finally:
+        if not finished:
+            writer.close()
+    return summary
+
+
+def _select_splits(config: ExtractConfig, available: list[str]) -> list[str]:
+    requested = list(config.splits)
+    missing = [s for s in requested if s not in available]
+    if missing and tuple(requested) == ExtractConfig().splits:
+        # The default asks for all three; a source without a test split simply has none.
+        requested = [s for s in requested if s in available]
+        missing = []
+    if missing:
+        raise OptionError(f"--splits: source has no split {', '.join(repr(m) for m in missing)} "
+                          f"(it has {', '.join(available) or 'none'})")
+    if "train" not in requested:
+        # Allowed (e.g. features for evaluation only); train-head will refuse such a cache.
+        pass
+    return requested
+
+
+def _cache_config(config: ExtractConfig, backbone: dict, source, splits: list[str]) -> dict:
+    # Everything that changes the cached numbers, and nothing else: resuming with another
+    # --batch-size or --max-bad is fine, another backbone or image size is not.
+    described = source.describe()
+    return {
+        "backbone": backbone["backbone"],
+        "alpha": backbone["alpha"],
+        "weights": backbone["weights"],
+        "weights_fingerprint": backbone["weights_fingerprint"],
+        "image_size": config.image_size,
+        "pooling": config.pooling,
+        "preprocessing": backbone["preprocessing"],
+        "feature_shape": list(backbone["feature_shape"]),
+        "dtype": config.dtype,
+        "class_names": list(source.class_names),
+        "source": described,
+        "splits": splits,
+        "augment_views": config.augment_views,
+        "augment": config.augment if config.augment_views else None,
+        "seed": config.seed if config.augment_views else None,
+    }
+
+
+def _provenance(config: ExtractConfig) -> dict:
+    import h5py
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    from pipeline import __version__
+
+    return {
+        "headstart": __version__,
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "h5py": h5py.__version__,
+                     "numpy": numpy.__version__},
+        "command_config": config_to_dict(config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _describe_key(source, key: str) -> str:
+    root = source.describe().get("root")
+    return str(Path(root) / key) if root else key
