@@ -1,0 +1,410 @@
+"""Backbone registry, weights loading and the frozen feature extractor.
+
+An extractor is one functional Keras model that takes raw images and returns features:
+
+    image (B, S, S, 3) float32, 0–255 ─▶ "preprocessing" ─▶ "backbone" ─▶ "pooling" ─▶ (B, C) or (B, h, w, C)
+
+Preprocessing lives inside the model and is built from built-in Keras layers only, so a saved
+``.keras`` file reloads with ``keras.saving.load_model`` in safe mode, without custom objects, and
+nobody re-implements preprocessing elsewhere. The three layers are named so callers can
+``get_layer`` them (fine-tuning unfreezes ``get_layer("backbone")`` only, never the whole model:
+the "caffe" preprocessing is a frozen Conv2D that a model-wide ``trainable = True`` would thaw).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import random
+import socket
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import keras
+import numpy as np
+
+from features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
+
+DEFAULT_BACKBONE = "xception"
+POOLINGS = ("avg", "max", "none")
+
+#: ImageNet channel means in BGR order, as ``keras.applications.imagenet_utils`` subtracts them.
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+#: Width multipliers that have published ImageNet weights (the constructors refuse others).
+_IMAGENET_ALPHAS = {
+    "mobilenet": (0.25, 0.5, 0.75, 1.0),
+    "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+}
+
+#: Keras initializers without a seed draw one from Python's `random`; seeding it (and only it,
+#: restored afterwards) makes "--weights none" the same weights in every build and process, so
+#: its fingerprint is stable and a cache built with it can be resumed.
+_NONE_INIT_SEED = 1234
+
+#: Seconds any one socket operation of a weights download may stall before it fails, so a
+#: firewalled machine gets a WeightsError instead of hanging.
+_DOWNLOAD_SOCKET_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry.
+
+    Attributes:
+        name: registry key, e.g. "xception".
+        application: ``keras.applications`` attribute, e.g. "Xception".
+        preprocessing: "tf" (scale to [-1, 1]), "caffe" (RGB→BGR, ImageNet mean subtracted) or
+            "none" (the application model normalises raw 0–255 input itself).
+        min_size: smallest ``--image-size`` the application accepts.
+        takes_alpha: whether ``--alpha`` (width multiplier) applies.
+    """
+
+    name: str
+    application: str
+    preprocessing: str
+    min_size: int
+    takes_alpha: bool
+
+
+# Minimum sizes are those keras.applications enforces via obtain_input_shape(min_size=…).
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec("xception", "Xception", "tf", 71, False),
+        BackboneSpec("mobilenet", "MobileNet", "tf", 32, True),
+        BackboneSpec("mobilenet_v2", "MobileNetV2", "tf", 32, True),
+        BackboneSpec("resnet50", "ResNet50", "caffe", 32, False),
+        BackboneSpec("efficientnetv2_b0", "EfficientNetV2B0", "none", 32, False),
+    )
+}
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What an extractor is, for cache provenance and config comparison.
+
+    Attributes:
+        backbone: registry key.
+        alpha: width multiplier actually used (1.0 when not given) for backbones that take one,
+            else None.
+        weights: "imagenet", "none" or the weights file's absolute path.
+        weights_fingerprint: ``fingerprint_weights`` of the backbone model (preprocessing and
+            pooling excluded: they carry no learned weights).
+        image_size: S of the (S, S, 3) input.
+        pooling: "avg", "max" or "none".
+        preprocessing: the spec's preprocessing kind.
+        feature_shape: per-image output shape, (C,) when pooled, (h, w, C) otherwise.
+    """
+
+    backbone: str
+    alpha: float | None
+    weights: str
+    weights_fingerprint: str
+    image_size: int
+    pooling: str
+    preprocessing: str
+    feature_shape: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        """Returns a JSON-ready dict (``feature_shape`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["feature_shape"] = [int(n) for n in self.feature_shape]
+        return d
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """Returns the registry entry for ``name``.
+
+    Raises:
+        UnknownBackboneError: ``name`` is not registered; the message lists the valid names.
+    """
+    try:
+        return BACKBONES[name]
+    except (KeyError, TypeError):
+        raise UnknownBackboneError(
+            f"--backbone: unknown backbone {name!r} (choose from {', '.join(BACKBONES)})"
+        ) from None
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    """Checks that ``image_size`` is a whole number of pixels the backbone accepts.
+
+    Raises:
+        UnknownBackboneError: unknown ``name``.
+        ImageSizeError: not an int, or smaller than the backbone's minimum.
+    """
+    spec = get_backbone_spec(name)
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
+        raise ImageSizeError(f"--image-size must be a whole number of pixels, got {image_size!r}")
+    if image_size < spec.min_size:
+        raise ImageSizeError(
+            f"--image-size {image_size} is too small for backbone '{name}' (minimum {spec.min_size})"
+        )
+
+
+def build_base(name: str, *, weights: str, image_size: int, alpha: float | None = None) -> keras.Model:
+    """Builds the application model without its classifier, named "backbone".
+
+    Args:
+        name: registry key.
+        weights: "imagenet" (download, or Keras's cache in ~/.keras/models); "none" (random init,
+            the same in every build, so its fingerprint is stable; the caller's random state is
+            neither used nor changed); or a path to a ``.h5`` / ``.hdf5`` / ``.weights.h5`` file
+            for this architecture.
+        image_size: S; input is (S, S, 3) in what the spec's preprocessing produces.
+        alpha: width multiplier for backbones that take one (None → 1.0).
+
+    Returns:
+        Functional model (B, S, S, 3) → (B, h, w, C), ``include_top=False``, ``pooling=None``.
+
+    Raises:
+        UnknownBackboneError, ImageSizeError, FeaturesError (``--alpha`` misuse), WeightsError.
+    """
+    spec = get_backbone_spec(name)
+    check_image_size(name, image_size)
+    alpha = _resolve_alpha(spec, alpha)
+    kind, path = _resolve_weights(weights)
+    if kind == "imagenet" and spec.takes_alpha and alpha not in _IMAGENET_ALPHAS[name]:
+        raise WeightsError(
+            f"--weights imagenet: no ImageNet weights for {name} --alpha {alpha:g} (available: "
+            f"{', '.join(f'{a:g}' for a in _IMAGENET_ALPHAS[name])}); use one of those, "
+            "--weights none, or --weights PATH"
+        )
+
+    # No name= here: EfficientNetV2 looks its block layout and weights file up by its own name.
+    kwargs: dict = {"include_top": False, "input_shape": (image_size, image_size, 3)}
+    if spec.takes_alpha:
+        kwargs["alpha"] = alpha
+    if spec.preprocessing == "none":
+        # EfficientNetV2 normalises raw 0–255 input itself; that is what "none" relies on.
+        kwargs["include_preprocessing"] = True
+    constructor = getattr(keras.applications, spec.application)
+
+    if kind == "imagenet":
+        base = _build_imagenet(constructor, name, kwargs)
+    else:
+        with _fixed_python_random(_NONE_INIT_SEED):
+            base = constructor(weights=None, **kwargs)
+        if kind == "file":
+            _load_weights_file(base, path, name, alpha)
+    base.name = "backbone"
+    return base
+
+
+def build_preprocessing(name: str) -> keras.layers.Layer:
+    """Returns the layer that maps raw images to what the backbone expects, named "preprocessing".
+
+    Built-in layers only (no Lambda, no custom class), so models containing it save and reload in
+    safe mode. Computed in float32 even under a mixed-precision policy: the caffe mean subtraction
+    would lose a pixel level in float16.
+
+    Args:
+        name: registry key.
+
+    Returns:
+        Layer (B, S, S, 3) float 0–255 → (B, S, S, 3): "tf" → [-1, 1]; "caffe" → BGR minus the
+        ImageNet mean; "none" → unchanged.
+    """
+    kind = get_backbone_spec(name).preprocessing
+    if kind == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing", dtype="float32")
+    if kind == "caffe":
+        return _caffe_layer()
+    return keras.layers.Identity(name="preprocessing", dtype="float32")
+
+
+def build_pooling(pooling: str) -> keras.layers.Layer | None:
+    """Returns the pooling layer named "pooling" for "avg" / "max", or None for "none".
+
+    Raises:
+        FeaturesError: any other value; the message lists the valid ones.
+    """
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="pooling")
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="pooling")
+    if pooling == "none":
+        return None
+    raise FeaturesError(f"--pooling: unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})")
+
+
+def build_extractor(
+    name: str,
+    *,
+    weights: str,
+    image_size: int,
+    alpha: float | None = None,
+    pooling: str = "avg",
+) -> tuple[keras.Model, BackboneInfo]:
+    """Builds the frozen feature extractor and describes it.
+
+    Args:
+        name: registry key.
+        weights: "imagenet", "none" or a weights file path (see ``build_base``).
+        image_size: S.
+        alpha: width multiplier for mobilenet / mobilenet_v2.
+        pooling: "avg", "max" or "none".
+
+    Returns:
+        (extractor, info). extractor: (B, S, S, 3) raw 0–255 float32 → (B, C) when pooled, else
+        (B, h, w, C); layers "preprocessing", "backbone" and "pooling" (an Identity for "none") are
+        reachable with ``get_layer``; the backbone is frozen (``trainable=False``).
+
+    Raises:
+        UnknownBackboneError, ImageSizeError, FeaturesError, WeightsError.
+    """
+    spec = get_backbone_spec(name)
+    # Cheap checks first, so a typo never waits for a download or a big model to build.
+    check_image_size(name, image_size)
+    resolved_alpha = _resolve_alpha(spec, alpha)
+    pool = build_pooling(pooling)
+    kind, path = _resolve_weights(weights)
+
+    base = build_base(name, weights=weights, image_size=image_size, alpha=alpha)
+    base.trainable = False
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
+    x = build_preprocessing(name)(inputs)
+    x = base(x)
+    # An Identity keeps get_layer("pooling") valid whatever the pooling.
+    x = (pool or keras.layers.Identity(name="pooling"))(x)
+    extractor = keras.Model(inputs, x, name=f"{name}_extractor")
+
+    info = BackboneInfo(
+        backbone=name,
+        alpha=resolved_alpha,
+        weights=path if kind == "file" else kind,
+        weights_fingerprint=fingerprint_weights(base),
+        image_size=int(image_size),
+        pooling=pooling,
+        preprocessing=spec.preprocessing,
+        feature_shape=tuple(int(n) for n in extractor.output.shape[1:]),
+    )
+    return extractor, info
+
+
+def fingerprint_weights(model: keras.Model) -> str:
+    """Hashes every weight array of ``model``, in ``model.weights`` order.
+
+    Shapes, dtypes and bytes are hashed, names are not: Keras numbers auto-named layers per
+    process, so the same weights would otherwise fingerprint differently in two builds.
+
+    Returns:
+        sha256 hex digest (64 characters).
+    """
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        # Variable.numpy(), not np.asarray(variable): the latter warns once per array under NumPy 2.
+        array = np.ascontiguousarray(variable.numpy())
+        digest.update(f"{array.shape}|{array.dtype.str}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+# ── helpers ──────────────────────────────────────────────────────────────────────────────────
+
+
+def _resolve_alpha(spec: BackboneSpec, alpha: float | None) -> float | None:
+    # A canonical value (1.0, not None) so that caches built with and without an explicit
+    # --alpha 1.0 compare equal.
+    if not spec.takes_alpha:
+        if alpha is not None:
+            takers = ", ".join(s.name for s in BACKBONES.values() if s.takes_alpha)
+            raise FeaturesError(f"--alpha applies only to {takers}, not to backbone '{spec.name}'")
+        return None
+    if alpha is None:
+        return 1.0
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise FeaturesError(f"--alpha must be a number > 0, got {alpha!r}")
+    return float(alpha)
+
+
+def _resolve_weights(weights: str | None) -> tuple[str, str | None]:
+    """Returns ("imagenet" | "none" | "file", absolute path or None); checks that a file exists."""
+    if weights is None or weights == "none":
+        return "none", None
+    if weights == "imagenet":
+        return "imagenet", None
+    path = os.path.abspath(os.path.expanduser(str(weights)))
+    if not os.path.exists(path):
+        raise WeightsError(f"--weights: file {path} does not exist (or use 'imagenet' or 'none')")
+    if not os.path.isfile(path):
+        raise WeightsError(f"--weights: {path} is not a file")
+    if not path.endswith((".h5", ".hdf5")):
+        raise WeightsError(f"--weights: {path} is not a .h5, .hdf5 or .weights.h5 weights file")
+    return "file", path
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    # urlretrieve has no timeout of its own; only tighten a default nobody else has set.
+    previous = socket.getdefaulttimeout()
+    if previous is None:
+        socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        if previous is None:
+            socket.setdefaulttimeout(None)
+
+
+@contextlib.contextmanager
+def _fixed_python_random(seed: int) -> Iterator[None]:
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def _keras_cache_dir() -> str:
+    return os.path.join(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")), "models")
+
+
+def _build_imagenet(constructor, name: str, kwargs: dict) -> keras.Model:
+    with warnings.catch_warnings():
+        # No-top weights hold only convolutions, so the 224 px file is right at any input size.
+        warnings.filterwarnings("ignore", message=".*input_shape. is undefined or non-square")
+        try:
+            with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT):
+                return constructor(weights="imagenet", **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception("URL fetch failure …")
+            raise WeightsError(
+                f"--weights imagenet: cannot get ImageNet weights for {name} ({_one_line(exc)}); "
+                f"pass --weights PATH to a local .h5 file, or put Keras's file in {_keras_cache_dir()}"
+            ) from exc
+
+
+def _load_weights_file(model: keras.Model, path: str, name: str, alpha: float | None) -> None:
+    what = name if alpha is None else f"{name} alpha {alpha:g}"
+    with warnings.catch_warnings():
+        # A mismatched .weights.h5 emits one warning per layer before the ValueError we report.
+        warnings.simplefilter("ignore")
+        try:
+            model.load_weights(path)
+        except Exception as exc:  # noqa: BLE001 - h5py OSError, Keras ValueError/KeyError, …
+            raise WeightsError(
+                f"--weights: {path} does not fit backbone {what}: {_one_line(exc)}"
+            ) from exc
+
+
+def _caffe_layer() -> keras.layers.Layer:
+    """A frozen 1×1 Conv2D computing BGR − mean from RGB; (B, S, S, 3) → (B, S, S, 3)."""
+    layer = keras.layers.Conv2D(3, 1, name="preprocessing", trainable=False, dtype="float32")
+    layer.build((None, None, None, 3))
+    # kernel[0, 0, i, o] = 1 where input channel i (RGB) feeds output channel o (BGR).
+    kernel = np.zeros((1, 1, 3, 3), dtype=np.float32)
+    for rgb, bgr in ((0, 2), (1, 1), (2, 0)):
+        kernel[0, 0, rgb, bgr] = 1.0
+    bias = -np.asarray(_CAFFE_BGR_MEAN, dtype=np.float32)
+    layer.set_weights([kernel, bias])
+    return layer
