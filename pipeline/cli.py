@@ -16,10 +16,11 @@ import sys
 import click
 
 from features.errors import FeaturesError
-from pipeline.config import ExtractConfig, config_to_dict
+from pipeline.config import ExtractConfig, HeadConfig
 from pipeline.errors import HeadstartError
 
 _EXTRACT = ExtractConfig()
+_HEAD = HeadConfig()
 
 
 class _CliError(click.ClickException):
@@ -129,12 +130,41 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
                f"{summary.seconds:.1f} s)")
 
 
+@main.command("train-head")
+@click.argument("features", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--epochs", type=int, default=_HEAD.epochs, show_default=True, help="Most epochs; early stopping may end sooner.")
+@click.option("--lr", type=float, default=_HEAD.lr, show_default=True, help="Adam learning rate.")
+@click.option("--batch-size", type=int, default=_HEAD.batch_size, show_default=True, help="Rows per step.")
+@click.option("--dropout", type=float, default=_HEAD.dropout, show_default=True, help="Dropout before the Dense layer.")
+@click.option("--patience", type=int, default=_HEAD.patience, show_default=True,
+              help="Epochs without a better validation loss before stopping (best weights restored).")
+@click.option("--seed", type=int, default=_HEAD.seed, show_default=True, help="Seed of initialisation, shuffling and view sampling.")
+@click.option("--deterministic", is_flag=True, help="Bit-identical results for the same seed (slower ops).")
+@click.option("--memory-limit-mb", type=int, default=_HEAD.memory_limit_mb, show_default=True,
+              help="Load features into memory up to this size; stream them from HDF5 beyond it.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--quiet", is_flag=True, help="Print only the final summary.")
+@_library_call
+def train_head_command(features, out, quiet, **options):
+    """Train the classifier head on a feature cache (seconds, not minutes).
+
+    FEATURES is a cache written by extract-features. The run directory gets head.keras,
+    run.json (config and the cache's provenance), metrics.json, history.csv and curves.png.
+    """
+    from pipeline.train import train_head
+
+    result = train_head(HeadConfig(features=features, out=out, **options),
+                        log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    click.echo(result.summary)
+
+
 @main.command("inspect")
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_library_call
 def inspect_command(path, as_json):
-    """Show what a feature cache holds: provenance, splits, class balance, skipped files."""
+    """Show what a feature cache or run directory holds: provenance, splits, classes, scores."""
     from pipeline.inspection import inspect_path, format_inspection
 
     info = inspect_path(path)

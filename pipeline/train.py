@@ -1,0 +1,344 @@
+"""``train-head``: train the classifier head on a feature cache and write the run directory.
+
+Why a hand-written epoch loop rather than ``model.fit``: the batches must be exactly the same
+whether the features sit in memory or stream from HDF5, and for augmented caches each epoch draws
+one view per image from a seeded plan. Feeding ``train_on_batch`` from ``pipeline.head_data`` keeps
+that in plain NumPy, with no generator adapter reordering or prefetching across epochs. Early
+stopping follows ``keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=True)``:
+an epoch improves when its validation loss is strictly lower than the best so far; training stops
+after ``patience`` epochs without improvement, and the best epoch's weights are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from pipeline.config import HeadConfig, config_to_dict
+from pipeline.errors import DataError, OptionError
+from pipeline.head_data import FeatureRows, shuffle_geometry, split_nbytes
+
+MB = 1 << 20
+
+
+@dataclass
+class HeadResult:
+    """What ``train_head`` produced; ``metrics`` is the content of ``metrics.json``."""
+
+    run_dir: str
+    best_epoch: int                 # 1-based epoch whose weights were kept
+    epochs_run: int
+    val_loss: float | None
+    val_accuracy: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+    seconds_per_epoch: float
+    loader: str                     # "memory" or "stream"
+    metrics: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    summary: str = ""               # the table to print at the end
+
+
+def validate_head_config(config: HeadConfig) -> None:
+    """Checks option values before anything is opened or built.
+
+    Raises:
+        OptionError: naming the option at fault.
+    """
+    if not config.features:
+        raise OptionError("FEATURES is required")
+    if not config.out:
+        raise OptionError("--out is required")
+    checks = [
+        ("--epochs", config.epochs >= 1, "at least 1", config.epochs),
+        ("--lr", config.lr > 0 and math.isfinite(config.lr), "a positive number", config.lr),
+        ("--batch-size", config.batch_size >= 1, "at least 1", config.batch_size),
+        ("--dropout", 0.0 <= config.dropout < 1.0, "in [0, 1)", config.dropout),
+        ("--patience", config.patience >= 0, "0 or more", config.patience),
+        ("--memory-limit-mb", config.memory_limit_mb >= 0, "0 or more", config.memory_limit_mb),
+    ]
+    for option, ok, expected, value in checks:
+        if not ok:
+            raise OptionError(f"{option} must be {expected}, got {value}")
+
+
+@contextlib.contextmanager
+def _op_determinism(enabled: bool) -> Iterator[None]:
+    # enable_op_determinism is process-wide and would leak into whatever runs next in the same
+    # process (other tests, finetune after train-head); restore the previous state on exit. TF has
+    # no public switch-off, hence the guarded private import.
+    if not enabled:
+        yield
+        return
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        was_enabled = tf_config.is_op_determinism_enabled()
+        disable = tf_config.disable_op_determinism
+    except (ImportError, AttributeError):  # pragma: no cover - older/newer TF layouts
+        was_enabled, disable = True, None
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_enabled and disable is not None:
+            disable()
+
+
+def _open_splits(cache: Any, path: str) -> dict[str, Any]:
+    # The store already refused missing / foreign / incomplete / unknown-version files; what is left
+    # is whether this cache can train a head at all.
+    if "train" not in cache.splits:
+        raise DataError(f"{path}: the cache has no 'train' split (it has: "
+                        f"{', '.join(cache.splits) or 'none'}); extract it with --splits train,...")
+    if len(cache.class_names) < 2:
+        raise DataError(f"{path}: the cache has {len(cache.class_names)} class(es); a classifier needs 2 or more")
+    splits = {name: cache.split(name) for name in ("train", "validation", "test") if name in cache.splits}
+    if len(splits["train"]) == 0:
+        raise DataError(f"{path}: the 'train' split has no rows")
+    for name, split in splits.items():
+        labels = np.asarray(split.labels)
+        if labels.size and (labels.min() < 0 or labels.max() >= len(cache.class_names)):
+            raise DataError(f"{path}: split '{name}' has labels outside 0..{len(cache.class_names) - 1}")
+    return {name: split for name, split in splits.items() if len(split) > 0}
+
+
+def _evaluate(model: Any, rows: FeatureRows, labels: np.ndarray, num_classes: int,
+              batch_size: int) -> tuple[float, float, np.ndarray]:
+    """Loss, accuracy and logits of ``model`` on one split, in stored order.
+
+    Computed from the concatenated logits with the head's own loss, so the number equals what
+    ``model.evaluate`` reports (the mean over rows) and the logits serve the confusion matrix.
+    """
+    from pipeline.head import head_labels, head_loss_and_metrics, predict_classes
+
+    chunks = [np.asarray(model.predict_on_batch(x)) for x, _ in rows.eval_batches(batch_size)]
+    logits = np.concatenate(chunks, axis=0)
+    loss_fn, _ = head_loss_and_metrics(num_classes)
+    loss = float(loss_fn(head_labels(labels, num_classes), logits))
+    accuracy = float(np.mean(predict_classes(logits, num_classes) == labels))
+    return loss, accuracy, logits
+
+
+def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None,
+         config: HeadConfig, num_classes: int, log: Callable[[str], None]) -> tuple[dict, int, list]:
+    """The epoch loop with early stopping; returns (history, best epoch 1-based, epoch seconds)."""
+    from pipeline.head import head_labels
+
+    targets = head_labels(train_labels, num_classes)
+    monitor = "val_loss" if val is not None else "loss"
+    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    if val is not None:
+        history.update(val_loss=[], val_accuracy=[])
+    best_value, best_epoch, best_weights, wait = math.inf, 0, None, 0
+    seconds = []
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        plan = train.plan(config.seed, epoch)
+        loss_sum = acc_sum = 0.0
+        for x, rows in train.train_batches(plan, config.batch_size):
+            logs = model.train_on_batch(x, targets[rows], return_dict=True)
+            # train_on_batch resets metrics per call; weight by batch size as fit's running means do.
+            loss_sum += float(logs["loss"]) * len(rows)
+            acc_sum += float(logs["accuracy"]) * len(rows)
+        history["loss"].append(loss_sum / train.n)
+        history["accuracy"].append(acc_sum / train.n)
+        if val is not None:
+            val_loss, val_acc, _ = _evaluate(model, val[0], val[1], num_classes, config.batch_size)
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(val_acc)
+        seconds.append(time.perf_counter() - start)
+        current = history[monitor][-1]
+        log(_epoch_line(epoch + 1, config.epochs, history, seconds[-1]))
+        if math.isfinite(current) and current < best_value:
+            best_value, best_epoch, best_weights, wait = current, epoch + 1, model.get_weights(), 0
+        else:
+            wait += 1
+            if wait >= config.patience and best_weights is not None:
+                log(f"early stopping: {monitor} has not improved for {wait} epoch(s); "
+                    f"restoring epoch {best_epoch}")
+                break
+    if best_weights is None:
+        # Every epoch diverged (NaN/inf); keep the last weights and say so rather than hide it.
+        log(f"warning: {monitor} was never finite; keeping the last epoch's weights")
+        best_epoch = len(seconds)
+    else:
+        model.set_weights(best_weights)
+    return history, best_epoch, seconds
+
+
+def _epoch_line(epoch: int, epochs: int, history: dict, seconds: float) -> str:
+    parts = [f"epoch {epoch}/{epochs}"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in history:
+            parts.append(f"{key} {history[key][-1]:.4f}")
+    parts.append(f"{seconds:.2f} s")
+    return "  ".join(parts)
+
+
+def _make_loaders(splits: dict[str, Any], memory_limit_mb: int) -> tuple[dict[str, FeatureRows], str, int]:
+    """Loads every split into memory when all fit in the limit, else streams them all.
+
+    Returns:
+        (split → FeatureRows, "memory" or "stream", bytes the splits take at the stored dtype).
+    """
+    # One decision for all splits, so a run is wholly in memory or wholly streamed and run.json
+    # can say which with one word.
+    need = sum(split_nbytes(s, with_views=(name == "train")) for name, s in splits.items())
+    in_memory = need <= memory_limit_mb * MB
+    rows = {name: FeatureRows(s, in_memory=in_memory, with_views=(name == "train"))
+            for name, s in splits.items()}
+    return rows, ("memory" if in_memory else "stream"), need
+
+
+def _final_metrics(model: Any, rows: dict[str, FeatureRows], labels: dict[str, np.ndarray],
+                   class_names: list[str], batch_size: int) -> dict[str, Any]:
+    """metrics.json's validation and test sections (None for an absent split)."""
+    from pipeline.head import predict_classes
+    from pipeline.report import classification_metrics
+
+    out: dict[str, Any] = {}
+    for name in ("validation", "test"):
+        if name not in rows:
+            out[name] = None
+            continue
+        loss, _, logits = _evaluate(model, rows[name], labels[name], len(class_names), batch_size)
+        predicted = predict_classes(logits, len(class_names))
+        out[name] = {"loss": loss, **classification_metrics(labels[name], predicted, class_names)}
+    return out
+
+
+def _summary(result: HeadResult) -> str:
+    from pipeline.report import format_summary_table
+
+    return format_summary_table([
+        ("best epoch", f"{result.best_epoch} of {result.epochs_run}"),
+        ("validation accuracy", result.val_accuracy),
+        ("validation loss", result.val_loss),
+        ("test accuracy", result.test_accuracy),
+        ("test loss", result.test_loss),
+        ("time per epoch", f"{result.seconds_per_epoch:.3f} s ({result.loader})"),
+        ("run directory", result.run_dir),
+    ], title="train-head")
+
+
+def train_head(config: HeadConfig, *, log: Callable[[str], None] = print) -> HeadResult:
+    """Trains the head on a feature cache and writes the run directory.
+
+    Args:
+        config: resolved ``train-head`` options (``features`` cache path, ``out`` run directory…).
+        log: receives one line per epoch and status messages.
+
+    Returns:
+        A HeadResult; ``summary`` is the table for the CLI to print.
+
+    Raises:
+        OptionError: bad option values. RunDirError: ``out`` exists with content and not
+        ``overwrite``. DataError: the cache has no train split, fewer than 2 classes or bad labels.
+        features.errors.StoreError: the cache is missing, foreign, incomplete or of an unknown
+        format version (passed through from ``features.store.open_cache``).
+    """
+    validate_head_config(config)
+    import keras
+
+    from features.store import open_cache
+    from pipeline import report
+    from pipeline.head import build_head, compile_head
+
+    t_start = time.perf_counter()
+    with open_cache(config.features) as cache:
+        splits = _open_splits(cache, config.features)
+        # Refuse an occupied --out before any work, but only once the cache is known to be usable.
+        run_dir = report.prepare_run_dir(config.out, config.overwrite)
+        class_names = list(cache.class_names)
+        num_classes = len(class_names)
+        feature_shape = tuple(int(d) for d in cache.feature_shape)
+
+        t_load = time.perf_counter()
+        rows, loader, need = _make_loaders(splits, config.memory_limit_mb)
+        labels = {name: np.asarray(s.labels, dtype=np.int64) for name, s in splits.items()}
+        load_seconds = time.perf_counter() - t_load
+        log(f"{config.features}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())} rows, "
+            f"{num_classes} classes, features {feature_shape}"
+            + (f", {cache.views} augmented views" if cache.views else "")
+            + f"; {loader} loader ({need / MB:.1f} MB, limit {config.memory_limit_mb} MB)")
+
+        with _op_determinism(config.deterministic):
+            # Seeds the head's initial weights and its dropout masks; the batch order has its own
+            # seeded plan (pipeline.head_data.plan_epoch).
+            keras.utils.set_random_seed(config.seed)
+            model = compile_head(build_head(feature_shape, num_classes, dropout=config.dropout),
+                                 num_classes, config.lr)
+            val = (rows["validation"], labels["validation"]) if "validation" in rows else None
+            if val is None:
+                log("no validation split: early stopping watches the training loss")
+            t_train = time.perf_counter()
+            history, best_epoch, epoch_seconds = _fit(model, rows["train"], labels["train"], val,
+                                                      config, num_classes, log)
+            train_seconds = time.perf_counter() - t_train
+            t_eval = time.perf_counter()
+            metrics = {"best_epoch": best_epoch, "epochs_run": len(epoch_seconds),
+                       "monitor": "val_loss" if val is not None else "loss",
+                       **_final_metrics(model, rows, labels, class_names, config.batch_size)}
+            eval_seconds = time.perf_counter() - t_eval
+
+        cache_info = {
+            "path": os.path.abspath(config.features),
+            "fingerprint": cache.fingerprint,
+            "config": cache.config,
+            "provenance": cache.provenance,
+            "splits": {name: len(s) for name, s in splits.items()},
+            "views": int(cache.views),
+            "dtype": cache.dtype,
+        }
+
+    val_m, test_m = metrics["validation"] or {}, metrics["test"] or {}
+    result = HeadResult(
+        run_dir=str(run_dir), best_epoch=best_epoch, epochs_run=len(epoch_seconds),
+        val_loss=val_m.get("loss"), val_accuracy=val_m.get("accuracy"),
+        test_loss=test_m.get("loss"), test_accuracy=test_m.get("accuracy"),
+        seconds_per_epoch=float(np.mean(epoch_seconds)), loader=loader, metrics=metrics,
+        history=history,
+    )
+    result.summary = _summary(result)
+
+    # run.json goes last: its presence marks a finished run (see pipeline.report).
+    report.save_model_atomic(model, run_dir / "head.keras")
+    report.write_json_atomic(run_dir / "metrics.json", metrics)
+    report.write_history_csv(history, run_dir / "history.csv")
+    report.plot_curves(history, run_dir / "curves.png", best_epoch=best_epoch,
+                       title=f"train-head: {Path(config.features).name}")
+    resolved = config_to_dict(config)
+    resolved["features"] = os.path.abspath(config.features)
+    resolved["out"] = os.path.abspath(config.out)
+    report.write_json_atomic(run_dir / report.RUN_JSON, {
+        "kind": "head",
+        "config": resolved,
+        "cache": cache_info,
+        "class_names": class_names,
+        "num_classes": num_classes,
+        "feature_shape": list(feature_shape),
+        "head": {"dropout": config.dropout, "logits": int(model.output_shape[-1]), "from_logits": True,
+                 "loss": "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"},
+        "loader": loader,
+        "shuffle": dict(zip(("block_rows", "window_rows"), shuffle_geometry(rows["train"].row_bytes)),
+                        seed=config.seed),
+        "best_epoch": best_epoch,
+        "epochs_run": len(epoch_seconds),
+        "versions": report.library_versions(),
+        "timings": {"load_seconds": load_seconds, "train_seconds": train_seconds,
+                    "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": epoch_seconds,
+                    "evaluate_seconds": eval_seconds,
+                    "total_seconds": time.perf_counter() - t_start},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    return result

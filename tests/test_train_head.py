@@ -1,0 +1,281 @@
+"""`train_head` on synthetic feature caches: heads, loaders, determinism, early stopping, run dir.
+
+Caches are written with ``features.store.create_or_resume`` from Gaussian blobs, so no backbone
+runs; the one test on real images is marked slow and skips without ../shared/assets.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from features.errors import StoreError
+from features.store import create_or_resume, open_cache
+from pipeline.config import HeadConfig
+from pipeline.errors import DataError, OptionError, RunDirError
+from pipeline.head import predict_classes
+from pipeline.train import train_head
+
+QUIET = {"log": lambda line: None}
+
+
+def make_cache(path: Path, *, classes: int = 2, shape=(16,), counts=None, views: int = 0,
+               dtype: str = "float32", seed: int = 0, flip_validation: float = 0.0,
+               spread: float = 1.0, finalize: bool = True) -> Path:
+    """Writes a cache of Gaussian blobs, one centre per class, appended in batches of 32.
+
+    Args:
+        counts: split → rows; defaults to train 160, validation 48, test 48.
+        views: augmented views per training row: the original plus small noise.
+        flip_validation: share of validation labels replaced by a wrong class, so validation loss
+            rises once the head grows confident.
+        spread: noise scale; centres sit 3 apart per axis.
+        finalize: False leaves an interrupted ``.partial`` file.
+    """
+    counts = counts or {"train": 160, "validation": 48, "test": 48}
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3.0, size=(classes, shape[-1]))
+    writer = create_or_resume(
+        str(path), config={"synthetic": True, "seed": seed, "classes": classes},
+        provenance={"made_by": "tests/test_train_head.py"},
+        class_names=[f"class{i}" for i in range(classes)], splits=list(counts),
+        feature_shape=tuple(shape), dtype=dtype, views=views)
+    for split, n in counts.items():
+        labels = np.arange(n) % classes
+        feats = centres[labels].reshape((n,) + (1,) * (len(shape) - 1) + (shape[-1],))
+        feats = feats + spread * rng.normal(size=(n, *shape))
+        extra = feats[:, None] + 0.3 * rng.normal(size=(n, views, *shape)) if views and split == "train" else None
+        if split == "validation" and flip_validation:
+            flip = rng.random(n) < flip_validation
+            labels = np.where(flip, (labels + 1) % classes, labels)
+        for start in range(0, n, 32):
+            part = slice(start, start + 32)
+            writer.append(split, features=feats[part].astype(dtype), labels=labels[part],
+                          keys=[f"{split}/{i}" for i in range(n)][part],
+                          views=None if extra is None else extra[part].astype(dtype),
+                          consumed=min(start + 32, n))
+        writer.finish_split(split)
+        if not finalize:
+            break
+    if finalize:
+        writer.finalize()
+    else:
+        writer.close()
+    return path
+
+
+def head_weights(run_dir) -> list[np.ndarray]:
+    return keras.saving.load_model(Path(run_dir) / "head.keras", safe_mode=True, compile=False).get_weights()
+
+
+def assert_same_weights(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_binary_head_writes_a_complete_run_dir(tmp_path):
+    cache = make_cache(tmp_path / "f.h5")
+    out = tmp_path / "run"
+    lines = []
+    result = train_head(HeadConfig(features=str(cache), out=str(out), epochs=6, lr=1e-2, batch_size=32),
+                        log=lines.append)
+    assert result.test_accuracy > 0.95 and result.val_accuracy > 0.95
+    assert result.loader == "memory" and any(l.startswith("epoch 1/6") for l in lines)
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "head.keras", "history.csv",
+                                                      "metrics.json", "run.json"]
+
+    run = json.loads((out / "run.json").read_text())
+    with open_cache(cache) as c:
+        assert run["cache"]["fingerprint"] == c.fingerprint
+        assert run["cache"]["config"] == c.config and run["cache"]["provenance"] == c.provenance
+        test_x, test_y = c.split("test").features[:], c.split("test").labels
+    assert run["class_names"] == ["class0", "class1"] and run["feature_shape"] == [16]
+    assert run["config"]["epochs"] == 6 and run["config"]["lr"] == 1e-2
+    assert {"tensorflow", "keras", "h5py", "numpy"} <= set(run["versions"])
+    assert run["timings"]["seconds_per_epoch"] > 0 and run["best_epoch"] == result.best_epoch
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result.metrics))
+    assert set(metrics["test"]["per_class"]) == {"class0", "class1"}
+    assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 48
+
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == result.epochs_run and set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss",
+                                                               "val_accuracy"}
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    # The saved head reproduces the reported test predictions, loaded in safe mode.
+    model = keras.saving.load_model(out / "head.keras", safe_mode=True)
+    logits = model.predict_on_batch(test_x)
+    assert logits.shape == (48, 1)
+    matrix = np.zeros((2, 2), int)
+    np.add.at(matrix, (test_y, predict_classes(logits, 2)), 1)
+    assert matrix.tolist() == metrics["test"]["confusion_matrix"]
+    assert "best epoch" in result.summary and "test accuracy" in result.summary
+
+
+def test_multiclass_head_on_spatial_float16_features(tmp_path):
+    cache = make_cache(tmp_path / "f.h5", classes=4, shape=(2, 2, 8), dtype="float16")
+    result = train_head(HeadConfig(features=str(cache), out=str(tmp_path / "run"), epochs=8, lr=1e-2,
+                                   batch_size=32), **QUIET)
+    assert result.test_accuracy > 0.9
+    assert np.array(result.metrics["test"]["confusion_matrix"]).shape == (4, 4)
+    model = keras.saving.load_model(tmp_path / "run" / "head.keras", safe_mode=True)
+    assert model.output_shape == (None, 4)
+
+
+def test_memory_and_stream_are_bit_identical_and_deterministic(tmp_path, monkeypatch):
+    from pipeline import head_data
+    from tensorflow.python.framework import config as tf_config
+
+    # An augmented-views cache, so the per-epoch view draw is part of what must agree; small
+    # windows (128 rows of 2-row blocks) so the plan spans windows and batches straddle them.
+    monkeypatch.setattr(head_data, "WINDOW_BYTES", 128 * 16 * 4)
+    cache = make_cache(tmp_path / "f.h5", views=2, spread=2.0)
+    base = dict(features=str(cache), epochs=3, lr=1e-2, batch_size=24, seed=5, deterministic=True)
+    first = train_head(HeadConfig(out=str(tmp_path / "a"), **base), **QUIET)
+    again = train_head(HeadConfig(out=str(tmp_path / "b"), **base), **QUIET)
+    stream = train_head(HeadConfig(out=str(tmp_path / "c"), memory_limit_mb=0, **base), **QUIET)
+    assert not tf_config.is_op_determinism_enabled()  # restored after the run
+    assert (first.loader, again.loader, stream.loader) == ("memory", "memory", "stream")
+    assert first.history == again.history == stream.history
+    assert_same_weights(head_weights(tmp_path / "a"), head_weights(tmp_path / "b"))
+    assert_same_weights(head_weights(tmp_path / "a"), head_weights(tmp_path / "c"))
+    other = train_head(HeadConfig(out=str(tmp_path / "d"), **{**base, "seed": 6, "epochs": 1}), **QUIET)
+    assert not np.array_equal(head_weights(tmp_path / "d")[-2], head_weights(tmp_path / "a")[-2])
+    run = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert run["loader"] == "stream" and run["cache"]["views"] == 2
+    assert run["shuffle"] == {"block_rows": 2, "window_rows": 128, "seed": 5}
+
+
+def test_views_are_drawn_per_image_per_epoch(tmp_path, monkeypatch):
+    from pipeline import head_data
+
+    cache = make_cache(tmp_path / "f.h5", views=3)
+    plans = []
+    original = head_data.plan_epoch
+
+    def spy(*args, **kwargs):
+        plans.append(original(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(head_data, "plan_epoch", spy)
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "run"), epochs=3, patience=5), **QUIET)
+    assert len(plans) == 3
+    for plan in plans:
+        assert sorted(plan.order) == list(range(160)) and set(np.unique(plan.choice)) == {0, 1, 2, 3}
+    assert not np.array_equal(plans[0].choice, plans[1].choice)  # a fresh view per image each epoch
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path):
+    # 40% of validation labels are wrong: validation loss falls while the head finds the direction,
+    # then rises as its logits grow confident.
+    cache = make_cache(tmp_path / "f.h5", flip_validation=0.4, spread=2.0)
+    base = dict(features=str(cache), lr=0.01, batch_size=32, seed=1, deterministic=True)
+    stopped = train_head(HeadConfig(out=str(tmp_path / "a"), epochs=40, patience=2, **base), **QUIET)
+    val_loss = stopped.history["val_loss"]
+    assert stopped.best_epoch == int(np.argmin(val_loss)) + 1 > 1  # not simply the first epoch
+    assert stopped.epochs_run == stopped.best_epoch + 2 < 40
+    assert stopped.val_loss == pytest.approx(val_loss[stopped.best_epoch - 1], rel=1e-6)
+    # Training for exactly best_epoch epochs gives the weights early stopping restored.
+    exact = train_head(HeadConfig(out=str(tmp_path / "b"), epochs=stopped.best_epoch, patience=99, **base),
+                       **QUIET)
+    assert exact.history["val_loss"] == val_loss[:stopped.best_epoch]
+    assert_same_weights(head_weights(tmp_path / "a"), head_weights(tmp_path / "b"))
+
+
+def test_without_validation_split_watches_training_loss(tmp_path):
+    cache = make_cache(tmp_path / "f.h5", counts={"train": 64, "test": 32})
+    lines = []
+    result = train_head(HeadConfig(features=str(cache), out=str(tmp_path / "run"), epochs=2),
+                        log=lines.append)
+    assert result.metrics["validation"] is None and result.metrics["monitor"] == "loss"
+    assert result.test_accuracy is not None and any("no validation split" in l for l in lines)
+
+
+def test_refusals(tmp_path):
+    good = make_cache(tmp_path / "good.h5")
+    run = lambda features, out="run", **kw: train_head(
+        HeadConfig(features=str(features), out=str(tmp_path / out), epochs=1, **kw), **QUIET)
+
+    partial = make_cache(tmp_path / "partial.h5", finalize=False)
+    for path in (partial, Path(f"{partial}.partial")):
+        with pytest.raises(StoreError, match="incomplete") as err:
+            run(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+    no_train = make_cache(tmp_path / "no_train.h5", counts={"validation": 16, "test": 16})
+    with pytest.raises(DataError, match="no 'train' split") as err:
+        run(no_train)
+    assert str(no_train) in str(err.value)
+
+    future = make_cache(tmp_path / "future.h5")
+    with h5py.File(future, "a") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(StoreError, match=r"format.version|99") as err:
+        run(future)
+    assert str(future) in str(err.value)
+
+    with pytest.raises(StoreError, match="no such file"):
+        run(tmp_path / "missing.h5")
+    with pytest.raises(OptionError, match="--epochs"):
+        train_head(HeadConfig(features=str(good), out=str(tmp_path / "x"), epochs=0), **QUIET)
+    assert not (tmp_path / "run").exists()  # nothing created by refused runs
+
+    run(good)
+    with pytest.raises(RunDirError, match="--overwrite"):
+        run(good)
+    result = run(good, overwrite=True)
+    assert math.isfinite(result.val_loss)
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_accuracy_on_cats_vs_dogs_2k(shared_assets, tmp_path):
+    """The guide's recipe on real photos: MobileNetV2 0.35 at 128 px, test accuracy >= 0.88."""
+    pytest.importorskip("pipeline.data", reason="the extraction input path is not there yet")
+    from click.testing import CliRunner
+
+    from conftest import layout_cats_vs_dogs_2k
+    from pipeline.cli import main
+
+    weights = shared_assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+    if not weights.is_file():
+        pytest.skip(f"{weights} is absent")
+    images = layout_cats_vs_dogs_2k(shared_assets, tmp_path / "images")
+    cache = tmp_path / "features.h5"
+    extracted = CliRunner().invoke(main, [
+        "extract-features", str(images), "--out", str(cache), "--backbone", "mobilenet_v2",
+        "--alpha", "0.35", "--weights", str(weights), "--image-size", "128", "--quiet"])
+    assert extracted.exit_code == 0, extracted.output
+    result = train_head(HeadConfig(features=str(cache), out=str(tmp_path / "run"), seed=0,
+                                   deterministic=True), **QUIET)
+    assert result.metrics["test"]["rows"] == 400
+    assert result.test_accuracy >= 0.88, result.summary
+
+
+def test_cli_train_head_when_wired(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    if "train-head" not in main.commands:
+        pytest.skip("the train-head command is not wired into pipeline/cli.py yet")
+    cache = make_cache(tmp_path / "f.h5")
+    args = ["train-head", str(cache), "--out", str(tmp_path / "run"), "--epochs", "2", "--seed", "3",
+            "--deterministic"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "best epoch" in first.output and (tmp_path / "run" / "run.json").is_file()
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    missing = CliRunner().invoke(main, ["train-head", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "r2")])
+    assert missing.exit_code == 2 and "nope.h5" in missing.output
