@@ -1,0 +1,274 @@
+"""Reading the HDF5 feature cache: ``open_cache`` (finished files only) and ``summarize_cache``.
+
+The layout is described in docs/architecture.md ("features/store.py"); the writer is
+``features/store.py``, which re-exports everything public here. Imports h5py and numpy only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+from typing import Any
+
+import h5py
+import numpy as np
+
+from features._hdf5 import (
+    FORMAT_VERSION,
+    PARTIAL_SUFFIX,
+    canonical_json,
+    open_h5,
+    partial_path,
+    read_header,
+)
+from features.errors import StoreError, StoreInUseError
+
+__all__ = ["FORMAT_VERSION", "FeatureCache", "SplitData", "open_cache", "summarize_cache"]
+
+_INCOMPLETE = ("is incomplete (an interrupted extract-features? run the same command again to "
+               "resume)")
+
+
+class SplitData:
+    """One split of a cache: features stay on disk, everything else is in memory.
+
+    Attributes:
+        name: split name, e.g. "train".
+        features: lazy h5py dataset (N, *feature_shape) in the cache dtype; slice it to read.
+        labels: (N,) int64 class indices.
+        keys: N source keys (file paths or TFDS ids), aligned with the rows.
+        views: lazy h5py dataset (N, K, *feature_shape) of augmented views, or None.
+        skipped: (key, reason) for every source item that could not be used.
+        consumed: source items processed (rows + skipped).
+    """
+
+    def __init__(self, name: str, group: h5py.Group, path: str) -> None:
+        try:
+            committed = int(group.attrs["committed"])
+            skipped_committed = int(group.attrs["skipped_committed"])
+            self.consumed = int(group.attrs["consumed"])
+            self.features: h5py.Dataset = group["features"]
+            self.views: h5py.Dataset | None = group["views"] if "views" in group else None
+            lengths = {"features": len(self.features), "labels": len(group["labels"]),
+                       "keys": len(group["keys"])}
+            if self.views is not None:
+                lengths["views"] = len(self.views)
+            bad = {k: n for k, n in lengths.items() if n != committed}
+            if bad or len(group["skipped_keys"]) < skipped_committed:
+                raise StoreError(f"{path} is damaged: split '{name}' has {committed} committed "
+                                 f"rows but dataset lengths {lengths}")
+            self.labels: np.ndarray = np.asarray(group["labels"][:], dtype=np.int64)
+            self.keys: list[str] = list(group["keys"].asstr()[:])
+            self.skipped: list[tuple[str, str]] = _read_skipped(group, skipped_committed)
+        except StoreError:
+            raise
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            raise StoreError(f"{path} is damaged: cannot read split '{name}' "
+                             f"({' '.join(str(exc).split())[:200]})") from exc
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        views = f", views={self.views.shape[1]}" if self.views is not None else ""
+        return f"SplitData({self.name!r}, rows={len(self)}, skipped={len(self.skipped)}{views})"
+
+
+class FeatureCache:
+    """A finished feature cache opened read-only; use as a context manager or call ``close()``.
+
+    Attributes:
+        path: the file.
+        config: the content-defining config the cache was written with.
+        provenance: versions, timings and other facts that never decide a resume.
+        class_names: class index → name.
+        splits: split names in the order they were written.
+        feature_shape: shape of one row, e.g. (2048,) or (7, 7, 2048).
+        dtype: "float16" or "float32".
+        views: augmented views per training row (0 when none).
+        fingerprint: sha256 hex of config_json and the per-split row counts; names the cache in
+            the reports of heads trained on it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = open_h5(path, "r", damaged_hint="; extract the features again")
+        try:
+            header = read_header(self._file, path)
+            if not header["complete"]:
+                raise StoreError(f"{path} {_INCOMPLETE}")
+            self.config: dict = header["config"]
+            self.provenance: dict = header["provenance"]
+            self.class_names: list[str] = header["class_names"]
+            self.splits: list[str] = header["splits"]
+            self.feature_shape: tuple[int, ...] = header["feature_shape"]
+            self.dtype: str = header["dtype"]
+            self.views: int = header["views"]
+            self.format_version: int = header["format_version"]
+            self._split_data: dict[str, SplitData] = {}
+            rows = {}
+            for name in self.splits:
+                if name not in self._file:
+                    raise StoreError(f"{path} is damaged: split '{name}' is missing")
+                rows[name] = int(self._file[name].attrs["committed"])
+            self.fingerprint: str = _fingerprint(header["config_json"], rows)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def split(self, name: str) -> SplitData:
+        """The rows of one split.
+
+        Raises:
+            StoreError: the cache has no such split (the message lists the ones it has).
+        """
+        if name not in self.splits:
+            raise StoreError(f"{self.path} has no split '{name}'; it has "
+                             f"{', '.join(self.splits) or 'none'}")
+        if name not in self._split_data:
+            self._split_data[name] = SplitData(name, self._file[name], self.path)
+        return self._split_data[name]
+
+    def close(self) -> None:
+        """Closes the file; lazy datasets of its splits stop working."""
+        self._file.close()
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"FeatureCache({self.path!r}, splits={self.splits}, "
+                f"feature_shape={self.feature_shape}, dtype={self.dtype!r})")
+
+
+def open_cache(path: str | os.PathLike) -> FeatureCache:
+    """Opens a finished feature cache for reading.
+
+    Raises:
+        StoreError: the file is missing, not HDF5, truncated, not a headstart cache, of an unknown
+            format_version, or incomplete (a ``.partial`` file, or a finished name whose
+            ``.partial`` is all there is); StoreInUseError: another process holds it.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        if not path.endswith(PARTIAL_SUFFIX) and os.path.exists(partial_path(path)):
+            if _locked(partial_path(path)):
+                raise StoreInUseError(f"{path} is still being written by another process (to "
+                                      f"{partial_path(path)}); wait for it to finish")
+            raise StoreError(f"{path} {_INCOMPLETE}")
+        raise StoreError(f"{path}: no such file")
+    return FeatureCache(path)
+
+
+def summarize_cache(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything ``headstart inspect`` shows, read-only; works on interrupted ``.partial`` files.
+
+    When ``path`` is missing but ``path.partial`` exists, that is summarized instead. Rows past a
+    split's ``committed`` count (left by a killed writer) are ignored. A file that a running writer
+    holds is read without locking and marked ``in_use``.
+
+    Returns:
+        dict with path, file_size (bytes), format_version, complete, in_use, provenance, config,
+        class_names, feature_shape, dtype, views, fingerprint (None while incomplete),
+        progress {"splits_done", "splits_total"}, and splits {name: {rows, consumed, done,
+        class_counts {class name: rows}, skipped [(key, reason)], views, feature_shape, dtype}}.
+
+    Raises:
+        StoreError: missing, not HDF5, damaged, not a headstart cache, or unknown format_version.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(partial_path(path)):
+        path = partial_path(path)
+    in_use = False
+    try:
+        f = open_h5(path, "r")
+    except StoreInUseError:
+        # A writer holds it: its committed rows are flushed, so a lock-free read shows progress.
+        in_use = True
+        f = open_h5(path, "r", locking=False)
+    try:
+        header = read_header(f, path)
+        splits: dict[str, Any] = {}
+        rows: dict[str, int] = {}
+        for name in header["splits"]:
+            if name not in f:
+                continue  # never written (cannot happen with this writer; be lenient in inspect)
+            splits[name] = _summarize_split(f[name], header["class_names"])
+            rows[name] = splits[name]["rows"]
+    except StoreError:
+        raise
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        raise StoreError(f"{path} is damaged ({' '.join(str(exc).split())[:200]})") from exc
+    finally:
+        f.close()
+    complete = header["complete"]
+    return {
+        "path": path,
+        "file_size": os.path.getsize(path),
+        "format_version": header["format_version"],
+        "complete": complete,
+        "in_use": in_use,
+        "provenance": header["provenance"],
+        "config": header["config"],
+        "class_names": header["class_names"],
+        "feature_shape": list(header["feature_shape"]),
+        "dtype": header["dtype"],
+        "views": header["views"],
+        "fingerprint": _fingerprint(header["config_json"], rows) if complete else None,
+        "progress": {"splits_done": sum(s["done"] for s in splits.values()),
+                     "splits_total": len(header["splits"])},
+        "splits": splits,
+    }
+
+
+def _summarize_split(group: h5py.Group, class_names: list[str]) -> dict[str, Any]:
+    committed = int(group.attrs["committed"])
+    labels = np.asarray(group["labels"][:committed], dtype=np.int64)
+    counts: dict[str, int] = {name: 0 for name in class_names}
+    for label, n in zip(*np.unique(labels, return_counts=True)):
+        name = class_names[label] if 0 <= label < len(class_names) else f"<label {label}>"
+        counts[name] = int(n)
+    features = group["features"]
+    return {
+        "rows": committed,
+        "consumed": int(group.attrs["consumed"]),
+        "done": bool(group.attrs["done"]),
+        "class_counts": counts,
+        "skipped": _read_skipped(group, int(group.attrs["skipped_committed"])),
+        "views": int(group["views"].shape[1]) if "views" in group else 0,
+        "feature_shape": list(features.shape[1:]),
+        "dtype": str(features.dtype),
+    }
+
+
+def _read_skipped(group: h5py.Group, n: int) -> list[tuple[str, str]]:
+    keys = group["skipped_keys"].asstr()[:n]
+    reasons = group["skipped_reasons"].asstr()[:n]
+    return [(str(k), str(r)) for k, r in zip(keys, reasons)]
+
+
+def _locked(path: str) -> bool:
+    """True when a writer holds its flock on ``path`` (see features/store.py)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+    finally:
+        os.close(fd)  # a flock belongs to this descriptor alone, so closing drops only ours
+    return False
+
+
+def _fingerprint(config_json: str, rows: dict[str, int]) -> str:
+    """sha256 hex over the stored config JSON and the per-split row counts."""
+    text = config_json + "\n" + canonical_json(rows)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

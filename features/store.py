@@ -1,0 +1,395 @@
+"""HDF5 feature cache: create, append/commit, resume after a kill, finalize atomically.
+
+Layout (docs/architecture.md): file attrs ``format``, ``format_version``, ``complete``,
+``config_json``, ``provenance_json``, ``feature_shape``, ``dtype``, ``views``, ``class_names_json``,
+``splits_json``; one group per split with ``features`` (N, *feature_shape), ``labels`` (N,) int64,
+``keys`` (N,) utf-8, optional ``views`` (N, K, *feature_shape), ``skipped_keys``/``skipped_reasons``
+(M,) utf-8, and attrs ``committed``, ``skipped_committed``, ``consumed``, ``done``.
+
+Crash safety: a run writes ``PATH.partial``. Each ``append`` writes rows past ``committed``,
+flushes, then advances the counters and flushes again, so ``committed`` never covers rows that are
+not on disk; rows past it are garbage from a killed run and are cut off on resume. ``finalize``
+marks the file complete and ``os.replace``s it onto PATH, so PATH is never half-written and a
+previous PATH is only replaced at the very end.
+
+Locking: the writer holds ``flock`` on its own descriptor of the ``.partial`` and opens HDF5 with
+its own locking off. HDF5 locks with ``flock`` too, so readers that open the file with HDF5's
+default locking see "unable to lock file" (turned into StoreInUseError), and so does a second
+writer, in this process or another. POSIX ``fcntl`` locks would not do: they vanish when *any*
+descriptor of the file in the process is closed, and HDF5 opens and closes the file internally.
+
+The reader half (``open_cache``, ``FeatureCache``, ``SplitData``, ``summarize_cache``) lives in
+``features/cache.py`` and is re-exported here. h5py and numpy only; no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from features._hdf5 import FORMAT_VERSION, canonical_json, open_h5, partial_path, read_header
+from features._store_io import (START_OVER, as_rows, check_finished, chunk_rows,
+                                expected_header, fsync_dir, header_difference, open_locked,
+                                put_rows, remove_quietly, truncate_rows, with_hint,
+                                write_skeleton)
+from features.cache import FeatureCache, SplitData, open_cache, summarize_cache
+from features.errors import StoreConfigMismatch, StoreError
+
+__all__ = ["FORMAT_VERSION", "FeatureCache", "SplitData", "StoreWriter", "create_or_resume",
+           "open_cache", "summarize_cache"]
+
+
+def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,
+                     class_names: list[str], splits: list[str], feature_shape: tuple[int, ...],
+                     dtype: str, views: int = 0, overwrite: bool = False) -> "StoreWriter":
+    """Opens a writer on ``f"{path}.partial"``: a fresh one, or the interrupted run to resume.
+
+    ``overwrite`` is permission to discard what does *not* match this run (a foreign file, a cache
+    or partial of another config); a partial or finished cache of the same config is still resumed
+    or reported complete, so "run the same command again" resumes even with ``--overwrite``.
+
+    Args:
+        path: the finished cache file.
+        config: content-defining settings (JSON-able); compared field by field on resume.
+        provenance: versions, timings, …; stored, never compared.
+        class_names: class index → name.
+        splits: split names, in the order they will be written.
+        feature_shape: shape of one feature row, e.g. (2048,) or (7, 7, 2048).
+        dtype: "float16" or "float32".
+        views: K augmented views stored per row on the splits that pass ``views`` to ``append``.
+        overwrite: replace a mismatching or foreign file (PATH only at ``finalize``).
+
+    Returns:
+        A StoreWriter; ``writer.complete`` is True when PATH already holds this exact cache.
+
+    Raises:
+        StoreConfigMismatch: PATH or the partial was written with another config (not overwrite).
+        StoreExistsError: PATH exists and is not a finished headstart cache (not overwrite).
+        StoreInUseError: another writer holds the partial. StoreError: damaged partial, locking
+            unsupported. ValueError: bad arguments.
+    """
+    path = os.fspath(path)
+    expected = expected_header(config, class_names, splits, feature_shape, dtype, views)
+    if os.path.isdir(path):
+        raise StoreError(f"{path} is a directory, not a feature cache file")
+    finished = check_finished(path, expected, overwrite)
+    if finished is not None:
+        return StoreWriter(path, expected, complete_progress=finished)
+    writer = StoreWriter(path, expected)
+    writer._open_partial(provenance, overwrite)
+    return writer
+
+
+class StoreWriter:
+    """Appends committed batches to ``PATH.partial``; made by ``create_or_resume``.
+
+    Attributes:
+        path: the finished cache file (PATH).
+        partial_path: the working file, ``PATH.partial``.
+        complete: True when PATH already held this cache (nothing to write) or after finalize.
+        resumed: True when an interrupted partial was picked up.
+        class_names, splits, feature_shape, dtype, views: as passed to ``create_or_resume``.
+    """
+
+    def __init__(self, path: str, expected: dict,
+                 complete_progress: dict[str, tuple[int, int]] | None = None) -> None:
+        self.path = path
+        self.partial_path = partial_path(path)
+        self.config: dict = expected["config"]
+        self.class_names: list[str] = expected["class_names"]
+        self.splits: list[str] = expected["splits"]
+        self.feature_shape: tuple[int, ...] = tuple(expected["feature_shape"])
+        self.dtype: str = expected["dtype"]
+        self.views: int = expected["views"]
+        self._config_json = canonical_json(self.config)
+        self.complete = complete_progress is not None
+        self.resumed = False
+        self._file: h5py.File | None = None
+        self._fd: int | None = None
+        # split → {"committed", "skipped_committed", "consumed", "done"}, mirrored from the attrs
+        self._state: dict[str, dict[str, Any]] = {
+            s: {"consumed": c, "committed": r, "skipped_committed": 0, "done": True}
+            for s, (c, r) in (complete_progress or {}).items()}
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def progress(self, split: str) -> tuple[int, int]:
+        """(consumed source items, committed rows) of ``split``; (0, 0) before its first append."""
+        state = self._split_state(split)
+        return state["consumed"], state["committed"]
+
+    def is_done(self, split: str) -> bool:
+        """True once ``finish_split(split)`` was committed (or the whole cache is complete)."""
+        return bool(self._split_state(split)["done"])
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def append(self, split: str, *, features: np.ndarray, labels: np.ndarray, keys: Sequence[str],
+               views: np.ndarray | None = None, skipped: Iterable[tuple[str, str]] = (),
+               consumed: int) -> None:
+        """Commits one batch: rows [committed, committed + n), skipped pairs, then the counters.
+
+        Args:
+            split: split name.
+            features: (n, *feature_shape), cast to the cache dtype.
+            labels: (n,) class indices in [0, len(class_names)).
+            keys: n source keys.
+            views: (n, K, *feature_shape) augmented views, K == ``views``; give it for every batch
+                of a split or for none.
+            skipped: (key, reason) for source items of this batch that produced no row.
+            consumed: source items processed in this split so far, this batch included.
+
+        Raises:
+            ValueError: shapes, labels or counts that do not fit; a finished split.
+        """
+        group, state = self._writable(split)
+        n = len(keys)
+        feats = as_rows(features, (n, *self.feature_shape), self.dtype, "features")
+        labs = np.asarray(labels)
+        if labs.shape != (n,) or (n and not np.issubdtype(labs.dtype, np.integer)):
+            raise ValueError(f"labels must be ({n},) integers, got {labs.shape} {labs.dtype}")
+        labs = labs.astype(np.int64)
+        if n and (labs.min() < 0 or labs.max() >= len(self.class_names)):
+            raise ValueError(f"labels must be in [0, {len(self.class_names)}), got "
+                             f"[{labs.min()}, {labs.max()}]")
+        skipped = [(str(k), str(r)) for k, r in skipped]
+        if consumed < state["consumed"] + n + len(skipped):
+            raise ValueError(f"consumed={consumed} is less than {state['consumed']} before this "
+                             f"batch + {n} rows + {len(skipped)} skipped")
+        view_rows = self._check_views(group, state, views, n)
+
+        c = state["committed"]
+        if n:
+            put_rows(group["features"], c, feats)
+            put_rows(group["labels"], c, labs)
+            put_rows(group["keys"], c, np.array([str(k) for k in keys], dtype=object))
+            if view_rows is not None:
+                put_rows(group["views"], c, view_rows)
+        sc = state["skipped_committed"]
+        if skipped:
+            put_rows(group["skipped_keys"], sc, np.array([k for k, _ in skipped], dtype=object))
+            put_rows(group["skipped_reasons"], sc, np.array([r for _, r in skipped], dtype=object))
+        # Rows reach the file before the counters that cover them do.
+        self._file.flush()
+        group.attrs.modify("committed", c + n)
+        group.attrs.modify("skipped_committed", sc + len(skipped))
+        group.attrs.modify("consumed", int(consumed))
+        self._file.flush()
+        state.update(committed=c + n, skipped_committed=sc + len(skipped), consumed=int(consumed))
+
+    def finish_split(self, split: str) -> None:
+        """Marks ``split`` as fully extracted (a resumed run then skips it)."""
+        group, state = self._writable(split)
+        group.attrs.modify("done", True)
+        self._file.flush()
+        state["done"] = True
+
+    def finalize(self, provenance_update: dict | None = None) -> None:
+        """Marks the cache complete, closes it and renames ``PATH.partial`` onto PATH.
+
+        A no-op on a writer that was complete from the start.
+
+        Raises:
+            ValueError: a split has not been finished.
+        """
+        if self.complete:
+            return
+        f = self._require_open()
+        unfinished = [s for s in self.splits if not self._state[s]["done"]]
+        if unfinished:
+            raise ValueError(f"cannot finalize {self.path}: split(s) {', '.join(unfinished)} "
+                             f"not finished")
+        provenance = json.loads(f.attrs["provenance_json"])
+        provenance.update(provenance_update or {})
+        provenance.setdefault("store", {})["resumes"] = int(f.attrs.get("resumes", 0))
+        f.attrs["provenance_json"] = canonical_json(provenance)
+        f.attrs["complete"] = True
+        f.flush()
+        f.close()
+        self._file = None
+        # Durable before it gets the final name: a power cut must not leave PATH half-written.
+        os.fsync(self._fd)
+        os.replace(self.partial_path, self.path)
+        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        self._release()
+        self.complete = True
+
+    def close(self) -> None:
+        """Closes without finishing; the ``.partial`` stays for a later resume. Idempotent."""
+        if self._file is not None:
+            try:
+                self._file.flush()
+            finally:
+                self._file.close()
+                self._file = None
+        self._release()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"StoreWriter({self.path!r}, complete={self.complete}, resumed={self.resumed})"
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def _open_partial(self, provenance: dict, overwrite: bool) -> None:
+        """Locks the partial, then resumes it or starts it fresh (see create_or_resume)."""
+        ppath = self.partial_path
+        os.makedirs(os.path.dirname(os.path.abspath(ppath)), exist_ok=True)
+        self._fd = open_locked(ppath)
+        try:
+            if os.fstat(self._fd).st_size > 0 and self._try_resume(overwrite):
+                return
+            self._create(provenance)
+        except BaseException:
+            self._close_file()
+            remove_quietly(f"{ppath}.new")
+            if os.fstat(self._fd).st_size == 0:
+                remove_quietly(ppath)  # the empty file open_locked created; nothing of value
+            self._release()
+            raise
+
+    def _try_resume(self, overwrite: bool) -> bool:
+        """Resumes a matching partial; False when it is to be replaced (overwrite).
+
+        On an exception ``_open_partial`` closes whatever this left open.
+        """
+        ppath = self.partial_path
+        try:
+            self._file = open_h5(ppath, "r+", locking=False, damaged_hint=START_OVER)
+            header = read_header(self._file, ppath)
+            diff = header_difference(header, self._expected())
+            if diff is None:
+                self._truncate_to_committed()
+        except StoreError as exc:  # damaged, foreign, unknown version
+            if overwrite:
+                self._close_file()
+                return False
+            raise type(exc)(with_hint(str(exc))) from exc
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            if overwrite:
+                self._close_file()
+                return False
+            raise StoreError(f"{ppath} is damaged ({' '.join(str(exc).split())[:200]})"
+                             f"{START_OVER}") from exc
+        if diff is not None:
+            self._close_file()
+            if overwrite:
+                return False
+            name, old, new = diff
+            raise StoreConfigMismatch(
+                f"{ppath} (an interrupted run) was written with {name}={old}; this run has "
+                f"{name}={new}; use --overwrite to replace it")
+        # A plain int, changed in place: rewriting a string attribute here would free and
+        # reallocate global-heap objects in the middle of a run (provenance is merged at finalize).
+        self._file.attrs.modify("resumes", int(self._file.attrs.get("resumes", 0)) + 1)
+        self._file.flush()
+        self.resumed = True
+        return True
+
+    def _truncate_to_committed(self) -> None:
+        """Cuts every dataset back to its committed count; rows past it are from a killed run."""
+        f, ppath = self._file, self.partial_path
+        for split in self.splits:
+            if split not in f:
+                raise StoreError(f"{ppath} is damaged: split '{split}' is missing")
+            g = f[split]
+            state = {k: int(g.attrs[k]) for k in ("committed", "skipped_committed", "consumed")}
+            state["done"] = bool(g.attrs["done"])
+            for name in ("features", "labels", "keys", "views", "skipped_keys", "skipped_reasons"):
+                if name not in g:
+                    continue
+                n = state["skipped_committed" if name.startswith("skipped") else "committed"]
+                if len(g[name]) < n:
+                    raise StoreError(f"{ppath} is damaged: {split}/{name} has {len(g[name])} "
+                                     f"rows, fewer than the {n} committed")
+                truncate_rows(g[name], n)
+            self._state[split] = state
+        f.flush()
+
+    def _create(self, provenance: dict) -> None:
+        """Builds an empty cache in ``PATH.partial.new`` and renames it onto the locked partial.
+
+        Building it in place would leave a torn, unreadable partial if the process died before
+        the first flush; this way the partial is always empty (a fresh start next time) or whole.
+        The new file is locked before the rename, so the lock never lapses.
+        """
+        tmp = f"{self.partial_path}.new"
+        fd = open_locked(tmp)  # only the holder of the partial's lock ever gets here
+        try:
+            with open_h5(tmp, "w", locking=False) as f:
+                self._state = write_skeleton(f, provenance, self._config_json, self._expected())
+            os.fsync(fd)
+            os.replace(tmp, self.partial_path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._release()
+        self._fd = fd
+        self._file = open_h5(self.partial_path, "r+", locking=False)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _expected(self) -> dict:
+        return {"config": self.config, "class_names": self.class_names, "splits": self.splits,
+                "feature_shape": list(self.feature_shape), "dtype": self.dtype, "views": self.views}
+
+    def _split_state(self, split: str) -> dict[str, Any]:
+        if split not in self._state:
+            raise ValueError(f"{self.path} has no split '{split}'; it has {', '.join(self.splits)}")
+        return self._state[split]
+
+    def _require_open(self) -> h5py.File:
+        if self._file is None:
+            raise ValueError(f"writer for {self.path} is "
+                             f"{'complete' if self.complete else 'closed'}")
+        return self._file
+
+    def _writable(self, split: str) -> tuple[h5py.Group, dict[str, Any]]:
+        f = self._require_open()
+        state = self._split_state(split)
+        if state["done"]:
+            raise ValueError(f"split '{split}' of {self.path} is already finished")
+        return f[split], state
+
+    def _check_views(self, group: h5py.Group, state: dict, views: np.ndarray | None,
+                     n: int) -> np.ndarray | None:
+        """Validates ``views`` and creates the split's views dataset on its first batch."""
+        if views is None:
+            if "views" in group:
+                raise ValueError(f"split '{group.name[1:]}' stores views; this batch has none")
+            return None
+        if not self.views:
+            raise ValueError(f"{self.path} was created with views=0; got a views array")
+        rows = as_rows(views, (n, self.views, *self.feature_shape), self.dtype, "views")
+        if "views" not in group:
+            if state["committed"]:
+                raise ValueError(f"split '{group.name[1:]}' has rows without views; views must "
+                                 f"come with every batch of a split")
+            chunk = max(1, chunk_rows(self.feature_shape, self.dtype) // self.views)
+            group.create_dataset("views", shape=(0, self.views, *self.feature_shape),
+                                 dtype=self.dtype, maxshape=(None, self.views, *self.feature_shape),
+                                 chunks=(chunk, self.views, *self.feature_shape))
+        return rows
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = None
