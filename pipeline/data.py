@@ -1,0 +1,392 @@
+"""Sources (``tfds:NAME`` and folders of class folders), their splits, and the one input path.
+
+Every source yields element-level ``tf.data`` dicts in a deterministic order::
+
+    {"image": float32 (S, S, 3) raw 0–255, "label": int64 (), "key": string (), "error": string ()}
+
+Each file is decoded on its own inside ``tf.py_function`` (see ``pipeline/image.py``), so a bad file
+becomes one zero image with a reason in ``error`` — it is never dropped and never takes a batch of
+good images with it (``ignore_errors()`` after ``batch()`` would). Consumers skip and record it.
+
+Directory layouts:
+
+* ``DIR/{train,validation,test}/<class>/…`` — explicit splits, used as given.
+* ``DIR/<class>/…`` — one tree, split by a stable hash of each file's path relative to DIR: a file
+  goes to test when its hash fraction is below ``test_fraction``, to validation below
+  ``test_fraction + validation_fraction``, else to train. Adding files never moves existing ones.
+
+Every non-hidden file inside a class folder is listed; files that are not images are reported as
+bad rather than silently ignored. Class names are the sorted folder names (or TFDS label names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import tensorflow as tf
+
+from pipeline.config import CATS_VS_DOGS_SPLITS
+from pipeline.errors import DataError, OptionError
+from pipeline.image import (  # noqa: F401 - re-exported: the input path's public face is this module
+    MAX_IMAGE_PIXELS,
+    decode_and_resize,
+    decode_or_reason,
+    load_image,
+    load_or_reason,
+    probe_image,
+)
+
+#: Split folder names recognised at the top of a directory source, in their canonical order.
+SPLIT_FOLDERS = ("train", "validation", "test")
+
+# OS clutter that is never an intended image; other stray files are reported, not ignored.
+_JUNK_FILES = {"thumbs.db", "desktop.ini"}
+_SPLIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def parse_split_option(values: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Parses repeated ``--split NAME=SPEC`` values.
+
+    Args:
+        values: e.g. ("train=train[:80%]", "validation=train[80%:]").
+
+    Returns:
+        {name: spec} in the given order.
+
+    Raises:
+        OptionError: a value without "=", an empty or odd name, an empty spec, or a name twice.
+    """
+    specs: dict[str, str] = {}
+    for value in values:
+        name, sep, spec = value.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name or not spec:
+            raise OptionError(f"--split '{value}': expected NAME=SPEC, e.g. train=train[:80%]")
+        if not _SPLIT_NAME.match(name):
+            raise OptionError(f"--split '{value}': split name '{name}' must be letters, digits, '_', '-' or '.'")
+        if name in specs:
+            raise OptionError(f"--split '{value}': split '{name}' is given twice")
+        specs[name] = spec
+    return specs
+
+
+def hash_fraction(relative_path: str) -> float:
+    """Maps a file's relative path (forward slashes) to a stable number in [0, 1).
+
+    The first 8 bytes of its SHA-1, so the split of a file depends on nothing but its own path.
+    """
+    digest = hashlib.sha1(relative_path.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def resolve_source(
+    spec: str,
+    *,
+    split_specs: dict[str, str] | None = None,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> Source:
+    """Turns a SOURCE argument into a Source.
+
+    Args:
+        spec: ``tfds:NAME`` (NAME may carry a config/version, e.g. ``mnist:3.*.*``) or a directory.
+        split_specs: ``--split`` overrides, TFDS sources only ({name: TFDS split spec}).
+        validation_fraction: share of a single class-folder tree held out for validation.
+        test_fraction: share of a single class-folder tree held out for testing.
+
+    Raises:
+        DataError: a missing path, an unknown or undownloadable dataset, a folder without classes,
+            an empty class folder, a split spec TFDS cannot read.
+        OptionError: fractions out of range, or ``--split`` with a directory source.
+    """
+    split_specs = dict(split_specs or {})
+    if spec.startswith("tfds:"):
+        return TfdsSource(spec, split_specs=split_specs)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"{spec}: no such directory (give a folder of class folders or tfds:NAME)")
+    if not path.is_dir():
+        raise DataError(f"{spec}: not a directory (give a folder of class folders or tfds:NAME)")
+    if split_specs:
+        raise OptionError(f"--split applies to tfds: sources only; {spec} is a directory "
+                          f"(use {'/'.join(SPLIT_FOLDERS)} folders or --validation-fraction/--test-fraction)")
+    for name, value in (("validation-fraction", validation_fraction), ("test-fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise OptionError(f"--{name} must be in [0, 1), got {value}")
+    if validation_fraction + test_fraction >= 1.0:
+        raise OptionError("--validation-fraction plus --test-fraction must leave some training data")
+    return DirSource(spec, path, validation_fraction=validation_fraction, test_fraction=test_fraction)
+
+
+class Source:
+    """A labelled image source with named splits.
+
+    Attributes:
+        spec: the SOURCE string as given.
+        class_names: label index → name, sorted folder names or the TFDS label names.
+        split_names: the splits this source offers, train/validation/test first.
+    """
+
+    kind = ""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.class_names: list[str] = []
+        self.split_names: list[str] = []
+
+    def describe(self) -> dict:
+        """Returns {"source", "kind", "splits": {name: spec}} (+ "root" for directories); JSON-ready.
+
+        Everything here defines the content of the splits, so caches compare it on resume.
+        """
+        raise NotImplementedError
+
+    def count(self, split: str) -> int | None:
+        """Number of items in a split (good and bad), or None when it cannot be known cheaply."""
+        raise NotImplementedError
+
+    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None) -> tf.data.Dataset:
+        """The split as element-level dicts (see the module docstring), in a deterministic order.
+
+        Args:
+            split: one of ``split_names``.
+            image_size: S; images come out (S, S, 3) float32 raw 0–255.
+            max_pixels: decompression-bomb limit; ``MAX_IMAGE_PIXELS`` when None.
+
+        Raises:
+            DataError: an unknown split.
+        """
+        raise NotImplementedError
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.split_names:
+            raise DataError(f"{self.spec}: no split '{split}' (it has {', '.join(self.split_names) or 'none'})")
+
+
+def _decode_map(load, image_size: int):
+    # Wraps a Python (payload → (image, reason)) function as a tf.data map over
+    # (payload, label, key); the shapes are lost through py_function, so they are set again.
+    def fn(payload, label, key):
+        image, error = tf.py_function(lambda p: load(p.numpy()), [payload], (tf.float32, tf.string))
+        image.set_shape((image_size, image_size, 3))
+        error.set_shape(())
+        return {"image": image, "label": tf.cast(label, tf.int64), "key": key, "error": error}
+
+    return fn
+
+
+class DirSource(Source):
+    """A folder of class folders, with explicit split folders or hashed splits."""
+
+    kind = "dir"
+
+    def __init__(self, spec: str, root: Path, *, validation_fraction: float = 0.1, test_fraction: float = 0.1):
+        super().__init__(spec)
+        self.root = root.resolve()
+        self.validation_fraction = validation_fraction
+        self.test_fraction = test_fraction
+        top = _subfolders(self.root)
+        split_dirs = [d for d in SPLIT_FOLDERS if d in top]
+        # (split, key, label name) for every file; keys are paths relative to the root.
+        files: list[tuple[str, str, str]] = []
+        if split_dirs:
+            others = sorted(set(top) - set(split_dirs))
+            if others:
+                raise DataError(f"{spec}: mixes split folders ({', '.join(split_dirs)}) with other folders "
+                                f"({', '.join(others[:3])}); use DIR/{{train,validation,test}}/<class>/ or DIR/<class>/")
+            self.layout = "explicit"
+            for split in split_dirs:
+                for cls, key in _class_files(self.root, split):
+                    files.append((split, key, cls))
+            self.split_names = split_dirs
+            self._split_specs = {s: f"{s}/" for s in split_dirs}
+        else:
+            self.layout = "hashed"
+            low, mid = test_fraction, test_fraction + validation_fraction
+            for cls, key in _class_files(self.root, ""):
+                h = hash_fraction(key)
+                files.append(("test" if h < low else "validation" if h < mid else "train", key, cls))
+            self._split_specs = {"train": f"sha1[{mid:g}:1]"}
+            if validation_fraction > 0:
+                self._split_specs["validation"] = f"sha1[{low:g}:{mid:g}]"
+            if test_fraction > 0:
+                self._split_specs["test"] = f"sha1[0:{low:g}]"
+            self.split_names = [s for s in SPLIT_FOLDERS if s in self._split_specs]
+        self.class_names = sorted({cls for _, _, cls in files})
+        if not self.class_names:
+            raise DataError(f"{spec}: no class folders found (expected DIR/<class>/<image> "
+                            f"or DIR/{{train,validation,test}}/<class>/<image>)")
+        index = {name: i for i, name in enumerate(self.class_names)}
+        self._items: dict[str, list[tuple[str, int]]] = {s: [] for s in self.split_names}
+        for split, key, cls in sorted(files):
+            self._items[split].append((key, index[cls]))
+
+    def describe(self) -> dict:
+        return {"source": self.spec, "kind": self.kind, "root": str(self.root), "layout": self.layout,
+                "splits": dict(self._split_specs)}
+
+    def count(self, split: str) -> int:
+        self._check_split(split)
+        return len(self._items[split])
+
+    def keys(self, split: str) -> list[str]:
+        """Keys (paths relative to the root, forward slashes) of a split, in dataset order."""
+        self._check_split(split)
+        return [key for key, _ in self._items[split]]
+
+    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None) -> tf.data.Dataset:
+        self._check_split(split)
+        items = self._items[split]
+        root = os.fsencode(self.root)
+        paths = tf.constant([os.path.join(root, os.fsencode(k)) for k, _ in items], tf.string, shape=(len(items),))
+        labels = tf.constant([label for _, label in items], tf.int64, shape=(len(items),))
+        keys = tf.constant([k for k, _ in items], tf.string, shape=(len(items),))
+
+        def load(path: bytes):
+            return load_or_reason(os.fsdecode(path), image_size, max_pixels=max_pixels)
+
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels, keys))
+        return ds.map(_decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name.lower() not in _JUNK_FILES
+
+
+def _subfolders(folder: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder) if _visible(e.name) and e.is_dir())
+    except OSError as e:
+        raise DataError(f"{folder}: cannot list ({e.strerror})") from None
+
+
+def _class_files(root: Path, split: str) -> list[tuple[str, str]]:
+    # (class name, key) for every visible file below root/split/<class>/, recursively; files
+    # directly in root/split are not in any class and are left alone.
+    base = root / split if split else root
+    out = []
+    for cls in _subfolders(base):
+        found = 0
+        for folder, dirs, names in os.walk(base / cls, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if _visible(d))
+            for name in names:
+                if _visible(name):
+                    out.append((cls, Path(folder, name).relative_to(root).as_posix()))
+                    found += 1
+        if not found:
+            raise DataError(f"{base / cls}: empty class folder")
+    return out
+
+
+class TfdsSource(Source):
+    """A TensorFlow Datasets dataset; images go through the same decode path as files.
+
+    The encoded image bytes are read with ``SkipDecoding`` so TFDS and folders share one decoder.
+    Keys are TFDS ids (``add_tfds_id``), or ``SPEC#i`` when the reader gives none.
+    """
+
+    kind = "tfds"
+
+    def __init__(self, spec: str, *, split_specs: dict[str, str] | None = None):
+        super().__init__(spec)
+        import tensorflow_datasets as tfds
+
+        self._tfds = tfds
+        self.name = spec[len("tfds:"):].strip()
+        if not self.name:
+            raise DataError(f"{spec}: give a dataset name, e.g. tfds:cats_vs_dogs")
+        try:
+            self.builder = tfds.builder(self.name)
+        except Exception as e:  # noqa: BLE001 - DatasetNotFoundError and friends carry huge messages
+            raise DataError(f"{spec}: unknown TFDS dataset ({_first_line(e)})") from None
+        info = self.builder.info
+        image_key, label_key = "image", "label"
+        if isinstance(info.supervised_keys, tuple) and len(info.supervised_keys) == 2 \
+                and all(isinstance(k, str) for k in info.supervised_keys):
+            image_key, label_key = info.supervised_keys
+        features = info.features
+        if image_key not in features or not isinstance(features[image_key], tfds.features.Image):
+            raise DataError(f"{spec}: dataset has no image feature '{image_key}'")
+        if label_key not in features or not hasattr(features[label_key], "names"):
+            raise DataError(f"{spec}: dataset has no class-label feature '{label_key}'")
+        self.image_key, self.label_key = image_key, label_key
+        self.class_names = list(features[label_key].names)
+        self._prepare()
+        self._split_specs = self._default_splits()
+        self._split_specs.update(split_specs or {})
+        self._check_specs(split_specs or {})
+        ordered = [s for s in SPLIT_FOLDERS if s in self._split_specs]
+        self.split_names = ordered + [s for s in self._split_specs if s not in ordered]
+
+    def _prepare(self) -> None:
+        # Download now, before anything is built or written, so a failure is one clear line.
+        try:
+            self.builder.download_and_prepare()
+        except Exception as e:  # noqa: BLE001 - network, checksum, missing extras: all mean "no data"
+            raise DataError(
+                f"{self.spec}: the dataset could not be downloaded ({_first_line(e)}); "
+                f"without a network, point headstart at a local folder instead "
+                f"(DIR/<class>/*.jpg or DIR/{{train,validation,test}}/<class>/*.jpg), "
+                f"or set TFDS_DATA_DIR to a copy of a prepared TFDS data dir") from None
+
+    def _default_splits(self) -> dict[str, str]:
+        if self.builder.name == "cats_vs_dogs":
+            return dict(CATS_VS_DOGS_SPLITS)
+        known = list(self.builder.info.splits.keys())
+        wanted = [s for s in SPLIT_FOLDERS if s in known] or known
+        return {s: s for s in wanted} if wanted else {"train": "train"}
+
+    def _check_specs(self, overrides: dict[str, str]) -> None:
+        known = self.builder.info.splits
+        for name, split_spec in self._split_specs.items():
+            where = f"--split {name}={split_spec}" if name in overrides else f"{self.spec} split '{name}'"
+            try:
+                self._tfds.core.ReadInstruction.from_spec(split_spec)
+                if len(known):  # unknown until prepared (and under tfds.testing.mock_data)
+                    known[split_spec]
+            except Exception as e:  # noqa: BLE001 - TFDS raises ValueError/KeyError/AssertionError
+                raise DataError(f"{where}: {_first_line(e)}") from None
+
+    def describe(self) -> dict:
+        return {"source": self.spec, "kind": self.kind, "name": self.builder.name,
+                "version": str(self.builder.version), "splits": dict(self._split_specs)}
+
+    def count(self, split: str) -> int | None:
+        self._check_split(split)
+        try:
+            return int(self.builder.info.splits[self._split_specs[split]].num_examples)
+        except Exception:  # noqa: BLE001 - not prepared / mocked: ask the dataset instead
+            n = int(self._read(split).cardinality())
+            return n if n >= 0 else None
+
+    def _read(self, split: str) -> tf.data.Dataset:
+        tfds = self._tfds
+        return self.builder.as_dataset(
+            split=self._split_specs[split],
+            shuffle_files=False,  # with the default deterministic interleave: a fixed order
+            decoders={self.image_key: tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(add_tfds_id=True),
+        )
+
+    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None) -> tf.data.Dataset:
+        self._check_split(split)
+        ds = self._read(split)
+        image_key, label_key, spec = self.image_key, self.label_key, self._split_specs[split]
+        if "tfds_id" in ds.element_spec:
+            ds = ds.map(lambda e: (e[image_key], e[label_key], e["tfds_id"]))
+        else:
+            ds = ds.enumerate().map(lambda i, e: (e[image_key], e[label_key],
+                                                  tf.strings.join([spec, "#", tf.strings.as_string(i)])))
+
+        def load(data: bytes):
+            return decode_or_reason(data, image_size, max_pixels=max_pixels)
+
+        return ds.map(_decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
