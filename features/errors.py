@@ -39,6 +39,10 @@ class StoreInUseError(StoreError):
     """Another process holds the cache file open for writing."""
 
 
+class ShardError(StoreError):
+    """Shard caches that do not form one complete set of one configuration, or cannot be indexed."""
+
+
 class BadImagesError(FeaturesError):
     """More images were skipped than ``--max-bad`` allows, or one was bad under ``--strict``."""
 

@@ -53,13 +53,25 @@ def _quiet_tensorflow() -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="headstart")
-def main() -> None:
+@click.option("--quiet", "-q", "global_quiet", is_flag=True,
+              help="Print only results and errors (sets --quiet of every command that has it).")
+@click.option("--verbose", "-v", "global_verbose", is_flag=True,
+              help="Also print the resolved configuration and TensorFlow's own log lines.")
+@click.pass_context
+def main(ctx: click.Context, global_quiet: bool, global_verbose: bool) -> None:
     """Transfer learning for image classifiers.
 
     Fast path: `extract-features` caches a frozen ImageNet backbone's features once, then
     `train-head` trains the classifier head on the cache in seconds. End-to-end path: `finetune`
     rebuilds the full model around the trained head and fine-tunes it with BatchNorm kept frozen.
+    Whole job in one run directory: `run`. An offline tour on generated images: `demo`.
     """
+    # Global flags reach each command through its own --quiet / --verbose, where it has one.
+    wanted = {"quiet": global_quiet, "verbose": global_verbose and not global_quiet}
+    ctx.default_map = {name: {k: True for k, on in wanted.items() if on and any(p.name == k for p in cmd.params)}
+                       for name, cmd in main.commands.items()}
+    if global_verbose and not global_quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     _quiet_tensorflow()
 
 
@@ -91,6 +103,9 @@ def main() -> None:
 @click.option("--augment", default=_EXTRACT.augment, show_default=True, help="Augmentation for --augment-views.")
 @click.option("--seed", type=int, default=_EXTRACT.seed, show_default=True, help="Seed of the augmented views.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache written with another configuration.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Be worker I of N (from 0): extract a stable 1/N of each split into --out; join the N "
+                   "files with merge-features.")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
 def extract_features_command(source, out, splits, split_specs, quiet, **options):
@@ -128,6 +143,30 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
         click.echo(f"skipped [{split}] {key}: {reason}")
     click.echo(f"wrote {summary.path} ({summary.backbone['backbone']}, {len(summary.class_names)} classes, "
                f"{summary.seconds:.1f} s)")
+
+
+@main.command("merge-features")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT written with another configuration.")
+@click.option("--quiet", is_flag=True, help="Print only the final summary.")
+@_library_call
+def merge_features_command(out, shards, overwrite, quiet):
+    """Join the caches of `extract-features --shard I/N` workers into one cache OUT.
+
+    Give every shard 0/N … N-1/N once, all of one configuration. OUT holds the rows in the order a
+    single extract-features run writes them, and no longer needs the shard files.
+    """
+    from pipeline.extraction import merge_features
+
+    summary = merge_features(out, list(shards), overwrite=overwrite,
+                             log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    if summary.already_complete:
+        click.echo(f"{summary.path}: already complete")
+        return
+    for split, info in summary.splits.items():
+        click.echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped")
+    click.echo(f"wrote {summary.path} (merged {summary.shards} shards, {summary.seconds:.1f} s)")
 
 
 @main.command("train-head")
@@ -169,6 +208,91 @@ def inspect_command(path, as_json):
 
     info = inspect_path(path)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
+
+
+def _run_options(fn):
+    """Adds the stage flags of ``headstart run`` (pipeline.run_config.RUN_OPTIONS); unset → None."""
+    from pipeline.run_config import RUN_OPTIONS, option_default
+
+    for option in reversed(RUN_OPTIONS):
+        default = option_default(option)
+        shown = ("on" if default else "off") if isinstance(default, bool) else \
+            None if isinstance(default, (tuple, dict)) else default
+        text = option.help + (f"  [default: {shown}]" if shown not in (None, "", ()) else "")
+        choice = click.Choice(option.choices) if option.choices else None
+        if option.kind == "bool":
+            fn = click.option(option.flag, option.dest, default=None, help=text)(fn)
+        elif option.kind == "multi":
+            fn = click.option(option.flag, option.dest, multiple=True, type=choice or str,
+                              metavar="NAME=SPEC" if not choice else None, help=text)(fn)
+        else:
+            kind = choice or {"int": int, "float": float, "str": str}[option.kind]
+            fn = click.option(option.flag, option.dest, type=kind, default=None, help=text)(fn)
+    return fn
+
+
+@main.command("run")
+@click.argument("source", required=False)
+@click.option("--out", type=click.Path(), help="Run directory: features.h5, head/, finetune/, summary.json, summary.png.")
+@click.option("--config", "config_file", type=click.Path(), metavar="FILE",
+              help="TOML file with [extract], [head] and [finetune] sections; flags override it.")
+@_run_options
+@click.option("--overwrite", is_flag=True, help="Reuse a run directory made with another configuration, "
+              "redoing the stages that change.")
+@click.option("--quiet", is_flag=True, help="Print only the final table.")
+@click.option("--verbose", is_flag=True, help="Also print the resolved configuration and TensorFlow's log lines.")
+@_library_call
+def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
+    """Run extract-features → train-head → finetune → evaluate into one run directory.
+
+    SOURCE is `tfds:NAME` or a folder of class folders (or `source` in --config). With no options,
+    `headstart run tfds:cats_vs_dogs --out runs/guide` follows the Keras guide end to end. Run the
+    same command again: finished stages are reused, an interrupted one resumes. The resolved
+    config is written to RUN_DIR/config.toml; `--config RUN_DIR/config.toml` reproduces the run.
+    """
+    from pipeline.runner import Console, load_run_config, run_pipeline
+
+    if verbose and not quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    config = load_run_config(source, out, config_file=config_file, flags=flags)
+    result = run_pipeline(config, overwrite=overwrite,
+                          console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
+    click.echo(result.table)
+
+
+@main.command("demo")
+@click.option("--out", default="headstart-demo", show_default=True, type=click.Path(),
+              help="Folder for the generated images (data/) and the run directory (run/).")
+@click.option("--data", type=click.Path(), default=None,
+              help="Train on this folder of class folders instead of the generated shapes.")
+@click.option("--weights", default=None, help="'imagenet', 'none' or a local .h5 file.  [default: ImageNet "
+              "when Keras has them cached or can fetch them, else a random backbone]")
+@click.option("--images-per-class", type=int, default=150, show_default=True,
+              help="Generated images per class (70% train, 10% validation, 20% test).")
+@click.option("--head-epochs", type=int, default=20, show_default=True, help="Most epochs of the head.")
+@click.option("--epochs", type=int, default=4, show_default=True, help="Most fine-tuning epochs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated images and every stage.")
+@click.option("--tensorboard", is_flag=True, help="Write TensorBoard logs of both training stages.")
+@click.option("--overwrite", is_flag=True, help="Redo the stages whose configuration changed since the last demo.")
+@click.option("--quiet", is_flag=True, help="Print only the final table.")
+@click.option("--verbose", is_flag=True, help="Also print the resolved configuration and TensorFlow's log lines.")
+@_library_call
+def demo_command(quiet, verbose, **options):
+    """Run the whole pipeline on generated images of shapes, offline, in a few minutes.
+
+    Draws circles, squares and triangles (random place, size, colour, noise), then runs
+    extract-features → train-head → finetune → evaluate with a small MobileNetV2 and prints a table
+    per stage. Use --weights PATH and --data DIR to try it on real material.
+    """
+    from pipeline.demo import DemoOptions, run_demo
+    from pipeline.runner import Console
+
+    if verbose and not quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    result, weights = run_demo(DemoOptions(**options),
+                               console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
+    click.echo(f"headstart demo: {weights}")
+    click.echo(result.table)
 
 
 if __name__ == "__main__":  # pragma: no cover

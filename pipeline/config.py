@@ -46,6 +46,7 @@ class ExtractConfig:
     augment: str = DEFAULT_AUGMENT
     seed: int = 0
     overwrite: bool = False
+    shard: str | None = None
 
 
 @dataclass

@@ -17,6 +17,10 @@ Directory layouts:
 
 Every non-hidden file inside a class folder is listed; files that are not images are reported as
 bad rather than silently ignored. Class names are the sorted folder names (or TFDS label names).
+
+Shards (``--shard I/N``): ``dataset(…, shard=(I, N))`` keeps, in order, the items whose
+``shard_of(key, N) == I`` and drops the others before decoding. The shard hash is the split hash
+salted, so it is independent of the split and each shard gets about 1/N of every split.
 """
 
 from __future__ import annotations
@@ -82,6 +86,18 @@ def hash_fraction(relative_path: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+#: Prefix hashed with each key for the shard hash; a different input than the split hash's.
+SHARD_SALT = "shard:"
+#: Names the shard hash in cache configs, so shards cut by another rule never merge silently.
+SHARD_HASH = f"sha1({SHARD_SALT!r}+key)"
+
+
+def shard_of(key: str, count: int) -> int:
+    """The shard (0 … count-1) of a key (relative path or TFDS id): stable, split-independent."""
+    # hash_fraction can round up to 1.0 for the very largest digests; keep the result in range.
+    return min(int(hash_fraction(SHARD_SALT + key) * count), count - 1)
+
+
 def resolve_source(
     spec: str,
     *,
@@ -144,17 +160,23 @@ class Source:
         """
         raise NotImplementedError
 
-    def count(self, split: str) -> int | None:
-        """Number of items in a split (good and bad), or None when it cannot be known cheaply."""
+    def count(self, split: str, *, shard: tuple[int, int] | None = None) -> int | None:
+        """Items in a split (or in its shard (I, N)), good and bad; None when not known cheaply."""
         raise NotImplementedError
 
-    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None) -> tf.data.Dataset:
+    def keys(self, split: str) -> list[str]:
+        """Keys of every item of a split (all shards), in dataset order."""
+        raise NotImplementedError
+
+    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None,
+                shard: tuple[int, int] | None = None) -> tf.data.Dataset:
         """The split as element-level dicts (see the module docstring), in a deterministic order.
 
         Args:
             split: one of ``split_names``.
             image_size: S; images come out (S, S, 3) float32 raw 0–255.
             max_pixels: decompression-bomb limit; ``MAX_IMAGE_PIXELS`` when None.
+            shard: (I, N) keeps only shard I of N (``shard_of``), in order; others are not decoded.
 
         Raises:
             DataError: an unknown split.
@@ -228,18 +250,26 @@ class DirSource(Source):
         return {"source": self.spec, "kind": self.kind, "root": str(self.root), "layout": self.layout,
                 "splits": dict(self._split_specs)}
 
-    def count(self, split: str) -> int:
-        self._check_split(split)
-        return len(self._items[split])
+    def count(self, split: str, *, shard: tuple[int, int] | None = None) -> int:
+        return len(self._shard_items(split, shard))
 
     def keys(self, split: str) -> list[str]:
         """Keys (paths relative to the root, forward slashes) of a split, in dataset order."""
         self._check_split(split)
         return [key for key, _ in self._items[split]]
 
-    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None) -> tf.data.Dataset:
+    def _shard_items(self, split: str, shard: tuple[int, int] | None) -> list[tuple[str, int]]:
         self._check_split(split)
         items = self._items[split]
+        if shard is None:
+            return items
+        index, count = shard
+        # Filtering the file list means other shards' files are never even opened.
+        return [(key, label) for key, label in items if shard_of(key, count) == index]
+
+    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None,
+                shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+        items = self._shard_items(split, shard)
         root = os.fsencode(self.root)
         paths = tf.constant([os.path.join(root, os.fsencode(k)) for k, _ in items], tf.string, shape=(len(items),))
         labels = tf.constant([label for _, label in items], tf.int64, shape=(len(items),))
@@ -354,8 +384,10 @@ class TfdsSource(Source):
         return {"source": self.spec, "kind": self.kind, "name": self.builder.name,
                 "version": str(self.builder.version), "splits": dict(self._split_specs)}
 
-    def count(self, split: str) -> int | None:
+    def count(self, split: str, *, shard: tuple[int, int] | None = None) -> int | None:
         self._check_split(split)
+        if shard is not None and shard[1] > 1:
+            return None  # would take a pass over the split's ids; progress shows no total instead
         try:
             return int(self.builder.info.splits[self._split_specs[split]].num_examples)
         except Exception:  # noqa: BLE001 - not prepared / mocked: ask the dataset instead
@@ -371,20 +403,47 @@ class TfdsSource(Source):
             read_config=tfds.ReadConfig(add_tfds_id=True),
         )
 
-    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None) -> tf.data.Dataset:
+    def keys(self, split: str) -> list[str]:
+        """TFDS ids of a split in dataset order; reads the split's records but decodes nothing."""
         self._check_split(split)
+        ids = self._keyed(split).map(lambda payload, label, key: key)
+        return [key.decode("utf-8", "surrogateescape") for key in ids.as_numpy_iterator()]
+
+    def _keyed(self, split: str) -> tf.data.Dataset:
+        # (encoded image, label, key) in the fixed read order, before anything is decoded.
         ds = self._read(split)
         image_key, label_key, spec = self.image_key, self.label_key, self._split_specs[split]
         if "tfds_id" in ds.element_spec:
-            ds = ds.map(lambda e: (e[image_key], e[label_key], e["tfds_id"]))
-        else:
-            ds = ds.enumerate().map(lambda i, e: (e[image_key], e[label_key],
-                                                  tf.strings.join([spec, "#", tf.strings.as_string(i)])))
+            return ds.map(lambda e: (e[image_key], e[label_key], e["tfds_id"]))
+        return ds.enumerate().map(lambda i, e: (e[image_key], e[label_key],
+                                                tf.strings.join([spec, "#", tf.strings.as_string(i)])))
+
+    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None,
+                shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+        self._check_split(split)
+        ds = self._keyed(split)
+        if shard is not None:
+            ds = ds.filter(_shard_predicate(*shard))
 
         def load(data: bytes):
             return decode_or_reason(data, image_size, max_pixels=max_pixels)
 
         return ds.map(_decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _shard_predicate(index: int, count: int):
+    # A tf.data filter on the key, placed before the decode map so other shards' images are read
+    # (TFDS stores them inline) but never decoded. SHA-1 has no TF op, hence py_function; it sees
+    # only the short key string.
+    def keep(key: tf.Tensor) -> bool:
+        return shard_of(key.numpy().decode("utf-8", "surrogateescape"), count) == index
+
+    def predicate(payload, label, key):
+        kept = tf.py_function(keep, [key], tf.bool)
+        kept.set_shape(())
+        return kept
+
+    return predicate
 
 
 def _first_line(error: Exception) -> str:

@@ -1,8 +1,13 @@
-"""``extract-features``: resolve the source, build the frozen extractor, fill the feature cache."""
+"""``extract-features``: resolve the source, build the frozen extractor, fill the feature cache.
+
+Also ``merge-features``: ``extract-features --shard I/N`` workers each write a cache of their 1/N
+of every split (see ``pipeline/data.py`` for which items); ``merge_features`` joins them.
+"""
 
 from __future__ import annotations
 
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +18,7 @@ from pipeline.errors import OptionError
 
 POOLINGS = ("avg", "max", "none")
 DTYPES = ("float16", "float32")
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.ASCII)
 
 
 @dataclass
@@ -26,6 +32,25 @@ class ExtractSummary:
     splits: dict[str, dict] = field(default_factory=dict)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (split, key, reason)
     seconds: float = 0.0
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """Parses ``--shard I/N`` (worker I of N, counted from 0) into (I, N); None stays None.
+
+    Raises:
+        OptionError: not I/N, N < 1, or I outside 0 … N-1.
+    """
+    if spec is None:
+        return None
+    match = _SHARD.match(str(spec))
+    if not match:
+        raise OptionError(f"--shard '{spec}': expected I/N, e.g. 0/4 for the first of 4 workers")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1:
+        raise OptionError(f"--shard '{spec}': N must be at least 1")
+    if index >= count:
+        raise OptionError(f"--shard '{spec}': I must be in 0..{count - 1} (workers count from 0)")
+    return index, count
 
 
 def validate_extract_config(config: ExtractConfig) -> None:
@@ -50,6 +75,7 @@ def validate_extract_config(config: ExtractConfig) -> None:
         raise OptionError(f"--max-bad must be 0 or more, got {config.max_bad}")
     if not config.splits:
         raise OptionError("--splits must name at least one split")
+    parse_shard(config.shard)
     for name in ("validation_fraction", "test_fraction"):
         value = getattr(config, name)
         if not 0.0 <= value < 1.0:
@@ -90,9 +116,11 @@ def extract_features(
     from features.backbones import build_extractor, check_image_size, get_backbone_spec
     from features.errors import BadImagesError
     from features.extract import extract_split, find_bad_images
+    from features.merge import write_source_index
     from features.store import create_or_resume
-    from pipeline.data import resolve_source
+    from pipeline.data import SHARD_HASH, resolve_source
 
+    shard = parse_shard(config.shard)
     get_backbone_spec(config.backbone)
     check_image_size(config.backbone, config.image_size)
     source = resolve_source(config.source, split_specs=config.split_specs,
@@ -103,7 +131,8 @@ def extract_features(
     if config.strict:
         # --strict promises that nothing is written when any image is bad, so look first.
         for split in splits:
-            bad = find_bad_images(source.dataset(split, config.image_size), batch_size=config.batch_size)
+            bad = find_bad_images(source.dataset(split, config.image_size, shard=shard),
+                                  batch_size=config.batch_size)
             if bad:
                 key, reason = bad[0]
                 raise BadImagesError(f"{_describe_key(source, key)}: {reason} (--strict; "
@@ -118,10 +147,14 @@ def extract_features(
 
         augment = build_augmentation(config.augment, seed=config.seed)
 
-    writer = create_or_resume(
-        config.out,
-        config=_cache_config(config, info.to_dict(), source, splits),
-        provenance=_provenance(config),
+    cache_config = _cache_config(config, info.to_dict(), source, splits)
+    if shard is not None:
+        # Only sharded caches carry the field, so unsharded configs (and old caches) are unchanged
+        # and a merged cache has exactly the config of a single-process run.
+        cache_config["shard"] = {"index": shard[0], "count": shard[1], "hash": SHARD_HASH}
+    store_args = dict(
+        config=cache_config,
+        provenance=_provenance(config, shard),
         class_names=list(source.class_names),
         splits=splits,
         feature_shape=tuple(info.feature_shape),
@@ -129,6 +162,7 @@ def extract_features(
         views=config.augment_views,
         overwrite=config.overwrite,
     )
+    writer = create_or_resume(config.out, **store_args)
     summary = ExtractSummary(path=config.out, already_complete=writer.complete,
                              backbone=info.to_dict(), class_names=list(source.class_names))
     if writer.complete:
@@ -137,6 +171,8 @@ def extract_features(
 
     start = time.perf_counter()
     finished = False
+    if shard is not None:
+        log(f"shard {shard[0]}/{shard[1]}: extracting about 1/{shard[1]} of each split")
     try:
         bad = 0
         for split in splits:
@@ -144,17 +180,24 @@ def extract_features(
             if consumed and not writer.is_done(split):
                 log(f"resuming split '{split}' after {consumed} images")
             report = extract_split(
-                writer, split, source.dataset(split, config.image_size), extractor,
-                batch_size=config.batch_size, total=source.count(split),
+                writer, split, source.dataset(split, config.image_size, shard=shard), extractor,
+                batch_size=config.batch_size, total=source.count(split, shard=shard),
                 augment=augment if split == "train" else None,
                 views=config.augment_views if split == "train" else 0,
-                seed=config.seed, max_bad=config.max_bad, bad_so_far=bad,
+                seed=_view_seed(config.seed, shard), max_bad=config.max_bad, bad_so_far=bad,
                 on_progress=on_progress,
             )
             bad += len(report.skipped)
             summary.splits[split] = {"rows": report.rows, "skipped": len(report.skipped),
                                      "images_per_second": round(report.images_per_second, 2)}
             summary.skipped.extend((split, k, r) for k, r in report.skipped)
+        if shard is not None:
+            # The store's writer keeps no per-row extras, so each row's position in the unsharded
+            # split (what merge-features orders by) goes into the finished partial between a close
+            # and a resume; a run killed in between redoes just this step.
+            writer.close()
+            write_source_index(writer.partial_path, splits, source.keys)
+            writer = create_or_resume(config.out, **store_args)
         summary.seconds = time.perf_counter() - start
         writer.finalize({"extract_seconds": round(summary.seconds, 3)})
         finished = True
@@ -203,7 +246,13 @@ def _cache_config(config: ExtractConfig, backbone: dict, source, splits: list[st
     }
 
 
-def _provenance(config: ExtractConfig) -> dict:
+def _view_seed(seed: int, shard: tuple[int, int] | None) -> int:
+    # Views are seeded per (seed, split, batch number, view); without this, batch b of every shard
+    # would get the same transforms. Shard 0 keeps the seed, so --shard 0/1 equals a plain run.
+    return seed if shard is None else seed + 1_000_003 * shard[0]
+
+
+def _provenance(config: ExtractConfig, shard: tuple[int, int] | None = None) -> dict:
     import h5py
     import keras
     import numpy
@@ -211,7 +260,7 @@ def _provenance(config: ExtractConfig) -> dict:
 
     from pipeline import __version__
 
-    return {
+    provenance = {
         "headstart": __version__,
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "keras": keras.__version__, "h5py": h5py.__version__,
@@ -219,6 +268,50 @@ def _provenance(config: ExtractConfig) -> dict:
         "command_config": config_to_dict(config),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if shard is not None:
+        provenance["shard"] = {"index": shard[0], "count": shard[1],
+                               "view_seed": _view_seed(config.seed, shard)}
+    return provenance
+
+
+def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
+                   log: Callable[[str], None] = print):
+    """``merge-features``: joins the caches of ``extract-features --shard I/N`` into one cache.
+
+    Args:
+        out: the cache file to write.
+        shards: one cache per shard 0 … N-1, in any order.
+        overwrite: replace an OUT written with another configuration.
+        log: where one-line status messages go.
+
+    Returns:
+        A ``features.merge.MergeSummary``.
+
+    Raises:
+        OptionError: no shards, or an unusable OUT path. FeaturesError subclasses (ShardError,
+        StoreError, …): shards that do not form one complete set, or cache failures.
+    """
+    if not shards:
+        raise OptionError("merge-features needs the SHARD files to merge")
+    target = Path(out)
+    if target.is_dir():
+        raise OptionError(f"OUT {target} is a directory; give a file name such as features.h5")
+    if not target.parent.exists():
+        raise OptionError(f"OUT {target}: folder {target.parent} does not exist")
+    import h5py
+    import numpy
+
+    from features.merge import merge_shards
+    from pipeline import __version__
+
+    # No TensorFlow here: merging only copies arrays.
+    provenance = {
+        "headstart": __version__,
+        "versions": {"python": platform.python_version(), "h5py": h5py.__version__,
+                     "numpy": numpy.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return merge_shards(out, shards, provenance=provenance, overwrite=overwrite, log=log)
 
 
 def _describe_key(source, key: str) -> str:
