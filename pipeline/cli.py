@@ -16,11 +16,13 @@ import sys
 import click
 
 from features.errors import FeaturesError
-from pipeline.config import ExtractConfig, HeadConfig
+from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
+from pipeline.distribute import STRATEGIES
 from pipeline.errors import HeadstartError
 
 _EXTRACT = ExtractConfig()
 _HEAD = HeadConfig()
+_FINETUNE = FinetuneConfig()
 
 
 class _CliError(click.ClickException):
@@ -182,6 +184,12 @@ def merge_features_command(out, shards, overwrite, quiet):
 @click.option("--deterministic", is_flag=True, help="Bit-identical results for the same seed (slower ops).")
 @click.option("--memory-limit-mb", type=int, default=_HEAD.memory_limit_mb, show_default=True,
               help="Load features into memory up to this size; stream them from HDF5 beyond it.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=_HEAD.strategy, show_default=True,
+              help="tf.distribute strategy: mirrored (local GPUs), multiworker (TF_CONFIG), default (one "
+                   "device); auto picks multiworker with a TF_CONFIG cluster, mirrored with 2+ GPUs.")
+@click.option("--mixed-precision", is_flag=True,
+              help="Compute in mixed_float16 on GPU, mixed_bfloat16 on CPU; logits stay float32.")
+@click.option("--jit-compile", is_flag=True, help="Compile the training step with XLA.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
@@ -196,6 +204,95 @@ def train_head_command(features, out, quiet, **options):
     result = train_head(HeadConfig(features=features, out=out, **options),
                         log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
     click.echo(result.summary)
+
+
+@main.command("finetune")
+@click.argument("source")
+@click.option("--head", type=click.Path(file_okay=False), default=None,
+              help="train-head run directory to seed from; without it, the head is trained first on the frozen backbone.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--backbone", default=None, help="Only without --head (default xception); with --head it comes from the head run.")
+@click.option("--weights", default=None, help="imagenet, none or a file; with --head only to point at a moved file (fingerprint checked).")
+@click.option("--alpha", type=float, default=None, help="Width multiplier for mobilenet backbones (without --head).")
+@click.option("--image-size", type=int, default=None, help="Input size (without --head; default 150).")
+@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=None, help="Pooling (without --head; default avg).")
+@click.option("--split", "split_specs", multiple=True, metavar="NAME=SPEC", help="TFDS split override; repeatable.")
+@click.option("--epochs", type=int, default=_FINETUNE.epochs, show_default=True, help="Most fine-tuning epochs.")
+@click.option("--lr", type=float, default=_FINETUNE.lr, show_default=True, help="Adam learning rate for fine-tuning.")
+@click.option("--batch-size", type=int, default=_FINETUNE.batch_size, show_default=True, help="Batch size of the fine-tune stage.")
+@click.option("--head-epochs", type=int, default=_FINETUNE.head_epochs, show_default=True, help="Head epochs when there is no --head.")
+@click.option("--head-lr", type=float, default=_FINETUNE.head_lr, show_default=True, help="Head learning rate when there is no --head.")
+@click.option("--head-batch-size", type=int, default=_FINETUNE.head_batch_size, show_default=True,
+              help="Batch size of the head stage when there is no --head.")
+@click.option("--unfreeze", default=_FINETUNE.unfreeze, show_default=True,
+              help="all, top:N (last N backbone layers) or from:LAYER; BatchNorm always stays frozen.")
+@click.option("--augment", default=_FINETUNE.augment, show_default=True, help="Augmentation, e.g. flip,rotate=0.1 or none.")
+@click.option("--patience", type=int, default=_FINETUNE.patience, show_default=True, help="Early-stopping patience on validation loss.")
+@click.option("--seed", type=int, default=_FINETUNE.seed, show_default=True, help="Seed of shuffling and augmentation.")
+@click.option("--parity-samples", type=int, default=_FINETUNE.parity_samples, show_default=True,
+              help="Validation images checked against the cached features before training (0: off).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last completed epoch.")
+@click.option("--export", multiple=True, type=click.Choice(["saved_model", "tflite"]), help="Also export; repeatable.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--quiet", is_flag=True, help="Print only the final summary.")
+@_library_call
+def finetune_command(source, split_specs, export, quiet, **options):
+    """Fine-tune the whole model end to end, seeded with a trained head.
+
+    Rebuilds raw image → augmentation → preprocessing → backbone → pooling → head from the head
+    run's provenance, checks that it reproduces the head's logits on cached features, unfreezes
+    the backbone with every BatchNorm layer kept frozen, and writes model.keras (raw images in,
+    logits out) with metrics, history and curves.
+    """
+    from pipeline.data import parse_split_option
+    from pipeline.finetune import finetune
+
+    config = FinetuneConfig(source=source, split_specs=parse_split_option(split_specs), export=tuple(export), **options)
+    result = finetune(config, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    click.echo(result.summary)
+
+
+@main.command("evaluate")
+@click.argument("model", type=click.Path())
+@click.argument("source")
+@click.option("--split", default="test", show_default=True, help="Split of SOURCE to evaluate.")
+@click.option("--batch-size", type=int, default=None, help="Default: what the run used.")
+@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a PNG grid of the most confidently wrong images.")
+@click.option("--grid-size", type=int, default=16, show_default=True, help="Images in the grid.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_library_call
+def evaluate_command(model, source, split, as_json, **options):
+    """Evaluate a model (model.keras or a finetune run directory) on a split of SOURCE.
+
+    Prints accuracy, loss, per-class precision/recall and the confusion matrix.
+    """
+    from pipeline.evaluation import evaluate_model, format_evaluation
+
+    result = evaluate_model(model, source, split, **options)
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else format_evaluation(result))
+
+
+@main.command("predict")
+@click.argument("model", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the rows to this CSV file.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
+@_library_call
+def predict_command(model, paths, csv_path, batch_size):
+    """Predict the class of images or folders of images with a model.
+
+    One line per image: path, class, probability. Bad files are reported, not fatal.
+    """
+    from pipeline.evaluation import predict_images, write_predictions_csv
+
+    rows = predict_images(model, paths, batch_size=batch_size)
+    for row in rows:
+        if row.error:
+            click.echo(f"{row.path}\terror: {row.error}")
+        else:
+            click.echo(f"{row.path}\t{row.label}\t{row.probability:.4f}")
+    if csv_path:
+        write_predictions_csv(rows, csv_path)
 
 
 @main.command("inspect")
@@ -233,7 +330,8 @@ def _run_options(fn):
 
 @main.command("run")
 @click.argument("source", required=False)
-@click.option("--out", type=click.Path(), help="Run directory: features.h5, head/, finetune/, summary.json, summary.png.")
+@click.option("--out", type=click.Path(),
+              help="Run directory: features.h5, head/, finetune/, summary.json, summary.png.")
 @click.option("--config", "config_file", type=click.Path(), metavar="FILE",
               help="TOML file with [extract], [head] and [finetune] sections; flags override it.")
 @_run_options

@@ -64,6 +64,9 @@ class HeadConfig:
     deterministic: bool = False
     memory_limit_mb: int = 2048
     overwrite: bool = False
+    strategy: str = "auto"          # pipeline.distribute.STRATEGIES
+    mixed_precision: bool = False
+    jit_compile: bool = False
 
 
 @dataclass
@@ -73,6 +76,14 @@ class FinetuneConfig:
     source: str = ""
     head: str | None = None
     out: str = ""
+    # None means "from the head run" (or the guide's default without --head); a value that
+    # conflicts with the head run is refused rather than silently applied.
+    backbone: str | None = None
+    weights: str | None = None
+    alpha: float | None = None
+    image_size: int | None = None
+    pooling: str | None = None
+    split_specs: dict[str, str] = field(default_factory=dict)
     epochs: int = 10
     lr: float = 1e-5
     batch_size: int = 32
@@ -87,6 +98,9 @@ class FinetuneConfig:
     resume: bool = False
     export: tuple[str, ...] = ()
     overwrite: bool = False
+    strategy: str = "auto"          # pipeline.distribute.STRATEGIES
+    mixed_precision: bool = False
+    jit_compile: bool = False
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -1,0 +1,443 @@
+"""Evaluate, predict and export a full model (``model.keras``: raw images in, logits out).
+
+Every image goes through ``pipeline.data`` (``Source.dataset`` for splits, ``load_image`` for loose
+files), the same input path extraction and fine-tuning use, and every forward pass runs with
+``training=False`` so the model's augmentation layers stay idle. ``finetune`` computes its reported
+metrics with ``predict_split`` / ``split_metrics`` from here, so ``evaluate`` on the saved model
+reproduces them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pipeline.errors import DataError, OptionError, RunDirError
+
+#: Extensions picked up when a directory is given to ``predict_images`` (files named explicitly are
+#: always tried).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+EXPORT_FORMATS = ("saved_model", "tflite")
+
+
+@dataclass
+class SplitPredictions:
+    """Logits of one split, in source order, good images only.
+
+    Attributes:
+        logits: float32 (N, 1) or (N, K).
+        labels: int64 (N,).
+        keys: N source keys.
+        skipped: (key, reason) of every image that could not be decoded.
+        wrong: up to ``keep_wrong`` most confidently wrong images, most confident first, as
+            (probability of the predicted class, key, true index, predicted index, uint8 (S, S, 3)).
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    keys: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    wrong: list[tuple[float, str, int, int, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass
+class PredictionRow:
+    """One line of ``predict``: the class and its probability, or why the file was not read."""
+
+    path: str
+    label: str | None
+    probability: float | None
+    error: str | None = None
+
+
+def num_classes_of(model: Any) -> int:
+    """Classes a logits model separates: one logit means two classes."""
+    units = int(model.output_shape[-1])
+    return 2 if units == 1 else units
+
+
+def load_model(path: str | os.PathLike) -> tuple[Any, dict | None]:
+    """Loads ``model.keras`` (or the one in a run directory) in safe mode, with its run.json.
+
+    Returns:
+        (model, run) where run is the parsed ``run.json`` beside the model, or None.
+
+    Raises:
+        RunDirError: no such file, or a file Keras cannot load as a model.
+    """
+    import keras
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise RunDirError(f"{path}: no such model file (give model.keras or its run directory)")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # noqa: BLE001 - zip, JSON and Keras errors all mean "not a model"
+        raise RunDirError(f"{path}: cannot load as a Keras model ({str(exc).splitlines()[0][:200]})") from exc
+    run = None
+    run_json = path.parent / "run.json"
+    if run_json.is_file():
+        try:
+            run = json.loads(run_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            run = None
+    return model, run
+
+
+def labelled_dataset(source: Any, split: str, *, image_size: int, num_classes: int, batch_size: int,
+                     shuffle_seed: int | None = None, shuffle_buffer: int = 256) -> Any:
+    """Batches of (image, target) of the good images of one split, for ``fit`` and ``evaluate``.
+
+    Args:
+        source: a ``pipeline.data.Source``.
+        split: split name.
+        image_size: S.
+        num_classes: decides the target: float32 (1,) for two classes (binary cross-entropy against
+            one logit), int64 () otherwise.
+        batch_size: images per batch.
+        shuffle_seed: shuffle (reshuffled every epoch) with this seed; None keeps source order.
+        shuffle_buffer: images held by the shuffle buffer.
+
+    Returns:
+        ``tf.data.Dataset`` of (float32 (B, S, S, 3), target (B, 1) or (B,)).
+    """
+    import tensorflow as tf
+
+    def to_pair(element):
+        label = element["label"]
+        target = tf.reshape(tf.cast(label, tf.float32), (1,)) if num_classes == 2 else tf.cast(label, tf.int64)
+        return element["image"], target
+
+    ds = source.dataset(split, image_size).filter(lambda e: tf.equal(tf.strings.length(e["error"]), 0))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
+                  keep_wrong: int = 0) -> SplitPredictions:
+    """Runs ``model`` (inference mode) over one split of ``source``.
+
+    Args:
+        model: raw images (B, S, S, 3) → logits.
+        source: a ``pipeline.data.Source``.
+        split: split name.
+        batch_size: images per forward pass.
+        keep_wrong: how many of the most confidently wrong images to keep for a grid.
+    """
+    import tensorflow as tf
+
+    from pipeline.head import logits_to_probabilities, predict_classes
+
+    image_size = int(model.input_shape[1])
+    k = num_classes_of(model)
+    logits, labels, keys, skipped, heap = [], [], [], [], []
+    for batch in source.dataset(split, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE):
+        errors = [e.decode() for e in batch["error"].numpy()]
+        names = [key.decode() for key in batch["key"].numpy()]
+        good = np.array([not e for e in errors])
+        skipped.extend((n, e) for n, e in zip(names, errors) if e)
+        if not good.any():
+            continue
+        # Whole batches (bad rows are zero images, dropped after): one batch shape, no retracing.
+        out = np.asarray(model.predict_on_batch(batch["image"]), dtype=np.float32)[good]
+        images = batch["image"].numpy()[good] if keep_wrong else None
+        truth = batch["label"].numpy()[good].astype(np.int64)
+        logits.append(out)
+        labels.append(truth)
+        keys.extend(n for n, g in zip(names, good) if g)
+        if keep_wrong:
+            pred = predict_classes(out, k)
+            prob = logits_to_probabilities(out, k)[np.arange(len(pred)), pred]
+            for i in np.flatnonzero(pred != truth):
+                # A bounded min-heap keeps the most confident mistakes without holding every image.
+                item = (float(prob[i]), len(keys) - len(pred) + int(i), keys[len(keys) - len(pred) + i],
+                        int(truth[i]), int(pred[i]), np.clip(images[i], 0, 255).astype(np.uint8))
+                (heapq.heappush if len(heap) < keep_wrong else heapq.heappushpop)(heap, item)
+    width = int(model.output_shape[-1])
+    wrong = [(p, key, t, q, img) for p, _, key, t, q, img in sorted(heap, key=lambda x: (-x[0], x[1]))]
+    return SplitPredictions(
+        logits=np.concatenate(logits) if logits else np.zeros((0, width), np.float32),
+        labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64),
+        keys=keys, skipped=skipped, wrong=wrong)
+
+
+def split_metrics(predictions: SplitPredictions, class_names: Sequence[str]) -> dict[str, Any]:
+    """Loss (the training loss, mean over images), accuracy, per-class metrics, confusion matrix."""
+    from pipeline import report
+    from pipeline.head import head_labels, head_loss_and_metrics, predict_classes
+
+    k = len(class_names)
+    metrics: dict[str, Any] = {"loss": None}
+    if len(predictions.labels):
+        loss_fn, _ = head_loss_and_metrics(k)
+        metrics["loss"] = float(loss_fn(head_labels(predictions.labels, k), predictions.logits))
+    metrics.update(report.classification_metrics(predictions.labels, predict_classes(predictions.logits, k),
+                                                 class_names))
+    metrics["skipped"] = [list(s) for s in predictions.skipped]
+    return metrics
+
+
+def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str = "test", *,
+                   batch_size: int | None = None, split_specs: dict[str, str] | None = None,
+                   validation_fraction: float | None = None, test_fraction: float | None = None,
+                   grid: str | os.PathLike | None = None, grid_size: int = 16,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Accuracy, loss, per-class metrics and confusion matrix of a saved model on one split.
+
+    Split specs and fractions default to those the model's run recorded (run.json beside the
+    model) when SOURCE is the source it was trained on, so "test" means the same images.
+
+    Args:
+        model_path: ``model.keras`` or its run directory.
+        source: a source spec (``tfds:NAME``, a directory) or a ``pipeline.data.Source``.
+        split: split to evaluate.
+        batch_size: images per forward pass; default: the run's batch size (same batches, so the
+            same logits to the last bit), else 32.
+        split_specs, validation_fraction, test_fraction: as for ``pipeline.data.resolve_source``.
+        grid: write a PNG grid of the most confidently wrong images here.
+        grid_size: at most this many images in the grid.
+        log: one-line status messages.
+
+    Returns:
+        ``{"model", "split", "loss", "accuracy", "rows", "per_class", "confusion_matrix",
+        "class_names", "skipped", "grid"}``.
+
+    Raises:
+        RunDirError: the model cannot be loaded. DataError: bad source, missing split, or classes
+        that differ from the model's. OptionError: bad batch or grid size.
+    """
+    model, run = load_model(model_path)
+    if batch_size is None:
+        batch_size = int(((run or {}).get("config") or {}).get("batch_size") or 32)
+    if batch_size < 1 or grid_size < 1:
+        raise OptionError(f"--batch-size and the grid size must be at least 1, got {batch_size}, {grid_size}")
+    src = _resolve(source, run, split_specs, validation_fraction, test_fraction)
+    if split not in src.split_names:
+        raise DataError(f"source has no split '{split}' (it has {', '.join(src.split_names)})")
+    class_names = list(src.class_names)
+    expected = (run or {}).get("class_names")
+    if expected and list(expected) != class_names:
+        raise DataError(f"source classes {class_names} differ from the model's {list(expected)}")
+    if num_classes_of(model) != len(class_names):
+        raise DataError(f"source has {len(class_names)} classes but the model predicts {num_classes_of(model)}")
+    predictions = predict_split(model, src, split, batch_size=batch_size, keep_wrong=grid_size if grid else 0)
+    metrics = {"model": str(model_path), "split": split, **split_metrics(predictions, class_names), "grid": None}
+    if grid:
+        write_wrong_grid(predictions.wrong, class_names, grid)
+        metrics["grid"] = str(grid)
+    log(f"{split}: {metrics['rows']} images, accuracy {metrics['accuracy']}, loss {metrics['loss']}"
+        + (f", {len(predictions.skipped)} skipped" if predictions.skipped else ""))
+    return metrics
+
+
+def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
+                   batch_size: int = 32, class_names: Sequence[str] | None = None) -> list[PredictionRow]:
+    """Classifies image files; a bad file gives a row with ``error`` set and never stops the rest.
+
+    Args:
+        model_path: ``model.keras`` or its run directory.
+        paths: image files and/or directories (searched recursively for ``IMAGE_EXTENSIONS``).
+        batch_size: images per forward pass.
+        class_names: names of the class indices; default: run.json beside the model, else "0", "1"…
+
+    Returns:
+        One PredictionRow per file, in the order given (directories sorted): the predicted class and
+        its probability.
+    """
+    from pipeline.data import load_image
+    from pipeline.head import logits_to_probabilities
+
+    model, run = load_model(model_path)
+    k = num_classes_of(model)
+    names = list(class_names or (run or {}).get("class_names") or [str(i) for i in range(k)])
+    if len(names) != k:
+        raise OptionError(f"{len(names)} class names given for a model of {k} classes")
+    size = int(model.input_shape[1])
+    rows: list[PredictionRow] = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        probs = logits_to_probabilities(model.predict_on_batch(np.stack([img for _, img in pending])), k)
+        for (i, _), p in zip(pending, probs):
+            best = int(np.argmax(p))
+            rows[i].label, rows[i].probability = names[best], float(p[best])
+        pending.clear()
+
+    for path in _expand(paths):
+        rows.append(PredictionRow(path, None, None))
+        try:
+            pending.append((len(rows) - 1, load_image(path, size)))
+        except (DataError, OSError) as exc:
+            rows[-1].error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return rows
+
+
+def write_predictions_csv(rows: Sequence[PredictionRow], path: str | os.PathLike) -> None:
+    """Writes ``path,class,probability,error`` lines atomically."""
+    import csv
+    import io
+
+    from pipeline.report import write_text_atomic
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "class", "probability", "error"])
+    for r in rows:
+        writer.writerow([r.path, r.label or "", "" if r.probability is None else f"{r.probability:.6f}", r.error or ""])
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_wrong_grid(wrong: Sequence[tuple], class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """Saves a PNG grid of wrong predictions (from ``SplitPredictions.wrong``), titled with the
+    key, true and predicted class and the confidence. An empty list gives a "no errors" image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.report import _atomic_write
+
+    n = max(1, len(wrong))
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+    try:
+        for ax in axes.flat:
+            ax.axis("off")
+        if not wrong:
+            axes[0][0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
+        for ax, (prob, key, true, pred, image) in zip(axes.flat, wrong):
+            ax.imshow(image)
+            ax.set_title(f"{Path(key).name[:28]}\ntrue {class_names[true]}, said {class_names[pred]} "
+                         f"{prob:.2f}", fontsize=8)
+        fig.tight_layout()
+        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80), suffix=".png")
+    finally:
+        plt.close(fig)
+
+
+def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *,
+                 log: Callable[[str], None] = print) -> dict[str, str | None]:
+    """Exports the inference half of ``model`` (no augmentation) next to ``model.keras``.
+
+    "saved_model" → ``OUT/saved_model/`` (endpoint ``serve``: float32 (B, S, S, 3) raw 0–255 →
+    logits); "tflite" → ``OUT/model.tflite``, converted from that SavedModel. A TFLite conversion
+    that fails is logged and recorded as None rather than raised: the Keras model is already saved.
+
+    Returns:
+        format → written path, or None where the converter failed.
+
+    Raises:
+        OptionError: an unknown format.
+    """
+    from pipeline.model import inference_model
+
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise OptionError(f"--export: unknown format {unknown[0]!r} (choose from {', '.join(EXPORT_FORMATS)})")
+    out_dir = Path(out_dir)
+    done: dict[str, str | None] = {}
+    if not formats:
+        return done
+    serving = inference_model(model)
+    saved = out_dir / "saved_model"
+    tmp = out_dir / ".saved_model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    serving.export(str(tmp), format="tf_saved_model", verbose=False)
+    # A directory cannot be os.replace'd over a non-empty one; remove the old export first.
+    shutil.rmtree(saved, ignore_errors=True)
+    os.replace(tmp, saved)
+    if "saved_model" in formats:
+        done["saved_model"] = str(saved)
+    if "tflite" in formats:
+        done["tflite"] = _export_tflite(saved, out_dir / "model.tflite", log)
+        if "saved_model" not in formats:
+            shutil.rmtree(saved, ignore_errors=True)
+    return done
+
+
+def _export_tflite(saved: Path, target: Path, log: Callable[[str], None]) -> str | None:
+    import tensorflow as tf
+
+    try:
+        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
+    except Exception as exc:  # noqa: BLE001 - the converter raises many unrelated types
+        log(f"warning: tflite export failed ({str(exc).splitlines()[0][:200]}); model.keras and any "
+            "saved_model export are unaffected")
+        return None
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(flatbuffer)
+    os.replace(tmp, target)
+    return str(target)
+
+
+def _expand(paths: Sequence[str | os.PathLike]) -> list[str]:
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(str(f) for f in sorted(p.rglob("*"))
+                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
+        else:
+            out.append(str(p))
+    return out
+
+
+def _resolve(source: str | Any, run: dict | None, split_specs, validation_fraction, test_fraction) -> Any:
+    from pipeline.data import resolve_source
+
+    if not isinstance(source, str):
+        return source
+    recorded = _recorded_source(run)
+    same = bool(recorded) and (source in (recorded.get("source"), recorded.get("path"))
+                               or os.path.abspath(source) == recorded.get("path"))
+    if split_specs is None and same:
+        split_specs = recorded.get("split_specs")
+    kwargs: dict[str, Any] = {"split_specs": split_specs}
+    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if value is None and same and recorded.get(name) is not None:
+            value = recorded[name]
+        if value is not None:
+            kwargs[name] = value
+    return resolve_source(source, **kwargs)
+
+
+def _recorded_source(run: dict | None) -> dict:
+    # finetune's run.json records how SOURCE was resolved under "source"; nothing → defaults.
+    return dict((run or {}).get("source") or {})
+
+
+def format_evaluation(metrics: dict[str, Any]) -> str:
+    """Formats ``evaluate_model``'s result for people: totals, per-class table, confusion matrix."""
+    names = list(metrics["class_names"])
+    loss = metrics["loss"]
+    lines = [f"{metrics['model']} on split '{metrics['split']}': {metrics['rows']} images, "
+             f"accuracy {metrics['accuracy']:.4f}" + (f", loss {loss:.4f}" if loss is not None else "")]
+    width = max(8, *(len(n) for n in names))
+    lines.append(f"  {'class':<{width}}  precision  recall  support")
+    for name in names:
+        row = metrics["per_class"][name]
+        lines.append(f"  {name:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['support']:7d}")
+    lines.append("  confusion matrix (rows: true, columns: predicted): " + ", ".join(names))
+    for name, counts in zip(names, metrics["confusion_matrix"]):
+        lines.append(f"  {name:<{width}}  " + " ".join(f"{c:6d}" for c in counts))
+    for key, reason in metrics.get("skipped", []):
+        lines.append(f"  skipped {key}: {reason}")
+    if metrics.get("grid"):
+        lines.append(f"  most confidently wrong: {metrics['grid']}")
+    return "\n".join(lines)

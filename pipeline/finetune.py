@@ -1,0 +1,552 @@
+"""``finetune``: rebuild the full model around a trained head and fine-tune it end to end.
+
+Steps: read the head run (``train-head``'s run.json) → rebuild backbone, preprocessing and pooling
+from the cache config and check the weights fingerprint → assemble with augmentation and the head →
+parity check against the cache → (without a head run: train the head on the frozen backbone, the
+guide's first workflow) → evaluate the seeded model → unfreeze (BatchNorm stays frozen), recompile,
+fit with the best epoch kept by validation loss → stage gate → outputs.
+
+Resume: each stage's ``fit`` runs with ``_RunBackup``, a ``keras.callbacks.BackupAndRestore`` whose
+per-epoch save is one atomic commit: the weights file (with optimizer state) and the best weights go
+to new file names, then ``state.json`` naming them — with the epoch, history and early-stopping
+counters — replaces the old one. Keras's own ``_save_model`` rewrites ``latest.weights.h5`` in place
+and then the metadata JSON, so a SIGKILL inside it leaves a file that does not load, and its state
+holds no history or best epoch, which a resumed run needs to end with the same epochs and weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+
+from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_to_dict
+from pipeline.errors import OptionError, RunDirError
+
+#: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".
+BACKBONE_OPTIONS = ("backbone", "weights", "alpha", "image_size", "pooling")
+#: Options that may change between a run and its --resume.
+_RESUME_FREE = ("resume", "overwrite", "export")
+#: Bytes of decoded images the training shuffle buffer may hold.
+SHUFFLE_BYTES = 256 << 20
+
+
+@dataclass
+class FinetuneResult:
+    """What ``finetune`` produced; ``metrics`` is the content of ``metrics.json``."""
+
+    run_dir: str
+    model_path: str
+    kept: str                        # "finetuned" or "seeded" (stage gate)
+    best_epoch: int | None           # 1-based fine-tune epoch whose weights were kept
+    epochs_run: int
+    val_accuracy: float | None
+    test_accuracy: float | None
+    seconds_per_epoch: float
+    exports: dict = field(default_factory=dict)
+    parity: dict | None = None
+    metrics: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    summary: str = ""
+
+
+def validate_finetune_config(config: FinetuneConfig) -> Any:
+    """Checks option values before any data or model is touched; returns the parsed ``--unfreeze``.
+
+    Raises:
+        OptionError: naming the option at fault.
+    """
+    from pipeline.augment import parse_augment_spec
+    from pipeline.evaluation import EXPORT_FORMATS
+    from pipeline.model import parse_unfreeze
+
+    if not config.source:
+        raise OptionError("SOURCE is required")
+    if not config.out:
+        raise OptionError("--out is required")
+    checks = [("--epochs", config.epochs >= 1, "at least 1", config.epochs),
+              ("--head-epochs", config.head_epochs >= 1, "at least 1", config.head_epochs),
+              ("--lr", config.lr > 0 and math.isfinite(config.lr), "a positive number", config.lr),
+              ("--head-lr", config.head_lr > 0 and math.isfinite(config.head_lr), "a positive number", config.head_lr),
+              ("--batch-size", config.batch_size >= 1, "at least 1", config.batch_size),
+              ("--head-batch-size", config.head_batch_size >= 1, "at least 1", config.head_batch_size),
+              ("--patience", config.patience >= 0, "0 or more", config.patience),
+              ("--parity-samples", config.parity_samples >= 0, "0 or more", config.parity_samples)]
+    for option, ok, expected, value in checks:
+        if not ok:
+            raise OptionError(f"{option} must be {expected}, got {value}")
+    for fmt in config.export:
+        if fmt not in EXPORT_FORMATS:
+            raise OptionError(f"--export: unknown format '{fmt}' (choose from {', '.join(EXPORT_FORMATS)})")
+    parse_augment_spec(config.augment)
+    return parse_unfreeze(config.unfreeze)
+
+
+def read_head_run(path: str | os.PathLike) -> dict:
+    """Reads a ``train-head`` run directory's run.json.
+
+    Raises:
+        RunDirError: missing, not a directory, incomplete (no run.json), not a train-head run, or
+            without ``head.keras``.
+    """
+    import json
+
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise RunDirError(f"--head {run_dir}: no such run directory (give a train-head --out directory)")
+    run_json = run_dir / "run.json"
+    if not run_json.is_file():
+        what = "incomplete (no run.json; did train-head finish?)" if (run_dir / "head.keras").exists() else \
+            "not a train-head run directory (no run.json)"
+        raise RunDirError(f"--head {run_dir}: {what}")
+    try:
+        run = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"--head {run_dir}: run.json is unreadable ({exc})") from None
+    kind = run.get("kind") if isinstance(run, dict) else None
+    if kind != "head" or not isinstance(run.get("cache"), dict) or not (run_dir / "head.keras").is_file():
+        raise RunDirError(f"--head {run_dir}: a {kind or 'foreign'!r} run directory, not a train-head run "
+                          f"with head.keras")
+    return run
+
+
+def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
+             callbacks: Sequence[Any] = ()) -> FinetuneResult:
+    """Fine-tunes the full model and writes the run directory (see the module docstring).
+
+    Args:
+        config: resolved options. Backbone options (``BACKBONE_OPTIONS``), when the config has them
+            and they are not None, must agree with the head run (``weights`` may name another path
+            to the same weights: the fingerprint decides).
+        log: one line per epoch and status messages.
+        callbacks: extra Keras callbacks for the fine-tune ``fit`` (e.g. a progress bar).
+
+    Returns:
+        A FinetuneResult; ``summary`` is the table for the CLI to print.
+
+    Raises:
+        OptionError: bad or conflicting options. RunDirError: bad ``--head`` or ``--out``.
+        DataError: bad source or classes that differ from the head's. ParityError: the assembled
+        model disagrees with the cache. features.errors.WeightsError: weights that do not match.
+    """
+    spec = validate_finetune_config(config)
+
+    from pipeline import report
+    from pipeline.augment import build_augmentation
+    from pipeline.data import resolve_source
+    from pipeline.evaluation import export_model, labelled_dataset, predict_split, split_metrics
+    from pipeline.head import build_head, compile_head
+    from pipeline.model import (assemble_model, build_backbone_parts, check_parity, freeze_backbone,
+                                trainable_counts, unfreeze_backbone)
+
+    t_start = time.perf_counter()
+    head_run = read_head_run(config.head) if config.head else None
+    recipe = _recipe(config, head_run)
+    resuming = _check_out(config, report)
+    src_info = _source_options(config, head_run)
+    source = resolve_source(config.source, **{k: v for k, v in src_info.items() if k != "source"})
+    class_names = list(source.class_names)
+    if head_run and list(head_run["class_names"]) != class_names:
+        raise OptionError(f"SOURCE classes {class_names} differ from the head run's {head_run['class_names']}")
+    if "train" not in source.split_names:
+        raise OptionError(f"{config.source}: no 'train' split to fine-tune on")
+    num_classes, size = len(class_names), recipe["image_size"]
+    val_split = "validation" if "validation" in source.split_names else None
+
+    keras.utils.set_random_seed(config.seed)
+    base, pre, pool, fingerprint = build_backbone_parts(
+        recipe["backbone"], weights=recipe["weights"], image_size=size, alpha=recipe["alpha"],
+        pooling=recipe["pooling"], expected_fingerprint=recipe["fingerprint"])
+    feature_shape = tuple(int(d) for d in (head_run["feature_shape"] if head_run else _feature_shape(base, pool)))
+    dropout = head_run["head"]["dropout"] if head_run else HeadConfig().dropout
+    head = build_head(feature_shape, num_classes, dropout=dropout)
+    if head_run:
+        _copy_head_weights(Path(config.head) / "head.keras", head)
+    model = assemble_model(base, pre, pool, head, image_size=size,
+                           augmentation=build_augmentation(config.augment, seed=config.seed))
+    parity = None
+    if head_run and config.parity_samples:
+        parity = check_parity(model, head_run["cache"], source, samples=config.parity_samples,
+                              batch_size=config.batch_size)
+        log(f"parity: {parity['samples']} {parity['split']} images, largest logit difference "
+            f"{parity['max_abs_diff']:.3g} (tolerance {parity['tolerance']:.3g})")
+    # Only now, with the model built and checked, does --out get created: a refused run leaves nothing.
+    run_dir, progress = _open_run_dir(config, report, resuming)
+
+    def data(split, batch, shuffle):
+        buffer = max(64, min(source.count(split) or 1024, SHUFFLE_BYTES // (size * size * 12)))
+        return labelled_dataset(source, split, image_size=size, num_classes=num_classes, batch_size=batch,
+                                shuffle_seed=config.seed if shuffle else None, shuffle_buffer=buffer)
+
+    # --jit-compile where the config has it; strategy and mixed precision are not applied here yet.
+    jit = getattr(config, "jit_compile", "auto")
+    head_stage = None
+    seeded_head = run_dir / "backup" / "seeded_head.weights.h5"
+    if not head_run:
+        if "head_stage" in progress:
+            head.load_weights(seeded_head)
+            head_stage = progress["head_stage"]
+        else:
+            log(f"no --head: training the head on the frozen backbone for {config.head_epochs} epochs "
+                f"(batch {config.head_batch_size}, lr {config.head_lr:g})")
+            freeze_backbone(model)
+            compile_head(model, num_classes, config.head_lr, jit_compile=jit)
+            head_stage = _fit_stage(model, "head", run_dir, data("train", config.head_batch_size, True),
+                                    data(val_split, config.head_batch_size, False) if val_split else None,
+                                    config.head_epochs, config.patience, log, ())
+            head.save_weights(seeded_head)
+            progress["head_stage"] = head_stage
+            report.write_json_atomic(run_dir / "backup" / "progress.json", progress)
+            shutil.rmtree(run_dir / "backup" / "head", ignore_errors=True)
+
+    def evaluate(split):
+        return split_metrics(predict_split(model, source, split, batch_size=config.batch_size), class_names)
+
+    if val_split and "seeded" not in progress:
+        seeded = evaluate(val_split)
+        progress["seeded"] = {"loss": seeded["loss"], "accuracy": seeded["accuracy"]}
+        report.write_json_atomic(run_dir / "backup" / "progress.json", progress)
+    seeded_val = progress.get("seeded")
+    seeded_weights = model.get_weights()
+
+    unfrozen = unfreeze_backbone(model, spec)
+    compile_head(model, num_classes, config.lr, jit_compile=jit)  # recompile: trainables are fixed at compile
+    counts = trainable_counts(model)
+    log(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "
+        f"{counts['trainable_params']:,} trainable parameters; BatchNorm frozen")
+    stage = _fit_stage(model, "finetune", run_dir, data("train", config.batch_size, True),
+                       data(val_split, config.batch_size, False) if val_split else None,
+                       config.epochs, config.patience, log, callbacks)
+
+    gate = {"kept": "finetuned", "seeded_val_accuracy": (seeded_val or {}).get("accuracy"),
+            "finetuned_val_accuracy": None}
+    metrics: dict[str, Any] = {"stage": "finetune", "parity": parity, "head_stage": head_stage,
+                               "seeded": {"validation": seeded_val}, "unfreeze": str(spec),
+                               "trainable": counts, "best_epoch": stage["best_epoch"],
+                               "epochs_run": len(stage["epoch_seconds"]), "monitor": stage["monitor"]}
+    if val_split:
+        final_val = evaluate(val_split)
+        gate["finetuned_val_accuracy"] = final_val["accuracy"]
+        if final_val["accuracy"] is None or gate["seeded_val_accuracy"] is None:
+            gate["reason"] = "no readable validation image"
+        elif final_val["accuracy"] < gate["seeded_val_accuracy"]:
+            gate["kept"] = "seeded"
+            model.set_weights(seeded_weights)
+            final_val = evaluate(val_split)
+            log(f"stage gate: fine-tuned validation accuracy {gate['finetuned_val_accuracy']:.4f} is below "
+                f"the seeded model's {gate['seeded_val_accuracy']:.4f}; keeping the seeded model")
+        metrics["validation"] = final_val
+    else:
+        gate["reason"] = "no validation split"
+        metrics["validation"] = None
+    metrics["stage_gate"] = gate
+    metrics["test"] = evaluate("test") if "test" in source.split_names else None
+
+    model_path = run_dir / "model.keras"
+    report.save_model_atomic(model, model_path)
+    exports = export_model(model, run_dir, config.export, log=log) if config.export else {}
+    history = stage["history"]
+    report.write_json_atomic(run_dir / "metrics.json", metrics)
+    report.write_history_csv(history, run_dir / "history.csv")
+    report.plot_curves(history, run_dir / "curves.png", best_epoch=stage["best_epoch"],
+                       title=f"finetune: {recipe['backbone']} {size}px, --unfreeze {spec}")
+    epoch_seconds = stage["epoch_seconds"]
+    seconds_per_epoch = float(np.mean(epoch_seconds)) if epoch_seconds else 0.0
+    report.write_json_atomic(run_dir / report.RUN_JSON, {
+        "kind": "finetune", "stage": "finetune", "config": _resolved(config),
+        "head_run": ({"path": os.path.abspath(config.head), "cache": head_run["cache"],
+                      "accuracy": _head_accuracy(Path(config.head))} if head_run else None),
+        "backbone": {**{k: recipe[k] for k in ("backbone", "weights", "alpha", "image_size", "pooling")},
+                     "weights_fingerprint": fingerprint, "feature_shape": list(feature_shape)},
+        "source": {**src_info, "path": os.path.abspath(config.source), "describe": source.describe()},
+        "class_names": class_names, "num_classes": num_classes, "stage_gate": gate, "exports": exports,
+        "versions": report.library_versions(),
+        "timings": {"seconds_per_epoch": seconds_per_epoch, "epoch_seconds": epoch_seconds,
+                    "backup_seconds": stage["backup_seconds"],
+                    "total_seconds": time.perf_counter() - t_start},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+
+    val_m, test_m = metrics["validation"] or {}, metrics["test"] or {}
+    summary = report.format_summary_table([
+        ("parity (max logit diff)", None if parity is None else f"{parity['max_abs_diff']:.3g}"),
+        ("best epoch", f"{stage['best_epoch']} of {len(epoch_seconds)}"),
+        ("stage gate", f"kept {gate['kept']} model (seeded val acc {_fmt(gate['seeded_val_accuracy'])}, "
+                       f"fine-tuned {_fmt(gate['finetuned_val_accuracy'])})"),
+        ("validation accuracy", val_m.get("accuracy")), ("test accuracy", test_m.get("accuracy")),
+        ("time per epoch", f"{seconds_per_epoch:.2f} s"), ("model", str(model_path)),
+        *((f"export {k}", v or "failed") for k, v in exports.items()),
+    ], title="finetune")
+    return FinetuneResult(run_dir=str(run_dir), model_path=str(model_path), kept=gate["kept"],
+                          best_epoch=stage["best_epoch"], epochs_run=len(epoch_seconds),
+                          val_accuracy=val_m.get("accuracy"), test_accuracy=test_m.get("accuracy"),
+                          seconds_per_epoch=seconds_per_epoch, exports=exports, parity=parity,
+                          metrics=metrics, history=history, summary=summary)
+
+
+# ── helpers ──────────────────────────────────────────────────────────────────────────────────
+
+
+def _recipe(config: FinetuneConfig, head_run: dict | None) -> dict:
+    """Backbone, weights, alpha, image size, pooling and expected fingerprint for the rebuild."""
+    given = {name: getattr(config, name, None) for name in BACKBONE_OPTIONS}
+    if head_run is None:
+        defaults = ExtractConfig()
+        recipe = {name: given[name] if given[name] is not None else getattr(defaults, name)
+                  for name in BACKBONE_OPTIONS}
+        return {**recipe, "fingerprint": None}
+    cache = head_run["cache"]["config"]
+    recipe = {name: cache[name] for name in BACKBONE_OPTIONS}
+    for name in ("backbone", "alpha", "image_size", "pooling"):
+        if given[name] is not None and given[name] != recipe[name]:
+            raise OptionError(f"--{name.replace('_', '-')} {given[name]} conflicts with the head run's "
+                              f"{recipe[name]} ({head_run['cache']['path']}); leave it out: finetune takes it "
+                              "from the head run")
+    if given["weights"] is not None:
+        recipe["weights"] = given["weights"]  # e.g. the file moved; the fingerprint check decides
+    return {**recipe, "fingerprint": cache["weights_fingerprint"]}
+
+
+def _source_options(config: FinetuneConfig, head_run: dict | None) -> dict:
+    # The head run's source was resolved with these; the user does not repeat them.
+    cmd = ((head_run or {}).get("cache", {}).get("provenance") or {}).get("command_config") or {}
+    defaults = ExtractConfig()
+    return {"source": config.source,
+            "split_specs": dict(getattr(config, "split_specs", None) or cmd.get("split_specs") or {}),
+            "validation_fraction": cmd.get("validation_fraction", defaults.validation_fraction),
+            "test_fraction": cmd.get("test_fraction", defaults.test_fraction)}
+
+
+def _check_out(config: FinetuneConfig, report: Any) -> dict | None:
+    """Every refusal about ``--out`` and ``--resume``, before minutes of model building.
+
+    Returns:
+        The interrupted run's progress record when resuming one, else None.
+    """
+    import json
+
+    out = Path(config.out)
+    progress_path = out / "backup" / "progress.json"
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file; give a directory for the run")
+    if config.resume and progress_path.is_file():
+        progress = json.loads(progress_path.read_text(encoding="utf-8"))
+        old, new = progress.get("config", {}), _resolved(config)
+        for key in sorted(set(old) | set(new)):
+            if key not in _RESUME_FREE and old.get(key) != new.get(key):
+                raise OptionError(f"--resume: {out} was started with {key}={old.get(key)!r}, now "
+                                  f"{new.get(key)!r}; resume with the same options")
+        return progress
+    if config.resume and (out / report.RUN_JSON).is_file():
+        raise RunDirError(f"--resume: {out} holds a finished run; nothing to resume")
+    if out.is_dir() and any(out.iterdir()):
+        if config.resume:
+            raise RunDirError(f"--resume: {out} has no interrupted finetune run to resume")
+        if not config.overwrite:
+            raise RunDirError(f"--out {out} already exists and is not empty; pass --overwrite to replace "
+                              "its run files, or --resume to continue an interrupted run")
+    return None
+
+
+def _open_run_dir(config: FinetuneConfig, report: Any, progress: dict | None) -> tuple[Path, dict]:
+    """Creates ``--out`` (or keeps the interrupted run's); returns (run dir, progress record)."""
+    if progress is not None:
+        return Path(config.out), progress
+    run_dir = report.prepare_run_dir(config.out, config.overwrite)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # never resume an overwritten run's state
+    (run_dir / "backup").mkdir()
+    progress = {"config": _resolved(config)}
+    report.write_json_atomic(run_dir / "backup" / "progress.json", progress)
+    return run_dir, progress
+
+
+def _resolved(config: FinetuneConfig) -> dict:
+    resolved = config_to_dict(config)
+    for name in BACKBONE_OPTIONS:
+        resolved.setdefault(name, getattr(config, name, None))
+    resolved["source"] = os.path.abspath(config.source) if os.path.exists(config.source) else config.source
+    resolved["out"] = os.path.abspath(config.out)
+    if config.head:
+        resolved["head"] = os.path.abspath(config.head)
+    return resolved
+
+
+def _feature_shape(base: Any, pool: Any) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in base.output_shape[1:])
+    return shape[-1:] if pool is not None else shape
+
+
+def _copy_head_weights(path: Path, head: Any) -> None:
+    import keras
+
+    try:
+        trained = keras.saving.load_model(path, safe_mode=True, compile=False)
+        head.set_weights(trained.get_weights())
+    except Exception as exc:  # noqa: BLE001 - load and shape errors both mean a head we cannot use
+        raise RunDirError(f"--head: {path} does not fit the rebuilt head ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def _head_accuracy(head_dir: Path) -> dict:
+    # For comparing in run.json; a missing or odd metrics.json only loses this note.
+    import json
+
+    try:
+        metrics = json.loads((head_dir / "metrics.json").read_text(encoding="utf-8"))
+        return {split: (metrics.get(split) or {}).get("accuracy") for split in ("validation", "test")}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
+               log: Callable[[str], None], extra: Sequence[Any]) -> dict:
+    """Runs (or resumes) one stage's ``fit`` with ``_RunBackup``; best weights restored on return.
+
+    Returns:
+        ``{"history", "best_epoch" (1-based or None), "epoch_seconds", "stopped_early", "monitor"}``.
+    """
+    backup = _RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
+                       monitor="val_loss" if val is not None else "loss", stage=name, log=log)
+    if not backup.finished:
+        model._initial_epoch = None  # a previous fit's restored epoch must not leak into this one
+        try:
+            with warnings.catch_warnings():
+                # Filtering out bad images leaves the dataset's length unknown; Keras then warns at
+                # the end of every epoch that the input "ran out of data", which is expected here.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
+                          callbacks=[backup, *extra])
+        finally:
+            model._initial_epoch = None
+    backup.restore_best(model)
+    return backup.outcome()
+
+
+class _RunBackup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose per-epoch save is one atomic commit carrying history and best.
+
+    Files in ``backup_dir``: ``state.json`` (the commit point) and ``epoch-NNN.npz`` (model weights
+    ``w*`` and optimizer variables ``o*`` after epoch NNN) for the last epoch and the best one (often
+    the same file). After each commit, files the state no longer names are removed. NumPy archives
+    rather than ``save_weights``: one write of a few arrays instead of one HDF5 dataset per variable
+    (0.08 s instead of 0.5 s per epoch for MobileNetV2 0.35), loaded without pickle.
+
+    Args:
+        backup_dir: directory for this stage's backup.
+        epochs: the stage's total epochs.
+        patience: early stopping after this many epochs without improvement of ``monitor``.
+        monitor: "val_loss" or "loss"; lower is better, improvement is strict.
+        stage: name used in log lines.
+        log: one line per epoch.
+    """
+
+    # The parent's batch hook only serves save_freq=N; keeping Keras's default one lets fit dispatch
+    # batch callbacks asynchronously, as it does without this callback.
+    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
+
+    def __init__(self, backup_dir, *, epochs, patience, monitor, stage, log):
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
+        import json
+
+        self.dir = Path(backup_dir)
+        self.epochs, self.patience, self.monitor, self.stage, self.log = epochs, patience, monitor, stage, log
+        path = self.dir / "state.json"
+        self.state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
+            "epoch": 0, "weights": None, "best": None, "wait": 0, "stopped": False,
+            "history": {}, "epoch_seconds": [], "backup_seconds": []}
+        self._t0 = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.state["stopped"] or self.state["epoch"] >= self.epochs
+
+    def on_train_begin(self, logs=None):
+        if not self.state["weights"]:
+            return
+        # As BackupAndRestore._load_model: the optimizer must exist to take its saved state.
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        weights, slots = self._read(self.state["weights"])
+        if len(slots) != len(optimizer.variables):
+            raise RunDirError(f"--resume: the backup in {self.dir} holds {len(slots)} optimizer variables, "
+                              f"the model {len(optimizer.variables)}; was it made with other options?")
+        self.model.set_weights(weights)
+        for variable, value in zip(optimizer.variables, slots):
+            variable.assign(value)
+        self.model._initial_epoch = self.state["epoch"]
+        self.log(f"{self.stage}: resuming after epoch {self.state['epoch']} of {self.epochs}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        from pipeline.report import write_json_atomic
+
+        t_backup = time.perf_counter()
+        n = epoch + 1
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        state = dict(self.state, history={k: list(v) for k, v in self.state["history"].items()})
+        for key, value in logs.items():
+            state["history"].setdefault(key, []).append(value)
+        state["weights"] = f"epoch-{n:03d}.npz"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        arrays = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
+        arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)})
+        with open(self.dir / state["weights"], "wb") as f:
+            np.savez(f, **arrays)
+        current, best = logs.get(self.monitor, math.nan), state["best"]
+        if math.isfinite(current) and (best is None or current < best["value"]):
+            state["best"], state["wait"] = {"epoch": n, "value": current, "file": state["weights"]}, 0
+        else:
+            state["wait"] += 1
+        state["stopped"] = state["best"] is not None and state["wait"] >= self.patience and n < self.epochs
+        state["epoch"] = n
+        done = time.perf_counter()
+        state["epoch_seconds"] = state["epoch_seconds"] + [done - self._t0]
+        state["backup_seconds"] = state["backup_seconds"] + [done - t_backup]
+        write_json_atomic(self.dir / "state.json", state)  # the commit
+        self.state = state
+        keep = {"state.json", state["weights"], (state["best"] or {}).get("file")}
+        for stale in self.dir.iterdir():
+            if stale.name not in keep and stale.suffix == ".npz":
+                stale.unlink(missing_ok=True)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+        self.log(f"{self.stage} epoch {n}/{self.epochs}  {shown}  {state['epoch_seconds'][-1]:.1f} s")
+        if state["stopped"]:
+            self.log(f"early stopping: {self.monitor} has not improved for {state['wait']} epoch(s); "
+                     f"restoring epoch {state['best']['epoch']}")
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        pass  # the backup stays until finetune() has written its outputs
+
+    def restore_best(self, model) -> None:
+        """Loads the best epoch's weights (not its optimizer state) into ``model``."""
+        if self.state["best"] is None:
+            self.log(f"warning: {self.monitor} was never finite; keeping the last epoch's weights")
+            return
+        model.set_weights(self._read(self.state["best"]["file"])[0])
+
+    def outcome(self) -> dict:
+        best = self.state["best"]
+        return {"history": self.state["history"], "best_epoch": best["epoch"] if best else None,
+                "epoch_seconds": self.state["epoch_seconds"], "stopped_early": self.state["stopped"],
+                "backup_seconds": self.state["backup_seconds"], "monitor": self.monitor}
+
+    def _read(self, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        with np.load(self.dir / name, allow_pickle=False) as z:
+            count = {p: sum(k.startswith(p) for k in z.files) for p in ("w", "o")}
+            return ([z[f"w{i}"] for i in range(count["w"])], [z[f"o{i}"] for i in range(count["o"])])

@@ -1,0 +1,456 @@
+"""`finetune`: assembly, parity, BatchNorm kept frozen, unfreeze modes, stage gate, resume, refusals.
+
+Speed: MobileNet (v1) alpha 0.25 at 32 px — real depthwise convolutions and BatchNorm, the smallest
+graph in the registry — from a weights file whose BatchNorm statistics were calibrated on noise, so
+features carry the images' colours and a head learns the two colour classes in seconds. One
+fine-tune run is shared by the checks that only read its outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import layout_cats_vs_dogs_2k, make_class_folders
+from features.errors import WeightsError
+from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
+from pipeline.errors import OptionError, ParityError, RunDirError
+
+BACKBONE = {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32}
+
+
+def make_weights_file(path: Path, seed: int = 0) -> Path:
+    """Saves MobileNet 0.25 / 32 px weights with BatchNorm statistics calibrated on noise."""
+    from features.backbones import build_base
+
+    base = build_base(BACKBONE["backbone"], weights="none", image_size=32, alpha=BACKBONE["alpha"])
+    rng = np.random.default_rng(seed)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # one training-mode pass sets moving stats to the batch's
+    base(rng.uniform(-1, 1, (32, 32, 32, 3)).astype("float32"), training=True)
+    base.save_weights(path)
+    return path
+
+
+def make_splits(root: Path, per_class=(8, 4, 4)) -> Path:
+    for split, n, seed in zip(("train", "validation", "test"), per_class, (0, 1, 2)):
+        make_class_folders(root / split, per_class=n, seed=seed)
+    return root
+
+
+def config_for(prepared, out: Path, **kwargs) -> FinetuneConfig:
+    values = {"source": str(prepared.data), "head": str(prepared.head), "out": str(out), "epochs": 2,
+              "batch_size": 8, "seed": 0, "parity_samples": 8}
+    values.update(kwargs)
+    return FinetuneConfig(**values)
+
+
+def with_backbone(config: FinetuneConfig, **options) -> FinetuneConfig:
+    # FinetuneConfig may not carry backbone options yet; finetune() reads them with getattr.
+    for name, value in options.items():
+        setattr(config, name, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Images, a weights file, a float32 feature cache and a trained head run."""
+    from pipeline.extraction import extract_features
+    from pipeline.train import train_head
+
+    root = tmp_path_factory.mktemp("finetune")
+    data = make_splits(root / "images")
+    weights = make_weights_file(root / "mobilenet_025.weights.h5")
+    extract_features(ExtractConfig(source=str(data), out=str(root / "features.h5"), weights=str(weights),
+                                   batch_size=8, **BACKBONE), log=lambda s: None)
+    head = train_head(HeadConfig(features=str(root / "features.h5"), out=str(root / "head"), epochs=20,
+                                 lr=1e-2, patience=20, batch_size=8), log=lambda s: None)
+    assert head.val_accuracy == 1.0, head.summary  # a head that learned: the gate has something to keep
+    return SimpleNamespace(root=root, data=data, weights=weights, features=root / "features.h5",
+                           head=root / "head", head_result=head)
+
+
+@pytest.fixture(scope="module")
+def main_run(prepared):
+    from pipeline.finetune import finetune
+
+    lines: list[str] = []
+    result = finetune(config_for(prepared, prepared.root / "ft", export=("saved_model", "tflite")),
+                      log=lines.append)
+    return SimpleNamespace(result=result, lines=lines, run_dir=Path(result.run_dir))
+
+
+def bn_state(model) -> list[np.ndarray]:
+    from pipeline.model import batchnorm_layers
+
+    return [np.array(w) for layer in batchnorm_layers(model) for w in layer.get_weights()]
+
+
+def test_run_directory_parity_and_gate(main_run, prepared):
+    run_dir, result = main_run.run_dir, main_run.result
+    for name in ("model.keras", "run.json", "metrics.json", "history.csv", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "backup").exists()
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["kind"] == "finetune" and run["stage"] == "finetune"
+    assert run["backbone"]["backbone"] == "mobilenet" and run["backbone"]["image_size"] == 32
+    assert run["class_names"] == ["cats", "dogs"] and run["versions"]["keras"] == keras.__version__
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    parity = metrics["parity"]
+    assert parity["max_abs_diff"] <= parity["tolerance"] and parity["dtype"] == "float32"
+    assert parity["samples"] == 8 and parity["split"] == "validation"
+    assert any(line.startswith("parity: 8 validation images") for line in main_run.lines)
+    gate = metrics["stage_gate"]
+    # Two epochs at lr 1e-5 keep the colour classes apart: the gate keeps the fine-tuned model (the
+    # other way round is test_without_head_trains_head_first_and_gate_keeps_seeded).
+    assert gate == {"kept": "finetuned", "seeded_val_accuracy": 1.0, "finetuned_val_accuracy": 1.0}
+    assert result.kept == "finetuned" and metrics["validation"]["accuracy"] == 1.0
+    assert gate["seeded_val_accuracy"] == pytest.approx(prepared.head_result.val_accuracy)
+    assert np.array(metrics["test"]["confusion_matrix"]).sum() == 8
+    assert set(metrics["test"]["per_class"]) == {"cats", "dogs"}
+    with open(run_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and {"loss", "val_loss", "val_accuracy"} <= set(rows[0])
+    assert "stage gate" in result.summary and "kept" in result.summary
+
+
+def test_saved_model_reloads_in_safe_mode_with_frozen_batchnorm(main_run, prepared):
+    from features.backbones import build_base
+
+    model = keras.saving.load_model(main_run.run_dir / "model.keras", safe_mode=True)
+    assert [layer.name for layer in model.layers[1:]] == ["augmentation", "preprocessing", "backbone",
+                                                          "pooling", "head"]
+    bn = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and not any(layer.trainable for layer in bn)
+    original = build_base("mobilenet", weights=str(prepared.weights), image_size=32, alpha=0.25)
+    for before, after in zip(bn_state(original), bn_state(model)):
+        np.testing.assert_array_equal(before, after)  # gamma, beta, moving mean and variance
+
+
+def test_evaluate_reproduces_the_reported_test_accuracy(main_run, prepared):
+    from pipeline.evaluation import evaluate_model
+
+    metrics = json.loads((main_run.run_dir / "metrics.json").read_text())
+    again = evaluate_model(main_run.run_dir / "model.keras", str(prepared.data), "test", log=lambda s: None)
+    assert again["accuracy"] == metrics["test"]["accuracy"]
+    assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
+
+
+def test_exports_predict_like_model_keras(main_run, prepared):
+    import tensorflow as tf
+
+    from pipeline.data import load_image
+
+    model = keras.saving.load_model(main_run.run_dir / "model.keras", safe_mode=True)
+    files = sorted((prepared.data / "validation").rglob("*.jpg"))
+    images = np.stack([load_image(f, 32) for f in files])
+    expected = model.predict(images, verbose=0)
+    loaded = tf.saved_model.load(str(main_run.run_dir / "saved_model"))  # keep it: serve() needs its variables
+    served = loaded.serve(tf.constant(images)).numpy()
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
+    interpreter = tf.lite.Interpreter(model_path=main_run.result.exports["tflite"])
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], images)
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(out["index"]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prepared, tmp_path):
+    from pipeline.head import build_head, compile_head
+    from pipeline.model import (assemble_model, build_backbone_parts, freeze_backbone,
+                                unfreeze_backbone, parse_unfreeze)
+    from pipeline.report import save_model_atomic
+
+    keras.utils.set_random_seed(0)
+    base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
+                                              alpha=0.25, pooling="avg")
+    model = assemble_model(base, pre, pool, build_head((256,), 2), image_size=32)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 2, (16, 1)).astype("float32")
+    kernels = [w for layer in base.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+               for w in layer.weights]
+
+    freeze_backbone(model)
+    compile_head(model, 2, 1e-2)
+    frozen_kernels = [np.array(w) for w in kernels]
+    head_before = [np.array(w) for w in model.get_layer("head").weights]
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert all(np.array_equal(a, np.array(w)) for a, w in zip(frozen_kernels, kernels))
+    assert not all(np.array_equal(a, np.array(w)) for a, w in zip(head_before, model.get_layer("head").weights))
+
+    unfreeze_backbone(model, parse_unfreeze("all"))
+    compile_head(model, 2, 1e-2)  # without this recompile the backbone would stay frozen
+    bn_before = bn_state(model)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    changed = [not np.array_equal(a, np.array(w)) for a, w in zip(frozen_kernels, kernels)]
+    assert all(changed), f"{changed.count(False)} unfrozen kernels did not move"
+    bn_after = bn_state(model)
+    assert len(bn_after) == 4 * 27
+    for before, after in zip(bn_before, bn_after):
+        np.testing.assert_array_equal(before, after)
+
+    save_model_atomic(model, tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    for before, after in zip(bn_before, bn_state(reloaded)):
+        np.testing.assert_array_equal(before, after)
+    for a, b in zip(model.get_weights(), reloaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_trainable_counts_per_unfreeze_mode():
+    from features.backbones import build_base, build_pooling, build_preprocessing
+    from pipeline.head import build_head
+    from pipeline.model import (assemble_model, batchnorm_layers, freeze_backbone, parse_unfreeze,
+                                trainable_counts, unfreeze_backbone)
+
+    base = build_base("mobilenet", weights="none", image_size=32, alpha=0.25)
+    model = assemble_model(base, build_preprocessing("mobilenet"), build_pooling("avg"), build_head((256,), 3),
+                           image_size=32)
+    layers = base.layers[1:]
+
+    def expected(start: int) -> int:
+        # Conv kernels (and biases, none here) of the unfrozen tail, never BN, plus the head's Dense.
+        return sum(len(l.weights) for l in layers[start:] if not isinstance(l, keras.layers.BatchNormalization)) + 2
+
+    freeze_backbone(model)
+    assert trainable_counts(model)["trainable_weights"] == 2
+    names = unfreeze_backbone(model, parse_unfreeze("all"))
+    assert trainable_counts(model)["trainable_weights"] == expected(0) == 27 + 2
+    assert len(names) == 27  # every conv layer; BN layers hold no trainable weight
+    unfreeze_backbone(model, parse_unfreeze("top:10"))
+    assert trainable_counts(model)["trainable_weights"] == expected(len(layers) - 10)
+    unfreeze_backbone(model, parse_unfreeze("from:conv_pw_12"))
+    start = [l.name for l in layers].index("conv_pw_12")
+    assert trainable_counts(model)["trainable_weights"] == expected(start) == 3 + 2
+    for layer in batchnorm_layers(model):
+        assert not layer.trainable and not layer.trainable_weights
+    assert trainable_counts(model)["non_trainable_params"] > 0
+
+    with pytest.raises(OptionError, match="top:N"):
+        parse_unfreeze("top:0")
+    with pytest.raises(OptionError, match="all, top:N or from:LAYER"):
+        parse_unfreeze("some")
+    with pytest.raises(OptionError, match="only 85 layers"):
+        unfreeze_backbone(model, parse_unfreeze("top:500"))
+    with pytest.raises(OptionError, match="did you mean conv_pw_12"):
+        unfreeze_backbone(model, parse_unfreeze("from:conv_pw_12x"))
+
+
+def test_parity_detects_a_changed_input_path(prepared, tmp_path):
+    from PIL import Image
+
+    from pipeline.finetune import finetune
+
+    data = tmp_path / "images"
+    shutil.copytree(prepared.data, data)
+    for path in (data / "validation").rglob("*.jpg"):
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        Image.fromarray(255 - pixels).save(path)  # what extract-features saw is no longer what we read
+    with pytest.raises(ParityError, match=r"parity check failed: on \S+ the full model's logits"):
+        finetune(config_for(prepared, tmp_path / "ft", source=str(data)), log=lambda s: None)
+
+
+def test_parity_detects_perturbed_weights(prepared):
+    from pipeline.data import resolve_source
+    from pipeline.head import build_head
+    from pipeline.model import assemble_model, build_backbone_parts, check_parity
+
+    run = json.loads((prepared.head / "run.json").read_text())
+    base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
+                                              alpha=0.25, pooling="avg")
+    head = build_head((256,), 2)
+    head.set_weights(keras.saving.load_model(prepared.head / "head.keras").get_weights())
+    model = assemble_model(base, pre, pool, head, image_size=32)
+    source = resolve_source(str(prepared.data))
+    ok = check_parity(model, run["cache"], source, samples=4)
+    assert ok["max_abs_diff"] <= ok["tolerance"] and ok["dtype"] == "float32"
+    kernel = base.get_layer("conv_pw_13")
+    kernel.set_weights([w * 1.05 for w in kernel.get_weights()])
+    with pytest.raises(ParityError, match="tolerance"):
+        check_parity(model, run["cache"], source, samples=4)
+
+
+def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_path):
+    from pipeline.data import resolve_source
+    from pipeline.extraction import extract_features
+    from pipeline.finetune import read_head_run
+    from pipeline.head import build_head
+    from pipeline.model import assemble_model, build_backbone_parts, check_parity
+    from pipeline.train import train_head
+
+    extract_features(ExtractConfig(source=str(prepared.data), out=str(tmp_path / "f16.h5"), dtype="float16",
+                                   weights=str(prepared.weights), splits=("train", "validation"), **BACKBONE),
+                     log=lambda s: None)
+    train_head(HeadConfig(features=str(tmp_path / "f16.h5"), out=str(tmp_path / "head"), epochs=3, lr=1e-2),
+               log=lambda s: None)
+    run = read_head_run(tmp_path / "head")
+    base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
+                                              alpha=0.25, pooling="avg",
+                                              expected_fingerprint=run["cache"]["config"]["weights_fingerprint"])
+    head = build_head((256,), 2)
+    head.set_weights(keras.saving.load_model(tmp_path / "head" / "head.keras").get_weights())
+    result = check_parity(assemble_model(base, pre, pool, head, image_size=32), run["cache"],
+                          resolve_source(str(prepared.data)), samples=8)
+    assert result["dtype"] == "float16" and 0 < result["max_abs_diff"] <= result["tolerance"]
+    assert result["tolerance"] >= 1e-2
+
+
+def test_refusals(prepared, main_run, tmp_path):
+    from pipeline.finetune import finetune
+    from pipeline.model import build_backbone_parts
+
+    quiet = {"log": lambda s: None}
+    with pytest.raises(RunDirError, match="no such run directory"):
+        finetune(config_for(prepared, tmp_path / "a", head=str(tmp_path / "missing")), **quiet)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="not a train-head run"):
+        finetune(config_for(prepared, tmp_path / "a", head=str(tmp_path / "empty")), **quiet)
+    with pytest.raises(RunDirError, match="'finetune' run directory"):
+        finetune(config_for(prepared, tmp_path / "a", head=str(main_run.run_dir)), **quiet)
+    with pytest.raises(OptionError, match="--image-size 64 conflicts with the head run's 32"):
+        finetune(with_backbone(config_for(prepared, tmp_path / "a"), image_size=64), **quiet)
+    with pytest.raises(OptionError, match="--backbone"):
+        finetune(with_backbone(config_for(prepared, tmp_path / "a"), backbone="xception"), **quiet)
+    with pytest.raises(OptionError, match="--unfreeze"):
+        finetune(config_for(prepared, tmp_path / "a", unfreeze="top:x"), **quiet)
+    with pytest.raises(OptionError, match="--export"):
+        finetune(config_for(prepared, tmp_path / "a", export=("onnx",)), **quiet)
+    with pytest.raises(RunDirError, match="already exists"):
+        finetune(config_for(prepared, main_run.run_dir), **quiet)
+    with pytest.raises(RunDirError, match="finished run; nothing to resume"):
+        finetune(config_for(prepared, main_run.run_dir, resume=True), **quiet)
+    other = make_weights_file(tmp_path / "other.weights.h5", seed=1)
+    with pytest.raises(WeightsError, match="other.weights.h5.*not the ones the cached features came from"):
+        finetune(with_backbone(config_for(prepared, tmp_path / "b"), weights=str(other)), **quiet)
+    with pytest.raises(WeightsError, match="'none'"):
+        build_backbone_parts("mobilenet", weights="none", image_size=32, alpha=0.25, pooling="avg",
+                             expected_fingerprint="0" * 64)
+
+
+class _Sabotage(keras.callbacks.Callback):
+    """Inverts the seeded head after every batch: fine-tuning that makes the model worse, for sure."""
+
+    def on_train_begin(self, logs=None):
+        self.dense = self.model.get_layer("head").get_layer("logits")
+        self.seeded = self.dense.get_weights()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.dense.set_weights([-w for w in self.seeded])
+
+
+def test_without_head_trains_head_first_and_gate_keeps_seeded(prepared, tmp_path):
+    from pipeline.finetune import finetune
+
+    config = with_backbone(
+        FinetuneConfig(source=str(prepared.data), out=str(tmp_path / "ft"), epochs=1, batch_size=16,
+                       head_epochs=20, head_lr=1e-2, head_batch_size=8, patience=20, augment="none"),
+        weights=str(prepared.weights), pooling="avg", **BACKBONE)
+    lines: list[str] = []
+    result = finetune(config, log=lines.append, callbacks=[_Sabotage()])
+    metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
+    head_history = metrics["head_stage"]["history"]
+    assert len(head_history["loss"]) == 20 and metrics["parity"] is None
+    assert sum(line.startswith("head epoch") for line in lines) == 20
+    assert "for 20 epochs (batch 8, lr 0.01)" in lines[0]
+    gate = metrics["stage_gate"]
+    assert gate["seeded_val_accuracy"] == 1.0 and gate["finetuned_val_accuracy"] == 0.0
+    assert gate["kept"] == result.kept == "seeded"
+    assert metrics["validation"]["accuracy"] == 1.0 and "keeping the seeded model" in " ".join(lines)
+    assert "kept seeded model" in result.summary
+
+
+RESUME_SCRIPT = r"""
+import sys, time, keras
+from pipeline.config import FinetuneConfig
+from pipeline.finetune import finetune
+
+class Slow(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        time.sleep(float(sys.argv[3]))  # after the epoch's commit: room for the test's SIGKILL
+
+finetune(FinetuneConfig(source=sys.argv[1], head=sys.argv[2], out=sys.argv[4], epochs=3, batch_size=8,
+                        patience=10, parity_samples=4, resume=True), callbacks=[Slow()])
+"""
+
+
+def test_resume_after_sigkill_restores_epoch_and_optimizer(prepared, main_run, tmp_path):
+    from pipeline.finetune import finetune
+
+    out = tmp_path / "ft"
+    state = out / "backup" / "finetune" / "state.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(prepared.data), str(prepared.head), "60",
+                             str(out)], env=env, cwd=Path(__file__).parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (state.is_file() and json.loads(state.read_text())["epoch"] >= 1):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no epoch completed in time"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "run.json").exists() and json.loads(state.read_text())["epoch"] == 1
+
+    resume = FinetuneConfig(source=str(prepared.data), head=str(prepared.head), out=str(out), epochs=3,
+                            batch_size=8, patience=10, parity_samples=4, resume=True)
+    with pytest.raises(OptionError, match="was started with lr=1e-05, now 0.001"):
+        finetune(FinetuneConfig(**{**resume.__dict__, "lr": 1e-3}), log=lambda s: None)
+    with pytest.raises(RunDirError, match="--overwrite .* or --resume"):
+        finetune(FinetuneConfig(**{**resume.__dict__, "resume": False}), log=lambda s: None)
+    lines: list[str] = []
+    result = finetune(resume, log=lines.append)
+    assert "finetune: resuming after epoch 1 of 3" in lines
+    assert sum(line.startswith("finetune epoch") for line in lines) == 2
+    with open(out / "history.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    assert len(result.history["loss"]) == 3 and result.epochs_run == 3
+    # The optimizer's step count matches an uninterrupted run's (main_run: 2 epochs, same batches);
+    # a fresh optimizer after the kill would have counted one epoch less. (Keras counts one extra
+    # step per epoch on a dataset of unknown length, hence no hard-coded 2 steps per epoch.)
+    per_epoch = int(keras.saving.load_model(main_run.run_dir / "model.keras").optimizer.iterations.numpy()) // 2
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert int(model.optimizer.iterations.numpy()) == 3 * per_epoch
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_real_cats_vs_dogs_finetune_keeps_head_accuracy(shared_assets, tmp_path):
+    from pipeline.evaluation import evaluate_model
+    from pipeline.extraction import extract_features
+    from pipeline.finetune import finetune
+    from pipeline.train import train_head
+
+    data = layout_cats_vs_dogs_2k(shared_assets, tmp_path / "cvd")
+    weights = shared_assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+    extract_features(ExtractConfig(source=str(data), out=str(tmp_path / "f.h5"), backbone="mobilenet_v2",
+                                   alpha=0.35, weights=str(weights), image_size=128), log=lambda s: None)
+    head = train_head(HeadConfig(features=str(tmp_path / "f.h5"), out=str(tmp_path / "head"), seed=0),
+                      log=lambda s: None)
+    result = finetune(FinetuneConfig(source=str(data), head=str(tmp_path / "head"), out=str(tmp_path / "ft"),
+                                     epochs=2), log=print)
+    print(result.summary)
+    assert result.test_accuracy >= head.test_accuracy - 0.005
+    again = evaluate_model(tmp_path / "ft", str(data), "test", log=lambda s: None)
+    assert again["accuracy"] == result.test_accuracy
