@@ -1,11 +1,21 @@
-"""``headstart inspect``: describe a feature cache or a run directory without loading TensorFlow."""
+"""``headstart inspect``: describe a feature cache or a run directory without loading TensorFlow.
+
+Run directories of three kinds are recognised: a ``headstart run`` directory (``config.toml``,
+``stages.json``, ``summary.json``), and the ``head/`` (train-head) and ``finetune/`` run directories
+inside it or written by those commands on their own. For each: what ran, with which config, what it
+scored, and whether it is unfinished (and how to resume it).
+"""
 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import RunDirError
+
+_STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune": "finetune", "evaluate": "evaluate"}
 
 
 def inspect_path(path: str) -> dict:
@@ -13,10 +23,14 @@ def inspect_path(path: str) -> dict:
 
     Raises:
         StoreError: a file that is not a readable headstart cache.
-        RunDirError: a directory that is not a headstart run directory.
+        RunDirError: a path that does not exist, or a directory that is not a headstart run.
     """
     p = Path(path)
+    if not p.exists():
+        raise RunDirError(f"{path}: no such file or directory")
     if p.is_dir():
+        if any((p / name).is_file() for name in ("config.toml", "stages.json", "summary.json")):
+            return _inspect_pipeline(p)
         return _inspect_run_dir(p)
     from features.store import summarize_cache
 
@@ -25,26 +39,67 @@ def inspect_path(path: str) -> dict:
     return info
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path} cannot be read: {exc}") from None
+
+
+def _inspect_pipeline(path: Path) -> dict:
+    import tomllib
+
+    info: dict[str, Any] = {"kind": "pipeline-run", "path": str(path), "complete": (path / "summary.json").is_file()}
+    try:
+        info["config"] = tomllib.loads((path / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        info["config"] = {"error": str(exc).splitlines()[0]}
+    info["stages"] = _read_json(path / "stages.json") if (path / "stages.json").is_file() else {}
+    if info["complete"]:
+        info["summary"] = _read_json(path / "summary.json")
+    info["files"] = sorted(f.name + ("/" if f.is_dir() else "") for f in path.iterdir() if not f.name.startswith("."))
+    return info
+
+
 def _inspect_run_dir(path: Path) -> dict:
     run_json = path / "run.json"
     if not run_json.is_file():
-        raise RunDirError(f"{path} is not a headstart run directory (no run.json)")
-    try:
-        run = json.loads(run_json.read_text())
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{run_json} cannot be read: {exc}") from None
-    info = {"kind": "run-directory", "path": str(path), "run": run}
+        progress = path / "backup" / "progress.json"
+        if progress.is_file():
+            return {"kind": "run-directory", "path": str(path), "complete": False,
+                    "run": {"kind": "finetune", "config": (_read_json(progress) or {}).get("config", {})},
+                    "backup": _backup_epochs(path / "backup"),
+                    "files": sorted(f.name for f in path.iterdir())}
+        raise RunDirError(f"{path} is not a headstart run directory (no run.json, config.toml or stages.json)")
+    run = _read_json(run_json)
+    info = {"kind": "run-directory", "path": str(path), "complete": True, "run": run}
     metrics = path / "metrics.json"
     if metrics.is_file():
-        info["metrics"] = json.loads(metrics.read_text())
+        info["metrics"] = _read_json(metrics)
     info["files"] = sorted(f.name for f in path.iterdir())
     return info
 
 
+def _backup_epochs(backup: Path) -> dict:
+    out = {}
+    for state in sorted(backup.glob("*/state.json")):
+        try:
+            out[state.parent.name] = int(json.loads(state.read_text(encoding="utf-8")).get("epoch", 0))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
 def format_inspection(info: dict) -> str:
     """Formats ``inspect_path``'s result for people."""
+    if info.get("kind") == "pipeline-run":
+        return _format_pipeline(info)
     if info.get("kind") == "run-directory":
         return _format_run_dir(info)
+    return _format_cache(info)
+
+
+def _format_cache(info: dict) -> str:
     lines = [f"{info.get('path', '')}"]
     if not info.get("complete", True):
         lines.append("  INCOMPLETE: an interrupted extract-features; run the same command again to resume")
@@ -60,7 +115,7 @@ def format_inspection(info: dict) -> str:
         lines.append(f"  classes: {', '.join(info['class_names'])}")
     source = config.get("source")
     if source:
-        lines.append(f"  source: {source.get('source', source)}")
+        lines.append(f"  source: {source.get('source', source) if isinstance(source, dict) else source}")
     versions = info.get("provenance", {}).get("versions", {})
     if versions:
         lines.append("  versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
@@ -74,15 +129,107 @@ def format_inspection(info: dict) -> str:
     return "\n".join(lines)
 
 
+def _settings(values: dict, skip: tuple[str, ...] = ()) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k not in skip and v not in (None, [], {}, ""))
+
+
+def _wrap(label: str, text: str) -> list[str]:
+    return textwrap.wrap(text, width=100, initial_indent=f"  {label}: ", subsequent_indent=" " * (len(label) + 4),
+                         break_long_words=False, break_on_hyphens=False) or [f"  {label}:"]
+
+
+def _acc(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _format_pipeline(info: dict) -> str:
+    config, stages = info.get("config", {}), info.get("stages", {})
+    lines = [f"{info['path']}  (headstart run)"]
+    if not info["complete"]:
+        done = [_STAGE_LABELS[s] for s in _STAGE_LABELS if (stages.get(s) or {}).get("done")]
+        lines.append(f"  INCOMPLETE: finished stages: {', '.join(done) or 'none'}; run the same "
+                     "`headstart run` command again to reuse them and resume the rest")
+    lines.append(f"  source: {config.get('source', '?')}")
+    for section in ("extract", "head", "finetune"):
+        if isinstance(config.get(section), dict):
+            lines += _wrap(f"[{section}]", _settings(config[section]))
+    lines.append("  stages:")
+    for name, label in _STAGE_LABELS.items():
+        rec = stages.get(name)
+        if not rec:
+            lines.append(f"    {label:<17} not run")
+            continue
+        if not rec.get("done"):
+            lines.append(f"    {label:<17} interrupted (resumes on the next run)")
+            continue
+        parts = [f"{rec.get('status', '?'):<8}", f"{rec.get('seconds', 0):7.1f} s"]
+        if rec.get("images_per_second"):
+            parts.append(f"{rec['images_per_second']:.1f} images/s")
+        if name == "extract":
+            parts.append(", ".join(f"{k} {v}" for k, v in (rec.get("splits") or {}).items())
+                         + (f"; {rec['skipped']} skipped" if rec.get("skipped") else ""))
+        elif name in ("head", "finetune"):
+            parts.append(f"test {_acc(rec.get('accuracy'))}, validation {_acc(rec.get('val_accuracy'))}, "
+                         f"best epoch {rec.get('best_epoch')} of {rec.get('epochs_run')}"
+                         + (f", kept {rec['kept']}" if rec.get("kept") else ""))
+        else:
+            parts.append(f"{rec.get('split')} {_acc(rec.get('accuracy'))} on {rec.get('rows')} images")
+        lines.append(f"    {label:<17} " + "  ".join(parts))
+    evaluate = stages.get("evaluate") or {}
+    for name, m in (evaluate.get("per_class") or {}).items():
+        lines.append(f"    {name}: precision {m['precision']:.3f}, recall {m['recall']:.3f}, {m['support']} images")
+    summary = info.get("summary") or {}
+    if summary.get("plots"):
+        lines.append("  plots: " + ", ".join(summary["plots"].values()))
+    lines.append("  files: " + ", ".join(info.get("files", [])))
+    return "\n".join(lines)
+
+
 def _format_run_dir(info: dict) -> str:
     run = info["run"]
-    lines = [info["path"], f"  stage: {run.get('stage', '?')}"]
+    kind = run.get("kind") or run.get("stage") or "?"
+    lines = [f"{info['path']}  ({'train-head' if kind == 'head' else kind} run)"]
+    if not info.get("complete", True):
+        epochs = ", ".join(f"{stage} after epoch {n}" for stage, n in info.get("backup", {}).items())
+        lines.append(f"  INCOMPLETE: interrupted{' ' + epochs if epochs else ''}; run the same command with "
+                     "--resume (or the same `headstart run` command) to continue")
     config = run.get("config", {})
-    for key, value in config.items():
-        lines.append(f"  {key}: {value}")
+    if kind == "head":
+        cache = run.get("cache", {})
+        cc = cache.get("config", {})
+        lines.append(f"  features: {cache.get('path', '?')} ({cc.get('backbone')}"
+                     f"{' alpha ' + str(cc['alpha']) if cc.get('alpha') else ''}, {cc.get('image_size')} px, "
+                     f"{cc.get('pooling')} pooling, weights {cc.get('weights')})")
+        lines += _wrap("config", _settings(config, skip=("features", "out")))
+    else:
+        backbone = run.get("backbone") or {}
+        if backbone:
+            lines.append(f"  backbone: {backbone.get('backbone')}"
+                         f"{' alpha ' + str(backbone['alpha']) if backbone.get('alpha') else ''}, "
+                         f"{backbone.get('image_size')} px, weights {backbone.get('weights')}")
+        if config.get("head"):
+            lines.append(f"  head run: {config['head']}")
+        lines += _wrap("config", _settings(config, skip=("head", "out", "source")))
+        lines.append(f"  source: {config.get('source', '?')}")
+    if run.get("class_names"):
+        lines.append(f"  classes: {', '.join(map(str, run['class_names']))}")
     metrics = info.get("metrics", {})
+    parity = metrics.get("parity")
+    if parity:
+        lines.append(f"  parity: largest logit difference {parity['max_abs_diff']:.3g} on {parity['samples']} "
+                     f"{parity['split']} images (tolerance {parity['tolerance']:.3g})")
+    gate = metrics.get("stage_gate") or run.get("stage_gate")
+    if gate:
+        lines.append(f"  stage gate: kept the {gate.get('kept')} model (validation accuracy seeded "
+                     f"{_acc(gate.get('seeded_val_accuracy'))}, fine-tuned {_acc(gate.get('finetuned_val_accuracy'))})")
+    if metrics.get("best_epoch") is not None:
+        lines.append(f"  best epoch: {metrics['best_epoch']} of {metrics.get('epochs_run', '?')}")
     for split in ("validation", "test"):
-        if isinstance(metrics.get(split), dict) and "accuracy" in metrics[split]:
-            lines.append(f"  {split} accuracy: {metrics[split]['accuracy']:.4f}")
+        if isinstance(metrics.get(split), dict) and metrics[split].get("accuracy") is not None:
+            m = metrics[split]
+            lines.append(f"  {split} accuracy: {m['accuracy']:.4f} ({m.get('rows', '?')} images)")
+    timings = run.get("timings") or {}
+    if timings.get("seconds_per_epoch"):
+        lines.append(f"  time per epoch: {timings['seconds_per_epoch']:.2f} s")
     lines.append("  files: " + ", ".join(info.get("files", [])))
     return "\n".join(lines)

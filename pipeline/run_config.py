@@ -1,0 +1,341 @@
+"""``headstart run --config FILE``: one TOML (or JSON) file for every stage, flags on top.
+
+A config file has the top-level keys ``source``, ``out`` and ``tensorboard`` and one section per
+stage, each mapping onto its dataclass in ``pipeline.config``::
+
+    source = "tfds:cats_vs_dogs"
+    out = "runs/guide"
+
+    [extract]        # ExtractConfig: backbone, weights, alpha, image_size, pooling, dtype, ...
+    backbone = "mobilenet_v2"
+    [head]           # HeadConfig: epochs, lr, batch_size, dropout, patience, seed, ...
+    epochs = 20
+    [finetune]       # FinetuneConfig: epochs, lr, batch_size, unfreeze, augment, patience, ...
+    lr = 1e-5
+
+Unknown sections or keys and values of the wrong type are refused with one line naming them.
+Paths the runner sets itself (a stage's ``out``, ``features``, ``head``…) are refused too. Command-line
+flags override the file; the resolved config is written into the run directory as ``config.toml`` and
+``headstart run --config RUN_DIR/config.toml`` reproduces the run. No TensorFlow here: ``--help`` and
+config errors stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_from_dict, config_to_dict
+from pipeline.errors import OptionError
+
+SECTIONS: dict[str, type] = {"extract": ExtractConfig, "head": HeadConfig, "finetune": FinetuneConfig}
+TOP_LEVEL: dict[str, type] = {"source": str, "out": str, "tensorboard": bool}
+#: Keys of each section that ``headstart run`` sets itself (paths inside the run directory, resume).
+RUNNER_SET: dict[str, tuple[str, ...]] = {
+    "extract": ("source", "out", "overwrite", "shard"),
+    "head": ("features", "out", "overwrite"),
+    # finetune takes the backbone and the splits from the head run, i.e. from [extract].
+    "finetune": ("source", "head", "out", "overwrite", "resume", "head_epochs", "head_lr", "head_batch_size",
+                 "backbone", "weights", "alpha", "image_size", "pooling", "split_specs"),
+}
+#: (section, key) pairs that never change a result: a run directory may be rerun with other values.
+NO_RESULT: frozenset[tuple[str, str]] = frozenset({
+    ("extract", "batch_size"), ("extract", "max_bad"), ("extract", "strict"),
+    ("head", "memory_limit_mb"), ("top", "tensorboard"), ("top", "out"),
+})
+
+
+@dataclass
+class RunConfig:
+    """The resolved configuration of ``headstart run``."""
+
+    source: str = ""
+    out: str = ""
+    tensorboard: bool = False
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass(frozen=True)
+class RunOption:
+    """One ``headstart run`` flag and the config keys it sets.
+
+    Attributes:
+        flag: the option, e.g. "--head-epochs".
+        targets: (section, key) pairs it sets; section "top" is the top level.
+        kind: "int", "float", "str", "bool" (a --x/--no-x switch) or "multi" (repeatable).
+        help: help text; the default is appended from the dataclasses.
+        choices: allowed values, for "str" and "multi".
+    """
+
+    flag: str
+    targets: tuple[tuple[str, str], ...]
+    kind: str
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def _o(flag: str, targets: str, kind: str, help: str, choices: tuple[str, ...] | None = None) -> RunOption:
+    pairs = tuple(tuple(t.split(".")) for t in targets.split(","))
+    return RunOption(flag, pairs, kind, help, choices)  # type: ignore[arg-type]
+
+
+#: The flags of ``headstart run`` (``headstart demo`` shares some); everything else via --config.
+RUN_OPTIONS: tuple[RunOption, ...] = (
+    _o("--backbone", "extract.backbone", "str",
+       "Backbone: xception, mobilenet, mobilenet_v2, resnet50, efficientnetv2_b0."),
+    _o("--weights", "extract.weights", "str",
+       "'imagenet' (downloaded once by Keras), 'none' (random) or a local .h5 file."),
+    _o("--alpha", "extract.alpha", "float", "Width multiplier for mobilenet and mobilenet_v2."),
+    _o("--image-size", "extract.image_size", "int", "Square input size in pixels."),
+    _o("--pooling", "extract.pooling", "str", "Pool the feature map: avg, max or none.", ("avg", "max", "none")),
+    _o("--dtype", "extract.dtype", "str", "Storage type of the cached features.", ("float16", "float32")),
+    _o("--extract-batch-size", "extract.batch_size", "int", "Images per forward pass during extraction."),
+    _o("--split", "extract.split_specs", "multi", "Override a TFDS split, NAME=SPEC (train=train[:80%]); repeatable."),
+    _o("--validation-fraction", "extract.validation_fraction", "float",
+       "Share of a single class-folder tree held out for validation."),
+    _o("--test-fraction", "extract.test_fraction", "float",
+       "Share of a single class-folder tree held out for testing."),
+    _o("--max-bad", "extract.max_bad", "int", "Fail when more than this many images are skipped."),
+    _o("--augment-views", "extract.augment_views", "int", "Augmented views cached per training image."),
+    _o("--head-epochs", "head.epochs", "int", "Most epochs of the head on cached features."),
+    _o("--head-lr", "head.lr", "float", "Adam learning rate of the head."),
+    _o("--head-batch-size", "head.batch_size", "int", "Rows per step when training the head."),
+    _o("--dropout", "head.dropout", "float", "Dropout before the head's Dense layer."),
+    _o("--head-patience", "head.patience", "int", "Head epochs without a better validation loss before stopping."),
+    _o("--epochs", "finetune.epochs", "int", "Most fine-tuning epochs."),
+    _o("--lr", "finetune.lr", "float", "Adam learning rate of fine-tuning."),
+    _o("--batch-size", "finetune.batch_size", "int", "Images per fine-tuning step; lower it when memory runs out."),
+    _o("--unfreeze", "finetune.unfreeze", "str", "Backbone layers to fine-tune: all, top:N or from:LAYER."),
+    _o("--augment", "finetune.augment,extract.augment", "str",
+       "Augmentation while fine-tuning (and for --augment-views)."),
+    _o("--patience", "finetune.patience", "int",
+       "Fine-tuning epochs without a better validation loss before stopping."),
+    _o("--export", "finetune.export", "multi", "Also export the model: saved_model, tflite; repeatable.",
+       ("saved_model", "tflite")),
+    _o("--seed", "extract.seed,head.seed,finetune.seed", "int", "Seed of every stage."),
+    _o("--tensorboard/--no-tensorboard", "top.tensorboard", "bool",
+       "Write TensorBoard logs of both training stages to RUN_DIR/tensorboard/."),
+)
+
+
+def option_default(option: RunOption) -> Any:
+    """The default a flag falls back to (that of its first target), for help texts."""
+    section, key = option.targets[0]
+    if section == "top":
+        return getattr(RunConfig(), key)
+    return getattr(SECTIONS[section](), key)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads and checks a TOML (or ``.json``) run config.
+
+    Returns:
+        ``{"source"?, "out"?, "tensorboard"?, "extract": ExtractConfig-values, ...}``: top-level
+        values and, per section, the typed values the file sets (absent keys are absent).
+
+    Raises:
+        OptionError: missing or unreadable file, bad syntax, unknown section or key, a key the
+            runner sets, or a value of the wrong type; the message names the file and the key.
+    """
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise OptionError(f"--config {path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--config {path}: cannot read ({exc})") from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise OptionError(f"--config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} "
+                          f"({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise OptionError(f"--config {path}: expected a table of settings")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise OptionError(f"--config {path}: [{key}] must be a section of settings")
+            out[key] = _check_section(key, value, f"--config {path} [{key}]")
+        elif key in TOP_LEVEL:
+            if value is not None and not isinstance(value, TOP_LEVEL[key]):
+                raise OptionError(f"--config {path}: key '{key}' must be of type {TOP_LEVEL[key].__name__}, "
+                                  f"got {value!r}")
+            out[key] = value
+        else:
+            known = ", ".join([*TOP_LEVEL, *(f"[{s}]" for s in SECTIONS)])
+            raise OptionError(f"--config {path}: unknown key or section '{key}' (known: {known})")
+    return out
+
+
+def _check_section(section: str, values: dict[str, Any], origin: str) -> dict[str, Any]:
+    import difflib
+
+    cls = SECTIONS[section]
+    settable = sorted(f.name for f in dataclasses.fields(cls) if f.name not in RUNNER_SET[section])
+    for key in values:
+        if key in RUNNER_SET[section]:
+            raise OptionError(f"{origin}: key '{key}' is set by headstart run itself; remove it")
+        if key not in settable:
+            close = difflib.get_close_matches(key, settable, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise OptionError(f"{origin}: unknown key '{key}' ({hint}known: {', '.join(settable)})")
+    typed = config_from_dict(cls, values, origin=origin)  # unknown keys, wrong types
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    checked = {key: getattr(typed, key) for key in values}
+    for key, value in values.items():
+        if getattr(cls(), key) is None and value is not None:
+            checked[key] = _check_optional(value, types[key], f"{origin}: key '{key}'")
+    return checked
+
+
+def _check_optional(value: Any, annotation: str, where: str) -> Any:
+    # config_from_dict cannot type-check fields whose default is None; their annotation can.
+    wanted = annotation.split("|")[0].strip()
+    ok = {"float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "str": isinstance(value, str)}.get(wanted, True)
+    if not ok:
+        raise OptionError(f"{where} must be of type {wanted}, got {value!r}")
+    return float(value) if wanted == "float" else value
+
+
+def resolve_run_config(source: str | None, out: str | None, *, file_values: dict[str, Any] | None = None,
+                       flags: dict[str, Any] | None = None) -> RunConfig:
+    """Merges defaults, a config file and command-line flags (in that order of precedence, last wins).
+
+    Args:
+        source: the SOURCE argument, or None to take the file's.
+        out: ``--out``, or None to take the file's.
+        file_values: ``read_config_file``'s result.
+        flags: ``RunOption.dest`` → value; None (or an empty tuple) means "not given".
+
+    Returns:
+        The RunConfig; ``source`` is made absolute when it is an existing path, ``out`` always.
+
+    Raises:
+        OptionError: no SOURCE or no --out anywhere, or a --split value that does not parse.
+    """
+    file_values = dict(file_values or {})
+    sections = {name: dict(file_values.get(name, {})) for name in SECTIONS}
+    top = {k: file_values[k] for k in TOP_LEVEL if file_values.get(k) is not None}
+    for option in RUN_OPTIONS:
+        value = (flags or {}).get(option.dest)
+        if value is None or (option.kind == "multi" and not value):
+            continue
+        if option.flag == "--split":
+            value = _parse_splits(value)
+        elif option.kind == "multi":
+            value = tuple(value)
+        for section, key in option.targets:
+            (top if section == "top" else sections[section])[key] = value
+    source = source or top.get("source")
+    out = out or top.get("out")
+    if not source:
+        raise OptionError("SOURCE is required (as an argument, or source = \"...\" in --config)")
+    if not out:
+        raise OptionError("--out is required (or out = \"...\" in --config)")
+    if not source.startswith("tfds:") and os.path.exists(source):
+        source = os.path.abspath(source)
+    weights = sections["extract"].get("weights")
+    if weights not in (None, "imagenet", "none") and os.path.isfile(os.path.expanduser(weights)):
+        sections["extract"]["weights"] = os.path.abspath(os.path.expanduser(weights))
+    return RunConfig(source=source, out=os.path.abspath(out), tensorboard=bool(top.get("tensorboard", False)),
+                     **{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
+
+
+def _parse_splits(values: Any) -> dict[str, str]:
+    # pipeline.data.parse_split_option imports TensorFlow; the same rules, without it.
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, spec = str(value).partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise OptionError(f"--split must be NAME=SPEC (e.g. train=train[:80%]), got '{value}'")
+        if name.strip() in out:
+            raise OptionError(f"--split: split '{name.strip()}' given twice")
+        out[name.strip()] = spec.strip()
+    return out
+
+
+def run_config_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as a JSON-ready dict: top-level keys and one section per stage (runner keys left out)."""
+    out: dict[str, Any] = {"source": config.source, "out": config.out, "tensorboard": config.tensorboard}
+    for name in SECTIONS:
+        values = config_to_dict(getattr(config, name))
+        out[name] = {k: v for k, v in values.items() if k not in RUNNER_SET[name]}
+    return out
+
+
+def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Describes the first result-changing difference of two ``run_config_dict``s, or None."""
+    for key in ("source", *SECTIONS):
+        if key == "source":
+            if old.get(key) != new.get(key):
+                return f"source {old.get(key)!r} there, {new.get(key)!r} now"
+            continue
+        a, b = old.get(key, {}), new.get(key, {})
+        for name in sorted(set(a) | set(b)):
+            if (key, name) not in NO_RESULT and _norm(a.get(name)) != _norm(b.get(name)):
+                return f"[{key}] {name} = {a.get(name)!r} there, {b.get(name)!r} now"
+    return None
+
+
+def stage_values(config: RunConfig, section: str) -> dict[str, Any]:
+    """The values of one stage that shape its result (the key of stage reuse)."""
+    values = run_config_dict(config)[section]
+    return {k: _norm(v) for k, v in values.items() if (section, k) not in NO_RESULT}
+
+
+def _norm(value: Any) -> Any:
+    # Tuples (dataclasses) and lists (TOML, JSON) of the same items are the same setting.
+    return [_norm(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def to_toml(config: RunConfig) -> str:
+    """Writes the resolved config as TOML that ``read_config_file`` reads back to the same values.
+
+    None values are left out (their default is None).
+    """
+    data = run_config_dict(config)
+    lines = ["# The resolved configuration of this headstart run. Reproduce the run with",
+             "#   headstart run --config config.toml            (flags override; --out for another directory)",
+             ""]
+    for key in TOP_LEVEL:
+        lines.append(f"{key} = {_toml_value(data[key])}")
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON escapes are valid TOML escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    raise OptionError(f"cannot write {value!r} to TOML")

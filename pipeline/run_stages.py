@@ -1,0 +1,301 @@
+"""The four stages of ``headstart run``, each: reuse when its key is unchanged, else run or resume.
+
+Every function returns the stage's record for ``stages.json``: ``key`` (inputs + result-shaping
+options), ``done``, ``status`` ("ran", "resumed" or "reused"), ``seconds`` (wall time of this call,
+or of the original run when reused), ``images`` and ``images_per_second`` (of the stage's main loop),
+and its scores. See ``pipeline.runner`` for the run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+
+from pipeline.run_config import RunConfig
+
+#: Test images kept for summary.png: evenly spread over the split, the last few of them mistakes.
+SAMPLE_IMAGES, WRONG_SAMPLES = 12, 4
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _reuse(record: dict | None, key: str, *paths: Path) -> dict | None:
+    if record and record.get("key") == key and record.get("done") and all(p.exists() for p in paths):
+        return {**record, "status": "reused"}
+    return None
+
+
+def extract_stage(config: RunConfig, path: Path, record: dict | None, console: Any, overwrite: bool, *,
+                  key: str) -> dict:
+    """extract-features into ``path``; resumes a ``.partial`` file, reuses a finished one."""
+    reused = _reuse(record, key, path)
+    if reused:
+        console.log("  reused: same source and extraction options")
+        return reused
+    from features.store import open_cache
+    from pipeline.extraction import extract_features
+
+    resumed = Path(f"{path}.partial").exists()
+    lines: dict[str, Any] = {}
+
+    def on_progress(p: Any) -> None:
+        line = lines.get(p.split) or lines.setdefault(p.split, console.progress(f"  extract {p.split}"))
+        line.update(p.done, p.total, p.images_per_second)
+
+    start = time.perf_counter()
+    try:
+        summary = extract_features(dataclasses.replace(config.extract, source=config.source, out=str(path),
+                                                       overwrite=overwrite),
+                                   on_progress=on_progress, log=lambda m: console.log(f"  {m}"))
+    finally:
+        console.close()
+    seconds = time.perf_counter() - start
+    with open_cache(str(path)) as cache:
+        splits = {name: len(cache.split(name)) for name in cache.splits}
+        fingerprint, class_names, provenance = cache.fingerprint, list(cache.class_names), cache.provenance
+        skipped = sum(len(cache.split(name).skipped) for name in cache.splits)
+    rows = sum(splits.values())
+    loop_seconds = summary.seconds if not summary.already_complete else provenance.get("extract_seconds")
+    for split, key_, reason in summary.skipped:
+        console.log(f"  skipped [{split}] {key_}: {reason}")
+    return {"key": key, "done": True, "seconds": seconds, "images": rows + skipped, "rows": rows,
+            "status": "reused" if summary.already_complete else "resumed" if resumed else "ran",
+            "images_per_second": (rows + skipped) / loop_seconds if loop_seconds else None,
+            "fingerprint": fingerprint, "splits": splits, "class_names": class_names, "skipped": skipped}
+
+
+def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Any, *,
+               key: str) -> dict:
+    """train-head on the cache into ``head_dir`` (seconds: an interrupted one simply runs again)."""
+    reused = _reuse(record, key, head_dir / "run.json", head_dir / "head.keras")
+    if reused:
+        console.log("  reused: same features and head options")
+        return reused
+    from pipeline.train import train_head
+
+    start = time.perf_counter()
+    result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True),
+                        log=lambda m: console.log(f"  {m}"))
+    seconds = time.perf_counter() - start
+    run = json.loads((head_dir / "run.json").read_text(encoding="utf-8"))
+    images = int(run["cache"]["splits"]["train"]) * result.epochs_run
+    train_seconds = run["timings"]["train_seconds"]
+    return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": images,
+            "images_per_second": images / train_seconds if train_seconds else None,
+            "accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
+            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "head_sha256": sha256_file(head_dir / "head.keras")}
+
+
+class FitProgress(keras.callbacks.Callback):
+    """A progress line per fine-tuning epoch: images done, rate and ETA.
+
+    Args:
+        console: a ``pipeline.runner.Console``.
+        images: training images per epoch (the good ones).
+        batch_size: images per step.
+    """
+
+    def __init__(self, console: Any, images: int, batch_size: int):
+        super().__init__()
+        self.console, self.images, self.batch_size = console, images, batch_size
+        self._line, self._t0, self._done0 = None, 0.0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._line = self.console.progress(f"  finetune epoch {epoch + 1}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = (batch + 1) * self.batch_size
+        done = min(self.images, done) if self.images else done
+        if batch == 0:  # the first step includes tracing the graph: rates count from its end
+            self._t0, self._done0 = time.perf_counter(), done
+            return
+        elapsed = time.perf_counter() - self._t0
+        self._line.update(done, self.images or None, (done - self._done0) / elapsed if elapsed > 0 else 0.0)
+
+
+def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str,
+                   train_images: int, started: Callable[[], Any], callbacks: Sequence[Any] = ()) -> dict:
+    """finetune from ``head/`` into ``finetune/``; resumes an interrupted one with the same key."""
+    ft_dir = run_dir / "finetune"
+    reused = _reuse(record, key, ft_dir / "run.json", ft_dir / "model.keras")
+    if reused:
+        console.log("  reused: same head and fine-tuning options")
+        return reused
+    from pipeline.finetune import finetune
+
+    resume = bool(record and record.get("key") == key and not record.get("done")
+                  and (ft_dir / "backup" / "progress.json").is_file())
+    started()
+    extra = [FitProgress(console, train_images, config.finetune.batch_size)]
+    if config.tensorboard:
+        extra.append(EpochSummaries(run_dir / "tensorboard" / "finetune"))
+    start = time.perf_counter()
+    try:
+        result = finetune(dataclasses.replace(config.finetune, source=config.source, head=str(run_dir / "head"),
+                                              split_specs=dict(config.extract.split_specs),
+                                              out=str(ft_dir), resume=resume, overwrite=not resume),
+                          log=lambda m: console.log(f"  {m}"), callbacks=[*extra, *callbacks])
+    finally:
+        console.close()
+    seconds = time.perf_counter() - start
+    run = json.loads((ft_dir / "run.json").read_text(encoding="utf-8"))
+    epoch_seconds = run["timings"]["epoch_seconds"]
+    images = train_images * len(epoch_seconds)
+    return {"key": key, "done": True, "status": "resumed" if resume else "ran", "seconds": seconds,
+            "images": images, "images_per_second": images / sum(epoch_seconds) if sum(epoch_seconds) else None,
+            "accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy, "kept": result.kept,
+            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "model_sha256": sha256_file(ft_dir / "model.keras")}
+
+
+def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:
+    """Evaluates the saved ``finetune/model.keras`` on the test split (else validation) and keeps
+    evenly spread sample images in ``samples.npz`` for summary.png."""
+    from pipeline.report import atomic_write
+
+    samples_path = run_dir / "samples.npz"
+    reused = _reuse(record, key, samples_path)
+    if reused:
+        console.log("  reused: same model and source")
+        return reused
+    from pipeline.data import resolve_source
+    from pipeline.evaluation import SplitPredictions, load_model, split_metrics
+    from pipeline.head import logits_to_probabilities, predict_classes
+
+    ex = config.extract
+    model, _ = load_model(run_dir / "finetune" / "model.keras")
+    source = resolve_source(config.source, split_specs=ex.split_specs, validation_fraction=ex.validation_fraction,
+                            test_fraction=ex.test_fraction)
+    split = next((s for s in ("test", "validation") if s in source.split_names), None)
+    if split is None:
+        console.log("  no test or validation split: nothing to evaluate")
+        return {"key": key, "done": True, "status": "ran", "seconds": 0.0, "split": None}
+    size, k, batch_size = int(model.input_shape[1]), len(source.class_names), config.finetune.batch_size
+    total = source.count(split)
+    wanted = set(np.linspace(0, total - 1, min(SAMPLE_IMAGES, total)).round().astype(int)) if total else set()
+    logits, labels, keys, skipped, kept, wrong = [], [], [], [], [], []
+    line = console.progress(f"  evaluate {split}")
+    start, seen = time.perf_counter(), 0
+    try:
+        for batch in source.dataset(split, size).batch(batch_size):
+            errors = [e.decode() for e in batch["error"].numpy()]
+            names = [n.decode() for n in batch["key"].numpy()]
+            good = np.array([not e for e in errors])
+            skipped += [(n, e) for n, e in zip(names, errors) if e]
+            if good.any():
+                images = batch["image"].numpy()
+                out = np.asarray(model.predict_on_batch(images[good]), dtype=np.float32)
+                logits.append(out)
+                labels.append(batch["label"].numpy()[good].astype(np.int64))
+                keys += [n for n, g in zip(names, good) if g]
+                predicted = predict_classes(out, k)
+                for j, i in enumerate(np.flatnonzero(good)):
+                    item = (np.clip(images[i], 0, 255).astype(np.uint8), labels[-1][j], out[j])
+                    if seen + i in wanted or (not total and len(kept) < SAMPLE_IMAGES):
+                        kept.append(item)
+                    elif predicted[j] != labels[-1][j] and len(wrong) < WRONG_SAMPLES:
+                        wrong.append(item)
+            seen += len(names)
+            line.update(seen, total, seen / max(time.perf_counter() - start, 1e-9))
+    finally:
+        console.close()
+    seconds = time.perf_counter() - start
+    width = int(model.output_shape[-1])
+    predictions = SplitPredictions(
+        logits=np.concatenate(logits) if logits else np.zeros((0, width), np.float32),
+        labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64), keys=keys, skipped=skipped)
+    metrics = split_metrics(predictions, list(source.class_names))
+    if wrong and kept:  # mistakes are worth seeing: they replace some of the evenly spread images
+        spread = np.linspace(0, len(kept) - 1, max(1, SAMPLE_IMAGES - len(wrong))).round().astype(int)
+        kept = [kept[i] for i in sorted(set(spread.tolist()))] + wrong
+    sample_logits = np.stack([o for _, _, o in kept]) if kept else np.zeros((0, width), np.float32)
+    probs = logits_to_probabilities(sample_logits, k) if kept else np.zeros((0, k), np.float32)
+    arrays = {"images": np.stack([im for im, _, _ in kept]) if kept else np.zeros((0, size, size, 3), np.uint8),
+              "labels": np.array([t for _, t, _ in kept], np.int64),
+              "predicted": predict_classes(sample_logits, k).astype(np.int64) if kept else np.zeros((0,), np.int64),
+              "probability": probs.max(axis=1) if kept else np.zeros((0,), np.float32),
+              "class_names": np.array(source.class_names, dtype=str)}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(samples_path, write, suffix=".npz")
+    console.log(f"  {split}: {metrics['rows']} images, accuracy {metrics['accuracy']:.4f}"
+                + (f", {len(skipped)} skipped" if skipped else ""))
+    n = seen - len(skipped)
+    return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": n,
+            "images_per_second": n / seconds if seconds else None, "split": split,
+            **{k_: metrics.get(k_) for k_ in ("accuracy", "loss", "rows", "per_class", "confusion_matrix")},
+            "skipped": len(skipped)}
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """TensorBoard scalars of every epoch, named as Keras' TensorBoard callback names them
+    (``epoch_loss``, ``epoch_accuracy`` under ``train/`` and ``validation/``).
+
+    Written with TensorFlow's core summary op, so no ``tensorboard`` package is needed to write
+    them (Keras' own callback needs it); view them with ``tensorboard --logdir`` anywhere.
+    """
+
+    def __init__(self, log_dir: str | Path):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        self._writers = {sub: tf.summary.create_file_writer(str(self.log_dir / sub)) for sub in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        write_scalars(self._writers, epoch, logs or {})
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+
+
+def write_scalars(writers: dict[str, Any], step: int, logs: dict[str, float]) -> None:
+    """Writes one epoch's ``logs`` (``loss``, ``val_loss``…) to the train / validation writers."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    for key, value in logs.items():
+        sub, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+        if value is None or value != value:  # missing or NaN
+            continue
+        with writers[sub].as_default():
+            tf.summary.write(f"epoch_{name}", tf.constant(float(value)), step=step, metadata=meta)
+    for writer in writers.values():
+        writer.flush()
+
+
+def write_tensorboard_history(history_csv: Path, log_dir: Path) -> None:
+    """Writes a finished stage's ``history.csv`` as TensorBoard scalars (see ``EpochSummaries``)."""
+    if not history_csv.is_file():
+        return
+    with open(history_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    callback = EpochSummaries(log_dir)
+    callback.on_train_begin()
+    for step, row in enumerate(rows):
+        callback.on_epoch_end(step, {k: float(v) for k, v in row.items() if k != "epoch" and v})
+    callback.on_train_end()

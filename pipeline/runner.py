@@ -1,0 +1,327 @@
+"""``headstart run``: extract-features → train-head → finetune → evaluate into one run directory.
+
+Layout of RUN_DIR::
+
+    config.toml     the resolved configuration (``headstart run --config`` takes it back)
+    stages.json     per stage: the key of its inputs and config, status, timings, scores
+    features.h5     extract-features' cache        head/      train-head's run directory
+    finetune/       finetune's run directory       samples.npz  test images shown in summary.png
+    summary.json    every stage's scores and timings, written last (its presence marks a finished run)
+    summary.png     both stages' curves, the confusion matrix, sample test images
+    tensorboard/    with --tensorboard: head/ and finetune/ event files
+
+Reuse: each stage's key hashes its result-shaping options together with its input (the cache's
+fingerprint, the bytes of ``head.keras`` / ``model.keras``); a finished stage whose key is unchanged
+is not run again, so only the stages downstream of a change are redone. Resume: an interrupted
+extraction continues from its last committed batch (``features.h5.partial``), an interrupted
+fine-tune from its last finished epoch (``finetune/backup``); train-head and evaluate take seconds and
+simply run again. A run directory made with another configuration is refused, naming the first
+difference, unless ``overwrite``; nothing is written before every option has been checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline.errors import DataError, OptionError, RunDirError
+from pipeline.progress import ProgressLine
+from pipeline.run_config import RunConfig, first_difference, read_config_file, resolve_run_config, \
+    run_config_dict, stage_values, to_toml
+
+STAGES = ("extract", "head", "finetune", "evaluate")
+CONFIG_FILE, STATE_FILE, SUMMARY_JSON, SUMMARY_PNG, SAMPLES = (
+    "config.toml", "stages.json", "summary.json", "summary.png", "samples.npz")
+
+
+class Console:
+    """Status lines and live progress lines that do not write over each other.
+
+    Args:
+        log: where status lines go (default: stderr).
+        quiet: print nothing (the caller prints the final table).
+        verbose: also print ``debug`` lines.
+    """
+
+    def __init__(self, log: Callable[[str], None] | None = None, *, quiet: bool = False, verbose: bool = False):
+        self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.quiet, self.verbose = quiet, verbose
+        self._lines: list[ProgressLine] = []
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.close()
+            self._log(message)
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            self.log(message)
+
+    def progress(self, label: str) -> ProgressLine:
+        self.close()  # one live line at a time; the finished ones stay on screen
+        line = ProgressLine(label, quiet=self.quiet)
+        self._lines.append(line)
+        return line
+
+    def close(self) -> None:
+        for line in self._lines:
+            line.close()
+
+
+@dataclass
+class RunResult:
+    """What ``run_pipeline`` produced: the run directory, summary.json's content and the table."""
+
+    run_dir: str
+    summary: dict = field(default_factory=dict)
+    table: str = ""
+
+
+def load_run_config(source: str | None, out: str | None, *, config_file: str | None = None,
+                    flags: dict[str, Any] | None = None) -> RunConfig:
+    """Reads ``--config`` (when given) and applies the flags on top; see ``pipeline.run_config``."""
+    values = read_config_file(config_file) if config_file else None
+    return resolve_run_config(source, out, file_values=values, flags=flags)
+
+
+def validate_run_config(config: RunConfig) -> None:
+    """Checks every stage's options and the source before anything is written.
+
+    Raises:
+        OptionError, DataError, features.errors.FeaturesError: naming the option or path at fault.
+    """
+    from features.backbones import BACKBONES, check_image_size, get_backbone_spec
+    from pipeline.extraction import validate_extract_config
+    from pipeline.finetune import validate_finetune_config
+    from pipeline.train import validate_head_config
+
+    ex = config.extract
+    # validate_extract_config checks that --out's folder exists; the run directory may not yet.
+    _as_run_flags(lambda: validate_extract_config(dataclasses.replace(
+        ex, source=config.source, out=os.path.join(tempfile.gettempdir(), "features.h5"))),
+        {"--batch-size": "--extract-batch-size"})
+    spec = get_backbone_spec(ex.backbone)
+    check_image_size(ex.backbone, ex.image_size)
+    if ex.alpha is not None and not spec.takes_alpha:
+        takers = ", ".join(s.name for s in BACKBONES.values() if s.takes_alpha)
+        raise OptionError(f"--alpha applies only to {takers}, not to backbone '{ex.backbone}'")
+    if ex.weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(ex.weights)):
+        raise OptionError(f"--weights: file {ex.weights} does not exist (or use 'imagenet' or 'none')")
+    if "train" not in ex.splits:
+        raise OptionError("[extract] splits must include 'train': headstart run trains on it")
+    _as_run_flags(lambda: validate_head_config(dataclasses.replace(config.head, features="features.h5", out="head")),
+                  {f"--{name}": f"--head-{name}" for name in ("epochs", "lr", "batch-size", "patience")})
+    validate_finetune_config(dataclasses.replace(config.finetune, source=config.source, head="head", out="ft"))
+    if not config.source.startswith("tfds:"):
+        from pipeline.data import resolve_source
+
+        source = resolve_source(config.source, split_specs=ex.split_specs,
+                                validation_fraction=ex.validation_fraction, test_fraction=ex.test_fraction)
+        if len(source.class_names) < 2:
+            raise DataError(f"{config.source}: {len(source.class_names)} class folder(s); a classifier needs 2 or more")
+
+
+def _as_run_flags(check: Callable[[], None], renamed: dict[str, str]) -> None:
+    # The stages name their own flags (train-head's --lr); headstart run calls that one --head-lr.
+    try:
+        check()
+    except OptionError as exc:
+        message = str(exc)
+        for old, new in renamed.items():
+            if message.startswith(old + " "):
+                raise OptionError(new + message[len(old):]) from None
+        raise
+
+
+def check_run_dir(config: RunConfig, overwrite: bool) -> Path:
+    """Refuses a run directory that is a file, foreign, or made with another configuration.
+
+    Returns:
+        The run directory (not created here).
+
+    Raises:
+        RunDirError: naming the first differing setting, unless ``overwrite``.
+    """
+    run_dir = Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {_shown(str(run_dir))} is a file; give a directory for the run")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()) or overwrite:
+        return run_dir
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"--out {_shown(str(run_dir))} is not empty and holds no headstart run (no {CONFIG_FILE}); "
+                          "choose another --out, or pass --overwrite")
+    try:
+        old = run_config_dict(resolve_run_config(None, None, file_values=read_config_file(run_dir / CONFIG_FILE)))
+    except OptionError as exc:
+        raise RunDirError(f"--out {_shown(str(run_dir))}: its {CONFIG_FILE} is unreadable ({exc}); "
+                          "pass --overwrite") from None
+    difference = first_difference(old, run_config_dict(config))
+    if difference:
+        raise RunDirError(f"--out {_shown(str(run_dir))} holds a run with another configuration ({difference}); "
+                          "pass --overwrite to redo the stages that change, or choose another --out")
+    return run_dir
+
+
+def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console | None = None,
+                 finetune_callbacks: Sequence[Any] = ()) -> RunResult:
+    """Runs (or reuses, or resumes) every stage into ``config.out`` and writes the summary.
+
+    Args:
+        config: the resolved configuration.
+        overwrite: allow a run directory made with another configuration; stages whose key is
+            unchanged are still reused.
+        console: where status and progress go.
+        finetune_callbacks: extra Keras callbacks for the fine-tuning ``fit``.
+
+    Returns:
+        A RunResult; ``table`` is the per-stage summary to print.
+
+    Raises:
+        OptionError, DataError, RunDirError and the stages' own errors (FeaturesError, ParityError…).
+    """
+    console = console or Console()
+    validate_run_config(config)
+    run_dir = check_run_dir(config, overwrite)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"--out {_shown(str(run_dir))}: cannot create the directory ({exc.strerror})") from None
+    import tensorflow as tf
+
+    from pipeline import report
+    from pipeline.run_stages import (evaluate_stage, extract_stage, finetune_stage, head_stage,
+                                     write_tensorboard_history)
+
+    if not console.verbose:
+        tf.get_logger().setLevel("ERROR")  # retracing notices and the like; --verbose shows them
+    report.write_text_atomic(run_dir / CONFIG_FILE, to_toml(config))
+    (run_dir / SUMMARY_JSON).unlink(missing_ok=True)  # until the end, the directory reads as unfinished
+    console.debug(f"resolved configuration ({run_dir / CONFIG_FILE}):\n{to_toml(config)}")
+    state = _read_state(run_dir)
+    t0 = time.perf_counter()
+
+    def save(name: str, record: dict) -> dict:
+        state[name] = record
+        report.write_json_atomic(run_dir / STATE_FILE, state)
+        return record
+
+    features = run_dir / "features.h5"
+    console.log(f"[1/4] extract-features → {_shown(str(features))}")
+    ex = save("extract", extract_stage(config, features, state.get("extract"), console, overwrite,
+                                       key=_key({"source": config.source, **stage_values(config, "extract")})))
+    console.log(f"[2/4] train-head → {_shown(str(run_dir / 'head'))}")
+    hd = save("head", head_stage(config, features, run_dir / "head", state.get("head"), console,
+                                 key=_key({**stage_values(config, "head"), "cache": ex["fingerprint"]})))
+    if config.tensorboard and not (run_dir / "tensorboard" / "head").is_dir():
+        write_tensorboard_history(run_dir / "head" / "history.csv", run_dir / "tensorboard" / "head")
+    console.log(f"[3/4] finetune → {_shown(str(run_dir / 'finetune'))}")
+    ft_key = _key({**stage_values(config, "finetune"), "head": hd["head_sha256"]})
+    ft = save("finetune", finetune_stage(config, run_dir, state.get("finetune"), console, key=ft_key,
+                                         train_images=ex["splits"].get("train", 0),
+                                         started=lambda: save("finetune", {"key": ft_key, "done": False}),
+                                         callbacks=finetune_callbacks))
+    if config.tensorboard and not (run_dir / "tensorboard" / "finetune").is_dir():
+        write_tensorboard_history(run_dir / "finetune" / "history.csv", run_dir / "tensorboard" / "finetune")
+    console.log(f"[4/4] evaluate {_shown(str(run_dir / 'finetune' / 'model.keras'))}")
+    ev = save("evaluate", evaluate_stage(config, run_dir, state.get("evaluate"), console,
+                                         key=_key({"model": ft["model_sha256"], "source": config.source,
+                                                   **{k: stage_values(config, "extract")[k] for k in
+                                                      ("split_specs", "validation_fraction", "test_fraction")}})))
+    summary = _summary(config, run_dir, {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev},
+                       time.perf_counter() - t0)
+    _plot(run_dir, summary, console)
+    report.write_json_atomic(run_dir / SUMMARY_JSON, summary)
+    return RunResult(run_dir=str(run_dir), summary=summary, table=format_table(summary))
+
+
+def _read_state(run_dir: Path) -> dict:
+    try:
+        state = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _key(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds: float) -> dict:
+    from pipeline.report import library_versions
+
+    keep = ("status", "seconds", "images", "images_per_second", "accuracy", "val_accuracy", "best_epoch",
+            "epochs_run", "kept", "split", "loss", "skipped", "rows")
+    evaluate = records["evaluate"]
+    return {
+        "kind": "headstart-run",
+        "source": config.source,
+        "run_dir": str(run_dir),
+        "config": str(run_dir / CONFIG_FILE),
+        "class_names": records["extract"].get("class_names"),
+        "stages": {name: {k: rec.get(k) for k in keep if k in rec} for name, rec in records.items()},
+        "test": {k: evaluate.get(k) for k in ("split", "accuracy", "loss", "rows", "per_class",
+                                                "confusion_matrix", "skipped")},
+        "plots": {"summary": str(run_dir / SUMMARY_PNG), "head": str(run_dir / "head" / "curves.png"),
+                  "finetune": str(run_dir / "finetune" / "curves.png")},
+        "tensorboard": str(run_dir / "tensorboard") if config.tensorboard else None,
+        "seconds": seconds,
+        "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _plot(run_dir: Path, summary: dict, console: Console) -> None:
+    import numpy as np
+
+    from pipeline.summary_plot import plot_summary, read_history
+
+    samples = None
+    if (run_dir / SAMPLES).is_file():
+        with np.load(run_dir / SAMPLES, allow_pickle=False) as z:
+            samples = {k: z[k] for k in z.files}
+    stages = summary["stages"]
+    plot_summary(run_dir / SUMMARY_PNG,
+                 head_history=read_history(run_dir / "head" / "history.csv"),
+                 finetune_history=read_history(run_dir / "finetune" / "history.csv"),
+                 head_best=stages["head"].get("best_epoch"), finetune_best=stages["finetune"].get("best_epoch"),
+                 confusion=summary["test"].get("confusion_matrix"), class_names=summary["class_names"] or [],
+                 samples=samples, title=f"headstart run: {summary['source']}")
+    console.debug(f"wrote {run_dir / SUMMARY_PNG}")
+
+
+STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune": "finetune", "evaluate": "evaluate"}
+
+
+def format_table(summary: dict) -> str:
+    """The per-stage table: status, test accuracy, time and images per second, then the plots."""
+    rows = [("stage", "status", "test accuracy", "time", "images/s")]
+    for name in STAGES:
+        rec = summary["stages"].get(name, {})
+        acc = rec.get("accuracy")
+        rate = rec.get("images_per_second")
+        status = rec.get("status", "-") + (f", kept {rec['kept']}" if rec.get("kept") == "seeded" else "")
+        rows.append((STAGE_LABELS[name], status, "-" if acc is None else f"{acc:.4f}",
+                     f"{rec.get('seconds', 0.0):.1f} s", "-" if not rate else f"{rate:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    plots = {k: _shown(v) for k, v in summary["plots"].items()}
+    lines += ["", f"run directory: {_shown(summary['run_dir'])} ({summary['seconds']:.1f} s)",
+              f"plots: {plots['summary']}", f"       {plots['head']}", f"       {plots['finetune']}"]
+    if summary.get("tensorboard"):
+        lines.append(f"tensorboard: tensorboard --logdir {_shown(summary['tensorboard'])}")
+    return "\n".join(lines)
+
+
+def _shown(path: str) -> str:
+    # Paths below the working directory print relative to it, as the user typed them.
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
