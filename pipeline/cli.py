@@ -233,6 +233,12 @@ def train_head_command(features, out, quiet, **options):
               help="Validation images checked against the cached features before training (0: off).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last completed epoch.")
 @click.option("--export", multiple=True, type=click.Choice(["saved_model", "tflite"]), help="Also export; repeatable.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=_FINETUNE.strategy, show_default=True,
+              help="tf.distribute strategy: mirrored (local GPUs), multiworker (TF_CONFIG), default (one "
+                   "device); auto picks multiworker with a TF_CONFIG cluster, mirrored with 2+ GPUs.")
+@click.option("--mixed-precision", is_flag=True,
+              help="Compute in mixed_float16 on GPU, mixed_bfloat16 on CPU; logits stay float32.")
+@click.option("--jit-compile", is_flag=True, help="Compile the training step with XLA.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call

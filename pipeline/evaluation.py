@@ -136,6 +136,7 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
     """
     import tensorflow as tf
 
+    from pipeline.distribute_loop import predict_logits
     from pipeline.head import logits_to_probabilities, predict_classes
 
     image_size = int(model.input_shape[1])
@@ -149,7 +150,7 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
         if not good.any():
             continue
         # Whole batches (bad rows are zero images, dropped after): one batch shape, no retracing.
-        out = np.asarray(model.predict_on_batch(batch["image"]), dtype=np.float32)[good]
+        out = np.asarray(predict_logits(model, batch["image"]), dtype=np.float32)[good]
         images = batch["image"].numpy()[good] if keep_wrong else None
         truth = batch["label"].numpy()[good].astype(np.int64)
         logits.append(out)

@@ -16,6 +16,7 @@ holds no history or best epoch, which a resumed run needs to end with the same e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -34,7 +35,7 @@ from pipeline.errors import OptionError, RunDirError
 #: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".
 BACKBONE_OPTIONS = ("backbone", "weights", "alpha", "image_size", "pooling")
 #: Options that may change between a run and its --resume.
-_RESUME_FREE = ("resume", "overwrite", "export")
+_RESUME_FREE = ("resume", "overwrite", "export", "out")  # "out": a non-chief worker resumes in a scratch copy
 #: Bytes of decoded images the training shuffle buffer may hold.
 SHUFFLE_BYTES = 256 << 20
 
@@ -138,8 +139,36 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
         model disagrees with the cache. features.errors.WeightsError: weights that do not match.
     """
     spec = validate_finetune_config(config)
+    from pipeline.distribute import batch_policy, chief_output_dir, resolve_strategy, strategy_line
 
+    # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
+    strategy, info = resolve_strategy(config.strategy)
+    distribute = {**batch_policy(info, config.batch_size),
+                  **{k: info[k] for k in ("requested", "worker_index", "is_chief", "devices")}}
+    batch_policy(info, config.head_batch_size, option="--head-batch-size")
+    if strategy_line(info, distribute):
+        log(strategy_line(info, distribute))
+    # Every worker runs the whole stage (saving included); only the chief's files are kept. A
+    # resumed multi-worker run needs --out on a filesystem all workers see: each starts from the
+    # chief's backup.
+    with chief_output_dir(config.out, info["is_chief"]) as out:
+        if not info["is_chief"]:
+            if config.resume:
+                chief_backup = Path(config.out) / "backup"
+                if not chief_backup.is_dir():
+                    raise RunDirError(f"--resume: {chief_backup} is not visible from this worker; with "
+                                      f"--strategy multiworker --out must be on a filesystem all workers share")
+                shutil.copytree(chief_backup, out / "backup")
+            config = dataclasses.replace(config, out=str(out))
+        result = _finetune(config, spec, strategy, distribute, log=log, callbacks=callbacks)
+    return result
+
+
+def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict, *,
+              log: Callable[[str], None], callbacks: Sequence[Any]) -> FinetuneResult:
+    """``finetune`` once the strategy is set up; writes into ``config.out``."""
     from pipeline import report
+    from pipeline.distribute import precision
     from pipeline.augment import build_augmentation
     from pipeline.data import resolve_source
     from pipeline.evaluation import export_model, labelled_dataset, predict_split, split_metrics
@@ -162,16 +191,19 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     val_split = "validation" if "validation" in source.split_names else None
 
     keras.utils.set_random_seed(config.seed)
-    base, pre, pool, fingerprint = build_backbone_parts(
-        recipe["backbone"], weights=recipe["weights"], image_size=size, alpha=recipe["alpha"],
-        pooling=recipe["pooling"], expected_fingerprint=recipe["fingerprint"])
-    feature_shape = tuple(int(d) for d in (head_run["feature_shape"] if head_run else _feature_shape(base, pool)))
-    dropout = head_run["head"]["dropout"] if head_run else HeadConfig().dropout
-    head = build_head(feature_shape, num_classes, dropout=dropout)
-    if head_run:
-        _copy_head_weights(Path(config.head) / "head.keras", head)
-    model = assemble_model(base, pre, pool, head, image_size=size,
-                           augmentation=build_augmentation(config.augment, seed=config.seed))
+    replicas = distribute["replicas"]
+    # Variables must be created in the strategy's scope; layers take the dtype policy in force.
+    with precision(config.mixed_precision) as policy, strategy.scope():
+        base, pre, pool, fingerprint = build_backbone_parts(
+            recipe["backbone"], weights=recipe["weights"], image_size=size, alpha=recipe["alpha"],
+            pooling=recipe["pooling"], expected_fingerprint=recipe["fingerprint"])
+        feature_shape = tuple(int(d) for d in (head_run["feature_shape"] if head_run else _feature_shape(base, pool)))
+        dropout = head_run["head"]["dropout"] if head_run else HeadConfig().dropout
+        head = build_head(feature_shape, num_classes, dropout=dropout)
+        if head_run:
+            _copy_head_weights(Path(config.head) / "head.keras", head)
+        model = assemble_model(base, pre, pool, head, image_size=size,
+                               augmentation=build_augmentation(config.augment, seed=config.seed))
     parity = None
     if head_run and config.parity_samples:
         parity = check_parity(model, head_run["cache"], source, samples=config.parity_samples,
@@ -186,8 +218,7 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
         return labelled_dataset(source, split, image_size=size, num_classes=num_classes, batch_size=batch,
                                 shuffle_seed=config.seed if shuffle else None, shuffle_buffer=buffer)
 
-    # --jit-compile where the config has it; strategy and mixed precision are not applied here yet.
-    jit = getattr(config, "jit_compile", "auto")
+    jit = True if config.jit_compile else "auto"  # "auto": Keras's default (XLA on one GPU)
     head_stage = None
     seeded_head = run_dir / "backup" / "seeded_head.weights.h5"
     if not head_run:
@@ -198,10 +229,11 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
             log(f"no --head: training the head on the frozen backbone for {config.head_epochs} epochs "
                 f"(batch {config.head_batch_size}, lr {config.head_lr:g})")
             freeze_backbone(model)
-            compile_head(model, num_classes, config.head_lr, jit_compile=jit)
+            with strategy.scope():
+                compile_head(model, num_classes, config.head_lr, jit_compile=jit)
             head_stage = _fit_stage(model, "head", run_dir, data("train", config.head_batch_size, True),
                                     data(val_split, config.head_batch_size, False) if val_split else None,
-                                    config.head_epochs, config.patience, log, ())
+                                    config.head_epochs, config.patience, log, (), num_classes, replicas)
             head.save_weights(seeded_head)
             progress["head_stage"] = head_stage
             report.write_json_atomic(run_dir / "backup" / "progress.json", progress)
@@ -218,13 +250,14 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     seeded_weights = model.get_weights()
 
     unfrozen = unfreeze_backbone(model, spec)
-    compile_head(model, num_classes, config.lr, jit_compile=jit)  # recompile: trainables are fixed at compile
+    with strategy.scope():
+        compile_head(model, num_classes, config.lr, jit_compile=jit)  # recompile: trainables are fixed at compile
     counts = trainable_counts(model)
     log(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "
         f"{counts['trainable_params']:,} trainable parameters; BatchNorm frozen")
     stage = _fit_stage(model, "finetune", run_dir, data("train", config.batch_size, True),
                        data(val_split, config.batch_size, False) if val_split else None,
-                       config.epochs, config.patience, log, callbacks)
+                       config.epochs, config.patience, log, callbacks, num_classes, replicas)
 
     gate = {"kept": "finetuned", "seeded_val_accuracy": (seeded_val or {}).get("accuracy"),
             "finetuned_val_accuracy": None}
@@ -268,6 +301,9 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
                      "weights_fingerprint": fingerprint, "feature_shape": list(feature_shape)},
         "source": {**src_info, "path": os.path.abspath(config.source), "describe": source.describe()},
         "class_names": class_names, "num_classes": num_classes, "stage_gate": gate, "exports": exports,
+        "distribute": distribute,
+        "precision": {"policy": policy, "logits_dtype": str(model.outputs[0].dtype),
+                      "jit_compile": bool(model.jit_compile)},
         "versions": report.library_versions(),
         "timings": {"seconds_per_epoch": seconds_per_epoch, "epoch_seconds": epoch_seconds,
                     "backup_seconds": stage["backup_seconds"],
@@ -411,7 +447,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
-               log: Callable[[str], None], extra: Sequence[Any]) -> dict:
+               log: Callable[[str], None], extra: Sequence[Any], num_classes: int, replicas: int = 1) -> dict:
     """Runs (or resumes) one stage's ``fit`` with ``_RunBackup``; best weights restored on return.
 
     Returns:
@@ -426,8 +462,14 @@ def _fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epoch
                 # Filtering out bad images leaves the dataset's length unknown; Keras then warns at
                 # the end of every epoch that the input "ran out of data", which is expected here.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
-                model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
-                          callbacks=[backup, *extra])
+                if replicas > 1:  # Keras's fit cannot run under MultiWorkerMirroredStrategy
+                    from pipeline.distribute_loop import distributed_fit
+
+                    distributed_fit(model, train, num_classes=num_classes, epochs=epochs, validation_data=val,
+                                    callbacks=[backup, *extra])
+                else:
+                    model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
+                              callbacks=[backup, *extra])
         finally:
             model._initial_epoch = None
     backup.restore_best(model)

@@ -65,7 +65,10 @@ def build_head(
         # Spatial maps from --pooling none: pool here so one head fits every cache layout.
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_logits(num_classes), name="logits")(x)
+    # float32 whatever the global policy: under mixed precision the logits (and so the loss and
+    # softmax) would otherwise be float16/bfloat16, which overflows or loses the small differences
+    # the loss needs. Under the default float32 policy this changes nothing.
+    outputs = keras.layers.Dense(num_logits(num_classes), name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -90,19 +93,24 @@ def head_loss_and_metrics(num_classes: int) -> tuple[keras.losses.Loss, list[ker
             [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def compile_head(model: keras.Model, num_classes: int, lr: float) -> keras.Model:
+def compile_head(model: keras.Model, num_classes: int, lr: float, *,
+                 jit_compile: bool | str = "auto") -> keras.Model:
     """Compiles ``model`` with Adam(lr) and the loss/metrics of ``head_loss_and_metrics``.
 
     Args:
         model: a head from ``build_head`` (or a full model ending in one).
         num_classes: number of classes.
         lr: Adam learning rate.
+        jit_compile: True compiles the train and predict steps with XLA; "auto" (Keras's default)
+            lets Keras decide (XLA on a single GPU, not on CPU or under tf.distribute).
 
     Returns:
-        The same model, compiled.
+        The same model, compiled. Under a ``mixed_float16`` policy Keras wraps Adam in a
+        ``LossScaleOptimizer`` itself.
     """
     loss, metrics = head_loss_and_metrics(num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss, metrics=metrics)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss, metrics=metrics,
+                  jit_compile=jit_compile)
     return model
 
 

@@ -7,6 +7,11 @@ that in plain NumPy, with no generator adapter reordering or prefetching across 
 stopping follows ``keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=True)``:
 an epoch improves when its validation loss is strictly lower than the best so far; training stops
 after ``patience`` epochs without improvement, and the best epoch's weights are restored.
+
+With more than one replica (``--strategy``, ``pipeline.distribute``) an epoch instead runs
+``pipeline.distribute_loop.train_epoch`` over a ``tf.data`` dataset of the same planned batches,
+split across the replicas (``train_on_batch`` would give each replica the whole batch); early
+stopping and the restored best weights stay in this loop.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from pipeline.config import HeadConfig, config_to_dict
+from pipeline.distribute import STRATEGIES
 from pipeline.errors import DataError, OptionError
 from pipeline.head_data import FeatureRows, shuffle_geometry, split_nbytes
 
@@ -44,6 +50,7 @@ class HeadResult:
     metrics: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
     summary: str = ""               # the table to print at the end
+    distribute: dict = field(default_factory=dict)  # run.json's "distribute": strategy, batch split, chief
 
 
 def validate_head_config(config: HeadConfig) -> None:
@@ -63,6 +70,7 @@ def validate_head_config(config: HeadConfig) -> None:
         ("--dropout", 0.0 <= config.dropout < 1.0, "in [0, 1)", config.dropout),
         ("--patience", config.patience >= 0, "0 or more", config.patience),
         ("--memory-limit-mb", config.memory_limit_mb >= 0, "0 or more", config.memory_limit_mb),
+        ("--strategy", config.strategy in STRATEGIES, f"one of {', '.join(STRATEGIES)}", config.strategy),
     ]
     for option, ok, expected, value in checks:
         if not ok:
@@ -113,15 +121,16 @@ def _open_splits(cache: Any, path: str) -> dict[str, Any]:
 
 
 def _evaluate(model: Any, rows: FeatureRows, labels: np.ndarray, num_classes: int,
-              batch_size: int) -> tuple[float, float, np.ndarray]:
+              batch_size: int, replicas: int = 1) -> tuple[float, float, np.ndarray]:
     """Loss, accuracy and logits of ``model`` on one split, in stored order.
 
     Computed from the concatenated logits with the head's own loss, so the number equals what
     ``model.evaluate`` reports (the mean over rows) and the logits serve the confusion matrix.
     """
+    from pipeline.distribute_loop import predict_logits
     from pipeline.head import head_labels, head_loss_and_metrics, predict_classes
 
-    chunks = [np.asarray(model.predict_on_batch(x)) for x, _ in rows.eval_batches(batch_size)]
+    chunks = [np.asarray(predict_logits(model, x, replicas)) for x, _ in rows.eval_batches(batch_size)]
     logits = np.concatenate(chunks, axis=0)
     loss_fn, _ = head_loss_and_metrics(num_classes)
     loss = float(loss_fn(head_labels(labels, num_classes), logits))
@@ -129,8 +138,23 @@ def _evaluate(model: Any, rows: FeatureRows, labels: np.ndarray, num_classes: in
     return loss, accuracy, logits
 
 
+def _distributed_epoch(model: Any, train: FeatureRows, targets: np.ndarray, plan: Any,
+                       batch_size: int, num_classes: int) -> dict[str, float]:
+    """One epoch over the plan's batches, each split across the replicas; returns the epoch's logs."""
+    from pipeline.distribute_loop import planned_dataset, train_epoch
+
+    def batches():
+        for x, rows in train.train_batches(plan, batch_size):
+            yield x, targets[rows]
+
+    steps = -(-train.n // batch_size)
+    data = planned_dataset(batches, (train.feature_shape, np.float32), (targets.shape[1:], targets.dtype), steps)
+    return train_epoch(model, data, num_classes)
+
+
 def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None,
-         config: HeadConfig, num_classes: int, log: Callable[[str], None]) -> tuple[dict, int, list]:
+         config: HeadConfig, num_classes: int, log: Callable[[str], None],
+         replicas: int = 1) -> tuple[dict, int, list]:
     """The epoch loop with early stopping; returns (history, best epoch 1-based, epoch seconds)."""
     from pipeline.head import head_labels
 
@@ -144,16 +168,24 @@ def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | 
     for epoch in range(config.epochs):
         start = time.perf_counter()
         plan = train.plan(config.seed, epoch)
-        loss_sum = acc_sum = 0.0
-        for x, rows in train.train_batches(plan, config.batch_size):
-            logs = model.train_on_batch(x, targets[rows], return_dict=True)
-            # train_on_batch resets metrics per call; weight by batch size as fit's running means do.
-            loss_sum += float(logs["loss"]) * len(rows)
-            acc_sum += float(logs["accuracy"]) * len(rows)
-        history["loss"].append(loss_sum / train.n)
-        history["accuracy"].append(acc_sum / train.n)
+        if replicas > 1:
+            logs = _distributed_epoch(model, train, targets, plan, config.batch_size, num_classes)
+            history["loss"].append(logs["loss"])
+            history["accuracy"].append(logs["accuracy"])
+        else:
+            loss_sum = acc_sum = 0.0
+            for x, rows in train.train_batches(plan, config.batch_size):
+                logs = model.train_on_batch(x, targets[rows], return_dict=True)
+                # train_on_batch resets metrics per call; weight by batch size as fit's running means do.
+                loss_sum += float(logs["loss"]) * len(rows)
+                acc_sum += float(logs["accuracy"]) * len(rows)
+            history["loss"].append(loss_sum / train.n)
+            history["accuracy"].append(acc_sum / train.n)
         if val is not None:
-            val_loss, val_acc, _ = _evaluate(model, val[0], val[1], num_classes, config.batch_size)
+            # Every worker computes the same number from the same synchronised weights, so all of
+            # them take the same early-stopping decision and run the same number of epochs.
+            val_loss, val_acc, _ = _evaluate(model, val[0], val[1], num_classes, config.batch_size,
+                                             replicas)
             history["val_loss"].append(val_loss)
             history["val_accuracy"].append(val_acc)
         seconds.append(time.perf_counter() - start)
@@ -201,7 +233,7 @@ def _make_loaders(splits: dict[str, Any], memory_limit_mb: int) -> tuple[dict[st
 
 
 def _final_metrics(model: Any, rows: dict[str, FeatureRows], labels: dict[str, np.ndarray],
-                   class_names: list[str], batch_size: int) -> dict[str, Any]:
+                   class_names: list[str], batch_size: int, replicas: int = 1) -> dict[str, Any]:
     """metrics.json's validation and test sections (None for an absent split)."""
     from pipeline.head import predict_classes
     from pipeline.report import classification_metrics
@@ -211,7 +243,7 @@ def _final_metrics(model: Any, rows: dict[str, FeatureRows], labels: dict[str, n
         if name not in rows:
             out[name] = None
             continue
-        loss, _, logits = _evaluate(model, rows[name], labels[name], len(class_names), batch_size)
+        loss, _, logits = _evaluate(model, rows[name], labels[name], len(class_names), batch_size, replicas)
         predicted = predict_classes(logits, len(class_names))
         out[name] = {"loss": loss, **classification_metrics(labels[name], predicted, class_names)}
     return out
@@ -227,7 +259,8 @@ def _summary(result: HeadResult) -> str:
         ("test accuracy", result.test_accuracy),
         ("test loss", result.test_loss),
         ("time per epoch", f"{result.seconds_per_epoch:.3f} s ({result.loader})"),
-        ("run directory", result.run_dir),
+        ("run directory", result.run_dir + ("" if result.distribute.get("is_chief", True)
+                                            else " (written by the chief, not this worker)")),
     ], title="train-head")
 
 
@@ -248,17 +281,41 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print) -> Hea
         format version (passed through from ``features.store.open_cache``).
     """
     validate_head_config(config)
+    from pipeline.distribute import batch_policy, chief_output_dir, resolve_strategy, strategy_line
+
+    # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
+    strategy, info = resolve_strategy(config.strategy)
+    distribute = {**batch_policy(info, config.batch_size),
+                  **{k: info[k] for k in ("requested", "worker_index", "is_chief", "devices")}}
+    if strategy_line(info, distribute):
+        log(strategy_line(info, distribute))
+    if config.jit_compile and config.deterministic:
+        log("--jit-compile: Keras runs without XLA under --deterministic")
+    # Every worker runs the whole stage (saving included); only the chief's files are kept.
+    with chief_output_dir(config.out, info["is_chief"]) as out:
+        result = _train(config, out, strategy, distribute, log)
+    if not info["is_chief"]:
+        result.run_dir = str(config.out)
+    result.summary = _summary(result)
+    return result
+
+
+def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
+           log: Callable[[str], None]) -> HeadResult:
+    """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
     import keras
 
     from features.store import open_cache
     from pipeline import report
+    from pipeline.distribute import precision
     from pipeline.head import build_head, compile_head
 
+    replicas = distribute["replicas"]
     t_start = time.perf_counter()
     with open_cache(config.features) as cache:
         splits = _open_splits(cache, config.features)
         # Refuse an occupied --out before any work, but only once the cache is known to be usable.
-        run_dir = report.prepare_run_dir(config.out, config.overwrite)
+        run_dir = report.prepare_run_dir(out, config.overwrite)
         class_names = list(cache.class_names)
         num_classes = len(class_names)
         feature_shape = tuple(int(d) for d in cache.feature_shape)
@@ -276,19 +333,22 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print) -> Hea
             # Seeds the head's initial weights and its dropout masks; the batch order has its own
             # seeded plan (pipeline.head_data.plan_epoch).
             keras.utils.set_random_seed(config.seed)
-            model = compile_head(build_head(feature_shape, num_classes, dropout=config.dropout),
-                                 num_classes, config.lr)
+            # Variables (model and optimizer) must be created in the strategy's scope; layers take
+            # the dtype policy in force when they are built.
+            with precision(config.mixed_precision) as policy, strategy.scope():
+                model = compile_head(build_head(feature_shape, num_classes, dropout=config.dropout),
+                                     num_classes, config.lr, jit_compile=True if config.jit_compile else "auto")
             val = (rows["validation"], labels["validation"]) if "validation" in rows else None
             if val is None:
                 log("no validation split: early stopping watches the training loss")
             t_train = time.perf_counter()
             history, best_epoch, epoch_seconds = _fit(model, rows["train"], labels["train"], val,
-                                                      config, num_classes, log)
+                                                      config, num_classes, log, replicas)
             train_seconds = time.perf_counter() - t_train
             t_eval = time.perf_counter()
             metrics = {"best_epoch": best_epoch, "epochs_run": len(epoch_seconds),
                        "monitor": "val_loss" if val is not None else "loss",
-                       **_final_metrics(model, rows, labels, class_names, config.batch_size)}
+                       **_final_metrics(model, rows, labels, class_names, config.batch_size, replicas)}
             eval_seconds = time.perf_counter() - t_eval
 
         cache_info = {
@@ -307,9 +367,8 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print) -> Hea
         val_loss=val_m.get("loss"), val_accuracy=val_m.get("accuracy"),
         test_loss=test_m.get("loss"), test_accuracy=test_m.get("accuracy"),
         seconds_per_epoch=float(np.mean(epoch_seconds)), loader=loader, metrics=metrics,
-        history=history,
+        history=history, distribute=distribute,
     )
-    result.summary = _summary(result)
 
     # run.json goes last: its presence marks a finished run (see pipeline.report).
     report.save_model_atomic(model, run_dir / "head.keras")
@@ -334,6 +393,9 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print) -> Hea
                         seed=config.seed),
         "best_epoch": best_epoch,
         "epochs_run": len(epoch_seconds),
+        "distribute": distribute,
+        "precision": {"policy": policy, "logits_dtype": str(model.outputs[0].dtype),
+                      "jit_compile": bool(model.jit_compile)},
         "versions": report.library_versions(),
         "timings": {"load_seconds": load_seconds, "train_seconds": train_seconds,
                     "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": epoch_seconds,

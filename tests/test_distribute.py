@@ -1,0 +1,302 @@
+"""`train-head` under tf.distribute (mirrored, multi-worker), mixed precision and XLA.
+
+Logical CPU devices and ``MultiWorkerMirroredStrategy`` can only be set up before TensorFlow starts,
+so the distributed runs happen in fresh subprocesses: mirrored over 2 logical CPUs
+(``HEADSTART_LOGICAL_CPUS=2``), and 2 local worker processes on 127.0.0.1 ports with ``TF_CONFIG``.
+Each is compared with the single-device run in this process on the same synthetic caches.
+
+Tolerance: the same test accuracy, validation loss within 1e-4 relative, head weights within 1e-5
+absolute. A distributed step minimises exactly the single-device batch mean, so the runs differ only
+by float summation order — on the "even" cache (160 rows, batch 32 → 16 per replica) and on the
+"uneven" one (161 rows: the epoch ends with a 1-row batch, and one replica gets none). Dropout is 0:
+with dropout each replica draws its own masks, another random stream, as a change of seed would be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import HeadConfig
+from pipeline.distribute import (_config_is_chief, batch_policy, chief_output_dir, precision,
+                                 read_tf_config, resolve_strategy)
+from pipeline.errors import OptionError
+from pipeline.train import train_head
+from test_train_head import head_weights, make_cache
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_FILES = ["curves.png", "head.keras", "history.csv", "metrics.json", "run.json"]
+COUNTS = {"even": {"train": 160, "validation": 48, "test": 48},
+          "uneven": {"train": 161, "validation": 48, "test": 48}}
+BASE = dict(epochs=5, lr=5e-2, batch_size=32, seed=3, dropout=0.0)
+
+# Runs train_head once per config given as JSON on the command line; one RESULT line per run.
+WORKER = r"""
+import json, sys
+from pipeline.config import HeadConfig
+from pipeline.train import train_head
+for config in json.loads(sys.argv[1]):
+    if "fit_check" in config:
+        sys.path.insert(0, "tests")
+        from test_distribute import fit_check
+        print("RESULT " + json.dumps(fit_check(config["fit_check"])))
+        continue
+    r = train_head(HeadConfig(**config), log=lambda m: print(m, file=sys.stderr))
+    print("RESULT " + json.dumps({"test_accuracy": r.test_accuracy, "val_loss": r.val_loss,
+                                  "distribute": r.distribute, "run_dir": r.run_dir, "summary": r.summary}))
+"""
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "HEADSTART_LOGICAL_CPUS")}
+    # TMPDIR per process, so the test can see that non-chief workers leave no scratch directory.
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp), **extra}
+
+
+def _start(configs: list[dict], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(configs)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 150) -> list[list[dict]]:
+    """Waits for every process; returns each one's RESULT records."""
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, err[-3000:]
+            results.append([json.loads(l[len("RESULT "):]) for l in out.splitlines() if l.startswith("RESULT ")])
+    finally:
+        for proc in procs:  # a worker left waiting for its peer must not outlive the test
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def conv_model_and_data():
+    """A small image model ending in the head (3 classes), and 49 images in batches of 16: the last
+    batch has 1 image, so under 2 replicas one replica gets none (CPU Conv2D mishandles that)."""
+    import tensorflow as tf
+
+    from pipeline.head import build_head, compile_head
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, padding="same", name="conv"),
+                              build_head((6, 6, 4), 3, dropout=0.0)])
+    compile_head(model, 3, 1e-2)
+    x = np.random.default_rng(0).normal(size=(49, 6, 6, 3)).astype(np.float32)
+    y = np.argmax(x.mean(axis=(1, 2)), axis=1)
+    return model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+
+def fit_check(strategy_name: str) -> dict:
+    """``distribute_loop.distributed_fit`` on ``conv_model_and_data``: resumes at epoch 1, stops
+    after epoch 3.
+
+    Returns ``{"epochs": [...], "history": {...}}`` (what ``finetune`` relies on from ``fit``).
+    """
+    from pipeline.distribute_loop import distributed_fit
+
+    strategy, _ = resolve_strategy(strategy_name)
+    with strategy.scope():
+        model, data = conv_model_and_data()
+    seen = []
+
+    class Resume(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model._initial_epoch = 1  # as BackupAndRestore does
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+            self.model.stop_training = epoch == 3
+
+    history = distributed_fit(model, data, num_classes=3, epochs=6, validation_data=data, callbacks=[Resume()])
+    return {"epochs": seen, "history": history.history}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """Per cache kind: (cache path, single-device run dir, its HeadResult)."""
+    root = tmp_path_factory.mktemp("dist")
+    runs = {}
+    for kind, counts in COUNTS.items():
+        cache = make_cache(root / f"{kind}.h5", counts=counts)
+        out = root / f"single-{kind}"
+        result = train_head(HeadConfig(features=str(cache), out=str(out), strategy="default", **BASE),
+                            log=lambda m: None)
+        assert result.distribute["replicas"] == 1 and result.test_accuracy > 0.9
+        runs[kind] = (cache, out, result)
+    return runs
+
+
+def _assert_matches_single(single, kind: str, result: dict, run_dir: Path) -> None:
+    _, single_dir, expected = single[kind]
+    assert result["test_accuracy"] == expected.test_accuracy
+    assert result["val_loss"] == pytest.approx(expected.val_loss, rel=1e-4)
+    for a, b in zip(head_weights(run_dir), head_weights(single_dir)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def fit_reference():
+    """``distributed_fit`` under the default strategy, and ``model.fit`` for its first epochs."""
+    reference = fit_check("default")
+    model, data = conv_model_and_data()
+    fit = model.fit(data, validation_data=data, epochs=3, verbose=0, shuffle=False).history
+    return reference, fit
+
+
+def test_distributed_fit_matches_keras_fit(fit_reference):
+    reference, fit = fit_reference
+    assert reference["epochs"] == [1, 2, 3]  # resumed at epoch 1, stopped after epoch 3
+    # Three epochs run, from fresh weights: the same numbers as Keras's fit for its first three.
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(reference["history"][key], fit[key], rtol=1e-5)
+
+
+def _assert_fit_check(result: dict, expected: dict) -> None:
+    # Compared with the default-strategy run of the same check in this process.
+    assert result["epochs"] == [1, 2, 3]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(result["history"][key], expected["history"][key], rtol=1e-5)
+
+
+def test_mirrored_over_two_logical_cpus(single, fit_reference, tmp_path):
+    configs = [dict(features=str(single[k][0]), out=str(tmp_path / k), strategy="mirrored", **BASE)
+               for k in COUNTS]
+    [results] = _finish([_start([*configs, {"fit_check": "mirrored"}],
+                                _env(tmp_path / "tmp", HEADSTART_LOGICAL_CPUS="2"))])
+    _assert_fit_check(results.pop(), fit_reference[0])
+    for kind, result in zip(COUNTS, results):
+        _assert_matches_single(single, kind, result, tmp_path / kind)
+        assert sorted(p.name for p in (tmp_path / kind).iterdir()) == RUN_FILES
+    run = json.loads((tmp_path / "even" / "run.json").read_text())
+    d = run["distribute"]
+    assert (d["strategy"], d["replicas"], d["workers"], d["per_replica_batch_size"]) == ("mirrored", 2, 1, 16)
+    assert d["global_batch_size"] == 32 and "lr unchanged" in d["lr_policy"] and len(d["devices"]) == 2
+    assert run["config"]["strategy"] == "mirrored"
+
+
+def test_multiworker_two_local_workers_write_one_run(single, fit_reference, tmp_path):
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    configs = [dict(features=str(single[k][0]), out=str(tmp_path / k), strategy="multiworker", **BASE)
+               for k in COUNTS] + [{"fit_check": "multiworker"}]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        procs.append(_start(configs, _env(tmp_path / f"tmp{index}", TF_CONFIG=json.dumps(tf_config))))
+    chief_results, other_results = _finish(procs)
+    _assert_fit_check(chief_results.pop(), fit_reference[0])
+    _assert_fit_check(other_results.pop(), fit_reference[0])
+    for kind, chief, other in zip(COUNTS, chief_results, other_results):
+        _assert_matches_single(single, kind, chief, tmp_path / kind)
+        assert chief["val_loss"] == other["val_loss"]  # one synchronised model, one early-stopping path
+        assert (chief["distribute"]["is_chief"], other["distribute"]["is_chief"]) == (True, False)
+        assert chief["distribute"]["replicas"] == 2 and chief["distribute"]["workers"] == 2
+        assert "not this worker" in other["summary"] and other["run_dir"] == str(tmp_path / kind)
+        # One set of outputs, from the chief; the other worker's scratch directory is gone.
+        assert sorted(p.name for p in (tmp_path / kind).iterdir()) == RUN_FILES
+    assert list((tmp_path / "tmp1").iterdir()) == []
+    run = json.loads((tmp_path / "even" / "run.json").read_text())
+    assert run["distribute"]["strategy"] == "multiworker" and run["distribute"]["worker_index"] == "worker:0"
+
+
+def test_mixed_precision_and_jit_compile(single, tmp_path):
+    cache, _, single_result = single["even"]
+    out = tmp_path / "run"
+    result = train_head(HeadConfig(features=str(cache), out=str(out), strategy="default", mixed_precision=True,
+                                   jit_compile=True, **BASE), log=lambda m: None)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
+    # bfloat16 keeps 8 significant bits: the same accuracy, a loss close to the float32 run's.
+    assert result.test_accuracy == single_result.test_accuracy
+    assert result.val_loss == pytest.approx(single_result.val_loss, rel=0.5, abs=0.01)
+    run = json.loads((out / "run.json").read_text())
+    assert run["precision"] == {"policy": "mixed_bfloat16", "logits_dtype": "float32", "jit_compile": True}
+    model = keras.saving.load_model(out / "head.keras", safe_mode=True)
+    assert model.get_layer("dropout").dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("logits").dtype_policy.name == "float32"
+    logits = model.predict_on_batch(np.ones((3, 16), np.float32))
+    assert logits.dtype == np.float32 and logits.shape == (3, 1)
+
+
+def test_precision_context_restores_policy():
+    with precision(True) as name:
+        assert name == "mixed_bfloat16" == keras.mixed_precision.global_policy().name
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with precision(False) as name:
+        assert name == "float32"
+
+
+def test_options_and_refusals(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(OptionError, match="--strategy must be one of"):
+        resolve_strategy("ring")
+    with pytest.raises(OptionError, match="needs TF_CONFIG") as err:
+        resolve_strategy("multiworker")
+    assert "\n" not in str(err.value)
+    _, info = resolve_strategy("auto")  # no GPU, no TF_CONFIG here
+    assert (info["strategy"], info["replicas"], info["is_chief"]) == ("default", 1, True)
+    with pytest.raises(OptionError, match="not valid JSON"):
+        read_tf_config({"TF_CONFIG": "{nope"})
+    with pytest.raises(OptionError, match="not one of its cluster"):
+        read_tf_config({"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker",
+                                                                                           "index": 3}})})
+    two = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
+    assert not _config_is_chief(two) and _config_is_chief({**two, "task": {"type": "worker", "index": 0}})
+    with_chief = {"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
+    assert not _config_is_chief(with_chief)
+
+    two_replicas = {**info, "replicas": 2, "strategy": "mirrored"}
+    assert batch_policy(two_replicas, 64)["per_replica_batch_size"] == 32
+    assert "as evenly as possible" in batch_policy(two_replicas, 33)["batch_policy"]
+    with pytest.raises(OptionError, match="smaller than the 2 replicas"):
+        batch_policy(two_replicas, 1)
+
+    with chief_output_dir(tmp_path / "out", True) as out:
+        assert out == tmp_path / "out"
+    with chief_output_dir(tmp_path / "out", False) as out:
+        scratch = out.parent
+        assert scratch.is_dir() and out.name == "out" and tmp_path not in out.parents
+    assert not scratch.exists()
+
+    with pytest.raises(OptionError, match="--strategy"):
+        train_head(HeadConfig(features="x.h5", out=str(tmp_path / "r"), strategy="nope"), log=lambda m: None)
+
+
+def test_cli_options(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    cache = make_cache(tmp_path / "f.h5", counts={"train": 32, "test": 16})
+    bad = CliRunner().invoke(main, ["train-head", str(cache), "--out", str(tmp_path / "r"),
+                                    "--strategy", "multiworker"])
+    assert bad.exit_code == 2 and "TF_CONFIG" in bad.output and not (tmp_path / "r").exists()
+    ok = CliRunner().invoke(main, ["train-head", str(cache), "--out", str(tmp_path / "r"), "--epochs", "1",
+                                   "--strategy", "default", "--mixed-precision", "--jit-compile"])
+    assert ok.exit_code == 0, ok.output
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["config"]["mixed_precision"] and run["config"]["jit_compile"]
+    assert run["precision"]["policy"] == "mixed_bfloat16"
