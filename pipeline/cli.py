@@ -53,6 +53,16 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _distribute_options(fn):
+    """--strategy, --mixed-precision and --jit-compile, shared by the training commands."""
+    fn = click.option("--jit-compile", is_flag=True, help="Compile the training step with XLA.")(fn)
+    fn = click.option("--mixed-precision", is_flag=True,
+                      help="Compute in mixed_float16 on GPU, mixed_bfloat16 on CPU; logits stay float32.")(fn)
+    return click.option("--strategy", type=click.Choice(STRATEGIES), default=_HEAD.strategy, show_default=True,
+                        help="tf.distribute strategy: mirrored (local GPUs), multiworker (TF_CONFIG), default "
+                             "(one device); auto picks multiworker with a TF_CONFIG cluster, mirrored with 2+ GPUs.")(fn)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="headstart")
 @click.option("--quiet", "-q", "global_quiet", is_flag=True,
@@ -184,12 +194,7 @@ def merge_features_command(out, shards, overwrite, quiet):
 @click.option("--deterministic", is_flag=True, help="Bit-identical results for the same seed (slower ops).")
 @click.option("--memory-limit-mb", type=int, default=_HEAD.memory_limit_mb, show_default=True,
               help="Load features into memory up to this size; stream them from HDF5 beyond it.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default=_HEAD.strategy, show_default=True,
-              help="tf.distribute strategy: mirrored (local GPUs), multiworker (TF_CONFIG), default (one "
-                   "device); auto picks multiworker with a TF_CONFIG cluster, mirrored with 2+ GPUs.")
-@click.option("--mixed-precision", is_flag=True,
-              help="Compute in mixed_float16 on GPU, mixed_bfloat16 on CPU; logits stay float32.")
-@click.option("--jit-compile", is_flag=True, help="Compile the training step with XLA.")
+@_distribute_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
@@ -233,12 +238,7 @@ def train_head_command(features, out, quiet, **options):
               help="Validation images checked against the cached features before training (0: off).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last completed epoch.")
 @click.option("--export", multiple=True, type=click.Choice(["saved_model", "tflite"]), help="Also export; repeatable.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default=_FINETUNE.strategy, show_default=True,
-              help="tf.distribute strategy: mirrored (local GPUs), multiworker (TF_CONFIG), default (one "
-                   "device); auto picks multiworker with a TF_CONFIG cluster, mirrored with 2+ GPUs.")
-@click.option("--mixed-precision", is_flag=True,
-              help="Compute in mixed_float16 on GPU, mixed_bfloat16 on CPU; logits stay float32.")
-@click.option("--jit-compile", is_flag=True, help="Compile the training step with XLA.")
+@_distribute_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
