@@ -63,7 +63,22 @@ def _distribute_options(fn):
                              "(one device); auto picks multiworker with a TF_CONFIG cluster, mirrored with 2+ GPUs.")(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """A group whose usage errors (bad option value, unknown option or command) print one line.
+
+    Click prints the usage block and a hint above the error; dropping the context keeps just
+    "Error: …", exit code 2, like every other user-facing error here.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.ctx = None
+            raise
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="headstart")
 @click.option("--quiet", "-q", "global_quiet", is_flag=True,
               help="Print only results and errors (sets --quiet of every command that has it).")

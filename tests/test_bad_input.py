@@ -149,3 +149,20 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(workspace, name, args,
     if kind == "domain":
         assert lines == errors, f"expected one line, got:\n{result.output}"
     assert snapshot(workspace) == before, "a refused command changed or created files"
+
+
+@pytest.mark.parametrize("args", [
+    ["train-head", "f.h5", "--out", "r", "--epochs", "abc"],
+    ["extract-features", "src", "--out", "f.h5", "--pooling", "median"],
+    ["finetune", "src", "--out", "r", "--no-such-option"],
+    ["no-such-command"],
+])
+def test_click_usage_errors_are_one_line_too(args):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
