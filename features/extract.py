@@ -120,14 +120,19 @@ def extract_split(
     if writer.is_done(split):
         return report
 
-    forward = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+    # One signature with a free batch dimension: a single trace serves every batch, the short last
+    # one included, and it happens here rather than inside the timed loop.
+    signature = [tf.TensorSpec((None, *extractor.input_shape[1:]), tf.float32)]
+    forward = tf.function(lambda x: extractor(x, training=False), input_signature=signature)
+    forward.get_concrete_function()
     view_forward = None
     if views:
         if augment is None:
             raise ValueError("views > 0 needs an augmentation model")
         view_forward = tf.function(
-            lambda x: extractor(augment(x, training=True), training=False), reduce_retracing=True
+            lambda x: extractor(augment(x, training=True), training=False), input_signature=signature
         )
+        view_forward.get_concrete_function()
 
     batches = dataset.skip(consumed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     commits: queue.Queue = queue.Queue(maxsize=2)
