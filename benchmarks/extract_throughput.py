@@ -98,18 +98,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="a folder of class folders of real JPEGs (e.g. ../shared/assets/cats_vs_dogs_2k) "
+                             "instead of generated noise JPEGs, which are the costliest to decode")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        folder = write_jpegs(tmp / "small", args.images)
+        folder = args.source.resolve() if args.source else write_jpegs(tmp / "small", args.images)
         bare, loop, wall = [], [], []
         for _ in range(args.repeats):
             bare.append(bare_forward(folder, args))
             e2e_loop, e2e_wall = end_to_end(folder, tmp / "f.h5", args)
             loop.append(e2e_loop)
             wall.append(e2e_wall)
-        print(f"{args.backbone} {args.image_size}px, {args.images} JPEGs, batch {args.batch_size}, "
+        count = len(list(folder.rglob("*.jpg")))
+        print(f"{args.backbone} {args.image_size}px, {count} JPEGs from {args.source or 'noise'}, batch {args.batch_size}, "
               f"best of {args.repeats}")
         print(f"bare forward pass:        {max(bare):7.1f} images/s")
         print(f"extract-features loop:    {max(loop):7.1f} images/s  ratio {max(loop) / max(bare):.3f}")
