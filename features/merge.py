@@ -143,17 +143,15 @@ def merge_shards(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
         if writer.complete:
             log(f"{out} is already complete with this configuration; nothing to do")
             return summary
-        finished = False
         try:
             for split, plan in plans.items():
                 _merge_split(writer, split, plan, log)
                 summary.splits[split] = {"rows": len(plan.rows.pos), "skipped": len(plan.skips.pos)}
             summary.seconds = time.perf_counter() - start
             writer.finalize({"merge_seconds": round(summary.seconds, 3)})
-            finished = True
         finally:
-            if not finished:
-                writer.close()
+            # Idempotent after finalize(); otherwise it leaves the .partial for a resume.
+            writer.close()
     return summary
 
 

@@ -170,7 +170,6 @@ def extract_features(
         return summary
 
     start = time.perf_counter()
-    finished = False
     if shard is not None:
         log(f"shard {shard[0]}/{shard[1]}: extracting about 1/{shard[1]} of each split")
     try:
@@ -200,10 +199,9 @@ def extract_features(
             writer = create_or_resume(config.out, **store_args)
         summary.seconds = time.perf_counter() - start
         writer.finalize({"extract_seconds": round(summary.seconds, 3)})
-        finished = True
     finally:
-        if not finished:
-            writer.close()
+        # Idempotent after finalize(); otherwise it leaves the .partial for a resume.
+        writer.close()
     return summary
 
 
