@@ -22,6 +22,7 @@ import numpy as np
 
 from features.errors import BadImagesError
 from features.store import StoreWriter
+from features.tfdata import without_autotune_thread
 
 
 @dataclass
@@ -64,7 +65,7 @@ def find_bad_images(dataset, *, batch_size: int = 64) -> list[tuple[str, str]]:
 
     bad = []
     slim = dataset.map(lambda e: {"key": e["key"], "error": e["error"]})
-    for batch in slim.batch(batch_size).prefetch(tf.data.AUTOTUNE):
+    for batch in without_autotune_thread(slim.batch(batch_size).prefetch(tf.data.AUTOTUNE)):
         for key, error in zip(batch["key"].numpy(), batch["error"].numpy()):
             if error:
                 bad.append((key.decode(), error.decode()))
@@ -134,7 +135,8 @@ def extract_split(
         )
         view_forward.get_concrete_function()
 
-    batches = dataset.skip(consumed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # Whatever the caller built, ending the split must not wait on tf.data's autotune thread.
+    batches = without_autotune_thread(dataset.skip(consumed).batch(batch_size).prefetch(tf.data.AUTOTUNE))
     commits: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from features.tfdata import without_autotune_thread
 from pipeline.config import CATS_VS_DOGS_SPLITS
 from pipeline.errors import DataError, OptionError
 from pipeline.image import (  # noqa: F401 - re-exported: the input path's public face is this module
@@ -278,7 +279,7 @@ class DirSource(Source):
         def load(path: bytes):
             return load_or_reason(os.fsdecode(path), image_size, max_pixels=max_pixels)
 
-        ds = tf.data.Dataset.from_tensor_slices((paths, labels, keys))
+        ds = without_autotune_thread(tf.data.Dataset.from_tensor_slices((paths, labels, keys)))
         return ds.map(_decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -421,7 +422,7 @@ class TfdsSource(Source):
     def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None,
                 shard: tuple[int, int] | None = None) -> tf.data.Dataset:
         self._check_split(split)
-        ds = self._keyed(split)
+        ds = without_autotune_thread(self._keyed(split))
         if shard is not None:
             ds = ds.filter(_shard_predicate(*shard))
 

@@ -462,3 +462,23 @@ def test_tfds_download_failure_is_one_clear_line(monkeypatch):
     message = str(err.value)
     assert "\n" not in message and "could not be downloaded" in message and "local folder" in message
     assert "Failed to resolve" in message
+
+
+# --------------------------------------------------------------------------------------------
+# tf.data options
+
+
+def test_every_source_dataset_runs_without_the_autotune_thread(tmp_path):
+    # Its iterator destructor can block for seconds at the end of every split and epoch (see
+    # features/tfdata.py); options flow downstream, so the sources are where it must be off.
+    from pipeline.evaluation import labelled_dataset
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    folder = resolve_source(str(make_class_folders(tmp_path / "d", per_class=4)))
+    with tfds.testing.mock_data(num_examples=4):
+        hub = resolve_source("tfds:cats_vs_dogs")
+        datasets = [folder.dataset("train", 16), folder.dataset("train", 16, shard=(0, 2)),
+                    hub.dataset("test", 16), hub.dataset("test", 16, shard=(1, 2))]
+    datasets.append(labelled_dataset(folder, "train", image_size=16, num_classes=2, batch_size=2, shuffle_seed=0))
+    assert [ds.options().autotune.enabled for ds in datasets] == [False] * len(datasets)
+    assert [k for k, _, _, _ in _elements(datasets[0])] == folder.keys("train")
