@@ -55,7 +55,8 @@ def _data_sharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
     # one file list, so every worker reads them all and keeps its replicas' slice of each batch.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
+    # Each epoch ends its iterator, which must not wait on the autotune thread (features/tfdata.py).
+    return without_autotune_thread(dataset.with_options(options))
 
 
 def _objectives(num_classes: int) -> tuple[Callable, Callable]:
@@ -160,28 +161,72 @@ def _steps(model: Any, num_classes: int) -> dict:
     return cached
 
 
-def _run(kind: str, model: Any, num_classes: int, dataset: tf.data.Dataset,
+class EpochFeed:
+    """One distributed iterator that serves every epoch of a fit, ``steps`` batches at a time.
+
+    Creating a distributed iterator costs ~0.16 s, and ending one blocks for up to ~0.6 s: under a
+    multi-device strategy TF builds per-device datasets of its own, whose tf.data autotune threads
+    the destructor waits for (see ``features/tfdata.py``; our options do not reach them). Per epoch
+    that was a 25–40% loss on a 1 s epoch. So the iterator is made once and epochs are cut from it.
+
+    Two ways to build one:
+
+    * ``EpochFeed(strategy, dataset)``: ``dataset`` is one epoch of global batches (reshuffled per
+      iteration if it shuffles). With a known cardinality, every epoch is that many batches of
+      ``dataset.repeat()``. Otherwise the first epoch runs to the end on an iterator of its own and
+      counts its batches, and later epochs take that many from ``dataset.repeat()`` (the same
+      batches every epoch, as filtering bad images is deterministic).
+    * ``EpochFeed(strategy, dataset, steps=N, repeat=False)``: ``dataset`` already holds every
+      epoch back to back, N batches each (the head's planned epochs).
+    """
+
+    def __init__(self, strategy: Any, dataset: tf.data.Dataset, *, steps: int | None = None,
+                 repeat: bool = True) -> None:
+        self._strategy = strategy
+        self._dataset = _data_sharded(_weighted(dataset))
+        self._repeat = repeat
+        cardinality = int(dataset.cardinality())
+        self.steps = steps if steps is not None else (cardinality if cardinality >= 0 and repeat else None)
+        self._iterator = None
+
+    def next_epoch(self) -> tuple[Any, int | None]:
+        """(distributed iterator, batches to take from it; None = until it ends)."""
+        if self.steps is None:  # first epoch of unknown length: an iterator of its own
+            return iter(self._strategy.experimental_distribute_dataset(self._dataset)), None
+        if self._iterator is None:
+            dataset = self._dataset.repeat() if self._repeat else self._dataset
+            self._iterator = iter(self._strategy.experimental_distribute_dataset(dataset))
+        return self._iterator, self.steps
+
+
+def _run(kind: str, model: Any, num_classes: int, data: tf.data.Dataset | EpochFeed,
          on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
     fns = _steps(model, num_classes)
     totals, step = fns["totals"][kind], fns[kind]
     totals.assign(tf.zeros([3]))
-    distributed = model.distribute_strategy.experimental_distribute_dataset(_data_sharded(_weighted(dataset)))
-    iterator, index = iter(distributed), 0
-    while bool(step(iterator)):
+    feed = data if isinstance(data, EpochFeed) else EpochFeed(model.distribute_strategy, data, repeat=False)
+    iterator, steps = feed.next_epoch()
+    index = 0
+    while (steps is None or index < steps) and bool(step(iterator)):
         if on_batch is not None:
             on_batch(index)
         index += 1
+    if steps is None:
+        feed.steps = index
+    elif index < steps:
+        raise RuntimeError(f"the input ended after {index} of {steps} batches of an epoch")
     loss_sum, hits, rows = (float(v) for v in totals.read_value().numpy())
     return {"loss": loss_sum / rows if rows else float("nan"), "accuracy": hits / rows if rows else float("nan")}
 
 
-def train_epoch(model: Any, dataset: tf.data.Dataset, num_classes: int, *,
+def train_epoch(model: Any, dataset: tf.data.Dataset | EpochFeed, num_classes: int, *,
                 on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
     """Trains ``model`` (built and compiled in its strategy's scope) for one pass over ``dataset``.
 
     Args:
         model: ends in the head (``pipeline.head.build_head``); its optimizer is used as compiled.
-        dataset: (x, y) global batches, y as ``pipeline.head.head_labels`` gives them.
+        dataset: (x, y) global batches, y as ``pipeline.head.head_labels`` gives them; or an
+            ``EpochFeed`` of them, which serves this epoch from the fit's one iterator.
         num_classes: number of classes (picks the head's loss).
         on_batch: called with the 0-based batch index after each step.
 
@@ -191,8 +236,9 @@ def train_epoch(model: Any, dataset: tf.data.Dataset, num_classes: int, *,
     return _run("train", model, num_classes, dataset, on_batch)
 
 
-def evaluate(model: Any, dataset: tf.data.Dataset, num_classes: int) -> dict[str, float]:
-    """Loss and accuracy of ``model`` over ``dataset`` (inference mode), rows split across replicas."""
+def evaluate(model: Any, dataset: tf.data.Dataset | EpochFeed, num_classes: int) -> dict[str, float]:
+    """Loss and accuracy of ``model`` over ``dataset`` or an ``EpochFeed`` (inference mode), rows
+    split across replicas."""
     return _run("eval", model, num_classes, dataset)
 
 
@@ -220,12 +266,15 @@ def distributed_fit(model: Any, x: tf.data.Dataset, *, num_classes: int, epochs:
     hooks.on_train_begin()
     # BackupAndRestore (and finetune's _RunBackup) tell fit where to resume through this attribute.
     first = getattr(model, "_initial_epoch", None) or 0
+    strategy = model.distribute_strategy
+    train = EpochFeed(strategy, x)
+    val = EpochFeed(strategy, validation_data) if validation_data is not None else None
     logs: dict[str, float] = {}
     for epoch in range(first, epochs):
         hooks.on_epoch_begin(epoch)
-        logs = train_epoch(model, x, num_classes, on_batch=hooks.on_train_batch_end)
-        if validation_data is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate(model, validation_data, num_classes).items()})
+        logs = train_epoch(model, train, num_classes, on_batch=hooks.on_train_batch_end)
+        if val is not None:
+            logs.update({f"val_{k}": v for k, v in evaluate(model, val, num_classes).items()})
         hooks.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

@@ -9,9 +9,9 @@ an epoch improves when its validation loss is strictly lower than the best so fa
 after ``patience`` epochs without improvement, and the best epoch's weights are restored.
 
 With more than one replica (``--strategy``, ``pipeline.distribute``) an epoch instead runs
-``pipeline.distribute_loop.train_epoch`` over a ``tf.data`` dataset of the same planned batches,
-split across the replicas (``train_on_batch`` would give each replica the whole batch); early
-stopping and the restored best weights stay in this loop.
+``pipeline.distribute_loop.train_epoch`` over the same planned batches, split across the replicas
+(``train_on_batch`` would give each replica the whole batch), all epochs served from one
+distributed iterator; early stopping and the restored best weights stay in this loop.
 """
 
 from __future__ import annotations
@@ -138,24 +138,32 @@ def _evaluate(model: Any, rows: FeatureRows, labels: np.ndarray, num_classes: in
     return loss, accuracy, logits
 
 
-def _distributed_epoch(model: Any, train: FeatureRows, targets: np.ndarray, plan: Any,
-                       batch_size: int, num_classes: int) -> dict[str, float]:
-    """One epoch over the plan's batches, each split across the replicas; returns the epoch's logs."""
-    from pipeline.distribute_loop import planned_dataset, train_epoch
+def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed: int, epochs: int,
+                      batch_size: int) -> Any:
+    """Every epoch's planned batches back to back, served from one distributed iterator.
+
+    One iterator for the whole fit, because making and ending one per epoch costs more than a
+    head's epoch (see ``pipeline.distribute_loop.EpochFeed``). Plans do not depend on training, so
+    reading ahead into the next epoch changes nothing.
+    """
+    from pipeline.distribute_loop import EpochFeed, planned_dataset
 
     def batches():
-        for x, rows in train.train_batches(plan, batch_size):
-            yield x, targets[rows]
+        for epoch in range(epochs):
+            for x, rows in train.train_batches(train.plan(seed, epoch), batch_size):
+                yield x, targets[rows]
 
     steps = -(-train.n // batch_size)
-    data = planned_dataset(batches, (train.feature_shape, np.float32), (targets.shape[1:], targets.dtype), steps)
-    return train_epoch(model, data, num_classes)
+    data = planned_dataset(batches, (train.feature_shape, np.float32), (targets.shape[1:], targets.dtype),
+                           steps * epochs)
+    return EpochFeed(model.distribute_strategy, data, steps=steps, repeat=False)
 
 
 def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None,
          config: HeadConfig, num_classes: int, log: Callable[[str], None],
          replicas: int = 1) -> tuple[dict, int, list]:
     """The epoch loop with early stopping; returns (history, best epoch 1-based, epoch seconds)."""
+    from pipeline.distribute_loop import train_epoch
     from pipeline.head import head_labels
 
     targets = head_labels(train_labels, num_classes)
@@ -165,16 +173,17 @@ def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | 
         history.update(val_loss=[], val_accuracy=[])
     best_value, best_epoch, best_weights, wait = math.inf, 0, None, 0
     seconds = []
+    feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size)
+            if replicas > 1 else None)
     for epoch in range(config.epochs):
         start = time.perf_counter()
-        plan = train.plan(config.seed, epoch)
-        if replicas > 1:
-            logs = _distributed_epoch(model, train, targets, plan, config.batch_size, num_classes)
+        if feed is not None:
+            logs = train_epoch(model, feed, num_classes)
             history["loss"].append(logs["loss"])
             history["accuracy"].append(logs["accuracy"])
         else:
             loss_sum = acc_sum = 0.0
-            for x, rows in train.train_batches(plan, config.batch_size):
+            for x, rows in train.train_batches(train.plan(config.seed, epoch), config.batch_size):
                 logs = model.train_on_batch(x, targets[rows], return_dict=True)
                 # train_on_batch resets metrics per call; weight by batch size as fit's running means do.
                 loss_sum += float(logs["loss"]) * len(rows)

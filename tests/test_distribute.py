@@ -107,7 +107,8 @@ def conv_model_and_data():
     compile_head(model, 3, 1e-2)
     x = np.random.default_rng(0).normal(size=(49, 6, 6, 3)).astype(np.float32)
     y = np.argmax(x.mean(axis=(1, 2)), axis=1)
-    return model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    # filter(): a dataset of unknown length, as finetune's (bad images filtered out) is.
+    return model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16).filter(lambda a, b: True)
 
 
 def fit_check(strategy_name: str) -> dict:
@@ -116,6 +117,8 @@ def fit_check(strategy_name: str) -> dict:
 
     Returns ``{"epochs": [...], "history": {...}}`` (what ``finetune`` relies on from ``fit``).
     """
+    import tensorflow as tf
+
     from pipeline.distribute_loop import distributed_fit
 
     strategy, _ = resolve_strategy(strategy_name)
@@ -131,7 +134,8 @@ def fit_check(strategy_name: str) -> dict:
             seen.append(epoch)
             self.model.stop_training = epoch == 3
 
-    history = distributed_fit(model, data, num_classes=3, epochs=6, validation_data=data, callbacks=[Resume()])
+    known = data.apply(tf.data.experimental.assert_cardinality(4))  # validation of a known length
+    history = distributed_fit(model, data, num_classes=3, epochs=6, validation_data=known, callbacks=[Resume()])
     return {"epochs": seen, "history": history.history}
 
 
@@ -161,8 +165,13 @@ def _assert_matches_single(single, kind: str, result: dict, run_dir: Path) -> No
 @pytest.fixture(scope="module")
 def fit_reference():
     """``distributed_fit`` under the default strategy, and ``model.fit`` for its first epochs."""
+    import tensorflow as tf
+
     reference = fit_check("default")
     model, data = conv_model_and_data()
+    # Keras's fit is given the length: on a dataset of unknown length Keras 3.15 adds a phantom
+    # optimizer step per epoch (the ``iterations`` counter only, which shifts Adam's bias correction).
+    data = data.apply(tf.data.experimental.assert_cardinality(4))
     fit = model.fit(data, validation_data=data, epochs=3, verbose=0, shuffle=False).history
     return reference, fit
 
@@ -173,6 +182,28 @@ def test_distributed_fit_matches_keras_fit(fit_reference):
     # Three epochs run, from fresh weights: the same numbers as Keras's fit for its first three.
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(reference["history"][key], fit[key], rtol=1e-5)
+
+
+def test_epoch_feed_serves_every_epoch_from_one_iterator():
+    # Making and ending a distributed iterator per epoch cost 25-40% of a short epoch; the feed
+    # makes one. A dataset of unknown length gets its own first epoch, which counts the batches.
+    from pipeline.distribute_loop import EpochFeed, train_epoch
+
+    model, data = conv_model_and_data()
+    feed = EpochFeed(model.distribute_strategy, data)
+    assert feed.steps is None
+    seen, iterators = [], []
+    for _ in range(3):
+        batches = []
+        train_epoch(model, feed, 3, on_batch=batches.append)
+        seen.append(batches)
+        iterators.append(feed._iterator)
+    assert seen == [[0, 1, 2, 3]] * 3 and feed.steps == 4
+    assert iterators[0] is None and iterators[1] is iterators[2] is not None
+    # A feed that promises more batches than its input holds fails loudly, not silently short.
+    short = EpochFeed(model.distribute_strategy, data, steps=5, repeat=False)
+    with pytest.raises(RuntimeError, match="after 4 of 5 batches"):
+        train_epoch(model, short, 3)
 
 
 def _assert_fit_check(result: dict, expected: dict) -> None:
