@@ -264,7 +264,7 @@ def distributed_fit(model: Any, x: tf.data.Dataset, *, num_classes: int, epochs:
     hooks = keras.callbacks.CallbackList([*callbacks, history], model=model, epochs=epochs, verbose=0)
     model.stop_training = False
     hooks.on_train_begin()
-    # BackupAndRestore (and finetune's _RunBackup) tell fit where to resume through this attribute.
+    # BackupAndRestore (and finetune's RunBackup) tell fit where to resume through this attribute.
     first = getattr(model, "_initial_epoch", None) or 0
     strategy = model.distribute_strategy
     train = EpochFeed(strategy, x)

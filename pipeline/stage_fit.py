@@ -1,0 +1,170 @@
+"""One training stage's ``fit`` that survives SIGKILL: ``fit_stage`` and its ``RunBackup`` callback.
+
+Each stage's ``fit`` runs with ``RunBackup``, a ``keras.callbacks.BackupAndRestore`` whose
+per-epoch save is one atomic commit: the weights file (with optimizer state) and the best weights go
+to new file names, then ``state.json`` naming them — with the epoch, history and early-stopping
+counters — replaces the old one. Keras's own ``_save_model`` rewrites ``latest.weights.h5`` in place
+and then the metadata JSON, so a SIGKILL inside it leaves a file that does not load, and its state
+holds no history or best epoch, which a resumed run needs to end with the same epochs and weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+
+from pipeline.errors import RunDirError
+
+
+def fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
+              log: Callable[[str], None], extra: Sequence[Any], num_classes: int, replicas: int = 1) -> dict:
+    """Runs (or resumes) one stage's ``fit`` with ``RunBackup``; best weights restored on return.
+
+    Returns:
+        ``{"history", "best_epoch" (1-based or None), "epoch_seconds", "stopped_early", "monitor"}``.
+    """
+    backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
+                       monitor="val_loss" if val is not None else "loss", stage=name, log=log)
+    if not backup.finished:
+        model._initial_epoch = None  # a previous fit's restored epoch must not leak into this one
+        try:
+            with warnings.catch_warnings():
+                # Filtering out bad images leaves the dataset's length unknown; Keras then warns at
+                # the end of every epoch that the input "ran out of data", which is expected here.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                if replicas > 1:  # Keras's fit cannot run under MultiWorkerMirroredStrategy
+                    from pipeline.distribute_loop import distributed_fit
+
+                    distributed_fit(model, train, num_classes=num_classes, epochs=epochs, validation_data=val,
+                                    callbacks=[backup, *extra])
+                else:
+                    model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
+                              callbacks=[backup, *extra])
+        finally:
+            model._initial_epoch = None
+    backup.restore_best(model)
+    return backup.outcome()
+
+
+class RunBackup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose per-epoch save is one atomic commit carrying history and best.
+
+    Files in ``backup_dir``: ``state.json`` (the commit point) and ``epoch-NNN.npz`` (model weights
+    ``w*`` and optimizer variables ``o*`` after epoch NNN) for the last epoch and the best one (often
+    the same file). After each commit, files the state no longer names are removed. NumPy archives
+    rather than ``save_weights``: one write of a few arrays instead of one HDF5 dataset per variable
+    (0.08 s instead of 0.5 s per epoch for MobileNetV2 0.35), loaded without pickle.
+
+    Args:
+        backup_dir: directory for this stage's backup.
+        epochs: the stage's total epochs.
+        patience: early stopping after this many epochs without improvement of ``monitor``.
+        monitor: "val_loss" or "loss"; lower is better, improvement is strict.
+        stage: name used in log lines.
+        log: one line per epoch.
+    """
+
+    # The parent's batch hook only serves save_freq=N; keeping Keras's default one lets fit dispatch
+    # batch callbacks asynchronously, as it does without this callback.
+    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
+
+    def __init__(self, backup_dir, *, epochs, patience, monitor, stage, log):
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
+        import json
+
+        self.dir = Path(backup_dir)
+        self.epochs, self.patience, self.monitor, self.stage, self.log = epochs, patience, monitor, stage, log
+        path = self.dir / "state.json"
+        self.state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
+            "epoch": 0, "weights": None, "best": None, "wait": 0, "stopped": False,
+            "history": {}, "epoch_seconds": [], "backup_seconds": []}
+        self._t0 = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.state["stopped"] or self.state["epoch"] >= self.epochs
+
+    def on_train_begin(self, logs=None):
+        if not self.state["weights"]:
+            return
+        # As BackupAndRestore._load_model: the optimizer must exist to take its saved state.
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        weights, slots = self._read(self.state["weights"])
+        if len(slots) != len(optimizer.variables):
+            raise RunDirError(f"--resume: the backup in {self.dir} holds {len(slots)} optimizer variables, "
+                              f"the model {len(optimizer.variables)}; was it made with other options?")
+        self.model.set_weights(weights)
+        for variable, value in zip(optimizer.variables, slots):
+            variable.assign(value)
+        self.model._initial_epoch = self.state["epoch"]
+        self.log(f"{self.stage}: resuming after epoch {self.state['epoch']} of {self.epochs}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        from pipeline.report import write_json_atomic
+
+        t_backup = time.perf_counter()
+        n = epoch + 1
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        state = dict(self.state, history={k: list(v) for k, v in self.state["history"].items()})
+        for key, value in logs.items():
+            state["history"].setdefault(key, []).append(value)
+        state["weights"] = f"epoch-{n:03d}.npz"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        arrays = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
+        arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)})
+        with open(self.dir / state["weights"], "wb") as f:
+            np.savez(f, **arrays)
+        current, best = logs.get(self.monitor, math.nan), state["best"]
+        if math.isfinite(current) and (best is None or current < best["value"]):
+            state["best"], state["wait"] = {"epoch": n, "value": current, "file": state["weights"]}, 0
+        else:
+            state["wait"] += 1
+        state["stopped"] = state["best"] is not None and state["wait"] >= self.patience and n < self.epochs
+        state["epoch"] = n
+        done = time.perf_counter()
+        state["epoch_seconds"] = state["epoch_seconds"] + [done - self._t0]
+        state["backup_seconds"] = state["backup_seconds"] + [done - t_backup]
+        write_json_atomic(self.dir / "state.json", state)  # the commit
+        self.state = state
+        keep = {"state.json", state["weights"], (state["best"] or {}).get("file")}
+        for stale in self.dir.iterdir():
+            if stale.name not in keep and stale.suffix == ".npz":
+                stale.unlink(missing_ok=True)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+        self.log(f"{self.stage} epoch {n}/{self.epochs}  {shown}  {state['epoch_seconds'][-1]:.1f} s")
+        if state["stopped"]:
+            self.log(f"early stopping: {self.monitor} has not improved for {state['wait']} epoch(s); "
+                     f"restoring epoch {state['best']['epoch']}")
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        pass  # the backup stays until finetune() has written its outputs
+
+    def restore_best(self, model) -> None:
+        """Loads the best epoch's weights (not its optimizer state) into ``model``."""
+        if self.state["best"] is None:
+            self.log(f"warning: {self.monitor} was never finite; keeping the last epoch's weights")
+            return
+        model.set_weights(self._read(self.state["best"]["file"])[0])
+
+    def outcome(self) -> dict:
+        best = self.state["best"]
+        return {"history": self.state["history"], "best_epoch": best["epoch"] if best else None,
+                "epoch_seconds": self.state["epoch_seconds"], "stopped_early": self.state["stopped"],
+                "backup_seconds": self.state["backup_seconds"], "monitor": self.monitor}
+
+    def _read(self, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        with np.load(self.dir / name, allow_pickle=False) as z:
+            count = {p: sum(k.startswith(p) for k in z.files) for p in ("w", "o")}
+            return ([z[f"w{i}"] for i in range(count["w"])], [z[f"o{i}"] for i in range(count["o"])])
