@@ -149,11 +149,10 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     # chief's backup.
     with chief_output_dir(config.out, info["is_chief"]) as out:
         if not info["is_chief"]:
-            if config.resume:
-                chief_backup = Path(config.out) / "backup"
-                if not chief_backup.is_dir():
-                    raise RunDirError(f"--resume: {chief_backup} is not visible from this worker; with "
-                                      f"--strategy multiworker --out must be on a filesystem all workers share")
+            chief_backup = Path(config.out) / "backup"
+            # No backup yet is a fresh start, as on one machine; a backup this worker cannot see is
+            # caught before training, when the workers compare their starting epochs (stage_fit).
+            if config.resume and chief_backup.is_dir():
                 shutil.copytree(chief_backup, out / "backup")
             config = dataclasses.replace(config, out=str(out))
         result = _finetune(config, spec, strategy, distribute, log=log, callbacks=callbacks)

@@ -31,6 +31,8 @@ def fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epochs
     """
     backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
                        monitor="val_loss" if val is not None else "loss", stage=name, log=log)
+    if replicas > 1:
+        _check_replicas_agree(model.distribute_strategy, backup)
     if not backup.finished:
         model._initial_epoch = None  # a previous fit's restored epoch must not leak into this one
         try:
@@ -50,6 +52,30 @@ def fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epochs
             model._initial_epoch = None
     backup.restore_best(model)
     return backup.outcome()
+
+
+def _check_replicas_agree(strategy: Any, backup: "RunBackup") -> None:
+    """Raises RunDirError unless every replica starts the stage from the same committed epoch.
+
+    Each worker reads its own backup (the others a copy of the chief's). Workers that disagree would
+    run different numbers of steps and wait on each other's all-reduce forever, so they compare first:
+    the spread of the values over all replicas is zero only when they all agree.
+    """
+    import tensorflow as tf
+
+    start = float(backup.epochs + 1 if backup.state["stopped"] else backup.state["epoch"])
+
+    @tf.function
+    def moments():
+        value = tf.constant(start)
+        totals = strategy.run(lambda: tf.stack([tf.constant(1.0), value, value * value]))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+
+    count, total, squares = (float(v) for v in moments().numpy())
+    if squares / count - (total / count) ** 2 > 1e-6:
+        raise RunDirError(f"--resume: the workers would start {backup.stage} from different epochs (this one "
+                          f"after epoch {int(start)}, {backup.dir}); with --strategy multiworker --out must be "
+                          f"on a filesystem all workers share")
 
 
 class RunBackup(keras.callbacks.BackupAndRestore):
@@ -96,7 +122,8 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         # As BackupAndRestore._load_model: the optimizer must exist to take its saved state.
         optimizer = self.model.optimizer
         if not optimizer.built:
-            optimizer.build(self.model.trainable_variables)
+            with self.model.distribute_strategy.scope():  # its variables are mirrored like the model's
+                optimizer.build(self.model.trainable_variables)
         weights, slots = self._read(self.state["weights"])
         if len(slots) != len(optimizer.variables):
             raise RunDirError(f"--resume: the backup in {self.dir} holds {len(slots)} optimizer variables, "
