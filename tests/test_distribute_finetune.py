@@ -12,7 +12,6 @@ itself matches one device to 1e-5 without them).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,12 +23,12 @@ import keras
 import pytest
 
 from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
-from test_distribute import _free_ports
+from test_distribute import _env, _finish, _free_ports
 from test_finetune import BACKBONE, make_splits, make_weights_file
 
 REPO = Path(__file__).resolve().parents[1]
 # One finetune run from a JSON config; argv[2] seconds of sleep after every committed epoch (room
-# for the test's SIGKILL). Prints one RESULT line.
+# for the test's SIGKILL). Prints one RESULT line, which test_distribute._finish collects.
 WORKER = r"""
 import json, sys, time, keras
 from pipeline.config import FinetuneConfig
@@ -68,31 +67,9 @@ def prepared(tmp_path_factory):
     return SimpleNamespace(root=root, options=options, single=single)
 
 
-def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "HEADSTART_LOGICAL_CPUS")}
-    tmp.mkdir(parents=True, exist_ok=True)  # TMPDIR per process: non-chief scratch must be gone after
-    return {**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp), **extra}
-
-
 def _start(config: dict, env: dict[str, str], sleep: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(config), str(sleep)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _results(procs: list[subprocess.Popen], timeout: float = 240) -> list[dict]:
-    out = []
-    try:
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=timeout)
-            assert proc.returncode == 0, stderr[-3000:]
-            [line] = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
-            out.append(json.loads(line[len("RESULT "):]))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return out
 
 
 def _workers(configs: list[dict], tmp: Path, tag: str, sleep: float = 0.0) -> list[subprocess.Popen]:
@@ -117,7 +94,7 @@ def _assert_like_single(prepared, out: Path, result: dict, replicas: int, worker
 def test_finetune_mirrored_over_two_logical_cpus(prepared, tmp_path):
     out = tmp_path / "mirrored"
     config = {**prepared.options, "out": str(out), "strategy": "mirrored"}
-    [result] = _results([_start(config, _env(tmp_path / "tmp", HEADSTART_LOGICAL_CPUS="2"))])
+    [[result]] = _finish([_start(config, _env(tmp_path / "tmp", HEADSTART_LOGICAL_CPUS="2"))], timeout=240)
     _assert_like_single(prepared, out, result, replicas=2, workers=1)
 
 
@@ -158,7 +135,7 @@ def test_finetune_two_workers_killed_and_resumed(prepared, tmp_path):
                 proc.wait()
     assert json.loads(state.read_text())["epoch"] == 1  # the chief's backup is untouched
 
-    chief, other = _results(_workers([config] * 2, tmp_path, "again"))
+    [chief], [other] = _finish(_workers([config] * 2, tmp_path, "again"), timeout=240)
     # Both workers resume from the chief's backup (the other one from a copy of it), run the last
     # 2 epochs in step, and only the chief keeps files; the other's scratch directory is gone.
     for result in (chief, other):
