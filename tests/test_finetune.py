@@ -312,6 +312,22 @@ def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_pat
     assert result["tolerance"] >= 1e-2
 
 
+def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
+    # In bfloat16 the logits drift far past any tolerance that still catches a wrong input path
+    # (measured: 1.3 on a logit of 7), so --mixed-precision used to fail its own parity check.
+    from pipeline.finetune import finetune
+
+    out = tmp_path / "mixed"
+    result = finetune(config_for(prepared, out, epochs=1, parity_samples=8, mixed_precision=True), log=lambda s: None)
+    assert result.parity["dtype"] == "float32" and result.parity["max_abs_diff"] <= result.parity["tolerance"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["precision"]["policy"] == "mixed_bfloat16" and run["precision"]["logits_dtype"] == "float32"
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    policies = {layer.dtype_policy.name for layer in model.get_layer("backbone").layers}
+    assert "mixed_bfloat16" in policies
+    assert model.get_layer("head").get_layer("logits").dtype_policy.name == "float32"
+
+
 def test_refusals(prepared, main_run, tmp_path):
     from pipeline.finetune import finetune
     from pipeline.model import build_backbone_parts
