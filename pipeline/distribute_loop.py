@@ -47,7 +47,7 @@ def planned_dataset(batches: Callable[[], Iterable[tuple[Any, Any]]], x_spec: tu
     """
     signature = tuple(tf.TensorSpec((None, *shape), dtype) for shape, dtype in (x_spec, y_spec))
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    return without_autotune_thread(dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2))
+    return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
 
 
 def _data_sharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
