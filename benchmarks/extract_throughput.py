@@ -46,8 +46,8 @@ def bare_forward(folder: Path, args) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from features.backbones import build_extractor
-    from pipeline.data import load_image
+    from headstart.features.backbones import build_extractor
+    from headstart.pipeline.data.sources import load_image
 
     files = sorted(folder.rglob("*.jpg"))
     images = np.stack([load_image(str(f), args.image_size) for f in files])
@@ -62,8 +62,8 @@ def bare_forward(folder: Path, args) -> float:
 
 def end_to_end(folder: Path, out: Path, args) -> tuple[float, float]:
     """(images/s of the extraction loop, images/s including model build) of extract_features."""
-    from pipeline.config import ExtractConfig
-    from pipeline.extraction import extract_features
+    from headstart.pipeline.config import ExtractConfig
+    from headstart.pipeline.stages.extraction import extract_features
 
     out.unlink(missing_ok=True)
     config = ExtractConfig(source=str(folder), out=str(out), backbone=args.backbone, weights="none",
@@ -78,7 +78,7 @@ def end_to_end(folder: Path, out: Path, args) -> tuple[float, float]:
 
 def peak_rss_mb(folder: Path, out: Path, args) -> float:
     """Peak RSS (MiB) of a fresh `headstart extract-features` process over ``folder``."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "extract-features", str(folder), "--out", str(out),
+    cmd = [sys.executable, "-m", "headstart.pipeline.cli", "extract-features", str(folder), "--out", str(out),
            "--backbone", args.backbone, "--weights", "none", "--image-size", str(args.image_size),
            "--batch-size", str(args.batch_size), "--validation-fraction", "0", "--test-fraction", "0",
            "--splits", "train", "--quiet", "--overwrite"]

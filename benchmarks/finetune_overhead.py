@@ -81,11 +81,11 @@ def plain_fit(head_dir: Path, source_dir: Path, args):
 
     import keras
 
-    from pipeline.augment import build_augmentation
-    from pipeline.data import resolve_source
-    from pipeline.evaluation import labelled_dataset
-    from pipeline.head import build_head, compile_head
-    from pipeline.model import assemble_model, build_backbone_parts, parse_unfreeze, unfreeze_backbone
+    from headstart.pipeline.data.augment import build_augmentation
+    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.stages.evaluation import labelled_dataset
+    from headstart.pipeline.model.head import build_head, compile_head
+    from headstart.pipeline.model.assembly import assemble_model, build_backbone_parts, parse_unfreeze, unfreeze_backbone
 
     start = time.perf_counter()
     run = json.loads((head_dir / "run.json").read_text())
@@ -117,8 +117,8 @@ def headstart_finetune(head_dir: Path, source_dir: Path, out: Path, args):
     """The `finetune()` side; returns (epoch timer, total seconds of the call)."""
     import json
 
-    from pipeline.config import FinetuneConfig
-    from pipeline.finetune import finetune
+    from headstart.pipeline.config import FinetuneConfig
+    from headstart.pipeline.stages.finetuning import finetune
 
     timer = make_timer()
     start = time.perf_counter()
@@ -145,9 +145,9 @@ def main() -> None:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch traces the graph)")
 
-    from pipeline.config import ExtractConfig, HeadConfig
-    from pipeline.extraction import extract_features
-    from pipeline.train import train_head
+    from headstart.pipeline.config import ExtractConfig, HeadConfig
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.head_training import train_head
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

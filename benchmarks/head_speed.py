@@ -52,8 +52,8 @@ def write_jpegs(root: Path, count: int, seed: int = 0) -> Path:
 
 def extract(folder: Path, out: Path, args) -> float:
     """Runs `extract-features` (train + validation splits); returns its wall time in seconds."""
-    from pipeline.config import ExtractConfig
-    from pipeline.extraction import extract_features
+    from headstart.pipeline.config import ExtractConfig
+    from headstart.pipeline.stages.extraction import extract_features
 
     config = ExtractConfig(source=str(folder), out=str(out), backbone=args.backbone, weights="none",
                            alpha=args.alpha, image_size=args.image_size, batch_size=args.batch_size,
@@ -66,8 +66,8 @@ def extract(folder: Path, out: Path, args) -> float:
 
 def head_run(cache: Path, out: Path, epochs: int, args) -> tuple[float, list[float]]:
     """A full `train_head` run; returns (total seconds, per-epoch seconds)."""
-    from pipeline.config import HeadConfig
-    from pipeline.train import train_head
+    from headstart.pipeline.config import HeadConfig
+    from headstart.pipeline.stages.head_training import train_head
 
     start = time.perf_counter()
     config = HeadConfig(features=str(cache), out=str(out), epochs=epochs, patience=epochs,
@@ -88,11 +88,11 @@ def end_to_end_epochs(folder: Path, cache: Path, epochs: int, args) -> tuple[flo
     import keras
     import numpy as np
 
-    from features.backbones import build_base, build_preprocessing
-    from features.store import open_cache
-    from pipeline.augment import build_augmentation
-    from pipeline.data import load_image
-    from pipeline.head import build_head, compile_head, head_labels
+    from headstart.features.backbones import build_base, build_preprocessing
+    from headstart.features.store import open_cache
+    from headstart.pipeline.data.augment import build_augmentation
+    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.model.head import build_head, compile_head, head_labels
 
     start = time.perf_counter()
     data = {}

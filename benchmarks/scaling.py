@@ -12,7 +12,7 @@ devices (``HEADSTART_LOGICAL_CPUS=2``) and ``multiworker`` with 2 local worker p
 * **train-head epoch** — rows/s of ``train_head`` on a synthetic feature cache (validation included).
 * **fine-tune epoch** — images/s of one training epoch of the full model (backbone + head, BatchNorm
   frozen): ``model.fit`` on 1 device (what ``finetune`` runs there) and
-  ``pipeline.distribute_loop.distributed_fit`` (what it runs on more than one replica) on 1 device,
+  ``headstart.pipeline.distribute.loop.distributed_fit`` (what it runs on more than one replica) on 1 device,
   2 devices and 2 workers.
 
 The first epoch (tracing) is dropped; of the rest the fastest is reported (on a shared machine other
@@ -60,7 +60,7 @@ def write_cache(path: Path, rows: int, dim: int) -> Path:
     """A feature cache of two Gaussian blobs: ``rows`` train rows, ``rows // 8`` validation rows."""
     import numpy as np
 
-    from features.store import create_or_resume
+    from headstart.features.store import create_or_resume
 
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1.0, size=(2, dim)).astype(np.float32)
@@ -84,8 +84,8 @@ def write_cache(path: Path, rows: int, dim: int) -> Path:
 def _full_model(args):
     import keras
 
-    from features.backbones import build_extractor
-    from pipeline.head import build_head, compile_head
+    from headstart.features.backbones import build_extractor
+    from headstart.pipeline.model.head import build_head, compile_head
 
     extractor, _ = build_extractor("mobilenet_v2", weights="none", image_size=args.image_size, alpha=0.35)
     for layer in extractor.get_layer("backbone").layers:
@@ -102,11 +102,11 @@ def child(args) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.config import HeadConfig
-    from pipeline.distribute import resolve_strategy
-    from features.tfdata import without_autotune_thread
-    from pipeline.distribute_loop import distributed_fit
-    from pipeline.train import train_head
+    from headstart.pipeline.config import HeadConfig
+    from headstart.pipeline.distribute.strategy import resolve_strategy
+    from headstart.features.tfdata import without_autotune_thread
+    from headstart.pipeline.distribute.loop import distributed_fit
+    from headstart.pipeline.stages.head_training import train_head
 
     strategy, info = resolve_strategy(args.strategy)
     out: dict = {"strategy": info["strategy"], "replicas": info["replicas"], "workers": info["workers"]}
@@ -174,8 +174,8 @@ def child(args) -> dict:
 
 def child_extract(args) -> dict:
     """Runs extract_features (one shard or all) and returns its own images/s and rows."""
-    from pipeline.config import ExtractConfig
-    from pipeline.extraction import extract_features
+    from headstart.pipeline.config import ExtractConfig
+    from headstart.pipeline.stages.extraction import extract_features
 
     summary = extract_features(ExtractConfig(
         source=args.source, out=args.result + ".h5", backbone="mobilenet_v2", weights="none", alpha=0.35,
@@ -224,7 +224,7 @@ def _wait(procs) -> list[dict]:
 
 def extraction_jobs(args, images: Path) -> dict:
     """images/s of extract_features in one process vs two concurrent --shard processes; merge time."""
-    from pipeline.extraction import merge_features
+    from headstart.pipeline.stages.extraction import merge_features
 
     def spawn(tag: str, shard: str) -> tuple[subprocess.Popen, Path]:
         result = Path(args.workdir) / f"{tag}.json"

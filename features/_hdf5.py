@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from features.errors import StoreError, StoreInUseError
+from headstart.features.errors import StoreError, StoreInUseError
 
 FORMAT = "headstart-features"
 FORMAT_VERSION = 1

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from features._hdf5 import (DTYPES, FORMAT, FORMAT_VERSION, STR_DTYPE, canonical_json,
+from headstart.features._hdf5 import (DTYPES, FORMAT, FORMAT_VERSION, STR_DTYPE, canonical_json,
                             first_difference, lock_error, open_h5, read_header)
-from features.errors import StoreConfigMismatch, StoreError, StoreExistsError, StoreInUseError
+from headstart.features.errors import StoreConfigMismatch, StoreError, StoreExistsError, StoreInUseError
 
 START_OVER = "; use --overwrite to start again"
 _CHUNK_BYTES = 1 << 19  # h5py's default chunk cache is 1 MiB per dataset; keep a chunk well under

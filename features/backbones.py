@@ -26,7 +26,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
+from headstart.features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
 
 DEFAULT_BACKBONE = "xception"
 POOLINGS = ("avg", "max", "none")

@@ -15,7 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from features._hdf5 import (
+from headstart.features._hdf5 import (
     FORMAT_VERSION,
     PARTIAL_SUFFIX,
     canonical_json,
@@ -23,7 +23,7 @@ from features._hdf5 import (
     partial_path,
     read_header,
 )
-from features.errors import StoreError, StoreInUseError
+from headstart.features.errors import StoreError, StoreInUseError
 
 __all__ = ["FORMAT_VERSION", "FeatureCache", "SplitData", "open_cache", "summarize_cache"]
 

@@ -20,9 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from features.errors import BadImagesError
-from features.store import StoreWriter
-from features.tfdata import without_autotune_thread
+from headstart.features.errors import BadImagesError
+from headstart.features.store import StoreWriter
+from headstart.features.tfdata import without_autotune_thread
 
 
 @dataclass

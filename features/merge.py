@@ -9,7 +9,7 @@ rows and skipped entries back in source order, so the merged cache is row for ro
 ``extract-features`` run writes, and its config is the shards' config without ``shard``: exactly
 the single run's config (rerunning that command on it says "already complete").
 
-A copy, not HDF5 virtual datasets: the merged file goes through ``features.store``'s writer, so it
+A copy, not HDF5 virtual datasets: the merged file goes through ``headstart.features.store``'s writer, so it
 is an ordinary cache — crash-safe, resumable, marked ``complete`` only at the end — and
 self-contained, so it survives deleting or moving the shards (a VDS would silently read fill
 values instead). And hash sharding interleaves the shards item by item, so a VDS in source order
@@ -30,11 +30,11 @@ from typing import Callable, Iterable, Sequence
 import h5py
 import numpy as np
 
-from features._hdf5 import first_difference, open_h5
-from features._store_io import START_OVER
-from features.cache import FeatureCache, SplitData, open_cache
-from features.errors import ShardError
-from features.store import StoreWriter, create_or_resume
+from headstart.features._hdf5 import first_difference, open_h5
+from headstart.features._store_io import START_OVER
+from headstart.features.cache import FeatureCache, SplitData, open_cache
+from headstart.features.errors import ShardError
+from headstart.features.store import StoreWriter, create_or_resume
 
 __all__ = ["ROW_INDEX", "SKIPPED_INDEX", "MergeSummary", "merge_shards", "write_source_index"]
 

@@ -32,13 +32,13 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from features._hdf5 import FORMAT_VERSION, canonical_json, open_h5, partial_path, read_header
-from features._store_io import (START_OVER, as_rows, check_finished, chunk_rows,
+from headstart.features._hdf5 import FORMAT_VERSION, canonical_json, open_h5, partial_path, read_header
+from headstart.features._store_io import (START_OVER, as_rows, check_finished, chunk_rows,
                                 expected_header, fsync_dir, header_difference, open_locked,
                                 put_rows, remove_quietly, truncate_rows, with_hint,
                                 write_skeleton)
-from features.cache import FeatureCache, SplitData, open_cache, summarize_cache
-from features.errors import StoreConfigMismatch, StoreError
+from headstart.features.cache import FeatureCache, SplitData, open_cache, summarize_cache
+from headstart.features.errors import StoreConfigMismatch, StoreError
 
 __all__ = ["FORMAT_VERSION", "FeatureCache", "SplitData", "StoreWriter", "create_or_resume",
            "open_cache", "summarize_cache"]

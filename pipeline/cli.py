@@ -15,10 +15,10 @@ import sys
 
 import click
 
-from features.errors import FeaturesError
-from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
-from pipeline.distribute import STRATEGIES
-from pipeline.errors import HeadstartError
+from headstart.features.errors import FeaturesError
+from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
+from headstart.pipeline.distribute.strategy import STRATEGIES
+from headstart.pipeline.errors import HeadstartError
 
 _EXTRACT = ExtractConfig()
 _HEAD = HeadConfig()
@@ -142,9 +142,9 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
     into train/, validation/ and test/. A killed run resumes when started again with the same
     command.
     """
-    from pipeline.data import parse_split_option
-    from pipeline.extraction import extract_features
-    from pipeline.progress import ProgressLine
+    from headstart.pipeline.data.sources import parse_split_option
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.report.progress import ProgressLine
 
     config = ExtractConfig(source=source, out=out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
                            split_specs=parse_split_option(split_specs), **options)
@@ -184,7 +184,7 @@ def merge_features_command(out, shards, overwrite, quiet):
     Give every shard 0/N … N-1/N once, all of one configuration. OUT holds the rows in the order a
     single extract-features run writes them, and no longer needs the shard files.
     """
-    from pipeline.extraction import merge_features
+    from headstart.pipeline.stages.extraction import merge_features
 
     summary = merge_features(out, list(shards), overwrite=overwrite,
                              log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
@@ -219,7 +219,7 @@ def train_head_command(features, out, quiet, **options):
     FEATURES is a cache written by extract-features. The run directory gets head.keras,
     run.json (config and the cache's provenance), metrics.json, history.csv and curves.png.
     """
-    from pipeline.train import train_head
+    from headstart.pipeline.stages.head_training import train_head
 
     result = train_head(HeadConfig(features=features, out=out, **options),
                         log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
@@ -265,8 +265,8 @@ def finetune_command(source, split_specs, export, quiet, **options):
     the backbone with every BatchNorm layer kept frozen, and writes model.keras (raw images in,
     logits out) with metrics, history and curves.
     """
-    from pipeline.data import parse_split_option
-    from pipeline.finetune import finetune
+    from headstart.pipeline.data.sources import parse_split_option
+    from headstart.pipeline.stages.finetuning import finetune
 
     config = FinetuneConfig(source=source, split_specs=parse_split_option(split_specs), export=tuple(export), **options)
     result = finetune(config, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
@@ -287,7 +287,7 @@ def evaluate_command(model, source, split, as_json, **options):
 
     Prints accuracy, loss, per-class precision/recall and the confusion matrix.
     """
-    from pipeline.evaluation import evaluate_model, format_evaluation
+    from headstart.pipeline.stages.evaluation import evaluate_model, format_evaluation
 
     result = evaluate_model(model, source, split, **options)
     click.echo(json.dumps(result, indent=2, default=str) if as_json else format_evaluation(result))
@@ -304,7 +304,7 @@ def predict_command(model, paths, csv_path, batch_size):
 
     One line per image: path, class, probability. Bad files are reported, not fatal.
     """
-    from pipeline.evaluation import predict_images, write_predictions_csv
+    from headstart.pipeline.stages.evaluation import predict_images, write_predictions_csv
 
     rows = predict_images(model, paths, batch_size=batch_size)
     for row in rows:
@@ -322,15 +322,15 @@ def predict_command(model, paths, csv_path, batch_size):
 @_library_call
 def inspect_command(path, as_json):
     """Show what a feature cache or run directory holds: provenance, splits, classes, scores."""
-    from pipeline.inspection import inspect_path, format_inspection
+    from headstart.pipeline.report.inspection import inspect_path, format_inspection
 
     info = inspect_path(path)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
 
 
 def _run_options(fn):
-    """Adds the stage flags of ``headstart run`` (pipeline.run_config.RUN_OPTIONS); unset → None."""
-    from pipeline.run_config import RUN_OPTIONS, option_default
+    """Adds the stage flags of ``headstart run`` (headstart.pipeline.run.toml_config.RUN_OPTIONS); unset → None."""
+    from headstart.pipeline.run.toml_config import RUN_OPTIONS, option_default
 
     for option in reversed(RUN_OPTIONS):
         default = option_default(option)
@@ -369,7 +369,7 @@ def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
     same command again: finished stages are reused, an interrupted one resumes. The resolved
     config is written to RUN_DIR/config.toml; `--config RUN_DIR/config.toml` reproduces the run.
     """
-    from pipeline.runner import Console, load_run_config, run_pipeline
+    from headstart.pipeline.run.runner import Console, load_run_config, run_pipeline
 
     if verbose and not quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -403,8 +403,8 @@ def demo_command(quiet, verbose, **options):
     extract-features → train-head → finetune → evaluate with a small MobileNetV2 and prints a table
     per stage. Use --weights PATH and --data DIR to try it on real material.
     """
-    from pipeline.demo import DemoOptions, run_demo
-    from pipeline.runner import Console
+    from headstart.pipeline.run.demo import DemoOptions, run_demo
+    from headstart.pipeline.run.runner import Console
 
     if verbose and not quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"

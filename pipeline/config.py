@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import OptionError
+from headstart.pipeline.errors import OptionError
 
 #: The guide's splits of ``tfds:cats_vs_dogs`` (it only has a ``train`` split upstream).
 CATS_VS_DOGS_SPLITS = {
@@ -64,7 +64,7 @@ class HeadConfig:
     deterministic: bool = False
     memory_limit_mb: int = 2048
     overwrite: bool = False
-    strategy: str = "auto"          # pipeline.distribute.STRATEGIES
+    strategy: str = "auto"          # headstart.pipeline.distribute.strategy.STRATEGIES
     mixed_precision: bool = False
     jit_compile: bool = False
 
@@ -98,7 +98,7 @@ class FinetuneConfig:
     resume: bool = False
     export: tuple[str, ...] = ()
     overwrite: bool = False
-    strategy: str = "auto"          # pipeline.distribute.STRATEGIES
+    strategy: str = "auto"          # headstart.pipeline.distribute.strategy.STRATEGIES
     mixed_precision: bool = False
     jit_compile: bool = False
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.augment import build_augmentation, parse_augment_spec
-from pipeline.errors import OptionError
+from headstart.pipeline.data.augment import build_augmentation, parse_augment_spec
+from headstart.pipeline.errors import OptionError
 
 
 def test_parse_default_and_every_item():
@@ -40,7 +40,7 @@ def test_parse_rejects_bad_specs_naming_the_item(spec, fragment):
 
 def test_parsing_does_not_import_tensorflow():
     # The CLI validates --augment before paying for the TensorFlow import.
-    code = ("import sys; from pipeline.augment import parse_augment_spec; parse_augment_spec('flip,zoom=0.1'); "
+    code = ("import sys; from headstart.pipeline.data.augment import parse_augment_spec; parse_augment_spec('flip,zoom=0.1'); "
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 
-from features.backbones import (
+from headstart.features.backbones import (
     BACKBONES,
     DEFAULT_BACKBONE,
     BackboneInfo,
@@ -29,7 +29,7 @@ from features.backbones import (
     fingerprint_weights,
     get_backbone_spec,
 )
-from features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
+from headstart.features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
 
 MNV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 MNV2_050 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_class_folders
-from pipeline.cli import main
+from headstart.pipeline.cli import main
 
 #: (id, args with {ws} for the workspace, expected text of the error line, "domain" | "usage")
 CASES = [
@@ -106,7 +106,7 @@ CONFIGS = {
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Images, broken inputs and `prev/`: a run directory written with --epochs 4."""
-    from pipeline.run_config import resolve_run_config, to_toml
+    from headstart.pipeline.run.toml_config import resolve_run_config, to_toml
 
     ws = tmp_path_factory.mktemp("bad_input")
     make_class_folders(ws / "images", per_class=4)
@@ -160,7 +160,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(workspace, name, args,
 def test_click_usage_errors_are_one_line_too(args):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from headstart.pipeline.cli import main
 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2

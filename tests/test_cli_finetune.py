@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from headstart.pipeline.cli import main
 from test_finetune import BACKBONE, make_splits, make_weights_file
 
 

@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from pipeline.cli import main
+from headstart.pipeline.cli import main
 
 PROBE = """
 import sys
 from click.testing import CliRunner
-from pipeline.cli import main
+from headstart.pipeline.cli import main
 args = sys.argv[1:]
 result = CliRunner().invoke(main, args)
 assert result.exit_code == 0, result.output

@@ -14,8 +14,8 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import make_class_folders, write_image
-from pipeline.config import CATS_VS_DOGS_SPLITS
-from pipeline.data import (
+from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
+from headstart.pipeline.data.sources import (
     MAX_IMAGE_PIXELS,
     decode_and_resize,
     decode_or_reason,
@@ -25,7 +25,7 @@ from pipeline.data import (
     probe_image,
     resolve_source,
 )
-from pipeline.errors import DataError, OptionError
+from headstart.pipeline.errors import DataError, OptionError
 
 
 def _elements(ds):
@@ -471,7 +471,7 @@ def test_tfds_download_failure_is_one_clear_line(monkeypatch):
 def test_every_source_dataset_runs_without_the_autotune_thread(tmp_path):
     # Its iterator destructor can block for seconds at the end of every split and epoch (see
     # features/tfdata.py); options flow downstream, so the sources are where it must be off.
-    from pipeline.evaluation import labelled_dataset
+    from headstart.pipeline.stages.evaluation import labelled_dataset
 
     tfds = pytest.importorskip("tensorflow_datasets")
     folder = resolve_source(str(make_class_folders(tmp_path / "d", per_class=4)))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from features.errors import WeightsError
-from pipeline.cli import main
-from pipeline.demo import SHAPES, draw_shape, generate_dataset, probe_imagenet, split_counts
+from headstart.features.errors import WeightsError
+from headstart.pipeline.cli import main
+from headstart.pipeline.run.demo import SHAPES, draw_shape, generate_dataset, probe_imagenet, split_counts
 
 
 def test_generated_dataset_is_deterministic_and_varied(tmp_path):
@@ -48,7 +48,7 @@ def test_split_counts_follow_70_10_20():
 
 
 def test_without_imagenet_weights_the_demo_says_why_in_one_line(monkeypatch):
-    import features.backbones as backbones
+    import headstart.features.backbones as backbones
 
     def offline(*args, **kwargs):
         raise WeightsError("--weights imagenet: cannot get ImageNet weights for mobilenet_v2 (URL fetch failure "

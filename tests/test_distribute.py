@@ -25,11 +25,11 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import HeadConfig
-from pipeline.distribute import (_config_is_chief, batch_policy, chief_output_dir, precision,
+from headstart.pipeline.config import HeadConfig
+from headstart.pipeline.distribute.strategy import (_config_is_chief, batch_policy, chief_output_dir, precision,
                                  read_tf_config, resolve_strategy)
-from pipeline.errors import OptionError
-from pipeline.train import train_head
+from headstart.pipeline.errors import OptionError
+from headstart.pipeline.stages.head_training import train_head
 from test_train_head import head_weights, make_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +41,8 @@ BASE = dict(epochs=5, lr=5e-2, batch_size=32, seed=3, dropout=0.0)
 # Runs train_head once per config given as JSON on the command line; one RESULT line per run.
 WORKER = r"""
 import json, sys
-from pipeline.config import HeadConfig
-from pipeline.train import train_head
+from headstart.pipeline.config import HeadConfig
+from headstart.pipeline.stages.head_training import train_head
 for config in json.loads(sys.argv[1]):
     if "fit_check" in config:
         sys.path.insert(0, "tests")
@@ -99,7 +99,7 @@ def conv_model_and_data():
     batch has 1 image, so under 2 replicas one replica gets none (CPU Conv2D mishandles that)."""
     import tensorflow as tf
 
-    from pipeline.head import build_head, compile_head
+    from headstart.pipeline.model.head import build_head, compile_head
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, padding="same", name="conv"),
@@ -119,7 +119,7 @@ def fit_check(strategy_name: str) -> dict:
     """
     import tensorflow as tf
 
-    from pipeline.distribute_loop import distributed_fit
+    from headstart.pipeline.distribute.loop import distributed_fit
 
     strategy, _ = resolve_strategy(strategy_name)
     with strategy.scope():
@@ -187,7 +187,7 @@ def test_distributed_fit_matches_keras_fit(fit_reference):
 def test_epoch_feed_serves_every_epoch_from_one_iterator():
     # Making and ending a distributed iterator per epoch cost 25-40% of a short epoch; the feed
     # makes one. A dataset of unknown length gets its own first epoch, which counts the batches.
-    from pipeline.distribute_loop import EpochFeed, train_epoch
+    from headstart.pipeline.distribute.loop import EpochFeed, train_epoch
 
     model, data = conv_model_and_data()
     feed = EpochFeed(model.distribute_strategy, data)
@@ -318,7 +318,7 @@ def test_options_and_refusals(tmp_path, monkeypatch):
 def test_cli_options(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from headstart.pipeline.cli import main
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     cache = make_cache(tmp_path / "f.h5", counts={"train": 32, "test": 16})

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import keras
 import pytest
 
-from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
+from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
 from test_distribute import _env, _finish, _free_ports
 from test_finetune import BACKBONE, make_splits, make_weights_file
 
@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 # for the test's SIGKILL). Prints one RESULT line, which test_distribute._finish collects.
 WORKER = r"""
 import json, sys, time, keras
-from pipeline.config import FinetuneConfig
-from pipeline.finetune import finetune
+from headstart.pipeline.config import FinetuneConfig
+from headstart.pipeline.stages.finetuning import finetune
 
 class Slow(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
@@ -50,9 +50,9 @@ RUN_FILES = {"run.json", "metrics.json", "model.keras", "history.csv"}
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Images, a weights file, a cache, a head run, and the single-device finetune to compare with."""
-    from pipeline.extraction import extract_features
-    from pipeline.finetune import finetune
-    from pipeline.train import train_head
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.stages.head_training import train_head
 
     root = tmp_path_factory.mktemp("dist-finetune")
     data = make_splits(root / "images")

@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from headstart.pipeline.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 GLOBAL_OPTIONS = {opt for p in main.params for opt in (*p.opts, *p.secondary_opts)} | {"--help", "-h"}

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from conftest import make_class_folders, write_image
-from pipeline.errors import DataError, OptionError, RunDirError
+from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from test_finetune import make_weights_file
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A model.keras (MobileNet 0.25, 32 px, strong augmentation) with a run.json naming its classes."""
-    from pipeline.augment import build_augmentation
-    from pipeline.head import build_head
-    from pipeline.model import assemble_model, build_backbone_parts
-    from pipeline.report import save_model_atomic, write_json_atomic
+    from headstart.pipeline.data.augment import build_augmentation
+    from headstart.pipeline.model.head import build_head
+    from headstart.pipeline.model.assembly import assemble_model, build_backbone_parts
+    from headstart.pipeline.report.rundir import save_model_atomic, write_json_atomic
 
     root = tmp_path_factory.mktemp("evaluation")
     keras.utils.set_random_seed(1)
@@ -42,8 +42,8 @@ def saved(tmp_path_factory):
 
 
 def test_evaluate_reports_metrics_confusion_and_grid(saved):
-    from pipeline.data import load_image, resolve_source
-    from pipeline.evaluation import evaluate_model
+    from headstart.pipeline.data.sources import load_image, resolve_source
+    from headstart.pipeline.stages.evaluation import evaluate_model
 
     grid = saved.root / "wrong.png"
     lines: list[str] = []
@@ -70,7 +70,7 @@ def test_evaluate_reports_metrics_confusion_and_grid(saved):
 
 
 def test_evaluate_refusals(saved, tmp_path):
-    from pipeline.evaluation import evaluate_model
+    from headstart.pipeline.stages.evaluation import evaluate_model
 
     with pytest.raises(RunDirError, match="no such model file"):
         evaluate_model(tmp_path / "nothing.keras", str(saved.data), log=lambda s: None)
@@ -86,7 +86,7 @@ def test_evaluate_refusals(saved, tmp_path):
 
 
 def test_predict_reports_bad_files_and_keeps_going(saved, tmp_path):
-    from pipeline.evaluation import predict_images, write_predictions_csv
+    from headstart.pipeline.stages.evaluation import predict_images, write_predictions_csv
 
     rng = np.random.default_rng(0)
     good_jpg = write_image(tmp_path / "a.jpg", rng, colour=(220, 40, 40))
@@ -112,8 +112,8 @@ def test_predict_reports_bad_files_and_keeps_going(saved, tmp_path):
             assert r.label in ("cats", "dogs") and 0.5 <= r.probability <= 1.0
 
     # The same image through evaluate's path and predict's path gives the same probability.
-    from pipeline.data import load_image
-    from pipeline.head import logits_to_probabilities
+    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.model.head import logits_to_probabilities
 
     model = keras.saving.load_model(saved.model_path)
     p = logits_to_probabilities(model.predict(load_image(good_jpg, 32)[None], verbose=0), 2)[0]
@@ -133,8 +133,8 @@ def test_predict_reports_bad_files_and_keeps_going(saved, tmp_path):
 def test_exports_match_model_keras_without_augmentation(saved, tmp_path):
     import tensorflow as tf
 
-    from pipeline.data import load_image
-    from pipeline.evaluation import export_model
+    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.stages.evaluation import export_model
 
     model = keras.saving.load_model(saved.model_path)
     done = export_model(model, tmp_path, ("saved_model", "tflite"), log=lambda s: None)

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_class_folders
-from pipeline.cli import main
+from headstart.pipeline.cli import main
 
 # MobileNetV2 at 32 px with random weights: real convolutions and BatchNorm, a fraction of a second.
 FAST = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
@@ -161,7 +161,7 @@ def test_tfds_source_uses_the_guide_splits(tmp_path):
 
 KILL_SCRIPT = """
 import sys
-from pipeline.cli import main
+from headstart.pipeline.cli import main
 main(sys.argv[1:])
 """
 

@@ -24,16 +24,16 @@ import numpy as np
 import pytest
 
 from conftest import layout_cats_vs_dogs_2k, make_class_folders
-from features.errors import WeightsError
-from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
-from pipeline.errors import OptionError, ParityError, RunDirError
+from headstart.features.errors import WeightsError
+from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
+from headstart.pipeline.errors import OptionError, ParityError, RunDirError
 
 BACKBONE = {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32}
 
 
 def make_weights_file(path: Path, seed: int = 0) -> Path:
     """Saves MobileNet 0.25 / 32 px weights with BatchNorm statistics calibrated on noise."""
-    from features.backbones import build_base
+    from headstart.features.backbones import build_base
 
     base = build_base(BACKBONE["backbone"], weights="none", image_size=32, alpha=BACKBONE["alpha"])
     rng = np.random.default_rng(seed)
@@ -68,8 +68,8 @@ def with_backbone(config: FinetuneConfig, **options) -> FinetuneConfig:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Images, a weights file, a float32 feature cache and a trained head run."""
-    from pipeline.extraction import extract_features
-    from pipeline.train import train_head
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.head_training import train_head
 
     root = tmp_path_factory.mktemp("finetune")
     data = make_splits(root / "images")
@@ -85,7 +85,7 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def main_run(prepared):
-    from pipeline.finetune import finetune
+    from headstart.pipeline.stages.finetuning import finetune
 
     lines: list[str] = []
     result = finetune(config_for(prepared, prepared.root / "ft", export=("saved_model", "tflite")),
@@ -94,7 +94,7 @@ def main_run(prepared):
 
 
 def bn_state(model) -> list[np.ndarray]:
-    from pipeline.model import batchnorm_layers
+    from headstart.pipeline.model.assembly import batchnorm_layers
 
     return [np.array(w) for layer in batchnorm_layers(model) for w in layer.get_weights()]
 
@@ -128,7 +128,7 @@ def test_run_directory_parity_and_gate(main_run, prepared):
 
 
 def test_saved_model_reloads_in_safe_mode_with_frozen_batchnorm(main_run, prepared):
-    from features.backbones import build_base
+    from headstart.features.backbones import build_base
 
     model = keras.saving.load_model(main_run.run_dir / "model.keras", safe_mode=True)
     assert [layer.name for layer in model.layers[1:]] == ["augmentation", "preprocessing", "backbone",
@@ -141,7 +141,7 @@ def test_saved_model_reloads_in_safe_mode_with_frozen_batchnorm(main_run, prepar
 
 
 def test_evaluate_reproduces_the_reported_test_accuracy(main_run, prepared):
-    from pipeline.evaluation import evaluate_model
+    from headstart.pipeline.stages.evaluation import evaluate_model
 
     metrics = json.loads((main_run.run_dir / "metrics.json").read_text())
     again = evaluate_model(main_run.run_dir / "model.keras", str(prepared.data), "test", log=lambda s: None)
@@ -153,7 +153,7 @@ def test_evaluate_reproduces_the_reported_test_accuracy(main_run, prepared):
 def test_exports_predict_like_model_keras(main_run, prepared):
     import tensorflow as tf
 
-    from pipeline.data import load_image
+    from headstart.pipeline.data.sources import load_image
 
     model = keras.saving.load_model(main_run.run_dir / "model.keras", safe_mode=True)
     files = sorted((prepared.data / "validation").rglob("*.jpg"))
@@ -172,10 +172,10 @@ def test_exports_predict_like_model_keras(main_run, prepared):
 
 
 def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prepared, tmp_path):
-    from pipeline.head import build_head, compile_head
-    from pipeline.model import (assemble_model, build_backbone_parts, freeze_backbone,
+    from headstart.pipeline.model.head import build_head, compile_head
+    from headstart.pipeline.model.assembly import (assemble_model, build_backbone_parts, freeze_backbone,
                                 unfreeze_backbone, parse_unfreeze)
-    from pipeline.report import save_model_atomic
+    from headstart.pipeline.report.rundir import save_model_atomic
 
     keras.utils.set_random_seed(0)
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
@@ -215,9 +215,9 @@ def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prep
 
 
 def test_trainable_counts_per_unfreeze_mode():
-    from features.backbones import build_base, build_pooling, build_preprocessing
-    from pipeline.head import build_head
-    from pipeline.model import (assemble_model, batchnorm_layers, freeze_backbone, parse_unfreeze,
+    from headstart.features.backbones import build_base, build_pooling, build_preprocessing
+    from headstart.pipeline.model.head import build_head
+    from headstart.pipeline.model.assembly import (assemble_model, batchnorm_layers, freeze_backbone, parse_unfreeze,
                                 trainable_counts, unfreeze_backbone)
 
     base = build_base("mobilenet", weights="none", image_size=32, alpha=0.25)
@@ -256,7 +256,7 @@ def test_trainable_counts_per_unfreeze_mode():
 def test_parity_detects_a_changed_input_path(prepared, tmp_path):
     from PIL import Image
 
-    from pipeline.finetune import finetune
+    from headstart.pipeline.stages.finetuning import finetune
 
     data = tmp_path / "images"
     shutil.copytree(prepared.data, data)
@@ -268,9 +268,9 @@ def test_parity_detects_a_changed_input_path(prepared, tmp_path):
 
 
 def test_parity_detects_perturbed_weights(prepared):
-    from pipeline.data import resolve_source
-    from pipeline.head import build_head
-    from pipeline.model import assemble_model, build_backbone_parts, check_parity
+    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.model.head import build_head
+    from headstart.pipeline.model.assembly import assemble_model, build_backbone_parts, check_parity
 
     run = json.loads((prepared.head / "run.json").read_text())
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
@@ -288,12 +288,12 @@ def test_parity_detects_perturbed_weights(prepared):
 
 
 def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_path):
-    from pipeline.data import resolve_source
-    from pipeline.extraction import extract_features
-    from pipeline.finetune import read_head_run
-    from pipeline.head import build_head
-    from pipeline.model import assemble_model, build_backbone_parts, check_parity
-    from pipeline.train import train_head
+    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.finetuning import read_head_run
+    from headstart.pipeline.model.head import build_head
+    from headstart.pipeline.model.assembly import assemble_model, build_backbone_parts, check_parity
+    from headstart.pipeline.stages.head_training import train_head
 
     extract_features(ExtractConfig(source=str(prepared.data), out=str(tmp_path / "f16.h5"), dtype="float16",
                                    weights=str(prepared.weights), splits=("train", "validation"), **BACKBONE),
@@ -315,7 +315,7 @@ def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_pat
 def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
     # In bfloat16 the logits drift far past any tolerance that still catches a wrong input path
     # (measured: 1.3 on a logit of 7), so --mixed-precision used to fail its own parity check.
-    from pipeline.finetune import finetune
+    from headstart.pipeline.stages.finetuning import finetune
 
     out = tmp_path / "mixed"
     result = finetune(config_for(prepared, out, epochs=1, parity_samples=8, mixed_precision=True), log=lambda s: None)
@@ -329,8 +329,8 @@ def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
 
 
 def test_refusals(prepared, main_run, tmp_path):
-    from pipeline.finetune import finetune
-    from pipeline.model import build_backbone_parts
+    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.model.assembly import build_backbone_parts
 
     quiet = {"log": lambda s: None}
     with pytest.raises(RunDirError, match="no such run directory"):
@@ -372,7 +372,7 @@ class _Sabotage(keras.callbacks.Callback):
 
 
 def test_without_head_trains_head_first_and_gate_keeps_seeded(prepared, tmp_path):
-    from pipeline.finetune import finetune
+    from headstart.pipeline.stages.finetuning import finetune
 
     config = with_backbone(
         FinetuneConfig(source=str(prepared.data), out=str(tmp_path / "ft"), epochs=1, batch_size=16,
@@ -394,8 +394,8 @@ def test_without_head_trains_head_first_and_gate_keeps_seeded(prepared, tmp_path
 
 RESUME_SCRIPT = r"""
 import sys, time, keras
-from pipeline.config import FinetuneConfig
-from pipeline.finetune import finetune
+from headstart.pipeline.config import FinetuneConfig
+from headstart.pipeline.stages.finetuning import finetune
 
 class Slow(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
@@ -407,7 +407,7 @@ finetune(FinetuneConfig(source=sys.argv[1], head=sys.argv[2], out=sys.argv[4], e
 
 
 def test_resume_after_sigkill_restores_epoch_and_optimizer(prepared, main_run, tmp_path):
-    from pipeline.finetune import finetune
+    from headstart.pipeline.stages.finetuning import finetune
 
     out = tmp_path / "ft"
     state = out / "backup" / "finetune" / "state.json"
@@ -453,10 +453,10 @@ def test_resume_after_sigkill_restores_epoch_and_optimizer(prepared, main_run, t
 @pytest.mark.slow
 @pytest.mark.assets
 def test_real_cats_vs_dogs_finetune_keeps_head_accuracy(shared_assets, tmp_path):
-    from pipeline.evaluation import evaluate_model
-    from pipeline.extraction import extract_features
-    from pipeline.finetune import finetune
-    from pipeline.train import train_head
+    from headstart.pipeline.stages.evaluation import evaluate_model
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.stages.head_training import train_head
 
     data = layout_cats_vs_dogs_2k(shared_assets, tmp_path / "cvd")
     weights = shared_assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"

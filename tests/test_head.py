@@ -11,11 +11,11 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import report
-from pipeline.errors import OptionError, RunDirError
-from pipeline.head import (build_head, compile_head, head_labels, logits_to_probabilities,
+from headstart.pipeline.report import rundir as report
+from headstart.pipeline.errors import OptionError, RunDirError
+from headstart.pipeline.model.head import (build_head, compile_head, head_labels, logits_to_probabilities,
                            predict_classes)
-from pipeline.head_data import FeatureRows, plan_epoch, shuffle_geometry, split_nbytes
+from headstart.pipeline.stages.head_data import FeatureRows, plan_epoch, shuffle_geometry, split_nbytes
 
 
 @pytest.mark.parametrize("shape, classes, units", [((16,), 2, 1), ((16,), 5, 5), ((3, 3, 8), 2, 1),

@@ -20,14 +20,14 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_class_folders
-from pipeline.cli import main
+from headstart.pipeline.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 def make_weights_file(path: Path) -> Path:
     """MobileNet 0.25 / 32 px weights with BatchNorm statistics calibrated on noise."""
-    from features.backbones import build_base
+    from headstart.features.backbones import build_base
 
     base = build_base("mobilenet", weights="none", image_size=32, alpha=0.25)
     for layer in base.layers:
@@ -119,8 +119,8 @@ def test_another_configuration_is_refused_and_nothing_changes(env, finished):
 
 
 def test_config_file_reproduces_the_run_and_flags_override_it(env, finished):
-    from pipeline.run_config import run_config_dict, to_toml
-    from pipeline.runner import load_run_config
+    from headstart.pipeline.run.toml_config import run_config_dict, to_toml
+    from headstart.pipeline.run.runner import load_run_config
 
     config_file = finished.run_dir / "config.toml"
     loaded = load_run_config(None, None, config_file=str(config_file))
@@ -134,7 +134,7 @@ def test_config_file_reproduces_the_run_and_flags_override_it(env, finished):
 
 
 def test_overwrite_redoes_changed_stages_and_an_interrupted_finetune_resumes(env, finished, tmp_path):
-    from pipeline.runner import Console, load_run_config, run_pipeline
+    from headstart.pipeline.run.runner import Console, load_run_config, run_pipeline
 
     run_dir = tmp_path / "copy"
     shutil.copytree(finished.run_dir, run_dir)
@@ -176,7 +176,7 @@ def test_inspect_describes_run_directories(finished):
 
 
 def test_summary_plot_draws_curves_confusion_and_samples(tmp_path):
-    from pipeline.summary_plot import plot_summary, read_history
+    from headstart.pipeline.report.summary_plot import plot_summary, read_history
 
     rng = np.random.default_rng(0)
     history = {"loss": [1.0, 0.5], "accuracy": [0.5, 0.8], "val_loss": [1.1, 0.6], "val_accuracy": [0.5, 0.7]}
@@ -190,7 +190,7 @@ def test_summary_plot_draws_curves_confusion_and_samples(tmp_path):
 
 
 def test_config_sections_map_onto_stage_configs_and_round_trip(tmp_path):
-    from pipeline.run_config import read_config_file, resolve_run_config, to_toml
+    from headstart.pipeline.run.toml_config import read_config_file, resolve_run_config, to_toml
 
     toml = tmp_path / "run.toml"
     toml.write_text('source = "tfds:cats_vs_dogs"\nout = "runs/x"\n'

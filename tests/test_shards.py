@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_class_folders
-from features.store import StoreWriter, open_cache
-from pipeline.cli import main
+from headstart.features.store import StoreWriter, open_cache
+from headstart.pipeline.cli import main
 
 # MobileNetV2 at 32 px with random weights (as in test_extract.py), plus one augmented view so
 # that views go through the merge too. One batch per split and two splits keep each extraction to
@@ -129,9 +129,9 @@ def test_bad_shard_syntax_is_a_usage_error(runs, tmp_path, spec):
 
 
 def test_killed_merge_resumes_to_the_same_file(runs, tmp_path, monkeypatch):
-    import features.merge
+    import headstart.features.merge
 
-    monkeypatch.setattr(features.merge, "_COMMIT_BYTES", 1)  # one row per commit
+    monkeypatch.setattr(headstart.features.merge, "_COMMIT_BYTES", 1)  # one row per commit
     calls = {"n": 0}
     real_append = StoreWriter.append
 
@@ -154,19 +154,19 @@ def test_killed_merge_resumes_to_the_same_file(runs, tmp_path, monkeypatch):
 
 
 def test_shard_killed_while_indexing_resumes(runs, tmp_path, monkeypatch):
-    import features.merge
+    import headstart.features.merge
 
-    real_index = features.merge.write_source_index
+    real_index = headstart.features.merge.write_source_index
 
     def die(*args, **kwargs):
         raise KeyboardInterrupt
 
     out = tmp_path / "shard1.h5"
     command = ["extract-features", runs.folder, "--out", out, *FAST, "--shard", "1/3"]
-    monkeypatch.setattr(features.merge, "write_source_index", die)
+    monkeypatch.setattr(headstart.features.merge, "write_source_index", die)
     assert run_cli(*command).exit_code == 130
     assert Path(f"{out}.partial").exists() and not out.exists()
-    monkeypatch.setattr(features.merge, "write_source_index", real_index)
+    monkeypatch.setattr(headstart.features.merge, "write_source_index", real_index)
     assert run_cli(*command).exit_code == 0
     for split in SPLITS:
         for name in (*PER_ROW, "views", "source_index", "skipped_source_index"):
@@ -176,13 +176,13 @@ def test_shard_killed_while_indexing_resumes(runs, tmp_path, monkeypatch):
 
 
 def test_dir_shards_partition_each_split_before_decoding(runs, monkeypatch):
-    import pipeline.data
-    from pipeline.data import hash_fraction, resolve_source, shard_of
+    import headstart.pipeline.data.sources
+    from headstart.pipeline.data.sources import hash_fraction, resolve_source, shard_of
 
     source = resolve_source(str(runs.folder))
     decoded = []
-    real_load = pipeline.data.load_or_reason
-    monkeypatch.setattr(pipeline.data, "load_or_reason",
+    real_load = headstart.pipeline.data.sources.load_or_reason
+    monkeypatch.setattr(headstart.pipeline.data.sources, "load_or_reason",
                         lambda path, *a, **k: decoded.append(path) or real_load(path, *a, **k))
     for split in source.split_names:
         everything = source.keys(split)
@@ -202,12 +202,12 @@ def test_dir_shards_partition_each_split_before_decoding(runs, monkeypatch):
 
 def test_tfds_shards_filter_on_ids_before_decoding(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
-    import pipeline.data
-    from pipeline.data import resolve_source, shard_of
+    import headstart.pipeline.data.sources
+    from headstart.pipeline.data.sources import resolve_source, shard_of
 
     decoded = []
-    real_decode = pipeline.data.decode_or_reason
-    monkeypatch.setattr(pipeline.data, "decode_or_reason",
+    real_decode = headstart.pipeline.data.sources.decode_or_reason
+    monkeypatch.setattr(headstart.pipeline.data.sources, "decode_or_reason",
                         lambda data, *a, **k: decoded.append(1) or real_decode(data, *a, **k))
     with tfds.testing.mock_data(num_examples=12):
         source = resolve_source("tfds:cats_vs_dogs")

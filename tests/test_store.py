@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from features.errors import StoreConfigMismatch, StoreError
-from features.store import (FeatureCache, SplitData, StoreWriter, create_or_resume, open_cache,
+from headstart.features.errors import StoreConfigMismatch, StoreError
+from headstart.features.store import (FeatureCache, SplitData, StoreWriter, create_or_resume, open_cache,
                             summarize_cache)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,14 +26,14 @@ import h5py
 import numpy as np
 import pytest
 
-from features.store import open_cache, summarize_cache
+from headstart.features.store import open_cache, summarize_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
 _SCRIPT = r'''
 import os, sys, time
 import numpy as np
-from features.store import create_or_resume
+from headstart.features.store import create_or_resume
 
 out, sleep, train_rows = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 SIZES = {"train": train_rows, "validation": 10}

@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-from features.errors import StoreError, StoreExistsError, StoreInUseError
-from features.store import FORMAT_VERSION, open_cache, summarize_cache
+from headstart.features.errors import StoreError, StoreExistsError, StoreInUseError
+from headstart.features.store import FORMAT_VERSION, open_cache, summarize_cache
 from test_store import CONFIG, FS, REPO, _complete, _fill, _one_line, _writer
 
 
@@ -155,7 +155,7 @@ def test_second_writer_in_this_process_is_refused(tmp_path):
 
 _OTHER_WRITER = """
 import sys
-from features.store import create_or_resume
+from headstart.features.store import create_or_resume
 try:
     create_or_resume(sys.argv[1], config={}, provenance={}, class_names=["a"], splits=["train"],
                      feature_shape=(1,), dtype="float32", overwrite=True).close()
@@ -182,7 +182,7 @@ def test_second_writer_in_another_process_is_refused(tmp_path):
 
 
 def test_hdf5_lock_errors_are_translated(tmp_path):
-    from features._hdf5 import translate_open_error
+    from headstart.features._hdf5 import translate_open_error
 
     path = str(tmp_path / "c.h5")
     busy = BlockingIOError(11, "Unable to synchronously open file (unable to lock file, errno = 11,"

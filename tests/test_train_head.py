@@ -1,6 +1,6 @@
 """`train_head` on synthetic feature caches: heads, loaders, determinism, early stopping, run dir.
 
-Caches are written with ``features.store.create_or_resume`` from Gaussian blobs, so no backbone
+Caches are written with ``headstart.features.store.create_or_resume`` from Gaussian blobs, so no backbone
 runs; the one test on real images is marked slow and skips without ../shared/assets.
 """
 
@@ -16,12 +16,12 @@ import keras
 import numpy as np
 import pytest
 
-from features.errors import StoreError
-from features.store import create_or_resume, open_cache
-from pipeline.config import HeadConfig
-from pipeline.errors import DataError, OptionError, RunDirError
-from pipeline.head import predict_classes
-from pipeline.train import train_head
+from headstart.features.errors import StoreError
+from headstart.features.store import create_or_resume, open_cache
+from headstart.pipeline.config import HeadConfig
+from headstart.pipeline.errors import DataError, OptionError, RunDirError
+from headstart.pipeline.model.head import predict_classes
+from headstart.pipeline.stages.head_training import train_head
 
 QUIET = {"log": lambda line: None}
 
@@ -133,7 +133,7 @@ def test_multiclass_head_on_spatial_float16_features(tmp_path):
 
 
 def test_memory_and_stream_are_bit_identical_and_deterministic(tmp_path, monkeypatch):
-    from pipeline import head_data
+    from headstart.pipeline.stages import head_data
     from tensorflow.python.framework import config as tf_config
 
     # An augmented-views cache, so the per-epoch view draw is part of what must agree; small
@@ -157,7 +157,7 @@ def test_memory_and_stream_are_bit_identical_and_deterministic(tmp_path, monkeyp
 
 
 def test_views_are_drawn_per_image_per_epoch(tmp_path, monkeypatch):
-    from pipeline import head_data
+    from headstart.pipeline.stages import head_data
 
     cache = make_cache(tmp_path / "f.h5", views=3)
     plans = []
@@ -241,11 +241,11 @@ def test_refusals(tmp_path):
 @pytest.mark.assets
 def test_accuracy_on_cats_vs_dogs_2k(shared_assets, tmp_path):
     """The guide's recipe on real photos: MobileNetV2 0.35 at 128 px, test accuracy >= 0.88."""
-    pytest.importorskip("pipeline.data", reason="the extraction input path is not there yet")
+    pytest.importorskip("headstart.pipeline.data.sources", reason="the extraction input path is not there yet")
     from click.testing import CliRunner
 
     from conftest import layout_cats_vs_dogs_2k
-    from pipeline.cli import main
+    from headstart.pipeline.cli import main
 
     weights = shared_assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
     if not weights.is_file():
@@ -265,7 +265,7 @@ def test_accuracy_on_cats_vs_dogs_2k(shared_assets, tmp_path):
 def test_cli_train_head_when_wired(tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from headstart.pipeline.cli import main
 
     if "train-head" not in main.commands:
         pytest.skip("the train-head command is not wired into pipeline/cli.py yet")

@@ -43,7 +43,7 @@ def parse_augment_spec(spec: str) -> list[tuple[str, str | None]]:
     Raises:
         OptionError: an unknown item, a missing or invalid value, or an item given twice.
     """
-    from pipeline.errors import OptionError
+    from headstart.pipeline.errors import OptionError
 
     text = (spec or "").strip()
     if text.lower() in ("", "none"):

@@ -101,7 +101,7 @@ class FeatureRows:
     """Read access to one split's features (N, *feature_shape) and views (N, K, *feature_shape).
 
     Args:
-        split: a ``features.store.SplitData`` (or anything with ``features``, ``views`` and
+        split: a ``headstart.features.store.SplitData`` (or anything with ``features``, ``views`` and
             ``__len__``); its datasets must stay open while this object is used.
         in_memory: load the arrays now (True) or read them from HDF5 window by window (False).
         with_views: use the stored augmented views (the training split of an augmented cache).

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from pipeline.errors import DataError, OptionError, RunDirError
+from headstart.pipeline.errors import DataError, OptionError, RunDirError
 
 if TYPE_CHECKING:  # numpy and TensorFlow load inside the functions: `headstart --help` imports this module
     import numpy as np
@@ -173,8 +173,8 @@ class DemoOptions:
 def probe_imagenet(log: Callable[[str], None]) -> str:
     """Returns "imagenet" when Keras has (or can fetch) the demo backbone's ImageNet weights, else
     "none" after one line saying why the demo runs with a randomly initialised backbone."""
-    from features.backbones import build_base
-    from features.errors import WeightsError
+    from headstart.features.backbones import build_base
+    from headstart.features.errors import WeightsError
 
     b = DEMO_BACKBONE
     try:
@@ -199,7 +199,7 @@ def demo_source(options: DemoOptions) -> Path:
 
 def demo_config(options: DemoOptions, weights: str) -> Any:
     """The RunConfig of the demo: its recipe, the chosen weights, ``OUT/run`` as run directory."""
-    from pipeline.run_config import resolve_run_config
+    from headstart.pipeline.run.toml_config import resolve_run_config
 
     flags: dict[str, Any] = {**DEMO_BACKBONE, **DEMO_FLAGS, "weights": weights, "seed": options.seed,
                              "head_epochs": options.head_epochs, "epochs": options.epochs,
@@ -217,7 +217,7 @@ def run_demo(options: DemoOptions, *, console: Any) -> tuple[Any, str]:
         OptionError, DataError, RunDirError: bad options, a foreign ``--out``, a run directory
         made with another configuration (unless ``overwrite``); as ``headstart run`` otherwise.
     """
-    from pipeline.runner import check_run_dir, run_pipeline
+    from headstart.pipeline.run.runner import check_run_dir, run_pipeline
 
     out = Path(options.out)
     if out.exists() and not out.is_dir():

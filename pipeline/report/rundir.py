@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.errors import RunDirError
+from headstart.pipeline.errors import RunDirError
 
 #: Written last by every run; its presence marks a complete run directory.
 RUN_JSON = "run.json"
@@ -265,7 +265,7 @@ def library_versions() -> dict[str, str]:
     import matplotlib
     import tensorflow as tf
 
-    from pipeline import __version__
+    from headstart.pipeline import __version__
 
     return {
         "headstart": __version__,

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from pipeline.errors import OptionError
+from headstart.pipeline.errors import OptionError
 
 
 def num_logits(num_classes: int) -> int:

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import RunDirError
+from headstart.pipeline.errors import RunDirError
 
 _STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune": "finetune", "evaluate": "evaluate"}
 
@@ -32,7 +32,7 @@ def inspect_path(path: str) -> dict:
         if any((p / name).is_file() for name in ("config.toml", "stages.json", "summary.json")):
             return _inspect_pipeline(p)
         return _inspect_run_dir(p)
-    from features.store import summarize_cache
+    from headstart.features.store import summarize_cache
 
     info = summarize_cache(str(p))
     info["kind"] = "feature-cache"

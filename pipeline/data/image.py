@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipeline.errors import DataError, OptionError
+from headstart.pipeline.errors import DataError, OptionError
 
 #: Largest image (width × height, summed over the frames a decoder must hold) decoded by default.
 #: 50 M pixels is ~150 MB of RGB; every public function takes ``max_pixels`` to override it.

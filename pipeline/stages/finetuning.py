@@ -6,7 +6,7 @@ parity check against the cache → (without a head run: train the head on the fr
 guide's first workflow) → evaluate the seeded model → unfreeze (BatchNorm stays frozen), recompile,
 fit with the best epoch kept by validation loss → stage gate → outputs.
 
-Resume: each stage's ``fit`` runs through ``pipeline.stage_fit.fit_stage``, whose backup callback
+Resume: each stage's ``fit`` runs through ``headstart.pipeline.stages.stage_fit.fit_stage``, whose backup callback
 commits one atomic state per epoch (see that module).
 """
 
@@ -24,9 +24,9 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
-from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_to_dict
-from pipeline.errors import OptionError, RunDirError
-from pipeline.stage_fit import fit_stage
+from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_to_dict
+from headstart.pipeline.errors import OptionError, RunDirError
+from headstart.pipeline.stages.stage_fit import fit_stage
 
 #: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".
 BACKBONE_OPTIONS = ("backbone", "weights", "alpha", "image_size", "pooling")
@@ -61,9 +61,9 @@ def validate_finetune_config(config: FinetuneConfig) -> Any:
     Raises:
         OptionError: naming the option at fault.
     """
-    from pipeline.augment import parse_augment_spec
-    from pipeline.evaluation import EXPORT_FORMATS
-    from pipeline.model import parse_unfreeze
+    from headstart.pipeline.data.augment import parse_augment_spec
+    from headstart.pipeline.stages.evaluation import EXPORT_FORMATS
+    from headstart.pipeline.model.assembly import parse_unfreeze
 
     if not config.source:
         raise OptionError("SOURCE is required")
@@ -132,10 +132,10 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     Raises:
         OptionError: bad or conflicting options. RunDirError: bad ``--head`` or ``--out``.
         DataError: bad source or classes that differ from the head's. ParityError: the assembled
-        model disagrees with the cache. features.errors.WeightsError: weights that do not match.
+        model disagrees with the cache. headstart.features.errors.WeightsError: weights that do not match.
     """
     spec = validate_finetune_config(config)
-    from pipeline.distribute import batch_policy, chief_output_dir, resolve_strategy, strategy_line
+    from headstart.pipeline.distribute.strategy import batch_policy, chief_output_dir, resolve_strategy, strategy_line
 
     # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
     strategy, info = resolve_strategy(config.strategy)
@@ -162,13 +162,13 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
 def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict, *,
               log: Callable[[str], None], callbacks: Sequence[Any]) -> FinetuneResult:
     """``finetune`` once the strategy is set up; writes into ``config.out``."""
-    from pipeline import report
-    from pipeline.distribute import precision
-    from pipeline.augment import build_augmentation
-    from pipeline.data import resolve_source
-    from pipeline.evaluation import export_model, labelled_dataset, predict_split, split_metrics
-    from pipeline.head import build_head, compile_head
-    from pipeline.model import (assemble_model, build_backbone_parts, check_parity, freeze_backbone,
+    from headstart.pipeline.report import rundir as report
+    from headstart.pipeline.distribute.strategy import precision
+    from headstart.pipeline.data.augment import build_augmentation
+    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.stages.evaluation import export_model, labelled_dataset, predict_split, split_metrics
+    from headstart.pipeline.model.head import build_head, compile_head
+    from headstart.pipeline.model.assembly import (assemble_model, build_backbone_parts, check_parity, freeze_backbone,
                                 trainable_counts, unfreeze_backbone)
 
     t_start = time.perf_counter()

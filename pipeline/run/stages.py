@@ -3,7 +3,7 @@
 Every function returns the stage's record for ``stages.json``: ``key`` (inputs + result-shaping
 options), ``done``, ``status`` ("ran", "resumed" or "reused"), ``seconds`` (wall time of this call,
 or of the original run when reused), ``images`` and ``images_per_second`` (of the stage's main loop),
-and its scores. See ``pipeline.runner`` for the run directory.
+and its scores. See ``headstart.pipeline.run.runner`` for the run directory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
-from pipeline.run_config import RunConfig
+from headstart.pipeline.run.toml_config import RunConfig
 
 #: Test images kept for summary.png: evenly spread over the split, the last few of them mistakes.
 SAMPLE_IMAGES, WRONG_SAMPLES = 12, 4
@@ -47,8 +47,8 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
     if reused:
         console.log("  reused: same source and extraction options")
         return reused
-    from features.store import open_cache
-    from pipeline.extraction import extract_features
+    from headstart.features.store import open_cache
+    from headstart.pipeline.stages.extraction import extract_features
 
     resumed = Path(f"{path}.partial").exists()
     lines: dict[str, Any] = {}
@@ -86,7 +86,7 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
     if reused:
         console.log("  reused: same features and head options")
         return reused
-    from pipeline.train import train_head
+    from headstart.pipeline.stages.head_training import train_head
 
     start = time.perf_counter()
     result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True),
@@ -106,7 +106,7 @@ class FitProgress(keras.callbacks.Callback):
     """A progress line per fine-tuning epoch: images done, rate and ETA.
 
     Args:
-        console: a ``pipeline.runner.Console``.
+        console: a ``headstart.pipeline.run.runner.Console``.
         images: training images per epoch (the good ones).
         batch_size: images per step.
     """
@@ -137,7 +137,7 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     if reused:
         console.log("  reused: same head and fine-tuning options")
         return reused
-    from pipeline.finetune import finetune
+    from headstart.pipeline.stages.finetuning import finetune
 
     resume = bool(record and record.get("key") == key and not record.get("done")
                   and (ft_dir / "backup" / "progress.json").is_file())
@@ -167,16 +167,16 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
 def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:
     """Evaluates the saved ``finetune/model.keras`` on the test split (else validation) and keeps
     evenly spread sample images in ``samples.npz`` for summary.png."""
-    from pipeline.report import atomic_write
+    from headstart.pipeline.report.rundir import atomic_write
 
     samples_path = run_dir / "samples.npz"
     reused = _reuse(record, key, samples_path)
     if reused:
         console.log("  reused: same model and source")
         return reused
-    from pipeline.data import resolve_source
-    from pipeline.evaluation import SplitPredictions, load_model, split_metrics
-    from pipeline.head import logits_to_probabilities, predict_classes
+    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.stages.evaluation import SplitPredictions, load_model, split_metrics
+    from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
 
     ex = config.extract
     model, _ = load_model(run_dir / "finetune" / "model.keras")

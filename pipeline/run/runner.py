@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.errors import DataError, OptionError, RunDirError
-from pipeline.progress import ProgressLine
-from pipeline.run_config import RunConfig, first_difference, read_config_file, resolve_run_config, \
+from headstart.pipeline.errors import DataError, OptionError, RunDirError
+from headstart.pipeline.report.progress import ProgressLine
+from headstart.pipeline.run.toml_config import RunConfig, first_difference, read_config_file, resolve_run_config, \
     run_config_dict, stage_values, to_toml
 
 STAGES = ("extract", "head", "finetune", "evaluate")
@@ -87,7 +87,7 @@ class RunResult:
 
 def load_run_config(source: str | None, out: str | None, *, config_file: str | None = None,
                     flags: dict[str, Any] | None = None) -> RunConfig:
-    """Reads ``--config`` (when given) and applies the flags on top; see ``pipeline.run_config``."""
+    """Reads ``--config`` (when given) and applies the flags on top; see ``headstart.pipeline.run.toml_config``."""
     values = read_config_file(config_file) if config_file else None
     return resolve_run_config(source, out, file_values=values, flags=flags)
 
@@ -96,12 +96,12 @@ def validate_run_config(config: RunConfig) -> None:
     """Checks every stage's options and the source before anything is written.
 
     Raises:
-        OptionError, DataError, features.errors.FeaturesError: naming the option or path at fault.
+        OptionError, DataError, headstart.features.errors.FeaturesError: naming the option or path at fault.
     """
-    from features.backbones import BACKBONES, check_image_size, get_backbone_spec
-    from pipeline.extraction import validate_extract_config
-    from pipeline.finetune import validate_finetune_config
-    from pipeline.train import validate_head_config
+    from headstart.features.backbones import BACKBONES, check_image_size, get_backbone_spec
+    from headstart.pipeline.stages.extraction import validate_extract_config
+    from headstart.pipeline.stages.finetuning import validate_finetune_config
+    from headstart.pipeline.stages.head_training import validate_head_config
 
     ex = config.extract
     # validate_extract_config checks that --out's folder exists; the run directory may not yet.
@@ -121,7 +121,7 @@ def validate_run_config(config: RunConfig) -> None:
                   {f"--{name}": f"--head-{name}" for name in ("epochs", "lr", "batch-size", "patience")})
     validate_finetune_config(dataclasses.replace(config.finetune, source=config.source, head="head", out="ft"))
     if not config.source.startswith("tfds:"):
-        from pipeline.data import resolve_source
+        from headstart.pipeline.data.sources import resolve_source
 
         source = resolve_source(config.source, split_specs=ex.split_specs,
                                 validation_fraction=ex.validation_fraction, test_fraction=ex.test_fraction)
@@ -196,8 +196,8 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
         raise RunDirError(f"--out {_shown(str(run_dir))}: cannot create the directory ({exc.strerror})") from None
     import tensorflow as tf
 
-    from pipeline import report
-    from pipeline.run_stages import (evaluate_stage, extract_stage, finetune_stage, head_stage,
+    from headstart.pipeline.report import rundir as report
+    from headstart.pipeline.run.stages import (evaluate_stage, extract_stage, finetune_stage, head_stage,
                                      write_tensorboard_history)
 
     if not console.verbose:
@@ -255,7 +255,7 @@ def _key(values: dict) -> str:
 
 
 def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds: float) -> dict:
-    from pipeline.report import library_versions
+    from headstart.pipeline.report.rundir import library_versions
 
     keep = ("status", "seconds", "images", "images_per_second", "accuracy", "val_accuracy", "best_epoch",
             "epochs_run", "kept", "split", "loss", "skipped", "rows")
@@ -281,7 +281,7 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
 def _plot(run_dir: Path, summary: dict, console: Console) -> None:
     import numpy as np
 
-    from pipeline.summary_plot import plot_summary, read_history
+    from headstart.pipeline.report.summary_plot import plot_summary, read_history
 
     samples = None
     if (run_dir / SAMPLES).is_file():

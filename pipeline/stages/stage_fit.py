@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
-from pipeline.errors import RunDirError
+from headstart.pipeline.errors import RunDirError
 
 
 def fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
@@ -41,7 +41,7 @@ def fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epochs
                 # the end of every epoch that the input "ran out of data", which is expected here.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
                 if replicas > 1:  # Keras's fit cannot run under MultiWorkerMirroredStrategy
-                    from pipeline.distribute_loop import distributed_fit
+                    from headstart.pipeline.distribute.loop import distributed_fit
 
                     distributed_fit(model, train, num_classes=num_classes, epochs=epochs, validation_data=val,
                                     callbacks=[backup, *extra])
@@ -138,7 +138,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        from pipeline.report import write_json_atomic
+        from headstart.pipeline.report.rundir import write_json_atomic
 
         t_backup = time.perf_counter()
         n = epoch + 1

@@ -10,7 +10,7 @@ stage has to make around it:
   batch: each step splits it across the replicas (per replica ``B / N``). Each replica divides its
   summed loss by the global batch's row count and the replicas' gradients are summed, which is the
   gradient of the global batch's mean loss — the single-device step — so the learning rate stays.
-* **The training loop** lives in ``pipeline.distribute_loop``: Keras 3's ``train_on_batch`` runs the
+* **The training loop** lives in ``headstart.pipeline.distribute.loop``: Keras 3's ``train_on_batch`` runs the
   un-split batch on every replica, and its ``fit`` fails under ``MultiWorkerMirroredStrategy``.
 * **Only the chief writes** (``chief_output_dir``). Other workers run the same code — saving may
   need every worker — but into a temporary directory that is removed afterwards.
@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.errors import OptionError
+from headstart.pipeline.errors import OptionError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 #: Split the CPU into this many logical devices before TensorFlow starts (try ``mirrored`` on a

@@ -5,7 +5,7 @@ One functional Keras model, built from the same parts as the extractor that fill
     image (B, S, S, 3) float32 raw 0–255
       ─▶ "augmentation" (Sequential; random layers act only when training=True)
       ─▶ "preprocessing" ─▶ "backbone" (nested application model) ─▶ "pooling" (absent for "none")
-      ─▶ "head" (nested model from ``pipeline.head.build_head``) ─▶ logits (B, 1) or (B, K)
+      ─▶ "head" (nested model from ``headstart.pipeline.model.head.build_head``) ─▶ logits (B, 1) or (B, K)
 
 Why BatchNormalization layers are set ``trainable=False`` rather than called with
 ``training=False``: Keras 3's ``fit`` passes ``training=True`` into nested models and overrides a
@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import keras
 import numpy as np
 
-from pipeline.errors import OptionError
+from headstart.pipeline.errors import OptionError
 
 #: Relative tolerance of the parity check per cache dtype, scaled by max(1, |largest logit|): float16
 #: keeps 11 significant bits (~5e-4 per feature), float32 differs only by summation order.
@@ -95,18 +95,18 @@ def build_backbone_parts(
 
     Args:
         backbone, weights, image_size, alpha, pooling: as recorded in the cache config (see
-            ``features.backbones.build_extractor``).
+            ``headstart.features.backbones.build_extractor``).
         expected_fingerprint: the cache's ``weights_fingerprint``; None skips the check.
 
     Returns:
         (base named "backbone", preprocessing layer, pooling layer or None, weights fingerprint).
 
     Raises:
-        features.errors.WeightsError: the rebuilt weights differ from the expected ones, or cannot
+        headstart.features.errors.WeightsError: the rebuilt weights differ from the expected ones, or cannot
             be loaded. Other ``FeaturesError`` subclasses from the backbone registry.
     """
-    from features.backbones import build_base, build_pooling, build_preprocessing, fingerprint_weights
-    from features.errors import WeightsError
+    from headstart.features.backbones import build_base, build_pooling, build_preprocessing, fingerprint_weights
+    from headstart.features.errors import WeightsError
 
     base = build_base(backbone, weights=weights, image_size=image_size, alpha=alpha)
     fingerprint = fingerprint_weights(base)
@@ -293,10 +293,10 @@ def check_parity(model: keras.Model, cache_info: dict, source: Any, *, samples: 
     """
     import tensorflow as tf
 
-    from features.errors import StoreError
-    from features.store import open_cache
+    from headstart.features.errors import StoreError
+    from headstart.features.store import open_cache
 
-    from pipeline.errors import ParityError, RunDirError
+    from headstart.pipeline.errors import ParityError, RunDirError
 
     info = cache_info
     try:

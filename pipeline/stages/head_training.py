@@ -2,14 +2,14 @@
 
 Why a hand-written epoch loop rather than ``model.fit``: the batches must be exactly the same
 whether the features sit in memory or stream from HDF5, and for augmented caches each epoch draws
-one view per image from a seeded plan. Feeding ``train_on_batch`` from ``pipeline.head_data`` keeps
+one view per image from a seeded plan. Feeding ``train_on_batch`` from ``headstart.pipeline.stages.head_data`` keeps
 that in plain NumPy, with no generator adapter reordering or prefetching across epochs. Early
 stopping follows ``keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=True)``:
 an epoch improves when its validation loss is strictly lower than the best so far; training stops
 after ``patience`` epochs without improvement, and the best epoch's weights are restored.
 
-With more than one replica (``--strategy``, ``pipeline.distribute``) an epoch instead runs
-``pipeline.distribute_loop.train_epoch`` over the same planned batches, split across the replicas
+With more than one replica (``--strategy``, ``headstart.pipeline.distribute.strategy``) an epoch instead runs
+``headstart.pipeline.distribute.loop.train_epoch`` over the same planned batches, split across the replicas
 (``train_on_batch`` would give each replica the whole batch), all epochs served from one
 distributed iterator; early stopping and the restored best weights stay in this loop.
 """
@@ -26,10 +26,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline.config import HeadConfig, config_to_dict
-from pipeline.distribute import STRATEGIES
-from pipeline.errors import DataError, OptionError
-from pipeline.head_data import FeatureRows, shuffle_geometry, split_nbytes
+from headstart.pipeline.config import HeadConfig, config_to_dict
+from headstart.pipeline.distribute.strategy import STRATEGIES
+from headstart.pipeline.errors import DataError, OptionError
+from headstart.pipeline.stages.head_data import FeatureRows, shuffle_geometry, split_nbytes
 
 MB = 1 << 20
 
@@ -127,8 +127,8 @@ def _evaluate(model: Any, rows: FeatureRows, labels: np.ndarray, num_classes: in
     Computed from the concatenated logits with the head's own loss, so the number equals what
     ``model.evaluate`` reports (the mean over rows) and the logits serve the confusion matrix.
     """
-    from pipeline.distribute_loop import predict_logits
-    from pipeline.head import head_labels, head_loss_and_metrics, predict_classes
+    from headstart.pipeline.distribute.loop import predict_logits
+    from headstart.pipeline.model.head import head_labels, head_loss_and_metrics, predict_classes
 
     chunks = [np.asarray(predict_logits(model, x, replicas)) for x, _ in rows.eval_batches(batch_size)]
     logits = np.concatenate(chunks, axis=0)
@@ -143,10 +143,10 @@ def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed:
     """Every epoch's planned batches back to back, served from one distributed iterator.
 
     One iterator for the whole fit, because making and ending one per epoch costs more than a
-    head's epoch (see ``pipeline.distribute_loop.EpochFeed``). Plans do not depend on training, so
+    head's epoch (see ``headstart.pipeline.distribute.loop.EpochFeed``). Plans do not depend on training, so
     reading ahead into the next epoch changes nothing.
     """
-    from pipeline.distribute_loop import EpochFeed, planned_dataset
+    from headstart.pipeline.distribute.loop import EpochFeed, planned_dataset
 
     def batches():
         for epoch in range(epochs):
@@ -163,8 +163,8 @@ def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | 
          config: HeadConfig, num_classes: int, log: Callable[[str], None],
          replicas: int = 1) -> tuple[dict, int, list]:
     """The epoch loop with early stopping; returns (history, best epoch 1-based, epoch seconds)."""
-    from pipeline.distribute_loop import train_epoch
-    from pipeline.head import head_labels
+    from headstart.pipeline.distribute.loop import train_epoch
+    from headstart.pipeline.model.head import head_labels
 
     targets = head_labels(train_labels, num_classes)
     monitor = "val_loss" if val is not None else "loss"
@@ -244,8 +244,8 @@ def _make_loaders(splits: dict[str, Any], memory_limit_mb: int) -> tuple[dict[st
 def _final_metrics(model: Any, rows: dict[str, FeatureRows], labels: dict[str, np.ndarray],
                    class_names: list[str], batch_size: int, replicas: int = 1) -> dict[str, Any]:
     """metrics.json's validation and test sections (None for an absent split)."""
-    from pipeline.head import predict_classes
-    from pipeline.report import classification_metrics
+    from headstart.pipeline.model.head import predict_classes
+    from headstart.pipeline.report.rundir import classification_metrics
 
     out: dict[str, Any] = {}
     for name in ("validation", "test"):
@@ -259,7 +259,7 @@ def _final_metrics(model: Any, rows: dict[str, FeatureRows], labels: dict[str, n
 
 
 def _summary(result: HeadResult) -> str:
-    from pipeline.report import format_summary_table
+    from headstart.pipeline.report.rundir import format_summary_table
 
     return format_summary_table([
         ("best epoch", f"{result.best_epoch} of {result.epochs_run}"),
@@ -286,11 +286,11 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print) -> Hea
     Raises:
         OptionError: bad option values. RunDirError: ``out`` exists with content and not
         ``overwrite``. DataError: the cache has no train split, fewer than 2 classes or bad labels.
-        features.errors.StoreError: the cache is missing, foreign, incomplete or of an unknown
-        format version (passed through from ``features.store.open_cache``).
+        headstart.features.errors.StoreError: the cache is missing, foreign, incomplete or of an unknown
+        format version (passed through from ``headstart.features.store.open_cache``).
     """
     validate_head_config(config)
-    from pipeline.distribute import batch_policy, chief_output_dir, resolve_strategy, strategy_line
+    from headstart.pipeline.distribute.strategy import batch_policy, chief_output_dir, resolve_strategy, strategy_line
 
     # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
     strategy, info = resolve_strategy(config.strategy)
@@ -314,10 +314,10 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
     """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
     import keras
 
-    from features.store import open_cache
-    from pipeline import report
-    from pipeline.distribute import precision
-    from pipeline.head import build_head, compile_head
+    from headstart.features.store import open_cache
+    from headstart.pipeline.report import rundir as report
+    from headstart.pipeline.distribute.strategy import precision
+    from headstart.pipeline.model.head import build_head, compile_head
 
     replicas = distribute["replicas"]
     t_start = time.perf_counter()
@@ -340,7 +340,7 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
 
         with _op_determinism(config.deterministic):
             # Seeds the head's initial weights and its dropout masks; the batch order has its own
-            # seeded plan (pipeline.head_data.plan_epoch).
+            # seeded plan (headstart.pipeline.stages.head_data.plan_epoch).
             keras.utils.set_random_seed(config.seed)
             # Variables (model and optimizer) must be created in the strategy's scope; layers take
             # the dtype policy in force when they are built.
@@ -379,7 +379,7 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
         history=history, distribute=distribute,
     )
 
-    # run.json goes last: its presence marks a finished run (see pipeline.report).
+    # run.json goes last: its presence marks a finished run (see headstart.pipeline.report.rundir).
     report.save_model_atomic(model, run_dir / "head.keras")
     report.write_json_atomic(run_dir / "metrics.json", metrics)
     report.write_history_csv(history, run_dir / "history.csv")

@@ -1,6 +1,6 @@
 """Evaluate, predict and export a full model (``model.keras``: raw images in, logits out).
 
-Every image goes through ``pipeline.data`` (``Source.dataset`` for splits, ``load_image`` for loose
+Every image goes through ``headstart.pipeline.data.sources`` (``Source.dataset`` for splits, ``load_image`` for loose
 files), the same input path extraction and fine-tuning use, and every forward pass runs with
 ``training=False`` so the model's augmentation layers stay idle. ``finetune`` computes its reported
 metrics with ``predict_split`` / ``split_metrics`` from here, so ``evaluate`` on the saved model
@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pipeline.errors import DataError, OptionError, RunDirError
+from headstart.pipeline.errors import DataError, OptionError, RunDirError
 
 #: Extensions picked up when a directory is given to ``predict_images`` (files named explicitly are
 #: always tried).
@@ -98,7 +98,7 @@ def labelled_dataset(source: Any, split: str, *, image_size: int, num_classes: i
     """Batches of (image, target) of the good images of one split, for ``fit`` and ``evaluate``.
 
     Args:
-        source: a ``pipeline.data.Source``.
+        source: a ``headstart.pipeline.data.sources.Source``.
         split: split name.
         image_size: S.
         num_classes: decides the target: float32 (1,) for two classes (binary cross-entropy against
@@ -129,15 +129,15 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
 
     Args:
         model: raw images (B, S, S, 3) → logits.
-        source: a ``pipeline.data.Source``.
+        source: a ``headstart.pipeline.data.sources.Source``.
         split: split name.
         batch_size: images per forward pass.
         keep_wrong: how many of the most confidently wrong images to keep for a grid.
     """
     import tensorflow as tf
 
-    from pipeline.distribute_loop import predict_logits
-    from pipeline.head import logits_to_probabilities, predict_classes
+    from headstart.pipeline.distribute.loop import predict_logits
+    from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
 
     image_size = int(model.input_shape[1])
     k = num_classes_of(model)
@@ -174,8 +174,8 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
 
 def split_metrics(predictions: SplitPredictions, class_names: Sequence[str]) -> dict[str, Any]:
     """Loss (the training loss, mean over images), accuracy, per-class metrics, confusion matrix."""
-    from pipeline import report
-    from pipeline.head import head_labels, head_loss_and_metrics, predict_classes
+    from headstart.pipeline.report import rundir as report
+    from headstart.pipeline.model.head import head_labels, head_loss_and_metrics, predict_classes
 
     k = len(class_names)
     metrics: dict[str, Any] = {"loss": None}
@@ -200,11 +200,11 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
 
     Args:
         model_path: ``model.keras`` or its run directory.
-        source: a source spec (``tfds:NAME``, a directory) or a ``pipeline.data.Source``.
+        source: a source spec (``tfds:NAME``, a directory) or a ``headstart.pipeline.data.sources.Source``.
         split: split to evaluate.
         batch_size: images per forward pass; default: the run's batch size (same batches, so the
             same logits to the last bit), else 32.
-        split_specs, validation_fraction, test_fraction: as for ``pipeline.data.resolve_source``.
+        split_specs, validation_fraction, test_fraction: as for ``headstart.pipeline.data.sources.resolve_source``.
         grid: write a PNG grid of the most confidently wrong images here.
         grid_size: at most this many images in the grid.
         log: one-line status messages.
@@ -255,8 +255,8 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
         One PredictionRow per file, in the order given (directories sorted): the predicted class and
         its probability.
     """
-    from pipeline.data import load_image
-    from pipeline.head import logits_to_probabilities
+    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.model.head import logits_to_probabilities
 
     model, run = load_model(model_path)
     k = num_classes_of(model)
@@ -293,7 +293,7 @@ def write_predictions_csv(rows: Sequence[PredictionRow], path: str | os.PathLike
     import csv
     import io
 
-    from pipeline.report import write_text_atomic
+    from headstart.pipeline.report.rundir import write_text_atomic
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -311,7 +311,7 @@ def write_wrong_grid(wrong: Sequence[tuple], class_names: Sequence[str], path: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.report import _atomic_write
+    from headstart.pipeline.report.rundir import _atomic_write
 
     n = max(1, len(wrong))
     cols = min(4, n)
@@ -346,7 +346,7 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
     Raises:
         OptionError: an unknown format.
     """
-    from pipeline.model import inference_model
+    from headstart.pipeline.model.assembly import inference_model
 
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown:
@@ -400,7 +400,7 @@ def _expand(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def _resolve(source: str | Any, run: dict | None, split_specs, validation_fraction, test_fraction) -> Any:
-    from pipeline.data import resolve_source
+    from headstart.pipeline.data.sources import resolve_source
 
     if not isinstance(source, str):
         return source

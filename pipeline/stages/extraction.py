@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import ExtractConfig, config_to_dict
-from pipeline.errors import OptionError
+from headstart.pipeline.config import ExtractConfig, config_to_dict
+from headstart.pipeline.errors import OptionError
 
 POOLINGS = ("avg", "max", "none")
 DTYPES = ("float16", "float32")
@@ -102,7 +102,7 @@ def extract_features(
 
     Args:
         config: the resolved extraction options.
-        on_progress: called with a ``features.extract.Progress`` after each committed batch.
+        on_progress: called with a ``headstart.features.extract.Progress`` after each committed batch.
         log: where one-line status messages go.
 
     Returns:
@@ -113,12 +113,12 @@ def extract_features(
         cache and bad-image failures.
     """
     validate_extract_config(config)
-    from features.backbones import build_extractor, check_image_size, get_backbone_spec
-    from features.errors import BadImagesError
-    from features.extract import extract_split, find_bad_images
-    from features.merge import write_source_index
-    from features.store import create_or_resume
-    from pipeline.data import SHARD_HASH, resolve_source
+    from headstart.features.backbones import build_extractor, check_image_size, get_backbone_spec
+    from headstart.features.errors import BadImagesError
+    from headstart.features.extract import extract_split, find_bad_images
+    from headstart.features.merge import write_source_index
+    from headstart.features.store import create_or_resume
+    from headstart.pipeline.data.sources import SHARD_HASH, resolve_source
 
     shard = parse_shard(config.shard)
     get_backbone_spec(config.backbone)
@@ -143,7 +143,7 @@ def extract_features(
                                       pooling=config.pooling)
     augment = None
     if config.augment_views:
-        from pipeline.augment import build_augmentation
+        from headstart.pipeline.data.augment import build_augmentation
 
         augment = build_augmentation(config.augment, seed=config.seed)
 
@@ -256,7 +256,7 @@ def _provenance(config: ExtractConfig, shard: tuple[int, int] | None = None) -> 
     import numpy
     import tensorflow as tf
 
-    from pipeline import __version__
+    from headstart.pipeline import __version__
 
     provenance = {
         "headstart": __version__,
@@ -283,7 +283,7 @@ def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
         log: where one-line status messages go.
 
     Returns:
-        A ``features.merge.MergeSummary``.
+        A ``headstart.features.merge.MergeSummary``.
 
     Raises:
         OptionError: no shards, or an unusable OUT path. FeaturesError subclasses (ShardError,
@@ -299,8 +299,8 @@ def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
     import h5py
     import numpy
 
-    from features.merge import merge_shards
-    from pipeline import __version__
+    from headstart.features.merge import merge_shards
+    from headstart.pipeline import __version__
 
     # No TensorFlow here: merging only copies arrays.
     provenance = {

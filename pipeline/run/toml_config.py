@@ -1,7 +1,7 @@
 """``headstart run --config FILE``: one TOML (or JSON) file for every stage, flags on top.
 
 A config file has the top-level keys ``source``, ``out`` and ``tensorboard`` and one section per
-stage, each mapping onto its dataclass in ``pipeline.config``::
+stage, each mapping onto its dataclass in ``headstart.pipeline.config``::
 
     source = "tfds:cats_vs_dogs"
     out = "runs/guide"
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_from_dict, config_to_dict
-from pipeline.errors import OptionError
+from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_from_dict, config_to_dict
+from headstart.pipeline.errors import OptionError
 
 SECTIONS: dict[str, type] = {"extract": ExtractConfig, "head": HeadConfig, "finetune": FinetuneConfig}
 TOP_LEVEL: dict[str, type] = {"source": str, "out": str, "tensorboard": bool}
@@ -257,7 +257,7 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
 
 
 def _parse_splits(values: Any) -> dict[str, str]:
-    # pipeline.data.parse_split_option imports TensorFlow; the same rules, without it.
+    # headstart.pipeline.data.sources.parse_split_option imports TensorFlow; the same rules, without it.
     out: dict[str, str] = {}
     for value in values:
         name, sep, spec = str(value).partition("=")

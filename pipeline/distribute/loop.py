@@ -17,7 +17,7 @@ and the model's own optimizer sums the gradients across replicas. Every row carr
 1 / (rows of its *global* batch), so the replicas' weighted loss sums add up to exactly the
 single-device batch mean — also for a last batch that does not split evenly (a replica may get no
 rows at all), where Keras's per-replica mean ÷ replicas would weigh rows unequally. Loss and
-accuracy are the head's (``pipeline.head.head_loss_and_metrics``), summed over rows and workers.
+accuracy are the head's (``headstart.pipeline.model.head.head_loss_and_metrics``), summed over rows and workers.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterable, Sequence
 import keras
 import tensorflow as tf
 
-from features.tfdata import without_autotune_thread
+from headstart.features.tfdata import without_autotune_thread
 
-from pipeline.head import head_loss_and_metrics
+from headstart.pipeline.model.head import head_loss_and_metrics
 
 #: Compiled step functions per model, so an epoch does not retrace them.
 _STEPS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
@@ -224,8 +224,8 @@ def train_epoch(model: Any, dataset: tf.data.Dataset | EpochFeed, num_classes: i
     """Trains ``model`` (built and compiled in its strategy's scope) for one pass over ``dataset``.
 
     Args:
-        model: ends in the head (``pipeline.head.build_head``); its optimizer is used as compiled.
-        dataset: (x, y) global batches, y as ``pipeline.head.head_labels`` gives them; or an
+        model: ends in the head (``headstart.pipeline.model.head.build_head``); its optimizer is used as compiled.
+        dataset: (x, y) global batches, y as ``headstart.pipeline.model.head.head_labels`` gives them; or an
             ``EpochFeed`` of them, which serves this epoch from the fit's one iterator.
         num_classes: number of classes (picks the head's loss).
         on_batch: called with the 0-based batch index after each step.
@@ -253,7 +253,7 @@ def distributed_fit(model: Any, x: tf.data.Dataset, *, num_classes: int, epochs:
 
     Args:
         model: built and compiled in its strategy's scope, ending in the head.
-        x, validation_data: (x, y) global batches (``y`` as ``pipeline.head.head_labels`` gives).
+        x, validation_data: (x, y) global batches (``y`` as ``headstart.pipeline.model.head.head_labels`` gives).
         num_classes: number of classes. epochs: last epoch (exclusive), as for ``fit``.
         callbacks: Keras callbacks.
 

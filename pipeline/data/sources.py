@@ -32,10 +32,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from features.tfdata import without_autotune_thread
-from pipeline.config import CATS_VS_DOGS_SPLITS
-from pipeline.errors import DataError, OptionError
-from pipeline.image import (  # noqa: F401 - re-exported: the input path's public face is this module
+from headstart.features.tfdata import without_autotune_thread
+from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
+from headstart.pipeline.errors import DataError, OptionError
+from headstart.pipeline.data.image import (  # noqa: F401 - re-exported: the input path's public face is this module
     MAX_IMAGE_PIXELS,
     decode_and_resize,
     decode_or_reason,

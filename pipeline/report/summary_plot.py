@@ -17,7 +17,7 @@ import numpy as np
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
-    """Reads a ``history.csv`` (as ``pipeline.report.write_history_csv`` writes it).
+    """Reads a ``history.csv`` (as ``headstart.pipeline.report.rundir.write_history_csv`` writes it).
 
     Returns:
         metric → one value per epoch (NaN where empty); ``{}`` when the file is missing.
@@ -54,7 +54,7 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
     matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
     import matplotlib.pyplot as plt
 
-    from pipeline.report import atomic_write
+    from headstart.pipeline.report.rundir import atomic_write
 
     n_samples = 0 if samples is None else len(samples["images"])
     cols = 6

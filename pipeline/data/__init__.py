@@ -1,0 +1,1 @@
+"""The input path: sources (class folders, TFDS), split specs, image probing and decoding, augmentation."""

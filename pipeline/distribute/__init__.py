@@ -1,0 +1,1 @@
+"""Distribution: tf.distribute strategy set-up, precision, and the custom multi-replica loop."""

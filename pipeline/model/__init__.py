@@ -1,0 +1,1 @@
+"""The model chain: the head, assembly of preprocessing → backbone → pooling → head, freezing, parity."""

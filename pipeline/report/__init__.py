@@ -1,0 +1,1 @@
+"""Reporting: run directories, metrics, plots, inspect, terminal progress."""

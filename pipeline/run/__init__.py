@@ -1,0 +1,1 @@
+"""`headstart run`: the runner, its stages, its TOML config, and the offline demo."""

@@ -1,0 +1,1 @@
+"""The stages: feature extraction, head training, fine-tuning, evaluation, prediction and export."""
