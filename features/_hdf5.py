@@ -15,11 +15,11 @@ import h5py
 import numpy as np
 
 from headstart.features.errors import StoreError, StoreInUseError
+from headstart.features.registry import DTYPES  # noqa: F401 (the store's dtypes; _store_io checks them)
 
 FORMAT = "headstart-features"
 FORMAT_VERSION = 1
 PARTIAL_SUFFIX = ".partial"
-DTYPES = ("float16", "float32")
 # v108 as the lowest format lets attributes exceed 64 KiB (dense attribute storage), which a
 # class_names_json of a few thousand classes needs, while chunked datasets keep the v1 B-tree
 # index that the crash tests in DESIGN.md measured.

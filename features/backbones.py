@@ -27,9 +27,9 @@ import keras
 import numpy as np
 
 from headstart.features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
-
-DEFAULT_BACKBONE = "xception"
-POOLINGS = ("avg", "max", "none")
+# The registry lives in a TF-free module so the CLI can list it; re-exported here for the builders.
+from headstart.features.registry import (BACKBONES, DEFAULT_BACKBONE, POOLINGS, BackboneSpec,  # noqa: F401
+                                          alpha_backbones)
 
 #: ImageNet channel means in BGR order, as ``keras.applications.imagenet_utils`` subtracts them.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -48,39 +48,6 @@ _NONE_INIT_SEED = 1234
 #: Seconds any one socket operation of a weights download may stall before it fails, so a
 #: firewalled machine gets a WeightsError instead of hanging.
 _DOWNLOAD_SOCKET_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One registry entry.
-
-    Attributes:
-        name: registry key, e.g. "xception".
-        application: ``keras.applications`` attribute, e.g. "Xception".
-        preprocessing: "tf" (scale to [-1, 1]), "caffe" (RGB→BGR, ImageNet mean subtracted) or
-            "none" (the application model normalises raw 0–255 input itself).
-        min_size: smallest ``--image-size`` the application accepts.
-        takes_alpha: whether ``--alpha`` (width multiplier) applies.
-    """
-
-    name: str
-    application: str
-    preprocessing: str
-    min_size: int
-    takes_alpha: bool
-
-
-# Minimum sizes are those keras.applications enforces via obtain_input_shape(min_size=…).
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec("xception", "Xception", "tf", 71, False),
-        BackboneSpec("mobilenet", "MobileNet", "tf", 32, True),
-        BackboneSpec("mobilenet_v2", "MobileNetV2", "tf", 32, True),
-        BackboneSpec("resnet50", "ResNet50", "caffe", 32, False),
-        BackboneSpec("efficientnetv2_b0", "EfficientNetV2B0", "none", 32, False),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -312,7 +279,7 @@ def _resolve_alpha(spec: BackboneSpec, alpha: float | None) -> float | None:
     # --alpha 1.0 compare equal.
     if not spec.takes_alpha:
         if alpha is not None:
-            takers = ", ".join(s.name for s in BACKBONES.values() if s.takes_alpha)
+            takers = ", ".join(alpha_backbones())
             raise FeaturesError(f"--alpha applies only to {takers}, not to backbone '{spec.name}'")
         return None
     if alpha is None:

@@ -17,12 +17,8 @@ import click
 
 from headstart.features.errors import FeaturesError
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
-from headstart.pipeline.distribute.strategy import STRATEGIES
 from headstart.pipeline.errors import HeadstartError
-
-_EXTRACT = ExtractConfig()
-_HEAD = HeadConfig()
-_FINETUNE = FinetuneConfig()
+from headstart.pipeline.options import RUN_OPTIONS, fact, field_default, field_kind, flag_of, option_default
 
 
 class _CliError(click.ClickException):
@@ -53,14 +49,46 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _distribute_options(fn):
+def _field(section: str, name: str):
+    """The click option of one config field, from its fact in ``headstart.pipeline.options``.
+
+    Default and type come from the dataclass field, help and choices from the fact; a default of
+    None is "not given" (the library decides) and is not shown.
+    """
+    described, default, kind = fact(section, name), field_default(section, name), field_kind(section, name)
+    choice = click.Choice(described.choices) if described.choices else None
+    kwargs: dict = {"help": described.help}
+    if described.metavar:
+        kwargs["metavar"] = described.metavar
+    if kind == "bool":
+        return click.option(flag_of(section, name), is_flag=True, **kwargs)
+    if kind == "multi":
+        return click.option(flag_of(section, name), name, multiple=True, type=choice, **kwargs)
+    if described.path:
+        kwargs["type"] = click.Path(dir_okay=False) if described.path == "file" else click.Path(file_okay=False)
+    else:
+        kwargs["type"] = choice or {"int": int, "float": float, "str": str}[kind]
+    if described.required:
+        return click.option(flag_of(section, name), required=True, **kwargs)
+    if described.csv:
+        default = ",".join(default)
+    return click.option(flag_of(section, name), default=default, show_default=default is not None, **kwargs)
+
+
+def _fields(section: str, *names: str):
+    """Adds the options of several fields of one section, in the order given (as --help lists them)."""
+
+    def decorate(fn):
+        for name in reversed(names):
+            fn = _field(section, name)(fn)
+        return fn
+
+    return decorate
+
+
+def _distribute_options(section: str):
     """--strategy, --mixed-precision and --jit-compile, shared by the training commands."""
-    fn = click.option("--jit-compile", is_flag=True, help="Compile the training step with XLA.")(fn)
-    fn = click.option("--mixed-precision", is_flag=True,
-                      help="Compute in mixed_float16 on GPU, mixed_bfloat16 on CPU; logits stay float32.")(fn)
-    return click.option("--strategy", type=click.Choice(STRATEGIES), default=_HEAD.strategy, show_default=True,
-                        help="tf.distribute strategy: mirrored (local GPUs), multiworker (TF_CONFIG), default "
-                             "(one device); auto picks multiworker with a TF_CONFIG cluster, mirrored with 2+ GPUs.")(fn)
+    return _fields(section, "strategy", "mixed_precision", "jit_compile")
 
 
 class _OneLineErrors(click.Group):
@@ -104,35 +132,9 @@ def main(ctx: click.Context, global_quiet: bool, global_verbose: bool) -> None:
 
 @main.command("extract-features")
 @click.argument("source")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write, e.g. features.h5.")
-@click.option("--backbone", default=_EXTRACT.backbone, show_default=True,
-              help="Backbone from the registry: xception, mobilenet, mobilenet_v2, resnet50, efficientnetv2_b0.")
-@click.option("--weights", default=_EXTRACT.weights, show_default=True,
-              help="'imagenet' (downloaded once by Keras), 'none' (random), or a local .h5/.weights.h5 file.")
-@click.option("--alpha", type=float, default=None, help="Width multiplier for mobilenet and mobilenet_v2.")
-@click.option("--image-size", type=int, default=_EXTRACT.image_size, show_default=True, help="Square input size in pixels.")
-@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=_EXTRACT.pooling, show_default=True,
-              help="Pool the feature map (avg, max) or keep it spatial (none).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=_EXTRACT.dtype, show_default=True,
-              help="Storage type of the cached features.")
-@click.option("--batch-size", type=int, default=_EXTRACT.batch_size, show_default=True, help="Images per forward pass.")
-@click.option("--splits", default=",".join(_EXTRACT.splits), show_default=True, help="Comma-separated splits to extract.")
-@click.option("--split", "split_specs", multiple=True, metavar="NAME=SPEC",
-              help="Override a split: TFDS slicing (train=train[:80%]); repeatable.")
-@click.option("--validation-fraction", type=float, default=_EXTRACT.validation_fraction, show_default=True,
-              help="Share of a single class-folder tree held out for validation (stable hash of the path).")
-@click.option("--test-fraction", type=float, default=_EXTRACT.test_fraction, show_default=True,
-              help="Share of a single class-folder tree held out for testing.")
-@click.option("--max-bad", type=int, default=None, help="Fail when more than this many images are skipped (default: any).")
-@click.option("--strict", is_flag=True, help="Fail on the first bad image, before writing any features.")
-@click.option("--augment-views", type=int, default=_EXTRACT.augment_views, show_default=True,
-              help="Extra augmented views stored per training image, for augmentation on the fast path.")
-@click.option("--augment", default=_EXTRACT.augment, show_default=True, help="Augmentation for --augment-views.")
-@click.option("--seed", type=int, default=_EXTRACT.seed, show_default=True, help="Seed of the augmented views.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing cache written with another configuration.")
-@click.option("--shard", default=None, metavar="I/N",
-              help="Be worker I of N (from 0): extract a stable 1/N of each split into --out; join the N "
-                   "files with merge-features.")
+@_fields("extract", "out", "backbone", "weights", "alpha", "image_size", "pooling", "dtype", "batch_size", "splits",
+         "split_specs", "validation_fraction", "test_fraction", "max_bad", "strict", "augment_views", "augment",
+         "seed", "overwrite", "shard")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
 def extract_features_command(source, out, splits, split_specs, quiet, **options):
@@ -198,19 +200,9 @@ def merge_features_command(out, shards, overwrite, quiet):
 
 @main.command("train-head")
 @click.argument("features", type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
-@click.option("--epochs", type=int, default=_HEAD.epochs, show_default=True, help="Most epochs; early stopping may end sooner.")
-@click.option("--lr", type=float, default=_HEAD.lr, show_default=True, help="Adam learning rate.")
-@click.option("--batch-size", type=int, default=_HEAD.batch_size, show_default=True, help="Rows per step.")
-@click.option("--dropout", type=float, default=_HEAD.dropout, show_default=True, help="Dropout before the Dense layer.")
-@click.option("--patience", type=int, default=_HEAD.patience, show_default=True,
-              help="Epochs without a better validation loss before stopping (best weights restored).")
-@click.option("--seed", type=int, default=_HEAD.seed, show_default=True, help="Seed of initialisation, shuffling and view sampling.")
-@click.option("--deterministic", is_flag=True, help="Bit-identical results for the same seed (slower ops).")
-@click.option("--memory-limit-mb", type=int, default=_HEAD.memory_limit_mb, show_default=True,
-              help="Load features into memory up to this size; stream them from HDF5 beyond it.")
-@_distribute_options
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@_fields("head", "out", "epochs", "lr", "batch_size", "dropout", "patience", "seed", "deterministic", "memory_limit_mb")
+@_distribute_options("head")
+@_fields("head", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
 def train_head_command(features, out, quiet, **options):
@@ -228,33 +220,11 @@ def train_head_command(features, out, quiet, **options):
 
 @main.command("finetune")
 @click.argument("source")
-@click.option("--head", type=click.Path(file_okay=False), default=None,
-              help="train-head run directory to seed from; without it, the head is trained first on the frozen backbone.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
-@click.option("--backbone", default=None, help="Only without --head (default xception); with --head it comes from the head run.")
-@click.option("--weights", default=None, help="imagenet, none or a file; with --head only to point at a moved file (fingerprint checked).")
-@click.option("--alpha", type=float, default=None, help="Width multiplier for mobilenet backbones (without --head).")
-@click.option("--image-size", type=int, default=None, help="Input size (without --head; default 150).")
-@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=None, help="Pooling (without --head; default avg).")
-@click.option("--split", "split_specs", multiple=True, metavar="NAME=SPEC", help="TFDS split override; repeatable.")
-@click.option("--epochs", type=int, default=_FINETUNE.epochs, show_default=True, help="Most fine-tuning epochs.")
-@click.option("--lr", type=float, default=_FINETUNE.lr, show_default=True, help="Adam learning rate for fine-tuning.")
-@click.option("--batch-size", type=int, default=_FINETUNE.batch_size, show_default=True, help="Batch size of the fine-tune stage.")
-@click.option("--head-epochs", type=int, default=_FINETUNE.head_epochs, show_default=True, help="Head epochs when there is no --head.")
-@click.option("--head-lr", type=float, default=_FINETUNE.head_lr, show_default=True, help="Head learning rate when there is no --head.")
-@click.option("--head-batch-size", type=int, default=_FINETUNE.head_batch_size, show_default=True,
-              help="Batch size of the head stage when there is no --head.")
-@click.option("--unfreeze", default=_FINETUNE.unfreeze, show_default=True,
-              help="all, top:N (last N backbone layers) or from:LAYER; BatchNorm always stays frozen.")
-@click.option("--augment", default=_FINETUNE.augment, show_default=True, help="Augmentation, e.g. flip,rotate=0.1 or none.")
-@click.option("--patience", type=int, default=_FINETUNE.patience, show_default=True, help="Early-stopping patience on validation loss.")
-@click.option("--seed", type=int, default=_FINETUNE.seed, show_default=True, help="Seed of shuffling and augmentation.")
-@click.option("--parity-samples", type=int, default=_FINETUNE.parity_samples, show_default=True,
-              help="Validation images checked against the cached features before training (0: off).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last completed epoch.")
-@click.option("--export", multiple=True, type=click.Choice(["saved_model", "tflite"]), help="Also export; repeatable.")
-@_distribute_options
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs", "epochs",
+         "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "patience", "seed",
+         "parity_samples", "resume", "export")
+@_distribute_options("finetune")
+@_fields("finetune", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
 def finetune_command(source, split_specs, export, quiet, **options):
@@ -329,9 +299,7 @@ def inspect_command(path, as_json):
 
 
 def _run_options(fn):
-    """Adds the stage flags of ``headstart run`` (headstart.pipeline.run.toml_config.RUN_OPTIONS); unset → None."""
-    from headstart.pipeline.run.toml_config import RUN_OPTIONS, option_default
-
+    """Adds the stage flags of ``headstart run`` (``headstart.pipeline.options.RUN_OPTIONS``); unset → None."""
     for option in reversed(RUN_OPTIONS):
         default = option_default(option)
         shown = ("on" if default else "off") if isinstance(default, bool) else \

@@ -21,6 +21,8 @@ CATS_VS_DOGS_SPLITS = {
     "test": "train[50%:60%]",
 }
 DEFAULT_AUGMENT = "flip,rotate=0.1"
+#: What ``finetune --export`` can write besides model.keras (``stages.evaluation.export_model``).
+EXPORT_FORMATS = ("saved_model", "tflite")
 
 
 @dataclass
@@ -101,6 +103,18 @@ class FinetuneConfig:
     strategy: str = "auto"          # headstart.pipeline.distribute.strategy.STRATEGIES
     mixed_precision: bool = False
     jit_compile: bool = False
+
+
+@dataclass
+class RunConfig:
+    """The resolved configuration of ``headstart run``: top-level keys and one config per stage."""
+
+    source: str = ""
+    out: str = ""
+    tensorboard: bool = False
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -98,7 +98,8 @@ def validate_run_config(config: RunConfig) -> None:
     Raises:
         OptionError, DataError, headstart.features.errors.FeaturesError: naming the option or path at fault.
     """
-    from headstart.features.backbones import BACKBONES, check_image_size, get_backbone_spec
+    from headstart.features.backbones import check_image_size, get_backbone_spec
+    from headstart.features.registry import alpha_backbones
     from headstart.pipeline.stages.extraction import validate_extract_config
     from headstart.pipeline.stages.finetuning import validate_finetune_config
     from headstart.pipeline.stages.head_training import validate_head_config
@@ -111,7 +112,7 @@ def validate_run_config(config: RunConfig) -> None:
     spec = get_backbone_spec(ex.backbone)
     check_image_size(ex.backbone, ex.image_size)
     if ex.alpha is not None and not spec.takes_alpha:
-        takers = ", ".join(s.name for s in BACKBONES.values() if s.takes_alpha)
+        takers = ", ".join(alpha_backbones())
         raise OptionError(f"--alpha applies only to {takers}, not to backbone '{ex.backbone}'")
     if ex.weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(ex.weights)):
         raise OptionError(f"--weights: file {ex.weights} does not exist (or use 'imagenet' or 'none')")

@@ -26,14 +26,14 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_from_dict, config_to_dict
+from headstart.pipeline.config import RunConfig, config_from_dict, config_to_dict
 from headstart.pipeline.errors import OptionError
+# The flags of ``headstart run`` and the sections they set live with every other option fact.
+from headstart.pipeline.options import RUN_OPTIONS, SECTIONS, RunOption, option_default  # noqa: F401
 
-SECTIONS: dict[str, type] = {"extract": ExtractConfig, "head": HeadConfig, "finetune": FinetuneConfig}
 TOP_LEVEL: dict[str, type] = {"source": str, "out": str, "tensorboard": bool}
 #: Keys of each section that ``headstart run`` sets itself (paths inside the run directory, resume).
 RUNNER_SET: dict[str, tuple[str, ...]] = {
@@ -48,93 +48,6 @@ NO_RESULT: frozenset[tuple[str, str]] = frozenset({
     ("extract", "batch_size"), ("extract", "max_bad"), ("extract", "strict"),
     ("head", "memory_limit_mb"), ("top", "tensorboard"), ("top", "out"),
 })
-
-
-@dataclass
-class RunConfig:
-    """The resolved configuration of ``headstart run``."""
-
-    source: str = ""
-    out: str = ""
-    tensorboard: bool = False
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-
-
-@dataclass(frozen=True)
-class RunOption:
-    """One ``headstart run`` flag and the config keys it sets.
-
-    Attributes:
-        flag: the option, e.g. "--head-epochs".
-        targets: (section, key) pairs it sets; section "top" is the top level.
-        kind: "int", "float", "str", "bool" (a --x/--no-x switch) or "multi" (repeatable).
-        help: help text; the default is appended from the dataclasses.
-        choices: allowed values, for "str" and "multi".
-    """
-
-    flag: str
-    targets: tuple[tuple[str, str], ...]
-    kind: str
-    help: str
-    choices: tuple[str, ...] | None = None
-
-    @property
-    def dest(self) -> str:
-        return self.flag.split("/")[0].lstrip("-").replace("-", "_")
-
-
-def _o(flag: str, targets: str, kind: str, help: str, choices: tuple[str, ...] | None = None) -> RunOption:
-    pairs = tuple(tuple(t.split(".")) for t in targets.split(","))
-    return RunOption(flag, pairs, kind, help, choices)  # type: ignore[arg-type]
-
-
-#: The flags of ``headstart run`` (``headstart demo`` shares some); everything else via --config.
-RUN_OPTIONS: tuple[RunOption, ...] = (
-    _o("--backbone", "extract.backbone", "str",
-       "Backbone: xception, mobilenet, mobilenet_v2, resnet50, efficientnetv2_b0."),
-    _o("--weights", "extract.weights", "str",
-       "'imagenet' (downloaded once by Keras), 'none' (random) or a local .h5 file."),
-    _o("--alpha", "extract.alpha", "float", "Width multiplier for mobilenet and mobilenet_v2."),
-    _o("--image-size", "extract.image_size", "int", "Square input size in pixels."),
-    _o("--pooling", "extract.pooling", "str", "Pool the feature map: avg, max or none.", ("avg", "max", "none")),
-    _o("--dtype", "extract.dtype", "str", "Storage type of the cached features.", ("float16", "float32")),
-    _o("--extract-batch-size", "extract.batch_size", "int", "Images per forward pass during extraction."),
-    _o("--split", "extract.split_specs", "multi", "Override a TFDS split, NAME=SPEC (train=train[:80%]); repeatable."),
-    _o("--validation-fraction", "extract.validation_fraction", "float",
-       "Share of a single class-folder tree held out for validation."),
-    _o("--test-fraction", "extract.test_fraction", "float",
-       "Share of a single class-folder tree held out for testing."),
-    _o("--max-bad", "extract.max_bad", "int", "Fail when more than this many images are skipped."),
-    _o("--augment-views", "extract.augment_views", "int", "Augmented views cached per training image."),
-    _o("--head-epochs", "head.epochs", "int", "Most epochs of the head on cached features."),
-    _o("--head-lr", "head.lr", "float", "Adam learning rate of the head."),
-    _o("--head-batch-size", "head.batch_size", "int", "Rows per step when training the head."),
-    _o("--dropout", "head.dropout", "float", "Dropout before the head's Dense layer."),
-    _o("--head-patience", "head.patience", "int", "Head epochs without a better validation loss before stopping."),
-    _o("--epochs", "finetune.epochs", "int", "Most fine-tuning epochs."),
-    _o("--lr", "finetune.lr", "float", "Adam learning rate of fine-tuning."),
-    _o("--batch-size", "finetune.batch_size", "int", "Images per fine-tuning step; lower it when memory runs out."),
-    _o("--unfreeze", "finetune.unfreeze", "str", "Backbone layers to fine-tune: all, top:N or from:LAYER."),
-    _o("--augment", "finetune.augment,extract.augment", "str",
-       "Augmentation while fine-tuning (and for --augment-views)."),
-    _o("--patience", "finetune.patience", "int",
-       "Fine-tuning epochs without a better validation loss before stopping."),
-    _o("--export", "finetune.export", "multi", "Also export the model: saved_model, tflite; repeatable.",
-       ("saved_model", "tflite")),
-    _o("--seed", "extract.seed,head.seed,finetune.seed", "int", "Seed of every stage."),
-    _o("--tensorboard/--no-tensorboard", "top.tensorboard", "bool",
-       "Write TensorBoard logs of both training stages to RUN_DIR/tensorboard/."),
-)
-
-
-def option_default(option: RunOption) -> Any:
-    """The default a flag falls back to (that of its first target), for help texts."""
-    section, key = option.targets[0]
-    if section == "top":
-        return getattr(RunConfig(), key)
-    return getattr(SECTIONS[section](), key)
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -19,12 +19,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from headstart.pipeline.config import EXPORT_FORMATS
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 
 #: Extensions picked up when a directory is given to ``predict_images`` (files named explicitly are
 #: always tried).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-EXPORT_FORMATS = ("saved_model", "tflite")
 
 
 @dataclass

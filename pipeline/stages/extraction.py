@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from headstart.features.registry import DTYPES, POOLINGS
 from headstart.pipeline.config import ExtractConfig, config_to_dict
 from headstart.pipeline.errors import OptionError
 
-POOLINGS = ("avg", "max", "none")
-DTYPES = ("float16", "float32")
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.ASCII)
 
 

@@ -61,8 +61,8 @@ def validate_finetune_config(config: FinetuneConfig) -> Any:
     Raises:
         OptionError: naming the option at fault.
     """
+    from headstart.pipeline.config import EXPORT_FORMATS
     from headstart.pipeline.data.augment import parse_augment_spec
-    from headstart.pipeline.stages.evaluation import EXPORT_FORMATS
     from headstart.pipeline.model.assembly import parse_unfreeze
 
     if not config.source:
