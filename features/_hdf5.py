@@ -7,6 +7,7 @@ writer and the reader word the same failure the same way. Imports h5py and numpy
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from typing import Any
@@ -18,7 +19,11 @@ from headstart.features.errors import StoreError, StoreInUseError
 from headstart.features.registry import DTYPES  # noqa: F401 (the store's dtypes; _store_io checks them)
 
 FORMAT = "headstart-features"
-FORMAT_VERSION = 1
+# Version 2 adds per-chunk fletcher32 checksums to every fixed-size dataset (HDF5 refuses filters
+# on variable-length strings, so each split's keys carry a sha256 attribute instead). Version 1
+# files, written before, still read: they simply have nothing to check.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PARTIAL_SUFFIX = ".partial"
 # v108 as the lowest format lets attributes exceed 64 KiB (dense attribute storage), which a
 # class_names_json of a few thousand classes needs, while chunked datasets keep the v1 B-tree
@@ -137,10 +142,10 @@ def read_header(f: h5py.File, path: str) -> dict:
             raise StoreError(f"{path} is not a headstart feature cache (no format={FORMAT!r} "
                              f"attribute)")
         version = int(attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise StoreError(f"{path} has feature-cache format_version {version}; this headstart "
-                             f"reads version {FORMAT_VERSION} (a newer or older headstart wrote "
-                             f"it)")
+                             f"reads versions {READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]} "
+                             f"(a newer or older headstart wrote it)")
         config_json = _as_str(attrs["config_json"])
         return {
             "format_version": version,
@@ -159,6 +164,23 @@ def read_header(f: h5py.File, path: str) -> dict:
     except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
         raise StoreError(f"{path} is a damaged headstart feature cache "
                          f"({_paren(str(exc))})") from exc
+
+
+def corruption_error(path: str, where: str) -> StoreError:
+    """The one wording for data that fails its checksum (bit rot, a bad copy, a bad disk)."""
+    return StoreError(f"{path} is corrupted: {where} fails its checksum (damaged after it was "
+                      f"written: a bad copy or disk); extract the features again")
+
+
+def is_checksum_failure(exc: BaseException) -> bool:
+    """True for the OSError h5py raises when a chunk fails its fletcher32 check."""
+    msg = str(exc)
+    return "filter returned failure" in msg or "checksum" in msg.lower()
+
+
+def strings_digest(values: list[str]) -> str:
+    """sha256 hex of a list of strings (JSON, so no separator can be ambiguous)."""
+    return hashlib.sha256(canonical_json(list(values)).encode("utf-8")).hexdigest()
 
 
 def canonical_json(value: Any) -> str:

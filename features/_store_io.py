@@ -207,6 +207,21 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def create_rows(group: h5py.Group, name: str, row_shape: Sequence[int], dtype: Any,
+                chunk: int) -> h5py.Dataset:
+    """An empty resizable dataset of rows (0, *row_shape), chunked ``chunk`` rows at a time.
+
+    Every fixed-size dataset gets HDF5's fletcher32 filter: a checksum per chunk that HDF5 checks
+    on every read, so bit rot surfaces as an error instead of as NaN features. HDF5 refuses filters
+    on variable-length strings; those are covered by ``strings_digest`` at finalize instead.
+    """
+    row_shape = tuple(int(d) for d in row_shape)
+    is_string = h5py.check_string_dtype(np.dtype(dtype)) is not None
+    return group.create_dataset(name, shape=(0, *row_shape), dtype=dtype,
+                                maxshape=(None, *row_shape), chunks=(chunk, *row_shape),
+                                fletcher32=not is_string)
+
+
 def write_skeleton(f: h5py.File, provenance: dict, config_json: str,
                    layout: dict) -> dict[str, dict[str, Any]]:
     """Writes the file attributes and, per split, empty chunked datasets and zeroed counters.
@@ -239,11 +254,10 @@ def write_skeleton(f: h5py.File, provenance: dict, config_json: str,
     state = {}
     for split in layout["splits"]:
         g = f.create_group(split)
-        g.create_dataset("features", shape=(0, *shape), dtype=dtype, maxshape=(None, *shape),
-                         chunks=(rows, *shape))
-        g.create_dataset("labels", shape=(0,), dtype=np.int64, maxshape=(None,), chunks=(4096,))
+        create_rows(g, "features", shape, dtype, rows)
+        create_rows(g, "labels", (), np.int64, 4096)
         for name, chunk in (("keys", 1024), ("skipped_keys", 256), ("skipped_reasons", 256)):
-            g.create_dataset(name, shape=(0,), dtype=STR_DTYPE, maxshape=(None,), chunks=(chunk,))
+            create_rows(g, name, (), STR_DTYPE, chunk)
         for attr in ("committed", "skipped_committed", "consumed"):
             g.attrs[attr] = np.int64(0)
         g.attrs["done"] = False

@@ -19,9 +19,12 @@ from headstart.features._hdf5 import (
     FORMAT_VERSION,
     PARTIAL_SUFFIX,
     canonical_json,
+    corruption_error,
+    is_checksum_failure,
     open_h5,
     partial_path,
     read_header,
+    strings_digest,
 )
 from headstart.features.errors import StoreError, StoreInUseError
 
@@ -49,8 +52,9 @@ class SplitData:
             committed = int(group.attrs["committed"])
             skipped_committed = int(group.attrs["skipped_committed"])
             self.consumed = int(group.attrs["consumed"])
-            self.features: h5py.Dataset = group["features"]
-            self.views: h5py.Dataset | None = group["views"] if "views" in group else None
+            self.features: h5py.Dataset = CheckedDataset(group["features"], path)
+            self.views: h5py.Dataset | None = (CheckedDataset(group["views"], path)
+                                               if "views" in group else None)
             lengths = {"features": len(self.features), "labels": len(group["labels"]),
                        "keys": len(group["keys"])}
             if self.views is not None:
@@ -62,9 +66,17 @@ class SplitData:
             self.labels: np.ndarray = np.asarray(group["labels"][:], dtype=np.int64)
             self.keys: list[str] = list(group["keys"].asstr()[:])
             self.skipped: list[tuple[str, str]] = _read_skipped(group, skipped_committed)
+            _check_digest(group, "keys", self.keys, path)
+            _check_digest(group, "skipped_keys", [k for k, _ in self.skipped], path)
+            _check_digest(group, "skipped_reasons", [r for _, r in self.skipped], path)
         except StoreError:
             raise
-        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        except OSError as exc:
+            if is_checksum_failure(exc):
+                raise corruption_error(path, f"split '{name}'") from exc
+            raise StoreError(f"{path} is damaged: cannot read split '{name}' "
+                             f"({' '.join(str(exc).split())[:200]})") from exc
+        except (KeyError, ValueError, RuntimeError) as exc:
             raise StoreError(f"{path} is damaged: cannot read split '{name}' "
                              f"({' '.join(str(exc).split())[:200]})") from exc
         self.name = name
@@ -75,6 +87,38 @@ class SplitData:
     def __repr__(self) -> str:
         views = f", views={self.views.shape[1]}" if self.views is not None else ""
         return f"SplitData({self.name!r}, rows={len(self)}, skipped={len(self.skipped)}{views})"
+
+
+class CheckedDataset(h5py.Dataset):
+    """An h5py dataset whose reads turn a failed chunk checksum into a one-line StoreError.
+
+    h5py checks fletcher32 on every read but raises a bare OSError ("filter returned failure
+    during read") that names neither the file nor the rows; every reader of the cache reads rows
+    through this class, so each gets the same message.
+    """
+
+    def __init__(self, dataset: h5py.Dataset, path: str) -> None:
+        super().__init__(dataset.id)
+        self._cache_path = path
+
+    def __getitem__(self, args: Any, new_dtype: Any = None) -> np.ndarray:
+        try:
+            return super().__getitem__(args, new_dtype=new_dtype)
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    def read_direct(self, dest: np.ndarray, source_sel: Any = None, dest_sel: Any = None) -> None:
+        try:
+            super().read_direct(dest, source_sel, dest_sel)
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: OSError) -> StoreError:
+        where = self.name.lstrip("/")
+        if is_checksum_failure(exc):
+            return corruption_error(self._cache_path, where)
+        return StoreError(f"{self._cache_path}: cannot read {where} "
+                          f"({' '.join(str(exc).split())[:200]})")
 
 
 class FeatureCache:
@@ -251,6 +295,16 @@ def _read_skipped(group: h5py.Group, n: int) -> list[tuple[str, str]]:
     keys = group["skipped_keys"].asstr()[:n]
     reasons = group["skipped_reasons"].asstr()[:n]
     return [(str(k), str(r)) for k, r in zip(keys, reasons)]
+
+
+def _check_digest(group: h5py.Group, name: str, values: list[str], path: str) -> None:
+    """Compares strings with the sha256 the writer stored (format 2); format 1 has none."""
+    stored = group.attrs.get(f"{name}_sha256")
+    if stored is None:
+        return
+    stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+    if stored != strings_digest(values):
+        raise corruption_error(path, f"{group.name.lstrip('/')}/{name}")
 
 
 def _locked(path: str) -> bool:

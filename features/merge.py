@@ -83,7 +83,7 @@ def write_source_index(partial_path: str, splits: Sequence[str],
             for name, values in zip((ROW_INDEX, SKIPPED_INDEX), found):
                 if name in group:
                     del group[name]
-                group.create_dataset(name, data=values, dtype=np.int64)
+                group.create_dataset(name, data=values, dtype=np.int64, fletcher32=True)
         f.flush()
 
 

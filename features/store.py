@@ -32,11 +32,13 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from headstart.features._hdf5 import FORMAT_VERSION, canonical_json, open_h5, partial_path, read_header
+from headstart.features._hdf5 import (FORMAT_VERSION, canonical_json, open_h5, partial_path,
+                                      read_header, strings_digest)
 from headstart.features._store_io import (START_OVER, as_rows, check_finished, chunk_rows,
-                                expected_header, fsync_dir, header_difference, open_locked,
-                                put_rows, remove_quietly, truncate_rows, with_hint,
-                                write_skeleton)
+                                          create_rows, expected_header, fsync_dir,
+                                          header_difference, open_locked, put_rows,
+                                          remove_quietly, truncate_rows,
+                                          with_hint, write_skeleton)
 from headstart.features.cache import FeatureCache, SplitData, open_cache, summarize_cache
 from headstart.features.errors import StoreConfigMismatch, StoreError
 
@@ -207,6 +209,7 @@ class StoreWriter:
         provenance = json.loads(f.attrs["provenance_json"])
         provenance.update(provenance_update or {})
         provenance.setdefault("store", {})["resumes"] = int(f.attrs.get("resumes", 0))
+        self._write_digests(f)
         f.attrs["provenance_json"] = canonical_json(provenance)
         f.attrs["complete"] = True
         f.flush()
@@ -237,6 +240,14 @@ class StoreWriter:
 
     def __repr__(self) -> str:
         return f"StoreWriter({self.path!r}, complete={self.complete}, resumed={self.resumed})"
+
+    def _write_digests(self, f: h5py.File) -> None:
+        """Stores a sha256 of each split's key strings (HDF5 cannot checksum them itself)."""
+        for split in self.splits:
+            g, state = f[split], self._state[split]
+            for name, count in (("keys", "committed"), ("skipped_keys", "skipped_committed"),
+                                ("skipped_reasons", "skipped_committed")):
+                g.attrs[f"{name}_sha256"] = strings_digest(g[name].asstr()[:state[count]])
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -375,9 +386,7 @@ class StoreWriter:
                 raise ValueError(f"split '{group.name[1:]}' has rows without views; views must "
                                  f"come with every batch of a split")
             chunk = max(1, chunk_rows(self.feature_shape, self.dtype) // self.views)
-            group.create_dataset("views", shape=(0, self.views, *self.feature_shape),
-                                 dtype=self.dtype, maxshape=(None, self.views, *self.feature_shape),
-                                 chunks=(chunk, self.views, *self.feature_shape))
+            create_rows(group, "views", (self.views, *self.feature_shape), self.dtype, chunk)
         return rows
 
     def _close_file(self) -> None:
