@@ -43,6 +43,8 @@ class SplitData:
         labels: (N,) int64 class indices.
         keys: N source keys (file paths or TFDS ids), aligned with the rows.
         views: lazy h5py dataset (N, K, *feature_shape) of augmented views, or None.
+        pixel_std: (N,) float32 standard deviation of each decoded image's pixels (0–255 scale,
+            measured during extraction), or None for caches written before it was recorded.
         skipped: (key, reason) for every source item that could not be used.
         consumed: source items processed (rows + skipped).
     """
@@ -59,12 +61,17 @@ class SplitData:
                        "keys": len(group["keys"])}
             if self.views is not None:
                 lengths["views"] = len(self.views)
+            if "pixel_std" in group:
+                lengths["pixel_std"] = len(group["pixel_std"])
             bad = {k: n for k, n in lengths.items() if n != committed}
             if bad or len(group["skipped_keys"]) < skipped_committed:
                 raise StoreError(f"{path} is damaged: split '{name}' has {committed} committed "
                                  f"rows but dataset lengths {lengths}")
             self.labels: np.ndarray = np.asarray(group["labels"][:], dtype=np.int64)
             self.keys: list[str] = list(group["keys"].asstr()[:])
+            self.pixel_std: np.ndarray | None = (
+                np.asarray(group["pixel_std"][:], dtype=np.float32) if "pixel_std" in group
+                else None)
             self.skipped: list[tuple[str, str]] = _read_skipped(group, skipped_committed)
             _check_digest(group, "keys", self.keys, path)
             _check_digest(group, "skipped_keys", [k for k, _ in self.skipped], path)

@@ -172,6 +172,7 @@ def extract_split(
                 "features": feats,
                 "labels": batch["label"].numpy()[good].astype(np.int64),
                 "keys": [k for k, g in zip(keys, good) if g],
+                "pixel_std": pixel_std(batch["image"])[good],
                 "skipped": skipped,
                 "consumed": report.consumed + len(keys),
             }
@@ -203,6 +204,24 @@ def extract_split(
         raise failure[0]
     writer.finish_split(split)
     return report
+
+
+def pixel_std(images) -> np.ndarray:
+    """Standard deviation of each image's pixels over height, width and channels.
+
+    Measured while the decoded pixels are at hand, so ``headstart diagnose`` can flag blank,
+    black or flat-colour images without decoding anything again. Near 0 means near-constant.
+
+    Args:
+        images: (B, S, S, 3) raw 0–255 pixels (a tensor or array).
+
+    Returns:
+        (B,) float32.
+    """
+    import tensorflow as tf
+
+    flat = tf.reshape(images, (tf.shape(images)[0], -1))
+    return tf.math.reduce_std(flat, axis=1).numpy().astype(np.float32)
 
 
 def _reseed(augment, seed: int, split: str, batch_index: int, view: int) -> None:

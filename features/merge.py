@@ -286,6 +286,11 @@ def _merge_split(writer: StoreWriter, split: str, plan: _Plan, log: Callable[[st
     all_skipped = [pair for p in parts for pair in p.data.skipped]
     skipped = [all_skipped[i] for i in skips.flat]
     has_views = any(p.data.views is not None for p in parts)
+    # Kept only when every shard measured it: a column covering some rows would read as "measured".
+    # A shard with no rows in this split never wrote the column, which is no reason to drop it.
+    measured = all(p.data.pixel_std is not None or not len(p.data) for p in parts)
+    stds = [np.zeros(0, np.float32) if p.data.pixel_std is None else p.data.pixel_std for p in parts]
+    pixel_std = np.concatenate(stds)[rows.flat] if measured and len(rows.flat) else None
 
     consumed, committed = writer.progress(split)
     if committed != int(np.searchsorted(rows.pos, consumed)):
@@ -301,7 +306,8 @@ def _merge_split(writer: StoreWriter, split: str, plan: _Plan, log: Callable[[st
         s0, s1 = (int(i) for i in np.searchsorted(skips.pos, [start, end]))
         features, views = _gather(writer, parts, rows, r0, r1, has_views)
         writer.append(split, features=features, labels=labels[r0:r1], keys=keys[r0:r1],
-                      views=views, skipped=skipped[s0:s1], consumed=end)
+                      views=views, skipped=skipped[s0:s1], consumed=end,
+                      pixel_std=None if pixel_std is None else pixel_std[r0:r1])
     writer.finish_split(split)
 
 

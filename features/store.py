@@ -3,8 +3,9 @@
 Layout (docs/architecture.md): file attrs ``format``, ``format_version``, ``complete``,
 ``config_json``, ``provenance_json``, ``feature_shape``, ``dtype``, ``views``, ``class_names_json``,
 ``splits_json``; one group per split with ``features`` (N, *feature_shape), ``labels`` (N,) int64,
-``keys`` (N,) utf-8, optional ``views`` (N, K, *feature_shape), ``skipped_keys``/``skipped_reasons``
-(M,) utf-8, and attrs ``committed``, ``skipped_committed``, ``consumed``, ``done``.
+``keys`` (N,) utf-8, optional ``views`` (N, K, *feature_shape), optional ``pixel_std`` (N,) float32
+(the standard deviation of each decoded image's pixels, measured during extraction; caches written
+before it existed simply lack it), ``skipped_keys``/``skipped_reasons`` (M,) utf-8, and attrs ``committed``, ``skipped_committed``, ``consumed``, ``done``.
 
 Crash safety: a run writes ``PATH.partial``. Each ``append`` writes rows past ``committed``,
 flushes, then advances the counters and flushes again, so ``committed`` never covers rows that are
@@ -132,8 +133,8 @@ class StoreWriter:
     # -- writing ---------------------------------------------------------------------------------
 
     def append(self, split: str, *, features: np.ndarray, labels: np.ndarray, keys: Sequence[str],
-               views: np.ndarray | None = None, skipped: Iterable[tuple[str, str]] = (),
-               consumed: int) -> None:
+               views: np.ndarray | None = None, pixel_std: np.ndarray | None = None,
+               skipped: Iterable[tuple[str, str]] = (), consumed: int) -> None:
         """Commits one batch: rows [committed, committed + n), skipped pairs, then the counters.
 
         Args:
@@ -143,6 +144,8 @@ class StoreWriter:
             keys: n source keys.
             views: (n, K, *feature_shape) augmented views, K == ``views``; give it for every batch
                 of a split or for none.
+            pixel_std: (n,) standard deviation of each row's decoded pixels (near-constant images
+                score ~0); like ``views``, give it for every batch of a split or for none.
             skipped: (key, reason) for source items of this batch that produced no row.
             consumed: source items processed in this split so far, this batch included.
 
@@ -164,6 +167,7 @@ class StoreWriter:
             raise ValueError(f"consumed={consumed} is less than {state['consumed']} before this "
                              f"batch + {n} rows + {len(skipped)} skipped")
         view_rows = self._check_views(group, state, views, n)
+        std_rows = self._check_pixel_std(group, state, pixel_std, n)
 
         c = state["committed"]
         if n:
@@ -172,6 +176,8 @@ class StoreWriter:
             put_rows(group["keys"], c, np.array([str(k) for k in keys], dtype=object))
             if view_rows is not None:
                 put_rows(group["views"], c, view_rows)
+            if std_rows is not None:
+                put_rows(group["pixel_std"], c, std_rows)
         sc = state["skipped_committed"]
         if skipped:
             put_rows(group["skipped_keys"], sc, np.array([k for k, _ in skipped], dtype=object))
@@ -315,7 +321,8 @@ class StoreWriter:
             g = f[split]
             state = {k: int(g.attrs[k]) for k in ("committed", "skipped_committed", "consumed")}
             state["done"] = bool(g.attrs["done"])
-            for name in ("features", "labels", "keys", "views", "skipped_keys", "skipped_reasons"):
+            for name in ("features", "labels", "keys", "views", "pixel_std", "skipped_keys",
+                         "skipped_reasons"):
                 if name not in g:
                     continue
                 n = state["skipped_committed" if name.startswith("skipped") else "committed"]
@@ -387,6 +394,25 @@ class StoreWriter:
                                  f"come with every batch of a split")
             chunk = max(1, chunk_rows(self.feature_shape, self.dtype) // self.views)
             create_rows(group, "views", (self.views, *self.feature_shape), self.dtype, chunk)
+        return rows
+
+    def _check_pixel_std(self, group: h5py.Group, state: dict, pixel_std: np.ndarray | None,
+                         n: int) -> np.ndarray | None:
+        """Validates ``pixel_std`` and creates the split's dataset on its first batch.
+
+        Optional so that callers that have no pixels (tests, merges of old shards) still write;
+        all-or-nothing per split so a reader never sees a column that covers only some rows.
+        """
+        if pixel_std is None:
+            if "pixel_std" in group:
+                raise ValueError(f"split '{group.name[1:]}' stores pixel_std; this batch has none")
+            return None
+        rows = as_rows(pixel_std, (n,), "float32", "pixel_std")
+        if "pixel_std" not in group:
+            if state["committed"]:
+                raise ValueError(f"split '{group.name[1:]}' has rows without pixel_std; it must "
+                                 f"come with every batch of a split")
+            create_rows(group, "pixel_std", (), "float32", 4096)
         return rows
 
     def _close_file(self) -> None:

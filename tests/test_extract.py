@@ -251,3 +251,25 @@ def _logistic_regression_accuracy(x_train, y_train, x_test, y_test, steps=500, l
         w -= lr * (a.T @ grad / len(a) + 1e-2 * w)
         bias -= lr * grad.mean()
     return float((((b @ w + bias) > 0).astype(int) == y_test).mean())
+
+
+def test_pixel_std_is_measured_per_row_and_flags_blank_images(folder, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 32), (255, 255, 255)).save(folder / "cats" / "blank.jpg")
+    Image.new("RGB", (40, 32), (0, 0, 0)).save(folder / "dogs" / "black.png")
+    out = tmp_path / "f.h5"
+    result = run_cli("extract-features", folder, "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    from headstart.features.cache import open_cache
+
+    std = {}
+    with open_cache(out) as cache:
+        for split in cache.splits:
+            rows = cache.split(split)
+            std.update(zip(rows.keys, rows.pixel_std))
+    assert len(std) == 22
+    assert std["cats/blank.jpg"] < 1 and std["dogs/black.png"] < 1
+    # The generated images are a colour plus N(0, 20) noise, resized: clearly not flat.
+    others = [v for k, v in std.items() if k not in ("cats/blank.jpg", "dogs/black.png")]
+    assert min(others) > 5

@@ -95,6 +95,15 @@ def test_three_shards_merge_into_the_single_process_cache(runs, tmp_path):
     assert again.exit_code == 0 and "already complete" in again.output
 
 
+def test_merge_keeps_the_per_row_pixel_std(runs, tmp_path):
+    merged = tmp_path / "merged.h5"
+    assert run_cli("merge-features", merged, *runs.shards).exit_code == 0
+    with h5py.File(runs.single, "r") as a, h5py.File(merged, "r") as b:
+        for split in SPLITS:
+            assert len(a[split]["pixel_std"]) == len(a[split]["keys"])
+            np.testing.assert_array_equal(b[split]["pixel_std"][:], a[split]["pixel_std"][:])
+
+
 def test_merge_refuses_sets_that_do_not_fit(runs, tmp_path):
     s0, s1, s2 = runs.shards
     out = tmp_path / "out.h5"

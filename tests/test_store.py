@@ -293,3 +293,54 @@ def test_append_validates_its_input(tmp_path):
             w.append("test", **_rows("test", 2, 1), consumed=3)
     with pytest.raises(ValueError, match="dtype"):
         _writer(tmp_path / "d.h5", dtype="float64")
+
+
+def test_pixel_std_round_trips_and_is_optional(tmp_path):
+    # Stored per row when the extractor measured it; absent (None) for splits written without it,
+    # which is how caches from before the column read.
+    path = tmp_path / "c.h5"
+    w = _writer(path, views=0)
+    for b in range(2):
+        w.append("train", **_rows("train", 4 * b, 4), pixel_std=np.arange(4) + 10.0 * b,
+                 consumed=4 * (b + 1))
+    w.finish_split("train")
+    _fill(w, "test", 1, bad=False)
+    w.finish_split("test")
+    w.finalize()
+    with open_cache(path) as cache:
+        train = cache.split("train")
+        assert train.pixel_std.dtype == np.float32
+        np.testing.assert_array_equal(train.pixel_std, [0, 1, 2, 3, 10, 11, 12, 13])
+        assert cache.split("test").pixel_std is None
+
+
+def test_pixel_std_must_cover_every_row_of_a_split(tmp_path):
+    w = _writer(tmp_path / "c.h5", views=0)
+    w.append("train", **_rows("train", 0, 2), consumed=2)
+    with pytest.raises(ValueError, match="rows without pixel_std"):
+        w.append("train", **_rows("train", 2, 2), pixel_std=np.ones(2), consumed=4)
+    w.append("test", **_rows("test", 0, 2), pixel_std=np.ones(2), consumed=2)
+    with pytest.raises(ValueError, match="stores pixel_std"):
+        w.append("test", **_rows("test", 2, 2), consumed=4)
+    with pytest.raises(ValueError, match=r"pixel_std must have shape \(2,\)"):
+        w.append("test", **_rows("test", 2, 2), pixel_std=np.ones(3), consumed=4)
+    w.close()
+
+
+def test_resume_cuts_pixel_std_back_to_committed(tmp_path):
+    path = tmp_path / "c.h5"
+    w = _writer(path, views=0)
+    w.append("train", **_rows("train", 0, 4), pixel_std=np.full(4, 5.0), consumed=4)
+    w.close()
+    # A killed writer leaves rows past `committed`; simulate one in the pixel_std column.
+    with h5py.File(f"{path}.partial", "r+") as f:
+        f["train/pixel_std"].resize(6, axis=0)
+    w = _writer(path, views=0)
+    assert w.resumed and w.progress("train") == (4, 4)
+    w.append("train", **_rows("train", 4, 2), pixel_std=np.full(2, 7.0), consumed=6)
+    w.finish_split("train")
+    w.append("test", **_rows("test", 0, 1), consumed=1)
+    w.finish_split("test")
+    w.finalize()
+    with open_cache(path) as cache:
+        np.testing.assert_array_equal(cache.split("train").pixel_std, [5, 5, 5, 5, 7, 7])
