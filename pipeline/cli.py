@@ -202,7 +202,7 @@ def merge_features_command(out, shards, overwrite, quiet):
 @click.argument("features", type=click.Path())
 @_fields("head", "out", "epochs", "lr", "batch_size", "dropout", "patience", "seed", "deterministic", "memory_limit_mb")
 @_distribute_options("head")
-@_fields("head", "overwrite")
+@_fields("head", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
 def train_head_command(features, out, quiet, **options):
@@ -224,7 +224,7 @@ def train_head_command(features, out, quiet, **options):
          "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "patience", "seed",
          "parity_samples", "resume", "export")
 @_distribute_options("finetune")
-@_fields("finetune", "overwrite")
+@_fields("finetune", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
 def finetune_command(source, split_specs, export, quiet, **options):

@@ -69,6 +69,7 @@ class HeadConfig:
     strategy: str = "auto"          # headstart.pipeline.distribute.strategy.STRATEGIES
     mixed_precision: bool = False
     jit_compile: bool = False
+    tensorboard: str | None = None  # log directory for keras.callbacks.TensorBoard
 
 
 @dataclass
@@ -103,6 +104,7 @@ class FinetuneConfig:
     strategy: str = "auto"          # headstart.pipeline.distribute.strategy.STRATEGIES
     mixed_precision: bool = False
     jit_compile: bool = False
+    tensorboard: str | None = None  # log directory for keras.callbacks.TensorBoard (LOG_DIR/head: the seeded head)
 
 
 @dataclass

@@ -97,6 +97,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "deterministic": OptionFact("Bit-identical results for the same seed (slower ops)."),
         "memory_limit_mb": OptionFact("Load features into memory up to this size; stream them from HDF5 beyond it."),
         **_DISTRIBUTE,
+        "tensorboard": OptionFact("Log every epoch with keras.callbacks.TensorBoard to DIR (train/, validation/).",
+                                  metavar="DIR", path="dir"),
         "overwrite": OptionFact("Replace an existing run directory."),
     },
     "finetune": {
@@ -125,6 +127,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "resume": OptionFact("Continue an interrupted run from its last completed epoch."),
         "export": OptionFact("Also export the model; repeatable.", choices=EXPORT_FORMATS),
         **_DISTRIBUTE,
+        "tensorboard": OptionFact("Log every epoch with keras.callbacks.TensorBoard to DIR (train/, validation/; "
+                                  "DIR/head/ for the head trained without --head).", metavar="DIR", path="dir"),
         "overwrite": OptionFact("Replace an existing run directory."),
     },
     "top": {

@@ -198,8 +198,8 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
     import tensorflow as tf
 
     from headstart.pipeline.report import rundir as report
-    from headstart.pipeline.run.stages import (evaluate_stage, extract_stage, finetune_stage, head_stage,
-                                     write_tensorboard_history)
+    from headstart.pipeline.report.tensorboard_logs import replay_history
+    from headstart.pipeline.run.stages import evaluate_stage, extract_stage, finetune_stage, head_stage
 
     if not console.verbose:
         tf.get_logger().setLevel("ERROR")  # retracing notices and the like; --verbose shows them
@@ -221,16 +221,16 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
     console.log(f"[2/4] train-head → {_shown(str(run_dir / 'head'))}")
     hd = save("head", head_stage(config, features, run_dir / "head", state.get("head"), console,
                                  key=_key({**stage_values(config, "head"), "cache": ex["fingerprint"]})))
-    if config.tensorboard and not (run_dir / "tensorboard" / "head").is_dir():
-        write_tensorboard_history(run_dir / "head" / "history.csv", run_dir / "tensorboard" / "head")
+    if config.tensorboard and not (run_dir / "tensorboard" / "head").is_dir():  # reused from a run without logs
+        replay_history(run_dir / "head" / "history.csv", run_dir / "tensorboard" / "head")
     console.log(f"[3/4] finetune → {_shown(str(run_dir / 'finetune'))}")
     ft_key = _key({**stage_values(config, "finetune"), "head": hd["head_sha256"]})
     ft = save("finetune", finetune_stage(config, run_dir, state.get("finetune"), console, key=ft_key,
                                          train_images=ex["splits"].get("train", 0),
                                          started=lambda: save("finetune", {"key": ft_key, "done": False}),
                                          callbacks=finetune_callbacks))
-    if config.tensorboard and not (run_dir / "tensorboard" / "finetune").is_dir():
-        write_tensorboard_history(run_dir / "finetune" / "history.csv", run_dir / "tensorboard" / "finetune")
+    if config.tensorboard and not (run_dir / "tensorboard" / "finetune").is_dir():  # reused from a run without logs
+        replay_history(run_dir / "finetune" / "history.csv", run_dir / "tensorboard" / "finetune")
     console.log(f"[4/4] evaluate {_shown(str(run_dir / 'finetune' / 'model.keras'))}")
     ev = save("evaluate", evaluate_stage(config, run_dir, state.get("evaluate"), console,
                                          key=_key({"model": ft["model_sha256"], "source": config.source,

@@ -8,7 +8,6 @@ and its scores. See ``headstart.pipeline.run.runner`` for the run directory.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -89,7 +88,9 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
     from headstart.pipeline.stages.head_training import train_head
 
     start = time.perf_counter()
-    result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True),
+    log_dir = str(head_dir.parent / "tensorboard" / "head") if config.tensorboard else None
+    result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True,
+                                            tensorboard=log_dir),
                         log=lambda m: console.log(f"  {m}"))
     seconds = time.perf_counter() - start
     run = json.loads((head_dir / "run.json").read_text(encoding="utf-8"))
@@ -143,13 +144,13 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
                   and (ft_dir / "backup" / "progress.json").is_file())
     started()
     extra = [FitProgress(console, train_images, config.finetune.batch_size)]
-    if config.tensorboard:
-        extra.append(EpochSummaries(run_dir / "tensorboard" / "finetune"))
+    log_dir = str(run_dir / "tensorboard" / "finetune") if config.tensorboard else None
     start = time.perf_counter()
     try:
         result = finetune(dataclasses.replace(config.finetune, source=config.source, head=str(run_dir / "head"),
                                               split_specs=dict(config.extract.split_specs),
-                                              out=str(ft_dir), resume=resume, overwrite=not resume),
+                                              out=str(ft_dir), resume=resume, overwrite=not resume,
+                                              tensorboard=log_dir),
                           log=lambda m: console.log(f"  {m}"), callbacks=[*extra, *callbacks])
     finally:
         console.close()
@@ -244,58 +245,3 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
             "images_per_second": n / seconds if seconds else None, "split": split,
             **{k_: metrics.get(k_) for k_ in ("accuracy", "loss", "rows", "per_class", "confusion_matrix")},
             "skipped": len(skipped)}
-
-
-class EpochSummaries(keras.callbacks.Callback):
-    """TensorBoard scalars of every epoch, named as Keras' TensorBoard callback names them
-    (``epoch_loss``, ``epoch_accuracy`` under ``train/`` and ``validation/``).
-
-    Written with TensorFlow's core summary op, so no ``tensorboard`` package is needed to write
-    them (Keras' own callback needs it); view them with ``tensorboard --logdir`` anywhere.
-    """
-
-    def __init__(self, log_dir: str | Path):
-        super().__init__()
-        self.log_dir = Path(log_dir)
-        self._writers: dict[str, Any] = {}
-
-    def on_train_begin(self, logs=None):
-        import tensorflow as tf
-
-        self._writers = {sub: tf.summary.create_file_writer(str(self.log_dir / sub)) for sub in ("train", "validation")}
-
-    def on_epoch_end(self, epoch, logs=None):
-        write_scalars(self._writers, epoch, logs or {})
-
-    def on_train_end(self, logs=None):
-        for writer in self._writers.values():
-            writer.close()
-
-
-def write_scalars(writers: dict[str, Any], step: int, logs: dict[str, float]) -> None:
-    """Writes one epoch's ``logs`` (``loss``, ``val_loss``…) to the train / validation writers."""
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-
-    meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-    for key, value in logs.items():
-        sub, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-        if value is None or value != value:  # missing or NaN
-            continue
-        with writers[sub].as_default():
-            tf.summary.write(f"epoch_{name}", tf.constant(float(value)), step=step, metadata=meta)
-    for writer in writers.values():
-        writer.flush()
-
-
-def write_tensorboard_history(history_csv: Path, log_dir: Path) -> None:
-    """Writes a finished stage's ``history.csv`` as TensorBoard scalars (see ``EpochSummaries``)."""
-    if not history_csv.is_file():
-        return
-    with open(history_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    callback = EpochSummaries(log_dir)
-    callback.on_train_begin()
-    for step, row in enumerate(rows):
-        callback.on_epoch_end(step, {k: float(v) for k, v in row.items() if k != "epoch" and v})
-    callback.on_train_end()

@@ -38,9 +38,10 @@ TOP_LEVEL: dict[str, type] = {"source": str, "out": str, "tensorboard": bool}
 #: Keys of each section that ``headstart run`` sets itself (paths inside the run directory, resume).
 RUNNER_SET: dict[str, tuple[str, ...]] = {
     "extract": ("source", "out", "overwrite", "shard"),
-    "head": ("features", "out", "overwrite"),
+    "head": ("features", "out", "overwrite", "tensorboard"),  # tensorboard: RUN_DIR/tensorboard/ (top level)
     # finetune takes the backbone and the splits from the head run, i.e. from [extract].
-    "finetune": ("source", "head", "out", "overwrite", "resume", "head_epochs", "head_lr", "head_batch_size",
+    "finetune": ("source", "head", "out", "overwrite", "resume", "tensorboard", "head_epochs", "head_lr",
+                 "head_batch_size",
                  "backbone", "weights", "alpha", "image_size", "pooling", "split_specs"),
 }
 #: (section, key) pairs that never change a result: a run directory may be rerun with other values.

@@ -26,12 +26,13 @@ import numpy as np
 
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_to_dict
 from headstart.pipeline.errors import OptionError, RunDirError
+from headstart.pipeline.report.tensorboard_logs import check_log_dir, tensorboard_callback
 from headstart.pipeline.stages.stage_fit import fit_stage
 
 #: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".
 BACKBONE_OPTIONS = ("backbone", "weights", "alpha", "image_size", "pooling")
 #: Options that may change between a run and its --resume.
-_RESUME_FREE = ("resume", "overwrite", "export", "out")  # "out": a non-chief worker resumes in a scratch copy
+_RESUME_FREE = ("resume", "overwrite", "export", "out", "tensorboard")  # "out": a non-chief worker resumes in a scratch copy
 #: Bytes of decoded images the training shuffle buffer may hold.
 SHUFFLE_BYTES = 256 << 20
 
@@ -84,6 +85,7 @@ def validate_finetune_config(config: FinetuneConfig) -> Any:
         if fmt not in EXPORT_FORMATS:
             raise OptionError(f"--export: unknown format '{fmt}' (choose from {', '.join(EXPORT_FORMATS)})")
     parse_augment_spec(config.augment)
+    check_log_dir(config.tensorboard)
     return parse_unfreeze(config.unfreeze)
 
 
@@ -225,6 +227,7 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
                                 shuffle_seed=config.seed if shuffle else None, shuffle_buffer=buffer)
 
     jit = True if config.jit_compile else "auto"  # "auto": Keras's default (XLA on one GPU)
+    log_dir = config.tensorboard if distribute.get("is_chief", True) else None  # one writer per log directory
     head_stage = None
     seeded_head = run_dir / "backup" / "seeded_head.weights.h5"
     if not head_run:
@@ -239,7 +242,9 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
                 compile_head(model, num_classes, config.head_lr, jit_compile=jit)
             head_stage = fit_stage(model, "head", run_dir, data("train", config.head_batch_size, True),
                                    data(val_split, config.head_batch_size, False) if val_split else None,
-                                   config.head_epochs, config.patience, log, (), num_classes, replicas)
+                                   config.head_epochs, config.patience, log,
+                                   [tensorboard_callback(Path(log_dir) / "head")] if log_dir else (),
+                                   num_classes, replicas)
             head.save_weights(seeded_head)
             progress["head_stage"] = head_stage
             report.write_json_atomic(run_dir / "backup" / "progress.json", progress)
@@ -263,7 +268,8 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
         f"{counts['trainable_params']:,} trainable parameters; BatchNorm frozen")
     stage = fit_stage(model, "finetune", run_dir, data("train", config.batch_size, True),
                       data(val_split, config.batch_size, False) if val_split else None,
-                      config.epochs, config.patience, log, callbacks, num_classes, replicas)
+                      config.epochs, config.patience, log,
+                      [*callbacks, tensorboard_callback(log_dir)] if log_dir else callbacks, num_classes, replicas)
 
     gate = {"kept": "finetuned", "seeded_val_accuracy": (seeded_val or {}).get("accuracy"),
             "finetuned_val_accuracy": None}

@@ -22,13 +22,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from headstart.pipeline.config import HeadConfig, config_to_dict
 from headstart.pipeline.distribute.strategy import STRATEGIES
 from headstart.pipeline.errors import DataError, OptionError
+from headstart.pipeline.report.tensorboard_logs import check_log_dir
 from headstart.pipeline.stages.head_data import FeatureRows, shuffle_geometry, split_nbytes
 
 MB = 1 << 20
@@ -75,6 +76,7 @@ def validate_head_config(config: HeadConfig) -> None:
     for option, ok, expected, value in checks:
         if not ok:
             raise OptionError(f"{option} must be {expected}, got {value}")
+    check_log_dir(config.tensorboard)
 
 
 @contextlib.contextmanager
@@ -161,10 +163,18 @@ def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed:
 
 def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None,
          config: HeadConfig, num_classes: int, log: Callable[[str], None],
-         replicas: int = 1) -> tuple[dict, int, list]:
-    """The epoch loop with early stopping; returns (history, best epoch 1-based, epoch seconds)."""
+         replicas: int = 1, callbacks: Sequence[Any] = ()) -> tuple[dict, int, list]:
+    """The epoch loop with early stopping; returns (history, best epoch 1-based, epoch seconds).
+
+    ``callbacks`` (Keras callbacks, e.g. ``keras.callbacks.TensorBoard``) get the hooks ``fit`` would
+    call: train begin/end, epoch begin/end with the epoch's logs, and train batch begin/end.
+    """
+    import keras
+
     from headstart.pipeline.distribute.loop import train_epoch
     from headstart.pipeline.model.head import head_labels
+
+    hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
 
     targets = head_labels(train_labels, num_classes)
     monitor = "val_loss" if val is not None else "loss"
@@ -175,16 +185,21 @@ def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | 
     seconds = []
     feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size)
             if replicas > 1 else None)
+    hooks.on_train_begin()
     for epoch in range(config.epochs):
         start = time.perf_counter()
+        hooks.on_epoch_begin(epoch)
         if feed is not None:
             logs = train_epoch(model, feed, num_classes)
             history["loss"].append(logs["loss"])
             history["accuracy"].append(logs["accuracy"])
         else:
             loss_sum = acc_sum = 0.0
-            for x, rows in train.train_batches(train.plan(config.seed, epoch), config.batch_size):
+            batches = train.train_batches(train.plan(config.seed, epoch), config.batch_size)
+            for step, (x, rows) in enumerate(batches):
+                hooks.on_train_batch_begin(step)
                 logs = model.train_on_batch(x, targets[rows], return_dict=True)
+                hooks.on_train_batch_end(step, logs)
                 # train_on_batch resets metrics per call; weight by batch size as fit's running means do.
                 loss_sum += float(logs["loss"]) * len(rows)
                 acc_sum += float(logs["accuracy"]) * len(rows)
@@ -198,6 +213,7 @@ def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | 
             history["val_loss"].append(val_loss)
             history["val_accuracy"].append(val_acc)
         seconds.append(time.perf_counter() - start)
+        hooks.on_epoch_end(epoch, {key: values[-1] for key, values in history.items()})
         current = history[monitor][-1]
         log(_epoch_line(epoch + 1, config.epochs, history, seconds[-1]))
         if math.isfinite(current) and current < best_value:
@@ -208,6 +224,7 @@ def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | 
                 log(f"early stopping: {monitor} has not improved for {wait} epoch(s); "
                     f"restoring epoch {best_epoch}")
                 break
+    hooks.on_train_end()
     if best_weights is None:
         # Every epoch diverged (NaN/inf); keep the last weights and say so rather than hide it.
         log(f"warning: {monitor} was never finite; keeping the last epoch's weights")
@@ -273,12 +290,15 @@ def _summary(result: HeadResult) -> str:
     ], title="train-head")
 
 
-def train_head(config: HeadConfig, *, log: Callable[[str], None] = print) -> HeadResult:
+def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
+               callbacks: Sequence[Any] = ()) -> HeadResult:
     """Trains the head on a feature cache and writes the run directory.
 
     Args:
         config: resolved ``train-head`` options (``features`` cache path, ``out`` run directory…).
+            With ``tensorboard`` set, Keras' TensorBoard callback logs every epoch there.
         log: receives one line per epoch and status messages.
+        callbacks: extra Keras callbacks; the epoch loop calls their train, epoch and batch hooks.
 
     Returns:
         A HeadResult; ``summary`` is the table for the CLI to print.
@@ -302,7 +322,7 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print) -> Hea
         log("--jit-compile: Keras runs without XLA under --deterministic")
     # Every worker runs the whole stage (saving included); only the chief's files are kept.
     with chief_output_dir(config.out, info["is_chief"]) as out:
-        result = _train(config, out, strategy, distribute, log)
+        result = _train(config, out, strategy, distribute, log, callbacks)
     if not info["is_chief"]:
         result.run_dir = str(config.out)
     result.summary = _summary(result)
@@ -310,7 +330,7 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print) -> Hea
 
 
 def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
-           log: Callable[[str], None]) -> HeadResult:
+           log: Callable[[str], None], callbacks: Sequence[Any] = ()) -> HeadResult:
     """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
     import keras
 
@@ -351,8 +371,12 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
             if val is None:
                 log("no validation split: early stopping watches the training loss")
             t_train = time.perf_counter()
+            if config.tensorboard and distribute.get("is_chief", True):  # one writer per log directory
+                from headstart.pipeline.report.tensorboard_logs import tensorboard_callback
+
+                callbacks = [*callbacks, tensorboard_callback(config.tensorboard)]
             history, best_epoch, epoch_seconds = _fit(model, rows["train"], labels["train"], val,
-                                                      config, num_classes, log, replicas)
+                                                      config, num_classes, log, replicas, callbacks)
             train_seconds = time.perf_counter() - t_train
             t_eval = time.perf_counter()
             metrics = {"best_epoch": best_epoch, "epochs_run": len(epoch_seconds),
