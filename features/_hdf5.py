@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import struct
 from typing import Any
 
 import h5py
@@ -60,6 +61,21 @@ def has_hdf5_signature(path: str) -> bool:
     except OSError:
         return False
     return False
+
+
+def hdf5_end(fd: int) -> int | None:
+    """Where HDF5's data ends (the superblock's end-of-file address), or None if unknown.
+
+    The writer reserves disk space past the end before each commit (see
+    ``_store_io.reserve_space``); the finished file is cut back to this. Reads superblock
+    version 2/3 (what ``LIBVER`` writes): signature, version, sizes, flags, then base address,
+    extension address and end-of-file address, 8 bytes each.
+    """
+    head = os.pread(fd, 44, 0)
+    if len(head) < 44 or head[:8] != _SIGNATURE or head[8] not in (2, 3) or head[9] != 8:
+        return None
+    base, _, end, _ = struct.unpack("<QQQQ", head[12:44])
+    return base + end
 
 
 def lock_error(path: str, err_no: int | None, detail: str) -> StoreError:

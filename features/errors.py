@@ -39,6 +39,12 @@ class StoreInUseError(StoreError):
     """Another process holds the cache file open for writing."""
 
 
+class DiskFullError(StoreError):
+    """The disk holding the cache has no room for the next batch; what is committed stays."""
+
+    exit_code = 1
+
+
 class ShardError(StoreError):
     """Shard caches that do not form one complete set of one configuration, or cannot be indexed."""
 

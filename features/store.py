@@ -25,6 +25,7 @@ The reader half (``open_cache``, ``FeatureCache``, ``SplitData``, ``summarize_ca
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -33,15 +34,17 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from headstart.features._hdf5 import (FORMAT_VERSION, canonical_json, open_h5, partial_path,
-                                      read_header, strings_digest)
-from headstart.features._store_io import (START_OVER, as_rows, check_finished, chunk_rows,
-                                          create_rows, expected_header, fsync_dir,
-                                          header_difference, open_locked, put_rows,
-                                          remove_quietly, truncate_rows,
-                                          with_hint, write_skeleton)
+from headstart.features._hdf5 import (FORMAT_VERSION, canonical_json, hdf5_end, open_h5,
+                                      partial_path, read_header, strings_digest)
+from headstart.features._store_io import (START_OVER, as_rows, batch_bytes, check_finished,
+                                          chunk_rows, create_rows, disk_full_error,
+                                          expected_header, fsync_dir, header_difference,
+                                          open_locked, put_rows, remove_quietly, reserve_space,
+                                          truncate_rows, with_hint, write_skeleton)
 from headstart.features.cache import FeatureCache, SplitData, open_cache, summarize_cache
 from headstart.features.errors import StoreConfigMismatch, StoreError
+
+_SKELETON_BYTES = 256 << 10  # an empty cache of a few splits is ~30 KB; HDF5 must not hit ENOSPC
 
 __all__ = ["FORMAT_VERSION", "FeatureCache", "SplitData", "StoreWriter", "create_or_resume",
            "open_cache", "summarize_cache"]
@@ -114,6 +117,7 @@ class StoreWriter:
         self.resumed = False
         self._file: h5py.File | None = None
         self._fd: int | None = None
+        self._broken = False  # a write failed (see _write_failed)
         # split → {"committed", "skipped_committed", "consumed", "done"}, mirrored from the attrs
         self._state: dict[str, dict[str, Any]] = {
             s: {"consumed": c, "committed": r, "skipped_committed": 0, "done": True}
@@ -169,16 +173,32 @@ class StoreWriter:
         view_rows = self._check_views(group, state, views, n)
         std_rows = self._check_pixel_std(group, state, pixel_std, n)
 
-        c = state["committed"]
+        c, sc = state["committed"], state["skipped_committed"]
+        self._reserve(split, {name: (c, n) for name in ("features", "labels", "views", "pixel_std")},
+                      [str(k) for k in keys] + [x for pair in skipped for x in pair])
+        try:
+            self._commit(group, c, sc, feats, labs, [str(k) for k in keys],
+                         {"views": view_rows, "pixel_std": std_rows}, skipped, int(consumed))
+        except OSError as exc:
+            raise self._write_failed(exc) from exc
+        state.update(committed=c + n, skipped_committed=sc + len(skipped), consumed=int(consumed))
+
+    def _commit(self, group: h5py.Group, c: int, sc: int, feats: np.ndarray, labs: np.ndarray,
+                keys: list[str], optional: dict[str, np.ndarray | None],
+                skipped: list[tuple[str, str]], consumed: int) -> None:
+        """Writes one batch at rows c… (skipped pairs at sc…), flushes, then the counters.
+
+        ``optional`` maps the split's optional per-row datasets (views, pixel_std) to their rows,
+        None where the split does not store them.
+        """
+        n = len(keys)
         if n:
             put_rows(group["features"], c, feats)
             put_rows(group["labels"], c, labs)
-            put_rows(group["keys"], c, np.array([str(k) for k in keys], dtype=object))
-            if view_rows is not None:
-                put_rows(group["views"], c, view_rows)
-            if std_rows is not None:
-                put_rows(group["pixel_std"], c, std_rows)
-        sc = state["skipped_committed"]
+            put_rows(group["keys"], c, np.array(keys, dtype=object))
+            for name, rows in optional.items():
+                if rows is not None:
+                    put_rows(group[name], c, rows)
         if skipped:
             put_rows(group["skipped_keys"], sc, np.array([k for k, _ in skipped], dtype=object))
             put_rows(group["skipped_reasons"], sc, np.array([r for _, r in skipped], dtype=object))
@@ -186,9 +206,21 @@ class StoreWriter:
         self._file.flush()
         group.attrs.modify("committed", c + n)
         group.attrs.modify("skipped_committed", sc + len(skipped))
-        group.attrs.modify("consumed", int(consumed))
+        group.attrs.modify("consumed", consumed)
         self._file.flush()
-        state.update(committed=c + n, skipped_committed=sc + len(skipped), consumed=int(consumed))
+
+    def _write_failed(self, exc: OSError) -> StoreError:
+        """The error for a write HDF5 could not do; the writer is unusable afterwards.
+
+        The counters on disk still describe the last good commit (they are written after the
+        rows), so the partial resumes from there. HDF5 keeps the failed write in its caches and
+        would try it again on the next flush, so ``close`` skips that flush.
+        """
+        self._broken = True
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space" in str(exc):
+            return disk_full_error(self.partial_path, None, self._committed_text())
+        return StoreError(f"{self.partial_path}: write failed ({' '.join(str(exc).split())[:200]})"
+                          f"; run the same command again to resume")
 
     def finish_split(self, split: str) -> None:
         """Marks ``split`` as fully extracted (a resumed run then skips it)."""
@@ -221,6 +253,9 @@ class StoreWriter:
         f.flush()
         f.close()
         self._file = None
+        end = hdf5_end(self._fd)
+        if end is not None and os.fstat(self._fd).st_size > end:
+            os.ftruncate(self._fd, end)  # the unused part of the last space reservation
         # Durable before it gets the final name: a power cut must not leave PATH half-written.
         os.fsync(self._fd)
         os.replace(self.partial_path, self.path)
@@ -232,7 +267,8 @@ class StoreWriter:
         """Closes without finishing; the ``.partial`` stays for a later resume. Idempotent."""
         if self._file is not None:
             try:
-                self._file.flush()
+                if not self._broken:
+                    self._file.flush()
             finally:
                 self._file.close()
                 self._file = None
@@ -246,6 +282,18 @@ class StoreWriter:
 
     def __repr__(self) -> str:
         return f"StoreWriter({self.path!r}, complete={self.complete}, resumed={self.resumed})"
+
+    def _reserve(self, split: str, rows: dict[str, tuple[int, int]], strings: list[str]) -> None:
+        """Takes the disk space of the next commit before HDF5 writes any of it (see
+        ``reserve_space``: HDF5 crashes on a failed write)."""
+        need = batch_bytes(self._file[split], rows, strings)
+        reserve_space(self._fd, self._file.id.get_filesize(), need, self.partial_path,
+                      self._committed_text())
+
+    def _committed_text(self) -> str:
+        """What a resume keeps, e.g. "train 40 of the images, validation 0"."""
+        return ", ".join(f"{s} {st['consumed']} images" + (" (done)" if st["done"] else "")
+                         for s, st in self._state.items())
 
     def _write_digests(self, f: h5py.File) -> None:
         """Stores a sha256 of each split's key strings (HDF5 cannot checksum them itself)."""
@@ -343,6 +391,7 @@ class StoreWriter:
         tmp = f"{self.partial_path}.new"
         fd = open_locked(tmp)  # only the holder of the partial's lock ever gets here
         try:
+            reserve_space(fd, 0, _SKELETON_BYTES, self.partial_path, "nothing yet")
             with open_h5(tmp, "w", locking=False) as f:
                 self._state = write_skeleton(f, provenance, self._config_json, self._expected())
             os.fsync(fd)
@@ -366,6 +415,9 @@ class StoreWriter:
         return self._state[split]
 
     def _require_open(self) -> h5py.File:
+        if self._broken:
+            raise StoreError(f"{self.partial_path}: a write failed earlier; run the same command "
+                             f"again to resume")
         if self._file is None:
             raise ValueError(f"writer for {self.path} is "
                              f"{'complete' if self.complete else 'closed'}")

@@ -101,3 +101,94 @@ def test_new_caches_checksum_every_fixed_size_dataset(tmp_path):
                 else:
                     assert f"{name}_sha256" in g.attrs, f"{split}/{name}"
         assert "views" in f["train"]
+
+
+# -- disk full ------------------------------------------------------------------------------------
+
+EXTRACT_96 = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none",
+              "--image-size", "96", "--pooling", "none", "--dtype", "float32", "--batch-size", "8"]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MB tmpfs at tmp_path/disk; skips when mounting is not allowed (not root, a container)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_full_during_extract_features_on_a_real_tmpfs(tmp_path, small_tmpfs):
+    import subprocess
+
+    from conftest import make_class_folders
+
+    images = make_class_folders(tmp_path / "images", per_class=20)
+    out = small_tmpfs / "f.h5"
+    args = ["extract-features", images, "--out", out, *EXTRACT_96]
+    full = _invoke(args)  # 46 KB a row: the 2 MB disk holds a few dozen
+    line = _assert_one_line_error(full, 1, f"{out}.partial", "no space left on device")
+    assert "committed so far: train " in line and "run the same command again" in line
+    assert not out.exists()
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_tmpfs)], check=True)
+    resumed = _invoke(args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming split 'train' after" in resumed.output
+    with open_cache(out) as c:
+        keys = [k for s in c.splits for k in c.split(s).keys]
+        assert sorted(keys) == sorted(str(p.relative_to(images)) for p in images.rglob("*.jpg"))
+        assert c.provenance["store"]["resumes"] == 1
+
+
+def test_disk_full_injected_into_the_writers_flush(tmp_path, monkeypatch):
+    """Where no tmpfs can be mounted: ENOSPC from HDF5's flush, on the third commit."""
+    import errno
+
+    from headstart.features.errors import DiskFullError
+    from headstart.features.store import create_or_resume
+
+    def writer():
+        return create_or_resume(tmp_path / "f.h5", config={"c": 1}, provenance={},
+                                class_names=["a", "b"], splits=["train"], feature_shape=(4,),
+                                dtype="float32")
+
+    def batch(w, i):
+        w.append("train", features=np.full((2, 4), i, np.float32), labels=[0, 1],
+                 keys=[f"k{2 * i}", f"k{2 * i + 1}"], consumed=2 * i + 2)
+
+    real_flush, calls = h5py.File.flush, []
+
+    def flush(self):
+        calls.append(1)
+        if len(calls) == 5:  # two flushes per commit: the third commit's first
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_flush(self)
+
+    monkeypatch.setattr(h5py.File, "flush", flush)
+    w = writer()
+    with pytest.raises(DiskFullError) as err:
+        for i in range(5):
+            batch(w, i)
+    w.close()
+    monkeypatch.undo()
+    msg = str(err.value)
+    assert "no space left on device" in msg and "f.h5.partial" in msg
+    assert "committed so far: train 4 images" in msg and err.value.exit_code == 1
+    w = writer()
+    assert w.resumed and w.progress("train") == (4, 4)
+    for i in range(2, 5):
+        batch(w, i)
+    w.finish_split("train")
+    w.finalize()
+    with open_cache(tmp_path / "f.h5") as c:
+        assert c.split("train").keys == [f"k{i}" for i in range(10)]
+        np.testing.assert_array_equal(c.split("train").features[:, 0], np.repeat(np.arange(5), 2))
