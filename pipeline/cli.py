@@ -16,7 +16,7 @@ import sys
 import click
 
 from headstart.features.errors import FeaturesError
-from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
+from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneConfig, HeadConfig
 from headstart.pipeline.errors import HeadstartError
 from headstart.pipeline.options import RUN_OPTIONS, fact, field_default, field_kind, flag_of, option_default
 
@@ -196,6 +196,42 @@ def merge_features_command(out, shards, overwrite, quiet):
     for split, info in summary.splits.items():
         click.echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped")
     click.echo(f"wrote {summary.path} (merged {summary.shards} shards, {summary.seconds:.1f} s)")
+
+
+_DIAGNOSE = DiagnoseConfig()
+
+
+@main.command("diagnose")
+@click.argument("features", metavar="CACHE", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the report.")
+@click.option("--folds", type=int, default=_DIAGNOSE.folds, show_default=True,
+              help="K: heads trained for the out-of-fold predictions.")
+@click.option("--seed", type=int, default=_DIAGNOSE.seed, show_default=True, help="Seed of the folds and heads.")
+@click.option("--neighbours", type=int, default=_DIAGNOSE.neighbours, show_default=True,
+              help="Nearest neighbours looked at per image (duplicates, outlier scores).")
+@click.option("--duplicate-threshold", type=float, default=_DIAGNOSE.duplicate_threshold, show_default=True,
+              help="Cosine similarity of centred features from which two images count as near-duplicates.")
+@click.option("--constant-std", type=float, default=_DIAGNOSE.constant_std, show_default=True,
+              help="Pixel standard deviation (0-255) below which an image counts as near-constant.")
+@click.option("--grid", type=int, default=_DIAGNOSE.grid, show_default=True,
+              help="Suspects and pairs shown in each PNG grid.")
+@click.option("--overwrite", is_flag=True, help="Replace the files of an existing report directory.")
+@click.option("--quiet", is_flag=True, help="Print only the final table.")
+@_library_call
+def diagnose_command(quiet, **options):
+    """Find label issues, duplicates, train/test leaks and outliers from a feature cache.
+
+    Out-of-fold predictions of K heads (the train-head recipe) go through cleanlab; nearest
+    neighbours of the cached features find near-duplicates, and content hashes of the source
+    files find byte copies; a pair across splits is a leak. Writes label_issues.csv,
+    duplicates.csv, outliers.csv, report.json and the grids label_issues.png, duplicates.png.
+    Act on it with --exclude OUT/label_issues.csv on train-head, finetune or run.
+    """
+    from headstart.pipeline.diagnose.diagnosis import diagnose
+
+    result = diagnose(DiagnoseConfig(**options),
+                      log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    click.echo(result.summary)
 
 
 @main.command("train-head")

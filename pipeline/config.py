@@ -70,6 +70,22 @@ class HeadConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     tensorboard: str | None = None  # log directory for keras.callbacks.TensorBoard
+    exclude: str | None = None      # CSV with a key column (diagnose's label_issues.csv, …)
+
+
+@dataclass
+class DiagnoseConfig:
+    """What ``diagnose`` needs; the fold heads use ``HeadConfig``'s recipe with ``seed``."""
+
+    features: str = ""
+    out: str = ""
+    folds: int = 5
+    seed: int = 0
+    neighbours: int = 10            # k of the neighbour search (near-duplicates, outlier scores)
+    duplicate_threshold: float = 0.95   # cosine similarity of centred, unit-length features
+    constant_std: float = 2.0       # pixel std (0–255) below which an image is near-constant
+    grid: int = 24                  # suspects / pairs shown in each PNG grid
+    overwrite: bool = False
 
 
 @dataclass

@@ -161,13 +161,24 @@ def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed:
     return EpochFeed(model.distribute_strategy, data, steps=steps, repeat=False)
 
 
-def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None,
-         config: HeadConfig, num_classes: int, log: Callable[[str], None],
-         replicas: int = 1, callbacks: Sequence[Any] = ()) -> tuple[dict, int, list]:
-    """The epoch loop with early stopping; returns (history, best epoch 1-based, epoch seconds).
+def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None,
+             config: HeadConfig, num_classes: int, log: Callable[[str], None],
+             replicas: int = 1, callbacks: Sequence[Any] = ()) -> tuple[dict, int, list]:
+    """The train-head epoch loop with early stopping (also the recipe of diagnose's fold heads).
 
-    ``callbacks`` (Keras callbacks, e.g. ``keras.callbacks.TensorBoard``) get the hooks ``fit`` would
-    call: train begin/end, epoch begin/end with the epoch's logs, and train batch begin/end.
+    Args:
+        model: a compiled head (``build_compiled_head``).
+        train: the training rows; ``train_labels`` (N,) their int class indices.
+        val: (FeatureRows, labels) watched by early stopping, or None to watch the training loss.
+        config: epochs, batch size, patience and seed of the recipe.
+        num_classes: number of classes.
+        log: receives one line per epoch.
+        replicas: devices the batches are split over (1 without tf.distribute).
+        callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``); they get the hooks ``fit``
+            would call: train begin/end, epoch begin/end with the epoch's logs, train batch begin/end.
+
+    Returns:
+        (history, best epoch 1-based, seconds per epoch); the best epoch's weights are restored.
     """
     import keras
 
@@ -232,6 +243,18 @@ def _fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | 
     else:
         model.set_weights(best_weights)
     return history, best_epoch, seconds
+
+
+def build_compiled_head(config: HeadConfig, feature_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The head of ``config``, compiled as train-head compiles it (call inside a strategy scope).
+
+    Returns:
+        A Keras model (B, *feature_shape) float32 → logits (B, 1 or num_classes).
+    """
+    from headstart.pipeline.model.head import build_head, compile_head
+
+    return compile_head(build_head(feature_shape, num_classes, dropout=config.dropout),
+                        num_classes, config.lr, jit_compile=True if config.jit_compile else "auto")
 
 
 def _epoch_line(epoch: int, epochs: int, history: dict, seconds: float) -> str:
@@ -337,8 +360,6 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
     from headstart.features.store import open_cache
     from headstart.pipeline.report import rundir as report
     from headstart.pipeline.distribute.strategy import precision
-    from headstart.pipeline.model.head import build_head, compile_head
-
     replicas = distribute["replicas"]
     t_start = time.perf_counter()
     with open_cache(config.features) as cache:
@@ -365,8 +386,7 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
             # Variables (model and optimizer) must be created in the strategy's scope; layers take
             # the dtype policy in force when they are built.
             with precision(config.mixed_precision) as policy, strategy.scope():
-                model = compile_head(build_head(feature_shape, num_classes, dropout=config.dropout),
-                                     num_classes, config.lr, jit_compile=True if config.jit_compile else "auto")
+                model = build_compiled_head(config, feature_shape, num_classes)
             val = (rows["validation"], labels["validation"]) if "validation" in rows else None
             if val is None:
                 log("no validation split: early stopping watches the training loss")
@@ -375,8 +395,8 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
                 from headstart.pipeline.report.tensorboard_logs import tensorboard_callback
 
                 callbacks = [*callbacks, tensorboard_callback(config.tensorboard)]
-            history, best_epoch, epoch_seconds = _fit(model, rows["train"], labels["train"], val,
-                                                      config, num_classes, log, replicas, callbacks)
+            history, best_epoch, epoch_seconds = fit_head(model, rows["train"], labels["train"], val,
+                                                          config, num_classes, log, replicas, callbacks)
             train_seconds = time.perf_counter() - t_train
             t_eval = time.perf_counter()
             metrics = {"best_epoch": best_epoch, "epochs_run": len(epoch_seconds),

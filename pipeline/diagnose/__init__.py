@@ -1,0 +1,1 @@
+"""``headstart diagnose``: label issues, duplicates and leaks, outliers — all from a feature cache."""

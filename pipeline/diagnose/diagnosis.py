@@ -1,0 +1,158 @@
+"""``headstart diagnose``: audit a feature cache for label issues, duplicates, leaks and outliers.
+
+The recipe, over the cache read once into memory (``dataset.load_cache_rows``):
+
+1. out-of-fold probabilities from K train-head heads (``out_of_fold``), the test split scored by
+   their mean;
+2. label issues from those probabilities with cleanlab (``label_issues``);
+3. one blocked nearest-neighbour search on centred unit features (``neighbours``): near-duplicate
+   pairs, plus byte-identical source files by content hash; pairs across splits are leaks;
+4. outliers: cleanlab's OOD score on the same neighbours, near-constant images from the cache's
+   per-row pixel_std (``outliers``);
+5. class balance from inspect's summary; then the CSVs, report.json and grids (``report``, ``grids``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from headstart.pipeline.config import DiagnoseConfig, HeadConfig
+from headstart.pipeline.errors import OptionError
+
+
+@dataclass
+class Diagnosis:
+    """What ``diagnose`` found; the arrays are aligned with ``rows`` (see dataset.CacheRows)."""
+
+    rows: object
+    labels: object           # label_issues.LabelIssues
+    pairs: list              # neighbours.Pair, leaks first then by similarity
+    outliers: object         # outliers.Outliers
+    balance: dict
+    hashing: dict            # how exact duplicates were looked for
+    seconds: dict = field(default_factory=dict)
+    out: str = ""
+    counts: dict = field(default_factory=dict)
+    summary: str = ""
+
+
+def validate_diagnose_config(config: DiagnoseConfig) -> None:
+    """Raises OptionError naming the first bad option."""
+    if not config.features:
+        raise OptionError("CACHE is required")
+    if not config.out:
+        raise OptionError("--out is required")
+    checks = [("--folds", config.folds >= 2, "at least 2", config.folds),
+              ("--neighbours", config.neighbours >= 1, "at least 1", config.neighbours),
+              ("--duplicate-threshold", 0 < config.duplicate_threshold <= 1, "in (0, 1]",
+               config.duplicate_threshold),
+              ("--constant-std", config.constant_std >= 0, "0 or more", config.constant_std),
+              ("--grid", config.grid >= 1, "at least 1", config.grid)]
+    for option, ok, expected, value in checks:
+        if not ok:
+            raise OptionError(f"{option} must be {expected}, got {value}")
+
+
+def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> Diagnosis:
+    """Audits the cache ``config.features`` and writes the report into ``config.out``.
+
+    Returns:
+        A Diagnosis; ``summary`` is the terminal table.
+
+    Raises:
+        OptionError, RunDirError (occupied --out), DataError (no train split, too few rows),
+        StoreError (the cache cannot be read).
+    """
+    from headstart.pipeline.diagnose import grids, report
+    from headstart.pipeline.diagnose.dataset import load_cache_rows
+    from headstart.pipeline.report.rundir import prepare_run_dir
+
+    validate_diagnose_config(config)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rows = load_cache_rows(config.features)
+    out = prepare_run_dir(config.out, config.overwrite)
+    seconds["load"] = time.perf_counter() - t0
+    log(f"{config.features}: {len(rows.keys)} rows, {len(rows.class_names)} classes")
+
+    label_issues = _label_issues(rows, config, log, seconds)
+    pairs, hashing, x, indices, sims = _duplicates(rows, config, seconds)
+    t = time.perf_counter()
+    from headstart.pipeline.diagnose.outliers import find_outliers
+
+    outliers = find_outliers(x, indices, sims, rows.pixel_std, constant_std=config.constant_std)
+    seconds["outliers"] = time.perf_counter() - t
+    diagnosis = Diagnosis(rows, label_issues, pairs, outliers, _balance(config.features), hashing,
+                          seconds, out=str(out))
+    t = time.perf_counter()
+    grids.write_grids(diagnosis, config.grid)
+    seconds["grids"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    report.write_report(diagnosis, config)
+    diagnosis.summary = report.format_summary(diagnosis)
+    return diagnosis
+
+
+def _label_issues(rows, config: DiagnoseConfig, log, seconds: dict):
+    from headstart.pipeline.diagnose.label_issues import find_label_issues
+    from headstart.pipeline.diagnose.out_of_fold import out_of_fold_probabilities
+
+    t = time.perf_counter()
+    labelled, test = rows.where("train", "validation"), rows.where("test")
+    oof = out_of_fold_probabilities(rows.features[labelled], rows.labels[labelled], len(rows.class_names),
+                                    HeadConfig(seed=config.seed), folds=config.folds,
+                                    extra=rows.features[test] if len(test) else None, log=log)
+    probs = np.zeros((len(rows.keys), len(rows.class_names)))
+    probs[labelled] = oof.probs
+    if len(test):
+        probs[test] = oof.extra_probs
+    seconds["out_of_fold"] = time.perf_counter() - t
+    t = time.perf_counter()
+    issues = find_label_issues(rows.labels, probs)
+    seconds["label_issues"] = time.perf_counter() - t
+    return issues
+
+
+def _duplicates(rows, config: DiagnoseConfig, seconds: dict):
+    from headstart.pipeline.diagnose import neighbours as nb
+
+    t = time.perf_counter()
+    x = nb.normalise_features(rows.features)
+    indices, sims = nb.top_k_neighbours(x, config.neighbours)
+    near = nb.near_duplicate_pairs(indices, sims, config.duplicate_threshold)
+    seconds["neighbours"] = time.perf_counter() - t
+    t = time.perf_counter()
+    root = rows.source_root
+    if root is None:
+        hashing = {"method": "none", "reason": "the source is not a folder of files (TFDS); byte "
+                   "copies show up as near-duplicates with similarity ~1"}
+        exact = []
+    else:
+        hashes, missing = nb.content_hashes(root, rows.keys)
+        hashing = {"method": "sha256 of the source files", "root": root, "missing_files": missing}
+        exact = nb.exact_pairs(hashes, x)
+    seconds["content_hash"] = time.perf_counter() - t
+    pairs = nb.merge_pairs(near, exact)
+    splits = rows.splits
+    # Leaks first (pairs across splits), then exact copies, then by similarity.
+    pairs.sort(key=lambda p: (splits[p.a] == splits[p.b], not p.exact, -p.similarity))
+    return pairs, hashing, x, indices, sims
+
+
+def _balance(path: str) -> dict:
+    """Class counts per split (inspect's summary) and the imbalance ratio max/min of each split."""
+    from headstart.features.store import summarize_cache
+
+    summary = summarize_cache(path)
+    out = {}
+    for name, split in summary["splits"].items():
+        counts = split["class_counts"]
+        present = [n for n in counts.values() if n > 0]
+        ratio = (max(present) / min(present)) if present else None
+        out[name] = {"class_counts": counts, "rows": split["rows"], "imbalance_ratio": ratio,
+                     "empty_classes": [c for c, n in counts.items() if n == 0]}
+    return out

@@ -1,0 +1,140 @@
+"""Nearest neighbours on normalised cached features, near-duplicate pairs, exact byte duplicates.
+
+One blocked exact search serves every check that needs neighbours (near-duplicates within and
+across splits, cleanlab's out-of-distribution score): queries go ``block`` rows at a time through
+one matrix product against all rows, and only each query's top ``k`` survive, so memory is
+O(block × N + N × k) rather than the O(N²) of a full similarity matrix. Measured in
+``benchmarks/diagnose_speed.py``; exact search was fast enough at 100,000 × 1,280 that no vector
+index library is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Query rows per matrix product: 1,024 × 100,000 float32 similarities is 400 MB.
+BLOCK_ROWS = 1024
+
+
+def normalise_features(features: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
+    """Centres the features, then scales each row to unit length.
+
+    Backbone features after ReLU are all non-negative, so raw cosine similarities crowd near 1 and
+    hide the difference between a copy and a look-alike; subtracting the mean feature spreads them.
+
+    Args:
+        features: (N, D) or (N, h, w, C) (spatial maps are averaged over h, w first).
+        center: (D,) vector to subtract; the mean of ``features`` when None.
+
+    Returns:
+        float32 (N, D), rows of unit L2 norm (an all-zero row stays zero).
+    """
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim == 4:
+        x = x.mean(axis=(1, 2))
+    x = x.reshape(len(x), -1)
+    x = x - (x.mean(axis=0) if center is None else center)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def top_k_neighbours(x: np.ndarray, k: int, *, block: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every row by cosine similarity, the row itself excluded.
+
+    Args:
+        x: float32 (N, D) unit rows (``normalise_features``).
+        k: neighbours per row (capped at N - 1).
+        block: query rows per matrix product; bounds memory at about block × N × 4 bytes.
+
+    Returns:
+        (indices int64 (N, k), similarities float32 (N, k)), most similar first.
+    """
+    n = len(x)
+    k = max(0, min(int(k), n - 1))
+    indices = np.zeros((n, k), dtype=np.int64)
+    sims = np.zeros((n, k), dtype=np.float32)
+    if k == 0:
+        return indices, sims
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        s = x[start:stop] @ x.T
+        s[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not its own neighbour
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        part_sims = np.take_along_axis(s, part, axis=1)
+        order = np.argsort(-part_sims, axis=1, kind="stable")
+        indices[start:stop] = np.take_along_axis(part, order, axis=1)
+        sims[start:stop] = np.take_along_axis(part_sims, order, axis=1)
+    return indices, sims
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two rows that show the same image; ``a < b`` (global row indices)."""
+
+    a: int
+    b: int
+    similarity: float
+    exact: bool
+
+
+def near_duplicate_pairs(indices: np.ndarray, sims: np.ndarray, threshold: float) -> list[Pair]:
+    """Every unordered pair (i, j) with j among i's neighbours at cosine similarity ≥ threshold.
+
+    Only the ``k`` neighbours kept per row are looked at, so a group of more than k + 1 copies of
+    one image yields the pairs among each row's k closest copies, which still links the group.
+    """
+    rows, cols = np.nonzero(sims >= threshold)
+    found: dict[tuple[int, int], float] = {}
+    for i, c in zip(rows.tolist(), cols.tolist()):
+        j = int(indices[i, c])
+        key = (min(i, j), max(i, j))
+        found[key] = max(found.get(key, -1.0), float(sims[i, c]))
+    return [Pair(a, b, s, False) for (a, b), s in found.items()]
+
+
+def content_hashes(root: str, keys: list[str]) -> tuple[list[str | None], int]:
+    """sha256 of each source file ``root/key``; None for files that are gone.
+
+    Returns:
+        (hash per key, number of keys whose file could not be read).
+    """
+    hashes: list[str | None] = []
+    missing = 0
+    for key in keys:
+        try:
+            with open(os.path.join(root, key), "rb") as f:
+                hashes.append(hashlib.file_digest(f, "sha256").hexdigest())
+        except OSError:
+            hashes.append(None)
+            missing += 1
+    return hashes, missing
+
+
+def exact_pairs(hashes: list[str | None], x: np.ndarray) -> list[Pair]:
+    """Pairs of rows whose source files are byte-identical, with their feature similarity.
+
+    Args:
+        hashes: content hash per row (None: unknown, never paired).
+        x: (N, D) unit rows, for the similarity column.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, h in enumerate(hashes):
+        if h is not None:
+            groups.setdefault(h, []).append(i)
+    pairs = []
+    for members in groups.values():
+        for p, a in enumerate(members):
+            for b in members[p + 1:]:
+                pairs.append(Pair(a, b, float(x[a] @ x[b]), True))
+    return pairs
+
+
+def merge_pairs(near: list[Pair], exact: list[Pair]) -> list[Pair]:
+    """One list: exact pairs win over the same pair found by similarity."""
+    by_key = {(p.a, p.b): p for p in near}
+    by_key.update({(p.a, p.b): p for p in exact})
+    return list(by_key.values())

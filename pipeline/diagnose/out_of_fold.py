@@ -1,0 +1,125 @@
+"""Out-of-fold predicted probabilities from K heads trained with the train-head recipe.
+
+cleanlab needs, for every labelled image, class probabilities from a model that never saw that
+image's label. K stratified folds over the rows given: fold j's head trains on the other K - 1
+folds (``headstart.pipeline.stages.head_training.fit_head``, the same builder, compile and epoch
+loop as ``train-head``) and predicts fold j. Rows held out of every fold (the test split) get the
+mean of the K heads' probabilities, which is just as out-of-sample.
+
+The fold heads watch their own training loss for early stopping rather than the held-out fold,
+so no held-out label ever influences the head that scores it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from headstart.pipeline.config import HeadConfig
+from headstart.pipeline.errors import DataError
+
+
+@dataclass
+class OutOfFold:
+    """Attributes: probs (N, C) out-of-fold; fold (N,) int; extra_probs (M, C) or None; seconds."""
+
+    probs: np.ndarray
+    fold: np.ndarray
+    extra_probs: np.ndarray | None
+    seconds: float
+
+
+def assign_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Stratified fold of each row: within each class a seeded permutation dealt round-robin.
+
+    Returns:
+        int64 (N,) fold indices in [0, folds).
+    """
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, 13])
+    fold = np.zeros(len(labels), dtype=np.int64)
+    offset = 0
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        # Offsetting each class's deal keeps fold sizes even when classes are small.
+        fold[members] = (np.arange(len(members)) + offset) % folds
+        offset += len(members)
+    return fold
+
+
+def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: int, config: HeadConfig, *,
+                              folds: int = 5, extra: np.ndarray | None = None,
+                              log: Callable[[str], None] = lambda _: None) -> OutOfFold:
+    """Trains ``folds`` heads and returns every row's probabilities from the head that left it out.
+
+    Args:
+        x: float32 (N, *feature_shape) features in memory.
+        labels: int64 (N,) given labels.
+        num_classes: number of classes.
+        config: the train-head recipe (epochs, lr, batch size, dropout, patience, seed).
+        folds: K, at least 2.
+        extra: (M, *feature_shape) rows outside the folds (the test split), or None.
+        log: one line per fold.
+
+    Returns:
+        OutOfFold; ``probs`` rows sum to 1.
+
+    Raises:
+        DataError: fewer rows than folds.
+    """
+    import keras
+
+    from headstart.pipeline.model.head import build_head, logits_to_probabilities
+    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.pipeline.stages.head_training import build_compiled_head, fit_head
+
+    if len(x) < 2 * folds:
+        raise DataError(f"{len(x)} labelled rows are too few for {folds} folds (need {2 * folds} or more)")
+    start = time.perf_counter()
+    fold = assign_folds(labels, folds, config.seed)
+    probs = np.zeros((len(x), num_classes), dtype=np.float64)
+    extra_sum = None if extra is None else np.zeros((len(extra), num_classes), dtype=np.float64)
+    shape = tuple(x.shape[1:])
+    # One compiled model for all folds: tracing its train and predict steps costs more than a
+    # fold's training on a small cache. Each fold starts from its own seeded initial weights and a
+    # zeroed optimizer, exactly as a freshly built head would.
+    model = build_compiled_head(config, shape, num_classes)
+    for j in range(folds):
+        held, train = np.flatnonzero(fold == j), np.flatnonzero(fold != j)
+        keras.utils.set_random_seed(config.seed + j)
+        _reset(model, build_head(shape, num_classes, dropout=config.dropout))
+        history, best, _ = fit_head(model, FeatureRows(_ArraySplit(x[train]), in_memory=True), labels[train], None,
+                                    config, num_classes, lambda _: None)
+        probs[held] = logits_to_probabilities(_logits(model, x[held]), num_classes)
+        if extra_sum is not None and len(extra):
+            extra_sum += logits_to_probabilities(_logits(model, extra), num_classes)
+        log(f"fold {j + 1}/{folds}: {len(train)} rows, {best} epochs, loss {history['loss'][best - 1]:.4f}")
+    extra_probs = None if extra_sum is None else extra_sum / folds
+    return OutOfFold(probs, fold, extra_probs, time.perf_counter() - start)
+
+
+def _reset(model, fresh) -> None:
+    """Gives ``model`` the initial weights of ``fresh`` (same architecture) and a zeroed optimizer."""
+    model.set_weights(fresh.get_weights())
+    for variable in model.optimizer.variables:
+        if not variable.path.endswith("learning_rate"):  # the iteration count and the moments
+            variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+
+
+class _ArraySplit:
+    """The face of a cache split that FeatureRows reads, over an in-memory array (no views)."""
+
+    def __init__(self, features: np.ndarray) -> None:
+        self.features = features
+        self.views = None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def _logits(model, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+    chunks = [np.asarray(model.predict_on_batch(x[i:i + batch].astype(np.float32)))
+              for i in range(0, len(x), batch)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.output_shape[-1]), np.float32)

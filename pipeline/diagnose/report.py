@@ -1,0 +1,148 @@
+"""diagnose's files: label_issues.csv, duplicates.csv, outliers.csv, report.json; the terminal table.
+
+report.json is written last, so its presence marks a finished diagnosis (as run.json does for runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+LABEL_COLUMNS = ("key", "split", "given_label", "suggested_label", "score")
+DUPLICATE_COLUMNS = ("key_a", "split_a", "key_b", "split_b", "similarity", "exact", "leak")
+OUTLIER_COLUMNS = ("key", "split", "kind", "ood_score", "mean_distance", "pixel_std")
+
+
+def label_issue_rows(d) -> list[dict[str, Any]]:
+    """cleanlab's label issues, most suspicious first."""
+    rows, li = d.rows, d.labels
+    names = rows.class_names
+    return [{"key": rows.keys[i], "split": rows.splits[i], "given_label": names[rows.labels[i]],
+             "suggested_label": names[li.suggested[i]], "score": round(float(li.scores[i]), 6)}
+            for i in li.ranking if li.is_issue[i]]
+
+
+def duplicate_rows(d) -> list[dict[str, Any]]:
+    """Every pair: leaks (across splits) first, then exact copies, then by similarity."""
+    rows = d.rows
+    return [{"key_a": rows.keys[p.a], "split_a": rows.splits[p.a], "key_b": rows.keys[p.b],
+             "split_b": rows.splits[p.b], "similarity": round(p.similarity, 6), "exact": p.exact,
+             "leak": bool(rows.splits[p.a] != rows.splits[p.b])} for p in d.pairs]
+
+
+def outlier_rows(d) -> list[dict[str, Any]]:
+    """Near-constant images (flattest first), then out-of-distribution ones (lowest score first)."""
+    rows, o = d.rows, d.outliers
+    std = o.pixel_std
+
+    def row(i: int, kind: str) -> dict[str, Any]:
+        return {"key": rows.keys[i], "split": rows.splits[i], "kind": kind,
+                "ood_score": round(float(o.ood_scores[i]), 6),
+                "mean_distance": round(float(o.mean_distance[i]), 6),
+                "pixel_std": None if std is None else round(float(std[i]), 3)}
+
+    constant = np.flatnonzero(o.is_constant)
+    if std is not None:
+        constant = constant[np.argsort(std[constant], kind="stable")]
+    ood = np.flatnonzero(o.is_ood & ~o.is_constant)
+    ood = ood[np.argsort(o.ood_scores[ood], kind="stable")]
+    return [row(i, "near_constant") for i in constant] + [row(i, "out_of_distribution") for i in ood]
+
+
+def counts(d) -> dict[str, int | None]:
+    """Issues found, per kind."""
+    dup = duplicate_rows(d)
+    return {"rows": len(d.rows.keys),
+            "label_issues": int(d.labels.is_issue.sum()),
+            "duplicate_pairs": len(dup),
+            "leaks": sum(r["leak"] for r in dup),
+            "exact_duplicate_pairs": sum(r["exact"] for r in dup),
+            "out_of_distribution": int((d.outliers.is_ood & ~d.outliers.is_constant).sum()),
+            "near_constant": None if d.outliers.pixel_std is None else int(d.outliers.is_constant.sum())}
+
+
+def write_report(d, config) -> None:
+    """Writes the three CSVs, then report.json, into ``d.out``."""
+    from headstart.pipeline.config import config_to_dict
+    from headstart.pipeline.report.rundir import library_versions, write_json_atomic, write_text_atomic
+
+    out = d.out
+    write_text_atomic(os.path.join(out, "label_issues.csv"), _csv(LABEL_COLUMNS, label_issue_rows(d)))
+    write_text_atomic(os.path.join(out, "duplicates.csv"), _csv(DUPLICATE_COLUMNS, duplicate_rows(d)))
+    write_text_atomic(os.path.join(out, "outliers.csv"), _csv(OUTLIER_COLUMNS, outlier_rows(d)))
+    d.counts = counts(d)
+    import cleanlab
+
+    write_json_atomic(os.path.join(out, "report.json"), {
+        "kind": "diagnose",
+        "config": {**config_to_dict(config), "features": os.path.abspath(config.features),
+                   "out": os.path.abspath(config.out)},
+        "cache": {"path": os.path.abspath(d.rows.path), "fingerprint": d.rows.fingerprint},
+        "counts": d.counts,
+        "thresholds": {
+            "label_issues": "cleanlab.filter.find_label_issues(filter_by='prune_by_noise_rate') on "
+                            f"{config.folds}-fold out-of-fold probabilities; score = self-confidence",
+            "duplicate_cosine_similarity": config.duplicate_threshold,
+            "neighbours": config.neighbours,
+            "out_of_distribution_mean_distance": d.outliers.distance_threshold,
+            "near_constant_pixel_std": config.constant_std,
+        },
+        "near_constant_measured": d.outliers.pixel_std is not None,
+        "exact_duplicates": d.hashing,
+        "class_balance": d.balance,
+        "seconds": d.seconds,
+        "versions": {**library_versions(), "cleanlab": cleanlab.__version__},
+        "files": ["label_issues.csv", "duplicates.csv", "outliers.csv", "label_issues.png",
+                  "duplicates.png", "report.json"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+def format_summary(d, top: int = 5) -> str:
+    """The terminal table: counts per kind, then the top five of each."""
+    from headstart.pipeline.report.rundir import format_summary_table
+
+    c = d.counts or counts(d)
+    lines = [format_summary_table([
+        ("rows", c["rows"]),
+        ("label issues", c["label_issues"]),
+        ("leaks (pairs across splits)", c["leaks"]),
+        ("duplicate pairs (exact)", f"{c['duplicate_pairs']} ({c['exact_duplicate_pairs']})"),
+        ("out-of-distribution", c["out_of_distribution"]),
+        ("near-constant", "not measured (cache from before pixel_std)" if c["near_constant"] is None
+         else c["near_constant"]),
+        ("imbalance (train max/min)", (d.balance.get("train") or {}).get("imbalance_ratio")),
+        ("seconds", f"{d.seconds.get('total', 0.0):.1f}"),
+        ("report", d.out),
+    ], title="diagnose")]
+    sections = [
+        ("label issues", [f"{r['key']} ({r['split']}): {r['given_label']} -> {r['suggested_label']}, "
+                          f"score {r['score']:.3f}" for r in label_issue_rows(d)[:top]]),
+        ("duplicates", [_pair_line(r) for r in duplicate_rows(d)[:top]]),
+        ("outliers", [f"{r['key']} ({r['split']}): {r['kind'].replace('_', '-')}" for r in outlier_rows(d)[:top]]),
+    ]
+    for title, items in sections:
+        if items:
+            lines.append(f"top {title}:")
+            lines.extend(f"  {item}" for item in items)
+    return "\n".join(lines)
+
+
+def _pair_line(r: dict[str, Any]) -> str:
+    how = "exact copy" if r["exact"] else f"similarity {r['similarity']:.3f}"
+    leak = "LEAK " if r["leak"] else ""
+    return f"{leak}{r['key_a']} ({r['split_a']}) ~ {r['key_b']} ({r['split_b']}), {how}"
+
+
+def _csv(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return buf.getvalue()
