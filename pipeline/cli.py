@@ -236,7 +236,8 @@ def diagnose_command(quiet, **options):
 
 @main.command("train-head")
 @click.argument("features", type=click.Path())
-@_fields("head", "out", "epochs", "lr", "batch_size", "dropout", "patience", "seed", "deterministic", "memory_limit_mb")
+@_fields("head", "out", "epochs", "lr", "batch_size", "dropout", "patience", "seed", "deterministic", "memory_limit_mb",
+         "exclude")
 @_distribute_options("head")
 @_fields("head", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
@@ -258,7 +259,7 @@ def train_head_command(features, out, quiet, **options):
 @click.argument("source")
 @_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs", "epochs",
          "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "patience", "seed",
-         "parity_samples", "resume", "export")
+         "parity_samples", "resume", "export", "exclude")
 @_distribute_options("finetune")
 @_fields("finetune", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")

@@ -121,6 +121,7 @@ class FinetuneConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     tensorboard: str | None = None  # log directory for keras.callbacks.TensorBoard (LOG_DIR/head: the seeded head)
+    exclude: str | None = None      # CSV with a key column: dropped from train and validation
 
 
 @dataclass
@@ -130,6 +131,7 @@ class RunConfig:
     source: str = ""
     out: str = ""
     tensorboard: bool = False
+    diagnose: bool = False          # diagnose the cache into RUN_DIR/diagnose/ before the head stage
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

@@ -96,6 +96,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "seed": OptionFact("Seed of initialisation, shuffling and view sampling."),
         "deterministic": OptionFact("Bit-identical results for the same seed (slower ops)."),
         "memory_limit_mb": OptionFact("Load features into memory up to this size; stream them from HDF5 beyond it."),
+        "exclude": OptionFact("CSV with a key column (e.g. diagnose's label_issues.csv): drop those images from "
+                              "train and validation; test is kept.", path="file"),
         **_DISTRIBUTE,
         "tensorboard": OptionFact("Log every epoch with keras.callbacks.TensorBoard to DIR (train/, validation/).",
                                   metavar="DIR", path="dir"),
@@ -126,6 +128,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                                      "(0: off)."),
         "resume": OptionFact("Continue an interrupted run from its last completed epoch."),
         "export": OptionFact("Also export the model; repeatable.", choices=EXPORT_FORMATS),
+        "exclude": OptionFact("CSV with a key column (e.g. diagnose's label_issues.csv): drop those images from "
+                              "train and validation; test is kept.", path="file"),
         **_DISTRIBUTE,
         "tensorboard": OptionFact("Log every epoch with keras.callbacks.TensorBoard to DIR (train/, validation/; "
                                   "DIR/head/ for the head trained without --head).", metavar="DIR", path="dir"),
@@ -133,6 +137,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
     },
     "top": {
         "tensorboard": OptionFact("Write TensorBoard logs of both training stages to RUN_DIR/tensorboard/."),
+        "diagnose": OptionFact("Diagnose the cache (label issues, duplicates, leaks, outliers) into RUN_DIR/diagnose/ "
+                               "before training the head."),
     },
 }
 
@@ -228,6 +234,8 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     _o("--export", "finetune.export"),
     _o("--seed", "extract.seed,head.seed,finetune.seed", "Seed of every stage."),
     _o("--tensorboard/--no-tensorboard", "top.tensorboard"),
+    _o("--diagnose/--no-diagnose", "top.diagnose"),
+    _o("--exclude", "head.exclude,finetune.exclude"),
 )
 
 

@@ -199,7 +199,8 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
 
     from headstart.pipeline.report import rundir as report
     from headstart.pipeline.report.tensorboard_logs import replay_history
-    from headstart.pipeline.run.stages import evaluate_stage, extract_stage, finetune_stage, head_stage
+    from headstart.pipeline.run.stages import (diagnose_stage, evaluate_stage, extract_stage, finetune_stage,
+                                               head_stage)
 
     if not console.verbose:
         tf.get_logger().setLevel("ERROR")  # retracing notices and the like; --verbose shows them
@@ -218,13 +219,19 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
     console.log(f"[1/4] extract-features → {_shown(str(features))}")
     ex = save("extract", extract_stage(config, features, state.get("extract"), console, overwrite,
                                        key=_key({"source": config.source, **stage_values(config, "extract")})))
+    if config.diagnose:
+        console.log(f"[diagnose] → {_shown(str(run_dir / 'diagnose'))}")
+        save("diagnose", diagnose_stage(config, features, run_dir / "diagnose", state.get("diagnose"), console,
+                                        key=_key({"cache": ex["fingerprint"], "seed": config.head.seed})))
     console.log(f"[2/4] train-head → {_shown(str(run_dir / 'head'))}")
+    # The CSV's content, not only its path, decides what the head and finetune stages train on.
+    excluded = {"exclude_sha256": _file_sha256(config.head.exclude)} if config.head.exclude else {}
     hd = save("head", head_stage(config, features, run_dir / "head", state.get("head"), console,
-                                 key=_key({**stage_values(config, "head"), "cache": ex["fingerprint"]})))
+                                 key=_key({**stage_values(config, "head"), **excluded, "cache": ex["fingerprint"]})))
     if config.tensorboard and not (run_dir / "tensorboard" / "head").is_dir():  # reused from a run without logs
         replay_history(run_dir / "head" / "history.csv", run_dir / "tensorboard" / "head")
     console.log(f"[3/4] finetune → {_shown(str(run_dir / 'finetune'))}")
-    ft_key = _key({**stage_values(config, "finetune"), "head": hd["head_sha256"]})
+    ft_key = _key({**stage_values(config, "finetune"), **excluded, "head": hd["head_sha256"]})
     ft = save("finetune", finetune_stage(config, run_dir, state.get("finetune"), console, key=ft_key,
                                          train_images=ex["splits"].get("train", 0),
                                          started=lambda: save("finetune", {"key": ft_key, "done": False}),
@@ -249,6 +256,15 @@ def _read_state(run_dir: Path) -> dict:
         return state if isinstance(state, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _file_sha256(path: str) -> str | None:
+    """sha256 of a file, None when it cannot be read (the stage then says why in one line)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def _key(values: dict) -> str:

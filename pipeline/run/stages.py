@@ -78,6 +78,25 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
             "fingerprint": fingerprint, "splits": splits, "class_names": class_names, "skipped": skipped}
 
 
+def diagnose_stage(config: RunConfig, features: Path, out: Path, record: dict | None, console: Any, *,
+                   key: str) -> dict:
+    """``diagnose`` of the run's cache into ``out`` (seconds; reused while the cache is unchanged)."""
+    reused = _reuse(record, key, out / "report.json")
+    if reused:
+        console.log("  reused: same features")
+        return reused
+    from headstart.pipeline.config import DiagnoseConfig
+    from headstart.pipeline.diagnose.diagnosis import diagnose
+
+    start = time.perf_counter()
+    result = diagnose(DiagnoseConfig(features=str(features), out=str(out), seed=config.head.seed, overwrite=True),
+                      log=lambda m: console.log(f"  {m}"))
+    for line in result.summary.splitlines():
+        console.log(f"  {line}")
+    return {"key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start,
+            "counts": result.counts, "report": str(out / "report.json")}
+
+
 def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Any, *,
                key: str) -> dict:
     """train-head on the cache into ``head_dir`` (seconds: an interrupted one simply runs again)."""

@@ -34,7 +34,7 @@ from headstart.pipeline.errors import OptionError
 # The flags of ``headstart run`` and the sections they set live with every other option fact.
 from headstart.pipeline.options import RUN_OPTIONS, SECTIONS, RunOption, option_default  # noqa: F401
 
-TOP_LEVEL: dict[str, type] = {"source": str, "out": str, "tensorboard": bool}
+TOP_LEVEL: dict[str, type] = {"source": str, "out": str, "tensorboard": bool, "diagnose": bool}
 #: Keys of each section that ``headstart run`` sets itself (paths inside the run directory, resume).
 RUNNER_SET: dict[str, tuple[str, ...]] = {
     "extract": ("source", "out", "overwrite", "shard"),
@@ -47,7 +47,7 @@ RUNNER_SET: dict[str, tuple[str, ...]] = {
 #: (section, key) pairs that never change a result: a run directory may be rerun with other values.
 NO_RESULT: frozenset[tuple[str, str]] = frozenset({
     ("extract", "batch_size"), ("extract", "max_bad"), ("extract", "strict"),
-    ("head", "memory_limit_mb"), ("top", "tensorboard"), ("top", "out"),
+    ("head", "memory_limit_mb"), ("top", "tensorboard"), ("top", "out"), ("top", "diagnose"),
 })
 
 
@@ -166,7 +166,11 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
     weights = sections["extract"].get("weights")
     if weights not in (None, "imagenet", "none") and os.path.isfile(os.path.expanduser(weights)):
         sections["extract"]["weights"] = os.path.abspath(os.path.expanduser(weights))
+    for section in ("head", "finetune"):
+        if sections[section].get("exclude"):  # run.json and config.toml name the file wherever it ran
+            sections[section]["exclude"] = os.path.abspath(os.path.expanduser(sections[section]["exclude"]))
     return RunConfig(source=source, out=os.path.abspath(out), tensorboard=bool(top.get("tensorboard", False)),
+                     diagnose=bool(top.get("diagnose", False)),
                      **{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
 
 
@@ -185,7 +189,8 @@ def _parse_splits(values: Any) -> dict[str, str]:
 
 def run_config_dict(config: RunConfig) -> dict[str, Any]:
     """The config as a JSON-ready dict: top-level keys and one section per stage (runner keys left out)."""
-    out: dict[str, Any] = {"source": config.source, "out": config.out, "tensorboard": config.tensorboard}
+    out: dict[str, Any] = {"source": config.source, "out": config.out, "tensorboard": config.tensorboard,
+                           "diagnose": config.diagnose}
     for name in SECTIONS:
         values = config_to_dict(getattr(config, name))
         out[name] = {k: v for k, v in values.items() if k not in RUNNER_SET[name]}

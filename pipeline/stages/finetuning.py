@@ -179,6 +179,14 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
     resuming = _check_out(config, report)
     src_info = _source_options(config, head_run)
     source = resolve_source(config.source, **{k: v for k, v in src_info.items() if k != "source"})
+    exclusion = None
+    if config.exclude:
+        from headstart.pipeline.diagnose.exclusion import ExcludingSource
+
+        source = ExcludingSource.wrap(source, config.exclude, data=config.source)
+        exclusion = source.exclusion
+        log(f"--exclude {config.exclude}: removed "
+            + ", ".join(f"{n} {k}" for n, k in exclusion.removed.items()) + " images")
     class_names = list(source.class_names)
     if head_run and list(head_run["class_names"]) != class_names:
         raise OptionError(f"SOURCE classes {class_names} differ from the head run's {head_run['class_names']}")
@@ -313,6 +321,7 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
                      "weights_fingerprint": fingerprint, "feature_shape": list(feature_shape)},
         "source": {**src_info, "path": os.path.abspath(config.source), "describe": source.describe()},
         "class_names": class_names, "num_classes": num_classes, "stage_gate": gate, "exports": exports,
+        "exclude": exclusion.record() if exclusion else None,
         "distribute": distribute,
         "precision": {"policy": policy, "logits_dtype": str(model.outputs[0].dtype),
                       "jit_compile": bool(model.jit_compile)},

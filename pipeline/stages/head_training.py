@@ -281,6 +281,25 @@ def _make_loaders(splits: dict[str, Any], memory_limit_mb: int) -> tuple[dict[st
     return rows, ("memory" if in_memory else "stream"), need
 
 
+def _exclude(config: HeadConfig, splits: dict[str, Any], log: Callable[[str], None]) -> Any:
+    """Applies --exclude to the splits in place; returns the Exclusion (None without --exclude)."""
+    if not config.exclude:
+        return None
+    from headstart.pipeline.diagnose.exclusion import SubsetSplit, resolve_exclusion
+
+    exclusion = resolve_exclusion(config.exclude, {n: s.keys for n, s in splits.items()}, data=config.features)
+    for name, keep in exclusion.keep.items():
+        splits[name] = SubsetSplit(splits[name], keep)
+    if not len(splits["train"]):
+        raise DataError(f"--exclude {config.exclude} removes every row of the 'train' split")
+    for name in [n for n, s in splits.items() if not len(s)]:
+        del splits[name]  # an emptied validation split: early stopping then watches the training loss
+    log(f"--exclude {config.exclude}: removed " + ", ".join(f"{n} {k}" for n, k in exclusion.removed.items())
+        + (f"; {exclusion.kept_in_test} listed test rows kept (the test split is never changed)"
+           if exclusion.kept_in_test else ""))
+    return exclusion
+
+
 def _final_metrics(model: Any, rows: dict[str, FeatureRows], labels: dict[str, np.ndarray],
                    class_names: list[str], batch_size: int, replicas: int = 1) -> dict[str, Any]:
     """metrics.json's validation and test sections (None for an absent split)."""
@@ -364,6 +383,7 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
     t_start = time.perf_counter()
     with open_cache(config.features) as cache:
         splits = _open_splits(cache, config.features)
+        exclusion = _exclude(config, splits, log)
         # Refuse an occupied --out before any work, but only once the cache is known to be usable.
         run_dir = report.prepare_run_dir(out, config.overwrite)
         class_names = list(cache.class_names)
@@ -442,6 +462,7 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
         "head": {"dropout": config.dropout, "logits": int(model.output_shape[-1]), "from_logits": True,
                  "loss": "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"},
         "loader": loader,
+        "exclude": exclusion.record() if exclusion else None,
         "shuffle": dict(zip(("block_rows", "window_rows"), shuffle_geometry(rows["train"].row_bytes)),
                         seed=config.seed),
         "best_epoch": best_epoch,
