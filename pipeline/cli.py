@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -27,19 +29,43 @@ class _CliError(click.ClickException):
         self.exit_code = exit_code
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as a KeyboardInterrupt so every cleanup that serves Ctrl-C serves it too."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _interrupt_hint(kwargs: dict) -> str:
+    # finetune continues an interrupted run only when asked to (--resume); the others on their own.
+    if kwargs.get("resume") is False:
+        return "interrupted; run the same command again with --resume to resume"
+    return "interrupted; run the same command again to resume"
+
+
 def _library_call(fn):
-    """Turns domain exceptions into one-line click errors; Ctrl-C into a resume hint."""
+    """Turns domain exceptions into one-line click errors; Ctrl-C and SIGTERM into a resume hint.
+
+    SIGTERM is what Slurm, Kubernetes and systemd send before they kill a job; it gets Ctrl-C's
+    handling (finally blocks commit what is done) and exits 143, the shell's code for it.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
         try:
             return fn(*args, **kwargs)
         except (HeadstartError, FeaturesError) as exc:
             raise _CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                             getattr(exc, "exit_code", 2)) from None
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted; run the same command again to resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            click.echo(f"\n{_interrupt_hint(kwargs)}", err=True)
+            sys.exit(143 if isinstance(exc, _Terminated) else 130)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapper
 

@@ -111,12 +111,12 @@ EXTRACT_96 = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "non
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 2 MB tmpfs at tmp_path/disk; skips when mounting is not allowed (not root, a container)."""
+    """A 1 MB tmpfs at tmp_path/disk; skips when mounting is not allowed (not root, a container)."""
     import subprocess
 
     disk = tmp_path / "disk"
     disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
                            capture_output=True, text=True)
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
@@ -132,10 +132,10 @@ def test_disk_full_during_extract_features_on_a_real_tmpfs(tmp_path, small_tmpfs
 
     from conftest import make_class_folders
 
-    images = make_class_folders(tmp_path / "images", per_class=20)
+    images = make_class_folders(tmp_path / "images", per_class=14)
     out = small_tmpfs / "f.h5"
     args = ["extract-features", images, "--out", out, *EXTRACT_96]
-    full = _invoke(args)  # 46 KB a row: the 2 MB disk holds a few dozen
+    full = _invoke(args)  # 46 KB a row: the 1 MB disk holds one 11-row chunk
     line = _assert_one_line_error(full, 1, f"{out}.partial", "no space left on device")
     assert "committed so far: train " in line and "run the same command again" in line
     assert not out.exists()
@@ -192,3 +192,104 @@ def test_disk_full_injected_into_the_writers_flush(tmp_path, monkeypatch):
     with open_cache(tmp_path / "f.h5") as c:
         assert c.split("train").keys == [f"k{i}" for i in range(10)]
         np.testing.assert_array_equal(c.split("train").features[:, 0], np.repeat(np.arange(5), 2))
+
+
+# -- SIGTERM --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Images, weights, a cache and a trained head for the end-to-end commands (MobileNet 0.25, 32 px)."""
+    from test_finetune import BACKBONE, make_splits, make_weights_file
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_splits(root / "images")
+    weights = make_weights_file(root / "w.weights.h5")
+    backbone = ["--backbone", BACKBONE["backbone"], "--alpha", BACKBONE["alpha"],
+                "--image-size", BACKBONE["image_size"], "--weights", weights]
+    cache, head = root / "f.h5", root / "head"
+    assert _invoke(["extract-features", data, "--out", cache, *backbone, "--batch-size", 8,
+                    "--quiet"]).exit_code == 0
+    assert _invoke(["train-head", cache, "--out", head, "--epochs", 3, "--batch-size", 8,
+                    "--quiet"]).exit_code == 0
+    return {"root": root, "data": data, "weights": weights, "backbone": backbone, "cache": cache,
+            "head": head}
+
+
+def _sigterm_after(monkeypatch, target, name: str, calls: int) -> None:
+    """Patches ``target.name`` to send this process SIGTERM on its ``calls``-th call.
+
+    A real signal, from whatever thread makes the call; Python runs the handler in the main thread.
+    """
+    import os
+    import signal
+
+    real, count = getattr(target, name), []
+
+    def wrapped(*args, **kwargs):
+        count.append(1)
+        if len(count) == calls:
+            # Without a handler the default action would end pytest itself, silently (exit 143).
+            assert callable(signal.getsignal(signal.SIGTERM)), "SIGTERM is not handled"
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, wrapped)
+
+
+def _assert_interrupted(result, hint="run the same command again to resume"):
+    assert result.exit_code == 143, result.output
+    assert "Traceback" not in result.output
+    assert f"interrupted; {hint}" in result.output.strip().splitlines()[-1]
+
+
+def test_sigterm_during_extract_features_commits_and_resumes(tiny, tmp_path, monkeypatch):
+    from headstart.pipeline.report.progress import ProgressLine
+
+    out = tmp_path / "f.h5"
+    args = ["extract-features", tiny["data"], "--out", out, *tiny["backbone"], "--batch-size", 4]
+    with monkeypatch.context() as m:
+        _sigterm_after(m, ProgressLine, "update", 2)  # after the second committed batch
+        _assert_interrupted(_invoke(args))
+    assert not out.exists() and Path(f"{out}.partial").exists()
+    resumed = _invoke(args)
+    assert resumed.exit_code == 0 and "resuming split 'train' after 8 images" in resumed.output
+    with open_cache(out) as new, open_cache(tiny["cache"]) as old:
+        for split in old.splits:
+            assert new.split(split).keys == old.split(split).keys
+
+
+def test_sigterm_during_train_head(tiny, tmp_path, monkeypatch):
+    from headstart.pipeline.stages.head_data import FeatureRows
+
+    out = tmp_path / "head"
+    args = ["train-head", tiny["cache"], "--out", out, "--epochs", 50, "--batch-size", 4]
+    with monkeypatch.context() as m:
+        _sigterm_after(m, FeatureRows, "gather", 5)
+        _assert_interrupted(_invoke(args))
+    assert not (out / "run.json").exists()
+    assert _invoke(args[:-4] + ["--epochs", 2]).exit_code == 0  # the same --out is usable again
+
+
+def test_sigterm_during_finetune(tiny, tmp_path, monkeypatch):
+    """The hint names --resume; resuming after an interrupt is tested in test_finetune.py."""
+    import headstart.pipeline.data.sources as sources
+
+    out = tmp_path / "tuned"
+    args = ["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 2,
+            "--batch-size", 8, "--parity-samples", 4]
+    with monkeypatch.context() as m:
+        _sigterm_after(m, sources, "load_or_reason", 3)
+        _assert_interrupted(_invoke(args), "run the same command again with --resume to resume")
+    assert not (out / "run.json").exists()
+
+
+def test_sigterm_during_run(tiny, tmp_path, monkeypatch):
+    from headstart.pipeline.report.progress import ProgressLine
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _sigterm_after(m, ProgressLine, "update", 1)
+        result = _invoke(["run", tiny["data"], "--out", out, "--backbone", "mobilenet",
+                          "--alpha", 0.25, "--image-size", 32, "--weights", tiny["weights"]])
+    _assert_interrupted(result)
