@@ -170,7 +170,7 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
     into train/, validation/ and test/. A killed run resumes when started again with the same
     command.
     """
-    from headstart.pipeline.data.sources import parse_split_option
+    from headstart.pipeline.data.source_spec import parse_split_option
     from headstart.pipeline.stages.extraction import extract_features
     from headstart.pipeline.report.progress import ProgressLine
 
@@ -298,7 +298,7 @@ def finetune_command(source, split_specs, export, quiet, **options):
     the backbone with every BatchNorm layer kept frozen, and writes model.keras (raw images in,
     logits out) with metrics, history and curves.
     """
-    from headstart.pipeline.data.sources import parse_split_option
+    from headstart.pipeline.data.source_spec import parse_split_option
     from headstart.pipeline.stages.finetuning import finetune
 
     config = FinetuneConfig(source=source, split_specs=parse_split_option(split_specs), export=tuple(export), **options)

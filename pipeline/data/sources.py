@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
 import tensorflow as tf
 
 from headstart.features.tfdata import without_autotune_thread
 from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
+from headstart.pipeline.data.source_spec import SourceSpec, parse_split_option  # noqa: F401 - re-exported
 from headstart.pipeline.errors import DataError, OptionError
 from headstart.pipeline.data.image import (  # noqa: F401 - re-exported: the input path's public face is this module
     MAX_IMAGE_PIXELS,
@@ -49,33 +49,6 @@ SPLIT_FOLDERS = ("train", "validation", "test")
 
 # OS clutter that is never an intended image; other stray files are reported, not ignored.
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}
-_SPLIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-
-
-def parse_split_option(values: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """Parses repeated ``--split NAME=SPEC`` values.
-
-    Args:
-        values: e.g. ("train=train[:80%]", "validation=train[80%:]").
-
-    Returns:
-        {name: spec} in the given order.
-
-    Raises:
-        OptionError: a value without "=", an empty or odd name, an empty spec, or a name twice.
-    """
-    specs: dict[str, str] = {}
-    for value in values:
-        name, sep, spec = value.partition("=")
-        name, spec = name.strip(), spec.strip()
-        if not sep or not name or not spec:
-            raise OptionError(f"--split '{value}': expected NAME=SPEC, e.g. train=train[:80%]")
-        if not _SPLIT_NAME.match(name):
-            raise OptionError(f"--split '{value}': split name '{name}' must be letters, digits, '_', '-' or '.'")
-        if name in specs:
-            raise OptionError(f"--split '{value}': split '{name}' is given twice")
-        specs[name] = spec
-    return specs
 
 
 def hash_fraction(relative_path: str) -> float:
@@ -99,14 +72,36 @@ def shard_of(key: str, count: int) -> int:
     return min(int(hash_fraction(SHARD_SALT + key) * count), count - 1)
 
 
+def open_source(spec: SourceSpec) -> Source:
+    """Opens the source a spec names (the one place a SOURCE becomes a Source).
+
+    Raises:
+        DataError: a missing path, an unknown or undownloadable dataset, a folder without classes,
+            an empty class folder, a split spec TFDS cannot read.
+        OptionError: ``--split`` with a directory source.
+    """
+    if spec.is_tfds:
+        return TfdsSource(spec.source, split_specs=spec.splits)
+    path = Path(spec.source).expanduser()
+    if not path.exists():
+        raise DataError(f"{spec.source}: no such directory (give a folder of class folders or tfds:NAME)")
+    if not path.is_dir():
+        raise DataError(f"{spec.source}: not a directory (give a folder of class folders or tfds:NAME)")
+    if spec.split_specs:
+        raise OptionError(f"--split applies to tfds: sources only; {spec.source} is a directory "
+                          f"(use {'/'.join(SPLIT_FOLDERS)} folders or --validation-fraction/--test-fraction)")
+    return DirSource(spec.source, path, validation_fraction=spec.validation_fraction,
+                     test_fraction=spec.test_fraction)
+
+
 def resolve_source(
     spec: str,
     *,
     split_specs: dict[str, str] | None = None,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.1,
+    validation_fraction: float = SourceSpec.validation_fraction,
+    test_fraction: float = SourceSpec.test_fraction,
 ) -> Source:
-    """Turns a SOURCE argument into a Source.
+    """``open_source(SourceSpec(spec, split_specs, validation_fraction, test_fraction))``.
 
     Args:
         spec: ``tfds:NAME`` (NAME may carry a config/version, e.g. ``mnist:3.*.*``) or a directory.
@@ -115,27 +110,9 @@ def resolve_source(
         test_fraction: share of a single class-folder tree held out for testing.
 
     Raises:
-        DataError: a missing path, an unknown or undownloadable dataset, a folder without classes,
-            an empty class folder, a split spec TFDS cannot read.
-        OptionError: fractions out of range, or ``--split`` with a directory source.
+        DataError, OptionError: as ``open_source`` and ``SourceSpec``.
     """
-    split_specs = dict(split_specs or {})
-    if spec.startswith("tfds:"):
-        return TfdsSource(spec, split_specs=split_specs)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise DataError(f"{spec}: no such directory (give a folder of class folders or tfds:NAME)")
-    if not path.is_dir():
-        raise DataError(f"{spec}: not a directory (give a folder of class folders or tfds:NAME)")
-    if split_specs:
-        raise OptionError(f"--split applies to tfds: sources only; {spec} is a directory "
-                          f"(use {'/'.join(SPLIT_FOLDERS)} folders or --validation-fraction/--test-fraction)")
-    for name, value in (("validation-fraction", validation_fraction), ("test-fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise OptionError(f"--{name} must be in [0, 1), got {value}")
-    if validation_fraction + test_fraction >= 1.0:
-        raise OptionError("--validation-fraction plus --test-fraction must leave some training data")
-    return DirSource(spec, path, validation_fraction=validation_fraction, test_fraction=test_fraction)
+    return open_source(SourceSpec(spec, split_specs or (), validation_fraction, test_fraction))
 
 
 class Source:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.report.progress import ProgressLine
 from headstart.pipeline.run.toml_config import RunConfig, first_difference, read_config_file, resolve_run_config, \
@@ -122,10 +123,9 @@ def validate_run_config(config: RunConfig) -> None:
                   {f"--{name}": f"--head-{name}" for name in ("epochs", "lr", "batch-size", "patience")})
     validate_finetune_config(dataclasses.replace(config.finetune, source=config.source, head="head", out="ft"))
     if not config.source.startswith("tfds:"):
-        from headstart.pipeline.data.sources import resolve_source
+        from headstart.pipeline.data.sources import open_source
 
-        source = resolve_source(config.source, split_specs=ex.split_specs,
-                                validation_fraction=ex.validation_fraction, test_fraction=ex.test_fraction)
+        source = open_source(SourceSpec.from_config(ex, source=config.source))
         if len(source.class_names) < 2:
             raise DataError(f"{config.source}: {len(source.class_names)} class folder(s); a classifier needs 2 or more")
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
+from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.run.toml_config import RunConfig
 
 #: Test images kept for summary.png: evenly spread over the split, the last few of them mistakes.
@@ -194,14 +195,13 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     if reused:
         console.log("  reused: same model and source")
         return reused
-    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.data.sources import open_source
     from headstart.pipeline.stages.evaluation import SplitPredictions, load_model, split_metrics
     from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
 
     ex = config.extract
     model, _ = load_model(run_dir / "finetune" / "model.keras")
-    source = resolve_source(config.source, split_specs=ex.split_specs, validation_fraction=ex.validation_fraction,
-                            test_fraction=ex.test_fraction)
+    source = open_source(SourceSpec.from_config(ex, source=config.source))
     split = next((s for s in ("test", "validation") if s in source.split_names), None)
     if split is None:
         console.log("  no test or validation split: nothing to evaluate")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.pipeline.config import RunConfig, config_from_dict, config_to_dict
+from headstart.pipeline.data.source_spec import parse_split_option
 from headstart.pipeline.errors import OptionError
 # The flags of ``headstart run`` and the sections they set live with every other option fact.
 from headstart.pipeline.options import RUN_OPTIONS, SECTIONS, RunOption, option_default  # noqa: F401
@@ -150,7 +151,7 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
         if value is None or (option.kind == "multi" and not value):
             continue
         if option.flag == "--split":
-            value = _parse_splits(value)
+            value = parse_split_option(value)
         elif option.kind == "multi":
             value = tuple(value)
         for section, key in option.targets:
@@ -172,19 +173,6 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
     return RunConfig(source=source, out=os.path.abspath(out), tensorboard=bool(top.get("tensorboard", False)),
                      diagnose=bool(top.get("diagnose", False)),
                      **{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
-
-
-def _parse_splits(values: Any) -> dict[str, str]:
-    # headstart.pipeline.data.sources.parse_split_option imports TensorFlow; the same rules, without it.
-    out: dict[str, str] = {}
-    for value in values:
-        name, sep, spec = str(value).partition("=")
-        if not sep or not name.strip() or not spec.strip():
-            raise OptionError(f"--split must be NAME=SPEC (e.g. train=train[:80%]), got '{value}'")
-        if name.strip() in out:
-            raise OptionError(f"--split: split '{name.strip()}' given twice")
-        out[name.strip()] = spec.strip()
-    return out
 
 
 def run_config_dict(config: RunConfig) -> dict[str, Any]:

@@ -9,6 +9,7 @@ reproduces them.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import os
@@ -400,22 +401,19 @@ def _expand(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def _resolve(source: str | Any, run: dict | None, split_specs, validation_fraction, test_fraction) -> Any:
-    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.data.source_spec import SourceSpec
+    from headstart.pipeline.data.sources import open_source
 
     if not isinstance(source, str):
         return source
     recorded = _recorded_source(run)
     same = bool(recorded) and (source in (recorded.get("source"), recorded.get("path"))
                                or os.path.abspath(source) == recorded.get("path"))
-    if split_specs is None and same:
-        split_specs = recorded.get("split_specs")
-    kwargs: dict[str, Any] = {"split_specs": split_specs}
-    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
-        if value is None and same and recorded.get(name) is not None:
-            value = recorded[name]
-        if value is not None:
-            kwargs[name] = value
-    return resolve_source(source, **kwargs)
+    # The same source as the run's reads with the run's spec (so "test" means the same images);
+    # anything given here wins, and what neither says takes the defaults.
+    base = SourceSpec.from_record(recorded if same else None, source=source)
+    given = {"split_specs": split_specs, "validation_fraction": validation_fraction, "test_fraction": test_fraction}
+    return open_source(dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None}))
 
 
 def _recorded_source(run: dict | None) -> dict:

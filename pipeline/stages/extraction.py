@@ -15,6 +15,7 @@ from typing import Callable
 
 from headstart.features.registry import DTYPES, POOLINGS
 from headstart.pipeline.config import ExtractConfig, config_to_dict
+from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import OptionError
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.ASCII)
@@ -75,12 +76,7 @@ def validate_extract_config(config: ExtractConfig) -> None:
     if not config.splits:
         raise OptionError("--splits must name at least one split")
     parse_shard(config.shard)
-    for name in ("validation_fraction", "test_fraction"):
-        value = getattr(config, name)
-        if not 0.0 <= value < 1.0:
-            raise OptionError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
-    if config.validation_fraction + config.test_fraction >= 1.0:
-        raise OptionError("--validation-fraction plus --test-fraction must leave some training data")
+    SourceSpec.from_config(config)  # split names and fractions
     out = Path(config.out)
     if out.exists() and out.is_dir():
         raise OptionError(f"--out {out} is a directory; give a file name such as features.h5")
@@ -117,14 +113,12 @@ def extract_features(
     from headstart.features.extract import extract_split, find_bad_images
     from headstart.features.merge import write_source_index
     from headstart.features.store import create_or_resume
-    from headstart.pipeline.data.sources import SHARD_HASH, resolve_source
+    from headstart.pipeline.data.sources import SHARD_HASH, open_source
 
     shard = parse_shard(config.shard)
     get_backbone_spec(config.backbone)
     check_image_size(config.backbone, config.image_size)
-    source = resolve_source(config.source, split_specs=config.split_specs,
-                            validation_fraction=config.validation_fraction,
-                            test_fraction=config.test_fraction)
+    source = open_source(SourceSpec.from_config(config))
     splits = _select_splits(config, source.split_names)
 
     if config.strict:

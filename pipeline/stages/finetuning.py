@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_to_dict
+from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import OptionError, RunDirError
 from headstart.pipeline.report.tensorboard_logs import check_log_dir, tensorboard_callback
 from headstart.pipeline.stages.stage_fit import fit_stage
@@ -167,7 +168,7 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
     from headstart.pipeline.report import rundir as report
     from headstart.pipeline.distribute.strategy import precision
     from headstart.pipeline.data.augment import build_augmentation
-    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.data.sources import open_source
     from headstart.pipeline.stages.evaluation import export_model, labelled_dataset, predict_split, split_metrics
     from headstart.pipeline.model.head import build_head, compile_head
     from headstart.pipeline.model.assembly import (assemble_model, build_backbone_parts, check_parity, freeze_backbone,
@@ -177,8 +178,8 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
     head_run = read_head_run(config.head) if config.head else None
     recipe = _recipe(config, head_run)
     resuming = _check_out(config, report)
-    src_info = _source_options(config, head_run)
-    source = resolve_source(config.source, **{k: v for k, v in src_info.items() if k != "source"})
+    source_spec = _source_spec(config, head_run)
+    source = open_source(source_spec)
     exclusion = None
     if config.exclude:
         from headstart.pipeline.diagnose.exclusion import ExcludingSource
@@ -319,7 +320,7 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
                       "accuracy": _head_accuracy(Path(config.head))} if head_run else None),
         "backbone": {**{k: recipe[k] for k in ("backbone", "weights", "alpha", "image_size", "pooling")},
                      "weights_fingerprint": fingerprint, "feature_shape": list(feature_shape)},
-        "source": {**src_info, "path": os.path.abspath(config.source), "describe": source.describe()},
+        "source": {**source_spec.to_dict(), "path": os.path.abspath(config.source), "describe": source.describe()},
         "class_names": class_names, "num_classes": num_classes, "stage_gate": gate, "exports": exports,
         "exclude": exclusion.record() if exclusion else None,
         "distribute": distribute,
@@ -373,14 +374,10 @@ def _recipe(config: FinetuneConfig, head_run: dict | None) -> dict:
     return {**recipe, "fingerprint": cache["weights_fingerprint"]}
 
 
-def _source_options(config: FinetuneConfig, head_run: dict | None) -> dict:
-    # The head run's source was resolved with these; the user does not repeat them.
+def _source_spec(config: FinetuneConfig, head_run: dict | None) -> SourceSpec:
+    # The head run's cache recorded how its source was read; the user does not repeat it.
     cmd = ((head_run or {}).get("cache", {}).get("provenance") or {}).get("command_config") or {}
-    defaults = ExtractConfig()
-    return {"source": config.source,
-            "split_specs": dict(getattr(config, "split_specs", None) or cmd.get("split_specs") or {}),
-            "validation_fraction": cmd.get("validation_fraction", defaults.validation_fraction),
-            "test_fraction": cmd.get("test_fraction", defaults.test_fraction)}
+    return SourceSpec.from_record(cmd, source=config.source, split_specs=config.split_specs)
 
 
 def _check_out(config: FinetuneConfig, report: Any) -> dict | None:

@@ -1,0 +1,140 @@
+"""The source spec: what a SOURCE argument and its split options mean, checked once, TF-free.
+
+A ``SourceSpec`` is the SOURCE (``tfds:NAME`` or a folder) plus the options that choose its splits:
+``--split NAME=SPEC`` overrides (TFDS sources) and the validation and test fractions (a single
+class-folder tree). It is built once (from ``--split`` strings with ``parse_split_option``, from a
+stage config with ``from_config``, or from what a cache or run recorded with ``from_record``),
+frozen, and passed whole to ``headstart.pipeline.data.sources.open_source``.
+
+It records itself with the keys the stage configs have always used (``source``, ``split_specs``,
+``validation_fraction``, ``test_fraction``): a cache's ``provenance.command_config`` and a finetune
+``run.json["source"]`` hold exactly those, so what earlier versions wrote reads back unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from headstart.pipeline.config import ExtractConfig
+from headstart.pipeline.errors import OptionError
+
+_SPLIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_EXAMPLE = "train=train[:80%]"
+
+
+def parse_split_option(values: Iterable[str]) -> dict[str, str]:
+    """Parses repeated ``--split NAME=SPEC`` values (the one parser of the option).
+
+    Args:
+        values: e.g. ("train=train[:80%]", "validation=train[80%:]").
+
+    Returns:
+        {name: spec} in the given order.
+
+    Raises:
+        OptionError: a value without "=", an empty or odd name, an empty spec, or a name twice.
+    """
+    specs: dict[str, str] = {}
+    for value in values:
+        name, sep, spec = str(value).partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name or not spec:
+            raise OptionError(f"--split must be NAME=SPEC, got '{value}' (expected NAME=SPEC, e.g. {_EXAMPLE})")
+        _check_split_name(name, value)
+        if name in specs:
+            raise OptionError(f"--split '{value}': split '{name}' is given twice")
+        specs[name] = spec
+    return specs
+
+
+def _check_split_name(name: str, value: str) -> None:
+    if not _SPLIT_NAME.match(name):
+        raise OptionError(f"--split '{value}': split name '{name}' must be letters, digits, '_', '-' or '.'")
+
+
+def check_fractions(validation_fraction: float, test_fraction: float) -> None:
+    """Checks the held-out shares of a single class-folder tree.
+
+    Raises:
+        OptionError: a fraction outside [0, 1), or both together leaving no training data.
+    """
+    for name, value in (("validation-fraction", validation_fraction), ("test-fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise OptionError(f"--{name} must be in [0, 1), got {value}")
+    if validation_fraction + test_fraction >= 1.0:
+        raise OptionError("--validation-fraction plus --test-fraction must leave some training data")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A SOURCE and the options that choose its splits; checked when built.
+
+    Attributes:
+        source: ``tfds:NAME`` (NAME may carry a config/version) or a directory path.
+        split_specs: ``--split`` overrides as ((name, TFDS split spec), …) in the given order; a
+            mapping is accepted and kept in its order.
+        validation_fraction: share of a single class-folder tree held out for validation.
+        test_fraction: share of a single class-folder tree held out for testing.
+
+    Raises:
+        OptionError: a split name that ``--split`` would refuse, an empty spec, or fractions out
+            of range (``check_fractions``).
+    """
+
+    source: str
+    split_specs: tuple[tuple[str, str], ...] = ()
+    validation_fraction: float = ExtractConfig.validation_fraction
+    test_fraction: float = ExtractConfig.test_fraction
+
+    def __post_init__(self) -> None:
+        pairs = tuple((self.split_specs or {}).items()) if isinstance(self.split_specs, Mapping) \
+            else tuple(tuple(p) for p in self.split_specs)
+        # A mapping from a TOML file never went through parse_split_option; hold it to the same rules.
+        parse_split_option(f"{name}={spec}" for name, spec in pairs)
+        object.__setattr__(self, "split_specs", tuple((str(n).strip(), str(s).strip()) for n, s in pairs))
+        object.__setattr__(self, "validation_fraction", float(self.validation_fraction))
+        object.__setattr__(self, "test_fraction", float(self.test_fraction))
+        check_fractions(self.validation_fraction, self.test_fraction)
+
+    @property
+    def is_tfds(self) -> bool:
+        """Whether SOURCE names a TFDS dataset (else it is a directory)."""
+        return self.source.startswith("tfds:")
+
+    @property
+    def splits(self) -> dict[str, str]:
+        """The ``--split`` overrides as {name: spec}."""
+        return dict(self.split_specs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the keys the stage configs use: source, split_specs, the fractions."""
+        return {"source": self.source, "split_specs": self.splits,
+                "validation_fraction": self.validation_fraction, "test_fraction": self.test_fraction}
+
+    @classmethod
+    def from_config(cls, config: Any, *, source: str | None = None) -> SourceSpec:
+        """The spec of a stage config (``ExtractConfig``; others lack the fractions: defaults).
+
+        Args:
+            config: a config with ``source`` and ``split_specs`` (and the fractions, if any).
+            source: SOURCE, when the config's own is not set (``headstart run`` keeps it top level).
+        """
+        return cls(source or config.source, getattr(config, "split_specs", None) or (),
+                   getattr(config, "validation_fraction", cls.validation_fraction),
+                   getattr(config, "test_fraction", cls.test_fraction))
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any] | None, *, source: str | None = None,
+                    split_specs: Mapping[str, str] | None = None) -> SourceSpec:
+        """Reads a spec back from what a cache (``provenance.command_config``) or run recorded.
+
+        Keys missing from an older record take their defaults. ``source`` and non-empty
+        ``split_specs`` replace the recorded ones (the same source, named again by the user).
+        """
+        record = {k: v for k, v in (record or {}).items() if v is not None}
+        return cls(source if source is not None else str(record.get("source", "")),
+                   split_specs or record.get("split_specs") or (),
+                   record.get("validation_fraction", cls.validation_fraction),
+                   record.get("test_fraction", cls.test_fraction))
