@@ -61,6 +61,12 @@ class HeadConfig:
     lr: float = 1e-3
     batch_size: int = 64
     dropout: float = 0.2
+    head_kind: str = "linear"       # headstart.pipeline.model.head.HEAD_KINDS
+    hidden_units: int = 256         # width of the hidden layer of head_kind "hidden"
+    normalize: str = "none"         # headstart.pipeline.model.head.NORMALIZATIONS
+    weight_decay: float = 0.0       # decoupled, on kernels
+    label_smoothing: float = 0.0
+    views: bool = True              # train on the cache's augmented views, when it has them
     patience: int = 3
     seed: int = 0
     deterministic: bool = False

@@ -2,7 +2,14 @@
 
 The head sits on top of the frozen backbone's (optionally pooled) output and produces logits:
 
-    features (B, *feature_shape) ─▶ [GlobalAveragePooling2D if rank 3] ─▶ Dropout ─▶ Dense ─▶ logits
+    features (B, *feature_shape) ─▶ [GlobalAveragePooling2D if rank 3] ─▶ [normalise] ─▶ Dropout
+        ─▶ [Dense(hidden_units, relu) ─▶ Dropout  (kind "hidden")] ─▶ Dense ─▶ logits
+
+The defaults (kind "linear", no normalisation) are the guide's head, layer for layer. Normalisation
+is a layer of the head, so the exported end-to-end model still takes raw images: "l2" scales each
+feature vector to unit length (``UnitNormalization``), "standardize" subtracts the training split's
+per-channel mean and divides by its standard deviation (``Normalization``, statistics stored as the
+layer's non-trainable weights, set with ``set_head_weights``/``adapt_head``).
 
 Two classes get one logit (binary cross-entropy from logits, the guide's setup); more classes get one
 logit per class (sparse categorical cross-entropy from logits). Only built-in Keras layers are used,
@@ -14,7 +21,7 @@ end-to-end model keep emitting logits (what the losses expect) while reports sho
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import keras
 import numpy as np
@@ -27,11 +34,20 @@ def num_logits(num_classes: int) -> int:
     return 1 if num_classes == 2 else num_classes
 
 
+#: Head kinds: the guide's linear head, or one hidden ReLU layer of ``hidden_units`` before it.
+HEAD_KINDS = ("linear", "hidden")
+#: Feature normalisations applied inside the head, before dropout.
+NORMALIZATIONS = ("none", "l2", "standardize")
+
+
 def build_head(
     feature_shape: Sequence[int],
     num_classes: int,
     *,
     dropout: float = 0.2,
+    kind: str = "linear",
+    hidden_units: int = 256,
+    normalize: str = "none",
     name: str = "head",
 ) -> keras.Model:
     """Builds the classifier head.
@@ -40,7 +56,11 @@ def build_head(
         feature_shape: shape of one cached feature, without the batch axis: ``(C,)`` for pooled
             features or ``(h, w, C)`` for spatial maps (``--pooling none``).
         num_classes: number of classes, at least 2.
-        dropout: dropout rate before the Dense layer, in [0, 1).
+        dropout: dropout rate before each Dense layer, in [0, 1).
+        kind: "linear" (the guide's head) or "hidden" (one ReLU layer of ``hidden_units`` first).
+        hidden_units: width of the hidden layer; used only by kind "hidden".
+        normalize: "none", "l2" or "standardize" (statistics start at mean 0 / variance 1; set
+            them with ``adapt_head`` or ``set_head_weights``).
         name: model name; ``finetune`` nests the head under this name.
 
     Returns:
@@ -48,14 +68,13 @@ def build_head(
         classes or ``(B, num_classes)`` otherwise.
 
     Raises:
-        OptionError: fewer than two classes, a dropout outside [0, 1), or a feature shape that is
-            neither rank 1 nor rank 3.
+        OptionError: fewer than two classes, a dropout outside [0, 1), an unknown kind or
+            normalisation, a hidden width below 1, or a feature shape that is neither rank 1 nor 3.
     """
     feature_shape = tuple(int(d) for d in feature_shape)
     if num_classes < 2:
         raise OptionError(f"a classifier needs at least 2 classes, got {num_classes}")
-    if not 0.0 <= dropout < 1.0:
-        raise OptionError(f"--dropout must be in [0, 1), got {dropout}")
+    check_head_options(dropout=dropout, kind=kind, hidden_units=hidden_units, normalize=normalize)
     if len(feature_shape) not in (1, 3):
         raise OptionError(f"feature shape must be (C,) or (h, w, C), got {feature_shape}")
 
@@ -64,12 +83,134 @@ def build_head(
     if len(feature_shape) == 3:
         # Spatial maps from --pooling none: pool here so one head fits every cache layout.
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if normalize == "l2":
+        x = keras.layers.UnitNormalization(axis=-1, name="normalize")(x)
+    elif normalize == "standardize":
+        x = keras.layers.Normalization(axis=-1, name="normalize")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
+    if kind == "hidden":
+        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+        x = keras.layers.Dropout(dropout, name="hidden_dropout")(x)
     # float32 whatever the global policy: under mixed precision the logits (and so the loss and
     # softmax) would otherwise be float16/bfloat16, which overflows or loses the small differences
     # the loss needs. Under the default float32 policy this changes nothing.
     outputs = keras.layers.Dense(num_logits(num_classes), name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def check_head_options(*, dropout: float = 0.2, kind: str = "linear", hidden_units: int = 256,
+                       normalize: str = "none", weight_decay: float = 0.0,
+                       label_smoothing: float = 0.0) -> None:
+    """Refuses head options out of range, naming the option (as train-head spells it).
+
+    Raises:
+        OptionError: the first bad option.
+    """
+    checks = [
+        ("--dropout", 0.0 <= dropout < 1.0, "in [0, 1)", dropout),
+        ("--head-kind", kind in HEAD_KINDS, f"one of {', '.join(HEAD_KINDS)}", kind),
+        ("--hidden-units", isinstance(hidden_units, int) and hidden_units >= 1, "at least 1", hidden_units),
+        ("--normalize", normalize in NORMALIZATIONS, f"one of {', '.join(NORMALIZATIONS)}", normalize),
+        ("--weight-decay", 0.0 <= weight_decay < 1.0, "in [0, 1)", weight_decay),
+        ("--label-smoothing", 0.0 <= label_smoothing < 1.0, "in [0, 1)", label_smoothing),
+    ]
+    for option, ok, expected, value in checks:
+        if not ok:
+            raise OptionError(f"{option} must be {expected}, got {value}")
+
+
+def adapt_head(head: keras.Model, train_batches: Iterable[np.ndarray]) -> None:
+    """Sets a "standardize" head's statistics from the training features; no-op for other heads.
+
+    Args:
+        head: a head from ``build_head``.
+        train_batches: the training split's original rows, float32 (B, *feature_shape) per batch
+            (one array, or any iterable of them, e.g. ``FeatureRows.eval_batches``), so a streamed
+            cache never has to fit in memory.
+    """
+    layer = _normalization_layer(head)
+    if layer is None:
+        return
+    if isinstance(train_batches, np.ndarray):
+        train_batches = [train_batches]
+    count, total, squares = 0, 0.0, 0.0
+    for x in train_batches:
+        x = np.asarray(x, dtype=np.float64)
+        x = x if x.ndim == 2 else x.mean(axis=(1, 2))  # rank 3: the head pools before normalising
+        count, total, squares = count + len(x), total + x.sum(axis=0), squares + (x * x).sum(axis=0)
+    mean = total / max(count, 1)
+    variance = np.maximum(squares / max(count, 1) - mean * mean, 0.0)
+    layer.set_weights([mean.astype(np.float32), variance.astype(np.float32),
+                       np.asarray(count, dtype=layer.weights[2].dtype)])
+    layer.finalize_state()
+
+
+def head_architecture(record: dict) -> dict:
+    """``build_head`` keyword arguments from a run.json "head" record (older runs: the guide's head)."""
+    return {"dropout": float(record.get("dropout", 0.2)), "kind": record.get("kind", "linear"),
+            "hidden_units": int(record.get("hidden_units", 256)), "normalize": record.get("normalize", "none")}
+
+
+def set_head_weights(head: keras.Model, weights: list[np.ndarray]) -> None:
+    """``head.set_weights`` that also refreshes a Normalization layer's statistics.
+
+    ``keras.layers.Normalization`` reads its weights into constants in ``finalize_state``; a plain
+    ``set_weights`` leaves it normalising with the old statistics (the parity check catches it).
+    """
+    head.set_weights(weights)
+    layer = _normalization_layer(head)
+    if layer is not None:
+        layer.finalize_state()
+
+
+def _normalization_layer(head: keras.Model) -> keras.layers.Normalization | None:
+    for layer in head.layers:
+        if isinstance(layer, keras.layers.Normalization):
+            return layer
+    return None
+
+
+@keras.saving.register_keras_serializable(package="headstart")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy from logits with label smoothing, on int labels (N,).
+
+    Keras's ``SparseCategoricalCrossentropy`` has no ``label_smoothing``; this one-hots the labels
+    and calls the built-in categorical loss, so int labels stay the one label format.
+    """
+
+    def __init__(self, num_classes: int, label_smoothing: float, name: str = "smoothed_sparse_crossentropy",
+                 **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_classes, self.label_smoothing = int(num_classes), float(label_smoothing)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), self.num_classes)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred, from_logits=True,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_classes": self.num_classes, "label_smoothing": self.label_smoothing}
+
+
+def head_training_loss(num_classes: int, label_smoothing: float = 0.0) -> keras.losses.Loss:
+    """The loss a head trains with: ``head_loss_and_metrics``'s, with optional label smoothing.
+
+    Validation and test losses are always the unsmoothed loss, so trials compare on one scale.
+    """
+    if not label_smoothing:
+        return head_loss_and_metrics(num_classes)[0]
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+    return SmoothedSparseCrossentropy(num_classes, label_smoothing)
+
+
+def head_optimizer(lr: float, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+    """Adam(lr), with decoupled weight decay on the kernels (never the biases) when asked."""
+    if not weight_decay:
+        return keras.optimizers.Adam(learning_rate=lr)
+    optimizer = keras.optimizers.Adam(learning_rate=lr, weight_decay=weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias"])
+    return optimizer
 
 
 def head_loss_and_metrics(num_classes: int) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
@@ -94,13 +235,16 @@ def head_loss_and_metrics(num_classes: int) -> tuple[keras.losses.Loss, list[ker
 
 
 def compile_head(model: keras.Model, num_classes: int, lr: float, *,
-                 jit_compile: bool | str = "auto") -> keras.Model:
+                 jit_compile: bool | str = "auto", weight_decay: float = 0.0,
+                 label_smoothing: float = 0.0) -> keras.Model:
     """Compiles ``model`` with Adam(lr) and the loss/metrics of ``head_loss_and_metrics``.
 
     Args:
         model: a head from ``build_head`` (or a full model ending in one).
         num_classes: number of classes.
         lr: Adam learning rate.
+        weight_decay: decoupled weight decay on kernels (``head_optimizer``); 0 for none.
+        label_smoothing: smoothing of the training loss (``head_training_loss``); 0 for none.
         jit_compile: True compiles the train and predict steps with XLA; "auto" (Keras's default)
             lets Keras decide (XLA on a single GPU, not on CPU or under tf.distribute).
 
@@ -108,9 +252,9 @@ def compile_head(model: keras.Model, num_classes: int, lr: float, *,
         The same model, compiled. Under a ``mixed_float16`` policy Keras wraps Adam in a
         ``LossScaleOptimizer`` itself.
     """
-    loss, metrics = head_loss_and_metrics(num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss, metrics=metrics,
-                  jit_compile=jit_compile)
+    _, metrics = head_loss_and_metrics(num_classes)
+    model.compile(optimizer=head_optimizer(lr, weight_decay), loss=head_training_loss(num_classes, label_smoothing),
+                  metrics=metrics, jit_compile=jit_compile)
     return model
 
 

@@ -170,7 +170,7 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.data.sources import open_source
     from headstart.pipeline.stages.evaluation import export_model, labelled_dataset, predict_split, split_metrics
-    from headstart.pipeline.model.head import build_head, compile_head
+    from headstart.pipeline.model.head import build_head, compile_head, head_architecture
     from headstart.pipeline.model.assembly import (assemble_model, build_backbone_parts, check_parity, freeze_backbone,
                                 trainable_counts, unfreeze_backbone)
 
@@ -206,8 +206,8 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
                 recipe["backbone"], weights=recipe["weights"], image_size=size, alpha=recipe["alpha"],
                 pooling=recipe["pooling"], expected_fingerprint=recipe["fingerprint"])
             shape = tuple(int(d) for d in (head_run["feature_shape"] if head_run else _feature_shape(base, pool)))
-            dropout = head_run["head"]["dropout"] if head_run else HeadConfig().dropout
-            head = build_head(shape, num_classes, dropout=dropout)
+            head = build_head(shape, num_classes, **(head_architecture(head_run["head"]) if head_run
+                                                     else {"dropout": HeadConfig().dropout}))
             if head_run:
                 _copy_head_weights(Path(config.head) / "head.keras", head)
             model = assemble_model(base, pre, pool, head, image_size=size,
@@ -442,9 +442,11 @@ def _feature_shape(base: Any, pool: Any) -> tuple[int, ...]:
 def _copy_head_weights(path: Path, head: Any) -> None:
     import keras
 
+    from headstart.pipeline.model.head import set_head_weights
+
     try:
         trained = keras.saving.load_model(path, safe_mode=True, compile=False)
-        head.set_weights(trained.get_weights())
+        set_head_weights(head, trained.get_weights())
     except Exception as exc:  # noqa: BLE001 - load and shape errors both mean a head we cannot use
         raise RunDirError(f"--head: {path} does not fit the rebuilt head ({str(exc).splitlines()[0][:200]})") from exc
 

@@ -77,6 +77,16 @@ def validate_head_config(config: HeadConfig) -> None:
         if not ok:
             raise OptionError(f"{option} must be {expected}, got {value}")
     check_log_dir(config.tensorboard)
+    from headstart.pipeline.model.head import check_head_options
+
+    check_head_options(**head_options(config), weight_decay=config.weight_decay,
+                       label_smoothing=config.label_smoothing)
+
+
+def head_options(config: HeadConfig) -> dict:
+    """The ``build_head`` keyword arguments a HeadConfig asks for (run.json's "head" record too)."""
+    return {"dropout": config.dropout, "kind": config.head_kind, "hidden_units": config.hidden_units,
+            "normalize": config.normalize}
 
 
 @contextlib.contextmanager
@@ -245,16 +255,24 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
     return history, best_epoch, seconds
 
 
-def build_compiled_head(config: HeadConfig, feature_shape: tuple[int, ...], num_classes: int) -> Any:
+def build_compiled_head(config: HeadConfig, feature_shape: tuple[int, ...], num_classes: int,
+                        train_batches: Any = None) -> Any:
     """The head of ``config``, compiled as train-head compiles it (call inside a strategy scope).
+
+    Args:
+        train_batches: the training split's original rows (arrays (B, *feature_shape)), for the
+            statistics of ``--normalize standardize``; None leaves them at mean 0, variance 1.
 
     Returns:
         A Keras model (B, *feature_shape) float32 → logits (B, 1 or num_classes).
     """
-    from headstart.pipeline.model.head import build_head, compile_head
+    from headstart.pipeline.model.head import adapt_head, build_head, compile_head
 
-    return compile_head(build_head(feature_shape, num_classes, dropout=config.dropout),
-                        num_classes, config.lr, jit_compile=True if config.jit_compile else "auto")
+    model = build_head(feature_shape, num_classes, **head_options(config))
+    if train_batches is not None:
+        adapt_head(model, train_batches)
+    return compile_head(model, num_classes, config.lr, jit_compile=True if config.jit_compile else "auto",
+                        weight_decay=config.weight_decay, label_smoothing=config.label_smoothing)
 
 
 def _epoch_line(epoch: int, epochs: int, history: dict, seconds: float) -> str:
@@ -266,17 +284,20 @@ def _epoch_line(epoch: int, epochs: int, history: dict, seconds: float) -> str:
     return "  ".join(parts)
 
 
-def _make_loaders(splits: dict[str, Any], memory_limit_mb: int) -> tuple[dict[str, FeatureRows], str, int]:
+def _make_loaders(splits: dict[str, Any], memory_limit_mb: int,
+                  views: bool = True) -> tuple[dict[str, FeatureRows], str, int]:
     """Loads every split into memory when all fit in the limit, else streams them all.
+
+    ``views=False`` trains on the originals only, ignoring a cache's augmented views.
 
     Returns:
         (split → FeatureRows, "memory" or "stream", bytes the splits take at the stored dtype).
     """
     # One decision for all splits, so a run is wholly in memory or wholly streamed and run.json
     # can say which with one word.
-    need = sum(split_nbytes(s, with_views=(name == "train")) for name, s in splits.items())
+    need = sum(split_nbytes(s, with_views=(views and name == "train")) for name, s in splits.items())
     in_memory = need <= memory_limit_mb * MB
-    rows = {name: FeatureRows(s, in_memory=in_memory, with_views=(name == "train"))
+    rows = {name: FeatureRows(s, in_memory=in_memory, with_views=(views and name == "train"))
             for name, s in splits.items()}
     return rows, ("memory" if in_memory else "stream"), need
 
@@ -391,12 +412,12 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
         feature_shape = tuple(int(d) for d in cache.feature_shape)
 
         t_load = time.perf_counter()
-        rows, loader, need = _make_loaders(splits, config.memory_limit_mb)
+        rows, loader, need = _make_loaders(splits, config.memory_limit_mb, config.views)
         labels = {name: np.asarray(s.labels, dtype=np.int64) for name, s in splits.items()}
         load_seconds = time.perf_counter() - t_load
         log(f"{config.features}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())} rows, "
             f"{num_classes} classes, features {feature_shape}"
-            + (f", {cache.views} augmented views" if cache.views else "")
+            + (f", {cache.views} augmented views" if rows["train"].views else "")
             + f"; {loader} loader ({need / MB:.1f} MB, limit {config.memory_limit_mb} MB)")
 
         with _op_determinism(config.deterministic):
@@ -406,7 +427,8 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
             # Variables (model and optimizer) must be created in the strategy's scope; layers take
             # the dtype policy in force when they are built.
             with precision(config.mixed_precision) as policy, strategy.scope():
-                model = build_compiled_head(config, feature_shape, num_classes)
+                model = build_compiled_head(config, feature_shape, num_classes,
+                                            (x for x, _ in rows["train"].eval_batches(4096)))
             val = (rows["validation"], labels["validation"]) if "validation" in rows else None
             if val is None:
                 log("no validation split: early stopping watches the training loss")
@@ -459,7 +481,8 @@ def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
         "class_names": class_names,
         "num_classes": num_classes,
         "feature_shape": list(feature_shape),
-        "head": {"dropout": config.dropout, "logits": int(model.output_shape[-1]), "from_logits": True,
+        "head": {**head_options(config), "weight_decay": config.weight_decay,
+                 "label_smoothing": config.label_smoothing, "logits": int(model.output_shape[-1]), "from_logits": True,
                  "loss": "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"},
         "loader": loader,
         "exclude": exclusion.record() if exclusion else None,
