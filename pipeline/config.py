@@ -23,6 +23,10 @@ CATS_VS_DOGS_SPLITS = {
 DEFAULT_AUGMENT = "flip,rotate=0.1"
 #: What ``finetune --export`` can write besides model.keras (``stages.evaluation.export_model``).
 EXPORT_FORMATS = ("saved_model", "tflite")
+#: Head kinds: the guide's linear head, or one hidden ReLU layer before it (pipeline/model/head.py).
+HEAD_KINDS = ("linear", "hidden")
+#: Feature normalisations applied inside the head.
+NORMALIZATIONS = ("none", "l2", "standardize")
 
 
 @dataclass

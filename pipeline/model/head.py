@@ -21,11 +21,13 @@ end-to-end model keep emitting logits (what the losses expect) while reports sho
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
 import keras
 import numpy as np
 
+from headstart.pipeline.config import HEAD_KINDS, NORMALIZATIONS
 from headstart.pipeline.errors import OptionError
 
 
@@ -34,10 +36,6 @@ def num_logits(num_classes: int) -> int:
     return 1 if num_classes == 2 else num_classes
 
 
-#: Head kinds: the guide's linear head, or one hidden ReLU layer of ``hidden_units`` before it.
-HEAD_KINDS = ("linear", "hidden")
-#: Feature normalisations applied inside the head, before dropout.
-NORMALIZATIONS = ("none", "l2", "standardize")
 
 
 def build_head(
@@ -111,7 +109,7 @@ def check_head_options(*, dropout: float = 0.2, kind: str = "linear", hidden_uni
         ("--head-kind", kind in HEAD_KINDS, f"one of {', '.join(HEAD_KINDS)}", kind),
         ("--hidden-units", isinstance(hidden_units, int) and hidden_units >= 1, "at least 1", hidden_units),
         ("--normalize", normalize in NORMALIZATIONS, f"one of {', '.join(NORMALIZATIONS)}", normalize),
-        ("--weight-decay", 0.0 <= weight_decay < 1.0, "in [0, 1)", weight_decay),
+        ("--weight-decay", 0.0 <= weight_decay < math.inf, "0 or more", weight_decay),
         ("--label-smoothing", 0.0 <= label_smoothing < 1.0, "in [0, 1)", label_smoothing),
     ]
     for option, ok, expected, value in checks:
