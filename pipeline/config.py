@@ -147,6 +147,20 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
+@dataclass
+class SweepConfig:
+    """What ``sweep`` needs; the search space itself is ``headstart.pipeline.sweep.space.SearchSpace``."""
+
+    caches: tuple[str, ...] = ()
+    out: str = ""
+    trials: int = 64                # finished trials in total, over every process and resume
+    seed: int = 0
+    storage: str | None = None      # an Optuna storage URL; None means sqlite:///OUT/study.db
+    overwrite: bool = False
+    jit_compile: bool = False
+    heartbeat: int = 5              # seconds; a trial silent for twice this is rerun
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Returns a JSON-ready dict of a config dataclass (tuples become lists)."""
     out = {}

@@ -9,7 +9,7 @@ A ``[sweep]`` section changes any part of the space; every key is optional::
     label_smoothing = [0.0, 0.2]
     batch_size = [32, 64, 128]        # choices (a list), or one value
     head_kind = ["linear", "hidden"]
-    hidden_units = [128, 256, 512]    # only for head_kind "hidden"
+    hidden_units = [64, 128, 256]     # only for head_kind "hidden"
     normalize = ["none", "l2", "standardize"]
     views = [true, false]             # only for caches with augmented views
     epochs = 30                       # per trial, with early stopping ...
@@ -48,7 +48,7 @@ class SearchSpace:
     label_smoothing: tuple[float, float] = (0.0, 0.2)
     batch_size: tuple[int, ...] = (32, 64, 128)
     head_kind: tuple[str, ...] = HEAD_KINDS
-    hidden_units: tuple[int, ...] = (128, 256, 512)
+    hidden_units: tuple[int, ...] = (64, 128, 256)
     normalize: tuple[str, ...] = NORMALIZATIONS
     views: tuple[bool, ...] = (True, False)
     epochs: int = 30

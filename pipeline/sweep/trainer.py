@@ -2,14 +2,19 @@
 
 As DINOv2's linear evaluation (``dinov2/eval/linear.py``) trains its whole grid of linear
 classifiers on the same features in one pass, the trials of a group (same cache, batch size and
-views, hence the same batches) share each batch: one ``tf.function`` runs every head on it and
-applies each head's own optimizer. Each head is what ``train-head`` would build and train for the
-same configuration — ``build_head`` after ``keras.utils.set_random_seed(seed)``, Adam through
-``head_optimizer``, the loss of ``head_training_loss``, the batch plan of ``FeatureRows.plan`` — so a
-trial trained here matches the same configuration trained alone (tests/test_sweep.py states the
-tolerance). Early stopping is ``train-head``'s rule per trial (val_loss strictly lower, patience,
-best weights restored); a stopped or pruned trial leaves the step when the group is recompiled,
-which happens once the active trials fall to half of those in the step.
+views, hence the same batches) share each batch. Heads of one architecture are stacked on a
+leading trial axis — kernels (T, C, L), one batched matmul for all — and updated by a vectorised
+copy of Keras's Adam whose learning rate, weight decay, dropout and label smoothing are (T,)
+vectors, so one ``tf.function`` step costs about as many ops for 64 trials as for one.
+
+What each trial computes is what ``train-head`` computes for the same configuration: initial
+weights drawn by ``build_head`` after ``keras.utils.set_random_seed(seed)``, the head's own pooling
+and normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas,
+the batch plan of ``FeatureRows.plan``, and train-head's early-stopping rule per trial (val_loss
+strictly lower, patience, best weights kept). Only the dropout masks come from another random
+stream; without dropout a trial matches train-head to float rounding (tests/test_sweep.py states
+the tolerance). A stopped or pruned trial keeps being updated in its stack — cheaper than a new
+trace — but its best epoch's weights are already kept and it is reported at once.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class TrialRun:
         validation: classification metrics of the kept weights on the validation split, plus
             "loss", "balanced_accuracy" and "macro_f1".
         seconds: this trial's share of the group's wall time.
-        head: the trained head (best weights), for saving the winner.
+        weights: the best epoch's Dense weights by layer name ("hidden", "logits").
     """
 
     history: dict[str, list[float]]
@@ -44,75 +49,205 @@ class TrialRun:
     stopped: str
     validation: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
-    head: Any = None
+    weights: dict = field(default_factory=dict)
 
     @property
     def epochs_run(self) -> int:
         return len(self.history["val_loss"])
 
 
-class _Member:
-    """One trial's head, optimizer, loss and early-stopping state."""
+def _initial_weights(params: TrialParams, cache: SweepCache, seed: int, memo: dict) -> dict[str, list[np.ndarray]]:
+    """The Dense weights ``train-head --seed seed`` starts this trial's head from, by layer name."""
+    import keras
 
-    def __init__(self, params: TrialParams, cache: SweepCache, seed: int) -> None:
-        import keras
+    from headstart.pipeline.model.head import build_head
 
-        from headstart.pipeline.model.head import (adapt_head, build_head, head_optimizer,
-                                                   head_training_loss)
-
-        num_classes = len(cache.class_names)
-        # The same calls in the same order as train-head, so the initial weights and the dropout
-        # seed generators are the ones a train-head run with this seed starts from.
+    key = (params.head_kind, params.hidden_units, params.normalize)
+    if key not in memo:
+        # The same calls in the same order as train-head (seed, then the builder), so the draws
+        # of the initialisers are the same; dropout's rate never changes what they draw.
         keras.utils.set_random_seed(seed)
-        config = params.head_config()
-        self.head = build_head(cache.feature_shape, num_classes, dropout=config.dropout, kind=config.head_kind,
-                               hidden_units=config.hidden_units, normalize=config.normalize)
-        adapt_head(self.head, (x for x, _ in cache.rows["train"].eval_batches(4096)))
-        self.optimizer = head_optimizer(params.lr, params.weight_decay)
-        self.optimizer.build(self.head.trainable_variables)
-        self.loss = head_training_loss(num_classes, params.label_smoothing)
-        self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-        self.best_value, self.best_epoch, self.best_weights, self.wait = math.inf, 0, None, 0
-        self.stopped: str | None = None
+        head = build_head(cache.feature_shape, len(cache.class_names), dropout=params.dropout,
+                          kind=params.head_kind, hidden_units=params.hidden_units or 1, normalize=params.normalize)
+        memo[key] = {name: head.get_layer(name).get_weights() for name in ("hidden", "logits")
+                     if name in [layer.name for layer in head.layers]}
+    return memo[key]
 
 
-def _compile_step(members: Sequence[_Member], num_classes: int, jit_compile: bool) -> tuple[Any, Any]:
-    """One train step and one predict function over ``members``' heads.
+def _normalizers(cache: SweepCache, names: Sequence[str]) -> list[Any]:
+    """Per normalisation, the head's own layers before dropout (pooling, normalise) as a model."""
+    import keras
 
-    Returns:
-        (train_step(x (B, *F), y) → (losses (T,), accuracies (T,)),
-         predict(x (N, *F)) → logits (T, N, L)).
+    from headstart.pipeline.model.head import adapt_head, build_head
+
+    out = []
+    for name in names:
+        head = build_head(cache.feature_shape, len(cache.class_names), normalize=name)
+        adapt_head(head, (x for x, _ in cache.rows["train"].eval_batches(4096)))
+        out.append(keras.Model(head.input, head.get_layer("dropout").input))
+    return out
+
+
+class _Stack:
+    """The heads of one architecture in a group, their weights stacked on a leading trial axis.
+
+    A linear head is ``W (T, C, L), b (T, L)``; a hidden one adds ``W1 (T, C, H), b1 (T, H)``. Adam's
+    moments have the same shapes; learning rate, weight decay, dropout and label smoothing are (T,)
+    vectors, so every trial keeps its own hyper-parameters inside one batched update.
     """
+
+    def __init__(self, members: list[int], trials: Sequence[TrialParams], initial: list[dict]) -> None:
+        import tensorflow as tf
+
+        self.members = members
+        self.hidden = trials[members[0]].head_kind == "hidden"
+        layers = ["hidden", "logits"] if self.hidden else ["logits"]
+        self.names = [(layer, part) for layer in layers for part in ("kernel", "bias")]
+        self.vars = [tf.Variable(np.stack([initial[i][layer][k] for i in members]).astype(np.float32))
+                     for layer in layers for k in (0, 1)]
+        self.m = [tf.Variable(tf.zeros_like(v)) for v in self.vars]
+        self.v = [tf.Variable(tf.zeros_like(v)) for v in self.vars]
+        pick = lambda f: tf.constant([float(f(trials[i])) for i in members], tf.float32)  # noqa: E731
+        self.lr, self.wd = pick(lambda t: t.lr), pick(lambda t: t.weight_decay)
+        self.rate, self.smoothing = pick(lambda t: t.dropout), pick(lambda t: t.label_smoothing)
+
+    def logits(self, x: Any, training: bool, seed: Any) -> Any:
+        """x (T, B, C) normalised features of each member → logits (T, B, L)."""
+        import tensorflow as tf
+
+        def dropout(h: Any, salt: int) -> Any:
+            if not training:
+                return h
+            keep = tf.random.stateless_uniform(tf.shape(h), seed + salt) >= self.rate[:, None, None]
+            return tf.where(keep, h / (1.0 - self.rate[:, None, None]), 0.0)
+
+        h = dropout(x, 0)
+        weights = list(self.vars)
+        if self.hidden:
+            w1, b1 = weights[:2]
+            h = dropout(tf.nn.relu(tf.einsum("tbc,tch->tbh", h, w1) + b1[:, None, :]), 1)
+        w, b = weights[-2:]
+        return tf.einsum("tbc,tcl->tbl", h, w) + b[:, None, :]
+
+    def apply(self, grads: list[Any], step: Any) -> None:
+        """Keras's Adam (and its decoupled weight decay on kernels), for every member at once."""
+        import tensorflow as tf
+
+        beta_1, beta_2, epsilon = 0.9, 0.999, 1e-7
+        t = tf.cast(step, tf.float32)
+        alpha = self.lr * tf.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+        for (_, part), var, m, v, g in zip(self.names, self.vars, self.m, self.v, grads):
+            shape = [-1] + [1] * (len(var.shape) - 1)
+            if part == "kernel":
+                var.assign(var - var * tf.reshape(self.wd * self.lr, shape))
+            m.assign_add((g - m) * (1 - beta_1))
+            v.assign_add((tf.square(g) - v) * (1 - beta_2))
+            var.assign_sub(m * tf.reshape(alpha, shape) / (tf.sqrt(v) + epsilon))
+
+    def weights_of(self, j: int) -> dict[str, list[np.ndarray]]:
+        """Member ``j``'s Dense weights by layer name, as NumPy copies."""
+        out: dict[str, list[np.ndarray]] = {}
+        for (layer, _), var in zip(self.names, self.vars):
+            out.setdefault(layer, []).append(var[j].numpy())
+        return out
+
+
+def _loss(logits: Any, y: Any, smoothing: Any, num_classes: int) -> Any:
+    """Per-member mean training loss (T,), as Keras's losses compute it, with label smoothing."""
     import tensorflow as tf
 
-    heads = [m.head for m in members]
-    variables = [m.head.trainable_variables for m in members]
+    ls = smoothing[:, None, None]
+    if num_classes == 2:
+        target = y[None] * (1.0 - ls) + 0.5 * ls
+        per = tf.nn.relu(logits) - logits * target + tf.math.log1p(tf.exp(-tf.abs(logits)))
+        return tf.reduce_mean(per, axis=[1, 2])
+    one_hot = tf.one_hot(tf.cast(y, tf.int32), num_classes)[None]
+    target = one_hot * (1.0 - ls) + ls / num_classes
+    return tf.reduce_mean(-tf.reduce_sum(target * tf.nn.log_softmax(logits), axis=-1), axis=1)
 
-    def accuracy(y: Any, logits: Any) -> Any:
-        if num_classes == 2:
-            return tf.reduce_mean(tf.cast(tf.equal(tf.cast(logits > 0, y.dtype), y), tf.float32))
-        hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.cast(y, tf.int64))
-        return tf.reduce_mean(tf.cast(hit, tf.float32))
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def train_step(x: Any, y: Any) -> tuple[Any, Any]:
+def _accuracy(logits: Any, y: Any, num_classes: int) -> Any:
+    import tensorflow as tf
+
+    if num_classes == 2:
+        return tf.reduce_mean(tf.cast(tf.equal(tf.cast(logits > 0, tf.float32), y[None]), tf.float32), axis=[1, 2])
+    hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.cast(y, tf.int64)[None])
+    return tf.reduce_mean(tf.cast(hit, tf.float32), axis=1)
+
+
+class _Group:
+    """All stacks of a group and the compiled train step / predict over them."""
+
+    def __init__(self, cache: SweepCache, trials: Sequence[TrialParams], seed: int, jit_compile: bool) -> None:
+        import tensorflow as tf
+
+        self.num_classes = len(cache.class_names)
+        memo: dict = {}
+        initial = [_initial_weights(t, cache, seed, memo) for t in trials]
+        norms = list(dict.fromkeys(t.normalize for t in trials))
+        self.normalizers = _normalizers(cache, norms)
+        by_arch: dict[tuple, list[int]] = {}
+        for i, t in enumerate(trials):
+            by_arch.setdefault((t.head_kind, t.hidden_units), []).append(i)
+        self.stacks = [_Stack(members, trials, initial) for members in by_arch.values()]
+        self.norm_index = [tf.constant([norms.index(trials[i].normalize) for i in s.members]) for s in self.stacks]
+        self.order = [i for s in self.stacks for i in s.members]  # stacked position → trial index
+        self.step_count = tf.Variable(0, dtype=tf.int64)
+        self.seed = seed
+        spec_x = tf.TensorSpec((None, *cache.feature_shape), tf.float32)
+        spec_y = tf.TensorSpec((None, 1) if self.num_classes == 2 else (None,), tf.float32)
+        # Free batch dimension: the epoch's short last batch reuses the one trace.
+        self.train_step = tf.function(self._train_step, jit_compile=jit_compile, input_signature=[spec_x, spec_y])
+        self.predict = tf.function(self._predict, jit_compile=jit_compile, input_signature=[spec_x])
+
+    def _features(self, x: Any) -> list[Any]:
+        import tensorflow as tf
+
+        variants = tf.stack([norm(x, training=False) for norm in self.normalizers])  # (V, B, C)
+        return [tf.gather(variants, index) for index in self.norm_index]              # (T_s, B, C)
+
+    def _train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        self.step_count.assign_add(1)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), self.step_count])
+        variables = [v for s in self.stacks for v in s.vars]
         with tf.GradientTape() as tape:
-            logits = [head(x, training=True) for head in heads]
-            losses = [m.loss(y, z) for m, z in zip(members, logits)]
-            # Heads share no variable: the gradient of the sum wrt one head is that head's own.
-            total = tf.add_n(losses)
-        grads = tape.gradient(total, [v for vs in variables for v in vs])
-        start = 0
-        for member, vs in zip(members, variables):
-            member.optimizer.apply_gradients(zip(grads[start:start + len(vs)], vs))
-            start += len(vs)
-        return tf.stack(losses), tf.stack([accuracy(y, z) for z in logits])
+            tape.watch(variables)
+            logits = [s.logits(f, True, seed) for s, f in zip(self.stacks, self._features(x))]
+            losses = [_loss(z, y, s.smoothing, self.num_classes) for s, z in zip(self.stacks, logits)]
+            # Members share no weight: the gradient of the sum wrt one member's is its own loss's.
+            total = tf.add_n([tf.reduce_sum(loss) for loss in losses])
+        grads = tape.gradient(total, variables)
+        at = 0
+        for s in self.stacks:
+            s.apply(grads[at:at + len(s.vars)], self.step_count)
+            at += len(s.vars)
+        accuracy = [_accuracy(z, y, self.num_classes) for z in logits]
+        return tf.concat(losses, 0), tf.concat(accuracy, 0)
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def predict(x: Any) -> Any:
-        return tf.stack([head(x, training=False) for head in heads])
+    def _predict(self, x: Any) -> Any:
+        import tensorflow as tf
 
-    return train_step, predict
+        return tf.concat([s.logits(f, False, None) for s, f in zip(self.stacks, self._features(x))], 0)
+
+    def weights_of(self, i: int) -> dict[str, list[np.ndarray]]:
+        position = self.order.index(i)
+        for s in self.stacks:
+            if position < len(s.members):
+                return s.weights_of(position)
+            position -= len(s.members)
+        raise IndexError(i)
+
+
+class _Member:
+    """One trial's early-stopping state (train-head's rule)."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        self.best_value, self.best_epoch, self.wait = math.inf, 0, 0
+        self.best_weights: dict | None = None
+        self.stopped: str | None = None
 
 
 def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, epochs: int, patience: int,
@@ -141,35 +276,32 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
         raise ValueError("a group's trials must share batch_size and views")
     num_classes = len(cache.class_names)
     start = time.perf_counter()
-    members = [_Member(t, cache, seed) for t in trials]
+    group = _Group(cache, trials, seed, jit_compile)
+    members = [_Member() for _ in trials]
     train = cache.train_rows(trials[0].views)
-    targets = head_labels(cache.labels["train"], num_classes)
+    targets = head_labels(cache.labels["train"], num_classes).astype(np.float32)
     val_x = np.concatenate([x for x, _ in cache.rows["validation"].eval_batches(1 << 16)])
     runs: list[TrialRun | None] = [None] * len(members)
-    in_step = list(range(len(members)))
-    step, predict = _compile_step(members, num_classes, jit_compile)
     for epoch in range(epochs):
-        active = [i for i in in_step if members[i].stopped is None]
-        if len(active) * 2 <= len(in_step) and active:
-            # Half the step's heads are done: a smaller step costs one trace, saves the rest.
-            in_step = active
-            step, predict = _compile_step([members[i] for i in in_step], num_classes, jit_compile)
-        sums = np.zeros((2, len(in_step)))
+        sums = np.zeros((2, len(members)))
         for x, rows in train.train_batches(train.plan(seed, epoch), trials[0].batch_size):
-            losses, accuracies = step(x, targets[rows])
+            losses, accuracies = group.train_step(x, targets[rows])
             sums += np.stack([losses.numpy(), accuracies.numpy()]) * len(rows)
-        logits = predict(val_x).numpy()
-        for j, i in enumerate(in_step):
+        logits = group.predict(val_x).numpy()
+        for position, i in enumerate(group.order):
             member = members[i]
             if member.stopped is not None:
-                continue
-            _record_epoch(member, sums[:, j] / train.n, logits[j], cache, epoch + 1, patience)
+                continue  # still updated in the stack (cheaper than a new trace); its best is kept
+            _record_epoch(member, sums[:, position] / train.n, logits[position], cache, epoch + 1, patience,
+                          lambda i=i: group.weights_of(i))
             if on_epoch is not None and member.stopped is None and on_epoch(i, epoch + 1, member.history["val_loss"][-1]):
                 member.stopped = "pruned"
             if member.stopped is None and epoch + 1 == epochs:
                 member.stopped = "epochs"
             if member.stopped is not None:
-                runs[i] = _finish(member, cache, val_x, (time.perf_counter() - start) / len(members))
+                if member.best_weights is None:  # never finite: keep the last weights, as train-head does
+                    member.best_epoch, member.best_weights = epoch + 1, (group.weights_of(i), logits[position])
+                runs[i] = _finish(member, cache, (time.perf_counter() - start) / len(members))
                 if on_done is not None:
                     on_done(i, runs[i])
         if all(m.stopped is not None for m in members):
@@ -178,7 +310,7 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
 
 
 def _record_epoch(member: _Member, train_means: np.ndarray, val_logits: np.ndarray, cache: SweepCache,
-                  epoch: int, patience: int) -> None:
+                  epoch: int, patience: int, weights: Callable[[], dict]) -> None:
     """Appends one epoch to the trial's history and applies train-head's early-stopping rule."""
     val_loss, val_acc = _val_loss_accuracy(val_logits, cache)
     history = member.history
@@ -188,7 +320,7 @@ def _record_epoch(member: _Member, train_means: np.ndarray, val_logits: np.ndarr
     history["val_accuracy"].append(val_acc)
     if math.isfinite(val_loss) and val_loss < member.best_value:
         member.best_value, member.best_epoch, member.wait = val_loss, epoch, 0
-        member.best_weights = member.head.get_weights()
+        member.best_weights = (weights(), val_logits)
     else:
         member.wait += 1
         if member.wait >= patience and member.best_weights is not None:
@@ -206,16 +338,12 @@ def _val_loss_accuracy(logits: np.ndarray, cache: SweepCache) -> tuple[float, fl
     return loss, float(np.mean(predict_classes(logits, num_classes) == labels))
 
 
-def _finish(member: _Member, cache: SweepCache, val_x: np.ndarray, seconds: float) -> TrialRun:
-    """Restores the best weights and measures them on validation."""
-    from headstart.pipeline.model.head import predict_classes, set_head_weights
+def _finish(member: _Member, cache: SweepCache, seconds: float) -> TrialRun:
+    """The trial's record: history, best epoch, and validation measures of its best weights."""
+    from headstart.pipeline.model.head import predict_classes
     from headstart.pipeline.report.rundir import classification_metrics
 
-    if member.best_weights is None:  # never finite: keep the last weights, as train-head does
-        member.best_epoch = len(member.history["val_loss"])
-    else:
-        set_head_weights(member.head, member.best_weights)
-    logits = np.asarray(member.head(val_x, training=False))
+    weights, logits = member.best_weights
     labels = cache.labels["validation"]
     validation = classification_metrics(labels, predict_classes(logits, len(cache.class_names)), cache.class_names)
     per_class = list(validation["per_class"].values())
@@ -224,7 +352,5 @@ def _finish(member: _Member, cache: SweepCache, val_x: np.ndarray, seconds: floa
           for c in per_class]
     validation.update(loss=_val_loss_accuracy(logits, cache)[0], balanced_accuracy=float(np.mean(recall)),
                       macro_f1=float(np.mean(f1)))
-    run = TrialRun(history=member.history, best_epoch=member.best_epoch, stopped=member.stopped or "epochs",
-                   validation=validation, seconds=seconds, head=member.head)
-    member.best_weights = None  # the head holds them now; free the copy
-    return run
+    return TrialRun(history=member.history, best_epoch=member.best_epoch, stopped=member.stopped or "epochs",
+                    validation=validation, seconds=seconds, weights=weights)
