@@ -57,6 +57,11 @@ def main() -> None:
     parser.add_argument("--out", help="keep the sweep directory here")
     args = parser.parse_args()
 
+    # Everything imported now: the library's lazy imports then never load a module edited meanwhile.
+    import headstart.pipeline.report.rundir  # noqa: F401
+    import headstart.pipeline.sweep.best  # noqa: F401
+    import headstart.pipeline.sweep.leaderboard  # noqa: F401
+    import headstart.pipeline.sweep.trainer  # noqa: F401
     from headstart.pipeline.config import HeadConfig, SweepConfig
     from headstart.pipeline.stages.head_training import train_head
     from headstart.pipeline.sweep.space import SearchSpace

@@ -87,7 +87,10 @@ def _field(section: str, name: str):
     if described.metavar:
         kwargs["metavar"] = described.metavar
     if kind == "bool":
-        return click.option(flag_of(section, name), is_flag=True, **kwargs)
+        flag = flag_of(section, name)
+        if default:  # an option that is on unless switched off
+            return click.option(f"{flag}/--no-{flag[2:]}", default=True, show_default=True, **kwargs)
+        return click.option(flag, is_flag=True, **kwargs)
     if kind == "multi":
         return click.option(flag_of(section, name), name, multiple=True, type=choice, **kwargs)
     if described.path:
@@ -262,8 +265,8 @@ def diagnose_command(quiet, **options):
 
 @main.command("train-head")
 @click.argument("features", type=click.Path())
-@_fields("head", "out", "epochs", "lr", "batch_size", "dropout", "patience", "seed", "deterministic", "memory_limit_mb",
-         "exclude")
+@_fields("head", "out", "epochs", "lr", "batch_size", "dropout", "head_kind", "hidden_units", "normalize",
+         "weight_decay", "label_smoothing", "views", "patience", "seed", "deterministic", "memory_limit_mb", "exclude")
 @_distribute_options("head")
 @_fields("head", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
@@ -279,6 +282,47 @@ def train_head_command(features, out, quiet, **options):
     result = train_head(HeadConfig(features=features, out=out, **options),
                         log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
     click.echo(result.summary)
+
+
+@main.command("sweep")
+@click.argument("caches", nargs=-1, required=True, type=click.Path())
+@_fields("sweep", "out", "trials", "seed")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file whose [sweep] section changes the search space (ranges, choices, epochs, parallel).")
+@_fields("sweep", "storage", "jit_compile", "tensorboard", "overwrite")
+@click.option("--quiet", is_flag=True, help="Print only the final table.")
+@_library_call
+def sweep_command(caches, config_file, quiet, **options):
+    """Search head configurations on one or several caches with Optuna; keep the best.
+
+    Several CACHES (one per backbone, image size or pooling, of the same images) make a backbone
+    shoot-out. Trials are trained many at a time in one compiled step. Kill it and run it again:
+    the study in DIR/study.db resumes; --trials counts the total. DIR gets leaderboard.csv,
+    sweep.png and best/, a train-head run directory for `finetune --head DIR/best`.
+    """
+    from headstart.pipeline.config import SweepConfig
+    from headstart.pipeline.sweep.space import SearchSpace, read_space_file
+    from headstart.pipeline.sweep.study import run_sweep, validate_sweep_config
+
+    config = SweepConfig(caches=tuple(caches), **options)
+    validate_sweep_config(config)
+    space = read_space_file(config_file) if config_file else SearchSpace()
+    from headstart.pipeline.report.progress import ProgressLine
+
+    bar = ProgressLine("sweep", quiet=quiet, log_every=float("inf"))
+    log = (lambda m: None) if quiet else (lambda m: (bar.close(), click.echo(m, err=True)))
+    try:
+        result = run_sweep(config, space, log=log,
+                           on_trial=lambda done, total, rate: bar.update(done, total, rate, unit="trial")
+                           if bar.tty else None)
+    finally:
+        bar.close()
+    click.echo(result.table)
+    best = result.best
+    test = "-" if result.best_test_accuracy is None else f"{result.best_test_accuracy:.4f}"
+    click.echo(f"{result.finished} trials ({result.trained_here} trained here) in {result.seconds:.1f} s; best: "
+               f"trial {best.get('number', '-')} on {best.get('cache', '-')}, test accuracy {test} -> "
+               f"{result.out}/best")
 
 
 @main.command("finetune")

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
-from headstart.pipeline.config import EXPORT_FORMATS, ExtractConfig, FinetuneConfig, HeadConfig, RunConfig
+from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, NORMALIZATIONS, ExtractConfig, FinetuneConfig,
+                                      HeadConfig, RunConfig, SweepConfig)
 from headstart.pipeline.distribute.strategy import STRATEGIES
 
 #: Section name → its config dataclass; "top" holds the top-level keys of ``headstart run``.
 SECTIONS: dict[str, type] = {"extract": ExtractConfig, "head": HeadConfig, "finetune": FinetuneConfig}
-_CLASSES: dict[str, type] = {**SECTIONS, "top": RunConfig}
+_CLASSES: dict[str, type] = {**SECTIONS, "top": RunConfig, "sweep": SweepConfig}
 _EXTRACT = ExtractConfig()  # finetune without --head falls back to these
 
 
@@ -92,6 +93,14 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "lr": OptionFact("Adam learning rate."),
         "batch_size": OptionFact("Rows per step."),
         "dropout": OptionFact("Dropout before the Dense layer."),
+        "head_kind": OptionFact("The guide's linear head, or one hidden ReLU layer (--hidden-units) before it.",
+                                choices=HEAD_KINDS),
+        "hidden_units": OptionFact("Width of the hidden layer of --head-kind hidden."),
+        "normalize": OptionFact("Feature normalisation inside the head: L2 to unit length, or standardize with the "
+                                "training split's statistics.", choices=NORMALIZATIONS),
+        "weight_decay": OptionFact("Decoupled weight decay on the kernels (Adam's weight_decay)."),
+        "label_smoothing": OptionFact("Label smoothing of the training loss."),
+        "views": OptionFact("Train on the cache's augmented views, when it has them."),
         "patience": OptionFact("Epochs without a better validation loss before stopping (best weights restored)."),
         "seed": OptionFact("Seed of initialisation, shuffling and view sampling."),
         "deterministic": OptionFact("Bit-identical results for the same seed (slower ops)."),
@@ -134,6 +143,17 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "tensorboard": OptionFact("Log every epoch with keras.callbacks.TensorBoard to DIR (train/, validation/; "
                                   "DIR/head/ for the head trained without --head).", metavar="DIR", path="dir"),
         "overwrite": OptionFact("Replace an existing run directory."),
+    },
+    "sweep": {
+        "out": OptionFact("Sweep directory: study.db, leaderboard.csv, sweep.png, best/.", path="dir", required=True),
+        "trials": OptionFact("Finished trials in total (a resumed or shared study counts what it has)."),
+        "seed": OptionFact("Seed of the sampler and of every trial's head."),
+        "storage": OptionFact("Optuna storage URL shared by several processes or machines (default: "
+                              "sqlite:///DIR/study.db).", metavar="URL"),
+        "jit_compile": OptionFact("Compile the batched step with XLA (worth it on a GPU)."),
+        "tensorboard": OptionFact("Log the best head's retraining with keras.callbacks.TensorBoard to DIR.",
+                                  metavar="DIR", path="dir"),
+        "overwrite": OptionFact("Start the study anew: delete DIR's study.db, leaderboard, plot and best/."),
     },
     "top": {
         "tensorboard": OptionFact("Write TensorBoard logs of both training stages to RUN_DIR/tensorboard/."),

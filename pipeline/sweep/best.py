@@ -43,7 +43,8 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, caches: dict[str
     tmp = out / f".best-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     result = train_head(params.head_config(features=cache.path, out=str(tmp), epochs=space.epochs,
-                                           patience=space.patience, seed=config.seed, overwrite=True),
+                                           patience=space.patience, seed=config.seed, overwrite=True,
+                                           tensorboard=config.tensorboard),
                         log=lambda line: None)
     run = _read_json(tmp / RUN_JSON)
     run["sweep"] = {

@@ -1,0 +1,255 @@
+"""``headstart sweep``: batched trials equal train-head, resume after SIGKILL, shared studies, shoot-outs.
+
+Caches are synthetic Gaussian blobs (``test_train_head.make_cache``) unless a test needs images; the
+one test on the real photos reuses the session's ``real_photo_cache`` and is marked slow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from headstart.pipeline.cli import main
+from headstart.pipeline.config import HeadConfig, SweepConfig
+from headstart.pipeline.errors import DataError
+from headstart.pipeline.sweep.space import SearchSpace, TrialParams
+from test_train_head import make_cache
+
+QUIET = {"log": lambda line: None}
+#: Largest difference allowed between a trial trained in a batch and alone, without dropout: the
+#: same formulas in another order of float32 rounding (measured: ~1e-7).
+TOLERANCE = 1e-5
+#: A small space that still mixes every head kind and normalisation in one group.
+SMALL = SearchSpace(epochs=6, patience=2, parallel=4, batch_size=(32,), hidden_units=(16,))
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def finished(out: Path) -> list:
+    import optuna
+
+    study = optuna.load_study(study_name="headstart-sweep", storage=f"sqlite:///{out / 'study.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+@pytest.mark.slow
+def test_batched_trials_equal_train_head_alone(tmp_path):
+    """Every head kind and normalisation, with weight decay and label smoothing, in one group."""
+    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.sweep.caches import load_caches
+    from headstart.pipeline.sweep.trainer import train_group
+
+    path = make_cache(tmp_path / "c.h5", classes=3, views=2, flip_validation=0.2)
+    cache = load_caches([str(path)])[0]
+    trials = [TrialParams("c", 1e-2, 0.0, 0.0, 0.0, 32, "linear", None, "none", True),
+              TrialParams("c", 3e-3, 0.0, 0.1, 0.1, 32, "hidden", 16, "standardize", True),
+              TrialParams("c", 1e-3, 0.0, 0.01, 0.05, 32, "linear", None, "l2", True)]
+    runs = train_group(cache, trials, seed=3, epochs=6, patience=2)
+    for i, (params, run) in enumerate(zip(trials, runs)):
+        alone = train_head(params.head_config(features=str(path), out=str(tmp_path / f"alone{i}"), epochs=6,
+                                              patience=2, seed=3), **QUIET)
+        assert run.best_epoch == alone.best_epoch and run.epochs_run == alone.epochs_run
+        np.testing.assert_allclose(run.history["val_loss"], alone.history["val_loss"], atol=TOLERANCE)
+        np.testing.assert_allclose(run.history["loss"], alone.history["loss"], atol=TOLERANCE)
+        head = keras.saving.load_model(tmp_path / f"alone{i}" / "head.keras", safe_mode=True, compile=False)
+        for layer, weights in run.weights.items():
+            for ours, theirs in zip(weights, head.get_layer(layer).get_weights()):
+                np.testing.assert_allclose(ours, theirs, atol=TOLERANCE)
+        assert abs(run.validation["loss"] - alone.val_loss) < TOLERANCE
+
+
+def test_default_head_is_the_guides_head_bit_for_bit():
+    from headstart.pipeline.model.head import build_head
+
+    keras.utils.set_random_seed(0)
+    head = build_head((8,), 2)
+    assert [layer.name for layer in head.layers] == ["features", "dropout", "logits"]
+    keras.utils.set_random_seed(0)
+    # The builder as it was before the sweep's head kinds (git show 9742bbb:pipeline/model/head.py).
+    inputs = keras.Input(shape=(8,), name="features")
+    x = keras.layers.Dropout(0.2, name="dropout")(inputs)
+    guide = keras.Model(inputs, keras.layers.Dense(1, name="logits", dtype="float32")(x), name="head")
+    for a, b in zip(head.get_weights(), guide.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert HeadConfig().head_kind == "linear" and HeadConfig().normalize == "none"
+
+
+@pytest.mark.slow
+def test_sweep_writes_leaderboard_plot_and_best_run(tmp_path):
+    path = make_cache(tmp_path / "c.h5", flip_validation=0.1)
+    toml = tmp_path / "sweep.toml"
+    # No dropout: DIR/best's retraining then reproduces the trial to float rounding (dropout masks
+    # come from another random stream in the batched step).
+    toml.write_text("[sweep]\nepochs = 4\npatience = 2\nparallel = 5\nbatch_size = [32, 64]\nhidden_units = 16\n"
+                    "dropout = 0.0\n")
+    out = tmp_path / "sw"
+    r = invoke("sweep", path, "--out", out, "--trials", 6, "--config", toml)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert len(rows) == 6 and {"val_loss", "val_accuracy", "val_macro_f1", "lr", "head_kind", "state"} <= set(rows[0])
+    assert rows[0]["rank"] == "1" and float(rows[0]["val_loss"]) <= min(float(r["val_loss"]) for r in rows
+                                                                         if r["state"] == "complete")
+    assert (out / "sweep.png").stat().st_size > 1000
+    run = json.loads((out / "best" / "run.json").read_text())
+    metrics = json.loads((out / "best" / "metrics.json").read_text())
+    assert run["kind"] == "head" and run["sweep"]["trial"] == int(rows[0]["number"])
+    assert metrics["test"]["accuracy"] is not None
+    # DIR/best is train-head retraining the trial: it reproduces the trial's validation loss.
+    assert abs(run["sweep"]["retrained_val_loss"] - float(rows[0]["val_loss"])) < TOLERANCE
+    assert "trial" in r.output and str(out / "best") in r.output
+    r = invoke("inspect", out / "best")
+    assert r.exit_code == 0, r.output
+
+
+def test_bad_search_space_toml_refused_in_one_line(tmp_path):
+    path = make_cache(tmp_path / "c.h5")
+    for text, words in [("[sweep]\nlr = [0.1, 0.001]\n", "lr"), ("[sweep]\nhead_kind = 'mlp'\n", "head_kind"),
+                        ("[sweep]\nlearning_rate = 1\n", "learning_rate"), ("[sweep\n", "not valid TOML"),
+                        ("[sweep]\nweight_decay = [0, 1]\n", "weight_decay")]:
+        toml = tmp_path / "bad.toml"
+        toml.write_text(text)
+        r = invoke("sweep", path, "--out", tmp_path / "sw", "--config", toml)
+        assert r.exit_code == 2, r.output
+        assert words in r.output and str(toml) in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "sw").exists()
+
+
+def test_mismatched_caches_refused_naming_the_difference(tmp_path):
+    from headstart.pipeline.sweep.caches import load_caches
+
+    a = make_cache(tmp_path / "a.h5")
+    b = make_cache(tmp_path / "b.h5", classes=3)
+    with pytest.raises(DataError, match="classes"):
+        load_caches([str(a), str(b)])
+    c = make_cache(tmp_path / "c.h5", counts={"train": 150, "validation": 48, "test": 48})
+    with pytest.raises(DataError, match="train/15.* only in"):
+        load_caches([str(a), str(c)])
+    r = invoke("sweep", a, c, "--out", tmp_path / "sw")
+    assert r.exit_code == 2 and "caches differ" in r.output and not (tmp_path / "sw").exists()
+
+
+@pytest.mark.slow
+def test_two_caches_of_different_backbones_ranked_in_one_leaderboard(tmp_path):
+    from headstart.pipeline.sweep.study import run_sweep
+
+    # Same images (keys, labels, splits); features of another width and quality, as another backbone gives.
+    wide = make_cache(tmp_path / "wide.h5", shape=(32,), spread=0.8)
+    narrow = make_cache(tmp_path / "narrow.h5", shape=(8,), seed=1, spread=3.0)
+    result = run_sweep(SweepConfig(caches=(str(wide), str(narrow)), out=str(tmp_path / "sw"), trials=10),
+                       SearchSpace(epochs=5, patience=2, parallel=10, batch_size=(32,), hidden_units=(16,)), **QUIET)
+    rows = list(csv.DictReader((tmp_path / "sw" / "leaderboard.csv").open()))
+    assert {r["cache"] for r in rows} == {"wide", "narrow"} and len(rows) == 10
+    assert result.best["cache"] == "wide"  # the better features win the shoot-out
+    assert json.loads((tmp_path / "sw" / "best" / "run.json").read_text())["cache"]["path"] == str(wide)
+
+
+def _sweep_process(cache: Path, out: Path, trials: int, parallel: int, epochs: int) -> subprocess.Popen:
+    code = ("import sys; from headstart.pipeline.config import SweepConfig;"
+            "from headstart.pipeline.sweep.space import SearchSpace;"
+            "from headstart.pipeline.sweep.study import run_sweep;"
+            f"r = run_sweep(SweepConfig(caches=({str(cache)!r},), out={str(out)!r}, trials={trials}, heartbeat=1),"
+            f" SearchSpace(epochs={epochs}, patience=100, parallel={parallel}, batch_size=(16,), hidden_units=(16,),"
+            " pruner='none'), log=lambda m: print(m, flush=True));"
+            "print('trained', r.trained_here, flush=True)")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_exactly_n_trials(tmp_path):
+    cache = make_cache(tmp_path / "c.h5", counts={"train": 640, "validation": 48, "test": 48})
+    out = tmp_path / "sw"
+    proc = _sweep_process(cache, out, trials=6, parallel=3, epochs=40)
+    for line in proc.stdout:  # kill in the second round: 3 trials told, 3 running
+        if "[3/6]" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    states = [t.state.name for t in finished(out)]
+    assert states.count("COMPLETE") == 3 and "RUNNING" in states
+    resumed = _sweep_process(cache, out, trials=6, parallel=3, epochs=40)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    trials = finished(out)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) == 6
+    interrupted = [t for t in trials if t.state.name == "FAIL"]
+    assert interrupted, "the killed trials are marked failed"
+    reruns = [t for t in done if "failed_trial" in t.system_attrs]
+    assert {t.system_attrs["failed_trial"] for t in reruns} == {t.number for t in interrupted}
+    for rerun in reruns:  # an interrupted trial is rerun with its own parameters
+        assert rerun.params == trials[rerun.system_attrs["failed_trial"]].params
+    assert len(list(csv.DictReader((out / "leaderboard.csv").open()))) == 6
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study_without_duplicates(tmp_path):
+    cache = make_cache(tmp_path / "c.h5")
+    out = tmp_path / "sw"
+    out.mkdir()
+    procs = [_sweep_process(cache, out, trials=8, parallel=3, epochs=3) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    trials = finished(out)
+    numbers = [t.number for t in trials if t.state.name == "COMPLETE"]
+    assert len(numbers) == 8 and len(set(numbers)) == 8
+    trained = [int(o.strip().splitlines()[-1].split()[-1]) for o in outputs]
+    assert sum(trained) == 8
+    told = [int(line.split()[1]) for o in outputs for line in o.splitlines() if line.startswith("trial ")]
+    assert sorted(told) == sorted(numbers)  # every trial trained by exactly one process
+
+
+@pytest.mark.slow
+def test_finetune_accepts_the_sweeps_best_head_with_parity(tmp_path):
+    from test_finetune import BACKBONE, make_splits, make_weights_file
+
+    data = make_splits(tmp_path / "images")
+    weights = make_weights_file(tmp_path / "w.weights.h5")
+    cache = tmp_path / "f.h5"
+    r = invoke("extract-features", data, "--out", cache, "--backbone", BACKBONE["backbone"], "--alpha",
+               BACKBONE["alpha"], "--image-size", BACKBONE["image_size"], "--weights", weights, "--quiet")
+    assert r.exit_code == 0, r.output
+    # The kinds whose layers finetune must rebuild: a hidden layer after standardisation.
+    toml = tmp_path / "sweep.toml"
+    toml.write_text("[sweep]\nhead_kind = 'hidden'\nnormalize = 'standardize'\nhidden_units = 8\nepochs = 3\n"
+                    "batch_size = 8\nparallel = 2\n")
+    out = tmp_path / "sw"
+    r = invoke("sweep", cache, "--out", out, "--trials", 2, "--config", toml, "--quiet")
+    assert r.exit_code == 0, r.output
+    tuned = tmp_path / "tuned"
+    r = invoke("finetune", data, "--head", out / "best", "--out", tuned, "--epochs", 1, "--batch-size", 8,
+               "--parity-samples", 4, "--quiet")
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tuned / "metrics.json").read_text())
+    assert metrics["parity"]["samples"] == 4 and metrics["parity"]["max_abs_diff"] <= metrics["parity"]["tolerance"]
+
+
+@pytest.mark.slow
+def test_sweep_on_real_photos_finds_a_head_at_least_as_good(real_photo_cache, tmp_path):
+    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.sweep.study import run_sweep
+
+    cache = str(real_photo_cache["cache"])
+    result = run_sweep(SweepConfig(caches=(cache,), out=str(tmp_path / "sw"), trials=16),
+                       SearchSpace(parallel=16), **QUIET)
+    default = train_head(HeadConfig(features=cache, out=str(tmp_path / "default")), **QUIET)
+    print(f"sweep best test accuracy {result.best_test_accuracy:.4f}, default {default.test_accuracy:.4f}, "
+          f"{result.seconds:.1f} s")
+    # Selection is on validation: the best trial's validation loss beats the default head's.
+    assert result.best["val_loss"] < default.val_loss
+    assert result.best_test_accuracy >= default.test_accuracy - 0.01
