@@ -1,0 +1,1 @@
+"""`headstart sweep`: search space, the caches of a shoot-out, the batched trainer, the Optuna study, the report."""

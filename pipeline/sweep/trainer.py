@@ -197,8 +197,9 @@ class _Group:
         spec_x = tf.TensorSpec((None, *cache.feature_shape), tf.float32)
         spec_y = tf.TensorSpec((None, 1) if self.num_classes == 2 else (None,), tf.float32)
         # Free batch dimension: the epoch's short last batch reuses the one trace.
-        self.train_step = tf.function(self._train_step, jit_compile=jit_compile, input_signature=[spec_x, spec_y])
-        self.predict = tf.function(self._predict, jit_compile=jit_compile, input_signature=[spec_x])
+        self.train_step = tf.function(self._train_step, jit_compile=jit_compile, input_signature=[spec_x, spec_y],
+                                      autograph=False)  # plain Python loops over stacks: nothing to convert
+        self.predict = tf.function(self._predict, jit_compile=jit_compile, input_signature=[spec_x], autograph=False)
 
     def _features(self, x: Any) -> list[Any]:
         import tensorflow as tf
