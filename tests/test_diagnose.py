@@ -254,3 +254,25 @@ def test_excluding_source_drops_the_keys_before_finetune_sees_them(tmp_path):
     assert wrapped.exclusion.record()["removed"]["train"] == 2
     with pytest.raises(DataError, match="not in"):
         ExcludingSource.wrap(source, str(_exclude_csv(tmp_path / "x.csv", ["elsewhere.jpg"])), data="x")
+
+
+def test_blocked_search_equals_the_full_matrix_and_faiss_finds_copies(monkeypatch):
+    from headstart.pipeline.diagnose import neighbours as nb
+
+    rng = np.random.default_rng(3)
+    x = nb.normalise_features(rng.normal(size=(300, 24)))
+    idx, sims = nb.top_k_neighbours(x, 5, block=64)  # several blocks, a short last one
+    full = x @ x.T
+    np.fill_diagonal(full, -np.inf)
+    np.testing.assert_array_equal(idx, np.argsort(-full, axis=1)[:, :5])
+    np.testing.assert_allclose(sims, np.sort(full, axis=1)[:, ::-1][:, :5], rtol=1e-5)
+    pytest.importorskip("faiss")
+    base = rng.normal(size=(3000, 64)).astype(np.float32)
+    base[:20] = base[20:40] + rng.normal(0, 0.01, (20, 64))
+    x = nb.normalise_features(base)
+    monkeypatch.setattr(nb, "EXACT_LIMIT", 1000)
+    assert nb.search_method(len(x)) == "faiss-ivf-pca128"
+    idx, sims = nb.top_k_neighbours(x, 5)
+    pairs = {(p.a, p.b) for p in nb.near_duplicate_pairs(idx, sims, 0.95)}
+    assert {(i, i + 20) for i in range(20)} <= pairs
+    assert (idx != np.arange(len(x))[:, None]).all()  # never its own neighbour

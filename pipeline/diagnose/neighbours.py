@@ -1,11 +1,13 @@
 """Nearest neighbours on normalised cached features, near-duplicate pairs, exact byte duplicates.
 
-One blocked exact search serves every check that needs neighbours (near-duplicates within and
-across splits, cleanlab's out-of-distribution score): queries go ``block`` rows at a time through
-one matrix product against all rows, and only each query's top ``k`` survive, so memory is
-O(block × N + N × k) rather than the O(N²) of a full similarity matrix. Measured in
-``benchmarks/diagnose_speed.py``; exact search was fast enough at 100,000 × 1,280 that no vector
-index library is needed.
+One search serves every check that needs neighbours (near-duplicates within and across splits,
+cleanlab's out-of-distribution score). Up to ``EXACT_LIMIT`` rows it is exact and blocked: queries go
+``block`` rows at a time through one matrix product against all rows and only each query's top
+``k`` survive, so memory is O(block × N + N × k), never the O(N²) of a full similarity matrix.
+Exact search costs N² × D: at 100,000 × 1,280 that measured ~15 minutes here, so beyond the limit
+faiss (optional: ``pip install faiss-cpu``) searches an inverted-file index over a 128-dimension PCA
+projection, and the similarities of the pairs it returns are recomputed exactly
+(``benchmarks/diagnose_speed.py``). Without faiss the exact search runs at any size, slowly.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 
 #: Query rows per matrix product: 1,024 × 100,000 float32 similarities is 400 MB.
 BLOCK_ROWS = 1024
+#: Rows up to which the search is exact; beyond it faiss is used when installed.
+EXACT_LIMIT = 20_000
 
 
 def normalise_features(features: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
@@ -42,8 +46,21 @@ def normalise_features(features: np.ndarray, center: np.ndarray | None = None) -
     return x / np.maximum(norms, 1e-12)
 
 
+def search_method(n: int) -> str:
+    """"exact" or "faiss-ivf-pca128": what ``top_k_neighbours`` does for ``n`` rows."""
+    if n <= EXACT_LIMIT:
+        return "exact"
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return "exact"
+    return "faiss-ivf-pca128"
+
+
 def top_k_neighbours(x: np.ndarray, k: int, *, block: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of every row by cosine similarity, the row itself excluded.
+    """The k nearest neighbours of every row by cosine similarity, the row itself excluded.
+
+    Exact up to ``EXACT_LIMIT`` rows (or without faiss), approximate beyond (see the module).
 
     Args:
         x: float32 (N, D) unit rows (``normalise_features``).
@@ -55,6 +72,8 @@ def top_k_neighbours(x: np.ndarray, k: int, *, block: int = BLOCK_ROWS) -> tuple
     """
     n = len(x)
     k = max(0, min(int(k), n - 1))
+    if k and search_method(n) != "exact":
+        return _faiss_neighbours(x, k)
     indices = np.zeros((n, k), dtype=np.int64)
     sims = np.zeros((n, k), dtype=np.float32)
     if k == 0:
@@ -69,6 +88,36 @@ def top_k_neighbours(x: np.ndarray, k: int, *, block: int = BLOCK_ROWS) -> tuple
         indices[start:stop] = np.take_along_axis(part, order, axis=1)
         sims[start:stop] = np.take_along_axis(part_sims, order, axis=1)
     return indices, sims
+
+
+def _faiss_neighbours(x: np.ndarray, k: int, dims: int = 128, nprobe: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate neighbours: faiss IVF (√N·4 lists, ``nprobe`` probed) over a PCA projection."""
+    import faiss
+
+    n, d = x.shape
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    dims = min(dims, d)
+    lists = int(min(4096, 4 * np.sqrt(n)))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dims), dims, lists, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexPreTransform(faiss.PCAMatrix(d, dims), ivf)
+    sample = np.random.default_rng(0).choice(n, min(n, 40 * lists), replace=False)
+    index.train(x[np.sort(sample)])
+    index.add(x)
+    ivf.nprobe = nprobe
+    _, found = index.search(x, k + 1)
+    indices = np.zeros((n, k), dtype=np.int64)
+    for i, row in enumerate(found):
+        # Drop the row itself (and -1, "fewer found than asked"); pad from what is left.
+        others = [j for j in row if j != i and j >= 0][:k]
+        indices[i, :len(others)] = others
+        indices[i, len(others):] = others[-1] if others else (i + 1) % n
+    # Exact cosine of the pairs found: the projection's inner products are only approximate.
+    sims = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, 4096):  # blocks: x[indices] whole would be N × k × D floats
+        part = slice(start, start + 4096)
+        sims[part] = np.einsum("nd,nkd->nk", x[part], x[indices[part]])
+    order = np.argsort(-sims, axis=1, kind="stable")
+    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(sims, order, axis=1)
 
 
 @dataclass(frozen=True)

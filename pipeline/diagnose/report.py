@@ -69,6 +69,7 @@ def counts(d) -> dict[str, int | None]:
 def write_report(d, config) -> None:
     """Writes the three CSVs, then report.json, into ``d.out``."""
     from headstart.pipeline.config import config_to_dict
+    from headstart.pipeline.diagnose.neighbours import search_method
     from headstart.pipeline.report.rundir import library_versions, write_json_atomic, write_text_atomic
 
     out = d.out
@@ -89,6 +90,7 @@ def write_report(d, config) -> None:
                             f"{config.folds}-fold out-of-fold probabilities; score = self-confidence",
             "duplicate_cosine_similarity": config.duplicate_threshold,
             "neighbours": config.neighbours,
+            "neighbour_search": search_method(len(d.rows.keys)),
             "out_of_distribution_mean_distance": d.outliers.distance_threshold,
             "near_constant_pixel_std": config.constant_std,
         },
