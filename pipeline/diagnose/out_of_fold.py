@@ -73,7 +73,7 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
 
     from headstart.pipeline.model.head import build_head, logits_to_probabilities
     from headstart.pipeline.stages.head_data import FeatureRows
-    from headstart.pipeline.stages.head_training import build_compiled_head, fit_head
+    from headstart.pipeline.stages.head_training import build_compiled_head, fit_head, head_options
 
     if len(x) < 2 * folds:
         raise DataError(f"{len(x)} labelled rows are too few for {folds} folds (need {2 * folds} or more)")
@@ -89,7 +89,7 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
     for j in range(folds):
         held, train = np.flatnonzero(fold == j), np.flatnonzero(fold != j)
         keras.utils.set_random_seed(config.seed + j)
-        _reset(model, build_head(shape, num_classes, dropout=config.dropout))
+        _reset(model, build_head(shape, num_classes, **head_options(config)))
         history, best, _ = fit_head(model, FeatureRows(_ArraySplit(x[train]), in_memory=True), labels[train], None,
                                     config, num_classes, lambda _: None)
         probs[held] = logits_to_probabilities(_logits(model, x[held]), num_classes)
