@@ -329,7 +329,7 @@ def sweep_command(caches, config_file, quiet, **options):
 @click.argument("source")
 @_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs", "epochs",
          "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "patience", "seed",
-         "parity_samples", "resume", "export", "exclude")
+         "parity_samples", "resume", "export", "quantize", "exclude")
 @_distribute_options("finetune")
 @_fields("finetune", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
@@ -379,7 +379,8 @@ def evaluate_command(model, source, split, as_json, **options):
 def predict_command(model, paths, csv_path, batch_size):
     """Predict the class of images or folders of images with a model.
 
-    One line per image: path, class, probability. Bad files are reported, not fatal.
+    MODEL is model.keras or its run directory, or an export: a SavedModel directory, model.onnx
+    or model.tflite. One line per image: path, class, probability. Bad files are reported, not fatal.
     """
     from headstart.pipeline.stages.evaluation import predict_images, write_predictions_csv
 

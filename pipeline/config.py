@@ -21,8 +21,10 @@ CATS_VS_DOGS_SPLITS = {
     "test": "train[50%:60%]",
 }
 DEFAULT_AUGMENT = "flip,rotate=0.1"
-#: What ``finetune --export`` can write besides model.keras (``stages.evaluation.export_model``).
-EXPORT_FORMATS = ("saved_model", "tflite")
+#: What ``finetune --export`` can write besides model.keras (``stages.export.export_model``).
+EXPORT_FORMATS = ("saved_model", "onnx", "tflite")
+#: TFLite quantization of ``finetune --export tflite --quantize`` (int8: calibrated on training images).
+QUANTIZE_MODES = ("none", "float16", "int8")
 #: Head kinds: the guide's linear head, or one hidden ReLU layer before it (pipeline/model/head.py).
 HEAD_KINDS = ("linear", "hidden")
 #: Feature normalisations applied inside the head.
@@ -125,7 +127,8 @@ class FinetuneConfig:
     seed: int = 0
     parity_samples: int = 16
     resume: bool = False
-    export: tuple[str, ...] = ()
+    export: tuple[str, ...] = ()   # EXPORT_FORMATS
+    quantize: str = "none"         # QUANTIZE_MODES, for the tflite export
     overwrite: bool = False
     strategy: str = "auto"          # headstart.pipeline.distribute.strategy.STRATEGIES
     mixed_precision: bool = False

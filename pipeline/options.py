@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
-from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, NORMALIZATIONS, ExtractConfig, FinetuneConfig,
+from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, QUANTIZE_MODES, NORMALIZATIONS, ExtractConfig, FinetuneConfig,
                                       HeadConfig, RunConfig, SweepConfig)
 from headstart.pipeline.distribute.strategy import STRATEGIES
 
@@ -136,7 +136,10 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "parity_samples": OptionFact("Validation images checked against the cached features before training "
                                      "(0: off)."),
         "resume": OptionFact("Continue an interrupted run from its last completed epoch."),
-        "export": OptionFact("Also export the model; repeatable.", choices=EXPORT_FORMATS),
+        "export": OptionFact("Also export the model (saved_model: an images and an encoded-bytes signature; "
+                             "onnx; tflite), each checked against model.keras; repeatable.", choices=EXPORT_FORMATS),
+        "quantize": OptionFact("Quantization of --export tflite; int8 is calibrated on training images.",
+                               choices=QUANTIZE_MODES),
         "exclude": OptionFact("CSV with a key column (e.g. diagnose's label_issues.csv): drop those images from "
                               "train and validation; test is kept.", path="file"),
         **_DISTRIBUTE,
@@ -252,6 +255,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     _o("--augment", "finetune.augment,extract.augment", "Augmentation while fine-tuning (and for --augment-views)."),
     _o("--patience", "finetune.patience", "Fine-tuning epochs without a better validation loss before stopping."),
     _o("--export", "finetune.export"),
+    _o("--quantize", "finetune.quantize"),
     _o("--seed", "extract.seed,head.seed,finetune.seed", "Seed of every stage."),
     _o("--tensorboard/--no-tensorboard", "top.tensorboard"),
     _o("--diagnose/--no-diagnose", "top.diagnose"),

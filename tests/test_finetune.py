@@ -88,7 +88,7 @@ def main_run(prepared):
     from headstart.pipeline.stages.finetuning import finetune
 
     lines: list[str] = []
-    result = finetune(config_for(prepared, prepared.root / "ft", export=("saved_model", "tflite")),
+    result = finetune(config_for(prepared, prepared.root / "ft", export=("saved_model", "onnx", "tflite")),
                       log=lines.append)
     return SimpleNamespace(result=result, lines=lines, run_dir=Path(result.run_dir))
 
@@ -162,13 +162,28 @@ def test_exports_predict_like_model_keras(main_run, prepared):
     loaded = tf.saved_model.load(str(main_run.run_dir / "saved_model"))  # keep it: serve() needs its variables
     served = loaded.serve(tf.constant(images)).numpy()
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
-    interpreter = tf.lite.Interpreter(model_path=main_run.result.exports["tflite"])
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=main_run.result.exports["tflite"])
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     interpreter.resize_tensor_input(inp["index"], images.shape)
     interpreter.allocate_tensors()
     interpreter.set_tensor(inp["index"], images)
     interpreter.invoke()
     np.testing.assert_allclose(interpreter.get_tensor(out["index"]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_metrics_record_each_export_against_model_keras_on_the_test_split(main_run):
+    metrics = json.loads((main_run.run_dir / "metrics.json").read_text())
+    exports = metrics["exports"]
+    assert exports["split"] == "test" and set(exports) == {"split", "saved_model", "onnx", "tflite"}
+    for fmt in ("saved_model", "onnx", "tflite"):
+        row = exports[fmt]
+        assert row["images"] == 8 and row["keras_accuracy"] == metrics["test"]["accuracy"], (fmt, row)
+        assert row["agreement"] == 1.0 and row["accuracy"] == row["keras_accuracy"], (fmt, row)
+        assert row["max_abs_logit_diff"] < 1e-3 and Path(row["path"]).exists()
+    assert exports["tflite"]["quantize"] == "none"
+    assert any(line.startswith("export onnx: test accuracy") for line in main_run.lines)
 
 
 def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prepared, tmp_path):
@@ -347,7 +362,7 @@ def test_refusals(prepared, main_run, tmp_path):
     with pytest.raises(OptionError, match="--unfreeze"):
         finetune(config_for(prepared, tmp_path / "a", unfreeze="top:x"), **quiet)
     with pytest.raises(OptionError, match="--export"):
-        finetune(config_for(prepared, tmp_path / "a", export=("onnx",)), **quiet)
+        finetune(config_for(prepared, tmp_path / "a", export=("coreml",)), **quiet)
     with pytest.raises(RunDirError, match="already exists"):
         finetune(config_for(prepared, main_run.run_dir), **quiet)
     with pytest.raises(RunDirError, match="finished run; nothing to resume"):

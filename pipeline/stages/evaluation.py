@@ -1,4 +1,6 @@
-"""Evaluate, predict and export a full model (``model.keras``: raw images in, logits out).
+"""Evaluate and predict with a full model (``model.keras``: raw images in, logits out).
+
+Exports live in ``headstart.pipeline.stages.export``; ``predict`` also reads them.
 
 Every image goes through ``headstart.pipeline.data.sources`` (``Source.dataset`` for splits, ``load_image`` for loose
 files), the same input path extraction and fine-tuning use, and every forward pass runs with
@@ -13,7 +15,6 @@ import dataclasses
 import heapq
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -247,10 +248,12 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     """Classifies image files; a bad file gives a row with ``error`` set and never stops the rest.
 
     Args:
-        model_path: ``model.keras`` or its run directory.
+        model_path: ``model.keras`` or its run directory, or an export: a SavedModel directory, a
+            ``.onnx`` or a ``.tflite`` file (see ``headstart.pipeline.stages.predictor``).
         paths: image files and/or directories (searched recursively for ``IMAGE_EXTENSIONS``).
         batch_size: images per forward pass.
-        class_names: names of the class indices; default: run.json beside the model, else "0", "1"…
+        class_names: names of the class indices; default: those the export holds, else run.json
+            beside the model, else "0", "1"…
 
     Returns:
         One PredictionRow per file, in the order given (directories sorted): the predicted class and
@@ -258,20 +261,21 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     """
     from headstart.pipeline.data.sources import load_image
     from headstart.pipeline.model.head import logits_to_probabilities
+    from headstart.pipeline.stages.predictor import load_predictor
 
-    model, run = load_model(model_path)
-    k = num_classes_of(model)
-    names = list(class_names or (run or {}).get("class_names") or [str(i) for i in range(k)])
+    predictor = load_predictor(model_path)
+    k = predictor.num_classes
+    names = list(class_names or predictor.class_names or [str(i) for i in range(k)])
     if len(names) != k:
         raise OptionError(f"{len(names)} class names given for a model of {k} classes")
-    size = int(model.input_shape[1])
+    size = predictor.image_size
     rows: list[PredictionRow] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
         if not pending:
             return
-        probs = logits_to_probabilities(model.predict_on_batch(np.stack([img for _, img in pending])), k)
+        probs = logits_to_probabilities(predictor.logits(np.stack([img for _, img in pending])), k)
         for (i, _), p in zip(pending, probs):
             best = int(np.argmax(p))
             rows[i].label, rows[i].probability = names[best], float(p[best])
@@ -331,61 +335,6 @@ def write_wrong_grid(wrong: Sequence[tuple], class_names: Sequence[str], path: s
         _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80), suffix=".png")
     finally:
         plt.close(fig)
-
-
-def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *,
-                 log: Callable[[str], None] = print) -> dict[str, str | None]:
-    """Exports the inference half of ``model`` (no augmentation) next to ``model.keras``.
-
-    "saved_model" → ``OUT/saved_model/`` (endpoint ``serve``: float32 (B, S, S, 3) raw 0–255 →
-    logits); "tflite" → ``OUT/model.tflite``, converted from that SavedModel. A TFLite conversion
-    that fails is logged and recorded as None rather than raised: the Keras model is already saved.
-
-    Returns:
-        format → written path, or None where the converter failed.
-
-    Raises:
-        OptionError: an unknown format.
-    """
-    from headstart.pipeline.model.assembly import inference_model
-
-    unknown = [f for f in formats if f not in EXPORT_FORMATS]
-    if unknown:
-        raise OptionError(f"--export: unknown format {unknown[0]!r} (choose from {', '.join(EXPORT_FORMATS)})")
-    out_dir = Path(out_dir)
-    done: dict[str, str | None] = {}
-    if not formats:
-        return done
-    serving = inference_model(model)
-    saved = out_dir / "saved_model"
-    tmp = out_dir / ".saved_model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    serving.export(str(tmp), format="tf_saved_model", verbose=False)
-    # A directory cannot be os.replace'd over a non-empty one; remove the old export first.
-    shutil.rmtree(saved, ignore_errors=True)
-    os.replace(tmp, saved)
-    if "saved_model" in formats:
-        done["saved_model"] = str(saved)
-    if "tflite" in formats:
-        done["tflite"] = _export_tflite(saved, out_dir / "model.tflite", log)
-        if "saved_model" not in formats:
-            shutil.rmtree(saved, ignore_errors=True)
-    return done
-
-
-def _export_tflite(saved: Path, target: Path, log: Callable[[str], None]) -> str | None:
-    import tensorflow as tf
-
-    try:
-        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
-    except Exception as exc:  # noqa: BLE001 - the converter raises many unrelated types
-        log(f"warning: tflite export failed ({str(exc).splitlines()[0][:200]}); model.keras and any "
-            "saved_model export are unaffected")
-        return None
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(flatbuffer)
-    os.replace(tmp, target)
-    return str(target)
 
 
 def _expand(paths: Sequence[str | os.PathLike]) -> list[str]:

@@ -33,7 +33,7 @@ from headstart.pipeline.stages.stage_fit import fit_stage
 #: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".
 BACKBONE_OPTIONS = ("backbone", "weights", "alpha", "image_size", "pooling")
 #: Options that may change between a run and its --resume.
-_RESUME_FREE = ("resume", "overwrite", "export", "out", "tensorboard")  # "out": a non-chief worker resumes in a scratch copy
+_RESUME_FREE = ("resume", "overwrite", "export", "quantize", "out", "tensorboard")  # "out": a non-chief worker resumes in a scratch copy
 #: Bytes of decoded images the training shuffle buffer may hold.
 SHUFFLE_BYTES = 256 << 20
 
@@ -63,8 +63,8 @@ def validate_finetune_config(config: FinetuneConfig) -> Any:
     Raises:
         OptionError: naming the option at fault.
     """
-    from headstart.pipeline.config import EXPORT_FORMATS
     from headstart.pipeline.data.augment import parse_augment_spec
+    from headstart.pipeline.stages.export import check_export_options
     from headstart.pipeline.model.assembly import parse_unfreeze
 
     if not config.source:
@@ -82,9 +82,7 @@ def validate_finetune_config(config: FinetuneConfig) -> Any:
     for option, ok, expected, value in checks:
         if not ok:
             raise OptionError(f"{option} must be {expected}, got {value}")
-    for fmt in config.export:
-        if fmt not in EXPORT_FORMATS:
-            raise OptionError(f"--export: unknown format '{fmt}' (choose from {', '.join(EXPORT_FORMATS)})")
+    check_export_options(config.export, config.quantize)
     parse_augment_spec(config.augment)
     check_log_dir(config.tensorboard)
     return parse_unfreeze(config.unfreeze)
@@ -169,7 +167,7 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
     from headstart.pipeline.distribute.strategy import precision
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.data.sources import open_source
-    from headstart.pipeline.stages.evaluation import export_model, labelled_dataset, predict_split, split_metrics
+    from headstart.pipeline.stages.evaluation import labelled_dataset, predict_split, split_metrics
     from headstart.pipeline.model.head import build_head, compile_head, head_architecture
     from headstart.pipeline.model.assembly import (assemble_model, build_backbone_parts, check_parity, freeze_backbone,
                                 trainable_counts, unfreeze_backbone)
@@ -306,7 +304,7 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
 
     model_path = run_dir / "model.keras"
     report.save_model_atomic(model, model_path)
-    exports = export_model(model, run_dir, config.export, log=log) if config.export else {}
+    exports = _export(model, run_dir, config, source, class_names, metrics, log) if config.export else {}
     history = stage["history"]
     report.write_json_atomic(run_dir / "metrics.json", metrics)
     report.write_history_csv(history, run_dir / "history.csv")
@@ -352,6 +350,27 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
 
 
 # ── helpers ──────────────────────────────────────────────────────────────────────────────────
+
+
+def _export(model: Any, run_dir: Path, config: FinetuneConfig, source: Any, class_names: list[str],
+            metrics: dict, log: Callable[[str], None]) -> dict[str, str | None]:
+    """Writes the --export formats and records in ``metrics["exports"]`` how each one scores on the
+    test split (else validation) next to model.keras, run by its own runtime."""
+    from headstart.pipeline.stages.export import calibration_images, check_exports, export_model
+
+    exports = export_model(model, run_dir, config.export, quantize=config.quantize, class_names=class_names,
+                           calibration=calibration_images(source, int(model.input_shape[1])), log=log)
+    split = next((s for s in ("test", "validation") if s in source.split_names), None)
+    if split:
+        checked = check_exports(exports, model, source, split, quantize=config.quantize,
+                                batch_size=config.batch_size)
+        metrics["exports"] = {"split": split, **checked}
+        for fmt, row in checked.items():
+            if row.get("accuracy") is not None:
+                log(f"export {fmt}: {split} accuracy {row['accuracy']:.4f} (model.keras {row['keras_accuracy']:.4f}), "
+                    f"same class on {row['agreement']:.1%} of images, largest logit difference "
+                    f"{row['max_abs_logit_diff']:.3g}")
+    return exports
 
 
 def _recipe(config: FinetuneConfig, head_run: dict | None) -> dict:

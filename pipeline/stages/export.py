@@ -1,0 +1,309 @@
+"""Export a full model for deployment: SavedModel (two serving signatures), ONNX, TFLite.
+
+Every format is written from the inference half of the model (no augmentation, see
+``inference_model``), takes what ``model.keras`` takes — float32 (B, S, S, 3) raw 0–255 — and
+returns its logits. Each file is written under a temporary name and moved into place, so a failed
+export never leaves half a file next to ``model.keras``.
+
+- ``saved_model/``: signature ``serve`` (the default): images → logits; signature
+  ``serve_bytes``: a batch of encoded image files (JPEG, PNG, GIF, BMP, WebP strings, what TF
+  Serving and Vertex AI callers send) → ``{"logits", "probabilities", "class_index",
+  "class_name"}``, decoded and resized inside the graph by ``decode_for_serving``; signature
+  ``class_names``: the class names as a constant.
+- ``model.onnx``: Keras 3's ``model.export(format="onnx")``, which on the TensorFlow backend
+  converts the traced function with tf2onnx (both needed); the class names go into the ONNX
+  metadata (``class_names``, JSON).
+- ``model.tflite``: converted from the SavedModel's ``serve`` signature, ``--quantize none``
+  (float32), ``float16`` (weights in float16) or ``int8`` (weights and activations in int8,
+  calibrated on the run's own training images; input and output stay float32, so callers feed
+  the same raw images).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+# No NumPy or TensorFlow at module level: cli.py reads EXPORT_FORMATS and QUANTIZE_MODES for --help.
+from headstart.pipeline.config import EXPORT_FORMATS, QUANTIZE_MODES
+from headstart.pipeline.errors import OptionError
+#: Training images the int8 converter sees to calibrate its activation ranges.
+CALIBRATION_IMAGES = 100
+#: What each format needs beyond TensorFlow: writing it, and reading it back to check it.
+#: They come with ``pip install headstart[export]``.
+REQUIRED_MODULES = {"saved_model": (), "onnx": ("tf2onnx", "onnx", "onnxruntime"),
+                    "tflite": ("ai_edge_litert",)}
+#: The ONNX opset; 17 is what onnxruntime ≥ 1.14 and tf2onnx 1.17 both support fully.
+ONNX_OPSET = 17
+
+
+def check_export_options(formats: Sequence[str], quantize: str) -> None:
+    """Refuses unknown formats and quantize modes, and ``--quantize`` without a TFLite export.
+
+    Raises:
+        OptionError: naming the option.
+    """
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise OptionError(f"--export: unknown format '{unknown[0]}' (choose from {', '.join(EXPORT_FORMATS)})")
+    if quantize not in QUANTIZE_MODES:
+        raise OptionError(f"--quantize: unknown mode '{quantize}' (choose from {', '.join(QUANTIZE_MODES)})")
+    if quantize != "none" and "tflite" not in formats:
+        raise OptionError(f"--quantize {quantize} applies to --export tflite only")
+    for fmt in formats:
+        require_modules(fmt, f"--export {fmt}")
+
+
+def require_modules(fmt: str, what: str) -> None:
+    """Refuses a format whose libraries are not installed, before any work is done.
+
+    Raises:
+        OptionError: naming the missing module and the extra that installs it.
+    """
+    import importlib.util
+
+    missing = [m for m in REQUIRED_MODULES.get(fmt, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OptionError(f"{what} needs {', '.join(missing)}: pip install 'headstart[export]'")
+
+
+def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str = "none",
+                 class_names: Sequence[str] | None = None,
+                 calibration: Callable[[], Iterable[np.ndarray]] | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, str | None]:
+    """Exports the inference half of ``model`` (no augmentation) into ``out_dir``.
+
+    Args:
+        model: a full model (raw images (B, S, S, 3) → logits (B, 1|K)), e.g. from model.keras.
+        out_dir: directory to write ``saved_model/``, ``model.onnx``, ``model.tflite`` into.
+        formats: some of ``EXPORT_FORMATS``.
+        quantize: TFLite quantization, one of ``QUANTIZE_MODES``.
+        class_names: names of the K classes (two for one logit); default "0", "1", …
+        calibration: for ``quantize="int8"``: returns an iterable of float32 (S, S, 3) raw training
+            images.
+        log: one-line messages (a converter that fails is logged, not raised: model.keras is
+            already saved).
+
+    Returns:
+        format → written path, or None where the converter failed.
+
+    Raises:
+        OptionError: an unknown format or mode, or int8 without calibration images.
+    """
+    from headstart.pipeline.model.assembly import inference_model
+
+    check_export_options(formats, quantize)
+    if quantize == "int8" and calibration is None:
+        raise OptionError("--quantize int8 needs calibration images (the run's training split)")
+    done: dict[str, str | None] = {}
+    if not formats:
+        return done
+    out_dir = Path(out_dir)
+    serving = inference_model(model)
+    width = int(serving.output_shape[-1])
+    names = [str(n) for n in (class_names or range(2 if width == 1 else width))]
+    saved = out_dir / "saved_model"
+    _write_saved_model(serving, names, saved)
+    if "saved_model" in formats:
+        done["saved_model"] = str(saved)
+    if "onnx" in formats:
+        done["onnx"] = _guarded("onnx", log, lambda: _write_onnx(serving, names, out_dir / "model.onnx"))
+    if "tflite" in formats:
+        done["tflite"] = _guarded("tflite", log, lambda: _write_tflite(saved, out_dir / "model.tflite",
+                                                                      quantize, calibration))
+    if "saved_model" not in formats:
+        shutil.rmtree(saved, ignore_errors=True)
+    return done
+
+
+def calibration_images(source: Any, image_size: int, split: str = "train") -> Callable[[], Iterable[Any]]:
+    """The int8 calibration set: the good images of the run's own training split, in source order.
+
+    Returns:
+        A function returning an iterator of float32 (S, S, 3) raw 0–255 images (the converter
+        takes the first ``CALIBRATION_IMAGES``).
+    """
+    def images():
+        for element in source.dataset(split, image_size):
+            if not element["error"].numpy():
+                yield element["image"].numpy()
+
+    return images
+
+
+def decode_for_serving(image_bytes: Any, image_size: int) -> Any:
+    """headstart's decode → RGB → bilinear resize, in TensorFlow ops only (a SavedModel can hold it).
+
+    The same ``tf.io.decode_image(channels=3, expand_animations=False)`` and ``tf.image.resize``
+    as ``headstart.pipeline.data.image``, so a JPEG/PNG/GIF/24-bit BMP/WebP file gives the pixels
+    ``load_image`` gives; the input path's Python header checks (size limit, truncation) and its
+    palette-BMP and animated-WebP fallbacks cannot live in a graph, and such files fail the call.
+
+    Args:
+        image_bytes: scalar tf.string, one encoded image file.
+        image_size: S.
+
+    Returns:
+        float32 (S, S, 3) raw 0–255.
+    """
+    import tensorflow as tf
+
+    pixels = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    pixels.set_shape((None, None, 3))
+    return tf.image.resize(pixels, (image_size, image_size), method="bilinear")
+
+
+def check_exports(done: dict[str, str | None], model: Any, source: Any, split: str, *, quantize: str = "none",
+                  batch_size: int = 32) -> dict[str, dict]:
+    """Runs every written export and ``model`` over one split, with each format's own runtime.
+
+    Args:
+        done: ``export_model``'s result (failed exports, None, are reported as failed).
+        model: the Keras model the exports came from (raw images → logits).
+        source: a ``headstart.pipeline.data.sources.Source``.
+        split: the split to compare on (the test split in finetune).
+        quantize: the TFLite quantization used, recorded with the tflite entry.
+        batch_size: images per forward pass.
+
+    Returns:
+        format → ``{"path", "accuracy", "keras_accuracy", "agreement" (share of images whose
+        predicted class matches model.keras's), "max_abs_logit_diff", "images"}`` (plus
+        ``"quantize"`` for tflite); ``{"path": None, "failed": True}`` for a failed export.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from headstart.pipeline.model.head import predict_classes
+    from headstart.pipeline.stages.predictor import load_predictor
+
+    predictors = {fmt: load_predictor(path) for fmt, path in done.items() if path}
+    size = int(model.input_shape[1])
+    width = int(model.output_shape[-1])
+    k = 2 if width == 1 else width
+    labels, ref, got = [], [], {fmt: [] for fmt in predictors}
+    for batch in source.dataset(split, size).batch(batch_size):
+        good = np.array([not e for e in batch["error"].numpy()])
+        if not good.any():
+            continue
+        images = batch["image"].numpy()[good]
+        labels.append(batch["label"].numpy()[good])
+        ref.append(np.asarray(model(images, training=False), np.float32))
+        for fmt, predictor in predictors.items():
+            got[fmt].append(predictor.logits(images))
+    labels_all = np.concatenate(labels) if labels else np.zeros((0,), np.int64)
+    ref_all = np.concatenate(ref) if ref else np.zeros((0, width), np.float32)
+    keras_pred = predict_classes(ref_all, k)
+    keras_accuracy = float(np.mean(keras_pred == labels_all)) if len(labels_all) else None
+    report: dict[str, dict] = {}
+    for fmt, path in done.items():
+        if not path:
+            report[fmt] = {"path": None, "failed": True}
+            continue
+        logits = np.concatenate(got[fmt]) if got[fmt] else np.zeros_like(ref_all)
+        pred = predict_classes(logits, k)
+        report[fmt] = {"path": path, "images": int(len(labels_all)),
+                       "accuracy": float(np.mean(pred == labels_all)) if len(labels_all) else None,
+                       "keras_accuracy": keras_accuracy,
+                       "agreement": float(np.mean(pred == keras_pred)) if len(labels_all) else None,
+                       "max_abs_logit_diff": float(np.abs(logits - ref_all).max()) if len(labels_all) else None}
+        if fmt == "tflite":
+            report[fmt]["quantize"] = quantize
+    return report
+
+
+# ── writers ──────────────────────────────────────────────────────────────────────────────────
+
+
+def _write_saved_model(serving: Any, names: list[str], target: Path) -> None:
+    import keras
+    import tensorflow as tf
+
+    size = int(serving.input_shape[1])
+    width = int(serving.output_shape[-1])
+    archive = keras.export.ExportArchive()
+    archive.track(serving)
+    images_spec = tf.TensorSpec((None, size, size, 3), tf.float32, name="image")
+    # The first endpoint becomes "serving_default": plain images → logits, as before.
+    archive.add_endpoint("serve", lambda x: serving(x, training=False), input_signature=[images_spec])
+
+    def serve_bytes(encoded):
+        pixels = tf.map_fn(lambda b: decode_for_serving(b, size), encoded,
+                           fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
+        logits = tf.cast(serving(pixels, training=False), tf.float32)
+        if width == 1:  # one logit: sigmoid gives P(class 1)
+            p = tf.sigmoid(logits)
+            probabilities = tf.concat([1.0 - p, p], axis=-1)
+        else:
+            probabilities = tf.nn.softmax(logits, axis=-1)
+        index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {"logits": logits, "probabilities": probabilities, "class_index": index,
+                "class_name": tf.gather(tf.constant(names), index)}
+
+    archive.add_endpoint("serve_bytes", serve_bytes,
+                         input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
+    archive.add_endpoint("class_names", lambda: {"class_names": tf.constant(names)}, input_signature=[])
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    archive.write_out(str(tmp), verbose=False)
+    # A directory cannot be os.replace'd over a non-empty one; remove the old export first.
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def _write_onnx(serving: Any, names: list[str], target: Path) -> str:
+    import onnx
+    import tensorflow as tf
+
+    size = int(serving.input_shape[1])
+    tmp = target.with_name(f".{target.name}.tmp")
+    # tf2onnx logs every rewrite pass at INFO through Python logging.
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    serving.export(str(tmp), format="onnx", verbose=False, opset_version=ONNX_OPSET,
+                   input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="image")])
+    proto = onnx.load(str(tmp))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "class_names", json.dumps(names)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, target)
+    return str(target)
+
+
+def _write_tflite(saved: Path, target: Path, quantize: str,
+                  calibration: Callable[[], Iterable[np.ndarray]] | None) -> str:
+    import numpy as np
+    import tensorflow as tf
+
+    # Only "serve": the bytes signature's decode ops have no TFLite kernels.
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=["serve"])
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def representative():
+            for i, image in enumerate(calibration()):
+                if i >= CALIBRATION_IMAGES:
+                    break
+                yield [np.asarray(image, np.float32)[None]]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    flatbuffer = converter.convert()
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(flatbuffer)
+    os.replace(tmp, target)
+    return str(target)
+
+
+def _guarded(fmt: str, log: Callable[[str], None], write: Callable[[], str]) -> str | None:
+    try:
+        return write()
+    except Exception as exc:  # noqa: BLE001 - converters raise many unrelated types
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        log(f"warning: {fmt} export failed ({text}); model.keras and the other exports are unaffected")
+        return None

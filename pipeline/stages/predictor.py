@@ -1,0 +1,164 @@
+"""One call over any model file headstart writes: model.keras, saved_model/, model.onnx, model.tflite.
+
+``load_predictor`` recognises the file, loads it with the runtime meant for it (Keras in safe mode,
+``tf.saved_model.load``, onnxruntime, the LiteRT interpreter) and returns a ``Predictor`` whose
+``logits`` takes what model.keras takes — float32 (B, S, S, 3) raw 0–255 — so ``predict`` and the
+export checks treat every format alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from headstart.pipeline.errors import OptionError, RunDirError
+
+FORMATS = ("keras", "saved_model", "onnx", "tflite")
+
+
+@dataclass
+class Predictor:
+    """A loaded model of any format.
+
+    Attributes:
+        kind: one of ``FORMATS``.
+        path: the file or directory loaded.
+        image_size: S of the (S, S, 3) input.
+        width: logits per image (1 for two classes).
+        class_names: from the file itself (SavedModel, ONNX) or the run.json beside it, else None.
+        run: the parsed run.json beside the file, or None.
+    """
+
+    kind: str
+    path: str
+    image_size: int
+    width: int
+    class_names: list[str] | None
+    run: dict | None
+    _fn: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the logits separate: one logit means two classes."""
+        return 2 if self.width == 1 else self.width
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """float32 (B, S, S, 3) raw 0–255 → float32 (B, width) logits."""
+        return np.asarray(self._fn(np.ascontiguousarray(images, dtype=np.float32)), dtype=np.float32)
+
+
+def load_predictor(path: str | os.PathLike) -> Predictor:
+    """Loads model.keras (or a run directory holding one), a SavedModel directory, .onnx or .tflite.
+
+    Raises:
+        RunDirError: no such file, or one that the format's runtime cannot load.
+    """
+    path = Path(path)
+    kind = _kind_of(path)
+    loader = {"keras": _load_keras, "saved_model": _load_saved_model, "onnx": _load_onnx,
+              "tflite": _load_tflite}[kind]
+    if kind in ("onnx", "tflite"):
+        from headstart.pipeline.stages.export import require_modules
+
+        require_modules(kind, f"reading {path}")
+    run = _run_json_beside(path)
+    try:
+        size, width, names, fn = loader(path)
+    except (RunDirError, OptionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - each runtime raises its own types for a bad file
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise RunDirError(f"{path}: cannot load as a {kind} model ({text})") from exc
+    names = names or (run or {}).get("class_names")
+    return Predictor(kind, str(path), size, width, list(names) if names else None, run, fn)
+
+
+def _kind_of(path: Path) -> str:
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "saved_model"
+        if (path / "model.keras").is_file():
+            return "keras"
+        raise RunDirError(f"{path}: no model.keras or saved_model.pb in this directory")
+    if not path.is_file():
+        raise RunDirError(f"{path}: no such model file (give model.keras, its run directory, a SavedModel "
+                          "directory, a .onnx or a .tflite file)")
+    suffix = path.suffix.lower()
+    if suffix in (".onnx", ".tflite"):
+        return suffix[1:]
+    return "keras"  # anything else is tried as .keras; Keras's error says why it is not one
+
+
+def _run_json_beside(path: Path) -> dict | None:
+    # Exports are written into the run directory, next to run.json; a SavedModel is a directory in it.
+    folder = path if path.is_dir() and (path / "model.keras").is_file() else path.parent
+    try:
+        return json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _load_keras(path: Path):
+    from headstart.pipeline.stages.evaluation import load_model
+
+    model, _ = load_model(path)
+    return int(model.input_shape[1]), int(model.output_shape[-1]), None, model.predict_on_batch
+
+
+def _load_saved_model(path: Path):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures["serving_default"]
+    spec = serve.structured_input_signature[1]
+    (image_spec,) = spec.values()
+    (output_spec,) = serve.structured_outputs.values()
+    names = None
+    if "class_names" in loaded.signatures:
+        names = [n.decode() for n in loaded.signatures["class_names"]()["class_names"].numpy()]
+    key = next(iter(spec))
+
+    def fn(images):
+        # The signature returns a dict of one output; keep ``loaded`` alive through the closure.
+        return next(iter(loaded.signatures["serving_default"](**{key: tf.constant(images)}).values())).numpy()
+
+    return int(image_spec.shape[1]), int(output_spec.shape[-1]), names, fn
+
+
+def _load_onnx(path: Path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    meta = session.get_modelmeta().custom_metadata_map
+    names = json.loads(meta["class_names"]) if "class_names" in meta else None
+
+    def fn(images):
+        return session.run(None, {inp.name: images})[0]
+
+    return int(inp.shape[1]), int(session.get_outputs()[0].shape[-1]), names, fn
+
+
+def _load_tflite(path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    state: dict[str, Any] = {"batch": None}
+
+    def fn(images):
+        if state["batch"] != len(images):
+            # The batch dimension is free in the file; the interpreter is sized per batch length.
+            interpreter.resize_tensor_input(inp["index"], images.shape)
+            interpreter.allocate_tensors()
+            state["batch"] = len(images)
+        interpreter.set_tensor(inp["index"], images)
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"]).copy()
+
+    return int(inp["shape"][1]), int(out["shape"][-1]), None, fn
