@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
-from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, QUANTIZE_MODES, NORMALIZATIONS, ExtractConfig, FinetuneConfig,
-                                      HeadConfig, RunConfig, SweepConfig)
+from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, NORMALIZATIONS, QUANTIZE_MODES, ExtractConfig,
+                                      FinetuneConfig, HeadConfig, RunConfig, SweepConfig)
 from headstart.pipeline.distribute.strategy import STRATEGIES
 
 #: Section name → its config dataclass; "top" holds the top-level keys of ``headstart run``.
