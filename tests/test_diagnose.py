@@ -276,3 +276,28 @@ def test_blocked_search_equals_the_full_matrix_and_faiss_finds_copies(monkeypatc
     pairs = {(p.a, p.b) for p in nb.near_duplicate_pairs(idx, sims, 0.95)}
     assert {(i, i + 20) for i in range(20)} <= pairs
     assert (idx != np.arange(len(x))[:, None]).all()  # never its own neighbour
+
+
+@pytest.mark.slow
+def test_run_diagnoses_before_the_head_and_excludes_in_both_training_stages(tmp_path):
+    from conftest import make_class_folders
+
+    for split, n, seed in (("train", 8, 0), ("validation", 4, 1), ("test", 4, 2)):
+        make_class_folders(tmp_path / "images" / split, per_class=n, seed=seed)
+    drop = _exclude_csv(tmp_path / "drop.csv", ["train/cats/cats_000.jpg", "train/dogs/dogs_001.jpg",
+                                                 "test/cats/cats_000.jpg"])
+    flags = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
+             "--extract-batch-size", "8", "--head-epochs", "2", "--head-batch-size", "8", "--epochs", "1",
+             "--batch-size", "8", "--diagnose", "--exclude", drop]
+    result = run_cli("run", tmp_path / "images", "--out", tmp_path / "run", *flags)
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "run"
+    report = json.loads((run_dir / "diagnose" / "report.json").read_text())
+    assert report["counts"]["rows"] == 32 and report["near_constant_measured"] is True
+    assert result.output.index("[diagnose]") < result.output.index("[2/4]")
+    for stage in ("head", "finetune"):
+        run = json.loads((run_dir / stage / "run.json").read_text())
+        assert run["exclude"]["removed"] == {"train": 2, "validation": 0}, stage
+        assert run["exclude"]["kept_in_test"] == 1 and run["exclude"]["path"] == str(drop)
+    again = run_cli("run", tmp_path / "images", "--out", tmp_path / "run", *flags)
+    assert again.exit_code == 0 and "reused: same features" in again.output
