@@ -101,5 +101,6 @@ def test_planted_issues_in_real_photos_are_found(tmp_path, capsys):
         print(f"\nplanted real photos: {report['counts']['rows']} rows, flip recall at 1x {recall[1]:.2f}, "
               f"at 2x {recall[2]:.2f} ({len(flips)} flips); leaks {report['counts']['leaks']}; "
               f"diagnose {seconds:.1f} s ({json.dumps({k: round(v, 1) for k, v in report['seconds'].items()})})")
-    # Measured 0.50 at 1x and 0.75 at 2x (16 flips in 383 rows); a random ranking gets ~0.08 at 2x.
+    # Measured 0.50-0.56 at 1x and 0.75-0.81 at 2x (16 flips in 319 rows; CPU thread timing varies
+    # the fold heads slightly); a random ranking gets ~0.10 at 2x.
     assert recall[2] >= 0.6, (recall, ranked[:2 * len(flips)])
