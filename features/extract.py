@@ -72,6 +72,21 @@ def find_bad_images(dataset, *, batch_size: int = 64) -> list[tuple[str, str]]:
     return bad
 
 
+@dataclass(frozen=True)
+class AugmentedViews:
+    """Extra augmented views stored per image (the training split's fast-path augmentation).
+
+    Attributes:
+        model: Keras model applied with ``training=True`` before the extractor, once per view.
+        count: views per image (at least 1).
+        seed: seeds the augmentation per (split, batch, view), so a resumed run draws the same views.
+    """
+
+    model: object
+    count: int
+    seed: int = 0
+
+
 def extract_split(
     writer: StoreWriter,
     split: str,
@@ -80,18 +95,16 @@ def extract_split(
     *,
     batch_size: int = 64,
     total: int | None = None,
-    augment=None,
-    views: int = 0,
-    seed: int = 0,
+    views: AugmentedViews | None = None,
     max_bad: int | None = None,
     bad_so_far: int = 0,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> SplitReport:
     """Runs ``extractor`` over one split and commits the features batch by batch.
 
-    Resumes from the writer's ``consumed`` count, so a killed run started again continues where the
-    last committed batch ended. Batch boundaries stay where an uninterrupted run puts them (every
-    commit covers exactly ``batch_size`` source items), which keeps the features bit-identical.
+    Resumes from the writer's ``consumed`` count; every commit covers exactly ``batch_size``
+    source items, so batch boundaries (and the features, bit for bit) are those of an
+    uninterrupted run.
 
     Args:
         writer: an open store writer.
@@ -100,10 +113,7 @@ def extract_split(
         extractor: Keras model, (B, S, S, 3) raw 0–255 → (B, *feature_shape).
         batch_size: images per forward pass and per commit.
         total: number of source items in the split, for progress; None when unknown.
-        augment: Keras model applied with ``training=True`` before the extractor for each of the
-            ``views`` extra views; required when ``views`` > 0.
-        views: number of augmented views to store per image (training split only).
-        seed: seeds the augmentation per batch, so a resumed run draws the same views.
+        views: augmented views to store per image, or None.
         max_bad: fail once more than this many images have been skipped in the whole run.
         bad_so_far: images skipped by earlier splits of the same run, counted against ``max_bad``.
         on_progress: called after each commit.
@@ -114,96 +124,144 @@ def extract_split(
     Raises:
         BadImagesError: more than ``max_bad`` bad images. Committed batches stay in the cache.
     """
-    import tensorflow as tf
-
     consumed, committed = writer.progress(split)
     report = SplitReport(split, rows=committed, consumed=consumed, resumed_from=consumed)
     if writer.is_done(split):
         return report
-
-    # One signature with a free batch dimension: a single trace serves every batch, the short last
-    # one included, and it happens here rather than inside the timed loop.
-    signature = [tf.TensorSpec((None, *extractor.input_shape[1:]), tf.float32)]
-    forward = tf.function(lambda x: extractor(x, training=False), input_signature=signature)
-    forward.get_concrete_function()
-    view_forward = None
-    if views:
-        if augment is None:
-            raise ValueError("views > 0 needs an augmentation model")
-        view_forward = tf.function(
-            lambda x: extractor(augment(x, training=True), training=False), input_signature=signature
-        )
-        view_forward.get_concrete_function()
-
-    # Whatever the caller built, ending the split must not wait on tf.data's autotune thread.
-    batches = without_autotune_thread(dataset.skip(consumed).batch(batch_size).prefetch(tf.data.AUTOTUNE))
-    commits: queue.Queue = queue.Queue(maxsize=2)
-    failure: list[BaseException] = []
-
-    def _write_loop() -> None:
-        # HDF5 writes happen here so they overlap the next forward pass.
-        while True:
-            item = commits.get()
-            if item is None:
-                return
-            if failure:
-                continue
-            try:
-                writer.append(split, **item)
-            except BaseException as exc:  # re-raised in the main thread
-                failure.append(exc)
-
-    thread = threading.Thread(target=_write_loop, name=f"store-writer-{split}", daemon=True)
-    thread.start()
-    start = time.perf_counter()
+    forward = _traced_forward(extractor)
+    view_forward = _traced_forward(extractor, views.model) if views else None
+    batches = _batches(dataset, skip=consumed, batch_size=batch_size)
     batch_index = consumed // batch_size
+    start = time.perf_counter()
     try:
-        for batch in batches:
-            if failure:
-                break
-            errors = [e.decode() for e in batch["error"].numpy()]
-            keys = [k.decode() for k in batch["key"].numpy()]
-            good = np.array([not e for e in errors])
-            skipped = [(k, e) for k, e in zip(keys, errors) if e]
-            # The whole batch goes through the backbone (static shapes, one trace); bad rows are
-            # zero images whose outputs are dropped here.
-            feats = forward(batch["image"]).numpy()[good]
-            item = {
-                "features": feats,
-                "labels": batch["label"].numpy()[good].astype(np.int64),
-                "keys": [k for k, g in zip(keys, good) if g],
-                "pixel_std": pixel_std(batch["image"])[good],
-                "skipped": skipped,
-                "consumed": report.consumed + len(keys),
-            }
-            if views:
-                stack = []
-                for k in range(views):
-                    _reseed(augment, seed, split, batch_index, k)
-                    stack.append(view_forward(batch["image"]).numpy()[good])
-                item["views"] = np.stack(stack, axis=1)
-            commits.put(item)
-            report.consumed += len(keys)
-            report.rows += int(good.sum())
-            report.skipped.extend(skipped)
-            batch_index += 1
-            if max_bad is not None and bad_so_far + len(report.skipped) > max_bad:
-                raise BadImagesError(
-                    f"{bad_so_far + len(report.skipped)} images skipped, more than --max-bad "
-                    f"{max_bad}; last: {skipped[-1][0]} ({skipped[-1][1]})"
-                )
-            if on_progress is not None:
-                elapsed = time.perf_counter() - start
-                on_progress(Progress(split, report.consumed, total,
-                                     (report.consumed - consumed) / max(elapsed, 1e-9)))
+        with _BackgroundCommits(writer, split) as commits:
+            for batch in batches:
+                if commits.failed:
+                    break
+                item = _features_of(batch, forward, consumed=report.consumed)
+                if views:
+                    item["views"] = _views_of(batch, view_forward, views, item["good"], split=split,
+                                              batch_index=batch_index)
+                _count(report, item)
+                commits.put(item)
+                batch_index += 1
+                _check_max_bad(report, item["skipped"], max_bad=max_bad, bad_so_far=bad_so_far)
+                if on_progress is not None:
+                    rate = (report.consumed - consumed) / max(time.perf_counter() - start, 1e-9)
+                    on_progress(Progress(split, report.consumed, total, rate))
     finally:
-        commits.put(None)
-        thread.join()
         report.seconds = time.perf_counter() - start
-    if failure:
-        raise failure[0]
     writer.finish_split(split)
     return report
+
+
+def _traced_forward(extractor, augment=None):
+    """``extractor`` (after ``augment`` in training mode, when given) as one traced function.
+
+    One signature with a free batch dimension: a single trace serves every batch, the short last
+    one included, and it happens here rather than inside the timed loop.
+    """
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, *extractor.input_shape[1:]), tf.float32)]
+    if augment is None:
+        forward = tf.function(lambda x: extractor(x, training=False), input_signature=signature)
+    else:
+        forward = tf.function(lambda x: extractor(augment(x, training=True), training=False),
+                              input_signature=signature)
+    forward.get_concrete_function()
+    return forward
+
+
+def _batches(dataset, *, skip: int, batch_size: int):
+    import tensorflow as tf
+
+    # Whatever the caller built, ending the split must not wait on tf.data's autotune thread.
+    return without_autotune_thread(dataset.skip(skip).batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def _features_of(batch, forward, *, consumed: int) -> dict:
+    """One batch through the backbone → the rows ``StoreWriter.append`` takes (+ "good", its mask)."""
+    errors = [e.decode() for e in batch["error"].numpy()]
+    keys = [k.decode() for k in batch["key"].numpy()]
+    good = np.array([not e for e in errors])
+    # The whole batch goes through the backbone (static shapes, one trace); bad rows are zero
+    # images whose outputs are dropped here.
+    return {
+        "features": forward(batch["image"]).numpy()[good],
+        "labels": batch["label"].numpy()[good].astype(np.int64),
+        "keys": [k for k, g in zip(keys, good) if g],
+        "pixel_std": pixel_std(batch["image"])[good],
+        "skipped": [(k, e) for k, e in zip(keys, errors) if e],
+        "consumed": consumed + len(keys),
+        "good": good,
+    }
+
+
+def _views_of(batch, view_forward, views: AugmentedViews, good: np.ndarray, *, split: str,
+              batch_index: int) -> np.ndarray:
+    """(B_good, views.count, *feature_shape): the augmented views of one batch, reseeded per view."""
+    stack = []
+    for k in range(views.count):
+        _reseed(views.model, views.seed, split, batch_index, k)
+        stack.append(view_forward(batch["image"]).numpy()[good])
+    return np.stack(stack, axis=1)
+
+
+def _count(report: SplitReport, item: dict) -> None:
+    report.rows += int(item["good"].sum())
+    report.skipped.extend(item["skipped"])
+    report.consumed = item["consumed"]
+
+
+def _check_max_bad(report: SplitReport, skipped: list, *, max_bad: int | None, bad_so_far: int) -> None:
+    bad = bad_so_far + len(report.skipped)
+    if max_bad is not None and bad > max_bad:
+        raise BadImagesError(f"{bad} images skipped, more than --max-bad {max_bad}; "
+                             f"last: {skipped[-1][0]} ({skipped[-1][1]})")
+
+
+class _BackgroundCommits:
+    """A writer thread that commits batches to HDF5, so writes overlap the next forward pass.
+
+    ``put`` queues a batch (at most two wait); the first failure in the thread stops further
+    writes, shows in ``failed``, and is raised when the ``with`` block ends.
+    """
+
+    def __init__(self, writer: StoreWriter, split: str):
+        self._writer, self._split = writer, split
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._loop, name=f"store-writer-{split}", daemon=True)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self._failure)
+
+    def put(self, item: dict) -> None:
+        self._queue.put({k: v for k, v in item.items() if k != "good"})
+
+    def __enter__(self) -> _BackgroundCommits:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._failure and exc_info[0] is None:
+            raise self._failure[0]
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._failure:
+                continue  # drain the queue; the main thread stops at its next batch
+            try:
+                self._writer.append(self._split, **item)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                self._failure.append(exc)
 
 
 def pixel_std(images) -> np.ndarray:
@@ -229,6 +287,8 @@ def _reseed(augment, seed: int, split: str, batch_index: int, view: int) -> None
     # from (seed, split, batch, view) makes a resumed run draw exactly the views the killed run would.
     digest = hashlib.sha256(f"{seed}/{split}/{batch_index}/{view}".encode()).digest()
     base = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    # Keras has no public way to reach a model's seed generators: _flatten_layers (all nested
+    # layers) and _seed_generators are what Layer itself uses to track them.
     for layer in augment._flatten_layers():
         for i, generator in enumerate(getattr(layer, "_seed_generators", [])):
             generator.state.assign(np.array([base + i, 0], dtype=generator.state.dtype))

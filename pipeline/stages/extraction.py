@@ -108,94 +108,122 @@ def extract_features(
         cache and bad-image failures.
     """
     validate_extract_config(config)
-    from headstart.features.backbones import build_extractor, check_image_size, get_backbone_spec
-    from headstart.features.errors import BadImagesError
-    from headstart.features.extract import extract_split, find_bad_images
-    from headstart.features.merge import write_source_index
+    from headstart.features.backbones import build_extractor
     from headstart.features.store import create_or_resume
-    from headstart.pipeline.data.sources import SHARD_HASH, open_source
 
     shard = parse_shard(config.shard)
-    get_backbone_spec(config.backbone)
-    check_image_size(config.backbone, config.image_size)
-    source = open_source(SourceSpec.from_config(config))
-    splits = _select_splits(config, source.split_names)
-
+    source, splits = _open_source(config)
     if config.strict:
-        # --strict promises that nothing is written when any image is bad, so look first.
-        for split in splits:
-            bad = find_bad_images(source.dataset(split, config.image_size, shard=shard),
-                                  batch_size=config.batch_size)
-            if bad:
-                key, reason = bad[0]
-                raise BadImagesError(f"{_describe_key(source, key)}: {reason} (--strict; "
-                                     f"{len(bad)} bad in split '{split}')")
-
-    extractor, info = build_extractor(config.backbone, weights=config.weights,
-                                      image_size=config.image_size, alpha=config.alpha,
-                                      pooling=config.pooling)
-    augment = None
-    if config.augment_views:
-        from headstart.pipeline.data.augment import build_augmentation
-
-        augment = build_augmentation(config.augment, seed=config.seed)
-
-    cache_config = _cache_config(config, info.to_dict(), source, splits)
-    if shard is not None:
-        # Only sharded caches carry the field, so unsharded configs (and old caches) are unchanged
-        # and a merged cache has exactly the config of a single-process run.
-        cache_config["shard"] = {"index": shard[0], "count": shard[1], "hash": SHARD_HASH}
-    store_args = dict(
-        config=cache_config,
-        provenance=_provenance(config, shard),
-        class_names=list(source.class_names),
-        splits=splits,
-        feature_shape=tuple(info.feature_shape),
-        dtype=config.dtype,
-        views=config.augment_views,
-        overwrite=config.overwrite,
-    )
+        _refuse_bad_images(config, source, splits, shard)
+    extractor, info = build_extractor(config.backbone, weights=config.weights, image_size=config.image_size,
+                                      alpha=config.alpha, pooling=config.pooling)
+    store_args = _store_args(config, info.to_dict(), source, splits, shard)
     writer = create_or_resume(config.out, **store_args)
     summary = ExtractSummary(path=config.out, already_complete=writer.complete,
                              backbone=info.to_dict(), class_names=list(source.class_names))
     if writer.complete:
         log(f"{config.out} is already complete with this configuration; nothing to do")
         return summary
-
     start = time.perf_counter()
-    if shard is not None:
-        log(f"shard {shard[0]}/{shard[1]}: extracting about 1/{shard[1]} of each split")
     try:
-        bad = 0
-        for split in splits:
-            consumed, _ = writer.progress(split)
-            if consumed and not writer.is_done(split):
-                log(f"resuming split '{split}' after {consumed} images")
-            report = extract_split(
-                writer, split, source.dataset(split, config.image_size, shard=shard), extractor,
-                batch_size=config.batch_size, total=source.count(split, shard=shard),
-                augment=augment if split == "train" else None,
-                views=config.augment_views if split == "train" else 0,
-                seed=_view_seed(config.seed, shard), max_bad=config.max_bad, bad_so_far=bad,
-                on_progress=on_progress,
-            )
-            bad += len(report.skipped)
-            summary.splits[split] = {"rows": report.rows, "skipped": len(report.skipped),
-                                     "images_per_second": round(report.images_per_second, 2)}
-            summary.skipped.extend((split, k, r) for k, r in report.skipped)
+        _extract_splits(writer, config, source, splits, extractor, shard=shard, summary=summary,
+                        on_progress=on_progress, log=log)
         if shard is not None:
-            # The store's writer keeps no per-row extras, so each row's position in the unsharded
-            # split (what merge-features orders by) goes into the finished partial between a close
-            # and a resume; a run killed in between redoes just this step.
-            writer.close()
-            write_source_index(writer.partial_path, splits, source.keys)
-            writer = create_or_resume(config.out, **store_args)
+            writer = _add_source_index(writer, source, splits, store_args)
         summary.seconds = time.perf_counter() - start
         writer.finalize({"extract_seconds": round(summary.seconds, 3)})
     finally:
         # Idempotent after finalize(); otherwise it leaves the .partial for a resume.
         writer.close()
     return summary
+
+
+def _open_source(config: ExtractConfig):
+    """The source and the splits to extract; the backbone's cheap checks come first."""
+    from headstart.features.backbones import check_image_size, get_backbone_spec
+    from headstart.pipeline.data.sources import open_source
+
+    get_backbone_spec(config.backbone)
+    check_image_size(config.backbone, config.image_size)
+    source = open_source(SourceSpec.from_config(config))
+    return source, _select_splits(config, source.split_names)
+
+
+def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: tuple[int, int] | None) -> None:
+    # --strict promises that nothing is written when any image is bad, so look first.
+    from headstart.features.errors import BadImagesError
+    from headstart.features.extract import find_bad_images
+
+    for split in splits:
+        bad = find_bad_images(source.dataset(split, config.image_size, shard=shard), batch_size=config.batch_size)
+        if bad:
+            key, reason = bad[0]
+            raise BadImagesError(f"{_describe_key(source, key)}: {reason} (--strict; "
+                                 f"{len(bad)} bad in split '{split}')")
+
+
+def _store_args(config: ExtractConfig, backbone: dict, source, splits: list[str],
+                shard: tuple[int, int] | None) -> dict:
+    """The keyword arguments of ``create_or_resume``: what the cache holds and where it came from."""
+    from headstart.pipeline.data.sources import SHARD_HASH
+
+    cache_config = _cache_config(config, backbone, source, splits)
+    if shard is not None:
+        # Only sharded caches carry the field, so unsharded configs (and old caches) are unchanged
+        # and a merged cache has exactly the config of a single-process run.
+        cache_config["shard"] = {"index": shard[0], "count": shard[1], "hash": SHARD_HASH}
+    return dict(config=cache_config, provenance=_provenance(config, shard), class_names=list(source.class_names),
+                splits=splits, feature_shape=tuple(backbone["feature_shape"]), dtype=config.dtype,
+                views=config.augment_views, overwrite=config.overwrite)
+
+
+def _extract_splits(writer, config: ExtractConfig, source, splits: list[str], extractor, *,
+                    shard: tuple[int, int] | None, summary: ExtractSummary, on_progress: Callable | None,
+                    log: Callable[[str], None]) -> None:
+    """Fills every split in turn (resuming where the writer stopped), recording each in ``summary``."""
+    from headstart.features.extract import extract_split
+
+    views = _augmented_views(config, shard)
+    if shard is not None:
+        log(f"shard {shard[0]}/{shard[1]}: extracting about 1/{shard[1]} of each split")
+    bad = 0
+    for split in splits:
+        consumed, _ = writer.progress(split)
+        if consumed and not writer.is_done(split):
+            log(f"resuming split '{split}' after {consumed} images")
+        report = extract_split(writer, split, source.dataset(split, config.image_size, shard=shard), extractor,
+                               batch_size=config.batch_size, total=source.count(split, shard=shard),
+                               views=views if split == "train" else None, max_bad=config.max_bad,
+                               bad_so_far=bad, on_progress=on_progress)
+        bad += len(report.skipped)
+        summary.splits[split] = {"rows": report.rows, "skipped": len(report.skipped),
+                                 "images_per_second": round(report.images_per_second, 2)}
+        summary.skipped.extend((split, k, r) for k, r in report.skipped)
+
+
+def _augmented_views(config: ExtractConfig, shard: tuple[int, int] | None):
+    if not config.augment_views:
+        return None
+    from headstart.features.extract import AugmentedViews
+    from headstart.pipeline.data.augment import build_augmentation
+
+    return AugmentedViews(build_augmentation(config.augment, seed=config.seed), config.augment_views,
+                          seed=_view_seed(config.seed, shard))
+
+
+def _add_source_index(writer, source, splits: list[str], store_args: dict):
+    """Records each row's position in the unsharded split; returns the reopened writer.
+
+    The store's writer keeps no per-row extras, so the index (what merge-features orders by) goes
+    into the finished partial between a close and a resume; a run killed in between redoes just
+    this step.
+    """
+    from headstart.features.merge import write_source_index
+    from headstart.features.store import create_or_resume
+
+    writer.close()
+    write_source_index(writer.partial_path, splits, source.keys)
+    return create_or_resume(writer.path, **store_args)
 
 
 def _select_splits(config: ExtractConfig, available: list[str]) -> list[str]:
@@ -208,9 +236,7 @@ def _select_splits(config: ExtractConfig, available: list[str]) -> list[str]:
     if missing:
         raise OptionError(f"--splits: source has no split {', '.join(repr(m) for m in missing)} "
                           f"(it has {', '.join(available) or 'none'})")
-    if "train" not in requested:
-        # Allowed (e.g. features for evaluation only); train-head will refuse such a cache.
-        pass
+    # A cache without "train" is allowed (e.g. features for evaluation only); train-head refuses it.
     return requested
 
 
