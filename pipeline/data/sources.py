@@ -4,28 +4,19 @@ Every source yields element-level ``tf.data`` dicts in a deterministic order::
 
     {"image": float32 (S, S, 3) raw 0–255, "label": int64 (), "key": string (), "error": string ()}
 
-Each file is decoded on its own inside ``tf.py_function`` (see ``pipeline/image.py``), so a bad file
-becomes one zero image with a reason in ``error`` — it is never dropped and never takes a batch of
-good images with it (``ignore_errors()`` after ``batch()`` would). Consumers skip and record it.
+Each file is decoded on its own inside ``tf.py_function`` (``image.py``: header checks, then TF
+decode → RGB → ``tf.image.resize``), so a bad file becomes one zero image with a reason in
+``error`` — it is never dropped and never takes a batch of good images with it (``ignore_errors()``
+after ``batch()`` would). Consumers skip and record it.
 
-Directory layouts:
-
-* ``DIR/{train,validation,test}/<class>/…`` — explicit splits, used as given.
-* ``DIR/<class>/…`` — one tree, split by a stable hash of each file's path relative to DIR: a file
-  goes to test when its hash fraction is below ``test_fraction``, to validation below
-  ``test_fraction + validation_fraction``, else to train. Adding files never moves existing ones.
-
-Every non-hidden file inside a class folder is listed; files that are not images are reported as
-bad rather than silently ignored. Class names are the sorted folder names (or TFDS label names).
-
-Shards (``--shard I/N``): ``dataset(…, shard=(I, N))`` keeps, in order, the items whose
-``shard_of(key, N) == I`` and drops the others before decoding. The shard hash is the split hash
-salted, so it is independent of the split and each shard gets about 1/N of every split.
+Which file or TFDS example belongs to which split and shard is ``splits.py``'s business (the two
+class-folder layouts, the split hash, the shard hash); what SOURCE and its split options mean is
+``source_spec.py``'s. ``dataset(…, shard=(I, N))`` drops other shards' items before decoding.
+Class names are the sorted folder names, or the TFDS label names.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -34,6 +25,14 @@ import tensorflow as tf
 from headstart.features.tfdata import without_autotune_thread
 from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
 from headstart.pipeline.data.source_spec import SourceSpec, parse_split_option  # noqa: F401 - re-exported
+from headstart.pipeline.data.splits import (  # noqa: F401 - re-exported
+    SHARD_HASH,
+    SHARD_SALT,
+    SPLIT_FOLDERS,
+    hash_fraction,
+    list_class_folders,
+    shard_of,
+)
 from headstart.pipeline.errors import DataError, OptionError
 from headstart.pipeline.data.image import (  # noqa: F401 - re-exported: the input path's public face is this module
     MAX_IMAGE_PIXELS,
@@ -43,34 +42,6 @@ from headstart.pipeline.data.image import (  # noqa: F401 - re-exported: the inp
     load_or_reason,
     probe_image,
 )
-
-#: Split folder names recognised at the top of a directory source, in their canonical order.
-SPLIT_FOLDERS = ("train", "validation", "test")
-
-# OS clutter that is never an intended image; other stray files are reported, not ignored.
-_JUNK_FILES = {"thumbs.db", "desktop.ini"}
-
-
-def hash_fraction(relative_path: str) -> float:
-    """Maps a file's relative path (forward slashes) to a stable number in [0, 1).
-
-    The first 8 bytes of its SHA-1, so the split of a file depends on nothing but its own path.
-    """
-    digest = hashlib.sha1(relative_path.encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-#: Prefix hashed with each key for the shard hash; a different input than the split hash's.
-SHARD_SALT = "shard:"
-#: Names the shard hash in cache configs, so shards cut by another rule never merge silently.
-SHARD_HASH = f"sha1({SHARD_SALT!r}+key)"
-
-
-def shard_of(key: str, count: int) -> int:
-    """The shard (0 … count-1) of a key (relative path or TFDS id): stable, split-independent."""
-    # hash_fraction can round up to 1.0 for the very largest digests; keep the result in range.
-    return min(int(hash_fraction(SHARD_SALT + key) * count), count - 1)
-
 
 def open_source(spec: SourceSpec) -> Source:
     """Opens the source a spec names (the one place a SOURCE becomes a Source).
@@ -188,41 +159,11 @@ class DirSource(Source):
         self.root = root.resolve()
         self.validation_fraction = validation_fraction
         self.test_fraction = test_fraction
-        top = _subfolders(self.root)
-        split_dirs = [d for d in SPLIT_FOLDERS if d in top]
-        # (split, key, label name) for every file; keys are paths relative to the root.
-        files: list[tuple[str, str, str]] = []
-        if split_dirs:
-            others = sorted(set(top) - set(split_dirs))
-            if others:
-                raise DataError(f"{spec}: mixes split folders ({', '.join(split_dirs)}) with other folders "
-                                f"({', '.join(others[:3])}); use DIR/{{train,validation,test}}/<class>/ or DIR/<class>/")
-            self.layout = "explicit"
-            for split in split_dirs:
-                for cls, key in _class_files(self.root, split):
-                    files.append((split, key, cls))
-            self.split_names = split_dirs
-            self._split_specs = {s: f"{s}/" for s in split_dirs}
-        else:
-            self.layout = "hashed"
-            low, mid = test_fraction, test_fraction + validation_fraction
-            for cls, key in _class_files(self.root, ""):
-                h = hash_fraction(key)
-                files.append(("test" if h < low else "validation" if h < mid else "train", key, cls))
-            self._split_specs = {"train": f"sha1[{mid:g}:1]"}
-            if validation_fraction > 0:
-                self._split_specs["validation"] = f"sha1[{low:g}:{mid:g}]"
-            if test_fraction > 0:
-                self._split_specs["test"] = f"sha1[0:{low:g}]"
-            self.split_names = [s for s in SPLIT_FOLDERS if s in self._split_specs]
-        self.class_names = sorted({cls for _, _, cls in files})
-        if not self.class_names:
-            raise DataError(f"{spec}: no class folders found (expected DIR/<class>/<image> "
-                            f"or DIR/{{train,validation,test}}/<class>/<image>)")
-        index = {name: i for i, name in enumerate(self.class_names)}
-        self._items: dict[str, list[tuple[str, int]]] = {s: [] for s in self.split_names}
-        for split, key, cls in sorted(files):
-            self._items[split].append((key, index[cls]))
+        listing = list_class_folders(self.root, spec, validation_fraction=validation_fraction,
+                                     test_fraction=test_fraction)
+        self.layout, self.split_names, self._split_specs = listing.layout, listing.split_names, listing.split_specs
+        self.class_names = listing.class_names
+        self._items = listing.items
 
     def describe(self) -> dict:
         return {"source": self.spec, "kind": self.kind, "root": str(self.root), "layout": self.layout,
@@ -258,35 +199,6 @@ class DirSource(Source):
 
         ds = without_autotune_thread(tf.data.Dataset.from_tensor_slices((paths, labels, keys)))
         return ds.map(_decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".") and name.lower() not in _JUNK_FILES
-
-
-def _subfolders(folder: Path) -> list[str]:
-    try:
-        return sorted(e.name for e in os.scandir(folder) if _visible(e.name) and e.is_dir())
-    except OSError as e:
-        raise DataError(f"{folder}: cannot list ({e.strerror})") from None
-
-
-def _class_files(root: Path, split: str) -> list[tuple[str, str]]:
-    # (class name, key) for every visible file below root/split/<class>/, recursively; files
-    # directly in root/split are not in any class and are left alone.
-    base = root / split if split else root
-    out = []
-    for cls in _subfolders(base):
-        found = 0
-        for folder, dirs, names in os.walk(base / cls, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if _visible(d))
-            for name in names:
-                if _visible(name):
-                    out.append((cls, Path(folder, name).relative_to(root).as_posix()))
-                    found += 1
-        if not found:
-            raise DataError(f"{base / cls}: empty class folder")
-    return out
 
 
 class TfdsSource(Source):

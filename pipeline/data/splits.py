@@ -1,0 +1,148 @@
+"""Which item goes to which split and which shard; the two class-folder layouts. No TensorFlow.
+
+* ``DIR/{train,validation,test}/<class>/…`` — explicit splits, used as given.
+* ``DIR/<class>/…`` — one tree, split by a stable hash of each file's path relative to DIR: a file
+  goes to test when its hash fraction is below ``test_fraction``, to validation below
+  ``test_fraction + validation_fraction``, else to train. Adding files never moves existing ones.
+
+Every non-hidden file inside a class folder is listed; files that are not images are reported as
+bad later rather than silently ignored. Class names are the sorted folder names.
+
+Shards (``--shard I/N``) keep the items whose ``shard_of(key, N) == I``. The shard hash is the
+split hash salted, so it is independent of the split and each shard gets about 1/N of every split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from headstart.pipeline.errors import DataError
+
+#: Split folder names recognised at the top of a directory source, in their canonical order.
+SPLIT_FOLDERS = ("train", "validation", "test")
+
+# OS clutter that is never an intended image; other stray files are reported, not ignored.
+_JUNK_FILES = {"thumbs.db", "desktop.ini"}
+
+
+def hash_fraction(relative_path: str) -> float:
+    """Maps a file's relative path (forward slashes) to a stable number in [0, 1).
+
+    The first 8 bytes of its SHA-1, so the split of a file depends on nothing but its own path.
+    """
+    digest = hashlib.sha1(relative_path.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+#: Prefix hashed with each key for the shard hash; a different input than the split hash's.
+SHARD_SALT = "shard:"
+#: Names the shard hash in cache configs, so shards cut by another rule never merge silently.
+SHARD_HASH = f"sha1({SHARD_SALT!r}+key)"
+
+
+def shard_of(key: str, count: int) -> int:
+    """The shard (0 … count-1) of a key (relative path or TFDS id): stable, split-independent."""
+    # hash_fraction can round up to 1.0 for the very largest digests; keep the result in range.
+    return min(int(hash_fraction(SHARD_SALT + key) * count), count - 1)
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """A class-folder tree, listed and split.
+
+    Attributes:
+        layout: "explicit" (split folders) or "hashed" (one tree split by ``hash_fraction``).
+        split_names: the splits present, in ``SPLIT_FOLDERS`` order.
+        split_specs: split → how it was cut ("train/" or "sha1[0.2:1]"), for cache provenance.
+        class_names: sorted class folder names.
+        items: split → [(key, label index)], sorted by key.
+    """
+
+    layout: str
+    split_names: list[str]
+    split_specs: dict[str, str]
+    class_names: list[str]
+    items: dict[str, list[tuple[str, int]]]
+
+
+def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
+                       test_fraction: float) -> FolderListing:
+    """Lists every file of a class-folder tree and assigns it to a split.
+
+    Args:
+        root: the resolved directory.
+        spec: SOURCE as given, for messages.
+        validation_fraction, test_fraction: held-out shares of a single tree (hashed layout).
+
+    Raises:
+        DataError: split folders mixed with other folders, no class folders, an empty class
+            folder, or a folder that cannot be listed.
+    """
+    top = _subfolders(root)
+    split_dirs = [d for d in SPLIT_FOLDERS if d in top]
+    if split_dirs:
+        others = sorted(set(top) - set(split_dirs))
+        if others:
+            raise DataError(f"{spec}: mixes split folders ({', '.join(split_dirs)}) with other folders "
+                            f"({', '.join(others[:3])}); use DIR/{{train,validation,test}}/<class>/ or DIR/<class>/")
+        layout, split_specs = "explicit", {s: f"{s}/" for s in split_dirs}
+        files = [(split, key, cls) for split in split_dirs for cls, key in _class_files(root, split)]
+    else:
+        layout, split_specs = "hashed", _hashed_specs(validation_fraction, test_fraction)
+        low, mid = test_fraction, test_fraction + validation_fraction
+        files = []
+        for cls, key in _class_files(root, ""):
+            h = hash_fraction(key)
+            files.append(("test" if h < low else "validation" if h < mid else "train", key, cls))
+    split_names = [s for s in SPLIT_FOLDERS if s in split_specs]
+    class_names = sorted({cls for _, _, cls in files})
+    if not class_names:
+        raise DataError(f"{spec}: no class folders found (expected DIR/<class>/<image> "
+                        f"or DIR/{{train,validation,test}}/<class>/<image>)")
+    index = {name: i for i, name in enumerate(class_names)}
+    items: dict[str, list[tuple[str, int]]] = {s: [] for s in split_names}
+    for split, key, cls in sorted(files):
+        items[split].append((key, index[cls]))
+    return FolderListing(layout, split_names, split_specs, class_names, items)
+
+
+def _hashed_specs(validation_fraction: float, test_fraction: float) -> dict[str, str]:
+    low, mid = test_fraction, test_fraction + validation_fraction
+    specs = {"train": f"sha1[{mid:g}:1]"}
+    if validation_fraction > 0:
+        specs["validation"] = f"sha1[{low:g}:{mid:g}]"
+    if test_fraction > 0:
+        specs["test"] = f"sha1[0:{low:g}]"
+    return specs
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name.lower() not in _JUNK_FILES
+
+
+def _subfolders(folder: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder) if _visible(e.name) and e.is_dir())
+    except OSError as e:
+        raise DataError(f"{folder}: cannot list ({e.strerror})") from None
+
+
+def _class_files(root: Path, split: str) -> list[tuple[str, str]]:
+    # (class name, key) for every visible file below root/split/<class>/, recursively; files
+    # directly in root/split are not in any class and are left alone.
+    base = root / split if split else root
+    out = []
+    for cls in _subfolders(base):
+        found = 0
+        for folder, dirs, names in os.walk(base / cls, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if _visible(d))
+            for name in names:
+                if _visible(name):
+                    out.append((cls, Path(folder, name).relative_to(root).as_posix()))
+                    found += 1
+        if not found:
+            raise DataError(f"{base / cls}: empty class folder")
+    return out
