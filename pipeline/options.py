@@ -176,6 +176,11 @@ def flag_of(section: str, name: str) -> str:
     return fact(section, name).flag or "--" + name.replace("_", "-")
 
 
+def config_class(section: str) -> type:
+    """The dataclass whose fields a section's options set ("top": ``RunConfig``)."""
+    return _CLASSES[section]
+
+
 def field_default(section: str, name: str) -> Any:
     """The field's default, from its dataclass (the one source of defaults)."""
     return getattr(_CLASSES[section](), name)
