@@ -293,3 +293,28 @@ def test_sigterm_during_run(tiny, tmp_path, monkeypatch):
         result = _invoke(["run", tiny["data"], "--out", out, "--backbone", "mobilenet",
                           "--alpha", 0.25, "--image-size", 32, "--weights", tiny["weights"]])
     _assert_interrupted(result)
+
+
+# -- directory symlink loops ----------------------------------------------------------------------
+
+
+def test_directory_symlink_loops_are_entered_once_and_reported(tmp_path):
+    import os
+
+    from conftest import make_class_folders
+    from headstart.pipeline.data.sources import resolve_source
+
+    root = make_class_folders(tmp_path / "images", per_class=4)
+    (root / "dogs" / "dogs_003.jpg").unlink()  # 7 images
+    os.symlink("..", root / "cats" / "up")  # a loop back to the root
+    os.symlink("../cats", root / "dogs" / "cats_again")  # a second way into a listed folder
+    (root / "cats" / "linked").mkdir()
+    os.symlink("../cats_000.jpg", root / "cats" / "linked" / "file_link.jpg")  # followed
+    source = resolve_source(str(root), split_specs=None, validation_fraction=0.0, test_fraction=0.0)
+    keys = source.keys("train")
+    assert len(keys) == 7 + 1 + 2 and "cats/linked/file_link.jpg" in keys
+    dataset = source.dataset("train", 32)
+    reasons = {e["key"].numpy().decode(): e["error"].numpy().decode() for e in dataset}
+    loops = {k: r for k, r in reasons.items() if r}
+    assert sorted(loops) == ["cats/up", "dogs/cats_again"]
+    assert "directory loop" in loops["cats/up"] and "cats/" in loops["dogs/cats_again"]

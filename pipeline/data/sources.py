@@ -164,6 +164,7 @@ class DirSource(Source):
         self.layout, self.split_names, self._split_specs = listing.layout, listing.split_names, listing.split_specs
         self.class_names = listing.class_names
         self._items = listing.items
+        self._loops = listing.loops  # key → reason: directory symlinks not entered again
 
     def describe(self) -> dict:
         return {"source": self.spec, "kind": self.kind, "root": str(self.root), "layout": self.layout,
@@ -194,8 +195,13 @@ class DirSource(Source):
         labels = tf.constant([label for _, label in items], tf.int64, shape=(len(items),))
         keys = tf.constant([k for k, _ in items], tf.string, shape=(len(items),))
 
+        loops = {os.path.join(self.root, k): reason for k, reason in self._loops.items()}
+
         def load(path: bytes):
-            return load_or_reason(os.fsdecode(path), image_size, max_pixels=max_pixels)
+            path = os.fsdecode(path)
+            if path in loops:  # listed so that the loop is reported once, among the skipped
+                return tf.zeros((image_size, image_size, 3), tf.float32), loops[path]
+            return load_or_reason(path, image_size, max_pixels=max_pixels)
 
         ds = without_autotune_thread(tf.data.Dataset.from_tensor_slices((paths, labels, keys)))
         return ds.map(_decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from headstart.pipeline.errors import DataError
@@ -59,6 +59,8 @@ class FolderListing:
         split_specs: split → how it was cut ("train/" or "sha1[0.2:1]"), for cache provenance.
         class_names: sorted class folder names.
         items: split → [(key, label index)], sorted by key.
+        loops: key → reason for the directory symlinks that led to a folder already listed; each
+            is also one item of its split, so the loop is reported once among the skipped images.
     """
 
     layout: str
@@ -66,6 +68,7 @@ class FolderListing:
     split_specs: dict[str, str]
     class_names: list[str]
     items: dict[str, list[tuple[str, int]]]
+    loops: dict[str, str] = field(default_factory=dict)
 
 
 def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
@@ -83,18 +86,20 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     """
     top = _subfolders(root)
     split_dirs = [d for d in SPLIT_FOLDERS if d in top]
+    seen, loops = _walked_tops(root, split_dirs, top), {}
     if split_dirs:
         others = sorted(set(top) - set(split_dirs))
         if others:
             raise DataError(f"{spec}: mixes split folders ({', '.join(split_dirs)}) with other folders "
                             f"({', '.join(others[:3])}); use DIR/{{train,validation,test}}/<class>/ or DIR/<class>/")
         layout, split_specs = "explicit", {s: f"{s}/" for s in split_dirs}
-        files = [(split, key, cls) for split in split_dirs for cls, key in _class_files(root, split)]
+        files = [(split, key, cls) for split in split_dirs
+                 for cls, key in _class_files(root, split, seen, loops)]
     else:
         layout, split_specs = "hashed", _hashed_specs(validation_fraction, test_fraction)
         low, mid = test_fraction, test_fraction + validation_fraction
         files = []
-        for cls, key in _class_files(root, ""):
+        for cls, key in _class_files(root, "", seen, loops):
             h = hash_fraction(key)
             files.append(("test" if h < low else "validation" if h < mid else "train", key, cls))
     split_names = [s for s in SPLIT_FOLDERS if s in split_specs]
@@ -106,7 +111,7 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     items: dict[str, list[tuple[str, int]]] = {s: [] for s in split_names}
     for split, key, cls in sorted(files):
         items[split].append((key, index[cls]))
-    return FolderListing(layout, split_names, split_specs, class_names, items)
+    return FolderListing(layout, split_names, split_specs, class_names, items, loops)
 
 
 def _hashed_specs(validation_fraction: float, test_fraction: float) -> dict[str, str]:
@@ -130,15 +135,30 @@ def _subfolders(folder: Path) -> list[str]:
         raise DataError(f"{folder}: cannot list ({e.strerror})") from None
 
 
-def _class_files(root: Path, split: str) -> list[tuple[str, str]]:
-    # (class name, key) for every visible file below root/split/<class>/, recursively; files
-    # directly in root/split are not in any class and are left alone.
+def _class_files(root: Path, split: str, seen: dict[tuple[int, int], str],
+                 loops: dict[str, str]) -> list[tuple[str, str]]:
+    """(class name, key) for every visible file below root/split/<class>/, recursively.
+
+    Files directly in root/split are not in any class and are left alone. File and directory
+    symlinks are followed (datasets are often laid out with them), but no directory is entered
+    twice: ``seen`` maps (device, inode) → key of every directory already walked (the root, split
+    and class folders are registered first, ``_walked_tops``), and a directory met again — a
+    symlink to a parent, or a second link to a folder already listed — becomes one item whose key
+    goes into ``loops`` with the reason. Before this, a link to a parent was followed ~30 levels
+    deep: 7 images became 531 rows, the same photo in train, validation and test.
+    """
     base = root / split if split else root
     out = []
     for cls in _subfolders(base):
         found = 0
         for folder, dirs, names in os.walk(base / cls, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if _visible(d))
+            entered = []
+            for d in sorted(d for d in dirs if _visible(d)):
+                if _first_visit(Path(folder, d), root, seen, loops):
+                    entered.append(d)
+                else:
+                    out.append((cls, Path(folder, d).relative_to(root).as_posix()))
+            dirs[:] = entered
             for name in names:
                 if _visible(name):
                     out.append((cls, Path(folder, name).relative_to(root).as_posix()))
@@ -146,3 +166,32 @@ def _class_files(root: Path, split: str) -> list[tuple[str, str]]:
         if not found:
             raise DataError(f"{base / cls}: empty class folder")
     return out
+
+
+def _walked_tops(root: Path, split_dirs: list[str], top: list[str]) -> dict[tuple[int, int], str]:
+    """(device, inode) → key of the root, split and class folders, before any walk enters them."""
+    classes = ([root / d / c for d in split_dirs for c in _subfolders(root / d)] if split_dirs
+               else [root / c for c in top])
+    seen: dict[tuple[int, int], str] = {}
+    for folder in [root, *(root / d for d in split_dirs), *classes]:
+        _first_visit(folder, root, seen)
+    return seen
+
+
+def _first_visit(folder: Path, root: Path, seen: dict[tuple[int, int], str],
+                 loops: dict[str, str] | None = None) -> bool:
+    """Records ``folder`` as walked; False (and its reason in ``loops``) when it was seen before."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return True  # vanished or unreadable: os.walk lists nothing under it anyway
+    key = folder.relative_to(root).as_posix()
+    ident = (st.st_dev, st.st_ino)
+    if ident in seen:
+        if loops is not None:
+            where = f"{seen[ident]}/" if seen[ident] != "." else "the dataset root"
+            loops[key] = (f"directory loop: the same folder as {where} (a symlink to a folder "
+                          f"already listed); not entered again")
+        return False
+    seen[ident] = key
+    return True
