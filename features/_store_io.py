@@ -16,8 +16,8 @@ import numpy as np
 
 from headstart.features._hdf5 import (DTYPES, FORMAT, FORMAT_VERSION, STR_DTYPE, canonical_json,
                             first_difference, lock_error, open_h5, read_header)
-from headstart.features.errors import (DiskFullError, StoreConfigMismatch, StoreError,
-                                       StoreExistsError, StoreInUseError)
+from headstart.features.errors import (DiskFullError, NonFiniteFeaturesError, StoreConfigMismatch,
+                                       StoreError, StoreExistsError, StoreInUseError)
 
 START_OVER = "; use --overwrite to start again"
 _CHUNK_BYTES = 1 << 19  # h5py's default chunk cache is 1 MiB per dataset; keep a chunk well under
@@ -146,7 +146,36 @@ def as_rows(array: Any, shape: tuple[int, ...], dtype: str, what: str) -> np.nda
     rows = np.asarray(array)
     if rows.shape != shape:
         raise ValueError(f"{what} must have shape {shape}, got {rows.shape}")
-    return rows.astype(dtype, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by check_finite
+        return rows.astype(dtype, copy=False)
+
+
+def check_finite(given: Any, stored: np.ndarray, keys: Sequence[str], what: str) -> None:
+    """Refuses rows holding inf or NaN, naming the first image's key; nothing is written.
+
+    Refused rather than stored: a non-finite feature makes every head trained on the cache NaN,
+    and float32 instead of float16 changes the cache's dtype, which is the user's choice to make.
+
+    Args:
+        given: the rows as the caller passed them (to tell overflow from a non-finite backbone).
+        stored: the same rows cast to the cache dtype, (n, ...).
+        keys: n keys.
+        what: "features" or "augmented views", for the message.
+
+    Raises:
+        NonFiniteFeaturesError: naming the key of the first row with a non-finite value.
+    """
+    bad = ~np.isfinite(stored.reshape(len(stored), -1)).all(axis=1)
+    if not bad.any():
+        return
+    row = int(np.argmax(bad))
+    key = keys[row]
+    if np.isfinite(np.asarray(given)[row]).all():
+        raise NonFiniteFeaturesError(
+            f"{key}: its {what} overflow {stored.dtype} (largest magnitude "
+            f"{float(np.abs(np.asarray(given)[row]).max()):.3g}); use --dtype float32 --overwrite")
+    raise NonFiniteFeaturesError(f"{key}: the backbone's {what} for this image are not finite "
+                                 f"(inf or NaN); nothing of its batch was stored")
 
 
 def put_rows(ds: h5py.Dataset, start: int, rows: np.ndarray) -> None:

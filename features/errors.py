@@ -45,6 +45,12 @@ class DiskFullError(StoreError):
     exit_code = 1
 
 
+class NonFiniteFeaturesError(FeaturesError):
+    """The backbone produced inf or NaN for an image (or float16 storage overflowed)."""
+
+    exit_code = 1
+
+
 class ShardError(StoreError):
     """Shard caches that do not form one complete set of one configuration, or cannot be indexed."""
 

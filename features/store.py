@@ -37,7 +37,7 @@ import numpy as np
 from headstart.features._hdf5 import (FORMAT_VERSION, canonical_json, hdf5_end, open_h5,
                                       partial_path, read_header, strings_digest)
 from headstart.features._store_io import (START_OVER, as_rows, batch_bytes, check_finished,
-                                          chunk_rows, create_rows, disk_full_error,
+                                          check_finite, chunk_rows, create_rows, disk_full_error,
                                           expected_header, fsync_dir, header_difference,
                                           open_locked, put_rows, remove_quietly, reserve_space,
                                           truncate_rows, with_hint, write_skeleton)
@@ -159,6 +159,7 @@ class StoreWriter:
         group, state = self._writable(split)
         n = len(keys)
         feats = as_rows(features, (n, *self.feature_shape), self.dtype, "features")
+        check_finite(features, feats, keys, "features")
         labs = np.asarray(labels)
         if labs.shape != (n,) or (n and not np.issubdtype(labs.dtype, np.integer)):
             raise ValueError(f"labels must be ({n},) integers, got {labs.shape} {labs.dtype}")
@@ -171,6 +172,8 @@ class StoreWriter:
             raise ValueError(f"consumed={consumed} is less than {state['consumed']} before this "
                              f"batch + {n} rows + {len(skipped)} skipped")
         view_rows = self._check_views(group, state, views, n)
+        if view_rows is not None:
+            check_finite(views, view_rows, keys, "augmented views")
         std_rows = self._check_pixel_std(group, state, pixel_std, n)
 
         c, sc = state["committed"], state["skipped_committed"]

@@ -8,6 +8,7 @@ input the user can fix).
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -27,6 +28,10 @@ class _CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# Failures of the machine, not of the command: read-only, full, forbidden, quota, I/O error.
+_ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 class _Terminated(KeyboardInterrupt):
@@ -60,6 +65,13 @@ def _library_call(fn):
         except (HeadstartError, FeaturesError) as exc:
             raise _CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                             getattr(exc, "exit_code", 2)) from None
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            # A write the library does not route through its atomic writers (a converter's own
+            # files, say): still one line naming the file, exit 1.
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise _CliError(f"{where}{exc.strerror}", 1) from None
         except KeyboardInterrupt as exc:
             click.echo(f"\n{_interrupt_hint(kwargs)}", err=True)
             sys.exit(143 if isinstance(exc, _Terminated) else 130)

@@ -27,3 +27,9 @@ class ParityError(HeadstartError):
     """The assembled model disagrees with the head on cached features."""
 
     exit_code = 1
+
+
+class OutputError(HeadstartError):
+    """An output that cannot be written: a read-only, full or forbidden file or directory."""
+
+    exit_code = 1

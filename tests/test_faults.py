@@ -318,3 +318,208 @@ def test_directory_symlink_loops_are_entered_once_and_reported(tmp_path):
     loops = {k: r for k, r in reasons.items() if r}
     assert sorted(loops) == ["cats/up", "dogs/cats_again"]
     assert "directory loop" in loops["cats/up"] and "cats/" in loops["dogs/cats_again"]
+
+
+# -- EXIF orientation -----------------------------------------------------------------------------
+
+
+def _quadrants(width=48, height=32):
+    """An image whose four quadrants have four colours, so every rotation and flip differs."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    h, w = height // 2, width // 2
+    pixels[:h, :w], pixels[:h, w:] = (230, 30, 30), (30, 230, 30)
+    pixels[h:, :w], pixels[h:, w:] = (30, 30, 230), (230, 230, 30)
+    return pixels
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_at_decode(tmp_path, orientation):
+    import tensorflow as tf
+    from PIL import Image, ImageOps
+
+    from headstart.pipeline.data.image import load_image
+    from headstart.pipeline.data.sources import load_image as load_for_predict
+
+    path = tmp_path / f"o{orientation}.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(_quadrants()).save(path, exif=exif, quality=95)
+    seen = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))  # as a person sees it
+    expected = tf.image.resize(seen, (40, 40), method="bilinear").numpy()
+    assert load_for_predict is load_image  # predict and evaluate decode the same way
+    got = load_image(path, 40)
+    assert np.abs(got - expected).max() < 12  # two JPEG decoders; a wrong turn differs by ~200
+
+
+def test_exif_orientation_is_part_of_the_cache_config(tiny):
+    with open_cache(tiny["cache"]) as c:
+        assert c.config["exif_orientation"] is True
+
+
+# -- non-finite features --------------------------------------------------------------------------
+
+
+def test_non_finite_features_are_refused_at_write_with_the_key(tmp_path):
+    from headstart.features.errors import NonFiniteFeaturesError
+    from headstart.features.store import create_or_resume
+
+    def writer(dtype):
+        return create_or_resume(tmp_path / f"{dtype}.h5", config={"d": dtype}, provenance={},
+                                class_names=["a", "b"], splits=["train"], feature_shape=(3,),
+                                dtype=dtype)
+
+    w = writer("float16")
+    w.append("train", features=np.ones((2, 3)), labels=[0, 1], keys=["a.jpg", "b.jpg"], consumed=2)
+    big = np.ones((2, 3)) * [[1], [1e6]]  # a large activation: fine in float32, inf in float16
+    with pytest.raises(NonFiniteFeaturesError, match=r"^d\.jpg: its features overflow float16.*"
+                                                     r"--dtype float32"):
+        w.append("train", features=big, labels=[0, 1], keys=["c.jpg", "d.jpg"], consumed=4)
+    assert w.progress("train") == (2, 2)  # the earlier commit stands, nothing of the batch went in
+    w.close()
+    w = writer("float32")
+    nan = np.ones((2, 3)) * [[np.nan], [1]]
+    with pytest.raises(NonFiniteFeaturesError, match=r"^e\.jpg: the backbone's features .* not finite"):
+        w.append("train", features=nan, labels=[0, 1], keys=["e.jpg", "f.jpg"], consumed=2)
+    w.close()
+
+
+# -- read-only and full output directories --------------------------------------------------------
+
+
+@pytest.fixture
+def bad_disks(tmp_path):
+    """``{"ro": DIR, "full": DIR}``: an empty folder on a read-only tmpfs and one on a full tmpfs.
+
+    Root ignores permission bits, so only a read-only mount refuses root's writes. Skips where
+    mounting is not allowed.
+    """
+    import subprocess
+
+    def sh(*cmd):
+        return subprocess.run(list(cmd), capture_output=True, text=True)
+
+    mounts, out = [], {}
+    try:
+        for name, size in (("ro", "64k"), ("full", "128k")):
+            disk = tmp_path / f"{name}_disk"
+            disk.mkdir()
+            if sh("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)).returncode:
+                pytest.skip("cannot mount a tmpfs here")
+            mounts.append(disk)
+            (disk / "out").mkdir()
+            out[name] = disk / "out"
+        with open(mounts[1] / "filler", "wb", buffering=0) as f:  # fill it to the last block
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        assert sh("mount", "-o", "remount,ro", str(mounts[0])).returncode == 0
+        yield out
+    finally:
+        for disk in mounts:
+            sh("umount", str(disk))
+
+
+def _nothing_left(folder: Path) -> None:
+    """No temporaries and no run.json: a half-done run is marked unfinished, nothing torn."""
+    names = [p.name for p in folder.rglob("*")]
+    assert "run.json" not in names and not [n for n in names if ".tmp" in n], names
+
+
+def test_train_head_into_read_only_and_full_directories(tiny, bad_disks):
+    for kind, word in (("ro", "cannot write there (Read-only file system)"),
+                       ("full", "No space left on device")):
+        out = bad_disks[kind]
+        result = _invoke(["train-head", tiny["cache"], "--out", out, "--epochs", 1])
+        _assert_one_line_error(result, 1, str(out), word)
+        _nothing_left(out)
+
+
+def test_finetune_and_run_into_a_read_only_directory(tiny, bad_disks):
+    out = bad_disks["ro"]
+    result = _invoke(["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 1])
+    _assert_one_line_error(result, 1, str(out), "Read-only file system")
+    result = _invoke(["run", tiny["data"], "--out", out, "--backbone", "mobilenet", "--alpha", 0.25,
+                      "--image-size", 32, "--weights", tiny["weights"]])
+    _assert_one_line_error(result, 1, str(out), "Read-only file system")
+
+
+def test_finetune_into_a_full_directory(tiny, bad_disks):
+    out = bad_disks["full"]
+    result = _invoke(["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 1])
+    _assert_one_line_error(result, 1, str(out), "No space left on device")
+    _nothing_left(out)
+
+
+# -- the extras: vanished, replaced, empty and broken files ---------------------------------------
+
+
+def test_cache_deleted_while_train_head_streams_it(tiny, tmp_path, monkeypatch):
+    """POSIX keeps an open file readable after unlink: the run finishes on what it opened."""
+    import shutil
+
+    from headstart.pipeline.stages.head_data import FeatureRows
+
+    cache = tmp_path / "f.h5"
+    shutil.copy(tiny["cache"], cache)
+    real, calls = FeatureRows.gather, []
+
+    def gather(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            cache.unlink()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureRows, "gather", gather)
+    result = _invoke(["train-head", cache, "--out", tmp_path / "head", "--epochs", 2,
+                      "--batch-size", 4, "--memory-limit-mb", 0])
+    assert result.exit_code == 0 and "stream" in result.output, result.output
+    assert not cache.exists() and (tmp_path / "head" / "run.json").is_file()
+
+
+def test_class_folder_vanishing_and_image_replaced_by_a_directory(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    data = tmp_path / "images"
+    shutil.copytree(tiny["data"], data)
+    from headstart.pipeline.data import sources
+
+    opener = "open_source" if hasattr(sources, "open_source") else "resolve_source"
+    real = getattr(sources, opener)
+
+    def listed_then_changed(*args, **kwargs):
+        source = real(*args, **kwargs)
+        shutil.rmtree(data / "test" / "dogs")  # vanishes after listing, before decoding
+        victim = data / "validation" / "cats" / "cats_000.jpg"
+        victim.unlink()
+        victim.mkdir()  # an image replaced by a directory of the same name
+        return source
+
+    out = tmp_path / "f.h5"
+    with monkeypatch.context() as m:
+        m.setattr(sources, opener, listed_then_changed)
+        result = _invoke(["extract-features", data, "--out", out, *tiny["backbone"],
+                          "--batch-size", 8, "--max-bad", 2])
+    line = _assert_one_line_error(result, 1, "--max-bad 2")
+    assert "test/dogs/" in line and "No such file or directory" in line
+    assert not out.exists()  # a refused run leaves only its resumable partial
+    from headstart.features.store import summarize_cache
+
+    skipped = summarize_cache(out)["splits"]["validation"]["skipped"]
+    assert skipped == [("validation/cats/cats_000.jpg", "cannot read file (Is a directory)")]
+
+
+def test_empty_head_keras_and_run_json_that_is_not_json(tiny, tmp_path):
+    import shutil
+
+    head = tmp_path / "head"
+    shutil.copytree(tiny["head"], head)
+    (head / "head.keras").write_bytes(b"")
+    result = _invoke(["finetune", tiny["data"], "--head", head, "--out", tmp_path / "t1"])
+    _assert_one_line_error(result, 2, str(head / "head.keras"))
+    assert not (tmp_path / "t1" / "run.json").exists()
+    shutil.copy(tiny["head"] / "head.keras", head / "head.keras")
+    (head / "run.json").write_text("{not json")
+    result = _invoke(["finetune", tiny["data"], "--head", head, "--out", tmp_path / "t2"])
+    _assert_one_line_error(result, 2, str(head), "run.json is unreadable")

@@ -13,7 +13,9 @@ Every stage (extraction, fine-tuning, evaluation, prediction) gets its pixels fr
    BMPs (TF reads 8-bit BMPs as grayscale and rejects 1/4-bit ones, so those are decoded here) and
    animated WebPs (TF 2.21 corrupts the heap on some of them, so the first frame is cut out and
    decoded as a still WebP). Grayscale, RGBA (alpha dropped) and CMYK JPEGs come out RGB.
-4. ``tf.image.resize(..., method="bilinear")`` to (S, S) — no crop, no aspect preservation, as the
+4. A JPEG's EXIF orientation (tag 0x0112) is applied, so a phone photo comes out as a person
+   sees it, not as the sensor stored it (``EXIF_ORIENTATION``, recorded in cache configs).
+5. ``tf.image.resize(..., method="bilinear")`` to (S, S) — no crop, no aspect preservation, as the
    Keras guide does — and values stay raw 0–255 float32.
 
 The library never imports PIL; it is only a test dependency.
@@ -36,6 +38,10 @@ from headstart.pipeline.data.image_header import (  # noqa: F401 - BadImage, Ima
     unknown_reason,
 )
 from headstart.pipeline.errors import DataError, OptionError
+
+#: Decoding applies EXIF orientation; extraction records this in the cache config, so a cache of
+#: sideways pixels (made before) is never resumed or reused as if it held upright ones.
+EXIF_ORIENTATION = True
 
 #: Largest image (width × height, summed over the frames a decoder must hold) decoded by default.
 #: 50 M pixels is ~150 MB of RGB; every public function takes ``max_pixels`` to override it.
@@ -170,7 +176,26 @@ def _decode_checked(data: bytes, image_size: int, max_pixels: int | None) -> tf.
             pixels = tf.io.decode_image(encoded, channels=3, expand_animations=False)
         except tf.errors.OpError as e:
             raise BadImage(f"corrupt image data ({_tf_message(e)})") from None
+    pixels = apply_orientation(pixels, info.orientation)
     return tf.image.resize(pixels, (image_size, image_size), method="bilinear")
+
+
+def apply_orientation(pixels: tf.Tensor, orientation: int) -> tf.Tensor:
+    """Turns (H, W, C) pixels stored with EXIF ``orientation`` into what a person sees.
+
+    Phones store the sensor's pixels and the rotation in EXIF tag 0x0112; TF (and Keras'
+    ``image_dataset_from_directory``) ignore it, so portrait photos came out sideways. The eight
+    cases are PIL's ``ImageOps.exif_transpose`` (torchvision's ``apply_exif_orientation``).
+    """
+    if orientation in (5, 7):  # transpose / transverse
+        pixels = tf.image.rot90(pixels, 2) if orientation == 7 else pixels
+        return tf.transpose(pixels, (1, 0, 2))
+    if orientation == 2:
+        return tf.image.flip_left_right(pixels)
+    if orientation == 4:
+        return tf.image.flip_up_down(pixels)
+    turns = {3: 2, 6: 3, 8: 1}.get(orientation, 0)  # counter-clockwise quarter turns
+    return tf.image.rot90(pixels, turns) if turns else pixels
 
 
 def _tf_message(error: Exception) -> str:

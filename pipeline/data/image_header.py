@@ -47,6 +47,7 @@ class ImageInfo:
         truncated: the file ends before the format's end marker.
         bits: bits per pixel (BMP only; 0 elsewhere).
         animated: an animated WebP (decoded from its first frame).
+        orientation: the JPEG's EXIF orientation, 1 (as stored) to 8; applied at decode.
     """
 
     format: str
@@ -57,6 +58,7 @@ class ImageInfo:
     truncated: bool = False
     bits: int = 0
     animated: bool = False
+    orientation: int = 1
 
 
 def probe_image(data: bytes) -> ImageInfo:
@@ -127,8 +129,32 @@ def _probe_png(data: bytes) -> ImageInfo:
     return ImageInfo("PNG", width, height, pixels=width * height, truncated=not complete)
 
 
+def _exif_orientation(segment: bytes) -> int:
+    """EXIF orientation (1–8) from an APP1 payload, 1 when absent or unreadable.
+
+    Layout: "Exif" and two zero bytes, a TIFF header (byte order "II"/"MM", 42, offset of IFD0),
+    then IFD0's 12-byte entries (tag, type, count, value); orientation is tag 0x0112, a SHORT.
+    """
+    if not segment.startswith(b"Exif\x00\x00") or len(segment) < 14:
+        return 1
+    tiff = segment[6:]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None:
+        return 1
+    try:
+        ifd = struct.unpack_from(order + "I", tiff, 4)[0]
+        for i in range(struct.unpack_from(order + "H", tiff, ifd)[0]):
+            tag, kind = struct.unpack_from(order + "HH", tiff, ifd + 2 + 12 * i)
+            if tag == 0x0112 and kind == 3:
+                value = struct.unpack_from(order + "H", tiff, ifd + 2 + 12 * i + 8)[0]
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        return 1
+    return 1
+
+
 def _probe_jpeg(data: bytes) -> ImageInfo:
-    pos, size, n = 2, None, len(data)
+    pos, size, n, orientation = 2, None, len(data), 1
     while True:
         if pos >= n:
             raise BadImage("truncated image")
@@ -149,6 +175,8 @@ def _probe_jpeg(data: bytes) -> ImageInfo:
         length = struct.unpack_from(">H", data, pos)[0]
         if length < 2:
             raise BadImage("corrupt image data (bad JPEG segment length)")
+        if marker == 0xE1 and orientation == 1:
+            orientation = _exif_orientation(data[pos + 2:pos + length])
         if marker in _JPEG_SOF:
             if pos + 8 > n:
                 raise BadImage("truncated image")
@@ -167,7 +195,8 @@ def _probe_jpeg(data: bytes) -> ImageInfo:
                 raise BadImage("corrupt image data (JPEG scan before its frame header)")
             # The end-of-image marker must come after the scan (an EXIF thumbnail has its own).
             truncated = data.rfind(b"\xff\xd9") < pos
-            return ImageInfo("JPEG", size[0], size[1], pixels=size[0] * size[1], truncated=truncated)
+            return ImageInfo("JPEG", size[0], size[1], pixels=size[0] * size[1], truncated=truncated,
+                             orientation=orientation)
         pos += length
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from headstart.pipeline.errors import RunDirError
+from headstart.pipeline.errors import OutputError, RunDirError
 
 #: Written last by every run; its presence marks a complete run directory.
 RUN_JSON = "run.json"
@@ -59,21 +59,48 @@ def prepare_run_dir(path: str | os.PathLike, overwrite: bool) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"--out {run_dir}: cannot create the directory ({exc.strerror})") from None
+    check_writable(run_dir, "--out")
     return run_dir
+
+
+def check_writable(directory: str | os.PathLike, option: str) -> None:
+    """Creates and removes a file in ``directory``, so a read-only one fails before any work.
+
+    Raises:
+        OutputError: naming the option and the directory.
+    """
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{option} {directory}: cannot write there ({exc.strerror})") from None
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = "") -> None:
     # The temp file lives in the target's directory so os.replace is a same-filesystem rename;
     # `suffix` keeps extensions that writers insist on (Keras refuses to save without ".keras").
+    # Any OSError (read-only, full, forbidden) becomes one OutputError naming the file; the
+    # previous file, if any, is untouched and no temporary is left behind.
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as exc:
+        raise output_error(path, exc) from None
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
         raise
+
+
+def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
+    """The one wording of an output that cannot be written (see README, Troubleshooting)."""
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = "") -> None:

@@ -195,6 +195,9 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"--out {_shown(str(run_dir))}: cannot create the directory ({exc.strerror})") from None
+    from headstart.pipeline.report.rundir import check_writable
+
+    check_writable(run_dir, "--out")
     import tensorflow as tf
 
     from headstart.pipeline.report import rundir as report

@@ -241,6 +241,8 @@ def _select_splits(config: ExtractConfig, available: list[str]) -> list[str]:
 
 
 def _cache_config(config: ExtractConfig, backbone: dict, source, splits: list[str]) -> dict:
+    from headstart.pipeline.data.image import EXIF_ORIENTATION
+
     # Everything that changes the cached numbers, and nothing else: resuming with another
     # --batch-size or --max-bad is fine, another backbone or image size is not.
     described = source.describe()
@@ -260,6 +262,8 @@ def _cache_config(config: ExtractConfig, backbone: dict, source, splits: list[st
         "augment_views": config.augment_views,
         "augment": config.augment if config.augment_views else None,
         "seed": config.seed if config.augment_views else None,
+        # Decoding changed (EXIF orientation applied): a cache of sideways pixels is another cache.
+        "exif_orientation": EXIF_ORIENTATION,
     }
 
 
