@@ -2,8 +2,7 @@
 
 TF's autotuning runs a model thread per iterator that sleeps between optimisation rounds, and an
 iterator's destructor waits for that thread to wake up. So ending (or abandoning) an iterator can
-block for seconds: measured on TF 2.21, 1.2 s after a 2 s loop and about 4 s after a 6 s
-extraction split, at random — a 10–40% loss on a short split, paid again at every split and epoch.
+block for seconds, at random, at every split and epoch (figures: docs/measurements.md).
 With the model thread off there is no wait; ``AUTOTUNE`` map parallelism then means one call per
 CPU core, and ``prefetch(AUTOTUNE)`` keeps its own buffer sizing, which runs without that thread.
 """

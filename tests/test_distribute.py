@@ -112,7 +112,7 @@ def conv_model_and_data():
 
 
 def fit_check(strategy_name: str) -> dict:
-    """``distribute_loop.distributed_fit`` on ``conv_model_and_data``: resumes at epoch 1, stops
+    """``distribute.loop.distributed_fit`` on ``conv_model_and_data``: resumes at epoch 1, stops
     after epoch 3.
 
     Returns ``{"epochs": [...], "history": {...}}`` (what ``finetune`` relies on from ``fit``).

@@ -164,10 +164,11 @@ def _steps(model: Any, num_classes: int) -> dict:
 class EpochFeed:
     """One distributed iterator that serves every epoch of a fit, ``steps`` batches at a time.
 
-    Creating a distributed iterator costs ~0.16 s, and ending one blocks for up to ~0.6 s: under a
-    multi-device strategy TF builds per-device datasets of its own, whose tf.data autotune threads
-    the destructor waits for (see ``features/tfdata.py``; our options do not reach them). Per epoch
-    that was a 25–40% loss on a 1 s epoch. So the iterator is made once and epochs are cut from it.
+    Creating a distributed iterator is costly, and ending one blocks: under a multi-device strategy
+    TF builds per-device datasets of its own, whose tf.data autotune threads the destructor waits
+    for (see ``features/tfdata.py``; our options do not reach them). Per short epoch that was a
+    large share (figures: docs/measurements.md). So the iterator is made once and epochs are cut
+    from it.
 
     Two ways to build one:
 

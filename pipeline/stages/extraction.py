@@ -1,7 +1,7 @@
 """``extract-features``: resolve the source, build the frozen extractor, fill the feature cache.
 
 Also ``merge-features``: ``extract-features --shard I/N`` workers each write a cache of their 1/N
-of every split (see ``pipeline/data.py`` for which items); ``merge_features`` joins them.
+of every split (``headstart.pipeline.data.splits.shard_of`` says which items); ``merge_features`` joins them.
 """
 
 from __future__ import annotations

@@ -6,10 +6,9 @@ loaders read the same windows, cut batches from the same concatenated order and 
 the same point, so a head trained from memory and one trained from a stream see identical batches,
 and with ``--deterministic`` end bit-identical.
 
-Why blocks and windows: h5py point selections are ~50× slower per row than slices (measured here:
-8192 random rows of a 40k×2048 float32 dataset took 1.5 s by fancy index, a whole-file read
-0.13 s), so the stream reads each window as a few contiguous slices and never holds more than one
-window (``WINDOW_BYTES``) in memory. The geometry depends only on the row size, never on the memory
+Why blocks and windows: h5py point selections are far slower per row than slices (figures:
+docs/measurements.md), so the stream reads each window as a few contiguous slices and never holds
+more than one window (``WINDOW_BYTES``) in memory. The geometry depends only on the row size, never on the memory
 limit, so the in-memory loader (which follows the same plan) gives the same order. A cache that fits
 in one window, every small cache, gets a full uniform permutation.
 """
