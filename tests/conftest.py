@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO.parent / "shared" / "assets"
 
 
 def write_image(path: Path, rng: np.random.Generator, *, size=(40, 32), colour=None, fmt=None, mode="RGB"):
@@ -109,3 +113,183 @@ def real_photo_cache(tmp_path_factory):
     extract_features(ExtractConfig(source=str(images), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
                                    weights=str(weights), image_size=128), log=lambda *_: None)
     return {"cache": cache, "images": images, "weights": weights}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by several test modules (imported as ``from conftest import …``).
+
+# Synthetic feature caches (no backbone runs).
+
+
+def make_cache(path: Path, *, classes: int = 2, shape=(16,), counts=None, views: int = 0,
+               dtype: str = "float32", seed: int = 0, flip_validation: float = 0.0,
+               spread: float = 1.0, finalize: bool = True) -> Path:
+    """Writes a cache of Gaussian blobs, one centre per class, appended in batches of 32.
+
+    Args:
+        counts: split → rows; defaults to train 160, validation 48, test 48.
+        views: augmented views per training row: the original plus small noise.
+        flip_validation: share of validation labels replaced by a wrong class, so validation loss
+            rises once the head grows confident.
+        spread: noise scale; centres sit 3 apart per axis.
+        finalize: False leaves an interrupted ``.partial`` file.
+    """
+    from headstart.features.store import create_or_resume
+
+    counts = counts or {"train": 160, "validation": 48, "test": 48}
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3.0, size=(classes, shape[-1]))
+    writer = create_or_resume(
+        str(path), config={"synthetic": True, "seed": seed, "classes": classes},
+        provenance={"made_by": "tests/test_train_head.py"},
+        class_names=[f"class{i}" for i in range(classes)], splits=list(counts),
+        feature_shape=tuple(shape), dtype=dtype, views=views)
+    for split, n in counts.items():
+        labels = np.arange(n) % classes
+        feats = centres[labels].reshape((n,) + (1,) * (len(shape) - 1) + (shape[-1],))
+        feats = feats + spread * rng.normal(size=(n, *shape))
+        extra = feats[:, None] + 0.3 * rng.normal(size=(n, views, *shape)) if views and split == "train" else None
+        if split == "validation" and flip_validation:
+            flip = rng.random(n) < flip_validation
+            labels = np.where(flip, (labels + 1) % classes, labels)
+        for start in range(0, n, 32):
+            part = slice(start, start + 32)
+            writer.append(split, features=feats[part].astype(dtype), labels=labels[part],
+                          keys=[f"{split}/{i}" for i in range(n)][part],
+                          views=None if extra is None else extra[part].astype(dtype),
+                          consumed=min(start + 32, n))
+        writer.finish_split(split)
+        if not finalize:
+            break
+    if finalize:
+        writer.finalize()
+    else:
+        writer.close()
+    return path
+
+
+def head_weights(run_dir) -> list[np.ndarray]:
+    """The weights of a train-head run directory's head.keras."""
+    import keras
+
+    return keras.saving.load_model(Path(run_dir) / "head.keras", safe_mode=True, compile=False).get_weights()
+
+
+# A tiny real backbone and split folders for the fine-tuning tests.
+
+#: The smallest real backbone of the registry: MobileNet (v1) alpha 0.25 at 32 px.
+BACKBONE = {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32}
+
+
+def make_weights_file(path: Path, seed: int = 0) -> Path:
+    """Saves MobileNet 0.25 / 32 px weights with BatchNorm statistics calibrated on noise."""
+    import keras
+
+    from headstart.features.backbones import build_base
+
+    base = build_base(BACKBONE["backbone"], weights="none", image_size=32, alpha=BACKBONE["alpha"])
+    rng = np.random.default_rng(seed)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # one training-mode pass sets moving stats to the batch's
+    base(rng.uniform(-1, 1, (32, 32, 32, 3)).astype("float32"), training=True)
+    base.save_weights(path)
+    return path
+
+
+def make_splits(root: Path, per_class=(8, 4, 4)) -> Path:
+    """``root/{train,validation,test}/<class>/`` of generated JPEGs, per_class images each."""
+    for split, n, seed in zip(("train", "validation", "test"), per_class, (0, 1, 2)):
+        make_class_folders(root / split, per_class=n, seed=seed)
+    return root
+
+
+# Subprocesses: local tf.distribute workers and other fresh interpreters.
+
+
+def subprocess_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """Environment of a test subprocess: this checkout on PYTHONPATH, its own TMPDIR, no cluster."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "HEADSTART_LOGICAL_CPUS")}
+    # TMPDIR per process, so the test can see that non-chief workers leave no scratch directory.
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp), **extra}
+
+
+def finish_processes(procs: list[subprocess.Popen], timeout: float = 150) -> list[list[dict]]:
+    """Waits for every process; returns each one's RESULT records."""
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, err[-3000:]
+            results.append([json.loads(l[len("RESULT "):]) for l in out.splitlines() if l.startswith("RESULT ")])
+    finally:
+        for proc in procs:  # a worker left waiting for its peer must not outlive the test
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def free_ports(n: int) -> list[int]:
+    """n free TCP ports on 127.0.0.1 (for local tf.distribute workers)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+# The feature store's own tests (test_store.py, test_store_errors.py).
+
+STORE_CLASSES = ["cat", "dog", "élan"]
+STORE_CONFIG = {"backbone": "mobilenet_v2", "image_size": 96,
+          "info": {"weights": "imagenet", "alpha": 1.0}}
+STORE_FS = (2, 3)
+
+
+def store_writer(path, *, config=STORE_CONFIG, dtype="float32", views=2, overwrite=False, **kw) -> StoreWriter:
+    from headstart.features.store import create_or_resume
+
+    args = dict(config=config, provenance={"tool": "test"}, class_names=STORE_CLASSES,
+                splits=["train", "test"], feature_shape=STORE_FS, dtype=dtype, views=views,
+                overwrite=overwrite)
+    args.update(kw)
+    return create_or_resume(path, **args)
+
+
+def store_rows(split: str, start: int, n: int, views: int = 0) -> dict:
+    """Batch of n rows whose values encode (split, row index), so any mix-up shows."""
+    base = 1000 if split == "test" else 0
+    idx = np.arange(start, start + n) + base
+    item = {"features": idx[:, None, None] + np.arange(6).reshape(STORE_FS) / 8,
+            "labels": idx % len(STORE_CLASSES), "keys": [f"{split}/img_{i}.jpg" for i in idx]}
+    if views:
+        item["views"] = item["features"][:, None] + np.arange(1, views + 1)[None, :, None, None]
+    return item
+
+
+def fill_store(w: StoreWriter, split: str, batches: int, *, size=4, start=0, views=0, bad=True) -> None:
+    for b in range(start, start + batches):
+        item = store_rows(split, b * size, size, views)
+        skipped = [(f"{split}/broken_{b}.jpg", f"bad image {b}")] if bad else []
+        w.append(split, **item, skipped=skipped, consumed=(b + 1) * (size + len(skipped)))
+
+
+def complete_store(path, **kw) -> None:
+    w = store_writer(path, **kw)
+    fill_store(w, "train", 2, views=kw.get("views", 2))
+    w.finish_split("train")
+    fill_store(w, "test", 1)
+    w.finish_split("test")
+    w.finalize({"seconds": 1.5})
+
+
+def one_line(exc_info) -> str:
+    """The message of a ``pytest.raises`` result, checked to be one line without a traceback."""
+    msg = str(exc_info.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg

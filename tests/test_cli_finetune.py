@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from headstart.pipeline.cli import main
-from test_finetune import BACKBONE, make_splits, make_weights_file
+from conftest import BACKBONE, make_splits, make_weights_file
 
 
 def invoke(*args):

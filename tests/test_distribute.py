@@ -15,8 +15,6 @@ with dropout each replica draws its own masks, another random stream, as a chang
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +23,15 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import finish_processes as _finish
+from conftest import free_ports as _free_ports
+from conftest import head_weights, make_cache
+from conftest import subprocess_env as _env
 from headstart.pipeline.config import HeadConfig
 from headstart.pipeline.distribute.strategy import (_config_is_chief, batch_policy, chief_output_dir, precision,
                                  read_tf_config, resolve_strategy)
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.stages.head_training import train_head
-from test_train_head import head_weights, make_cache
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ["curves.png", "head.keras", "history.csv", "metrics.json", "run.json"]
@@ -55,43 +56,9 @@ for config in json.loads(sys.argv[1]):
 """
 
 
-def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "HEADSTART_LOGICAL_CPUS")}
-    # TMPDIR per process, so the test can see that non-chief workers leave no scratch directory.
-    tmp.mkdir(parents=True, exist_ok=True)
-    return {**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp), **extra}
-
-
 def _start(configs: list[dict], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(configs)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(procs: list[subprocess.Popen], timeout: float = 150) -> list[list[dict]]:
-    """Waits for every process; returns each one's RESULT records."""
-    results = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            assert proc.returncode == 0, err[-3000:]
-            results.append([json.loads(l[len("RESULT "):]) for l in out.splitlines() if l.startswith("RESULT ")])
-    finally:
-        for proc in procs:  # a worker left waiting for its peer must not outlive the test
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return results
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def conv_model_and_data():

@@ -23,8 +23,10 @@ import keras
 import pytest
 
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
-from test_distribute import _env, _finish, _free_ports
-from test_finetune import BACKBONE, make_splits, make_weights_file
+from conftest import BACKBONE, make_splits, make_weights_file
+from conftest import finish_processes as _finish
+from conftest import free_ports as _free_ports
+from conftest import subprocess_env as _env
 
 REPO = Path(__file__).resolve().parents[1]
 # One finetune run from a JSON config; argv[2] seconds of sleep after every committed epoch (room

@@ -10,9 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_class_folders, write_image
+from conftest import make_class_folders, make_weights_file, write_image
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
-from test_finetune import make_weights_file
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from headstart.features.errors import StoreError
 from headstart.features.store import open_cache
 from headstart.pipeline.cli import main
-from test_train_head import make_cache
+from conftest import make_cache
 
 
 def _invoke(args):
@@ -200,7 +200,7 @@ def test_disk_full_injected_into_the_writers_flush(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Images, weights, a cache and a trained head for the end-to-end commands (MobileNet 0.25, 32 px)."""
-    from test_finetune import BACKBONE, make_splits, make_weights_file
+    from conftest import BACKBONE, make_splits, make_weights_file
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_splits(root / "images")

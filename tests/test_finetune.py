@@ -23,33 +23,10 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import layout_cats_vs_dogs_2k, make_class_folders
+from conftest import BACKBONE, layout_cats_vs_dogs_2k, make_splits, make_weights_file
 from headstart.features.errors import WeightsError
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
 from headstart.pipeline.errors import OptionError, ParityError, RunDirError
-
-BACKBONE = {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32}
-
-
-def make_weights_file(path: Path, seed: int = 0) -> Path:
-    """Saves MobileNet 0.25 / 32 px weights with BatchNorm statistics calibrated on noise."""
-    from headstart.features.backbones import build_base
-
-    base = build_base(BACKBONE["backbone"], weights="none", image_size=32, alpha=BACKBONE["alpha"])
-    rng = np.random.default_rng(seed)
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.0  # one training-mode pass sets moving stats to the batch's
-    base(rng.uniform(-1, 1, (32, 32, 32, 3)).astype("float32"), training=True)
-    base.save_weights(path)
-    return path
-
-
-def make_splits(root: Path, per_class=(8, 4, 4)) -> Path:
-    for split, n, seed in zip(("train", "validation", "test"), per_class, (0, 1, 2)):
-        make_class_folders(root / split, per_class=n, seed=seed)
-    return root
-
 
 def config_for(prepared, out: Path, **kwargs) -> FinetuneConfig:
     values = {"source": str(prepared.data), "head": str(prepared.head), "out": str(out), "epochs": 2,

@@ -1,7 +1,7 @@
 """features/store.py: round trip, resume, config checks, overwrite, summaries, validation.
 
-Refusals and locking are in tests/test_store_errors.py (which imports the helpers below); the
-SIGKILL crash tests are in tests/test_store_crash.py.
+Refusals and locking are in tests/test_store_errors.py (both use the store helpers in conftest.py);
+the SIGKILL crash tests are in tests/test_store_crash.py.
 """
 
 from __future__ import annotations
@@ -13,56 +13,16 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import STORE_CLASSES as CLASSES
+from conftest import STORE_CONFIG as CONFIG
+from conftest import STORE_FS as FS
+from conftest import complete_store as _complete
+from conftest import fill_store as _fill
+from conftest import one_line as _one_line
+from conftest import store_rows as _rows
+from conftest import store_writer as _writer
 from headstart.features.errors import StoreConfigMismatch, StoreError
-from headstart.features.store import (FeatureCache, SplitData, StoreWriter, create_or_resume, open_cache,
-                            summarize_cache)
-
-REPO = Path(__file__).resolve().parents[1]
-CLASSES = ["cat", "dog", "élan"]
-CONFIG = {"backbone": "mobilenet_v2", "image_size": 96,
-          "info": {"weights": "imagenet", "alpha": 1.0}}
-FS = (2, 3)
-
-
-def _writer(path, *, config=CONFIG, dtype="float32", views=2, overwrite=False, **kw) -> StoreWriter:
-    args = dict(config=config, provenance={"tool": "test"}, class_names=CLASSES,
-                splits=["train", "test"], feature_shape=FS, dtype=dtype, views=views,
-                overwrite=overwrite)
-    args.update(kw)
-    return create_or_resume(path, **args)
-
-
-def _rows(split: str, start: int, n: int, views: int = 0) -> dict:
-    """Batch of n rows whose values encode (split, row index), so any mix-up shows."""
-    base = 1000 if split == "test" else 0
-    idx = np.arange(start, start + n) + base
-    item = {"features": idx[:, None, None] + np.arange(6).reshape(FS) / 8,
-            "labels": idx % len(CLASSES), "keys": [f"{split}/img_{i}.jpg" for i in idx]}
-    if views:
-        item["views"] = item["features"][:, None] + np.arange(1, views + 1)[None, :, None, None]
-    return item
-
-
-def _fill(w: StoreWriter, split: str, batches: int, *, size=4, start=0, views=0, bad=True) -> None:
-    for b in range(start, start + batches):
-        item = _rows(split, b * size, size, views)
-        skipped = [(f"{split}/broken_{b}.jpg", f"bad image {b}")] if bad else []
-        w.append(split, **item, skipped=skipped, consumed=(b + 1) * (size + len(skipped)))
-
-
-def _complete(path, **kw) -> None:
-    w = _writer(path, **kw)
-    _fill(w, "train", 2, views=kw.get("views", 2))
-    w.finish_split("train")
-    _fill(w, "test", 1)
-    w.finish_split("test")
-    w.finalize({"seconds": 1.5})
-
-
-def _one_line(exc_info) -> str:
-    msg = str(exc_info.value)
-    assert "\n" not in msg and "Traceback" not in msg
-    return msg
+from headstart.features.store import FeatureCache, SplitData, create_or_resume, open_cache, summarize_cache
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

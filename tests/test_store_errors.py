@@ -19,7 +19,13 @@ import pytest
 
 from headstart.features.errors import StoreError, StoreExistsError, StoreInUseError
 from headstart.features.store import FORMAT_VERSION, open_cache, summarize_cache
-from test_store import CONFIG, FS, REPO, _complete, _fill, _one_line, _writer
+from conftest import REPO
+from conftest import STORE_CONFIG as CONFIG
+from conftest import STORE_FS as FS
+from conftest import complete_store as _complete
+from conftest import fill_store as _fill
+from conftest import one_line as _one_line
+from conftest import store_writer as _writer
 
 
 def test_fresh_start_over_leftovers_of_a_kill_during_creation(tmp_path):

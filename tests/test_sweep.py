@@ -24,7 +24,7 @@ from headstart.pipeline.cli import main
 from headstart.pipeline.config import HeadConfig, SweepConfig
 from headstart.pipeline.errors import DataError
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams
-from test_train_head import make_cache
+from conftest import make_cache
 
 QUIET = {"log": lambda line: None}
 #: Largest difference allowed between a trial trained in a batch and alone, without dropout: the
@@ -216,7 +216,7 @@ def test_two_processes_share_one_study_without_duplicates(tmp_path):
 
 @pytest.mark.slow
 def test_finetune_accepts_the_sweeps_best_head_with_parity(tmp_path):
-    from test_finetune import BACKBONE, make_splits, make_weights_file
+    from conftest import BACKBONE, make_splits, make_weights_file
 
     data = make_splits(tmp_path / "images")
     weights = make_weights_file(tmp_path / "w.weights.h5")

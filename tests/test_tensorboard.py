@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from headstart.pipeline.cli import main
-from test_train_head import make_cache
+from conftest import make_cache
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -76,7 +76,7 @@ def test_a_reused_stage_is_replayed_through_the_keras_callback(tmp_path):
 
 @pytest.mark.slow
 def test_finetune_logs_the_seeded_head_and_the_fine_tuning(tmp_path):
-    from test_finetune import BACKBONE, make_splits, make_weights_file
+    from conftest import BACKBONE, make_splits, make_weights_file
 
     data = make_splits(tmp_path / "images")
     weights = make_weights_file(tmp_path / "w.weights.h5")

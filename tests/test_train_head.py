@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import head_weights, make_cache
 from headstart.features.errors import StoreError
 from headstart.features.store import create_or_resume, open_cache
 from headstart.pipeline.config import HeadConfig
@@ -24,55 +25,6 @@ from headstart.pipeline.model.head import predict_classes
 from headstart.pipeline.stages.head_training import train_head
 
 QUIET = {"log": lambda line: None}
-
-
-def make_cache(path: Path, *, classes: int = 2, shape=(16,), counts=None, views: int = 0,
-               dtype: str = "float32", seed: int = 0, flip_validation: float = 0.0,
-               spread: float = 1.0, finalize: bool = True) -> Path:
-    """Writes a cache of Gaussian blobs, one centre per class, appended in batches of 32.
-
-    Args:
-        counts: split → rows; defaults to train 160, validation 48, test 48.
-        views: augmented views per training row: the original plus small noise.
-        flip_validation: share of validation labels replaced by a wrong class, so validation loss
-            rises once the head grows confident.
-        spread: noise scale; centres sit 3 apart per axis.
-        finalize: False leaves an interrupted ``.partial`` file.
-    """
-    counts = counts or {"train": 160, "validation": 48, "test": 48}
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3.0, size=(classes, shape[-1]))
-    writer = create_or_resume(
-        str(path), config={"synthetic": True, "seed": seed, "classes": classes},
-        provenance={"made_by": "tests/test_train_head.py"},
-        class_names=[f"class{i}" for i in range(classes)], splits=list(counts),
-        feature_shape=tuple(shape), dtype=dtype, views=views)
-    for split, n in counts.items():
-        labels = np.arange(n) % classes
-        feats = centres[labels].reshape((n,) + (1,) * (len(shape) - 1) + (shape[-1],))
-        feats = feats + spread * rng.normal(size=(n, *shape))
-        extra = feats[:, None] + 0.3 * rng.normal(size=(n, views, *shape)) if views and split == "train" else None
-        if split == "validation" and flip_validation:
-            flip = rng.random(n) < flip_validation
-            labels = np.where(flip, (labels + 1) % classes, labels)
-        for start in range(0, n, 32):
-            part = slice(start, start + 32)
-            writer.append(split, features=feats[part].astype(dtype), labels=labels[part],
-                          keys=[f"{split}/{i}" for i in range(n)][part],
-                          views=None if extra is None else extra[part].astype(dtype),
-                          consumed=min(start + 32, n))
-        writer.finish_split(split)
-        if not finalize:
-            break
-    if finalize:
-        writer.finalize()
-    else:
-        writer.close()
-    return path
-
-
-def head_weights(run_dir) -> list[np.ndarray]:
-    return keras.saving.load_model(Path(run_dir) / "head.keras", safe_mode=True, compile=False).get_weights()
 
 
 def assert_same_weights(a, b):

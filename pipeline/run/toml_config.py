@@ -33,7 +33,7 @@ from headstart.pipeline.config import RunConfig, config_from_dict, config_to_dic
 from headstart.pipeline.data.source_spec import parse_split_option
 from headstart.pipeline.errors import OptionError
 # The flags of ``headstart run`` and the sections they set live with every other option fact.
-from headstart.pipeline.options import RUN_OPTIONS, SECTIONS, RunOption, option_default  # noqa: F401
+from headstart.pipeline.options import RUN_OPTIONS, SECTIONS
 
 TOP_LEVEL: dict[str, type] = {"source": str, "out": str, "tensorboard": bool, "diagnose": bool}
 #: Keys of each section that ``headstart run`` sets itself (paths inside the run directory, resume).
