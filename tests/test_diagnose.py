@@ -207,7 +207,7 @@ def test_exclude_removes_exactly_the_listed_keys(planted, tmp_path):
 
 def test_exclude_streamed_rows_are_the_kept_rows(planted):
     from headstart.features.store import open_cache
-    from headstart.pipeline.diagnose.exclusion import SubsetSplit
+    from headstart.pipeline.data.exclusion import SubsetSplit
     from headstart.pipeline.stages.head_data import FeatureRows
 
     with open_cache(planted["path"]) as cache:
@@ -238,7 +238,7 @@ def test_foreign_or_stale_exclude_csv_is_a_one_line_error(planted, tmp_path):
 def test_excluding_source_drops_the_keys_before_finetune_sees_them(tmp_path):
     from conftest import make_class_folders
     from headstart.pipeline.data.sources import resolve_source
-    from headstart.pipeline.diagnose.exclusion import ExcludingSource
+    from headstart.pipeline.data.exclusion import ExcludingSource
     from headstart.pipeline.errors import DataError
 
     folder = make_class_folders(tmp_path / "images", per_class=8)

@@ -180,7 +180,7 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
     source = open_source(source_spec)
     exclusion = None
     if config.exclude:
-        from headstart.pipeline.diagnose.exclusion import ExcludingSource
+        from headstart.pipeline.data.exclusion import ExcludingSource
 
         source = ExcludingSource.wrap(source, config.exclude, data=config.source)
         exclusion = source.exclusion

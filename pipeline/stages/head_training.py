@@ -306,7 +306,7 @@ def _exclude(config: HeadConfig, splits: dict[str, Any], log: Callable[[str], No
     """Applies --exclude to the splits in place; returns the Exclusion (None without --exclude)."""
     if not config.exclude:
         return None
-    from headstart.pipeline.diagnose.exclusion import SubsetSplit, resolve_exclusion
+    from headstart.pipeline.data.exclusion import SubsetSplit, resolve_exclusion
 
     exclusion = resolve_exclusion(config.exclude, {n: s.keys for n, s in splits.items()}, data=config.features)
     for name, keep in exclusion.keep.items():

@@ -1,0 +1,116 @@
+"""The layering: features/ never imports pipeline/, and pipeline/'s parts import one way only.
+
+Every module of both packages is imported (in a fresh interpreter, so nothing else has loaded
+``headstart.pipeline`` yet), and every ``import`` of every module, those inside functions included,
+is checked against ``LAYERS``: a part may import the parts of lower layers and itself, never a part
+of its own layer or above. docs/architecture.md draws the same picture.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import headstart.features
+import headstart.pipeline
+
+#: pipeline/'s parts from the bottom up: a subpackage or a top-level module per name.
+LAYERS: list[set[str]] = [
+    {"__init__", "errors", "records"},  # the version, domain exceptions, typed result records
+    {"config"},                         # the typed configs: the one source of defaults
+    {"data"},                           # the input path: source spec, sources, splits, decoding
+    {"model"},                          # the model chain around the head, freezing, parity
+    {"report"},                         # run directories, plots, inspect
+    {"distribute"},                     # tf.distribute strategies and loops
+    {"options"},                        # the one table of option facts
+    {"stages"},                         # extraction, head training, fine-tuning, evaluation
+    {"diagnose", "sweep"},              # experimentation on a cache, built on the stages
+    {"run"},                            # headstart run and demo: the stages chained
+    {"cli"},                            # the command line on top of everything
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def _modules(package) -> list[str]:
+    prefix = package.__name__ + "."
+    return [package.__name__] + sorted(m.name for m in pkgutil.walk_packages(package.__path__, prefix))
+
+
+def _source(module: str) -> Path:
+    package = headstart.pipeline if module.startswith("headstart.pipeline") else headstart.features
+    root = Path(package.__path__[0])
+    rel = module[len(package.__name__):].lstrip(".").split(".") if module != package.__name__ else []
+    path = root.joinpath(*rel)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _imports(module: str) -> set[str]:
+    """Every module of ours (``headstart.*``, or a bare ``pipeline``/``features``) that ``module``
+    imports anywhere in its source."""
+    found = set()
+    for node in ast.walk(ast.parse(_source(module).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            found.add("relative import")
+    return {m for m in found if m.split(".")[0] in ("headstart", "pipeline", "features", "relative import")}
+
+
+def _part(module: str) -> str:
+    """The layer name of a pipeline module: its subpackage, or the top-level module's name."""
+    rest = module.split(".")[2:]
+    return rest[0] if rest else "__init__"
+
+
+@pytest.mark.slow
+def test_every_module_imports_and_features_never_loads_pipeline():
+    code = (
+        "import importlib, json, sys\n"
+        f"features, pipeline = {json.dumps(_modules(headstart.features))}, "
+        f"{json.dumps(_modules(headstart.pipeline))}\n"
+        "for name in features: importlib.import_module(name)\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('headstart.pipeline'))\n"
+        "for name in pipeline: importlib.import_module(name)\n"
+        "print('LOADED ' + json.dumps(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [l for l in out.stdout.splitlines() if l.startswith("LOADED ")][-1]
+    assert json.loads(line[len("LOADED "):]) == [], "importing headstart.features loaded headstart.pipeline"
+
+
+def test_features_never_imports_pipeline():
+    wrong = {m: sorted(i for i in _imports(m) if not i.startswith("headstart.features"))
+             for m in _modules(headstart.features)}
+    assert {m: i for m, i in wrong.items() if i} == {}
+
+
+def test_pipeline_parts_import_one_way():
+    modules = _modules(headstart.pipeline)
+    unplaced = sorted({_part(m) for m in modules} - set(RANK))
+    assert not unplaced, f"place {unplaced} in LAYERS (tests/test_layering.py) and docs/architecture.md"
+    against = []
+    for module in modules:
+        here = _part(module)
+        for imported in sorted(_imports(module)):
+            assert imported != "relative import", f"{module}: use absolute headstart.* imports"
+            if imported.startswith("headstart.features") or not imported.startswith("headstart.pipeline"):
+                continue
+            there = _part(imported)
+            if there != here and RANK.get(there, len(LAYERS)) >= RANK[here]:
+                against.append(f"{module} imports {imported} ({here} → {there})")
+    assert not against, "imports against the layering:\n" + "\n".join(against)
+
+
+def test_no_module_imports_the_bare_package_names():
+    bare = {m: sorted(i for i in _imports(m) if i.split(".")[0] in ("pipeline", "features"))
+            for m in _modules(headstart.pipeline) + _modules(headstart.features)}
+    assert {m: i for m, i in bare.items() if i} == {}
