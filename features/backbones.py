@@ -29,7 +29,7 @@ import numpy as np
 from headstart.features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
 # The registry lives in a TF-free module so the CLI can list it; re-exported here for the builders.
 from headstart.features.registry import (BACKBONES, DEFAULT_BACKBONE, POOLINGS, BackboneSpec,  # noqa: F401
-                                          alpha_backbones)
+                                          alpha_backbones, check_image_size, get_backbone_spec)
 
 #: ImageNet channel means in BGR order, as ``keras.applications.imagenet_utils`` subtracts them.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -81,36 +81,6 @@ class BackboneInfo:
         d = dataclasses.asdict(self)
         d["feature_shape"] = [int(n) for n in self.feature_shape]
         return d
-
-
-def get_backbone_spec(name: str) -> BackboneSpec:
-    """Returns the registry entry for ``name``.
-
-    Raises:
-        UnknownBackboneError: ``name`` is not registered; the message lists the valid names.
-    """
-    try:
-        return BACKBONES[name]
-    except (KeyError, TypeError):
-        raise UnknownBackboneError(
-            f"--backbone: unknown backbone {name!r} (choose from {', '.join(BACKBONES)})"
-        ) from None
-
-
-def check_image_size(name: str, image_size: int) -> None:
-    """Checks that ``image_size`` is a whole number of pixels the backbone accepts.
-
-    Raises:
-        UnknownBackboneError: unknown ``name``.
-        ImageSizeError: not an int, or smaller than the backbone's minimum.
-    """
-    spec = get_backbone_spec(name)
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
-        raise ImageSizeError(f"--image-size must be a whole number of pixels, got {image_size!r}")
-    if image_size < spec.min_size:
-        raise ImageSizeError(
-            f"--image-size {image_size} is too small for backbone '{name}' (minimum {spec.min_size})"
-        )
 
 
 def build_base(name: str, *, weights: str, image_size: int, alpha: float | None = None) -> keras.Model:

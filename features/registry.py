@@ -8,7 +8,10 @@ edit, and ``headstart --help`` can list them without importing TensorFlow.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+
+from headstart.features.errors import ImageSizeError, UnknownBackboneError
 
 DEFAULT_BACKBONE = "xception"
 #: Pooling of the backbone's feature map: global average, global max, or none (spatial features).
@@ -53,3 +56,33 @@ BACKBONES: dict[str, BackboneSpec] = {
 def alpha_backbones() -> list[str]:
     """Names of the backbones that take ``--alpha`` (a width multiplier), in registry order."""
     return [spec.name for spec in BACKBONES.values() if spec.takes_alpha]
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """Returns the registry entry for ``name``.
+
+    Raises:
+        UnknownBackboneError: ``name`` is not registered; the message lists the valid names.
+    """
+    try:
+        return BACKBONES[name]
+    except (KeyError, TypeError):
+        raise UnknownBackboneError(
+            f"--backbone: unknown backbone {name!r} (choose from {', '.join(BACKBONES)})"
+        ) from None
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    """Checks that ``image_size`` is a whole number of pixels the backbone accepts.
+
+    Raises:
+        UnknownBackboneError: unknown ``name``.
+        ImageSizeError: not an int, or smaller than the backbone's minimum.
+    """
+    spec = get_backbone_spec(name)
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
+        raise ImageSizeError(f"--image-size must be a whole number of pixels, got {image_size!r}")
+    if image_size < spec.min_size:
+        raise ImageSizeError(
+            f"--image-size {image_size} is too small for backbone '{name}' (minimum {spec.min_size})"
+        )

@@ -21,6 +21,7 @@ import click
 from headstart.features.errors import FeaturesError
 from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneConfig, HeadConfig
 from headstart.pipeline.errors import HeadstartError
+from headstart.pipeline.startup import quiet_tensorflow_startup, show_tensorflow_startup
 from headstart.pipeline.options import RUN_OPTIONS, fact, field_default, field_kind, flag_of, option_default
 
 
@@ -83,7 +84,8 @@ def _library_call(fn):
 
 
 def _quiet_tensorflow() -> None:
-    # TF's C++ start-up chatter drowns the one-line output users read; keep warnings and errors.
+    # TF's C++ log lines after start-up (headstart.pipeline.startup hides those before it) drown the
+    # one-line output users read; keep errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -168,6 +170,8 @@ def main(ctx: click.Context, global_quiet: bool, global_verbose: bool) -> None:
                        for name, cmd in main.commands.items()}
     if global_verbose and not global_quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        quiet_tensorflow_startup()
     _quiet_tensorflow()
 
 
@@ -461,6 +465,7 @@ def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
 
     if verbose and not quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        show_tensorflow_startup()
     config = load_run_config(source, out, config_file=config_file, flags=flags)
     result = run_pipeline(config, overwrite=overwrite,
                           console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
@@ -496,6 +501,7 @@ def demo_command(quiet, verbose, **options):
 
     if verbose and not quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        show_tensorflow_startup()
     result, weights = run_demo(DemoOptions(**options),
                                console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
     click.echo(f"headstart demo: {weights}")

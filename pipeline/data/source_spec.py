@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from headstart.pipeline.config import ExtractConfig
-from headstart.pipeline.errors import OptionError
+from headstart.pipeline.errors import DataError, OptionError
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _EXAMPLE = "train=train[:80%]"
@@ -52,6 +53,26 @@ def parse_split_option(values: Iterable[str]) -> dict[str, str]:
 def _check_split_name(name: str, value: str) -> None:
     if not _SPLIT_NAME.match(name):
         raise OptionError(f"--split '{value}': split name '{name}' must be letters, digits, '_', '-' or '.'")
+
+
+def check_source_path(source: str) -> Path | None:
+    """Checks that a folder SOURCE exists and is a directory (``tfds:NAME`` passes unchecked), so a
+    mistyped path fails before TensorFlow starts.
+
+    Returns:
+        The folder (user-expanded), or None for a TFDS source.
+
+    Raises:
+        DataError: a missing path or a file.
+    """
+    if source.startswith("tfds:"):
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{source}: no such directory (give a folder of class folders or tfds:NAME)")
+    if not path.is_dir():
+        raise DataError(f"{source}: not a directory (give a folder of class folders or tfds:NAME)")
+    return path
 
 
 def check_fractions(validation_fraction: float, test_fraction: float) -> None:

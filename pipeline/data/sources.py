@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from headstart.features.tfdata import without_autotune_thread
 from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
-from headstart.pipeline.data.source_spec import SourceSpec, parse_split_option  # noqa: F401 - re-exported
+from headstart.pipeline.data.source_spec import SourceSpec, check_source_path, parse_split_option  # noqa: F401 - re-exported
 from headstart.pipeline.data.splits import (  # noqa: F401 - re-exported
     SHARD_HASH,
     SHARD_SALT,
@@ -53,11 +53,7 @@ def open_source(spec: SourceSpec) -> Source:
     """
     if spec.is_tfds:
         return TfdsSource(spec.source, split_specs=spec.splits)
-    path = Path(spec.source).expanduser()
-    if not path.exists():
-        raise DataError(f"{spec.source}: no such directory (give a folder of class folders or tfds:NAME)")
-    if not path.is_dir():
-        raise DataError(f"{spec.source}: not a directory (give a folder of class folders or tfds:NAME)")
+    path = check_source_path(spec.source)
     if spec.split_specs:
         raise OptionError(f"--split applies to tfds: sources only; {spec.source} is a directory "
                           f"(use {'/'.join(SPLIT_FOLDERS)} folders or --validation-fraction/--test-fraction)")

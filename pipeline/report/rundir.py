@@ -28,6 +28,21 @@ from headstart.pipeline.errors import OutputError, RunDirError
 RUN_JSON = "run.json"
 
 
+def check_run_dir_free(path: str | os.PathLike, overwrite: bool) -> Path:
+    """``prepare_run_dir``'s refusals without touching anything, for checks before TensorFlow starts.
+
+    Raises:
+        RunDirError: the path is a file, or a directory with content and ``overwrite`` is False.
+    """
+    run_dir = Path(path)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file; give a directory for the run")
+    if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise RunDirError(f"--out {run_dir} already exists and is not empty; "
+                          f"pass --overwrite to replace its run files")
+    return run_dir
+
+
 def prepare_run_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     """Checks and creates the run directory before any work starts.
 
@@ -47,13 +62,8 @@ def prepare_run_dir(path: str | os.PathLike, overwrite: bool) -> Path:
         RunDirError: the path is a file, its parent cannot be created, or it has content and
             ``overwrite`` is False.
     """
-    run_dir = Path(path)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir} is a file; give a directory for the run")
+    run_dir = check_run_dir_free(path, overwrite)
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"--out {run_dir} already exists and is not empty; "
-                              f"pass --overwrite to replace its run files")
         (run_dir / RUN_JSON).unlink(missing_ok=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

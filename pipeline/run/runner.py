@@ -99,8 +99,7 @@ def validate_run_config(config: RunConfig) -> None:
     Raises:
         OptionError, DataError, headstart.features.errors.FeaturesError: naming the option or path at fault.
     """
-    from headstart.features.backbones import check_image_size, get_backbone_spec
-    from headstart.features.registry import alpha_backbones
+    from headstart.features.registry import alpha_backbones, check_image_size, get_backbone_spec
     from headstart.pipeline.stages.extraction import validate_extract_config
     from headstart.pipeline.stages.finetuning import validate_finetune_config
     from headstart.pipeline.stages.head_training import validate_head_config
@@ -122,6 +121,11 @@ def validate_run_config(config: RunConfig) -> None:
     _as_run_flags(lambda: validate_head_config(dataclasses.replace(config.head, features="features.h5", out="head")),
                   {f"--{name}": f"--head-{name}" for name in ("epochs", "lr", "batch-size", "patience")})
     validate_finetune_config(dataclasses.replace(config.finetune, source=config.source, head="head", out="ft"))
+
+
+def _check_classes(config: RunConfig) -> None:
+    """A folder source has at least two classes (listing it starts TensorFlow: after the other checks)."""
+    ex = config.extract
     if not config.source.startswith("tfds:"):
         from headstart.pipeline.data.sources import open_source
 
@@ -191,6 +195,7 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
     console = console or Console()
     validate_run_config(config)
     run_dir = check_run_dir(config, overwrite)
+    _check_classes(config)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

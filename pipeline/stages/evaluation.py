@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from headstart.pipeline.config import EXPORT_FORMATS
+from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 
 #: Extensions picked up when a directory is given to ``predict_images`` (files named explicitly are
@@ -74,13 +75,13 @@ def load_model(path: str | os.PathLike) -> tuple[Any, dict | None]:
     Raises:
         RunDirError: no such file, or a file Keras cannot load as a model.
     """
-    import keras
-
     path = Path(path)
     if path.is_dir():
         path = path / "model.keras"
     if not path.is_file():
         raise RunDirError(f"{path}: no such model file (give model.keras or its run directory)")
+    import keras  # only now: a mistyped path fails before TensorFlow starts
+
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - zip, JSON and Keras errors all mean "not a model"
@@ -219,6 +220,8 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
         RunDirError: the model cannot be loaded. DataError: bad source, missing split, or classes
         that differ from the model's. OptionError: bad batch or grid size.
     """
+    if isinstance(source, str):
+        check_source_path(source)  # before the model load starts TensorFlow
     model, run = load_model(model_path)
     if batch_size is None:
         batch_size = int(((run or {}).get("config") or {}).get("batch_size") or 32)
@@ -259,11 +262,12 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
         One PredictionRow per file, in the order given (directories sorted): the predicted class and
         its probability.
     """
-    from headstart.pipeline.data.sources import load_image
-    from headstart.pipeline.model.head import logits_to_probabilities
     from headstart.pipeline.stages.predictor import load_predictor
 
-    predictor = load_predictor(model_path)
+    predictor = load_predictor(model_path)  # first: a mistyped path fails before TensorFlow starts
+    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.model.head import logits_to_probabilities
+
     k = predictor.num_classes
     names = list(class_names or predictor.class_names or [str(i) for i in range(k)])
     if len(names) != k:

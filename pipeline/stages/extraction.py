@@ -15,7 +15,7 @@ from typing import Callable
 
 from headstart.features.registry import DTYPES, POOLINGS
 from headstart.pipeline.config import ExtractConfig, config_to_dict
-from headstart.pipeline.data.source_spec import SourceSpec
+from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.errors import OptionError
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.ASCII)
@@ -63,6 +63,7 @@ def validate_extract_config(config: ExtractConfig) -> None:
         raise OptionError("SOURCE is required")
     if not config.out:
         raise OptionError("--out is required")
+    check_source_path(config.source)
     if config.pooling not in POOLINGS:
         raise OptionError(f"--pooling must be one of {', '.join(POOLINGS)}, got '{config.pooling}'")
     if config.dtype not in DTYPES:

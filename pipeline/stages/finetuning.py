@@ -21,14 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import keras
 import numpy as np
 
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_to_dict
-from headstart.pipeline.data.source_spec import SourceSpec
+from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.errors import OptionError, RunDirError
 from headstart.pipeline.report.tensorboard_logs import check_log_dir, tensorboard_callback
-from headstart.pipeline.stages.stage_fit import fit_stage
 
 #: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".
 BACKBONE_OPTIONS = ("backbone", "weights", "alpha", "image_size", "pooling")
@@ -64,13 +62,14 @@ def validate_finetune_config(config: FinetuneConfig) -> Any:
         OptionError: naming the option at fault.
     """
     from headstart.pipeline.data.augment import parse_augment_spec
+    from headstart.pipeline.model.unfreeze import parse_unfreeze
     from headstart.pipeline.stages.export import check_export_options
-    from headstart.pipeline.model.assembly import parse_unfreeze
 
     if not config.source:
         raise OptionError("SOURCE is required")
     if not config.out:
         raise OptionError("--out is required")
+    check_source_path(config.source)
     checks = [("--epochs", config.epochs >= 1, "at least 1", config.epochs),
               ("--head-epochs", config.head_epochs >= 1, "at least 1", config.head_epochs),
               ("--lr", config.lr > 0 and math.isfinite(config.lr), "a positive number", config.lr),
@@ -136,6 +135,8 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
         model disagrees with the cache. headstart.features.errors.WeightsError: weights that do not match.
     """
     spec = validate_finetune_config(config)
+    if config.head:
+        read_head_run(config.head)  # a mistyped --head fails before TensorFlow starts
     from headstart.pipeline.distribute.strategy import batch_policy, chief_output_dir, resolve_strategy, strategy_line
 
     # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
@@ -163,6 +164,9 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
 def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict, *,
               log: Callable[[str], None], callbacks: Sequence[Any]) -> FinetuneResult:
     """``finetune`` once the strategy is set up; writes into ``config.out``."""
+    import keras
+
+    from headstart.pipeline.stages.stage_fit import fit_stage
     from headstart.pipeline.report import rundir as report
     from headstart.pipeline.distribute.strategy import precision
     from headstart.pipeline.data.augment import build_augmentation

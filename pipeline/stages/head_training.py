@@ -132,6 +132,16 @@ def _open_splits(cache: Any, path: str) -> dict[str, Any]:
     return {name: split for name, split in splits.items() if len(split) > 0}
 
 
+def _check_inputs(config: HeadConfig) -> None:
+    """The cache and ``--out`` checks that need no TensorFlow, so a mistyped path fails at once."""
+    from headstart.features.store import open_cache
+    from headstart.pipeline.report.rundir import check_run_dir_free
+
+    with open_cache(config.features) as cache:
+        _open_splits(cache, config.features)
+    check_run_dir_free(config.out, config.overwrite)
+
+
 def _evaluate(model: Any, rows: FeatureRows, labels: np.ndarray, num_classes: int,
               batch_size: int, replicas: int = 1) -> tuple[float, float, np.ndarray]:
     """Loss, accuracy and logits of ``model`` on one split, in stored order.
@@ -373,6 +383,7 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
         format version (passed through from ``headstart.features.store.open_cache``).
     """
     validate_head_config(config)
+    _check_inputs(config)
     from headstart.pipeline.distribute.strategy import batch_policy, chief_output_dir, resolve_strategy, strategy_line
 
     # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
