@@ -478,7 +478,7 @@ def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
 @click.option("--data", type=click.Path(), default=None,
               help="Train on this folder of class folders instead of the generated shapes.")
 @click.option("--weights", default=None, help="'imagenet', 'none' or a local .h5 file.  [default: ImageNet "
-              "when Keras has them cached or can fetch them, else a random backbone]")
+              "when Keras has them cached or can fetch them, else the copy shipped with headstart]")
 @click.option("--images-per-class", type=int, default=150, show_default=True,
               help="Generated images per class (70% train, 10% validation, 20% test).")
 @click.option("--head-epochs", type=int, default=20, show_default=True, help="Most epochs of the head.")

@@ -5,11 +5,12 @@ gradient backgrounds, with random position, size, rotation, colours, image size,
 distractor line, and written as PNG and JPEG through ``tf.io.encode_*``. The same seed always gives
 the same files, so a second ``demo`` reuses every finished stage.
 
-Weights: ImageNet when Keras has them cached or can fetch them. Otherwise a randomly initialised
-backbone, said in one line with the reason. Measured here: the pooled features of a random
-MobileNetV2 do not separate the shapes (test accuracy stays at chance, 1/3, even with BatchNorm
-statistics calibrated on the images), while ImageNet features reach about 0.9 on the cached features
-alone. ``--weights PATH`` and ``--data DIR`` point the demo at real material instead.
+Weights: ImageNet when Keras has them cached or can fetch them; otherwise the MobileNetV2 0.35 ImageNet
+file that ships inside the package (``headstart.features.shipped_weights``, SHA-256 checked), said in
+one line with the reason. A randomly initialised backbone only if that file is missing or altered:
+its pooled features do not separate the shapes (test accuracy stays at chance, 1/3, even with
+BatchNorm statistics calibrated on the images), while ImageNet features reach about 0.95 on the cached
+features alone. ``--weights PATH`` and ``--data DIR`` point the demo at real material instead.
 """
 
 from __future__ import annotations
@@ -170,11 +171,14 @@ class DemoOptions:
     overwrite: bool = False
 
 
-def probe_imagenet(log: Callable[[str], None]) -> str:
-    """Returns "imagenet" when Keras has (or can fetch) the demo backbone's ImageNet weights, else
-    "none" after one line saying why the demo runs with a randomly initialised backbone."""
+def probe_imagenet(log: Callable[[str], None], *, shipped: bool = False) -> str:
+    """Picks the demo backbone's weights: Keras' own ImageNet weights when it has them cached or can
+    fetch them ("imagenet"); otherwise, with ``shipped``, the copy that ships with headstart (its
+    path, after its SHA-256 is checked); otherwise "none". Says in one line which, and why, whenever
+    it is not "imagenet"."""
     from headstart.features.backbones import build_base
     from headstart.features.errors import WeightsError
+    from headstart.features.shipped_weights import shipped_weights_path
 
     b = DEMO_BACKBONE
     try:
@@ -184,10 +188,33 @@ def probe_imagenet(log: Callable[[str], None]) -> str:
     except WeightsError as exc:
         reason = str(exc).split("(", 1)[-1].rsplit(")", 1)[0] if "(" in str(exc) else str(exc)
         cache = os.path.join(os.environ.get("KERAS_HOME", "~/.keras"), "models")
-        log(f"demo: randomly initialised backbone — ImageNet weights for {b['backbone']} alpha {b['alpha']} are "
-            f"not in Keras' cache ({cache}) and could not be downloaded ({reason[:160]}); expect accuracy "
-            "near chance; pass --weights PATH to a local ImageNet .h5 file for real results")
-        return "none"
+        unavailable = (f"ImageNet weights for {b['backbone']} alpha {b['alpha']} are not in Keras' cache ({cache}) "
+                       f"and could not be downloaded ({reason[:160]})")
+    if shipped:
+        try:
+            path = shipped_weights_path(b["backbone"], b["alpha"])
+        except WeightsError as exc:
+            unavailable += f", and {exc}"
+        else:
+            log(f"demo: using the ImageNet weights shipped with headstart ({path.name}, SHA-256 checked) — "
+                f"{unavailable}")
+            return str(path)
+    log(f"demo: randomly initialised backbone — {unavailable}; expect accuracy near chance; pass --weights PATH "
+        "to a local ImageNet .h5 file for real results")
+    return "none"
+
+
+def describe_weights(weights: str) -> str:
+    """How the demo's last line names its weights."""
+    from headstart.features.shipped_weights import is_shipped
+
+    if weights == "imagenet":
+        return "ImageNet (keras.applications, from Keras' cache or download)"
+    if weights == "none":
+        return "random initialisation"
+    if is_shipped(weights):
+        return f"ImageNet, the copy shipped with headstart ({weights})"
+    return weights
 
 
 def demo_source(options: DemoOptions) -> Path:
@@ -237,10 +264,9 @@ def run_demo(options: DemoOptions, *, console: Any) -> tuple[Any, str]:
     if not options.data:
         generate_dataset(demo_source(options), images_per_class=options.images_per_class, seed=options.seed,
                          log=console.log)
-    weights = options.weights or probe_imagenet(console.log)
+    weights = options.weights or probe_imagenet(console.log, shipped=True)
     if options.weights == "none":
         console.log("demo: randomly initialised backbone (--weights none); expect accuracy near chance")
-    described = {"imagenet": "ImageNet (keras.applications)", "none": "random initialisation"}.get(weights, weights)
     result = run_pipeline(demo_config(options, weights), overwrite=options.overwrite, console=console)
     return result, f"{DEMO_BACKBONE['backbone']} alpha {DEMO_BACKBONE['alpha']}, {DEMO_BACKBONE['image_size']} px, " \
-                   f"weights: {described}"
+                   f"weights: {describe_weights(weights)}"
