@@ -190,7 +190,7 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
     command.
     """
     from headstart.pipeline.data.source_spec import parse_split_option
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline import extract_features
     from headstart.pipeline.report.progress import ProgressLine
 
     config = ExtractConfig(source=source, out=out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
@@ -231,7 +231,7 @@ def merge_features_command(out, shards, overwrite, quiet):
     Give every shard 0/N … N-1/N once, all of one configuration. OUT holds the rows in the order a
     single extract-features run writes them, and no longer needs the shard files.
     """
-    from headstart.pipeline.stages.extraction import merge_features
+    from headstart.pipeline import merge_features
 
     summary = merge_features(out, list(shards), overwrite=overwrite,
                              log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
@@ -293,7 +293,7 @@ def train_head_command(features, out, quiet, **options):
     FEATURES is a cache written by extract-features. The run directory gets head.keras,
     run.json (config and the cache's provenance), metrics.json, history.csv and curves.png.
     """
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline import train_head
 
     result = train_head(HeadConfig(features=features, out=out, **options),
                         log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
@@ -359,7 +359,7 @@ def finetune_command(source, split_specs, export, quiet, **options):
     logits out) with metrics, history and curves.
     """
     from headstart.pipeline.data.source_spec import parse_split_option
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline import finetune
 
     config = FinetuneConfig(source=source, split_specs=parse_split_option(split_specs), export=tuple(export), **options)
     result = finetune(config, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
@@ -461,7 +461,8 @@ def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
     same command again: finished stages are reused, an interrupted one resumes. The resolved
     config is written to RUN_DIR/config.toml; `--config RUN_DIR/config.toml` reproduces the run.
     """
-    from headstart.pipeline.run.runner import Console, load_run_config, run_pipeline
+    from headstart.pipeline import load_run_config, run_pipeline
+    from headstart.pipeline.run.runner import Console
 
     if verbose and not quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"

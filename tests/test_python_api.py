@@ -1,0 +1,74 @@
+"""The Python API: `from headstart.pipeline import extract_features, train_head, finetune, evaluate, …`
+loads lazily, names the functions the CLI calls, and the README's "From Python" example runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_class_folders
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_every_api_name_resolves_to_the_function_the_cli_calls():
+    import headstart.pipeline as api
+    from headstart.pipeline.config import FinetuneConfig, HeadConfig
+    from headstart.pipeline.stages.evaluation import evaluate_model
+    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.stages.head_training import train_head
+
+    for name in api.__all__:
+        assert getattr(api, name) is not None, name
+    assert api.train_head is train_head and api.finetune is finetune and api.evaluate is evaluate_model
+    assert api.HeadConfig is HeadConfig and api.FinetuneConfig is FinetuneConfig
+    assert {"extract_features", "train_head", "finetune", "evaluate", "predict", "run_pipeline"} <= set(dir(api))
+    with pytest.raises(AttributeError, match="no attribute 'trian_head'"):
+        api.trian_head  # noqa: B018
+
+
+def test_importing_the_api_does_not_start_tensorflow():
+    probe = ("import sys\n"
+             "from headstart.pipeline import (ExtractConfig, HeadConfig, FinetuneConfig, extract_features, train_head,\n"
+             "                                finetune, evaluate, predict, run_pipeline, OptionError)\n"
+             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def readme_python_example() -> str:
+    section = README.read_text(encoding="utf-8").split("## From Python", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
+    return block
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs(tmp_path):
+    from headstart.features.shipped_weights import shipped_weights_path
+
+    for split, n, seed in (("train", 8, 0), ("validation", 4, 1), ("test", 4, 2)):
+        make_class_folders(tmp_path / "photos" / split, per_class=n, seed=seed)
+    # Keras' cache, as after one download: the shipped file is byte for byte Keras' 224 px file.
+    weights = shipped_weights_path("mobilenet_v2", 0.35)
+    (tmp_path / "keras" / "models").mkdir(parents=True)
+    shutil.copy(weights, tmp_path / "keras" / "models" / weights.name)
+    (tmp_path / "example.py").write_text(readme_python_example(), encoding="utf-8")
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9"}
+    out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "16 training images cached with mobilenet_v2" in text
+    assert re.search(r"head: test accuracy [01]\.\d{3} \(best epoch \d+\)", text), text
+    assert re.search(r"fine-tuned: test accuracy [01]\.\d{3} \[\[", text), text
+    assert "photos/test" in text
+    assert "refused: --epochs must be at least 1, got 0" in text
+    assert (tmp_path / "runs" / "tuned" / "model.keras").is_file()
