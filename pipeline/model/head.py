@@ -21,14 +21,13 @@ end-to-end model keep emitting logits (what the losses expect) while reports sho
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Sequence
 
 import keras
 import numpy as np
 
-from headstart.pipeline.config import HEAD_KINDS, NORMALIZATIONS
 from headstart.pipeline.errors import OptionError
+from headstart.pipeline.model.head_options import check_head_options  # noqa: F401 - re-exported
 
 
 def num_logits(num_classes: int) -> int:
@@ -94,27 +93,6 @@ def build_head(
     # the loss needs. Under the default float32 policy this changes nothing.
     outputs = keras.layers.Dense(num_logits(num_classes), name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-def check_head_options(*, dropout: float = 0.2, kind: str = "linear", hidden_units: int = 256,
-                       normalize: str = "none", weight_decay: float = 0.0,
-                       label_smoothing: float = 0.0) -> None:
-    """Refuses head options out of range, naming the option (as train-head spells it).
-
-    Raises:
-        OptionError: the first bad option.
-    """
-    checks = [
-        ("--dropout", 0.0 <= dropout < 1.0, "in [0, 1)", dropout),
-        ("--head-kind", kind in HEAD_KINDS, f"one of {', '.join(HEAD_KINDS)}", kind),
-        ("--hidden-units", isinstance(hidden_units, int) and hidden_units >= 1, "at least 1", hidden_units),
-        ("--normalize", normalize in NORMALIZATIONS, f"one of {', '.join(NORMALIZATIONS)}", normalize),
-        ("--weight-decay", 0.0 <= weight_decay < math.inf, "0 or more", weight_decay),
-        ("--label-smoothing", 0.0 <= label_smoothing < 1.0, "in [0, 1)", label_smoothing),
-    ]
-    for option, ok, expected, value in checks:
-        if not ok:
-            raise OptionError(f"{option} must be {expected}, got {value}")
 
 
 def adapt_head(head: keras.Model, train_batches: Iterable[np.ndarray]) -> None:

@@ -77,7 +77,7 @@ def validate_head_config(config: HeadConfig) -> None:
         if not ok:
             raise OptionError(f"{option} must be {expected}, got {value}")
     check_log_dir(config.tensorboard)
-    from headstart.pipeline.model.head import check_head_options
+    from headstart.pipeline.model.head_options import check_head_options
 
     check_head_options(**head_options(config), weight_decay=config.weight_decay,
                        label_smoothing=config.label_smoothing)
