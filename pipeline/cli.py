@@ -448,6 +448,9 @@ def _run_options(fn):
 @click.option("--config", "config_file", type=click.Path(), metavar="FILE",
               help="TOML file with [extract], [head] and [finetune] sections; flags override it.")
 @_run_options
+@click.option("--sweep", type=int, default=None, metavar="N",
+              help="Make the head stage a sweep of N trials (headstart sweep; search space in --config [sweep]); "
+                   "the best head goes on to finetune.")
 @click.option("--overwrite", is_flag=True, help="Reuse a run directory made with another configuration, "
               "redoing the stages that change.")
 @click.option("--quiet", is_flag=True, help="Print only the final table.")

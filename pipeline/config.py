@@ -145,6 +145,9 @@ class RunConfig:
     out: str = ""
     tensorboard: bool = False
     diagnose: bool = False          # diagnose the cache into RUN_DIR/diagnose/ before the head stage
+    # The [sweep] table: "trials" (0: train-head's one head) and the search space's keys
+    # (headstart.pipeline.sweep.space.SearchSpace); with trials, the head stage is a sweep.
+    sweep: dict = field(default_factory=dict)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

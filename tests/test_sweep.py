@@ -253,3 +253,28 @@ def test_sweep_on_real_photos_finds_a_head_at_least_as_good(real_photo_cache, tm
     # Selection is on validation: the best trial's validation loss beats the default head's.
     assert result.best["val_loss"] < default.val_loss
     assert result.best_test_accuracy >= default.test_accuracy - 0.01
+
+
+@pytest.mark.slow
+def test_run_with_sweep_reuses_its_head_stage_and_finetunes_the_best(tmp_path):
+    from conftest import make_class_folders
+    from test_runner import make_weights_file as runner_weights
+
+    for split, n, seed in (("train", 8, 0), ("validation", 4, 1), ("test", 4, 2)):
+        make_class_folders(tmp_path / "images" / split, per_class=n, seed=seed)
+    weights = runner_weights(tmp_path / "w.weights.h5")
+    toml = tmp_path / "run.toml"
+    toml.write_text("[sweep]\nepochs = 3\nparallel = 3\nbatch_size = 8\nhidden_units = 8\n")
+    flags = ["--backbone", "mobilenet", "--alpha", 0.25, "--image-size", 32, "--weights", weights,
+             "--epochs", 1, "--batch-size", 8, "--config", toml, "--sweep", 3]
+    run_dir = tmp_path / "run"
+    r = invoke("run", tmp_path / "images", "--out", run_dir, *flags)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((run_dir / "summary.json").read_text())["stages"]
+    best = json.loads((run_dir / "head" / "run.json").read_text())["sweep"]
+    assert summary["head"]["sweep"]["trials"] == 3 and summary["head"]["sweep"]["best_trial"] == best["trial"]
+    assert (run_dir / "sweep" / "leaderboard.csv").is_file() and (run_dir / "finetune" / "model.keras").is_file()
+    assert "[sweep]" in (run_dir / "config.toml").read_text()
+    again = invoke("run", tmp_path / "images", "--out", run_dir, *flags)
+    assert again.exit_code == 0, again.output
+    assert json.loads((run_dir / "summary.json").read_text())["stages"]["head"]["status"] == "reused"

@@ -231,11 +231,15 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
         console.log(f"[diagnose] → {_shown(str(run_dir / 'diagnose'))}")
         save("diagnose", diagnose_stage(config, features, run_dir / "diagnose", state.get("diagnose"), console,
                                         key=_key({"cache": ex["fingerprint"], "seed": config.head.seed})))
-    console.log(f"[2/4] train-head → {_shown(str(run_dir / 'head'))}")
+    sweeping = bool(config.sweep.get("trials"))
+    console.log(f"[2/4] {'sweep' if sweeping else 'train-head'} → {_shown(str(run_dir / 'head'))}")
     # The CSV's content, not only its path, decides what the head and finetune stages train on.
     excluded = {"exclude_sha256": _file_sha256(config.head.exclude)} if config.head.exclude else {}
+    head_key = {**stage_values(config, "head"), **excluded, "cache": ex["fingerprint"]}
+    if sweeping:  # the search settings shape the head; without a sweep the key stays as it was
+        head_key["sweep"] = config.sweep
     hd = save("head", head_stage(config, features, run_dir / "head", state.get("head"), console,
-                                 key=_key({**stage_values(config, "head"), **excluded, "cache": ex["fingerprint"]})))
+                                 key=_key(head_key)))
     if config.tensorboard and not (run_dir / "tensorboard" / "head").is_dir():  # reused from a run without logs
         replay_history(run_dir / "head" / "history.csv", run_dir / "tensorboard" / "head")
     console.log(f"[3/4] finetune → {_shown(str(run_dir / 'finetune'))}")
@@ -283,7 +287,7 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
     from headstart.pipeline.report.rundir import library_versions
 
     keep = ("status", "seconds", "images", "images_per_second", "accuracy", "val_accuracy", "best_epoch",
-            "epochs_run", "kept", "split", "loss", "skipped", "rows")
+            "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep")
     evaluate = records["evaluate"]
     return {
         "kind": "headstart-run",

@@ -8,6 +8,7 @@ and its scores. See ``headstart.pipeline.run.runner`` for the run directory.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -109,6 +110,8 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
 
     start = time.perf_counter()
     log_dir = str(head_dir.parent / "tensorboard" / "head") if config.tensorboard else None
+    if config.sweep.get("trials"):
+        return _sweep_head(config, features, head_dir, record, console, key=key, log_dir=log_dir)
     result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True,
                                             tensorboard=log_dir),
                         log=lambda m: console.log(f"  {m}"))
@@ -121,6 +124,45 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
             "accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "head_sha256": sha256_file(head_dir / "head.keras")}
+
+
+def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Any, *,
+                key: str, log_dir: str | None) -> dict:
+    """The head stage as a sweep into RUN_DIR/sweep/; its best head becomes head/ for finetune.
+
+    An interrupted sweep resumes from its study; a sweep with other settings starts anew.
+    """
+    import shutil
+
+    from headstart.pipeline.config import SweepConfig
+    from headstart.pipeline.sweep.space import space_from_dict
+    from headstart.pipeline.sweep.study import run_sweep
+
+    start = time.perf_counter()
+    space = space_from_dict({k: v for k, v in config.sweep.items() if k != "trials"})
+    sweep_dir = head_dir.parent / "sweep"
+    result = run_sweep(SweepConfig(caches=(str(features),), out=str(sweep_dir), trials=int(config.sweep["trials"]),
+                                   seed=config.head.seed, tensorboard=log_dir,
+                                   overwrite=bool(record) and record.get("key") != key),
+                       space, log=lambda m: console.log(f"  {m}"))
+    shutil.rmtree(head_dir, ignore_errors=True)
+    shutil.copytree(sweep_dir / "best", head_dir)
+    run = json.loads((head_dir / "run.json").read_text(encoding="utf-8"))
+    metrics = json.loads((head_dir / "metrics.json").read_text(encoding="utf-8"))
+    seconds = time.perf_counter() - start
+    images = int(run["cache"]["splits"]["train"]) * sum(int(r.get("epochs") or 0) for r in _leaderboard(sweep_dir))
+    return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": images,
+            "images_per_second": images / result.seconds if result.seconds else None,
+            "accuracy": result.best_test_accuracy, "val_accuracy": (metrics.get("validation") or {}).get("accuracy"),
+            "best_epoch": run["best_epoch"], "epochs_run": run["epochs_run"],
+            "head_sha256": sha256_file(head_dir / "head.keras"),
+            "sweep": {"trials": result.finished, "best_trial": run["sweep"]["trial"],
+                      "leaderboard": str(sweep_dir / "leaderboard.csv")}}
+
+
+def _leaderboard(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "leaderboard.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 class FitProgress(keras.callbacks.Callback):

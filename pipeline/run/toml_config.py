@@ -84,13 +84,17 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise OptionError(f"--config {path}: [{key}] must be a section of settings")
             out[key] = _check_section(key, value, f"--config {path} [{key}]")
+        elif key == "sweep":
+            from headstart.pipeline.sweep.space import check_run_sweep
+
+            out[key] = check_run_sweep(value, f"--config {path} [sweep]")
         elif key in TOP_LEVEL:
             if value is not None and not isinstance(value, TOP_LEVEL[key]):
                 raise OptionError(f"--config {path}: key '{key}' must be of type {TOP_LEVEL[key].__name__}, "
                                   f"got {value!r}")
             out[key] = value
         else:
-            known = ", ".join([*TOP_LEVEL, *(f"[{s}]" for s in SECTIONS)])
+            known = ", ".join([*TOP_LEVEL, *(f"[{s}]" for s in SECTIONS), "[sweep]"])
             raise OptionError(f"--config {path}: unknown key or section '{key}' (known: {known})")
     return out
 
@@ -170,15 +174,20 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
     for section in ("head", "finetune"):
         if sections[section].get("exclude"):  # run.json and config.toml name the file wherever it ran
             sections[section]["exclude"] = os.path.abspath(os.path.expanduser(sections[section]["exclude"]))
+    sweep = dict(file_values.get("sweep", {}))
+    if (flags or {}).get("sweep") is not None:
+        from headstart.pipeline.sweep.space import check_run_sweep
+
+        sweep = check_run_sweep({**sweep, "trials": flags["sweep"]}, "--sweep")
     return RunConfig(source=source, out=os.path.abspath(out), tensorboard=bool(top.get("tensorboard", False)),
-                     diagnose=bool(top.get("diagnose", False)),
+                     diagnose=bool(top.get("diagnose", False)), sweep=sweep,
                      **{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
 
 
 def run_config_dict(config: RunConfig) -> dict[str, Any]:
     """The config as a JSON-ready dict: top-level keys and one section per stage (runner keys left out)."""
     out: dict[str, Any] = {"source": config.source, "out": config.out, "tensorboard": config.tensorboard,
-                           "diagnose": config.diagnose}
+                           "diagnose": config.diagnose, "sweep": dict(config.sweep)}
     for name in SECTIONS:
         values = config_to_dict(getattr(config, name))
         out[name] = {k: v for k, v in values.items() if k not in RUNNER_SET[name]}
@@ -224,6 +233,8 @@ def to_toml(config: RunConfig) -> str:
     for section in SECTIONS:
         lines += ["", f"[{section}]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items() if v is not None]
+    if data["sweep"]:
+        lines += ["", "[sweep]"] + [f"{k} = {_toml_value(v)}" for k, v in data["sweep"].items()]
     return "\n".join(lines) + "\n"
 
 

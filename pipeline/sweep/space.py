@@ -97,6 +97,21 @@ def space_from_dict(values: dict[str, Any], *, origin: str = "[sweep]") -> Searc
     return SearchSpace(**kwargs)
 
 
+def check_run_sweep(values: Any, origin: str) -> dict[str, Any]:
+    """Checks ``headstart run``'s ``[sweep]`` table: ``trials`` (0 or more) and the search space.
+
+    Returns:
+        The table as given. Raises OptionError like ``space_from_dict``.
+    """
+    if not isinstance(values, dict):
+        raise OptionError(f"{origin} must be a section of settings")
+    trials = values.get("trials", 0)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 0:
+        raise OptionError(f"{origin} trials must be an integer of at least 0, got {trials!r}")
+    space_from_dict({k: v for k, v in values.items() if k != "trials"}, origin=origin)
+    return dict(values)
+
+
 def _range(value: Any, key: str, where: str) -> tuple[float, float]:
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     if number(value):

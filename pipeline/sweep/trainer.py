@@ -13,8 +13,8 @@ and normalisation layers, Keras's Adam and decoupled weight decay formulas, Kera
 the batch plan of ``FeatureRows.plan``, and train-head's early-stopping rule per trial (val_loss
 strictly lower, patience, best weights kept). Only the dropout masks come from another random
 stream; without dropout a trial matches train-head to float rounding (tests/test_sweep.py states
-the tolerance). A stopped or pruned trial keeps being updated in its stack — cheaper than a new
-trace — but its best epoch's weights are already kept and it is reported at once.
+the tolerance). A stopped or pruned trial is reported at once with its best epoch's weights; it
+leaves the stacks when half the stacked trials are done (one new trace for a smaller step).
 """
 
 from __future__ import annotations
@@ -111,6 +111,21 @@ class _Stack:
         self.lr, self.wd = pick(lambda t: t.lr), pick(lambda t: t.weight_decay)
         self.rate, self.smoothing = pick(lambda t: t.dropout), pick(lambda t: t.label_smoothing)
 
+    def keep(self, positions: list[int]) -> None:
+        """Keeps only the members at ``positions``: weights, Adam moments and hyper-parameters."""
+        import tensorflow as tf
+
+        if not positions:
+            self.members = []
+            return
+        index = np.asarray(positions, dtype=np.int64)
+        take = lambda t: tf.gather(t, index)  # noqa: E731
+        self.members = [self.members[p] for p in positions]
+        self.vars = [tf.Variable(take(v)) for v in self.vars]
+        self.m = [tf.Variable(take(m)) for m in self.m]
+        self.v = [tf.Variable(take(v)) for v in self.v]
+        self.lr, self.wd, self.rate, self.smoothing = map(take, (self.lr, self.wd, self.rate, self.smoothing))
+
     def logits(self, x: Any, training: bool, seed: Any) -> Any:
         """x (T, B, C) normalised features of each member → logits (T, B, L)."""
         import tensorflow as tf
@@ -190,16 +205,31 @@ class _Group:
         for i, t in enumerate(trials):
             by_arch.setdefault((t.head_kind, t.hidden_units), []).append(i)
         self.stacks = [_Stack(members, trials, initial) for members in by_arch.values()]
-        self.norm_index = [tf.constant([norms.index(trials[i].normalize) for i in s.members]) for s in self.stacks]
-        self.order = [i for s in self.stacks for i in s.members]  # stacked position → trial index
         self.step_count = tf.Variable(0, dtype=tf.int64)
-        self.seed = seed
-        spec_x = tf.TensorSpec((None, *cache.feature_shape), tf.float32)
-        spec_y = tf.TensorSpec((None, 1) if self.num_classes == 2 else (None,), tf.float32)
+        self.seed, self.trials, self.norms = seed, trials, norms
+        self._specs = (tf.TensorSpec((None, *cache.feature_shape), tf.float32),
+                       tf.TensorSpec((None, 1) if self.num_classes == 2 else (None,), tf.float32))
+        self._jit = jit_compile
+        self._trace()
+
+    def _trace(self) -> None:
+        import tensorflow as tf
+
+        self.norm_index = [tf.constant([self.norms.index(self.trials[i].normalize) for i in s.members])
+                           for s in self.stacks]
+        self.order = [i for s in self.stacks for i in s.members]  # stacked position → trial index
+        spec_x, spec_y = self._specs
         # Free batch dimension: the epoch's short last batch reuses the one trace.
-        self.train_step = tf.function(self._train_step, jit_compile=jit_compile, input_signature=[spec_x, spec_y],
+        self.train_step = tf.function(self._train_step, jit_compile=self._jit, input_signature=[spec_x, spec_y],
                                       autograph=False)  # plain Python loops over stacks: nothing to convert
-        self.predict = tf.function(self._predict, jit_compile=jit_compile, input_signature=[spec_x], autograph=False)
+        self.predict = tf.function(self._predict, jit_compile=self._jit, input_signature=[spec_x], autograph=False)
+
+    def keep(self, trials: set[int]) -> None:
+        """Drops every member not in ``trials`` from the stacks and traces the smaller step."""
+        for stack in self.stacks:
+            stack.keep([p for p, i in enumerate(stack.members) if i in trials])
+        self.stacks = [s for s in self.stacks if s.members]
+        self._trace()
 
     def _features(self, x: Any) -> list[Any]:
         import tensorflow as tf
@@ -284,7 +314,11 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     val_x = np.concatenate([x for x, _ in cache.rows["validation"].eval_batches(1 << 16)])
     runs: list[TrialRun | None] = [None] * len(members)
     for epoch in range(epochs):
-        sums = np.zeros((2, len(members)))
+        active = {i for i in group.order if members[i].stopped is None}
+        if len(active) * 2 <= len(group.order):
+            # Half the stacked trials are done: one new trace costs less than carrying them on.
+            group.keep(active)
+        sums = np.zeros((2, len(group.order)))
         for x, rows in train.train_batches(train.plan(seed, epoch), trials[0].batch_size):
             losses, accuracies = group.train_step(x, targets[rows])
             sums += np.stack([losses.numpy(), accuracies.numpy()]) * len(rows)
