@@ -125,7 +125,7 @@ def _plot_param(ax: Any, ordered: list[dict], name: str, colours: dict[str, str]
     present = [v for v in values if v is not None]
     categorical = any(isinstance(v, (str, bool)) for v in present) or name in ("batch_size", "hidden_units")
     if categorical:
-        labels = sorted({str(v) for v in present})
+        labels = [str(v) for v in sorted(set(present))]  # numbers in numeric order
         xs = [labels.index(str(v)) if v is not None else None for v in values]
         ax.set_xticks(range(len(labels)), labels, fontsize=7)
     else:
