@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import os
 import random
 import socket
@@ -34,11 +35,10 @@ from headstart.features.registry import (BACKBONES, DEFAULT_BACKBONE, POOLINGS, 
 #: ImageNet channel means in BGR order, as ``keras.applications.imagenet_utils`` subtracts them.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
-#: Width multipliers that have published ImageNet weights (the constructors refuse others).
-_IMAGENET_ALPHAS = {
-    "mobilenet": (0.25, 0.5, 0.75, 1.0),
-    "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
-}
+#: ImageNet channel means and standard deviations in RGB order, on the [0, 1] scale, as
+#: ``imagenet_utils.preprocess_input(mode="torch")`` normalises them (DenseNet).
+_TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
+_TORCH_RGB_STD = (0.229, 0.224, 0.225)
 
 #: Keras initializers without a seed draw one from Python's `random`; seeding it (and only it,
 #: restored afterwards) makes "--weights none" the same weights in every build and process, so
@@ -105,10 +105,10 @@ def build_base(name: str, *, weights: str, image_size: int, alpha: float | None 
     check_image_size(name, image_size)
     alpha = _resolve_alpha(spec, alpha)
     kind, path = _resolve_weights(weights)
-    if kind == "imagenet" and spec.takes_alpha and alpha not in _IMAGENET_ALPHAS[name]:
+    if kind == "imagenet" and spec.takes_alpha and alpha not in spec.imagenet_alphas:
         raise WeightsError(
             f"--weights imagenet: no ImageNet weights for {name} --alpha {alpha:g} (available: "
-            f"{', '.join(f'{a:g}' for a in _IMAGENET_ALPHAS[name])}); use one of those, "
+            f"{', '.join(f'{a:g}' for a in spec.imagenet_alphas)}); use one of those, "
             "--weights none, or --weights PATH"
         )
 
@@ -116,10 +116,11 @@ def build_base(name: str, *, weights: str, image_size: int, alpha: float | None 
     kwargs: dict = {"include_top": False, "input_shape": (image_size, image_size, 3)}
     if spec.takes_alpha:
         kwargs["alpha"] = alpha
-    if spec.preprocessing == "none":
-        # EfficientNetV2 normalises raw 0–255 input itself; that is what "none" relies on.
-        kwargs["include_preprocessing"] = True
     constructor = getattr(keras.applications, spec.application)
+    if spec.preprocessing == "none" and "include_preprocessing" in inspect.signature(constructor).parameters:
+        # ConvNeXt, EfficientNetV2 and MobileNetV3 normalise raw 0–255 input themselves when asked
+        # (EfficientNet always does); that is what "none" relies on.
+        kwargs["include_preprocessing"] = True
 
     if kind == "imagenet":
         base = _build_imagenet(constructor, name, kwargs)
@@ -144,13 +145,20 @@ def build_preprocessing(name: str) -> keras.layers.Layer:
 
     Returns:
         Layer (B, S, S, 3) float 0–255 → (B, S, S, 3): "tf" → [-1, 1]; "caffe" → BGR minus the
-        ImageNet mean; "none" → unchanged.
+        ImageNet mean; "torch" → [0, 1] minus the ImageNet mean, over its std; "none" → unchanged.
     """
     kind = get_backbone_spec(name).preprocessing
     if kind == "tf":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing", dtype="float32")
     if kind == "caffe":
-        return _caffe_layer()
+        # kernel[0, 0, i, o] = 1 where input channel i (RGB) feeds output channel o (BGR).
+        swap = np.zeros((3, 3), np.float32)
+        for rgb, bgr in ((0, 2), (1, 1), (2, 0)):
+            swap[rgb, bgr] = 1.0
+        return _channel_affine_layer(swap, -np.asarray(_CAFFE_BGR_MEAN, np.float32))
+    if kind == "torch":
+        std = np.asarray(_TORCH_RGB_STD, np.float32)
+        return _channel_affine_layer(np.diag(1.0 / (255.0 * std)), -np.asarray(_TORCH_RGB_MEAN, np.float32) / std)
     return keras.layers.Identity(name="preprocessing", dtype="float32")
 
 
@@ -334,14 +342,13 @@ def _load_weights_file(model: keras.Model, path: str, name: str, alpha: float | 
             ) from exc
 
 
-def _caffe_layer() -> keras.layers.Layer:
-    """A frozen 1×1 Conv2D computing BGR − mean from RGB; (B, S, S, 3) → (B, S, S, 3)."""
+def _channel_affine_layer(matrix: np.ndarray, bias: np.ndarray) -> keras.layers.Layer:
+    """A frozen 1×1 Conv2D computing ``pixel @ matrix + bias`` per pixel; (B, S, S, 3) → (B, S, S, 3).
+
+    A built-in layer with fixed weights, so "caffe" (channel swap, mean) and "torch" (scale, mean,
+    std) preprocessing reload in safe mode like any other layer.
+    """
     layer = keras.layers.Conv2D(3, 1, name="preprocessing", trainable=False, dtype="float32")
     layer.build((None, None, None, 3))
-    # kernel[0, 0, i, o] = 1 where input channel i (RGB) feeds output channel o (BGR).
-    kernel = np.zeros((1, 1, 3, 3), dtype=np.float32)
-    for rgb, bgr in ((0, 2), (1, 1), (2, 0)):
-        kernel[0, 0, rgb, bgr] = 1.0
-    bias = -np.asarray(_CAFFE_BGR_MEAN, dtype=np.float32)
-    layer.set_weights([kernel, bias])
+    layer.set_weights([np.asarray(matrix, np.float32).reshape(1, 1, 3, 3), np.asarray(bias, np.float32)])
     return layer

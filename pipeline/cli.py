@@ -410,6 +410,17 @@ def predict_command(model, paths, csv_path, batch_size):
         write_predictions_csv(rows, csv_path)
 
 
+@main.command("backbones")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def backbones_command(as_json):
+    """List the registered backbones: family, preprocessing, minimum input size, feature size and
+    parameter count. Instant: nothing is built or downloaded."""
+    from headstart.features.registry import backbone_rows, format_backbone_table
+
+    rows = backbone_rows()
+    click.echo(json.dumps(rows, indent=2) if as_json else format_backbone_table(rows))
+
+
 @main.command("inspect")
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

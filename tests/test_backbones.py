@@ -56,12 +56,15 @@ def small_mnv2():
 
 
 def test_registry_holds_the_five_backbones():
-    assert list(BACKBONES) == ["xception", "mobilenet", "mobilenet_v2", "resnet50", "efficientnetv2_b0"]
+    # The registry has grown (tests/test_backbone_families.py covers the rest); the first five stay.
+    first = ["xception", "mobilenet", "mobilenet_v2", "resnet50", "efficientnetv2_b0"]
+    assert all(name in BACKBONES for name in first)
     assert DEFAULT_BACKBONE == "xception"
-    assert {n: s.preprocessing for n, s in BACKBONES.items()} == {
+    assert {n: s.preprocessing for n, s in BACKBONES.items() if n in first} == {
         "xception": "tf", "mobilenet": "tf", "mobilenet_v2": "tf", "resnet50": "caffe",
         "efficientnetv2_b0": "none"}
-    assert {n for n, s in BACKBONES.items() if s.takes_alpha} == {"mobilenet", "mobilenet_v2"}
+    assert {n for n, s in BACKBONES.items() if s.takes_alpha} == {"mobilenet", "mobilenet_v2", "mobilenet_v3_small",
+                                                                   "mobilenet_v3_large"}
     for spec in BACKBONES.values():
         assert hasattr(keras.applications, spec.application)
     assert get_backbone_spec("xception").min_size == 71
