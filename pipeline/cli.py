@@ -345,7 +345,7 @@ def sweep_command(caches, config_file, quiet, **options):
 @click.argument("source")
 @_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs", "epochs",
          "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "patience", "seed",
-         "parity_samples", "resume", "export", "quantize", "exclude")
+         "deterministic", "parity_samples", "resume", "export", "quantize", "exclude")
 @_distribute_options("finetune")
 @_fields("finetune", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")

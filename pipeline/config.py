@@ -125,6 +125,7 @@ class FinetuneConfig:
     augment: str = DEFAULT_AUGMENT
     patience: int = 3
     seed: int = 0
+    deterministic: bool = False     # TF op determinism (with the seed: bit-identical weights)
     parity_samples: int = 16
     resume: bool = False
     export: tuple[str, ...] = ()   # EXPORT_FORMATS

@@ -133,6 +133,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "augment": OptionFact("Augmentation, e.g. flip,rotate=0.1 or none."),
         "patience": OptionFact("Early-stopping patience on validation loss."),
         "seed": OptionFact("Seed of shuffling and augmentation."),
+        "deterministic": OptionFact("Bit-identical fine-tuned weights for the same seed (slower ops)."),
         "parity_samples": OptionFact("Validation images checked against the cached features before training "
                                      "(0: off)."),
         "resume": OptionFact("Continue an interrupted run from its last completed epoch."),

@@ -157,7 +157,12 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
             if config.resume and chief_backup.is_dir():
                 shutil.copytree(chief_backup, out / "backup")
             config = dataclasses.replace(config, out=str(out))
-        result = _finetune(config, spec, strategy, distribute, log=log, callbacks=callbacks)
+        # The same switch as train-head's (process-wide, restored afterwards); with the seed it
+        # makes two CPU runs give bit-identical weights.
+        from headstart.pipeline.stages.head_training import _op_determinism as op_determinism
+
+        with op_determinism(config.deterministic):
+            result = _finetune(config, spec, strategy, distribute, log=log, callbacks=callbacks)
     return result
 
 
