@@ -33,3 +33,9 @@ class OutputError(HeadstartError):
     """An output that cannot be written: a read-only, full or forbidden file or directory."""
 
     exit_code = 1
+
+
+class NonFiniteLossError(HeadstartError):
+    """A training or validation loss became NaN or infinite; the run stops and keeps nothing."""
+
+    exit_code = 1

@@ -550,3 +550,51 @@ def test_seed_and_deterministic_give_bit_identical_finetuned_weights(tiny, tmp_p
     assert len(tuned[0]) == len(tuned[1])
     for x, y in zip(*tuned):
         np.testing.assert_array_equal(x, y)
+
+
+# -- NaN / inf loss -------------------------------------------------------------------------------
+
+
+def test_train_head_stops_at_the_epoch_whose_loss_is_not_finite(tiny, tmp_path, monkeypatch):
+    from headstart.pipeline.stages.head_data import FeatureRows
+
+    real, epochs = FeatureRows.plan, []
+
+    def plan(self, seed, epoch):
+        epochs.append(epoch)
+        return real(self, seed, epoch)
+
+    real_gather = FeatureRows.gather
+
+    def gather(self, rows, choice=None):
+        x = real_gather(self, rows, choice)
+        return np.full_like(x, np.inf) if len(epochs) >= 2 else x  # epoch 2 blows up
+
+    monkeypatch.setattr(FeatureRows, "plan", plan)
+    monkeypatch.setattr(FeatureRows, "gather", gather)
+    out = tmp_path / "head"
+    result = _invoke(["train-head", tiny["cache"], "--out", out, "--epochs", 5, "--batch-size", 8])
+    line = _assert_one_line_error(result, 1, "train-head", "at epoch 2", "training loss (loss) is nan")
+    assert "epoch 3/5" not in result.output  # stopped at that epoch
+    assert not (out / "head.keras").exists() and not (out / "run.json").exists()
+
+
+def test_finetune_stops_at_the_epoch_whose_loss_is_not_finite(tiny, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    import headstart.pipeline.data.sources as sources
+
+    real = sources.load_or_reason
+
+    def poisoned(path, image_size, **kwargs):  # every image decodes to inf
+        image, reason = real(path, image_size, **kwargs)
+        return image + tf.constant(np.inf, tf.float32), reason
+
+    monkeypatch.setattr(sources, "load_or_reason", poisoned)
+    out = tmp_path / "tuned"
+    result = _invoke(["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 3,
+                      "--batch-size", 8, "--parity-samples", 0])
+    _assert_one_line_error(result, 1, "finetune", "at epoch 1", "is nan")
+    assert not (out / "run.json").exists() and not (out / "model.keras").exists()
+    state = out / "backup" / "finetune" / "state.json"
+    assert not state.exists()  # the non-finite epoch was never committed

@@ -30,6 +30,7 @@ from headstart.pipeline.config import HeadConfig, config_to_dict
 from headstart.pipeline.distribute.strategy import STRATEGIES
 from headstart.pipeline.errors import DataError, OptionError
 from headstart.pipeline.report.tensorboard_logs import check_log_dir
+from headstart.pipeline.stages.finite_loss import check_finite_losses
 from headstart.pipeline.stages.head_data import FeatureRows, shuffle_geometry, split_nbytes
 
 MB = 1 << 20
@@ -247,6 +248,7 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
         hooks.on_epoch_end(epoch, {key: values[-1] for key, values in history.items()})
         current = history[monitor][-1]
         log(_epoch_line(epoch + 1, config.epochs, history, seconds[-1]))
+        check_finite_losses("train-head", epoch + 1, {k: v[-1] for k, v in history.items()})
         if math.isfinite(current) and current < best_value:
             best_value, best_epoch, best_weights, wait = current, epoch + 1, model.get_weights(), 0
         else:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from headstart.pipeline.errors import RunDirError
+from headstart.pipeline.stages.finite_loss import check_finite_losses
 
 
 def fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
@@ -143,6 +144,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         t_backup = time.perf_counter()
         n = epoch + 1
         logs = {k: float(v) for k, v in (logs or {}).items()}
+        # Before the commit: a non-finite epoch must never become the backup's weights or best.
+        check_finite_losses("finetune" if self.stage == "finetune" else f"finetune ({self.stage} stage)",
+                            n, logs)
         state = dict(self.state, history={k: list(v) for k, v in self.state["history"].items()})
         for key, value in logs.items():
             state["history"].setdefault(key, []).append(value)
