@@ -96,7 +96,8 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
     start = time.perf_counter()
     caches = {c.name: c for c in load_caches(config.caches)}
     out = _prepare_out(Path(config.out), config)
-    study = _open_study(config, space, caches)
+    with _creation_lock(out):
+        study = _open_study(config, space, caches)
     trained = 0
     with _heartbeats(study, config.heartbeat) as running:
         while True:
@@ -116,7 +117,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
 
 
 def _prepare_out(out: Path, config: SweepConfig) -> Path:
-    ours = {"study.db", "leaderboard.csv", "sweep.png", "best", "study.db-journal"}
+    ours = {"study.db", "leaderboard.csv", "sweep.png", "best", "study.db-journal", ".study.lock"}
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and config.overwrite:
@@ -129,6 +130,23 @@ def _prepare_out(out: Path, config: SweepConfig) -> Path:
             raise RunDirError(f"--out {out}: holds {foreign[0]}, which is not a sweep's; choose another directory")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def _creation_lock(out: Path) -> Iterator[None]:
+    """Serialises opening the study among processes on this machine.
+
+    Two processes creating the same fresh database at once race in Optuna's schema set-up (one
+    fails with "UNIQUE constraint failed: alembic_version"); once it exists, sharing is Optuna's.
+    """
+    import fcntl
+
+    with open(out / ".study.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _open_study(config: SweepConfig, space: SearchSpace, caches: dict[str, SweepCache]) -> Any:
