@@ -121,12 +121,12 @@ def test_pooling_layers_and_unknown_pooling():
 
 
 @pytest.mark.parametrize("name,size,alpha,pooling,shape", [
-    ("xception", 71, None, "avg", (2048,)),
+    pytest.param("xception", 71, None, "avg", (2048,), marks=pytest.mark.slow),
     ("xception", 75, None, "none", (3, 3, 2048)),
     ("mobilenet_v2", 32, 0.35, "max", (1280,)),
     ("mobilenet", 32, 0.25, "none", (1, 1, 256)),
-    ("resnet50", 32, None, "avg", (2048,)),
-    ("efficientnetv2_b0", 32, None, "max", (1280,)),
+    pytest.param("resnet50", 32, None, "avg", (2048,), marks=pytest.mark.slow),
+    pytest.param("efficientnetv2_b0", 32, None, "max", (1280,), marks=pytest.mark.slow),
 ])
 def test_extractor_output_shapes(name, size, alpha, pooling, shape):
     model, info = build_extractor(name, weights="none", image_size=size, alpha=alpha, pooling=pooling)
@@ -135,6 +135,7 @@ def test_extractor_output_shapes(name, size, alpha, pooling, shape):
     assert np.asarray(model(raw_images(2, size), training=False)).shape == (2, *shape)
 
 
+@pytest.mark.slow
 def test_avg_and_max_pool_the_unpooled_feature_map():
     # "none" is the same init every build (checked by fingerprint): the poolings see one feature map.
     def build(pooling):
@@ -205,6 +206,7 @@ def test_none_preprocessing_is_identity():
 # ── fingerprints and safe-mode reload ────────────────────────────────────────────────────────
 
 
+@pytest.mark.slow
 def test_fingerprint_same_weights_same_digest_different_weights_differ():
     a = build_base("mobilenet_v2", weights="none", image_size=32, alpha=0.35)
     fa = fingerprint_weights(a)
@@ -235,6 +237,7 @@ def test_none_weights_are_reproducible_and_leave_the_callers_random_state_alone(
 # application's own Rescaling + Normalization).
 @pytest.mark.parametrize("name,size,alpha", [("resnet50", 32, None), ("mobilenet_v2", 32, 0.35),
                                              ("efficientnetv2_b0", 32, None)])
+@pytest.mark.slow
 def test_saved_extractor_reloads_in_safe_mode(tmp_path, name, size, alpha):
     model, _ = build_extractor(name, weights="none", image_size=size, alpha=alpha, pooling="avg")
     path = tmp_path / "extractor.keras"
@@ -276,6 +279,7 @@ def test_unreadable_weights_file_is_named(tmp_path, filename):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_weights_file_roundtrip_and_mismatch(tmp_path, monkeypatch):
     source = build_base("mobilenet_v2", weights="none", image_size=32, alpha=0.35)
     none_fingerprint = fingerprint_weights(source)
@@ -294,6 +298,7 @@ def test_weights_file_roundtrip_and_mismatch(tmp_path, monkeypatch):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_shared_mobilenet_v2_weights_load_at_128(shared_assets, tmp_path):
     path = shared_assets / "weights" / MNV2_035
     model, info = build_extractor("mobilenet_v2", weights=str(path), image_size=128, alpha=0.35)

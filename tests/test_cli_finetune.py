@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from headstart.pipeline.cli import main
@@ -14,6 +15,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     data = make_splits(tmp_path / "images")
     weights = make_weights_file(tmp_path / "w.weights.h5")

@@ -16,6 +16,7 @@ from headstart.pipeline.cli import main
 from headstart.pipeline.run.demo import SHAPES, draw_shape, generate_dataset, probe_imagenet, split_counts
 
 
+@pytest.mark.slow
 def test_generated_dataset_is_deterministic_and_varied(tmp_path):
     first = generate_dataset(tmp_path / "a", images_per_class=10, seed=3, log=lambda m: None)
     second = generate_dataset(tmp_path / "b", images_per_class=10, seed=3, log=lambda m: None)

@@ -40,6 +40,7 @@ def saved(tmp_path_factory):
     return SimpleNamespace(root=root, run=run, model_path=run / "model.keras", data=data)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_metrics_confusion_and_grid(saved):
     from headstart.pipeline.data.sources import load_image, resolve_source
     from headstart.pipeline.stages.evaluation import evaluate_model
@@ -68,6 +69,7 @@ def test_evaluate_reports_metrics_confusion_and_grid(saved):
     assert metrics["loss"] == pytest.approx(bce, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluate_refusals(saved, tmp_path):
     from headstart.pipeline.stages.evaluation import evaluate_model
 
@@ -84,6 +86,7 @@ def test_evaluate_refusals(saved, tmp_path):
                        log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_predict_reports_bad_files_and_keeps_going(saved, tmp_path):
     from headstart.pipeline.stages.evaluation import predict_images, write_predictions_csv
 
@@ -129,6 +132,7 @@ def test_predict_reports_bad_files_and_keeps_going(saved, tmp_path):
         predict_images(saved.model_path, [good_jpg], class_names=["a", "b", "c"])
 
 
+@pytest.mark.slow
 def test_exports_match_model_keras_without_augmentation(saved, tmp_path):
     import tensorflow as tf
 

@@ -45,6 +45,7 @@ def folder(tmp_path):
     return make_class_folders(tmp_path / "images", per_class=10)
 
 
+@pytest.mark.slow
 def test_extracts_every_split_with_provenance(folder, tmp_path):
     out = tmp_path / "f.h5"
     result = run_cli("extract-features", folder, "--out", out, *FAST)
@@ -74,6 +75,7 @@ def test_extracts_every_split_with_provenance(folder, tmp_path):
     assert sum(s["rows"] for s in as_json["splits"].values()) == 20
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_one_at_a_time(folder, tmp_path):
     cats = folder / "cats"
     (cats / "empty.jpg").write_bytes(b"")
@@ -108,6 +110,7 @@ def test_strict_fails_before_writing_and_max_bad_counts(folder, tmp_path):
     assert "--max-bad" in limited.output
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line_and_lose_nothing(folder, tmp_path):
     out = tmp_path / "f.h5"
     assert run_cli("extract-features", folder, "--out", out, *FAST).exit_code == 0
@@ -145,6 +148,7 @@ def test_refusals_are_one_line_and_lose_nothing(folder, tmp_path):
         assert json.loads(f.attrs["config_json"])["image_size"] == 48
 
 
+@pytest.mark.slow
 def test_tfds_source_uses_the_guide_splits(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     out = tmp_path / "f.h5"
@@ -210,6 +214,7 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path):
         np.testing.assert_array_equal(got_f, ref_f)
 
 
+@pytest.mark.slow
 def test_augmented_views_are_stored_for_train_only(folder, tmp_path):
     out = tmp_path / "f.h5"
     result = run_cli("extract-features", folder, "--out", out, *FAST, "--augment-views", "2")
@@ -225,6 +230,7 @@ def test_augmented_views_are_stored_for_train_only(folder, tmp_path):
                 assert "views" not in f[split]
 
 
+@pytest.mark.slow
 def test_real_cats_dogs_features_separate_the_classes(shared_assets, tmp_path):
     from conftest import layout_cats_vs_dogs_2k
 
@@ -253,6 +259,7 @@ def _logistic_regression_accuracy(x_train, y_train, x_test, y_test, steps=500, l
     return float((((b @ w + bias) > 0).astype(int) == y_test).mean())
 
 
+@pytest.mark.slow
 def test_pixel_std_is_measured_per_row_and_flags_blank_images(folder, tmp_path):
     from PIL import Image
 

@@ -76,6 +76,7 @@ def bn_state(model) -> list[np.ndarray]:
     return [np.array(w) for layer in batchnorm_layers(model) for w in layer.get_weights()]
 
 
+@pytest.mark.slow
 def test_run_directory_parity_and_gate(main_run, prepared):
     run_dir, result = main_run.run_dir, main_run.result
     for name in ("model.keras", "run.json", "metrics.json", "history.csv", "curves.png"):
@@ -104,6 +105,7 @@ def test_run_directory_parity_and_gate(main_run, prepared):
     assert "stage gate" in result.summary and "kept" in result.summary
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_in_safe_mode_with_frozen_batchnorm(main_run, prepared):
     from headstart.features.backbones import build_base
 
@@ -117,6 +119,7 @@ def test_saved_model_reloads_in_safe_mode_with_frozen_batchnorm(main_run, prepar
         np.testing.assert_array_equal(before, after)  # gamma, beta, moving mean and variance
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_reported_test_accuracy(main_run, prepared):
     from headstart.pipeline.stages.evaluation import evaluate_model
 
@@ -127,6 +130,7 @@ def test_evaluate_reproduces_the_reported_test_accuracy(main_run, prepared):
     assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_exports_predict_like_model_keras(main_run, prepared):
     import tensorflow as tf
 
@@ -150,6 +154,7 @@ def test_exports_predict_like_model_keras(main_run, prepared):
     np.testing.assert_allclose(interpreter.get_tensor(out["index"]), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_metrics_record_each_export_against_model_keras_on_the_test_split(main_run):
     metrics = json.loads((main_run.run_dir / "metrics.json").read_text())
     exports = metrics["exports"]
@@ -163,6 +168,7 @@ def test_metrics_record_each_export_against_model_keras_on_the_test_split(main_r
     assert any(line.startswith("export onnx: test accuracy") for line in main_run.lines)
 
 
+@pytest.mark.slow
 def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prepared, tmp_path):
     from headstart.pipeline.model.head import build_head, compile_head
     from headstart.pipeline.model.assembly import (assemble_model, build_backbone_parts, freeze_backbone,
@@ -245,6 +251,7 @@ def test_trainable_counts_per_unfreeze_mode():
         unfreeze_backbone(model, parse_unfreeze("from:conv_pw_12x"))
 
 
+@pytest.mark.slow
 def test_parity_detects_a_changed_input_path(prepared, tmp_path):
     from PIL import Image
 
@@ -259,6 +266,7 @@ def test_parity_detects_a_changed_input_path(prepared, tmp_path):
         finetune(config_for(prepared, tmp_path / "ft", source=str(data)), log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_parity_detects_perturbed_weights(prepared):
     from headstart.pipeline.data.sources import resolve_source
     from headstart.pipeline.model.head import build_head
@@ -279,6 +287,7 @@ def test_parity_detects_perturbed_weights(prepared):
         check_parity(model, run["cache"], source, samples=4)
 
 
+@pytest.mark.slow
 def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_path):
     from headstart.pipeline.data.sources import resolve_source
     from headstart.pipeline.stages.extraction import extract_features
@@ -304,6 +313,7 @@ def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_pat
     assert result["tolerance"] >= 1e-2
 
 
+@pytest.mark.slow
 def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
     # In bfloat16 the logits drift far past any tolerance that still catches a wrong input path
     # (measured: 1.3 on a logit of 7), so --mixed-precision used to fail its own parity check.
@@ -320,6 +330,7 @@ def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
     assert model.get_layer("head").get_layer("logits").dtype_policy.name == "float32"
 
 
+@pytest.mark.slow
 def test_refusals(prepared, main_run, tmp_path):
     from headstart.pipeline.stages.finetuning import finetune
     from headstart.pipeline.model.assembly import build_backbone_parts
@@ -363,6 +374,7 @@ class _Sabotage(keras.callbacks.Callback):
         self.dense.set_weights([-w for w in self.seeded])
 
 
+@pytest.mark.slow
 def test_without_head_trains_head_first_and_gate_keeps_seeded(prepared, tmp_path):
     from headstart.pipeline.stages.finetuning import finetune
 
@@ -398,6 +410,7 @@ finetune(FinetuneConfig(source=sys.argv[1], head=sys.argv[2], out=sys.argv[4], e
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_restores_epoch_and_optimizer(prepared, main_run, tmp_path):
     from headstart.pipeline.stages.finetuning import finetune
 

@@ -55,6 +55,7 @@ def runs(tmp_path_factory):
     return SimpleNamespace(root=root, folder=folder, single=single, shards=shards)
 
 
+@pytest.mark.slow
 def test_three_shards_merge_into_the_single_process_cache(runs, tmp_path):
     merged = tmp_path / "merged.h5"
     result = run_cli("merge-features", merged, *reversed(runs.shards))  # any order
@@ -95,6 +96,7 @@ def test_three_shards_merge_into_the_single_process_cache(runs, tmp_path):
     assert again.exit_code == 0 and "already complete" in again.output
 
 
+@pytest.mark.slow
 def test_merge_keeps_the_per_row_pixel_std(runs, tmp_path):
     merged = tmp_path / "merged.h5"
     assert run_cli("merge-features", merged, *runs.shards).exit_code == 0
@@ -104,6 +106,7 @@ def test_merge_keeps_the_per_row_pixel_std(runs, tmp_path):
             np.testing.assert_array_equal(b[split]["pixel_std"][:], a[split]["pixel_std"][:])
 
 
+@pytest.mark.slow
 def test_merge_refuses_sets_that_do_not_fit(runs, tmp_path):
     s0, s1, s2 = runs.shards
     out = tmp_path / "out.h5"
@@ -132,11 +135,13 @@ def test_merge_refuses_sets_that_do_not_fit(runs, tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["0/0", "3/2", "abc", "1/2/3", "-1/2", ""])
+@pytest.mark.slow
 def test_bad_shard_syntax_is_a_usage_error(runs, tmp_path, spec):
     result = run_cli("extract-features", runs.folder, "--out", tmp_path / "x.h5", *FAST, "--shard", spec)
     one_line_error(result, "--shard")
 
 
+@pytest.mark.slow
 def test_killed_merge_resumes_to_the_same_file(runs, tmp_path, monkeypatch):
     import headstart.features.merge
 
@@ -162,6 +167,7 @@ def test_killed_merge_resumes_to_the_same_file(runs, tmp_path, monkeypatch):
             np.testing.assert_array_equal(_read(out, split, name), _read(runs.single, split, name))
 
 
+@pytest.mark.slow
 def test_shard_killed_while_indexing_resumes(runs, tmp_path, monkeypatch):
     import headstart.features.merge
 
@@ -184,6 +190,7 @@ def test_shard_killed_while_indexing_resumes(runs, tmp_path, monkeypatch):
                                               _read(runs.shards[1], split, name))
 
 
+@pytest.mark.slow
 def test_dir_shards_partition_each_split_before_decoding(runs, monkeypatch):
     import headstart.pipeline.data.sources
     from headstart.pipeline.data.sources import hash_fraction, resolve_source, shard_of

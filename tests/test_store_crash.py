@@ -122,6 +122,7 @@ def _contents(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("sleep,train_rows", [(0.02, 60), (0.0, 800)], ids=["between", "mid"])
+@pytest.mark.slow
 def test_sigkilled_writer_resumes_to_the_same_cache(tmp_path, sleep, train_rows):
     script = tmp_path / "writer.py"
     script.write_text(_SCRIPT)

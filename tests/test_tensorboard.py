@@ -39,6 +39,7 @@ def assert_logged_like_history(log_dir: Path, rows: list[dict[str, float]]) -> N
         assert [v for _, v in logged[tag]] == pytest.approx([r[key] for r in rows], rel=1e-5), (tag, key)
 
 
+@pytest.mark.slow
 def test_train_head_logs_every_epoch_of_its_own_loop(tmp_path):
     cache = make_cache(tmp_path / "f.h5")
     logs = tmp_path / "tb"

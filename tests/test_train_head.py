@@ -84,6 +84,7 @@ def test_multiclass_head_on_spatial_float16_features(tmp_path):
     assert model.output_shape == (None, 4)
 
 
+@pytest.mark.slow
 def test_memory_and_stream_are_bit_identical_and_deterministic(tmp_path, monkeypatch):
     from headstart.pipeline.stages import head_data
     from tensorflow.python.framework import config as tf_config
@@ -127,6 +128,7 @@ def test_views_are_drawn_per_image_per_epoch(tmp_path, monkeypatch):
     assert not np.array_equal(plans[0].choice, plans[1].choice)  # a fresh view per image each epoch
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_the_best_epoch(tmp_path):
     # 40% of validation labels are wrong: validation loss falls while the head finds the direction,
     # then rises as its logits grow confident.
@@ -153,6 +155,7 @@ def test_without_validation_split_watches_training_loss(tmp_path):
     assert result.test_accuracy is not None and any("no validation split" in l for l in lines)
 
 
+@pytest.mark.slow
 def test_refusals(tmp_path):
     good = make_cache(tmp_path / "good.h5")
     run = lambda features, out="run", **kw: train_head(
@@ -214,6 +217,7 @@ def test_accuracy_on_cats_vs_dogs_2k(shared_assets, tmp_path):
     assert result.test_accuracy >= 0.88, result.summary
 
 
+@pytest.mark.slow
 def test_cli_train_head_when_wired(tmp_path):
     from click.testing import CliRunner
 
