@@ -193,6 +193,19 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
         OptionError, DataError, RunDirError and the stages' own errors (FeaturesError, ParityError…).
     """
     console = console or Console()
+    run_dir = _prepare_run_dir(config, overwrite, console)
+    t0 = time.perf_counter()
+    records = _run_stages(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks)
+    summary = _summary(config, run_dir, records, time.perf_counter() - t0)
+    _plot(run_dir, summary, console)
+    from headstart.pipeline.report import rundir as report
+
+    report.write_json_atomic(run_dir / SUMMARY_JSON, summary)
+    return RunResult(run_dir=str(run_dir), summary=summary, table=format_table(summary))
+
+
+def _prepare_run_dir(config: RunConfig, overwrite: bool, console: Console) -> Path:
+    """Every check before work, then the directory with config.toml and without summary.json."""
     validate_run_config(config)
     run_dir = check_run_dir(config, overwrite)
     _check_classes(config)
@@ -200,23 +213,28 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"--out {_shown(str(run_dir))}: cannot create the directory ({exc.strerror})") from None
-    from headstart.pipeline.report.rundir import check_writable
-
-    check_writable(run_dir, "--out")
-    import tensorflow as tf
-
     from headstart.pipeline.report import rundir as report
-    from headstart.pipeline.report.tensorboard_logs import replay_history
-    from headstart.pipeline.run.stages import (diagnose_stage, evaluate_stage, extract_stage, finetune_stage,
-                                               head_stage)
+
+    report.check_writable(run_dir, "--out")
+    import tensorflow as tf
 
     if not console.verbose:
         tf.get_logger().setLevel("ERROR")  # retracing notices and the like; --verbose shows them
     report.write_text_atomic(run_dir / CONFIG_FILE, to_toml(config))
     (run_dir / SUMMARY_JSON).unlink(missing_ok=True)  # until the end, the directory reads as unfinished
     console.debug(f"resolved configuration ({run_dir / CONFIG_FILE}):\n{to_toml(config)}")
+    return run_dir
+
+
+def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
+                finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
+    """Runs, reuses or resumes each stage in turn; each one's record is saved as soon as it is done."""
+    from headstart.pipeline.report import rundir as report
+    from headstart.pipeline.report.tensorboard_logs import replay_history
+    from headstart.pipeline.run.stages import (diagnose_stage, evaluate_stage, extract_stage, finetune_stage,
+                                               head_stage)
+
     state = _read_state(run_dir)
-    t0 = time.perf_counter()
 
     def save(name: str, record: dict) -> dict:
         state[name] = record
@@ -251,15 +269,12 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
     if config.tensorboard and not (run_dir / "tensorboard" / "finetune").is_dir():  # reused from a run without logs
         replay_history(run_dir / "finetune" / "history.csv", run_dir / "tensorboard" / "finetune")
     console.log(f"[4/4] evaluate {_shown(str(run_dir / 'finetune' / 'model.keras'))}")
+    source_values = {k: stage_values(config, "extract")[k] for k in ("split_specs", "validation_fraction",
+                                                                       "test_fraction")}
     ev = save("evaluate", evaluate_stage(config, run_dir, state.get("evaluate"), console,
                                          key=_key({"model": ft["model_sha256"], "source": config.source,
-                                                   **{k: stage_values(config, "extract")[k] for k in
-                                                      ("split_specs", "validation_fraction", "test_fraction")}})))
-    summary = _summary(config, run_dir, {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev},
-                       time.perf_counter() - t0)
-    _plot(run_dir, summary, console)
-    report.write_json_atomic(run_dir / SUMMARY_JSON, summary)
-    return RunResult(run_dir=str(run_dir), summary=summary, table=format_table(summary))
+                                                   **source_values})))
+    return {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev}
 
 
 def _read_state(run_dir: Path) -> dict:

@@ -230,79 +230,116 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
 def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:
     """Evaluates the saved ``finetune/model.keras`` on the test split (else validation) and keeps
     evenly spread sample images in ``samples.npz`` for summary.png."""
-    from headstart.pipeline.report.rundir import atomic_write
-
     samples_path = run_dir / "samples.npz"
     reused = _reuse(record, key, samples_path)
     if reused:
         console.log("  reused: same model and source")
         return reused
     from headstart.pipeline.data.sources import open_source
-    from headstart.pipeline.stages.evaluation import SplitPredictions, load_model, split_metrics
-    from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
+    from headstart.pipeline.stages.evaluation import load_model, split_metrics
 
-    ex = config.extract
     model, _ = load_model(run_dir / "finetune" / "model.keras")
-    source = open_source(SourceSpec.from_config(ex, source=config.source))
+    source = open_source(SourceSpec.from_config(config.extract, source=config.source))
     split = next((s for s in ("test", "validation") if s in source.split_names), None)
     if split is None:
         console.log("  no test or validation split: nothing to evaluate")
         return {"key": key, "done": True, "status": "ran", "seconds": 0.0, "split": None}
-    size, k, batch_size = int(model.input_shape[1]), len(source.class_names), config.finetune.batch_size
-    total = source.count(split)
+    seen = _Evaluated(total=source.count(split), classes=len(source.class_names))
+    start = time.perf_counter()
+    _predict_keeping_samples(model, source, split, seen, batch_size=config.finetune.batch_size, console=console)
+    seconds = time.perf_counter() - start
+    metrics = split_metrics(seen.predictions(int(model.output_shape[-1])), list(source.class_names))
+    _write_samples(samples_path, seen, source.class_names, size=int(model.input_shape[1]),
+                   width=int(model.output_shape[-1]))
+    skipped = seen.skipped
+    console.log(f"  {split}: {metrics['rows']} images, accuracy {metrics['accuracy']:.4f}"
+                + (f", {len(skipped)} skipped" if skipped else ""))
+    n = seen.seen - len(skipped)
+    return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": n,
+            "images_per_second": n / seconds if seconds else None, "split": split,
+            **{k_: metrics.get(k_) for k_ in ("accuracy", "loss", "rows", "per_class", "confusion_matrix")},
+            "skipped": len(skipped)}
+
+
+@dataclasses.dataclass
+class _Evaluated:
+    """What the evaluation pass collects: logits of the good images, and sample images for the plot.
+
+    ``kept`` are evenly spread over the split (``SAMPLE_IMAGES`` of them); ``wrong`` are the first
+    misclassified others (at most ``WRONG_SAMPLES``); each item is (uint8 (S, S, 3), label, logits).
+    """
+
+    total: int | None
+    classes: int
+    seen: int = 0
+    logits: list = dataclasses.field(default_factory=list)
+    labels: list = dataclasses.field(default_factory=list)
+    keys: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+    kept: list = dataclasses.field(default_factory=list)
+    wrong: list = dataclasses.field(default_factory=list)
+
+    def predictions(self, width: int):
+        from headstart.pipeline.stages.evaluation import SplitPredictions
+
+        return SplitPredictions(
+            logits=np.concatenate(self.logits) if self.logits else np.zeros((0, width), np.float32),
+            labels=np.concatenate(self.labels) if self.labels else np.zeros((0,), np.int64),
+            keys=self.keys, skipped=self.skipped)
+
+
+def _predict_keeping_samples(model: Any, source: Any, split: str, seen: _Evaluated, *, batch_size: int,
+                             console: Any) -> None:
+    from headstart.pipeline.model.head import predict_classes
+
+    total = seen.total
     wanted = set(np.linspace(0, total - 1, min(SAMPLE_IMAGES, total)).round().astype(int)) if total else set()
-    logits, labels, keys, skipped, kept, wrong = [], [], [], [], [], []
     line = console.progress(f"  evaluate {split}")
-    start, seen = time.perf_counter(), 0
+    start = time.perf_counter()
     try:
-        for batch in source.dataset(split, size).batch(batch_size):
+        for batch in source.dataset(split, int(model.input_shape[1])).batch(batch_size):
             errors = [e.decode() for e in batch["error"].numpy()]
             names = [n.decode() for n in batch["key"].numpy()]
             good = np.array([not e for e in errors])
-            skipped += [(n, e) for n, e in zip(names, errors) if e]
+            seen.skipped += [(n, e) for n, e in zip(names, errors) if e]
             if good.any():
                 images = batch["image"].numpy()
                 out = np.asarray(model.predict_on_batch(images[good]), dtype=np.float32)
-                logits.append(out)
-                labels.append(batch["label"].numpy()[good].astype(np.int64))
-                keys += [n for n, g in zip(names, good) if g]
-                predicted = predict_classes(out, k)
+                seen.logits.append(out)
+                seen.labels.append(batch["label"].numpy()[good].astype(np.int64))
+                seen.keys += [n for n, g in zip(names, good) if g]
+                predicted = predict_classes(out, seen.classes)
                 for j, i in enumerate(np.flatnonzero(good)):
-                    item = (np.clip(images[i], 0, 255).astype(np.uint8), labels[-1][j], out[j])
-                    if seen + i in wanted or (not total and len(kept) < SAMPLE_IMAGES):
-                        kept.append(item)
-                    elif predicted[j] != labels[-1][j] and len(wrong) < WRONG_SAMPLES:
-                        wrong.append(item)
-            seen += len(names)
-            line.update(seen, total, seen / max(time.perf_counter() - start, 1e-9))
+                    item = (np.clip(images[i], 0, 255).astype(np.uint8), seen.labels[-1][j], out[j])
+                    if seen.seen + i in wanted or (not total and len(seen.kept) < SAMPLE_IMAGES):
+                        seen.kept.append(item)
+                    elif predicted[j] != seen.labels[-1][j] and len(seen.wrong) < WRONG_SAMPLES:
+                        seen.wrong.append(item)
+            seen.seen += len(names)
+            line.update(seen.seen, total, seen.seen / max(time.perf_counter() - start, 1e-9))
     finally:
         console.close()
-    seconds = time.perf_counter() - start
-    width = int(model.output_shape[-1])
-    predictions = SplitPredictions(
-        logits=np.concatenate(logits) if logits else np.zeros((0, width), np.float32),
-        labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64), keys=keys, skipped=skipped)
-    metrics = split_metrics(predictions, list(source.class_names))
-    if wrong and kept:  # mistakes are worth seeing: they replace some of the evenly spread images
-        spread = np.linspace(0, len(kept) - 1, max(1, SAMPLE_IMAGES - len(wrong))).round().astype(int)
-        kept = [kept[i] for i in sorted(set(spread.tolist()))] + wrong
+
+
+def _write_samples(path: Path, seen: _Evaluated, class_names: Sequence[str], *, size: int, width: int) -> None:
+    """``samples.npz`` for summary.png: images, labels, predicted classes and their probabilities."""
+    from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
+    from headstart.pipeline.report.rundir import atomic_write
+
+    kept, k = seen.kept, seen.classes
+    if seen.wrong and kept:  # mistakes are worth seeing: they replace some of the evenly spread images
+        spread = np.linspace(0, len(kept) - 1, max(1, SAMPLE_IMAGES - len(seen.wrong))).round().astype(int)
+        kept = [kept[i] for i in sorted(set(spread.tolist()))] + seen.wrong
     sample_logits = np.stack([o for _, _, o in kept]) if kept else np.zeros((0, width), np.float32)
     probs = logits_to_probabilities(sample_logits, k) if kept else np.zeros((0, k), np.float32)
     arrays = {"images": np.stack([im for im, _, _ in kept]) if kept else np.zeros((0, size, size, 3), np.uint8),
               "labels": np.array([t for _, t, _ in kept], np.int64),
               "predicted": predict_classes(sample_logits, k).astype(np.int64) if kept else np.zeros((0,), np.int64),
               "probability": probs.max(axis=1) if kept else np.zeros((0,), np.float32),
-              "class_names": np.array(source.class_names, dtype=str)}
+              "class_names": np.array(class_names, dtype=str)}
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
-    atomic_write(samples_path, write, suffix=".npz")
-    console.log(f"  {split}: {metrics['rows']} images, accuracy {metrics['accuracy']:.4f}"
-                + (f", {len(skipped)} skipped" if skipped else ""))
-    n = seen - len(skipped)
-    return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": n,
-            "images_per_second": n / seconds if seconds else None, "split": split,
-            **{k_: metrics.get(k_) for k_ in ("accuracy", "loss", "rows", "per_class", "confusion_matrix")},
-            "skipped": len(skipped)}
+    atomic_write(path, write, suffix=".npz")
