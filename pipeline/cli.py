@@ -2,136 +2,30 @@
 
 Nothing here imports TensorFlow at module level, so ``headstart --help`` stays fast; each command
 imports its library module when it runs. Library errors are domain exceptions (``HeadstartError``,
-``FeaturesError``) and only this file turns them into click errors, with their exit code (2 for
-input the user can fix).
+``FeaturesError``) and only the CLI turns them into click errors, with their exit code (2 for input
+the user can fix): ``cli_errors.library_call`` wraps every command. Options that set a config field
+come from the one table (``options.py``) through ``cli_options``.
 """
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
 import os
-import signal
-import sys
-import threading
 
 import click
 
-from headstart.features.errors import FeaturesError
+from headstart.pipeline.cli_errors import library_call as _library_call
+from headstart.pipeline.cli_options import distribute_options as _distribute_options
+from headstart.pipeline.cli_options import field_options as _fields
+from headstart.pipeline.cli_options import run_options as _run_options
 from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneConfig, HeadConfig
-from headstart.pipeline.errors import HeadstartError
 from headstart.pipeline.startup import quiet_tensorflow_startup, show_tensorflow_startup
-from headstart.pipeline.options import RUN_OPTIONS, fact, field_default, field_kind, flag_of, option_default
-
-
-class _CliError(click.ClickException):
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# Failures of the machine, not of the command: read-only, full, forbidden, quota, I/O error.
-_ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as a KeyboardInterrupt so every cleanup that serves Ctrl-C serves it too."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated()
-
-
-def _interrupt_hint(kwargs: dict) -> str:
-    # finetune continues an interrupted run only when asked to (--resume); the others on their own.
-    if kwargs.get("resume") is False:
-        return "interrupted; run the same command again with --resume to resume"
-    return "interrupted; run the same command again to resume"
-
-
-def _library_call(fn):
-    """Turns domain exceptions into one-line click errors; Ctrl-C and SIGTERM into a resume hint.
-
-    SIGTERM is what Slurm, Kubernetes and systemd send before they kill a job; it gets Ctrl-C's
-    handling (finally blocks commit what is done) and exits 143, the shell's code for it.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
-        try:
-            return fn(*args, **kwargs)
-        except (HeadstartError, FeaturesError) as exc:
-            raise _CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                            getattr(exc, "exit_code", 2)) from None
-        except OSError as exc:
-            if exc.errno not in _ENVIRONMENT_ERRNOS:
-                raise
-            # A write the library does not route through its atomic writers (a converter's own
-            # files, say): still one line naming the file, exit 1.
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise _CliError(f"{where}{exc.strerror}", 1) from None
-        except KeyboardInterrupt as exc:
-            click.echo(f"\n{_interrupt_hint(kwargs)}", err=True)
-            sys.exit(143 if isinstance(exc, _Terminated) else 130)
-        finally:
-            if in_main:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-    return wrapper
 
 
 def _quiet_tensorflow() -> None:
     # TF's C++ log lines after start-up (headstart.pipeline.startup hides those before it) drown the
     # one-line output users read; keep errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _field(section: str, name: str):
-    """The click option of one config field, from its fact in ``headstart.pipeline.options``.
-
-    Default and type come from the dataclass field, help and choices from the fact; a default of
-    None is "not given" (the library decides) and is not shown.
-    """
-    described, default, kind = fact(section, name), field_default(section, name), field_kind(section, name)
-    choice = click.Choice(described.choices) if described.choices else None
-    kwargs: dict = {"help": described.help}
-    if described.metavar:
-        kwargs["metavar"] = described.metavar
-    if kind == "bool":
-        flag = flag_of(section, name)
-        if default:  # an option that is on unless switched off
-            return click.option(f"{flag}/--no-{flag[2:]}", default=True, show_default=True, **kwargs)
-        return click.option(flag, is_flag=True, **kwargs)
-    if kind == "multi":
-        return click.option(flag_of(section, name), name, multiple=True, type=choice, **kwargs)
-    if described.path:
-        kwargs["type"] = click.Path(dir_okay=False) if described.path == "file" else click.Path(file_okay=False)
-    else:
-        kwargs["type"] = choice or {"int": int, "float": float, "str": str}[kind]
-    if described.required:
-        return click.option(flag_of(section, name), required=True, **kwargs)
-    if described.csv:
-        default = ",".join(default)
-    return click.option(flag_of(section, name), default=default, show_default=default is not None, **kwargs)
-
-
-def _fields(section: str, *names: str):
-    """Adds the options of several fields of one section, in the order given (as --help lists them)."""
-
-    def decorate(fn):
-        for name in reversed(names):
-            fn = _field(section, name)(fn)
-        return fn
-
-    return decorate
-
-
-def _distribute_options(section: str):
-    """--strategy, --mixed-precision and --jit-compile, shared by the training commands."""
-    return _fields(section, "strategy", "mixed_precision", "jit_compile")
 
 
 class _OneLineErrors(click.Group):
@@ -431,25 +325,6 @@ def inspect_command(path, as_json):
 
     info = inspect_path(path)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
-
-
-def _run_options(fn):
-    """Adds the stage flags of ``headstart run`` (``headstart.pipeline.options.RUN_OPTIONS``); unset → None."""
-    for option in reversed(RUN_OPTIONS):
-        default = option_default(option)
-        shown = ("on" if default else "off") if isinstance(default, bool) else \
-            None if isinstance(default, (tuple, dict)) else default
-        text = option.help + (f"  [default: {shown}]" if shown not in (None, "", ()) else "")
-        choice = click.Choice(option.choices) if option.choices else None
-        if option.kind == "bool":
-            fn = click.option(option.flag, option.dest, default=None, help=text)(fn)
-        elif option.kind == "multi":
-            fn = click.option(option.flag, option.dest, multiple=True, type=choice or str,
-                              metavar="NAME=SPEC" if not choice else None, help=text)(fn)
-        else:
-            kind = choice or {"int": int, "float": float, "str": str}[option.kind]
-            fn = click.option(option.flag, option.dest, type=kind, default=None, help=text)(fn)
-    return fn
 
 
 @main.command("run")
