@@ -27,6 +27,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
+from headstart.features import hub
 from headstart.features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
 # The registry lives in a TF-free module so the CLI can list it; re-exported here for the builders.
 from headstart.features.registry import (BACKBONES, DEFAULT_BACKBONE, POOLINGS, BackboneSpec,  # noqa: F401
@@ -65,6 +66,9 @@ class BackboneInfo:
         pooling: "avg", "max" or "none".
         preprocessing: the spec's preprocessing kind.
         feature_shape: per-image output shape, (C,) when pooled, (h, w, C) otherwise.
+        hub: for a ``hub:`` backbone, the KerasHub version, preset and image converter config
+            (``features.hub.build_hub_parts``); None otherwise, and then absent from ``to_dict``
+            so the provenance of registry backbones is what it always was.
     """
 
     backbone: str
@@ -75,11 +79,14 @@ class BackboneInfo:
     pooling: str
     preprocessing: str
     feature_shape: tuple[int, ...]
+    hub: dict | None = None
 
     def to_dict(self) -> dict:
         """Returns a JSON-ready dict (``feature_shape`` as a list)."""
         d = dataclasses.asdict(self)
         d["feature_shape"] = [int(n) for n in self.feature_shape]
+        if d["hub"] is None:
+            del d["hub"]
         return d
 
 
@@ -104,6 +111,8 @@ def build_base(name: str, *, weights: str, image_size: int, alpha: float | None 
     spec = get_backbone_spec(name)
     check_image_size(name, image_size)
     alpha = _resolve_alpha(spec, alpha)
+    if hub.is_hub(name):
+        return _build_hub(name, weights, image_size)[0]
     kind, path = _resolve_weights(weights)
     if kind == "imagenet" and spec.takes_alpha and alpha not in spec.imagenet_alphas:
         raise WeightsError(
@@ -148,6 +157,8 @@ def build_preprocessing(name: str) -> keras.layers.Layer:
         ImageNet mean; "torch" → [0, 1] minus the ImageNet mean, over its std; "none" → unchanged.
     """
     kind = get_backbone_spec(name).preprocessing
+    if kind == "hub":
+        return _build_hub(name, "none", None)[1]
     if kind == "tf":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing", dtype="float32")
     if kind == "caffe":
@@ -162,12 +173,22 @@ def build_preprocessing(name: str) -> keras.layers.Layer:
     return keras.layers.Identity(name="preprocessing", dtype="float32")
 
 
-def build_pooling(pooling: str) -> keras.layers.Layer | None:
-    """Returns the pooling layer named "pooling" for "avg" / "max", or None for "none".
+def build_pooling(pooling: str, feature_shape: tuple | None = None) -> keras.layers.Layer | None:
+    """Returns the pooling layer named "pooling" for "avg" / "max" (/ "cls"), or None for "none".
+
+    Args:
+        pooling: one of ``POOLINGS``.
+        feature_shape: the backbone's per-image output shape; a token sequence (T, D) gets the
+            token poolings of ``features.hub.token_pooling``; None or (h, w, C): a feature map.
 
     Raises:
-        FeaturesError: any other value; the message lists the valid ones.
+        FeaturesError: any other value ("cls" on a feature map); the message lists the valid ones.
     """
+    if feature_shape is not None and len(feature_shape) == 2:
+        return hub.token_pooling(pooling, int(feature_shape[0]))
+    if pooling == "cls":
+        raise FeaturesError("--pooling cls needs a backbone with token outputs (a hub: transformer preset); "
+                            "use avg, max or none")
     if pooling == "avg":
         return keras.layers.GlobalAveragePooling2D(name="pooling")
     if pooling == "max":
@@ -206,19 +227,24 @@ def build_extractor(
     # Cheap checks first, so a typo never waits for a download or a big model to build.
     check_image_size(name, image_size)
     resolved_alpha = _resolve_alpha(spec, alpha)
-    pool = build_pooling(pooling)
-    kind, path = _resolve_weights(weights)
-
-    base = build_base(name, weights=weights, image_size=image_size, alpha=alpha)
+    provenance = None
+    if hub.is_hub(name):
+        kind, path = hub.hub_weights(weights), None
+        base, preprocessing, provenance = _build_hub(name, kind, image_size)
+    else:
+        build_pooling(pooling)
+        kind, path = _resolve_weights(weights)
+        base = build_base(name, weights=weights, image_size=image_size, alpha=alpha)
+        preprocessing = build_preprocessing(name)
     base.trainable = False
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
-    x = build_preprocessing(name)(inputs)
-    x = base(x)
+    x = base(preprocessing(inputs))
     # An Identity keeps get_layer("pooling") valid whatever the pooling.
-    x = (pool or keras.layers.Identity(name="pooling"))(x)
-    extractor = keras.Model(inputs, x, name=f"{name}_extractor")
+    x = (build_pooling(pooling, tuple(x.shape[1:])) or keras.layers.Identity(name="pooling"))(x)
+    extractor = keras.Model(inputs, x, name=f"{spec.family if provenance else name}_extractor")
 
     info = BackboneInfo(
+        hub=provenance,
         backbone=name,
         alpha=resolved_alpha,
         weights=path if kind == "file" else kind,
@@ -340,6 +366,17 @@ def _load_weights_file(model: keras.Model, path: str, name: str, alpha: float | 
             raise WeightsError(
                 f"--weights: {path} does not fit backbone {what}: {_one_line(exc)}"
             ) from exc
+
+
+def _build_hub(name: str, weights: str, image_size: int | None) -> tuple:
+    """(backbone, converter, provenance) of a ``hub:`` preset, random weights seeded like "none"."""
+    kind = hub.hub_weights(weights)
+    if image_size is None:  # only the converter is wanted: any size the preset takes
+        converter = hub.keras_hub_module().layers.ImageConverter.from_preset(hub.preset_of(name))
+        converter.name = "preprocessing"
+        return None, converter, None
+    with _fixed_python_random(_NONE_INIT_SEED):
+        return hub.build_hub_parts(name, weights=kind, image_size=image_size)
 
 
 def _channel_affine_layer(matrix: np.ndarray, bias: np.ndarray) -> keras.layers.Layer:

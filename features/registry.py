@@ -15,7 +15,8 @@ from headstart.features.errors import ImageSizeError, UnknownBackboneError
 
 DEFAULT_BACKBONE = "xception"
 #: Pooling of the backbone's feature map: global average, global max, or none (spatial features).
-POOLINGS = ("avg", "max", "none")
+#: "cls" (the first token) applies to the token outputs of ``hub:`` transformer backbones only.
+POOLINGS = ("avg", "max", "none", "cls")
 #: Storage types of cached features.
 DTYPES = ("float16", "float32")
 
@@ -59,7 +60,7 @@ class BackboneSpec:
 
 
 #: Preprocessing kinds a registry entry may name (``backbones.build_preprocessing`` builds each).
-PREPROCESSINGS = ("tf", "caffe", "torch", "none")
+PREPROCESSINGS = ("tf", "caffe", "torch", "none")  # and "hub": a KerasHub preset's image converter
 
 
 def _family(family: str, module: str, preprocessing: str, min_size: int, *members: tuple, alphas=()) -> list:
@@ -133,11 +134,15 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     Raises:
         UnknownBackboneError: ``name`` is not registered; the message lists the valid names.
     """
+    if isinstance(name, str) and name.startswith("hub:") and len(name) > 4:
+        # A KerasHub preset (features/hub.py): its converter is its preprocessing, any size is
+        # checked against the preset when it loads.
+        return BackboneSpec(name, "", "hub", 1, "hub", "", 0, 0)
     try:
         return BACKBONES[name]
     except (KeyError, TypeError):
         raise UnknownBackboneError(
-            f"--backbone: unknown backbone {name!r} (choose from {', '.join(BACKBONES)})"
+            f"--backbone: unknown backbone {name!r} (choose from {', '.join(BACKBONES)}, or hub:PRESET)"
         ) from None
 
 

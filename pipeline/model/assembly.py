@@ -71,7 +71,7 @@ def build_backbone_parts(
         raise WeightsError(f"--weights {weights}: these {backbone} weights are not the ones the cached "
                            f"features came from (fingerprint {fingerprint[:12]}… ≠ "
                            f"{expected_fingerprint[:12]}…); {hint}")
-    return base, build_preprocessing(backbone), build_pooling(pooling), fingerprint
+    return base, build_preprocessing(backbone), build_pooling(pooling, tuple(base.output.shape[1:])), fingerprint
 
 
 def assemble_model(

@@ -82,6 +82,9 @@ def load_model(path: str | os.PathLike) -> tuple[Any, dict | None]:
         raise RunDirError(f"{path}: no such model file (give model.keras or its run directory)")
     import keras  # only now: a mistyped path fails before TensorFlow starts
 
+    from headstart.features.hub import import_for_model_file
+
+    import_for_model_file(path)  # KerasHub layers are registered serializables once it is imported
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - zip, JSON and Keras errors all mean "not a model"

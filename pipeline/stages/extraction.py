@@ -247,7 +247,10 @@ def _cache_config(config: ExtractConfig, backbone: dict, source, splits: list[st
     # Everything that changes the cached numbers, and nothing else: resuming with another
     # --batch-size or --max-bad is fine, another backbone or image size is not.
     described = source.describe()
-    return {
+    # A hub: backbone's KerasHub version, preset and image converter config shape the numbers too;
+    # only those caches carry the key, so every other cache's config is what it always was.
+    hub = {"hub": backbone["hub"]} if backbone.get("hub") else {}
+    return hub | {
         "backbone": backbone["backbone"],
         "alpha": backbone["alpha"],
         "weights": backbone["weights"],
