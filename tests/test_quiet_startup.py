@@ -50,6 +50,9 @@ cases = [
     ["evaluate", ws + "/nope.keras", ws + "/images"],
     ["predict", ws + "/nope.keras", ws + "/a.jpg"],
     ["demo", "--data", ws + "/photoz"],
+    ["sweep", ws + "/nope.h5", "--out", ws + "/sweep"],
+    ["diagnose", ws + "/nope.h5", "--out", ws + "/diagnosis"],
+    ["extract-features", ws + "/images", "--out", ws + "/f.h5", "--backbone", "resnet5O"],
 ]
 for args in cases:
     result = CliRunner().invoke(main, args)

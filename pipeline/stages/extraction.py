@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from headstart.features.registry import DTYPES, POOLINGS
+from headstart.features.registry import DTYPES, POOLINGS, check_image_size
 from headstart.pipeline.config import ExtractConfig, config_to_dict
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.errors import OptionError
@@ -64,6 +64,8 @@ def validate_extract_config(config: ExtractConfig) -> None:
     if not config.out:
         raise OptionError("--out is required")
     check_source_path(config.source)
+    if not str(config.backbone).startswith("hub:"):  # KerasHub presets are checked when they load
+        check_image_size(config.backbone, config.image_size)  # an unknown backbone, a size too small
     if config.pooling not in POOLINGS:
         raise OptionError(f"--pooling must be one of {', '.join(POOLINGS)}, got '{config.pooling}'")
     if config.dtype not in DTYPES:
