@@ -107,7 +107,8 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
     width = int(serving.output_shape[-1])
     names = [str(n) for n in (class_names or range(2 if width == 1 else width))]
     saved = out_dir / "saved_model"
-    _write_saved_model(serving, names, saved)
+    # TFLite converts from a SavedModel; when only that is wanted, the serving extras are skipped.
+    _write_saved_model(serving, names, saved, serving_extras="saved_model" in formats)
     if "saved_model" in formats:
         done["saved_model"] = str(saved)
     if "onnx" in formats:
@@ -218,7 +219,7 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
 # ── writers ──────────────────────────────────────────────────────────────────────────────────
 
 
-def _write_saved_model(serving: Any, names: list[str], target: Path) -> None:
+def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_extras: bool = True) -> None:
     import keras
     import tensorflow as tf
 
@@ -243,9 +244,10 @@ def _write_saved_model(serving: Any, names: list[str], target: Path) -> None:
         return {"logits": logits, "probabilities": probabilities, "class_index": index,
                 "class_name": tf.gather(tf.constant(names), index)}
 
-    archive.add_endpoint("serve_bytes", serve_bytes,
-                         input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
-    archive.add_endpoint("class_names", lambda: {"class_names": tf.constant(names)}, input_signature=[])
+    if serving_extras:
+        archive.add_endpoint("serve_bytes", serve_bytes,
+                             input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
+        archive.add_endpoint("class_names", lambda: {"class_names": tf.constant(names)}, input_signature=[])
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(str(tmp), verbose=False)
