@@ -69,7 +69,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "weights": OptionFact("'imagenet' (downloaded once by Keras), 'none' (random), or a local .h5/.weights.h5 file."),
         "alpha": OptionFact(f"Width multiplier for {' and '.join(alpha_backbones())}."),
         "image_size": OptionFact("Square input size in pixels."),
-        "pooling": OptionFact("Pool the feature map (avg, max) or keep it spatial (none).", choices=POOLINGS),
+        "pooling": OptionFact("Pool the feature map (avg, max) or keep it spatial (none); cls: the class token "
+                              "of a hub: transformer.", choices=POOLINGS),
         "dtype": OptionFact("Storage type of the cached features.", choices=DTYPES),
         "batch_size": OptionFact("Images per forward pass."),
         "splits": OptionFact("Comma-separated splits to extract.", csv=True),
