@@ -165,6 +165,8 @@ def check_finite(given: Any, stored: np.ndarray, keys: Sequence[str], what: str)
     Raises:
         NonFiniteFeaturesError: naming the key of the first row with a non-finite value.
     """
+    if not len(stored):  # a batch of nothing but skipped images
+        return
     bad = ~np.isfinite(stored.reshape(len(stored), -1)).all(axis=1)
     if not bad.any():
         return

@@ -371,11 +371,13 @@ def test_non_finite_features_are_refused_at_write_with_the_key(tmp_path):
 
     w = writer("float16")
     w.append("train", features=np.ones((2, 3)), labels=[0, 1], keys=["a.jpg", "b.jpg"], consumed=2)
+    w.append("train", features=np.zeros((0, 3)), labels=np.zeros(0, np.int64), keys=[],
+             skipped=[("bad.jpg", "truncated image")], consumed=3)  # a batch of only bad images
     big = np.ones((2, 3)) * [[1], [1e6]]  # a large activation: fine in float32, inf in float16
     with pytest.raises(NonFiniteFeaturesError, match=r"^d\.jpg: its features overflow float16.*"
                                                      r"--dtype float32"):
-        w.append("train", features=big, labels=[0, 1], keys=["c.jpg", "d.jpg"], consumed=4)
-    assert w.progress("train") == (2, 2)  # the earlier commit stands, nothing of the batch went in
+        w.append("train", features=big, labels=[0, 1], keys=["c.jpg", "d.jpg"], consumed=5)
+    assert w.progress("train") == (3, 2)  # the earlier commit stands, nothing of the batch went in
     w.close()
     w = writer("float32")
     nan = np.ones((2, 3)) * [[np.nan], [1]]
@@ -579,22 +581,26 @@ def test_train_head_stops_at_the_epoch_whose_loss_is_not_finite(tiny, tmp_path, 
     assert not (out / "head.keras").exists() and not (out / "run.json").exists()
 
 
-def test_finetune_stops_at_the_epoch_whose_loss_is_not_finite(tiny, tmp_path, monkeypatch):
-    import tensorflow as tf
+def test_finetune_stops_at_the_epoch_whose_loss_is_not_finite(tmp_path):
+    """finetune's every fit runs through RunBackup: a non-finite epoch raises before its commit."""
+    import json
 
-    import headstart.pipeline.data.sources as sources
+    import keras
 
-    real = sources.load_or_reason
+    from headstart.pipeline.errors import NonFiniteLossError
+    from headstart.pipeline.stages.stage_fit import RunBackup
 
-    def poisoned(path, image_size, **kwargs):  # every image decodes to inf
-        image, reason = real(path, image_size, **kwargs)
-        return image + tf.constant(np.inf, tf.float32), reason
-
-    monkeypatch.setattr(sources, "load_or_reason", poisoned)
-    out = tmp_path / "tuned"
-    result = _invoke(["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 3,
-                      "--batch-size", 8, "--parity-samples", 0])
-    _assert_one_line_error(result, 1, "finetune", "at epoch 1", "is nan")
-    assert not (out / "run.json").exists() and not (out / "model.keras").exists()
-    state = out / "backup" / "finetune" / "state.json"
-    assert not state.exists()  # the non-finite epoch was never committed
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    backup = RunBackup(tmp_path / "backup", epochs=5, patience=3, monitor="val_loss",
+                       stage="finetune", log=lambda line: None)
+    backup.set_model(model)
+    backup.on_epoch_begin(0)
+    backup.on_epoch_end(0, {"loss": 0.5, "val_loss": 0.4})
+    backup.on_epoch_begin(1)
+    with pytest.raises(NonFiniteLossError, match=r"^finetune: the validation loss \(val_loss\) is "
+                                                 r"inf at epoch 2"):
+        backup.on_epoch_end(1, {"loss": 0.3, "val_loss": float("inf")})
+    state = json.loads((tmp_path / "backup" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["best"]["epoch"] == 1  # epoch 2 never committed
