@@ -44,6 +44,7 @@ cases = [
     ["finetune", ws + "/photoz", "--out", ws + "/ft"],
     ["finetune", ws + "/images", "--head", ws + "/nohead", "--out", ws + "/ft"],
     ["finetune", ws + "/images", "--out", ws + "/ft", "--unfreeze", "top:x"],
+    ["finetune", ws + "/images", "--out", ws + "/occupied"],
     ["run", ws + "/photoz", "--out", ws + "/run"],
     ["run", "--config", ws + "/bad.toml"],
     ["run", ws + "/images", "--out", ws + "/occupied"],

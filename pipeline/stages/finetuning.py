@@ -137,6 +137,10 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     spec = validate_finetune_config(config)
     if config.head:
         read_head_run(config.head)  # a mistyped --head fails before TensorFlow starts
+    if "TF_CONFIG" not in os.environ:  # one machine: this process is the chief and --out is its own
+        from headstart.pipeline.report import rundir
+
+        _check_out(config, rundir)  # an occupied --out too; a cluster worker learns its role from TF first
     from headstart.pipeline.distribute.strategy import batch_policy, chief_output_dir, resolve_strategy, strategy_line
 
     # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
