@@ -234,9 +234,17 @@ def _state(name: str) -> Any:
 def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], caches: dict[str, SweepCache],
                  space: SearchSpace, config: SweepConfig, running: set[int], log: Callable[[str], None],
                  start: float, on_trial: Callable[[int, int, float], None] | None) -> int:
-    """Trains the asked trials group by group, telling Optuna as each stops; returns how many."""
+    """Trains the asked trials group by group, telling Optuna as each stops; returns how many were told.
+
+    A trial another process declared stale (its heartbeat was late: a starved CPU) is already FAIL
+    and queued again; this process then drops it instead of telling it twice.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+
     from headstart.pipeline.sweep.trainer import train_group
 
+    told = [0]
+    lost: set[int] = set()
     groups: dict[tuple, list[tuple[Any, TrialParams]]] = {}
     for trial, params in asked:
         groups.setdefault((params.cache, params.batch_size, params.views), []).append((trial, params))
@@ -244,13 +252,25 @@ def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], caches: dict[
     for (cache_name, _, _), members in groups.items():
         def on_epoch(i: int, epoch: int, val_loss: float, members=members) -> bool:
             trial = members[i][0]
-            trial.report(val_loss, epoch)
+            try:
+                trial.report(val_loss, epoch)
+            except UpdateFinishedTrialError:
+                lost.add(trial.number)
+                return True  # stop training it: its rerun is someone else's now
             return trial.should_prune()
 
         def on_done(i: int, run: Any, members=members) -> None:
             trial, params = members[i]
-            _tell(study, trial, params, run)
             running.discard(trial._trial_id)
+            try:
+                if trial.number in lost:
+                    raise UpdateFinishedTrialError(f"trial {trial.number}")
+                _tell(study, trial, params, run)
+            except UpdateFinishedTrialError:
+                log(f"trial {trial.number:>3} was declared stale by another process (late heartbeat) and "
+                    "queued again; dropped here")
+                return
+            told[0] += 1
             finished = _count(study, FINISHED)
             log(_trial_line(study, trial.number, params, run, finished, config.trials))
             if on_trial is not None:
@@ -258,7 +278,7 @@ def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], caches: dict[
 
         train_group(caches[cache_name], [p for _, p in members], seed=config.seed, epochs=space.epochs,
                     patience=space.patience, on_epoch=on_epoch, on_done=on_done, jit_compile=config.jit_compile)
-    return len(asked)
+    return told[0]
 
 
 def _tell(study: Any, trial: Any, params: TrialParams, run: Any) -> None:
