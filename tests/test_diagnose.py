@@ -106,6 +106,7 @@ def planted(tmp_path_factory):
     return {**made, "out": tmp / "report", "output": result.output}
 
 
+@pytest.mark.slow
 def test_planted_label_flips_rank_first(planted):
     flips = planted["planted"]["flips"]
     issues = read_csv(planted["out"] / "label_issues.csv")
@@ -122,6 +123,7 @@ def test_planted_label_flips_rank_first(planted):
     assert CLASSES.index(first["suggested_label"]) == (CLASSES.index(first["given_label"]) - 1) % 3
 
 
+@pytest.mark.slow
 def test_every_planted_copy_is_found_and_leaks_come_first(planted):
     pairs = read_csv(planted["out"] / "duplicates.csv")
     found = {frozenset((r["key_a"], r["key_b"])): r for r in pairs}
@@ -138,6 +140,7 @@ def test_every_planted_copy_is_found_and_leaks_come_first(planted):
     assert report["exact_duplicates"]["method"].startswith("sha256") and report["exact_duplicates"]["missing_files"] == 0
 
 
+@pytest.mark.slow
 def test_blank_images_are_outliers_and_the_report_is_complete(planted):
     outliers = read_csv(planted["out"] / "outliers.csv")
     constant = [r["key"] for r in outliers if r["kind"] == "near_constant"]
@@ -159,6 +162,7 @@ def test_blank_images_are_outliers_and_the_report_is_complete(planted):
     assert "label issues" in out and "LEAK" in out and "near-constant" in out
 
 
+@pytest.mark.slow
 def test_clean_set_has_no_leaks_or_duplicates(tmp_path):
     made = make_cache(tmp_path, plant=False, pixel_std=False)
     result = run_cli("diagnose", made["path"], "--out", tmp_path / "report", "--folds", 2, "--quiet")
@@ -171,6 +175,7 @@ def test_clean_set_has_no_leaks_or_duplicates(tmp_path):
     assert "not measured" in result.output
 
 
+@pytest.mark.slow
 def test_diagnose_refuses_bad_options_in_one_line(planted, tmp_path):
     one_line_error(run_cli("diagnose", planted["path"], "--out", tmp_path / "r", "--folds", 1), "--folds")
     one_line_error(run_cli("diagnose", tmp_path / "missing.h5", "--out", tmp_path / "r"), "missing.h5")
@@ -186,6 +191,7 @@ def _exclude_csv(path: Path, keys: list[str]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_exclude_removes_exactly_the_listed_keys(planted, tmp_path):
     rows = planted["rows"]
     listed = rows["train"]["keys"][:5] + rows["validation"]["keys"][:2] + rows["test"]["keys"][:1]
@@ -205,6 +211,7 @@ def test_exclude_removes_exactly_the_listed_keys(planted, tmp_path):
     assert again.exit_code == 0, again.output
 
 
+@pytest.mark.slow
 def test_exclude_streamed_rows_are_the_kept_rows(planted):
     from headstart.features.store import open_cache
     from headstart.pipeline.data.exclusion import SubsetSplit
@@ -223,6 +230,7 @@ def test_exclude_streamed_rows_are_the_kept_rows(planted):
         assert subset.keys == [k for k, m in zip(split.keys, keep) if m] and len(subset) == 145
 
 
+@pytest.mark.slow
 def test_foreign_or_stale_exclude_csv_is_a_one_line_error(planted, tmp_path):
     stale = _exclude_csv(tmp_path / "stale.csv", [planted["rows"]["train"]["keys"][0], "train/ant/gone.png"])
     result = run_cli("train-head", planted["path"], "--out", tmp_path / "head", "--exclude", stale)
@@ -256,6 +264,7 @@ def test_excluding_source_drops_the_keys_before_finetune_sees_them(tmp_path):
         ExcludingSource.wrap(source, str(_exclude_csv(tmp_path / "x.csv", ["elsewhere.jpg"])), data="x")
 
 
+@pytest.mark.slow
 def test_blocked_search_equals_the_full_matrix_and_faiss_finds_copies(monkeypatch):
     from headstart.pipeline.diagnose import neighbours as nb
 

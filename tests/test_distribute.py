@@ -143,6 +143,7 @@ def fit_reference():
     return reference, fit
 
 
+@pytest.mark.slow
 def test_distributed_fit_matches_keras_fit(fit_reference):
     reference, fit = fit_reference
     assert reference["epochs"] == [1, 2, 3]  # resumed at epoch 1, stopped after epoch 3
@@ -180,6 +181,7 @@ def _assert_fit_check(result: dict, expected: dict) -> None:
         np.testing.assert_allclose(result["history"][key], expected["history"][key], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_logical_cpus(single, fit_reference, tmp_path):
     configs = [dict(features=str(single[k][0]), out=str(tmp_path / k), strategy="mirrored", **BASE)
                for k in COUNTS]
@@ -196,6 +198,7 @@ def test_mirrored_over_two_logical_cpus(single, fit_reference, tmp_path):
     assert run["config"]["strategy"] == "mirrored"
 
 
+@pytest.mark.slow
 def test_multiworker_two_local_workers_write_one_run(single, fit_reference, tmp_path):
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     configs = [dict(features=str(single[k][0]), out=str(tmp_path / k), strategy="multiworker", **BASE)
@@ -220,6 +223,7 @@ def test_multiworker_two_local_workers_write_one_run(single, fit_reference, tmp_
     assert run["distribute"]["strategy"] == "multiworker" and run["distribute"]["worker_index"] == "worker:0"
 
 
+@pytest.mark.slow
 def test_mixed_precision_and_jit_compile(single, tmp_path):
     cache, _, single_result = single["even"]
     out = tmp_path / "run"
@@ -282,6 +286,7 @@ def test_options_and_refusals(tmp_path, monkeypatch):
         train_head(HeadConfig(features="x.h5", out=str(tmp_path / "r"), strategy="nope"), log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_cli_options(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

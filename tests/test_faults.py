@@ -47,6 +47,7 @@ def _rot(path: Path, dataset: str, nbytes: int = 4096) -> None:
         fh.write(b"\xff" * nbytes)
 
 
+@pytest.mark.slow
 def test_bit_rot_is_named_on_read_and_train_head_refuses(tmp_path):
     cache = make_cache(tmp_path / "f.h5")
     _rot(cache, "train/features")
@@ -243,6 +244,7 @@ def _assert_interrupted(result, hint="run the same command again to resume"):
     assert f"interrupted; {hint}" in result.output.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_sigterm_during_extract_features_commits_and_resumes(tiny, tmp_path, monkeypatch):
     from headstart.pipeline.report.progress import ProgressLine
 
@@ -260,6 +262,7 @@ def test_sigterm_during_extract_features_commits_and_resumes(tiny, tmp_path, mon
             np.testing.assert_array_equal(new.split(split).features[:], old.split(split).features[:])
 
 
+@pytest.mark.slow
 def test_sigterm_during_train_head(tiny, tmp_path, monkeypatch):
     from headstart.pipeline.stages.head_data import FeatureRows
 
@@ -272,6 +275,7 @@ def test_sigterm_during_train_head(tiny, tmp_path, monkeypatch):
     assert _invoke(args[:-4] + ["--epochs", 2]).exit_code == 0  # the same --out is usable again
 
 
+@pytest.mark.slow
 def test_sigterm_during_finetune(tiny, tmp_path, monkeypatch):
     """The hint names --resume; resuming after an interrupt is tested in test_finetune.py."""
     import headstart.pipeline.data.sources as sources
@@ -285,6 +289,7 @@ def test_sigterm_during_finetune(tiny, tmp_path, monkeypatch):
     assert not (out / "run.json").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_during_run(tiny, tmp_path, monkeypatch):
     from headstart.pipeline.report.progress import ProgressLine
 
@@ -352,6 +357,7 @@ def test_exif_orientation_is_applied_at_decode(tmp_path, orientation):
     assert np.abs(got - expected).max() < 12  # two JPEG decoders; a wrong turn differs by ~200
 
 
+@pytest.mark.slow
 def test_exif_orientation_is_part_of_the_cache_config(tiny):
     with open_cache(tiny["cache"]) as c:
         assert c.config["exif_orientation"] is True
@@ -430,6 +436,7 @@ def _nothing_left(folder: Path) -> None:
     assert "run.json" not in names and not [n for n in names if ".tmp" in n], names
 
 
+@pytest.mark.slow
 def test_train_head_into_read_only_and_full_directories(tiny, bad_disks):
     for kind, word in (("ro", "cannot write there (Read-only file system)"),
                        ("full", "No space left on device")):
@@ -439,6 +446,7 @@ def test_train_head_into_read_only_and_full_directories(tiny, bad_disks):
         _nothing_left(out)
 
 
+@pytest.mark.slow
 def test_finetune_and_run_into_a_read_only_directory(tiny, bad_disks):
     out = bad_disks["ro"]
     result = _invoke(["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 1])
@@ -448,6 +456,7 @@ def test_finetune_and_run_into_a_read_only_directory(tiny, bad_disks):
     _assert_one_line_error(result, 1, str(out), "Read-only file system")
 
 
+@pytest.mark.slow
 def test_finetune_into_a_full_directory(tiny, bad_disks):
     out = bad_disks["full"]
     result = _invoke(["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 1])
@@ -458,6 +467,7 @@ def test_finetune_into_a_full_directory(tiny, bad_disks):
 # -- the extras: vanished, replaced, empty and broken files ---------------------------------------
 
 
+@pytest.mark.slow
 def test_cache_deleted_while_train_head_streams_it(tiny, tmp_path, monkeypatch):
     """POSIX keeps an open file readable after unlink: the run finishes on what it opened."""
     import shutil
@@ -481,6 +491,7 @@ def test_cache_deleted_while_train_head_streams_it(tiny, tmp_path, monkeypatch):
     assert not cache.exists() and (tmp_path / "head" / "run.json").is_file()
 
 
+@pytest.mark.slow
 def test_class_folder_vanishing_and_image_replaced_by_a_directory(tiny, tmp_path, monkeypatch):
     import shutil
 
@@ -513,6 +524,7 @@ def test_class_folder_vanishing_and_image_replaced_by_a_directory(tiny, tmp_path
     assert skipped == [("validation/cats/cats_000.jpg", "cannot read file (Is a directory)")]
 
 
+@pytest.mark.slow
 def test_empty_head_keras_and_run_json_that_is_not_json(tiny, tmp_path):
     import shutil
 
@@ -557,6 +569,7 @@ def test_seed_and_deterministic_give_bit_identical_finetuned_weights(tiny, tmp_p
 # -- NaN / inf loss -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_head_stops_at_the_epoch_whose_loss_is_not_finite(tiny, tmp_path, monkeypatch):
     from headstart.pipeline.stages.head_data import FeatureRows
 
