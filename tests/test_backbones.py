@@ -168,6 +168,7 @@ def test_extractor_layout_and_info(small_mnv2):
     assert json.loads(json.dumps(d)) == d
 
 
+@pytest.mark.slow
 def test_alpha_defaults_to_one_and_pooling_none_keeps_a_pooling_layer():
     model, info = build_extractor("mobilenet", weights="none", image_size=32, pooling="none")
     assert info.alpha == 1.0 and info.feature_shape == (1, 1, 1024)
@@ -219,6 +220,7 @@ def test_fingerprint_same_weights_same_digest_different_weights_differ():
     assert fingerprint_weights(build_base("mobilenet_v2", weights="none", image_size=32, alpha=0.5)) != fa
 
 
+@pytest.mark.slow
 def test_none_weights_are_reproducible_and_leave_the_callers_random_state_alone():
     random.seed(7)
     expected = random.random()

@@ -418,6 +418,7 @@ def test_animated_gif_frames_count_towards_the_limit():
 # TFDS (mocked: no network here)
 
 
+@pytest.mark.slow
 def test_tfds_cats_vs_dogs_uses_the_guides_splits():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=6):

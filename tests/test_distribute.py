@@ -152,6 +152,7 @@ def test_distributed_fit_matches_keras_fit(fit_reference):
         np.testing.assert_allclose(reference["history"][key], fit[key], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_epoch_feed_serves_every_epoch_from_one_iterator():
     # Making and ending a distributed iterator per epoch cost 25-40% of a short epoch; the feed
     # makes one. A dataset of unknown length gets its own first epoch, which counts the batches.

@@ -93,6 +93,7 @@ def _assert_like_single(prepared, out: Path, result: dict, replicas: int, worker
     assert int(model.optimizer.iterations.numpy()) == 3 * 2
 
 
+@pytest.mark.slow
 def test_finetune_mirrored_over_two_logical_cpus(prepared, tmp_path):
     out = tmp_path / "mirrored"
     config = {**prepared.options, "out": str(out), "strategy": "mirrored"}
@@ -100,6 +101,7 @@ def test_finetune_mirrored_over_two_logical_cpus(prepared, tmp_path):
     _assert_like_single(prepared, out, result, replicas=2, workers=1)
 
 
+@pytest.mark.slow
 def test_finetune_two_workers_killed_and_resumed(prepared, tmp_path):
     out = tmp_path / "workers"
     config = {**prepared.options, "out": str(out), "strategy": "multiworker", "resume": True}

@@ -95,6 +95,7 @@ def test_bad_files_are_skipped_one_at_a_time(folder, tmp_path):
     assert len(info["splits"]["train"]["skipped"]) == 4
 
 
+@pytest.mark.slow
 def test_strict_fails_before_writing_and_max_bad_counts(folder, tmp_path):
     (folder / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out = tmp_path / "f.h5"

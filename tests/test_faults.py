@@ -68,6 +68,7 @@ def test_rotted_keys_are_caught_by_their_digest(tmp_path):
         c.split("validation")
 
 
+@pytest.mark.slow
 def test_cache_of_format_1_still_reads(tmp_path, monkeypatch):
     """A cache written before checksums existed: format_version 1, no filters, no digests."""
     import headstart.features._store_io as store_io

@@ -216,6 +216,7 @@ def test_dir_shards_partition_each_split_before_decoding(runs, monkeypatch):
     assert all(hash_fraction(k) >= 0.2 for k in train)
 
 
+@pytest.mark.slow
 def test_tfds_shards_filter_on_ids_before_decoding(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     import headstart.pipeline.data.sources

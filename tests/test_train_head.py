@@ -33,6 +33,7 @@ def assert_same_weights(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_binary_head_writes_a_complete_run_dir(tmp_path):
     cache = make_cache(tmp_path / "f.h5")
     out = tmp_path / "run"
