@@ -46,7 +46,7 @@ def bare_forward(folder: Path, args) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from headstart.features.backbones import build_extractor
+    from headstart.features.chain import build_extractor
     from headstart.pipeline.data.sources import load_image
 
     files = sorted(folder.rglob("*.jpg"))

@@ -76,32 +76,24 @@ def make_timer():
 
 
 def plain_fit(head_dir: Path, source_dir: Path, args):
-    """The hand-written side: same parts, same data, `model.fit`, nothing else. Returns (timer, total)."""
-    import json
-
+    """The hand-written side: the same model (rebuilt by the same recipe), same data, `model.fit`,
+    nothing else. Returns (timer, total)."""
     import keras
 
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.model.assembly import parse_unfreeze, unfreeze_backbone
+    from headstart.pipeline.model.head import compile_head
+    from headstart.pipeline.model.head_run import rebuild_from_head_run
     from headstart.pipeline.stages.evaluation import labelled_dataset
-    from headstart.pipeline.model.head import build_head, compile_head
-    from headstart.pipeline.model.assembly import assemble_model, build_backbone_parts, parse_unfreeze, unfreeze_backbone
 
     start = time.perf_counter()
-    run = json.loads((head_dir / "run.json").read_text())
-    cache = run["cache"]["config"]
     keras.utils.set_random_seed(0)
-    base, pre, pool, _ = build_backbone_parts(cache["backbone"], weights=cache["weights"],
-                                              image_size=cache["image_size"], alpha=cache["alpha"],
-                                              pooling=cache["pooling"])
-    head = build_head(run["feature_shape"], 2, dropout=run["head"]["dropout"])
-    head.set_weights(keras.saving.load_model(head_dir / "head.keras").get_weights())
-    model = assemble_model(base, pre, pool, head, image_size=cache["image_size"],
-                           augmentation=build_augmentation("flip,rotate=0.1", seed=0))
+    rebuilt = rebuild_from_head_run(head_dir, augmentation=build_augmentation("flip,rotate=0.1", seed=0))
+    model, size = rebuilt.model, rebuilt.info.image_size
     unfreeze_backbone(model, parse_unfreeze("all"))
     compile_head(model, 2, 1e-5)
     source = resolve_source(str(source_dir))
-    size = cache["image_size"]
     buffer = max(64, min(source.count("train"), (256 << 20) // (size * size * 12)))
     train = labelled_dataset(source, "train", image_size=size, num_classes=2, batch_size=args.batch_size,
                              shuffle_seed=0, shuffle_buffer=buffer)

@@ -88,7 +88,7 @@ def end_to_end_epochs(folder: Path, cache: Path, epochs: int, args) -> tuple[flo
     import keras
     import numpy as np
 
-    from headstart.features.backbones import build_base, build_preprocessing
+    from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.features.store import open_cache
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.data.sources import load_image
@@ -102,15 +102,11 @@ def end_to_end_epochs(folder: Path, cache: Path, epochs: int, args) -> tuple[flo
             images = np.stack([load_image(str(folder / key), args.image_size) for key in s.keys])
             data[split] = (images, head_labels(s.labels, 2))
     keras.utils.set_random_seed(0)
-    base = build_base(args.backbone, weights="none", image_size=args.image_size, alpha=args.alpha)
-    base.trainable = False
-    inputs = keras.Input((args.image_size, args.image_size, 3))
-    x = build_augmentation()(inputs)
-    x = build_preprocessing(args.backbone)(x)
-    x = base(x, training=False)  # the guide: BatchNorm stays in inference mode
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    head = build_head(tuple(x.shape[1:]), 2)
-    model = compile_head(keras.Model(inputs, head(x)), 2, 1e-3)
+    base, preprocessing, pooling, info = build_backbone_parts(args.backbone, weights="none",
+                                                              image_size=args.image_size, alpha=args.alpha)
+    base.trainable = False  # the guide's frozen backbone; BatchNorm is frozen in every chain
+    model = compile_head(build_chain(base, preprocessing, pooling, head=build_head(info.feature_shape, 2),
+                                     augmentation=build_augmentation()), 2, 1e-3)
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

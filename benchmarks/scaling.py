@@ -82,18 +82,14 @@ def write_cache(path: Path, rows: int, dim: int) -> Path:
 # ---- child: one strategy, all in-process measurements ------------------------------------------
 
 def _full_model(args):
-    import keras
-
-    from headstart.features.backbones import build_extractor
+    from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.head import build_head, compile_head
 
-    extractor, _ = build_extractor("mobilenet_v2", weights="none", image_size=args.image_size, alpha=0.35)
-    for layer in extractor.get_layer("backbone").layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False  # as finetune keeps BatchNorm frozen
-    head = build_head(extractor.output_shape[1:], 2, dropout=0.2)
-    inputs = keras.Input((args.image_size, args.image_size, 3))
-    model = keras.Model(inputs, head(extractor(inputs)))
+    base, preprocessing, pooling, info = build_backbone_parts("mobilenet_v2", weights="none",
+                                                              image_size=args.image_size, alpha=0.35)
+    base.trainable = False  # as the extractor (BatchNorm is frozen in every chain)
+    extractor = build_chain(base, preprocessing, pooling, name="extractor")
+    model = build_chain(base, preprocessing, pooling, head=build_head(info.feature_shape, 2, dropout=0.2))
     return extractor, compile_head(model, 2, 1e-4)
 
 

@@ -1,6 +1,8 @@
-"""Backbone registry, weights loading and the frozen feature extractor.
+"""Backbone registry, weights loading, and the layers of the chain below the head.
 
-An extractor is one functional Keras model that takes raw images and returns features:
+The parts built here (``build_base`` → "backbone", ``build_preprocessing`` → "preprocessing",
+``build_pooling`` → "pooling") are put together by ``headstart.features.chain``, the one builder of
+the model chain (the feature extractor is that chain without a head)::
 
     image (B, S, S, 3) float32, 0–255 ─▶ "preprocessing" ─▶ "backbone" ─▶ "pooling" ─▶ (B, C) or (B, h, w, C)
 
@@ -198,65 +200,6 @@ def build_pooling(pooling: str, feature_shape: tuple | None = None) -> keras.lay
     raise FeaturesError(f"--pooling: unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})")
 
 
-def build_extractor(
-    name: str,
-    *,
-    weights: str,
-    image_size: int,
-    alpha: float | None = None,
-    pooling: str = "avg",
-) -> tuple[keras.Model, BackboneInfo]:
-    """Builds the frozen feature extractor and describes it.
-
-    Args:
-        name: registry key.
-        weights: "imagenet", "none" or a weights file path (see ``build_base``).
-        image_size: S.
-        alpha: width multiplier for mobilenet / mobilenet_v2.
-        pooling: "avg", "max" or "none".
-
-    Returns:
-        (extractor, info). extractor: (B, S, S, 3) raw 0–255 float32 → (B, C) when pooled, else
-        (B, h, w, C); layers "preprocessing", "backbone" and "pooling" (an Identity for "none") are
-        reachable with ``get_layer``; the backbone is frozen (``trainable=False``).
-
-    Raises:
-        UnknownBackboneError, ImageSizeError, FeaturesError, WeightsError.
-    """
-    spec = get_backbone_spec(name)
-    # Cheap checks first, so a typo never waits for a download or a big model to build.
-    check_image_size(name, image_size)
-    resolved_alpha = _resolve_alpha(spec, alpha)
-    provenance = None
-    if hub.is_hub(name):
-        kind, path = hub.hub_weights(weights), None
-        base, preprocessing, provenance = _build_hub(name, kind, image_size)
-    else:
-        build_pooling(pooling)
-        kind, path = _resolve_weights(weights)
-        base = build_base(name, weights=weights, image_size=image_size, alpha=alpha)
-        preprocessing = build_preprocessing(name)
-    base.trainable = False
-    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
-    x = base(preprocessing(inputs))
-    # An Identity keeps get_layer("pooling") valid whatever the pooling.
-    x = (build_pooling(pooling, tuple(x.shape[1:])) or keras.layers.Identity(name="pooling"))(x)
-    extractor = keras.Model(inputs, x, name=f"{spec.family if provenance else name}_extractor")
-
-    info = BackboneInfo(
-        hub=provenance,
-        backbone=name,
-        alpha=resolved_alpha,
-        weights=path if kind == "file" else kind,
-        weights_fingerprint=fingerprint_weights(base),
-        image_size=int(image_size),
-        pooling=pooling,
-        preprocessing=spec.preprocessing,
-        feature_shape=tuple(int(n) for n in extractor.output.shape[1:]),
-    )
-    return extractor, info
-
-
 def fingerprint_weights(model: keras.Model) -> str:
     """Hashes every weight array of ``model``, in ``model.weights`` order.
 
@@ -389,3 +332,13 @@ def _channel_affine_layer(matrix: np.ndarray, bias: np.ndarray) -> keras.layers.
     layer.build((None, None, None, 3))
     layer.set_weights([np.asarray(matrix, np.float32).reshape(1, 1, 3, 3), np.asarray(bias, np.float32)])
     return layer
+
+
+def __getattr__(name: str):
+    # build_extractor's home is features.chain, the one builder of the model chain (it imports this
+    # module, so a top-level re-export here would be circular); the old import path keeps working.
+    if name == "build_extractor":
+        from headstart.features.chain import build_extractor
+
+        return build_extractor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from headstart.features.backbones import build_extractor, build_preprocessing
+from headstart.features.backbones import build_preprocessing
+from headstart.features.chain import build_extractor
 from headstart.features.errors import ImageSizeError, WeightsError
 from headstart.features.registry import BACKBONES, PREPROCESSINGS
 

@@ -22,13 +22,13 @@ from headstart.features.backbones import (
     DEFAULT_BACKBONE,
     BackboneInfo,
     build_base,
-    build_extractor,
     build_pooling,
     build_preprocessing,
     check_image_size,
     fingerprint_weights,
     get_backbone_spec,
 )
+from headstart.features.chain import build_extractor
 from headstart.features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
 
 MNV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"

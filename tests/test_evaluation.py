@@ -19,7 +19,7 @@ def saved(tmp_path_factory):
     """A model.keras (MobileNet 0.25, 32 px, strong augmentation) with a run.json naming its classes."""
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.model.head import build_head
-    from headstart.pipeline.model.assembly import assemble_model, build_backbone_parts
+    from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.report.rundir import save_model_atomic, write_json_atomic
 
     root = tmp_path_factory.mktemp("evaluation")
@@ -28,8 +28,8 @@ def saved(tmp_path_factory):
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(weights), image_size=32, alpha=0.25,
                                               pooling="avg")
     # Rotation of up to half a turn: an export that ran the augmentation would not match.
-    model = assemble_model(base, pre, pool, build_head((256,), 2), image_size=32,
-                           augmentation=build_augmentation("flip,rotate=0.5", seed=0))
+    model = build_chain(base, pre, pool, head=build_head((256,), 2),
+                        augmentation=build_augmentation("flip,rotate=0.5", seed=0))
     run = root / "run"
     run.mkdir()
     save_model_atomic(model, run / "model.keras")

@@ -71,7 +71,7 @@ def main_run(prepared):
 
 
 def bn_state(model) -> list[np.ndarray]:
-    from headstart.pipeline.model.assembly import batchnorm_layers
+    from headstart.features.chain import batchnorm_layers
 
     return [np.array(w) for layer in batchnorm_layers(model) for w in layer.get_weights()]
 
@@ -171,14 +171,14 @@ def test_metrics_record_each_export_against_model_keras_on_the_test_split(main_r
 @pytest.mark.slow
 def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prepared, tmp_path):
     from headstart.pipeline.model.head import build_head, compile_head
-    from headstart.pipeline.model.assembly import (assemble_model, build_backbone_parts, freeze_backbone,
-                                unfreeze_backbone, parse_unfreeze)
+    from headstart.features.chain import build_backbone_parts, build_chain
+    from headstart.pipeline.model.assembly import freeze_backbone, parse_unfreeze, unfreeze_backbone
     from headstart.pipeline.report.rundir import save_model_atomic
 
     keras.utils.set_random_seed(0)
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
                                               alpha=0.25, pooling="avg")
-    model = assemble_model(base, pre, pool, build_head((256,), 2), image_size=32)
+    model = build_chain(base, pre, pool, head=build_head((256,), 2))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 2, (16, 1)).astype("float32")
@@ -215,12 +215,12 @@ def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prep
 def test_trainable_counts_per_unfreeze_mode():
     from headstart.features.backbones import build_base, build_pooling, build_preprocessing
     from headstart.pipeline.model.head import build_head
-    from headstart.pipeline.model.assembly import (assemble_model, batchnorm_layers, freeze_backbone, parse_unfreeze,
-                                trainable_counts, unfreeze_backbone)
+    from headstart.features.chain import batchnorm_layers, build_chain
+    from headstart.pipeline.model.assembly import (freeze_backbone, parse_unfreeze, trainable_counts,
+                                                   unfreeze_backbone)
 
     base = build_base("mobilenet", weights="none", image_size=32, alpha=0.25)
-    model = assemble_model(base, build_preprocessing("mobilenet"), build_pooling("avg"), build_head((256,), 3),
-                           image_size=32)
+    model = build_chain(base, build_preprocessing("mobilenet"), build_pooling("avg"), head=build_head((256,), 3))
     layers = base.layers[1:]
 
     def expected(start: int) -> int:
@@ -270,14 +270,15 @@ def test_parity_detects_a_changed_input_path(prepared, tmp_path):
 def test_parity_detects_perturbed_weights(prepared):
     from headstart.pipeline.data.sources import resolve_source
     from headstart.pipeline.model.head import build_head
-    from headstart.pipeline.model.assembly import assemble_model, build_backbone_parts, check_parity
+    from headstart.features.chain import build_backbone_parts, build_chain
+    from headstart.pipeline.model.parity import check_parity
 
     run = json.loads((prepared.head / "run.json").read_text())
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
                                               alpha=0.25, pooling="avg")
     head = build_head((256,), 2)
     head.set_weights(keras.saving.load_model(prepared.head / "head.keras").get_weights())
-    model = assemble_model(base, pre, pool, head, image_size=32)
+    model = build_chain(base, pre, pool, head=head)
     source = resolve_source(str(prepared.data))
     ok = check_parity(model, run["cache"], source, samples=4)
     assert ok["max_abs_diff"] <= ok["tolerance"] and ok["dtype"] == "float32"
@@ -291,9 +292,10 @@ def test_parity_detects_perturbed_weights(prepared):
 def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_path):
     from headstart.pipeline.data.sources import resolve_source
     from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.finetuning import read_head_run
+    from headstart.pipeline.model.head_run import read_head_run
     from headstart.pipeline.model.head import build_head
-    from headstart.pipeline.model.assembly import assemble_model, build_backbone_parts, check_parity
+    from headstart.features.chain import build_backbone_parts, build_chain
+    from headstart.pipeline.model.parity import check_parity
     from headstart.pipeline.stages.head_training import train_head
 
     extract_features(ExtractConfig(source=str(prepared.data), out=str(tmp_path / "f16.h5"), dtype="float16",
@@ -307,7 +309,7 @@ def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_pat
                                               expected_fingerprint=run["cache"]["config"]["weights_fingerprint"])
     head = build_head((256,), 2)
     head.set_weights(keras.saving.load_model(tmp_path / "head" / "head.keras").get_weights())
-    result = check_parity(assemble_model(base, pre, pool, head, image_size=32), run["cache"],
+    result = check_parity(build_chain(base, pre, pool, head=head), run["cache"],
                           resolve_source(str(prepared.data)), samples=8)
     assert result["dtype"] == "float16" and 0 < result["max_abs_diff"] <= result["tolerance"]
     assert result["tolerance"] >= 1e-2
@@ -333,7 +335,7 @@ def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
 @pytest.mark.slow
 def test_refusals(prepared, main_run, tmp_path):
     from headstart.pipeline.stages.finetuning import finetune
-    from headstart.pipeline.model.assembly import build_backbone_parts
+    from headstart.features.chain import build_backbone_parts
 
     quiet = {"log": lambda s: None}
     with pytest.raises(RunDirError, match="no such run directory"):

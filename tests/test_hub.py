@@ -28,7 +28,7 @@ def preset(tmp_path_factory):
 
 
 def test_hub_extractor_holds_the_converter_and_pools_tokens(preset):
-    from headstart.features.backbones import build_extractor
+    from headstart.features.chain import build_extractor
 
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     cls, info = build_extractor(f"hub:{preset}", weights="preset", image_size=32, pooling="cls")
@@ -44,7 +44,7 @@ def test_hub_extractor_holds_the_converter_and_pools_tokens(preset):
 
 
 def test_hub_refusals(preset):
-    from headstart.features.backbones import build_extractor
+    from headstart.features.chain import build_extractor
     from headstart.features.errors import FeaturesError, ImageSizeError, WeightsError
 
     with pytest.raises(ImageSizeError, match="use --image-size 32"):

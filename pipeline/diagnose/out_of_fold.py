@@ -2,7 +2,7 @@
 
 cleanlab needs, for every labelled image, class probabilities from a model that never saw that
 image's label. K stratified folds over the rows given: fold j's head trains on the other K - 1
-folds (``headstart.pipeline.stages.head_training.fit_head``, the same builder, compile and epoch
+folds (``headstart.pipeline.stages.head_fit.fit_head``, the same builder, compile and epoch
 loop as ``train-head``) and predicts fold j. Rows held out of every fold (the test split) get the
 mean of the K heads' probabilities, which is just as out-of-sample.
 
@@ -73,7 +73,8 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
 
     from headstart.pipeline.model.head import build_head, logits_to_probabilities
     from headstart.pipeline.stages.head_data import FeatureRows
-    from headstart.pipeline.stages.head_training import build_compiled_head, fit_head, head_options
+    from headstart.pipeline.stages.head_fit import fit_head
+    from headstart.pipeline.stages.head_training import build_compiled_head, head_options
 
     if len(x) < 2 * folds:
         raise DataError(f"{len(x)} labelled rows are too few for {folds} folds (need {2 * folds} or more)")
@@ -90,8 +91,9 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
         held, train = np.flatnonzero(fold == j), np.flatnonzero(fold != j)
         keras.utils.set_random_seed(config.seed + j)
         _reset(model, build_head(shape, num_classes, **head_options(config)))
-        history, best, _ = fit_head(model, FeatureRows(_ArraySplit(x[train]), in_memory=True), labels[train], None,
-                                    config, num_classes, lambda _: None)
+        fit = fit_head(model, FeatureRows(_ArraySplit(x[train]), in_memory=True), labels[train], None,
+                       config=config, num_classes=num_classes, log=lambda _: None)
+        history, best = fit.history, fit.best_epoch
         probs[held] = logits_to_probabilities(_logits(model, x[held]), num_classes)
         if extra_sum is not None and len(extra):
             extra_sum += logits_to_probabilities(_logits(model, extra), num_classes)

@@ -28,10 +28,12 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from headstart.pipeline.errors import OptionError
+from headstart.pipeline.records import Record
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 #: Split the CPU into this many logical devices before TensorFlow starts (try ``mirrored`` on a
@@ -43,6 +45,80 @@ LR_POLICY = "lr unchanged (it applies to the global batch's mean loss)"
 #: devices hand out the same collective keys (a second one's all-reduce then meets the first one's
 #: tensor shapes). So a second stage in one process (``headstart run``) reuses the first's.
 _STRATEGIES: dict[tuple, Any] = {}
+
+
+@dataclass(frozen=True)
+class StrategyInfo(Record):
+    """What ``resolve_strategy`` chose (also readable as ``info["replicas"]``).
+
+    Attributes:
+        strategy: the strategy chosen: "default", "mirrored" or "multiworker".
+        requested: the ``--strategy`` value asked for (may be "auto").
+        replicas: ``num_replicas_in_sync``.
+        workers: training tasks in the cluster (1 without ``multiworker``).
+        worker_index: "type:index" of this task under ``multiworker``, else None.
+        is_chief: whether this process writes the outputs.
+        devices: this task's devices.
+        batch_policy: how a batch is split, for logs and run.json.
+        lr_policy: what happens to the learning rate, for logs and run.json.
+    """
+
+    strategy: str
+    requested: str
+    replicas: int
+    workers: int
+    worker_index: str | None
+    is_chief: bool
+    devices: list[str]
+    batch_policy: str
+    lr_policy: str
+
+
+@dataclass
+class StageStrategy:
+    """A training stage's strategy, set up: ``set_up_strategy``'s result.
+
+    Attributes:
+        strategy: the ``tf.distribute`` strategy (create variables in ``strategy.scope()``).
+        info: what was chosen.
+        distribute: run.json's "distribute" section: ``batch_policy`` of the stage's batch size plus
+            requested, worker_index, is_chief and devices.
+    """
+
+    strategy: Any
+    info: StrategyInfo
+    distribute: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def replicas(self) -> int:
+        return self.info.replicas
+
+
+def set_up_strategy(name: str, batch_size: int, *, log: Callable[[str], None],
+                    other_batches: dict[str, int] | None = None) -> StageStrategy:
+    """The strategy set-up every training stage starts with: resolve, check batches, log one line.
+
+    Call it before any other TensorFlow work in the process (see ``resolve_strategy``).
+
+    Args:
+        name: ``--strategy``.
+        batch_size: the stage's global ``--batch-size``.
+        log: receives the strategy line (none for a plain one-device run).
+        other_batches: further global batch sizes the stage uses, by option name (e.g.
+            ``{"--head-batch-size": 64}``); each is checked against the replica count.
+
+    Raises:
+        OptionError: as ``resolve_strategy``, or a batch smaller than the number of replicas.
+    """
+    strategy, info = resolve_strategy(name)
+    distribute = {**batch_policy(info, batch_size),
+                  **{k: info[k] for k in ("requested", "worker_index", "is_chief", "devices")}}
+    for option, size in (other_batches or {}).items():
+        batch_policy(info, size, option=option)
+    line = strategy_line(info, distribute)
+    if line:
+        log(line)
+    return StageStrategy(strategy=strategy, info=info, distribute=distribute)
 
 
 def read_tf_config(environ: dict[str, str] | None = None) -> dict | None:
@@ -109,7 +185,7 @@ def configure_logical_cpus(count: int) -> None:
                               f"this process; set it before anything runs") from None
 
 
-def resolve_strategy(name: str = "auto") -> tuple[Any, dict[str, Any]]:
+def resolve_strategy(name: str = "auto") -> tuple[Any, StrategyInfo]:
     """Creates the ``tf.distribute`` strategy for ``--strategy NAME``.
 
     Call it before any other TensorFlow work in the process: ``MultiWorkerMirroredStrategy`` and
@@ -119,9 +195,7 @@ def resolve_strategy(name: str = "auto") -> tuple[Any, dict[str, Any]]:
         name: "auto", "default", "mirrored" or "multiworker".
 
     Returns:
-        (strategy, info). ``info``: ``strategy`` (what was chosen), ``requested``, ``replicas``
-        (``num_replicas_in_sync``), ``workers``, ``worker_index``, ``is_chief``, ``devices``
-        (local), ``batch_policy`` and ``lr_policy`` (text for logs and run.json).
+        (strategy, StrategyInfo).
 
     Raises:
         OptionError: unknown name, ``multiworker`` without ``TF_CONFIG``, a bad ``TF_CONFIG``, or
@@ -173,16 +247,15 @@ def resolve_strategy(name: str = "auto") -> tuple[Any, dict[str, Any]]:
         local = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["/device:CPU:0"]
     else:
         local = list(strategy.extended.worker_devices)
-    info = {
-        "strategy": chosen, "requested": name, "replicas": replicas, "workers": workers,
-        "worker_index": index, "is_chief": chief, "devices": [str(d) for d in local],
-        "batch_policy": f"global batch split across {replicas} replica(s) ({workers} worker(s))",
-        "lr_policy": LR_POLICY,
-    }
+    info = StrategyInfo(
+        strategy=chosen, requested=name, replicas=replicas, workers=workers, worker_index=index,
+        is_chief=chief, devices=[str(d) for d in local],
+        batch_policy=f"global batch split across {replicas} replica(s) ({workers} worker(s))",
+        lr_policy=LR_POLICY)
     return strategy, info
 
 
-def batch_policy(info: dict[str, Any], global_batch_size: int, *, option: str = "--batch-size") -> dict[str, Any]:
+def batch_policy(info: StrategyInfo | dict[str, Any], global_batch_size: int, *, option: str = "--batch-size") -> dict[str, Any]:
     """The per-replica batch for a global batch under ``info``'s strategy, for logs and run.json.
 
     Raises:
@@ -201,16 +274,16 @@ def batch_policy(info: dict[str, Any], global_batch_size: int, *, option: str = 
             "batch_policy": text, "lr_policy": info["lr_policy"]}
 
 
-def strategy_line(info: dict[str, Any], policy: dict[str, Any]) -> str | None:
+def strategy_line(info: StrategyInfo, policy: dict[str, Any]) -> str | None:
     """The log line naming the strategy, batch split and lr policy; None for a plain one-device run.
 
     Args:
         info: from ``resolve_strategy``. policy: from ``batch_policy``.
     """
-    if info["strategy"] == "default" and info["replicas"] == 1:
+    if info.strategy == "default" and info.replicas == 1:
         return None
-    return (f"strategy {info['strategy']}: {info['replicas']} replica(s), {info['workers']} worker(s); "
-            f"{policy['batch_policy']}; {info['lr_policy']}")
+    return (f"strategy {info.strategy}: {info.replicas} replica(s), {info.workers} worker(s); "
+            f"{policy['batch_policy']}; {info.lr_policy}")
 
 
 def is_chief(strategy: Any = None) -> bool:
@@ -240,7 +313,7 @@ def chief_output_dir(path: str | os.PathLike, chief: bool) -> Iterator[Path]:
     Every worker runs the same writing code (a save may take part in collectives), so the other
     workers write into a fresh temporary directory, removed on exit. Usage::
 
-        with chief_output_dir(config.out, info["is_chief"]) as out:
+        with chief_output_dir(config.out, info.is_chief) as out:
             run_dir = report.prepare_run_dir(out, config.overwrite)
             ...
     """

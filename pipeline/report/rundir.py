@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -314,3 +315,38 @@ def library_versions() -> dict[str, str]:
         "matplotlib": matplotlib.__version__,
         "platform": platform.platform(),
     }
+
+
+def utc_timestamp() -> str:
+    """Now in UTC as run files record it, e.g. "2026-12-01T20:25:02Z"."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def precision_record(model: Any, policy: str) -> dict[str, Any]:
+    """run.json's "precision" section: the dtype policy the model was built under, what dtype its
+    logits come out in, and whether its steps were compiled with XLA."""
+    return {"policy": policy, "logits_dtype": str(model.outputs[0].dtype), "jit_compile": bool(model.jit_compile)}
+
+
+def stamp_record(record: Mapping[str, Any], *, timings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Closes a run record the way every run file ends: ``record``, then "versions", then "timings"
+    (when given), then "created" (UTC, now).
+
+    Args:
+        record: the run's own sections, in the order they should appear.
+        timings: the run's timing section.
+    """
+    stamped = {**record, "versions": library_versions()}
+    if timings is not None:
+        stamped["timings"] = dict(timings)
+    stamped["created"] = utc_timestamp()
+    return stamped
+
+
+def write_run_json(run_dir: str | os.PathLike, record: Mapping[str, Any], *,
+                   timings: Mapping[str, Any] | None = None) -> None:
+    """Writes ``RUN_DIR/run.json`` (``stamp_record(record, timings=timings)``) atomically.
+
+    Write it last: its presence marks a finished run.
+    """
+    write_json_atomic(Path(run_dir) / RUN_JSON, stamp_record(record, timings=timings))

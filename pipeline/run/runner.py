@@ -299,12 +299,12 @@ def _key(values: dict) -> str:
 
 
 def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds: float) -> dict:
-    from headstart.pipeline.report.rundir import library_versions
+    from headstart.pipeline.report.rundir import stamp_record
 
     keep = ("status", "seconds", "images", "images_per_second", "accuracy", "val_accuracy", "best_epoch",
             "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep")
     evaluate = records["evaluate"]
-    return {
+    return stamp_record({
         "kind": "headstart-run",
         "source": config.source,
         "run_dir": str(run_dir),
@@ -317,9 +317,7 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
                   "finetune": str(run_dir / "finetune" / "curves.png")},
         "tensorboard": str(run_dir / "tensorboard") if config.tensorboard else None,
         "seconds": seconds,
-        "versions": library_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    })
 
 
 def _plot(run_dir: Path, summary: dict, console: Console) -> None:

@@ -111,7 +111,7 @@ def extract_features(
         cache and bad-image failures.
     """
     validate_extract_config(config)
-    from headstart.features.backbones import build_extractor
+    from headstart.features.chain import build_extractor
     from headstart.features.store import create_or_resume
 
     shard = parse_shard(config.shard)

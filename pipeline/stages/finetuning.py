@@ -1,13 +1,15 @@
 """``finetune``: rebuild the full model around a trained head and fine-tune it end to end.
 
-Steps: read the head run (``train-head``'s run.json) → rebuild backbone, preprocessing and pooling
-from the cache config and check the weights fingerprint → assemble with augmentation and the head →
+The recipe, step by step (``_finetune``): read the head run (``train-head``'s run.json) → rebuild
+backbone, preprocessing and pooling from its provenance, check the weights fingerprint and put the
+head on top (``headstart.pipeline.model.head_run.rebuild_from_head_run``), augmentation in front →
 parity check against the cache → (without a head run: train the head on the frozen backbone, the
 guide's first workflow) → evaluate the seeded model → unfreeze (BatchNorm stays frozen), recompile,
-fit with the best epoch kept by validation loss → stage gate → outputs.
+fit with the best epoch kept by validation loss → stage gate → outputs
+(``headstart.pipeline.stages.finetune_rundir``).
 
-Resume: each stage's ``fit`` runs through ``headstart.pipeline.stages.stage_fit.fit_stage``, whose backup callback
-commits one atomic state per epoch (see that module).
+Resume: each stage's ``fit`` runs through ``headstart.pipeline.stages.stage_fit.fit_stage``, whose
+backup callback commits one atomic state per epoch (see that module).
 """
 
 from __future__ import annotations
@@ -21,17 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
-from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_to_dict
+from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
-from headstart.pipeline.errors import OptionError, RunDirError
+from headstart.pipeline.errors import OptionError
+# read_head_run's home is the recipe's module (TF-free); imported here for callers of the old path.
+from headstart.pipeline.model.head_run import read_head_run  # noqa: F401
 from headstart.pipeline.report.tensorboard_logs import check_log_dir, tensorboard_callback
 
 #: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".
 BACKBONE_OPTIONS = ("backbone", "weights", "alpha", "image_size", "pooling")
-#: Options that may change between a run and its --resume.
-_RESUME_FREE = ("resume", "overwrite", "export", "quantize", "out", "tensorboard")  # "out": a non-chief worker resumes in a scratch copy
 #: Bytes of decoded images the training shuffle buffer may hold.
 SHUFFLE_BYTES = 256 << 20
 
@@ -49,10 +49,41 @@ class FinetuneResult:
     test_accuracy: float | None
     seconds_per_epoch: float
     exports: dict = field(default_factory=dict)
-    parity: dict | None = None
+    parity: Any = None               # a headstart.pipeline.model.parity.ParityResult, or None
     metrics: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
     summary: str = ""
+
+
+@dataclass
+class _Plan:
+    """What the run works from, settled before any model is built."""
+
+    head_run: dict | None            # the head run's run.json, or None without --head
+    recipe: dict                     # BACKBONE_OPTIONS plus the expected "fingerprint"
+    resuming: dict | None            # the interrupted run's progress record when resuming one
+    source_spec: SourceSpec          # how SOURCE is read (run.json's "source")
+    source: Any                      # the resolved Source, --exclude applied
+    exclusion: Any                   # the --exclude Exclusion, or None
+    class_names: list[str]
+    val_split: str | None
+    log_dir: str | None              # --tensorboard on the chief (one writer per log directory), else None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return self.recipe["image_size"]
+
+
+@dataclass
+class _Built:
+    model: Any                       # the chain with augmentation and head
+    head: Any                        # its "head" layer
+    info: Any                        # BackboneInfo of the rebuilt backbone
+    policy: str                      # dtype policy the layers were built under
 
 
 def validate_finetune_config(config: FinetuneConfig) -> Any:
@@ -87,33 +118,6 @@ def validate_finetune_config(config: FinetuneConfig) -> Any:
     return parse_unfreeze(config.unfreeze)
 
 
-def read_head_run(path: str | os.PathLike) -> dict:
-    """Reads a ``train-head`` run directory's run.json.
-
-    Raises:
-        RunDirError: missing, not a directory, incomplete (no run.json), not a train-head run, or
-            without ``head.keras``.
-    """
-    import json
-
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise RunDirError(f"--head {run_dir}: no such run directory (give a train-head --out directory)")
-    run_json = run_dir / "run.json"
-    if not run_json.is_file():
-        what = "incomplete (no run.json; did train-head finish?)" if (run_dir / "head.keras").exists() else \
-            "not a train-head run directory (no run.json)"
-        raise RunDirError(f"--head {run_dir}: {what}")
-    try:
-        run = json.loads(run_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"--head {run_dir}: run.json is unreadable ({exc})") from None
-    kind = run.get("kind") if isinstance(run, dict) else None
-    if kind != "head" or not isinstance(run.get("cache"), dict) or not (run_dir / "head.keras").is_file():
-        raise RunDirError(f"--head {run_dir}: a {kind or 'foreign'!r} run directory, not a train-head run "
-                          f"with head.keras")
-    return run
-
 
 def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
              callbacks: Sequence[Any] = ()) -> FinetuneResult:
@@ -138,23 +142,19 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     if config.head:
         read_head_run(config.head)  # a mistyped --head fails before TensorFlow starts
     if "TF_CONFIG" not in os.environ:  # one machine: this process is the chief and --out is its own
-        from headstart.pipeline.report import rundir
+        from headstart.pipeline.stages.finetune_rundir import check_out
 
-        _check_out(config, rundir)  # an occupied --out too; a cluster worker learns its role from TF first
-    from headstart.pipeline.distribute.strategy import batch_policy, chief_output_dir, resolve_strategy, strategy_line
+        check_out(config)  # an occupied --out too; a cluster worker learns its role from TF first
+    from headstart.pipeline.distribute.strategy import chief_output_dir, set_up_strategy
 
     # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
-    strategy, info = resolve_strategy(config.strategy)
-    distribute = {**batch_policy(info, config.batch_size),
-                  **{k: info[k] for k in ("requested", "worker_index", "is_chief", "devices")}}
-    batch_policy(info, config.head_batch_size, option="--head-batch-size")
-    if strategy_line(info, distribute):
-        log(strategy_line(info, distribute))
+    setup = set_up_strategy(config.strategy, config.batch_size, log=log,
+                            other_batches={"--head-batch-size": config.head_batch_size})
     # Every worker runs the whole stage (saving included); only the chief's files are kept. A
     # resumed multi-worker run needs --out on a filesystem all workers see: each starts from the
     # chief's backup.
-    with chief_output_dir(config.out, info["is_chief"]) as out:
-        if not info["is_chief"]:
+    with chief_output_dir(config.out, setup.info.is_chief) as out:
+        if not setup.info.is_chief:
             chief_backup = Path(config.out) / "backup"
             # No backup yet is a fresh start, as on one machine; a backup this worker cannot see is
             # caught before training, when the workers compare their starting epochs (stage_fit).
@@ -166,29 +166,54 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
         from headstart.pipeline.stages.head_training import _op_determinism as op_determinism
 
         with op_determinism(config.deterministic):
-            result = _finetune(config, spec, strategy, distribute, log=log, callbacks=callbacks)
+            result = _finetune(config, spec, setup, log=log, callbacks=callbacks)
     return result
 
 
-def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict, *,
-              log: Callable[[str], None], callbacks: Sequence[Any]) -> FinetuneResult:
+def _finetune(config: FinetuneConfig, spec: Any, setup: Any, *, log: Callable[[str], None],
+              callbacks: Sequence[Any]) -> FinetuneResult:
     """``finetune`` once the strategy is set up; writes into ``config.out``."""
     import keras
 
-    from headstart.pipeline.stages.stage_fit import fit_stage
-    from headstart.pipeline.report import rundir as report
-    from headstart.pipeline.distribute.strategy import precision
-    from headstart.pipeline.data.augment import build_augmentation
-    from headstart.pipeline.data.sources import open_source
-    from headstart.pipeline.stages.evaluation import labelled_dataset, predict_split, split_metrics
-    from headstart.pipeline.model.head import build_head, compile_head, head_architecture
-    from headstart.pipeline.model.assembly import (assemble_model, build_backbone_parts, check_parity, freeze_backbone,
-                                trainable_counts, unfreeze_backbone)
+    from headstart.pipeline.stages import finetune_rundir as rundir
 
     t_start = time.perf_counter()
+    plan = _plan(config, log, is_chief=setup.info.is_chief)
+    keras.utils.set_random_seed(config.seed)
+    with setup.strategy.scope():  # variables must be created in the strategy's scope
+        built = _build(config, plan, mixed=config.mixed_precision)
+    parity = _check_parity(config, plan, built, log)
+    # Only now, with the model built and checked, does --out get created: a refused run leaves nothing.
+    run_dir, progress = rundir.open_run_dir(config, plan.resuming)
+    head_stage = None if plan.head_run else _seed_head(config, plan, built, setup, run_dir, progress, log)
+    seeded_val = _seeded_validation(config, plan, built.model, run_dir, progress)
+    seeded_weights = built.model.get_weights()
+    stage, counts = _fit_backbone(config, spec, plan, built.model, setup, run_dir, log, callbacks)
+
+    # metrics.json as plain JSON values (the typed results become their dicts).
+    metrics: dict[str, Any] = {"stage": "finetune", "parity": _plain(parity),
+                               "head_stage": _plain(head_stage),
+                               "seeded": {"validation": seeded_val}, "unfreeze": str(spec),
+                               "trainable": counts, "best_epoch": stage.best_epoch,
+                               "epochs_run": len(stage.epoch_seconds), "monitor": stage.monitor}
+    gate, metrics["validation"] = _stage_gate(config, plan, built.model, seeded_val, seeded_weights, log)
+    metrics["stage_gate"] = gate
+    metrics["test"] = _evaluate(config, plan, built.model, "test") if "test" in plan.source.split_names else None
+    return rundir.write_outputs(config, plan, built, run_dir=run_dir, spec=spec, stage=stage, metrics=metrics,
+                                parity=parity, distribute=setup.distribute, log=log, t_start=t_start)
+
+
+# ── the steps ────────────────────────────────────────────────────────────────────────────────
+
+
+def _plan(config: FinetuneConfig, log: Callable[[str], None], *, is_chief: bool) -> _Plan:
+    """Reads the head run, settles the backbone recipe, checks ``--out`` and resolves SOURCE."""
+    from headstart.pipeline.data.sources import open_source
+    from headstart.pipeline.stages.finetune_rundir import check_out
+
     head_run = read_head_run(config.head) if config.head else None
     recipe = _recipe(config, head_run)
-    resuming = _check_out(config, report)
+    resuming = check_out(config)
     source_spec = _source_spec(config, head_run)
     source = open_source(source_spec)
     exclusion = None
@@ -204,186 +229,171 @@ def _finetune(config: FinetuneConfig, spec: Any, strategy: Any, distribute: dict
         raise OptionError(f"SOURCE classes {class_names} differ from the head run's {head_run['class_names']}")
     if "train" not in source.split_names:
         raise OptionError(f"{config.source}: no 'train' split to fine-tune on")
-    num_classes, size = len(class_names), recipe["image_size"]
     val_split = "validation" if "validation" in source.split_names else None
+    return _Plan(head_run=head_run, recipe=recipe, resuming=resuming, source_spec=source_spec, source=source,
+                 exclusion=exclusion, class_names=class_names, val_split=val_split,
+                 log_dir=config.tensorboard if is_chief else None)
 
-    keras.utils.set_random_seed(config.seed)
-    replicas = distribute["replicas"]
 
-    def build(mixed: bool):
-        # Layers take the dtype policy in force when they are built.
-        with precision(mixed) as policy:
-            base, pre, pool, fingerprint = build_backbone_parts(
-                recipe["backbone"], weights=recipe["weights"], image_size=size, alpha=recipe["alpha"],
-                pooling=recipe["pooling"], expected_fingerprint=recipe["fingerprint"])
-            shape = tuple(int(d) for d in (head_run["feature_shape"] if head_run else _feature_shape(base, pool)))
-            head = build_head(shape, num_classes, **(head_architecture(head_run["head"]) if head_run
-                                                     else {"dropout": HeadConfig().dropout}))
-            if head_run:
-                _copy_head_weights(Path(config.head) / "head.keras", head)
-            model = assemble_model(base, pre, pool, head, image_size=size,
-                                   augmentation=build_augmentation(config.augment, seed=config.seed))
-        return model, head, fingerprint, shape, policy
+def _build(config: FinetuneConfig, plan: _Plan, *, mixed: bool) -> _Built:
+    """The chain with augmentation and head: rebuilt from the head run, or with a new head."""
+    from headstart.features.chain import build_backbone_parts, build_chain
+    from headstart.pipeline.data.augment import build_augmentation
+    from headstart.pipeline.distribute.strategy import precision
+    from headstart.pipeline.model.head import build_head
+    from headstart.pipeline.model.head_run import rebuild_from_head_run
 
-    with strategy.scope():  # variables must be created in the strategy's scope
-        model, head, fingerprint, feature_shape, policy = build(config.mixed_precision)
-    parity = None
-    if head_run and config.parity_samples:
-        # The check is about the input path and the weights, which precision does not change; in
-        # bfloat16 the logits drift by far more than any tolerance that would still catch a wrong
-        # input path (1.3 on a logit of 7 measured), so a float32 twin of the model is checked.
-        reference = build(False)[0] if config.mixed_precision else model
-        parity = check_parity(reference, head_run["cache"], source, samples=config.parity_samples,
-                              batch_size=config.batch_size)
-        del reference
-        log(f"parity: {parity['samples']} {parity['split']} images, largest logit difference "
-            f"{parity['max_abs_diff']:.3g} (tolerance {parity['tolerance']:.3g})")
-    # Only now, with the model built and checked, does --out get created: a refused run leaves nothing.
-    run_dir, progress = _open_run_dir(config, report, resuming)
+    # Layers take the dtype policy in force when they are built.
+    with precision(mixed) as policy:
+        if plan.head_run:
+            rebuilt = rebuild_from_head_run(config.head, run=plan.head_run, weights=plan.recipe["weights"],
+                                            augmentation=build_augmentation(config.augment, seed=config.seed))
+            return _Built(model=rebuilt.model, head=rebuilt.head, info=rebuilt.info, policy=policy)
+        recipe = plan.recipe
+        base, preprocessing, pooling, info = build_backbone_parts(
+            recipe["backbone"], weights=recipe["weights"], image_size=recipe["image_size"], alpha=recipe["alpha"],
+            pooling=recipe["pooling"])
+        head = build_head(info.feature_shape, plan.num_classes, dropout=HeadConfig().dropout)
+        model = build_chain(base, preprocessing, pooling, head=head,
+                            augmentation=build_augmentation(config.augment, seed=config.seed))
+    return _Built(model=model, head=head, info=info, policy=policy)
 
-    def data(split, batch, shuffle):
-        buffer = max(64, min(source.count(split) or 1024, SHUFFLE_BYTES // (size * size * 12)))
-        return labelled_dataset(source, split, image_size=size, num_classes=num_classes, batch_size=batch,
-                                shuffle_seed=config.seed if shuffle else None, shuffle_buffer=buffer)
 
-    jit = True if config.jit_compile else "auto"  # "auto": Keras's default (XLA on one GPU)
-    log_dir = config.tensorboard if distribute.get("is_chief", True) else None  # one writer per log directory
-    head_stage = None
+def _check_parity(config: FinetuneConfig, plan: _Plan, built: _Built, log: Callable[[str], None]) -> Any:
+    """The parity check against the head run's cache; None without a head run or samples."""
+    from headstart.pipeline.model.parity import check_parity
+
+    if not (plan.head_run and config.parity_samples):
+        return None
+    # The check is about the input path and the weights, which precision does not change; in
+    # bfloat16 the logits drift by far more than any tolerance that would still catch a wrong
+    # input path (1.3 on a logit of 7 measured), so a float32 twin of the model is checked.
+    reference = _build(config, plan, mixed=False).model if config.mixed_precision else built.model
+    parity = check_parity(reference, plan.head_run["cache"], plan.source, samples=config.parity_samples,
+                          batch_size=config.batch_size)
+    del reference
+    log(f"parity: {parity.samples} {parity.split} images, largest logit difference "
+        f"{parity.max_abs_diff:.3g} (tolerance {parity.tolerance:.3g})")
+    return parity
+
+
+def _datasets(config: FinetuneConfig, plan: _Plan, batch_size: int) -> tuple[Any, Any]:
+    """(shuffled train batches, validation batches or None) of (images, targets)."""
+    from headstart.pipeline.stages.evaluation import labelled_dataset
+
+    def data(split: str, shuffle: bool) -> Any:
+        size = plan.image_size
+        buffer = max(64, min(plan.source.count(split) or 1024, SHUFFLE_BYTES // (size * size * 12)))
+        return labelled_dataset(plan.source, split, image_size=size, num_classes=plan.num_classes,
+                                batch_size=batch_size, shuffle_seed=config.seed if shuffle else None,
+                                shuffle_buffer=buffer)
+
+    return data("train", True), (data(plan.val_split, False) if plan.val_split else None)
+
+
+def _jit(config: FinetuneConfig) -> bool | str:
+    return True if config.jit_compile else "auto"  # "auto": Keras's default (XLA on one GPU)
+
+
+def _seed_head(config: FinetuneConfig, plan: _Plan, built: _Built, setup: Any, run_dir: Path, progress: dict,
+               log: Callable[[str], None]) -> StageOutcome:
+    """Without a head run: trains the head on the frozen backbone (or takes the interrupted run's)."""
+    from headstart.pipeline.model.assembly import freeze_backbone
+    from headstart.pipeline.model.head import compile_head
+    from headstart.pipeline.report.rundir import write_json_atomic
+    from headstart.pipeline.stages.stage_fit import StageOutcome, fit_stage
+
     seeded_head = run_dir / "backup" / "seeded_head.weights.h5"
-    if not head_run:
-        if "head_stage" in progress:
-            head.load_weights(seeded_head)
-            head_stage = progress["head_stage"]
-        else:
-            log(f"no --head: training the head on the frozen backbone for {config.head_epochs} epochs "
-                f"(batch {config.head_batch_size}, lr {config.head_lr:g})")
-            freeze_backbone(model)
-            with strategy.scope():
-                compile_head(model, num_classes, config.head_lr, jit_compile=jit)
-            head_stage = fit_stage(model, "head", run_dir, data("train", config.head_batch_size, True),
-                                   data(val_split, config.head_batch_size, False) if val_split else None,
-                                   config.head_epochs, config.patience, log,
-                                   [tensorboard_callback(Path(log_dir) / "head")] if log_dir else (),
-                                   num_classes, replicas)
-            head.save_weights(seeded_head)
-            progress["head_stage"] = head_stage
-            report.write_json_atomic(run_dir / "backup" / "progress.json", progress)
-            shutil.rmtree(run_dir / "backup" / "head", ignore_errors=True)
+    if "head_stage" in progress:
+        built.head.load_weights(seeded_head)
+        return StageOutcome.from_dict(progress["head_stage"])
+    log(f"no --head: training the head on the frozen backbone for {config.head_epochs} epochs "
+        f"(batch {config.head_batch_size}, lr {config.head_lr:g})")
+    freeze_backbone(built.model)
+    with setup.strategy.scope():
+        compile_head(built.model, plan.num_classes, config.head_lr, jit_compile=_jit(config))
+    train, val = _datasets(config, plan, config.head_batch_size)
+    head_stage = fit_stage(built.model, "head", run_dir=run_dir, train=train, val=val, epochs=config.head_epochs,
+                           patience=config.patience, log=log, num_classes=plan.num_classes,
+                           callbacks=[tensorboard_callback(Path(plan.log_dir) / "head")] if plan.log_dir else (),
+                           replicas=setup.replicas)
+    built.head.save_weights(seeded_head)
+    progress["head_stage"] = head_stage.to_dict()
+    write_json_atomic(run_dir / "backup" / "progress.json", progress)
+    shutil.rmtree(run_dir / "backup" / "head", ignore_errors=True)
+    return head_stage
 
-    def evaluate(split):
-        return split_metrics(predict_split(model, source, split, batch_size=config.batch_size), class_names)
 
-    if val_split and "seeded" not in progress:
-        seeded = evaluate(val_split)
+def _seeded_validation(config: FinetuneConfig, plan: _Plan, model: Any, run_dir: Path,
+                       progress: dict) -> dict | None:
+    """Validation loss and accuracy of the seeded model (recorded once, kept across a resume)."""
+    from headstart.pipeline.report.rundir import write_json_atomic
+
+    if plan.val_split and "seeded" not in progress:
+        seeded = _evaluate(config, plan, model, plan.val_split)
         progress["seeded"] = {"loss": seeded["loss"], "accuracy": seeded["accuracy"]}
-        report.write_json_atomic(run_dir / "backup" / "progress.json", progress)
-    seeded_val = progress.get("seeded")
-    seeded_weights = model.get_weights()
+        write_json_atomic(run_dir / "backup" / "progress.json", progress)
+    return progress.get("seeded")
+
+
+def _fit_backbone(config: FinetuneConfig, spec: Any, plan: _Plan, model: Any, setup: Any, run_dir: Path,
+                  log: Callable[[str], None], callbacks: Sequence[Any]) -> tuple[StageOutcome, dict]:
+    """Unfreezes as ``--unfreeze`` asks, recompiles and fits; returns (outcome, trainable counts)."""
+    from headstart.pipeline.model.assembly import trainable_counts, unfreeze_backbone
+    from headstart.pipeline.model.head import compile_head
+    from headstart.pipeline.stages.stage_fit import fit_stage
 
     unfrozen = unfreeze_backbone(model, spec)
-    with strategy.scope():
-        compile_head(model, num_classes, config.lr, jit_compile=jit)  # recompile: trainables are fixed at compile
+    with setup.strategy.scope():
+        compile_head(model, plan.num_classes, config.lr, jit_compile=_jit(config))  # trainables are fixed at compile
     counts = trainable_counts(model)
     log(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "
         f"{counts['trainable_params']:,} trainable parameters; BatchNorm frozen")
-    stage = fit_stage(model, "finetune", run_dir, data("train", config.batch_size, True),
-                      data(val_split, config.batch_size, False) if val_split else None,
-                      config.epochs, config.patience, log,
-                      [*callbacks, tensorboard_callback(log_dir)] if log_dir else callbacks, num_classes, replicas)
+    train, val = _datasets(config, plan, config.batch_size)
+    if plan.log_dir:
+        callbacks = [*callbacks, tensorboard_callback(plan.log_dir)]
+    stage = fit_stage(model, "finetune", run_dir=run_dir, train=train, val=val, epochs=config.epochs,
+                      patience=config.patience, log=log, num_classes=plan.num_classes, callbacks=callbacks,
+                      replicas=setup.replicas)
+    return stage, counts
 
+
+def _stage_gate(config: FinetuneConfig, plan: _Plan, model: Any, seeded_val: dict | None,
+                seeded_weights: list, log: Callable[[str], None]) -> tuple[dict, dict | None]:
+    """Keeps the seeded weights when fine-tuning lowered validation accuracy.
+
+    Returns:
+        (metrics.json's "stage_gate", the kept model's validation metrics or None).
+    """
     gate = {"kept": "finetuned", "seeded_val_accuracy": (seeded_val or {}).get("accuracy"),
             "finetuned_val_accuracy": None}
-    metrics: dict[str, Any] = {"stage": "finetune", "parity": parity, "head_stage": head_stage,
-                               "seeded": {"validation": seeded_val}, "unfreeze": str(spec),
-                               "trainable": counts, "best_epoch": stage["best_epoch"],
-                               "epochs_run": len(stage["epoch_seconds"]), "monitor": stage["monitor"]}
-    if val_split:
-        final_val = evaluate(val_split)
-        gate["finetuned_val_accuracy"] = final_val["accuracy"]
-        if final_val["accuracy"] is None or gate["seeded_val_accuracy"] is None:
-            gate["reason"] = "no readable validation image"
-        elif final_val["accuracy"] < gate["seeded_val_accuracy"]:
-            gate["kept"] = "seeded"
-            model.set_weights(seeded_weights)
-            final_val = evaluate(val_split)
-            log(f"stage gate: fine-tuned validation accuracy {gate['finetuned_val_accuracy']:.4f} is below "
-                f"the seeded model's {gate['seeded_val_accuracy']:.4f}; keeping the seeded model")
-        metrics["validation"] = final_val
-    else:
+    if not plan.val_split:
         gate["reason"] = "no validation split"
-        metrics["validation"] = None
-    metrics["stage_gate"] = gate
-    metrics["test"] = evaluate("test") if "test" in source.split_names else None
+        return gate, None
+    final_val = _evaluate(config, plan, model, plan.val_split)
+    gate["finetuned_val_accuracy"] = final_val["accuracy"]
+    if final_val["accuracy"] is None or gate["seeded_val_accuracy"] is None:
+        gate["reason"] = "no readable validation image"
+    elif final_val["accuracy"] < gate["seeded_val_accuracy"]:
+        gate["kept"] = "seeded"
+        model.set_weights(seeded_weights)
+        final_val = _evaluate(config, plan, model, plan.val_split)
+        log(f"stage gate: fine-tuned validation accuracy {gate['finetuned_val_accuracy']:.4f} is below "
+            f"the seeded model's {gate['seeded_val_accuracy']:.4f}; keeping the seeded model")
+    return gate, final_val
 
-    model_path = run_dir / "model.keras"
-    report.save_model_atomic(model, model_path)
-    exports = _export(model, run_dir, config, source, class_names, metrics, log) if config.export else {}
-    history = stage["history"]
-    report.write_json_atomic(run_dir / "metrics.json", metrics)
-    report.write_history_csv(history, run_dir / "history.csv")
-    report.plot_curves(history, run_dir / "curves.png", best_epoch=stage["best_epoch"],
-                       title=f"finetune: {recipe['backbone']} {size}px, --unfreeze {spec}")
-    epoch_seconds = stage["epoch_seconds"]
-    seconds_per_epoch = float(np.mean(epoch_seconds)) if epoch_seconds else 0.0
-    report.write_json_atomic(run_dir / report.RUN_JSON, {
-        "kind": "finetune", "stage": "finetune", "config": _resolved(config),
-        "head_run": ({"path": os.path.abspath(config.head), "cache": head_run["cache"],
-                      "accuracy": _head_accuracy(Path(config.head))} if head_run else None),
-        "backbone": {**{k: recipe[k] for k in ("backbone", "weights", "alpha", "image_size", "pooling")},
-                     "weights_fingerprint": fingerprint, "feature_shape": list(feature_shape)},
-        "source": {**source_spec.to_dict(), "path": os.path.abspath(config.source), "describe": source.describe()},
-        "class_names": class_names, "num_classes": num_classes, "stage_gate": gate, "exports": exports,
-        "exclude": exclusion.record() if exclusion else None,
-        "distribute": distribute,
-        "precision": {"policy": policy, "logits_dtype": str(model.outputs[0].dtype),
-                      "jit_compile": bool(model.jit_compile)},
-        "versions": report.library_versions(),
-        "timings": {"seconds_per_epoch": seconds_per_epoch, "epoch_seconds": epoch_seconds,
-                    "backup_seconds": stage["backup_seconds"],
-                    "total_seconds": time.perf_counter() - t_start},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)
 
-    val_m, test_m = metrics["validation"] or {}, metrics["test"] or {}
-    summary = report.format_summary_table([
-        ("parity (max logit diff)", None if parity is None else f"{parity['max_abs_diff']:.3g}"),
-        ("best epoch", f"{stage['best_epoch']} of {len(epoch_seconds)}"),
-        ("stage gate", f"kept {gate['kept']} model (seeded val acc {_fmt(gate['seeded_val_accuracy'])}, "
-                       f"fine-tuned {_fmt(gate['finetuned_val_accuracy'])})"),
-        ("validation accuracy", val_m.get("accuracy")), ("test accuracy", test_m.get("accuracy")),
-        ("time per epoch", f"{seconds_per_epoch:.2f} s"), ("model", str(model_path)),
-        *((f"export {k}", v or "failed") for k, v in exports.items()),
-    ], title="finetune")
-    return FinetuneResult(run_dir=str(run_dir), model_path=str(model_path), kept=gate["kept"],
-                          best_epoch=stage["best_epoch"], epochs_run=len(epoch_seconds),
-                          val_accuracy=val_m.get("accuracy"), test_accuracy=test_m.get("accuracy"),
-                          seconds_per_epoch=seconds_per_epoch, exports=exports, parity=parity,
-                          metrics=metrics, history=history, summary=summary)
+def _plain(record: Any) -> dict | None:
+    return None if record is None else record.to_dict()
+
+
+def _evaluate(config: FinetuneConfig, plan: _Plan, model: Any, split: str) -> dict:
+    from headstart.pipeline.stages.evaluation import predict_split, split_metrics
+
+    return split_metrics(predict_split(model, plan.source, split, batch_size=config.batch_size), plan.class_names)
 
 
 # ── helpers ──────────────────────────────────────────────────────────────────────────────────
-
-
-def _export(model: Any, run_dir: Path, config: FinetuneConfig, source: Any, class_names: list[str],
-            metrics: dict, log: Callable[[str], None]) -> dict[str, str | None]:
-    """Writes the --export formats and records in ``metrics["exports"]`` how each one scores on the
-    test split (else validation) next to model.keras, run by its own runtime."""
-    from headstart.pipeline.stages.export import calibration_images, check_exports, export_model
-
-    exports = export_model(model, run_dir, config.export, quantize=config.quantize, class_names=class_names,
-                           calibration=calibration_images(source, int(model.input_shape[1])), log=log)
-    split = next((s for s in ("test", "validation") if s in source.split_names), None)
-    if split:
-        checked = check_exports(exports, model, source, split, quantize=config.quantize,
-                                batch_size=config.batch_size)
-        metrics["exports"] = {"split": split, **checked}
-        for fmt, row in checked.items():
-            if row.get("accuracy") is not None:
-                log(f"export {fmt}: {split} accuracy {row['accuracy']:.4f} (model.keras {row['keras_accuracy']:.4f}), "
-                    f"same class on {row['agreement']:.1%} of images, largest logit difference "
-                    f"{row['max_abs_logit_diff']:.3g}")
-    return exports
 
 
 def _recipe(config: FinetuneConfig, head_run: dict | None) -> dict:
@@ -410,89 +420,3 @@ def _source_spec(config: FinetuneConfig, head_run: dict | None) -> SourceSpec:
     # The head run's cache recorded how its source was read; the user does not repeat it.
     cmd = ((head_run or {}).get("cache", {}).get("provenance") or {}).get("command_config") or {}
     return SourceSpec.from_record(cmd, source=config.source, split_specs=config.split_specs)
-
-
-def _check_out(config: FinetuneConfig, report: Any) -> dict | None:
-    """Every refusal about ``--out`` and ``--resume``, before minutes of model building.
-
-    Returns:
-        The interrupted run's progress record when resuming one, else None.
-    """
-    import json
-
-    out = Path(config.out)
-    progress_path = out / "backup" / "progress.json"
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} is a file; give a directory for the run")
-    if config.resume and progress_path.is_file():
-        progress = json.loads(progress_path.read_text(encoding="utf-8"))
-        old, new = progress.get("config", {}), _resolved(config)
-        for key in sorted(set(old) | set(new)):
-            if key not in _RESUME_FREE and old.get(key) != new.get(key):
-                raise OptionError(f"--resume: {out} was started with {key}={old.get(key)!r}, now "
-                                  f"{new.get(key)!r}; resume with the same options")
-        return progress
-    if config.resume and (out / report.RUN_JSON).is_file():
-        raise RunDirError(f"--resume: {out} holds a finished run; nothing to resume")
-    if out.is_dir() and any(out.iterdir()):
-        if config.resume:
-            raise RunDirError(f"--resume: {out} has no interrupted finetune run to resume")
-        if not config.overwrite:
-            raise RunDirError(f"--out {out} already exists and is not empty; pass --overwrite to replace "
-                              "its run files, or --resume to continue an interrupted run")
-    return None
-
-
-def _open_run_dir(config: FinetuneConfig, report: Any, progress: dict | None) -> tuple[Path, dict]:
-    """Creates ``--out`` (or keeps the interrupted run's); returns (run dir, progress record)."""
-    if progress is not None:
-        return Path(config.out), progress
-    run_dir = report.prepare_run_dir(config.out, config.overwrite)
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # never resume an overwritten run's state
-    (run_dir / "backup").mkdir()
-    progress = {"config": _resolved(config)}
-    report.write_json_atomic(run_dir / "backup" / "progress.json", progress)
-    return run_dir, progress
-
-
-def _resolved(config: FinetuneConfig) -> dict:
-    resolved = config_to_dict(config)
-    for name in BACKBONE_OPTIONS:
-        resolved.setdefault(name, getattr(config, name, None))
-    resolved["source"] = os.path.abspath(config.source) if os.path.exists(config.source) else config.source
-    resolved["out"] = os.path.abspath(config.out)
-    if config.head:
-        resolved["head"] = os.path.abspath(config.head)
-    return resolved
-
-
-def _feature_shape(base: Any, pool: Any) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in base.output_shape[1:])
-    return shape[-1:] if pool is not None else shape
-
-
-def _copy_head_weights(path: Path, head: Any) -> None:
-    import keras
-
-    from headstart.pipeline.model.head import set_head_weights
-
-    try:
-        trained = keras.saving.load_model(path, safe_mode=True, compile=False)
-        set_head_weights(head, trained.get_weights())
-    except Exception as exc:  # noqa: BLE001 - load and shape errors both mean a head we cannot use
-        raise RunDirError(f"--head: {path} does not fit the rebuilt head ({str(exc).splitlines()[0][:200]})") from exc
-
-
-def _head_accuracy(head_dir: Path) -> dict:
-    # For comparing in run.json; a missing or odd metrics.json only loses this note.
-    import json
-
-    try:
-        metrics = json.loads((head_dir / "metrics.json").read_text(encoding="utf-8"))
-        return {split: (metrics.get(split) or {}).get("accuracy") for split in ("validation", "test")}
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"

@@ -1,17 +1,10 @@
 """``train-head``: train the classifier head on a feature cache and write the run directory.
 
-Why a hand-written epoch loop rather than ``model.fit``: the batches must be exactly the same
-whether the features sit in memory or stream from HDF5, and for augmented caches each epoch draws
-one view per image from a seeded plan. Feeding ``train_on_batch`` from ``headstart.pipeline.stages.head_data`` keeps
-that in plain NumPy, with no generator adapter reordering or prefetching across epochs. Early
-stopping follows ``keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=True)``:
-an epoch improves when its validation loss is strictly lower than the best so far; training stops
-after ``patience`` epochs without improvement, and the best epoch's weights are restored.
-
-With more than one replica (``--strategy``, ``headstart.pipeline.distribute.strategy``) an epoch instead runs
-``headstart.pipeline.distribute.loop.train_epoch`` over the same planned batches, split across the replicas
-(``train_on_batch`` would give each replica the whole batch), all epochs served from one
-distributed iterator; early stopping and the restored best weights stay in this loop.
+Steps: open the cache and check it can train a head → refuse an occupied ``--out`` → load every
+split into memory, or stream them all → build and compile the head (under ``--strategy`` and
+``--mixed-precision``) → the epoch loop with early stopping (``headstart.pipeline.stages.head_fit``)
+→ validation and test metrics → the run directory (``head.keras``, metrics, history, curves, and
+run.json last).
 """
 
 from __future__ import annotations
@@ -30,7 +23,6 @@ from headstart.pipeline.config import HeadConfig, config_to_dict
 from headstart.pipeline.distribute.strategy import STRATEGIES
 from headstart.pipeline.errors import DataError, OptionError
 from headstart.pipeline.report.tensorboard_logs import check_log_dir
-from headstart.pipeline.stages.finite_loss import check_finite_losses
 from headstart.pipeline.stages.head_data import FeatureRows, shuffle_geometry, split_nbytes
 
 MB = 1 << 20
@@ -143,128 +135,135 @@ def _check_inputs(config: HeadConfig) -> None:
     check_run_dir_free(config.out, config.overwrite)
 
 
-def _evaluate(model: Any, rows: FeatureRows, labels: np.ndarray, num_classes: int,
-              batch_size: int, replicas: int = 1) -> tuple[float, float, np.ndarray]:
-    """Loss, accuracy and logits of ``model`` on one split, in stored order.
+@dataclass
+class _HeadData:
+    """The cache's splits, loaded (one loader for all) for ``_train``."""
 
-    Computed from the concatenated logits with the head's own loss, so the number equals what
-    ``model.evaluate`` reports (the mean over rows) and the logits serve the confusion matrix.
-    """
-    from headstart.pipeline.distribute.loop import predict_logits
-    from headstart.pipeline.model.head import head_labels, head_loss_and_metrics, predict_classes
+    splits: dict[str, Any]
+    rows: dict[str, FeatureRows]
+    labels: dict[str, np.ndarray]
+    loader: str                     # "memory" or "stream"
+    class_names: list[str]
+    feature_shape: tuple[int, ...]
+    load_seconds: float
 
-    chunks = [np.asarray(predict_logits(model, x, replicas)) for x, _ in rows.eval_batches(batch_size)]
-    logits = np.concatenate(chunks, axis=0)
-    loss_fn, _ = head_loss_and_metrics(num_classes)
-    loss = float(loss_fn(head_labels(labels, num_classes), logits))
-    accuracy = float(np.mean(predict_classes(logits, num_classes) == labels))
-    return loss, accuracy, logits
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
-
-def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed: int, epochs: int,
-                      batch_size: int) -> Any:
-    """Every epoch's planned batches back to back, served from one distributed iterator.
-
-    One iterator for the whole fit, because making and ending one per epoch costs more than a
-    head's epoch (see ``headstart.pipeline.distribute.loop.EpochFeed``). Plans do not depend on training, so
-    reading ahead into the next epoch changes nothing.
-    """
-    from headstart.pipeline.distribute.loop import EpochFeed, planned_dataset
-
-    def batches():
-        for epoch in range(epochs):
-            for x, rows in train.train_batches(train.plan(seed, epoch), batch_size):
-                yield x, targets[rows]
-
-    steps = -(-train.n // batch_size)
-    data = planned_dataset(batches, (train.feature_shape, np.float32), (targets.shape[1:], targets.dtype),
-                           steps * epochs)
-    return EpochFeed(model.distribute_strategy, data, steps=steps, repeat=False)
+    @property
+    def validation(self) -> tuple[FeatureRows, np.ndarray] | None:
+        return (self.rows["validation"], self.labels["validation"]) if "validation" in self.rows else None
 
 
-def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None,
-             config: HeadConfig, num_classes: int, log: Callable[[str], None],
-             replicas: int = 1, callbacks: Sequence[Any] = ()) -> tuple[dict, int, list]:
-    """The train-head epoch loop with early stopping (also the recipe of diagnose's fold heads).
+def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
+               callbacks: Sequence[Any] = ()) -> HeadResult:
+    """Trains the head on a feature cache and writes the run directory.
 
     Args:
-        model: a compiled head (``build_compiled_head``).
-        train: the training rows; ``train_labels`` (N,) their int class indices.
-        val: (FeatureRows, labels) watched by early stopping, or None to watch the training loss.
-        config: epochs, batch size, patience and seed of the recipe.
-        num_classes: number of classes.
-        log: receives one line per epoch.
-        replicas: devices the batches are split over (1 without tf.distribute).
-        callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``); they get the hooks ``fit``
-            would call: train begin/end, epoch begin/end with the epoch's logs, train batch begin/end.
+        config: resolved ``train-head`` options (``features`` cache path, ``out`` run directory…).
+            With ``tensorboard`` set, Keras' TensorBoard callback logs every epoch there.
+        log: receives one line per epoch and status messages.
+        callbacks: extra Keras callbacks; the epoch loop calls their train, epoch and batch hooks.
 
     Returns:
-        (history, best epoch 1-based, seconds per epoch); the best epoch's weights are restored.
+        A HeadResult; ``summary`` is the table for the CLI to print.
+
+    Raises:
+        OptionError: bad option values. RunDirError: ``out`` exists with content and not
+        ``overwrite``. DataError: the cache has no train split, fewer than 2 classes or bad labels.
+        headstart.features.errors.StoreError: the cache is missing, foreign, incomplete or of an unknown
+        format version (passed through from ``headstart.features.store.open_cache``).
     """
+    validate_head_config(config)
+    _check_inputs(config)
+    from headstart.pipeline.distribute.strategy import chief_output_dir, set_up_strategy
+
+    # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
+    setup = set_up_strategy(config.strategy, config.batch_size, log=log)
+    if config.jit_compile and config.deterministic:
+        log("--jit-compile: Keras runs without XLA under --deterministic")
+    # Every worker runs the whole stage (saving included); only the chief's files are kept.
+    with chief_output_dir(config.out, setup.info.is_chief) as out:
+        result = _train(config, out, setup, log, callbacks)
+    if not setup.info.is_chief:
+        result.run_dir = str(config.out)
+    result.summary = _summary(result)
+    return result
+
+
+def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None],
+           callbacks: Sequence[Any] = ()) -> HeadResult:
+    """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
+    from headstart.features.store import open_cache
+    from headstart.pipeline.report.rundir import prepare_run_dir
+    from headstart.pipeline.stages.head_fit import fit_head
+
+    t_start = time.perf_counter()
+    with open_cache(config.features) as cache:
+        splits = _open_splits(cache, config.features)
+        exclusion = _exclude(config, splits, log)
+        # Refuse an occupied --out before any work, but only once the cache is known to be usable.
+        run_dir = prepare_run_dir(out, config.overwrite)
+        data = _load(config, cache, splits, log)
+        with _op_determinism(config.deterministic):
+            model, policy = _build_head(config, data, setup.strategy)
+            if data.validation is None:
+                log("no validation split: early stopping watches the training loss")
+            t_train = time.perf_counter()
+            if config.tensorboard and setup.info.is_chief:  # one writer per log directory
+                from headstart.pipeline.report.tensorboard_logs import tensorboard_callback
+
+                callbacks = [*callbacks, tensorboard_callback(config.tensorboard)]
+            fit = fit_head(model, data.rows["train"], data.labels["train"], data.validation, config=config,
+                           num_classes=data.num_classes, log=log, replicas=setup.replicas, callbacks=callbacks)
+            train_seconds = time.perf_counter() - t_train
+            t_eval = time.perf_counter()
+            metrics = {"best_epoch": fit.best_epoch, "epochs_run": len(fit.epoch_seconds), "monitor": fit.monitor,
+                       **_final_metrics(model, data, config.batch_size, setup.replicas)}
+            eval_seconds = time.perf_counter() - t_eval
+        cache_info = _cache_record(config, cache, splits)
+
+    result = _result(run_dir, fit, metrics, data.loader, setup.distribute)
+    timings = {"load_seconds": data.load_seconds, "train_seconds": train_seconds,
+               "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": fit.epoch_seconds,
+               "evaluate_seconds": eval_seconds}
+    _write_run_dir(run_dir, config, model=model, policy=policy, data=data, fit=fit, metrics=metrics,
+                   cache_info=cache_info, exclusion=exclusion, distribute=setup.distribute, timings=timings,
+                   t_start=t_start)
+    return result
+
+
+def _load(config: HeadConfig, cache: Any, splits: dict[str, Any], log: Callable[[str], None]) -> _HeadData:
+    """Loads the splits (in memory, or streamed) and logs what was loaded."""
+    t_load = time.perf_counter()
+    rows, loader, need = _make_loaders(splits, config.memory_limit_mb, config.views)
+    labels = {name: np.asarray(s.labels, dtype=np.int64) for name, s in splits.items()}
+    data = _HeadData(splits=splits, rows=rows, labels=labels, loader=loader, class_names=list(cache.class_names),
+                     feature_shape=tuple(int(d) for d in cache.feature_shape),
+                     load_seconds=time.perf_counter() - t_load)
+    log(f"{config.features}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())} rows, "
+        f"{data.num_classes} classes, features {data.feature_shape}"
+        + (f", {cache.views} augmented views" if rows["train"].views else "")
+        + f"; {loader} loader ({need / MB:.1f} MB, limit {config.memory_limit_mb} MB)")
+    return data
+
+
+def _build_head(config: HeadConfig, data: _HeadData, strategy: Any) -> tuple[Any, str]:
+    """The compiled head and the dtype policy it was built under."""
     import keras
 
-    from headstart.pipeline.distribute.loop import train_epoch
-    from headstart.pipeline.model.head import head_labels
+    from headstart.pipeline.distribute.strategy import precision
 
-    hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
-
-    targets = head_labels(train_labels, num_classes)
-    monitor = "val_loss" if val is not None else "loss"
-    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-    if val is not None:
-        history.update(val_loss=[], val_accuracy=[])
-    best_value, best_epoch, best_weights, wait = math.inf, 0, None, 0
-    seconds = []
-    feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size)
-            if replicas > 1 else None)
-    hooks.on_train_begin()
-    for epoch in range(config.epochs):
-        start = time.perf_counter()
-        hooks.on_epoch_begin(epoch)
-        if feed is not None:
-            logs = train_epoch(model, feed, num_classes)
-            history["loss"].append(logs["loss"])
-            history["accuracy"].append(logs["accuracy"])
-        else:
-            loss_sum = acc_sum = 0.0
-            batches = train.train_batches(train.plan(config.seed, epoch), config.batch_size)
-            for step, (x, rows) in enumerate(batches):
-                hooks.on_train_batch_begin(step)
-                logs = model.train_on_batch(x, targets[rows], return_dict=True)
-                hooks.on_train_batch_end(step, logs)
-                # train_on_batch resets metrics per call; weight by batch size as fit's running means do.
-                loss_sum += float(logs["loss"]) * len(rows)
-                acc_sum += float(logs["accuracy"]) * len(rows)
-            history["loss"].append(loss_sum / train.n)
-            history["accuracy"].append(acc_sum / train.n)
-        if val is not None:
-            # Every worker computes the same number from the same synchronised weights, so all of
-            # them take the same early-stopping decision and run the same number of epochs.
-            val_loss, val_acc, _ = _evaluate(model, val[0], val[1], num_classes, config.batch_size,
-                                             replicas)
-            history["val_loss"].append(val_loss)
-            history["val_accuracy"].append(val_acc)
-        seconds.append(time.perf_counter() - start)
-        hooks.on_epoch_end(epoch, {key: values[-1] for key, values in history.items()})
-        current = history[monitor][-1]
-        log(_epoch_line(epoch + 1, config.epochs, history, seconds[-1]))
-        check_finite_losses("train-head", epoch + 1, {k: v[-1] for k, v in history.items()})
-        if math.isfinite(current) and current < best_value:
-            best_value, best_epoch, best_weights, wait = current, epoch + 1, model.get_weights(), 0
-        else:
-            wait += 1
-            if wait >= config.patience and best_weights is not None:
-                log(f"early stopping: {monitor} has not improved for {wait} epoch(s); "
-                    f"restoring epoch {best_epoch}")
-                break
-    hooks.on_train_end()
-    if best_weights is None:
-        # Every epoch diverged (NaN/inf); keep the last weights and say so rather than hide it.
-        log(f"warning: {monitor} was never finite; keeping the last epoch's weights")
-        best_epoch = len(seconds)
-    else:
-        model.set_weights(best_weights)
-    return history, best_epoch, seconds
+    # Seeds the head's initial weights and its dropout masks; the batch order has its own seeded
+    # plan (headstart.pipeline.stages.head_data.plan_epoch).
+    keras.utils.set_random_seed(config.seed)
+    # Variables (model and optimizer) must be created in the strategy's scope; layers take the
+    # dtype policy in force when they are built.
+    with precision(config.mixed_precision) as policy, strategy.scope():
+        model = build_compiled_head(config, data.feature_shape, data.num_classes,
+                                    (x for x, _ in data.rows["train"].eval_batches(4096)))
+    return model, policy
 
 
 def build_compiled_head(config: HeadConfig, feature_shape: tuple[int, ...], num_classes: int,
@@ -285,15 +284,6 @@ def build_compiled_head(config: HeadConfig, feature_shape: tuple[int, ...], num_
         adapt_head(model, train_batches)
     return compile_head(model, num_classes, config.lr, jit_compile=True if config.jit_compile else "auto",
                         weight_decay=config.weight_decay, label_smoothing=config.label_smoothing)
-
-
-def _epoch_line(epoch: int, epochs: int, history: dict, seconds: float) -> str:
-    parts = [f"epoch {epoch}/{epochs}"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if key in history:
-            parts.append(f"{key} {history[key][-1]:.4f}")
-    parts.append(f"{seconds:.2f} s")
-    return "  ".join(parts)
 
 
 def _make_loaders(splits: dict[str, Any], memory_limit_mb: int,
@@ -333,21 +323,76 @@ def _exclude(config: HeadConfig, splits: dict[str, Any], log: Callable[[str], No
     return exclusion
 
 
-def _final_metrics(model: Any, rows: dict[str, FeatureRows], labels: dict[str, np.ndarray],
-                   class_names: list[str], batch_size: int, replicas: int = 1) -> dict[str, Any]:
+def _final_metrics(model: Any, data: _HeadData, batch_size: int, replicas: int = 1) -> dict[str, Any]:
     """metrics.json's validation and test sections (None for an absent split)."""
     from headstart.pipeline.model.head import predict_classes
     from headstart.pipeline.report.rundir import classification_metrics
+    from headstart.pipeline.stages.head_fit import evaluate_head
 
     out: dict[str, Any] = {}
     for name in ("validation", "test"):
-        if name not in rows:
+        if name not in data.rows:
             out[name] = None
             continue
-        loss, _, logits = _evaluate(model, rows[name], labels[name], len(class_names), batch_size, replicas)
-        predicted = predict_classes(logits, len(class_names))
-        out[name] = {"loss": loss, **classification_metrics(labels[name], predicted, class_names)}
+        loss, _, logits = evaluate_head(model, data.rows[name], data.labels[name], num_classes=data.num_classes,
+                                        batch_size=batch_size, replicas=replicas)
+        predicted = predict_classes(logits, data.num_classes)
+        out[name] = {"loss": loss, **classification_metrics(data.labels[name], predicted, data.class_names)}
     return out
+
+
+def _cache_record(config: HeadConfig, cache: Any, splits: dict[str, Any]) -> dict[str, Any]:
+    """run.json's "cache" section: the provenance ``finetune`` rebuilds the backbone from."""
+    return {"path": os.path.abspath(config.features), "fingerprint": cache.fingerprint, "config": cache.config,
+            "provenance": cache.provenance, "splits": {name: len(s) for name, s in splits.items()},
+            "views": int(cache.views), "dtype": cache.dtype}
+
+
+def _result(run_dir: Path, fit: Any, metrics: dict, loader: str, distribute: dict) -> HeadResult:
+    val_m, test_m = metrics["validation"] or {}, metrics["test"] or {}
+    return HeadResult(
+        run_dir=str(run_dir), best_epoch=fit.best_epoch, epochs_run=len(fit.epoch_seconds),
+        val_loss=val_m.get("loss"), val_accuracy=val_m.get("accuracy"),
+        test_loss=test_m.get("loss"), test_accuracy=test_m.get("accuracy"),
+        seconds_per_epoch=float(np.mean(fit.epoch_seconds)), loader=loader, metrics=metrics,
+        history=fit.history, distribute=distribute)
+
+
+def _write_run_dir(run_dir: Path, config: HeadConfig, *, model: Any, policy: str, data: _HeadData, fit: Any,
+                   metrics: dict, cache_info: dict, exclusion: Any, distribute: dict, timings: dict,
+                   t_start: float) -> None:
+    """head.keras, metrics.json, history.csv, curves.png, then run.json (its presence marks a
+    finished run, see ``headstart.pipeline.report.rundir``)."""
+    from headstart.pipeline.report import rundir as report
+
+    report.save_model_atomic(model, run_dir / "head.keras")
+    report.write_json_atomic(run_dir / "metrics.json", metrics)
+    report.write_history_csv(fit.history, run_dir / "history.csv")
+    report.plot_curves(fit.history, run_dir / "curves.png", best_epoch=fit.best_epoch,
+                       title=f"train-head: {Path(config.features).name}")
+    resolved = config_to_dict(config)
+    resolved["features"] = os.path.abspath(config.features)
+    resolved["out"] = os.path.abspath(config.out)
+    num_classes = data.num_classes
+    report.write_run_json(run_dir, {
+        "kind": "head",
+        "config": resolved,
+        "cache": cache_info,
+        "class_names": data.class_names,
+        "num_classes": num_classes,
+        "feature_shape": list(data.feature_shape),
+        "head": {**head_options(config), "weight_decay": config.weight_decay,
+                 "label_smoothing": config.label_smoothing, "logits": int(model.output_shape[-1]), "from_logits": True,
+                 "loss": "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"},
+        "loader": data.loader,
+        "exclude": exclusion.record() if exclusion else None,
+        "shuffle": dict(zip(("block_rows", "window_rows"), shuffle_geometry(data.rows["train"].row_bytes)),
+                        seed=config.seed),
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.epoch_seconds),
+        "distribute": distribute,
+        "precision": report.precision_record(model, policy),
+    }, timings={**timings, "total_seconds": time.perf_counter() - t_start})
 
 
 def _summary(result: HeadResult) -> str:
@@ -363,154 +408,3 @@ def _summary(result: HeadResult) -> str:
         ("run directory", result.run_dir + ("" if result.distribute.get("is_chief", True)
                                             else " (written by the chief, not this worker)")),
     ], title="train-head")
-
-
-def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
-               callbacks: Sequence[Any] = ()) -> HeadResult:
-    """Trains the head on a feature cache and writes the run directory.
-
-    Args:
-        config: resolved ``train-head`` options (``features`` cache path, ``out`` run directory…).
-            With ``tensorboard`` set, Keras' TensorBoard callback logs every epoch there.
-        log: receives one line per epoch and status messages.
-        callbacks: extra Keras callbacks; the epoch loop calls their train, epoch and batch hooks.
-
-    Returns:
-        A HeadResult; ``summary`` is the table for the CLI to print.
-
-    Raises:
-        OptionError: bad option values. RunDirError: ``out`` exists with content and not
-        ``overwrite``. DataError: the cache has no train split, fewer than 2 classes or bad labels.
-        headstart.features.errors.StoreError: the cache is missing, foreign, incomplete or of an unknown
-        format version (passed through from ``headstart.features.store.open_cache``).
-    """
-    validate_head_config(config)
-    _check_inputs(config)
-    from headstart.pipeline.distribute.strategy import batch_policy, chief_output_dir, resolve_strategy, strategy_line
-
-    # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
-    strategy, info = resolve_strategy(config.strategy)
-    distribute = {**batch_policy(info, config.batch_size),
-                  **{k: info[k] for k in ("requested", "worker_index", "is_chief", "devices")}}
-    if strategy_line(info, distribute):
-        log(strategy_line(info, distribute))
-    if config.jit_compile and config.deterministic:
-        log("--jit-compile: Keras runs without XLA under --deterministic")
-    # Every worker runs the whole stage (saving included); only the chief's files are kept.
-    with chief_output_dir(config.out, info["is_chief"]) as out:
-        result = _train(config, out, strategy, distribute, log, callbacks)
-    if not info["is_chief"]:
-        result.run_dir = str(config.out)
-    result.summary = _summary(result)
-    return result
-
-
-def _train(config: HeadConfig, out: Path, strategy: Any, distribute: dict,
-           log: Callable[[str], None], callbacks: Sequence[Any] = ()) -> HeadResult:
-    """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
-    import keras
-
-    from headstart.features.store import open_cache
-    from headstart.pipeline.report import rundir as report
-    from headstart.pipeline.distribute.strategy import precision
-    replicas = distribute["replicas"]
-    t_start = time.perf_counter()
-    with open_cache(config.features) as cache:
-        splits = _open_splits(cache, config.features)
-        exclusion = _exclude(config, splits, log)
-        # Refuse an occupied --out before any work, but only once the cache is known to be usable.
-        run_dir = report.prepare_run_dir(out, config.overwrite)
-        class_names = list(cache.class_names)
-        num_classes = len(class_names)
-        feature_shape = tuple(int(d) for d in cache.feature_shape)
-
-        t_load = time.perf_counter()
-        rows, loader, need = _make_loaders(splits, config.memory_limit_mb, config.views)
-        labels = {name: np.asarray(s.labels, dtype=np.int64) for name, s in splits.items()}
-        load_seconds = time.perf_counter() - t_load
-        log(f"{config.features}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())} rows, "
-            f"{num_classes} classes, features {feature_shape}"
-            + (f", {cache.views} augmented views" if rows["train"].views else "")
-            + f"; {loader} loader ({need / MB:.1f} MB, limit {config.memory_limit_mb} MB)")
-
-        with _op_determinism(config.deterministic):
-            # Seeds the head's initial weights and its dropout masks; the batch order has its own
-            # seeded plan (headstart.pipeline.stages.head_data.plan_epoch).
-            keras.utils.set_random_seed(config.seed)
-            # Variables (model and optimizer) must be created in the strategy's scope; layers take
-            # the dtype policy in force when they are built.
-            with precision(config.mixed_precision) as policy, strategy.scope():
-                model = build_compiled_head(config, feature_shape, num_classes,
-                                            (x for x, _ in rows["train"].eval_batches(4096)))
-            val = (rows["validation"], labels["validation"]) if "validation" in rows else None
-            if val is None:
-                log("no validation split: early stopping watches the training loss")
-            t_train = time.perf_counter()
-            if config.tensorboard and distribute.get("is_chief", True):  # one writer per log directory
-                from headstart.pipeline.report.tensorboard_logs import tensorboard_callback
-
-                callbacks = [*callbacks, tensorboard_callback(config.tensorboard)]
-            history, best_epoch, epoch_seconds = fit_head(model, rows["train"], labels["train"], val,
-                                                          config, num_classes, log, replicas, callbacks)
-            train_seconds = time.perf_counter() - t_train
-            t_eval = time.perf_counter()
-            metrics = {"best_epoch": best_epoch, "epochs_run": len(epoch_seconds),
-                       "monitor": "val_loss" if val is not None else "loss",
-                       **_final_metrics(model, rows, labels, class_names, config.batch_size, replicas)}
-            eval_seconds = time.perf_counter() - t_eval
-
-        cache_info = {
-            "path": os.path.abspath(config.features),
-            "fingerprint": cache.fingerprint,
-            "config": cache.config,
-            "provenance": cache.provenance,
-            "splits": {name: len(s) for name, s in splits.items()},
-            "views": int(cache.views),
-            "dtype": cache.dtype,
-        }
-
-    val_m, test_m = metrics["validation"] or {}, metrics["test"] or {}
-    result = HeadResult(
-        run_dir=str(run_dir), best_epoch=best_epoch, epochs_run=len(epoch_seconds),
-        val_loss=val_m.get("loss"), val_accuracy=val_m.get("accuracy"),
-        test_loss=test_m.get("loss"), test_accuracy=test_m.get("accuracy"),
-        seconds_per_epoch=float(np.mean(epoch_seconds)), loader=loader, metrics=metrics,
-        history=history, distribute=distribute,
-    )
-
-    # run.json goes last: its presence marks a finished run (see headstart.pipeline.report.rundir).
-    report.save_model_atomic(model, run_dir / "head.keras")
-    report.write_json_atomic(run_dir / "metrics.json", metrics)
-    report.write_history_csv(history, run_dir / "history.csv")
-    report.plot_curves(history, run_dir / "curves.png", best_epoch=best_epoch,
-                       title=f"train-head: {Path(config.features).name}")
-    resolved = config_to_dict(config)
-    resolved["features"] = os.path.abspath(config.features)
-    resolved["out"] = os.path.abspath(config.out)
-    report.write_json_atomic(run_dir / report.RUN_JSON, {
-        "kind": "head",
-        "config": resolved,
-        "cache": cache_info,
-        "class_names": class_names,
-        "num_classes": num_classes,
-        "feature_shape": list(feature_shape),
-        "head": {**head_options(config), "weight_decay": config.weight_decay,
-                 "label_smoothing": config.label_smoothing, "logits": int(model.output_shape[-1]), "from_logits": True,
-                 "loss": "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"},
-        "loader": loader,
-        "exclude": exclusion.record() if exclusion else None,
-        "shuffle": dict(zip(("block_rows", "window_rows"), shuffle_geometry(rows["train"].row_bytes)),
-                        seed=config.seed),
-        "best_epoch": best_epoch,
-        "epochs_run": len(epoch_seconds),
-        "distribute": distribute,
-        "precision": {"policy": policy, "logits_dtype": str(model.outputs[0].dtype),
-                      "jit_compile": bool(model.jit_compile)},
-        "versions": report.library_versions(),
-        "timings": {"load_seconds": load_seconds, "train_seconds": train_seconds,
-                    "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": epoch_seconds,
-                    "evaluate_seconds": eval_seconds,
-                    "total_seconds": time.perf_counter() - t_start},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
-    return result

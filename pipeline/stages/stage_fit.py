@@ -10,9 +10,9 @@ holds no history or best epoch, which a resumed run needs to end with the same e
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,39 +20,87 @@ import keras
 import numpy as np
 
 from headstart.pipeline.errors import RunDirError
+from headstart.pipeline.records import Record
+from headstart.pipeline.stages.early_stopping import EarlyStopping
 from headstart.pipeline.stages.finite_loss import check_finite_losses
 
 
-def fit_stage(model: Any, name: str, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
-              log: Callable[[str], None], extra: Sequence[Any], num_classes: int, replicas: int = 1) -> dict:
+@dataclass
+class StageOutcome(Record):
+    """What one stage's ``fit`` did (metrics.json keeps it as "head_stage"; a mapping too).
+
+    Attributes:
+        history: metric name → one value per epoch, as Keras's ``History``.
+        best_epoch: 1-based epoch whose weights were restored; None when no epoch was finite.
+        epoch_seconds: wall seconds per epoch, the backup's commit included.
+        stopped_early: whether early stopping ended the stage.
+        backup_seconds: seconds per epoch spent committing the backup.
+        monitor: "val_loss" or "loss".
+    """
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int | None = None
+    epoch_seconds: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+    backup_seconds: list[float] = field(default_factory=list)
+    monitor: str = "val_loss"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StageOutcome":
+        """Reads the form ``to_dict`` wrote (e.g. back from progress.json on resume)."""
+        return cls(**{k: data[k] for k in ("history", "best_epoch", "epoch_seconds", "stopped_early",
+                                            "backup_seconds", "monitor") if k in data})
+
+
+def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
+              log: Callable[[str], None], num_classes: int, callbacks: Sequence[Any] = (),
+              replicas: int = 1) -> StageOutcome:
     """Runs (or resumes) one stage's ``fit`` with ``RunBackup``; best weights restored on return.
 
-    Returns:
-        ``{"history", "best_epoch" (1-based or None), "epoch_seconds", "stopped_early", "monitor"}``.
+    Args:
+        model: compiled model; its trainable weights are what this stage trains.
+        name: the stage, e.g. "head" or "finetune"; its backup is ``run_dir/backup/NAME``.
+        run_dir: the run directory.
+        train: ``tf.data`` batches of (images, targets); val: the same for validation, or None
+            (early stopping then watches the training loss).
+        epochs: most epochs. patience: early stopping's patience.
+        log: one line per epoch.
+        num_classes: for the distributed loop's metrics.
+        callbacks: extra Keras callbacks (progress bars, TensorBoard).
+        replicas: replicas in sync; above 1 the stage runs ``distributed_fit``.
     """
     backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
                        monitor="val_loss" if val is not None else "loss", stage=name, log=log)
     if replicas > 1:
         _check_replicas_agree(model.distribute_strategy, backup)
     if not backup.finished:
-        model._initial_epoch = None  # a previous fit's restored epoch must not leak into this one
-        try:
-            with warnings.catch_warnings():
-                # Filtering out bad images leaves the dataset's length unknown; Keras then warns at
-                # the end of every epoch that the input "ran out of data", which is expected here.
-                warnings.filterwarnings("ignore", message="Your input ran out of data")
-                if replicas > 1:  # Keras's fit cannot run under MultiWorkerMirroredStrategy
-                    from headstart.pipeline.distribute.loop import distributed_fit
-
-                    distributed_fit(model, train, num_classes=num_classes, epochs=epochs, validation_data=val,
-                                    callbacks=[backup, *extra])
-                else:
-                    model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
-                              callbacks=[backup, *extra])
-        finally:
-            model._initial_epoch = None
+        _fit(model, train, val, epochs=epochs, num_classes=num_classes, callbacks=[backup, *callbacks],
+             distributed=replicas > 1)
     backup.restore_best(model)
     return backup.outcome()
+
+
+def _fit(model: Any, train: Any, val: Any, *, epochs: int, num_classes: int, callbacks: list,
+         distributed: bool) -> None:
+    # Keras has no public way to start a fit at epoch N other than BackupAndRestore writing the
+    # private _initial_epoch (RunBackup does, as its parent does); clear it around the fit so a
+    # previous stage's restored epoch cannot leak into this one.
+    model._initial_epoch = None
+    try:
+        with warnings.catch_warnings():
+            # Filtering out bad images leaves the dataset's length unknown; Keras then warns at
+            # the end of every epoch that the input "ran out of data", which is expected here.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            if distributed:  # Keras's fit cannot run under MultiWorkerMirroredStrategy
+                from headstart.pipeline.distribute.loop import distributed_fit
+
+                distributed_fit(model, train, num_classes=num_classes, epochs=epochs, validation_data=val,
+                                callbacks=callbacks)
+            else:
+                model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
+                          callbacks=callbacks)
+    finally:
+        model._initial_epoch = None
 
 
 def _check_replicas_agree(strategy: Any, backup: "RunBackup") -> None:
@@ -156,12 +204,12 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)})
         with open(self.dir / state["weights"], "wb") as f:
             np.savez(f, **arrays)
-        current, best = logs.get(self.monitor, math.nan), state["best"]
-        if math.isfinite(current) and (best is None or current < best["value"]):
-            state["best"], state["wait"] = {"epoch": n, "value": current, "file": state["weights"]}, 0
-        else:
-            state["wait"] += 1
-        state["stopped"] = state["best"] is not None and state["wait"] >= self.patience and n < self.epochs
+        stopping = self._early_stopping(state)
+        if stopping.update(n, logs.get(self.monitor, float("nan"))):
+            state["best"] = {"epoch": n, "value": stopping.best_value, "file": state["weights"]}
+        state["wait"] = stopping.wait
+        # Out of patience on the last epoch is simply the end of the stage, not an early stop.
+        state["stopped"] = stopping.exhausted and n < self.epochs
         state["epoch"] = n
         done = time.perf_counter()
         state["epoch_seconds"] = state["epoch_seconds"] + [done - self._t0]
@@ -175,8 +223,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
         self.log(f"{self.stage} epoch {n}/{self.epochs}  {shown}  {state['epoch_seconds'][-1]:.1f} s")
         if state["stopped"]:
-            self.log(f"early stopping: {self.monitor} has not improved for {state['wait']} epoch(s); "
-                     f"restoring epoch {state['best']['epoch']}")
+            self.log(stopping.stop_message())
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
@@ -185,15 +232,22 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     def restore_best(self, model) -> None:
         """Loads the best epoch's weights (not its optimizer state) into ``model``."""
         if self.state["best"] is None:
-            self.log(f"warning: {self.monitor} was never finite; keeping the last epoch's weights")
+            self.log(self._early_stopping(self.state).never_finite_message())
             return
         model.set_weights(self._read(self.state["best"]["file"])[0])
 
-    def outcome(self) -> dict:
+    def outcome(self) -> StageOutcome:
         best = self.state["best"]
-        return {"history": self.state["history"], "best_epoch": best["epoch"] if best else None,
-                "epoch_seconds": self.state["epoch_seconds"], "stopped_early": self.state["stopped"],
-                "backup_seconds": self.state["backup_seconds"], "monitor": self.monitor}
+        return StageOutcome(history=self.state["history"], best_epoch=best["epoch"] if best else None,
+                            epoch_seconds=self.state["epoch_seconds"], stopped_early=self.state["stopped"],
+                            backup_seconds=self.state["backup_seconds"], monitor=self.monitor)
+
+    def _early_stopping(self, state: dict) -> EarlyStopping:
+        # state.json keeps the counters (with the best epoch's weights file), so a resumed run
+        # continues exactly where the killed one stopped counting.
+        best = state["best"] or {}
+        return EarlyStopping(self.monitor, self.patience, best_epoch=best.get("epoch"),
+                             best_value=best.get("value"), wait=state["wait"])
 
     def _read(self, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
         with np.load(self.dir / name, allow_pickle=False) as z:

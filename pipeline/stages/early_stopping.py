@@ -1,0 +1,55 @@
+"""Early stopping: the one rule both training loops follow (``train-head``'s and ``fit_stage``'s).
+
+It is ``keras.callbacks.EarlyStopping(monitor=..., patience=..., restore_best_weights=True)``'s
+rule, kept as plain state so that ``fit_stage``'s backup can commit it with each epoch and a
+resumed run continues with the same counters: an epoch improves when the monitored value is
+finite and strictly lower than the best so far; after ``patience`` epochs without improvement
+training stops, and the best epoch's weights are restored. When no epoch was ever finite, the last
+epoch's weights are kept, with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class EarlyStopping:
+    """Best epoch and patience counter of one training stage.
+
+    Attributes:
+        monitor: "val_loss" or "loss"; lower is better.
+        patience: epochs without improvement before stopping (0 stops at the first one).
+        best_epoch: 1-based epoch of the best value so far, None before any finite value.
+        best_value: that value.
+        wait: epochs since the best one.
+    """
+
+    monitor: str
+    patience: int
+    best_epoch: int | None = None
+    best_value: float | None = None
+    wait: int = 0
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Records epoch ``epoch`` (1-based) ending with ``value``; returns whether it is the new best."""
+        if math.isfinite(value) and (self.best_value is None or value < self.best_value):
+            self.best_epoch, self.best_value, self.wait = epoch, float(value), 0
+            return True
+        self.wait += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether patience has run out (there is a best epoch, and it is ``patience`` epochs back)."""
+        return self.best_epoch is not None and self.wait >= self.patience
+
+    def stop_message(self) -> str:
+        """The log line when training stops early."""
+        return (f"early stopping: {self.monitor} has not improved for {self.wait} epoch(s); "
+                f"restoring epoch {self.best_epoch}")
+
+    def never_finite_message(self) -> str:
+        """The warning when no epoch had a finite value (the last weights are kept)."""
+        return f"warning: {self.monitor} was never finite; keeping the last epoch's weights"
