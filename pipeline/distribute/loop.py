@@ -94,11 +94,7 @@ def _steps(model: Any, num_classes: int) -> dict:
     with strategy.scope():
         if not model.optimizer.built:  # its variables must exist before the step is traced
             model.optimizer.build(model.trainable_variables)
-        # (loss sum, correct rows, rows) per replica, summed over replicas and workers only when
-        # read: one collective per epoch, as Keras's metrics do, not three per step.
-        totals = {name: tf.Variable(tf.zeros([3]), trainable=False, name=f"headstart_{name}_totals",
-                                    synchronization=tf.VariableSynchronization.ON_READ,
-                                    aggregation=tf.VariableAggregation.SUM) for name in ("train", "eval")}
+        totals = {name: _totals_variable(name) for name in ("train", "eval")}
     # The steps reach the model through a weak reference: the cache must not keep a finished
     # stage's model (a whole backbone for finetune) alive.
     ref = weakref.ref(model)
@@ -139,26 +135,37 @@ def _steps(model: Any, num_classes: int) -> dict:
 
         totals["eval"].assign_add(tf.cond(tf.shape(x)[0] > 0, stats, lambda: tf.zeros([3])))
 
-    def compiled(replica_fn):
-        # One call per batch, fetching the batch inside the graph, as fit does: splitting a batch
-        # across replicas in eager Python cost ~10 ms per batch here, more than a head's step. (A
-        # whole epoch in one graph, a while loop over the dataset, ran MobileNetV2 steps 2x slower:
-        # TensorFlow's graph rewrites, the oneDNN fusions, do not reach into loop bodies.)
-        @tf.function
-        def step(iterator):
-            # "Is there a next batch" is agreed by all workers, even when their shares differ.
-            batch = iterator.get_next_as_optional()
-            if batch.has_value():
-                strategy.run(replica_fn, args=batch.get_value())
-                return True
-            return False
-
-        return step
-
     cached = {"num_classes": num_classes, "optimizer": model.optimizer, "totals": totals,
-              "train": compiled(train_replica), "eval": compiled(eval_replica)}
+              "train": _compiled_step(strategy, train_replica), "eval": _compiled_step(strategy, eval_replica)}
     _STEPS[model] = cached
     return cached
+
+
+def _totals_variable(name: str) -> tf.Variable:
+    # (loss sum, correct rows, rows) per replica, summed over replicas and workers only when read:
+    # one collective per epoch, as Keras's metrics do, not three per step. Create in strategy scope.
+    return tf.Variable(tf.zeros([3]), trainable=False, name=f"headstart_{name}_totals",
+                       synchronization=tf.VariableSynchronization.ON_READ, aggregation=tf.VariableAggregation.SUM)
+
+
+def _compiled_step(strategy: Any, replica_fn: Callable) -> Callable:
+    """One distributed step: fetch the next batch and run ``replica_fn`` on every replica.
+
+    One call per batch, fetching the batch inside the graph, as fit does: splitting a batch
+    across replicas in eager Python cost ~10 ms per batch here, more than a head's step. (A whole
+    epoch in one graph, a while loop over the dataset, ran MobileNetV2 steps 2x slower:
+    TensorFlow's graph rewrites, the oneDNN fusions, do not reach into loop bodies.)
+    """
+    @tf.function
+    def step(iterator):
+        # "Is there a next batch" is agreed by all workers, even when their shares differ.
+        batch = iterator.get_next_as_optional()
+        if batch.has_value():
+            strategy.run(replica_fn, args=batch.get_value())
+            return True
+        return False
+
+    return step
 
 
 class EpochFeed:

@@ -206,41 +206,17 @@ def resolve_strategy(name: str = "auto") -> tuple[Any, StrategyInfo]:
     if name not in STRATEGIES:
         raise OptionError(f"--strategy must be one of {', '.join(STRATEGIES)}, got '{name}'")
     tf_config = read_tf_config()
-    logical = os.environ.get(LOGICAL_CPUS_ENV, "").strip()
-    if logical:
-        if not logical.isdigit() or int(logical) < 1:
-            raise OptionError(f"{LOGICAL_CPUS_ENV} must be a whole number ≥ 1, got '{logical}'")
-        configure_logical_cpus(int(logical))
+    _apply_logical_cpus()
     gpus = tf.config.list_physical_devices("GPU")
     chosen = name
     if name == "auto":
         chosen = "multiworker" if _tasks(tf_config) > 1 else "mirrored" if len(gpus) > 1 else "default"
-
     if chosen == "multiworker":
-        if tf_config is None:
-            raise OptionError("--strategy multiworker needs TF_CONFIG naming the cluster and this task, e.g. "
-                              '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                              '"task": {"type": "worker", "index": 0}}')
-        if ("multiworker",) not in _STRATEGIES:
-            try:
-                _STRATEGIES[("multiworker",)] = tf.distribute.MultiWorkerMirroredStrategy()
-            except RuntimeError as exc:
-                raise OptionError(f"--strategy multiworker must be set up before TensorFlow starts "
-                                  f"({exc})") from None
-        strategy = _STRATEGIES[("multiworker",)]
+        strategy = _multiworker_strategy(tf_config)
         task = tf_config["task"]
         workers, index, chief = _tasks(tf_config), f"{task['type']}:{task['index']}", _config_is_chief(tf_config)
     else:
-        if chosen == "mirrored":
-            # With GPUs, MirroredStrategy takes them all; without, every logical CPU device, so a
-            # split CPU gives replicas (its own default would be CPU:0 alone).
-            devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
-            key = ("mirrored", tuple(devices or ()))
-            if key not in _STRATEGIES:
-                _STRATEGIES[key] = tf.distribute.MirroredStrategy(devices)
-            strategy = _STRATEGIES[key]
-        else:
-            strategy = tf.distribute.get_strategy()
+        strategy = _mirrored_strategy(bool(gpus)) if chosen == "mirrored" else tf.distribute.get_strategy()
         workers, index, chief = 1, None, True
     replicas = int(strategy.num_replicas_in_sync)
     if chosen == "default":  # the default strategy has no device list; TF places ops on this one
@@ -253,6 +229,42 @@ def resolve_strategy(name: str = "auto") -> tuple[Any, StrategyInfo]:
         batch_policy=f"global batch split across {replicas} replica(s) ({workers} worker(s))",
         lr_policy=LR_POLICY)
     return strategy, info
+
+
+def _apply_logical_cpus() -> None:
+    logical = os.environ.get(LOGICAL_CPUS_ENV, "").strip()
+    if logical:
+        if not logical.isdigit() or int(logical) < 1:
+            raise OptionError(f"{LOGICAL_CPUS_ENV} must be a whole number ≥ 1, got '{logical}'")
+        configure_logical_cpus(int(logical))
+
+
+def _multiworker_strategy(tf_config: dict | None) -> Any:
+    import tensorflow as tf
+
+    if tf_config is None:
+        raise OptionError("--strategy multiworker needs TF_CONFIG naming the cluster and this task, e.g. "
+                          '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                          '"task": {"type": "worker", "index": 0}}')
+    if ("multiworker",) not in _STRATEGIES:
+        try:
+            _STRATEGIES[("multiworker",)] = tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as exc:
+            raise OptionError(f"--strategy multiworker must be set up before TensorFlow starts "
+                              f"({exc})") from None
+    return _STRATEGIES[("multiworker",)]
+
+
+def _mirrored_strategy(have_gpus: bool) -> Any:
+    import tensorflow as tf
+
+    # With GPUs, MirroredStrategy takes them all; without, every logical CPU device, so a split
+    # CPU gives replicas (its own default would be CPU:0 alone).
+    devices = None if have_gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
+    key = ("mirrored", tuple(devices or ()))
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = tf.distribute.MirroredStrategy(devices)
+    return _STRATEGIES[key]
 
 
 def batch_policy(info: StrategyInfo | dict[str, Any], global_batch_size: int, *, option: str = "--batch-size") -> dict[str, Any]:
