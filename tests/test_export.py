@@ -27,7 +27,7 @@ def exported(real_photo_cache, tmp_path_factory):
     """model.keras + saved_model/ + model.onnx + model.tflite (float32) of a trained real-photo model."""
     from headstart.pipeline.config import HeadConfig
     from headstart.pipeline.data.sources import resolve_source
-    from headstart.pipeline.model.assembly import assemble_model, build_backbone_parts
+    from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.report.rundir import save_model_atomic, write_json_atomic
     from headstart.pipeline.stages.export import export_model
     from headstart.pipeline.stages.head_training import train_head
@@ -38,7 +38,7 @@ def exported(real_photo_cache, tmp_path_factory):
     base, pre, pool, _ = build_backbone_parts("mobilenet_v2", weights=str(real_photo_cache["weights"]),
                                               image_size=128, alpha=0.35, pooling="avg")
     head = keras.saving.load_model(Path(head_run.run_dir) / "head.keras", safe_mode=True)
-    model = assemble_model(base, pre, pool, head, image_size=128)
+    model = build_chain(base, pre, pool, head=head)
     run = root / "run"
     run.mkdir()
     save_model_atomic(model, run / "model.keras")
