@@ -169,6 +169,37 @@ class SweepConfig:
     heartbeat: int = 5              # seconds; a trial silent for twice this is rerun
 
 
+def read_settings_file(path: Any) -> dict[str, Any]:
+    """Reads a ``--config`` file, TOML or (by its ``.json`` suffix) JSON, into a table of settings.
+
+    The one reader behind ``headstart run --config`` and ``headstart sweep --config``; each
+    checks its own sections.
+
+    Raises:
+        OptionError: missing or unreadable file, bad syntax, or a file that is not a table; the
+            message names the file.
+    """
+    import json
+    import tomllib
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise OptionError(f"--config {path}: no such file")
+    is_json = path.suffix.lower() == ".json"
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if is_json else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--config {path}: cannot read ({exc})") from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise OptionError(f"--config {path}: not valid {'JSON' if is_json else 'TOML'} "
+                          f"({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise OptionError(f"--config {path}: expected a table of settings")
+    return raw
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Returns a JSON-ready dict of a config dataclass (tuples become lists)."""
     out = {}

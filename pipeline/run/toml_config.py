@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from headstart.pipeline.config import RunConfig, config_from_dict, config_to_dict
+from headstart.pipeline.config import RunConfig, config_from_dict, config_to_dict, read_settings_file
 from headstart.pipeline.data.source_spec import parse_split_option
 from headstart.pipeline.errors import OptionError
 # The flags of ``headstart run`` and the sections they set live with every other option fact.
@@ -63,21 +63,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         OptionError: missing or unreadable file, bad syntax, unknown section or key, a key the
             runner sets, or a value of the wrong type; the message names the file and the key.
     """
-    import tomllib
-
     path = Path(path)
-    if not path.is_file():
-        raise OptionError(f"--config {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OptionError(f"--config {path}: cannot read ({exc})") from None
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise OptionError(f"--config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} "
-                          f"({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise OptionError(f"--config {path}: expected a table of settings")
+    raw = read_settings_file(path)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key in SECTIONS:

@@ -24,14 +24,13 @@ the CLI validates a file before anything heavy is imported.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.config import HEAD_KINDS, NORMALIZATIONS
+from headstart.pipeline.config import HEAD_KINDS, NORMALIZATIONS, read_settings_file
 
 PRUNERS = ("median", "none")
 #: Float ranges searched on a log scale (their bounds must be positive).
@@ -148,19 +147,8 @@ def read_space_file(path: str | Path) -> SearchSpace:
     Raises:
         OptionError: missing or unreadable file, bad syntax, or a bad ``[sweep]`` section.
     """
-    import tomllib
-
     path = Path(path)
-    if not path.is_file():
-        raise OptionError(f"--config {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OptionError(f"--config {path}: cannot read ({exc})") from None
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise OptionError(f"--config {path}: not valid TOML ({str(exc).splitlines()[0]})") from None
-    section = raw.get("sweep", {}) if isinstance(raw, dict) else None
+    section = read_settings_file(path).get("sweep", {})
     if not isinstance(section, dict):
         raise OptionError(f"--config {path}: [sweep] must be a section of settings")
     return space_from_dict(section, origin=f"--config {path} [sweep]")
