@@ -272,7 +272,8 @@ def finetune_command(source, split_specs, export, quiet, **options):
 def evaluate_command(model, source, split, as_json, **options):
     """Evaluate a model (model.keras or a finetune run directory) on a split of SOURCE.
 
-    Prints accuracy, loss, per-class precision/recall and the confusion matrix.
+    Prints accuracy, balanced accuracy, macro-F1, loss, per-class precision/recall and the
+    confusion matrix.
     """
     from headstart.pipeline.stages.evaluation import evaluate_model, format_evaluation
 

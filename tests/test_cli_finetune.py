@@ -44,6 +44,9 @@ def test_cli_end_to_end(tmp_path):
     assert abs(evaluated["accuracy"] - metrics["test"]["accuracy"]) < 1e-9
     r = invoke("evaluate", tuned / "model.keras", data)
     assert r.exit_code == 0 and "confusion matrix" in r.output
+    assert evaluated["balanced_accuracy"] == pytest.approx(metrics["test"]["balanced_accuracy"])
+    assert evaluated["macro_f1"] == pytest.approx(metrics["test"]["macro_f1"])
+    assert f"balanced accuracy {evaluated['balanced_accuracy']:.4f}, macro-F1 {evaluated['macro_f1']:.4f}" in r.output
 
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")

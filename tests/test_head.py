@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from headstart.pipeline.report import rundir as report
+from headstart.pipeline.report.metrics import classification_metrics
 from headstart.pipeline.errors import OptionError, RunDirError
 from headstart.pipeline.model.head import (build_head, compile_head, head_labels, logits_to_probabilities,
                            predict_classes)
@@ -67,7 +68,7 @@ def test_probabilities():
 
 
 def test_classification_metrics():
-    m = report.classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 1], ["a", "b", "c"])
+    m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 1], ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(0.6) and m["rows"] == 5
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 1, 0]]
     assert m["per_class"]["b"] == {"precision": 0.5, "recall": 1.0, "support": 2}

@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"config"},                         # the typed configs: the one source of defaults
     {"data"},                           # the input path: source spec, sources, splits, decoding
     {"model"},                          # the model chain around the head, freezing, parity
-    {"report"},                         # run directories, plots, inspect
+    {"report"},                         # run directories, evaluation measures, plots, inspect
     {"distribute"},                     # tf.distribute strategies and loops
     {"options"},                        # the one table of option facts
     {"stages"},                         # extraction, head training, fine-tuning, evaluation

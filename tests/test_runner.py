@@ -85,10 +85,16 @@ def test_run_writes_one_run_directory(finished):
         assert summary["stages"][name]["images_per_second"] > 0
     assert summary["stages"]["evaluate"]["accuracy"] == summary["stages"]["finetune"]["accuracy"]
     assert np.sum(summary["test"]["confusion_matrix"]) == 8
+    matrix = np.array(summary["test"]["confusion_matrix"])
+    recall = np.diag(matrix) / matrix.sum(axis=1)
+    assert summary["test"]["balanced_accuracy"] == pytest.approx(recall.mean())
+    assert summary["stages"]["evaluate"]["macro_f1"] == summary["test"]["macro_f1"] is not None
     assert (run_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = finished.output.split("stage ", 1)[1]
     for label in ("extract-features", "train-head", "finetune", "evaluate", "images/s", "summary.png"):
         assert label in table
+    assert "balanced acc." in table and "macro-F1" in table
+    assert f"{summary['stages']['evaluate']['balanced_accuracy']:.4f}" in table
     for stage in ("head", "finetune"):
         events = list((run_dir / "tensorboard" / stage).rglob("events.out.tfevents.*"))
         assert events, f"no TensorBoard events for {stage}"

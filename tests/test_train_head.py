@@ -73,6 +73,11 @@ def test_binary_head_writes_a_complete_run_dir(tmp_path):
     np.add.at(matrix, (test_y, predict_classes(logits, 2)), 1)
     assert matrix.tolist() == metrics["test"]["confusion_matrix"]
     assert "best epoch" in result.summary and "test accuracy" in result.summary
+    # Balanced accuracy and macro-F1 beside accuracy, recomputed from the confusion matrix.
+    recall = np.diag(matrix) / matrix.sum(axis=1)
+    assert metrics["test"]["balanced_accuracy"] == pytest.approx(recall.mean())
+    assert metrics["test"]["macro_f1"] == pytest.approx(np.mean(2 * np.diag(matrix) / (matrix.sum(0) + matrix.sum(1))))
+    assert "test balanced accuracy" in result.summary and "test macro-F1" in result.summary
 
 
 def test_multiclass_head_on_spatial_float16_features(tmp_path):

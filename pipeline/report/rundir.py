@@ -226,46 +226,6 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike,
         plt.close(fig)
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
-                           class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/support and the confusion matrix.
-
-    Args:
-        y_true: true class indices, (N,).
-        y_pred: predicted class indices, (N,).
-        class_names: name of each class index.
-
-    Returns:
-        ``{"rows", "accuracy", "per_class": {name: {"precision", "recall", "support"}},
-        "confusion_matrix", "class_names"}``; ``confusion_matrix[i][j]`` counts rows of true class i
-        predicted as j. Precision of a class never predicted (and recall of a class with no rows) is
-        0.0, as scikit-learn reports with ``zero_division=0``; accuracy of zero rows is None.
-    """
-    y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
-    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
-    k = len(class_names)
-    matrix = np.zeros((k, k), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    predicted = matrix.sum(axis=0)
-    actual = matrix.sum(axis=1)
-    correct = np.diag(matrix)
-    per_class = {}
-    for i, name in enumerate(class_names):
-        per_class[name] = {
-            "precision": float(correct[i] / predicted[i]) if predicted[i] else 0.0,
-            "recall": float(correct[i] / actual[i]) if actual[i] else 0.0,
-            "support": int(actual[i]),
-        }
-    n = int(y_true.size)
-    return {
-        "rows": n,
-        "accuracy": float(correct.sum() / n) if n else None,
-        "per_class": per_class,
-        "confusion_matrix": matrix.tolist(),
-        "class_names": list(class_names),
-    }
-
-
 def format_summary_table(rows: Sequence[tuple[str, Any]], *, title: str | None = None) -> str:
     """Formats label/value pairs as a small two-column table for the terminal.
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
+from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.report.progress import ProgressLine
 from headstart.pipeline.run.toml_config import RunConfig, first_difference, read_config_file, resolve_run_config, \
     run_config_dict, stage_values, to_toml
@@ -301,7 +302,7 @@ def _key(values: dict) -> str:
 def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds: float) -> dict:
     from headstart.pipeline.report.rundir import stamp_record
 
-    keep = ("status", "seconds", "images", "images_per_second", "accuracy", "val_accuracy", "best_epoch",
+    keep = ("status", "seconds", "images", "images_per_second", *HEADLINE, "val_accuracy", "best_epoch",
             "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep")
     evaluate = records["evaluate"]
     return stamp_record({
@@ -311,7 +312,7 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
         "config": str(run_dir / CONFIG_FILE),
         "class_names": records["extract"].get("class_names"),
         "stages": {name: {k: rec.get(k) for k in keep if k in rec} for name, rec in records.items()},
-        "test": {k: evaluate.get(k) for k in ("split", "accuracy", "loss", "rows", "per_class",
+        "test": {k: evaluate.get(k) for k in ("split", *HEADLINE, "loss", "rows", "per_class",
                                                 "confusion_matrix", "skipped")},
         "plots": {"summary": str(run_dir / SUMMARY_PNG), "head": str(run_dir / "head" / "curves.png"),
                   "finetune": str(run_dir / "finetune" / "curves.png")},
@@ -343,14 +344,15 @@ STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune":
 
 
 def format_table(summary: dict) -> str:
-    """The per-stage table: status, test accuracy, time and images per second, then the plots."""
-    rows = [("stage", "status", "test accuracy", "time", "images/s")]
+    """The per-stage table: status, test accuracy, balanced accuracy and macro-F1, time and images
+    per second, then the plots."""
+    rows = [("stage", "status", "test accuracy", "balanced acc.", "macro-F1", "time", "images/s")]
     for name in STAGES:
         rec = summary["stages"].get(name, {})
-        acc = rec.get("accuracy")
         rate = rec.get("images_per_second")
         status = rec.get("status", "-") + (f", kept {rec['kept']}" if rec.get("kept") == "seeded" else "")
-        rows.append((STAGE_LABELS[name], status, "-" if acc is None else f"{acc:.4f}",
+        rows.append((STAGE_LABELS[name], status,
+                     *("-" if rec.get(k) is None else f"{rec[k]:.4f}" for k in HEADLINE),
                      f"{rec.get('seconds', 0.0):.1f} s", "-" if not rate else f"{rate:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

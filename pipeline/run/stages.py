@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from headstart.pipeline.data.source_spec import SourceSpec
+from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.run.toml_config import RunConfig
 
 #: Test images kept for summary.png: evenly spread over the split, the last few of them mistakes.
@@ -33,6 +34,13 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def test_measures(metrics: dict) -> dict:
+    """A stage record's headline measures (accuracy, balanced accuracy, macro-F1) from the test
+    section of its metrics.json (None each when there is no test split)."""
+    test = metrics.get("test") or {}
+    return {k: test.get(k) for k in HEADLINE}
 
 
 def _reuse(record: dict | None, key: str, *paths: Path) -> dict | None:
@@ -121,7 +129,7 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
     train_seconds = run["timings"]["train_seconds"]
     return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": images,
             "images_per_second": images / train_seconds if train_seconds else None,
-            "accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
+            **test_measures(result.metrics), "val_accuracy": result.val_accuracy,
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "head_sha256": sha256_file(head_dir / "head.keras")}
 
@@ -153,7 +161,8 @@ def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict 
     images = int(run["cache"]["splits"]["train"]) * sum(int(r.get("epochs") or 0) for r in _leaderboard(sweep_dir))
     return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": images,
             "images_per_second": images / result.seconds if result.seconds else None,
-            "accuracy": result.best_test_accuracy, "val_accuracy": (metrics.get("validation") or {}).get("accuracy"),
+            **test_measures(metrics), "accuracy": result.best_test_accuracy,
+            "val_accuracy": (metrics.get("validation") or {}).get("accuracy"),
             "best_epoch": run["best_epoch"], "epochs_run": run["epochs_run"],
             "head_sha256": sha256_file(head_dir / "head.keras"),
             "sweep": {"trials": result.finished, "best_trial": run["sweep"]["trial"],
@@ -222,7 +231,7 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     images = train_images * len(epoch_seconds)
     return {"key": key, "done": True, "status": "resumed" if resume else "ran", "seconds": seconds,
             "images": images, "images_per_second": images / sum(epoch_seconds) if sum(epoch_seconds) else None,
-            "accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy, "kept": result.kept,
+            **test_measures(result.metrics), "val_accuracy": result.val_accuracy, "kept": result.kept,
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "model_sha256": sha256_file(ft_dir / "model.keras")}
 
@@ -257,7 +266,7 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     n = seen.seen - len(skipped)
     return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": n,
             "images_per_second": n / seconds if seconds else None, "split": split,
-            **{k_: metrics.get(k_) for k_ in ("accuracy", "loss", "rows", "per_class", "confusion_matrix")},
+            **{k_: metrics.get(k_) for k_ in (*HEADLINE, "loss", "rows", "per_class", "confusion_matrix")},
             "skipped": len(skipped)}
 
 

@@ -180,16 +180,15 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
 
 def split_metrics(predictions: SplitPredictions, class_names: Sequence[str]) -> dict[str, Any]:
     """Loss (the training loss, mean over images), accuracy, per-class metrics, confusion matrix."""
-    from headstart.pipeline.report import rundir as report
     from headstart.pipeline.model.head import head_labels, head_loss_and_metrics, predict_classes
+    from headstart.pipeline.report.metrics import classification_metrics
 
     k = len(class_names)
     metrics: dict[str, Any] = {"loss": None}
     if len(predictions.labels):
         loss_fn, _ = head_loss_and_metrics(k)
         metrics["loss"] = float(loss_fn(head_labels(predictions.labels, k), predictions.logits))
-    metrics.update(report.classification_metrics(predictions.labels, predict_classes(predictions.logits, k),
-                                                 class_names))
+    metrics.update(classification_metrics(predictions.labels, predict_classes(predictions.logits, k), class_names))
     metrics["skipped"] = [list(s) for s in predictions.skipped]
     return metrics
 
@@ -216,7 +215,7 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
         log: one-line status messages.
 
     Returns:
-        ``{"model", "split", "loss", "accuracy", "rows", "per_class", "confusion_matrix",
+        ``{"model", "split", "loss", "accuracy", "balanced_accuracy", "macro_f1", "rows", "per_class", "confusion_matrix",
         "class_names", "skipped", "grid"}``.
 
     Raises:
@@ -244,7 +243,8 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
     if grid:
         write_wrong_grid(predictions.wrong, class_names, grid)
         metrics["grid"] = str(grid)
-    log(f"{split}: {metrics['rows']} images, accuracy {metrics['accuracy']}, loss {metrics['loss']}"
+    log(f"{split}: {metrics['rows']} images, accuracy {metrics['accuracy']}, balanced accuracy "
+        f"{metrics['balanced_accuracy']}, macro-F1 {metrics['macro_f1']}, loss {metrics['loss']}"
         + (f", {len(predictions.skipped)} skipped" if predictions.skipped else ""))
     return metrics
 
@@ -382,7 +382,8 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
     names = list(metrics["class_names"])
     loss = metrics["loss"]
     lines = [f"{metrics['model']} on split '{metrics['split']}': {metrics['rows']} images, "
-             f"accuracy {metrics['accuracy']:.4f}" + (f", loss {loss:.4f}" if loss is not None else "")]
+             f"accuracy {_fmt(metrics['accuracy'])}, balanced accuracy {_fmt(metrics.get('balanced_accuracy'))}, "
+             f"macro-F1 {_fmt(metrics.get('macro_f1'))}" + (f", loss {loss:.4f}" if loss is not None else "")]
     width = max(8, *(len(n) for n in names))
     lines.append(f"  {'class':<{width}}  precision  recall  support")
     for name in names:
@@ -396,3 +397,7 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
     if metrics.get("grid"):
         lines.append(f"  most confidently wrong: {metrics['grid']}")
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

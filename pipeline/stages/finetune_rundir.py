@@ -163,6 +163,7 @@ def _result(run_dir: Path, model_path: Path, stage: Any, metrics: dict, parity: 
         ("stage gate", f"kept {gate['kept']} model (seeded val acc {_fmt(gate['seeded_val_accuracy'])}, "
                        f"fine-tuned {_fmt(gate['finetuned_val_accuracy'])})"),
         ("validation accuracy", val_m.get("accuracy")), ("test accuracy", test_m.get("accuracy")),
+        ("test balanced accuracy", test_m.get("balanced_accuracy")), ("test macro-F1", test_m.get("macro_f1")),
         ("time per epoch", f"{seconds_per_epoch:.2f} s"), ("model", str(model_path)),
         *((f"export {k}", v or "failed") for k, v in exports.items()),
     ], title="finetune")

@@ -326,7 +326,7 @@ def _exclude(config: HeadConfig, splits: dict[str, Any], log: Callable[[str], No
 def _final_metrics(model: Any, data: _HeadData, batch_size: int, replicas: int = 1) -> dict[str, Any]:
     """metrics.json's validation and test sections (None for an absent split)."""
     from headstart.pipeline.model.head import predict_classes
-    from headstart.pipeline.report.rundir import classification_metrics
+    from headstart.pipeline.report.metrics import classification_metrics
     from headstart.pipeline.stages.head_fit import evaluate_head
 
     out: dict[str, Any] = {}
@@ -403,6 +403,8 @@ def _summary(result: HeadResult) -> str:
         ("validation accuracy", result.val_accuracy),
         ("validation loss", result.val_loss),
         ("test accuracy", result.test_accuracy),
+        ("test balanced accuracy", (result.metrics.get("test") or {}).get("balanced_accuracy")),
+        ("test macro-F1", (result.metrics.get("test") or {}).get("macro_f1")),
         ("test loss", result.test_loss),
         ("time per epoch", f"{result.seconds_per_epoch:.3f} s ({result.loader})"),
         ("run directory", result.run_dir + ("" if result.distribute.get("is_chief", True)

@@ -376,16 +376,11 @@ def _val_loss_accuracy(logits: np.ndarray, cache: SweepCache) -> tuple[float, fl
 def _finish(member: _Member, cache: SweepCache, seconds: float) -> TrialRun:
     """The trial's record: history, best epoch, and validation measures of its best weights."""
     from headstart.pipeline.model.head import predict_classes
-    from headstart.pipeline.report.rundir import classification_metrics
+    from headstart.pipeline.report.metrics import classification_metrics
 
     weights, logits = member.best_weights
     labels = cache.labels["validation"]
     validation = classification_metrics(labels, predict_classes(logits, len(cache.class_names)), cache.class_names)
-    per_class = list(validation["per_class"].values())
-    recall = [c["recall"] for c in per_class]
-    f1 = [2 * c["precision"] * c["recall"] / (c["precision"] + c["recall"]) if c["precision"] + c["recall"] else 0.0
-          for c in per_class]
-    validation.update(loss=_val_loss_accuracy(logits, cache)[0], balanced_accuracy=float(np.mean(recall)),
-                      macro_f1=float(np.mean(f1)))
+    validation["loss"] = _val_loss_accuracy(logits, cache)[0]
     return TrialRun(history=member.history, best_epoch=member.best_epoch, stopped=member.stopped or "epochs",
                     validation=validation, seconds=seconds, weights=weights)
