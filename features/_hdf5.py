@@ -31,6 +31,12 @@ PARTIAL_SUFFIX = ".partial"
 # index that the crash tests in DESIGN.md measured.
 LIBVER = ("v108", "latest")
 STR_DTYPE = h5py.string_dtype("utf-8")
+#: The two tasks a cache can hold, recorded in the file attribute ``task``. A single-label cache
+#: stores ``labels`` (N,) int64 class indices; a multi-label one (N, C) uint8 multi-hot rows, C the
+#: number of class names. Caches written before the attribute existed are single-label.
+SINGLE_LABEL = "single_label"
+MULTI_LABEL = "multi_label"
+TASKS = (SINGLE_LABEL, MULTI_LABEL)
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _LOCK_ERRNOS_BUSY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
@@ -147,7 +153,7 @@ def read_header(f: h5py.File, path: str) -> dict:
 
     Returns:
         dict with format_version, complete, config, config_json, provenance, class_names, splits,
-        feature_shape (tuple), dtype, views.
+        feature_shape (tuple), dtype, views, task (``SINGLE_LABEL`` when the file has none).
 
     Raises:
         StoreError: not a headstart cache, unknown format_version, or attributes missing/damaged.
@@ -163,6 +169,10 @@ def read_header(f: h5py.File, path: str) -> dict:
                              f"reads versions {READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]} "
                              f"(a newer or older headstart wrote it)")
         config_json = _as_str(attrs["config_json"])
+        task = _as_str(attrs.get("task")) or SINGLE_LABEL
+        if task not in TASKS:
+            raise StoreError(f"{path} records an unknown task {task!r} (this headstart knows "
+                             f"{', '.join(TASKS)})")
         return {
             "format_version": version,
             "complete": bool(attrs["complete"]),
@@ -174,6 +184,7 @@ def read_header(f: h5py.File, path: str) -> dict:
             "feature_shape": tuple(int(d) for d in np.asarray(attrs["feature_shape"]).ravel()),
             "dtype": _as_str(attrs["dtype"]),
             "views": int(attrs["views"]),
+            "task": task,
         }
     except StoreError:
         raise

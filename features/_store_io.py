@@ -14,8 +14,9 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from headstart.features._hdf5 import (DTYPES, FORMAT, FORMAT_VERSION, STR_DTYPE, canonical_json,
-                            first_difference, lock_error, open_h5, read_header)
+from headstart.features._hdf5 import (DTYPES, FORMAT, FORMAT_VERSION, MULTI_LABEL, SINGLE_LABEL,
+                                      STR_DTYPE, canonical_json, first_difference, lock_error,
+                                      open_h5, read_header)
 from headstart.features.errors import (DiskFullError, NonFiniteFeaturesError, StoreConfigMismatch,
                                        StoreError, StoreExistsError, StoreInUseError)
 
@@ -24,7 +25,8 @@ _CHUNK_BYTES = 1 << 19  # h5py's default chunk cache is 1 MiB per dataset; keep 
 
 
 def expected_header(config: dict, class_names: list[str], splits: list[str],
-                    feature_shape: tuple[int, ...], dtype: str, views: int) -> dict:
+                    feature_shape: tuple[int, ...], dtype: str, views: int,
+                    multi_label: bool = False) -> dict:
     """Validates the arguments of create_or_resume; returns them in their stored (JSON) form."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -37,10 +39,13 @@ def expected_header(config: dict, class_names: list[str], splits: list[str],
             raise ValueError(f"split name {s!r} cannot be an HDF5 group name")
     if int(views) < 0:
         raise ValueError(f"views must be >= 0, got {views}")
+    if multi_label and not class_names:
+        raise ValueError("a multi-label cache needs its class names (one label column each)")
     return {"config": json.loads(canonical_json(config)),
             "class_names": [str(c) for c in class_names],
             "splits": list(splits), "feature_shape": [int(d) for d in feature_shape],
-            "dtype": dtype, "views": int(views)}
+            "dtype": dtype, "views": int(views),
+            "task": MULTI_LABEL if multi_label else SINGLE_LABEL}
 
 
 def check_finished(path: str, expected: dict, overwrite: bool) -> dict | None:
@@ -83,7 +88,7 @@ def header_difference(header: dict, expected: dict) -> tuple[str, str, str] | No
     diff = first_difference(header["config"], expected["config"])
     if diff:
         return diff
-    stored = {k: header[k] for k in ("class_names", "splits", "dtype", "views")}
+    stored = {k: header[k] for k in ("class_names", "splits", "dtype", "views", "task")}
     stored["feature_shape"] = list(header["feature_shape"])
     return first_difference(stored, {k: v for k, v in expected.items() if k != "config"})
 
@@ -323,7 +328,7 @@ def write_skeleton(f: h5py.File, provenance: dict, config_json: str,
         f: a new, empty HDF5 file open for writing.
         provenance: stored as provenance_json, with library versions added under "store".
         config_json: the canonical config JSON (compared on resume).
-        layout: class_names, splits, feature_shape, dtype, views (see ``expected_header``).
+        layout: class_names, splits, feature_shape, dtype, views, task (see ``expected_header``).
 
     Returns:
         split → {"committed", "skipped_committed", "consumed", "done"}, all zero/False.
@@ -342,13 +347,19 @@ def write_skeleton(f: h5py.File, provenance: dict, config_json: str,
     f.attrs["views"] = layout["views"]
     f.attrs["class_names_json"] = json.dumps(layout["class_names"], ensure_ascii=False)
     f.attrs["splits_json"] = json.dumps(layout["splits"], ensure_ascii=False)
+    f.attrs["task"] = layout["task"]
     f.attrs["resumes"] = np.int64(0)
+    label_row = label_row_shape(layout["task"], len(layout["class_names"]))
     rows = chunk_rows(shape, dtype)
     state = {}
     for split in layout["splits"]:
         g = f.create_group(split)
         create_rows(g, "features", shape, dtype, rows)
-        create_rows(g, "labels", (), np.int64, 4096)
+        # Multi-hot rows as uint8: 1/8 of int64, and still under fletcher32 like every fixed row.
+        if label_row:
+            create_rows(g, "labels", label_row, np.uint8, max(1, 4096 // label_row[0]))
+        else:
+            create_rows(g, "labels", (), np.int64, 4096)
         for name, chunk in (("keys", 1024), ("skipped_keys", 256), ("skipped_reasons", 256)):
             create_rows(g, name, (), STR_DTYPE, chunk)
         for attr in ("committed", "skipped_committed", "consumed"):
@@ -356,3 +367,37 @@ def write_skeleton(f: h5py.File, provenance: dict, config_json: str,
         g.attrs["done"] = False
         state[split] = {"committed": 0, "skipped_committed": 0, "consumed": 0, "done": False}
     return state
+
+
+def label_row_shape(task: str, num_classes: int) -> tuple[int, ...]:
+    """Shape of one stored label: () for a class index, (C,) for a multi-hot row."""
+    return (int(num_classes),) if task == MULTI_LABEL else ()
+
+
+def as_labels(labels: Any, n: int, num_classes: int, multi_label: bool) -> np.ndarray:
+    """Checks one batch of labels; returns them as stored (int64 (n,) or uint8 (n, C)).
+
+    Raises:
+        ValueError: a shape, dtype or value that does not fit; for multi-hot rows a width that is
+            not the number of class names, or an entry other than 0 and 1.
+    """
+    labs = np.asarray(labels)
+    if not multi_label:
+        if labs.shape != (n,) or (n and not np.issubdtype(labs.dtype, np.integer)):
+            raise ValueError(f"labels must be ({n},) integers, got {labs.shape} {labs.dtype}")
+        labs = labs.astype(np.int64)
+        if n and (labs.min() < 0 or labs.max() >= num_classes):
+            raise ValueError(f"labels must be in [0, {num_classes}), got "
+                             f"[{labs.min()}, {labs.max()}]")
+        return labs
+    if labs.ndim != 2 or labs.shape[0] != n:
+        raise ValueError(f"multi-label labels must be ({n}, {num_classes}) multi-hot rows, got "
+                         f"{labs.shape}")
+    if labs.shape[1] != num_classes:
+        raise ValueError(f"multi-label labels have {labs.shape[1]} columns but the cache has "
+                         f"{num_classes} class names")
+    if n and not (np.issubdtype(labs.dtype, np.integer) or labs.dtype == np.bool_):
+        raise ValueError(f"multi-label labels must be 0/1 integers, got {labs.dtype}")
+    if n and not np.isin(labs, (0, 1)).all():
+        raise ValueError("multi-label labels must hold only 0 and 1")
+    return labs.astype(np.uint8)

@@ -17,6 +17,7 @@ import numpy as np
 
 from headstart.features._hdf5 import (
     FORMAT_VERSION,
+    MULTI_LABEL,
     PARTIAL_SUFFIX,
     canonical_json,
     corruption_error,
@@ -40,7 +41,8 @@ class SplitData:
     Attributes:
         name: split name, e.g. "train".
         features: lazy h5py dataset (N, *feature_shape) in the cache dtype; slice it to read.
-        labels: (N,) int64 class indices.
+        labels: (N,) int64 class indices, or (N, C) int64 multi-hot rows of a multi-label cache.
+        multi_label: whether ``labels`` are multi-hot rows (the cache's task is "multi_label").
         keys: N source keys (file paths or TFDS ids), aligned with the rows.
         views: lazy h5py dataset (N, K, *feature_shape) of augmented views, or None.
         pixel_std: (N,) float32 standard deviation of each decoded image's pixels (0–255 scale,
@@ -49,7 +51,9 @@ class SplitData:
         consumed: source items processed (rows + skipped).
     """
 
-    def __init__(self, name: str, group: h5py.Group, path: str) -> None:
+    def __init__(self, name: str, group: h5py.Group, path: str, *, num_classes: int | None = None,
+                 multi_label: bool = False) -> None:
+        self.multi_label = bool(multi_label)
         try:
             committed = int(group.attrs["committed"])
             skipped_committed = int(group.attrs["skipped_committed"])
@@ -68,6 +72,7 @@ class SplitData:
                 raise StoreError(f"{path} is damaged: split '{name}' has {committed} committed "
                                  f"rows but dataset lengths {lengths}")
             self.labels: np.ndarray = np.asarray(group["labels"][:], dtype=np.int64)
+            _check_label_shape(self.labels, self.multi_label, num_classes, path, name)
             self.keys: list[str] = list(group["keys"].asstr()[:])
             self.pixel_std: np.ndarray | None = (
                 np.asarray(group["pixel_std"][:], dtype=np.float32) if "pixel_std" in group
@@ -142,6 +147,9 @@ class FeatureCache:
         views: augmented views per training row (0 when none).
         fingerprint: sha256 hex of config_json and the per-split row counts; names the cache in
             the reports of heads trained on it.
+        multi_label: labels are multi-hot rows (N, C) (task "multi_label"); False for caches
+            written before the task was recorded.
+        task: "single_label" or "multi_label".
     """
 
     def __init__(self, path: str) -> None:
@@ -159,6 +167,8 @@ class FeatureCache:
             self.dtype: str = header["dtype"]
             self.views: int = header["views"]
             self.format_version: int = header["format_version"]
+            self.task: str = header["task"]
+            self.multi_label: bool = self.task == MULTI_LABEL
             self._split_data: dict[str, SplitData] = {}
             rows = {}
             for name in self.splits:
@@ -180,7 +190,9 @@ class FeatureCache:
             raise StoreError(f"{self.path} has no split '{name}'; it has "
                              f"{', '.join(self.splits) or 'none'}")
         if name not in self._split_data:
-            self._split_data[name] = SplitData(name, self._file[name], self.path)
+            self._split_data[name] = SplitData(name, self._file[name], self.path,
+                                               num_classes=len(self.class_names),
+                                               multi_label=self.multi_label)
         return self._split_data[name]
 
     def close(self) -> None:
@@ -226,9 +238,11 @@ def summarize_cache(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns:
         dict with path, file_size (bytes), format_version, complete, in_use, provenance, config,
-        class_names, feature_shape, dtype, views, fingerprint (None while incomplete),
-        progress {"splits_done", "splits_total"}, and splits {name: {rows, consumed, done,
-        class_counts {class name: rows}, skipped [(key, reason)], views, feature_shape, dtype}}.
+        class_names, feature_shape, dtype, views, task, multi_label, fingerprint (None while
+        incomplete), progress {"splits_done", "splits_total"}, and splits {name: {rows, consumed,
+        done, class_counts {class name: rows carrying it}, skipped [(key, reason)], views,
+        feature_shape, dtype}}. In a multi-label cache a row counts once for each of its labels,
+        so the class counts may add up to more than the rows.
 
     Raises:
         StoreError: missing, not HDF5, damaged, not a headstart cache, or unknown format_version.
@@ -250,7 +264,8 @@ def summarize_cache(path: str | os.PathLike) -> dict[str, Any]:
         for name in header["splits"]:
             if name not in f:
                 continue  # never written (cannot happen with this writer; be lenient in inspect)
-            splits[name] = _summarize_split(f[name], header["class_names"])
+            splits[name] = _summarize_split(f[name], header["class_names"],
+                                            header["task"] == MULTI_LABEL)
             rows[name] = splits[name]["rows"]
     except StoreError:
         raise
@@ -271,6 +286,8 @@ def summarize_cache(path: str | os.PathLike) -> dict[str, Any]:
         "feature_shape": list(header["feature_shape"]),
         "dtype": header["dtype"],
         "views": header["views"],
+        "task": header["task"],
+        "multi_label": header["task"] == MULTI_LABEL,
         "fingerprint": _fingerprint(header["config_json"], rows) if complete else None,
         "progress": {"splits_done": sum(s["done"] for s in splits.values()),
                      "splits_total": len(header["splits"])},
@@ -278,10 +295,17 @@ def summarize_cache(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _summarize_split(group: h5py.Group, class_names: list[str]) -> dict[str, Any]:
+def _summarize_split(group: h5py.Group, class_names: list[str],
+                     multi_label: bool = False) -> dict[str, Any]:
     committed = int(group.attrs["committed"])
     labels = np.asarray(group["labels"][:committed], dtype=np.int64)
     counts: dict[str, int] = {name: 0 for name in class_names}
+    if multi_label:
+        if labels.ndim != 2 or labels.shape[1] != len(class_names):
+            raise StoreError(f"split '{group.name.lstrip('/')}' has labels of shape "
+                             f"{labels.shape}, not (N, {len(class_names)}) multi-hot rows")
+        counts = {name: int(n) for name, n in zip(class_names, labels.sum(axis=0))}
+        labels = np.zeros(0, np.int64)
     for label, n in zip(*np.unique(labels, return_counts=True)):
         name = class_names[label] if 0 <= label < len(class_names) else f"<label {label}>"
         counts[name] = int(n)
@@ -296,6 +320,19 @@ def _summarize_split(group: h5py.Group, class_names: list[str]) -> dict[str, Any
         "feature_shape": list(features.shape[1:]),
         "dtype": str(features.dtype),
     }
+
+
+def _check_label_shape(labels: np.ndarray, multi_label: bool, num_classes: int | None, path: str,
+                       split: str) -> None:
+    """Refuses labels whose shape does not fit the recorded task (a damaged or foreign file)."""
+    if multi_label:
+        ok = labels.ndim == 2 and (num_classes is None or labels.shape[1] == num_classes)
+        want = f"(N, {num_classes}) multi-hot rows"
+    else:
+        ok, want = labels.ndim == 1, "(N,) class indices"
+    if not ok:
+        raise StoreError(f"{path} is damaged: split '{split}' has labels of shape {labels.shape}, "
+                         f"not {want}")
 
 
 def _read_skipped(group: h5py.Group, n: int) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """Dataset + frozen backbone → feature cache, pipelined and resumable.
 
 The input is an element-level ``tf.data.Dataset`` of dicts (``image`` float32 (S, S, 3) raw 0–255,
-``label`` int64, ``key`` string, ``error`` string, empty when the image decoded). Bad images arrive
+``label`` int64 () — or int64 (C,) multi-hot for a multi-label source, stored as the cache's
+(N, C) label rows — ``key`` string, ``error`` string, empty when the image decoded). Bad images arrive
 as zero images with a reason, so they are skipped one at a time and batches never lose good images.
 
 Overlap: ``tf.data`` prefetching decodes the next batches while the backbone runs, and a writer

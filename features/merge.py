@@ -138,7 +138,8 @@ def merge_shards(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
         writer = create_or_resume(out, config=shards[0].config, provenance=merged_provenance,
                                   class_names=first.class_names, splits=first.splits,
                                   feature_shape=first.feature_shape, dtype=first.dtype,
-                                  views=first.views, overwrite=overwrite)
+                                  views=first.views, overwrite=overwrite,
+                                  multi_label=first.multi_label)
         summary = MergeSummary(out, writer.complete, len(shards))
         if writer.complete:
             log(f"{out} is already complete with this configuration; nothing to do")
@@ -246,6 +247,9 @@ def _check_one_configuration(shards: list[_Shard]) -> None:
             name, mine, theirs = diff
             raise ShardError(f"{other.path} was extracted with {name}={theirs} but {first.path} "
                              f"with {name}={mine}; all shards must share one configuration")
+        if other.cache.task != first.cache.task:
+            raise ShardError(f"{other.path} holds a {other.cache.task} cache but {first.path} a "
+                             f"{first.cache.task} one; all shards must share one configuration")
         if other.scheme != first.scheme:
             raise ShardError(f"{other.path} is shard {other.index}/{other.count} but {first.path} "
                              f"is shard {first.index}/{first.count}; all shards must be cut "

@@ -2,7 +2,10 @@
 
 Layout (docs/architecture.md): file attrs ``format``, ``format_version``, ``complete``,
 ``config_json``, ``provenance_json``, ``feature_shape``, ``dtype``, ``views``, ``class_names_json``,
-``splits_json``; one group per split with ``features`` (N, *feature_shape), ``labels`` (N,) int64,
+``splits_json``, ``task`` ("single_label", or "multi_label"; absent before multi-label caches
+existed, read as single-label); one group per split with ``features`` (N, *feature_shape), ``labels``
+(N,) int64 class indices (single-label) or (N, C) uint8 multi-hot rows (multi-label, C = len(class
+names)),
 ``keys`` (N,) utf-8, optional ``views`` (N, K, *feature_shape), optional ``pixel_std`` (N,) float32
 (the standard deviation of each decoded image's pixels, measured during extraction; caches written
 before it existed simply lack it), ``skipped_keys``/``skipped_reasons`` (M,) utf-8, and attrs ``committed``, ``skipped_committed``, ``consumed``, ``done``.
@@ -36,7 +39,8 @@ import numpy as np
 
 from headstart.features._hdf5 import (FORMAT_VERSION, canonical_json, hdf5_end, open_h5,
                                       partial_path, read_header, strings_digest)
-from headstart.features._store_io import (START_OVER, as_rows, batch_bytes, check_finished,
+from headstart.features._hdf5 import MULTI_LABEL, SINGLE_LABEL
+from headstart.features._store_io import (START_OVER, as_labels, as_rows, batch_bytes, check_finished,
                                           check_finite, chunk_rows, create_rows, disk_full_error,
                                           expected_header, fsync_dir, header_difference,
                                           open_locked, put_rows, remove_quietly, reserve_space,
@@ -52,7 +56,8 @@ __all__ = ["FORMAT_VERSION", "FeatureCache", "SplitData", "StoreWriter", "create
 
 def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,
                      class_names: list[str], splits: list[str], feature_shape: tuple[int, ...],
-                     dtype: str, views: int = 0, overwrite: bool = False) -> "StoreWriter":
+                     dtype: str, views: int = 0, overwrite: bool = False,
+                     multi_label: bool = False) -> "StoreWriter":
     """Opens a writer on ``f"{path}.partial"``: a fresh one, or the interrupted run to resume.
 
     ``overwrite`` is permission to discard what does *not* match this run (a foreign file, a cache
@@ -69,6 +74,8 @@ def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,
         dtype: "float16" or "float32".
         views: K augmented views stored per row on the splits that pass ``views`` to ``append``.
         overwrite: replace a mismatching or foreign file (PATH only at ``finalize``).
+        multi_label: labels are (n, C) multi-hot rows (C = len(class_names)), not class indices;
+            recorded as the file's ``task`` and compared on resume like the layout.
 
     Returns:
         A StoreWriter; ``writer.complete`` is True when PATH already holds this exact cache.
@@ -80,7 +87,7 @@ def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,
             unsupported. ValueError: bad arguments.
     """
     path = os.fspath(path)
-    expected = expected_header(config, class_names, splits, feature_shape, dtype, views)
+    expected = expected_header(config, class_names, splits, feature_shape, dtype, views, multi_label)
     if os.path.isdir(path):
         raise StoreError(f"{path} is a directory, not a feature cache file")
     finished = check_finished(path, expected, overwrite)
@@ -100,6 +107,7 @@ class StoreWriter:
         complete: True when PATH already held this cache (nothing to write) or after finalize.
         resumed: True when an interrupted partial was picked up.
         class_names, splits, feature_shape, dtype, views: as passed to ``create_or_resume``.
+        multi_label: whether labels are multi-hot rows (N, C).
     """
 
     def __init__(self, path: str, expected: dict,
@@ -112,6 +120,7 @@ class StoreWriter:
         self.feature_shape: tuple[int, ...] = tuple(expected["feature_shape"])
         self.dtype: str = expected["dtype"]
         self.views: int = expected["views"]
+        self.multi_label: bool = expected["task"] == MULTI_LABEL
         self._config_json = canonical_json(self.config)
         self.complete = complete_progress is not None
         self.resumed = False
@@ -144,7 +153,8 @@ class StoreWriter:
         Args:
             split: split name.
             features: (n, *feature_shape), cast to the cache dtype.
-            labels: (n,) class indices in [0, len(class_names)).
+            labels: (n,) class indices in [0, len(class_names)), or for a multi-label cache (n, C)
+                multi-hot rows of 0/1, C = len(class_names).
             keys: n source keys.
             views: (n, K, *feature_shape) augmented views, K == ``views``; give it for every batch
                 of a split or for none.
@@ -160,13 +170,7 @@ class StoreWriter:
         n = len(keys)
         feats = as_rows(features, (n, *self.feature_shape), self.dtype, "features")
         check_finite(features, feats, keys, "features")
-        labs = np.asarray(labels)
-        if labs.shape != (n,) or (n and not np.issubdtype(labs.dtype, np.integer)):
-            raise ValueError(f"labels must be ({n},) integers, got {labs.shape} {labs.dtype}")
-        labs = labs.astype(np.int64)
-        if n and (labs.min() < 0 or labs.max() >= len(self.class_names)):
-            raise ValueError(f"labels must be in [0, {len(self.class_names)}), got "
-                             f"[{labs.min()}, {labs.max()}]")
+        labs = as_labels(labels, n, len(self.class_names), self.multi_label)
         skipped = [(str(k), str(r)) for k, r in skipped]
         if consumed < state["consumed"] + n + len(skipped):
             raise ValueError(f"consumed={consumed} is less than {state['consumed']} before this "
@@ -410,7 +414,8 @@ class StoreWriter:
 
     def _expected(self) -> dict:
         return {"config": self.config, "class_names": self.class_names, "splits": self.splits,
-                "feature_shape": list(self.feature_shape), "dtype": self.dtype, "views": self.views}
+                "feature_shape": list(self.feature_shape), "dtype": self.dtype, "views": self.views,
+                "task": MULTI_LABEL if self.multi_label else SINGLE_LABEL}
 
     def _split_state(self, split: str) -> dict[str, Any]:
         if split not in self._state:

@@ -168,6 +168,38 @@ def make_cache(path: Path, *, classes: int = 2, shape=(16,), counts=None, views:
     return path
 
 
+def make_multilabel_cache(path: Path, *, classes: int = 3, shape=(16,), counts=None, seed: int = 0,
+                          spread: float = 0.7, frequency: float = 0.4, dtype: str = "float32") -> Path:
+    """Writes a multi-label cache: each row holds each class with probability ``frequency``.
+
+    A row's features are the sum of its classes' centres plus noise (a row without labels is
+    noise alone), so a linear head with one sigmoid per class can learn every class. Class names
+    are ``shape0``, ``shape1``…; rows are appended in batches of 32.
+    """
+    from headstart.features.store import create_or_resume
+
+    counts = counts or {"train": 160, "validation": 64, "test": 64}
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.5, size=(classes, shape[-1]))
+    writer = create_or_resume(
+        str(path), config={"synthetic": "multi-label", "seed": seed, "classes": classes},
+        provenance={"made_by": "tests/conftest.py make_multilabel_cache"},
+        class_names=[f"shape{i}" for i in range(classes)], splits=list(counts),
+        feature_shape=tuple(shape), dtype=dtype, multi_label=True)
+    for split, n in counts.items():
+        labels = (rng.random((n, classes)) < frequency).astype(np.int64)
+        feats = (labels @ centres).reshape((n,) + (1,) * (len(shape) - 1) + (shape[-1],))
+        feats = feats + spread * rng.normal(size=(n, *shape))
+        keys = [f"{split}/{i}" for i in range(n)]
+        for start in range(0, n, 32):
+            part = slice(start, start + 32)
+            writer.append(split, features=feats[part].astype(dtype), labels=labels[part],
+                          keys=keys[part], consumed=min(start + 32, n))
+        writer.finish_split(split)
+    writer.finalize()
+    return path
+
+
 def head_weights(run_dir) -> list[np.ndarray]:
     """The weights of a train-head run directory's head.keras."""
     import keras

@@ -175,9 +175,11 @@ def _store_args(config: ExtractConfig, backbone: dict, source, splits: list[str]
         # Only sharded caches carry the field, so unsharded configs (and old caches) are unchanged
         # and a merged cache has exactly the config of a single-process run.
         cache_config["shard"] = {"index": shard[0], "count": shard[1], "hash": SHARD_HASH}
-    return dict(config=cache_config, provenance=_provenance(config, shard), class_names=list(source.class_names),
+    multi_label = bool(getattr(source, "multi_label", False))
+    provenance = {**_provenance(config, shard), "task": "multi_label" if multi_label else "single_label"}
+    return dict(config=cache_config, provenance=provenance, class_names=list(source.class_names),
                 splits=splits, feature_shape=tuple(backbone["feature_shape"]), dtype=config.dtype,
-                views=config.augment_views, overwrite=config.overwrite)
+                views=config.augment_views, overwrite=config.overwrite, multi_label=multi_label)
 
 
 def _extract_splits(writer, config: ExtractConfig, source, splits: list[str], extractor, *,
@@ -252,7 +254,10 @@ def _cache_config(config: ExtractConfig, backbone: dict, source, splits: list[st
     # A hub: backbone's KerasHub version, preset and image converter config shape the numbers too;
     # only those caches carry the key, so every other cache's config is what it always was.
     hub = {"hub": backbone["hub"]} if backbone.get("hub") else {}
-    return hub | {
+    # Likewise only multi-label caches carry "task": a single-label cache's config is unchanged,
+    # so caches written before multi-label existed still resume and match.
+    task = {"task": "multi_label"} if getattr(source, "multi_label", False) else {}
+    return hub | task | {
         "backbone": backbone["backbone"],
         "alpha": backbone["alpha"],
         "weights": backbone["weights"],
