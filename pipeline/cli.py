@@ -72,16 +72,16 @@ def main(ctx: click.Context, global_quiet: bool, global_verbose: bool) -> None:
 @main.command("extract-features")
 @click.argument("source")
 @_fields("extract", "out", "backbone", "weights", "alpha", "image_size", "pooling", "dtype", "batch_size", "splits",
-         "split_specs", "validation_fraction", "test_fraction", "max_bad", "strict", "augment_views", "augment",
-         "seed", "overwrite", "shard")
+         "split_specs", "validation_fraction", "test_fraction", "path_column", "label_column", "images",
+         "multi_label", "max_bad", "strict", "augment_views", "augment", "seed", "overwrite", "shard")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
 def extract_features_command(source, out, splits, split_specs, quiet, **options):
     """Run a frozen backbone over SOURCE once and cache its features in HDF5.
 
-    SOURCE is `tfds:NAME` (e.g. tfds:cats_vs_dogs) or a folder of class folders, optionally split
-    into train/, validation/ and test/. A killed run resumes when started again with the same
-    command.
+    SOURCE is `tfds:NAME` (e.g. tfds:cats_vs_dogs), a folder of class folders, optionally split
+    into train/, validation/ and test/, or a .csv/.jsonl label file (path and label columns, an
+    optional split column). A killed run resumes when started again with the same command.
     """
     from headstart.pipeline.data.source_spec import parse_split_option
     from headstart.pipeline import extract_features
@@ -237,7 +237,8 @@ def sweep_command(caches, config_file, quiet, **options):
 
 @main.command("finetune")
 @click.argument("source")
-@_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs", "epochs",
+@_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs",
+         "path_column", "label_column", "images", "multi_label", "epochs",
          "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "patience", "seed",
          "deterministic", "parity_samples", "resume", "export", "quantize", "exclude")
 @_distribute_options("finetune")
@@ -264,6 +265,7 @@ def finetune_command(source, split_specs, export, quiet, **options):
 @click.argument("model", type=click.Path())
 @click.argument("source")
 @click.option("--split", default="test", show_default=True, help="Split of SOURCE to evaluate.")
+@_fields("extract", "path_column", "label_column", "images", "multi_label")
 @click.option("--batch-size", type=int, default=None, help="Default: what the run used.")
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a PNG grid of the most confidently wrong images.")
 @click.option("--grid-size", type=int, default=16, show_default=True, help="Images in the grid.")

@@ -48,6 +48,12 @@ class ExtractConfig:
     split_specs: dict[str, str] = field(default_factory=dict)
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
+    # A .csv/.jsonl label-file SOURCE (pipeline/data/label_file.py): other column names, the folder
+    # bare ids resolve in, several labels per row.
+    path_column: str | None = None
+    label_column: str | None = None
+    images: str | None = None
+    multi_label: bool = False
     max_bad: int | None = None
     strict: bool = False
     augment_views: int = 0
@@ -115,6 +121,11 @@ class FinetuneConfig:
     image_size: int | None = None
     pooling: str | None = None
     split_specs: dict[str, str] = field(default_factory=dict)
+    # Label-file SOURCE options, as for ExtractConfig; with --head they come from the head's cache.
+    path_column: str | None = None
+    label_column: str | None = None
+    images: str | None = None
+    multi_label: bool = False
     epochs: int = 10
     lr: float = 1e-5
     batch_size: int = 32

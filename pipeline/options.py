@@ -61,6 +61,18 @@ _DISTRIBUTE: dict[str, OptionFact] = {
     "jit_compile": OptionFact("Compile the training step with XLA."),
 }
 
+#: Options of a .csv/.jsonl label-file SOURCE (extract-features, finetune, evaluate, run).
+_LABEL_FILE: dict[str, OptionFact] = {
+    "path_column": OptionFact("Label file: the column of image paths (default: path, filename, file, image or id).",
+                              metavar="NAME"),
+    "label_column": OptionFact("Label file: the column of labels (default: label, or labels for several per row).",
+                               metavar="NAME"),
+    "images": OptionFact("Label file: folder its relative paths and bare ids (no extension) resolve in "
+                         "(default: the file's folder).", path="dir", metavar="DIR"),
+    "multi_label": OptionFact("Label file: several labels per row, separated by | or spaces (a labels column "
+                              "implies it)."),
+}
+
 #: (section → field → fact) for every field an option sets.
 FACTS: dict[str, dict[str, OptionFact]] = {
     "extract": {
@@ -78,6 +90,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "validation_fraction": OptionFact("Share of a single class-folder tree held out for validation "
                                           "(stable hash of the path)."),
         "test_fraction": OptionFact("Share of a single class-folder tree held out for testing."),
+        **_LABEL_FILE,
         "max_bad": OptionFact("Fail when more than this many images are skipped (default: any)."),
         "strict": OptionFact("Fail on the first bad image, before writing any features."),
         "augment_views": OptionFact("Extra augmented views stored per training image, for augmentation on the "
@@ -124,6 +137,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "image_size": OptionFact(f"Input size (without --head; default {_EXTRACT.image_size})."),
         "pooling": OptionFact(f"Pooling (without --head; default {_EXTRACT.pooling}).", choices=POOLINGS),
         "split_specs": OptionFact("TFDS split override; repeatable.", flag="--split", metavar="NAME=SPEC"),
+        **_LABEL_FILE,
         "epochs": OptionFact("Most fine-tuning epochs."),
         "lr": OptionFact("Adam learning rate for fine-tuning."),
         "batch_size": OptionFact("Images per fine-tuning step; lower it when memory runs out."),
@@ -248,6 +262,10 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     _o("--split", "extract.split_specs"),
     _o("--validation-fraction", "extract.validation_fraction"),
     _o("--test-fraction", "extract.test_fraction"),
+    _o("--path-column", "extract.path_column"),
+    _o("--label-column", "extract.label_column"),
+    _o("--images", "extract.images"),
+    _o("--multi-label/--no-multi-label", "extract.multi_label"),
     _o("--max-bad", "extract.max_bad", "Fail when more than this many images are skipped."),
     _o("--augment-views", "extract.augment_views"),
     _o("--head-epochs", "head.epochs", "Most epochs of the head on cached features."),

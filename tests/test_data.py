@@ -150,19 +150,30 @@ def _split_of_every_key(source):
 
 
 def test_hashed_splits_are_stable_when_files_are_added(tmp_path):
+    # Hashed splits are stratified per class (issue 11): a class's files are ranked by their hash
+    # and each split takes its share of the ranking. Adding a file to a class shifts each of its
+    # two boundaries by at most one rank, so at most two of its old files change split, each to a
+    # neighbouring split; other classes, and a new class, move nothing. (The older threshold rule
+    # moved nothing at all, but could leave a rare class out of validation or test.)
     root = tmp_path / "imgs"
     for i in range(60):
         _touch(root / ("a" if i % 2 else "b") / f"img_{i:03d}.jpg")
     before = _split_of_every_key(resolve_source(str(root), validation_fraction=0.2, test_fraction=0.2))
-    for i in range(60, 200):
-        _touch(root / ("a" if i % 2 else "b") / f"img_{i:03d}.jpg")
-    _touch(root / "c" / "new_class.jpg")  # even a new class must not move old files
+    _touch(root / "a" / "img_extra.jpg")
+    for i in range(3):
+        _touch(root / "c" / f"new_class_{i}.jpg")  # the smallest class a 3-way split takes
     after = _split_of_every_key(resolve_source(str(root), validation_fraction=0.2, test_fraction=0.2))
-    assert len(after) == 201
-    assert {k: after[k] for k in before} == before
-    # The split depends only on the relative path, so a second listing agrees too.
-    assert all(after[k] == ("test" if hash_fraction(k) < 0.2 else "validation" if hash_fraction(k) < 0.4
-                            else "train") for k in after)
+    assert len(after) == 64
+    moved = [k for k in before if after[k] != before[k]]
+    assert len(moved) <= 2 and all(k.startswith("a/") for k in moved)
+    order = ["test", "validation", "train"]
+    assert all(abs(order.index(before[k]) - order.index(after[k])) == 1 for k in moved)
+    assert sorted(after[k] for k in after if k.startswith("c/")) == ["test", "train", "validation"]
+    # The split depends only on the keys, so a second listing agrees too.
+    assert _split_of_every_key(resolve_source(str(root), validation_fraction=0.2, test_fraction=0.2)) == after
+    # Within a class, test holds the lowest hashes and train the highest.
+    ranked = sorted((k for k in after if k.startswith("b/")), key=hash_fraction)
+    assert [after[k] for k in ranked] == ["test"] * 6 + ["validation"] * 6 + ["train"] * 18
 
 
 def test_hashed_fractions_are_roughly_respected(tmp_path):
@@ -174,8 +185,10 @@ def test_hashed_fractions_are_roughly_respected(tmp_path):
     assert sum(counts.values()) == 2000
     # Binomial standard deviations are ~16 and ~19 images; allow four of them.
     assert abs(counts["validation"] - 300) < 70 and abs(counts["test"] - 500) < 80
-    assert source.describe()["splits"] == {"train": "sha1[0.4:1]", "validation": "sha1[0.25:0.4]",
-                                           "test": "sha1[0:0.25]"}
+    # Stratified hashed splits are recorded as such (older unstratified caches said "sha1[…]").
+    assert source.describe()["splits"] == {"train": "sha1-stratified[0.4:1]",
+                                           "validation": "sha1-stratified[0.25:0.4]",
+                                           "test": "sha1-stratified[0:0.25]"}
 
 
 def test_zero_fraction_leaves_the_split_out(tmp_path):

@@ -12,6 +12,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+#: File extensions of the formats decoded (JPEG, PNG, GIF, BMP, WebP): what ``predict`` looks for in a
+#: folder, and what a label file's bare ids are tried with.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
 # Formats recognised by magic bytes that we do not decode; named in the reason so the user knows
 # to convert them rather than wonder why a "picture" was skipped.
 _UNSUPPORTED_MAGIC = (

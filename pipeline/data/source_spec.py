@@ -1,14 +1,16 @@
 """The source spec: what a SOURCE argument and its split options mean, checked once, TF-free.
 
-A ``SourceSpec`` is the SOURCE (``tfds:NAME`` or a folder) plus the options that choose its splits:
-``--split NAME=SPEC`` overrides (TFDS sources) and the validation and test fractions (a single
-class-folder tree). It is built once (from ``--split`` strings with ``parse_split_option``, from a
+A ``SourceSpec`` is the SOURCE (``tfds:NAME``, a folder, or a ``.csv``/``.jsonl`` label file) plus
+the options that choose its splits: ``--split NAME=SPEC`` overrides (TFDS sources) and the
+validation and test fractions (a source without splits), and those that say how a label file is
+read (``--path-column``, ``--label-column``, ``--images``, ``--multi-label``). It is built once (from ``--split`` strings with ``parse_split_option``, from a
 stage config with ``from_config``, or from what a cache or run recorded with ``from_record``),
 frozen, and passed whole to ``headstart.pipeline.data.sources.open_source``.
 
 It records itself with the keys the stage configs have always used (``source``, ``split_specs``,
-``validation_fraction``, ``test_fraction``): a cache's ``provenance.command_config`` and a finetune
-``run.json["source"]`` hold exactly those, so what earlier versions wrote reads back unchanged.
+``validation_fraction``, ``test_fraction``, and the label-file keys only when set): a cache's
+``provenance.command_config`` and a finetune ``run.json["source"]`` hold exactly those, so what
+earlier versions wrote reads back unchanged and compares equal.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from headstart.pipeline.config import ExtractConfig
+from headstart.pipeline.data.label_file import is_label_file
 from headstart.pipeline.errors import DataError, OptionError
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -55,23 +58,30 @@ def _check_split_name(name: str, value: str) -> None:
         raise OptionError(f"--split '{value}': split name '{name}' must be letters, digits, '_', '-' or '.'")
 
 
+_KINDS = "a folder of class folders, a .csv/.jsonl label file, or tfds:NAME"
+
+
 def check_source_path(source: str) -> Path | None:
-    """Checks that a folder SOURCE exists and is a directory (``tfds:NAME`` passes unchecked), so a
-    mistyped path fails before TensorFlow starts.
+    """Checks that a folder SOURCE is a directory, a label-file SOURCE a file (``tfds:NAME`` passes
+    unchecked), so a mistyped path fails before TensorFlow starts.
 
     Returns:
-        The folder (user-expanded), or None for a TFDS source.
+        The folder or label file (user-expanded), or None for a TFDS source.
 
     Raises:
-        DataError: a missing path or a file.
+        DataError: a missing path, a label file that is not a file, any other file.
     """
     if source.startswith("tfds:"):
         return None
     path = Path(source).expanduser()
+    if is_label_file(source):
+        if not path.is_file():
+            raise DataError(f"{source}: no such label file (give {_KINDS})")
+        return path
     if not path.exists():
-        raise DataError(f"{source}: no such directory (give a folder of class folders or tfds:NAME)")
+        raise DataError(f"{source}: no such directory (give {_KINDS})")
     if not path.is_dir():
-        raise DataError(f"{source}: not a directory (give a folder of class folders or tfds:NAME)")
+        raise DataError(f"{source}: not a directory (give {_KINDS})")
     return path
 
 
@@ -93,21 +103,29 @@ class SourceSpec:
     """A SOURCE and the options that choose its splits; checked when built.
 
     Attributes:
-        source: ``tfds:NAME`` (NAME may carry a config/version) or a directory path.
+        source: ``tfds:NAME`` (NAME may carry a config/version), a directory, or a ``.csv`` /
+            ``.jsonl`` label file.
         split_specs: ``--split`` overrides as ((name, TFDS split spec), …) in the given order; a
             mapping is accepted and kept in its order.
-        validation_fraction: share of a single class-folder tree held out for validation.
-        test_fraction: share of a single class-folder tree held out for testing.
+        validation_fraction: share held out for validation when the source has no splits.
+        test_fraction: share held out for testing when the source has no splits.
+        path_column, label_column: ``--path-column`` / ``--label-column`` of a label file.
+        images: ``--images DIR``: the folder a label file's relative paths and bare ids resolve in.
+        multi_label: ``--multi-label``: read a label file's label column as label sets.
 
     Raises:
-        OptionError: a split name that ``--split`` would refuse, an empty spec, or fractions out
-            of range (``check_fractions``).
+        OptionError: a split name that ``--split`` would refuse, an empty spec, fractions out
+            of range (``check_fractions``), or a label-file option with another kind of SOURCE.
     """
 
     source: str
     split_specs: tuple[tuple[str, str], ...] = ()
     validation_fraction: float = ExtractConfig.validation_fraction
     test_fraction: float = ExtractConfig.test_fraction
+    path_column: str | None = None
+    label_column: str | None = None
+    images: str | None = None
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         pairs = tuple((self.split_specs or {}).items()) if isinstance(self.split_specs, Mapping) \
@@ -118,11 +136,23 @@ class SourceSpec:
         object.__setattr__(self, "validation_fraction", float(self.validation_fraction))
         object.__setattr__(self, "test_fraction", float(self.test_fraction))
         check_fractions(self.validation_fraction, self.test_fraction)
+        object.__setattr__(self, "multi_label", bool(self.multi_label))
+        for name in _LABEL_FILE_KEYS:
+            value = getattr(self, name)
+            if value not in (None, False) and not self.is_label_file:
+                flag = "--" + name.replace("_", "-")
+                raise OptionError(f"{flag} applies to label-file sources (.csv, .jsonl) only; "
+                                  f"{self.source} is not one")
 
     @property
     def is_tfds(self) -> bool:
-        """Whether SOURCE names a TFDS dataset (else it is a directory)."""
+        """Whether SOURCE names a TFDS dataset (else it is a directory or a label file)."""
         return self.source.startswith("tfds:")
+
+    @property
+    def is_label_file(self) -> bool:
+        """Whether SOURCE names a ``.csv`` / ``.jsonl`` label file."""
+        return not self.is_tfds and is_label_file(self.source)
 
     @property
     def splits(self) -> dict[str, str]:
@@ -130,9 +160,12 @@ class SourceSpec:
         return dict(self.split_specs)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the keys the stage configs use: source, split_specs, the fractions."""
+        """JSON-ready, with the keys the stage configs use: source, split_specs, the fractions, and
+        the label-file keys only where set (so a folder's record is what it always was)."""
+        label_keys = {k: getattr(self, k) for k in _LABEL_FILE_KEYS if getattr(self, k) not in (None, False)}
         return {"source": self.source, "split_specs": self.splits,
-                "validation_fraction": self.validation_fraction, "test_fraction": self.test_fraction}
+                "validation_fraction": self.validation_fraction, "test_fraction": self.test_fraction,
+                **label_keys}
 
     @classmethod
     def from_config(cls, config: Any, *, source: str | None = None) -> SourceSpec:
@@ -144,18 +177,27 @@ class SourceSpec:
         """
         return cls(source or config.source, getattr(config, "split_specs", None) or (),
                    getattr(config, "validation_fraction", cls.validation_fraction),
-                   getattr(config, "test_fraction", cls.test_fraction))
+                   getattr(config, "test_fraction", cls.test_fraction),
+                   **{k: getattr(config, k, getattr(cls, k)) for k in _LABEL_FILE_KEYS})
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any] | None, *, source: str | None = None,
-                    split_specs: Mapping[str, str] | None = None) -> SourceSpec:
+                    split_specs: Mapping[str, str] | None = None,
+                    label_options: Mapping[str, Any] | None = None) -> SourceSpec:
         """Reads a spec back from what a cache (``provenance.command_config``) or run recorded.
 
         Keys missing from an older record take their defaults. ``source`` and non-empty
-        ``split_specs`` replace the recorded ones (the same source, named again by the user).
+        ``split_specs`` replace the recorded ones (the same source, named again by the user), and
+        so do the label-file options in ``label_options`` that are set (not None, not False).
         """
         record = {k: v for k, v in (record or {}).items() if v is not None}
+        given = {k: v for k, v in (label_options or {}).items() if k in _LABEL_FILE_KEYS and v not in (None, False)}
         return cls(source if source is not None else str(record.get("source", "")),
                    split_specs or record.get("split_specs") or (),
                    record.get("validation_fraction", cls.validation_fraction),
-                   record.get("test_fraction", cls.test_fraction))
+                   record.get("test_fraction", cls.test_fraction),
+                   **{k: given.get(k, record.get(k, getattr(cls, k))) for k in _LABEL_FILE_KEYS})
+
+
+#: The fields only a label-file SOURCE takes; recorded only when set.
+_LABEL_FILE_KEYS = ("path_column", "label_column", "images", "multi_label")

@@ -1,8 +1,10 @@
-"""Sources (``tfds:NAME`` and folders of class folders), their splits, and the one input path.
+"""Sources (``tfds:NAME``, folders of class folders, label files), their splits, the one input path.
 
 Every source yields element-level ``tf.data`` dicts in a deterministic order::
 
     {"image": float32 (S, S, 3) raw 0–255, "label": int64 (), "key": string (), "error": string ()}
+
+(a multi-label source, ``source.multi_label``: "label" is int64 (C,) multi-hot.)
 
 Each file is decoded on its own inside ``tf.py_function`` (``image.py``: header checks, then TF
 decode → RGB → ``tf.image.resize``), so a bad file becomes one zero image with a reason in
@@ -12,13 +14,15 @@ after ``batch()`` would). Consumers skip and record it.
 Which file or TFDS example belongs to which split and shard is ``splits.py``'s business (the two
 class-folder layouts, the split hash, the shard hash); what SOURCE and its split options mean is
 ``source_spec.py``'s. ``dataset(…, shard=(I, N))`` drops other shards' items before decoding.
-Class names are the sorted folder names, or the TFDS label names.
+Class names are the sorted folder names or labels, or the TFDS label names. Label files (``.csv``,
+``.jsonl``) are read by ``label_file.py`` and served by ``label_source.LabelFileSource``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 
@@ -48,15 +52,22 @@ def open_source(spec: SourceSpec) -> Source:
 
     Raises:
         DataError: a missing path, an unknown or undownloadable dataset, a folder without classes,
-            an empty class folder, a split spec TFDS cannot read.
-        OptionError: ``--split`` with a directory source.
+            an empty class folder, a class too small for the stratified split, a split spec TFDS
+            cannot read, a label file without a path or label column.
+        OptionError: ``--split`` with a directory or label-file source.
     """
     if spec.is_tfds:
         return TfdsSource(spec.source, split_specs=spec.splits)
     path = check_source_path(spec.source)
     if spec.split_specs:
-        raise OptionError(f"--split applies to tfds: sources only; {spec.source} is a directory "
-                          f"(use {'/'.join(SPLIT_FOLDERS)} folders or --validation-fraction/--test-fraction)")
+        what = "a label file" if spec.is_label_file else "a directory"
+        raise OptionError(f"--split applies to tfds: sources only; {spec.source} is {what} "
+                          f"(use {'/'.join(SPLIT_FOLDERS)} folders, a split column, or "
+                          f"--validation-fraction/--test-fraction)")
+    if spec.is_label_file:
+        from headstart.pipeline.data.label_source import LabelFileSource
+
+        return LabelFileSource(spec, path)
     return DirSource(spec.source, path, validation_fraction=spec.validation_fraction,
                      test_fraction=spec.test_fraction)
 
@@ -87,11 +98,14 @@ class Source:
 
     Attributes:
         spec: the SOURCE string as given.
-        class_names: label index → name, sorted folder names or the TFDS label names.
+        class_names: label index → name, sorted folder names or labels, or the TFDS label names.
         split_names: the splits this source offers, train/validation/test first.
+        multi_label: elements carry "label" as an int64 (C,) multi-hot vector (C classes) instead
+            of an int64 () index; only label files with a ``labels`` column or ``--multi-label``.
     """
 
     kind = ""
+    multi_label = False
 
     def __init__(self, spec: str):
         self.spec = spec
@@ -145,26 +159,20 @@ def _decode_map(load, image_size: int):
     return fn
 
 
-class DirSource(Source):
-    """A folder of class folders, with explicit split folders or hashed splits."""
+class FileListSource(Source):
+    """A source whose items are files below ``root``: split → [(key, label)], keys relative to it.
 
-    kind = "dir"
+    ``_reasons`` maps the keys of items known to be bad before any decoding (a directory loop, a
+    bad row of a label file) to their reason; they stay items of their split, so they are skipped
+    and reported one at a time like bad images. A label is an int, or a multi-hot tuple (C,) for a
+    multi-label source.
+    """
 
-    def __init__(self, spec: str, root: Path, *, validation_fraction: float = 0.1, test_fraction: float = 0.1):
+    def __init__(self, spec: str, root: Path):
         super().__init__(spec)
         self.root = root.resolve()
-        self.validation_fraction = validation_fraction
-        self.test_fraction = test_fraction
-        listing = list_class_folders(self.root, spec, validation_fraction=validation_fraction,
-                                     test_fraction=test_fraction)
-        self.layout, self.split_names, self._split_specs = listing.layout, listing.split_names, listing.split_specs
-        self.class_names = listing.class_names
-        self._items = listing.items
-        self._loops = listing.loops  # key → reason: directory symlinks not entered again
-
-    def describe(self) -> dict:
-        return {"source": self.spec, "kind": self.kind, "root": str(self.root), "layout": self.layout,
-                "splits": dict(self._split_specs)}
+        self._items: dict[str, list[tuple[str, Any]]] = {}
+        self._reasons: dict[str, str] = {}
 
     def count(self, split: str, *, shard: tuple[int, int] | None = None) -> int:
         return len(self._shard_items(split, shard))
@@ -174,7 +182,7 @@ class DirSource(Source):
         self._check_split(split)
         return [key for key, _ in self._items[split]]
 
-    def _shard_items(self, split: str, shard: tuple[int, int] | None) -> list[tuple[str, int]]:
+    def _shard_items(self, split: str, shard: tuple[int, int] | None) -> list[tuple[str, Any]]:
         self._check_split(split)
         items = self._items[split]
         if shard is None:
@@ -188,19 +196,41 @@ class DirSource(Source):
         items = self._shard_items(split, shard)
         root = os.fsencode(self.root)
         paths = tf.constant([os.path.join(root, os.fsencode(k)) for k, _ in items], tf.string, shape=(len(items),))
-        labels = tf.constant([label for _, label in items], tf.int64, shape=(len(items),))
+        label_shape = (len(items), len(self.class_names)) if self.multi_label else (len(items),)
+        labels = tf.constant([label for _, label in items], tf.int64, shape=label_shape)
         keys = tf.constant([k for k, _ in items], tf.string, shape=(len(items),))
 
-        loops = {os.path.join(self.root, k): reason for k, reason in self._loops.items()}
+        reasons = {os.path.join(self.root, k): reason for k, reason in self._reasons.items()}
 
         def load(path: bytes):
             path = os.fsdecode(path)
-            if path in loops:  # listed so that the loop is reported once, among the skipped
-                return tf.zeros((image_size, image_size, 3), tf.float32), loops[path]
+            if path in reasons:  # listed so that the reason is reported once, among the skipped
+                return tf.zeros((image_size, image_size, 3), tf.float32), reasons[path]
             return load_or_reason(path, image_size, max_pixels=max_pixels)
 
         ds = without_autotune_thread(tf.data.Dataset.from_tensor_slices((paths, labels, keys)))
         return ds.map(_decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class DirSource(FileListSource):
+    """A folder of class folders, with explicit split folders or hashed splits."""
+
+    kind = "dir"
+
+    def __init__(self, spec: str, root: Path, *, validation_fraction: float = 0.1, test_fraction: float = 0.1):
+        super().__init__(spec, root)
+        self.validation_fraction = validation_fraction
+        self.test_fraction = test_fraction
+        listing = list_class_folders(self.root, spec, validation_fraction=validation_fraction,
+                                     test_fraction=test_fraction)
+        self.layout, self.split_names, self._split_specs = listing.layout, listing.split_names, listing.split_specs
+        self.class_names = listing.class_names
+        self._items = listing.items
+        self._reasons = listing.loops  # key → reason: directory symlinks not entered again
+
+    def describe(self) -> dict:
+        return {"source": self.spec, "kind": self.kind, "root": str(self.root), "layout": self.layout,
+                "splits": dict(self._split_specs)}
 
 
 class TfdsSource(Source):

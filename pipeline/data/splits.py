@@ -1,9 +1,16 @@
 """Which item goes to which split and which shard; the two class-folder layouts. No TensorFlow.
 
 * ``DIR/{train,validation,test}/<class>/…`` — explicit splits, used as given.
-* ``DIR/<class>/…`` — one tree, split by a stable hash of each file's path relative to DIR: a file
-  goes to test when its hash fraction is below ``test_fraction``, to validation below
-  ``test_fraction + validation_fraction``, else to train. Adding files never moves existing ones.
+* ``DIR/<class>/…`` — one tree, split per class by a stable hash of each file's path relative to
+  DIR (``assign_stratified``): within a class, files are ranked by ``hash_fraction`` of their key
+  and the lowest ``round(n · test_fraction)`` go to test, the next ``round(n · validation_fraction)``
+  to validation (at least one each when the fraction is above 0), the rest to train. So a rare
+  class is in every split, and a class too small for that (fewer than 3 files with both fractions
+  above 0) is a one-line error naming it. A file's split depends only on its class's keys: adding
+  files to a class moves at most the items next to a boundary of the ranking (each boundary shifts
+  by at most one rank per added file), never the others, and other classes not at all. The
+  recorded split spec says ``sha1-stratified[…]``, so a cache cut by the older unstratified
+  threshold rule (``sha1[…]``) is a visible config mismatch, never mixed with this one.
 
 Every non-hidden file inside a class folder is listed; files that are not images are reported as
 bad later rather than silently ignored. Class names are the sorted folder names.
@@ -18,6 +25,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from headstart.pipeline.errors import DataError
 
@@ -54,9 +62,9 @@ class FolderListing:
     """A class-folder tree, listed and split.
 
     Attributes:
-        layout: "explicit" (split folders) or "hashed" (one tree split by ``hash_fraction``).
+        layout: "explicit" (split folders) or "hashed" (one tree split by ``assign_stratified``).
         split_names: the splits present, in ``SPLIT_FOLDERS`` order.
-        split_specs: split → how it was cut ("train/" or "sha1[0.2:1]"), for cache provenance.
+        split_specs: split → how it was cut ("train/" or "sha1-stratified[0.2:1]"), for cache provenance.
         class_names: sorted class folder names.
         items: split → [(key, label index)], sorted by key.
         loops: key → reason for the directory symlinks that led to a folder already listed; each
@@ -96,12 +104,11 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
         files = [(split, key, cls) for split in split_dirs
                  for cls, key in _class_files(root, split, seen, loops)]
     else:
-        layout, split_specs = "hashed", _hashed_specs(validation_fraction, test_fraction)
-        low, mid = test_fraction, test_fraction + validation_fraction
-        files = []
-        for cls, key in _class_files(root, "", seen, loops):
-            h = hash_fraction(key)
-            files.append(("test" if h < low else "validation" if h < mid else "train", key, cls))
+        layout, split_specs = "hashed", hashed_split_specs(validation_fraction, test_fraction)
+        listed = [(key, cls) for cls, key in _class_files(root, "", seen, loops)]
+        chosen = assign_stratified(listed, validation_fraction=validation_fraction,
+                                   test_fraction=test_fraction, spec=spec)
+        files = [(chosen[key], key, cls) for key, cls in listed]
     split_names = [s for s in SPLIT_FOLDERS if s in split_specs]
     class_names = sorted({cls for _, _, cls in files})
     if not class_names:
@@ -114,14 +121,76 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     return FolderListing(layout, split_names, split_specs, class_names, items, loops)
 
 
-def _hashed_specs(validation_fraction: float, test_fraction: float) -> dict[str, str]:
+def hashed_split_specs(validation_fraction: float, test_fraction: float) -> dict[str, str]:
+    """split → how ``assign_stratified`` cuts it, for cache provenance (a source without splits).
+
+    With both fractions 0 everything is train, as under the older unstratified rule, so the spec
+    stays ``sha1[0:1]`` and such caches still match.
+    """
     low, mid = test_fraction, test_fraction + validation_fraction
-    specs = {"train": f"sha1[{mid:g}:1]"}
+    if mid == 0:
+        return {"train": "sha1[0:1]"}
+    rule = "sha1-stratified"
+    specs = {"train": f"{rule}[{mid:g}:1]"}
     if validation_fraction > 0:
-        specs["validation"] = f"sha1[{low:g}:{mid:g}]"
+        specs["validation"] = f"{rule}[{low:g}:{mid:g}]"
     if test_fraction > 0:
-        specs["test"] = f"sha1[0:{low:g}]"
+        specs["test"] = f"{rule}[0:{low:g}]"
     return specs
+
+
+def assign_stratified(items: Sequence[tuple[str, str]], *, validation_fraction: float, test_fraction: float,
+                      spec: str) -> dict[str, str]:
+    """Splits items per stratum (class) by their stable hash: key → "train"/"validation"/"test".
+
+    Within each stratum the items are ranked by ``hash_fraction(key)`` (ties by key); the first
+    ``round(n · test_fraction)`` go to test and the next ``round(n · validation_fraction)`` to
+    validation — at least one each when its fraction is above 0, and always at least one left
+    for train — the rest to train. Adding items to a stratum moves only items at the boundaries
+    of its ranking (see the module docstring).
+
+    Args:
+        items: (key, stratum) pairs; the stratum is the class name (multi-label sources: the row's
+            rarest label).
+        validation_fraction, test_fraction: held-out shares, each in [0, 1), together below 1.
+        spec: SOURCE as given, for messages.
+
+    Raises:
+        DataError: a stratum with too few items to give every split one (fewer than 3 when both
+            fractions are above 0), naming the class.
+    """
+    by_stratum: dict[str, list[str]] = {}
+    for key, stratum in items:
+        by_stratum.setdefault(stratum, []).append(key)
+    chosen: dict[str, str] = {}
+    for stratum in sorted(by_stratum):
+        ranked = sorted(by_stratum[stratum], key=lambda k: (hash_fraction(k), k))
+        n_test, n_val = _held_out_counts(len(ranked), validation_fraction, test_fraction, stratum, spec)
+        for rank, key in enumerate(ranked):
+            chosen[key] = "test" if rank < n_test else "validation" if rank < n_test + n_val else "train"
+    return chosen
+
+
+def _held_out_counts(n: int, validation_fraction: float, test_fraction: float, stratum: str,
+                     spec: str) -> tuple[int, int]:
+    """(test, validation) counts of a stratum of n items; each ≥ 1 when its fraction is > 0."""
+    def share(fraction: float) -> int:
+        return max(1, int(n * fraction + 0.5)) if fraction > 0 else 0
+
+    needed = 1 + (validation_fraction > 0) + (test_fraction > 0)
+    if n < needed:
+        held = " and ".join(name for name, f in (("validation", validation_fraction), ("test", test_fraction))
+                            if f > 0)
+        raise DataError(f"{spec}: class '{stratum}' has {n} image(s); a stratified split needs at least "
+                        f"{needed} (one for train and one each for {held}): add images, or set "
+                        f"--validation-fraction/--test-fraction to 0")
+    n_test, n_val = share(test_fraction), share(validation_fraction)
+    while n_test + n_val > n - 1:  # rounding up may leave train empty: give back from the larger share
+        if n_val > 1 and (n_val >= n_test or n_test <= 1):
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_test, n_val
 
 
 def _visible(name: str) -> bool:

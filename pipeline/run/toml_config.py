@@ -43,7 +43,8 @@ RUNNER_SET: dict[str, tuple[str, ...]] = {
     # finetune takes the backbone and the splits from the head run, i.e. from [extract].
     "finetune": ("source", "head", "out", "overwrite", "resume", "tensorboard", "head_epochs", "head_lr",
                  "head_batch_size",
-                 "backbone", "weights", "alpha", "image_size", "pooling", "split_specs"),
+                 "backbone", "weights", "alpha", "image_size", "pooling", "split_specs",
+                 "path_column", "label_column", "images", "multi_label"),
 }
 #: (section, key) pairs that never change a result: a run directory may be rerun with other values.
 NO_RESULT: frozenset[tuple[str, str]] = frozenset({
@@ -158,6 +159,8 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
     weights = sections["extract"].get("weights")
     if weights not in (None, "imagenet", "none") and os.path.isfile(os.path.expanduser(weights)):
         sections["extract"]["weights"] = os.path.abspath(os.path.expanduser(weights))
+    if sections["extract"].get("images"):  # config.toml names absolute paths, wherever it is read
+        sections["extract"]["images"] = os.path.abspath(os.path.expanduser(sections["extract"]["images"]))
     for section in ("head", "finetune"):
         if sections[section].get("exclude"):  # run.json and config.toml name the file wherever it ran
             sections[section]["exclude"] = os.path.abspath(os.path.expanduser(sections[section]["exclude"]))

@@ -22,12 +22,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from headstart.pipeline.config import EXPORT_FORMATS
+# IMAGE_EXTENSIONS: what ``predict_images`` picks up in a directory (files named explicitly are always tried).
+from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS  # noqa: F401 - re-exported
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
-
-#: Extensions picked up when a directory is given to ``predict_images`` (files named explicitly are
-#: always tried).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
 @dataclass
@@ -196,7 +194,8 @@ def split_metrics(predictions: SplitPredictions, class_names: Sequence[str]) -> 
 def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str = "test", *,
                    batch_size: int | None = None, split_specs: dict[str, str] | None = None,
                    validation_fraction: float | None = None, test_fraction: float | None = None,
-                   grid: str | os.PathLike | None = None, grid_size: int = 16,
+                   path_column: str | None = None, label_column: str | None = None, images: str | None = None,
+                   multi_label: bool = False, grid: str | os.PathLike | None = None, grid_size: int = 16,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Accuracy, loss, per-class metrics and confusion matrix of a saved model on one split.
 
@@ -210,6 +209,8 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
         batch_size: images per forward pass; default: the run's batch size (same batches, so the
             same logits to the last bit), else 32.
         split_specs, validation_fraction, test_fraction: as for ``headstart.pipeline.data.sources.resolve_source``.
+        path_column, label_column, images, multi_label: how a label-file SOURCE is read (default:
+            as the run recorded, when SOURCE is its source).
         grid: write a PNG grid of the most confidently wrong images here.
         grid_size: at most this many images in the grid.
         log: one-line status messages.
@@ -229,7 +230,9 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
         batch_size = int(((run or {}).get("config") or {}).get("batch_size") or 32)
     if batch_size < 1 or grid_size < 1:
         raise OptionError(f"--batch-size and the grid size must be at least 1, got {batch_size}, {grid_size}")
-    src = _resolve(source, run, split_specs, validation_fraction, test_fraction)
+    label_options = {"path_column": path_column, "label_column": label_column, "images": images,
+                     "multi_label": multi_label}
+    src = _resolve(source, run, split_specs, validation_fraction, test_fraction, label_options)
     if split not in src.split_names:
         raise DataError(f"source has no split '{split}' (it has {', '.join(src.split_names)})")
     class_names = list(src.class_names)
@@ -356,7 +359,8 @@ def _expand(paths: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-def _resolve(source: str | Any, run: dict | None, split_specs, validation_fraction, test_fraction) -> Any:
+def _resolve(source: str | Any, run: dict | None, split_specs, validation_fraction, test_fraction,
+             label_options: dict[str, Any]) -> Any:
     from headstart.pipeline.data.source_spec import SourceSpec
     from headstart.pipeline.data.sources import open_source
 
@@ -367,7 +371,7 @@ def _resolve(source: str | Any, run: dict | None, split_specs, validation_fracti
                                or os.path.abspath(source) == recorded.get("path"))
     # The same source as the run's reads with the run's spec (so "test" means the same images);
     # anything given here wins, and what neither says takes the defaults.
-    base = SourceSpec.from_record(recorded if same else None, source=source)
+    base = SourceSpec.from_record(recorded if same else None, source=source, label_options=label_options)
     given = {"split_specs": split_specs, "validation_fraction": validation_fraction, "test_fraction": test_fraction}
     return open_source(dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None}))
 

@@ -419,4 +419,5 @@ def _recipe(config: FinetuneConfig, head_run: dict | None) -> dict:
 def _source_spec(config: FinetuneConfig, head_run: dict | None) -> SourceSpec:
     # The head run's cache recorded how its source was read; the user does not repeat it.
     cmd = ((head_run or {}).get("cache", {}).get("provenance") or {}).get("command_config") or {}
-    return SourceSpec.from_record(cmd, source=config.source, split_specs=config.split_specs)
+    return SourceSpec.from_record(cmd, source=config.source, split_specs=config.split_specs,
+                                  label_options=dataclasses.asdict(config))
