@@ -309,3 +309,49 @@ def test_run_and_evaluate_read_the_label_file_options(tmp_path):
     assert source.multi_label and source.describe()["path_column"] == "picture"
     help_text = run_cli("evaluate", "--help").output
     assert all(flag in help_text for flag in ("--path-column", "--label-column", "--images", "--multi-label"))
+
+
+# ── acceptance on the real photos ────────────────────────────────────────────────────────────
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_real_photos_as_a_flat_folder_and_a_csv_equal_the_class_folders(real_photo_cache, tmp_path):
+    # The 2,000 photos of the session cache (split folders, 70/10/20 by number per class) laid out
+    # again as one flat folder of symlinks plus path,label,split rows taken from that layout.
+    from conftest import head_weights
+    from headstart.pipeline.config import ExtractConfig, HeadConfig
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.head_training import train_head
+
+    tree, flat = real_photo_cache["images"], tmp_path / "photos"
+    flat.mkdir()
+    lines = []
+    for image in sorted(tree.glob("*/*/*.jpg")):
+        split, label = image.parts[-3], image.parts[-2]
+        (flat / image.name).symlink_to(image.resolve())
+        lines.append(f"photos/{image.name},{label},{split}")
+    assert len(lines) == 2000
+    csv = write_csv(tmp_path / "labels.csv", "path,label,split", lines[::-1])  # row order does not matter
+    cache = tmp_path / "features.h5"
+    extract_features(ExtractConfig(source=str(csv), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
+                                   weights=str(real_photo_cache["weights"]), image_size=128), log=lambda *_: None)
+    folder_config, folder_rows = read_cache(real_photo_cache["cache"])
+    csv_config, csv_rows = read_cache(cache)
+    assert csv_config["class_names"] == folder_config["class_names"] == ["cats", "dogs"]
+    assert list(csv_rows) == list(folder_rows) == ["train", "validation", "test"]
+    for split, (features, labels, keys) in folder_rows.items():
+        csv_features, csv_labels, csv_keys = csv_rows[split]
+        assert [Path(k).name for k in keys] == [Path(k).name for k in csv_keys], split  # the same images, in order
+        assert np.array_equal(features, csv_features), split  # bit for bit
+        assert np.array_equal(labels, csv_labels), split
+    heads = []
+    for name, features in (("folders", real_photo_cache["cache"]), ("csv", cache)):
+        heads.append(train_head(HeadConfig(features=str(features), out=str(tmp_path / f"head_{name}"), epochs=5,
+                                           seed=3), log=lambda *_: None))
+    first, second = heads
+    assert all(np.array_equal(a, b) for a, b in zip(head_weights(first.run_dir), head_weights(second.run_dir)))
+    assert (first.best_epoch, first.val_loss, first.val_accuracy, first.test_loss, first.test_accuracy) == \
+        (second.best_epoch, second.val_loss, second.val_accuracy, second.test_loss, second.test_accuracy)
+    assert first.history["val_loss"] == second.history["val_loss"]
+    assert first.test_accuracy > 0.8
