@@ -286,6 +286,25 @@ def test_multi_label_rows_are_stratified_on_their_rarest_label(tmp_path):
     assert rare == ["test", "train", "validation"]
 
 
+@pytest.mark.slow
+def test_extract_a_multi_label_csv_into_a_multi_hot_cache(tmp_path):
+    rows = flat_images(tmp_path, {"cat": 4, "dog": 4})
+    sets = ["cat", "cat dog", "cat", "cat|dog", "dog", "dog", "dog cat", "dog"]
+    csv = write_csv(tmp_path / "tags.csv", "path,labels,split",
+                    [f"{n},{t},{'validation' if i % 4 == 3 else 'train'}" for i, ((n, _), t) in enumerate(zip(rows, sets))])
+    out = tmp_path / "f.h5"
+    result = run_cli("extract-features", csv, "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    config, splits = read_cache(out)
+    assert config["class_names"] == ["cat", "dog"] and config["source"]["task"] == "multi_label"
+    assert splits["train"][2] == ["cat_000.jpg", "cat_001.jpg", "cat_002.jpg", "dog_000.jpg", "dog_001.jpg",
+                                  "dog_002.jpg"]
+    assert splits["train"][1].tolist() == [[1, 0], [1, 1], [1, 0], [0, 1], [0, 1], [1, 1]]
+    assert splits["validation"][1].tolist() == [[1, 1], [0, 1]]
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["provenance_json"])["task"] == "multi_label"
+
+
 # ── the other commands ───────────────────────────────────────────────────────────────────────
 
 
