@@ -348,7 +348,7 @@ def inspect_command(path, as_json):
 def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
     """Run extract-features → train-head → finetune → evaluate into one run directory.
 
-    SOURCE is `tfds:NAME` or a folder of class folders (or `source` in --config). With no options,
+    SOURCE is `tfds:NAME`, a folder of class folders or a .csv/.jsonl label file (or `source` in --config). With no options,
     `headstart run tfds:cats_vs_dogs --out runs/guide` follows the Keras guide end to end. Run the
     same command again: finished stages are reused, an interrupted one resumes. The resolved
     config is written to RUN_DIR/config.toml; `--config RUN_DIR/config.toml` reproduces the run.

@@ -192,6 +192,7 @@ def test_bad_rows_are_skipped_counted_and_refused_like_bad_images(tmp_path):
     result = run_cli("extract-features", csv, "--out", out, *FAST, "--max-bad", "6")
     assert result.exit_code == 0, result.output
     assert "train: 9 rows, 6 skipped" in result.output
+    assert "labels.csv: 1 row(s) repeat an earlier row exactly" in result.output
     assert "skipped [train] p/gone.jpg: missing file (labels.csv row 12)" in result.output
     config, splits = read_cache(out)
     assert config["source"]["kind"] == "label_file" and config["class_names"] == ["cat", "dog"]

@@ -58,6 +58,9 @@ class LabelFileSource(FileListSource):
         for row in table.rows:
             self._items[splits[row.key]].append((row.key, self._label(row, index)))
         self._add_bad_rows()
+        if table.duplicates:
+            self.notes.append(f"{table.path.name}: {table.duplicates} row(s) repeat an earlier row exactly "
+                              f"(same path, labels and split); each image is kept once")
         for items in self._items.values():
             items.sort(key=lambda item: item[0])  # the order of a class-folder tree: by key
 

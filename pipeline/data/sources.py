@@ -102,6 +102,7 @@ class Source:
         split_names: the splits this source offers, train/validation/test first.
         multi_label: elements carry "label" as an int64 (C,) multi-hot vector (C classes) instead
             of an int64 () index; only label files with a ``labels`` column or ``--multi-label``.
+        notes: one-line remarks on how the source was read, for the user (e.g. rows kept once).
     """
 
     kind = ""
@@ -111,6 +112,7 @@ class Source:
         self.spec = spec
         self.class_names: list[str] = []
         self.split_names: list[str] = []
+        self.notes: list[str] = []
 
     def describe(self) -> dict:
         """Returns {"source", "kind", "splits": {name: spec}} (+ "root" for directories); JSON-ready.

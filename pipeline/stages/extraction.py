@@ -116,6 +116,8 @@ def extract_features(
 
     shard = parse_shard(config.shard)
     source, splits = _open_source(config)
+    for note in source.notes:
+        log(note)
     if config.strict:
         _refuse_bad_images(config, source, splits, shard)
     extractor, info = build_extractor(config.backbone, weights=config.weights, image_size=config.image_size,
