@@ -327,8 +327,24 @@ def test_run_and_evaluate_read_the_label_file_options(tmp_path):
     recorded = {"source": {**spec.to_dict(), "path": str(csv)}}
     source = _resolve(str(csv), recorded, None, None, None, {"multi_label": False})
     assert source.multi_label and source.describe()["path_column"] == "picture"
-    help_text = run_cli("evaluate", "--help").output
-    assert all(flag in help_text for flag in ("--path-column", "--label-column", "--images", "--multi-label"))
+    for command in ("evaluate", "finetune", "extract-features", "run"):
+        help_text = run_cli(command, "--help").output
+        assert all(flag in help_text for flag in ("--path-column", "--label-column", "--images", "--multi-label"))
+
+
+def test_finetune_reads_the_label_file_options_from_the_head_cache_or_its_own(tmp_path):
+    from headstart.pipeline.config import ExtractConfig, FinetuneConfig, config_to_dict
+    from headstart.pipeline.stages.finetuning import _source_spec
+
+    csv = str(tmp_path / "labels.csv")
+    recorded = config_to_dict(ExtractConfig(source=csv, path_column="picture", label_column="kind",
+                                            images="/data/pics", validation_fraction=0.2))
+    head_run = {"cache": {"provenance": {"command_config": recorded}}}
+    spec = _source_spec(FinetuneConfig(source=csv, head="head"), head_run)
+    assert (spec.path_column, spec.label_column, spec.images, spec.validation_fraction) == \
+        ("picture", "kind", "/data/pics", 0.2)
+    alone = _source_spec(FinetuneConfig(source=csv, path_column="picture", multi_label=True), None)
+    assert alone.path_column == "picture" and alone.multi_label and alone.label_column is None
 
 
 # ── acceptance on the real photos ────────────────────────────────────────────────────────────

@@ -125,14 +125,16 @@ def validate_run_config(config: RunConfig) -> None:
 
 
 def _check_classes(config: RunConfig) -> None:
-    """A folder source has at least two classes (listing it starts TensorFlow: after the other checks)."""
+    """A folder or label-file source has at least two classes (listing it starts TensorFlow: after the
+    other checks)."""
     ex = config.extract
     if not config.source.startswith("tfds:"):
         from headstart.pipeline.data.sources import open_source
 
         source = open_source(SourceSpec.from_config(ex, source=config.source))
         if len(source.class_names) < 2:
-            raise DataError(f"{config.source}: {len(source.class_names)} class folder(s); a classifier needs 2 or more")
+            what = "label(s)" if source.kind == "label_file" else "class folder(s)"
+            raise DataError(f"{config.source}: {len(source.class_names)} {what}; a classifier needs 2 or more")
 
 
 def _as_run_flags(check: Callable[[], None], renamed: dict[str, str]) -> None:
