@@ -332,6 +332,33 @@ def test_run_and_evaluate_read_the_label_file_options(tmp_path):
         assert all(flag in help_text for flag in ("--path-column", "--label-column", "--images", "--multi-label"))
 
 
+@pytest.mark.slow
+def test_run_and_evaluate_on_a_csv_of_bare_ids_end_to_end(tmp_path):
+    from conftest import make_weights_file
+
+    folder = tmp_path / "train_images"
+    rows = flat_images(folder, {"cat": 8, "dog": 8})
+    split_of = ["train"] * 4 + ["validation"] * 2 + ["test"] * 2
+    csv = write_csv(tmp_path / "meta" / "train.csv", "id,kind,split",
+                    [f"{Path(n).stem},{lab},{split_of[i % 8]}" for i, (n, lab) in enumerate(rows)])
+    weights = make_weights_file(tmp_path / "mobilenet_025.weights.h5")
+    run_dir = tmp_path / "run"
+    result = run_cli("run", csv, "--out", run_dir, "--images", folder, "--label-column", "kind",
+                     "--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", weights,
+                     "--head-epochs", "3", "--head-lr", "0.01", "--epochs", "1", "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["class_names"] == ["cat", "dog"]
+    assert summary["stages"]["extract"]["rows"] == 16 and summary["stages"]["evaluate"]["rows"] == 4
+    config = (run_dir / "config.toml").read_text()
+    assert f'images = "{folder}"' in config and 'label_column = "kind"' in config
+    # evaluate reads how the file was read from the run: same split, same images, same score.
+    evaluated = run_cli("evaluate", run_dir / "finetune", csv, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.output[evaluated.output.index("{"):])
+    assert metrics["rows"] == 4 and metrics["accuracy"] == summary["stages"]["evaluate"]["accuracy"]
+
+
 def test_finetune_reads_the_label_file_options_from_the_head_cache_or_its_own(tmp_path):
     from headstart.pipeline.config import ExtractConfig, FinetuneConfig, config_to_dict
     from headstart.pipeline.stages.finetuning import _source_spec
