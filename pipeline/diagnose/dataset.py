@@ -60,6 +60,10 @@ def load_cache_rows(path: str) -> CacheRows:
             raise DataError(f"{path}: the cache has no 'train' split (it has: {', '.join(cache.splits)})")
         if len(cache.class_names) < 2:
             raise DataError(f"{path}: the cache has {len(cache.class_names)} class(es); need 2 or more")
+        if cache.multi_label:
+            # Out-of-fold heads and cleanlab's find_label_issues here are single-label; cleanlab's
+            # multilabel_classification would need multi-label fold heads, not built yet.
+            raise DataError(f"{path}: diagnose reads single-label caches only; this one is multi-label")
         parts = [cache.split(s) for s in names]
         features = np.concatenate([np.asarray(p.features[...], dtype=np.float32) for p in parts])
         stds = [p.pixel_std for p in parts if len(p)]

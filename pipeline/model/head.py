@@ -12,7 +12,10 @@ per-channel mean and divides by its standard deviation (``Normalization``, stati
 layer's non-trainable weights, set with ``set_head_weights``/``adapt_head``).
 
 Two classes get one logit (binary cross-entropy from logits, the guide's setup); more classes get one
-logit per class (sparse categorical cross-entropy from logits). Only built-in Keras layers are used,
+logit per class (sparse categorical cross-entropy from logits). A multi-label head (``multi_label``:
+a row may carry any set of the classes) gets one logit per class whatever their number, a sigmoid
+each, and binary cross-entropy per class against (N, C) multi-hot targets; its decision thresholds
+are chosen per class on validation (``headstart.pipeline.report.multilabel_metrics``). Only built-in Keras layers are used,
 so a saved ``head.keras`` loads with ``keras.saving.load_model`` in safe mode and no custom objects.
 
 Probabilities are computed here in NumPy, not inside the model, so the saved model and the exported
@@ -30,10 +33,9 @@ from headstart.pipeline.errors import OptionError
 from headstart.pipeline.model.head_options import check_head_options  # noqa: F401 - re-exported
 
 
-def num_logits(num_classes: int) -> int:
-    """Returns the head's output width: 1 for two classes, else ``num_classes``."""
-    return 1 if num_classes == 2 else num_classes
-
+def num_logits(num_classes: int, multi_label: bool = False) -> int:
+    """Returns the head's output width: 1 for two classes, else ``num_classes`` (always for multi-label)."""
+    return 1 if num_classes == 2 and not multi_label else num_classes
 
 
 
@@ -46,6 +48,7 @@ def build_head(
     hidden_units: int = 256,
     normalize: str = "none",
     name: str = "head",
+    multi_label: bool = False,
 ) -> keras.Model:
     """Builds the classifier head.
 
@@ -59,10 +62,11 @@ def build_head(
         normalize: "none", "l2" or "standardize" (statistics start at mean 0 / variance 1; set
             them with ``adapt_head`` or ``set_head_weights``).
         name: model name; ``finetune`` nests the head under this name.
+        multi_label: one independent logit per class (sigmoid + binary cross-entropy each).
 
     Returns:
         A functional model, input ``(B, *feature_shape)`` float32 → logits ``(B, 1)`` for two
-        classes or ``(B, num_classes)`` otherwise.
+        single-label classes or ``(B, num_classes)`` otherwise.
 
     Raises:
         OptionError: fewer than two classes, a dropout outside [0, 1), an unknown kind or
@@ -91,7 +95,7 @@ def build_head(
     # float32 whatever the global policy: under mixed precision the logits (and so the loss and
     # softmax) would otherwise be float16/bfloat16, which overflows or loses the small differences
     # the loss needs. Under the default float32 policy this changes nothing.
-    outputs = keras.layers.Dense(num_logits(num_classes), name="logits", dtype="float32")(x)
+    outputs = keras.layers.Dense(num_logits(num_classes, multi_label), name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -122,9 +126,11 @@ def adapt_head(head: keras.Model, train_batches: Iterable[np.ndarray]) -> None:
 
 
 def head_architecture(record: dict) -> dict:
-    """``build_head`` keyword arguments from a run.json "head" record (older runs: the guide's head)."""
+    """``build_head`` keyword arguments from a run.json "head" record (older runs: the guide's
+    single-label head)."""
     return {"dropout": float(record.get("dropout", 0.2)), "kind": record.get("kind", "linear"),
-            "hidden_units": int(record.get("hidden_units", 256)), "normalize": record.get("normalize", "none")}
+            "hidden_units": int(record.get("hidden_units", 256)), "normalize": record.get("normalize", "none"),
+            "multi_label": bool(record.get("multi_label", False))}
 
 
 def set_head_weights(head: keras.Model, weights: list[np.ndarray]) -> None:
@@ -168,14 +174,17 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "num_classes": self.num_classes, "label_smoothing": self.label_smoothing}
 
 
-def head_training_loss(num_classes: int, label_smoothing: float = 0.0) -> keras.losses.Loss:
+def head_training_loss(num_classes: int, label_smoothing: float = 0.0, *,
+                       multi_label: bool = False) -> keras.losses.Loss:
     """The loss a head trains with: ``head_loss_and_metrics``'s, with optional label smoothing.
 
     Validation and test losses are always the unsmoothed loss, so trials compare on one scale.
+    Multi-label smoothing moves each of the C binary targets towards 0.5, as Keras's
+    ``BinaryCrossentropy(label_smoothing=…)`` does.
     """
     if not label_smoothing:
-        return head_loss_and_metrics(num_classes)[0]
-    if num_classes == 2:
+        return head_loss_and_metrics(num_classes, multi_label=multi_label)[0]
+    if num_classes == 2 or multi_label:
         return keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
     return SmoothedSparseCrossentropy(num_classes, label_smoothing)
 
@@ -189,7 +198,8 @@ def head_optimizer(lr: float, weight_decay: float = 0.0) -> keras.optimizers.Opt
     return optimizer
 
 
-def head_loss_and_metrics(num_classes: int) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
+def head_loss_and_metrics(num_classes: int, *,
+                          multi_label: bool = False) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
     """Returns the loss and metrics for a head with ``num_classes`` classes.
 
     Both metrics are named ``accuracy`` so that histories read ``loss, accuracy, val_loss,
@@ -197,13 +207,17 @@ def head_loss_and_metrics(num_classes: int) -> tuple[keras.losses.Loss, list[ker
 
     Args:
         num_classes: at least 2.
+        multi_label: a multi-label head: binary cross-entropy averaged over the C classes and rows,
+            and "accuracy" the per-label ``BinaryAccuracy(threshold=0)`` (probability 0.5; the
+            chosen thresholds are applied only after training).
 
     Returns:
         (loss, [accuracy metric]), both taking logits: ``BinaryCrossentropy(from_logits=True)`` and
-        ``BinaryAccuracy(threshold=0)`` (a logit above 0 means class 1) for two classes, otherwise
-        ``SparseCategoricalCrossentropy(from_logits=True)`` and ``SparseCategoricalAccuracy``.
+        ``BinaryAccuracy(threshold=0)`` (a logit above 0 means class 1) for two classes or
+        multi-label, otherwise ``SparseCategoricalCrossentropy(from_logits=True)`` and
+        ``SparseCategoricalAccuracy``.
     """
-    if num_classes == 2:
+    if num_classes == 2 or multi_label:
         return (keras.losses.BinaryCrossentropy(from_logits=True),
                 [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
     return (keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -212,7 +226,7 @@ def head_loss_and_metrics(num_classes: int) -> tuple[keras.losses.Loss, list[ker
 
 def compile_head(model: keras.Model, num_classes: int, lr: float, *,
                  jit_compile: bool | str = "auto", weight_decay: float = 0.0,
-                 label_smoothing: float = 0.0) -> keras.Model:
+                 label_smoothing: float = 0.0, multi_label: bool = False) -> keras.Model:
     """Compiles ``model`` with Adam(lr) and the loss/metrics of ``head_loss_and_metrics``.
 
     Args:
@@ -223,46 +237,60 @@ def compile_head(model: keras.Model, num_classes: int, lr: float, *,
         label_smoothing: smoothing of the training loss (``head_training_loss``); 0 for none.
         jit_compile: True compiles the train and predict steps with XLA; "auto" (Keras's default)
             lets Keras decide (XLA on a single GPU, not on CPU or under tf.distribute).
+        multi_label: compile a multi-label head (see ``head_loss_and_metrics``).
 
     Returns:
         The same model, compiled. Under a ``mixed_float16`` policy Keras wraps Adam in a
         ``LossScaleOptimizer`` itself.
     """
-    _, metrics = head_loss_and_metrics(num_classes)
-    model.compile(optimizer=head_optimizer(lr, weight_decay), loss=head_training_loss(num_classes, label_smoothing),
+    _, metrics = head_loss_and_metrics(num_classes, multi_label=multi_label)
+    model.compile(optimizer=head_optimizer(lr, weight_decay),
+                  loss=head_training_loss(num_classes, label_smoothing, multi_label=multi_label),
                   metrics=metrics, jit_compile=jit_compile)
     return model
 
 
-def head_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Converts int class labels (N,) to what the loss expects.
+def head_labels(labels: np.ndarray, num_classes: int, multi_label: bool = False) -> np.ndarray:
+    """Converts labels to what the loss expects.
+
+    Args:
+        labels: int class indices (N,), or (N, C) multi-hot rows when ``multi_label``.
 
     Returns:
         float32 (N, 1) for two classes (binary cross-entropy compares with a (N, 1) logit),
-        otherwise int64 (N,).
+        float32 (N, C) for multi-label, otherwise int64 (N,).
     """
     labels = np.asarray(labels)
+    if multi_label:
+        return labels.astype(np.float32).reshape(-1, num_classes)
     if num_classes == 2:
         return labels.astype(np.float32).reshape(-1, 1)
     return labels.astype(np.int64).reshape(-1)
 
 
-def logits_to_probabilities(logits: Any, num_classes: int) -> np.ndarray:
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    # Numerically stable: exp only ever sees non-positive arguments.
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def logits_to_probabilities(logits: Any, num_classes: int, multi_label: bool = False) -> np.ndarray:
     """Turns head logits into class probabilities.
 
     Args:
         logits: (N, 1) or (N,) for two classes, (N, num_classes) otherwise; array or tensor.
         num_classes: number of classes.
+        multi_label: one independent sigmoid per class.
 
     Returns:
-        float64 (N, num_classes), rows summing to 1; for two classes column 1 is sigmoid(logit).
+        float64 (N, num_classes): rows summing to 1 (single-label; for two classes column 1 is
+        sigmoid(logit)), or each entry sigmoid(logit) on its own (multi-label).
     """
     z = np.asarray(logits, dtype=np.float64)
+    if multi_label:
+        return _sigmoid(z.reshape(-1, num_classes))
     if num_classes == 2:
-        z = z.reshape(-1)
-        # Numerically stable sigmoid: exp only ever sees non-positive arguments.
-        e = np.exp(-np.abs(z))
-        p1 = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        p1 = _sigmoid(z.reshape(-1))
         return np.stack([1.0 - p1, p1], axis=1)
     z = z.reshape(-1, num_classes)
     z = z - z.max(axis=1, keepdims=True)
@@ -270,12 +298,18 @@ def logits_to_probabilities(logits: Any, num_classes: int) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_classes(logits: Any, num_classes: int) -> np.ndarray:
-    """Returns the predicted class index per row, int64 (N,).
+def predict_classes(logits: Any, num_classes: int, multi_label: bool = False,
+                    thresholds: Sequence[float] | None = None) -> np.ndarray:
+    """Returns the predicted class index per row, int64 (N,); multi-label: the label sets, (N, C).
 
     For two classes a logit above 0 is class 1, exactly as ``BinaryAccuracy(threshold=0)`` counts.
+    A multi-label row holds class c when its probability is at least ``thresholds[c]`` (0.5 for
+    every class when None).
     """
     z = np.asarray(logits)
+    if multi_label:
+        cuts = np.full(num_classes, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        return (logits_to_probabilities(z, num_classes, True) >= cuts[None, :]).astype(np.int64)
     if num_classes == 2:
         return (z.reshape(-1) > 0).astype(np.int64)
     return np.argmax(z.reshape(-1, num_classes), axis=1).astype(np.int64)

@@ -3,7 +3,8 @@
 It is ``keras.callbacks.EarlyStopping(monitor=..., patience=..., restore_best_weights=True)``'s
 rule, kept as plain state so that ``fit_stage``'s backup can commit it with each epoch and a
 resumed run continues with the same counters: an epoch improves when the monitored value is
-finite and strictly lower than the best so far; after ``patience`` epochs without improvement
+finite and strictly better than the best so far (lower for a loss, higher for a measure such as
+validation mAP); after ``patience`` epochs without improvement
 training stops, and the best epoch's weights are restored. When no epoch was ever finite, the last
 epoch's weights are kept, with a warning.
 """
@@ -19,7 +20,8 @@ class EarlyStopping:
     """Best epoch and patience counter of one training stage.
 
     Attributes:
-        monitor: "val_loss" or "loss"; lower is better.
+        monitor: "val_loss" or "loss" (lower is better), or a measure such as "val_map" (higher is
+            better: any name that does not end in "loss").
         patience: epochs without improvement before stopping (0 stops at the first one).
         best_epoch: 1-based epoch of the best value so far, None before any finite value.
         best_value: that value.
@@ -34,11 +36,18 @@ class EarlyStopping:
 
     def update(self, epoch: int, value: float) -> bool:
         """Records epoch ``epoch`` (1-based) ending with ``value``; returns whether it is the new best."""
-        if math.isfinite(value) and (self.best_value is None or value < self.best_value):
+        better = self.best_value is None or (value > self.best_value if self.higher_is_better
+                                             else value < self.best_value)
+        if math.isfinite(value) and better:
             self.best_epoch, self.best_value, self.wait = epoch, float(value), 0
             return True
         self.wait += 1
         return False
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether the monitored value is a measure to maximise rather than a loss."""
+        return not self.monitor.endswith("loss")
 
     @property
     def exhausted(self) -> bool:

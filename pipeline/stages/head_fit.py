@@ -34,7 +34,7 @@ class HeadFit:
         history: "loss", "accuracy" (and "val_loss", "val_accuracy" with validation), per epoch.
         best_epoch: 1-based epoch whose weights the model holds on return.
         epoch_seconds: wall seconds per epoch, validation included.
-        monitor: "val_loss" or "loss".
+        monitor: "val_loss" or "loss"; "val_map" for a multi-label head with validation.
     """
 
     history: dict[str, list[float]]
@@ -45,19 +45,23 @@ class HeadFit:
 
 def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
              num_classes: int, log: Callable[[str], None], replicas: int = 1,
-             callbacks: Sequence[Any] = ()) -> HeadFit:
+             callbacks: Sequence[Any] = (), multi_label: bool = False) -> HeadFit:
     """The train-head epoch loop with early stopping (also the recipe of diagnose's fold heads).
 
     Args:
         model: a compiled head (``build_compiled_head``).
-        train: the training rows; ``train_labels`` (N,) their int class indices.
+        train: the training rows; ``train_labels`` (N,) their int class indices, or (N, C)
+            multi-hot rows for a multi-label head.
         val: (FeatureRows, labels) watched by early stopping, or None to watch the training loss.
+            A multi-label head's early stopping watches validation mAP (higher is better),
+            computed each epoch from the same validation logits as the loss.
         config: a ``HeadConfig``: epochs, batch size, patience and seed of the recipe.
         num_classes: number of classes.
         log: receives one line per epoch.
         replicas: devices the batches are split over (1 without tf.distribute).
         callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``); they get the hooks ``fit``
             would call: train begin/end, epoch begin/end with the epoch's logs, train batch begin/end.
+        multi_label: the head is multi-label (sigmoid per class).
 
     Returns:
         A HeadFit; the best epoch's weights are restored into ``model``.
@@ -66,11 +70,12 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
 
     from headstart.pipeline.model.head import head_labels
 
-    targets = head_labels(train_labels, num_classes)
-    stopping = EarlyStopping("val_loss" if val is not None else "loss", config.patience)
+    targets = head_labels(train_labels, num_classes, multi_label)
+    monitor = "loss" if val is None else ("val_map" if multi_label else "val_loss")
+    stopping = EarlyStopping(monitor, config.patience)
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     if val is not None:
-        history.update(val_loss=[], val_accuracy=[])
+        history.update(val_loss=[], val_accuracy=[], **({"val_map": []} if multi_label else {}))
     hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
     best_weights, seconds = None, []
     feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size)
@@ -84,8 +89,11 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
         if val is not None:
             # Every worker computes the same number from the same synchronised weights, so all of
             # them take the same early-stopping decision and run the same number of epochs.
-            logs["val_loss"], logs["val_accuracy"], _ = evaluate_head(
-                model, *val, num_classes=num_classes, batch_size=config.batch_size, replicas=replicas)
+            logs["val_loss"], logs["val_accuracy"], logits = evaluate_head(
+                model, *val, num_classes=num_classes, batch_size=config.batch_size, replicas=replicas,
+                multi_label=multi_label)
+            if multi_label:
+                logs["val_map"] = _map_or_nan(val[1], logits, num_classes)
         for key, value in logs.items():
             history[key].append(value)
         seconds.append(time.perf_counter() - start)
@@ -107,21 +115,31 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
 
 
 def evaluate_head(model: Any, rows: FeatureRows, labels: np.ndarray, *, num_classes: int, batch_size: int,
-                  replicas: int = 1) -> tuple[float, float, np.ndarray]:
+                  replicas: int = 1, multi_label: bool = False) -> tuple[float, float, np.ndarray]:
     """Loss, accuracy and logits of ``model`` on one split, in stored order.
 
     Computed from the concatenated logits with the head's own loss, so the number equals what
     ``model.evaluate`` reports (the mean over rows) and the logits serve the confusion matrix.
+    For a multi-label head the accuracy is per label at probability 0.5, as its training metric.
     """
     from headstart.pipeline.distribute.loop import predict_logits
-    from headstart.pipeline.model.head import head_labels, head_loss_and_metrics, predict_classes
+    from headstart.pipeline.model.head import predict_classes
+    from headstart.pipeline.report.split_measures import split_loss
 
     chunks = [np.asarray(predict_logits(model, x, replicas)) for x, _ in rows.eval_batches(batch_size)]
     logits = np.concatenate(chunks, axis=0)
-    loss_fn, _ = head_loss_and_metrics(num_classes)
-    loss = float(loss_fn(head_labels(labels, num_classes), logits))
-    accuracy = float(np.mean(predict_classes(logits, num_classes) == labels))
+    loss = split_loss(labels, logits, num_classes, multi_label)
+    accuracy = float(np.mean(predict_classes(logits, num_classes, multi_label) == labels))
     return loss, accuracy, logits
+
+
+def _map_or_nan(labels: np.ndarray, logits: np.ndarray, num_classes: int) -> float:
+    """Validation mAP of one epoch; NaN when no class has a positive row (never an improvement)."""
+    from headstart.pipeline.model.head import logits_to_probabilities
+    from headstart.pipeline.report.multilabel_metrics import mean_average_precision
+
+    value = mean_average_precision(labels, logits_to_probabilities(logits, num_classes, True))
+    return float("nan") if value is None else value
 
 
 def _train_epoch(model: Any, feed: Any, train: FeatureRows, targets: np.ndarray, *, seed: int, epoch: int,
@@ -166,7 +184,7 @@ def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed:
 
 def _epoch_line(epoch: int, epochs: int, history: dict, seconds: float) -> str:
     parts = [f"epoch {epoch}/{epochs}"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_map"):
         if key in history:
             parts.append(f"{key} {history[key][-1]:.4f}")
     parts.append(f"{seconds:.2f} s")

@@ -120,19 +120,27 @@ def _open_splits(cache: Any, path: str) -> dict[str, Any]:
         raise DataError(f"{path}: the 'train' split has no rows")
     for name, split in splits.items():
         labels = np.asarray(split.labels)
+        if cache.multi_label:  # multi-hot rows of 0/1, checked by the store on write and read
+            continue
         if labels.size and (labels.min() < 0 or labels.max() >= len(cache.class_names)):
             raise DataError(f"{path}: split '{name}' has labels outside 0..{len(cache.class_names) - 1}")
     return {name: split for name, split in splits.items() if len(split) > 0}
 
 
-def _check_inputs(config: HeadConfig) -> None:
-    """The cache and ``--out`` checks that need no TensorFlow, so a mistyped path fails at once."""
+def _check_inputs(config: HeadConfig) -> bool:
+    """The cache and ``--out`` checks that need no TensorFlow, so a mistyped path fails at once.
+
+    Returns:
+        Whether the cache is multi-label.
+    """
     from headstart.features.store import open_cache
     from headstart.pipeline.report.rundir import check_run_dir_free
 
     with open_cache(config.features) as cache:
         _open_splits(cache, config.features)
+        multi_label = cache.multi_label
     check_run_dir_free(config.out, config.overwrite)
+    return multi_label
 
 
 @dataclass
@@ -146,6 +154,7 @@ class _HeadData:
     class_names: list[str]
     feature_shape: tuple[int, ...]
     load_seconds: float
+    multi_label: bool = False       # labels are (N, C) multi-hot rows (the cache's task)
 
     @property
     def num_classes(self) -> int:
@@ -176,11 +185,14 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
         format version (passed through from ``headstart.features.store.open_cache``).
     """
     validate_head_config(config)
-    _check_inputs(config)
+    multi_label = _check_inputs(config)
     from headstart.pipeline.distribute.strategy import chief_output_dir, set_up_strategy
 
     # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
     setup = set_up_strategy(config.strategy, config.batch_size, log=log)
+    if multi_label and setup.replicas > 1:
+        raise OptionError(f"--strategy {config.strategy}: a multi-label head trains on one device for now "
+                          f"({setup.replicas} replicas here); use --strategy default")
     if config.jit_compile and config.deterministic:
         log("--jit-compile: Keras runs without XLA under --deterministic")
     # Every worker runs the whole stage (saving included); only the chief's files are kept.
@@ -216,7 +228,8 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
 
                 callbacks = [*callbacks, tensorboard_callback(config.tensorboard)]
             fit = fit_head(model, data.rows["train"], data.labels["train"], data.validation, config=config,
-                           num_classes=data.num_classes, log=log, replicas=setup.replicas, callbacks=callbacks)
+                           num_classes=data.num_classes, log=log, replicas=setup.replicas, callbacks=callbacks,
+                           multi_label=data.multi_label)
             train_seconds = time.perf_counter() - t_train
             t_eval = time.perf_counter()
             metrics = {"best_epoch": fit.best_epoch, "epochs_run": len(fit.epoch_seconds), "monitor": fit.monitor,
@@ -241,9 +254,9 @@ def _load(config: HeadConfig, cache: Any, splits: dict[str, Any], log: Callable[
     labels = {name: np.asarray(s.labels, dtype=np.int64) for name, s in splits.items()}
     data = _HeadData(splits=splits, rows=rows, labels=labels, loader=loader, class_names=list(cache.class_names),
                      feature_shape=tuple(int(d) for d in cache.feature_shape),
-                     load_seconds=time.perf_counter() - t_load)
+                     load_seconds=time.perf_counter() - t_load, multi_label=cache.multi_label)
     log(f"{config.features}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())} rows, "
-        f"{data.num_classes} classes, features {data.feature_shape}"
+        f"{data.num_classes} {'labels (multi-label)' if data.multi_label else 'classes'}, features {data.feature_shape}"
         + (f", {cache.views} augmented views" if rows["train"].views else "")
         + f"; {loader} loader ({need / MB:.1f} MB, limit {config.memory_limit_mb} MB)")
     return data
@@ -262,28 +275,31 @@ def _build_head(config: HeadConfig, data: _HeadData, strategy: Any) -> tuple[Any
     # dtype policy in force when they are built.
     with precision(config.mixed_precision) as policy, strategy.scope():
         model = build_compiled_head(config, data.feature_shape, data.num_classes,
-                                    (x for x, _ in data.rows["train"].eval_batches(4096)))
+                                    (x for x, _ in data.rows["train"].eval_batches(4096)),
+                                    multi_label=data.multi_label)
     return model, policy
 
 
 def build_compiled_head(config: HeadConfig, feature_shape: tuple[int, ...], num_classes: int,
-                        train_batches: Any = None) -> Any:
+                        train_batches: Any = None, *, multi_label: bool = False) -> Any:
     """The head of ``config``, compiled as train-head compiles it (call inside a strategy scope).
 
     Args:
         train_batches: the training split's original rows (arrays (B, *feature_shape)), for the
             statistics of ``--normalize standardize``; None leaves them at mean 0, variance 1.
+        multi_label: one sigmoid logit per class, binary cross-entropy per class.
 
     Returns:
         A Keras model (B, *feature_shape) float32 → logits (B, 1 or num_classes).
     """
     from headstart.pipeline.model.head import adapt_head, build_head, compile_head
 
-    model = build_head(feature_shape, num_classes, **head_options(config))
+    model = build_head(feature_shape, num_classes, **head_options(config), multi_label=multi_label)
     if train_batches is not None:
         adapt_head(model, train_batches)
     return compile_head(model, num_classes, config.lr, jit_compile=True if config.jit_compile else "auto",
-                        weight_decay=config.weight_decay, label_smoothing=config.label_smoothing)
+                        weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+                        multi_label=multi_label)
 
 
 def _make_loaders(splits: dict[str, Any], memory_limit_mb: int,
@@ -324,21 +340,16 @@ def _exclude(config: HeadConfig, splits: dict[str, Any], log: Callable[[str], No
 
 
 def _final_metrics(model: Any, data: _HeadData, batch_size: int, replicas: int = 1) -> dict[str, Any]:
-    """metrics.json's validation and test sections (None for an absent split)."""
-    from headstart.pipeline.model.head import predict_classes
-    from headstart.pipeline.report.metrics import classification_metrics
+    """metrics.json's validation and test sections (None for an absent split); a multi-label run's
+    also holds "thresholds", chosen on validation (``measure_splits``)."""
+    from headstart.pipeline.report.split_measures import measure_splits
     from headstart.pipeline.stages.head_fit import evaluate_head
 
-    out: dict[str, Any] = {}
-    for name in ("validation", "test"):
-        if name not in data.rows:
-            out[name] = None
-            continue
-        loss, _, logits = evaluate_head(model, data.rows[name], data.labels[name], num_classes=data.num_classes,
-                                        batch_size=batch_size, replicas=replicas)
-        predicted = predict_classes(logits, data.num_classes)
-        out[name] = {"loss": loss, **classification_metrics(data.labels[name], predicted, data.class_names)}
-    return out
+    logits = {name: evaluate_head(model, data.rows[name], data.labels[name], num_classes=data.num_classes,
+                                  batch_size=batch_size, replicas=replicas, multi_label=data.multi_label)[2]
+              for name in ("validation", "test") if name in data.rows}
+    out, thresholds = measure_splits(data.labels, logits, data.class_names, multi_label=data.multi_label)
+    return {**out, "thresholds": thresholds} if thresholds else out
 
 
 def _cache_record(config: HeadConfig, cache: Any, splits: dict[str, Any]) -> dict[str, Any]:
@@ -367,6 +378,8 @@ def _write_run_dir(run_dir: Path, config: HeadConfig, *, model: Any, policy: str
 
     report.save_model_atomic(model, run_dir / "head.keras")
     report.write_json_atomic(run_dir / "metrics.json", metrics)
+    if data.multi_label:  # beside the model, so whoever copies head.keras can take its cuts along
+        report.write_json_atomic(run_dir / "thresholds.json", metrics["thresholds"])
     report.write_history_csv(fit.history, run_dir / "history.csv")
     report.plot_curves(fit.history, run_dir / "curves.png", best_epoch=fit.best_epoch,
                        title=f"train-head: {Path(config.features).name}")
@@ -378,12 +391,16 @@ def _write_run_dir(run_dir: Path, config: HeadConfig, *, model: Any, policy: str
         "kind": "head",
         "config": resolved,
         "cache": cache_info,
+        "task": "multi_label" if data.multi_label else "single_label",
         "class_names": data.class_names,
         "num_classes": num_classes,
         "feature_shape": list(data.feature_shape),
         "head": {**head_options(config), "weight_decay": config.weight_decay,
                  "label_smoothing": config.label_smoothing, "logits": int(model.output_shape[-1]), "from_logits": True,
-                 "loss": "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"},
+                 "multi_label": data.multi_label,
+                 "loss": "binary_crossentropy" if num_classes == 2 or data.multi_label
+                 else "sparse_categorical_crossentropy"},
+        **({"thresholds": metrics["thresholds"]} if data.multi_label else {}),
         "loader": data.loader,
         "exclude": exclusion.record() if exclusion else None,
         "shuffle": dict(zip(("block_rows", "window_rows"), shuffle_geometry(data.rows["train"].row_bytes)),
@@ -398,14 +415,20 @@ def _write_run_dir(run_dir: Path, config: HeadConfig, *, model: Any, policy: str
 def _summary(result: HeadResult) -> str:
     from headstart.pipeline.report.rundir import format_summary_table
 
+    if result.metrics.get("thresholds"):  # multi-label
+        from headstart.pipeline.report.multilabel_metrics import summary_rows
+
+        measures = summary_rows(result.metrics.get("validation"), result.metrics.get("test"))
+    else:
+        measures = [("validation accuracy", result.val_accuracy),
+                    ("validation loss", result.val_loss),
+                    ("test accuracy", result.test_accuracy),
+                    ("test balanced accuracy", (result.metrics.get("test") or {}).get("balanced_accuracy")),
+                    ("test macro-F1", (result.metrics.get("test") or {}).get("macro_f1")),
+                    ("test loss", result.test_loss)]
     return format_summary_table([
         ("best epoch", f"{result.best_epoch} of {result.epochs_run}"),
-        ("validation accuracy", result.val_accuracy),
-        ("validation loss", result.val_loss),
-        ("test accuracy", result.test_accuracy),
-        ("test balanced accuracy", (result.metrics.get("test") or {}).get("balanced_accuracy")),
-        ("test macro-F1", (result.metrics.get("test") or {}).get("macro_f1")),
-        ("test loss", result.test_loss),
+        *measures,
         ("time per epoch", f"{result.seconds_per_epoch:.3f} s ({result.loader})"),
         ("run directory", result.run_dir + ("" if result.distribute.get("is_chief", True)
                                             else " (written by the chief, not this worker)")),

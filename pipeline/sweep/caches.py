@@ -93,6 +93,11 @@ def load_caches(paths: Sequence[str]) -> list[SweepCache]:
 
 def _signature(cache: Any, path: str) -> dict[str, Any]:
     # What must agree between caches, in the order a refusal reports it.
+    if cache.multi_label:
+        # The batched trials train softmax/one-logit heads; a multi-label trial would need its own
+        # loss and selection on validation mAP (train-head does multi-label).
+        raise DataError(f"{path}: sweep reads single-label caches only; this one is multi-label "
+                        f"(train it with train-head)")
     for needed in ("train", "validation"):
         if needed not in cache.splits or len(cache.split(needed)) == 0:
             raise DataError(f"{path}: a sweep needs a non-empty '{needed}' split (the cache has: "
