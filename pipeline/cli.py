@@ -293,16 +293,15 @@ def predict_command(model, paths, csv_path, batch_size):
     """Predict the class of images or folders of images with a model.
 
     MODEL is model.keras or its run directory, or an export: a SavedModel directory, model.onnx
-    or model.tflite. One line per image: path, class, probability. Bad files are reported, not fatal.
+    or model.tflite. One line per image: path, class, probability; for a multi-label model the
+    label set (each class at or above its saved threshold) with each probability. Bad files are
+    reported, not fatal.
     """
-    from headstart.pipeline.stages.evaluation import predict_images, write_predictions_csv
+    from headstart.pipeline.stages.evaluation import format_prediction, predict_images, write_predictions_csv
 
     rows = predict_images(model, paths, batch_size=batch_size)
     for row in rows:
-        if row.error:
-            click.echo(f"{row.path}\terror: {row.error}")
-        else:
-            click.echo(f"{row.path}\t{row.label}\t{row.probability:.4f}")
+        click.echo(format_prediction(row))
     if csv_path:
         write_predictions_csv(rows, csv_path)
 

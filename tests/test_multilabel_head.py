@@ -96,3 +96,17 @@ def test_multi_label_head_refuses_a_distributed_strategy(tmp_path, monkeypatch):
     with pytest.raises(OptionError, match="multi-label head trains on one device"):
         head_training.train_head(HeadConfig(features=str(cache), out=str(tmp_path / "r"), strategy="mirrored"))
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["sweep", "diagnose"])
+def test_sweep_and_diagnose_refuse_a_multi_label_cache_in_one_line(tmp_path, command):
+    from click.testing import CliRunner
+
+    from headstart.pipeline.cli import main
+
+    cache = make_multilabel_cache(tmp_path / "ml.h5", counts={"train": 40, "validation": 16})
+    result = CliRunner().invoke(main, [command, str(cache), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{command} reads single-label caches only" in lines[0], result.output
+    assert not (tmp_path / "out").exists()

@@ -50,12 +50,19 @@ class SplitPredictions:
 
 @dataclass
 class PredictionRow:
-    """One line of ``predict``: the class and its probability, or why the file was not read."""
+    """One line of ``predict``: the class and its probability, or why the file was not read.
+
+    A multi-label model's row has ``labels``: the label set, each class whose probability reaches
+    its saved threshold (most probable first), and ``probabilities``: every class's probability;
+    ``label`` is then the set joined with "|" ("" for the empty set) and ``probability`` None.
+    """
 
     path: str
     label: str | None
     probability: float | None
     error: str | None = None
+    labels: list[tuple[str, float]] | None = None
+    probabilities: dict[str, float] | None = None
 
 
 def num_classes_of(model: Any) -> int:
@@ -98,7 +105,7 @@ def load_model(path: str | os.PathLike) -> tuple[Any, dict | None]:
 
 
 def labelled_dataset(source: Any, split: str, *, image_size: int, num_classes: int, batch_size: int,
-                     shuffle_seed: int | None = None, shuffle_buffer: int = 256) -> Any:
+                     shuffle_seed: int | None = None, shuffle_buffer: int = 256, multi_label: bool = False) -> Any:
     """Batches of (image, target) of the good images of one split, for ``fit`` and ``evaluate``.
 
     Args:
@@ -110,15 +117,21 @@ def labelled_dataset(source: Any, split: str, *, image_size: int, num_classes: i
         batch_size: images per batch.
         shuffle_seed: shuffle (reshuffled every epoch) with this seed; None keeps source order.
         shuffle_buffer: images held by the shuffle buffer.
+        multi_label: the source's labels are multi-hot (C,); the target is float32 (C,).
 
     Returns:
-        ``tf.data.Dataset`` of (float32 (B, S, S, 3), target (B, 1) or (B,)).
+        ``tf.data.Dataset`` of (float32 (B, S, S, 3), target (B, 1), (B,) or (B, C)).
     """
     import tensorflow as tf
 
     def to_pair(element):
         label = element["label"]
-        target = tf.reshape(tf.cast(label, tf.float32), (1,)) if num_classes == 2 else tf.cast(label, tf.int64)
+        if multi_label:
+            target = tf.reshape(tf.cast(label, tf.float32), (num_classes,))
+        elif num_classes == 2:
+            target = tf.reshape(tf.cast(label, tf.float32), (1,))
+        else:
+            target = tf.cast(label, tf.int64)
         return element["image"], target
 
     ds = source.dataset(split, image_size).filter(lambda e: tf.equal(tf.strings.length(e["error"]), 0))
@@ -128,7 +141,7 @@ def labelled_dataset(source: Any, split: str, *, image_size: int, num_classes: i
 
 
 def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
-                  keep_wrong: int = 0) -> SplitPredictions:
+                  keep_wrong: int = 0, multi_label: bool = False) -> SplitPredictions:
     """Runs ``model`` (inference mode) over one split of ``source``.
 
     Args:
@@ -136,7 +149,8 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
         source: a ``headstart.pipeline.data.sources.Source``.
         split: split name.
         batch_size: images per forward pass.
-        keep_wrong: how many of the most confidently wrong images to keep for a grid.
+        keep_wrong: how many of the most confidently wrong images to keep for a grid (single-label).
+        multi_label: the model has one sigmoid logit per class; labels are multi-hot (N, C).
     """
     import tensorflow as tf
 
@@ -144,7 +158,8 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
     from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
 
     image_size = int(model.input_shape[1])
-    k = num_classes_of(model)
+    k = int(model.output_shape[-1]) if multi_label else num_classes_of(model)
+    keep_wrong = 0 if multi_label else keep_wrong
     logits, labels, keys, skipped, heap = [], [], [], [], []
     for batch in source.dataset(split, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE):
         errors = [e.decode() for e in batch["error"].numpy()]
@@ -172,21 +187,19 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32,
     wrong = [(p, key, t, q, img) for p, _, key, t, q, img in sorted(heap, key=lambda x: (-x[0], x[1]))]
     return SplitPredictions(
         logits=np.concatenate(logits) if logits else np.zeros((0, width), np.float32),
-        labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64),
+        labels=np.concatenate(labels) if labels else np.zeros((0, k) if multi_label else (0,), np.int64),
         keys=keys, skipped=skipped, wrong=wrong)
 
 
-def split_metrics(predictions: SplitPredictions, class_names: Sequence[str]) -> dict[str, Any]:
-    """Loss (the training loss, mean over images), accuracy, per-class metrics, confusion matrix."""
-    from headstart.pipeline.model.head import head_labels, head_loss_and_metrics, predict_classes
-    from headstart.pipeline.report.metrics import classification_metrics
+def split_metrics(predictions: SplitPredictions, class_names: Sequence[str], *, multi_label: bool = False,
+                  thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+    """Loss (the training loss, mean over images) and the task's measures
+    (``headstart.pipeline.report.split_measures.measure_split``): accuracy, per-class metrics and
+    confusion matrix, or for multi-label mAP, F1s and per-class AP at ``thresholds``."""
+    from headstart.pipeline.report.split_measures import measure_split
 
-    k = len(class_names)
-    metrics: dict[str, Any] = {"loss": None}
-    if len(predictions.labels):
-        loss_fn, _ = head_loss_and_metrics(k)
-        metrics["loss"] = float(loss_fn(head_labels(predictions.labels, k), predictions.logits))
-    metrics.update(classification_metrics(predictions.labels, predict_classes(predictions.logits, k), class_names))
+    metrics = measure_split(predictions.labels, predictions.logits, class_names, multi_label=multi_label,
+                            thresholds=thresholds)
     metrics["skipped"] = [list(s) for s in predictions.skipped]
     return metrics
 
@@ -239,17 +252,57 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
     expected = (run or {}).get("class_names")
     if expected and list(expected) != class_names:
         raise DataError(f"source classes {class_names} differ from the model's {list(expected)}")
-    if num_classes_of(model) != len(class_names):
-        raise DataError(f"source has {len(class_names)} classes but the model predicts {num_classes_of(model)}")
-    predictions = predict_split(model, src, split, batch_size=batch_size, keep_wrong=grid_size if grid else 0)
-    metrics = {"model": str(model_path), "split": split, **split_metrics(predictions, class_names), "grid": None}
+    multi_label, thresholds = _task_of(model_path, run, src, class_names, grid)
+    width = int(model.output_shape[-1]) if multi_label else num_classes_of(model)
+    if width != len(class_names):
+        raise DataError(f"source has {len(class_names)} classes but the model predicts {width}")
+    predictions = predict_split(model, src, split, batch_size=batch_size, keep_wrong=grid_size if grid else 0,
+                                multi_label=multi_label)
+    metrics = {"model": str(model_path), "split": split,
+               **split_metrics(predictions, class_names, multi_label=multi_label, thresholds=thresholds),
+               "grid": None}
     if grid:
         write_wrong_grid(predictions.wrong, class_names, grid)
         metrics["grid"] = str(grid)
+    if multi_label:
+        log(f"{split}: {metrics['rows']} images, mAP {metrics['map']}, micro-F1 {metrics['micro_f1']}, "
+            f"macro-F1 {metrics['macro_f1']}, exact match {metrics['exact_match']}, loss {metrics['loss']}"
+            + (f", {len(predictions.skipped)} skipped" if predictions.skipped else ""))
+        return metrics
     log(f"{split}: {metrics['rows']} images, accuracy {metrics['accuracy']}, balanced accuracy "
         f"{metrics['balanced_accuracy']}, macro-F1 {metrics['macro_f1']}, loss {metrics['loss']}"
         + (f", {len(predictions.skipped)} skipped" if predictions.skipped else ""))
     return metrics
+
+
+def _task_of(model_path: str | os.PathLike, run: dict | None, source: Any, class_names: list[str],
+             grid: Any) -> tuple[bool, np.ndarray | None]:
+    """(multi_label, thresholds) of the model, checked against the source's task.
+
+    The model's task comes from its run.json (or the thresholds.json beside it); thresholds are
+    the ones saved with it (0.5 for a class it has none for).
+
+    Raises:
+        DataError: a multi-label source for a single-label model, or the other way round.
+        OptionError: --grid with a multi-label model (the grid shows single-label mistakes).
+    """
+    from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+
+    folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+    record = (run or {}).get("thresholds")
+    if record is None and (folder / "thresholds.json").is_file():
+        try:
+            record = json.loads((folder / "thresholds.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise RunDirError(f"{folder / 'thresholds.json'} is unreadable") from None
+    multi_label = ((run or {}).get("task") or (record or {}).get("task")) == "multi_label"
+    if bool(getattr(source, "multi_label", False)) != multi_label:
+        tasks = ("multi-label", "single-label")
+        raise DataError(f"SOURCE is {tasks[not getattr(source, 'multi_label', False)]} but the model "
+                        f"{model_path} is {tasks[not multi_label]}")
+    if multi_label and grid:
+        raise OptionError("--grid shows single-label mistakes; this model is multi-label")
+    return multi_label, (thresholds_from_record(record, class_names) if multi_label else None)
 
 
 def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
@@ -285,8 +338,12 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     def flush() -> None:
         if not pending:
             return
-        probs = logits_to_probabilities(predictor.logits(np.stack([img for _, img in pending])), k)
+        probs = logits_to_probabilities(predictor.logits(np.stack([img for _, img in pending])), k,
+                                        predictor.multi_label)
         for (i, _), p in zip(pending, probs):
+            if predictor.multi_label:
+                _set_label_set(rows[i], p, names, predictor.thresholds)
+                continue
             best = int(np.argmax(p))
             rows[i].label, rows[i].probability = names[best], float(p[best])
         pending.clear()
@@ -303,8 +360,29 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     return rows
 
 
+def _set_label_set(row: PredictionRow, p: np.ndarray, names: Sequence[str], thresholds: np.ndarray) -> None:
+    """Fills a multi-label row: the classes at or above their thresholds, most probable first."""
+    chosen = [int(c) for c in np.argsort(-p, kind="stable") if p[c] >= thresholds[c]]
+    row.labels = [(names[c], float(p[c])) for c in chosen]
+    row.probabilities = {name: float(q) for name, q in zip(names, p)}
+    row.label = "|".join(name for name, _ in row.labels)
+
+
+def format_prediction(row: PredictionRow) -> str:
+    """One line of ``predict``: ``path<TAB>class<TAB>probability``; for a multi-label model
+    ``path<TAB>label|label<TAB>label probability, …`` ("(no label)" for the empty set); or
+    ``path<TAB>error: reason``."""
+    if row.error:
+        return f"{row.path}\terror: {row.error}"
+    if row.labels is not None:
+        chosen = ", ".join(f"{name} {p:.4f}" for name, p in row.labels)
+        return f"{row.path}\t{row.label or '(no label)'}\t{chosen or '-'}"
+    return f"{row.path}\t{row.label}\t{row.probability:.4f}"
+
+
 def write_predictions_csv(rows: Sequence[PredictionRow], path: str | os.PathLike) -> None:
-    """Writes ``path,class,probability,error`` lines atomically."""
+    """Writes ``path,class,probability,error`` lines atomically; for a multi-label model
+    ``path,labels,<one probability column per class>,error`` (labels joined with "|")."""
     import csv
     import io
 
@@ -312,9 +390,18 @@ def write_predictions_csv(rows: Sequence[PredictionRow], path: str | os.PathLike
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "class", "probability", "error"])
-    for r in rows:
-        writer.writerow([r.path, r.label or "", "" if r.probability is None else f"{r.probability:.6f}", r.error or ""])
+    names = next((list(r.probabilities) for r in rows if r.probabilities is not None), None)
+    if names is not None:
+        writer.writerow(["path", "labels", *names, "error"])
+        for r in rows:
+            probs = r.probabilities or {}
+            writer.writerow([r.path, r.label or "", *(f"{probs[n]:.6f}" if n in probs else "" for n in names),
+                             r.error or ""])
+    else:
+        writer.writerow(["path", "class", "probability", "error"])
+        for r in rows:
+            writer.writerow([r.path, r.label or "", "" if r.probability is None else f"{r.probability:.6f}",
+                             r.error or ""])
     write_text_atomic(path, buf.getvalue())
 
 
@@ -382,7 +469,10 @@ def _recorded_source(run: dict | None) -> dict:
 
 
 def format_evaluation(metrics: dict[str, Any]) -> str:
-    """Formats ``evaluate_model``'s result for people: totals, per-class table, confusion matrix."""
+    """Formats ``evaluate_model``'s result for people: totals, per-class table, confusion matrix
+    (multi-label: mAP, F1s, exact match, and per class precision/recall/F1/AP at its threshold)."""
+    if metrics.get("task") == "multi_label":
+        return _format_multilabel(metrics)
     names = list(metrics["class_names"])
     loss = metrics["loss"]
     lines = [f"{metrics['model']} on split '{metrics['split']}': {metrics['rows']} images, "
@@ -405,3 +495,20 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _format_multilabel(metrics: dict[str, Any]) -> str:
+    names = list(metrics["class_names"])
+    loss = metrics["loss"]
+    lines = [f"{metrics['model']} on split '{metrics['split']}': {metrics['rows']} images (multi-label), "
+             f"mAP {_fmt(metrics['map'])}, micro-F1 {_fmt(metrics['micro_f1'])}, macro-F1 {_fmt(metrics['macro_f1'])}, "
+             f"exact match {_fmt(metrics['exact_match'])}" + (f", loss {loss:.4f}" if loss is not None else "")]
+    width = max(8, *(len(n) for n in names))
+    lines.append(f"  {'class':<{width}}  threshold  precision  recall      F1      AP  support")
+    for name in names:
+        row = metrics["per_class"][name]
+        lines.append(f"  {name:<{width}}  {row['threshold']:9.4f}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+                     f"{row['f1']:6.4f}  {_fmt(row['average_precision']):>6}  {row['support']:7d}")
+    for key, reason in metrics.get("skipped", []):
+        lines.append(f"  skipped {key}: {reason}")
+    return "\n".join(lines)

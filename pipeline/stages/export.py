@@ -9,10 +9,12 @@ export never leaves half a file next to ``model.keras``.
   ``serve_bytes``: a batch of encoded image files (JPEG, PNG, GIF, BMP, WebP strings, what TF
   Serving and Vertex AI callers send) → ``{"logits", "probabilities", "class_index",
   "class_name"}``, decoded and resized inside the graph by ``decode_for_serving``; signature
-  ``class_names``: the class names as a constant.
+  ``class_names``: the class names as a constant. A multi-label model's ``serve_bytes`` answers
+  ``{"logits", "probabilities" (a sigmoid per class), "labels" (bool, at the saved per-class
+  thresholds)}`` and signature ``thresholds`` holds the thresholds in class order.
 - ``model.onnx``: Keras 3's ``model.export(format="onnx")``, which on the TensorFlow backend
   converts the traced function with tf2onnx (both needed); the class names go into the ONNX
-  metadata (``class_names``, JSON).
+  metadata (``class_names``, JSON; a multi-label model adds ``task`` and ``thresholds``, JSON).
 - ``model.tflite``: converted from the SavedModel's ``serve`` signature, ``--quantize none``
   (float32), ``float16`` (weights in float16) or ``int8`` (weights and activations in int8,
   calibrated on the run's own training images; input and output stay float32, so callers feed
@@ -74,7 +76,7 @@ def require_modules(fmt: str, what: str) -> None:
 def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str = "none",
                  class_names: Sequence[str] | None = None,
                  calibration: Callable[[], Iterable[np.ndarray]] | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, str | None]:
+                 log: Callable[[str], None] = print, thresholds: dict | None = None) -> dict[str, str | None]:
     """Exports the inference half of ``model`` (no augmentation) into ``out_dir``.
 
     Args:
@@ -87,6 +89,9 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
             images.
         log: one-line messages (a converter that fails is logged, not raised: model.keras is
             already saved).
+        thresholds: a multi-label model's thresholds record (``multilabel_metrics.thresholds_record``):
+            the SavedModel then answers sigmoid probabilities and label sets and has a
+            "thresholds" endpoint; the ONNX file carries "task" and "thresholds" metadata.
 
     Returns:
         format → written path, or None where the converter failed.
@@ -105,14 +110,20 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
     out_dir = Path(out_dir)
     serving = inference_model(model)
     width = int(serving.output_shape[-1])
-    names = [str(n) for n in (class_names or range(2 if width == 1 else width))]
+    names = [str(n) for n in (class_names or range(2 if width == 1 and not thresholds else width))]
+    cuts = None
+    if thresholds:
+        from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+
+        cuts = [float(t) for t in thresholds_from_record(thresholds, names)]
     saved = out_dir / "saved_model"
     # TFLite converts from a SavedModel; when only that is wanted, the serving extras are skipped.
-    _write_saved_model(serving, names, saved, serving_extras="saved_model" in formats)
+    _write_saved_model(serving, names, saved, serving_extras="saved_model" in formats, thresholds=cuts)
     if "saved_model" in formats:
         done["saved_model"] = str(saved)
     if "onnx" in formats:
-        done["onnx"] = _guarded("onnx", log, lambda: _write_onnx(serving, names, out_dir / "model.onnx"))
+        done["onnx"] = _guarded("onnx", log, lambda: _write_onnx(serving, names, out_dir / "model.onnx",
+                                                                  thresholds))
     if "tflite" in formats:
         done["tflite"] = _guarded("tflite", log, lambda: _write_tflite(saved, out_dir / "model.tflite",
                                                                       quantize, calibration))
@@ -159,7 +170,7 @@ def decode_for_serving(image_bytes: Any, image_size: int) -> Any:
 
 
 def check_exports(done: dict[str, str | None], model: Any, source: Any, split: str, *, quantize: str = "none",
-                  batch_size: int = 32) -> dict[str, dict]:
+                  batch_size: int = 32, multi_label: bool = False) -> dict[str, dict]:
     """Runs every written export and ``model`` over one split, with each format's own runtime.
 
     Args:
@@ -169,6 +180,8 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
         split: the split to compare on (the test split in finetune).
         quantize: the TFLite quantization used, recorded with the tflite entry.
         batch_size: images per forward pass.
+        multi_label: compare label sets (at probability 0.5): "accuracy" is then the exact-match
+            ratio and "agreement" the share of images with model.keras's label set.
 
     Returns:
         format → ``{"path", "accuracy", "keras_accuracy", "agreement" (share of images whose
@@ -184,7 +197,11 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
     predictors = {fmt: load_predictor(path) for fmt, path in done.items() if path}
     size = int(model.input_shape[1])
     width = int(model.output_shape[-1])
-    k = 2 if width == 1 else width
+    k = 2 if width == 1 and not multi_label else width
+
+    def same(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # per image: the same class / label set
+        return (a == b).reshape(len(a), -1).all(axis=1)
+
     labels, ref, got = [], [], {fmt: [] for fmt in predictors}
     for batch in source.dataset(split, size).batch(batch_size):
         good = np.array([not e for e in batch["error"].numpy()])
@@ -195,21 +212,21 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
         ref.append(np.asarray(model(images, training=False), np.float32))
         for fmt, predictor in predictors.items():
             got[fmt].append(predictor.logits(images))
-    labels_all = np.concatenate(labels) if labels else np.zeros((0,), np.int64)
+    labels_all = np.concatenate(labels) if labels else np.zeros((0, k) if multi_label else (0,), np.int64)
     ref_all = np.concatenate(ref) if ref else np.zeros((0, width), np.float32)
-    keras_pred = predict_classes(ref_all, k)
-    keras_accuracy = float(np.mean(keras_pred == labels_all)) if len(labels_all) else None
+    keras_pred = predict_classes(ref_all, k, multi_label)
+    keras_accuracy = float(np.mean(same(keras_pred, labels_all))) if len(labels_all) else None
     report: dict[str, dict] = {}
     for fmt, path in done.items():
         if not path:
             report[fmt] = {"path": None, "failed": True}
             continue
         logits = np.concatenate(got[fmt]) if got[fmt] else np.zeros_like(ref_all)
-        pred = predict_classes(logits, k)
+        pred = predict_classes(logits, k, multi_label)
         report[fmt] = {"path": path, "images": int(len(labels_all)),
-                       "accuracy": float(np.mean(pred == labels_all)) if len(labels_all) else None,
+                       "accuracy": float(np.mean(same(pred, labels_all))) if len(labels_all) else None,
                        "keras_accuracy": keras_accuracy,
-                       "agreement": float(np.mean(pred == keras_pred)) if len(labels_all) else None,
+                       "agreement": float(np.mean(same(pred, keras_pred))) if len(labels_all) else None,
                        "max_abs_logit_diff": float(np.abs(logits - ref_all).max()) if len(labels_all) else None}
         if fmt == "tflite":
             report[fmt]["quantize"] = quantize
@@ -219,7 +236,8 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
 # ── writers ──────────────────────────────────────────────────────────────────────────────────
 
 
-def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_extras: bool = True) -> None:
+def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_extras: bool = True,
+                       thresholds: list[float] | None = None) -> None:
     import keras
     import tensorflow as tf
 
@@ -235,6 +253,10 @@ def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_
         pixels = tf.map_fn(lambda b: decode_for_serving(b, size), encoded,
                            fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
         logits = tf.cast(serving(pixels, training=False), tf.float32)
+        if thresholds is not None:  # multi-label: a sigmoid per class, the label set at the saved cuts
+            probabilities = tf.sigmoid(logits)
+            return {"logits": logits, "probabilities": probabilities,
+                    "labels": probabilities >= tf.constant(thresholds, tf.float32)}
         if width == 1:  # one logit: sigmoid gives P(class 1)
             p = tf.sigmoid(logits)
             probabilities = tf.concat([1.0 - p, p], axis=-1)
@@ -248,6 +270,9 @@ def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_
         archive.add_endpoint("serve_bytes", serve_bytes,
                              input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
         archive.add_endpoint("class_names", lambda: {"class_names": tf.constant(names)}, input_signature=[])
+        if thresholds is not None:
+            archive.add_endpoint("thresholds", lambda: {"thresholds": tf.constant(thresholds, tf.float32)},
+                                 input_signature=[])
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(str(tmp), verbose=False)
@@ -256,7 +281,7 @@ def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_
     os.replace(tmp, target)
 
 
-def _write_onnx(serving: Any, names: list[str], target: Path) -> str:
+def _write_onnx(serving: Any, names: list[str], target: Path, thresholds: dict | None = None) -> str:
     import onnx
     import tensorflow as tf
 
@@ -267,8 +292,12 @@ def _write_onnx(serving: Any, names: list[str], target: Path) -> str:
     serving.export(str(tmp), format="onnx", verbose=False, opset_version=ONNX_OPSET,
                    input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="image")])
     proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "class_names", json.dumps(names)
+    metadata = {"class_names": json.dumps(names)}
+    if thresholds:
+        metadata.update(task="multi_label", thresholds=json.dumps(thresholds))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(proto, str(tmp))
     os.replace(tmp, target)
     return str(target)

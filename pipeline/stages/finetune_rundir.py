@@ -97,12 +97,14 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
     report.save_model_atomic(built.model, model_path)
     exports = _export(built.model, run_dir, config, plan, metrics, log) if config.export else {}
     report.write_json_atomic(run_dir / "metrics.json", metrics)
+    if metrics.get("thresholds"):  # multi-label: beside model.keras, as train-head's beside head.keras
+        report.write_json_atomic(run_dir / "thresholds.json", metrics["thresholds"])
     report.write_history_csv(stage.history, run_dir / "history.csv")
     report.plot_curves(stage.history, run_dir / "curves.png", best_epoch=stage.best_epoch,
                        title=f"finetune: {plan.recipe['backbone']} {plan.image_size}px, --unfreeze {spec}")
     epoch_seconds = stage.epoch_seconds
     seconds_per_epoch = float(np.mean(epoch_seconds)) if epoch_seconds else 0.0
-    report.write_run_json(run_dir, _run_record(config, plan, built, metrics["stage_gate"], exports, distribute),
+    report.write_run_json(run_dir, _run_record(config, plan, built, metrics, exports, distribute),
                           timings={"seconds_per_epoch": seconds_per_epoch, "epoch_seconds": epoch_seconds,
                                    "backup_seconds": stage.backup_seconds,
                                    "total_seconds": time.perf_counter() - t_start})
@@ -118,11 +120,12 @@ def _export(model: Any, run_dir: Path, config: FinetuneConfig, plan: Any, metric
 
     source = plan.source
     exports = export_model(model, run_dir, config.export, quantize=config.quantize, class_names=plan.class_names,
-                           calibration=calibration_images(source, int(model.input_shape[1])), log=log)
+                           calibration=calibration_images(source, int(model.input_shape[1])), log=log,
+                           thresholds=metrics.get("thresholds"))
     split = next((s for s in ("test", "validation") if s in source.split_names), None)
     if split:
         checked = check_exports(exports, model, source, split, quantize=config.quantize,
-                                batch_size=config.batch_size)
+                                batch_size=config.batch_size, multi_label=plan.multi_label)
         metrics["exports"] = {"split": split, **checked}
         for fmt, row in checked.items():
             if row.get("accuracy") is not None:
@@ -132,12 +135,14 @@ def _export(model: Any, run_dir: Path, config: FinetuneConfig, plan: Any, metric
     return exports
 
 
-def _run_record(config: FinetuneConfig, plan: Any, built: Any, gate: dict, exports: dict,
+def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, exports: dict,
                 distribute: dict) -> dict:
     """run.json up to its "precision" section (``write_run_json`` adds versions, timings, created)."""
-    head_run, recipe = plan.head_run, plan.recipe
+    head_run, recipe, gate = plan.head_run, plan.recipe, metrics["stage_gate"]
     return {
         "kind": "finetune", "stage": "finetune", "config": resolved_config(config),
+        "task": "multi_label" if plan.multi_label else "single_label",
+        **({"thresholds": metrics["thresholds"]} if metrics.get("thresholds") else {}),
         "head_run": ({"path": os.path.abspath(config.head), "cache": head_run["cache"],
                       "accuracy": _head_accuracy(Path(config.head))} if head_run else None),
         "backbone": {**{k: recipe[k] for k in ("backbone", "weights", "alpha", "image_size", "pooling")},
@@ -157,13 +162,22 @@ def _result(run_dir: Path, model_path: Path, stage: Any, metrics: dict, parity: 
 
     gate = metrics["stage_gate"]
     val_m, test_m = metrics["validation"] or {}, metrics["test"] or {}
+    measure = gate.get("measure", "accuracy")
+    if metrics.get("thresholds"):
+        from headstart.pipeline.report.multilabel_metrics import summary_rows
+
+        measures = summary_rows(val_m, test_m)
+    else:
+        measures = [("validation accuracy", val_m.get("accuracy")), ("test accuracy", test_m.get("accuracy")),
+                    ("test balanced accuracy", test_m.get("balanced_accuracy")),
+                    ("test macro-F1", test_m.get("macro_f1"))]
+    short = {"accuracy": "acc", "map": "mAP"}.get(measure, measure)
     summary = report.format_summary_table([
         ("parity (max logit diff)", None if parity is None else f"{parity.max_abs_diff:.3g}"),
         ("best epoch", f"{stage.best_epoch} of {len(stage.epoch_seconds)}"),
-        ("stage gate", f"kept {gate['kept']} model (seeded val acc {_fmt(gate['seeded_val_accuracy'])}, "
-                       f"fine-tuned {_fmt(gate['finetuned_val_accuracy'])})"),
-        ("validation accuracy", val_m.get("accuracy")), ("test accuracy", test_m.get("accuracy")),
-        ("test balanced accuracy", test_m.get("balanced_accuracy")), ("test macro-F1", test_m.get("macro_f1")),
+        ("stage gate", f"kept {gate['kept']} model (seeded val {short} {_fmt(gate[f'seeded_val_{measure}'])}, "
+                       f"fine-tuned {_fmt(gate[f'finetuned_val_{measure}'])})"),
+        *measures,
         ("time per epoch", f"{seconds_per_epoch:.2f} s"), ("model", str(model_path)),
         *((f"export {k}", v or "failed") for k, v in exports.items()),
     ], title="finetune")

@@ -68,6 +68,7 @@ class _Plan:
     class_names: list[str]
     val_split: str | None
     log_dir: str | None              # --tensorboard on the chief (one writer per log directory), else None
+    multi_label: bool = False        # the source's (and head run's) task: one sigmoid per class
 
     @property
     def num_classes(self) -> int:
@@ -196,9 +197,9 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, *, log: Callable[[s
                                "seeded": {"validation": seeded_val}, "unfreeze": str(spec),
                                "trainable": counts, "best_epoch": stage.best_epoch,
                                "epochs_run": len(stage.epoch_seconds), "monitor": stage.monitor}
-    gate, metrics["validation"] = _stage_gate(config, plan, built.model, seeded_val, seeded_weights, log)
-    metrics["stage_gate"] = gate
-    metrics["test"] = _evaluate(config, plan, built.model, "test") if "test" in plan.source.split_names else None
+    metrics["stage_gate"], val_predictions = _stage_gate(config, plan, built.model, seeded_val, seeded_weights, log)
+    sections, thresholds = _final_metrics(config, plan, built.model, val_predictions)
+    metrics.update(sections, **thresholds)
     return rundir.write_outputs(config, plan, built, run_dir=run_dir, spec=spec, stage=stage, metrics=metrics,
                                 parity=parity, distribute=setup.distribute, log=log, t_start=t_start)
 
@@ -227,12 +228,16 @@ def _plan(config: FinetuneConfig, log: Callable[[str], None], *, is_chief: bool)
     class_names = list(source.class_names)
     if head_run and list(head_run["class_names"]) != class_names:
         raise OptionError(f"SOURCE classes {class_names} differ from the head run's {head_run['class_names']}")
+    multi_label = bool(getattr(source, "multi_label", False))
+    if head_run and (head_run.get("task") == "multi_label") != multi_label:
+        raise OptionError(f"SOURCE {config.source} is {_task(multi_label)} but the head run {config.head} is "
+                          f"{_task(not multi_label)}; give the source the head's cache was extracted from")
     if "train" not in source.split_names:
         raise OptionError(f"{config.source}: no 'train' split to fine-tune on")
     val_split = "validation" if "validation" in source.split_names else None
     return _Plan(head_run=head_run, recipe=recipe, resuming=resuming, source_spec=source_spec, source=source,
                  exclusion=exclusion, class_names=class_names, val_split=val_split,
-                 log_dir=config.tensorboard if is_chief else None)
+                 log_dir=config.tensorboard if is_chief else None, multi_label=multi_label)
 
 
 def _build(config: FinetuneConfig, plan: _Plan, *, mixed: bool) -> _Built:
@@ -253,7 +258,8 @@ def _build(config: FinetuneConfig, plan: _Plan, *, mixed: bool) -> _Built:
         base, preprocessing, pooling, info = build_backbone_parts(
             recipe["backbone"], weights=recipe["weights"], image_size=recipe["image_size"], alpha=recipe["alpha"],
             pooling=recipe["pooling"])
-        head = build_head(info.feature_shape, plan.num_classes, dropout=HeadConfig().dropout)
+        head = build_head(info.feature_shape, plan.num_classes, dropout=HeadConfig().dropout,
+                          multi_label=plan.multi_label)
         model = build_chain(base, preprocessing, pooling, head=head,
                             augmentation=build_augmentation(config.augment, seed=config.seed))
     return _Built(model=model, head=head, info=info, policy=policy)
@@ -286,7 +292,7 @@ def _datasets(config: FinetuneConfig, plan: _Plan, batch_size: int) -> tuple[Any
         buffer = max(64, min(plan.source.count(split) or 1024, SHUFFLE_BYTES // (size * size * 12)))
         return labelled_dataset(plan.source, split, image_size=size, num_classes=plan.num_classes,
                                 batch_size=batch_size, shuffle_seed=config.seed if shuffle else None,
-                                shuffle_buffer=buffer)
+                                shuffle_buffer=buffer, multi_label=plan.multi_label)
 
     return data("train", True), (data(plan.val_split, False) if plan.val_split else None)
 
@@ -311,12 +317,13 @@ def _seed_head(config: FinetuneConfig, plan: _Plan, built: _Built, setup: Any, r
         f"(batch {config.head_batch_size}, lr {config.head_lr:g})")
     freeze_backbone(built.model)
     with setup.strategy.scope():
-        compile_head(built.model, plan.num_classes, config.head_lr, jit_compile=_jit(config))
+        compile_head(built.model, plan.num_classes, config.head_lr, jit_compile=_jit(config),
+                     multi_label=plan.multi_label)
     train, val = _datasets(config, plan, config.head_batch_size)
     head_stage = fit_stage(built.model, "head", run_dir=run_dir, train=train, val=val, epochs=config.head_epochs,
                            patience=config.patience, log=log, num_classes=plan.num_classes,
                            callbacks=[tensorboard_callback(Path(plan.log_dir) / "head")] if plan.log_dir else (),
-                           replicas=setup.replicas)
+                           replicas=setup.replicas, multi_label=plan.multi_label)
     built.head.save_weights(seeded_head)
     progress["head_stage"] = head_stage.to_dict()
     write_json_atomic(run_dir / "backup" / "progress.json", progress)
@@ -331,7 +338,8 @@ def _seeded_validation(config: FinetuneConfig, plan: _Plan, model: Any, run_dir:
 
     if plan.val_split and "seeded" not in progress:
         seeded = _evaluate(config, plan, model, plan.val_split)
-        progress["seeded"] = {"loss": seeded["loss"], "accuracy": seeded["accuracy"]}
+        progress["seeded"] = {"loss": seeded["loss"], "accuracy": seeded["accuracy"],
+                              **({"map": seeded["map"]} if plan.multi_label else {})}
         write_json_atomic(run_dir / "backup" / "progress.json", progress)
     return progress.get("seeded")
 
@@ -345,7 +353,8 @@ def _fit_backbone(config: FinetuneConfig, spec: Any, plan: _Plan, model: Any, se
 
     unfrozen = unfreeze_backbone(model, spec)
     with setup.strategy.scope():
-        compile_head(model, plan.num_classes, config.lr, jit_compile=_jit(config))  # trainables are fixed at compile
+        # trainables are fixed at compile
+        compile_head(model, plan.num_classes, config.lr, jit_compile=_jit(config), multi_label=plan.multi_label)
     counts = trainable_counts(model)
     log(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "
         f"{counts['trainable_params']:,} trainable parameters; BatchNorm frozen")
@@ -354,43 +363,81 @@ def _fit_backbone(config: FinetuneConfig, spec: Any, plan: _Plan, model: Any, se
         callbacks = [*callbacks, tensorboard_callback(plan.log_dir)]
     stage = fit_stage(model, "finetune", run_dir=run_dir, train=train, val=val, epochs=config.epochs,
                       patience=config.patience, log=log, num_classes=plan.num_classes, callbacks=callbacks,
-                      replicas=setup.replicas)
+                      replicas=setup.replicas, multi_label=plan.multi_label)
     return stage, counts
 
 
 def _stage_gate(config: FinetuneConfig, plan: _Plan, model: Any, seeded_val: dict | None,
-                seeded_weights: list, log: Callable[[str], None]) -> tuple[dict, dict | None]:
-    """Keeps the seeded weights when fine-tuning lowered validation accuracy.
+                seeded_weights: list, log: Callable[[str], None]) -> tuple[dict, Any]:
+    """Keeps the seeded weights when fine-tuning lowered the validation measure.
+
+    The measure is accuracy, or validation mAP for a multi-label task (threshold-free, so the
+    gate does not depend on thresholds chosen afterwards).
 
     Returns:
-        (metrics.json's "stage_gate", the kept model's validation metrics or None).
+        (metrics.json's "stage_gate", the kept model's validation predictions or None).
     """
-    gate = {"kept": "finetuned", "seeded_val_accuracy": (seeded_val or {}).get("accuracy"),
-            "finetuned_val_accuracy": None}
+    from headstart.pipeline.stages.evaluation import predict_split, split_metrics
+
+    measure = "map" if plan.multi_label else "accuracy"
+    gate = {"kept": "finetuned", "measure": measure, f"seeded_val_{measure}": (seeded_val or {}).get(measure),
+            f"finetuned_val_{measure}": None}
     if not plan.val_split:
         gate["reason"] = "no validation split"
         return gate, None
-    final_val = _evaluate(config, plan, model, plan.val_split)
-    gate["finetuned_val_accuracy"] = final_val["accuracy"]
-    if final_val["accuracy"] is None or gate["seeded_val_accuracy"] is None:
+
+    def predict() -> tuple[Any, Any]:
+        predictions = predict_split(model, plan.source, plan.val_split, batch_size=config.batch_size,
+                                    multi_label=plan.multi_label)
+        return predictions, split_metrics(predictions, plan.class_names, multi_label=plan.multi_label)[measure]
+
+    final, gate[f"finetuned_val_{measure}"] = predict()
+    seeded, finetuned = gate[f"seeded_val_{measure}"], gate[f"finetuned_val_{measure}"]
+    if finetuned is None or seeded is None:
         gate["reason"] = "no readable validation image"
-    elif final_val["accuracy"] < gate["seeded_val_accuracy"]:
+    elif finetuned < seeded:
         gate["kept"] = "seeded"
         model.set_weights(seeded_weights)
-        final_val = _evaluate(config, plan, model, plan.val_split)
-        log(f"stage gate: fine-tuned validation accuracy {gate['finetuned_val_accuracy']:.4f} is below "
-            f"the seeded model's {gate['seeded_val_accuracy']:.4f}; keeping the seeded model")
-    return gate, final_val
+        final, _ = predict()
+        log(f"stage gate: fine-tuned validation {measure} {finetuned:.4f} is below the seeded model's "
+            f"{seeded:.4f}; keeping the seeded model")
+    return gate, final
 
 
 def _plain(record: Any) -> dict | None:
     return None if record is None else record.to_dict()
 
 
-def _evaluate(config: FinetuneConfig, plan: _Plan, model: Any, split: str) -> dict:
+def _evaluate(config: FinetuneConfig, plan: _Plan, model: Any, split: str, thresholds: Any = None) -> dict:
     from headstart.pipeline.stages.evaluation import predict_split, split_metrics
 
-    return split_metrics(predict_split(model, plan.source, split, batch_size=config.batch_size), plan.class_names)
+    predictions = predict_split(model, plan.source, split, batch_size=config.batch_size, multi_label=plan.multi_label)
+    return split_metrics(predictions, plan.class_names, multi_label=plan.multi_label, thresholds=thresholds)
+
+
+def _final_metrics(config: FinetuneConfig, plan: _Plan, model: Any, val_predictions: Any) -> tuple[dict, dict]:
+    """metrics.json's "validation" and "test" (the kept model), and for multi-label its thresholds.
+
+    Multi-label thresholds are chosen on the kept model's validation predictions and applied to
+    both splits (``headstart.pipeline.report.split_measures.measure_splits``).
+    """
+    from headstart.pipeline.report.split_measures import measure_splits
+    from headstart.pipeline.stages.evaluation import predict_split
+
+    found = {"validation": val_predictions} if val_predictions is not None else {}
+    if "test" in plan.source.split_names:
+        found["test"] = predict_split(model, plan.source, "test", batch_size=config.batch_size,
+                                      multi_label=plan.multi_label)
+    sections, thresholds = measure_splits({n: p.labels for n, p in found.items()},
+                                          {n: p.logits for n, p in found.items()}, plan.class_names,
+                                          multi_label=plan.multi_label)
+    for name, predictions in found.items():
+        sections[name]["skipped"] = [list(s) for s in predictions.skipped]
+    return sections, ({"thresholds": thresholds} if thresholds else {})
+
+
+def _task(multi_label: bool) -> str:
+    return "multi-label" if multi_label else "single-label"
 
 
 # ── helpers ──────────────────────────────────────────────────────────────────────────────────

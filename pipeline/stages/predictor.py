@@ -32,6 +32,9 @@ class Predictor:
         width: logits per image (1 for two classes).
         class_names: from the file itself (SavedModel, ONNX) or the run.json beside it, else None.
         run: the parsed run.json beside the file, or None.
+        multi_label: one sigmoid logit per class (task "multi_label" in the file or its run.json).
+        thresholds: a multi-label model's per-class decision thresholds (float64 (C,)), from the
+            file (SavedModel, ONNX) or the run.json / thresholds.json beside it; else None.
     """
 
     kind: str
@@ -41,11 +44,13 @@ class Predictor:
     class_names: list[str] | None
     run: dict | None
     _fn: Callable[[np.ndarray], np.ndarray]
+    multi_label: bool = False
+    thresholds: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
-        """Classes the logits separate: one logit means two classes."""
-        return 2 if self.width == 1 else self.width
+        """Classes the logits separate: one logit means two single-label classes."""
+        return 2 if self.width == 1 and not self.multi_label else self.width
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """float32 (B, S, S, 3) raw 0–255 → float32 (B, width) logits."""
@@ -68,14 +73,23 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
         require_modules(kind, f"reading {path}")
     run = _run_json_beside(path)
     try:
-        size, width, names, fn = loader(path)
+        size, width, meta, fn = loader(path)
     except (RunDirError, OptionError):
         raise
     except Exception as exc:  # noqa: BLE001 - each runtime raises its own types for a bad file
         text = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise RunDirError(f"{path}: cannot load as a {kind} model ({text})") from exc
-    names = names or (run or {}).get("class_names")
-    return Predictor(kind, str(path), size, width, list(names) if names else None, run, fn)
+    names = meta.get("class_names") or (run or {}).get("class_names")
+    names = list(names) if names else None
+    # What the file says wins over the run.json beside it (an export may have been copied alone).
+    record = meta.get("thresholds") or (run or {}).get("thresholds") or _thresholds_beside(path)
+    multi_label = (meta.get("task") or (run or {}).get("task") or (record or {}).get("task")) == "multi_label"
+    thresholds = None
+    if multi_label:
+        from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+
+        thresholds = thresholds_from_record(record, names or [str(i) for i in range(width)])
+    return Predictor(kind, str(path), size, width, names, run, fn, multi_label, thresholds)
 
 
 def _kind_of(path: Path) -> str:
@@ -103,11 +117,19 @@ def _run_json_beside(path: Path) -> dict | None:
         return None
 
 
+def _thresholds_beside(path: Path) -> dict | None:
+    folder = path if path.is_dir() and (path / "model.keras").is_file() else path.parent
+    try:
+        return json.loads((folder / "thresholds.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _load_keras(path: Path):
     from headstart.pipeline.stages.evaluation import load_model
 
     model, _ = load_model(path)
-    return int(model.input_shape[1]), int(model.output_shape[-1]), None, model.predict_on_batch
+    return int(model.input_shape[1]), int(model.output_shape[-1]), {}, model.predict_on_batch
 
 
 def _load_saved_model(path: Path):
@@ -118,16 +140,21 @@ def _load_saved_model(path: Path):
     spec = serve.structured_input_signature[1]
     (image_spec,) = spec.values()
     (output_spec,) = serve.structured_outputs.values()
-    names = None
+    meta: dict[str, Any] = {}
     if "class_names" in loaded.signatures:
-        names = [n.decode() for n in loaded.signatures["class_names"]()["class_names"].numpy()]
+        meta["class_names"] = [n.decode() for n in loaded.signatures["class_names"]()["class_names"].numpy()]
+    if "thresholds" in loaded.signatures:  # a multi-label export
+        values = loaded.signatures["thresholds"]()["thresholds"].numpy().tolist()
+        meta["task"] = "multi_label"
+        meta["thresholds"] = {"task": "multi_label",
+                              "thresholds": dict(zip(meta.get("class_names") or [], values))}
     key = next(iter(spec))
 
     def fn(images):
         # The signature returns a dict of one output; keep ``loaded`` alive through the closure.
         return next(iter(loaded.signatures["serving_default"](**{key: tf.constant(images)}).values())).numpy()
 
-    return int(image_spec.shape[1]), int(output_spec.shape[-1]), names, fn
+    return int(image_spec.shape[1]), int(output_spec.shape[-1]), meta, fn
 
 
 def _load_onnx(path: Path):
@@ -136,12 +163,14 @@ def _load_onnx(path: Path):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     meta = session.get_modelmeta().custom_metadata_map
-    names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    found = {key: json.loads(meta[key]) for key in ("class_names", "thresholds") if key in meta}
+    if "task" in meta:
+        found["task"] = meta["task"]
 
     def fn(images):
         return session.run(None, {inp.name: images})[0]
 
-    return int(inp.shape[1]), int(session.get_outputs()[0].shape[-1]), names, fn
+    return int(inp.shape[1]), int(session.get_outputs()[0].shape[-1]), found, fn
 
 
 def _load_tflite(path: Path):
@@ -161,4 +190,4 @@ def _load_tflite(path: Path):
         interpreter.invoke()
         return interpreter.get_tensor(out["index"]).copy()
 
-    return int(inp["shape"][1]), int(out["shape"][-1]), None, fn
+    return int(inp["shape"][1]), int(out["shape"][-1]), {}, fn

@@ -35,7 +35,7 @@ class StageOutcome(Record):
         epoch_seconds: wall seconds per epoch, the backup's commit included.
         stopped_early: whether early stopping ended the stage.
         backup_seconds: seconds per epoch spent committing the backup.
-        monitor: "val_loss" or "loss".
+        monitor: "val_loss" or "loss"; "val_map" for a multi-label model with validation.
     """
 
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -54,7 +54,7 @@ class StageOutcome(Record):
 
 def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
               log: Callable[[str], None], num_classes: int, callbacks: Sequence[Any] = (),
-              replicas: int = 1) -> StageOutcome:
+              replicas: int = 1, multi_label: bool = False) -> StageOutcome:
     """Runs (or resumes) one stage's ``fit`` with ``RunBackup``; best weights restored on return.
 
     Args:
@@ -68,14 +68,19 @@ def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epo
         num_classes: for the distributed loop's metrics.
         callbacks: extra Keras callbacks (progress bars, TensorBoard).
         replicas: replicas in sync; above 1 the stage runs ``distributed_fit``.
+        multi_label: a multi-label model: early stopping watches validation mAP, which
+            ``MultiLabelValidation`` computes with the validation loss from one pass per epoch.
     """
-    backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
-                       monitor="val_loss" if val is not None else "loss", stage=name, log=log)
+    measure = [MultiLabelValidation(val, num_classes)] if multi_label and val is not None else []
+    monitor = "loss" if val is None else ("val_map" if multi_label else "val_loss")
+    backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience, monitor=monitor,
+                       stage=name, log=log)
     if replicas > 1:
         _check_replicas_agree(model.distribute_strategy, backup)
     if not backup.finished:
-        _fit(model, train, val, epochs=epochs, num_classes=num_classes, callbacks=[backup, *callbacks],
-             distributed=replicas > 1)
+        # The validation callback runs before the backup, so the epoch's logs it commits hold val_map.
+        _fit(model, train, None if measure else val, epochs=epochs, num_classes=num_classes,
+             callbacks=[*measure, backup, *callbacks], distributed=replicas > 1)
     backup.restore_best(model)
     return backup.outcome()
 
@@ -127,6 +132,43 @@ def _check_replicas_agree(strategy: Any, backup: "RunBackup") -> None:
                           f"on a filesystem all workers share")
 
 
+class MultiLabelValidation(keras.callbacks.Callback):
+    """Adds val_loss, val_accuracy and val_map to each epoch's logs from one pass over validation.
+
+    Keras's own validation gives the loss but no average precision (``keras.metrics.AUC`` with
+    curve="PR" only approximates it from 200 buckets); this computes the same measures train-head
+    reports, from the same logits, in place of Keras's validation pass.
+
+    Args:
+        data: validation batches of (images, multi-hot float targets (B, C)).
+        num_classes: C.
+    """
+
+    def __init__(self, data: Any, num_classes: int) -> None:
+        super().__init__()
+        self.data, self.num_classes = data, num_classes
+
+    def on_epoch_end(self, epoch, logs=None):
+        from headstart.pipeline.distribute.loop import predict_logits
+        from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
+        from headstart.pipeline.report.multilabel_metrics import mean_average_precision
+        from headstart.pipeline.report.split_measures import split_loss
+
+        if logs is None:
+            return
+        logits, targets = [], []
+        for x, y in self.data:
+            logits.append(np.asarray(predict_logits(self.model, x), dtype=np.float32))
+            targets.append(np.asarray(y))
+        z = np.concatenate(logits) if logits else np.zeros((0, self.num_classes), np.float32)
+        y = np.concatenate(targets).astype(np.int64) if targets else np.zeros((0, self.num_classes), np.int64)
+        ap = mean_average_precision(y, logits_to_probabilities(z, self.num_classes, True)) if len(y) else None
+        # Written into the dict every later callback of this epoch receives (the backup first).
+        logs["val_loss"] = split_loss(y, z, self.num_classes, True) if len(y) else float("nan")
+        logs["val_accuracy"] = float(np.mean(predict_classes(z, self.num_classes, True) == y)) if len(y) else float("nan")
+        logs["val_map"] = float("nan") if ap is None else ap
+
+
 class RunBackup(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` whose per-epoch save is one atomic commit carrying history and best.
 
@@ -140,7 +182,8 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         backup_dir: directory for this stage's backup.
         epochs: the stage's total epochs.
         patience: early stopping after this many epochs without improvement of ``monitor``.
-        monitor: "val_loss" or "loss"; lower is better, improvement is strict.
+        monitor: "val_loss" or "loss" (lower is better), or "val_map" (higher is better);
+            improvement is strict.
         stage: name used in log lines.
         log: one line per epoch.
     """
