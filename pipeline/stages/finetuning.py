@@ -380,8 +380,8 @@ def _stage_gate(config: FinetuneConfig, plan: _Plan, model: Any, seeded_val: dic
     from headstart.pipeline.stages.evaluation import predict_split, split_metrics
 
     measure = "map" if plan.multi_label else "accuracy"
-    gate = {"kept": "finetuned", "measure": measure, f"seeded_val_{measure}": (seeded_val or {}).get(measure),
-            f"finetuned_val_{measure}": None}
+    gate = {"kept": "finetuned", f"seeded_val_{measure}": (seeded_val or {}).get(measure),
+            f"finetuned_val_{measure}": None, **({"measure": measure} if plan.multi_label else {})}
     if not plan.val_split:
         gate["reason"] = "no validation split"
         return gate, None
