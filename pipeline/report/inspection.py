@@ -113,6 +113,10 @@ def _format_cache(info: dict) -> str:
             lines.append(f"  {key}: {value}")
     if "class_names" in info:
         lines.append(f"  classes: {', '.join(info['class_names'])}")
+    multi_label = bool(info.get("multi_label"))
+    if multi_label:
+        lines.append("  task: multi-label (a row may carry several labels; counts are images per label, "
+                     "so they can add up to more than the rows)")
     source = config.get("source")
     if source:
         lines.append(f"  source: {source.get('source', source) if isinstance(source, dict) else source}")
@@ -122,7 +126,8 @@ def _format_cache(info: dict) -> str:
     for name, split in info.get("splits", {}).items():
         counts = split.get("class_counts", {})
         balance = ", ".join(f"{k} {v}" for k, v in counts.items())
-        lines.append(f"  split {name}: {split.get('rows', 0)} rows ({balance}); "
+        label_counts = "labels per class: " if multi_label else ""
+        lines.append(f"  split {name}: {split.get('rows', 0)} rows ({label_counts}{balance}); "
                      f"{len(split.get('skipped', []))} skipped")
         for key, reason in split.get("skipped", []):
             lines.append(f"    skipped {key}: {reason}")
@@ -213,6 +218,9 @@ def _format_run_dir(info: dict) -> str:
         lines.append(f"  source: {config.get('source', '?')}")
     if run.get("class_names"):
         lines.append(f"  classes: {', '.join(map(str, run['class_names']))}")
+    if run.get("task") == "multi_label":
+        cuts = ((run.get("thresholds") or {}).get("thresholds") or {})
+        lines.append("  task: multi-label; thresholds " + ", ".join(f"{k} {v:.3f}" for k, v in cuts.items()))
     metrics = info.get("metrics", {})
     parity = metrics.get("parity")
     if parity:
@@ -220,13 +228,19 @@ def _format_run_dir(info: dict) -> str:
                      f"{parity['split']} images (tolerance {parity['tolerance']:.3g})")
     gate = metrics.get("stage_gate") or run.get("stage_gate")
     if gate:
-        lines.append(f"  stage gate: kept the {gate.get('kept')} model (validation accuracy seeded "
-                     f"{_acc(gate.get('seeded_val_accuracy'))}, fine-tuned {_acc(gate.get('finetuned_val_accuracy'))})")
+        measure = gate.get("measure", "accuracy")
+        lines.append(f"  stage gate: kept the {gate.get('kept')} model (validation {measure} seeded "
+                     f"{_acc(gate.get(f'seeded_val_{measure}'))}, fine-tuned "
+                     f"{_acc(gate.get(f'finetuned_val_{measure}'))})")
     if metrics.get("best_epoch") is not None:
         lines.append(f"  best epoch: {metrics['best_epoch']} of {metrics.get('epochs_run', '?')}")
     for split in ("validation", "test"):
         if isinstance(metrics.get(split), dict) and metrics[split].get("accuracy") is not None:
             m = metrics[split]
+            if m.get("task") == "multi_label":
+                lines.append(f"  {split} mAP: {_acc(m.get('map'))}, micro-F1 {_acc(m.get('micro_f1'))}, exact match "
+                             f"{m['accuracy']:.4f} ({m.get('rows', '?')} images)")
+                continue
             lines.append(f"  {split} accuracy: {m['accuracy']:.4f} ({m.get('rows', '?')} images)")
     timings = run.get("timings") or {}
     if timings.get("seconds_per_epoch"):
