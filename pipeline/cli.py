@@ -176,7 +176,8 @@ def diagnose_command(quiet, **options):
 @main.command("train-head")
 @click.argument("features", type=click.Path())
 @_fields("head", "out", "epochs", "lr", "batch_size", "dropout", "head_kind", "hidden_units", "normalize",
-         "weight_decay", "label_smoothing", "views", "patience", "seed", "deterministic", "memory_limit_mb", "exclude")
+         "weight_decay", "label_smoothing", "views", "patience", "seed", "deterministic", "memory_limit_mb", "exclude",
+         "class_weight", "monitor")
 @_distribute_options("head")
 @_fields("head", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
@@ -240,7 +241,7 @@ def sweep_command(caches, config_file, quiet, **options):
 @_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs",
          "path_column", "label_column", "images", "multi_label", "epochs",
          "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "patience", "seed",
-         "deterministic", "parity_samples", "resume", "export", "quantize", "exclude")
+         "deterministic", "parity_samples", "resume", "export", "quantize", "exclude", "class_weight", "monitor")
 @_distribute_options("finetune")
 @_fields("finetune", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")

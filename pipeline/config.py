@@ -29,6 +29,13 @@ QUANTIZE_MODES = ("none", "float16", "int8")
 HEAD_KINDS = ("linear", "hidden")
 #: Feature normalisations applied inside the head.
 NORMALIZATIONS = ("none", "l2", "standardize")
+#: ``--class-weight`` words; any other value names a TOML/JSON file (pipeline/stages/class_weights.py).
+CLASS_WEIGHT_MODES = ("none", "balanced")
+#: What early stopping and the stage gate watch (``--monitor``, pipeline/stages/monitor.py): the
+#: validation loss (lower is better), or a validation measure where higher is better.
+MONITORS = ("val_loss", "balanced_accuracy", "macro_f1", "map")
+#: The monitors where higher is better (the rest, the losses, are lower-is-better).
+HIGHER_IS_BETTER = ("balanced_accuracy", "macro_f1", "map", "accuracy")
 
 
 @dataclass
@@ -89,6 +96,8 @@ class HeadConfig:
     jit_compile: bool = False
     tensorboard: str | None = None  # log directory for keras.callbacks.TensorBoard
     exclude: str | None = None      # CSV with a key column (diagnose's label_issues.csv, …)
+    class_weight: str = "none"      # CLASS_WEIGHT_MODES or a TOML/JSON file: class name → weight
+    monitor: str = "val_loss"       # MONITORS
 
 
 @dataclass
@@ -147,6 +156,8 @@ class FinetuneConfig:
     jit_compile: bool = False
     tensorboard: str | None = None  # log directory for keras.callbacks.TensorBoard (LOG_DIR/head: the seeded head)
     exclude: str | None = None      # CSV with a key column: dropped from train and validation
+    class_weight: str = "none"      # CLASS_WEIGHT_MODES or a TOML/JSON file: class name → weight
+    monitor: str = "val_loss"       # MONITORS
 
 
 @dataclass
@@ -180,11 +191,15 @@ class SweepConfig:
     heartbeat: int = 5              # seconds; a trial silent for twice this is rerun
 
 
-def read_settings_file(path: Any) -> dict[str, Any]:
+def read_settings_file(path: Any, option: str = "--config") -> dict[str, Any]:
     """Reads a ``--config`` file, TOML or (by its ``.json`` suffix) JSON, into a table of settings.
 
-    The one reader behind ``headstart run --config`` and ``headstart sweep --config``; each
-    checks its own sections.
+    The one reader behind ``headstart run --config``, ``headstart sweep --config`` and
+    ``--class-weight FILE``; each checks its own sections.
+
+    Args:
+        path: the file.
+        option: the option that named it, for the messages.
 
     Raises:
         OptionError: missing or unreadable file, bad syntax, or a file that is not a table; the
@@ -196,18 +211,18 @@ def read_settings_file(path: Any) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise OptionError(f"--config {path}: no such file")
+        raise OptionError(f"{option} {path}: no such file")
     is_json = path.suffix.lower() == ".json"
     try:
         text = path.read_text(encoding="utf-8")
         raw = json.loads(text) if is_json else tomllib.loads(text)
     except (OSError, UnicodeDecodeError) as exc:
-        raise OptionError(f"--config {path}: cannot read ({exc})") from None
+        raise OptionError(f"{option} {path}: cannot read ({exc})") from None
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise OptionError(f"--config {path}: not valid {'JSON' if is_json else 'TOML'} "
+        raise OptionError(f"{option} {path}: not valid {'JSON' if is_json else 'TOML'} "
                           f"({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise OptionError(f"--config {path}: expected a table of settings")
+        raise OptionError(f"{option} {path}: expected a table of settings")
     return raw
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
-from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, NORMALIZATIONS, QUANTIZE_MODES, ExtractConfig,
-                                      FinetuneConfig, HeadConfig, RunConfig, SweepConfig)
+from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, MONITORS, NORMALIZATIONS, QUANTIZE_MODES,
+                                      ExtractConfig, FinetuneConfig, HeadConfig, RunConfig, SweepConfig)
 from headstart.pipeline.distribute.strategy import STRATEGIES
 
 #: Section name → its config dataclass; "top" holds the top-level keys of ``headstart run``.
@@ -52,6 +52,15 @@ def _names(values) -> str:
     return ", ".join(values)
 
 
+_CLASS_WEIGHT_HELP = ("Weigh each training image's loss by its class: none; balanced (n / (k * n_c), inverse "
+                      "class frequency of the training split); or a TOML/JSON file mapping every class name to "
+                      "a positive weight.")
+_MONITOR_HELP = ("What early stopping and the stage gate watch: the validation loss, or validation balanced "
+                 "accuracy, macro-F1 or mAP (multi-label tasks only); all but val_loss need a validation split.")
+_IMBALANCE: dict[str, OptionFact] = {
+    "class_weight": OptionFact(_CLASS_WEIGHT_HELP, metavar="none|balanced|FILE"),
+    "monitor": OptionFact(_MONITOR_HELP, choices=MONITORS),
+}
 _SPLIT_HELP = "Override a split: TFDS slicing (train=train[:80%]); repeatable."
 _STRATEGY_HELP = ("tf.distribute strategy: mirrored (local GPUs), multiworker (TF_CONFIG), default (one device); "
                   "auto picks multiworker with a TF_CONFIG cluster, mirrored with 2+ GPUs.")
@@ -115,12 +124,13 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "weight_decay": OptionFact("Decoupled weight decay on the kernels (Adam's weight_decay)."),
         "label_smoothing": OptionFact("Label smoothing of the training loss."),
         "views": OptionFact("Train on the cache's augmented views, when it has them."),
-        "patience": OptionFact("Epochs without a better validation loss before stopping (best weights restored)."),
+        "patience": OptionFact("Epochs without a better --monitor value before stopping (best weights restored)."),
         "seed": OptionFact("Seed of initialisation, shuffling and view sampling."),
         "deterministic": OptionFact("Bit-identical results for the same seed (slower ops)."),
         "memory_limit_mb": OptionFact("Load features into memory up to this size; stream them from HDF5 beyond it."),
         "exclude": OptionFact("CSV with a key column (e.g. diagnose's label_issues.csv): drop those images from "
                               "train and validation; test is kept.", path="file"),
+        **_IMBALANCE,
         **_DISTRIBUTE,
         "tensorboard": OptionFact("Log every epoch with keras.callbacks.TensorBoard to DIR (train/, validation/).",
                                   metavar="DIR", path="dir"),
@@ -146,7 +156,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "head_batch_size": OptionFact("Batch size of the head stage when there is no --head."),
         "unfreeze": OptionFact("all, top:N (last N backbone layers) or from:LAYER; BatchNorm always stays frozen."),
         "augment": OptionFact("Augmentation, e.g. flip,rotate=0.1 or none."),
-        "patience": OptionFact("Early-stopping patience on validation loss."),
+        "patience": OptionFact("Early-stopping patience on the --monitor value."),
         "seed": OptionFact("Seed of shuffling and augmentation."),
         "deterministic": OptionFact("Bit-identical fine-tuned weights for the same seed (slower ops)."),
         "parity_samples": OptionFact("Validation images checked against the cached features before training "
@@ -158,6 +168,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                                choices=QUANTIZE_MODES),
         "exclude": OptionFact("CSV with a key column (e.g. diagnose's label_issues.csv): drop those images from "
                               "train and validation; test is kept.", path="file"),
+        **_IMBALANCE,
         **_DISTRIBUTE,
         "tensorboard": OptionFact("Log every epoch with keras.callbacks.TensorBoard to DIR (train/, validation/; "
                                   "DIR/head/ for the head trained without --head).", metavar="DIR", path="dir"),
@@ -285,6 +296,8 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     _o("--tensorboard/--no-tensorboard", "top.tensorboard"),
     _o("--diagnose/--no-diagnose", "top.diagnose"),
     _o("--exclude", "head.exclude,finetune.exclude"),
+    _o("--class-weight", "head.class_weight,finetune.class_weight"),
+    _o("--monitor", "head.monitor,finetune.monitor"),
 )
 
 

@@ -477,3 +477,31 @@ def test_real_cats_vs_dogs_finetune_keeps_head_accuracy(shared_assets, tmp_path)
     assert result.test_accuracy >= head.test_accuracy - 0.005
     again = evaluate_model(tmp_path / "ft", str(data), "test", log=lambda s: None)
     assert again["accuracy"] == result.test_accuracy
+
+
+@pytest.mark.slow
+def test_class_weights_and_monitor_reach_the_fit_and_the_gate(prepared, tmp_path):
+    """--class-weight balanced counted from the head's cache, weighted training batches, and
+    --monitor balanced_accuracy watched by early stopping (per-epoch measure) and the stage gate."""
+    from headstart.pipeline.stages.finetuning import finetune
+
+    lines: list[str] = []
+    result = finetune(config_for(prepared, tmp_path / "ft", epochs=2, parity_samples=0, class_weight="balanced",
+                                 monitor="balanced_accuracy"), log=lines.append, callbacks=[_Sabotage()])
+    run_dir = Path(result.run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    # make_splits: 8 training images per class → both weights n / (k * n_c) = 16 / (2 * 8) = 1.
+    assert run["class_weight"] == {"mode": "balanced", "file": None,
+                                   "formula": "n / (k * n_c) over the training split",
+                                   "weights": {"cats": 1.0, "dogs": 1.0}, "train_counts": {"cats": 8, "dogs": 8}}
+    assert any("16 training labels counted from the cache" in line for line in lines)
+    assert run["monitor"] == {"option": "balanced_accuracy", "gate_measure": "balanced_accuracy"}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["monitor"] == "val_balanced_accuracy"
+    rows = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert len(rows) == 2 and all(0.0 <= float(r["val_balanced_accuracy"]) <= 1.0 for r in rows)
+    gate = metrics["stage_gate"]
+    # The sabotaged fine-tune is worse on balanced accuracy too: the gate compared that measure.
+    assert gate["measure"] == "balanced_accuracy" and gate["kept"] == result.kept == "seeded"
+    assert gate["seeded_val_balanced_accuracy"] == 1.0 > gate["finetuned_val_balanced_accuracy"]
+    assert "keeping the seeded model" in " ".join(lines) and "seeded val balanced acc 1.0000" in result.summary

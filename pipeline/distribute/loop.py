@@ -18,6 +18,11 @@ and the model's own optimizer sums the gradients across replicas. Every row carr
 single-device batch mean — also for a last batch that does not split evenly (a replica may get no
 rows at all), where Keras's per-replica mean ÷ replicas would weigh rows unequally. Loss and
 accuracy are the head's (``headstart.pipeline.model.head.head_loss_and_metrics``), summed over rows and workers.
+
+Batches may carry a third element, per-row sample weights (``--class-weight``): a row's loss then
+counts w × its loss, the batch loss stays Σ w·l / (rows of the batch) and the reported training loss
+Σ w·l / rows, as Keras's ``train_on_batch(..., sample_weight=w)`` computes them; accuracy stays
+unweighted, as a compiled (not weighted) metric does.
 """
 
 from __future__ import annotations
@@ -36,16 +41,19 @@ from headstart.pipeline.model.head import head_loss_and_metrics
 _STEPS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
-def planned_dataset(batches: Callable[[], Iterable[tuple[Any, Any]]], x_spec: tuple[tuple, Any],
-                    y_spec: tuple[tuple, Any], steps: int) -> tf.data.Dataset:
+def planned_dataset(batches: Callable[[], Iterable[tuple[Any, ...]]], x_spec: tuple[tuple, Any],
+                    y_spec: tuple[tuple, Any], steps: int, *, weighted: bool = False) -> tf.data.Dataset:
     """A ``tf.data`` dataset of already-planned global batches.
 
     Args:
-        batches: returns a fresh iterator of (x, y) NumPy global batches in training order.
+        batches: returns a fresh iterator of (x, y) NumPy global batches in training order, or of
+            (x, y, w) with ``weighted``.
         x_spec, y_spec: (shape without the batch axis, dtype) of x and y.
         steps: number of batches ``batches()`` yields.
+        weighted: the batches carry float32 (B,) sample weights as a third element.
     """
-    signature = tuple(tf.TensorSpec((None, *shape), dtype) for shape, dtype in (x_spec, y_spec))
+    specs = (x_spec, y_spec, ((), tf.float32)) if weighted else (x_spec, y_spec)
+    signature = tuple(tf.TensorSpec((None, *shape), dtype) for shape, dtype in specs)
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
 
@@ -75,12 +83,14 @@ def _objectives(num_classes: int) -> tuple[Callable, Callable]:
 
 
 def _weighted(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    # Each row carries 1 / (rows of its global batch). The weights are split with the rows, so a
-    # replica's sum of weight × loss is its share of the global batch mean, with no all-reduce of
-    # row counts inside the step; a replica that gets no rows contributes nothing.
-    def add(x, y):
+    # Each row carries its sample weight (1 without one) and 1 / (rows of its global batch). Both
+    # are split with the rows, so a replica's sum of weight × loss / rows is its share of the global
+    # batch mean, with no all-reduce of row counts inside the step; a replica that gets no rows
+    # contributes nothing.
+    def add(x, y, sample=None):
         rows = tf.shape(x)[0]
-        return x, y, tf.fill([rows], 1.0 / tf.cast(tf.maximum(rows, 1), tf.float32))
+        sample = tf.ones([rows], tf.float32) if sample is None else tf.cast(tf.reshape(sample, [-1]), tf.float32)
+        return x, y, sample, tf.fill([rows], 1.0 / tf.cast(tf.maximum(rows, 1), tf.float32))
 
     return dataset.map(add)
 
@@ -99,11 +109,11 @@ def _steps(model: Any, num_classes: int) -> dict:
     # stage's model (a whole backbone for finetune) alive.
     ref = weakref.ref(model)
 
-    def gradients(x, y, weights):
+    def gradients(x, y, sample, weights):
         model = ref()
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
-            losses = per_row(y, logits)
+            losses = per_row(y, logits) * sample
             loss = tf.reduce_sum(losses * weights)
             if model.losses:  # regularisers: once per step overall, so 1/N on each replica
                 loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
@@ -121,17 +131,18 @@ def _steps(model: Any, num_classes: int) -> dict:
         # returns a wrongly shaped tensor for an empty batch. It still joins the all-reduce.
         return [tf.zeros_like(v) for v in ref().trainable_variables], tf.zeros([3])
 
-    def train_replica(x, y, weights):
+    def train_replica(x, y, sample, weights):
         model = ref()
-        grads, stats = tf.cond(tf.shape(x)[0] > 0, lambda: gradients(x, y, weights), nothing)
+        grads, stats = tf.cond(tf.shape(x)[0] > 0, lambda: gradients(x, y, sample, weights), nothing)
         # The optimizer sums the replicas' gradients (Keras's TF optimizer all-reduces with SUM).
         model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         totals["train"].assign_add(stats)
 
-    def eval_replica(x, y, weights):
+    def eval_replica(x, y, sample, weights):
         def stats():
             logits = ref()(x, training=False)
-            return tf.stack([tf.reduce_sum(per_row(y, logits)), correct(y, logits), tf.cast(tf.shape(x)[0], tf.float32)])
+            return tf.stack([tf.reduce_sum(per_row(y, logits) * sample), correct(y, logits),
+                             tf.cast(tf.shape(x)[0], tf.float32)])
 
         totals["eval"].assign_add(tf.cond(tf.shape(x)[0] > 0, stats, lambda: tf.zeros([3])))
 

@@ -36,7 +36,19 @@ def inspect_path(path: str) -> dict:
 
     info = summarize_cache(str(p))
     info["kind"] = "feature-cache"
+    info["imbalance_warning"] = _imbalance_warning(info)
     return info
+
+
+def _imbalance_warning(info: dict) -> str | None:
+    # Single-label caches only: --class-weight weighs whole rows by their one class.
+    train = (info.get("splits") or {}).get("train")
+    if info.get("multi_label") or not train or not train.get("class_counts"):
+        return None
+    from headstart.pipeline.report.imbalance import imbalance_warning
+
+    counts, names = train["class_counts"], list(info.get("class_names") or train["class_counts"])
+    return imbalance_warning([counts.get(name, 0) for name in names], names)
 
 
 def _read_json(path: Path) -> Any:
@@ -131,6 +143,8 @@ def _format_cache(info: dict) -> str:
                      f"{len(split.get('skipped', []))} skipped")
         for key, reason in split.get("skipped", []):
             lines.append(f"    skipped {key}: {reason}")
+    if info.get("imbalance_warning"):
+        lines.append(f"  {info['imbalance_warning']}")
     return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from headstart.pipeline.data.source_spec import SourceSpec
+from headstart.pipeline.config import CLASS_WEIGHT_MODES
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.report.progress import ProgressLine
@@ -256,6 +257,9 @@ def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite
     console.log(f"[2/4] {'sweep' if sweeping else 'train-head'} → {_shown(str(run_dir / 'head'))}")
     # The CSV's content, not only its path, decides what the head and finetune stages train on.
     excluded = {"exclude_sha256": _file_sha256(config.head.exclude)} if config.head.exclude else {}
+    excluded.update({f"{stage}_class_weight_sha256": _file_sha256(path) for stage, path in
+                     (("head", config.head.class_weight), ("finetune", config.finetune.class_weight))
+                     if path not in CLASS_WEIGHT_MODES})  # a weights FILE: its content, as for --exclude
     head_key = {**stage_values(config, "head"), **excluded, "cache": ex["fingerprint"]}
     if sweeping:  # the search settings shape the head; without a sweep the key stays as it was
         head_key["sweep"] = config.sweep

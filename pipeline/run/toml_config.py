@@ -29,7 +29,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from headstart.pipeline.config import RunConfig, config_from_dict, config_to_dict, read_settings_file
+from headstart.pipeline.config import (CLASS_WEIGHT_MODES, RunConfig, config_from_dict, config_to_dict,
+                                      read_settings_file)
 from headstart.pipeline.data.source_spec import parse_split_option
 from headstart.pipeline.errors import OptionError
 # The flags of ``headstart run`` and the sections they set live with every other option fact.
@@ -164,6 +165,9 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
     for section in ("head", "finetune"):
         if sections[section].get("exclude"):  # run.json and config.toml name the file wherever it ran
             sections[section]["exclude"] = os.path.abspath(os.path.expanduser(sections[section]["exclude"]))
+        weights_file = sections[section].get("class_weight")
+        if weights_file not in (None, *CLASS_WEIGHT_MODES):  # a --class-weight FILE, likewise
+            sections[section]["class_weight"] = os.path.abspath(os.path.expanduser(weights_file))
     sweep = dict(file_values.get("sweep", {}))
     if (flags or {}).get("sweep") is not None:
         from headstart.pipeline.sweep.space import check_run_sweep

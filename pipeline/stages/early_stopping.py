@@ -3,8 +3,9 @@
 It is ``keras.callbacks.EarlyStopping(monitor=..., patience=..., restore_best_weights=True)``'s
 rule, kept as plain state so that ``fit_stage``'s backup can commit it with each epoch and a
 resumed run continues with the same counters: an epoch improves when the monitored value is
-finite and strictly better than the best so far (lower for a loss, higher for a measure such as
-validation mAP); after ``patience`` epochs without improvement
+finite and strictly better than the best so far — lower for a loss, higher for a measure of
+``config.HIGHER_IS_BETTER`` (``val_balanced_accuracy``, ``val_macro_f1``, ``val_map``: Keras's
+``mode="auto"`` decides the same way from the name); after ``patience`` epochs without improvement
 training stops, and the best epoch's weights are restored. When no epoch was ever finite, the last
 epoch's weights are kept, with a warning.
 """
@@ -14,14 +15,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from headstart.pipeline.config import HIGHER_IS_BETTER
+
 
 @dataclass
 class EarlyStopping:
     """Best epoch and patience counter of one training stage.
 
     Attributes:
-        monitor: "val_loss" or "loss" (lower is better), or a measure such as "val_map" (higher is
-            better: any name that does not end in "loss").
+        monitor: "val_loss" or "loss" (lower is better), or "val_<measure>" of a measure where
+            higher is better (``higher_is_better``).
         patience: epochs without improvement before stopping (0 stops at the first one).
         best_epoch: 1-based epoch of the best value so far, None before any finite value.
         best_value: that value.
@@ -36,9 +39,7 @@ class EarlyStopping:
 
     def update(self, epoch: int, value: float) -> bool:
         """Records epoch ``epoch`` (1-based) ending with ``value``; returns whether it is the new best."""
-        better = self.best_value is None or (value > self.best_value if self.higher_is_better
-                                             else value < self.best_value)
-        if math.isfinite(value) and better:
+        if math.isfinite(value) and (self.best_value is None or self._better(value, self.best_value)):
             self.best_epoch, self.best_value, self.wait = epoch, float(value), 0
             return True
         self.wait += 1
@@ -46,8 +47,11 @@ class EarlyStopping:
 
     @property
     def higher_is_better(self) -> bool:
-        """Whether the monitored value is a measure to maximise rather than a loss."""
-        return not self.monitor.endswith("loss")
+        """Whether the monitored value improves upwards (a measure) rather than downwards (a loss)."""
+        return self.monitor.removeprefix("val_") in HIGHER_IS_BETTER
+
+    def _better(self, value: float, best: float) -> bool:
+        return value > best if self.higher_is_better else value < best
 
     @property
     def exhausted(self) -> bool:

@@ -105,7 +105,8 @@ def load_model(path: str | os.PathLike) -> tuple[Any, dict | None]:
 
 
 def labelled_dataset(source: Any, split: str, *, image_size: int, num_classes: int, batch_size: int,
-                     shuffle_seed: int | None = None, shuffle_buffer: int = 256, multi_label: bool = False) -> Any:
+                     shuffle_seed: int | None = None, shuffle_buffer: int = 256, multi_label: bool = False,
+                     class_weights: Sequence[float] | None = None) -> Any:
     """Batches of (image, target) of the good images of one split, for ``fit`` and ``evaluate``.
 
     Args:
@@ -118,11 +119,16 @@ def labelled_dataset(source: Any, split: str, *, image_size: int, num_classes: i
         shuffle_seed: shuffle (reshuffled every epoch) with this seed; None keeps source order.
         shuffle_buffer: images held by the shuffle buffer.
         multi_label: the source's labels are multi-hot (C,); the target is float32 (C,).
+        class_weights: one loss weight per class (``--class-weight``, single-label): each element
+            then also carries its class's weight, which ``fit`` applies as a sample weight.
 
     Returns:
-        ``tf.data.Dataset`` of (float32 (B, S, S, 3), target (B, 1), (B,) or (B, C)).
+        ``tf.data.Dataset`` of (float32 (B, S, S, 3), target (B, 1), (B,) or (B, C)), plus float32
+        (B,) sample weights with ``class_weights``.
     """
     import tensorflow as tf
+
+    weights = None if class_weights is None else tf.constant(list(class_weights), tf.float32)
 
     def to_pair(element):
         label = element["label"]
@@ -132,7 +138,9 @@ def labelled_dataset(source: Any, split: str, *, image_size: int, num_classes: i
             target = tf.reshape(tf.cast(label, tf.float32), (1,))
         else:
             target = tf.cast(label, tf.int64)
-        return element["image"], target
+        if weights is None:
+            return element["image"], target
+        return element["image"], target, tf.gather(weights, tf.cast(label, tf.int64))
 
     ds = source.dataset(split, image_size).filter(lambda e: tf.equal(tf.strings.length(e["error"]), 0))
     if shuffle_seed is not None:

@@ -138,6 +138,8 @@ def _export(model: Any, run_dir: Path, config: FinetuneConfig, plan: Any, metric
 def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, exports: dict,
                 distribute: dict) -> dict:
     """run.json up to its "precision" section (``write_run_json`` adds versions, timings, created)."""
+    from headstart.pipeline.stages.class_weights import class_weight_record
+
     head_run, recipe, gate = plan.head_run, plan.recipe, metrics["stage_gate"]
     return {
         "kind": "finetune", "stage": "finetune", "config": resolved_config(config),
@@ -151,6 +153,8 @@ def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, ex
         "source": {**plan.source_spec.to_dict(), "path": os.path.abspath(config.source), "describe": plan.source.describe()},
         "class_names": plan.class_names, "num_classes": plan.num_classes, "stage_gate": gate, "exports": exports,
         "exclude": plan.exclusion.record() if plan.exclusion else None,
+        "class_weight": class_weight_record(plan.class_weights),
+        "monitor": {"option": config.monitor, "gate_measure": gate.get("measure", "accuracy")},
         "distribute": distribute,
         "precision": report.precision_record(built.model, built.policy),
     }
@@ -161,6 +165,7 @@ def _result(run_dir: Path, model_path: Path, stage: Any, metrics: dict, parity: 
     from headstart.pipeline.stages.finetuning import FinetuneResult
 
     gate = metrics["stage_gate"]
+    measure = gate.get("measure", "accuracy")
     val_m, test_m = metrics["validation"] or {}, metrics["test"] or {}
     measure = gate.get("measure", "accuracy")
     if metrics.get("thresholds"):
@@ -171,7 +176,7 @@ def _result(run_dir: Path, model_path: Path, stage: Any, metrics: dict, parity: 
         measures = [("validation accuracy", val_m.get("accuracy")), ("test accuracy", test_m.get("accuracy")),
                     ("test balanced accuracy", test_m.get("balanced_accuracy")),
                     ("test macro-F1", test_m.get("macro_f1"))]
-    short = {"accuracy": "acc", "map": "mAP"}.get(measure, measure)
+    short = _MEASURE_WORDS.get(measure, measure)
     summary = report.format_summary_table([
         ("parity (max logit diff)", None if parity is None else f"{parity.max_abs_diff:.3g}"),
         ("best epoch", f"{stage.best_epoch} of {len(stage.epoch_seconds)}"),
@@ -195,6 +200,10 @@ def _head_accuracy(head_dir: Path) -> dict:
         return {split: (metrics.get(split) or {}).get("accuracy") for split in ("validation", "test")}
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+#: How the summary names the stage gate's measure.
+_MEASURE_WORDS = {"accuracy": "acc", "balanced_accuracy": "balanced acc", "macro_f1": "macro-F1", "map": "mAP"}
 
 
 def _fmt(value: float | None) -> str:

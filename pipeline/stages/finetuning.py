@@ -69,6 +69,7 @@ class _Plan:
     val_split: str | None
     log_dir: str | None              # --tensorboard on the chief (one writer per log directory), else None
     multi_label: bool = False        # the source's (and head run's) task: one sigmoid per class
+    class_weights: Any = None        # a stages.class_weights.ClassWeights (--class-weight), or None
 
     @property
     def num_classes(self) -> int:
@@ -95,7 +96,9 @@ def validate_finetune_config(config: FinetuneConfig) -> Any:
     """
     from headstart.pipeline.data.augment import parse_augment_spec
     from headstart.pipeline.model.unfreeze import parse_unfreeze
+    from headstart.pipeline.stages.class_weights import check_class_weight_option
     from headstart.pipeline.stages.export import check_export_options
+    from headstart.pipeline.stages.monitor import check_monitor
 
     if not config.source:
         raise OptionError("SOURCE is required")
@@ -114,6 +117,8 @@ def validate_finetune_config(config: FinetuneConfig) -> Any:
         if not ok:
             raise OptionError(f"{option} must be {expected}, got {value}")
     check_export_options(config.export, config.quantize)
+    check_class_weight_option(config.class_weight)
+    check_monitor(config.monitor)
     parse_augment_spec(config.augment)
     check_log_dir(config.tensorboard)
     return parse_unfreeze(config.unfreeze)
@@ -164,7 +169,7 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
             config = dataclasses.replace(config, out=str(out))
         # The same switch as train-head's (process-wide, restored afterwards); with the seed it
         # makes two CPU runs give bit-identical weights.
-        from headstart.pipeline.stages.head_training import _op_determinism as op_determinism
+        from headstart.pipeline.stages.determinism import op_determinism
 
         with op_determinism(config.deterministic):
             result = _finetune(config, spec, setup, log=log, callbacks=callbacks)
@@ -176,7 +181,10 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, *, log: Callable[[s
     """``finetune`` once the strategy is set up; writes into ``config.out``."""
     import keras
 
+    from headstart.pipeline.report.rundir import write_json_atomic
     from headstart.pipeline.stages import finetune_rundir as rundir
+    from headstart.pipeline.stages.monitor import gate_measure
+    from headstart.pipeline.stages.stage_gate import apply_stage_gate, seeded_validation
 
     t_start = time.perf_counter()
     plan = _plan(config, log, is_chief=setup.info.is_chief)
@@ -187,7 +195,10 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, *, log: Callable[[s
     # Only now, with the model built and checked, does --out get created: a refused run leaves nothing.
     run_dir, progress = rundir.open_run_dir(config, plan.resuming)
     head_stage = None if plan.head_run else _seed_head(config, plan, built, setup, run_dir, progress, log)
-    seeded_val = _seeded_validation(config, plan, built.model, run_dir, progress)
+    evaluate = lambda split: _evaluate(config, plan, built.model, split)  # noqa: E731 - the gate's scorer
+    measure = gate_measure(config.monitor, plan.multi_label)
+    seeded_val = seeded_validation(evaluate, plan.val_split, progress, measure, lambda: write_json_atomic(
+        run_dir / "backup" / "progress.json", progress))
     seeded_weights = built.model.get_weights()
     stage, counts = _fit_backbone(config, spec, plan, built.model, setup, run_dir, log, callbacks)
 
@@ -197,7 +208,9 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, *, log: Callable[[s
                                "seeded": {"validation": seeded_val}, "unfreeze": str(spec),
                                "trainable": counts, "best_epoch": stage.best_epoch,
                                "epochs_run": len(stage.epoch_seconds), "monitor": stage.monitor}
-    metrics["stage_gate"], val_predictions = _stage_gate(config, plan, built.model, seeded_val, seeded_weights, log)
+    metrics["stage_gate"], val_predictions = apply_stage_gate(
+        lambda split: _predict(config, plan, built.model, split), built.model, val_split=plan.val_split,
+        seeded_val=seeded_val, seeded_weights=seeded_weights, measure=measure, log=log)
     sections, thresholds = _final_metrics(config, plan, built.model, val_predictions)
     metrics.update(sections, **thresholds)
     return rundir.write_outputs(config, plan, built, run_dir=run_dir, spec=spec, stage=stage, metrics=metrics,
@@ -210,7 +223,9 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, *, log: Callable[[s
 def _plan(config: FinetuneConfig, log: Callable[[str], None], *, is_chief: bool) -> _Plan:
     """Reads the head run, settles the backbone recipe, checks ``--out`` and resolves SOURCE."""
     from headstart.pipeline.data.sources import open_source
+    from headstart.pipeline.stages.class_weights import finetune_class_weights
     from headstart.pipeline.stages.finetune_rundir import check_out
+    from headstart.pipeline.stages.monitor import check_monitor
 
     head_run = read_head_run(config.head) if config.head else None
     recipe = _recipe(config, head_run)
@@ -235,9 +250,12 @@ def _plan(config: FinetuneConfig, log: Callable[[str], None], *, is_chief: bool)
     if "train" not in source.split_names:
         raise OptionError(f"{config.source}: no 'train' split to fine-tune on")
     val_split = "validation" if "validation" in source.split_names else None
+    check_monitor(config.monitor, has_validation=val_split is not None, multi_label=multi_label)
     return _Plan(head_run=head_run, recipe=recipe, resuming=resuming, source_spec=source_spec, source=source,
                  exclusion=exclusion, class_names=class_names, val_split=val_split,
-                 log_dir=config.tensorboard if is_chief else None, multi_label=multi_label)
+                 log_dir=config.tensorboard if is_chief else None, multi_label=multi_label,
+                 class_weights=finetune_class_weights(config.class_weight, head_run, source, class_names, log,
+                                                      multi_label=multi_label))
 
 
 def _build(config: FinetuneConfig, plan: _Plan, *, mixed: bool) -> _Built:
@@ -287,12 +305,16 @@ def _datasets(config: FinetuneConfig, plan: _Plan, batch_size: int) -> tuple[Any
     """(shuffled train batches, validation batches or None) of (images, targets)."""
     from headstart.pipeline.stages.evaluation import labelled_dataset
 
+    weights = None if plan.class_weights is None else plan.class_weights.weights.tolist()
+
     def data(split: str, shuffle: bool) -> Any:
         size = plan.image_size
         buffer = max(64, min(plan.source.count(split) or 1024, SHUFFLE_BYTES // (size * size * 12)))
+        # Only the training batches carry class weights: validation losses stay unweighted.
         return labelled_dataset(plan.source, split, image_size=size, num_classes=plan.num_classes,
                                 batch_size=batch_size, shuffle_seed=config.seed if shuffle else None,
-                                shuffle_buffer=buffer, multi_label=plan.multi_label)
+                                shuffle_buffer=buffer, multi_label=plan.multi_label,
+                                class_weights=weights if shuffle else None)
 
     return data("train", True), (data(plan.val_split, False) if plan.val_split else None)
 
@@ -321,7 +343,7 @@ def _seed_head(config: FinetuneConfig, plan: _Plan, built: _Built, setup: Any, r
                      multi_label=plan.multi_label)
     train, val = _datasets(config, plan, config.head_batch_size)
     head_stage = fit_stage(built.model, "head", run_dir=run_dir, train=train, val=val, epochs=config.head_epochs,
-                           patience=config.patience, log=log, num_classes=plan.num_classes,
+                           patience=config.patience, log=log, num_classes=plan.num_classes, monitor=config.monitor,
                            callbacks=[tensorboard_callback(Path(plan.log_dir) / "head")] if plan.log_dir else (),
                            replicas=setup.replicas, multi_label=plan.multi_label)
     built.head.save_weights(seeded_head)
@@ -329,19 +351,6 @@ def _seed_head(config: FinetuneConfig, plan: _Plan, built: _Built, setup: Any, r
     write_json_atomic(run_dir / "backup" / "progress.json", progress)
     shutil.rmtree(run_dir / "backup" / "head", ignore_errors=True)
     return head_stage
-
-
-def _seeded_validation(config: FinetuneConfig, plan: _Plan, model: Any, run_dir: Path,
-                       progress: dict) -> dict | None:
-    """Validation loss and accuracy of the seeded model (recorded once, kept across a resume)."""
-    from headstart.pipeline.report.rundir import write_json_atomic
-
-    if plan.val_split and "seeded" not in progress:
-        seeded = _evaluate(config, plan, model, plan.val_split)
-        progress["seeded"] = {"loss": seeded["loss"], "accuracy": seeded["accuracy"],
-                              **({"map": seeded["map"]} if plan.multi_label else {})}
-        write_json_atomic(run_dir / "backup" / "progress.json", progress)
-    return progress.get("seeded")
 
 
 def _fit_backbone(config: FinetuneConfig, spec: Any, plan: _Plan, model: Any, setup: Any, run_dir: Path,
@@ -363,45 +372,8 @@ def _fit_backbone(config: FinetuneConfig, spec: Any, plan: _Plan, model: Any, se
         callbacks = [*callbacks, tensorboard_callback(plan.log_dir)]
     stage = fit_stage(model, "finetune", run_dir=run_dir, train=train, val=val, epochs=config.epochs,
                       patience=config.patience, log=log, num_classes=plan.num_classes, callbacks=callbacks,
-                      replicas=setup.replicas, multi_label=plan.multi_label)
+                      replicas=setup.replicas, multi_label=plan.multi_label, monitor=config.monitor)
     return stage, counts
-
-
-def _stage_gate(config: FinetuneConfig, plan: _Plan, model: Any, seeded_val: dict | None,
-                seeded_weights: list, log: Callable[[str], None]) -> tuple[dict, Any]:
-    """Keeps the seeded weights when fine-tuning lowered the validation measure.
-
-    The measure is accuracy, or validation mAP for a multi-label task (threshold-free, so the
-    gate does not depend on thresholds chosen afterwards).
-
-    Returns:
-        (metrics.json's "stage_gate", the kept model's validation predictions or None).
-    """
-    from headstart.pipeline.stages.evaluation import predict_split, split_metrics
-
-    measure = "map" if plan.multi_label else "accuracy"
-    gate = {"kept": "finetuned", f"seeded_val_{measure}": (seeded_val or {}).get(measure),
-            f"finetuned_val_{measure}": None, **({"measure": measure} if plan.multi_label else {})}
-    if not plan.val_split:
-        gate["reason"] = "no validation split"
-        return gate, None
-
-    def predict() -> tuple[Any, Any]:
-        predictions = predict_split(model, plan.source, plan.val_split, batch_size=config.batch_size,
-                                    multi_label=plan.multi_label)
-        return predictions, split_metrics(predictions, plan.class_names, multi_label=plan.multi_label)[measure]
-
-    final, gate[f"finetuned_val_{measure}"] = predict()
-    seeded, finetuned = gate[f"seeded_val_{measure}"], gate[f"finetuned_val_{measure}"]
-    if finetuned is None or seeded is None:
-        gate["reason"] = "no readable validation image"
-    elif finetuned < seeded:
-        gate["kept"] = "seeded"
-        model.set_weights(seeded_weights)
-        final, _ = predict()
-        log(f"stage gate: fine-tuned validation {measure} {finetuned:.4f} is below the seeded model's "
-            f"{seeded:.4f}; keeping the seeded model")
-    return gate, final
 
 
 def _plain(record: Any) -> dict | None:
@@ -409,10 +381,16 @@ def _plain(record: Any) -> dict | None:
 
 
 def _evaluate(config: FinetuneConfig, plan: _Plan, model: Any, split: str, thresholds: Any = None) -> dict:
+    return _predict(config, plan, model, split, thresholds)[1]
+
+
+def _predict(config: FinetuneConfig, plan: _Plan, model: Any, split: str, thresholds: Any = None) -> tuple[Any, dict]:
+    """(the model's predictions on ``split``, their split_metrics)."""
     from headstart.pipeline.stages.evaluation import predict_split, split_metrics
 
     predictions = predict_split(model, plan.source, split, batch_size=config.batch_size, multi_label=plan.multi_label)
-    return split_metrics(predictions, plan.class_names, multi_label=plan.multi_label, thresholds=thresholds)
+    return predictions, split_metrics(predictions, plan.class_names, multi_label=plan.multi_label,
+                                      thresholds=thresholds)
 
 
 def _final_metrics(config: FinetuneConfig, plan: _Plan, model: Any, val_predictions: Any) -> tuple[dict, dict]:

@@ -11,6 +11,11 @@ With more than one replica (``--strategy``, ``headstart.pipeline.distribute.stra
 instead runs ``headstart.pipeline.distribute.loop.train_epoch`` over the same planned batches, split
 across the replicas (``train_on_batch`` would give each replica the whole batch), all epochs served
 from one distributed iterator; early stopping and the restored best weights stay in this loop.
+
+``--class-weight`` arrives as per-row sample weights of the training split: ``train_on_batch``'s
+``sample_weight`` (the batch loss is Σ w·l / B, the accuracy stays unweighted), or a third element of
+the distributed batches. ``--monitor`` other than val_loss adds its validation measure, computed from
+the validation logits each epoch, to the history as ``val_<measure>``; early stopping watches it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from headstart.pipeline.stages.early_stopping import EarlyStopping
 from headstart.pipeline.stages.finite_loss import check_finite_losses
 from headstart.pipeline.stages.head_data import FeatureRows
+from headstart.pipeline.stages.monitor import effective_monitor, history_key, validation_measure
 
 
 @dataclass
@@ -34,7 +40,7 @@ class HeadFit:
         history: "loss", "accuracy" (and "val_loss", "val_accuracy" with validation), per epoch.
         best_epoch: 1-based epoch whose weights the model holds on return.
         epoch_seconds: wall seconds per epoch, validation included.
-        monitor: "val_loss" or "loss"; "val_map" for a multi-label head with validation.
+        monitor: the history key early stopping watched: "val_loss", "loss" or "val_<measure>".
     """
 
     history: dict[str, list[float]]
@@ -45,7 +51,8 @@ class HeadFit:
 
 def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
              num_classes: int, log: Callable[[str], None], replicas: int = 1,
-             callbacks: Sequence[Any] = (), multi_label: bool = False) -> HeadFit:
+             callbacks: Sequence[Any] = (), multi_label: bool = False,
+             sample_weights: np.ndarray | None = None) -> HeadFit:
     """The train-head epoch loop with early stopping (also the recipe of diagnose's fold heads).
 
     Args:
@@ -53,15 +60,16 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
         train: the training rows; ``train_labels`` (N,) their int class indices, or (N, C)
             multi-hot rows for a multi-label head.
         val: (FeatureRows, labels) watched by early stopping, or None to watch the training loss.
-            A multi-label head's early stopping watches validation mAP (higher is better),
-            computed each epoch from the same validation logits as the loss.
-        config: a ``HeadConfig``: epochs, batch size, patience and seed of the recipe.
+            A multi-label head's early stopping watches validation mAP unless ``config.monitor``
+            names another measure (``monitor.effective_monitor``).
+        config: a ``HeadConfig``: epochs, batch size, patience, seed and monitor of the recipe.
         num_classes: number of classes.
         log: receives one line per epoch.
         replicas: devices the batches are split over (1 without tf.distribute).
         callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``); they get the hooks ``fit``
             would call: train begin/end, epoch begin/end with the epoch's logs, train batch begin/end.
         multi_label: the head is multi-label (sigmoid per class).
+        sample_weights: float32 (N,), each training row's loss weight (``--class-weight``), or None.
 
     Returns:
         A HeadFit; the best epoch's weights are restored into ``model``.
@@ -71,29 +79,32 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
     from headstart.pipeline.model.head import head_labels
 
     targets = head_labels(train_labels, num_classes, multi_label)
-    monitor = "loss" if val is None else ("val_map" if multi_label else "val_loss")
-    stopping = EarlyStopping(monitor, config.patience)
+    monitor = effective_monitor(getattr(config, "monitor", "val_loss"), multi_label)
+    stopping = EarlyStopping(history_key(monitor, val is not None), config.patience)
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     if val is not None:
-        history.update(val_loss=[], val_accuracy=[], **({"val_map": []} if multi_label else {}))
+        history.update(val_loss=[], val_accuracy=[])
+        if monitor != "val_loss":
+            history[stopping.monitor] = []
     hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
     best_weights, seconds = None, []
-    feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size)
+    feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size, sample_weights)
             if replicas > 1 else None)
     hooks.on_train_begin()
     for epoch in range(config.epochs):
         start = time.perf_counter()
         hooks.on_epoch_begin(epoch)
         logs = _train_epoch(model, feed, train, targets, seed=config.seed, epoch=epoch,
-                            batch_size=config.batch_size, num_classes=num_classes, hooks=hooks)
+                            batch_size=config.batch_size, num_classes=num_classes, hooks=hooks,
+                            sample_weights=sample_weights)
         if val is not None:
             # Every worker computes the same number from the same synchronised weights, so all of
             # them take the same early-stopping decision and run the same number of epochs.
-            logs["val_loss"], logs["val_accuracy"], logits = evaluate_head(
+            logs["val_loss"], logs["val_accuracy"], val_logits = evaluate_head(
                 model, *val, num_classes=num_classes, batch_size=config.batch_size, replicas=replicas,
                 multi_label=multi_label)
-            if multi_label:
-                logs["val_map"] = _map_or_nan(val[1], logits, num_classes)
+            if monitor != "val_loss":
+                logs[stopping.monitor] = validation_measure(monitor, val[1], val_logits, num_classes)
         for key, value in logs.items():
             history[key].append(value)
         seconds.append(time.perf_counter() - start)
@@ -133,17 +144,9 @@ def evaluate_head(model: Any, rows: FeatureRows, labels: np.ndarray, *, num_clas
     return loss, accuracy, logits
 
 
-def _map_or_nan(labels: np.ndarray, logits: np.ndarray, num_classes: int) -> float:
-    """Validation mAP of one epoch; NaN when no class has a positive row (never an improvement)."""
-    from headstart.pipeline.model.head import logits_to_probabilities
-    from headstart.pipeline.report.multilabel_metrics import mean_average_precision
-
-    value = mean_average_precision(labels, logits_to_probabilities(logits, num_classes, True))
-    return float("nan") if value is None else value
-
-
 def _train_epoch(model: Any, feed: Any, train: FeatureRows, targets: np.ndarray, *, seed: int, epoch: int,
-                 batch_size: int, num_classes: int, hooks: Any) -> dict[str, float]:
+                 batch_size: int, num_classes: int, hooks: Any,
+                 sample_weights: np.ndarray | None = None) -> dict[str, float]:
     """One epoch over the planned batches; returns its mean "loss" and "accuracy"."""
     if feed is not None:
         from headstart.pipeline.distribute.loop import train_epoch
@@ -153,7 +156,8 @@ def _train_epoch(model: Any, feed: Any, train: FeatureRows, targets: np.ndarray,
     loss_sum = acc_sum = 0.0
     for step, (x, rows) in enumerate(train.train_batches(train.plan(seed, epoch), batch_size)):
         hooks.on_train_batch_begin(step)
-        logs = model.train_on_batch(x, targets[rows], return_dict=True)
+        weights = None if sample_weights is None else sample_weights[rows]
+        logs = model.train_on_batch(x, targets[rows], sample_weight=weights, return_dict=True)
         hooks.on_train_batch_end(step, logs)
         # train_on_batch resets metrics per call; weight by batch size as fit's running means do.
         loss_sum += float(logs["loss"]) * len(rows)
@@ -162,7 +166,7 @@ def _train_epoch(model: Any, feed: Any, train: FeatureRows, targets: np.ndarray,
 
 
 def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed: int, epochs: int,
-                      batch_size: int) -> Any:
+                      batch_size: int, sample_weights: np.ndarray | None = None) -> Any:
     """Every epoch's planned batches back to back, served from one distributed iterator.
 
     One iterator for the whole fit, because making and ending one per epoch costs more than a
@@ -174,18 +178,18 @@ def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed:
     def batches():
         for epoch in range(epochs):
             for x, rows in train.train_batches(train.plan(seed, epoch), batch_size):
-                yield x, targets[rows]
+                yield (x, targets[rows]) if sample_weights is None else (x, targets[rows], sample_weights[rows])
 
     steps = -(-train.n // batch_size)
     data = planned_dataset(batches, (train.feature_shape, np.float32), (targets.shape[1:], targets.dtype),
-                           steps * epochs)
+                           steps * epochs, weighted=sample_weights is not None)
     return EpochFeed(model.distribute_strategy, data, steps=steps, repeat=False)
 
 
 def _epoch_line(epoch: int, epochs: int, history: dict, seconds: float) -> str:
     parts = [f"epoch {epoch}/{epochs}"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_map"):
-        if key in history:
+    for key in history:
+        if history[key]:
             parts.append(f"{key} {history[key][-1]:.4f}")
     parts.append(f"{seconds:.2f} s")
     return "  ".join(parts)

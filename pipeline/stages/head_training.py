@@ -9,13 +9,12 @@ run.json last).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from headstart.pipeline.config import HeadConfig, config_to_dict
 from headstart.pipeline.distribute.strategy import STRATEGIES
 from headstart.pipeline.errors import DataError, OptionError
 from headstart.pipeline.report.tensorboard_logs import check_log_dir
+from headstart.pipeline.stages.determinism import op_determinism
 from headstart.pipeline.stages.head_data import FeatureRows, shuffle_geometry, split_nbytes
 
 MB = 1 << 20
@@ -71,6 +71,11 @@ def validate_head_config(config: HeadConfig) -> None:
             raise OptionError(f"{option} must be {expected}, got {value}")
     check_log_dir(config.tensorboard)
     from headstart.pipeline.model.head_options import check_head_options
+    from headstart.pipeline.stages.class_weights import check_class_weight_option
+    from headstart.pipeline.stages.monitor import check_monitor
+
+    check_class_weight_option(config.class_weight)
+    check_monitor(config.monitor)
 
     check_head_options(**head_options(config), weight_decay=config.weight_decay,
                        label_smoothing=config.label_smoothing)
@@ -80,31 +85,6 @@ def head_options(config: HeadConfig) -> dict:
     """The ``build_head`` keyword arguments a HeadConfig asks for (run.json's "head" record too)."""
     return {"dropout": config.dropout, "kind": config.head_kind, "hidden_units": config.hidden_units,
             "normalize": config.normalize}
-
-
-@contextlib.contextmanager
-def _op_determinism(enabled: bool) -> Iterator[None]:
-    # enable_op_determinism is process-wide and would leak into whatever runs next in the same
-    # process (other tests, finetune after train-head); restore the previous state on exit. TF has
-    # no public switch-off, hence the guarded private import.
-    if not enabled:
-        yield
-        return
-    import tensorflow as tf
-
-    try:
-        from tensorflow.python.framework import config as tf_config
-
-        was_enabled = tf_config.is_op_determinism_enabled()
-        disable = tf_config.disable_op_determinism
-    except (ImportError, AttributeError):  # pragma: no cover - older/newer TF layouts
-        was_enabled, disable = True, None
-    tf.config.experimental.enable_op_determinism()
-    try:
-        yield
-    finally:
-        if not was_enabled and disable is not None:
-            disable()
 
 
 def _open_splits(cache: Any, path: str) -> dict[str, Any]:
@@ -136,9 +116,16 @@ def _check_inputs(config: HeadConfig) -> bool:
     from headstart.features.store import open_cache
     from headstart.pipeline.report.rundir import check_run_dir_free
 
+    from headstart.pipeline.stages.class_weights import resolve_class_weights
+    from headstart.pipeline.stages.monitor import check_monitor
+
     with open_cache(config.features) as cache:
-        _open_splits(cache, config.features)
+        splits = _open_splits(cache, config.features)
         multi_label = cache.multi_label
+        check_monitor(config.monitor, has_validation="validation" in splits, multi_label=multi_label)
+        if config.class_weight != "none":  # a bad weights file fails here, before TensorFlow starts
+            resolve_class_weights(config.class_weight, list(cache.class_names), np.asarray(splits["train"].labels),
+                                  multi_label=multi_label)
     check_run_dir_free(config.out, config.overwrite)
     return multi_label
 
@@ -209,6 +196,7 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
     """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
     from headstart.features.store import open_cache
     from headstart.pipeline.report.rundir import prepare_run_dir
+    from headstart.pipeline.stages.class_weights import training_class_weights
     from headstart.pipeline.stages.head_fit import fit_head
 
     t_start = time.perf_counter()
@@ -218,7 +206,9 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
         # Refuse an occupied --out before any work, but only once the cache is known to be usable.
         run_dir = prepare_run_dir(out, config.overwrite)
         data = _load(config, cache, splits, log)
-        with _op_determinism(config.deterministic):
+        weights = training_class_weights(config.class_weight, data.class_names, data.labels["train"], log,
+                                         multi_label=data.multi_label)
+        with op_determinism(config.deterministic):
             model, policy = _build_head(config, data, setup.strategy)
             if data.validation is None:
                 log("no validation split: early stopping watches the training loss")
@@ -229,7 +219,8 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
                 callbacks = [*callbacks, tensorboard_callback(config.tensorboard)]
             fit = fit_head(model, data.rows["train"], data.labels["train"], data.validation, config=config,
                            num_classes=data.num_classes, log=log, replicas=setup.replicas, callbacks=callbacks,
-                           multi_label=data.multi_label)
+                           multi_label=data.multi_label,
+                           sample_weights=None if weights is None else weights.per_sample(data.labels["train"]))
             train_seconds = time.perf_counter() - t_train
             t_eval = time.perf_counter()
             metrics = {"best_epoch": fit.best_epoch, "epochs_run": len(fit.epoch_seconds), "monitor": fit.monitor,
@@ -243,7 +234,7 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
                "evaluate_seconds": eval_seconds}
     _write_run_dir(run_dir, config, model=model, policy=policy, data=data, fit=fit, metrics=metrics,
                    cache_info=cache_info, exclusion=exclusion, distribute=setup.distribute, timings=timings,
-                   t_start=t_start)
+                   t_start=t_start, class_weights=weights)
     return result
 
 
@@ -371,10 +362,11 @@ def _result(run_dir: Path, fit: Any, metrics: dict, loader: str, distribute: dic
 
 def _write_run_dir(run_dir: Path, config: HeadConfig, *, model: Any, policy: str, data: _HeadData, fit: Any,
                    metrics: dict, cache_info: dict, exclusion: Any, distribute: dict, timings: dict,
-                   t_start: float) -> None:
+                   t_start: float, class_weights: Any = None) -> None:
     """head.keras, metrics.json, history.csv, curves.png, then run.json (its presence marks a
     finished run, see ``headstart.pipeline.report.rundir``)."""
     from headstart.pipeline.report import rundir as report
+    from headstart.pipeline.stages.class_weights import class_weight_record
 
     report.save_model_atomic(model, run_dir / "head.keras")
     report.write_json_atomic(run_dir / "metrics.json", metrics)
@@ -405,6 +397,8 @@ def _write_run_dir(run_dir: Path, config: HeadConfig, *, model: Any, policy: str
         "exclude": exclusion.record() if exclusion else None,
         "shuffle": dict(zip(("block_rows", "window_rows"), shuffle_geometry(data.rows["train"].row_bytes)),
                         seed=config.seed),
+        "class_weight": class_weight_record(class_weights),
+        "monitor": {"option": config.monitor, "watched": fit.monitor},
         "best_epoch": fit.best_epoch,
         "epochs_run": len(fit.epoch_seconds),
         "distribute": distribute,

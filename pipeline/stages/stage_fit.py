@@ -35,7 +35,7 @@ class StageOutcome(Record):
         epoch_seconds: wall seconds per epoch, the backup's commit included.
         stopped_early: whether early stopping ended the stage.
         backup_seconds: seconds per epoch spent committing the backup.
-        monitor: "val_loss" or "loss"; "val_map" for a multi-label model with validation.
+        monitor: the history key early stopping watched: "val_loss", "loss" or "val_<measure>".
     """
 
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -54,32 +54,40 @@ class StageOutcome(Record):
 
 def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
               log: Callable[[str], None], num_classes: int, callbacks: Sequence[Any] = (),
-              replicas: int = 1, multi_label: bool = False) -> StageOutcome:
+              replicas: int = 1, multi_label: bool = False, monitor: str = "val_loss") -> StageOutcome:
     """Runs (or resumes) one stage's ``fit`` with ``RunBackup``; best weights restored on return.
 
     Args:
         model: compiled model; its trainable weights are what this stage trains.
         name: the stage, e.g. "head" or "finetune"; its backup is ``run_dir/backup/NAME``.
         run_dir: the run directory.
-        train: ``tf.data`` batches of (images, targets); val: the same for validation, or None
-            (early stopping then watches the training loss).
+        train: ``tf.data`` batches of (images, targets) or (images, targets, sample weights); val:
+            (images, targets) for validation, or None (early stopping then watches the training loss).
         epochs: most epochs. patience: early stopping's patience.
         log: one line per epoch.
         num_classes: for the distributed loop's metrics.
         callbacks: extra Keras callbacks (progress bars, TensorBoard).
         replicas: replicas in sync; above 1 the stage runs ``distributed_fit``.
-        multi_label: a multi-label model: early stopping watches validation mAP, which
-            ``MultiLabelValidation`` computes with the validation loss from one pass per epoch.
+        multi_label: a multi-label model: ``MultiLabelValidation`` replaces Keras's validation pass,
+            computing the validation loss and mAP from one pass per epoch.
+        monitor: ``--monitor`` (``monitor.effective_monitor``: mAP by default for multi-label); a
+            single-label measure is computed on ``val`` each epoch (``ValidationMeasure``).
     """
-    measure = [MultiLabelValidation(val, num_classes)] if multi_label and val is not None else []
-    monitor = "loss" if val is None else ("val_map" if multi_label else "val_loss")
-    backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience, monitor=monitor,
-                       stage=name, log=log)
+    from headstart.pipeline.stages.monitor import effective_monitor, history_key
+
+    monitor = effective_monitor(monitor, multi_label)
+    backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
+                       monitor=history_key(monitor, val is not None), stage=name, log=log)
+    measure = []
+    if val is not None and multi_label:
+        measure = [MultiLabelValidation(val, num_classes)]
+    elif val is not None and monitor != "val_loss":
+        measure = [ValidationMeasure(monitor, val, num_classes)]
     if replicas > 1:
         _check_replicas_agree(model.distribute_strategy, backup)
     if not backup.finished:
-        # The validation callback runs before the backup, so the epoch's logs it commits hold val_map.
-        _fit(model, train, None if measure else val, epochs=epochs, num_classes=num_classes,
+        # The measure's callback runs before the backup, so the epoch's logs it commits hold the measure.
+        _fit(model, train, None if multi_label else val, epochs=epochs, num_classes=num_classes,
              callbacks=[*measure, backup, *callbacks], distributed=replicas > 1)
     backup.restore_best(model)
     return backup.outcome()
@@ -132,6 +140,33 @@ def _check_replicas_agree(strategy: Any, backup: "RunBackup") -> None:
                           f"on a filesystem all workers share")
 
 
+class ValidationMeasure(keras.callbacks.Callback):
+    """Adds ``val_<monitor>`` to each epoch's logs: the measure of one pass over the validation batches.
+
+    ``fit`` reports only the compiled loss and accuracy for validation; a measure such as balanced
+    accuracy needs every validation prediction, so this callback predicts the batches once more
+    (inference mode). It must come before ``RunBackup`` in the callback list: callbacks share one
+    logs dict per epoch, in order.
+    """
+
+    def __init__(self, monitor: str, val: Any, num_classes: int) -> None:
+        super().__init__()
+        self.monitor, self.val, self.num_classes = monitor, val, num_classes
+
+    def on_epoch_end(self, epoch, logs=None):
+        from headstart.pipeline.distribute.loop import predict_logits
+        from headstart.pipeline.stages.monitor import labels_from_targets, validation_measure
+
+        logits, targets = [], []
+        for batch in self.val:
+            logits.append(np.asarray(predict_logits(self.model, batch[0])))
+            targets.append(np.asarray(batch[1]))
+        if logs is not None and logits:
+            labels = labels_from_targets(np.concatenate(targets), self.num_classes)
+            logs[f"val_{self.monitor}"] = validation_measure(self.monitor, labels, np.concatenate(logits),
+                                                             self.num_classes)
+
+
 class MultiLabelValidation(keras.callbacks.Callback):
     """Adds val_loss, val_accuracy and val_map to each epoch's logs from one pass over validation.
 
@@ -182,8 +217,8 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         backup_dir: directory for this stage's backup.
         epochs: the stage's total epochs.
         patience: early stopping after this many epochs without improvement of ``monitor``.
-        monitor: "val_loss" or "loss" (lower is better), or "val_map" (higher is better);
-            improvement is strict.
+        monitor: the history key to watch ("val_loss", "loss": lower is better; "val_<measure>":
+            higher is better); improvement is strict.
         stage: name used in log lines.
         log: one line per epoch.
     """
