@@ -110,3 +110,20 @@ def test_sweep_and_diagnose_refuse_a_multi_label_cache_in_one_line(tmp_path, com
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and f"{command} reads single-label caches only" in lines[0], result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_summary_plot_draws_per_class_ap_and_label_sets(tmp_path, monkeypatch):
+    from headstart.pipeline.report import summary_plot
+
+    drawn = {}
+    monkeypatch.setattr(summary_plot, "_confusion", lambda *a: drawn.setdefault("confusion", True))
+    real_ap = summary_plot._average_precision
+    monkeypatch.setattr(summary_plot, "_average_precision",
+                        lambda ax, per_class: (drawn.setdefault("ap", dict(per_class)), real_ap(ax, per_class)))
+    samples = {"images": np.zeros((2, 8, 8, 3), np.uint8), "labels": np.array([[1, 0], [1, 1]]),
+               "predicted": np.array([[1, 0], [0, 1]]), "probability": np.full((2, 2), 0.7)}
+    per_class = {"cat": {"average_precision": 0.9}, "sofa": {"average_precision": None}}
+    out = tmp_path / "summary.png"
+    summary_plot.plot_summary(out, head_history={"loss": [1.0, 0.5]}, finetune_history={},
+                              class_names=["cat", "sofa"], samples=samples, per_class=per_class)
+    assert out.stat().st_size > 1000 and drawn == {"ap": per_class}  # AP bars, no confusion matrix

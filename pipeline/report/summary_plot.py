@@ -2,7 +2,8 @@
 
 Top row: loss and accuracy of both training stages on one epoch axis (train-head's epochs, then
 finetune's, a dashed line where fine-tuning starts, as in the Keras guide's plot), and the test
-confusion matrix. Below: a grid of sample test images, each titled with its true and predicted class
+confusion matrix — for a multi-label run, the test average precision of each class instead, as bars
+(a confusion matrix has no meaning when an image carries several labels). Below: a grid of sample test images, each titled with its true and predicted class
 (green when right, red when wrong). Drawn with matplotlib's non-interactive Agg backend.
 """
 
@@ -35,7 +36,7 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
                  finetune_history: Mapping[str, Sequence[float]], head_best: int | None = None,
                  finetune_best: int | None = None, confusion: Sequence[Sequence[int]] | None = None,
                  class_names: Sequence[str] = (), samples: Mapping[str, np.ndarray] | None = None,
-                 title: str | None = None) -> None:
+                 title: str | None = None, per_class: Mapping[str, Mapping] | None = None) -> None:
     """Writes summary.png (atomically).
 
     Args:
@@ -48,6 +49,9 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
         samples: ``images`` uint8 (N, S, S, 3), ``labels`` and ``predicted`` (N,), optional
             ``probability`` (N,).
         title: figure title.
+        per_class: a multi-label run's test ``per_class`` measures (``average_precision`` per class):
+            drawn as bars in place of the confusion matrix. Samples then hold (N, C) multi-hot
+            ``labels`` and ``predicted``.
     """
     import matplotlib
 
@@ -64,7 +68,10 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
     try:
         for column, metric in enumerate(("loss", "accuracy")):
             _curves(fig.add_subplot(grid[0, column]), metric, head_history, finetune_history, head_best, finetune_best)
-        _confusion(fig.add_subplot(grid[0, 2]), confusion, class_names)
+        if per_class is not None:
+            _average_precision(fig.add_subplot(grid[0, 2]), per_class)
+        else:
+            _confusion(fig.add_subplot(grid[0, 2]), confusion, class_names)
         if n_samples:
             inner = grid[1:, :].subgridspec(sample_rows, cols)
             for i in range(sample_rows * cols):
@@ -127,7 +134,29 @@ def _confusion(ax: Any, confusion: Sequence[Sequence[int]] | None, class_names: 
     ax.set_title(f"test confusion matrix (accuracy {accuracy:.3f})")
 
 
+def _average_precision(ax: Any, per_class: Mapping[str, Mapping]) -> None:
+    names = list(per_class)
+    values = [per_class[n].get("average_precision") for n in names]
+    ax.bar(range(len(names)), [0.0 if v is None else v for v in values], color="tab:blue")
+    for i, v in enumerate(values):
+        ax.text(i, (v or 0.0) + 0.02, "n/a" if v is None else f"{v:.2f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(names)), [n[:12] for n in names], rotation=45 if len(names) > 4 else 0,
+                  ha="right" if len(names) > 4 else "center", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("average precision")
+    defined = [v for v in values if v is not None]
+    ax.set_title(f"test AP per class (mAP {np.mean(defined):.3f})" if defined else "test AP per class")
+
+
 def _sample(ax: Any, samples: Mapping[str, np.ndarray], i: int, class_names: Sequence[str]) -> None:
+    if np.ndim(samples["labels"]) == 2:  # multi-label: label sets
+        names = list(class_names)
+        true = {names[c] for c in np.flatnonzero(samples["labels"][i])}
+        pred = {names[c] for c in np.flatnonzero(samples["predicted"][i])}
+        ax.imshow(samples["images"][i])
+        ax.set_title(f"true {'|'.join(sorted(true)) or '-'}\npredicted {'|'.join(sorted(pred)) or '-'}",
+                     fontsize=8, color="tab:green" if true == pred else "tab:red")
+        return
     true, pred = int(samples["labels"][i]), int(samples["predicted"][i])
     names = list(class_names) or [str(j) for j in range(max(true, pred) + 1)]
     ax.imshow(samples["images"][i])

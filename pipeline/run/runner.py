@@ -319,7 +319,8 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
         "class_names": records["extract"].get("class_names"),
         "stages": {name: {k: rec.get(k) for k in keep if k in rec} for name, rec in records.items()},
         "test": {k: evaluate.get(k) for k in ("split", *HEADLINE, "loss", "rows", "per_class",
-                                                "confusion_matrix", "skipped")},
+                                                "confusion_matrix", "skipped", *MULTI_LABEL_KEYS) if k in evaluate
+                 or k not in MULTI_LABEL_KEYS},
         "plots": {"summary": str(run_dir / SUMMARY_PNG), "head": str(run_dir / "head" / "curves.png"),
                   "finetune": str(run_dir / "finetune" / "curves.png")},
         "tensorboard": str(run_dir / "tensorboard") if config.tensorboard else None,
@@ -342,9 +343,13 @@ def _plot(run_dir: Path, summary: dict, console: Console) -> None:
                  finetune_history=read_history(run_dir / "finetune" / "history.csv"),
                  head_best=stages["head"].get("best_epoch"), finetune_best=stages["finetune"].get("best_epoch"),
                  confusion=summary["test"].get("confusion_matrix"), class_names=summary["class_names"] or [],
+                 per_class=summary["test"].get("per_class") if summary["test"].get("task") == "multi_label" else None,
                  samples=samples, title=f"headstart run: {summary['source']}")
     console.debug(f"wrote {run_dir / SUMMARY_PNG}")
 
+
+#: What a multi-label run's summary.json adds to its "test" section.
+MULTI_LABEL_KEYS = ("task", "map", "micro_f1", "exact_match")
 
 STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune": "finetune", "evaluate": "evaluate"}
 

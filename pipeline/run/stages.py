@@ -247,27 +247,40 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     from headstart.pipeline.data.sources import open_source
     from headstart.pipeline.stages.evaluation import load_model, split_metrics
 
-    model, _ = load_model(run_dir / "finetune" / "model.keras")
+    model, finetune_run = load_model(run_dir / "finetune" / "model.keras")
     source = open_source(SourceSpec.from_config(config.extract, source=config.source))
     split = next((s for s in ("test", "validation") if s in source.split_names), None)
     if split is None:
         console.log("  no test or validation split: nothing to evaluate")
         return {"key": key, "done": True, "status": "ran", "seconds": 0.0, "split": None}
-    seen = _Evaluated(total=source.count(split), classes=len(source.class_names))
+    thresholds = _thresholds(finetune_run, list(source.class_names))
+    seen = _Evaluated(total=source.count(split), classes=len(source.class_names), thresholds=thresholds)
     start = time.perf_counter()
     _predict_keeping_samples(model, source, split, seen, batch_size=config.finetune.batch_size, console=console)
     seconds = time.perf_counter() - start
-    metrics = split_metrics(seen.predictions(int(model.output_shape[-1])), list(source.class_names))
+    metrics = split_metrics(seen.predictions(int(model.output_shape[-1])), list(source.class_names),
+                            multi_label=thresholds is not None, thresholds=thresholds)
     _write_samples(samples_path, seen, source.class_names, size=int(model.input_shape[1]),
                    width=int(model.output_shape[-1]))
     skipped = seen.skipped
-    console.log(f"  {split}: {metrics['rows']} images, accuracy {metrics['accuracy']:.4f}"
-                + (f", {len(skipped)} skipped" if skipped else ""))
+    headline = (f"mAP {metrics['map']:.4f}, exact match {metrics['exact_match']:.4f}" if thresholds is not None
+                else f"accuracy {metrics['accuracy']:.4f}")
+    console.log(f"  {split}: {metrics['rows']} images, {headline}" + (f", {len(skipped)} skipped" if skipped else ""))
     n = seen.seen - len(skipped)
+    multi = ("task", "map", "micro_f1", "exact_match") if thresholds is not None else ()
     return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": n,
             "images_per_second": n / seconds if seconds else None, "split": split,
-            **{k_: metrics.get(k_) for k_ in (*HEADLINE, "loss", "rows", "per_class", "confusion_matrix")},
+            **{k_: metrics.get(k_) for k_ in (*HEADLINE, *multi, "loss", "rows", "per_class", "confusion_matrix")},
             "skipped": len(skipped)}
+
+
+def _thresholds(finetune_run: dict | None, class_names: list[str]) -> np.ndarray | None:
+    """A multi-label model's saved thresholds (its finetune run.json); None for single-label."""
+    if (finetune_run or {}).get("task") != "multi_label":
+        return None
+    from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+
+    return thresholds_from_record(finetune_run.get("thresholds"), class_names)
 
 
 @dataclasses.dataclass
@@ -280,6 +293,7 @@ class _Evaluated:
 
     total: int | None
     classes: int
+    thresholds: np.ndarray | None = None  # a multi-label model's; labels are then (C,) multi-hot
     seen: int = 0
     logits: list = dataclasses.field(default_factory=list)
     labels: list = dataclasses.field(default_factory=list)
@@ -293,7 +307,8 @@ class _Evaluated:
 
         return SplitPredictions(
             logits=np.concatenate(self.logits) if self.logits else np.zeros((0, width), np.float32),
-            labels=np.concatenate(self.labels) if self.labels else np.zeros((0,), np.int64),
+            labels=np.concatenate(self.labels) if self.labels else
+            np.zeros((0,) if self.thresholds is None else (0, self.classes), np.int64),
             keys=self.keys, skipped=self.skipped)
 
 
@@ -317,12 +332,13 @@ def _predict_keeping_samples(model: Any, source: Any, split: str, seen: _Evaluat
                 seen.logits.append(out)
                 seen.labels.append(batch["label"].numpy()[good].astype(np.int64))
                 seen.keys += [n for n, g in zip(names, good) if g]
-                predicted = predict_classes(out, seen.classes)
+                multi = seen.thresholds is not None
+                predicted = predict_classes(out, seen.classes, multi, seen.thresholds)
                 for j, i in enumerate(np.flatnonzero(good)):
                     item = (np.clip(images[i], 0, 255).astype(np.uint8), seen.labels[-1][j], out[j])
                     if seen.seen + i in wanted or (not total and len(seen.kept) < SAMPLE_IMAGES):
                         seen.kept.append(item)
-                    elif predicted[j] != seen.labels[-1][j] and len(seen.wrong) < WRONG_SAMPLES:
+                    elif np.any(predicted[j] != seen.labels[-1][j]) and len(seen.wrong) < WRONG_SAMPLES:
                         seen.wrong.append(item)
             seen.seen += len(names)
             line.update(seen.seen, total, seen.seen / max(time.perf_counter() - start, 1e-9))
@@ -339,12 +355,16 @@ def _write_samples(path: Path, seen: _Evaluated, class_names: Sequence[str], *, 
     if seen.wrong and kept:  # mistakes are worth seeing: they replace some of the evenly spread images
         spread = np.linspace(0, len(kept) - 1, max(1, SAMPLE_IMAGES - len(seen.wrong))).round().astype(int)
         kept = [kept[i] for i in sorted(set(spread.tolist()))] + seen.wrong
+    multi = seen.thresholds is not None
     sample_logits = np.stack([o for _, _, o in kept]) if kept else np.zeros((0, width), np.float32)
-    probs = logits_to_probabilities(sample_logits, k) if kept else np.zeros((0, k), np.float32)
+    probs = logits_to_probabilities(sample_logits, k, multi) if kept else np.zeros((0, k), np.float32)
+    empty = (0, k) if multi else (0,)
+    # Multi-label: labels and predicted are (N, C) multi-hot, probability (N, C) per class.
     arrays = {"images": np.stack([im for im, _, _ in kept]) if kept else np.zeros((0, size, size, 3), np.uint8),
-              "labels": np.array([t for _, t, _ in kept], np.int64),
-              "predicted": predict_classes(sample_logits, k).astype(np.int64) if kept else np.zeros((0,), np.int64),
-              "probability": probs.max(axis=1) if kept else np.zeros((0,), np.float32),
+              "labels": np.array([t for _, t, _ in kept], np.int64).reshape(-1, *empty[1:]),
+              "predicted": predict_classes(sample_logits, k, multi, seen.thresholds).astype(np.int64) if kept
+              else np.zeros(empty, np.int64),
+              "probability": (probs if multi else probs.max(axis=1)) if kept else np.zeros(empty, np.float32),
               "class_names": np.array(class_names, dtype=str)}
 
     def write(tmp: str) -> None:
