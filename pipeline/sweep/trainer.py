@@ -74,90 +74,122 @@ def _initial_weights(params: TrialParams, cache: SweepCache, seed: int, memo: di
     return memo[key]
 
 
-def _normalizers(cache: SweepCache, names: Sequence[str]) -> list[Any]:
-    """Per normalisation, the head's own layers before dropout (pooling, normalise) as a model."""
+def _normalizer(cache: SweepCache, name: str) -> Any:
+    """The head's own layers before dropout (pooling, normalise) for ``name``, adapted, as a model."""
     import keras
 
     from headstart.pipeline.model.head import adapt_head, build_head
 
-    out = []
-    for name in names:
-        head = build_head(cache.feature_shape, len(cache.class_names), normalize=name)
-        adapt_head(head, (x for x, _ in cache.rows["train"].eval_batches(4096)))
-        out.append(keras.Model(head.input, head.get_layer("dropout").input))
-    return out
+    head = build_head(cache.feature_shape, len(cache.class_names), normalize=name)
+    adapt_head(head, (x for x, _ in cache.rows["train"].eval_batches(4096)))
+    return keras.Model(head.input, head.get_layer("dropout").input)
+
+
+def _architecture(params: TrialParams) -> tuple[str, int | None]:
+    return params.head_kind, params.hidden_units if params.head_kind == "hidden" else None
+
+
+def _free_variable(shape: Sequence[int]) -> Any:
+    """An empty float32 variable whose leading (trial) axis may take any length."""
+    import tensorflow as tf
+
+    return tf.Variable(tf.zeros((0, *shape)), shape=tf.TensorShape([None, *shape]), trainable=False)
 
 
 class _Stack:
-    """The heads of one architecture in a group, their weights stacked on a leading trial axis.
+    """The heads of one architecture: weights, Adam moments and hyper-parameters on a trial axis.
 
-    A linear head is ``W (T, C, L), b (T, L)``; a hidden one adds ``W1 (T, C, H), b1 (T, H)``. Adam's
-    moments have the same shapes; learning rate, weight decay, dropout and label smoothing are (T,)
-    vectors, so every trial keeps its own hyper-parameters inside one batched update.
+    A linear head is ``W (T, C, L), b (T, L)``; a hidden one adds ``W1 (T, C, H), b1 (T, H)``. The
+    trial axis has no fixed length, so loading another group's trials or dropping finished ones
+    assigns new values and never traces the step again. Learning rate, weight decay, dropout and
+    label smoothing are (T,) vectors: every member keeps its own.
     """
 
-    def __init__(self, members: list[int], trials: Sequence[TrialParams], initial: list[dict]) -> None:
+    def __init__(self, shapes: dict[str, list[tuple[int, ...]]]) -> None:
         import tensorflow as tf
 
-        self.members = members
-        self.hidden = trials[members[0]].head_kind == "hidden"
-        layers = ["hidden", "logits"] if self.hidden else ["logits"]
-        self.names = [(layer, part) for layer in layers for part in ("kernel", "bias")]
-        self.vars = [tf.Variable(np.stack([initial[i][layer][k] for i in members]).astype(np.float32))
-                     for layer in layers for k in (0, 1)]
-        self.m = [tf.Variable(tf.zeros_like(v)) for v in self.vars]
-        self.v = [tf.Variable(tf.zeros_like(v)) for v in self.vars]
-        pick = lambda f: tf.constant([float(f(trials[i])) for i in members], tf.float32)  # noqa: E731
-        self.lr, self.wd = pick(lambda t: t.lr), pick(lambda t: t.weight_decay)
-        self.rate, self.smoothing = pick(lambda t: t.dropout), pick(lambda t: t.label_smoothing)
+        self.hidden = "hidden" in shapes
+        self.names = [(layer, part) for layer in shapes for part in ("kernel", "bias")]
+        self.shapes = [tuple(shape) for layer in shapes for shape in shapes[layer]]
+        self.vars, self.m, self.v, self.scratch = ([_free_variable(shape) for shape in self.shapes] for _ in range(4))
+        self.lr, self.wd, self.rate, self.smoothing = (_free_variable(()) for _ in range(4))
+        self.norm_index = tf.Variable(tf.zeros((0,), tf.int32), shape=tf.TensorShape([None]), trainable=False)
+        self.members: list[int] = []
+
+    def _state(self) -> list[Any]:
+        return [*self.vars, *self.m, *self.v, self.lr, self.wd, self.rate, self.smoothing, self.norm_index]
+
+    def load(self, members: list[int], trials: Sequence[TrialParams], initial: list[dict], norms: list[str]) -> None:
+        """Makes ``members`` (indices into ``trials``) the stack, from their initial weights."""
+        self.members = list(members)
+        for (layer, part), shape, var, m, v in zip(self.names, self.shapes, self.vars, self.m, self.v):
+            k = 0 if part == "kernel" else 1
+            value = np.zeros((len(members), *shape), np.float32)
+            for j, i in enumerate(members):
+                value[j] = initial[i][layer][k]
+            var.assign(value)
+            m.assign(np.zeros_like(value))
+            v.assign(np.zeros_like(value))
+        for target, field_of in ((self.lr, lambda t: t.lr), (self.wd, lambda t: t.weight_decay),
+                                 (self.rate, lambda t: t.dropout), (self.smoothing, lambda t: t.label_smoothing)):
+            target.assign(np.array([field_of(trials[i]) for i in members], np.float32))
+        self.norm_index.assign(np.array([norms.index(trials[i].normalize) for i in members], np.int32))
 
     def keep(self, positions: list[int]) -> None:
-        """Keeps only the members at ``positions``: weights, Adam moments and hyper-parameters."""
+        """Keeps only the members at ``positions``, with their weights, moments and hyper-parameters."""
         import tensorflow as tf
 
-        if not positions:
-            self.members = []
-            return
-        index = np.asarray(positions, dtype=np.int64)
-        take = lambda t: tf.gather(t, index)  # noqa: E731
+        index = tf.constant(positions, tf.int32)
+        for variable in self._state():
+            variable.assign(tf.gather(variable, index))
         self.members = [self.members[p] for p in positions]
-        self.vars = [tf.Variable(take(v)) for v in self.vars]
-        self.m = [tf.Variable(take(m)) for m in self.m]
-        self.v = [tf.Variable(take(v)) for v in self.v]
-        self.lr, self.wd, self.rate, self.smoothing = map(take, (self.lr, self.wd, self.rate, self.smoothing))
 
-    def logits(self, x: Any, training: bool, seed: Any) -> Any:
-        """x (T, B, C) normalised features of each member → logits (T, B, L)."""
+    def logits(self, x: Any, noise: tuple[Any, Any] | None) -> Any:
+        """x (T, B, C) normalised features of each member → logits (T, B, L).
+
+        ``noise`` is None for inference, else ``(uniform (B, C), seed)``: one uniform draw per
+        position shared by every member, each dropping where it falls below its own rate. Every
+        member's mask is Bernoulli at its rate, as a trial alone draws; drawing once instead of T
+        times is a large part of a CPU step's saving (two members' masks are nested, which no
+        single trial can tell).
+        """
         import tensorflow as tf
 
-        def dropout(h: Any, salt: int) -> Any:
-            if not training:
-                return h
-            keep = tf.random.stateless_uniform(tf.shape(h), seed + salt) >= self.rate[:, None, None]
-            return tf.where(keep, h / (1.0 - self.rate[:, None, None]), 0.0)
+        rate = self.rate[:, None, None]
 
-        h = dropout(x, 0)
-        weights = list(self.vars)
+        def dropout(h: Any, uniform: Any) -> Any:
+            return h if noise is None else tf.where(uniform[None] >= rate, h / (1.0 - rate), 0.0)
+
+        h = dropout(x, None if noise is None else noise[0])
         if self.hidden:
-            w1, b1 = weights[:2]
-            h = dropout(tf.nn.relu(tf.einsum("tbc,tch->tbh", h, w1) + b1[:, None, :]), 1)
-        w, b = weights[-2:]
+            w1, b1 = self.vars[:2]
+            h = tf.nn.relu(tf.einsum("tbc,tch->tbh", h, w1) + b1[:, None, :])
+            if noise is not None:
+                h = dropout(h, tf.random.stateless_uniform(tf.shape(h)[1:], noise[1] + 1))
+        w, b = self.vars[-2:]
         return tf.einsum("tbc,tcl->tbl", h, w) + b[:, None, :]
 
     def apply(self, grads: list[Any], step: Any) -> None:
-        """Keras's Adam (and its decoupled weight decay on kernels), for every member at once."""
+        """Keras's Adam, and its decoupled weight decay on kernels, for every member at once.
+
+        TensorFlow's fused Adam kernel (one pass over weights and moments, where a dozen
+        element-wise ops would each make one: the cost that dominated a batched CPU step) takes
+        one learning rate, so it writes the unit-rate step into ``scratch``, which each member
+        then scales by its own rate: ``var -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``.
+        """
         import tensorflow as tf
 
-        beta_1, beta_2, epsilon = 0.9, 0.999, 1e-7
         t = tf.cast(step, tf.float32)
-        alpha = self.lr * tf.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
-        for (_, part), var, m, v, g in zip(self.names, self.vars, self.m, self.v, grads):
+        powers = tf.pow(tf.constant(0.9, tf.float32), t), tf.pow(tf.constant(0.999, tf.float32), t)
+        for (_, part), var, m, v, scratch, g in zip(self.names, self.vars, self.m, self.v, self.scratch, grads):
             shape = [-1] + [1] * (len(var.shape) - 1)
             if part == "kernel":
-                var.assign(var - var * tf.reshape(self.wd * self.lr, shape))
-            m.assign_add((g - m) * (1 - beta_1))
-            v.assign_add((tf.square(g) - v) * (1 - beta_2))
-            var.assign_sub(m * tf.reshape(alpha, shape) / (tf.sqrt(v) + epsilon))
+                var.assign_sub(var * tf.reshape(self.wd * self.lr, shape))  # Keras: before the update
+            scratch.assign(tf.zeros_like(var))
+            tf.raw_ops.ResourceApplyAdam(var=scratch.handle, m=m.handle, v=v.handle, beta1_power=powers[0],
+                                         beta2_power=powers[1], lr=1.0, beta1=0.9, beta2=0.999, epsilon=1e-7,
+                                         grad=g)
+            var.assign_add(scratch * tf.reshape(self.lr, shape))
 
     def weights_of(self, j: int) -> dict[str, list[np.ndarray]]:
         """Member ``j``'s Dense weights by layer name, as NumPy copies."""
@@ -190,85 +222,110 @@ def _accuracy(logits: Any, y: Any, num_classes: int) -> Any:
     return tf.reduce_mean(tf.cast(hit, tf.float32), axis=1)
 
 
-class _Group:
-    """All stacks of a group and the compiled train step / predict over them."""
+class BatchedHeads:
+    """Every head architecture of a sweep on one cache, and one compiled train step / predict over them.
 
-    def __init__(self, cache: SweepCache, trials: Sequence[TrialParams], seed: int, jit_compile: bool) -> None:
+    Kept for the whole sweep: each group's trials are loaded into the stacks (initial weights drawn
+    once per architecture and normalisation), finished trials are dropped as they stop, and the
+    step is traced once per cache, not once per group or per change of its members. A stack no
+    trial of the group uses is empty and costs nothing.
+
+    Args:
+        cache: the cache.
+        seed: the sweep's seed: every head starts as ``train-head --seed seed`` would.
+        jit_compile: compile the step with XLA (worth it on a GPU; recompiles per group shape).
+    """
+
+    def __init__(self, cache: SweepCache, seed: int, jit_compile: bool = False) -> None:
         import tensorflow as tf
 
+        self.cache, self.seed, self.jit_compile = cache, seed, jit_compile
         self.num_classes = len(cache.class_names)
-        memo: dict = {}
-        initial = [_initial_weights(t, cache, seed, memo) for t in trials]
-        norms = list(dict.fromkeys(t.normalize for t in trials))
-        self.normalizers = _normalizers(cache, norms)
-        by_arch: dict[tuple, list[int]] = {}
-        for i, t in enumerate(trials):
-            by_arch.setdefault((t.head_kind, t.hidden_units), []).append(i)
-        self.stacks = [_Stack(members, trials, initial) for members in by_arch.values()]
-        self.step_count = tf.Variable(0, dtype=tf.int64)
-        self.seed, self.trials, self.norms = seed, trials, norms
+        self.stacks: dict[tuple, _Stack] = {}
+        self.norms: list[str] = []
+        self.normalizers: list[Any] = []
+        self.order: list[int] = []  # stacked position → trial index
+        self._memo: dict = {}
+        self.step_count = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._specs = (tf.TensorSpec((None, *cache.feature_shape), tf.float32),
                        tf.TensorSpec((None, 1) if self.num_classes == 2 else (None,), tf.float32))
-        self._jit = jit_compile
-        self._trace()
+        self.train_step = self.predict = None
+
+    def load(self, trials: Sequence[TrialParams]) -> None:
+        """Makes ``trials`` the stacked members, at their initial weights and step 0."""
+        initial = [_initial_weights(t, self.cache, self.seed, self._memo) for t in trials]
+        grown = False
+        for t, weights in zip(trials, initial):
+            if t.normalize not in self.norms:
+                self.norms.append(t.normalize)
+                self.normalizers.append(_normalizer(self.cache, t.normalize))
+                grown = True
+            if _architecture(t) not in self.stacks:
+                self.stacks[_architecture(t)] = _Stack({layer: [w.shape for w in ws] for layer, ws in weights.items()})
+                grown = True
+        for arch, stack in self.stacks.items():
+            stack.load([i for i, t in enumerate(trials) if _architecture(t) == arch], trials, initial, self.norms)
+        self.order = [i for s in self.stacks.values() for i in s.members]
+        self.step_count.assign(0)
+        if grown or self.train_step is None:
+            self._trace()
 
     def _trace(self) -> None:
         import tensorflow as tf
 
-        self.norm_index = [tf.constant([self.norms.index(self.trials[i].normalize) for i in s.members])
-                           for s in self.stacks]
-        self.order = [i for s in self.stacks for i in s.members]  # stacked position → trial index
         spec_x, spec_y = self._specs
         # Free batch dimension: the epoch's short last batch reuses the one trace.
-        self.train_step = tf.function(self._train_step, jit_compile=self._jit, input_signature=[spec_x, spec_y],
-                                      autograph=False)  # plain Python loops over stacks: nothing to convert
-        self.predict = tf.function(self._predict, jit_compile=self._jit, input_signature=[spec_x], autograph=False)
+        self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile,
+                                      input_signature=[spec_x, spec_y], autograph=False)
+        self.predict = tf.function(self._predict, jit_compile=self.jit_compile, input_signature=[spec_x],
+                                   autograph=False)
 
     def keep(self, trials: set[int]) -> None:
-        """Drops every member not in ``trials`` from the stacks and traces the smaller step."""
-        for stack in self.stacks:
-            stack.keep([p for p, i in enumerate(stack.members) if i in trials])
-        self.stacks = [s for s in self.stacks if s.members]
-        self._trace()
+        """Drops every member not in ``trials`` from the stacks (no new trace)."""
+        for stack in self.stacks.values():
+            positions = [p for p, i in enumerate(stack.members) if i in trials]
+            if len(positions) < len(stack.members):
+                stack.keep(positions)
+        self.order = [i for s in self.stacks.values() for i in s.members]
 
     def _features(self, x: Any) -> list[Any]:
         import tensorflow as tf
 
         variants = tf.stack([norm(x, training=False) for norm in self.normalizers])  # (V, B, C)
-        return [tf.gather(variants, index) for index in self.norm_index]              # (T_s, B, C)
+        return [tf.gather(variants, s.norm_index) for s in self.stacks.values()]     # (T_s, B, C)
 
     def _train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
         import tensorflow as tf
 
         self.step_count.assign_add(1)
         seed = tf.stack([tf.constant(self.seed, tf.int64), self.step_count])
-        variables = [v for s in self.stacks for v in s.vars]
+        features = self._features(x)
+        noise = (tf.random.stateless_uniform(tf.shape(features[0])[1:], seed), seed)  # one draw for every stack
+        stacks = list(self.stacks.values())
         with tf.GradientTape() as tape:
-            tape.watch(variables)
-            logits = [s.logits(f, True, seed) for s, f in zip(self.stacks, self._features(x))]
-            losses = [_loss(z, y, s.smoothing, self.num_classes) for s, z in zip(self.stacks, logits)]
+            tape.watch([s.vars for s in stacks])
+            logits = [s.logits(f, noise) for s, f in zip(stacks, features)]
+            losses = [_loss(z, y, s.smoothing, self.num_classes) for s, z in zip(stacks, logits)]
             # Members share no weight: the gradient of the sum wrt one member's is its own loss's.
             total = tf.add_n([tf.reduce_sum(loss) for loss in losses])
-        grads = tape.gradient(total, variables)
-        at = 0
-        for s in self.stacks:
-            s.apply(grads[at:at + len(s.vars)], self.step_count)
-            at += len(s.vars)
+        grads = tape.gradient(total, [s.vars for s in stacks], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        for s, g in zip(stacks, grads):
+            s.apply(g, self.step_count)
         accuracy = [_accuracy(z, y, self.num_classes) for z in logits]
         return tf.concat(losses, 0), tf.concat(accuracy, 0)
 
     def _predict(self, x: Any) -> Any:
         import tensorflow as tf
 
-        return tf.concat([s.logits(f, False, None) for s, f in zip(self.stacks, self._features(x))], 0)
+        return tf.concat([s.logits(f, None) for s, f in zip(self.stacks.values(), self._features(x))], 0)
 
-    def weights_of(self, i: int) -> dict[str, list[np.ndarray]]:
-        position = self.order.index(i)
-        for s in self.stacks:
+    def weights_at(self, position: int) -> dict[str, list[np.ndarray]]:
+        """The Dense weights of the member at stacked ``position`` (see ``order``)."""
+        for s in self.stacks.values():
             if position < len(s.members):
                 return s.weights_of(position)
             position -= len(s.members)
-        raise IndexError(i)
+        raise IndexError(position)
 
 
 class _Member:
@@ -282,9 +339,9 @@ class _Member:
 
 
 def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, epochs: int, patience: int,
-                on_epoch: Callable[[int, int, float], bool] | None = None,
+                on_epoch: Callable[[int, dict[int, float]], set[int]] | None = None,
                 on_done: Callable[[int, TrialRun], None] | None = None,
-                jit_compile: bool = False) -> list[TrialRun]:
+                jit_compile: bool = False, heads: BatchedHeads | None = None) -> list[TrialRun]:
     """Trains ``trials`` together; all must share ``batch_size`` and ``views`` (one batch plan).
 
     Args:
@@ -293,10 +350,13 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
         seed: the sweep's seed: every head starts as ``train-head --seed seed`` would.
         epochs: most epochs per trial.
         patience: epochs without a lower val_loss before a trial stops.
-        on_epoch: called as ``on_epoch(index, epoch (1-based), val_loss)`` after each epoch of each
-            active trial; returning True prunes that trial.
+        on_epoch: called once per epoch as ``on_epoch(epoch (1-based), {index: val_loss})`` for the
+            trials still training; returns the indices to prune (one call, so the pruner reads the
+            study once per epoch rather than once per trial).
         on_done: called as ``on_done(index, run)`` as soon as a trial stops.
         jit_compile: compile the step with XLA (worth it on a GPU).
+        heads: the sweep's BatchedHeads for this cache (its traces serve every group); None
+            makes one for this group.
 
     Returns:
         One TrialRun per trial, in order.
@@ -305,37 +365,41 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
 
     if len({(t.batch_size, t.views and bool(cache.views)) for t in trials}) > 1:
         raise ValueError("a group's trials must share batch_size and views")
-    num_classes = len(cache.class_names)
     start = time.perf_counter()
-    group = _Group(cache, trials, seed, jit_compile)
+    group = heads or BatchedHeads(cache, seed, jit_compile)
+    group.load(trials)
     members = [_Member() for _ in trials]
     train = cache.train_rows(trials[0].views)
-    targets = head_labels(cache.labels["train"], num_classes).astype(np.float32)
+    targets = head_labels(cache.labels["train"], len(cache.class_names)).astype(np.float32)
     val_x = np.concatenate([x for x, _ in cache.rows["validation"].eval_batches(1 << 16)])
     runs: list[TrialRun | None] = [None] * len(members)
     for epoch in range(epochs):
         active = {i for i in group.order if members[i].stopped is None}
-        if len(active) * 2 <= len(group.order):
-            # Half the stacked trials are done: one new trace costs less than carrying them on.
-            group.keep(active)
+        if len(active) < len(group.order):
+            group.keep(active)  # finished trials leave the stacks: a gather, no new trace
         sums = np.zeros((2, len(group.order)))
         for x, rows in train.train_batches(train.plan(seed, epoch), trials[0].batch_size):
             losses, accuracies = group.train_step(x, targets[rows])
             sums += np.stack([losses.numpy(), accuracies.numpy()]) * len(rows)
         logits = group.predict(val_x).numpy()
+        val_losses, val_accuracies = _val_loss_accuracy(logits, cache)
+        measured = {}
         for position, i in enumerate(group.order):
+            if members[i].stopped is None:
+                _record_epoch(members[i], sums[:, position] / train.n, (val_losses[position], val_accuracies[position]),
+                              logits[position], epoch + 1, patience, lambda p=position: group.weights_at(p))
+                measured[i] = val_losses[position]
+        pruned = on_epoch(epoch + 1, measured) if on_epoch is not None else set()
+        for position, i in enumerate(group.order):
+            if i not in measured:
+                continue
             member = members[i]
-            if member.stopped is not None:
-                continue  # still updated in the stack (cheaper than a new trace); its best is kept
-            _record_epoch(member, sums[:, position] / train.n, logits[position], cache, epoch + 1, patience,
-                          lambda i=i: group.weights_of(i))
-            if on_epoch is not None and member.stopped is None and on_epoch(i, epoch + 1, member.history["val_loss"][-1]):
-                member.stopped = "pruned"
-            if member.stopped is None and epoch + 1 == epochs:
-                member.stopped = "epochs"
+            if member.stopped is None and (i in pruned or epoch + 1 == epochs):
+                member.stopped = "pruned" if i in pruned else "epochs"
             if member.stopped is not None:
                 if member.best_weights is None:  # never finite: keep the last weights, as train-head does
-                    member.best_epoch, member.best_weights = epoch + 1, (group.weights_of(i), logits[position])
+                    member.best_epoch, member.best_value = epoch + 1, val_losses[position]
+                    member.best_weights = (group.weights_at(position), logits[position])
                 runs[i] = _finish(member, cache, (time.perf_counter() - start) / len(members))
                 if on_done is not None:
                     on_done(i, runs[i])
@@ -344,10 +408,10 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     return runs  # type: ignore[return-value]
 
 
-def _record_epoch(member: _Member, train_means: np.ndarray, val_logits: np.ndarray, cache: SweepCache,
+def _record_epoch(member: _Member, train_means: np.ndarray, val: tuple[float, float], val_logits: np.ndarray,
                   epoch: int, patience: int, weights: Callable[[], dict]) -> None:
     """Appends one epoch to the trial's history and applies train-head's early-stopping rule."""
-    val_loss, val_acc = _val_loss_accuracy(val_logits, cache)
+    val_loss, val_acc = float(val[0]), float(val[1])
     history = member.history
     history["loss"].append(float(train_means[0]))
     history["accuracy"].append(float(train_means[1]))
@@ -362,15 +426,27 @@ def _record_epoch(member: _Member, train_means: np.ndarray, val_logits: np.ndarr
             member.stopped = "early"
 
 
-def _val_loss_accuracy(logits: np.ndarray, cache: SweepCache) -> tuple[float, float]:
-    # The unsmoothed loss, as train-head's _evaluate computes it: trials compare on one scale.
-    from headstart.pipeline.model.head import head_labels, head_loss_and_metrics, predict_classes
+def _val_loss_accuracy(logits: np.ndarray, cache: SweepCache) -> tuple[np.ndarray, np.ndarray]:
+    """Validation loss and accuracy of every member at once: logits (T, N, L) → two (T,) arrays.
+
+    The unsmoothed loss, as train-head's _evaluate computes it (Keras's cross-entropy from logits,
+    here in float64: equal to float32 rounding), so trials compare on one scale.
+    """
+    from headstart.pipeline.model.head import predict_classes
 
     num_classes = len(cache.class_names)
     labels = cache.labels["validation"]
-    loss_fn, _ = head_loss_and_metrics(num_classes)
-    loss = float(loss_fn(head_labels(labels, num_classes), logits))
-    return loss, float(np.mean(predict_classes(logits, num_classes) == labels))
+    z = logits.astype(np.float64).reshape(len(logits), len(labels), -1)
+    if num_classes == 2:
+        y = labels.astype(np.float64)[None, :, None]
+        per = np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        loss = per.mean(axis=(1, 2))
+    else:
+        top = z.max(axis=-1, keepdims=True)
+        log_norm = top[..., 0] + np.log(np.exp(z - top).sum(axis=-1))
+        loss = (log_norm - np.take_along_axis(z, labels[None, :, None], axis=-1)[..., 0]).mean(axis=1)
+    accuracy = np.array([np.mean(predict_classes(member, num_classes) == labels) for member in logits])
+    return loss, accuracy
 
 
 def _finish(member: _Member, cache: SweepCache, seconds: float) -> TrialRun:
@@ -381,6 +457,6 @@ def _finish(member: _Member, cache: SweepCache, seconds: float) -> TrialRun:
     weights, logits = member.best_weights
     labels = cache.labels["validation"]
     validation = classification_metrics(labels, predict_classes(logits, len(cache.class_names)), cache.class_names)
-    validation["loss"] = _val_loss_accuracy(logits, cache)[0]
+    validation["loss"] = float(member.best_value)
     return TrialRun(history=member.history, best_epoch=member.best_epoch, stopped=member.stopped or "epochs",
                     validation=validation, seconds=seconds, weights=weights)
