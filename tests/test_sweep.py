@@ -71,6 +71,57 @@ def test_batched_trials_equal_train_head_alone(tmp_path):
         assert abs(run.validation["loss"] - alone.val_loss) < TOLERANCE
 
 
+@pytest.mark.slow
+def test_one_trace_serves_every_group_and_a_reused_step_trains_as_a_fresh_one(tmp_path):
+    """Groups load into the sweep's BatchedHeads and trials leave it without a new trace."""
+    from headstart.pipeline.sweep.caches import load_caches
+    from headstart.pipeline.sweep.trainer import BatchedHeads, train_group
+
+    cache = load_caches([str(make_cache(tmp_path / "c.h5", flip_validation=0.2))])[0]
+    first = [TrialParams("c", 2e-2, 0.3, 0.01, 0.1, 32, "hidden", 16, "l2", False),
+             TrialParams("c", 1e-3, 0.0, 0.0, 0.0, 32, "linear", None, "none", False)]
+    second = [TrialParams("c", 1e-2, 0.0, 0.1, 0.05, 32, "linear", None, "standardize", False),
+              TrialParams("c", 5e-3, 0.0, 0.0, 0.0, 32, "hidden", 16, "l2", False),
+              TrialParams("c", 3e-2, 0.0, 0.0, 0.0, 32, "hidden", 16, "none", False)]
+    heads = BatchedHeads(cache, seed=1)
+    train_group(cache, first, seed=1, epochs=5, patience=1, heads=heads)
+    reused = train_group(cache, second, seed=1, epochs=8, patience=1, heads=heads)
+    fresh = train_group(cache, second, seed=1, epochs=8, patience=1)
+    assert len({run.epochs_run for run in reused}) > 1  # trials left the stacks at different epochs
+    for a, b in zip(reused, fresh):
+        assert a.epochs_run == b.epochs_run and a.best_epoch == b.best_epoch
+        np.testing.assert_allclose(a.history["val_loss"], b.history["val_loss"], atol=TOLERANCE)
+    # Two groups, new normalisations and trials leaving: still the first trace of each function.
+    assert heads.train_step.experimental_get_tracing_count() <= 2
+    assert heads.predict.experimental_get_tracing_count() <= 2
+
+
+def test_pruner_view_decides_as_optunas_should_prune():
+    """One snapshot of the study per epoch gives the pruner's own decision for every trial."""
+    import optuna
+
+    from headstart.pipeline.sweep.pruning import PrunerView
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    for curve in ([0.9, 0.5, 0.4], [0.8, 0.6, 0.3], [0.7, 0.45, 0.35]):
+        trial = study.ask()
+        for step, value in enumerate(curve, 1):
+            trial.report(value, step)
+        study.tell(trial, min(curve))
+    view = PrunerView(study)
+    decisions = []
+    for curve in ([1.0, 0.9, 0.8], [0.6, 0.3, 0.2], [0.95, 0.4]):
+        trial, reported = study.ask(), {}
+        for step, value in enumerate(curve, 1):
+            trial.report(value, step)
+            reported[step] = value
+            decisions.append(view.should_prune(trial, reported))
+            assert decisions[-1] == trial.should_prune()
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert True in decisions and False in decisions
+
+
 def test_default_head_is_the_guides_head_bit_for_bit():
     from headstart.pipeline.model.head import build_head
 

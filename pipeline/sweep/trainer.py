@@ -2,19 +2,19 @@
 
 As DINOv2's linear evaluation (``dinov2/eval/linear.py``) trains its whole grid of linear
 classifiers on the same features in one pass, the trials of a group (same cache, batch size and
-views, hence the same batches) share each batch. Heads of one architecture are stacked on a
-leading trial axis — kernels (T, C, L), one batched matmul for all — and updated by a vectorised
-copy of Keras's Adam whose learning rate, weight decay, dropout and label smoothing are (T,)
-vectors, so one ``tf.function`` step costs about as many ops for 64 trials as for one.
+views, hence the same batches) share each batch. ``BatchedHeads`` holds one ``HeadStack`` per
+architecture (``headstart.pipeline.sweep.stacks``), each on a trial axis of free length, and its
+step is traced once per cache for the whole sweep: a group is loaded into the stacks, a trial
+that stops leaves them by a gather, and nothing is traced again.
 
 What each trial computes is what ``train-head`` computes for the same configuration: initial
 weights drawn by ``build_head`` after ``keras.utils.set_random_seed(seed)``, the head's own pooling
 and normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas,
 the batch plan of ``FeatureRows.plan``, and train-head's early-stopping rule per trial (val_loss
 strictly lower, patience, best weights kept). Only the dropout masks come from another random
-stream; without dropout a trial matches train-head to float rounding (tests/test_sweep.py states
-the tolerance). A stopped or pruned trial is reported at once with its best epoch's weights; it
-leaves the stacks when half the stacked trials are done (one new trace for a smaller step).
+stream (one draw per step shared by the group: see ``HeadStack.logits``); without dropout a trial
+matches train-head to float rounding (tests/test_sweep.py states the tolerance). A stopped or
+pruned trial is reported at once with its best epoch's weights.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 
 from headstart.pipeline.sweep.caches import SweepCache
 from headstart.pipeline.sweep.space import TrialParams
+from headstart.pipeline.sweep.stacks import HeadStack, stack_accuracy, stack_loss
 
 
 @dataclass
@@ -62,10 +63,11 @@ def _initial_weights(params: TrialParams, cache: SweepCache, seed: int, memo: di
 
     from headstart.pipeline.model.head import build_head
 
-    key = (params.head_kind, params.hidden_units, params.normalize)
+    # A dropout rate above 0 gives the Dropout layers a SeedGenerator, which draws from the global
+    # generator before the Dense initialisers do: it changes their draws, its value does not.
+    key = (params.head_kind, params.hidden_units, params.normalize, params.dropout > 0)
     if key not in memo:
-        # The same calls in the same order as train-head (seed, then the builder), so the draws
-        # of the initialisers are the same; dropout's rate never changes what they draw.
+        # The same calls in the same order as train-head (seed, then the builder).
         keras.utils.set_random_seed(seed)
         head = build_head(cache.feature_shape, len(cache.class_names), dropout=params.dropout,
                           kind=params.head_kind, hidden_units=params.hidden_units or 1, normalize=params.normalize)
@@ -89,139 +91,6 @@ def _architecture(params: TrialParams) -> tuple[str, int | None]:
     return params.head_kind, params.hidden_units if params.head_kind == "hidden" else None
 
 
-def _free_variable(shape: Sequence[int]) -> Any:
-    """An empty float32 variable whose leading (trial) axis may take any length."""
-    import tensorflow as tf
-
-    return tf.Variable(tf.zeros((0, *shape)), shape=tf.TensorShape([None, *shape]), trainable=False)
-
-
-class _Stack:
-    """The heads of one architecture: weights, Adam moments and hyper-parameters on a trial axis.
-
-    A linear head is ``W (T, C, L), b (T, L)``; a hidden one adds ``W1 (T, C, H), b1 (T, H)``. The
-    trial axis has no fixed length, so loading another group's trials or dropping finished ones
-    assigns new values and never traces the step again. Learning rate, weight decay, dropout and
-    label smoothing are (T,) vectors: every member keeps its own.
-    """
-
-    def __init__(self, shapes: dict[str, list[tuple[int, ...]]]) -> None:
-        import tensorflow as tf
-
-        self.hidden = "hidden" in shapes
-        self.names = [(layer, part) for layer in shapes for part in ("kernel", "bias")]
-        self.shapes = [tuple(shape) for layer in shapes for shape in shapes[layer]]
-        self.vars, self.m, self.v, self.scratch = ([_free_variable(shape) for shape in self.shapes] for _ in range(4))
-        self.lr, self.wd, self.rate, self.smoothing = (_free_variable(()) for _ in range(4))
-        self.norm_index = tf.Variable(tf.zeros((0,), tf.int32), shape=tf.TensorShape([None]), trainable=False)
-        self.members: list[int] = []
-
-    def _state(self) -> list[Any]:
-        return [*self.vars, *self.m, *self.v, self.lr, self.wd, self.rate, self.smoothing, self.norm_index]
-
-    def load(self, members: list[int], trials: Sequence[TrialParams], initial: list[dict], norms: list[str]) -> None:
-        """Makes ``members`` (indices into ``trials``) the stack, from their initial weights."""
-        self.members = list(members)
-        for (layer, part), shape, var, m, v in zip(self.names, self.shapes, self.vars, self.m, self.v):
-            k = 0 if part == "kernel" else 1
-            value = np.zeros((len(members), *shape), np.float32)
-            for j, i in enumerate(members):
-                value[j] = initial[i][layer][k]
-            var.assign(value)
-            m.assign(np.zeros_like(value))
-            v.assign(np.zeros_like(value))
-        for target, field_of in ((self.lr, lambda t: t.lr), (self.wd, lambda t: t.weight_decay),
-                                 (self.rate, lambda t: t.dropout), (self.smoothing, lambda t: t.label_smoothing)):
-            target.assign(np.array([field_of(trials[i]) for i in members], np.float32))
-        self.norm_index.assign(np.array([norms.index(trials[i].normalize) for i in members], np.int32))
-
-    def keep(self, positions: list[int]) -> None:
-        """Keeps only the members at ``positions``, with their weights, moments and hyper-parameters."""
-        import tensorflow as tf
-
-        index = tf.constant(positions, tf.int32)
-        for variable in self._state():
-            variable.assign(tf.gather(variable, index))
-        self.members = [self.members[p] for p in positions]
-
-    def logits(self, x: Any, noise: tuple[Any, Any] | None) -> Any:
-        """x (T, B, C) normalised features of each member → logits (T, B, L).
-
-        ``noise`` is None for inference, else ``(uniform (B, C), seed)``: one uniform draw per
-        position shared by every member, each dropping where it falls below its own rate. Every
-        member's mask is Bernoulli at its rate, as a trial alone draws; drawing once instead of T
-        times is a large part of a CPU step's saving (two members' masks are nested, which no
-        single trial can tell).
-        """
-        import tensorflow as tf
-
-        rate = self.rate[:, None, None]
-
-        def dropout(h: Any, uniform: Any) -> Any:
-            return h if noise is None else tf.where(uniform[None] >= rate, h / (1.0 - rate), 0.0)
-
-        h = dropout(x, None if noise is None else noise[0])
-        if self.hidden:
-            w1, b1 = self.vars[:2]
-            h = tf.nn.relu(tf.einsum("tbc,tch->tbh", h, w1) + b1[:, None, :])
-            if noise is not None:
-                h = dropout(h, tf.random.stateless_uniform(tf.shape(h)[1:], noise[1] + 1))
-        w, b = self.vars[-2:]
-        return tf.einsum("tbc,tcl->tbl", h, w) + b[:, None, :]
-
-    def apply(self, grads: list[Any], step: Any) -> None:
-        """Keras's Adam, and its decoupled weight decay on kernels, for every member at once.
-
-        TensorFlow's fused Adam kernel (one pass over weights and moments, where a dozen
-        element-wise ops would each make one: the cost that dominated a batched CPU step) takes
-        one learning rate, so it writes the unit-rate step into ``scratch``, which each member
-        then scales by its own rate: ``var -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``.
-        """
-        import tensorflow as tf
-
-        t = tf.cast(step, tf.float32)
-        powers = tf.pow(tf.constant(0.9, tf.float32), t), tf.pow(tf.constant(0.999, tf.float32), t)
-        for (_, part), var, m, v, scratch, g in zip(self.names, self.vars, self.m, self.v, self.scratch, grads):
-            shape = [-1] + [1] * (len(var.shape) - 1)
-            if part == "kernel":
-                var.assign_sub(var * tf.reshape(self.wd * self.lr, shape))  # Keras: before the update
-            scratch.assign(tf.zeros_like(var))
-            tf.raw_ops.ResourceApplyAdam(var=scratch.handle, m=m.handle, v=v.handle, beta1_power=powers[0],
-                                         beta2_power=powers[1], lr=1.0, beta1=0.9, beta2=0.999, epsilon=1e-7,
-                                         grad=g)
-            var.assign_add(scratch * tf.reshape(self.lr, shape))
-
-    def weights_of(self, j: int) -> dict[str, list[np.ndarray]]:
-        """Member ``j``'s Dense weights by layer name, as NumPy copies."""
-        out: dict[str, list[np.ndarray]] = {}
-        for (layer, _), var in zip(self.names, self.vars):
-            out.setdefault(layer, []).append(var[j].numpy())
-        return out
-
-
-def _loss(logits: Any, y: Any, smoothing: Any, num_classes: int) -> Any:
-    """Per-member mean training loss (T,), as Keras's losses compute it, with label smoothing."""
-    import tensorflow as tf
-
-    ls = smoothing[:, None, None]
-    if num_classes == 2:
-        target = y[None] * (1.0 - ls) + 0.5 * ls
-        per = tf.nn.relu(logits) - logits * target + tf.math.log1p(tf.exp(-tf.abs(logits)))
-        return tf.reduce_mean(per, axis=[1, 2])
-    one_hot = tf.one_hot(tf.cast(y, tf.int32), num_classes)[None]
-    target = one_hot * (1.0 - ls) + ls / num_classes
-    return tf.reduce_mean(-tf.reduce_sum(target * tf.nn.log_softmax(logits), axis=-1), axis=1)
-
-
-def _accuracy(logits: Any, y: Any, num_classes: int) -> Any:
-    import tensorflow as tf
-
-    if num_classes == 2:
-        return tf.reduce_mean(tf.cast(tf.equal(tf.cast(logits > 0, tf.float32), y[None]), tf.float32), axis=[1, 2])
-    hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.cast(y, tf.int64)[None])
-    return tf.reduce_mean(tf.cast(hit, tf.float32), axis=1)
-
-
 class BatchedHeads:
     """Every head architecture of a sweep on one cache, and one compiled train step / predict over them.
 
@@ -241,7 +110,7 @@ class BatchedHeads:
 
         self.cache, self.seed, self.jit_compile = cache, seed, jit_compile
         self.num_classes = len(cache.class_names)
-        self.stacks: dict[tuple, _Stack] = {}
+        self.stacks: dict[tuple, HeadStack] = {}
         self.norms: list[str] = []
         self.normalizers: list[Any] = []
         self.order: list[int] = []  # stacked position → trial index
@@ -261,7 +130,7 @@ class BatchedHeads:
                 self.normalizers.append(_normalizer(self.cache, t.normalize))
                 grown = True
             if _architecture(t) not in self.stacks:
-                self.stacks[_architecture(t)] = _Stack({layer: [w.shape for w in ws] for layer, ws in weights.items()})
+                self.stacks[_architecture(t)] = HeadStack({layer: [w.shape for w in ws] for layer, ws in weights.items()})
                 grown = True
         for arch, stack in self.stacks.items():
             stack.load([i for i, t in enumerate(trials) if _architecture(t) == arch], trials, initial, self.norms)
@@ -305,13 +174,13 @@ class BatchedHeads:
         with tf.GradientTape() as tape:
             tape.watch([s.vars for s in stacks])
             logits = [s.logits(f, noise) for s, f in zip(stacks, features)]
-            losses = [_loss(z, y, s.smoothing, self.num_classes) for s, z in zip(stacks, logits)]
+            losses = [stack_loss(z, y, s.smoothing, self.num_classes) for s, z in zip(stacks, logits)]
             # Members share no weight: the gradient of the sum wrt one member's is its own loss's.
             total = tf.add_n([tf.reduce_sum(loss) for loss in losses])
         grads = tape.gradient(total, [s.vars for s in stacks], unconnected_gradients=tf.UnconnectedGradients.ZERO)
         for s, g in zip(stacks, grads):
             s.apply(g, self.step_count)
-        accuracy = [_accuracy(z, y, self.num_classes) for z in logits]
+        accuracy = [stack_accuracy(z, y, self.num_classes) for z in logits]
         return tf.concat(losses, 0), tf.concat(accuracy, 0)
 
     def _predict(self, x: Any) -> Any:
