@@ -187,7 +187,7 @@ class SweepConfig:
     storage: str | None = None      # an Optuna storage URL; None means sqlite:///OUT/study.db
     overwrite: bool = False
     jit_compile: bool = False
-    tensorboard: str | None = None  # logs of the best head's retraining
+    tensorboard: str | None = None  # logs of the best head's retraining, and of every trial in DIR/trials/
     heartbeat: int = 5              # seconds; a trial silent for twice this is rerun
 
 

@@ -181,7 +181,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "storage": OptionFact("Optuna storage URL shared by several processes or machines (default: "
                               "sqlite:///DIR/study.db).", metavar="URL"),
         "jit_compile": OptionFact("Compile the batched step with XLA (worth it on a GPU)."),
-        "tensorboard": OptionFact("Log the best head's retraining with keras.callbacks.TensorBoard to DIR.",
+        "tensorboard": OptionFact("Log the best head's retraining with keras.callbacks.TensorBoard to DIR, "
+                                  "and every trial's epochs to DIR/trials/trial_NNNN.",
                                   metavar="DIR", path="dir"),
         "overwrite": OptionFact("Start the study anew: delete DIR's study.db, leaderboard, plot and best/."),
     },

@@ -165,6 +165,25 @@ def test_sweep_writes_leaderboard_plot_and_best_run(tmp_path):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
+def test_sweep_logs_every_trial_to_tensorboard(tmp_path):
+    from test_tensorboard import scalars
+
+    path = make_cache(tmp_path / "c.h5", flip_validation=0.1)
+    toml = tmp_path / "sweep.toml"
+    toml.write_text("[sweep]\nepochs = 3\npatience = 2\nparallel = 2\nbatch_size = 32\nhidden_units = 16\n")
+    out, logs = tmp_path / "sw", tmp_path / "tb"
+    r = invoke("sweep", path, "--out", out, "--trials", 2, "--config", toml, "--tensorboard", logs)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    for row in rows:
+        trial = logs / "trials" / f"trial_{int(row['number']):04d}"
+        val_loss = [v for _, v in scalars(trial / "validation")["epoch_loss"]]
+        assert len(val_loss) == int(row["epochs"]) and len(scalars(trial / "train")["epoch_loss"]) == len(val_loss)
+        assert min(val_loss) == pytest.approx(float(row["val_loss"]), rel=1e-5)
+    assert scalars(logs / "validation")["epoch_loss"]  # the best head's retraining, as before
+
+
 def test_bad_search_space_toml_refused_in_one_line(tmp_path):
     path = make_cache(tmp_path / "c.h5")
     for text, words in [("[sweep]\nlr = [0.1, 0.001]\n", "lr"), ("[sweep]\nhead_kind = 'mlp'\n", "head_kind"),

@@ -42,19 +42,35 @@ def replay_history(history_csv: str | os.PathLike, log_dir: str | os.PathLike) -
     Returns:
         False when there is no history to replay.
     """
-    import keras
-
     if not Path(history_csv).is_file():
         return False
     with open(history_csv, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    _replay([(int(row.get("epoch") or step + 1) - 1,
+              {k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", None)})
+             for step, row in enumerate(rows)], log_dir)
+    return True
+
+
+def write_history(history: dict[str, list[float]], log_dir: str | os.PathLike) -> None:
+    """Writes a history (name → one value per epoch, as train-head's) to ``log_dir``, epoch by epoch.
+
+    ``headstart sweep --tensorboard`` logs each trial this way once it stops: its epochs ran in a
+    batched step, which no Keras callback watched.
+    """
+    epochs = max((len(values) for values in history.values()), default=0)
+    _replay([(epoch, {k: float(v[epoch]) for k, v in history.items() if epoch < len(v)})
+             for epoch in range(epochs)], log_dir)
+
+
+def _replay(epochs: list[tuple[int, dict[str, float]]], log_dir: str | os.PathLike) -> None:
+    import keras
+
     callback = keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False)
     model = keras.Sequential()
     model.optimizer = None  # no optimizer: the callback logs only the recorded numbers
     callback.set_model(model)
     callback.on_train_begin()
-    for step, row in enumerate(rows):
-        logs = {k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", None)}
-        callback.on_epoch_end(int(row.get("epoch") or step + 1) - 1, logs)
+    for epoch, logs in epochs:
+        callback.on_epoch_end(epoch, logs)
     callback.on_train_end()
-    return True

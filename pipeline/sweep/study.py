@@ -334,6 +334,10 @@ class _Teller:
                      "queued again; dropped here")
             return
         self.told += 1
+        if self.config.tensorboard:
+            from headstart.pipeline.report.tensorboard_logs import write_history
+
+            write_history(run.history, Path(self.config.tensorboard) / "trials" / f"trial_{trial.number:04d}")
         self.view.changed()
         trials = self.view.get_trials(states=_states(FINISHED))
         self.log(_trial_line(trials, trial.number, params, run, len(trials), self.config.trials))
