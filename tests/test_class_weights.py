@@ -231,3 +231,30 @@ def test_balanced_weights_raise_balanced_accuracy_with_dogs_cut_to_70(real_photo
     print({mode: {k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1")}
            for mode, m in results.items()})
     assert results["balanced"]["balanced_accuracy"] > results["none"]["balanced_accuracy"]
+
+
+def test_finetune_counts_labels_from_the_head_cache_else_from_the_source(tmp_path):
+    from conftest import make_class_folders
+    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.stages.class_weights import finetune_train_labels, resolve_class_weights
+
+    make_class_folders(tmp_path / "images", per_class=3)
+    (tmp_path / "images" / "cats" / "broken.jpg").write_text("not an image")  # not trained on: not counted
+    source = resolve_source(str(tmp_path / "images"), validation_fraction=0.0, test_fraction=0.0)
+    labels, origin = finetune_train_labels(None, source)
+    assert origin == "source" and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    cache = imbalanced_cache(tmp_path / "f.h5", train_counts=(5, 2))
+    labels, origin = finetune_train_labels({"cache": {"path": str(cache)}}, _Keys(["train/0", "train/1", "train/6"]))
+    assert origin == f"cache {cache}" and len(labels) == 3  # only the rows the source still has
+    with pytest.raises(OptionError, match="class weights apply to single-label tasks"):
+        resolve_class_weights("balanced", CLASSES[:2], None, multi_label=True)
+
+
+class _Keys:
+    """A stand-in source whose training split has only the given keys (as --exclude leaves it)."""
+
+    def __init__(self, keys):
+        self._keys = keys
+
+    def keys(self, split):
+        return list(self._keys)
