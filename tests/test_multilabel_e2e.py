@@ -138,6 +138,9 @@ def test_multi_label_shapes_end_to_end(tmp_path):
     assert "val_map" in metrics["unfreeze"] or "val_map" in (tuned / "history.csv").read_text()
     assert metrics["test"]["map"] > baseline + 0.25
 
+    r = invoke("inspect", tuned)
+    assert r.exit_code == 0 and "task: multi-label; thresholds" in r.output and "test mAP" in r.output, r.output
+
     # evaluate uses the saved thresholds and reproduces finetune's test measures.
     r = invoke("evaluate", tuned, table, "--split", "test", "--json")
     assert r.exit_code == 0, r.output

@@ -3,8 +3,9 @@
 ``cleanlab.filter.find_label_issues`` decides which rows are issues (confident joint, pruned by
 noise rate); ``cleanlab.rank.get_label_quality_scores`` (self-confidence) ranks all rows, lowest
 score = given label least likely. Multi-label caches would go through cleanlab's multi-label
-variants (``find_label_issues(..., multi_label=True)``, ``cleanlab.multilabel_classification``);
-headstart caches hold one label per row today, so that path is not wired.
+variants (``find_label_issues(..., multi_label=True)``, ``cleanlab.multilabel_classification``)
+with multi-label fold heads; that path is not wired, and ``diagnose`` refuses a multi-label cache
+in one line (``headstart.pipeline.diagnose.dataset.load_cache_rows``).
 """
 
 from __future__ import annotations
