@@ -127,3 +127,21 @@ def test_summary_plot_draws_per_class_ap_and_label_sets(tmp_path, monkeypatch):
     summary_plot.plot_summary(out, head_history={"loss": [1.0, 0.5]}, finetune_history={},
                               class_names=["cat", "sofa"], samples=samples, per_class=per_class)
     assert out.stat().st_size > 1000 and drawn == {"ap": per_class}  # AP bars, no confusion matrix
+
+
+def test_run_samples_of_a_multi_label_model_hold_label_sets(tmp_path):
+    from headstart.pipeline.run.stages import _Evaluated, _thresholds, _write_samples
+
+    names = ["cat", "sofa"]
+    assert _thresholds({"task": "single_label"}, names) is None
+    cuts = _thresholds({"task": "multi_label", "thresholds": {"thresholds": {"cat": 0.3, "sofa": 0.9}}}, names)
+    np.testing.assert_allclose(cuts, [0.3, 0.9])
+    seen = _Evaluated(total=2, classes=2, thresholds=cuts)
+    logits = np.array([[0.0, 3.0], [-2.0, 1.0]], np.float32)  # sigmoid: (0.5, 0.95), (0.12, 0.73)
+    seen.kept = [(np.zeros((4, 4, 3), np.uint8), np.array([1, 1]), logits[0]),
+                 (np.zeros((4, 4, 3), np.uint8), np.array([0, 1]), logits[1])]
+    _write_samples(tmp_path / "s.npz", seen, names, size=4, width=2)
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["labels"], [[1, 1], [0, 1]])
+        np.testing.assert_array_equal(z["predicted"], [[1, 1], [0, 0]])  # at 0.3 / 0.9, not 0.5
+        assert z["probability"].shape == (2, 2)
