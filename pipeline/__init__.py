@@ -26,7 +26,7 @@ _API = {
     "train_head": "headstart.pipeline.stages.head_training:train_head",
     "finetune": "headstart.pipeline.stages.finetuning:finetune",
     "evaluate": "headstart.pipeline.stages.evaluation:evaluate_model",
-    "predict": "headstart.pipeline.stages.evaluation:predict_images",
+    "predict": "headstart.pipeline.stages.prediction:predict_images",
     "inspect_path": "headstart.pipeline.report.inspection:inspect_path",
     "load_run_config": "headstart.pipeline.run.runner:load_run_config",
     "run_pipeline": "headstart.pipeline.run.runner:run_pipeline",

@@ -298,7 +298,7 @@ def predict_command(model, paths, csv_path, batch_size):
     label set (each class at or above its saved threshold) with each probability. Bad files are
     reported, not fatal.
     """
-    from headstart.pipeline.stages.evaluation import format_prediction, predict_images, write_predictions_csv
+    from headstart.pipeline.stages.prediction import format_prediction, predict_images, write_predictions_csv
 
     rows = predict_images(model, paths, batch_size=batch_size)
     for row in rows:

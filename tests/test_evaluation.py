@@ -88,7 +88,7 @@ def test_evaluate_refusals(saved, tmp_path):
 
 @pytest.mark.slow
 def test_predict_reports_bad_files_and_keeps_going(saved, tmp_path):
-    from headstart.pipeline.stages.evaluation import predict_images, write_predictions_csv
+    from headstart.pipeline.stages.prediction import predict_images, write_predictions_csv
 
     rng = np.random.default_rng(0)
     good_jpg = write_image(tmp_path / "a.jpg", rng, colour=(220, 40, 40))

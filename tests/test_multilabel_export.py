@@ -18,7 +18,7 @@ def test_exports_carry_thresholds_and_predict_reads_label_sets_from_them(tmp_pat
     from headstart.pipeline.data.sources import load_image
     from headstart.pipeline.model.head import build_head
     from headstart.pipeline.report.multilabel_metrics import thresholds_record
-    from headstart.pipeline.stages.evaluation import predict_images
+    from headstart.pipeline.stages.prediction import predict_images
     from headstart.pipeline.stages.export import export_model
     from headstart.pipeline.stages.predictor import load_predictor
 

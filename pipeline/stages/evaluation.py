@@ -1,6 +1,7 @@
-"""Evaluate and predict with a full model (``model.keras``: raw images in, logits out).
+"""Evaluate a full model (``model.keras``: raw images in, logits out) on a split of a source.
 
-Exports live in ``headstart.pipeline.stages.export``; ``predict`` also reads them.
+Exports live in ``headstart.pipeline.stages.export``; predicting on loose image files (which also
+reads exports) in ``headstart.pipeline.stages.prediction``.
 
 Every image goes through ``headstart.pipeline.data.sources`` (``Source.dataset`` for splits, ``load_image`` for loose
 files), the same input path extraction and fine-tuning use, and every forward pass runs with
@@ -21,9 +22,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from headstart.pipeline.config import EXPORT_FORMATS
-# IMAGE_EXTENSIONS: what ``predict_images`` picks up in a directory (files named explicitly are always tried).
-from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS  # noqa: F401 - re-exported
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 
@@ -46,23 +44,6 @@ class SplitPredictions:
     keys: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     wrong: list[tuple[float, str, int, int, np.ndarray]] = field(default_factory=list)
-
-
-@dataclass
-class PredictionRow:
-    """One line of ``predict``: the class and its probability, or why the file was not read.
-
-    A multi-label model's row has ``labels``: the label set, each class whose probability reaches
-    its saved threshold (most probable first), and ``probabilities``: every class's probability;
-    ``label`` is then the set joined with "|" ("" for the empty set) and ``probability`` None.
-    """
-
-    path: str
-    label: str | None
-    probability: float | None
-    error: str | None = None
-    labels: list[tuple[str, float]] | None = None
-    probabilities: dict[str, float] | None = None
 
 
 def num_classes_of(model: Any) -> int:
@@ -313,106 +294,6 @@ def _task_of(model_path: str | os.PathLike, run: dict | None, source: Any, class
     return multi_label, (thresholds_from_record(record, class_names) if multi_label else None)
 
 
-def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
-                   batch_size: int = 32, class_names: Sequence[str] | None = None) -> list[PredictionRow]:
-    """Classifies image files; a bad file gives a row with ``error`` set and never stops the rest.
-
-    Args:
-        model_path: ``model.keras`` or its run directory, or an export: a SavedModel directory, a
-            ``.onnx`` or a ``.tflite`` file (see ``headstart.pipeline.stages.predictor``).
-        paths: image files and/or directories (searched recursively for ``IMAGE_EXTENSIONS``).
-        batch_size: images per forward pass.
-        class_names: names of the class indices; default: those the export holds, else run.json
-            beside the model, else "0", "1"…
-
-    Returns:
-        One PredictionRow per file, in the order given (directories sorted): the predicted class and
-        its probability.
-    """
-    from headstart.pipeline.stages.predictor import load_predictor
-
-    predictor = load_predictor(model_path)  # first: a mistyped path fails before TensorFlow starts
-    from headstart.pipeline.data.sources import load_image
-    from headstart.pipeline.model.head import logits_to_probabilities
-
-    k = predictor.num_classes
-    names = list(class_names or predictor.class_names or [str(i) for i in range(k)])
-    if len(names) != k:
-        raise OptionError(f"{len(names)} class names given for a model of {k} classes")
-    size = predictor.image_size
-    rows: list[PredictionRow] = []
-    pending: list[tuple[int, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        probs = logits_to_probabilities(predictor.logits(np.stack([img for _, img in pending])), k,
-                                        predictor.multi_label)
-        for (i, _), p in zip(pending, probs):
-            if predictor.multi_label:
-                _set_label_set(rows[i], p, names, predictor.thresholds)
-                continue
-            best = int(np.argmax(p))
-            rows[i].label, rows[i].probability = names[best], float(p[best])
-        pending.clear()
-
-    for path in _expand(paths):
-        rows.append(PredictionRow(path, None, None))
-        try:
-            pending.append((len(rows) - 1, load_image(path, size)))
-        except (DataError, OSError) as exc:
-            rows[-1].error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    return rows
-
-
-def _set_label_set(row: PredictionRow, p: np.ndarray, names: Sequence[str], thresholds: np.ndarray) -> None:
-    """Fills a multi-label row: the classes at or above their thresholds, most probable first."""
-    chosen = [int(c) for c in np.argsort(-p, kind="stable") if p[c] >= thresholds[c]]
-    row.labels = [(names[c], float(p[c])) for c in chosen]
-    row.probabilities = {name: float(q) for name, q in zip(names, p)}
-    row.label = "|".join(name for name, _ in row.labels)
-
-
-def format_prediction(row: PredictionRow) -> str:
-    """One line of ``predict``: ``path<TAB>class<TAB>probability``; for a multi-label model
-    ``path<TAB>label|label<TAB>label probability, …`` ("(no label)" for the empty set); or
-    ``path<TAB>error: reason``."""
-    if row.error:
-        return f"{row.path}\terror: {row.error}"
-    if row.labels is not None:
-        chosen = ", ".join(f"{name} {p:.4f}" for name, p in row.labels)
-        return f"{row.path}\t{row.label or '(no label)'}\t{chosen or '-'}"
-    return f"{row.path}\t{row.label}\t{row.probability:.4f}"
-
-
-def write_predictions_csv(rows: Sequence[PredictionRow], path: str | os.PathLike) -> None:
-    """Writes ``path,class,probability,error`` lines atomically; for a multi-label model
-    ``path,labels,<one probability column per class>,error`` (labels joined with "|")."""
-    import csv
-    import io
-
-    from headstart.pipeline.report.rundir import write_text_atomic
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    names = next((list(r.probabilities) for r in rows if r.probabilities is not None), None)
-    if names is not None:
-        writer.writerow(["path", "labels", *names, "error"])
-        for r in rows:
-            probs = r.probabilities or {}
-            writer.writerow([r.path, r.label or "", *(f"{probs[n]:.6f}" if n in probs else "" for n in names),
-                             r.error or ""])
-    else:
-        writer.writerow(["path", "class", "probability", "error"])
-        for r in rows:
-            writer.writerow([r.path, r.label or "", "" if r.probability is None else f"{r.probability:.6f}",
-                             r.error or ""])
-    write_text_atomic(path, buf.getvalue())
-
-
 def write_wrong_grid(wrong: Sequence[tuple], class_names: Sequence[str], path: str | os.PathLike) -> None:
     """Saves a PNG grid of wrong predictions (from ``SplitPredictions.wrong``), titled with the
     key, true and predicted class and the confidence. An empty list gives a "no errors" image."""
@@ -440,18 +321,6 @@ def write_wrong_grid(wrong: Sequence[tuple], class_names: Sequence[str], path: s
         _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80), suffix=".png")
     finally:
         plt.close(fig)
-
-
-def _expand(paths: Sequence[str | os.PathLike]) -> list[str]:
-    out = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out.extend(str(f) for f in sorted(p.rglob("*"))
-                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
-        else:
-            out.append(str(p))
-    return out
 
 
 def _resolve(source: str | Any, run: dict | None, split_specs, validation_fraction, test_fraction,
