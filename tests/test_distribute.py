@@ -304,3 +304,28 @@ def test_cli_options(tmp_path, monkeypatch):
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["config"]["mixed_precision"] and run["config"]["jit_compile"]
     assert run["precision"]["policy"] == "mixed_bfloat16"
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_distributed_loop_trains_with_the_compiled_label_smoothing(classes):
+    """The loop's training loss is the compiled (smoothed) loss, as fit's is; its evaluation loss
+    stays the plain head loss. Before, --label-smoothing was dropped under --strategy."""
+    import keras
+    import tensorflow as tf
+
+    from headstart.pipeline.distribute.loop import evaluate, train_epoch
+    from headstart.pipeline.model.head import build_head, compile_head, head_labels, head_loss_and_metrics
+
+    keras.utils.set_random_seed(0)
+    model = build_head((8,), classes, dropout=0.0)
+    compile_head(model, classes, 0.0, label_smoothing=0.3)  # lr 0: the logits below are the step's
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(37, 8)).astype(np.float32)
+    y = rng.integers(0, classes, 37)
+    data = tf.data.Dataset.from_tensor_slices((x, head_labels(y, classes))).batch(16)
+    logits = model.predict_on_batch(x)
+    smoothed = float(model.loss(head_labels(y, classes), logits))
+    plain = float(head_loss_and_metrics(classes)[0](head_labels(y, classes), logits))
+    assert abs(smoothed - plain) > 1e-3  # the check below could tell them apart
+    assert train_epoch(model, data, classes)["loss"] == pytest.approx(smoothed, rel=1e-5)
+    assert evaluate(model, data, classes)["loss"] == pytest.approx(plain, rel=1e-5)

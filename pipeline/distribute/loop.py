@@ -67,10 +67,16 @@ def _data_sharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return without_autotune_thread(dataset.with_options(options))
 
 
+def _per_row(loss: Any) -> Callable:
+    """A Keras loss, unreduced: (y, logits) → float32 (rows,)."""
+    unreduced = loss.__class__.from_config({**loss.get_config(), "reduction": None})
+    return lambda y, logits: tf.cast(tf.reshape(unreduced(y, logits), [-1]), tf.float32)
+
+
 def _objectives(num_classes: int) -> tuple[Callable, Callable]:
     """Per-row loss (the head's loss, unreduced) and the number of correct rows, both float32."""
     loss, _ = head_loss_and_metrics(num_classes)
-    per_row = loss.__class__.from_config({**loss.get_config(), "reduction": None})
+    per_row = _per_row(loss)
 
     def correct(y, logits):
         if num_classes == 2:  # BinaryAccuracy(threshold=0): a positive logit is class 1
@@ -79,7 +85,7 @@ def _objectives(num_classes: int) -> tuple[Callable, Callable]:
             hit = tf.equal(tf.argmax(logits, axis=-1), tf.cast(tf.reshape(y, [-1]), tf.int64))
         return tf.reduce_sum(tf.cast(hit, tf.float32))
 
-    return (lambda y, logits: tf.cast(tf.reshape(per_row(y, logits), [-1]), tf.float32)), correct
+    return per_row, correct
 
 
 def _weighted(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -101,6 +107,9 @@ def _steps(model: Any, num_classes: int) -> dict:
         return cached
     strategy = model.distribute_strategy
     per_row, correct = _objectives(num_classes)
+    # Training follows the loss the model was compiled with (label smoothing included), as fit
+    # does; evaluation keeps the plain head loss, so validation losses compare on one scale.
+    train_row = _per_row(model.loss) if isinstance(getattr(model, "loss", None), keras.losses.Loss) else per_row
     with strategy.scope():
         if not model.optimizer.built:  # its variables must exist before the step is traced
             model.optimizer.build(model.trainable_variables)
@@ -113,7 +122,7 @@ def _steps(model: Any, num_classes: int) -> dict:
         model = ref()
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
-            losses = per_row(y, logits) * sample
+            losses = train_row(y, logits) * sample
             loss = tf.reduce_sum(losses * weights)
             if model.losses:  # regularisers: once per step overall, so 1/N on each replica
                 loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
