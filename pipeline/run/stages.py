@@ -264,7 +264,9 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
                    width=int(model.output_shape[-1]))
     skipped = seen.skipped
     headline = (f"mAP {metrics['map']:.4f}, exact match {metrics['exact_match']:.4f}" if thresholds is not None
-                else f"accuracy {metrics['accuracy']:.4f}")
+                else ", ".join(f"{name} {metrics[k]:.4f}" for k, name in (("accuracy", "accuracy"),
+                               ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"))
+                               if metrics.get(k) is not None) or "no images")
     console.log(f"  {split}: {metrics['rows']} images, {headline}" + (f", {len(skipped)} skipped" if skipped else ""))
     n = seen.seen - len(skipped)
     multi = ("task", "map", "micro_f1", "exact_match") if thresholds is not None else ()
