@@ -345,24 +345,25 @@ def _recorded_source(run: dict | None) -> dict:
     return dict((run or {}).get("source") or {})
 
 
+#: The headline measures of ``format_evaluation``'s first line, per task: (label, metrics key).
+_HEADLINES = {
+    "single_label": (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1")),
+    "multi_label": (("mAP", "map"), ("micro-F1", "micro_f1"), ("macro-F1", "macro_f1"), ("exact match", "exact_match")),
+}
+
+
 def format_evaluation(metrics: dict[str, Any]) -> str:
     """Formats ``evaluate_model``'s result for people: totals, per-class table, confusion matrix
     (multi-label: mAP, F1s, exact match, and per class precision/recall/F1/AP at its threshold)."""
-    if metrics.get("task") == "multi_label":
-        return _format_multilabel(metrics)
+    multi = metrics.get("task") == "multi_label"
     names = list(metrics["class_names"])
     loss = metrics["loss"]
-    lines = [f"{metrics['model']} on split '{metrics['split']}': {metrics['rows']} images, "
-             f"accuracy {_fmt(metrics['accuracy'])}, balanced accuracy {_fmt(metrics.get('balanced_accuracy'))}, "
-             f"macro-F1 {_fmt(metrics.get('macro_f1'))}" + (f", loss {loss:.4f}" if loss is not None else "")]
+    measures = ", ".join(f"{label} {_fmt(metrics.get(key))}"
+                         for label, key in _HEADLINES["multi_label" if multi else "single_label"])
+    lines = [f"{metrics['model']} on split '{metrics['split']}': {metrics['rows']} images"
+             f"{' (multi-label)' if multi else ''}, {measures}" + (f", loss {loss:.4f}" if loss is not None else "")]
     width = max(8, *(len(n) for n in names))
-    lines.append(f"  {'class':<{width}}  precision  recall  support")
-    for name in names:
-        row = metrics["per_class"][name]
-        lines.append(f"  {name:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['support']:7d}")
-    lines.append("  confusion matrix (rows: true, columns: predicted): " + ", ".join(names))
-    for name, counts in zip(names, metrics["confusion_matrix"]):
-        lines.append(f"  {name:<{width}}  " + " ".join(f"{c:6d}" for c in counts))
+    lines += _multilabel_table(metrics, names, width) if multi else _class_table(metrics, names, width)
     for key, reason in metrics.get("skipped", []):
         lines.append(f"  skipped {key}: {reason}")
     if metrics.get("grid"):
@@ -370,22 +371,25 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _class_table(metrics: dict[str, Any], names: list[str], width: int) -> list[str]:
+    lines = [f"  {'class':<{width}}  precision  recall  support"]
+    for name in names:
+        row = metrics["per_class"][name]
+        lines.append(f"  {name:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['support']:7d}")
+    lines.append("  confusion matrix (rows: true, columns: predicted): " + ", ".join(names))
+    for name, counts in zip(names, metrics["confusion_matrix"]):
+        lines.append(f"  {name:<{width}}  " + " ".join(f"{c:6d}" for c in counts))
+    return lines
 
 
-def _format_multilabel(metrics: dict[str, Any]) -> str:
-    names = list(metrics["class_names"])
-    loss = metrics["loss"]
-    lines = [f"{metrics['model']} on split '{metrics['split']}': {metrics['rows']} images (multi-label), "
-             f"mAP {_fmt(metrics['map'])}, micro-F1 {_fmt(metrics['micro_f1'])}, macro-F1 {_fmt(metrics['macro_f1'])}, "
-             f"exact match {_fmt(metrics['exact_match'])}" + (f", loss {loss:.4f}" if loss is not None else "")]
-    width = max(8, *(len(n) for n in names))
-    lines.append(f"  {'class':<{width}}  threshold  precision  recall      F1      AP  support")
+def _multilabel_table(metrics: dict[str, Any], names: list[str], width: int) -> list[str]:
+    lines = [f"  {'class':<{width}}  threshold  precision  recall      F1      AP  support"]
     for name in names:
         row = metrics["per_class"][name]
         lines.append(f"  {name:<{width}}  {row['threshold']:9.4f}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
                      f"{row['f1']:6.4f}  {_fmt(row['average_precision']):>6}  {row['support']:7d}")
-    for key, reason in metrics.get("skipped", []):
-        lines.append(f"  skipped {key}: {reason}")
-    return "\n".join(lines)
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
