@@ -90,6 +90,14 @@ def layout_cats_vs_dogs_2k(assets: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def digits_folders(tmp_path_factory):
+    """scikit-learn's 1,797 real 8×8 digit scans as PNG split folders (read-only; data of another nature)."""
+    from headstart.pipeline.data.bundled import write_digits_folders
+
+    return write_digits_folders(tmp_path_factory.mktemp("digits") / "images")
+
+
 MNV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 
 
