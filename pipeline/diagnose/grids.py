@@ -17,7 +17,6 @@ _TEXT_LINES = 3
 _FONT_SIZE = 14
 _LINE = 17
 _PAD = 6
-_CHARS = 22  # characters of _FONT_SIZE text that fit a cell's width
 
 
 def write_grids(d, top: int) -> None:
@@ -25,9 +24,9 @@ def write_grids(d, top: int) -> None:
     from headstart.pipeline.diagnose.report import duplicate_rows, label_issue_rows
 
     root, rows = d.rows.source_root, d.rows
-    suspects = [(r["key"], [f"{r['given_label']} -> {r['suggested_label']}",
-                            f"score {r['score']:.3f} {r['split']}" + (f" {r['flagged_by']}" if "flagged_by" in r else "")],
-                 False) for r in label_issue_rows(d)[:top]]
+    suspects = [(r["key"], [f"{r['given_label']} -> {r['suggested_label']}"
+                            + (f"  {r['flagged_by']}" if "flagged_by" in r else ""),
+                            f"{r['split']} score {r['score']:.3f}"], False) for r in label_issue_rows(d)[:top]]
     _grid(os.path.join(d.out, "label_issues.png"), root, suspects,
           "label issues: given -> suggested class, cleanlab self-confidence (low = suspicious)"
           + ("; n/m = caches that flag it" if d.agreement is not None else ""))
@@ -64,7 +63,8 @@ def _grid(path: str, root: str | None, cells: list[tuple[str, list[str], bool]],
         if alarm:
             draw.rectangle((x0 + 2, y0 + 2, x0 + cell_w - 3, y0 + _THUMB + 2 * _PAD - 3), outline=colour, width=3)
         for i, text in enumerate([*lines, key][:_TEXT_LINES]):
-            draw.text((x0 + _PAD, y0 + _THUMB + 2 * _PAD + i * _LINE), _short(text), fill=colour, font=font)
+            draw.text((x0 + _PAD, y0 + _THUMB + 2 * _PAD + i * _LINE), _fit(text, font, _THUMB), fill=colour,
+                      font=font)
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"), suffix=".png")
 
 
@@ -96,5 +96,11 @@ def _thumbnail(root: str | None, key: str):
         return None
 
 
-def _short(text: str, width: int = _CHARS) -> str:
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+def _fit(text: str, font, width: int) -> str:
+    """``text``, or its end after "..." when it is wider than ``width`` pixels (keys end in the file name)."""
+    if font.getlength(text) <= width:
+        return text
+    for start in range(1, len(text)):
+        if font.getlength("..." + text[start:]) <= width:
+            return "..." + text[start:]
+    return text[-1:]
