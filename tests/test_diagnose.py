@@ -185,6 +185,8 @@ def test_blank_images_are_outliers_and_the_report_is_complete(planted):
             assert img.width > 500 and img.height > 150
     out = planted["output"]
     assert "label issues" in out and "LEAK" in out and "near-constant" in out
+    assert "duplicate thresholds (cosine, per class from the data): ant 0." in out
+    assert "byte-identical 2; reported 5" in out
 
 
 @pytest.mark.slow
@@ -203,6 +205,8 @@ def test_clean_set_has_no_leaks_or_duplicates(tmp_path):
 @pytest.mark.slow
 def test_diagnose_refuses_bad_options_in_one_line(planted, tmp_path):
     one_line_error(run_cli("diagnose", planted["path"], "--out", tmp_path / "r", "--folds", 1), "--folds")
+    one_line_error(run_cli("diagnose", planted["path"], "--out", tmp_path / "r", "--duplicate-threshold", 1.5),
+                   "--duplicate-threshold must be in (0, 1]")
     one_line_error(run_cli("diagnose", tmp_path / "missing.h5", "--out", tmp_path / "r"), "missing.h5")
     one_line_error(run_cli("diagnose", planted["path"], "--out", planted["out"]), "--overwrite")
     assert (planted["out"] / "report.json").is_file()  # the refused run left the report alone

@@ -170,17 +170,17 @@ def _duplicate_lines(dup, shown: int = 10) -> list[str]:
         more = f", ... ({len(t.classes)} classes in report.json)" if len(t.classes) > shown else ""
         head = "duplicate thresholds (cosine, per class from the data): " + ", ".join(parts) + more
     steps = dup.steps
-    line = f"duplicate steps: {steps['features']['pairs']} pairs above the thresholds"
+    line = f"duplicate pairs: above the thresholds {steps['features']['pairs']}"
     pixels = steps.get("pixels", {})
     if pixels.get("checked"):
-        line += (f" -> {pixels['confirmed']} confirmed on pixels, {pixels['rejected']} rejected"
-                 + (f", {pixels['unreadable']} unreadable (kept)" if pixels["unreadable"] else "")
-                 + f"; {pixels['found_by_pixels_only']} found by pixels alone")
+        line += (f" -> same picture {pixels['confirmed']}, not {pixels['rejected']}"
+                 + (f", unreadable (kept) {pixels['unreadable']}" if pixels["unreadable"] else "")
+                 + f"; same picture by pixels alone {pixels['found_by_pixels_only']}")
     else:
         line += f" (no pixel check: {pixels.get('reason', 'not run')})"
     if "bytes" in steps:
-        line += f"; {steps['bytes']['pairs']} byte-identical"
-    return [head, f"{line}; {steps['reported']} reported"]
+        line += f"; byte-identical {steps['bytes']['pairs']}"
+    return [head, f"{line}; reported {steps['reported']}"]
 
 
 def _agreement_record(d) -> dict | None:
