@@ -11,7 +11,7 @@ near-duplicate candidate when it is far closer than its class's typical nearest 
 
 Log distance because "far closer" is a ratio: a copy is 10–1,000× closer than a typical neighbour
 whatever the typical distance is. Measured on 2 × 2 real caches (photos and 8×8 digits, MobileNetV2
-0.35 and 0.5): no nearest pair of different images lies beyond z = −4.4; the photos' own copy sits at
+0.35 and 0.5): no nearest pair of different images lies beyond z = −4.5; the photos' own copy sits at
 z ≈ −18 and byte copies beyond −30. A class with fewer than ``MIN_ROWS`` rows that have a
 neighbour takes the statistics of all classes together.
 """

@@ -4,7 +4,7 @@
 (resized or re-encoded) when their 16×16 grey thumbnails (box-filtered, so JPEG noise averages
 out) differ by at most ``SAME_PICTURE_LEVELS`` grey levels on average. Measured here: the planted
 re-encoded photos (JPEG quality 60, 90 % size) differ from their originals by 0.5–1.0 level; the
-closest two different photos of the 2,000 by 15.7; the closest two different 8×8 digit scans by
+closest two different photos of the 2,000 by 15.4; the closest two different 8×8 digit scans by
 4.0 (two people's 1s). A lossy copy of an 8×8 scan differs by ~5 (the codec's noise is as large as
 the difference between two scans at that size), so such a copy is out of reach; a lossless one
 (byte copy, PNG upscaled) is found.
