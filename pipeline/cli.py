@@ -141,15 +141,17 @@ _DIAGNOSE = DiagnoseConfig()
 
 
 @main.command("diagnose")
-@click.argument("features", metavar="CACHE", type=click.Path())
+@click.argument("caches", metavar="CACHE [CACHE...]", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the report.")
 @click.option("--folds", type=int, default=_DIAGNOSE.folds, show_default=True,
               help="K: heads trained for the out-of-fold predictions.")
 @click.option("--seed", type=int, default=_DIAGNOSE.seed, show_default=True, help="Seed of the folds and heads.")
 @click.option("--neighbours", type=int, default=_DIAGNOSE.neighbours, show_default=True,
               help="Nearest neighbours looked at per image (duplicates, outlier scores).")
-@click.option("--duplicate-threshold", type=float, default=_DIAGNOSE.duplicate_threshold, show_default=True,
-              help="Cosine similarity of centred features from which two images count as near-duplicates.")
+@click.option("--duplicate-threshold", type=float, default=_DIAGNOSE.duplicate_threshold,
+              help="Cosine similarity of centred features from which two images count as near-duplicates, "
+                   "for every class, without the pixel check. Default: per class from the data, confirmed on "
+                   "the images' pixels.")
 @click.option("--constant-std", type=float, default=_DIAGNOSE.constant_std, show_default=True,
               help="Pixel standard deviation (0-255) below which an image counts as near-constant.")
 @click.option("--grid", type=int, default=_DIAGNOSE.grid, show_default=True,
@@ -157,18 +159,20 @@ _DIAGNOSE = DiagnoseConfig()
 @click.option("--overwrite", is_flag=True, help="Replace the files of an existing report directory.")
 @click.option("--quiet", is_flag=True, help="Print only the final table.")
 @_library_call
-def diagnose_command(quiet, **options):
+def diagnose_command(caches, quiet, **options):
     """Find label issues, duplicates, train/test leaks and outliers from a feature cache.
 
     Out-of-fold predictions of K heads (the train-head recipe) go through cleanlab; nearest
-    neighbours of the cached features find near-duplicates, and content hashes of the source
-    files find byte copies; a pair across splits is a leak. Writes label_issues.csv,
-    duplicates.csv, outliers.csv, report.json and the grids label_issues.png, duplicates.png.
+    neighbours of the cached features find near-duplicates (far closer than their class's typical
+    neighbour, then confirmed on the images' pixels), and content hashes of the source files find
+    byte copies; a pair across splits is a leak. More caches of the same images (other backbones)
+    list the label issues they all agree on first. Writes label_issues.csv, duplicates.csv,
+    outliers.csv, report.json and the grids label_issues.png, duplicates.png.
     Act on it with --exclude OUT/label_issues.csv on train-head, finetune or run.
     """
     from headstart.pipeline.diagnose.diagnosis import diagnose
 
-    result = diagnose(DiagnoseConfig(**options),
+    result = diagnose(DiagnoseConfig(features=caches[0], other_caches=tuple(caches[1:]), **options),
                       log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
     click.echo(result.summary)
 

@@ -106,10 +106,13 @@ class DiagnoseConfig:
 
     features: str = ""
     out: str = ""
+    other_caches: tuple[str, ...] = ()  # the same images through other backbones: label issues compared
     folds: int = 5
     seed: int = 0
     neighbours: int = 10            # k of the neighbour search (near-duplicates, outlier scores)
-    duplicate_threshold: float = 0.95   # cosine similarity of centred, unit-length features
+    # Cosine similarity of centred, unit-length features from which a pair is a near-duplicate;
+    # None: per class from the data, confirmed on pixels (diagnose/duplicate_thresholds.py).
+    duplicate_threshold: float | None = None
     constant_std: float = 2.0       # pixel std (0–255) below which an image is near-constant
     grid: int = 24                  # suspects / pairs shown in each PNG grid
     overwrite: bool = False

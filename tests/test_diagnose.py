@@ -2,7 +2,7 @@
 
 Features are Gaussian blobs written with the store writer (no backbone runs), and every row has a
 small PNG on disk, so content hashing and the grids work on real files. Planted: label flips,
-near-copies across train and test (a re-encoded copy: other bytes, nearly the same features),
+near-copies across train and test (a resized copy: other bytes, nearly the same features),
 byte-identical copies within train, and blank images (pixel_std ~0). The real-photo test is in
 tests/test_diagnose_photos.py.
 """
@@ -30,11 +30,25 @@ def _png(path: Path, rng: np.random.Generator) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), "RGB").save(path)
+    # A smooth picture (4×4 colours blown up bilinear), as photos are: resizing keeps its thumbnail.
+    small = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), "RGB")
+    small.resize((64, 64), Image.Resampling.BILINEAR).save(path)
 
 
-def make_cache(tmp: Path, *, plant: bool, pixel_std: bool = True) -> dict:
-    """Writes images and a synthetic cache; returns what was planted (keys)."""
+def _resized_copy(src: Path, dst: Path) -> None:
+    """The same picture at 3/4 of the size: other bytes, nearly the same thumbnail."""
+    from PIL import Image
+
+    with Image.open(src) as img:
+        img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.Resampling.BILINEAR).save(dst)
+
+
+def make_cache(tmp: Path, *, plant: bool, pixel_std: bool = True, confuse: int = 0) -> dict:
+    """Writes images and a synthetic cache; returns what was planted (keys).
+
+    ``confuse``: that many train rows (from 100 on) get features of the next class, labels unchanged,
+    as a backbone that confuses them would (planted["confused"]).
+    """
     rng = np.random.default_rng(7)
     root = tmp / "images"
     centres = rng.normal(0, 0.5, (len(CLASSES), DIM))
@@ -47,7 +61,11 @@ def make_cache(tmp: Path, *, plant: bool, pixel_std: bool = True) -> dict:
         feats = centres[labels] + rng.normal(0, 0.5, (n, DIM))
         rows[split] = {"labels": labels.copy(), "keys": keys, "features": feats,
                        "std": rng.uniform(25, 70, n)}
-    planted = {"flips": [], "leaks": [], "byte_copies": [], "blank": []}
+    planted = {"flips": [], "leaks": [], "byte_copies": [], "blank": [], "confused": []}
+    for i in range(100, 100 + confuse):
+        tr = rows["train"]
+        tr["features"][i] = centres[(tr["labels"][i] + 1) % len(CLASSES)] + rng.normal(0, 0.5, DIM)
+        planted["confused"].append(tr["keys"][i])
     if plant:
         tr, te, va = rows["train"], rows["test"], rows["validation"]
         for split, idx in (("train", range(10, 18)), ("validation", range(3, 5))):
@@ -55,7 +73,8 @@ def make_cache(tmp: Path, *, plant: bool, pixel_std: bool = True) -> dict:
                 r = rows[split]
                 r["labels"][i] = (r["labels"][i] + 1) % len(CLASSES)
                 planted["flips"].append(r["keys"][i])
-        for j, i in ((0, 40), (1, 41), (2, 42)):  # re-encoded: new bytes, features barely moved
+        for j, i in ((0, 40), (1, 41), (2, 42)):  # resized: new bytes, same pixels, features barely moved
+            _resized_copy(root / tr["keys"][i], root / te["keys"][j])
             te["features"][j] = tr["features"][i] + rng.normal(0, 0.02, DIM)
             te["labels"][j] = tr["labels"][i]
             planted["leaks"].append((tr["keys"][i], te["keys"][j]))
@@ -130,6 +149,7 @@ def test_every_planted_copy_is_found_and_leaks_come_first(planted):
     for a, b in planted["planted"]["leaks"]:
         row = found[frozenset((a, b))]
         assert row["leak"] == "True" and row["exact"] == "False" and float(row["similarity"]) > 0.99
+        assert row["found_by"] == "features+pixels" and float(row["pixel_difference"]) < 1
     for a, b in planted["planted"]["byte_copies"]:
         row = found[frozenset((a, b))]
         assert row["exact"] == "True" and row["leak"] == "False"
@@ -137,6 +157,8 @@ def test_every_planted_copy_is_found_and_leaks_come_first(planted):
     assert leaks == sorted(leaks, reverse=True)  # every leak before any within-split pair
     report = json.loads((planted["out"] / "report.json").read_text())
     assert report["counts"]["leaks"] == 3 and report["counts"]["exact_duplicate_pairs"] == 2
+    steps = report["duplicate_steps"]
+    assert steps["bytes"]["pairs"] == 2 and steps["pixels"]["rejected"] == 0 and steps["reported"] == 5
     assert report["exact_duplicates"]["method"].startswith("sha256") and report["exact_duplicates"]["missing_files"] == 0
 
 
@@ -148,7 +170,10 @@ def test_blank_images_are_outliers_and_the_report_is_complete(planted):
     report = json.loads((planted["out"] / "report.json").read_text())
     assert report["near_constant_measured"] is True and report["counts"]["near_constant"] == 3
     assert report["cache"]["fingerprint"] and report["versions"]["cleanlab"]
-    assert report["thresholds"]["duplicate_cosine_similarity"] == 0.95
+    chosen = report["thresholds"]["duplicate_cosine_similarity"]
+    assert chosen["mode"] == "from the data" and report["config"]["duplicate_threshold"] is None
+    assert [c["class"] for c in chosen["per_class"]] == CLASSES
+    assert all(c["median_nearest_similarity"] < c["threshold"] < 1 for c in chosen["per_class"])
     train = report["class_balance"]["train"]
     counts = train["class_counts"]  # the flips moved rows between classes
     assert sum(counts.values()) == 150 and train["imbalance_ratio"] == pytest.approx(max(counts.values()) / min(counts.values()))
@@ -160,6 +185,8 @@ def test_blank_images_are_outliers_and_the_report_is_complete(planted):
             assert img.width > 500 and img.height > 150
     out = planted["output"]
     assert "label issues" in out and "LEAK" in out and "near-constant" in out
+    assert "duplicate thresholds (cosine, per class from the data): ant 0." in out
+    assert "byte-identical 2; reported 5" in out
 
 
 @pytest.mark.slow
@@ -178,6 +205,8 @@ def test_clean_set_has_no_leaks_or_duplicates(tmp_path):
 @pytest.mark.slow
 def test_diagnose_refuses_bad_options_in_one_line(planted, tmp_path):
     one_line_error(run_cli("diagnose", planted["path"], "--out", tmp_path / "r", "--folds", 1), "--folds")
+    one_line_error(run_cli("diagnose", planted["path"], "--out", tmp_path / "r", "--duplicate-threshold", 1.5),
+                   "--duplicate-threshold must be in (0, 1]")
     one_line_error(run_cli("diagnose", tmp_path / "missing.h5", "--out", tmp_path / "r"), "missing.h5")
     one_line_error(run_cli("diagnose", planted["path"], "--out", planted["out"]), "--overwrite")
     assert (planted["out"] / "report.json").is_file()  # the refused run left the report alone

@@ -94,6 +94,8 @@ def test_planted_issues_in_real_photos_are_found(tmp_path, capsys):
         assert pairs[frozenset((a, b))]["leak"] == "True", (a, b)
     for a, b in planted["byte_copies"]:
         assert pairs[frozenset((a, b))]["exact"] == "True", (a, b)
+    # Nothing else: each pair above the class thresholds that is not the same picture was rejected.
+    assert set(pairs) == {frozenset(p) for p in planted["leaks"] + planted["byte_copies"]}
     constant = {r["key"] for r in _read(out / "outliers.csv") if r["kind"] == "near_constant"}
     assert constant == set(planted["blank"])
     report = json.loads((out / "report.json").read_text())

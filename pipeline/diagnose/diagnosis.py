@@ -6,10 +6,14 @@ The recipe, over the cache read once into memory (``dataset.load_cache_rows``):
    their mean;
 2. label issues from those probabilities with cleanlab (``label_issues``);
 3. one blocked nearest-neighbour search on centred unit features (``neighbours``): near-duplicate
-   pairs, plus byte-identical source files by content hash; pairs across splits are leaks;
+   pairs far closer than their class's typical neighbour, confirmed on the images' pixels, plus
+   byte-identical source files (``duplicates``); pairs across splits are leaks;
 4. outliers: cleanlab's OOD score on the same neighbours, near-constant images from the cache's
    per-row pixel_std (``outliers``);
 5. class balance from inspect's summary; then the CSVs, report.json and grids (``report``, ``grids``).
+
+With caches of the same images from other backbones (``config.other_caches``), step 1–2 run on
+each and the label issues list the images all of them flag first (``agreement``).
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ class Diagnosis:
     """What ``diagnose`` found; the arrays are aligned with ``rows`` (see dataset.CacheRows)."""
 
     rows: object
-    labels: object           # label_issues.LabelIssues
-    pairs: list              # neighbours.Pair, leaks first then by similarity
+    labels: object           # label_issues.LabelIssues of the first cache
+    duplicates: object       # duplicates.Duplicates: pairs (leaks first), thresholds, steps
     outliers: object         # outliers.Outliers
     balance: dict
-    hashing: dict            # how exact duplicates were looked for
+    agreement: object = None  # agreement.Agreement when several caches were given
     seconds: dict = field(default_factory=dict)
     out: str = ""
     counts: dict = field(default_factory=dict)
@@ -48,8 +52,8 @@ def validate_diagnose_config(config: DiagnoseConfig) -> None:
         raise OptionError("--out is required")
     checks = [("--folds", config.folds >= 2, "at least 2", config.folds),
               ("--neighbours", config.neighbours >= 1, "at least 1", config.neighbours),
-              ("--duplicate-threshold", 0 < config.duplicate_threshold <= 1, "in (0, 1]",
-               config.duplicate_threshold),
+              ("--duplicate-threshold", config.duplicate_threshold is None or 0 < config.duplicate_threshold <= 1,
+               "in (0, 1]", config.duplicate_threshold),
               ("--constant-std", config.constant_std >= 0, "0 or more", config.constant_std),
               ("--grid", config.grid >= 1, "at least 1", config.grid)]
     for option, ok, expected, value in checks:
@@ -64,10 +68,11 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
         A Diagnosis; ``summary`` is the terminal table.
 
     Raises:
-        OptionError, RunDirError (occupied --out), DataError (no train split, too few rows),
-        StoreError (the cache cannot be read).
+        OptionError, RunDirError (occupied --out), DataError (no train split, too few rows, other
+        caches of other images), StoreError (a cache cannot be read).
     """
     from headstart.pipeline.diagnose import grids, report
+    from headstart.pipeline.diagnose.agreement import align_cache
     from headstart.pipeline.diagnose.dataset import load_cache_rows
     from headstart.pipeline.report.rundir import prepare_run_dir
 
@@ -75,18 +80,30 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     rows = load_cache_rows(config.features)
+    others = [load_cache_rows(path) for path in config.other_caches]
+    orders = [align_cache(rows, other) for other in others]  # refused before anything is written
     out = prepare_run_dir(config.out, config.overwrite)
     seconds["load"] = time.perf_counter() - t0
     log(f"{config.features}: {len(rows.keys)} rows, {len(rows.class_names)} classes")
 
-    label_issues = _label_issues(rows, config, log, seconds)
-    pairs, hashing, x, indices, sims = _duplicates(rows, config, seconds)
+    label_issues, agreement = _all_label_issues(rows, others, orders, config, log, seconds)
+    t = time.perf_counter()
+    from headstart.pipeline.diagnose import neighbours as nb
+    from headstart.pipeline.diagnose.duplicates import find_duplicates
+
+    x = nb.normalise_features(rows.features)
+    indices, sims = nb.top_k_neighbours(x, config.neighbours)
+    seconds["neighbours"] = time.perf_counter() - t
+    t = time.perf_counter()
+    duplicates = find_duplicates(rows, x, indices, sims, threshold=config.duplicate_threshold,
+                                 neighbours=config.neighbours)
+    seconds["duplicates"] = time.perf_counter() - t
     t = time.perf_counter()
     from headstart.pipeline.diagnose.outliers import find_outliers
 
     outliers = find_outliers(x, indices, sims, rows.pixel_std, constant_std=config.constant_std)
     seconds["outliers"] = time.perf_counter() - t
-    diagnosis = Diagnosis(rows, label_issues, pairs, outliers, _balance(config.features), hashing,
+    diagnosis = Diagnosis(rows, label_issues, duplicates, outliers, _balance(config.features), agreement,
                           seconds, out=str(out))
     t = time.perf_counter()
     grids.write_grids(diagnosis, config.grid)
@@ -97,50 +114,41 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
     return diagnosis
 
 
-def _label_issues(rows, config: DiagnoseConfig, log, seconds: dict):
+def _all_label_issues(rows, others: list, orders: list, config: DiagnoseConfig, log, seconds: dict):
+    """The first cache's label issues, and the Agreement of all caches (None with one cache)."""
+    from headstart.pipeline.diagnose.agreement import combine_issues
+
+    first, probs = _label_issues(rows.features, rows, config, log, seconds)
+    if not others:
+        return first, None
+    issues, all_probs = [first], [probs]
+    for other, order in zip(others, orders):
+        log(f"{other.path}: the same {len(rows.keys)} rows through another backbone")
+        more, more_probs = _label_issues(other.features[order], rows, config, log, seconds)
+        issues.append(more)
+        all_probs.append(more_probs)
+    return first, combine_issues([rows, *others], issues, all_probs)
+
+
+def _label_issues(features: np.ndarray, rows, config: DiagnoseConfig, log, seconds: dict):
+    """cleanlab's label issues from out-of-fold probabilities of ``features`` (aligned with ``rows``)."""
     from headstart.pipeline.diagnose.label_issues import find_label_issues
     from headstart.pipeline.diagnose.out_of_fold import out_of_fold_probabilities
 
     t = time.perf_counter()
     labelled, test = rows.where("train", "validation"), rows.where("test")
-    oof = out_of_fold_probabilities(rows.features[labelled], rows.labels[labelled], len(rows.class_names),
+    oof = out_of_fold_probabilities(features[labelled], rows.labels[labelled], len(rows.class_names),
                                     HeadConfig(seed=config.seed), folds=config.folds,
-                                    extra=rows.features[test] if len(test) else None, log=log)
+                                    extra=features[test] if len(test) else None, log=log)
     probs = np.zeros((len(rows.keys), len(rows.class_names)))
     probs[labelled] = oof.probs
     if len(test):
         probs[test] = oof.extra_probs
-    seconds["out_of_fold"] = time.perf_counter() - t
+    seconds["out_of_fold"] = seconds.get("out_of_fold", 0.0) + time.perf_counter() - t
     t = time.perf_counter()
     issues = find_label_issues(rows.labels, probs)
-    seconds["label_issues"] = time.perf_counter() - t
-    return issues
-
-
-def _duplicates(rows, config: DiagnoseConfig, seconds: dict):
-    from headstart.pipeline.diagnose import neighbours as nb
-
-    t = time.perf_counter()
-    x = nb.normalise_features(rows.features)
-    indices, sims = nb.top_k_neighbours(x, config.neighbours)
-    near = nb.near_duplicate_pairs(indices, sims, config.duplicate_threshold)
-    seconds["neighbours"] = time.perf_counter() - t
-    t = time.perf_counter()
-    root = rows.source_root
-    if root is None:
-        hashing = {"method": "none", "reason": "the source is not a folder of files (TFDS); byte "
-                   "copies show up as near-duplicates with similarity ~1"}
-        exact = []
-    else:
-        hashes, missing = nb.content_hashes(root, rows.keys)
-        hashing = {"method": "sha256 of the source files", "root": root, "missing_files": missing}
-        exact = nb.exact_pairs(hashes, x)
-    seconds["content_hash"] = time.perf_counter() - t
-    pairs = nb.merge_pairs(near, exact)
-    splits = rows.splits
-    # Leaks first (pairs across splits), then exact copies, then by similarity.
-    pairs.sort(key=lambda p: (splits[p.a] == splits[p.b], not p.exact, -p.similarity))
-    return pairs, hashing, x, indices, sims
+    seconds["label_issues"] = seconds.get("label_issues", 0.0) + time.perf_counter() - t
+    return issues, probs
 
 
 def _balance(path: str) -> dict:

@@ -1,5 +1,7 @@
 """Nearest neighbours on normalised cached features, near-duplicate pairs, exact byte duplicates.
 
+(The files themselves are read in ``pictures``; the thresholds come from ``duplicate_thresholds``.)
+
 One search serves every check that needs neighbours (near-duplicates within and across splits,
 cleanlab's out-of-distribution score). Up to ``EXACT_LIMIT`` rows it is exact and blocked: queries go
 ``block`` rows at a time through one matrix product against all rows and only each query's top
@@ -12,8 +14,6 @@ projection, and the similarities of the pairs it returns are recomputed exactly
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,45 +122,45 @@ def _faiss_neighbours(x: np.ndarray, k: int, dims: int = 128, nprobe: int = 16) 
 
 @dataclass(frozen=True)
 class Pair:
-    """Two rows that show the same image; ``a < b`` (global row indices)."""
+    """Two rows that show the same image; ``a < b`` (global row indices).
+
+    Attributes:
+        similarity: cosine similarity of the two rows' features.
+        exact: the source files are byte-identical.
+        pixel_difference: mean absolute difference of their grey thumbnails (0–255), None when
+            not measured (no files at hand, a fixed threshold, an unreadable file).
+        found_by: "bytes", "features+pixels" (features close, pixels confirm), "pixels" (pixels
+            match, features did not say so), or "features" (no pixel check possible).
+    """
 
     a: int
     b: int
     similarity: float
     exact: bool
+    pixel_difference: float | None = None
+    found_by: str = "features"
 
 
-def near_duplicate_pairs(indices: np.ndarray, sims: np.ndarray, threshold: float) -> list[Pair]:
-    """Every unordered pair (i, j) with j among i's neighbours at cosine similarity ≥ threshold.
+def near_duplicate_pairs(indices: np.ndarray, sims: np.ndarray, threshold: float | np.ndarray) -> list[Pair]:
+    """Every unordered pair (i, j) with j among i's neighbours at cosine similarity ≥ the threshold.
 
     Only the ``k`` neighbours kept per row are looked at, so a group of more than k + 1 copies of
     one image yields the pairs among each row's k closest copies, which still links the group.
+
+    Args:
+        indices, sims: (N, k) from ``top_k_neighbours``.
+        threshold: one similarity, or (N,) one per row; a pair must reach both rows' thresholds.
     """
-    rows, cols = np.nonzero(sims >= threshold)
+    per_row = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(indices),))
+    rows, cols = np.nonzero(sims >= per_row[:, None])
     found: dict[tuple[int, int], float] = {}
     for i, c in zip(rows.tolist(), cols.tolist()):
         j = int(indices[i, c])
+        if sims[i, c] < per_row[j]:
+            continue
         key = (min(i, j), max(i, j))
         found[key] = max(found.get(key, -1.0), float(sims[i, c]))
     return [Pair(a, b, s, False) for (a, b), s in found.items()]
-
-
-def content_hashes(root: str, keys: list[str]) -> tuple[list[str | None], int]:
-    """sha256 of each source file ``root/key``; None for files that are gone.
-
-    Returns:
-        (hash per key, number of keys whose file could not be read).
-    """
-    hashes: list[str | None] = []
-    missing = 0
-    for key in keys:
-        try:
-            with open(os.path.join(root, key), "rb") as f:
-                hashes.append(hashlib.file_digest(f, "sha256").hexdigest())
-        except OSError:
-            hashes.append(None)
-            missing += 1
-    return hashes, missing
 
 
 def exact_pairs(hashes: list[str | None], x: np.ndarray) -> list[Pair]:
@@ -178,12 +178,13 @@ def exact_pairs(hashes: list[str | None], x: np.ndarray) -> list[Pair]:
     for members in groups.values():
         for p, a in enumerate(members):
             for b in members[p + 1:]:
-                pairs.append(Pair(a, b, float(x[a] @ x[b]), True))
+                pairs.append(Pair(a, b, float(x[a] @ x[b]), True, 0.0, "bytes"))
     return pairs
 
 
-def merge_pairs(near: list[Pair], exact: list[Pair]) -> list[Pair]:
-    """One list: exact pairs win over the same pair found by similarity."""
-    by_key = {(p.a, p.b): p for p in near}
-    by_key.update({(p.a, p.b): p for p in exact})
+def merge_pairs(*lists: list[Pair]) -> list[Pair]:
+    """One list of distinct pairs: a pair in a later list replaces the same pair in an earlier one."""
+    by_key: dict[tuple[int, int], Pair] = {}
+    for pairs in lists:
+        by_key.update({(p.a, p.b): p for p in pairs})
     return list(by_key.values())
