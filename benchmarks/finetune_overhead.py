@@ -82,7 +82,8 @@ def plain_fit(head_dir: Path, source_dir: Path, args):
 
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.data.sources import resolve_source
-    from headstart.pipeline.model.assembly import parse_unfreeze, unfreeze_backbone
+    from headstart.pipeline.model.unfreeze import parse_unfreeze
+    from headstart.pipeline.model.assembly import unfreeze_backbone
     from headstart.pipeline.model.head import compile_head
     from headstart.pipeline.model.head_run import rebuild_from_head_run
     from headstart.pipeline.stages.evaluation import labelled_dataset

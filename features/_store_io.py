@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from headstart.features._hdf5 import (DTYPES, FORMAT, FORMAT_VERSION, MULTI_LABEL, SINGLE_LABEL,
+from headstart.features.registry import DTYPES
+from headstart.features._hdf5 import (FORMAT, FORMAT_VERSION, MULTI_LABEL, SINGLE_LABEL,
                                       STR_DTYPE, canonical_json, first_difference, lock_error,
                                       open_h5, read_header)
 from headstart.features.errors import (DiskFullError, NonFiniteFeaturesError, StoreConfigMismatch,

@@ -1,7 +1,7 @@
 """Reading the HDF5 feature cache: ``open_cache`` (finished files only) and ``summarize_cache``.
 
 The layout is described in docs/architecture.md ("features/store.py"); the writer is
-``features/store.py``, which re-exports everything public here. Imports h5py and numpy only.
+``features/store.py``. Imports h5py and numpy only.
 """
 
 from __future__ import annotations

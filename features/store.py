@@ -23,7 +23,7 @@ writer, in this process or another. POSIX ``fcntl`` locks would not do: they van
 descriptor of the file in the process is closed, and HDF5 opens and closes the file internally.
 
 The reader half (``open_cache``, ``FeatureCache``, ``SplitData``, ``summarize_cache``) lives in
-``features/cache.py`` and is re-exported here. h5py and numpy only; no TensorFlow.
+``features/cache.py``. h5py and numpy only; no TensorFlow.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from headstart.features._hdf5 import (FORMAT_VERSION, canonical_json, hdf5_end, open_h5,
+from headstart.features._hdf5 import (canonical_json, hdf5_end, open_h5,
                                       partial_path, read_header, strings_digest)
 from headstart.features._hdf5 import MULTI_LABEL, SINGLE_LABEL
 from headstart.features._store_io import (START_OVER, as_labels, as_rows, batch_bytes, check_finished,
@@ -45,13 +45,11 @@ from headstart.features._store_io import (START_OVER, as_labels, as_rows, batch_
                                           expected_header, fsync_dir, header_difference,
                                           open_locked, put_rows, remove_quietly, reserve_space,
                                           truncate_rows, with_hint, write_skeleton)
-from headstart.features.cache import FeatureCache, SplitData, open_cache, summarize_cache
 from headstart.features.errors import StoreConfigMismatch, StoreError
 
 _SKELETON_BYTES = 256 << 10  # an empty cache of a few splits is ~30 KB; HDF5 must not hit ENOSPC
 
-__all__ = ["FORMAT_VERSION", "FeatureCache", "SplitData", "StoreWriter", "create_or_resume",
-           "open_cache", "summarize_cache"]
+__all__ = ["StoreWriter", "create_or_resume"]
 
 
 def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,

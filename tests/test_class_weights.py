@@ -89,7 +89,7 @@ def test_weighted_training_loss_equals_the_hand_computation(tmp_path):
     the training rows, with w = n / (k · n_c), l the cross-entropy of the (unchanged) head's logits."""
     import keras
 
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.stages.head_training import train_head
 
     cache = imbalanced_cache(tmp_path / "f.h5")
@@ -209,7 +209,7 @@ def test_balanced_weights_raise_balanced_accuracy_with_dogs_cut_to_70(real_photo
     (same seed). Five seeds: benchmarks/class_weight.py."""
     import csv
 
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.stages.head_training import train_head
 
     cache = real_photo_cache["cache"]

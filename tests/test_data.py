@@ -15,16 +15,11 @@ from PIL import Image
 
 from conftest import make_class_folders, write_image
 from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
-from headstart.pipeline.data.sources import (
-    MAX_IMAGE_PIXELS,
-    decode_and_resize,
-    decode_or_reason,
-    hash_fraction,
-    load_image,
-    parse_split_option,
-    probe_image,
-    resolve_source,
-)
+from headstart.pipeline.data.image import (MAX_IMAGE_PIXELS, decode_and_resize, decode_or_reason, load_image,
+                                           probe_image)
+from headstart.pipeline.data.splits import hash_fraction
+from headstart.pipeline.data.source_spec import parse_split_option
+from headstart.pipeline.data.sources import resolve_source
 from headstart.pipeline.errors import DataError, OptionError
 
 

@@ -213,7 +213,7 @@ def test_exclude_removes_exactly_the_listed_keys(planted, tmp_path):
 
 @pytest.mark.slow
 def test_exclude_streamed_rows_are_the_kept_rows(planted):
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.data.exclusion import SubsetSplit
     from headstart.pipeline.stages.head_data import FeatureRows
 

@@ -76,7 +76,7 @@ def test_onnx_and_tflite_predict_like_model_keras_on_real_test_photos(exported):
 def test_onnx_logits_within_tolerance_and_class_names_in_metadata(exported):
     import onnxruntime
 
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
 
     files = sorted((exported.images / "test" / "cats").glob("*.jpg"))[:8] + \
         sorted((exported.images / "test" / "dogs").glob("*.jpg"))[:8]
@@ -94,7 +94,7 @@ def test_onnx_logits_within_tolerance_and_class_names_in_metadata(exported):
 def test_saved_model_serves_encoded_image_bytes(exported, tmp_path):
     import tensorflow as tf
 
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
     from headstart.pipeline.model.head import logits_to_probabilities
 
     rng = np.random.default_rng(3)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from headstart.features.errors import StoreError
-from headstart.features.store import open_cache
+from headstart.features.cache import open_cache
 from headstart.pipeline.cli import main
 from conftest import make_cache
 
@@ -345,7 +345,7 @@ def test_exif_orientation_is_applied_at_decode(tmp_path, orientation):
     from PIL import Image, ImageOps
 
     from headstart.pipeline.data.image import load_image
-    from headstart.pipeline.data.sources import load_image as load_for_predict
+    from headstart.pipeline.data.image import load_image as load_for_predict
 
     path = tmp_path / f"o{orientation}.jpg"
     exif = Image.Exif()
@@ -519,7 +519,7 @@ def test_class_folder_vanishing_and_image_replaced_by_a_directory(tiny, tmp_path
     line = _assert_one_line_error(result, 1, "--max-bad 2")
     assert "test/dogs/" in line and "No such file or directory" in line
     assert not out.exists()  # a refused run leaves only its resumable partial
-    from headstart.features.store import summarize_cache
+    from headstart.features.cache import summarize_cache
 
     skipped = summarize_cache(out)["splits"]["validation"]["skipped"]
     assert skipped == [("validation/cats/cats_000.jpg", "cannot read file (Is a directory)")]

@@ -134,7 +134,7 @@ def test_evaluate_reproduces_the_reported_test_accuracy(main_run, prepared):
 def test_exports_predict_like_model_keras(main_run, prepared):
     import tensorflow as tf
 
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
 
     model = keras.saving.load_model(main_run.run_dir / "model.keras", safe_mode=True)
     files = sorted((prepared.data / "validation").rglob("*.jpg"))
@@ -172,7 +172,8 @@ def test_metrics_record_each_export_against_model_keras_on_the_test_split(main_r
 def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prepared, tmp_path):
     from headstart.pipeline.model.head import build_head, compile_head
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.pipeline.model.assembly import freeze_backbone, parse_unfreeze, unfreeze_backbone
+    from headstart.pipeline.model.assembly import freeze_backbone, unfreeze_backbone
+    from headstart.pipeline.model.unfreeze import parse_unfreeze
     from headstart.pipeline.report.rundir import save_model_atomic
 
     keras.utils.set_random_seed(0)
@@ -216,8 +217,8 @@ def test_trainable_counts_per_unfreeze_mode():
     from headstart.features.backbones import build_base, build_pooling, build_preprocessing
     from headstart.pipeline.model.head import build_head
     from headstart.features.chain import batchnorm_layers, build_chain
-    from headstart.pipeline.model.assembly import (freeze_backbone, parse_unfreeze, trainable_counts,
-                                                   unfreeze_backbone)
+    from headstart.pipeline.model.assembly import freeze_backbone, trainable_counts, unfreeze_backbone
+    from headstart.pipeline.model.unfreeze import parse_unfreeze
 
     base = build_base("mobilenet", weights="none", image_size=32, alpha=0.25)
     model = build_chain(base, build_preprocessing("mobilenet"), build_pooling("avg"), head=build_head((256,), 3))
@@ -281,7 +282,7 @@ def test_parity_detects_perturbed_weights(prepared):
     model = build_chain(base, pre, pool, head=head)
     source = resolve_source(str(prepared.data))
     ok = check_parity(model, run["cache"], source, samples=4)
-    assert ok["max_abs_diff"] <= ok["tolerance"] and ok["dtype"] == "float32"
+    assert ok.max_abs_diff <= ok.tolerance and ok.dtype == "float32"
     kernel = base.get_layer("conv_pw_13")
     kernel.set_weights([w * 1.05 for w in kernel.get_weights()])
     with pytest.raises(ParityError, match="tolerance"):
@@ -311,8 +312,8 @@ def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_pat
     head.set_weights(keras.saving.load_model(tmp_path / "head" / "head.keras").get_weights())
     result = check_parity(build_chain(base, pre, pool, head=head), run["cache"],
                           resolve_source(str(prepared.data)), samples=8)
-    assert result["dtype"] == "float16" and 0 < result["max_abs_diff"] <= result["tolerance"]
-    assert result["tolerance"] >= 1e-2
+    assert result.dtype == "float16" and 0 < result.max_abs_diff <= result.tolerance
+    assert result.tolerance >= 1e-2
 
 
 @pytest.mark.slow
@@ -323,7 +324,7 @@ def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
 
     out = tmp_path / "mixed"
     result = finetune(config_for(prepared, out, epochs=1, parity_samples=8, mixed_precision=True), log=lambda s: None)
-    assert result.parity["dtype"] == "float32" and result.parity["max_abs_diff"] <= result.parity["tolerance"]
+    assert result.parity.dtype == "float32" and result.parity.max_abs_diff <= result.parity.tolerance
     run = json.loads((out / "run.json").read_text())
     assert run["precision"]["policy"] == "mixed_bfloat16" and run["precision"]["logits_dtype"] == "float32"
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)

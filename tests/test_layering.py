@@ -23,8 +23,8 @@ import headstart.pipeline
 #: pipeline/'s parts from the bottom up: a subpackage or a top-level module per name.
 LAYERS: list[set[str]] = [
     # the version (and the lazy Python API, loaded by name on first use), domain exceptions,
-    # typed result records, the CLI's quiet TensorFlow start-up: none imports any other part
-    {"__init__", "errors", "records", "startup"},
+    # the CLI's quiet TensorFlow start-up: none imports any other part
+    {"__init__", "errors", "startup"},
     {"config"},                         # the typed configs: the one source of defaults
     {"data"},                           # the input path: source spec, sources, splits, decoding
     {"model"},                          # the model chain around the head, freezing, parity

@@ -28,24 +28,11 @@ import tensorflow as tf
 
 from headstart.features.tfdata import without_autotune_thread
 from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
-from headstart.pipeline.data.source_spec import SourceSpec, check_source_path, parse_split_option  # noqa: F401 - re-exported
-from headstart.pipeline.data.splits import (  # noqa: F401 - re-exported
-    SHARD_HASH,
-    SHARD_SALT,
-    SPLIT_FOLDERS,
-    hash_fraction,
-    list_class_folders,
-    shard_of,
-)
+from headstart.pipeline.data.image import decode_or_reason, load_or_reason
+from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
+from headstart.pipeline.data.splits import SPLIT_FOLDERS, list_class_folders, shard_of
 from headstart.pipeline.errors import DataError, OptionError
-from headstart.pipeline.data.image import (  # noqa: F401 - re-exported: the input path's public face is this module
-    MAX_IMAGE_PIXELS,
-    decode_and_resize,
-    decode_or_reason,
-    load_image,
-    load_or_reason,
-    probe_image,
-)
+
 
 def open_source(spec: SourceSpec) -> Source:
     """Opens the source a spec names (the one place a SOURCE becomes a Source).

@@ -145,7 +145,7 @@ def _duplicates(rows, config: DiagnoseConfig, seconds: dict):
 
 def _balance(path: str) -> dict:
     """Class counts per split (inspect's summary) and the imbalance ratio max/min of each split."""
-    from headstart.features.store import summarize_cache
+    from headstart.features.cache import summarize_cache
 
     summary = summarize_cache(path)
     out = {}

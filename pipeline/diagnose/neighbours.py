@@ -12,11 +12,12 @@ projection, and the similarities of the pairs it returns are recomputed exactly
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from headstart.features.file_hash import sha256_file
 
 #: Query rows per matrix product: 1,024 × 100,000 float32 similarities is 400 MB.
 BLOCK_ROWS = 1024
@@ -155,8 +156,7 @@ def content_hashes(root: str, keys: list[str]) -> tuple[list[str | None], int]:
     missing = 0
     for key in keys:
         try:
-            with open(os.path.join(root, key), "rb") as f:
-                hashes.append(hashlib.file_digest(f, "sha256").hexdigest())
+            hashes.append(sha256_file(os.path.join(root, key)))
         except OSError:
             hashes.append(None)
             missing += 1

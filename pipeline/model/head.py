@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.model.head_options import check_head_options  # noqa: F401 - re-exported
+from headstart.pipeline.model.head_options import check_head_options
 
 
 def num_logits(num_classes: int, multi_label: bool = False) -> int:

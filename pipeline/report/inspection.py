@@ -32,7 +32,7 @@ def inspect_path(path: str) -> dict:
         if any((p / name).is_file() for name in ("config.toml", "stages.json", "summary.json")):
             return _inspect_pipeline(p)
         return _inspect_run_dir(p)
-    from headstart.features.store import summarize_cache
+    from headstart.features.cache import summarize_cache
 
     info = summarize_cache(str(p))
     info["kind"] = "feature-cache"

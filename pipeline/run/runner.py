@@ -294,9 +294,10 @@ def _read_state(run_dir: Path) -> dict:
 
 def _file_sha256(path: str) -> str | None:
     """sha256 of a file, None when it cannot be read (the stage then says why in one line)."""
+    from headstart.features.file_hash import sha256_file
+
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,21 +18,13 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
+from headstart.features.file_hash import sha256_file
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.run.toml_config import RunConfig
 
 #: Test images kept for summary.png: evenly spread over the split, the last few of them mistakes.
 SAMPLE_IMAGES, WRONG_SAMPLES = 12, 4
-
-
-def sha256_file(path: str | Path) -> str:
-    """The SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def test_measures(metrics: dict) -> dict:
@@ -56,7 +47,7 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
     if reused:
         console.log("  reused: same source and extraction options")
         return reused
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.stages.extraction import extract_features
 
     resumed = Path(f"{path}.partial").exists()

@@ -191,7 +191,7 @@ def finetune_train_labels(head_run: dict | None, source: Any) -> tuple[np.ndarra
     """
     path = ((head_run or {}).get("cache") or {}).get("path")
     if path and os.path.isfile(path):
-        from headstart.features.store import open_cache
+        from headstart.features.cache import open_cache
 
         with open_cache(path) as cache:
             split = cache.split("train")

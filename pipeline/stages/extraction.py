@@ -145,7 +145,7 @@ def extract_features(
 
 def _open_source(config: ExtractConfig):
     """The source and the splits to extract; the backbone's cheap checks come first."""
-    from headstart.features.backbones import check_image_size, get_backbone_spec
+    from headstart.features.registry import check_image_size, get_backbone_spec
     from headstart.pipeline.data.sources import open_source
 
     get_backbone_spec(config.backbone)
@@ -170,7 +170,7 @@ def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: 
 def _store_args(config: ExtractConfig, backbone: dict, source, splits: list[str],
                 shard: tuple[int, int] | None) -> dict:
     """The keyword arguments of ``create_or_resume``: what the cache holds and where it came from."""
-    from headstart.pipeline.data.sources import SHARD_HASH
+    from headstart.pipeline.data.splits import SHARD_HASH
 
     cache_config = _cache_config(config, backbone, source, splits)
     if shard is not None:

@@ -26,8 +26,7 @@ from typing import Any, Callable, Sequence
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.errors import OptionError
-# read_head_run's home is the recipe's module (TF-free); imported here for callers of the old path.
-from headstart.pipeline.model.head_run import read_head_run  # noqa: F401
+from headstart.pipeline.model.head_run import read_head_run
 from headstart.pipeline.report.tensorboard_logs import check_log_dir, tensorboard_callback
 
 #: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".

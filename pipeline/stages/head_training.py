@@ -113,7 +113,7 @@ def _check_inputs(config: HeadConfig) -> bool:
     Returns:
         Whether the cache is multi-label.
     """
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.report.rundir import check_run_dir_free
 
     from headstart.pipeline.stages.class_weights import resolve_class_weights
@@ -169,7 +169,7 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
         OptionError: bad option values. RunDirError: ``out`` exists with content and not
         ``overwrite``. DataError: the cache has no train split, fewer than 2 classes or bad labels.
         headstart.features.errors.StoreError: the cache is missing, foreign, incomplete or of an unknown
-        format version (passed through from ``headstart.features.store.open_cache``).
+        format version (passed through from ``headstart.features.cache.open_cache``).
     """
     validate_head_config(config)
     multi_label = _check_inputs(config)
@@ -194,7 +194,7 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
 def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None],
            callbacks: Sequence[Any] = ()) -> HeadResult:
     """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.report.rundir import prepare_run_dir
     from headstart.pipeline.stages.class_weights import training_class_weights
     from headstart.pipeline.stages.head_fit import fit_head

@@ -55,7 +55,7 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     from headstart.pipeline.stages.predictor import load_predictor
 
     predictor = load_predictor(model_path)  # first: a mistyped path fails before TensorFlow starts
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
     from headstart.pipeline.model.head import logits_to_probabilities
 
     k = predictor.num_classes

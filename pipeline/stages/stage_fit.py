@@ -10,6 +10,7 @@ holds no history or best epoch, which a resumed run needs to end with the same e
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,14 +21,13 @@ import keras
 import numpy as np
 
 from headstart.pipeline.errors import RunDirError
-from headstart.pipeline.records import Record
 from headstart.pipeline.stages.early_stopping import EarlyStopping
 from headstart.pipeline.stages.finite_loss import check_finite_losses
 
 
 @dataclass
-class StageOutcome(Record):
-    """What one stage's ``fit`` did (metrics.json keeps it as "head_stage"; a mapping too).
+class StageOutcome:
+    """What one stage's ``fit`` did (metrics.json keeps it as "head_stage").
 
     Attributes:
         history: metric name → one value per epoch, as Keras's ``History``.
@@ -44,6 +44,10 @@ class StageOutcome(Record):
     stopped_early: bool = False
     backup_seconds: list[float] = field(default_factory=list)
     monitor: str = "val_loss"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain form metrics.json and progress.json store."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StageOutcome":
