@@ -86,7 +86,7 @@ def plain_fit(head_dir: Path, source_dir: Path, args):
     from headstart.pipeline.model.assembly import unfreeze_backbone
     from headstart.pipeline.model.head import compile_head
     from headstart.pipeline.model.head_run import rebuild_from_head_run
-    from headstart.pipeline.stages.evaluation import labelled_dataset
+    from headstart.pipeline.training.labelled_dataset import labelled_dataset
 
     start = time.perf_counter()
     keras.utils.set_random_seed(0)

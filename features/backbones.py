@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from headstart.features import hub
-from headstart.features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
+from headstart.features.errors import FeaturesError, WeightsError
 # The registry lives in a TF-free module so the CLI can list it.
 from headstart.features.registry import (POOLINGS, BackboneSpec, alpha_backbones, check_image_size,
                                           get_backbone_spec)

@@ -480,7 +480,7 @@ def test_tfds_download_failure_is_one_clear_line(monkeypatch):
 def test_every_source_dataset_runs_without_the_autotune_thread(tmp_path):
     # Its iterator destructor can block for seconds at the end of every split and epoch (see
     # features/tfdata.py); options flow downstream, so the sources are where it must be off.
-    from headstart.pipeline.stages.evaluation import labelled_dataset
+    from headstart.pipeline.training.labelled_dataset import labelled_dataset
 
     tfds = pytest.importorskip("tensorflow_datasets")
     folder = resolve_source(str(make_class_folders(tmp_path / "d", per_class=4)))

@@ -20,7 +20,7 @@ def saved(tmp_path_factory):
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.model.head import build_head
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.pipeline.report.rundir import save_model_atomic, write_json_atomic
+    from headstart.pipeline.report.files import save_model_atomic, write_json_atomic
 
     root = tmp_path_factory.mktemp("evaluation")
     keras.utils.set_random_seed(1)

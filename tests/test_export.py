@@ -28,7 +28,7 @@ def exported(real_photo_cache, tmp_path_factory):
     from headstart.pipeline.config import HeadConfig
     from headstart.pipeline.data.sources import resolve_source
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.pipeline.report.rundir import save_model_atomic, write_json_atomic
+    from headstart.pipeline.report.files import save_model_atomic, write_json_atomic
     from headstart.pipeline.stages.export import export_model
     from headstart.pipeline.stages.head_training import train_head
 

@@ -265,7 +265,7 @@ def test_sigterm_during_extract_features_commits_and_resumes(tiny, tmp_path, mon
 
 @pytest.mark.slow
 def test_sigterm_during_train_head(tiny, tmp_path, monkeypatch):
-    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.pipeline.training.head_data import FeatureRows
 
     out = tmp_path / "head"
     args = ["train-head", tiny["cache"], "--out", out, "--epochs", 50, "--batch-size", 4]
@@ -473,7 +473,7 @@ def test_cache_deleted_while_train_head_streams_it(tiny, tmp_path, monkeypatch):
     """POSIX keeps an open file readable after unlink: the run finishes on what it opened."""
     import shutil
 
-    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.pipeline.training.head_data import FeatureRows
 
     cache = tmp_path / "f.h5"
     shutil.copy(tiny["cache"], cache)
@@ -572,7 +572,7 @@ def test_seed_and_deterministic_give_bit_identical_finetuned_weights(tiny, tmp_p
 
 @pytest.mark.slow
 def test_train_head_stops_at_the_epoch_whose_loss_is_not_finite(tiny, tmp_path, monkeypatch):
-    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.pipeline.training.head_data import FeatureRows
 
     real, epochs = FeatureRows.plan, []
 
@@ -602,7 +602,7 @@ def test_finetune_stops_at_the_epoch_whose_loss_is_not_finite(tmp_path):
     import keras
 
     from headstart.pipeline.errors import NonFiniteLossError
-    from headstart.pipeline.stages.stage_fit import RunBackup
+    from headstart.pipeline.training.stage_fit import RunBackup
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")

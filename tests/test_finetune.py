@@ -174,7 +174,7 @@ def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prep
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.assembly import freeze_backbone, unfreeze_backbone
     from headstart.pipeline.model.unfreeze import parse_unfreeze
-    from headstart.pipeline.report.rundir import save_model_atomic
+    from headstart.pipeline.report.files import save_model_atomic
 
     keras.utils.set_random_seed(0)
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,

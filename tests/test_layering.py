@@ -26,12 +26,13 @@ LAYERS: list[set[str]] = [
     # the CLI's quiet TensorFlow start-up: none imports any other part
     {"__init__", "errors", "startup"},
     {"config"},                         # the typed configs: the one source of defaults
+    {"options"},                        # the one table of option facts: flags, choices, ranges; its check
     {"data"},                           # the input path: source spec, sources, splits, decoding
     {"model"},                          # the model chain around the head, freezing, parity
-    {"report"},                         # run directories, evaluation measures, plots, inspect
+    {"report"},                         # run directories (RunDir, the --out policy and lock), measures, plots
     {"distribute"},                     # tf.distribute strategies and loops
-    {"options"},                        # the one table of option facts
-    {"stages"},                         # extraction, head training, fine-tuning, evaluation
+    {"training"},                       # the fit machinery and the one prediction loop, shared by the stages
+    {"stages"},                         # the commands: extraction, head training, fine-tuning, evaluation, export
     {"diagnose", "sweep"},              # experimentation on a cache, built on the stages
     {"run"},                            # headstart run and demo: the stages chained
     {"cli_errors", "cli_options"},      # the CLI's error boundary; click options from the table

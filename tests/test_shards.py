@@ -193,14 +193,14 @@ def test_shard_killed_while_indexing_resumes(runs, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_dir_shards_partition_each_split_before_decoding(runs, monkeypatch):
-    import headstart.pipeline.data.sources
+    import headstart.pipeline.data.file_list
     from headstart.pipeline.data.splits import hash_fraction, shard_of
     from headstart.pipeline.data.sources import resolve_source
 
     source = resolve_source(str(runs.folder))
     decoded = []
-    real_load = headstart.pipeline.data.sources.load_or_reason
-    monkeypatch.setattr(headstart.pipeline.data.sources, "load_or_reason",
+    real_load = headstart.pipeline.data.file_list.load_or_reason
+    monkeypatch.setattr(headstart.pipeline.data.file_list, "load_or_reason",
                         lambda path, *a, **k: decoded.append(path) or real_load(path, *a, **k))
     for split in source.split_names:
         everything = source.keys(split)

@@ -93,7 +93,7 @@ def test_multiclass_head_on_spatial_float16_features(tmp_path):
 
 @pytest.mark.slow
 def test_memory_and_stream_are_bit_identical_and_deterministic(tmp_path, monkeypatch):
-    from headstart.pipeline.stages import head_data
+    from headstart.pipeline.training import head_data
     from tensorflow.python.framework import config as tf_config
 
     # An augmented-views cache, so the per-epoch view draw is part of what must agree; small
@@ -117,7 +117,7 @@ def test_memory_and_stream_are_bit_identical_and_deterministic(tmp_path, monkeyp
 
 
 def test_views_are_drawn_per_image_per_epoch(tmp_path, monkeypatch):
-    from headstart.pipeline.stages import head_data
+    from headstart.pipeline.training import head_data
 
     cache = make_cache(tmp_path / "f.h5", views=3)
     plans = []

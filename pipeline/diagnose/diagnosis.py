@@ -14,6 +14,7 @@ The recipe, over the cache read once into memory (``dataset.load_cache_rows``):
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,23 +41,6 @@ class Diagnosis:
     summary: str = ""
 
 
-def validate_diagnose_config(config: DiagnoseConfig) -> None:
-    """Raises OptionError naming the first bad option."""
-    if not config.features:
-        raise OptionError("CACHE is required")
-    if not config.out:
-        raise OptionError("--out is required")
-    checks = [("--folds", config.folds >= 2, "at least 2", config.folds),
-              ("--neighbours", config.neighbours >= 1, "at least 1", config.neighbours),
-              ("--duplicate-threshold", 0 < config.duplicate_threshold <= 1, "in (0, 1]",
-               config.duplicate_threshold),
-              ("--constant-std", config.constant_std >= 0, "0 or more", config.constant_std),
-              ("--grid", config.grid >= 1, "at least 1", config.grid)]
-    for option, ok, expected, value in checks:
-        if not ok:
-            raise OptionError(f"{option} must be {expected}, got {value}")
-
-
 def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> Diagnosis:
     """Audits the cache ``config.features`` and writes the report into ``config.out``.
 
@@ -64,19 +48,61 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
         A Diagnosis; ``summary`` is the terminal table.
 
     Raises:
-        OptionError, RunDirError (occupied --out), DataError (no train split, too few rows),
-        StoreError (the cache cannot be read).
+        OptionError, RunDirError (--out holds another report), RunDirBusyError (another process
+        writes --out), DataError (no train split, too few rows), StoreError (the cache cannot be read).
     """
-    from headstart.pipeline.diagnose import grids, report
     from headstart.pipeline.diagnose.dataset import load_cache_rows
-    from headstart.pipeline.report.rundir import prepare_run_dir
+    from headstart.pipeline.options.facts import check_config
+    from headstart.pipeline.report.out_dir import REUSE, claim
 
-    validate_diagnose_config(config)
-    seconds: dict[str, float] = {}
+    check_config("diagnose", config)
     t0 = time.perf_counter()
+
     rows = load_cache_rows(config.features)
-    out = prepare_run_dir(config.out, config.overwrite)
-    seconds["load"] = time.perf_counter() - t0
+    with claim(config.out, command="diagnose", what="diagnose report", section="diagnose",
+               wanted={**_resolved(config), CACHE_IDENTITY: rows.fingerprint},
+               read_recorded=lambda: _recorded(config.out), overwrite=config.overwrite) as state:
+        if state == REUSE:
+            log(f"{config.out}: already done (a diagnose report with these options on this cache)")
+            report = _read_report(config.out)
+            return Diagnosis(None, None, [], None, {}, {}, out=config.out, counts=report.get("counts", {}),
+                             summary=report.get("summary", ""))
+        return _diagnose(config, rows, time.perf_counter() - t0, log)
+
+
+#: How report.json's identity of the cache it diagnosed is named in a refusal.
+CACHE_IDENTITY = "CACHE (fingerprint)"
+
+
+def _read_report(out: str) -> dict:
+    import json
+
+    with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _recorded(out: str) -> tuple[dict | None, bool]:
+    """(the options and cache a finished report recorded, or None; whether there is one)."""
+    try:
+        report = _read_report(out)
+        return {**report["config"], CACHE_IDENTITY: report["cache"]["fingerprint"]}, True
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, False
+
+
+def _resolved(config: DiagnoseConfig) -> dict:
+    from headstart.pipeline.config import config_to_dict
+
+    return {**config_to_dict(config), "features": os.path.abspath(config.features), "out": os.path.abspath(config.out)}
+
+
+def _diagnose(config: DiagnoseConfig, rows, load_seconds: float, log: Callable[[str], None]) -> Diagnosis:
+    """The diagnosis of the loaded rows, written into the claimed ``config.out``."""
+    from headstart.pipeline.diagnose import grids, report
+
+    seconds: dict[str, float] = {"load": load_seconds}
+    t0 = time.perf_counter() - load_seconds
+    out = config.out
     log(f"{config.features}: {len(rows.keys)} rows, {len(rows.class_names)} classes")
 
     label_issues = _label_issues(rows, config, log, seconds)
@@ -92,8 +118,8 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
     grids.write_grids(diagnosis, config.grid)
     seconds["grids"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
-    report.write_report(diagnosis, config)
     diagnosis.summary = report.format_summary(diagnosis)
+    report.write_report(diagnosis, config)
     return diagnosis
 
 

@@ -70,7 +70,8 @@ def write_report(d, config) -> None:
     """Writes the three CSVs, then report.json, into ``d.out``."""
     from headstart.pipeline.config import config_to_dict
     from headstart.pipeline.diagnose.neighbours import search_method
-    from headstart.pipeline.report.rundir import library_versions, write_json_atomic, write_text_atomic
+    from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
+    from headstart.pipeline.report.provenance import library_versions
 
     out = d.out
     write_text_atomic(os.path.join(out, "label_issues.csv"), _csv(LABEL_COLUMNS, label_issue_rows(d)))
@@ -85,6 +86,7 @@ def write_report(d, config) -> None:
                    "out": os.path.abspath(config.out)},
         "cache": {"path": os.path.abspath(d.rows.path), "fingerprint": d.rows.fingerprint},
         "counts": d.counts,
+        "summary": d.summary,  # what the terminal showed; a rerun with the same options shows it again
         "thresholds": {
             "label_issues": "cleanlab.filter.find_label_issues(filter_by='prune_by_noise_rate') on "
                             f"{config.folds}-fold out-of-fold probabilities; score = self-confidence",
@@ -107,7 +109,7 @@ def write_report(d, config) -> None:
 
 def format_summary(d, top: int = 5) -> str:
     """The terminal table: counts per kind, then the top five of each."""
-    from headstart.pipeline.report.rundir import format_summary_table
+    from headstart.pipeline.report.summary_table import format_summary_table
 
     c = d.counts or counts(d)
     lines = [format_summary_table([

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from headstart.pipeline.config import STRATEGIES
 from headstart.pipeline.errors import OptionError
 
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 #: Split the CPU into this many logical devices before TensorFlow starts (try ``mirrored`` on a
 #: machine without GPUs, as the tests and benchmarks/scaling.py do).
 LOGICAL_CPUS_ENV = "HEADSTART_LOGICAL_CPUS"
@@ -155,6 +155,15 @@ def _tasks(config: dict | None) -> int:
     if not config:
         return 0
     return sum(len(config["cluster"].get(kind, [])) for kind in ("chief", "worker"))
+
+
+def config_is_chief() -> bool:
+    """Whether this process is the chief, from ``TF_CONFIG`` alone (no TensorFlow): True without one.
+
+    The chief writes ``--out`` and claims it before TensorFlow starts; the other workers of a
+    cluster write throw-away copies (``chief_output_dir``).
+    """
+    return _config_is_chief(read_tf_config())
 
 
 def _config_is_chief(config: dict | None) -> bool:

@@ -61,7 +61,7 @@ def load_caches(paths: Sequence[str]) -> list[SweepCache]:
         headstart.features.errors.StoreError: a missing, foreign or incomplete cache.
     """
     from headstart.features.cache import open_cache
-    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.pipeline.training.head_data import FeatureRows
 
     if not paths:
         raise OptionError("give at least one CACHE")

@@ -21,8 +21,8 @@ import keras
 import numpy as np
 
 from headstart.pipeline.errors import RunDirError
-from headstart.pipeline.stages.early_stopping import EarlyStopping
-from headstart.pipeline.stages.finite_loss import check_finite_losses
+from headstart.pipeline.training.early_stopping import EarlyStopping
+from headstart.pipeline.training.finite_loss import check_finite_losses
 
 
 @dataclass
@@ -77,7 +77,7 @@ def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epo
         monitor: ``--monitor`` (``monitor.effective_monitor``: mAP by default for multi-label); a
             single-label measure is computed on ``val`` each epoch (``ValidationMeasure``).
     """
-    from headstart.pipeline.stages.monitor import effective_monitor, history_key
+    from headstart.pipeline.training.monitor import effective_monitor, history_key
 
     monitor = effective_monitor(monitor, multi_label)
     backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
@@ -159,7 +159,7 @@ class ValidationMeasure(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         from headstart.pipeline.distribute.loop import predict_logits
-        from headstart.pipeline.stages.monitor import labels_from_targets, validation_measure
+        from headstart.pipeline.training.monitor import labels_from_targets, validation_measure
 
         logits, targets = [], []
         for batch in self.val:
@@ -269,7 +269,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        from headstart.pipeline.report.rundir import write_json_atomic
+        from headstart.pipeline.report.files import write_json_atomic
 
         t_backup = time.perf_counter()
         n = epoch + 1

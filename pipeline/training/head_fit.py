@@ -3,9 +3,9 @@
 Why a hand-written epoch loop rather than ``model.fit``: the batches must be exactly the same
 whether the features sit in memory or stream from HDF5, and for augmented caches each epoch draws
 one view per image from a seeded plan. Feeding ``train_on_batch`` from
-``headstart.pipeline.stages.head_data`` keeps that in plain NumPy, with no generator adapter
+``headstart.pipeline.training.head_data`` keeps that in plain NumPy, with no generator adapter
 reordering or prefetching across epochs. Early stopping is the project's one rule
-(``headstart.pipeline.stages.early_stopping``, Keras's ``EarlyStopping(restore_best_weights=True)``).
+(``headstart.pipeline.training.early_stopping``, Keras's ``EarlyStopping(restore_best_weights=True)``).
 
 With more than one replica (``--strategy``, ``headstart.pipeline.distribute.strategy``) an epoch
 instead runs ``headstart.pipeline.distribute.loop.train_epoch`` over the same planned batches, split
@@ -26,10 +26,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from headstart.pipeline.stages.early_stopping import EarlyStopping
-from headstart.pipeline.stages.finite_loss import check_finite_losses
-from headstart.pipeline.stages.head_data import FeatureRows
-from headstart.pipeline.stages.monitor import effective_monitor, history_key, validation_measure
+from headstart.pipeline.training.early_stopping import EarlyStopping
+from headstart.pipeline.training.finite_loss import check_finite_losses
+from headstart.pipeline.training.head_data import FeatureRows
+from headstart.pipeline.training.monitor import effective_monitor, history_key, validation_measure
 
 
 @dataclass
