@@ -278,15 +278,15 @@ def test_sigterm_during_train_head(tiny, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sigterm_during_finetune(tiny, tmp_path, monkeypatch):
-    """The hint names --resume; resuming after an interrupt is tested in test_finetune.py."""
-    import headstart.pipeline.data.sources as sources
+    """The hint says to run it again; resuming after an interrupt is tested in test_finetune.py."""
+    import headstart.pipeline.data.file_list as file_list
 
     out = tmp_path / "tuned"
     args = ["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 2,
             "--batch-size", 8, "--parity-samples", 4]
     with monkeypatch.context() as m:
-        _sigterm_after(m, sources, "load_or_reason", 3)
-        _assert_interrupted(_invoke(args), "run the same command again with --resume to resume")
+        _sigterm_after(m, file_list, "load_or_reason", 3)
+        _assert_interrupted(_invoke(args), "run the same command again to resume")
     assert not (out / "run.json").exists()
 
 

@@ -334,7 +334,7 @@ def chief_output_dir(path: str | os.PathLike, chief: bool) -> Iterator[Path]:
     workers write into a fresh temporary directory, removed on exit. Usage::
 
         with chief_output_dir(config.out, info.is_chief) as out:
-            run_dir = report.prepare_run_dir(out, config.overwrite)
+            RunDir(out).write_outputs(model, ...)
             ...
     """
     if chief:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from headstart.pipeline.report.files import atomic_write
+from headstart.pipeline.report.files import save_png
 
 
 def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike, *,
@@ -37,9 +37,6 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike,
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
             ax.legend()
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), suffix=".png")
+        save_png(fig, path, dpi=100, title=title)
     finally:
         plt.close(fig)

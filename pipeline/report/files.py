@@ -21,20 +21,6 @@ import numpy as np
 
 from headstart.pipeline.errors import OutputError
 
-def check_writable(directory: str | os.PathLike, option: str) -> None:
-    """Creates and removes a file in ``directory``, so a read-only one fails before any work.
-
-    Raises:
-        OutputError: naming the option and the directory.
-    """
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputError(f"{option} {directory}: cannot write there ({exc.strerror})") from None
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = "") -> None:
     """Calls ``write(tmp)`` on a temporary name beside ``path``, then ``os.replace``s it into place.
 
@@ -112,6 +98,14 @@ def save_model_atomic(model: Any, path: str | os.PathLike) -> None:
     goes to a temporary ``.keras`` name first.
     """
     atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+
+
+def save_png(fig: Any, path: str | os.PathLike, *, dpi: int, title: str | None = None) -> None:
+    """Lays out a matplotlib figure (with its title, if any) and writes it atomically as a PNG."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), suffix=".png")
 
 
 def write_history_csv(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> None:

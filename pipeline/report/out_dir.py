@@ -298,7 +298,7 @@ def claim_run_dir(path: str | os.PathLike, *, section: str, command: str, resolv
         return
 
     def read_recorded() -> tuple[Mapping[str, Any] | None, bool]:
-        recorded = run.recorded_options()
+        recorded = run.recorded_options(section)  # the sections are the kinds: "head", "finetune"
         if recorded is not None and recorded_inputs is not None:
             recorded = {**recorded, **recorded_inputs(run)}
         return recorded, run.complete

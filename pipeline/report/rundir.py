@@ -58,13 +58,15 @@ class RunDir:
     # ── opening ──────────────────────────────────────────────────────────────────────────────
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, kind: str | None = None, option: str | None = None) -> "RunDir":
+    def open(cls, path: str | os.PathLike, *, kind: str | None = None, option: str | None = None,
+             recipe: bool = False) -> "RunDir":
         """A finished run directory, checked: run.json readable, of ``kind``, its fields sound.
 
         Args:
             path: the directory.
             kind: "head" or "finetune"; None takes either.
             option: the option that named it (e.g. "--head"), for messages.
+            recipe: also check the backbone recipe (a head run that is to be rebuilt).
 
         Raises:
             RunDirError: missing, not a directory, unfinished (no run.json), another kind, a
@@ -83,6 +85,8 @@ class RunDir:
         if found not in MODEL_FILES or (kind and found != kind):
             raise RunDirError(f"{where}: a {found or 'foreign'!r} run directory, not a {wanted} run")
         run.check()
+        if recipe:
+            run.backbone  # noqa: B018 - read to check: a damaged recipe fails here, in one line
         if not run.model_path.is_file():
             raise RunDirError(f"{where}: {run.model_path.name} is missing")
         return run
@@ -113,9 +117,9 @@ class RunDir:
         Raises:
             RunDirError: naming the file and the field.
         """
-        checked = [self.class_names, self.task, self.backbone]
-        if self.kind == "head":
-            checked.append(self.head_architecture)
+        # A head run's backbone recipe is read when it is rebuilt (finetune checks it before
+        # TensorFlow starts); caches made by other tools may train heads without one.
+        checked = [self.class_names, self.task, self.head_architecture if self.kind == "head" else self.backbone]
 
     # ── files ────────────────────────────────────────────────────────────────────────────────
 
@@ -320,13 +324,14 @@ class RunDir:
                 continue
         return out
 
-    def recorded_options(self) -> dict | None:
-        """The options the directory was made with: a finished run's "config", an unfinished
-        finetune's progress record's; None when it records none (or cannot be read)."""
+    def recorded_options(self, kind: str) -> dict | None:
+        """The options a ``kind`` run directory was made with: a finished run's "config", an
+        unfinished finetune's progress record's; None when it records none (another kind, or a
+        record that cannot be read)."""
         try:
             if self.complete:
-                return self.config if self.kind else None
-            progress = self.read_progress()
+                return self.config if self.kind == kind else None
+            progress = self.read_progress() if kind == "finetune" else None
             return progress.get("config") if progress else None
         except RunDirError:
             return None

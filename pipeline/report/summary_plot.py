@@ -41,7 +41,7 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
     matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
     import matplotlib.pyplot as plt
 
-    from headstart.pipeline.report.files import atomic_write
+    from headstart.pipeline.report.files import save_png
 
     n_samples = 0 if samples is None else len(samples["images"])
     cols = 6
@@ -62,10 +62,7 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
                 ax.axis("off")
                 if i < n_samples:
                     _sample(ax, samples, i, class_names)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80), suffix=".png")
+        save_png(fig, path, dpi=80, title=title)
     finally:
         plt.close(fig)
 

@@ -159,7 +159,7 @@ def write_wrong_grid(wrong: Sequence[tuple], class_names: Sequence[str], path: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from headstart.pipeline.report.files import atomic_write
+    from headstart.pipeline.report.files import save_png
 
     n = max(1, len(wrong))
     cols = min(4, n)
@@ -174,8 +174,7 @@ def write_wrong_grid(wrong: Sequence[tuple], class_names: Sequence[str], path: s
             ax.imshow(image)
             ax.set_title(f"{Path(key).name[:28]}\ntrue {class_names[true]}, said {class_names[pred]} "
                          f"{prob:.2f}", fontsize=8)
-        fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80), suffix=".png")
+        save_png(fig, path, dpi=80)
     finally:
         plt.close(fig)
 

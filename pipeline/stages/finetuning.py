@@ -95,7 +95,8 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     from headstart.pipeline.stages.finetune_plan import HEAD_IDENTITY, head_identity, resolved_config
 
     spec = check_finetune_config(config)
-    head_run = RunDir.open(config.head, kind="head", option="--head") if config.head else None  # before TensorFlow
+    head_run = (RunDir.open(config.head, kind="head", option="--head", recipe=True) if config.head
+                else None)  # a mistyped or damaged --head fails before TensorFlow starts
     with claim_run_dir(config.out, section="finetune", command="finetune", resolved=resolved_config(config),
                        overwrite=config.overwrite, inputs={HEAD_IDENTITY: head_identity(head_run)},
                        recorded_inputs=recorded_head, resume_free=RESUME_FREE, chief=config_is_chief()) as (state, run):
