@@ -18,7 +18,6 @@ import pytest
 
 from conftest import head_weights, make_cache
 from headstart.features.errors import StoreError
-from headstart.features.store import create_or_resume
 from headstart.features.cache import open_cache
 from headstart.pipeline.config import HeadConfig
 from headstart.pipeline.errors import DataError, OptionError, RunDirError

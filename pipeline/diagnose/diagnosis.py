@@ -22,7 +22,6 @@ from typing import Callable
 import numpy as np
 
 from headstart.pipeline.config import DiagnoseConfig, HeadConfig
-from headstart.pipeline.errors import OptionError
 
 
 @dataclass
