@@ -59,7 +59,7 @@ def distribute_options(section: str):
 
 
 def run_options(fn):
-    """Adds the stage flags of ``headstart run`` (``headstart.pipeline.options.run_flags.RUN_OPTIONS``); unset → None."""
+    """Adds the stage flags of ``headstart run`` (``options.run_flags.RUN_OPTIONS``); unset → None."""
     for option in reversed(RUN_OPTIONS):
         default = option_default(option)
         shown = ("on" if default else "off") if isinstance(default, bool) else \

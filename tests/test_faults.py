@@ -538,7 +538,7 @@ def test_empty_head_keras_and_run_json_that_is_not_json(tiny, tmp_path):
     shutil.copy(tiny["head"] / "head.keras", head / "head.keras")
     (head / "run.json").write_text("{not json")
     result = _invoke(["finetune", tiny["data"], "--head", head, "--out", tmp_path / "t2"])
-    _assert_one_line_error(result, 2, str(head), "run.json is unreadable")
+    _assert_one_line_error(result, 2, str(head), "run.json is damaged: not readable JSON")
 
 
 # -- determinism ----------------------------------------------------------------------------------

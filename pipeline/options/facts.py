@@ -114,7 +114,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                                           "(stable hash of the path).", bounds=SHARE),
         "test_fraction": OptionFact("Share of a single class-folder tree held out for testing.", bounds=SHARE),
         **_LABEL_FILE,
-        "max_bad": OptionFact("Fail when more than this many images are skipped (default: any).", bounds=at_least(0), shapes_result=False),
+        "max_bad": OptionFact("Fail when more than this many images are skipped (default: any).",
+                              bounds=at_least(0), shapes_result=False),
         "strict": OptionFact("Fail on the first bad image, before writing any features.", shapes_result=False),
         "augment_views": OptionFact("Extra augmented views stored per training image, for augmentation on the "
                                     "fast path.", bounds=at_least(0)),
@@ -135,13 +136,16 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "hidden_units": OptionFact("Width of the hidden layer of --head-kind hidden.", bounds=HIDDEN_UNITS),
         "normalize": OptionFact("Feature normalisation inside the head: L2 to unit length, or standardize with the "
                                 "training split's statistics.", choices=NORMALIZATIONS),
-        "weight_decay": OptionFact("Decoupled weight decay on the kernels (Adam's weight_decay).", bounds=at_least(0)),
+        "weight_decay": OptionFact("Decoupled weight decay on the kernels (Adam's weight_decay).",
+                                   bounds=at_least(0)),
         "label_smoothing": OptionFact("Label smoothing of the training loss.", bounds=SHARE),
         "views": OptionFact("Train on the cache's augmented views, when it has them."),
-        "patience": OptionFact("Epochs without a better --monitor value before stopping (best weights restored).", bounds=at_least(0)),
+        "patience": OptionFact("Epochs without a better --monitor value before stopping (best weights restored).",
+                               bounds=at_least(0)),
         "seed": OptionFact("Seed of initialisation, shuffling and view sampling.", bounds=SEED),
         "deterministic": OptionFact("Bit-identical results for the same seed (slower ops)."),
-        "memory_limit_mb": OptionFact("Load features into memory up to this size; stream them from HDF5 beyond it.", bounds=at_least(0), shapes_result=False),
+        "memory_limit_mb": OptionFact("Load features into memory up to this size; stream them from HDF5 beyond it.",
+                                      bounds=at_least(0), shapes_result=False),
         "exclude": OptionFact("CSV with a key column (e.g. diagnose's label_issues.csv): drop those images from "
                               "train and validation; test is kept.", path="file"),
         **_IMBALANCE,
@@ -186,12 +190,15 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         **_IMBALANCE,
         **_DISTRIBUTE,
         "tensorboard": OptionFact("Log every epoch with keras.callbacks.TensorBoard to DIR (train/, validation/; "
-                                  "DIR/head/ for the head trained without --head).", metavar="DIR", path="dir", shapes_result=False),
+                                  "DIR/head/ for the head trained without --head).",
+                                 metavar="DIR", path="dir", shapes_result=False),
         "overwrite": OptionFact("Replace an existing run directory.", shapes_result=False),
     },
     "sweep": {
-        "out": OptionFact("Sweep directory: study.db, leaderboard.csv, sweep.png, best/.", path="dir", required=True, shapes_result=False),
-        "trials": OptionFact("Finished trials in total (a resumed or shared study counts what it has).", bounds=at_least(1)),
+        "out": OptionFact("Sweep directory: study.db, leaderboard.csv, sweep.png, best/.",
+                          path="dir", required=True, shapes_result=False),
+        "trials": OptionFact("Finished trials in total (a resumed or shared study counts what it has).",
+                             bounds=at_least(1)),
         "seed": OptionFact("Seed of the sampler and of every trial's head.", bounds=SEED),
         "storage": OptionFact("Optuna storage URL shared by several processes or machines (default: "
                               "sqlite:///DIR/study.db).", metavar="URL", shapes_result=False),
@@ -199,7 +206,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "tensorboard": OptionFact("Log the best head's retraining with keras.callbacks.TensorBoard to DIR, "
                                   "and every trial's epochs to DIR/trials/trial_NNNN.",
                                   metavar="DIR", path="dir", shapes_result=False),
-        "overwrite": OptionFact("Start the study anew: delete DIR's study.db, leaderboard, plot and best/.", shapes_result=False),
+        "overwrite": OptionFact("Start the study anew: delete DIR's study.db, leaderboard, plot and best/.",
+                                shapes_result=False),
     },
     "diagnose": {
         "out": OptionFact("Directory for the report.", path="dir", required=True, shapes_result=False),
@@ -208,7 +216,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "neighbours": OptionFact("Nearest neighbours looked at per image (duplicates, outlier scores).",
                                  bounds=at_least(1)),
         "duplicate_threshold": OptionFact("Cosine similarity of centred features from which two images count as "
-                                          "near-duplicates.", bounds=Bounds(0, 1, low_open=True, expected="in (0, 1]")),
+                                          "near-duplicates.",
+                                         bounds=Bounds(0, 1, low_open=True, expected="in (0, 1]")),
         "constant_std": OptionFact("Pixel standard deviation (0-255) below which an image counts as near-constant.",
                                    bounds=at_least(0)),
         "grid": OptionFact("Suspects and pairs shown in each PNG grid.", bounds=at_least(1)),
@@ -230,7 +239,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                                 shapes_result=False),
     },
     "top": {
-        "tensorboard": OptionFact("Write TensorBoard logs of both training stages to RUN_DIR/tensorboard/.", shapes_result=False),
+        "tensorboard": OptionFact("Write TensorBoard logs of both training stages to RUN_DIR/tensorboard/.",
+                                  shapes_result=False),
         "diagnose": OptionFact("Diagnose the cache (label issues, duplicates, leaks, outliers) into RUN_DIR/diagnose/ "
                                "before training the head.", shapes_result=False),
     },

@@ -264,9 +264,10 @@ def _head_key(config: RunConfig, ex: dict, excluded: dict) -> dict:
 def _replay(config: RunConfig, run_dir: Path, stage: str) -> None:
     """TensorBoard logs of a stage reused from a run without them, from its history.csv."""
     if config.tensorboard and not (run_dir / "tensorboard" / stage).is_dir():
-        from headstart.pipeline.report.tensorboard_logs import replay_history
+        from headstart.pipeline.report.rundir import RunDir
+        from headstart.pipeline.report.tensorboard_logs import write_history
 
-        replay_history(run_dir / stage / "history.csv", run_dir / "tensorboard" / stage)
+        write_history(RunDir(run_dir / stage).history(), run_dir / "tensorboard" / stage)
 
 
 def _file_sha256(path: str) -> str | None:
