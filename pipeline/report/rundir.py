@@ -84,9 +84,7 @@ class RunDir:
         found = run.kind
         if found not in MODEL_FILES or (kind and found != kind):
             raise RunDirError(f"{where}: a {found or 'foreign'!r} run directory, not a {wanted} run")
-        run.check()
-        if recipe:
-            run.backbone  # noqa: B018 - read to check: a damaged recipe fails here, in one line
+        run.check(recipe=recipe)
         if not run.model_path.is_file():
             raise RunDirError(f"{where}: {run.model_path.name} is missing")
         return run
@@ -101,25 +99,18 @@ class RunDir:
         run = cls(folder)
         return run if (run.run_json.is_file() or run.thresholds_json.is_file()) else None
 
-    @property
-    def source_record(self) -> dict:
-        """How the run read its SOURCE, as recorded: finetune's "source" (with "path"), a head run's
-        cache's ``command_config``; {} when it recorded none."""
-        if self.kind == "finetune":
-            return dict(self._field("source", lambda v: isinstance(v, dict), "a table", {}))
-        if self.kind == "head":
-            return dict((self.cache.get("provenance") or {}).get("command_config") or {})
-        return {}
-
-    def check(self) -> None:
+    def check(self, *, recipe: bool = False) -> None:
         """Reads every field its kind needs, so a damaged one fails now, in one line.
+
+        A head run's backbone recipe is read only with ``recipe`` (before it is rebuilt): caches made
+        by other tools may train heads without one.
 
         Raises:
             RunDirError: naming the file and the field.
         """
-        # A head run's backbone recipe is read when it is rebuilt (finetune checks it before
-        # TensorFlow starts); caches made by other tools may train heads without one.
-        checked = [self.class_names, self.task, self.head_architecture if self.kind == "head" else self.backbone]
+        needed = ["class_names", "task", "head_architecture" if self.kind == "head" else "backbone"]
+        for name in needed + (["backbone"] if recipe else []):
+            getattr(self, name)  # each accessor checks what it reads
 
     # ── files ────────────────────────────────────────────────────────────────────────────────
 
@@ -247,6 +238,16 @@ class RunDir:
         from headstart.pipeline.model.head import head_architecture
 
         return head_architecture(self._field("head", lambda v: isinstance(v, dict), "a table of the head's settings"))
+
+    @property
+    def source_record(self) -> dict:
+        """How the run read its SOURCE, as recorded: finetune's "source" (with "path"), a head run's
+        cache's ``command_config``; {} when it recorded none."""
+        if self.kind == "finetune":
+            return dict(self._field("source", lambda v: isinstance(v, dict), "a table", {}))
+        if self.kind == "head":
+            return dict((self.cache.get("provenance") or {}).get("command_config") or {})
+        return {}
 
     def source_spec(self, **given: Any) -> Any:
         """How the run read its SOURCE (a ``SourceSpec``): finetune's "source", or a head run's cache
