@@ -48,7 +48,7 @@ def real_photo_cache(root: Path) -> Path:
 def write_cut(cache: Path, cls: str, keep: int, path: Path) -> dict[str, int]:
     """Writes an --exclude CSV of every training row of class ``cls`` after its first ``keep`` (by
     key); returns the training rows per class that remain."""
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
 
     with open_cache(cache) as c:
         split = c.split("train")

@@ -47,7 +47,7 @@ def bare_forward(folder: Path, args) -> float:
     import tensorflow as tf
 
     from headstart.features.chain import build_extractor
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
 
     files = sorted(folder.rglob("*.jpg"))
     images = np.stack([load_image(str(f), args.image_size) for f in files])

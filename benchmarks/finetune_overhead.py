@@ -82,14 +82,16 @@ def plain_fit(head_dir: Path, source_dir: Path, args):
 
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.data.sources import resolve_source
-    from headstart.pipeline.model.assembly import parse_unfreeze, unfreeze_backbone
+    from headstart.pipeline.model.unfreeze import parse_unfreeze
+    from headstart.pipeline.model.assembly import unfreeze_backbone
     from headstart.pipeline.model.head import compile_head
-    from headstart.pipeline.model.head_run import rebuild_from_head_run
-    from headstart.pipeline.stages.evaluation import labelled_dataset
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.training.labelled_dataset import labelled_dataset
 
     start = time.perf_counter()
     keras.utils.set_random_seed(0)
-    rebuilt = rebuild_from_head_run(head_dir, augmentation=build_augmentation("flip,rotate=0.1", seed=0))
+    rebuilt = RunDir.open(head_dir, kind="head", recipe=True).rebuild(
+        augmentation=build_augmentation("flip,rotate=0.1", seed=0))
     model, size = rebuilt.model, rebuilt.info.image_size
     unfreeze_backbone(model, parse_unfreeze("all"))
     compile_head(model, 2, 1e-5)

@@ -89,9 +89,9 @@ def end_to_end_epochs(folder: Path, cache: Path, epochs: int, args) -> tuple[flo
     import numpy as np
 
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.data.augment import build_augmentation
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
     from headstart.pipeline.model.head import build_head, compile_head, head_labels
 
     start = time.perf_counter()

@@ -105,7 +105,7 @@ def child(args) -> dict:
     from headstart.pipeline.stages.head_training import train_head
 
     strategy, info = resolve_strategy(args.strategy)
-    out: dict = {"strategy": info["strategy"], "replicas": info["replicas"], "workers": info["workers"]}
+    out: dict = {"strategy": info.strategy, "replicas": info.replicas, "workers": info.workers}
     n, size = args.images, args.image_size
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)

@@ -59,6 +59,7 @@ def main() -> None:
 
     # Everything imported now: the library's lazy imports then never load a module edited meanwhile.
     import headstart.pipeline.report.rundir  # noqa: F401
+    import headstart.pipeline.report.out_dir  # noqa: F401
     import headstart.pipeline.sweep.best  # noqa: F401
     import headstart.pipeline.sweep.leaderboard  # noqa: F401
     import headstart.pipeline.sweep.trainer  # noqa: F401

@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 
 from headstart.features.errors import StoreError, StoreInUseError
-from headstart.features.registry import DTYPES  # noqa: F401 (the store's dtypes; _store_io checks them)
 
 FORMAT = "headstart-features"
 # Version 2 adds per-chunk fletcher32 checksums to every fixed-size dataset (HDF5 refuses filters

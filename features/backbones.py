@@ -30,10 +30,10 @@ import keras
 import numpy as np
 
 from headstart.features import hub
-from headstart.features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
-# The registry lives in a TF-free module so the CLI can list it; re-exported here for the builders.
-from headstart.features.registry import (BACKBONES, DEFAULT_BACKBONE, POOLINGS, BackboneSpec,  # noqa: F401
-                                          alpha_backbones, check_image_size, get_backbone_spec)
+from headstart.features.errors import FeaturesError, WeightsError
+# The registry lives in a TF-free module so the CLI can list it.
+from headstart.features.registry import (POOLINGS, BackboneSpec, alpha_backbones, check_image_size,
+                                          get_backbone_spec)
 
 #: ImageNet channel means in BGR order, as ``keras.applications.imagenet_utils`` subtracts them.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -333,12 +333,3 @@ def _channel_affine_layer(matrix: np.ndarray, bias: np.ndarray) -> keras.layers.
     layer.set_weights([np.asarray(matrix, np.float32).reshape(1, 1, 3, 3), np.asarray(bias, np.float32)])
     return layer
 
-
-def __getattr__(name: str):
-    # build_extractor's home is features.chain, the one builder of the model chain (it imports this
-    # module, so a top-level re-export here would be circular); the old import path keeps working.
-    if name == "build_extractor":
-        from headstart.features.chain import build_extractor
-
-        return build_extractor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

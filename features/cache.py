@@ -1,7 +1,7 @@
 """Reading the HDF5 feature cache: ``open_cache`` (finished files only) and ``summarize_cache``.
 
 The layout is described in docs/architecture.md ("features/store.py"); the writer is
-``features/store.py``, which re-exports everything public here. Imports h5py and numpy only.
+``features/store.py``. Imports h5py and numpy only.
 """
 
 from __future__ import annotations
@@ -250,29 +250,8 @@ def summarize_cache(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.exists(path) and os.path.exists(partial_path(path)):
         path = partial_path(path)
-    in_use = False
-    try:
-        f = open_h5(path, "r")
-    except StoreInUseError:
-        # A writer holds it: its committed rows are flushed, so a lock-free read shows progress.
-        in_use = True
-        f = open_h5(path, "r", locking=False)
-    try:
-        header = read_header(f, path)
-        splits: dict[str, Any] = {}
-        rows: dict[str, int] = {}
-        for name in header["splits"]:
-            if name not in f:
-                continue  # never written (cannot happen with this writer; be lenient in inspect)
-            splits[name] = _summarize_split(f[name], header["class_names"],
-                                            header["task"] == MULTI_LABEL)
-            rows[name] = splits[name]["rows"]
-    except StoreError:
-        raise
-    except (KeyError, OSError, ValueError, RuntimeError) as exc:
-        raise StoreError(f"{path} is damaged ({' '.join(str(exc).split())[:200]})") from exc
-    finally:
-        f.close()
+    header, splits, in_use = _read_summary(path)
+    rows = {name: split["rows"] for name, split in splits.items()}
     complete = header["complete"]
     return {
         "path": path,
@@ -293,6 +272,31 @@ def summarize_cache(path: str | os.PathLike) -> dict[str, Any]:
                      "splits_total": len(header["splits"])},
         "splits": splits,
     }
+
+
+def _read_summary(path: str) -> tuple[dict, dict[str, Any], bool]:
+    """(the header, each split's summary, whether a writer holds the file) of a cache or partial."""
+    in_use = False
+    try:
+        f = open_h5(path, "r")
+    except StoreInUseError:
+        # A writer holds it: its committed rows are flushed, so a lock-free read shows progress.
+        in_use = True
+        f = open_h5(path, "r", locking=False)
+    try:
+        header = read_header(f, path)
+        splits: dict[str, Any] = {}
+        for name in header["splits"]:
+            if name not in f:
+                continue  # never written (cannot happen with this writer; be lenient in inspect)
+            splits[name] = _summarize_split(f[name], header["class_names"], header["task"] == MULTI_LABEL)
+    except StoreError:
+        raise
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        raise StoreError(f"{path} is damaged ({' '.join(str(exc).split())[:200]})") from exc
+    finally:
+        f.close()
+    return header, splits, in_use
 
 
 def _summarize_split(group: h5py.Group, class_names: list[str],

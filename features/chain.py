@@ -26,7 +26,8 @@ import keras
 
 from headstart.features import hub
 from headstart.features.backbones import (BackboneInfo, build_base, build_pooling, build_preprocessing,
-                                          check_image_size, fingerprint_weights, get_backbone_spec)
+                                          fingerprint_weights)
+from headstart.features.registry import check_image_size, get_backbone_spec
 # The same canonical alpha and weights values, and the seeded hub build, as build_base uses.
 from headstart.features.backbones import _build_hub, _resolve_alpha, _resolve_weights
 from headstart.features.errors import WeightsError

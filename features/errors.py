@@ -36,7 +36,12 @@ class StoreExistsError(StoreError):
 
 
 class StoreInUseError(StoreError):
-    """Another process holds the cache file open for writing."""
+    """Another process holds the cache file open for writing.
+
+    Exit code 75 (EX_TEMPFAIL), as a run directory another process writes: try again later.
+    """
+
+    exit_code = 75
 
 
 class DiskFullError(StoreError):

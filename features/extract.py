@@ -129,23 +129,14 @@ def extract_split(
     report = SplitReport(split, rows=committed, consumed=consumed, resumed_from=consumed)
     if writer.is_done(split):
         return report
-    forward = _traced_forward(extractor)
-    view_forward = _traced_forward(extractor, views.model) if views else None
-    batches = _batches(dataset, skip=consumed, batch_size=batch_size)
-    batch_index = consumed // batch_size
     start = time.perf_counter()
     try:
         with _BackgroundCommits(writer, split) as commits:
-            for batch in batches:
+            for item in _items(dataset, extractor, views, report, split=split, batch_size=batch_size):
                 if commits.failed:
                     break
-                item = _features_of(batch, forward, consumed=report.consumed)
-                if views:
-                    item["views"] = _views_of(batch, view_forward, views, item["good"], split=split,
-                                              batch_index=batch_index)
                 _count(report, item)
                 commits.put(item)
-                batch_index += 1
                 _check_max_bad(report, item["skipped"], max_bad=max_bad, bad_so_far=bad_so_far)
                 if on_progress is not None:
                     rate = (report.consumed - consumed) / max(time.perf_counter() - start, 1e-9)
@@ -154,6 +145,19 @@ def extract_split(
         report.seconds = time.perf_counter() - start
     writer.finish_split(split)
     return report
+
+
+def _items(dataset, extractor, views: AugmentedViews | None, report: SplitReport, *, split: str, batch_size: int):
+    """The split's batches after the committed ones, each as the commit it makes (features, and views)."""
+    forward = _traced_forward(extractor)
+    view_forward = _traced_forward(extractor, views.model) if views else None
+    batch_index = report.consumed // batch_size
+    for batch in _batches(dataset, skip=report.consumed, batch_size=batch_size):
+        item = _features_of(batch, forward, consumed=report.consumed)
+        if views:
+            item["views"] = _views_of(batch, view_forward, views, item["good"], split=split, batch_index=batch_index)
+        batch_index += 1
+        yield item
 
 
 def _traced_forward(extractor, augment=None):

@@ -126,16 +126,7 @@ def merge_shards(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
         # Every check comes before OUT is touched, so a refused merge leaves nothing behind.
         plans = {split: _Plan.of(split, [_ShardSplit.load(s, split) for s in shards])
                  for split in first.splits}
-        merged_provenance = dict(provenance or {})
-        command = shards[0].cache.provenance.get("command_config")
-        if isinstance(command, dict):
-            merged_provenance["command_config"] = {**command, "shard": None, "out": out}
-        merged_provenance["merge"] = {
-            "count": len(shards),
-            "shards": [{"path": os.path.abspath(s.path), "shard": f"{s.index}/{s.count}",
-                        "fingerprint": s.cache.fingerprint, "provenance": s.cache.provenance}
-                       for s in shards]}
-        writer = create_or_resume(out, config=shards[0].config, provenance=merged_provenance,
+        writer = create_or_resume(out, config=shards[0].config, provenance=_merged_provenance(provenance, shards, out),
                                   class_names=first.class_names, splits=first.splits,
                                   feature_shape=first.feature_shape, dtype=first.dtype,
                                   views=first.views, overwrite=overwrite,
@@ -154,6 +145,20 @@ def merge_shards(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
             # Idempotent after finalize(); otherwise it leaves the .partial for a resume.
             writer.close()
     return summary
+
+
+def _merged_provenance(provenance: dict | None, shards: list["_Shard"], out: str) -> dict:
+    """The merged cache's provenance: the given one, shard 0's command_config as a single run's, and
+    "merge" (the shard files, their fingerprints and provenance)."""
+    merged = dict(provenance or {})
+    command = shards[0].cache.provenance.get("command_config")
+    if isinstance(command, dict):
+        merged["command_config"] = {**command, "shard": None, "out": out}
+    merged["merge"] = {"count": len(shards),
+                       "shards": [{"path": os.path.abspath(s.path), "shard": f"{s.index}/{s.count}",
+                                   "fingerprint": s.cache.fingerprint, "provenance": s.cache.provenance}
+                                  for s in shards]}
+    return merged
 
 
 @dataclass

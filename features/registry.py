@@ -1,7 +1,7 @@
 """What ``features/`` offers by name, without TensorFlow, Keras or h5py.
 
 The backbone registry, the poolings and the cache's storage dtypes are listed here once. The
-builders (``backbones.py``), the store (``_hdf5.py``) and the command line (``headstart.pipeline.options``:
+builders (``backbones.py``), the store (``_hdf5.py``) and the command line (``headstart.pipeline.options.facts``:
 choices, help texts, validators) all read them from here, so adding a backbone or a dtype is one
 edit, and ``headstart --help`` can list them without importing TensorFlow.
 """

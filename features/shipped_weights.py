@@ -11,12 +11,12 @@ No TensorFlow here.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from headstart.features.errors import WeightsError
+from headstart.features.file_hash import sha256_file
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def shipped_weights_path(backbone: str, alpha: float | None) -> Path:
     path = _location(entry)
     if not path.is_file():
         raise WeightsError(f"{path}: the shipped weights file is missing from this installation")
-    if path.stat().st_size != entry.size or _sha256(path) != entry.sha256:
+    if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
         raise WeightsError(f"{path}: the shipped weights file does not match its recorded SHA-256 "
                            f"{entry.sha256[:12]}…; reinstall headstart")
     return path
@@ -85,10 +85,3 @@ def is_shipped(path: str | Path) -> bool:
 def _location(entry: ShippedWeights) -> Path:
     return Path(str(resources.files("headstart.features").joinpath("weights", entry.filename)))
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -23,13 +23,12 @@ writer, in this process or another. POSIX ``fcntl`` locks would not do: they van
 descriptor of the file in the process is closed, and HDF5 opens and closes the file internally.
 
 The reader half (``open_cache``, ``FeatureCache``, ``SplitData``, ``summarize_cache``) lives in
-``features/cache.py`` and is re-exported here. h5py and numpy only; no TensorFlow.
+``features/cache.py``. h5py and numpy only; no TensorFlow.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 from typing import Any, Iterable, Sequence
@@ -37,21 +36,14 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from headstart.features._hdf5 import (FORMAT_VERSION, canonical_json, hdf5_end, open_h5,
-                                      partial_path, read_header, strings_digest)
-from headstart.features._hdf5 import MULTI_LABEL, SINGLE_LABEL
-from headstart.features._store_io import (START_OVER, as_labels, as_rows, batch_bytes, check_finished,
-                                          check_finite, chunk_rows, create_rows, disk_full_error,
-                                          expected_header, fsync_dir, header_difference,
-                                          open_locked, put_rows, remove_quietly, reserve_space,
-                                          truncate_rows, with_hint, write_skeleton)
-from headstart.features.cache import FeatureCache, SplitData, open_cache, summarize_cache
-from headstart.features.errors import StoreConfigMismatch, StoreError
+from headstart.features._disk_space import batch_bytes, disk_full_error, reserve_space
+from headstart.features._hdf5 import MULTI_LABEL, SINGLE_LABEL, canonical_json, hdf5_end, partial_path, strings_digest
+from headstart.features._store_io import (as_labels, as_rows, check_finished, check_finite, chunk_rows, create_rows,
+                                          expected_header, fsync_dir, put_rows)
+from headstart.features._store_open import PartialFile
+from headstart.features.errors import StoreError
 
-_SKELETON_BYTES = 256 << 10  # an empty cache of a few splits is ~30 KB; HDF5 must not hit ENOSPC
-
-__all__ = ["FORMAT_VERSION", "FeatureCache", "SplitData", "StoreWriter", "create_or_resume",
-           "open_cache", "summarize_cache"]
+__all__ = ["StoreWriter", "create_or_resume"]
 
 
 def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,
@@ -98,7 +90,7 @@ def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,
     return writer
 
 
-class StoreWriter:
+class StoreWriter(PartialFile):
     """Appends committed batches to ``PATH.partial``; made by ``create_or_resume``.
 
     Attributes:
@@ -310,106 +302,6 @@ class StoreWriter:
                                 ("skipped_reasons", "skipped_committed")):
                 g.attrs[f"{name}_sha256"] = strings_digest(g[name].asstr()[:state[count]])
 
-    # -- opening ---------------------------------------------------------------------------------
-
-    def _open_partial(self, provenance: dict, overwrite: bool) -> None:
-        """Locks the partial, then resumes it or starts it fresh (see create_or_resume)."""
-        ppath = self.partial_path
-        os.makedirs(os.path.dirname(os.path.abspath(ppath)), exist_ok=True)
-        self._fd = open_locked(ppath)
-        try:
-            if os.fstat(self._fd).st_size > 0 and self._try_resume(overwrite):
-                return
-            self._create(provenance)
-        except BaseException:
-            self._close_file()
-            remove_quietly(f"{ppath}.new")
-            if os.fstat(self._fd).st_size == 0:
-                remove_quietly(ppath)  # the empty file open_locked created; nothing of value
-            self._release()
-            raise
-
-    def _try_resume(self, overwrite: bool) -> bool:
-        """Resumes a matching partial; False when it is to be replaced (overwrite).
-
-        On an exception ``_open_partial`` closes whatever this left open.
-        """
-        ppath = self.partial_path
-        try:
-            self._file = open_h5(ppath, "r+", locking=False, damaged_hint=START_OVER)
-            header = read_header(self._file, ppath)
-            diff = header_difference(header, self._expected())
-            if diff is None:
-                self._truncate_to_committed()
-        except StoreError as exc:  # damaged, foreign, unknown version
-            if overwrite:
-                self._close_file()
-                return False
-            raise type(exc)(with_hint(str(exc))) from exc
-        except (KeyError, OSError, ValueError, RuntimeError) as exc:
-            if overwrite:
-                self._close_file()
-                return False
-            raise StoreError(f"{ppath} is damaged ({' '.join(str(exc).split())[:200]})"
-                             f"{START_OVER}") from exc
-        if diff is not None:
-            self._close_file()
-            if overwrite:
-                return False
-            name, old, new = diff
-            raise StoreConfigMismatch(
-                f"{ppath} (an interrupted run) was written with {name}={old}; this run has "
-                f"{name}={new}; use --overwrite to replace it")
-        # A plain int, changed in place: rewriting a string attribute here would free and
-        # reallocate global-heap objects in the middle of a run (provenance is merged at finalize).
-        self._file.attrs.modify("resumes", int(self._file.attrs.get("resumes", 0)) + 1)
-        self._file.flush()
-        self.resumed = True
-        return True
-
-    def _truncate_to_committed(self) -> None:
-        """Cuts every dataset back to its committed count; rows past it are from a killed run."""
-        f, ppath = self._file, self.partial_path
-        for split in self.splits:
-            if split not in f:
-                raise StoreError(f"{ppath} is damaged: split '{split}' is missing")
-            g = f[split]
-            state = {k: int(g.attrs[k]) for k in ("committed", "skipped_committed", "consumed")}
-            state["done"] = bool(g.attrs["done"])
-            for name in ("features", "labels", "keys", "views", "pixel_std", "skipped_keys",
-                         "skipped_reasons"):
-                if name not in g:
-                    continue
-                n = state["skipped_committed" if name.startswith("skipped") else "committed"]
-                if len(g[name]) < n:
-                    raise StoreError(f"{ppath} is damaged: {split}/{name} has {len(g[name])} "
-                                     f"rows, fewer than the {n} committed")
-                truncate_rows(g[name], n)
-            self._state[split] = state
-        f.flush()
-
-    def _create(self, provenance: dict) -> None:
-        """Builds an empty cache in ``PATH.partial.new`` and renames it onto the locked partial.
-
-        Building it in place would leave a torn, unreadable partial if the process died before
-        the first flush; this way the partial is always empty (a fresh start next time) or whole.
-        The new file is locked before the rename, so the lock never lapses.
-        """
-        tmp = f"{self.partial_path}.new"
-        fd = open_locked(tmp)  # only the holder of the partial's lock ever gets here
-        try:
-            reserve_space(fd, 0, _SKELETON_BYTES, self.partial_path, "nothing yet")
-            with open_h5(tmp, "w", locking=False) as f:
-                self._state = write_skeleton(f, provenance, self._config_json, self._expected())
-            os.fsync(fd)
-            os.replace(tmp, self.partial_path)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._release()
-        self._fd = fd
-        self._file = open_h5(self.partial_path, "r+", locking=False)
-
     # -- helpers ---------------------------------------------------------------------------------
 
     def _expected(self) -> dict:
@@ -474,17 +366,3 @@ class StoreWriter:
                                  f"come with every batch of a split")
             create_rows(group, "pixel_std", (), "float32", 4096)
         return rows
-
-    def _close_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def _release(self) -> None:
-        if self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            except OSError:
-                pass
-            os.close(self._fd)
-            self._fd = None

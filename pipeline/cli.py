@@ -137,26 +137,9 @@ def merge_features_command(out, shards, overwrite, quiet):
     click.echo(f"wrote {summary.path} (merged {summary.shards} shards, {summary.seconds:.1f} s)")
 
 
-_DIAGNOSE = DiagnoseConfig()
-
-
 @main.command("diagnose")
 @click.argument("caches", metavar="CACHE [CACHE...]", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the report.")
-@click.option("--folds", type=int, default=_DIAGNOSE.folds, show_default=True,
-              help="K: heads trained for the out-of-fold predictions.")
-@click.option("--seed", type=int, default=_DIAGNOSE.seed, show_default=True, help="Seed of the folds and heads.")
-@click.option("--neighbours", type=int, default=_DIAGNOSE.neighbours, show_default=True,
-              help="Nearest neighbours looked at per image (duplicates, outlier scores).")
-@click.option("--duplicate-threshold", type=float, default=_DIAGNOSE.duplicate_threshold,
-              help="Cosine similarity of centred features from which two images count as near-duplicates, "
-                   "for every class, without the pixel check. Default: per class from the data, confirmed on "
-                   "the images' pixels.")
-@click.option("--constant-std", type=float, default=_DIAGNOSE.constant_std, show_default=True,
-              help="Pixel standard deviation (0-255) below which an image counts as near-constant.")
-@click.option("--grid", type=int, default=_DIAGNOSE.grid, show_default=True,
-              help="Suspects and pairs shown in each PNG grid.")
-@click.option("--overwrite", is_flag=True, help="Replace the files of an existing report directory.")
+@_fields("diagnose", "out", "folds", "seed", "neighbours", "duplicate_threshold", "constant_std", "grid", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final table.")
 @_library_call
 def diagnose_command(caches, quiet, **options):
@@ -217,10 +200,9 @@ def sweep_command(caches, config_file, quiet, **options):
     """
     from headstart.pipeline.config import SweepConfig
     from headstart.pipeline.sweep.space import SearchSpace, read_space_file
-    from headstart.pipeline.sweep.study import run_sweep, validate_sweep_config
+    from headstart.pipeline.sweep.study import run_sweep
 
     config = SweepConfig(caches=tuple(caches), **options)
-    validate_sweep_config(config)
     space = read_space_file(config_file) if config_file else SearchSpace()
     from headstart.pipeline.report.progress import ProgressLine
 
@@ -358,7 +340,7 @@ def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
     config is written to RUN_DIR/config.toml; `--config RUN_DIR/config.toml` reproduces the run.
     """
     from headstart.pipeline import load_run_config, run_pipeline
-    from headstart.pipeline.run.runner import Console
+    from headstart.pipeline.run.console import Console
 
     if verbose and not quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -370,19 +352,8 @@ def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
 
 
 @main.command("demo")
-@click.option("--out", default="headstart-demo", show_default=True, type=click.Path(),
-              help="Folder for the generated images (data/) and the run directory (run/).")
-@click.option("--data", type=click.Path(), default=None,
-              help="Train on this folder of class folders instead of the generated shapes.")
-@click.option("--weights", default=None, help="'imagenet', 'none' or a local .h5 file.  [default: ImageNet "
-              "when Keras has them cached or can fetch them, else the copy shipped with headstart]")
-@click.option("--images-per-class", type=int, default=150, show_default=True,
-              help="Generated images per class (70% train, 10% validation, 20% test).")
-@click.option("--head-epochs", type=int, default=20, show_default=True, help="Most epochs of the head.")
-@click.option("--epochs", type=int, default=4, show_default=True, help="Most fine-tuning epochs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated images and every stage.")
-@click.option("--tensorboard", is_flag=True, help="Write TensorBoard logs of both training stages.")
-@click.option("--overwrite", is_flag=True, help="Redo the stages whose configuration changed since the last demo.")
+@_fields("demo", "out", "data", "weights", "images_per_class", "head_epochs", "epochs", "seed", "tensorboard",
+         "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final table.")
 @click.option("--verbose", is_flag=True, help="Also print the resolved configuration and TensorFlow's log lines.")
 @_library_call
@@ -393,13 +364,14 @@ def demo_command(quiet, verbose, **options):
     extract-features → train-head → finetune → evaluate with a small MobileNetV2 and prints a table
     per stage. Use --weights PATH and --data DIR to try it on real material.
     """
-    from headstart.pipeline.run.demo import DemoOptions, run_demo
-    from headstart.pipeline.run.runner import Console
+    from headstart.pipeline.config import DemoConfig
+    from headstart.pipeline.run.console import Console
+    from headstart.pipeline.run.demo import run_demo
 
     if verbose and not quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         show_tensorflow_startup()
-    result, weights = run_demo(DemoOptions(**options),
+    result, weights = run_demo(DemoConfig(**options),
                                console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
     click.echo(f"headstart demo: {weights}")
     click.echo(result.table)

@@ -37,13 +37,6 @@ def _raise_terminated(signum, frame) -> None:
     raise _Terminated()
 
 
-def _interrupt_hint(kwargs: dict) -> str:
-    # finetune continues an interrupted run only when asked to (--resume); the others on their own.
-    if kwargs.get("resume") is False:
-        return "interrupted; run the same command again with --resume to resume"
-    return "interrupted; run the same command again to resume"
-
-
 def library_call(fn):
     """Turns domain exceptions into one-line click errors; Ctrl-C and SIGTERM into a resume hint.
 
@@ -68,7 +61,8 @@ def library_call(fn):
             where = f"{exc.filename}: " if exc.filename else ""
             raise _CliError(f"{where}{exc.strerror}", 1) from None
         except KeyboardInterrupt as exc:
-            click.echo(f"\n{_interrupt_hint(kwargs)}", err=True)
+            # Every command continues an interrupted run of the same options when started again.
+            click.echo("\ninterrupted; run the same command again to resume", err=True)
             sys.exit(143 if isinstance(exc, _Terminated) else 130)
         finally:
             if in_main:

@@ -2,18 +2,19 @@
 
 ``field_option`` makes the option of one config field: its default and type from the dataclass,
 help and choices from its fact. ``run_options`` adds every flag of ``headstart run``
-(``options.RUN_OPTIONS``), unset → None, so the TOML config and the defaults show through.
+(``options.run_flags.RUN_OPTIONS``), unset → None, so the TOML config and the defaults show through.
 """
 
 from __future__ import annotations
 
 import click
 
-from headstart.pipeline.options import RUN_OPTIONS, fact, field_default, field_kind, flag_of, option_default
+from headstart.pipeline.options.run_flags import RUN_OPTIONS, option_default
+from headstart.pipeline.options.facts import fact, field_default, field_kind, flag_of
 
 
 def field_option(section: str, name: str):
-    """The click option of one config field, from its fact in ``headstart.pipeline.options``.
+    """The click option of one config field, from its fact in ``headstart.pipeline.options.facts``.
 
     Default and type come from the dataclass field, help and choices from the fact; a default of
     None is "not given" (the library decides) and is not shown.
@@ -58,7 +59,7 @@ def distribute_options(section: str):
 
 
 def run_options(fn):
-    """Adds the stage flags of ``headstart run`` (``headstart.pipeline.options.RUN_OPTIONS``); unset → None."""
+    """Adds the stage flags of ``headstart run`` (``options.run_flags.RUN_OPTIONS``); unset → None."""
     for option in reversed(RUN_OPTIONS):
         default = option_default(option)
         shown = ("on" if default else "off") if isinstance(default, bool) else \

@@ -29,13 +29,15 @@ QUANTIZE_MODES = ("none", "float16", "int8")
 HEAD_KINDS = ("linear", "hidden")
 #: Feature normalisations applied inside the head.
 NORMALIZATIONS = ("none", "l2", "standardize")
-#: ``--class-weight`` words; any other value names a TOML/JSON file (pipeline/stages/class_weights.py).
+#: ``--class-weight`` words; any other value names a TOML/JSON file (pipeline/training/class_weights.py).
 CLASS_WEIGHT_MODES = ("none", "balanced")
-#: What early stopping and the stage gate watch (``--monitor``, pipeline/stages/monitor.py): the
+#: What early stopping and the stage gate watch (``--monitor``, pipeline/training/monitor.py): the
 #: validation loss (lower is better), or a validation measure where higher is better.
 MONITORS = ("val_loss", "balanced_accuracy", "macro_f1", "map")
 #: The monitors where higher is better (the rest, the losses, are lower-is-better).
 HIGHER_IS_BETTER = ("balanced_accuracy", "macro_f1", "map", "accuracy")
+#: ``--strategy``: tf.distribute strategies a training stage runs under (pipeline/distribute/strategy.py).
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
 
 @dataclass
@@ -91,7 +93,7 @@ class HeadConfig:
     deterministic: bool = False
     memory_limit_mb: int = 2048
     overwrite: bool = False
-    strategy: str = "auto"          # headstart.pipeline.distribute.strategy.STRATEGIES
+    strategy: str = "auto"          # STRATEGIES
     mixed_precision: bool = False
     jit_compile: bool = False
     tensorboard: str | None = None  # log directory for keras.callbacks.TensorBoard
@@ -154,7 +156,7 @@ class FinetuneConfig:
     export: tuple[str, ...] = ()   # EXPORT_FORMATS
     quantize: str = "none"         # QUANTIZE_MODES, for the tflite export
     overwrite: bool = False
-    strategy: str = "auto"          # headstart.pipeline.distribute.strategy.STRATEGIES
+    strategy: str = "auto"          # STRATEGIES
     mixed_precision: bool = False
     jit_compile: bool = False
     tensorboard: str | None = None  # log directory for keras.callbacks.TensorBoard (LOG_DIR/head: the seeded head)
@@ -177,6 +179,21 @@ class RunConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass
+class DemoConfig:
+    """What ``headstart demo`` needs: where, on what, and how long each training stage may take."""
+
+    out: str = "headstart-demo"
+    data: str | None = None         # a folder of class folders instead of the generated shapes
+    weights: str | None = None      # None: ImageNet when Keras has them, else the shipped copy
+    images_per_class: int = 150     # generated images per class (70 % train, 10 % validation, 20 % test)
+    head_epochs: int = 20
+    epochs: int = 4
+    seed: int = 0
+    tensorboard: bool = False
+    overwrite: bool = False
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Domain exceptions of the pipeline package; only ``cli.py`` turns them into click errors.
 
 ``exit_code`` 2 marks input the user can fix (a path, an option, a config file); 1 marks a failure
-at run time (a parity check).
+at run time (a parity check); 75 a directory or cache another process is writing (try again later).
 """
 
 
@@ -21,6 +21,16 @@ class DataError(HeadstartError):
 
 class RunDirError(HeadstartError):
     """A run directory that is missing, foreign, incomplete or would be overwritten."""
+
+
+class RunDirBusyError(RunDirError):
+    """Another process is writing the directory (it holds the directory's lock).
+
+    Exit code 75 (EX_TEMPFAIL of sysexits.h): nothing is wrong with the command; run it again once
+    the other process has finished.
+    """
+
+    exit_code = 75
 
 
 class ParityError(HeadstartError):

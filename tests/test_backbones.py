@@ -17,17 +17,8 @@ import keras
 import numpy as np
 import pytest
 
-from headstart.features.backbones import (
-    BACKBONES,
-    DEFAULT_BACKBONE,
-    BackboneInfo,
-    build_base,
-    build_pooling,
-    build_preprocessing,
-    check_image_size,
-    fingerprint_weights,
-    get_backbone_spec,
-)
+from headstart.features.registry import BACKBONES, DEFAULT_BACKBONE, check_image_size, get_backbone_spec
+from headstart.features.backbones import BackboneInfo, build_base, build_pooling, build_preprocessing, fingerprint_weights
 from headstart.features.chain import build_extractor
 from headstart.features.errors import FeaturesError, ImageSizeError, UnknownBackboneError, WeightsError
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from headstart.pipeline.cli import main
 from headstart.pipeline.config import HeadConfig
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.stages.class_weights import balanced_weights, read_class_weight_file
+from headstart.pipeline.training.class_weights import balanced_weights, read_class_weight_file
 
 CLASSES = ["cats", "dogs", "fish"]
 
@@ -89,7 +89,7 @@ def test_weighted_training_loss_equals_the_hand_computation(tmp_path):
     the training rows, with w = n / (k · n_c), l the cross-entropy of the (unchanged) head's logits."""
     import keras
 
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.stages.head_training import train_head
 
     cache = imbalanced_cache(tmp_path / "f.h5")
@@ -187,7 +187,7 @@ def test_run_flags_and_toml_keys_reach_both_stages(tmp_path, monkeypatch):
 def test_finetune_training_batches_carry_their_class_weight(tmp_path):
     from conftest import make_class_folders
     from headstart.pipeline.data.sources import resolve_source
-    from headstart.pipeline.stages.evaluation import labelled_dataset
+    from headstart.pipeline.training.labelled_dataset import labelled_dataset
 
     make_class_folders(tmp_path / "images", per_class=3)
     source = resolve_source(str(tmp_path / "images"), validation_fraction=0.0, test_fraction=0.0)
@@ -209,7 +209,7 @@ def test_balanced_weights_raise_balanced_accuracy_with_dogs_cut_to_70(real_photo
     (same seed). Five seeds: benchmarks/class_weight.py."""
     import csv
 
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.stages.head_training import train_head
 
     cache = real_photo_cache["cache"]
@@ -236,7 +236,7 @@ def test_balanced_weights_raise_balanced_accuracy_with_dogs_cut_to_70(real_photo
 def test_finetune_counts_labels_from_the_head_cache_else_from_the_source(tmp_path):
     from conftest import make_class_folders
     from headstart.pipeline.data.sources import resolve_source
-    from headstart.pipeline.stages.class_weights import finetune_train_labels, resolve_class_weights
+    from headstart.pipeline.training.class_weights import finetune_train_labels, resolve_class_weights
 
     make_class_folders(tmp_path / "images", per_class=3)
     (tmp_path / "images" / "cats" / "broken.jpg").write_text("not an image")  # not trained on: not counted
@@ -244,7 +244,7 @@ def test_finetune_counts_labels_from_the_head_cache_else_from_the_source(tmp_pat
     labels, origin = finetune_train_labels(None, source)
     assert origin == "source" and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
     cache = imbalanced_cache(tmp_path / "f.h5", train_counts=(5, 2))
-    labels, origin = finetune_train_labels({"cache": {"path": str(cache)}}, _Keys(["train/0", "train/1", "train/6"]))
+    labels, origin = finetune_train_labels(str(cache), _Keys(["train/0", "train/1", "train/6"]))
     assert origin == f"cache {cache}" and len(labels) == 3  # only the rows the source still has
     with pytest.raises(OptionError, match="class weights apply to single-label tasks"):
         resolve_class_weights("balanced", CLASSES[:2], None, multi_label=True)

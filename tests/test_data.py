@@ -15,16 +15,11 @@ from PIL import Image
 
 from conftest import make_class_folders, write_image
 from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
-from headstart.pipeline.data.sources import (
-    MAX_IMAGE_PIXELS,
-    decode_and_resize,
-    decode_or_reason,
-    hash_fraction,
-    load_image,
-    parse_split_option,
-    probe_image,
-    resolve_source,
-)
+from headstart.pipeline.data.image import (MAX_IMAGE_PIXELS, decode_and_resize, decode_or_reason, load_image,
+                                           probe_image)
+from headstart.pipeline.data.splits import hash_fraction
+from headstart.pipeline.data.source_spec import parse_split_option
+from headstart.pipeline.data.sources import resolve_source
 from headstart.pipeline.errors import DataError, OptionError
 
 
@@ -485,7 +480,7 @@ def test_tfds_download_failure_is_one_clear_line(monkeypatch):
 def test_every_source_dataset_runs_without_the_autotune_thread(tmp_path):
     # Its iterator destructor can block for seconds at the end of every split and epoch (see
     # features/tfdata.py); options flow downstream, so the sources are where it must be off.
-    from headstart.pipeline.stages.evaluation import labelled_dataset
+    from headstart.pipeline.training.labelled_dataset import labelled_dataset
 
     tfds = pytest.importorskip("tensorflow_datasets")
     folder = resolve_source(str(make_class_folders(tmp_path / "d", per_class=4)))

@@ -242,9 +242,9 @@ def test_exclude_removes_exactly_the_listed_keys(planted, tmp_path):
 
 @pytest.mark.slow
 def test_exclude_streamed_rows_are_the_kept_rows(planted):
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.data.exclusion import SubsetSplit
-    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.pipeline.training.head_data import FeatureRows
 
     with open_cache(planted["path"]) as cache:
         split = cache.split("train")

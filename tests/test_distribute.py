@@ -14,6 +14,7 @@ with dropout each replica draws its own masks, another random stream, as a chang
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -259,7 +260,7 @@ def test_options_and_refusals(tmp_path, monkeypatch):
         resolve_strategy("multiworker")
     assert "\n" not in str(err.value)
     _, info = resolve_strategy("auto")  # no GPU, no TF_CONFIG here
-    assert (info["strategy"], info["replicas"], info["is_chief"]) == ("default", 1, True)
+    assert (info.strategy, info.replicas, info.is_chief) == ("default", 1, True)
     with pytest.raises(OptionError, match="not valid JSON"):
         read_tf_config({"TF_CONFIG": "{nope"})
     with pytest.raises(OptionError, match="not one of its cluster"):
@@ -270,7 +271,7 @@ def test_options_and_refusals(tmp_path, monkeypatch):
     with_chief = {"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
     assert not _config_is_chief(with_chief)
 
-    two_replicas = {**info, "replicas": 2, "strategy": "mirrored"}
+    two_replicas = dataclasses.replace(info, replicas=2, strategy="mirrored")
     assert batch_policy(two_replicas, 64)["per_replica_batch_size"] == 32
     assert "as evenly as possible" in batch_policy(two_replicas, 33)["batch_policy"]
     with pytest.raises(OptionError, match="smaller than the 2 replicas"):

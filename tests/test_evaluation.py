@@ -20,7 +20,7 @@ def saved(tmp_path_factory):
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.model.head import build_head
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.pipeline.report.rundir import save_model_atomic, write_json_atomic
+    from headstart.pipeline.report.files import save_model_atomic, write_json_atomic
 
     root = tmp_path_factory.mktemp("evaluation")
     keras.utils.set_random_seed(1)
@@ -42,7 +42,8 @@ def saved(tmp_path_factory):
 
 @pytest.mark.slow
 def test_evaluate_reports_metrics_confusion_and_grid(saved):
-    from headstart.pipeline.data.sources import load_image, resolve_source
+    from headstart.pipeline.data.image import load_image
+    from headstart.pipeline.data.sources import resolve_source
     from headstart.pipeline.stages.evaluation import evaluate_model
 
     grid = saved.root / "wrong.png"
@@ -114,7 +115,7 @@ def test_predict_reports_bad_files_and_keeps_going(saved, tmp_path):
             assert r.label in ("cats", "dogs") and 0.5 <= r.probability <= 1.0
 
     # The same image through evaluate's path and predict's path gives the same probability.
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
     from headstart.pipeline.model.head import logits_to_probabilities
 
     model = keras.saving.load_model(saved.model_path)
@@ -136,7 +137,7 @@ def test_predict_reports_bad_files_and_keeps_going(saved, tmp_path):
 def test_exports_match_model_keras_without_augmentation(saved, tmp_path):
     import tensorflow as tf
 
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
     from ai_edge_litert.interpreter import Interpreter
 
     from headstart.pipeline.stages.export import export_model

@@ -28,7 +28,7 @@ def exported(real_photo_cache, tmp_path_factory):
     from headstart.pipeline.config import HeadConfig
     from headstart.pipeline.data.sources import resolve_source
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.pipeline.report.rundir import save_model_atomic, write_json_atomic
+    from headstart.pipeline.report.files import save_model_atomic, write_json_atomic
     from headstart.pipeline.stages.export import export_model
     from headstart.pipeline.stages.head_training import train_head
 
@@ -76,7 +76,7 @@ def test_onnx_and_tflite_predict_like_model_keras_on_real_test_photos(exported):
 def test_onnx_logits_within_tolerance_and_class_names_in_metadata(exported):
     import onnxruntime
 
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
 
     files = sorted((exported.images / "test" / "cats").glob("*.jpg"))[:8] + \
         sorted((exported.images / "test" / "dogs").glob("*.jpg"))[:8]
@@ -94,7 +94,7 @@ def test_onnx_logits_within_tolerance_and_class_names_in_metadata(exported):
 def test_saved_model_serves_encoded_image_bytes(exported, tmp_path):
     import tensorflow as tf
 
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
     from headstart.pipeline.model.head import logits_to_probabilities
 
     rng = np.random.default_rng(3)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from headstart.features.errors import StoreError
-from headstart.features.store import open_cache
+from headstart.features.cache import open_cache
 from headstart.pipeline.cli import main
 from conftest import make_cache
 
@@ -265,7 +265,7 @@ def test_sigterm_during_extract_features_commits_and_resumes(tiny, tmp_path, mon
 
 @pytest.mark.slow
 def test_sigterm_during_train_head(tiny, tmp_path, monkeypatch):
-    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.pipeline.training.head_data import FeatureRows
 
     out = tmp_path / "head"
     args = ["train-head", tiny["cache"], "--out", out, "--epochs", 50, "--batch-size", 4]
@@ -278,15 +278,15 @@ def test_sigterm_during_train_head(tiny, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sigterm_during_finetune(tiny, tmp_path, monkeypatch):
-    """The hint names --resume; resuming after an interrupt is tested in test_finetune.py."""
-    import headstart.pipeline.data.sources as sources
+    """The hint says to run it again; resuming after an interrupt is tested in test_finetune.py."""
+    import headstart.pipeline.data.file_list as file_list
 
     out = tmp_path / "tuned"
     args = ["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 2,
             "--batch-size", 8, "--parity-samples", 4]
     with monkeypatch.context() as m:
-        _sigterm_after(m, sources, "load_or_reason", 3)
-        _assert_interrupted(_invoke(args), "run the same command again with --resume to resume")
+        _sigterm_after(m, file_list, "load_or_reason", 3)
+        _assert_interrupted(_invoke(args), "run the same command again to resume")
     assert not (out / "run.json").exists()
 
 
@@ -345,7 +345,7 @@ def test_exif_orientation_is_applied_at_decode(tmp_path, orientation):
     from PIL import Image, ImageOps
 
     from headstart.pipeline.data.image import load_image
-    from headstart.pipeline.data.sources import load_image as load_for_predict
+    from headstart.pipeline.data.image import load_image as load_for_predict
 
     path = tmp_path / f"o{orientation}.jpg"
     exif = Image.Exif()
@@ -473,7 +473,7 @@ def test_cache_deleted_while_train_head_streams_it(tiny, tmp_path, monkeypatch):
     """POSIX keeps an open file readable after unlink: the run finishes on what it opened."""
     import shutil
 
-    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.pipeline.training.head_data import FeatureRows
 
     cache = tmp_path / "f.h5"
     shutil.copy(tiny["cache"], cache)
@@ -519,7 +519,7 @@ def test_class_folder_vanishing_and_image_replaced_by_a_directory(tiny, tmp_path
     line = _assert_one_line_error(result, 1, "--max-bad 2")
     assert "test/dogs/" in line and "No such file or directory" in line
     assert not out.exists()  # a refused run leaves only its resumable partial
-    from headstart.features.store import summarize_cache
+    from headstart.features.cache import summarize_cache
 
     skipped = summarize_cache(out)["splits"]["validation"]["skipped"]
     assert skipped == [("validation/cats/cats_000.jpg", "cannot read file (Is a directory)")]
@@ -538,7 +538,7 @@ def test_empty_head_keras_and_run_json_that_is_not_json(tiny, tmp_path):
     shutil.copy(tiny["head"] / "head.keras", head / "head.keras")
     (head / "run.json").write_text("{not json")
     result = _invoke(["finetune", tiny["data"], "--head", head, "--out", tmp_path / "t2"])
-    _assert_one_line_error(result, 2, str(head), "run.json is unreadable")
+    _assert_one_line_error(result, 2, str(head), "run.json is damaged: not readable JSON")
 
 
 # -- determinism ----------------------------------------------------------------------------------
@@ -572,7 +572,7 @@ def test_seed_and_deterministic_give_bit_identical_finetuned_weights(tiny, tmp_p
 
 @pytest.mark.slow
 def test_train_head_stops_at_the_epoch_whose_loss_is_not_finite(tiny, tmp_path, monkeypatch):
-    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.pipeline.training.head_data import FeatureRows
 
     real, epochs = FeatureRows.plan, []
 
@@ -602,7 +602,7 @@ def test_finetune_stops_at_the_epoch_whose_loss_is_not_finite(tmp_path):
     import keras
 
     from headstart.pipeline.errors import NonFiniteLossError
-    from headstart.pipeline.stages.stage_fit import RunBackup
+    from headstart.pipeline.training.stage_fit import RunBackup
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")

@@ -134,7 +134,7 @@ def test_evaluate_reproduces_the_reported_test_accuracy(main_run, prepared):
 def test_exports_predict_like_model_keras(main_run, prepared):
     import tensorflow as tf
 
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
 
     model = keras.saving.load_model(main_run.run_dir / "model.keras", safe_mode=True)
     files = sorted((prepared.data / "validation").rglob("*.jpg"))
@@ -172,8 +172,9 @@ def test_metrics_record_each_export_against_model_keras_on_the_test_split(main_r
 def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prepared, tmp_path):
     from headstart.pipeline.model.head import build_head, compile_head
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.pipeline.model.assembly import freeze_backbone, parse_unfreeze, unfreeze_backbone
-    from headstart.pipeline.report.rundir import save_model_atomic
+    from headstart.pipeline.model.assembly import freeze_backbone, unfreeze_backbone
+    from headstart.pipeline.model.unfreeze import parse_unfreeze
+    from headstart.pipeline.report.files import save_model_atomic
 
     keras.utils.set_random_seed(0)
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
@@ -216,8 +217,8 @@ def test_trainable_counts_per_unfreeze_mode():
     from headstart.features.backbones import build_base, build_pooling, build_preprocessing
     from headstart.pipeline.model.head import build_head
     from headstart.features.chain import batchnorm_layers, build_chain
-    from headstart.pipeline.model.assembly import (freeze_backbone, parse_unfreeze, trainable_counts,
-                                                   unfreeze_backbone)
+    from headstart.pipeline.model.assembly import freeze_backbone, trainable_counts, unfreeze_backbone
+    from headstart.pipeline.model.unfreeze import parse_unfreeze
 
     base = build_base("mobilenet", weights="none", image_size=32, alpha=0.25)
     model = build_chain(base, build_preprocessing("mobilenet"), build_pooling("avg"), head=build_head((256,), 3))
@@ -281,7 +282,7 @@ def test_parity_detects_perturbed_weights(prepared):
     model = build_chain(base, pre, pool, head=head)
     source = resolve_source(str(prepared.data))
     ok = check_parity(model, run["cache"], source, samples=4)
-    assert ok["max_abs_diff"] <= ok["tolerance"] and ok["dtype"] == "float32"
+    assert ok.max_abs_diff <= ok.tolerance and ok.dtype == "float32"
     kernel = base.get_layer("conv_pw_13")
     kernel.set_weights([w * 1.05 for w in kernel.get_weights()])
     with pytest.raises(ParityError, match="tolerance"):
@@ -292,7 +293,7 @@ def test_parity_detects_perturbed_weights(prepared):
 def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_path):
     from headstart.pipeline.data.sources import resolve_source
     from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.model.head_run import read_head_run
+    from headstart.pipeline.report.rundir import RunDir
     from headstart.pipeline.model.head import build_head
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.parity import check_parity
@@ -303,7 +304,7 @@ def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_pat
                      log=lambda s: None)
     train_head(HeadConfig(features=str(tmp_path / "f16.h5"), out=str(tmp_path / "head"), epochs=3, lr=1e-2),
                log=lambda s: None)
-    run = read_head_run(tmp_path / "head")
+    run = RunDir.open(tmp_path / "head", kind="head").record
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
                                               alpha=0.25, pooling="avg",
                                               expected_fingerprint=run["cache"]["config"]["weights_fingerprint"])
@@ -311,8 +312,8 @@ def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_pat
     head.set_weights(keras.saving.load_model(tmp_path / "head" / "head.keras").get_weights())
     result = check_parity(build_chain(base, pre, pool, head=head), run["cache"],
                           resolve_source(str(prepared.data)), samples=8)
-    assert result["dtype"] == "float16" and 0 < result["max_abs_diff"] <= result["tolerance"]
-    assert result["tolerance"] >= 1e-2
+    assert result.dtype == "float16" and 0 < result.max_abs_diff <= result.tolerance
+    assert result.tolerance >= 1e-2
 
 
 @pytest.mark.slow
@@ -323,7 +324,7 @@ def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
 
     out = tmp_path / "mixed"
     result = finetune(config_for(prepared, out, epochs=1, parity_samples=8, mixed_precision=True), log=lambda s: None)
-    assert result.parity["dtype"] == "float32" and result.parity["max_abs_diff"] <= result.parity["tolerance"]
+    assert result.parity.dtype == "float32" and result.parity.max_abs_diff <= result.parity.tolerance
     run = json.loads((out / "run.json").read_text())
     assert run["precision"]["policy"] == "mixed_bfloat16" and run["precision"]["logits_dtype"] == "float32"
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
@@ -353,10 +354,14 @@ def test_refusals(prepared, main_run, tmp_path):
         finetune(config_for(prepared, tmp_path / "a", unfreeze="top:x"), **quiet)
     with pytest.raises(OptionError, match="--export"):
         finetune(config_for(prepared, tmp_path / "a", export=("coreml",)), **quiet)
-    with pytest.raises(RunDirError, match="already exists"):
-        finetune(config_for(prepared, main_run.run_dir), **quiet)
-    with pytest.raises(RunDirError, match="finished run; nothing to resume"):
-        finetune(config_for(prepared, main_run.run_dir, resume=True), **quiet)
+    exports = {"export": ("saved_model", "onnx", "tflite")}
+    with pytest.raises(RunDirError, match=r"holds a finetune run with another configuration \(--lr 1e-05 there, "
+                                          r"0\.001 now\); pass --overwrite"):
+        finetune(config_for(prepared, main_run.run_dir, lr=1e-3, **exports), **quiet)
+    with pytest.raises(RunDirError, match="is not empty and holds no finetune run"):
+        finetune(config_for(prepared, prepared.head), **quiet)  # a train-head directory is not a finetune's
+    again = finetune(config_for(prepared, main_run.run_dir, **exports), **quiet)
+    assert again.reused and again.test_accuracy == main_run.result.test_accuracy  # already done, not redone
     other = make_weights_file(tmp_path / "other.weights.h5", seed=1)
     with pytest.raises(WeightsError, match="other.weights.h5.*not the ones the cached features came from"):
         finetune(with_backbone(config_for(prepared, tmp_path / "b"), weights=str(other)), **quiet)
@@ -438,12 +443,11 @@ def test_resume_after_sigkill_restores_epoch_and_optimizer(prepared, main_run, t
 
     resume = FinetuneConfig(source=str(prepared.data), head=str(prepared.head), out=str(out), epochs=3,
                             batch_size=8, patience=10, parity_samples=4, resume=True)
-    with pytest.raises(OptionError, match="was started with lr=1e-05, now 0.001"):
+    with pytest.raises(RunDirError, match=r"another configuration \(--lr 1e-05 there, 0\.001 now\)"):
         finetune(FinetuneConfig(**{**resume.__dict__, "lr": 1e-3}), log=lambda s: None)
-    with pytest.raises(RunDirError, match="--overwrite .* or --resume"):
-        finetune(FinetuneConfig(**{**resume.__dict__, "resume": False}), log=lambda s: None)
     lines: list[str] = []
-    result = finetune(resume, log=lines.append)
+    # The same command resumes, --resume or not (the --out policy: same options, unfinished run).
+    result = finetune(FinetuneConfig(**{**resume.__dict__, "resume": False}), log=lines.append)
     assert "finetune: resuming after epoch 1 of 3" in lines
     assert sum(line.startswith("finetune epoch") for line in lines) == 2
     with open(out / "history.csv") as f:

@@ -11,12 +11,15 @@ import keras
 import numpy as np
 import pytest
 
-from headstart.pipeline.report import rundir as report
+from headstart.pipeline.report import files as report
+from headstart.pipeline.report.curves import plot_curves
+from headstart.pipeline.report.provenance import library_versions
+from headstart.pipeline.report.summary_table import format_summary_table
 from headstart.pipeline.report.metrics import classification_metrics
-from headstart.pipeline.errors import OptionError, RunDirError
+from headstart.pipeline.errors import OptionError
 from headstart.pipeline.model.head import (build_head, compile_head, head_labels, logits_to_probabilities,
                            predict_classes)
-from headstart.pipeline.stages.head_data import FeatureRows, plan_epoch, shuffle_geometry, split_nbytes
+from headstart.pipeline.training.head_data import FeatureRows, plan_epoch, shuffle_geometry, split_nbytes
 
 
 @pytest.mark.parametrize("shape, classes, units", [((16,), 2, 1), ((16,), 5, 5), ((3, 3, 8), 2, 1),
@@ -76,35 +79,27 @@ def test_classification_metrics():
 
 
 def test_run_dir_files(tmp_path):
-    run = report.prepare_run_dir(tmp_path / "run", overwrite=False)
+    run = tmp_path / "run"
+    run.mkdir()
     history = {"loss": [0.9, 0.5, 0.6], "accuracy": [0.5, 0.8, 0.7],
                "val_loss": [0.8, 0.4, 0.5], "val_accuracy": [0.6, 0.9, 0.85]}
     report.write_history_csv(history, run / "history.csv")
-    report.plot_curves(history, run / "curves.png", best_epoch=2, title="t")
+    plot_curves(history, run / "curves.png", best_epoch=2, title="t")
     report.write_json_atomic(run / "m.json", {"a": np.float32(0.5), "b": np.arange(3), "c": float("nan")})
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and float(rows[1]["val_loss"]) == 0.4
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((run / "m.json").read_text()) == {"a": 0.5, "b": [0, 1, 2], "c": None}
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # temp files all renamed
-
-    with pytest.raises(RunDirError, match="--overwrite"):
-        report.prepare_run_dir(run, overwrite=False)
-    (run / "run.json").write_text("{}")
-    assert report.prepare_run_dir(run, overwrite=True) == run
-    assert not (run / "run.json").exists()  # the old run is no longer marked complete
-    assert (run / "history.csv").exists()   # but nothing else is deleted
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(RunDirError, match="is a file"):
-        report.prepare_run_dir(tmp_path / "file", overwrite=True)
+    assert report.read_history(run / "history.csv") == history  # the one history.csv format, both ways
 
 
 def test_summary_table():
-    table = report.format_summary_table([("best epoch", 3), ("val accuracy", 0.91234), ("test", None)],
+    table = format_summary_table([("best epoch", 3), ("val accuracy", 0.91234), ("test", None)],
                                         title="train-head")
     lines = table.splitlines()
     assert lines[0] == "train-head" and "0.9123" in table and lines[-2].endswith("| -")
-    assert set(report.library_versions()) >= {"tensorflow", "keras", "numpy", "h5py", "python"}
+    assert set(library_versions()) >= {"tensorflow", "keras", "numpy", "h5py", "python"}
 
 
 def test_plan_epoch_is_seeded_and_covers_every_view():

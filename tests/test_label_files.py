@@ -324,8 +324,12 @@ def test_run_and_evaluate_read_the_label_file_options(tmp_path):
     assert (spec.path_column, spec.label_column, spec.images, spec.multi_label) == \
         ("picture", "kind", str(tmp_path / "pics"), True)
     assert 'path_column = "picture"' in to_toml(config) and "multi_label = true" in to_toml(config)
-    recorded = {"source": {**spec.to_dict(), "path": str(csv)}}
-    source = _resolve(str(csv), recorded, None, None, None, {"multi_label": False})
+    from headstart.pipeline.report.rundir import RunDir
+
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "run.json").write_text(json.dumps({"kind": "finetune",
+                                                          "source": {**spec.to_dict(), "path": str(csv)}}))
+    source = _resolve(str(csv), RunDir(tmp_path / "ft"), None, None, None, {"multi_label": False})
     assert source.multi_label and source.describe()["path_column"] == "picture"
     for command in ("evaluate", "finetune", "extract-features", "run"):
         help_text = run_cli(command, "--help").output
@@ -361,16 +365,19 @@ def test_run_and_evaluate_on_a_csv_of_bare_ids_end_to_end(tmp_path):
 
 def test_finetune_reads_the_label_file_options_from_the_head_cache_or_its_own(tmp_path):
     from headstart.pipeline.config import ExtractConfig, FinetuneConfig, config_to_dict
-    from headstart.pipeline.stages.finetuning import _source_spec
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.stages.finetune_plan import source_spec_for
 
     csv = str(tmp_path / "labels.csv")
     recorded = config_to_dict(ExtractConfig(source=csv, path_column="picture", label_column="kind",
                                             images="/data/pics", validation_fraction=0.2))
-    head_run = {"cache": {"provenance": {"command_config": recorded}}}
-    spec = _source_spec(FinetuneConfig(source=csv, head="head"), head_run)
+    (tmp_path / "head").mkdir()
+    (tmp_path / "head" / "run.json").write_text(json.dumps(
+        {"kind": "head", "cache": {"config": {}, "provenance": {"command_config": recorded}}}))
+    spec = source_spec_for(FinetuneConfig(source=csv, head="head"), RunDir(tmp_path / "head"))
     assert (spec.path_column, spec.label_column, spec.images, spec.validation_fraction) == \
         ("picture", "kind", "/data/pics", 0.2)
-    alone = _source_spec(FinetuneConfig(source=csv, path_column="picture", multi_label=True), None)
+    alone = source_spec_for(FinetuneConfig(source=csv, path_column="picture", multi_label=True), None)
     assert alone.path_column == "picture" and alone.multi_label and alone.label_column is None
 
 

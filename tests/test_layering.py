@@ -23,15 +23,16 @@ import headstart.pipeline
 #: pipeline/'s parts from the bottom up: a subpackage or a top-level module per name.
 LAYERS: list[set[str]] = [
     # the version (and the lazy Python API, loaded by name on first use), domain exceptions,
-    # typed result records, the CLI's quiet TensorFlow start-up: none imports any other part
-    {"__init__", "errors", "records", "startup"},
+    # the CLI's quiet TensorFlow start-up: none imports any other part
+    {"__init__", "errors", "startup"},
     {"config"},                         # the typed configs: the one source of defaults
+    {"options"},                        # the one table of option facts: flags, choices, ranges; its check
     {"data"},                           # the input path: source spec, sources, splits, decoding
     {"model"},                          # the model chain around the head, freezing, parity
-    {"report"},                         # run directories, evaluation measures, plots, inspect
+    {"report"},                         # run directories (RunDir, the --out policy and lock), measures, plots
     {"distribute"},                     # tf.distribute strategies and loops
-    {"options"},                        # the one table of option facts
-    {"stages"},                         # extraction, head training, fine-tuning, evaluation
+    {"training"},                       # the fit machinery and the one prediction loop, shared by the stages
+    {"stages"},                         # the commands: extraction, head training, fine-tuning, evaluation, export
     {"diagnose", "sweep"},              # experimentation on a cache, built on the stages
     {"run"},                            # headstart run and demo: the stages chained
     {"cli_errors", "cli_options"},      # the CLI's error boundary; click options from the table
@@ -117,3 +118,54 @@ def test_no_module_imports_the_bare_package_names():
     bare = {m: sorted(i for i in _imports(m) if i.split(".")[0] in ("pipeline", "features"))
             for m in _modules(headstart.pipeline) + _modules(headstart.features)}
     assert {m: i for m, i in bare.items() if i} == {}
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module → the modules of ours it imports (anywhere in its source), resolved to modules."""
+    modules = _modules(headstart.features) + _modules(headstart.pipeline)
+    graph = {}
+    for module in modules:
+        targets = set()
+        for imported in _imports(module):
+            while imported and imported not in modules:  # "pkg.module.name" → "pkg.module"
+                imported = imported.rpartition(".")[0]
+            if imported and imported != module:
+                targets.add(imported)
+        graph[module] = targets
+    return graph
+
+
+def test_no_module_imports_itself_back_through_others():
+    """No import circles, not even inside one part (issue 19 found finetuning ↔ finetune_rundir)."""
+    graph, circles, done = _graph(), [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph[module]):
+            if target in path:
+                circles.append(" → ".join(path[path.index(target):] + [target]))
+            elif target not in done:
+                visit(target, path + [target])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not circles, "import circles:\n" + "\n".join(sorted(set(circles)))
+
+
+#: The size limits of the guide: no library module over 400 lines, no function over 60.
+MODULE_LINES, FUNCTION_LINES = 400, 60
+
+
+def test_modules_and_functions_stay_small():
+    too_long = []
+    for module in _modules(headstart.features) + _modules(headstart.pipeline):
+        text = _source(module).read_text(encoding="utf-8")
+        if text.count("\n") > MODULE_LINES:
+            too_long.append(f"{module}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > FUNCTION_LINES:
+                    too_long.append(f"{module}.{node.name}: {length} lines")
+    assert not too_long, "split these into named steps:\n" + "\n".join(too_long)

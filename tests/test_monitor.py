@@ -15,8 +15,8 @@ from headstart.pipeline.cli import main
 from headstart.pipeline.config import HeadConfig
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.report.metrics import classification_metrics
-from headstart.pipeline.stages.early_stopping import EarlyStopping
-from headstart.pipeline.stages.monitor import check_monitor, history_key
+from headstart.pipeline.training.early_stopping import EarlyStopping
+from headstart.pipeline.training.monitor import check_monitor, history_key
 
 
 def test_early_stopping_on_a_measure_keeps_the_highest_epoch():

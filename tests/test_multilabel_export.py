@@ -15,7 +15,7 @@ def test_exports_carry_thresholds_and_predict_reads_label_sets_from_them(tmp_pat
     import tensorflow as tf
 
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.image import load_image
     from headstart.pipeline.model.head import build_head
     from headstart.pipeline.report.multilabel_metrics import thresholds_record
     from headstart.pipeline.stages.prediction import predict_images

@@ -74,7 +74,7 @@ def test_train_head_on_a_multi_hot_cache(tmp_path):
 
 
 def test_early_stopping_on_validation_map_keeps_the_highest_epoch():
-    from headstart.pipeline.stages.early_stopping import EarlyStopping
+    from headstart.pipeline.training.early_stopping import EarlyStopping
 
     stop = EarlyStopping("val_map", patience=1)
     assert stop.higher_is_better and stop.update(1, 0.5) and stop.update(2, 0.7)
@@ -130,17 +130,27 @@ def test_summary_plot_draws_per_class_ap_and_label_sets(tmp_path, monkeypatch):
 
 
 def test_run_samples_of_a_multi_label_model_hold_label_sets(tmp_path):
-    from headstart.pipeline.run.stages import _Evaluated, _thresholds, _write_samples
+    import json
+
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.run.samples import SampleImages, write_samples
+    from headstart.pipeline.training.predictions import PredictedBatch
 
     names = ["cat", "sofa"]
-    assert _thresholds({"task": "single_label"}, names) is None
-    cuts = _thresholds({"task": "multi_label", "thresholds": {"thresholds": {"cat": 0.3, "sofa": 0.9}}}, names)
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "run.json").write_text(json.dumps({"kind": "finetune", "task": "single_label"}))
+    assert RunDir(tmp_path / "single").thresholds(names) is None
+    (tmp_path / "multi").mkdir()
+    (tmp_path / "multi" / "run.json").write_text(json.dumps(
+        {"kind": "finetune", "task": "multi_label", "thresholds": {"thresholds": {"cat": 0.3, "sofa": 0.9}}}))
+    cuts = RunDir(tmp_path / "multi").thresholds(names)
     np.testing.assert_allclose(cuts, [0.3, 0.9])
-    seen = _Evaluated(total=2, classes=2, thresholds=cuts)
+    samples = SampleImages(total=2, num_classes=2, thresholds=cuts)
     logits = np.array([[0.0, 3.0], [-2.0, 1.0]], np.float32)  # sigmoid: (0.5, 0.95), (0.12, 0.73)
-    seen.kept = [(np.zeros((4, 4, 3), np.uint8), np.array([1, 1]), logits[0]),
-                 (np.zeros((4, 4, 3), np.uint8), np.array([0, 1]), logits[1])]
-    _write_samples(tmp_path / "s.npz", seen, names, size=4, width=2)
+    samples(PredictedBatch(images=np.zeros((2, 4, 4, 3), np.float32), labels=np.array([[1, 1], [0, 1]]),
+                           logits=logits, keys=["a", "b"], positions=np.array([0, 1]), seen=2))
+    assert len(samples.kept) == 2
+    write_samples(tmp_path / "s.npz", samples, names, size=4, width=2)
     with np.load(tmp_path / "s.npz", allow_pickle=False) as z:
         np.testing.assert_array_equal(z["labels"], [[1, 1], [0, 1]])
         np.testing.assert_array_equal(z["predicted"], [[1, 1], [0, 0]])  # at 0.3 / 0.9, not 0.5

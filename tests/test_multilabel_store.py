@@ -27,7 +27,7 @@ def _multi_store(path, **kw):
 
 
 def test_multi_hot_rows_round_trip_with_the_task_recorded(tmp_path):
-    from headstart.features.store import open_cache, summarize_cache
+    from headstart.features.cache import open_cache, summarize_cache
 
     path = _multi_store(tmp_path / "m.h5")
     with open_cache(path) as cache:
@@ -49,7 +49,7 @@ def test_multi_hot_rows_round_trip_with_the_task_recorded(tmp_path):
 
 def test_single_label_caches_and_old_files_read_as_single_label(tmp_path):
     from conftest import complete_store
-    from headstart.features.store import open_cache, summarize_cache
+    from headstart.features.cache import open_cache, summarize_cache
 
     path = tmp_path / "s.h5"
     complete_store(path)
@@ -101,7 +101,7 @@ def test_the_task_is_part_of_the_layout_on_resume_and_rerun(tmp_path):
 
 def test_a_damaged_label_shape_is_a_store_error(tmp_path):
     from headstart.features.errors import StoreError
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
 
     path = _multi_store(tmp_path / "m.h5")
     with h5py.File(path, "r+") as f:
@@ -112,7 +112,8 @@ def test_a_damaged_label_shape_is_a_store_error(tmp_path):
 
 def test_multi_label_shards_merge_into_one_multi_label_cache(tmp_path):
     from headstart.features.merge import merge_shards, write_source_index
-    from headstart.features.store import create_or_resume, open_cache
+    from headstart.features.store import create_or_resume
+    from headstart.features.cache import open_cache
 
     keys = [f"train/{i}" for i in range(10)]
     labels = np.array([[i & 1, (i >> 1) & 1] for i in range(10)])
@@ -141,7 +142,7 @@ def test_multi_label_shards_merge_into_one_multi_label_cache(tmp_path):
 
 
 def test_make_multilabel_cache_helper_holds_several_labels_per_row(tmp_path):
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
 
     with open_cache(make_multilabel_cache(tmp_path / "ml.h5")) as cache:
         labels = cache.split("train").labels

@@ -12,7 +12,8 @@ from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backb
 from headstart.pipeline.cli import main
 from headstart.pipeline.config import EXPORT_FORMATS, ExtractConfig, FinetuneConfig, HeadConfig
 from headstart.pipeline.distribute.strategy import STRATEGIES
-from headstart.pipeline.options import FACTS, RUN_OPTIONS, SECTIONS, config_class, field_default, flag_of
+from headstart.pipeline.options.facts import FACTS, SECTIONS, config_class, field_default, flag_of
+from headstart.pipeline.options.run_flags import RUN_OPTIONS
 
 COMMANDS = {"extract-features": "extract", "train-head": "head", "finetune": "finetune"}
 

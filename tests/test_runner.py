@@ -182,7 +182,8 @@ def test_inspect_describes_run_directories(finished):
 
 
 def test_summary_plot_draws_curves_confusion_and_samples(tmp_path):
-    from headstart.pipeline.report.summary_plot import plot_summary, read_history
+    from headstart.pipeline.report.files import read_history
+    from headstart.pipeline.report.summary_plot import plot_summary
 
     rng = np.random.default_rng(0)
     history = {"loss": [1.0, 0.5], "accuracy": [0.5, 0.8], "val_loss": [1.1, 0.6], "val_accuracy": [0.5, 0.7]}

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_class_folders
-from headstart.features.store import StoreWriter, open_cache
+from headstart.features.store import StoreWriter
+from headstart.features.cache import open_cache
 from headstart.pipeline.cli import main
 
 # MobileNetV2 at 32 px with random weights (as in test_extract.py), plus one augmented view so
@@ -192,13 +193,14 @@ def test_shard_killed_while_indexing_resumes(runs, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_dir_shards_partition_each_split_before_decoding(runs, monkeypatch):
-    import headstart.pipeline.data.sources
-    from headstart.pipeline.data.sources import hash_fraction, resolve_source, shard_of
+    import headstart.pipeline.data.file_list
+    from headstart.pipeline.data.splits import hash_fraction, shard_of
+    from headstart.pipeline.data.sources import resolve_source
 
     source = resolve_source(str(runs.folder))
     decoded = []
-    real_load = headstart.pipeline.data.sources.load_or_reason
-    monkeypatch.setattr(headstart.pipeline.data.sources, "load_or_reason",
+    real_load = headstart.pipeline.data.file_list.load_or_reason
+    monkeypatch.setattr(headstart.pipeline.data.file_list, "load_or_reason",
                         lambda path, *a, **k: decoded.append(path) or real_load(path, *a, **k))
     for split in source.split_names:
         everything = source.keys(split)
@@ -225,7 +227,8 @@ def test_dir_shards_partition_each_split_before_decoding(runs, monkeypatch):
 def test_tfds_shards_filter_on_ids_before_decoding(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     import headstart.pipeline.data.sources
-    from headstart.pipeline.data.sources import resolve_source, shard_of
+    from headstart.pipeline.data.sources import resolve_source
+    from headstart.pipeline.data.splits import shard_of
 
     decoded = []
     real_decode = headstart.pipeline.data.sources.decode_or_reason

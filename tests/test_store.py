@@ -22,7 +22,8 @@ from conftest import one_line as _one_line
 from conftest import store_rows as _rows
 from conftest import store_writer as _writer
 from headstart.features.errors import StoreConfigMismatch, StoreError
-from headstart.features.store import FeatureCache, SplitData, create_or_resume, open_cache, summarize_cache
+from headstart.features.cache import FeatureCache, SplitData, open_cache, summarize_cache
+from headstart.features.store import create_or_resume
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

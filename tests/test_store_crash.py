@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 import pytest
 
-from headstart.features.store import open_cache, summarize_cache
+from headstart.features.cache import open_cache, summarize_cache
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from headstart.features.errors import StoreError, StoreExistsError, StoreInUseError
-from headstart.features.store import FORMAT_VERSION, open_cache, summarize_cache
+from headstart.features.cache import FORMAT_VERSION, open_cache, summarize_cache
 from conftest import REPO
 from conftest import STORE_CONFIG as CONFIG
 from conftest import STORE_FS as FS

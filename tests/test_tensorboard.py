@@ -63,15 +63,16 @@ def test_tensorboard_dir_that_is_a_file_is_refused_before_training(tmp_path):
 
 
 def test_a_reused_stage_is_replayed_through_the_keras_callback(tmp_path):
-    from headstart.pipeline.report.rundir import write_history_csv
-    from headstart.pipeline.report.tensorboard_logs import replay_history
+    from headstart.pipeline.report.files import write_history_csv
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.report.tensorboard_logs import write_history
 
     recorded = {"loss": [0.9, 0.5, 0.4], "accuracy": [0.5, 0.75, 0.875],
                 "val_loss": [1.0, 0.6, 0.7], "val_accuracy": [0.5, 0.625, 0.75]}
     write_history_csv(recorded, tmp_path / "history.csv")
-    assert replay_history(tmp_path / "history.csv", tmp_path / "tb")
+    assert write_history(RunDir(tmp_path).history(), tmp_path / "tb")  # what headstart run replays
     assert_logged_like_history(tmp_path / "tb", history(tmp_path / "history.csv"))
-    assert not replay_history(tmp_path / "missing.csv", tmp_path / "none")
+    assert not write_history(RunDir(tmp_path / "missing").history(), tmp_path / "none")
     assert not (tmp_path / "none").exists()
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import head_weights, make_cache
 from headstart.features.errors import StoreError
-from headstart.features.store import create_or_resume, open_cache
+from headstart.features.cache import open_cache
 from headstart.pipeline.config import HeadConfig
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.model.head import predict_classes
@@ -92,7 +92,7 @@ def test_multiclass_head_on_spatial_float16_features(tmp_path):
 
 @pytest.mark.slow
 def test_memory_and_stream_are_bit_identical_and_deterministic(tmp_path, monkeypatch):
-    from headstart.pipeline.stages import head_data
+    from headstart.pipeline.training import head_data
     from tensorflow.python.framework import config as tf_config
 
     # An augmented-views cache, so the per-epoch view draw is part of what must agree; small
@@ -116,7 +116,7 @@ def test_memory_and_stream_are_bit_identical_and_deterministic(tmp_path, monkeyp
 
 
 def test_views_are_drawn_per_image_per_epoch(tmp_path, monkeypatch):
-    from headstart.pipeline.stages import head_data
+    from headstart.pipeline.training import head_data
 
     cache = make_cache(tmp_path / "f.h5", views=3)
     plans = []
@@ -191,9 +191,10 @@ def test_refusals(tmp_path):
         train_head(HeadConfig(features=str(good), out=str(tmp_path / "x"), epochs=0), **QUIET)
     assert not (tmp_path / "run").exists()  # nothing created by refused runs
 
-    run(good)
-    with pytest.raises(RunDirError, match="--overwrite"):
-        run(good)
+    first = run(good)
+    assert run(good).reused and not first.reused  # the same options on the same cache: already done
+    with pytest.raises(RunDirError, match=r"\(--seed 0 there, 5 now\); pass --overwrite"):
+        run(good, seed=5)
     result = run(good, overwrite=True)
     assert math.isfinite(result.val_loss)
 
@@ -202,7 +203,6 @@ def test_refusals(tmp_path):
 @pytest.mark.assets
 def test_accuracy_on_cats_vs_dogs_2k(shared_assets, tmp_path):
     """The guide's recipe on real photos: MobileNetV2 0.35 at 128 px, test accuracy >= 0.88."""
-    pytest.importorskip("headstart.pipeline.data.sources", reason="the extraction input path is not there yet")
     from click.testing import CliRunner
 
     from conftest import layout_cats_vs_dogs_2k
@@ -224,20 +224,20 @@ def test_accuracy_on_cats_vs_dogs_2k(shared_assets, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_train_head_when_wired(tmp_path):
+def test_cli_train_head(tmp_path):
     from click.testing import CliRunner
 
     from headstart.pipeline.cli import main
 
-    if "train-head" not in main.commands:
-        pytest.skip("the train-head command is not wired into pipeline/cli.py yet")
     cache = make_cache(tmp_path / "f.h5")
     args = ["train-head", str(cache), "--out", str(tmp_path / "run"), "--epochs", "2", "--seed", "3",
             "--deterministic"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     assert "best epoch" in first.output and (tmp_path / "run" / "run.json").is_file()
-    refused = CliRunner().invoke(main, args)
-    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    again = CliRunner().invoke(main, args)  # the same options: already done (tests/test_out_dir.py)
+    assert again.exit_code == 0 and "already done" in again.output
+    refused = CliRunner().invoke(main, [*args[:4], "--epochs", "3", *args[6:]])
+    assert refused.exit_code == 2 and "(--epochs 2 there, 3 now)" in refused.output and "--overwrite" in refused.output
     missing = CliRunner().invoke(main, ["train-head", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "r2")])
     assert missing.exit_code == 2 and "nope.h5" in missing.output

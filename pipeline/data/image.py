@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from headstart.pipeline.data.image_header import (  # noqa: F401 - BadImage, ImageInfo re-exported
+from headstart.pipeline.data.image_header import (
     BadImage,
     ImageInfo,
     has_known_magic,

@@ -24,7 +24,7 @@ from typing import Any
 
 from headstart.pipeline.data.label_file import LabelRow, LabelTable, read_label_file
 from headstart.pipeline.data.source_spec import SourceSpec
-from headstart.pipeline.data.sources import FileListSource
+from headstart.pipeline.data.file_list import FileListSource
 from headstart.pipeline.data.splits import SPLIT_FOLDERS, assign_stratified, hashed_split_specs
 
 

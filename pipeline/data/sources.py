@@ -15,37 +15,25 @@ Which file or TFDS example belongs to which split and shard is ``splits.py``'s b
 class-folder layouts, the split hash, the shard hash); what SOURCE and its split options mean is
 ``source_spec.py``'s. ``dataset(…, shard=(I, N))`` drops other shards' items before decoding.
 Class names are the sorted folder names or labels, or the TFDS label names. Label files (``.csv``,
-``.jsonl``) are read by ``label_file.py`` and served by ``label_source.LabelFileSource``.
+``.jsonl``) are read by ``label_file.py`` and served by ``label_source.LabelFileSource``. The
+``Source`` interface is ``source.py``'s; sources of files below a root, ``file_list.py``'s.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import tensorflow as tf
 
 from headstart.features.tfdata import without_autotune_thread
 from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
-from headstart.pipeline.data.source_spec import SourceSpec, check_source_path, parse_split_option  # noqa: F401 - re-exported
-from headstart.pipeline.data.splits import (  # noqa: F401 - re-exported
-    SHARD_HASH,
-    SHARD_SALT,
-    SPLIT_FOLDERS,
-    hash_fraction,
-    list_class_folders,
-    shard_of,
-)
+from headstart.pipeline.data.file_list import FileListSource
+from headstart.pipeline.data.image import decode_or_reason
+from headstart.pipeline.data.source import Source, decode_map
+from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
+from headstart.pipeline.data.splits import SPLIT_FOLDERS, list_class_folders, shard_of
 from headstart.pipeline.errors import DataError, OptionError
-from headstart.pipeline.data.image import (  # noqa: F401 - re-exported: the input path's public face is this module
-    MAX_IMAGE_PIXELS,
-    decode_and_resize,
-    decode_or_reason,
-    load_image,
-    load_or_reason,
-    probe_image,
-)
+
 
 def open_source(spec: SourceSpec) -> Source:
     """Opens the source a spec names (the one place a SOURCE becomes a Source).
@@ -91,127 +79,6 @@ def resolve_source(
         DataError, OptionError: as ``open_source`` and ``SourceSpec``.
     """
     return open_source(SourceSpec(spec, split_specs or (), validation_fraction, test_fraction))
-
-
-class Source:
-    """A labelled image source with named splits.
-
-    Attributes:
-        spec: the SOURCE string as given.
-        class_names: label index → name, sorted folder names or labels, or the TFDS label names.
-        split_names: the splits this source offers, train/validation/test first.
-        multi_label: elements carry "label" as an int64 (C,) multi-hot vector (C classes) instead
-            of an int64 () index; only label files with a ``labels`` column or ``--multi-label``.
-        notes: one-line remarks on how the source was read, for the user (e.g. rows kept once).
-    """
-
-    kind = ""
-    multi_label = False
-
-    def __init__(self, spec: str):
-        self.spec = spec
-        self.class_names: list[str] = []
-        self.split_names: list[str] = []
-        self.notes: list[str] = []
-
-    def describe(self) -> dict:
-        """Returns {"source", "kind", "splits": {name: spec}} (+ "root" for directories); JSON-ready.
-
-        Everything here defines the content of the splits, so caches compare it on resume.
-        """
-        raise NotImplementedError
-
-    def count(self, split: str, *, shard: tuple[int, int] | None = None) -> int | None:
-        """Items in a split (or in its shard (I, N)), good and bad; None when not known cheaply."""
-        raise NotImplementedError
-
-    def keys(self, split: str) -> list[str]:
-        """Keys of every item of a split (all shards), in dataset order."""
-        raise NotImplementedError
-
-    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None,
-                shard: tuple[int, int] | None = None) -> tf.data.Dataset:
-        """The split as element-level dicts (see the module docstring), in a deterministic order.
-
-        Args:
-            split: one of ``split_names``.
-            image_size: S; images come out (S, S, 3) float32 raw 0–255.
-            max_pixels: decompression-bomb limit; ``MAX_IMAGE_PIXELS`` when None.
-            shard: (I, N) keeps only shard I of N (``shard_of``), in order; others are not decoded.
-
-        Raises:
-            DataError: an unknown split.
-        """
-        raise NotImplementedError
-
-    def _check_split(self, split: str) -> None:
-        if split not in self.split_names:
-            raise DataError(f"{self.spec}: no split '{split}' (it has {', '.join(self.split_names) or 'none'})")
-
-
-def _decode_map(load, image_size: int):
-    # Wraps a Python (payload → (image, reason)) function as a tf.data map over
-    # (payload, label, key); the shapes are lost through py_function, so they are set again.
-    def fn(payload, label, key):
-        image, error = tf.py_function(lambda p: load(p.numpy()), [payload], (tf.float32, tf.string))
-        image.set_shape((image_size, image_size, 3))
-        error.set_shape(())
-        return {"image": image, "label": tf.cast(label, tf.int64), "key": key, "error": error}
-
-    return fn
-
-
-class FileListSource(Source):
-    """A source whose items are files below ``root``: split → [(key, label)], keys relative to it.
-
-    ``_reasons`` maps the keys of items known to be bad before any decoding (a directory loop, a
-    bad row of a label file) to their reason; they stay items of their split, so they are skipped
-    and reported one at a time like bad images. A label is an int, or a multi-hot tuple (C,) for a
-    multi-label source.
-    """
-
-    def __init__(self, spec: str, root: Path):
-        super().__init__(spec)
-        self.root = root.resolve()
-        self._items: dict[str, list[tuple[str, Any]]] = {}
-        self._reasons: dict[str, str] = {}
-
-    def count(self, split: str, *, shard: tuple[int, int] | None = None) -> int:
-        return len(self._shard_items(split, shard))
-
-    def keys(self, split: str) -> list[str]:
-        """Keys (paths relative to the root, forward slashes) of a split, in dataset order."""
-        self._check_split(split)
-        return [key for key, _ in self._items[split]]
-
-    def _shard_items(self, split: str, shard: tuple[int, int] | None) -> list[tuple[str, Any]]:
-        self._check_split(split)
-        items = self._items[split]
-        if shard is None:
-            return items
-        index, count = shard
-        # Filtering the file list means other shards' files are never even opened.
-        return [(key, label) for key, label in items if shard_of(key, count) == index]
-
-    def dataset(self, split: str, image_size: int, *, max_pixels: int | None = None,
-                shard: tuple[int, int] | None = None) -> tf.data.Dataset:
-        items = self._shard_items(split, shard)
-        root = os.fsencode(self.root)
-        paths = tf.constant([os.path.join(root, os.fsencode(k)) for k, _ in items], tf.string, shape=(len(items),))
-        label_shape = (len(items), len(self.class_names)) if self.multi_label else (len(items),)
-        labels = tf.constant([label for _, label in items], tf.int64, shape=label_shape)
-        keys = tf.constant([k for k, _ in items], tf.string, shape=(len(items),))
-
-        reasons = {os.path.join(self.root, k): reason for k, reason in self._reasons.items()}
-
-        def load(path: bytes):
-            path = os.fsdecode(path)
-            if path in reasons:  # listed so that the reason is reported once, among the skipped
-                return tf.zeros((image_size, image_size, 3), tf.float32), reasons[path]
-            return load_or_reason(path, image_size, max_pixels=max_pixels)
-
-        ds = without_autotune_thread(tf.data.Dataset.from_tensor_slices((paths, labels, keys)))
-        return ds.map(_decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 class DirSource(FileListSource):
@@ -352,7 +219,7 @@ class TfdsSource(Source):
         def load(data: bytes):
             return decode_or_reason(data, image_size, max_pixels=max_pixels)
 
-        return ds.map(_decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.map(decode_map(load, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _shard_predicate(index: int, count: int):

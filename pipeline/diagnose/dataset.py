@@ -52,7 +52,7 @@ def load_cache_rows(path: str) -> CacheRows:
     Raises:
         StoreError: the cache cannot be opened. DataError: no train split, fewer than 2 classes.
     """
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
 
     with open_cache(path) as cache:
         names = [s for s in SPLIT_ORDER if s in cache.splits]

@@ -18,6 +18,7 @@ each and the label issues list the images all of them flag first (``agreement``)
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,7 +26,6 @@ from typing import Callable
 import numpy as np
 
 from headstart.pipeline.config import DiagnoseConfig, HeadConfig
-from headstart.pipeline.errors import OptionError
 
 
 @dataclass
@@ -44,23 +44,6 @@ class Diagnosis:
     summary: str = ""
 
 
-def validate_diagnose_config(config: DiagnoseConfig) -> None:
-    """Raises OptionError naming the first bad option."""
-    if not config.features:
-        raise OptionError("CACHE is required")
-    if not config.out:
-        raise OptionError("--out is required")
-    checks = [("--folds", config.folds >= 2, "at least 2", config.folds),
-              ("--neighbours", config.neighbours >= 1, "at least 1", config.neighbours),
-              ("--duplicate-threshold", config.duplicate_threshold is None or 0 < config.duplicate_threshold <= 1,
-               "in (0, 1]", config.duplicate_threshold),
-              ("--constant-std", config.constant_std >= 0, "0 or more", config.constant_std),
-              ("--grid", config.grid >= 1, "at least 1", config.grid)]
-    for option, ok, expected, value in checks:
-        if not ok:
-            raise OptionError(f"{option} must be {expected}, got {value}")
-
-
 def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> Diagnosis:
     """Audits the cache ``config.features`` and writes the report into ``config.out``.
 
@@ -68,29 +51,73 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
         A Diagnosis; ``summary`` is the terminal table.
 
     Raises:
-        OptionError, RunDirError (occupied --out), DataError (no train split, too few rows, other
-        caches of other images), StoreError (a cache cannot be read).
+        OptionError, RunDirError (--out holds another report), RunDirBusyError (another process
+        writes --out), DataError (no train split, too few rows, other caches of other images),
+        StoreError (a cache cannot be read).
     """
-    from headstart.pipeline.diagnose import grids, report
     from headstart.pipeline.diagnose.agreement import align_cache
     from headstart.pipeline.diagnose.dataset import load_cache_rows
-    from headstart.pipeline.report.rundir import prepare_run_dir
+    from headstart.pipeline.options.facts import check_config
+    from headstart.pipeline.report.out_dir import REUSE, claim
 
-    validate_diagnose_config(config)
-    seconds: dict[str, float] = {}
+    check_config("diagnose", config)
     t0 = time.perf_counter()
     rows = load_cache_rows(config.features)
     others = [load_cache_rows(path) for path in config.other_caches]
     orders = [align_cache(rows, other) for other in others]  # refused before anything is written
-    out = prepare_run_dir(config.out, config.overwrite)
-    seconds["load"] = time.perf_counter() - t0
-    log(f"{config.features}: {len(rows.keys)} rows, {len(rows.class_names)} classes")
+    identity = {CACHE_IDENTITY: ",".join([rows.fingerprint, *(o.fingerprint for o in others)])}
+    with claim(config.out, command="diagnose", what="diagnose report", section="diagnose",
+               wanted={**_resolved(config), **identity},
+               read_recorded=lambda: _recorded(config.out), overwrite=config.overwrite) as state:
+        if state == REUSE:
+            log(f"{config.out}: already done (a diagnose report with these options on this cache)")
+            report = _read_report(config.out)
+            return Diagnosis(None, None, None, None, {}, out=config.out, counts=report.get("counts", {}),
+                             summary=report.get("summary", ""))
+        return _diagnose(config, rows, others, orders, time.perf_counter() - t0, log)
 
-    label_issues, agreement = _all_label_issues(rows, others, orders, config, log, seconds)
-    t = time.perf_counter()
+
+#: How report.json's identity of the caches it diagnosed is named in a refusal.
+CACHE_IDENTITY = "CACHE (fingerprint)"
+
+
+def _read_report(out: str) -> dict:
+    import json
+
+    with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _recorded(out: str) -> tuple[dict | None, bool]:
+    """(the options and caches a finished report recorded, or None; whether there is one)."""
+    try:
+        report = _read_report(out)
+        fingerprints = [report["cache"]["fingerprint"], *report["cache"].get("other_fingerprints", [])]
+        return {**report["config"], CACHE_IDENTITY: ",".join(fingerprints)}, True
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, False
+
+
+def _resolved(config: DiagnoseConfig) -> dict:
+    from headstart.pipeline.config import config_to_dict
+
+    return {**config_to_dict(config), "features": os.path.abspath(config.features), "out": os.path.abspath(config.out),
+            "other_caches": [os.path.abspath(p) for p in config.other_caches]}
+
+
+def _diagnose(config: DiagnoseConfig, rows, others: list, orders: list, load_seconds: float,
+              log: Callable[[str], None]) -> Diagnosis:
+    """The diagnosis of the loaded rows, written into the claimed ``config.out``."""
+    from headstart.pipeline.diagnose import grids, report
     from headstart.pipeline.diagnose import neighbours as nb
     from headstart.pipeline.diagnose.duplicates import find_duplicates
+    from headstart.pipeline.diagnose.outliers import find_outliers
 
+    seconds: dict[str, float] = {"load": load_seconds}
+    t0 = time.perf_counter() - load_seconds
+    log(f"{config.features}: {len(rows.keys)} rows, {len(rows.class_names)} classes")
+    label_issues, agreement = _all_label_issues(rows, others, orders, config, log, seconds)
+    t = time.perf_counter()
     x = nb.normalise_features(rows.features)
     indices, sims = nb.top_k_neighbours(x, config.neighbours)
     seconds["neighbours"] = time.perf_counter() - t
@@ -99,18 +126,16 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
                                  neighbours=config.neighbours)
     seconds["duplicates"] = time.perf_counter() - t
     t = time.perf_counter()
-    from headstart.pipeline.diagnose.outliers import find_outliers
-
     outliers = find_outliers(x, indices, sims, rows.pixel_std, constant_std=config.constant_std)
     seconds["outliers"] = time.perf_counter() - t
     diagnosis = Diagnosis(rows, label_issues, duplicates, outliers, _balance(config.features), agreement,
-                          seconds, out=str(out))
+                          seconds, out=config.out)
     t = time.perf_counter()
     grids.write_grids(diagnosis, config.grid)
     seconds["grids"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
-    report.write_report(diagnosis, config)
     diagnosis.summary = report.format_summary(diagnosis)
+    report.write_report(diagnosis, config)
     return diagnosis
 
 
@@ -153,7 +178,7 @@ def _label_issues(features: np.ndarray, rows, config: DiagnoseConfig, log, secon
 
 def _balance(path: str) -> dict:
     """Class counts per split (inspect's summary) and the imbalance ratio max/min of each split."""
-    from headstart.features.store import summarize_cache
+    from headstart.features.cache import summarize_cache
 
     summary = summarize_cache(path)
     out = {}

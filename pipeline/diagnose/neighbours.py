@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 #: Query rows per matrix product: 1,024 × 100,000 float32 similarities is 400 MB.
 BLOCK_ROWS = 1024
 #: Rows up to which the search is exact; beyond it faiss is used when installed.

@@ -2,7 +2,7 @@
 
 cleanlab needs, for every labelled image, class probabilities from a model that never saw that
 image's label. K stratified folds over the rows given: fold j's head trains on the other K - 1
-folds (``headstart.pipeline.stages.head_fit.fit_head``, the same builder, compile and epoch
+folds (``headstart.pipeline.training.head_fit.fit_head``, the same builder, compile and epoch
 loop as ``train-head``) and predicts fold j. Rows held out of every fold (the test split) get the
 mean of the K heads' probabilities, which is just as out-of-sample.
 
@@ -72,9 +72,9 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
     import keras
 
     from headstart.pipeline.model.head import build_head, logits_to_probabilities
-    from headstart.pipeline.stages.head_data import FeatureRows
-    from headstart.pipeline.stages.head_fit import fit_head
-    from headstart.pipeline.stages.head_training import build_compiled_head, head_options
+    from headstart.pipeline.training.head_data import FeatureRows
+    from headstart.pipeline.training.head_fit import fit_head
+    from headstart.pipeline.training.head_recipe import build_compiled_head, head_options
 
     if len(x) < 2 * folds:
         raise DataError(f"{len(x)} labelled rows are too few for {folds} folds (need {2 * folds} or more)")

@@ -88,7 +88,8 @@ def write_report(d, config) -> None:
     """Writes the three CSVs, then report.json, into ``d.out``."""
     from headstart.pipeline.config import config_to_dict
     from headstart.pipeline.diagnose.neighbours import search_method
-    from headstart.pipeline.report.rundir import library_versions, write_json_atomic, write_text_atomic
+    from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
+    from headstart.pipeline.report.provenance import library_versions
 
     out = d.out
     label_columns = LABEL_COLUMNS + (AGREEMENT_COLUMNS if d.agreement is not None else ())
@@ -103,9 +104,11 @@ def write_report(d, config) -> None:
         "config": {**config_to_dict(config), "features": os.path.abspath(config.features),
                    "other_caches": [os.path.abspath(p) for p in config.other_caches],
                    "out": os.path.abspath(config.out)},
-        "cache": {"path": os.path.abspath(d.rows.path), "fingerprint": d.rows.fingerprint},
+        "cache": {"path": os.path.abspath(d.rows.path), "fingerprint": d.rows.fingerprint,
+                  "other_fingerprints": [c["fingerprint"] for c in (d.agreement.caches[1:] if d.agreement else [])]},
         "label_issue_agreement": _agreement_record(d),
         "counts": d.counts,
+        "summary": d.summary,  # what the terminal showed; a rerun with the same options shows it again
         "thresholds": {
             "label_issues": "cleanlab.filter.find_label_issues(filter_by='prune_by_noise_rate') on "
                             f"{config.folds}-fold out-of-fold probabilities; score = self-confidence",
@@ -129,7 +132,7 @@ def write_report(d, config) -> None:
 
 def format_summary(d, top: int = 5) -> str:
     """The terminal table: counts per kind, how duplicates were decided, then the top five of each."""
-    from headstart.pipeline.report.rundir import format_summary_table
+    from headstart.pipeline.report.summary_table import format_summary_table
 
     c = d.counts or counts(d)
     agree = d.agreement

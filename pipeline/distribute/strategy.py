@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from headstart.pipeline.config import STRATEGIES
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.records import Record
 
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 #: Split the CPU into this many logical devices before TensorFlow starts (try ``mirrored`` on a
 #: machine without GPUs, as the tests and benchmarks/scaling.py do).
 LOGICAL_CPUS_ENV = "HEADSTART_LOGICAL_CPUS"
@@ -48,8 +47,8 @@ _STRATEGIES: dict[tuple, Any] = {}
 
 
 @dataclass(frozen=True)
-class StrategyInfo(Record):
-    """What ``resolve_strategy`` chose (also readable as ``info["replicas"]``).
+class StrategyInfo:
+    """What ``resolve_strategy`` chose.
 
     Attributes:
         strategy: the strategy chosen: "default", "mirrored" or "multiworker".
@@ -112,7 +111,7 @@ def set_up_strategy(name: str, batch_size: int, *, log: Callable[[str], None],
     """
     strategy, info = resolve_strategy(name)
     distribute = {**batch_policy(info, batch_size),
-                  **{k: info[k] for k in ("requested", "worker_index", "is_chief", "devices")}}
+                  **{k: getattr(info, k) for k in ("requested", "worker_index", "is_chief", "devices")}}
     for option, size in (other_batches or {}).items():
         batch_policy(info, size, option=option)
     line = strategy_line(info, distribute)
@@ -156,6 +155,15 @@ def _tasks(config: dict | None) -> int:
     if not config:
         return 0
     return sum(len(config["cluster"].get(kind, [])) for kind in ("chief", "worker"))
+
+
+def config_is_chief() -> bool:
+    """Whether this process is the chief, from ``TF_CONFIG`` alone (no TensorFlow): True without one.
+
+    The chief writes ``--out`` and claims it before TensorFlow starts; the other workers of a
+    cluster write throw-away copies (``chief_output_dir``).
+    """
+    return _config_is_chief(read_tf_config())
 
 
 def _config_is_chief(config: dict | None) -> bool:
@@ -267,13 +275,13 @@ def _mirrored_strategy(have_gpus: bool) -> Any:
     return _STRATEGIES[key]
 
 
-def batch_policy(info: StrategyInfo | dict[str, Any], global_batch_size: int, *, option: str = "--batch-size") -> dict[str, Any]:
+def batch_policy(info: StrategyInfo, global_batch_size: int, *, option: str = "--batch-size") -> dict[str, Any]:
     """The per-replica batch for a global batch under ``info``'s strategy, for logs and run.json.
 
     Raises:
         OptionError: a global batch smaller than the number of replicas (some would get nothing).
     """
-    replicas = int(info["replicas"])
+    replicas = int(info.replicas)
     if global_batch_size < replicas:
         raise OptionError(f"{option} {global_batch_size} is smaller than the {replicas} replicas; "
                           f"give at least {replicas}")
@@ -281,9 +289,9 @@ def batch_policy(info: StrategyInfo | dict[str, Any], global_batch_size: int, *,
     text = (f"global batch {global_batch_size} = {replicas} × {int(per)}" if per.is_integer() else
             f"global batch {global_batch_size} split over {replicas} replicas as evenly as possible "
             f"({math.floor(per)}–{math.ceil(per)} each)")
-    return {"strategy": info["strategy"], "replicas": replicas, "workers": info["workers"],
+    return {"strategy": info.strategy, "replicas": replicas, "workers": info.workers,
             "global_batch_size": int(global_batch_size), "per_replica_batch_size": math.ceil(per),
-            "batch_policy": text, "lr_policy": info["lr_policy"]}
+            "batch_policy": text, "lr_policy": info.lr_policy}
 
 
 def strategy_line(info: StrategyInfo, policy: dict[str, Any]) -> str | None:
@@ -326,7 +334,7 @@ def chief_output_dir(path: str | os.PathLike, chief: bool) -> Iterator[Path]:
     workers write into a fresh temporary directory, removed on exit. Usage::
 
         with chief_output_dir(config.out, info.is_chief) as out:
-            run_dir = report.prepare_run_dir(out, config.overwrite)
+            RunDir(out).write_outputs(model, ...)
             ...
     """
     if chief:

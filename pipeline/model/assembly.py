@@ -25,11 +25,10 @@ import difflib
 
 import keras
 
-# walk_layers / batchnorm_layers / freeze_batchnorm live with the chain builder, which freezes
-# BatchNorm in every chain it builds; imported here for the freezing below and its callers.
-from headstart.features.chain import batchnorm_layers, build_chain, freeze_batchnorm, walk_layers  # noqa: F401
+# freeze_batchnorm lives with the chain builder, which freezes BatchNorm in every chain it builds.
+from headstart.features.chain import build_chain, freeze_batchnorm
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.model.unfreeze import Unfreeze, parse_unfreeze  # noqa: F401 - re-exported
+from headstart.pipeline.model.unfreeze import Unfreeze
 
 def inference_model(model: keras.Model) -> keras.Model:
     """Returns the same model without its augmentation, sharing every weight.

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.model.head_options import check_head_options  # noqa: F401 - re-exported
+from headstart.pipeline.options.facts import check_value
 
 
 def num_logits(num_classes: int, multi_label: bool = False) -> int:
@@ -75,7 +75,9 @@ def build_head(
     feature_shape = tuple(int(d) for d in feature_shape)
     if num_classes < 2:
         raise OptionError(f"a classifier needs at least 2 classes, got {num_classes}")
-    check_head_options(dropout=dropout, kind=kind, hidden_units=hidden_units, normalize=normalize)
+    for field, value in (("dropout", dropout), ("head_kind", kind), ("hidden_units", hidden_units),
+                         ("normalize", normalize)):
+        check_value("head", field, value)  # the option table's ranges, as train-head checks them
     if len(feature_shape) not in (1, 3):
         raise OptionError(f"feature shape must be (C,) or (h, w, C), got {feature_shape}")
 

@@ -10,13 +10,13 @@ ones the features came from.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from headstart.pipeline.errors import ParityError, RunDirError
-from headstart.pipeline.records import Record
 
 #: Relative tolerance of the parity check per cache dtype, scaled by max(1, |largest logit|): float16
 #: keeps 11 significant bits (~5e-4 per feature), float32 differs only by summation order.
@@ -24,7 +24,7 @@ PARITY_RTOL = {"float16": 1e-2, "float32": 1e-4}
 
 
 @dataclass(frozen=True)
-class ParityResult(Record):
+class ParityResult:
     """What the parity check compared and found (metrics.json's "parity" section).
 
     Attributes:
@@ -43,6 +43,10 @@ class ParityResult(Record):
     dtype: str
     worst_key: str
 
+    def to_dict(self) -> dict:
+        """metrics.json's "parity" section."""
+        return dataclasses.asdict(self)
+
 
 def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, batch_size: int = 32) -> ParityResult:
     """Compares the model's inference logits with ``head(cached features)`` on the same images.
@@ -58,7 +62,7 @@ def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, bat
         batch_size: images per forward pass.
 
     Returns:
-        A ParityResult (also readable as ``result["max_abs_diff"]``).
+        A ParityResult.
 
     Raises:
         RunDirError: the cache is gone or changed since train-head. ParityError: a difference above
@@ -86,7 +90,7 @@ def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, bat
 def _sample(model: Any, info: dict, source: Any, samples: int) -> tuple[str, list, list, np.ndarray, str]:
     """(split, keys, raw images, their cached features float32, the cache's dtype) to compare."""
     from headstart.features.errors import StoreError
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
 
     try:
         cache = open_cache(info["path"])

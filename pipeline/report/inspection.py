@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.pipeline.errors import RunDirError
+from headstart.pipeline.report.rundir import RunDir
 
 _STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune": "finetune", "evaluate": "evaluate"}
 
@@ -32,7 +33,7 @@ def inspect_path(path: str) -> dict:
         if any((p / name).is_file() for name in ("config.toml", "stages.json", "summary.json")):
             return _inspect_pipeline(p)
         return _inspect_run_dir(p)
-    from headstart.features.store import summarize_cache
+    from headstart.features.cache import summarize_cache
 
     info = summarize_cache(str(p))
     info["kind"] = "feature-cache"
@@ -74,32 +75,21 @@ def _inspect_pipeline(path: Path) -> dict:
 
 
 def _inspect_run_dir(path: Path) -> dict:
-    run_json = path / "run.json"
-    if not run_json.is_file():
-        progress = path / "backup" / "progress.json"
-        if progress.is_file():
+    run = RunDir(path)
+    if not run.complete:
+        progress = run.read_progress()
+        if progress is not None:
             return {"kind": "run-directory", "path": str(path), "complete": False,
-                    "run": {"kind": "finetune", "config": (_read_json(progress) or {}).get("config", {})},
-                    "backup": _backup_epochs(path / "backup"),
-                    "files": sorted(f.name for f in path.iterdir())}
+                    "run": {"kind": "finetune", "config": progress.get("config", {})},
+                    "backup": run.backup_epochs(), "files": _files(path)}
         raise RunDirError(f"{path} is not a headstart run directory (no run.json, config.toml or stages.json)")
-    run = _read_json(run_json)
-    info = {"kind": "run-directory", "path": str(path), "complete": True, "run": run}
-    metrics = path / "metrics.json"
-    if metrics.is_file():
-        info["metrics"] = _read_json(metrics)
-    info["files"] = sorted(f.name for f in path.iterdir())
-    return info
+    run = RunDir.open(path)  # a damaged run.json is reported here, naming the field
+    return {"kind": "run-directory", "path": str(path), "complete": True, "run": run.record,
+            **({"metrics": run.metrics()} if run.metrics() else {}), "files": _files(path)}
 
 
-def _backup_epochs(backup: Path) -> dict:
-    out = {}
-    for state in sorted(backup.glob("*/state.json")):
-        try:
-            out[state.parent.name] = int(json.loads(state.read_text(encoding="utf-8")).get("epoch", 0))
-        except (OSError, ValueError, TypeError):
-            continue
-    return out
+def _files(path: Path) -> list[str]:
+    return sorted(f.name for f in path.iterdir() if not f.name.startswith("."))
 
 
 def format_inspection(info: dict) -> str:

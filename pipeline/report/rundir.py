@@ -1,312 +1,385 @@
-"""The run directory: what a user looks at after ``train-head`` or ``finetune``.
+"""``RunDir``: a trained model's run directory, and the only code that reads or writes its files.
 
-Every file is written under a temporary name in the same directory and moved into place with
-``os.replace``, so a crash never leaves a half-written ``head.keras`` or ``run.json``. ``run.json`` is
-written last and marks a finished run: a directory without it is incomplete.
+``train-head`` (and the sweep's ``best/``) and ``finetune`` write one each::
 
-Files: ``run.json`` (resolved config, provenance, versions, timings), ``metrics.json``,
-``history.csv``, ``curves.png`` and the model (``head.keras`` / ``model.keras``).
+    run.json         resolved config, provenance, class names, task, the head / backbone recipe,
+                     versions and timings; written last, so its presence marks a finished run
+    metrics.json     validation and test measures (finetune: parity, stage gate, exports)
+    thresholds.json  a multi-label model's per-class thresholds (also in run.json)
+    history.csv      per-epoch history        curves.png   its plot
+    head.keras | model.keras                   the model (loads in Keras' safe mode)
+    backup/          while a finetune runs: progress.json and each stage's per-epoch backup
+
+Every reader goes through the typed accessors (``class_names``, ``task``, ``thresholds``,
+``cache_config``, ``backbone``, ``image_size``, ``source_spec``, …), which check what they read: a
+damaged or foreign directory is one ``RunDirError`` naming the file and the field. Every writer
+goes through ``write_outputs`` (atomic files, run.json last). Claiming the directory for a command
+(its lock and the ``--out`` policy) is ``headstart.pipeline.report.out_dir.claim_run_dir``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
-import platform
-import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from headstart.pipeline.errors import OutputError, RunDirError
+from headstart.pipeline.errors import RunDirError
 
-#: Written last by every run; its presence marks a complete run directory.
-RUN_JSON = "run.json"
-
-
-def check_run_dir_free(path: str | os.PathLike, overwrite: bool) -> Path:
-    """``prepare_run_dir``'s refusals without touching anything, for checks before TensorFlow starts.
-
-    Raises:
-        RunDirError: the path is a file, or a directory with content and ``overwrite`` is False.
-    """
-    run_dir = Path(path)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir} is a file; give a directory for the run")
-    if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
-        raise RunDirError(f"--out {run_dir} already exists and is not empty; "
-                          f"pass --overwrite to replace its run files")
-    return run_dir
+RUN_JSON, METRICS_JSON, THRESHOLDS_JSON, HISTORY_CSV, CURVES_PNG = (
+    "run.json", "metrics.json", "thresholds.json", "history.csv", "curves.png")
+PROGRESS_JSON = "progress.json"
+#: The model file of each kind of run.
+MODEL_FILES = {"head": "head.keras", "finetune": "model.keras"}
+#: The command that writes each kind, for messages.
+COMMANDS = {"head": "train-head", "finetune": "finetune"}
+#: What a backbone recipe holds: the cache-config keys a rebuild takes, and the weights' fingerprint.
+BACKBONE_KEYS = ("backbone", "weights", "alpha", "image_size", "pooling")
+TASKS = ("single_label", "multi_label")
 
 
-def prepare_run_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Checks and creates the run directory before any work starts.
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and len(value) >= 1 and all(isinstance(v, str) for v in value)
 
-    A missing or empty directory is used as it is. An existing directory with content is refused
-    unless ``overwrite``; with ``overwrite`` nothing is deleted (a wrong ``--out`` must not cost the
-    user files), but the old ``run.json`` is removed first, so a crash before the new run finishes
-    leaves a directory marked incomplete rather than one that describes the old run.
+
+class RunDir:
+    """A ``train-head`` or ``finetune`` run directory.
 
     Args:
-        path: the run directory.
-        overwrite: allow replacing the files of an existing run.
-
-    Returns:
-        The directory as a Path; it exists on return.
-
-    Raises:
-        RunDirError: the path is a file, its parent cannot be created, or it has content and
-            ``overwrite`` is False.
+        path: the directory.
     """
-    run_dir = check_run_dir_free(path, overwrite)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        (run_dir / RUN_JSON).unlink(missing_ok=True)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"--out {run_dir}: cannot create the directory ({exc.strerror})") from None
-    check_writable(run_dir, "--out")
-    return run_dir
 
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._record: dict | None = None
 
-def check_writable(directory: str | os.PathLike, option: str) -> None:
-    """Creates and removes a file in ``directory``, so a read-only one fails before any work.
+    # ── opening ──────────────────────────────────────────────────────────────────────────────
 
-    Raises:
-        OutputError: naming the option and the directory.
-    """
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputError(f"{option} {directory}: cannot write there ({exc.strerror})") from None
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, kind: str | None = None, option: str | None = None,
+             recipe: bool = False) -> "RunDir":
+        """A finished run directory, checked: run.json readable, of ``kind``, its fields sound.
 
+        Args:
+            path: the directory.
+            kind: "head" or "finetune"; None takes either.
+            option: the option that named it (e.g. "--head"), for messages.
+            recipe: also check the backbone recipe (a head run that is to be rebuilt).
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = "") -> None:
-    # The temp file lives in the target's directory so os.replace is a same-filesystem rename;
-    # `suffix` keeps extensions that writers insist on (Keras refuses to save without ".keras").
-    # Any OSError (read-only, full, forbidden) becomes one OutputError naming the file; the
-    # previous file, if any, is untouched and no temporary is left behind.
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    except OSError as exc:
-        raise output_error(path, exc) from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise output_error(path, exc) from None
-        raise
+        Raises:
+            RunDirError: missing, not a directory, unfinished (no run.json), another kind, a
+                damaged field, or no model file.
+        """
+        run = cls(path)
+        where = f"{option} {run.path}" if option else str(run.path)
+        wanted = COMMANDS.get(kind or "", "train-head or finetune")
+        if not run.path.is_dir():
+            raise RunDirError(f"{where}: no such run directory (give a {wanted} --out directory)")
+        if not run.complete:
+            what = ("incomplete (no run.json; did it finish?)" if any(run.path.glob("*.keras"))
+                    else f"not a {wanted} run directory (no run.json)")
+            raise RunDirError(f"{where}: {what}")
+        found = run.kind
+        if found not in MODEL_FILES or (kind and found != kind):
+            raise RunDirError(f"{where}: a {found or 'foreign'!r} run directory, not a {wanted} run")
+        run.check(recipe=recipe)
+        if not run.model_path.is_file():
+            raise RunDirError(f"{where}: {run.model_path.name} is missing")
+        return run
 
+    @classmethod
+    def beside(cls, path: str | os.PathLike) -> "RunDir | None":
+        """The run directory a model file, an export or a run directory holding model.keras belongs
+        to: the directory itself, else the file's folder; None unless it holds run.json or
+        thresholds.json (a model copied with its thresholds keeps them)."""
+        path = Path(path)
+        folder = path if path.is_dir() and (path / MODEL_FILES["finetune"]).is_file() else path.parent
+        run = cls(folder)
+        return run if (run.run_json.is_file() or run.thresholds_json.is_file()) else None
 
-def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
-    """The one wording of an output that cannot be written (see README, Troubleshooting)."""
-    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+    def check(self, *, recipe: bool = False) -> None:
+        """Reads every field its kind needs, so a damaged one fails now, in one line.
 
+        A head run's backbone recipe is read only with ``recipe`` (before it is rebuilt): caches made
+        by other tools may train heads without one.
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = "") -> None:
-    """Calls ``write(tmp)`` on a temporary name beside ``path``, then ``os.replace``s it into place.
+        Raises:
+            RunDirError: naming the file and the field.
+        """
+        needed = ["class_names", "task", "head_architecture" if self.kind == "head" else "backbone"]
+        for name in needed + (["backbone"] if recipe else []):
+            getattr(self, name)  # each accessor checks what it reads
 
-    Args:
-        path: the final file.
-        write: writes the whole file to the path it is given.
-        suffix: extension the temporary name must end with (e.g. ".keras", ".png").
-    """
-    _atomic_write(path, write, suffix=suffix)
+    # ── files ────────────────────────────────────────────────────────────────────────────────
 
+    @property
+    def run_json(self) -> Path:
+        return self.path / RUN_JSON
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` (UTF-8) to ``path`` via a temporary file and ``os.replace``."""
+    @property
+    def thresholds_json(self) -> Path:
+        return self.path / THRESHOLDS_JSON
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    @property
+    def complete(self) -> bool:
+        """Whether run.json is there: the run finished."""
+        return self.run_json.is_file()
 
-    _atomic_write(path, write)
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILES.get(self.kind if self.complete else "finetune", MODEL_FILES["finetune"])
 
+    @property
+    def backup_dir(self) -> Path:
+        """Where an unfinished finetune keeps its progress and per-stage backups."""
+        return self.path / "backup"
 
-def _jsonable(value: Any) -> Any:
-    # NumPy scalars/arrays and tuples turn up in metrics and configs; NaN/inf are not valid JSON.
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    # ── run.json, checked field by field ─────────────────────────────────────────────────────
+
+    @property
+    def record(self) -> dict:
+        """run.json as read (a dict)."""
+        if self._record is None:
+            self._record = self._read_json(self.run_json)
+        return self._record
+
+    def _read_json(self, path: Path) -> dict:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(f"{path}: no such file") from None
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{path} is damaged: not readable JSON ({str(exc).splitlines()[0][:120]})") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path} is damaged: not a JSON object")
+        return data
+
+    def _damaged(self, field: str, expected: str, value: Any, file: Path | None = None) -> RunDirError:
+        command = COMMANDS.get(str(self.record.get("kind")), "the command that wrote it")
+        return RunDirError(f"{file or self.run_json} is damaged: '{field}' should be {expected}, not "
+                           f"{json.dumps(value)[:80]}; run {command} again")
+
+    def _field(self, field: str, ok: Callable[[Any], bool], expected: str, default: Any = ...) -> Any:
+        path = field.split(".")
+        value: Any = self.record
+        for part in path:
+            if not isinstance(value, dict) or part not in value:
+                if default is not ...:
+                    return default
+                raise self._damaged(field, expected, None)
+            value = value[part]
+        if not ok(value):
+            raise self._damaged(field, expected, value)
         return value
-    return str(value)
+
+    @property
+    def kind(self) -> str | None:
+        """"head" (train-head, a sweep's best) or "finetune"; None for anything else."""
+        kind = self.record.get("kind")
+        return kind if kind in MODEL_FILES else None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._field("class_names", _is_names, "a list of class names"))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def task(self) -> str:
+        """"single_label" or "multi_label" (runs from before multi-label tasks: single-label)."""
+        return self._field("task", lambda v: v in TASKS, " or ".join(TASKS), "single_label")
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi_label"
+
+    @property
+    def config(self) -> dict:
+        """The resolved options of the run ("config")."""
+        return self._field("config", lambda v: isinstance(v, dict), "a table of options", {})
+
+    @property
+    def cache(self) -> dict:
+        """A head run's "cache" section: path, fingerprint, config, provenance, splits."""
+        return self._field("cache", lambda v: isinstance(v, dict) and isinstance(v.get("config"), dict),
+                           "a table with the cache's path and config")
+
+    @property
+    def cache_config(self) -> dict:
+        """The config of the cache a head run trained on (backbone, weights, image size, pooling…)."""
+        return self.cache["config"]
+
+    @property
+    def backbone(self) -> dict:
+        """``BACKBONE_KEYS`` and "weights_fingerprint": the recipe that rebuilds the backbone."""
+        if self.kind == "finetune":
+            section = self._field("backbone", lambda v: isinstance(v, dict), "a table of the backbone's recipe")
+            where = "backbone"
+        else:
+            section, where = self.cache_config, "cache.config"
+        for key in (*BACKBONE_KEYS, "weights_fingerprint"):
+            if key not in section:
+                raise self._damaged(f"{where}.{key}", "present", None)
+        if not isinstance(section["image_size"], int) or isinstance(section["image_size"], bool):
+            raise self._damaged(f"{where}.image_size", "a whole number of pixels", section["image_size"])
+        return {key: section[key] for key in (*BACKBONE_KEYS, "weights_fingerprint")}
+
+    @property
+    def image_size(self) -> int:
+        return int(self.backbone["image_size"])
+
+    @property
+    def head_architecture(self) -> dict:
+        """A head run's ``build_head`` keyword arguments ("head")."""
+        from headstart.pipeline.model.head import head_architecture
+
+        return head_architecture(self._field("head", lambda v: isinstance(v, dict), "a table of the head's settings"))
+
+    @property
+    def source_record(self) -> dict:
+        """How the run read its SOURCE, as recorded: finetune's "source" (with "path"), a head run's
+        cache's ``command_config``; {} when it recorded none."""
+        if self.kind == "finetune":
+            return dict(self._field("source", lambda v: isinstance(v, dict), "a table", {}))
+        if self.kind == "head":
+            return dict((self.cache.get("provenance") or {}).get("command_config") or {})
+        return {}
+
+    def source_spec(self, **given: Any) -> Any:
+        """How the run read its SOURCE (a ``SourceSpec``): finetune's "source", or a head run's cache
+        provenance; ``given`` (source, split_specs, label_options) as ``SourceSpec.from_record``."""
+        from headstart.pipeline.data.source_spec import SourceSpec
+
+        return SourceSpec.from_record(self.source_record, **given)
+
+    @property
+    def thresholds_record(self) -> dict | None:
+        """A multi-label model's thresholds record: run.json's, else thresholds.json beside the model."""
+        record = self.record.get("thresholds") if self.complete else None
+        if record is None and self.thresholds_json.is_file():
+            record = self._read_json(self.thresholds_json)
+        if record is not None and not isinstance(record.get("thresholds", {}), dict):
+            raise self._damaged("thresholds", "a table of class → threshold", record.get("thresholds"))
+        return record
+
+    def thresholds(self, class_names: list[str]) -> np.ndarray | None:
+        """float64 (C,) per-class thresholds of a multi-label model, in ``class_names`` order; None
+        for a single-label one."""
+        from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+
+        record = self.thresholds_record
+        task = self.task if self.complete else (record or {}).get("task")
+        return thresholds_from_record(record, class_names) if task == "multi_label" else None
+
+    # ── the other files ──────────────────────────────────────────────────────────────────────
+
+    def metrics(self) -> dict:
+        """metrics.json ({} when it is missing)."""
+        path = self.path / METRICS_JSON
+        return self._read_json(path) if path.is_file() else {}
+
+    def history(self) -> dict[str, list[float]]:
+        """history.csv: metric → one value per epoch ({} when missing)."""
+        from headstart.pipeline.report.files import read_history
+
+        return read_history(self.path / HISTORY_CSV)
+
+    def load_model(self) -> Any:
+        """The run's model, loaded in Keras' safe mode (see ``load_model_file``)."""
+        return load_model_file(self.model_path)
+
+    def rebuild(self, *, weights: str | None = None, augmentation: Any = None) -> Any:
+        """A head run as a model on raw images: backbone, preprocessing and pooling rebuilt from its
+        provenance, its head on top (``headstart.pipeline.model.head_run.rebuild_head_chain``)."""
+        from headstart.pipeline.model.head_run import rebuild_head_chain
+
+        return rebuild_head_chain(self.backbone, self.num_classes, self.head_architecture, self.model_path,
+                                  weights=weights, augmentation=augmentation)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether an unfinished finetune left a progress record to resume from."""
+        return not self.complete and (self.backup_dir / PROGRESS_JSON).is_file()
+
+    def read_progress(self) -> dict | None:
+        """An unfinished finetune's progress record (backup/progress.json), or None."""
+        path = self.backup_dir / PROGRESS_JSON
+        return self._read_json(path) if path.is_file() else None
+
+    def write_progress(self, progress: Mapping[str, Any]) -> None:
+        from headstart.pipeline.report.files import write_json_atomic
+
+        write_json_atomic(self.backup_dir / PROGRESS_JSON, progress)
+
+    def backup_epochs(self) -> dict[str, int]:
+        """Stage → epochs its backup holds (``headstart.pipeline.training.stage_fit``'s state.json)."""
+        out = {}
+        for state in sorted(self.backup_dir.glob("*/state.json")):
+            try:
+                out[state.parent.name] = int(json.loads(state.read_text(encoding="utf-8")).get("epoch", 0))
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue
+        return out
+
+    def recorded_options(self, kind: str) -> dict | None:
+        """The options a ``kind`` run directory was made with: a finished run's "config", an
+        unfinished finetune's progress record's; None when it records none (another kind, or a
+        record that cannot be read)."""
+        try:
+            if self.complete:
+                return self.config if self.kind == kind else None
+            progress = self.read_progress() if kind == "finetune" else None
+            return progress.get("config") if progress else None
+        except RunDirError:
+            return None
+
+    # ── writing ──────────────────────────────────────────────────────────────────────────────
+
+    def write_outputs(self, model: Any, *, kind: str, metrics: Mapping[str, Any], history: Mapping[str, Any],
+                      best_epoch: int | None, title: str, record: Mapping[str, Any],
+                      timings: Mapping[str, Any]) -> None:
+        """The model, metrics.json, thresholds.json (multi-label), history.csv, curves.png, then
+        run.json (``record`` stamped with versions, ``timings`` and the time: it marks the end)."""
+        from headstart.pipeline.report.curves import plot_curves
+        from headstart.pipeline.report.files import save_model_atomic, write_history_csv, write_json_atomic
+        from headstart.pipeline.report.provenance import stamp_record
+
+        save_model_atomic(model, self.path / MODEL_FILES[kind])
+        write_json_atomic(self.path / METRICS_JSON, metrics)
+        if metrics.get("thresholds"):  # beside the model, so whoever copies it can take its cuts along
+            write_json_atomic(self.thresholds_json, metrics["thresholds"])
+        write_history_csv(history, self.path / HISTORY_CSV)
+        plot_curves(history, self.path / CURVES_PNG, best_epoch=best_epoch, title=title)
+        write_json_atomic(self.run_json, stamp_record({"kind": kind, **record}, timings=timings))
+        self._record = None
+
+    def update_record(self, **sections: Any) -> None:
+        """Adds or replaces sections of run.json (e.g. the sweep's "sweep" record of its best/)."""
+        from headstart.pipeline.report.files import write_json_atomic
+
+        write_json_atomic(self.run_json, {**self.record, **sections})
+        self._record = None
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Writes ``data`` as indented JSON; NumPy values become plain numbers, NaN becomes null."""
-    write_text_atomic(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+def load_model_file(path: str | os.PathLike) -> Any:
+    """Loads a ``.keras`` model file in safe mode (KerasHub layers registered first).
 
-
-def save_model_atomic(model: Any, path: str | os.PathLike) -> None:
-    """Saves a Keras model to ``path`` (a ``.keras`` file) without ever exposing a partial file.
-
-    ``model.save`` writes in place, so a crash mid-save would destroy the previous file; the model
-    goes to a temporary ``.keras`` name first.
+    Raises:
+        RunDirError: no such file, or one Keras cannot load as a model.
     """
-    _atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{path}: no such model file (give model.keras or its run directory)")
+    import keras  # only now: a mistyped path fails before TensorFlow starts
 
+    from headstart.features.hub import import_for_model_file
 
-def write_history_csv(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> None:
-    """Writes a per-epoch history as CSV: an ``epoch`` column (1-based), then one column per key.
-
-    Args:
-        history: metric name → one value per epoch, e.g. ``{"loss": [...], "val_loss": [...]}``.
-        path: the CSV file.
-    """
-    keys = list(history)
-    epochs = max((len(v) for v in history.values()), default=0)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["epoch", *keys])
-    for i in range(epochs):
-        row = [i + 1]
-        for k in keys:
-            values = history[k]
-            row.append(repr(float(values[i])) if i < len(values) and values[i] is not None else "")
-        writer.writerow(row)
-    write_text_atomic(path, buf.getvalue())
-
-
-def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike, *,
-                best_epoch: int | None = None, title: str | None = None) -> None:
-    """Plots loss and accuracy per epoch, train vs validation, into a PNG.
-
-    Args:
-        history: as for ``write_history_csv``; uses ``loss``, ``val_loss``, ``accuracy``,
-            ``val_accuracy`` where present.
-        path: the PNG file.
-        best_epoch: 1-based epoch to mark with a vertical line (the restored weights).
-        title: figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    import_for_model_file(path)  # KerasHub layers are registered serializables once it is imported
     try:
-        for ax, metric in zip(axes, ("loss", "accuracy")):
-            for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
-                values = history.get(key)
-                if values:
-                    ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
-            if best_epoch is not None:
-                ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch {best_epoch}")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(metric)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), suffix=".png")
-    finally:
-        plt.close(fig)
-
-
-def format_summary_table(rows: Sequence[tuple[str, Any]], *, title: str | None = None) -> str:
-    """Formats label/value pairs as a small two-column table for the terminal.
-
-    Floats print with 4 decimals, None as "-".
-
-    Args:
-        rows: (label, value) pairs in display order.
-        title: optional first line.
-
-    Returns:
-        The table, lines joined by newlines, no trailing newline.
-    """
-    def fmt(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, (float, np.floating)):
-            return f"{float(value):.4f}"
-        return str(value)
-
-    cells = [(str(label), fmt(value)) for label, value in rows]
-    left = max((len(a) for a, _ in cells), default=0)
-    right = max((len(b) for _, b in cells), default=0)
-    rule = "-" * (left + right + 3)
-    lines = [title] if title else []
-    lines.append(rule)
-    lines.extend(f"{a.ljust(left)} | {b}" for a, b in cells)
-    lines.append(rule)
-    return "\n".join(lines)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape a run's numbers."""
-    import h5py
-    import keras
-    import matplotlib
-    import tensorflow as tf
-
-    from headstart.pipeline import __version__
-
-    return {
-        "headstart": __version__,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "matplotlib": matplotlib.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def utc_timestamp() -> str:
-    """Now in UTC as run files record it, e.g. "2026-12-01T20:25:02Z"."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def precision_record(model: Any, policy: str) -> dict[str, Any]:
-    """run.json's "precision" section: the dtype policy the model was built under, what dtype its
-    logits come out in, and whether its steps were compiled with XLA."""
-    return {"policy": policy, "logits_dtype": str(model.outputs[0].dtype), "jit_compile": bool(model.jit_compile)}
-
-
-def stamp_record(record: Mapping[str, Any], *, timings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Closes a run record the way every run file ends: ``record``, then "versions", then "timings"
-    (when given), then "created" (UTC, now).
-
-    Args:
-        record: the run's own sections, in the order they should appear.
-        timings: the run's timing section.
-    """
-    stamped = {**record, "versions": library_versions()}
-    if timings is not None:
-        stamped["timings"] = dict(timings)
-    stamped["created"] = utc_timestamp()
-    return stamped
-
-
-def write_run_json(run_dir: str | os.PathLike, record: Mapping[str, Any], *,
-                   timings: Mapping[str, Any] | None = None) -> None:
-    """Writes ``RUN_DIR/run.json`` (``stamp_record(record, timings=timings)``) atomically.
-
-    Write it last: its presence marks a finished run.
-    """
-    write_json_atomic(Path(run_dir) / RUN_JSON, stamp_record(record, timings=timings))
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # noqa: BLE001 - zip, JSON and Keras errors all mean "not a model"
+        raise RunDirError(f"{path}: cannot load as a Keras model ({str(exc).splitlines()[0][:200]})") from exc

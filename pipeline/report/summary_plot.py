@@ -9,27 +9,10 @@ confusion matrix — for a multi-label run, the test average precision of each c
 
 from __future__ import annotations
 
-import csv
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-
-
-def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
-    """Reads a ``history.csv`` (as ``headstart.pipeline.report.rundir.write_history_csv`` writes it).
-
-    Returns:
-        metric → one value per epoch (NaN where empty); ``{}`` when the file is missing.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    keys = [k for k in (rows[0].keys() if rows else []) if k != "epoch"]
-    return {k: [float(r[k]) if r.get(k) else float("nan") for r in rows] for k in keys}
 
 
 def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence[float]],
@@ -58,7 +41,7 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
     matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
     import matplotlib.pyplot as plt
 
-    from headstart.pipeline.report.rundir import atomic_write
+    from headstart.pipeline.report.files import save_png
 
     n_samples = 0 if samples is None else len(samples["images"])
     cols = 6
@@ -79,10 +62,7 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
                 ax.axis("off")
                 if i < n_samples:
                     _sample(ax, samples, i, class_names)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80), suffix=".png")
+        save_png(fig, path, dpi=80, title=title)
     finally:
         plt.close(fig)
 

@@ -1,14 +1,14 @@
 """TensorBoard logs of the training stages, written by Keras' own ``keras.callbacks.TensorBoard``.
 
 ``train-head`` drives the callback's hooks from its epoch loop, ``finetune`` hands it to ``fit``, and
-``headstart run`` replays a reused stage's ``history.csv`` through it, so every log has the layout
+``headstart run`` replays a reused stage's history through it, so every log has the layout
 and names TensorBoard users know: ``LOG_DIR/train`` and ``LOG_DIR/validation`` with
 ``epoch_loss``, ``epoch_accuracy`` (and ``epoch_learning_rate`` on train) per epoch.
 """
 
 from __future__ import annotations
 
-import csv
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -33,34 +33,23 @@ def tensorboard_callback(log_dir: str | os.PathLike) -> Any:
     return keras.callbacks.TensorBoard(log_dir=str(log_dir), update_freq="epoch")
 
 
-def replay_history(history_csv: str | os.PathLike, log_dir: str | os.PathLike) -> bool:
-    """Writes a finished stage's ``history.csv`` to ``log_dir`` through Keras' TensorBoard callback.
+def write_history(history: dict[str, list[float]], log_dir: str | os.PathLike) -> bool:
+    """Writes a history (name → one value per epoch, as train-head's) to ``log_dir``, epoch by epoch,
+    through Keras' TensorBoard callback; NaN (a cell history.csv left empty) is left out.
 
-    For a stage that ``headstart run`` reused: its epochs ran before TensorBoard logging was asked
-    for, and the history holds the same per-epoch numbers the callback would have logged live.
+    ``headstart run`` replays a reused stage's history (``RunDir.history()``) this way: its epochs ran
+    before TensorBoard logging was asked for. ``headstart sweep --tensorboard`` logs each trial this way
+    once it stops: its epochs ran in a batched step, which no Keras callback watched.
 
     Returns:
-        False when there is no history to replay.
-    """
-    if not Path(history_csv).is_file():
-        return False
-    with open(history_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    _replay([(int(row.get("epoch") or step + 1) - 1,
-              {k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", None)})
-             for step, row in enumerate(rows)], log_dir)
-    return True
-
-
-def write_history(history: dict[str, list[float]], log_dir: str | os.PathLike) -> None:
-    """Writes a history (name → one value per epoch, as train-head's) to ``log_dir``, epoch by epoch.
-
-    ``headstart sweep --tensorboard`` logs each trial this way once it stops: its epochs ran in a
-    batched step, which no Keras callback watched.
+        False when there is no epoch to write (nothing is created).
     """
     epochs = max((len(values) for values in history.values()), default=0)
-    _replay([(epoch, {k: float(v[epoch]) for k, v in history.items() if epoch < len(v)})
+    if not epochs:
+        return False
+    _replay([(epoch, {k: float(v[epoch]) for k, v in history.items() if epoch < len(v) and not math.isnan(v[epoch])})
              for epoch in range(epochs)], log_dir)
+    return True
 
 
 def _replay(epochs: list[tuple[int, dict[str, float]]], log_dir: str | os.PathLike) -> None:

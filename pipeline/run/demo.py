@@ -20,10 +20,10 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from headstart.pipeline.config import DemoConfig
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 
 if TYPE_CHECKING:  # numpy and TensorFlow load inside the functions: `headstart --help` imports this module
@@ -151,24 +151,9 @@ def generate_dataset(root: str | os.PathLike, *, images_per_class: int, seed: in
 
 #: The demo's recipe: small enough to finish in minutes on two CPU cores.
 DEMO_BACKBONE = {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": 96}
-DEMO_FLAGS = {"head_epochs": 20, "head_lr": 1e-3, "head_batch_size": 32, "head_patience": 5,
-              "epochs": 4, "lr": 1e-4, "batch_size": 32, "patience": 2, "extract_batch_size": 32}
-DEMO_IMAGES_PER_CLASS = 150
-
-
-@dataclass
-class DemoOptions:
-    """The options of ``headstart demo`` (see the CLI help)."""
-
-    out: str = "headstart-demo"
-    data: str | None = None
-    weights: str | None = None
-    images_per_class: int = DEMO_IMAGES_PER_CLASS
-    head_epochs: int = DEMO_FLAGS["head_epochs"]
-    epochs: int = DEMO_FLAGS["epochs"]
-    seed: int = 0
-    tensorboard: bool = False
-    overwrite: bool = False
+#: The demo's other flags; the epochs of both stages and the images per class are ``DemoConfig``'s.
+DEMO_FLAGS = {"head_lr": 1e-3, "head_batch_size": 32, "head_patience": 5, "lr": 1e-4, "batch_size": 32,
+              "patience": 2, "extract_batch_size": 32}
 
 
 def probe_imagenet(log: Callable[[str], None], *, shipped: bool = False) -> str:
@@ -217,14 +202,14 @@ def describe_weights(weights: str) -> str:
     return weights
 
 
-def demo_source(options: DemoOptions) -> Path:
+def demo_source(options: DemoConfig) -> Path:
     """The folder the demo trains on: ``--data`` or its generated dataset's path."""
     if options.data:
         return Path(options.data).resolve()
     return (Path(options.out) / "data" / f"shapes-{options.images_per_class}-seed{options.seed}").resolve()
 
 
-def demo_config(options: DemoOptions, weights: str) -> Any:
+def demo_config(options: DemoConfig, weights: str) -> Any:
     """The RunConfig of the demo: its recipe, the chosen weights, ``OUT/run`` as run directory."""
     from headstart.pipeline.run.toml_config import resolve_run_config
 
@@ -234,7 +219,7 @@ def demo_config(options: DemoOptions, weights: str) -> Any:
     return resolve_run_config(str(demo_source(options)), str(Path(options.out) / "run"), flags=flags)
 
 
-def run_demo(options: DemoOptions, *, console: Any) -> tuple[Any, str]:
+def run_demo(options: DemoConfig, *, console: Any) -> tuple[Any, str]:
     """Generates the dataset (unless ``--data``), picks the weights and runs the whole pipeline.
 
     Returns:
@@ -244,6 +229,7 @@ def run_demo(options: DemoOptions, *, console: Any) -> tuple[Any, str]:
         OptionError, DataError, RunDirError: bad options, a foreign ``--out``, a run directory
         made with another configuration (unless ``overwrite``); as ``headstart run`` otherwise.
     """
+    from headstart.pipeline.options.facts import check_config
     from headstart.pipeline.run.runner import check_run_dir, run_pipeline
 
     out = Path(options.out)
@@ -251,13 +237,9 @@ def run_demo(options: DemoOptions, *, console: Any) -> tuple[Any, str]:
         raise RunDirError(f"--out {out} is a file; give a folder for the demo")
     if options.data and not Path(options.data).is_dir():
         raise DataError(f"--data {options.data}: no such directory (give a folder of class folders)")
-    if not options.data:
-        split_counts(options.images_per_class)
+    check_config("demo", options)
     if options.weights not in (None, "imagenet", "none") and not Path(options.weights).is_file():
         raise OptionError(f"--weights: file {options.weights} does not exist (or use 'imagenet' or 'none')")
-    for name in ("head_epochs", "epochs"):
-        if getattr(options, name) < 1:
-            raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
     # Refuse a run directory of another configuration before anything is drawn or downloaded.
     if options.weights is not None:
         check_run_dir(demo_config(options, options.weights), options.overwrite)

@@ -16,7 +16,9 @@ is not run again, so only the stages downstream of a change are redone. Resume: 
 extraction continues from its last committed batch (``features.h5.partial``), an interrupted
 fine-tune from its last finished epoch (``finetune/backup``); train-head and evaluate take seconds and
 simply run again. A run directory made with another configuration is refused, naming the first
-difference, unless ``overwrite``; nothing is written before every option has been checked.
+difference, unless ``overwrite``; nothing is written before every option has been checked. The run
+holds the directory's lock from start to end (``headstart.pipeline.report.out_dir``), so a second
+``run`` into it is refused rather than resuming a stage the first one is still writing.
 """
 
 from __future__ import annotations
@@ -25,58 +27,25 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.config import CLASS_WEIGHT_MODES
+from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
+from headstart.pipeline.options.run_flags import RUN_OPTIONS
+from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
 from headstart.pipeline.report.metrics import HEADLINE
-from headstart.pipeline.report.progress import ProgressLine
-from headstart.pipeline.run.toml_config import RunConfig, first_difference, read_config_file, resolve_run_config, \
+from headstart.pipeline.run.console import Console
+from headstart.pipeline.run.stages import MULTI_LABEL_KEYS
+from headstart.pipeline.run.toml_config import RunConfig, read_config_file, resolve_run_config, result_settings, \
     run_config_dict, stage_values, to_toml
 
 STAGES = ("extract", "head", "finetune", "evaluate")
 CONFIG_FILE, STATE_FILE, SUMMARY_JSON, SUMMARY_PNG, SAMPLES = (
     "config.toml", "stages.json", "summary.json", "summary.png", "samples.npz")
-
-
-class Console:
-    """Status lines and live progress lines that do not write over each other.
-
-    Args:
-        log: where status lines go (default: stderr).
-        quiet: print nothing (the caller prints the final table).
-        verbose: also print ``debug`` lines.
-    """
-
-    def __init__(self, log: Callable[[str], None] | None = None, *, quiet: bool = False, verbose: bool = False):
-        self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-        self.quiet, self.verbose = quiet, verbose
-        self._lines: list[ProgressLine] = []
-
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            self.close()
-            self._log(message)
-
-    def debug(self, message: str) -> None:
-        if self.verbose:
-            self.log(message)
-
-    def progress(self, label: str) -> ProgressLine:
-        self.close()  # one live line at a time; the finished ones stay on screen
-        line = ProgressLine(label, quiet=self.quiet)
-        self._lines.append(line)
-        return line
-
-    def close(self) -> None:
-        for line in self._lines:
-            line.close()
 
 
 @dataclass
@@ -95,34 +64,39 @@ def load_run_config(source: str | None, out: str | None, *, config_file: str | N
     return resolve_run_config(source, out, file_values=values, flags=flags)
 
 
-def validate_run_config(config: RunConfig) -> None:
-    """Checks every stage's options and the source before anything is written.
+def check_run_config(config: RunConfig) -> None:
+    """Checks every stage's options and the source before anything is written or TensorFlow starts.
+
+    Each stage's own check (``check_extract_config``, ``check_head_config``, ``check_finetune_config``:
+    the option table's ranges, then what only the stage knows), naming an option as ``headstart run``
+    spells it (``run_label``), then what only a whole run needs.
 
     Raises:
         OptionError, DataError, headstart.features.errors.FeaturesError: naming the option or path at fault.
     """
-    from headstart.features.registry import alpha_backbones, check_image_size, get_backbone_spec
-    from headstart.pipeline.stages.extraction import validate_extract_config
-    from headstart.pipeline.stages.finetuning import validate_finetune_config
-    from headstart.pipeline.stages.head_training import validate_head_config
+    from headstart.features.registry import alpha_backbones, get_backbone_spec
+    from headstart.pipeline.stages.extraction import check_extract_config
+    from headstart.pipeline.stages.finetuning import check_finetune_config
+    from headstart.pipeline.stages.head_training import check_head_config
 
     ex = config.extract
-    # validate_extract_config checks that --out's folder exists; the run directory may not yet.
-    _as_run_flags(lambda: validate_extract_config(dataclasses.replace(
-        ex, source=config.source, out=os.path.join(tempfile.gettempdir(), "features.h5"))),
-        {"--batch-size": "--extract-batch-size"})
-    spec = get_backbone_spec(ex.backbone)
-    check_image_size(ex.backbone, ex.image_size)
-    if ex.alpha is not None and not spec.takes_alpha:
-        takers = ", ".join(alpha_backbones())
-        raise OptionError(f"--alpha applies only to {takers}, not to backbone '{ex.backbone}'")
+    check_extract_config(dataclasses.replace(ex, source=config.source, out="features.h5"), label=run_label("extract"))
+    if ex.alpha is not None and not get_backbone_spec(ex.backbone).takes_alpha:
+        raise OptionError(f"--alpha applies only to {', '.join(alpha_backbones())}, not to backbone '{ex.backbone}'")
     if ex.weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(ex.weights)):
         raise OptionError(f"--weights: file {ex.weights} does not exist (or use 'imagenet' or 'none')")
     if "train" not in ex.splits:
         raise OptionError("[extract] splits must include 'train': headstart run trains on it")
-    _as_run_flags(lambda: validate_head_config(dataclasses.replace(config.head, features="features.h5", out="head")),
-                  {f"--{name}": f"--head-{name}" for name in ("epochs", "lr", "batch-size", "patience")})
-    validate_finetune_config(dataclasses.replace(config.finetune, source=config.source, head="head", out="ft"))
+    check_head_config(dataclasses.replace(config.head, features="features.h5", out="head"), label=run_label("head"))
+    check_finetune_config(dataclasses.replace(config.finetune, source=config.source, head="head", out="ft"),
+                          label=run_label("finetune"))
+
+
+def run_label(section: str) -> Callable[[str], str]:
+    """How ``headstart run`` names a field of ``section``: the run flag that sets it ("--head-lr"), else
+    its ``--config`` key ("[head] weight_decay")."""
+    flags = {target: option.flag.split("/")[0] for option in RUN_OPTIONS for target in option.targets}
+    return lambda name: flags.get((section, name), f"[{section}] {name}")
 
 
 def _check_classes(config: RunConfig) -> None:
@@ -138,45 +112,39 @@ def _check_classes(config: RunConfig) -> None:
             raise DataError(f"{config.source}: {len(source.class_names)} {what}; a classifier needs 2 or more")
 
 
-def _as_run_flags(check: Callable[[], None], renamed: dict[str, str]) -> None:
-    # The stages name their own flags (train-head's --lr); headstart run calls that one --head-lr.
-    try:
-        check()
-    except OptionError as exc:
-        message = str(exc)
-        for old, new in renamed.items():
-            if message.startswith(old + " "):
-                raise OptionError(new + message[len(old):]) from None
-        raise
+def claim_run_dir(config: RunConfig, overwrite: bool):
+    """Holds the run directory (its lock) under the ``--out`` policy, as a context manager.
 
-
-def check_run_dir(config: RunConfig, overwrite: bool) -> Path:
-    """Refuses a run directory that is a file, foreign, or made with another configuration.
-
-    Returns:
-        The run directory (not created here).
+    A run directory made with the same configuration is reused and resumed stage by stage; one
+    made with another is refused, naming the first difference, unless ``overwrite`` (which redoes
+    the stages that change); one that is not a headstart run is refused.
 
     Raises:
-        RunDirError: naming the first differing setting, unless ``overwrite``.
+        RunDirBusyError: another process writes it. RunDirError: foreign, or another configuration.
     """
+    from headstart.pipeline.report.out_dir import claim
+
     run_dir = Path(config.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {_shown(str(run_dir))} is a file; give a directory for the run")
-    if not run_dir.is_dir() or not any(run_dir.iterdir()) or overwrite:
-        return run_dir
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise RunDirError(f"--out {_shown(str(run_dir))} is not empty and holds no headstart run (no {CONFIG_FILE}); "
-                          "choose another --out, or pass --overwrite")
-    try:
-        old = run_config_dict(resolve_run_config(None, None, file_values=read_config_file(run_dir / CONFIG_FILE)))
-    except OptionError as exc:
-        raise RunDirError(f"--out {_shown(str(run_dir))}: its {CONFIG_FILE} is unreadable ({exc}); "
-                          "pass --overwrite") from None
-    difference = first_difference(old, run_config_dict(config))
-    if difference:
-        raise RunDirError(f"--out {_shown(str(run_dir))} holds a run with another configuration ({difference}); "
-                          "pass --overwrite to redo the stages that change, or choose another --out")
-    return run_dir
+
+    def read_recorded() -> tuple[dict | None, bool]:
+        try:
+            recorded = run_config_dict(resolve_run_config(None, None, file_values=read_config_file(run_dir / CONFIG_FILE)))
+        except OptionError as exc:
+            if (run_dir / CONFIG_FILE).is_file() and not overwrite:
+                raise RunDirError(f"--out {_shown(str(run_dir))}: its {CONFIG_FILE} is unreadable ({exc}); "
+                                  "pass --overwrite") from None
+            return None, False
+        return result_settings(recorded), (run_dir / SUMMARY_JSON).is_file()
+
+    return claim(run_dir, command="run", what="run", section=None, wanted=result_settings(run_config_dict(config)),
+                 read_recorded=read_recorded, overwrite=overwrite, foreign=f"holds no headstart run (no {CONFIG_FILE})",
+                 overwrite_hint="pass --overwrite to redo the stages that change")
+
+
+def check_run_dir(config: RunConfig, overwrite: bool) -> None:
+    """``claim_run_dir``'s refusals, the lock taken and given back at once (``demo`` checks before it draws)."""
+    with claim_run_dir(config, overwrite):
+        pass
 
 
 def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console | None = None,
@@ -197,54 +165,56 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
         OptionError, DataError, RunDirError and the stages' own errors (FeaturesError, ParityError…).
     """
     console = console or Console()
-    run_dir = _prepare_run_dir(config, overwrite, console)
-    t0 = time.perf_counter()
-    records = _run_stages(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks)
-    summary = _summary(config, run_dir, records, time.perf_counter() - t0)
-    _plot(run_dir, summary, console)
-    from headstart.pipeline.report import rundir as report
-
-    report.write_json_atomic(run_dir / SUMMARY_JSON, summary)
+    check_run_config(config)
+    with claim_run_dir(config, overwrite):
+        run_dir = _prepare_run_dir(config, console)
+        t0 = time.perf_counter()
+        records = _run_stages(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks)
+        summary = _summary(config, run_dir, records, time.perf_counter() - t0)
+        _plot(run_dir, summary, console)
+        write_json_atomic(run_dir / SUMMARY_JSON, summary)
     return RunResult(run_dir=str(run_dir), summary=summary, table=format_table(summary))
 
 
-def _prepare_run_dir(config: RunConfig, overwrite: bool, console: Console) -> Path:
-    """Every check before work, then the directory with config.toml and without summary.json."""
-    validate_run_config(config)
-    run_dir = check_run_dir(config, overwrite)
+def _prepare_run_dir(config: RunConfig, console: Console) -> Path:
+    """The claimed directory, once the source has classes, with config.toml and without summary.json."""
     _check_classes(config)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"--out {_shown(str(run_dir))}: cannot create the directory ({exc.strerror})") from None
-    from headstart.pipeline.report import rundir as report
-
-    report.check_writable(run_dir, "--out")
+    run_dir = Path(config.out)
     import tensorflow as tf
 
     if not console.verbose:
         tf.get_logger().setLevel("ERROR")  # retracing notices and the like; --verbose shows them
-    report.write_text_atomic(run_dir / CONFIG_FILE, to_toml(config))
+    write_text_atomic(run_dir / CONFIG_FILE, to_toml(config))
     (run_dir / SUMMARY_JSON).unlink(missing_ok=True)  # until the end, the directory reads as unfinished
     console.debug(f"resolved configuration ({run_dir / CONFIG_FILE}):\n{to_toml(config)}")
     return run_dir
 
 
+class _Stages:
+    """stages.json: each stage's record, saved as soon as the stage is done (or started)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / STATE_FILE
+        try:
+            state = json.loads(self.path.read_text(encoding="utf-8"))
+            self.state = state if isinstance(state, dict) else {}
+        except (OSError, ValueError):
+            self.state = {}
+
+    def save(self, name: str, record: dict) -> dict:
+        self.state[name] = record
+        write_json_atomic(self.path, self.state)
+        return record
+
+
 def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
                 finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
-    """Runs, reuses or resumes each stage in turn; each one's record is saved as soon as it is done."""
-    from headstart.pipeline.report import rundir as report
-    from headstart.pipeline.report.tensorboard_logs import replay_history
+    """Runs, reuses or resumes each stage in turn, each fed by the one before's returned record."""
     from headstart.pipeline.run.stages import (diagnose_stage, evaluate_stage, extract_stage, finetune_stage,
                                                head_stage)
 
-    state = _read_state(run_dir)
-
-    def save(name: str, record: dict) -> dict:
-        state[name] = record
-        report.write_json_atomic(run_dir / STATE_FILE, state)
-        return record
-
+    stages = _Stages(run_dir)
+    state, save = stages.state, stages.save
     features = run_dir / "features.h5"
     console.log(f"[1/4] extract-features → {_shown(str(features))}")
     ex = save("extract", extract_stage(config, features, state.get("extract"), console, overwrite,
@@ -253,28 +223,18 @@ def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite
         console.log(f"[diagnose] → {_shown(str(run_dir / 'diagnose'))}")
         save("diagnose", diagnose_stage(config, features, run_dir / "diagnose", state.get("diagnose"), console,
                                         key=_key({"cache": ex["fingerprint"], "seed": config.head.seed})))
-    sweeping = bool(config.sweep.get("trials"))
-    console.log(f"[2/4] {'sweep' if sweeping else 'train-head'} → {_shown(str(run_dir / 'head'))}")
-    # The CSV's content, not only its path, decides what the head and finetune stages train on.
-    excluded = {"exclude_sha256": _file_sha256(config.head.exclude)} if config.head.exclude else {}
-    excluded.update({f"{stage}_class_weight_sha256": _file_sha256(path) for stage, path in
-                     (("head", config.head.class_weight), ("finetune", config.finetune.class_weight))
-                     if path not in CLASS_WEIGHT_MODES})  # a weights FILE: its content, as for --exclude
-    head_key = {**stage_values(config, "head"), **excluded, "cache": ex["fingerprint"]}
-    if sweeping:  # the search settings shape the head; without a sweep the key stays as it was
-        head_key["sweep"] = config.sweep
+    console.log(f"[2/4] {'sweep' if config.sweep.get('trials') else 'train-head'} → {_shown(str(run_dir / 'head'))}")
+    excluded = _input_files(config)
     hd = save("head", head_stage(config, features, run_dir / "head", state.get("head"), console,
-                                 key=_key(head_key)))
-    if config.tensorboard and not (run_dir / "tensorboard" / "head").is_dir():  # reused from a run without logs
-        replay_history(run_dir / "head" / "history.csv", run_dir / "tensorboard" / "head")
+                                 key=_key(_head_key(config, ex, excluded))))
+    _replay(config, run_dir, "head")
     console.log(f"[3/4] finetune → {_shown(str(run_dir / 'finetune'))}")
     ft_key = _key({**stage_values(config, "finetune"), **excluded, "head": hd["head_sha256"]})
     ft = save("finetune", finetune_stage(config, run_dir, state.get("finetune"), console, key=ft_key,
                                          train_images=ex["splits"].get("train", 0),
                                          started=lambda: save("finetune", {"key": ft_key, "done": False}),
                                          callbacks=finetune_callbacks))
-    if config.tensorboard and not (run_dir / "tensorboard" / "finetune").is_dir():  # reused from a run without logs
-        replay_history(run_dir / "finetune" / "history.csv", run_dir / "tensorboard" / "finetune")
+    _replay(config, run_dir, "finetune")
     console.log(f"[4/4] evaluate {_shown(str(run_dir / 'finetune' / 'model.keras'))}")
     source_values = {k: stage_values(config, "extract")[k] for k in ("split_specs", "validation_fraction",
                                                                        "test_fraction")}
@@ -284,19 +244,38 @@ def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite
     return {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev}
 
 
-def _read_state(run_dir: Path) -> dict:
-    try:
-        state = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
-        return state if isinstance(state, dict) else {}
-    except (OSError, ValueError):
-        return {}
+def _input_files(config: RunConfig) -> dict[str, str | None]:
+    """The content of the files the head and finetune stages read (``--exclude``, a ``--class-weight``
+    FILE), for their keys: not only a path decides what they train on."""
+    files = {"exclude_sha256": _file_sha256(config.head.exclude)} if config.head.exclude else {}
+    files.update({f"{stage}_class_weight_sha256": _file_sha256(path) for stage, path in
+                  (("head", config.head.class_weight), ("finetune", config.finetune.class_weight))
+                  if path not in CLASS_WEIGHT_MODES})
+    return files
+
+
+def _head_key(config: RunConfig, ex: dict, excluded: dict) -> dict:
+    key = {**stage_values(config, "head"), **excluded, "cache": ex["fingerprint"]}
+    if config.sweep.get("trials"):  # the search settings shape the head; without a sweep the key stays as it was
+        key["sweep"] = config.sweep
+    return key
+
+
+def _replay(config: RunConfig, run_dir: Path, stage: str) -> None:
+    """TensorBoard logs of a stage reused from a run without them, from its history.csv."""
+    if config.tensorboard and not (run_dir / "tensorboard" / stage).is_dir():
+        from headstart.pipeline.report.rundir import RunDir
+        from headstart.pipeline.report.tensorboard_logs import write_history
+
+        write_history(RunDir(run_dir / stage).history(), run_dir / "tensorboard" / stage)
 
 
 def _file_sha256(path: str) -> str | None:
     """sha256 of a file, None when it cannot be read (the stage then says why in one line)."""
+    from headstart.features.file_hash import sha256_file
+
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
@@ -306,7 +285,7 @@ def _key(values: dict) -> str:
 
 
 def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds: float) -> dict:
-    from headstart.pipeline.report.rundir import stamp_record
+    from headstart.pipeline.report.provenance import stamp_record
 
     keep = ("status", "seconds", "images", "images_per_second", *HEADLINE, "val_accuracy", "best_epoch",
             "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep")
@@ -331,7 +310,8 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
 def _plot(run_dir: Path, summary: dict, console: Console) -> None:
     import numpy as np
 
-    from headstart.pipeline.report.summary_plot import plot_summary, read_history
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.report.summary_plot import plot_summary
 
     samples = None
     if (run_dir / SAMPLES).is_file():
@@ -339,17 +319,14 @@ def _plot(run_dir: Path, summary: dict, console: Console) -> None:
             samples = {k: z[k] for k in z.files}
     stages = summary["stages"]
     plot_summary(run_dir / SUMMARY_PNG,
-                 head_history=read_history(run_dir / "head" / "history.csv"),
-                 finetune_history=read_history(run_dir / "finetune" / "history.csv"),
+                 head_history=RunDir(run_dir / "head").history(),
+                 finetune_history=RunDir(run_dir / "finetune").history(),
                  head_best=stages["head"].get("best_epoch"), finetune_best=stages["finetune"].get("best_epoch"),
                  confusion=summary["test"].get("confusion_matrix"), class_names=summary["class_names"] or [],
                  per_class=summary["test"].get("per_class") if summary["test"].get("task") == "multi_label" else None,
                  samples=samples, title=f"headstart run: {summary['source']}")
     console.debug(f"wrote {run_dir / SUMMARY_PNG}")
 
-
-#: What a multi-label run's summary.json adds to its "test" section.
-MULTI_LABEL_KEYS = ("task", "map", "micro_f1", "exact_match")
 
 STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune": "finetune", "evaluate": "evaluate"}
 

@@ -1,39 +1,28 @@
 """The four stages of ``headstart run``, each: reuse when its key is unchanged, else run or resume.
 
-Every function returns the stage's record for ``stages.json``: ``key`` (inputs + result-shaping
-options), ``done``, ``status`` ("ran", "resumed" or "reused"), ``seconds`` (wall time of this call,
-or of the original run when reused), ``images`` and ``images_per_second`` (of the stage's main loop),
-and its scores. See ``headstart.pipeline.run.runner`` for the run directory.
+Every function returns the stage's record for ``stages.json``, built from the result the stage's
+command returned (``ExtractSummary``, ``HeadResult``, ``SweepResult``, ``FinetuneResult``, the
+evaluation's metrics) — never by reading back what it has just written: ``key`` (inputs +
+result-shaping options), ``done``, ``status`` ("ran", "resumed" or "reused"), ``seconds`` (wall time
+of this call, or of the original run when reused), ``images`` and ``images_per_second`` (of the
+stage's main loop), and its scores. See ``headstart.pipeline.run.runner`` for the run directory.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import keras
-import numpy as np
-
+from headstart.features.file_hash import sha256_file
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.report.metrics import HEADLINE
+from headstart.pipeline.report.rundir import RunDir
 from headstart.pipeline.run.toml_config import RunConfig
 
-#: Test images kept for summary.png: evenly spread over the split, the last few of them mistakes.
-SAMPLE_IMAGES, WRONG_SAMPLES = 12, 4
-
-
-def sha256_file(path: str | Path) -> str:
-    """The SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: What a multi-label evaluation adds to its record (and summary.json to its "test" section).
+MULTI_LABEL_KEYS = ("task", "map", "micro_f1", "exact_match")
 
 
 def test_measures(metrics: dict) -> dict:
@@ -56,7 +45,7 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
     if reused:
         console.log("  reused: same source and extraction options")
         return reused
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
     from headstart.pipeline.stages.extraction import extract_features
 
     resumed = Path(f"{path}.partial").exists()
@@ -74,7 +63,7 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
     finally:
         console.close()
     seconds = time.perf_counter() - start
-    with open_cache(str(path)) as cache:
+    with open_cache(str(path)) as cache:  # the cache is the stage's output: its fingerprint keys the next stages
         splits = {name: len(cache.split(name)) for name in cache.splits}
         fingerprint, class_names, provenance = cache.fingerprint, list(cache.class_names), cache.provenance
         skipped = sum(len(cache.split(name).skipped) for name in cache.splits)
@@ -110,7 +99,8 @@ def diagnose_stage(config: RunConfig, features: Path, out: Path, record: dict | 
 def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Any, *,
                key: str) -> dict:
     """train-head on the cache into ``head_dir`` (seconds: an interrupted one simply runs again)."""
-    reused = _reuse(record, key, head_dir / "run.json", head_dir / "head.keras")
+    head = RunDir(head_dir)
+    reused = _reuse(record, key, head.run_json, head_dir / "head.keras")
     if reused:
         console.log("  reused: same features and head options")
         return reused
@@ -123,12 +113,9 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
     result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True,
                                             tensorboard=log_dir),
                         log=lambda m: console.log(f"  {m}"))
-    seconds = time.perf_counter() - start
-    run = json.loads((head_dir / "run.json").read_text(encoding="utf-8"))
-    images = int(run["cache"]["splits"]["train"]) * result.epochs_run
-    train_seconds = run["timings"]["train_seconds"]
-    return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": images,
-            "images_per_second": images / train_seconds if train_seconds else None,
+    images = result.train_rows * result.epochs_run
+    return {"key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
+            "images_per_second": images / result.train_seconds if result.train_seconds else None,
             **test_measures(result.metrics), "val_accuracy": result.val_accuracy,
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "head_sha256": sha256_file(head_dir / "head.keras")}
@@ -143,6 +130,7 @@ def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict 
     import shutil
 
     from headstart.pipeline.config import SweepConfig
+    from headstart.pipeline.stages.head_training import HeadResult
     from headstart.pipeline.sweep.space import space_from_dict
     from headstart.pipeline.sweep.study import run_sweep
 
@@ -155,85 +143,48 @@ def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict 
                        space, log=lambda m: console.log(f"  {m}"))
     shutil.rmtree(head_dir, ignore_errors=True)
     shutil.copytree(sweep_dir / "best", head_dir)
-    run = json.loads((head_dir / "run.json").read_text(encoding="utf-8"))
-    metrics = json.loads((head_dir / "metrics.json").read_text(encoding="utf-8"))
-    seconds = time.perf_counter() - start
-    images = int(run["cache"]["splits"]["train"]) * sum(int(r.get("epochs") or 0) for r in _leaderboard(sweep_dir))
-    return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": images,
+    best = HeadResult.from_run_dir(RunDir.open(head_dir, kind="head"))
+    images = best.train_rows * result.trial_epochs
+    return {"key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
             "images_per_second": images / result.seconds if result.seconds else None,
-            **test_measures(metrics), "accuracy": result.best_test_accuracy,
-            "val_accuracy": (metrics.get("validation") or {}).get("accuracy"),
-            "best_epoch": run["best_epoch"], "epochs_run": run["epochs_run"],
+            **test_measures(best.metrics), "accuracy": result.best_test_accuracy, "val_accuracy": best.val_accuracy,
+            "best_epoch": best.best_epoch, "epochs_run": best.epochs_run,
             "head_sha256": sha256_file(head_dir / "head.keras"),
-            "sweep": {"trials": result.finished, "best_trial": run["sweep"]["trial"],
+            "sweep": {"trials": result.finished, "best_trial": result.best.get("number"),
                       "leaderboard": str(sweep_dir / "leaderboard.csv")}}
-
-
-def _leaderboard(sweep_dir: Path) -> list[dict]:
-    with open(sweep_dir / "leaderboard.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-class FitProgress(keras.callbacks.Callback):
-    """A progress line per fine-tuning epoch: images done, rate and ETA.
-
-    Args:
-        console: a ``headstart.pipeline.run.runner.Console``.
-        images: training images per epoch (the good ones).
-        batch_size: images per step.
-    """
-
-    def __init__(self, console: Any, images: int, batch_size: int):
-        super().__init__()
-        self.console, self.images, self.batch_size = console, images, batch_size
-        self._line, self._t0, self._done0 = None, 0.0, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._line = self.console.progress(f"  finetune epoch {epoch + 1}")
-
-    def on_train_batch_end(self, batch, logs=None):
-        done = (batch + 1) * self.batch_size
-        done = min(self.images, done) if self.images else done
-        if batch == 0:  # the first step includes tracing the graph: rates count from its end
-            self._t0, self._done0 = time.perf_counter(), done
-            return
-        elapsed = time.perf_counter() - self._t0
-        self._line.update(done, self.images or None, (done - self._done0) / elapsed if elapsed > 0 else 0.0)
 
 
 def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str,
                    train_images: int, started: Callable[[], Any], callbacks: Sequence[Any] = ()) -> dict:
     """finetune from ``head/`` into ``finetune/``; resumes an interrupted one with the same key."""
-    ft_dir = run_dir / "finetune"
-    reused = _reuse(record, key, ft_dir / "run.json", ft_dir / "model.keras")
+    from headstart.pipeline.run.console import fit_progress
+
+    ft = RunDir(run_dir / "finetune")
+    reused = _reuse(record, key, ft.run_json, ft.model_path)
     if reused:
         console.log("  reused: same head and fine-tuning options")
         return reused
     from headstart.pipeline.stages.finetuning import finetune
 
-    resume = bool(record and record.get("key") == key and not record.get("done")
-                  and (ft_dir / "backup" / "progress.json").is_file())
+    resume = bool(record and record.get("key") == key and not record.get("done") and ft.interrupted)
     started()
-    extra = [FitProgress(console, train_images, config.finetune.batch_size)]
     log_dir = str(run_dir / "tensorboard" / "finetune") if config.tensorboard else None
     start = time.perf_counter()
     try:
         result = finetune(dataclasses.replace(config.finetune, source=config.source, head=str(run_dir / "head"),
-                                              split_specs=dict(config.extract.split_specs),
-                                              out=str(ft_dir), resume=resume, overwrite=not resume,
-                                              tensorboard=log_dir),
-                          log=lambda m: console.log(f"  {m}"), callbacks=[*extra, *callbacks])
+                                              split_specs=dict(config.extract.split_specs), out=str(ft.path),
+                                              resume=resume, overwrite=not resume, tensorboard=log_dir),
+                          log=lambda m: console.log(f"  {m}"),
+                          callbacks=[fit_progress(console, train_images, config.finetune.batch_size), *callbacks])
     finally:
         console.close()
-    seconds = time.perf_counter() - start
-    run = json.loads((ft_dir / "run.json").read_text(encoding="utf-8"))
-    epoch_seconds = run["timings"]["epoch_seconds"]
-    images = train_images * len(epoch_seconds)
-    return {"key": key, "done": True, "status": "resumed" if resume else "ran", "seconds": seconds,
-            "images": images, "images_per_second": images / sum(epoch_seconds) if sum(epoch_seconds) else None,
+    images, epoch_seconds = train_images * len(result.epoch_seconds), sum(result.epoch_seconds)
+    return {"key": key, "done": True, "status": "resumed" if resume else "ran",
+            "seconds": time.perf_counter() - start, "images": images,
+            "images_per_second": images / epoch_seconds if epoch_seconds else None,
             **test_measures(result.metrics), "val_accuracy": result.val_accuracy, "kept": result.kept,
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "model_sha256": sha256_file(ft_dir / "model.keras")}
+            "model_sha256": sha256_file(result.model_path)}
 
 
 def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:
@@ -245,132 +196,60 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
         console.log("  reused: same model and source")
         return reused
     from headstart.pipeline.data.sources import open_source
-    from headstart.pipeline.stages.evaluation import load_model, split_metrics
 
-    model, finetune_run = load_model(run_dir / "finetune" / "model.keras")
+    model_run = RunDir.open(run_dir / "finetune", kind="finetune")
     source = open_source(SourceSpec.from_config(config.extract, source=config.source))
     split = next((s for s in ("test", "validation") if s in source.split_names), None)
     if split is None:
         console.log("  no test or validation split: nothing to evaluate")
         return {"key": key, "done": True, "status": "ran", "seconds": 0.0, "split": None}
-    thresholds = _thresholds(finetune_run, list(source.class_names))
-    seen = _Evaluated(total=source.count(split), classes=len(source.class_names), thresholds=thresholds)
     start = time.perf_counter()
-    _predict_keeping_samples(model, source, split, seen, batch_size=config.finetune.batch_size, console=console)
+    metrics, seen, skipped = _evaluate(model_run, source, split, samples_path, config.finetune.batch_size, console)
     seconds = time.perf_counter() - start
-    metrics = split_metrics(seen.predictions(int(model.output_shape[-1])), list(source.class_names),
-                            multi_label=thresholds is not None, thresholds=thresholds)
-    _write_samples(samples_path, seen, source.class_names, size=int(model.input_shape[1]),
-                   width=int(model.output_shape[-1]))
-    skipped = seen.skipped
-    headline = (f"mAP {metrics['map']:.4f}, exact match {metrics['exact_match']:.4f}" if thresholds is not None
-                else ", ".join(f"{name} {metrics[k]:.4f}" for k, name in (("accuracy", "accuracy"),
-                               ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"))
-                               if metrics.get(k) is not None) or "no images")
-    console.log(f"  {split}: {metrics['rows']} images, {headline}" + (f", {len(skipped)} skipped" if skipped else ""))
-    n = seen.seen - len(skipped)
-    multi = ("task", "map", "micro_f1", "exact_match") if thresholds is not None else ()
+    console.log(f"  {split}: {metrics['rows']} images, {_headline(metrics)}"
+                + (f", {skipped} skipped" if skipped else ""))
+    n = seen - skipped
+    multi = MULTI_LABEL_KEYS if metrics.get("task") == "multi_label" else ()
     return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": n,
             "images_per_second": n / seconds if seconds else None, "split": split,
-            **{k_: metrics.get(k_) for k_ in (*HEADLINE, *multi, "loss", "rows", "per_class", "confusion_matrix")},
-            "skipped": len(skipped)}
+            **{k: metrics.get(k) for k in (*HEADLINE, *multi, "loss", "rows", "per_class", "confusion_matrix")},
+            "skipped": skipped}
 
 
-def _thresholds(finetune_run: dict | None, class_names: list[str]) -> np.ndarray | None:
-    """A multi-label model's saved thresholds (its finetune run.json); None for single-label."""
-    if (finetune_run or {}).get("task") != "multi_label":
-        return None
-    from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+def _evaluate(model_run: RunDir, source: Any, split: str, samples_path: Path, batch_size: int,
+              console: Any) -> tuple[dict, int, int]:
+    """One pass of the prediction loop over the split: (its metrics, items seen, items skipped);
+    sample images for summary.png go to ``samples_path`` on the way."""
+    from headstart.pipeline.run.samples import SampleImages, write_samples
+    from headstart.pipeline.training.predictions import predict_split, split_metrics
 
-    return thresholds_from_record(finetune_run.get("thresholds"), class_names)
+    model = model_run.load_model()
+    class_names = list(source.class_names)
+    thresholds = model_run.thresholds(class_names)
+    total = source.count(split)
+    samples = SampleImages(total, len(class_names), thresholds)
+    line, start = console.progress(f"  evaluate {split}"), time.perf_counter()
+    seen = [0]
 
+    def observe(batch: Any) -> None:
+        samples(batch)
+        seen[0] = batch.seen
+        line.update(batch.seen, total, batch.seen / max(time.perf_counter() - start, 1e-9))
 
-@dataclasses.dataclass
-class _Evaluated:
-    """What the evaluation pass collects: logits of the good images, and sample images for the plot.
-
-    ``kept`` are evenly spread over the split (``SAMPLE_IMAGES`` of them); ``wrong`` are the first
-    misclassified others (at most ``WRONG_SAMPLES``); each item is (uint8 (S, S, 3), label, logits).
-    """
-
-    total: int | None
-    classes: int
-    thresholds: np.ndarray | None = None  # a multi-label model's; labels are then (C,) multi-hot
-    seen: int = 0
-    logits: list = dataclasses.field(default_factory=list)
-    labels: list = dataclasses.field(default_factory=list)
-    keys: list = dataclasses.field(default_factory=list)
-    skipped: list = dataclasses.field(default_factory=list)
-    kept: list = dataclasses.field(default_factory=list)
-    wrong: list = dataclasses.field(default_factory=list)
-
-    def predictions(self, width: int):
-        from headstart.pipeline.stages.evaluation import SplitPredictions
-
-        return SplitPredictions(
-            logits=np.concatenate(self.logits) if self.logits else np.zeros((0, width), np.float32),
-            labels=np.concatenate(self.labels) if self.labels else
-            np.zeros((0,) if self.thresholds is None else (0, self.classes), np.int64),
-            keys=self.keys, skipped=self.skipped)
-
-
-def _predict_keeping_samples(model: Any, source: Any, split: str, seen: _Evaluated, *, batch_size: int,
-                             console: Any) -> None:
-    from headstart.pipeline.model.head import predict_classes
-
-    total = seen.total
-    wanted = set(np.linspace(0, total - 1, min(SAMPLE_IMAGES, total)).round().astype(int)) if total else set()
-    line = console.progress(f"  evaluate {split}")
-    start = time.perf_counter()
     try:
-        for batch in source.dataset(split, int(model.input_shape[1])).batch(batch_size):
-            errors = [e.decode() for e in batch["error"].numpy()]
-            names = [n.decode() for n in batch["key"].numpy()]
-            good = np.array([not e for e in errors])
-            seen.skipped += [(n, e) for n, e in zip(names, errors) if e]
-            if good.any():
-                images = batch["image"].numpy()
-                out = np.asarray(model.predict_on_batch(images[good]), dtype=np.float32)
-                seen.logits.append(out)
-                seen.labels.append(batch["label"].numpy()[good].astype(np.int64))
-                seen.keys += [n for n, g in zip(names, good) if g]
-                multi = seen.thresholds is not None
-                predicted = predict_classes(out, seen.classes, multi, seen.thresholds)
-                for j, i in enumerate(np.flatnonzero(good)):
-                    item = (np.clip(images[i], 0, 255).astype(np.uint8), seen.labels[-1][j], out[j])
-                    if seen.seen + i in wanted or (not total and len(seen.kept) < SAMPLE_IMAGES):
-                        seen.kept.append(item)
-                    elif np.any(predicted[j] != seen.labels[-1][j]) and len(seen.wrong) < WRONG_SAMPLES:
-                        seen.wrong.append(item)
-            seen.seen += len(names)
-            line.update(seen.seen, total, seen.seen / max(time.perf_counter() - start, 1e-9))
+        predictions = predict_split(model, source, split, batch_size=batch_size, multi_label=thresholds is not None,
+                                    on_batch=observe)
     finally:
         console.close()
+    metrics = split_metrics(predictions, class_names, multi_label=thresholds is not None, thresholds=thresholds)
+    write_samples(samples_path, samples, class_names, size=int(model.input_shape[1]),
+                  width=int(model.output_shape[-1]))
+    return metrics, seen[0], len(predictions.skipped)
 
 
-def _write_samples(path: Path, seen: _Evaluated, class_names: Sequence[str], *, size: int, width: int) -> None:
-    """``samples.npz`` for summary.png: images, labels, predicted classes and their probabilities."""
-    from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
-    from headstart.pipeline.report.rundir import atomic_write
-
-    kept, k = seen.kept, seen.classes
-    if seen.wrong and kept:  # mistakes are worth seeing: they replace some of the evenly spread images
-        spread = np.linspace(0, len(kept) - 1, max(1, SAMPLE_IMAGES - len(seen.wrong))).round().astype(int)
-        kept = [kept[i] for i in sorted(set(spread.tolist()))] + seen.wrong
-    multi = seen.thresholds is not None
-    sample_logits = np.stack([o for _, _, o in kept]) if kept else np.zeros((0, width), np.float32)
-    probs = logits_to_probabilities(sample_logits, k, multi) if kept else np.zeros((0, k), np.float32)
-    empty = (0, k) if multi else (0,)
-    # Multi-label: labels and predicted are (N, C) multi-hot, probability (N, C) per class.
-    arrays = {"images": np.stack([im for im, _, _ in kept]) if kept else np.zeros((0, size, size, 3), np.uint8),
-              "labels": np.array([t for _, t, _ in kept], np.int64).reshape(-1, *empty[1:]),
-              "predicted": predict_classes(sample_logits, k, multi, seen.thresholds).astype(np.int64) if kept
-              else np.zeros(empty, np.int64),
-              "probability": (probs if multi else probs.max(axis=1)) if kept else np.zeros(empty, np.float32),
-              "class_names": np.array(class_names, dtype=str)}
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(path, write, suffix=".npz")
+def _headline(metrics: dict) -> str:
+    if metrics.get("task") == "multi_label":
+        return f"mAP {metrics['map']:.4f}, exact match {metrics['exact_match']:.4f}"
+    return ", ".join(f"{name} {metrics[k]:.4f}" for k, name in (("accuracy", "accuracy"),
+                     ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"))
+                     if metrics.get(k) is not None) or "no images"

@@ -34,7 +34,8 @@ from headstart.pipeline.config import (CLASS_WEIGHT_MODES, RunConfig, config_fro
 from headstart.pipeline.data.source_spec import parse_split_option
 from headstart.pipeline.errors import OptionError
 # The flags of ``headstart run`` and the sections they set live with every other option fact.
-from headstart.pipeline.options import RUN_OPTIONS, SECTIONS
+from headstart.pipeline.options.run_flags import RUN_OPTIONS
+from headstart.pipeline.options.facts import SECTIONS, result_free
 
 TOP_LEVEL: dict[str, type] = {"source": str, "out": str, "tensorboard": bool, "diagnose": bool}
 #: Keys of each section that ``headstart run`` sets itself (paths inside the run directory, resume).
@@ -47,11 +48,10 @@ RUNNER_SET: dict[str, tuple[str, ...]] = {
                  "backbone", "weights", "alpha", "image_size", "pooling", "split_specs",
                  "path_column", "label_column", "images", "multi_label"),
 }
-#: (section, key) pairs that never change a result: a run directory may be rerun with other values.
-NO_RESULT: frozenset[tuple[str, str]] = frozenset({
-    ("extract", "batch_size"), ("extract", "max_bad"), ("extract", "strict"),
-    ("head", "memory_limit_mb"), ("top", "tensorboard"), ("top", "out"), ("top", "diagnose"),
-})
+#: (section, key) pairs that never change a result (the option table's ``shapes_result=False``): a
+#: run directory may be rerun with other values.
+NO_RESULT: frozenset[tuple[str, str]] = frozenset(
+    {("top", "out")} | {(section, key) for section in (*SECTIONS, "top") for key in result_free(section)})
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -188,18 +188,14 @@ def run_config_dict(config: RunConfig) -> dict[str, Any]:
     return out
 
 
-def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """Describes the first result-changing difference of two ``run_config_dict``s, or None."""
-    for key in ("source", *SECTIONS):
-        if key == "source":
-            if old.get(key) != new.get(key):
-                return f"source {old.get(key)!r} there, {new.get(key)!r} now"
-            continue
-        a, b = old.get(key, {}), new.get(key, {})
-        for name in sorted(set(a) | set(b)):
-            if (key, name) not in NO_RESULT and _norm(a.get(name)) != _norm(b.get(name)):
-                return f"[{key}] {name} = {a.get(name)!r} there, {b.get(name)!r} now"
-    return None
+def result_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """A ``run_config_dict``'s settings that shape results, flat and named as the file spells them:
+    ``"source"``, then ``"[section] key ="`` (for a refusal: "[finetune] epochs = 4 there, 7 now")."""
+    flat: dict[str, Any] = {"source": values.get("source")}
+    for section in SECTIONS:
+        flat.update({f"[{section}] {name} =": value for name, value in sorted((values.get(section) or {}).items())
+                     if (section, name) not in NO_RESULT})
+    return flat
 
 
 def stage_values(config: RunConfig, section: str) -> dict[str, Any]:

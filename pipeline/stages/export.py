@@ -35,10 +35,6 @@ from headstart.pipeline.config import EXPORT_FORMATS, QUANTIZE_MODES
 from headstart.pipeline.errors import OptionError
 #: Training images the int8 converter sees to calibrate its activation ranges.
 CALIBRATION_IMAGES = 100
-#: What each format needs beyond TensorFlow: writing it, and reading it back to check it.
-#: They come with ``pip install headstart[export]``.
-REQUIRED_MODULES = {"saved_model": (), "onnx": ("tf2onnx", "onnx", "onnxruntime"),
-                    "tflite": ("ai_edge_litert",)}
 #: The ONNX opset; 17 is what onnxruntime ≥ 1.14 and tf2onnx 1.17 both support fully.
 ONNX_OPSET = 17
 
@@ -56,21 +52,10 @@ def check_export_options(formats: Sequence[str], quantize: str) -> None:
         raise OptionError(f"--quantize: unknown mode '{quantize}' (choose from {', '.join(QUANTIZE_MODES)})")
     if quantize != "none" and "tflite" not in formats:
         raise OptionError(f"--quantize {quantize} applies to --export tflite only")
+    from headstart.pipeline.stages.predictor import require_modules
+
     for fmt in formats:
         require_modules(fmt, f"--export {fmt}")
-
-
-def require_modules(fmt: str, what: str) -> None:
-    """Refuses a format whose libraries are not installed, before any work is done.
-
-    Raises:
-        OptionError: naming the missing module and the extra that installs it.
-    """
-    import importlib.util
-
-    missing = [m for m in REQUIRED_MODULES.get(fmt, ()) if importlib.util.find_spec(m) is None]
-    if missing:
-        raise OptionError(f"{what} needs {', '.join(missing)}: pip install 'headstart[export]'")
 
 
 def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str = "none",
@@ -173,6 +158,9 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
                   batch_size: int = 32, multi_label: bool = False) -> dict[str, dict]:
     """Runs every written export and ``model`` over one split, with each format's own runtime.
 
+    One pass of the prediction loop (``headstart.pipeline.training.predictions.predict_split``):
+    ``model`` gives the reference logits and every export sees the same good images of each batch.
+
     Args:
         done: ``export_model``'s result (failed exports, None, are reported as failed).
         model: the Keras model the exports came from (raw images → logits).
@@ -189,48 +177,43 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
         ``"quantize"`` for tflite); ``{"path": None, "failed": True}`` for a failed export.
     """
     import numpy as np
-    import tensorflow as tf
 
     from headstart.pipeline.model.head import predict_classes
     from headstart.pipeline.stages.predictor import load_predictor
+    from headstart.pipeline.training.predictions import predict_split
 
     predictors = {fmt: load_predictor(path) for fmt, path in done.items() if path}
-    size = int(model.input_shape[1])
-    width = int(model.output_shape[-1])
-    k = 2 if width == 1 and not multi_label else width
+    got: dict[str, list] = {fmt: [] for fmt in predictors}
 
-    def same(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # per image: the same class / label set
-        return (a == b).reshape(len(a), -1).all(axis=1)
-
-    labels, ref, got = [], [], {fmt: [] for fmt in predictors}
-    for batch in source.dataset(split, size).batch(batch_size):
-        good = np.array([not e for e in batch["error"].numpy()])
-        if not good.any():
-            continue
-        images = batch["image"].numpy()[good]
-        labels.append(batch["label"].numpy()[good])
-        ref.append(np.asarray(model(images, training=False), np.float32))
+    def feed(batch: Any) -> None:
         for fmt, predictor in predictors.items():
-            got[fmt].append(predictor.logits(images))
-    labels_all = np.concatenate(labels) if labels else np.zeros((0, k) if multi_label else (0,), np.int64)
-    ref_all = np.concatenate(ref) if ref else np.zeros((0, width), np.float32)
-    keras_pred = predict_classes(ref_all, k, multi_label)
-    keras_accuracy = float(np.mean(same(keras_pred, labels_all))) if len(labels_all) else None
+            got[fmt].append(predictor.logits(batch.images))
+
+    reference = predict_split(model, source, split, batch_size=batch_size, multi_label=multi_label, on_batch=feed)
+    width = reference.logits.shape[-1]
+    k = 2 if width == 1 and not multi_label else width
+    labels, n = reference.labels, len(reference.labels)
+    keras_pred = predict_classes(reference.logits, k, multi_label)
     report: dict[str, dict] = {}
     for fmt, path in done.items():
         if not path:
             report[fmt] = {"path": None, "failed": True}
             continue
-        logits = np.concatenate(got[fmt]) if got[fmt] else np.zeros_like(ref_all)
+        logits = np.concatenate(got[fmt]) if got[fmt] else np.zeros_like(reference.logits)
         pred = predict_classes(logits, k, multi_label)
-        report[fmt] = {"path": path, "images": int(len(labels_all)),
-                       "accuracy": float(np.mean(same(pred, labels_all))) if len(labels_all) else None,
-                       "keras_accuracy": keras_accuracy,
-                       "agreement": float(np.mean(same(pred, keras_pred))) if len(labels_all) else None,
-                       "max_abs_logit_diff": float(np.abs(logits - ref_all).max()) if len(labels_all) else None}
+        report[fmt] = {"path": path, "images": int(n), "accuracy": _share(pred, labels),
+                       "keras_accuracy": _share(keras_pred, labels), "agreement": _share(pred, keras_pred),
+                       "max_abs_logit_diff": float(np.abs(logits - reference.logits).max()) if n else None}
         if fmt == "tflite":
             report[fmt]["quantize"] = quantize
     return report
+
+
+def _share(a: Any, b: Any) -> float | None:
+    """The share of images whose class (or label set) in ``a`` equals the one in ``b``; None for none."""
+    import numpy as np
+
+    return float(np.mean((a == b).reshape(len(a), -1).all(axis=1))) if len(a) else None
 
 
 # ── writers ──────────────────────────────────────────────────────────────────────────────────

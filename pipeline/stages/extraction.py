@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from headstart.features.registry import DTYPES, POOLINGS, check_image_size
+from headstart.features.registry import check_image_size
 from headstart.pipeline.config import ExtractConfig, config_to_dict
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.errors import OptionError
+from headstart.pipeline.options.facts import check_config, flag_of
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.ASCII)
 
@@ -53,34 +54,26 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def validate_extract_config(config: ExtractConfig) -> None:
-    """Checks option values that need no TensorFlow, so bad input fails fast.
+def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] | None = None) -> None:
+    """Every check of extract-features' options that needs no TensorFlow (``--out`` aside), so bad
+    input fails fast: the option table's ranges and choices, then the source path, the backbone's
+    image size, the splits and ``--shard``.
 
     Raises:
-        OptionError: naming the option at fault.
+        OptionError, DataError, headstart.features.errors.FeaturesError: naming the option at fault
+        (``label`` names it; default: extract-features' flag).
     """
-    if not config.source:
-        raise OptionError("SOURCE is required")
-    if not config.out:
-        raise OptionError("--out is required")
+    check_config("extract", config, label=label)
     check_source_path(config.source)
     if not str(config.backbone).startswith("hub:"):  # KerasHub presets are checked when they load
         check_image_size(config.backbone, config.image_size)  # an unknown backbone, a size too small
-    if config.pooling not in POOLINGS:
-        raise OptionError(f"--pooling must be one of {', '.join(POOLINGS)}, got '{config.pooling}'")
-    if config.dtype not in DTYPES:
-        raise OptionError(f"--dtype must be one of {', '.join(DTYPES)}, got '{config.dtype}'")
-    if config.batch_size < 1:
-        raise OptionError(f"--batch-size must be at least 1, got {config.batch_size}")
-    if config.augment_views < 0:
-        raise OptionError(f"--augment-views must be 0 or more, got {config.augment_views}")
-    if config.max_bad is not None and config.max_bad < 0:
-        raise OptionError(f"--max-bad must be 0 or more, got {config.max_bad}")
     if not config.splits:
-        raise OptionError("--splits must name at least one split")
+        raise OptionError(f"{label('splits') if label else flag_of('extract', 'splits')} must name at least one split")
     parse_shard(config.shard)
     SourceSpec.from_config(config)  # split names and fractions
-    out = Path(config.out)
+
+
+def _check_out_file(out: Path) -> None:
     if out.exists() and out.is_dir():
         raise OptionError(f"--out {out} is a directory; give a file name such as features.h5")
     if not out.parent.exists():
@@ -110,7 +103,8 @@ def extract_features(
         OptionError, DataError: bad options or source. FeaturesError subclasses: backbone, weights,
         cache and bad-image failures.
     """
-    validate_extract_config(config)
+    check_extract_config(config)
+    _check_out_file(Path(config.out))
     from headstart.features.chain import build_extractor
     from headstart.features.store import create_or_resume
 
@@ -145,7 +139,7 @@ def extract_features(
 
 def _open_source(config: ExtractConfig):
     """The source and the splits to extract; the backbone's cheap checks come first."""
-    from headstart.features.backbones import check_image_size, get_backbone_spec
+    from headstart.features.registry import check_image_size, get_backbone_spec
     from headstart.pipeline.data.sources import open_source
 
     get_backbone_spec(config.backbone)
@@ -170,7 +164,7 @@ def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: 
 def _store_args(config: ExtractConfig, backbone: dict, source, splits: list[str],
                 shard: tuple[int, int] | None) -> dict:
     """The keyword arguments of ``create_or_resume``: what the cache holds and where it came from."""
-    from headstart.pipeline.data.sources import SHARD_HASH
+    from headstart.pipeline.data.splits import SHARD_HASH
 
     cache_config = _cache_config(config, backbone, source, splits)
     if shard is not None:

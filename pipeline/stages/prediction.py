@@ -2,7 +2,8 @@
 label set of a multi-label model), printed or written as CSV.
 
 The model is ``model.keras`` or any export (``headstart.pipeline.stages.predictor`` reads them all);
-images go through ``load_image``, the input path every other stage uses. Evaluation on a split is
+images go through the one prediction loop (``headstart.pipeline.training.predictions``) and the
+input path every other stage uses. Evaluation on a split is
 ``headstart.pipeline.stages.evaluation``'s.
 """
 
@@ -11,13 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 # IMAGE_EXTENSIONS: what ``predict_images`` picks up in a directory (files named explicitly are always tried).
 from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS
-from headstart.pipeline.errors import DataError, OptionError
+from headstart.pipeline.errors import OptionError
 
 @dataclass
 class PredictionRow:
@@ -55,40 +56,39 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     from headstart.pipeline.stages.predictor import load_predictor
 
     predictor = load_predictor(model_path)  # first: a mistyped path fails before TensorFlow starts
-    from headstart.pipeline.data.sources import load_image
+    from headstart.pipeline.data.file_list import FilesSource
     from headstart.pipeline.model.head import logits_to_probabilities
+    from headstart.pipeline.training.predictions import predict_split
 
     k = predictor.num_classes
     names = list(class_names or predictor.class_names or [str(i) for i in range(k)])
     if len(names) != k:
         raise OptionError(f"{len(names)} class names given for a model of {k} classes")
-    size = predictor.image_size
-    rows: list[PredictionRow] = []
-    pending: list[tuple[int, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        probs = logits_to_probabilities(predictor.logits(np.stack([img for _, img in pending])), k,
-                                        predictor.multi_label)
-        for (i, _), p in zip(pending, probs):
-            if predictor.multi_label:
-                _set_label_set(rows[i], p, names, predictor.thresholds)
-                continue
-            best = int(np.argmax(p))
-            rows[i].label, rows[i].probability = names[best], float(p[best])
-        pending.clear()
-
-    for path in _expand(paths):
-        rows.append(PredictionRow(path, None, None))
-        try:
-            pending.append((len(rows) - 1, load_image(path, size)))
-        except (DataError, OSError) as exc:
-            rows[-1].error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+    files = _expand(paths)
+    found = predict_split(predictor, FilesSource(files), FilesSource.SPLIT, batch_size=batch_size)
+    probabilities = iter(logits_to_probabilities(found.logits, k, predictor.multi_label))
+    good, bad = iter(found.keys), iter(found.skipped)
+    next_good, next_bad = next(good, None), next(bad, (None, None))
+    rows = []
+    for path in files:  # the loop keeps the files' order in both lists
+        row = PredictionRow(path, None, None)
+        if os.path.abspath(path) == next_good:
+            _fill(row, next(probabilities), names, predictor)
+            next_good = next(good, None)
+        else:
+            row.error = f"{path}: {next_bad[1]}"
+            next_bad = next(bad, (None, None))
+        rows.append(row)
     return rows
+
+
+def _fill(row: PredictionRow, p: np.ndarray, names: Sequence[str], predictor: Any) -> None:
+    """The predicted class and its probability, or a multi-label model's label set."""
+    if predictor.multi_label:
+        _set_label_set(row, p, names, predictor.thresholds)
+        return
+    best = int(np.argmax(p))
+    row.label, row.probability = names[best], float(p[best])
 
 
 def _set_label_set(row: PredictionRow, p: np.ndarray, names: Sequence[str], thresholds: np.ndarray) -> None:
@@ -117,7 +117,7 @@ def write_predictions_csv(rows: Sequence[PredictionRow], path: str | os.PathLike
     import csv
     import io
 
-    from headstart.pipeline.report.rundir import write_text_atomic
+    from headstart.pipeline.report.files import write_text_atomic
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -17,8 +17,15 @@ from typing import Any, Callable
 import numpy as np
 
 from headstart.pipeline.errors import OptionError, RunDirError
+from headstart.pipeline.report.rundir import MODEL_FILES, RunDir, load_model_file
 
 FORMATS = ("keras", "saved_model", "onnx", "tflite")
+
+#: What each format needs beyond TensorFlow: writing it (``export``) and reading it back.
+#: They come with ``pip install headstart[export]``.
+REQUIRED_MODULES = {"saved_model": (), "onnx": ("tf2onnx", "onnx", "onnxruntime"),
+                    "tflite": ("ai_edge_litert",)}
+
 
 
 @dataclass
@@ -31,7 +38,7 @@ class Predictor:
         image_size: S of the (S, S, 3) input.
         width: logits per image (1 for two classes).
         class_names: from the file itself (SavedModel, ONNX) or the run.json beside it, else None.
-        run: the parsed run.json beside the file, or None.
+        run: the run directory beside the file (``RunDir``), or None.
         multi_label: one sigmoid logit per class (task "multi_label" in the file or its run.json).
         thresholds: a multi-label model's per-class decision thresholds (float64 (C,)), from the
             file (SavedModel, ONNX) or the run.json / thresholds.json beside it; else None.
@@ -42,7 +49,7 @@ class Predictor:
     image_size: int
     width: int
     class_names: list[str] | None
-    run: dict | None
+    run: Any
     _fn: Callable[[np.ndarray], np.ndarray]
     multi_label: bool = False
     thresholds: np.ndarray | None = None
@@ -68,10 +75,8 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     loader = {"keras": _load_keras, "saved_model": _load_saved_model, "onnx": _load_onnx,
               "tflite": _load_tflite}[kind]
     if kind in ("onnx", "tflite"):
-        from headstart.pipeline.stages.export import require_modules
-
         require_modules(kind, f"reading {path}")
-    run = _run_json_beside(path)
+    run = RunDir.beside(path)
     try:
         size, width, meta, fn = loader(path)
     except (RunDirError, OptionError):
@@ -79,17 +84,31 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     except Exception as exc:  # noqa: BLE001 - each runtime raises its own types for a bad file
         text = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise RunDirError(f"{path}: cannot load as a {kind} model ({text})") from exc
-    names = meta.get("class_names") or (run or {}).get("class_names")
+    # What the file says wins over the run directory beside it (an export may have been copied alone).
+    recorded = run is not None and run.complete
+    names = meta.get("class_names") or (run.class_names if recorded else None)
     names = list(names) if names else None
-    # What the file says wins over the run.json beside it (an export may have been copied alone).
-    record = meta.get("thresholds") or (run or {}).get("thresholds") or _thresholds_beside(path)
-    multi_label = (meta.get("task") or (run or {}).get("task") or (record or {}).get("task")) == "multi_label"
+    record = meta.get("thresholds") or (run.thresholds_record if run is not None else None)
+    multi_label = (meta.get("task") or (run.task if recorded else None) or (record or {}).get("task")) == "multi_label"
     thresholds = None
     if multi_label:
         from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
 
         thresholds = thresholds_from_record(record, names or [str(i) for i in range(width)])
     return Predictor(kind, str(path), size, width, names, run, fn, multi_label, thresholds)
+
+
+def require_modules(fmt: str, what: str) -> None:
+    """Refuses a format whose libraries are not installed, before any work is done.
+
+    Raises:
+        OptionError: naming the missing module and the extra that installs it.
+    """
+    import importlib.util
+
+    missing = [m for m in REQUIRED_MODULES.get(fmt, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OptionError(f"{what} needs {', '.join(missing)}: pip install 'headstart[export]'")
 
 
 def _kind_of(path: Path) -> str:
@@ -108,27 +127,8 @@ def _kind_of(path: Path) -> str:
     return "keras"  # anything else is tried as .keras; Keras's error says why it is not one
 
 
-def _run_json_beside(path: Path) -> dict | None:
-    # Exports are written into the run directory, next to run.json; a SavedModel is a directory in it.
-    folder = path if path.is_dir() and (path / "model.keras").is_file() else path.parent
-    try:
-        return json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _thresholds_beside(path: Path) -> dict | None:
-    folder = path if path.is_dir() and (path / "model.keras").is_file() else path.parent
-    try:
-        return json.loads((folder / "thresholds.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _load_keras(path: Path):
-    from headstart.pipeline.stages.evaluation import load_model
-
-    model, _ = load_model(path)
+    model = load_model_file(path / MODEL_FILES["finetune"] if path.is_dir() else path)
     return int(model.input_shape[1]), int(model.output_shape[-1]), {}, model.predict_on_batch
 
 

@@ -10,7 +10,6 @@ added (the trial, its parameters, the search space, the caches and the leaderboa
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -28,14 +27,13 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, caches: dict[str
     Returns:
         The best head's test accuracy (None without a test split).
     """
-    from headstart.pipeline.report.rundir import RUN_JSON, write_json_atomic
+    from headstart.pipeline.report.rundir import RunDir
     from headstart.pipeline.stages.head_training import train_head
 
     best_dir = out / "best"
     number = int(best_row["number"])
-    existing = _read_json(best_dir / RUN_JSON)
-    if existing.get("sweep", {}).get("trial") == number:
-        return (_read_json(best_dir / "metrics.json").get("test") or {}).get("accuracy")
+    if _trial_of(RunDir(best_dir)) == number:
+        return (RunDir(best_dir).metrics().get("test") or {}).get("accuracy")
     trial = study.trials[number]
     params = params_from_record(trial.user_attrs["result"]["params"])
     cache = caches[params.cache]
@@ -46,15 +44,13 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, caches: dict[str
                                            patience=space.patience, seed=config.seed, overwrite=True,
                                            tensorboard=config.tensorboard),
                         log=lambda line: None)
-    run = _read_json(tmp / RUN_JSON)
-    run["sweep"] = {
+    RunDir(tmp).update_record(sweep={
         "trial": number, "params": trial.user_attrs["result"]["params"], "val_loss": best_row["val_loss"],
         "retrained_val_loss": result.val_loss, "storage": config.storage or str(out / "study.db"),
         "study": study.study_name, "finished_trials": len(rows), "space": space.to_dict(), "seed": config.seed,
         "caches": [c.info["path"] for c in caches.values()], "leaderboard": str(out / "leaderboard.csv"),
         "top": [{k: r[k] for k in ("rank", "number", "cache", "val_loss", "val_accuracy")} for r in rows[:10]],
-    }
-    write_json_atomic(tmp / RUN_JSON, run)
+    })
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(tmp, best_dir)
     log(f"best: trial {number} on {params.cache}: val_loss {best_row['val_loss']:.4f}, "
@@ -62,11 +58,14 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, caches: dict[str
     return result.test_accuracy
 
 
-def _read_json(path: Path) -> dict:
+def _trial_of(best: Any) -> int | None:
+    """The trial a finished best/ was retrained from; None when there is none (or it is damaged)."""
+    from headstart.pipeline.errors import RunDirError
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        return best.record.get("sweep", {}).get("trial") if best.complete else None
+    except RunDirError:
+        return None
 
 
 def _fmt(value: float | None) -> str:

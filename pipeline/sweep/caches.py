@@ -60,8 +60,8 @@ def load_caches(paths: Sequence[str]) -> list[SweepCache]:
             images or classes (the message names the first difference).
         headstart.features.errors.StoreError: a missing, foreign or incomplete cache.
     """
-    from headstart.features.store import open_cache
-    from headstart.pipeline.stages.head_data import FeatureRows
+    from headstart.features.cache import open_cache
+    from headstart.pipeline.training.head_data import FeatureRows
 
     if not paths:
         raise OptionError("give at least one CACHE")

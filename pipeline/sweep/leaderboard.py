@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.sweep.caches import SweepCache
-from headstart.pipeline.sweep.space import SearchSpace, TrialParams
+from headstart.pipeline.sweep.space import SearchSpace
 
 #: Leaderboard columns, in order; parameters sit between the scores and the bookkeeping.
 PARAMS = ("lr", "dropout", "weight_decay", "label_smoothing", "batch_size", "head_kind", "hidden_units",
@@ -141,7 +141,8 @@ def _plot_param(ax: Any, ordered: list[dict], name: str, colours: dict[str, str]
 
 def write_outputs(study: Any, out: Path, caches: dict[str, SweepCache], space: SearchSpace,
                   config: SweepConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    """Writes leaderboard.csv, sweep.png and DIR/best; returns SweepResult's best, table, test accuracy."""
+    """Writes leaderboard.csv, sweep.png and DIR/best; returns SweepResult's best, table, test accuracy
+    and the epochs its trials trained."""
     from headstart.pipeline.sweep.best import write_best
 
     rows = leaderboard_rows(study)
@@ -149,12 +150,14 @@ def write_outputs(study: Any, out: Path, caches: dict[str, SweepCache], space: S
     if rows:
         plot_sweep(rows, out / "sweep.png", f"headstart sweep: {len(rows)} trials on {', '.join(caches)}")
     complete = [r for r in rows if r["state"] == "complete"]
+    epochs = sum(int(r.get("epochs") or 0) for r in rows)
     if not complete:
         log("no trial completed (all pruned?): no DIR/best")
-        return {"best": {}, "best_test_accuracy": None, "table": format_top(rows)}
+        return {"best": {}, "best_test_accuracy": None, "table": format_top(rows), "trial_epochs": epochs}
     test_accuracy = write_best(study, complete[0], out, caches, space, config, rows, log)
-    return {"best": complete[0], "best_test_accuracy": test_accuracy, "table": format_top(rows)}
+    return {"best": complete[0], "best_test_accuracy": test_accuracy, "table": format_top(rows),
+            "trial_epochs": epochs}
 
 
-__all__ = ["COLUMNS", "TrialParams", "format_top", "leaderboard_rows", "plot_sweep", "write_leaderboard",
+__all__ = ["COLUMNS", "format_top", "leaderboard_rows", "plot_sweep", "write_leaderboard",
            "write_outputs"]

@@ -18,7 +18,6 @@ scored once, when ``DIR/best`` is written by retraining the best trial with ``tr
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import threading
 import time
@@ -28,12 +27,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from headstart.pipeline.config import SweepConfig
-from headstart.pipeline.errors import OptionError, RunDirError
+from headstart.pipeline.errors import OptionError
 from headstart.pipeline.sweep.caches import SweepCache
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams, params_from_record, suggest_params
+from headstart.pipeline.sweep.teller import FINISHED, Teller, trial_state
 
 STUDY_NAME = "headstart-sweep"
-FINISHED = ("COMPLETE", "PRUNED")
 
 
 @dataclass
@@ -48,22 +47,7 @@ class SweepResult:
     best_test_accuracy: float | None = None
     seconds: float = 0.0
     table: str = ""                                       # the top ten, for the terminal
-
-
-def validate_sweep_config(config: SweepConfig) -> None:
-    """Checks option values before anything is opened.
-
-    Raises:
-        OptionError: naming the option at fault.
-    """
-    if not config.caches:
-        raise OptionError("give at least one CACHE")
-    if not config.out:
-        raise OptionError("--out is required")
-    if config.trials < 1:
-        raise OptionError(f"--trials must be at least 1, got {config.trials}")
-    if config.heartbeat < 1:
-        raise OptionError(f"heartbeat must be at least 1 second, got {config.heartbeat}")
+    trial_epochs: int = 0                                 # epochs trained over every finished trial
 
 
 def storage_url(config: SweepConfig) -> str:
@@ -89,49 +73,66 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
             another search space. RunDirError: DIR holds something that is not a sweep.
         DataError / StoreError: unusable or mismatched caches (``load_caches``).
     """
+    from headstart.pipeline.options.facts import check_config
     from headstart.pipeline.sweep.caches import load_caches
+    from headstart.pipeline.sweep.leaderboard import write_outputs
 
-    validate_sweep_config(config)
+    check_config("sweep", config)
+    if config.heartbeat < 1:
+        raise OptionError(f"heartbeat must be at least 1 second, got {config.heartbeat}")
     space = space or SearchSpace()
     start = time.perf_counter()
     caches = {c.name: c for c in load_caches(config.caches)}
-    out = _prepare_out(Path(config.out), config)
-    with _creation_lock(out):
-        study, storage = _open_study(config, space, caches)
+    with claim_sweep_dir(Path(config.out), config.overwrite) as out:
+        with _creation_lock(out):
+            study, storage = _open_study(config, space, caches)
+        trained = _run_trials(study, storage, config, space, caches, log, start, on_trial)
+        best = write_outputs(study, out, caches, space, config, log)
+    return SweepResult(out=str(out), storage=storage_url(config), finished=_count(study, FINISHED),
+                       trained_here=trained, seconds=time.perf_counter() - start, **best)
+
+
+def _run_trials(study: Any, storage: Any, config: SweepConfig, space: SearchSpace, caches: dict[str, SweepCache],
+                log: Callable[[str], None], start: float, on_trial: Callable[[int, int, float], None] | None) -> int:
+    """Asks and trains rounds of trials until ``config.trials`` are finished; returns how many were trained here."""
     trained = 0
     heads: dict[str, Any] = {}  # cache name → its BatchedHeads, traced once for the whole sweep
     with _heartbeats(storage, config.heartbeat) as running:
         while True:
             asked = _ask_round(study, storage, config, space, caches)
             if asked is None:
-                break
+                return trained
             if not asked:
                 time.sleep(config.heartbeat)  # others (or stale trials) hold the rest; wait for them
                 continue
             trained += _train_round(study, asked, caches, heads, space, config, running, log, start, on_trial)
-    from headstart.pipeline.sweep.leaderboard import write_outputs
-
-    best = write_outputs(study, out, caches, space, config, log)
-    result = SweepResult(out=str(out), storage=storage_url(config), finished=_count(study, FINISHED),
-                         trained_here=trained, seconds=time.perf_counter() - start, **best)
-    return result
 
 
-def _prepare_out(out: Path, config: SweepConfig) -> Path:
-    ours = {"study.db", "leaderboard.csv", "sweep.png", "best", "study.db-journal", "study.db-wal", "study.db-shm",
-            ".study.lock"}
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and config.overwrite:
-        for name in ours:
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    elif out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".best-"))
-        if foreign:
-            raise RunDirError(f"--out {out}: holds {foreign[0]}, which is not a sweep's; choose another directory")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+#: What a sweep directory holds; anything else makes it another tool's directory.
+SWEEP_FILES = frozenset({"study.db", "leaderboard.csv", "sweep.png", "best", "study.db-journal", "study.db-wal",
+                         "study.db-shm", ".study.lock"})
+
+
+@contextlib.contextmanager
+def claim_sweep_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Holds ``--out`` for the sweep (the ``--out`` policy of ``headstart.pipeline.report.out_dir``).
+
+    Sweep processes that share a study take the directory's lock shared and work side by side;
+    ``--overwrite`` takes it alone and deletes the sweep's files (and only those). Whether the
+    directory's study was made with the same caches and settings is the study's to say
+    (``_open_study``). A directory holding anything else is refused.
+    """
+    from headstart.pipeline.report.out_dir import OutDir, settle
+
+    with OutDir(out, "sweep").locked(shared=not overwrite):
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in SWEEP_FILES and not p.name.startswith("."))
+        settle(out, what="sweep", wanted={}, recorded=None if foreign else {}, finished=False, overwrite=overwrite,
+               foreign=f"holds {foreign[0]}, which is not a sweep's" if foreign else None)
+        if overwrite:
+            for name in SWEEP_FILES:
+                target = out / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        yield out
 
 
 @contextlib.contextmanager
@@ -181,10 +182,20 @@ def _open_study(config: SweepConfig, space: SearchSpace, caches: dict[str, Sweep
     if recorded is None:
         study.set_user_attr("settings", settings)
     elif recorded != settings:
-        what = next(k for k in settings if settings[k] != recorded.get(k))
-        raise OptionError(f"{storage_url(config)}: the study was started with other {what}; give the same "
-                          f"CACHEs and [sweep] settings to resume, or another --out (or --overwrite) to start anew")
+        from headstart.pipeline.report.out_dir import first_difference
+
+        difference = first_difference(_flat_settings(recorded), _flat_settings(settings))
+        raise OptionError(f"{storage_url(config)}: the study was started with another configuration ({difference}); "
+                          f"give the same CACHEs and [sweep] settings to resume, or another --out (or --overwrite) "
+                          f"to start anew")
     return study, storage
+
+
+def _flat_settings(settings: dict) -> dict[str, Any]:
+    """A study's settings by the option that sets each, for naming the first difference."""
+    caches = settings.get("caches") or []
+    return {"CACHE": [c.get("name") for c in caches], "CACHE (fingerprint)": [c.get("fingerprint") for c in caches],
+            "--seed": settings.get("seed"), **{f"[sweep] {k}": v for k, v in (settings.get("space") or {}).items()}}
 
 
 def _sqlite_engine(url: str) -> dict[str, Any]:
@@ -240,7 +251,7 @@ def _ask_round(study: Any, storage: Any, config: SweepConfig, space: SearchSpace
             storage.record_heartbeat(trial._trial_id)
             if _surplus(study, trial.number, config.trials):
                 study.set_trial_user_attr(trial._trial_id, "surplus", True)
-                study.tell(trial, state=_state("FAIL"))
+                study.tell(trial, state=trial_state("FAIL"))
                 continue
             asked.append((trial, suggest_params(trial, space, has_views)))
     return asked
@@ -253,16 +264,6 @@ def _surplus(study: Any, number: int, total: int) -> bool:
     return len(alive) >= total
 
 
-def _state(name: str) -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState[name]
-
-
-def _states(names: Sequence[str]) -> tuple:
-    return tuple(_state(name) for name in names)
-
-
 def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], caches: dict[str, SweepCache],
                  heads: dict[str, Any], space: SearchSpace, config: SweepConfig, running: set[int],
                  log: Callable[[str], None], start: float,
@@ -270,7 +271,7 @@ def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], caches: dict[
     """Trains the asked trials group by group, telling Optuna as each stops; returns how many were told."""
     from headstart.pipeline.sweep.trainer import BatchedHeads, train_group
 
-    teller = _Teller(study, config, running, log, start, on_trial)
+    teller = Teller(study, config, running, log, start, on_trial)
     groups: dict[tuple, list[tuple[Any, TrialParams]]] = {}
     for trial, params in asked:
         groups.setdefault((params.cache, params.batch_size, params.views), []).append((trial, params))
@@ -282,90 +283,6 @@ def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], caches: dict[
                     patience=space.patience, on_epoch=lambda epoch, values, m=members: teller.epoch(m, epoch, values),
                     on_done=lambda i, run, m=members: teller.done(*m[i], run), heads=heads[name])
     return teller.told
-
-
-class _Teller:
-    """Reports a group's epochs to Optuna, prunes with the study's pruner, and tells finished trials.
-
-    The study is read once per epoch of a group and once per told trial (``PrunerView``), never once
-    per trial and epoch. A trial another process declared stale (its heartbeat was late: a starved
-    CPU) is already FAIL and queued again; this process then drops it instead of telling it twice.
-    """
-
-    def __init__(self, study: Any, config: SweepConfig, running: set[int], log: Callable[[str], None],
-                 start: float, on_trial: Callable[[int, int, float], None] | None) -> None:
-        from headstart.pipeline.sweep.pruning import PrunerView
-
-        self.study, self.config, self.running, self.log = study, config, running, log
-        self.start, self.on_trial = start, on_trial
-        self.view = PrunerView(study, max_age=config.heartbeat)
-        self.reported: dict[int, dict[int, float]] = {}   # trial number → step → value
-        self.lost: set[int] = set()
-        self.told = 0
-
-    def epoch(self, members: list[tuple[Any, TrialParams]], epoch: int, values: dict[int, float]) -> set[int]:
-        """Reports ``values`` (index → val_loss) at ``epoch``; returns the indices to stop."""
-        from optuna.exceptions import UpdateFinishedTrialError
-
-        stop = set()
-        for i, val_loss in values.items():
-            trial = members[i][0]
-            try:
-                trial.report(val_loss, epoch)
-            except UpdateFinishedTrialError:
-                self.lost.add(trial.number)  # stop training it: its rerun is someone else's now
-                stop.add(i)
-                continue
-            self.reported.setdefault(trial.number, {})[epoch] = val_loss
-            if self.view.should_prune(trial, self.reported[trial.number]):
-                stop.add(i)
-        return stop
-
-    def done(self, trial: Any, params: TrialParams, run: Any) -> None:
-        from optuna.exceptions import UpdateFinishedTrialError
-
-        self.running.discard(trial._trial_id)
-        try:
-            if trial.number in self.lost:
-                raise UpdateFinishedTrialError(f"trial {trial.number}")
-            _tell(self.study, trial, params, run)
-        except UpdateFinishedTrialError:
-            self.log(f"trial {trial.number:>3} was declared stale by another process (late heartbeat) and "
-                     "queued again; dropped here")
-            return
-        self.told += 1
-        if self.config.tensorboard:
-            from headstart.pipeline.report.tensorboard_logs import write_history
-
-            write_history(run.history, Path(self.config.tensorboard) / "trials" / f"trial_{trial.number:04d}")
-        self.view.changed()
-        trials = self.view.get_trials(states=_states(FINISHED))
-        self.log(_trial_line(trials, trial.number, params, run, len(trials), self.config.trials))
-        if self.on_trial is not None:
-            self.on_trial(len(trials), self.config.trials, len(trials) / max(time.perf_counter() - self.start, 1e-9))
-
-
-def _tell(study: Any, trial: Any, params: TrialParams, run: Any) -> None:
-    record = {
-        "params": dataclasses.asdict(params), "best_epoch": run.best_epoch, "epochs": run.epochs_run,
-        "stopped": run.stopped, "seconds": run.seconds, "history": run.history,
-        "validation": {k: run.validation[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")},
-    }
-    trial.set_user_attr("result", record)
-    if run.stopped == "pruned":
-        study.tell(trial, state=_state("PRUNED"))
-    else:
-        study.tell(trial, run.validation["loss"])
-
-
-def _trial_line(trials: list, number: int, params: TrialParams, run: Any, finished: int, total: int) -> str:
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
-    best_text = f"best #{best.number} {best.value:.4f}" if best else "best -"  # none complete yet: all pruned
-    v = run.validation
-    return (f"trial {number:>3} {params.cache} {run.stopped:<6} val_loss {v['loss']:.4f} "
-            f"val_acc {v['accuracy']:.4f}  epochs {run.epochs_run}  {run.seconds:.1f} s  | {best_text}  "
-            f"[{finished}/{total}]")
 
 
 @contextlib.contextmanager
@@ -398,4 +315,4 @@ def trial_params(trial: Any) -> TrialParams:
     return params_from_record(trial.user_attrs["result"]["params"])
 
 
-__all__ = ["SweepResult", "run_sweep", "storage_url", "trial_params", "validate_sweep_config"]
+__all__ = ["SweepResult", "claim_sweep_dir", "run_sweep", "storage_url", "trial_params"]

@@ -10,8 +10,8 @@ that stops leaves them by a gather, and nothing is traced again.
 What each trial computes is what ``train-head`` computes for the same configuration: initial
 weights drawn by ``build_head`` after ``keras.utils.set_random_seed(seed)``, the head's own pooling
 and normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas,
-the batch plan of ``FeatureRows.plan``, and train-head's early-stopping rule per trial (val_loss
-strictly lower, patience, best weights kept). Only the dropout masks come from another random
+the batch plan of ``FeatureRows.plan``, and train-head's early-stopping rule per trial (the one
+``training.early_stopping.EarlyStopping`` on val_loss: strictly lower, patience, best weights kept). Only the dropout masks come from another random
 stream (one draw per step shared by the group: see ``HeadStack.logits``); without dropout a trial
 matches train-head to float rounding (tests/test_sweep.py states the tolerance). A stopped or
 pruned trial is reported at once with its best epoch's weights.
@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from headstart.pipeline.sweep.caches import SweepCache
+from headstart.pipeline.training.early_stopping import EarlyStopping
 from headstart.pipeline.sweep.space import TrialParams
 from headstart.pipeline.sweep.stacks import HeadStack, stack_accuracy, stack_loss
 
@@ -198,13 +199,22 @@ class BatchedHeads:
 
 
 class _Member:
-    """One trial's early-stopping state (train-head's rule)."""
+    """One trial's history and early stopping: train-head's rule (``training.early_stopping``) on
+    the validation loss, the best epoch's weights and validation logits kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, patience: int) -> None:
         self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-        self.best_value, self.best_epoch, self.wait = math.inf, 0, 0
-        self.best_weights: dict | None = None
+        self.stopping = EarlyStopping("val_loss", patience)
+        self.best_weights: tuple[dict, np.ndarray] | None = None
         self.stopped: str | None = None
+
+    @property
+    def best_epoch(self) -> int:
+        return self.stopping.best_epoch or 0
+
+    @property
+    def best_value(self) -> float:
+        return math.inf if self.stopping.best_value is None else self.stopping.best_value
 
 
 def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, epochs: int, patience: int,
@@ -237,7 +247,7 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     start = time.perf_counter()
     group = heads or BatchedHeads(cache, seed, jit_compile)
     group.load(trials)
-    members = [_Member() for _ in trials]
+    members = [_Member(patience) for _ in trials]
     train = cache.train_rows(trials[0].views)
     targets = head_labels(cache.labels["train"], len(cache.class_names)).astype(np.float32)
     val_x = np.concatenate([x for x, _ in cache.rows["validation"].eval_batches(1 << 16)])
@@ -246,30 +256,20 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
         active = {i for i in group.order if members[i].stopped is None}
         if len(active) < len(group.order):
             group.keep(active)  # finished trials leave the stacks: a gather, no new trace
-        sums = np.zeros((2, len(group.order)))
-        for x, rows in train.train_batches(train.plan(seed, epoch), trials[0].batch_size):
-            losses, accuracies = group.train_step(x, targets[rows])
-            sums += np.stack([losses.numpy(), accuracies.numpy()]) * len(rows)
+        sums = _train_epoch(group, train, targets, seed, epoch, trials[0].batch_size)
         logits = group.predict(val_x).numpy()
-        val_losses, val_accuracies = _val_loss_accuracy(logits, cache)
+        val = _val_loss_accuracy(logits, cache)
         measured = {}
         for position, i in enumerate(group.order):
             if members[i].stopped is None:
-                _record_epoch(members[i], sums[:, position] / train.n, (val_losses[position], val_accuracies[position]),
-                              logits[position], epoch + 1, patience, lambda p=position: group.weights_at(p))
-                measured[i] = val_losses[position]
+                _record_epoch(members[i], sums[:, position] / train.n, (val[0][position], val[1][position]),
+                              logits[position], epoch + 1, lambda p=position: group.weights_at(p))
+                measured[i] = val[0][position]
         pruned = on_epoch(epoch + 1, measured) if on_epoch is not None else set()
         for position, i in enumerate(group.order):
-            if i not in measured:
-                continue
-            member = members[i]
-            if member.stopped is None and (i in pruned or epoch + 1 == epochs):
-                member.stopped = "pruned" if i in pruned else "epochs"
-            if member.stopped is not None:
-                if member.best_weights is None:  # never finite: keep the last weights, as train-head does
-                    member.best_epoch, member.best_value = epoch + 1, val_losses[position]
-                    member.best_weights = (group.weights_at(position), logits[position])
-                runs[i] = _finish(member, cache, (time.perf_counter() - start) / len(members))
+            if i in measured and _finished(members[i], i in pruned, epoch + 1 == epochs, logits[position],
+                                           lambda p=position: group.weights_at(p)):
+                runs[i] = _finish(members[i], cache, (time.perf_counter() - start) / len(members))
                 if on_done is not None:
                     on_done(i, runs[i])
         if all(m.stopped is not None for m in members):
@@ -277,8 +277,30 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     return runs  # type: ignore[return-value]
 
 
+def _train_epoch(group: BatchedHeads, train: Any, targets: np.ndarray, seed: int, epoch: int,
+                 batch_size: int) -> np.ndarray:
+    """One epoch of every member over the planned batches; (2, T) sums of loss and accuracy × rows."""
+    sums = np.zeros((2, len(group.order)))
+    for x, rows in train.train_batches(train.plan(seed, epoch), batch_size):
+        losses, accuracies = group.train_step(x, targets[rows])
+        sums += np.stack([losses.numpy(), accuracies.numpy()]) * len(rows)
+    return sums
+
+
+def _finished(member: _Member, pruned: bool, last: bool, logits: np.ndarray, weights: Callable[[], dict]) -> bool:
+    """Whether the trial stops after this epoch (early stopping, the pruner, or its last epoch)."""
+    if member.stopped is None and (pruned or last):
+        member.stopped = "pruned" if pruned else "epochs"
+    if member.stopped is not None and member.best_weights is None:
+        # Never finite: keep the last weights, as train-head does.
+        member.stopping.best_epoch, member.stopping.best_value = len(member.history["val_loss"]), \
+            member.history["val_loss"][-1]
+        member.best_weights = (weights(), logits)
+    return member.stopped is not None
+
+
 def _record_epoch(member: _Member, train_means: np.ndarray, val: tuple[float, float], val_logits: np.ndarray,
-                  epoch: int, patience: int, weights: Callable[[], dict]) -> None:
+                  epoch: int, weights: Callable[[], dict]) -> None:
     """Appends one epoch to the trial's history and applies train-head's early-stopping rule."""
     val_loss, val_acc = float(val[0]), float(val[1])
     history = member.history
@@ -286,13 +308,10 @@ def _record_epoch(member: _Member, train_means: np.ndarray, val: tuple[float, fl
     history["accuracy"].append(float(train_means[1]))
     history["val_loss"].append(val_loss)
     history["val_accuracy"].append(val_acc)
-    if math.isfinite(val_loss) and val_loss < member.best_value:
-        member.best_value, member.best_epoch, member.wait = val_loss, epoch, 0
+    if member.stopping.update(epoch, val_loss):
         member.best_weights = (weights(), val_logits)
-    else:
-        member.wait += 1
-        if member.wait >= patience and member.best_weights is not None:
-            member.stopped = "early"
+    elif member.stopping.exhausted:
+        member.stopped = "early"
 
 
 def _val_loss_accuracy(logits: np.ndarray, cache: SweepCache) -> tuple[np.ndarray, np.ndarray]:

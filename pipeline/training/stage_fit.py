@@ -10,6 +10,7 @@ holds no history or best epoch, which a resumed run needs to end with the same e
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,14 +21,13 @@ import keras
 import numpy as np
 
 from headstart.pipeline.errors import RunDirError
-from headstart.pipeline.records import Record
-from headstart.pipeline.stages.early_stopping import EarlyStopping
-from headstart.pipeline.stages.finite_loss import check_finite_losses
+from headstart.pipeline.training.early_stopping import EarlyStopping
+from headstart.pipeline.training.finite_loss import check_finite_losses
 
 
 @dataclass
-class StageOutcome(Record):
-    """What one stage's ``fit`` did (metrics.json keeps it as "head_stage"; a mapping too).
+class StageOutcome:
+    """What one stage's ``fit`` did (metrics.json keeps it as "head_stage").
 
     Attributes:
         history: metric name → one value per epoch, as Keras's ``History``.
@@ -44,6 +44,10 @@ class StageOutcome(Record):
     stopped_early: bool = False
     backup_seconds: list[float] = field(default_factory=list)
     monitor: str = "val_loss"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain form metrics.json and progress.json store."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StageOutcome":
@@ -73,7 +77,7 @@ def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epo
         monitor: ``--monitor`` (``monitor.effective_monitor``: mAP by default for multi-label); a
             single-label measure is computed on ``val`` each epoch (``ValidationMeasure``).
     """
-    from headstart.pipeline.stages.monitor import effective_monitor, history_key
+    from headstart.pipeline.training.monitor import effective_monitor, history_key
 
     monitor = effective_monitor(monitor, multi_label)
     backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
@@ -155,7 +159,7 @@ class ValidationMeasure(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         from headstart.pipeline.distribute.loop import predict_logits
-        from headstart.pipeline.stages.monitor import labels_from_targets, validation_measure
+        from headstart.pipeline.training.monitor import labels_from_targets, validation_measure
 
         logits, targets = [], []
         for batch in self.val:
@@ -265,7 +269,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        from headstart.pipeline.report.rundir import write_json_atomic
+        from headstart.pipeline.report.files import write_json_atomic
 
         t_backup = time.perf_counter()
         n = epoch + 1

@@ -3,9 +3,9 @@
 Why a hand-written epoch loop rather than ``model.fit``: the batches must be exactly the same
 whether the features sit in memory or stream from HDF5, and for augmented caches each epoch draws
 one view per image from a seeded plan. Feeding ``train_on_batch`` from
-``headstart.pipeline.stages.head_data`` keeps that in plain NumPy, with no generator adapter
+``headstart.pipeline.training.head_data`` keeps that in plain NumPy, with no generator adapter
 reordering or prefetching across epochs. Early stopping is the project's one rule
-(``headstart.pipeline.stages.early_stopping``, Keras's ``EarlyStopping(restore_best_weights=True)``).
+(``headstart.pipeline.training.early_stopping``, Keras's ``EarlyStopping(restore_best_weights=True)``).
 
 With more than one replica (``--strategy``, ``headstart.pipeline.distribute.strategy``) an epoch
 instead runs ``headstart.pipeline.distribute.loop.train_epoch`` over the same planned batches, split
@@ -26,10 +26,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from headstart.pipeline.stages.early_stopping import EarlyStopping
-from headstart.pipeline.stages.finite_loss import check_finite_losses
-from headstart.pipeline.stages.head_data import FeatureRows
-from headstart.pipeline.stages.monitor import effective_monitor, history_key, validation_measure
+from headstart.pipeline.training.early_stopping import EarlyStopping
+from headstart.pipeline.training.finite_loss import check_finite_losses
+from headstart.pipeline.training.head_data import FeatureRows
+from headstart.pipeline.training.monitor import effective_monitor, history_key, validation_measure
 
 
 @dataclass
@@ -50,9 +50,8 @@ class HeadFit:
 
 
 def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
-             num_classes: int, log: Callable[[str], None], replicas: int = 1,
-             callbacks: Sequence[Any] = (), multi_label: bool = False,
-             sample_weights: np.ndarray | None = None) -> HeadFit:
+             num_classes: int, log: Callable[[str], None], replicas: int = 1, callbacks: Sequence[Any] = (),
+             multi_label: bool = False, sample_weights: np.ndarray | None = None) -> HeadFit:
     """The train-head epoch loop with early stopping (also the recipe of diagnose's fold heads).
 
     Args:
@@ -63,8 +62,7 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
             A multi-label head's early stopping watches validation mAP unless ``config.monitor``
             names another measure (``monitor.effective_monitor``).
         config: a ``HeadConfig``: epochs, batch size, patience, seed and monitor of the recipe.
-        num_classes: number of classes.
-        log: receives one line per epoch.
+        num_classes: number of classes. log: receives one line per epoch.
         replicas: devices the batches are split over (1 without tf.distribute).
         callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``); they get the hooks ``fit``
             would call: train begin/end, epoch begin/end with the epoch's logs, train batch begin/end.
@@ -83,9 +81,7 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
     stopping = EarlyStopping(history_key(monitor, val is not None), config.patience)
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     if val is not None:
-        history.update(val_loss=[], val_accuracy=[])
-        if monitor != "val_loss":
-            history[stopping.monitor] = []
+        history.update({"val_loss": [], "val_accuracy": [], stopping.monitor: []})
     hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
     best_weights, seconds = None, []
     feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size, sample_weights)
@@ -98,19 +94,9 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
                             batch_size=config.batch_size, num_classes=num_classes, hooks=hooks,
                             sample_weights=sample_weights)
         if val is not None:
-            # Every worker computes the same number from the same synchronised weights, so all of
-            # them take the same early-stopping decision and run the same number of epochs.
-            logs["val_loss"], logs["val_accuracy"], val_logits = evaluate_head(
-                model, *val, num_classes=num_classes, batch_size=config.batch_size, replicas=replicas,
-                multi_label=multi_label)
-            if monitor != "val_loss":
-                logs[stopping.monitor] = validation_measure(monitor, val[1], val_logits, num_classes)
-        for key, value in logs.items():
-            history[key].append(value)
-        seconds.append(time.perf_counter() - start)
-        hooks.on_epoch_end(epoch, {key: values[-1] for key, values in history.items()})
-        log(_epoch_line(epoch + 1, config.epochs, history, seconds[-1]))
-        check_finite_losses("train-head", epoch + 1, {k: v[-1] for k, v in history.items()})
+            logs.update(_validate(model, val, monitor, num_classes=num_classes, batch_size=config.batch_size,
+                                  replicas=replicas, multi_label=multi_label))
+        seconds.append(_end_epoch(epoch, config.epochs, logs, history, start, hooks, log))
         if stopping.update(epoch + 1, history[stopping.monitor][-1]):
             best_weights = model.get_weights()
         elif stopping.exhausted:
@@ -123,6 +109,33 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
         return HeadFit(history, len(seconds), seconds, stopping.monitor)
     model.set_weights(best_weights)
     return HeadFit(history, stopping.best_epoch, seconds, stopping.monitor)
+
+
+def _end_epoch(epoch: int, epochs: int, logs: dict, history: dict, start: float, hooks: Any,
+               log: Callable[[str], None]) -> float:
+    """Records the epoch (history, callbacks, its log line) and stops on a non-finite loss; returns its seconds."""
+    for key, value in logs.items():
+        history[key].append(value)
+    seconds = time.perf_counter() - start
+    hooks.on_epoch_end(epoch, {key: values[-1] for key, values in history.items()})
+    log(_epoch_line(epoch + 1, epochs, history, seconds))
+    check_finite_losses("train-head", epoch + 1, {k: v[-1] for k, v in history.items()})
+    return seconds
+
+
+def _validate(model: Any, val: tuple, monitor: str, *, num_classes: int, batch_size: int, replicas: int,
+              multi_label: bool) -> dict[str, float]:
+    """One epoch's val_loss and val_accuracy, and the monitored measure ("val_<measure>") if any.
+
+    Every worker computes the same numbers from the same synchronised weights, so all of them take
+    the same early-stopping decision and run the same number of epochs.
+    """
+    logs = {}
+    logs["val_loss"], logs["val_accuracy"], logits = evaluate_head(
+        model, *val, num_classes=num_classes, batch_size=batch_size, replicas=replicas, multi_label=multi_label)
+    if monitor != "val_loss":
+        logs[f"val_{monitor}"] = validation_measure(monitor, val[1], logits, num_classes)
+    return logs
 
 
 def evaluate_head(model: Any, rows: FeatureRows, labels: np.ndarray, *, num_classes: int, batch_size: int,

@@ -173,7 +173,7 @@ def class_weight_record(weights: ClassWeights | None) -> dict[str, Any]:
     return weights.record() if weights is not None else {"mode": "none", "weights": None}
 
 
-def finetune_train_labels(head_run: dict | None, source: Any) -> tuple[np.ndarray, str]:
+def finetune_train_labels(cache_path: str | None, source: Any) -> tuple[np.ndarray, str]:
     """The training labels finetune's ``balanced`` weights count, read the cheap way when it can.
 
     With a head run whose cache is still there: the cache's training labels (an HDF5 read of a
@@ -183,15 +183,15 @@ def finetune_train_labels(head_run: dict | None, source: Any) -> tuple[np.ndarra
     trained on).
 
     Args:
-        head_run: the head run's run.json, or None.
+        cache_path: the head run's cache (``RunDir.cache["path"]``), or None.
         source: the resolved source, ``--exclude`` applied.
 
     Returns:
         (int64 (N,) labels, where they came from: "cache PATH" or "source").
     """
-    path = ((head_run or {}).get("cache") or {}).get("path")
+    path = cache_path
     if path and os.path.isfile(path):
-        from headstart.features.store import open_cache
+        from headstart.features.cache import open_cache
 
         with open_cache(path) as cache:
             split = cache.split("train")
@@ -206,7 +206,7 @@ def finetune_train_labels(head_run: dict | None, source: Any) -> tuple[np.ndarra
     return np.asarray(labels, dtype=np.int64), "source"
 
 
-def finetune_class_weights(value: str, head_run: dict | None, source: Any, class_names: Sequence[str],
+def finetune_class_weights(value: str, cache_path: str | None, source: Any, class_names: Sequence[str],
                            log: Any, *, multi_label: bool = False) -> ClassWeights | None:
     """finetune's ``--class-weight``, for its head stage and its fine-tuning alike.
 
@@ -218,8 +218,7 @@ def finetune_class_weights(value: str, head_run: dict | None, source: Any, class
     if multi_label:
         return resolve_class_weights(value, class_names, None, multi_label=True)  # refused in one line
     labels = None
-    cached = ((head_run or {}).get("cache") or {}).get("path")
-    if value == "balanced" or (cached and os.path.isfile(cached)):
-        labels, origin = finetune_train_labels(head_run, source)
+    if value == "balanced" or (cache_path and os.path.isfile(cache_path)):
+        labels, origin = finetune_train_labels(cache_path, source)
         log(f"{OPTION} {value}: {len(labels)} training labels counted from the {origin}")
     return training_class_weights(value, class_names, labels, log, warn=False)

@@ -1,0 +1,144 @@
+"""Writing output files atomically: a crash never leaves half a file, a full disk is one line.
+
+Every file is written under a temporary name in the same directory and moved into place with
+``os.replace``, so a killed run never leaves a half-written model, JSON or CSV, and an earlier file of
+the same name survives a failed write. Also the one format of a per-epoch ``history.csv``
+(``write_history_csv`` / ``read_history``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from headstart.pipeline.errors import OutputError
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = "") -> None:
+    """Calls ``write(tmp)`` on a temporary name beside ``path``, then ``os.replace``s it into place.
+
+    Args:
+        path: the final file.
+        write: writes the whole file to the path it is given.
+        suffix: extension the temporary name must end with (e.g. ".keras", ".png").
+
+    Raises:
+        OutputError: naming the file, when it cannot be written; the previous file is untouched.
+    """
+    # The temp file lives in the target's directory so os.replace is a same-filesystem rename;
+    # `suffix` keeps extensions that writers insist on (Keras refuses to save without ".keras").
+    # Any OSError (read-only, full, forbidden) becomes one OutputError naming the file; the
+    # previous file, if any, is untouched and no temporary is left behind.
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as exc:
+        raise output_error(path, exc) from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
+        raise
+
+
+def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
+    """The one wording of an output that cannot be written (see README, Troubleshooting)."""
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` via a temporary file and ``os.replace``."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
+
+
+def _jsonable(value: Any) -> Any:
+    # NumPy scalars/arrays and tuples turn up in metrics and configs; NaN/inf are not valid JSON.
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Writes ``data`` as indented JSON; NumPy values become plain numbers, NaN becomes null."""
+    write_text_atomic(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+def save_model_atomic(model: Any, path: str | os.PathLike) -> None:
+    """Saves a Keras model to ``path`` (a ``.keras`` file) without ever exposing a partial file.
+
+    ``model.save`` writes in place, so a crash mid-save would destroy the previous file; the model
+    goes to a temporary ``.keras`` name first.
+    """
+    atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+
+
+def save_png(fig: Any, path: str | os.PathLike, *, dpi: int, title: str | None = None) -> None:
+    """Lays out a matplotlib figure (with its title, if any) and writes it atomically as a PNG."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), suffix=".png")
+
+
+def write_history_csv(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> None:
+    """Writes a per-epoch history as CSV: an ``epoch`` column (1-based), then one column per key.
+
+    Args:
+        history: metric name → one value per epoch, e.g. ``{"loss": [...], "val_loss": [...]}``.
+        path: the CSV file.
+    """
+    keys = list(history)
+    epochs = max((len(v) for v in history.values()), default=0)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", *keys])
+    for i in range(epochs):
+        row = [i + 1]
+        for k in keys:
+            values = history[k]
+            row.append(repr(float(values[i])) if i < len(values) and values[i] is not None else "")
+        writer.writerow(row)
+    write_text_atomic(path, buf.getvalue())
+
+
+def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
+    """Reads a ``history.csv`` as ``write_history_csv`` writes it.
+
+    Returns:
+        metric → one value per epoch (NaN where empty); ``{}`` when the file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    keys = [k for k in (rows[0].keys() if rows else []) if k != "epoch"]
+    return {k: [float(r[k]) if r.get(k) else float("nan") for r in rows] for k in keys}

@@ -1,0 +1,71 @@
+"""The test images summary.png shows: evenly spread over the split, the last few of them mistakes.
+
+``SampleImages`` watches the prediction loop (an ``on_batch`` observer of
+``headstart.pipeline.training.predictions.predict_split``) and ``write_samples`` keeps what it saw in
+``samples.npz`` (images, labels, predicted classes and their probabilities) for the summary plot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+#: Test images kept for summary.png: evenly spread over the split, the last few of them mistakes.
+SAMPLE_IMAGES, WRONG_SAMPLES = 12, 4
+
+
+class SampleImages:
+    """Keeps ``SAMPLE_IMAGES`` evenly spread images of a split and the first ``WRONG_SAMPLES`` mistakes.
+
+    Args:
+        total: items in the split (good and bad), or None when unknown (then the first ones are kept).
+        num_classes: K.
+        thresholds: a multi-label model's thresholds (labels are then (C,) multi-hot), else None.
+    """
+
+    def __init__(self, total: int | None, num_classes: int, thresholds: np.ndarray | None = None):
+        self.total, self.num_classes, self.thresholds = total, num_classes, thresholds
+        self.wanted = (set(np.linspace(0, total - 1, min(SAMPLE_IMAGES, total)).round().astype(int).tolist())
+                       if total else set())
+        self.kept: list[tuple[np.ndarray, Any, np.ndarray]] = []   # (uint8 (S, S, 3), label, logits)
+        self.wrong: list[tuple[np.ndarray, Any, np.ndarray]] = []
+
+    def __call__(self, batch: Any) -> None:
+        from headstart.pipeline.model.head import predict_classes
+
+        predicted = predict_classes(batch.logits, self.num_classes, self.thresholds is not None, self.thresholds)
+        for j in range(len(batch.keys)):
+            item = (np.clip(batch.images[j], 0, 255).astype(np.uint8), batch.labels[j], batch.logits[j])
+            if int(batch.positions[j]) in self.wanted or (not self.total and len(self.kept) < SAMPLE_IMAGES):
+                self.kept.append(item)
+            elif np.any(predicted[j] != batch.labels[j]) and len(self.wrong) < WRONG_SAMPLES:
+                self.wrong.append(item)
+
+
+def write_samples(path: Path, samples: SampleImages, class_names: Sequence[str], *, size: int, width: int) -> None:
+    """``samples.npz`` for summary.png: images, labels, predicted classes and their probabilities."""
+    from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
+    from headstart.pipeline.report.files import atomic_write
+
+    kept, k, multi = samples.kept, samples.num_classes, samples.thresholds is not None
+    if samples.wrong and kept:  # mistakes are worth seeing: they replace some of the evenly spread images
+        spread = np.linspace(0, len(kept) - 1, max(1, SAMPLE_IMAGES - len(samples.wrong))).round().astype(int)
+        kept = [kept[i] for i in sorted(set(spread.tolist()))] + samples.wrong
+    logits = np.stack([o for _, _, o in kept]) if kept else np.zeros((0, width), np.float32)
+    probs = logits_to_probabilities(logits, k, multi) if kept else np.zeros((0, k), np.float32)
+    empty = (0, k) if multi else (0,)
+    # Multi-label: labels and predicted are (N, C) multi-hot, probability (N, C) per class.
+    arrays = {"images": np.stack([im for im, _, _ in kept]) if kept else np.zeros((0, size, size, 3), np.uint8),
+              "labels": np.array([t for _, t, _ in kept], np.int64).reshape(-1, *empty[1:]),
+              "predicted": predict_classes(logits, k, multi, samples.thresholds).astype(np.int64) if kept
+              else np.zeros(empty, np.int64),
+              "probability": (probs if multi else probs.max(axis=1)) if kept else np.zeros(empty, np.float32),
+              "class_names": np.array(class_names, dtype=str)}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write, suffix=".npz")

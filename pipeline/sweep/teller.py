@@ -1,0 +1,112 @@
+"""Telling Optuna how a group's trials do: each epoch's value (for the pruner), and each trial's end.
+
+The study is read once per epoch of a group and once per told trial (``PrunerView``), never once
+per trial and epoch. A trial another process declared stale is dropped here instead of told twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from headstart.pipeline.config import SweepConfig
+from headstart.pipeline.sweep.space import TrialParams
+
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def trial_state(name: str) -> Any:
+    """Optuna's TrialState of that name (optuna imported only when a sweep runs)."""
+    from optuna.trial import TrialState
+
+    return TrialState[name]
+
+
+def trial_states(names: Sequence[str]) -> tuple:
+    return tuple(trial_state(name) for name in names)
+
+
+class Teller:
+    """Reports a group's epochs to Optuna, prunes with the study's pruner, and tells finished trials.
+
+    The study is read once per epoch of a group and once per told trial (``PrunerView``), never once
+    per trial and epoch. A trial another process declared stale (its heartbeat was late: a starved
+    CPU) is already FAIL and queued again; this process then drops it instead of telling it twice.
+    """
+
+    def __init__(self, study: Any, config: SweepConfig, running: set[int], log: Callable[[str], None],
+                 start: float, on_trial: Callable[[int, int, float], None] | None) -> None:
+        from headstart.pipeline.sweep.pruning import PrunerView
+
+        self.study, self.config, self.running, self.log = study, config, running, log
+        self.start, self.on_trial = start, on_trial
+        self.view = PrunerView(study, max_age=config.heartbeat)
+        self.reported: dict[int, dict[int, float]] = {}   # trial number → step → value
+        self.lost: set[int] = set()
+        self.told = 0
+
+    def epoch(self, members: list[tuple[Any, TrialParams]], epoch: int, values: dict[int, float]) -> set[int]:
+        """Reports ``values`` (index → val_loss) at ``epoch``; returns the indices to stop."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        stop = set()
+        for i, val_loss in values.items():
+            trial = members[i][0]
+            try:
+                trial.report(val_loss, epoch)
+            except UpdateFinishedTrialError:
+                self.lost.add(trial.number)  # stop training it: its rerun is someone else's now
+                stop.add(i)
+                continue
+            self.reported.setdefault(trial.number, {})[epoch] = val_loss
+            if self.view.should_prune(trial, self.reported[trial.number]):
+                stop.add(i)
+        return stop
+
+    def done(self, trial: Any, params: TrialParams, run: Any) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        self.running.discard(trial._trial_id)
+        try:
+            if trial.number in self.lost:
+                raise UpdateFinishedTrialError(f"trial {trial.number}")
+            _tell(self.study, trial, params, run)
+        except UpdateFinishedTrialError:
+            self.log(f"trial {trial.number:>3} was declared stale by another process (late heartbeat) and "
+                     "queued again; dropped here")
+            return
+        self.told += 1
+        if self.config.tensorboard:
+            from headstart.pipeline.report.tensorboard_logs import write_history
+
+            write_history(run.history, Path(self.config.tensorboard) / "trials" / f"trial_{trial.number:04d}")
+        self.view.changed()
+        trials = self.view.get_trials(states=trial_states(FINISHED))
+        self.log(_trial_line(trials, trial.number, params, run, len(trials), self.config.trials))
+        if self.on_trial is not None:
+            self.on_trial(len(trials), self.config.trials, len(trials) / max(time.perf_counter() - self.start, 1e-9))
+
+
+def _tell(study: Any, trial: Any, params: TrialParams, run: Any) -> None:
+    record = {
+        "params": dataclasses.asdict(params), "best_epoch": run.best_epoch, "epochs": run.epochs_run,
+        "stopped": run.stopped, "seconds": run.seconds, "history": run.history,
+        "validation": {k: run.validation[k] for k in ("loss", "accuracy", "balanced_accuracy", "macro_f1")},
+    }
+    trial.set_user_attr("result", record)
+    if run.stopped == "pruned":
+        study.tell(trial, state=trial_state("PRUNED"))
+    else:
+        study.tell(trial, run.validation["loss"])
+
+
+def _trial_line(trials: list, number: int, params: TrialParams, run: Any, finished: int, total: int) -> str:
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
+    best_text = f"best #{best.number} {best.value:.4f}" if best else "best -"  # none complete yet: all pruned
+    v = run.validation
+    return (f"trial {number:>3} {params.cache} {run.stopped:<6} val_loss {v['loss']:.4f} "
+            f"val_acc {v['accuracy']:.4f}  epochs {run.epochs_run}  {run.seconds:.1f} s  | {best_text}  "
+            f"[{finished}/{total}]")
