@@ -127,7 +127,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
     },
     "head": {
         "out": OptionFact("Run directory to write.", path="dir", required=True, shapes_result=False),
-        "epochs": OptionFact("Most epochs; early stopping may end sooner.", bounds=at_least(1)),
+        "epochs": OptionFact("Most epochs; early stopping may end sooner. 0: no maximum, train until early "
+                             "stopping ends it (safety cap 1000 epochs).", bounds=at_least(0)),
         "lr": OptionFact("Adam learning rate.", bounds=POSITIVE),
         "batch_size": OptionFact("Rows per step.", bounds=at_least(1)),
         "dropout": OptionFact("Dropout before the Dense layer.", bounds=SHARE),
