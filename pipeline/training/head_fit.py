@@ -61,8 +61,7 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
         val: (FeatureRows, labels) watched by early stopping, or None to watch the training loss.
             A multi-label head's early stopping watches validation mAP unless ``config.monitor``
             names another measure (``monitor.effective_monitor``).
-        config: a ``HeadConfig``: epochs (0: until early stopping, ``early_stopping.epoch_limit``),
-            batch size, patience, seed and monitor of the recipe.
+        config: a ``HeadConfig``: epochs (0: no maximum), batch size, patience, seed and monitor.
         num_classes: number of classes. log: receives one line per epoch.
         replicas: devices the batches are split over (1 without tf.distribute).
         callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``); they get the hooks ``fit``
@@ -85,11 +84,10 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
         history.update({"val_loss": [], "val_accuracy": [], stopping.monitor: []})
     hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
     best_weights, seconds = None, []
-    limit = epoch_limit(config.epochs)
-    feed = (_distributed_feed(model, train, targets, config.seed, limit, config.batch_size, sample_weights)
+    feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size, sample_weights)
             if replicas > 1 else None)
     hooks.on_train_begin()
-    for epoch in range(limit):
+    for epoch in range(epoch_limit(config.epochs)):
         start = time.perf_counter()
         hooks.on_epoch_begin(epoch)
         logs = _train_epoch(model, feed, train, targets, seed=config.seed, epoch=epoch,
@@ -189,6 +187,8 @@ def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed:
     training, so reading ahead into the next epoch changes nothing.
     """
     from headstart.pipeline.distribute.loop import EpochFeed, planned_dataset
+
+    epochs = epoch_limit(epochs)  # 0: no maximum (the batches are planned lazily)
 
     def batches():
         for epoch in range(epochs):
