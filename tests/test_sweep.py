@@ -539,13 +539,15 @@ def test_run_with_sweep_reuses_its_head_stage_and_finetunes_the_best(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text("[sweep]\nepochs = 3\nparallel = 3\nbatch_size = 8\nhidden_units = 8\n")
     flags = ["--backbone", "mobilenet", "--alpha", 0.25, "--image-size", 32, "--weights", weights,
-             "--epochs", 1, "--batch-size", 8, "--config", toml, "--sweep", 3]
+             "--epochs", 1, "--batch-size", 8, "--config", toml, "--sweep", 3, "--class-weight", "balanced"]
     run_dir = tmp_path / "run"
     r = invoke("run", tmp_path / "images", "--out", run_dir, *flags)
     assert r.exit_code == 0, r.output
     summary = json.loads((run_dir / "summary.json").read_text())["stages"]
     best = json.loads((run_dir / "head" / "run.json").read_text())["sweep"]
     assert summary["head"]["sweep"]["trials"] == 3 and summary["head"]["sweep"]["best_trial"] == best["trial"]
+    head = json.loads((run_dir / "head" / "run.json").read_text())
+    assert head["class_weight"]["mode"] == "balanced"  # [head] class_weight reaches the sweep and best/
     assert (run_dir / "sweep" / "leaderboard.csv").is_file() and (run_dir / "finetune" / "model.keras").is_file()
     assert "[sweep]" in (run_dir / "config.toml").read_text()
     again = invoke("run", tmp_path / "images", "--out", run_dir, *flags)
