@@ -194,7 +194,8 @@ def sweep_command(caches, config_file, quiet, **options):
     """Search head configurations on one or several caches with Optuna; keep the best.
 
     Several CACHES (one per backbone, image size or pooling, of the same images) make a backbone
-    shoot-out. Trials are trained many at a time in one compiled step. Kill it and run it again:
+    shoot-out. Trials are trained many at a time in one compiled step and ranked by --monitor on
+    validation (a multi-label cache: sigmoid heads, validation mAP). Kill it and run it again:
     the study in DIR/study.db resumes; --trials counts the total. DIR gets leaderboard.csv,
     sweep.png and best/, a train-head run directory for `finetune --head DIR/best`.
     """

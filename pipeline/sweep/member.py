@@ -58,9 +58,9 @@ class Member:
 
     def __init__(self, objective: Objective, patience: int) -> None:
         self.stopping = EarlyStopping(objective.history_key, patience)
-        # train-head's history columns, in its order (head_fit.fit_head).
-        self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
-                                                self.stopping.monitor: []}
+        # train-head's history columns, in its order (head_fit.fit_head): "val_<measure>" last.
+        self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        self.history.setdefault(self.stopping.monitor, [])
         self.best_weights: tuple[dict, np.ndarray] | None = None
         self.stopped: str | None = None
 
