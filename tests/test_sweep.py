@@ -441,6 +441,24 @@ def test_resume_after_sigkill_gives_exactly_n_trials(tmp_path):
     assert len(list(csv.DictReader((out / "leaderboard.csv").open()))) == 6
 
 
+def test_best_of_the_same_trial_written_by_another_process_meanwhile_is_kept(tmp_path, monkeypatch):
+    """Processes sharing a study finish together and may retrain the same best trial at once."""
+    from headstart.pipeline.sweep import best
+
+    def written(path: Path, trial: int) -> Path:
+        path.mkdir()
+        (path / "run.json").write_text(json.dumps({"kind": "head", "sweep": {"trial": trial}}))
+        return path
+
+    # Theirs lands between our removal of best/ and our move: the move fails, theirs stays.
+    monkeypatch.setattr(best.shutil, "rmtree", lambda path, ignore_errors=False: None)
+    theirs, ours = written(tmp_path / "best", 7), written(tmp_path / ".best-1", 7)
+    best._move_into_place(ours, theirs, 7)
+    assert json.loads((theirs / "run.json").read_text())["sweep"]["trial"] == 7
+    with pytest.raises(OSError):  # a best/ of another trial is never taken for ours
+        best._move_into_place(written(tmp_path / ".best-2", 8), theirs, 8)
+
+
 @pytest.mark.slow
 def test_two_processes_share_one_study_without_duplicates(tmp_path):
     cache = make_cache(tmp_path / "c.h5")

@@ -57,12 +57,33 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, setup: SweepSetu
         "caches": [c.info["path"] for c in setup.caches.values()], "leaderboard": str(out / "leaderboard.csv"),
         "top": [{k: r[k] for k in ("rank", "number", "cache", "val_loss", "val_accuracy", key)} for r in rows[:10]],
     })
-    shutil.rmtree(best_dir, ignore_errors=True)
-    os.replace(tmp, best_dir)
+    _move_into_place(tmp, best_dir, number)
     test = result.metrics.get("test") or {}
-    scored = f"test mAP {_fmt(test.get('map'))}" if setup.multi_label else f"test accuracy {_fmt(test.get('accuracy'))}"
+    scored = (f"test mAP {_fmt(test.get('map'))}" if setup.multi_label
+              else f"test accuracy {_fmt(test.get('accuracy'))}")
     log(f"best: trial {number} on {params.cache}: {key} {best_row[key]:.4f}, {scored} (scored once) -> {best_dir}")
     return test
+
+
+def _move_into_place(tmp: Path, best_dir: Path, number: int) -> None:
+    """Replaces ``best_dir`` by ``tmp``. Processes sharing a study finish together and may each
+    retrain the same best trial: when another one's best/ lands between our removal and our move,
+    theirs is the same run and ours is dropped (only a best/ of another trial is an error)."""
+    from headstart.pipeline.report.rundir import RunDir
+
+    for _ in range(3):  # another process's best/ may land (or be half removed) between the two steps
+        shutil.rmtree(best_dir, ignore_errors=True)
+        try:
+            os.replace(tmp, best_dir)
+            return
+        except OSError:
+            if _trial_of(RunDir(best_dir)) == number:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+    shutil.rmtree(best_dir, ignore_errors=True)
+    os.replace(tmp, best_dir)  # raises what keeps it from its place
+
+
 def _trial_of(best: Any) -> int | None:
     """The trial a finished best/ was retrained from; None when there is none (or it is damaged)."""
     from headstart.pipeline.errors import RunDirError
