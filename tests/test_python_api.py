@@ -70,5 +70,5 @@ def test_the_readme_example_runs(tmp_path):
     assert re.search(r"head: test accuracy [01]\.\d{3} \(best epoch \d+\)", text), text
     assert re.search(r"fine-tuned: test accuracy [01]\.\d{3} \[\[", text), text
     assert "photos/test" in text
-    assert "refused: --epochs must be at least 1, got 0" in text
+    assert "refused: --epochs must be 0 or more, got -1" in text
     assert (tmp_path / "runs" / "tuned" / "model.keras").is_file()
