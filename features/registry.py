@@ -41,6 +41,8 @@ class BackboneSpec:
         params: parameters of the no-top model at ``--alpha 1.0`` (from a ``weights=None`` build;
             ``benchmarks/backbone_facts.py`` rebuilds and checks every entry).
         features: channels C of its feature map, i.e. the pooled feature size, at ``--alpha 1.0``.
+        native_size: the input size its ImageNet weights were trained at (the application's default
+            input shape); ``headstart run --recipe auto`` tries it beside ``--image-size``'s default.
     """
 
     name: str
@@ -52,6 +54,7 @@ class BackboneSpec:
     params: int
     features: int
     imagenet_alphas: tuple[float, ...] = ()
+    native_size: int = 224
 
     @property
     def takes_alpha(self) -> bool:
@@ -64,9 +67,10 @@ PREPROCESSINGS = ("tf", "caffe", "torch", "none")  # and "hub": a KerasHub prese
 
 
 def _family(family: str, module: str, preprocessing: str, min_size: int, *members: tuple, alphas=()) -> list:
-    # One line per member: (name, application, params, features).
-    return [BackboneSpec(name, application, preprocessing, min_size, family, module, params, features, alphas)
-            for name, application, params, features in members]
+    # One line per member: (name, application, params, features[, native_size]); 224 px unless given.
+    return [BackboneSpec(name, application, preprocessing, min_size, family, module, params, features, alphas,
+                         *native)
+            for name, application, params, features, *native in members]
 
 
 # Minimum sizes are those keras.applications enforces via obtain_input_shape(min_size=…)
@@ -75,7 +79,7 @@ def _family(family: str, module: str, preprocessing: str, min_size: int, *member
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        *_family("xception", "xception", "tf", 71, ("xception", "Xception", 20861480, 2048)),
+        *_family("xception", "xception", "tf", 71, ("xception", "Xception", 20861480, 2048, 299)),
         *_family("mobilenet", "mobilenet", "tf", 32, ("mobilenet", "MobileNet", 3228864, 1024),
                  alphas=(0.25, 0.5, 0.75, 1.0)),
         *_family("mobilenet_v2", "mobilenet_v2", "tf", 32, ("mobilenet_v2", "MobileNetV2", 2257984, 1280),
@@ -84,21 +88,21 @@ BACKBONES: dict[str, BackboneSpec] = {
                  ("resnet101", "ResNet101", 42658176, 2048), ("resnet152", "ResNet152", 58370944, 2048)),
         *_family("efficientnet_v2", "efficientnet_v2", "none", 32,
                  ("efficientnetv2_b0", "EfficientNetV2B0", 5919312, 1280),
-                 ("efficientnetv2_b1", "EfficientNetV2B1", 6931124, 1280),
-                 ("efficientnetv2_b2", "EfficientNetV2B2", 8769374, 1408),
-                 ("efficientnetv2_b3", "EfficientNetV2B3", 12930622, 1536),
-                 ("efficientnetv2_s", "EfficientNetV2S", 20331360, 1280),
-                 ("efficientnetv2_m", "EfficientNetV2M", 53150388, 1280),
-                 ("efficientnetv2_l", "EfficientNetV2L", 117746848, 1280)),
+                 ("efficientnetv2_b1", "EfficientNetV2B1", 6931124, 1280, 240),
+                 ("efficientnetv2_b2", "EfficientNetV2B2", 8769374, 1408, 260),
+                 ("efficientnetv2_b3", "EfficientNetV2B3", 12930622, 1536, 300),
+                 ("efficientnetv2_s", "EfficientNetV2S", 20331360, 1280, 384),
+                 ("efficientnetv2_m", "EfficientNetV2M", 53150388, 1280, 480),
+                 ("efficientnetv2_l", "EfficientNetV2L", 117746848, 1280, 480)),
         *_family("efficientnet", "efficientnet", "none", 32,
                  ("efficientnet_b0", "EfficientNetB0", 4049571, 1280),
-                 ("efficientnet_b1", "EfficientNetB1", 6575239, 1280),
-                 ("efficientnet_b2", "EfficientNetB2", 7768569, 1408),
-                 ("efficientnet_b3", "EfficientNetB3", 10783535, 1536),
-                 ("efficientnet_b4", "EfficientNetB4", 17673823, 1792),
-                 ("efficientnet_b5", "EfficientNetB5", 28513527, 2048),
-                 ("efficientnet_b6", "EfficientNetB6", 40960143, 2304),
-                 ("efficientnet_b7", "EfficientNetB7", 64097687, 2560)),
+                 ("efficientnet_b1", "EfficientNetB1", 6575239, 1280, 240),
+                 ("efficientnet_b2", "EfficientNetB2", 7768569, 1408, 260),
+                 ("efficientnet_b3", "EfficientNetB3", 10783535, 1536, 300),
+                 ("efficientnet_b4", "EfficientNetB4", 17673823, 1792, 380),
+                 ("efficientnet_b5", "EfficientNetB5", 28513527, 2048, 456),
+                 ("efficientnet_b6", "EfficientNetB6", 40960143, 2304, 528),
+                 ("efficientnet_b7", "EfficientNetB7", 64097687, 2560, 600)),
         *_family("convnext", "convnext", "none", 32,
                  ("convnext_tiny", "ConvNeXtTiny", 27820128, 768),
                  ("convnext_small", "ConvNeXtSmall", 49454688, 768),
@@ -109,14 +113,14 @@ BACKBONES: dict[str, BackboneSpec] = {
                  ("resnet101_v2", "ResNet101V2", 42626560, 2048), ("resnet152_v2", "ResNet152V2", 58331648, 2048)),
         *_family("densenet", "densenet", "torch", 32, ("densenet121", "DenseNet121", 7037504, 1024),
                  ("densenet169", "DenseNet169", 12642880, 1664), ("densenet201", "DenseNet201", 18321984, 1920)),
-        *_family("inception_v3", "inception_v3", "tf", 75, ("inception_v3", "InceptionV3", 21802784, 2048)),
+        *_family("inception_v3", "inception_v3", "tf", 75, ("inception_v3", "InceptionV3", 21802784, 2048, 299)),
         *_family("inception_resnet_v2", "inception_resnet_v2", "tf", 75,
-                 ("inception_resnet_v2", "InceptionResNetV2", 54336736, 1536)),
+                 ("inception_resnet_v2", "InceptionResNetV2", 54336736, 1536, 299)),
         *_family("mobilenet_v3", "mobilenet_v3", "none", 32,
                  ("mobilenet_v3_small", "MobileNetV3Small", 939120, 576),
                  ("mobilenet_v3_large", "MobileNetV3Large", 2996352, 960), alphas=(0.75, 1.0)),
         *_family("nasnet", "nasnet", "tf", 32, ("nasnet_mobile", "NASNetMobile", 4269716, 1056),
-                 ("nasnet_large", "NASNetLarge", 84916818, 4032)),
+                 ("nasnet_large", "NASNetLarge", 84916818, 4032, 331)),
         *_family("vgg", "vgg16", "caffe", 32, ("vgg16", "VGG16", 14714688, 512)),
         *_family("vgg", "vgg19", "caffe", 32, ("vgg19", "VGG19", 20024384, 512)),
     )
@@ -166,18 +170,19 @@ def backbone_rows() -> list[dict]:
     """The registry as rows for ``headstart backbones``: name, family, preprocessing, minimum input
     size, feature size, parameter count (no-top, ``--alpha 1.0``) and ImageNet alphas."""
     return [{"name": s.name, "family": s.family, "application": s.application, "preprocessing": s.preprocessing,
-             "min_size": s.min_size, "features": s.features, "params": s.params,
+             "min_size": s.min_size, "native_size": s.native_size, "features": s.features, "params": s.params,
              "imagenet_alphas": list(s.imagenet_alphas)} for s in BACKBONES.values()]
 
 
 def format_backbone_table(rows: list[dict]) -> str:
     """``backbone_rows`` as an aligned text table, with how to use a KerasHub preset after it."""
-    lines = [f"{'backbone':22s} {'family':20s} {'preprocessing':13s} {'min px':>6s} {'features':>8s} "
-             f"{'params':>8s}  alphas"]
+    lines = [f"{'backbone':22s} {'family':20s} {'preprocessing':13s} {'min px':>6s} {'native':>6s} "
+             f"{'features':>8s} {'params':>8s}  alphas"]
     for r in rows:
         alphas = ", ".join(f"{a:g}" for a in r["imagenet_alphas"])
         lines.append(f"{r['name']:22s} {r['family']:20s} {r['preprocessing']:13s} {r['min_size']:6d} "
-                     f"{r['features']:8d} {r['params'] / 1e6:7.1f}M  {alphas}")
-    lines.append("params: no-top model at --alpha 1.0; features: pooled feature size (channels of the map). "
+                     f"{r['native_size']:6d} {r['features']:8d} {r['params'] / 1e6:7.1f}M  {alphas}")
+    lines.append("native: the size its ImageNet weights were trained at; params: no-top model at --alpha 1.0; "
+                 "features: pooled feature size (channels of the map). "
                  "Also: --backbone hub:PRESET, a KerasHub image backbone (pip install 'headstart[hub]').")
     return "\n".join(lines)

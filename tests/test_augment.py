@@ -94,3 +94,37 @@ def test_same_seed_draws_the_same_augmentation():
 def test_build_rejects_a_bad_spec():
     with pytest.raises(OptionError, match="unknown item 'sharpen'"):
         build_augmentation("sharpen=1")
+
+
+def test_brightness_item_shifts_within_the_raw_range():
+    from headstart.pipeline.data.augment import parse_augment_spec
+
+    assert parse_augment_spec("brightness=0.2") == [("brightness", "0.2")]
+    model = build_augmentation("brightness=0.5", seed=0)
+    assert [type(layer).__name__ for layer in model.layers] == ["RandomBrightness"]
+    x = _images()
+    out = np.asarray(model(x, training=True))
+    assert out.min() >= 0.0 and out.max() <= 255.0 and not np.allclose(out, x)
+
+
+@pytest.mark.parametrize("item,value", [("flip", None), ("flip", "vertical"), ("rotate", "0.05"), ("zoom", "0.1"),
+                                        ("translate", "0.1"), ("brightness", "0.2"), ("contrast", "0.2")])
+def test_a_fixed_transform_is_the_same_for_every_image_and_each_end_differs(item, value):
+    from headstart.pipeline.data.augment import build_fixed_transform
+
+    x = np.repeat(_images()[:1], 3, axis=0)  # three copies of one image
+    plus = np.asarray(build_fixed_transform(item, value, +1)(x))
+    minus = np.asarray(build_fixed_transform(item, value, -1)(x))
+    assert plus.shape == x.shape and not np.allclose(plus, x)
+    np.testing.assert_allclose(plus[0], plus[2], atol=1e-4)  # pinned, not drawn at random
+    np.testing.assert_allclose(np.asarray(build_fixed_transform(item, value, +1)(x)), plus, atol=1e-4)
+    if item != "flip":
+        assert not np.allclose(plus, minus)
+
+
+def test_fixed_flips_mirror_exactly():
+    from headstart.pipeline.data.augment import build_fixed_transform
+
+    x = _images()
+    np.testing.assert_array_equal(np.asarray(build_fixed_transform("flip", None)(x)), x[:, :, ::-1])
+    np.testing.assert_array_equal(np.asarray(build_fixed_transform("flip", "vertical")(x)), x[:, ::-1])

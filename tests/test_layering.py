@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"report"},                         # run directories (RunDir, the --out policy and lock), measures, plots
     {"distribute"},                     # tf.distribute strategies and loops
     {"training"},                       # the fit machinery and the one prediction loop, shared by the stages
+    {"recipe"},                         # auto's experiments on a head and a cache: audit, baselines, plan
     {"stages"},                         # the commands: extraction, head training, fine-tuning, evaluation, export
     {"diagnose", "sweep"},              # experimentation on a cache, built on the stages
     {"run"},                            # headstart run and demo: the stages chained

@@ -6,6 +6,7 @@ Items, comma-separated:
 * ``rotate=F`` → ``RandomRotation(F)`` (F is a fraction of a full turn)
 * ``zoom=F`` → ``RandomZoom(F)`` (zoom in or out by up to F)
 * ``contrast=F`` → ``RandomContrast(F)`` (value range 0–255: images are raw)
+* ``brightness=F`` → ``RandomBrightness(F)`` (shift by up to F of the 0–255 range)
 * ``translate=F`` → ``RandomTranslation(F, F)`` (fraction of height and width)
 * ``none`` or an empty spec → no augmentation (an identity model)
 
@@ -26,6 +27,7 @@ _FACTOR_ITEMS = {
     "rotate": (1.0, "fraction of a full turn"),
     "zoom": (0.99, "fraction of the image size"),
     "contrast": (1.0, "contrast factor"),
+    "brightness": (1.0, "fraction of the value range"),
     "translate": (1.0, "fraction of the image size"),
 }
 KNOWN_ITEMS = ("flip",) + tuple(_FACTOR_ITEMS)
@@ -106,7 +108,46 @@ def build_augmentation(spec: str = "flip,rotate=0.1", seed: int | None = None):
             layers.append(keras.layers.RandomContrast(float(value), value_range=(0, 255), seed=layer_seed))
         elif name == "translate":
             layers.append(keras.layers.RandomTranslation(float(value), float(value), seed=layer_seed))
+        elif name == "brightness":
+            layers.append(keras.layers.RandomBrightness(float(value), value_range=(0, 255), seed=layer_seed))
     if not layers:
         # An empty Sequential cannot be called; Identity keeps "none" a drop-in model.
         layers.append(keras.layers.Identity())
     return keras.Sequential(layers, name="augmentation")
+
+
+def build_fixed_transform(name: str, value: str | None, sign: int = 1):
+    """One augmentation item at the edge of its range, the same for every image.
+
+    The invariance audit (``headstart.pipeline.recipe.audit``) asks how a trained head treats images
+    transformed as the augmentation would at its strongest; it uses the same Keras layers as
+    ``build_augmentation`` with their range pinned to one end, so what is audited is what trains.
+
+    Args:
+        name: an item of ``KNOWN_ITEMS``.
+        value: its value as ``parse_augment_spec`` returns it (a flip mode, or a factor as text).
+        sign: +1 or -1: which end of a symmetric range (ignored for flips).
+
+    Returns:
+        A function images (B, S, S, 3) raw 0–255 float32 → images of the same shape.
+    """
+    import keras
+    from keras import ops
+
+    if name == "flip":
+        axes = {"horizontal": (2,), "vertical": (1,), "horizontal_and_vertical": (1, 2)}[value or "horizontal"]
+        return lambda images: ops.flip(images, axis=axes)
+    factor = sign * float(value)
+    if name == "contrast":
+        # RandomContrast's own formula, with its factor pinned (its layer draws it at random).
+        def contrast(images):
+            mean = ops.mean(images, axis=(1, 2), keepdims=True)
+            return ops.clip((images - mean) * (1.0 + factor) + mean, 0.0, 255.0)
+        return contrast
+    layer = {
+        "rotate": lambda: keras.layers.RandomRotation((factor, factor)),
+        "zoom": lambda: keras.layers.RandomZoom((factor, factor)),
+        "translate": lambda: keras.layers.RandomTranslation((factor, factor), (factor, factor)),
+        "brightness": lambda: keras.layers.RandomBrightness((factor, factor), value_range=(0, 255)),
+    }[name]()
+    return lambda images: layer(images, training=True)

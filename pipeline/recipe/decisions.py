@@ -1,0 +1,113 @@
+"""What ``--recipe auto`` decided, on which evidence, at what cost: the record and its table.
+
+Every choice auto makes is one ``Decision``: its candidates with their validation scores and the
+seconds each cost, the chosen value, and why. A choice the user made explicitly (a flag or a TOML
+key) is recorded too, as ``explicit`` with no candidates, so the table says which values were the
+user's. The record goes into summary.json and the final model's run.json (``"recipe"``), and
+``inspect`` prints the same table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+#: The decisions in the order auto makes them (and the table prints them).
+DECISION_ORDER = ("image_size", "head", "augment", "lr", "unfreeze", "finetune")
+#: How the table names each decision.
+DECISION_LABELS = {"image_size": "image size", "head": "head", "augment": "augmentation",
+                   "lr": "fine-tuning rate", "unfreeze": "unfreeze", "finetune": "fine-tuning"}
+
+
+@dataclass
+class Candidate:
+    """One value tried for a decision.
+
+    Attributes:
+        value: the value as the option spells it (e.g. 224, "flip", 1e-4, "top:39").
+        score: its validation score (the decision's ``measure``), or None when it was not scored.
+        seconds: what trying it cost.
+        kept: for the audit, whether the item stays; otherwise whether it was chosen.
+        note: a few words when the score alone does not say it (e.g. "diverged").
+    """
+
+    value: Any
+    score: float | None = None
+    seconds: float = 0.0
+    kept: bool = False
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "score": self.score, "seconds": self.seconds, "kept": self.kept,
+                **({"note": self.note} if self.note else {})}
+
+
+@dataclass
+class Decision:
+    """One choice of the recipe.
+
+    Attributes:
+        name: one of ``DECISION_ORDER``.
+        chosen: the value used.
+        explicit: the user set it; nothing was tried.
+        measure: what the candidates were compared on (e.g. "val_loss", "accuracy").
+        candidates: the values tried.
+        seconds: what the decision cost in all.
+        why: one line on how the choice was made.
+    """
+
+    name: str
+    chosen: Any
+    explicit: bool = False
+    measure: str = ""
+    candidates: list[Candidate] = field(default_factory=list)
+    seconds: float = 0.0
+    why: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "chosen": self.chosen, "explicit": self.explicit, "measure": self.measure,
+                "candidates": [c.to_dict() for c in self.candidates], "seconds": self.seconds, "why": self.why}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "Decision":
+        return cls(name=record["name"], chosen=record.get("chosen"), explicit=bool(record.get("explicit")),
+                   measure=record.get("measure", ""), seconds=float(record.get("seconds") or 0.0),
+                   why=record.get("why", ""),
+                   candidates=[Candidate(**{k: c[k] for k in ("value", "score", "seconds", "kept", "note") if k in c})
+                               for c in record.get("candidates") or []])
+
+
+def explicit_decision(name: str, value: Any) -> Decision:
+    """A value the user set: recorded, never searched."""
+    return Decision(name=name, chosen=value, explicit=True, why="set by you")
+
+
+def format_decisions(decisions: Sequence[Decision | dict]) -> str:
+    """The decisions as a short aligned table: decision, chosen value, candidates with scores, cost."""
+    rows = [("decision", "chosen", "candidates on validation", "cost")]
+    for d in sorted((d if isinstance(d, Decision) else Decision.from_dict(d) for d in decisions),
+                    key=lambda d: DECISION_ORDER.index(d.name) if d.name in DECISION_ORDER else len(DECISION_ORDER)):
+        tried = "set by you" if d.explicit else (
+            (f"{d.measure}: " if d.measure else "") + " · ".join(_candidate_text(c) for c in d.candidates)
+            if d.candidates else d.why)
+        rows.append((DECISION_LABELS.get(d.name, d.name), _value_text(d.chosen), tried,
+                     "-" if d.explicit else f"{d.seconds:.0f} s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 4)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _candidate_text(candidate: Candidate) -> str:
+    score = "-" if candidate.score is None else f"{candidate.score:.4f}"
+    mark = " ✓" if candidate.kept else ""
+    note = f" ({candidate.note})" if candidate.note else ""
+    return f"{_value_text(candidate.value)} {score}{mark}{note}"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_value_text(v)}" for k, v in value.items())
+    return str(value)

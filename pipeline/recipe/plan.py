@@ -1,0 +1,228 @@
+"""The budget of ``--recipe auto``: what it will try, sized to the data and to measured speeds.
+
+After the first cache is written, its extraction speed and split sizes are known; everything else
+auto may do is estimated from them (a forward pass costs ∝ image area, a training step about
+``TRAIN_COST`` forward passes), the plan is printed ("will try …, about N min"), and the search is
+cut to fit the budget: ``--budget MINUTES`` when given, else ``DEFAULT_BUDGET_FACTOR`` times what
+the guide's fixed recipe would take on the same data. The cuts, in order: fewer sweep trials,
+shorter fine-tuning probes, no depth probe, no second image size, no probes at all. The final
+fine-tune is not part of the search budget: it runs as the guide's would, at the chosen settings.
+
+The estimates are deliberately simple (AutoGluon's ``time_limit`` works the same way: plan from
+what was measured, then re-measure); each step's real cost is recorded beside the estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+#: Seconds of one training step relative to a forward pass of the same images (backward pass,
+#: optimizer update, augmentation), measured on CPU here: 2.2–3.1 for MobileNetV2 at 96–224 px.
+TRAIN_COST = 3.0
+#: Fixed seconds per fine-tuning run (building the model, tracing the step), measured 8–12 s.
+RUN_OVERHEAD = 10.0
+#: Seconds per sweep trial per thousand training rows (batched heads on CPU; 32 trials on 1,258
+#: rows took 30–65 s depending on load), and the sweep's fixed cost (sampling, plots, best head).
+TRIAL_SECONDS_PER_1K_ROWS = 1.2
+SWEEP_OVERHEAD = 8.0
+#: Without --budget, the search may take this many times the guide's estimated run.
+DEFAULT_BUDGET_FACTOR = 1.5
+#: Sweep trials: one per this many validation rows (more trials than validation can tell apart
+#: only over-fit the validation split), within [MIN_TRIALS, MAX_TRIALS].
+ROWS_PER_TRIAL, MIN_TRIALS, MAX_TRIALS = 8, 12, 48
+#: Fine-tuning probes: learning rates (with every backbone layer trainable), then the top blocks at
+#: the best rate; each probe trains this many steps at most, and at least a quarter epoch.
+PROBE_LRS = (1e-5, 1e-4, 1e-3)
+PROBE_MAX_STEPS = 300
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """What the first extraction measured.
+
+    Attributes:
+        image_size: the size it ran at.
+        images_per_second: its forward rate (decoding included).
+        rows: split → rows of the cache.
+        batch_size: fine-tuning batch size.
+        epochs: fine-tuning epochs at most (the guide's 10).
+    """
+
+    image_size: int
+    images_per_second: float
+    rows: dict[str, int]
+    batch_size: int = 32
+    epochs: int = 10
+
+    def forward_seconds(self, images: int, image_size: int) -> float:
+        return images / self.images_per_second * (image_size / self.image_size) ** 2
+
+    def epoch_seconds(self, image_size: int) -> float:
+        """One fine-tuning epoch: train steps plus the validation pass."""
+        return (TRAIN_COST * self.forward_seconds(self.rows.get("train", 0), image_size)
+                + self.forward_seconds(self.rows.get("validation", 0), image_size))
+
+
+@dataclass
+class RecipePlan:
+    """What auto will try, and what it expects each part to cost (seconds).
+
+    Attributes:
+        image_sizes: sizes to compare (the first is already extracted).
+        trials: sweep trials per cache (0: the head's options were all set, train-head runs).
+        audit: whether the invariance audit runs.
+        audit_candidates: how many items it scores.
+        probes: (lr, unfreeze) of the learning-rate probes ("top" = the top blocks).
+        depth_probe: whether the top blocks are probed at the best rate.
+        probe_steps: training steps per probe.
+        budget_seconds: the search budget.
+        estimates: part → seconds.
+        cuts: what was cut to fit the budget, in words.
+    """
+
+    image_sizes: list[int]
+    trials: int
+    audit: bool
+    audit_candidates: int
+    probes: list[tuple[float, str]]
+    depth_probe: bool
+    probe_steps: int
+    budget_seconds: float
+    guide_seconds: float
+    estimates: dict[str, float] = field(default_factory=dict)
+    cuts: list[str] = field(default_factory=list)
+
+    @property
+    def search_seconds(self) -> float:
+        return sum(v for k, v in self.estimates.items() if k != "finetune")
+
+    def describe(self) -> str:
+        """One paragraph: "will try …, about N min"."""
+        parts = []
+        if len(self.image_sizes) > 1:
+            parts.append(f"image sizes {' and '.join(map(str, self.image_sizes))}")
+        if self.trials:
+            each = " on each" if len(self.image_sizes) > 1 else ""
+            parts.append(f"a {self.trials}-trial head sweep{each}")
+        if self.audit:
+            parts.append(f"{self.audit_candidates} augmentations audited on validation")
+        if self.probes or self.depth_probe:
+            what = [f"{lr:g}" for lr, _ in self.probes]
+            probes = f"fine-tuning probes of {self.probe_steps} steps"
+            probes += f" at rates {', '.join(what)}" if what else ""
+            probes += " and with the top blocks only" if self.depth_probe else ""
+            parts.append(probes)
+        minutes = (self.search_seconds + self.estimates.get("finetune", 0.0)) / 60
+        text = "will try " + (", ".join(parts) if parts else "nothing: every choice was made explicitly")
+        text += f"; then fine-tune; about {minutes:.0f} min in all (the guide's recipe: about " \
+                f"{self.guide_seconds / 60:.0f} min)"
+        if self.cuts:
+            text += f"; to fit the budget of {self.budget_seconds / 60:.1f} min: " + ", ".join(self.cuts)
+        return text
+
+    def to_dict(self) -> dict:
+        return {"image_sizes": self.image_sizes, "trials": self.trials, "audit": self.audit,
+                "probes": [{"lr": lr, "unfreeze": u} for lr, u in self.probes], "depth_probe": self.depth_probe,
+                "probe_steps": self.probe_steps, "budget_seconds": self.budget_seconds,
+                "guide_seconds": self.guide_seconds, "estimates": self.estimates, "cuts": self.cuts,
+                "text": self.describe()}
+
+
+def sweep_trials(validation_rows: int) -> int:
+    """Trials a sweep gets for a validation split of this size."""
+    return max(MIN_TRIALS, min(MAX_TRIALS, round(validation_rows / ROWS_PER_TRIAL)))
+
+
+def plan_recipe(speeds: Speeds, *, native_size: int | None, search_head: bool, audit_candidates: int,
+                probe_lrs: Sequence[float], probe_depth: bool, budget_minutes: float | None) -> RecipePlan:
+    """Sizes the search to the data and cuts it to the budget.
+
+    Args:
+        speeds: what the first extraction measured.
+        native_size: a second image size to try (the backbone's native one), or None.
+        search_head: sweep the head (False when every head option was set explicitly).
+        audit_candidates: augmentation items to audit (0: ``--augment`` was set).
+        probe_lrs: learning rates to probe (empty: ``--lr`` was set).
+        probe_depth: probe the top blocks too (False: ``--unfreeze`` was set).
+        budget_minutes: ``--budget``; None plans ``DEFAULT_BUDGET_FACTOR`` × the guide's run.
+
+    Returns:
+        The plan, with its estimates and what was cut.
+    """
+    guide = _guide_seconds(speeds)
+    budget = budget_minutes * 60 if budget_minutes is not None else DEFAULT_BUDGET_FACTOR * guide
+    train = speeds.rows.get("train", 0)
+    steps_per_epoch = max(1, -(-train // speeds.batch_size))
+    plan = RecipePlan(
+        image_sizes=[speeds.image_size] + ([native_size] if native_size and native_size != speeds.image_size else []),
+        trials=sweep_trials(speeds.rows.get("validation", 0)) if search_head else 0,
+        audit=audit_candidates > 0, audit_candidates=audit_candidates,
+        probes=[(lr, "all") for lr in probe_lrs], depth_probe=probe_depth,
+        probe_steps=min(PROBE_MAX_STEPS, steps_per_epoch), budget_seconds=budget, guide_seconds=guide)
+    _estimate(plan, speeds)
+    for cut in (_fewer_trials, _shorter_probes, _no_depth_probe, _one_size, _no_probes):
+        if plan.search_seconds <= budget:
+            break
+        cut(plan, speeds, budget)
+        _estimate(plan, speeds)
+    return plan
+
+
+def _guide_seconds(speeds: Speeds) -> float:
+    """The guide's run on the same data: extraction, a head, the fine-tune, the test pass."""
+    s = speeds.image_size
+    total_rows = sum(speeds.rows.values())
+    return (speeds.forward_seconds(total_rows, s) + 5.0 + RUN_OVERHEAD + speeds.epochs * speeds.epoch_seconds(s)
+            + speeds.forward_seconds(speeds.rows.get("test", 0), s))
+
+
+def _estimate(plan: RecipePlan, speeds: Speeds) -> None:
+    """Fills ``plan.estimates`` for the search steps and the final fine-tune (at the larger size)."""
+    train, validation = speeds.rows.get("train", 0), speeds.rows.get("validation", 0)
+    total_rows = sum(speeds.rows.values())
+    largest = max(plan.image_sizes)
+    sweep = (SWEEP_OVERHEAD + plan.trials * TRIAL_SECONDS_PER_1K_ROWS * max(train, 1) / 1000) if plan.trials else 5.0
+    probe = RUN_OVERHEAD + (TRAIN_COST * speeds.forward_seconds(plan.probe_steps * speeds.batch_size, largest)
+                            + speeds.forward_seconds(validation, largest))
+    plan.estimates = {
+        "extract": sum(speeds.forward_seconds(total_rows, s) for s in plan.image_sizes[1:]),
+        "head": sweep * len(plan.image_sizes),
+        "audit": (plan.audit_candidates + 1) * speeds.forward_seconds(validation, speeds.image_size)
+        if plan.audit else 0.0,
+        "probes": probe * (len(plan.probes) + plan.depth_probe),
+        "finetune": RUN_OVERHEAD + speeds.epochs * speeds.epoch_seconds(largest)
+        + speeds.forward_seconds(speeds.rows.get("test", 0), largest),
+    }
+
+
+def _fewer_trials(plan: RecipePlan, speeds: Speeds, budget: float) -> None:
+    if plan.trials > MIN_TRIALS:
+        plan.trials = MIN_TRIALS
+        plan.cuts.append(f"{MIN_TRIALS} sweep trials")
+
+
+def _shorter_probes(plan: RecipePlan, speeds: Speeds, budget: float) -> None:
+    steps_per_epoch = max(1, -(-speeds.rows.get("train", 0) // speeds.batch_size))
+    shortest = max(1, min(plan.probe_steps, steps_per_epoch // 4, 50))
+    if plan.probe_steps > shortest and (plan.probes or plan.depth_probe):
+        plan.probe_steps = shortest
+        plan.cuts.append(f"probes of {shortest} steps")
+
+
+def _no_depth_probe(plan: RecipePlan, speeds: Speeds, budget: float) -> None:
+    if plan.depth_probe:
+        plan.depth_probe = False
+        plan.cuts.append("no top-blocks probe")
+
+
+def _one_size(plan: RecipePlan, speeds: Speeds, budget: float) -> None:
+    if len(plan.image_sizes) > 1:
+        plan.cuts.append(f"no second image size ({plan.image_sizes[1]})")
+        plan.image_sizes = plan.image_sizes[:1]
+
+
+def _no_probes(plan: RecipePlan, speeds: Speeds, budget: float) -> None:
+    if plan.probes:
+        plan.probes = []
+        plan.cuts.append("no fine-tuning probes (the guide's rate)")

@@ -1,0 +1,101 @@
+"""The recipe's cheap parts: baselines on a cache, the budget plan, the decisions table, native sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_cache
+
+
+def test_baselines_choose_on_validation_and_score_test(tmp_path):
+    from headstart.pipeline.recipe.baselines import KNN_KS, LOGISTIC_CS, best_baseline, feature_baselines
+
+    cache = make_cache(tmp_path / "f.h5", classes=3, shape=(8,), spread=0.8)
+    knn, logistic = feature_baselines(str(cache))
+    assert (knn.name, logistic.name) == ("knn", "logistic")
+    assert set(knn.tried) == {str(k) for k in KNN_KS} and set(logistic.tried) == {str(c) for c in LOGISTIC_CS}
+    assert knn.validation["accuracy"] == max(knn.tried.values()) > 0.9  # separable blobs
+    assert logistic.test["rows"] == 48 and logistic.test["accuracy"] > 0.9
+    assert set(knn.validation) == {"rows", "accuracy", "balanced_accuracy", "macro_f1"}
+    assert best_baseline([knn, logistic]).validation_measure == max(knn.validation_measure,
+                                                                    logistic.validation_measure)
+    assert knn.to_dict()["label"].startswith("k-NN (cosine, k=")
+
+
+def test_baselines_average_a_spatial_cache_and_subsample_a_large_one(tmp_path):
+    from headstart.pipeline.recipe.baselines import feature_baselines
+
+    cache = make_cache(tmp_path / "f.h5", classes=2, shape=(2, 2, 4))
+    knn, _ = feature_baselines(str(cache), max_train_rows=40)
+    assert knn.validation["rows"] == 48 and knn.test["accuracy"] > 0.9
+
+
+def test_baselines_need_a_validation_split(tmp_path):
+    from headstart.pipeline.errors import DataError
+    from headstart.pipeline.recipe.baselines import feature_baselines
+
+    cache = make_cache(tmp_path / "f.h5", counts={"train": 40, "test": 10})
+    with pytest.raises(DataError, match="need a validation split"):
+        feature_baselines(str(cache))
+
+
+def _speeds(**rows):
+    from headstart.pipeline.recipe.plan import Speeds
+
+    return Speeds(image_size=150, images_per_second=200.0,
+                  rows=rows or {"train": 1400, "validation": 200, "test": 400})
+
+
+def test_the_plan_sizes_the_sweep_to_validation_and_keeps_everything_within_a_generous_budget():
+    from headstart.pipeline.recipe.plan import MAX_TRIALS, MIN_TRIALS, plan_recipe, sweep_trials
+
+    assert sweep_trials(200) == 25 and sweep_trials(10) == MIN_TRIALS and sweep_trials(10**6) == MAX_TRIALS
+    plan = plan_recipe(_speeds(), native_size=224, search_head=True, audit_candidates=7,
+                       probe_lrs=(1e-5, 1e-4, 1e-3), probe_depth=True, budget_minutes=600)
+    assert plan.image_sizes == [150, 224] and plan.trials == 25 and plan.depth_probe and not plan.cuts
+    assert plan.probe_steps == 44  # one epoch of 1,400 rows at batch 32
+    assert "image sizes 150 and 224" in plan.describe() and "about" in plan.describe()
+    # The second size costs (224/150)² of the first extraction's 2,000 images at 200/s.
+    assert plan.estimates["extract"] == pytest.approx(2000 / 200 * (224 / 150) ** 2)
+
+
+def test_a_tight_budget_cuts_the_search_in_order():
+    from headstart.pipeline.recipe.plan import MIN_TRIALS, plan_recipe
+
+    kwargs = dict(native_size=224, search_head=True, audit_candidates=7, probe_lrs=(1e-5, 1e-4, 1e-3),
+                  probe_depth=True)
+    tight = plan_recipe(_speeds(), budget_minutes=0.01, **kwargs)
+    assert tight.trials == MIN_TRIALS and tight.image_sizes == [150] and not tight.probes
+    assert not tight.depth_probe and len(tight.cuts) == 5 and "to fit the budget" in tight.describe()
+    explicit = plan_recipe(_speeds(), native_size=None, search_head=False, audit_candidates=0, probe_lrs=(),
+                           probe_depth=False, budget_minutes=None)
+    assert explicit.describe().startswith("will try nothing")
+
+
+def test_the_decisions_table_names_each_choice_and_the_users_own():
+    from headstart.pipeline.recipe.decisions import Candidate, Decision, explicit_decision, format_decisions
+
+    decisions = [
+        Decision("augment", "flip,zoom=0.1", measure="accuracy", seconds=12.4,
+                 candidates=[Candidate("flip", 0.95, kept=True), Candidate("flip=vertical", 0.71)]),
+        Decision("image_size", 224, measure="val_loss", seconds=40.2,
+                 candidates=[Candidate(150, 0.148), Candidate(224, 0.101, kept=True)]),
+        explicit_decision("lr", 1e-4),
+    ]
+    table = format_decisions(decisions).splitlines()
+    assert table[0].split() == ["decision", "chosen", "candidates", "on", "validation", "cost"]
+    assert table[2].startswith("image size") and "150 0.1480 · 224 0.1010 ✓" in table[2] and table[2].endswith("40 s")
+    assert "flip 0.9500 ✓ · flip=vertical 0.7100" in table[3]
+    assert table[4].split()[:4] == ["fine-tuning", "rate", "0.0001", "set"] and table[4].endswith("-")
+    again = Decision.from_dict(decisions[0].to_dict())
+    assert again == decisions[0]
+
+
+def test_native_sizes_come_from_the_registry():
+    from headstart.features.registry import backbone_rows, format_backbone_table, get_backbone_spec
+
+    assert get_backbone_spec("xception").native_size == 299
+    assert get_backbone_spec("mobilenet_v2").native_size == 224
+    assert get_backbone_spec("efficientnet_b7").native_size == 600
+    assert {r["name"]: r["native_size"] for r in backbone_rows()}["nasnet_large"] == 331
+    assert " native " in format_backbone_table(backbone_rows()).splitlines()[0]
