@@ -1,0 +1,164 @@
+"""``headstart run --recipe auto`` against the guide's fixed recipe and simple baselines, side by side.
+
+Two real datasets of different nature, laid out offline:
+
+- the 2,000 cat and dog photos of ../shared/assets (70/10/20 per class by number), and
+- scikit-learn's 1,797 8×8 digit scans written as PNG folders (``write_digits_folders``, 70/10/20).
+
+On each, in one process and one after the other (so both see the same machine load), with the small
+ImageNet backbone a new user would pick (MobileNetV2 0.35, the shared weights):
+
+- ``headstart run SRC --recipe auto`` and ``headstart run SRC --recipe guide``: test accuracy, wall time;
+- k-NN (cosine, k chosen on validation) and L2 logistic regression (C chosen on validation) on raw
+  pixels (every image resized to 32×32 RGB, scaled to [0, 1]);
+- the logistic probe on the guide's cache (150 px) and on the cache auto chose.
+
+    python benchmarks/recipe.py [--out DIR] [--datasets cats,digits] [--budget MINUTES]
+
+Prints one table per dataset and writes ``DIR/recipe_benchmark.json``. Goals (issue 20): auto beats
+every baseline on both datasets; auto's wall time is at most 3× the guide's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO.parent / "shared" / "assets"
+WEIGHTS = ASSETS / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+BACKBONE = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", str(WEIGHTS)]
+RAW_SIZE = 32
+
+
+def layout_photos(dest: Path) -> Path:
+    """The 2,000 photos as split folders by number per class (symlinks), as tests/conftest.py lays them."""
+    import re
+
+    for cls in ("cats", "dogs"):
+        files = sorted((ASSETS / "cats_vs_dogs_2k" / cls).glob("*.jpg"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
+        cut1, cut2 = int(len(files) * 0.7), int(len(files) * 0.8)
+        for split, part in (("train", files[:cut1]), ("validation", files[cut1:cut2]), ("test", files[cut2:])):
+            folder = dest / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in part:
+                if not (folder / f.name).exists():
+                    (folder / f.name).symlink_to(f)
+    return dest
+
+
+def run_headstart(source: Path, out: Path, recipe: str, budget: float | None) -> tuple[dict, float]:
+    """``headstart run`` in a subprocess; returns (summary.json, wall seconds)."""
+    argv = [sys.executable, "-m", "headstart.pipeline.cli", "run", str(source), "--out", str(out),
+            "--recipe", recipe, *BACKBONE, "--overwrite"]
+    if budget is not None and recipe == "auto":
+        argv += ["--budget", str(budget)]
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seconds = time.perf_counter() - start
+    (out.parent / f"{out.name}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode:
+        raise SystemExit(f"headstart run --recipe {recipe} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads((out / "summary.json").read_text(encoding="utf-8")), seconds
+
+
+def raw_pixels(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """split → (X (N, 32·32·3) in [0, 1], y (N,)) of every image, resized with Pillow's bilinear filter."""
+    from PIL import Image
+
+    out = {}
+    for split in ("train", "validation", "test"):
+        classes = sorted(p.name for p in (root / split).iterdir())
+        xs, ys = [], []
+        for label, cls in enumerate(classes):
+            for path in sorted((root / split / cls).iterdir()):
+                image = Image.open(path).convert("RGB").resize((RAW_SIZE, RAW_SIZE), Image.BILINEAR)
+                xs.append(np.asarray(image, dtype=np.float32).reshape(-1) / 255.0)
+                ys.append(label)
+        out[split] = (np.stack(xs), np.array(ys))
+    return out
+
+
+def pixel_baselines(data: dict) -> dict[str, dict]:
+    """k-NN and logistic regression on raw pixels, each hyper-parameter chosen on validation."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from threadpoolctl import threadpool_limits
+
+    (xt, yt), (xv, yv), (xs, ys) = data["train"], data["validation"], data["test"]
+    results = {}
+    with threadpool_limits(1):
+        for name, make, grid in (("knn_pixels", lambda k: KNeighborsClassifier(k, metric="cosine"), (1, 3, 5, 7, 9, 15)),
+                                 ("logistic_pixels", lambda c: LogisticRegression(C=c, max_iter=3000),
+                                  (0.001, 0.01, 0.1, 1.0, 10.0))):
+            start = time.perf_counter()
+            scored = [(make(v).fit(xt, yt), v) for v in grid]
+            model, value = max(scored, key=lambda mv: mv[0].score(xv, yv))
+            results[name] = {"param": value, "validation": model.score(xv, yv), "test": model.score(xs, ys),
+                             "seconds": time.perf_counter() - start}
+    return results
+
+
+def cache_probe(cache: Path) -> dict:
+    """The logistic probe on a cache (the product's own baseline)."""
+    from headstart.pipeline.recipe.baselines import feature_baselines
+
+    logistic = next(b for b in feature_baselines(str(cache)) if b.name == "logistic")
+    return {"param": logistic.params, "validation": logistic.validation["accuracy"],
+            "test": logistic.test["accuracy"], "seconds": logistic.seconds}
+
+
+def bench(name: str, source: Path, out: Path, budget: float | None) -> dict:
+    auto, auto_s = run_headstart(source, out / f"{name}-auto", "auto", budget)
+    guide, guide_s = run_headstart(source, out / f"{name}-guide", "guide", None)
+    rows = {"auto": {"test": auto["test"]["accuracy"], "seconds": auto_s, "recipe": auto.get("recipe")},
+            "guide": {"test": guide["test"]["accuracy"], "seconds": guide_s}}
+    rows.update(pixel_baselines(raw_pixels(source)))
+    rows["logistic_guide_cache"] = cache_probe(out / f"{name}-guide" / "features.h5")
+    chosen = (auto.get("recipe") or {}).get("cache") or str(out / f"{name}-auto" / "features.h5")
+    rows["logistic_auto_cache"] = cache_probe(Path(chosen))
+    return rows
+
+
+def format_rows(name: str, rows: dict) -> str:
+    lines = [f"{name}: test accuracy and wall time (MobileNetV2 0.35, shared ImageNet weights)",
+             f"  {'':24s} {'test acc.':>9s} {'time':>8s}"]
+    for key, row in rows.items():
+        lines.append(f"  {key:24s} {row['test']:9.4f} {row['seconds']:7.1f}s")
+    lines.append(f"  auto / guide wall time: {rows['auto']['seconds'] / rows['guide']['seconds']:.2f}x; "
+                 f"auto beats every baseline: {all(rows['auto']['test'] > r['test'] for k, r in rows.items() if k != 'auto')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/recipe-benchmark")
+    parser.add_argument("--datasets", default="cats,digits")
+    parser.add_argument("--budget", type=float, default=None)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from headstart.pipeline.data.bundled import write_digits_folders
+
+    sources = {"cats": lambda: layout_photos(out / "data" / "cats_vs_dogs_2k"),
+               "digits": lambda: write_digits_folders(out / "data" / "digits")}
+    results = {}
+    for name in args.datasets.split(","):
+        if name == "cats" and not (ASSETS / "cats_vs_dogs_2k").is_dir():
+            print("cats: ../shared/assets is absent; skipped")
+            continue
+        results[name] = bench(name, sources[name](), out, args.budget)
+        print(format_rows(name, results[name]), flush=True)
+    (out / "recipe_benchmark.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
