@@ -227,8 +227,8 @@ def sweep_command(caches, config_file, quiet, **options):
 @click.argument("source")
 @_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs",
          "path_column", "label_column", "images", "multi_label", "epochs",
-         "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "patience", "seed",
-         "deterministic", "parity_samples", "resume", "export", "quantize", "exclude", "class_weight", "monitor")
+         "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "probe", "probe_steps",
+         "patience", "seed", "deterministic", "parity_samples", "resume", "export", "quantize", "exclude", "class_weight", "monitor")
 @_distribute_options("finetune")
 @_fields("finetune", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")

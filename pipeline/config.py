@@ -147,7 +147,10 @@ class FinetuneConfig:
     head_lr: float = 1e-3
     head_batch_size: int = 64
     unfreeze: str = "all"
-    augment: str = DEFAULT_AUGMENT
+    augment: str = DEFAULT_AUGMENT  # or "auto": the invariance audit chooses (stages/finetune_choices.py)
+    # "lr", "unfreeze" or "lr,unfreeze": short fine-tunes choose them on validation (training/rate_probes.py).
+    probe: str = "none"
+    probe_steps: int = 0            # steps per probe; 0: one epoch, at most rate_probes.MAX_PROBE_STEPS
     patience: int = 3
     seed: int = 0
     deterministic: bool = False     # TF op determinism (with the seed: bit-identical weights)
@@ -171,6 +174,10 @@ class RunConfig:
 
     source: str = ""
     out: str = ""
+    # "auto": every choice left open (augmentation, head, fine-tuning rate and depth, image size) is
+    # made on validation (headstart.pipeline.run.auto); "guide": the Keras guide's fixed recipe.
+    recipe: str = "auto"
+    budget: float | None = None     # minutes the auto recipe's search may take (None: planned from speeds)
     tensorboard: bool = False
     diagnose: bool = False          # diagnose the cache into RUN_DIR/diagnose/ before the head stage
     # The [sweep] table: "trials" (0: train-head's one head) and the search space's keys
@@ -179,6 +186,15 @@ class RunConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # "section.key" of every setting a flag or the --config file gave: auto never second-guesses them.
+    explicit: tuple[str, ...] = ()
+
+    def is_explicit(self, section: str, key: str) -> bool:
+        return f"{section}.{key}" in self.explicit
+
+
+#: ``headstart run --recipe``: choose on validation, or the Keras guide's fixed recipe.
+RECIPES = ("auto", "guide")
 
 
 @dataclass

@@ -13,6 +13,7 @@ def _audit(tmp_path, classes):
     from headstart.pipeline.data.source_spec import SourceSpec
     from headstart.pipeline.data.sources import open_source
     from headstart.pipeline.recipe.audit import audit_head_run
+    from headstart.pipeline.report.rundir import RunDir
     from headstart.pipeline.stages.extraction import extract_features
     from headstart.pipeline.stages.head_training import train_head
 
@@ -22,7 +23,8 @@ def _audit(tmp_path, classes):
                                    weights=str(SHIPPED), image_size=96), log=lambda *_: None)
     train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=60, patience=10, lr=3e-3),
                log=lambda *_: None)
-    return audit_head_run(str(tmp_path / "head"), open_source(SourceSpec(source=str(root))))
+    head = RunDir.open(tmp_path / "head", kind="head", recipe=True)
+    return audit_head_run(head, open_source(SourceSpec(source=str(root))))
 
 
 @pytest.mark.slow

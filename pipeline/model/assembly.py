@@ -92,10 +92,11 @@ def unfreeze_backbone(model: keras.Model, spec: Unfreeze) -> list[str]:
             hint = f"; did you mean {', '.join(close)}?" if close else f" (first: {names[0]}, last: {names[-1]})"
             raise OptionError(f"--unfreeze from:{spec.layer}: no such backbone layer{hint}")
         start = names.index(spec.layer)
-    # Setting a container's flag sets every nested layer's, so thaw all, then freeze what stays.
+    # Thaw every layer one by one, then freeze what stays: setting the container's flag to the value it
+    # already has does not reach layers frozen one by one before (a second call would keep them frozen).
     base.trainable = True
-    for layer in layers[:start]:
-        layer.trainable = False
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= start
     model.get_layer("preprocessing").trainable = False
     model.get_layer("head").trainable = True
     freeze_batchnorm(model)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
 from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, MONITORS, NORMALIZATIONS, QUANTIZE_MODES,
-                                      STRATEGIES, DemoConfig, DiagnoseConfig, ExtractConfig, FinetuneConfig,
+                                      RECIPES, STRATEGIES, DemoConfig, DiagnoseConfig, ExtractConfig, FinetuneConfig,
                                       HeadConfig, RunConfig, SweepConfig)
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.bounds import HIDDEN_UNITS, IMAGE_SIZE, POSITIVE, SEED, SHARE, Bounds, at_least
@@ -174,7 +174,12 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "head_lr": OptionFact("Head learning rate when there is no --head.", bounds=POSITIVE),
         "head_batch_size": OptionFact("Batch size of the head stage when there is no --head.", bounds=at_least(1)),
         "unfreeze": OptionFact("all, top:N (last N backbone layers) or from:LAYER; BatchNorm always stays frozen."),
-        "augment": OptionFact("Augmentation, e.g. flip,rotate=0.1 or none."),
+        "augment": OptionFact("Augmentation, e.g. flip,rotate=0.1 or none; auto (with --head): keep what an "
+                              "invariance audit of the head on validation finds harmless."),
+        "probe": OptionFact("none, lr, unfreeze or lr,unfreeze: choose them by short fine-tunes judged on "
+                            "validation (rates 1e-5, 1e-4, 1e-3; all layers vs the top quarter); skip fine-tuning "
+                            "when none beats the seeded model."),
+        "probe_steps": OptionFact("Training steps per probe (0: one epoch, at most 300).", bounds=at_least(0)),
         "patience": OptionFact("Early-stopping patience on the --monitor value.", bounds=at_least(0)),
         "seed": OptionFact("Seed of shuffling and augmentation.", bounds=SEED),
         "deterministic": OptionFact("Bit-identical fine-tuned weights for the same seed (slower ops)."),
@@ -246,6 +251,11 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                                 shapes_result=False),
     },
     "top": {
+        "recipe": OptionFact("auto: choose augmentation, head, image size and the fine-tuning rate and depth on "
+                             "validation (what you set is kept as given); guide: the Keras guide's fixed recipe.",
+                             choices=RECIPES),
+        "budget": OptionFact("Minutes the auto recipe's search may take (default: planned from measured speeds, "
+                             "about 1.5x the guide's run).", metavar="MINUTES", bounds=POSITIVE),
         "tensorboard": OptionFact("Write TensorBoard logs of both training stages to RUN_DIR/tensorboard/.",
                                   shapes_result=False),
         "diagnose": OptionFact("Diagnose the cache (label issues, duplicates, leaks, outliers) into RUN_DIR/diagnose/ "

@@ -46,6 +46,8 @@ def _o(flag: str, targets: str, help: str | None = None) -> RunOption:
 
 #: The flags of ``headstart run``; everything else via --config.
 RUN_OPTIONS: tuple[RunOption, ...] = (
+    _o("--recipe", "top.recipe"),
+    _o("--budget", "top.budget"),
     _o("--backbone", "extract.backbone"),
     _o("--weights", "extract.weights"),
     _o("--alpha", "extract.alpha"),

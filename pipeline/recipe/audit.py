@@ -185,18 +185,19 @@ class _Judge:
         return float(value) if value is not None else 0.0
 
 
-def audit_head_run(head_dir: str, source: Any, *, split: str = "validation", batch_size: int = 32,
+def audit_head_run(head: Any, source: Any, *, split: str = "validation", batch_size: int = 32,
                    max_rows: int = 2000, weights: str | None = None,
                    candidates: Sequence[str] = AUDIT_CANDIDATES) -> AuditResult:
     """Runs the audit with a ``train-head`` run's head on one split of a source.
 
-    The model is the head run's recipe rebuilt on raw images (``rebuild_from_head_run``: the cache's
+    The model is the head run's recipe rebuilt on raw images (``RunDir.rebuild``: the cache's
     backbone, weights, image size and pooling, the trained head on top), so the images go through
     the same input path as extraction.
 
     Args:
-        head_dir: a train-head (or sweep best) run directory.
-        source: a ``headstart.pipeline.data.sources.Source`` (the head's cache's source).
+        head: a ``headstart.pipeline.report.rundir.RunDir`` of a train-head (or sweep best) run,
+            opened with its recipe checked.
+        source: a ``headstart.pipeline.data.source.Source`` (the head's cache's source).
         split: the split to audit on.
         batch_size: images per forward pass.
         max_rows: at most this many images, taken evenly over the split's order (a large
@@ -207,23 +208,16 @@ def audit_head_run(head_dir: str, source: Any, *, split: str = "validation", bat
     Returns:
         An AuditResult.
     """
-    from headstart.pipeline.model.head_run import read_head_run, rebuild_from_head_run
-    from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
-
-    run = read_head_run(head_dir)
-    rebuilt = rebuild_from_head_run(head_dir, run=run, weights=weights)
-    class_names = run["class_names"]
-    multi_label = run.get("task") == "multi_label"
-    thresholds = thresholds_from_record(run.get("thresholds"), class_names) if multi_label else None
-    image_size = int(run["cache"]["config"]["image_size"])
+    rebuilt = head.rebuild(weights=weights)
+    class_names = head.class_names
     total = source.count(split) or 0
     stride = max(1, -(-total // max_rows)) if total else 1
     # predict_on_batch runs the compiled inference function (training=False): an eager call per batch
     # is several times slower on CPU.
     return audit_invariance(rebuilt.model.predict_on_batch,
-                            _image_batches(source, split, image_size, batch_size, stride),
-                            num_classes=len(class_names), multi_label=multi_label, thresholds=thresholds,
-                            candidates=candidates)
+                            _image_batches(source, split, head.image_size, batch_size, stride),
+                            num_classes=len(class_names), multi_label=head.multi_label,
+                            thresholds=head.thresholds(class_names), candidates=candidates)
 
 
 def _image_batches(source: Any, split: str, image_size: int, batch_size: int, stride: int):

@@ -82,20 +82,33 @@ def explicit_decision(name: str, value: Any) -> Decision:
     return Decision(name=name, chosen=value, explicit=True, why="set by you")
 
 
-def format_decisions(decisions: Sequence[Decision | dict]) -> str:
-    """The decisions as a short aligned table: decision, chosen value, candidates with scores, cost."""
-    rows = [("decision", "chosen", "candidates on validation", "cost")]
-    for d in sorted((d if isinstance(d, Decision) else Decision.from_dict(d) for d in decisions),
-                    key=lambda d: DECISION_ORDER.index(d.name) if d.name in DECISION_ORDER else len(DECISION_ORDER)):
-        tried = "set by you" if d.explicit else (
+def format_decisions(decisions: Sequence[Decision | dict], width: int = 100) -> str:
+    """The decisions as a short table: decision, chosen value and cost on one line, then the
+    candidates with their validation scores (✓ kept) wrapped beneath the chosen value."""
+    import textwrap
+
+    ordered = sorted((d if isinstance(d, Decision) else Decision.from_dict(d) for d in decisions),
+                     key=lambda d: DECISION_ORDER.index(d.name) if d.name in DECISION_ORDER else len(DECISION_ORDER))
+    label_width = max([len("decision"), *(len(DECISION_LABELS.get(d.name, d.name)) for d in ordered)])
+    chosen_width = max([len("chosen"), *(min(CHOSEN_WIDTH, len(_value_text(d.chosen))) for d in ordered)])
+    indent = " " * (label_width + 2)
+    lines = [f"{'decision'.ljust(label_width)}  {'chosen'.ljust(chosen_width)}  cost",
+             f"{'-' * label_width}  {'-' * chosen_width}  ----"]
+    for d in ordered:
+        chosen = _value_text(d.chosen)
+        chosen = chosen if len(chosen) <= CHOSEN_WIDTH else chosen[:CHOSEN_WIDTH - 1] + "…"
+        cost = "-" if d.explicit else f"{d.seconds:.0f} s"
+        lines.append(f"{DECISION_LABELS.get(d.name, d.name).ljust(label_width)}  {chosen.ljust(chosen_width)}  {cost}")
+        detail = "set by you" if d.explicit else (
             (f"{d.measure}: " if d.measure else "") + " · ".join(_candidate_text(c) for c in d.candidates)
-            if d.candidates else d.why)
-        rows.append((DECISION_LABELS.get(d.name, d.name), _value_text(d.chosen), tried,
-                     "-" if d.explicit else f"{d.seconds:.0f} s"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 4)
+            + (f" ({d.why})" if d.why and d.candidates else "") if d.candidates else d.why)
+        lines += textwrap.wrap(detail, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
+                               break_on_hyphens=False) if detail else []
     return "\n".join(line.rstrip() for line in lines)
+
+
+#: The chosen column's widest value; longer ones (a head's parameters) are cut with "…".
+CHOSEN_WIDTH = 48
 
 
 def _candidate_text(candidate: Candidate) -> str:
@@ -107,7 +120,7 @@ def _candidate_text(candidate: Candidate) -> str:
 
 def _value_text(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:.3g}"
     if isinstance(value, dict):
         return ", ".join(f"{k} {_value_text(v)}" for k, v in value.items())
     return str(value)

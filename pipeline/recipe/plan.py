@@ -121,8 +121,19 @@ class RecipePlan:
             text += f"; to fit the budget of {self.budget_seconds / 60:.1f} min: " + ", ".join(self.cuts)
         return text
 
+    @classmethod
+    def from_dict(cls, record: dict) -> "RecipePlan":
+        """Reads ``to_dict``'s form back (a resumed run keeps the plan it printed)."""
+        return cls(image_sizes=list(record["image_sizes"]), trials=int(record["trials"]), audit=bool(record["audit"]),
+                   audit_candidates=int(record.get("audit_candidates", 0)),
+                   probes=[(float(p["lr"]), str(p["unfreeze"])) for p in record["probes"]],
+                   depth_probe=bool(record["depth_probe"]), probe_steps=int(record["probe_steps"]),
+                   budget_seconds=float(record["budget_seconds"]), guide_seconds=float(record["guide_seconds"]),
+                   estimates=dict(record.get("estimates") or {}), cuts=list(record.get("cuts") or []))
+
     def to_dict(self) -> dict:
         return {"image_sizes": self.image_sizes, "trials": self.trials, "audit": self.audit,
+                "audit_candidates": self.audit_candidates,
                 "probes": [{"lr": lr, "unfreeze": u} for lr, u in self.probes], "depth_probe": self.depth_probe,
                 "probe_steps": self.probe_steps, "budget_seconds": self.budget_seconds,
                 "guide_seconds": self.guide_seconds, "estimates": self.estimates, "cuts": self.cuts,

@@ -24,7 +24,6 @@ holds the directory's lock from start to end (``headstart.pipeline.report.out_di
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -32,13 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from headstart.pipeline.config import CLASS_WEIGHT_MODES
+
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.options.run_flags import RUN_OPTIONS
 from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.run.console import Console
+from headstart.pipeline.run.keys import evaluate_key, input_files, stage_key
 from headstart.pipeline.run.stages import MULTI_LABEL_KEYS
 from headstart.pipeline.run.toml_config import RunConfig, read_config_file, resolve_run_config, result_settings, \
     run_config_dict, stage_values, to_toml
@@ -79,6 +79,10 @@ def check_run_config(config: RunConfig) -> None:
     from headstart.pipeline.stages.finetuning import check_finetune_config
     from headstart.pipeline.stages.head_training import check_head_config
 
+    from headstart.pipeline.options.facts import check_value
+
+    check_value("top", "recipe", config.recipe, label="--recipe")
+    check_value("top", "budget", config.budget, label="--budget")
     ex = config.extract
     check_extract_config(dataclasses.replace(ex, source=config.source, out="features.h5"), label=run_label("extract"))
     if ex.alpha is not None and not get_backbone_spec(ex.backbone).takes_alpha:
@@ -169,7 +173,9 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
     with claim_run_dir(config, overwrite):
         run_dir = _prepare_run_dir(config, console)
         t0 = time.perf_counter()
-        records = _run_stages(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks)
+        records = (_run_auto(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks)
+                   if config.recipe == "auto" else
+                   _run_stages(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks))
         summary = _summary(config, run_dir, records, time.perf_counter() - t0)
         _plot(run_dir, summary, console)
         write_json_atomic(run_dir / SUMMARY_JSON, summary)
@@ -218,40 +224,39 @@ def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite
     features = run_dir / "features.h5"
     console.log(f"[1/4] extract-features → {_shown(str(features))}")
     ex = save("extract", extract_stage(config, features, state.get("extract"), console, overwrite,
-                                       key=_key({"source": config.source, **stage_values(config, "extract")})))
+                                       key=stage_key({"source": config.source, **stage_values(config, "extract")})))
     if config.diagnose:
         console.log(f"[diagnose] → {_shown(str(run_dir / 'diagnose'))}")
         save("diagnose", diagnose_stage(config, features, run_dir / "diagnose", state.get("diagnose"), console,
-                                        key=_key({"cache": ex["fingerprint"], "seed": config.head.seed})))
+                                        key=stage_key({"cache": ex["fingerprint"], "seed": config.head.seed})))
     console.log(f"[2/4] {'sweep' if config.sweep.get('trials') else 'train-head'} → {_shown(str(run_dir / 'head'))}")
-    excluded = _input_files(config)
+    excluded = input_files(config)
     hd = save("head", head_stage(config, features, run_dir / "head", state.get("head"), console,
-                                 key=_key(_head_key(config, ex, excluded))))
+                                 key=stage_key(_head_key(config, ex, excluded))))
     _replay(config, run_dir, "head")
     console.log(f"[3/4] finetune → {_shown(str(run_dir / 'finetune'))}")
-    ft_key = _key({**stage_values(config, "finetune"), **excluded, "head": hd["head_sha256"]})
+    ft_key = stage_key({**stage_values(config, "finetune"), **excluded, "head": hd["head_sha256"]})
     ft = save("finetune", finetune_stage(config, run_dir, state.get("finetune"), console, key=ft_key,
                                          train_images=ex["splits"].get("train", 0),
                                          started=lambda: save("finetune", {"key": ft_key, "done": False}),
                                          callbacks=finetune_callbacks))
     _replay(config, run_dir, "finetune")
     console.log(f"[4/4] evaluate {_shown(str(run_dir / 'finetune' / 'model.keras'))}")
-    source_values = {k: stage_values(config, "extract")[k] for k in ("split_specs", "validation_fraction",
-                                                                       "test_fraction")}
     ev = save("evaluate", evaluate_stage(config, run_dir, state.get("evaluate"), console,
-                                         key=_key({"model": ft["model_sha256"], "source": config.source,
-                                                   **source_values})))
+                                         key=evaluate_key(config, ft["model_sha256"])))
     return {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev}
 
 
-def _input_files(config: RunConfig) -> dict[str, str | None]:
-    """The content of the files the head and finetune stages read (``--exclude``, a ``--class-weight``
-    FILE), for their keys: not only a path decides what they train on."""
-    files = {"exclude_sha256": _file_sha256(config.head.exclude)} if config.head.exclude else {}
-    files.update({f"{stage}_class_weight_sha256": _file_sha256(path) for stage, path in
-                  (("head", config.head.class_weight), ("finetune", config.finetune.class_weight))
-                  if path not in CLASS_WEIGHT_MODES})
-    return files
+def _run_auto(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
+              finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
+    """``--recipe auto`` (``headstart.pipeline.run.auto``) over the same stages.json."""
+    from headstart.pipeline.run.auto import run_auto
+
+    stages = _Stages(run_dir)
+    records = run_auto(config, run_dir, console, stages.save, dict(stages.state), key=stage_key, overwrite=overwrite,
+                       finetune_callbacks=finetune_callbacks)
+    _replay(config, run_dir, "finetune")
+    return records
 
 
 def _head_key(config: RunConfig, ex: dict, excluded: dict) -> dict:
@@ -270,22 +275,9 @@ def _replay(config: RunConfig, run_dir: Path, stage: str) -> None:
         write_history(RunDir(run_dir / stage).history(), run_dir / "tensorboard" / stage)
 
 
-def _file_sha256(path: str) -> str | None:
-    """sha256 of a file, None when it cannot be read (the stage then says why in one line)."""
-    from headstart.features.file_hash import sha256_file
-
-    try:
-        return sha256_file(path)
-    except OSError:
-        return None
-
-
-def _key(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds: float) -> dict:
     from headstart.pipeline.report.provenance import stamp_record
+    from headstart.pipeline.run.auto_summary import recipe_section
 
     keep = ("status", "seconds", "images", "images_per_second", *HEADLINE, "val_accuracy", "best_epoch",
             "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep")
@@ -296,11 +288,15 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
         "run_dir": str(run_dir),
         "config": str(run_dir / CONFIG_FILE),
         "class_names": records["extract"].get("class_names"),
-        "stages": {name: {k: rec.get(k) for k in keep if k in rec} for name, rec in records.items()},
+        "stages": {name: {k: rec.get(k) for k in keep if k in rec} for name, rec in records.items()
+                   if name != "recipe"},
+        "recipe": recipe_section(config, records),
+        "validation": records["finetune"].get("validation"),
         "test": {k: evaluate.get(k) for k in ("split", *HEADLINE, "loss", "rows", "per_class",
                                                 "confusion_matrix", "skipped", *MULTI_LABEL_KEYS) if k in evaluate
                  or k not in MULTI_LABEL_KEYS},
-        "plots": {"summary": str(run_dir / SUMMARY_PNG), "head": str(run_dir / "head" / "curves.png"),
+        "plots": {"summary": str(run_dir / SUMMARY_PNG),
+                  "head": str(Path(records["head"].get("path") or run_dir / "head") / "curves.png"),
                   "finetune": str(run_dir / "finetune" / "curves.png")},
         "tensorboard": str(run_dir / "tensorboard") if config.tensorboard else None,
         "seconds": seconds,
@@ -319,7 +315,7 @@ def _plot(run_dir: Path, summary: dict, console: Console) -> None:
             samples = {k: z[k] for k in z.files}
     stages = summary["stages"]
     plot_summary(run_dir / SUMMARY_PNG,
-                 head_history=RunDir(run_dir / "head").history(),
+                 head_history=RunDir(Path(summary["plots"]["head"]).parent).history(),
                  finetune_history=RunDir(run_dir / "finetune").history(),
                  head_best=stages["head"].get("best_epoch"), finetune_best=stages["finetune"].get("best_epoch"),
                  confusion=summary["test"].get("confusion_matrix"), class_names=summary["class_names"] or [],
@@ -342,9 +338,13 @@ def format_table(summary: dict) -> str:
         rows.append((STAGE_LABELS[name], status,
                      *("-" if rec.get(k) is None else f"{rec[k]:.4f}" for k in HEADLINE),
                      f"{rec.get('seconds', 0.0):.1f} s", "-" if not rate else f"{rate:.1f}"))
+    from headstart.pipeline.run.auto_summary import format_recipe
+
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    recipe = format_recipe(summary)
+    lines[:0] = [recipe, ""] if recipe else []
     plots = {k: _shown(v) for k, v in summary["plots"].items()}
     lines += ["", f"run directory: {_shown(summary['run_dir'])} ({summary['seconds']:.1f} s)",
               f"plots: {plots['summary']}", f"       {plots['head']}", f"       {plots['finetune']}"]

@@ -97,8 +97,13 @@ def diagnose_stage(config: RunConfig, features: Path, out: Path, record: dict | 
 
 
 def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Any, *,
-               key: str) -> dict:
-    """train-head on the cache into ``head_dir`` (seconds: an interrupted one simply runs again)."""
+               key: str, sweep: "SweepPlan | None" = None) -> dict:
+    """train-head on the cache into ``head_dir``, or a sweep whose best head becomes it (seconds: an
+    interrupted train-head simply runs again, an interrupted sweep resumes from its study).
+
+    Args:
+        sweep: the sweep to run instead of train-head; None takes ``[sweep] trials`` (none: train-head).
+    """
     head = RunDir(head_dir)
     reused = _reuse(record, key, head.run_json, head_dir / "head.keras")
     if reused:
@@ -108,8 +113,13 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
 
     start = time.perf_counter()
     log_dir = str(head_dir.parent / "tensorboard" / "head") if config.tensorboard else None
-    if config.sweep.get("trials"):
-        return _sweep_head(config, features, head_dir, record, console, key=key, log_dir=log_dir)
+    if sweep is None and config.sweep.get("trials"):
+        from headstart.pipeline.sweep.space import space_from_dict
+
+        sweep = SweepPlan(space_from_dict({k: v for k, v in config.sweep.items() if k != "trials"}),
+                          int(config.sweep["trials"]), head_dir.parent / "sweep")
+    if sweep is not None:
+        return _sweep_head(config, features, head_dir, record, console, key=key, log_dir=log_dir, sweep=sweep)
     result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True,
                                             tensorboard=log_dir),
                         log=lambda m: console.log(f"  {m}"))
@@ -117,13 +127,27 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
     return {"key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
             "images_per_second": images / result.train_seconds if result.train_seconds else None,
             **test_measures(result.metrics), "val_accuracy": result.val_accuracy,
-            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "head_sha256": sha256_file(head_dir / "head.keras")}
+            "validation": _validation(result.metrics), "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "head_sha256": sha256_file(head_dir / "head.keras")}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    """A sweep as the head stage: its search space, its trials and its directory."""
+
+    space: Any
+    trials: int
+    out: Path
+
+
+def _validation(metrics: dict) -> dict:
+    """A head's validation measures as its stage record keeps them (for comparing heads)."""
+    return {k: v for k, v in (metrics.get("validation") or {}).items() if isinstance(v, (int, float))}
 
 
 def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Any, *,
-                key: str, log_dir: str | None) -> dict:
-    """The head stage as a sweep into RUN_DIR/sweep/; its best head becomes head/ for finetune.
+                key: str, log_dir: str | None, sweep: SweepPlan) -> dict:
+    """The head stage as a sweep into ``sweep.out``; its best head becomes ``head_dir`` for finetune.
 
     An interrupted sweep resumes from its study; a sweep with other settings starts anew.
     """
@@ -131,33 +155,38 @@ def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict 
 
     from headstart.pipeline.config import SweepConfig
     from headstart.pipeline.stages.head_training import HeadResult
-    from headstart.pipeline.sweep.space import space_from_dict
     from headstart.pipeline.sweep.study import run_sweep
 
     start = time.perf_counter()
-    space = space_from_dict({k: v for k, v in config.sweep.items() if k != "trials"})
-    sweep_dir = head_dir.parent / "sweep"
-    result = run_sweep(SweepConfig(caches=(str(features),), out=str(sweep_dir), trials=int(config.sweep["trials"]),
+    result = run_sweep(SweepConfig(caches=(str(features),), out=str(sweep.out), trials=sweep.trials,
                                    seed=config.head.seed, tensorboard=log_dir, monitor=config.head.monitor,
                                    class_weight=config.head.class_weight,
                                    overwrite=bool(record) and record.get("key") != key),
-                       space, log=lambda m: console.log(f"  {m}"))
+                       sweep.space, log=lambda m: console.log(f"  {m}"))
     shutil.rmtree(head_dir, ignore_errors=True)
-    shutil.copytree(sweep_dir / "best", head_dir)
+    shutil.copytree(sweep.out / "best", head_dir)
     best = HeadResult.from_run_dir(RunDir.open(head_dir, kind="head"))
     images = best.train_rows * result.trial_epochs
     return {"key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
             "images_per_second": images / result.seconds if result.seconds else None,
             **test_measures(best.metrics), "accuracy": result.best_test_accuracy, "val_accuracy": best.val_accuracy,
-            "best_epoch": best.best_epoch, "epochs_run": best.epochs_run,
+            "validation": _validation(best.metrics), "best_epoch": best.best_epoch, "epochs_run": best.epochs_run,
             "head_sha256": sha256_file(head_dir / "head.keras"),
             "sweep": {"trials": result.finished, "best_trial": result.best.get("number"),
-                      "leaderboard": str(sweep_dir / "leaderboard.csv")}}
+                      "params": {k: v for k, v in result.best.items() if k in SWEPT},
+                      "leaderboard": str(sweep.out / "leaderboard.csv")}}
+
+
+#: The leaderboard columns that describe a trial's head (what the decisions table shows).
+SWEPT = ("head_kind", "hidden_units", "normalize", "lr", "weight_decay", "dropout", "label_smoothing",
+         "batch_size", "views")
 
 
 def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str,
-                   train_images: int, started: Callable[[], Any], callbacks: Sequence[Any] = ()) -> dict:
-    """finetune from ``head/`` into ``finetune/``; resumes an interrupted one with the same key."""
+                   train_images: int, started: Callable[[], Any], callbacks: Sequence[Any] = (),
+                   head_dir: Path | None = None) -> dict:
+    """finetune from ``head_dir`` (default ``head/``) into ``finetune/``; resumes an interrupted one
+    with the same key."""
     from headstart.pipeline.run.console import fit_progress
 
     ft = RunDir(run_dir / "finetune")
@@ -172,7 +201,8 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     log_dir = str(run_dir / "tensorboard" / "finetune") if config.tensorboard else None
     start = time.perf_counter()
     try:
-        result = finetune(dataclasses.replace(config.finetune, source=config.source, head=str(run_dir / "head"),
+        result = finetune(dataclasses.replace(config.finetune, source=config.source,
+                                              head=str(head_dir or run_dir / "head"),
                                               split_specs=dict(config.extract.split_specs), out=str(ft.path),
                                               resume=resume, overwrite=not resume, tensorboard=log_dir),
                           log=lambda m: console.log(f"  {m}"),
@@ -184,8 +214,9 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
             "seconds": time.perf_counter() - start, "images": images,
             "images_per_second": images / epoch_seconds if epoch_seconds else None,
             **test_measures(result.metrics), "val_accuracy": result.val_accuracy, "kept": result.kept,
-            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "model_sha256": sha256_file(result.model_path)}
+            "validation": _validation(result.metrics), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "model_sha256": sha256_file(result.model_path), "recipe": result.recipe,
+            "stage_gate": result.metrics.get("stage_gate")}
 
 
 def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:

@@ -37,7 +37,8 @@ from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.run_flags import RUN_OPTIONS
 from headstart.pipeline.options.facts import SECTIONS, result_free
 
-TOP_LEVEL: dict[str, type] = {"source": str, "out": str, "tensorboard": bool, "diagnose": bool}
+TOP_LEVEL: dict[str, type | tuple[type, ...]] = {"source": str, "out": str, "recipe": str, "budget": (int, float),
+                                                 "tensorboard": bool, "diagnose": bool}
 #: Keys of each section that ``headstart run`` sets itself (paths inside the run directory, resume).
 RUNNER_SET: dict[str, tuple[str, ...]] = {
     "extract": ("source", "out", "overwrite", "shard"),
@@ -78,9 +79,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
             out[key] = check_run_sweep(value, f"--config {path} [sweep]")
         elif key in TOP_LEVEL:
-            if value is not None and not isinstance(value, TOP_LEVEL[key]):
-                raise OptionError(f"--config {path}: key '{key}' must be of type {TOP_LEVEL[key].__name__}, "
-                                  f"got {value!r}")
+            kind = TOP_LEVEL[key]
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind != bool):
+                name = kind.__name__ if isinstance(kind, type) else "number"
+                raise OptionError(f"--config {path}: key '{key}' must be of type {name}, got {value!r}")
             out[key] = value
         else:
             known = ", ".join([*TOP_LEVEL, *(f"[{s}]" for s in SECTIONS), "[sweep]"])
@@ -149,6 +151,9 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
             value = tuple(value)
         for section, key in option.targets:
             (top if section == "top" else sections[section])[key] = value
+    # What the file and the flags set, before anything is resolved: --recipe auto decides only the rest.
+    explicit = tuple(sorted(f"{name}.{key}" for name, values in sections.items() for key in values)
+                     + (["sweep"] if file_values.get("sweep") or (flags or {}).get("sweep") is not None else []))
     source = source or top.get("source")
     out = out or top.get("out")
     if not source:
@@ -157,31 +162,42 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
         raise OptionError("--out is required (or out = \"...\" in --config)")
     if not source.startswith("tfds:") and os.path.exists(source):
         source = os.path.abspath(source)
-    weights = sections["extract"].get("weights")
-    if weights not in (None, "imagenet", "none") and os.path.isfile(os.path.expanduser(weights)):
-        sections["extract"]["weights"] = os.path.abspath(os.path.expanduser(weights))
-    if sections["extract"].get("images"):  # config.toml names absolute paths, wherever it is read
-        sections["extract"]["images"] = os.path.abspath(os.path.expanduser(sections["extract"]["images"]))
-    for section in ("head", "finetune"):
-        if sections[section].get("exclude"):  # run.json and config.toml name the file wherever it ran
-            sections[section]["exclude"] = os.path.abspath(os.path.expanduser(sections[section]["exclude"]))
-        weights_file = sections[section].get("class_weight")
-        if weights_file not in (None, *CLASS_WEIGHT_MODES):  # a --class-weight FILE, likewise
-            sections[section]["class_weight"] = os.path.abspath(os.path.expanduser(weights_file))
+    _absolute_paths(sections)
     sweep = dict(file_values.get("sweep", {}))
     if (flags or {}).get("sweep") is not None:
         from headstart.pipeline.sweep.space import check_run_sweep
 
         sweep = check_run_sweep({**sweep, "trials": flags["sweep"]}, "--sweep")
-    return RunConfig(source=source, out=os.path.abspath(out), tensorboard=bool(top.get("tensorboard", False)),
-                     diagnose=bool(top.get("diagnose", False)), sweep=sweep,
+    budget = top.get("budget")
+    return RunConfig(source=source, out=os.path.abspath(out), recipe=top.get("recipe", RunConfig.recipe),
+                     budget=None if budget is None else float(budget),
+                     tensorboard=bool(top.get("tensorboard", False)),
+                     diagnose=bool(top.get("diagnose", False)), sweep=sweep, explicit=explicit,
                      **{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
+
+
+def _absolute_paths(sections: dict[str, dict[str, Any]]) -> None:
+    """Files the sections name become absolute: config.toml and run.json name them wherever they are read."""
+    weights = sections["extract"].get("weights")
+    if weights not in (None, "imagenet", "none") and os.path.isfile(os.path.expanduser(weights)):
+        sections["extract"]["weights"] = os.path.abspath(os.path.expanduser(weights))
+    if sections["extract"].get("images"):
+        sections["extract"]["images"] = os.path.abspath(os.path.expanduser(sections["extract"]["images"]))
+    for section in ("head", "finetune"):
+        if sections[section].get("exclude"):
+            sections[section]["exclude"] = os.path.abspath(os.path.expanduser(sections[section]["exclude"]))
+        weights_file = sections[section].get("class_weight")
+        if weights_file not in (None, *CLASS_WEIGHT_MODES):  # a --class-weight FILE, likewise
+            sections[section]["class_weight"] = os.path.abspath(os.path.expanduser(weights_file))
 
 
 def run_config_dict(config: RunConfig) -> dict[str, Any]:
     """The config as a JSON-ready dict: top-level keys and one section per stage (runner keys left out)."""
-    out: dict[str, Any] = {"source": config.source, "out": config.out, "tensorboard": config.tensorboard,
+    out: dict[str, Any] = {"source": config.source, "out": config.out, "recipe": config.recipe,
+                           "budget": config.budget, "tensorboard": config.tensorboard,
                            "diagnose": config.diagnose, "sweep": dict(config.sweep)}
+    if config.recipe == "auto":  # what the user set shapes what auto decides; under guide it does not
+        out["explicit"] = list(config.explicit)
     for name in SECTIONS:
         values = config_to_dict(getattr(config, name))
         out[name] = {k: v for k, v in values.items() if k not in RUNNER_SET[name]}
@@ -191,7 +207,9 @@ def run_config_dict(config: RunConfig) -> dict[str, Any]:
 def result_settings(values: dict[str, Any]) -> dict[str, Any]:
     """A ``run_config_dict``'s settings that shape results, flat and named as the file spells them:
     ``"source"``, then ``"[section] key ="`` (for a refusal: "[finetune] epochs = 4 there, 7 now")."""
-    flat: dict[str, Any] = {"source": values.get("source")}
+    flat: dict[str, Any] = {"source": values.get("source"), "recipe": values.get("recipe", "auto")}
+    if flat["recipe"] == "auto":
+        flat.update({"budget": values.get("budget"), "set explicitly": values.get("explicit", [])})
     for section in SECTIONS:
         flat.update({f"[{section}] {name} =": value for name, value in sorted((values.get(section) or {}).items())
                      if (section, name) not in NO_RESULT})
@@ -215,14 +233,19 @@ def to_toml(config: RunConfig) -> str:
     None values are left out (their default is None).
     """
     data = run_config_dict(config)
+    auto = config.recipe == "auto"
     lines = ["# The resolved configuration of this headstart run. Reproduce the run with",
              "#   headstart run --config config.toml            (flags override; --out for another directory)",
+             *(["# recipe = \"auto\": only the settings given are written; auto chose the rest on validation",
+                "# (summary.json's \"recipe\" says what and why)."] if auto else []),
              ""]
     for key in TOP_LEVEL:
-        lines.append(f"{key} = {_toml_value(data[key])}")
+        if data[key] is not None:
+            lines.append(f"{key} = {_toml_value(data[key])}")
     for section in SECTIONS:
         lines += ["", f"[{section}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items() if v is not None]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items()
+                  if v is not None and (not auto or config.is_explicit(section, k))]
     if data["sweep"]:
         lines += ["", "[sweep]"] + [f"{k} = {_toml_value(v)}" for k, v in data["sweep"].items()]
     return "\n".join(lines) + "\n"

@@ -47,6 +47,7 @@ class FinetuneResult:
     summary: str = ""
     epoch_seconds: list = field(default_factory=list)
     reused: bool = False             # the run directory already held this run
+    recipe: dict = field(default_factory=dict)  # what --augment auto and --probe chose (finetune_choices)
 
     @classmethod
     def from_run_dir(cls, run: RunDir) -> "FinetuneResult":
@@ -60,7 +61,8 @@ class FinetuneResult:
                      val_accuracy=val_m.get("accuracy"), test_accuracy=test_m.get("accuracy"),
                      seconds_per_epoch=float(timings.get("seconds_per_epoch") or 0.0),
                      exports=record.get("exports") or {}, parity=metrics.get("parity"), metrics=metrics,
-                     history=run.history(), epoch_seconds=list(timings.get("epoch_seconds") or []), reused=True)
+                     history=run.history(), epoch_seconds=list(timings.get("epoch_seconds") or []), reused=True,
+                     recipe=record.get("recipe") or {})
         result.summary = summary_table(result)
         return result
 
@@ -76,7 +78,7 @@ def start_progress(run: RunDir, config: FinetuneConfig, head_run: Any) -> dict:
 
 def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Path, spec: Any, stage: Any,
                   metrics: dict, parity: Any, distribute: dict, log: Callable[[str], None], t_start: float,
-                  progress: dict) -> FinetuneResult:
+                  progress: dict, recipe: dict | None = None) -> FinetuneResult:
     """Saves the model, exports, metrics, history, curves and run.json; removes the backup."""
     run = RunDir(run_dir)
     exports = _export(built.model, run_dir, config, plan, metrics, log) if config.export else {}
@@ -85,7 +87,8 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
     run.write_outputs(built.model, kind="finetune", metrics=metrics, history=stage.history,
                       best_epoch=stage.best_epoch,
                       title=f"finetune: {plan.recipe['backbone']} {plan.image_size}px, --unfreeze {spec}",
-                      record=_run_record(config, plan, built, metrics, exports, distribute, progress),
+                      record={**_run_record(config, plan, built, metrics, exports, distribute, progress),
+                              **({"recipe": recipe} if recipe else {})},
                       timings={"seconds_per_epoch": seconds_per_epoch, "epoch_seconds": epoch_seconds,
                                "backup_seconds": stage.backup_seconds,
                                "total_seconds": time.perf_counter() - t_start})
@@ -95,7 +98,7 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
         best_epoch=stage.best_epoch, epochs_run=len(epoch_seconds),
         val_accuracy=(metrics["validation"] or {}).get("accuracy"), test_accuracy=(metrics["test"] or {}).get("accuracy"),
         seconds_per_epoch=seconds_per_epoch, exports=exports, parity=parity, metrics=metrics, history=stage.history,
-        epoch_seconds=list(epoch_seconds))
+        epoch_seconds=list(epoch_seconds), recipe=recipe or {})
     result.summary = summary_table(result)
     return result
 
@@ -145,7 +148,7 @@ def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, ex
         "class_names": plan.class_names, "num_classes": plan.num_classes, "stage_gate": gate, "exports": exports,
         "exclude": plan.exclusion.record() if plan.exclusion else None,
         "class_weight": class_weight_record(plan.class_weights),
-        "monitor": {"option": config.monitor, "gate_measure": gate.get("measure", "accuracy")},
+        "monitor": {"option": config.monitor, "gate_measure": gate["measure"]},
         "distribute": distribute,
         "precision": precision_record(built.model, built.policy),
     }
@@ -164,7 +167,7 @@ def summary_table(result: FinetuneResult) -> str:
 
     metrics, parity = result.metrics, result.parity
     gate = metrics["stage_gate"]
-    measure = gate.get("measure", "accuracy")
+    measure = gate.get("measure", "accuracy")  # run directories written before issue 20 gated on accuracy
     val_m, test_m = metrics["validation"] or {}, metrics["test"] or {}
     if metrics.get("thresholds"):
         from headstart.pipeline.report.multilabel_metrics import summary_rows
@@ -197,7 +200,8 @@ def _head_accuracy(head_run: RunDir) -> dict:
 
 
 #: How the summary names the stage gate's measure.
-_MEASURE_WORDS = {"accuracy": "acc", "balanced_accuracy": "balanced acc", "macro_f1": "macro-F1", "map": "mAP"}
+_MEASURE_WORDS = {"accuracy": "acc", "loss": "loss", "balanced_accuracy": "balanced acc", "macro_f1": "macro-F1",
+                  "map": "mAP"}
 
 
 def _fmt(value: float | None) -> str:

@@ -51,9 +51,9 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str]
     Raises:
         OptionError: naming the option at fault (``label`` names it; default: finetune's flag).
     """
-    from headstart.pipeline.data.augment import parse_augment_spec
     from headstart.pipeline.model.unfreeze import parse_unfreeze
     from headstart.pipeline.stages.export import check_export_options
+    from headstart.pipeline.stages.finetune_choices import check_choices
     from headstart.pipeline.training.class_weights import check_class_weight_option
     from headstart.pipeline.training.monitor import check_monitor
 
@@ -62,7 +62,7 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str]
     check_export_options(config.export, config.quantize)
     check_class_weight_option(config.class_weight)
     check_monitor(config.monitor)
-    parse_augment_spec(config.augment)
+    check_choices(config)
     check_log_dir(config.tensorboard)
     return parse_unfreeze(config.unfreeze)
 
@@ -135,41 +135,84 @@ def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resu
 
 def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resuming: dict | None, *,
               log: Callable[[str], None], callbacks: Sequence[Any]) -> FinetuneResult:
-    """``finetune`` once the strategy is set up; writes into ``config.out``."""
+    """``finetune`` once the strategy is set up; writes into ``config.out``.
+
+    ``config`` is the request as given (run.json records it, ``--augment auto`` included); ``work``
+    is what the model is built and fitted with once the audit and the probes have chosen.
+    """
     import keras
 
+    from headstart.pipeline.stages.finetune_choices import choose_augment, recipe_record, with_choices
     from headstart.pipeline.stages.finetune_outputs import start_progress, write_outputs
     from headstart.pipeline.stages.finetune_plan import make_plan
     from headstart.pipeline.training.monitor import gate_measure
-    from headstart.pipeline.training.stage_gate import apply_stage_gate, seeded_validation
+    from headstart.pipeline.training.stage_gate import seeded_validation
 
     t_start = time.perf_counter()
     plan = make_plan(config, head_run, resuming, log, is_chief=setup.info.is_chief)
-    keras.utils.set_random_seed(config.seed)
-    with setup.strategy.scope():  # variables must be created in the strategy's scope
-        built = _build(config, plan, mixed=config.mixed_precision)
-    parity = _check_parity(config, plan, built, log)
     run = RunDir(config.out)
     run.path.mkdir(parents=True, exist_ok=True)  # a worker's scratch copy; the chief's exists (claimed)
     progress = plan.resuming if plan.resuming is not None else start_progress(run, config, head_run)
-    head_stage = None if plan.head_run else _seed_head(config, plan, built, setup, run, progress, log)
+    save = lambda: run.write_progress(progress)  # noqa: E731 - the one way progress is saved
+    work = with_choices(config, choose_augment(config, plan, progress, save, log), None)
+    keras.utils.set_random_seed(config.seed)
+    with setup.strategy.scope():  # variables must be created in the strategy's scope
+        built = _build(work, plan, mixed=config.mixed_precision)
+    parity = _check_parity(work, plan, built, log)
+    head_stage = None if plan.head_run else _seed_head(work, plan, built, setup, run, progress, log)
     measure = gate_measure(config.monitor, plan.multi_label)
-    seeded_val = seeded_validation(lambda split: _predict(config, plan, built.model, split)[1], plan.val_split,
-                                   progress, measure, lambda: run.write_progress(progress))
-    seeded_weights = built.model.get_weights()
-    stage, counts = _fit_backbone(config, spec, plan, built.model, setup, run.path, log, callbacks)
-    # metrics.json as plain JSON values (the typed results become their dicts).
+    seeded_val = seeded_validation(lambda split: _predict(work, plan, built.model, split)[1], plan.val_split,
+                                   progress, measure, save)
+    trained = _train(work, spec, plan, built, setup, run, progress, measure, seeded_val, log, callbacks)
     metrics: dict[str, Any] = {"stage": "finetune", "parity": _plain(parity), "head_stage": _plain(head_stage),
-                               "seeded": {"validation": seeded_val}, "unfreeze": str(spec),
-                               "trainable": counts, "best_epoch": stage.best_epoch,
-                               "epochs_run": len(stage.epoch_seconds), "monitor": stage.monitor}
-    metrics["stage_gate"], val_predictions = apply_stage_gate(
-        lambda split: _predict(config, plan, built.model, split), built.model, val_split=plan.val_split,
-        seeded_val=seeded_val, seeded_weights=seeded_weights, measure=measure, log=log)
-    sections, thresholds = _final_metrics(config, plan, built.model, val_predictions)
+                               "seeded": {"validation": seeded_val}, **trained.metrics}
+    sections, thresholds = _final_metrics(work, plan, built.model, trained.val_predictions)
     metrics.update(sections, **thresholds)
-    return write_outputs(config, plan, built, run_dir=run.path, spec=spec, stage=stage, metrics=metrics,
-                         parity=parity, distribute=setup.distribute, log=log, t_start=t_start, progress=progress)
+    return write_outputs(config, plan, built, run_dir=run.path, spec=trained.spec, stage=trained.stage,
+                         metrics=metrics, parity=parity, distribute=setup.distribute, log=log, t_start=t_start,
+                         progress=progress, recipe=recipe_record(progress, trained.probes))
+
+
+@dataclass
+class _Trained:
+    stage: Any                       # the fit's StageOutcome (empty when fine-tuning was skipped)
+    spec: Any                        # the --unfreeze it ran with
+    probes: Any                      # rate_probes.ProbeResult, or None without --probe
+    metrics: dict                    # metrics.json's fields of the fit and the gate
+    val_predictions: Any             # the kept model's validation predictions (None without validation)
+
+
+def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, setup: Any, run: RunDir,
+           progress: dict, measure: str, seeded_val: dict | None, log: Callable[[str], None],
+           callbacks: Sequence[Any]) -> _Trained:
+    """Probes (``--probe``), then the fit at the chosen rate and depth, then the stage gate."""
+    from headstart.pipeline.model.unfreeze import parse_unfreeze
+    from headstart.pipeline.stages.finetune_choices import probe_rates, with_choices
+    from headstart.pipeline.training.stage_fit import StageOutcome
+    from headstart.pipeline.training.stage_gate import apply_stage_gate, keep_seeded
+
+    predict = lambda split: _predict(work, plan, built.model, split)  # noqa: E731 - the gate's scorer
+    seeded_weights = built.model.get_weights()
+    probes = probe_rates(work, plan, built.model, prepare=lambda u: _compile(work, plan, built.model, setup, u),
+                         train=_datasets(work, plan, work.batch_size)[0],
+                         score=lambda: predict(plan.val_split)[1][measure], measure=measure, seeded_val=seeded_val,
+                         progress=progress, save=lambda: run.write_progress(progress), log=log)
+    if probes is not None:
+        work, spec = with_choices(work, work.augment, probes), parse_unfreeze(probes.unfreeze)
+    if probes is not None and not probes.finetune:
+        log(f"fine-tuning skipped: no probe improved on the seeded model's validation {measure.replace('_', ' ')} "
+            f"{probes.seeded:.4f}; keeping the seeded model")
+        gate, val_predictions = keep_seeded(predict, val_split=plan.val_split, seeded_val=seeded_val, measure=measure,
+                                            reason="no probe improved on the seeded model")
+        stage, counts = StageOutcome(monitor="val_loss" if measure == "loss" else f"val_{measure}"), {}
+    else:
+        stage, counts = _fit_backbone(work, spec, plan, built.model, setup, run.path, log, callbacks)
+        gate, val_predictions = apply_stage_gate(predict, built.model, val_split=plan.val_split, seeded_val=seeded_val,
+                                                 seeded_weights=seeded_weights, measure=measure, log=log)
+    metrics = {"unfreeze": str(spec), "lr": work.lr, "augment": work.augment, "trainable": counts,
+               "best_epoch": stage.best_epoch, "epochs_run": len(stage.epoch_seconds), "monitor": stage.monitor,
+               "stage_gate": gate}
+    return _Trained(stage=stage, spec=spec, probes=probes, metrics=metrics, val_predictions=val_predictions)
 
 
 # ── the steps ────────────────────────────────────────────────────────────────────────────────
@@ -268,17 +311,26 @@ def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup:
     return head_stage
 
 
-def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: Any, setup: Any, run_dir: Path,
-                  log: Callable[[str], None], callbacks: Sequence[Any]) -> tuple[Any, dict]:
-    """Unfreezes as ``--unfreeze`` asks, recompiles and fits; returns (outcome, trainable counts)."""
-    from headstart.pipeline.model.assembly import trainable_counts, unfreeze_backbone
+def _compile(config: FinetuneConfig, plan: FinetunePlan, model: Any, setup: Any, unfreeze: Any) -> list[str]:
+    """Unfreezes as an ``--unfreeze`` value (text or parsed) asks and recompiles; returns the layers thawed."""
+    from headstart.pipeline.model.assembly import unfreeze_backbone
     from headstart.pipeline.model.head import compile_head
-    from headstart.pipeline.training.stage_fit import fit_stage
+    from headstart.pipeline.model.unfreeze import parse_unfreeze
 
-    unfrozen = unfreeze_backbone(model, spec)
+    unfrozen = unfreeze_backbone(model, parse_unfreeze(unfreeze) if isinstance(unfreeze, str) else unfreeze)
     with setup.strategy.scope():
         # trainables are fixed at compile
         compile_head(model, plan.num_classes, config.lr, jit_compile=_jit(config), multi_label=plan.multi_label)
+    return unfrozen
+
+
+def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: Any, setup: Any, run_dir: Path,
+                  log: Callable[[str], None], callbacks: Sequence[Any]) -> tuple[Any, dict]:
+    """Unfreezes as ``--unfreeze`` asks, recompiles and fits; returns (outcome, trainable counts)."""
+    from headstart.pipeline.model.assembly import trainable_counts
+    from headstart.pipeline.training.stage_fit import fit_stage
+
+    unfrozen = _compile(config, plan, model, setup, spec)
     counts = trainable_counts(model)
     log(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "
         f"{counts['trainable_params']:,} trainable parameters; BatchNorm frozen")

@@ -5,8 +5,9 @@
 default it is: ``effective_monitor``). The measures are computed once per epoch from the validation
 split's logits: train-head's loop has them already, finetune's ``fit`` gets them from
 ``stage_fit.ValidationMeasure`` (single-label) or ``stage_fit.MultiLabelValidation``. In the history they are
-``val_<name>``, beside ``val_loss``. The stage gate compares the seeded and the fine-tuned model on
-the monitored measure (on validation accuracy under ``val_loss``, as before).
+``val_<name>``, beside ``val_loss``. One measure decides: the stage gate compares the seeded and the
+fine-tuned model on the monitored measure itself (the validation loss under ``val_loss``), on the
+epoch early stopping kept by that same measure.
 
 NumPy only: options are checked before TensorFlow starts.
 """
@@ -91,10 +92,10 @@ def history_key(monitor: str, has_validation: bool) -> str:
 
 
 def gate_measure(monitor: str, multi_label: bool = False) -> str:
-    """The validation measure the stage gate compares: "accuracy" under val_loss (single-label),
-    else the (effective) monitor."""
+    """The validation measure the stage gate (and the fine-tuning probes) compare, as a split's
+    measures name it: "loss" under val_loss (lower is better), else the (effective) monitor."""
     monitor = effective_monitor(monitor, multi_label)
-    return "accuracy" if monitor == "val_loss" else monitor
+    return "loss" if monitor == "val_loss" else monitor
 
 
 def validation_measure(monitor: str, labels: np.ndarray, logits: np.ndarray, num_classes: int) -> float:

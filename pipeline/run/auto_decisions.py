@@ -1,0 +1,112 @@
+"""The rows of ``--recipe auto``'s decisions table, read from its steps' records.
+
+The head stage's record names the sweep's best trial; the finetune stage's record carries what its
+invariance audit and its probes decided (``FinetuneResult.recipe``) and its stage gate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from headstart.pipeline.recipe.decisions import Candidate, Decision, explicit_decision
+
+#: How the head decision names a sweep parameter (the rest print as they are), in the order it prints them.
+_PARAM_WORDS = {"head_kind": "", "hidden_units": "units", "normalize": "norm", "weight_decay": "wd",
+                "label_smoothing": "smoothing", "batch_size": "batch"}
+_PARAM_ORDER = ("head_kind", "hidden_units", "normalize", "lr", "dropout", "weight_decay", "label_smoothing",
+                "batch_size")
+
+
+def head_decision(steps: Any, head: dict) -> Decision:
+    """The head: the sweep's best trial (its parameters), or train-head's fixed options."""
+    from headstart.pipeline.run.auto_head import head_searchable
+
+    if not head_searchable(steps.config):
+        return explicit_decision("head", "your [head] options")
+    sweep = head.get("sweep")
+    measure = _head_measure(steps)
+    score = (head.get("validation") or {}).get(measure)
+    if not sweep:
+        return Decision("head", "train-head", measure=f"val_{measure}", seconds=float(head.get("seconds") or 0),
+                        why=f"one head, trained until early stopping (validation {measure} {_fmt(score)})")
+    params = sweep.get("params") or {}
+    chosen = ", ".join(t for t in (_param_text(k, params.get(k)) for k in _PARAM_ORDER) if t)
+    return Decision("head", chosen or f"trial {sweep.get('best_trial')}", measure=f"val_{measure}",
+                    seconds=float(head.get("seconds") or 0),
+                    why=f"best of {sweep.get('trials')} sweep trials (validation {measure} {_fmt(score)})")
+
+
+def augment_decision(steps: Any, finetune: dict) -> Decision:
+    """The augmentation: the invariance audit's verdict, candidate by candidate."""
+    if not steps.open("finetune.augment"):
+        return explicit_decision("augment", steps.config.finetune.augment)
+    audit = (finetune.get("recipe") or {}).get("augment")
+    if not audit:
+        return Decision("augment", "-", why="no audit recorded")
+    return Decision("augment", audit["augment"], measure=audit["measure"], seconds=float(audit.get("seconds") or 0),
+                    why="an item is dropped when validation falls by more than max(0.02, 2 standard errors)",
+                    candidates=[Candidate(c["item"], c["measure"], kept=c["kept"]) for c in audit["candidates"]])
+
+
+def finetune_decisions(steps: Any, finetune: dict) -> list[Decision]:
+    """The rate, the depth, and whether fine-tuning was kept at all."""
+    config = steps.config.finetune
+    probes = (finetune.get("recipe") or {}).get("probes")
+    out = []
+    for name, option, field in (("lr", "finetune.lr", "lr"), ("unfreeze", "finetune.unfreeze", "unfreeze")):
+        if not steps.open(option):
+            out.append(explicit_decision(name, getattr(config, field)))
+        elif not probes:
+            out.append(Decision(name, getattr(config, field), why="not probed (the budget); the guide's value"))
+        else:
+            out.append(_probe_decision(name, field, probes))
+    out.append(_gate_decision(finetune, probes))
+    return out
+
+
+def _probe_decision(name: str, field: str, probes: dict) -> Decision:
+    other = "unfreeze" if field == "lr" else "lr"
+    chosen = probes[field]
+    # The rates were compared at one depth, the depths at the best rate: show the comparison made.
+    rows = [p for p in probes["probes"] if p[other] == probes[other]] if field == "unfreeze" else \
+        [p for p in probes["probes"] if p["unfreeze"] == probes["probes"][0]["unfreeze"]]
+    if len({p[field] for p in rows}) < 2:
+        return Decision(name, chosen, why="not probed; as set")
+    return Decision(name, chosen, measure=f"val_{probes['measure']}", seconds=sum(p["seconds"] for p in rows),
+                    why=f"short fine-tunes of {rows[0]['steps']} steps",
+                    candidates=[Candidate(p[field], p["score"], p["seconds"], kept=p[field] == chosen
+                                          and p[other] == probes[other]) for p in rows])
+
+
+def _gate_decision(finetune: dict, probes: dict | None) -> Decision:
+    gate = finetune.get("stage_gate") or {}
+    measure = gate.get("measure", "loss")
+    kept = finetune.get("kept") or gate.get("kept", "finetuned")
+    seeded, tuned = gate.get(f"seeded_val_{measure}"), gate.get(f"finetuned_val_{measure}")
+    if probes is not None and not probes.get("finetune", True):
+        why = "skipped: no probe improved on the head"
+    else:
+        why = f"stage gate on validation {measure}"
+    return Decision("finetune", "fine-tuned model" if kept == "finetuned" else "head kept", measure=f"val_{measure}",
+                    why=why, seconds=float(finetune.get("seconds") or 0), candidates=[Candidate("head", seeded, kept=kept == "seeded"),
+                                         *([Candidate("fine-tuned", tuned, kept=kept == "finetuned")]
+                                           if tuned is not None else [])])
+
+
+def _head_measure(steps: Any) -> str:
+    from headstart.pipeline.run.auto_head import monitor_measure
+
+    return monitor_measure(steps.config)
+
+
+def _param_text(key: str, value: Any) -> str:
+    if value in (None, "") or (key == "hidden_units" and not value) or (key == "normalize" and value == "none"):
+        return ""
+    if isinstance(value, float):
+        value = f"{value:.2g}"
+    word = _PARAM_WORDS.get(key, key)
+    return f"{word} {value}".strip()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

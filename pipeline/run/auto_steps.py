@@ -1,0 +1,187 @@
+"""The steps of ``--recipe auto`` (``headstart.pipeline.run.auto``), each a stage of stages.json.
+
+Every step logs one header line, reuses its record when its key is unchanged, and returns the
+record it saved; ``decisions`` turns the records into the decisions table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from headstart.pipeline.recipe.decisions import Candidate, Decision, explicit_decision
+from headstart.pipeline.run.auto_head import (auto_head_config, head_searchable, monitor_measure, search_space,
+                                              sweep_supported)
+from headstart.pipeline.run.keys import evaluate_key, input_files
+from headstart.pipeline.run.toml_config import stage_values
+
+
+def _shown(path: Any) -> str:
+    import os
+
+    relative = os.path.relpath(str(path))
+    return str(path) if relative.startswith("..") else relative
+
+
+def extract_key(steps: Any, size: int) -> str:
+    """The extract stage's key at ``size`` px: the source and the extraction options."""
+    return steps.key({"source": steps.config.source, **stage_values(steps.at_size(size), "extract")})
+
+
+def extract_step(steps: Any, size: int) -> dict:
+    """The cache at ``size`` px: features.h5, or recipe/size-N/features.h5 for a second size."""
+    from headstart.pipeline.run.stages import extract_stage
+
+    path = steps.size_dir(size) / "features.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = steps.stage("extract", size)
+    steps.console.log(f"[auto] extract-features at {size} px → {_shown(path)}")
+    record = extract_stage(steps.at_size(size), path, steps.state.get(name), steps.console, steps.overwrite,
+                           key=extract_key(steps, size))
+    return steps.save(name, {**record, "path": str(path), "image_size": size})
+
+
+def plan_step(steps: Any, first: dict) -> Any:
+    """The search, sized to the data and the measured speeds, printed before it is spent."""
+    from headstart.features.registry import get_backbone_spec
+    from headstart.pipeline.recipe.audit import AUDIT_CANDIDATES
+    from headstart.pipeline.recipe.plan import RecipePlan, Speeds, plan_recipe
+    from headstart.pipeline.training.rate_probes import PROBE_LRS
+
+    config = steps.config
+    key = steps.key({"cache": first["fingerprint"], "budget": config.budget, "explicit": list(config.explicit),
+                     "finetune": stage_values(config, "finetune")})
+    record = steps.state.get("plan")
+    if record and record.get("key") == key:
+        plan = RecipePlan.from_dict(record["plan"])
+    else:
+        ex = config.extract
+        native = None
+        if steps.open("extract.image_size") and not ex.backbone.startswith("hub:"):
+            native = get_backbone_spec(ex.backbone).native_size
+        speeds = Speeds(image_size=ex.image_size, images_per_second=float(first.get("images_per_second") or 50.0),
+                        rows=dict(first["splits"]), batch_size=config.finetune.batch_size,
+                        epochs=config.finetune.epochs)
+        plan = plan_recipe(speeds, native_size=native, search_head=head_searchable(config),
+                           audit_candidates=len(AUDIT_CANDIDATES) if steps.open("finetune.augment") else 0,
+                           probe_lrs=PROBE_LRS if steps.open("finetune.lr") else (),
+                           probe_depth=steps.open("finetune.unfreeze"), budget_minutes=config.budget)
+        steps.save("plan", {"key": key, "done": True, "status": "ran", "seconds": 0.0, "plan": plan.to_dict()})
+    steps.console.log(f"[auto] recipe: {plan.describe()}")
+    return plan
+
+
+def head_step(steps: Any, size: int, cache: dict, plan: Any) -> dict:
+    """The head on a cache: the sweep (trials from the plan), or train-head when it cannot search."""
+    from headstart.pipeline.run.stages import SweepPlan, head_stage
+
+    config = steps.config
+    reason = sweep_supported(config, _multi_label(cache["path"]))
+    sweep = None
+    if plan.trials and reason is None:
+        sweep = SweepPlan(search_space(config), plan.trials, steps.size_dir(size) / "sweep")
+    head_dir = steps.size_dir(size) / "head"
+    what = f"sweep of {plan.trials} trials" if sweep else "train-head"
+    steps.console.log(f"[auto] {what} on {size} px → {_shown(head_dir)}"
+                      + (f" ({reason})" if plan.trials and reason else ""))
+    head_config = dataclasses.replace(config, head=auto_head_config(config))
+    key = steps.key({**stage_values(head_config, "head"), **input_files(config), "cache": cache["fingerprint"],
+                     "sweep": [sweep.space.to_dict(), sweep.trials] if sweep else None})
+    name = steps.stage("head", size)
+    record = head_stage(head_config, Path(cache["path"]), head_dir, steps.state.get(name), steps.console, key=key,
+                        sweep=sweep)
+    return steps.save(name, {**record, "path": str(head_dir), "image_size": size})
+
+
+def _multi_label(cache_path: str) -> bool:
+    from headstart.features.cache import open_cache
+
+    with open_cache(cache_path) as cache:
+        return bool(cache.split("train").multi_label)
+
+
+def choose_size(steps: Any, candidates: dict[int, tuple[dict, dict]]) -> tuple[int, Decision]:
+    """The image size whose best head scores better on validation; a tie keeps the first (smaller) one."""
+    config = steps.config
+    first = config.extract.image_size
+    if not steps.open("extract.image_size"):
+        return first, explicit_decision("image_size", first)
+    measure = monitor_measure(config)
+    scored = []
+    for size, (cache, head) in candidates.items():
+        value = (head.get("validation") or {}).get(measure)
+        scored.append((size, value, float(cache.get("seconds") or 0) + float(head.get("seconds") or 0)))
+    lower = measure == "loss"
+    best = scored[0]
+    for entry in scored[1:]:
+        if entry[1] is not None and (best[1] is None or (entry[1] < best[1] if lower else entry[1] > best[1])):
+            best = entry
+    why = ("the backbone's native size is the default one" if len(scored) == 1
+           else f"the better best head on validation {measure.replace('_', ' ')}")
+    return best[0], Decision("image_size", best[0], measure=f"val_{measure}", why=why,
+                             seconds=sum(s for _, _, s in scored[1:]),
+                             candidates=[Candidate(size, value, seconds, kept=size == best[0])
+                                         for size, value, seconds in scored])
+
+
+def baselines_step(steps: Any, size: int, cache: dict) -> dict:
+    """A k-NN and a logistic probe on the chosen cache (seconds), for the summary's comparison."""
+    from headstart.pipeline.recipe.baselines import feature_baselines
+
+    key = steps.key({"cache": cache["fingerprint"], "seed": steps.config.head.seed})
+    record = steps.state.get("baselines")
+    steps.console.log(f"[auto] baselines on the {size} px cache")
+    if not (record and record.get("key") == key):
+        import time
+
+        start = time.perf_counter()
+        scores = feature_baselines(cache["path"], seed=steps.config.head.seed)
+        record = {"key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start,
+                  "cache": cache["path"], "baselines": [b.to_dict() for b in scores]}
+        steps.save("baselines", record)
+    for b in record["baselines"]:
+        test = f", test {b['test'][b['measure']]:.4f}" if b.get("test") else ""
+        steps.console.log(f"  {b['label']}: validation {b['validation'][b['measure']]:.4f}{test}")
+    return record
+
+
+def finetune_config(steps: Any, plan: Any) -> Any:
+    """finetune's options under auto: ``--augment auto`` and ``--probe`` for what was left open."""
+    config = steps.config
+    ft = config.finetune
+    probe = [p for p, opened in (("lr", bool(plan.probes)), ("unfreeze", plan.depth_probe)) if opened]
+    return dataclasses.replace(config.finetune, augment="auto" if steps.open("finetune.augment") else ft.augment,
+                               probe=",".join(probe) or "none", probe_steps=plan.probe_steps if probe else 0)
+
+
+def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, callbacks: Sequence[Any]) -> dict:
+    """finetune from the chosen head with the audit and the probes, into finetune/."""
+    from headstart.pipeline.run.keys import stage_key
+    from headstart.pipeline.run.stages import finetune_stage
+
+    config = dataclasses.replace(steps.at_size(size), finetune=finetune_config(steps, plan))
+    ft_key = stage_key({**stage_values(config, "finetune"), **input_files(config), "head": head["head_sha256"]})
+    steps.console.log(f"[auto] finetune from {_shown(head['path'])} → {_shown(steps.run_dir / 'finetune')}")
+    record = finetune_stage(config, steps.run_dir, steps.state.get("finetune"), steps.console, key=ft_key,
+                            train_images=int(extract["splits"].get("train", 0)),
+                            started=lambda: steps.save("finetune", {"key": ft_key, "done": False}),
+                            callbacks=callbacks, head_dir=Path(head["path"]))
+    return steps.save("finetune", record)
+
+
+def evaluate_step(steps: Any, finetune: dict) -> dict:
+    """The test split through the final model, as the guide's evaluate stage."""
+    from headstart.pipeline.run.stages import evaluate_stage
+
+    steps.console.log(f"[auto] evaluate {_shown(steps.run_dir / 'finetune' / 'model.keras')}")
+    return steps.save("evaluate", evaluate_stage(steps.config, steps.run_dir, steps.state.get("evaluate"),
+                                                 steps.console, key=evaluate_key(steps.config, finetune["model_sha256"])))
+
+
+def decisions(steps: Any, plan: Any, size_decision: Decision, head: dict, finetune: dict) -> list[Decision]:
+    """The decisions table's rows, from the steps' records."""
+    from headstart.pipeline.run.auto_decisions import augment_decision, finetune_decisions, head_decision
+
+    return [size_decision, head_decision(steps, head), augment_decision(steps, finetune),
+            *finetune_decisions(steps, finetune)]
