@@ -73,7 +73,7 @@ def test_a_tight_budget_cuts_the_search_in_order():
 
 
 def test_the_decisions_table_names_each_choice_and_the_users_own():
-    from headstart.pipeline.recipe.decisions import Candidate, Decision, explicit_decision, format_decisions
+    from headstart.pipeline.report.decisions import Candidate, Decision, explicit_decision, format_decisions
 
     decisions = [
         Decision("augment", "flip,zoom=0.1", measure="accuracy", seconds=12.4,

@@ -4,7 +4,7 @@ After the first cache is written, its extraction speed and split sizes are known
 auto may do is estimated from them (a forward pass costs ∝ image area, a training step about
 ``TRAIN_COST`` forward passes), the plan is printed ("will try …, about N min"), and the search is
 cut to fit the budget: ``--budget MINUTES`` when given, else ``DEFAULT_BUDGET_FACTOR`` times what
-the guide's fixed recipe would take on the same data. The cuts, in order: fewer sweep trials,
+the guide's fixed recipe would take on the same data (at least ``MIN_BUDGET``). The cuts, in order: fewer sweep trials,
 shorter fine-tuning probes, no depth probe, no second image size, no probes at all. The final
 fine-tune is not part of the search budget: it runs as the guide's would, at the chosen settings.
 
@@ -26,8 +26,10 @@ RUN_OVERHEAD = 10.0
 #: rows took 30–65 s depending on load), and the sweep's fixed cost (sampling, plots, best head).
 TRIAL_SECONDS_PER_1K_ROWS = 1.2
 SWEEP_OVERHEAD = 8.0
-#: Without --budget, the search may take this many times the guide's estimated run.
+#: Without --budget, the search may take this many times the guide's estimated run, and at least
+#: MIN_BUDGET seconds (on a small dataset the fixed costs, tracing and plotting, dominate).
 DEFAULT_BUDGET_FACTOR = 1.5
+MIN_BUDGET = 180.0
 #: Sweep trials: one per this many validation rows (more trials than validation can tell apart
 #: only over-fit the validation split), within [MIN_TRIALS, MAX_TRIALS].
 ROWS_PER_TRIAL, MIN_TRIALS, MAX_TRIALS = 8, 12, 48
@@ -92,6 +94,15 @@ class RecipePlan:
     guide_seconds: float
     estimates: dict[str, float] = field(default_factory=dict)
     cuts: list[str] = field(default_factory=list)
+    trials_given: bool = False
+
+    def trials_at(self, image_size: int) -> int:
+        """Sweep trials at an image size: the second size gets half (at least ``MIN_TRIALS``) unless
+        the user set the trials. Fewer trials can only make its best head look worse, so a tie
+        still goes to the first, cheaper size."""
+        if image_size == self.image_sizes[0] or self.trials_given:
+            return self.trials
+        return max(min(MIN_TRIALS, self.trials), self.trials // 2)
 
     @property
     def search_seconds(self) -> float:
@@ -129,7 +140,8 @@ class RecipePlan:
                    probes=[(float(p["lr"]), str(p["unfreeze"])) for p in record["probes"]],
                    depth_probe=bool(record["depth_probe"]), probe_steps=int(record["probe_steps"]),
                    budget_seconds=float(record["budget_seconds"]), guide_seconds=float(record["guide_seconds"]),
-                   estimates=dict(record.get("estimates") or {}), cuts=list(record.get("cuts") or []))
+                   estimates=dict(record.get("estimates") or {}), cuts=list(record.get("cuts") or []),
+                   trials_given=bool(record.get("trials_given")))
 
     def to_dict(self) -> dict:
         return {"image_sizes": self.image_sizes, "trials": self.trials, "audit": self.audit,
@@ -137,6 +149,7 @@ class RecipePlan:
                 "probes": [{"lr": lr, "unfreeze": u} for lr, u in self.probes], "depth_probe": self.depth_probe,
                 "probe_steps": self.probe_steps, "budget_seconds": self.budget_seconds,
                 "guide_seconds": self.guide_seconds, "estimates": self.estimates, "cuts": self.cuts,
+                "trials_given": self.trials_given,
                 "text": self.describe()}
 
 
@@ -146,7 +159,8 @@ def sweep_trials(validation_rows: int) -> int:
 
 
 def plan_recipe(speeds: Speeds, *, native_size: int | None, search_head: bool, audit_candidates: int,
-                probe_lrs: Sequence[float], probe_depth: bool, budget_minutes: float | None) -> RecipePlan:
+                probe_lrs: Sequence[float], probe_depth: bool, budget_minutes: float | None,
+                trials: int | None = None) -> RecipePlan:
     """Sizes the search to the data and cuts it to the budget.
 
     Args:
@@ -157,20 +171,22 @@ def plan_recipe(speeds: Speeds, *, native_size: int | None, search_head: bool, a
         probe_lrs: learning rates to probe (empty: ``--lr`` was set).
         probe_depth: probe the top blocks too (False: ``--unfreeze`` was set).
         budget_minutes: ``--budget``; None plans ``DEFAULT_BUDGET_FACTOR`` × the guide's run.
+        trials: sweep trials the user set (``[sweep] trials``); kept as given, never cut.
 
     Returns:
         The plan, with its estimates and what was cut.
     """
     guide = _guide_seconds(speeds)
-    budget = budget_minutes * 60 if budget_minutes is not None else DEFAULT_BUDGET_FACTOR * guide
+    budget = budget_minutes * 60 if budget_minutes is not None else max(MIN_BUDGET, DEFAULT_BUDGET_FACTOR * guide)
     train = speeds.rows.get("train", 0)
     steps_per_epoch = max(1, -(-train // speeds.batch_size))
     plan = RecipePlan(
         image_sizes=[speeds.image_size] + ([native_size] if native_size and native_size != speeds.image_size else []),
-        trials=sweep_trials(speeds.rows.get("validation", 0)) if search_head else 0,
+        trials=(trials or sweep_trials(speeds.rows.get("validation", 0))) if search_head else 0,
         audit=audit_candidates > 0, audit_candidates=audit_candidates,
         probes=[(lr, "all") for lr in probe_lrs], depth_probe=probe_depth,
-        probe_steps=min(PROBE_MAX_STEPS, steps_per_epoch), budget_seconds=budget, guide_seconds=guide)
+        probe_steps=min(PROBE_MAX_STEPS, steps_per_epoch), budget_seconds=budget, guide_seconds=guide,
+        trials_given=bool(trials))
     _estimate(plan, speeds)
     for cut in (_fewer_trials, _shorter_probes, _no_depth_probe, _one_size, _no_probes):
         if plan.search_seconds <= budget:
@@ -193,12 +209,15 @@ def _estimate(plan: RecipePlan, speeds: Speeds) -> None:
     train, validation = speeds.rows.get("train", 0), speeds.rows.get("validation", 0)
     total_rows = sum(speeds.rows.values())
     largest = max(plan.image_sizes)
-    sweep = (SWEEP_OVERHEAD + plan.trials * TRIAL_SECONDS_PER_1K_ROWS * max(train, 1) / 1000) if plan.trials else 5.0
+
+    def sweep(trials: int) -> float:
+        return SWEEP_OVERHEAD + trials * TRIAL_SECONDS_PER_1K_ROWS * max(train, 1) / 1000 if trials else 5.0
+
     probe = RUN_OVERHEAD + (TRAIN_COST * speeds.forward_seconds(plan.probe_steps * speeds.batch_size, largest)
                             + speeds.forward_seconds(validation, largest))
     plan.estimates = {
         "extract": sum(speeds.forward_seconds(total_rows, s) for s in plan.image_sizes[1:]),
-        "head": sweep * len(plan.image_sizes),
+        "head": sum(sweep(plan.trials_at(s)) for s in plan.image_sizes),
         "audit": (plan.audit_candidates + 1) * speeds.forward_seconds(validation, speeds.image_size)
         if plan.audit else 0.0,
         "probes": probe * (len(plan.probes) + plan.depth_probe),
@@ -208,7 +227,7 @@ def _estimate(plan: RecipePlan, speeds: Speeds) -> None:
 
 
 def _fewer_trials(plan: RecipePlan, speeds: Speeds, budget: float) -> None:
-    if plan.trials > MIN_TRIALS:
+    if plan.trials > MIN_TRIALS and not plan.trials_given:
         plan.trials = MIN_TRIALS
         plan.cuts.append(f"{MIN_TRIALS} sweep trials")
 

@@ -188,6 +188,14 @@ def _format_pipeline(info: dict) -> str:
     for name, m in (evaluate.get("per_class") or {}).items():
         lines.append(f"    {name}: precision {m['precision']:.3f}, recall {m['recall']:.3f}, {m['support']} images")
     summary = info.get("summary") or {}
+    recipe = summary.get("recipe") or {}
+    if recipe.get("decisions"):
+        from headstart.pipeline.report.decisions import format_decisions
+
+        lines.append("  recipe auto: " + (recipe.get("plan") or {}).get("text", ""))
+        lines += ["    " + line for line in format_decisions(recipe["decisions"]).splitlines()]
+    elif recipe.get("recipe"):
+        lines.append(f"  recipe: {recipe['recipe']}")
     if summary.get("plots"):
         lines.append("  plots: " + ", ".join(summary["plots"].values()))
     lines.append("  files: " + ", ".join(info.get("files", [])))
@@ -220,6 +228,7 @@ def _format_run_dir(info: dict) -> str:
             lines.append(f"  head run: {config['head']}")
         lines += _wrap("config", _settings(config, skip=("head", "out", "source")))
         lines.append(f"  source: {config.get('source', '?')}")
+    lines += _recipe_lines(run.get("recipe") or {})
     if run.get("class_names"):
         lines.append(f"  classes: {', '.join(map(str, run['class_names']))}")
     if run.get("task") == "multi_label":
@@ -251,3 +260,20 @@ def _format_run_dir(info: dict) -> str:
         lines.append(f"  time per epoch: {timings['seconds_per_epoch']:.2f} s")
     lines.append("  files: " + ", ".join(info.get("files", [])))
     return "\n".join(lines)
+
+
+def _recipe_lines(recipe: dict) -> list[str]:
+    """What a finetune run chose for itself (``--augment auto``, ``--probe``), one line each."""
+    lines = []
+    audit = recipe.get("augment")
+    if audit:
+        dropped = [c["item"] for c in audit["candidates"] if not c["kept"]]
+        lines.append(f"  augment auto: {audit['augment']} (audited on {audit['rows']} validation images; dropped: "
+                     f"{', '.join(dropped) or 'none'})")
+    probes = recipe.get("probes")
+    if probes:
+        tried = ", ".join(f"lr {p['lr']:g} {p['unfreeze']} {_acc(p['score'])}" for p in probes["probes"])
+        verdict = "" if probes.get("finetune", True) else "; none beat the head, fine-tuning skipped"
+        lines.append(f"  probes (validation {probes['measure']}): {tried} → lr {probes['lr']:g}, --unfreeze "
+                     f"{probes['unfreeze']}{verdict}")
+    return lines

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headstart.pipeline.recipe.decisions import Candidate, Decision, explicit_decision
+from headstart.pipeline.report.decisions import Candidate, Decision, explicit_decision
 
 #: How the head decision names a sweep parameter (the rest print as they are), in the order it prints them.
 _PARAM_WORDS = {"head_kind": "", "hidden_units": "units", "normalize": "norm", "weight_decay": "wd",
@@ -71,7 +71,7 @@ def _probe_decision(name: str, field: str, probes: dict) -> Decision:
     rows = [p for p in probes["probes"] if p[other] == probes[other]] if field == "unfreeze" else \
         [p for p in probes["probes"] if p["unfreeze"] == probes["probes"][0]["unfreeze"]]
     if len({p[field] for p in rows}) < 2:
-        return Decision(name, chosen, why="not probed; as set")
+        return Decision(name, chosen, why="not probed (cut to fit the budget); the guide's value")
     return Decision(name, chosen, measure=f"val_{probes['measure']}", seconds=sum(p["seconds"] for p in rows),
                     why=f"short fine-tunes of {rows[0]['steps']} steps",
                     candidates=[Candidate(p[field], p["score"], p["seconds"], kept=p[field] == chosen

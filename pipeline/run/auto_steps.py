@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from headstart.pipeline.recipe.decisions import Candidate, Decision, explicit_decision
+from headstart.pipeline.report.decisions import Candidate, Decision, explicit_decision
 from headstart.pipeline.run.auto_head import (auto_head_config, head_searchable, monitor_measure, search_space,
                                               sweep_supported)
 from headstart.pipeline.run.keys import evaluate_key, input_files
@@ -66,7 +66,8 @@ def plan_step(steps: Any, first: dict) -> Any:
         plan = plan_recipe(speeds, native_size=native, search_head=head_searchable(config),
                            audit_candidates=len(AUDIT_CANDIDATES) if steps.open("finetune.augment") else 0,
                            probe_lrs=PROBE_LRS if steps.open("finetune.lr") else (),
-                           probe_depth=steps.open("finetune.unfreeze"), budget_minutes=config.budget)
+                           probe_depth=steps.open("finetune.unfreeze"), budget_minutes=config.budget,
+                           trials=config.sweep.get("trials"))
         steps.save("plan", {"key": key, "done": True, "status": "ran", "seconds": 0.0, "plan": plan.to_dict()})
     steps.console.log(f"[auto] recipe: {plan.describe()}")
     return plan
@@ -80,9 +81,9 @@ def head_step(steps: Any, size: int, cache: dict, plan: Any) -> dict:
     reason = sweep_supported(config, _multi_label(cache["path"]))
     sweep = None
     if plan.trials and reason is None:
-        sweep = SweepPlan(search_space(config), plan.trials, steps.size_dir(size) / "sweep")
+        sweep = SweepPlan(search_space(config), plan.trials_at(size), steps.size_dir(size) / "sweep")
     head_dir = steps.size_dir(size) / "head"
-    what = f"sweep of {plan.trials} trials" if sweep else "train-head"
+    what = f"sweep of {sweep.trials} trials" if sweep else "train-head"
     steps.console.log(f"[auto] {what} on {size} px → {_shown(head_dir)}"
                       + (f" ({reason})" if plan.trials and reason else ""))
     head_config = dataclasses.replace(config, head=auto_head_config(config))

@@ -8,7 +8,7 @@ from typing import Any
 
 def format_recipe(summary: dict) -> str:
     """The decisions table and the baselines beside the final model (empty under ``--recipe guide``)."""
-    from headstart.pipeline.recipe.decisions import format_decisions
+    from headstart.pipeline.report.decisions import format_decisions
 
     recipe = summary.get("recipe") or {}
     if recipe.get("recipe") != "auto":

@@ -1,0 +1,85 @@
+"""--recipe auto decides only what was left open: the explicit settings, their TOML, the search space."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _resolve(flags=None, file_values=None):
+    from headstart.pipeline.run.toml_config import resolve_run_config
+
+    return resolve_run_config("data", "runs/x", file_values=file_values, flags=flags)
+
+
+def test_flags_and_file_keys_are_recorded_as_explicit():
+    config = _resolve(flags={"lr": 1e-4, "augment": "none"}, file_values={"head": {"dropout": 0.3}})
+    assert config.recipe == "auto" and config.budget is None
+    assert {"finetune.lr", "finetune.augment", "extract.augment", "head.dropout"} <= set(config.explicit)
+    assert not config.is_explicit("finetune", "unfreeze") and not config.is_explicit("extract", "image_size")
+    # A setting given with its default value is still the user's choice.
+    assert _resolve(flags={"lr": 1e-5}).is_explicit("finetune", "lr")
+
+
+def test_config_toml_under_auto_keeps_only_the_settings_given_and_reads_back_the_same():
+    from headstart.pipeline.run.toml_config import read_config_file, resolve_run_config, result_settings, \
+        run_config_dict, to_toml
+
+    config = _resolve(flags={"lr": 1e-4, "budget": 7.5}, file_values={"head": {"dropout": 0.3}})
+    text = to_toml(config)
+    assert 'recipe = "auto"' in text and "budget = 7.5" in text
+    assert "lr = 0.0001" in text and "dropout = 0.3" in text
+    assert "unfreeze" not in text and "image_size" not in text  # left open: auto decides them
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    again = resolve_run_config(None, None, file_values=read_config_file(path))
+    assert again.explicit == config.explicit
+    assert result_settings(run_config_dict(again)) == result_settings(run_config_dict(config))
+    # Under the guide every value is written, and the explicit set does not shape results.
+    guide = _resolve(flags={"recipe": "guide"})
+    assert "unfreeze" in to_toml(guide) and "set explicitly" not in result_settings(run_config_dict(guide))
+    # The same values given or left open are two different auto runs.
+    assert result_settings(run_config_dict(_resolve(flags={"lr": 1e-5}))) != \
+        result_settings(run_config_dict(_resolve()))
+
+
+def test_recipe_and_budget_are_checked_before_anything_runs():
+    from headstart.pipeline.errors import OptionError
+    from headstart.pipeline.run.runner import check_run_config
+
+    with pytest.raises(OptionError, match="--recipe must be one of auto, guide"):
+        check_run_config(_resolve(flags={"recipe": "fast"}))
+    with pytest.raises(OptionError, match="--budget must be"):
+        check_run_config(_resolve(flags={"budget": 0.0}))
+
+
+def test_the_sweep_searches_only_the_head_options_left_open():
+    from headstart.pipeline.run.auto_head import TRIAL_EPOCHS, head_searchable, search_space
+
+    space = search_space(_resolve(flags={"head_lr": 3e-3}, file_values={"head": {"head_kind": "hidden"}}))
+    assert space.lr == (3e-3, 3e-3) and space.head_kind == ("hidden",)
+    assert space.dropout == (0.0, 0.6) and space.epochs == TRIAL_EPOCHS
+    everything = {k: v for k, v in (("lr", 1e-3), ("dropout", 0.2), ("weight_decay", 0.0), ("label_smoothing", 0.0),
+                                    ("batch_size", 64), ("head_kind", "linear"), ("hidden_units", 256),
+                                    ("normalize", "none"), ("views", True))}
+    assert not head_searchable(_resolve(file_values={"head": everything}))
+
+
+def test_finetune_probes_and_audits_only_what_is_open():
+    from types import SimpleNamespace
+
+    from headstart.pipeline.run.auto_steps import finetune_config
+
+    def steps(config):
+        return SimpleNamespace(config=config, open=lambda name: name not in config.explicit)
+
+    plan = SimpleNamespace(probes=[(1e-5, "all")], depth_probe=True, probe_steps=40)
+    open_all = finetune_config(steps(_resolve()), plan)
+    assert (open_all.augment, open_all.probe, open_all.probe_steps) == ("auto", "lr,unfreeze", 40)
+    given = finetune_config(steps(_resolve(flags={"augment": "flip", "lr": 1e-4})),
+                            SimpleNamespace(probes=[], depth_probe=True, probe_steps=40))
+    assert (given.augment, given.probe, given.lr) == ("flip", "unfreeze", 1e-4)
+    nothing = finetune_config(steps(_resolve()), SimpleNamespace(probes=[], depth_probe=False, probe_steps=40))
+    assert (nothing.probe, nothing.probe_steps) == ("none", 0)

@@ -1,0 +1,109 @@
+"""``headstart run --recipe auto`` end to end: the plan, the decisions, what the user set kept, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recipe_images import SHIPPED, write_set
+
+BACKBONE = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", str(SHIPPED)]
+COUNTS = (("train", 30), ("validation", 12), ("test", 12))
+
+
+def _config(tmp_path: Path) -> Path:
+    # Four sweep trials and two fine-tuning epochs keep it short; both are the user's settings.
+    path = tmp_path / "small.toml"
+    path.write_text("[sweep]\ntrials = 4\n\n[finetune]\nepochs = 2\n", encoding="utf-8")
+    return path
+
+
+def _invoke(*args):
+    from headstart.pipeline.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.slow
+def test_auto_plans_decides_on_validation_and_records_every_decision(tmp_path):
+    images = write_set(tmp_path / "images", ("circle", "square"), counts=COUNTS)
+    out = tmp_path / "run"
+    result = _invoke("run", images, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--budget", 30)
+    assert result.exit_code == 0, result.output
+    assert "[auto] recipe: will try image sizes 150 and 224, a 4-trial head sweep on each" in result.output, \
+        result.output
+    assert "decision" in result.output and "fine-tuning rate" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    decisions = {d["name"]: d for d in summary["recipe"]["decisions"]}
+    assert list(decisions) == ["image_size", "head", "augment", "lr", "unfreeze", "finetune"]
+    assert [c["value"] for c in decisions["image_size"]["candidates"]] == [150, 224]
+    assert decisions["image_size"]["chosen"] in (150, 224) and not decisions["image_size"]["explicit"]
+    assert len(decisions["augment"]["candidates"]) == 7  # every audited item, kept or not
+    assert {c["value"] for c in decisions["lr"]["candidates"]} == {1e-5, 1e-4, 1e-3}
+    assert all(d["seconds"] >= 0 for d in decisions.values())
+    assert [b["name"] for b in summary["recipe"]["baselines"]] == ["knn", "logistic"]
+    run = json.loads((out / "finetune" / "run.json").read_text())
+    assert run["config"]["augment"] == "auto" and run["recipe"]["augment"]["augment"] == decisions["augment"]["chosen"]
+    assert len(run["recipe"]["probes"]["probes"]) == 4
+    toml = (out / "config.toml").read_text()
+    assert 'recipe = "auto"' in toml and "epochs = 2" in toml and "unfreeze" not in toml
+    stages = json.loads((out / "stages.json").read_text())
+    assert {"plan", "extract@224", "head@224", "baselines"} <= set(stages)
+    again = _invoke("run", images, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--budget", 30)
+    assert again.exit_code == 0 and again.output.count("reused") >= 4 and "probe lr" not in again.output
+    inspect = _invoke("inspect", out)
+    assert inspect.exit_code == 0 and "fine-tuning rate" in inspect.output
+
+
+@pytest.mark.slow
+def test_what_the_user_set_is_kept_and_nothing_is_searched_for_it(tmp_path):
+    images = write_set(tmp_path / "images", ("circle", "square"), counts=COUNTS)
+    out = tmp_path / "run"
+    result = _invoke("run", images, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--image-size", 64,
+                     "--augment", "none", "--lr", "1e-4", "--unfreeze", "all")
+    assert result.exit_code == 0, result.output
+    decisions = {d["name"]: d for d in json.loads((out / "summary.json").read_text())["recipe"]["decisions"]}
+    for name, value in (("image_size", 64), ("augment", "none"), ("lr", 1e-4), ("unfreeze", "all")):
+        assert decisions[name]["explicit"] and decisions[name]["chosen"] == value and not decisions[name]["candidates"]
+    assert not (out / "recipe").exists()  # no second image size was tried
+    run = json.loads((out / "finetune" / "run.json").read_text())
+    assert "recipe" not in run and run["config"]["lr"] == 1e-4 and run["config"]["augment"] == "none"
+    assert "augmentation audit" not in result.output and "probe lr" not in result.output
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_the_probes_resumes_after_the_last_saved_probe(tmp_path):
+    images = write_set(tmp_path / "images", ("circle", "square"), counts=COUNTS)
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "headstart.pipeline.cli", "run", str(images), "--out", str(out),
+            "--config", str(_config(tmp_path)), *BACKBONE, "--image-size", "64"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    progress = out / "finetune" / "backup" / "progress.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        try:
+            if json.loads(progress.read_text()).get("probes"):
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    assert first.poll() is None, "the run ended before its first probe was saved"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    saved = len(json.loads(progress.read_text())["probes"])
+    second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert log.count("probe lr") == 4 - saved  # the saved probes were not run again
+    assert "reused: same source and extraction options" in log and "reused: same features and head options" in log
+    run = json.loads((out / "finetune" / "run.json").read_text())
+    assert len(run["recipe"]["probes"]["probes"]) == 4
