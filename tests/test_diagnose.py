@@ -324,8 +324,8 @@ def test_run_diagnoses_before_the_head_and_excludes_in_both_training_stages(tmp_
         make_class_folders(tmp_path / "images" / split, per_class=n, seed=seed)
     drop = _exclude_csv(tmp_path / "drop.csv", ["train/cats/cats_000.jpg", "train/dogs/dogs_001.jpg",
                                                  "test/cats/cats_000.jpg"])
-    flags = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
-             "--extract-batch-size", "8", "--head-epochs", "2", "--head-batch-size", "8", "--epochs", "1",
+    flags = ["--recipe", "guide", "--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32",
+             "--weights", "none", "--extract-batch-size", "8", "--head-epochs", "2", "--head-batch-size", "8", "--epochs", "1",
              "--batch-size", "8", "--diagnose", "--exclude", drop]
     result = run_cli("run", tmp_path / "images", "--out", tmp_path / "run", *flags)
     assert result.exit_code == 0, result.output

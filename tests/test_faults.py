@@ -297,7 +297,7 @@ def test_sigterm_during_run(tiny, tmp_path, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         _sigterm_after(m, ProgressLine, "update", 1)
-        result = _invoke(["run", tiny["data"], "--out", out, "--backbone", "mobilenet",
+        result = _invoke(["run", tiny["data"], "--out", out, "--recipe", "guide", "--backbone", "mobilenet",
                           "--alpha", 0.25, "--image-size", 32, "--weights", tiny["weights"]])
     _assert_interrupted(result)
 
@@ -452,8 +452,8 @@ def test_finetune_and_run_into_a_read_only_directory(tiny, bad_disks):
     out = bad_disks["ro"]
     result = _invoke(["finetune", tiny["data"], "--head", tiny["head"], "--out", out, "--epochs", 1])
     _assert_one_line_error(result, 1, str(out), "Read-only file system")
-    result = _invoke(["run", tiny["data"], "--out", out, "--backbone", "mobilenet", "--alpha", 0.25,
-                      "--image-size", 32, "--weights", tiny["weights"]])
+    result = _invoke(["run", tiny["data"], "--out", out, "--recipe", "guide", "--backbone", "mobilenet",
+                      "--alpha", 0.25, "--image-size", 32, "--weights", tiny["weights"]])
     _assert_one_line_error(result, 1, str(out), "Read-only file system")
 
 

@@ -347,7 +347,7 @@ def test_run_and_evaluate_on_a_csv_of_bare_ids_end_to_end(tmp_path):
                     [f"{Path(n).stem},{lab},{split_of[i % 8]}" for i, (n, lab) in enumerate(rows)])
     weights = make_weights_file(tmp_path / "mobilenet_025.weights.h5")
     run_dir = tmp_path / "run"
-    result = run_cli("run", csv, "--out", run_dir, "--images", folder, "--label-column", "kind",
+    result = run_cli("run", csv, "--out", run_dir, "--recipe", "guide", "--images", folder, "--label-column", "kind",
                      "--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", weights,
                      "--head-epochs", "3", "--head-lr", "0.01", "--epochs", "1", "--batch-size", "8")
     assert result.exit_code == 0, result.output

@@ -53,7 +53,9 @@ def env(tmp_path_factory):
     for split, n, seed in (("train", 8, 0), ("validation", 4, 1), ("test", 4, 2)):
         make_class_folders(root / "images" / split, per_class=n, seed=seed)
     weights = make_weights_file(root / "mobilenet_025.weights.h5")
-    options = {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32, "weights": str(weights),
+    # The guide's fixed recipe: these tests are about the runner's stages, reuse and resume (the
+    # auto recipe's own tests are tests/test_recipe_run.py).
+    options = {"recipe": "guide", "backbone": "mobilenet", "alpha": 0.25, "image_size": 32, "weights": str(weights),
                "extract_batch_size": 8, "head_epochs": 10, "head_lr": 0.01, "head_batch_size": 8,
                "epochs": 2, "batch_size": 8}
     flags = [item for k, v in options.items() for item in (f"--{k.replace('_', '-')}", str(v))]

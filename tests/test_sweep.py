@@ -556,8 +556,9 @@ def test_run_with_sweep_reuses_its_head_stage_and_finetunes_the_best(tmp_path):
     weights = runner_weights(tmp_path / "w.weights.h5")
     toml = tmp_path / "run.toml"
     toml.write_text("[sweep]\nepochs = 3\nparallel = 3\nbatch_size = 8\nhidden_units = 8\n")
-    flags = ["--backbone", "mobilenet", "--alpha", 0.25, "--image-size", 32, "--weights", weights,
-             "--epochs", 1, "--batch-size", 8, "--config", toml, "--sweep", 3, "--class-weight", "balanced"]
+    flags = ["--recipe", "guide", "--backbone", "mobilenet", "--alpha", 0.25, "--image-size", 32,
+             "--weights", weights, "--epochs", 1, "--batch-size", 8, "--config", toml, "--sweep", 3,
+             "--class-weight", "balanced"]
     run_dir = tmp_path / "run"
     r = invoke("run", tmp_path / "images", "--out", run_dir, *flags)
     assert r.exit_code == 0, r.output

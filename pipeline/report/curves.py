@@ -36,7 +36,10 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike,
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:  # a fine-tune skipped by its probes has no epochs
+                ax.legend()
+            else:
+                ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes)
         save_png(fig, path, dpi=100, title=title)
     finally:
         plt.close(fig)
