@@ -60,7 +60,7 @@ def test_the_sweep_searches_only_the_head_options_left_open():
 
     space = search_space(_resolve(flags={"head_lr": 3e-3}, file_values={"head": {"head_kind": "hidden"}}))
     assert space.lr == (3e-3, 3e-3) and space.head_kind == ("hidden",)
-    assert space.dropout == (0.0, 0.6) and space.epochs == TRIAL_EPOCHS
+    assert space.dropout == (0.0, 0.6) and space.epochs == TRIAL_EPOCHS == 0  # until early stopping
     everything = {k: v for k, v in (("lr", 1e-3), ("dropout", 0.2), ("weight_decay", 0.0), ("label_smoothing", 0.0),
                                     ("batch_size", 64), ("head_kind", "linear"), ("hidden_units", 256),
                                     ("normalize", "none"), ("views", True))}
@@ -77,9 +77,10 @@ def test_finetune_probes_and_audits_only_what_is_open():
 
     plan = SimpleNamespace(probes=[(1e-5, "all")], depth_probe=True, probe_steps=40)
     open_all = finetune_config(steps(_resolve()), plan)
-    assert (open_all.augment, open_all.probe, open_all.probe_steps) == ("auto", "lr,unfreeze", 40)
+    assert (open_all.augment, open_all.probe, open_all.probe_steps, open_all.epochs) == ("auto", "lr,unfreeze", 40, 30)
     given = finetune_config(steps(_resolve(flags={"augment": "flip", "lr": 1e-4})),
                             SimpleNamespace(probes=[], depth_probe=True, probe_steps=40))
     assert (given.augment, given.probe, given.lr) == ("flip", "unfreeze", 1e-4)
-    nothing = finetune_config(steps(_resolve()), SimpleNamespace(probes=[], depth_probe=False, probe_steps=40))
-    assert (nothing.probe, nothing.probe_steps) == ("none", 0)
+    nothing = finetune_config(steps(_resolve(flags={"epochs": 4})),
+                              SimpleNamespace(probes=[], depth_probe=False, probe_steps=40))
+    assert (nothing.probe, nothing.probe_steps, nothing.epochs) == ("none", 0, 4)

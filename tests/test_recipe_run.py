@@ -68,8 +68,11 @@ def test_what_the_user_set_is_kept_and_nothing_is_searched_for_it(tmp_path):
     images = write_set(tmp_path / "images", ("circle", "square"), counts=COUNTS)
     out = tmp_path / "run"
     result = _invoke("run", images, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--image-size", 64,
-                     "--augment", "none", "--lr", "1e-4", "--unfreeze", "all")
+                     "--augment", "none", "--lr", "1e-4", "--unfreeze", "all", "--class-weight", "balanced")
     assert result.exit_code == 0, result.output
+    # Class weights go through auto's sweep: its best head trained with them.
+    head = json.loads((out / "head" / "run.json").read_text())
+    assert head["class_weight"]["mode"] == "balanced" and head["sweep"]["trial"] is not None
     decisions = {d["name"]: d for d in json.loads((out / "summary.json").read_text())["recipe"]["decisions"]}
     for name, value in (("image_size", 64), ("augment", "none"), ("lr", 1e-4), ("unfreeze", "all")):
         assert decisions[name]["explicit"] and decisions[name]["chosen"] == value and not decisions[name]["candidates"]
@@ -107,3 +110,20 @@ def test_a_run_killed_during_the_probes_resumes_after_the_last_saved_probe(tmp_p
     assert "reused: same source and extraction options" in log and "reused: same features and head options" in log
     run = json.loads((out / "finetune" / "run.json").read_text())
     assert len(run["recipe"]["probes"]["probes"]) == 4
+
+
+@pytest.mark.slow
+def test_a_multi_label_source_goes_through_auto_judged_by_map(tmp_path):
+    from test_multilabel_e2e import make_shape_set
+
+    table, _ = make_shape_set(tmp_path)
+    out = tmp_path / "run"
+    result = _invoke("run", table, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--image-size", 32,
+                     "--unfreeze", "all")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    decisions = {d["name"]: d for d in summary["recipe"]["decisions"]}
+    assert decisions["head"]["measure"] == "val_map" and "sweep trials" in decisions["head"]["why"]
+    assert decisions["augment"]["measure"] == "map" and decisions["lr"]["measure"] == "val_map"
+    assert summary["test"]["task"] == "multi_label" and summary["test"]["map"] > 0.5
+    assert [b["measure"] for b in summary["recipe"]["baselines"]] == ["map", "map"]

@@ -24,7 +24,7 @@ def head_decision(steps: Any, head: dict) -> Decision:
     if not head_searchable(steps.config):
         return explicit_decision("head", "your [head] options")
     sweep = head.get("sweep")
-    measure = _head_measure(steps)
+    measure = _head_measure(steps, head)
     score = (head.get("validation") or {}).get(measure)
     if not sweep:
         return Decision("head", "train-head", measure=f"val_{measure}", seconds=float(head.get("seconds") or 0),
@@ -86,17 +86,18 @@ def _gate_decision(finetune: dict, probes: dict | None) -> Decision:
     if probes is not None and not probes.get("finetune", True):
         why = "skipped: no probe improved on the head"
     else:
-        why = f"stage gate on validation {measure}"
+        why = (f"stage gate on validation {measure}; best epoch {finetune.get('best_epoch')} of "
+               f"{finetune.get('epochs_run')}")
     return Decision("finetune", "fine-tuned model" if kept == "finetuned" else "head kept", measure=f"val_{measure}",
                     why=why, seconds=float(finetune.get("seconds") or 0), candidates=[Candidate("head", seeded, kept=kept == "seeded"),
                                          *([Candidate("fine-tuned", tuned, kept=kept == "finetuned")]
                                            if tuned is not None else [])])
 
 
-def _head_measure(steps: Any) -> str:
+def _head_measure(steps: Any, head: dict) -> str:
     from headstart.pipeline.run.auto_head import monitor_measure
 
-    return monitor_measure(steps.config)
+    return monitor_measure(steps.config, "map" in (head.get("validation") or {}))
 
 
 def _param_text(key: str, value: Any) -> str:

@@ -1,8 +1,10 @@
 """What the head stage is under ``--recipe auto``: the sweep's space with the user's settings fixed.
 
 The sweep searches every ``[head]`` option the user left open; one they set is a single value of the
-space. Trials end by early stopping alone (``TRIAL_EPOCHS`` is a limit no improving trial reaches
-in practice), so no head is cut short while still improving.
+space. Trials end by early stopping alone (``epochs = 0``: no maximum, only a safety cap of
+``training.early_stopping.UNLIMITED_EPOCHS``), so no head is cut short while still improving; the
+same holds for train-head when it is the head stage. The sweep ranks, prunes and stops on the
+``--monitor`` measure and trains with the run's class weights, multi-label caches included.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from headstart.pipeline.config import HeadConfig, RunConfig
 #: HeadConfig fields the sweep searches: a range (lo == hi fixes it) or choices (one fixes it).
 HEAD_RANGES = ("lr", "dropout", "weight_decay", "label_smoothing")
 HEAD_CHOICES = ("batch_size", "head_kind", "hidden_units", "normalize", "views")
-#: Per-trial epoch limit of auto's heads: high enough that early stopping, not the limit, ends a trial.
-TRIAL_EPOCHS = 300
+#: Epochs of auto's heads: 0, until early stopping (a head still improving goes on).
+TRIAL_EPOCHS = 0
 
 
 def search_space(config: RunConfig) -> Any:
@@ -45,17 +47,6 @@ def head_searchable(config: RunConfig) -> bool:
     return any(not config.is_explicit("head", n) for n in (*HEAD_RANGES, *HEAD_CHOICES))
 
 
-def sweep_supported(config: RunConfig, multi_label: bool) -> str | None:
-    """Why the sweep cannot be the head stage here (None when it can)."""
-    if multi_label:
-        return "the sweep does not take multi-label caches yet"
-    if config.head.class_weight != "none":
-        return "the sweep does not take class weights yet"
-    if config.head.monitor != "val_loss":
-        return "the sweep selects by validation loss only"
-    return None
-
-
 def auto_head_config(config: RunConfig) -> HeadConfig:
     """train-head's options when it is the head stage under auto: until early stopping unless given."""
     if config.is_explicit("head", "epochs"):
@@ -63,8 +54,9 @@ def auto_head_config(config: RunConfig) -> HeadConfig:
     return dataclasses.replace(config.head, epochs=TRIAL_EPOCHS)
 
 
-def monitor_measure(config: Any) -> str:
-    """The validation measure auto compares heads and images sizes on: the ``--monitor`` one."""
+def monitor_measure(config: Any, multi_label: bool = False) -> str:
+    """The validation measure auto compares heads and image sizes on: the ``--monitor`` one (mAP for
+    a multi-label task under the default), as a split's measures name it."""
     from headstart.pipeline.training.monitor import gate_measure
 
-    return gate_measure(config.head.monitor)
+    return gate_measure(config.head.monitor, multi_label)

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from headstart.pipeline.report.decisions import Candidate, Decision, explicit_decision
-from headstart.pipeline.run.auto_head import (auto_head_config, head_searchable, monitor_measure, search_space,
-                                              sweep_supported)
+from headstart.pipeline.run.auto_head import auto_head_config, head_searchable, monitor_measure, search_space
 from headstart.pipeline.run.keys import evaluate_key, input_files
 from headstart.pipeline.run.toml_config import stage_values
 
@@ -39,7 +38,7 @@ def extract_step(steps: Any, size: int) -> dict:
     steps.console.log(f"[auto] extract-features at {size} px → {_shown(path)}")
     record = extract_stage(steps.at_size(size), path, steps.state.get(name), steps.console, steps.overwrite,
                            key=extract_key(steps, size))
-    return steps.save(name, {**record, "path": str(path), "image_size": size})
+    return steps.save(name, {**record, "path": str(path), "image_size": size, "multi_label": _multi_label(path)})
 
 
 def plan_step(steps: Any, first: dict) -> Any:
@@ -78,14 +77,12 @@ def head_step(steps: Any, size: int, cache: dict, plan: Any) -> dict:
     from headstart.pipeline.run.stages import SweepPlan, head_stage
 
     config = steps.config
-    reason = sweep_supported(config, _multi_label(cache["path"]))
     sweep = None
-    if plan.trials and reason is None:
+    if plan.trials:
         sweep = SweepPlan(search_space(config), plan.trials_at(size), steps.size_dir(size) / "sweep")
     head_dir = steps.size_dir(size) / "head"
     what = f"sweep of {sweep.trials} trials" if sweep else "train-head"
-    steps.console.log(f"[auto] {what} on {size} px → {_shown(head_dir)}"
-                      + (f" ({reason})" if plan.trials and reason else ""))
+    steps.console.log(f"[auto] {what} on {size} px → {_shown(head_dir)}")
     head_config = dataclasses.replace(config, head=auto_head_config(config))
     key = steps.key({**stage_values(head_config, "head"), **input_files(config), "cache": cache["fingerprint"],
                      "sweep": [sweep.space.to_dict(), sweep.trials] if sweep else None})
@@ -95,7 +92,7 @@ def head_step(steps: Any, size: int, cache: dict, plan: Any) -> dict:
     return steps.save(name, {**record, "path": str(head_dir), "image_size": size})
 
 
-def _multi_label(cache_path: str) -> bool:
+def _multi_label(cache_path: Any) -> bool:
     from headstart.features.cache import open_cache
 
     with open_cache(cache_path) as cache:
@@ -108,12 +105,12 @@ def choose_size(steps: Any, candidates: dict[int, tuple[dict, dict]]) -> tuple[i
     first = config.extract.image_size
     if not steps.open("extract.image_size"):
         return first, explicit_decision("image_size", first)
-    measure = monitor_measure(config)
+    measure = monitor_measure(config, any(cache.get("multi_label") for cache, _ in candidates.values()))
     scored = []
     for size, (cache, head) in candidates.items():
         value = (head.get("validation") or {}).get(measure)
         scored.append((size, value, float(cache.get("seconds") or 0) + float(head.get("seconds") or 0)))
-    lower = measure == "loss"
+    lower = measure == "loss"  # the rest (balanced accuracy, macro-F1, mAP) are higher-is-better
     best = scored[0]
     for entry in scored[1:]:
         if entry[1] is not None and (best[1] is None or (entry[1] < best[1] if lower else entry[1] > best[1])):
@@ -153,7 +150,13 @@ def finetune_config(steps: Any, plan: Any) -> Any:
     ft = config.finetune
     probe = [p for p, opened in (("lr", bool(plan.probes)), ("unfreeze", plan.depth_probe)) if opened]
     return dataclasses.replace(config.finetune, augment="auto" if steps.open("finetune.augment") else ft.augment,
-                               probe=",".join(probe) or "none", probe_steps=plan.probe_steps if probe else 0)
+                               probe=",".join(probe) or "none", probe_steps=plan.probe_steps if probe else 0,
+                               epochs=ft.epochs if not steps.open("finetune.epochs") else FINETUNE_EPOCHS)
+
+
+#: Fine-tuning epochs under auto unless set: early stopping ends the fine-tune, not the guide's 10
+#: (a fine-tune whose last epoch was its best goes on), within a limit of three times the guide's.
+FINETUNE_EPOCHS = 30
 
 
 def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, callbacks: Sequence[Any]) -> dict:
