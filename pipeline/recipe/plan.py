@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-#: Seconds of one training step relative to a forward pass of the same images (backward pass,
-#: optimizer update, augmentation), measured on CPU here: 2.2–3.1 for MobileNetV2 at 96–224 px.
-TRAIN_COST = 3.0
+#: Seconds of training on an image relative to extracting it (the first cache's measured rate,
+#: decoding included, which training pays too): 1.0–1.5 measured for MobileNetV2 0.35 at 150–224 px
+#: on the photos and the digit scans here.
+TRAIN_COST = 1.5
 #: Fixed seconds per fine-tuning run (building the model, tracing the step), measured 8–12 s.
 RUN_OVERHEAD = 10.0
 #: Seconds per sweep trial per thousand training rows (batched heads on CPU; 32 trials on 1,258
