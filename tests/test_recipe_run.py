@@ -53,6 +53,7 @@ def test_auto_plans_decides_on_validation_and_records_every_decision(tmp_path):
     run = json.loads((out / "finetune" / "run.json").read_text())
     assert run["config"]["augment"] == "auto" and run["recipe"]["augment"]["augment"] == decisions["augment"]["chosen"]
     assert len(run["recipe"]["probes"]["probes"]) == 4
+    assert run["recipe"]["decisions"] == summary["recipe"]["decisions"]  # the model says how it was chosen
     toml = (out / "config.toml").read_text()
     assert 'recipe = "auto"' in toml and "epochs = 2" in toml and "unfreeze" not in toml
     stages = json.loads((out / "stages.json").read_text())

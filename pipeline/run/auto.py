@@ -61,7 +61,19 @@ def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str
     finetune = finetune_step(steps, size, extract, head, plan, finetune_callbacks)
     evaluate = evaluate_step(steps, finetune)
     recipe = steps.recipe_record(plan, size_decision, head, finetune, baselines)
+    _record_with_model(run_dir / "finetune", recipe)
     return {"extract": extract, "head": head, "finetune": finetune, "evaluate": evaluate, "recipe": recipe}
+
+
+def _record_with_model(model_dir: Path, recipe: dict) -> None:
+    """The final model's run.json carries how it was chosen: auto's decisions beside what its own
+    audit and probes recorded."""
+    from headstart.pipeline.report.rundir import RunDir
+
+    run = RunDir(model_dir)
+    own = run.record.get("recipe") or {}
+    if own.get("decisions") != recipe["decisions"]:
+        run.update_record(recipe={**own, **{k: recipe[k] for k in ("decisions", "plan", "baselines")}})
 
 
 @dataclasses.dataclass
