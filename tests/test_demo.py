@@ -112,7 +112,7 @@ def test_the_shipped_weights_are_the_published_file_and_are_checked(tmp_path, mo
     monkeypatch.setattr(shipped, "_location", lambda entry: altered)
     with pytest.raises(WeightsError, match="does not match its recorded SHA-256"):
         shipped_weights_path("mobilenet_v2", 0.35)
-    with pytest.raises(WeightsError, match="no weights ship"):
+    with pytest.raises(WeightsError, match="the weights inside headstart are mobilenet_v2 alpha 0.35 .*, not mobilenet_v2 alpha 0.5"):
         shipped_weights_path("mobilenet_v2", 0.5)
 
 

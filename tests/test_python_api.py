@@ -26,7 +26,9 @@ def test_every_api_name_resolves_to_the_function_the_cli_calls():
 
     for name in api.__all__:
         assert getattr(api, name) is not None, name
-    assert api.train_head is train_head and api.finetune is finetune and api.evaluate is evaluate_model
+    # The API's functions are the CLI's, wrapped so that their errors name Python arguments.
+    assert api.train_head.__wrapped__ is train_head and api.finetune.__wrapped__ is finetune
+    assert api.evaluate.__wrapped__ is evaluate_model
     assert api.HeadConfig is HeadConfig and api.FinetuneConfig is FinetuneConfig
     assert {"extract_features", "train_head", "finetune", "evaluate", "predict", "run_pipeline"} <= set(dir(api))
     with pytest.raises(AttributeError, match="no attribute 'trian_head'"):

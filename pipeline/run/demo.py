@@ -197,7 +197,7 @@ def describe_weights(weights: str) -> str:
         return "ImageNet (keras.applications, from Keras' cache or download)"
     if weights == "none":
         return "random initialisation"
-    if is_shipped(weights):
+    if weights == "shipped" or is_shipped(weights):
         return f"ImageNet, the copy shipped with headstart ({weights})"
     return weights
 
@@ -229,6 +229,7 @@ def run_demo(options: DemoConfig, *, console: Any) -> tuple[Any, str]:
         OptionError, DataError, RunDirError: bad options, a foreign ``--out``, a run directory
         made with another configuration (unless ``overwrite``); as ``headstart run`` otherwise.
     """
+    from headstart.features.registry import check_weights_option
     from headstart.pipeline.options.facts import check_config
     from headstart.pipeline.run.runner import check_run_dir, run_pipeline
 
@@ -238,8 +239,7 @@ def run_demo(options: DemoConfig, *, console: Any) -> tuple[Any, str]:
     if options.data and not Path(options.data).is_dir():
         raise DataError(f"--data {options.data}: no such directory (give a folder of class folders)")
     check_config("demo", options)
-    if options.weights not in (None, "imagenet", "none") and not Path(options.weights).is_file():
-        raise OptionError(f"--weights: file {options.weights} does not exist (or use 'imagenet' or 'none')")
+    check_weights_option(options.weights)
     # Refuse a run directory of another configuration before anything is drawn or downloaded.
     if options.weights is not None:
         check_run_dir(demo_config(options, options.weights), options.overwrite)

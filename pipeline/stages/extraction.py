@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from headstart.features.registry import check_image_size
+from headstart.features.registry import check_image_size, check_weights_option
 from headstart.pipeline.config import ExtractConfig, config_to_dict
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.errors import OptionError
@@ -67,6 +67,7 @@ def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] |
     check_source_path(config.source)
     if not str(config.backbone).startswith("hub:"):  # KerasHub presets are checked when they load
         check_image_size(config.backbone, config.image_size)  # an unknown backbone, a size too small
+    check_weights_option(config.weights, config.backbone, config.alpha)
     if not config.splits:
         raise OptionError(f"{label('splits') if label else flag_of('extract', 'splits')} must name at least one split")
     parse_shard(config.shard)
