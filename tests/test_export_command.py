@@ -31,9 +31,8 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Tiny images, a weights file, a cache, a train-head run and a one-epoch finetune run from it."""
-    from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
+    from headstart.pipeline.config import ExtractConfig, HeadConfig
     from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.finetuning import finetune
     from headstart.pipeline.stages.head_training import train_head
 
     root = tmp_path_factory.mktemp("export_command")
@@ -43,8 +42,12 @@ def trained(tmp_path_factory):
                                    batch_size=8, **BACKBONE), log=lambda s: None)
     train_head(HeadConfig(features=str(root / "features.h5"), out=str(root / "head"), epochs=20, lr=1e-2,
                           patience=20, batch_size=8), log=lambda s: None)
-    finetune(FinetuneConfig(source=str(data), head=str(root / "head"), out=str(root / "ft"), epochs=1, batch_size=8,
-                            parity_samples=4), log=lambda s: None)
+    # Through the CLI, whose finetune draws a progress line through the epoch (item 3): in a log, the
+    # first update is printed at once.
+    tuned = cli("finetune", data, "--head", root / "head", "--out", root / "ft", "--epochs", 1, "--batch-size", 8,
+                "--parity-samples", 4)
+    assert tuned.exit_code == 0, tuned.output
+    assert "finetune epoch 1: 16/16 (100%)" in tuned.output, tuned.output
     return SimpleNamespace(root=root, data=data, weights=weights, head=root / "head", ft=root / "ft")
 
 
@@ -122,6 +125,7 @@ def test_a_head_run_is_rebuilt_checked_exported_and_predicted(trained, tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split("\t")[1] == "dogs"
     assert "XNNPACK" not in shown.stderr and "INFO:" not in shown.stderr, shown.stderr
+    assert "predict: 1/1 (100%)" in shown.stderr  # the progress line (item 3)
     # The same again is already done; another format is refused by the --out policy; --overwrite replaces.
     stamp = (out / "model.tflite").stat().st_mtime_ns
     again = cli("export", trained.head / "head.keras", "--out", out, "--format", "tflite", "--format", "saved_model")
