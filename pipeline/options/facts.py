@@ -252,8 +252,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                                choices=QUANTIZE_MODES),
         "source": OptionFact("Images to check the exports on (its test split, else validation, else train) and to "
                              "calibrate int8 on. Default: the SOURCE the run recorded.", metavar="SOURCE"),
-        "weights": OptionFact("A train-head run's backbone weights, when the recorded file has moved (fingerprint "
-                              "checked).", metavar="PATH"),
+        "weights": OptionFact("A train-head run's backbone weights (imagenet, none, shipped or a file), when the "
+                              "recorded file has moved (fingerprint checked).", metavar="PATH"),
         "batch_size": OptionFact("Images per forward pass of the checks.", bounds=at_least(1), shapes_result=False),
         "parity_samples": OptionFact("A train-head run: images on which the rebuilt model must reproduce the head's "
                                      "logits on cached features (0: off).", bounds=at_least(0), shapes_result=False),
