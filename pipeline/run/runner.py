@@ -99,16 +99,15 @@ def run_label(section: str) -> Callable[[str], str]:
 
 
 def _check_classes(config: RunConfig) -> None:
-    """A folder or label-file source has at least two classes (listing it starts TensorFlow: after the
-    other checks)."""
-    ex = config.extract
-    if not config.source.startswith("tfds:"):
-        from headstart.pipeline.data.sources import open_source
+    """The source opens (a TFDS dataset is there or can be downloaded: offline, a quick one-line failure)
+    and has at least two classes; before config.toml is written, so a refused run leaves nothing behind
+    (opening it starts TensorFlow: after the other checks)."""
+    from headstart.pipeline.data.sources import open_source
 
-        source = open_source(SourceSpec.from_config(ex, source=config.source))
-        if len(source.class_names) < 2:
-            what = "label(s)" if source.kind == "label_file" else "class folder(s)"
-            raise DataError(f"{config.source}: {len(source.class_names)} {what}; a classifier needs 2 or more")
+    source = open_source(SourceSpec.from_config(config.extract, source=config.source))
+    if len(source.class_names) < 2:
+        what = "label(s)" if source.kind == "label_file" else "class folder(s)"
+        raise DataError(f"{config.source}: {len(source.class_names)} {what}; a classifier needs 2 or more")
 
 
 def claim_run_dir(config: RunConfig, overwrite: bool):
