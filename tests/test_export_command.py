@@ -117,6 +117,9 @@ def test_a_head_run_is_rebuilt_checked_exported_and_predicted(trained, tmp_path)
         check = written["checks"][fmt]
         assert check["images"] == 8 and check["agreement"] == 1.0 and check["max_abs_logit_diff"] < 1e-3, check
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.tflite", "saved_model"]
+    shown = cli("inspect", out)  # item 8: inspect describes an export too
+    assert shown.exit_code == 0 and shown.output.startswith(f"{out}  (headstart export)\n"), shown.output
+    assert f"  tflite: {out / 'model.tflite'}: test accuracy" in shown.output
     # A .tflite file holds no class names: predict takes them from export.json, and LiteRT says nothing.
     image = next((trained.data / "test" / "dogs").glob("*.jpg"))
     shown = subprocess.run([sys.executable, "-m", "headstart.pipeline.cli", "predict", str(out / "model.tflite"),
