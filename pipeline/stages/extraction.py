@@ -107,7 +107,9 @@ def extract_features(
     check_extract_config(config)
     _check_out_file(Path(config.out))
     from headstart.features.chain import build_extractor
+    from headstart.features.errors import StoreConfigMismatch
     from headstart.features.store import create_or_resume
+    from headstart.pipeline.data.label_changes import explain_label_change
 
     shard = parse_shard(config.shard)
     source, splits = _open_source(config)
@@ -118,7 +120,10 @@ def extract_features(
     extractor, info = build_extractor(config.backbone, weights=config.weights, image_size=config.image_size,
                                       alpha=config.alpha, pooling=config.pooling)
     store_args = _store_args(config, info.to_dict(), source, splits, shard)
-    writer = create_or_resume(config.out, **store_args)
+    try:
+        writer = create_or_resume(config.out, **store_args)
+    except StoreConfigMismatch as exc:  # a changed label file: how many rows, not two digests
+        raise explain_label_change(exc, source, config.out) from None
     summary = ExtractSummary(path=config.out, already_complete=writer.complete,
                              backbone=info.to_dict(), class_names=list(source.class_names))
     if writer.complete:
