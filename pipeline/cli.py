@@ -53,7 +53,8 @@ def main(ctx: click.Context, global_quiet: bool, global_verbose: bool) -> None:
     Fast path: `extract-features` caches a frozen ImageNet backbone's features once, then
     `train-head` trains the classifier head on the cache in seconds. End-to-end path: `finetune`
     rebuilds the full model around the trained head and fine-tunes it with BatchNorm kept frozen.
-    Whole job in one run directory: `run`. An offline tour on generated images: `demo`.
+    Whole job in one run directory: `run`. Deployable files from a trained model: `export`. An offline
+    tour on generated images: `demo`.
     """
     # Global flags reach each command through its own --quiet / --verbose, where it has one.
     wanted = {"quiet": global_quiet, "verbose": global_verbose and not global_quiet}
