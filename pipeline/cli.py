@@ -182,14 +182,15 @@ def train_head_command(features, out, quiet, **options):
 @_fields("sweep", "out", "trials", "seed")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML file whose [sweep] section changes the search space (ranges, choices, epochs, parallel).")
-@_fields("sweep", "storage", "jit_compile", "tensorboard", "overwrite")
+@_fields("sweep", "monitor", "class_weight", "storage", "jit_compile", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final table.")
 @_library_call
 def sweep_command(caches, config_file, quiet, **options):
     """Search head configurations on one or several caches with Optuna; keep the best.
 
     Several CACHES (one per backbone, image size or pooling, of the same images) make a backbone
-    shoot-out. Trials are trained many at a time in one compiled step. Kill it and run it again:
+    shoot-out. Trials are trained many at a time in one compiled step and ranked by --monitor on
+    validation (a multi-label cache: sigmoid heads, validation mAP). Kill it and run it again:
     the study in DIR/study.db resumes; --trials counts the total. DIR gets leaderboard.csv,
     sweep.png and best/, a train-head run directory for `finetune --head DIR/best`.
     """
@@ -210,11 +211,11 @@ def sweep_command(caches, config_file, quiet, **options):
     finally:
         bar.close()
     click.echo(result.table)
-    best = result.best
-    test = "-" if result.best_test_accuracy is None else f"{result.best_test_accuracy:.4f}"
+    best, measure = result.best, "mAP" if "map" in result.best_test else "accuracy"
+    test = result.best_test.get("map" if measure == "mAP" else "accuracy")
     click.echo(f"{result.finished} trials ({result.trained_here} trained here) in {result.seconds:.1f} s; best: "
-               f"trial {best.get('number', '-')} on {best.get('cache', '-')}, test accuracy {test} -> "
-               f"{result.out}/best")
+               f"trial {best.get('number', '-')} on {best.get('cache', '-')}, test {measure} "
+               f"{'-' if test is None else f'{test:.4f}'} -> {result.out}/best")
 
 
 @main.command("finetune")

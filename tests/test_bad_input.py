@@ -78,8 +78,8 @@ CASES = [
      "--batch-size must be at least 1", "domain"),
     ("train-head-missing", "train-head {ws}/nothing.h5 --out {ws}/newhead", "nothing.h5", "domain"),
     ("train-head-not-hdf5", "train-head {ws}/notes.txt --out {ws}/newhead", "notes.txt", "domain"),
-    ("train-head-epochs", "train-head {ws}/prev/features.h5 --out {ws}/newhead --epochs 0",
-     "--epochs must be at least 1", "domain"),
+    ("train-head-epochs", "train-head {ws}/prev/features.h5 --out {ws}/newhead --epochs -1",
+     "--epochs must be 0 or more", "domain"),  # 0: until early stopping
     ("finetune-head-missing", "finetune {ws}/images --head {ws}/nothing --out {ws}/newft", "nothing", "domain"),
     ("finetune-head-foreign", "finetune {ws}/images --head {ws}/images --out {ws}/newft", "images", "domain"),
     ("finetune-zero-epochs", "finetune {ws}/images --out {ws}/newft --epochs 0", "--epochs must be at least 1",

@@ -38,7 +38,9 @@ def test_the_sweep_says_why_a_trial_stopped_in_words():
     from headstart.pipeline.sweep.teller import _trial_line
 
     trial = SimpleNamespace(state=SimpleNamespace(name="COMPLETE"), value=0.3, number=0)
+    objective = SimpleNamespace(measure="loss", history_key="val_loss", rank=lambda value: value)
     for stopped, word in (("early", "early stop"), ("pruned", "pruned"), ("epochs", "all epochs")):
-        run = SimpleNamespace(stopped=stopped, validation={"loss": 0.3, "accuracy": 0.9}, epochs_run=30, seconds=0.5)
-        line = _trial_line([trial], 0, SimpleNamespace(cache="features"), run, 1, 8)
+        run = SimpleNamespace(stopped=stopped, validation={"loss": 0.3, "accuracy": 0.9}, epochs_run=30, seconds=0.5,
+                              objective=0.3)
+        line = _trial_line([trial], 0, SimpleNamespace(cache="features"), run, objective, 8)
         assert line.startswith(f"trial   0 features {word}") and "  epochs 30  " in line, line

@@ -98,8 +98,8 @@ def test_multi_label_head_refuses_a_distributed_strategy(tmp_path, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("command", ["sweep", "diagnose"])
-def test_sweep_and_diagnose_refuse_a_multi_label_cache_in_one_line(tmp_path, command):
+@pytest.mark.parametrize("command", ["diagnose"])  # sweep reads them now (tests/test_sweep.py)
+def test_diagnose_refuses_a_multi_label_cache_in_one_line(tmp_path, command):
     from click.testing import CliRunner
 
     from headstart.pipeline.cli import main

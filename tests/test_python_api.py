@@ -76,7 +76,7 @@ def test_the_readme_example_runs_offline_as_written(tmp_path):
     assert re.search(r"head: test accuracy [01]\.\d{3} \(best epoch \d+\)", text), text
     assert re.search(r"fine-tuned: test accuracy [01]\.\d{3} \[\[", text), text
     assert "photos/test" in text
-    assert "refused: epochs must be at least 1, got 0" in text  # the Python argument, not --epochs
+    assert "refused: epochs must be 0 or more, got -1" in text  # the Python argument, not --epochs
     assert (tmp_path / "runs" / "tuned" / "model.keras").is_file()
     models = tmp_path / "keras" / "models"
     assert not models.exists() or not any(models.iterdir())  # nothing was downloaded into Keras' cache

@@ -45,8 +45,8 @@ def test_api_errors_name_python_arguments():
     from headstart.pipeline.api import rename_flags
     from headstart.features.errors import WeightsError
 
-    with pytest.raises(OptionError, match=r"^epochs must be at least 1, got 0$"):
-        train_head(HeadConfig(features="x.h5", out="o", epochs=0))
+    with pytest.raises(OptionError, match=r"^epochs must be 0 or more, got -1$"):
+        train_head(HeadConfig(features="x.h5", out="o", epochs=-1))
     with pytest.raises(WeightsError, match=r"^weights: file nothing.h5 does not exist"):
         extract_features(ExtractConfig(source=".", out="f.h5", weights="nothing.h5"))
     with pytest.raises(WeightsError, match="the weights inside headstart are mobilenet_v2 alpha 0.35 "

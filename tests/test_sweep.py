@@ -24,7 +24,7 @@ from headstart.pipeline.cli import main
 from headstart.pipeline.config import HeadConfig, SweepConfig
 from headstart.pipeline.errors import DataError
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams
-from conftest import make_cache
+from conftest import make_cache, make_multilabel_cache
 
 QUIET = {"log": lambda line: None}
 #: Largest difference allowed between a trial trained in a batch and alone, without dropout: the
@@ -45,10 +45,29 @@ def finished(out: Path) -> list:
     return study.get_trials(deepcopy=False)
 
 
+def assert_trials_are_train_head(path: Path, trials, runs, out: Path, *, epochs: int, patience: int, seed: int,
+                                 **fields) -> None:
+    """Each batched trial equals ``train-head`` alone with the same parameters (and ``fields``):
+    epochs, every history column (the monitored one too), the kept weights and the validation loss."""
+    from headstart.pipeline.stages.head_training import train_head
+
+    for i, (params, run) in enumerate(zip(trials, runs)):
+        alone = train_head(params.head_config(features=str(path), out=str(out / f"alone{i}"), epochs=epochs,
+                                              patience=patience, seed=seed, **fields), **QUIET)
+        assert run.best_epoch == alone.best_epoch and run.epochs_run == alone.epochs_run
+        assert list(run.history) == list(alone.history)
+        for column in run.history:
+            np.testing.assert_allclose(run.history[column], alone.history[column], atol=TOLERANCE)
+        head = keras.saving.load_model(out / f"alone{i}" / "head.keras", safe_mode=True, compile=False)
+        for layer, weights in run.weights.items():
+            for ours, theirs in zip(weights, head.get_layer(layer).get_weights()):
+                np.testing.assert_allclose(ours, theirs, atol=TOLERANCE)
+        assert abs(run.validation["loss"] - alone.val_loss) < TOLERANCE
+
+
 @pytest.mark.slow
 def test_batched_trials_equal_train_head_alone(tmp_path):
     """Every head kind and normalisation, with weight decay and label smoothing, in one group."""
-    from headstart.pipeline.stages.head_training import train_head
     from headstart.pipeline.sweep.caches import load_caches
     from headstart.pipeline.sweep.trainer import train_group
 
@@ -58,17 +77,41 @@ def test_batched_trials_equal_train_head_alone(tmp_path):
               TrialParams("c", 3e-3, 0.0, 0.1, 0.1, 32, "hidden", 16, "standardize", True),
               TrialParams("c", 1e-3, 0.0, 0.01, 0.05, 32, "linear", None, "l2", True)]
     runs = train_group(cache, trials, seed=3, epochs=6, patience=2)
-    for i, (params, run) in enumerate(zip(trials, runs)):
-        alone = train_head(params.head_config(features=str(path), out=str(tmp_path / f"alone{i}"), epochs=6,
-                                              patience=2, seed=3), **QUIET)
-        assert run.best_epoch == alone.best_epoch and run.epochs_run == alone.epochs_run
-        np.testing.assert_allclose(run.history["val_loss"], alone.history["val_loss"], atol=TOLERANCE)
-        np.testing.assert_allclose(run.history["loss"], alone.history["loss"], atol=TOLERANCE)
-        head = keras.saving.load_model(tmp_path / f"alone{i}" / "head.keras", safe_mode=True, compile=False)
-        for layer, weights in run.weights.items():
-            for ours, theirs in zip(weights, head.get_layer(layer).get_weights()):
-                np.testing.assert_allclose(ours, theirs, atol=TOLERANCE)
-        assert abs(run.validation["loss"] - alone.val_loss) < TOLERANCE
+    assert_trials_are_train_head(path, trials, runs, tmp_path, epochs=6, patience=2, seed=3)
+
+
+@pytest.mark.slow
+def test_class_weighted_and_multi_label_trials_equal_train_head_alone(tmp_path):
+    """Class weights from a FILE (early stopping on balanced accuracy), and sigmoid heads on a
+    multi-label cache (early stopping on mAP): still train-head's computation, trial by trial."""
+    from headstart.pipeline.sweep.caches import load_caches
+    from headstart.pipeline.sweep.trainer import train_group
+    from headstart.pipeline.training.class_weights import resolve_class_weights
+
+    path = make_cache(tmp_path / "c.h5", classes=3, flip_validation=0.2)
+    weights_file = tmp_path / "weights.toml"
+    weights_file.write_text("class0 = 1.0\nclass1 = 4.0\nclass2 = 0.5\n")
+    cache = load_caches([str(path)])[0]
+    weights = resolve_class_weights(str(weights_file), cache.class_names, cache.labels["train"])
+    trials = [TrialParams("c", 1e-2, 0.0, 0.0, 0.0, 32, "linear", None, "none", False),
+              TrialParams("c", 3e-3, 0.0, 0.1, 0.1, 32, "hidden", 16, "standardize", False)]
+    runs = train_group(cache, trials, seed=3, epochs=8, patience=2, monitor="balanced_accuracy",
+                       sample_weights=weights.per_sample(cache.labels["train"]))
+    assert all("val_balanced_accuracy" in run.history for run in runs)
+    assert_trials_are_train_head(path, trials, runs, tmp_path / "weighted", epochs=8, patience=2, seed=3,
+                                 class_weight=str(weights_file), monitor="balanced_accuracy")
+    unweighted = train_group(cache, trials[:1], seed=3, epochs=8, patience=2)
+    assert unweighted[0].history["loss"] != pytest.approx(runs[0].history["loss"])  # the weights do weigh
+
+    ml_path = make_multilabel_cache(tmp_path / "ml.h5")
+    ml = load_caches([str(ml_path)])[0]
+    assert ml.multi_label and ml.labels["train"].shape == (160, 3)
+    trials = [TrialParams("ml", 1e-2, 0.0, 0.0, 0.0, 32, "linear", None, "none", False),
+              TrialParams("ml", 3e-3, 0.0, 0.1, 0.1, 32, "hidden", 16, "l2", False)]
+    runs = train_group(ml, trials, seed=3, epochs=6, patience=1)
+    assert all("val_map" in run.history and run.objective == max(run.history["val_map"]) for run in runs)
+    assert {"map", "micro_f1", "exact_match"} <= set(runs[0].validation)
+    assert_trials_are_train_head(ml_path, trials, runs, tmp_path / "ml", epochs=6, patience=1, seed=3)
 
 
 @pytest.mark.slow
@@ -94,6 +137,21 @@ def test_one_trace_serves_every_group_and_a_reused_step_trains_as_a_fresh_one(tm
     # Two groups, new normalisations and trials leaving: still the first trace of each function.
     assert heads.train_step.experimental_get_tracing_count() <= 2
     assert heads.predict.experimental_get_tracing_count() <= 2
+
+
+def test_trial_without_maximum_epochs_goes_past_the_default_until_patience_stops_it(tmp_path):
+    """[sweep] epochs = 0: a trial still improving at the default maximum goes on (issue 20)."""
+    from headstart.pipeline.sweep.caches import load_caches
+    from headstart.pipeline.sweep.trainer import train_group
+
+    cache = load_caches([str(make_cache(tmp_path / "c.h5", flip_validation=0.3, spread=2.0))])[0]
+    trial = [TrialParams("c", 1e-3, 0.0, 0.0, 0.0, 32, "linear", None, "none", False)]
+    default = SearchSpace().epochs
+    capped = train_group(cache, trial, seed=0, epochs=default, patience=2)[0]
+    free = train_group(cache, trial, seed=0, epochs=0, patience=2)[0]
+    assert capped.stopped == "epochs" and capped.best_epoch == capped.epochs_run == default
+    assert free.stopped == "early" and free.best_epoch > default and free.epochs_run == free.best_epoch + 2
+    np.testing.assert_allclose(free.history["val_loss"][:default], capped.history["val_loss"], atol=TOLERANCE)
 
 
 def test_pruner_view_decides_as_optunas_should_prune():
@@ -163,6 +221,122 @@ def test_sweep_writes_leaderboard_plot_and_best_run(tmp_path):
     assert "trial" in r.output and str(out / "best") in r.output
     r = invoke("inspect", out / "best")
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.slow
+def test_multi_label_sweep_ranks_by_validation_map_and_best_is_a_multi_label_head_run(tmp_path):
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.stages.head_training import train_head
+
+    path = make_multilabel_cache(tmp_path / "ml.h5")
+    toml = tmp_path / "sweep.toml"
+    toml.write_text("[sweep]\nepochs = 5\npatience = 2\nparallel = 4\nbatch_size = 32\nhidden_units = 16\n"
+                    "dropout = 0.0\n")
+    out = tmp_path / "sw"
+    r = invoke("sweep", path, "--out", out, "--trials", 4, "--config", toml)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert len(rows) == 4 and all(row["val_map"] and not row["val_balanced_accuracy"] for row in rows)
+    complete = [row for row in rows if row["state"] == "complete"]
+    assert rows[0]["rank"] == "1" and float(rows[0]["val_map"]) == max(float(row["val_map"]) for row in complete)
+    assert " val_map " in r.output and "test mAP" in r.output  # the table's column, the last line
+    study = finished(out)
+    assert study[0].user_attrs["result"]["monitor"] == "val_map"
+    for trial in (t for t in study if t.state.name == "COMPLETE"):  # Optuna was told mAP
+        assert trial.value == pytest.approx(max(trial.user_attrs["result"]["history"]["val_map"]))
+    best = RunDir.open(out / "best", kind="head")
+    record = best.record
+    assert best.multi_label and record["monitor"]["watched"] == "val_map" and record["sweep"]["monitor"] == "val_map"
+    assert abs(record["sweep"]["retrained_value"] - float(rows[0]["val_map"])) < TOLERANCE
+    # best/ is train-head's run of the trial, per-class thresholds chosen on validation included.
+    params = {k: record["sweep"]["params"][k] for k in ("lr", "dropout", "weight_decay", "label_smoothing",
+                                                        "batch_size", "head_kind", "normalize")}
+    alone = train_head(HeadConfig(features=str(path), out=str(tmp_path / "alone"), epochs=5, patience=2,
+                                  hidden_units=16, **params), **QUIET)
+    alone_thresholds = RunDir.open(alone.run_dir, kind="head").thresholds(best.class_names)
+    np.testing.assert_allclose(best.thresholds(best.class_names), alone_thresholds, atol=1e-4)
+    assert (out / "best" / "thresholds.json").is_file()
+    r = invoke("inspect", out / "best")
+    assert r.exit_code == 0 and "multi-label" in r.output, r.output
+
+
+def test_sweep_refuses_a_monitor_or_class_weights_the_task_cannot_take(tmp_path):
+    single = make_cache(tmp_path / "c.h5")
+    multi = make_multilabel_cache(tmp_path / "ml.h5", counts={"train": 40, "validation": 16})
+    for cache, flags, words in [(multi, ["--class-weight", "balanced"], "--class-weight balanced: class weights "
+                                                                            "apply to single-label tasks"),
+                                (multi, ["--monitor", "balanced_accuracy"], "--monitor balanced_accuracy needs a "
+                                                                            "single-label task"),
+                                (single, ["--monitor", "map"], "--monitor map needs a multi-label task"),
+                                (single, ["--class-weight", tmp_path / "none.toml"], "none.toml")]:
+        r = invoke("sweep", cache, "--out", tmp_path / "sw", *flags)
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and words in lines[0], r.output
+    assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.slow
+def test_class_weighted_sweep_without_maximum_epochs_retrains_best_with_the_weights(tmp_path):
+    """--class-weight FILE reaches every trial and best/ (recorded as train-head records it);
+    [sweep] epochs = 0 trains each trial until early stopping."""
+    from headstart.pipeline.report.rundir import RunDir
+
+    path = make_cache(tmp_path / "c.h5", classes=3, flip_validation=0.2)
+    weights_file = tmp_path / "weights.json"
+    weights_file.write_text('{"class0": 1.0, "class1": 4.0, "class2": 0.5}')
+    toml = tmp_path / "sweep.toml"
+    toml.write_text("[sweep]\nepochs = 0\npatience = 1\nparallel = 3\nbatch_size = 32\nhidden_units = 16\n"
+                    "dropout = 0.0\nlr = [1e-3, 1e-2]\n")
+    out = tmp_path / "sw"
+    r = invoke("sweep", path, "--out", out, "--trials", 3, "--config", toml, "--class-weight", weights_file)
+    assert r.exit_code == 0, r.output
+    assert "--class-weight" in r.output and "class1 4" in r.output
+    for trial in finished(out):
+        result = trial.user_attrs["result"]
+        assert result["stopped"] == "early" and result["epochs"] == result["best_epoch"] + 1
+    best = RunDir.open(out / "best", kind="head")
+    assert best.record["class_weight"]["mode"] == "file"
+    assert best.record["class_weight"]["weights"] == {"class0": 1.0, "class1": 4.0, "class2": 0.5}
+    assert best.record["config"]["epochs"] == 0 and best.record["config"]["class_weight"] == str(weights_file)
+    assert abs(best.record["sweep"]["retrained_val_loss"] - best.record["sweep"]["val_loss"]) < TOLERANCE
+    # Another --class-weight is another study: refused, naming the option.
+    r = invoke("sweep", path, "--out", out, "--trials", 3, "--config", toml)
+    assert r.exit_code == 2 and "--class-weight" in r.output, r.output
+
+
+@pytest.mark.slow
+def test_monitor_decides_which_trial_wins_and_what_the_result_reports(tmp_path):
+    """The same trials (same seed: the sampler's random start draws the same parameters) ranked by
+    validation loss and by balanced accuracy: another winner, each the best by its own measure."""
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.sweep.study import run_sweep
+
+    path = make_cache(tmp_path / "c.h5", classes=3, flip_validation=0.3, spread=2.0)
+    # Fixed values (what a caller fixes for the options a user set): never asked of the sampler.
+    space = SearchSpace(epochs=6, patience=2, parallel=6, hidden_units=(16,)).with_values(batch_size=32, dropout=0.0)
+    results, boards = {}, {}
+    for monitor in ("val_loss", "balanced_accuracy"):
+        out = tmp_path / monitor
+        results[monitor] = run_sweep(SweepConfig(caches=(str(path),), out=str(out), trials=6, monitor=monitor),
+                                     space, **QUIET)
+        boards[monitor] = {int(r["number"]): r for r in csv.DictReader((out / "leaderboard.csv").open())}
+        assert all(r["batch_size"] == "32" and float(r["dropout"]) == 0.0 for r in boards[monitor].values())
+        for trial in (t for t in finished(out) if t.state.name == "COMPLETE"):  # Optuna is told the monitor
+            assert trial.value == pytest.approx(float(boards[monitor][trial.number][results[monitor].monitor]))
+    by_loss, by_balanced = results["val_loss"], results["balanced_accuracy"]
+    drawn = {monitor: {n: r["lr"] for n, r in board.items()} for monitor, board in boards.items()}
+    assert drawn["val_loss"] == drawn["balanced_accuracy"]
+    assert by_balanced.monitor == "val_balanced_accuracy" and by_loss.monitor == "val_loss"
+    assert by_loss.best["number"] != by_balanced.best["number"]
+    balanced = {n: float(r["val_balanced_accuracy"]) for n, r in boards["balanced_accuracy"].items()}
+    assert by_balanced.best_value == max(balanced.values()) > balanced[by_loss.best["number"]]
+    assert by_loss.best_value == min(float(r["val_loss"]) for r in boards["val_loss"].values())
+    # What `headstart run --recipe auto` reads back.
+    assert by_balanced.best_val_accuracy == by_balanced.best["val_accuracy"]
+    assert by_balanced.best_params["lr"] == by_balanced.best["lr"] and by_balanced.best_params["cache"] == "c"
+    best = RunDir.open(by_balanced.best_dir, kind="head").record
+    assert best["monitor"] == {"option": "balanced_accuracy", "watched": "val_balanced_accuracy"}
+    assert by_balanced.best_test["accuracy"] == by_balanced.best_test_accuracy is not None
 
 
 @pytest.mark.slow
@@ -267,6 +441,24 @@ def test_resume_after_sigkill_gives_exactly_n_trials(tmp_path):
     assert len(list(csv.DictReader((out / "leaderboard.csv").open()))) == 6
 
 
+def test_best_of_the_same_trial_written_by_another_process_meanwhile_is_kept(tmp_path, monkeypatch):
+    """Processes sharing a study finish together and may retrain the same best trial at once."""
+    from headstart.pipeline.sweep import best
+
+    def written(path: Path, trial: int) -> Path:
+        path.mkdir()
+        (path / "run.json").write_text(json.dumps({"kind": "head", "sweep": {"trial": trial}}))
+        return path
+
+    # Theirs lands between our removal of best/ and our move: the move fails, theirs stays.
+    monkeypatch.setattr(best.shutil, "rmtree", lambda path, ignore_errors=False: None)
+    theirs, ours = written(tmp_path / "best", 7), written(tmp_path / ".best-1", 7)
+    best._move_into_place(ours, theirs, 7)
+    assert json.loads((theirs / "run.json").read_text())["sweep"]["trial"] == 7
+    with pytest.raises(OSError):  # a best/ of another trial is never taken for ours
+        best._move_into_place(written(tmp_path / ".best-2", 8), theirs, 8)
+
+
 @pytest.mark.slow
 def test_two_processes_share_one_study_without_duplicates(tmp_path):
     cache = make_cache(tmp_path / "c.h5")
@@ -311,6 +503,34 @@ def test_finetune_accepts_the_sweeps_best_head_with_parity(tmp_path):
 
 
 @pytest.mark.slow
+def test_finetune_accepts_a_multi_label_sweeps_best_head(tmp_path):
+    """A multi-label source end to end: extract → sweep (sigmoid heads, mAP) → finetune --head DIR/best."""
+    from test_multilabel_e2e import BACKBONE, WEIGHTS, make_shape_set
+
+    table, _ = make_shape_set(tmp_path / "data")
+    cache = tmp_path / "f.h5"
+    r = invoke("extract-features", table, "--out", cache, "--backbone", BACKBONE["backbone"], "--alpha",
+               BACKBONE["alpha"], "--image-size", BACKBONE["image_size"], "--weights", WEIGHTS, "--batch-size", 16,
+               "--quiet")
+    assert r.exit_code == 0, r.output
+    toml = tmp_path / "sweep.toml"
+    toml.write_text("[sweep]\nepochs = 0\npatience = 2\nbatch_size = 16\nparallel = 3\nhidden_units = 8\n"
+                    "lr = [3e-3, 3e-2]\n")
+    out = tmp_path / "sw"
+    r = invoke("sweep", cache, "--out", out, "--trials", 3, "--config", toml, "--quiet")
+    assert r.exit_code == 0, r.output
+    best = json.loads((out / "best" / "run.json").read_text())
+    assert best["task"] == "multi_label" and set(best["thresholds"]["thresholds"]) == {"circle", "square", "triangle"}
+    tuned = tmp_path / "tuned"
+    r = invoke("finetune", table, "--head", out / "best", "--out", tuned, "--epochs", 1, "--batch-size", 16,
+               "--lr", 1e-4, "--parity-samples", 4, "--quiet")
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tuned / "metrics.json").read_text())
+    assert metrics["parity"]["max_abs_diff"] <= metrics["parity"]["tolerance"]
+    assert metrics["stage_gate"]["measure"] == "map" and metrics["test"]["map"] > 0.5
+
+
+@pytest.mark.slow
 def test_sweep_on_real_photos_finds_a_head_at_least_as_good(real_photo_cache, tmp_path):
     from headstart.pipeline.stages.head_training import train_head
     from headstart.pipeline.sweep.study import run_sweep
@@ -337,13 +557,15 @@ def test_run_with_sweep_reuses_its_head_stage_and_finetunes_the_best(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text("[sweep]\nepochs = 3\nparallel = 3\nbatch_size = 8\nhidden_units = 8\n")
     flags = ["--backbone", "mobilenet", "--alpha", 0.25, "--image-size", 32, "--weights", weights,
-             "--epochs", 1, "--batch-size", 8, "--config", toml, "--sweep", 3]
+             "--epochs", 1, "--batch-size", 8, "--config", toml, "--sweep", 3, "--class-weight", "balanced"]
     run_dir = tmp_path / "run"
     r = invoke("run", tmp_path / "images", "--out", run_dir, *flags)
     assert r.exit_code == 0, r.output
     summary = json.loads((run_dir / "summary.json").read_text())["stages"]
     best = json.loads((run_dir / "head" / "run.json").read_text())["sweep"]
     assert summary["head"]["sweep"]["trials"] == 3 and summary["head"]["sweep"]["best_trial"] == best["trial"]
+    head = json.loads((run_dir / "head" / "run.json").read_text())
+    assert head["class_weight"]["mode"] == "balanced"  # [head] class_weight reaches the sweep and best/
     assert (run_dir / "sweep" / "leaderboard.csv").is_file() and (run_dir / "finetune" / "model.keras").is_file()
     assert "[sweep]" in (run_dir / "config.toml").read_text()
     again = invoke("run", tmp_path / "images", "--out", run_dir, *flags)

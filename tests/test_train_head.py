@@ -152,6 +152,22 @@ def test_early_stopping_restores_the_best_epoch(tmp_path):
     assert_same_weights(head_weights(tmp_path / "a"), head_weights(tmp_path / "b"))
 
 
+def test_zero_epochs_trains_until_early_stopping_past_the_default_maximum(tmp_path):
+    """--epochs 0: no maximum; a run whose best epoch is the default maximum's last goes on."""
+    from headstart.pipeline.training.early_stopping import UNLIMITED_EPOCHS, epoch_limit
+
+    cache = make_cache(tmp_path / "f.h5", flip_validation=0.3, spread=2.0)
+    base = dict(features=str(cache), lr=1e-3, batch_size=32, patience=2, deterministic=True)
+    capped = train_head(HeadConfig(out=str(tmp_path / "capped"), **base), **QUIET)  # epochs: the default 20
+    assert capped.epochs_run == HeadConfig().epochs == capped.best_epoch  # still improving when cut short
+    lines = []
+    free = train_head(HeadConfig(out=str(tmp_path / "free"), epochs=0, **base), log=lines.append)
+    assert free.best_epoch > HeadConfig().epochs and free.epochs_run == free.best_epoch + 2
+    assert free.history["val_loss"][:20] == capped.history["val_loss"]  # the same run, not cut short
+    assert any(line.startswith("epoch 21  ") for line in lines) and "early stopping" in lines[-1]
+    assert epoch_limit(0) == UNLIMITED_EPOCHS == 1000 and epoch_limit(7) == 7
+
+
 def test_without_validation_split_watches_training_loss(tmp_path):
     cache = make_cache(tmp_path / "f.h5", counts={"train": 64, "test": 32})
     lines = []
@@ -188,7 +204,7 @@ def test_refusals(tmp_path):
     with pytest.raises(StoreError, match="no such file"):
         run(tmp_path / "missing.h5")
     with pytest.raises(OptionError, match="--epochs"):
-        train_head(HeadConfig(features=str(good), out=str(tmp_path / "x"), epochs=0), **QUIET)
+        train_head(HeadConfig(features=str(good), out=str(tmp_path / "x"), epochs=-1), **QUIET)
     assert not (tmp_path / "run").exists()  # nothing created by refused runs
 
     first = run(good)

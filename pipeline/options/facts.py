@@ -128,7 +128,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
     },
     "head": {
         "out": OptionFact("Run directory to write.", path="dir", required=True, shapes_result=False),
-        "epochs": OptionFact("Most epochs; early stopping may end sooner.", bounds=at_least(1)),
+        "epochs": OptionFact("Most epochs; early stopping may end sooner. 0: no maximum, train until early "
+                             "stopping ends it (safety cap 1000 epochs).", bounds=at_least(0)),
         "lr": OptionFact("Adam learning rate.", bounds=POSITIVE),
         "batch_size": OptionFact("Rows per step.", bounds=at_least(1)),
         "dropout": OptionFact("Dropout before the Dense layer.", bounds=SHARE),
@@ -211,6 +212,11 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                                   metavar="DIR", path="dir", shapes_result=False),
         "overwrite": OptionFact("Start the study anew: delete DIR's study.db, leaderboard, plot and best/.",
                                 shapes_result=False),
+        "monitor": OptionFact("What ranks the trials (Optuna's objective), prunes them, stops each early and "
+                              "best/ is retrained with: the validation loss, or validation balanced accuracy, "
+                              "macro-F1 or mAP; a multi-label cache's val_loss means mAP.", choices=MONITORS),
+        "class_weight": OptionFact(_CLASS_WEIGHT_HELP + " Every trial and best/ train with them (single-label).",
+                                   metavar="none|balanced|FILE"),
     },
     "diagnose": {
         "out": OptionFact("Directory for the report.", path="dir", required=True, shapes_result=False),

@@ -62,7 +62,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     _o("--multi-label/--no-multi-label", "extract.multi_label"),
     _o("--max-bad", "extract.max_bad", "Fail when more than this many images are skipped."),
     _o("--augment-views", "extract.augment_views"),
-    _o("--head-epochs", "head.epochs", "Most epochs of the head on cached features."),
+    _o("--head-epochs", "head.epochs", "Most epochs of the head on cached features (0: until early stopping)."),
     _o("--head-lr", "head.lr", "Adam learning rate of the head."),
     _o("--head-batch-size", "head.batch_size", "Rows per step when training the head."),
     _o("--dropout", "head.dropout"),

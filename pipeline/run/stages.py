@@ -138,7 +138,8 @@ def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict 
     space = space_from_dict({k: v for k, v in config.sweep.items() if k != "trials"})
     sweep_dir = head_dir.parent / "sweep"
     result = run_sweep(SweepConfig(caches=(str(features),), out=str(sweep_dir), trials=int(config.sweep["trials"]),
-                                   seed=config.head.seed, tensorboard=log_dir,
+                                   seed=config.head.seed, tensorboard=log_dir, monitor=config.head.monitor,
+                                   class_weight=config.head.class_weight,
                                    overwrite=bool(record) and record.get("key") != key),
                        space, log=lambda m: console.log(f"  {m}"))
     shutil.rmtree(head_dir, ignore_errors=True)

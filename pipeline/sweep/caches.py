@@ -26,8 +26,8 @@ class SweepCache:
         path: absolute path of the cache.
         rows: split → FeatureRows (in memory) of the original rows; "train_views" adds the train
             split with its augmented views when the cache has them.
-        labels: split → int64 (N,) class indices.
-        class_names, feature_shape, views: as the cache says.
+        labels: split → int64 (N,) class indices, or (N, C) multi-hot rows for a multi-label cache.
+        class_names, feature_shape, views, multi_label: as the cache says.
         info: run.json's "cache" record, as train-head writes it.
     """
 
@@ -39,6 +39,7 @@ class SweepCache:
     feature_shape: tuple[int, ...]
     views: int
     info: dict = field(default_factory=dict)
+    multi_label: bool = False
 
     def train_rows(self, views: bool) -> Any:
         """The training split's FeatureRows, with or without the augmented views."""
@@ -84,7 +85,7 @@ def load_caches(paths: Sequence[str]) -> list[SweepCache]:
                 name=name, path=os.path.abspath(path), rows=rows,
                 labels={s: np.asarray(split.labels, dtype=np.int64) for s, split in splits.items()},
                 class_names=list(cache.class_names), feature_shape=tuple(int(d) for d in cache.feature_shape),
-                views=int(cache.views),
+                views=int(cache.views), multi_label=bool(cache.multi_label),
                 info={"path": os.path.abspath(path), "fingerprint": cache.fingerprint, "config": cache.config,
                       "provenance": cache.provenance, "splits": {s: len(v) for s, v in splits.items()},
                       "views": int(cache.views), "dtype": cache.dtype}))
@@ -93,19 +94,17 @@ def load_caches(paths: Sequence[str]) -> list[SweepCache]:
 
 def _signature(cache: Any, path: str) -> dict[str, Any]:
     # What must agree between caches, in the order a refusal reports it.
-    if cache.multi_label:
-        # The batched trials train softmax/one-logit heads; a multi-label trial would need its own
-        # loss and selection on validation mAP (train-head does multi-label).
-        raise DataError(f"{path}: sweep reads single-label caches only; this one is multi-label "
-                        f"(train it with train-head)")
     for needed in ("train", "validation"):
         if needed not in cache.splits or len(cache.split(needed)) == 0:
             raise DataError(f"{path}: a sweep needs a non-empty '{needed}' split (the cache has: "
                             f"{', '.join(cache.splits) or 'none'}); trials are selected on validation")
     if len(cache.class_names) < 2:
         raise DataError(f"{path}: the cache has {len(cache.class_names)} class(es); a classifier needs 2 or more")
+    if cache.multi_label and not np.asarray(cache.split("validation").labels).any():
+        raise DataError(f"{path}: no validation row holds any label; a multi-label sweep selects on validation mAP")
     config = cache.config
     signature: dict[str, Any] = {
+        "task": "multi-label" if cache.multi_label else "single-label",
         "source": config.get("source"),
         "classes": list(cache.class_names),
         "splits": list(cache.splits),

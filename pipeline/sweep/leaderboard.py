@@ -2,6 +2,8 @@
 
 Everything is rebuilt from the study itself, so whichever process finishes last writes a report of
 every process's trials, and a resumed sweep's report covers the trials of the runs before it.
+Trials are ranked by the sweep's monitored validation measure (``sweep.objective``), best first;
+a multi-label sweep's rows hold ``val_map`` and its ``val_accuracy`` is the exact-match ratio.
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from headstart.pipeline.config import SweepConfig
-from headstart.pipeline.sweep.caches import SweepCache
+from headstart.pipeline.sweep.objective import Objective
+from headstart.pipeline.sweep.setup import SweepSetup
 from headstart.pipeline.sweep.space import SearchSpace
 
 #: Leaderboard columns, in order; parameters sit between the scores and the bookkeeping.
 PARAMS = ("lr", "dropout", "weight_decay", "label_smoothing", "batch_size", "head_kind", "hidden_units",
           "normalize", "views")
-COLUMNS = ("rank", "number", "cache", "state", "val_loss", "val_accuracy", "val_balanced_accuracy",
-           "val_macro_f1", *PARAMS, "best_epoch", "epochs", "seconds")
+#: The validation measures (a trial record's keys) shown as ``val_<measure>`` columns.
+MEASURES = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "map")
+COLUMNS = ("rank", "number", "cache", "state", *(f"val_{m}" for m in MEASURES), *PARAMS, "best_epoch", "epochs",
+           "seconds")
 
 
-def leaderboard_rows(study: Any) -> list[dict[str, Any]]:
-    """One row per finished trial, best validation loss first (pruned trials after complete ones)."""
+def leaderboard_rows(study: Any, objective: Objective = Objective()) -> list[dict[str, Any]]:
+    """One row per finished trial, best monitored value first (pruned trials after complete ones)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state.name not in ("COMPLETE", "PRUNED") or "result" not in t.user_attrs:
@@ -32,11 +37,9 @@ def leaderboard_rows(study: Any) -> list[dict[str, Any]]:
         result = t.user_attrs["result"]
         v = result["validation"]
         rows.append({"number": t.number, "cache": result["params"]["cache"], "state": t.state.name.lower(),
-                     "val_loss": v["loss"], "val_accuracy": v["accuracy"],
-                     "val_balanced_accuracy": v["balanced_accuracy"], "val_macro_f1": v["macro_f1"],
-                     **{k: result["params"][k] for k in PARAMS},
+                     **{f"val_{m}": v.get(m) for m in MEASURES}, **{k: result["params"][k] for k in PARAMS},
                      "best_epoch": result["best_epoch"], "epochs": result["epochs"], "seconds": result["seconds"]})
-    rows.sort(key=lambda r: (r["state"] != "complete", r["val_loss"], r["number"]))
+    rows.sort(key=lambda r: (r["state"] != "complete", objective.rank(r[objective.history_key]), r["number"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     return rows
@@ -54,23 +57,30 @@ def write_leaderboard(rows: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def format_top(rows: list[dict[str, Any]], count: int = 10) -> str:
-    """The first ``count`` rows as a fixed-width table for the terminal."""
-    head = ("#", "trial", "cache", "val_loss", "val_acc", "head", "norm", "lr", "wd", "drop", "smooth",
+def format_top(rows: list[dict[str, Any]], count: int = 10, objective: Objective = Objective()) -> str:
+    """The first ``count`` rows as a fixed-width table for the terminal (the monitored column after
+    val_loss and val_acc when it is another one)."""
+    watched = () if objective.measure == "loss" else (objective.history_key,)
+    head = ("#", "trial", "cache", "val_loss", "val_acc", *watched, "head", "norm", "lr", "wd", "drop", "smooth",
             "batch", "views", "ep")
     lines = [head]
     for r in rows[:count]:
         kind = r["head_kind"] if r["head_kind"] == "linear" else f"hidden{r['hidden_units']}"
-        lines.append((str(r["rank"]), str(r["number"]), str(r["cache"]), f"{r['val_loss']:.4f}",
-                      f"{r['val_accuracy']:.4f}", kind, r["normalize"], f"{r['lr']:.2e}", f"{r['weight_decay']:.1e}",
-                      f"{r['dropout']:.2f}", f"{r['label_smoothing']:.2f}", str(r["batch_size"]),
-                      "yes" if r["views"] else "no", str(r["epochs"])))
+        lines.append((str(r["rank"]), str(r["number"]), str(r["cache"]), _number(r["val_loss"]),
+                      _number(r["val_accuracy"]), *(_number(r[key]) for key in watched), kind, r["normalize"],
+                      f"{r['lr']:.2e}", f"{r['weight_decay']:.1e}", f"{r['dropout']:.2f}",
+                      f"{r['label_smoothing']:.2f}", str(r["batch_size"]), "yes" if r["views"] else "no",
+                      str(r["epochs"])))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
 
 
-def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """``sweep.png``: validation loss per trial over the search, against each parameter, best per cache."""
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str, objective: Objective = Objective()) -> None:
+    """``sweep.png``: the monitored value per trial over the search, against each parameter, best per cache."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,19 +90,20 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     caches = list(dict.fromkeys(r["cache"] for r in ordered))
     colours = {c: f"C{i}" for i, c in enumerate(caches)}
     panels = ["search", *PARAMS] + (["caches"] if len(caches) > 1 else [])
+    key = objective.history_key
     cols = 4
     fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(13, 3 * -(-len(panels) // cols)))
     axes = axes.reshape(-1)
     for ax, panel in zip(axes, panels):
         if panel == "search":
-            _plot_search(ax, ordered, colours)
+            _plot_search(ax, ordered, colours, objective)
         elif panel == "caches":
-            best = [min(r["val_loss"] for r in ordered if r["cache"] == c) for c in caches]
+            best = [objective.best([r[key] for r in ordered if r["cache"] == c]) for c in caches]
             ax.bar(range(len(caches)), best, color=[colours[c] for c in caches])
             ax.set_xticks(range(len(caches)), caches, rotation=20, fontsize=7)
-            ax.set_title("best val_loss per cache", fontsize=9)
+            ax.set_title(f"best {key} per cache", fontsize=9)
         else:
-            _plot_param(ax, ordered, panel, colours)
+            _plot_param(ax, ordered, panel, colours, key)
     for ax in axes[len(panels):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
@@ -103,24 +114,23 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
-def _plot_search(ax: Any, ordered: list[dict], colours: dict[str, str]) -> None:
+def _plot_search(ax: Any, ordered: list[dict], colours: dict[str, str], objective: Objective) -> None:
+    key = objective.history_key
     for row in ordered:
-        ax.scatter(row["number"], row["val_loss"], s=12, color=colours[row["cache"]],
+        ax.scatter(row["number"], row[key], s=12, color=colours[row["cache"]],
                    marker="o" if row["state"] == "complete" else "x")
-    complete = [r for r in ordered if r["state"] == "complete"]
-    best, xs, ys = float("inf"), [], []
-    for row in complete:
-        best = min(best, row["val_loss"])
+    xs, ys = [], []
+    for row in (r for r in ordered if r["state"] == "complete"):
         xs.append(row["number"])
-        ys.append(best)
+        ys.append(objective.best([*ys[-1:], row[key]]))
     ax.step(xs, ys, where="post", color="k", linewidth=1, label="best so far")
     ax.set_xlabel("trial", fontsize=8)
-    ax.set_ylabel("val_loss", fontsize=8)
-    ax.set_title("validation loss over the search (x: pruned)", fontsize=9)
+    ax.set_ylabel(key, fontsize=8)
+    ax.set_title(f"{key} over the search (x: pruned)", fontsize=9)
     ax.legend(fontsize=7)
 
 
-def _plot_param(ax: Any, ordered: list[dict], name: str, colours: dict[str, str]) -> None:
+def _plot_param(ax: Any, ordered: list[dict], name: str, colours: dict[str, str], key: str) -> None:
     values = [r[name] for r in ordered]
     present = [v for v in values if v is not None]
     categorical = any(isinstance(v, (str, bool)) for v in present) or name in ("batch_size", "hidden_units")
@@ -134,29 +144,31 @@ def _plot_param(ax: Any, ordered: list[dict], name: str, colours: dict[str, str]
             ax.set_xscale("log")
     for x, row in zip(xs, ordered):
         if x is not None:
-            ax.scatter(x, row["val_loss"], s=10, color=colours[row["cache"]], alpha=0.7)
+            ax.scatter(x, row[key], s=10, color=colours[row["cache"]], alpha=0.7)
     ax.set_title(name, fontsize=9)
     ax.tick_params(labelsize=7)
 
 
-def write_outputs(study: Any, out: Path, caches: dict[str, SweepCache], space: SearchSpace,
-                  config: SweepConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    """Writes leaderboard.csv, sweep.png and DIR/best; returns SweepResult's best, table, test accuracy
-    and the epochs its trials trained."""
+def write_outputs(study: Any, out: Path, setup: SweepSetup, space: SearchSpace, config: SweepConfig,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """Writes leaderboard.csv, sweep.png and DIR/best; returns SweepResult's best, table, test
+    measures and the epochs its trials trained."""
     from headstart.pipeline.sweep.best import write_best
 
-    rows = leaderboard_rows(study)
+    objective = setup.objective
+    rows = leaderboard_rows(study, objective)
     write_leaderboard(rows, out / "leaderboard.csv")
     if rows:
-        plot_sweep(rows, out / "sweep.png", f"headstart sweep: {len(rows)} trials on {', '.join(caches)}")
+        plot_sweep(rows, out / "sweep.png", f"headstart sweep: {len(rows)} trials on {', '.join(setup.caches)}",
+                   objective)
     complete = [r for r in rows if r["state"] == "complete"]
-    epochs = sum(int(r.get("epochs") or 0) for r in rows)
+    summary = {"table": format_top(rows, objective=objective), "trial_epochs": sum(int(r.get("epochs") or 0)
+                                                                                    for r in rows)}
     if not complete:
         log("no trial completed (all pruned?): no DIR/best")
-        return {"best": {}, "best_test_accuracy": None, "table": format_top(rows), "trial_epochs": epochs}
-    test_accuracy = write_best(study, complete[0], out, caches, space, config, rows, log)
-    return {"best": complete[0], "best_test_accuracy": test_accuracy, "table": format_top(rows),
-            "trial_epochs": epochs}
+        return {"best": {}, "best_test_accuracy": None, **summary}
+    test = write_best(study, complete[0], out, setup, space, config, rows, log)
+    return {"best": complete[0], "best_test_accuracy": test.get("accuracy"), "best_test": test, **summary}
 
 
 __all__ = ["COLUMNS", "format_top", "leaderboard_rows", "plot_sweep", "write_leaderboard",

@@ -12,10 +12,11 @@ A ``[sweep]`` section changes any part of the space; every key is optional::
     hidden_units = [64, 128, 256]     # only for head_kind "hidden"
     normalize = ["none", "l2", "standardize"]
     views = [true, false]             # only for caches with augmented views
-    epochs = 30                       # per trial, with early stopping ...
-    patience = 3                      # ... after this many epochs without a better val_loss
+    epochs = 30                       # most per trial, with early stopping; 0: no maximum, until early
+                                      # stopping ends it (safety cap 1000) ...
+    patience = 3                      # ... after this many epochs without a better --monitor value
     parallel = 16                     # trials asked of Optuna and trained together
-    pruner = "median"                 # or "none": Optuna's MedianPruner on per-epoch val_loss
+    pruner = "median"                 # or "none": Optuna's MedianPruner on the per-epoch --monitor value
 
 Anything else is refused with one line naming the file and the key. No TensorFlow or Optuna here:
 the CLI validates a file before anything heavy is imported.
@@ -59,13 +60,26 @@ class SearchSpace:
         """JSON-ready (tuples become lists); ``space_from_dict`` reads it back."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    def with_values(self, **values: Any) -> "SearchSpace":
+        """This space with some keys set, as a ``[sweep]`` table sets them (and checked the same way).
+
+        A number fixes a range (``lr=1e-3`` is ``(1e-3, 1e-3)``), one value fixes a choice
+        (``head_kind="linear"``); lists give ranges or choices; ``epochs``, ``patience`` … as in
+        ``[sweep]``. A fixed value is never asked of the sampler, so a caller can search only what
+        a user left open, e.g. ``SearchSpace(epochs=0).with_values(lr=config.lr)``.
+
+        Raises:
+            OptionError: as ``space_from_dict``, naming the key.
+        """
+        return space_from_dict({**self.to_dict(), **values}, origin="SearchSpace")
+
 
 _RANGES = ("lr", "dropout", "weight_decay", "label_smoothing")
 _CHOICES: dict[str, tuple[type, tuple | None]] = {
     "batch_size": (int, None), "head_kind": (str, HEAD_KINDS), "hidden_units": (int, None),
     "normalize": (str, NORMALIZATIONS), "views": (bool, (True, False)),
 }
-_INTS = {"epochs": 1, "patience": 0, "parallel": 1}  # key → smallest allowed value
+_INTS = {"epochs": 0, "patience": 0, "parallel": 1}  # key → smallest allowed value (epochs 0: no maximum)
 
 
 def space_from_dict(values: dict[str, Any], *, origin: str = "[sweep]") -> SearchSpace:

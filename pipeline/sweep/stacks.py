@@ -3,8 +3,9 @@
 Heads of one architecture are stacked on a leading trial axis of free length — kernels
 (T, C, L), one batched matmul for all — so ``headstart.pipeline.sweep.trainer.BatchedHeads``
 traces its step once and loads any group into it. Each formula is Keras's: Adam and its
-decoupled weight decay (TensorFlow's fused Adam kernel, scaled per trial), binary or categorical
-cross-entropy from logits with label smoothing, and accuracy as train-head's metrics count it.
+decoupled weight decay (TensorFlow's fused Adam kernel, scaled per trial), binary (one logit, or
+one per class of a multi-label head) or categorical cross-entropy from logits with label smoothing
+and per-row class weights, and accuracy as train-head's metrics count it.
 """
 
 from __future__ import annotations
@@ -126,24 +127,38 @@ class HeadStack:
         return out
 
 
-def stack_loss(logits: Any, y: Any, smoothing: Any, num_classes: int) -> Any:
-    """Per-member mean training loss (T,), as Keras's losses compute it, with label smoothing."""
+def stack_loss(logits: Any, y: Any, w: Any, smoothing: Any, num_classes: int, multi_label: bool = False) -> Any:
+    """Per-member mean training loss (T,), as Keras's losses compute it, with label smoothing.
+
+    Args:
+        logits: (T, B, L). y: the batch's targets, ``model.head.head_labels``'s form: (B, 1) for two
+            classes, (B, C) multi-hot rows, or (B,) class indices.
+        w: (B,) per-row loss weights (ones without ``--class-weight``).
+        smoothing: (T,) label smoothing of each member.
+
+    Returns:
+        (T,): Σ_b w_b · l_b / B, Keras's "sum_over_batch_size" reduction of a weighted batch, where
+        l_b is the row's cross-entropy (for sigmoid logits the binary one averaged over the logits,
+        as Keras's ``binary_crossentropy`` averages its last axis).
+    """
     import tensorflow as tf
 
     ls = smoothing[:, None, None]
-    if num_classes == 2:
+    if num_classes == 2 or multi_label:
         target = y[None] * (1.0 - ls) + 0.5 * ls
         per = tf.nn.relu(logits) - logits * target + tf.math.log1p(tf.exp(-tf.abs(logits)))
-        return tf.reduce_mean(per, axis=[1, 2])
+        return tf.reduce_mean(tf.reduce_mean(per, axis=-1) * w[None], axis=1)
     one_hot = tf.one_hot(tf.cast(y, tf.int32), num_classes)[None]
     target = one_hot * (1.0 - ls) + ls / num_classes
-    return tf.reduce_mean(-tf.reduce_sum(target * tf.nn.log_softmax(logits), axis=-1), axis=1)
+    return tf.reduce_mean(-tf.reduce_sum(target * tf.nn.log_softmax(logits), axis=-1) * w[None], axis=1)
 
 
-def stack_accuracy(logits: Any, y: Any, num_classes: int) -> Any:
+def stack_accuracy(logits: Any, y: Any, num_classes: int, multi_label: bool = False) -> Any:
+    """Per-member training accuracy (T,), unweighted as train-head's compiled metric: for sigmoid
+    logits the share of (row, logit) pairs on the right side of 0 (``BinaryAccuracy(threshold=0)``)."""
     import tensorflow as tf
 
-    if num_classes == 2:
+    if num_classes == 2 or multi_label:
         return tf.reduce_mean(tf.cast(tf.equal(tf.cast(logits > 0, tf.float32), y[None]), tf.float32), axis=[1, 2])
     hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.cast(y, tf.int64)[None])
     return tf.reduce_mean(tf.cast(hit, tf.float32), axis=1)

@@ -11,8 +11,11 @@ asked beyond N in a race (the first N live trials by number are kept) is told FA
 Each round asks up to ``parallel`` trials (TPE with ``constant_liar``, so asked-but-running trials
 steer the sampler away from each other), groups them by (cache, batch size, views) and trains each
 group in one compiled step (``headstart.pipeline.sweep.trainer``), telling Optuna as each trial stops.
-Selection uses validation only: the objective is the trial's best validation loss. The test split is
-scored once, when ``DIR/best`` is written by retraining the best trial with ``train-head`` itself.
+Selection uses validation only: the objective is the trial's best value of the ``--monitor`` measure
+(validation loss by default, minimised; balanced accuracy, macro-F1 or a multi-label cache's mAP,
+maximised: ``sweep.objective``), which the pruner and each trial's early stopping watch too. The
+test split is scored once, when ``DIR/best`` is written by retraining the best trial with
+``train-head`` itself.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.sweep.caches import SweepCache
+from headstart.pipeline.sweep.setup import SweepSetup
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams, params_from_record, suggest_params
 from headstart.pipeline.sweep.teller import FINISHED, Teller, trial_state
 
@@ -37,7 +41,12 @@ STUDY_NAME = "headstart-sweep"
 
 @dataclass
 class SweepResult:
-    """What ``run_sweep`` produced."""
+    """What ``run_sweep`` produced.
+
+    The best trial is the best complete one by ``monitor`` on validation; ``best`` is its
+    leaderboard row (``leaderboard.COLUMNS``: "number", "cache", "val_loss", "val_accuracy", the
+    monitored column, every parameter …), empty when no trial completed.
+    """
 
     out: str
     storage: str
@@ -48,6 +57,30 @@ class SweepResult:
     seconds: float = 0.0
     table: str = ""                                       # the top ten, for the terminal
     trial_epochs: int = 0                                 # epochs trained over every finished trial
+    monitor: str = "val_loss"                             # the column trials are ranked by, e.g. "val_map"
+    best_test: dict[str, Any] = field(default_factory=dict)  # best/metrics.json's "test" (scored once)
+
+    @property
+    def best_value(self) -> float | None:
+        """The best trial's monitored validation value (what Optuna was told)."""
+        return self.best.get(self.monitor)
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        """The best trial's validation accuracy (multi-label: exact match at its thresholds)."""
+        return self.best.get("val_accuracy")
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        """The best trial's cache and head parameters (``TrialParams``' fields)."""
+        from headstart.pipeline.sweep.leaderboard import PARAMS
+
+        return {k: self.best[k] for k in ("cache", *PARAMS)} if self.best else {}
+
+    @property
+    def best_dir(self) -> str | None:
+        """``DIR/best``, the best trial retrained by train-head; None when no trial completed."""
+        return str(Path(self.out) / "best") if self.best else None
 
 
 def storage_url(config: SweepConfig) -> str:
@@ -60,8 +93,9 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
     """Runs (or resumes, or joins) the sweep until ``config.trials`` trials are finished.
 
     Args:
-        config: caches, output directory, total trials, seed, storage.
-        space: the search space (defaults: ``SearchSpace()``).
+        config: caches, output directory, total trials, seed, storage, monitor, class weights.
+        space: the search space (defaults: ``SearchSpace()``); a range with lo == hi and a single
+            choice are fixed (never asked of the sampler): ``SearchSpace.with_values`` fixes some.
         log: receives one line per finished trial and status messages.
         on_trial: called as ``on_trial(finished, total, trials_per_second)`` for a progress bar.
 
@@ -69,43 +103,45 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
         A SweepResult; ``table`` is the top ten for the CLI to print.
 
     Raises:
-        OptionError: bad options, or a study in the storage that was started with other caches or
+        OptionError: bad options (a monitor the caches' task does not allow, class weights on a
+            multi-label cache …), or a study in the storage that was started with other caches or
             another search space. RunDirError: DIR holds something that is not a sweep.
         DataError / StoreError: unusable or mismatched caches (``load_caches``).
     """
     from headstart.pipeline.options.facts import check_config
-    from headstart.pipeline.sweep.caches import load_caches
     from headstart.pipeline.sweep.leaderboard import write_outputs
+    from headstart.pipeline.sweep.setup import prepare_sweep
 
     check_config("sweep", config)
     if config.heartbeat < 1:
         raise OptionError(f"heartbeat must be at least 1 second, got {config.heartbeat}")
     space = space or SearchSpace()
     start = time.perf_counter()
-    caches = {c.name: c for c in load_caches(config.caches)}
+    setup = prepare_sweep(config, log)
     with claim_sweep_dir(Path(config.out), config.overwrite) as out:
         with _creation_lock(out):
-            study, storage = _open_study(config, space, caches)
-        trained = _run_trials(study, storage, config, space, caches, log, start, on_trial)
-        best = write_outputs(study, out, caches, space, config, log)
+            study, storage = _open_study(config, space, setup)
+        trained = _run_trials(study, storage, config, space, setup, log, start, on_trial)
+        best = write_outputs(study, out, setup, space, config, log)
     return SweepResult(out=str(out), storage=storage_url(config), finished=_count(study, FINISHED),
-                       trained_here=trained, seconds=time.perf_counter() - start, **best)
+                       trained_here=trained, seconds=time.perf_counter() - start,
+                       monitor=setup.objective.history_key, **best)
 
 
-def _run_trials(study: Any, storage: Any, config: SweepConfig, space: SearchSpace, caches: dict[str, SweepCache],
+def _run_trials(study: Any, storage: Any, config: SweepConfig, space: SearchSpace, setup: SweepSetup,
                 log: Callable[[str], None], start: float, on_trial: Callable[[int, int, float], None] | None) -> int:
     """Asks and trains rounds of trials until ``config.trials`` are finished; returns how many were trained here."""
     trained = 0
     heads: dict[str, Any] = {}  # cache name → its BatchedHeads, traced once for the whole sweep
     with _heartbeats(storage, config.heartbeat) as running:
         while True:
-            asked = _ask_round(study, storage, config, space, caches)
+            asked = _ask_round(study, storage, config, space, setup.caches)
             if asked is None:
                 return trained
             if not asked:
                 time.sleep(config.heartbeat)  # others (or stale trials) hold the rest; wait for them
                 continue
-            trained += _train_round(study, asked, caches, heads, space, config, running, log, start, on_trial)
+            trained += _train_round(study, asked, setup, heads, space, config, running, log, start, on_trial)
 
 
 #: What a sweep directory holds; anything else makes it another tool's directory.
@@ -152,7 +188,7 @@ def _creation_lock(out: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _open_study(config: SweepConfig, space: SearchSpace, caches: dict[str, SweepCache]) -> tuple[Any, Any]:
+def _open_study(config: SweepConfig, space: SearchSpace, setup: SweepSetup) -> tuple[Any, Any]:
     """The study and its RDBStorage (whose public ``record_heartbeat`` the heartbeat thread calls)."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -170,14 +206,14 @@ def _open_study(config: SweepConfig, space: SearchSpace, caches: dict[str, Sweep
     sampler = optuna.samplers.TPESampler(seed=config.seed, constant_liar=True)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=2) if space.pruner == "median"
               else optuna.pruners.NopPruner())
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="minimize",
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=setup.objective.direction,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     already = len(study.get_trials(deepcopy=False))
     if already:
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage, pruner=pruner,
                                   sampler=optuna.samplers.TPESampler(seed=config.seed + already, constant_liar=True))
-    settings = {"caches": [{"name": c.name, "fingerprint": c.info["fingerprint"]} for c in caches.values()],
-                "space": space.to_dict(), "seed": config.seed}
+    settings = {"caches": [{"name": c.name, "fingerprint": c.info["fingerprint"]} for c in setup.caches.values()],
+                "space": space.to_dict(), "seed": config.seed, **setup.settings()}
     recorded = study.user_attrs.get("settings")
     if recorded is None:
         study.set_user_attr("settings", settings)
@@ -195,7 +231,9 @@ def _flat_settings(settings: dict) -> dict[str, Any]:
     """A study's settings by the option that sets each, for naming the first difference."""
     caches = settings.get("caches") or []
     return {"CACHE": [c.get("name") for c in caches], "CACHE (fingerprint)": [c.get("fingerprint") for c in caches],
-            "--seed": settings.get("seed"), **{f"[sweep] {k}": v for k, v in (settings.get("space") or {}).items()}}
+            "--seed": settings.get("seed"), "--monitor": settings.get("monitor", "val_loss"),
+            "--class-weight": (settings.get("class_weight") or {}).get("weights") or "none",
+            **{f"[sweep] {k}": v for k, v in (settings.get("space") or {}).items()}}
 
 
 def _sqlite_engine(url: str) -> dict[str, Any]:
@@ -264,23 +302,24 @@ def _surplus(study: Any, number: int, total: int) -> bool:
     return len(alive) >= total
 
 
-def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], caches: dict[str, SweepCache],
+def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], setup: SweepSetup,
                  heads: dict[str, Any], space: SearchSpace, config: SweepConfig, running: set[int],
                  log: Callable[[str], None], start: float,
                  on_trial: Callable[[int, int, float], None] | None) -> int:
     """Trains the asked trials group by group, telling Optuna as each stops; returns how many were told."""
     from headstart.pipeline.sweep.trainer import BatchedHeads, train_group
 
-    teller = Teller(study, config, running, log, start, on_trial)
+    teller = Teller(study, config, setup.objective, running, log, start, on_trial)
     groups: dict[tuple, list[tuple[Any, TrialParams]]] = {}
     for trial, params in asked:
         groups.setdefault((params.cache, params.batch_size, params.views), []).append((trial, params))
         running.add(trial._trial_id)
     for (name, _, _), members in groups.items():
         if name not in heads:
-            heads[name] = BatchedHeads(caches[name], config.seed, config.jit_compile)
-        train_group(caches[name], [p for _, p in members], seed=config.seed, epochs=space.epochs,
-                    patience=space.patience, on_epoch=lambda epoch, values, m=members: teller.epoch(m, epoch, values),
+            heads[name] = BatchedHeads(setup.caches[name], config.seed, config.jit_compile)
+        train_group(setup.caches[name], [p for _, p in members], seed=config.seed, epochs=space.epochs,
+                    patience=space.patience, monitor=config.monitor, sample_weights=setup.sample_weights(name),
+                    on_epoch=lambda epoch, values, m=members: teller.epoch(m, epoch, values),
                     on_done=lambda i, run, m=members: teller.done(*m[i], run), heads=heads[name])
     return teller.told
 

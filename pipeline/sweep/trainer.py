@@ -9,53 +9,29 @@ that stops leaves them by a gather, and nothing is traced again.
 
 What each trial computes is what ``train-head`` computes for the same configuration: initial
 weights drawn by ``build_head`` after ``keras.utils.set_random_seed(seed)``, the head's own pooling
-and normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas,
-the batch plan of ``FeatureRows.plan``, and train-head's early-stopping rule per trial (the one
-``training.early_stopping.EarlyStopping`` on val_loss: strictly lower, patience, best weights kept). Only the dropout masks come from another random
-stream (one draw per step shared by the group: see ``HeadStack.logits``); without dropout a trial
-matches train-head to float rounding (tests/test_sweep.py states the tolerance). A stopped or
-pruned trial is reported at once with its best epoch's weights.
+and normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas
+(softmax, one sigmoid logit for two classes, or one per class for a multi-label cache; each
+row's loss times its ``--class-weight`` weight), the batch plan of ``FeatureRows.plan``, and
+train-head's early stopping per trial on the ``--monitor`` column (``sweep.member``). Only the
+dropout masks come from another random stream (one draw per step shared by the group: see
+``HeadStack.logits``); without dropout a trial matches train-head to float rounding
+(tests/test_sweep.py states the tolerance). A stopped or pruned trial is reported at once with
+its best epoch's weights.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from headstart.pipeline.sweep.caches import SweepCache
-from headstart.pipeline.training.early_stopping import EarlyStopping
+from headstart.pipeline.sweep.member import Member, TrialRun, finish, validation_pass
+from headstart.pipeline.sweep.objective import sweep_objective
 from headstart.pipeline.sweep.space import TrialParams
 from headstart.pipeline.sweep.stacks import HeadStack, stack_accuracy, stack_loss
-
-
-@dataclass
-class TrialRun:
-    """What one trial of a group produced.
-
-    Attributes:
-        history: per epoch ``loss, accuracy, val_loss, val_accuracy`` (train-head's history).
-        best_epoch: 1-based epoch whose weights were kept.
-        stopped: "early" (patience ran out), "pruned" (the pruner stopped it) or "epochs".
-        validation: classification metrics of the kept weights on the validation split, plus
-            "loss", "balanced_accuracy" and "macro_f1".
-        seconds: this trial's share of the group's wall time.
-        weights: the best epoch's Dense weights by layer name ("hidden", "logits").
-    """
-
-    history: dict[str, list[float]]
-    best_epoch: int
-    stopped: str
-    validation: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    weights: dict = field(default_factory=dict)
-
-    @property
-    def epochs_run(self) -> int:
-        return len(self.history["val_loss"])
+from headstart.pipeline.training.early_stopping import epoch_limit
 
 
 def _initial_weights(params: TrialParams, cache: SweepCache, seed: int, memo: dict) -> dict[str, list[np.ndarray]]:
@@ -71,7 +47,8 @@ def _initial_weights(params: TrialParams, cache: SweepCache, seed: int, memo: di
         # The same calls in the same order as train-head (seed, then the builder).
         keras.utils.set_random_seed(seed)
         head = build_head(cache.feature_shape, len(cache.class_names), dropout=params.dropout,
-                          kind=params.head_kind, hidden_units=params.hidden_units or 1, normalize=params.normalize)
+                          kind=params.head_kind, hidden_units=params.hidden_units or 1, normalize=params.normalize,
+                          multi_label=cache.multi_label)
         memo[key] = {name: head.get_layer(name).get_weights() for name in ("hidden", "logits")
                      if name in [layer.name for layer in head.layers]}
     return memo[key]
@@ -110,15 +87,16 @@ class BatchedHeads:
         import tensorflow as tf
 
         self.cache, self.seed, self.jit_compile = cache, seed, jit_compile
-        self.num_classes = len(cache.class_names)
+        self.num_classes, self.multi_label = len(cache.class_names), cache.multi_label
         self.stacks: dict[tuple, HeadStack] = {}
         self.norms: list[str] = []
         self.normalizers: list[Any] = []
         self.order: list[int] = []  # stacked position → trial index
         self._memo: dict = {}
         self.step_count = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self._specs = (tf.TensorSpec((None, *cache.feature_shape), tf.float32),
-                       tf.TensorSpec((None, 1) if self.num_classes == 2 else (None,), tf.float32))
+        targets = (None, self.num_classes) if self.multi_label else (None, 1) if self.num_classes == 2 else (None,)
+        self._specs = (tf.TensorSpec((None, *cache.feature_shape), tf.float32), tf.TensorSpec(targets, tf.float32),
+                       tf.TensorSpec((None,), tf.float32))  # features, targets, per-row loss weights
         self.train_step = self.predict = None
 
     def load(self, trials: Sequence[TrialParams]) -> None:
@@ -143,10 +121,10 @@ class BatchedHeads:
     def _trace(self) -> None:
         import tensorflow as tf
 
-        spec_x, spec_y = self._specs
+        spec_x, spec_y, spec_w = self._specs
         # Free batch dimension: the epoch's short last batch reuses the one trace.
         self.train_step = tf.function(self._train_step, jit_compile=self.jit_compile,
-                                      input_signature=[spec_x, spec_y], autograph=False)
+                                      input_signature=[spec_x, spec_y, spec_w], autograph=False)
         self.predict = tf.function(self._predict, jit_compile=self.jit_compile, input_signature=[spec_x],
                                    autograph=False)
 
@@ -164,7 +142,7 @@ class BatchedHeads:
         variants = tf.stack([norm(x, training=False) for norm in self.normalizers])  # (V, B, C)
         return [tf.gather(variants, s.norm_index) for s in self.stacks.values()]     # (T_s, B, C)
 
-    def _train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+    def _train_step(self, x: Any, y: Any, w: Any) -> tuple[Any, Any]:
         import tensorflow as tf
 
         self.step_count.assign_add(1)
@@ -175,13 +153,14 @@ class BatchedHeads:
         with tf.GradientTape() as tape:
             tape.watch([s.vars for s in stacks])
             logits = [s.logits(f, noise) for s, f in zip(stacks, features)]
-            losses = [stack_loss(z, y, s.smoothing, self.num_classes) for s, z in zip(stacks, logits)]
+            losses = [stack_loss(z, y, w, s.smoothing, self.num_classes, self.multi_label)
+                      for s, z in zip(stacks, logits)]
             # Members share no weight: the gradient of the sum wrt one member's is its own loss's.
             total = tf.add_n([tf.reduce_sum(loss) for loss in losses])
         grads = tape.gradient(total, [s.vars for s in stacks], unconnected_gradients=tf.UnconnectedGradients.ZERO)
         for s, g in zip(stacks, grads):
             s.apply(g, self.step_count)
-        accuracy = [stack_accuracy(z, y, self.num_classes) for z in logits]
+        accuracy = [stack_accuracy(z, y, self.num_classes, self.multi_label) for z in logits]
         return tf.concat(losses, 0), tf.concat(accuracy, 0)
 
     def _predict(self, x: Any) -> Any:
@@ -198,40 +177,24 @@ class BatchedHeads:
         raise IndexError(position)
 
 
-class _Member:
-    """One trial's history and early stopping: train-head's rule (``training.early_stopping``) on
-    the validation loss, the best epoch's weights and validation logits kept."""
-
-    def __init__(self, patience: int) -> None:
-        self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-        self.stopping = EarlyStopping("val_loss", patience)
-        self.best_weights: tuple[dict, np.ndarray] | None = None
-        self.stopped: str | None = None
-
-    @property
-    def best_epoch(self) -> int:
-        return self.stopping.best_epoch or 0
-
-    @property
-    def best_value(self) -> float:
-        return math.inf if self.stopping.best_value is None else self.stopping.best_value
-
-
 def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, epochs: int, patience: int,
+                monitor: str = "val_loss", sample_weights: np.ndarray | None = None,
                 on_epoch: Callable[[int, dict[int, float]], set[int]] | None = None,
                 on_done: Callable[[int, TrialRun], None] | None = None,
                 jit_compile: bool = False, heads: BatchedHeads | None = None) -> list[TrialRun]:
     """Trains ``trials`` together; all must share ``batch_size`` and ``views`` (one batch plan).
 
     Args:
-        cache: the cache the trials train on.
+        cache: the cache the trials train on (single- or multi-label).
         trials: the group's parameters.
         seed: the sweep's seed: every head starts as ``train-head --seed seed`` would.
-        epochs: most epochs per trial.
-        patience: epochs without a lower val_loss before a trial stops.
-        on_epoch: called once per epoch as ``on_epoch(epoch (1-based), {index: val_loss})`` for the
-            trials still training; returns the indices to prune (one call, so the pruner reads the
-            study once per epoch rather than once per trial).
+        epochs: most epochs per trial; 0: until early stopping (``early_stopping.epoch_limit``).
+        patience: epochs without a better monitored value before a trial stops.
+        monitor: ``--monitor`` (``objective.sweep_objective``: a multi-label cache's val_loss is mAP).
+        sample_weights: float32 (N,), each training row's loss weight (``--class-weight``), or None.
+        on_epoch: called once per epoch as ``on_epoch(epoch (1-based), {index: monitored value})``
+            for the trials still training; returns the indices to prune (one call, so the pruner
+            reads the study once per epoch rather than once per trial).
         on_done: called as ``on_done(index, run)`` as soon as a trial stops.
         jit_compile: compile the step with XLA (worth it on a GPU).
         heads: the sweep's BatchedHeads for this cache (its traces serve every group); None
@@ -240,36 +203,34 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     Returns:
         One TrialRun per trial, in order.
     """
-    from headstart.pipeline.model.head import head_labels
-
     if len({(t.batch_size, t.views and bool(cache.views)) for t in trials}) > 1:
         raise ValueError("a group's trials must share batch_size and views")
+    objective = sweep_objective(monitor, cache.multi_label)
     start = time.perf_counter()
     group = heads or BatchedHeads(cache, seed, jit_compile)
     group.load(trials)
-    members = [_Member(patience) for _ in trials]
-    train = cache.train_rows(trials[0].views)
-    targets = head_labels(cache.labels["train"], len(cache.class_names)).astype(np.float32)
-    val_x = np.concatenate([x for x, _ in cache.rows["validation"].eval_batches(1 << 16)])
+    members = [Member(objective, patience) for _ in trials]
+    train, targets, weights, val_x = _group_data(cache, trials[0].views, sample_weights)
     runs: list[TrialRun | None] = [None] * len(members)
-    for epoch in range(epochs):
+    limit = epoch_limit(epochs)
+    for epoch in range(limit):
         active = {i for i in group.order if members[i].stopped is None}
         if len(active) < len(group.order):
             group.keep(active)  # finished trials leave the stacks: a gather, no new trace
-        sums = _train_epoch(group, train, targets, seed, epoch, trials[0].batch_size)
+        sums = _train_epoch(group, train, targets, weights, seed, epoch, trials[0].batch_size)
         logits = group.predict(val_x).numpy()
-        val = _val_loss_accuracy(logits, cache)
+        val = validation_pass(logits, cache, objective)
         measured = {}
         for position, i in enumerate(group.order):
             if members[i].stopped is None:
-                _record_epoch(members[i], sums[:, position] / train.n, (val[0][position], val[1][position]),
-                              logits[position], epoch + 1, lambda p=position: group.weights_at(p))
-                measured[i] = val[0][position]
+                members[i].record(sums[:, position] / train.n, {k: v[position] for k, v in val.items()},
+                                  logits[position], epoch + 1, lambda p=position: group.weights_at(p))
+                measured[i] = float(val[objective.history_key][position])
         pruned = on_epoch(epoch + 1, measured) if on_epoch is not None else set()
         for position, i in enumerate(group.order):
-            if i in measured and _finished(members[i], i in pruned, epoch + 1 == epochs, logits[position],
-                                           lambda p=position: group.weights_at(p)):
-                runs[i] = _finish(members[i], cache, (time.perf_counter() - start) / len(members))
+            if i in measured and members[i].finished(i in pruned, epoch + 1 == limit, logits[position],
+                                                     lambda p=position: group.weights_at(p)):
+                runs[i] = finish(members[i], cache, (time.perf_counter() - start) / len(members))
                 if on_done is not None:
                     on_done(i, runs[i])
         if all(m.stopped is not None for m in members):
@@ -277,74 +238,23 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     return runs  # type: ignore[return-value]
 
 
-def _train_epoch(group: BatchedHeads, train: Any, targets: np.ndarray, seed: int, epoch: int,
+def _group_data(cache: SweepCache, views: bool, sample_weights: np.ndarray | None) -> tuple[Any, ...]:
+    """The group's training rows, their targets (``head_labels``' form, float32) and loss weights
+    (N,), and the validation features (N_val, *feature_shape)."""
+    from headstart.pipeline.model.head import head_labels
+
+    targets = head_labels(cache.labels["train"], len(cache.class_names), cache.multi_label).astype(np.float32)
+    # Unweighted rows weigh 1: w · l is then l exactly, the loss train-head computes without weights.
+    weights = np.ones(len(targets), np.float32) if sample_weights is None else sample_weights.astype(np.float32)
+    val_x = np.concatenate([x for x, _ in cache.rows["validation"].eval_batches(1 << 16)])
+    return cache.train_rows(views), targets, weights, val_x
+
+
+def _train_epoch(group: BatchedHeads, train: Any, targets: np.ndarray, weights: np.ndarray, seed: int, epoch: int,
                  batch_size: int) -> np.ndarray:
     """One epoch of every member over the planned batches; (2, T) sums of loss and accuracy × rows."""
     sums = np.zeros((2, len(group.order)))
     for x, rows in train.train_batches(train.plan(seed, epoch), batch_size):
-        losses, accuracies = group.train_step(x, targets[rows])
+        losses, accuracies = group.train_step(x, targets[rows], weights[rows])
         sums += np.stack([losses.numpy(), accuracies.numpy()]) * len(rows)
     return sums
-
-
-def _finished(member: _Member, pruned: bool, last: bool, logits: np.ndarray, weights: Callable[[], dict]) -> bool:
-    """Whether the trial stops after this epoch (early stopping, the pruner, or its last epoch)."""
-    if member.stopped is None and (pruned or last):
-        member.stopped = "pruned" if pruned else "epochs"
-    if member.stopped is not None and member.best_weights is None:
-        # Never finite: keep the last weights, as train-head does.
-        member.stopping.best_epoch, member.stopping.best_value = len(member.history["val_loss"]), \
-            member.history["val_loss"][-1]
-        member.best_weights = (weights(), logits)
-    return member.stopped is not None
-
-
-def _record_epoch(member: _Member, train_means: np.ndarray, val: tuple[float, float], val_logits: np.ndarray,
-                  epoch: int, weights: Callable[[], dict]) -> None:
-    """Appends one epoch to the trial's history and applies train-head's early-stopping rule."""
-    val_loss, val_acc = float(val[0]), float(val[1])
-    history = member.history
-    history["loss"].append(float(train_means[0]))
-    history["accuracy"].append(float(train_means[1]))
-    history["val_loss"].append(val_loss)
-    history["val_accuracy"].append(val_acc)
-    if member.stopping.update(epoch, val_loss):
-        member.best_weights = (weights(), val_logits)
-    elif member.stopping.exhausted:
-        member.stopped = "early"
-
-
-def _val_loss_accuracy(logits: np.ndarray, cache: SweepCache) -> tuple[np.ndarray, np.ndarray]:
-    """Validation loss and accuracy of every member at once: logits (T, N, L) → two (T,) arrays.
-
-    The unsmoothed loss, as train-head's _evaluate computes it (Keras's cross-entropy from logits,
-    here in float64: equal to float32 rounding), so trials compare on one scale.
-    """
-    from headstart.pipeline.model.head import predict_classes
-
-    num_classes = len(cache.class_names)
-    labels = cache.labels["validation"]
-    z = logits.astype(np.float64).reshape(len(logits), len(labels), -1)
-    if num_classes == 2:
-        y = labels.astype(np.float64)[None, :, None]
-        per = np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))
-        loss = per.mean(axis=(1, 2))
-    else:
-        top = z.max(axis=-1, keepdims=True)
-        log_norm = top[..., 0] + np.log(np.exp(z - top).sum(axis=-1))
-        loss = (log_norm - np.take_along_axis(z, labels[None, :, None], axis=-1)[..., 0]).mean(axis=1)
-    accuracy = np.array([np.mean(predict_classes(member, num_classes) == labels) for member in logits])
-    return loss, accuracy
-
-
-def _finish(member: _Member, cache: SweepCache, seconds: float) -> TrialRun:
-    """The trial's record: history, best epoch, and validation measures of its best weights."""
-    from headstart.pipeline.model.head import predict_classes
-    from headstart.pipeline.report.metrics import classification_metrics
-
-    weights, logits = member.best_weights
-    labels = cache.labels["validation"]
-    validation = classification_metrics(labels, predict_classes(logits, len(cache.class_names)), cache.class_names)
-    validation["loss"] = float(member.best_value)
-    return TrialRun(history=member.history, best_epoch=member.best_epoch, stopped=member.stopped or "epochs",
-                    validation=validation, seconds=seconds, weights=weights)

@@ -8,6 +8,11 @@ finite and strictly better than the best so far — lower for a loss, higher for
 ``mode="auto"`` decides the same way from the name); after ``patience`` epochs without improvement
 training stops, and the best epoch's weights are restored. When no epoch was ever finite, the last
 epoch's weights are kept, with a warning.
+
+No maximum: an epoch count of 0 (``train-head --epochs 0``, ``[sweep] epochs = 0``) means "until
+early stopping stops it": the best epoch being the last one never ends training.
+``UNLIMITED_EPOCHS`` (1000) is only a safety cap for a monitor that keeps improving by
+rounding-sized steps for ever; ``epoch_limit`` is the one reading of the count.
 """
 
 from __future__ import annotations
@@ -16,6 +21,14 @@ import math
 from dataclasses import dataclass
 
 from headstart.pipeline.config import HIGHER_IS_BETTER
+
+#: The safety cap of a run without a maximum epoch count (``epochs = 0``).
+UNLIMITED_EPOCHS = 1000
+
+
+def epoch_limit(epochs: int) -> int:
+    """The most epochs a loop runs: ``epochs``, or ``UNLIMITED_EPOCHS`` for 0 (until early stopping)."""
+    return int(epochs) if epochs > 0 else UNLIMITED_EPOCHS
 
 
 @dataclass

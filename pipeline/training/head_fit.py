@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from headstart.pipeline.training.early_stopping import EarlyStopping
+from headstart.pipeline.training.early_stopping import EarlyStopping, epoch_limit
 from headstart.pipeline.training.finite_loss import check_finite_losses
 from headstart.pipeline.training.head_data import FeatureRows
 from headstart.pipeline.training.monitor import effective_monitor, history_key, validation_measure
@@ -61,7 +61,7 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
         val: (FeatureRows, labels) watched by early stopping, or None to watch the training loss.
             A multi-label head's early stopping watches validation mAP unless ``config.monitor``
             names another measure (``monitor.effective_monitor``).
-        config: a ``HeadConfig``: epochs, batch size, patience, seed and monitor of the recipe.
+        config: a ``HeadConfig``: epochs (0: no maximum), batch size, patience, seed and monitor.
         num_classes: number of classes. log: receives one line per epoch.
         replicas: devices the batches are split over (1 without tf.distribute).
         callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``); they get the hooks ``fit``
@@ -87,7 +87,7 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
     feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size, sample_weights)
             if replicas > 1 else None)
     hooks.on_train_begin()
-    for epoch in range(config.epochs):
+    for epoch in range(epoch_limit(config.epochs)):
         start = time.perf_counter()
         hooks.on_epoch_begin(epoch)
         logs = _train_epoch(model, feed, train, targets, seed=config.seed, epoch=epoch,
@@ -188,6 +188,8 @@ def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed:
     """
     from headstart.pipeline.distribute.loop import EpochFeed, planned_dataset
 
+    epochs = epoch_limit(epochs)  # 0: no maximum (the batches are planned lazily)
+
     def batches():
         for epoch in range(epochs):
             for x, rows in train.train_batches(train.plan(seed, epoch), batch_size):
@@ -200,7 +202,7 @@ def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed:
 
 
 def _epoch_line(epoch: int, epochs: int, history: dict, seconds: float) -> str:
-    parts = [f"epoch {epoch}/{epochs}"]
+    parts = [f"epoch {epoch}/{epochs}" if epochs > 0 else f"epoch {epoch}"]  # 0: no maximum
     for key in history:
         if history[key]:
             parts.append(f"{key} {history[key][-1]:.4f}")
