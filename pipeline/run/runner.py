@@ -8,6 +8,7 @@ Layout of RUN_DIR::
     finetune/       finetune's run directory       samples.npz  test images shown in summary.png
     summary.json    every stage's scores and timings, written last (its presence marks a finished run)
     summary.png     both stages' curves, the confusion matrix, sample test images
+    export/         with --export: the fine-tuned model's exports and export.json (headstart export)
     tensorboard/    with --tensorboard: head/ and finetune/ event files
 
 Reuse: each stage's key hashes its result-shaping options together with its input (the cache's
@@ -83,8 +84,6 @@ def check_run_config(config: RunConfig) -> None:
     check_extract_config(dataclasses.replace(ex, source=config.source, out="features.h5"), label=run_label("extract"))
     if ex.alpha is not None and not get_backbone_spec(ex.backbone).takes_alpha:
         raise OptionError(f"--alpha applies only to {', '.join(alpha_backbones())}, not to backbone '{ex.backbone}'")
-    if ex.weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(ex.weights)):
-        raise OptionError(f"--weights: file {ex.weights} does not exist (or use 'imagenet' or 'none')")
     if "train" not in ex.splits:
         raise OptionError("[extract] splits must include 'train': headstart run trains on it")
     check_head_config(dataclasses.replace(config.head, features="features.h5", out="head"), label=run_label("head"))
@@ -100,16 +99,15 @@ def run_label(section: str) -> Callable[[str], str]:
 
 
 def _check_classes(config: RunConfig) -> None:
-    """A folder or label-file source has at least two classes (listing it starts TensorFlow: after the
-    other checks)."""
-    ex = config.extract
-    if not config.source.startswith("tfds:"):
-        from headstart.pipeline.data.sources import open_source
+    """The source opens (a TFDS dataset is there or can be downloaded: offline, a quick one-line failure)
+    and has at least two classes; before config.toml is written, so a refused run leaves nothing behind
+    (opening it starts TensorFlow: after the other checks)."""
+    from headstart.pipeline.data.sources import open_source
 
-        source = open_source(SourceSpec.from_config(ex, source=config.source))
-        if len(source.class_names) < 2:
-            what = "label(s)" if source.kind == "label_file" else "class folder(s)"
-            raise DataError(f"{config.source}: {len(source.class_names)} {what}; a classifier needs 2 or more")
+    source = open_source(SourceSpec.from_config(config.extract, source=config.source))
+    if len(source.class_names) < 2:
+        what = "label(s)" if source.kind == "label_file" else "class folder(s)"
+        raise DataError(f"{config.source}: {len(source.class_names)} {what}; a classifier needs 2 or more")
 
 
 def claim_run_dir(config: RunConfig, overwrite: bool):
@@ -210,6 +208,7 @@ class _Stages:
 def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
                 finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
     """Runs, reuses or resumes each stage in turn, each fed by the one before's returned record."""
+    from headstart.pipeline.run.export_step import EXPORT_DIR, export_stage
     from headstart.pipeline.run.stages import (diagnose_stage, evaluate_stage, extract_stage, finetune_stage,
                                                head_stage)
 
@@ -241,7 +240,13 @@ def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite
     ev = save("evaluate", evaluate_stage(config, run_dir, state.get("evaluate"), console,
                                          key=_key({"model": ft["model_sha256"], "source": config.source,
                                                    **source_values})))
-    return {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev}
+    records = {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev}
+    if config.finetune.export:  # outside the finetune stage's key: exporting trains nothing again
+        console.log(f"[export] → {_shown(str(run_dir / EXPORT_DIR))}")
+        records["export"] = save("export", export_stage(config, run_dir, state.get("export"), console, key=_key(
+            {"model": ft["model_sha256"], "formats": sorted(config.finetune.export),
+             "quantize": config.finetune.quantize})))
+    return records
 
 
 def _input_files(config: RunConfig) -> dict[str, str | None]:
@@ -288,7 +293,7 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
     from headstart.pipeline.report.provenance import stamp_record
 
     keep = ("status", "seconds", "images", "images_per_second", *HEADLINE, "val_accuracy", "best_epoch",
-            "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep")
+            "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep", "exports", "checks")
     evaluate = records["evaluate"]
     return stamp_record({
         "kind": "headstart-run",
@@ -350,6 +355,9 @@ def format_table(summary: dict) -> str:
               f"plots: {plots['summary']}", f"       {plots['head']}", f"       {plots['finetune']}"]
     if summary.get("tensorboard"):
         lines.append(f"tensorboard: tensorboard --logdir {_shown(summary['tensorboard'])}")
+    exported = summary["stages"].get("export") or {}
+    if exported.get("exports"):
+        lines.append(f"exports: {', '.join(_shown(p) if p else f'{f} failed' for f, p in exported['exports'].items())}")
     return "\n".join(lines)
 
 

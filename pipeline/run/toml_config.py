@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from headstart.features.registry import WEIGHT_WORDS
 from headstart.pipeline.config import (CLASS_WEIGHT_MODES, RunConfig, config_from_dict, config_to_dict,
                                       read_settings_file)
 from headstart.pipeline.data.source_spec import parse_split_option
@@ -158,7 +159,7 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
     if not source.startswith("tfds:") and os.path.exists(source):
         source = os.path.abspath(source)
     weights = sections["extract"].get("weights")
-    if weights not in (None, "imagenet", "none") and os.path.isfile(os.path.expanduser(weights)):
+    if weights not in (None, *WEIGHT_WORDS) and os.path.isfile(os.path.expanduser(weights)):
         sections["extract"]["weights"] = os.path.abspath(os.path.expanduser(weights))
     if sections["extract"].get("images"):  # config.toml names absolute paths, wherever it is read
         sections["extract"]["images"] = os.path.abspath(os.path.expanduser(sections["extract"]["images"]))
