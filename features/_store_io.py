@@ -81,7 +81,7 @@ def check_finished(path: str, expected: dict, overwrite: bool) -> dict | None:
         return None
     name, old, new = diff
     raise StoreConfigMismatch(f"{path} was written with {name}={old}; this run has {name}={new}; "
-                              f"use --overwrite to replace it")
+                              f"use --overwrite to replace it", field=name)
 
 
 def header_difference(header: dict, expected: dict) -> tuple[str, str, str] | None:

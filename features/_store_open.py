@@ -70,7 +70,7 @@ class PartialFile:
             name, old, new = diff
             raise StoreConfigMismatch(
                 f"{ppath} (an interrupted run) was written with {name}={old}; this run has "
-                f"{name}={new}; use --overwrite to replace it")
+                f"{name}={new}; use --overwrite to replace it", field=name, partial=True)
         # A plain int, changed in place: rewriting a string attribute here would free and
         # reallocate global-heap objects in the middle of a run (provenance is merged at finalize).
         self._file.attrs.modify("resumes", int(self._file.attrs.get("resumes", 0)) + 1)

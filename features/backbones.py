@@ -61,7 +61,7 @@ class BackboneInfo:
         backbone: registry key.
         alpha: width multiplier actually used (1.0 when not given) for backbones that take one,
             else None.
-        weights: "imagenet", "none" or the weights file's absolute path.
+        weights: "imagenet", "none", "shipped" or the weights file's absolute path.
         weights_fingerprint: ``fingerprint_weights`` of the backbone model (preprocessing and
             pooling excluded: they carry no learned weights).
         image_size: S of the (S, S, 3) input.
@@ -99,8 +99,9 @@ def build_base(name: str, *, weights: str, image_size: int, alpha: float | None 
         name: registry key.
         weights: "imagenet" (download, or Keras's cache in ~/.keras/models); "none" (random init,
             the same in every build, so its fingerprint is stable; the caller's random state is
-            neither used nor changed); or a path to a ``.h5`` / ``.hdf5`` / ``.weights.h5`` file
-            for this architecture.
+            neither used nor changed); "shipped" (the ImageNet file inside the package,
+            ``features.shipped_weights``, SHA-256 checked: MobileNetV2 alpha 0.35 only); or a path to
+            a ``.h5`` / ``.hdf5`` / ``.weights.h5`` file for this architecture.
         image_size: S; input is (S, S, 3) in what the spec's preprocessing produces.
         alpha: width multiplier for backbones that take one (None → 1.0).
 
@@ -115,7 +116,7 @@ def build_base(name: str, *, weights: str, image_size: int, alpha: float | None 
     alpha = _resolve_alpha(spec, alpha)
     if hub.is_hub(name):
         return _build_hub(name, weights, image_size)[0]
-    kind, path = _resolve_weights(weights)
+    kind, path = _resolve_weights(weights, name, alpha if spec.takes_alpha else None)
     if kind == "imagenet" and spec.takes_alpha and alpha not in spec.imagenet_alphas:
         raise WeightsError(
             f"--weights imagenet: no ImageNet weights for {name} --alpha {alpha:g} (available: "
@@ -138,7 +139,7 @@ def build_base(name: str, *, weights: str, image_size: int, alpha: float | None 
     else:
         with _fixed_python_random(_NONE_INIT_SEED):
             base = constructor(weights=None, **kwargs)
-        if kind == "file":
+        if kind in ("file", "shipped"):
             _load_weights_file(base, path, name, alpha)
     base.name = "backbone"
     return base
@@ -236,15 +237,21 @@ def _resolve_alpha(spec: BackboneSpec, alpha: float | None) -> float | None:
     return float(alpha)
 
 
-def _resolve_weights(weights: str | None) -> tuple[str, str | None]:
-    """Returns ("imagenet" | "none" | "file", absolute path or None); checks that a file exists."""
+def _resolve_weights(weights: str | None, name: str | None = None,
+                     alpha: float | None = None) -> tuple[str, str | None]:
+    """Returns ("imagenet" | "none" | "shipped" | "file", absolute path or None); checks that a file
+    exists, and that "shipped" (the weights inside the package) are for backbone ``name`` at ``alpha``."""
     if weights is None or weights == "none":
         return "none", None
     if weights == "imagenet":
         return "imagenet", None
+    if weights == "shipped":
+        from headstart.features.shipped_weights import shipped_weights_path
+
+        return "shipped", str(shipped_weights_path(name, alpha))
     path = os.path.abspath(os.path.expanduser(str(weights)))
     if not os.path.exists(path):
-        raise WeightsError(f"--weights: file {path} does not exist (or use 'imagenet' or 'none')")
+        raise WeightsError(f"--weights: file {path} does not exist (or use 'imagenet', 'none' or 'shipped')")
     if not os.path.isfile(path):
         raise WeightsError(f"--weights: {path} is not a file")
     if not path.endswith((".h5", ".hdf5")):

@@ -65,7 +65,7 @@ def build_backbone_parts(
 
     Args:
         name: registry key.
-        weights: "imagenet", "none" or a weights file path (see ``build_base``).
+        weights: "imagenet", "none", "shipped" or a weights file path (see ``build_base``).
         image_size: S.
         alpha: width multiplier for mobilenet / mobilenet_v2.
         pooling: "avg", "max" or "none".
@@ -89,7 +89,7 @@ def build_backbone_parts(
         base, preprocessing, provenance = _build_hub(name, kind, image_size)
     else:
         build_pooling(pooling)
-        kind, path = _resolve_weights(weights)
+        kind, path = _resolve_weights(weights, name, resolved_alpha if spec.takes_alpha else None)
         base = build_base(name, weights=weights, image_size=image_size, alpha=alpha)
         preprocessing = build_preprocessing(name)
     fingerprint = fingerprint_weights(base)
@@ -154,7 +154,7 @@ def build_extractor(
 
     Args:
         name: registry key.
-        weights: "imagenet", "none" or a weights file path (see ``build_base``).
+        weights: "imagenet", "none", "shipped" or a weights file path (see ``build_base``).
         image_size: S.
         alpha: width multiplier for mobilenet / mobilenet_v2.
         pooling: "avg", "max" or "none".

@@ -28,7 +28,16 @@ class StoreError(FeaturesError):
 
 
 class StoreConfigMismatch(StoreError):
-    """An existing cache was written with a different configuration."""
+    """An existing cache was written with a different configuration.
+
+    Attributes:
+        field: the first field that differs (dotted, e.g. "source.sha256"), when known.
+        partial: the cache is an interrupted run's ``.partial`` file.
+    """
+
+    def __init__(self, message: str, field: str | None = None, partial: bool = False):
+        super().__init__(message)
+        self.field, self.partial = field, partial
 
 
 class StoreExistsError(StoreError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-from headstart.features.errors import ImageSizeError, UnknownBackboneError
+from headstart.features.errors import ImageSizeError, UnknownBackboneError, WeightsError
 
 DEFAULT_BACKBONE = "xception"
 #: Pooling of the backbone's feature map: global average, global max, or none (spatial features).
@@ -19,6 +19,8 @@ DEFAULT_BACKBONE = "xception"
 POOLINGS = ("avg", "max", "none", "cls")
 #: Storage types of cached features.
 DTYPES = ("float16", "float32")
+#: What ``--weights`` takes besides a weights file: Keras' ImageNet download, random, the file inside the package.
+WEIGHT_WORDS = ("imagenet", "none", "shipped")
 
 
 @dataclass(frozen=True)
@@ -146,8 +148,39 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except (KeyError, TypeError):
         raise UnknownBackboneError(
-            f"--backbone: unknown backbone {name!r} (choose from {', '.join(BACKBONES)}, or hub:PRESET)"
-        ) from None
+            f"--backbone: unknown backbone {name!r} ({_did_you_mean(name)}choose from {', '.join(BACKBONES)}, "
+            "or hub:PRESET)") from None
+
+
+def _did_you_mean(name: object) -> str:
+    """"did you mean 'mobilenet_v2'? " for a near miss (case, underscores and dashes aside), else ""."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    folded = {key.replace("_", "").replace("-", "").lower(): key for key in BACKBONES}
+    close = [folded[k] for k in difflib.get_close_matches(name.replace("_", "").replace("-", "").lower(), folded,
+                                                         n=1, cutoff=0.8)]
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def check_weights_option(weights: str | None, backbone: str | None = None, alpha: float | None = None) -> None:
+    """Refuses a ``--weights`` value that is neither one of ``WEIGHT_WORDS`` nor an existing file, and
+    "shipped" for a ``backbone`` (and alpha) no shipped file is for; no TensorFlow.
+
+    Raises:
+        WeightsError: naming the option and the file.
+    """
+    import os
+
+    if weights == "shipped" and backbone is not None and not backbone.startswith("hub:"):
+        from headstart.features.shipped_weights import refuse_unshipped
+
+        takes = backbone in BACKBONES and BACKBONES[backbone].takes_alpha
+        refuse_unshipped(backbone, (1.0 if alpha is None else float(alpha)) if takes else None)
+    if weights is None or weights in WEIGHT_WORDS or os.path.isfile(os.path.expanduser(weights)):
+        return
+    raise WeightsError(f"--weights: file {weights} does not exist (or use {', '.join(map(repr, WEIGHT_WORDS))})")
 
 
 def check_image_size(name: str, image_size: int) -> None:

@@ -1,4 +1,7 @@
-"""ImageNet weights shipped inside the package, so ``headstart demo`` learns on a machine without network.
+"""ImageNet weights shipped inside the package, so headstart learns on a machine without network.
+
+``--weights shipped`` (every command) and ``weights="shipped"`` (the Python API) name them; ``headstart
+demo`` falls back to them when Keras has no ImageNet weights cached and cannot download them.
 
 One file only: MobileNetV2 alpha 0.35, no top, exactly as the Keras applications publish it
 (``keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights="imagenet")`` at 224 px
@@ -62,9 +65,8 @@ def shipped_weights_path(backbone: str, alpha: float | None) -> Path:
         WeightsError: nothing is shipped for this backbone and alpha, the file is missing from the
             installation, or its bytes are not the recorded ones.
     """
-    entry = SHIPPED.get((backbone, alpha))  # type: ignore[arg-type]
-    if entry is None:
-        raise WeightsError(f"no weights ship with headstart for {backbone} alpha {alpha}")
+    refuse_unshipped(backbone, alpha)
+    entry = SHIPPED[(backbone, alpha)]  # type: ignore[index]
     path = _location(entry)
     if not path.is_file():
         raise WeightsError(f"{path}: the shipped weights file is missing from this installation")
@@ -72,6 +74,19 @@ def shipped_weights_path(backbone: str, alpha: float | None) -> Path:
         raise WeightsError(f"{path}: the shipped weights file does not match its recorded SHA-256 "
                            f"{entry.sha256[:12]}…; reinstall headstart")
     return path
+
+
+def refuse_unshipped(backbone: str, alpha: float | None) -> None:
+    """Refuses ``--weights shipped`` for a backbone and alpha that no shipped file is for.
+
+    Raises:
+        WeightsError: naming what ships.
+    """
+    if (backbone, alpha) not in SHIPPED:
+        offered = ", ".join(f"{b} alpha {a:g} (--backbone {b} --alpha {a:g})" for b, a in SHIPPED)
+        what = f"{backbone} alpha {alpha:g}" if isinstance(alpha, (int, float)) else str(backbone)
+        raise WeightsError(f"--weights shipped: the weights inside headstart are {offered}, not {what}; use "
+                           "--weights imagenet or a local .h5 file for other backbones")
 
 
 def is_shipped(path: str | Path) -> bool:

@@ -7,7 +7,8 @@ The Python API is the functions the CLI calls, importable from here::
     from headstart.pipeline import ExtractConfig, HeadConfig, FinetuneConfig, extract_features, train_head, finetune, evaluate
 
 Every name loads its module on first use (module ``__getattr__``): ``headstart --help`` imports
-this package and must not start TensorFlow.
+this package and must not start TensorFlow. The functions come through ``headstart.pipeline.api``,
+whose errors name Python arguments ("epochs must be at least 1") where the CLI's name flags.
 """
 
 from importlib import import_module as _import_module
@@ -20,20 +21,16 @@ except _metadata.PackageNotFoundError:  # a source tree that was never installed
 
 #: Public name → "module:attribute" it stands for.
 _API = {
-    # The stages, as the CLI's commands call them.
-    "extract_features": "headstart.pipeline.stages.extraction:extract_features",
-    "merge_features": "headstart.pipeline.stages.extraction:merge_features",
-    "train_head": "headstart.pipeline.stages.head_training:train_head",
-    "finetune": "headstart.pipeline.stages.finetuning:finetune",
-    "evaluate": "headstart.pipeline.stages.evaluation:evaluate_model",
-    "predict": "headstart.pipeline.stages.prediction:predict_images",
-    "inspect_path": "headstart.pipeline.report.inspection:inspect_path",
-    "load_run_config": "headstart.pipeline.run.runner:load_run_config",
-    "run_pipeline": "headstart.pipeline.run.runner:run_pipeline",
+    # The stages, as the CLI's commands call them, with errors that name Python arguments
+    # (headstart.pipeline.api).
+    **{name: f"headstart.pipeline.api:{name}" for name in (
+        "extract_features", "merge_features", "train_head", "finetune", "evaluate", "predict", "export",
+        "inspect_path", "load_run_config", "run_pipeline")},
     # Their configs: the one source of defaults.
     "ExtractConfig": "headstart.pipeline.config:ExtractConfig",
     "HeadConfig": "headstart.pipeline.config:HeadConfig",
     "FinetuneConfig": "headstart.pipeline.config:FinetuneConfig",
+    "ExportConfig": "headstart.pipeline.config:ExportConfig",
     "RunConfig": "headstart.pipeline.config:RunConfig",
     # What they raise on bad input (each with an exit_code).
     "HeadstartError": "headstart.pipeline.errors:HeadstartError",

@@ -1,19 +1,17 @@
 """The ``headstart`` command line: parse options → one library call → print.
 
-Nothing here imports TensorFlow at module level, so ``headstart --help`` stays fast; each command
-imports its library module when it runs. Library errors are domain exceptions (``HeadstartError``,
-``FeaturesError``) and only the CLI turns them into click errors, with their exit code (2 for input
-the user can fix): ``cli_errors.library_call`` wraps every command. Options that set a config field
-come from the one table (``options.py``) through ``cli_options``.
+No TensorFlow at module level (``headstart --help`` stays fast): each command imports its library
+module when it runs. Domain exceptions become one-line click errors with their exit code only in
+``cli_errors.library_call``. Options that set a config field come from the option table via ``cli_options``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
 
+from headstart.pipeline.cli_errors import OneLineErrors
 from headstart.pipeline.cli_errors import library_call as _library_call
 from headstart.pipeline.cli_options import distribute_options as _distribute_options
 from headstart.pipeline.cli_options import field_options as _fields
@@ -22,28 +20,27 @@ from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneCon
 from headstart.pipeline.startup import quiet_tensorflow_startup, show_tensorflow_startup
 
 
-def _quiet_tensorflow() -> None:
-    # TF's C++ log lines after start-up (headstart.pipeline.startup hides those before it) drown the
-    # one-line output users read; keep errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _echo_json(data) -> None:
+    # One valid JSON document on stdout and nothing else (NaN → null): what --json promises.
+    from headstart.pipeline.report.files import json_text
+
+    click.echo(json_text(data))
 
 
-class _OneLineErrors(click.Group):
-    """A group whose usage errors (bad option value, unknown option or command) print one line.
-
-    Click prints the usage block and a hint above the error; dropping the context keeps just
-    "Error: …", exit code 2, like every other user-facing error here.
-    """
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:
-            exc.ctx = None
-            raise
+def _show_tensorflow(verbose: bool) -> None:
+    if verbose:  # --verbose of run and demo: TensorFlow's own lines too
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        show_tensorflow_startup()
 
 
-@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+def _console(quiet: bool = False):
+    # Status lines and live progress lines on stderr that do not write over each other.
+    from headstart.pipeline.run.console import Console
+
+    return Console(lambda m: click.echo(m, err=True), quiet=quiet)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="headstart")
 @click.option("--quiet", "-q", "global_quiet", is_flag=True,
               help="Print only results and errors (sets --quiet of every command that has it).")
@@ -56,7 +53,8 @@ def main(ctx: click.Context, global_quiet: bool, global_verbose: bool) -> None:
     Fast path: `extract-features` caches a frozen ImageNet backbone's features once, then
     `train-head` trains the classifier head on the cache in seconds. End-to-end path: `finetune`
     rebuilds the full model around the trained head and fine-tunes it with BatchNorm kept frozen.
-    Whole job in one run directory: `run`. An offline tour on generated images: `demo`.
+    Whole job in one run directory: `run`. Deployable files from a trained model: `export`. An offline
+    tour on generated images: `demo`.
     """
     # Global flags reach each command through its own --quiet / --verbose, where it has one.
     wanted = {"quiet": global_quiet, "verbose": global_verbose and not global_quiet}
@@ -66,7 +64,9 @@ def main(ctx: click.Context, global_quiet: bool, global_verbose: bool) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     else:
         quiet_tensorflow_startup()
-    _quiet_tensorflow()
+    # TF's C++ log lines after start-up (startup.py hides those before it) drown the one-line output
+    # users read; keep errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @main.command("extract-features")
@@ -84,23 +84,20 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
     optional split column). A killed run resumes when started again with the same command.
     """
     from headstart.pipeline.data.source_spec import parse_split_option
-    from headstart.pipeline import extract_features
-    from headstart.pipeline.report.progress import ProgressLine
+    from headstart.pipeline.stages.extraction import extract_features
 
     config = ExtractConfig(source=source, out=out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
                            split_specs=parse_split_option(split_specs), **options)
-    lines: dict[str, ProgressLine] = {}
+    console, lines = _console(quiet), {}
 
     def on_progress(p):
-        line = lines.setdefault(p.split, ProgressLine(f"extract {p.split}", quiet=quiet))
+        line = lines.get(p.split) or lines.setdefault(p.split, console.progress(f"extract {p.split}"))
         line.update(p.done, p.total, p.images_per_second)
 
     try:
-        summary = extract_features(config, on_progress=on_progress,
-                                   log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+        summary = extract_features(config, on_progress=on_progress, log=console.log)
     finally:
-        for line in lines.values():
-            line.close()
+        console.close()
     if summary.already_complete:
         click.echo(f"{summary.path}: already complete")
         return
@@ -125,10 +122,9 @@ def merge_features_command(out, shards, overwrite, quiet):
     Give every shard 0/N … N-1/N once, all of one configuration. OUT holds the rows in the order a
     single extract-features run writes them, and no longer needs the shard files.
     """
-    from headstart.pipeline import merge_features
+    from headstart.pipeline.stages.extraction import merge_features
 
-    summary = merge_features(out, list(shards), overwrite=overwrite,
-                             log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    summary = merge_features(out, list(shards), overwrite=overwrite, log=_console(quiet).log)
     if summary.already_complete:
         click.echo(f"{summary.path}: already complete")
         return
@@ -156,7 +152,7 @@ def diagnose_command(caches, quiet, **options):
     from headstart.pipeline.diagnose.diagnosis import diagnose
 
     result = diagnose(DiagnoseConfig(features=caches[0], other_caches=tuple(caches[1:]), **options),
-                      log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+                      log=_console(quiet).log)
     click.echo(result.summary)
 
 
@@ -175,10 +171,9 @@ def train_head_command(features, out, quiet, **options):
     FEATURES is a cache written by extract-features. The run directory gets head.keras,
     run.json (config and the cache's provenance), metrics.json, history.csv and curves.png.
     """
-    from headstart.pipeline import train_head
+    from headstart.pipeline.stages.head_training import train_head
 
-    result = train_head(HeadConfig(features=features, out=out, **options),
-                        log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    result = train_head(HeadConfig(features=features, out=out, **options), log=_console(quiet).log)
     click.echo(result.summary)
 
 
@@ -242,10 +237,11 @@ def finetune_command(source, split_specs, export, quiet, **options):
     logits out) with metrics, history and curves.
     """
     from headstart.pipeline.data.source_spec import parse_split_option
-    from headstart.pipeline import finetune
+    from headstart.pipeline.stages.finetuning import finetune
 
     config = FinetuneConfig(source=source, split_specs=parse_split_option(split_specs), export=tuple(export), **options)
-    result = finetune(config, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    console = _console(quiet)
+    result = finetune(config, log=console.log, progress=console.progress)
     click.echo(result.summary)
 
 
@@ -267,8 +263,9 @@ def evaluate_command(model, source, split, as_json, **options):
     """
     from headstart.pipeline.stages.evaluation import evaluate_model, format_evaluation
 
-    result = evaluate_model(model, source, split, **options)
-    click.echo(json.dumps(result, indent=2, default=str) if as_json else format_evaluation(result))
+    # The headline is the table's first line: nothing but the result goes to stdout.
+    result = evaluate_model(model, source, split, log=lambda m: None, progress=_console().progress, **options)
+    _echo_json(result) if as_json else click.echo(format_evaluation(result))
 
 
 @main.command("predict")
@@ -287,11 +284,32 @@ def predict_command(model, paths, csv_path, batch_size):
     """
     from headstart.pipeline.stages.prediction import format_prediction, predict_images, write_predictions_csv
 
-    rows = predict_images(model, paths, batch_size=batch_size)
+    rows = predict_images(model, paths, batch_size=batch_size, progress=_console().progress)
     for row in rows:
         click.echo(format_prediction(row))
     if csv_path:
         write_predictions_csv(rows, csv_path)
+
+
+@main.command("export")
+@click.argument("model", metavar="RUN_OR_MODEL", type=click.Path())
+@_fields("export", "out", "formats", "quantize", "source", "weights", "batch_size", "parity_samples", "overwrite")
+@click.option("--quiet", is_flag=True, help="Print only the final table.")
+@_library_call
+def export_command(model, formats, quiet, **options):
+    """Export a trained model for deployment, each format checked by its own runtime.
+
+    RUN_OR_MODEL is a finetune run (or its model.keras), a train-head run or a sweep directory (the
+    model is rebuilt on raw images from the head's recipe and checked against its cache), or a
+    `headstart run` directory. DIR gets saved_model/, model.onnx, model.tflite and export.json.
+    """
+    from headstart.pipeline.config import ExportConfig
+    from headstart.pipeline.stages.exporting import export_model_dir
+
+    console = _console(quiet)
+    result = export_model_dir(ExportConfig(model=model, formats=tuple(formats), **options), log=console.log,
+                              progress=console.progress)
+    click.echo(result.summary)
 
 
 @main.command("backbones")
@@ -302,7 +320,7 @@ def backbones_command(as_json):
     from headstart.features.registry import backbone_rows, format_backbone_table
 
     rows = backbone_rows()
-    click.echo(json.dumps(rows, indent=2) if as_json else format_backbone_table(rows))
+    _echo_json(rows) if as_json else click.echo(format_backbone_table(rows))
 
 
 @main.command("inspect")
@@ -314,7 +332,7 @@ def inspect_command(path, as_json):
     from headstart.pipeline.report.inspection import inspect_path, format_inspection
 
     info = inspect_path(path)
-    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
+    _echo_json(info) if as_json else click.echo(format_inspection(info))
 
 
 @main.command("run")
@@ -340,12 +358,10 @@ def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
     same command again: finished stages are reused, an interrupted one resumes. The resolved
     config is written to RUN_DIR/config.toml; `--config RUN_DIR/config.toml` reproduces the run.
     """
-    from headstart.pipeline import load_run_config, run_pipeline
+    from headstart.pipeline.run.runner import load_run_config, run_pipeline
     from headstart.pipeline.run.console import Console
 
-    if verbose and not quiet:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-        show_tensorflow_startup()
+    _show_tensorflow(verbose and not quiet)
     config = load_run_config(source, out, config_file=config_file, flags=flags)
     result = run_pipeline(config, overwrite=overwrite,
                           console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
@@ -369,9 +385,7 @@ def demo_command(quiet, verbose, **options):
     from headstart.pipeline.run.console import Console
     from headstart.pipeline.run.demo import run_demo
 
-    if verbose and not quiet:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-        show_tensorflow_startup()
+    _show_tensorflow(verbose and not quiet)
     result, weights = run_demo(DemoConfig(**options),
                                console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
     click.echo(f"headstart demo: {weights}")

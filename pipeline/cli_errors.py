@@ -69,3 +69,18 @@ def library_call(fn):
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapper
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors (bad option value, unknown option or command) print one line.
+
+    Click prints the usage block and a hint above the error; dropping the context keeps just
+    "Error: …", exit code 2, like every other user-facing error here.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.ctx = None
+            raise

@@ -169,6 +169,21 @@ class FinetuneConfig:
 
 
 @dataclass
+class ExportConfig:
+    """What ``export`` needs: a trained model, a directory, the formats."""
+
+    model: str = ""                 # a finetune run or its model.keras, a train-head / sweep run, a run directory
+    out: str = ""
+    formats: tuple[str, ...] = ()   # EXPORT_FORMATS, at least one
+    quantize: str = "none"          # QUANTIZE_MODES, for the tflite export
+    source: str | None = None       # images to check the exports on (int8: to calibrate); None: the run's SOURCE
+    weights: str | None = None      # a head run's backbone weights, when the recorded file has moved
+    batch_size: int = 32
+    parity_samples: int = 16        # a head run: images of the rebuilt chain checked against its cache
+    overwrite: bool = False
+
+
+@dataclass
 class RunConfig:
     """The resolved configuration of ``headstart run``: top-level keys and one config per stage."""
 

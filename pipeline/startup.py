@@ -1,4 +1,4 @@
-"""A quiet TensorFlow start-up for the command line.
+"""A quiet TensorFlow start-up for the command line (and the Python API), and quiet TFLite calls.
 
 TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA stubs, CPU features, ``cuInit``) to file
 descriptor 2 before absl logging is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them. The
@@ -8,6 +8,8 @@ file, together with device discovery (``tf.config.list_physical_devices``, which
 without creating the runtime, so virtual devices can still be configured later). Afterwards the
 captured lines that are TensorFlow's own log format are dropped and everything else — a Python
 warning, a traceback — is written back to stderr. ``--verbose`` leaves the hook out.
+``native_lines_dropped`` does the same around TensorFlow Lite's conversions and interpreter loads,
+which print their notices on every call.
 
 No TensorFlow here: the point is to run before it.
 """
@@ -28,6 +30,11 @@ from typing import Any, Iterator
 _TF_LOG_LINE = re.compile(rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] "
                           rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
                           rb"|To enable the following instructions: )")
+
+
+#: What TensorFlow Lite's converter and interpreter print straight to descriptor 2 on every conversion or
+#: model load ("fully_quantize: 0, inference_type: 6, …", the XNNPACK delegate's INFO line).
+_TFLITE_LINE = re.compile(rb"^(?:fully_quantize: \d|INFO: Created TensorFlow Lite XNNPACK delegate)")
 
 
 def quiet_tensorflow_startup() -> None:
@@ -80,8 +87,21 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 @contextlib.contextmanager
-def _tensorflow_lines_dropped() -> Iterator[None]:
-    """Points descriptor 2 at a temporary file; on exit writes back what is not a TensorFlow log line."""
+def native_lines_dropped() -> Iterator[None]:
+    """Runs the block with descriptor 2 captured, dropping TensorFlow's and TensorFlow Lite's own log lines
+    (a TFLite conversion, a LiteRT interpreter's first allocation); anything else is written back.
+    ``--verbose`` (``TF_CPP_MIN_LOG_LEVEL=0``) keeps everything."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    with _tensorflow_lines_dropped(also=_TFLITE_LINE):
+        yield
+
+
+@contextlib.contextmanager
+def _tensorflow_lines_dropped(also: re.Pattern | None = None) -> Iterator[None]:
+    """Points descriptor 2 at a temporary file; on exit writes back what is not a TensorFlow log line
+    (nor matches ``also``)."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -98,6 +118,7 @@ def _tensorflow_lines_dropped() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            kept = [line for line in sink.read().splitlines(keepends=True) if not _TF_LOG_LINE.match(line)]
+            kept = [line for line in sink.read().splitlines(keepends=True)
+                    if not _TF_LOG_LINE.match(line) and not (also is not None and also.match(line))]
             if kept:
                 os.write(2, b"".join(kept))

@@ -33,14 +33,16 @@ def test_cli_end_to_end(tmp_path):
     assert missing.exit_code == 2 and "nohead" in missing.output
 
     r = invoke("finetune", data, "--head", head, "--out", tuned, "--epochs", 1, "--batch-size", 8,
-               "--parity-samples", 4, "--quiet")
+               "--parity-samples", 4)
     assert r.exit_code == 0, r.output
+    # A live line through the epoch (issue 22, item 3); in a log its first update is printed at once.
+    assert "finetune epoch 1: 16/16 (100%)" in r.output, r.output
     assert (tuned / "model.keras").is_file()
     metrics = json.loads((tuned / "metrics.json").read_text())
 
     r = invoke("evaluate", tuned / "model.keras", data, "--split", "test", "--json")
     assert r.exit_code == 0, r.output
-    evaluated = json.loads(r.output[r.output.index("{"):])
+    evaluated = json.loads(r.stdout)  # one JSON document, nothing before it (issue 22, item 2)
     assert abs(evaluated["accuracy"] - metrics["test"]["accuracy"]) < 1e-9
     r = invoke("evaluate", tuned / "model.keras", data)
     assert r.exit_code == 0 and "confusion matrix" in r.output

@@ -149,7 +149,7 @@ def test_predict_command_reads_every_export_format(exported):
                   exported.done["tflite"]):
         result = CliRunner().invoke(main, ["predict", str(model), *files])
         assert result.exit_code == 0, result.output
-        outputs[str(model)] = [line.split("\t") for line in result.output.strip().splitlines()]
+        outputs[str(model)] = [line.split("\t") for line in result.stdout.strip().splitlines()]  # progress: stderr
     rows = list(outputs.values())
     assert all(len(r) == 4 and all(len(cells) == 3 and cells[1] in ("cats", "dogs") for cells in r) for r in rows)
     for other in rows[1:]:

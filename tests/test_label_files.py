@@ -211,8 +211,15 @@ def test_a_changed_label_file_is_another_cache(tmp_path):
     write_csv(csv, "path,label,split", [lines[0].replace(",cat,", ",dog,"), *lines[1:]])  # one label fixed
     refused = run_cli("extract-features", csv, "--out", out, *FAST)
     assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
-    assert "source.sha256=" in refused.output and "--overwrite" in refused.output, refused.output
+    # Issue 22, item 10: how many rows differ, not two SHA-256 digests.
+    assert refused.output.strip() == f"Error: labels.csv changed since {out} was written (1 row differs); use " \
+                                     "--overwrite to replace it"
     assert out.read_bytes() == before  # nothing written, nothing mixed
+    moved = [line.replace(",train", ",test") if "dog_001" in line else line for line in lines]
+    write_csv(csv, "path,label,split", moved[1:])
+    refused = run_cli("extract-features", csv, "--out", out, *FAST)  # one row moved to test, one removed
+    assert "labels.csv changed since" in refused.output and "(2 rows differ)" in refused.output, refused.output
+    write_csv(csv, "path,label,split", [lines[0].replace(",cat,", ",dog,"), *lines[1:]])
     redone = run_cli("extract-features", csv, "--out", out, *FAST, "--overwrite")
     assert redone.exit_code == 0, redone.output
     _, splits = read_cache(out)

@@ -156,7 +156,7 @@ def test_multi_label_shapes_end_to_end(tmp_path):
     out_csv = tmp_path / "p.csv"
     r = invoke("predict", tuned, *images, "--csv", out_csv)
     assert r.exit_code == 0, r.output
-    lines = r.output.strip().splitlines()
+    lines = r.stdout.strip().splitlines()  # the rows; the progress line is on stderr
     assert len(lines) == 6
     with open(out_csv, newline="", encoding="utf-8") as f:
         table_rows = list(csv.DictReader(f))

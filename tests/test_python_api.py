@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,9 @@ def test_every_api_name_resolves_to_the_function_the_cli_calls():
 
     for name in api.__all__:
         assert getattr(api, name) is not None, name
-    assert api.train_head is train_head and api.finetune is finetune and api.evaluate is evaluate_model
+    # The API's functions are the CLI's, wrapped so that their errors name Python arguments.
+    assert api.train_head.__wrapped__ is train_head and api.finetune.__wrapped__ is finetune
+    assert api.evaluate.__wrapped__ is evaluate_model
     assert api.HeadConfig is HeadConfig and api.FinetuneConfig is FinetuneConfig
     assert {"extract_features", "train_head", "finetune", "evaluate", "predict", "run_pipeline"} <= set(dir(api))
     with pytest.raises(AttributeError, match="no attribute 'trian_head'"):
@@ -50,18 +51,23 @@ def readme_python_example() -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_example_runs(tmp_path):
-    from headstart.features.shipped_weights import shipped_weights_path
-
+def test_the_readme_example_runs_offline_as_written(tmp_path):
+    """The README's Python example, extracted and run as it is on a photos/ folder split into
+    train/validation/test, with no network and an empty Keras cache: weights="shipped" needs neither."""
     for split, n, seed in (("train", 8, 0), ("validation", 4, 1), ("test", 4, 2)):
         make_class_folders(tmp_path / "photos" / split, per_class=n, seed=seed)
-    # Keras' cache, as after one download: the shipped file is byte for byte Keras' 224 px file.
-    weights = shipped_weights_path("mobilenet_v2", 0.35)
-    (tmp_path / "keras" / "models").mkdir(parents=True)
-    shutil.copy(weights, tmp_path / "keras" / "models" / weights.name)
+    (tmp_path / "keras").mkdir()
     (tmp_path / "example.py").write_text(readme_python_example(), encoding="utf-8")
+    # Offline: any connection fails at once (a proxy on a closed port, and no name resolves).
+    (tmp_path / "offline").mkdir()
+    (tmp_path / "offline" / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _offline(*args, **kwargs):\n"
+        "    raise socket.gaierror(-3, 'Temporary failure in name resolution')\n"
+        "socket.getaddrinfo = _offline\n", encoding="utf-8")
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"), "https_proxy": "http://127.0.0.1:9",
-           "HTTPS_PROXY": "http://127.0.0.1:9"}
+           "HTTPS_PROXY": "http://127.0.0.1:9", "PYTHONPATH": str(tmp_path / "offline")}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user's shell has: the API keeps TensorFlow quiet itself
     out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -70,5 +76,10 @@ def test_the_readme_example_runs(tmp_path):
     assert re.search(r"head: test accuracy [01]\.\d{3} \(best epoch \d+\)", text), text
     assert re.search(r"fine-tuned: test accuracy [01]\.\d{3} \[\[", text), text
     assert "photos/test" in text
-    assert "refused: --epochs must be 0 or more, got -1" in text
+    assert "refused: epochs must be 0 or more, got -1" in text  # the Python argument, not --epochs
     assert (tmp_path / "runs" / "tuned" / "model.keras").is_file()
+    models = tmp_path / "keras" / "models"
+    assert not models.exists() or not any(models.iterdir())  # nothing was downloaded into Keras' cache
+    # TensorFlow's start-up lines (absl, CUDA, oneDNN) are not shown to API users.
+    for noise in ("absl::InitializeLog", "cuda", "oneDNN", "cpu_feature_guard"):
+        assert noise not in out.stderr, out.stderr[-3000:]

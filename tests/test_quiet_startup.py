@@ -54,6 +54,10 @@ cases = [
     ["sweep", ws + "/nope.h5", "--out", ws + "/sweep"],
     ["diagnose", ws + "/nope.h5", "--out", ws + "/diagnosis"],
     ["extract-features", ws + "/images", "--out", ws + "/f.h5", "--backbone", "resnet5O"],
+    ["extract-features", ws + "/images", "--out", ws + "/f.h5", "--weights", "shipped"],
+    ["export", ws + "/nope", "--out", ws + "/exp", "--format", "onnx"],
+    ["export", ws + "/occupied", "--out", ws + "/exp", "--format", "onnx"],
+    ["export", ws + "/occupied", "--out", ws + "/exp", "--format", "onnx", "--quantize", "int8"],
 ]
 for args in cases:
     result = CliRunner().invoke(main, args)

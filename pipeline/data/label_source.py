@@ -71,6 +71,19 @@ class LabelFileSource(FileListSource):
                 "task": "multi_label" if t.multi_label else "single_label",
                 "splits": dict(self._split_specs)}
 
+    def assignments(self) -> dict[str, tuple[str, tuple[str, ...] | None]]:
+        """Every row's key → (its split, its label names sorted; None for a bad row)."""
+        found = {}
+        for split, items in self._items.items():
+            for key, label in items:
+                if key in self._reasons:
+                    found[key] = (split, None)
+                elif self.multi_label:
+                    found[key] = (split, tuple(n for n, hot in zip(self.class_names, label) if hot))
+                else:
+                    found[key] = (split, (self.class_names[label],))
+        return found
+
     def _label(self, row: LabelRow, index: dict[str, int]) -> Any:
         if not self.multi_label:
             return index[row.labels[0]]

@@ -143,15 +143,20 @@ class TfdsSource(Source):
         self.split_names = ordered + [s for s in self._split_specs if s not in ordered]
 
     def _prepare(self) -> None:
-        # Download now, before anything is built or written, so a failure is one clear line.
+        # Download now, before anything is built or written, so a failure is one clear line; and
+        # ask the download hosts first: TFDS itself retries an unreachable one for minutes.
+        from headstart.pipeline.data.network import unreachable
+
+        offline = _OFFLINE_HINT
+        if _downloads(self.builder) and not _quietly(self.builder.is_prepared):  # (logs for a folder not there)
+            why = unreachable(list(self.builder.url_infos or ()) or [_TFDS_BUCKET])
+            if why:
+                raise DataError(f"{self.spec}: not in {self.builder.data_dir} and the network cannot reach its "
+                                f"download ({why}); {offline}") from None
         try:
             self.builder.download_and_prepare()
         except Exception as e:  # noqa: BLE001 - network, checksum, missing extras: all mean "no data"
-            raise DataError(
-                f"{self.spec}: the dataset could not be downloaded ({_first_line(e)}); "
-                f"without a network, point headstart at a local folder instead "
-                f"(DIR/<class>/*.jpg or DIR/{{train,validation,test}}/<class>/*.jpg), "
-                f"or set TFDS_DATA_DIR to a copy of a prepared TFDS data dir") from None
+            raise DataError(f"{self.spec}: the dataset could not be downloaded ({_first_line(e)}); {offline}") from None
 
     def _default_splits(self) -> dict[str, str]:
         if self.builder.name == "cats_vs_dogs":
@@ -235,6 +240,33 @@ def _shard_predicate(index: int, count: int):
         return kept
 
     return predicate
+
+
+#: Where TFDS fetches prepared datasets from when a builder names no URLs of its own.
+_TFDS_BUCKET = "https://storage.googleapis.com/tfds-data/"
+_OFFLINE_HINT = ("without a network, point headstart at a local folder instead (DIR/<class>/*.jpg or "
+                 "DIR/{train,validation,test}/<class>/*.jpg), or set TFDS_DATA_DIR to a copy of a prepared TFDS "
+                 "data dir")
+
+
+def _downloads(builder) -> bool:
+    """Whether ``download_and_prepare`` is TFDS's own, which downloads (``tfds.testing.mock_data``'s makes
+    data up offline, and needs no network)."""
+    module = getattr(type(builder).download_and_prepare, "__module__", "") or ""
+    return module.startswith("tensorflow_datasets.") and ".testing" not in module
+
+
+def _quietly(call):
+    """``call()`` with absl's Python log (TFDS's warnings) held back to errors."""
+    import logging
+
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return call()
+    finally:
+        logger.setLevel(level)
 
 
 def _first_line(error: Exception) -> str:

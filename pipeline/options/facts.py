@@ -23,15 +23,15 @@ from typing import Any, Callable
 
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
 from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, MONITORS, NORMALIZATIONS, QUANTIZE_MODES,
-                                      RECIPES, STRATEGIES, DemoConfig, DiagnoseConfig, ExtractConfig, FinetuneConfig,
-                                      HeadConfig, RunConfig, SweepConfig)
+                                      RECIPES, STRATEGIES, DemoConfig, DiagnoseConfig, ExportConfig, ExtractConfig,
+                                      FinetuneConfig, HeadConfig, RunConfig, SweepConfig)
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.bounds import HIDDEN_UNITS, IMAGE_SIZE, POSITIVE, SEED, SHARE, Bounds, at_least
 
 #: Section name → its config dataclass; "top" holds the top-level keys of ``headstart run``.
 SECTIONS: dict[str, type] = {"extract": ExtractConfig, "head": HeadConfig, "finetune": FinetuneConfig}
 _CLASSES: dict[str, type] = {**SECTIONS, "top": RunConfig, "sweep": SweepConfig, "diagnose": DiagnoseConfig,
-                             "demo": DemoConfig}
+                             "demo": DemoConfig, "export": ExportConfig}
 _EXTRACT = ExtractConfig()  # finetune without --head falls back to these
 
 
@@ -101,7 +101,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
     "extract": {
         "out": OptionFact("HDF5 file to write, e.g. features.h5.", path="file", required=True, shapes_result=False),
         "backbone": OptionFact(f"Backbone from the registry: {_names(BACKBONES)}."),
-        "weights": OptionFact("'imagenet' (downloaded once by Keras), 'none' (random), or a local .h5/.weights.h5 file."),
+        "weights": OptionFact("'imagenet' (downloaded once by Keras), 'none' (random), 'shipped' (the MobileNetV2 "
+                              "0.35 ImageNet weights inside headstart: offline), or a local .h5/.weights.h5 file."),
         "alpha": OptionFact(f"Width multiplier for {' and '.join(alpha_backbones())}."),
         "image_size": OptionFact("Square input size in pixels.", bounds=IMAGE_SIZE),
         "pooling": OptionFact("Pool the feature map (avg, max) or keep it spatial (none); cls: the class token "
@@ -160,7 +161,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                            "frozen backbone.", path="dir"),
         "out": OptionFact("Run directory to write.", path="dir", required=True, shapes_result=False),
         "backbone": OptionFact(f"Only without --head (default {_EXTRACT.backbone}); with --head it comes from the head run."),
-        "weights": OptionFact("imagenet, none or a file; with --head only to point at a moved file "
+        "weights": OptionFact("imagenet, none, shipped or a file; with --head only to point at a moved file "
                               "(fingerprint checked)."),
         "alpha": OptionFact("Width multiplier for mobilenet backbones (without --head)."),
         "image_size": OptionFact(f"Input size (without --head; default {_EXTRACT.image_size}).", bounds=IMAGE_SIZE),
@@ -187,10 +188,12 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                                      "(0: off).", bounds=at_least(0)),
         "resume": OptionFact("Continue an interrupted run from its last completed epoch (the same command "
                              "does so anyway when --out holds one with these options).", shapes_result=False),
+        # What is exported changes no model: a finished run gains the exports it lacks (headstart export).
         "export": OptionFact("Also export the model (saved_model: an images and an encoded-bytes signature; "
-                             "onnx; tflite), each checked against model.keras; repeatable.", choices=EXPORT_FORMATS),
+                             "onnx; tflite), each checked against model.keras; repeatable.", choices=EXPORT_FORMATS,
+                             shapes_result=False),
         "quantize": OptionFact("Quantization of --export tflite; int8 is calibrated on training images.",
-                               choices=QUANTIZE_MODES),
+                               choices=QUANTIZE_MODES, shapes_result=False),
         "exclude": OptionFact("CSV with a key column (e.g. diagnose's label_issues.csv): drop those images from "
                               "train and validation; test is kept.", path="file"),
         **_IMBALANCE,
@@ -239,7 +242,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "out": OptionFact("Folder for the generated images (data/) and the run directory (run/).", path="dir",
                           shapes_result=False),
         "data": OptionFact("Train on this folder of class folders instead of the generated shapes.", path="dir"),
-        "weights": OptionFact("'imagenet', 'none' or a local .h5 file.  [default: ImageNet when Keras has them "
+        "weights": OptionFact("'imagenet', 'none', 'shipped' or a local .h5 file.  [default: ImageNet when Keras has them "
                               "cached or can fetch them, else the copy shipped with headstart]"),
         "images_per_class": OptionFact("Generated images per class (70% train, 10% validation, 20% test).",
                                        bounds=at_least(3)),
@@ -248,6 +251,24 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "seed": OptionFact("Seed of the generated images and every stage.", bounds=SEED),
         "tensorboard": OptionFact("Write TensorBoard logs of both training stages.", shapes_result=False),
         "overwrite": OptionFact("Redo the stages whose configuration changed since the last demo.",
+                                shapes_result=False),
+    },
+    "export": {
+        "out": OptionFact("Directory to write the exports (and export.json) into.", path="dir", required=True,
+                          shapes_result=False),
+        "formats": OptionFact("Format to write, each checked against the model by its own runtime (saved_model: an "
+                              "images and an encoded-bytes signature; onnx; tflite); repeatable.", flag="--format",
+                              choices=EXPORT_FORMATS, required=True),
+        "quantize": OptionFact("Quantization of --format tflite; int8 is calibrated on training images.",
+                               choices=QUANTIZE_MODES),
+        "source": OptionFact("Images to check the exports on (its test split, else validation, else train) and to "
+                             "calibrate int8 on. Default: the SOURCE the run recorded.", metavar="SOURCE"),
+        "weights": OptionFact("A train-head run's backbone weights (imagenet, none, shipped or a file), when the "
+                              "recorded file has moved (fingerprint checked).", metavar="PATH"),
+        "batch_size": OptionFact("Images per forward pass of the checks.", bounds=at_least(1), shapes_result=False),
+        "parity_samples": OptionFact("A train-head run: images on which the rebuilt model must reproduce the head's "
+                                     "logits on cached features (0: off).", bounds=at_least(0), shapes_result=False),
+        "overwrite": OptionFact("Replace an export directory written from another model or with other options.",
                                 shapes_result=False),
     },
     "top": {
@@ -302,7 +323,7 @@ def field_kind(section: str, name: str) -> str:
 
 #: The argument of each command that names its input, as ``--help`` spells it.
 POSITIONALS = {"extract": ("source", "SOURCE"), "head": ("features", "FEATURES"), "finetune": ("source", "SOURCE"),
-               "diagnose": ("features", "CACHE"), "sweep": ("caches", "CACHE")}
+               "diagnose": ("features", "CACHE"), "sweep": ("caches", "CACHE"), "export": ("model", "RUN_OR_MODEL")}
 
 
 def check_value(section: str, name: str, value: Any, *, label: str | None = None) -> None:

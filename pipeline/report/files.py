@@ -86,9 +86,15 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def json_text(data: Any) -> str:
+    """``data`` as indented, valid JSON: NumPy values become plain numbers, NaN and infinities null,
+    anything else unknown its string (``--json`` of every command, and every JSON file written)."""
+    return json.dumps(_jsonable(data), indent=2, allow_nan=False)
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Writes ``data`` as indented JSON; NumPy values become plain numbers, NaN becomes null."""
-    write_text_atomic(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+    """Writes ``data`` as indented JSON (``json_text``)."""
+    write_text_atomic(path, json_text(data) + "\n")
 
 
 def save_model_atomic(model: Any, path: str | os.PathLike) -> None:

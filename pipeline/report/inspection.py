@@ -1,9 +1,11 @@
 """``headstart inspect``: describe a feature cache or a run directory without loading TensorFlow.
 
-Run directories of three kinds are recognised: a ``headstart run`` directory (``config.toml``,
-``stages.json``, ``summary.json``), and the ``head/`` (train-head) and ``finetune/`` run directories
-inside it or written by those commands on their own. For each: what ran, with which config, what it
-scored, and whether it is unfinished (and how to resume it).
+Directories of six kinds are recognised: a ``headstart run`` directory (``config.toml``,
+``stages.json``, ``summary.json``), the ``head/`` (train-head) and ``finetune/`` run directories
+inside it or written by those commands on their own, a sweep directory (``study.db``,
+``leaderboard.csv``, ``best/``), a diagnose report (``report.json``) and an export (``export.json``).
+For each: what ran, with which config, what it found or scored, and whether it is unfinished (and
+how to resume it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def inspect_path(path: str) -> dict:
     if p.is_dir():
         if any((p / name).is_file() for name in ("config.toml", "stages.json", "summary.json")):
             return _inspect_pipeline(p)
+        if (p / "report.json").is_file():
+            return _inspect_diagnose(p)
+        if (p / "export.json").is_file():
+            return _inspect_export(p)
+        if any((p / name).exists() for name in ("study.db", "leaderboard.csv")):
+            return _inspect_sweep(p)
         return _inspect_run_dir(p)
     from headstart.features.cache import summarize_cache
 
@@ -88,6 +96,40 @@ def _inspect_run_dir(path: Path) -> dict:
             **({"metrics": run.metrics()} if run.metrics() else {}), "files": _files(path)}
 
 
+def _inspect_sweep(path: Path) -> dict:
+    """A sweep directory: the study (from best/'s record), the trials (leaderboard.csv), the best head."""
+    import csv
+
+    rows = []
+    if (path / "leaderboard.csv").is_file():
+        with open(path / "leaderboard.csv", encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    best = RunDir(path / "best")
+    record = RunDir.open(best.path, kind="head").record if best.complete else {}
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row.get("state", "?")] = states.get(row.get("state", "?"), 0) + 1
+    test = ((best.metrics().get("test") or {}).get("accuracy")) if best.complete else None
+    return {"kind": "sweep", "path": str(path), "complete": best.complete, "study": record.get("sweep") or {},
+            "trials": {"finished": len(rows), **states}, "top": rows[:5],
+            "best": {"path": str(best.path), "test_accuracy": test} if best.complete else None, "files": _files(path)}
+
+
+def _inspect_diagnose(path: Path) -> dict:
+    report = _read_json(path / "report.json")
+    if not isinstance(report, dict) or report.get("kind") != "diagnose":
+        raise RunDirError(f"{path / 'report.json'} is not a diagnose report")
+    return {"kind": "diagnose-report", "path": str(path), "complete": True, "cache": report.get("cache") or {},
+            "counts": report.get("counts") or {}, "config": report.get("config") or {},
+            "seconds": report.get("seconds"), "created": report.get("created"), "files": _files(path)}
+
+
+def _inspect_export(path: Path) -> dict:
+    from headstart.pipeline.report.export_record import read_export_record
+
+    return {**(read_export_record(path) or {}), "kind": "export", "path": str(path), "files": _files(path)}
+
+
 def _files(path: Path) -> list[str]:
     return sorted(f.name for f in path.iterdir() if not f.name.startswith("."))
 
@@ -98,7 +140,8 @@ def format_inspection(info: dict) -> str:
         return _format_pipeline(info)
     if info.get("kind") == "run-directory":
         return _format_run_dir(info)
-    return _format_cache(info)
+    formats = {"sweep": _format_sweep, "diagnose-report": _format_diagnose, "export": _format_export}
+    return formats.get(info.get("kind"), _format_cache)(info)
 
 
 def _format_cache(info: dict) -> str:
@@ -277,3 +320,62 @@ def _recipe_lines(recipe: dict) -> list[str]:
         lines.append(f"  probes (validation {probes['measure']}): {tried} → lr {probes['lr']:g}, --unfreeze "
                      f"{probes['unfreeze']}{verdict}")
     return lines
+
+
+def _format_sweep(info: dict) -> str:
+    study, trials, best = info["study"], info["trials"], info.get("best")
+    lines = [f"{info['path']}  (sweep)"]
+    if not info["complete"]:
+        lines.append("  INCOMPLETE: no best/ yet; run the same sweep command again to resume its study")
+    if study:
+        lines.append(f"  study: {study.get('study', '?')} ({study.get('storage', '?')}), seed {study.get('seed', '?')}")
+        lines += _wrap("caches", ", ".join(map(str, study.get("caches") or [])))
+    others = ", ".join(f"{n} {state}" for state, n in trials.items() if state != "finished")
+    lines.append(f"  trials: {trials['finished']} finished" + (f" ({others})" if others else ""))
+    if best:
+        lines.append(f"  best: trial {study.get('trial', '?')}, val_loss {_acc(study.get('val_loss'))}; retrained "
+                     f"as a train-head run, test accuracy {_acc(best['test_accuracy'])} -> {best['path']}")
+    for row in info["top"]:
+        lines.append(f"    #{row.get('rank')}  trial {row.get('number')}  {row.get('cache')}  {row.get('state')}  "
+                     f"val_loss {_acc(_number(row.get('val_loss')))}  val_acc {_acc(_number(row.get('val_accuracy')))}")
+    lines.append("  files: " + ", ".join(info.get("files", [])))
+    return "\n".join(lines)
+
+
+def _format_diagnose(info: dict) -> str:
+    c, cache = info["counts"], info["cache"]
+    others = len(cache.get("other_fingerprints") or [])
+    lines = [f"{info['path']}  (diagnose report)",
+             f"  cache: {cache.get('path', '?')}" + (f" (and {others} other cache(s) of the same images)" if others else "")]
+    issues = f"{c.get('label_issues')}" + (f" ({c['label_issues_consensus']} flagged by every cache)"
+                                           if c.get("label_issues_consensus") is not None else "")
+    near = "not measured" if c.get("near_constant") is None else c["near_constant"]
+    lines += [f"  rows: {c.get('rows')}", f"  label issues: {issues}",
+              f"  leaks (pairs across splits): {c.get('leaks')}",
+              f"  duplicate pairs: {c.get('duplicate_pairs')} ({c.get('exact_duplicate_pairs')} exact)",
+              f"  out-of-distribution: {c.get('out_of_distribution')}", f"  near-constant: {near}"]
+    lines.append("  files: " + ", ".join(info.get("files", [])))
+    return "\n".join(lines)
+
+
+def _format_export(info: dict) -> str:
+    lines = [f"{info['path']}  (headstart export)"]
+    if not info.get("complete"):
+        lines.append("  INCOMPLETE: run the same headstart export command again")
+    lines.append(f"  model: {(info.get('input') or {}).get('what', '?')}")
+    lines.append(f"  classes: {', '.join(map(str, info.get('class_names') or []))}")
+    checks = info.get("checks") or {}
+    for fmt, where in (info.get("exports") or {}).items():
+        row = checks.get(fmt) or {}
+        score = (f": {checks.get('split')} accuracy {_acc(row['accuracy'])}, agreement {row['agreement']:.1%}, max "
+                 f"logit diff {row['max_abs_logit_diff']:.3g}") if row.get("accuracy") is not None else ""
+        lines.append(f"  {fmt}: {where or 'failed'}{score}")
+    lines.append("  files: " + ", ".join(info.get("files", [])))
+    return "\n".join(lines)
+
+
+def _number(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None

@@ -1,10 +1,16 @@
-"""Progress display: a live line with rate and ETA on a terminal, plain log lines otherwise."""
+"""Progress display: a live line with rate and ETA on a terminal, plain log lines otherwise.
+
+``ProgressLine`` is the line; ``BatchProgress`` draws one from the prediction loop's batches (evaluate,
+predict, the export checks). Commands take a ``progress`` argument, a function ``label → line``
+(``ProgressLine`` itself, or ``run``'s ``Console.progress``), so the library never decides where lines go.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 
 class ProgressLine:
@@ -60,3 +66,37 @@ def _format_seconds(seconds: float) -> str:
     minutes, secs = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class BatchProgress:
+    """An ``on_batch`` observer of the prediction loop drawing a ``ProgressLine``: items seen of ``total``.
+
+    Args:
+        line: the line to draw (a ``ProgressLine``, or ``Console.progress``'s).
+        total: items of the split (bad ones included), or None when unknown.
+    """
+
+    def __init__(self, line: ProgressLine, total: int | None):
+        self.line, self.total, self._start = line, total, time.monotonic()
+
+    def __call__(self, batch) -> None:
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        self.line.update(batch.seen, self.total, batch.seen / elapsed)
+
+
+@contextlib.contextmanager
+def observed(progress: Callable[[str], ProgressLine] | None, label: str, total: int | None,
+             *observers: Callable[[Any], None] | None) -> Iterator[Callable[[Any], None] | None]:
+    """The ``on_batch`` hook of one pass of the prediction loop: ``observers`` (None ones left out) and,
+    with ``progress``, a ``BatchProgress`` line labelled ``label``, closed when the block ends.
+
+    Yields:
+        One callable for ``predict_split``'s ``on_batch``, or None when there is nothing to call.
+    """
+    line = progress(label) if progress is not None else None
+    hooks = [o for o in (*observers, BatchProgress(line, total) if line is not None else None) if o is not None]
+    try:
+        yield (lambda batch: [hook(batch) for hook in hooks]) if hooks else None
+    finally:
+        if line is not None:
+            line.close()

@@ -364,6 +364,12 @@ class RunDir:
         write_json_atomic(self.run_json, {**self.record, **sections})
         self._record = None
 
+    def update_metrics(self, **sections: Any) -> None:
+        """Adds or replaces sections of metrics.json (e.g. "exports" added to a finished finetune)."""
+        from headstart.pipeline.report.files import write_json_atomic
+
+        write_json_atomic(self.path / METRICS_JSON, {**self.metrics(), **sections})
+
 
 def load_model_file(path: str | os.PathLike) -> Any:
     """Loads a ``.keras`` model file in safe mode (KerasHub layers registered first).

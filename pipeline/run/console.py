@@ -8,7 +8,6 @@ write over each other; ``FitProgress`` is the fine-tuning epoch's line.
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, Callable
 
 from headstart.pipeline.report.progress import ProgressLine
@@ -49,30 +48,14 @@ class Console:
 
 
 def fit_progress(console: Console, images: int, batch_size: int) -> Any:
-    """A Keras callback drawing a progress line per fine-tuning epoch: images done, rate and ETA.
+    """A Keras callback drawing a progress line per fine-tuning epoch: images done, rate and ETA
+    (``training.fit_progress``, on the console's lines).
 
     Args:
         console: where the line goes.
         images: training images per epoch (the good ones).
         batch_size: images per step.
     """
-    import keras
+    from headstart.pipeline.training.fit_progress import fit_progress_callback
 
-    class FitProgress(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self._line, self._t0, self._done0 = None, 0.0, 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._line = console.progress(f"  finetune epoch {epoch + 1}")
-
-        def on_train_batch_end(self, batch, logs=None):
-            done = (batch + 1) * batch_size
-            done = min(images, done) if images else done
-            if batch == 0:  # the first step includes tracing the graph: rates count from its end
-                self._t0, self._done0 = time.perf_counter(), done
-                return
-            elapsed = time.perf_counter() - self._t0
-            self._line.update(done, images or None, (done - self._done0) / elapsed if elapsed > 0 else 0.0)
-
-    return FitProgress()
+    return fit_progress_callback(console.progress, images, batch_size, label="  finetune epoch")

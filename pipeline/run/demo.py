@@ -6,8 +6,8 @@ distractor line, and written as PNG and JPEG through ``tf.io.encode_*``. The sam
 the same files, so a second ``demo`` reuses every finished stage.
 
 Weights: ImageNet when Keras has them cached or can fetch them; otherwise the MobileNetV2 0.35 ImageNet
-file that ships inside the package (``headstart.features.shipped_weights``, SHA-256 checked), said in
-one line with the reason. A randomly initialised backbone only if that file is missing or altered:
+file that ships inside the package (``--weights shipped``, ``headstart.features.shipped_weights``,
+SHA-256 checked), said in one short line (the download's error with ``--verbose``). A randomly initialised backbone only if that file is missing or altered:
 its pooled features do not separate the shapes (test accuracy stays at chance, 1/3, even with
 BatchNorm statistics calibrated on the images), while ImageNet features reach about 0.95 on the cached
 features alone. ``--weights PATH`` and ``--data DIR`` point the demo at real material instead.
@@ -157,11 +157,12 @@ DEMO_FLAGS = {"recipe": "guide", "head_lr": 1e-3, "head_batch_size": 32, "head_p
               "patience": 2, "extract_batch_size": 32}
 
 
-def probe_imagenet(log: Callable[[str], None], *, shipped: bool = False) -> str:
+def probe_imagenet(log: Callable[[str], None], *, shipped: bool = False,
+                   debug: Callable[[str], None] | None = None) -> str:
     """Picks the demo backbone's weights: Keras' own ImageNet weights when it has them cached or can
-    fetch them ("imagenet"); otherwise, with ``shipped``, the copy that ships with headstart (its
-    path, after its SHA-256 is checked); otherwise "none". Says in one line which, and why, whenever
-    it is not "imagenet"."""
+    fetch them ("imagenet"); otherwise, with ``shipped``, the copy that ships with headstart
+    ("shipped", after its SHA-256 is checked); otherwise "none". Says in one short line which,
+    whenever it is not "imagenet"; why Keras' weights were not to be had goes to ``debug`` (--verbose)."""
     from headstart.features.backbones import build_base
     from headstart.features.errors import WeightsError
     from headstart.features.shipped_weights import shipped_weights_path
@@ -173,20 +174,18 @@ def probe_imagenet(log: Callable[[str], None], *, shipped: bool = False) -> str:
         return "imagenet"
     except WeightsError as exc:
         reason = str(exc).split("(", 1)[-1].rsplit(")", 1)[0] if "(" in str(exc) else str(exc)
-        cache = os.path.join(os.environ.get("KERAS_HOME", "~/.keras"), "models")
-        unavailable = (f"ImageNet weights for {b['backbone']} alpha {b['alpha']} are not in Keras' cache ({cache}) "
-                       f"and could not be downloaded ({reason[:160]})")
+        (debug or (lambda m: None))(f"demo: Keras' ImageNet weights: {reason}")
+    unavailable = "none in Keras' cache, and no network to download them"
     if shipped:
         try:
-            path = shipped_weights_path(b["backbone"], b["alpha"])
+            shipped_weights_path(b["backbone"], b["alpha"])
         except WeightsError as exc:
             unavailable += f", and {exc}"
         else:
-            log(f"demo: using the ImageNet weights shipped with headstart ({path.name}, SHA-256 checked) — "
-                f"{unavailable}")
-            return str(path)
-    log(f"demo: randomly initialised backbone — {unavailable}; expect accuracy near chance; pass --weights PATH "
-        "to a local ImageNet .h5 file for real results")
+            log(f"demo: using the ImageNet weights shipped with headstart ({unavailable})")
+            return "shipped"
+    log(f"demo: randomly initialised backbone (ImageNet weights: {unavailable}); expect accuracy near chance, "
+        "or pass --weights PATH")
     return "none"
 
 
@@ -198,6 +197,8 @@ def describe_weights(weights: str) -> str:
         return "ImageNet (keras.applications, from Keras' cache or download)"
     if weights == "none":
         return "random initialisation"
+    if weights == "shipped":
+        return "ImageNet, the copy shipped with headstart"
     if is_shipped(weights):
         return f"ImageNet, the copy shipped with headstart ({weights})"
     return weights
@@ -230,6 +231,7 @@ def run_demo(options: DemoConfig, *, console: Any) -> tuple[Any, str]:
         OptionError, DataError, RunDirError: bad options, a foreign ``--out``, a run directory
         made with another configuration (unless ``overwrite``); as ``headstart run`` otherwise.
     """
+    from headstart.features.registry import check_weights_option
     from headstart.pipeline.options.facts import check_config
     from headstart.pipeline.run.runner import check_run_dir, run_pipeline
 
@@ -239,15 +241,14 @@ def run_demo(options: DemoConfig, *, console: Any) -> tuple[Any, str]:
     if options.data and not Path(options.data).is_dir():
         raise DataError(f"--data {options.data}: no such directory (give a folder of class folders)")
     check_config("demo", options)
-    if options.weights not in (None, "imagenet", "none") and not Path(options.weights).is_file():
-        raise OptionError(f"--weights: file {options.weights} does not exist (or use 'imagenet' or 'none')")
+    check_weights_option(options.weights)
     # Refuse a run directory of another configuration before anything is drawn or downloaded.
     if options.weights is not None:
         check_run_dir(demo_config(options, options.weights), options.overwrite)
     if not options.data:
         generate_dataset(demo_source(options), images_per_class=options.images_per_class, seed=options.seed,
                          log=console.log)
-    weights = options.weights or probe_imagenet(console.log, shipped=True)
+    weights = options.weights or probe_imagenet(console.log, shipped=True, debug=console.debug)
     if options.weights == "none":
         console.log("demo: randomly initialised backbone (--weights none); expect accuracy near chance")
     result = run_pipeline(demo_config(options, weights), overwrite=options.overwrite, console=console)

@@ -8,6 +8,7 @@ Layout of RUN_DIR::
     finetune/       finetune's run directory       samples.npz  test images shown in summary.png
     summary.json    every stage's scores and timings, written last (its presence marks a finished run)
     summary.png     both stages' curves, the confusion matrix, sample test images
+    export/         with --export: the fine-tuned model's exports and export.json (headstart export)
     tensorboard/    with --tensorboard: head/ and finetune/ event files
 
 Reuse: each stage's key hashes its result-shaping options together with its input (the cache's
@@ -87,8 +88,6 @@ def check_run_config(config: RunConfig) -> None:
     check_extract_config(dataclasses.replace(ex, source=config.source, out="features.h5"), label=run_label("extract"))
     if ex.alpha is not None and not get_backbone_spec(ex.backbone).takes_alpha:
         raise OptionError(f"--alpha applies only to {', '.join(alpha_backbones())}, not to backbone '{ex.backbone}'")
-    if ex.weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(ex.weights)):
-        raise OptionError(f"--weights: file {ex.weights} does not exist (or use 'imagenet' or 'none')")
     if "train" not in ex.splits:
         raise OptionError("[extract] splits must include 'train': headstart run trains on it")
     check_head_config(dataclasses.replace(config.head, features="features.h5", out="head"), label=run_label("head"))
@@ -104,16 +103,15 @@ def run_label(section: str) -> Callable[[str], str]:
 
 
 def _check_classes(config: RunConfig) -> None:
-    """A folder or label-file source has at least two classes (listing it starts TensorFlow: after the
-    other checks)."""
-    ex = config.extract
-    if not config.source.startswith("tfds:"):
-        from headstart.pipeline.data.sources import open_source
+    """The source opens (a TFDS dataset is there or can be downloaded: offline, a quick one-line failure)
+    and has at least two classes; before config.toml is written, so a refused run leaves nothing behind
+    (opening it starts TensorFlow: after the other checks)."""
+    from headstart.pipeline.data.sources import open_source
 
-        source = open_source(SourceSpec.from_config(ex, source=config.source))
-        if len(source.class_names) < 2:
-            what = "label(s)" if source.kind == "label_file" else "class folder(s)"
-            raise DataError(f"{config.source}: {len(source.class_names)} {what}; a classifier needs 2 or more")
+    source = open_source(SourceSpec.from_config(config.extract, source=config.source))
+    if len(source.class_names) < 2:
+        what = "label(s)" if source.kind == "label_file" else "class folder(s)"
+        raise DataError(f"{config.source}: {len(source.class_names)} {what}; a classifier needs 2 or more")
 
 
 def claim_run_dir(config: RunConfig, overwrite: bool):
@@ -244,7 +242,22 @@ def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite
     console.log(f"[4/4] evaluate {_shown(str(run_dir / 'finetune' / 'model.keras'))}")
     ev = save("evaluate", evaluate_stage(config, run_dir, state.get("evaluate"), console,
                                          key=evaluate_key(config, ft["model_sha256"])))
-    return {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev}
+    records = {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev}
+    _export(config, run_dir, console, records, stages)
+    return records
+
+
+def _export(config: RunConfig, run_dir: Path, console: Console, records: dict, stages: "_Stages") -> None:
+    """The run's export step, after evaluate and outside the finetune stage's key: exporting trains
+    nothing again (both recipes)."""
+    from headstart.pipeline.run.export_step import EXPORT_DIR, export_stage
+
+    if config.finetune.export:
+        console.log(f"[export] → {_shown(str(run_dir / EXPORT_DIR))}")
+        records["export"] = stages.save("export", export_stage(
+            config, run_dir, stages.state.get("export"), console,
+            key=stage_key({"model": records["finetune"]["model_sha256"], "formats": sorted(config.finetune.export),
+                           "quantize": config.finetune.quantize})))
 
 
 def _run_auto(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
@@ -256,6 +269,7 @@ def _run_auto(config: RunConfig, run_dir: Path, console: Console, *, overwrite: 
     records = run_auto(config, run_dir, console, stages.save, dict(stages.state), key=stage_key, overwrite=overwrite,
                        finetune_callbacks=finetune_callbacks)
     _replay(config, run_dir, "finetune")
+    _export(config, run_dir, console, records, stages)
     return records
 
 
@@ -280,7 +294,7 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
     from headstart.pipeline.run.auto_summary import recipe_section
 
     keep = ("status", "seconds", "images", "images_per_second", *HEADLINE, "val_accuracy", "best_epoch",
-            "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep")
+            "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep", "exports", "checks")
     evaluate = records["evaluate"]
     return stamp_record({
         "kind": "headstart-run",
@@ -350,6 +364,9 @@ def format_table(summary: dict) -> str:
               f"plots: {plots['summary']}", f"       {plots['head']}", f"       {plots['finetune']}"]
     if summary.get("tensorboard"):
         lines.append(f"tensorboard: tensorboard --logdir {_shown(summary['tensorboard'])}")
+    exported = summary["stages"].get("export") or {}
+    if exported.get("exports"):
+        lines.append(f"exports: {', '.join(_shown(p) if p else f'{f} failed' for f, p in exported['exports'].items())}")
     return "\n".join(lines)
 
 

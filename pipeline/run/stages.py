@@ -201,10 +201,12 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     log_dir = str(run_dir / "tensorboard" / "finetune") if config.tensorboard else None
     start = time.perf_counter()
     try:
+        # --export is the run's own export step, after evaluate (run.export_step).
         result = finetune(dataclasses.replace(config.finetune, source=config.source,
                                               head=str(head_dir or run_dir / "head"),
                                               split_specs=dict(config.extract.split_specs), out=str(ft.path),
-                                              resume=resume, overwrite=not resume, tensorboard=log_dir),
+                                              resume=resume, overwrite=not resume, tensorboard=log_dir,
+                                              export=(), quantize="none"),
                           log=lambda m: console.log(f"  {m}"),
                           callbacks=[fit_progress(console, train_images, config.finetune.batch_size), *callbacks])
     finally:

@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from headstart.features.registry import WEIGHT_WORDS
 from headstart.pipeline.config import (CLASS_WEIGHT_MODES, RunConfig, config_from_dict, config_to_dict,
                                       read_settings_file)
 from headstart.pipeline.data.source_spec import parse_split_option
@@ -179,7 +180,7 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
 def _absolute_paths(sections: dict[str, dict[str, Any]]) -> None:
     """Files the sections name become absolute: config.toml and run.json name them wherever they are read."""
     weights = sections["extract"].get("weights")
-    if weights not in (None, "imagenet", "none") and os.path.isfile(os.path.expanduser(weights)):
+    if weights not in (None, *WEIGHT_WORDS) and os.path.isfile(os.path.expanduser(weights)):
         sections["extract"]["weights"] = os.path.abspath(os.path.expanduser(weights))
     if sections["extract"].get("images"):
         sections["extract"]["images"] = os.path.abspath(os.path.expanduser(sections["extract"]["images"]))

@@ -19,6 +19,7 @@ import numpy as np
 
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.errors import DataError, OptionError
+from headstart.pipeline.report.progress import observed
 from headstart.pipeline.report.rundir import MODEL_FILES, RunDir, load_model_file
 from headstart.pipeline.training.predictions import num_classes_of, predict_split, split_metrics
 
@@ -53,7 +54,8 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
                    validation_fraction: float | None = None, test_fraction: float | None = None,
                    path_column: str | None = None, label_column: str | None = None, images: str | None = None,
                    multi_label: bool = False, grid: str | os.PathLike | None = None, grid_size: int = 16,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print,
+                   progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Accuracy, loss, per-class metrics and confusion matrix of a saved model on one split.
 
     Split specs and fractions default to those the model's run recorded (run.json beside the
@@ -65,12 +67,12 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
         split: split to evaluate.
         batch_size: images per forward pass; default: the run's batch size (same batches, so the
             same logits to the last bit), else 32.
-        split_specs, validation_fraction, test_fraction: as for ``headstart.pipeline.data.sources.resolve_source``.
-        path_column, label_column, images, multi_label: how a label-file SOURCE is read (default:
-            as the run recorded, when SOURCE is its source).
-        grid: write a PNG grid of the most confidently wrong images here.
-        grid_size: at most this many images in the grid.
-        log: one-line status messages.
+        split_specs, validation_fraction, test_fraction, path_column, label_column, images, multi_label:
+            how SOURCE is read (``SourceSpec``; default: as the run recorded, when SOURCE is its source).
+        grid, grid_size: write a PNG grid of at most ``grid_size`` most confidently wrong images here.
+        log: where the headline (measures to 4 decimals) goes.
+        progress: ``label → progress line`` (``report.progress.ProgressLine``) drawn through the
+            split; None draws none.
 
     Returns:
         ``{"model", "split", "loss", "accuracy", "balanced_accuracy", "macro_f1", "rows", "per_class", "confusion_matrix",
@@ -97,23 +99,22 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
     if width != len(class_names):
         raise DataError(f"source has {len(class_names)} classes but the model predicts {width}")
     wrong = _WrongImages(grid_size, width) if grid else None
-    predictions = predict_split(model, src, split, batch_size=batch_size, multi_label=multi_label, on_batch=wrong)
+    with observed(progress, f"evaluate {split}", src.count(split), wrong) as on_batch:
+        predictions = predict_split(model, src, split, batch_size=batch_size, multi_label=multi_label,
+                                    on_batch=on_batch)
     metrics = {"model": str(model_path), "split": split,
                **split_metrics(predictions, class_names, multi_label=multi_label, thresholds=thresholds),
-               "grid": None}
+               "grid": str(grid) if wrong is not None else None}
     if wrong is not None:
         write_wrong_grid(wrong.wrong, class_names, grid)
-        metrics["grid"] = str(grid)
     log(_headline(metrics, multi_label) + (f", {len(predictions.skipped)} skipped" if predictions.skipped else ""))
     return metrics
 
 
 def _headline(metrics: dict[str, Any], multi_label: bool) -> str:
-    if multi_label:
-        return (f"{metrics['split']}: {metrics['rows']} images, mAP {metrics['map']}, micro-F1 {metrics['micro_f1']}, "
-                f"macro-F1 {metrics['macro_f1']}, exact match {metrics['exact_match']}, loss {metrics['loss']}")
-    return (f"{metrics['split']}: {metrics['rows']} images, accuracy {metrics['accuracy']}, balanced accuracy "
-            f"{metrics['balanced_accuracy']}, macro-F1 {metrics['macro_f1']}, loss {metrics['loss']}")
+    measures = ", ".join(f"{label} {_fmt(metrics.get(key))}"
+                         for label, key in _HEADLINES["multi_label" if multi_label else "single_label"])
+    return f"{metrics['split']}: {metrics['rows']} images, {measures}, loss {_fmt(metrics.get('loss'))}"
 
 
 def _load(model_path: str | os.PathLike, batch_size: int | None, grid_size: int) -> tuple[Any, RunDir | None, int]:

@@ -27,35 +27,44 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 # No NumPy or TensorFlow at module level: cli.py reads EXPORT_FORMATS and QUANTIZE_MODES for --help.
 from headstart.pipeline.config import EXPORT_FORMATS, QUANTIZE_MODES
 from headstart.pipeline.errors import OptionError
+from headstart.pipeline.startup import native_lines_dropped
+
+#: What each format is called in the export directory.
+EXPORT_FILES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
 #: Training images the int8 converter sees to calibrate its activation ranges.
 CALIBRATION_IMAGES = 100
 #: The ONNX opset; 17 is what onnxruntime ≥ 1.14 and tf2onnx 1.17 both support fully.
 ONNX_OPSET = 17
 
 
-def check_export_options(formats: Sequence[str], quantize: str) -> None:
+def check_export_options(formats: Sequence[str], quantize: str, *, option: str = "--export") -> None:
     """Refuses unknown formats and quantize modes, and ``--quantize`` without a TFLite export.
+
+    Args:
+        formats, quantize: the options.
+        option: how the command names its formats option (``--export``; ``headstart export``: ``--format``).
 
     Raises:
         OptionError: naming the option.
     """
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown:
-        raise OptionError(f"--export: unknown format '{unknown[0]}' (choose from {', '.join(EXPORT_FORMATS)})")
+        raise OptionError(f"{option}: unknown format '{unknown[0]}' (choose from {', '.join(EXPORT_FORMATS)})")
     if quantize not in QUANTIZE_MODES:
         raise OptionError(f"--quantize: unknown mode '{quantize}' (choose from {', '.join(QUANTIZE_MODES)})")
     if quantize != "none" and "tflite" not in formats:
-        raise OptionError(f"--quantize {quantize} applies to --export tflite only")
+        raise OptionError(f"--quantize {quantize} applies to {option} tflite only")
     from headstart.pipeline.stages.predictor import require_modules
 
     for fmt in formats:
-        require_modules(fmt, f"--export {fmt}")
+        require_modules(fmt, f"{option} {fmt}")
 
 
 def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str = "none",
@@ -101,16 +110,16 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
         from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
 
         cuts = [float(t) for t in thresholds_from_record(thresholds, names)]
-    saved = out_dir / "saved_model"
+    saved = out_dir / EXPORT_FILES["saved_model"]
     # TFLite converts from a SavedModel; when only that is wanted, the serving extras are skipped.
     _write_saved_model(serving, names, saved, serving_extras="saved_model" in formats, thresholds=cuts)
     if "saved_model" in formats:
         done["saved_model"] = str(saved)
     if "onnx" in formats:
-        done["onnx"] = _guarded("onnx", log, lambda: _write_onnx(serving, names, out_dir / "model.onnx",
+        done["onnx"] = _guarded("onnx", log, lambda: _write_onnx(serving, names, out_dir / EXPORT_FILES["onnx"],
                                                                   thresholds))
     if "tflite" in formats:
-        done["tflite"] = _guarded("tflite", log, lambda: _write_tflite(saved, out_dir / "model.tflite",
+        done["tflite"] = _guarded("tflite", log, lambda: _write_tflite(saved, out_dir / EXPORT_FILES["tflite"],
                                                                       quantize, calibration))
     if "saved_model" not in formats:
         shutil.rmtree(saved, ignore_errors=True)
@@ -155,7 +164,8 @@ def decode_for_serving(image_bytes: Any, image_size: int) -> Any:
 
 
 def check_exports(done: dict[str, str | None], model: Any, source: Any, split: str, *, quantize: str = "none",
-                  batch_size: int = 32, multi_label: bool = False) -> dict[str, dict]:
+                  batch_size: int = 32, multi_label: bool = False,
+                  on_batch: Callable[[Any], None] | None = None) -> dict[str, dict]:
     """Runs every written export and ``model`` over one split, with each format's own runtime.
 
     One pass of the prediction loop (``headstart.pipeline.training.predictions.predict_split``):
@@ -170,6 +180,7 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
         batch_size: images per forward pass.
         multi_label: compare label sets (at probability 0.5): "accuracy" is then the exact-match
             ratio and "agreement" the share of images with model.keras's label set.
+        on_batch: also called with every batch (a progress line).
 
     Returns:
         format → ``{"path", "accuracy", "keras_accuracy", "agreement" (share of images whose
@@ -188,6 +199,8 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
     def feed(batch: Any) -> None:
         for fmt, predictor in predictors.items():
             got[fmt].append(predictor.logits(batch.images))
+        if on_batch is not None:
+            on_batch(batch)
 
     reference = predict_split(model, source, split, batch_size=batch_size, multi_label=multi_label, on_batch=feed)
     width = reference.logits.shape[-1]
@@ -272,8 +285,10 @@ def _write_onnx(serving: Any, names: list[str], target: Path, thresholds: dict |
     tmp = target.with_name(f".{target.name}.tmp")
     # tf2onnx logs every rewrite pass at INFO through Python logging.
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    serving.export(str(tmp), format="onnx", verbose=False, opset_version=ONNX_OPSET,
-                   input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="image")])
+    with warnings.catch_warnings():  # NumPy's FutureWarning about np.object, raised inside Keras' tf2onnx shim
+        warnings.simplefilter("ignore", FutureWarning)
+        serving.export(str(tmp), format="onnx", verbose=False, opset_version=ONNX_OPSET,
+                       input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="image")])
     proto = onnx.load(str(tmp))
     metadata = {"class_names": json.dumps(names)}
     if thresholds:
@@ -307,7 +322,8 @@ def _write_tflite(saved: Path, target: Path, quantize: str,
 
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    flatbuffer = converter.convert()
+    with native_lines_dropped():  # "fully_quantize: 0, inference_type: 6, …" on every conversion
+        flatbuffer = converter.convert()
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(flatbuffer)
     os.replace(tmp, target)

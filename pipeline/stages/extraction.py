@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from headstart.features.registry import check_image_size
+from headstart.features.registry import check_image_size, check_weights_option
 from headstart.pipeline.config import ExtractConfig, config_to_dict
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.errors import OptionError
@@ -67,6 +67,7 @@ def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] |
     check_source_path(config.source)
     if not str(config.backbone).startswith("hub:"):  # KerasHub presets are checked when they load
         check_image_size(config.backbone, config.image_size)  # an unknown backbone, a size too small
+    check_weights_option(config.weights, config.backbone, config.alpha)
     if not config.splits:
         raise OptionError(f"{label('splits') if label else flag_of('extract', 'splits')} must name at least one split")
     parse_shard(config.shard)
@@ -106,7 +107,9 @@ def extract_features(
     check_extract_config(config)
     _check_out_file(Path(config.out))
     from headstart.features.chain import build_extractor
+    from headstart.features.errors import StoreConfigMismatch
     from headstart.features.store import create_or_resume
+    from headstart.pipeline.data.label_changes import explain_label_change
 
     shard = parse_shard(config.shard)
     source, splits = _open_source(config)
@@ -117,7 +120,10 @@ def extract_features(
     extractor, info = build_extractor(config.backbone, weights=config.weights, image_size=config.image_size,
                                       alpha=config.alpha, pooling=config.pooling)
     store_args = _store_args(config, info.to_dict(), source, splits, shard)
-    writer = create_or_resume(config.out, **store_args)
+    try:
+        writer = create_or_resume(config.out, **store_args)
+    except StoreConfigMismatch as exc:  # a changed label file: how many rows, not two digests
+        raise explain_label_change(exc, source, config.out) from None
     summary = ExtractSummary(path=config.out, already_complete=writer.complete,
                              backbone=info.to_dict(), class_names=list(source.class_names))
     if writer.complete:

@@ -10,6 +10,7 @@ removed once the outputs are written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -105,25 +106,36 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
 
 def _export(model: Any, run_dir: Path, config: FinetuneConfig, plan: Any, metrics: dict,
             log: Callable[[str], None]) -> dict[str, str | None]:
-    """Writes the --export formats and records in ``metrics["exports"]`` how each one scores on the
-    test split (else validation) next to model.keras, run by its own runtime."""
-    from headstart.pipeline.stages.export import calibration_images, check_exports, export_model
+    """Writes the --export formats next to model.keras (``stages.exporting.write_exports``, as ``headstart
+    export`` does) and records in ``metrics["exports"]`` how each one scores beside model.keras."""
+    from headstart.pipeline.stages.exporting import write_exports
 
-    source = plan.source
-    exports = export_model(model, run_dir, config.export, quantize=config.quantize, class_names=plan.class_names,
-                           calibration=calibration_images(source, int(model.input_shape[1])), log=log,
-                           thresholds=metrics.get("thresholds"))
-    split = next((s for s in ("test", "validation") if s in source.split_names), None)
-    if split:
-        checked = check_exports(exports, model, source, split, quantize=config.quantize,
-                                batch_size=config.batch_size, multi_label=plan.multi_label)
-        metrics["exports"] = {"split": split, **checked}
-        for fmt, row in checked.items():
-            if row.get("accuracy") is not None:
-                log(f"export {fmt}: {split} accuracy {row['accuracy']:.4f} (model.keras {row['keras_accuracy']:.4f}), "
-                    f"same class on {row['agreement']:.1%} of images, largest logit difference "
-                    f"{row['max_abs_logit_diff']:.3g}")
+    exports, metrics["exports"] = write_exports(
+        model, run_dir, config.export, quantize=config.quantize, class_names=plan.class_names, source=plan.source,
+        batch_size=config.batch_size, multi_label=plan.multi_label, thresholds=metrics.get("thresholds"), log=log)
     return exports
+
+
+def add_exports(run: RunDir, config: FinetuneConfig, log: Callable[[str], None]) -> None:
+    """A finished run asked again with ``--export``: writes the requested formats when run.json does not
+    record them all (with this ``--quantize``), checked as ``write_exports`` checks them, and records
+    them in run.json and metrics.json. The model is not trained again."""
+    from headstart.pipeline.data.sources import open_source
+    from headstart.pipeline.stages.exporting import write_exports
+
+    have = {fmt for fmt, path in (run.record.get("exports") or {}).items() if path}
+    checked = run.metrics().get("exports") or {}
+    quantize = (checked.get("tflite") or {}).get("quantize", "none")
+    if set(config.export) <= have and ("tflite" not in config.export or quantize == config.quantize):
+        return
+    log(f"{config.out}: adding the exports {', '.join(config.export)} to the finished run")
+    source = open_source(run.source_spec(source=config.source, split_specs=config.split_specs,
+                                         label_options=dataclasses.asdict(config)))
+    exports, checks = write_exports(run.load_model(), run.path, config.export, quantize=config.quantize,
+                                    class_names=run.class_names, source=source, batch_size=config.batch_size,
+                                    multi_label=run.multi_label, thresholds=run.thresholds_record, log=log)
+    run.update_metrics(exports={**checked, **checks})
+    run.update_record(exports={**(run.record.get("exports") or {}), **exports})
 
 
 def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, exports: dict,

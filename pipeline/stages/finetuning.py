@@ -32,8 +32,6 @@ from headstart.pipeline.stages.finetune_plan import FinetunePlan
 
 #: Bytes of decoded images the training shuffle buffer may hold.
 SHUFFLE_BYTES = 256 << 20
-#: Options an interrupted run may be resumed with other values of: what is written at the end.
-RESUME_FREE = ("export", "quantize")
 
 
 @dataclass
@@ -51,6 +49,7 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str]
     Raises:
         OptionError: naming the option at fault (``label`` names it; default: finetune's flag).
     """
+    from headstart.features.registry import check_weights_option
     from headstart.pipeline.model.unfreeze import parse_unfreeze
     from headstart.pipeline.stages.export import check_export_options
     from headstart.pipeline.stages.finetune_choices import check_choices
@@ -59,6 +58,7 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str]
 
     check_config("finetune", config, label=label)
     check_source_path(config.source)
+    check_weights_option(config.weights)
     check_export_options(config.export, config.quantize)
     check_class_weight_option(config.class_weight)
     check_monitor(config.monitor)
@@ -68,7 +68,7 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str]
 
 
 def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
-             callbacks: Sequence[Any] = ()) -> FinetuneResult:
+             callbacks: Sequence[Any] = (), progress: Callable[[str], Any] | None = None) -> FinetuneResult:
     """Fine-tunes the full model and writes the run directory (see the module docstring).
 
     Args:
@@ -76,7 +76,9 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
             config has them and they are not None, must agree with the head run (``weights`` may
             name another path to the same weights: the fingerprint decides).
         log: one line per epoch and status messages.
-        callbacks: extra Keras callbacks for the fine-tune ``fit`` (e.g. a progress bar).
+        callbacks: extra Keras callbacks for the fine-tune ``fit``.
+        progress: ``label → progress line`` (``report.progress.ProgressLine``, ``Console.progress``):
+            a live line through every epoch of both stages; None draws none.
 
     Returns:
         A FinetuneResult; ``summary`` is the table for the CLI to print. A ``--out`` that already
@@ -91,7 +93,7 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     """
     from headstart.pipeline.distribute.strategy import config_is_chief
     from headstart.pipeline.report.out_dir import RESUME, REUSE, claim_run_dir
-    from headstart.pipeline.stages.finetune_outputs import recorded_head
+    from headstart.pipeline.stages.finetune_outputs import add_exports, recorded_head
     from headstart.pipeline.stages.finetune_plan import HEAD_IDENTITY, head_identity, resolved_config
 
     spec = check_finetune_config(config)
@@ -99,16 +101,19 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
                 else None)  # a mistyped or damaged --head fails before TensorFlow starts
     with claim_run_dir(config.out, section="finetune", command="finetune", resolved=resolved_config(config),
                        overwrite=config.overwrite, inputs={HEAD_IDENTITY: head_identity(head_run)},
-                       recorded_inputs=recorded_head, resume_free=RESUME_FREE, chief=config_is_chief()) as (state, run):
+                       recorded_inputs=recorded_head, chief=config_is_chief()) as (state, run):
         if state == REUSE:
             log(f"{config.out}: already done (a finetune run with these options from this head)")
+            if config.export:
+                add_exports(RunDir.open(config.out, kind="finetune"), config, log)
             return FinetuneResult.from_run_dir(RunDir.open(config.out, kind="finetune"))
         return _finetune_distributed(config, spec, head_run, run.read_progress() if state == RESUME else None,
-                                     log, callbacks)
+                                     log, callbacks, progress)
 
 
 def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resuming: dict | None,
-                          log: Callable[[str], None], callbacks: Sequence[Any]) -> FinetuneResult:
+                          log: Callable[[str], None], callbacks: Sequence[Any],
+                          lines: Callable[[str], Any] | None) -> FinetuneResult:
     """Sets up the strategy (the run's first TensorFlow work), then fine-tunes on every worker."""
     from headstart.pipeline.distribute.strategy import chief_output_dir, set_up_strategy
     from headstart.pipeline.training.determinism import op_determinism
@@ -130,12 +135,13 @@ def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resu
         # The same switch as train-head's (process-wide, restored afterwards); with the seed it
         # makes two CPU runs give bit-identical weights.
         with op_determinism(config.deterministic):
-            return _finetune(config, spec, setup, head_run, resuming, log=log, callbacks=callbacks)
+            return _finetune(config, spec, setup, head_run, resuming, log=log, callbacks=callbacks, lines=lines)
 
 
 def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resuming: dict | None, *,
-              log: Callable[[str], None], callbacks: Sequence[Any]) -> FinetuneResult:
-    """``finetune`` once the strategy is set up; writes into ``config.out``.
+              log: Callable[[str], None], callbacks: Sequence[Any],
+              lines: Callable[[str], Any] | None = None) -> FinetuneResult:
+    """``finetune`` once the strategy is set up; writes into ``config.out``; ``lines``: the live epoch lines.
 
     ``config`` is the request as given (run.json records it, ``--augment auto`` included); ``work``
     is what the model is built and fitted with once the audit and the probes have chosen.
@@ -159,11 +165,14 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resu
     with setup.strategy.scope():  # variables must be created in the strategy's scope
         built = _build(work, plan, mixed=config.mixed_precision)
     parity = _check_parity(work, plan, built, log)
-    head_stage = None if plan.head_run else _seed_head(work, plan, built, setup, run, progress, log)
+    live = _epoch_lines(lines, plan)
+    head_stage = None if plan.head_run else _seed_head(work, plan, built, setup, run, progress, log,
+                                                       live("head epoch", config.head_batch_size))
     measure = gate_measure(config.monitor, plan.multi_label)
     seeded_val = seeded_validation(lambda split: _predict(work, plan, built.model, split)[1], plan.val_split,
                                    progress, measure, save)
-    trained = _train(work, spec, plan, built, setup, run, progress, measure, seeded_val, log, callbacks)
+    trained = _train(work, spec, plan, built, setup, run, progress, measure, seeded_val, log,
+                     [*callbacks, *live("finetune epoch", config.batch_size)])
     metrics: dict[str, Any] = {"stage": "finetune", "parity": _plain(parity), "head_stage": _plain(head_stage),
                                "seeded": {"validation": seeded_val}, **trained.metrics}
     sections, thresholds = _final_metrics(work, plan, built.model, trained.val_predictions)
@@ -216,6 +225,16 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
 
 
 # ── the steps ────────────────────────────────────────────────────────────────────────────────
+
+
+def _epoch_lines(lines: Callable[[str], Any] | None, plan: FinetunePlan) -> Callable[[str, int], list]:
+    """``(label, batch size) → [a live progress callback]`` over the training split, or [] without ``lines``."""
+    if lines is None:
+        return lambda label, batch_size: []
+    from headstart.pipeline.training.fit_progress import fit_progress_callback
+
+    images = plan.source.count("train")
+    return lambda label, batch_size: [fit_progress_callback(lines, images, batch_size, label=label)]
 
 
 def _build(config: FinetuneConfig, plan: FinetunePlan, *, mixed: bool) -> _Built:
@@ -283,7 +302,7 @@ def _jit(config: FinetuneConfig) -> bool | str:
 
 
 def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup: Any, run: RunDir, progress: dict,
-               log: Callable[[str], None]) -> Any:
+               log: Callable[[str], None], callbacks: Sequence[Any] = ()) -> Any:
     """Without a head run: trains the head on the frozen backbone (or takes the interrupted run's)."""
     from headstart.pipeline.model.assembly import freeze_backbone
     from headstart.pipeline.model.head import compile_head
@@ -302,7 +321,8 @@ def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup:
     train, val = _datasets(config, plan, config.head_batch_size)
     head_stage = fit_stage(built.model, "head", run_dir=run.path, train=train, val=val, epochs=config.head_epochs,
                            patience=config.patience, log=log, num_classes=plan.num_classes, monitor=config.monitor,
-                           callbacks=[tensorboard_callback(Path(plan.log_dir) / "head")] if plan.log_dir else (),
+                           callbacks=[*callbacks, *([tensorboard_callback(Path(plan.log_dir) / "head")]
+                                                    if plan.log_dir else [])],
                            replicas=setup.replicas, multi_label=plan.multi_label)
     built.head.save_weights(seeded_head)
     progress["head_stage"] = head_stage.to_dict()

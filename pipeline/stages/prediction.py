@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 # IMAGE_EXTENSIONS: what ``predict_images`` picks up in a directory (files named explicitly are always tried).
 from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS
 from headstart.pipeline.errors import OptionError
+from headstart.pipeline.report.progress import observed
 
 @dataclass
 class PredictionRow:
@@ -38,7 +39,8 @@ class PredictionRow:
 
 
 def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
-                   batch_size: int = 32, class_names: Sequence[str] | None = None) -> list[PredictionRow]:
+                   batch_size: int = 32, class_names: Sequence[str] | None = None,
+                   progress: Callable[[str], Any] | None = None) -> list[PredictionRow]:
     """Classifies image files; a bad file gives a row with ``error`` set and never stops the rest.
 
     Args:
@@ -48,6 +50,8 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
         batch_size: images per forward pass.
         class_names: names of the class indices; default: those the export holds, else run.json
             beside the model, else "0", "1"…
+        progress: ``label → progress line`` (``report.progress.ProgressLine``) drawn through the
+            files; None draws none.
 
     Returns:
         One PredictionRow per file, in the order given (directories sorted): the predicted class and
@@ -65,7 +69,9 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     if len(names) != k:
         raise OptionError(f"{len(names)} class names given for a model of {k} classes")
     files = _expand(paths)
-    found = predict_split(predictor, FilesSource(files), FilesSource.SPLIT, batch_size=batch_size)
+    with observed(progress, "predict", len(files)) as on_batch:
+        found = predict_split(predictor, FilesSource(files), FilesSource.SPLIT, batch_size=batch_size,
+                              on_batch=on_batch)
     probabilities = iter(logits_to_probabilities(found.logits, k, predictor.multi_label))
     good, bad = iter(found.keys), iter(found.skipped)
     next_good, next_bad = next(good, None), next(bad, (None, None))

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from headstart.pipeline.errors import OptionError, RunDirError
+from headstart.pipeline.startup import native_lines_dropped
+from headstart.pipeline.report.export_record import export_record_beside
 from headstart.pipeline.report.rundir import MODEL_FILES, RunDir, load_model_file
 
 FORMATS = ("keras", "saved_model", "onnx", "tflite")
@@ -37,7 +39,8 @@ class Predictor:
         path: the file or directory loaded.
         image_size: S of the (S, S, 3) input.
         width: logits per image (1 for two classes).
-        class_names: from the file itself (SavedModel, ONNX) or the run.json beside it, else None.
+        class_names: from the file itself (SavedModel, ONNX), the run.json beside it or a ``headstart
+            export`` directory's export.json, else None.
         run: the run directory beside the file (``RunDir``), or None.
         multi_label: one sigmoid logit per class (task "multi_label" in the file or its run.json).
         thresholds: a multi-label model's per-class decision thresholds (float64 (C,)), from the
@@ -84,12 +87,15 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     except Exception as exc:  # noqa: BLE001 - each runtime raises its own types for a bad file
         text = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise RunDirError(f"{path}: cannot load as a {kind} model ({text})") from exc
-    # What the file says wins over the run directory beside it (an export may have been copied alone).
+    # What the file says wins over the run directory beside it (an export may have been copied alone),
+    # and that over a `headstart export` directory's export.json (what a .tflite file cannot hold).
     recorded = run is not None and run.complete
-    names = meta.get("class_names") or (run.class_names if recorded else None)
+    exported = export_record_beside(path) or {}
+    names = meta.get("class_names") or (run.class_names if recorded else None) or exported.get("class_names")
     names = list(names) if names else None
-    record = meta.get("thresholds") or (run.thresholds_record if run is not None else None)
-    multi_label = (meta.get("task") or (run.task if recorded else None) or (record or {}).get("task")) == "multi_label"
+    record = meta.get("thresholds") or (run.thresholds_record if run is not None else None) or exported.get("thresholds")
+    multi_label = (meta.get("task") or (run.task if recorded else None) or exported.get("task")
+                   or (record or {}).get("task")) == "multi_label"
     thresholds = None
     if multi_label:
         from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
@@ -176,7 +182,8 @@ def _load_onnx(path: Path):
 def _load_tflite(path: Path):
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
+    with native_lines_dropped():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = Interpreter(model_path=str(path))
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     state: dict[str, Any] = {"batch": None}
 
@@ -184,7 +191,8 @@ def _load_tflite(path: Path):
         if state["batch"] != len(images):
             # The batch dimension is free in the file; the interpreter is sized per batch length.
             interpreter.resize_tensor_input(inp["index"], images.shape)
-            interpreter.allocate_tensors()
+            with native_lines_dropped():
+                interpreter.allocate_tensors()
             state["batch"] = len(images)
         interpreter.set_tensor(inp["index"], images)
         interpreter.invoke()

@@ -106,12 +106,17 @@ def _tell(study: Any, trial: Any, params: TrialParams, run: Any, objective: Obje
         study.tell(trial, run.objective)
 
 
+#: How a trial line says why the trial stopped (``TrialRun.stopped``).
+STOP_WORDS = {"early": "early stop", "pruned": "pruned", "epochs": "all epochs"}
+
+
 def _trial_line(trials: list, number: int, params: TrialParams, run: Any, objective: Objective, total: int) -> str:
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     best = min(complete, key=lambda t: (objective.rank(t.value), t.number)) if complete else None
     best_text = f"best #{best.number} {best.value:.4f}" if best else "best -"  # none complete yet: all pruned
     v = run.validation
     watched = "" if objective.measure == "loss" else f" {objective.history_key} {run.objective:.4f}"
-    return (f"trial {number:>3} {params.cache} {run.stopped:<6} val_loss {v['loss']:.4f} "
+    stopped = STOP_WORDS.get(run.stopped, run.stopped)
+    return (f"trial {number:>3} {params.cache} {stopped:<10} val_loss {v['loss']:.4f} "
             f"val_acc {v['accuracy']:.4f}{watched}  epochs {run.epochs_run}  {run.seconds:.1f} s  | {best_text}  "
             f"[{len(trials)}/{total}]")
