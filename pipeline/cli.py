@@ -282,7 +282,7 @@ def predict_command(model, paths, csv_path, batch_size):
     MODEL is model.keras or its run directory, or an export: a SavedModel directory, model.onnx
     or model.tflite. One line per image: path, class, probability; for a multi-label model the
     label set (each class at or above its saved threshold) with each probability. Bad files are
-    reported, not fatal.
+    reported and do not stop the others; the exit status is then 1.
     """
     from headstart.pipeline.stages.prediction import format_prediction, predict_images, write_predictions_csv
 
@@ -291,6 +291,10 @@ def predict_command(model, paths, csv_path, batch_size):
         click.echo(format_prediction(row))
     if csv_path:
         write_predictions_csv(rows, csv_path)
+    failed = sum(1 for row in rows if row.error)
+    if failed:  # every row is printed first; then the exit status says that not all were read
+        click.echo(f"Error: {failed} of {len(rows)} input(s) could not be read (their lines say why)", err=True)
+        raise SystemExit(1)
 
 
 @main.command("backbones")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from headstart.pipeline.data.regular_file import not_regular_reason
 from headstart.pipeline.errors import DataError
 
 #: Split folder names recognised at the top of a directory source, in their canonical order.
@@ -69,6 +70,8 @@ class FolderListing:
         items: split → [(key, label index)], sorted by key.
         loops: key → reason for the directory symlinks that led to a folder already listed; each
             is also one item of its split, so the loop is reported once among the skipped images.
+        not_regular: key → reason for the entries that are not regular files (named pipes,
+            devices, sockets): items of their split like the loops, reported and never opened.
     """
 
     layout: str
@@ -77,6 +80,7 @@ class FolderListing:
     class_names: list[str]
     items: dict[str, list[tuple[str, int]]]
     loops: dict[str, str] = field(default_factory=dict)
+    not_regular: dict[str, str] = field(default_factory=dict)
 
 
 def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
@@ -94,7 +98,7 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     """
     top = _subfolders(root)
     split_dirs = [d for d in SPLIT_FOLDERS if d in top]
-    seen, loops = _walked_tops(root, split_dirs, top), {}
+    seen, loops, not_regular = _walked_tops(root, split_dirs, top), {}, {}
     if split_dirs:
         others = sorted(set(top) - set(split_dirs))
         if others:
@@ -102,10 +106,10 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
                             f"({', '.join(others[:3])}); use DIR/{{train,validation,test}}/<class>/ or DIR/<class>/")
         layout, split_specs = "explicit", {s: f"{s}/" for s in split_dirs}
         files = [(split, key, cls) for split in split_dirs
-                 for cls, key in _class_files(root, split, seen, loops)]
+                 for cls, key in _class_files(root, split, seen, loops, not_regular)]
     else:
         layout, split_specs = "hashed", hashed_split_specs(validation_fraction, test_fraction)
-        listed = [(key, cls) for cls, key in _class_files(root, "", seen, loops)]
+        listed = [(key, cls) for cls, key in _class_files(root, "", seen, loops, not_regular)]
         chosen = assign_stratified(listed, validation_fraction=validation_fraction,
                                    test_fraction=test_fraction, spec=spec)
         files = [(chosen[key], key, cls) for key, cls in listed]
@@ -118,7 +122,7 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     items: dict[str, list[tuple[str, int]]] = {s: [] for s in split_names}
     for split, key, cls in sorted(files):
         items[split].append((key, index[cls]))
-    return FolderListing(layout, split_names, split_specs, class_names, items, loops)
+    return FolderListing(layout, split_names, split_specs, class_names, items, loops, not_regular)
 
 
 def hashed_split_specs(validation_fraction: float, test_fraction: float) -> dict[str, str]:
@@ -205,7 +209,7 @@ def _subfolders(folder: Path) -> list[str]:
 
 
 def _class_files(root: Path, split: str, seen: dict[tuple[int, int], str],
-                 loops: dict[str, str]) -> list[tuple[str, str]]:
+                 loops: dict[str, str], not_regular: dict[str, str]) -> list[tuple[str, str]]:
     """(class name, key) for every visible file below root/split/<class>/, recursively.
 
     Files directly in root/split are not in any class and are left alone. File and directory
@@ -215,6 +219,10 @@ def _class_files(root: Path, split: str, seen: dict[tuple[int, int], str],
     symlink to a parent, or a second link to a folder already listed — becomes one item whose key
     goes into ``loops`` with the reason. Before this, a link to a parent was followed ~30 levels
     deep: 7 images became 531 rows, the same photo in train, validation and test.
+
+    An entry that is not a regular file once links are followed (a named pipe, a device, a socket)
+    is one item whose reason goes into ``not_regular``; it is never opened (a pipe would block the
+    reader for ever) and does not count as a file of its class.
     """
     base = root / split if split else root
     out = []
@@ -230,8 +238,13 @@ def _class_files(root: Path, split: str, seen: dict[tuple[int, int], str],
             dirs[:] = entered
             for name in names:
                 if _visible(name):
-                    out.append((cls, Path(folder, name).relative_to(root).as_posix()))
-                    found += 1
+                    key = Path(folder, name).relative_to(root).as_posix()
+                    out.append((cls, key))
+                    reason = not_regular_reason(Path(folder, name))
+                    if reason:
+                        not_regular[key] = f"{reason}; skipped without opening it"
+                    else:
+                        found += 1
         if not found:
             raise DataError(f"{base / cls}: empty class folder")
     return out

@@ -141,8 +141,10 @@ def _expand(paths: Sequence[str | os.PathLike]) -> list[str]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
+            # Not only regular files: a pipe or device named like an image gets a row saying why it
+            # was not read (load_image never opens it), instead of vanishing from the output.
             out.extend(str(f) for f in sorted(p.rglob("*"))
-                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
+                       if not f.is_dir() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
         else:
             out.append(str(p))
     return out

@@ -1,0 +1,202 @@
+"""Faults and bad input, round two (issue 21): hangs, exit 0 with nothing usable, stale reuse, a
+decompression bomb in the exported model, forged output lines, tracebacks, the cost of bad input.
+
+Each test is one row of the issue's table (``tests/test_faults.py`` lists them all) and checks what
+a user sees. Tests that start a process wait with a timeout, so a hang fails instead of stalling.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import make_cache, make_class_folders, subprocess_env, write_image
+from headstart.pipeline.cli import main
+
+
+def _invoke(args, **kwargs):
+    return CliRunner().invoke(main, [str(a) for a in args], **kwargs)
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("Error: ")]
+
+
+def _one_line_error(result, code: int, *names: str) -> str:
+    """The command failed with ``code``, one "Error: …" line naming ``names``, no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = _error_lines(result.output)
+    assert len(errors) == 1, result.output
+    for name in names:
+        assert name in errors[0], result.output
+    return errors[0]
+
+
+EXTRACT = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
+           "--batch-size", "4"]
+
+
+# -- 1. named pipes and devices: skipped unopened; signals acted on within a second ---------------
+
+
+def _unblock(fifo: Path) -> None:
+    """Opens and closes the write end, so a reader stuck in open() or read() sees end-of-file."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # no reader: nothing is stuck
+
+
+def _within(seconds: float, fn, fifo: Path):
+    """``fn()`` in a thread; fails (after unblocking it through ``fifo``) when it takes longer."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        _unblock(fifo)
+        thread.join(10)
+        pytest.fail(f"still waiting on {fifo.name} after {seconds} s")
+    return out[0]
+
+
+def test_a_fifo_in_a_class_folder_is_listed_with_its_reason_and_never_opened(tmp_path):
+    from headstart.pipeline.data.splits import list_class_folders
+
+    root = make_class_folders(tmp_path / "images", per_class=3)
+    os.mkfifo(root / "cats" / "pipe.jpg")
+    os.symlink("/dev/null", root / "dogs" / "device.jpg")
+    listing = _within(10, lambda: list_class_folders(root, str(root), validation_fraction=0,
+                                                     test_fraction=0), root / "cats" / "pipe.jpg")
+    assert "cats/pipe.jpg" in [key for key, _ in listing.items["train"]]
+    assert listing.not_regular == {
+        "cats/pipe.jpg": "not a regular file (a named pipe); skipped without opening it",
+        "dogs/device.jpg": "not a regular file (a character device); skipped without opening it"}
+
+
+def test_a_class_folder_holding_only_a_fifo_is_refused(tmp_path):
+    from headstart.pipeline.data.splits import list_class_folders
+    from headstart.pipeline.errors import DataError
+
+    root = make_class_folders(tmp_path / "images", per_class=3)
+    (root / "birds").mkdir()
+    os.mkfifo(root / "birds" / "pipe.jpg")
+    with pytest.raises(DataError, match="birds: empty class folder"):
+        list_class_folders(root, str(root), validation_fraction=0, test_fraction=0)
+
+
+def test_the_image_reader_refuses_a_fifo_without_blocking(tmp_path):
+    from headstart.pipeline.data.image import load_or_reason
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    image, reason = _within(10, lambda: load_or_reason(fifo, 32), fifo)
+    assert reason == "not a regular file (a named pipe)" and not image.numpy().any()
+    assert load_or_reason("/dev/zero", 32)[1] == "not a regular file (a character device)"
+
+
+def test_a_label_file_names_pipes_and_devices_for_what_they_are(tmp_path):
+    from headstart.pipeline.data.label_file import read_label_file
+
+    root = make_class_folders(tmp_path / "images", per_class=2)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    rows = [f"{p},{p.parent.name}" for p in sorted(root.rglob("*.jpg"))]
+    (tmp_path / "labels.csv").write_text("\n".join(["path,label", *rows, f"{tmp_path / 'pipe.jpg'},cats",
+                                                    "/dev/null,dogs", "gone.jpg,dogs"]) + "\n")
+    table = _within(10, lambda: read_label_file(tmp_path / "labels.csv", spec="labels.csv"), tmp_path / "pipe.jpg")
+    reasons = {bad.key: bad.reason for bad in table.bad}
+    assert reasons == {"pipe.jpg": "not a regular file (a named pipe) (labels.csv row 6)",
+                       "/dev/null": "not a regular file (a character device) (labels.csv row 7)",
+                       "gone.jpg": "missing file (labels.csv row 8)"}
+
+
+def test_a_fifo_as_the_label_file_is_named_not_waited_on(tmp_path):
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    result = _within(20, lambda: _invoke(["extract-features", fifo, "--out", tmp_path / "f.h5", *EXTRACT]), fifo)
+    _one_line_error(result, 2, str(fifo), "not a regular file (a named pipe)")
+
+
+def _headstart(args: list, tmp: Path, *, code: str | None = None) -> subprocess.Popen:
+    """``headstart ARGS`` in a fresh interpreter (``code`` runs first, to patch something)."""
+    script = (code or "") + "\nimport sys\nfrom headstart.pipeline.cli import main\nsys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", script, *[str(a) for a in args]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=subprocess_env(tmp / "tmp"))
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout} s:\n{err[-2000:]}")
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_extract_features_with_a_fifo_in_a_class_folder_finishes(tmp_path):
+    root = make_class_folders(tmp_path / "images", per_class=4)
+    fifo = root / "cats" / "pipe.jpg"
+    os.mkfifo(fifo)
+    proc = _headstart(["extract-features", root, "--out", tmp_path / "f.h5", *EXTRACT], tmp_path)
+    try:
+        code, out, err = _finish(proc, 120)
+    finally:
+        _unblock(fifo)
+    assert code == 0, err
+    assert "skipped [train] cats/pipe.jpg: not a regular file (a named pipe); skipped without opening it" in out
+
+
+@pytest.mark.slow
+def test_sigterm_ends_extract_features_within_a_second_while_a_read_blocks(tmp_path):
+    """A read that never returns (the old FIFO open; a stalled network share) inside a tf.data worker.
+
+    The main thread waits in native code and cannot run Python's handler; the signal watch ends
+    the process within the grace period with the usual line and 143.
+    """
+    root = make_class_folders(tmp_path / "images", per_class=4)
+    fifo = root / "cats" / "cats_001.jpg"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    # The reader as it was before issue 21: a plain blocking open() of whatever the folder holds.
+    patch = ("import headstart.pipeline.data.image as image, headstart.pipeline.data.splits as splits\n"
+             "image._read_file = lambda path: open(path, 'rb').read()\n"
+             "splits.not_regular_reason = lambda path: None\n")
+    proc = _headstart(["extract-features", root, "--out", tmp_path / "f.h5", *EXTRACT], tmp_path, code=patch)
+    writer = None
+    try:
+        deadline = time.monotonic() + 120
+        while writer is None:  # the write end opens once the reader is in open(): then it blocks in read()
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.5)  # well inside the read
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM was not acted on within 5 s while a tf.data read blocked")
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if writer is not None:
+            os.close(writer)
+        err = proc.communicate()[1]
+    assert proc.returncode == 143, err[-2000:]
+    assert elapsed < 1.0, elapsed
+    assert err.strip().splitlines()[-1] == "interrupted; run the same command again to resume"
