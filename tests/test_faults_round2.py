@@ -200,3 +200,91 @@ def test_sigterm_ends_extract_features_within_a_second_while_a_read_blocks(tmp_p
     assert proc.returncode == 143, err[-2000:]
     assert elapsed < 1.0, elapsed
     assert err.strip().splitlines()[-1] == "interrupted; run the same command again to resume"
+
+
+# -- 2. a sweep killed between ask and heartbeat; a killed final retraining ----------------------
+
+
+def _silent_trial(storage_url: str) -> int:
+    """Adds a RUNNING trial with no heartbeat row, as a process killed right after ``ask`` leaves."""
+    import optuna
+
+    from headstart.pipeline.sweep.study import STUDY_NAME
+
+    storage = optuna.storages.RDBStorage(storage_url)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    trial_id = storage.create_new_trial(study._study_id)
+    return storage.get_trial_number_from_id(trial_id)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.filterwarnings("ignore")  # Optuna marks heartbeats experimental
+def test_a_running_trial_without_heartbeat_is_failed_and_queued_after_the_grace_period(tmp_path):
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+
+    from headstart.pipeline.sweep.orphans import adopt_silent_trials
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = RDBStorage(url, heartbeat_interval=1, grace_period=1,
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+    study = optuna.create_study(storage=storage, study_name="headstart-sweep")
+    live = study.ask()
+    storage.record_heartbeat(live._trial_id)
+    silent = _silent_trial(url)
+    assert adopt_silent_trials(study, storage) == [silent]
+    assert adopt_silent_trials(study, storage) == []  # adopted once
+    time.sleep(1.5)
+    storage.record_heartbeat(live._trial_id)  # its owner is alive
+    fail_stale_trials(study)
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states[live.number] == "RUNNING" and states[silent] == "FAIL"
+    requeued = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == silent]
+    assert [t.state.name for t in requeued] == ["WAITING"]
+
+
+def test_dead_best_dirs_are_removed_and_live_ones_kept(tmp_path):
+    from headstart.pipeline.sweep.orphans import remove_dead_best_dirs
+
+    dead, live = tmp_path / f".best-{_dead_pid()}", tmp_path / f".best-{os.getppid()}"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "head.keras").write_bytes(b"half")
+    (tmp_path / ".best-notes").mkdir()
+    assert remove_dead_best_dirs(tmp_path) == [dead.name]
+    assert not dead.exists() and live.is_dir() and (tmp_path / ".best-notes").is_dir()
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_reruns_a_trial_killed_before_its_first_heartbeat(tmp_path):
+    import optuna
+
+    from headstart.pipeline.config import SweepConfig
+    from headstart.pipeline.sweep.space import SearchSpace
+    from headstart.pipeline.sweep.study import STUDY_NAME, run_sweep
+
+    cache, out = make_cache(tmp_path / "c.h5"), tmp_path / "sw"
+    space = dict(epochs=2, patience=5, parallel=2, batch_size=(32,), hidden_units=(16,), pruner="none")
+    run_sweep(SweepConfig(caches=(str(cache),), out=str(out), trials=2, heartbeat=1), SearchSpace(**space),
+              log=lambda line: None)
+    silent = _silent_trial(f"sqlite:///{out / 'study.db'}")
+    orphan = out / f".best-{_dead_pid()}"  # a final retraining killed half-way
+    orphan.mkdir()
+    code = ("from headstart.pipeline.config import SweepConfig\n"
+            "from headstart.pipeline.sweep.space import SearchSpace\n"
+            "from headstart.pipeline.sweep.study import run_sweep\n"
+            f"r = run_sweep(SweepConfig(caches=({str(cache)!r},), out={str(out)!r}, trials=3, heartbeat=1), "
+            f"SearchSpace(**{space!r}), log=print)\nprint('finished', r.finished)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=subprocess_env(tmp_path / "tmp"))
+    returncode, output, _ = _finish(proc, 120)  # before issue 21 it slept in its wait loop for ever
+    assert returncode == 0 and "finished 3" in output, output
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}").get_trials()
+    assert trials[silent].state.name == "FAIL"
+    assert [t.state.name for t in trials if t.system_attrs.get("failed_trial") == silent] == ["COMPLETE"]
+    assert not orphan.exists()

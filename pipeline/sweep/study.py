@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.sweep.caches import SweepCache
+from headstart.pipeline.sweep.orphans import adopt_silent_trials, remove_dead_best_dirs
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams, params_from_record, suggest_params
 from headstart.pipeline.sweep.teller import FINISHED, Teller, trial_state
 
@@ -132,6 +133,7 @@ def claim_sweep_dir(out: Path, overwrite: bool) -> Iterator[Path]:
             for name in SWEEP_FILES:
                 target = out / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        remove_dead_best_dirs(out)  # a killed final retraining's half-written best/
         yield out
 
 
@@ -231,6 +233,7 @@ def _ask_round(study: Any, storage: Any, config: SweepConfig, space: SearchSpace
     """Asks for this round's trials: None when N are finished, [] when only others' are missing."""
     from optuna.storages import fail_stale_trials
 
+    adopt_silent_trials(study, storage)  # killed before its first heartbeat: stale after the grace period too
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # marked experimental
         fail_stale_trials(study)  # a killed process's trials: FAIL, then queued again with their params
