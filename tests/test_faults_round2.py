@@ -288,3 +288,51 @@ def test_a_resumed_sweep_reruns_a_trial_killed_before_its_first_heartbeat(tmp_pa
     assert trials[silent].state.name == "FAIL"
     assert [t.state.name for t in trials if t.system_attrs.get("failed_trial") == silent] == ["COMPLETE"]
     assert not orphan.exists()
+
+
+# -- 8. sweep --storage: one line for every problem, nothing created beside a device --------------
+
+
+@pytest.mark.parametrize("storage, expected", [
+    ("TEXT", "not an SQLite database (damaged, or another kind of file); move it away, or give another --storage"),
+    ("sqlite:///{tmp}/missing/dir/study.db", "folder {tmp}/missing/dir does not exist"),
+    ("foo://bar", "unknown database 'foo'"),
+    ("not a url", "not a database URL"),
+    ("sqlite:////dev/null", "/dev/null is not a regular file (a character device); give a database file"),
+    ("sqlite://", "a study in memory cannot be resumed or shared"),
+    ("postgresql://nobody@127.0.0.1:1/x", "its driver is not installed"),
+    ("OTHER", "cannot open the study ("),
+])
+def test_every_storage_problem_is_one_line(tmp_path, storage, expected):
+    import sqlite3
+
+    journal_before = os.path.exists("/dev/null-journal")
+    cache = make_cache(tmp_path / "c.h5")
+    if storage == "TEXT":
+        (tmp_path / "notes.db").write_text("not a database\n")
+        storage = f"sqlite:///{tmp_path / 'notes.db'}"
+    elif storage == "OTHER":  # another program's SQLite database
+        with sqlite3.connect(tmp_path / "other.db") as db:
+            db.execute("create table alembic_version (version_num text)")
+            db.execute("insert into alembic_version values ('not-optuna')")
+        storage = f"sqlite:///{tmp_path / 'other.db'}"
+    else:
+        storage = storage.format(tmp=tmp_path)
+    if storage.startswith("postgresql"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg"):
+            pytest.skip("a PostgreSQL driver is installed here")
+    result = _invoke(["sweep", cache, "--out", tmp_path / "sw", "--trials", 1, "--storage", storage])
+    line = _one_line_error(result, 2, f"--storage {storage}")
+    assert expected.format(tmp=tmp_path) in line
+    assert journal_before or not os.path.exists("/dev/null-journal")
+
+
+def test_a_damaged_study_db_in_the_sweep_directory_is_named(tmp_path):
+    cache = make_cache(tmp_path / "c.h5")
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "study.db").write_bytes(np.random.default_rng(0).bytes(4096))
+    result = _invoke(["sweep", cache, "--out", tmp_path / "sw", "--trials", 1])
+    line = _one_line_error(result, 2, str(tmp_path / "sw" / "study.db"), "not an SQLite database")
+    assert "pass --overwrite to start a new study" in line

@@ -30,6 +30,7 @@ from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.sweep.caches import SweepCache
 from headstart.pipeline.sweep.orphans import adopt_silent_trials, remove_dead_best_dirs
+from headstart.pipeline.sweep.storage import check_sqlite_file, check_storage_url, storage_errors
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams, params_from_record, suggest_params
 from headstart.pipeline.sweep.teller import FINISHED, Teller, trial_state
 
@@ -81,11 +82,16 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
     check_config("sweep", config)
     if config.heartbeat < 1:
         raise OptionError(f"heartbeat must be at least 1 second, got {config.heartbeat}")
+    if config.storage is not None:  # before the caches are read: a mistyped URL costs nothing
+        check_storage_url(config.storage, f"--storage {config.storage}")
     space = space or SearchSpace()
     start = time.perf_counter()
     caches = {c.name: c for c in load_caches(config.caches)}
     with claim_sweep_dir(Path(config.out), config.overwrite) as out:
-        with _creation_lock(out):
+        where = f"--storage {config.storage}" if config.storage else str(out / "study.db")
+        with _creation_lock(out), storage_errors(where):
+            check_sqlite_file(storage_url(config), where, "move it away, or pass --overwrite to start a new study"
+                              if config.storage is None else "move it away, or give another --storage")
             study, storage = _open_study(config, space, caches)
         trained = _run_trials(study, storage, config, space, caches, log, start, on_trial)
         best = write_outputs(study, out, caches, space, config, log)
