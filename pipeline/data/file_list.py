@@ -38,6 +38,14 @@ class FileListSource(Source):
     def count(self, split: str, *, shard: tuple[int, int] | None = None) -> int:
         return len(self._shard_items(split, shard))
 
+    def known_usable(self, split: str) -> tuple[list[int], list[str]]:
+        from headstart.pipeline.data.coverage import class_counts
+
+        self._check_split(split)
+        good = [label for key, label in self._items[split] if key not in self._reasons]
+        reasons = [self._reasons[key] for key, _ in self._items[split] if key in self._reasons]
+        return class_counts(good, len(self.class_names)), reasons
+
     def keys(self, split: str) -> list[str]:
         """Keys (paths relative to the root, forward slashes) of a split, in dataset order."""
         self._check_split(split)

@@ -47,8 +47,9 @@ class LabelFileSource(FileListSource):
         self.multi_label = table.multi_label
         self.class_names = list(table.class_names)
         splits = _row_splits(table, spec)
-        if table.has_split_column:
-            self.split_names = [s for s in SPLIT_FOLDERS if s in set(splits.values())]
+        if table.has_split_column:  # a split only bad rows name is one too: found empty, not dropped
+            named = set(splits.values()) | {bad.split for bad in table.bad}
+            self.split_names = [s for s in SPLIT_FOLDERS if s in named]
             self._split_specs = {s: f"column split={s}" for s in self.split_names}
         else:
             self._split_specs = hashed_split_specs(spec.validation_fraction, spec.test_fraction)
