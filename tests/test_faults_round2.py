@@ -336,3 +336,213 @@ def test_a_damaged_study_db_in_the_sweep_directory_is_named(tmp_path):
     result = _invoke(["sweep", cache, "--out", tmp_path / "sw", "--trials", 1])
     line = _one_line_error(result, 2, str(tmp_path / "sw" / "study.db"), "not an SQLite database")
     assert "pass --overwrite to start a new study" in line
+
+
+# -- 4. exit 0 with nothing usable -----------------------------------------------------------------
+
+
+def _assert_nothing_written(out: Path) -> None:
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+
+
+def test_a_jsonl_whose_one_split_value_empties_the_rest_is_refused_before_writing(tmp_path):
+    import json
+
+    root = make_class_folders(tmp_path / "images", per_class=4)
+    rows = [{"path": str(p), "label": p.parent.name} for p in sorted(root.rglob("*.jpg"))]
+    rows[0]["split"] = "TRAIN"  # one row names a split: the column exists, every other row's is empty
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "f.h5"
+    result = _invoke(["extract-features", tmp_path / "labels.jsonl", "--out", out, *EXTRACT])
+    line = _one_line_error(result, 2, "labels.jsonl", "1 class ('cats')", "a classifier needs 2 or more")
+    assert "(7 unusable: 7 empty split)" in line
+    _assert_nothing_written(out)
+
+
+def test_a_single_class_folder_is_refused_before_writing(tmp_path):
+    root = make_class_folders(tmp_path / "images", classes=("cats",), per_class=6)
+    out = tmp_path / "f.h5"
+    result = _invoke(["extract-features", root, "--out", out, *EXTRACT])
+    _one_line_error(result, 2, str(root), "1 class ('cats') among the usable images")
+    _assert_nothing_written(out)
+
+
+def test_a_class_without_training_rows_and_an_empty_split_are_refused_before_writing(tmp_path):
+    root = make_class_folders(tmp_path / "images", classes=("cats", "dogs", "birds"), per_class=3)
+    lines = ["path,label,split"]
+    for p in sorted(root.rglob("*.jpg")):
+        split = "test" if p.parent.name == "birds" else "train"  # birds only in test
+        lines.append(f"{p},{p.parent.name},{split}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "f.h5"
+    result = _invoke(["extract-features", tmp_path / "labels.csv", "--out", out, *EXTRACT])
+    _one_line_error(result, 2, "labels.csv", "class 'birds' has no usable training image")
+    _assert_nothing_written(out)
+    lines[1:] = [line for line in lines[1:] if "birds" not in line]
+    lines.append(f"{tmp_path / 'gone.jpg'},cats,validation")  # validation: one row, its file missing
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    result = _invoke(["extract-features", tmp_path / "labels.csv", "--out", out, *EXTRACT])
+    _one_line_error(result, 2, "split 'validation' has no usable image (1 unusable: 1 missing file)")
+    _assert_nothing_written(out)
+
+
+@pytest.mark.slow
+def test_a_class_of_unreadable_images_is_refused_before_the_cache_is_finished(tmp_path):
+    from headstart.features.store import open_cache
+
+    root = make_class_folders(tmp_path / "images", per_class=4)
+    (root / "birds").mkdir()
+    for i in range(4):
+        (root / "birds" / f"b{i}.jpg").write_bytes(b"not an image")
+    out = tmp_path / "f.h5"
+    args = ["extract-features", root, "--out", out, *EXTRACT, "--validation-fraction", 0, "--test-fraction", 0]
+    result = _invoke(args)
+    line = _one_line_error(result, 2, str(root), "class 'birds' has no usable training image",
+                           "(4 unusable in train: 4 not an image)")
+    assert "no cache written: fix the images and run the same command again" in line
+    _assert_nothing_written(out)
+    for i in range(2):
+        write_image(root / "birds" / f"b{i}.jpg", np.random.default_rng(i))
+    fixed = _invoke([*args, "--quiet"])
+    assert fixed.exit_code == 0, fixed.output
+    with open_cache(out) as cache:
+        assert cache.class_names == ["birds", "cats", "dogs"] and len(cache.split("train")) == 10
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A model.keras (MobileNet 0.25, 32 px, random weights) with a run.json naming its classes."""
+    import keras
+
+    from headstart.features.chain import build_backbone_parts, build_chain
+    from headstart.pipeline.model.head import build_head
+    from headstart.pipeline.report.rundir import save_model_atomic, write_json_atomic
+
+    run = tmp_path_factory.mktemp("tiny_model")
+    keras.utils.set_random_seed(0)
+    base, pre, pool, _ = build_backbone_parts("mobilenet", weights="none", image_size=32, alpha=0.25)
+    save_model_atomic(build_chain(base, pre, pool, head=build_head((256,), 2)), run / "model.keras")
+    write_json_atomic(run / "run.json", {"kind": "finetune", "class_names": ["cats", "dogs"]})
+    return run / "model.keras"
+
+
+def test_predict_prints_every_row_then_exits_1_when_an_input_failed(tiny_model, tmp_path):
+    good = write_image(tmp_path / "good.jpg", np.random.default_rng(0))
+    os.mkfifo(tmp_path / "pipe.jpg")
+    result = _within(60, lambda: _invoke(["predict", tiny_model, good, tmp_path / "pipe.jpg", tmp_path / "gone.jpg",
+                                          "--csv", tmp_path / "p.csv"]), tmp_path / "pipe.jpg")
+    assert result.exit_code == 1, result.output
+    rows = [line.split("\t") for line in result.output.splitlines() if "\t" in line]
+    assert [r[0] for r in rows] == [str(good), str(tmp_path / "pipe.jpg"), str(tmp_path / "gone.jpg")]
+    assert rows[0][1] in ("cats", "dogs")
+    assert rows[1][1] == f"error: {tmp_path / 'pipe.jpg'}: not a regular file (a named pipe)"
+    assert "No such file" in rows[2][1]
+    assert _error_lines(result.output) == ["Error: 2 of 3 input(s) could not be read (their lines say why)"]
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 4  # the CSV is written all the same
+    assert _invoke(["predict", tiny_model, good]).exit_code == 0
+
+
+# -- 6. decompression bombs in the exported SavedModel ---------------------------------------------
+
+
+def png_bomb(side: int = 20000) -> bytes:
+    """A grey PNG of side × side zero pixels, compressed to ~389 KB for 20000 (400 MB raw)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\x00" * (side + 1)  # a filter byte, then the row
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _encoded(image, fmt: str, **kwargs) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _header_samples() -> dict[str, bytes]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
+    frames = [Image.fromarray(np.full((30, 70, 3), 40 * i, np.uint8)) for i in range(4)]
+    return {
+        "png": _encoded(rgb, "PNG"), "jpeg": _encoded(rgb, "JPEG"),
+        "progressive jpeg": _encoded(rgb, "JPEG", progressive=True),
+        "gif": _encoded(rgb, "GIF"), "animated gif": _encoded(frames[0], "GIF", save_all=True,
+                                                              append_images=frames[1:]),
+        "bmp": _encoded(rgb, "BMP"), "palette bmp": _encoded(rgb.convert("P"), "BMP"),
+        "lossy webp": _encoded(rgb, "WEBP", quality=80), "lossless webp": _encoded(rgb, "WEBP", lossless=True),
+        "webp with alpha": _encoded(rgb.convert("RGBA"), "WEBP", quality=80),
+        "png bomb": png_bomb(3000),
+    }
+
+
+def test_the_graph_reads_the_dimensions_the_python_probe_reads():
+    import tensorflow as tf
+
+    from headstart.pipeline.data.graph_header import image_dimensions
+    from headstart.pipeline.data.image_header import probe_image
+
+    dimensions = tf.function(image_dimensions)  # traced once, as in the SavedModel
+    for name, data in _header_samples().items():
+        info = probe_image(data)
+        width, height, frames = (int(v) for v in dimensions(tf.constant(data)))
+        assert (width, height) == (info.width, info.height), name
+        assert width * height * frames == info.pixels, name
+    assert [int(v) for v in dimensions(tf.constant(b"not an image"))] == [0, 0, 0]
+
+
+def test_a_gif_of_tiny_frames_on_a_huge_canvas_counts_every_frame_on_the_whole_canvas():
+    """TensorFlow decodes each GIF frame onto the full canvas: 6 frames of 1x1 on 4000x4000 hold 96 M."""
+    import struct
+
+    import tensorflow as tf
+
+    from headstart.pipeline.data.graph_header import check_pixels
+    from headstart.pipeline.data.image import decode_or_reason
+
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"  # one pixel, LZW
+    gif = b"GIF89a" + struct.pack("<HHBBB", 4000, 4000, 0x80, 0, 0) + b"\x00" * 6 + frame * 6 + b"\x3b"
+    reason = decode_or_reason(gif, 32)[1]
+    assert reason == "image too large: 4000x4000 (6 frames, 96000000 pixels in all) exceeds the limit of 50000000 pixels"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"4000x4000 \(6 frames, 96000000 pixels in all\)"):
+        check_pixels(tf.constant(gif), 50_000_000)
+
+
+@pytest.mark.slow
+def test_the_exported_serve_bytes_refuses_a_bomb_before_decoding_it(tiny_model, tmp_path):
+    import keras
+    import psutil
+    import tensorflow as tf
+
+    from headstart.pipeline.data.image import MAX_IMAGE_PIXELS, load_image
+    from headstart.pipeline.stages.export import export_model
+
+    model = keras.saving.load_model(tiny_model, compile=False)
+    export_model(model, tmp_path, ("saved_model",), class_names=["cats", "dogs"], log=lambda line: None)
+    loaded = tf.saved_model.load(str(tmp_path / "saved_model"))
+    assert int(loaded.signatures["max_image_pixels"]()["max_image_pixels"]) == MAX_IMAGE_PIXELS
+    serve = loaded.signatures["serve_bytes"]
+    samples = {k: v for k, v in _header_samples().items() if k not in ("palette bmp", "png bomb")}
+    for name, data in samples.items():  # the check lets every ordinary image through, unchanged
+        (tmp_path / "x").write_bytes(data)
+        expected = model.predict(load_image(tmp_path / "x", 32)[None], verbose=0)
+        np.testing.assert_allclose(serve(image_bytes=tf.constant([data]))["logits"].numpy(), expected,
+                                   rtol=1e-5, atol=1e-4, err_msg=name)
+    bomb = png_bomb()
+    assert len(bomb) < 400_000  # 389 KB on the wire, 1.2 GB decoded (as RGB)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image too large: 20000x20000 exceeds the limit of 50000000 pixels"):
+        serve(image_bytes=tf.constant([samples["png"], bomb, bomb, bomb, bomb]))
+    grown = process.memory_info().rss - before
+    assert grown < 100 * 2**20, f"serving a refused bomb grew RSS by {grown / 2**20:.0f} MB"
