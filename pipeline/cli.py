@@ -19,7 +19,14 @@ from headstart.pipeline.cli_options import distribute_options as _distribute_opt
 from headstart.pipeline.cli_options import field_options as _fields
 from headstart.pipeline.cli_options import run_options as _run_options
 from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneConfig, HeadConfig
+from headstart.pipeline.report.printable import printable, printable_lines
 from headstart.pipeline.startup import quiet_tensorflow_startup, show_tensorflow_startup
+
+
+def _echo(message: str = "", err: bool = False) -> None:
+    # Every line printed goes through here: labels and file names come from the data, and a control
+    # character in one (\r, \n, ESC) must not forge or hide output lines (report/printable.py).
+    click.echo(printable_lines(str(message)), err=err)
 
 
 def _quiet_tensorflow() -> None:
@@ -97,19 +104,19 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
 
     try:
         summary = extract_features(config, on_progress=on_progress,
-                                   log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+                                   log=(lambda m: None) if quiet else (lambda m: _echo(m, err=True)))
     finally:
         for line in lines.values():
             line.close()
     if summary.already_complete:
-        click.echo(f"{summary.path}: already complete")
+        _echo(f"{summary.path}: already complete")
         return
     for split, info in summary.splits.items():
-        click.echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped, "
+        _echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped, "
                    f"{info['images_per_second']:.1f} images/s")
     for split, key, reason in summary.skipped:
-        click.echo(f"skipped [{split}] {key}: {reason}")
-    click.echo(f"wrote {summary.path} ({summary.backbone['backbone']}, {len(summary.class_names)} classes, "
+        _echo(printable(f"skipped [{split}] {key}: {reason}"))
+    _echo(f"wrote {summary.path} ({summary.backbone['backbone']}, {len(summary.class_names)} classes, "
                f"{summary.seconds:.1f} s)")
 
 
@@ -128,13 +135,13 @@ def merge_features_command(out, shards, overwrite, quiet):
     from headstart.pipeline import merge_features
 
     summary = merge_features(out, list(shards), overwrite=overwrite,
-                             log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+                             log=(lambda m: None) if quiet else (lambda m: _echo(m, err=True)))
     if summary.already_complete:
-        click.echo(f"{summary.path}: already complete")
+        _echo(f"{summary.path}: already complete")
         return
     for split, info in summary.splits.items():
-        click.echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped")
-    click.echo(f"wrote {summary.path} (merged {summary.shards} shards, {summary.seconds:.1f} s)")
+        _echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped")
+    _echo(f"wrote {summary.path} (merged {summary.shards} shards, {summary.seconds:.1f} s)")
 
 
 @main.command("diagnose")
@@ -156,8 +163,8 @@ def diagnose_command(caches, quiet, **options):
     from headstart.pipeline.diagnose.diagnosis import diagnose
 
     result = diagnose(DiagnoseConfig(features=caches[0], other_caches=tuple(caches[1:]), **options),
-                      log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
-    click.echo(result.summary)
+                      log=(lambda m: None) if quiet else (lambda m: _echo(m, err=True)))
+    _echo(result.summary)
 
 
 @main.command("train-head")
@@ -178,8 +185,8 @@ def train_head_command(features, out, quiet, **options):
     from headstart.pipeline import train_head
 
     result = train_head(HeadConfig(features=features, out=out, **options),
-                        log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
-    click.echo(result.summary)
+                        log=(lambda m: None) if quiet else (lambda m: _echo(m, err=True)))
+    _echo(result.summary)
 
 
 @main.command("sweep")
@@ -207,17 +214,17 @@ def sweep_command(caches, config_file, quiet, **options):
     from headstart.pipeline.report.progress import ProgressLine
 
     bar = ProgressLine("sweep", quiet=quiet, log_every=float("inf"))
-    log = (lambda m: None) if quiet else (lambda m: (bar.close(), click.echo(m, err=True)))
+    log = (lambda m: None) if quiet else (lambda m: (bar.close(), _echo(m, err=True)))
     try:
         result = run_sweep(config, space, log=log,
                            on_trial=lambda done, total, rate: bar.update(done, total, rate, unit="trial")
                            if bar.tty else None)
     finally:
         bar.close()
-    click.echo(result.table)
+    _echo(result.table)
     best = result.best
     test = "-" if result.best_test_accuracy is None else f"{result.best_test_accuracy:.4f}"
-    click.echo(f"{result.finished} trials ({result.trained_here} trained here) in {result.seconds:.1f} s; best: "
+    _echo(f"{result.finished} trials ({result.trained_here} trained here) in {result.seconds:.1f} s; best: "
                f"trial {best.get('number', '-')} on {best.get('cache', '-')}, test accuracy {test} -> "
                f"{result.out}/best")
 
@@ -244,8 +251,8 @@ def finetune_command(source, split_specs, export, quiet, **options):
     from headstart.pipeline import finetune
 
     config = FinetuneConfig(source=source, split_specs=parse_split_option(split_specs), export=tuple(export), **options)
-    result = finetune(config, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
-    click.echo(result.summary)
+    result = finetune(config, log=(lambda m: None) if quiet else (lambda m: _echo(m, err=True)))
+    _echo(result.summary)
 
 
 @main.command("evaluate")
@@ -267,7 +274,7 @@ def evaluate_command(model, source, split, as_json, **options):
     from headstart.pipeline.stages.evaluation import evaluate_model, format_evaluation
 
     result = evaluate_model(model, source, split, **options)
-    click.echo(json.dumps(result, indent=2, default=str) if as_json else format_evaluation(result))
+    _echo(json.dumps(result, indent=2, default=str) if as_json else format_evaluation(result))
 
 
 @main.command("predict")
@@ -288,12 +295,12 @@ def predict_command(model, paths, csv_path, batch_size):
 
     rows = predict_images(model, paths, batch_size=batch_size)
     for row in rows:
-        click.echo(format_prediction(row))
+        _echo(format_prediction(row))
     if csv_path:
         write_predictions_csv(rows, csv_path)
     failed = sum(1 for row in rows if row.error)
     if failed:  # every row is printed first; then the exit status says that not all were read
-        click.echo(f"Error: {failed} of {len(rows)} input(s) could not be read (their lines say why)", err=True)
+        _echo(f"Error: {failed} of {len(rows)} input(s) could not be read (their lines say why)", err=True)
         raise SystemExit(1)
 
 
@@ -305,7 +312,7 @@ def backbones_command(as_json):
     from headstart.features.registry import backbone_rows, format_backbone_table
 
     rows = backbone_rows()
-    click.echo(json.dumps(rows, indent=2) if as_json else format_backbone_table(rows))
+    _echo(json.dumps(rows, indent=2) if as_json else format_backbone_table(rows))
 
 
 @main.command("inspect")
@@ -317,7 +324,7 @@ def inspect_command(path, as_json):
     from headstart.pipeline.report.inspection import inspect_path, format_inspection
 
     info = inspect_path(path)
-    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
+    _echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
 
 
 @main.command("run")
@@ -351,8 +358,8 @@ def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
         show_tensorflow_startup()
     config = load_run_config(source, out, config_file=config_file, flags=flags)
     result = run_pipeline(config, overwrite=overwrite,
-                          console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
-    click.echo(result.table)
+                          console=Console(lambda m: _echo(m, err=True), quiet=quiet, verbose=verbose))
+    _echo(result.table)
 
 
 @main.command("demo")
@@ -376,9 +383,9 @@ def demo_command(quiet, verbose, **options):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         show_tensorflow_startup()
     result, weights = run_demo(DemoConfig(**options),
-                               console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
-    click.echo(f"headstart demo: {weights}")
-    click.echo(result.table)
+                               console=Console(lambda m: _echo(m, err=True), quiet=quiet, verbose=verbose))
+    _echo(f"headstart demo: {weights}")
+    _echo(result.table)
 
 
 if __name__ == "__main__":  # pragma: no cover

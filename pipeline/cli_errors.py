@@ -18,6 +18,7 @@ import click
 
 from headstart.features.errors import FeaturesError
 from headstart.pipeline.errors import HeadstartError
+from headstart.pipeline.report.printable import printable
 
 
 class _CliError(click.ClickException):
@@ -104,7 +105,9 @@ def library_call(fn):
         try:
             return fn(*args, **kwargs)
         except (HeadstartError, FeaturesError) as exc:
-            raise _CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            # One line (a domain error is one line; a wrapped library's text, the first of its lines),
+            # and one that a label or file name in it cannot break or overwrite.
+            raise _CliError(printable(str(exc).strip().split("\n")[0]) if str(exc) else type(exc).__name__,
                             getattr(exc, "exit_code", 2)) from None
         except OSError as exc:
             if exc.errno not in _ENVIRONMENT_ERRNOS:

@@ -546,3 +546,49 @@ def test_the_exported_serve_bytes_refuses_a_bomb_before_decoding_it(tiny_model, 
         serve(image_bytes=tf.constant([samples["png"], bomb, bomb, bomb, bomb]))
     grown = process.memory_info().rss - before
     assert grown < 100 * 2**20, f"serving a refused bomb grew RSS by {grown / 2**20:.0f} MB"
+
+
+# -- 7. control characters in labels and names are printed escaped ----------------------------------
+
+FORGED = "cats\r\nsplit train: 999 rows (FORGED)"
+
+
+def test_printable_escapes_what_could_forge_or_hide_a_line():
+    from headstart.pipeline.report.printable import printable, printable_lines
+
+    assert printable("cats") == "cats"
+    assert printable(FORGED) == "cats\\r\\nsplit train: 999 rows (FORGED)"
+    assert printable("a\x00b\x1b[2Jc\u202edcba\u2028\x7f") == "a\\x00b\\x1b[2Jc\\u202edcba\\u2028\\x7f"
+    assert printable("path\twith a tab, é, 猫") == "path\twith a tab, é, 猫"
+    assert printable_lines("one\rtwo\nthree") == "one\\rtwo\nthree"
+
+
+def test_inspect_prints_a_forged_label_on_its_own_line(tmp_path):
+    from headstart.features.store import create_or_resume
+
+    writer = create_or_resume(str(tmp_path / "f.h5"), config={"synthetic": True}, provenance={},
+                              class_names=[FORGED, "dogs\x1b[2J"], splits=["train"], feature_shape=(4,),
+                              dtype="float32")
+    writer.append("train", features=np.zeros((2, 4), np.float32), labels=np.array([0, 1]),
+                  keys=["a\nb.jpg", "c.jpg"], skipped=[("bad\r.jpg", "not an image")], consumed=3)
+    writer.finish_split("train")
+    writer.finalize()
+    result = _invoke(["inspect", tmp_path / "f.h5"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert not any(line.startswith("split train: 999") for line in lines), result.output
+    assert not any(c in result.output for c in "\r\x1b")
+    assert "  classes: cats\\r\\nsplit train: 999 rows (FORGED), dogs\\x1b[2J" in lines
+    assert "    skipped bad\\r.jpg: not an image" in lines
+
+
+def test_predict_rows_and_error_lines_escape_names(tmp_path):
+    from headstart.pipeline.stages.prediction import PredictionRow, format_prediction
+
+    assert format_prediction(PredictionRow("x\n.jpg", FORGED, 0.5)) == (
+        "x\\n.jpg\tcats\\r\\nsplit train: 999 rows (FORGED)\t0.5000")
+    root = make_class_folders(tmp_path / "images", per_class=3)
+    (root / "evil\rError: all fine").mkdir()
+    result = _invoke(["extract-features", root, "--out", tmp_path / "f.h5", *EXTRACT])
+    line = _one_line_error(result, 2, "evil\\rError: all fine: empty class folder")
+    assert "\r" not in result.output and line.startswith("Error: ")

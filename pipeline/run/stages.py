@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from headstart.features.file_hash import sha256_file
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.report.metrics import HEADLINE
+from headstart.pipeline.report.printable import printable
 from headstart.pipeline.report.rundir import RunDir
 from headstart.pipeline.run.toml_config import RunConfig
 
@@ -70,7 +71,7 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
     rows = sum(splits.values())
     loop_seconds = summary.seconds if not summary.already_complete else provenance.get("extract_seconds")
     for split, key_, reason in summary.skipped:
-        console.log(f"  skipped [{split}] {key_}: {reason}")
+        console.log(printable(f"  skipped [{split}] {key_}: {reason}"))
     return {"key": key, "done": True, "seconds": seconds, "images": rows + skipped, "rows": rows,
             "status": "reused" if summary.already_complete else "resumed" if resumed else "ran",
             "images_per_second": (rows + skipped) / loop_seconds if loop_seconds else None,

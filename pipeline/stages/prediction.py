@@ -102,7 +102,11 @@ def _set_label_set(row: PredictionRow, p: np.ndarray, names: Sequence[str], thre
 def format_prediction(row: PredictionRow) -> str:
     """One line of ``predict``: ``path<TAB>class<TAB>probability``; for a multi-label model
     ``path<TAB>label|label<TAB>label probability, …`` ("(no label)" for the empty set); or
-    ``path<TAB>error: reason``."""
+    ``path<TAB>error: reason``. Control characters in the path or a class name are shown escaped."""
+    from headstart.pipeline.report.printable import printable, printable_values
+
+    row = PredictionRow(printable(row.path), printable_values(row.label), row.probability,
+                        printable_values(row.error), printable_values(row.labels))
     if row.error:
         return f"{row.path}\terror: {row.error}"
     if row.labels is not None:
