@@ -592,3 +592,28 @@ def test_predict_rows_and_error_lines_escape_names(tmp_path):
     result = _invoke(["extract-features", root, "--out", tmp_path / "f.h5", *EXTRACT])
     line = _one_line_error(result, 2, "evil\\rError: all fine: empty class folder")
     assert "\r" not in result.output and line.startswith("Error: ")
+
+
+# -- 10. output files honour the umask --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+                         ids=["umask 022", "umask 077", "umask 002"])
+def test_run_files_are_created_with_the_mode_the_umask_gives(tmp_path, umask, mode):
+    import keras
+
+    from headstart.pipeline.report.rundir import (plot_curves, save_model_atomic, write_history_csv,
+                                                  write_json_atomic, write_text_atomic)
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "metrics.json", {"accuracy": 1.0})
+        write_text_atomic(tmp_path / "config.toml", "seed = 0\n")
+        write_history_csv({"loss": [1.0, 0.5]}, tmp_path / "history.csv")
+        plot_curves({"loss": [1.0, 0.5], "accuracy": [0.5, 1.0]}, tmp_path / "curves.png")
+        save_model_atomic(model, tmp_path / "model.keras")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["metrics.json", "config.toml", "history.csv", "curves.png", "model.keras"], mode)
