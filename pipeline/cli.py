@@ -19,7 +19,7 @@ from headstart.pipeline.cli_options import distribute_options as _distribute_opt
 from headstart.pipeline.cli_options import field_options as _fields
 from headstart.pipeline.cli_options import run_options as _run_options
 from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneConfig, HeadConfig
-from headstart.pipeline.report.printable import printable, printable_lines
+from headstart.pipeline.report.printable import printable_lines
 from headstart.pipeline.startup import quiet_tensorflow_startup, show_tensorflow_startup
 
 
@@ -93,6 +93,7 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
     from headstart.pipeline.data.source_spec import parse_split_option
     from headstart.pipeline import extract_features
     from headstart.pipeline.report.progress import ProgressLine
+    from headstart.pipeline.report.skipped import SHOWN, skipped_lines
 
     config = ExtractConfig(source=source, out=out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
                            split_specs=parse_split_option(split_specs), **options)
@@ -114,8 +115,8 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
     for split, info in summary.splits.items():
         _echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped, "
                    f"{info['images_per_second']:.1f} images/s")
-    for split, key, reason in summary.skipped:
-        _echo(printable(f"skipped [{split}] {key}: {reason}"))
+    for line in skipped_lines(summary.skipped, summary.skipped_csv, shown=0 if quiet else SHOWN):
+        _echo(line)  # at most SHOWN items, then counts per reason; every one is in the CSV
     _echo(f"wrote {summary.path} ({summary.backbone['backbone']}, {len(summary.class_names)} classes, "
                f"{summary.seconds:.1f} s)")
 

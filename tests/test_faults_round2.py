@@ -617,3 +617,61 @@ def test_run_files_are_created_with_the_mode_the_umask_gives(tmp_path, umask, mo
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["metrics.json", "config.toml", "history.csv", "curves.png", "model.keras"], mode)
+
+
+# -- 9. the cost of bad input ----------------------------------------------------------------------
+
+
+def test_thousands_of_missing_rows_are_never_decoded_nor_run_through_the_backbone(tmp_path, monkeypatch):
+    import csv
+
+    import headstart.features.extract as extract
+    import headstart.pipeline.data.sources as sources
+    from headstart.pipeline.report.skipped import SHOWN
+
+    root = make_class_folders(tmp_path / "images", per_class=6)
+    good = sorted(root.rglob("*.jpg"))
+    lines = ["path,label", *(f"gone/{i}.jpg,{'cats' if i % 2 else 'dogs'}" for i in range(5000)),
+             *(f"{p},{p.parent.name}" for p in good)]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    decoded, forwards = [], []
+    real_load, real_forward = sources.load_or_reason, extract._traced_forward
+    monkeypatch.setattr(sources, "load_or_reason", lambda path, *a, **k: decoded.append(path) or real_load(path, *a, **k))
+
+    def counted_forward(*args):
+        forward = real_forward(*args)
+        return lambda x: forwards.append(len(x)) or forward(x)
+
+    monkeypatch.setattr(extract, "_traced_forward", counted_forward)
+    out = tmp_path / "f.h5"
+    args = ["extract-features", tmp_path / "labels.csv", "--out", out, *EXTRACT, "--batch-size", 64]
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    assert sorted(decoded) == sorted(str(p) for p in good)  # a stat per row, no decode of a missing file
+    assert len(forwards) <= 3 + 1  # only batches holding a good image (at most one per split, + validation's)
+    printed = [line for line in result.output.splitlines() if line.startswith("skipped [")]
+    assert len(printed) == SHOWN
+    summary = f"skipped 5000 in all: 5000 missing file; every one in {tmp_path / 'f.skipped.csv'}"
+    assert summary in result.output.splitlines()
+    with open(tmp_path / "f.skipped.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5000 and rows[0]["reason"].startswith("missing file (labels.csv row ")
+    quiet = _invoke([*args, "--out", tmp_path / "g.h5", "--quiet"])
+    assert quiet.exit_code == 0 and not any(line.startswith("skipped [") for line in quiet.output.splitlines())
+    assert any(line.startswith("skipped 5000 in all: 5000 missing file") for line in quiet.output.splitlines())
+
+
+def test_a_class_too_small_for_the_fractions_gets_a_warning(tmp_path):
+    from headstart.pipeline.data.splits import list_class_folders
+
+    root = make_class_folders(tmp_path / "images", classes=("cats", "dogs", "newts"), per_class=20)
+    for extra in sorted((root / "newts").iterdir())[3:]:
+        extra.unlink()  # 3 newts: 1/1/1, a third each, asked 0.8/0.1/0.1
+    listing = list_class_folders(root, "images", validation_fraction=0.1, test_fraction=0.1)
+    assert listing.notes == ["warning: images: too few images for the requested shares in 1 class(es), split "
+                             "train/validation/test as 'newts' 1/1/1 instead of 0.8/0.1/0.1; add images, or give "
+                             "split folders or a split column"]
+    assert list_class_folders(root, "images", validation_fraction=0.1, test_fraction=0.0).notes[0].count("'newts'") == 1
+    for extra in range(3, 10):
+        write_image(root / "newts" / f"n{extra}.jpg", np.random.default_rng(extra))
+    assert list_class_folders(root, "images", validation_fraction=0.1, test_fraction=0.1).notes == []

@@ -285,27 +285,36 @@ def _row_labels(value: Any, table: LabelTable) -> tuple[tuple[str, ...], str | N
 def _resolve_path(value: str, root: Path) -> tuple[str | None, str | None]:
     """(key, None when the file exists, else why not); a bare id is tried with each image extension.
 
-    A named pipe or a device is not a missing file: it gets its own reason and is never opened.
+    One ``stat`` per candidate, on plain strings (through pathlib, 100,000 rows naming missing files
+    took 7 s). A named pipe or a device is not a missing file: it gets its own reason and is never
+    opened.
     """
     if not value:
         return None, "missing file"
-    given = Path(value).expanduser()
-    first = given if given.is_absolute() else root / given
+    first = os.path.join(root, os.path.expanduser(value)).rstrip(os.sep) or os.sep  # absolute stays absolute
     candidates = [first]
-    if first.suffix.lower() not in IMAGE_EXTENSIONS:
-        candidates += [first.with_name(first.name + ext) for e in IMAGE_EXTENSIONS for ext in (e, e.upper())]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is not None:
-        return _key(found, root), None
-    return _key(first, root), (not_regular_reason(first) or "missing file")
+    if os.path.splitext(first)[1].lower() not in IMAGE_EXTENSIONS:
+        candidates += [first + ext for e in IMAGE_EXTENSIONS for ext in (e, e.upper())]
+    problem = "missing file"
+    for candidate in candidates:
+        try:
+            mode = os.stat(candidate).st_mode
+        except (OSError, ValueError):
+            continue
+        reason = not_regular_reason(mode)
+        if reason is None:
+            return _key(candidate, root), None
+        if candidate is first:
+            problem = reason
+    return _key(first, root), problem
 
 
-def _key(path: Path, root: Path) -> str:
-    absolute = Path(os.path.normpath(path))
-    try:
-        return absolute.relative_to(root).as_posix()
-    except ValueError:  # outside the base folder: the absolute path is the key
-        return absolute.as_posix()
+def _key(path: str, root: Path) -> str:
+    absolute, base = os.path.normpath(path), str(root)
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    if absolute.startswith(prefix):
+        return absolute[len(prefix):].replace(os.sep, "/")
+    return absolute.replace(os.sep, "/")  # outside the base folder: the absolute path is the key
 
 
 # ── rows of one path ─────────────────────────────────────────────────────────────────────────

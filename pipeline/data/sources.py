@@ -95,6 +95,7 @@ class DirSource(FileListSource):
         self.layout, self.split_names, self._split_specs = listing.layout, listing.split_names, listing.split_specs
         self.class_names = listing.class_names
         self._items = listing.items
+        self.notes.extend(listing.notes)
         # key → reason: directory symlinks not entered again, pipes and devices never opened
         self._reasons = {**listing.loops, **listing.not_regular}
 

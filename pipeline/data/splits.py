@@ -72,6 +72,7 @@ class FolderListing:
             is also one item of its split, so the loop is reported once among the skipped images.
         not_regular: key → reason for the entries that are not regular files (named pipes,
             devices, sockets): items of their split like the loops, reported and never opened.
+        notes: warnings for the user (classes too small for the requested split shares).
     """
 
     layout: str
@@ -81,6 +82,7 @@ class FolderListing:
     items: dict[str, list[tuple[str, int]]]
     loops: dict[str, str] = field(default_factory=dict)
     not_regular: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
@@ -98,7 +100,7 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     """
     top = _subfolders(root)
     split_dirs = [d for d in SPLIT_FOLDERS if d in top]
-    seen, loops, not_regular = _walked_tops(root, split_dirs, top), {}, {}
+    seen, loops, not_regular, notes = _walked_tops(root, split_dirs, top), {}, {}, []
     if split_dirs:
         others = sorted(set(top) - set(split_dirs))
         if others:
@@ -111,7 +113,7 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
         layout, split_specs = "hashed", hashed_split_specs(validation_fraction, test_fraction)
         listed = [(key, cls) for cls, key in _class_files(root, "", seen, loops, not_regular)]
         chosen = assign_stratified(listed, validation_fraction=validation_fraction,
-                                   test_fraction=test_fraction, spec=spec)
+                                   test_fraction=test_fraction, spec=spec, notes=notes)
         files = [(chosen[key], key, cls) for key, cls in listed]
     split_names = [s for s in SPLIT_FOLDERS if s in split_specs]
     class_names = sorted({cls for _, _, cls in files})
@@ -122,7 +124,7 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     items: dict[str, list[tuple[str, int]]] = {s: [] for s in split_names}
     for split, key, cls in sorted(files):
         items[split].append((key, index[cls]))
-    return FolderListing(layout, split_names, split_specs, class_names, items, loops, not_regular)
+    return FolderListing(layout, split_names, split_specs, class_names, items, loops, not_regular, notes)
 
 
 def hashed_split_specs(validation_fraction: float, test_fraction: float) -> dict[str, str]:
@@ -143,8 +145,12 @@ def hashed_split_specs(validation_fraction: float, test_fraction: float) -> dict
     return specs
 
 
+#: How far (absolute) a class's held-out share may end from the requested fraction before a warning.
+SHARE_TOLERANCE = 0.1
+
+
 def assign_stratified(items: Sequence[tuple[str, str]], *, validation_fraction: float, test_fraction: float,
-                      spec: str) -> dict[str, str]:
+                      spec: str, notes: list[str] | None = None) -> dict[str, str]:
     """Splits items per stratum (class) by their stable hash: key → "train"/"validation"/"test".
 
     Within each stratum the items are ranked by ``hash_fraction(key)`` (ties by key); the first
@@ -158,6 +164,8 @@ def assign_stratified(items: Sequence[tuple[str, str]], *, validation_fraction: 
             rarest label).
         validation_fraction, test_fraction: held-out shares, each in [0, 1), together below 1.
         spec: SOURCE as given, for messages.
+        notes: when given, receives one warning line naming the strata whose held-out shares end
+            more than ``SHARE_TOLERANCE`` from the fractions (1/1/1 of 3 images for 0.1/0.1).
 
     Raises:
         DataError: a stratum with too few items to give every split one (fewer than 3 when both
@@ -167,11 +175,20 @@ def assign_stratified(items: Sequence[tuple[str, str]], *, validation_fraction: 
     for key, stratum in items:
         by_stratum.setdefault(stratum, []).append(key)
     chosen: dict[str, str] = {}
+    far: list[str] = []
     for stratum in sorted(by_stratum):
         ranked = sorted(by_stratum[stratum], key=lambda k: (hash_fraction(k), k))
         n_test, n_val = _held_out_counts(len(ranked), validation_fraction, test_fraction, stratum, spec)
         for rank, key in enumerate(ranked):
             chosen[key] = "test" if rank < n_test else "validation" if rank < n_test + n_val else "train"
+        n = len(ranked)
+        if max(abs(n_val / n - validation_fraction), abs(n_test / n - test_fraction)) > SHARE_TOLERANCE:
+            far.append(f"'{stratum}' {n - n_val - n_test}/{n_val}/{n_test}")
+    if far and notes is not None:
+        notes.append(f"warning: {spec}: too few images for the requested shares in {len(far)} class(es), split "
+                     f"train/validation/test as {', '.join(far[:3])}{' …' if len(far) > 3 else ''} instead of "
+                     f"{1 - validation_fraction - test_fraction:g}/{validation_fraction:g}/{test_fraction:g}; "
+                     f"add images, or give split folders or a split column")
     return chosen
 
 

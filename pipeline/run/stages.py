@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 from headstart.features.file_hash import sha256_file
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.report.metrics import HEADLINE
-from headstart.pipeline.report.printable import printable
 from headstart.pipeline.report.rundir import RunDir
+from headstart.pipeline.report.skipped import skipped_lines
 from headstart.pipeline.run.toml_config import RunConfig
 
 #: What a multi-label evaluation adds to its record (and summary.json to its "test" section).
@@ -70,8 +70,8 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
         skipped = sum(len(cache.split(name).skipped) for name in cache.splits)
     rows = sum(splits.values())
     loop_seconds = summary.seconds if not summary.already_complete else provenance.get("extract_seconds")
-    for split, key_, reason in summary.skipped:
-        console.log(printable(f"  skipped [{split}] {key_}: {reason}"))
+    for line in skipped_lines(summary.skipped, summary.skipped_csv):  # the first few, then counts
+        console.log(f"  {line}")
     return {"key": key, "done": True, "seconds": seconds, "images": rows + skipped, "rows": rows,
             "status": "reused" if summary.already_complete else "resumed" if resumed else "ran",
             "images_per_second": (rows + skipped) / loop_seconds if loop_seconds else None,

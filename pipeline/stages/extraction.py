@@ -33,6 +33,7 @@ class ExtractSummary:
     splits: dict[str, dict] = field(default_factory=dict)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (split, key, reason)
     seconds: float = 0.0
+    skipped_csv: str | None = None  # every skipped item of the cache (report/skipped.py), when any
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -137,6 +138,10 @@ def extract_features(
     finally:
         # Idempotent after finalize(); otherwise it leaves the .partial for a resume.
         writer.close()
+    from headstart.pipeline.report.skipped import write_skipped_csv
+
+    skipped_csv = write_skipped_csv(config.out)
+    summary.skipped_csv = str(skipped_csv) if skipped_csv else None
     return summary
 
 
