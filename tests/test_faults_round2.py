@@ -675,3 +675,54 @@ def test_a_class_too_small_for_the_fractions_gets_a_warning(tmp_path):
     for extra in range(3, 10):
         write_image(root / "newts" / f"n{extra}.jpg", np.random.default_rng(extra))
     assert list_class_folders(root, "images", validation_fraction=0.1, test_fraction=0.1).notes == []
+
+
+# -- 5. run reuses a stage only while its recorded outputs are intact -------------------------------
+
+
+def test_a_stage_is_reused_only_while_its_recorded_outputs_are_intact(tmp_path):
+    from headstart.pipeline.run.stages import _reuse, output_digests
+
+    head, run_json = tmp_path / "head.keras", tmp_path / "run.json"
+    head.write_bytes(b"weights" * 100)
+    run_json.write_text("{}")
+    lines: list[str] = []
+    console = type("Console", (), {"log": staticmethod(lines.append)})
+    record = {"key": "k", "done": True, "status": "ran", "outputs": output_digests(run_json, head)}
+    assert _reuse(record, "k", run_json, head, console=console)["status"] == "reused"
+    head.write_bytes(b"garbage")  # another size
+    assert _reuse(record, "k", run_json, head, console=console) is None
+    assert lines[-1] == f"  {head} changed since it was written (7 bytes, recorded 700): running the stage again"
+    head.write_bytes(b"Weights" * 100)  # the same size, other bytes
+    assert _reuse(record, "k", run_json, head, console=console) is None
+    assert "its sha256 differs from the recorded one" in lines[-1]
+    old = {k: v for k, v in record.items() if k != "outputs"}  # a record from before digests: trusted, then recorded
+    assert _reuse(old, "k", run_json, head)["outputs"] == output_digests(run_json, head)
+
+
+@pytest.mark.slow
+def test_run_redoes_the_stages_whose_files_were_damaged(tmp_path):
+    import json
+
+    import keras
+
+    from conftest import make_splits, make_weights_file
+
+    data = make_splits(tmp_path / "images", per_class=(6, 3, 3))
+    weights = make_weights_file(tmp_path / "w.weights.h5")
+    args = ["run", data, "--out", tmp_path / "r", "--backbone", "mobilenet", "--alpha", 0.25, "--image-size", 32,
+            "--weights", weights, "--head-epochs", 2, "--epochs", 1, "--batch-size", 4]
+    assert _invoke(args).exit_code == 0
+    (tmp_path / "r" / "head" / "head.keras").write_bytes(b"garbage")  # what the probe did
+    (tmp_path / "r" / "features.h5").write_bytes(b"garbage too")
+    again = _invoke(args)
+    assert again.exit_code == 0, again.output
+    assert f"{tmp_path / 'r' / 'features.h5'} changed since it was written" in again.output
+    assert f"{tmp_path / 'r' / 'head' / 'head.keras'} changed since it was written" in again.output
+    stages = json.loads((tmp_path / "r" / "stages.json").read_text())
+    assert {name: stages[name]["status"] for name in stages} == {
+        "extract": "ran", "head": "ran", "finetune": "ran", "evaluate": "ran"}
+    keras.saving.load_model(tmp_path / "r" / "head" / "head.keras", compile=False)  # a real model again
+    third = _invoke(args)
+    stages = json.loads((tmp_path / "r" / "stages.json").read_text())
+    assert third.exit_code == 0 and {s["status"] for s in stages.values()} == {"reused"}
