@@ -696,7 +696,9 @@ def test_a_stage_is_reused_only_while_its_recorded_outputs_are_intact(tmp_path):
     head.write_bytes(b"Weights" * 100)  # the same size, other bytes
     assert _reuse(record, "k", run_json, head, console=console) is None
     assert "its sha256 differs from the recorded one" in lines[-1]
-    old = {k: v for k, v in record.items() if k != "outputs"}  # a record from before digests: trusted, then recorded
+    # A record from before "outputs": its head_sha256 still tells; the rest is trusted, then recorded.
+    old = {k: v for k, v in record.items() if k != "outputs"}
+    assert _reuse({**old, "head_sha256": "0" * 64}, "k", run_json, head) is None
     assert _reuse(old, "k", run_json, head)["outputs"] == output_digests(run_json, head)
 
 

@@ -44,15 +44,17 @@ def _with_outputs(paths: Sequence[Path], record: dict) -> dict:
 
 def _changed_output(record: dict, paths: Sequence[Path]) -> str | None:
     """Why a finished stage's files are not the ones its record describes (None: intact)."""
-    recorded = record.get("outputs")
-    if recorded is None:  # a record from before digests: trusted once, checked from now on
-        return None
+    # A record from before "outputs" has the models' digests only (head_sha256, model_sha256); its
+    # other files are trusted once and checked from then on.
+    recorded = record.get("outputs") or {name: {"sha256": record[field]} for name, field in
+                                         (("head.keras", "head_sha256"), ("model.keras", "model_sha256"))
+                                         if record.get(field)}
     for path in paths:
         was = recorded.get(path.name)
         if was is None:
             continue
         size = path.stat().st_size
-        if size != was.get("size"):
+        if was.get("size") is not None and size != was["size"]:
             return f"{path} changed since it was written ({size} bytes, recorded {was.get('size')})"
         if sha256_file(path) != was.get("sha256"):
             return f"{path} changed since it was written (its sha256 differs from the recorded one)"
