@@ -35,6 +35,9 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised as a KeyboardInterrupt so every cleanup that serves Ctrl-C serves it too."""
 
 
+#: What an interrupted command prints: every command continues an interrupted run of the same options.
+INTERRUPTED = "interrupted; run the same command again to resume"
+
 #: Seconds the main thread has to act on Ctrl-C or SIGTERM before the process ends without it.
 SIGNAL_GRACE = 0.5
 
@@ -101,7 +104,7 @@ def library_call(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         in_main = threading.current_thread() is threading.main_thread()
-        watch = _SignalWatch(_interrupt_hint(kwargs)) if in_main else None  # handlers only work there
+        watch = _SignalWatch(INTERRUPTED) if in_main else None  # handlers only work there
         try:
             return fn(*args, **kwargs)
         except (HeadstartError, FeaturesError) as exc:
@@ -117,8 +120,7 @@ def library_call(fn):
             where = f"{exc.filename}: " if exc.filename else ""
             raise _CliError(f"{where}{exc.strerror}", 1) from None
         except KeyboardInterrupt as exc:
-            # Every command continues an interrupted run of the same options when started again.
-            click.echo("\ninterrupted; run the same command again to resume", err=True)
+            click.echo(f"\n{INTERRUPTED}", err=True)
             sys.exit(143 if isinstance(exc, _Terminated) else 130)
         finally:
             if watch is not None:
