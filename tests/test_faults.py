@@ -2,7 +2,9 @@
 
 Each test runs one row of issue 14 end to end (CliRunner or a subprocess) and checks what a user
 sees: one line naming the file, exit 2 for input the user can fix or 1 for the environment, no
-traceback, and nothing already finished damaged.
+traceback, and nothing already finished damaged. Round two (issue 21: pipes, stalled sweeps, empty
+classes, stale reuse, bombs sent to the SavedModel, forged lines, --storage, bad-input cost, the
+umask) is in tests/test_faults_round2.py, whose docstring tables every fault with its outcome.
 """
 
 from __future__ import annotations

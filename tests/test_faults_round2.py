@@ -1,8 +1,36 @@
 """Faults and bad input, round two (issue 21): hangs, exit 0 with nothing usable, stale reuse, a
 decompression bomb in the exported model, forged output lines, tracebacks, the cost of bad input.
 
-Each test is one row of the issue's table (``tests/test_faults.py`` lists them all) and checks what
-a user sees. Tests that start a process wait with a timeout, so a hang fails instead of stalling.
+Every fault tried, what it did before issue 21 and what it does now (tests/test_faults.py holds
+round one, issue 14). Tests that start a process wait with a timeout, so a hang fails the test
+instead of stalling it. Items 3 (locks on run directories) and 8's option bounds and damaged
+run.json fields are issue 19's.
+
+| # | fault | before | now | test |
+|---|---|---|---|---|
+| 1 | FIFO in a class folder | extract-features hung for ever; SIGTERM ignored | skipped unopened: "not a regular file (a named pipe)" | a_fifo_in_a_class_folder…, extract_features_with_a_fifo… |
+| 1 | a read blocking in a tf.data worker | SIGTERM / Ctrl-C ignored until SIGKILL | exit 143 within a second, the usual last line | sigterm_ends_extract_features_within_a_second… |
+| 1 | `predict MODEL pipe.jpg` | hung until a signal | a row "not a regular file (a named pipe)", exit 1 | predict_prints_every_row_then_exits_1… |
+| 1 | FIFO or /dev/null in a label file | "missing file" | "not a regular file (a named pipe / a character device)" | a_label_file_names_pipes_and_devices… |
+| 1 | FIFO as the label file | "no such label file" | "not a regular file (a named pipe)" | a_fifo_as_the_label_file… |
+| 1 | class folder holding only a FIFO | a class whose one item hung extraction | "empty class folder" | a_class_folder_holding_only_a_fifo… |
+| 2 | sweep killed between ask and heartbeat | rerun waited for ever | trial failed and requeued after the grace period | a_running_trial_without_heartbeat…, a_resumed_sweep_reruns… |
+| 2 | `.best-PID/` of a killed retraining | left for ever, also by --overwrite | removed when its process is gone | dead_best_dirs_are_removed… |
+| 4 | JSONL: one row `"split": "TRAIN"` | 1-class cache, exit 0 | refused before writing, naming the 11 "empty split" rows | a_jsonl_whose_one_split_value… |
+| 4 | a single class folder | 1-class cache, exit 0 | refused before writing | a_single_class_folder… |
+| 4 | a class only in test; a split of bad rows only | cache without them, exit 0 | refused before writing, naming class / split | a_class_without_training_rows… |
+| 4 | a class folder of unreadable files | class with 0 training rows, exit 0 | refused before the cache is finished | a_class_of_unreadable_images… |
+| 4 | predict with missing / unreadable inputs | exit 0 | every row printed, then exit 1 | predict_prints_every_row_then_exits_1… |
+| 5 | head.keras (or features.h5) replaced in a run | "reused", then "File not found" | size + sha256 checked; the stage runs again, saying why | a_stage_is_reused_only…, run_redoes_the_stages… |
+| 6 | 20000×20000 PNG (389 KB) to serve_bytes | decoded, +1.2 GB RSS | refused from the header in graph ops, < 100 MB | the_exported_serve_bytes_refuses_a_bomb… |
+| 6 | GIF of 1×1 frames on a huge canvas | counted as one canvas | frames × canvas, as TensorFlow decodes | a_gif_of_tiny_frames… |
+| 7 | `\r`, `\n`, NUL, ESC in labels and names | printed raw, forged lines | escaped in every printed line | printable_escapes…, inspect_never_prints…, predict_rows_and_error_lines… |
+| 8 | sweep --storage: text file, missing folder, unknown scheme, no driver, in-memory, another program's database | tracebacks | one line, exit 2 | every_storage_problem_is_one_line |
+| 8 | `--storage sqlite:////dev/null` | traceback, created /dev/null-journal | one line, nothing created | every_storage_problem_is_one_line |
+| 8 | garbage DIR/study.db | traceback | one line naming it | a_damaged_study_db… |
+| 9 | 100,000 rows naming missing files | 62 s, 100,004 stdout lines | 19 s; 10 lines + counts per reason; CACHE.skipped.csv | thousands_of_missing_rows… |
+| 9 | a class of 3 images split 1/1/1 | silent | a warning naming the class and its shares | a_class_too_small… |
+| 10 | umask 022 | run files 0600 | 0644 (0666 less the umask) | run_files_are_created_with_the_mode… |
 """
 
 from __future__ import annotations
@@ -512,7 +540,8 @@ def test_a_gif_of_tiny_frames_on_a_huge_canvas_counts_every_frame_on_the_whole_c
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"  # one pixel, LZW
     gif = b"GIF89a" + struct.pack("<HHBBB", 4000, 4000, 0x80, 0, 0) + b"\x00" * 6 + frame * 6 + b"\x3b"
     reason = decode_or_reason(gif, 32)[1]
-    assert reason == "image too large: 4000x4000 (6 frames, 96000000 pixels in all) exceeds the limit of 50000000 pixels"
+    assert reason == ("image too large: 4000x4000 (6 frames, 96000000 pixels in all) exceeds the limit of "
+                      "50000000 pixels")
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"4000x4000 \(6 frames, 96000000 pixels in all\)"):
         check_pixels(tf.constant(gif), 50_000_000)
 
@@ -563,7 +592,7 @@ def test_printable_escapes_what_could_forge_or_hide_a_line():
     assert printable_lines("one\rtwo\nthree") == "one\\rtwo\nthree"
 
 
-def test_inspect_prints_a_forged_label_on_its_own_line(tmp_path):
+def test_inspect_never_prints_a_forged_label_as_a_line_of_its_own(tmp_path):
     from headstart.features.store import create_or_resume
 
     writer = create_or_resume(str(tmp_path / "f.h5"), config={"synthetic": True}, provenance={},
@@ -636,7 +665,8 @@ def test_thousands_of_missing_rows_are_never_decoded_nor_run_through_the_backbon
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     decoded, forwards = [], []
     real_load, real_forward = sources.load_or_reason, extract._traced_forward
-    monkeypatch.setattr(sources, "load_or_reason", lambda path, *a, **k: decoded.append(path) or real_load(path, *a, **k))
+    monkeypatch.setattr(sources, "load_or_reason",
+                        lambda path, *a, **k: decoded.append(path) or real_load(path, *a, **k))
 
     def counted_forward(*args):
         forward = real_forward(*args)
