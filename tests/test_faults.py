@@ -524,7 +524,7 @@ def test_class_folder_vanishing_and_image_replaced_by_a_directory(tiny, tmp_path
     from headstart.features.cache import summarize_cache
 
     skipped = summarize_cache(out)["splits"]["validation"]["skipped"]
-    assert skipped == [("validation/cats/cats_000.jpg", "cannot read file (Is a directory)")]
+    assert skipped == [("validation/cats/cats_000.jpg", "not a regular file (a directory)")]  # never opened
 
 
 @pytest.mark.slow
