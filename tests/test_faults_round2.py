@@ -651,6 +651,23 @@ def test_run_files_are_created_with_the_mode_the_umask_gives(tmp_path, umask, mo
 # -- 9. the cost of bad input ----------------------------------------------------------------------
 
 
+def test_the_terminal_names_a_few_skipped_items_and_counts_the_rest(tmp_path):
+    from headstart.pipeline.report.skipped import skipped_csv_path, skipped_lines
+
+    skipped = [("train", f"gone/{i}.jpg", f"missing file (labels.csv row {i + 2})") for i in range(25)]
+    skipped += [("test", "x\n.jpg", "not an image")]
+    lines = skipped_lines(skipped, "f.skipped.csv", shown=3)
+    assert lines == ["skipped [train] gone/0.jpg: missing file (labels.csv row 2)",
+                     "skipped [train] gone/1.jpg: missing file (labels.csv row 3)",
+                     "skipped [train] gone/2.jpg: missing file (labels.csv row 4)",
+                     "skipped 26 in all: 25 missing file, 1 not an image; every one in f.skipped.csv"]
+    assert skipped_lines(skipped[-1:], None, shown=3) == ["skipped [test] x\\n.jpg: not an image"]
+    assert skipped_lines(skipped, None, shown=0) == ["skipped 26 in all: 25 missing file, 1 not an image"]
+    assert skipped_csv_path(tmp_path / "features.h5") == tmp_path / "features.skipped.csv"
+    assert skipped_csv_path(tmp_path / "cache") == tmp_path / "cache.skipped.csv"
+
+
+@pytest.mark.slow
 def test_thousands_of_missing_rows_are_never_decoded_nor_run_through_the_backbone(tmp_path, monkeypatch):
     import csv
 
