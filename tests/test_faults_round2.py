@@ -416,7 +416,7 @@ def test_a_class_without_training_rows_and_an_empty_split_are_refused_before_wri
 
 @pytest.mark.slow
 def test_a_class_of_unreadable_images_is_refused_before_the_cache_is_finished(tmp_path):
-    from headstart.features.store import open_cache
+    from headstart.features.cache import open_cache
 
     root = make_class_folders(tmp_path / "images", per_class=4)
     (root / "birds").mkdir()
@@ -444,7 +444,7 @@ def tiny_model(tmp_path_factory):
 
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.head import build_head
-    from headstart.pipeline.report.rundir import save_model_atomic, write_json_atomic
+    from headstart.pipeline.report.files import save_model_atomic, write_json_atomic
 
     run = tmp_path_factory.mktemp("tiny_model")
     keras.utils.set_random_seed(0)
@@ -631,8 +631,9 @@ def test_predict_rows_and_error_lines_escape_names(tmp_path):
 def test_run_files_are_created_with_the_mode_the_umask_gives(tmp_path, umask, mode):
     import keras
 
-    from headstart.pipeline.report.rundir import (plot_curves, save_model_atomic, write_history_csv,
-                                                  write_json_atomic, write_text_atomic)
+    from headstart.pipeline.report.curves import plot_curves
+    from headstart.pipeline.report.files import (save_model_atomic, write_history_csv, write_json_atomic,
+                                                 write_text_atomic)
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     old = os.umask(umask)
@@ -672,7 +673,7 @@ def test_thousands_of_missing_rows_are_never_decoded_nor_run_through_the_backbon
     import csv
 
     import headstart.features.extract as extract
-    import headstart.pipeline.data.sources as sources
+    import headstart.pipeline.data.file_list as sources
     from headstart.pipeline.report.skipped import SHOWN
 
     root = make_class_folders(tmp_path / "images", per_class=6)

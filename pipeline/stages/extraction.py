@@ -138,11 +138,16 @@ def extract_features(
     finally:
         # Idempotent after finalize(); otherwise it leaves the .partial for a resume.
         writer.close()
+    _list_skipped(summary)
+    return summary
+
+
+def _list_skipped(summary: ExtractSummary) -> None:
+    """Every skipped item of the finished cache goes to ``CACHE.skipped.csv`` (report/skipped.py)."""
     from headstart.pipeline.report.skipped import write_skipped_csv
 
-    skipped_csv = write_skipped_csv(config.out)
+    skipped_csv = write_skipped_csv(summary.path)
     summary.skipped_csv = str(skipped_csv) if skipped_csv else None
-    return summary
 
 
 def _open_source(config: ExtractConfig):
