@@ -33,6 +33,7 @@ class ExtractSummary:
     splits: dict[str, dict] = field(default_factory=dict)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (split, key, reason)
     seconds: float = 0.0
+    skipped_csv: str | None = None  # every skipped item of the cache (report/skipped.py), when any
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -115,6 +116,7 @@ def extract_features(
     source, splits = _open_source(config)
     for note in source.notes:
         log(note)
+    _check_known_coverage(source, splits)  # before anything is written
     if config.strict:
         _refuse_bad_images(config, source, splits, shard)
     extractor, info = build_extractor(config.backbone, weights=config.weights, image_size=config.image_size,
@@ -133,14 +135,25 @@ def extract_features(
     try:
         _extract_splits(writer, config, source, splits, extractor, shard=shard, summary=summary,
                         on_progress=on_progress, log=log)
-        if shard is not None:
+        if shard is None:  # a shard may lack a class; the merged cache is whole
+            _check_committed_coverage(writer, source, splits, summary)
+        else:
             writer = _add_source_index(writer, source, splits, store_args)
         summary.seconds = time.perf_counter() - start
         writer.finalize({"extract_seconds": round(summary.seconds, 3)})
     finally:
         # Idempotent after finalize(); otherwise it leaves the .partial for a resume.
         writer.close()
+    _list_skipped(summary)
     return summary
+
+
+def _list_skipped(summary: ExtractSummary) -> None:
+    """Every skipped item of the finished cache goes to ``CACHE.skipped.csv`` (report/skipped.py)."""
+    from headstart.pipeline.report.skipped import write_skipped_csv
+
+    skipped_csv = write_skipped_csv(summary.path)
+    summary.skipped_csv = str(skipped_csv) if skipped_csv else None
 
 
 def _open_source(config: ExtractConfig):
@@ -152,6 +165,38 @@ def _open_source(config: ExtractConfig):
     check_image_size(config.backbone, config.image_size)
     source = open_source(SourceSpec.from_config(config))
     return source, _select_splits(config, source.split_names)
+
+
+def _check_known_coverage(source, splits: list[str]) -> None:
+    """Refuses, before writing, a source left with under 2 classes, an empty split or a class
+    without training items by what is known without decoding (bad label rows, pipes, loops)."""
+    from headstart.pipeline.data.coverage import check_coverage, count_reasons
+
+    known = {split: source.known_usable(split) for split in splits}
+    if any(k is None for k in known.values()):  # TFDS: only the class count is known
+        check_coverage(source.spec, source.class_names, {})
+        return
+    check_coverage(source.spec, source.class_names, {s: counts for s, (counts, _) in known.items()},
+                   {s: count_reasons(reasons) for s, (_, reasons) in known.items()})
+
+
+def _check_committed_coverage(writer, source, splits: list[str], summary: ExtractSummary) -> None:
+    """The same check on the committed rows, before the cache is finished: files that did not decode
+    can still empty a class. The ``.partial`` goes too: a resume would not read its finished splits
+    again, so fixed images would never reach the cache."""
+    import os
+
+    from headstart.pipeline.data.coverage import check_coverage, class_counts, count_reasons
+    from headstart.pipeline.errors import DataError
+
+    counts = {s: class_counts(writer.labels(s), len(source.class_names)) for s in splits}
+    bad = {s: count_reasons(r for split, _, r in summary.skipped if split == s) for s in splits}
+    try:
+        check_coverage(source.spec, source.class_names, counts, bad)
+    except DataError as exc:
+        writer.close()
+        os.remove(writer.partial_path)
+        raise DataError(f"{exc}; no cache written: fix the images and run the same command again") from None
 
 
 def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: tuple[int, int] | None) -> None:
