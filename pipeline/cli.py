@@ -112,7 +112,7 @@ def merge_features_command(out, shards, overwrite, quiet):
     Give every shard 0/N … N-1/N once, all of one configuration. OUT holds the rows in the order a
     single extract-features run writes them, and no longer needs the shard files.
     """
-    from headstart.pipeline.stages.extraction import merge_features
+    from headstart.pipeline.stages.merging import merge_features
 
     summary = merge_features(out, list(shards), overwrite=overwrite, log=_console(quiet).log)
     if summary.already_complete:

@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from headstart.features.registry import check_image_size, check_weights_option
 from headstart.pipeline.config import ExtractConfig, config_to_dict
@@ -108,9 +108,6 @@ def extract_features(
     check_extract_config(config)
     _check_out_file(Path(config.out))
     from headstart.features.chain import build_extractor
-    from headstart.features.errors import StoreConfigMismatch
-    from headstart.features.store import create_or_resume
-    from headstart.pipeline.data.label_changes import explain_label_change
 
     shard = parse_shard(config.shard)
     source, splits = _open_source(config)
@@ -122,10 +119,7 @@ def extract_features(
     extractor, info = build_extractor(config.backbone, weights=config.weights, image_size=config.image_size,
                                       alpha=config.alpha, pooling=config.pooling)
     store_args = _store_args(config, info.to_dict(), source, splits, shard)
-    try:
-        writer = create_or_resume(config.out, **store_args)
-    except StoreConfigMismatch as exc:  # a changed label file: how many rows, not two digests
-        raise explain_label_change(exc, source, config.out) from None
+    writer = _open_writer(config, source, store_args)
     summary = ExtractSummary(path=config.out, already_complete=writer.complete,
                              backbone=info.to_dict(), class_names=list(source.class_names))
     if writer.complete:
@@ -146,6 +140,18 @@ def extract_features(
         writer.close()
     _list_skipped(summary)
     return summary
+
+
+def _open_writer(config: ExtractConfig, source: Any, store_args: dict) -> Any:
+    """The cache's writer (new, resumed or complete); a changed label file says how many rows changed."""
+    from headstart.features.errors import StoreConfigMismatch
+    from headstart.features.store import create_or_resume
+    from headstart.pipeline.data.label_changes import explain_label_change
+
+    try:
+        return create_or_resume(config.out, **store_args)
+    except StoreConfigMismatch as exc:  # a changed label file: how many rows, not two digests
+        raise explain_label_change(exc, source, config.out) from None
 
 
 def _list_skipped(summary: ExtractSummary) -> None:
@@ -351,46 +357,6 @@ def _provenance(config: ExtractConfig, shard: tuple[int, int] | None = None) -> 
         provenance["shard"] = {"index": shard[0], "count": shard[1],
                                "view_seed": _view_seed(config.seed, shard)}
     return provenance
-
-
-def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
-                   log: Callable[[str], None] = print):
-    """``merge-features``: joins the caches of ``extract-features --shard I/N`` into one cache.
-
-    Args:
-        out: the cache file to write.
-        shards: one cache per shard 0 … N-1, in any order.
-        overwrite: replace an OUT written with another configuration.
-        log: where one-line status messages go.
-
-    Returns:
-        A ``headstart.features.merge.MergeSummary``.
-
-    Raises:
-        OptionError: no shards, or an unusable OUT path. FeaturesError subclasses (ShardError,
-        StoreError, …): shards that do not form one complete set, or cache failures.
-    """
-    if not shards:
-        raise OptionError("merge-features needs the SHARD files to merge")
-    target = Path(out)
-    if target.is_dir():
-        raise OptionError(f"OUT {target} is a directory; give a file name such as features.h5")
-    if not target.parent.exists():
-        raise OptionError(f"OUT {target}: folder {target.parent} does not exist")
-    import h5py
-    import numpy
-
-    from headstart.features.merge import merge_shards
-    from headstart.pipeline import __version__
-
-    # No TensorFlow here: merging only copies arrays.
-    provenance = {
-        "headstart": __version__,
-        "versions": {"python": platform.python_version(), "h5py": h5py.__version__,
-                     "numpy": numpy.__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    return merge_shards(out, shards, provenance=provenance, overwrite=overwrite, log=log)
 
 
 def _describe_key(source, key: str) -> str:
