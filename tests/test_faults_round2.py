@@ -738,6 +738,12 @@ def test_a_stage_is_reused_only_while_its_recorded_outputs_are_intact(tmp_path):
     console = type("Console", (), {"log": staticmethod(lines.append)})
     record = {"key": "k", "done": True, "status": "ran", "outputs": output_digests(run_json, head)}
     assert _reuse(record, "k", run_json, head, console=console)["status"] == "reused"
+    # run.json is needed but not digested: `finetune --export` and the recipe add to it.
+    run_json.write_text('{"exports": {}}')
+    assert _reuse(record, "k", run_json, head, console=console)["status"] == "reused"
+    run_json.unlink()
+    assert _reuse(record, "k", run_json, head, console=console) is None
+    run_json.write_text("{}")
     head.write_bytes(b"garbage")  # another size
     assert _reuse(record, "k", run_json, head, console=console) is None
     assert lines[-1] == f"  {head} changed since it was written (7 bytes, recorded 700): running the stage again"

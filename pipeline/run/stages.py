@@ -33,9 +33,17 @@ def test_measures(metrics: dict) -> dict:
     return {k: test.get(k) for k in HEADLINE}
 
 
+#: Files a stage needs but does not digest: later commands legitimately add to a run.json
+#: (``finetune --export`` its exports, the recipe its decisions), and ``RunDir.open`` refuses a
+#: damaged one when it is read.
+_UNDIGESTED = frozenset({"run.json"})
+
+
 def output_digests(*paths: Path) -> dict[str, dict]:
-    """file name → {"size", "sha256"} of a stage's outputs, kept in its record to check on reuse."""
-    return {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in paths}
+    """file name → {"size", "sha256"} of a stage's outputs (run.json aside), kept in its record to
+    check on reuse."""
+    return {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in paths
+            if p.name not in _UNDIGESTED}
 
 
 def _with_outputs(paths: Sequence[Path], record: dict) -> dict:
@@ -51,7 +59,7 @@ def _changed_output(record: dict, paths: Sequence[Path]) -> str | None:
                                          if record.get(field)}
     for path in paths:
         was = recorded.get(path.name)
-        if was is None:
+        if was is None or path.name in _UNDIGESTED:
             continue
         size = path.stat().st_size
         if was.get("size") is not None and size != was["size"]:
