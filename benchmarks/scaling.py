@@ -220,7 +220,7 @@ def _wait(procs) -> list[dict]:
 
 def extraction_jobs(args, images: Path) -> dict:
     """images/s of extract_features in one process vs two concurrent --shard processes; merge time."""
-    from headstart.pipeline.stages.extraction import merge_features
+    from headstart.pipeline.stages.merging import merge_features
 
     def spawn(tag: str, shard: str) -> tuple[subprocess.Popen, Path]:
         result = Path(args.workdir) / f"{tag}.json"

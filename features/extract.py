@@ -132,7 +132,8 @@ def extract_split(
     start = time.perf_counter()
     try:
         with _BackgroundCommits(writer, split) as commits:
-            for item in _items(dataset, extractor, views, report, split=split, batch_size=batch_size):
+            for item in _items(dataset, extractor, views, report, split=split, batch_size=batch_size,
+                               feature_shape=writer.feature_shape):
                 if commits.failed:
                     break
                 _count(report, item)
@@ -147,15 +148,17 @@ def extract_split(
     return report
 
 
-def _items(dataset, extractor, views: AugmentedViews | None, report: SplitReport, *, split: str, batch_size: int):
+def _items(dataset, extractor, views: AugmentedViews | None, report: SplitReport, *, split: str, batch_size: int,
+           feature_shape: tuple[int, ...]):
     """The split's batches after the committed ones, each as the commit it makes (features, and views)."""
     forward = _traced_forward(extractor)
     view_forward = _traced_forward(extractor, views.model) if views else None
     batch_index = report.consumed // batch_size
     for batch in _batches(dataset, skip=report.consumed, batch_size=batch_size):
-        item = _features_of(batch, forward, consumed=report.consumed)
+        item = _features_of(batch, forward, consumed=report.consumed, feature_shape=feature_shape)
         if views:
-            item["views"] = _views_of(batch, view_forward, views, item["good"], split=split, batch_index=batch_index)
+            item["views"] = _views_of(batch, view_forward, views, item["good"], split=split, batch_index=batch_index,
+                                      feature_shape=feature_shape)
         batch_index += 1
         yield item
 
@@ -185,18 +188,23 @@ def _batches(dataset, *, skip: int, batch_size: int):
     return without_autotune_thread(dataset.skip(skip).batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
-def _features_of(batch, forward, *, consumed: int) -> dict:
+def _features_of(batch, forward, *, consumed: int, feature_shape: tuple[int, ...]) -> dict:
     """One batch through the backbone → the rows ``StoreWriter.append`` takes (+ "good", its mask)."""
     errors = [e.decode() for e in batch["error"].numpy()]
     keys = [k.decode() for k in batch["key"].numpy()]
     good = np.array([not e for e in errors])
     # The whole batch goes through the backbone (static shapes, one trace); bad rows are zero
-    # images whose outputs are dropped here.
+    # images whose outputs are dropped here. A batch without a good image (a label file naming
+    # missing files) skips the backbone: 100,000 such rows were 1,563 forward passes for nothing.
+    if good.any():
+        features, stds = forward(batch["image"]).numpy()[good], pixel_std(batch["image"])[good]
+    else:
+        features, stds = np.zeros((0, *feature_shape), np.float32), np.zeros((0,), np.float32)
     return {
-        "features": forward(batch["image"]).numpy()[good],
+        "features": features,
         "labels": batch["label"].numpy()[good].astype(np.int64),
         "keys": [k for k, g in zip(keys, good) if g],
-        "pixel_std": pixel_std(batch["image"])[good],
+        "pixel_std": stds,
         "skipped": [(k, e) for k, e in zip(keys, errors) if e],
         "consumed": consumed + len(keys),
         "good": good,
@@ -204,8 +212,10 @@ def _features_of(batch, forward, *, consumed: int) -> dict:
 
 
 def _views_of(batch, view_forward, views: AugmentedViews, good: np.ndarray, *, split: str,
-              batch_index: int) -> np.ndarray:
+              batch_index: int, feature_shape: tuple[int, ...]) -> np.ndarray:
     """(B_good, views.count, *feature_shape): the augmented views of one batch, reseeded per view."""
+    if not good.any():  # nothing to keep: no forward pass (see _features_of)
+        return np.zeros((0, views.count, *feature_shape), np.float32)
     stack = []
     for k in range(views.count):
         _reseed(views.model, views.seed, split, batch_index, k)

@@ -135,6 +135,10 @@ class StoreWriter(PartialFile):
         """True once ``finish_split(split)`` was committed (or the whole cache is complete)."""
         return bool(self._split_state(split)["done"])
 
+    def labels(self, split: str) -> np.ndarray:
+        """The committed label rows of ``split``: int64 (N,), or (N, C) multi-hot."""
+        return self._require_open()[split]["labels"][: self._split_state(split)["committed"]]
+
     # -- writing ---------------------------------------------------------------------------------
 
     def append(self, split: str, *, features: np.ndarray, labels: np.ndarray, keys: Sequence[str],

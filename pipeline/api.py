@@ -84,7 +84,7 @@ _quiet()
 #: The API's functions: name → (module, attribute, the option-table section whose flags its errors use).
 FUNCTIONS: dict[str, tuple[str, str, str | None]] = {
     "extract_features": ("headstart.pipeline.stages.extraction", "extract_features", "extract"),
-    "merge_features": ("headstart.pipeline.stages.extraction", "merge_features", None),
+    "merge_features": ("headstart.pipeline.stages.merging", "merge_features", None),
     "train_head": ("headstart.pipeline.stages.head_training", "train_head", "head"),
     "finetune": ("headstart.pipeline.stages.finetuning", "finetune", "finetune"),
     "evaluate": ("headstart.pipeline.stages.evaluation", "evaluate_model", None),

@@ -16,28 +16,17 @@ from headstart.pipeline.cli_errors import library_call as _library_call
 from headstart.pipeline.cli_options import distribute_options as _distribute_options
 from headstart.pipeline.cli_options import field_options as _fields
 from headstart.pipeline.cli_options import run_options as _run_options
+from headstart.pipeline.cli_output import console as _console
+from headstart.pipeline.cli_output import echo as _echo
+from headstart.pipeline.cli_output import echo_json as _echo_json
 from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneConfig, HeadConfig
 from headstart.pipeline.startup import quiet_tensorflow_startup, show_tensorflow_startup
-
-
-def _echo_json(data) -> None:
-    # One valid JSON document on stdout and nothing else (NaN → null): what --json promises.
-    from headstart.pipeline.report.files import json_text
-
-    click.echo(json_text(data))
 
 
 def _show_tensorflow(verbose: bool) -> None:
     if verbose:  # --verbose of run and demo: TensorFlow's own lines too
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         show_tensorflow_startup()
-
-
-def _console(quiet: bool = False):
-    # Status lines and live progress lines on stderr that do not write over each other.
-    from headstart.pipeline.run.console import Console
-
-    return Console(lambda m: click.echo(m, err=True), quiet=quiet)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,6 +73,7 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
     optional split column). A killed run resumes when started again with the same command.
     """
     from headstart.pipeline.data.source_spec import parse_split_option
+    from headstart.pipeline.report.skipped import SHOWN, skipped_lines
     from headstart.pipeline.stages.extraction import extract_features
 
     config = ExtractConfig(source=source, out=out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
@@ -99,14 +89,14 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
     finally:
         console.close()
     if summary.already_complete:
-        click.echo(f"{summary.path}: already complete")
+        _echo(f"{summary.path}: already complete")
         return
     for split, info in summary.splits.items():
-        click.echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped, "
+        _echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped, "
                    f"{info['images_per_second']:.1f} images/s")
-    for split, key, reason in summary.skipped:
-        click.echo(f"skipped [{split}] {key}: {reason}")
-    click.echo(f"wrote {summary.path} ({summary.backbone['backbone']}, {len(summary.class_names)} classes, "
+    for line in skipped_lines(summary.skipped, summary.skipped_csv, shown=0 if quiet else SHOWN):
+        _echo(line)  # at most SHOWN items, then counts per reason; every one is in the CSV
+    _echo(f"wrote {summary.path} ({summary.backbone['backbone']}, {len(summary.class_names)} classes, "
                f"{summary.seconds:.1f} s)")
 
 
@@ -122,15 +112,15 @@ def merge_features_command(out, shards, overwrite, quiet):
     Give every shard 0/N … N-1/N once, all of one configuration. OUT holds the rows in the order a
     single extract-features run writes them, and no longer needs the shard files.
     """
-    from headstart.pipeline.stages.extraction import merge_features
+    from headstart.pipeline.stages.merging import merge_features
 
     summary = merge_features(out, list(shards), overwrite=overwrite, log=_console(quiet).log)
     if summary.already_complete:
-        click.echo(f"{summary.path}: already complete")
+        _echo(f"{summary.path}: already complete")
         return
     for split, info in summary.splits.items():
-        click.echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped")
-    click.echo(f"wrote {summary.path} (merged {summary.shards} shards, {summary.seconds:.1f} s)")
+        _echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped")
+    _echo(f"wrote {summary.path} (merged {summary.shards} shards, {summary.seconds:.1f} s)")
 
 
 @main.command("diagnose")
@@ -153,7 +143,7 @@ def diagnose_command(caches, quiet, **options):
 
     result = diagnose(DiagnoseConfig(features=caches[0], other_caches=tuple(caches[1:]), **options),
                       log=_console(quiet).log)
-    click.echo(result.summary)
+    _echo(result.summary)
 
 
 @main.command("train-head")
@@ -174,7 +164,7 @@ def train_head_command(features, out, quiet, **options):
     from headstart.pipeline.stages.head_training import train_head
 
     result = train_head(HeadConfig(features=features, out=out, **options), log=_console(quiet).log)
-    click.echo(result.summary)
+    _echo(result.summary)
 
 
 @main.command("sweep")
@@ -203,17 +193,17 @@ def sweep_command(caches, config_file, quiet, **options):
     from headstart.pipeline.report.progress import ProgressLine
 
     bar = ProgressLine("sweep", quiet=quiet, log_every=float("inf"))
-    log = (lambda m: None) if quiet else (lambda m: (bar.close(), click.echo(m, err=True)))
+    log = (lambda m: None) if quiet else (lambda m: (bar.close(), _echo(m, err=True)))
     try:
         result = run_sweep(config, space, log=log,
                            on_trial=lambda done, total, rate: bar.update(done, total, rate, unit="trial")
                            if bar.tty else None)
     finally:
         bar.close()
-    click.echo(result.table)
+    _echo(result.table)
     best, measure = result.best, "mAP" if "map" in result.best_test else "accuracy"
     test = result.best_test.get("map" if measure == "mAP" else "accuracy")
-    click.echo(f"{result.finished} trials ({result.trained_here} trained here) in {result.seconds:.1f} s; best: "
+    _echo(f"{result.finished} trials ({result.trained_here} trained here) in {result.seconds:.1f} s; best: "
                f"trial {best.get('number', '-')} on {best.get('cache', '-')}, test {measure} "
                f"{'-' if test is None else f'{test:.4f}'} -> {result.out}/best")
 
@@ -242,7 +232,7 @@ def finetune_command(source, split_specs, export, quiet, **options):
     config = FinetuneConfig(source=source, split_specs=parse_split_option(split_specs), export=tuple(export), **options)
     console = _console(quiet)
     result = finetune(config, log=console.log, progress=console.progress)
-    click.echo(result.summary)
+    _echo(result.summary)
 
 
 @main.command("evaluate")
@@ -265,7 +255,7 @@ def evaluate_command(model, source, split, as_json, **options):
 
     # The headline is the table's first line: nothing but the result goes to stdout.
     result = evaluate_model(model, source, split, log=lambda m: None, progress=_console().progress, **options)
-    _echo_json(result) if as_json else click.echo(format_evaluation(result))
+    _echo_json(result) if as_json else _echo(format_evaluation(result))
 
 
 @main.command("predict")
@@ -280,15 +270,19 @@ def predict_command(model, paths, csv_path, batch_size):
     MODEL is model.keras or its run directory, or an export: a SavedModel directory, model.onnx
     or model.tflite. One line per image: path, class, probability; for a multi-label model the
     label set (each class at or above its saved threshold) with each probability. Bad files are
-    reported, not fatal.
+    reported and do not stop the others; the exit status is then 1.
     """
     from headstart.pipeline.stages.prediction import format_prediction, predict_images, write_predictions_csv
 
     rows = predict_images(model, paths, batch_size=batch_size, progress=_console().progress)
     for row in rows:
-        click.echo(format_prediction(row))
+        _echo(format_prediction(row))
     if csv_path:
         write_predictions_csv(rows, csv_path)
+    failed = sum(1 for row in rows if row.error)
+    if failed:  # every row is printed first; then the exit status says that not all were read
+        _echo(f"Error: {failed} of {len(rows)} input(s) could not be read (their lines say why)", err=True)
+        raise SystemExit(1)
 
 
 @main.command("export")
@@ -309,7 +303,7 @@ def export_command(model, formats, quiet, **options):
     console = _console(quiet)
     result = export_model_dir(ExportConfig(model=model, formats=tuple(formats), **options), log=console.log,
                               progress=console.progress)
-    click.echo(result.summary)
+    _echo(result.summary)
 
 
 @main.command("backbones")
@@ -320,7 +314,7 @@ def backbones_command(as_json):
     from headstart.features.registry import backbone_rows, format_backbone_table
 
     rows = backbone_rows()
-    _echo_json(rows) if as_json else click.echo(format_backbone_table(rows))
+    _echo_json(rows) if as_json else _echo(format_backbone_table(rows))
 
 
 @main.command("inspect")
@@ -332,7 +326,7 @@ def inspect_command(path, as_json):
     from headstart.pipeline.report.inspection import inspect_path, format_inspection
 
     info = inspect_path(path)
-    _echo_json(info) if as_json else click.echo(format_inspection(info))
+    _echo_json(info) if as_json else _echo(format_inspection(info))
 
 
 @main.command("run")
@@ -364,8 +358,8 @@ def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
     _show_tensorflow(verbose and not quiet)
     config = load_run_config(source, out, config_file=config_file, flags=flags)
     result = run_pipeline(config, overwrite=overwrite,
-                          console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
-    click.echo(result.table)
+                          console=Console(lambda m: _echo(m, err=True), quiet=quiet, verbose=verbose))
+    _echo(result.table)
 
 
 @main.command("demo")
@@ -387,9 +381,9 @@ def demo_command(quiet, verbose, **options):
 
     _show_tensorflow(verbose and not quiet)
     result, weights = run_demo(DemoConfig(**options),
-                               console=Console(lambda m: click.echo(m, err=True), quiet=quiet, verbose=verbose))
-    click.echo(f"headstart demo: {weights}")
-    click.echo(result.table)
+                               console=Console(lambda m: _echo(m, err=True), quiet=quiet, verbose=verbose))
+    _echo(f"headstart demo: {weights}")
+    _echo(result.table)
 
 
 if __name__ == "__main__":  # pragma: no cover

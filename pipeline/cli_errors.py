@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ import click
 
 from headstart.features.errors import FeaturesError
 from headstart.pipeline.errors import HeadstartError
+from headstart.pipeline.report.printable import printable
 
 
 class _CliError(click.ClickException):
@@ -33,8 +35,63 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised as a KeyboardInterrupt so every cleanup that serves Ctrl-C serves it too."""
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated()
+#: What an interrupted command prints: every command continues an interrupted run of the same options.
+INTERRUPTED = "interrupted; run the same command again to resume"
+
+#: Seconds the main thread has to act on Ctrl-C or SIGTERM before the process ends without it.
+SIGNAL_GRACE = 0.5
+
+
+class _SignalWatch:
+    """Ends the process when the main thread cannot act on Ctrl-C or SIGTERM within a second.
+
+    Python runs signal handlers in the main thread between bytecodes; a main thread waiting inside
+    native code (a ``tf.data`` iterator whose worker blocks on a read: a stalled network share, a
+    named pipe) never gets there, and the signal was ignored until SIGKILL. Python's C handler also
+    writes the signal number to a wakeup pipe; a thread reading it waits ``SIGNAL_GRACE`` seconds
+    for the handler to run, and if it has not, prints the usual interrupted line and exits at once
+    with 130 / 143, as a kill would: every store and backup commits atomically, so nothing already
+    committed is lost. When the handler runs in time, the normal clean-up proceeds, however long.
+    """
+
+    def __init__(self, hint: str):
+        self.hint, self.acted = hint, threading.Event()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self._handler(_Terminated))}
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started ignoring it
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler(KeyboardInterrupt))
+        self._thread = threading.Thread(target=self._watch, name="signal-watch", daemon=True)
+        self._thread.start()
+
+    def _handler(self, make: type[KeyboardInterrupt]):
+        def handle(signum, frame) -> None:
+            self.acted.set()
+            raise make()
+        return handle
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = os.read(self._read, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            wanted = [n for n in data if n in (signal.SIGINT, signal.SIGTERM)]
+            if wanted and not self.acted.wait(SIGNAL_GRACE):
+                os.write(2, f"\n{self.hint}\n".encode())
+                os._exit(143 if wanted[0] == signal.SIGTERM else 130)
+
+    def close(self) -> None:
+        """Puts the previous handlers and wakeup fd back and stops the watching thread."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._write)  # the watching thread reads end-of-file and returns
+        self._thread.join()
+        os.close(self._read)
 
 
 def library_call(fn):
@@ -47,11 +104,13 @@ def library_call(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+        watch = _SignalWatch(INTERRUPTED) if in_main else None  # handlers only work there
         try:
             return fn(*args, **kwargs)
         except (HeadstartError, FeaturesError) as exc:
-            raise _CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            # One line (a domain error is one line; a wrapped library's text, the first of its lines),
+            # and one that a label or file name in it cannot break or overwrite.
+            raise _CliError(printable(str(exc).strip().split("\n")[0]) if str(exc) else type(exc).__name__,
                             getattr(exc, "exit_code", 2)) from None
         except OSError as exc:
             if exc.errno not in _ENVIRONMENT_ERRNOS:
@@ -61,12 +120,11 @@ def library_call(fn):
             where = f"{exc.filename}: " if exc.filename else ""
             raise _CliError(f"{where}{exc.strerror}", 1) from None
         except KeyboardInterrupt as exc:
-            # Every command continues an interrupted run of the same options when started again.
-            click.echo("\ninterrupted; run the same command again to resume", err=True)
+            click.echo(f"\n{INTERRUPTED}", err=True)
             sys.exit(143 if isinstance(exc, _Terminated) else 130)
         finally:
-            if in_main:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            if watch is not None:
+                watch.close()
 
     return wrapper
 

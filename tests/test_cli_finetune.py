@@ -55,7 +55,8 @@ def test_cli_end_to_end(tmp_path):
     good = next((data / "test" / "cats").iterdir())
     csv_path = tmp_path / "p.csv"
     r = invoke("predict", tuned / "model.keras", good, bad, "--csv", csv_path)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # every row printed, then the exit status says one was not read (issue 21)
+    assert "Error: 1 of 2 input(s) could not be read (their lines say why)" in r.output
     lines = r.output.strip().splitlines()
     assert any(str(good) in line and ("cats" in line or "dogs" in line) for line in lines)
     assert any(str(bad) in line and "error" in line for line in lines)

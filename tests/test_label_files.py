@@ -155,7 +155,7 @@ def bad_rows_csv(tmp_path: Path) -> Path:
     lines += ["p/gone.jpg,cat,train",                     # a missing file
               "p/cat_000.jpg,cat,train",                  # the same row again: kept once
               "p/dog_000.jpg,cat,train",                  # the same path, another label: both dropped
-              "p/multi.jpg,cat|dog,validation",           # several labels in a single-label column
+              "p/multi.jpg,cat|dog,train",                # several labels in a single-label column
               ",cat,train",                               # no path
               "p/unlabelled.jpg,,train",                  # an empty label
               "p/elsewhere.jpg,cat,holdout"]              # an unknown split
@@ -176,7 +176,8 @@ def test_each_bad_row_is_skipped_with_its_reason_at_the_source(tmp_path):
         "p/unlabelled.jpg": "empty label (labels.csv row 17)",
         "p/elsewhere.jpg": "unknown split 'holdout' (expected train, validation, test) (labels.csv row 18)",
     }
-    # No usable row is in validation, so there is no such split: its bad row is reported with train.
+    # A split that only bad rows name is a split too, found empty and refused by extract-features
+    # (tests/test_faults_round2.py); here every row names train.
     assert source.split_names == ["train"] and source.count("train") == 9 + len(bad)
 
 

@@ -37,6 +37,7 @@ from headstart.pipeline.data.image_header import (
     riff_chunks,
     unknown_reason,
 )
+from headstart.pipeline.data.regular_file import NotRegularFile, open_regular
 from headstart.pipeline.errors import DataError, OptionError
 
 #: Decoding applies EXIF orientation; extraction records this in the cache config, so a cache of
@@ -149,13 +150,16 @@ def _check_size(image_size: int) -> None:
 
 def _read_file(path: str | Path) -> bytes:
     try:
-        with open(path, "rb") as f:
+        # A named pipe or a device is refused unopened: opening a pipe would block for ever.
+        with open_regular(path) as f:
             head = f.read(_SNIFF_BYTES)
             if not head:
                 raise BadImage("empty file")
             if not has_known_magic(head):
                 raise BadImage(unknown_reason(head))
             return head + f.read()
+    except NotRegularFile as e:
+        raise BadImage(e.strerror) from None
     except OSError as e:
         raise BadImage(f"cannot read file ({e.strerror or type(e).__name__})") from None
 

@@ -47,7 +47,8 @@ class ImageInfo:
         format: "JPEG", "PNG", "GIF", "BMP" or "WEBP".
         width, height: canvas size in pixels.
         frames: frames a decoder will hold (GIF decodes all of them; others 1).
-        pixels: pixels the decoder must hold: canvas, or the sum over GIF frames if larger.
+        pixels: pixels the decoder must hold: canvas, times the frames of a GIF (each is decoded
+            onto the whole canvas).
         truncated: the file ends before the format's end marker.
         bits: bits per pixel (BMP only; 0 elsewhere).
         animated: an animated WebP (decoded from its first frame).
@@ -241,8 +242,10 @@ def _probe_gif(data: bytes) -> ImageInfo:
         raise BadImage("corrupt image data (GIF of zero size)")
     if frames == 0 and not truncated:
         raise BadImage("corrupt image data (GIF without frames)")
+    # TensorFlow decodes each frame onto the whole canvas: a few 1x1 frames on a 7000x7000 screen
+    # hold frames × 49 M pixels, not 49 M.
     return ImageInfo("GIF", width, height, frames=max(frames, 1),
-                     pixels=max(width * height, frame_pixels), truncated=truncated)
+                     pixels=max(width * height * max(frames, 1), frame_pixels), truncated=truncated)
 
 
 def _probe_bmp(data: bytes) -> ImageInfo:

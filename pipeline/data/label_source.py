@@ -46,9 +46,10 @@ class LabelFileSource(FileListSource):
         self.table = table
         self.multi_label = table.multi_label
         self.class_names = list(table.class_names)
-        splits = _row_splits(table, spec)
-        if table.has_split_column:
-            self.split_names = [s for s in SPLIT_FOLDERS if s in set(splits.values())]
+        splits = _row_splits(table, spec, self.notes)
+        if table.has_split_column:  # a split only bad rows name is one too: found empty, not dropped
+            named = set(splits.values()) | {bad.split for bad in table.bad}
+            self.split_names = [s for s in SPLIT_FOLDERS if s in named]
             self._split_specs = {s: f"column split={s}" for s in self.split_names}
         else:
             self._split_specs = hashed_split_specs(spec.validation_fraction, spec.test_fraction)
@@ -100,11 +101,11 @@ class LabelFileSource(FileListSource):
             self._reasons[bad.key] = bad.reason
 
 
-def _row_splits(table: LabelTable, spec: SourceSpec) -> dict[str, str]:
+def _row_splits(table: LabelTable, spec: SourceSpec, notes: list[str]) -> dict[str, str]:
     """key → split of every usable row: the split column, else stratified by (rarest) label."""
     if table.has_split_column:
         return {row.key: row.split for row in table.rows}  # type: ignore[misc]
     counts = Counter(label for row in table.rows for label in row.labels)
     strata = [(row.key, min(row.labels, key=lambda name: (counts[name], name))) for row in table.rows]
     return assign_stratified(strata, validation_fraction=spec.validation_fraction,
-                             test_fraction=spec.test_fraction, spec=spec.source)
+                             test_fraction=spec.test_fraction, spec=spec.source, notes=notes)

@@ -68,6 +68,11 @@ class Source:
         """
         raise NotImplementedError
 
+    def known_usable(self, split: str) -> tuple[list[int], list[str]] | None:
+        """(items per class, reasons of the known-bad items) of a split, before any decoding; None
+        when that is not known cheaply (TFDS)."""
+        return None
+
     def _check_split(self, split: str) -> None:
         if split not in self.split_names:
             raise DataError(f"{self.spec}: no split '{split}' (it has {', '.join(self.split_names) or 'none'})")

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 
 from headstart.pipeline.config import ExtractConfig
 from headstart.pipeline.data.label_file import is_label_file
+from headstart.pipeline.data.regular_file import not_regular_reason
 from headstart.pipeline.errors import DataError, OptionError
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -76,7 +77,8 @@ def check_source_path(source: str) -> Path | None:
     path = Path(source).expanduser()
     if is_label_file(source):
         if not path.is_file():
-            raise DataError(f"{source}: no such label file (give {_KINDS})")
+            what = not_regular_reason(path) if path.exists() else None
+            raise DataError(f"{source}: {what or 'no such label file'} (give {_KINDS})")
         return path
     if not path.exists():
         raise DataError(f"{source}: no such directory (give {_KINDS})")

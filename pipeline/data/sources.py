@@ -95,7 +95,9 @@ class DirSource(FileListSource):
         self.layout, self.split_names, self._split_specs = listing.layout, listing.split_names, listing.split_specs
         self.class_names = listing.class_names
         self._items = listing.items
-        self._reasons = listing.loops  # key → reason: directory symlinks not entered again
+        self.notes.extend(listing.notes)
+        # key → reason: directory symlinks not entered again, pipes and devices never opened
+        self._reasons = {**listing.loops, **listing.not_regular}
 
     def describe(self) -> dict:
         return {"source": self.spec, "kind": self.kind, "root": str(self.root), "layout": self.layout,

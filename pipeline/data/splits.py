@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from headstart.pipeline.data.regular_file import not_regular_reason
 from headstart.pipeline.errors import DataError
 
 #: Split folder names recognised at the top of a directory source, in their canonical order.
@@ -69,6 +70,9 @@ class FolderListing:
         items: split → [(key, label index)], sorted by key.
         loops: key → reason for the directory symlinks that led to a folder already listed; each
             is also one item of its split, so the loop is reported once among the skipped images.
+        not_regular: key → reason for the entries that are not regular files (named pipes,
+            devices, sockets): items of their split like the loops, reported and never opened.
+        notes: warnings for the user (classes too small for the requested split shares).
     """
 
     layout: str
@@ -77,6 +81,8 @@ class FolderListing:
     class_names: list[str]
     items: dict[str, list[tuple[str, int]]]
     loops: dict[str, str] = field(default_factory=dict)
+    not_regular: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
@@ -94,7 +100,7 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     """
     top = _subfolders(root)
     split_dirs = [d for d in SPLIT_FOLDERS if d in top]
-    seen, loops = _walked_tops(root, split_dirs, top), {}
+    seen, loops, not_regular, notes = _walked_tops(root, split_dirs, top), {}, {}, []
     if split_dirs:
         others = sorted(set(top) - set(split_dirs))
         if others:
@@ -102,12 +108,12 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
                             f"({', '.join(others[:3])}); use DIR/{{train,validation,test}}/<class>/ or DIR/<class>/")
         layout, split_specs = "explicit", {s: f"{s}/" for s in split_dirs}
         files = [(split, key, cls) for split in split_dirs
-                 for cls, key in _class_files(root, split, seen, loops)]
+                 for cls, key in _class_files(root, split, seen, loops, not_regular)]
     else:
         layout, split_specs = "hashed", hashed_split_specs(validation_fraction, test_fraction)
-        listed = [(key, cls) for cls, key in _class_files(root, "", seen, loops)]
+        listed = [(key, cls) for cls, key in _class_files(root, "", seen, loops, not_regular)]
         chosen = assign_stratified(listed, validation_fraction=validation_fraction,
-                                   test_fraction=test_fraction, spec=spec)
+                                   test_fraction=test_fraction, spec=spec, notes=notes)
         files = [(chosen[key], key, cls) for key, cls in listed]
     split_names = [s for s in SPLIT_FOLDERS if s in split_specs]
     class_names = sorted({cls for _, _, cls in files})
@@ -118,7 +124,7 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     items: dict[str, list[tuple[str, int]]] = {s: [] for s in split_names}
     for split, key, cls in sorted(files):
         items[split].append((key, index[cls]))
-    return FolderListing(layout, split_names, split_specs, class_names, items, loops)
+    return FolderListing(layout, split_names, split_specs, class_names, items, loops, not_regular, notes)
 
 
 def hashed_split_specs(validation_fraction: float, test_fraction: float) -> dict[str, str]:
@@ -139,8 +145,12 @@ def hashed_split_specs(validation_fraction: float, test_fraction: float) -> dict
     return specs
 
 
+#: How far (absolute) a class's held-out share may end from the requested fraction before a warning.
+SHARE_TOLERANCE = 0.1
+
+
 def assign_stratified(items: Sequence[tuple[str, str]], *, validation_fraction: float, test_fraction: float,
-                      spec: str) -> dict[str, str]:
+                      spec: str, notes: list[str] | None = None) -> dict[str, str]:
     """Splits items per stratum (class) by their stable hash: key → "train"/"validation"/"test".
 
     Within each stratum the items are ranked by ``hash_fraction(key)`` (ties by key); the first
@@ -154,6 +164,8 @@ def assign_stratified(items: Sequence[tuple[str, str]], *, validation_fraction: 
             rarest label).
         validation_fraction, test_fraction: held-out shares, each in [0, 1), together below 1.
         spec: SOURCE as given, for messages.
+        notes: when given, receives one warning line naming the strata whose held-out shares end
+            more than ``SHARE_TOLERANCE`` from the fractions (1/1/1 of 3 images for 0.1/0.1).
 
     Raises:
         DataError: a stratum with too few items to give every split one (fewer than 3 when both
@@ -163,11 +175,20 @@ def assign_stratified(items: Sequence[tuple[str, str]], *, validation_fraction: 
     for key, stratum in items:
         by_stratum.setdefault(stratum, []).append(key)
     chosen: dict[str, str] = {}
+    far: list[str] = []
     for stratum in sorted(by_stratum):
         ranked = sorted(by_stratum[stratum], key=lambda k: (hash_fraction(k), k))
         n_test, n_val = _held_out_counts(len(ranked), validation_fraction, test_fraction, stratum, spec)
         for rank, key in enumerate(ranked):
             chosen[key] = "test" if rank < n_test else "validation" if rank < n_test + n_val else "train"
+        n = len(ranked)
+        if max(abs(n_val / n - validation_fraction), abs(n_test / n - test_fraction)) > SHARE_TOLERANCE:
+            far.append(f"'{stratum}' {n - n_val - n_test}/{n_val}/{n_test}")
+    if far and notes is not None:
+        notes.append(f"warning: {spec}: too few images for the requested shares in {len(far)} class(es), split "
+                     f"train/validation/test as {', '.join(far[:3])}{' …' if len(far) > 3 else ''} instead of "
+                     f"{1 - validation_fraction - test_fraction:g}/{validation_fraction:g}/{test_fraction:g}; "
+                     f"add images, or give split folders or a split column")
     return chosen
 
 
@@ -205,7 +226,7 @@ def _subfolders(folder: Path) -> list[str]:
 
 
 def _class_files(root: Path, split: str, seen: dict[tuple[int, int], str],
-                 loops: dict[str, str]) -> list[tuple[str, str]]:
+                 loops: dict[str, str], not_regular: dict[str, str]) -> list[tuple[str, str]]:
     """(class name, key) for every visible file below root/split/<class>/, recursively.
 
     Files directly in root/split are not in any class and are left alone. File and directory
@@ -215,6 +236,10 @@ def _class_files(root: Path, split: str, seen: dict[tuple[int, int], str],
     symlink to a parent, or a second link to a folder already listed — becomes one item whose key
     goes into ``loops`` with the reason. Before this, a link to a parent was followed ~30 levels
     deep: 7 images became 531 rows, the same photo in train, validation and test.
+
+    An entry that is not a regular file once links are followed (a named pipe, a device, a socket)
+    is one item whose reason goes into ``not_regular``; it is never opened (a pipe would block the
+    reader for ever) and does not count as a file of its class.
     """
     base = root / split if split else root
     out = []
@@ -230,8 +255,13 @@ def _class_files(root: Path, split: str, seen: dict[tuple[int, int], str],
             dirs[:] = entered
             for name in names:
                 if _visible(name):
-                    out.append((cls, Path(folder, name).relative_to(root).as_posix()))
-                    found += 1
+                    key = Path(folder, name).relative_to(root).as_posix()
+                    out.append((cls, key))
+                    reason = not_regular_reason(Path(folder, name))
+                    if reason:
+                        not_regular[key] = f"{reason}; skipped without opening it"
+                    else:
+                        found += 1
         if not found:
             raise DataError(f"{base / cls}: empty class folder")
     return out

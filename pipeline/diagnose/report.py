@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from headstart.pipeline.report.printable import printable
+
 LABEL_COLUMNS = ("key", "split", "given_label", "suggested_label", "score")
 #: Added to LABEL_COLUMNS when several caches were compared: "2/2" and whether all caches agree.
 AGREEMENT_COLUMNS = ("flagged_by", "consensus")
@@ -159,7 +161,7 @@ def format_summary(d, top: int = 5) -> str:
     for title, items in sections:
         if items:
             lines.append(f"top {title}:")
-            lines.extend(f"  {item}" for item in items)
+            lines.extend(f"  {printable(item)}" for item in items)  # keys and labels come from the data
     return "\n".join(lines)
 
 
@@ -183,7 +185,7 @@ def _duplicate_lines(dup, shown: int = 10) -> list[str]:
         line += f" (no pixel check: {pixels.get('reason', 'not run')})"
     if "bytes" in steps:
         line += f"; byte-identical {steps['bytes']['pairs']}"
-    return [head, f"{line}; reported {steps['reported']}"]
+    return [printable(head), f"{line}; reported {steps['reported']}"]
 
 
 def _agreement_record(d) -> dict | None:

@@ -44,12 +44,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a file the tool writes honours the umask
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise output_error(path, exc) from None
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system tells (Linux), else set and reset."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:

@@ -135,7 +135,10 @@ def _files(path: Path) -> list[str]:
 
 
 def format_inspection(info: dict) -> str:
-    """Formats ``inspect_path``'s result for people."""
+    """Formats ``inspect_path``'s result for people (control characters in names shown escaped)."""
+    from headstart.pipeline.report.printable import printable_values
+
+    info = printable_values(info)  # a label "cats\nsplit train: 999 rows" must not print a line of its own
     if info.get("kind") == "pipeline-run":
         return _format_pipeline(info)
     if info.get("kind") == "run-directory":

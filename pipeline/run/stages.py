@@ -19,6 +19,7 @@ from headstart.features.file_hash import sha256_file
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.report.rundir import RunDir
+from headstart.pipeline.report.skipped import skipped_lines
 from headstart.pipeline.run.toml_config import RunConfig
 
 #: What a multi-label evaluation adds to its record (and summary.json to its "test" section).
@@ -32,19 +33,63 @@ def test_measures(metrics: dict) -> dict:
     return {k: test.get(k) for k in HEADLINE}
 
 
-def _reuse(record: dict | None, key: str, *paths: Path) -> dict | None:
+#: Files a stage needs but does not digest: later commands legitimately add to a run.json
+#: (``finetune --export`` its exports, the recipe its decisions), and ``RunDir.open`` refuses a
+#: damaged one when it is read.
+_UNDIGESTED = frozenset({"run.json"})
+
+
+def output_digests(*paths: Path) -> dict[str, dict]:
+    """file name → {"size", "sha256"} of a stage's outputs (run.json aside), kept in its record to
+    check on reuse."""
+    return {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in paths
+            if p.name not in _UNDIGESTED}
+
+
+def _with_outputs(paths: Sequence[Path], record: dict) -> dict:
+    return {**record, "outputs": output_digests(*paths)}
+
+
+def _changed_output(record: dict, paths: Sequence[Path]) -> str | None:
+    """Why a finished stage's files are not the ones its record describes (None: intact)."""
+    # A record from before "outputs" has the models' digests only (head_sha256, model_sha256); its
+    # other files are trusted once and checked from then on.
+    recorded = record.get("outputs") or {name: {"sha256": record[field]} for name, field in
+                                         (("head.keras", "head_sha256"), ("model.keras", "model_sha256"))
+                                         if record.get(field)}
+    for path in paths:
+        was = recorded.get(path.name)
+        if was is None or path.name in _UNDIGESTED:
+            continue
+        size = path.stat().st_size
+        if was.get("size") is not None and size != was["size"]:
+            return f"{path} changed since it was written ({size} bytes, recorded {was.get('size')})"
+        if sha256_file(path) != was.get("sha256"):
+            return f"{path} changed since it was written (its sha256 differs from the recorded one)"
+    return None
+
+
+def _reuse(record: dict | None, key: str, *paths: Path, console: Any = None) -> dict | None:
+    """The record of a finished stage with this key whose outputs are intact (size and sha256 as
+    recorded), marked "reused"; None when the stage must run, saying why when a file changed."""
     if record and record.get("key") == key and record.get("done") and all(p.exists() for p in paths):
-        return {**record, "status": "reused"}
+        changed = _changed_output(record, paths)
+        if changed is None:
+            return {**(record if "outputs" in record else _with_outputs(paths, record)), "status": "reused"}
+        if console is not None:
+            console.log(f"  {changed}: running the stage again")
     return None
 
 
 def extract_stage(config: RunConfig, path: Path, record: dict | None, console: Any, overwrite: bool, *,
                   key: str) -> dict:
     """extract-features into ``path``; resumes a ``.partial`` file, reuses a finished one."""
-    reused = _reuse(record, key, path)
+    reused = _reuse(record, key, path, console=console)
     if reused:
         console.log("  reused: same source and extraction options")
         return reused
+    # A finished cache with this key that was not reused has changed since (_reuse said so): replace it.
+    damaged = bool(record and record.get("key") == key and record.get("done") and path.exists())
     from headstart.features.cache import open_cache
     from headstart.pipeline.stages.extraction import extract_features
 
@@ -58,7 +103,7 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
     start = time.perf_counter()
     try:
         summary = extract_features(dataclasses.replace(config.extract, source=config.source, out=str(path),
-                                                       overwrite=overwrite),
+                                                       overwrite=overwrite or damaged),
                                    on_progress=on_progress, log=lambda m: console.log(f"  {m}"))
     finally:
         console.close()
@@ -69,18 +114,19 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
         skipped = sum(len(cache.split(name).skipped) for name in cache.splits)
     rows = sum(splits.values())
     loop_seconds = summary.seconds if not summary.already_complete else provenance.get("extract_seconds")
-    for split, key_, reason in summary.skipped:
-        console.log(f"  skipped [{split}] {key_}: {reason}")
-    return {"key": key, "done": True, "seconds": seconds, "images": rows + skipped, "rows": rows,
-            "status": "reused" if summary.already_complete else "resumed" if resumed else "ran",
-            "images_per_second": (rows + skipped) / loop_seconds if loop_seconds else None,
-            "fingerprint": fingerprint, "splits": splits, "class_names": class_names, "skipped": skipped}
+    for line in skipped_lines(summary.skipped, summary.skipped_csv):  # the first few, then counts
+        console.log(f"  {line}")
+    return _with_outputs([path], {
+        "key": key, "done": True, "seconds": seconds, "images": rows + skipped, "rows": rows,
+        "status": "reused" if summary.already_complete else "resumed" if resumed else "ran",
+        "images_per_second": (rows + skipped) / loop_seconds if loop_seconds else None,
+        "fingerprint": fingerprint, "splits": splits, "class_names": class_names, "skipped": skipped})
 
 
 def diagnose_stage(config: RunConfig, features: Path, out: Path, record: dict | None, console: Any, *,
                    key: str) -> dict:
     """``diagnose`` of the run's cache into ``out`` (seconds; reused while the cache is unchanged)."""
-    reused = _reuse(record, key, out / "report.json")
+    reused = _reuse(record, key, out / "report.json", console=console)
     if reused:
         console.log("  reused: same features")
         return reused
@@ -92,8 +138,9 @@ def diagnose_stage(config: RunConfig, features: Path, out: Path, record: dict | 
                       log=lambda m: console.log(f"  {m}"))
     for line in result.summary.splitlines():
         console.log(f"  {line}")
-    return {"key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start,
-            "counts": result.counts, "report": str(out / "report.json")}
+    return _with_outputs([out / "report.json"], {"key": key, "done": True, "status": "ran",
+                                                 "seconds": time.perf_counter() - start, "counts": result.counts,
+                                                 "report": str(out / "report.json")})
 
 
 def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Any, *,
@@ -105,7 +152,7 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
         sweep: the sweep to run instead of train-head; None takes ``[sweep] trials`` (none: train-head).
     """
     head = RunDir(head_dir)
-    reused = _reuse(record, key, head.run_json, head_dir / "head.keras")
+    reused = _reuse(record, key, head.run_json, head_dir / "head.keras", console=console)
     if reused:
         console.log("  reused: same features and head options")
         return reused
@@ -124,11 +171,12 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
                                             tensorboard=log_dir),
                         log=lambda m: console.log(f"  {m}"))
     images = result.train_rows * result.epochs_run
-    return {"key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
-            "images_per_second": images / result.train_seconds if result.train_seconds else None,
-            **test_measures(result.metrics), "val_accuracy": result.val_accuracy,
-            "validation": _validation(result.metrics), "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run, "head_sha256": sha256_file(head_dir / "head.keras")}
+    return _with_outputs([head.run_json, head_dir / "head.keras"], {
+        "key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
+        "images_per_second": images / result.train_seconds if result.train_seconds else None,
+        **test_measures(result.metrics), "val_accuracy": result.val_accuracy,
+        "validation": _validation(result.metrics), "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run, "head_sha256": sha256_file(head_dir / "head.keras")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,14 +215,15 @@ def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict 
     shutil.copytree(sweep.out / "best", head_dir)
     best = HeadResult.from_run_dir(RunDir.open(head_dir, kind="head"))
     images = best.train_rows * result.trial_epochs
-    return {"key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
-            "images_per_second": images / result.seconds if result.seconds else None,
-            **test_measures(best.metrics), "accuracy": result.best_test_accuracy, "val_accuracy": best.val_accuracy,
-            "validation": _validation(best.metrics), "best_epoch": best.best_epoch, "epochs_run": best.epochs_run,
-            "head_sha256": sha256_file(head_dir / "head.keras"),
-            "sweep": {"trials": result.finished, "best_trial": result.best.get("number"),
-                      "params": {k: v for k, v in result.best.items() if k in SWEPT},
-                      "leaderboard": str(sweep.out / "leaderboard.csv")}}
+    return _with_outputs([RunDir(head_dir).run_json, head_dir / "head.keras"], {
+        "key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
+        "images_per_second": images / result.seconds if result.seconds else None,
+        **test_measures(best.metrics), "accuracy": result.best_test_accuracy, "val_accuracy": best.val_accuracy,
+        "validation": _validation(best.metrics), "best_epoch": best.best_epoch, "epochs_run": best.epochs_run,
+        "head_sha256": sha256_file(head_dir / "head.keras"),
+        "sweep": {"trials": result.finished, "best_trial": result.best.get("number"),
+                  "params": {k: v for k, v in result.best.items() if k in SWEPT},
+                  "leaderboard": str(sweep.out / "leaderboard.csv")}})
 
 
 #: The leaderboard columns that describe a trial's head (what the decisions table shows).
@@ -190,7 +239,7 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     from headstart.pipeline.run.console import fit_progress
 
     ft = RunDir(run_dir / "finetune")
-    reused = _reuse(record, key, ft.run_json, ft.model_path)
+    reused = _reuse(record, key, ft.run_json, ft.model_path, console=console)
     if reused:
         console.log("  reused: same head and fine-tuning options")
         return reused
@@ -212,20 +261,21 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     finally:
         console.close()
     images, epoch_seconds = train_images * len(result.epoch_seconds), sum(result.epoch_seconds)
-    return {"key": key, "done": True, "status": "resumed" if resume else "ran",
-            "seconds": time.perf_counter() - start, "images": images,
-            "images_per_second": images / epoch_seconds if epoch_seconds else None,
-            **test_measures(result.metrics), "val_accuracy": result.val_accuracy, "kept": result.kept,
-            "validation": _validation(result.metrics), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "model_sha256": sha256_file(result.model_path), "recipe": result.recipe,
-            "stage_gate": result.metrics.get("stage_gate")}
+    return _with_outputs([ft.run_json, ft.model_path], {
+        "key": key, "done": True, "status": "resumed" if resume else "ran",
+        "seconds": time.perf_counter() - start, "images": images,
+        "images_per_second": images / epoch_seconds if epoch_seconds else None,
+        **test_measures(result.metrics), "val_accuracy": result.val_accuracy, "kept": result.kept,
+        "validation": _validation(result.metrics), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "model_sha256": sha256_file(result.model_path), "recipe": result.recipe,
+        "stage_gate": result.metrics.get("stage_gate")})
 
 
 def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:
     """Evaluates the saved ``finetune/model.keras`` on the test split (else validation) and keeps
     evenly spread sample images in ``samples.npz`` for summary.png."""
     samples_path = run_dir / "samples.npz"
-    reused = _reuse(record, key, samples_path)
+    reused = _reuse(record, key, samples_path, console=console)
     if reused:
         console.log("  reused: same model and source")
         return reused
@@ -244,10 +294,11 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
                 + (f", {skipped} skipped" if skipped else ""))
     n = seen - skipped
     multi = MULTI_LABEL_KEYS if metrics.get("task") == "multi_label" else ()
-    return {"key": key, "done": True, "status": "ran", "seconds": seconds, "images": n,
-            "images_per_second": n / seconds if seconds else None, "split": split,
-            **{k: metrics.get(k) for k in (*HEADLINE, *multi, "loss", "rows", "per_class", "confusion_matrix")},
-            "skipped": skipped}
+    return _with_outputs([samples_path], {
+        "key": key, "done": True, "status": "ran", "seconds": seconds, "images": n,
+        "images_per_second": n / seconds if seconds else None, "split": split,
+        **{k: metrics.get(k) for k in (*HEADLINE, *multi, "loss", "rows", "per_class", "confusion_matrix")},
+        "skipped": skipped})
 
 
 def _evaluate(model_run: RunDir, source: Any, split: str, samples_path: Path, batch_size: int,

@@ -206,7 +206,11 @@ _HEADLINES = {
 
 def format_evaluation(metrics: dict[str, Any]) -> str:
     """Formats ``evaluate_model``'s result for people: totals, per-class table, confusion matrix
-    (multi-label: mAP, F1s, exact match, and per class precision/recall/F1/AP at its threshold)."""
+    (multi-label: mAP, F1s, exact match, and per class precision/recall/F1/AP at its threshold).
+    Control characters in class names and keys are shown escaped."""
+    from headstart.pipeline.report.printable import printable_values
+
+    metrics = printable_values(metrics)
     multi = metrics.get("task") == "multi_label"
     names = list(metrics["class_names"])
     loss = metrics["loss"]

@@ -1,4 +1,4 @@
-"""Export a full model for deployment: SavedModel (two serving signatures), ONNX, TFLite.
+"""Export a full model for deployment: SavedModel (serving signatures), ONNX, TFLite.
 
 Every format is written from the inference half of the model (no augmentation, see
 ``inference_model``), takes what ``model.keras`` takes — float32 (B, S, S, 3) raw 0–255 — and
@@ -8,10 +8,12 @@ export never leaves half a file next to ``model.keras``.
 - ``saved_model/``: signature ``serve`` (the default): images → logits; signature
   ``serve_bytes``: a batch of encoded image files (JPEG, PNG, GIF, BMP, WebP strings, what TF
   Serving and Vertex AI callers send) → ``{"logits", "probabilities", "class_index",
-  "class_name"}``, decoded and resized inside the graph by ``decode_for_serving``; signature
-  ``class_names``: the class names as a constant. A multi-label model's ``serve_bytes`` answers
-  ``{"logits", "probabilities" (a sigmoid per class), "labels" (bool, at the saved per-class
-  thresholds)}`` and signature ``thresholds`` holds the thresholds in class order.
+  "class_name"}``, decoded and resized inside the graph by ``decode_for_serving``, which refuses
+  an image over ``MAX_IMAGE_PIXELS`` from its header before decoding it; signature
+  ``class_names``: the class names as a constant; signature ``max_image_pixels``: that limit. A
+  multi-label model's ``serve_bytes`` answers ``{"logits", "probabilities" (a sigmoid per class),
+  "labels" (bool, at the saved per-class thresholds)}`` and signature ``thresholds`` holds the
+  thresholds in class order.
 - ``model.onnx``: Keras 3's ``model.export(format="onnx")``, which on the TensorFlow backend
   converts the traced function with tf2onnx (both needed); the class names go into the ONNX
   metadata (``class_names``, JSON; a multi-label model adds ``task`` and ``thresholds``, JSON).
@@ -141,24 +143,31 @@ def calibration_images(source: Any, image_size: int, split: str = "train") -> Ca
     return images
 
 
-def decode_for_serving(image_bytes: Any, image_size: int) -> Any:
+def decode_for_serving(image_bytes: Any, image_size: int, max_pixels: int | None = None) -> Any:
     """headstart's decode → RGB → bilinear resize, in TensorFlow ops only (a SavedModel can hold it).
 
     The same ``tf.io.decode_image(channels=3, expand_animations=False)`` and ``tf.image.resize``
     as ``headstart.pipeline.data.image``, so a JPEG/PNG/GIF/24-bit BMP/WebP file gives the pixels
-    ``load_image`` gives; the input path's Python header checks (size limit, truncation) and its
+    ``load_image`` gives. The size limit is checked from the header first, in graph ops
+    (``data/graph_header.check_pixels``): a decompression bomb fails the call with "image too
+    large: …" before it is decoded. The input path's other Python checks (truncation) and its
     palette-BMP and animated-WebP fallbacks cannot live in a graph, and such files fail the call.
 
     Args:
         image_bytes: scalar tf.string, one encoded image file.
         image_size: S.
+        max_pixels: pixel limit; ``MAX_IMAGE_PIXELS`` when None.
 
     Returns:
         float32 (S, S, 3) raw 0–255.
     """
     import tensorflow as tf
 
-    pixels = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    from headstart.pipeline.data.graph_header import check_pixels
+    from headstart.pipeline.data.image import MAX_IMAGE_PIXELS
+
+    with tf.control_dependencies([check_pixels(image_bytes, MAX_IMAGE_PIXELS if max_pixels is None else max_pixels)]):
+        pixels = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     pixels.set_shape((None, None, 3))
     return tf.image.resize(pixels, (image_size, image_size), method="bilinear")
 
@@ -245,8 +254,12 @@ def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_
     # The first endpoint becomes "serving_default": plain images → logits, as before.
     archive.add_endpoint("serve", lambda x: serving(x, training=False), input_signature=[images_spec])
 
+    from headstart.pipeline.data.image import MAX_IMAGE_PIXELS
+
+    max_pixels = MAX_IMAGE_PIXELS
+
     def serve_bytes(encoded):
-        pixels = tf.map_fn(lambda b: decode_for_serving(b, size), encoded,
+        pixels = tf.map_fn(lambda b: decode_for_serving(b, size, max_pixels), encoded,
                            fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
         logits = tf.cast(serving(pixels, training=False), tf.float32)
         if thresholds is not None:  # multi-label: a sigmoid per class, the label set at the saved cuts
@@ -266,6 +279,9 @@ def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_
         archive.add_endpoint("serve_bytes", serve_bytes,
                              input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
         archive.add_endpoint("class_names", lambda: {"class_names": tf.constant(names)}, input_signature=[])
+        # What serve_bytes refuses to decode, for the people who deploy it.
+        archive.add_endpoint("max_image_pixels", lambda: {"max_image_pixels": tf.constant(max_pixels, tf.int64)},
+                             input_signature=[])
         if thresholds is not None:
             archive.add_endpoint("thresholds", lambda: {"thresholds": tf.constant(thresholds, tf.float32)},
                                  input_signature=[])

@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from headstart.features.registry import check_image_size, check_weights_option
 from headstart.pipeline.config import ExtractConfig, config_to_dict
@@ -33,6 +33,7 @@ class ExtractSummary:
     splits: dict[str, dict] = field(default_factory=dict)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (split, key, reason)
     seconds: float = 0.0
+    skipped_csv: str | None = None  # every skipped item of the cache (report/skipped.py), when any
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -107,23 +108,18 @@ def extract_features(
     check_extract_config(config)
     _check_out_file(Path(config.out))
     from headstart.features.chain import build_extractor
-    from headstart.features.errors import StoreConfigMismatch
-    from headstart.features.store import create_or_resume
-    from headstart.pipeline.data.label_changes import explain_label_change
 
     shard = parse_shard(config.shard)
     source, splits = _open_source(config)
     for note in source.notes:
         log(note)
+    _check_known_coverage(source, splits)  # before anything is written
     if config.strict:
         _refuse_bad_images(config, source, splits, shard)
     extractor, info = build_extractor(config.backbone, weights=config.weights, image_size=config.image_size,
                                       alpha=config.alpha, pooling=config.pooling)
     store_args = _store_args(config, info.to_dict(), source, splits, shard)
-    try:
-        writer = create_or_resume(config.out, **store_args)
-    except StoreConfigMismatch as exc:  # a changed label file: how many rows, not two digests
-        raise explain_label_change(exc, source, config.out) from None
+    writer = _open_writer(config, source, store_args)
     summary = ExtractSummary(path=config.out, already_complete=writer.complete,
                              backbone=info.to_dict(), class_names=list(source.class_names))
     if writer.complete:
@@ -133,14 +129,37 @@ def extract_features(
     try:
         _extract_splits(writer, config, source, splits, extractor, shard=shard, summary=summary,
                         on_progress=on_progress, log=log)
-        if shard is not None:
+        if shard is None:  # a shard may lack a class; the merged cache is whole
+            _check_committed_coverage(writer, source, splits, summary)
+        else:
             writer = _add_source_index(writer, source, splits, store_args)
         summary.seconds = time.perf_counter() - start
         writer.finalize({"extract_seconds": round(summary.seconds, 3)})
     finally:
         # Idempotent after finalize(); otherwise it leaves the .partial for a resume.
         writer.close()
+    _list_skipped(summary)
     return summary
+
+
+def _open_writer(config: ExtractConfig, source: Any, store_args: dict) -> Any:
+    """The cache's writer (new, resumed or complete); a changed label file says how many rows changed."""
+    from headstart.features.errors import StoreConfigMismatch
+    from headstart.features.store import create_or_resume
+    from headstart.pipeline.data.label_changes import explain_label_change
+
+    try:
+        return create_or_resume(config.out, **store_args)
+    except StoreConfigMismatch as exc:  # a changed label file: how many rows, not two digests
+        raise explain_label_change(exc, source, config.out) from None
+
+
+def _list_skipped(summary: ExtractSummary) -> None:
+    """Every skipped item of the finished cache goes to ``CACHE.skipped.csv`` (report/skipped.py)."""
+    from headstart.pipeline.report.skipped import write_skipped_csv
+
+    skipped_csv = write_skipped_csv(summary.path)
+    summary.skipped_csv = str(skipped_csv) if skipped_csv else None
 
 
 def _open_source(config: ExtractConfig):
@@ -152,6 +171,38 @@ def _open_source(config: ExtractConfig):
     check_image_size(config.backbone, config.image_size)
     source = open_source(SourceSpec.from_config(config))
     return source, _select_splits(config, source.split_names)
+
+
+def _check_known_coverage(source, splits: list[str]) -> None:
+    """Refuses, before writing, a source left with under 2 classes, an empty split or a class
+    without training items by what is known without decoding (bad label rows, pipes, loops)."""
+    from headstart.pipeline.data.coverage import check_coverage, count_reasons
+
+    known = {split: source.known_usable(split) for split in splits}
+    if any(k is None for k in known.values()):  # TFDS: only the class count is known
+        check_coverage(source.spec, source.class_names, {})
+        return
+    check_coverage(source.spec, source.class_names, {s: counts for s, (counts, _) in known.items()},
+                   {s: count_reasons(reasons) for s, (_, reasons) in known.items()})
+
+
+def _check_committed_coverage(writer, source, splits: list[str], summary: ExtractSummary) -> None:
+    """The same check on the committed rows, before the cache is finished: files that did not decode
+    can still empty a class. The ``.partial`` goes too: a resume would not read its finished splits
+    again, so fixed images would never reach the cache."""
+    import os
+
+    from headstart.pipeline.data.coverage import check_coverage, class_counts, count_reasons
+    from headstart.pipeline.errors import DataError
+
+    counts = {s: class_counts(writer.labels(s), len(source.class_names)) for s in splits}
+    bad = {s: count_reasons(r for split, _, r in summary.skipped if split == s) for s in splits}
+    try:
+        check_coverage(source.spec, source.class_names, counts, bad)
+    except DataError as exc:
+        writer.close()
+        os.remove(writer.partial_path)
+        raise DataError(f"{exc}; no cache written: fix the images and run the same command again") from None
 
 
 def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: tuple[int, int] | None) -> None:
@@ -306,46 +357,6 @@ def _provenance(config: ExtractConfig, shard: tuple[int, int] | None = None) -> 
         provenance["shard"] = {"index": shard[0], "count": shard[1],
                                "view_seed": _view_seed(config.seed, shard)}
     return provenance
-
-
-def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
-                   log: Callable[[str], None] = print):
-    """``merge-features``: joins the caches of ``extract-features --shard I/N`` into one cache.
-
-    Args:
-        out: the cache file to write.
-        shards: one cache per shard 0 … N-1, in any order.
-        overwrite: replace an OUT written with another configuration.
-        log: where one-line status messages go.
-
-    Returns:
-        A ``headstart.features.merge.MergeSummary``.
-
-    Raises:
-        OptionError: no shards, or an unusable OUT path. FeaturesError subclasses (ShardError,
-        StoreError, …): shards that do not form one complete set, or cache failures.
-    """
-    if not shards:
-        raise OptionError("merge-features needs the SHARD files to merge")
-    target = Path(out)
-    if target.is_dir():
-        raise OptionError(f"OUT {target} is a directory; give a file name such as features.h5")
-    if not target.parent.exists():
-        raise OptionError(f"OUT {target}: folder {target.parent} does not exist")
-    import h5py
-    import numpy
-
-    from headstart.features.merge import merge_shards
-    from headstart.pipeline import __version__
-
-    # No TensorFlow here: merging only copies arrays.
-    provenance = {
-        "headstart": __version__,
-        "versions": {"python": platform.python_version(), "h5py": h5py.__version__,
-                     "numpy": numpy.__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    return merge_shards(out, shards, provenance=provenance, overwrite=overwrite, log=log)
 
 
 def _describe_key(source, key: str) -> str:

@@ -108,7 +108,11 @@ def _set_label_set(row: PredictionRow, p: np.ndarray, names: Sequence[str], thre
 def format_prediction(row: PredictionRow) -> str:
     """One line of ``predict``: ``path<TAB>class<TAB>probability``; for a multi-label model
     ``path<TAB>label|label<TAB>label probability, …`` ("(no label)" for the empty set); or
-    ``path<TAB>error: reason``."""
+    ``path<TAB>error: reason``. Control characters in the path or a class name are shown escaped."""
+    from headstart.pipeline.report.printable import printable, printable_values
+
+    row = PredictionRow(printable(row.path), printable_values(row.label), row.probability,
+                        printable_values(row.error), printable_values(row.labels))
     if row.error:
         return f"{row.path}\terror: {row.error}"
     if row.labels is not None:
@@ -147,8 +151,10 @@ def _expand(paths: Sequence[str | os.PathLike]) -> list[str]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
+            # Not only regular files: a pipe or device named like an image gets a row saying why it
+            # was not read (load_image never opens it), instead of vanishing from the output.
             out.extend(str(f) for f in sorted(p.rglob("*"))
-                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
+                       if not f.is_dir() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
         else:
             out.append(str(p))
     return out

@@ -32,7 +32,9 @@ from typing import Any, Callable, Iterator, Sequence
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.sweep.caches import SweepCache
+from headstart.pipeline.sweep.orphans import adopt_silent_trials, remove_dead_best_dirs
 from headstart.pipeline.sweep.setup import SweepSetup
+from headstart.pipeline.sweep.storage import check_sqlite_file, check_storage_url, storage_errors
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams, params_from_record, suggest_params
 from headstart.pipeline.sweep.teller import FINISHED, Teller, trial_state
 
@@ -115,11 +117,16 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
     check_config("sweep", config)
     if config.heartbeat < 1:
         raise OptionError(f"heartbeat must be at least 1 second, got {config.heartbeat}")
+    if config.storage is not None:  # before the caches are read: a mistyped URL costs nothing
+        check_storage_url(config.storage, f"--storage {config.storage}")
     space = space or SearchSpace()
     start = time.perf_counter()
     setup = prepare_sweep(config, log)
     with claim_sweep_dir(Path(config.out), config.overwrite) as out:
-        with _creation_lock(out):
+        where = f"--storage {config.storage}" if config.storage else str(out / "study.db")
+        with _creation_lock(out), storage_errors(where):
+            check_sqlite_file(storage_url(config), where, "move it away, or pass --overwrite to start a new study"
+                              if config.storage is None else "move it away, or give another --storage")
             study, storage = _open_study(config, space, setup)
         trained = _run_trials(study, storage, config, space, setup, log, start, on_trial)
         best = write_outputs(study, out, setup, space, config, log)
@@ -168,6 +175,7 @@ def claim_sweep_dir(out: Path, overwrite: bool) -> Iterator[Path]:
             for name in SWEEP_FILES:
                 target = out / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        remove_dead_best_dirs(out)  # a killed final retraining's half-written best/
         yield out
 
 
@@ -269,6 +277,7 @@ def _ask_round(study: Any, storage: Any, config: SweepConfig, space: SearchSpace
     """Asks for this round's trials: None when N are finished, [] when only others' are missing."""
     from optuna.storages import fail_stale_trials
 
+    adopt_silent_trials(study, storage)  # killed before its first heartbeat: stale after the grace period too
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # marked experimental
         fail_stale_trials(study)  # a killed process's trials: FAIL, then queued again with their params
