@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from headstart.features.file_hash import sha256_file
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.report.metrics import HEADLINE
-from headstart.pipeline.report.rundir import RunDir
+from headstart.pipeline.report.rundir import RUN_JSON, RunDir
 from headstart.pipeline.report.skipped import skipped_lines
 from headstart.pipeline.run.toml_config import RunConfig
 
@@ -36,7 +36,7 @@ def test_measures(metrics: dict) -> dict:
 #: Files a stage needs but does not digest: later commands legitimately add to a run.json
 #: (``finetune --export`` its exports, the recipe its decisions), and ``RunDir.open`` refuses a
 #: damaged one when it is read.
-_UNDIGESTED = frozenset({"run.json"})
+_UNDIGESTED = frozenset({RUN_JSON})
 
 
 def output_digests(*paths: Path) -> dict[str, dict]:

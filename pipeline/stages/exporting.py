@@ -119,7 +119,7 @@ def resolve_export_input(path: str | os.PathLike) -> ExportInput:
                           "directory, a sweep or headstart run directory, or a .keras model file)")
     if p.is_dir():
         if any((p / mark).is_file() for mark in RUN_MARKS):
-            if not (p / "finetune" / "run.json").is_file():
+            if not RunDir(p / "finetune").complete:
                 raise RunDirError(f"{given}: this headstart run has no finished finetune stage yet; run it to the "
                                   f"end, or export its head: headstart export {p / 'head'} …")
             return _from_run(p / "finetune", given, f"the fine-tuned model of the headstart run {given}")
