@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,11 +21,15 @@ def page_name(path: Path) -> str:
     return path.relative_to(REPO).as_posix()
 
 
+#: A fenced code block, also one indented inside a list item: (indent, language, body).
+_FENCE = re.compile(r"^( *)```([a-z]*)\n(.*?)^\1```", flags=re.S | re.M)
+
+
 def code_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, body) of every fenced code block."""
-    return re.findall(r"^```([a-z]*)\n(.*?)^```", text, flags=re.S | re.M)
+    """(language, body) of every fenced code block, the body dedented as the fence is."""
+    return [(lang, textwrap.dedent(body) if indent else body) for indent, lang, body in _FENCE.findall(text)]
 
 
 def prose(text: str) -> str:
     """``text`` without its fenced code blocks."""
-    return re.sub(r"^```[a-z]*\n.*?^```", "", text, flags=re.S | re.M)
+    return _FENCE.sub("", text)

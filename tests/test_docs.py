@@ -101,12 +101,16 @@ def test_documented_commands_are_accepted_by_the_cli(page, line):
 
 
 def test_a_wrong_command_or_option_in_the_docs_is_caught():
-    """The check above can fail: a misspelt option, command or global option is named."""
+    """The check above can fail: a misspelt option, command or global option is named, also in a
+    block indented inside a list item."""
     text = ("```console\n$ headstart train-head features.h5 --out heads/x --epoch 3\ntrain-head\n```\n"
-            "```bash\nheadstart --quite run photos/ && headstart trian-head features.h5\n```\n")
+            "```bash\nheadstart --quite run photos/ && headstart trian-head features.h5\n```\n"
+            "- an item:\n\n    ```console\n    $ headstart finetune photos --head h --strategy mirored\n    ```\n")
     lines = block_commands(text)
     assert lines == ["headstart train-head features.h5 --out heads/x --epoch 3", "headstart --quite run photos/",
-                     "headstart trian-head features.h5"]
+                     "headstart trian-head features.h5", "headstart finetune photos --head h --strategy mirored"]
     assert [command_problems(line) for line in lines] == [
         ["'train-head' has no option --epoch"], ["unknown global option --quite"],
-        [f"no command 'trian-head' (have: {', '.join(sorted(main.commands))})"]]
+        [f"no command 'trian-head' (have: {', '.join(sorted(main.commands))})"], []]
+    assert command_problems("headstart finetune photos --head h --strateg mirrored") == [
+        "'finetune' has no option --strateg"]
