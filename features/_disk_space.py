@@ -66,7 +66,7 @@ def reserve_space(fd: int, offset: int, nbytes: int, path: str, committed: str) 
 
 
 def disk_full_error(path: str, nbytes: int | None, committed: str) -> DiskFullError:
-    """The one wording of a full disk (see README, Troubleshooting)."""
+    """The one wording of a full disk (see docs/troubleshooting.md, "Disk full")."""
     try:
         vfs = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
         free = f"{vfs.f_bavail * vfs.f_frsize / 1e6:.1f} MB free"

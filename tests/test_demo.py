@@ -171,7 +171,7 @@ def test_demo_learns_offline_with_an_empty_home(tmp_path):
     assert summary["test"]["accuracy"] >= 0.9, summary["test"]
     assert not any(home.joinpath(".keras", "models").glob("*.h5"))  # nothing was downloaded
     # "Under 3 minutes on 2 cores", as CPU time: wall time on a shared test machine says more about
-    # the neighbours than about the demo (2-core wall time: benchmarks/, README).
+    # the neighbours than about the demo (2-core wall time: benchmarks/, docs/getting-started.md).
     assert cpu_seconds < 2 * 180, f"the demo used {cpu_seconds:.0f} CPU seconds ({seconds:.0f} s wall)"
 
 

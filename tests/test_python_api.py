@@ -1,5 +1,6 @@
 """The Python API: `from headstart.pipeline import extract_features, train_head, finetune, evaluate, …`
-loads lazily, names the functions the CLI calls, and the README's "From Python" example runs."""
+loads lazily, names the functions the CLI calls, and the README's "From Python" example runs (the site's
+Python API page, docs/api.md, shows the same example and documents every name)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import make_class_folders
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
 def test_every_api_name_resolves_to_the_function_the_cli_calls():
@@ -44,10 +46,32 @@ def test_importing_the_api_does_not_start_tensorflow():
     assert out.stdout.strip() == "[]"
 
 
-def readme_python_example() -> str:
-    section = README.read_text(encoding="utf-8").split("## From Python", 1)[1].split("\n## ", 1)[0]
+def readme_python_example(page: Path = README) -> str:
+    section = page.read_text(encoding="utf-8").split("## From Python", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
     return block
+
+
+def test_the_api_page_shows_the_readme_example():
+    """docs/api.md's example is the README's, so the run below checks both."""
+    assert readme_python_example(API_PAGE) == readme_python_example(README)
+
+
+def test_the_api_page_documents_every_public_name():
+    """Every name `headstart.pipeline` exports has an entry on docs/api.md that points at the object the
+    name stands for (the functions: the stage function the API wraps), and no entry points elsewhere."""
+    import headstart.pipeline as api
+    from headstart.pipeline.api import FUNCTIONS
+
+    def target(name: str) -> str:
+        module, _, attribute = api._API[name].partition(":")
+        if module == "headstart.pipeline.api":
+            module, attribute, _ = FUNCTIONS[name]
+        return f"{module.removeprefix('headstart.')}.{attribute}"
+
+    # The page names the source modules from the repository root (mkdocs.yml: paths ["."]).
+    entries = set(re.findall(r"^::: ([\w.]+)$", API_PAGE.read_text(encoding="utf-8"), flags=re.M))
+    assert entries == {target(name) for name in api.__all__}
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""README's flags are the CLI's: every stage option is a `run` flag or README says it is TOML-only, and
-every flag README names exists where README says it does (issue 22, item 5)."""
+"""The docs' flags are the CLI's: every stage option is a `run` flag or the docs say it is TOML-only, and
+every flag README.md or a site page (docs/*.md) names exists where the text says it does (issue 22,
+items 5 and 11)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,24 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from doc_pages import doc_pages, page_name
 
 
 def _options(command: click.Command) -> set[str]:
     return {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
 
 
-def readme_toml_only() -> dict[str, set[str]]:
-    """README's table of TOML-only keys: section → keys."""
-    rows = re.findall(r"^\| `\[(\w+)\]` \| (.+?) \|$", README.read_text(encoding="utf-8"), flags=re.M)
-    return {section: set(re.findall(r"`(\w+)`", keys)) for section, keys in rows}
+def docs_toml_only() -> dict[str, set[str]]:
+    """The docs' table of TOML-only keys (docs/run.md): section → keys, from every page that has one."""
+    found: dict[str, set[str]] = {}
+    for page in doc_pages():
+        rows = re.findall(r"^\| `\[(\w+)\]` \| (.+?) \|$", page.read_text(encoding="utf-8"), flags=re.M)
+        for section, keys in rows:
+            found.setdefault(section, set()).update(re.findall(r"`(\w+)`", keys))
+    return found
 
 
-def test_every_stage_option_is_a_run_flag_or_readme_says_it_is_toml_only():
+def test_every_stage_option_is_a_run_flag_or_the_docs_say_it_is_toml_only():
     from headstart.pipeline.options.facts import SECTIONS
     from headstart.pipeline.options.run_flags import RUN_OPTIONS
     from headstart.pipeline.run.toml_config import RUNNER_SET
@@ -32,7 +37,7 @@ def test_every_stage_option_is_a_run_flag_or_readme_says_it_is_toml_only():
     toml_only = {section: {f.name for f in dataclasses.fields(cls)
                            if f.name not in RUNNER_SET[section] and (section, f.name) not in flagged}
                  for section, cls in SECTIONS.items()}
-    assert readme_toml_only() == toml_only
+    assert docs_toml_only() == toml_only
 
 
 def test_run_takes_the_distribution_flags_the_training_commands_take():
@@ -56,29 +61,55 @@ def test_run_distribution_flags_reach_both_training_stages():
     assert resolve_run_config("photos", "runs/x", flags={"mixed_precision": False}).finetune.mixed_precision is False
 
 
-def test_every_flag_readme_names_exists():
+def _known_flags() -> set[str]:
     from headstart.pipeline.cli import main
 
-    known = {opt for command in main.commands.values() for opt in _options(command)} | _options(main) | {"--help"}
-    text = README.read_text(encoding="utf-8")
+    return {opt for command in main.commands.values() for opt in _options(command)} | _options(main) | {"--help"}
+
+
+#: Flags of other programs that the docs name: pip's, tensorboard's, mkdocs', docker's and Slurm's own.
+NOT_OURS = {"--upgrade", "--logdir", "--strict", "--site-dir", "--rm", "--array"}
+
+
+def unknown_flags(text: str) -> set[str]:
+    """The ``--flags`` ``text`` names that no headstart command takes."""
     named = set(re.findall(r"(?<![\w#-])(--[a-z][a-z0-9-]*)", text))
-    not_ours = {"--upgrade", "--logdir"}  # pip's and tensorboard's own
-    assert named - known - not_ours == set()
+    return named - _known_flags() - NOT_OURS
 
 
-def test_readme_flags_are_on_the_commands_readme_lists():
+def misplaced_flags(text: str) -> tuple[list[str], int]:
     """"`--strategy …` on `train-head`, `finetune` and `run`" and "`--class-weight …` (train-head,
-    finetune, run; …)": each named command takes the flag."""
+    finetune, run; …)": (each "FLAG on COMMAND" where COMMAND lacks FLAG, how many such lists were read)."""
     from headstart.pipeline.cli import main
 
-    text = " ".join(README.read_text(encoding="utf-8").split())
+    text = " ".join(text.split())
     pattern = re.compile(r"`(--[a-z][a-z0-9-]*)[^`]*`[^.`]{0,40}? (?:on |\()((?: ?`?[a-z-]+`?(?:,| and)?)+)")
-    checked = 0
+    wrong, checked = [], 0
     for flag, listed in pattern.findall(text):
         commands = [c for c in re.findall(r"[a-z-]+", listed) if c in main.commands and c != "and"]
         if len(commands) < 2:
             continue
-        for command in commands:
-            assert flag in _options(main.commands[command]), f"README: {flag} on {command}"
+        wrong += [f"{flag} on {command}" for command in commands if flag not in _options(main.commands[command])]
         checked += 1
+    return wrong, checked
+
+
+def test_every_flag_the_docs_name_exists():
+    for page in doc_pages():
+        assert unknown_flags(page.read_text(encoding="utf-8")) == set(), page_name(page)
+
+
+def test_the_docs_flags_are_on_the_commands_they_list():
+    checked = 0
+    for page in doc_pages():
+        wrong, n = misplaced_flags(page.read_text(encoding="utf-8"))
+        assert wrong == [], page_name(page)
+        checked += n
     assert checked >= 4  # --strategy, --class-weight, --monitor, --weights
+
+
+def test_a_wrong_flag_in_the_docs_is_caught():
+    """The checks above can fail: a flag no command takes, and a flag said to be on a command that lacks it."""
+    assert unknown_flags("train with `--epoch 3`, or `--epochs 3` (`pip install --upgrade`)") == {"--epoch"}
+    wrong, checked = misplaced_flags("`--strategy auto|mirrored` on `train-head`, `sweep` and `run`.")
+    assert (wrong, checked) == (["--strategy on sweep"], 1)

@@ -68,7 +68,7 @@ def _umask() -> int:
 
 
 def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
-    """The one wording of an output that cannot be written (see README, Troubleshooting)."""
+    """The one wording of an output that cannot be written (see docs/troubleshooting.md, "Disk full")."""
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
 
 
