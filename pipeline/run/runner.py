@@ -164,7 +164,10 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
         A RunResult; ``table`` is the per-stage summary to print.
 
     Raises:
-        OptionError, DataError, RunDirError and the stages' own errors (FeaturesError, ParityError…).
+        OptionError: bad options.
+        DataError: a bad source.
+        RunDirError: a foreign run directory, or one of another configuration.
+        headstart.features.errors.FeaturesError: the stages' own failures (and ParityError…).
     """
     console = console or Console()
     check_run_config(config)

@@ -58,18 +58,16 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
                    progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Accuracy, loss, per-class metrics and confusion matrix of a saved model on one split.
 
-    Split specs and fractions default to those the model's run recorded (run.json beside the
-    model) when SOURCE is the source it was trained on, so "test" means the same images.
-
     Args:
         model_path: ``model.keras`` or its run directory.
         source: a source spec (``tfds:NAME``, a directory) or a ``headstart.pipeline.data.sources.Source``.
         split: split to evaluate.
         batch_size: images per forward pass; default: the run's batch size (same batches, so the
             same logits to the last bit), else 32.
-        split_specs, validation_fraction, test_fraction, path_column, label_column, images, multi_label:
-            how SOURCE is read (``SourceSpec``; default: as the run recorded, when SOURCE is its source).
-        grid, grid_size: write a PNG grid of at most ``grid_size`` most confidently wrong images here.
+        split_specs: how SOURCE is read, with ``validation_fraction``, ``test_fraction``, ``path_column``,
+            ``label_column``, ``images`` and ``multi_label`` (``SourceSpec``; default: as the run
+            recorded, when SOURCE is its source, so "test" means the same images).
+        grid: write a PNG grid of at most ``grid_size`` most confidently wrong images here.
         log: where the headline (measures to 4 decimals) goes.
         progress: ``label → progress line`` (``report.progress.ProgressLine``) drawn through the
             split; None draws none.
@@ -79,8 +77,9 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
         "class_names", "skipped", "grid"}``.
 
     Raises:
-        RunDirError: the model cannot be loaded. DataError: bad source, missing split, or classes
-        that differ from the model's. OptionError: bad batch or grid size.
+        RunDirError: the model cannot be loaded.
+        DataError: bad source, missing split, or classes that differ from the model's.
+        OptionError: bad batch or grid size.
     """
     if isinstance(source, str):
         check_source_path(source)  # before the model load starts TensorFlow

@@ -102,8 +102,10 @@ def extract_features(
         An ExtractSummary.
 
     Raises:
-        OptionError, DataError: bad options or source. FeaturesError subclasses: backbone, weights,
-        cache and bad-image failures.
+        OptionError: bad options.
+        DataError: a bad source.
+        headstart.features.errors.FeaturesError: backbone, weights, cache and bad-image failures
+            (its subclasses).
     """
     check_extract_config(config)
     _check_out_file(Path(config.out))

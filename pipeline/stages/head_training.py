@@ -126,10 +126,12 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
         this run (same options, same cache) is not trained again: its recorded result comes back.
 
     Raises:
-        OptionError: bad option values. RunDirError: ``out`` holds another run (and not
-        ``overwrite``). RunDirBusyError: another process writes ``out``. DataError: the cache has no
-        train split, fewer than 2 classes or bad labels. headstart.features.errors.StoreError: the
-        cache is missing, foreign, incomplete or of an unknown format version.
+        OptionError: bad option values.
+        RunDirError: ``out`` holds another run (and not ``overwrite``).
+        RunDirBusyError: another process writes ``out``.
+        DataError: the cache has no train split, fewer than 2 classes or bad labels.
+        headstart.features.errors.StoreError: the cache is missing, foreign, incomplete or of an
+            unknown format version.
     """
     from headstart.pipeline.distribute.strategy import config_is_chief
     from headstart.pipeline.report.out_dir import REUSE, claim_run_dir

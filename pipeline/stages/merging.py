@@ -9,13 +9,16 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from headstart.pipeline.errors import OptionError
 
+if TYPE_CHECKING:
+    from headstart.features.merge import MergeSummary
+
 
 def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
-                   log: Callable[[str], None] = print):
+                   log: Callable[[str], None] = print) -> MergeSummary:
     """``merge-features``: joins the caches of ``extract-features --shard I/N`` into one cache.
 
     Args:
@@ -28,8 +31,9 @@ def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
         A ``headstart.features.merge.MergeSummary``.
 
     Raises:
-        OptionError: no shards, or an unusable OUT path. FeaturesError subclasses (ShardError,
-        StoreError, …): shards that do not form one complete set, or cache failures.
+        OptionError: no shards, or an unusable OUT path.
+        headstart.features.errors.FeaturesError: shards that do not form one complete set
+            (ShardError), or cache failures (StoreError, …).
     """
     if not shards:
         raise OptionError("merge-features needs the SHARD files to merge")
