@@ -32,12 +32,39 @@ def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+def _kill_during_the_probes(args: list[str], out: Path) -> int:
+    """Starts ``headstart ARGS`` in its own process and SIGKILLs it once its first fine-tuning
+    probe is saved; returns how many probes were saved by then."""
+    argv = [sys.executable, "-m", "headstart.pipeline.cli", *map(str, args)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    progress = out / "finetune" / "backup" / "progress.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        try:
+            if json.loads(progress.read_text()).get("probes"):
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    assert first.poll() is None, "the run ended before its first probe was saved"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    return len(json.loads(progress.read_text())["probes"])
+
+
 @pytest.mark.slow
-def test_auto_plans_decides_on_validation_and_records_every_decision(tmp_path):
+def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_after_a_kill(tmp_path):
     images = write_set(tmp_path / "images", ("circle", "square"), counts=COUNTS)
     out = tmp_path / "run"
-    result = _invoke("run", images, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--budget", 30)
+    args = ["run", images, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--budget", 30]
+    # SIGKILL during the fine-tuning probes (the newest step); the same command then resumes.
+    saved = _kill_during_the_probes(args, out)
+    result = _invoke(*args)
     assert result.exit_code == 0, result.output
+    assert result.output.count("probe lr") == 4 - saved  # the saved probes were not run again
+    assert "reused: same source and extraction options" in result.output
+    assert "reused: same features and head options" in result.output
     assert "[auto] recipe: will try image sizes 150 and 224, a 4-trial head sweep on each" in result.output, \
         result.output
     assert "decision" in result.output and "fine-tuning rate" in result.output
@@ -58,7 +85,7 @@ def test_auto_plans_decides_on_validation_and_records_every_decision(tmp_path):
     assert 'recipe = "auto"' in toml and "epochs = 2" in toml and "unfreeze" not in toml
     stages = json.loads((out / "stages.json").read_text())
     assert {"plan", "extract@224", "head@224", "baselines"} <= set(stages)
-    again = _invoke("run", images, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--budget", 30)
+    again = _invoke(*args)
     assert again.exit_code == 0 and again.output.count("reused") >= 4 and "probe lr" not in again.output
     inspect = _invoke("inspect", out)
     assert inspect.exit_code == 0 and "fine-tuning rate" in inspect.output
@@ -79,38 +106,10 @@ def test_what_the_user_set_is_kept_and_nothing_is_searched_for_it(tmp_path):
         assert decisions[name]["explicit"] and decisions[name]["chosen"] == value and not decisions[name]["candidates"]
     assert not (out / "recipe").exists()  # no second image size was tried
     run = json.loads((out / "finetune" / "run.json").read_text())
-    assert "recipe" not in run and run["config"]["lr"] == 1e-4 and run["config"]["augment"] == "none"
+    # The model carries auto's decisions, but fine-tuning itself audited and probed nothing.
+    assert not {"augment", "probes"} & set(run["recipe"]) and run["recipe"]["decisions"]
+    assert run["config"]["lr"] == 1e-4 and run["config"]["augment"] == "none"
     assert "augmentation audit" not in result.output and "probe lr" not in result.output
-
-
-@pytest.mark.slow
-def test_a_run_killed_during_the_probes_resumes_after_the_last_saved_probe(tmp_path):
-    images = write_set(tmp_path / "images", ("circle", "square"), counts=COUNTS)
-    out = tmp_path / "run"
-    argv = [sys.executable, "-m", "headstart.pipeline.cli", "run", str(images), "--out", str(out),
-            "--config", str(_config(tmp_path)), *BACKBONE, "--image-size", "64"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    progress = out / "finetune" / "backup" / "progress.json"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and first.poll() is None:
-        try:
-            if json.loads(progress.read_text()).get("probes"):
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    assert first.poll() is None, "the run ended before its first probe was saved"
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    saved = len(json.loads(progress.read_text())["probes"])
-    second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
-    assert second.returncode == 0, second.stderr[-3000:]
-    log = second.stdout + second.stderr
-    assert log.count("probe lr") == 4 - saved  # the saved probes were not run again
-    assert "reused: same source and extraction options" in log and "reused: same features and head options" in log
-    run = json.loads((out / "finetune" / "run.json").read_text())
-    assert len(run["recipe"]["probes"]["probes"]) == 4
 
 
 @pytest.mark.slow
