@@ -127,3 +127,9 @@ def test_a_multi_label_source_goes_through_auto_judged_by_map(tmp_path):
     assert decisions["augment"]["measure"] == "map" and decisions["lr"]["measure"] == "val_map"
     assert summary["test"]["task"] == "multi_label" and summary["test"]["map"] > 0.5
     assert [b["measure"] for b in summary["recipe"]["baselines"]] == ["map", "map"]
+    # The sweep's best multi-label head seeds fine-tuning (what test_sweep once checked on its own):
+    # sigmoid thresholds per class, and the rebuilt chain's parity with the cache.
+    head = json.loads((out / "head" / "run.json").read_text())
+    assert head["task"] == "multi_label" and set(head["thresholds"]["thresholds"]) == {"circle", "square", "triangle"}
+    metrics = json.loads((out / "finetune" / "metrics.json").read_text())
+    assert metrics["parity"]["max_abs_diff"] <= metrics["parity"]["tolerance"]

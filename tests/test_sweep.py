@@ -503,34 +503,6 @@ def test_finetune_accepts_the_sweeps_best_head_with_parity(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_accepts_a_multi_label_sweeps_best_head(tmp_path):
-    """A multi-label source end to end: extract → sweep (sigmoid heads, mAP) → finetune --head DIR/best."""
-    from test_multilabel_e2e import BACKBONE, WEIGHTS, make_shape_set
-
-    table, _ = make_shape_set(tmp_path / "data")
-    cache = tmp_path / "f.h5"
-    r = invoke("extract-features", table, "--out", cache, "--backbone", BACKBONE["backbone"], "--alpha",
-               BACKBONE["alpha"], "--image-size", BACKBONE["image_size"], "--weights", WEIGHTS, "--batch-size", 16,
-               "--quiet")
-    assert r.exit_code == 0, r.output
-    toml = tmp_path / "sweep.toml"
-    toml.write_text("[sweep]\nepochs = 0\npatience = 2\nbatch_size = 16\nparallel = 3\nhidden_units = 8\n"
-                    "lr = [3e-3, 3e-2]\n")
-    out = tmp_path / "sw"
-    r = invoke("sweep", cache, "--out", out, "--trials", 3, "--config", toml, "--quiet")
-    assert r.exit_code == 0, r.output
-    best = json.loads((out / "best" / "run.json").read_text())
-    assert best["task"] == "multi_label" and set(best["thresholds"]["thresholds"]) == {"circle", "square", "triangle"}
-    tuned = tmp_path / "tuned"
-    r = invoke("finetune", table, "--head", out / "best", "--out", tuned, "--epochs", 1, "--batch-size", 16,
-               "--lr", 1e-4, "--parity-samples", 4, "--quiet")
-    assert r.exit_code == 0, r.output
-    metrics = json.loads((tuned / "metrics.json").read_text())
-    assert metrics["parity"]["max_abs_diff"] <= metrics["parity"]["tolerance"]
-    assert metrics["stage_gate"]["measure"] == "map" and metrics["test"]["map"] > 0.5
-
-
-@pytest.mark.slow
 def test_sweep_on_real_photos_finds_a_head_at_least_as_good(real_photo_cache, tmp_path):
     from headstart.pipeline.stages.head_training import train_head
     from headstart.pipeline.sweep.study import run_sweep
