@@ -276,7 +276,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                              "validation (what you set is kept as given); guide: the Keras guide's fixed recipe.",
                              choices=RECIPES),
         "budget": OptionFact("Minutes the auto recipe's search may take (default: planned from measured speeds, "
-                             "about 1.5x the guide's run).", metavar="MINUTES", bounds=POSITIVE),
+                             "about 2x the guide's run).", metavar="MINUTES", bounds=POSITIVE),
         "tensorboard": OptionFact("Write TensorBoard logs of both training stages to RUN_DIR/tensorboard/.",
                                   shapes_result=False),
         "diagnose": OptionFact("Diagnose the cache (label issues, duplicates, leaks, outliers) into RUN_DIR/diagnose/ "
