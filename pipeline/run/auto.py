@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from headstart.pipeline.run.toml_config import RunConfig
 
 def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str, dict], dict], state: dict, *,
-             key: Callable[[dict], str], overwrite: bool, finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
+             overwrite: bool, finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
     """Runs the auto recipe's steps into ``run_dir``; returns the stage records the summary reads.
 
     Args:
@@ -38,7 +38,6 @@ def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str
         console: status and progress lines.
         save: stores one stage's record in stages.json (and returns it).
         state: stages.json as read at the start (the records of a run being resumed).
-        key: the hash of a stage's inputs and options.
         overwrite: a run directory made with another configuration may be redone.
         finetune_callbacks: extra Keras callbacks for the fine-tuning ``fit``.
 
@@ -48,7 +47,7 @@ def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str
     from headstart.pipeline.run.auto_steps import (baselines_step, choose_size, evaluate_step, extract_step,
                                                    finetune_step, head_step, plan_step)
 
-    steps = _Steps(config, run_dir, console, save, state, key, overwrite)
+    steps = _Steps(config, run_dir, console, save, state, overwrite)
     first = extract_step(steps, config.extract.image_size)
     plan = plan_step(steps, first)
     candidates = {config.extract.image_size: (first, head_step(steps, config.extract.image_size, first, plan))}
@@ -78,14 +77,13 @@ def _record_with_model(model_dir: Path, recipe: dict) -> None:
 
 @dataclasses.dataclass
 class _Steps:
-    """What every step needs: the config, where to write, and how to save and key its record."""
+    """What every step needs: the config, where to write, and how to save its record."""
 
     config: RunConfig
     run_dir: Path
     console: Any
     save: Callable[[str, dict], dict]
     state: dict
-    key: Callable[[dict], str]
     overwrite: bool
 
     def open(self, name: str) -> bool:

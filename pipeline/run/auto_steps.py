@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from headstart.pipeline.report.decisions import Candidate, Decision, explicit_decision
 from headstart.pipeline.run.auto_head import auto_head_config, head_searchable, monitor_measure, search_space
-from headstart.pipeline.run.keys import evaluate_key, input_files
+from headstart.pipeline.run.keys import evaluate_key, extract_key, finetune_key, input_files, stage_key
 from headstart.pipeline.run.toml_config import stage_values
 
 
@@ -21,11 +21,6 @@ def _shown(path: Any) -> str:
 
     relative = os.path.relpath(str(path))
     return str(path) if relative.startswith("..") else relative
-
-
-def extract_key(steps: Any, size: int) -> str:
-    """The extract stage's key at ``size`` px: the source and the extraction options."""
-    return steps.key({"source": steps.config.source, **stage_values(steps.at_size(size), "extract")})
 
 
 def extract_step(steps: Any, size: int) -> dict:
@@ -37,7 +32,7 @@ def extract_step(steps: Any, size: int) -> dict:
     name = steps.stage("extract", size)
     steps.console.log(f"[auto] extract-features at {size} px → {_shown(path)}")
     record = extract_stage(steps.at_size(size), path, steps.state.get(name), steps.console, steps.overwrite,
-                           key=extract_key(steps, size))
+                           key=extract_key(steps.at_size(size)))
     return steps.save(name, {**record, "path": str(path), "image_size": size, "multi_label": _multi_label(path)})
 
 
@@ -49,7 +44,7 @@ def plan_step(steps: Any, first: dict) -> Any:
     from headstart.pipeline.training.rate_probes import PROBE_LRS
 
     config = steps.config
-    key = steps.key({"cache": first["fingerprint"], "budget": config.budget, "explicit": list(config.explicit),
+    key = stage_key({"cache": first["fingerprint"], "budget": config.budget, "explicit": list(config.explicit),
                      "finetune": stage_values(config, "finetune")})
     record = steps.state.get("plan")
     if record and record.get("key") == key:
@@ -84,7 +79,7 @@ def head_step(steps: Any, size: int, cache: dict, plan: Any) -> dict:
     what = f"sweep of {sweep.trials} trials" if sweep else "train-head"
     steps.console.log(f"[auto] {what} on {size} px → {_shown(head_dir)}")
     head_config = dataclasses.replace(config, head=auto_head_config(config))
-    key = steps.key({**stage_values(head_config, "head"), **input_files(config), "cache": cache["fingerprint"],
+    key = stage_key({**stage_values(head_config, "head"), **input_files(config), "cache": cache["fingerprint"],
                      "sweep": [sweep.space.to_dict(), sweep.trials] if sweep else None})
     name = steps.stage("head", size)
     record = head_stage(head_config, Path(cache["path"]), head_dir, steps.state.get(name), steps.console, key=key,
@@ -127,7 +122,7 @@ def baselines_step(steps: Any, size: int, cache: dict) -> dict:
     """A k-NN and a logistic probe on the chosen cache (seconds), for the summary's comparison."""
     from headstart.pipeline.recipe.baselines import feature_baselines
 
-    key = steps.key({"cache": cache["fingerprint"], "seed": steps.config.head.seed})
+    key = stage_key({"cache": cache["fingerprint"], "seed": steps.config.head.seed})
     record = steps.state.get("baselines")
     steps.console.log(f"[auto] baselines on the {size} px cache")
     if not (record and record.get("key") == key):
@@ -161,11 +156,10 @@ FINETUNE_EPOCHS = 30
 
 def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, callbacks: Sequence[Any]) -> dict:
     """finetune from the chosen head with the audit and the probes, into finetune/."""
-    from headstart.pipeline.run.keys import stage_key
     from headstart.pipeline.run.stages import finetune_stage
 
     config = dataclasses.replace(steps.at_size(size), finetune=finetune_config(steps, plan))
-    ft_key = stage_key({**stage_values(config, "finetune"), **input_files(config), "head": head["head_sha256"]})
+    ft_key = finetune_key(config, head["head_sha256"])
     steps.console.log(f"[auto] finetune from {_shown(head['path'])} → {_shown(steps.run_dir / 'finetune')}")
     record = finetune_stage(config, steps.run_dir, steps.state.get("finetune"), steps.console, key=ft_key,
                             train_images=int(extract["splits"].get("train", 0)),

@@ -37,6 +37,20 @@ def _file_sha256(path: str) -> str | None:
         return None
 
 
+def extract_key(config: RunConfig) -> str:
+    """The extract stage's key: the source and the extraction options."""
+    from headstart.pipeline.run.toml_config import stage_values
+
+    return stage_key({"source": config.source, **stage_values(config, "extract")})
+
+
+def finetune_key(config: RunConfig, head_sha256: str) -> str:
+    """The finetune stage's key: its options, the files it reads, and the head's bytes."""
+    from headstart.pipeline.run.toml_config import stage_values
+
+    return stage_key({**stage_values(config, "finetune"), **input_files(config), "head": head_sha256})
+
+
 def evaluate_key(config: RunConfig, model_sha256: str) -> str:
     """The evaluate stage's key: the model's bytes and how the source is split."""
     from headstart.pipeline.run.toml_config import stage_values

@@ -39,7 +39,7 @@ from headstart.pipeline.options.run_flags import RUN_OPTIONS
 from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.run.console import Console
-from headstart.pipeline.run.keys import evaluate_key, input_files, stage_key
+from headstart.pipeline.run.keys import evaluate_key, extract_key, finetune_key, input_files, stage_key
 from headstart.pipeline.run.stages import MULTI_LABEL_KEYS
 from headstart.pipeline.run.toml_config import RunConfig, read_config_file, resolve_run_config, result_settings, \
     run_config_dict, stage_values, to_toml
@@ -225,18 +225,17 @@ def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite
     features = run_dir / "features.h5"
     console.log(f"[1/4] extract-features → {_shown(str(features))}")
     ex = save("extract", extract_stage(config, features, state.get("extract"), console, overwrite,
-                                       key=stage_key({"source": config.source, **stage_values(config, "extract")})))
+                                       key=extract_key(config)))
     if config.diagnose:
         console.log(f"[diagnose] → {_shown(str(run_dir / 'diagnose'))}")
         save("diagnose", diagnose_stage(config, features, run_dir / "diagnose", state.get("diagnose"), console,
                                         key=stage_key({"cache": ex["fingerprint"], "seed": config.head.seed})))
     console.log(f"[2/4] {'sweep' if config.sweep.get('trials') else 'train-head'} → {_shown(str(run_dir / 'head'))}")
-    excluded = input_files(config)
     hd = save("head", head_stage(config, features, run_dir / "head", state.get("head"), console,
-                                 key=stage_key(_head_key(config, ex, excluded))))
+                                 key=stage_key(_head_key(config, ex))))
     _replay(config, run_dir, "head")
     console.log(f"[3/4] finetune → {_shown(str(run_dir / 'finetune'))}")
-    ft_key = stage_key({**stage_values(config, "finetune"), **excluded, "head": hd["head_sha256"]})
+    ft_key = finetune_key(config, hd["head_sha256"])
     ft = save("finetune", finetune_stage(config, run_dir, state.get("finetune"), console, key=ft_key,
                                          train_images=ex["splits"].get("train", 0),
                                          started=lambda: save("finetune", {"key": ft_key, "done": False}),
@@ -269,15 +268,15 @@ def _run_auto(config: RunConfig, run_dir: Path, console: Console, *, overwrite: 
     from headstart.pipeline.run.auto import run_auto
 
     stages = _Stages(run_dir)
-    records = run_auto(config, run_dir, console, stages.save, dict(stages.state), key=stage_key, overwrite=overwrite,
+    records = run_auto(config, run_dir, console, stages.save, dict(stages.state), overwrite=overwrite,
                        finetune_callbacks=finetune_callbacks)
     _replay(config, run_dir, "finetune")
     _export(config, run_dir, console, records, stages)
     return records
 
 
-def _head_key(config: RunConfig, ex: dict, excluded: dict) -> dict:
-    key = {**stage_values(config, "head"), **excluded, "cache": ex["fingerprint"]}
+def _head_key(config: RunConfig, ex: dict) -> dict:
+    key = {**stage_values(config, "head"), **input_files(config), "cache": ex["fingerprint"]}
     if config.sweep.get("trials"):  # the search settings shape the head; without a sweep the key stays as it was
         key["sweep"] = config.sweep
     return key
