@@ -152,7 +152,8 @@ def read_header(f: h5py.File, path: str) -> dict:
 
     Returns:
         dict with format_version, complete, config, config_json, provenance, class_names, splits,
-        feature_shape (tuple), dtype, views, task (``SINGLE_LABEL`` when the file has none).
+        feature_shape (tuple), dtype, views, task (``SINGLE_LABEL`` when the file has none),
+        tap_shape (tuple, or None for a cache without activations).
 
     Raises:
         StoreError: not a headstart cache, unknown format_version, or attributes missing/damaged.
@@ -184,6 +185,8 @@ def read_header(f: h5py.File, path: str) -> dict:
             "dtype": _as_str(attrs["dtype"]),
             "views": int(attrs["views"]),
             "task": task,
+            "tap_shape": (tuple(int(d) for d in np.asarray(attrs["tap_shape"]).ravel())
+                          if "tap_shape" in attrs else None),
         }
     except StoreError:
         raise

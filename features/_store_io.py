@@ -27,7 +27,7 @@ _CHUNK_BYTES = 1 << 19  # h5py's default chunk cache is 1 MiB per dataset; keep 
 
 def expected_header(config: dict, class_names: list[str], splits: list[str],
                     feature_shape: tuple[int, ...], dtype: str, views: int,
-                    multi_label: bool = False) -> dict:
+                    multi_label: bool = False, tap_shape: tuple[int, ...] | None = None) -> dict:
     """Validates the arguments of create_or_resume; returns them in their stored (JSON) form."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -40,13 +40,16 @@ def expected_header(config: dict, class_names: list[str], splits: list[str],
             raise ValueError(f"split name {s!r} cannot be an HDF5 group name")
     if int(views) < 0:
         raise ValueError(f"views must be >= 0, got {views}")
+    if tap_shape is not None and (not tap_shape or any(int(d) < 1 for d in tap_shape)):
+        raise ValueError(f"tap_shape must be non-empty and positive, got {tap_shape}")
     if multi_label and not class_names:
         raise ValueError("a multi-label cache needs its class names (one label column each)")
     return {"config": json.loads(canonical_json(config)),
             "class_names": [str(c) for c in class_names],
             "splits": list(splits), "feature_shape": [int(d) for d in feature_shape],
             "dtype": dtype, "views": int(views),
-            "task": MULTI_LABEL if multi_label else SINGLE_LABEL}
+            "task": MULTI_LABEL if multi_label else SINGLE_LABEL,
+            "tap_shape": [int(d) for d in tap_shape] if tap_shape else None}
 
 
 def check_finished(path: str, expected: dict, overwrite: bool) -> dict | None:
@@ -91,6 +94,7 @@ def header_difference(header: dict, expected: dict) -> tuple[str, str, str] | No
         return diff
     stored = {k: header[k] for k in ("class_names", "splits", "dtype", "views", "task")}
     stored["feature_shape"] = list(header["feature_shape"])
+    stored["tap_shape"] = list(header["tap_shape"]) if header["tap_shape"] else None
     return first_difference(stored, {k: v for k, v in expected.items() if k != "config"})
 
 
@@ -268,7 +272,8 @@ def write_skeleton(f: h5py.File, provenance: dict, config_json: str,
         f: a new, empty HDF5 file open for writing.
         provenance: stored as provenance_json, with library versions added under "store".
         config_json: the canonical config JSON (compared on resume).
-        layout: class_names, splits, feature_shape, dtype, views, task (see ``expected_header``).
+        layout: class_names, splits, feature_shape, dtype, views, task, tap_shape (see
+            ``expected_header``).
 
     Returns:
         split → {"committed", "skipped_committed", "consumed", "done"}, all zero/False.
@@ -288,6 +293,8 @@ def write_skeleton(f: h5py.File, provenance: dict, config_json: str,
     f.attrs["class_names_json"] = json.dumps(layout["class_names"], ensure_ascii=False)
     f.attrs["splits_json"] = json.dumps(layout["splits"], ensure_ascii=False)
     f.attrs["task"] = layout["task"]
+    if layout.get("tap_shape"):  # only caches with a tap carry it; every other file is unchanged
+        f.attrs["tap_shape"] = np.asarray(layout["tap_shape"], dtype=np.int64)
     f.attrs["resumes"] = np.int64(0)
     label_row = label_row_shape(layout["task"], len(layout["class_names"]))
     rows = chunk_rows(shape, dtype)

@@ -87,8 +87,8 @@ class PartialFile:
             g = f[split]
             state = {k: int(g.attrs[k]) for k in ("committed", "skipped_committed", "consumed")}
             state["done"] = bool(g.attrs["done"])
-            for name in ("features", "labels", "keys", "views", "pixel_std", "skipped_keys",
-                         "skipped_reasons"):
+            for name in ("features", "labels", "keys", "views", "pixel_std", "activations",
+                         "view_activations", "skipped_keys", "skipped_reasons"):
                 if name not in g:
                     continue
                 n = state["skipped_committed" if name.startswith("skipped") else "committed"]

@@ -45,6 +45,9 @@ class SplitData:
         multi_label: whether ``labels`` are multi-hot rows (the cache's task is "multi_label").
         keys: N source keys (file paths or TFDS ids), aligned with the rows.
         views: lazy h5py dataset (N, K, *feature_shape) of augmented views, or None.
+        activations: lazy h5py dataset (N, *tap_shape) float16, the backbone's activations at the
+            cache's tap (the input of its top layers), or None for a cache without a tap.
+        view_activations: lazy (N, K, *tap_shape) float16, the views' activations, or None.
         pixel_std: (N,) float32 standard deviation of each decoded image's pixels (0–255 scale,
             measured during extraction), or None for caches written before it was recorded.
         skipped: (key, reason) for every source item that could not be used.
@@ -59,12 +62,14 @@ class SplitData:
             skipped_committed = int(group.attrs["skipped_committed"])
             self.consumed = int(group.attrs["consumed"])
             self.features: h5py.Dataset = CheckedDataset(group["features"], path)
-            self.views: h5py.Dataset | None = (CheckedDataset(group["views"], path)
-                                               if "views" in group else None)
+            optional = {name: CheckedDataset(group[name], path) if name in group else None
+                        for name in ("views", "activations", "view_activations")}
+            self.views: h5py.Dataset | None = optional["views"]
+            self.activations: h5py.Dataset | None = optional["activations"]
+            self.view_activations: h5py.Dataset | None = optional["view_activations"]
             lengths = {"features": len(self.features), "labels": len(group["labels"]),
                        "keys": len(group["keys"])}
-            if self.views is not None:
-                lengths["views"] = len(self.views)
+            lengths.update({name: len(ds) for name, ds in optional.items() if ds is not None})
             if "pixel_std" in group:
                 lengths["pixel_std"] = len(group["pixel_std"])
             bad = {k: n for k, n in lengths.items() if n != committed}
@@ -145,6 +150,8 @@ class FeatureCache:
         feature_shape: shape of one row, e.g. (2048,) or (7, 7, 2048).
         dtype: "float16" or "float32".
         views: augmented views per training row (0 when none).
+        tap_shape: shape of one row of stored activations (``extract-features --tap``), or None.
+        tap: what the tap is (``{"spec": "top:N", "layer": name, "top_layers": N}``), or None.
         fingerprint: sha256 hex of config_json and the per-split row counts; names the cache in
             the reports of heads trained on it.
         multi_label: labels are multi-hot rows (N, C) (task "multi_label"); False for caches
@@ -166,6 +173,8 @@ class FeatureCache:
             self.feature_shape: tuple[int, ...] = header["feature_shape"]
             self.dtype: str = header["dtype"]
             self.views: int = header["views"]
+            self.tap_shape: tuple[int, ...] | None = header["tap_shape"]
+            self.tap: dict | None = self.config.get("tap")
             self.format_version: int = header["format_version"]
             self.task: str = header["task"]
             self.multi_label: bool = self.task == MULTI_LABEL
@@ -265,6 +274,7 @@ def summarize_cache(path: str | os.PathLike) -> dict[str, Any]:
         "feature_shape": list(header["feature_shape"]),
         "dtype": header["dtype"],
         "views": header["views"],
+        "tap_shape": list(header["tap_shape"]) if header["tap_shape"] else None,
         "task": header["task"],
         "multi_label": header["task"] == MULTI_LABEL,
         "fingerprint": _fingerprint(header["config_json"], rows) if complete else None,

@@ -30,7 +30,7 @@ from headstart.features.backbones import (BackboneInfo, build_base, build_poolin
 from headstart.features.registry import check_image_size, get_backbone_spec
 # The same canonical alpha and weights values, and the seeded hub build, as build_base uses.
 from headstart.features.backbones import _build_hub, _resolve_alpha, _resolve_weights
-from headstart.features.errors import WeightsError
+from headstart.features.errors import TapError, WeightsError
 
 
 class BackboneParts(NamedTuple):
@@ -176,6 +176,48 @@ def build_extractor(
     extractor = build_chain(base, preprocessing, pool or keras.layers.Identity(name="pooling"),
                             name=f"{label}_extractor")
     return extractor, info
+
+
+def build_tapped_extractor(
+    name: str,
+    *,
+    weights: str,
+    image_size: int,
+    tap: str,
+    alpha: float | None = None,
+    pooling: str = "avg",
+):
+    """The frozen extractor that also returns the backbone's activations at a tap.
+
+    Args:
+        name, weights, image_size, alpha, pooling: as ``build_extractor``.
+        tap: "top:N" or a layer name (``features.tap.resolve_tap``).
+
+    Returns:
+        (extractor, info, tap). extractor: (B, S, S, 3) raw 0–255 float32 → [features (B, *C),
+        activations (B, *tap.shape)], one forward pass: the features are computed from the
+        activations by the backbone's own top layers, so they equal ``build_extractor``'s.
+
+    Raises:
+        UnknownBackboneError, ImageSizeError, FeaturesError, WeightsError; TapError: no such cut.
+    """
+    from headstart.features.tap import resolve_tap, split_backbone
+
+    if hub.is_hub(name):
+        raise TapError(f"{name} is a KerasHub preset; a tap needs a keras.applications backbone")
+    base, preprocessing, pool, info = build_backbone_parts(
+        name, weights=weights, image_size=image_size, alpha=alpha, pooling=pooling)
+    base.trainable = False
+    resolved = resolve_tap(base, tap)
+    bottom, top = split_backbone(base, resolved)
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
+    activations = bottom(preprocessing(inputs))
+    features = top(activations)
+    if pool is not None:
+        features = pool(features)
+    extractor = keras.Model(inputs, [features, activations], name=f"{name}_tapped_extractor")
+    freeze_batchnorm(extractor)
+    return extractor, info, resolved
 
 
 def walk_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:

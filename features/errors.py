@@ -73,3 +73,15 @@ class BadImagesError(FeaturesError):
     """More images were skipped than ``--max-bad`` allows, or one was bad under ``--strict``."""
 
     exit_code = 1
+
+
+class TapError(FeaturesError):
+    """A tap that does not name a cut of the backbone (``features/tap.py``).
+
+    Attributes:
+        field: the setting at fault ("tap"), so a caller can name its own flag or argument.
+    """
+
+    def __init__(self, message: str, field: str = "tap"):
+        super().__init__(message)
+        self.field = field

@@ -133,7 +133,7 @@ def extract_split(
     try:
         with _BackgroundCommits(writer, split) as commits:
             for item in _items(dataset, extractor, views, report, split=split, batch_size=batch_size,
-                               feature_shape=writer.feature_shape):
+                               feature_shape=writer.feature_shape, tap_shape=writer.tap_shape):
                 if commits.failed:
                     break
                 _count(report, item)
@@ -149,16 +149,20 @@ def extract_split(
 
 
 def _items(dataset, extractor, views: AugmentedViews | None, report: SplitReport, *, split: str, batch_size: int,
-           feature_shape: tuple[int, ...]):
+           feature_shape: tuple[int, ...], tap_shape: tuple[int, ...] | None):
     """The split's batches after the committed ones, each as the commit it makes (features, and views)."""
     forward = _traced_forward(extractor)
     view_forward = _traced_forward(extractor, views.model) if views else None
     batch_index = report.consumed // batch_size
     for batch in _batches(dataset, skip=report.consumed, batch_size=batch_size):
-        item = _features_of(batch, forward, consumed=report.consumed, feature_shape=feature_shape)
+        item = _features_of(batch, forward, consumed=report.consumed, feature_shape=feature_shape,
+                            tap_shape=tap_shape)
         if views:
-            item["views"] = _views_of(batch, view_forward, views, item["good"], split=split, batch_index=batch_index,
-                                      feature_shape=feature_shape)
+            item["views"], view_activations = _views_of(batch, view_forward, views, item["good"], split=split,
+                                                        batch_index=batch_index, feature_shape=feature_shape,
+                                                        tap_shape=tap_shape)
+            if view_activations is not None:
+                item["view_activations"] = view_activations
         batch_index += 1
         yield item
 
@@ -188,19 +192,34 @@ def _batches(dataset, *, skip: int, batch_size: int):
     return without_autotune_thread(dataset.skip(skip).batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
-def _features_of(batch, forward, *, consumed: int, feature_shape: tuple[int, ...]) -> dict:
-    """One batch through the backbone → the rows ``StoreWriter.append`` takes (+ "good", its mask)."""
+def _outputs(outputs, good: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(features, activations or None) of the good rows, from a plain or a tapped extractor."""
+    if isinstance(outputs, (list, tuple)):
+        return outputs[0].numpy()[good], outputs[1].numpy()[good]
+    return outputs.numpy()[good], None
+
+
+def _features_of(batch, forward, *, consumed: int, feature_shape: tuple[int, ...],
+                 tap_shape: tuple[int, ...] | None = None) -> dict:
+    """One batch through the backbone → the rows ``StoreWriter.append`` takes (+ "good", its mask).
+
+    A tapped extractor (two outputs) adds "activations" (B_good, *tap_shape)."""
     errors = [e.decode() for e in batch["error"].numpy()]
     keys = [k.decode() for k in batch["key"].numpy()]
     good = np.array([not e for e in errors])
     # The whole batch goes through the backbone (static shapes, one trace); bad rows are zero
     # images whose outputs are dropped here. A batch without a good image (a label file naming
     # missing files) skips the backbone: 100,000 such rows were 1,563 forward passes for nothing.
+    activations = None
     if good.any():
-        features, stds = forward(batch["image"]).numpy()[good], pixel_std(batch["image"])[good]
+        features, activations = _outputs(forward(batch["image"]), good)
+        stds = pixel_std(batch["image"])[good]
     else:
         features, stds = np.zeros((0, *feature_shape), np.float32), np.zeros((0,), np.float32)
-    return {
+        if tap_shape:
+            activations = np.zeros((0, *tap_shape), np.float16)
+    item = {} if activations is None else {"activations": activations}
+    return item | {
         "features": features,
         "labels": batch["label"].numpy()[good].astype(np.int64),
         "keys": [k for k, g in zip(keys, good) if g],
@@ -212,15 +231,24 @@ def _features_of(batch, forward, *, consumed: int, feature_shape: tuple[int, ...
 
 
 def _views_of(batch, view_forward, views: AugmentedViews, good: np.ndarray, *, split: str,
-              batch_index: int, feature_shape: tuple[int, ...]) -> np.ndarray:
-    """(B_good, views.count, *feature_shape): the augmented views of one batch, reseeded per view."""
+              batch_index: int, feature_shape: tuple[int, ...],
+              tap_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The augmented views of one batch, reseeded per view.
+
+    Returns:
+        (views (B_good, K, *feature_shape), their activations (B_good, K, *tap_shape) or None
+        without a tap).
+    """
     if not good.any():  # nothing to keep: no forward pass (see _features_of)
-        return np.zeros((0, views.count, *feature_shape), np.float32)
-    stack = []
+        empty = None if not tap_shape else np.zeros((0, views.count, *tap_shape), np.float16)
+        return np.zeros((0, views.count, *feature_shape), np.float32), empty
+    stack, taps = [], []
     for k in range(views.count):
         _reseed(views.model, views.seed, split, batch_index, k)
-        stack.append(view_forward(batch["image"]).numpy()[good])
-    return np.stack(stack, axis=1)
+        features, activations = _outputs(view_forward(batch["image"]), good)
+        stack.append(features)
+        taps.append(activations)
+    return np.stack(stack, axis=1), (np.stack(taps, axis=1) if tap_shape else None)
 
 
 def _count(report: SplitReport, item: dict) -> None:

@@ -130,7 +130,7 @@ def merge_shards(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
                                   class_names=first.class_names, splits=first.splits,
                                   feature_shape=first.feature_shape, dtype=first.dtype,
                                   views=first.views, overwrite=overwrite,
-                                  multi_label=first.multi_label)
+                                  multi_label=first.multi_label, tap_shape=first.tap_shape)
         summary = MergeSummary(out, writer.complete, len(shards))
         if writer.complete:
             log(f"{out} is already complete with this configuration; nothing to do")
@@ -295,6 +295,10 @@ def _merge_split(writer: StoreWriter, split: str, plan: _Plan, log: Callable[[st
     all_skipped = [pair for p in parts for pair in p.data.skipped]
     skipped = [all_skipped[i] for i in skips.flat]
     has_views = any(p.data.views is not None for p in parts)
+    names = ("features", *(("views",) if has_views else ()),
+             *(("activations", "view_activations") if writer.tap_shape else ()))
+    if writer.tap_shape and not has_views:
+        names = names[:-1]
     # Kept only when every shard measured it: a column covering some rows would read as "measured".
     # A shard with no rows in this split never wrote the column, which is no reason to drop it.
     measured = all(p.data.pixel_std is not None or not len(p.data) for p in parts)
@@ -308,36 +312,40 @@ def _merge_split(writer: StoreWriter, split: str, plan: _Plan, log: Callable[[st
     if consumed:
         log(f"resuming split '{split}' after {consumed} items")
     row_bytes = int(np.prod(writer.feature_shape)) * np.dtype(writer.dtype).itemsize
+    if writer.tap_shape:  # float16 activations travel with each row
+        row_bytes += int(np.prod(writer.tap_shape)) * 2
     step = max(1, _COMMIT_BYTES // (row_bytes * (1 + (writer.views if has_views else 0))))
     for start in range(consumed, total, step):
         end = min(total, start + step)
         r0, r1 = (int(i) for i in np.searchsorted(rows.pos, [start, end]))
         s0, s1 = (int(i) for i in np.searchsorted(skips.pos, [start, end]))
-        features, views = _gather(writer, parts, rows, r0, r1, has_views)
-        writer.append(split, features=features, labels=labels[r0:r1], keys=keys[r0:r1],
-                      views=views, skipped=skipped[s0:s1], consumed=end,
-                      pixel_std=None if pixel_std is None else pixel_std[r0:r1])
+        arrays = _gather(writer, parts, rows, r0, r1, names)
+        writer.append(split, labels=labels[r0:r1], keys=keys[r0:r1], skipped=skipped[s0:s1], consumed=end,
+                      pixel_std=None if pixel_std is None else pixel_std[r0:r1], **arrays)
     writer.finish_split(split)
 
 
 def _gather(writer: StoreWriter, parts: list[_ShardSplit], rows: _Order, r0: int, r1: int,
-            has_views: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features (and views) of merged rows [r0, r1), read as one slice per shard."""
-    shape, dtype = tuple(writer.feature_shape), writer.dtype
-    features = np.empty((r1 - r0, *shape), dtype=dtype)
-    views = np.empty((r1 - r0, writer.views, *shape), dtype=dtype) if has_views else None
+            names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The per-row arrays ``names`` (features, and views or activations) of merged rows [r0, r1),
+    read as one slice per shard."""
+    tap = tuple(writer.tap_shape or ())
+    shapes = {"features": (tuple(writer.feature_shape), writer.dtype),
+              "views": ((writer.views, *writer.feature_shape), writer.dtype),
+              "activations": (tap, "float16"), "view_activations": ((writer.views, *tap), "float16")}
+    out = {name: np.empty((r1 - r0, *shapes[name][0]), dtype=shapes[name][1]) for name in names}
     shard, local = rows.shard[r0:r1], rows.local[r0:r1]
     for j, part in enumerate(parts):
         sel = np.flatnonzero(shard == j)
         if not len(sel):
             continue
         lo, hi = int(local[sel[0]]), int(local[sel[-1]]) + 1
-        features[sel] = part.data.features[lo:hi]
-        if views is not None:
-            if part.data.views is None:
-                raise ShardError(f"{part.where} is damaged: it has rows without views")
-            views[sel] = part.data.views[lo:hi]
-    return features, views
+        for name in names:
+            stored = getattr(part.data, name)
+            if stored is None:
+                raise ShardError(f"{part.where} is damaged: it has rows without {name}")
+            out[name][sel] = stored[lo:hi]
+    return out
 
 
 def _committed_strings(group: h5py.Group, name: str, counter: str) -> list[str]:

@@ -8,7 +8,9 @@ existed, read as single-label); one group per split with ``features`` (N, *featu
 names)),
 ``keys`` (N,) utf-8, optional ``views`` (N, K, *feature_shape), optional ``pixel_std`` (N,) float32
 (the standard deviation of each decoded image's pixels, measured during extraction; caches written
-before it existed simply lack it), ``skipped_keys``/``skipped_reasons`` (M,) utf-8, and attrs ``committed``, ``skipped_committed``, ``consumed``, ``done``.
+before it existed simply lack it), optional ``activations`` (N, *tap_shape) and
+``view_activations`` (N, K, *tap_shape) float16 (the backbone's activations at the cache's tap, the
+input of its top layers; file attr ``tap_shape``, present only then), ``skipped_keys``/``skipped_reasons`` (M,) utf-8, and attrs ``committed``, ``skipped_committed``, ``consumed``, ``done``.
 
 Crash safety: a run writes ``PATH.partial``. Each ``append`` writes rows past ``committed``,
 flushes, then advances the counters and flushes again, so ``committed`` never covers rows that are
@@ -43,13 +45,16 @@ from headstart.features._store_io import (as_labels, as_rows, check_finished, ch
 from headstart.features._store_open import PartialFile
 from headstart.features.errors import StoreError
 
-__all__ = ["StoreWriter", "create_or_resume"]
+__all__ = ["OPTIONAL_ROWS", "StoreWriter", "create_or_resume"]
+
+# Per-row datasets a split may hold beside features, labels and keys (all or none of its rows).
+OPTIONAL_ROWS = ("views", "pixel_std", "activations", "view_activations")
 
 
 def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,
                      class_names: list[str], splits: list[str], feature_shape: tuple[int, ...],
                      dtype: str, views: int = 0, overwrite: bool = False,
-                     multi_label: bool = False) -> "StoreWriter":
+                     multi_label: bool = False, tap_shape: tuple[int, ...] | None = None) -> "StoreWriter":
     """Opens a writer on ``f"{path}.partial"``: a fresh one, or the interrupted run to resume.
 
     ``overwrite`` is permission to discard what does *not* match this run (a foreign file, a cache
@@ -68,6 +73,9 @@ def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,
         overwrite: replace a mismatching or foreign file (PATH only at ``finalize``).
         multi_label: labels are (n, C) multi-hot rows (C = len(class_names)), not class indices;
             recorded as the file's ``task`` and compared on resume like the layout.
+        tap_shape: shape of one row of backbone activations at a tap (e.g. (4, 4, 56)), stored as
+            float16 ``activations`` beside the features (and ``view_activations`` beside views);
+            None for a cache without them. Compared on resume like the layout.
 
     Returns:
         A StoreWriter; ``writer.complete`` is True when PATH already holds this exact cache.
@@ -79,7 +87,7 @@ def create_or_resume(path: str | os.PathLike, *, config: dict, provenance: dict,
             unsupported. ValueError: bad arguments.
     """
     path = os.fspath(path)
-    expected = expected_header(config, class_names, splits, feature_shape, dtype, views, multi_label)
+    expected = expected_header(config, class_names, splits, feature_shape, dtype, views, multi_label, tap_shape)
     if os.path.isdir(path):
         raise StoreError(f"{path} is a directory, not a feature cache file")
     finished = check_finished(path, expected, overwrite)
@@ -113,6 +121,8 @@ class StoreWriter(PartialFile):
         self.dtype: str = expected["dtype"]
         self.views: int = expected["views"]
         self.multi_label: bool = expected["task"] == MULTI_LABEL
+        self.tap_shape: tuple[int, ...] | None = (tuple(expected["tap_shape"]) if expected["tap_shape"]
+                                                  else None)
         self._config_json = canonical_json(self.config)
         self.complete = complete_progress is not None
         self.resumed = False
@@ -143,6 +153,7 @@ class StoreWriter(PartialFile):
 
     def append(self, split: str, *, features: np.ndarray, labels: np.ndarray, keys: Sequence[str],
                views: np.ndarray | None = None, pixel_std: np.ndarray | None = None,
+               activations: np.ndarray | None = None, view_activations: np.ndarray | None = None,
                skipped: Iterable[tuple[str, str]] = (), consumed: int) -> None:
         """Commits one batch: rows [committed, committed + n), skipped pairs, then the counters.
 
@@ -156,6 +167,9 @@ class StoreWriter(PartialFile):
                 of a split or for none.
             pixel_std: (n,) standard deviation of each row's decoded pixels (near-constant images
                 score ~0); like ``views``, give it for every batch of a split or for none.
+            activations: (n, *tap_shape) backbone activations at the cache's tap (stored float16);
+                required on every batch of a cache created with ``tap_shape``, refused otherwise.
+            view_activations: (n, K, *tap_shape), the views' activations; with ``views`` only.
             skipped: (key, reason) for source items of this batch that produced no row.
             consumed: source items processed in this split so far, this batch included.
 
@@ -171,17 +185,14 @@ class StoreWriter(PartialFile):
         if consumed < state["consumed"] + n + len(skipped):
             raise ValueError(f"consumed={consumed} is less than {state['consumed']} before this "
                              f"batch + {n} rows + {len(skipped)} skipped")
-        view_rows = self._check_views(group, state, views, n)
-        if view_rows is not None:
-            check_finite(views, view_rows, keys, "augmented views")
-        std_rows = self._check_pixel_std(group, state, pixel_std, n)
+        optional = self._optional_rows(group, state, n, keys, views=views, pixel_std=pixel_std,
+                                       activations=activations, view_activations=view_activations)
 
         c, sc = state["committed"], state["skipped_committed"]
-        self._reserve(split, {name: (c, n) for name in ("features", "labels", "views", "pixel_std")},
+        self._reserve(split, {name: (c, n) for name in ("features", "labels", *OPTIONAL_ROWS)},
                       [str(k) for k in keys] + [x for pair in skipped for x in pair])
         try:
-            self._commit(group, c, sc, feats, labs, [str(k) for k in keys],
-                         {"views": view_rows, "pixel_std": std_rows}, skipped, int(consumed))
+            self._commit(group, c, sc, feats, labs, [str(k) for k in keys], optional, skipped, int(consumed))
         except OSError as exc:
             raise self._write_failed(exc) from exc
         state.update(committed=c + n, skipped_committed=sc + len(skipped), consumed=int(consumed))
@@ -191,7 +202,7 @@ class StoreWriter(PartialFile):
                 skipped: list[tuple[str, str]], consumed: int) -> None:
         """Writes one batch at rows c… (skipped pairs at sc…), flushes, then the counters.
 
-        ``optional`` maps the split's optional per-row datasets (views, pixel_std) to their rows,
+        ``optional`` maps the split's optional per-row datasets (``OPTIONAL_ROWS``) to their rows,
         None where the split does not store them.
         """
         n = len(keys)
@@ -311,7 +322,8 @@ class StoreWriter(PartialFile):
     def _expected(self) -> dict:
         return {"config": self.config, "class_names": self.class_names, "splits": self.splits,
                 "feature_shape": list(self.feature_shape), "dtype": self.dtype, "views": self.views,
-                "task": MULTI_LABEL if self.multi_label else SINGLE_LABEL}
+                "task": MULTI_LABEL if self.multi_label else SINGLE_LABEL,
+                "tap_shape": list(self.tap_shape) if self.tap_shape else None}
 
     def _split_state(self, split: str) -> dict[str, Any]:
         if split not in self._state:
@@ -334,39 +346,48 @@ class StoreWriter(PartialFile):
             raise ValueError(f"split '{split}' of {self.path} is already finished")
         return f[split], state
 
-    def _check_views(self, group: h5py.Group, state: dict, views: np.ndarray | None,
-                     n: int) -> np.ndarray | None:
-        """Validates ``views`` and creates the split's views dataset on its first batch."""
-        if views is None:
-            if "views" in group:
-                raise ValueError(f"split '{group.name[1:]}' stores views; this batch has none")
-            return None
-        if not self.views:
+    def _optional_rows(self, group: h5py.Group, state: dict, n: int, keys: Sequence[str],
+                       **given: np.ndarray | None) -> dict[str, np.ndarray | None]:
+        """Checks the batch's optional per-row arrays; returns them as stored, by dataset name."""
+        if (given["views"] is not None) != (given["view_activations"] is not None) and self.tap_shape:
+            raise ValueError("a cache with a tap stores the activations of every view: give views "
+                             "and view_activations together")
+        if self.tap_shape and given["activations"] is None:
+            raise ValueError(f"{self.path} stores activations at a tap; this batch has none")
+        if given["views"] is not None and not self.views:
             raise ValueError(f"{self.path} was created with views=0; got a views array")
-        rows = as_rows(views, (n, self.views, *self.feature_shape), self.dtype, "views")
-        if "views" not in group:
-            if state["committed"]:
-                raise ValueError(f"split '{group.name[1:]}' has rows without views; views must "
-                                 f"come with every batch of a split")
-            chunk = max(1, chunk_rows(self.feature_shape, self.dtype) // self.views)
-            create_rows(group, "views", (self.views, *self.feature_shape), self.dtype, chunk)
+        if given["activations"] is not None and not self.tap_shape:
+            raise ValueError(f"{self.path} was created without a tap; got an activations array")
+        tap = self.tap_shape or ()
+        layouts = {"views": ((self.views, *self.feature_shape), self.dtype, "augmented views"),
+                   "pixel_std": ((), "float32", None),
+                   "activations": (tap, "float16", "activations"),
+                   "view_activations": ((self.views, *tap), "float16", "views' activations")}
+        rows = {}
+        for name, (row_shape, dtype, what) in layouts.items():
+            rows[name] = self._check_optional(group, state, name, given[name], n, row_shape, dtype)
+            if rows[name] is not None and what:
+                check_finite(given[name], rows[name], keys, what)
         return rows
 
-    def _check_pixel_std(self, group: h5py.Group, state: dict, pixel_std: np.ndarray | None,
-                         n: int) -> np.ndarray | None:
-        """Validates ``pixel_std`` and creates the split's dataset on its first batch.
+    def _check_optional(self, group: h5py.Group, state: dict, name: str, array: np.ndarray | None,
+                        n: int, row_shape: tuple[int, ...], dtype: str) -> np.ndarray | None:
+        """Validates one optional array and creates its dataset on the split's first batch.
 
-        Optional so that callers that have no pixels (tests, merges of old shards) still write;
-        all-or-nothing per split so a reader never sees a column that covers only some rows.
+        Optional so that callers that have no pixels or views (tests, merges of old shards) still
+        write; all-or-nothing per split so a reader never sees a column that covers only some rows.
         """
-        if pixel_std is None:
-            if "pixel_std" in group:
-                raise ValueError(f"split '{group.name[1:]}' stores pixel_std; this batch has none")
+        split = group.name[1:]
+        if array is None:
+            if name in group:
+                raise ValueError(f"split '{split}' stores {name}; this batch has none")
             return None
-        rows = as_rows(pixel_std, (n,), "float32", "pixel_std")
-        if "pixel_std" not in group:
+        rows = as_rows(array, (n, *row_shape), dtype, name)
+        if name not in group:
             if state["committed"]:
-                raise ValueError(f"split '{group.name[1:]}' has rows without pixel_std; it must "
-                                 f"come with every batch of a split")
-            create_rows(group, "pixel_std", (), "float32", 4096)
+                raise ValueError(f"split '{split}' has rows without {name}; it must come with every "
+                                 f"batch of a split")
+            # Scalars as before (4096 rows); arrays in chunks of about _CHUNK_BYTES, like features.
+            chunk = chunk_rows(row_shape, dtype) if row_shape else 4096
+            create_rows(group, name, row_shape, dtype, chunk)
         return rows

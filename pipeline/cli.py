@@ -62,7 +62,7 @@ def main(ctx: click.Context, global_quiet: bool, global_verbose: bool) -> None:
 @click.argument("source")
 @_fields("extract", "out", "backbone", "weights", "alpha", "image_size", "pooling", "dtype", "batch_size", "splits",
          "split_specs", "validation_fraction", "test_fraction", "path_column", "label_column", "images",
-         "multi_label", "max_bad", "strict", "augment_views", "augment", "seed", "overwrite", "shard")
+         "multi_label", "max_bad", "strict", "augment_views", "augment", "seed", "overwrite", "shard", "tap")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @_library_call
 def extract_features_command(source, out, splits, split_specs, quiet, **options):
@@ -213,7 +213,8 @@ def sweep_command(caches, config_file, quiet, **options):
 @_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs",
          "path_column", "label_column", "images", "multi_label", "epochs",
          "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "probe", "probe_steps",
-         "patience", "seed", "deterministic", "parity_samples", "resume", "export", "quantize", "exclude", "class_weight", "monitor")
+         "patience", "seed", "deterministic", "parity_samples", "resume", "export", "quantize", "exclude", "class_weight", "monitor",
+         "on_cache")
 @_distribute_options("finetune")
 @_fields("finetune", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")

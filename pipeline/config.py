@@ -70,6 +70,9 @@ class ExtractConfig:
     seed: int = 0
     overwrite: bool = False
     shard: str | None = None
+    # Also cache the backbone's activations at this cut ("top:N" or a layer name; features/tap.py),
+    # so `finetune --on-cache` trains the top layers on the cache.
+    tap: str | None = None
 
 
 @dataclass
@@ -166,6 +169,8 @@ class FinetuneConfig:
     exclude: str | None = None      # CSV with a key column: dropped from train and validation
     class_weight: str = "none"      # CLASS_WEIGHT_MODES or a TOML/JSON file: class name → weight
     monitor: str = "val_loss"       # MONITORS
+    # Train the layers above the head's cache's tap on its cached activations (stages/finetune_on_cache.py).
+    on_cache: bool = False
 
 
 @dataclass

@@ -48,7 +48,8 @@ class ParityResult:
         return dataclasses.asdict(self)
 
 
-def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, batch_size: int = 32) -> ParityResult:
+def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, batch_size: int = 32,
+                 reference: Any = None, field: str = "features") -> ParityResult:
     """Compares the model's inference logits with ``head(cached features)`` on the same images.
 
     Takes the first ``samples`` good images of the validation split (else test, else train) in
@@ -60,6 +61,9 @@ def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, bat
         source: the resolved Source.
         samples: images to compare.
         batch_size: images per forward pass.
+        reference: what maps the cached rows to logits; default the model's "head" layer
+            (``finetune --on-cache`` passes its top-block model, on the activations).
+        field: the cached rows to compare on: "features", or "activations" at the cache's tap.
 
     Returns:
         A ParityResult.
@@ -68,8 +72,9 @@ def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, bat
         RunDirError: the cache is gone or changed since train-head. ParityError: a difference above
         the tolerance, or no image of the split found in the cache.
     """
-    split, keys, images, features, dtype = _sample(model, cache_info, source, samples)
-    head = model.get_layer("head")
+    split, keys, images, features, dtype = _sample(model, cache_info, source, samples, field)
+    head = reference if reference is not None else model.get_layer("head")
+    what = "the head on cached features" if field == "features" else f"its top layers on cached {field}"
     ref = np.concatenate([np.asarray(head(features[i:i + batch_size], training=False))
                           for i in range(0, len(keys), batch_size)])
     got = np.concatenate([np.asarray(model(np.stack(images[i:i + batch_size]), training=False))
@@ -80,15 +85,16 @@ def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, bat
     if not diff[worst] <= tolerance:  # also catches NaN
         raise ParityError(
             f"parity check failed: on {keys[worst]} the full model's logits {got[worst].round(4).tolist()} differ "
-            f"from the head on cached features {ref[worst].round(4).tolist()} by {diff[worst]:.3g} (tolerance "
+            f"from {what} {ref[worst].round(4).tolist()} by {diff[worst]:.3g} (tolerance "
             f"{tolerance:.3g} for a {dtype} cache, {len(keys)} {split} images): the image files, the input "
             "path or the model's preprocessing differ from what extract-features used")
     return ParityResult(split=split, samples=len(keys), max_abs_diff=float(diff[worst]), tolerance=tolerance,
                         dtype=dtype, worst_key=keys[worst])
 
 
-def _sample(model: Any, info: dict, source: Any, samples: int) -> tuple[str, list, list, np.ndarray, str]:
-    """(split, keys, raw images, their cached features float32, the cache's dtype) to compare."""
+def _sample(model: Any, info: dict, source: Any, samples: int,
+            field: str = "features") -> tuple[str, list, list, np.ndarray, str]:
+    """(split, keys, raw images, their cached rows of ``field`` as float32, those rows' dtype) to compare."""
     from headstart.features.errors import StoreError
     from headstart.features.cache import open_cache
 
@@ -113,9 +119,10 @@ def _sample(model: Any, info: dict, source: Any, samples: int) -> tuple[str, lis
                               "is SOURCE the one the features were extracted from?")
         rows = np.array([index[k] for k in keys])
         order = np.argsort(rows)  # h5py reads increasing indices only
-        features = np.empty((len(rows), *data.features.shape[1:]), np.float32)
-        features[order] = data.features[rows[order]]
-        return split, keys, images, features, str(data.features.dtype)
+        stored = getattr(data, field)
+        features = np.empty((len(rows), *stored.shape[1:]), np.float32)
+        features[order] = stored[rows[order]]
+        return split, keys, images, features, str(stored.dtype)
 
 
 def _first_cached_images(source: Any, split: str, size: int, index: dict, samples: int) -> tuple[list, list]:

@@ -125,6 +125,9 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "overwrite": OptionFact("Replace an existing cache written with another configuration.", shapes_result=False),
         "shard": OptionFact("Be worker I of N (from 0): extract a stable 1/N of each split into --out; join the N "
                             "files with merge-features.", metavar="I/N"),
+        "tap": OptionFact("Also cache the backbone's activations below its last N layers (top:N, rounded up to a "
+                          "block boundary) or at a layer's output (LAYER), float16, for `finetune --on-cache`.",
+                          metavar="top:N|LAYER"),
     },
     "head": {
         "out": OptionFact("Run directory to write.", path="dir", required=True, shapes_result=False),
@@ -175,6 +178,9 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "head_lr": OptionFact("Head learning rate when there is no --head.", bounds=POSITIVE),
         "head_batch_size": OptionFact("Batch size of the head stage when there is no --head.", bounds=at_least(1)),
         "unfreeze": OptionFact("all, top:N (last N backbone layers) or from:LAYER; BatchNorm always stays frozen."),
+        "on_cache": OptionFact("Train the backbone's layers above the head's cache's tap (extract-features --tap) on "
+                               "its cached activations and views, not on images: many epochs for the price of one; "
+                               "--unfreeze all then means every layer above the tap."),
         "augment": OptionFact("Augmentation, e.g. flip,rotate=0.1 or none; auto (with --head): keep what an "
                               "invariance audit of the head on validation finds harmless."),
         "probe": OptionFact("none, lr, unfreeze or lr,unfreeze: choose them by short fine-tunes judged on "

@@ -73,6 +73,22 @@ def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] |
         raise OptionError(f"{label('splits') if label else flag_of('extract', 'splits')} must name at least one split")
     parse_shard(config.shard)
     SourceSpec.from_config(config)  # split names and fractions
+    if config.tap is not None:
+        _check_tap(config, label)
+
+
+def _check_tap(config: ExtractConfig, label: Callable[[str], str] | None) -> None:
+    """The tap's syntax, before TensorFlow starts (whether it cuts the backbone needs the model)."""
+    from headstart.features.errors import TapError
+    from headstart.features.tap import parse_tap
+
+    name = label("tap") if label else flag_of("extract", "tap")
+    if str(config.backbone).startswith("hub:"):
+        raise OptionError(f"{name}: {config.backbone} is a KerasHub preset; a tap needs a keras.applications backbone")
+    try:
+        parse_tap(config.tap)
+    except TapError as exc:
+        raise OptionError(f"{name}: {exc}") from None
 
 
 def _check_out_file(out: Path) -> None:
@@ -109,8 +125,6 @@ def extract_features(
     """
     check_extract_config(config)
     _check_out_file(Path(config.out))
-    from headstart.features.chain import build_extractor
-
     shard = parse_shard(config.shard)
     source, splits = _open_source(config)
     for note in source.notes:
@@ -118,9 +132,8 @@ def extract_features(
     _check_known_coverage(source, splits)  # before anything is written
     if config.strict:
         _refuse_bad_images(config, source, splits, shard)
-    extractor, info = build_extractor(config.backbone, weights=config.weights, image_size=config.image_size,
-                                      alpha=config.alpha, pooling=config.pooling)
-    store_args = _store_args(config, info.to_dict(), source, splits, shard)
+    extractor, info, tap = _build_extractor(config)
+    store_args = _store_args(config, info.to_dict(), source, splits, shard, tap)
     writer = _open_writer(config, source, store_args)
     summary = ExtractSummary(path=config.out, already_complete=writer.complete,
                              backbone=info.to_dict(), class_names=list(source.class_names))
@@ -142,6 +155,21 @@ def extract_features(
         writer.close()
     _list_skipped(summary)
     return summary
+
+
+def _build_extractor(config: ExtractConfig):
+    """(extractor, info, tap or None): with ``tap`` the extractor also returns the activations there."""
+    from headstart.features.chain import build_extractor, build_tapped_extractor
+
+    from headstart.features.errors import TapError
+
+    kwargs = dict(weights=config.weights, image_size=config.image_size, alpha=config.alpha, pooling=config.pooling)
+    if config.tap:
+        try:
+            return build_tapped_extractor(config.backbone, tap=config.tap, **kwargs)
+        except TapError as exc:
+            raise OptionError(f"{flag_of('extract', 'tap')} {config.tap}: {exc}") from None
+    return (*build_extractor(config.backbone, **kwargs), None)
 
 
 def _open_writer(config: ExtractConfig, source: Any, store_args: dict) -> Any:
@@ -221,11 +249,14 @@ def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: 
 
 
 def _store_args(config: ExtractConfig, backbone: dict, source, splits: list[str],
-                shard: tuple[int, int] | None) -> dict:
+                shard: tuple[int, int] | None, tap=None) -> dict:
     """The keyword arguments of ``create_or_resume``: what the cache holds and where it came from."""
     from headstart.pipeline.data.splits import SHARD_HASH
 
     cache_config = _cache_config(config, backbone, source, splits)
+    if tap is not None:
+        # Only caches with a tap carry the key: every other cache's config is what it always was.
+        cache_config["tap"] = tap.to_dict()
     if shard is not None:
         # Only sharded caches carry the field, so unsharded configs (and old caches) are unchanged
         # and a merged cache has exactly the config of a single-process run.
@@ -234,7 +265,8 @@ def _store_args(config: ExtractConfig, backbone: dict, source, splits: list[str]
     provenance = {**_provenance(config, shard), "task": "multi_label" if multi_label else "single_label"}
     return dict(config=cache_config, provenance=provenance, class_names=list(source.class_names),
                 splits=splits, feature_shape=tuple(backbone["feature_shape"]), dtype=config.dtype,
-                views=config.augment_views, overwrite=config.overwrite, multi_label=multi_label)
+                views=config.augment_views, overwrite=config.overwrite, multi_label=multi_label,
+                tap_shape=tuple(tap.shape) if tap is not None else None)
 
 
 def _extract_splits(writer, config: ExtractConfig, source, splits: list[str], extractor, *,

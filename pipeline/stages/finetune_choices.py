@@ -20,10 +20,12 @@ AUTO = "auto"
 
 
 def check_choices(config: FinetuneConfig) -> None:
-    """The TF-free checks of ``--augment auto`` and ``--probe``.
+    """The TF-free checks of ``--augment auto``, ``--probe`` and ``--on-cache``.
 
     Raises:
-        OptionError: ``--augment auto`` without ``--head``, or a bad ``--probe``.
+        OptionError: ``--augment auto`` without ``--head``, or a bad ``--probe``; ``--on-cache`` without
+            ``--head`` (the head run names the cache) or with ``--augment auto`` / ``--probe`` (they
+            judge end-to-end fine-tunes on images).
     """
     from headstart.pipeline.data.augment import parse_augment_spec
     from headstart.pipeline.training.rate_probes import parse_probe
@@ -35,6 +37,11 @@ def check_choices(config: FinetuneConfig) -> None:
     else:
         parse_augment_spec(config.augment)
     parse_probe(config.probe)
+    if config.on_cache and not config.head:
+        raise OptionError("--on-cache needs --head: the head run names the cache (extracted with --tap) it trains on")
+    if config.on_cache and (config.augment.strip().lower() == AUTO or parse_probe(config.probe)):
+        raise OptionError("--on-cache trains on the cached views, so --augment auto and --probe (which judge "
+                          "end-to-end fine-tunes on images) do not apply; drop them")
 
 
 def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],

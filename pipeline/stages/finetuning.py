@@ -173,7 +173,8 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resu
                                    progress, measure, save)
     trained = _train(work, spec, plan, built, setup, run, progress, measure, seeded_val, log,
                      [*callbacks, *live("finetune epoch", config.batch_size)])
-    metrics: dict[str, Any] = {"stage": "finetune", "parity": _plain(parity), "head_stage": _plain(head_stage),
+    metrics: dict[str, Any] = {"stage": "finetune", "parity": parity and parity.to_dict(),
+                               "head_stage": head_stage and head_stage.to_dict(),
                                "seeded": {"validation": seeded_val}, **trained.metrics}
     sections, thresholds = _final_metrics(work, plan, built.model, trained.val_predictions)
     metrics.update(sections, **thresholds)
@@ -219,6 +220,7 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
         gate, val_predictions = apply_stage_gate(predict, built.model, val_split=plan.val_split, seeded_val=seeded_val,
                                                  seeded_weights=seeded_weights, measure=measure, log=log)
     metrics = {"unfreeze": str(spec), "lr": work.lr, "augment": work.augment, "trainable": counts,
+               **({"on_cache": counts.pop("on_cache")} if "on_cache" in counts else {}),
                "best_epoch": stage.best_epoch, "epochs_run": len(stage.epoch_seconds), "monitor": stage.monitor,
                "stage_gate": gate}
     return _Trained(stage=stage, spec=spec, probes=probes, metrics=metrics, val_predictions=val_predictions)
@@ -348,8 +350,11 @@ def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: 
                   log: Callable[[str], None], callbacks: Sequence[Any]) -> tuple[Any, dict]:
     """Unfreezes as ``--unfreeze`` asks, recompiles and fits; returns (outcome, trainable counts)."""
     from headstart.pipeline.model.assembly import trainable_counts
+    from headstart.pipeline.stages.finetune_on_cache import fit_top_blocks
     from headstart.pipeline.training.stage_fit import fit_stage
 
+    if config.on_cache:  # the layers above the cache's tap, trained on its activations
+        return fit_top_blocks(config, spec, plan, model, setup, run_dir, log, callbacks)
     unfrozen = _compile(config, plan, model, setup, spec)
     counts = trainable_counts(model)
     log(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "
@@ -361,10 +366,6 @@ def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: 
                       patience=config.patience, log=log, num_classes=plan.num_classes, callbacks=callbacks,
                       replicas=setup.replicas, multi_label=plan.multi_label, monitor=config.monitor)
     return stage, counts
-
-
-def _plain(record: Any) -> dict | None:
-    return None if record is None else record.to_dict()
 
 
 def _predict(config: FinetuneConfig, plan: FinetunePlan, model: Any, split: str,

@@ -1,0 +1,235 @@
+"""``finetune --on-cache``: fine-tune the backbone's top layers on cached activations.
+
+An end-to-end epoch runs every training image through the whole backbone. When the head run's
+cache was extracted with ``--tap top:N``, it already holds the input of the backbone's last N
+layers for every image (and for every augmented view), so the layers above the tap and the head
+can train on those activations alone: the frozen bottom of the backbone never runs again::
+
+    cached activations (B, *tap) ─▶ top layers ─▶ pooling ─▶ head ─▶ logits        (training)
+    image ─▶ preprocessing ─▶ bottom ─▶ top layers ─▶ pooling ─▶ head ─▶ logits    (the model kept)
+
+The model trained here *shares its layers* with the full chain (``features.tap.split_backbone``),
+so the fine-tuned chain needs no assembly; a parity check on images then proves that the chain
+reproduces what the top-block model computes on the cache, and the run directory is an ordinary
+finetune run (``evaluate``, ``predict`` and ``export`` take it).
+
+Augmentation on the cache: each epoch, every training row is shown as its original activations or
+one of its K cached views, drawn uniformly (the views were augmented with the cache's ``augment``);
+the image-level ``--augment`` layer never runs, since no image does. BatchNorm stays frozen as in
+every fine-tune (the shared layers are the chain's own, frozen by ``build_chain``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from headstart.pipeline.errors import OptionError
+
+
+@dataclass(frozen=True)
+class CachedRows:
+    """The rows of one split the top layers train or validate on, in memory.
+
+    Attributes:
+        activations: (N, V, *tap_shape) float16: V = 1 + the cached views (train) or 1.
+        targets: (N, …) what the loss expects (``model.head.head_labels``).
+        weights: (N,) float32 class weights (training only), or None.
+    """
+
+    activations: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray | None = None
+
+
+def on_cache_unfreeze(spec: Any, tap: dict) -> Any:
+    """The ``--unfreeze`` value on the cache: only layers above the tap can train.
+
+    "all" becomes "top:N" (every layer above the tap); "top:M" needs M ≤ N; "from:LAYER" is
+    checked once the model is built (``unfreeze_backbone``) and must lie above the tap.
+
+    Raises:
+        OptionError: top:M reaching below the tap.
+    """
+    from headstart.pipeline.model.unfreeze import Unfreeze
+
+    top = int(tap["top_layers"])
+    if spec.mode == "all":
+        return Unfreeze("top", count=top)
+    if spec.mode == "top" and spec.count > top:
+        raise OptionError(f"--unfreeze top:{spec.count} reaches below the cache's tap (top:{top}, layer "
+                          f"{tap['layer']}): --on-cache trains at most the last {top} layers; extract with a "
+                          f"deeper --tap, or fine-tune end to end")
+    return spec
+
+
+def cache_tap(cache_info: dict) -> dict:
+    """The tap of the head run's cache (``FeatureCache.tap``).
+
+    Raises:
+        OptionError: the cache has no activations (extracted without ``--tap``).
+    """
+    from headstart.features.cache import open_cache
+
+    with open_cache(cache_info["path"]) as cache:
+        if cache.tap is None:
+            raise OptionError(f"--on-cache: the head's cache {cache_info['path']} holds no activations; "
+                              "extract it again with --tap top:N (e.g. --tap top:20)")
+        return dict(cache.tap)
+
+
+def top_block_model(model: Any, tap: dict) -> Any:
+    """The part of the chain above the tap, as a model on cached activations; layers shared.
+
+    Args:
+        model: the chain (``features.chain.build_chain``: "backbone", "pooling", "head").
+        tap: the cache's tap record.
+
+    Returns:
+        Model (B, *tap_shape) float32 → the head's output; training it trains the chain.
+    """
+    import keras
+
+    from headstart.features.tap import Tap, split_backbone
+
+    _, top = split_backbone(model.get_layer("backbone"), Tap(spec=tap["spec"], top_layers=int(tap["top_layers"]),
+                                                             layer=tap["layer"], shape=tuple(tap["shape"])))
+    inputs = keras.Input(shape=tuple(tap["shape"]), dtype="float32", name="activations")
+    x = top(inputs)
+    names = {layer.name for layer in model.layers}
+    if "pooling" in names:
+        x = model.get_layer("pooling")(x)
+    return keras.Model(inputs, model.get_layer("head")(x), name="top_blocks")
+
+
+def load_rows(cache_info: dict, split: str, *, num_classes: int, multi_label: bool, views: bool,
+              exclude: set[str] = frozenset(), class_weights: Any = None) -> CachedRows | None:
+    """Reads one split's activations (and its views' with ``views``) into memory.
+
+    Returns:
+        CachedRows, or None when the cache has no such split or no row survives ``exclude``.
+    """
+    from headstart.features.cache import open_cache
+    from headstart.pipeline.model.head import head_labels
+
+    with open_cache(cache_info["path"]) as cache:
+        if split not in cache.splits:
+            return None
+        data = cache.split(split)
+        keep = np.array([key not in exclude for key in data.keys], dtype=bool)
+        if not keep.any():
+            return None
+        stack = [np.asarray(data.activations[:])[:, None]]
+        if views and data.view_activations is not None:
+            stack.append(np.asarray(data.view_activations[:]))
+        activations = np.concatenate(stack, axis=1)[keep]
+        labels = data.labels[keep]
+    weights = None if class_weights is None or multi_label else class_weights.per_sample(labels)
+    return CachedRows(activations, head_labels(labels, num_classes, multi_label), weights)
+
+
+def cached_dataset(rows: CachedRows, *, batch_size: int, seed: int | None):
+    """Batches of (activations, targets[, weights]); with ``seed``, shuffled and one view drawn per row.
+
+    Each epoch reshuffles and redraws which of a row's V stored versions it shows (``seed`` fixes
+    the sequence, so two runs see the same batches).
+    """
+    import tensorflow as tf
+
+    table = tf.constant(rows.activations)
+    extras = [tf.constant(rows.targets)] + ([tf.constant(rows.weights)] if rows.weights is not None else [])
+    n, versions = rows.activations.shape[:2]
+    index = tf.data.Dataset.range(n)
+    if seed is None:
+        pairs = index.map(lambda i: (i, tf.constant(0, tf.int64)))
+    else:
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(lambda r: tf.math.floormod(r, versions))
+        pairs = tf.data.Dataset.zip(index.shuffle(n, seed=seed, reshuffle_each_iteration=True), draws)
+
+    def gather(i, v):
+        x = tf.cast(tf.gather_nd(table, tf.stack([i, v], axis=-1)), tf.float32)
+        return (x, *[tf.gather(e, i) for e in extras])
+
+    return pairs.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, run_dir: Path,
+                   log: Callable[[str], None], callbacks: Sequence[Any]) -> tuple[Any, dict]:
+    """``finetune --on-cache``'s fit: unfreeze above the tap, train on the cache, keep the best epoch.
+
+    Returns:
+        (the fit's StageOutcome, trainable counts), as the end-to-end fit returns them; the counts
+        carry "on_cache": the tap and the parity check after training (metrics.json's "on_cache").
+
+    Raises:
+        OptionError: no tap in the cache, ``--unfreeze`` below the tap. ParityError: the chain on
+            images disagrees with the top-block model on the cache after training.
+    """
+    from headstart.pipeline.model.assembly import trainable_counts, unfreeze_backbone
+    from headstart.pipeline.model.head import compile_head
+    from headstart.pipeline.training.stage_fit import fit_stage
+
+    tap = cache_tap(plan.head_run.cache)
+    spec = on_cache_unfreeze(spec, tap)
+    unfrozen = unfreeze_backbone(model, spec)
+    _check_above_tap(model, tap, spec)
+    top = top_block_model(model, tap)
+    with setup.strategy.scope():
+        compile_head(top, plan.num_classes, config.lr, jit_compile=True if config.jit_compile else "auto",
+                     multi_label=plan.multi_label)
+    counts = trainable_counts(model)
+    train, val = _cached_splits(config, plan)
+    log(f"fine-tuning {len(unfrozen)} backbone layers with weights on cached activations (--on-cache, --unfreeze "
+        f"{spec}, tap {tap['spec']} at {tap['layer']} {tuple(tap['shape'])}), {counts['trainable_params']:,} "
+        f"trainable parameters; BatchNorm frozen")
+    stage = fit_stage(top, "finetune", run_dir=run_dir, train=train, val=val, epochs=config.epochs,
+                      patience=config.patience, log=log, num_classes=plan.num_classes, callbacks=callbacks,
+                      replicas=setup.replicas, multi_label=plan.multi_label, monitor=config.monitor)
+    parity = check_top_parity(config, plan, model, log)
+    return stage, {**counts, "on_cache": {"tap": tap, "parity": parity and parity.to_dict()}}
+
+
+def check_top_parity(config: Any, plan: Any, model: Any, log: Callable[[str], None]) -> Any:
+    """After training: the chain on images against the top-block model on the cached activations.
+
+    Returns:
+        The ParityResult, or None with ``--parity-samples 0``.
+    """
+    from headstart.pipeline.model.parity import check_parity
+
+    if not config.parity_samples:
+        return None
+    tap = cache_tap(plan.head_run.cache)
+    parity = check_parity(model, plan.head_run.cache, plan.source, samples=config.parity_samples,
+                          batch_size=config.batch_size, reference=top_block_model(model, tap), field="activations")
+    log(f"parity after training: {parity.samples} {parity.split} images, the fine-tuned model on images against "
+        f"its top layers on cached activations, largest logit difference {parity.max_abs_diff:.3g} "
+        f"(tolerance {parity.tolerance:.3g})")
+    return parity
+
+
+def _cached_splits(config: Any, plan: Any) -> tuple[Any, Any]:
+    """(shuffled train batches with views, validation batches or None), from the head's cache."""
+    from headstart.pipeline.data.exclusion import read_exclude_keys
+
+    exclude = set(read_exclude_keys(config.exclude)) if config.exclude else set()
+    common = dict(num_classes=plan.num_classes, multi_label=plan.multi_label, exclude=exclude)
+    train = load_rows(plan.head_run.cache, "train", views=True, class_weights=plan.class_weights, **common)
+    if train is None:
+        raise OptionError(f"--on-cache: the head's cache {plan.head_run.cache['path']} has no training rows")
+    val = load_rows(plan.head_run.cache, plan.val_split, views=False, **common) if plan.val_split else None
+    return (cached_dataset(train, batch_size=config.batch_size, seed=config.seed),
+            None if val is None else cached_dataset(val, batch_size=config.batch_size, seed=None))
+
+
+def _check_above_tap(model: Any, tap: dict, spec: Any) -> None:
+    """``from:LAYER`` must start above the tap: below it, nothing in the cache would reach it."""
+    if spec.mode != "from":
+        return
+    names = [layer.name for layer in model.get_layer("backbone").layers]
+    if names.index(spec.layer) < len(names) - int(tap["top_layers"]):
+        raise OptionError(f"--unfreeze from:{spec.layer} starts below the cache's tap (layer {tap['layer']}): "
+                          f"--on-cache trains only the last {tap['top_layers']} layers")
