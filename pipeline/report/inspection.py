@@ -159,6 +159,10 @@ def _format_cache(info: dict) -> str:
             if key == "weights_fingerprint":
                 value = str(value)[:16] + "…"
             lines.append(f"  {key}: {value}")
+    tap = config.get("tap")
+    if tap:
+        lines.append(f"  tap: {tap['spec']}: activations below the last {tap['top_layers']} backbone layers "
+                     f"(output of {tap['layer']}, {tuple(tap['shape'])} float16), for finetune --on-cache")
     if "class_names" in info:
         lines.append(f"  classes: {', '.join(info['class_names'])}")
     multi_label = bool(info.get("multi_label"))
