@@ -229,3 +229,21 @@ def test_shards_with_a_tap_merge_into_the_unsharded_cache(tapped, tmp_path):
             np.testing.assert_allclose(got[split]["activations"][:].astype(np.float32),
                                        ref[split]["activations"][:].astype(np.float32), rtol=1e-3, atol=1e-3)
         assert got["train"]["view_activations"].shape == ref["train"]["view_activations"].shape
+
+
+@pytest.mark.slow
+def test_probe_lr_on_the_cache_trains_each_rate_to_early_stopping_and_keeps_the_best(tapped, tmp_path):
+    out = tmp_path / "ft"
+    result = run_cli("finetune", tapped["folder"], "--head", tapped["head"], "--out", out, "--on-cache", "--probe", "lr",
+                     "--epochs", 3, "--batch-size", 8, "--parity-samples", 4)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    rates = metrics["on_cache"]["rates"]
+    assert [r["lr"] for r in rates] == [1e-5, 1e-4, 1e-3]
+    assert all(1 <= r["best_epoch"] <= r["epochs_run"] <= 3 for r in rates)
+    best = min(rates, key=lambda r: r["val_loss"])
+    assert metrics["lr"] == best["lr"] and f"kept lr {best['lr']:g}" in result.output
+    assert metrics["unfreeze"].startswith("top:")  # --unfreeze all on the cache: every layer above the tap
+    refused = run_cli("finetune", tapped["folder"], "--head", tapped["head"], "--out", tmp_path / "x", "--on-cache",
+                      "--probe", "lr,unfreeze")
+    assert refused.exit_code == 2 and "--probe lr does" in refused.output, refused.output

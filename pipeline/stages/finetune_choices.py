@@ -24,8 +24,8 @@ def check_choices(config: FinetuneConfig) -> None:
 
     Raises:
         OptionError: ``--augment auto`` without ``--head``, or a bad ``--probe``; ``--on-cache`` without
-            ``--head`` (the head run names the cache) or with ``--augment auto`` / ``--probe`` (they
-            judge end-to-end fine-tunes on images).
+            ``--head`` (the head run names the cache) or with ``--augment auto`` / ``--probe unfreeze``
+            (they judge end-to-end fine-tunes on images).
     """
     from headstart.pipeline.data.augment import parse_augment_spec
     from headstart.pipeline.training.rate_probes import parse_probe
@@ -39,9 +39,9 @@ def check_choices(config: FinetuneConfig) -> None:
     parse_probe(config.probe)
     if config.on_cache and not config.head:
         raise OptionError("--on-cache needs --head: the head run names the cache (extracted with --tap) it trains on")
-    if config.on_cache and (config.augment.strip().lower() == AUTO or parse_probe(config.probe)):
-        raise OptionError("--on-cache trains on the cached views, so --augment auto and --probe (which judge "
-                          "end-to-end fine-tunes on images) do not apply; drop them")
+    if config.on_cache and (config.augment.strip().lower() == AUTO or "unfreeze" in parse_probe(config.probe)):
+        raise OptionError("--on-cache trains on the cached views and above the cache's tap, so --augment auto and "
+                          "--probe unfreeze (which judge end-to-end fine-tunes on images) do not apply; --probe lr does")
 
 
 def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],
@@ -67,7 +67,8 @@ def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Call
 def probe_rates(config: FinetuneConfig, plan: Any, model: Any, *, prepare: Callable[[str], None], train: Any,
                 score: Callable[[], float], measure: str, seeded_val: dict | None, progress: dict,
                 save: Callable[[], None], log: Callable[[str], None]) -> Any:
-    """``--probe``'s short fine-tunes; returns a ``rate_probes.ProbeResult`` (None without ``--probe``).
+    """``--probe``'s short fine-tunes; returns a ``rate_probes.ProbeResult`` (None without ``--probe``, and
+    with ``--on-cache``, whose fit tries the rates itself).
 
     Args:
         prepare: unfreezes as an ``--unfreeze`` value says and recompiles.
@@ -77,7 +78,7 @@ def probe_rates(config: FinetuneConfig, plan: Any, model: Any, *, prepare: Calla
     from headstart.pipeline.training import rate_probes
 
     probe = rate_probes.parse_probe(config.probe)
-    if not probe:
+    if not probe or config.on_cache:  # on the cache each rate trains to early stopping instead (finetune_on_cache)
         return None
     if not plan.val_split:
         raise OptionError("--probe needs a validation split to judge the probes on, and SOURCE has none")

@@ -160,36 +160,78 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
                    log: Callable[[str], None], callbacks: Sequence[Any]) -> tuple[Any, dict]:
     """``finetune --on-cache``'s fit: unfreeze above the tap, train on the cache, keep the best epoch.
 
+    With ``--probe lr`` every rate of ``rate_probes.PROBE_LRS`` trains from the seeded weights to
+    early stopping (an epoch on the cache is cheap, so each look runs until it answers rather than
+    for one epoch) and the one with the best validation measure is kept: its fit *is* the fine-tune.
+
     Returns:
-        (the fit's StageOutcome, trainable counts), as the end-to-end fit returns them; the counts
-        carry "on_cache": the tap and the parity check after training (metrics.json's "on_cache").
+        (the kept fit's StageOutcome, trainable counts), as the end-to-end fit returns them; the counts
+        carry "metrics": what metrics.json records instead of the request (the effective ``unfreeze``,
+        the ``lr`` kept) and "on_cache": the tap, the rates tried and the parity check after training.
 
     Raises:
         OptionError: no tap in the cache, ``--unfreeze`` below the tap. ParityError: the chain on
             images disagrees with the top-block model on the cache after training.
     """
     from headstart.pipeline.model.assembly import trainable_counts, unfreeze_backbone
-    from headstart.pipeline.model.head import compile_head
-    from headstart.pipeline.training.stage_fit import fit_stage
+    from headstart.pipeline.training.rate_probes import PROBE_LRS, parse_probe
 
     tap = cache_tap(plan.head_run.cache)
     spec = on_cache_unfreeze(spec, tap)
     unfrozen = unfreeze_backbone(model, spec)
     _check_above_tap(model, tap, spec)
     top = top_block_model(model, tap)
-    with setup.strategy.scope():
-        compile_head(top, plan.num_classes, config.lr, jit_compile=True if config.jit_compile else "auto",
-                     multi_label=plan.multi_label)
     counts = trainable_counts(model)
     train, val = _cached_splits(config, plan)
     log(f"fine-tuning {len(unfrozen)} backbone layers with weights on cached activations (--on-cache, --unfreeze "
         f"{spec}, tap {tap['spec']} at {tap['layer']} {tuple(tap['shape'])}), {counts['trainable_params']:,} "
         f"trainable parameters; BatchNorm frozen")
-    stage = fit_stage(top, "finetune", run_dir=run_dir, train=train, val=val, epochs=config.epochs,
-                      patience=config.patience, log=log, num_classes=plan.num_classes, callbacks=callbacks,
-                      replicas=setup.replicas, multi_label=plan.multi_label, monitor=config.monitor)
+    rates = PROBE_LRS if "lr" in parse_probe(config.probe) else (config.lr,)
+    seeded, tried, best = top.get_weights(), [], None
+    for lr in rates:
+        top.set_weights(seeded)
+        stage, score = _fit_rate(config, plan, top, setup, run_dir, lr, train, val, log, callbacks, many=len(rates) > 1)
+        tried.append({"lr": lr, "best_epoch": stage.best_epoch, "epochs_run": len(stage.epoch_seconds),
+                      "seconds": round(sum(stage.epoch_seconds), 2), stage.monitor: score})
+        if best is None or _better(score, best[1], stage.monitor):
+            best = (stage, score, lr, top.get_weights())
+    stage, score, lr, weights = best
+    top.set_weights(weights)
+    if len(rates) > 1:
+        log(f"on the cache: kept lr {lr:g} ({stage.monitor} {score:.4f}, epoch {stage.best_epoch} of "
+            f"{len(stage.epoch_seconds)}) of {', '.join(f'{r:g}' for r in rates)}")
     parity = check_top_parity(config, plan, model, log)
-    return stage, {**counts, "on_cache": {"tap": tap, "parity": parity and parity.to_dict()}}
+    return stage, {**counts, "metrics": {"unfreeze": str(spec), "lr": lr},
+                   "on_cache": {"tap": tap, "rates": tried, "parity": parity and parity.to_dict()}}
+
+
+def _fit_rate(config: Any, plan: Any, top: Any, setup: Any, run_dir: Path, lr: float, train: Any, val: Any,
+              log: Callable[[str], None], callbacks: Sequence[Any], *, many: bool) -> tuple[Any, float]:
+    """One fit of the top layers at ``lr`` to early stopping (its own backup, so a kill resumes it);
+    returns (its StageOutcome, the monitored value at its best epoch; NaN when none was finite)."""
+    from headstart.pipeline.model.head import compile_head
+    from headstart.pipeline.training.stage_fit import fit_stage
+
+    with setup.strategy.scope():
+        compile_head(top, plan.num_classes, lr, jit_compile=True if config.jit_compile else "auto",
+                     multi_label=plan.multi_label)
+    if many:
+        log(f"on the cache at lr {lr:g}:")
+    stage = fit_stage(top, f"finetune-lr{lr:g}" if many else "finetune", run_dir=run_dir, train=train, val=val,
+                      epochs=config.epochs, patience=config.patience, log=log, num_classes=plan.num_classes,
+                      callbacks=callbacks, replicas=setup.replicas, multi_label=plan.multi_label, monitor=config.monitor)
+    values = stage.history.get(stage.monitor, [])
+    score = values[stage.best_epoch - 1] if stage.best_epoch and len(values) >= stage.best_epoch else float("nan")
+    return stage, float(score)
+
+
+def _better(score: float, best: float, monitor: str) -> bool:
+    """Whether ``score`` beats ``best`` for ``monitor`` (losses: lower; measures: higher); NaN never does."""
+    if score != score:
+        return False
+    if best != best:
+        return True
+    return score < best if monitor.endswith("loss") else score > best
 
 
 def check_top_parity(config: Any, plan: Any, model: Any, log: Callable[[str], None]) -> Any:

@@ -220,7 +220,7 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
         gate, val_predictions = apply_stage_gate(predict, built.model, val_split=plan.val_split, seeded_val=seeded_val,
                                                  seeded_weights=seeded_weights, measure=measure, log=log)
     metrics = {"unfreeze": str(spec), "lr": work.lr, "augment": work.augment, "trainable": counts,
-               **({"on_cache": counts.pop("on_cache")} if "on_cache" in counts else {}),
+               **counts.pop("metrics", {}), **({"on_cache": counts.pop("on_cache")} if "on_cache" in counts else {}),
                "best_epoch": stage.best_epoch, "epochs_run": len(stage.epoch_seconds), "monitor": stage.monitor,
                "stage_gate": gate}
     return _Trained(stage=stage, spec=spec, probes=probes, metrics=metrics, val_predictions=val_predictions)
