@@ -105,7 +105,7 @@ def test_out_policy_reuse_refusal_overwrite(photos, tmp_path):
 
 
 @pytest.mark.parametrize("make, args, says", [
-    (lambda t: make_class_folders(t / "one", classes=("cats",)), ["--out", "{t}/o"], "1 class folder(s); a classifier needs 2"),
+    (lambda t: make_class_folders(t / "one", classes=("cats",)), ["--out", "{t}/o"], "1 class folder ('cats'); a classifier needs 2"),
     (lambda t: t / "missing", ["--out", "{t}/o"], "not a folder of class folders"),
     (lambda t: make_class_folders(t / "tiny", per_class=2), ["--out", "{t}/o"], "class 'cats' has 2 distinct image(s)"),
     (lambda t: make_class_folders(t / "p"), ["--out", "{t}/o", "--fractions", "70,30"], "--fractions must be three"),

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from headstart.features.file_hash import sha256_file
 from headstart.pipeline.config import SplitConfig
-from headstart.pipeline.data.splits import SPLIT_FOLDERS, assign_stratified, list_class_folders
+from headstart.pipeline.data.splits import SPLIT_FOLDERS, assign_stratified, check_class_folders, \
+    list_class_folders
 from headstart.pipeline.errors import DataError, OptionError, OutputError, RunDirError
 from headstart.pipeline.options.facts import check_config
 from headstart.pipeline.report.files import write_json_atomic
@@ -109,12 +110,11 @@ def split_folders(config: SplitConfig) -> SplitResult:
     root, out = _source_root(config.source), Path(config.out).absolute()
     if out.resolve() == root or root in out.resolve().parents or out.resolve() in root.parents:
         raise RunDirError(f"--out {config.out} overlaps SOURCE {config.source}; choose a folder outside it")
+    check_class_folders(root, config.source)  # one class, or loose images: the words every command uses
     listing = list_class_folders(root, config.source, validation_fraction=0, test_fraction=0)
     if listing.layout == "explicit":
         raise DataError(f"{config.source}: already split into {', '.join(listing.split_names)}/ folders; "
                         f"give the folder of class folders")
-    if len(listing.class_names) < 2:
-        raise DataError(f"{config.source}: {len(listing.class_names)} class folder(s); a classifier needs 2 or more")
     skipped = {**listing.loops, **listing.not_regular}
     files = [(key, listing.class_names[label]) for key, label in listing.items["train"] if key not in skipped]
     notes = [f"warning: skipped {len(skipped)} entr(ies) that are not files (e.g. {printable(next(iter(skipped)))}: "
