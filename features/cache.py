@@ -234,7 +234,9 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
                 raise StoreInUseError(f"{path} is still being written by another process (to "
                                       f"{partial_path(path)}); wait for it to finish")
             raise StoreError(f"{path} {_INCOMPLETE}")
-        raise StoreError(f"{path}: no such file")
+        # train-head, sweep and diagnose read a cache that only extract-features writes: say so.
+        raise StoreError(f"{path}: no such file; write the cache first with "
+                         f"`headstart extract-features SOURCE --out {path}`")
     return FeatureCache(path)
 
 

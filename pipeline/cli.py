@@ -19,7 +19,7 @@ from headstart.pipeline.cli_options import run_options as _run_options
 from headstart.pipeline.cli_output import console as _console
 from headstart.pipeline.cli_output import echo as _echo
 from headstart.pipeline.cli_output import echo_json as _echo_json
-from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneConfig, HeadConfig
+from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneConfig, HeadConfig, SplitConfig
 from headstart.pipeline.startup import quiet_tensorflow_startup, show_tensorflow_startup
 
 
@@ -92,12 +92,22 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
         _echo(f"{summary.path}: already complete")
         return
     for split, info in summary.splits.items():
-        _echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped, "
-                   f"{info['images_per_second']:.1f} images/s")
+        _echo(f"{split}: {info['rows']} rows, {info['skipped']} skipped, {info['images_per_second']:.1f} images/s")
     for line in skipped_lines(summary.skipped, summary.skipped_csv, shown=0 if quiet else SHOWN):
         _echo(line)  # at most SHOWN items, then counts per reason; every one is in the CSV
-    _echo(f"wrote {summary.path} ({summary.backbone['backbone']}, {len(summary.class_names)} classes, "
-               f"{summary.seconds:.1f} s)")
+    _echo(f"wrote {summary.path} ({summary.backbone['backbone']}, {len(summary.class_names)} classes, {summary.seconds:.1f} s)")
+
+
+@main.command("split")
+@click.argument("source", type=click.Path())
+@_fields("split", "out", "fractions", "seed", "copy", "overwrite")
+@_library_call
+def split_command(source, **options):
+    """Lay out a folder of class folders as OUT/{train,validation,test}/<class>/, stratified per class;
+    links to SOURCE's files (--copy copies them), files with the same bytes in one split."""
+    from headstart.pipeline.stages.splitting import split_folders
+
+    _echo(split_folders(SplitConfig(source=source, **options)).table())
 
 
 @main.command("merge-features")
@@ -348,10 +358,10 @@ def inspect_command(path, as_json):
 def run_command(source, out, config_file, overwrite, quiet, verbose, **flags):
     """Run extract-features → train-head → finetune → evaluate into one run directory.
 
-    SOURCE is `tfds:NAME`, a folder of class folders or a .csv/.jsonl label file (or `source` in --config). With no options,
-    `headstart run tfds:cats_vs_dogs --out runs/guide` follows the Keras guide end to end. Run the
-    same command again: finished stages are reused, an interrupted one resumes. The resolved
-    config is written to RUN_DIR/config.toml; `--config RUN_DIR/config.toml` reproduces the run.
+    SOURCE is `tfds:NAME`, a folder of class folders or a .csv/.jsonl label file (or `source` in --config).
+    By default (--recipe auto) what you leave unset is chosen on validation (augmentation, head, image
+    size, fine-tuning rate and depth); --recipe guide is the Keras guide's fixed recipe. Run it again:
+    finished stages are reused, an interrupted one resumes; `--config RUN_DIR/config.toml` reproduces it.
     """
     from headstart.pipeline.run.runner import load_run_config, run_pipeline
     from headstart.pipeline.run.console import Console

@@ -233,6 +233,18 @@ class DemoConfig:
 
 
 @dataclass
+class SplitConfig:
+    """What ``headstart split`` needs: a class-folder SOURCE laid out as OUT/{train,validation,test}/<class>/."""
+
+    source: str = ""
+    out: str = ""
+    fractions: str = "70,10,20"     # train,validation,test shares, normalized by their sum
+    seed: int = 0                   # 0: the split extract-features' hashed layout makes of SOURCE
+    copy: bool = False              # False: symbolic links to SOURCE's files
+    overwrite: bool = False
+
+
+@dataclass
 class SweepConfig:
     """What ``sweep`` needs; the search space itself is ``headstart.pipeline.sweep.space.SearchSpace``."""
 

@@ -29,9 +29,12 @@ CASES = [
     ("run-out-is-file", "run {ws}/images --out {ws}/notes.txt", "is a file", "domain"),
     ("run-out-foreign", "run {ws}/images --out {ws}/images", "holds no headstart run", "domain"),
     ("run-other-config", "run {ws}/images --out {ws}/prev --epochs 7",
-     "[finetune] epochs = 4 there, 7 now", "domain"),
+     "(--epochs 4 there, 7 now)", "domain"),
     ("run-other-source", "run {ws}/images2 --out {ws}/prev", "holds a run with another configuration", "domain"),
     ("run-one-class", "run {ws}/oneclass --out {ws}/new", "a classifier needs 2 or more", "domain"),
+    ("run-unlabelled", "run {ws}/loose --out {ws}/new", "no class folders (its 2 file(s) are not in a class folder, so "
+     "they have no labels); put the images in one folder per class (DIR/<class>/<image>), or give a .csv/.jsonl "
+     "label file", "domain"),
     # headstart run: option values
     ("run-bad-int", "run {ws}/images --out {ws}/new --image-size big", "'big' is not a valid integer", "usage"),
     ("run-bad-choice", "run {ws}/images --out {ws}/new --pooling mean", "'mean' is not one of", "usage"),
@@ -76,7 +79,8 @@ CASES = [
     ("extract-out-is-dir", "extract-features {ws}/images --out {ws}/prev", "is a directory", "usage"),
     ("extract-batch-size", "extract-features {ws}/images --out {ws}/f.h5 --batch-size 0",
      "--batch-size must be at least 1", "domain"),
-    ("train-head-missing", "train-head {ws}/nothing.h5 --out {ws}/newhead", "nothing.h5", "domain"),
+    ("train-head-missing", "train-head {ws}/nothing.h5 --out {ws}/newhead",
+     "nothing.h5: no such file; write the cache first with `headstart extract-features SOURCE --out ", "domain"),
     ("train-head-not-hdf5", "train-head {ws}/notes.txt --out {ws}/newhead", "notes.txt", "domain"),
     ("train-head-epochs", "train-head {ws}/prev/features.h5 --out {ws}/newhead --epochs -1",
      "--epochs must be 0 or more", "domain"),  # 0: until early stopping
@@ -148,6 +152,9 @@ def workspace(tmp_path_factory):
     make_class_folders(ws / "images", per_class=4)
     make_class_folders(ws / "images2", per_class=4, seed=1)
     make_class_folders(ws / "oneclass", classes=("cats",), per_class=3)
+    (ws / "loose").mkdir()
+    for image in sorted((ws / "images" / "cats").iterdir())[:2]:  # images with no class folder: no labels
+        (ws / "loose" / image.name).write_bytes(image.read_bytes())
     (ws / "notes.txt").write_text("not an image, not HDF5, not a model\n")
     prev = ws / "prev"
     (prev / "head").mkdir(parents=True)

@@ -134,14 +134,24 @@ def test_a_head_run_is_rebuilt_checked_exported_and_predicted(trained, tmp_path)
     assert shown.stdout.split("\t")[1] in ("cats", "dogs")  # the names, not "0" / "1"
     assert "XNNPACK" not in shown.stderr and "INFO:" not in shown.stderr, shown.stderr
     assert "predict: 1/1 (100%)" in shown.stderr  # the progress line (item 3)
-    # The same again is already done; another format is refused by the --out policy; --overwrite replaces.
+    # The same again is already done; another format is added beside them (issue 27: it was refused);
+    # other options are refused by the --out policy; --overwrite replaces.
     stamp = (out / "model.tflite").stat().st_mtime_ns
     again = cli("export", trained.head / "head.keras", "--out", out, "--format", "tflite", "--format", "saved_model")
     assert again.exit_code == 0 and "already done" in again.output, again.output
     assert (out / "model.tflite").stat().st_mtime_ns == stamp
-    other = cli("export", trained.head, "--out", out, "--format", "onnx")
-    assert other.exit_code == 2 and "with another configuration (--format ['saved_model', 'tflite'] there, " \
-                                    "['onnx'] now)" in other.output, other.output
+    added = cli("export", trained.head, "--out", out, "--format", "onnx")
+    assert added.exit_code == 0 and "exporting onnx to" in added.output, added.output
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "model.tflite", "saved_model"]
+    assert (out / "model.tflite").stat().st_mtime_ns == stamp  # what was there is kept, not written again
+    written = record(out)
+    assert written["complete"] and written["options"]["formats"] == ["onnx", "saved_model", "tflite"]
+    assert {"onnx", "saved_model", "tflite"} <= set(written["checks"]) and written["checks"]["onnx"]["agreement"] == 1.0
+    subset = cli("export", trained.head, "--out", out, "--format", "onnx")
+    assert subset.exit_code == 0 and "already done" in subset.output, subset.output
+    other = cli("export", trained.head, "--out", out, "--format", "tflite", "--quantize", "float16")
+    assert other.exit_code == 2 and "with another configuration (--quantize 'none' there, 'float16' now)" \
+        in other.output, other.output
     replaced = cli("export", trained.head, "--out", out, "--format", "onnx", "--overwrite", "--quiet")
     assert replaced.exit_code == 0, replaced.output
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx"]  # nothing stale left

@@ -69,6 +69,37 @@ def test_settle_decides_from_what_the_directory_recorded(tmp_path):
         settle(tmp_path / "file", what="x", wanted={}, recorded=None, finished=False, overwrite=True)
 
 
+def test_a_directory_holding_only_its_record_computed_nothing_and_is_a_fresh_start(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.toml").write_text("x")
+    other = dict(what="run", wanted={"epochs": 3}, recorded={"epochs": 2}, finished=False, overwrite=False)
+    assert settle(out, record_files=("config.toml",), **other) == FRESH
+    with pytest.raises(RunDirError, match="another configuration"):  # without the hint, the record is a run
+        settle(out, **other)
+    with pytest.raises(RunDirError, match="holds no run"):  # a record that does not read back is protected
+        settle(out, what="run", wanted={}, recorded=None, finished=False, overwrite=False,
+               record_files=("config.toml",))
+    (out / "features.h5.partial").write_text("x")  # something computed: protected again
+    with pytest.raises(RunDirError, match=r"\(--epochs 2 there, 3 now\)"):
+        settle(out, record_files=("config.toml",), label=lambda k: f"--{k}", **other)
+
+
+def test_a_run_refusal_names_the_differing_options_in_words():
+    from headstart.pipeline.run.toml_config import describe_differences
+
+    there = {"source": "/d", "recipe": "auto", "budget": None, "set explicitly": ["extract.image_size", "finetune.epochs"],
+             "[extract] image_size =": 224, "[extract] weights =": "imagenet", "[finetune] epochs =": 2}
+    now = {**there, "set explicitly": ["extract.weights", "finetune.epochs"], "[extract] image_size =": 150,
+           "[extract] weights =": "/w.h5", "[finetune] epochs =": 3}
+    assert describe_differences(there, now) == ("--image-size 224 there, auto now; --weights auto there, /w.h5 now; "
+                                                "--epochs 2 there, 3 now")
+    assert describe_differences(there, dict(there)) is None
+    assert describe_differences(there, {**there, "recipe": "guide"}) == "--recipe auto there, guide now"
+    guide = {"source": "/d", "recipe": "guide", "[head] weight_decay =": 0.0}
+    assert describe_differences(guide, {**guide, "[head] weight_decay =": 0.1}) == "[head] weight_decay 0.0 there, 0.1 now"
+
+
 def test_a_second_writer_is_refused_naming_the_first_and_a_killed_one_blocks_no_one(tmp_path):
     out = tmp_path / "run"
     holder = _hold(tmp_path, out)

@@ -48,6 +48,10 @@ cases = [
     ["run", ws + "/photoz", "--out", ws + "/run"],
     ["run", "--config", ws + "/bad.toml"],
     ["run", ws + "/images", "--out", ws + "/occupied"],
+    ["run", ws + "/oneclass", "--out", ws + "/run"],      # issue 27: these waited ~20 s for TensorFlow
+    ["run", ws + "/loose", "--out", ws + "/run"],
+    ["extract-features", ws + "/oneclass", "--out", ws + "/f.h5"],
+    ["split", ws + "/oneclass", "--out", ws + "/split"],
     ["evaluate", ws + "/nope.keras", ws + "/images"],
     ["predict", ws + "/nope.keras", ws + "/a.jpg"],
     ["demo", "--data", ws + "/photoz"],
@@ -71,6 +75,10 @@ print("OK")
 
 def test_checks_that_need_no_tensorflow_run_before_it_is_imported(tmp_path):
     make_class_folders(tmp_path / "images", per_class=2)
+    make_class_folders(tmp_path / "oneclass", classes=("cats",), per_class=2)
+    for image in (tmp_path / "oneclass" / "cats").iterdir():
+        (tmp_path / "loose").mkdir(exist_ok=True)
+        (tmp_path / "loose" / image.name).write_bytes(image.read_bytes())
     (tmp_path / "bad.toml").write_text('source = "x"\nout = "y"\n[head]\nepoch = 3\n')
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")

@@ -122,8 +122,22 @@ def test_another_configuration_is_refused_and_nothing_changes(env, finished):
     result = cli("run", env.data, "--out", finished.run_dir, *env.flags, "--epochs", "3")
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0, result.output
-    assert "[finetune] epochs = 2 there, 3 now" in result.output and "--overwrite" in result.output
+    assert "(--epochs 2 there, 3 now)" in result.output and "--overwrite" in result.output
     assert digests(finished.run_dir) == before
+
+
+def test_a_failed_first_run_never_blocks_the_corrected_command(env, tmp_path):
+    # Issue 27: weights that cannot load left config.toml, and the corrected command was refused
+    # ("holds a run with another configuration ... pass --overwrite").
+    run_dir, junk = tmp_path / "run", tmp_path / "junk.weights.h5"
+    junk.write_bytes(b"not an HDF5 file")
+    failed = cli("run", env.data, "--out", run_dir, *env.flags, "--weights", junk)
+    assert failed.exit_code == 2 and "--weights" in failed.output, failed.output
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.toml"]  # what the issue's user was left with
+    corrected = cli("run", env.data, "--out", run_dir, *env.flags)
+    assert corrected.exit_code == 0, corrected.output
+    assert (run_dir / "summary.json").is_file()
+    assert str(junk) not in (run_dir / "config.toml").read_text()
 
 
 def test_config_file_reproduces_the_run_and_flags_override_it(env, finished):

@@ -119,12 +119,45 @@ def list_class_folders(root: Path, spec: str, *, validation_fraction: float,
     class_names = sorted({cls for _, _, cls in files})
     if not class_names:
         raise DataError(f"{spec}: no class folders found (expected DIR/<class>/<image> "
-                        f"or DIR/{{train,validation,test}}/<class>/<image>)")
+                        f"or DIR/{{train,validation,test}}/<class>/<image>{_LABEL_FILE_WAY})")
     index = {name: i for i, name in enumerate(class_names)}
     items: dict[str, list[tuple[str, int]]] = {s: [] for s in split_names}
     for split, key, cls in sorted(files):
         items[split].append((key, index[cls]))
     return FolderListing(layout, split_names, split_specs, class_names, items, loops, not_regular, notes)
+
+
+#: The other way to give labels, named when a folder has none.
+_LABEL_FILE_WAY = ", or give a .csv/.jsonl label file (path and label columns) as SOURCE"
+
+
+def check_class_folders(root: Path, spec: str) -> None:
+    """Refuses a folder SOURCE with fewer than two class folders, from its top-level listing only.
+
+    No walk and no TensorFlow, so the commands that train (extract-features, run) refuse it at once
+    rather than after TensorFlow's start-up (about 20 s on 2 cores); ``list_class_folders`` still
+    checks the rest (empty class folders, mixed layouts) when the source is opened.
+
+    Raises:
+        DataError: no class folder (loose images: naming a label file as the other way), or one.
+    """
+    top = _subfolders(root)
+    split_dirs = [d for d in SPLIT_FOLDERS if d in top]
+    if split_dirs and set(top) - set(split_dirs):
+        return  # a mixed layout: list_class_folders says what is wrong with it
+    classes = sorted({c for d in split_dirs for c in _subfolders(root / d)}) if split_dirs else top
+    if not classes:
+        try:
+            loose = sum(1 for e in os.scandir(root) if _visible(e.name) and not e.is_dir())
+        except OSError:
+            loose = 0
+        held = f" (its {loose} file(s) are not in a class folder, so they have no labels)" if loose else ""
+        raise DataError(f"{spec}: no class folders{held}; put the images in one folder per class "
+                        f"(DIR/<class>/<image>){_LABEL_FILE_WAY}")
+    if len(classes) < 2:
+        where = f"{'/'.join(split_dirs)}/" if split_dirs else ""
+        raise DataError(f"{spec}: 1 class folder ({where}'{classes[0]}'); a classifier needs 2 or more: add a folder "
+                        f"per class{_LABEL_FILE_WAY}")
 
 
 def hashed_split_specs(validation_fraction: float, test_fraction: float) -> dict[str, str]:

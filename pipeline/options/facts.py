@@ -24,14 +24,14 @@ from typing import Any, Callable
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
 from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, MONITORS, NORMALIZATIONS, QUANTIZE_MODES,
                                       RECIPES, STRATEGIES, DemoConfig, DiagnoseConfig, ExportConfig, ExtractConfig,
-                                      FinetuneConfig, HeadConfig, RunConfig, SweepConfig)
+                                      FinetuneConfig, HeadConfig, RunConfig, SplitConfig, SweepConfig)
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.bounds import HIDDEN_UNITS, IMAGE_SIZE, POSITIVE, SEED, SHARE, Bounds, at_least
 
 #: Section name → its config dataclass; "top" holds the top-level keys of ``headstart run``.
 SECTIONS: dict[str, type] = {"extract": ExtractConfig, "head": HeadConfig, "finetune": FinetuneConfig}
 _CLASSES: dict[str, type] = {**SECTIONS, "top": RunConfig, "sweep": SweepConfig, "diagnose": DiagnoseConfig,
-                             "demo": DemoConfig, "export": ExportConfig}
+                             "demo": DemoConfig, "export": ExportConfig, "split": SplitConfig}
 _EXTRACT = ExtractConfig()  # finetune without --head falls back to these
 
 
@@ -277,6 +277,16 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "overwrite": OptionFact("Replace an export directory written from another model or with other options.",
                                 shapes_result=False),
     },
+    "split": {
+        "out": OptionFact("Directory to lay out as OUT/{train,validation,test}/<class>/.", path="dir", required=True,
+                          shapes_result=False),
+        "fractions": OptionFact("Shares of train, validation and test, per class (normalized by their sum; "
+                                "0 leaves a split out).", metavar="TRAIN,VAL,TEST"),
+        "seed": OptionFact("Salt of the split hash; 0 gives the split extract-features makes of SOURCE itself.",
+                           bounds=SEED),
+        "copy": OptionFact("Copy the files instead of linking to them."),
+        "overwrite": OptionFact("Replace OUT's train/, validation/ and test/ folders.", shapes_result=False),
+    },
     "top": {
         "recipe": OptionFact("auto: choose augmentation, head, image size and the fine-tuning rate and depth on "
                              "validation (what you set is kept as given); guide: the Keras guide's fixed recipe.",
@@ -329,7 +339,8 @@ def field_kind(section: str, name: str) -> str:
 
 #: The argument of each command that names its input, as ``--help`` spells it.
 POSITIONALS = {"extract": ("source", "SOURCE"), "head": ("features", "FEATURES"), "finetune": ("source", "SOURCE"),
-               "diagnose": ("features", "CACHE"), "sweep": ("caches", "CACHE"), "export": ("model", "RUN_OR_MODEL")}
+               "diagnose": ("features", "CACHE"), "sweep": ("caches", "CACHE"), "export": ("model", "RUN_OR_MODEL"),
+               "split": ("source", "SOURCE")}
 
 
 def check_value(section: str, name: str, value: Any, *, label: str | None = None) -> None:

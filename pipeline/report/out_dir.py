@@ -15,12 +15,16 @@ Every command that writes a directory (``run``, ``train-head``, ``finetune``, ``
 2. **Policy** (``settle``), decided under the lock from what the directory records of the options
    it was made with:
 
-   - missing or empty: a fresh start;
+   - missing or empty: a fresh start; so is a directory holding only the files that record how it
+     was started (``record_files``: ``run``'s config.toml) once they read as this command's, because
+     nothing was computed there (a first run that failed, e.g. on weights that would not load, never
+     blocks the corrected command);
    - ``--overwrite``: replace (nothing is deleted up front; the command writes over its own files);
    - made with the same options: finished → ``"reuse"`` (the command says "already done" and
      returns the recorded result), unfinished → ``"resume"`` (the command continues or redoes it);
    - anything else (other options, another command's files, files that are not headstart's):
-     refused with ``RunDirError`` naming the first differing option with both values.
+     refused with ``RunDirError`` naming the first differing option with both values (or, with
+     ``describe``, the differences in the command's own words).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 from headstart.pipeline.errors import OutputError, RunDirBusyError, RunDirError
 from headstart.pipeline.report.rundir import RunDir
@@ -41,12 +45,14 @@ from headstart.pipeline.report.rundir import RunDir
 LOCK_FILE = ".headstart.lock"
 #: What ``settle`` decides.
 FRESH, REUSE, RESUME, REPLACE = "fresh", "reuse", "resume", "replace"
+#: Words the differences between a directory's recorded options and this call's (None: they agree).
+Describe = Callable[[Mapping[str, Any], Mapping[str, Any]], "str | None"]
 
 
-def is_empty(path: str | os.PathLike) -> bool:
-    """Whether a directory is missing or holds nothing but the lock file."""
+def is_empty(path: str | os.PathLike, besides: Collection[str] = ()) -> bool:
+    """Whether a directory is missing or holds nothing but the lock file (and the files named ``besides``)."""
     path = Path(path)
-    return not path.is_dir() or all(p.name == LOCK_FILE for p in path.iterdir())
+    return not path.is_dir() or all(p.name == LOCK_FILE or p.name in besides for p in path.iterdir())
 
 
 def check_out_path(path: str | os.PathLike, option: str = "--out") -> Path:
@@ -82,7 +88,8 @@ def _plain(value: Any) -> Any:
 
 def settle(path: str | os.PathLike, *, what: str, wanted: Mapping[str, Any], recorded: Mapping[str, Any] | None,
            finished: bool, overwrite: bool, label: Callable[[str], str] = str, option: str = "--out",
-           foreign: str | None = None, overwrite_hint: str = "pass --overwrite to replace it") -> str:
+           foreign: str | None = None, overwrite_hint: str = "pass --overwrite to replace it",
+           record_files: Collection[str] = (), describe: Describe | None = None) -> str:
     """Decides what to do with an output directory (see the module docstring).
 
     Args:
@@ -97,6 +104,10 @@ def settle(path: str | os.PathLike, *, what: str, wanted: Mapping[str, Any], rec
         option: the option that named the directory.
         foreign: how the refusal of a directory with no record says so (default "holds no WHAT").
         overwrite_hint: what ``--overwrite`` would do, for the refusal.
+        record_files: names of files that only record how the directory was started; holding
+            nothing else (and a record read back), it computed nothing and is a fresh start.
+        describe: words the differences of (recorded, wanted), None when they agree; default:
+            ``first_difference`` with ``label``.
 
     Returns:
         FRESH, REUSE, RESUME or REPLACE.
@@ -105,14 +116,14 @@ def settle(path: str | os.PathLike, *, what: str, wanted: Mapping[str, Any], rec
         RunDirError: a non-empty directory made with other options, or holding no ``command`` run.
     """
     path = check_out_path(path, option)
-    if is_empty(path):
+    if is_empty(path) or (recorded is not None and record_files and is_empty(path, besides=record_files)):
         return FRESH
     if overwrite:
         return REPLACE
     if recorded is None:
         raise RunDirError(f"{option} {_shown(path)} is not empty and {foreign or 'holds no ' + what}; choose another "
                           f"{option}, or pass --overwrite to replace its files")
-    difference = first_difference(recorded, wanted, label)
+    difference = describe(recorded, wanted) if describe else first_difference(recorded, wanted, label)
     if difference:
         raise RunDirError(f"{option} {_shown(path)} holds a {what} with another configuration ({difference}); "
                           f"{overwrite_hint}, or choose another {option}")
@@ -230,7 +241,8 @@ def option_label(section: str) -> Callable[[str], str]:
 def claim(path: str | os.PathLike, *, command: str, what: str, section: str | None, wanted: Mapping[str, Any],
           read_recorded: Callable[[], tuple[Mapping[str, Any] | None, bool]], overwrite: bool, shared: bool = False,
           resume_free: tuple[str, ...] = (), label: Callable[[str], str] | None = None,
-          foreign: str | None = None, overwrite_hint: str = "pass --overwrite to replace it") -> Iterator[str]:
+          foreign: str | None = None, overwrite_hint: str = "pass --overwrite to replace it",
+          record_files: Collection[str] = (), describe: Describe | None = None) -> Iterator[str]:
     """Holds ``path`` for ``command`` (``OutDir.locked``) and decides, under the lock, what to do with it.
 
     Args:
@@ -242,7 +254,8 @@ def claim(path: str | os.PathLike, *, command: str, what: str, section: str | No
         wanted: this call's options (and input identities) by key.
         read_recorded: returns (the same as the directory recorded them, or None; whether it holds
             a finished result), read under the lock.
-        overwrite, shared, foreign, overwrite_hint: as ``settle`` and ``OutDir.locked``.
+        overwrite, shared, foreign, overwrite_hint, record_files, describe: as ``settle`` and
+            ``OutDir.locked`` (``describe`` sees the options left after ``resume_free``).
         resume_free: options an unfinished result may be resumed with other values of.
 
     Yields:
@@ -256,7 +269,7 @@ def claim(path: str | os.PathLike, *, command: str, what: str, section: str | No
         yield settle(path, what=what, wanted=_without(wanted, free),
                      recorded=None if recorded is None else _without(recorded, free), finished=finished,
                      overwrite=overwrite, label=label or (option_label(section) if section else str),
-                     foreign=foreign, overwrite_hint=overwrite_hint)
+                     foreign=foreign, overwrite_hint=overwrite_hint, record_files=record_files, describe=describe)
 
 
 def _without(values: Mapping[str, Any], keys: set[str]) -> dict[str, Any]:

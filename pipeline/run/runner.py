@@ -17,7 +17,9 @@ is not run again, so only the stages downstream of a change are redone. Resume: 
 extraction continues from its last committed batch (``features.h5.partial``), an interrupted
 fine-tune from its last finished epoch (``finetune/backup``); train-head and evaluate take seconds and
 simply run again. A run directory made with another configuration is refused, naming the first
-difference, unless ``overwrite``; nothing is written before every option has been checked. The run
+difference, unless ``overwrite`` or nothing was computed there (config.toml alone: a first run that
+failed, e.g. on weights that would not load, never blocks the corrected command); nothing is written
+before every option has been checked. The run
 holds the directory's lock from start to end (``headstart.pipeline.report.out_dir``), so a second
 ``run`` into it is refused rather than resuming a stage the first one is still writing.
 """
@@ -30,19 +32,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
-from headstart.pipeline.options.run_flags import RUN_OPTIONS
 from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.run.console import Console
 from headstart.pipeline.run.keys import evaluate_key, extract_key, finetune_key, input_files, stage_key
 from headstart.pipeline.run.stages import MULTI_LABEL_KEYS
-from headstart.pipeline.run.toml_config import RunConfig, read_config_file, resolve_run_config, result_settings, \
-    run_config_dict, stage_values, to_toml
+from headstart.pipeline.run.toml_config import RunConfig, describe_differences, read_config_file, resolve_run_config, \
+    result_settings, run_config_dict, run_label, stage_values, to_toml
 
 STAGES = ("extract", "head", "finetune", "evaluate")
 CONFIG_FILE, STATE_FILE, SUMMARY_JSON, SUMMARY_PNG, SAMPLES = (
@@ -95,13 +96,6 @@ def check_run_config(config: RunConfig) -> None:
                           label=run_label("finetune"))
 
 
-def run_label(section: str) -> Callable[[str], str]:
-    """How ``headstart run`` names a field of ``section``: the run flag that sets it ("--head-lr"), else
-    its ``--config`` key ("[head] weight_decay")."""
-    flags = {target: option.flag.split("/")[0] for option in RUN_OPTIONS for target in option.targets}
-    return lambda name: flags.get((section, name), f"[{section}] {name}")
-
-
 def _check_classes(config: RunConfig) -> None:
     """The source opens (a TFDS dataset is there or can be downloaded: offline, a quick one-line failure)
     and has at least two classes; before config.toml is written, so a refused run leaves nothing behind
@@ -118,8 +112,9 @@ def claim_run_dir(config: RunConfig, overwrite: bool):
     """Holds the run directory (its lock) under the ``--out`` policy, as a context manager.
 
     A run directory made with the same configuration is reused and resumed stage by stage; one
-    made with another is refused, naming the first difference, unless ``overwrite`` (which redoes
-    the stages that change); one that is not a headstart run is refused.
+    made with another is refused, naming the options that differ, unless ``overwrite`` (which redoes
+    the stages that change), or unless it holds nothing but its config.toml (a run that failed
+    before computing anything); one that is not a headstart run is refused.
 
     Raises:
         RunDirBusyError: another process writes it. RunDirError: foreign, or another configuration.
@@ -138,9 +133,12 @@ def claim_run_dir(config: RunConfig, overwrite: bool):
             return None, False
         return result_settings(recorded), (run_dir / SUMMARY_JSON).is_file()
 
+    # config.toml alone records a run that failed before computing anything (weights that would not
+    # load): nothing there to protect, so the corrected command starts afresh over it.
     return claim(run_dir, command="run", what="run", section=None, wanted=result_settings(run_config_dict(config)),
                  read_recorded=read_recorded, overwrite=overwrite, foreign=f"holds no headstart run (no {CONFIG_FILE})",
-                 overwrite_hint="pass --overwrite to redo the stages that change")
+                 overwrite_hint="pass --overwrite to redo the stages that change", record_files=(CONFIG_FILE,),
+                 describe=describe_differences)
 
 
 def check_run_dir(config: RunConfig, overwrite: bool) -> None:

@@ -27,7 +27,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from headstart.features.registry import WEIGHT_WORDS
 from headstart.pipeline.config import (CLASS_WEIGHT_MODES, RunConfig, config_from_dict, config_to_dict,
@@ -215,6 +215,62 @@ def result_settings(values: dict[str, Any]) -> dict[str, Any]:
         flat.update({f"[{section}] {name} =": value for name, value in sorted((values.get(section) or {}).items())
                      if (section, name) not in NO_RESULT})
     return flat
+
+
+def run_label(section: str) -> Callable[[str], str]:
+    """How ``headstart run`` names a field of ``section``: the run flag that sets it ("--head-lr"), else
+    its ``--config`` key ("[head] weight_decay")."""
+    flags = {target: option.flag.split("/")[0] for option in RUN_OPTIONS for target in option.targets}
+    return lambda name: flags.get((section, name), f"[{section}] {name}")
+
+
+#: How many differing options a refusal names before it counts the rest.
+NAMED_DIFFERENCES = 4
+
+
+def describe_differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
+    """The options two ``result_settings`` differ in, in words, for the ``--out`` refusal; None if none.
+
+    ``"--epochs 2 there, 3 now; --image-size 224 there, auto now"``: each option by the flag that
+    sets it (else its ``--config`` key); under ``--recipe auto`` a value not given shows as ``auto``
+    (auto decides it), not as the default the record holds nor as the list of given keys.
+    """
+    words = {"source": "SOURCE", "recipe": "--recipe", "budget": "--budget"}
+    if recorded.get("recipe") != wanted.get("recipe"):  # every other setting means something else under each
+        return f"--recipe {recorded.get('recipe')} there, {wanted.get('recipe')} now"
+    given = [_given(recorded), _given(wanted)]
+    parts, named = [], set()
+    for key in dict.fromkeys([*wanted, *recorded]):
+        if key == "set explicitly":
+            continue
+        section, _, name = key.strip("[").rstrip(" =").partition("] ")
+        dotted = f"{section}.{name}" if name else key
+        named.add(dotted)
+        old, new = (_shown_value(values.get(key), dotted, g) for values, g in zip((recorded, wanted), given))
+        if old != new:
+            label = words.get(key) or (run_label(section)(name) if name else key)
+            parts.append(f"{label} {old} there, {new} now")
+    if given[0] is not None and given[1] is not None:  # given keys with no value of their own (the sweep)
+        for dotted in sorted((given[0] ^ given[1]) - named):
+            parts.append(f"[{dotted}] {'given there, left to auto now' if dotted in given[0] else 'left to auto there, given now'}")
+    if not parts:
+        return None
+    more = len(parts) - NAMED_DIFFERENCES
+    return "; ".join(parts[:NAMED_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
+
+
+def _given(values: Mapping[str, Any]) -> set[str] | None:
+    # Under auto, result_settings records which keys were given; None under guide (all are fixed).
+    return set(values["set explicitly"] or ()) if "set explicitly" in values else None
+
+
+def _shown_value(value: Any, dotted: str, given: set[str] | None) -> str:
+    if given is not None and "." in dotted and dotted not in given:
+        return "auto"
+    value = _norm(value)
+    if value is None:
+        return "unset"
+    return (", ".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
 
 
 def stage_values(config: RunConfig, section: str) -> dict[str, Any]:

@@ -112,8 +112,9 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
         from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
 
         cuts = [float(t) for t in thresholds_from_record(thresholds, names)]
-    saved = out_dir / EXPORT_FILES["saved_model"]
-    # TFLite converts from a SavedModel; when only that is wanted, the serving extras are skipped.
+    # TFLite converts from a SavedModel; when only that is wanted, the serving extras are skipped, and it
+    # goes beside saved_model/, never over one already there (an export that adds a format keeps it).
+    saved = out_dir / (EXPORT_FILES["saved_model"] if "saved_model" in formats else ".saved_model.intermediate")
     _write_saved_model(serving, names, saved, serving_extras="saved_model" in formats, thresholds=cuts)
     if "saved_model" in formats:
         done["saved_model"] = str(saved)

@@ -14,7 +14,9 @@ RUN_OR_MODEL (``resolve_export_input``, settled before TensorFlow starts) is one
 runtime against the Keras model on one split of the source (``check_exports``: test, else validation,
 else train); ``finetune --export`` and ``run --export`` call it too. ``--out`` follows the one ``--out``
 policy (``report.out_dir.claim``) on what ``export.json`` records (``report.export_record``): the same
-model with the same options is already done; anything else is refused unless ``--overwrite``.
+model with the same options is already done (so is a subset of the formats it holds); other formats
+of the same model and options are added beside the ones there (``--format tflite`` into a directory
+holding ONNX writes and checks only the TFLite file); anything else is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def export_model_dir(config: ExportConfig, *, log: Callable[[str], None] = print
     """
     from headstart.features.file_hash import sha256_file
     from headstart.pipeline.report.export_record import read_export_record
-    from headstart.pipeline.report.out_dir import REUSE, claim
+    from headstart.pipeline.report.out_dir import REPLACE, REUSE, claim
 
     check_export_config(config)
     given = resolve_export_input(config.model)
@@ -173,6 +175,8 @@ def export_model_dir(config: ExportConfig, *, log: Callable[[str], None] = print
     wanted = {MODEL_KEY: sha256_file(given.model_file)[:16], "formats": sorted(set(config.formats)),
               "quantize": config.quantize, "source": os.path.abspath(config.source) if config.source else None}
 
+    kept: dict = {}  # a finished export of this model and options, whose formats stay
+
     def recorded() -> tuple[dict | None, bool]:
         try:
             record = read_export_record(config.out)
@@ -180,19 +184,44 @@ def export_model_dir(config: ExportConfig, *, log: Callable[[str], None] = print
             if config.overwrite:
                 return None, False
             raise
-        return (None, False) if record is None else (record.get("options"), bool(record.get("complete")))
+        return (None, False) if record is None else _as_policy_sees_it(record, wanted, kept)
 
     with claim(config.out, command="export", what="headstart export", section="export", wanted=wanted,
                read_recorded=recorded, overwrite=config.overwrite, foreign="holds no export (no export.json)") as state:
         if state == REUSE:
             log(f"{config.out}: already done (an export of this model with these options)")
             return ExportResult.from_record(config.out, read_export_record(config.out), reused=True)
-        return _export(config, given, wanted, log=log, progress=progress)
+        return _export(config, given, wanted, log=log, progress=progress, kept=kept if state != REPLACE else {})
+
+
+def _as_policy_sees_it(record: dict, wanted: dict, kept: dict) -> tuple[dict | None, bool]:
+    """(the options, finished) of export.json for the ``--out`` policy, formats aside: a finished export
+    of this model and options holding every format asked for is done; one lacking some is unfinished
+    (``kept`` receives its record: its formats stay and the others are added); any other difference
+    is the one a refusal names."""
+    options, complete = record.get("options"), bool(record.get("complete"))
+    if not (complete and isinstance(options, dict) and isinstance(options.get("formats"), list)):
+        return options, complete
+    if not _only_formats_differ(options, wanted):  # formats alone never refuse: name what else differs
+        return {**options, "formats": wanted["formats"]}, complete
+    holds_all = set(wanted["formats"]) <= set(options["formats"])
+    if not holds_all:
+        kept.update(record)
+    return {**options, "formats": wanted["formats"], "quantize": wanted["quantize"]}, holds_all
+
+
+def _only_formats_differ(recorded: dict, wanted: dict) -> bool:
+    """Whether an export differs from the one asked for only in its formats (the same model, source,
+    and quantization where both hold a TFLite file), so the new formats can join it."""
+    same = all(recorded.get(k) == wanted.get(k) for k in wanted if k not in ("formats", "quantize"))
+    tflite_in_both = "tflite" in recorded["formats"] and "tflite" in wanted["formats"]
+    return same and (not tflite_in_both or recorded.get("quantize") == wanted["quantize"])
 
 
 def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, log: Callable[[str], None],
-            progress: Callable[[str], Any] | None) -> ExportResult:
-    """Builds the model, writes and checks every format, then export.json (complete)."""
+            progress: Callable[[str], Any] | None, kept: dict) -> ExportResult:
+    """Builds the model, writes and checks every format (but those ``kept``: a finished export.json whose
+    formats stay), then export.json (complete), listing the kept formats with the new ones."""
     from headstart.pipeline.report.export_record import write_export_record
 
     start = time.perf_counter()
@@ -208,13 +237,19 @@ def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, log: Call
                                            "what": given.what, "model_file": os.path.abspath(given.model_file)},
               "class_names": class_names, "task": "multi_label" if multi_label else "single_label",
               **({"thresholds": thresholds} if thresholds else {}), "source": source.describe(), "parity": parity}
+    old = kept.get("options", {}).get("formats", [])
+    formats = [f for f in config.formats if f not in old]
+    if old:  # the formats there stay, with their checks, and so does their quantization
+        quantize = config.quantize if "tflite" in formats else kept["options"]["quantize"]
+        record["options"] = {**wanted, "formats": sorted({*old, *formats}), "quantize": quantize}
     write_export_record(config.out, {"complete": False, **record})  # until the end, a rerun redoes it
-    _drop_other_formats(Path(config.out), config.formats)
-    exports, checks = write_exports(model, config.out, config.formats, quantize=config.quantize,
+    _drop_other_formats(Path(config.out), record["options"]["formats"])
+    exports, checks = write_exports(model, config.out, formats, quantize=config.quantize,
                                     class_names=class_names, source=source, batch_size=config.batch_size,
                                     multi_label=multi_label, thresholds=thresholds, log=log, progress=progress)
     failed = [fmt for fmt, path in exports.items() if not path]
-    record.update(exports=exports, checks=checks, seconds=time.perf_counter() - start)
+    record.update(exports={**kept.get("exports", {}), **exports}, checks={**kept.get("checks", {}), **checks},
+                  seconds=time.perf_counter() - start)
     write_export_record(config.out, {"complete": not failed, **record})
     if failed:
         raise OutputError(f"{config.out}: the {' and '.join(failed)} export failed (see the warning above); the "

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from headstart.features.registry import check_image_size, check_weights_option
 from headstart.pipeline.config import ExtractConfig, config_to_dict
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
+from headstart.pipeline.data.splits import check_class_folders
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.facts import check_config, flag_of
 
@@ -65,7 +66,9 @@ def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] |
         (``label`` names it; default: extract-features' flag).
     """
     check_config("extract", config, label=label)
-    check_source_path(config.source)
+    folder = check_source_path(config.source)
+    if folder is not None and folder.is_dir():  # fewer than 2 classes: refused before TensorFlow starts
+        check_class_folders(folder, config.source)
     if not str(config.backbone).startswith("hub:"):  # KerasHub presets are checked when they load
         check_image_size(config.backbone, config.image_size)  # an unknown backbone, a size too small
     check_weights_option(config.weights, config.backbone, config.alpha)
