@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from headstart.features.bounded_parse import loads_json
 from headstart.pipeline.errors import RunDirError
 
 RUN_JSON, METRICS_JSON, THRESHOLDS_JSON, HISTORY_CSV, CURVES_PNG = (
@@ -147,7 +148,7 @@ class RunDir:
 
     def _read_json(self, path: Path) -> dict:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_json(path.read_text(encoding="utf-8"))  # nesting checked: no RecursionError
         except FileNotFoundError:
             raise RunDirError(f"{path}: no such file") from None
         except (OSError, ValueError) as exc:

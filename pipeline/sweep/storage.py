@@ -13,7 +13,7 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from headstart.pipeline.data.regular_file import not_regular_reason
+from headstart.features.regular_file import not_regular_reason
 from headstart.pipeline.errors import OptionError
 
 #: The first 16 bytes of every SQLite 3 database file.
