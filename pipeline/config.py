@@ -184,6 +184,21 @@ class ExportConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """The numbers ``evaluate`` takes (its source options are ``ExtractConfig``'s)."""
+
+    batch_size: int | None = None   # None: the batch size the run used (same batches, same logits), else 32
+    grid_size: int = 16             # images in the --grid PNG
+
+
+@dataclass
+class PredictConfig:
+    """The numbers ``predict`` takes."""
+
+    batch_size: int = 32
+
+
+@dataclass
 class RunConfig:
     """The resolved configuration of ``headstart run``: top-level keys and one config per stage."""
 
