@@ -106,7 +106,7 @@ def library_call(fn):
             # One line (a domain error is one line; a wrapped library's text, the first of its lines),
             # and one that a label or file name in it cannot break or overwrite.
             raise _CliError(printable(str(exc).strip().split("\n")[0]) if str(exc) else type(exc).__name__,
-                            getattr(exc, "exit_code", 2)) from None
+                            exit_code(exc)) from None
         except Exception as exc:
             reason = environment_reason(exc)
             if reason is None:
@@ -123,6 +123,20 @@ def library_call(fn):
                 watch.close()
 
     return wrapper
+
+
+def exit_code(exc: BaseException) -> int:
+    """The one exit-code rule (docs/troubleshooting.md, "Exit codes"): 2 input the user can fix,
+    1 a failure of the machine (disk full, read-only, forbidden, network) or at run time, 75 busy.
+
+    A domain error keeps its own code, except that "bad input" (2) raised while handling a failure
+    of the machine (an ``OSError`` it was raised from, say a folder on a read-only disk) is 1: the
+    input was fine, the machine was not.
+    """
+    code = getattr(exc, "exit_code", 2)
+    if code == 2 and environment_reason(exc.__cause__ or exc.__context__):
+        return 1
+    return code
 
 
 class OneLineErrors(click.Group):

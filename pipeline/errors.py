@@ -24,6 +24,12 @@ class DataError(HeadstartError):
     """A source, split spec or image that cannot be read."""
 
 
+class NetworkError(DataError):
+    """Data that must be downloaded while the network cannot reach it: the machine, not the input."""
+
+    exit_code = 1
+
+
 class RunDirError(HeadstartError):
     """A run directory that is missing, foreign, incomplete or would be overwritten."""
 
