@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from headstart.features.regular_file import open_regular
+from headstart.features.regular_file import not_regular_reason, open_regular
 from headstart.pipeline.errors import DataError, OptionError
 
 #: Splits --exclude removes keys from.
@@ -47,6 +47,21 @@ class Exclusion:
         return {"path": self.path, "sha256": self.sha256, "listed": self.listed,
                 "removed": dict(self.removed), "kept_in_test": self.kept_in_test,
                 "splits": list(TRAINING_SPLITS)}
+
+
+def check_exclude_option(path: str | None, option: str = "--exclude") -> None:
+    """Refuses, before any work, an ``--exclude`` that is missing or not a regular file: a named
+    pipe was waited on for ever (by ``headstart run``'s stage key, after extraction).
+
+    Raises:
+        OptionError: naming the option and the path.
+    """
+    if not path:
+        return
+    if not os.path.exists(path):
+        raise OptionError(f"{option} {path}: no such file")
+    if not_regular_reason(path):
+        raise OptionError(f"{option} {path}: {not_regular_reason(path)}; give a CSV file with a 'key' column")
 
 
 def read_exclude_keys(path: str) -> list[str]:
