@@ -252,14 +252,30 @@ def to_toml(config: RunConfig) -> str:
               *(["# recipe = \"auto\": only the settings given are written; auto chose the rest on validation",
                  "# (summary.json's \"recipe\" says what and why)."] if auto else []),
               ""]
-    text = "\n".join(header) + "\n" + tomli_w.dumps(document)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = exc.object[max(0, exc.start - 30):exc.end + 30].encode("utf-8", "backslashreplace").decode()
-        raise OptionError(f"config.toml cannot hold a name that is not valid UTF-8 (…{bad}…); "
-                          f"rename that file or folder") from None
-    return text
+    bad = _not_utf8(document)
+    if bad:  # a file system's name in another encoding (surrogate escapes): no TOML can hold it
+        key, value = bad
+        shown = value.encode("utf-8", "backslashreplace").decode()
+        raise OptionError(f"config.toml cannot hold a name that is not valid UTF-8 ({key} = {shown}); "
+                          f"rename that file or folder")
+    return "\n".join(header) + "\n" + tomli_w.dumps(document)
+
+
+def _not_utf8(table: dict[str, Any], prefix: str = "") -> tuple[str, str] | None:
+    """The first (dotted key, string) of ``table`` that UTF-8 cannot encode, or None."""
+    for key, value in table.items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, dict):
+                found = _not_utf8(item, f"{prefix}{key}.")
+                if found:
+                    return found
+            elif isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"{prefix}{key}", item
+    return None
 
 
 def _plain(value: Any) -> Any:
