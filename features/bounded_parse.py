@@ -15,6 +15,8 @@ import os
 import re
 from typing import Any
 
+from headstart.features.regular_file import open_regular
+
 #: Deepest nesting of arrays / objects / inline tables accepted.
 MAX_DEPTH = 100
 #: Largest JSON or TOML document read whole (a config, run.json, a record of a run).
@@ -76,9 +78,7 @@ def read_text(path: str | os.PathLike, *, max_bytes: int = MAX_DOCUMENT_BYTES) -
     Raises:
         ParseLimitError: larger than ``max_bytes``. OSError, UnicodeDecodeError: as ``open``.
     """
-    from headstart.features.regular_file import open_regular
-
-    with open_regular(path) as f:
+    with open_regular(path) as f:  # a named pipe would be waited on for ever
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
             raise ParseLimitError(f"{size / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB")
