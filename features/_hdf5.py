@@ -17,6 +17,8 @@ import h5py
 import numpy as np
 
 from headstart.features.errors import StoreError, StoreInUseError
+from headstart.features.bounded_parse import loads_json
+from headstart.features.regular_file import not_regular_reason
 
 FORMAT = "headstart-features"
 # Version 2 adds per-chunk fletcher32 checksums to every fixed-size dataset (HDF5 refuses filters
@@ -134,6 +136,9 @@ def open_h5(path: str, mode: str = "r", *, locking: bool | None = None,
         raise StoreError(f"{path} is a directory, not a feature cache file")
     if mode == "r" and not os.path.exists(path):
         raise StoreError(f"{path}: no such file")
+    reason = not_regular_reason(path)  # reading a named pipe's signature would wait for ever
+    if reason:
+        raise StoreError(f"{path}: {reason}; give a feature cache file")
     if mode == "r" and not has_hdf5_signature(path):
         raise StoreError(f"{path} is not an HDF5 file")
     kwargs: dict[str, Any] = {}
@@ -177,10 +182,10 @@ def read_header(f: h5py.File, path: str) -> dict:
             "format_version": version,
             "complete": bool(attrs["complete"]),
             "config_json": config_json,
-            "config": json.loads(config_json),
-            "provenance": json.loads(_as_str(attrs["provenance_json"])),
-            "class_names": json.loads(_as_str(attrs["class_names_json"])),
-            "splits": json.loads(_as_str(attrs["splits_json"])),
+            "config": loads_json(config_json),  # a crafted attribute: bounded, no RecursionError
+            "provenance": loads_json(_as_str(attrs["provenance_json"])),
+            "class_names": loads_json(_as_str(attrs["class_names_json"])),
+            "splits": loads_json(_as_str(attrs["splits_json"])),
             "feature_shape": tuple(int(d) for d in np.asarray(attrs["feature_shape"]).ravel()),
             "dtype": _as_str(attrs["dtype"]),
             "views": int(attrs["views"]),

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from headstart.features import hub
-from headstart.features.errors import FeaturesError, WeightsError
+from headstart.features.errors import FeaturesError, WeightsDownloadError, WeightsError
 # The registry lives in a TF-free module so the CLI can list it.
 from headstart.features.registry import (POOLINGS, BackboneSpec, alpha_backbones, check_image_size,
                                           get_backbone_spec)
@@ -299,7 +299,7 @@ def _build_imagenet(constructor, name: str, kwargs: dict) -> keras.Model:
             with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT):
                 return constructor(weights="imagenet", **kwargs)
         except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception("URL fetch failure …")
-            raise WeightsError(
+            raise WeightsDownloadError(
                 f"--weights imagenet: cannot get ImageNet weights for {name} ({_one_line(exc)}); "
                 f"pass --weights PATH to a local .h5 file, or put Keras's file in {_keras_cache_dir()}"
             ) from exc

@@ -19,6 +19,12 @@ class WeightsError(FeaturesError):
     """Weights that cannot be downloaded, found or loaded."""
 
 
+class WeightsDownloadError(WeightsError):
+    """``--weights imagenet`` could not be downloaded (no network, a proxy, a firewall): exit 1."""
+
+    exit_code = 1
+
+
 class ImageSizeError(FeaturesError):
     """An image size the backbone cannot take."""
 

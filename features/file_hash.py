@@ -14,7 +14,9 @@ def sha256_file(path: str | os.PathLike) -> str:
     """The SHA-256 hex digest of a file's bytes.
 
     Raises:
-        OSError: the file cannot be read.
+        OSError: the file cannot be read (``NotRegularFile``: a pipe or device, never opened).
     """
-    with open(path, "rb") as f:
+    from headstart.features.regular_file import open_regular
+
+    with open_regular(path) as f:  # a named pipe would be waited on for ever
         return hashlib.file_digest(f, "sha256").hexdigest()

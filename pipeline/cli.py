@@ -251,9 +251,9 @@ def finetune_command(source, split_specs, export, quiet, **options):
 @click.argument("source")
 @click.option("--split", default="test", show_default=True, help="Split of SOURCE to evaluate.")
 @_fields("extract", "path_column", "label_column", "images", "multi_label")
-@click.option("--batch-size", type=int, default=None, help="Default: what the run used.")
+@_fields("evaluate", "batch_size")
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a PNG grid of the most confidently wrong images.")
-@click.option("--grid-size", type=int, default=16, show_default=True, help="Images in the grid.")
+@_fields("evaluate", "grid_size")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_library_call
 def evaluate_command(model, source, split, as_json, **options):
@@ -273,7 +273,7 @@ def evaluate_command(model, source, split, as_json, **options):
 @click.argument("model", type=click.Path())
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the rows to this CSV file.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
+@_fields("predict", "batch_size")
 @_library_call
 def predict_command(model, paths, csv_path, batch_size):
     """Predict the class of images or folders of images with a model.

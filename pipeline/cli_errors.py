@@ -7,7 +7,6 @@ only place that does.
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import signal
@@ -17,7 +16,7 @@ import threading
 import click
 
 from headstart.features.errors import FeaturesError
-from headstart.pipeline.errors import HeadstartError
+from headstart.pipeline.errors import HeadstartError, environment_reason
 from headstart.pipeline.report.printable import printable
 
 
@@ -25,10 +24,6 @@ class _CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-# Failures of the machine, not of the command: read-only, full, forbidden, quota, I/O error.
-_ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 class _Terminated(KeyboardInterrupt):
@@ -111,14 +106,15 @@ def library_call(fn):
             # One line (a domain error is one line; a wrapped library's text, the first of its lines),
             # and one that a label or file name in it cannot break or overwrite.
             raise _CliError(printable(str(exc).strip().split("\n")[0]) if str(exc) else type(exc).__name__,
-                            getattr(exc, "exit_code", 2)) from None
-        except OSError as exc:
-            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                            exit_code(exc)) from None
+        except Exception as exc:
+            reason = environment_reason(exc)
+            if reason is None:
                 raise
             # A write the library does not route through its atomic writers (a converter's own
-            # files, say): still one line naming the file, exit 1.
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise _CliError(f"{where}{exc.strerror}", 1) from None
+            # files, a library's database): still one line, naming the file when it is known, exit 1.
+            where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+            raise _CliError(printable(f"{where}{reason}"), 1) from None
         except KeyboardInterrupt as exc:
             click.echo(f"\n{INTERRUPTED}", err=True)
             sys.exit(143 if isinstance(exc, _Terminated) else 130)
@@ -127,6 +123,20 @@ def library_call(fn):
                 watch.close()
 
     return wrapper
+
+
+def exit_code(exc: BaseException) -> int:
+    """The one exit-code rule (docs/troubleshooting.md, "Exit codes"): 2 input the user can fix,
+    1 a failure of the machine (disk full, read-only, forbidden, network) or at run time, 75 busy.
+
+    A domain error keeps its own code, except that "bad input" (2) raised while handling a failure
+    of the machine (an ``OSError`` it was raised from, say a folder on a read-only disk) is 1: the
+    input was fine, the machine was not.
+    """
+    code = getattr(exc, "exit_code", 2)
+    if code == 2 and environment_reason(exc.__cause__ or exc.__context__):
+        return 1
+    return code
 
 
 class OneLineErrors(click.Group):

@@ -189,6 +189,21 @@ class ExportConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """The numbers ``evaluate`` takes (its source options are ``ExtractConfig``'s)."""
+
+    batch_size: int | None = None   # None: the batch size the run used (same batches, same logits), else 32
+    grid_size: int = 16             # images in the --grid PNG
+
+
+@dataclass
+class PredictConfig:
+    """The numbers ``predict`` takes."""
+
+    batch_size: int = 32
+
+
+@dataclass
 class RunConfig:
     """The resolved configuration of ``headstart run``: top-level keys and one config per stage."""
 
@@ -277,17 +292,23 @@ def read_settings_file(path: Any, option: str = "--config") -> dict[str, Any]:
         OptionError: missing or unreadable file, bad syntax, or a file that is not a table; the
             message names the file.
     """
-    import json
     import tomllib
     from pathlib import Path
 
+    from headstart.features.bounded_parse import ParseLimitError, loads_json, loads_toml, read_text
+    from headstart.features.regular_file import not_regular_reason
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise OptionError(f"{option} {path}: no such file")
+    if not_regular_reason(path):  # a named pipe would be waited on for ever
+        raise OptionError(f"{option} {path}: {not_regular_reason(path)}")
     is_json = path.suffix.lower() == ".json"
     try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text) if is_json else tomllib.loads(text)
+        text = read_text(path)
+        raw = loads_json(text) if is_json else loads_toml(text)
+    except ParseLimitError as exc:
+        raise OptionError(f"{option} {path}: refused before parsing: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise OptionError(f"{option} {path}: cannot read ({exc})") from None
     except (ValueError, tomllib.TOMLDecodeError) as exc:

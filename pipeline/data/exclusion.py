@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from headstart.features.regular_file import not_regular_reason, open_regular
 from headstart.pipeline.errors import DataError, OptionError
 
 #: Splits --exclude removes keys from.
@@ -47,6 +49,21 @@ class Exclusion:
                 "splits": list(TRAINING_SPLITS)}
 
 
+def check_exclude_option(path: str | None, option: str = "--exclude") -> None:
+    """Refuses, before any work, an ``--exclude`` that is missing or not a regular file: a named
+    pipe was waited on for ever (by ``headstart run``'s stage key, after extraction).
+
+    Raises:
+        OptionError: naming the option and the path.
+    """
+    if not path:
+        return
+    if not os.path.exists(path):
+        raise OptionError(f"{option} {path}: no such file")
+    if not_regular_reason(path):
+        raise OptionError(f"{option} {path}: {not_regular_reason(path)}; give a CSV file with a 'key' column")
+
+
 def read_exclude_keys(path: str) -> list[str]:
     """The distinct values of the ``key`` column, in file order.
 
@@ -54,7 +71,9 @@ def read_exclude_keys(path: str) -> list[str]:
         OptionError: the file is missing or unreadable, or has no ``key`` column.
     """
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # open_regular: a named pipe would block for ever; utf-8-sig: spreadsheets write a BOM,
+        # and label files accept one too.
+        with io.TextIOWrapper(open_regular(path), encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             if "key" not in columns:
@@ -86,7 +105,7 @@ def resolve_exclusion(path: str, keys: Mapping[str, Sequence[str]], *, data: str
     if unknown:
         raise DataError(f"--exclude {path}: {len(unknown)} of {len(listed)} keys are not in {data} "
                         f"(e.g. {unknown[0]!r}); it lists another dataset or an older cache of this one")
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     result = Exclusion(path=os.path.abspath(path), sha256=digest, listed=len(listed))
     for split, split_keys in keys.items():

@@ -37,7 +37,7 @@ from headstart.pipeline.data.image_header import (
     riff_chunks,
     unknown_reason,
 )
-from headstart.pipeline.data.regular_file import NotRegularFile, open_regular
+from headstart.features.regular_file import NotRegularFile, open_regular
 from headstart.pipeline.errors import DataError, OptionError
 
 #: Decoding applies EXIF orientation; extraction records this in the cache config, so a cache of

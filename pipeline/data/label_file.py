@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headstart.features.bounded_parse import MAX_LINE_BYTES, ParseLimitError, loads_json
 from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS
-from headstart.pipeline.data.regular_file import not_regular_reason
+from headstart.features.regular_file import not_regular_reason
 from headstart.pipeline.data.splits import SPLIT_FOLDERS
 from headstart.pipeline.errors import DataError
 
@@ -188,9 +189,12 @@ def _jsonl_records(text: str, file: Path) -> tuple[list[str], list[tuple[str, An
             continue
         where = f"{file.name} line {number}"
         try:
-            record = json.loads(line)
+            record = loads_json(line, max_bytes=MAX_LINE_BYTES)  # a 1,000-deep line: no RecursionError
         except json.JSONDecodeError as exc:
             records.append((where, f"not JSON ({exc.msg})"))
+            continue
+        except ParseLimitError as exc:
+            records.append((where, f"refused before parsing: {exc}"))
             continue
         if not isinstance(record, dict):
             records.append((where, "not a JSON object"))

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 from headstart.pipeline.config import ExtractConfig
 from headstart.pipeline.data.label_file import is_label_file
-from headstart.pipeline.data.regular_file import not_regular_reason
+from headstart.features.regular_file import not_regular_reason
 from headstart.pipeline.errors import DataError, OptionError
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")

@@ -32,7 +32,7 @@ from headstart.pipeline.data.image import decode_or_reason
 from headstart.pipeline.data.source import Source, decode_map
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.data.splits import SPLIT_FOLDERS, list_class_folders, shard_of
-from headstart.pipeline.errors import DataError, OptionError
+from headstart.pipeline.errors import DataError, NetworkError, OptionError
 
 
 def open_source(spec: SourceSpec) -> Source:
@@ -153,7 +153,7 @@ class TfdsSource(Source):
         if _downloads(self.builder) and not _quietly(self.builder.is_prepared):  # (logs for a folder not there)
             why = unreachable(list(self.builder.url_infos or ()) or [_TFDS_BUCKET])
             if why:
-                raise DataError(f"{self.spec}: not in {self.builder.data_dir} and the network cannot reach its "
+                raise NetworkError(f"{self.spec}: not in {self.builder.data_dir} and the network cannot reach its "
                                 f"download ({why}); {offline}") from None
         try:
             self.builder.download_and_prepare()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from headstart.pipeline.data.regular_file import not_regular_reason
+from headstart.features.regular_file import not_regular_reason
 from headstart.pipeline.errors import DataError
 
 #: Split folder names recognised at the top of a directory source, in their canonical order.

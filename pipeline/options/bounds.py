@@ -53,5 +53,8 @@ SHARE = Bounds(0, 1, high_open=True, expected="in [0, 1)")
 SEED = Bounds(0, 2**32 - 1, expected=f"in [0, {2**32 - 1}] (a 32-bit seed)")
 #: Square input sizes: each backbone has its own minimum (features.registry); beyond this, memory.
 IMAGE_SIZE = Bounds(1, 2048)
+#: Images or rows per step: 0 or less is no batch (TensorFlow's InvalidArgumentError traceback);
+#: beyond 2**16 one batch is a memory error, not a setting.
+BATCH_SIZE = Bounds(1, 2**16)
 #: Width of a hidden head layer; a wider one is a memory error minutes later, not a head.
 HIDDEN_UNITS = Bounds(1, 65536)

@@ -23,15 +23,17 @@ from typing import Any, Callable
 
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
 from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, MONITORS, NORMALIZATIONS, QUANTIZE_MODES,
-                                      RECIPES, STRATEGIES, DemoConfig, DiagnoseConfig, ExportConfig, ExtractConfig,
-                                      FinetuneConfig, HeadConfig, RunConfig, SplitConfig, SweepConfig)
+                                      RECIPES, STRATEGIES, DemoConfig, DiagnoseConfig, EvaluateConfig, ExportConfig,
+                                      ExtractConfig, FinetuneConfig, HeadConfig, PredictConfig, RunConfig,
+                                      SplitConfig, SweepConfig)
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.options.bounds import HIDDEN_UNITS, IMAGE_SIZE, POSITIVE, SEED, SHARE, Bounds, at_least
+from headstart.pipeline.options.bounds import BATCH_SIZE, HIDDEN_UNITS, IMAGE_SIZE, POSITIVE, SEED, SHARE, Bounds, at_least
 
 #: Section name → its config dataclass; "top" holds the top-level keys of ``headstart run``.
 SECTIONS: dict[str, type] = {"extract": ExtractConfig, "head": HeadConfig, "finetune": FinetuneConfig}
 _CLASSES: dict[str, type] = {**SECTIONS, "top": RunConfig, "sweep": SweepConfig, "diagnose": DiagnoseConfig,
-                             "demo": DemoConfig, "export": ExportConfig, "split": SplitConfig}
+                             "demo": DemoConfig, "export": ExportConfig, "split": SplitConfig,
+                             "evaluate": EvaluateConfig, "predict": PredictConfig}
 _EXTRACT = ExtractConfig()  # finetune without --head falls back to these
 
 
@@ -108,7 +110,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "pooling": OptionFact("Pool the feature map (avg, max) or keep it spatial (none); cls: the class token "
                               "of a hub: transformer.", choices=POOLINGS),
         "dtype": OptionFact("Storage type of the cached features.", choices=DTYPES),
-        "batch_size": OptionFact("Images per forward pass.", bounds=at_least(1), shapes_result=False),
+        "batch_size": OptionFact("Images per forward pass.", bounds=BATCH_SIZE, shapes_result=False),
         "splits": OptionFact("Comma-separated splits to extract.", csv=True),
         "split_specs": OptionFact(_SPLIT_HELP, flag="--split", metavar="NAME=SPEC"),
         "validation_fraction": OptionFact("Share of a single class-folder tree held out for validation "
@@ -134,7 +136,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "epochs": OptionFact("Most epochs; early stopping may end sooner. 0: no maximum, train until early "
                              "stopping ends it (safety cap 1000 epochs).", bounds=at_least(0)),
         "lr": OptionFact("Adam learning rate.", bounds=POSITIVE),
-        "batch_size": OptionFact("Rows per step.", bounds=at_least(1)),
+        "batch_size": OptionFact("Rows per step.", bounds=BATCH_SIZE),
         "dropout": OptionFact("Dropout before the Dense layer.", bounds=SHARE),
         "head_kind": OptionFact("The guide's linear head, or one hidden ReLU layer (--hidden-units) before it.",
                                 choices=HEAD_KINDS),
@@ -173,10 +175,10 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         **_LABEL_FILE,
         "epochs": OptionFact("Most fine-tuning epochs.", bounds=at_least(1)),
         "lr": OptionFact("Adam learning rate for fine-tuning.", bounds=POSITIVE),
-        "batch_size": OptionFact("Images per fine-tuning step; lower it when memory runs out.", bounds=at_least(1)),
+        "batch_size": OptionFact("Images per fine-tuning step; lower it when memory runs out.", bounds=BATCH_SIZE),
         "head_epochs": OptionFact("Head epochs when there is no --head.", bounds=at_least(1)),
         "head_lr": OptionFact("Head learning rate when there is no --head.", bounds=POSITIVE),
-        "head_batch_size": OptionFact("Batch size of the head stage when there is no --head.", bounds=at_least(1)),
+        "head_batch_size": OptionFact("Batch size of the head stage when there is no --head.", bounds=BATCH_SIZE),
         "unfreeze": OptionFact("all, top:N (last N backbone layers) or from:LAYER; BatchNorm always stays frozen."),
         "on_cache": OptionFact("Train the backbone's layers above the head's cache's tap (extract-features --tap) on "
                                "its cached activations and views, not on images: many epochs for the price of one; "
@@ -271,7 +273,7 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                              "calibrate int8 on. Default: the SOURCE the run recorded.", metavar="SOURCE"),
         "weights": OptionFact("A train-head run's backbone weights (imagenet, none, shipped or a file), when the "
                               "recorded file has moved (fingerprint checked).", metavar="PATH"),
-        "batch_size": OptionFact("Images per forward pass of the checks.", bounds=at_least(1), shapes_result=False),
+        "batch_size": OptionFact("Images per forward pass of the checks.", bounds=BATCH_SIZE, shapes_result=False),
         "parity_samples": OptionFact("A train-head run: images on which the rebuilt model must reproduce the head's "
                                      "logits on cached features (0: off).", bounds=at_least(0), shapes_result=False),
         "overwrite": OptionFact("Replace an export directory written from another model or with other options.",
@@ -287,6 +289,12 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "copy": OptionFact("Copy the files instead of linking to them."),
         "overwrite": OptionFact("Replace OUT's train/, validation/ and test/ folders.", shapes_result=False),
     },
+    "evaluate": {
+        "batch_size": OptionFact("Images per forward pass (default: what the run used).", bounds=BATCH_SIZE,
+                                 shapes_result=False),
+        "grid_size": OptionFact("Images in the --grid PNG.", bounds=Bounds(1, 1024), shapes_result=False),
+    },
+    "predict": {"batch_size": OptionFact("Images per forward pass.", bounds=BATCH_SIZE, shapes_result=False)},
     "top": {
         "recipe": OptionFact("auto: choose augmentation, head, image size and the fine-tuning rate and depth on "
                              "validation (what you set is kept as given); guide: the Keras guide's fixed recipe.",

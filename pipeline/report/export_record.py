@@ -17,11 +17,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from headstart.features.bounded_parse import loads_json
 from headstart.pipeline.errors import RunDirError
 
 EXPORT_JSON = "export.json"
@@ -37,7 +37,7 @@ def read_export_record(folder: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{path} is damaged: not readable JSON ({str(exc).splitlines()[0][:120]}); "
                           "run headstart export again with --overwrite") from None

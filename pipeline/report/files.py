@@ -13,13 +13,14 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from headstart.pipeline.errors import OutputError
+from headstart.pipeline.errors import OutputError, environment_reason
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = "") -> None:
     """Calls ``write(tmp)`` on a temporary name beside ``path``, then ``os.replace``s it into place.
@@ -50,7 +51,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise output_error(path, exc) from None
+        if environment_reason(exc):  # a writer's own error for a full disk (TensorFlow's, say)
+            raise OutputError(f"cannot write {path}: {environment_reason(exc)}") from None
         raise
+
+
+def write_dir_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Calls ``write(tmp)`` to fill a directory ``.NAME.tmp`` beside ``path``, then puts it in
+    place of ``path`` (a SavedModel is a directory; ``os.replace`` cannot swap a non-empty one).
+
+    Raises:
+        OutputError: naming ``path``, when the disk is full, read-only or forbidden (an ``OSError``,
+            or TensorFlow's ``ResourceExhaustedError … No space left on device [Op:SaveV2]``);
+            the temporary directory is removed and the previous ``path``, if any, is untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(str(tmp))
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = environment_reason(exc)
+        if reason:
+            raise OutputError(f"cannot write {path}: {reason}") from None
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
 
 
 def _umask() -> int:

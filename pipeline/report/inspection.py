@@ -10,11 +10,11 @@ how to resume it).
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from headstart.features.bounded_parse import loads_json, loads_toml
 from headstart.pipeline.errors import RunDirError
 from headstart.pipeline.report.rundir import RunDir
 
@@ -62,17 +62,15 @@ def _imbalance_warning(info: dict) -> str | None:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{path} cannot be read: {exc}") from None
 
 
 def _inspect_pipeline(path: Path) -> dict:
-    import tomllib
-
     info: dict[str, Any] = {"kind": "pipeline-run", "path": str(path), "complete": (path / "summary.json").is_file()}
     try:
-        info["config"] = tomllib.loads((path / "config.toml").read_text(encoding="utf-8"))
+        info["config"] = loads_toml((path / "config.toml").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         info["config"] = {"error": str(exc).splitlines()[0]}
     info["stages"] = _read_json(path / "stages.json") if (path / "stages.json").is_file() else {}

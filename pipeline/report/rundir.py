@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from headstart.features.bounded_parse import loads_json
+from headstart.features.regular_file import not_regular_reason
 from headstart.pipeline.errors import RunDirError
 
 RUN_JSON, METRICS_JSON, THRESHOLDS_JSON, HISTORY_CSV, CURVES_PNG = (
@@ -147,7 +150,7 @@ class RunDir:
 
     def _read_json(self, path: Path) -> dict:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_json(path.read_text(encoding="utf-8"))  # nesting checked: no RecursionError
         except FileNotFoundError:
             raise RunDirError(f"{path}: no such file") from None
         except (OSError, ValueError) as exc:
@@ -378,8 +381,13 @@ def load_model_file(path: str | os.PathLike) -> Any:
         RunDirError: no such file, or one Keras cannot load as a model.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RunDirError(f"{path}: no such model file (give model.keras or its run directory)")
+    if not_regular_reason(path):
+        raise RunDirError(f"{path}: {not_regular_reason(path)} (give model.keras or its run directory)")
+    if not zipfile.is_zipfile(path):  # Keras says "File not found" of a truncated .keras file
+        raise RunDirError(f"{path}: not a complete .keras file (truncated or damaged: no zip directory at its "
+                          f"end, {path.stat().st_size} bytes); save or copy the model again")
     import keras  # only now: a mistyped path fails before TensorFlow starts
 
     from headstart.features.hub import import_for_model_file

@@ -10,20 +10,34 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from headstart.pipeline.errors import OptionError
+from headstart.pipeline.errors import OptionError, OutputError
 
 
 def check_log_dir(log_dir: str | os.PathLike | None, option: str = "--tensorboard") -> None:
-    """Refuses a log directory that cannot be one (an existing file), before any work starts.
+    """Refuses a log directory that cannot be one (an existing file) or cannot be written, before
+    any work starts (TensorFlow's writer failed at the first epoch with a PermissionDeniedError
+    traceback).
 
     Raises:
         OptionError: ``log_dir`` names an existing file.
+        OutputError: its nearest existing folder cannot be written (read-only, forbidden, full).
     """
-    if log_dir and Path(log_dir).exists() and not Path(log_dir).is_dir():
+    if not log_dir:
+        return
+    if Path(log_dir).exists() and not Path(log_dir).is_dir():
         raise OptionError(f"{option} {log_dir}: is a file; give a directory for the TensorBoard logs")
+    existing = Path(os.path.abspath(log_dir))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:  # a real write tells read-only mounts and missing permissions apart, as root too
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{option} {log_dir}: cannot write there ({exc.strerror})") from None
 
 
 def tensorboard_callback(log_dir: str | os.PathLike) -> Any:

@@ -27,7 +27,6 @@ holds the directory's lock from start to end (``headstart.pipeline.report.out_di
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+from headstart.features.bounded_parse import loads_json
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
@@ -201,7 +201,7 @@ class _Stages:
     def __init__(self, run_dir: Path):
         self.path = run_dir / STATE_FILE
         try:
-            state = json.loads(self.path.read_text(encoding="utf-8"))
+            state = loads_json(self.path.read_text(encoding="utf-8"))
             self.state = state if isinstance(state, dict) else {}
         except (OSError, ValueError):
             self.state = {}

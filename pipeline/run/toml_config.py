@@ -23,8 +23,6 @@ config errors stay fast.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -287,43 +285,61 @@ def _norm(value: Any) -> Any:
 def to_toml(config: RunConfig) -> str:
     """Writes the resolved config as TOML that ``read_config_file`` reads back to the same values.
 
+    tomli_w writes the values: every Unicode path and label round-trips (a hand-made writer put
+    JSON's surrogate-pair escapes, ``\\ud83d\\ude00``, into the file, which no TOML reader accepts).
     None values are left out (their default is None).
+
+    Raises:
+        OptionError: a value TOML cannot hold: a path that is not valid UTF-8 (read from a file
+            system with another encoding).
     """
+    import tomli_w
+
     data = run_config_dict(config)
     auto = config.recipe == "auto"
-    lines = ["# The resolved configuration of this headstart run. Reproduce the run with",
-             "#   headstart run --config config.toml            (flags override; --out for another directory)",
-             *(["# recipe = \"auto\": only the settings given are written; auto chose the rest on validation",
-                "# (summary.json's \"recipe\" says what and why)."] if auto else []),
-             ""]
-    for key in TOP_LEVEL:
-        if data[key] is not None:
-            lines.append(f"{key} = {_toml_value(data[key])}")
+    document: dict[str, Any] = {key: _plain(data[key]) for key in TOP_LEVEL if data[key] is not None}
     for section in SECTIONS:
-        lines += ["", f"[{section}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items()
-                  if v is not None and (not auto or config.is_explicit(section, k))]
+        document[section] = {k: _plain(v) for k, v in data[section].items()
+                             if v is not None and (not auto or config.is_explicit(section, k))}
     if data["sweep"]:
-        lines += ["", "[sweep]"] + [f"{k} = {_toml_value(v)}" for k, v in data["sweep"].items()]
-    return "\n".join(lines) + "\n"
+        document["sweep"] = {k: _plain(v) for k, v in data["sweep"].items()}
+    header = ["# The resolved configuration of this headstart run. Reproduce the run with",
+              "#   headstart run --config config.toml            (flags override; --out for another directory)",
+              *(["# recipe = \"auto\": only the settings given are written; auto chose the rest on validation",
+                 "# (summary.json's \"recipe\" says what and why)."] if auto else []),
+              ""]
+    bad = _not_utf8(document)
+    if bad:  # a file system's name in another encoding (surrogate escapes): no TOML can hold it
+        key, value = bad
+        shown = value.encode("utf-8", "backslashreplace").decode()
+        raise OptionError(f"config.toml cannot hold a name that is not valid UTF-8 ({key} = {shown}); "
+                          f"rename that file or folder")
+    return "\n".join(header) + "\n" + tomli_w.dumps(document)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string: JSON escapes are valid TOML escapes
+def _not_utf8(table: dict[str, Any], prefix: str = "") -> tuple[str, str] | None:
+    """The first (dotted key, string) of ``table`` that UTF-8 cannot encode, or None."""
+    for key, value in table.items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, dict):
+                found = _not_utf8(item, f"{prefix}{key}.")
+                if found:
+                    return found
+            elif isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"{prefix}{key}", item
+    return None
+
+
+def _plain(value: Any) -> Any:
+    # Tuples (dataclasses) become lists; tomli_w writes lists, dicts, str, int, float, bool.
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return [_plain(v) for v in value]
     if isinstance(value, dict):
-        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + inner + " }" if inner else "{}"
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (bool, int, float, str)):
+        return value
     raise OptionError(f"cannot write {value!r} to TOML")

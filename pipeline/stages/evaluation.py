@@ -19,6 +19,7 @@ import numpy as np
 
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.errors import DataError, OptionError
+from headstart.pipeline.options.facts import check_value
 from headstart.pipeline.report.progress import observed
 from headstart.pipeline.report.rundir import MODEL_FILES, RunDir, load_model_file
 from headstart.pipeline.training.predictions import num_classes_of, predict_split, split_metrics
@@ -119,13 +120,13 @@ def _headline(metrics: dict[str, Any], multi_label: bool) -> str:
 def _load(model_path: str | os.PathLike, batch_size: int | None, grid_size: int) -> tuple[Any, RunDir | None, int]:
     """(the model, its run directory or None, the batch size: by default the run's, so the same
     batches give the same logits to the last bit, else 32)."""
+    check_value("evaluate", "batch_size", batch_size)  # before the model load starts TensorFlow
+    check_value("evaluate", "grid_size", grid_size)
     path = Path(model_path)
     run = RunDir.beside(path)
     model = load_model_file(path / MODEL_FILES["finetune"] if path.is_dir() else path)
     if batch_size is None:
         batch_size = int((run.config if run and run.complete else {}).get("batch_size") or 32)
-    if batch_size < 1 or grid_size < 1:
-        raise OptionError(f"--batch-size and the grid size must be at least 1, got {batch_size}, {grid_size}")
     return model, run, batch_size
 
 

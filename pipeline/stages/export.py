@@ -35,7 +35,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 # No NumPy or TensorFlow at module level: cli.py reads EXPORT_FORMATS and QUANTIZE_MODES for --help.
 from headstart.pipeline.config import EXPORT_FORMATS, QUANTIZE_MODES
-from headstart.pipeline.errors import OptionError
+from headstart.pipeline.errors import OptionError, OutputError
+from headstart.pipeline.report.files import atomic_write, write_dir_atomic
 from headstart.pipeline.startup import native_lines_dropped
 
 #: What each format is called in the export directory.
@@ -286,12 +287,8 @@ def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_
         if thresholds is not None:
             archive.add_endpoint("thresholds", lambda: {"thresholds": tf.constant(thresholds, tf.float32)},
                                  input_signature=[])
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(str(tmp), verbose=False)
-    # A directory cannot be os.replace'd over a non-empty one; remove the old export first.
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    # A full disk is one line naming the export, and no .saved_model.tmp/ is left behind.
+    write_dir_atomic(target, lambda tmp: archive.write_out(tmp, verbose=False))
 
 
 def _write_onnx(serving: Any, names: list[str], target: Path, thresholds: dict | None = None) -> str:
@@ -299,22 +296,24 @@ def _write_onnx(serving: Any, names: list[str], target: Path, thresholds: dict |
     import tensorflow as tf
 
     size = int(serving.input_shape[1])
-    tmp = target.with_name(f".{target.name}.tmp")
     # tf2onnx logs every rewrite pass at INFO through Python logging.
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():  # NumPy's FutureWarning about np.object, raised inside Keras' tf2onnx shim
-        warnings.simplefilter("ignore", FutureWarning)
-        serving.export(str(tmp), format="onnx", verbose=False, opset_version=ONNX_OPSET,
-                       input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="image")])
-    proto = onnx.load(str(tmp))
-    metadata = {"class_names": json.dumps(names)}
-    if thresholds:
-        metadata.update(task="multi_label", thresholds=json.dumps(thresholds))
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, target)
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():  # NumPy's FutureWarning about np.object, raised inside Keras' tf2onnx shim
+            warnings.simplefilter("ignore", FutureWarning)
+            serving.export(tmp, format="onnx", verbose=False, opset_version=ONNX_OPSET,
+                           input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="image")])
+        proto = onnx.load(tmp)
+        metadata = {"class_names": json.dumps(names)}
+        if thresholds:
+            metadata.update(task="multi_label", thresholds=json.dumps(thresholds))
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, tmp)
+
+    atomic_write(target, write, suffix=".onnx")  # a full disk: one line, no temporary left
     return str(target)
 
 
@@ -341,15 +340,15 @@ def _write_tflite(saved: Path, target: Path, quantize: str,
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     with native_lines_dropped():  # "fully_quantize: 0, inference_type: 6, …" on every conversion
         flatbuffer = converter.convert()
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(flatbuffer)
-    os.replace(tmp, target)
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(flatbuffer), suffix=".tflite")
     return str(target)
 
 
 def _guarded(fmt: str, log: Callable[[str], None], write: Callable[[], str]) -> str | None:
     try:
         return write()
+    except OutputError:
+        raise  # a full or read-only disk is the machine's failure, not the converter's: stop, one line
     except Exception as exc:  # noqa: BLE001 - converters raise many unrelated types
         text = " ".join(str(exc).split())[:200] or type(exc).__name__
         log(f"warning: {fmt} export failed ({text}); model.keras and the other exports are unaffected")

@@ -50,6 +50,7 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str]
         OptionError: naming the option at fault (``label`` names it; default: finetune's flag).
     """
     from headstart.features.registry import check_weights_option
+    from headstart.pipeline.data.exclusion import check_exclude_option
     from headstart.pipeline.model.unfreeze import parse_unfreeze
     from headstart.pipeline.stages.export import check_export_options
     from headstart.pipeline.stages.finetune_choices import check_choices
@@ -64,6 +65,7 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str]
     check_monitor(config.monitor)
     check_choices(config)
     check_log_dir(config.tensorboard)
+    check_exclude_option(config.exclude, label("exclude") if label else "--exclude")
     return parse_unfreeze(config.unfreeze)
 
 

@@ -79,11 +79,13 @@ def check_head_config(config: HeadConfig, *, label: Callable[[str], str] | None 
     """
     check_config("head", config, label=label)
     check_log_dir(config.tensorboard)
+    from headstart.pipeline.data.exclusion import check_exclude_option
     from headstart.pipeline.training.class_weights import check_class_weight_option
     from headstart.pipeline.training.monitor import check_monitor
 
     check_class_weight_option(config.class_weight)
     check_monitor(config.monitor)
+    check_exclude_option(config.exclude, label("exclude") if label else "--exclude")
 
 
 def _check_cache(config: HeadConfig) -> tuple[bool, str]:

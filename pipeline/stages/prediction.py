@@ -19,6 +19,7 @@ import numpy as np
 # IMAGE_EXTENSIONS: what ``predict_images`` picks up in a directory (files named explicitly are always tried).
 from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS
 from headstart.pipeline.errors import OptionError
+from headstart.pipeline.options.facts import check_value
 from headstart.pipeline.report.progress import observed
 
 @dataclass
@@ -59,6 +60,7 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     """
     from headstart.pipeline.stages.predictor import load_predictor
 
+    check_value("predict", "batch_size", batch_size)  # 0 was TensorFlow's InvalidArgumentError traceback
     predictor = load_predictor(model_path)  # first: a mistyped path fails before TensorFlow starts
     from headstart.pipeline.data.file_list import FilesSource
     from headstart.pipeline.model.head import logits_to_probabilities

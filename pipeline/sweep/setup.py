@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from headstart.pipeline.config import SweepConfig
+from headstart.pipeline.report.tensorboard_logs import check_log_dir
 from headstart.pipeline.sweep.caches import SweepCache
 from headstart.pipeline.sweep.objective import Objective
 
@@ -69,6 +70,7 @@ def prepare_sweep(config: SweepConfig, log: Callable[[str], None]) -> SweepSetup
     from headstart.pipeline.training.class_weights import check_class_weight_option, training_class_weights
 
     check_class_weight_option(config.class_weight)
+    check_log_dir(config.tensorboard)  # before any trial: a read-only folder is one line, not a traceback
     caches = {c.name: c for c in load_caches(config.caches)}
     first = next(iter(caches.values()))
     objective = sweep_objective(config.monitor, first.multi_label)

@@ -13,8 +13,8 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from headstart.pipeline.data.regular_file import not_regular_reason
-from headstart.pipeline.errors import OptionError
+from headstart.features.regular_file import not_regular_reason
+from headstart.pipeline.errors import OptionError, OutputError, environment_reason
 
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -104,6 +104,24 @@ def storage_errors(where: str) -> Iterator[None]:
     try:
         yield
     except (SQLAlchemyError, StorageInternalError, RuntimeError) as exc:
+        if environment_reason(exc):  # a full or read-only disk is the machine's failure: exit 1
+            raise OutputError(f"{where}: cannot write the study ({environment_reason(exc)})") from None
         reason = getattr(exc, "orig", None) or exc
         first = (str(reason).strip().splitlines() or [type(reason).__name__])[0]
         raise OptionError(f"{where}: cannot open the study ({first})") from None
+
+
+@contextlib.contextmanager
+def storage_write_errors(where: str) -> Iterator[None]:
+    """While trials run: a database that fills the disk or turns read-only is one ``OutputError``
+    line naming it (exit 1), not Optuna's ``StorageInternalError`` traceback. What was committed
+    stays; a rerun with more space resumes the study.
+    """
+    try:
+        yield
+    except Exception as exc:
+        reason = environment_reason(exc)
+        if reason is None or isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{where}: cannot write the study ({reason}); free some space and run the same "
+                          f"command again to resume") from None

@@ -34,7 +34,8 @@ from headstart.pipeline.errors import OptionError
 from headstart.pipeline.sweep.caches import SweepCache
 from headstart.pipeline.sweep.orphans import adopt_silent_trials, remove_dead_best_dirs
 from headstart.pipeline.sweep.setup import SweepSetup
-from headstart.pipeline.sweep.storage import check_sqlite_file, check_storage_url, storage_errors
+from headstart.pipeline.sweep.storage import check_sqlite_file, check_storage_url, storage_errors, \
+    storage_write_errors
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams, params_from_record, suggest_params
 from headstart.pipeline.sweep.teller import FINISHED, Teller, trial_state
 
@@ -128,8 +129,9 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
             check_sqlite_file(storage_url(config), where, "move it away, or pass --overwrite to start a new study"
                               if config.storage is None else "move it away, or give another --storage")
             study, storage = _open_study(config, space, setup)
-        trained = _run_trials(study, storage, config, space, setup, log, start, on_trial)
-        best = write_outputs(study, out, setup, space, config, log)
+        with storage_write_errors(where):
+            trained = _run_trials(study, storage, config, space, setup, log, start, on_trial)
+            best = write_outputs(study, out, setup, space, config, log)
     return SweepResult(out=str(out), storage=storage_url(config), finished=_count(study, FINISHED),
                        trained_here=trained, seconds=time.perf_counter() - start,
                        monitor=setup.objective.history_key, **best)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
-from headstart.pipeline.errors import RunDirError
+from headstart.pipeline.errors import OutputError, RunDirError
 from headstart.pipeline.training.early_stopping import EarlyStopping
 from headstart.pipeline.training.finite_loss import check_finite_losses
 
@@ -269,7 +269,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        from headstart.pipeline.report.files import write_json_atomic
+        from headstart.pipeline.report.files import atomic_write, write_json_atomic
 
         t_backup = time.perf_counter()
         n = epoch + 1
@@ -284,8 +284,11 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self.dir.mkdir(parents=True, exist_ok=True)
         arrays = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
         arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)})
-        with open(self.dir / state["weights"], "wb") as f:
-            np.savez(f, **arrays)
+        try:  # a full disk: one line naming the file, and no half-written epoch left filling it
+            atomic_write(self.dir / state["weights"], lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+        except OutputError as exc:
+            kept = f"epoch {self.state['epoch']} stays backed up" if self.state["epoch"] else "nothing was backed up yet"
+            raise OutputError(f"{exc}; {kept}: free some space and run the same command again to resume") from None
         stopping = self._early_stopping(state)
         if stopping.update(n, logs.get(self.monitor, float("nan"))):
             state["best"] = {"epoch": n, "value": stopping.best_value, "file": state["weights"]}
