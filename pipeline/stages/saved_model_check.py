@@ -52,7 +52,7 @@ def check_saved_model(path: str | Path) -> None:
     meta = _meta_graph(Path(path))
     unknown = sorted(set(meta.signature_def) - EXPORTED_SIGNATURES)
     if unknown or "serving_default" not in meta.signature_def:
-        found = ", ".join(sorted(meta.signature_def)) or "none"
+        found = ", ".join(sorted(s for s in meta.signature_def if not s.startswith("__"))) or "none"
         _refuse(path, f"its signatures ({found}) are not the ones headstart's export writes")
     saver = _saver_functions(meta)
     bad = _refused_ops((node.op for node in meta.graph_def.node), SERVING_STATEFUL)
