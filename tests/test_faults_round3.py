@@ -17,6 +17,7 @@ nothing stale reused, nothing marked complete that is not.
 | 3 | two sweeps creating one fresh `--storage` | `UNIQUE constraint failed: alembic_version.version_num` / "table … already exists" | the loser tries again and opens the winner's schema | storage_creation_race |
 | 3 | two sweeps, different `--out`, one fresh `--storage` (slow) | crash as above | both exit 0, every trial finished once | two_sweeps_on_one_storage |
 | 3 | `.study.lock` after a finished sweep | left in DIR | never created; an old one is removed | no_lock_file_left |
+| 4 | `diagnose --overwrite` killed after label_issues.csv | old report.json beside the new CSV; the next run "already done" with the old findings | report.json marked unfinished before any file is written; the old options are refused in one line, the interrupted ones redo it | diagnose_overwrite_killed_mid_write |
 """
 
 from __future__ import annotations
@@ -257,6 +258,48 @@ def no_lock_file_left(tmp_path):
     assert not (Path(config.out) / ".study.lock").exists()
 
 
+# -- 4. diagnose --overwrite killed while it writes ----------------------------------------------
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs (not even ``except Exception``)."""
+
+
+def diagnose_overwrite_killed_mid_write(tmp_path, monkeypatch):
+    import json
+
+    from test_diagnose import make_cache as diagnose_cache
+
+    from headstart.pipeline.config import DiagnoseConfig
+    from headstart.pipeline.diagnose.diagnosis import diagnose
+    from headstart.pipeline.report import files
+
+    made, out = diagnose_cache(tmp_path, plant=True), tmp_path / "report"
+    assert _invoke(["diagnose", made["path"], "--out", out, "--folds", 3]).exit_code == 0
+    write = files.write_text_atomic
+
+    def killed_after_label_issues(path, text):
+        write(path, text)
+        if str(path).endswith("label_issues.csv"):
+            raise _Killed
+
+    monkeypatch.setattr(files, "write_text_atomic", killed_after_label_issues)
+    with pytest.raises(_Killed):
+        diagnose(DiagnoseConfig(features=str(made["path"]), out=str(out), folds=2, overwrite=True), log=lambda m: None)
+    monkeypatch.undo()
+    assert json.loads((out / "report.json").read_text())["complete"] is False  # new CSV, no old report beside it
+    # The old options no longer find "already done" with the old findings:
+    again = _invoke(["diagnose", made["path"], "--out", out, "--folds", 3])
+    assert "already done" not in again.output
+    _one_line_error(again, 2, "--folds")
+    # The interrupted options redo the diagnosis and mark it finished only at the end.
+    redone = _invoke(["diagnose", made["path"], "--out", out, "--folds", 2])
+    assert redone.exit_code == 0 and "already done" not in redone.output, redone.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is True and report["config"]["folds"] == 2
+    assert "already done" in _invoke(["diagnose", made["path"], "--out", out, "--folds", 2]).output
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 FAULTS = [
@@ -269,6 +312,7 @@ FAULTS = [
     pytest.param(storage_creation_race, id="3-storage_creation_race"),
     pytest.param(two_sweeps_on_one_storage, id="3-two_sweeps_on_one_storage", marks=pytest.mark.slow),
     pytest.param(no_lock_file_left, id="3-no_lock_file_left"),
+    pytest.param(diagnose_overwrite_killed_mid_write, id="4-diagnose_overwrite_killed_mid_write"),
 ]
 
 
