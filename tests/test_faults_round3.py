@@ -18,6 +18,7 @@ nothing stale reused, nothing marked complete that is not.
 | 3 | two sweeps, different `--out`, one fresh `--storage` (slow) | crash as above | both exit 0, every trial finished once | two_sweeps_on_one_storage |
 | 3 | `.study.lock` after a finished sweep | left in DIR | never created; an old one is removed | no_lock_file_left |
 | 4 | `diagnose --overwrite` killed after label_issues.csv | old report.json beside the new CSV; the next run "already done" with the old findings | report.json marked unfinished before any file is written; the old options are refused in one line, the interrupted ones redo it | diagnose_overwrite_killed_mid_write |
+| 11 | 1,797 real handwritten digits (no two alike), white ink on a blank 28×28 canvas | 99 pairs "the same picture by pixels" (1.1-3.0 levels over the whole thumbnail) | none (closest two: 6.6 levels where either inks); the byte and upscaled copies found | sparse_handwriting_called_the_same_picture |
 """
 
 from __future__ import annotations
@@ -300,6 +301,45 @@ def diagnose_overwrite_killed_mid_write(tmp_path, monkeypatch):
     assert "already done" in _invoke(["diagnose", made["path"], "--out", out, "--folds", 2]).output
 
 
+# -- 11. sparse handwriting is not "the same picture" ---------------------------------------------
+
+
+def _sparse_digits(root: Path) -> list[str]:
+    """scikit-learn's 1,797 real 8×8 scans (no two alike) as MNIST draws them: white ink, 16×16,
+    on a blank 28×28 canvas, so three quarters of every image is background."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root.mkdir(parents=True)
+    keys = []
+    for i, scan in enumerate(load_digits().images):
+        ink = Image.fromarray((scan * 255 / 16).astype(np.uint8)).resize((16, 16), Image.Resampling.BILINEAR)
+        canvas = np.zeros((28, 28), np.uint8)
+        canvas[6:22, 6:22] = np.asarray(ink)
+        Image.fromarray(canvas).save(root / f"{i:04d}.png")
+        keys.append(f"{i:04d}.png")
+    return keys
+
+
+def sparse_handwriting_called_the_same_picture(tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from headstart.pipeline.diagnose.pictures import read_pictures, same_picture_pairs
+
+    root = tmp_path / "digits"
+    keys = _sparse_digits(root)
+    shutil.copyfile(root / keys[1], root / "copy.png")  # a byte copy and an upscaled copy stay found
+    with Image.open(root / keys[2]) as img:
+        img.resize((56, 56), Image.Resampling.NEAREST).save(root / "upscaled.png")
+    keys += ["copy.png", "upscaled.png"]
+    pairs = same_picture_pairs(read_pictures(str(root), keys, thumbnails=True), 10)
+    found = {frozenset((keys[a], keys[b])) for a, b, _ in pairs}
+    # Before: 99 pairs of different scans within 1.1-3.0 levels over the whole, mostly blank thumbnail.
+    assert found == {frozenset((keys[1], "copy.png")), frozenset((keys[2], "upscaled.png"))}
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 FAULTS = [
@@ -313,6 +353,7 @@ FAULTS = [
     pytest.param(two_sweeps_on_one_storage, id="3-two_sweeps_on_one_storage", marks=pytest.mark.slow),
     pytest.param(no_lock_file_left, id="3-no_lock_file_left"),
     pytest.param(diagnose_overwrite_killed_mid_write, id="4-diagnose_overwrite_killed_mid_write"),
+    pytest.param(sparse_handwriting_called_the_same_picture, id="11-sparse_handwriting_called_the_same_picture"),
 ]
 
 
