@@ -4,7 +4,8 @@ called the same picture. Items 5-10 are tests/test_faults_round3_io.py's.
 
 One parametrised table, one row per fault, each reproducing it as the issue describes it; every row
 asserts what the fault did not do: one line and the right exit code, nothing run from the file,
-nothing stale reused, nothing marked complete that is not.
+nothing stale reused, nothing marked complete that is not. Rows that run a backbone, a diagnosis or
+two sweeps are marked slow.
 
 | # | fault | before | now | row |
 |---|---|---|---|---|
@@ -345,14 +346,14 @@ def sparse_handwriting_called_the_same_picture(tmp_path):
 FAULTS = [
     pytest.param(crafted_saved_model, id="1-crafted_saved_model"),
     pytest.param(foreign_signatures, id="1-foreign_signatures"),
-    pytest.param(genuine_export, id="1-genuine_export"),
-    pytest.param(folder_edited_after_extraction, id="2-folder_edited_after_extraction"),
+    pytest.param(genuine_export, id="1-genuine_export", marks=pytest.mark.slow),
+    pytest.param(folder_edited_after_extraction, id="2-folder_edited_after_extraction", marks=pytest.mark.slow),
     pytest.param(run_extract_key_sees_the_folder, id="2-run_extract_key_sees_the_folder"),
     pytest.param(surplus_trial_in_a_race, id="3-surplus_trial_in_a_race"),
     pytest.param(storage_creation_race, id="3-storage_creation_race"),
     pytest.param(two_sweeps_on_one_storage, id="3-two_sweeps_on_one_storage", marks=pytest.mark.slow),
     pytest.param(no_lock_file_left, id="3-no_lock_file_left"),
-    pytest.param(diagnose_overwrite_killed_mid_write, id="4-diagnose_overwrite_killed_mid_write"),
+    pytest.param(diagnose_overwrite_killed_mid_write, id="4-diagnose_overwrite_killed_mid_write", marks=pytest.mark.slow),
     pytest.param(sparse_handwriting_called_the_same_picture, id="11-sparse_handwriting_called_the_same_picture"),
 ]
 
