@@ -14,6 +14,7 @@ two sweeps are marked slow.
 | 1 | headstart's own export | loads | loads (the check passes it) | genuine_export |
 | 2 | a cat moved into `dogs/` after extraction | "already complete … nothing to do", old labels | "the folder … changed since …; use --overwrite", exit 2, cache untouched; `--overwrite` gives the new labels | folder_edited_after_extraction |
 | 2 | `run`'s extract key after a folder edit | unchanged: every stage reused | changes with any file added, removed, moved or rewritten | run_extract_key_sees_the_folder |
+| 2 | `headstart run` again after the same edit (slow) | every stage "reused" | refused in one line; with `--overwrite` every stage runs again | run_after_a_folder_edit |
 | 3 | a sweep asking a trial beyond `--trials` in a race | `AttributeError: 'Study' object has no attribute 'set_trial_user_attr'`, trials left RUNNING | the surplus trial told FAIL and marked, the sweep goes on | surplus_trial_in_a_race |
 | 3 | two sweeps creating one fresh `--storage` | `UNIQUE constraint failed: alembic_version.version_num` / "table … already exists" | the loser tries again and opens the winner's schema | storage_creation_race |
 | 3 | two sweeps, different `--out`, one fresh `--storage` (slow) | crash as above | both exit 0, every trial finished once | two_sweeps_on_one_storage |
@@ -160,6 +161,32 @@ def run_extract_key_sees_the_folder(tmp_path):
     cats[2].write_bytes(cats[2].read_bytes() + b"\0")  # rewritten
     keys.append(extract_key(config))
     assert len(set(keys)) == 4
+
+
+def run_after_a_folder_edit(tmp_path):
+    import json
+
+    from test_runner import make_weights_file
+
+    data = tmp_path / "images"
+    for split, n, seed in (("train", 8, 0), ("validation", 4, 1), ("test", 4, 2)):
+        make_class_folders(data / split, per_class=n, seed=seed)
+    weights = make_weights_file(tmp_path / "w.weights.h5")
+    flags = ["--recipe", "guide", "--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights",
+             weights, "--extract-batch-size", "8", "--head-epochs", "2", "--head-batch-size", "8", "--epochs", "1",
+             "--batch-size", "8"]
+    run_dir = tmp_path / "run"
+    assert _invoke(["run", data, "--out", run_dir, *flags]).exit_code == 0
+    cat = sorted((data / "train" / "cats").iterdir())[0]
+    cat.rename(data / "train" / "dogs" / cat.name)
+    stale = _invoke(["run", data, "--out", run_dir, *flags])
+    assert "reused" not in stale.output  # before: every stage "reused: same source and extraction options"
+    _one_line_error(stale, 2, str(data), "changed since", "--overwrite")
+    redone = _invoke(["run", data, "--out", run_dir, *flags, "--overwrite"])
+    assert redone.exit_code == 0, redone.output
+    statuses = {name: stage["status"] for name, stage in
+                json.loads((run_dir / "summary.json").read_text())["stages"].items()}
+    assert "reused" not in statuses.values(), statuses
 
 
 # -- 3. concurrent sweeps on one storage ---------------------------------------------------------
@@ -349,6 +376,7 @@ FAULTS = [
     pytest.param(genuine_export, id="1-genuine_export", marks=pytest.mark.slow),
     pytest.param(folder_edited_after_extraction, id="2-folder_edited_after_extraction", marks=pytest.mark.slow),
     pytest.param(run_extract_key_sees_the_folder, id="2-run_extract_key_sees_the_folder"),
+    pytest.param(run_after_a_folder_edit, id="2-run_after_a_folder_edit", marks=pytest.mark.slow),
     pytest.param(surplus_trial_in_a_race, id="3-surplus_trial_in_a_race"),
     pytest.param(storage_creation_race, id="3-storage_creation_race"),
     pytest.param(two_sweeps_on_one_storage, id="3-two_sweeps_on_one_storage", marks=pytest.mark.slow),
