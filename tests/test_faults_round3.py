@@ -20,7 +20,7 @@ two sweeps are marked slow.
 | 3 | two sweeps, different `--out`, one fresh `--storage` (slow) | crash as above | both exit 0, every trial finished once | two_sweeps_on_one_storage |
 | 3 | `.study.lock` after a finished sweep | left in DIR | never created; an old one is removed | no_lock_file_left |
 | 4 | `diagnose --overwrite` killed after label_issues.csv | old report.json beside the new CSV; the next run "already done" with the old findings | report.json marked unfinished before any file is written; the old options are refused in one line, the interrupted ones redo it | diagnose_overwrite_killed_mid_write |
-| 11 | 1,797 real handwritten digits (no two alike), white ink on a blank 28×28 canvas | 99 pairs "the same picture by pixels" (1.1-3.0 levels over the whole thumbnail) | none (closest two: 6.6 levels where either inks); the byte and upscaled copies found | sparse_handwriting_called_the_same_picture |
+| 11 | 1,797 real handwritten digits (no two alike), white ink on a blank 28×28 canvas | 99 pairs "the same picture by pixels" (1.1-3.0 levels over the whole thumbnail) | none (closest two: 6.7 levels where either inks); the byte and upscaled copies found | sparse_handwriting_called_the_same_picture |
 """
 
 from __future__ import annotations
