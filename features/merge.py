@@ -244,10 +244,23 @@ def _open_shard(path: str, stack: ExitStack) -> _Shard:
     return _Shard(path, cache, int(spec["index"]), int(spec["count"]), scheme, config)
 
 
+#: Source fields each worker measures on its own copy of the data: a folder's listing digest holds
+#: modification times, which copies made without keeping them (cp, gsutil) change; the merge's own
+#: check that the shards tile every split still catches a file list that differs.
+PER_WORKER_SOURCE_FIELDS = ("listing_sha256",)
+
+
+def _compared(config: dict) -> dict:
+    source = config.get("source")
+    if not isinstance(source, dict):
+        return config
+    return {**config, "source": {k: v for k, v in source.items() if k not in PER_WORKER_SOURCE_FIELDS}}
+
+
 def _check_one_configuration(shards: list[_Shard]) -> None:
     first = shards[0]
     for other in shards[1:]:
-        diff = first_difference(first.config, other.config)
+        diff = first_difference(_compared(first.config), _compared(other.config))
         if diff:
             name, mine, theirs = diff
             raise ShardError(f"{other.path} was extracted with {name}={theirs} but {first.path} "

@@ -262,3 +262,18 @@ def _read(path, split, name):
 
 def _keys(path, split):
     return [k.decode() for k in _read(path, split, "keys")]
+
+
+def test_shards_whose_copies_of_a_folder_differ_only_in_modification_times_still_merge():
+    """Workers extract their own copies of the data (no shared filesystem): each records its copy's
+    listing digest, which holds modification times (issue 28); only the other fields must agree."""
+    from headstart.features.errors import ShardError
+    from headstart.features.merge import _check_one_configuration
+
+    def shard(path, **source):
+        config = {"backbone": "mobilenet", "source": {"kind": "dir", "root": "/data", **source}}
+        return SimpleNamespace(path=path, config=config, cache=SimpleNamespace(task="single_label"), scheme={"n": 2})
+
+    _check_one_configuration([shard("a.h5", listing_sha256="aaa"), shard("b.h5", listing_sha256="bbb")])
+    with pytest.raises(ShardError, match="source.root"):
+        _check_one_configuration([shard("a.h5", listing_sha256="aaa"), shard("b.h5", root="/other")])

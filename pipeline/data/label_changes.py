@@ -19,7 +19,10 @@ from headstart.features.errors import StoreConfigMismatch, StoreError
 
 
 def explain_label_change(error: StoreConfigMismatch, source: Any, out: str | os.PathLike) -> StoreConfigMismatch:
-    """``error`` reworded when what differs is the label file's content (its sha256); else ``error``."""
+    """``error`` reworded when what differs is the label file's content (its sha256) or the folder's
+    listing (``listing_digest``); else ``error``."""
+    if error.field == "source.listing_sha256" and getattr(source, "kind", None) == "dir":
+        return _folder_change(error, source, out)
     if error.field != "source.sha256" or getattr(source, "kind", None) != "label_file":
         return error
     name = Path(source.table.path).name
@@ -33,6 +36,18 @@ def explain_label_change(error: StoreConfigMismatch, source: Any, out: str | os.
             "1 row differs" if count == 1 else f"{count} rows differ")
     return StoreConfigMismatch(f"{name} changed since {out} was written ({rows}); use --overwrite to replace it",
                                field=error.field)
+
+
+def _folder_change(error: StoreConfigMismatch, source: Any, out: str | os.PathLike) -> StoreConfigMismatch:
+    """"the folder changed since …": files added, removed, moved to another class or rewritten."""
+    where = f"the interrupted run {out}.partial started" if error.partial else f"{out} was written"
+    if "=<absent>;" in str(error):  # a cache from before listings were recorded: no way to tell
+        why = f"{out} was made before headstart recorded its folder's listing, so whether {source.spec} changed"
+        return StoreConfigMismatch(f"{why} cannot be told; use --overwrite to extract it again",
+                                   field=error.field, partial=error.partial)
+    return StoreConfigMismatch(f"the folder {source.spec} changed since {where} (files added, removed, moved to "
+                               "another class or rewritten); use --overwrite to extract it again",
+                               field=error.field, partial=error.partial)
 
 
 def changed_rows(source: Any, cache_path: str | os.PathLike) -> int | None:

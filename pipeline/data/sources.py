@@ -29,6 +29,7 @@ from headstart.features.tfdata import without_autotune_thread
 from headstart.pipeline.config import CATS_VS_DOGS_SPLITS
 from headstart.pipeline.data.file_list import FileListSource
 from headstart.pipeline.data.image import decode_or_reason
+from headstart.pipeline.data.listing_digest import listing_digest
 from headstart.pipeline.data.source import Source, decode_map
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.data.splits import SPLIT_FOLDERS, list_class_folders, shard_of
@@ -98,10 +99,12 @@ class DirSource(FileListSource):
         self.notes.extend(listing.notes)
         # key → reason: directory symlinks not entered again, pipes and devices never opened
         self._reasons = {**listing.loops, **listing.not_regular}
+        # The folder's content, not only its path, is what a cache was made from (listing_digest.py).
+        self._listing_sha256 = listing_digest(self.root, listing.items)
 
     def describe(self) -> dict:
         return {"source": self.spec, "kind": self.kind, "root": str(self.root), "layout": self.layout,
-                "splits": dict(self._split_specs)}
+                "splits": dict(self._split_specs), "listing_sha256": self._listing_sha256}
 
 
 class TfdsSource(Source):

@@ -74,6 +74,9 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
             report = _read_report(config.out)
             return Diagnosis(None, None, None, None, {}, out=config.out, counts=report.get("counts", {}),
                              summary=report.get("summary", ""))
+        from headstart.pipeline.diagnose.report import mark_started
+
+        mark_started(config, rows.fingerprint, [o.fingerprint for o in others])  # unfinished until the end
         return _diagnose(config, rows, others, orders, time.perf_counter() - t0, log)
 
 
@@ -93,7 +96,8 @@ def _recorded(out: str) -> tuple[dict | None, bool]:
     try:
         report = _read_report(out)
         fingerprints = [report["cache"]["fingerprint"], *report["cache"].get("other_fingerprints", [])]
-        return {**report["config"], CACHE_IDENTITY: ",".join(fingerprints)}, True
+        # A report from before "complete" was written only at the end: finished.
+        return {**report["config"], CACHE_IDENTITY: ",".join(fingerprints)}, report.get("complete", True) is True
     except (OSError, ValueError, KeyError, TypeError):
         return None, False
 

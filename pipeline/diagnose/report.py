@@ -86,9 +86,31 @@ def counts(d) -> dict[str, int | None]:
             "near_constant": None if d.outliers.pixel_std is None else int(d.outliers.is_constant.sum())}
 
 
-def write_report(d, config) -> None:
-    """Writes the three CSVs, then report.json, into ``d.out``."""
+def config_record(config) -> dict[str, Any]:
+    """The options report.json records (what a rerun's ``--out`` claim compares)."""
     from headstart.pipeline.config import config_to_dict
+
+    return {**config_to_dict(config), "features": os.path.abspath(config.features),
+            "other_caches": [os.path.abspath(p) for p in config.other_caches], "out": os.path.abspath(config.out)}
+
+
+def mark_started(config, fingerprint: str, other_fingerprints: list[str]) -> None:
+    """Replaces report.json by an unfinished one before any other file is written.
+
+    A diagnosis killed while it writes (``--overwrite`` included) then leaves a directory marked
+    unfinished, which the next run redoes, never an old report.json beside new CSVs that a rerun
+    would call "already done" while ``--exclude`` reads the new label_issues.csv.
+    """
+    from headstart.pipeline.report.files import write_json_atomic
+
+    write_json_atomic(os.path.join(config.out, "report.json"), {
+        "kind": "diagnose", "complete": False, "config": config_record(config),
+        "cache": {"path": os.path.abspath(config.features), "fingerprint": fingerprint,
+                  "other_fingerprints": list(other_fingerprints)}})
+
+
+def write_report(d, config) -> None:
+    """Writes the three CSVs, then report.json (complete), into ``d.out``."""
     from headstart.pipeline.diagnose.neighbours import search_method
     from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
     from headstart.pipeline.report.provenance import library_versions
@@ -103,9 +125,8 @@ def write_report(d, config) -> None:
 
     write_json_atomic(os.path.join(out, "report.json"), {
         "kind": "diagnose",
-        "config": {**config_to_dict(config), "features": os.path.abspath(config.features),
-                   "other_caches": [os.path.abspath(p) for p in config.other_caches],
-                   "out": os.path.abspath(config.out)},
+        "complete": True,
+        "config": config_record(config),
         "cache": {"path": os.path.abspath(d.rows.path), "fingerprint": d.rows.fingerprint,
                   "other_fingerprints": [c["fingerprint"] for c in (d.agreement.caches[1:] if d.agreement else [])]},
         "label_issue_agreement": _agreement_record(d),

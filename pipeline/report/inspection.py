@@ -117,7 +117,8 @@ def _inspect_diagnose(path: Path) -> dict:
     report = _read_json(path / "report.json")
     if not isinstance(report, dict) or report.get("kind") != "diagnose":
         raise RunDirError(f"{path / 'report.json'} is not a diagnose report")
-    return {"kind": "diagnose-report", "path": str(path), "complete": True, "cache": report.get("cache") or {},
+    return {"kind": "diagnose-report", "path": str(path), "complete": report.get("complete", True) is True,
+            "cache": report.get("cache") or {},
             "counts": report.get("counts") or {}, "config": report.get("config") or {},
             "seconds": report.get("seconds"), "created": report.get("created"), "files": _files(path)}
 

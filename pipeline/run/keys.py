@@ -38,10 +38,15 @@ def _file_sha256(path: str) -> str | None:
 
 
 def extract_key(config: RunConfig) -> str:
-    """The extract stage's key: the source and the extraction options."""
+    """The extract stage's key: the source, its content (a folder's listing, a label file's bytes:
+    ``data/listing_digest.py``) and the extraction options; every later stage's key takes the cache's."""
+    from headstart.pipeline.data.listing_digest import source_digest
+    from headstart.pipeline.data.source_spec import SourceSpec
     from headstart.pipeline.run.toml_config import stage_values
 
-    return stage_key({"source": config.source, **stage_values(config, "extract")})
+    content = source_digest(SourceSpec.from_config(config.extract, source=config.source))
+    return stage_key({"source": config.source, **stage_values(config, "extract"),
+                      **({"content": content} if content else {})})
 
 
 def finetune_key(config: RunConfig, head_sha256: str) -> str:

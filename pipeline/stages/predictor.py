@@ -141,6 +141,9 @@ def _load_keras(path: Path):
 def _load_saved_model(path: Path):
     import tensorflow as tf
 
+    from headstart.pipeline.stages.saved_model_check import check_saved_model
+
+    check_saved_model(path)  # before anything from the file runs: its initialisers run at load
     loaded = tf.saved_model.load(str(path))
     serve = loaded.signatures["serving_default"]
     spec = serve.structured_input_signature[1]

@@ -21,6 +21,7 @@ test split is scored once, when ``DIR/best`` is written by retraining the best t
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import threading
 import time
@@ -125,7 +126,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
     setup = prepare_sweep(config, log)
     with claim_sweep_dir(Path(config.out), config.overwrite) as out:
         where = f"--storage {config.storage}" if config.storage else str(out / "study.db")
-        with _creation_lock(out), storage_errors(where):
+        with storage_errors(where):
             check_sqlite_file(storage_url(config), where, "move it away, or pass --overwrite to start a new study"
                               if config.storage is None else "move it away, or give another --storage")
             study, storage = _open_study(config, space, setup)
@@ -178,24 +179,8 @@ def claim_sweep_dir(out: Path, overwrite: bool) -> Iterator[Path]:
                 target = out / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         remove_dead_best_dirs(out)  # a killed final retraining's half-written best/
+        (out / ".study.lock").unlink(missing_ok=True)  # left by sweeps before issue 28; nothing locks it now
         yield out
-
-
-@contextlib.contextmanager
-def _creation_lock(out: Path) -> Iterator[None]:
-    """Serialises opening the study among processes on this machine.
-
-    Two processes creating the same fresh database at once race in Optuna's schema set-up (one
-    fails with "UNIQUE constraint failed: alembic_version"); once it exists, sharing is Optuna's.
-    """
-    import fcntl
-
-    with open(out / ".study.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _open_study(config: SweepConfig, space: SearchSpace, setup: SweepSetup) -> tuple[Any, Any]:
@@ -204,12 +189,14 @@ def _open_study(config: SweepConfig, space: SearchSpace, setup: SweepSetup) -> t
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # RetryHeartbeatStaleTrialCallback is marked experimental
-        storage = RDBStorage(storage_url(config), engine_kwargs=_sqlite_engine(storage_url(config)),
-                             heartbeat_interval=config.heartbeat,
-                             grace_period=2 * config.heartbeat,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+    def storage_now() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # RetryHeartbeatStaleTrialCallback is marked experimental
+            return RDBStorage(storage_url(config), engine_kwargs=_sqlite_engine(storage_url(config)),
+                              heartbeat_interval=config.heartbeat, grace_period=2 * config.heartbeat,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+
+    storage = _created_once(storage_now)
     # constant_liar: trials asked in one round (or by other processes) and still running count as
     # bad results for the sampler, so one round does not ask for the same region again and again.
     # The seed is offset by the trials already there, so a process joining a study draws anew.
@@ -225,9 +212,10 @@ def _open_study(config: SweepConfig, space: SearchSpace, setup: SweepSetup) -> t
     settings = {"caches": [{"name": c.name, "fingerprint": c.info["fingerprint"]} for c in setup.caches.values()],
                 "space": space.to_dict(), "seed": config.seed, **setup.settings()}
     recorded = study.user_attrs.get("settings")
-    if recorded is None:
+    if recorded is None:  # the first process; one that raced it with other settings finds them now
         study.set_user_attr("settings", settings)
-    elif recorded != settings:
+        recorded = study.user_attrs.get("settings")
+    if recorded != settings:
         from headstart.pipeline.report.out_dir import first_difference
 
         difference = first_difference(_flat_settings(recorded), _flat_settings(settings))
@@ -235,6 +223,33 @@ def _open_study(config: SweepConfig, space: SearchSpace, setup: SweepSetup) -> t
                           f"give the same CACHEs and [sweep] settings to resume, or another --out (or --overwrite) "
                           f"to start anew")
     return study, storage
+
+
+#: How often, and how far apart, a new storage is tried again after losing the schema race.
+CREATION_TRIES, CREATION_PAUSE = 10, 0.2
+#: What losing that race says (SQLite, PostgreSQL and MySQL word it alike); anything else is not retried.
+_RACE = re.compile(r"already exists|alembic_version|database is locked|duplicate key|Duplicate entry", re.I)
+
+
+def _created_once(create: Callable[[], Any]) -> Any:
+    """``create()``, tried again while another process is creating the same fresh database.
+
+    Processes opening one fresh storage at once (several sweeps on one ``--storage``, or on one
+    machine's DIR/study.db) race in Optuna's schema set-up: the losers fail with "table studies
+    already exists" or "UNIQUE constraint failed: alembic_version.version_num". Once the winner
+    is done the schema is there, and a second try finds and checks it; this works across machines,
+    where a lock file beside the database would not (and no lock file is left behind).
+    """
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(CREATION_TRIES):
+        try:
+            return create()
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == CREATION_TRIES - 1 or not _RACE.search(str(exc)):
+                raise  # not (or no longer) a race: storage_errors says what the database said
+            time.sleep(CREATION_PAUSE * (1 + attempt))
+    raise AssertionError("unreachable")
 
 
 def _flat_settings(settings: dict) -> dict[str, Any]:
@@ -299,7 +314,7 @@ def _ask_round(study: Any, storage: Any, config: SweepConfig, space: SearchSpace
             # after the ask would leave it RUNNING for ever.
             storage.record_heartbeat(trial._trial_id)
             if _surplus(study, trial.number, config.trials):
-                study.set_trial_user_attr(trial._trial_id, "surplus", True)
+                trial.set_user_attr("surplus", True)
                 study.tell(trial, state=trial_state("FAIL"))
                 continue
             asked.append((trial, suggest_params(trial, space, has_views)))
