@@ -67,8 +67,6 @@ def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] |
     """
     check_config("extract", config, label=label)
     folder = check_source_path(config.source)
-    if folder is not None and folder.is_dir():  # fewer than 2 classes: refused before TensorFlow starts
-        check_class_folders(folder, config.source)
     if not str(config.backbone).startswith("hub:"):  # KerasHub presets are checked when they load
         check_image_size(config.backbone, config.image_size)  # an unknown backbone, a size too small
     check_weights_option(config.weights, config.backbone, config.alpha)
@@ -78,6 +76,10 @@ def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] |
     SourceSpec.from_config(config)  # split names and fractions
     if config.tap is not None:
         _check_tap(config, label)
+    # The options first (a typo is the cheapest fix), then what the folder holds: fewer than 2
+    # classes is refused here, before TensorFlow starts, rather than after ~20 s of start-up.
+    if folder is not None and folder.is_dir():
+        check_class_folders(folder, config.source)
 
 
 def _check_tap(config: ExtractConfig, label: Callable[[str], str] | None) -> None:
