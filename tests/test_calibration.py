@@ -44,11 +44,14 @@ def test_binary_single_logit_and_multi_label_per_class_temperatures():
     assert nll(y[:, 2], scaled[:, 2:3] / t, 2) < nll(y[:, 2], scaled[:, 2:3], 2)
 
 
-def test_temperature_is_bounded_when_validation_is_all_right():
+def test_no_temperature_when_validation_is_all_right():
     labels = np.array([0, 1, 0, 1])
     logits = np.array([[-6.0], [6.0], [-4.0], [2.0]])  # two classes, every row right
-    [t] = fit_temperature(labels, logits, 2)
-    assert t == pytest.approx(np.exp(-3.0), rel=1e-2)  # the lower bound, never zero
+    assert fit_temperature(labels, logits, 2) == [None]  # the NLL falls as T → 0: nothing to fit
+    y = np.array([[0, 1], [1, 1], [0, 0], [1, 0]])
+    z = np.array([[-6.0, 3.0], [6.0, 2.0], [-4.0, -3.0], [2.0, 2.5]])
+    [t0, t1] = fit_temperature(y, z, 2, multi_label=True)
+    assert t0 is None and t1 is not None and t1 > 1  # class 1: one confident mistake, a softer sigmoid
 
 
 def test_bins_and_ece_by_hand():
@@ -87,3 +90,26 @@ def test_layer_survives_save_load_and_the_serving_half(tmp_path, temperature):
     serving = inference_model(loaded)
     assert model_temperature(serving) == pytest.approx(temperature)
     np.testing.assert_allclose(serving.predict(images, verbose=0), raw / np.array(temperature), rtol=1e-5, atol=1e-6)
+
+
+def test_calibrate_none_keeps_the_model_and_a_bad_word_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from headstart.pipeline.cli import main
+    from headstart.pipeline.config import FinetuneConfig
+    from headstart.pipeline.stages.finetune_final import calibrate
+
+    model, predictions = object(), SimpleNamespace(labels=np.array([0, 1]), logits=np.zeros((2, 1)))
+    kept, same, record = calibrate(FinetuneConfig(calibrate="none"), model, predictions, class_names=["a", "b"],
+                                   multi_label=False, log=print)
+    assert kept is model and same is predictions and record == {"method": "none", "reason": "--calibrate none"}
+    assert describe_calibration(record) == "none (--calibrate none)"
+    lines: list[str] = []
+    _, _, record = calibrate(FinetuneConfig(), model, None, class_names=["a", "b"], multi_label=False,
+                             log=lines.append)
+    assert record["reason"] == "no validation images" and lines == ["calibration: skipped (no validation images)"]
+    for command in ("finetune", "run"):
+        result = CliRunner().invoke(main, [command, str(tmp_path), "--out", str(tmp_path / "o"), "--calibrate", "platt"])
+        assert result.exit_code == 2 and "--calibrate" in result.output and "temperature" in result.output, result.output

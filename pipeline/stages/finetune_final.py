@@ -44,7 +44,11 @@ def calibrate(config: FinetuneConfig, model: Any, val_predictions: Any, *, class
     import numpy as np
 
     k = len(class_names)
-    temperature = fit_temperature(val_predictions.labels, val_predictions.logits, k, multi_label)
+    fitted = fit_temperature(val_predictions.labels, val_predictions.logits, k, multi_label)
+    if all(t is None for t in fitted):
+        log("calibration: skipped (validation does not determine a temperature: every image right with a margin)")
+        return model, val_predictions, {"method": "none", "reason": "validation does not determine a temperature"}
+    temperature = [1.0 if t is None else t for t in fitted]  # a class validation cannot calibrate stays as trained
     t = np.asarray(temperature, dtype=np.float32)
     scaled = dataclasses.replace(val_predictions, logits=(val_predictions.logits / (t if len(t) > 1 else t[0]))
                                  .astype(np.float32))
