@@ -76,8 +76,7 @@ def test_run_writes_a_self_contained_report_with_summary_numbers(finished):
     # No network and no script: every picture is inline, nothing is fetched.
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html) and "<script" not in html
     assert html.count('src="data:image/png;base64,') >= 2 + 2  # two curves, thumbnails, mistakes
-    for section in ("Decisions", "Recipe") if "Decisions" in html else ("Recipe",):
-        assert f"<h2>{section}</h2>" in html
+    assert "<h2>Recipe</h2>" in html and "guide: fixed settings" in html  # the guide tries nothing
     for section in ("Stages", "Training curves", "Confusion matrix", "Most confident mistakes", "Calibration"):
         assert f"<h2>{section}</h2>" in html, section
     assert html.count('class="thumb"') >= 2 and "odd_" in html  # the planted mistakes, as thumbnails
@@ -102,6 +101,28 @@ def test_report_command_rewrites_it_inspect_shows_the_temperature_and_refusals(f
     result = cli("report", tmp_path)
     assert result.exit_code == 2 and str(tmp_path) in result.output and "summary.json" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_decisions_leaderboard_and_diagnose_sections_from_their_records(tmp_path):
+    """The sections a guide run leaves out, from the records auto, a sweep and diagnose write."""
+    from headstart.pipeline.run.report_html import render_report
+    from headstart.pipeline.run.report_data import ReportData
+
+    summary = {"kind": "headstart-run", "source": "photos <&>", "class_names": ["cat", "dog"], "seconds": 1.0,
+               "test": {"split": "test", "rows": 4, "accuracy": 0.75},
+               "stages": {"evaluate": {"status": "ran", "accuracy": 0.75, "seconds": 1.0}},
+               "recipe": {"recipe": "auto", "decisions": [
+                   {"name": "image_size", "chosen": 224, "explicit": False, "measure": "val_loss", "why": "lowest",
+                    "candidates": [{"value": 150, "score": 0.31}, {"value": 224, "score": 0.25}]}]}}
+    html = render_report(ReportData(run_dir=tmp_path, summary=summary,
+                                    leaderboard=(["trial", "val_loss"], [["3", "0.25"], ["1", "0.31"]]),
+                                    diagnose={"counts": {"label_issues": 2, "duplicates": 0}, "summary": "2 issues"}))
+    assert "photos &lt;&amp;&gt;" in html and "<script" not in html  # data is escaped, never markup
+    assert "<h2>Decisions</h2>" in html and '<span class="chosen">224 0.2500</span>' in html
+    assert "<h2>Sweep leaderboard</h2>" in html and "<td>0.31</td>" in html
+    assert "<h2>Diagnose</h2>" in html and "<td>label_issues</td>" in html and "2 issues" in html
+    for absent in ("Confusion matrix", "Most confident mistakes", "Calibration", "Training curves"):
+        assert f"<h2>{absent}</h2>" not in html
 
 
 def browser_check(url: str, screenshot: Path | None = None, *, full_page: bool = True) -> dict:
