@@ -41,8 +41,8 @@ from headstart.pipeline.options.run_flags import RUN_OPTIONS
 from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.run.console import Console
-from headstart.pipeline.run.report_data import REPORT_HTML, SUMMARY_JSON
 from headstart.pipeline.run.keys import evaluate_key, extract_key, finetune_key, input_files, stage_key
+from headstart.pipeline.run.report_data import REPORT_HTML, SUMMARY_JSON
 from headstart.pipeline.run.stages import MULTI_LABEL_KEYS
 from headstart.pipeline.run.toml_config import RunConfig, read_config_file, resolve_run_config, result_settings, \
     run_config_dict, stage_values, to_toml

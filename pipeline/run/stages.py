@@ -26,7 +26,6 @@ from headstart.pipeline.run.toml_config import RunConfig
 MULTI_LABEL_KEYS = ("task", "map", "micro_f1", "exact_match")
 
 
-
 def test_measures(metrics: dict) -> dict:
     """A stage record's headline measures (accuracy, balanced accuracy, macro-F1) from the test
     section of its metrics.json (None each when there is no test split)."""

@@ -53,7 +53,9 @@ def calibrate(config: FinetuneConfig, model: Any, val_predictions: Any, *, class
     scaled = dataclasses.replace(val_predictions, logits=(val_predictions.logits / (t if len(t) > 1 else t[0]))
                                  .astype(np.float32))
     record = {"method": "temperature", "temperature": temperature,
-              "validation": before_after(val_predictions.labels, scaled.logits, temperature, k, multi_label)}
+              "validation": before_after(val_predictions.labels, scaled.logits, temperature, k, multi_label),
+              **({"left_at_1": [class_names[c] for c, t in enumerate(fitted) if t is None]}
+                 if None in fitted else {})}
     val = record["validation"]
     shown = f"{temperature[0]:.3f}" if len(temperature) == 1 else \
         f"{min(temperature):.3f}–{max(temperature):.3f} (per class)"
