@@ -112,6 +112,7 @@ def build_chain(
     *,
     head: keras.layers.Layer | None = None,
     augmentation: keras.layers.Layer | None = None,
+    temperature: keras.layers.Layer | None = None,
     name: str = "headstart",
 ) -> keras.Model:
     """Builds the chain from its parts; the layers are used as they are (shared, not copied).
@@ -124,6 +125,8 @@ def build_chain(
             None for the feature extractor.
         augmentation: layer (usually a Sequential) named "augmentation" acting only when
             ``training=True``, or None.
+        temperature: layer named "temperature" after the head (logits / T, the calibration fitted
+            by ``headstart.pipeline.model.calibration``), or None.
         name: model name.
 
     Returns:
@@ -137,7 +140,11 @@ def build_chain(
     x = backbone(preprocessing(x))
     if pooling is not None:
         x = pooling(x)
-    model = keras.Model(inputs, head(x) if head is not None else x, name=name)
+    if head is not None:
+        x = head(x)
+    if temperature is not None:
+        x = temperature(x)
+    model = keras.Model(inputs, x, name=name)
     freeze_batchnorm(model)
     return model
 

@@ -223,8 +223,8 @@ def sweep_command(caches, config_file, quiet, **options):
 @_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs",
          "path_column", "label_column", "images", "multi_label", "epochs",
          "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "probe", "probe_steps",
-         "patience", "seed", "deterministic", "parity_samples", "resume", "export", "quantize", "exclude", "class_weight", "monitor",
-         "on_cache")
+         "patience", "seed", "deterministic", "parity_samples", "resume", "export", "quantize", "calibrate", "exclude",
+         "class_weight", "monitor", "on_cache")
 @_distribute_options("finetune")
 @_fields("finetune", "tensorboard", "overwrite")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
@@ -338,6 +338,15 @@ def inspect_command(path, as_json):
 
     info = inspect_path(path)
     _echo_json(info) if as_json else _echo(format_inspection(info))
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path())
+@_library_call
+def report_command(run_dir):
+    """Write RUN_DIR/report.html (decisions, stages, curves, mistakes, calibration) for a finished run."""
+    from headstart.pipeline.run.report_html import write_report
+    _echo(f"report: {write_report(run_dir)}")
 
 
 @main.command("run")

@@ -25,6 +25,9 @@ DEFAULT_AUGMENT = "flip,rotate=0.1"
 EXPORT_FORMATS = ("saved_model", "onnx", "tflite")
 #: TFLite quantization of ``finetune --export tflite --quantize`` (int8: calibrated on training images).
 QUANTIZE_MODES = ("none", "float16", "int8")
+#: ``--calibrate``: how the final model's probabilities are calibrated on validation
+#: (pipeline/model/calibration.py): one temperature (per class for multi-label), or not at all.
+CALIBRATIONS = ("temperature", "none")
 #: Head kinds: the guide's linear head, or one hidden ReLU layer before it (pipeline/model/head.py).
 HEAD_KINDS = ("linear", "hidden")
 #: Feature normalisations applied inside the head.
@@ -169,6 +172,7 @@ class FinetuneConfig:
     exclude: str | None = None      # CSV with a key column: dropped from train and validation
     class_weight: str = "none"      # CLASS_WEIGHT_MODES or a TOML/JSON file: class name → weight
     monitor: str = "val_loss"       # MONITORS
+    calibrate: str = "temperature"  # CALIBRATIONS: fitted on validation after the stage gate
     # Train the layers above the head's cache's tap on its cached activations (stages/finetune_on_cache.py).
     on_cache: bool = False
 

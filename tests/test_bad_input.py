@@ -96,6 +96,11 @@ CASES = [
     ("inspect-missing", "inspect {ws}/nothing", "nothing: no such file or directory", "domain"),
     ("inspect-foreign-dir", "inspect {ws}/images", "not a headstart run directory", "domain"),
     ("inspect-not-hdf5", "inspect {ws}/notes.txt", "notes.txt", "domain"),
+    ("report-missing", "report {ws}/nothing", "nothing: no such directory", "domain"),
+    ("report-not-a-run", "report {ws}/images", "not a finished `headstart run` directory (no summary.json)",
+     "domain"),
+    ("finetune-calibrate", "finetune {ws}/images --out {ws}/newft --calibrate platt", "'platt' is not one of",
+     "usage"),
     # option ranges from the option table, for flags and TOML alike, before TensorFlow starts
     ("run-seed-negative", "run {ws}/images --out {ws}/new --seed -1",
      "--seed must be in [0, 4294967295] (a 32-bit seed), got -1", "domain"),

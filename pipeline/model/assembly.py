@@ -43,11 +43,11 @@ def inference_model(model: keras.Model) -> keras.Model:
 
     Returns:
         Model (B, S, S, 3) raw 0–255 → logits: the same chain, built by ``build_chain`` from the
-        same layers, without "augmentation".
+        same layers, without "augmentation" (with "temperature" when the model is calibrated).
     """
     layers = {layer.name: layer for layer in model.layers}
     return build_chain(layers["backbone"], layers["preprocessing"], layers.get("pooling"), head=layers["head"],
-                       name=f"{model.name}_inference")
+                       temperature=layers.get("temperature"), name=f"{model.name}_inference")
 
 
 def freeze_backbone(model: keras.Model) -> None:

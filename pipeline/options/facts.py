@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
-from headstart.pipeline.config import (EXPORT_FORMATS, HEAD_KINDS, MONITORS, NORMALIZATIONS, QUANTIZE_MODES,
-                                      RECIPES, STRATEGIES, DemoConfig, DiagnoseConfig, EvaluateConfig, ExportConfig,
-                                      ExtractConfig, FinetuneConfig, HeadConfig, PredictConfig, RunConfig,
+from headstart.pipeline.config import (CALIBRATIONS, EXPORT_FORMATS, HEAD_KINDS, MONITORS, NORMALIZATIONS,
+                                      QUANTIZE_MODES, RECIPES, STRATEGIES, DemoConfig, DiagnoseConfig, EvaluateConfig,
+                                      ExportConfig, ExtractConfig, FinetuneConfig, HeadConfig, PredictConfig, RunConfig,
                                       SplitConfig, SweepConfig)
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.bounds import BATCH_SIZE, HIDDEN_UNITS, IMAGE_SIZE, POSITIVE, SEED, SHARE, Bounds, at_least
@@ -202,6 +202,10 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                              shapes_result=False),
         "quantize": OptionFact("Quantization of --export tflite; int8 is calibrated on training images.",
                                choices=QUANTIZE_MODES, shapes_result=False),
+        "calibrate": OptionFact("temperature: divide the final model's logits by a temperature fitted on validation "
+                                "(one per class for multi-label) so its probabilities mean what they say; it is a "
+                                "layer of model.keras and of every export. none: keep the raw scores.",
+                                choices=CALIBRATIONS),
         "exclude": OptionFact("CSV with a key column (e.g. diagnose's label_issues.csv): drop those images from "
                               "train and validation; test is kept.", path="file"),
         **_IMBALANCE,

@@ -77,6 +77,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     _o("--patience", "finetune.patience", "Fine-tuning epochs without a better validation loss before stopping."),
     _o("--export", "finetune.export"),
     _o("--quantize", "finetune.quantize"),
+    _o("--calibrate", "finetune.calibrate"),
     _o("--seed", "extract.seed,head.seed,finetune.seed", "Seed of every stage."),
     _o("--strategy", "head.strategy,finetune.strategy"),
     _o("--mixed-precision/--no-mixed-precision", "head.mixed_precision,finetune.mixed_precision"),

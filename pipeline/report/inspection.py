@@ -294,6 +294,7 @@ def _format_run_dir(info: dict) -> str:
         lines.append(f"  stage gate: kept the {gate.get('kept')} model (validation {measure} seeded "
                      f"{_acc(gate.get(f'seeded_val_{measure}'))}, fine-tuned "
                      f"{_acc(gate.get(f'finetuned_val_{measure}'))})")
+    lines += _calibration_lines(metrics.get("calibration") or run.get("calibration"))
     if metrics.get("best_epoch") is not None:
         lines.append(f"  best epoch: {metrics['best_epoch']} of {metrics.get('epochs_run', '?')}")
     for split in ("validation", "test"):
@@ -385,3 +386,10 @@ def _number(text: Any) -> float | None:
         return float(text)
     except (TypeError, ValueError):
         return None
+
+
+def _calibration_lines(record: dict | None) -> list[str]:
+    """The temperature a finetune run's model carries and its test ECE/NLL before → after (none: no line)."""
+    from headstart.pipeline.report.calibration_measures import describe_calibration
+
+    return [f"  calibration: {describe_calibration(record)}"] if record else []

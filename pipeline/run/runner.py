@@ -6,8 +6,10 @@ Layout of RUN_DIR::
     stages.json     per stage: the key of its inputs and config, status, timings, scores
     features.h5     extract-features' cache        head/      train-head's run directory
     finetune/       finetune's run directory       samples.npz  test images shown in summary.png
-    summary.json    every stage's scores and timings, written last (its presence marks a finished run)
+    summary.json    every stage's scores and timings, written last but one (its presence marks a finished run)
     summary.png     both stages' curves, the confusion matrix, sample test images
+    mistakes.npz    thumbnails of the test split's mistakes, for report.html
+    report.html     one self-contained page about the run (run/report_html.py), written from the files above
     export/         with --export: the fine-tuned model's exports and export.json (headstart export)
     tensorboard/    with --tensorboard: head/ and finetune/ event files
 
@@ -41,13 +43,13 @@ from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.run.console import Console
 from headstart.pipeline.run.keys import evaluate_key, extract_key, finetune_key, input_files, stage_key
+from headstart.pipeline.run.report_data import REPORT_HTML, SUMMARY_JSON
 from headstart.pipeline.run.stages import MULTI_LABEL_KEYS
 from headstart.pipeline.run.toml_config import RunConfig, describe_differences, read_config_file, resolve_run_config, \
     result_settings, run_config_dict, run_label, stage_values, to_toml
 
 STAGES = ("extract", "head", "finetune", "evaluate")
-CONFIG_FILE, STATE_FILE, SUMMARY_JSON, SUMMARY_PNG, SAMPLES = (
-    "config.toml", "stages.json", "summary.json", "summary.png", "samples.npz")
+CONFIG_FILE, STATE_FILE, SUMMARY_PNG, SAMPLES = ("config.toml", "stages.json", "summary.png", "samples.npz")
 
 
 @dataclass
@@ -178,6 +180,9 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
         summary = _summary(config, run_dir, records, time.perf_counter() - t0)
         _plot(run_dir, summary, console)
         write_json_atomic(run_dir / SUMMARY_JSON, summary)
+        from headstart.pipeline.run.report_html import write_report
+
+        write_report(run_dir)  # from the files just written, as `headstart report RUN_DIR` would
     return RunResult(run_dir=str(run_dir), summary=summary, table=format_table(summary))
 
 
@@ -309,10 +314,13 @@ def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds
         "test": {k: evaluate.get(k) for k in ("split", *HEADLINE, "loss", "rows", "per_class",
                                                 "confusion_matrix", "skipped", *MULTI_LABEL_KEYS) if k in evaluate
                  or k not in MULTI_LABEL_KEYS},
+        # The evaluated split's ECE (15 bins) and NLL with the model's temperature undone and as it is.
+        "calibration": evaluate.get("calibration"),
         "plots": {"summary": str(run_dir / SUMMARY_PNG),
                   "head": str(Path(records["head"].get("path") or run_dir / "head") / "curves.png"),
                   "finetune": str(run_dir / "finetune" / "curves.png")},
         "tensorboard": str(run_dir / "tensorboard") if config.tensorboard else None,
+        "report": str(run_dir / REPORT_HTML),
         "seconds": seconds,
     })
 
@@ -362,6 +370,8 @@ def format_table(summary: dict) -> str:
     plots = {k: _shown(v) for k, v in summary["plots"].items()}
     lines += ["", f"run directory: {_shown(summary['run_dir'])} ({summary['seconds']:.1f} s)",
               f"plots: {plots['summary']}", f"       {plots['head']}", f"       {plots['finetune']}"]
+    if summary.get("report"):
+        lines.append(f"report: {_shown(summary['report'])}")
     if summary.get("tensorboard"):
         lines.append(f"tensorboard: tensorboard --logdir {_shown(summary['tensorboard'])}")
     exported = summary["stages"].get("export") or {}

@@ -69,3 +69,59 @@ def write_samples(path: Path, samples: SampleImages, class_names: Sequence[str],
             np.savez_compressed(f, **arrays)
 
     atomic_write(path, write, suffix=".npz")
+
+
+#: report.html: thumbnails kept per off-diagonal confusion cell, their side in pixels, and the most
+#: confident mistakes shown at full model size.
+CELL_IMAGES, THUMBNAIL, CONFIDENT_MISTAKES = 4, 64, 8
+
+
+class CellImages:
+    """The first ``CELL_IMAGES`` images of every off-diagonal confusion cell (true, predicted) of a
+    single-label split, as uint8 (THUMBNAIL, THUMBNAIL, 3) thumbnails with their keys (an ``on_batch``
+    observer of ``predict_split``)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.cells: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = {}
+
+    def __call__(self, batch: Any) -> None:
+        import tensorflow as tf
+
+        from headstart.pipeline.model.head import predict_classes
+
+        predicted = predict_classes(batch.logits, self.num_classes)
+        for j in np.flatnonzero(predicted != batch.labels):
+            cell = self.cells.setdefault((int(batch.labels[j]), int(predicted[j])), [])
+            if len(cell) < CELL_IMAGES:
+                small = tf.image.resize(batch.images[j][None], (THUMBNAIL, THUMBNAIL), antialias=True)[0].numpy()
+                cell.append((str(batch.keys[j]), np.clip(small, 0, 255).astype(np.uint8)))
+
+
+def write_mistakes(path: Path, cells: CellImages, wrong: Any) -> None:
+    """``mistakes.npz`` for report.html: the confusion cells' thumbnails and the most confident mistakes.
+
+    Arrays: ``cell_true``, ``cell_predicted``, ``cell_keys`` (M,) and ``cell_images`` (M, 64, 64, 3);
+    ``wrong_probability``, ``wrong_true``, ``wrong_predicted``, ``wrong_keys`` (W,) and ``wrong_images``
+    (W, S, S, 3) from ``stages.evaluation.WrongImages``, most confident first.
+    """
+    from headstart.pipeline.report.files import atomic_write
+
+    flat = [(t, p, key, im) for (t, p), items in sorted(cells.cells.items()) for key, im in items]
+    worst = wrong.wrong
+    arrays = {"cell_true": np.array([f[0] for f in flat], np.int64),
+              "cell_predicted": np.array([f[1] for f in flat], np.int64),
+              "cell_keys": np.array([f[2] for f in flat], dtype=str),
+              "cell_images": (np.stack([f[3] for f in flat]) if flat
+                              else np.zeros((0, THUMBNAIL, THUMBNAIL, 3), np.uint8)),
+              "wrong_probability": np.array([w[0] for w in worst], np.float64),
+              "wrong_keys": np.array([w[1] for w in worst], dtype=str),
+              "wrong_true": np.array([w[2] for w in worst], np.int64),
+              "wrong_predicted": np.array([w[3] for w in worst], np.int64),
+              "wrong_images": np.stack([w[4] for w in worst]) if worst else np.zeros((0, 1, 1, 3), np.uint8)}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write, suffix=".npz")

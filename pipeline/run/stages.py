@@ -297,7 +297,8 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     return _with_outputs([samples_path], {
         "key": key, "done": True, "status": "ran", "seconds": seconds, "images": n,
         "images_per_second": n / seconds if seconds else None, "split": split,
-        **{k: metrics.get(k) for k in (*HEADLINE, *multi, "loss", "rows", "per_class", "confusion_matrix")},
+        **{k: metrics.get(k) for k in (*HEADLINE, *multi, "loss", "rows", "per_class", "confusion_matrix",
+                                       "calibration")},
         "skipped": skipped})
 
 
@@ -305,7 +306,11 @@ def _evaluate(model_run: RunDir, source: Any, split: str, samples_path: Path, ba
               console: Any) -> tuple[dict, int, int]:
     """One pass of the prediction loop over the split: (its metrics, items seen, items skipped);
     sample images for summary.png go to ``samples_path`` on the way."""
-    from headstart.pipeline.run.samples import SampleImages, write_samples
+    from headstart.pipeline.model.calibration import model_temperature
+    from headstart.pipeline.report.calibration_measures import before_after
+    from headstart.pipeline.run.samples import (CONFIDENT_MISTAKES, CellImages, SampleImages, write_mistakes,
+                                                write_samples)
+    from headstart.pipeline.stages.evaluation import WrongImages
     from headstart.pipeline.training.predictions import predict_split, split_metrics
 
     model = model_run.load_model()
@@ -313,11 +318,15 @@ def _evaluate(model_run: RunDir, source: Any, split: str, samples_path: Path, ba
     thresholds = model_run.thresholds(class_names)
     total = source.count(split)
     samples = SampleImages(total, len(class_names), thresholds)
+    # report.html's pictures of the mistakes (single-label: a multi-label row has no one confusion cell)
+    pictures = () if thresholds is not None else (CellImages(len(class_names)),
+                                                  WrongImages(CONFIDENT_MISTAKES, len(class_names)))
     line, start = console.progress(f"  evaluate {split}"), time.perf_counter()
     seen = [0]
 
     def observe(batch: Any) -> None:
-        samples(batch)
+        for observer in (samples, *pictures):
+            observer(batch)
         seen[0] = batch.seen
         line.update(batch.seen, total, batch.seen / max(time.perf_counter() - start, 1e-9))
 
@@ -329,6 +338,12 @@ def _evaluate(model_run: RunDir, source: Any, split: str, samples_path: Path, ba
     metrics = split_metrics(predictions, class_names, multi_label=thresholds is not None, thresholds=thresholds)
     write_samples(samples_path, samples, class_names, size=int(model.input_shape[1]),
                   width=int(model.output_shape[-1]))
+    if pictures:
+        from headstart.pipeline.run.report_data import MISTAKES
+
+        write_mistakes(samples_path.with_name(MISTAKES), *pictures)
+    metrics["calibration"] = before_after(predictions.labels, predictions.logits, model_temperature(model),
+                                          len(class_names), thresholds is not None)
     return metrics, seen[0], len(predictions.skipped)
 
 

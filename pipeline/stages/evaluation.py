@@ -25,7 +25,7 @@ from headstart.pipeline.report.rundir import MODEL_FILES, RunDir, load_model_fil
 from headstart.pipeline.training.predictions import num_classes_of, predict_split, split_metrics
 
 
-class _WrongImages:
+class WrongImages:
     """The ``keep`` most confidently wrong images of a split, most confident first (an ``on_batch``
     observer of ``predict_split``), each as (probability of the predicted class, key, true index,
     predicted index, uint8 (S, S, 3))."""
@@ -98,7 +98,7 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
     width = int(model.output_shape[-1]) if multi_label else num_classes_of(model)
     if width != len(class_names):
         raise DataError(f"source has {len(class_names)} classes but the model predicts {width}")
-    wrong = _WrongImages(grid_size, width) if grid else None
+    wrong = WrongImages(grid_size, width) if grid else None
     with observed(progress, f"evaluate {split}", src.count(split), wrong) as on_batch:
         predictions = predict_split(model, src, split, batch_size=batch_size, multi_label=multi_label,
                                     on_batch=on_batch)
@@ -153,7 +153,7 @@ def _thresholds(model_path: str | os.PathLike, run: RunDir | None, source: Any, 
 
 
 def write_wrong_grid(wrong: Sequence[tuple], class_names: Sequence[str], path: str | os.PathLike) -> None:
-    """Saves a PNG grid of wrong predictions (``_WrongImages.wrong``), titled with the
+    """Saves a PNG grid of wrong predictions (``WrongImages.wrong``), titled with the
     key, true and predicted class and the confidence. An empty list gives a "no errors" image."""
     import matplotlib
 

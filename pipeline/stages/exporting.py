@@ -158,8 +158,10 @@ def export_model_dir(config: ExportConfig, *, log: Callable[[str], None] = print
         export is not written again.
 
     Raises:
-        OptionError, DataError, RunDirError: bad options, source or RUN_OR_MODEL; ``--out`` holding
-        another export. ParityError: a rebuilt head run that disagrees with its cache.
+        OptionError: bad options.
+        DataError: a bad source.
+        RunDirError: a bad RUN_OR_MODEL, or ``--out`` holding another export.
+        ParityError: a rebuilt head run that disagrees with its cache.
         OutputError: a format whose converter failed (the others are written and checked).
         RunDirBusyError: another process writes ``--out``.
     """

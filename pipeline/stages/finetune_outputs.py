@@ -149,6 +149,9 @@ def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, ex
         "stage": "finetune", "config": resolved_config(config),
         "task": "multi_label" if plan.multi_label else "single_label",
         **({"thresholds": metrics["thresholds"]} if metrics.get("thresholds") else {}),
+        # The temperature is also the model's own "temperature" layer; recorded here for readers of run.json.
+        "calibration": {k: v for k, v in (metrics.get("calibration") or {"method": "none"}).items()
+                        if k in ("method", "temperature", "reason")},
         "head_run": ({"path": os.path.abspath(config.head), "cache": head_run.cache,
                       HEAD_IDENTITY: progress.get(HEAD_IDENTITY), "accuracy": _head_accuracy(head_run)}
                      if head_run else None),
@@ -175,6 +178,7 @@ def recorded_head(run: RunDir) -> dict:
 
 def summary_table(result: FinetuneResult) -> str:
     """The table the CLI prints at the end."""
+    from headstart.pipeline.report.calibration_measures import describe_calibration
     from headstart.pipeline.report.summary_table import format_summary_table
 
     metrics, parity = result.metrics, result.parity
@@ -197,6 +201,7 @@ def summary_table(result: FinetuneResult) -> str:
         ("stage gate", f"kept {gate['kept']} model (seeded val {short} {_fmt(gate[f'seeded_val_{measure}'])}, "
                        f"fine-tuned {_fmt(gate[f'finetuned_val_{measure}'])})"),
         *measures,
+        ("calibration", describe_calibration(metrics.get("calibration"))),
         ("time per epoch", f"{result.seconds_per_epoch:.2f} s"), ("model", result.model_path),
         *((f"export {k}", v or "failed") for k, v in result.exports.items()),
     ], title="finetune")

@@ -178,7 +178,12 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resu
     metrics: dict[str, Any] = {"stage": "finetune", "parity": parity and parity.to_dict(),
                                "head_stage": head_stage and head_stage.to_dict(),
                                "seeded": {"validation": seeded_val}, **trained.metrics}
-    sections, thresholds = _final_metrics(work, plan, built.model, trained.val_predictions)
+    from headstart.pipeline.stages.finetune_final import calibrate, final_metrics
+
+    model, val_predictions, metrics["calibration"] = calibrate(
+        work, built.model, trained.val_predictions, class_names=plan.class_names, multi_label=plan.multi_label, log=log)
+    built = dataclasses.replace(built, model=model)  # thresholds and test are measured on the calibrated model
+    sections, thresholds = final_metrics(work, plan, built.model, val_predictions, metrics["calibration"])
     metrics.update(sections, **thresholds)
     return write_outputs(config, plan, built, run_dir=run.path, spec=trained.spec, stage=trained.stage,
                          metrics=metrics, parity=parity, distribute=setup.distribute, log=log, t_start=t_start,
@@ -378,24 +383,3 @@ def _predict(config: FinetuneConfig, plan: FinetunePlan, model: Any, split: str,
     predictions = predict_split(model, plan.source, split, batch_size=config.batch_size, multi_label=plan.multi_label)
     return predictions, split_metrics(predictions, plan.class_names, multi_label=plan.multi_label,
                                       thresholds=thresholds)
-
-
-def _final_metrics(config: FinetuneConfig, plan: FinetunePlan, model: Any, val_predictions: Any) -> tuple[dict, dict]:
-    """metrics.json's "validation" and "test" (the kept model), and for multi-label its thresholds.
-
-    Multi-label thresholds are chosen on the kept model's validation predictions and applied to
-    both splits (``headstart.pipeline.report.split_measures.measure_splits``).
-    """
-    from headstart.pipeline.report.split_measures import measure_splits
-    from headstart.pipeline.training.predictions import predict_split
-
-    found = {"validation": val_predictions} if val_predictions is not None else {}
-    if "test" in plan.source.split_names:
-        found["test"] = predict_split(model, plan.source, "test", batch_size=config.batch_size,
-                                      multi_label=plan.multi_label)
-    sections, thresholds = measure_splits({n: p.labels for n, p in found.items()},
-                                          {n: p.logits for n, p in found.items()}, plan.class_names,
-                                          multi_label=plan.multi_label)
-    for name, predictions in found.items():
-        sections[name]["skipped"] = [list(s) for s in predictions.skipped]
-    return sections, ({"thresholds": thresholds} if thresholds else {})
