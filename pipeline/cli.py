@@ -21,6 +21,7 @@ from headstart.pipeline.cli_output import echo as _echo
 from headstart.pipeline.cli_output import echo_json as _echo_json
 from headstart.pipeline.config import DiagnoseConfig, ExtractConfig, FinetuneConfig, HeadConfig, SplitConfig
 from headstart.pipeline.startup import quiet_tensorflow_startup, show_tensorflow_startup
+from headstart.pipeline.cli_models import evaluate_command, export_command, predict_command, report_command
 
 
 def _show_tensorflow(verbose: bool) -> None:
@@ -246,77 +247,6 @@ def finetune_command(source, split_specs, export, quiet, **options):
     _echo(result.summary)
 
 
-@main.command("evaluate")
-@click.argument("model", type=click.Path())
-@click.argument("source")
-@click.option("--split", default="test", show_default=True, help="Split of SOURCE to evaluate.")
-@_fields("extract", "path_column", "label_column", "images", "multi_label")
-@_fields("evaluate", "batch_size")
-@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a PNG grid of the most confidently wrong images.")
-@_fields("evaluate", "grid_size")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@_library_call
-def evaluate_command(model, source, split, as_json, **options):
-    """Evaluate a model (model.keras or a finetune run directory) on a split of SOURCE.
-
-    Prints accuracy, balanced accuracy, macro-F1, loss, per-class precision/recall and the
-    confusion matrix.
-    """
-    from headstart.pipeline.stages.evaluation import evaluate_model, format_evaluation
-
-    # The headline is the table's first line: nothing but the result goes to stdout.
-    result = evaluate_model(model, source, split, log=lambda m: None, progress=_console().progress, **options)
-    _echo_json(result) if as_json else _echo(format_evaluation(result))
-
-
-@main.command("predict")
-@click.argument("model", type=click.Path())
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the rows to this CSV file.")
-@_fields("predict", "batch_size")
-@_library_call
-def predict_command(model, paths, csv_path, batch_size):
-    """Predict the class of images or folders of images with a model.
-
-    MODEL is model.keras or its run directory, or an export: a SavedModel directory, model.onnx
-    or model.tflite. One line per image: path, class, probability; for a multi-label model the
-    label set (each class at or above its saved threshold) with each probability. Bad files are
-    reported and do not stop the others; the exit status is then 1.
-    """
-    from headstart.pipeline.stages.prediction import format_prediction, predict_images, write_predictions_csv
-
-    rows = predict_images(model, paths, batch_size=batch_size, progress=_console().progress)
-    for row in rows:
-        _echo(format_prediction(row))
-    if csv_path:
-        write_predictions_csv(rows, csv_path)
-    failed = sum(1 for row in rows if row.error)
-    if failed:  # every row is printed first; then the exit status says that not all were read
-        _echo(f"Error: {failed} of {len(rows)} input(s) could not be read (their lines say why)", err=True)
-        raise SystemExit(1)
-
-
-@main.command("export")
-@click.argument("model", metavar="RUN_OR_MODEL", type=click.Path())
-@_fields("export", "out", "formats", "quantize", "source", "weights", "batch_size", "parity_samples", "overwrite")
-@click.option("--quiet", is_flag=True, help="Print only the final table.")
-@_library_call
-def export_command(model, formats, quiet, **options):
-    """Export a trained model for deployment, each format checked by its own runtime.
-
-    RUN_OR_MODEL is a finetune run (or its model.keras), a train-head run or a sweep directory (the
-    model is rebuilt on raw images from the head's recipe and checked against its cache), or a
-    `headstart run` directory. DIR gets saved_model/, model.onnx, model.tflite and export.json.
-    """
-    from headstart.pipeline.config import ExportConfig
-    from headstart.pipeline.stages.exporting import export_model_dir
-
-    console = _console(quiet)
-    result = export_model_dir(ExportConfig(model=model, formats=tuple(formats), **options), log=console.log,
-                              progress=console.progress)
-    _echo(result.summary)
-
-
 @main.command("backbones")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def backbones_command(as_json):
@@ -338,15 +268,6 @@ def inspect_command(path, as_json):
 
     info = inspect_path(path)
     _echo_json(info) if as_json else _echo(format_inspection(info))
-
-
-@main.command("report")
-@click.argument("run_dir", type=click.Path())
-@_library_call
-def report_command(run_dir):
-    """Write RUN_DIR/report.html (decisions, stages, curves, mistakes, calibration) for a finished run."""
-    from headstart.pipeline.run.report_html import write_report
-    _echo(f"report: {write_report(run_dir)}")
 
 
 @main.command("run")
@@ -408,3 +329,7 @@ def demo_command(quiet, verbose, **options):
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+for _command in (evaluate_command, predict_command, export_command, report_command):
+    main.add_command(_command)

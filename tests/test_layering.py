@@ -37,6 +37,7 @@ LAYERS: list[set[str]] = [
     {"diagnose", "sweep"},              # experimentation on a cache, built on the stages
     {"run"},                            # headstart run and demo: the stages chained
     {"cli_errors", "cli_options", "cli_output", "api"},  # the CLI's error boundary; click options; the Python API's functions
+    {"cli_models"},                     # the commands on a trained model or a finished run (evaluate, predict, export, report)
     {"cli"},                            # the command line on top of everything
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from headstart.pipeline.errors import OptionError
+from headstart.pipeline.model.calibration import TEMPERATURE_LAYER
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def top_block_model(model: Any, tap: dict) -> Any:
         tap: the cache's tap record.
 
     Returns:
-        Model (B, *tap_shape) float32 → the head's output; training it trains the chain.
+        Model (B, *tap_shape) float32 → the chain's output (the head's logits, divided by the
+        temperature in a calibrated model); training it trains the chain.
     """
     import keras
 
@@ -99,10 +101,12 @@ def top_block_model(model: Any, tap: dict) -> Any:
                                                              layer=tap["layer"], shape=tuple(tap["shape"])))
     inputs = keras.Input(shape=tuple(tap["shape"]), dtype="float32", name="activations")
     x = top(inputs)
-    names = {layer.name for layer in model.layers}
-    if "pooling" in names:
-        x = model.get_layer("pooling")(x)
-    return keras.Model(inputs, model.get_layer("head")(x), name="top_blocks")
+    layers = {layer.name: layer for layer in model.layers}
+    # The chain's own layers after the backbone, in its order; a calibrated model ends in its temperature.
+    for name in ("pooling", "head", TEMPERATURE_LAYER):
+        if name in layers:
+            x = layers[name](x)
+    return keras.Model(inputs, x, name="top_blocks")
 
 
 def load_rows(cache_info: dict, split: str, *, num_classes: int, multi_label: bool, views: bool,
