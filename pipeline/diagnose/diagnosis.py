@@ -57,7 +57,7 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
     """
     from headstart.pipeline.diagnose.agreement import align_cache
     from headstart.pipeline.diagnose.dataset import load_cache_rows
-    from headstart.pipeline.options.facts import check_config
+    from headstart.pipeline.options.checks import check_config
     from headstart.pipeline.report.out_dir import REUSE, claim
 
     check_config("diagnose", config)

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.options.facts import check_value
+from headstart.pipeline.options.checks import check_value
 
 
 def num_logits(num_classes: int, multi_label: bool = False) -> int:

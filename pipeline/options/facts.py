@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from headstart.features.registry import BACKBONES, DTYPES, POOLINGS, alpha_backbones
 from headstart.pipeline.config import (CALIBRATIONS, EXPORT_FORMATS, HEAD_KINDS, MONITORS, NORMALIZATIONS,
                                       QUANTIZE_MODES, RECIPES, STRATEGIES, DemoConfig, DiagnoseConfig, EvaluateConfig,
                                       ExportConfig, ExtractConfig, FinetuneConfig, HeadConfig, PredictConfig, RunConfig,
                                       SplitConfig, SweepConfig)
-from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.bounds import BATCH_SIZE, HIDDEN_UNITS, IMAGE_SIZE, POSITIVE, SEED, SHARE, Bounds, at_least
 
 #: Section name → its config dataclass; "top" holds the top-level keys of ``headstart run``.
@@ -347,59 +346,6 @@ def field_kind(section: str, name: str) -> str:
         return type(default).__name__
     annotation = {f.name: str(f.type) for f in dataclasses.fields(_CLASSES[section])}[name]
     return annotation.split("|")[0].strip()
-
-
-#: The argument of each command that names its input, as ``--help`` spells it.
-POSITIONALS = {"extract": ("source", "SOURCE"), "head": ("features", "FEATURES"), "finetune": ("source", "SOURCE"),
-               "diagnose": ("features", "CACHE"), "sweep": ("caches", "CACHE"), "export": ("model", "RUN_OR_MODEL"),
-               "split": ("source", "SOURCE")}
-
-
-def check_value(section: str, name: str, value: Any, *, label: str | None = None) -> None:
-    """Refuses a value outside its fact's choices or range, in one line naming the option.
-
-    Args:
-        section, name: the config field.
-        value: its value (None: not given, nothing to check; a tuple: every element is a choice).
-        label: how to name the option (default: its flag, e.g. "--image-size").
-
-    Raises:
-        OptionError: "LABEL must be one of …, got 'x'" / "LABEL must be at least 1, got 0".
-    """
-    described, label = fact(section, name), label or flag_of(section, name)
-    if value is None:
-        return
-    if described.choices is not None:
-        bad = [v for v in (value if isinstance(value, (tuple, list)) else (value,)) if v not in described.choices]
-        if bad:
-            raise OptionError(f"{label} must be one of {', '.join(described.choices)}, got {bad[0]!r}")
-    problem = described.bounds.problem(value) if described.bounds else None
-    if problem:
-        raise OptionError(f"{label} must be {problem}, got {value}")
-
-
-def check_config(section: str, config: Any, *, label: Callable[[str], str] | None = None) -> None:
-    """Checks a section's config against the table: its input given, required options given, every
-    value within its choices and range. The one check of option values, for flags, ``--config``
-    files and the Python API alike; it needs no TensorFlow.
-
-    Args:
-        section: "extract", "head", "finetune", "sweep", "diagnose" or "demo".
-        config: that section's dataclass.
-        label: field → how to name it (default: the command's flag; ``headstart run`` passes its own).
-
-    Raises:
-        OptionError: naming the first option at fault.
-    """
-    name = label or (lambda field: flag_of(section, field))
-    positional = POSITIONALS.get(section)
-    if positional and not getattr(config, positional[0]):
-        raise OptionError(f"{positional[1]} is required")
-    for field, described in FACTS[section].items():
-        value = getattr(config, field)
-        if described.required and not value:
-            raise OptionError(f"{name(field)} is required")
-        check_value(section, field, value, label=name(field))
 
 
 def result_free(section: str) -> frozenset[str]:

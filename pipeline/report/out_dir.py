@@ -231,7 +231,8 @@ def _holder(lock: Path) -> str:
 def option_label(section: str) -> Callable[[str], str]:
     """How a refusal names a key of ``section``: its flag ("--epochs"), its argument ("FEATURES"), else
     the key itself (an input's identity, e.g. "FEATURES (fingerprint)")."""
-    from headstart.pipeline.options.facts import FACTS, POSITIONALS, flag_of
+    from headstart.pipeline.options.facts import FACTS, flag_of
+    from headstart.pipeline.options.checks import POSITIONALS
 
     positional = dict([POSITIONALS[section]]) if section in POSITIONALS else {}
     return lambda key: flag_of(section, key) if key in FACTS.get(section, {}) else positional.get(key, key)

@@ -232,7 +232,7 @@ def run_demo(options: DemoConfig, *, console: Any) -> tuple[Any, str]:
         made with another configuration (unless ``overwrite``); as ``headstart run`` otherwise.
     """
     from headstart.features.registry import check_weights_option
-    from headstart.pipeline.options.facts import check_config
+    from headstart.pipeline.options.checks import check_config
     from headstart.pipeline.run.runner import check_run_dir, run_pipeline
 
     out = Path(options.out)

@@ -83,7 +83,7 @@ def check_run_config(config: RunConfig) -> None:
     from headstart.pipeline.stages.finetuning import check_finetune_config
     from headstart.pipeline.stages.head_training import check_head_config
 
-    from headstart.pipeline.options.facts import check_value
+    from headstart.pipeline.options.checks import check_value
 
     check_value("top", "recipe", config.recipe, label="--recipe")
     check_value("top", "budget", config.budget, label="--budget")

@@ -19,7 +19,7 @@ import numpy as np
 
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.errors import DataError, OptionError
-from headstart.pipeline.options.facts import check_value
+from headstart.pipeline.options.checks import check_value
 from headstart.pipeline.report.progress import observed
 from headstart.pipeline.report.rundir import MODEL_FILES, RunDir, load_model_file
 from headstart.pipeline.training.predictions import num_classes_of, predict_split, split_metrics

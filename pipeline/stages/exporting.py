@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from headstart.pipeline.config import ExportConfig
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.errors import DataError, OptionError, OutputError, RunDirError
-from headstart.pipeline.options.facts import check_config
+from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.report.rundir import RunDir
 
 #: Files that mark a ``headstart run`` directory, and a sweep directory (beside its ``best/``).

@@ -6,7 +6,6 @@ of every split (``headstart.pipeline.data.splits.shard_of`` says which items); `
 
 from __future__ import annotations
 
-import platform
 import re
 import time
 from dataclasses import dataclass, field
@@ -14,11 +13,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from headstart.features.registry import check_image_size, check_weights_option
-from headstart.pipeline.config import ExtractConfig, config_to_dict
+from headstart.pipeline.config import ExtractConfig
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.data.splits import check_class_folders
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.options.facts import check_config, flag_of
+from headstart.pipeline.options.facts import flag_of
+from headstart.pipeline.options.checks import check_config
+from headstart.pipeline.stages.cache_record import store_args as cache_store_args
+from headstart.pipeline.stages.cache_record import view_seed
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.ASCII)
 
@@ -138,7 +140,7 @@ def extract_features(
     if config.strict:
         _refuse_bad_images(config, source, splits, shard)
     extractor, info, tap = _build_extractor(config)
-    store_args = _store_args(config, info.to_dict(), source, splits, shard, tap)
+    store_args = cache_store_args(config, info.to_dict(), source, splits, shard, tap)
     writer = _open_writer(config, source, store_args)
     summary = ExtractSummary(path=config.out, already_complete=writer.complete,
                              backbone=info.to_dict(), class_names=list(source.class_names))
@@ -253,27 +255,6 @@ def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: 
                                  f"{len(bad)} bad in split '{split}')")
 
 
-def _store_args(config: ExtractConfig, backbone: dict, source, splits: list[str],
-                shard: tuple[int, int] | None, tap=None) -> dict:
-    """The keyword arguments of ``create_or_resume``: what the cache holds and where it came from."""
-    from headstart.pipeline.data.splits import SHARD_HASH
-
-    cache_config = _cache_config(config, backbone, source, splits)
-    if tap is not None:
-        # Only caches with a tap carry the key: every other cache's config is what it always was.
-        cache_config["tap"] = tap.to_dict()
-    if shard is not None:
-        # Only sharded caches carry the field, so unsharded configs (and old caches) are unchanged
-        # and a merged cache has exactly the config of a single-process run.
-        cache_config["shard"] = {"index": shard[0], "count": shard[1], "hash": SHARD_HASH}
-    multi_label = bool(getattr(source, "multi_label", False))
-    provenance = {**_provenance(config, shard), "task": "multi_label" if multi_label else "single_label"}
-    return dict(config=cache_config, provenance=provenance, class_names=list(source.class_names),
-                splits=splits, feature_shape=tuple(backbone["feature_shape"]), dtype=config.dtype,
-                views=config.augment_views, overwrite=config.overwrite, multi_label=multi_label,
-                tap_shape=tuple(tap.shape) if tap is not None else None)
-
-
 def _extract_splits(writer, config: ExtractConfig, source, splits: list[str], extractor, *,
                     shard: tuple[int, int] | None, summary: ExtractSummary, on_progress: Callable | None,
                     log: Callable[[str], None]) -> None:
@@ -305,7 +286,7 @@ def _augmented_views(config: ExtractConfig, shard: tuple[int, int] | None):
     from headstart.pipeline.data.augment import build_augmentation
 
     return AugmentedViews(build_augmentation(config.augment, seed=config.seed), config.augment_views,
-                          seed=_view_seed(config.seed, shard))
+                          seed=view_seed(config.seed, shard))
 
 
 def _add_source_index(writer, source, splits: list[str], store_args: dict):
@@ -335,67 +316,6 @@ def _select_splits(config: ExtractConfig, available: list[str]) -> list[str]:
                           f"(it has {', '.join(available) or 'none'})")
     # A cache without "train" is allowed (e.g. features for evaluation only); train-head refuses it.
     return requested
-
-
-def _cache_config(config: ExtractConfig, backbone: dict, source, splits: list[str]) -> dict:
-    from headstart.pipeline.data.image import EXIF_ORIENTATION
-
-    # Everything that changes the cached numbers, and nothing else: resuming with another
-    # --batch-size or --max-bad is fine, another backbone or image size is not.
-    described = source.describe()
-    # A hub: backbone's KerasHub version, preset and image converter config shape the numbers too;
-    # only those caches carry the key, so every other cache's config is what it always was.
-    hub = {"hub": backbone["hub"]} if backbone.get("hub") else {}
-    # Likewise only multi-label caches carry "task": a single-label cache's config is unchanged,
-    # so caches written before multi-label existed still resume and match.
-    task = {"task": "multi_label"} if getattr(source, "multi_label", False) else {}
-    return hub | task | {
-        "backbone": backbone["backbone"],
-        "alpha": backbone["alpha"],
-        "weights": backbone["weights"],
-        "weights_fingerprint": backbone["weights_fingerprint"],
-        "image_size": config.image_size,
-        "pooling": config.pooling,
-        "preprocessing": backbone["preprocessing"],
-        "feature_shape": list(backbone["feature_shape"]),
-        "dtype": config.dtype,
-        "class_names": list(source.class_names),
-        "source": described,
-        "splits": splits,
-        "augment_views": config.augment_views,
-        "augment": config.augment if config.augment_views else None,
-        "seed": config.seed if config.augment_views else None,
-        # Decoding changed (EXIF orientation applied): a cache of sideways pixels is another cache.
-        "exif_orientation": EXIF_ORIENTATION,
-    }
-
-
-def _view_seed(seed: int, shard: tuple[int, int] | None) -> int:
-    # Views are seeded per (seed, split, batch number, view); without this, batch b of every shard
-    # would get the same transforms. Shard 0 keeps the seed, so --shard 0/1 equals a plain run.
-    return seed if shard is None else seed + 1_000_003 * shard[0]
-
-
-def _provenance(config: ExtractConfig, shard: tuple[int, int] | None = None) -> dict:
-    import h5py
-    import keras
-    import numpy
-    import tensorflow as tf
-
-    from headstart.pipeline import __version__
-
-    provenance = {
-        "headstart": __version__,
-        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                     "keras": keras.__version__, "h5py": h5py.__version__,
-                     "numpy": numpy.__version__},
-        "command_config": config_to_dict(config),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if shard is not None:
-        provenance["shard"] = {"index": shard[0], "count": shard[1],
-                               "view_seed": _view_seed(config.seed, shard)}
-    return provenance
 
 
 def _describe_key(source, key: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from headstart.pipeline.config import FinetuneConfig, HeadConfig
 from headstart.pipeline.data.source_spec import check_source_path
-from headstart.pipeline.options.facts import check_config
+from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.report.rundir import RunDir
 from headstart.pipeline.report.tensorboard_logs import check_log_dir, tensorboard_callback
 from headstart.pipeline.stages.finetune_outputs import FinetuneResult

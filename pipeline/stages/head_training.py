@@ -20,7 +20,7 @@ import numpy as np
 
 from headstart.pipeline.config import HeadConfig, config_to_dict
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.options.facts import check_config
+from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.report.rundir import RunDir
 from headstart.pipeline.report.tensorboard_logs import check_log_dir
 from headstart.pipeline.training.determinism import op_determinism

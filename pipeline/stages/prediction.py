@@ -19,7 +19,7 @@ import numpy as np
 # IMAGE_EXTENSIONS: what ``predict_images`` picks up in a directory (files named explicitly are always tried).
 from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.options.facts import check_value
+from headstart.pipeline.options.checks import check_value
 from headstart.pipeline.report.progress import observed
 
 @dataclass

@@ -27,7 +27,7 @@ from headstart.pipeline.config import SplitConfig
 from headstart.pipeline.data.splits import SPLIT_FOLDERS, assign_stratified, check_class_folders, \
     list_class_folders
 from headstart.pipeline.errors import DataError, OptionError, OutputError, RunDirError
-from headstart.pipeline.options.facts import check_config
+from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.report.files import write_json_atomic
 from headstart.pipeline.report.out_dir import REUSE, claim
 from headstart.pipeline.report.printable import printable

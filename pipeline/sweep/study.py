@@ -112,7 +112,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
             another search space. RunDirError: DIR holds something that is not a sweep.
         DataError / StoreError: unusable or mismatched caches (``load_caches``).
     """
-    from headstart.pipeline.options.facts import check_config
+    from headstart.pipeline.options.checks import check_config
     from headstart.pipeline.sweep.leaderboard import write_outputs
     from headstart.pipeline.sweep.setup import prepare_sweep
 
