@@ -22,3 +22,4 @@ run scaling            90  python benchmarks/scaling.py --images 2048
 run sweep_speed        60  python benchmarks/sweep_speed.py --trials 64
 run diagnose_speed     50  python benchmarks/diagnose_speed.py --out "$out/diagnose" --rows 100000
 run recipe             60  python benchmarks/recipe.py --out "$out/recipe" --datasets digits  # ../shared does not travel
+run top_blocks         90  python benchmarks/top_blocks.py --datasets digits --skip-accuracy --rounds 2 --out "$out/top_blocks"

@@ -327,9 +327,11 @@ def demo_command(quiet, verbose, **options):
     _echo(result.table)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
+# The commands on a trained model or a finished run live in cli_models.py; registered before any
+# `python -m headstart.pipeline.cli` call below runs the group.
 for _command in (evaluate_command, predict_command, export_command, report_command):
     main.add_command(_command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

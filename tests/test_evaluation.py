@@ -77,8 +77,14 @@ def test_evaluate_refusals(saved, tmp_path):
     with pytest.raises(RunDirError, match="no such model file"):
         evaluate_model(tmp_path / "nothing.keras", str(saved.data), log=lambda s: None)
     (tmp_path / "junk.keras").write_text("junk")
-    with pytest.raises(RunDirError, match="cannot load as a Keras model"):
+    with pytest.raises(RunDirError, match="not a complete .keras file"):
         evaluate_model(tmp_path / "junk.keras", str(saved.data), log=lambda s: None)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "zipped.keras", "w") as archive:
+        archive.writestr("config.json", "not a model")
+    with pytest.raises(RunDirError, match="cannot load as a Keras model"):
+        evaluate_model(tmp_path / "zipped.keras", str(saved.data), log=lambda s: None)
     with pytest.raises(DataError, match="no split 'test'"):
         evaluate_model(saved.run, str(saved.data), "test", test_fraction=0.0, log=lambda s: None)
     three = make_class_folders(tmp_path / "three", classes=("a", "b", "c"), per_class=2)

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from headstart.features.errors import StoreError
 from headstart.features.cache import open_cache
 from headstart.pipeline.cli import main
-from conftest import make_cache
+from conftest import assert_same_features, make_cache
 
 
 def _invoke(args):
@@ -260,9 +260,9 @@ def test_sigterm_during_extract_features_commits_and_resumes(tiny, tmp_path, mon
     resumed = _invoke(args)
     assert resumed.exit_code == 0 and "resuming split 'train' after 8 images" in resumed.output
     with open_cache(out) as new, open_cache(tiny["cache"]) as old:
-        for split in old.splits:  # resumed after SIGTERM or not, and batch size 4 or 8: same bits
+        for split in old.splits:  # resumed after SIGTERM or not, and batch size 4 or 8: the same features
             assert new.split(split).keys == old.split(split).keys
-            np.testing.assert_array_equal(new.split(split).features[:], old.split(split).features[:])
+            assert_same_features(new.split(split).features[:], old.split(split).features[:], err_msg=split)
 
 
 @pytest.mark.slow

@@ -116,17 +116,24 @@ def test_saved_model_reloads_in_safe_mode_with_frozen_batchnorm(main_run, prepar
     from headstart.features.backbones import build_base
 
     model = keras.saving.load_model(main_run.run_dir / "model.keras", safe_mode=True)
-    assert [layer.name for layer in model.layers[1:]] == ["augmentation", "preprocessing", "backbone",
-                                                          "pooling", "head", "temperature"]
-    # The temperature fitted on validation is the model's last layer, and run.json records the same value.
     from headstart.pipeline.model.calibration import model_temperature
 
     record = json.loads((main_run.run_dir / "run.json").read_text())["calibration"]
-    assert record["method"] == "temperature" and model_temperature(model) == pytest.approx(record["temperature"])
-    calibration = json.loads((main_run.run_dir / "metrics.json").read_text())["calibration"]
-    assert calibration["validation"]["after"]["nll"] <= calibration["validation"]["before"]["nll"] + 1e-9
-    assert set(calibration["test"]) == {"temperature", "before", "after"}
-    assert any(line.startswith("calibration: temperature") for line in main_run.lines)
+    chain = ["augmentation", "preprocessing", "backbone", "pooling", "head"]
+    if record["method"] == "none":
+        # Validation all right with a margin (these colour classes often are) pins down no temperature:
+        # the model is left as trained and says why (test_calibration covers a fitted one end to end).
+        assert "does not determine a temperature" in record["reason"]
+        assert [layer.name for layer in model.layers[1:]] == chain and model_temperature(model) is None
+        assert any(line.startswith("calibration: skipped") for line in main_run.lines)
+    else:
+        # The temperature fitted on validation is the model's last layer, and run.json records the same value.
+        assert [layer.name for layer in model.layers[1:]] == [*chain, "temperature"]
+        assert record["method"] == "temperature" and model_temperature(model) == pytest.approx(record["temperature"])
+        calibration = json.loads((main_run.run_dir / "metrics.json").read_text())["calibration"]
+        assert calibration["validation"]["after"]["nll"] <= calibration["validation"]["before"]["nll"] + 1e-9
+        assert set(calibration["test"]) == {"temperature", "before", "after"}
+        assert any(line.startswith("calibration: temperature") for line in main_run.lines)
     bn = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bn and not any(layer.trainable for layer in bn)
     original = build_base("mobilenet", weights=str(prepared.weights), image_size=32, alpha=0.25)

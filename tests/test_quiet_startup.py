@@ -87,8 +87,12 @@ def test_checks_that_need_no_tensorflow_run_before_it_is_imported(tmp_path):
 
 
 def not_a_model(tmp_path: Path) -> Path:
+    import zipfile
+
+    # A whole zip archive (the truncation check before TensorFlow passes it) that Keras cannot load.
     path = tmp_path / "model.keras"
-    path.write_bytes(b"not a zip")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "not a model")
     return path
 
 
