@@ -348,3 +348,14 @@ def assert_same_features(got, want, err_msg: str = "") -> None:
     assert got.shape == want.shape, (err_msg, got.shape, want.shape)
     scale = float(np.abs(want).max()) if want.size else 0.0
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * scale, err_msg=err_msg)
+
+
+def assert_one_line_error(result, code: int, *names: str) -> str:
+    """A CliRunner result failed with ``code``: one "Error: …" line naming each of ``names``, no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.output
+    for name in names:
+        assert name in errors[0], result.output
+    return errors[0]

@@ -19,22 +19,14 @@ from click.testing import CliRunner
 from headstart.features.errors import StoreError
 from headstart.features.cache import open_cache
 from headstart.pipeline.cli import main
-from conftest import assert_same_features, make_cache
+from conftest import assert_one_line_error, assert_same_features, make_cache
 
 
 def _invoke(args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _assert_one_line_error(result, code: int, *names: str) -> str:
-    """The command failed with ``code``, one "Error: …" line naming ``names``, no traceback."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1, result.output
-    for name in names:
-        assert name in errors[0], result.output
-    return errors[0]
+_assert_one_line_error = assert_one_line_error
 
 
 # -- bit rot --------------------------------------------------------------------------------------

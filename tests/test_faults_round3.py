@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import make_cache, make_class_folders, subprocess_env
+from conftest import make_cache, make_class_folders, subprocess_env, assert_one_line_error
 from headstart.pipeline.cli import main
 
 
@@ -42,15 +42,7 @@ def _invoke(args, **kwargs):
     return CliRunner().invoke(main, [str(a) for a in args], **kwargs)
 
 
-def _one_line_error(result, code: int, *names: str) -> str:
-    """The command failed with ``code``, one "Error: …" line naming ``names``, no traceback."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1, result.output
-    for name in names:
-        assert name in errors[0], result.output
-    return errors[0]
+_one_line_error = assert_one_line_error
 
 
 EXTRACT = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
