@@ -204,7 +204,7 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
     if len(rates) > 1:
         log(f"on the cache: kept lr {lr:g} ({stage.monitor} {score:.4f}, epoch {stage.best_epoch} of "
             f"{len(stage.epoch_seconds)}) of {', '.join(f'{r:g}' for r in rates)}")
-    parity = check_top_parity(config, plan, model, log)
+    parity = check_top_parity(config, plan, model, tap, log)
     return stage, {**counts, "metrics": {"unfreeze": str(spec), "lr": lr},
                    "on_cache": {"tap": tap, "rates": tried, "parity": parity and parity.to_dict()}}
 
@@ -238,7 +238,7 @@ def _better(score: float, best: float, monitor: str) -> bool:
     return score < best if monitor.endswith("loss") else score > best
 
 
-def check_top_parity(config: Any, plan: Any, model: Any, log: Callable[[str], None]) -> Any:
+def check_top_parity(config: Any, plan: Any, model: Any, tap: dict, log: Callable[[str], None]) -> Any:
     """After training: the chain on images against the top-block model on the cached activations.
 
     Returns:
@@ -248,7 +248,6 @@ def check_top_parity(config: Any, plan: Any, model: Any, log: Callable[[str], No
 
     if not config.parity_samples:
         return None
-    tap = cache_tap(plan.head_run.cache)
     parity = check_parity(model, plan.head_run.cache, plan.source, samples=config.parity_samples,
                           batch_size=config.batch_size, reference=top_block_model(model, tap), field="activations")
     log(f"parity after training: {parity.samples} {parity.split} images, the fine-tuned model on images against "
