@@ -40,6 +40,7 @@ from headstart.features.bounded_parse import MAX_LINE_BYTES, ParseLimitError, lo
 from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS
 from headstart.features.regular_file import not_regular_reason
 from headstart.pipeline.data.splits import SPLIT_FOLDERS
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError
 
 #: SOURCE suffixes read as label files.
@@ -159,7 +160,7 @@ def _images_root(images: str | None, file: Path) -> Path:
         return file.parent
     root = Path(images).expanduser()
     if not root.is_dir():
-        raise DataError(f"--images {images}: no such directory")
+        raise DataError(Arg("images", images), ": no such directory")
     return root.resolve()
 
 

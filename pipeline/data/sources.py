@@ -33,6 +33,7 @@ from headstart.pipeline.data.listing_digest import listing_digest
 from headstart.pipeline.data.source import Source, decode_map
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.data.splits import SPLIT_FOLDERS, list_class_folders, shard_of
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError, NetworkError, OptionError
 
 
@@ -50,9 +51,9 @@ def open_source(spec: SourceSpec) -> Source:
     path = check_source_path(spec.source)
     if spec.split_specs:
         what = "a label file" if spec.is_label_file else "a directory"
-        raise OptionError(f"--split applies to tfds: sources only; {spec.source} is {what} "
-                          f"(use {'/'.join(SPLIT_FOLDERS)} folders, a split column, or "
-                          f"--validation-fraction/--test-fraction)")
+        raise OptionError(Arg("split_specs"), f" applies to tfds: sources only; {spec.source} is {what} "
+                          f"(use {'/'.join(SPLIT_FOLDERS)} folders, a split column, or ", Arg("validation_fraction"),
+                          "/", Arg("test_fraction"), ")")
     if spec.is_label_file:
         from headstart.pipeline.data.label_source import LabelFileSource
 

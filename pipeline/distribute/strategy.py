@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from headstart.pipeline.config import STRATEGIES
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 
 #: Split the CPU into this many logical devices before TensorFlow starts (try ``mirrored`` on a
@@ -212,7 +213,7 @@ def resolve_strategy(name: str = "auto") -> tuple[Any, StrategyInfo]:
     import tensorflow as tf
 
     if name not in STRATEGIES:
-        raise OptionError(f"--strategy must be one of {', '.join(STRATEGIES)}, got '{name}'")
+        raise OptionError.invalid("strategy", name, f"must be one of {', '.join(STRATEGIES)}", shown=f"'{name}'")
     tf_config = read_tf_config()
     _apply_logical_cpus()
     gpus = tf.config.list_physical_devices("GPU")
@@ -251,14 +252,14 @@ def _multiworker_strategy(tf_config: dict | None) -> Any:
     import tensorflow as tf
 
     if tf_config is None:
-        raise OptionError("--strategy multiworker needs TF_CONFIG naming the cluster and this task, e.g. "
+        raise OptionError(Arg("strategy", "multiworker"), " needs TF_CONFIG naming the cluster and this task, e.g. "
                           '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                           '"task": {"type": "worker", "index": 0}}')
     if ("multiworker",) not in _STRATEGIES:
         try:
             _STRATEGIES[("multiworker",)] = tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as exc:
-            raise OptionError(f"--strategy multiworker must be set up before TensorFlow starts "
+            raise OptionError(Arg("strategy", "multiworker"), " must be set up before TensorFlow starts "
                               f"({exc})") from None
     return _STRATEGIES[("multiworker",)]
 

@@ -73,7 +73,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     for key, value in raw.items():
         if key in SECTIONS:
             if not isinstance(value, dict):
-                raise OptionError(f"--config {path}: [{key}] must be a section of settings")
+                raise OptionError(Arg("config", path), f": [{key}] must be a section of settings")
             out[key] = _check_section(key, value, f"--config {path} [{key}]")
         elif key == "sweep":
             from headstart.pipeline.sweep.space import check_run_sweep
@@ -83,11 +83,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             kind = TOP_LEVEL[key]
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind != bool):
                 name = kind.__name__ if isinstance(kind, type) else "number"
-                raise OptionError(f"--config {path}: key '{key}' must be of type {name}, got {value!r}")
+                raise OptionError(Arg("config", path), f": key '{key}' must be of type {name}, got {value!r}")
             out[key] = value
         else:
             known = ", ".join([*TOP_LEVEL, *(f"[{s}]" for s in SECTIONS), "[sweep]"])
-            raise OptionError(f"--config {path}: unknown key or section '{key}' (known: {known})")
+            raise OptionError(Arg("config", path), f": unknown key or section '{key}' (known: {known})")
     return out
 
 
@@ -158,9 +158,10 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
     source = source or top.get("source")
     out = out or top.get("out")
     if not source:
-        raise OptionError("SOURCE is required (as an argument, or source = \"...\" in --config)")
+        raise OptionError("SOURCE is required (as an argument, or source = \"...\" in ", Arg("config"), ")",
+                          field="source")
     if not out:
-        raise OptionError("--out is required (or out = \"...\" in --config)")
+        raise OptionError(Arg("out"), " is required (or out = \"...\" in ", Arg("config"), ")")
     if not source.startswith("tfds:") and os.path.exists(source):
         source = os.path.abspath(source)
     _absolute_paths(sections)

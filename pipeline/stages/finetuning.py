@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from headstart.features.errors import Arg
 from headstart.pipeline.config import FinetuneConfig, HeadConfig
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.options.checks import check_config
@@ -65,7 +66,7 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str]
     check_monitor(config.monitor)
     check_choices(config)
     check_log_dir(config.tensorboard)
-    check_exclude_option(config.exclude, label("exclude") if label else "--exclude")
+    check_exclude_option(config.exclude, (label or Arg)("exclude"))
     return parse_unfreeze(config.unfreeze)
 
 
