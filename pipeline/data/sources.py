@@ -174,13 +174,13 @@ class TfdsSource(Source):
     def _check_specs(self, overrides: dict[str, str]) -> None:
         known = self.builder.info.splits
         for name, split_spec in self._split_specs.items():
-            where = f"--split {name}={split_spec}" if name in overrides else f"{self.spec} split '{name}'"
+            where = Arg("split_specs", f"{name}={split_spec}") if name in overrides else f"{self.spec} split '{name}'"
             try:
                 self._tfds.core.ReadInstruction.from_spec(split_spec)
                 if len(known):  # unknown until prepared (and under tfds.testing.mock_data)
                     known[split_spec]
             except Exception as e:  # noqa: BLE001 - TFDS raises ValueError/KeyError/AssertionError
-                raise DataError(f"{where}: {_first_line(e)}") from None
+                raise DataError(where, f": {_first_line(e)}") from None
 
     def describe(self) -> dict:
         return {"source": self.spec, "kind": self.kind, "name": self.builder.name,
