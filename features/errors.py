@@ -82,14 +82,18 @@ class Fault(Exception):
         parts: the message, words and ``Arg``s in order.
         field: the setting at fault (default: the first ``Arg`` of the message), or None.
         value: its value (default: that ``Arg``'s), or None.
-        rule: the rule broken, in words (default: the message after that ``Arg``, in Python's words).
+        rule: the rule broken, in words (default: the message after that ``Arg``, in Python's words;
+            the whole message when no ``Arg`` names the field).
     """
 
     exit_code = 2
 
     def __init__(self, *message: Part, field: str | None = None, value: Any = _UNSET, rule: str | None = None):
         self.parts: tuple[Part, ...] = tuple(message)
-        at = next((i for i, part in enumerate(self.parts) if isinstance(part, Arg)), None)
+        # The setting at fault: the first Arg (of ``field`` when given; a hint such as "use
+        # overwrite" later in the message is not the fault).
+        at = next((i for i, part in enumerate(self.parts)
+                   if isinstance(part, Arg) and field in (None, part.field)), None)
         named = self.parts[at] if at is not None else None
         self.field = field if field is not None else (named.field if named else None)
         self.value = value if value is not _UNSET else (named.value if named else None)
@@ -111,7 +115,7 @@ class Fault(Exception):
         return cls(arg, f" {rule}, got {value if shown is None else shown}", value=value, rule=rule)
 
     def render(self, naming: Naming) -> str:
-        """The message in one audience's words (``cli_errors.CLI_NAMES``, ``ARGUMENTS``)."""
+        """The message in one audience's words (``options.naming.CLI_NAMES``, ``ARGUMENTS``)."""
         return _render(self.parts, naming)
 
 

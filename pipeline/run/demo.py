@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from headstart.features.errors import Arg
 from headstart.pipeline.config import DemoConfig
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
+from headstart.pipeline.options.naming import CLI_NAMES
 
 if TYPE_CHECKING:  # numpy and TensorFlow load inside the functions: `headstart --help` imports this module
     import numpy as np
@@ -182,7 +183,7 @@ def probe_imagenet(log: Callable[[str], None], *, shipped: bool = False,
         try:
             shipped_weights_path(b["backbone"], b["alpha"])
         except WeightsError as exc:
-            unavailable += f", and {exc}"
+            unavailable += f", and {exc.render(CLI_NAMES)}"  # a line of `headstart demo`: the CLI's words
         else:
             log(f"demo: using the ImageNet weights shipped with headstart ({unavailable})")
             return "shipped"
