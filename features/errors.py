@@ -9,6 +9,7 @@ user can fix the command), 1 for failures at run time.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -57,7 +58,8 @@ class Naming:
             if arg.negated:
                 return f"{name}=False"
             if arg.placeholder or arg.value is not None:
-                return f"{name}={arg.placeholder or repr(arg.value)}"
+                value = os.fspath(arg.value) if isinstance(arg.value, os.PathLike) else arg.value
+                return f"{name}={arg.placeholder or repr(value)}"  # a path as the str a caller would pass
             return name
         if arg.negated:
             return self.name_of(f"no_{arg.field}")

@@ -37,6 +37,9 @@ def test_a_fault_carries_field_value_and_rule_and_renders_for_each_audience():
     assert exc.render(CLI_NAMES) == "pass --weights PATH or --split a=b; --no-views; --head-epochs or [head] weight_decay"
     assert exc.render(ARGUMENT_NAMES) == ("pass weights=PATH or split_specs='a=b'; views=False; head.epochs or "
                                           "head.weight_decay")
+    # A path reads as the string a caller passes, a float as the command line writes it.
+    exc = OptionError(Arg("out", Path("/runs/a")), ": taken; ", Arg("alpha", 1.0))
+    assert (exc.render(CLI_NAMES), str(exc)) == ("--out /runs/a: taken; --alpha 1", "out='/runs/a': taken; alpha=1.0")
 
 
 def test_a_features_error_names_the_flag_via_the_cli_and_the_argument_via_python(tmp_path):
