@@ -106,7 +106,7 @@ def test_jsonl_and_path_and_label_column_overrides(tmp_path):
     source = open_source(spec)
     assert source.class_names == ["cat", "dog"] and source.count("train") == 6
     assert source.describe()["label_column"] == "kind"
-    with pytest.raises(DataError, match=r"no column 'species' \(--label-column\); columns found: picture, kind"):
+    with pytest.raises(DataError, match=r"no column 'species' \(label_column\); columns found: picture, kind"):
         open_source(SourceSpec(spec.source, path_column="picture", label_column="species"))
 
 

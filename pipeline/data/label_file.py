@@ -214,9 +214,10 @@ def _choose_columns(columns: list[str], spec: str, path_column: str | None, labe
                     multi_label: bool) -> tuple[str, str]:
     """The path and label columns: the ones named, else the usual names (module docstring)."""
     found = ", ".join(columns) or "none"
-    for option, name in (("--path-column", path_column), ("--label-column", label_column)):
+    for option, name in (("path_column", path_column), ("label_column", label_column)):
         if name is not None and _find_column(columns, name) is None:
-            raise DataError(f"{spec}: no column '{name}' ({option}); columns found: {found}")
+            raise DataError(f"{spec}: no column '{name}' (", Arg(option), f"); columns found: {found}",
+                            field=option, value=name)
     path_col = _find_column(columns, path_column) if path_column else \
         next((c for c in (_find_column(columns, n) for n in (*PATH_COLUMNS, ID_COLUMN)) if c), None)
     if label_column:

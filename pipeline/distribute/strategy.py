@@ -104,8 +104,8 @@ def set_up_strategy(name: str, batch_size: int, *, log: Callable[[str], None],
         name: ``--strategy``.
         batch_size: the stage's global ``--batch-size``.
         log: receives the strategy line (none for a plain one-device run).
-        other_batches: further global batch sizes the stage uses, by option name (e.g.
-            ``{"--head-batch-size": 64}``); each is checked against the replica count.
+        other_batches: further global batch sizes the stage uses, by field (e.g.
+            ``{"head_batch_size": 64}``); each is checked against the replica count.
 
     Raises:
         OptionError: as ``resolve_strategy``, or a batch smaller than the number of replicas.
@@ -276,7 +276,7 @@ def _mirrored_strategy(have_gpus: bool) -> Any:
     return _STRATEGIES[key]
 
 
-def batch_policy(info: StrategyInfo, global_batch_size: int, *, option: str = "--batch-size") -> dict[str, Any]:
+def batch_policy(info: StrategyInfo, global_batch_size: int, *, option: str = "batch_size") -> dict[str, Any]:
     """The per-replica batch for a global batch under ``info``'s strategy, for logs and run.json.
 
     Raises:
@@ -284,7 +284,7 @@ def batch_policy(info: StrategyInfo, global_batch_size: int, *, option: str = "-
     """
     replicas = int(info.replicas)
     if global_batch_size < replicas:
-        raise OptionError(f"{option} {global_batch_size} is smaller than the {replicas} replicas; "
+        raise OptionError(Arg(option, global_batch_size), f" is smaller than the {replicas} replicas; "
                           f"give at least {replicas}")
     per = global_batch_size / replicas
     text = (f"global batch {global_batch_size} = {replicas} × {int(per)}" if per.is_integer() else

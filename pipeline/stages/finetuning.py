@@ -122,7 +122,7 @@ def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resu
     from headstart.pipeline.training.determinism import op_determinism
 
     setup = set_up_strategy(config.strategy, config.batch_size, log=log,
-                            other_batches={"--head-batch-size": config.head_batch_size})
+                            other_batches={"head_batch_size": config.head_batch_size})
     # Every worker runs the whole stage (saving included); only the chief's files are kept. A
     # resumed multi-worker run needs --out on a filesystem all workers see: each starts from the
     # chief's backup.
