@@ -58,7 +58,7 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] | None = None) -> None:
+def check_extract_config(config: ExtractConfig, *, label: Callable[[str], Arg] | None = None) -> None:
     """Every check of extract-features' options that needs no TensorFlow (``--out`` aside), so bad
     input fails fast: the option table's ranges and choices, then the source path, the backbone's
     image size, the splits and ``--shard``.
@@ -84,7 +84,7 @@ def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] |
         check_class_folders(folder, config.source)
 
 
-def _check_tap(config: ExtractConfig, label: Callable[[str], str] | None) -> None:
+def _check_tap(config: ExtractConfig, label: Callable[[str], Arg] | None) -> None:
     """The tap's syntax, before TensorFlow starts (whether it cuts the backbone needs the model)."""
     from headstart.features.errors import TapError
     from headstart.features.tap import parse_tap

@@ -43,7 +43,7 @@ class _Built:
     policy: str                      # dtype policy the layers were built under
 
 
-def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str] | None = None) -> Any:
+def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], Arg] | None = None) -> Any:
     """Every check of finetune's options that needs no data, model or TensorFlow; returns the parsed
     ``--unfreeze``.
 

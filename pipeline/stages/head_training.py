@@ -72,7 +72,7 @@ class HeadResult:
                    train_seconds=timings.get("train_seconds"), reused=True)
 
 
-def check_head_config(config: HeadConfig, *, label: Callable[[str], str] | None = None) -> None:
+def check_head_config(config: HeadConfig, *, label: Callable[[str], Arg] | None = None) -> None:
     """Every check of train-head's options that needs neither the cache nor TensorFlow.
 
     Raises:
