@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from headstart.features.errors import StoreError, StoreInUseError
+from headstart.features.errors import Part, StoreError, StoreInUseError
 from headstart.features.bounded_parse import loads_json
 from headstart.features.regular_file import not_regular_reason
 
@@ -93,14 +93,16 @@ def lock_error(path: str, err_no: int | None, detail: str) -> StoreError:
     return StoreError(f"{path} cannot be locked ({detail}); {_LOCKING_HINT}")
 
 
-def translate_open_error(path: str, exc: BaseException, *, damaged_hint: str = "") -> StoreError:
+def translate_open_error(path: str, exc: BaseException, *, damaged_hint: str | tuple[Part, ...] = "") -> StoreError:
     """Turns an exception from ``h5py.File(path, …)`` into a one-line StoreError naming the file.
 
     Args:
         path: the file that was being opened.
         exc: what h5py raised.
-        damaged_hint: appended to the message for truncated/damaged files, e.g. how to recover.
+        damaged_hint: appended to the message for truncated/damaged files, e.g. how to recover (words,
+            or parts naming a setting: ``_store_io.START_OVER``).
     """
+    hint = (damaged_hint,) if isinstance(damaged_hint, str) else damaged_hint
     msg = " ".join(str(exc).split())
     if "unable to lock file" in msg or "file locking flag values don't match" in msg:
         err_no = getattr(exc, "errno", None)
@@ -117,12 +119,12 @@ def translate_open_error(path: str, exc: BaseException, *, damaged_hint: str = "
     if not has_hdf5_signature(path):
         return StoreError(f"{path} is not an HDF5 file")
     if "truncated file" in msg:
-        return StoreError(f"{path} is truncated ({_paren(msg)}){damaged_hint}")
-    return StoreError(f"{path} is damaged and cannot be read as HDF5 ({_paren(msg)}){damaged_hint}")
+        return StoreError(f"{path} is truncated ({_paren(msg)})", *hint)
+    return StoreError(f"{path} is damaged and cannot be read as HDF5 ({_paren(msg)})", *hint)
 
 
 def open_h5(path: str, mode: str = "r", *, locking: bool | None = None,
-            damaged_hint: str = "") -> h5py.File:
+            damaged_hint: str | tuple[Part, ...] = "") -> h5py.File:
     """``h5py.File`` with every failure turned into a StoreError (see ``translate_open_error``).
 
     Args:

@@ -18,10 +18,11 @@ from headstart.features.registry import DTYPES
 from headstart.features._hdf5 import (FORMAT, FORMAT_VERSION, MULTI_LABEL, SINGLE_LABEL,
                                       STR_DTYPE, canonical_json, first_difference, lock_error,
                                       open_h5, read_header)
-from headstart.features.errors import (NonFiniteFeaturesError, StoreConfigMismatch,
+from headstart.features.errors import (Arg, NonFiniteFeaturesError, Part, StoreConfigMismatch, parts_of,
                                        StoreError, StoreExistsError, StoreInUseError)
 
-START_OVER = "; use --overwrite to start again"
+#: The hint of a refusal that ``overwrite`` lifts (parts of a message: ``Fault(..., *START_OVER)``).
+START_OVER: tuple[Part, ...] = ("; use ", Arg("overwrite"), " to start again")
 _CHUNK_BYTES = 1 << 19  # h5py's default chunk cache is 1 MiB per dataset; keep a chunk well under
 
 
@@ -59,7 +60,7 @@ def check_finished(path: str, expected: dict, overwrite: bool) -> dict | None:
     """
     if not os.path.exists(path):
         return None
-    hint = "; use --overwrite to replace it or choose another output path"
+    hint = ("; use ", Arg("overwrite"), " to replace it or choose another output path")
     try:
         with open_h5(path, "r") as f:
             header = read_header(f, path)
@@ -73,18 +74,18 @@ def check_finished(path: str, expected: dict, overwrite: bool) -> dict | None:
     except StoreError as exc:
         if overwrite:
             return None  # replaced by os.replace at finalize, not before
-        raise StoreExistsError(f"{exc}{hint}") from exc
+        raise StoreExistsError(*parts_of(exc), *hint) from exc
     except (KeyError, OSError, ValueError) as exc:
         if overwrite:
             return None
-        raise StoreExistsError(f"{path} exists and is a damaged feature cache{hint}") from exc
+        raise StoreExistsError(f"{path} exists and is a damaged feature cache", *hint) from exc
     if diff is None:
         return progress
     if overwrite:
         return None
     name, old, new = diff
     raise StoreConfigMismatch(f"{path} was written with {name}={old}; this run has {name}={new}; "
-                              f"use --overwrite to replace it", field=name)
+                              "use ", Arg("overwrite"), " to replace it", field=name)
 
 
 def header_difference(header: dict, expected: dict) -> tuple[str, str, str] | None:
@@ -185,7 +186,8 @@ def check_finite(given: Any, stored: np.ndarray, keys: Sequence[str], what: str)
     if np.isfinite(np.asarray(given)[row]).all():
         raise NonFiniteFeaturesError(
             f"{key}: its {what} overflow {stored.dtype} (largest magnitude "
-            f"{float(np.abs(np.asarray(given)[row]).max()):.3g}); use --dtype float32 --overwrite")
+            f"{float(np.abs(np.asarray(given)[row]).max()):.3g}); use ", Arg("dtype", "float32"), " ",
+            Arg("overwrite"), field="dtype", value=str(stored.dtype))
     raise NonFiniteFeaturesError(f"{key}: the backbone's {what} for this image are not finite "
                                  f"(inf or NaN); nothing of its batch was stored")
 
@@ -230,9 +232,9 @@ def chunk_rows(feature_shape: Sequence[int], dtype: str) -> int:
     return int(min(1024, max(1, _CHUNK_BYTES // max(row_bytes, 1))))
 
 
-def with_hint(message: str) -> str:
-    """Appends the "--overwrite to start again" hint unless the message already has one."""
-    return message if "--overwrite" in message else message + START_OVER
+def with_hint(message: tuple[Part, ...]) -> tuple[Part, ...]:
+    """Appends the ``START_OVER`` hint unless the message already names ``overwrite``."""
+    return message if Arg("overwrite") in message else (*message, *START_OVER)
 
 
 def fsync_dir(directory: str) -> None:

@@ -14,7 +14,7 @@ from headstart.features._disk_space import reserve_space
 from headstart.features._hdf5 import open_h5, read_header
 from headstart.features._store_io import (START_OVER, header_difference, open_locked, remove_quietly,
                                           truncate_rows, with_hint, write_skeleton)
-from headstart.features.errors import StoreConfigMismatch, StoreError
+from headstart.features.errors import Arg, StoreConfigMismatch, StoreError, parts_of
 
 #: An empty cache of a few splits is ~30 KB; HDF5 must not hit ENOSPC while building it.
 SKELETON_BYTES = 256 << 10
@@ -56,13 +56,13 @@ class PartialFile:
             if overwrite:
                 self._close_file()
                 return False
-            raise type(exc)(with_hint(str(exc))) from exc
+            raise type(exc)(*with_hint(parts_of(exc))) from exc
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
             if overwrite:
                 self._close_file()
                 return False
-            raise StoreError(f"{ppath} is damaged ({' '.join(str(exc).split())[:200]})"
-                             f"{START_OVER}") from exc
+            raise StoreError(f"{ppath} is damaged ({' '.join(str(exc).split())[:200]})",
+                             *START_OVER) from exc
         if diff is not None:
             self._close_file()
             if overwrite:
@@ -70,7 +70,7 @@ class PartialFile:
             name, old, new = diff
             raise StoreConfigMismatch(
                 f"{ppath} (an interrupted run) was written with {name}={old}; this run has "
-                f"{name}={new}; use --overwrite to replace it", field=name, partial=True)
+                f"{name}={new}; use ", Arg("overwrite"), " to replace it", field=name, partial=True)
         # A plain int, changed in place: rewriting a string attribute here would free and
         # reallocate global-heap objects in the middle of a run (provenance is merged at finalize).
         self._file.attrs.modify("resumes", int(self._file.attrs.get("resumes", 0)) + 1)

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from headstart.features import hub
-from headstart.features.errors import FeaturesError, WeightsDownloadError, WeightsError
+from headstart.features.errors import Arg, FeaturesError, WeightsDownloadError, WeightsError
 # The registry lives in a TF-free module so the CLI can list it.
 from headstart.features.registry import (POOLINGS, BackboneSpec, alpha_backbones, check_image_size,
                                           get_backbone_spec)
@@ -119,9 +119,9 @@ def build_base(name: str, *, weights: str, image_size: int, alpha: float | None 
     kind, path = _resolve_weights(weights, name, alpha if spec.takes_alpha else None)
     if kind == "imagenet" and spec.takes_alpha and alpha not in spec.imagenet_alphas:
         raise WeightsError(
-            f"--weights imagenet: no ImageNet weights for {name} --alpha {alpha:g} (available: "
-            f"{', '.join(f'{a:g}' for a in spec.imagenet_alphas)}); use one of those, "
-            "--weights none, or --weights PATH"
+            Arg("weights", "imagenet"), f": no ImageNet weights for {name} ", Arg("alpha", alpha), " (available: "
+            f"{', '.join(f'{a:g}' for a in spec.imagenet_alphas)}); use one of those, ",
+            Arg("weights", "none"), ", or ", Arg("weights", placeholder="PATH")
         )
 
     # No name= here: EfficientNetV2 looks its block layout and weights file up by its own name.
@@ -190,15 +190,16 @@ def build_pooling(pooling: str, feature_shape: tuple | None = None) -> keras.lay
     if feature_shape is not None and len(feature_shape) == 2:
         return hub.token_pooling(pooling, int(feature_shape[0]))
     if pooling == "cls":
-        raise FeaturesError("--pooling cls needs a backbone with token outputs (a hub: transformer preset); "
-                            "use avg, max or none")
+        raise FeaturesError(Arg("pooling", "cls"), " needs a backbone with token outputs (a hub: transformer "
+                            "preset); use avg, max or none")
     if pooling == "avg":
         return keras.layers.GlobalAveragePooling2D(name="pooling")
     if pooling == "max":
         return keras.layers.GlobalMaxPooling2D(name="pooling")
     if pooling == "none":
         return None
-    raise FeaturesError(f"--pooling: unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})")
+    raise FeaturesError(Arg("pooling"), f": unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})",
+                        value=pooling)
 
 
 def fingerprint_weights(model: keras.Model) -> str:
@@ -228,12 +229,12 @@ def _resolve_alpha(spec: BackboneSpec, alpha: float | None) -> float | None:
     if not spec.takes_alpha:
         if alpha is not None:
             takers = ", ".join(alpha_backbones())
-            raise FeaturesError(f"--alpha applies only to {takers}, not to backbone '{spec.name}'")
+            raise FeaturesError(Arg("alpha"), f" applies only to {takers}, not to backbone '{spec.name}'", value=alpha)
         return None
     if alpha is None:
         return 1.0
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise FeaturesError(f"--alpha must be a number > 0, got {alpha!r}")
+        raise FeaturesError.invalid("alpha", alpha, "must be a number > 0", shown=repr(alpha))
     return float(alpha)
 
 
@@ -251,11 +252,12 @@ def _resolve_weights(weights: str | None, name: str | None = None,
         return "shipped", str(shipped_weights_path(name, alpha))
     path = os.path.abspath(os.path.expanduser(str(weights)))
     if not os.path.exists(path):
-        raise WeightsError(f"--weights: file {path} does not exist (or use 'imagenet', 'none' or 'shipped')")
+        raise WeightsError(Arg("weights"), f": file {path} does not exist (or use 'imagenet', 'none' or 'shipped')",
+                           value=weights)
     if not os.path.isfile(path):
-        raise WeightsError(f"--weights: {path} is not a file")
+        raise WeightsError(Arg("weights"), f": {path} is not a file", value=weights)
     if not path.endswith((".h5", ".hdf5")):
-        raise WeightsError(f"--weights: {path} is not a .h5, .hdf5 or .weights.h5 weights file")
+        raise WeightsError(Arg("weights"), f": {path} is not a .h5, .hdf5 or .weights.h5 weights file", value=weights)
     return "file", path
 
 
@@ -300,8 +302,8 @@ def _build_imagenet(constructor, name: str, kwargs: dict) -> keras.Model:
                 return constructor(weights="imagenet", **kwargs)
         except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception("URL fetch failure …")
             raise WeightsDownloadError(
-                f"--weights imagenet: cannot get ImageNet weights for {name} ({_one_line(exc)}); "
-                f"pass --weights PATH to a local .h5 file, or put Keras's file in {_keras_cache_dir()}"
+                Arg("weights", "imagenet"), f": cannot get ImageNet weights for {name} ({_one_line(exc)}); pass ",
+                Arg("weights", placeholder="PATH"), f" to a local .h5 file, or put Keras's file in {_keras_cache_dir()}"
             ) from exc
 
 
@@ -314,7 +316,7 @@ def _load_weights_file(model: keras.Model, path: str, name: str, alpha: float | 
             model.load_weights(path)
         except Exception as exc:  # noqa: BLE001 - h5py OSError, Keras ValueError/KeyError, …
             raise WeightsError(
-                f"--weights: {path} does not fit backbone {what}: {_one_line(exc)}"
+                Arg("weights"), f": {path} does not fit backbone {what}: {_one_line(exc)}", value=path
             ) from exc
 
 

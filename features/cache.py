@@ -27,7 +27,7 @@ from headstart.features._hdf5 import (
     read_header,
     strings_digest,
 )
-from headstart.features.errors import StoreError, StoreInUseError
+from headstart.features.errors import Arg, StoreError, StoreInUseError
 
 __all__ = ["FORMAT_VERSION", "FeatureCache", "SplitData", "open_cache", "summarize_cache"]
 
@@ -236,7 +236,7 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
             raise StoreError(f"{path} {_INCOMPLETE}")
         # train-head, sweep and diagnose read a cache that only extract-features writes: say so.
         raise StoreError(f"{path}: no such file; write the cache first with "
-                         f"`headstart extract-features SOURCE --out {path}`")
+                         "`headstart extract-features SOURCE ", Arg("out", path), "`")
     return FeatureCache(path)
 
 

@@ -30,7 +30,7 @@ from headstart.features.backbones import (BackboneInfo, build_base, build_poolin
 from headstart.features.registry import check_image_size, get_backbone_spec
 # The same canonical alpha and weights values, and the seeded hub build, as build_base uses.
 from headstart.features.backbones import _build_hub, _resolve_alpha, _resolve_weights
-from headstart.features.errors import TapError, WeightsError
+from headstart.features.errors import Arg, TapError, WeightsError
 
 
 class BackboneParts(NamedTuple):
@@ -247,7 +247,7 @@ def freeze_batchnorm(model: keras.Model) -> None:
 
 def _refuse_fingerprint(name: str, weights: str, got: str, expected: str) -> None:
     hint = ("random weights ('none') are drawn anew at every build unless the backbone seeds "
-            "them; extract with --weights PATH to fine-tune") if weights in (None, "none") else (
-            "pass the weights file the features were extracted with")
-    raise WeightsError(f"--weights {weights}: these {name} weights are not the ones the cached "
-                       f"features came from (fingerprint {got[:12]}… ≠ {expected[:12]}…); {hint}")
+            "them; extract with ", Arg("weights", placeholder="PATH"), " to fine-tune") if weights in (None, "none") \
+        else ("pass the weights file the features were extracted with",)
+    raise WeightsError(Arg("weights", weights), f": these {name} weights are not the ones the cached "
+                       f"features came from (fingerprint {got[:12]}… ≠ {expected[:12]}…); ", *hint)

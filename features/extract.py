@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from headstart.features.errors import BadImagesError
+from headstart.features.errors import Arg, BadImagesError
 from headstart.features.store import StoreWriter
 from headstart.features.tfdata import without_autotune_thread
 
@@ -260,8 +260,8 @@ def _count(report: SplitReport, item: dict) -> None:
 def _check_max_bad(report: SplitReport, skipped: list, *, max_bad: int | None, bad_so_far: int) -> None:
     bad = bad_so_far + len(report.skipped)
     if max_bad is not None and bad > max_bad:
-        raise BadImagesError(f"{bad} images skipped, more than --max-bad {max_bad}; "
-                             f"last: {skipped[-1][0]} ({skipped[-1][1]})")
+        raise BadImagesError(f"{bad} images skipped, more than ", Arg("max_bad", max_bad),
+                             f"; last: {skipped[-1][0]} ({skipped[-1][1]})", field="max_bad", value=max_bad)
 
 
 class _BackgroundCommits:

@@ -21,7 +21,7 @@ import os
 import zipfile
 from typing import Any
 
-from headstart.features.errors import FeaturesError, ImageSizeError, WeightsError
+from headstart.features.errors import Arg, FeaturesError, ImageSizeError, WeightsError
 
 PREFIX = "hub:"
 #: --weights values of a hub backbone: the preset's own weights, or a seeded random init.
@@ -49,8 +49,8 @@ def hub_weights(weights: str | None) -> str:
         return "preset"
     if weights == "none":
         return "none"
-    raise WeightsError(f"--weights {weights}: a hub: backbone takes the preset's weights ('preset', the default) "
-                       "or 'none'")
+    raise WeightsError(Arg("weights", weights), ": a hub: backbone takes the preset's weights ('preset', the "
+                       "default) or 'none'")
 
 
 def keras_hub_module():
@@ -62,7 +62,8 @@ def keras_hub_module():
     try:
         import keras_hub
     except ImportError:
-        raise FeaturesError("--backbone hub:…: KerasHub is not installed (pip install 'headstart[hub]')") from None
+        raise FeaturesError(Arg("backbone", "hub:…"), ": KerasHub is not installed (pip install 'headstart[hub]')",
+                            field="backbone") from None
     return keras_hub
 
 
@@ -90,11 +91,11 @@ def build_hub_parts(name: str, *, weights: str, image_size: int) -> tuple[Any, A
         converter = hub.layers.ImageConverter.from_preset(preset)
     except Exception as exc:  # noqa: BLE001 - KerasHub raises ValueError, FileNotFoundError, HTTP errors…
         text = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise FeaturesError(f"--backbone {name}: KerasHub cannot load this preset ({text})") from exc
+        raise FeaturesError(Arg("backbone", name), f": KerasHub cannot load this preset ({text})") from exc
     size = getattr(converter, "image_size", None)
     if size is not None and tuple(int(s) for s in size) != (image_size, image_size):
-        raise ImageSizeError(f"--image-size {image_size} does not fit {name}: its image converter makes "
-                             f"{size[0]}x{size[1]} images (use --image-size {size[0]})")
+        raise ImageSizeError(Arg("image_size", image_size), f" does not fit {name}: its image converter makes "
+                             f"{size[0]}x{size[1]} images (use ", Arg("image_size", int(size[0])), ")")
     backbone.name, converter.name = "backbone", "preprocessing"
     provenance = {"preset": preset if not os.path.isdir(preset) else os.path.abspath(preset),
                   "keras_hub": hub.__version__, "backbone_class": type(backbone).__name__,
@@ -121,7 +122,8 @@ def token_pooling(pooling: str, tokens: int) -> Any:
         return keras.layers.GlobalMaxPooling1D(name="pooling")
     if pooling == "none":
         return None
-    raise FeaturesError(f"--pooling: unknown pooling {pooling!r} for token outputs (choose from cls, avg, max, none)")
+    raise FeaturesError(Arg("pooling"), f": unknown pooling {pooling!r} for token outputs (choose from cls, avg, "
+                        "max, none)", value=pooling)
 
 
 def import_for_model_file(path: str | os.PathLike) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from headstart.features._hdf5 import first_difference, open_h5
 from headstart.features._store_io import START_OVER
 from headstart.features.cache import FeatureCache, SplitData, open_cache
-from headstart.features.errors import ShardError
+from headstart.features.errors import Arg, ShardError
 from headstart.features.store import StoreWriter, create_or_resume
 
 __all__ = ["ROW_INDEX", "SKIPPED_INDEX", "MergeSummary", "merge_shards", "write_source_index"]
@@ -78,8 +78,8 @@ def write_source_index(partial_path: str, splits: Sequence[str],
             found = _positions(source_keys(split), rows, skipped)
             if found is None:
                 raise ShardError(f"{partial_path}: split '{split}' has keys the source no longer "
-                                 f"lists in that order (was it changed during the run?)"
-                                 f"{START_OVER}")
+                                 f"lists in that order (was it changed during the run?)",
+                                 *START_OVER)
             for name, values in zip((ROW_INDEX, SKIPPED_INDEX), found):
                 if name in group:
                     del group[name]
@@ -185,7 +185,7 @@ class _ShardSplit:
         where = f"{shard.path} (split '{split}')"
         if ROW_INDEX not in group or SKIPPED_INDEX not in group:
             raise ShardError(f"{where} has no source positions (written by an older headstart?); "
-                             f"extract this shard again with --overwrite")
+                             "extract this shard again with ", Arg("overwrite"))
         row_pos = np.asarray(group[ROW_INDEX][:], dtype=np.int64)
         skip_pos = np.asarray(group[SKIPPED_INDEX][:], dtype=np.int64)
         if len(row_pos) != len(data) or len(skip_pos) != len(data.skipped):
@@ -238,7 +238,7 @@ def _open_shard(path: str, stack: ExitStack) -> _Shard:
     cache = stack.enter_context(open_cache(path))
     spec = cache.config.get("shard")
     if not isinstance(spec, dict) or not {"index", "count"} <= set(spec):
-        raise ShardError(f"{path} is not a shard (it was written without extract-features --shard)")
+        raise ShardError(f"{path} is not a shard (it was written without extract-features ", Arg("shard"), ")")
     config = {k: v for k, v in cache.config.items() if k != "shard"}
     scheme = {k: v for k, v in spec.items() if k != "index"}
     return _Shard(path, cache, int(spec["index"]), int(spec["count"]), scheme, config)
@@ -321,7 +321,7 @@ def _merge_split(writer: StoreWriter, split: str, plan: _Plan, log: Callable[[st
     consumed, committed = writer.progress(split)
     if committed != int(np.searchsorted(rows.pos, consumed)):
         raise ShardError(f"{writer.partial_path} (an interrupted merge) does not match these "
-                         f"shards{START_OVER}")
+                         "shards", *START_OVER)
     if consumed:
         log(f"resuming split '{split}' after {consumed} items")
     row_bytes = int(np.prod(writer.feature_shape)) * np.dtype(writer.dtype).itemsize

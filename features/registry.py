@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-from headstart.features.errors import ImageSizeError, UnknownBackboneError, WeightsError
+from headstart.features.errors import Arg, ImageSizeError, UnknownBackboneError, WeightsError
 
 DEFAULT_BACKBONE = "xception"
 #: Pooling of the backbone's feature map: global average, global max, or none (spatial features).
@@ -148,8 +148,8 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except (KeyError, TypeError):
         raise UnknownBackboneError(
-            f"--backbone: unknown backbone {name!r} ({_did_you_mean(name)}choose from {', '.join(BACKBONES)}, "
-            "or hub:PRESET)") from None
+            Arg("backbone"), f": unknown backbone {name!r} ({_did_you_mean(name)}choose from {', '.join(BACKBONES)}, "
+            "or hub:PRESET)", value=name) from None
 
 
 def _did_you_mean(name: object) -> str:
@@ -180,7 +180,8 @@ def check_weights_option(weights: str | None, backbone: str | None = None, alpha
         refuse_unshipped(backbone, (1.0 if alpha is None else float(alpha)) if takes else None)
     if weights is None or weights in WEIGHT_WORDS or os.path.isfile(os.path.expanduser(weights)):
         return
-    raise WeightsError(f"--weights: file {weights} does not exist (or use {', '.join(map(repr, WEIGHT_WORDS))})")
+    raise WeightsError(Arg("weights"), f": file {weights} does not exist (or use {', '.join(map(repr, WEIGHT_WORDS))})",
+                       value=weights)
 
 
 def check_image_size(name: str, image_size: int) -> None:
@@ -192,10 +193,10 @@ def check_image_size(name: str, image_size: int) -> None:
     """
     spec = get_backbone_spec(name)
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
-        raise ImageSizeError(f"--image-size must be a whole number of pixels, got {image_size!r}")
+        raise ImageSizeError.invalid("image_size", image_size, "must be a whole number of pixels", shown=repr(image_size))
     if image_size < spec.min_size:
         raise ImageSizeError(
-            f"--image-size {image_size} is too small for backbone '{name}' (minimum {spec.min_size})"
+            Arg("image_size", image_size), f" is too small for backbone '{name}' (minimum {spec.min_size})"
         )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from headstart.features.errors import WeightsError
+from headstart.features.errors import Arg, WeightsError
 from headstart.features.file_hash import sha256_file
 
 
@@ -83,10 +83,11 @@ def refuse_unshipped(backbone: str, alpha: float | None) -> None:
         WeightsError: naming what ships.
     """
     if (backbone, alpha) not in SHIPPED:
-        offered = ", ".join(f"{b} alpha {a:g} (--backbone {b} --alpha {a:g})" for b, a in SHIPPED)
+        offered = [piece for i, (b, a) in enumerate(SHIPPED)
+                   for piece in (", " if i else "", f"{b} alpha {a:g} (", Arg("backbone", b), " ", Arg("alpha", a), ")")]
         what = f"{backbone} alpha {alpha:g}" if isinstance(alpha, (int, float)) else str(backbone)
-        raise WeightsError(f"--weights shipped: the weights inside headstart are {offered}, not {what}; use "
-                           "--weights imagenet or a local .h5 file for other backbones")
+        raise WeightsError(Arg("weights", "shipped"), ": the weights inside headstart are ", *offered,
+                           f", not {what}; use ", Arg("weights", "imagenet"), " or a local .h5 file for other backbones")
 
 
 def is_shipped(path: str | Path) -> bool:

@@ -2,7 +2,7 @@
 
 Library errors are domain exceptions (``HeadstartError``, ``FeaturesError``) with an ``exit_code``;
 ``library_call`` (wrapped around every command in ``cli.py``) turns them into click errors, the
-only place that does.
+only place that does, naming each setting by its flag (``options.naming.CLI_NAMES``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import click
 
 from headstart.features.errors import FeaturesError
 from headstart.pipeline.errors import HeadstartError, environment_reason
+from headstart.pipeline.options.naming import CLI_NAMES
 from headstart.pipeline.report.printable import printable
 
 
@@ -104,8 +105,9 @@ def library_call(fn):
             return fn(*args, **kwargs)
         except (HeadstartError, FeaturesError) as exc:
             # One line (a domain error is one line; a wrapped library's text, the first of its lines),
-            # and one that a label or file name in it cannot break or overwrite.
-            raise _CliError(printable(str(exc).strip().split("\n")[0]) if str(exc) else type(exc).__name__,
+            # and one that a label or file name in it cannot break or overwrite; settings named by flag.
+            text = exc.render(CLI_NAMES).strip()
+            raise _CliError(printable(text.split("\n")[0]) if text else type(exc).__name__,
                             exit_code(exc)) from None
         except Exception as exc:
             reason = environment_reason(exc)

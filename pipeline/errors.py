@@ -4,14 +4,22 @@
 at run time (a parity check) or of the machine (disk full, read-only, forbidden: ``environment_reason``);
 75 a directory or cache another process is writing (try again later). docs/troubleshooting.md
 ("Exit codes") states the rule and tests/test_faults_round3_io.py holds every command to it.
+Every error carries its facts (``field``, ``value``, ``rule``) and names a setting by its field, never
+by a flag: ``OptionError.invalid("epochs", 0, "must be at least 1")``.
 """
 
 import errno
 import os
 
+from headstart.features.errors import Fault
 
-class HeadstartError(Exception):
-    """Base class of every error the pipeline raises on purpose."""
+
+class HeadstartError(Fault):
+    """Base class of every error the pipeline raises on purpose.
+
+    A ``Fault``: its message names settings by field (``Arg("epochs")``), and each audience renders
+    them (the CLI as flags, the Python API as arguments; ``features/errors.py``).
+    """
 
     exit_code = 2
 

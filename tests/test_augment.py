@@ -35,7 +35,7 @@ def test_parse_default_and_every_item():
 def test_parse_rejects_bad_specs_naming_the_item(spec, fragment):
     with pytest.raises(OptionError) as err:
         parse_augment_spec(spec)
-    assert fragment in str(err.value) and str(err.value).startswith("--augment")
+    assert fragment in str(err.value) and str(err.value).startswith("augment")
 
 
 def test_parsing_does_not_import_tensorflow():

@@ -76,7 +76,7 @@ def test_unknown_backbone_lists_the_valid_names():
 def test_too_small_image_size_is_refused(name, too_small):
     spec = get_backbone_spec(name)
     check_image_size(name, spec.min_size)
-    with pytest.raises(ImageSizeError, match=rf"--image-size {too_small} .*minimum {spec.min_size}"):
+    with pytest.raises(ImageSizeError, match=rf"image_size={too_small} .*minimum {spec.min_size}"):
         check_image_size(name, too_small)
     with pytest.raises(ImageSizeError):
         build_extractor(name, weights="none", image_size=too_small)
@@ -90,12 +90,12 @@ def test_image_size_must_be_an_int():
 
 
 def test_alpha_options_are_checked():
-    with pytest.raises(FeaturesError, match="--alpha applies only to mobilenet, mobilenet_v2"):
+    with pytest.raises(FeaturesError, match="alpha applies only to mobilenet, mobilenet_v2"):
         build_extractor("xception", weights="none", image_size=71, alpha=0.5)
-    with pytest.raises(FeaturesError, match="--alpha must be"):
+    with pytest.raises(FeaturesError, match="alpha must be"):
         build_extractor("mobilenet_v2", weights="none", image_size=32, alpha=0)
     # No ImageNet file exists for this width: refused before any download is attempted.
-    with pytest.raises(WeightsError, match=r"alpha 0\.4 .*0\.35, 0\.5"):
+    with pytest.raises(WeightsError, match=r"alpha=0\.4 .*0\.35, 0\.5"):
         build_extractor("mobilenet_v2", weights="imagenet", image_size=32, alpha=0.4)
 
 
@@ -104,7 +104,7 @@ def test_pooling_layers_and_unknown_pooling():
     assert isinstance(build_pooling("max"), keras.layers.GlobalMaxPooling2D)
     assert build_pooling("avg").name == "pooling"
     assert build_pooling("none") is None
-    with pytest.raises(FeaturesError, match="--pooling.*avg, max, none"):
+    with pytest.raises(FeaturesError, match="pooling.*avg, max, none"):
         build_pooling("mean")
 
 
@@ -323,5 +323,5 @@ def test_imagenet_download_failure_is_a_weights_error(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as err:
         build_extractor("mobilenet_v2", weights="imagenet", image_size=32, alpha=0.35)
     message = str(err.value)
-    assert "--weights PATH" in message and "URL fetch failure" in message and "\n" not in message
+    assert "weights=PATH" in message and "URL fetch failure" in message and "\n" not in message
     assert os.path.join(".keras", "models") in message or "KERAS_HOME" in os.environ

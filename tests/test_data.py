@@ -210,9 +210,9 @@ def test_directory_source_errors(tmp_path):
     with pytest.raises(DataError, match="mixes split folders"):
         resolve_source(str(tmp_path / "mixed"))
     make_class_folders(tmp_path / "ok", per_class=1)
-    with pytest.raises(OptionError, match="--split applies to tfds"):
+    with pytest.raises(OptionError, match="split_specs applies to tfds"):
         resolve_source(str(tmp_path / "ok"), split_specs={"train": "train[:10%]"})
-    with pytest.raises(OptionError, match="--test-fraction"):
+    with pytest.raises(OptionError, match="test_fraction"):
         resolve_source(str(tmp_path / "ok"), test_fraction=1.0)
     with pytest.raises(OptionError, match="leave some training data"):
         resolve_source(str(tmp_path / "ok"), validation_fraction=0.5, test_fraction=0.5)
@@ -299,7 +299,7 @@ def test_decode_and_resize_is_the_same_eagerly_and_in_a_graph(tmp_path):
     np.testing.assert_array_equal(next(iter(mapped)).numpy(), eager)
     with pytest.raises(DataError, match="not an image"):
         decode_and_resize(b"hello", 16)
-    with pytest.raises(OptionError, match="--image-size"):
+    with pytest.raises(OptionError, match="image_size"):
         decode_and_resize(data, 0)
 
 
@@ -453,7 +453,7 @@ def test_tfds_split_overrides_and_bad_specs():
         assert source.split_names == ["train", "validation", "test", "holdout"]
         assert source.describe()["splits"]["train"] == "train[:80%]"
         assert len(_elements(source.dataset("holdout", 8))) == 4
-        with pytest.raises(DataError, match=r"--split train=train\[:400%\]"):
+        with pytest.raises(DataError, match=r"split_specs='train=train\[:400%\]'"):
             resolve_source("tfds:cats_vs_dogs", split_specs={"train": "train[:400%]"})
     with pytest.raises(DataError, match="unknown TFDS dataset"):
         resolve_source("tfds:no_such_dataset_here")

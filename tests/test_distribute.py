@@ -254,7 +254,7 @@ def test_precision_context_restores_policy():
 
 def test_options_and_refusals(tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(OptionError, match="--strategy must be one of"):
+    with pytest.raises(OptionError, match="strategy must be one of"):
         resolve_strategy("ring")
     with pytest.raises(OptionError, match="needs TF_CONFIG") as err:
         resolve_strategy("multiworker")
@@ -284,7 +284,7 @@ def test_options_and_refusals(tmp_path, monkeypatch):
         assert scratch.is_dir() and out.name == "out" and tmp_path not in out.parents
     assert not scratch.exists()
 
-    with pytest.raises(OptionError, match="--strategy"):
+    with pytest.raises(OptionError, match="strategy"):
         train_head(HeadConfig(features="x.h5", out=str(tmp_path / "r"), strategy="nope"), log=lambda m: None)
 
 

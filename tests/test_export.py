@@ -164,9 +164,9 @@ def test_export_refusals_and_a_bad_export_file(tmp_path):
 
     with pytest.raises(OptionError, match="unknown format 'coreml'"):
         check_export_options(("coreml",), "none")
-    with pytest.raises(OptionError, match="--quantize: unknown mode 'int4'"):
+    with pytest.raises(OptionError, match="quantize: unknown mode 'int4'"):
         check_export_options(("tflite",), "int4")
-    with pytest.raises(OptionError, match="--quantize int8 applies to --export tflite only"):
+    with pytest.raises(OptionError, match="quantize='int8' applies to export='tflite' only"):
         check_export_options(("onnx",), "int8")
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     image = write_image(tmp_path / "a.jpg", np.random.default_rng(0))

@@ -376,7 +376,7 @@ def test_non_finite_features_are_refused_at_write_with_the_key(tmp_path):
              skipped=[("bad.jpg", "truncated image")], consumed=3)  # a batch of only bad images
     big = np.ones((2, 3)) * [[1], [1e6]]  # a large activation: fine in float32, inf in float16
     with pytest.raises(NonFiniteFeaturesError, match=r"^d\.jpg: its features overflow float16.*"
-                                                     r"--dtype float32"):
+                                                     r"dtype='float32' overwrite"):
         w.append("train", features=big, labels=[0, 1], keys=["c.jpg", "d.jpg"], consumed=5)
     assert w.progress("train") == (3, 2)  # the earlier commit stands, nothing of the batch went in
     w.close()

@@ -47,13 +47,13 @@ def test_hub_refusals(preset):
     from headstart.features.chain import build_extractor
     from headstart.features.errors import FeaturesError, ImageSizeError, WeightsError
 
-    with pytest.raises(ImageSizeError, match="use --image-size 32"):
+    with pytest.raises(ImageSizeError, match="use image_size=32"):
         build_extractor(f"hub:{preset}", weights="preset", image_size=64)
     with pytest.raises(WeightsError, match="preset's weights"):
         build_extractor(f"hub:{preset}", weights="/tmp/w.h5", image_size=32)
     with pytest.raises(FeaturesError, match="cannot load this preset"):
         build_extractor(f"hub:{preset}_missing", weights="preset", image_size=32)
-    with pytest.raises(FeaturesError, match="--alpha applies only"):
+    with pytest.raises(FeaturesError, match="alpha applies only"):
         build_extractor(f"hub:{preset}", weights="preset", image_size=32, alpha=0.5)
     with pytest.raises(FeaturesError, match="token outputs"):
         build_extractor("mobilenet", weights="none", image_size=32, alpha=0.25, pooling="cls")

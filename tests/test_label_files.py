@@ -106,7 +106,7 @@ def test_jsonl_and_path_and_label_column_overrides(tmp_path):
     source = open_source(spec)
     assert source.class_names == ["cat", "dog"] and source.count("train") == 6
     assert source.describe()["label_column"] == "kind"
-    with pytest.raises(DataError, match=r"no column 'species' \(--label-column\); columns found: picture, kind"):
+    with pytest.raises(DataError, match=r"no column 'species' \(label_column\); columns found: picture, kind"):
         open_source(SourceSpec(spec.source, path_column="picture", label_column="species"))
 
 
@@ -124,15 +124,15 @@ def test_bare_ids_resolve_against_images(tmp_path):
                                                           "id2.JPEG": (0, ""), "id3.jpg": (1, ""),
                                                           "id4": (0, "")}
     assert got["id5"][1].startswith("missing file (train.csv row 7)")
-    with pytest.raises(DataError, match=r"^--images .*nowhere: no such directory$"):
+    with pytest.raises(DataError, match=r"^images='.*nowhere': no such directory$"):
         open_source(SourceSpec(str(csv), images=str(tmp_path / "nowhere")))
 
 
 def test_label_file_options_need_a_label_file(tmp_path):
     folder = make_class_folders(tmp_path / "imgs", per_class=3)
-    with pytest.raises(OptionError, match=r"^--path-column applies to label-file sources"):
+    with pytest.raises(OptionError, match=r"^path_column applies to label-file sources"):
         SourceSpec(str(folder), path_column="file")
-    with pytest.raises(OptionError, match=r"^--multi-label applies to label-file sources"):
+    with pytest.raises(OptionError, match=r"^multi_label applies to label-file sources"):
         SourceSpec(str(folder), multi_label=True)
     with pytest.raises(DataError, match="no such label file"):
         resolve_source(str(tmp_path / "absent.csv"))

@@ -33,10 +33,10 @@ def test_early_stopping_on_a_measure_keeps_the_highest_epoch():
 def test_monitor_refusals_are_one_line():
     check_monitor("balanced_accuracy", has_validation=True)
     check_monitor("map", has_validation=True, multi_label=True)
-    for kwargs, message in (({"monitor": "map"}, "--monitor map needs a multi-label task"),
+    for kwargs, message in (({"monitor": "map"}, "^monitor='map' needs a multi-label task"),
                             ({"monitor": "macro_f1", "multi_label": True}, "needs a single-label task"),
                             ({"monitor": "balanced_accuracy", "has_validation": False}, "needs a validation split"),
-                            ({"monitor": "accuracy"}, "--monitor must be one of")):
+                            ({"monitor": "accuracy"}, "^monitor must be one of")):
         with pytest.raises(OptionError, match=message) as caught:
             check_monitor(**kwargs)
         assert "\n" not in str(caught.value)

@@ -66,7 +66,7 @@ def test_the_api_page_documents_every_public_name():
     def target(name: str) -> str:
         module, _, attribute = api._API[name].partition(":")
         if module == "headstart.pipeline.api":
-            module, attribute, _ = FUNCTIONS[name]
+            module, attribute = FUNCTIONS[name]
         return f"{module.removeprefix('headstart.')}.{attribute}"
 
     # The page names the source modules from the repository root (mkdocs.yml: paths ["."]).

@@ -74,7 +74,7 @@ def test_probe_spec_parses_before_tensorflow():
     from headstart.pipeline.training.rate_probes import parse_probe
 
     assert parse_probe("none") == () and parse_probe("unfreeze, lr") == ("lr", "unfreeze")
-    with pytest.raises(OptionError, match="--probe must be none, lr, unfreeze or lr,unfreeze"):
+    with pytest.raises(OptionError, match="probe must be none, lr, unfreeze or lr,unfreeze"):
         parse_probe("depth")
 
 

@@ -42,22 +42,16 @@ def test_every_command_with_weights_says_it_takes_shipped():
 
 def test_api_errors_name_python_arguments():
     from headstart.pipeline import ExtractConfig, HeadConfig, OptionError, extract_features, train_head
-    from headstart.pipeline.api import rename_flags
     from headstart.features.errors import WeightsError
 
     with pytest.raises(OptionError, match=r"^epochs must be 0 or more, got -1$"):
         train_head(HeadConfig(features="x.h5", out="o", epochs=-1))
     with pytest.raises(WeightsError, match=r"^weights: file nothing.h5 does not exist"):
         extract_features(ExtractConfig(source=".", out="f.h5", weights="nothing.h5"))
-    with pytest.raises(WeightsError, match="the weights inside headstart are mobilenet_v2 alpha 0.35 "
-                                           r"\(backbone mobilenet_v2 alpha 0.35\), not xception; use weights "
-                                           "imagenet"):
+    with pytest.raises(WeightsError, match=r"^weights='shipped': the weights inside headstart are mobilenet_v2 "
+                                           r"alpha 0.35 \(backbone='mobilenet_v2' alpha=0.35\), not xception; use "
+                                           "weights='imagenet'"):
         extract_features(ExtractConfig(source=".", out="f.h5", weights="shipped"))  # xception by default
-    names = {"--weights": "weights", "--split": "split_specs", "--views": "views"}
-    assert rename_flags("pass --weights PATH to a local .h5 file, or --split NAME=SPEC; --no-views",
-                        names) == "pass weights=PATH to a local .h5 file, or split_specs=NAME=SPEC; views=False"
-    assert rename_flags("--head-epochs must be at least 1", {"--head-epochs": "head.epochs"}) == \
-        "head.epochs must be at least 1"
 
 
 @pytest.mark.slow

@@ -57,9 +57,9 @@ def test_spec_is_frozen_ordered_and_checked():
     assert hash(spec) == hash(SourceSpec("tfds:cats_vs_dogs", spec.split_specs))
     with pytest.raises(AttributeError):
         spec.source = "elsewhere"  # type: ignore[misc]
-    with pytest.raises(OptionError, match="--validation-fraction plus --test-fraction"):
+    with pytest.raises(OptionError, match="validation_fraction plus test_fraction"):
         SourceSpec("imgs", validation_fraction=0.5, test_fraction=0.5)
-    with pytest.raises(OptionError, match="--test-fraction must be in"):
+    with pytest.raises(OptionError, match="test_fraction must be in"):
         SourceSpec("imgs", test_fraction=-0.1)
     assert parse_split_option(["a=x", " b = y "]) == {"a": "x", "b": "y"}
 

@@ -139,7 +139,7 @@ def test_partial_config_mismatch_names_the_field(tmp_path):
     msg = _one_line(err)
     assert f"{path}.partial" in msg
     assert "was written with backbone='mobilenet_v2'; this run has backbone='xception'" in msg
-    assert "--overwrite" in msg
+    assert "use overwrite to replace it" in msg
     with pytest.raises(StoreConfigMismatch, match=r"info\.weights='imagenet'; this run has "
                                                   r"info\.weights='none'"):
         _writer(path, config={**CONFIG, "info": {"weights": "none", "alpha": 1.0}})

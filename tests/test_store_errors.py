@@ -52,7 +52,7 @@ def test_existing_foreign_file_is_not_touched(tmp_path, kind):
     with pytest.raises(StoreExistsError) as err:
         _writer(path)
     msg = _one_line(err)
-    assert str(path) in msg and "--overwrite" in msg
+    assert str(path) in msg and "use overwrite to replace it" in msg
     assert ("is not an HDF5 file" if kind == "text" else "is not a headstart feature cache") in msg
     assert path.read_bytes() == before and not Path(f"{path}.partial").exists()
     _complete(path, overwrite=True)
@@ -136,7 +136,7 @@ def test_incomplete_cache_is_refused_but_summarized(tmp_path):
 def test_damaged_partial_needs_overwrite(tmp_path):
     path = tmp_path / "c.h5"
     Path(f"{path}.partial").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 50)
-    with pytest.raises(StoreError, match="--overwrite to start again") as err:
+    with pytest.raises(StoreError, match="overwrite to start again") as err:
         _writer(path)
     _one_line(err)
     _complete(path, overwrite=True)

@@ -203,7 +203,7 @@ def test_refusals(tmp_path):
 
     with pytest.raises(StoreError, match="no such file"):
         run(tmp_path / "missing.h5")
-    with pytest.raises(OptionError, match="--epochs"):
+    with pytest.raises(OptionError, match="^epochs"):
         train_head(HeadConfig(features=str(good), out=str(tmp_path / "x"), epochs=-1), **QUIET)
     assert not (tmp_path / "run").exists()  # nothing created by refused runs
 

@@ -45,6 +45,7 @@ def parse_augment_spec(spec: str) -> list[tuple[str, str | None]]:
     Raises:
         OptionError: an unknown item, a missing or invalid value, or an item given twice.
     """
+    from headstart.features.errors import Arg
     from headstart.pipeline.errors import OptionError
 
     text = (spec or "").strip()
@@ -55,25 +56,26 @@ def parse_augment_spec(spec: str) -> list[tuple[str, str | None]]:
         name, sep, value = (part.strip() for part in raw.partition("="))
         name = name.lower()
         if not name:
-            raise OptionError(f"--augment '{spec}': empty item")
+            raise OptionError(Arg("augment"), f" '{spec}': empty item", value=spec)
         if name not in KNOWN_ITEMS:
-            raise OptionError(f"--augment: unknown item '{name}' (known: {', '.join(KNOWN_ITEMS)}, none)")
+            raise OptionError(Arg("augment"), f": unknown item '{name}' (known: {', '.join(KNOWN_ITEMS)}, none)",
+                              value=spec)
         if any(name == seen for seen, _ in items):
-            raise OptionError(f"--augment: item '{name}' is given twice")
+            raise OptionError(Arg("augment"), f": item '{name}' is given twice", value=spec)
         if name == "flip":
             if sep and value not in FLIP_MODES:
-                raise OptionError(f"--augment: flip='{value}' must be one of {', '.join(FLIP_MODES)}")
+                raise OptionError(Arg("augment"), f": flip='{value}' must be one of {', '.join(FLIP_MODES)}", value=spec)
             items.append((name, value if sep else None))
             continue
         upper, meaning = _FACTOR_ITEMS[name]
         if not sep or not value:
-            raise OptionError(f"--augment: '{name}' needs a value, e.g. {name}=0.1 ({meaning})")
+            raise OptionError(Arg("augment"), f": '{name}' needs a value, e.g. {name}=0.1 ({meaning})", value=spec)
         try:
             factor = float(value)
         except ValueError:
-            raise OptionError(f"--augment: {name}='{value}' is not a number") from None
+            raise OptionError(Arg("augment"), f": {name}='{value}' is not a number", value=spec) from None
         if not 0.0 < factor <= upper:
-            raise OptionError(f"--augment: {name}={value} must be in (0, {upper:g}] ({meaning})")
+            raise OptionError(Arg("augment"), f": {name}={value} must be in (0, {upper:g}] ({meaning})", value=spec)
         items.append((name, value))
     return items
 

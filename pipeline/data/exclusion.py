@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from headstart.features.regular_file import not_regular_reason, open_regular
+from headstart.features.errors import Arg, Part
 from headstart.pipeline.errors import DataError, OptionError
 
 #: Splits --exclude removes keys from.
@@ -49,7 +50,7 @@ class Exclusion:
                 "splits": list(TRAINING_SPLITS)}
 
 
-def check_exclude_option(path: str | None, option: str = "--exclude") -> None:
+def check_exclude_option(path: str | None, option: Part = Arg("exclude")) -> None:
     """Refuses, before any work, an ``--exclude`` that is missing or not a regular file: a named
     pipe was waited on for ever (by ``headstart run``'s stage key, after extraction).
 
@@ -59,9 +60,10 @@ def check_exclude_option(path: str | None, option: str = "--exclude") -> None:
     if not path:
         return
     if not os.path.exists(path):
-        raise OptionError(f"{option} {path}: no such file")
+        raise OptionError(option, f" {path}: no such file", field="exclude", value=path)
     if not_regular_reason(path):
-        raise OptionError(f"{option} {path}: {not_regular_reason(path)}; give a CSV file with a 'key' column")
+        raise OptionError(option, f" {path}: {not_regular_reason(path)}; give a CSV file with a 'key' column",
+                          field="exclude", value=path)
 
 
 def read_exclude_keys(path: str) -> list[str]:
@@ -77,12 +79,12 @@ def read_exclude_keys(path: str) -> list[str]:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             if "key" not in columns:
-                raise OptionError(f"--exclude {path}: no 'key' column (columns: {', '.join(columns) or 'none'})")
+                raise OptionError(Arg("exclude", path), f": no 'key' column (columns: {', '.join(columns) or 'none'})")
             keys = [row["key"] for row in reader if row.get("key")]
     except OSError as exc:
-        raise OptionError(f"--exclude {path}: cannot read it ({exc.strerror or exc})") from None
+        raise OptionError(Arg("exclude", path), f": cannot read it ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise OptionError(f"--exclude {path}: not a UTF-8 CSV ({exc})") from None
+        raise OptionError(Arg("exclude", path), f": not a UTF-8 CSV ({exc})") from None
     return list(dict.fromkeys(keys))
 
 
@@ -103,7 +105,7 @@ def resolve_exclusion(path: str, keys: Mapping[str, Sequence[str]], *, data: str
     known = set().union(*(set(k) for k in keys.values())) if keys else set()
     unknown = [k for k in listed if k not in known]
     if unknown:
-        raise DataError(f"--exclude {path}: {len(unknown)} of {len(listed)} keys are not in {data} "
+        raise DataError(Arg("exclude", path), f": {len(unknown)} of {len(listed)} keys are not in {data} "
                         f"(e.g. {unknown[0]!r}); it lists another dataset or an older cache of this one")
     with open_regular(path) as f:
         digest = hashlib.sha256(f.read()).hexdigest()

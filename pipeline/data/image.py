@@ -145,7 +145,7 @@ def decode_and_resize(image_bytes, image_size: int, *, max_pixels: int | None = 
 
 def _check_size(image_size: int) -> None:
     if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 1:
-        raise OptionError(f"--image-size must be a positive integer, got {image_size!r}")
+        raise OptionError.invalid("image_size", image_size, "must be a positive integer", shown=repr(image_size))
 
 
 def _read_file(path: str | Path) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.features.errors import StoreConfigMismatch, StoreError
+from headstart.features.errors import Arg, StoreConfigMismatch, StoreError
 
 
 def explain_label_change(error: StoreConfigMismatch, source: Any, out: str | os.PathLike) -> StoreConfigMismatch:
@@ -27,15 +27,15 @@ def explain_label_change(error: StoreConfigMismatch, source: Any, out: str | os.
         return error
     name = Path(source.table.path).name
     if error.partial:
-        return StoreConfigMismatch(f"{name} changed since the interrupted run {out}.partial started; use "
-                                   "--overwrite to start again", field=error.field, partial=True)
+        return StoreConfigMismatch(f"{name} changed since the interrupted run {out}.partial started; use ",
+                                   Arg("overwrite"), " to start again", field=error.field, partial=True)
     count = changed_rows(source, out)
     if count is None:
         return error
     rows = ("no row differs in split or labels" if count == 0 else
             "1 row differs" if count == 1 else f"{count} rows differ")
-    return StoreConfigMismatch(f"{name} changed since {out} was written ({rows}); use --overwrite to replace it",
-                               field=error.field)
+    return StoreConfigMismatch(f"{name} changed since {out} was written ({rows}); use ", Arg("overwrite"),
+                               " to replace it", field=error.field)
 
 
 def _folder_change(error: StoreConfigMismatch, source: Any, out: str | os.PathLike) -> StoreConfigMismatch:
@@ -43,10 +43,10 @@ def _folder_change(error: StoreConfigMismatch, source: Any, out: str | os.PathLi
     where = f"the interrupted run {out}.partial started" if error.partial else f"{out} was written"
     if "=<absent>;" in str(error):  # a cache from before listings were recorded: no way to tell
         why = f"{out} was made before headstart recorded its folder's listing, so whether {source.spec} changed"
-        return StoreConfigMismatch(f"{why} cannot be told; use --overwrite to extract it again",
+        return StoreConfigMismatch(f"{why} cannot be told; use ", Arg("overwrite"), " to extract it again",
                                    field=error.field, partial=error.partial)
     return StoreConfigMismatch(f"the folder {source.spec} changed since {where} (files added, removed, moved to "
-                               "another class or rewritten); use --overwrite to extract it again",
+                               "another class or rewritten); use ", Arg("overwrite"), " to extract it again",
                                field=error.field, partial=error.partial)
 
 

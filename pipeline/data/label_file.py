@@ -40,6 +40,7 @@ from headstart.features.bounded_parse import MAX_LINE_BYTES, ParseLimitError, lo
 from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS
 from headstart.features.regular_file import not_regular_reason
 from headstart.pipeline.data.splits import SPLIT_FOLDERS
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError
 
 #: SOURCE suffixes read as label files.
@@ -159,7 +160,7 @@ def _images_root(images: str | None, file: Path) -> Path:
         return file.parent
     root = Path(images).expanduser()
     if not root.is_dir():
-        raise DataError(f"--images {images}: no such directory")
+        raise DataError(Arg("images", images), ": no such directory")
     return root.resolve()
 
 
@@ -213,9 +214,10 @@ def _choose_columns(columns: list[str], spec: str, path_column: str | None, labe
                     multi_label: bool) -> tuple[str, str]:
     """The path and label columns: the ones named, else the usual names (module docstring)."""
     found = ", ".join(columns) or "none"
-    for option, name in (("--path-column", path_column), ("--label-column", label_column)):
+    for option, name in (("path_column", path_column), ("label_column", label_column)):
         if name is not None and _find_column(columns, name) is None:
-            raise DataError(f"{spec}: no column '{name}' ({option}); columns found: {found}")
+            raise DataError(f"{spec}: no column '{name}' (", Arg(option), f"); columns found: {found}",
+                            field=option, value=name)
     path_col = _find_column(columns, path_column) if path_column else \
         next((c for c in (_find_column(columns, n) for n in (*PATH_COLUMNS, ID_COLUMN)) if c), None)
     if label_column:

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 from headstart.pipeline.config import ExtractConfig
 from headstart.pipeline.data.label_file import is_label_file
 from headstart.features.regular_file import not_regular_reason
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError, OptionError
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -46,17 +47,19 @@ def parse_split_option(values: Iterable[str]) -> dict[str, str]:
         name, sep, spec = str(value).partition("=")
         name, spec = name.strip(), spec.strip()
         if not sep or not name or not spec:
-            raise OptionError(f"--split must be NAME=SPEC, got '{value}' (expected NAME=SPEC, e.g. {_EXAMPLE})")
+            raise OptionError(Arg("split_specs"), f" must be NAME=SPEC, got '{value}' (expected NAME=SPEC, e.g. {_EXAMPLE})",
+                          value=value, rule="must be NAME=SPEC")
         _check_split_name(name, value)
         if name in specs:
-            raise OptionError(f"--split '{value}': split '{name}' is given twice")
+            raise OptionError(Arg("split_specs"), f" '{value}': split '{name}' is given twice", value=value)
         specs[name] = spec
     return specs
 
 
 def _check_split_name(name: str, value: str) -> None:
     if not _SPLIT_NAME.match(name):
-        raise OptionError(f"--split '{value}': split name '{name}' must be letters, digits, '_', '-' or '.'")
+        raise OptionError(Arg("split_specs"), f" '{value}': split name '{name}' must be letters, digits, '_', '-' or '.'",
+                          value=value)
 
 
 _KINDS = "a folder of class folders, a .csv/.jsonl label file, or tfds:NAME"
@@ -93,11 +96,11 @@ def check_fractions(validation_fraction: float, test_fraction: float) -> None:
     Raises:
         OptionError: a fraction outside [0, 1), or both together leaving no training data.
     """
-    for name, value in (("validation-fraction", validation_fraction), ("test-fraction", test_fraction)):
+    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
-            raise OptionError(f"--{name} must be in [0, 1), got {value}")
+            raise OptionError.invalid(name, value, "must be in [0, 1)")
     if validation_fraction + test_fraction >= 1.0:
-        raise OptionError("--validation-fraction plus --test-fraction must leave some training data")
+        raise OptionError(Arg("validation_fraction"), " plus ", Arg("test_fraction"), " must leave some training data")
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,8 @@ class SourceSpec:
         for name in _LABEL_FILE_KEYS:
             value = getattr(self, name)
             if value not in (None, False) and not self.is_label_file:
-                flag = "--" + name.replace("_", "-")
-                raise OptionError(f"{flag} applies to label-file sources (.csv, .jsonl) only; "
-                                  f"{self.source} is not one")
+                raise OptionError(Arg(name), " applies to label-file sources (.csv, .jsonl) only; "
+                                  f"{self.source} is not one", value=value)
 
     @property
     def is_tfds(self) -> bool:

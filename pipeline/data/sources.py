@@ -33,6 +33,7 @@ from headstart.pipeline.data.listing_digest import listing_digest
 from headstart.pipeline.data.source import Source, decode_map
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.data.splits import SPLIT_FOLDERS, list_class_folders, shard_of
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError, NetworkError, OptionError
 
 
@@ -50,9 +51,9 @@ def open_source(spec: SourceSpec) -> Source:
     path = check_source_path(spec.source)
     if spec.split_specs:
         what = "a label file" if spec.is_label_file else "a directory"
-        raise OptionError(f"--split applies to tfds: sources only; {spec.source} is {what} "
-                          f"(use {'/'.join(SPLIT_FOLDERS)} folders, a split column, or "
-                          f"--validation-fraction/--test-fraction)")
+        raise OptionError(Arg("split_specs"), f" applies to tfds: sources only; {spec.source} is {what} "
+                          f"(use {'/'.join(SPLIT_FOLDERS)} folders, a split column, or ", Arg("validation_fraction"),
+                          "/", Arg("test_fraction"), ")")
     if spec.is_label_file:
         from headstart.pipeline.data.label_source import LabelFileSource
 
@@ -173,13 +174,13 @@ class TfdsSource(Source):
     def _check_specs(self, overrides: dict[str, str]) -> None:
         known = self.builder.info.splits
         for name, split_spec in self._split_specs.items():
-            where = f"--split {name}={split_spec}" if name in overrides else f"{self.spec} split '{name}'"
+            where = Arg("split_specs", f"{name}={split_spec}") if name in overrides else f"{self.spec} split '{name}'"
             try:
                 self._tfds.core.ReadInstruction.from_spec(split_spec)
                 if len(known):  # unknown until prepared (and under tfds.testing.mock_data)
                     known[split_spec]
             except Exception as e:  # noqa: BLE001 - TFDS raises ValueError/KeyError/AssertionError
-                raise DataError(f"{where}: {_first_line(e)}") from None
+                raise DataError(where, f": {_first_line(e)}") from None
 
     def describe(self) -> dict:
         return {"source": self.spec, "kind": self.kind, "name": self.builder.name,

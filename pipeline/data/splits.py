@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from headstart.features.regular_file import not_regular_reason
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError
 
 #: Split folder names recognised at the top of a directory source, in their canonical order.
@@ -236,8 +237,8 @@ def _held_out_counts(n: int, validation_fraction: float, test_fraction: float, s
         held = " and ".join(name for name, f in (("validation", validation_fraction), ("test", test_fraction))
                             if f > 0)
         raise DataError(f"{spec}: class '{stratum}' has {n} image(s); a stratified split needs at least "
-                        f"{needed} (one for train and one each for {held}): add images, or set "
-                        f"--validation-fraction/--test-fraction to 0")
+                        f"{needed} (one for train and one each for {held}): add images, or set ",
+                        Arg("validation_fraction"), "/", Arg("test_fraction"), " to 0")
     n_test, n_val = share(test_fraction), share(validation_fraction)
     while n_test + n_val > n - 1:  # rounding up may leave train empty: give back from the larger share
         if n_val > 1 and (n_val >= n_test or n_test <= 1):

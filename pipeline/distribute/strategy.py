@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from headstart.pipeline.config import STRATEGIES
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 
 #: Split the CPU into this many logical devices before TensorFlow starts (try ``mirrored`` on a
@@ -103,8 +104,8 @@ def set_up_strategy(name: str, batch_size: int, *, log: Callable[[str], None],
         name: ``--strategy``.
         batch_size: the stage's global ``--batch-size``.
         log: receives the strategy line (none for a plain one-device run).
-        other_batches: further global batch sizes the stage uses, by option name (e.g.
-            ``{"--head-batch-size": 64}``); each is checked against the replica count.
+        other_batches: further global batch sizes the stage uses, by field (e.g.
+            ``{"head_batch_size": 64}``); each is checked against the replica count.
 
     Raises:
         OptionError: as ``resolve_strategy``, or a batch smaller than the number of replicas.
@@ -212,7 +213,7 @@ def resolve_strategy(name: str = "auto") -> tuple[Any, StrategyInfo]:
     import tensorflow as tf
 
     if name not in STRATEGIES:
-        raise OptionError(f"--strategy must be one of {', '.join(STRATEGIES)}, got '{name}'")
+        raise OptionError.invalid("strategy", name, f"must be one of {', '.join(STRATEGIES)}", shown=f"'{name}'")
     tf_config = read_tf_config()
     _apply_logical_cpus()
     gpus = tf.config.list_physical_devices("GPU")
@@ -251,14 +252,14 @@ def _multiworker_strategy(tf_config: dict | None) -> Any:
     import tensorflow as tf
 
     if tf_config is None:
-        raise OptionError("--strategy multiworker needs TF_CONFIG naming the cluster and this task, e.g. "
+        raise OptionError(Arg("strategy", "multiworker"), " needs TF_CONFIG naming the cluster and this task, e.g. "
                           '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                           '"task": {"type": "worker", "index": 0}}')
     if ("multiworker",) not in _STRATEGIES:
         try:
             _STRATEGIES[("multiworker",)] = tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as exc:
-            raise OptionError(f"--strategy multiworker must be set up before TensorFlow starts "
+            raise OptionError(Arg("strategy", "multiworker"), " must be set up before TensorFlow starts "
                               f"({exc})") from None
     return _STRATEGIES[("multiworker",)]
 
@@ -275,7 +276,7 @@ def _mirrored_strategy(have_gpus: bool) -> Any:
     return _STRATEGIES[key]
 
 
-def batch_policy(info: StrategyInfo, global_batch_size: int, *, option: str = "--batch-size") -> dict[str, Any]:
+def batch_policy(info: StrategyInfo, global_batch_size: int, *, option: str = "batch_size") -> dict[str, Any]:
     """The per-replica batch for a global batch under ``info``'s strategy, for logs and run.json.
 
     Raises:
@@ -283,7 +284,7 @@ def batch_policy(info: StrategyInfo, global_batch_size: int, *, option: str = "-
     """
     replicas = int(info.replicas)
     if global_batch_size < replicas:
-        raise OptionError(f"{option} {global_batch_size} is smaller than the {replicas} replicas; "
+        raise OptionError(Arg(option, global_batch_size), f" is smaller than the {replicas} replicas; "
                           f"give at least {replicas}")
     per = global_batch_size / replicas
     text = (f"global batch {global_batch_size} = {replicas} × {int(per)}" if per.is_integer() else

@@ -27,6 +27,7 @@ import keras
 
 # freeze_batchnorm lives with the chain builder, which freezes BatchNorm in every chain it builds.
 from headstart.features.chain import build_chain, freeze_batchnorm
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.model.unfreeze import Unfreeze
 
@@ -83,14 +84,14 @@ def unfreeze_backbone(model: keras.Model, spec: Unfreeze) -> list[str]:
         start = 0
     elif spec.mode == "top":
         if spec.count > len(layers):
-            raise OptionError(f"--unfreeze top:{spec.count}: the backbone has only {len(layers)} layers")
+            raise OptionError(Arg("unfreeze", f"top:{spec.count}"), f": the backbone has only {len(layers)} layers")
         start = len(layers) - spec.count
     else:
         names = [layer.name for layer in layers]
         if spec.layer not in names:
             close = difflib.get_close_matches(spec.layer, names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f" (first: {names[0]}, last: {names[-1]})"
-            raise OptionError(f"--unfreeze from:{spec.layer}: no such backbone layer{hint}")
+            raise OptionError(Arg("unfreeze", f"from:{spec.layer}"), f": no such backbone layer{hint}")
         start = names.index(spec.layer)
     # Thaw every layer one by one, then freeze what stays: setting the container's flag to the value it
     # already has does not reach layers frozen one by one before (a second call would keep them frozen).

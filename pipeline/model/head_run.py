@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import RunDirError
 
 
@@ -89,4 +90,5 @@ def load_head_weights(head: Any, path: str | os.PathLike) -> None:
         trained = keras.saving.load_model(path, safe_mode=True, compile=False)
         set_head_weights(head, trained.get_weights())
     except Exception as exc:  # noqa: BLE001 - load and shape errors both mean a head we cannot use
-        raise RunDirError(f"--head: {path} does not fit the rebuilt head ({str(exc).splitlines()[0][:200]})") from exc
+        raise RunDirError(Arg("head"), f": {path} does not fit the rebuilt head ({str(exc).splitlines()[0][:200]})",
+                          value=path) from exc

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.errors import ParityError, RunDirError
 
 #: Relative tolerance of the parity check per cache dtype, scaled by max(1, |largest logit|): float16
@@ -101,8 +102,8 @@ def _sample(model: Any, info: dict, source: Any, samples: int,
     try:
         cache = open_cache(info["path"])
     except StoreError as exc:
-        raise RunDirError(f"the parity check needs the head run's feature cache: {exc} "
-                          "(or pass --parity-samples 0)") from None
+        raise RunDirError("the parity check needs the head run's feature cache: ", *parts_of(exc),
+                          " (or pass ", Arg("parity_samples", 0), ")") from None
     with cache:
         if cache.fingerprint != info.get("fingerprint"):
             raise RunDirError(f"{info['path']} has changed since the head was trained on it "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 
 
@@ -51,8 +52,9 @@ def parse_unfreeze(spec: str) -> Unfreeze:
         except ValueError:
             count = 0
         if count < 1:
-            raise OptionError(f"--unfreeze top:N needs a whole number N ≥ 1, got '{text}'")
+            raise OptionError(Arg("unfreeze", placeholder="top:N"), f" needs a whole number N ≥ 1, got '{text}'",
+                                  value=spec)
         return Unfreeze("top", count=count)
     if sep and mode == "from" and value:
         return Unfreeze("from", layer=value)
-    raise OptionError(f"--unfreeze must be all, top:N or from:LAYER, got '{spec}'")
+    raise OptionError.invalid("unfreeze", spec, "must be all, top:N or from:LAYER", shown=f"'{spec}'")

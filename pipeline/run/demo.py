@@ -23,8 +23,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from headstart.features.errors import Arg
 from headstart.pipeline.config import DemoConfig
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
+from headstart.pipeline.options.naming import CLI_NAMES
 
 if TYPE_CHECKING:  # numpy and TensorFlow load inside the functions: `headstart --help` imports this module
     import numpy as np
@@ -41,7 +43,7 @@ MANIFEST = ".headstart-demo.json"
 def split_counts(images_per_class: int) -> dict[str, int]:
     """Images per class in each split; every split gets at least one."""
     if images_per_class < 3:
-        raise OptionError(f"--images-per-class must be at least 3, got {images_per_class}")
+        raise OptionError.invalid("images_per_class", images_per_class, "must be at least 3")
     val = max(1, round(images_per_class * SPLIT_SHARES[1][1]))
     test = max(1, round(images_per_class * SPLIT_SHARES[2][1]))
     return {"train": images_per_class - val - test, "validation": val, "test": test}
@@ -132,7 +134,8 @@ def generate_dataset(root: str | os.PathLike, *, images_per_class: int, seed: in
         except ValueError:
             pass
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise DataError(f"{root}: exists and is not this demo's generated dataset; remove it or pick another --out")
+        raise DataError(f"{root}: exists and is not this demo's generated dataset; remove it or pick another ",
+                        Arg("out"))
     log(f"demo: drawing {images_per_class * len(SHAPES)} images of {', '.join(SHAPES)} into {root}")
     for s, (split, n) in enumerate(counts.items()):
         for c, shape in enumerate(SHAPES):
@@ -180,7 +183,7 @@ def probe_imagenet(log: Callable[[str], None], *, shipped: bool = False,
         try:
             shipped_weights_path(b["backbone"], b["alpha"])
         except WeightsError as exc:
-            unavailable += f", and {exc}"
+            unavailable += f", and {exc.render(CLI_NAMES)}"  # a line of `headstart demo`: the CLI's words
         else:
             log(f"demo: using the ImageNet weights shipped with headstart ({unavailable})")
             return "shipped"
@@ -237,9 +240,9 @@ def run_demo(options: DemoConfig, *, console: Any) -> tuple[Any, str]:
 
     out = Path(options.out)
     if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} is a file; give a folder for the demo")
+        raise RunDirError(Arg("out", out), " is a file; give a folder for the demo")
     if options.data and not Path(options.data).is_dir():
-        raise DataError(f"--data {options.data}: no such directory (give a folder of class folders)")
+        raise DataError(Arg("data", options.data), ": no such directory (give a folder of class folders)")
     check_config("demo", options)
     check_weights_option(options.weights)
     # Refuse a run directory of another configuration before anything is drawn or downloaded.

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 
 from headstart.features.bounded_parse import loads_json
+from headstart.features.errors import parts_of
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
@@ -130,8 +131,8 @@ def claim_run_dir(config: RunConfig, overwrite: bool):
             recorded = run_config_dict(resolve_run_config(None, None, file_values=read_config_file(run_dir / CONFIG_FILE)))
         except OptionError as exc:
             if (run_dir / CONFIG_FILE).is_file() and not overwrite:
-                raise RunDirError(f"--out {_shown(str(run_dir))}: its {CONFIG_FILE} is unreadable ({exc}); "
-                                  "pass --overwrite") from None
+                raise RunDirError(f"--out {_shown(str(run_dir))}: its {CONFIG_FILE} is unreadable (", *parts_of(exc),
+                                  "); pass --overwrite") from None
             return None, False
         return result_settings(recorded), (run_dir / SUMMARY_JSON).is_file()
 

@@ -27,12 +27,14 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from headstart.features.errors import Arg
 from headstart.features.registry import WEIGHT_WORDS
 from headstart.pipeline.config import (CLASS_WEIGHT_MODES, RunConfig, config_from_dict, config_to_dict,
                                       read_settings_file)
 from headstart.pipeline.data.source_spec import parse_split_option
 from headstart.pipeline.errors import OptionError
 # The flags of ``headstart run`` and the sections they set live with every other option fact.
+from headstart.pipeline.options.naming import CLI_NAMES
 from headstart.pipeline.options.run_flags import RUN_OPTIONS
 from headstart.pipeline.options.facts import SECTIONS, result_free
 
@@ -71,7 +73,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     for key, value in raw.items():
         if key in SECTIONS:
             if not isinstance(value, dict):
-                raise OptionError(f"--config {path}: [{key}] must be a section of settings")
+                raise OptionError(Arg("config", path), f": [{key}] must be a section of settings")
             out[key] = _check_section(key, value, f"--config {path} [{key}]")
         elif key == "sweep":
             from headstart.pipeline.sweep.space import check_run_sweep
@@ -81,11 +83,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             kind = TOP_LEVEL[key]
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind != bool):
                 name = kind.__name__ if isinstance(kind, type) else "number"
-                raise OptionError(f"--config {path}: key '{key}' must be of type {name}, got {value!r}")
+                raise OptionError(Arg("config", path), f": key '{key}' must be of type {name}, got {value!r}")
             out[key] = value
         else:
             known = ", ".join([*TOP_LEVEL, *(f"[{s}]" for s in SECTIONS), "[sweep]"])
-            raise OptionError(f"--config {path}: unknown key or section '{key}' (known: {known})")
+            raise OptionError(Arg("config", path), f": unknown key or section '{key}' (known: {known})")
     return out
 
 
@@ -156,9 +158,10 @@ def resolve_run_config(source: str | None, out: str | None, *, file_values: dict
     source = source or top.get("source")
     out = out or top.get("out")
     if not source:
-        raise OptionError("SOURCE is required (as an argument, or source = \"...\" in --config)")
+        raise OptionError("SOURCE is required (as an argument, or source = \"...\" in ", Arg("config"), ")",
+                          field="source")
     if not out:
-        raise OptionError("--out is required (or out = \"...\" in --config)")
+        raise OptionError(Arg("out"), " is required (or out = \"...\" in ", Arg("config"), ")")
     if not source.startswith("tfds:") and os.path.exists(source):
         source = os.path.abspath(source)
     _absolute_paths(sections)
@@ -215,11 +218,11 @@ def result_settings(values: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def run_label(section: str) -> Callable[[str], str]:
-    """How ``headstart run`` names a field of ``section``: the run flag that sets it ("--head-lr"), else
-    its ``--config`` key ("[head] weight_decay")."""
-    flags = {target: option.flag.split("/")[0] for option in RUN_OPTIONS for target in option.targets}
-    return lambda name: flags.get((section, name), f"[{section}] {name}")
+def run_label(section: str) -> Callable[[str], Arg]:
+    """How ``headstart run`` names a field of ``section`` in an error: the dotted field ("head.lr"),
+    which the CLI spells as the run flag that sets it ("--head-lr"), else as its ``--config`` key
+    ("[head] weight_decay"), and Python as ``run_pipeline``'s field ("head.lr"; ``options.naming``)."""
+    return lambda name: Arg(f"{section}.{name}")
 
 
 #: How many differing options a refusal names before it counts the rest.
@@ -246,7 +249,7 @@ def describe_differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any])
         named.add(dotted)
         old, new = (_shown_value(values.get(key), dotted, g) for values, g in zip((recorded, wanted), given))
         if old != new:
-            label = words.get(key) or (run_label(section)(name) if name else key)
+            label = words.get(key) or (CLI_NAMES.spell(run_label(section)(name)) if name else key)
             parts.append(f"{label} {old} there, {new} now")
     if given[0] is not None and given[1] is not None:  # given keys with no value of their own (the sweep)
         for dotted in sorted((given[0] ^ given[1]) - named):

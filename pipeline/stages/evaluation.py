@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from headstart.pipeline.data.source_spec import check_source_path
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError, OptionError
 from headstart.pipeline.options.checks import check_value
 from headstart.pipeline.report.progress import observed
@@ -148,7 +149,7 @@ def _thresholds(model_path: str | os.PathLike, run: RunDir | None, source: Any, 
         raise DataError(f"SOURCE is {tasks[not getattr(source, 'multi_label', False)]} but the model "
                         f"{model_path} is {tasks[not multi_label]}")
     if multi_label and grid:
-        raise OptionError("--grid shows single-label mistakes; this model is multi-label")
+        raise OptionError(Arg("grid"), " shows single-label mistakes; this model is multi-label")
     return thresholds
 
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 # No NumPy or TensorFlow at module level: cli.py reads EXPORT_FORMATS and QUANTIZE_MODES for --help.
 from headstart.pipeline.config import EXPORT_FORMATS, QUANTIZE_MODES
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError, OutputError
 from headstart.pipeline.report.files import atomic_write, write_dir_atomic
 from headstart.pipeline.startup import native_lines_dropped
@@ -47,23 +48,25 @@ CALIBRATION_IMAGES = 100
 ONNX_OPSET = 17
 
 
-def check_export_options(formats: Sequence[str], quantize: str, *, option: str = "--export") -> None:
+def check_export_options(formats: Sequence[str], quantize: str, *, option: str = "export") -> None:
     """Refuses unknown formats and quantize modes, and ``--quantize`` without a TFLite export.
 
     Args:
         formats, quantize: the options.
-        option: how the command names its formats option (``--export``; ``headstart export``: ``--format``).
+        option: the field of the formats option ("export"; ``headstart export``'s: "formats").
 
     Raises:
         OptionError: naming the option.
     """
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown:
-        raise OptionError(f"{option}: unknown format '{unknown[0]}' (choose from {', '.join(EXPORT_FORMATS)})")
+        raise OptionError(Arg(option), f": unknown format '{unknown[0]}' (choose from {', '.join(EXPORT_FORMATS)})",
+                          value=unknown[0])
     if quantize not in QUANTIZE_MODES:
-        raise OptionError(f"--quantize: unknown mode '{quantize}' (choose from {', '.join(QUANTIZE_MODES)})")
+        raise OptionError(Arg("quantize"), f": unknown mode '{quantize}' (choose from {', '.join(QUANTIZE_MODES)})",
+                          value=quantize)
     if quantize != "none" and "tflite" not in formats:
-        raise OptionError(f"--quantize {quantize} applies to {option} tflite only")
+        raise OptionError(Arg("quantize", quantize), " applies to ", Arg(option, "tflite"), " only")
     from headstart.pipeline.stages.predictor import require_modules
 
     for fmt in formats:
@@ -100,7 +103,7 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
 
     check_export_options(formats, quantize)
     if quantize == "int8" and calibration is None:
-        raise OptionError("--quantize int8 needs calibration images (the run's training split)")
+        raise OptionError(Arg("quantize", "int8"), " needs calibration images (the run's training split)")
     done: dict[str, str | None] = {}
     if not formats:
         return done

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 from headstart.pipeline.config import ExportConfig
 from headstart.pipeline.data.source_spec import check_source_path
+from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.errors import DataError, OptionError, OutputError, RunDirError
 from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.report.rundir import RunDir
@@ -102,7 +103,7 @@ def check_export_config(config: ExportConfig) -> None:
     from headstart.pipeline.stages.export import check_export_options
 
     check_config("export", config)
-    check_export_options(config.formats, config.quantize, option="--format")
+    check_export_options(config.formats, config.quantize, option="formats")
     if config.source:
         check_source_path(config.source)
     check_weights_option(config.weights)
@@ -172,8 +173,8 @@ def export_model_dir(config: ExportConfig, *, log: Callable[[str], None] = print
     check_export_config(config)
     given = resolve_export_input(config.model)
     if config.weights and given.kind != "head":
-        raise OptionError(f"--weights applies to a train-head run (its backbone is rebuilt); {given.what} is saved "
-                          "whole")
+        raise OptionError(Arg("weights"), f" applies to a train-head run (its backbone is rebuilt); {given.what} is "
+                          "saved whole", value=config.weights)
     wanted = {MODEL_KEY: sha256_file(given.model_file)[:16], "formats": sorted(set(config.formats)),
               "quantize": config.quantize, "source": os.path.abspath(config.source) if config.source else None}
 
@@ -280,8 +281,9 @@ def _open_source(config: ExportConfig, given: ExportInput) -> Any:
     from headstart.pipeline.data.sources import open_source
 
     if given.run is None and not config.source:
-        raise OptionError(f"{given.given} has no run.json beside it to say which images it was trained on; give "
-                          "--source SOURCE (a folder or label file with the model's classes) to check the exports on")
+        raise OptionError(f"{given.given} has no run.json beside it to say which images it was trained on; give ",
+                          Arg("source", placeholder="SOURCE"), " (a folder or label file with the model's classes) to "
+                          "check the exports on", field="source")
     spec = (given.run.source_spec(source=config.source or _recorded_source(given.run)) if given.run is not None
             else SourceSpec.from_record(None, source=config.source))
     try:
@@ -289,8 +291,9 @@ def _open_source(config: ExportConfig, given: ExportInput) -> Any:
     except DataError as exc:
         if config.source:
             raise
-        raise DataError(f"{str(exc).splitlines()[0]} (the source {given.what} recorded); give --source where its "
-                        "images are now") from None
+        first = parts_of(exc) if "\n" not in str(exc) else (str(exc).splitlines()[0],)
+        raise DataError(*first, f" (the source {given.what} recorded); give ",
+                        Arg("source"), " where its images are now", field="source") from None
 
 
 def _recorded_source(run: RunDir) -> str | None:
@@ -355,7 +358,7 @@ def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str]
     from headstart.pipeline.stages.export import calibration_images, check_exports, export_model
 
     if quantize == "int8" and "train" not in source.split_names:
-        raise OptionError("--quantize int8 calibrates on the source's train split, and it has none")
+        raise OptionError(Arg("quantize", "int8"), " calibrates on the source's train split, and it has none")
     calibration = calibration_images(source, int(model.input_shape[1])) if "train" in source.split_names else None
     log(f"exporting {', '.join(formats)} to {out_dir}")
     exports = export_model(model, out_dir, formats, quantize=quantize, class_names=list(class_names),

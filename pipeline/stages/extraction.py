@@ -16,8 +16,8 @@ from headstart.features.registry import check_image_size, check_weights_option
 from headstart.pipeline.config import ExtractConfig
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
 from headstart.pipeline.data.splits import check_class_folders
+from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.options.facts import flag_of
 from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.stages.cache_record import store_args as cache_store_args
 from headstart.pipeline.stages.cache_record import view_seed
@@ -49,16 +49,16 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
         return None
     match = _SHARD.match(str(spec))
     if not match:
-        raise OptionError(f"--shard '{spec}': expected I/N, e.g. 0/4 for the first of 4 workers")
+        raise OptionError(Arg("shard"), f" '{spec}': expected I/N, e.g. 0/4 for the first of 4 workers", value=spec)
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1:
-        raise OptionError(f"--shard '{spec}': N must be at least 1")
+        raise OptionError(Arg("shard"), f" '{spec}': N must be at least 1", value=spec)
     if index >= count:
-        raise OptionError(f"--shard '{spec}': I must be in 0..{count - 1} (workers count from 0)")
+        raise OptionError(Arg("shard"), f" '{spec}': I must be in 0..{count - 1} (workers count from 0)", value=spec)
     return index, count
 
 
-def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] | None = None) -> None:
+def check_extract_config(config: ExtractConfig, *, label: Callable[[str], Arg] | None = None) -> None:
     """Every check of extract-features' options that needs no TensorFlow (``--out`` aside), so bad
     input fails fast: the option table's ranges and choices, then the source path, the backbone's
     image size, the splits and ``--shard``.
@@ -73,7 +73,7 @@ def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] |
         check_image_size(config.backbone, config.image_size)  # an unknown backbone, a size too small
     check_weights_option(config.weights, config.backbone, config.alpha)
     if not config.splits:
-        raise OptionError(f"{label('splits') if label else flag_of('extract', 'splits')} must name at least one split")
+        raise OptionError((label or Arg)("splits"), " must name at least one split", value=config.splits)
     parse_shard(config.shard)
     SourceSpec.from_config(config)  # split names and fractions
     if config.tap is not None:
@@ -84,25 +84,26 @@ def check_extract_config(config: ExtractConfig, *, label: Callable[[str], str] |
         check_class_folders(folder, config.source)
 
 
-def _check_tap(config: ExtractConfig, label: Callable[[str], str] | None) -> None:
+def _check_tap(config: ExtractConfig, label: Callable[[str], Arg] | None) -> None:
     """The tap's syntax, before TensorFlow starts (whether it cuts the backbone needs the model)."""
     from headstart.features.errors import TapError
     from headstart.features.tap import parse_tap
 
-    name = label("tap") if label else flag_of("extract", "tap")
+    name = (label or Arg)("tap")
     if str(config.backbone).startswith("hub:"):
-        raise OptionError(f"{name}: {config.backbone} is a KerasHub preset; a tap needs a keras.applications backbone")
+        raise OptionError(name, f": {config.backbone} is a KerasHub preset; a tap needs a keras.applications backbone",
+                          field="tap", value=config.tap)
     try:
         parse_tap(config.tap)
     except TapError as exc:
-        raise OptionError(f"{name}: {exc}") from None
+        raise OptionError(name, ": ", *parts_of(exc), field="tap", value=config.tap) from None
 
 
 def _check_out_file(out: Path) -> None:
     if out.exists() and out.is_dir():
-        raise OptionError(f"--out {out} is a directory; give a file name such as features.h5")
+        raise OptionError(Arg("out", out), " is a directory; give a file name such as features.h5")
     if not out.parent.exists():
-        raise OptionError(f"--out {out}: folder {out.parent} does not exist")
+        raise OptionError(Arg("out", out), f": folder {out.parent} does not exist")
 
 
 def extract_features(
@@ -175,7 +176,7 @@ def _build_extractor(config: ExtractConfig):
         try:
             return build_tapped_extractor(config.backbone, tap=config.tap, **kwargs)
         except TapError as exc:
-            raise OptionError(f"{flag_of('extract', 'tap')} {config.tap}: {exc}") from None
+            raise OptionError(Arg("tap", config.tap), ": ", *parts_of(exc)) from None
     return (*build_extractor(config.backbone, **kwargs), None)
 
 
@@ -239,7 +240,7 @@ def _check_committed_coverage(writer, source, splits: list[str], summary: Extrac
     except DataError as exc:
         writer.close()
         os.remove(writer.partial_path)
-        raise DataError(f"{exc}; no cache written: fix the images and run the same command again") from None
+        raise DataError(*parts_of(exc), "; no cache written: fix the images and run the same command again") from None
 
 
 def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: tuple[int, int] | None) -> None:
@@ -251,8 +252,8 @@ def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: 
         bad = find_bad_images(source.dataset(split, config.image_size, shard=shard), batch_size=config.batch_size)
         if bad:
             key, reason = bad[0]
-            raise BadImagesError(f"{_describe_key(source, key)}: {reason} (--strict; "
-                                 f"{len(bad)} bad in split '{split}')")
+            raise BadImagesError(f"{_describe_key(source, key)}: {reason} (", Arg("strict"), "; "
+                                 f"{len(bad)} bad in split '{split}')", field="strict")
 
 
 def _extract_splits(writer, config: ExtractConfig, source, splits: list[str], extractor, *,
@@ -312,7 +313,7 @@ def _select_splits(config: ExtractConfig, available: list[str]) -> list[str]:
         requested = [s for s in requested if s in available]
         missing = []
     if missing:
-        raise OptionError(f"--splits: source has no split {', '.join(repr(m) for m in missing)} "
+        raise OptionError(Arg("splits"), f": source has no split {', '.join(repr(m) for m in missing)} "
                           f"(it has {', '.join(available) or 'none'})")
     # A cache without "train" is allowed (e.g. features for evaluation only); train-head refuses it.
     return requested

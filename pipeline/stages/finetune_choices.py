@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any, Callable
 
 from headstart.pipeline.config import FinetuneConfig
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 
 AUTO = "auto"
@@ -32,16 +33,18 @@ def check_choices(config: FinetuneConfig) -> None:
 
     if config.augment.strip().lower() == AUTO:
         if not config.head:
-            raise OptionError("--augment auto needs --head: the audit scores the trained head on transformed "
-                              "validation images")
+            raise OptionError(Arg("augment", "auto"), " needs ", Arg("head"), ": the audit scores the trained head on "
+                              "transformed validation images")
     else:
         parse_augment_spec(config.augment)
     parse_probe(config.probe)
     if config.on_cache and not config.head:
-        raise OptionError("--on-cache needs --head: the head run names the cache (extracted with --tap) it trains on")
+        raise OptionError(Arg("on_cache"), " needs ", Arg("head"), ": the head run names the cache (extracted with ",
+                          Arg("tap"), ") it trains on")
     if config.on_cache and (config.augment.strip().lower() == AUTO or "unfreeze" in parse_probe(config.probe)):
-        raise OptionError("--on-cache trains on the cached views and above the cache's tap, so --augment auto and "
-                          "--probe unfreeze (which judge end-to-end fine-tunes on images) do not apply; --probe lr does")
+        raise OptionError(Arg("on_cache"), " trains on the cached views and above the cache's tap, so ",
+                          Arg("augment", "auto"), " and ", Arg("probe", "unfreeze"), " (which judge end-to-end "
+                          "fine-tunes on images) do not apply; ", Arg("probe", "lr"), " does")
 
 
 def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],
@@ -53,7 +56,7 @@ def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Call
         from headstart.pipeline.recipe.audit import audit_head_run
 
         if not plan.val_split:
-            raise OptionError("--augment auto needs a validation split to audit on, and SOURCE has none")
+            raise OptionError(Arg("augment", "auto"), " needs a validation split to audit on, and SOURCE has none")
         result = audit_head_run(plan.head_run, plan.source, split=plan.val_split, weights=plan.recipe["weights"])
         progress["audit"] = result.to_dict()
         save()
@@ -81,7 +84,8 @@ def probe_rates(config: FinetuneConfig, plan: Any, model: Any, *, prepare: Calla
     if not probe or config.on_cache:  # on the cache each rate trains to early stopping instead (finetune_on_cache)
         return None
     if not plan.val_split:
-        raise OptionError("--probe needs a validation split to judge the probes on, and SOURCE has none")
+        raise OptionError(Arg("probe"), " needs a validation split to judge the probes on, and SOURCE has none",
+                          value=config.probe)
     done = progress.setdefault("probes", {})
 
     def keep(result: Any) -> None:

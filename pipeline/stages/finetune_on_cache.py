@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.model.calibration import TEMPERATURE_LAYER
 
@@ -61,9 +62,9 @@ def on_cache_unfreeze(spec: Any, tap: dict) -> Any:
     if spec.mode == "all":
         return Unfreeze("top", count=top)
     if spec.mode == "top" and spec.count > top:
-        raise OptionError(f"--unfreeze top:{spec.count} reaches below the cache's tap (top:{top}, layer "
-                          f"{tap['layer']}): --on-cache trains at most the last {top} layers; extract with a "
-                          f"deeper --tap, or fine-tune end to end")
+        raise OptionError(Arg("unfreeze", f"top:{spec.count}"), f" reaches below the cache's tap (top:{top}, layer "
+                          f"{tap['layer']}): ", Arg("on_cache"), f" trains at most the last {top} layers; extract "
+                          "with a deeper ", Arg("tap"), ", or fine-tune end to end")
     return spec
 
 
@@ -77,8 +78,9 @@ def cache_tap(cache_info: dict) -> dict:
 
     with open_cache(cache_info["path"]) as cache:
         if cache.tap is None:
-            raise OptionError(f"--on-cache: the head's cache {cache_info['path']} holds no activations; "
-                              "extract it again with --tap top:N (e.g. --tap top:20)")
+            raise OptionError(Arg("on_cache"), f": the head's cache {cache_info['path']} holds no activations; "
+                              "extract it again with ", Arg("tap", placeholder="top:N"), " (e.g. ",
+                              Arg("tap", "top:20"), ")")
         return dict(cache.tap)
 
 
@@ -264,7 +266,7 @@ def _cached_splits(config: Any, plan: Any) -> tuple[Any, Any]:
     common = dict(num_classes=plan.num_classes, multi_label=plan.multi_label, exclude=exclude)
     train = load_rows(plan.head_run.cache, "train", views=True, class_weights=plan.class_weights, **common)
     if train is None:
-        raise OptionError(f"--on-cache: the head's cache {plan.head_run.cache['path']} has no training rows")
+        raise OptionError(Arg("on_cache"), f": the head's cache {plan.head_run.cache['path']} has no training rows")
     val = load_rows(plan.head_run.cache, plan.val_split, views=False, **common) if plan.val_split else None
     return (cached_dataset(train, batch_size=config.batch_size, seed=config.seed),
             None if val is None else cached_dataset(val, batch_size=config.batch_size, seed=None))
@@ -276,5 +278,5 @@ def _check_above_tap(model: Any, tap: dict, spec: Any) -> None:
         return
     names = [layer.name for layer in model.get_layer("backbone").layers]
     if names.index(spec.layer) < len(names) - int(tap["top_layers"]):
-        raise OptionError(f"--unfreeze from:{spec.layer} starts below the cache's tap (layer {tap['layer']}): "
-                          f"--on-cache trains only the last {tap['top_layers']} layers")
+        raise OptionError(Arg("unfreeze", f"from:{spec.layer}"), f" starts below the cache's tap (layer "
+                          f"{tap['layer']}): ", Arg("on_cache"), f" trains only the last {tap['top_layers']} layers")

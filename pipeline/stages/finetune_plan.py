@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, config_to_dict
 from headstart.pipeline.data.source_spec import SourceSpec
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 
 #: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".
@@ -153,7 +154,7 @@ def _recipe(config: FinetuneConfig, head_run: Any) -> dict:
     recipe = {name: backbone[name] for name in BACKBONE_OPTIONS}
     for name in ("backbone", "alpha", "image_size", "pooling"):
         if given[name] is not None and given[name] != recipe[name]:
-            raise OptionError(f"--{name.replace('_', '-')} {given[name]} conflicts with the head run's "
+            raise OptionError(Arg(name, given[name]), " conflicts with the head run's "
                               f"{recipe[name]} ({head_run.cache.get('path')}); leave it out: finetune takes it "
                               "from the head run")
     if given["weights"] is not None:

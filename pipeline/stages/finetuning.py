@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from headstart.features.errors import Arg
 from headstart.pipeline.config import FinetuneConfig, HeadConfig
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.options.checks import check_config
@@ -42,7 +43,7 @@ class _Built:
     policy: str                      # dtype policy the layers were built under
 
 
-def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str] | None = None) -> Any:
+def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], Arg] | None = None) -> Any:
     """Every check of finetune's options that needs no data, model or TensorFlow; returns the parsed
     ``--unfreeze``.
 
@@ -65,7 +66,7 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], str]
     check_monitor(config.monitor)
     check_choices(config)
     check_log_dir(config.tensorboard)
-    check_exclude_option(config.exclude, label("exclude") if label else "--exclude")
+    check_exclude_option(config.exclude, (label or Arg)("exclude"))
     return parse_unfreeze(config.unfreeze)
 
 
@@ -121,7 +122,7 @@ def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resu
     from headstart.pipeline.training.determinism import op_determinism
 
     setup = set_up_strategy(config.strategy, config.batch_size, log=log,
-                            other_batches={"--head-batch-size": config.head_batch_size})
+                            other_batches={"head_batch_size": config.head_batch_size})
     # Every worker runs the whole stage (saving included); only the chief's files are kept. A
     # resumed multi-worker run needs --out on a filesystem all workers see: each starts from the
     # chief's backup.

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from headstart.pipeline.config import HeadConfig, config_to_dict
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.report.rundir import RunDir
@@ -71,7 +72,7 @@ class HeadResult:
                    train_seconds=timings.get("train_seconds"), reused=True)
 
 
-def check_head_config(config: HeadConfig, *, label: Callable[[str], str] | None = None) -> None:
+def check_head_config(config: HeadConfig, *, label: Callable[[str], Arg] | None = None) -> None:
     """Every check of train-head's options that needs neither the cache nor TensorFlow.
 
     Raises:
@@ -85,7 +86,7 @@ def check_head_config(config: HeadConfig, *, label: Callable[[str], str] | None 
 
     check_class_weight_option(config.class_weight)
     check_monitor(config.monitor)
-    check_exclude_option(config.exclude, label("exclude") if label else "--exclude")
+    check_exclude_option(config.exclude, (label or Arg)("exclude"))
 
 
 def _check_cache(config: HeadConfig) -> tuple[bool, str]:
@@ -161,8 +162,8 @@ def _train_distributed(config: HeadConfig, multi_label: bool, log: Callable[[str
     # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
     setup = set_up_strategy(config.strategy, config.batch_size, log=log)
     if multi_label and setup.replicas > 1:
-        raise OptionError(f"--strategy {config.strategy}: a multi-label head trains on one device for now "
-                          f"({setup.replicas} replicas here); use --strategy default")
+        raise OptionError(Arg("strategy", config.strategy), ": a multi-label head trains on one device for now "
+                          f"({setup.replicas} replicas here); use ", Arg("strategy", "default"))
     if config.jit_compile and config.deterministic:
         log("--jit-compile: Keras runs without XLA under --deterministic")
     # Every worker runs the whole stage (saving included); only the chief's files are kept.

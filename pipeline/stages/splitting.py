@@ -26,6 +26,7 @@ from headstart.features.file_hash import sha256_file
 from headstart.pipeline.config import SplitConfig
 from headstart.pipeline.data.splits import SPLIT_FOLDERS, assign_stratified, check_class_folders, \
     list_class_folders
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError, OptionError, OutputError, RunDirError
 from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.report.files import write_json_atomic
@@ -87,9 +88,10 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     except ValueError:
         shares = []
     if len(shares) != 3 or any(not (s >= 0) or s == float("inf") for s in shares):
-        raise OptionError(f"--fractions must be three shares TRAIN,VALIDATION,TEST such as 70,10,20, got {text!r}")
+        raise OptionError.invalid("fractions", text, "must be three shares TRAIN,VALIDATION,TEST such as 70,10,20",
+                                  shown=repr(text))
     if shares[0] <= 0:
-        raise OptionError(f"--fractions {text}: train needs a share above 0")
+        raise OptionError(Arg("fractions", text), ": train needs a share above 0")
     total = sum(shares)
     return shares[0] / total, shares[1] / total, shares[2] / total
 
@@ -109,7 +111,7 @@ def split_folders(config: SplitConfig) -> SplitResult:
     _, validation, test = parse_fractions(config.fractions)
     root, out = _source_root(config.source), Path(config.out).absolute()
     if out.resolve() == root or root in out.resolve().parents or out.resolve() in root.parents:
-        raise RunDirError(f"--out {config.out} overlaps SOURCE {config.source}; choose a folder outside it")
+        raise RunDirError(Arg("out", config.out), f" overlaps SOURCE {config.source}; choose a folder outside it")
     check_class_folders(root, config.source)  # one class, or loose images: the words every command uses
     listing = list_class_folders(root, config.source, validation_fraction=0, test_fraction=0)
     if listing.layout == "explicit":
@@ -160,9 +162,9 @@ def _assign(root: Path, files: list[tuple[str, str]], validation: float, test: f
     needed = 1 + (validation > 0) + (test > 0)
     for name, n in sorted(Counter(cls[first] for first in firsts).items()):
         if n < needed:
-            raise DataError(f"{config.source}: class '{name}' has {n} distinct image(s); --fractions "
-                            f"{config.fractions} needs at least {needed} (one per split): add images, or give "
-                            f"a share of 0 to validation or test")
+            raise DataError(f"{config.source}: class '{name}' has {n} distinct image(s); ",
+                            Arg("fractions", config.fractions), f" needs at least {needed} (one per split): add "
+                            "images, or give a share of 0 to validation or test")
     ranked = assign_stratified([(salt + first, cls[first]) for first in firsts], validation_fraction=validation,
                                test_fraction=test, spec=config.source, notes=notes)
     chosen = {key: ranked[salt + first] for first, keys in firsts.items() for key in keys}
@@ -198,4 +200,4 @@ def _write(out: Path, root: Path, files: list[tuple[str, str]], chosen: dict[str
             shutil.copy2(root / key, target) if copy else os.symlink(root / key, target)
         write_json_atomic(out / SPLIT_RECORD, {**record, "complete": True})
     except OSError as exc:
-        raise OutputError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+        raise OutputError(Arg("out", out), f": cannot write there ({exc.strerror or exc})") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import NonFiniteLossError
 
 #: The losses checked after every epoch, with the words the message uses for them.
@@ -33,5 +34,5 @@ def check_finite_losses(stage: str, epoch: int, logs: Mapping[str, float]) -> No
         if value is not None and not math.isfinite(float(value)):
             raise NonFiniteLossError(
                 f"{stage}: the {words} ({key}) is {float(value)} at epoch {epoch}; training stopped "
-                f"and nothing of this run was kept (try a lower --lr, or look for extreme values "
-                f"in the input)")
+                "and nothing of this run was kept (try a lower ", Arg("lr"), ", or look for extreme values "
+                "in the input)", field=key, value=float(value))

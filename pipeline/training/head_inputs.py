@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError
 from headstart.pipeline.training.head_data import FeatureRows, split_nbytes
 
@@ -57,7 +58,7 @@ def open_head_splits(cache: Any, path: str) -> dict[str, Any]:
     # The store already refused missing / foreign / incomplete / unknown-version files.
     if "train" not in cache.splits:
         raise DataError(f"{path}: the cache has no 'train' split (it has: "
-                        f"{', '.join(cache.splits) or 'none'}); extract it with --splits train,...")
+                        f"{', '.join(cache.splits) or 'none'}); extract it with ", Arg("splits", "train,..."))
     if len(cache.class_names) < 2:
         raise DataError(f"{path}: the cache has {len(cache.class_names)} class(es); a classifier needs 2 or more")
     splits = {name: cache.split(name) for name in ("train", "validation", "test") if name in cache.splits}
@@ -86,7 +87,7 @@ def exclude_rows(exclude: str | None, splits: dict[str, Any], data: str, log: Ca
     for name, keep in exclusion.keep.items():
         splits[name] = SubsetSplit(splits[name], keep)
     if not len(splits["train"]):
-        raise DataError(f"--exclude {exclude} removes every row of the 'train' split")
+        raise DataError(Arg("exclude", exclude), " removes every row of the 'train' split")
     for name in [n for n, s in splits.items() if not len(s)]:
         del splits[name]  # an emptied validation split: early stopping then watches the training loss
     log(f"--exclude {exclude}: removed " + ", ".join(f"{n} {k}" for n, k in exclusion.removed.items())

@@ -18,11 +18,10 @@ from typing import Callable
 
 import numpy as np
 
+from headstart.features.errors import Arg
 from headstart.pipeline.config import MONITORS
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.report.metrics import balanced_accuracy, confusion_matrix, macro_f1
-
-OPTION = "--monitor"
 
 
 def _single_label(measure: Callable[[np.ndarray], float | None]) -> Callable[..., float]:
@@ -68,13 +67,13 @@ def check_monitor(monitor: str, *, has_validation: bool | None = None, multi_lab
             validation split.
     """
     if monitor not in MONITORS:
-        raise OptionError(f"{OPTION} must be one of {', '.join(MONITORS)}, got {monitor!r}")
+        raise OptionError.invalid("monitor", monitor, f"must be one of {', '.join(MONITORS)}", shown=repr(monitor))
     task = "multi_label" if multi_label else "single_label"
     if monitor not in TASK_MONITORS[task]:
-        raise OptionError(f"{OPTION} {monitor} needs a {'single' if multi_label else 'multi'}-label task; "
+        raise OptionError(Arg("monitor", monitor), f" needs a {'single' if multi_label else 'multi'}-label task; "
                           f"this one is {task.replace('_', '-')} ({', '.join(TASK_MONITORS[task])} apply)")
     if monitor != "val_loss" and has_validation is False:
-        raise OptionError(f"{OPTION} {monitor} needs a validation split, and there is none")
+        raise OptionError(Arg("monitor", monitor), " needs a validation split, and there is none")
 
 
 def effective_monitor(monitor: str, multi_label: bool) -> str:
@@ -107,7 +106,7 @@ def validation_measure(monitor: str, labels: np.ndarray, logits: np.ndarray, num
         num_classes: K.
     """
     if monitor not in VALIDATION_MEASURES:
-        raise OptionError(f"{OPTION} {monitor}: this build cannot compute it yet")
+        raise OptionError(Arg("monitor", monitor), ": this build cannot compute it yet")
     return float(VALIDATION_MEASURES[monitor](labels, logits, num_classes))
 
 

@@ -46,7 +46,7 @@ def parse_probe(spec: str) -> tuple[str, ...]:
     items = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
     unknown = [i for i in items if i not in PROBE_CHOICES]
     if unknown or not items:
-        raise OptionError(f"--probe must be none, lr, unfreeze or lr,unfreeze, got {spec!r}")
+        raise OptionError.invalid("probe", spec, "must be none, lr, unfreeze or lr,unfreeze", shown=repr(spec))
     return tuple(i for i in PROBE_CHOICES if i in items)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
+from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.errors import OutputError, RunDirError
 from headstart.pipeline.training.early_stopping import EarlyStopping
 from headstart.pipeline.training.finite_loss import check_finite_losses
@@ -139,9 +140,9 @@ def _check_replicas_agree(strategy: Any, backup: "RunBackup") -> None:
 
     count, total, squares = (float(v) for v in moments().numpy())
     if squares / count - (total / count) ** 2 > 1e-6:
-        raise RunDirError(f"--resume: the workers would start {backup.stage} from different epochs (this one "
-                          f"after epoch {int(start)}, {backup.dir}); with --strategy multiworker --out must be "
-                          f"on a filesystem all workers share")
+        raise RunDirError(Arg("resume"), f": the workers would start {backup.stage} from different epochs (this one "
+                          f"after epoch {int(start)}, {backup.dir}); with ", Arg("strategy", "multiworker"), " ",
+                          Arg("out"), " must be on a filesystem all workers share")
 
 
 class ValidationMeasure(keras.callbacks.Callback):
@@ -257,7 +258,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
                 optimizer.build(self.model.trainable_variables)
         weights, slots = self._read(self.state["weights"])
         if len(slots) != len(optimizer.variables):
-            raise RunDirError(f"--resume: the backup in {self.dir} holds {len(slots)} optimizer variables, "
+            raise RunDirError(Arg("resume"), f": the backup in {self.dir} holds {len(slots)} optimizer variables, "
                               f"the model {len(optimizer.variables)}; was it made with other options?")
         self.model.set_weights(weights)
         for variable, value in zip(optimizer.variables, slots):
@@ -288,7 +289,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             atomic_write(self.dir / state["weights"], lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
         except OutputError as exc:
             kept = f"epoch {self.state['epoch']} stays backed up" if self.state["epoch"] else "nothing was backed up yet"
-            raise OutputError(f"{exc}; {kept}: free some space and run the same command again to resume") from None
+            raise OutputError(*parts_of(exc), f"; {kept}: free some space and run the same command again to resume") from None
         stopping = self._early_stopping(state)
         if stopping.update(n, logs.get(self.monitor, float("nan"))):
             state["best"] = {"epoch": n, "value": stopping.best_value, "file": state["weights"]}
