@@ -105,21 +105,26 @@ MNV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 def real_photo_cache(tmp_path_factory):
     """One cache of the 2,000 real photos, extracted once per test session and shared (read-only).
 
-    MobileNetV2 alpha 0.35 with the shared ImageNet weights at 128 px, split 70/10/20 by number per
-    class (``layout_cats_vs_dogs_2k``). Returns ``{"cache": Path, "images": Path, "weights": Path}``;
-    skips when ../shared/assets is absent. Tests must not write into it: copy it first.
+    MobileNetV2 alpha 0.35 with the shared ImageNet weights at 128 px (batch 64, the default), split
+    70/10/20 by number per class (``layout_cats_vs_dogs_2k``), by the ``extract-features`` command
+    (in-process), so that the tests of that command on real photos need no extraction of their own.
+    Returns ``{"cache": Path, "images": Path, "weights": Path}``; skips when ../shared/assets is
+    absent. Tests must not write into it: copy it first.
     """
     weights = ASSETS / "weights" / MNV2_035
     if not (ASSETS / "cats_vs_dogs_2k").is_dir() or not weights.is_file():
         pytest.skip("../shared/assets is absent")
-    from headstart.pipeline.config import ExtractConfig
-    from headstart.pipeline.stages.extraction import extract_features
+    from click.testing import CliRunner
+
+    from headstart.pipeline.cli import main
 
     root = tmp_path_factory.mktemp("real_photos")
     images = layout_cats_vs_dogs_2k(ASSETS, root / "images")
     cache = root / "features.h5"
-    extract_features(ExtractConfig(source=str(images), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                   weights=str(weights), image_size=128), log=lambda *_: None)
+    args = ["extract-features", images, "--out", cache, "--backbone", "mobilenet_v2", "--alpha", "0.35",
+            "--weights", weights, "--image-size", "128", "--batch-size", "64", "--quiet"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
     return {"cache": cache, "images": images, "weights": weights}
 
 

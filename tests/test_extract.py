@@ -185,9 +185,16 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path):
         return subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *a], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
 
+    # Only the killed runs need their own processes; the uninterrupted reference and the final resume
+    # run in this one (two TensorFlow starts less).
+    def in_process(out):
+        a = list(args)
+        a[3] = str(out)
+        return run_cli(*a)
+
     reference = tmp_path / "ref.h5"
-    proc = launch(reference)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    done = in_process(reference)
+    assert done.exit_code == 0, done.output
 
     resumed = tmp_path / "resumed.h5"
     partial = Path(f"{resumed}.partial")
@@ -204,8 +211,8 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path):
         proc.wait(timeout=60)
         assert not resumed.exists() or proc.returncode == 0  # never a half-written final file
     assert kills >= 2
-    proc = launch(resumed)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    done = in_process(resumed)
+    assert done.exit_code == 0, done.output
     assert not partial.exists()
     for split in ("train", "validation"):
         ref_f, ref_l, ref_k = read_split(reference, split)
@@ -232,15 +239,10 @@ def test_augmented_views_are_stored_for_train_only(folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_cats_dogs_features_separate_the_classes(shared_assets, tmp_path):
-    from conftest import layout_cats_vs_dogs_2k
-
-    data = layout_cats_vs_dogs_2k(shared_assets, tmp_path / "cvd")
-    weights = shared_assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-    out = tmp_path / "f.h5"
-    result = run_cli("extract-features", data, "--out", out, "--backbone", "mobilenet_v2", "--alpha", "0.35",
-                     "--weights", weights, "--image-size", "128", "--batch-size", "64", "--quiet")
-    assert result.exit_code == 0, result.output
+def test_real_cats_dogs_features_separate_the_classes(real_photo_cache):
+    # The session's cache is this command's output: extract-features on the 2,000 photos with the
+    # shared MobileNetV2 0.35 weights at 128 px, batch 64 (conftest.real_photo_cache checks its exit code).
+    out = real_photo_cache["cache"]
     x_train, y_train, _ = read_split(out, "train")
     x_test, y_test, _ = read_split(out, "test")
     assert len(y_train) == 1400 and len(y_test) == 400

@@ -217,22 +217,10 @@ def test_refusals(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.assets
-def test_accuracy_on_cats_vs_dogs_2k(shared_assets, tmp_path):
+def test_accuracy_on_cats_vs_dogs_2k(real_photo_cache, tmp_path):
     """The guide's recipe on real photos: MobileNetV2 0.35 at 128 px, test accuracy >= 0.88."""
-    from click.testing import CliRunner
-
-    from conftest import layout_cats_vs_dogs_2k
-    from headstart.pipeline.cli import main
-
-    weights = shared_assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-    if not weights.is_file():
-        pytest.skip(f"{weights} is absent")
-    images = layout_cats_vs_dogs_2k(shared_assets, tmp_path / "images")
-    cache = tmp_path / "features.h5"
-    extracted = CliRunner().invoke(main, [
-        "extract-features", str(images), "--out", str(cache), "--backbone", "mobilenet_v2",
-        "--alpha", "0.35", "--weights", str(weights), "--image-size", "128", "--quiet"])
-    assert extracted.exit_code == 0, extracted.output
+    # The session's cache is extract-features' output for exactly this recipe (conftest.real_photo_cache).
+    cache = real_photo_cache["cache"]
     result = train_head(HeadConfig(features=str(cache), out=str(tmp_path / "run"), seed=0,
                                    deterministic=True), **QUIET)
     assert result.metrics["test"]["rows"] == 400
