@@ -4,8 +4,8 @@ winning trial's own head (its weights, its history), never a retrained copy.
 Equal weights are asserted to float32 rounding, not bit for bit: the batched step computes each
 trial's matmul as one slice of an einsum over the trial axis and applies Adam through TensorFlow's
 fused kernel scaled per trial, where train-head's Keras step runs a Dense matmul and Keras's Adam
-ops; the same formulas summed in another order differ in the last bits (measured: ~1e-7 after a
-few epochs), far below any difference a changed formula makes (a tenth of a learning rate: ~1e-3).
+ops; the same formulas summed in another order differ in the last bits (measured after 5 epochs:
+5.7e-7 linear, 6.3e-7 hidden + standardize), far below any difference a changed formula makes (a tenth of a learning rate: ~1e-3).
 """
 
 from __future__ import annotations
