@@ -4,7 +4,8 @@ On the real-photo cache (MobileNetV2 0.35 at 128 px, 70/10/20 split of ../shared
 ``real_photo_cache`` test fixture extracts it; pass ``--cache`` to reuse one), in one process:
 
 1. the sweep: ``--trials`` trials (default 64) from an empty study, batched as ``headstart sweep``
-   trains them, DIR/best included (the best trial retrained by train-head and scored on test);
+   trains them, DIR/best included (the best trial's own head, written as a train-head run and
+   scored on test);
 2. the baseline: the very same configurations (read back from the study), each trained alone
    through ``train_head`` — train-head's own code, run directory and all — one after another, with
    the same epochs and patience;

@@ -274,10 +274,10 @@ class SweepConfig:
     storage: str | None = None      # an Optuna storage URL; None means sqlite:///OUT/study.db
     overwrite: bool = False
     jit_compile: bool = False
-    tensorboard: str | None = None  # logs of the best head's retraining, and of every trial in DIR/trials/
+    tensorboard: str | None = None  # the best trial's history in DIR/, and every trial's in DIR/trials/
     heartbeat: int = 5              # seconds; a trial silent for twice this is rerun
     # What ranks, prunes and early-stops the trials (a multi-label cache's val_loss means mAP, as in
-    # train-head), and the class weights of every trial's training loss; best/ is retrained with both.
+    # train-head), and the class weights of every trial's training loss; best/ records both.
     monitor: str = "val_loss"       # MONITORS
     class_weight: str = "none"      # CLASS_WEIGHT_MODES or a TOML/JSON file: class name → weight
 

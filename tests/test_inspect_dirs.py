@@ -38,7 +38,7 @@ def test_sweep_and_diagnose_directories_are_described(tmp_path):
     lines = shown.output.splitlines()
     assert lines[0] == f"{tmp_path / 'sweep'}  (sweep)" and "  trials: 3 finished (3 complete)" in lines
     best = next(line for line in lines if line.startswith("  best: trial "))
-    assert "retrained as a train-head run, test accuracy " in best and best.endswith(f"-> {tmp_path / 'sweep/best'}")
+    assert "its own head as a train-head run, test accuracy " in best and best.endswith(f"-> {tmp_path / 'sweep/best'}")
     assert sum(line.startswith("    #") for line in lines) == 3
     info = json.loads(cli("inspect", tmp_path / "sweep", "--json").stdout)
     assert info["kind"] == "sweep" and info["trials"]["finished"] == 3 and info["study"]["finished_trials"] == 3

@@ -215,7 +215,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "overwrite": OptionFact("Replace an existing run directory.", shapes_result=False),
     },
     "sweep": {
-        "out": OptionFact("Sweep directory: study.db, leaderboard.csv, sweep.png, best/.",
+        "out": OptionFact("Sweep directory: study.db, leaderboard.csv, sweep.png, best/ (the winning "
+                          "trial's own head; its weights also in trials/).",
                           path="dir", required=True, shapes_result=False),
         "trials": OptionFact("Finished trials in total (a resumed or shared study counts what it has).",
                              bounds=at_least(1)),
@@ -223,13 +224,13 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "storage": OptionFact("Optuna storage URL shared by several processes or machines (default: "
                               "sqlite:///DIR/study.db).", metavar="URL", shapes_result=False),
         "jit_compile": OptionFact("Compile the batched step with XLA (worth it on a GPU)."),
-        "tensorboard": OptionFact("Log the best head's retraining with keras.callbacks.TensorBoard to DIR, "
-                                  "and every trial's epochs to DIR/trials/trial_NNNN.",
+        "tensorboard": OptionFact("Log the best trial's epochs to DIR and every trial's epochs to "
+                                  "DIR/trials/trial_NNNN (as keras.callbacks.TensorBoard writes them).",
                                   metavar="DIR", path="dir", shapes_result=False),
         "overwrite": OptionFact("Start the study anew: delete DIR's study.db, leaderboard, plot and best/.",
                                 shapes_result=False),
         "monitor": OptionFact("What ranks the trials (Optuna's objective), prunes them, stops each early and "
-                              "best/ is retrained with: the validation loss, or validation balanced accuracy, "
+                              "best/ records: the validation loss, or validation balanced accuracy, "
                               "macro-F1 or mAP; a multi-label cache's val_loss means mAP.", choices=MONITORS),
         "class_weight": OptionFact(_CLASS_WEIGHT_HELP + " Every trial and best/ train with them (single-label).",
                                    metavar="none|balanced|FILE"),

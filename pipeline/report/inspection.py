@@ -340,7 +340,7 @@ def _format_sweep(info: dict) -> str:
     others = ", ".join(f"{n} {state}" for state, n in trials.items() if state != "finished")
     lines.append(f"  trials: {trials['finished']} finished" + (f" ({others})" if others else ""))
     if best:
-        lines.append(f"  best: trial {study.get('trial', '?')}, val_loss {_acc(study.get('val_loss'))}; retrained "
+        lines.append(f"  best: trial {study.get('trial', '?')}, val_loss {_acc(study.get('val_loss'))}; its own head "
                      f"as a train-head run, test accuracy {_acc(best['test_accuracy'])} -> {best['path']}")
     for row in info["top"]:
         lines.append(f"    #{row.get('rank')}  trial {row.get('number')}  {row.get('cache')}  {row.get('state')}  "

@@ -26,6 +26,7 @@ from headstart.pipeline.report.rundir import RunDir
 from headstart.pipeline.report.tensorboard_logs import check_log_dir
 from headstart.pipeline.training.determinism import op_determinism
 from headstart.pipeline.training.head_data import shuffle_geometry
+from headstart.pipeline.training.head_fit import KeptHead
 from headstart.pipeline.training.head_recipe import build_compiled_head, head_options
 
 #: How run.json's identity of the cache a head trained on is named in a refusal.
@@ -115,7 +116,7 @@ def resolved_config(config: HeadConfig) -> dict:
 
 
 def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
-               callbacks: Sequence[Any] = ()) -> HeadResult:
+               callbacks: Sequence[Any] = (), kept: KeptHead | None = None) -> HeadResult:
     """Trains the head on a feature cache and writes the run directory.
 
     Args:
@@ -123,6 +124,8 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
             With ``tensorboard`` set, Keras' TensorBoard callback logs every epoch there.
         log: receives one line per epoch and status messages.
         callbacks: extra Keras callbacks; the epoch loop calls their train, epoch and batch hooks.
+        kept: a ``training.head_fit.KeptHead`` (a sweep trial's weights and history): the run
+            directory is written for those weights instead of training (``sweep.best``).
 
     Returns:
         A HeadResult; ``summary`` is the table for the CLI to print. A ``--out`` that already holds
@@ -149,13 +152,13 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
             log(f"{config.out}: already done (a train-head run with these options on this cache)")
             result = HeadResult.from_run_dir(RunDir.open(config.out, kind="head"))
         else:
-            result = _train_distributed(config, multi_label, log, callbacks)
+            result = _train_distributed(config, multi_label, log, callbacks, kept)
     result.summary = _summary(result)
     return result
 
 
 def _train_distributed(config: HeadConfig, multi_label: bool, log: Callable[[str], None],
-                       callbacks: Sequence[Any]) -> HeadResult:
+                       callbacks: Sequence[Any], kept: KeptHead | None = None) -> HeadResult:
     """Sets up the strategy (the run's first TensorFlow work), then trains on every worker."""
     from headstart.pipeline.distribute.strategy import chief_output_dir, set_up_strategy
 
@@ -168,7 +171,7 @@ def _train_distributed(config: HeadConfig, multi_label: bool, log: Callable[[str
         log("--jit-compile: Keras runs without XLA under --deterministic")
     # Every worker runs the whole stage (saving included); only the chief's files are kept.
     with chief_output_dir(config.out, setup.info.is_chief) as out:
-        result = _train(config, out, setup, log, callbacks)
+        result = _train(config, out, setup, log, callbacks, kept)
     if not setup.info.is_chief:
         result.run_dir = str(config.out)
     return result
@@ -187,7 +190,7 @@ class _Trained:
 
 
 def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None],
-           callbacks: Sequence[Any] = ()) -> HeadResult:
+           callbacks: Sequence[Any] = (), kept: KeptHead | None = None) -> HeadResult:
     """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
     from headstart.features.cache import open_cache
     from headstart.pipeline.training.head_inputs import exclude_rows, load_head_data, open_head_splits
@@ -200,7 +203,7 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
         data = load_head_data(cache, splits, memory_limit_mb=config.memory_limit_mb, views=config.views,
                               path=config.features, log=log)
         with op_determinism(config.deterministic):
-            trained = _fit(config, data, setup, log, callbacks)
+            trained = _fit(config, data, setup, log, callbacks, kept)
         cache_info = _cache_record(config, cache, splits)
     result = _result(out, trained, data.loader, setup.distribute, cache_info)
     trained.timings.update(load_seconds=data.load_seconds, seconds_per_epoch=result.seconds_per_epoch,
@@ -212,8 +215,9 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
     return result
 
 
-def _fit(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], callbacks: Sequence[Any]) -> _Trained:
-    """Builds the head, runs the epoch loop and measures the kept weights."""
+def _fit(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], callbacks: Sequence[Any],
+         kept: KeptHead | None = None) -> _Trained:
+    """Builds the head, runs the epoch loop (or takes ``kept``'s weights) and measures the kept weights."""
     from headstart.pipeline.training.class_weights import training_class_weights
     from headstart.pipeline.training.head_fit import fit_head
 
@@ -227,11 +231,14 @@ def _fit(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], 
 
         callbacks = [*callbacks, tensorboard_callback(config.tensorboard)]
     t_train = time.perf_counter()
-    fit = fit_head(model, data.rows["train"], data.labels["train"], data.validation, config=config,
-                   num_classes=data.num_classes, log=log, replicas=setup.replicas, callbacks=callbacks,
-                   multi_label=data.multi_label,
-                   sample_weights=None if weights is None else weights.per_sample(data.labels["train"]))
-    train_seconds = time.perf_counter() - t_train
+    if kept is not None:
+        fit = kept.restore(model)
+    else:
+        fit = fit_head(model, data.rows["train"], data.labels["train"], data.validation, config=config,
+                       num_classes=data.num_classes, log=log, replicas=setup.replicas, callbacks=callbacks,
+                       multi_label=data.multi_label,
+                       sample_weights=None if weights is None else weights.per_sample(data.labels["train"]))
+    train_seconds = time.perf_counter() - t_train if kept is None else sum(fit.epoch_seconds)
     t_eval = time.perf_counter()
     metrics = {"best_epoch": fit.best_epoch, "epochs_run": len(fit.epoch_seconds), "monitor": fit.monitor,
                **_final_metrics(model, data, config.batch_size, setup.replicas)}

@@ -65,9 +65,9 @@ def _running_without_heartbeat(storage: Any, study_id: int) -> list[tuple[int, i
 
 
 def remove_dead_best_dirs(out: Path) -> list[str]:
-    """Removes ``OUT/.best-PID/`` directories whose process is gone (a killed final retraining).
+    """Removes ``OUT/.best-PID/`` directories whose process is gone (a killed final write of best/).
 
-    A directory of a live process (another sweep sharing OUT, retraining now) is left alone.
+    A directory of a live process (another sweep sharing OUT, writing its best/ now) is left alone.
 
     Returns:
         The names removed.

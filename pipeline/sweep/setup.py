@@ -28,7 +28,7 @@ class SweepSetup:
         caches: name → SweepCache, in command-line order (all of one task, same images).
         objective: what ranks, prunes and early-stops the trials.
         class_weights: a ``training.class_weights.ClassWeights``, or None (``--class-weight none``).
-        class_weight: the option as best/ is retrained with it (a FILE made absolute).
+        class_weight: the option as best/ records it (a FILE made absolute).
     """
 
     caches: dict[str, SweepCache]

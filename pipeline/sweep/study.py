@@ -14,8 +14,8 @@ group in one compiled step (``headstart.pipeline.sweep.trainer``), telling Optun
 Selection uses validation only: the objective is the trial's best value of the ``--monitor`` measure
 (validation loss by default, minimised; balanced accuracy, macro-F1 or a multi-label cache's mAP,
 maximised: ``sweep.objective``), which the pruner and each trial's early stopping watch too. The
-test split is scored once, when ``DIR/best`` is written by retraining the best trial with
-``train-head`` itself.
+test split is scored once, when ``DIR/best`` is written from the best trial's own weights (kept
+under ``DIR/trials/``) by ``train-head``'s writer: no retraining.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from headstart.pipeline.sweep.storage import check_sqlite_file, check_storage_ur
     storage_write_errors
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams, params_from_record, suggest_params
 from headstart.pipeline.sweep.teller import FINISHED, Teller, trial_state
+from headstart.pipeline.sweep.trial_weights import TRIALS_DIR
 
 STUDY_NAME = "headstart-sweep"
 
@@ -83,7 +84,7 @@ class SweepResult:
 
     @property
     def best_dir(self) -> str | None:
-        """``DIR/best``, the best trial retrained by train-head; None when no trial completed."""
+        """``DIR/best``, the best trial's own head as a train-head run; None when no trial completed."""
         return str(Path(self.out) / "best") if self.best else None
 
 
@@ -155,8 +156,8 @@ def _run_trials(study: Any, storage: Any, config: SweepConfig, space: SearchSpac
 
 
 #: What a sweep directory holds; anything else makes it another tool's directory.
-SWEEP_FILES = frozenset({"study.db", "leaderboard.csv", "sweep.png", "best", "study.db-journal", "study.db-wal",
-                         "study.db-shm", ".study.lock"})
+SWEEP_FILES = frozenset({"study.db", "leaderboard.csv", "sweep.png", "best", TRIALS_DIR, "study.db-journal",
+                         "study.db-wal", "study.db-shm", ".study.lock"})
 
 
 @contextlib.contextmanager
@@ -178,7 +179,7 @@ def claim_sweep_dir(out: Path, overwrite: bool) -> Iterator[Path]:
             for name in SWEEP_FILES:
                 target = out / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        remove_dead_best_dirs(out)  # a killed final retraining's half-written best/
+        remove_dead_best_dirs(out)  # a killed final write's half-written best/
         (out / ".study.lock").unlink(missing_ok=True)  # left by sweeps before issue 28; nothing locks it now
         yield out
 

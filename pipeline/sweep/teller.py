@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.sweep.objective import Objective
 from headstart.pipeline.sweep.space import TrialParams
+from headstart.pipeline.sweep.trial_weights import save_trial_weights
 
 FINISHED = ("COMPLETE", "PRUNED")
 #: The validation measures a trial's record keeps (those its task has; the leaderboard's columns).
@@ -76,6 +77,8 @@ class Teller:
         try:
             if trial.number in self.lost:
                 raise UpdateFinishedTrialError(f"trial {trial.number}")
+            if run.stopped != "pruned":  # written before the tell: a complete trial always has its weights
+                save_trial_weights(Path(self.config.out), trial.number, run.weights)
             _tell(self.study, trial, params, run, self.objective)
         except UpdateFinishedTrialError:
             self.log(f"trial {trial.number:>3} was declared stale by another process (late heartbeat) and "

@@ -49,6 +49,26 @@ class HeadFit:
     monitor: str
 
 
+@dataclass
+class KeptHead:
+    """A head trained elsewhere, taken as it is: a sweep trial's kept weights and its course.
+
+    Attributes:
+        weights: the Dense weights by layer name ("hidden": [kernel (C, H), bias (H,)], "logits":
+            [kernel (C|H, L), bias (L,)]), as the sweep's batched trainer keeps them.
+        fit: the HeadFit that trained them (history, best epoch, seconds, monitor).
+    """
+
+    weights: dict[str, list[np.ndarray]]
+    fit: HeadFit
+
+    def restore(self, model: Any) -> HeadFit:
+        """Sets ``model``'s Dense layers to the kept weights; returns the fit that made them."""
+        for layer, weights in self.weights.items():
+            model.get_layer(layer).set_weights(weights)
+        return self.fit
+
+
 def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
              num_classes: int, log: Callable[[str], None], replicas: int = 1, callbacks: Sequence[Any] = (),
              multi_label: bool = False, sample_weights: np.ndarray | None = None) -> HeadFit:
