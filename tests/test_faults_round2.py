@@ -288,6 +288,19 @@ def test_dead_best_dirs_are_removed_and_live_ones_kept(tmp_path):
     assert not dead.exists() and live.is_dir() and (tmp_path / ".best-notes").is_dir()
 
 
+def test_dead_trial_weight_writes_are_removed_and_live_ones_kept(tmp_path):
+    from headstart.pipeline.sweep.orphans import remove_dead_best_dirs
+
+    trials = tmp_path / "trials"
+    trials.mkdir()
+    dead, live = trials / f".trial_0003-{_dead_pid()}.npz", trials / f".trial_0004-{os.getppid()}.npz"
+    kept = trials / "trial_0003.npz"
+    for f in (dead, live, kept):
+        f.write_bytes(b"half")
+    assert remove_dead_best_dirs(tmp_path) == [f"trials/{dead.name}"]
+    assert not dead.exists() and live.is_file() and kept.is_file()
+
+
 @pytest.mark.slow
 def test_a_resumed_sweep_reruns_a_trial_killed_before_its_first_heartbeat(tmp_path):
     import optuna

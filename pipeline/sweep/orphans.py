@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 _BEST_TMP = re.compile(r"^\.best-(\d+)$")
+#: A trial's weights being written (``trial_weights.save_trial_weights``): ``trials/.trial_NNNN-PID.npz``.
+_TRIAL_TMP = re.compile(r"^\.trial_\d+-(\d+)\.npz$")
 
 
 def adopt_silent_trials(study: Any, storage: Any) -> list[int]:
@@ -65,7 +67,8 @@ def _running_without_heartbeat(storage: Any, study_id: int) -> list[tuple[int, i
 
 
 def remove_dead_best_dirs(out: Path) -> list[str]:
-    """Removes ``OUT/.best-PID/`` directories whose process is gone (a killed final write of best/).
+    """Removes ``OUT/.best-PID/`` directories and ``OUT/trials/.trial_NNNN-PID.npz`` files whose process is
+    gone (a killed final write of best/, or of a trial's weights).
 
     A directory of a live process (another sweep sharing OUT, writing its best/ now) is left alone.
 
@@ -78,6 +81,12 @@ def remove_dead_best_dirs(out: Path) -> list[str]:
         if match and entry.is_dir() and not _alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
+    trials = out / "trials"
+    for entry in sorted(trials.iterdir()) if trials.is_dir() else ():
+        match = _TRIAL_TMP.match(entry.name)
+        if match and entry.is_file() and not _alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)  # a trial's weights half-written when its process was killed
+            removed.append(f"trials/{entry.name}")
     return removed
 
 
