@@ -7,7 +7,8 @@ handwritten digits because ImageNet features are nearly mirror-invariant). Here 
 judged by what training with it does:
 
 1. The training split is extracted once more per candidate, with ``--augment-views K --augment
-   ITEM`` (``stages.extraction.extract_features``, train split only), into a small cache of its own
+   ITEM`` (``stages.extraction.extract_features``, train split only; the caller passes it in, as
+   the recipe sits below the stages), into a small cache of its own
    under the work folder. One cache per transform rather than one cache with views grouped by
    transform: the extractor draws every view from one augment spec, so grouping would need a second
    extraction path; a cache per item costs one extra pass over the training images per item (its
@@ -184,9 +185,9 @@ def _slug(item: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", item).strip("-")
 
 
-def run_view_trials(head: Any, extract: Any, work_dir: Path, *, candidates: Sequence[str],
-                    audit: Any = None, progress: dict, save: Callable[[], None], log: Callable[[str], None],
-                    views: int = VIEWS, seeds: int = SEEDS) -> ViewTrialsResult:
+def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features: Callable[..., Any],
+                    candidates: Sequence[str], audit: Any = None, progress: dict, save: Callable[[], None],
+                    log: Callable[[str], None], views: int = VIEWS, seeds: int = SEEDS) -> ViewTrialsResult:
     """Judges each candidate item by training heads with and without its cached views.
 
     Resumable: each finished candidate is recorded in ``progress["candidates"]`` and ``save`` is
@@ -196,6 +197,7 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, candidates: Sequ
     Args:
         head: the head run's ``RunDir`` (its cache gives the validation features; its config the recipe).
         extract: an ``ExtractConfig`` with the head cache's backbone, weights, size and source.
+        extract_features: ``stages.extraction.extract_features`` (config, log=…): writes (or resumes) a cache.
         work_dir: where the items' caches are written (and deleted once their trial is recorded).
         candidates: items as ``--augment`` spells them.
         audit: an ``AuditResult`` whose drops pre-filter gross drops, or None.
@@ -212,7 +214,7 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, candidates: Sequ
     drops = {s.item: s.drop for s in audit.scores} if audit is not None else {}
     done = progress.setdefault("candidates", {})
     work_dir.mkdir(parents=True, exist_ok=True)
-    judge = _Trials(head, trial_config(head), seeds, log)
+    judge = _Trials(head, trial_config(head), seeds, extract_features)
     for item in candidates:
         if item in done:
             continue
@@ -223,12 +225,13 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, candidates: Sequ
             trial = judge.trial(item, view_cache_config(extract, item, work_dir / f"views-{_slug(item)}.h5", views))
             trial.audit_drop = None if drop is None else float(drop)
         done[item] = trial.to_dict()
+        progress["rows"] = judge.rows or progress.get("rows", {})
         progress["seconds_before"] = time.perf_counter() - start
         save()
         log(_line(trial))
     trials = [ViewTrial(**done[item]) for item in candidates]
     return ViewTrialsResult(augment=combine_items([t.item for t in trials if t.kept]), views=views, seeds=seeds,
-                            rows=judge.rows, trials=trials, seconds=time.perf_counter() - start)
+                            rows=dict(progress.get("rows", {})), trials=trials, seconds=time.perf_counter() - start)
 
 
 def _line(t: ViewTrial) -> str:
@@ -242,20 +245,24 @@ def _line(t: ViewTrial) -> str:
 class _Trials:
     """The head cache's validation rows, the "without" arm (trained once), and one trial per item."""
 
-    def __init__(self, head: Any, config: Any, seeds: int, log: Callable[[str], None]):
-        self.head, self.config, self.seeds, self.log = head, config, seeds, log
+    def __init__(self, head: Any, config: Any, seeds: int, extract_features: Callable[..., Any]):
+        self.head, self.config, self.seeds, self.extract_features = head, config, seeds, extract_features
         self._without: np.ndarray | None = None
         self.rows: dict[str, int] = {}
 
     def trial(self, item: str, extract: Any) -> ViewTrial:
         """Extracts the item's views (resuming), trains both arms, deletes the item's cache."""
         from headstart.features.cache import open_cache
-        from headstart.pipeline.stages.extraction import extract_features
 
         start = time.perf_counter()
-        extract_features(extract, log=lambda *_: None)
+        self.extract_features(extract, log=lambda *_: None)
         extract_seconds = time.perf_counter() - start
         with open_cache(self.head.cache["path"]) as base, open_cache(extract.out) as cache:
+            if "validation" not in base.splits or not len(base.split("validation")):
+                from headstart.pipeline.errors import DataError
+
+                raise DataError(f"{self.head.cache['path']}: the head's cache has no validation rows to judge "
+                                "augmentations on; extract it with --splits train,validation")
             val = base.split("validation")
             train = cache.split("train")
             self.rows = {"train": len(train), "validation": len(val)}

@@ -78,6 +78,7 @@ def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callab
 
     from headstart.pipeline.recipe.audit import AUDIT_CANDIDATES, AuditResult, TransformScore
     from headstart.pipeline.recipe.view_trials import run_view_trials
+    from headstart.pipeline.stages.extraction import extract_features
 
     record = progress.setdefault("view_trials", {})
     audit_record = progress["audit"]
@@ -86,8 +87,8 @@ def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callab
                         scores=[TransformScore(**c) for c in audit_record["candidates"]])
     log(f"augmentation by training on cached views ({len(AUDIT_CANDIDATES)} candidates):")
     work = Path(config.out) / "view_trials"
-    result = run_view_trials(plan.head_run, _extract_base(config, plan), work, candidates=AUDIT_CANDIDATES,
-                             audit=audit, progress=record, save=save, log=log)
+    result = run_view_trials(plan.head_run, _extract_base(config, plan), work, extract_features=extract_features,
+                             candidates=AUDIT_CANDIDATES, audit=audit, progress=record, save=save, log=log)
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()  # every item's cache is deleted once recorded
     log(f"augmentation trials ({result.seconds:.1f} s) → --augment {result.augment}")
