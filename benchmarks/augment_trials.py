@@ -66,7 +66,7 @@ def bench(name: str, source: Path, out: Path, image_size: int) -> dict:
 
 def format_table(result: dict) -> str:
     audit, trials = result["audit"], result["trials"]
-    lines = [f"### {result['dataset']} ({trials['rows']['train']} train / {trials['rows']['validation']} "
+    lines = [f"### {result['dataset']} ({trials['train_rows']} train / {trials['rows']} "
              f"validation images, {result['image_size']} px)", "",
              f"audit: {audit['seconds']:.0f} s, untransformed {audit['reference']:.3f} → {audit['augment']}; "
              f"view trials: {trials['seconds']:.0f} s → {trials['augment']}", "",

@@ -139,20 +139,22 @@ class ViewTrialsResult:
 
     Attributes:
         augment: the kept items as one ``--augment`` spec ("none" when none is kept).
-        views: views per training image. seeds: seeds per arm. rows: "train" and "validation" row counts.
+        views: views per training image. seeds: seeds per arm.
+        rows: validation rows compared (as the audit's "rows"). train_rows: training rows the heads trained on.
         trials: one per candidate, in order. seconds: wall time of the whole choice.
     """
 
     augment: str
     views: int
     seeds: int
-    rows: dict[str, int]
+    rows: int
+    train_rows: int
     trials: list[ViewTrial] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"augment": self.augment, "measure": "accuracy", "views": self.views, "seeds": self.seeds,
-                "rows": dict(self.rows), "seconds": self.seconds, "candidates": [t.to_dict() for t in self.trials],
+                "rows": self.rows, "train_rows": self.train_rows, "seconds": self.seconds, "candidates": [t.to_dict() for t in self.trials],
                 "rule": f"heads trained with and without each item's cached views ({self.seeds} seeds, paired by "
                         f"seed and row); an item is dropped when with − without + {NOISE_Z:g} SE < 0, or when "
                         f"the invariance audit's drop exceeds {PREFILTER_DROP:g}"}
@@ -231,7 +233,8 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
         log(_line(trial))
     trials = [ViewTrial(**done[item]) for item in candidates]
     return ViewTrialsResult(augment=combine_items([t.item for t in trials if t.kept]), views=views, seeds=seeds,
-                            rows=dict(progress.get("rows", {})), trials=trials, seconds=time.perf_counter() - start)
+                            rows=int(progress.get("rows", {}).get("validation", 0)),
+                            train_rows=int(progress.get("rows", {}).get("train", 0)), trials=trials, seconds=time.perf_counter() - start)
 
 
 def _line(t: ViewTrial) -> str:
