@@ -51,15 +51,19 @@ def bench(name: str, source: Path, out: Path, image_size: int) -> dict:
         train_head(HeadConfig(features=base.out, out=str(out / "head")), log=lambda *_: None)
     head = RunDir.open(out / "head", kind="head", recipe=True)
     audit = audit_head_run(head, open_source(SourceSpec(source=str(source))))
+    # Each finished item is saved, so a benchmark killed (or crashed) part way resumes from there.
+    saved = out / "trials_progress.json"
+    progress = json.loads(saved.read_text()) if saved.exists() else {}
     trials = run_view_trials(head, base, out / "trials", extract_features=extract_features,
-                             candidates=AUDIT_CANDIDATES, progress={},
-                             save=lambda: None, log=print)
+                             candidates=AUDIT_CANDIDATES, progress=progress,
+                             save=lambda: saved.write_text(json.dumps(progress)), log=print)
     audited = {s.item: s for s in audit.scores}
     rows = []
     for t in trials.trials:
         a = audited[t.item]
-        rows.append({"item": t.item, "audit_measure": a.measure, "audit_drop": a.drop, "audit_kept": a.kept,
-                     "prefilter_drops": a.drop > PREFILTER_DROP, **t.to_dict()})
+        # The trial's own audit_drop is None here (no pre-filter given): the audit's figures go last.
+        rows.append({**t.to_dict(), "audit_measure": a.measure, "audit_drop": a.drop, "audit_kept": a.kept,
+                     "prefilter_drops": a.drop > PREFILTER_DROP})
     return {"dataset": name, "image_size": image_size, "extract_seconds": extract_seconds,
             "audit": audit.to_dict(), "trials": trials.to_dict(), "rows": rows}
 
@@ -102,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"unknown dataset {name!r}: digits or cats")
         results.append(bench(name, source, out / name, args.image_size))
+        (out / "augment_trials.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         print(format_table(results[-1]), flush=True)
-    (out / "augment_trials.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return 0
 
 
