@@ -182,8 +182,8 @@ FACTS: dict[str, dict[str, OptionFact]] = {
         "on_cache": OptionFact("Train the backbone's layers above the head's cache's tap (extract-features --tap) on "
                                "its cached activations and views, not on images: many epochs for the price of one; "
                                "--unfreeze all then means every layer above the tap."),
-        "augment": OptionFact("Augmentation, e.g. flip,rotate=0.1 or none; auto (with --head): keep what an "
-                              "invariance audit of the head on validation finds harmless."),
+        "augment": OptionFact("Augmentation, e.g. flip,rotate=0.1 or none; auto (with --head): keep each item that "
+                              "heads trained with its cached views do not do worse with on validation."),
         "probe": OptionFact("none, lr, unfreeze or lr,unfreeze: choose them by short fine-tunes judged on "
                             "validation (rates 1e-5, 1e-4, 1e-3; all layers vs the top quarter); skip fine-tuning "
                             "when none beats the seeded model."),

@@ -124,7 +124,7 @@ class RecipePlan:
             each = " on each" if len(self.image_sizes) > 1 else ""
             parts.append(f"a {self.trials}-trial head sweep{each}")
         if self.audit:
-            parts.append(f"{self.audit_candidates} augmentations audited on validation")
+            parts.append(f"{self.audit_candidates} augmentations tried on cached views")
         if self.probes or self.depth_probe:
             what = [f"{lr:g}" for lr, _ in self.probes]
             probes = f"fine-tuning probes of {self.probe_steps} steps"
@@ -225,12 +225,23 @@ def _estimate(plan: RecipePlan, speeds: Speeds) -> None:
     plan.estimates = {
         "extract": sum(speeds.forward_seconds(total_rows, s) for s in plan.image_sizes[1:]),
         "head": sum(sweep(plan.trials_at(s)) for s in plan.image_sizes),
-        "audit": (plan.audit_candidates + 1) * speeds.forward_seconds(validation, speeds.image_size)
-        if plan.audit else 0.0,
+        "audit": _augment_seconds(plan, speeds, largest) if plan.audit else 0.0,
         "probes": probe * (len(plan.probes) + plan.depth_probe),
         "finetune": RUN_OVERHEAD + speeds.epochs * speeds.epoch_seconds(largest)
         + speeds.forward_seconds(speeds.rows.get("test", 0), largest),
     }
+
+
+def _augment_seconds(plan: RecipePlan, speeds: Speeds, size: int) -> float:
+    """The audit (a validation pass per item and one untransformed) and the view trials: per item,
+    the training split through the backbone 1 + VIEWS times and SEEDS heads, plus SEEDS heads without."""
+    from headstart.pipeline.recipe.view_trials import SEEDS, VIEWS
+
+    items, train = plan.audit_candidates, speeds.rows.get("train", 0)
+    audit = (items + 1) * speeds.forward_seconds(speeds.rows.get("validation", 0), size)
+    views = items * (1 + VIEWS) * speeds.forward_seconds(train, size)
+    heads = (items + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * max(train, 1) / 1000
+    return audit + views + heads
 
 
 def _fewer_trials(plan: RecipePlan, speeds: Speeds, budget: float) -> None:

@@ -1,7 +1,7 @@
 """The rows of ``--recipe auto``'s decisions table, read from its steps' records.
 
 The head stage's record names the sweep's best trial; the finetune stage's record carries what its
-invariance audit and its probes decided (``FinetuneResult.recipe``) and its stage gate.
+augmentation trials (with the invariance audit that pre-filtered them) and its probes decided (``FinetuneResult.recipe``) and its stage gate.
 """
 
 from __future__ import annotations
@@ -37,15 +37,30 @@ def head_decision(steps: Any, head: dict) -> Decision:
 
 
 def augment_decision(steps: Any, finetune: dict) -> Decision:
-    """The augmentation: the invariance audit's verdict, candidate by candidate."""
+    """The augmentation: each candidate's paired difference (with − without its cached views) ± SE."""
     if not steps.open("finetune.augment"):
         return explicit_decision("augment", steps.config.finetune.augment)
-    audit = (finetune.get("recipe") or {}).get("augment")
-    if not audit:
+    record = (finetune.get("recipe") or {}).get("augment")
+    if not record:
         return Decision("augment", "-", why="no audit recorded")
-    return Decision("augment", audit["augment"], measure=audit["measure"], seconds=float(audit.get("seconds") or 0),
-                    why="an item is dropped when validation falls by more than max(0.02, 2 standard errors)",
-                    candidates=[Candidate(c["item"], c["measure"], kept=c["kept"]) for c in audit["candidates"]])
+    if "audit" not in record:  # recorded by the audit alone, before the view trials
+        return Decision("augment", record["augment"], measure=record["measure"],
+                        seconds=float(record.get("seconds") or 0),
+                        why="an item is dropped when validation falls by more than max(0.02, 2 standard errors)",
+                        candidates=[Candidate(c["item"], c["measure"], kept=c["kept"]) for c in record["candidates"]])
+    seconds = float(record.get("seconds") or 0) + float(record["audit"].get("seconds") or 0)
+    return Decision("augment", record["augment"], measure="val_accuracy difference", seconds=seconds,
+                    why=f"heads with − without each item's {record['views']} cached views, {record['seeds']} seeds; "
+                        "dropped when below zero by 2 SE, or by the audit when it falls by more than 0.15",
+                    candidates=[_trial_candidate(c) for c in record["candidates"]])
+
+
+def _trial_candidate(trial: dict) -> Candidate:
+    if trial["judged_by"] == "audit":
+        return Candidate(trial["item"], None, trial["seconds"], kept=False,
+                         note=f"audit drop {trial['audit_drop']:.3f}")
+    return Candidate(trial["item"], trial["difference"], trial["seconds"], kept=trial["kept"],
+                     note=f"± {trial['se']:.4f}")
 
 
 def finetune_decisions(steps: Any, finetune: dict) -> list[Decision]:

@@ -1,7 +1,9 @@
 """What ``finetune`` may choose for itself on validation: the augmentation and the rate and depth.
 
 ``--augment auto`` runs the invariance audit (``headstart.pipeline.recipe.audit``) with the head run's
-head before the model is built, and fine-tunes with the items it keeps. ``--probe lr,unfreeze``
+head before the model is built, as a pre-filter for gross drops, then trains heads with and without
+each remaining item's cached views (``headstart.pipeline.recipe.view_trials``) and fine-tunes with
+the items that training with them did not hurt. ``--probe lr,unfreeze``
 runs short fine-tunes from the seeded model (``headstart.pipeline.training.rate_probes``) and
 fine-tunes at the best rate and depth, or not at all when no probe improves on the seeded model.
 Both results are saved in the run's progress record (a resumed run does not redo them) and in
@@ -49,22 +51,65 @@ def check_choices(config: FinetuneConfig) -> None:
 
 def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],
                    log: Callable[[str], None]) -> str:
-    """The augmentation to fine-tune with: ``--augment`` as given, or the audit's verdict (``auto``)."""
+    """The augmentation to fine-tune with: ``--augment`` as given, or (``auto``) the items that training
+    heads on their cached views did not hurt (``recipe.view_trials``), after the invariance audit has
+    dropped the gross drops."""
     if config.augment.strip().lower() != AUTO:
         return config.augment
+    if not plan.val_split:
+        raise OptionError(Arg("augment", "auto"), " needs a validation split to judge augmentations on, and SOURCE has none")
     if "audit" not in progress:
         from headstart.pipeline.recipe.audit import audit_head_run
 
-        if not plan.val_split:
-            raise OptionError(Arg("augment", "auto"), " needs a validation split to audit on, and SOURCE has none")
         result = audit_head_run(plan.head_run, plan.source, split=plan.val_split, weights=plan.recipe["weights"])
         progress["audit"] = result.to_dict()
         save()
         kept = {s.item for s in result.scores if s.kept}
         log(f"augmentation audit ({result.rows} validation images, {result.seconds:.1f} s): "
             + ", ".join(f"{s.item} {s.measure:.3f}{'' if s.item in kept else ' ✗'}" for s in result.scores)
-            + f" (untransformed {result.reference:.3f}) → --augment {result.augment}")
-    return progress["audit"]["augment"]
+            + f" (untransformed {result.reference:.3f})")
+    if not (progress.get("view_trials") or {}).get("done"):
+        progress["view_trials"] = _view_trials(config, plan, progress, save, log)
+        save()
+    return progress["view_trials"]["augment"]
+
+
+def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],
+                 log: Callable[[str], None]) -> dict:
+    """Runs (or resumes) the view trials; returns their record, marked done."""
+    from pathlib import Path
+
+    from headstart.pipeline.recipe.audit import AUDIT_CANDIDATES, AuditResult, TransformScore
+    from headstart.pipeline.recipe.view_trials import run_view_trials
+    from headstart.pipeline.stages.extraction import extract_features
+
+    record = progress.setdefault("view_trials", {})
+    audit_record = progress["audit"]
+    audit = AuditResult(augment=audit_record["augment"], measure_name=audit_record["measure"],
+                        reference=audit_record["reference"], rows=audit_record["rows"],
+                        scores=[TransformScore(**c) for c in audit_record["candidates"]])
+    log(f"augmentation by training on cached views ({len(AUDIT_CANDIDATES)} candidates):")
+    work = Path(config.out) / "view_trials"
+    result = run_view_trials(plan.head_run, _extract_base(config, plan), work, extract_features=extract_features,
+                             candidates=AUDIT_CANDIDATES, audit=audit, progress=record, save=save, log=log)
+    if work.is_dir() and not any(work.iterdir()):
+        work.rmdir()  # every item's cache is deleted once recorded
+    log(f"augmentation trials ({result.seconds:.1f} s) → --augment {result.augment}")
+    return {**result.to_dict(), "done": True}
+
+
+def _extract_base(config: FinetuneConfig, plan: Any) -> Any:
+    """The head cache's extraction (backbone, weights, size, pooling, dtype) on finetune's SOURCE."""
+    from headstart.pipeline.config import ExtractConfig
+
+    spec, recipe = plan.source_spec, plan.recipe
+    return ExtractConfig(source=spec.source, split_specs=dict(spec.split_specs),
+                         validation_fraction=spec.validation_fraction, test_fraction=spec.test_fraction,
+                         path_column=spec.path_column, label_column=spec.label_column, images=spec.images,
+                         multi_label=spec.multi_label, backbone=recipe["backbone"], weights=recipe["weights"],
+                         alpha=recipe["alpha"], image_size=recipe["image_size"], pooling=recipe["pooling"],
+                         dtype=plan.head_run.cache_config.get("dtype", "float32"), batch_size=config.batch_size,
+                         seed=config.seed)
 
 
 def probe_rates(config: FinetuneConfig, plan: Any, model: Any, *, prepare: Callable[[str], None], train: Any,
@@ -117,7 +162,9 @@ def with_choices(config: FinetuneConfig, augment: str, probes: Any) -> FinetuneC
 def recipe_record(progress: dict, probes: Any) -> dict:
     """run.json's "recipe": what the audit and the probes decided (empty when neither ran)."""
     record = {}
-    if "audit" in progress:
+    if "view_trials" in progress:  # the verdict, with the audit that pre-filtered it
+        record["augment"] = {**progress["view_trials"], "audit": progress["audit"]}
+    elif "audit" in progress:  # a run recorded before the view trials existed
         record["augment"] = progress["audit"]
     if probes is not None:
         record["probes"] = probes.to_dict()

@@ -1,0 +1,164 @@
+"""Augmentation judged by training on cached views: the paired statistics, and the flip on generated shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recipe_images import SHIPPED, write_set
+
+
+def test_the_paired_difference_on_fixed_numbers():
+    from headstart.pipeline.recipe.view_trials import NOISE_Z, paired_difference
+
+    # Two seeds, four rows. Differences per seed: (+1, 0, 0, 0)/4 = 0.25 and (+1, +1, 0, -1)/4 = 0.25.
+    without = np.array([[0, 1, 1, 1], [0, 0, 1, 1]], float)
+    with_ = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], float)
+    diff = paired_difference(with_, without)
+    assert diff.mean == pytest.approx(0.25) and (diff.seeds, diff.rows) == (2, 4)
+    assert diff.se_seeds == 0.0  # both seeds moved the same way
+    # Per row, averaged over seeds: (1, 0.5, 0, -0.5); std (ddof 1) = sqrt(0.625 - ...) computed by hand:
+    per_row = np.array([1.0, 0.5, 0.0, -0.5])
+    assert diff.se_rows == pytest.approx(per_row.std(ddof=1) / 2) == pytest.approx(0.3227486, rel=1e-6)
+    assert diff.se == diff.se_rows and not diff.hurts  # +0.25 is within the noise of four rows
+    # A clear loss on many rows hurts; the same loss on four rows does not.
+    many_without, many_with = np.ones((3, 400)), np.ones((3, 400))
+    many_with[:, :60] = 0  # every seed loses the same 60 rows of 400: −0.15
+    hurt = paired_difference(many_with, many_without)
+    assert hurt.mean == pytest.approx(-0.15) and hurt.hurts
+    assert hurt.mean + NOISE_Z * hurt.se < 0
+    with pytest.raises(ValueError):
+        paired_difference(np.ones((2, 3)), np.ones((3, 2)))
+
+
+def test_one_seed_has_no_seed_spread_and_a_tie_is_kept():
+    from headstart.pipeline.recipe.view_trials import paired_difference
+
+    same = paired_difference(np.ones((1, 10)), np.ones((1, 10)))
+    assert same.mean == 0.0 and same.se == 0.0 and not same.hurts  # neutral: kept
+
+
+def test_the_budget_plan_counts_the_view_trials():
+    from headstart.pipeline.recipe.plan import TRIAL_SECONDS_PER_1K_ROWS, Speeds, plan_recipe
+    from headstart.pipeline.recipe.view_trials import SEEDS, VIEWS
+
+    speeds = Speeds(image_size=150, images_per_second=200.0, rows={"train": 1400, "validation": 200, "test": 400})
+    plan = plan_recipe(speeds, native_size=None, search_head=False, audit_candidates=7, probe_lrs=(),
+                       probe_depth=False, budget_minutes=None)
+    audit = 8 * 200 / 200.0  # a validation pass per item and one untransformed
+    views = 7 * (1 + VIEWS) * 1400 / 200.0  # each item's views of the training split, with its originals
+    heads = 8 * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * 1.4  # SEEDS heads per item, and SEEDS without
+    assert plan.estimates["audit"] == pytest.approx(audit + views + heads)
+    assert "7 augmentations tried on cached views" in plan.describe()
+
+
+def _trials(tmp_path, classes):
+    from headstart.pipeline.config import ExtractConfig, HeadConfig
+    from headstart.pipeline.recipe.view_trials import run_view_trials
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.head_training import train_head
+
+    root = write_set(tmp_path / "images", classes, counts=(("train", 32), ("validation", 24)))
+    base = ExtractConfig(source=str(root), out=str(tmp_path / "features.h5"), backbone="mobilenet_v2", alpha=0.35,
+                         weights=str(SHIPPED), image_size=96, splits=("train", "validation"))
+    extract_features(base, log=lambda *_: None)
+    train_head(HeadConfig(features=base.out, out=str(tmp_path / "head"), epochs=40, patience=5, lr=3e-3),
+               log=lambda *_: None)
+    head = RunDir.open(tmp_path / "head", kind="head", recipe=True)
+    progress, saves = {}, []
+    result = run_view_trials(head, base, tmp_path / "trials", extract_features=extract_features,
+                             candidates=("flip",), progress=progress,
+                             save=lambda: saves.append(dict(progress["candidates"])), log=lambda *_: None)
+    return result, progress, saves
+
+
+@pytest.mark.slow
+def test_the_flip_is_dropped_when_training_with_it_confuses_mirror_image_classes(tmp_path):
+    result, progress, saves = _trials(tmp_path, ("left", "right"))
+    (flip,) = result.trials
+    assert flip.judged_by == "views" and flip.seeds == 3 and (result.train_rows, result.rows) == (64, 48)
+    assert flip.without_measure >= 0.75  # the arrows are learnable from the cache ...
+    assert flip.difference < 0 and flip.difference + 2 * flip.se < 0  # ... and a mirrored left arrow is "right"
+    assert not flip.kept and result.augment == "none"
+    assert saves and "flip" in progress["candidates"]  # recorded before it returned
+    assert not list((tmp_path / "trials").glob("*.h5"))  # the item's cache is gone once recorded
+
+
+@pytest.mark.slow
+def test_the_flip_is_kept_when_the_classes_are_mirror_symmetric(tmp_path):
+    result, _, _ = _trials(tmp_path, ("circle", "square"))
+    (flip,) = result.trials
+    assert flip.without_measure >= 0.9
+    assert flip.kept and flip.difference + 2 * flip.se >= 0 and result.augment == "flip"
+
+
+def _kill_after_the_first_trained_item(argv: list[str], progress) -> dict:
+    """Runs ``headstart ARGV`` in its own process; SIGKILLs it once one item has been trained on views.
+
+    Returns the recorded candidates at the kill.
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "headstart.pipeline.cli", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no item was trained in time"
+            try:
+                done = json.loads(progress.read_text())["view_trials"]["candidates"]
+                if any(c["judged_by"] == "views" for c in done.values()):
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    return done
+
+
+@pytest.mark.slow
+def test_finetune_augment_auto_killed_during_the_trials_resumes_with_the_same_command(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from headstart.pipeline.cli import main
+    from headstart.pipeline.config import ExtractConfig, HeadConfig
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.head_training import train_head
+
+    root = write_set(tmp_path / "images", ("left", "right"), counts=(("train", 16), ("validation", 12)))
+    cache = tmp_path / "features.h5"
+    extract_features(ExtractConfig(source=str(root), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
+                                   weights=str(SHIPPED), image_size=96, splits=("train", "validation")),
+                     log=lambda *_: None)
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=40, patience=5, lr=3e-3),
+               log=lambda *_: None)
+    out = tmp_path / "ft"
+    argv = ["finetune", str(root), "--head", str(tmp_path / "head"), "--out", str(out), "--augment", "auto",
+            "--epochs", "1", "--batch-size", "8"]
+    before = _kill_after_the_first_trained_item(argv, out / "backup" / "progress.json")
+    result = CliRunner().invoke(main, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run.json").read_text())["recipe"]["augment"]
+    after = {c["item"]: c for c in record["candidates"]}
+    assert len(after) == 7 and record["audit"]["candidates"]  # every item, and the audit that pre-filtered them
+    for item, trial in before.items():
+        assert after[item] == trial  # recorded before the kill: not trained again
+        assert f"  {item}: " not in result.output
+    assert "flip" not in record["augment"].split(",")
+    assert not (out / "view_trials").exists()  # every item's cache deleted once recorded
+    assert (record["rows"], record["train_rows"]) == (24, 32)
