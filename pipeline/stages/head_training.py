@@ -186,8 +186,10 @@ class _Trained:
 
 
 def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None],
-           callbacks: Sequence[Any] = ()) -> HeadResult:
-    """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
+           callbacks: Sequence[Any] = (), fit: Callable[..., "_Trained"] | None = None) -> HeadResult:
+    """``train_head`` after the strategy is set up; writes the run directory into ``out``.
+
+    ``fit``: what trains the head (``_fit``; ``write_fixed_head`` sets given weights instead)."""
     from headstart.features.cache import open_cache
     from headstart.pipeline.training.head_inputs import exclude_rows, load_head_data, open_head_splits
 
@@ -199,7 +201,7 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
         data = load_head_data(cache, splits, memory_limit_mb=config.memory_limit_mb, views=config.views,
                               path=config.features, log=log)
         with op_determinism(config.deterministic):
-            trained = _fit(config, data, setup, log, callbacks)
+            trained = (fit or _fit)(config, data, setup, log, callbacks)
         cache_info = _cache_record(config, cache, splits)
     result = _result(out, trained, data.loader, setup.distribute, cache_info)
     trained.timings.update(load_seconds=data.load_seconds, seconds_per_epoch=result.seconds_per_epoch,
@@ -236,6 +238,54 @@ def _fit(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], 
                **_final_metrics(model, data, config.batch_size, setup.replicas)}
     timings = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - t_eval}
     return _Trained(model=model, policy=policy, fit=fit, metrics=metrics, weights=weights, timings=timings)
+
+
+def write_fixed_head(config: HeadConfig, weights: Sequence[np.ndarray], *, fitted_by: str,
+                     log: Callable[[str], None] = print) -> HeadResult:
+    """A head run directory whose linear head takes ``weights`` instead of being trained.
+
+    The same files, record and measures as ``train_head`` (so ``finetune``, ``predict`` and
+    ``export`` take it like any head), for a head fitted elsewhere: auto's logistic probe
+    (``recipe.baselines.logistic_head_weights``). ``config.out`` is written over.
+
+    Args:
+        config: a linear head on ``config.features``, no dropout or normalisation.
+        weights: the Dense layer's [kernel (D, logits), bias (logits,)].
+        fitted_by: what fitted them (run.json's "fitted_by").
+    """
+    from headstart.pipeline.distribute.strategy import set_up_strategy
+    from headstart.pipeline.report.out_dir import claim_run_dir
+
+    check_head_config(config)
+    _, fingerprint = _check_cache(config)
+
+    def fixed(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], callbacks: Any) -> _Trained:
+        start = time.perf_counter()
+        model, policy = _build_head(config, data, setup.strategy)
+        model.get_layer("logits").set_weights([np.asarray(w, dtype=np.float32) for w in weights])
+        fit = _FixedFit(epoch_seconds=[time.perf_counter() - start])
+        metrics = {"best_epoch": 1, "epochs_run": 1, "monitor": fit.monitor, "fitted_by": fitted_by,
+                   **_final_metrics(model, data, config.batch_size, setup.replicas)}
+        # One "epoch": the weights as set, so history.csv and the curves have a row to show.
+        fit.history = {"val_loss": [float((metrics.get("validation") or {}).get("loss", float("nan")))]}
+        return _Trained(model=model, policy=policy, fit=fit, metrics=metrics, weights=None,
+                        timings={"train_seconds": fit.epoch_seconds[0], "evaluate_seconds": 0.0})
+
+    with claim_run_dir(config.out, section="head", command="train-head", resolved=resolved_config(config),
+                       overwrite=True, inputs={CACHE_IDENTITY: fingerprint},
+                       recorded_inputs=lambda run: {CACHE_IDENTITY: run.cache.get("fingerprint")}):
+        return _train(config, Path(config.out), set_up_strategy(config.strategy, config.batch_size, log=log), log,
+                      fit=fixed)
+
+
+@dataclass
+class _FixedFit:
+    """What ``_train`` reads of a fit, for weights set rather than trained."""
+
+    epoch_seconds: list
+    best_epoch: int = 1
+    monitor: str = "val_loss"
+    history: dict = field(default_factory=dict)
 
 
 def _build_head(config: HeadConfig, data: Any, strategy: Any) -> tuple[Any, str]:
