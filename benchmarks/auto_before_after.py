@@ -8,7 +8,7 @@ standard errors the new recipe records).
 
     python benchmarks/auto_before_after.py --before-python /tmp/base/bin/python [--datasets digits,cats]
 
-Writes ``OUT/auto_before_after.json``.
+Writes ``OUT/auto_WHICH.json``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before-python", required=True)
     parser.add_argument("--out", default="runs/auto-before-after")
     parser.add_argument("--datasets", default="digits")
+    # Both at once (two processes) see the same load on a busy machine; one after the other on an idle one.
+    parser.add_argument("--which", default="before,after", help="before, after, or both (comma-separated)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,13 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "cats" and not (ASSETS / "cats_vs_dogs_2k").is_dir():
             continue
         source = sources[name]()
-        results[name] = {"before": run_auto(args.before_python, source, out / f"{name}-before"),
-                         "after": run_auto(sys.executable, source, out / f"{name}-after")}
+        pythons = {"before": args.before_python, "after": sys.executable}
+        results[name] = {which: run_auto(pythons[which], source, out / f"{name}-{which}")
+                         for which in args.which.split(",")}
         for which, row in results[name].items():
             print(f"{name} {which}: test {row['test']:.4f}, {row['seconds']:.0f} s", flush=True)
             for key, d in row["decisions"].items():
                 print(f"    {key}: {d['chosen']} ({d['why']}; {d['seconds']:.0f} s)", flush=True)
-        (out / "auto_before_after.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+        (out / f"auto_{args.which.replace(',', '_')}.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     return 0
 
 
