@@ -27,8 +27,10 @@ def head_decision(steps: Any, head: dict) -> Decision:
     measure = _head_measure(steps, head)
     score = (head.get("validation") or {}).get(measure)
     if not sweep:
-        return Decision("head", "train-head", measure=f"val_{measure}", seconds=float(head.get("seconds") or 0),
-                        why=f"one head, trained until early stopping (validation {measure} {_fmt(score)})")
+        return _with_logistic(Decision("head", "train-head", measure=f"val_{measure}",
+                                       seconds=float(head.get("seconds") or 0),
+                                       why=f"one head, trained until early stopping (validation {measure} {_fmt(score)})"),
+                              head.get("candidates"), head.get("fitted_by") == "logistic")
     params = sweep.get("params") or {}
     chosen = ", ".join(t for t in (_param_text(k, params.get(k)) for k in _PARAM_ORDER) if t)
     decision = Decision("head", chosen or f"trial {sweep.get('best_trial')}", measure=f"val_{measure}",

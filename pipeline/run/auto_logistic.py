@@ -26,10 +26,13 @@ def head_candidate_step(steps: Any, size: int, cache: dict, head: dict, baseline
         The head record to use: ``head`` with "candidates" (the paired comparison), or the logistic
         head's record (its "path", "head_sha256", "validation", "fitted_by": "logistic").
     """
+    from headstart.pipeline.run.auto_head import head_searchable
     from headstart.pipeline.run.keys import stage_key
 
     logistic = next((b for b in baselines.get("baselines", []) if b["name"] == "logistic"), None)
-    if logistic is None or cache.get("multi_label") or not steps.open("head.head_kind"):
+    # The head's options the user fixed are kept as given, as every other choice they made.
+    if logistic is None or cache.get("multi_label") or not head_searchable(steps.config) \
+            or not steps.open("head.head_kind"):
         return head
     key = stage_key({"cache": cache["fingerprint"], "head": head["head_sha256"], "C": logistic["params"]["C"],
                      "seed": steps.config.head.seed})
