@@ -39,11 +39,14 @@ def auto_tap(config: Any) -> str | None:
     return AUTO_TAPS.get(extract.backbone, FALLBACK_TAP)
 
 
-def on_cache_config(steps: Any, epochs: int) -> Any:
-    """finetune's options under auto: on the cache, each open rate trained to early stopping."""
+def on_cache_config(steps: Any, epochs: int, *, tapped: bool = True) -> Any:
+    """finetune's options under auto: on the cache, each open rate trained to early stopping.
+
+    ``tapped`` False (a hub backbone: no cut, no activations cached): the guide's end-to-end fine-tune
+    at the given or default rate, nothing probed."""
     ft = steps.config.finetune
     return dataclasses.replace(
-        ft, on_cache=True, probe="lr" if steps.open("finetune.lr") else "none", probe_steps=0,
+        ft, on_cache=tapped, probe="lr" if steps.open("finetune.lr") and tapped else "none", probe_steps=0,
         # On the cache the cached views are the augmentation; the image-level layer never runs.
         augment=ft.augment if not steps.open("finetune.augment") else "none",
         unfreeze=ft.unfreeze if not steps.open("finetune.unfreeze") else "all",  # all: every layer above the tap

@@ -151,18 +151,19 @@ FINETUNE_EPOCHS = 30
 def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, callbacks: Sequence[Any]) -> dict:
     """finetune --on-cache from the chosen head (each open rate to early stopping) into finetune/, then
     the fine-tuned model against the head on validation, paired (``run.auto_finetune``)."""
-    from headstart.pipeline.run.auto_finetune import finetune_line, on_cache_config, paired_evidence
+    from headstart.pipeline.run.auto_finetune import auto_tap, finetune_line, on_cache_config, paired_evidence
     from headstart.pipeline.run.stages import finetune_stage
 
-    config = dataclasses.replace(steps.at_size(size), finetune=on_cache_config(steps, FINETUNE_EPOCHS))
+    tapped = auto_tap(steps.config) is not None
+    config = dataclasses.replace(steps.at_size(size), finetune=on_cache_config(steps, FINETUNE_EPOCHS, tapped=tapped))
     ft_key = finetune_key(config, head["head_sha256"])
-    steps.console.log(f"[auto] finetune --on-cache from {_shown(head['path'])} → {_shown(steps.run_dir / 'finetune')}")
+    steps.console.log(f"[auto] finetune{' --on-cache' if tapped else ''} from {_shown(head['path'])} → {_shown(steps.run_dir / 'finetune')}")
     previous = steps.state.get("finetune")
     record = finetune_stage(config, steps.run_dir, previous, steps.console, key=ft_key,
                             train_images=int(extract["splits"].get("train", 0)),
                             started=lambda: steps.save("finetune", {"key": ft_key, "done": False}),
                             callbacks=callbacks, head_dir=Path(head["path"]))
-    if previous and previous.get("key") == ft_key and "paired" in previous:
+    if previous and "paired" in previous and previous.get("model_sha256") == record.get("model_sha256"):
         evidence = previous["paired"]
     else:
         evidence = paired_evidence(Path(head["path"]), steps.run_dir / "finetune")
