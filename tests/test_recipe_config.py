@@ -67,20 +67,23 @@ def test_the_sweep_searches_only_the_head_options_left_open():
     assert not head_searchable(_resolve(file_values={"head": everything}))
 
 
-def test_finetune_probes_and_audits_only_what_is_open():
+def test_finetune_runs_on_the_cache_and_tries_rates_only_when_open():
     from types import SimpleNamespace
 
-    from headstart.pipeline.run.auto_steps import finetune_config
+    from headstart.pipeline.run.auto_finetune import auto_tap, on_cache_config
 
     def steps(config):
         return SimpleNamespace(config=config, open=lambda name: name not in config.explicit)
 
-    plan = SimpleNamespace(probes=[(1e-5, "all")], depth_probe=True, probe_steps=40)
-    open_all = finetune_config(steps(_resolve()), plan)
-    assert (open_all.augment, open_all.probe, open_all.probe_steps, open_all.epochs) == ("auto", "lr,unfreeze", 40, 30)
-    given = finetune_config(steps(_resolve(flags={"augment": "flip", "lr": 1e-4})),
-                            SimpleNamespace(probes=[], depth_probe=True, probe_steps=40))
-    assert (given.augment, given.probe, given.lr) == ("flip", "unfreeze", 1e-4)
-    nothing = finetune_config(steps(_resolve(flags={"epochs": 4})),
-                              SimpleNamespace(probes=[], depth_probe=False, probe_steps=40))
-    assert (nothing.probe, nothing.probe_steps, nothing.epochs) == ("none", 0, 4)
+    open_all = on_cache_config(steps(_resolve()), 30)
+    assert (open_all.on_cache, open_all.augment, open_all.probe, open_all.unfreeze, open_all.epochs) == \
+        (True, "none", "lr", "all", 30)
+    given = on_cache_config(steps(_resolve(flags={"augment": "flip", "lr": 1e-4, "unfreeze": "top:5"})), 30)
+    assert (given.augment, given.probe, given.lr, given.unfreeze) == ("flip", "none", 1e-4, "top:5")
+    assert on_cache_config(steps(_resolve(flags={"epochs": 4})), 30).epochs == 4
+    untapped = on_cache_config(steps(_resolve()), 30, tapped=False)  # a hub backbone: end to end, nothing probed
+    assert (untapped.on_cache, untapped.probe) == (False, "none")
+    # The tap: one per backbone, the user's when given, none for a hub model.
+    assert auto_tap(_resolve()) == "top:6"  # the default backbone, Xception: its last block
+    assert auto_tap(_resolve(flags={"backbone": "mobilenet_v2"})) == "top:30"
+    assert auto_tap(_resolve(file_values={"extract": {"tap": "top:12"}})) == "top:12"

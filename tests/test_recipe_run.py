@@ -32,25 +32,25 @@ def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def _kill_during_the_probes(args: list[str], out: Path) -> int:
-    """Starts ``headstart ARGS`` in its own process and SIGKILLs it once its first fine-tuning
-    probe is saved; returns how many probes were saved by then."""
+def _kill_during_the_on_cache_fit(args: list[str], out: Path) -> int:
+    """Starts ``headstart ARGS`` in its own process and SIGKILLs it once the first rate's on-cache
+    fit has committed an epoch; returns that epoch."""
     argv = [sys.executable, "-m", "headstart.pipeline.cli", *map(str, args)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    progress = out / "finetune" / "backup" / "progress.json"
+    state = out / "finetune" / "backup" / "finetune-lr1e-05" / "state.json"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and first.poll() is None:
         try:
-            if json.loads(progress.read_text()).get("probes"):
+            if json.loads(state.read_text()).get("epoch"):
                 break
         except (OSError, ValueError):
             pass
-        time.sleep(0.2)
-    assert first.poll() is None, "the run ended before its first probe was saved"
+        time.sleep(0.1)
+    assert first.poll() is None, "the run ended before its first on-cache epoch was saved"
     first.send_signal(signal.SIGKILL)
     first.wait()
-    return len(json.loads(progress.read_text())["probes"])
+    return int(json.loads(state.read_text())["epoch"])
 
 
 @pytest.mark.slow
@@ -58,11 +58,12 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     images = write_set(tmp_path / "images", ("circle", "square"), counts=COUNTS)
     out = tmp_path / "run"
     args = ["run", images, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--budget", 30]
-    # SIGKILL during the fine-tuning probes (the newest step); the same command then resumes.
-    saved = _kill_during_the_probes(args, out)
+    # SIGKILL during the on-cache fine-tune (the newest step); the same command then resumes.
+    saved = _kill_during_the_on_cache_fit(args, out)
     result = _invoke(*args)
     assert result.exit_code == 0, result.output
-    assert result.output.count("probe lr") == 4 - saved  # the saved probes were not run again
+    assert f"finetune-lr1e-05 epoch {saved}/2" not in result.output  # the saved epoch was not run again
+    assert "probe lr" not in result.output and result.output.count("on the cache at lr") == 3
     assert "reused: same source and extraction options" in result.output
     assert "reused: same features and head options" in result.output
     assert "[auto] recipe: will try image sizes 150 and 224, a 4-trial head sweep on each" in result.output, \
@@ -73,25 +74,24 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     assert list(decisions) == ["image_size", "head", "augment", "lr", "unfreeze", "finetune"]
     assert [c["value"] for c in decisions["image_size"]["candidates"]] == [150, 224]
     assert decisions["image_size"]["chosen"] in (150, 224) and not decisions["image_size"]["explicit"]
-    assert len(decisions["augment"]["candidates"]) == 7  # every audited item, kept or not
-    assert {c["value"] for c in decisions["lr"]["candidates"]} == {1e-5, 1e-4, 1e-3}
+    assert {c["value"] for c in decisions["lr"]["candidates"]} == {1e-5, 1e-4, 1e-3}  # each on the cache
+    assert decisions["finetune"]["measure"] == "val_accuracy" and "±" in decisions["finetune"]["candidates"][1]["note"]
     assert all(d["seconds"] >= 0 for d in decisions.values())
     assert [b["name"] for b in summary["recipe"]["baselines"]] == ["knn", "logistic"]
     run = json.loads((out / "finetune" / "run.json").read_text())
-    assert run["config"]["augment"] == "auto" and run["recipe"]["augment"]["augment"] == decisions["augment"]["chosen"]
-    assert len(run["recipe"]["probes"]["probes"]) == 4
+    assert run["config"]["on_cache"] and run["config"]["probe"] == "lr"
     assert run["recipe"]["decisions"] == summary["recipe"]["decisions"]  # the model says how it was chosen
     toml = (out / "config.toml").read_text()
     assert 'recipe = "auto"' in toml and "epochs = 2" in toml and "unfreeze" not in toml
     stages = json.loads((out / "stages.json").read_text())
-    assert {"plan", "extract@224", "head@224", "baselines"} <= set(stages)
+    assert {"plan", "extract@224", "head@224", "baselines", "head_candidates"} <= set(stages)
+    assert "paired" in stages["finetune"]
     again = _invoke(*args)
-    assert again.exit_code == 0 and again.output.count("reused") >= 4 and "probe lr" not in again.output
+    assert again.exit_code == 0 and again.output.count("reused") >= 4 and "on the cache at lr" not in again.output
     inspect = _invoke("inspect", out)
     assert inspect.exit_code == 0 and "fine-tuning rate" in inspect.output
 
 
-@pytest.mark.slow
 def test_what_the_user_set_is_kept_and_nothing_is_searched_for_it(tmp_path):
     images = write_set(tmp_path / "images", ("circle", "square"), counts=COUNTS)
     out = tmp_path / "run"
@@ -124,7 +124,7 @@ def test_a_multi_label_source_goes_through_auto_judged_by_map(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     decisions = {d["name"]: d for d in summary["recipe"]["decisions"]}
     assert decisions["head"]["measure"] == "val_map" and "sweep trials" in decisions["head"]["why"]
-    assert decisions["augment"]["measure"] == "map" and decisions["lr"]["measure"] == "val_map"
+    assert decisions["lr"]["measure"] == "val_map"  # the rates, fitted on the cache, judged by mAP
     assert summary["test"]["task"] == "multi_label" and summary["test"]["map"] > 0.5
     assert [b["measure"] for b in summary["recipe"]["baselines"]] == ["map", "map"]
     # The sweep's best multi-label head seeds fine-tuning (what test_sweep once checked on its own):

@@ -145,6 +145,38 @@ def _fit_logistic(rows: _Rows, seed: int) -> BaselineScore:
     return _choose("logistic", lambda c: f"logistic probe (L2, C={c:g})", "C", fitted, scaled, rows, start)
 
 
+def logistic_head_weights(cache_path: str, c: float, *, seed: int = 0,
+                          max_train_rows: int = 20000) -> list[np.ndarray]:
+    """The logistic probe at ``c``, refitted as ``_fit_logistic`` fits it, as a linear head's Dense weights.
+
+    The probe standardises the (spatially averaged) features; the standardisation folds into the
+    weights, so the head takes the cache's features as they are: z = ((x - m) / s) W + b =
+    x (W / s) + (b - (m / s) W). A two-class probe's one logit is the head's one logit.
+
+    Args:
+        cache_path: the cache the baselines ran on (single-label).
+        c: the chosen inverse regularisation strength (``BaselineScore.params["C"]``).
+
+    Returns:
+        [kernel (D, logits) float32, bias (logits,) float32].
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    rows = _read_rows(cache_path, seed=seed, max_train_rows=max_train_rows)
+    x, y = rows.features["train"], rows.labels["train"]
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((x - mean) / std, y)
+    coef = model.coef_.T / std[:, None]  # (D, 1) for two classes, else (D, C)
+    bias = model.intercept_ - (mean / std) @ model.coef_.T
+    return [coef.astype(np.float32), np.asarray(bias, dtype=np.float32).reshape(-1)]
+
+
 def _choose(name: str, label: Any, param: str, fitted: dict, features: dict, rows: _Rows, start: float) -> BaselineScore:
     """Scores every fitted candidate on validation, keeps the best (the smallest value on ties)."""
     measure_name = "map" if rows.multi_label else "accuracy"

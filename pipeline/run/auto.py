@@ -44,6 +44,7 @@ def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str
     Returns:
         {"extract", "head", "finetune", "evaluate": the chosen path's records, "recipe": the decisions}.
     """
+    from headstart.pipeline.run.auto_logistic import head_candidate_step
     from headstart.pipeline.run.auto_steps import (baselines_step, choose_size, evaluate_step, extract_step,
                                                    finetune_step, head_step, plan_step)
 
@@ -57,6 +58,7 @@ def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str
     size, size_decision = choose_size(steps, candidates)
     extract, head = candidates[size]
     baselines = baselines_step(steps, size, extract)
+    head = head_candidate_step(steps, size, extract, head, baselines)  # the logistic probe, when it beats the sweep
     finetune = finetune_step(steps, size, extract, head, plan, finetune_callbacks)
     evaluate = evaluate_step(steps, finetune)
     recipe = steps.recipe_record(plan, size_decision, head, finetune, baselines)

@@ -25,23 +25,27 @@ def _shown(path: Any) -> str:
 
 def extract_step(steps: Any, size: int) -> dict:
     """The cache at ``size`` px: features.h5, or recipe/size-N/features.h5 for a second size."""
+    from headstart.pipeline.run.auto_finetune import auto_tap
     from headstart.pipeline.run.stages import extract_stage
 
     path = steps.size_dir(size) / "features.h5"
     path.parent.mkdir(parents=True, exist_ok=True)
     name = steps.stage("extract", size)
-    steps.console.log(f"[auto] extract-features at {size} px → {_shown(path)}")
-    record = extract_stage(steps.at_size(size), path, steps.state.get(name), steps.console, steps.overwrite,
-                           key=extract_key(steps.at_size(size)))
+    # With the tap the fine-tune trains on the cache (run.auto_finetune); the key records it, so a
+    # resumed run reuses this cache and a cache without it is extracted again.
+    config = steps.at_size(size)
+    config = dataclasses.replace(config, extract=dataclasses.replace(config.extract, tap=auto_tap(config)))
+    tap = f", tap {config.extract.tap}" if config.extract.tap else ""
+    steps.console.log(f"[auto] extract-features at {size} px{tap} → {_shown(path)}")
+    record = extract_stage(config, path, steps.state.get(name), steps.console, steps.overwrite,
+                           key=extract_key(config))
     return steps.save(name, {**record, "path": str(path), "image_size": size, "multi_label": _multi_label(path)})
 
 
 def plan_step(steps: Any, first: dict) -> Any:
     """The search, sized to the data and the measured speeds, printed before it is spent."""
     from headstart.features.registry import get_backbone_spec
-    from headstart.pipeline.recipe.audit import AUDIT_CANDIDATES
     from headstart.pipeline.recipe.plan import RecipePlan, Speeds, plan_recipe
-    from headstart.pipeline.training.rate_probes import PROBE_LRS
 
     config = steps.config
     key = stage_key({"cache": first["fingerprint"], "budget": config.budget, "explicit": list(config.explicit),
@@ -57,10 +61,10 @@ def plan_step(steps: Any, first: dict) -> Any:
         speeds = Speeds(image_size=ex.image_size, images_per_second=float(first.get("images_per_second") or 50.0),
                         rows=dict(first["splits"]), batch_size=config.finetune.batch_size,
                         epochs=config.finetune.epochs)
-        plan = plan_recipe(speeds, native_size=native, search_head=head_searchable(config),
-                           audit_candidates=len(AUDIT_CANDIDATES) if steps.open("finetune.augment") else 0,
-                           probe_lrs=PROBE_LRS if steps.open("finetune.lr") else (),
-                           probe_depth=steps.open("finetune.unfreeze"), budget_minutes=config.budget,
+        # The fine-tune runs on the tapped cache (run.auto_finetune): no image-level audit and no
+        # end-to-end probes to plan; its rates train to early stopping within the fine-tune itself.
+        plan = plan_recipe(speeds, native_size=native, search_head=head_searchable(config), audit_candidates=0,
+                           probe_lrs=(), probe_depth=False, budget_minutes=config.budget,
                            trials=config.sweep.get("trials"))
         steps.save("plan", {"key": key, "done": True, "status": "ran", "seconds": 0.0, "plan": plan.to_dict()})
     steps.console.log(f"[auto] recipe: {plan.describe()}")
@@ -139,33 +143,39 @@ def baselines_step(steps: Any, size: int, cache: dict) -> dict:
     return record
 
 
-def finetune_config(steps: Any, plan: Any) -> Any:
-    """finetune's options under auto: ``--augment auto`` and ``--probe`` for what was left open."""
-    config = steps.config
-    ft = config.finetune
-    probe = [p for p, opened in (("lr", bool(plan.probes)), ("unfreeze", plan.depth_probe)) if opened]
-    return dataclasses.replace(config.finetune, augment="auto" if steps.open("finetune.augment") else ft.augment,
-                               probe=",".join(probe) or "none", probe_steps=plan.probe_steps if probe else 0,
-                               epochs=ft.epochs if not steps.open("finetune.epochs") else FINETUNE_EPOCHS)
-
-
-#: Fine-tuning epochs under auto unless set: early stopping ends the fine-tune, not the guide's 10
+#: Fine-tuning epochs under auto unless set: early stopping ends each on-cache fit, not the guide's 10
 #: (a fine-tune whose last epoch was its best goes on), within a limit of three times the guide's.
 FINETUNE_EPOCHS = 30
 
 
 def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, callbacks: Sequence[Any]) -> dict:
-    """finetune from the chosen head with the audit and the probes, into finetune/."""
+    """finetune --on-cache from the chosen head (each open rate to early stopping) into finetune/, then
+    the fine-tuned model against the head on validation, paired (``run.auto_finetune``)."""
+    from headstart.pipeline.run.auto_finetune import auto_tap, finetune_line, on_cache_config, paired_evidence
     from headstart.pipeline.run.stages import finetune_stage
 
-    config = dataclasses.replace(steps.at_size(size), finetune=finetune_config(steps, plan))
+    tapped = auto_tap(steps.config) is not None
+    config = dataclasses.replace(steps.at_size(size), finetune=on_cache_config(steps, FINETUNE_EPOCHS, tapped=tapped))
     ft_key = finetune_key(config, head["head_sha256"])
-    steps.console.log(f"[auto] finetune from {_shown(head['path'])} → {_shown(steps.run_dir / 'finetune')}")
-    record = finetune_stage(config, steps.run_dir, steps.state.get("finetune"), steps.console, key=ft_key,
+    steps.console.log(f"[auto] finetune{' --on-cache' if tapped else ''} from {_shown(head['path'])} → {_shown(steps.run_dir / 'finetune')}")
+    previous = steps.state.get("finetune")
+    record = finetune_stage(config, steps.run_dir, previous, steps.console, key=ft_key,
                             train_images=int(extract["splits"].get("train", 0)),
                             started=lambda: steps.save("finetune", {"key": ft_key, "done": False}),
                             callbacks=callbacks, head_dir=Path(head["path"]))
-    return steps.save("finetune", record)
+    if previous and "paired" in previous and previous.get("model_sha256") == record.get("model_sha256"):
+        evidence = previous["paired"]
+    else:
+        evidence = paired_evidence(Path(head["path"]), steps.run_dir / "finetune")
+    lr = _kept_lr(steps.run_dir / "finetune")
+    steps.console.log(f"  {finetune_line(record.get('kept', 'finetuned'), evidence, lr)}")
+    return steps.save("finetune", {**record, "paired": evidence, "on_cache_lr": lr})
+
+
+def _kept_lr(finetune_dir: Path) -> Any:
+    from headstart.pipeline.report.rundir import RunDir
+
+    return RunDir(finetune_dir).metrics().get("lr")
 
 
 def evaluate_step(steps: Any, finetune: dict) -> dict:

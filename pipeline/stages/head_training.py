@@ -10,6 +10,7 @@ directory (``RunDir.write_outputs``: head.keras, metrics, history, curves, and r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -244,6 +245,28 @@ def _fit(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], 
                **_final_metrics(model, data, config.batch_size, setup.replicas)}
     timings = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - t_eval}
     return _Trained(model=model, policy=policy, fit=fit, metrics=metrics, weights=weights, timings=timings)
+
+
+def write_fixed_head(config: HeadConfig, weights: Sequence[np.ndarray], *, fitted_by: str,
+                     log: Callable[[str], None] = print) -> HeadResult:
+    """A head run directory whose linear head takes ``weights`` instead of being trained.
+
+    ``train_head`` with a ``KeptHead`` (as the sweep's best/ is written), so the files, record and
+    measures are train-head's own and ``finetune``, ``predict`` and ``export`` take it like any head;
+    for a head fitted elsewhere: auto's logistic probe (``recipe.baselines.logistic_head_weights``).
+    ``config.out`` is written over.
+
+    Args:
+        config: a linear head on ``config.features``, no dropout or normalisation.
+        weights: the Dense layer's [kernel (D, logits), bias (logits,)].
+        fitted_by: what fitted them (the run's history names no epochs; the caller records it).
+    """
+    from headstart.pipeline.training.head_fit import HeadFit
+
+    fit = HeadFit(history={}, best_epoch=1, epoch_seconds=[0.0], monitor="val_loss")
+    kept = KeptHead(weights={"logits": [np.asarray(w, dtype=np.float32) for w in weights]}, fit=fit)
+    log(f"head: weights fitted by {fitted_by}, not trained")
+    return train_head(dataclasses.replace(config, overwrite=True), log=log, kept=kept)
 
 
 def _build_head(config: HeadConfig, data: Any, strategy: Any) -> tuple[Any, str]:
