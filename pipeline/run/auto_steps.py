@@ -24,7 +24,7 @@ def _shown(path: Any) -> str:
 
 
 def extract_step(steps: Any, size: int) -> dict:
-    """The cache at ``size`` px: features.h5, or recipe/size-N/features.h5 for a second size."""
+    """The cache at ``size`` px: features.h5, or candidates/size-N/features.h5 for a size not at the top."""
     from headstart.pipeline.run.stages import extract_stage
 
     path = steps.size_dir(size) / "features.h5"
@@ -113,7 +113,8 @@ def choose_size(steps: Any, candidates: dict[int, tuple[dict, dict]]) -> tuple[i
     why = ("the backbone's native size is the default one" if len(scored) == 1
            else f"the better best head on validation {measure.replace('_', ' ')}")
     return best[0], Decision("image_size", best[0], measure=f"val_{measure}", why=why,
-                             seconds=sum(s for _, _, s in scored[1:]),
+                             # what trying the sizes that lost cost; the chosen size's head is the head row's
+                             seconds=sum(s for size, _, s in scored if size != best[0]),
                              candidates=[Candidate(size, value, seconds, kept=size == best[0])
                                          for size, value, seconds in scored])
 
@@ -160,7 +161,7 @@ def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, c
 
     config = dataclasses.replace(steps.at_size(size), finetune=finetune_config(steps, plan))
     ft_key = finetune_key(config, head["head_sha256"])
-    steps.console.log(f"[auto] finetune from {_shown(head['path'])} → {_shown(steps.run_dir / 'finetune')}")
+    steps.console.log(f"[auto] finetune from {_shown(head['path'])} → {_shown(steps.layout.finetune)}")
     record = finetune_stage(config, steps.run_dir, steps.state.get("finetune"), steps.console, key=ft_key,
                             train_images=int(extract["splits"].get("train", 0)),
                             started=lambda: steps.save("finetune", {"key": ft_key, "done": False}),
@@ -172,7 +173,7 @@ def evaluate_step(steps: Any, finetune: dict) -> dict:
     """The test split through the final model, as the guide's evaluate stage."""
     from headstart.pipeline.run.stages import evaluate_stage
 
-    steps.console.log(f"[auto] evaluate {_shown(steps.run_dir / 'finetune' / 'model.keras')}")
+    steps.console.log(f"[auto] evaluate {_shown(steps.layout.finetune / 'model.keras')}")
     return steps.save("evaluate", evaluate_stage(steps.config, steps.run_dir, steps.state.get("evaluate"),
                                                  steps.console, key=evaluate_key(steps.config, finetune["model_sha256"])))
 
