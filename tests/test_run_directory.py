@@ -157,3 +157,25 @@ def test_the_decisions_table_wraps_long_values_and_ends_with_the_time_no_decisio
     table = format_decisions(section["decisions"])
     assert "…" not in table and "norm layer" in table and "extract / evaluate / other" in table
     assert recipe_section(NS(recipe="auto"), {"recipe": section}, 120.0)["decisions"][-1]["seconds"] == 30.0
+
+
+def test_a_run_directory_resolves_to_its_final_model_chosen_head_and_cache(tmp_path):
+    from headstart.pipeline.report.run_layout import chosen_cache, describe_model, final_model_dir, stage_dir
+
+    run = tmp_path / "run"
+    (run / "finetune").mkdir(parents=True)
+    (run / "finetune" / "run.json").write_text('{"recipe": {"probes": {"finetune": false}}}', encoding="utf-8")
+    assert final_model_dir(run) is None and stage_dir(run, "head") == run  # not a run yet: no config.toml
+    (run / "config.toml").write_text("", encoding="utf-8")
+    assert final_model_dir(run) == final_model_dir(run / "model.keras") == run / "finetune"
+    assert stage_dir(run, "head") == run / "head" and stage_dir(run, "finetune") == run / "finetune"
+    assert chosen_cache(run) == run / "features.h5" and chosen_cache(tmp_path / "x.h5") == tmp_path / "x.h5"
+    assert final_model_dir(run / "finetune") is None and describe_model(run / "finetune") is None
+    assert "fine-tuning was skipped" in describe_model(run) and "fine-tuned model" not in describe_model(run)
+
+
+@pytest.mark.slow
+def test_diagnose_takes_the_run_directory_and_says_which_cache(auto_run):
+    result = cli("diagnose", auto_run.out, "--out", auto_run.root / "diagnose", "--folds", 2)
+    assert result.exit_code == 0, result.output
+    assert f"using {auto_run.out / 'features.h5'}, the run's chosen cache" in result.output

@@ -115,8 +115,8 @@ def _model_lines(info: dict) -> list[str]:
     model = info.get("model") or {}
     lines = []
     if model:
-        what = "the chosen head; fine-tuning skipped" if model.get("from") == "head" else "fine-tuned"
-        lines.append(f"  model: {model['path']} ({what}, {model.get('image_size')} px)")
+        what = "the chosen head, fine-tuning skipped" if model.get("from") == "head" else "fine-tuned"
+        lines.append(f"  model: {model['path']} ({model.get('image_size')} px; {what})")
     for size, folder in (info.get("candidates") or {}).items():
         lines.append(f"  candidate (not chosen): {folder} ({size} px)")
     return lines

@@ -1,4 +1,5 @@
-"""``headstart run --recipe auto``: the guide's stages, with every choice left open made on validation.
+"""``headstart run``'s one orchestrator: the guide's stages, with every choice left open made on
+validation (``--recipe auto``), or every choice fixed to the guide's value (``--recipe guide``).
 
 The order follows dependency and cost (every step but the last works on caches or on validation):
 
@@ -30,7 +31,11 @@ from headstart.pipeline.run.toml_config import RunConfig
 
 def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str, dict], dict], state: dict, *,
              overwrite: bool, finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
-    """Runs the auto recipe's steps into ``run_dir``; returns the stage records the summary reads.
+    """Runs the recipe's steps into ``run_dir``; returns the stage records the summary reads.
+
+    The one orchestrator of ``headstart run``: ``--recipe guide`` is this recipe with every decision
+    fixed to the guide's value (``_Steps.fixed``: one image size, the [head] options as given, no
+    baselines, fine-tuning with the [finetune] options as given), not a second runner.
 
     Args:
         config: the resolved run configuration (``config.explicit``: what the user set).
@@ -42,13 +47,16 @@ def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str
         finetune_callbacks: extra Keras callbacks for the fine-tuning ``fit``.
 
     Returns:
-        {"extract", "head", "finetune", "evaluate": the chosen path's records, "recipe": the decisions}.
+        {"extract", "head", "finetune", "evaluate": the chosen path's records; auto adds "recipe":
+        the decisions}.
     """
-    from headstart.pipeline.run.auto_steps import (baselines_step, choose_size, evaluate_step, extract_step,
-                                                   finetune_step, head_step, plan_step)
+    from headstart.pipeline.run.auto_steps import (baselines_step, choose_size, diagnose_step, evaluate_step,
+                                                   extract_step, finetune_step, head_step, plan_step)
 
     steps = _Steps(config, run_dir, console, save, state, overwrite)
     first = extract_step(steps, config.extract.image_size)
+    if config.diagnose:
+        diagnose_step(steps, first)
     plan = plan_step(steps, first)
     candidates = {config.extract.image_size: (first, head_step(steps, config.extract.image_size, first, plan))}
     for size in plan.image_sizes[1:]:
@@ -56,12 +64,15 @@ def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str
         candidates[size] = (cache, head_step(steps, size, cache, plan))
     size, size_decision = choose_size(steps, candidates)
     extract, head = steps.promote(size, candidates)
-    baselines = baselines_step(steps, size, extract)
+    baselines = {} if steps.fixed else baselines_step(steps, size, extract)
     finetune = finetune_step(steps, size, extract, head, plan, finetune_callbacks)
     evaluate = evaluate_step(steps, finetune)
+    records = {"extract": extract, "head": head, "finetune": finetune, "evaluate": evaluate}
+    if steps.fixed:
+        return records
     recipe = steps.recipe_record(plan, size_decision, head, finetune, baselines)
     _record_with_model(steps.layout.finetune, recipe)
-    return {"extract": extract, "head": head, "finetune": finetune, "evaluate": evaluate, "recipe": recipe}
+    return {**records, "recipe": recipe}
 
 
 def _record_with_model(model_dir: Path, recipe: dict) -> None:
@@ -86,9 +97,28 @@ class _Steps:
     state: dict
     overwrite: bool
 
+    @property
+    def fixed(self) -> bool:
+        """The guide's recipe: every decision fixed to the guide's value, nothing searched."""
+        return self.config.recipe == "guide"
+
     def open(self, name: str) -> bool:
-        """Whether auto decides ``name`` ("section.key"): the user did not set it."""
-        return name not in self.config.explicit
+        """Whether auto decides ``name`` ("section.key"): the user did not set it (never, for the guide)."""
+        return not self.fixed and name not in self.config.explicit
+
+    def header(self, step: str, size: int, path: str, detail: str = "") -> str:
+        """A step's status line: numbered stages for the guide, "[auto] … at N px" for auto."""
+        if self.fixed:
+            return {"extract": f"[1/4] extract-features → {path}", "head": f"[2/4] {'sweep' if self.config.sweep.get('trials') else 'train-head'} → {path}",
+                    "finetune": f"[3/4] finetune → {path}", "evaluate": f"[4/4] evaluate {path}"}[step]
+        return {"extract": f"[auto] extract-features at {size} px → {path}", "head": f"[auto] {detail} on {size} px → {path}",
+                "finetune": f"[auto] finetune from {detail} → {path}", "evaluate": f"[auto] evaluate {path}"}[step]
+
+    def finetune_options(self, plan: Any) -> Any:
+        """finetune's options: the guide's as given; auto's with the audit and probes left open."""
+        from headstart.pipeline.run.auto_steps import finetune_config
+
+        return self.config.finetune if self.fixed else finetune_config(self, plan)
 
     @property
     def layout(self) -> Any:
@@ -117,7 +147,8 @@ class _Steps:
                 candidates[other] = (self.save(self.stage("extract", other),
                                                {**cache, "path": str(self.layout.size_cache(other))}),
                                      self.save(self.stage("head", other), self._moved_head(head, other)))
-        self.save(LAYOUT_STATE, {"top_size": size})
+            # only after a swap: which size is at the top, for a resumed run (a record like the others)
+            self.save(LAYOUT_STATE, {"top_size": size, "done": True, "status": "ran", "seconds": 0.0})
         return candidates[size]
 
     def stage(self, name: str, size: int) -> str:

@@ -1,5 +1,9 @@
 """``headstart run``: extract-features → train-head → finetune → evaluate into one run directory.
 
+One orchestrator: ``run/auto.py`` ``run_auto`` runs both recipes (``--recipe guide`` is auto with
+every decision fixed to the guide's value); this module checks the options, claims the directory,
+runs it, publishes RUN/model.keras and writes the summary, the table and report.html.
+
 The run directory's layout (the chosen model, cache and head at the top, a losing image size under
 candidates/) is ``headstart.pipeline.report.run_layout.RunLayout``'s, and only its.
 
@@ -31,13 +35,13 @@ from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
 from headstart.pipeline.report.metrics import HEADLINE
-from headstart.pipeline.run.console import Console
-from headstart.pipeline.run.keys import evaluate_key, extract_key, finetune_key, input_files, stage_key
 from headstart.pipeline.report.run_layout import CONFIG_FILE, STATE_FILE, SUMMARY_JSON, RunLayout
 from headstart.pipeline.report.stage_records import StageSummary
+from headstart.pipeline.run.console import Console
+from headstart.pipeline.run.keys import stage_key
 from headstart.pipeline.run.stages import MULTI_LABEL_KEYS
 from headstart.pipeline.run.toml_config import RunConfig, describe_differences, read_config_file, resolve_run_config, \
-    result_settings, run_config_dict, run_label, stage_values, to_toml
+    result_settings, run_config_dict, run_label, to_toml
 
 STAGES = ("extract", "head", "finetune", "evaluate")
 
@@ -164,9 +168,7 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
     with claim_run_dir(config, overwrite):
         run_dir = _prepare_run_dir(config, console)
         t0 = time.perf_counter()
-        records = (_run_auto(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks)
-                   if config.recipe == "auto" else
-                   _run_stages(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks))
+        records = _run_recipe(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks)
         RunLayout(run_dir).publish_model()  # RUN/model.keras: the final model, whichever stage made it
         summary = _summary(config, run_dir, records, time.perf_counter() - t0)
         _plot(run_dir, summary, console)
@@ -208,42 +210,6 @@ class _Stages:
         return record
 
 
-def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
-                finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
-    """Runs, reuses or resumes each stage in turn, each fed by the one before's returned record."""
-    from headstart.pipeline.run.stages import (diagnose_stage, evaluate_stage, extract_stage, finetune_stage,
-                                               head_stage)
-
-    stages = _Stages(run_dir)
-    state, save = stages.state, stages.save
-    layout = RunLayout(run_dir)
-    features = layout.cache
-    console.log(f"[1/4] extract-features → {_shown(str(features))}")
-    ex = save("extract", extract_stage(config, features, state.get("extract"), console, overwrite,
-                                       key=extract_key(config)))
-    if config.diagnose:
-        console.log(f"[diagnose] → {_shown(str(layout.diagnose))}")
-        save("diagnose", diagnose_stage(config, features, layout.diagnose, state.get("diagnose"), console,
-                                        key=stage_key({"cache": ex["fingerprint"], "seed": config.head.seed})))
-    console.log(f"[2/4] {'sweep' if config.sweep.get('trials') else 'train-head'} → {_shown(str(layout.head))}")
-    hd = save("head", head_stage(config, features, layout.head, state.get("head"), console,
-                                 key=stage_key(_head_key(config, ex))))
-    _replay(config, run_dir, "head")
-    console.log(f"[3/4] finetune → {_shown(str(layout.finetune))}")
-    ft_key = finetune_key(config, hd["head_sha256"])
-    ft = save("finetune", finetune_stage(config, run_dir, state.get("finetune"), console, key=ft_key,
-                                         train_images=ex["splits"].get("train", 0),
-                                         started=lambda: save("finetune", {"key": ft_key, "done": False}),
-                                         callbacks=finetune_callbacks))
-    _replay(config, run_dir, "finetune")
-    console.log(f"[4/4] evaluate {_shown(str(layout.finetune / 'model.keras'))}")
-    ev = save("evaluate", evaluate_stage(config, run_dir, state.get("evaluate"), console,
-                                         key=evaluate_key(config, ft["model_sha256"])))
-    records = {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev}
-    _export(config, run_dir, console, records, stages)
-    return records
-
-
 def _export(config: RunConfig, run_dir: Path, console: Console, records: dict, stages: "_Stages") -> None:
     """The run's export step, after evaluate and outside the finetune stage's key: exporting trains
     nothing again (both recipes)."""
@@ -257,24 +223,19 @@ def _export(config: RunConfig, run_dir: Path, console: Console, records: dict, s
                            "quantize": config.finetune.quantize})))
 
 
-def _run_auto(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
-              finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
-    """``--recipe auto`` (``headstart.pipeline.run.auto``) over the same stages.json."""
+def _run_recipe(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
+                finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
+    """The one orchestrator (``headstart.pipeline.run.auto.run_auto``; the guide is its fixed case)
+    over stages.json, then the export step."""
     from headstart.pipeline.run.auto import run_auto
 
     stages = _Stages(run_dir)
     records = run_auto(config, run_dir, console, stages.save, dict(stages.state), overwrite=overwrite,
                        finetune_callbacks=finetune_callbacks)
-    _replay(config, run_dir, "finetune")
+    for stage in ("head", "finetune"):
+        _replay(config, run_dir, stage)
     _export(config, run_dir, console, records, stages)
     return records
-
-
-def _head_key(config: RunConfig, ex: dict) -> dict:
-    key = {**stage_values(config, "head"), **input_files(config), "cache": ex["fingerprint"]}
-    if config.sweep.get("trials"):  # the search settings shape the head; without a sweep the key stays as it was
-        key["sweep"] = config.sweep
-    return key
 
 
 def _replay(config: RunConfig, run_dir: Path, stage: str) -> None:
@@ -375,8 +336,8 @@ def format_table(summary: dict) -> str:
     lines += ["", f"run directory: {_shown(summary['run_dir'])} ({summary['seconds']:.1f} s)"]
     model = summary.get("model") or {}
     if model:
-        what = "the chosen head (fine-tuning skipped)" if model.get("from") == "head" else "fine-tuned"
-        lines.append(f"model: {_shown(model['path'])} ({what}, {model.get('image_size')} px)")
+        what = "the chosen head, fine-tuning skipped" if model.get("from") == "head" else "fine-tuned"
+        lines.append(f"model: {_shown(model['path'])} ({model.get('image_size')} px; {what})")
     for size, folder in (summary.get("candidates") or {}).items():
         lines.append(f"candidate: {_shown(folder)} ({size} px, not chosen)")
     plots = [_shown(v) for v in summary["plots"].values()]
