@@ -130,7 +130,8 @@ def test_finetune_two_workers_killed_and_resumed(prepared, tmp_path):
     try:
         for proc in blind:
             _, stderr = proc.communicate(timeout=240)
-            assert proc.returncode == 1 and "RunDirError: --resume: the workers would start finetune from " \
+            # The workers call the library from Python, so the error names the argument (resume), not a flag.
+            assert proc.returncode == 1 and "RunDirError: resume: the workers would start finetune from " \
                 "different epochs" in stderr and "filesystem all workers share" in stderr, stderr[-2000:]
     finally:
         for proc in blind:
