@@ -202,3 +202,19 @@ def test_on_cache_fine_tune_trains_on_the_views_of_the_kept_items_only(tmp_path,
     assert sorted(p.name for p in (out / "view_trials").iterdir()) == ["views-brightness-0-2.h5"]  # flip's deleted
     assert "training on the originals and 2 cached views per row of the augmentation the view trials kept " \
            "(brightness=0.2)" in result.output
+
+
+def test_the_fit_names_the_views_it_draws_from_in_one_line():
+    from headstart.pipeline.stages.finetune_choices import kept_views
+    from headstart.pipeline.stages.finetune_on_cache import _views_line
+
+    trials = {"view_trials": {"candidates": [
+        {"item": "flip", "kept": False, "views_cache": None},
+        {"item": "zoom=0.1", "kept": True, "views_cache": "v/views-zoom-0-1.h5"},
+        {"item": "contrast=0.2", "kept": True, "views_cache": None}]}}  # kept, but by a run without --on-cache
+    assert kept_views(trials) == [("zoom=0.1", "v/views-zoom-0-1.h5")]
+    assert kept_views({}) is None  # no trials ran: --augment was given
+    assert _views_line([("zoom=0.1", "x.h5")], 3).endswith("2 cached views per row of the augmentation the view "
+                                                             "trials kept (zoom=0.1)")
+    assert _views_line([], 1) == "training on the originals only: the view trials kept no augmentation"
+    assert _views_line(None, 3) == "training on the originals and the head cache's 2 views per row"

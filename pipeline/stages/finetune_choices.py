@@ -103,9 +103,12 @@ def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callab
     return {**result.to_dict(), "done": True}
 
 
-def kept_views(progress: dict) -> list[tuple[str, str]]:
-    """(item, cache path) of each item the view trials kept with its cache (``--on-cache --augment auto``)."""
-    candidates = (progress.get("view_trials") or {}).get("candidates") or []
+def kept_views(progress: dict) -> list[tuple[str, str]] | None:
+    """(item, cache path) of each item the view trials kept with its cache (``--on-cache --augment auto``);
+    None when no view trials ran."""
+    if "view_trials" not in progress:
+        return None
+    candidates = progress["view_trials"].get("candidates") or []
     candidates = candidates.values() if isinstance(candidates, dict) else candidates  # a record still under way
     return [(c["item"], c["views_cache"]) for c in candidates if c.get("kept") and c.get("views_cache")]
 

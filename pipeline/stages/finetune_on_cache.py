@@ -212,7 +212,7 @@ def cached_dataset(rows: CachedRows, *, batch_size: int, seed: int | None):
 
 def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, run_dir: Path,
                    log: Callable[[str], None], callbacks: Sequence[Any],
-                   views: Sequence[tuple[str, str]] = ()) -> tuple[Any, dict]:
+                   views: Sequence[tuple[str, str]] | None = None) -> tuple[Any, dict]:
     """``finetune --on-cache``'s fit: unfreeze above the tap, train on the cache, keep the best epoch.
 
     With ``--probe lr`` every rate of ``rate_probes.PROBE_LRS`` trains from the seeded weights to
@@ -220,7 +220,8 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
     for one epoch) and the one with the best validation measure is kept: its fit *is* the fine-tune.
 
     Args:
-        views: (item, cache) of each augmentation the view trials kept; their views join the draw.
+        views: (item, cache) of each augmentation the view trials kept, whose views join the draw; None
+            when no view trials ran (``--augment`` given).
 
     Returns:
         (the kept fit's StageOutcome, trainable counts), as the end-to-end fit returns them; the counts
@@ -240,7 +241,8 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
     _check_above_tap(model, tap, spec)
     top = top_block_model(model, tap)
     counts = trainable_counts(model)
-    train, val, versions = _cached_splits(config, plan, [path for _, path in views])
+    views = None if views is None else list(views)
+    train, val, versions = _cached_splits(config, plan, [path for _, path in views or ()])
     log(_views_line(views, versions))
     log(f"fine-tuning {len(unfrozen)} backbone layers with weights on cached activations (--on-cache, --unfreeze "
         f"{spec}, tap {tap['spec']} at {tap['layer']} {tuple(tap['shape'])}), {counts['trainable_params']:,} "
@@ -262,8 +264,8 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
     parity = check_top_parity(config, plan, model, tap, log)
     return stage, {**counts, "metrics": {"unfreeze": str(spec), "lr": lr},
                    "on_cache": {"tap": tap, "rates": tried, "parity": parity and parity.to_dict(),
-                                "views": {"items": [item for item, _ in views], "caches": [p for _, p in views],
-                                          "per_row": versions - 1}}}
+                                "views": {"items": [item for item, _ in views or ()],
+                                          "caches": [p for _, p in views or ()], "per_row": versions - 1}}}
 
 
 def _fit_rate(config: Any, plan: Any, top: Any, setup: Any, run_dir: Path, lr: float, train: Any, val: Any,
@@ -313,8 +315,10 @@ def check_top_parity(config: Any, plan: Any, model: Any, tap: dict, log: Callabl
     return parity
 
 
-def _views_line(views: Sequence[tuple[str, str]], versions: int) -> str:
+def _views_line(views: Sequence[tuple[str, str]] | None, versions: int) -> str:
     """What the training rows are drawn from, in one line."""
+    if views is not None and not views and versions == 1:
+        return "training on the originals only: the view trials kept no augmentation"
     if views:
         return (f"training on the originals and {versions - 1} cached views per row of the augmentation the view "
                 f"trials kept ({', '.join(item for item, _ in views)})")
