@@ -12,7 +12,10 @@ judged by what training with it does:
    under the work folder. One cache per transform rather than one cache with views grouped by
    transform: the extractor draws every view from one augment spec, so grouping would need a second
    extraction path; a cache per item costs one extra pass over the training images per item (its
-   originals), is resumable by the extractor as it is, and is deleted once its trial is recorded.
+   originals), is resumable by the extractor as it is, and is deleted once its trial is recorded —
+   unless ``keep_views`` (``finetune --on-cache``): then the extraction carries the head cache's tap
+   (``base.tap``) and a kept item's cache stays, its views' activations being what the on-cache
+   fine-tune trains on (``stages.finetune_on_cache.views_from``), with no second backbone pass.
 2. Heads are trained with train-head's recipe and epoch loop (``head_recipe.build_compiled_head``,
    ``head_fit.fit_head``; no second training loop) on the originals only ("without", once for all
    candidates) and on the originals plus the item's views ("with"), for each of several seeds.
