@@ -27,7 +27,7 @@ from headstart.pipeline.cli_output import echo_json as _echo_json
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_library_call
 def evaluate_command(model, source, split, as_json, **options):
-    """Evaluate a model (model.keras or a finetune run directory) on a split of SOURCE.
+    """Evaluate a model (model.keras, a finetune run directory, or a `headstart run` directory: its final model) on a split of SOURCE.
 
     Prints accuracy, balanced accuracy, macro-F1, loss, per-class precision/recall and the
     confusion matrix.
@@ -35,7 +35,8 @@ def evaluate_command(model, source, split, as_json, **options):
     from headstart.pipeline.stages.evaluation import evaluate_model, format_evaluation
 
     # The headline is the table's first line: nothing but the result goes to stdout.
-    result = evaluate_model(model, source, split, log=lambda m: None, progress=_console().progress, **options)
+    result = evaluate_model(model, source, split, log=lambda m: None, progress=_console().progress,
+                            note=lambda m: _echo(m, err=True), **options)
     _echo_json(result) if as_json else _echo(format_evaluation(result))
 
 
@@ -48,14 +49,15 @@ def evaluate_command(model, source, split, as_json, **options):
 def predict_command(model, paths, csv_path, batch_size):
     """Predict the class of images or folders of images with a model.
 
-    MODEL is model.keras or its run directory, or an export: a SavedModel directory, model.onnx
+    MODEL is model.keras or its run directory, a `headstart run` directory (its final model), or an export: a SavedModel directory, model.onnx
     or model.tflite. One line per image: path, class, probability; for a multi-label model the
     label set (each class at or above its saved threshold) with each probability. Bad files are
     reported and do not stop the others; the exit status is then 1.
     """
     from headstart.pipeline.stages.prediction import format_prediction, predict_images, write_predictions_csv
 
-    rows = predict_images(model, paths, batch_size=batch_size, progress=_console().progress)
+    rows = predict_images(model, paths, batch_size=batch_size, progress=_console().progress,
+                          note=lambda m: _echo(m, err=True))
     for row in rows:
         _echo(format_prediction(row))
     if csv_path:
@@ -76,7 +78,7 @@ def export_command(model, formats, quiet, **options):
 
     RUN_OR_MODEL is a finetune run (or its model.keras), a train-head run or a sweep directory (the
     model is rebuilt on raw images from the head's recipe and checked against its cache), or a
-    `headstart run` directory. DIR gets saved_model/, model.onnx, model.tflite and export.json.
+    `headstart run` directory (its final model, RUN/model.keras). DIR gets saved_model/, model.onnx, model.tflite and export.json.
     """
     from headstart.pipeline.config import ExportConfig
     from headstart.pipeline.stages.exporting import export_model_dir

@@ -100,10 +100,10 @@ def test_auto_fine_tunes_on_the_cache_and_a_winning_logistic_probe_becomes_the_h
     assert "±" in decisions["head"]["candidates"][1]["note"] and "±" in decisions["finetune"]["candidates"][1]["note"]
     assert {c["value"] for c in decisions["lr"]["candidates"]} == {1e-5, 1e-4, 1e-3}
     assert decisions["unfreeze"]["chosen"] == "top:30"
-    head = json.loads((out / "recipe" / "logistic-head" / "run.json").read_text())
+    head = json.loads((out / "logistic-head" / "run.json").read_text())
     assert head["kind"] == "head" and head["head"]["kind"] == "linear"
     finetune = json.loads((out / "finetune" / "run.json").read_text())
-    assert Path(finetune["config"]["head"]) == out / "recipe" / "logistic-head" and finetune["config"]["on_cache"]
+    assert Path(finetune["config"]["head"]) == out / "logistic-head" and finetune["config"]["on_cache"]
     metrics = json.loads((out / "finetune" / "metrics.json").read_text())
     assert metrics["parity"]["max_abs_diff"] <= metrics["parity"]["tolerance"]  # the probe's weights, in the chain
     predicted = CliRunner().invoke(main, ["predict", str(out / "finetune"), str(images / "test")],

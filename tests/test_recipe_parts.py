@@ -90,7 +90,9 @@ def test_the_decisions_table_names_each_choice_and_the_users_own():
     assert table[5].strip() == "accuracy: flip 0.9500 ✓ · flip=vertical 0.7100"
     assert table[6].split() == ["fine-tuning", "rate", "0.0001", "-"] and table[7].strip() == "set by you"
     long = Decision("head", "x" * 80, why="best of 22 trials")
-    assert "x" * 47 + "…" in format_decisions([long])
+    assert "x" * 80 in format_decisions([long]) and "…" not in format_decisions([long])  # shown whole, never cut
+    listed = format_decisions([Decision("augment", ",".join(["brightness=0.2", "contrast=0.2", "smoothing=0.1"] * 3))])
+    assert "…" not in listed and listed.count("brightness=0.2") == 3  # a long list wraps after its commas
     again = Decision.from_dict(decisions[0].to_dict())
     assert again == decisions[0]
 

@@ -77,8 +77,11 @@ def stages(run_dir: Path) -> dict:
 def test_run_writes_one_run_directory(finished):
     run_dir = finished.run_dir
     for name in ("config.toml", "stages.json", "features.h5", "head/head.keras", "head/run.json",
-                 "finetune/model.keras", "finetune/run.json", "summary.json", "summary.png", "samples.npz"):
+                 "finetune/model.keras", "finetune/run.json", "summary.json", "summary.png", "samples.npz",
+                 "model.keras"):
         assert (run_dir / name).is_file(), name
+    # Issue 27: RUN/model.keras is the final model (the guide's fine-tuned one), linked, not copied
+    assert (run_dir / "model.keras").stat().st_ino == (run_dir / "finetune" / "model.keras").stat().st_ino
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [s["status"] for s in summary["stages"].values()] == ["ran"] * 4
     assert summary["class_names"] == ["cats", "dogs"]

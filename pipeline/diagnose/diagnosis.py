@@ -18,6 +18,7 @@ each and the label issues list the images all of them flag first (``agreement``)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,11 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
     from headstart.pipeline.options.checks import check_config
     from headstart.pipeline.report.out_dir import REUSE, claim
 
+    from headstart.pipeline.report.run_layout import chosen_cache
+
+    if str(chosen_cache(config.features)) != str(config.features):  # a `headstart run` directory
+        log(f"{config.features}: using {chosen_cache(config.features)}, the run's chosen cache")
+        config = dataclasses.replace(config, features=str(chosen_cache(config.features)))
     check_config("diagnose", config)
     t0 = time.perf_counter()
     rows = load_cache_rows(config.features)

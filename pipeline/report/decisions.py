@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 #: The decisions in the order auto makes them (and the table prints them).
-DECISION_ORDER = ("image_size", "head", "augment", "lr", "unfreeze", "finetune")
+DECISION_ORDER = ("image_size", "head", "augment", "lr", "unfreeze", "finetune", "other")
+#: The row of the time no decision spent, so that the costs add up to the run's wall time.
+OTHER = "other"
 #: How the table names each decision.
 DECISION_LABELS = {"image_size": "image size", "head": "head", "augment": "augmentation",
-                   "lr": "fine-tuning rate", "unfreeze": "unfreeze", "finetune": "fine-tuning"}
+                   "lr": "fine-tuning rate", "unfreeze": "unfreeze", "finetune": "fine-tuning",
+                   OTHER: "extract / evaluate / other"}
 
 
 @dataclass
@@ -95,10 +98,11 @@ def format_decisions(decisions: Sequence[Decision | dict], width: int = 100) -> 
     lines = [f"{'decision'.ljust(label_width)}  {'chosen'.ljust(chosen_width)}  cost",
              f"{'-' * label_width}  {'-' * chosen_width}  ----"]
     for d in ordered:
-        chosen = _value_text(d.chosen)
-        chosen = chosen if len(chosen) <= CHOSEN_WIDTH else chosen[:CHOSEN_WIDTH - 1] + "…"
+        # A long value (a head's parameters) wraps within the column: never cut.
+        chosen = _wrap_value(_value_text(d.chosen), CHOSEN_WIDTH)
         cost = "-" if d.explicit else f"{d.seconds:.0f} s"
-        lines.append(f"{DECISION_LABELS.get(d.name, d.name).ljust(label_width)}  {chosen.ljust(chosen_width)}  {cost}")
+        lines.append(f"{DECISION_LABELS.get(d.name, d.name).ljust(label_width)}  {chosen[0].ljust(chosen_width)}  {cost}")
+        lines += [f"{indent}{part}" for part in chosen[1:]]
         detail = "set by you" if d.explicit else (
             (f"{d.measure}: " if d.measure else "") + " · ".join(_candidate_text(c) for c in d.candidates)
             + (f" ({d.why})" if d.why and d.candidates else "") if d.candidates else d.why)
@@ -107,8 +111,21 @@ def format_decisions(decisions: Sequence[Decision | dict], width: int = 100) -> 
     return "\n".join(line.rstrip() for line in lines)
 
 
-#: The chosen column's widest value; longer ones (a head's parameters) are cut with "…".
+#: The chosen column's width; longer values (a head's parameters) wrap onto the next lines.
 CHOSEN_WIDTH = 48
+
+
+def _wrap_value(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width``, broken after its commas (an option value such as
+    ``flip,rotate=0.05,zoom=0.1`` has no spaces to break at); a part longer than ``width`` stays whole."""
+    import re
+
+    lines = [""]
+    for part in re.findall(r"[^,]+,?", text) or [""]:
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part.lstrip() if not lines[-1] else part
+    return lines
 
 
 def _candidate_text(candidate: Candidate) -> str:

@@ -10,15 +10,14 @@ how to resume it).
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
-from headstart.features.bounded_parse import loads_json, loads_toml
 from headstart.pipeline.errors import RunDirError
+from headstart.pipeline.report.run_inspection import (acc, format_pipeline, inspect_pipeline, read_json,
+                                                     settings, wrap)
+from headstart.pipeline.report.run_layout import RunLayout
 from headstart.pipeline.report.rundir import RunDir
-
-_STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune": "finetune", "evaluate": "evaluate"}
 
 
 def inspect_path(path: str) -> dict:
@@ -32,8 +31,8 @@ def inspect_path(path: str) -> dict:
     if not p.exists():
         raise RunDirError(f"{path}: no such file or directory")
     if p.is_dir():
-        if any((p / name).is_file() for name in ("config.toml", "stages.json", "summary.json")):
-            return _inspect_pipeline(p)
+        if RunLayout.is_run(p):
+            return inspect_pipeline(p)
         if (p / "report.json").is_file():
             return _inspect_diagnose(p)
         if (p / "export.json").is_file():
@@ -58,26 +57,6 @@ def _imbalance_warning(info: dict) -> str | None:
 
     counts, names = train["class_counts"], list(info.get("class_names") or train["class_counts"])
     return imbalance_warning([counts.get(name, 0) for name in names], names)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return loads_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{path} cannot be read: {exc}") from None
-
-
-def _inspect_pipeline(path: Path) -> dict:
-    info: dict[str, Any] = {"kind": "pipeline-run", "path": str(path), "complete": (path / "summary.json").is_file()}
-    try:
-        info["config"] = loads_toml((path / "config.toml").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        info["config"] = {"error": str(exc).splitlines()[0]}
-    info["stages"] = _read_json(path / "stages.json") if (path / "stages.json").is_file() else {}
-    if info["complete"]:
-        info["summary"] = _read_json(path / "summary.json")
-    info["files"] = sorted(f.name + ("/" if f.is_dir() else "") for f in path.iterdir() if not f.name.startswith("."))
-    return info
 
 
 def _inspect_run_dir(path: Path) -> dict:
@@ -114,7 +93,7 @@ def _inspect_sweep(path: Path) -> dict:
 
 
 def _inspect_diagnose(path: Path) -> dict:
-    report = _read_json(path / "report.json")
+    report = read_json(path / "report.json")
     if not isinstance(report, dict) or report.get("kind") != "diagnose":
         raise RunDirError(f"{path / 'report.json'} is not a diagnose report")
     return {"kind": "diagnose-report", "path": str(path), "complete": report.get("complete", True) is True,
@@ -139,7 +118,7 @@ def format_inspection(info: dict) -> str:
 
     info = printable_values(info)  # a label "cats\nsplit train: 999 rows" must not print a line of its own
     if info.get("kind") == "pipeline-run":
-        return _format_pipeline(info)
+        return format_pipeline(info)
     if info.get("kind") == "run-directory":
         return _format_run_dir(info)
     formats = {"sweep": _format_sweep, "diagnose-report": _format_diagnose, "export": _format_export}
@@ -187,70 +166,6 @@ def _format_cache(info: dict) -> str:
     return "\n".join(lines)
 
 
-def _settings(values: dict, skip: tuple[str, ...] = ()) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items() if k not in skip and v not in (None, [], {}, ""))
-
-
-def _wrap(label: str, text: str) -> list[str]:
-    return textwrap.wrap(text, width=100, initial_indent=f"  {label}: ", subsequent_indent=" " * (len(label) + 4),
-                         break_long_words=False, break_on_hyphens=False) or [f"  {label}:"]
-
-
-def _acc(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _format_pipeline(info: dict) -> str:
-    config, stages = info.get("config", {}), info.get("stages", {})
-    lines = [f"{info['path']}  (headstart run)"]
-    if not info["complete"]:
-        done = [_STAGE_LABELS[s] for s in _STAGE_LABELS if (stages.get(s) or {}).get("done")]
-        lines.append(f"  INCOMPLETE: finished stages: {', '.join(done) or 'none'}; run the same "
-                     "`headstart run` command again to reuse them and resume the rest")
-    lines.append(f"  source: {config.get('source', '?')}")
-    for section in ("extract", "head", "finetune"):
-        if isinstance(config.get(section), dict):
-            lines += _wrap(f"[{section}]", _settings(config[section]))
-    lines.append("  stages:")
-    for name, label in _STAGE_LABELS.items():
-        rec = stages.get(name)
-        if not rec:
-            lines.append(f"    {label:<17} not run")
-            continue
-        if not rec.get("done"):
-            lines.append(f"    {label:<17} interrupted (resumes on the next run)")
-            continue
-        parts = [f"{rec.get('status', '?'):<8}", f"{rec.get('seconds', 0):7.1f} s"]
-        if rec.get("images_per_second"):
-            parts.append(f"{rec['images_per_second']:.1f} images/s")
-        if name == "extract":
-            parts.append(", ".join(f"{k} {v}" for k, v in (rec.get("splits") or {}).items())
-                         + (f"; {rec['skipped']} skipped" if rec.get("skipped") else ""))
-        elif name in ("head", "finetune"):
-            parts.append(f"test {_acc(rec.get('accuracy'))}, validation {_acc(rec.get('val_accuracy'))}, "
-                         f"best epoch {rec.get('best_epoch')} of {rec.get('epochs_run')}"
-                         + (f", kept {rec['kept']}" if rec.get("kept") else ""))
-        else:
-            parts.append(f"{rec.get('split')} {_acc(rec.get('accuracy'))} on {rec.get('rows')} images")
-        lines.append(f"    {label:<17} " + "  ".join(parts))
-    evaluate = stages.get("evaluate") or {}
-    for name, m in (evaluate.get("per_class") or {}).items():
-        lines.append(f"    {name}: precision {m['precision']:.3f}, recall {m['recall']:.3f}, {m['support']} images")
-    summary = info.get("summary") or {}
-    recipe = summary.get("recipe") or {}
-    if recipe.get("decisions"):
-        from headstart.pipeline.report.decisions import format_decisions
-
-        lines.append("  recipe auto: " + (recipe.get("plan") or {}).get("text", ""))
-        lines += ["    " + line for line in format_decisions(recipe["decisions"]).splitlines()]
-    elif recipe.get("recipe"):
-        lines.append(f"  recipe: {recipe['recipe']}")
-    if summary.get("plots"):
-        lines.append("  plots: " + ", ".join(summary["plots"].values()))
-    lines.append("  files: " + ", ".join(info.get("files", [])))
-    return "\n".join(lines)
-
-
 def _format_run_dir(info: dict) -> str:
     run = info["run"]
     kind = run.get("kind") or run.get("stage") or "?"
@@ -266,7 +181,7 @@ def _format_run_dir(info: dict) -> str:
         lines.append(f"  features: {cache.get('path', '?')} ({cc.get('backbone')}"
                      f"{' alpha ' + str(cc['alpha']) if cc.get('alpha') else ''}, {cc.get('image_size')} px, "
                      f"{cc.get('pooling')} pooling, weights {cc.get('weights')})")
-        lines += _wrap("config", _settings(config, skip=("features", "out")))
+        lines += wrap("config", settings(config, skip=("features", "out")))
     else:
         backbone = run.get("backbone") or {}
         if backbone:
@@ -275,7 +190,7 @@ def _format_run_dir(info: dict) -> str:
                          f"{backbone.get('image_size')} px, weights {backbone.get('weights')}")
         if config.get("head"):
             lines.append(f"  head run: {config['head']}")
-        lines += _wrap("config", _settings(config, skip=("head", "out", "source")))
+        lines += wrap("config", settings(config, skip=("head", "out", "source")))
         lines.append(f"  source: {config.get('source', '?')}")
     lines += _recipe_lines(run.get("recipe") or {})
     if run.get("class_names"):
@@ -292,8 +207,8 @@ def _format_run_dir(info: dict) -> str:
     if gate:
         measure = gate.get("measure", "accuracy")
         lines.append(f"  stage gate: kept the {gate.get('kept')} model (validation {measure} seeded "
-                     f"{_acc(gate.get(f'seeded_val_{measure}'))}, fine-tuned "
-                     f"{_acc(gate.get(f'finetuned_val_{measure}'))})")
+                     f"{acc(gate.get(f'seeded_val_{measure}'))}, fine-tuned "
+                     f"{acc(gate.get(f'finetuned_val_{measure}'))})")
     lines += _calibration_lines(metrics.get("calibration") or run.get("calibration"))
     if metrics.get("best_epoch") is not None:
         lines.append(f"  best epoch: {metrics['best_epoch']} of {metrics.get('epochs_run', '?')}")
@@ -301,7 +216,7 @@ def _format_run_dir(info: dict) -> str:
         if isinstance(metrics.get(split), dict) and metrics[split].get("accuracy") is not None:
             m = metrics[split]
             if m.get("task") == "multi_label":
-                lines.append(f"  {split} mAP: {_acc(m.get('map'))}, micro-F1 {_acc(m.get('micro_f1'))}, exact match "
+                lines.append(f"  {split} mAP: {acc(m.get('map'))}, micro-F1 {acc(m.get('micro_f1'))}, exact match "
                              f"{m['accuracy']:.4f} ({m.get('rows', '?')} images)")
                 continue
             lines.append(f"  {split} accuracy: {m['accuracy']:.4f} ({m.get('rows', '?')} images)")
@@ -322,7 +237,7 @@ def _recipe_lines(recipe: dict) -> list[str]:
                      f"{', '.join(dropped) or 'none'})")
     probes = recipe.get("probes")
     if probes:
-        tried = ", ".join(f"lr {p['lr']:g} {p['unfreeze']} {_acc(p['score'])}" for p in probes["probes"])
+        tried = ", ".join(f"lr {p['lr']:g} {p['unfreeze']} {acc(p['score'])}" for p in probes["probes"])
         verdict = "" if probes.get("finetune", True) else "; none beat the head, fine-tuning skipped"
         lines.append(f"  probes (validation {probes['measure']}): {tried} → lr {probes['lr']:g}, --unfreeze "
                      f"{probes['unfreeze']}{verdict}")
@@ -336,15 +251,15 @@ def _format_sweep(info: dict) -> str:
         lines.append("  INCOMPLETE: no best/ yet; run the same sweep command again to resume its study")
     if study:
         lines.append(f"  study: {study.get('study', '?')} ({study.get('storage', '?')}), seed {study.get('seed', '?')}")
-        lines += _wrap("caches", ", ".join(map(str, study.get("caches") or [])))
+        lines += wrap("caches", ", ".join(map(str, study.get("caches") or [])))
     others = ", ".join(f"{n} {state}" for state, n in trials.items() if state != "finished")
     lines.append(f"  trials: {trials['finished']} finished" + (f" ({others})" if others else ""))
     if best:
-        lines.append(f"  best: trial {study.get('trial', '?')}, val_loss {_acc(study.get('val_loss'))}; its own head "
-                     f"as a train-head run, test accuracy {_acc(best['test_accuracy'])} -> {best['path']}")
+        lines.append(f"  best: trial {study.get('trial', '?')}, val_loss {acc(study.get('val_loss'))}; its own head "
+                     f"as a train-head run, test accuracy {acc(best['test_accuracy'])} -> {best['path']}")
     for row in info["top"]:
         lines.append(f"    #{row.get('rank')}  trial {row.get('number')}  {row.get('cache')}  {row.get('state')}  "
-                     f"val_loss {_acc(_number(row.get('val_loss')))}  val_acc {_acc(_number(row.get('val_accuracy')))}")
+                     f"val_loss {acc(_number(row.get('val_loss')))}  val_acc {acc(_number(row.get('val_accuracy')))}")
     lines.append("  files: " + ", ".join(info.get("files", [])))
     return "\n".join(lines)
 
@@ -374,7 +289,7 @@ def _format_export(info: dict) -> str:
     checks = info.get("checks") or {}
     for fmt, where in (info.get("exports") or {}).items():
         row = checks.get(fmt) or {}
-        score = (f": {checks.get('split')} accuracy {_acc(row['accuracy'])}, agreement {row['agreement']:.1%}, max "
+        score = (f": {checks.get('split')} accuracy {acc(row['accuracy'])}, agreement {row['agreement']:.1%}, max "
                  f"logit diff {row['max_abs_logit_diff']:.3g}") if row.get("accuracy") is not None else ""
         lines.append(f"  {fmt}: {where or 'failed'}{score}")
     lines.append("  files: " + ", ".join(info.get("files", [])))

@@ -6,15 +6,14 @@
                      versions and timings; written last, so its presence marks a finished run
     metrics.json     validation and test measures (finetune: parity, stage gate, exports)
     thresholds.json  a multi-label model's per-class thresholds (also in run.json)
-    history.csv      per-epoch history        curves.png   its plot
-    head.keras | model.keras                   the model (loads in Keras' safe mode)
+    history.csv, curves.png   per-epoch history and its plot; head.keras | model.keras (safe mode)
     backup/          while a finetune runs: progress.json and each stage's per-epoch backup
 
 Every reader goes through the typed accessors (``class_names``, ``task``, ``thresholds``,
 ``cache_config``, ``backbone``, ``image_size``, ``source_spec``, …), which check what they read: a
 damaged or foreign directory is one ``RunDirError`` naming the file and the field. Every writer
-goes through ``write_outputs`` (atomic files, run.json last). Claiming the directory for a command
-(its lock and the ``--out`` policy) is ``headstart.pipeline.report.out_dir.claim_run_dir``.
+goes through ``write_outputs`` (atomic files, run.json last). The ``--out`` claim is
+``out_dir.claim_run_dir``; a whole ``headstart run`` directory is ``run_layout.RunLayout``.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import numpy as np
 from headstart.features.bounded_parse import loads_json
 from headstart.features.regular_file import not_regular_reason
 from headstart.pipeline.errors import RunDirError
+from headstart.pipeline.report.run_layout import final_model_dir, stage_dir
 
 RUN_JSON, METRICS_JSON, THRESHOLDS_JSON, HISTORY_CSV, CURVES_PNG = (
     "run.json", "metrics.json", "thresholds.json", "history.csv", "curves.png")
@@ -75,8 +75,8 @@ class RunDir:
             RunDirError: missing, not a directory, unfinished (no run.json), another kind, a
                 damaged field, or no model file.
         """
-        run = cls(path)
-        where = f"{option} {run.path}" if option else str(run.path)
+        run = cls(stage_dir(path, kind))  # a `headstart run` directory: its chosen head or final model
+        where = (f"{option} " if option else "") + str(path) + (f" ({run.path})" if run.path != Path(path) else "")
         wanted = COMMANDS.get(kind or "", "train-head or finetune")
         if not run.path.is_dir():
             raise RunDirError(f"{where}: no such run directory (give a {wanted} --out directory)")
@@ -97,8 +97,9 @@ class RunDir:
         """The run directory a model file, an export or a run directory holding model.keras belongs
         to: the directory itself, else the file's folder; None unless it holds run.json or
         thresholds.json (a model copied with its thresholds keeps them)."""
-        path = Path(path)
-        folder = path if path.is_dir() and (path / MODEL_FILES["finetune"]).is_file() else path.parent
+        path = Path(path)  # a `headstart run` directory, or its model.keras: its finetune/ (RunLayout)
+        folder = final_model_dir(path) or (
+            path if path.is_dir() and (path / MODEL_FILES["finetune"]).is_file() else path.parent)
         run = cls(folder)
         return run if (run.run_json.is_file() or run.thresholds_json.is_file()) else None
 

@@ -67,6 +67,10 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
         plt.close(fig)
 
 
+def _epochs(history: Mapping) -> int:
+    return max((len(v) for v in history.values()), default=0)
+
+
 def _curves(ax: Any, metric: str, head: Mapping, finetune: Mapping, head_best: int | None,
             finetune_best: int | None) -> None:
     offset = max((len(v) for v in head.values()), default=0)
@@ -84,7 +88,9 @@ def _curves(ax: Any, metric: str, head: Mapping, finetune: Mapping, head_best: i
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (train-head, then finetune; shaded: kept epochs)")
+    ran = [label for label, history in (("train-head", head), ("finetune", finetune)) if _epochs(history)]
+    skipped = "" if _epochs(finetune) else "; fine-tuning skipped"  # the stages that ran, and only those
+    ax.set_xlabel(f"epoch ({', then '.join(ran) or 'no epochs'}{skipped}; shaded: kept epochs)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if ax.lines:

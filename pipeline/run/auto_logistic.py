@@ -4,7 +4,7 @@ The baselines step fits an L2 logistic probe on the chosen cache (``recipe.basel
 linear head in all but name, so it competes with the sweep's head: both are scored on the same
 validation images, paired (``recipe.paired``), and the probe becomes the head only when it beats
 the sweep's by more than the noise (a tie keeps the sweep's head, which the sweep already chose on
-validation). The probe then becomes a normal head run directory, RUN/recipe/logistic-head/, whose
+validation). The probe then becomes a normal head run directory, RUN/logistic-head/, whose
 Dense layer holds the probe's weights (``head_training.write_fixed_head``): finetune, predict and
 export take it like any head.
 """
@@ -12,6 +12,7 @@ export take it like any head.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ def head_candidate_step(steps: Any, size: int, cache: dict, head: dict, baseline
         steps.save("head_candidates", record)
     steps.console.log(f"  {record['line']}")
     if not record["paired"]["beats"]:
+        shutil.rmtree(steps.layout.logistic_head, ignore_errors=True)  # an earlier run's winner, now beaten
         return {**head, "candidates": record}
     return {**record["head"], "candidates": record, "sweep": head.get("sweep")}
 
@@ -72,8 +74,7 @@ def _compare(steps: Any, size: int, cache: dict, head: dict, logistic: dict) -> 
     if not paired.beats:
         record["line"] = f"head: the sweep's kept; the {logistic['label']} is within the noise or worse: {described}"
         return record
-    out = steps.size_dir(size) / "recipe" / "logistic-head" if size == steps.config.extract.image_size else \
-        steps.size_dir(size) / "logistic-head"
+    out = steps.layout.logistic_head
     record["head"] = _write_head(steps, cache, out, weights)
     record["line"] = f"head: the {logistic['label']} beats the sweep's by more than the noise: {described} → {out}"
     return record

@@ -1,4 +1,5 @@
-"""The steps of ``--recipe auto`` (``headstart.pipeline.run.auto``), each a stage of stages.json.
+"""The steps of ``headstart run`` (``headstart.pipeline.run.auto``: ``--recipe auto``, and ``--recipe
+guide`` with every decision fixed), each a stage of stages.json.
 
 Every step logs one header line, reuses its record when its key is unchanged, and returns the
 record it saved; ``decisions`` turns the records into the decisions table.
@@ -24,32 +25,37 @@ def _shown(path: Any) -> str:
 
 
 def extract_step(steps: Any, size: int) -> dict:
-    """The cache at ``size`` px: features.h5, or recipe/size-N/features.h5 for a second size."""
+    """The cache at ``size`` px: features.h5, or candidates/size-N/features.h5 for a size not at the top."""
     from headstart.pipeline.run.auto_finetune import auto_tap
     from headstart.pipeline.run.stages import extract_stage
 
-    path = steps.size_dir(size) / "features.h5"
+    path = steps.layout.size_cache(size)
     path.parent.mkdir(parents=True, exist_ok=True)
     name = steps.stage("extract", size)
-    # With the tap the fine-tune trains on the cache (run.auto_finetune); the key records it, so a
-    # resumed run reuses this cache and a cache without it is extracted again.
     config = steps.at_size(size)
-    config = dataclasses.replace(config, extract=dataclasses.replace(config.extract, tap=auto_tap(config)))
-    tap = f", tap {config.extract.tap}" if config.extract.tap else ""
-    steps.console.log(f"[auto] extract-features at {size} px{tap} → {_shown(path)}")
+    if not steps.fixed:
+        # With the tap the fine-tune trains on the cache (run.auto_finetune); the key records it, so a
+        # resumed run reuses this cache and a cache without it is extracted again.
+        config = dataclasses.replace(config, extract=dataclasses.replace(config.extract, tap=auto_tap(config)))
+    tap = f", tap {config.extract.tap}" if config.extract.tap and not steps.fixed else ""
+    steps.console.log(steps.header("extract", size, _shown(path)) + tap)
     record = extract_stage(config, path, steps.state.get(name), steps.console, steps.overwrite,
                            key=extract_key(config))
     return steps.save(name, {**record, "path": str(path), "image_size": size, "multi_label": _multi_label(path)})
 
 
 def plan_step(steps: Any, first: dict) -> Any:
-    """The search, sized to the data and the measured speeds, printed before it is spent."""
+    """The search, sized to the data and the measured speeds, printed before it is spent (the guide's
+    recipe: the fixed plan, one size and no search, neither printed nor saved)."""
     from headstart.features.registry import get_backbone_spec
     from headstart.pipeline.recipe.audit import AUDIT_CANDIDATES
     from headstart.pipeline.recipe.plan import RecipePlan, Speeds, plan_recipe
     from headstart.pipeline.run.auto_finetune import auto_tap
 
     config = steps.config
+    if steps.fixed:
+        return RecipePlan([config.extract.image_size], trials=0, audit=False, audit_candidates=0, probes=[],
+                          depth_probe=False, probe_steps=0, budget_seconds=0.0, guide_seconds=0.0)
     key = stage_key({"cache": first["fingerprint"], "budget": config.budget, "explicit": list(config.explicit),
                      "finetune": stage_values(config, "finetune")})
     record = steps.state.get("plan")
@@ -76,23 +82,47 @@ def plan_step(steps: Any, first: dict) -> Any:
 
 
 def head_step(steps: Any, size: int, cache: dict, plan: Any) -> dict:
-    """The head on a cache: the sweep (trials from the plan), or train-head when it cannot search."""
+    """The head on a cache: the sweep (trials from the plan), or train-head when it cannot search; the
+    guide's recipe: its own [head] options (a [sweep] section given: that sweep), as the guide has them."""
     from headstart.pipeline.run.stages import SweepPlan, head_stage
 
     config = steps.config
     sweep = None
     if plan.trials:
-        sweep = SweepPlan(search_space(config), plan.trials_at(size), steps.size_dir(size) / "sweep")
-    head_dir = steps.size_dir(size) / "head"
+        sweep = SweepPlan(search_space(config), plan.trials_at(size), steps.layout.size_sweep(size))
+    head_dir = steps.layout.size_head(size)
     what = f"sweep of {sweep.trials} trials" if sweep else "train-head"
-    steps.console.log(f"[auto] {what} on {size} px → {_shown(head_dir)}")
-    head_config = dataclasses.replace(config, head=auto_head_config(config))
-    key = stage_key({**stage_values(head_config, "head"), **input_files(config), "cache": cache["fingerprint"],
-                     "sweep": [sweep.space.to_dict(), sweep.trials] if sweep else None})
+    steps.console.log(steps.header("head", size, _shown(head_dir), what))
+    if steps.fixed:
+        head_config, key = config, stage_key(guide_head_key(config, cache))
+    else:
+        head_config = dataclasses.replace(config, head=auto_head_config(config))
+        key = stage_key({**stage_values(head_config, "head"), **input_files(config), "cache": cache["fingerprint"],
+                         "sweep": [sweep.space.to_dict(), sweep.trials] if sweep else None})
     name = steps.stage("head", size)
     record = head_stage(head_config, Path(cache["path"]), head_dir, steps.state.get(name), steps.console, key=key,
                         sweep=sweep)
     return steps.save(name, {**record, "path": str(head_dir), "image_size": size})
+
+
+def guide_head_key(config: Any, cache: dict) -> dict:
+    """The guide's head stage's key: its [head] options, the files it reads, the cache; [sweep] only
+    when a sweep is the head (without one the key stays as it was before sweeps)."""
+    key = {**stage_values(config, "head"), **input_files(config), "cache": cache["fingerprint"]}
+    if config.sweep.get("trials"):
+        key["sweep"] = config.sweep
+    return key
+
+
+def diagnose_step(steps: Any, cache: dict) -> dict:
+    """``diagnose`` of the first cache into RUN/diagnose/ (with ``--diagnose``)."""
+    from headstart.pipeline.run.stages import diagnose_stage
+
+    out = steps.layout.diagnose
+    steps.console.log(f"[diagnose] → {_shown(out)}")
+    return steps.save("diagnose", diagnose_stage(steps.config, Path(cache["path"]), out, steps.state.get("diagnose"),
+                                                 steps.console, key=stage_key({"cache": cache["fingerprint"],
+                                                                               "seed": steps.config.head.seed})))
 
 
 def _multi_label(cache_path: Any) -> bool:
@@ -121,7 +151,8 @@ def choose_size(steps: Any, candidates: dict[int, tuple[dict, dict]]) -> tuple[i
     why = ("the backbone's native size is the default one" if len(scored) == 1
            else f"the better best head on validation {measure.replace('_', ' ')}")
     return best[0], Decision("image_size", best[0], measure=f"val_{measure}", why=why,
-                             seconds=sum(s for _, _, s in scored[1:]),
+                             # what trying the sizes that lost cost; the chosen size's head is the head row's
+                             seconds=sum(s for size, _, s in scored if size != best[0]),
                              candidates=[Candidate(size, value, seconds, kept=size == best[0])
                                          for size, value, seconds in scored])
 
@@ -155,23 +186,25 @@ FINETUNE_EPOCHS = 30
 def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, callbacks: Sequence[Any]) -> dict:
     """finetune --on-cache from the chosen head (each open rate to early stopping) into finetune/, then
     the fine-tuned model against the head on validation, paired (``run.auto_finetune``)."""
-    from headstart.pipeline.run.auto_finetune import auto_tap, finetune_line, on_cache_config, paired_evidence
+    from headstart.pipeline.run.auto_finetune import finetune_line, paired_evidence
     from headstart.pipeline.run.stages import finetune_stage
 
-    tapped = auto_tap(steps.config) is not None
-    config = dataclasses.replace(steps.at_size(size), finetune=on_cache_config(steps, FINETUNE_EPOCHS, tapped=tapped))
+    config = dataclasses.replace(steps.at_size(size), finetune=steps.finetune_options(FINETUNE_EPOCHS))
     ft_key = finetune_key(config, head["head_sha256"])
-    steps.console.log(f"[auto] finetune{' --on-cache' if tapped else ''} from {_shown(head['path'])} → {_shown(steps.run_dir / 'finetune')}")
+    on_cache = " --on-cache" if config.finetune.on_cache and not steps.fixed else ""
+    steps.console.log(steps.header("finetune", size, _shown(steps.layout.finetune), _shown(head["path"]) + on_cache))
     previous = steps.state.get("finetune")
     record = finetune_stage(config, steps.run_dir, previous, steps.console, key=ft_key,
                             train_images=int(extract["splits"].get("train", 0)),
                             started=lambda: steps.save("finetune", {"key": ft_key, "done": False}),
                             callbacks=callbacks, head_dir=Path(head["path"]))
+    if steps.fixed:  # the guide's fine-tune: its stage gate decides, as the guide's does
+        return steps.save("finetune", record)
     if previous and "paired" in previous and previous.get("model_sha256") == record.get("model_sha256"):
         evidence = previous["paired"]
     else:
-        evidence = paired_evidence(Path(head["path"]), steps.run_dir / "finetune")
-    lr = _kept_lr(steps.run_dir / "finetune")
+        evidence = paired_evidence(Path(head["path"]), steps.layout.finetune)
+    lr = _kept_lr(steps.layout.finetune)
     steps.console.log(f"  {finetune_line(record.get('kept', 'finetuned'), evidence, lr)}")
     return steps.save("finetune", {**record, "paired": evidence, "on_cache_lr": lr})
 
@@ -186,7 +219,7 @@ def evaluate_step(steps: Any, finetune: dict) -> dict:
     """The test split through the final model, as the guide's evaluate stage."""
     from headstart.pipeline.run.stages import evaluate_stage
 
-    steps.console.log(f"[auto] evaluate {_shown(steps.run_dir / 'finetune' / 'model.keras')}")
+    steps.console.log(steps.header("evaluate", 0, _shown(steps.layout.finetune / "model.keras")))
     return steps.save("evaluate", evaluate_stage(steps.config, steps.run_dir, steps.state.get("evaluate"),
                                                  steps.console, key=evaluate_key(steps.config, finetune["model_sha256"])))
 

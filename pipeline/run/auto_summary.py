@@ -39,6 +39,22 @@ def baseline_warning(final_validation: dict, baselines: list[dict]) -> str | Non
             f"{best['label']}'s {best['validation'][measure]:.4f} on the cached features")
 
 
-def recipe_section(config: Any, records: dict[str, dict]) -> dict:
-    """summary.json's "recipe": auto's record, or which fixed recipe ran."""
-    return records.get("recipe") or {"recipe": config.recipe}
+def recipe_section(config: Any, records: dict[str, dict], seconds: float | None = None) -> dict:
+    """summary.json's "recipe": auto's record, or which fixed recipe ran.
+
+    With the run's wall time ``seconds``, auto's decisions end with an "other" row: the time no
+    decision spent (extracting the chosen cache, the baselines, evaluate, export, start-up), so the
+    cost column adds up to the run's time, each second counted once.
+    """
+    from headstart.pipeline.report.decisions import OTHER, Decision
+
+    recipe = records.get("recipe")
+    if not recipe:
+        return {"recipe": config.recipe}
+    if seconds is None:
+        return recipe
+    decisions = [d for d in recipe.get("decisions") or [] if d["name"] != OTHER]
+    spent = sum(float(d.get("seconds") or 0) for d in decisions)
+    other = Decision(OTHER, "-", seconds=max(0.0, seconds - spent),
+                     why="time no decision spent: the chosen cache's extraction, baselines, evaluate, export, start-up")
+    return {**recipe, "decisions": [*decisions, other.to_dict()], "seconds": seconds}

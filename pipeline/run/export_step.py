@@ -1,7 +1,7 @@
-"""``headstart run --export``: the run's fine-tuned model exported into ``RUN_DIR/export/``.
+"""``headstart run --export``: the run's final model exported into ``RUN_DIR/export/``.
 
-The step is ``headstart export RUN_DIR/finetune --out RUN_DIR/export`` (``stages.exporting``, the same
-call, checks included), run after the evaluate stage. What is exported shapes no model, so ``--export``
+The step is ``headstart export RUN_DIR --out RUN_DIR/export`` (``stages.exporting``, the same call,
+checks included: the final model, fine-tuned or the chosen head's), run after the evaluate stage. What is exported shapes no model, so ``--export``
 and ``--quantize`` are left out of the finetune stage's key and of the run directory's configuration
 check: adding ``--export`` to a finished run exports it without training anything again.
 """
@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from headstart.pipeline.report.run_layout import RunLayout
 from headstart.pipeline.run.toml_config import RunConfig
 
-#: The run directory's export folder.
-EXPORT_DIR = "export"
 
 
 def export_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:
-    """Exports ``RUN_DIR/finetune`` into ``RUN_DIR/export``; an unchanged key finds it already done.
+    """Exports the run's final model into ``RUN_DIR/export``; an unchanged key finds it already done.
 
     Returns:
         The stage's record for stages.json: key, status, seconds, the files and their checks.
@@ -30,7 +29,7 @@ def export_stage(config: RunConfig, run_dir: Path, record: dict | None, console:
     ft, start = config.finetune, time.perf_counter()
     try:
         result = export_model_dir(
-            ExportConfig(model=str(run_dir / "finetune"), out=str(run_dir / EXPORT_DIR), formats=tuple(ft.export),
+            ExportConfig(model=str(run_dir), out=str(RunLayout(run_dir).export), formats=tuple(ft.export),
                          quantize=ft.quantize, batch_size=ft.batch_size,
                          overwrite=bool(record) and record.get("key") != key),
             log=lambda m: console.log(f"  {m}"), progress=lambda label: console.progress(f"  {label}"))

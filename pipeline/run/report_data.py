@@ -27,8 +27,7 @@ from headstart.pipeline.errors import RunDirError
 
 #: Leaderboard rows shown.
 LEADERBOARD_ROWS = 10
-#: The run directory's files named here (``run.runner`` writes summary.json, ``run.stages`` the mistakes).
-SUMMARY_JSON, MISTAKES, REPORT_HTML = "summary.json", "mistakes.npz", "report.html"
+from headstart.pipeline.report.run_layout import MISTAKES, REPORT_HTML, SUMMARY_JSON, RunLayout  # noqa: F401
 
 
 @dataclass
@@ -73,13 +72,14 @@ def read_report_data(run_dir: str | Path) -> ReportData:
                           if isinstance(summary, dict) else f"{path}: not a JSON object")
     return ReportData(run_dir=run_dir, summary=summary, curves=_curves(run_dir, summary),
                       mistakes=_npz(run_dir / MISTAKES), leaderboard=_leaderboard(run_dir, summary),
-                      diagnose=_json(run_dir / "diagnose" / "report.json"))
+                      diagnose=_json(RunLayout(run_dir).diagnose / "report.json"))
 
 
 def _curves(run_dir: Path, summary: dict) -> list[tuple[str, bytes]]:
     plots = summary.get("plots") or {}
     found = []
-    for stage, default in (("head", run_dir / "head" / "curves.png"), ("finetune", run_dir / "finetune" / "curves.png")):
+    layout = RunLayout(run_dir)
+    for stage, default in (("head", layout.head / "curves.png"), ("finetune", layout.finetune / "curves.png")):
         # The recorded path first; a moved run directory still has its own files.
         for candidate in (Path(plots[stage]) if plots.get(stage) else None, default):
             if candidate is not None and candidate.is_file():

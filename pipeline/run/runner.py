@@ -1,17 +1,11 @@
 """``headstart run``: extract-features → train-head → finetune → evaluate into one run directory.
 
-Layout of RUN_DIR::
+One orchestrator: ``run/auto.py`` ``run_auto`` runs both recipes (``--recipe guide`` is auto with
+every decision fixed to the guide's value); this module checks the options, claims the directory,
+runs it, publishes RUN/model.keras and writes the summary, the table and report.html.
 
-    config.toml     the resolved configuration (``headstart run --config`` takes it back)
-    stages.json     per stage: the key of its inputs and config, status, timings, scores
-    features.h5     extract-features' cache        head/      train-head's run directory
-    finetune/       finetune's run directory       samples.npz  test images shown in summary.png
-    summary.json    every stage's scores and timings, written last but one (its presence marks a finished run)
-    summary.png     both stages' curves, the confusion matrix, sample test images
-    mistakes.npz    thumbnails of the test split's mistakes, for report.html
-    report.html     one self-contained page about the run (run/report_html.py), written from the files above
-    export/         with --export: the fine-tuned model's exports and export.json (headstart export)
-    tensorboard/    with --tensorboard: head/ and finetune/ event files
+The run directory's layout (the chosen model, cache and head at the top, a losing image size under
+candidates/) is ``headstart.pipeline.report.run_layout.RunLayout``'s, and only its.
 
 Reuse: each stage's key hashes its result-shaping options together with its input (the cache's
 fingerprint, the bytes of ``head.keras`` / ``model.keras``); a finished stage whose key is unchanged
@@ -42,15 +36,15 @@ from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
 from headstart.pipeline.report.metrics import HEADLINE
+from headstart.pipeline.report.run_layout import CONFIG_FILE, STATE_FILE, SUMMARY_JSON, RunLayout
+from headstart.pipeline.report.stage_records import StageSummary
 from headstart.pipeline.run.console import Console
-from headstart.pipeline.run.keys import evaluate_key, extract_key, finetune_key, input_files, stage_key
-from headstart.pipeline.run.report_data import REPORT_HTML, SUMMARY_JSON
+from headstart.pipeline.run.keys import stage_key
 from headstart.pipeline.run.stages import MULTI_LABEL_KEYS
 from headstart.pipeline.run.toml_config import RunConfig, describe_differences, read_config_file, resolve_run_config, \
-    result_settings, run_config_dict, run_label, stage_values, to_toml
+    result_settings, run_config_dict, run_label, to_toml
 
 STAGES = ("extract", "head", "finetune", "evaluate")
-CONFIG_FILE, STATE_FILE, SUMMARY_PNG, SAMPLES = ("config.toml", "stages.json", "summary.png", "samples.npz")
 
 
 @dataclass
@@ -175,9 +169,8 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, console: Console
     with claim_run_dir(config, overwrite):
         run_dir = _prepare_run_dir(config, console)
         t0 = time.perf_counter()
-        records = (_run_auto(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks)
-                   if config.recipe == "auto" else
-                   _run_stages(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks))
+        records = _run_recipe(config, run_dir, console, overwrite=overwrite, finetune_callbacks=finetune_callbacks)
+        RunLayout(run_dir).publish_model()  # RUN/model.keras: the final model, whichever stage made it
         summary = _summary(config, run_dir, records, time.perf_counter() - t0)
         _plot(run_dir, summary, console)
         write_json_atomic(run_dir / SUMMARY_JSON, summary)
@@ -218,112 +211,86 @@ class _Stages:
         return record
 
 
-def _run_stages(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
-                finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
-    """Runs, reuses or resumes each stage in turn, each fed by the one before's returned record."""
-    from headstart.pipeline.run.stages import (diagnose_stage, evaluate_stage, extract_stage, finetune_stage,
-                                               head_stage)
-
-    stages = _Stages(run_dir)
-    state, save = stages.state, stages.save
-    features = run_dir / "features.h5"
-    console.log(f"[1/4] extract-features → {_shown(str(features))}")
-    ex = save("extract", extract_stage(config, features, state.get("extract"), console, overwrite,
-                                       key=extract_key(config)))
-    if config.diagnose:
-        console.log(f"[diagnose] → {_shown(str(run_dir / 'diagnose'))}")
-        save("diagnose", diagnose_stage(config, features, run_dir / "diagnose", state.get("diagnose"), console,
-                                        key=stage_key({"cache": ex["fingerprint"], "seed": config.head.seed})))
-    console.log(f"[2/4] {'sweep' if config.sweep.get('trials') else 'train-head'} → {_shown(str(run_dir / 'head'))}")
-    hd = save("head", head_stage(config, features, run_dir / "head", state.get("head"), console,
-                                 key=stage_key(_head_key(config, ex))))
-    _replay(config, run_dir, "head")
-    console.log(f"[3/4] finetune → {_shown(str(run_dir / 'finetune'))}")
-    ft_key = finetune_key(config, hd["head_sha256"])
-    ft = save("finetune", finetune_stage(config, run_dir, state.get("finetune"), console, key=ft_key,
-                                         train_images=ex["splits"].get("train", 0),
-                                         started=lambda: save("finetune", {"key": ft_key, "done": False}),
-                                         callbacks=finetune_callbacks))
-    _replay(config, run_dir, "finetune")
-    console.log(f"[4/4] evaluate {_shown(str(run_dir / 'finetune' / 'model.keras'))}")
-    ev = save("evaluate", evaluate_stage(config, run_dir, state.get("evaluate"), console,
-                                         key=evaluate_key(config, ft["model_sha256"])))
-    records = {"extract": ex, "head": hd, "finetune": ft, "evaluate": ev}
-    _export(config, run_dir, console, records, stages)
-    return records
-
-
 def _export(config: RunConfig, run_dir: Path, console: Console, records: dict, stages: "_Stages") -> None:
     """The run's export step, after evaluate and outside the finetune stage's key: exporting trains
     nothing again (both recipes)."""
-    from headstart.pipeline.run.export_step import EXPORT_DIR, export_stage
+    from headstart.pipeline.run.export_step import export_stage
 
     if config.finetune.export:
-        console.log(f"[export] → {_shown(str(run_dir / EXPORT_DIR))}")
+        console.log(f"[export] → {_shown(str(RunLayout(run_dir).export))}")
         records["export"] = stages.save("export", export_stage(
             config, run_dir, stages.state.get("export"), console,
             key=stage_key({"model": records["finetune"]["model_sha256"], "formats": sorted(config.finetune.export),
                            "quantize": config.finetune.quantize})))
 
 
-def _run_auto(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
-              finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
-    """``--recipe auto`` (``headstart.pipeline.run.auto``) over the same stages.json."""
+def _run_recipe(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
+                finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
+    """The one orchestrator (``headstart.pipeline.run.auto.run_auto``; the guide is its fixed case)
+    over stages.json, then the export step."""
     from headstart.pipeline.run.auto import run_auto
 
     stages = _Stages(run_dir)
     records = run_auto(config, run_dir, console, stages.save, dict(stages.state), overwrite=overwrite,
                        finetune_callbacks=finetune_callbacks)
-    _replay(config, run_dir, "finetune")
+    for stage in ("head", "finetune"):
+        _replay(config, run_dir, stage)
     _export(config, run_dir, console, records, stages)
     return records
 
 
-def _head_key(config: RunConfig, ex: dict) -> dict:
-    key = {**stage_values(config, "head"), **input_files(config), "cache": ex["fingerprint"]}
-    if config.sweep.get("trials"):  # the search settings shape the head; without a sweep the key stays as it was
-        key["sweep"] = config.sweep
-    return key
-
-
 def _replay(config: RunConfig, run_dir: Path, stage: str) -> None:
     """TensorBoard logs of a stage reused from a run without them, from its history.csv."""
-    if config.tensorboard and not (run_dir / "tensorboard" / stage).is_dir():
+    layout = RunLayout(run_dir)
+    if config.tensorboard and not layout.tensorboard(stage).is_dir():
         from headstart.pipeline.report.rundir import RunDir
         from headstart.pipeline.report.tensorboard_logs import write_history
 
-        write_history(RunDir(run_dir / stage).history(), run_dir / "tensorboard" / stage)
+        write_history(RunDir(layout.path / stage).history(), layout.tensorboard(stage))
 
 
 def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds: float) -> dict:
     from headstart.pipeline.report.provenance import stamp_record
     from headstart.pipeline.run.auto_summary import recipe_section
 
-    keep = ("status", "seconds", "images", "images_per_second", *HEADLINE, "val_accuracy", "best_epoch",
-            "epochs_run", "kept", "split", "loss", "skipped", "rows", "sweep", "exports", "checks")
-    evaluate = records["evaluate"]
+    evaluate, layout = records["evaluate"], RunLayout(run_dir)
     return stamp_record({
         "kind": "headstart-run",
         "source": config.source,
         "run_dir": str(run_dir),
-        "config": str(run_dir / CONFIG_FILE),
+        "config": str(layout.config),
         "class_names": records["extract"].get("class_names"),
-        "stages": {name: {k: rec.get(k) for k in keep if k in rec} for name, rec in records.items()
-                   if name != "recipe"},
-        "recipe": recipe_section(config, records),
+        "stages": {name: StageSummary.from_record(rec).to_dict() for name, rec in records.items() if name != "recipe"},
+        "recipe": recipe_section(config, records, seconds),
         "validation": records["finetune"].get("validation"),
         "test": {k: evaluate.get(k) for k in ("split", *HEADLINE, "loss", "rows", "per_class",
                                                 "confusion_matrix", "skipped", *MULTI_LABEL_KEYS) if k in evaluate
                  or k not in MULTI_LABEL_KEYS},
         # The evaluated split's ECE (15 bins) and NLL with the model's temperature undone and as it is.
         "calibration": evaluate.get("calibration"),
-        "plots": {"summary": str(run_dir / SUMMARY_PNG),
-                  "head": str(Path(records["head"].get("path") or run_dir / "head") / "curves.png"),
-                  "finetune": str(run_dir / "finetune" / "curves.png")},
-        "tensorboard": str(run_dir / "tensorboard") if config.tensorboard else None,
-        "report": str(run_dir / REPORT_HTML),
+        # The final model (RUN/model.keras), where it came from, and the image sizes that lost.
+        "model": {"path": str(layout.model), "from": "head" if _finetune_skipped(records) else "finetune",
+                  "image_size": records["extract"].get("image_size", config.extract.image_size),
+                  "cache": str(layout.cache), "head": str(layout.head)},
+        "candidates": {str(size): str(folder) for size, folder in layout.candidates().items()},
+        "plots": _plots(layout, records),
+        "tensorboard": str(layout.tensorboard()) if config.tensorboard else None,
+        "report": str(layout.report),
         "seconds": seconds,
     })
+
+
+def _finetune_skipped(records: dict[str, dict]) -> bool:
+    """Whether no fine-tuning epoch ran: the probes found none better than the head."""
+    return not StageSummary.from_record(records["finetune"]).ran_epochs
+
+
+def _plots(layout: RunLayout, records: dict[str, dict]) -> dict[str, str]:
+    """summary.png and each stage's curves.png, a stage that ran no epoch left out (no empty chart)."""
+    plots = {"summary": str(layout.summary_png), "head": str(layout.head / "curves.png")}
+    if not _finetune_skipped(records):
+        plots["finetune"] = str(layout.finetune / "curves.png")
+    return plots
 
 
 def _plot(run_dir: Path, summary: dict, console: Console) -> None:
@@ -332,19 +299,19 @@ def _plot(run_dir: Path, summary: dict, console: Console) -> None:
     from headstart.pipeline.report.rundir import RunDir
     from headstart.pipeline.report.summary_plot import plot_summary
 
-    samples = None
-    if (run_dir / SAMPLES).is_file():
-        with np.load(run_dir / SAMPLES, allow_pickle=False) as z:
+    layout, samples = RunLayout(run_dir), None
+    if layout.samples.is_file():
+        with np.load(layout.samples, allow_pickle=False) as z:
             samples = {k: z[k] for k in z.files}
     stages = summary["stages"]
-    plot_summary(run_dir / SUMMARY_PNG,
-                 head_history=RunDir(Path(summary["plots"]["head"]).parent).history(),
-                 finetune_history=RunDir(run_dir / "finetune").history(),
+    plot_summary(layout.summary_png,
+                 head_history=RunDir(layout.head).history(),
+                 finetune_history=RunDir(layout.finetune).history() if "finetune" in summary["plots"] else {},
                  head_best=stages["head"].get("best_epoch"), finetune_best=stages["finetune"].get("best_epoch"),
                  confusion=summary["test"].get("confusion_matrix"), class_names=summary["class_names"] or [],
                  per_class=summary["test"].get("per_class") if summary["test"].get("task") == "multi_label" else None,
                  samples=samples, title=f"headstart run: {summary['source']}")
-    console.debug(f"wrote {run_dir / SUMMARY_PNG}")
+    console.debug(f"wrote {layout.summary_png}")
 
 
 STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune": "finetune", "evaluate": "evaluate"}
@@ -352,15 +319,14 @@ STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune":
 
 def format_table(summary: dict) -> str:
     """The per-stage table: status, test accuracy, balanced accuracy and macro-F1, time and images
-    per second, then the plots."""
+    per second, then the final model, the candidates and the plots."""
     rows = [("stage", "status", "test accuracy", "balanced acc.", "macro-F1", "time", "images/s")]
     for name in STAGES:
-        rec = summary["stages"].get(name, {})
-        rate = rec.get("images_per_second")
-        status = rec.get("status", "-") + (f", kept {rec['kept']}" if rec.get("kept") == "seeded" else "")
+        rec = StageSummary.from_record(summary["stages"].get(name, {}))
+        status = (rec.status or "-") + (f", kept {rec.kept}" if rec.kept == "seeded" else "")
         rows.append((STAGE_LABELS[name], status,
-                     *("-" if rec.get(k) is None else f"{rec[k]:.4f}" for k in HEADLINE),
-                     f"{rec.get('seconds', 0.0):.1f} s", "-" if not rate else f"{rate:.1f}"))
+                     *("-" if getattr(rec, k) is None else f"{getattr(rec, k):.4f}" for k in HEADLINE),
+                     f"{rec.seconds:.1f} s", "-" if not rec.images_per_second else f"{rec.images_per_second:.1f}"))
     from headstart.pipeline.run.auto_summary import format_recipe
 
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -368,9 +334,15 @@ def format_table(summary: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     recipe = format_recipe(summary)
     lines[:0] = [recipe, ""] if recipe else []
-    plots = {k: _shown(v) for k, v in summary["plots"].items()}
-    lines += ["", f"run directory: {_shown(summary['run_dir'])} ({summary['seconds']:.1f} s)",
-              f"plots: {plots['summary']}", f"       {plots['head']}", f"       {plots['finetune']}"]
+    lines += ["", f"run directory: {_shown(summary['run_dir'])} ({summary['seconds']:.1f} s)"]
+    model = summary.get("model") or {}
+    if model:
+        what = "the chosen head, fine-tuning skipped" if model.get("from") == "head" else "fine-tuned"
+        lines.append(f"model: {_shown(model['path'])} ({model.get('image_size')} px; {what})")
+    for size, folder in (summary.get("candidates") or {}).items():
+        lines.append(f"candidate: {_shown(folder)} ({size} px, not chosen)")
+    plots = [_shown(v) for v in summary["plots"].values()]
+    lines += [f"plots: {plots[0]}", *(f"       {p}" for p in plots[1:])]
     if summary.get("report"):
         lines.append(f"report: {_shown(summary['report'])}")
     if summary.get("tensorboard"):

@@ -19,6 +19,7 @@ from headstart.features.file_hash import sha256_file
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.report.rundir import RUN_JSON, RunDir
+from headstart.pipeline.report.run_layout import RunLayout
 from headstart.pipeline.report.skipped import skipped_lines
 from headstart.pipeline.run.toml_config import RunConfig
 
@@ -159,12 +160,12 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
     from headstart.pipeline.stages.head_training import train_head
 
     start = time.perf_counter()
-    log_dir = str(head_dir.parent / "tensorboard" / "head") if config.tensorboard else None
+    log_dir = str(RunLayout(head_dir.parent).tensorboard("head")) if config.tensorboard else None
     if sweep is None and config.sweep.get("trials"):
         from headstart.pipeline.sweep.space import space_from_dict
 
         sweep = SweepPlan(space_from_dict({k: v for k, v in config.sweep.items() if k != "trials"}),
-                          int(config.sweep["trials"]), head_dir.parent / "sweep")
+                          int(config.sweep["trials"]), RunLayout(head_dir.parent).sweep)
     if sweep is not None:
         return _sweep_head(config, features, head_dir, record, console, key=key, log_dir=log_dir, sweep=sweep)
     result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True,
@@ -238,7 +239,7 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     with the same key."""
     from headstart.pipeline.run.console import fit_progress
 
-    ft = RunDir(run_dir / "finetune")
+    ft = RunDir(RunLayout(run_dir).finetune)
     reused = _reuse(record, key, ft.run_json, ft.model_path, console=console)
     if reused:
         console.log("  reused: same head and fine-tuning options")
@@ -247,12 +248,12 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
 
     resume = bool(record and record.get("key") == key and not record.get("done") and ft.interrupted)
     started()
-    log_dir = str(run_dir / "tensorboard" / "finetune") if config.tensorboard else None
+    log_dir = str(RunLayout(run_dir).tensorboard("finetune")) if config.tensorboard else None
     start = time.perf_counter()
     try:
         # --export is the run's own export step, after evaluate (run.export_step).
         result = finetune(dataclasses.replace(config.finetune, source=config.source,
-                                              head=str(head_dir or run_dir / "head"),
+                                              head=str(head_dir or RunLayout(run_dir).head),
                                               split_specs=dict(config.extract.split_specs), out=str(ft.path),
                                               resume=resume, overwrite=not resume, tensorboard=log_dir,
                                               export=(), quantize="none"),
@@ -274,14 +275,14 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
 def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:
     """Evaluates the saved ``finetune/model.keras`` on the test split (else validation) and keeps
     evenly spread sample images in ``samples.npz`` for summary.png."""
-    samples_path = run_dir / "samples.npz"
+    samples_path = RunLayout(run_dir).samples
     reused = _reuse(record, key, samples_path, console=console)
     if reused:
         console.log("  reused: same model and source")
         return reused
     from headstart.pipeline.data.sources import open_source
 
-    model_run = RunDir.open(run_dir / "finetune", kind="finetune")
+    model_run = RunDir.open(RunLayout(run_dir).finetune, kind="finetune")
     source = open_source(SourceSpec.from_config(config.extract, source=config.source))
     split = next((s for s in ("test", "validation") if s in source.split_names), None)
     if split is None:
@@ -339,7 +340,7 @@ def _evaluate(model_run: RunDir, source: Any, split: str, samples_path: Path, ba
     write_samples(samples_path, samples, class_names, size=int(model.input_shape[1]),
                   width=int(model.output_shape[-1]))
     if pictures:
-        from headstart.pipeline.run.report_data import MISTAKES
+        from headstart.pipeline.report.run_layout import MISTAKES
 
         write_mistakes(samples_path.with_name(MISTAKES), *pictures)
     metrics["calibration"] = before_after(predictions.labels, predictions.logits, model_temperature(model),

@@ -56,12 +56,12 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
                    validation_fraction: float | None = None, test_fraction: float | None = None,
                    path_column: str | None = None, label_column: str | None = None, images: str | None = None,
                    multi_label: bool = False, grid: str | os.PathLike | None = None, grid_size: int = 16,
-                   log: Callable[[str], None] = print,
+                   log: Callable[[str], None] = print, note: Callable[[str], None] | None = None,
                    progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Accuracy, loss, per-class metrics and confusion matrix of a saved model on one split.
 
     Args:
-        model_path: ``model.keras`` or its run directory.
+        model_path: ``model.keras`` or its run directory, or a ``headstart run`` directory (its final model).
         source: a source spec (``tfds:NAME``, a directory) or a ``headstart.pipeline.data.sources.Source``.
         split: split to evaluate.
         batch_size: images per forward pass; default: the run's batch size (same batches, so the
@@ -71,6 +71,7 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
             recorded, when SOURCE is its source, so "test" means the same images).
         grid: write a PNG grid of at most ``grid_size`` most confidently wrong images here.
         log: where the headline (measures to 4 decimals) goes.
+        note: where the one line naming the model a ``headstart run`` directory resolved to goes.
         progress: ``label → progress line`` (``report.progress.ProgressLine``) drawn through the
             split; None draws none.
 
@@ -85,7 +86,7 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
     """
     if isinstance(source, str):
         check_source_path(source)  # before the model load starts TensorFlow
-    model, run, batch_size = _load(model_path, batch_size, grid_size)
+    model, run, batch_size = _load(model_path, batch_size, grid_size, note)
     label_options = {"path_column": path_column, "label_column": label_column, "images": images,
                      "multi_label": multi_label}
     src = _resolve(source, run, split_specs, validation_fraction, test_fraction, label_options)
@@ -118,7 +119,17 @@ def _headline(metrics: dict[str, Any], multi_label: bool) -> str:
     return f"{metrics['split']}: {metrics['rows']} images, {measures}, loss {_fmt(metrics.get('loss'))}"
 
 
-def _load(model_path: str | os.PathLike, batch_size: int | None, grid_size: int) -> tuple[Any, RunDir | None, int]:
+def _note_model(model_path: str | os.PathLike, note: Callable[[str], None] | None) -> None:
+    """Says which model a ``headstart run`` directory resolved to (nothing for a model or stage directory)."""
+    from headstart.pipeline.report.run_layout import describe_model
+
+    line = describe_model(model_path)
+    if line and note:
+        note(line)
+
+
+def _load(model_path: str | os.PathLike, batch_size: int | None, grid_size: int,
+          note: Callable[[str], None] | None = None) -> tuple[Any, RunDir | None, int]:
     """(the model, its run directory or None, the batch size: by default the run's, so the same
     batches give the same logits to the last bit, else 32)."""
     check_value("evaluate", "batch_size", batch_size)  # before the model load starts TensorFlow
@@ -126,6 +137,7 @@ def _load(model_path: str | os.PathLike, batch_size: int | None, grid_size: int)
     path = Path(model_path)
     run = RunDir.beside(path)
     model = load_model_file(path / MODEL_FILES["finetune"] if path.is_dir() else path)
+    _note_model(model_path, note)
     if batch_size is None:
         batch_size = int((run.config if run and run.complete else {}).get("batch_size") or 32)
     return model, run, batch_size

@@ -7,7 +7,7 @@ RUN_OR_MODEL (``resolve_export_input``, settled before TensorFlow starts) is one
   inference chain is rebuilt from the head's recipe (``RunDir.rebuild``: raw image → preprocessing →
   backbone → pooling → head, the weights' fingerprint checked) and must reproduce the head's logits on
   the cached features of the same images (``check_parity``) before anything is written;
-- a ``headstart run`` directory: its fine-tuned model (``finetune/``);
+- a ``headstart run`` directory or its top-level model.keras: the run's final model (``RunLayout``);
 - a ``.keras`` model with no run beside it, given ``--source``.
 
 ``write_exports`` writes the formats (``stages.export.export_model``) and checks each with its own
@@ -32,10 +32,10 @@ from headstart.pipeline.data.source_spec import check_source_path
 from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.errors import DataError, OptionError, OutputError, RunDirError
 from headstart.pipeline.options.checks import check_config
+from headstart.pipeline.report.run_layout import describe_model, final_model_dir
 from headstart.pipeline.report.rundir import RunDir
 
 #: Files that mark a ``headstart run`` directory, and a sweep directory (beside its ``best/``).
-RUN_MARKS = ("config.toml", "stages.json", "summary.json")
 SWEEP_MARKS = ("study.db", "leaderboard.csv")
 #: Splits the exports are checked on, the first the source has.
 CHECK_SPLITS = ("test", "validation", "train")
@@ -120,12 +120,13 @@ def resolve_export_input(path: str | os.PathLike) -> ExportInput:
     if not p.exists():
         raise RunDirError(f"{given}: no such run directory or model file (give a finetune or train-head run "
                           "directory, a sweep or headstart run directory, or a .keras model file)")
+    final = final_model_dir(p)
+    if final is not None:
+        if not RunDir(final).complete:
+            raise RunDirError(f"{given}: this headstart run has no finished finetune stage yet; run it to the "
+                              f"end, or export its head: headstart export {final.parent / 'head'} …")
+        return _from_run(final, given, describe_model(p))
     if p.is_dir():
-        if any((p / mark).is_file() for mark in RUN_MARKS):
-            if not RunDir(p / "finetune").complete:
-                raise RunDirError(f"{given}: this headstart run has no finished finetune stage yet; run it to the "
-                                  f"end, or export its head: headstart export {p / 'head'} …")
-            return _from_run(p / "finetune", given, f"the fine-tuned model of the headstart run {given}")
         if (p / "best").is_dir() and any((p / mark).is_file() for mark in SWEEP_MARKS):
             return _from_run(p / "best", given, f"the best head of the sweep {given}")
         return _from_run(p, given, None)

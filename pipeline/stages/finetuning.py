@@ -102,6 +102,8 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     spec = check_finetune_config(config)
     head_run = (RunDir.open(config.head, kind="head", option="--head", recipe=True) if config.head
                 else None)  # a mistyped or damaged --head fails before TensorFlow starts
+    if head_run is not None and head_run.path != Path(config.head):  # a `headstart run` directory
+        log(f"--head {config.head}: using {head_run.path}, the run's chosen head")
     with claim_run_dir(config.out, section="finetune", command="finetune", resolved=resolved_config(config),
                        overwrite=config.overwrite, inputs={HEAD_IDENTITY: head_identity(head_run)},
                        recorded_inputs=recorded_head, chief=config_is_chief()) as (state, run):

@@ -41,11 +41,12 @@ class PredictionRow:
 
 def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
                    batch_size: int = 32, class_names: Sequence[str] | None = None,
-                   progress: Callable[[str], Any] | None = None) -> list[PredictionRow]:
+                   progress: Callable[[str], Any] | None = None,
+                   note: Callable[[str], None] | None = None) -> list[PredictionRow]:
     """Classifies image files; a bad file gives a row with ``error`` set and never stops the rest.
 
     Args:
-        model_path: ``model.keras`` or its run directory, or an export: a SavedModel directory, a
+        model_path: ``model.keras`` or its run directory, a ``headstart run`` directory, or an export: a SavedModel directory, a
             ``.onnx`` or a ``.tflite`` file (see ``headstart.pipeline.stages.predictor``).
         paths: image files and/or directories (searched recursively for ``IMAGE_EXTENSIONS``).
         batch_size: images per forward pass.
@@ -53,6 +54,7 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
             beside the model, else "0", "1"…
         progress: ``label → progress line`` (``report.progress.ProgressLine``) drawn through the
             files; None draws none.
+        note: where the one line naming the model a ``headstart run`` directory resolved to goes.
 
     Returns:
         One PredictionRow per file, in the order given (directories sorted): the predicted class and
@@ -62,6 +64,10 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
 
     check_value("predict", "batch_size", batch_size)  # 0 was TensorFlow's InvalidArgumentError traceback
     predictor = load_predictor(model_path)  # first: a mistyped path fails before TensorFlow starts
+    from headstart.pipeline.report.run_layout import describe_model
+
+    if note and describe_model(model_path):  # a `headstart run` directory: say which model it gave
+        note(describe_model(model_path))
     from headstart.pipeline.data.file_list import FilesSource
     from headstart.pipeline.model.head import logits_to_probabilities
     from headstart.pipeline.training.predictions import predict_split
