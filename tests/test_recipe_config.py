@@ -77,12 +77,12 @@ def test_finetune_runs_on_the_cache_and_tries_rates_only_when_open():
 
     open_all = on_cache_config(steps(_resolve()), 30)
     assert (open_all.on_cache, open_all.augment, open_all.probe, open_all.unfreeze, open_all.epochs) == \
-        (True, "none", "lr", "all", 30)
+        (True, "auto", "lr", "all", 30)  # the view trials choose the views the fit trains on
     given = on_cache_config(steps(_resolve(flags={"augment": "flip", "lr": 1e-4, "unfreeze": "top:5"})), 30)
     assert (given.augment, given.probe, given.lr, given.unfreeze) == ("flip", "none", 1e-4, "top:5")
     assert on_cache_config(steps(_resolve(flags={"epochs": 4})), 30).epochs == 4
     untapped = on_cache_config(steps(_resolve()), 30, tapped=False)  # a hub backbone: end to end, nothing probed
-    assert (untapped.on_cache, untapped.probe) == (False, "none")
+    assert (untapped.on_cache, untapped.probe, untapped.augment) == (False, "none", "none")
     # The tap: one per backbone, the user's when given, none for a hub model.
     assert auto_tap(_resolve()) == "top:6"  # the default backbone, Xception: its last block
     assert auto_tap(_resolve(flags={"backbone": "mobilenet_v2"})) == "top:30"

@@ -32,25 +32,43 @@ def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def _kill_during_the_on_cache_fit(args: list[str], out: Path) -> int:
-    """Starts ``headstart ARGS`` in its own process and SIGKILLs it once the first rate's on-cache
-    fit has committed an epoch; returns that epoch."""
+def _kill_when(args: list[str], ready, what: str):
+    """Starts ``headstart ARGS`` in its own process and SIGKILLs it once ``ready()`` returns something
+    true; returns that."""
     argv = [sys.executable, "-m", "headstart.pipeline.cli", *map(str, args)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    state = out / "finetune" / "backup" / "finetune-lr1e-05" / "state.json"
-    deadline = time.monotonic() + 600
+    deadline, seen = time.monotonic() + 900, None
     while time.monotonic() < deadline and first.poll() is None:
         try:
-            if json.loads(state.read_text()).get("epoch"):
-                break
-        except (OSError, ValueError):
+            seen = ready()
+        except (OSError, ValueError, KeyError):
             pass
+        if seen:
+            break
         time.sleep(0.1)
-    assert first.poll() is None, "the run ended before its first on-cache epoch was saved"
+    assert first.poll() is None, f"the run ended before {what}"
     first.send_signal(signal.SIGKILL)
     first.wait()
-    return int(json.loads(state.read_text())["epoch"])
+    return seen
+
+
+def _kill_during_the_view_trials(args: list[str], out: Path) -> dict:
+    """SIGKILLs ``headstart ARGS`` once the fine-tune's view trials have trained one item; returns the
+    items recorded then."""
+    progress = out / "finetune" / "backup" / "progress.json"
+
+    def trained() -> dict | None:
+        done = json.loads(progress.read_text())["view_trials"]["candidates"]
+        return dict(done) if any(c["judged_by"] == "views" for c in done.values()) else None
+
+    return _kill_when(args, trained, "an item was trained on its views")
+
+
+def _kill_during_the_on_cache_fit(args: list[str], out: Path) -> int:
+    """SIGKILLs ``headstart ARGS`` once the first rate's on-cache fit has committed an epoch; returns that epoch."""
+    state = out / "finetune" / "backup" / "finetune-lr1e-05" / "state.json"
+    return int(_kill_when(args, lambda: json.loads(state.read_text()).get("epoch"), "its first on-cache epoch was saved"))
 
 
 @pytest.mark.slow
@@ -58,7 +76,8 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     images = write_set(tmp_path / "images", ("circle", "square"), counts=COUNTS)
     out = tmp_path / "run"
     args = ["run", images, "--out", out, "--config", _config(tmp_path), *BACKBONE, "--budget", 30]
-    # SIGKILL during the on-cache fine-tune (the newest step); the same command then resumes.
+    # SIGKILL during the view trials, then during the on-cache fine-tune; the same command then resumes.
+    trained = _kill_during_the_view_trials(args, out)
     saved = _kill_during_the_on_cache_fit(args, out)
     result = _invoke(*args)
     assert result.exit_code == 0, result.output
@@ -66,8 +85,8 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     assert "probe lr" not in result.output and result.output.count("on the cache at lr") == 3
     assert "reused: same source and extraction options" in result.output
     assert "reused: same features and head options" in result.output
-    assert "[auto] recipe: will try image sizes 150 and 224, a 4-trial head sweep on each" in result.output, \
-        result.output
+    assert "[auto] recipe: will try image sizes 150 and 224, a 4-trial head sweep on each, 7 augmentations tried " \
+           "on cached views" in result.output, result.output
     assert "decision" in result.output and "fine-tuning rate" in result.output
     summary = json.loads((out / "summary.json").read_text())
     decisions = {d["name"]: d for d in summary["recipe"]["decisions"]}
@@ -80,7 +99,16 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     assert all(d["seconds"] >= 0 for d in decisions.values())
     assert [b["name"] for b in summary["recipe"]["baselines"]] == ["knn", "logistic"]
     run = json.loads((out / "finetune" / "run.json").read_text())
-    assert run["config"]["on_cache"] and run["config"]["probe"] == "lr"
+    assert run["config"]["on_cache"] and run["config"]["probe"] == "lr" and run["config"]["augment"] == "auto"
+    trials = {c["item"]: c for c in run["recipe"]["augment"]["candidates"]}
+    assert len(trials) == 7 and all(trials[item] == trial for item, trial in trained.items())  # not trained again
+    assert [c["value"] for c in decisions["augment"]["candidates"]] == list(trials)  # the trials, in the table
+    # The fit trained on the kept items' views (with the tap), and on no dropped item's.
+    kept = [item for item, c in trials.items() if c["kept"] and c["judged_by"] == "views"]
+    views = json.loads((out / "finetune" / "metrics.json").read_text())["on_cache"]["views"]
+    assert views["items"] == kept and views["per_row"] == 2 * len(kept)
+    assert sorted(Path(p).name for p in views["caches"]) == sorted(p.name for p in (out / "finetune" / "view_trials").glob("*.h5"))
+    assert all(trials[item]["views_cache"] is None for item in trials if item not in kept)
     assert run["recipe"]["decisions"] == summary["recipe"]["decisions"][:-1]  # the model says how it was chosen
     toml = (out / "config.toml").read_text()
     assert 'recipe = "auto"' in toml and "epochs = 2" in toml and "unfreeze" not in toml

@@ -114,6 +114,32 @@ def test_on_cache_needs_a_tapped_cache_and_unfreeze_above_the_tap(tapped, tmp_pa
     assert result.exit_code == 2 and "--on-cache needs --head" in result.output, result.output
 
 
+def test_views_of_another_cache_are_matched_by_key_and_checked_for_provenance(tapped):
+    """The view trials' kept caches join the on-cache fit row by row: by key, not by position."""
+    from types import SimpleNamespace
+
+    from headstart.features.cache import open_cache
+    from headstart.pipeline.errors import DataError
+    from headstart.pipeline.stages.finetune_on_cache import views_from
+
+    path = str(tapped["cache"])
+    with open_cache(path) as cache:
+        train = cache.split("train")
+        keys, stored = list(train.keys), np.asarray(train.view_activations[:])
+        fields = dict(path="base.h5", config=cache.config, tap=cache.tap, class_names=cache.class_names)
+
+    def base(keys=keys[::-1], **changed):  # the head cache as views_from reads it; rows reversed by default
+        return SimpleNamespace(**{**fields, **changed}, split=lambda _: SimpleNamespace(keys=keys))
+
+    np.testing.assert_array_equal(views_from(path, base(), "train"), stored[::-1])  # each row its own views
+    with pytest.raises(DataError, match="no views of 1 train rows of base.h5"):
+        views_from(path, base(keys=[*keys, "dogs/new.jpg"]), "train")
+    with pytest.raises(DataError, match="different tap"):
+        views_from(path, base(tap={**fields["tap"], "layer": "elsewhere"}), "train")
+    with pytest.raises(DataError, match="different weights_fingerprint"):
+        views_from(path, base(config={**fields["config"], "weights_fingerprint": "0" * 64}), "train")
+
+
 @pytest.mark.slow
 def test_on_cache_finetune_reproduces_its_cached_logits_and_keeps_batchnorm(tapped, tmp_path):
     import keras

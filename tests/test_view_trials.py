@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -162,3 +164,57 @@ def test_finetune_augment_auto_killed_during_the_trials_resumes_with_the_same_co
     assert "flip" not in record["augment"].split(",")
     assert not (out / "view_trials").exists()  # every item's cache deleted once recorded
     assert (record["rows"], record["train_rows"]) == (24, 32)
+
+
+@pytest.mark.slow
+def test_on_cache_fine_tune_trains_on_the_views_of_the_kept_items_only(tmp_path, monkeypatch):
+    """``finetune --on-cache --augment auto`` (what auto runs): the trials' caches carry the head cache's
+    tap; the kept item's views join the fit, the dropped flip's neither trains nor stays on disk."""
+    import json
+
+    from click.testing import CliRunner
+
+    from headstart.pipeline.cli import main
+    from headstart.pipeline.config import ExtractConfig, HeadConfig
+    from headstart.pipeline.recipe import audit
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.head_training import train_head
+
+    monkeypatch.setattr(audit, "AUDIT_CANDIDATES", ("flip", "brightness=0.2"))  # two trials, not seven
+    root = write_set(tmp_path / "images", ("left", "right"), counts=(("train", 24), ("validation", 16)))
+    cache = tmp_path / "features.h5"
+    extract_features(ExtractConfig(source=str(root), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
+                                   weights=str(SHIPPED), image_size=96, splits=("train", "validation"), tap="top:30"),
+                     log=lambda *_: None)
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=40, patience=5, lr=3e-3),
+               log=lambda *_: None)
+    out = tmp_path / "ft"
+    result = CliRunner().invoke(main, ["finetune", str(root), "--head", str(tmp_path / "head"), "--out", str(out),
+                                       "--on-cache", "--augment", "auto", "--epochs", "1", "--batch-size", "8",
+                                       "--parity-samples", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    trials = {c["item"]: c for c in json.loads((out / "run.json").read_text())["recipe"]["augment"]["candidates"]}
+    assert not trials["flip"]["kept"] and trials["flip"]["views_cache"] is None
+    assert trials["brightness=0.2"]["kept"]  # a brightness change does not turn a left arrow into a right one
+    views = json.loads((out / "metrics.json").read_text())["on_cache"]["views"]
+    assert views["items"] == ["brightness=0.2"] and views["per_row"] == 2  # VIEWS of the one kept item
+    assert [Path(p).name for p in views["caches"]] == ["views-brightness-0-2.h5"]
+    assert sorted(p.name for p in (out / "view_trials").iterdir()) == ["views-brightness-0-2.h5"]  # flip's deleted
+    assert "training on the originals and 2 cached views per row of the augmentation the view trials kept " \
+           "(brightness=0.2)" in result.output
+
+
+def test_the_fit_names_the_views_it_draws_from_in_one_line():
+    from headstart.pipeline.stages.finetune_choices import kept_views
+    from headstart.pipeline.stages.finetune_on_cache import _views_line
+
+    trials = {"view_trials": {"candidates": [
+        {"item": "flip", "kept": False, "views_cache": None},
+        {"item": "zoom=0.1", "kept": True, "views_cache": "v/views-zoom-0-1.h5"},
+        {"item": "contrast=0.2", "kept": True, "views_cache": None}]}}  # kept, but by a run without --on-cache
+    assert kept_views(trials) == [("zoom=0.1", "v/views-zoom-0-1.h5")]
+    assert kept_views({}) is None  # no trials ran: --augment was given
+    assert _views_line([("zoom=0.1", "x.h5")], 3).endswith("2 cached views per row of the augmentation the view "
+                                                             "trials kept (zoom=0.1)")
+    assert _views_line([], 1) == "training on the originals only: the view trials kept no augmentation"
+    assert _views_line(None, 3) == "training on the originals and the head cache's 2 views per row"

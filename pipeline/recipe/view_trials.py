@@ -12,7 +12,10 @@ judged by what training with it does:
    under the work folder. One cache per transform rather than one cache with views grouped by
    transform: the extractor draws every view from one augment spec, so grouping would need a second
    extraction path; a cache per item costs one extra pass over the training images per item (its
-   originals), is resumable by the extractor as it is, and is deleted once its trial is recorded.
+   originals), is resumable by the extractor as it is, and is deleted once its trial is recorded —
+   unless ``keep_views`` (``finetune --on-cache``): then the extraction carries the head cache's tap
+   (``base.tap``) and a kept item's cache stays, its views' activations being what the on-cache
+   fine-tune trains on (``stages.finetune_on_cache.views_from``), with no second backbone pass.
 2. Heads are trained with train-head's recipe and epoch loop (``head_recipe.build_compiled_head``,
    ``head_fit.fit_head``; no second training loop) on the originals only ("without", once for all
    candidates) and on the originals plus the item's views ("with"), for each of several seeds.
@@ -113,6 +116,8 @@ class ViewTrial:
         difference, se, se_seeds, se_rows: the paired comparison (``PairedDifference``).
         seeds: seeds per arm. audit_drop: the audit's drop for the item (None without an audit).
         seconds: wall time of the trial, extraction of its views included. extract_seconds: of which extraction.
+        views_cache: the item's cache, kept for ``finetune --on-cache`` to train on (``keep_views``), or None
+            (deleted once recorded).
     """
 
     item: str
@@ -128,6 +133,7 @@ class ViewTrial:
     audit_drop: float | None = None
     seconds: float = 0.0
     extract_seconds: float = 0.0
+    views_cache: str | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -178,9 +184,13 @@ def trial_config(head: Any) -> Any:
 
 
 def view_cache_config(base: Any, item: str, out: Path, views: int = VIEWS) -> Any:
-    """The ExtractConfig of one item's cache: ``base``'s backbone and source, train split only, ``views`` views."""
+    """The ExtractConfig of one item's cache: ``base``'s backbone, source and tap, train split only, ``views`` views.
+
+    With ``base.tap`` the views' activations at the tap are cached too, so a kept item's cache is what
+    ``finetune --on-cache`` trains its top layers on (no second pass of the backbone over the views).
+    """
     return dataclasses.replace(base, out=str(out), splits=("train",), augment_views=views, augment=item,
-                               overwrite=False, shard=None, tap=None, strict=False)
+                               overwrite=False, shard=None, strict=False)
 
 
 def _slug(item: str) -> str:
@@ -189,7 +199,8 @@ def _slug(item: str) -> str:
 
 def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features: Callable[..., Any],
                     candidates: Sequence[str], audit: Any = None, progress: dict, save: Callable[[], None],
-                    log: Callable[[str], None], views: int = VIEWS, seeds: int = SEEDS) -> ViewTrialsResult:
+                    log: Callable[[str], None], views: int = VIEWS, seeds: int = SEEDS,
+                    keep_views: bool = False) -> ViewTrialsResult:
     """Judges each candidate item by training heads with and without its cached views.
 
     Resumable: each finished candidate is recorded in ``progress["candidates"]`` and ``save`` is
@@ -206,6 +217,7 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
         progress: the dict this step records into (mutated); save: persists it.
         log: one line per candidate.
         views: views per training image. seeds: seeds per arm.
+        keep_views: keep a kept item's cache (its path in ``ViewTrial.views_cache``) instead of deleting it.
 
     Returns:
         A ViewTrialsResult; ``augment`` joins the kept items.
@@ -216,7 +228,7 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
     drops = {s.item: s.drop for s in audit.scores} if audit is not None else {}
     done = progress.setdefault("candidates", {})
     work_dir.mkdir(parents=True, exist_ok=True)
-    judge = _Trials(head, trial_config(head), seeds, extract_features)
+    judge = _Trials(head, trial_config(head), seeds, extract_features, keep_views)
     for item in candidates:
         if item in done:
             continue
@@ -248,13 +260,14 @@ def _line(t: ViewTrial) -> str:
 class _Trials:
     """The head cache's validation rows, the "without" arm (trained once), and one trial per item."""
 
-    def __init__(self, head: Any, config: Any, seeds: int, extract_features: Callable[..., Any]):
+    def __init__(self, head: Any, config: Any, seeds: int, extract_features: Callable[..., Any], keep_views: bool):
         self.head, self.config, self.seeds, self.extract_features = head, config, seeds, extract_features
+        self.keep_views = keep_views
         self._without: np.ndarray | None = None
         self.rows: dict[str, int] = {}
 
     def trial(self, item: str, extract: Any) -> ViewTrial:
-        """Extracts the item's views (resuming), trains both arms, deletes the item's cache."""
+        """Extracts the item's views (resuming), trains both arms, deletes the item's cache (unless kept)."""
         from headstart.features.cache import open_cache
 
         start = time.perf_counter()
@@ -272,9 +285,11 @@ class _Trials:
             if self._without is None:
                 self._without = self._scores(train, val, with_views=False, multi_label=cache.multi_label)
             with_scores = self._scores(train, val, with_views=True, multi_label=cache.multi_label)
-        Path(extract.out).unlink(missing_ok=True)  # recorded below; the next item needs the disk, not this
         diff = paired_difference(with_scores, self._without)
-        return ViewTrial(item, kept=not diff.hurts, judged_by="views",
+        keep = self.keep_views and not diff.hurts
+        if not keep:
+            Path(extract.out).unlink(missing_ok=True)  # recorded below; the next item needs the disk, not this
+        return ViewTrial(item, kept=not diff.hurts, judged_by="views", views_cache=str(extract.out) if keep else None,
                          with_measure=float(with_scores.mean()), without_measure=float(self._without.mean()),
                          difference=diff.mean, se=diff.se, se_seeds=diff.se_seeds, se_rows=diff.se_rows,
                          seeds=diff.seeds, seconds=time.perf_counter() - start, extract_seconds=extract_seconds)

@@ -2,8 +2,12 @@
 
 The chosen cache is extracted with a tap (``AUTO_TAPS``), so the backbone's top layers and the head
 train on cached activations: ``finetune --on-cache --probe lr`` trains each rate of
-``rate_probes.PROBE_LRS`` to early stopping and keeps the best (``stages.finetune_on_cache``). Its
-output is a normal finetune run directory. The fine-tuned model and the head are then compared on
+``rate_probes.PROBE_LRS`` to early stopping and keeps the best (``stages.finetune_on_cache``). With
+``--augment`` open it is ``--augment auto``: before the fit, the view trials (``recipe.view_trials``,
+via ``stages.finetune_choices.choose_augment``) extract each candidate's views of the training split
+with the cache's tap, keep the caches of the items that training heads on them did not hurt, and the
+fit draws each row per epoch from its original and those views (no further backbone pass; nothing
+kept: the originals only, said in one line). Its output is a normal finetune run directory. The fine-tuned model and the head are then compared on
 the same validation images, paired (``recipe.paired``): the fine-tune is kept only when it beats
 the head by more than the noise; otherwise the head is, and the run says so in one line. No
 end-to-end fine-tune runs: on the digits the on-cache fine-tune already beat the end-to-end one
@@ -47,8 +51,9 @@ def on_cache_config(steps: Any, epochs: int, *, tapped: bool = True) -> Any:
     ft = steps.config.finetune
     return dataclasses.replace(
         ft, on_cache=tapped, probe="lr" if steps.open("finetune.lr") and tapped else "none", probe_steps=0,
-        # On the cache the cached views are the augmentation; the image-level layer never runs.
-        augment=ft.augment if not steps.open("finetune.augment") else "none",
+        # On the cache the cached views are the augmentation (the view trials' kept items' views, with
+        # the tap); the image-level layer never runs. End to end (hub), the guide's: none.
+        augment=ft.augment if not steps.open("finetune.augment") else ("auto" if tapped else "none"),
         unfreeze=ft.unfreeze if not steps.open("finetune.unfreeze") else "all",  # all: every layer above the tap
         epochs=ft.epochs if not steps.open("finetune.epochs") else epochs)
 

@@ -48,7 +48,9 @@ def plan_step(steps: Any, first: dict) -> Any:
     """The search, sized to the data and the measured speeds, printed before it is spent (the guide's
     recipe: the fixed plan, one size and no search, neither printed nor saved)."""
     from headstart.features.registry import get_backbone_spec
+    from headstart.pipeline.recipe.audit import AUDIT_CANDIDATES
     from headstart.pipeline.recipe.plan import RecipePlan, Speeds, plan_recipe
+    from headstart.pipeline.run.auto_finetune import auto_tap
 
     config = steps.config
     if steps.fixed:
@@ -67,9 +69,11 @@ def plan_step(steps: Any, first: dict) -> Any:
         speeds = Speeds(image_size=ex.image_size, images_per_second=float(first.get("images_per_second") or 50.0),
                         rows=dict(first["splits"]), batch_size=config.finetune.batch_size,
                         epochs=config.finetune.epochs)
-        # The fine-tune runs on the tapped cache (run.auto_finetune): no image-level audit and no
-        # end-to-end probes to plan; its rates train to early stopping within the fine-tune itself.
-        plan = plan_recipe(speeds, native_size=native, search_head=head_searchable(config), audit_candidates=0,
+        # The fine-tune runs on the tapped cache (run.auto_finetune): no end-to-end probes to plan (its
+        # rates train to early stopping within the fine-tune itself); an open --augment is chosen by
+        # the view trials (the audit's pre-filter and each item's views and heads), planned here.
+        trials = len(AUDIT_CANDIDATES) if steps.open("finetune.augment") and auto_tap(config) else 0
+        plan = plan_recipe(speeds, native_size=native, search_head=head_searchable(config), audit_candidates=trials,
                            probe_lrs=(), probe_depth=False, budget_minutes=config.budget,
                            trials=config.sweep.get("trials"))
         steps.save("plan", {"key": key, "done": True, "status": "ran", "seconds": 0.0, "plan": plan.to_dict()})

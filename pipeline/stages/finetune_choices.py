@@ -27,8 +27,8 @@ def check_choices(config: FinetuneConfig) -> None:
 
     Raises:
         OptionError: ``--augment auto`` without ``--head``, or a bad ``--probe``; ``--on-cache`` without
-            ``--head`` (the head run names the cache) or with ``--augment auto`` / ``--probe unfreeze``
-            (they judge end-to-end fine-tunes on images).
+            ``--head`` (the head run names the cache) or with ``--probe unfreeze`` (which judges
+            end-to-end fine-tunes on images).
     """
     from headstart.pipeline.data.augment import parse_augment_spec
     from headstart.pipeline.training.rate_probes import parse_probe
@@ -43,10 +43,9 @@ def check_choices(config: FinetuneConfig) -> None:
     if config.on_cache and not config.head:
         raise OptionError(Arg("on_cache"), " needs ", Arg("head"), ": the head run names the cache (extracted with ",
                           Arg("tap"), ") it trains on")
-    if config.on_cache and (config.augment.strip().lower() == AUTO or "unfreeze" in parse_probe(config.probe)):
-        raise OptionError(Arg("on_cache"), " trains on the cached views and above the cache's tap, so ",
-                          Arg("augment", "auto"), " and ", Arg("probe", "unfreeze"), " (which judge end-to-end "
-                          "fine-tunes on images) do not apply; ", Arg("probe", "lr"), " does")
+    if config.on_cache and "unfreeze" in parse_probe(config.probe):
+        raise OptionError(Arg("on_cache"), " trains above the cache's tap, so ", Arg("probe", "unfreeze"),
+                          " (which judges end-to-end fine-tunes on images) does not apply; ", Arg("probe", "lr"), " does")
 
 
 def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],
@@ -90,12 +89,28 @@ def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callab
                         scores=[TransformScore(**c) for c in audit_record["candidates"]])
     log(f"augmentation by training on cached views ({len(AUDIT_CANDIDATES)} candidates):")
     work = Path(config.out) / "view_trials"
-    result = run_view_trials(plan.head_run, _extract_base(config, plan), work, extract_features=extract_features,
-                             candidates=AUDIT_CANDIDATES, audit=audit, progress=record, save=save, log=log)
+    base = _extract_base(config, plan)
+    if config.on_cache:  # the items' caches carry activations at the head cache's tap; the kept ones are trained on
+        from headstart.pipeline.stages.finetune_on_cache import cache_tap
+
+        base = dataclasses.replace(base, tap=cache_tap(plan.head_run.cache)["spec"])
+    result = run_view_trials(plan.head_run, base, work, extract_features=extract_features,
+                             candidates=AUDIT_CANDIDATES, audit=audit, progress=record, save=save, log=log,
+                             keep_views=config.on_cache)
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()  # every item's cache is deleted once recorded
     log(f"augmentation trials ({result.seconds:.1f} s) → --augment {result.augment}")
     return {**result.to_dict(), "done": True}
+
+
+def kept_views(progress: dict) -> list[tuple[str, str]] | None:
+    """(item, cache path) of each item the view trials kept with its cache (``--on-cache --augment auto``);
+    None when no view trials ran."""
+    if "view_trials" not in progress:
+        return None
+    candidates = progress["view_trials"].get("candidates") or []
+    candidates = candidates.values() if isinstance(candidates, dict) else candidates  # a record still under way
+    return [(c["item"], c["views_cache"]) for c in candidates if c.get("kept") and c.get("views_cache")]
 
 
 def _extract_base(config: FinetuneConfig, plan: Any) -> Any:

@@ -15,7 +15,11 @@ finetune run (``evaluate``, ``predict`` and ``export`` take it).
 
 Augmentation on the cache: each epoch, every training row is shown as its original activations or
 one of its K cached views, drawn uniformly (the views were augmented with the cache's ``augment``);
-the image-level ``--augment`` layer never runs, since no image does. BatchNorm stays frozen as in
+the image-level ``--augment`` layer never runs, since no image does. With ``--augment auto`` the
+views of each item the view trials kept (``recipe.view_trials``, whose per-item caches carry
+activations at the same tap) join the draw: a row with two kept items has 1 + 2×2 versions. Their
+rows are matched to the head cache's by key, and their backbone, weights, size, tap and classes are
+checked against it. BatchNorm stays frozen as in
 every fine-tune (the shared layers are the chain's own, frozen by ``build_chain``).
 """
 
@@ -112,8 +116,13 @@ def top_block_model(model: Any, tap: dict) -> Any:
 
 
 def load_rows(cache_info: dict, split: str, *, num_classes: int, multi_label: bool, views: bool,
-              exclude: set[str] = frozenset(), class_weights: Any = None) -> CachedRows | None:
+              exclude: set[str] = frozenset(), class_weights: Any = None,
+              view_caches: Sequence[str] = ()) -> CachedRows | None:
     """Reads one split's activations (and its views' with ``views``) into memory.
+
+    Args:
+        view_caches: caches of the same split holding more views (the view trials' kept items), whose
+            view activations are appended to each row's, matched by key (``views_from``).
 
     Returns:
         CachedRows, or None when the cache has no such split or no row survives ``exclude``.
@@ -131,10 +140,49 @@ def load_rows(cache_info: dict, split: str, *, num_classes: int, multi_label: bo
         stack = [np.asarray(data.activations[:])[:, None]]
         if views and data.view_activations is not None:
             stack.append(np.asarray(data.view_activations[:]))
+        stack += [views_from(path, cache, split) for path in view_caches]
         activations = np.concatenate(stack, axis=1)[keep]
         labels = data.labels[keep]
     weights = None if class_weights is None or multi_label else class_weights.per_sample(labels)
     return CachedRows(activations, head_labels(labels, num_classes, multi_label), weights)
+
+
+#: What a views cache must share with the head cache for its activations to stand in for the same rows.
+#: (the weights by their fingerprint, not by how they were named.)
+PROVENANCE = ("backbone", "alpha", "weights_fingerprint", "image_size", "pooling", "preprocessing", "dtype")
+
+
+def views_from(path: str, base: Any, split: str) -> np.ndarray:
+    """Another cache's view activations of ``split``, in the order of ``base``'s rows.
+
+    Args:
+        path: a cache extracted with views and the same tap (a kept item's, ``recipe.view_trials``).
+        base: the open head cache (``FeatureCache``).
+
+    Returns:
+        (N, K, *tap_shape) float16: row n's K views, n as in ``base.split(split)``.
+
+    Raises:
+        DataError: the caches differ in backbone, weights, size, tap or classes, or ``path`` lacks a row
+            of ``base`` (matched by key: the same image, not the same position).
+    """
+    from headstart.features.cache import open_cache
+    from headstart.pipeline.errors import DataError
+
+    with open_cache(path) as views:
+        differ = [k for k in PROVENANCE if views.config.get(k) != base.config.get(k)]
+        if views.tap != base.tap or views.class_names != base.class_names:
+            differ.append("tap" if views.tap != base.tap else "classes")
+        if differ or split not in views.splits or views.split(split).view_activations is None:
+            raise DataError(f"{path}: its views cannot train on {base.path}: "
+                            + (f"different {', '.join(differ)}" if differ else f"no views of {split}"))
+        data = views.split(split)
+        where = {key: i for i, key in enumerate(data.keys)}
+        missing = [key for key in base.split(split).keys if key not in where]
+        if missing:
+            raise DataError(f"{path}: no views of {len(missing)} {split} rows of {base.path} (e.g. {missing[0]})")
+        order = np.array([where[key] for key in base.split(split).keys], dtype=np.int64)
+        return np.asarray(data.view_activations[:])[order]
 
 
 def cached_dataset(rows: CachedRows, *, batch_size: int, seed: int | None):
@@ -163,12 +211,17 @@ def cached_dataset(rows: CachedRows, *, batch_size: int, seed: int | None):
 
 
 def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, run_dir: Path,
-                   log: Callable[[str], None], callbacks: Sequence[Any]) -> tuple[Any, dict]:
+                   log: Callable[[str], None], callbacks: Sequence[Any],
+                   views: Sequence[tuple[str, str]] | None = None) -> tuple[Any, dict]:
     """``finetune --on-cache``'s fit: unfreeze above the tap, train on the cache, keep the best epoch.
 
     With ``--probe lr`` every rate of ``rate_probes.PROBE_LRS`` trains from the seeded weights to
     early stopping (an epoch on the cache is cheap, so each look runs until it answers rather than
     for one epoch) and the one with the best validation measure is kept: its fit *is* the fine-tune.
+
+    Args:
+        views: (item, cache) of each augmentation the view trials kept, whose views join the draw; None
+            when no view trials ran (``--augment`` given).
 
     Returns:
         (the kept fit's StageOutcome, trainable counts), as the end-to-end fit returns them; the counts
@@ -188,7 +241,9 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
     _check_above_tap(model, tap, spec)
     top = top_block_model(model, tap)
     counts = trainable_counts(model)
-    train, val = _cached_splits(config, plan)
+    views = None if views is None else list(views)
+    train, val, versions = _cached_splits(config, plan, [path for _, path in views or ()])
+    log(_views_line(views, versions))
     log(f"fine-tuning {len(unfrozen)} backbone layers with weights on cached activations (--on-cache, --unfreeze "
         f"{spec}, tap {tap['spec']} at {tap['layer']} {tuple(tap['shape'])}), {counts['trainable_params']:,} "
         f"trainable parameters; BatchNorm frozen")
@@ -208,7 +263,9 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
             f"{len(stage.epoch_seconds)}) of {', '.join(f'{r:g}' for r in rates)}")
     parity = check_top_parity(config, plan, model, tap, log)
     return stage, {**counts, "metrics": {"unfreeze": str(spec), "lr": lr},
-                   "on_cache": {"tap": tap, "rates": tried, "parity": parity and parity.to_dict()}}
+                   "on_cache": {"tap": tap, "rates": tried, "parity": parity and parity.to_dict(),
+                                "views": {"items": [item for item, _ in views or ()],
+                                          "caches": [p for _, p in views or ()], "per_row": versions - 1}}}
 
 
 def _fit_rate(config: Any, plan: Any, top: Any, setup: Any, run_dir: Path, lr: float, train: Any, val: Any,
@@ -258,18 +315,32 @@ def check_top_parity(config: Any, plan: Any, model: Any, tap: dict, log: Callabl
     return parity
 
 
-def _cached_splits(config: Any, plan: Any) -> tuple[Any, Any]:
-    """(shuffled train batches with views, validation batches or None), from the head's cache."""
+def _views_line(views: Sequence[tuple[str, str]] | None, versions: int) -> str:
+    """What the training rows are drawn from, in one line."""
+    if views is not None and not views and versions == 1:
+        return "training on the originals only: the view trials kept no augmentation"
+    if views:
+        return (f"training on the originals and {versions - 1} cached views per row of the augmentation the view "
+                f"trials kept ({', '.join(item for item, _ in views)})")
+    return ("training on the originals only: no views cached" if versions == 1 else
+            f"training on the originals and the head cache's {versions - 1} views per row")
+
+
+def _cached_splits(config: Any, plan: Any, view_caches: Sequence[str] = ()) -> tuple[Any, Any, int]:
+    """(shuffled train batches with views, validation batches or None, versions per training row), from
+    the head's cache and ``view_caches``."""
     from headstart.pipeline.data.exclusion import read_exclude_keys
 
     exclude = set(read_exclude_keys(config.exclude)) if config.exclude else set()
     common = dict(num_classes=plan.num_classes, multi_label=plan.multi_label, exclude=exclude)
-    train = load_rows(plan.head_run.cache, "train", views=True, class_weights=plan.class_weights, **common)
+    train = load_rows(plan.head_run.cache, "train", views=True, class_weights=plan.class_weights,
+                      view_caches=view_caches, **common)
     if train is None:
         raise OptionError(Arg("on_cache"), f": the head's cache {plan.head_run.cache['path']} has no training rows")
     val = load_rows(plan.head_run.cache, plan.val_split, views=False, **common) if plan.val_split else None
     return (cached_dataset(train, batch_size=config.batch_size, seed=config.seed),
-            None if val is None else cached_dataset(val, batch_size=config.batch_size, seed=None))
+            None if val is None else cached_dataset(val, batch_size=config.batch_size, seed=None),
+            int(train.activations.shape[1]))
 
 
 def _check_above_tap(model: Any, tap: dict, spec: Any) -> None:

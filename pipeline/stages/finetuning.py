@@ -226,7 +226,7 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
                                             reason="no probe improved on the seeded model")
         stage, counts = StageOutcome(monitor="val_loss" if measure == "loss" else f"val_{measure}"), {}
     else:
-        stage, counts = _fit_backbone(work, spec, plan, built.model, setup, run.path, log, callbacks)
+        stage, counts = _fit_backbone(work, spec, plan, built.model, setup, run.path, log, callbacks, progress)
         gate, val_predictions = apply_stage_gate(predict, built.model, val_split=plan.val_split, seeded_val=seeded_val,
                                                  seeded_weights=seeded_weights, measure=measure, log=log)
     metrics = {"unfreeze": str(spec), "lr": work.lr, "augment": work.augment, "trainable": counts,
@@ -357,14 +357,15 @@ def _compile(config: FinetuneConfig, plan: FinetunePlan, model: Any, setup: Any,
 
 
 def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: Any, setup: Any, run_dir: Path,
-                  log: Callable[[str], None], callbacks: Sequence[Any]) -> tuple[Any, dict]:
+                  log: Callable[[str], None], callbacks: Sequence[Any], progress: dict) -> tuple[Any, dict]:
     """Unfreezes as ``--unfreeze`` asks, recompiles and fits; returns (outcome, trainable counts)."""
     from headstart.pipeline.model.assembly import trainable_counts
+    from headstart.pipeline.stages.finetune_choices import kept_views
     from headstart.pipeline.stages.finetune_on_cache import fit_top_blocks
     from headstart.pipeline.training.stage_fit import fit_stage
 
     if config.on_cache:  # the layers above the cache's tap, trained on its activations
-        return fit_top_blocks(config, spec, plan, model, setup, run_dir, log, callbacks)
+        return fit_top_blocks(config, spec, plan, model, setup, run_dir, log, callbacks, views=kept_views(progress))
     unfrozen = _compile(config, plan, model, setup, spec)
     counts = trainable_counts(model)
     log(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "
