@@ -105,3 +105,17 @@ def test_native_sizes_come_from_the_registry():
     assert get_backbone_spec("efficientnet_b7").native_size == 600
     assert {r["name"]: r["native_size"] for r in backbone_rows()}["nasnet_large"] == 331
     assert " native " in format_backbone_table(backbone_rows()).splitlines()[0]
+
+
+def test_the_fine_tuning_row_counts_only_what_its_stage_spent_outside_the_other_rows():
+    """Auto on the cache: the view trials (augmentation row) and the fine-tunes at each rate (rate
+    row) ran inside the finetune stage, so the fine-tuning row keeps only the rest (each second once)."""
+    from headstart.pipeline.report.decisions import Decision
+    from headstart.pipeline.run.auto import _counted_once
+
+    rows = [Decision("augment", "flip", seconds=373.0), Decision("lr", 1e-5, seconds=135.0),
+            Decision("unfreeze", "top:30", seconds=0.0), Decision("finetune", "fine-tuned", seconds=537.0)]
+    record = {"seconds": 537.0, "kept": "finetuned", "recipe": {"augment": {"seconds": 353.9}}}
+    counted = {d.name: d.seconds for d in _counted_once(rows, record)}
+    assert counted == {"augment": 373.0, "lr": 135.0, "unfreeze": 0.0, "finetune": 29.0}
+    assert sum(counted.values()) == 537.0

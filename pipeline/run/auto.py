@@ -192,9 +192,10 @@ def _counted_once(found: list[Any], finetune: dict) -> list[Any]:
     """The decisions with each second in one row, and no value shown as chosen that nothing used.
 
     The depth probes at the chosen rate include the one the rate row already counts, and the
-    finetune stage's seconds include its audit and probes: the depth row keeps the probes the rate
-    row has not, the fine-tuning row what is left of its stage. When the head was kept, the rate and
-    depth tuned nothing: they show "not used".
+    finetune stage's seconds include its audit, view trials and probes (or on-cache fine-tunes at
+    each rate): the depth row keeps the probes the rate row has not, the fine-tuning row what is
+    left of its stage after the augmentation, rate and depth rows. When the head was kept, the rate
+    and depth tuned nothing: they show "not used".
     """
     rows = {d.name: d for d in found}
     probes = ((finetune.get("recipe") or {}).get("probes") or {}).get("probes") or []
@@ -203,7 +204,11 @@ def _counted_once(found: list[Any], finetune: dict) -> list[Any]:
     if "lr" in rows and "unfreeze" in rows and not rows["unfreeze"].explicit:
         rows["unfreeze"].seconds = max(0.0, probed - (0.0 if rows["lr"].explicit else rows["lr"].seconds))
     if "finetune" in rows:
-        rows["finetune"].seconds = max(0.0, float(finetune.get("seconds") or 0) - probed - float(audit))
+        # The augmentation, rate and depth rows' seconds were all spent inside the finetune stage (the
+        # audit and view trials, the end-to-end probes or the on-cache fine-tunes at each rate).
+        inside = sum(rows[name].seconds for name in ("augment", "lr", "unfreeze")
+                     if name in rows and not rows[name].explicit)
+        rows["finetune"].seconds = max(0.0, float(finetune.get("seconds") or 0) - max(inside, probed + float(audit)))
     if (finetune.get("kept") or (finetune.get("stage_gate") or {}).get("kept")) == "seeded":
         for name in ("lr", "unfreeze"):
             if name in rows and not rows[name].explicit:
