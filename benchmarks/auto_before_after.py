@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe import ASSETS, BACKBONE, layout_photos  # noqa: E402 - benchmarks/recipe.py, beside this file
+from recipe import ASSETS, BACKBONE, dataset_sources  # noqa: E402 - benchmarks/recipe.py, beside this file
 
 
 def run_auto(python: str, source: Path, out: Path) -> dict:
@@ -53,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from headstart.pipeline.data.bundled import write_digits_folders
-
-    sources = {"cats": lambda: layout_photos(out / "data" / "cats_vs_dogs_2k"),
-               "digits": lambda: write_digits_folders(out / "data" / "digits")}
+    sources = dataset_sources(out)
     results = {}
     for name in args.datasets.split(","):
         if name == "cats" and not (ASSETS / "cats_vs_dogs_2k").is_dir():

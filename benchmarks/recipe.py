@@ -54,6 +54,14 @@ def layout_photos(dest: Path) -> Path:
     return dest
 
 
+def dataset_sources(out: Path) -> dict:
+    """Name → a function laying the data set out under OUT/data/ and returning its folder."""
+    from headstart.pipeline.data.bundled import write_digits_folders
+
+    return {"cats": lambda: layout_photos(out / "data" / "cats_vs_dogs_2k"),
+            "digits": lambda: write_digits_folders(out / "data" / "digits")}
+
+
 def run_headstart(source: Path, out: Path, recipe: str, budget: float | None) -> tuple[dict, float]:
     """``headstart run`` in a subprocess; returns (summary.json, wall seconds)."""
     argv = [sys.executable, "-m", "headstart.pipeline.cli", "run", str(source), "--out", str(out),
@@ -145,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from headstart.pipeline.data.bundled import write_digits_folders
-
-    sources = {"cats": lambda: layout_photos(out / "data" / "cats_vs_dogs_2k"),
-               "digits": lambda: write_digits_folders(out / "data" / "digits")}
+    sources = dataset_sources(out)
     results = {}
     for name in args.datasets.split(","):
         if name == "cats" and not (ASSETS / "cats_vs_dogs_2k").is_dir():
