@@ -223,7 +223,7 @@ def sweep_command(caches, config_file, quiet, **options):
 @click.argument("source")
 @_fields("finetune", "head", "out", "backbone", "weights", "alpha", "image_size", "pooling", "split_specs",
          "path_column", "label_column", "images", "multi_label", "epochs",
-         "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "probe", "probe_steps",
+         "lr", "batch_size", "head_epochs", "head_lr", "head_batch_size", "unfreeze", "augment", "trial_views", "probe", "probe_steps",
          "patience", "seed", "deterministic", "parity_samples", "resume", "export", "quantize", "calibrate", "exclude",
          "class_weight", "monitor", "on_cache")
 @_distribute_options("finetune")

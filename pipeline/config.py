@@ -157,6 +157,7 @@ class FinetuneConfig:
     # "lr", "unfreeze" or "lr,unfreeze": short fine-tunes choose them on validation (training/rate_probes.py).
     probe: str = "none"
     probe_steps: int = 0            # steps per probe; 0: one epoch, at most rate_probes.MAX_PROBE_STEPS
+    trial_views: int = 2            # --augment auto: cached views per training image in each item's trial
     patience: int = 3
     seed: int = 0
     deterministic: bool = False     # TF op determinism (with the seed: bit-identical weights)

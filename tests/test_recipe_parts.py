@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from conftest import make_cache
@@ -66,10 +68,38 @@ def test_a_tight_budget_cuts_the_search_in_order():
                   probe_depth=True)
     tight = plan_recipe(_speeds(), budget_minutes=0.01, **kwargs)
     assert tight.trials == MIN_TRIALS and tight.image_sizes == [150] and not tight.probes
-    assert not tight.depth_probe and len(tight.cuts) == 5 and "to fit the budget" in tight.describe()
+    assert not tight.depth_probe and "to fit the budget" in tight.describe()
+    # in order: what costs least accuracy goes first; fewer views before a size, a size before the trials
+    assert [c.split(" ")[0] for c in tight.cuts] == ["12", "no", "probes", "one", "no", "no", "no"]
+    assert tight.cuts.index("one view per image in the augmentation trials") < tight.cuts.index(
+        "no second image size (224)") < [i for i, c in enumerate(tight.cuts) if "augmentation trials (" in c][0]
+    assert not tight.audit and tight.views == 1
     explicit = plan_recipe(_speeds(), native_size=None, search_head=False, audit_candidates=0, probe_lrs=(),
                            probe_depth=False, budget_minutes=None)
     assert explicit.describe().startswith("will try nothing")
+
+
+def test_the_augmentation_trials_are_priced_again_at_the_chosen_size():
+    from headstart.pipeline.recipe.plan import RecipePlan, plan_augmentation, plan_recipe
+
+    kwargs = dict(native_size=224, search_head=True, audit_candidates=7, probe_lrs=(), probe_depth=False)
+    speeds = _speeds()
+    plan = plan_recipe(speeds, budget_minutes=8, **kwargs)
+    # the first plan prices the trials at the first size: both sizes fit the budget
+    assert plan.image_sizes == [150, 224] and plan.audit and plan.views == 2 and not plan.cuts
+    same = plan_augmentation(plan, speeds, 150, spent_seconds=60.0)
+    assert same.views == 2 and same.audit and same.estimates["audit"] == pytest.approx(plan.estimates["audit"])
+    # at 224 px each pass costs (224/150)² as much: one view fits what is left, then nothing does
+    bigger = plan_augmentation(dataclasses.replace(plan, budget_seconds=1e9), speeds, 224, spent_seconds=60.0)
+    assert bigger.views == 2 and bigger.audit
+    assert bigger.estimates["audit"] > plan.estimates["audit"] and bigger.augment_size == 224
+    one_view_cost = plan_augmentation(dataclasses.replace(plan, views=1), speeds, 224, 0.0).estimates["audit"]
+    assert one_view_cost < bigger.estimates["audit"]
+    one_view = plan_augmentation(plan, speeds, 224, spent_seconds=plan.budget_seconds - one_view_cost - 1.0)
+    assert one_view.audit and one_view.views == 1 and one_view.cuts == ["at 224 px: one view per image in the augmentation trials"]
+    broke = plan_augmentation(plan, speeds, 224, spent_seconds=plan.budget_seconds)
+    assert not broke.audit and broke.cuts[-1].startswith("at 224 px: no augmentation trials")
+    assert RecipePlan.from_dict(one_view.to_dict()) == one_view and plan.views == 2 and not plan.cuts  # a copy
 
 
 def test_the_decisions_table_names_each_choice_and_the_users_own():

@@ -188,6 +188,9 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                             "validation (rates 1e-5, 1e-4, 1e-3; all layers vs the top quarter); skip fine-tuning "
                             "when none beats the seeded model."),
         "probe_steps": OptionFact("Training steps per probe (0: one epoch, at most 300).", bounds=at_least(0)),
+        "trial_views": OptionFact("With --augment auto: cached views per training image in each candidate's trial "
+                                  "(each view is one more pass of the training split through the backbone).",
+                                  bounds=at_least(1)),
         "patience": OptionFact("Early-stopping patience on the --monitor value.", bounds=at_least(0)),
         "seed": OptionFact("Seed of shuffling and augmentation.", bounds=SEED),
         "deterministic": OptionFact("Bit-identical fine-tuned weights for the same seed (slower ops)."),

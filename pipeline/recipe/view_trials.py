@@ -46,8 +46,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-#: Augmented views per training image in each item's cache.
-VIEWS = 2
+from headstart.pipeline.config import FinetuneConfig
+
+#: Augmented views per training image in each item's cache (``finetune --trial-views``'s default).
+VIEWS = FinetuneConfig.trial_views
 #: Seeds per arm (with / without): each seed sets the head's initial weights and batch order.
 SEEDS = 3
 #: An audit drop larger than this drops an item without training (flipped digits: 0.47–0.85 drops).

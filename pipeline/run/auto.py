@@ -4,7 +4,8 @@ validation (``--recipe auto``), or every choice fixed to the guide's value (``--
 The order follows dependency and cost (every step but the last works on caches or on validation):
 
 1. extract the cache at ``--image-size`` (the guide's 150 px unless given);
-2. plan the search from what that measured (``headstart.pipeline.recipe.plan``) and print it;
+2. plan the search from what that measured (``headstart.pipeline.recipe.plan``) and print it (once
+   the size is chosen, the augmentation trials are priced again at it: ``plan_augmentation``);
 3. the head: the sweep, its trials sized to the validation split, each trial stopped by early
    stopping alone (no epoch limit cuts a head that is still improving);
 4. the image size: when ``--image-size`` was not given, the backbone's native training size gets a
@@ -51,8 +52,8 @@ def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str
         the decisions}.
     """
     from headstart.pipeline.run.auto_logistic import head_candidate_step
-    from headstart.pipeline.run.auto_steps import (baselines_step, choose_size, diagnose_step, evaluate_step,
-                                                   extract_step, finetune_step, head_step, plan_step)
+    from headstart.pipeline.run.auto_steps import (augment_plan_step, baselines_step, choose_size, diagnose_step,
+                                                   evaluate_step, extract_step, finetune_step, head_step, plan_step)
 
     steps = _Steps(config, run_dir, console, save, state, overwrite)
     first = extract_step(steps, config.extract.image_size)
@@ -65,6 +66,7 @@ def run_auto(config: RunConfig, run_dir: Path, console: Any, save: Callable[[str
         candidates[size] = (cache, head_step(steps, size, cache, plan))
     size, size_decision = choose_size(steps, candidates)
     extract, head = steps.promote(size, candidates)
+    plan = augment_plan_step(steps, plan, size, candidates)
     baselines = {} if steps.fixed else baselines_step(steps, size, extract)
     if not steps.fixed:
         head = head_candidate_step(steps, size, extract, head, baselines)  # the logistic probe, when it beats the sweep
@@ -117,14 +119,14 @@ class _Steps:
         return {"extract": f"[auto] extract-features at {size} px → {path}", "head": f"[auto] {detail} on {size} px → {path}",
                 "finetune": f"[auto] finetune from {detail} → {path}", "evaluate": f"[auto] evaluate {path}"}[step]
 
-    def finetune_options(self, epochs: int) -> Any:
+    def finetune_options(self, epochs: int, plan: Any = None) -> Any:
         """finetune's options: the guide's as given; auto's on the cache, each open rate trained to
-        early stopping within ``epochs`` (``run.auto_finetune``)."""
+        early stopping within ``epochs``, the augmentation trials as ``plan`` has them (``run.auto_finetune``)."""
         from headstart.pipeline.run.auto_finetune import auto_tap, on_cache_config
 
         if self.fixed:
             return self.config.finetune
-        return on_cache_config(self, epochs, tapped=auto_tap(self.config) is not None)
+        return on_cache_config(self, epochs, tapped=auto_tap(self.config) is not None, plan=plan)
 
     @property
     def layout(self) -> Any:

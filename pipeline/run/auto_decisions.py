@@ -58,11 +58,14 @@ def _with_logistic(decision: Decision, record: dict | None, chosen: bool) -> Dec
     return decision
 
 
-def augment_decision(steps: Any, finetune: dict) -> Decision:
+def augment_decision(steps: Any, finetune: dict, plan: Any = None) -> Decision:
     """The augmentation: each candidate's paired difference (with − without its cached views) ± SE."""
     if not steps.open("finetune.augment"):
         return explicit_decision("augment", steps.config.finetune.augment)
     record = (finetune.get("recipe") or {}).get("augment")
+    if not record and plan is not None and plan.audit_candidates and not plan.audit:
+        return Decision("augment", "none", why="not tried: the budget (" + "; ".join(plan.cuts) + "); fine-tuned "
+                        "on the original images' cached activations")
     if not record:
         return Decision("augment", "-", why="no audit recorded")
     if "audit" not in record:  # recorded by the audit alone, before the view trials

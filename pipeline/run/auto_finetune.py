@@ -43,17 +43,20 @@ def auto_tap(config: Any) -> str | None:
     return AUTO_TAPS.get(extract.backbone, FALLBACK_TAP)
 
 
-def on_cache_config(steps: Any, epochs: int, *, tapped: bool = True) -> Any:
+def on_cache_config(steps: Any, epochs: int, *, tapped: bool = True, plan: Any = None) -> Any:
     """finetune's options under auto: on the cache, each open rate trained to early stopping.
 
     ``tapped`` False (a hub backbone: no cut, no activations cached): the guide's end-to-end fine-tune
-    at the given or default rate, nothing probed."""
+    at the given or default rate, nothing probed. ``plan`` (a ``RecipePlan``): its views per image in
+    the augmentation trials, and no trials when it cut them (the originals only)."""
     ft = steps.config.finetune
+    trials = plan is None or plan.audit
     return dataclasses.replace(
         ft, on_cache=tapped, probe="lr" if steps.open("finetune.lr") and tapped else "none", probe_steps=0,
         # On the cache the cached views are the augmentation (the view trials' kept items' views, with
         # the tap); the image-level layer never runs. End to end (hub), the guide's: none.
-        augment=ft.augment if not steps.open("finetune.augment") else ("auto" if tapped else "none"),
+        augment=ft.augment if not steps.open("finetune.augment") else ("auto" if tapped and trials else "none"),
+        trial_views=plan.views if plan is not None and not steps.fixed else ft.trial_views,
         unfreeze=ft.unfreeze if not steps.open("finetune.unfreeze") else "all",  # all: every layer above the tap
         epochs=ft.epochs if not steps.open("finetune.epochs") else epochs)
 

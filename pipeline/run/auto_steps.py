@@ -49,7 +49,7 @@ def plan_step(steps: Any, first: dict) -> Any:
     recipe: the fixed plan, one size and no search, neither printed nor saved)."""
     from headstart.features.registry import get_backbone_spec
     from headstart.pipeline.recipe.audit import AUDIT_CANDIDATES
-    from headstart.pipeline.recipe.plan import RecipePlan, Speeds, plan_recipe
+    from headstart.pipeline.recipe.plan import RecipePlan, plan_recipe
     from headstart.pipeline.run.auto_finetune import auto_tap
 
     config = steps.config
@@ -66,9 +66,7 @@ def plan_step(steps: Any, first: dict) -> Any:
         native = None
         if steps.open("extract.image_size") and not ex.backbone.startswith("hub:"):
             native = get_backbone_spec(ex.backbone).native_size
-        speeds = Speeds(image_size=ex.image_size, images_per_second=float(first.get("images_per_second") or 50.0),
-                        rows=dict(first["splits"]), batch_size=config.finetune.batch_size,
-                        epochs=config.finetune.epochs)
+        speeds = _speeds(config, first)
         # The fine-tune runs on the tapped cache (run.auto_finetune): no end-to-end probes to plan (its
         # rates train to early stopping within the fine-tune itself); an open --augment is chosen by
         # the view trials (the audit's pre-filter and each item's views and heads), planned here.
@@ -79,6 +77,40 @@ def plan_step(steps: Any, first: dict) -> Any:
         steps.save("plan", {"key": key, "done": True, "status": "ran", "seconds": 0.0, "plan": plan.to_dict()})
     steps.console.log(f"[auto] recipe: {plan.describe()}")
     return plan
+
+
+def _speeds(config: Any, first: dict) -> Any:
+    """What the first extraction measured, as the plan reads it."""
+    from headstart.pipeline.recipe.plan import Speeds
+
+    return Speeds(image_size=config.extract.image_size, rows=dict(first["splits"]),
+                  images_per_second=float(first.get("images_per_second") or 50.0),
+                  batch_size=config.finetune.batch_size, epochs=config.finetune.epochs)
+
+
+def augment_plan_step(steps: Any, plan: Any, size: int, candidates: dict[int, tuple[dict, dict]]) -> Any:
+    """The augmentation trials priced again at the chosen size, against what the budget has left after
+    the sizes' measured extraction and sweeps (``recipe.plan.plan_augmentation``); said in one line
+    when that cuts them. Saved (and reused on resume), so a resumed run keeps what it printed."""
+    from headstart.pipeline.recipe.plan import RecipePlan, plan_augmentation
+
+    if not plan.audit:
+        return plan
+    first = steps.config.extract.image_size
+    spent = sum(float(head.get("seconds") or 0) + (float(cache.get("seconds") or 0) if s != first else 0.0)
+                for s, (cache, head) in candidates.items())
+    record = steps.state.get("augment_plan")
+    key = stage_key({"plan": plan.to_dict(), "size": size})
+    if record and record.get("key") == key:
+        return RecipePlan.from_dict(record["plan"])
+    replanned = plan_augmentation(plan, _speeds(steps.config, candidates[first][0]), size, spent)
+    steps.save("augment_plan", {"key": key, "done": True, "status": "ran", "seconds": 0.0, "spent": spent,
+                                "plan": replanned.to_dict()})
+    if replanned.cuts != plan.cuts:
+        steps.console.log(f"[auto] augmentation trials at {size} px: about {replanned.estimates['audit'] / 60:.0f} "
+                          f"min with {plan.budget_seconds - spent:.0f} s of the budget left: "
+                          + ", ".join(replanned.cuts[len(plan.cuts):]))
+    return replanned
 
 
 def head_step(steps: Any, size: int, cache: dict, plan: Any) -> dict:
@@ -189,7 +221,7 @@ def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, c
     from headstart.pipeline.run.auto_finetune import finetune_line, paired_evidence
     from headstart.pipeline.run.stages import finetune_stage
 
-    config = dataclasses.replace(steps.at_size(size), finetune=steps.finetune_options(FINETUNE_EPOCHS))
+    config = dataclasses.replace(steps.at_size(size), finetune=steps.finetune_options(FINETUNE_EPOCHS, plan))
     ft_key = finetune_key(config, head["head_sha256"])
     on_cache = " --on-cache" if config.finetune.on_cache and not steps.fixed else ""
     steps.console.log(steps.header("finetune", size, _shown(steps.layout.finetune), _shown(head["path"]) + on_cache))
@@ -228,5 +260,5 @@ def decisions(steps: Any, plan: Any, size_decision: Decision, head: dict, finetu
     """The decisions table's rows, from the steps' records."""
     from headstart.pipeline.run.auto_decisions import augment_decision, finetune_decisions, head_decision
 
-    return [size_decision, head_decision(steps, head), augment_decision(steps, finetune),
+    return [size_decision, head_decision(steps, head), augment_decision(steps, finetune, plan),
             *finetune_decisions(steps, finetune)]
