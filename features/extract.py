@@ -81,11 +81,60 @@ class AugmentedViews:
         model: Keras model applied with ``training=True`` before the extractor, once per view.
         count: views per image (at least 1).
         seed: seeds the augmentation per (split, batch, view), so a resumed run draws the same views.
+        originals: the originals' rows looked up by key (``cached_originals``) instead of computed:
+            a cache of views of images another cache already holds (an augmentation trial's item
+            cache) then costs one backbone pass per view, not one more for the originals.
     """
 
     model: object
     count: int
     seed: int = 0
+    originals: Callable[[list[str]], dict] | None = None
+
+
+def cached_originals(path: str, split: str, writer: StoreWriter) -> Callable[[list[str]], dict]:
+    """Looks up rows of ``path``'s ``split`` by key, as ``StoreWriter.append`` takes them.
+
+    Args:
+        path: a finished cache of the same backbone, weights, size, tap and source.
+        split: its split.
+        writer: the cache the rows go into: its backbone, weights, size, tap, feature shape and dtype
+            must be ``path``'s, or ``StoreError`` names the first that differs.
+
+    Returns:
+        keys → {"features" (n, *feature_shape), "pixel_std" (n,) when recorded, "activations"
+        (n, *tap_shape) when tapped}; a key the cache lacks raises ``StoreError`` naming it.
+    """
+    from headstart.features.cache import open_cache
+    from headstart.features.errors import StoreError
+
+    cache = open_cache(path)
+    theirs, ours = cache.config, writer.config
+    for name, a, b in [("feature shape", tuple(cache.feature_shape), tuple(writer.feature_shape)),
+                       ("dtype", cache.dtype, writer.dtype), ("tap shape", cache.tap_shape, writer.tap_shape),
+                       *((key, theirs.get(key), ours.get(key)) for key in ("backbone", "alpha", "weights_fingerprint", "image_size", "pooling",
+                                                                 "preprocessing", "tap", "exif_orientation"))]:
+        if a != b:
+            raise StoreError(f"{path}: its {name} {a!r} is not the views' cache's {b!r}; its rows cannot be copied")
+    data = cache.split(split)
+    index = {key: i for i, key in enumerate(data.keys)}
+
+    def rows(keys: list[str]) -> dict:
+        missing = [k for k in keys if k not in index]
+        if missing:
+            raise StoreError(f"{path}: split '{split}' has no row for {missing[0]} (the views' source changed?)")
+        at = np.array([index[k] for k in keys], dtype=np.int64)
+        order = np.argsort(at)  # h5py reads increasing indices; put them back in the batch's order
+        back = np.argsort(order)
+        read = lambda ds: np.asarray(ds[at[order]])[back] if len(at) else np.asarray(ds[:0])  # noqa: E731
+        out = {"features": read(data.features)}
+        if data.pixel_std is not None:
+            out["pixel_std"] = data.pixel_std[at]
+        if data.activations is not None:
+            out["activations"] = read(data.activations)
+        return out
+
+    return rows
 
 
 def extract_split(
@@ -151,12 +200,17 @@ def extract_split(
 def _items(dataset, extractor, views: AugmentedViews | None, report: SplitReport, *, split: str, batch_size: int,
            feature_shape: tuple[int, ...], tap_shape: tuple[int, ...] | None):
     """The split's batches after the committed ones, each as the commit it makes (features, and views)."""
-    forward = _traced_forward(extractor)
+    # Copied originals need no forward of their own (and no trace of it).
+    forward = _traced_forward(extractor) if not (views and views.originals is not None) else None
     view_forward = _traced_forward(extractor, views.model) if views else None
     batch_index = report.consumed // batch_size
     for batch in _batches(dataset, skip=report.consumed, batch_size=batch_size):
-        item = _features_of(batch, forward, consumed=report.consumed, feature_shape=feature_shape,
-                            tap_shape=tap_shape)
+        if views and views.originals is not None:
+            item = _features_of(batch, None, consumed=report.consumed, feature_shape=feature_shape,
+                                tap_shape=tap_shape, lookup=views.originals)
+        else:
+            item = _features_of(batch, forward, consumed=report.consumed, feature_shape=feature_shape,
+                                tap_shape=tap_shape)
         if views:
             item["views"], view_activations = _views_of(batch, view_forward, views, item["good"], split=split,
                                                         batch_index=batch_index, feature_shape=feature_shape,
@@ -200,10 +254,11 @@ def _outputs(outputs, good: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _features_of(batch, forward, *, consumed: int, feature_shape: tuple[int, ...],
-                 tap_shape: tuple[int, ...] | None = None) -> dict:
+                 tap_shape: tuple[int, ...] | None = None, lookup: Callable[[list[str]], dict] | None = None) -> dict:
     """One batch through the backbone → the rows ``StoreWriter.append`` takes (+ "good", its mask).
 
-    A tapped extractor (two outputs) adds "activations" (B_good, *tap_shape)."""
+    A tapped extractor (two outputs) adds "activations" (B_good, *tap_shape). With ``lookup``
+    (``cached_originals``) the good rows are copied from another cache instead of computed."""
     errors = [e.decode() for e in batch["error"].numpy()]
     keys = [k.decode() for k in batch["key"].numpy()]
     good = np.array([not e for e in errors])
@@ -211,7 +266,11 @@ def _features_of(batch, forward, *, consumed: int, feature_shape: tuple[int, ...
     # images whose outputs are dropped here. A batch without a good image (a label file naming
     # missing files) skips the backbone: 100,000 such rows were 1,563 forward passes for nothing.
     activations = None
-    if good.any():
+    if good.any() and lookup is not None:
+        found = lookup([k for k, g in zip(keys, good) if g])
+        features, activations = found["features"], found.get("activations")
+        stds = found["pixel_std"] if "pixel_std" in found else pixel_std(batch["image"])[good]
+    elif good.any():
         features, activations = _outputs(forward(batch["image"]), good)
         stds = pixel_std(batch["image"])[good]
     else:

@@ -79,6 +79,16 @@ def test_a_tight_budget_cuts_the_search_in_order():
     assert explicit.describe().startswith("will try nothing")
 
 
+def test_a_fine_tune_on_the_cache_is_priced_as_cheap_epochs():
+    from headstart.pipeline.recipe.plan import plan_recipe
+
+    kwargs = dict(native_size=None, search_head=True, audit_candidates=0, probe_lrs=(), probe_depth=False,
+                  budget_minutes=None)
+    images, cached = plan_recipe(_speeds(), **kwargs), plan_recipe(_speeds(), on_cache=True, **kwargs)
+    assert cached.estimates["finetune"] < images.estimates["finetune"]
+    assert "then fine-tune on the cache" in cached.describe() and "then fine-tune;" in images.describe()
+
+
 def test_the_augmentation_trials_are_priced_again_at_the_chosen_size():
     from headstart.pipeline.recipe.plan import RecipePlan, plan_augmentation, plan_recipe
 

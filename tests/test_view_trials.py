@@ -48,7 +48,7 @@ def test_the_budget_plan_counts_the_view_trials():
     plan = plan_recipe(speeds, native_size=None, search_head=False, audit_candidates=7, probe_lrs=(),
                        probe_depth=False, budget_minutes=600)
     audit = 8 * 200 / 200.0  # a validation pass per item and one untransformed
-    views = 7 * (1 + VIEWS) * 1400 / 200.0  # each item's views of the training split, with its originals
+    views = 7 * VIEWS * 1400 / 200.0  # each item's views of the training split (its originals are copied)
     # SEEDS heads per item on its originals and views, and SEEDS on the originals alone
     heads = (7 * (1 + VIEWS) + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * 1.4
     assert plan.estimates["audit"] == pytest.approx(audit + views + heads)

@@ -55,6 +55,12 @@ ROWS_PER_TRIAL, MIN_TRIALS, MAX_TRIALS = 8, 12, 48
 #: 10–11 steps, chose 1e-5 on the digit scans where 44 steps chose 1e-4).
 PROBE_LRS = (1e-5, 1e-4, 1e-3)
 PROBE_MAX_STEPS, PROBE_MIN_STEPS = 300, 20
+#: A fine-tuning epoch on cached activations, as a share of the estimate of one end to end at the
+#: same size, and the epochs the on-cache rates run to early stopping in all: on the README photos
+#: (MobileNetV2 0.35 top:30, 150 px) the three rates ran 21 + 5 + 4 epochs in 135 s where an
+#: end-to-end epoch is estimated at 31.5 s (0.11 each, beside 10 s per rate to build and trace);
+#: on the digits 9 + 7 + 12 epochs.
+ON_CACHE_EPOCH_SHARE, ON_CACHE_EPOCHS = 0.15, 30
 #: Cached views per training image in each augmentation trial (``finetune --trial-views``'s default).
 VIEWS = FinetuneConfig.trial_views
 
@@ -102,6 +108,7 @@ class RecipePlan:
         estimates: part → seconds.
         cuts: what was cut to fit the budget, in words.
         views: cached views per training image in each augmentation trial.
+        on_cache: the fine-tune runs on cached activations (priced as ``ON_CACHE_EPOCHS`` cheap epochs).
         augment_size: the image size the augmentation trials were priced at (None: the first size;
             ``plan_augmentation`` sets the chosen one).
     """
@@ -118,6 +125,7 @@ class RecipePlan:
     estimates: dict[str, float] = field(default_factory=dict)
     cuts: list[str] = field(default_factory=list)
     trials_given: bool = False
+    on_cache: bool = False
     views: int = VIEWS
     augment_size: int | None = None
 
@@ -152,7 +160,7 @@ class RecipePlan:
             parts.append(probes)
         minutes = (self.search_seconds + self.estimates.get("finetune", 0.0)) / 60
         text = "will try " + (", ".join(parts) if parts else "nothing: every choice was made explicitly")
-        text += f"; then fine-tune; about {minutes:.0f} min in all (the guide's recipe: about " \
+        text += f"; then fine-tune{' on the cache' if self.on_cache else ''}; about {minutes:.0f} min in all (the guide's recipe: about " \
                 f"{self.guide_seconds / 60:.0f} min)"
         if self.cuts:
             text += f"; to fit the budget of {self.budget_seconds / 60:.1f} min: " + ", ".join(self.cuts)
@@ -167,7 +175,7 @@ class RecipePlan:
                    depth_probe=bool(record["depth_probe"]), probe_steps=int(record["probe_steps"]),
                    budget_seconds=float(record["budget_seconds"]), guide_seconds=float(record["guide_seconds"]),
                    estimates=dict(record.get("estimates") or {}), cuts=list(record.get("cuts") or []),
-                   trials_given=bool(record.get("trials_given")), views=int(record.get("views", VIEWS)),
+                   trials_given=bool(record.get("trials_given")), on_cache=bool(record.get("on_cache")), views=int(record.get("views", VIEWS)),
                    augment_size=record.get("augment_size"))
 
     def to_dict(self) -> dict:
@@ -176,7 +184,7 @@ class RecipePlan:
                 "probes": [{"lr": lr, "unfreeze": u} for lr, u in self.probes], "depth_probe": self.depth_probe,
                 "probe_steps": self.probe_steps, "budget_seconds": self.budget_seconds,
                 "guide_seconds": self.guide_seconds, "estimates": self.estimates, "cuts": self.cuts,
-                "trials_given": self.trials_given, "views": self.views, "augment_size": self.augment_size,
+                "trials_given": self.trials_given, "on_cache": self.on_cache, "views": self.views, "augment_size": self.augment_size,
                 "text": self.describe()}
 
 
@@ -187,7 +195,7 @@ def sweep_trials(validation_rows: int) -> int:
 
 def plan_recipe(speeds: Speeds, *, native_size: int | None, search_head: bool, audit_candidates: int,
                 probe_lrs: Sequence[float], probe_depth: bool, budget_minutes: float | None,
-                trials: int | None = None) -> RecipePlan:
+                trials: int | None = None, on_cache: bool = False) -> RecipePlan:
     """Sizes the search to the data and cuts it to the budget.
 
     Args:
@@ -199,6 +207,7 @@ def plan_recipe(speeds: Speeds, *, native_size: int | None, search_head: bool, a
         probe_depth: probe the top blocks too (False: ``--unfreeze`` was set).
         budget_minutes: ``--budget``; None plans ``DEFAULT_BUDGET_FACTOR`` × the guide's run.
         trials: sweep trials the user set (``[sweep] trials``); kept as given, never cut.
+        on_cache: the fine-tune trains on cached activations (its estimate, not part of the budget).
 
     Returns:
         The plan, with its estimates and what was cut.
@@ -213,7 +222,7 @@ def plan_recipe(speeds: Speeds, *, native_size: int | None, search_head: bool, a
         audit=audit_candidates > 0, audit_candidates=audit_candidates,
         probes=[(lr, "all") for lr in probe_lrs], depth_probe=probe_depth,
         probe_steps=min(PROBE_MAX_STEPS, steps_per_epoch), budget_seconds=budget, guide_seconds=guide,
-        trials_given=bool(trials))
+        trials_given=bool(trials), on_cache=on_cache)
     _estimate(plan, speeds)
     for cut in (_fewer_trials, _no_depth_probe, _shorter_probes, _fewer_views, _one_size, _no_view_trials, _no_probes):
         if plan.search_seconds <= budget:
@@ -247,20 +256,21 @@ def _estimate(plan: RecipePlan, speeds: Speeds) -> None:
         "head": sum(sweep(plan.trials_at(s)) for s in plan.image_sizes),
         "audit": _augment_seconds(plan, speeds, plan.augment_size or plan.image_sizes[0]) if plan.audit else 0.0,
         "probes": probe * (len(plan.probes) + plan.depth_probe),
-        "finetune": RUN_OVERHEAD + speeds.epochs * speeds.epoch_seconds(largest)
+        "finetune": (3 * RUN_OVERHEAD + ON_CACHE_EPOCHS * ON_CACHE_EPOCH_SHARE * speeds.epoch_seconds(largest)
+                     if plan.on_cache else RUN_OVERHEAD + speeds.epochs * speeds.epoch_seconds(largest))
         + speeds.forward_seconds(speeds.rows.get("test", 0), largest),
     }
 
 
 def _augment_seconds(plan: RecipePlan, speeds: Speeds, size: int) -> float:
     """The audit (a validation pass per item and one untransformed) and the view trials: per item,
-    the training split through the backbone 1 + views times and SEEDS heads on its 1 + views copies,
-    plus SEEDS heads on the originals."""
+    the training split through the backbone once per view (its originals are copied from the head's
+    cache) and SEEDS heads on its 1 + views copies, plus SEEDS heads on the originals."""
     from headstart.pipeline.recipe.view_trials import SEEDS
 
     items, train = plan.audit_candidates, speeds.rows.get("train", 0)
     audit = (items + 1) * speeds.forward_seconds(speeds.rows.get("validation", 0), size)
-    views = items * (1 + plan.views) * speeds.forward_seconds(train, size)
+    views = items * plan.views * speeds.forward_seconds(train, size)
     heads = (items * (1 + plan.views) + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * max(train, 1) / 1000
     return audit + views + heads
 

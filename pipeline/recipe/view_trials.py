@@ -9,10 +9,11 @@ judged by what training with it does:
 1. The training split is extracted once more per candidate, with ``--augment-views K --augment
    ITEM`` (``stages.extraction.extract_features``, train split only; the caller passes it in, as
    the recipe sits below the stages), into a small cache of its own
-   under the work folder. One cache per transform rather than one cache with views grouped by
-   transform: the extractor draws every view from one augment spec, so grouping would need a second
-   extraction path; a cache per item costs one extra pass over the training images per item (its
-   originals), is resumable by the extractor as it is, and is deleted once its trial is recorded —
+   under the work folder; its originals are copied by key from the head's cache
+   (``originals_from``), so an item costs K backbone passes, not K + 1. One cache per transform
+   rather than one cache with views grouped by transform: the extractor draws every view from one
+   augment spec, so grouping would need a second extraction path; a cache per item
+   is resumable by the extractor as it is, and is deleted once its trial is recorded —
    unless ``keep_views`` (``finetune --on-cache``): then the extraction carries the head cache's tap
    (``base.tap``) and a kept item's cache stays, its views' activations being what the on-cache
    fine-tune trains on (``stages.finetune_on_cache.views_from``), with no second backbone pass.
@@ -273,7 +274,8 @@ class _Trials:
         from headstart.features.cache import open_cache
 
         start = time.perf_counter()
-        self.extract_features(extract, log=lambda *_: None)
+        # the originals are the head cache's rows (same backbone, size, tap, source): copied, not recomputed
+        self.extract_features(extract, log=lambda *_: None, originals_from=self.head.cache["path"])
         extract_seconds = time.perf_counter() - start
         with open_cache(self.head.cache["path"]) as base, open_cache(extract.out) as cache:
             if "validation" not in base.splits or not len(base.split("validation")):

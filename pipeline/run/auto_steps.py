@@ -73,7 +73,7 @@ def plan_step(steps: Any, first: dict) -> Any:
         trials = len(AUDIT_CANDIDATES) if steps.open("finetune.augment") and auto_tap(config) else 0
         plan = plan_recipe(speeds, native_size=native, search_head=head_searchable(config), audit_candidates=trials,
                            probe_lrs=(), probe_depth=False, budget_minutes=config.budget,
-                           trials=config.sweep.get("trials"))
+                           trials=config.sweep.get("trials"), on_cache=auto_tap(config) is not None)
         steps.save("plan", {"key": key, "done": True, "status": "ran", "seconds": 0.0, "plan": plan.to_dict()})
     steps.console.log(f"[auto] recipe: {plan.describe()}")
     return plan

@@ -111,6 +111,7 @@ def extract_features(
     *,
     on_progress: Callable | None = None,
     log: Callable[[str], None] = print,
+    originals_from: str | None = None,
 ) -> ExtractSummary:
     """Runs the frozen backbone over every requested split and writes the feature cache.
 
@@ -121,6 +122,8 @@ def extract_features(
         config: the resolved extraction options.
         on_progress: called with a ``headstart.features.extract.Progress`` after each committed batch.
         log: where one-line status messages go.
+        originals_from: with views, a finished cache of the same backbone, size, tap and source whose
+            training rows are copied by key, not computed again (a backbone pass per view only).
 
     Returns:
         An ExtractSummary.
@@ -151,7 +154,7 @@ def extract_features(
     start = time.perf_counter()
     try:
         _extract_splits(writer, config, source, splits, extractor, shard=shard, summary=summary,
-                        on_progress=on_progress, log=log)
+                        on_progress=on_progress, log=log, originals_from=originals_from)
         if shard is None:  # a shard may lack a class; the merged cache is whole
             _check_committed_coverage(writer, source, splits, summary)
         else:
@@ -258,11 +261,17 @@ def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: 
 
 def _extract_splits(writer, config: ExtractConfig, source, splits: list[str], extractor, *,
                     shard: tuple[int, int] | None, summary: ExtractSummary, on_progress: Callable | None,
-                    log: Callable[[str], None]) -> None:
+                    log: Callable[[str], None], originals_from: str | None = None) -> None:
     """Fills every split in turn (resuming where the writer stopped), recording each in ``summary``."""
     from headstart.features.extract import extract_split
 
     views = _augmented_views(config, shard)
+    if views is not None and originals_from:
+        import dataclasses
+
+        from headstart.features.extract import cached_originals
+
+        views = dataclasses.replace(views, originals=cached_originals(originals_from, "train", writer))
     if shard is not None:
         log(f"shard {shard[0]}/{shard[1]}: extracting about 1/{shard[1]} of each split")
     bad = 0
