@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 
@@ -87,3 +89,38 @@ def test_finetune_runs_on_the_cache_and_tries_rates_only_when_open():
     assert auto_tap(_resolve()) == "top:6"  # the default backbone, Xception: its last block
     assert auto_tap(_resolve(flags={"backbone": "mobilenet_v2"})) == "top:30"
     assert auto_tap(_resolve(file_values={"extract": {"tap": "top:12"}})) == "top:12"
+
+
+def test_the_augmentation_plan_is_made_again_at_the_chosen_size_said_and_kept_on_resume():
+    from types import SimpleNamespace
+
+    from headstart.pipeline.recipe.plan import Speeds, plan_recipe
+    from headstart.pipeline.run.auto_finetune import on_cache_config
+    from headstart.pipeline.run.auto_steps import augment_plan_step
+
+    config = _resolve()
+    rows = {"train": 1400, "validation": 200, "test": 400}
+    plan = plan_recipe(Speeds(config.extract.image_size, 200.0, rows), native_size=224, search_head=True,
+                       audit_candidates=7, probe_lrs=(), probe_depth=False, budget_minutes=8, on_cache=True)
+    assert plan.audit and plan.image_sizes == [150, 224]
+    first = {"splits": rows, "images_per_second": 200.0, "seconds": 20.0}
+    candidates = {150: (first, {"seconds": 30.0}), 224: ({"seconds": 45.0}, {"seconds": 30.0})}
+    state, lines = {}, []
+
+    def save(name, record):
+        state[name] = record
+        return record
+
+    steps = SimpleNamespace(config=config, state=state, save=save, console=SimpleNamespace(log=lines.append),
+                            open=lambda name: name not in config.explicit, fixed=False)
+    same = augment_plan_step(steps, plan, 150, candidates)
+    assert same.views == plan.views and same.audit and not lines  # nothing cut at the first size
+    state.clear()
+    cut = augment_plan_step(steps, dataclasses.replace(plan, budget_seconds=110.0), 224, candidates)
+    # 105 s spent (the 224 px extraction and both sweeps; the first extraction is not search) of 110
+    assert state["augment_plan"]["spent"] == 105.0 and not cut.audit
+    assert len(lines) == 1 and "at 224 px would take about" in lines[0] and "no augmentation trials" in lines[0]
+    again = augment_plan_step(steps, dataclasses.replace(plan, budget_seconds=110.0), 224, candidates)
+    assert again == cut and len(lines) == 1  # a resumed run keeps the plan it printed
+    tuned = on_cache_config(steps, 30, plan=cut)
+    assert tuned.augment == "none" and on_cache_config(steps, 30, plan=same).trial_views == same.views

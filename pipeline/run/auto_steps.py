@@ -103,13 +103,15 @@ def augment_plan_step(steps: Any, plan: Any, size: int, candidates: dict[int, tu
     key = stage_key({"plan": plan.to_dict(), "size": size})
     if record and record.get("key") == key:
         return RecipePlan.from_dict(record["plan"])
-    replanned = plan_augmentation(plan, _speeds(steps.config, candidates[first][0]), size, spent)
+    speeds = _speeds(steps.config, candidates[first][0])
+    replanned = plan_augmentation(plan, speeds, size, spent)
     steps.save("augment_plan", {"key": key, "done": True, "status": "ran", "seconds": 0.0, "spent": spent,
                                 "plan": replanned.to_dict()})
     if replanned.cuts != plan.cuts:
-        steps.console.log(f"[auto] augmentation trials at {size} px: about {replanned.estimates['audit'] / 60:.0f} "
-                          f"min with {plan.budget_seconds - spent:.0f} s of the budget left: "
-                          + ", ".join(replanned.cuts[len(plan.cuts):]))
+        uncut = plan_augmentation(plan, speeds, size, -float("inf")).estimates["audit"]
+        steps.console.log(f"[auto] the augmentation trials at {size} px would take about {uncut / 60:.0f} min, "
+                          f"{max(0.0, plan.budget_seconds - spent) / 60:.0f} min of the budget is left: "
+                          + ", ".join(c.split(": ", 1)[-1] for c in replanned.cuts[len(plan.cuts):]))
     return replanned
 
 
