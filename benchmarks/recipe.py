@@ -11,12 +11,16 @@ ImageNet backbone a new user would pick (MobileNetV2 0.35, the shared weights):
 - ``headstart run SRC --recipe auto`` and ``headstart run SRC --recipe guide``: test accuracy, wall time;
 - k-NN (cosine, k chosen on validation) and L2 logistic regression (C chosen on validation) on raw
   pixels (every image resized to 32×32 RGB, scaled to [0, 1]);
-- the logistic probe on the guide's cache (150 px) and on the cache auto chose.
+- the logistic probe on the guide's cache (150 px) and on the cache auto chose;
+- with ``--before-python PY`` (a Python whose ``headstart`` is an older commit, e.g. a venv with
+  ``pip install --no-deps -e`` of it), that commit's ``--recipe auto`` too, run first.
 
-    python benchmarks/recipe.py [--out DIR] [--datasets cats,digits] [--budget MINUTES]
+    python benchmarks/recipe.py [--out DIR] [--datasets cats,digits] [--budget MINUTES] [--before-python PY]
 
 Prints one table per dataset and writes ``DIR/recipe_benchmark.json``. Goals (issue 20): auto beats
-every baseline on both datasets; auto's wall time is at most 3× the guide's.
+every baseline on both datasets; auto's wall time is at most 3× the guide's. Issue 26: auto at least
+the logistic probe on its own cache + 1 point on both; auto's wall time at most the guide's on the
+photos and 1.5× on the digits.
 """
 
 from __future__ import annotations
@@ -62,9 +66,10 @@ def dataset_sources(out: Path) -> dict:
             "digits": lambda: write_digits_folders(out / "data" / "digits")}
 
 
-def run_headstart(source: Path, out: Path, recipe: str, budget: float | None) -> tuple[dict, float]:
-    """``headstart run`` in a subprocess; returns (summary.json, wall seconds)."""
-    argv = [sys.executable, "-m", "headstart.pipeline.cli", "run", str(source), "--out", str(out),
+def run_headstart(source: Path, out: Path, recipe: str, budget: float | None,
+                  python: str = sys.executable) -> tuple[dict, float]:
+    """``headstart run`` in a subprocess (of ``python``); returns (summary.json, wall seconds)."""
+    argv = [python, "-m", "headstart.pipeline.cli", "run", str(source), "--out", str(out),
             "--recipe", recipe, *BACKBONE, "--overwrite"]
     if budget is not None and recipe == "auto":
         argv += ["--budget", str(budget)]
@@ -123,11 +128,15 @@ def cache_probe(cache: Path) -> dict:
             "test": logistic.test["accuracy"], "seconds": logistic.seconds}
 
 
-def bench(name: str, source: Path, out: Path, budget: float | None) -> dict:
+def bench(name: str, source: Path, out: Path, budget: float | None, before_python: str | None = None) -> dict:
+    rows = {}
+    if before_python:
+        before, before_s = run_headstart(source, out / f"{name}-auto-before", "auto", budget, before_python)
+        rows["auto_before"] = {"test": before["test"]["accuracy"], "seconds": before_s, "recipe": before.get("recipe")}
     auto, auto_s = run_headstart(source, out / f"{name}-auto", "auto", budget)
     guide, guide_s = run_headstart(source, out / f"{name}-guide", "guide", None)
     rows = {"auto": {"test": auto["test"]["accuracy"], "seconds": auto_s, "recipe": auto.get("recipe")},
-            "guide": {"test": guide["test"]["accuracy"], "seconds": guide_s}}
+            "guide": {"test": guide["test"]["accuracy"], "seconds": guide_s}, **rows}
     rows.update(pixel_baselines(raw_pixels(source)))
     rows["logistic_guide_cache"] = cache_probe(out / f"{name}-guide" / "features.h5")
     chosen = (auto.get("recipe") or {}).get("cache") or str(out / f"{name}-auto" / "features.h5")
@@ -142,6 +151,8 @@ def format_rows(name: str, rows: dict) -> str:
         lines.append(f"  {key:24s} {row['test']:9.4f} {row['seconds']:7.1f}s")
     lines.append(f"  auto / guide wall time: {rows['auto']['seconds'] / rows['guide']['seconds']:.2f}x; "
                  f"auto beats every baseline: {all(rows['auto']['test'] > r['test'] for k, r in rows.items() if k != 'auto')}")
+    margin = rows["auto"]["test"] - rows["logistic_auto_cache"]["test"]
+    lines.append(f"  auto − logistic probe on its cache: {margin:+.4f} (issue 26's goal: at least +0.0100)")
     return "\n".join(lines)
 
 
@@ -150,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/recipe-benchmark")
     parser.add_argument("--datasets", default="cats,digits")
     parser.add_argument("--budget", type=float, default=None)
+    parser.add_argument("--before-python", default=None, help="a Python whose headstart is the commit to compare")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "cats" and not (ASSETS / "cats_vs_dogs_2k").is_dir():
             print("cats: ../shared/assets is absent; skipped")
             continue
-        results[name] = bench(name, sources[name](), out, args.budget)
+        results[name] = bench(name, sources[name](), out, args.budget, args.before_python)
         print(format_rows(name, results[name]), flush=True)
     (out / "recipe_benchmark.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     return 0
