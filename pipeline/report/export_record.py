@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from headstart.features.bounded_parse import loads_json
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import RunDirError
 
 EXPORT_JSON = "export.json"
@@ -40,9 +41,9 @@ def read_export_record(folder: str | os.PathLike) -> dict | None:
         record = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{path} is damaged: not readable JSON ({str(exc).splitlines()[0][:120]}); "
-                          "run headstart export again with --overwrite") from None
+                          "run headstart export again with ", Arg("overwrite")) from None
     if not isinstance(record, dict) or record.get("kind") != "export":
-        raise RunDirError(f"{path} is damaged: not an export record; run headstart export again with --overwrite")
+        raise RunDirError(f"{path} is damaged: not an export record; run headstart export again with ", Arg("overwrite"))
     return record
 
 

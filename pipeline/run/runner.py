@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 
 from headstart.features.bounded_parse import loads_json
-from headstart.features.errors import parts_of
+from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
@@ -85,7 +85,8 @@ def check_run_config(config: RunConfig) -> None:
     ex = config.extract
     check_extract_config(dataclasses.replace(ex, source=config.source, out="features.h5"), label=run_label("extract"))
     if ex.alpha is not None and not get_backbone_spec(ex.backbone).takes_alpha:
-        raise OptionError(f"--alpha applies only to {', '.join(alpha_backbones())}, not to backbone '{ex.backbone}'")
+        raise OptionError(Arg("extract.alpha"), f" applies only to {', '.join(alpha_backbones())}, "
+                          f"not to backbone '{ex.backbone}'", value=ex.alpha)
     if "train" not in ex.splits:
         raise OptionError("[extract] splits must include 'train': headstart run trains on it")
     check_head_config(dataclasses.replace(config.head, features="features.h5", out="head"), label=run_label("head"))
@@ -125,8 +126,8 @@ def claim_run_dir(config: RunConfig, overwrite: bool):
             recorded = run_config_dict(resolve_run_config(None, None, file_values=read_config_file(run_dir / CONFIG_FILE)))
         except OptionError as exc:
             if (run_dir / CONFIG_FILE).is_file() and not overwrite:
-                raise RunDirError(f"--out {_shown(str(run_dir))}: its {CONFIG_FILE} is unreadable (", *parts_of(exc),
-                                  "); pass --overwrite") from None
+                raise RunDirError(Arg("top.out", _shown(str(run_dir))), f": its {CONFIG_FILE} is unreadable (",
+                                  *parts_of(exc), "); pass ", Arg("top.overwrite")) from None
             return None, False
         return result_settings(recorded), (run_dir / SUMMARY_JSON).is_file()
 
