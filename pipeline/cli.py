@@ -169,7 +169,7 @@ def train_head_command(features, out, quiet, **options):
     """
     from headstart.pipeline.stages.head_training import train_head
 
-    result = train_head(HeadConfig(features=features, out=out, **options), log=_console(quiet).log)
+    result = train_head(HeadConfig(features=features, out=out, **options), log=_console(quiet).line)
     _echo(result.summary)
 
 
