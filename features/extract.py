@@ -17,10 +17,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.features.errors import Arg, BadImagesError
 from headstart.features.store import StoreWriter
 from headstart.features.tfdata import without_autotune_thread
@@ -41,16 +41,6 @@ class SplitReport:
     def images_per_second(self) -> float:
         done = self.consumed - self.resumed_from
         return done / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class Progress:
-    """Passed to the ``on_progress`` callback after every committed batch."""
-
-    split: str
-    done: int
-    total: int | None
-    images_per_second: float
 
 
 def find_bad_images(dataset, *, batch_size: int = 64) -> list[tuple[str, str]]:
@@ -148,7 +138,7 @@ def extract_split(
     views: AugmentedViews | None = None,
     max_bad: int | None = None,
     bad_so_far: int = 0,
-    on_progress: Callable[[Progress], None] | None = None,
+    reporter: Reporter = QUIET,
 ) -> SplitReport:
     """Runs ``extractor`` over one split and commits the features batch by batch.
 
@@ -166,7 +156,7 @@ def extract_split(
         views: augmented views to store per image, or None.
         max_bad: fail once more than this many images have been skipped in the whole run.
         bad_so_far: images skipped by earlier splits of the same run, counted against ``max_bad``.
-        on_progress: called after each commit.
+        reporter: draws the progress line ``extract SPLIT`` after each commit.
 
     Returns:
         A SplitReport for this split.
@@ -178,7 +168,7 @@ def extract_split(
     report = SplitReport(split, rows=committed, consumed=consumed, resumed_from=consumed)
     if writer.is_done(split):
         return report
-    start = time.perf_counter()
+    start, line = time.perf_counter(), None
     try:
         with _BackgroundCommits(writer, split) as commits:
             for item in _items(dataset, extractor, views, report, split=split, batch_size=batch_size,
@@ -188,11 +178,13 @@ def extract_split(
                 _count(report, item)
                 commits.put(item)
                 _check_max_bad(report, item["skipped"], max_bad=max_bad, bad_so_far=bad_so_far)
-                if on_progress is not None:
-                    rate = (report.consumed - consumed) / max(time.perf_counter() - start, 1e-9)
-                    on_progress(Progress(split, report.consumed, total, rate))
+                rate = (report.consumed - consumed) / max(time.perf_counter() - start, 1e-9)
+                line = line or reporter.progress(f"extract {split}")  # opened at the first commit
+                line.update(report.consumed, total, rate)
     finally:
         report.seconds = time.perf_counter() - start
+        if line is not None:
+            line.close()
     writer.finish_split(split)
     return report
 

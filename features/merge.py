@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Sequence
 import h5py
 import numpy as np
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.features._hdf5 import first_difference, open_h5
 from headstart.features._store_io import START_OVER
 from headstart.features.cache import FeatureCache, SplitData, open_cache
@@ -89,7 +90,7 @@ def write_source_index(partial_path: str, splits: Sequence[str],
 
 def merge_shards(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike], *,
                  provenance: dict | None = None, overwrite: bool = False,
-                 log: Callable[[str], None] | None = None) -> MergeSummary:
+                 reporter: Reporter = QUIET) -> MergeSummary:
     """Checks that the shards form one complete set and copies them into one cache, in source order.
 
     A killed merge resumes when run again with the same shards, like a killed extraction.
@@ -101,7 +102,7 @@ def merge_shards(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
             fingerprints and provenance) and shard 0's ``command_config`` as a single run's would
             read (``shard`` None, ``out`` OUT): later stages take source options from it.
         overwrite: replace an OUT of another configuration (only at the end).
-        log: where one-line status messages go.
+        reporter: where one-line status messages go (``features/reporter.py``).
 
     Returns:
         A MergeSummary.
@@ -113,7 +114,6 @@ def merge_shards(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
             another configuration (without ``overwrite``).
     """
     out = os.fspath(out)
-    log = log or (lambda message: None)
     start = time.perf_counter()
     with ExitStack() as stack:
         shards = [_open_shard(os.fspath(p), stack) for p in shard_paths]
@@ -133,11 +133,11 @@ def merge_shards(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
                                   multi_label=first.multi_label, tap_shape=first.tap_shape)
         summary = MergeSummary(out, writer.complete, len(shards))
         if writer.complete:
-            log(f"{out} is already complete with this configuration; nothing to do")
+            reporter.line(f"{out} is already complete with this configuration; nothing to do")
             return summary
         try:
             for split, plan in plans.items():
-                _merge_split(writer, split, plan, log)
+                _merge_split(writer, split, plan, reporter)
                 summary.splits[split] = {"rows": len(plan.rows.pos), "skipped": len(plan.skips.pos)}
             summary.seconds = time.perf_counter() - start
             writer.finalize({"merge_seconds": round(summary.seconds, 3)})
@@ -296,7 +296,7 @@ def _check_out_is_new(out: str, shards: list[_Shard]) -> None:
             raise ShardError(f"OUT {out} is one of the shards; write the merged cache to a new file")
 
 
-def _merge_split(writer: StoreWriter, split: str, plan: _Plan, log: Callable[[str], None]) -> None:
+def _merge_split(writer: StoreWriter, split: str, plan: _Plan, reporter: Reporter) -> None:
     """Appends one split's rows and skipped entries in source order, resuming a killed merge."""
     if writer.is_done(split):
         return
@@ -323,7 +323,7 @@ def _merge_split(writer: StoreWriter, split: str, plan: _Plan, log: Callable[[st
         raise ShardError(f"{writer.partial_path} (an interrupted merge) does not match these "
                          "shards", *START_OVER)
     if consumed:
-        log(f"resuming split '{split}' after {consumed} items")
+        reporter.line(f"resuming split '{split}' after {consumed} items")
     row_bytes = int(np.prod(writer.feature_shape)) * np.dtype(writer.dtype).itemsize
     if writer.tap_shape:  # float16 activations travel with each row
         row_bytes += int(np.prod(writer.tap_shape)) * 2

@@ -79,14 +79,9 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
 
     config = ExtractConfig(source=source, out=out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
                            split_specs=parse_split_option(split_specs), **options)
-    console, lines = _console(quiet), {}
-
-    def on_progress(p):
-        line = lines.get(p.split) or lines.setdefault(p.split, console.progress(f"extract {p.split}"))
-        line.update(p.done, p.total, p.images_per_second)
-
+    console = _console(quiet)
     try:
-        summary = extract_features(config, on_progress=on_progress, log=console.log)
+        summary = extract_features(config, reporter=console)
     finally:
         console.close()
     if summary.already_complete:
@@ -125,7 +120,7 @@ def merge_features_command(out, shards, overwrite, quiet):
     """
     from headstart.pipeline.stages.merging import merge_features
 
-    summary = merge_features(out, list(shards), overwrite=overwrite, log=_console(quiet).log)
+    summary = merge_features(out, list(shards), overwrite=overwrite, reporter=_console(quiet))
     if summary.already_complete:
         _echo(f"{summary.path}: already complete")
         return
@@ -153,7 +148,7 @@ def diagnose_command(caches, quiet, **options):
     from headstart.pipeline.diagnose.diagnosis import diagnose
 
     result = diagnose(DiagnoseConfig(features=caches[0], other_caches=tuple(caches[1:]), **options),
-                      log=_console(quiet).log)
+                      reporter=_console(quiet))
     _echo(result.summary)
 
 
@@ -174,7 +169,7 @@ def train_head_command(features, out, quiet, **options):
     """
     from headstart.pipeline.stages.head_training import train_head
 
-    result = train_head(HeadConfig(features=features, out=out, **options), log=_console(quiet).log)
+    result = train_head(HeadConfig(features=features, out=out, **options), log=_console(quiet).line)
     _echo(result.summary)
 
 
@@ -243,7 +238,7 @@ def finetune_command(source, split_specs, export, quiet, **options):
 
     config = FinetuneConfig(source=source, split_specs=parse_split_option(split_specs), export=tuple(export), **options)
     console = _console(quiet)
-    result = finetune(config, log=console.log, progress=console.progress)
+    result = finetune(config, reporter=console)
     _echo(result.summary)
 
 

@@ -32,10 +32,11 @@ def evaluate_command(model, source, split, as_json, **options):
     Prints accuracy, balanced accuracy, macro-F1, loss, per-class precision/recall and the
     confusion matrix.
     """
+    from headstart.features.reporter import ProgressOnly
     from headstart.pipeline.stages.evaluation import evaluate_model, format_evaluation
 
     # The headline is the table's first line: nothing but the result goes to stdout.
-    result = evaluate_model(model, source, split, log=lambda m: None, progress=_console().progress,
+    result = evaluate_model(model, source, split, reporter=ProgressOnly(_console()),
                             note=lambda m: _echo(m, err=True), **options)
     _echo_json(result) if as_json else _echo(format_evaluation(result))
 
@@ -56,7 +57,7 @@ def predict_command(model, paths, csv_path, batch_size):
     """
     from headstart.pipeline.stages.prediction import format_prediction, predict_images, write_predictions_csv
 
-    rows = predict_images(model, paths, batch_size=batch_size, progress=_console().progress,
+    rows = predict_images(model, paths, batch_size=batch_size, reporter=_console(),
                           note=lambda m: _echo(m, err=True))
     for row in rows:
         _echo(format_prediction(row))
@@ -84,8 +85,7 @@ def export_command(model, formats, quiet, **options):
     from headstart.pipeline.stages.exporting import export_model_dir
 
     console = _console(quiet)
-    result = export_model_dir(ExportConfig(model=model, formats=tuple(formats), **options), log=console.log,
-                              progress=console.progress)
+    result = export_model_dir(ExportConfig(model=model, formats=tuple(formats), **options), reporter=console)
     _echo(result.summary)
 
 

@@ -100,15 +100,16 @@ def test_calibrate_none_keeps_the_model_and_a_bad_word_is_refused(tmp_path):
     from headstart.pipeline.cli import main
     from headstart.pipeline.config import FinetuneConfig
     from headstart.pipeline.stages.finetune_final import calibrate
+    from headstart.features.reporter import QUIET, LineReporter
 
     model, predictions = object(), SimpleNamespace(labels=np.array([0, 1]), logits=np.zeros((2, 1)))
     kept, same, record = calibrate(FinetuneConfig(calibrate="none"), model, predictions, class_names=["a", "b"],
-                                   multi_label=False, log=print)
+                                   multi_label=False, reporter=QUIET)
     assert kept is model and same is predictions and record == {"method": "none", "reason": "--calibrate none"}
     assert describe_calibration(record) == "none (--calibrate none)"
     lines: list[str] = []
     _, _, record = calibrate(FinetuneConfig(), model, None, class_names=["a", "b"], multi_label=False,
-                             log=lines.append)
+                             reporter=LineReporter(lines.append))
     assert record["reason"] == "no validation images" and lines == ["calibration: skipped (no validation images)"]
     for command in ("finetune", "run"):
         result = CliRunner().invoke(main, [command, str(tmp_path), "--out", str(tmp_path / "o"), "--calibrate", "platt"])

@@ -13,13 +13,14 @@ from click.testing import CliRunner
 
 from headstart.features.errors import WeightsError
 from headstart.pipeline.cli import main
+from headstart.features.reporter import LineReporter
 from headstart.pipeline.run.demo import SHAPES, draw_shape, generate_dataset, probe_imagenet, split_counts
 
 
 @pytest.mark.slow
 def test_generated_dataset_is_deterministic_and_varied(tmp_path):
-    first = generate_dataset(tmp_path / "a", images_per_class=10, seed=3, log=lambda m: None)
-    second = generate_dataset(tmp_path / "b", images_per_class=10, seed=3, log=lambda m: None)
+    first = generate_dataset(tmp_path / "a", images_per_class=10, seed=3)
+    second = generate_dataset(tmp_path / "b", images_per_class=10, seed=3)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file() and not p.name.startswith("."))
     assert len(files) == 10 * len(SHAPES)
     assert {p.parts[0] for p in files} == {"train", "validation", "test"}
@@ -27,11 +28,11 @@ def test_generated_dataset_is_deterministic_and_varied(tmp_path):
     assert {p.suffix for p in files} == {".png", ".jpg"}
     for rel in files:
         assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
-    other = generate_dataset(tmp_path / "c", images_per_class=10, seed=4, log=lambda m: None)
+    other = generate_dataset(tmp_path / "c", images_per_class=10, seed=4)
     assert (other / files[0]).read_bytes() != (first / files[0]).read_bytes()
     # A second call with the same settings reuses the folder (the manifest matches).
     stamp = (first / files[0]).stat().st_mtime_ns
-    generate_dataset(first, images_per_class=10, seed=3, log=pytest.fail)
+    generate_dataset(first, images_per_class=10, seed=3, reporter=LineReporter(pytest.fail))
     assert (first / files[0]).stat().st_mtime_ns == stamp
 
 
@@ -57,14 +58,14 @@ def test_without_imagenet_weights_the_demo_says_why_in_one_line(monkeypatch):
 
     monkeypatch.setattr(backbones, "build_base", offline)
     lines, verbose = [], []
-    assert probe_imagenet(lines.append, debug=verbose.append) == "none"
+    assert probe_imagenet(LineReporter(lines.append), debug=verbose.append) == "none"
     assert len(lines) == 1 and "\n" not in lines[0] and len(lines[0]) < 200
     assert "randomly initialised backbone" in lines[0] and "--weights PATH" in lines[0]
     assert "Name or service not known" in verbose[0]  # the download's error, for --verbose
 
     monkeypatch.setattr(backbones, "build_base", lambda *a, **k: object())
     lines.clear()
-    assert probe_imagenet(lines.append) == "imagenet" and lines == []
+    assert probe_imagenet(LineReporter(lines.append)) == "imagenet" and lines == []
 
 
 @pytest.mark.slow
@@ -126,7 +127,7 @@ def test_offline_the_demo_uses_the_shipped_weights_and_says_so(monkeypatch):
 
     monkeypatch.setattr(backbones, "build_base", offline)
     lines = []
-    weights = probe_imagenet(lines.append, shipped=True)
+    weights = probe_imagenet(LineReporter(lines.append), shipped=True)
     assert weights == "shipped"  # the word every command takes: the cache records no installation's path
     assert lines == ["demo: using the ImageNet weights shipped with headstart (none in Keras' cache, and no "
                      "network to download them)"]
@@ -136,7 +137,7 @@ def test_offline_the_demo_uses_the_shipped_weights_and_says_so(monkeypatch):
 
     monkeypatch.setattr(shipped, "_location", lambda entry: shipped.Path("/nonexistent") / entry.filename)
     lines.clear()
-    assert probe_imagenet(lines.append, shipped=True) == "none"
+    assert probe_imagenet(LineReporter(lines.append), shipped=True) == "none"
     assert len(lines) == 1 and "randomly initialised backbone" in lines[0] and "missing" in lines[0]
 
 

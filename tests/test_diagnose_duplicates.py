@@ -298,7 +298,7 @@ def test_real_digit_scans_have_no_false_copies_and_planted_ones_are_found(digits
     cache = tmp_path / "digits.h5"
     extract_features(ExtractConfig(source=str(images), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
                                    weights=str(weights), image_size=128), log=lambda *_: None)
-    d = diagnose(DiagnoseConfig(features=str(cache), out=str(tmp_path / "report"), folds=2), log=lambda *_: None)
+    d = diagnose(DiagnoseConfig(features=str(cache), out=str(tmp_path / "report"), folds=2))
     with open(tmp_path / "report" / "duplicates.csv", newline="", encoding="utf-8") as f:
         found = {frozenset((r["key_a"], r["key_b"])) for r in csv.DictReader(f)}
     assert found == planted, d.summary

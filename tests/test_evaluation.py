@@ -149,7 +149,7 @@ def test_exports_match_model_keras_without_augmentation(saved, tmp_path):
     from headstart.pipeline.stages.export import export_model
 
     model = keras.saving.load_model(saved.model_path)
-    done = export_model(model, tmp_path, ("saved_model", "tflite"), log=lambda s: None)
+    done = export_model(model, tmp_path, ("saved_model", "tflite"))
     assert set(done) == {"saved_model", "tflite"} and all(done.values())
     images = np.stack([load_image(p, 32) for p in sorted(saved.data.rglob("cats_*.jpg"))])
     expected = model.predict(images, verbose=0)

@@ -43,8 +43,7 @@ def exported(real_photo_cache, tmp_path_factory):
     run.mkdir()
     save_model_atomic(model, run / "model.keras")
     write_json_atomic(run / "run.json", {"kind": "finetune", "class_names": ["cats", "dogs"]})
-    done = export_model(model, run, ("saved_model", "onnx", "tflite"), class_names=["cats", "dogs"],
-                        log=lambda s: None)
+    done = export_model(model, run, ("saved_model", "onnx", "tflite"), class_names=["cats", "dogs"])
     assert all(done.values()), done
     # 100 test and 32 training photos, for the checks that convert again (each runtime pass costs).
     small = root / "small"
@@ -122,7 +121,7 @@ def test_tflite_int8_calibrated_on_training_photos_keeps_accuracy(exported, tmp_
     from headstart.pipeline.stages.export import calibration_images, check_exports, export_model
 
     done = export_model(exported.model, tmp_path, ("tflite",), quantize="int8", class_names=["cats", "dogs"],
-                        calibration=calibration_images(exported.small, 128), log=lambda s: None)
+                        calibration=calibration_images(exported.small, 128))
     assert done["tflite"] and not (tmp_path / "saved_model").exists()  # only what was asked for stays
     row = check_exports(done, exported.model, exported.small, "test", quantize="int8")["tflite"]
     assert row["quantize"] == "int8" and row["images"] == 100

@@ -163,22 +163,21 @@ def test_a_finetune_run_and_its_model_file_are_one_model(trained, tmp_path, capf
     from headstart.pipeline import ExportConfig, export
 
     out = tmp_path / "exported"
-    result = export(ExportConfig(model=str(trained.ft), out=str(out), formats=("onnx",)), log=lambda m: None)
+    result = export(ExportConfig(model=str(trained.ft), out=str(out), formats=("onnx",)))
     assert not result.reused and result.checks["onnx"]["agreement"] == 1.0 and result.parity is None
     assert record(out)["input"]["kind"] == "finetune"
-    again = export(ExportConfig(model=str(trained.ft / "model.keras"), out=str(out), formats=("onnx",)),
-                   log=lambda m: None)
+    again = export(ExportConfig(model=str(trained.ft / "model.keras"), out=str(out), formats=("onnx",)))
     assert again.reused and again.exports == result.exports
     # A model.keras alone needs --source; a source with other classes is refused.
     alone = tmp_path / "alone" / "model.keras"
     alone.parent.mkdir()
     shutil.copy(trained.ft / "model.keras", alone)
     with pytest.raises(Exception, match="give source=SOURCE"):  # the API names its argument
-        export(ExportConfig(model=str(alone), out=str(tmp_path / "x"), formats=("onnx",)), log=lambda m: None)
+        export(ExportConfig(model=str(alone), out=str(tmp_path / "x"), formats=("onnx",)))
     assert not (tmp_path / "x").exists()
     capfd.readouterr()
     given = export(ExportConfig(model=str(alone), out=str(tmp_path / "y"), formats=("tflite",), quantize="int8",
-                                source=str(trained.data)), log=lambda m: None)
+                                source=str(trained.data)))
     check = given.checks["tflite"]
     assert check["quantize"] == "int8" and check["images"] == 8 and check["agreement"] >= 0.5, check
     assert record(tmp_path / "y")["class_names"] == ["cats", "dogs"]

@@ -597,12 +597,13 @@ def test_finetune_stops_at_the_epoch_whose_loss_is_not_finite(tmp_path):
 
     from headstart.pipeline.errors import NonFiniteLossError
     from headstart.pipeline.training.stage_fit import RunBackup
+    from headstart.features.reporter import QUIET
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     model.optimizer.build(model.trainable_variables)
     backup = RunBackup(tmp_path / "backup", epochs=5, patience=3, monitor="val_loss",
-                       stage="finetune", log=lambda line: None)
+                       stage="finetune", reporter=QUIET)
     backup.set_model(model)
     backup.on_epoch_begin(0)
     backup.on_epoch_end(0, {"loss": 0.5, "val_loss": 0.4})

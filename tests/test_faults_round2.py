@@ -570,7 +570,7 @@ def test_the_exported_serve_bytes_refuses_a_bomb_before_decoding_it(tiny_model, 
     from headstart.pipeline.stages.export import export_model
 
     model = keras.saving.load_model(tiny_model, compile=False)
-    export_model(model, tmp_path, ("saved_model",), class_names=["cats", "dogs"], log=lambda line: None)
+    export_model(model, tmp_path, ("saved_model",), class_names=["cats", "dogs"])
     loaded = tf.saved_model.load(str(tmp_path / "saved_model"))
     assert int(loaded.signatures["max_image_pixels"]()["max_image_pixels"]) == MAX_IMAGE_PIXELS
     serve = loaded.signatures["serve_bytes"]

@@ -108,7 +108,7 @@ def genuine_export(tmp_path):
     parts = build_backbone_parts("mobilenet", weights="none", image_size=32, alpha=0.25)
     model = build_chain(parts.backbone, parts.preprocessing, parts.pooling,
                         head=build_head(parts.info.feature_shape, 3))
-    export_model(model, tmp_path, ["saved_model"], class_names=["a", "b", "c"], log=lambda line: None)
+    export_model(model, tmp_path, ["saved_model"], class_names=["a", "b", "c"])
     predictor = load_predictor(tmp_path / "saved_model")
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     assert predictor.class_names == ["a", "b", "c"]
@@ -306,7 +306,7 @@ def diagnose_overwrite_killed_mid_write(tmp_path, monkeypatch):
 
     monkeypatch.setattr(files, "write_text_atomic", killed_after_label_issues)
     with pytest.raises(_Killed):
-        diagnose(DiagnoseConfig(features=str(made["path"]), out=str(out), folds=2, overwrite=True), log=lambda m: None)
+        diagnose(DiagnoseConfig(features=str(made["path"]), out=str(out), folds=2, overwrite=True))
     monkeypatch.undo()
     assert json.loads((out / "report.json").read_text())["complete"] is False  # new CSV, no old report beside it
     # The old options no longer find "already done" with the old findings:

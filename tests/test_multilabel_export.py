@@ -28,8 +28,7 @@ def test_exports_carry_thresholds_and_predict_reads_label_sets_from_them(tmp_pat
     model = build_chain(base, pre, pool, head=build_head(info.feature_shape, 3, multi_label=True))
     names = ["circle", "square", "triangle"]
     record = thresholds_record([0.2, 0.5, 0.8], names, "validation")
-    done = export_model(model, tmp_path, ("saved_model", "onnx"), class_names=names, thresholds=record,
-                        log=lambda s: None)
+    done = export_model(model, tmp_path, ("saved_model", "onnx"), class_names=names, thresholds=record)
     assert all(done.values()), done
     rng = np.random.default_rng(0)
     files = [write_image(tmp_path / f"{i}.jpg", rng, size=(40, 40)) for i in range(3)]

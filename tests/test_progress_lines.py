@@ -24,7 +24,7 @@ def test_the_epoch_callback_counts_images_and_closes_its_line():
     from headstart.pipeline.training.fit_progress import fit_progress_callback
 
     lines = []
-    callback = fit_progress_callback(lambda label: lines.append(Line(label)) or lines[-1], 20, 8,
+    callback = fit_progress_callback(SimpleNamespace(progress=lambda label: lines.append(Line(label)) or lines[-1]), 20, 8,
                                      label="head epoch")
     for epoch in range(2):
         callback.on_epoch_begin(epoch)
@@ -39,10 +39,14 @@ def test_the_epoch_callback_counts_images_and_closes_its_line():
 def test_observed_draws_a_line_beside_the_other_observers_and_closes_it():
     from headstart.pipeline.report.progress import observed
 
-    with observed(None, "evaluate test", 10) as hook:
-        assert hook is None  # nothing to call: the loop runs bare
+    from headstart.features.reporter import QUIET
+
+    for quiet in (None, QUIET):
+        with observed(quiet, "evaluate test", 10) as hook:
+            assert hook is None  # nothing to call: the loop runs bare
     seen, made = [], []
-    with observed(lambda label: made.append(Line(label)) or made[-1], "evaluate test", 10, seen.append, None) as hook:
+    reporter = SimpleNamespace(progress=lambda label: made.append(Line(label)) or made[-1])
+    with observed(reporter, "evaluate test", 10, seen.append, None) as hook:
         hook(SimpleNamespace(seen=4))
         hook(SimpleNamespace(seen=10))
     assert [b.seen for b in seen] == [4, 10]

@@ -28,6 +28,7 @@ def _data():
 
 def test_each_rate_starts_from_the_seeded_weights_and_the_best_is_chosen():
     from headstart.pipeline.training.rate_probes import PROBE_LRS, probe_rates
+    from headstart.features.reporter import QUIET
 
     model = _model()
     train, x, y = _data()
@@ -40,7 +41,7 @@ def test_each_rate_starts_from_the_seeded_weights_and_the_best_is_chosen():
     seeded_score = score()
     result = probe_rates(model, probe=("lr",), lr=1e-5, unfreeze="all", steps=4, train=train.repeat(), score=score,
                          measure="loss", seeded=seeded_score, prepare=lambda u: None, seeded_weights=seeded, done={},
-                         save=saved.append, log=lambda m: None)
+                         save=saved.append, reporter=QUIET)
     assert [p.lr for p in result.probes] == list(PROBE_LRS) and [p.lr for p in saved] == list(PROBE_LRS)
     assert all(p.steps == 4 for p in result.probes)
     assert result.lr == min(result.probes, key=lambda p: p.score).lr == 1e-3  # the fastest descent in 4 steps
@@ -50,12 +51,13 @@ def test_each_rate_starts_from_the_seeded_weights_and_the_best_is_chosen():
     # A probe at a rate is the same computation whatever ran before it: Adam is reset, not carried.
     again = probe_rates(model, probe=("lr",), lr=1e-5, unfreeze="all", steps=4, train=train.repeat(), score=score,
                         measure="loss", seeded=seeded_score, prepare=lambda u: None, seeded_weights=seeded, done={},
-                        save=lambda p: None, log=lambda m: None)
+                        save=lambda p: None, reporter=QUIET)
     assert [p.score for p in again.probes] == pytest.approx([p.score for p in result.probes], rel=1e-5)
 
 
 def test_no_fine_tuning_when_no_probe_beats_the_seeded_model_and_saved_probes_are_not_rerun():
     from headstart.pipeline.training.rate_probes import probe_rates
+    from headstart.features.reporter import QUIET
 
     model = _model()
     train, _, _ = _data()
@@ -64,7 +66,7 @@ def test_no_fine_tuning_when_no_probe_beats_the_seeded_model_and_saved_probes_ar
     ran = []
     result = probe_rates(model, probe=("lr",), lr=1e-5, unfreeze="all", steps=2, train=train.repeat(),
                          score=lambda: 0.5, measure="accuracy", seeded=0.95, prepare=lambda u: None,
-                         seeded_weights=seeded, done=done, save=ran.append, log=lambda m: None)
+                         seeded_weights=seeded, done=done, save=ran.append, reporter=QUIET)
     assert [p.lr for p in ran] == [1e-4, 1e-3]  # the saved probe came back from the record
     assert result.probes[0].score == 0.9 and result.lr == 1e-5 and not result.finetune
 

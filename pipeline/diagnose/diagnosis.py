@@ -22,10 +22,10 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.config import DiagnoseConfig, HeadConfig
 
 
@@ -45,7 +45,7 @@ class Diagnosis:
     summary: str = ""
 
 
-def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> Diagnosis:
+def diagnose(config: DiagnoseConfig, *, reporter: Reporter = QUIET) -> Diagnosis:
     """Audits the cache ``config.features`` and writes the report into ``config.out``.
 
     Returns:
@@ -64,7 +64,7 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
     from headstart.pipeline.report.run_layout import chosen_cache
 
     if str(chosen_cache(config.features)) != str(config.features):  # a `headstart run` directory
-        log(f"{config.features}: using {chosen_cache(config.features)}, the run's chosen cache")
+        reporter.line(f"{config.features}: using {chosen_cache(config.features)}, the run's chosen cache")
         config = dataclasses.replace(config, features=str(chosen_cache(config.features)))
     check_config("diagnose", config)
     t0 = time.perf_counter()
@@ -76,14 +76,14 @@ def diagnose(config: DiagnoseConfig, *, log: Callable[[str], None] = print) -> D
                wanted={**_resolved(config), **identity},
                read_recorded=lambda: _recorded(config.out), overwrite=config.overwrite) as state:
         if state == REUSE:
-            log(f"{config.out}: already done (a diagnose report with these options on this cache)")
+            reporter.line(f"{config.out}: already done (a diagnose report with these options on this cache)")
             report = _read_report(config.out)
             return Diagnosis(None, None, None, None, {}, out=config.out, counts=report.get("counts", {}),
                              summary=report.get("summary", ""))
         from headstart.pipeline.diagnose.report import mark_started
 
         mark_started(config, rows.fingerprint, [o.fingerprint for o in others])  # unfinished until the end
-        return _diagnose(config, rows, others, orders, time.perf_counter() - t0, log)
+        return _diagnose(config, rows, others, orders, time.perf_counter() - t0, reporter)
 
 
 #: How report.json's identity of the caches it diagnosed is named in a refusal.
@@ -116,7 +116,7 @@ def _resolved(config: DiagnoseConfig) -> dict:
 
 
 def _diagnose(config: DiagnoseConfig, rows, others: list, orders: list, load_seconds: float,
-              log: Callable[[str], None]) -> Diagnosis:
+              reporter: Reporter) -> Diagnosis:
     """The diagnosis of the loaded rows, written into the claimed ``config.out``."""
     from headstart.pipeline.diagnose import grids, report
     from headstart.pipeline.diagnose import neighbours as nb
@@ -125,8 +125,8 @@ def _diagnose(config: DiagnoseConfig, rows, others: list, orders: list, load_sec
 
     seconds: dict[str, float] = {"load": load_seconds}
     t0 = time.perf_counter() - load_seconds
-    log(f"{config.features}: {len(rows.keys)} rows, {len(rows.class_names)} classes")
-    label_issues, agreement = _all_label_issues(rows, others, orders, config, log, seconds)
+    reporter.line(f"{config.features}: {len(rows.keys)} rows, {len(rows.class_names)} classes")
+    label_issues, agreement = _all_label_issues(rows, others, orders, config, reporter, seconds)
     t = time.perf_counter()
     x = nb.normalise_features(rows.features)
     indices, sims = nb.top_k_neighbours(x, config.neighbours)
@@ -149,23 +149,23 @@ def _diagnose(config: DiagnoseConfig, rows, others: list, orders: list, load_sec
     return diagnosis
 
 
-def _all_label_issues(rows, others: list, orders: list, config: DiagnoseConfig, log, seconds: dict):
+def _all_label_issues(rows, others: list, orders: list, config: DiagnoseConfig, reporter, seconds: dict):
     """The first cache's label issues, and the Agreement of all caches (None with one cache)."""
     from headstart.pipeline.diagnose.agreement import combine_issues
 
-    first, probs = _label_issues(rows.features, rows, config, log, seconds)
+    first, probs = _label_issues(rows.features, rows, config, reporter, seconds)
     if not others:
         return first, None
     issues, all_probs = [first], [probs]
     for other, order in zip(others, orders):
-        log(f"{other.path}: the same {len(rows.keys)} rows through another backbone")
-        more, more_probs = _label_issues(other.features[order], rows, config, log, seconds)
+        reporter.line(f"{other.path}: the same {len(rows.keys)} rows through another backbone")
+        more, more_probs = _label_issues(other.features[order], rows, config, reporter, seconds)
         issues.append(more)
         all_probs.append(more_probs)
     return first, combine_issues([rows, *others], issues, all_probs)
 
 
-def _label_issues(features: np.ndarray, rows, config: DiagnoseConfig, log, seconds: dict):
+def _label_issues(features: np.ndarray, rows, config: DiagnoseConfig, reporter, seconds: dict):
     """cleanlab's label issues from out-of-fold probabilities of ``features`` (aligned with ``rows``)."""
     from headstart.pipeline.diagnose.label_issues import find_label_issues
     from headstart.pipeline.diagnose.out_of_fold import out_of_fold_probabilities
@@ -174,7 +174,7 @@ def _label_issues(features: np.ndarray, rows, config: DiagnoseConfig, log, secon
     labelled, test = rows.where("train", "validation"), rows.where("test")
     oof = out_of_fold_probabilities(features[labelled], rows.labels[labelled], len(rows.class_names),
                                     HeadConfig(seed=config.seed), folds=config.folds,
-                                    extra=features[test] if len(test) else None, log=log)
+                                    extra=features[test] if len(test) else None, reporter=reporter)
     probs = np.zeros((len(rows.keys), len(rows.class_names)))
     probs[labelled] = oof.probs
     if len(test):

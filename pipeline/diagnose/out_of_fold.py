@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.config import HeadConfig
 from headstart.pipeline.errors import DataError
 
@@ -51,7 +51,7 @@ def assign_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: int, config: HeadConfig, *,
                               folds: int = 5, extra: np.ndarray | None = None,
-                              log: Callable[[str], None] = lambda _: None) -> OutOfFold:
+                              reporter: Reporter = QUIET) -> OutOfFold:
     """Trains ``folds`` heads and returns every row's probabilities from the head that left it out.
 
     Args:
@@ -61,7 +61,7 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
         config: the train-head recipe (epochs, lr, batch size, dropout, patience, seed).
         folds: K, at least 2.
         extra: (M, *feature_shape) rows outside the folds (the test split), or None.
-        log: one line per fold.
+        reporter: one line per fold.
 
     Returns:
         OutOfFold; ``probs`` rows sum to 1.
@@ -97,7 +97,7 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
         probs[held] = logits_to_probabilities(_logits(model, x[held]), num_classes)
         if extra_sum is not None and len(extra):
             extra_sum += logits_to_probabilities(_logits(model, extra), num_classes)
-        log(f"fold {j + 1}/{folds}: {len(train)} rows, {best} epochs, loss {history['loss'][best - 1]:.4f}")
+        reporter.line(f"fold {j + 1}/{folds}: {len(train)} rows, {best} epochs, loss {history['loss'][best - 1]:.4f}")
     extra_probs = None if extra_sum is None else extra_sum / folds
     return OutOfFold(probs, fold, extra_probs, time.perf_counter() - start)
 

@@ -1,8 +1,8 @@
 """Progress display: a live line with rate and ETA on a terminal, plain log lines otherwise.
 
 ``ProgressLine`` is the line; ``BatchProgress`` draws one from the prediction loop's batches (evaluate,
-predict, the export checks). Commands take a ``progress`` argument, a function ``label → line``
-(``ProgressLine`` itself, or ``run``'s ``Console.progress``), so the library never decides where lines go.
+predict, the export checks). Commands take a ``reporter`` (``features/reporter.py``) whose ``progress(label)``
+makes the line (``run``'s ``Console`` makes a ``ProgressLine``), so the library never decides where lines go.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import contextlib
 import sys
 import time
 from typing import Any, Callable, Iterator, TextIO
+
+from headstart.features.reporter import QuietReporter, Reporter
 
 
 class ProgressLine:
@@ -85,15 +87,17 @@ class BatchProgress:
 
 
 @contextlib.contextmanager
-def observed(progress: Callable[[str], ProgressLine] | None, label: str, total: int | None,
+def observed(reporter: Reporter | None, label: str, total: int | None,
              *observers: Callable[[Any], None] | None) -> Iterator[Callable[[Any], None] | None]:
     """The ``on_batch`` hook of one pass of the prediction loop: ``observers`` (None ones left out) and,
-    with ``progress``, a ``BatchProgress`` line labelled ``label``, closed when the block ends.
+    with a ``reporter``, a ``BatchProgress`` line labelled ``label``, closed when the block ends.
 
     Yields:
         One callable for ``predict_split``'s ``on_batch``, or None when there is nothing to call.
     """
-    line = progress(label) if progress is not None else None
+    # a quiet reporter draws nothing: without other observers the loop then runs bare
+    drawn = reporter is not None and not isinstance(reporter, QuietReporter)
+    line = reporter.progress(label) if drawn else None
     hooks = [o for o in (*observers, BatchProgress(line, total) if line is not None else None) if o is not None]
     try:
         yield (lambda batch: [hook(batch) for hook in hooks]) if hooks else None

@@ -1,8 +1,9 @@
 """What ``headstart run`` shows while it works: status lines, and live progress lines beside them.
 
-``Console`` keeps one live progress line at a time (``report.progress.ProgressLine``: a bar on a
-terminal, a line every few seconds in a log) and closes it before a status line, so the two never
-write over each other; ``FitProgress`` is the fine-tuning epoch's line.
+``Console`` is the console ``Reporter`` (``features/reporter.py``): what the commands print. It keeps one
+live progress line at a time (``report.progress.ProgressLine``: a bar on a terminal, a line every few
+seconds in a log) and closes it before a status line, so the two never write over each other;
+``fit_progress`` is the fine-tuning epoch's line.
 """
 
 from __future__ import annotations
@@ -14,23 +15,34 @@ from headstart.pipeline.report.progress import ProgressLine
 
 
 class Console:
-    """Status lines and live progress lines that do not write over each other.
+    """The console reporter: status lines and live progress lines that do not write over each other.
 
     Args:
-        log: where status lines go (default: stderr).
+        write: where status lines go (default: stderr).
         quiet: print nothing (the caller prints the final table).
         verbose: also print ``debug`` lines.
     """
 
-    def __init__(self, log: Callable[[str], None] | None = None, *, quiet: bool = False, verbose: bool = False):
-        self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    def __init__(self, write: Callable[[str], None] | None = None, *, quiet: bool = False, verbose: bool = False):
+        self._write = write or (lambda m: print(m, file=sys.stderr, flush=True))
         self.quiet, self.verbose = quiet, verbose
         self._lines: list[ProgressLine] = []
 
-    def log(self, message: str) -> None:
+    def line(self, message: str) -> None:
         if not self.quiet:
             self.close()
-            self._log(message)
+            self._write(message)
+
+    #: The older name of ``line`` (``run/auto*.py`` still call it).
+    log = line
+
+    def warning(self, message: str) -> None:
+        # printed as the old log lines were (their text says "warning"), so transcripts stay the same
+        self.line(message)
+
+    def stage(self, name: str, *, end: bool = False) -> None:
+        # the commands print their own headers ("[extract] …"); the event is for reporters that time steps
+        pass
 
     def debug(self, message: str) -> None:
         if self.verbose:
@@ -58,4 +70,4 @@ def fit_progress(console: Console, images: int, batch_size: int) -> Any:
     """
     from headstart.pipeline.training.fit_progress import fit_progress_callback
 
-    return fit_progress_callback(console.progress, images, batch_size, label="  finetune epoch")
+    return fit_progress_callback(console, images, batch_size, label="  finetune epoch")

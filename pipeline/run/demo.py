@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.features.errors import Arg
 from headstart.pipeline.config import DemoConfig
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
@@ -99,7 +100,7 @@ def draw_shape(rng: np.random.Generator, shape: str) -> np.ndarray:
 
 
 def generate_dataset(root: str | os.PathLike, *, images_per_class: int, seed: int = 0,
-                     log: Callable[[str], None] = print) -> Path:
+                     reporter: Reporter = QUIET) -> Path:
     """Writes ``root/{train,validation,test}/{circle,square,triangle}/*`` unless already there.
 
     Every image has its own generator seeded by (seed, class, split, index), so the files are the
@@ -111,7 +112,7 @@ def generate_dataset(root: str | os.PathLike, *, images_per_class: int, seed: in
         root: the dataset folder.
         images_per_class: images per class over all splits (70/10/20 %).
         seed: dataset seed.
-        log: one-line status messages.
+        reporter: one-line status messages.
 
     Returns:
         The folder.
@@ -136,7 +137,7 @@ def generate_dataset(root: str | os.PathLike, *, images_per_class: int, seed: in
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DataError(f"{root}: exists and is not this demo's generated dataset; remove it or pick another ",
                         Arg("out"))
-    log(f"demo: drawing {images_per_class * len(SHAPES)} images of {', '.join(SHAPES)} into {root}")
+    reporter.line(f"demo: drawing {images_per_class * len(SHAPES)} images of {', '.join(SHAPES)} into {root}")
     for s, (split, n) in enumerate(counts.items()):
         for c, shape in enumerate(SHAPES):
             folder = root / split / shape
@@ -160,7 +161,7 @@ DEMO_FLAGS = {"recipe": "guide", "head_lr": 1e-3, "head_batch_size": 32, "head_p
               "patience": 2, "extract_batch_size": 32}
 
 
-def probe_imagenet(log: Callable[[str], None], *, shipped: bool = False,
+def probe_imagenet(reporter: Reporter, *, shipped: bool = False,
                    debug: Callable[[str], None] | None = None) -> str:
     """Picks the demo backbone's weights: Keras' own ImageNet weights when it has them cached or can
     fetch them ("imagenet"); otherwise, with ``shipped``, the copy that ships with headstart
@@ -185,9 +186,9 @@ def probe_imagenet(log: Callable[[str], None], *, shipped: bool = False,
         except WeightsError as exc:
             unavailable += f", and {exc.render(CLI_NAMES)}"  # a line of `headstart demo`: the CLI's words
         else:
-            log(f"demo: using the ImageNet weights shipped with headstart ({unavailable})")
+            reporter.line(f"demo: using the ImageNet weights shipped with headstart ({unavailable})")
             return "shipped"
-    log(f"demo: randomly initialised backbone (ImageNet weights: {unavailable}); expect accuracy near chance, "
+    reporter.warning(f"demo: randomly initialised backbone (ImageNet weights: {unavailable}); expect accuracy near chance, "
         "or pass --weights PATH")
     return "none"
 
@@ -250,10 +251,10 @@ def run_demo(options: DemoConfig, *, console: Any) -> tuple[Any, str]:
         check_run_dir(demo_config(options, options.weights), options.overwrite)
     if not options.data:
         generate_dataset(demo_source(options), images_per_class=options.images_per_class, seed=options.seed,
-                         log=console.log)
-    weights = options.weights or probe_imagenet(console.log, shipped=True, debug=console.debug)
+                         reporter=console)
+    weights = options.weights or probe_imagenet(console, shipped=True, debug=console.debug)
     if options.weights == "none":
-        console.log("demo: randomly initialised backbone (--weights none); expect accuracy near chance")
+        console.line("demo: randomly initialised backbone (--weights none); expect accuracy near chance")
     result = run_pipeline(demo_config(options, weights), overwrite=options.overwrite, console=console)
     return result, f"recipe guide (fixed settings; `headstart run` chooses its own on validation), " \
                    f"{DEMO_BACKBONE['backbone']} alpha {DEMO_BACKBONE['alpha']}, {DEMO_BACKBONE['image_size']} px, " \

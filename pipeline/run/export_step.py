@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from headstart.features.reporter import Indented
 from headstart.pipeline.report.run_layout import RunLayout
 from headstart.pipeline.run.toml_config import RunConfig
 
@@ -32,7 +33,7 @@ def export_stage(config: RunConfig, run_dir: Path, record: dict | None, console:
             ExportConfig(model=str(run_dir), out=str(RunLayout(run_dir).export), formats=tuple(ft.export),
                          quantize=ft.quantize, batch_size=ft.batch_size,
                          overwrite=bool(record) and record.get("key") != key),
-            log=lambda m: console.log(f"  {m}"), progress=lambda label: console.progress(f"  {label}"))
+            reporter=Indented(console))
     finally:
         console.close()
     return {"key": key, "done": True, "status": "reused" if result.reused else "ran",

@@ -218,7 +218,7 @@ def _export(config: RunConfig, run_dir: Path, console: Console, records: dict, s
     from headstart.pipeline.run.export_step import export_stage
 
     if config.finetune.export:
-        console.log(f"[export] → {_shown(str(RunLayout(run_dir).export))}")
+        console.line(f"[export] → {_shown(str(RunLayout(run_dir).export))}")
         records["export"] = stages.save("export", export_stage(
             config, run_dir, stages.state.get("export"), console,
             key=stage_key({"model": records["finetune"]["model_sha256"], "formats": sorted(config.finetune.export),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from headstart.features.file_hash import sha256_file
+from headstart.features.reporter import Indented, LineReporter
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.report.metrics import HEADLINE
 from headstart.pipeline.report.rundir import RUN_JSON, RunDir
@@ -78,7 +79,7 @@ def _reuse(record: dict | None, key: str, *paths: Path, console: Any = None) -> 
         if changed is None:
             return {**(record if "outputs" in record else _with_outputs(paths, record)), "status": "reused"}
         if console is not None:
-            console.log(f"  {changed}: running the stage again")
+            console.line(f"  {changed}: running the stage again")
     return None
 
 
@@ -87,7 +88,7 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
     """extract-features into ``path``; resumes a ``.partial`` file, reuses a finished one."""
     reused = _reuse(record, key, path, console=console)
     if reused:
-        console.log("  reused: same source and extraction options")
+        console.line("  reused: same source and extraction options")
         return reused
     # A finished cache with this key that was not reused has changed since (_reuse said so): replace it.
     damaged = bool(record and record.get("key") == key and record.get("done") and path.exists())
@@ -95,17 +96,11 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
     from headstart.pipeline.stages.extraction import extract_features
 
     resumed = Path(f"{path}.partial").exists()
-    lines: dict[str, Any] = {}
-
-    def on_progress(p: Any) -> None:
-        line = lines.get(p.split) or lines.setdefault(p.split, console.progress(f"  extract {p.split}"))
-        line.update(p.done, p.total, p.images_per_second)
-
     start = time.perf_counter()
     try:
         summary = extract_features(dataclasses.replace(config.extract, source=config.source, out=str(path),
                                                        overwrite=overwrite or damaged),
-                                   on_progress=on_progress, log=lambda m: console.log(f"  {m}"))
+                                   reporter=Indented(console))
     finally:
         console.close()
     seconds = time.perf_counter() - start
@@ -116,7 +111,7 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
     rows = sum(splits.values())
     loop_seconds = summary.seconds if not summary.already_complete else provenance.get("extract_seconds")
     for line in skipped_lines(summary.skipped, summary.skipped_csv):  # the first few, then counts
-        console.log(f"  {line}")
+        console.line(f"  {line}")
     return _with_outputs([path], {
         "key": key, "done": True, "seconds": seconds, "images": rows + skipped, "rows": rows,
         "status": "reused" if summary.already_complete else "resumed" if resumed else "ran",
@@ -129,16 +124,16 @@ def diagnose_stage(config: RunConfig, features: Path, out: Path, record: dict | 
     """``diagnose`` of the run's cache into ``out`` (seconds; reused while the cache is unchanged)."""
     reused = _reuse(record, key, out / "report.json", console=console)
     if reused:
-        console.log("  reused: same features")
+        console.line("  reused: same features")
         return reused
     from headstart.pipeline.config import DiagnoseConfig
     from headstart.pipeline.diagnose.diagnosis import diagnose
 
     start = time.perf_counter()
     result = diagnose(DiagnoseConfig(features=str(features), out=str(out), seed=config.head.seed, overwrite=True),
-                      log=lambda m: console.log(f"  {m}"))
+                      reporter=Indented(console))
     for line in result.summary.splitlines():
-        console.log(f"  {line}")
+        console.line(f"  {line}")
     return _with_outputs([out / "report.json"], {"key": key, "done": True, "status": "ran",
                                                  "seconds": time.perf_counter() - start, "counts": result.counts,
                                                  "report": str(out / "report.json")})
@@ -155,7 +150,7 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
     head = RunDir(head_dir)
     reused = _reuse(record, key, head.run_json, head_dir / "head.keras", console=console)
     if reused:
-        console.log("  reused: same features and head options")
+        console.line("  reused: same features and head options")
         return reused
     from headstart.pipeline.stages.head_training import train_head
 
@@ -170,7 +165,7 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
         return _sweep_head(config, features, head_dir, record, console, key=key, log_dir=log_dir, sweep=sweep)
     result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True,
                                             tensorboard=log_dir),
-                        log=lambda m: console.log(f"  {m}"))
+                        log=Indented(console).line)
     images = result.train_rows * result.epochs_run
     return _with_outputs([head.run_json, head_dir / "head.keras"], {
         "key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
@@ -211,7 +206,7 @@ def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict 
                                    seed=config.head.seed, tensorboard=log_dir, monitor=config.head.monitor,
                                    class_weight=config.head.class_weight,
                                    overwrite=bool(record) and record.get("key") != key),
-                       sweep.space, log=lambda m: console.log(f"  {m}"))
+                       sweep.space, log=Indented(console).line)
     shutil.rmtree(head_dir, ignore_errors=True)
     shutil.copytree(sweep.out / "best", head_dir)
     best = HeadResult.from_run_dir(RunDir.open(head_dir, kind="head"))
@@ -242,7 +237,7 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     ft = RunDir(RunLayout(run_dir).finetune)
     reused = _reuse(record, key, ft.run_json, ft.model_path, console=console)
     if reused:
-        console.log("  reused: same head and fine-tuning options")
+        console.line("  reused: same head and fine-tuning options")
         return reused
     from headstart.pipeline.stages.finetuning import finetune
 
@@ -257,7 +252,8 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
                                               split_specs=dict(config.extract.split_specs), out=str(ft.path),
                                               resume=resume, overwrite=not resume, tensorboard=log_dir,
                                               export=(), quantize="none"),
-                          log=lambda m: console.log(f"  {m}"),
+                          # its lines, not its epoch lines: the run draws its own over the cache's good images
+                          reporter=LineReporter(Indented(console).line),
                           callbacks=[fit_progress(console, train_images, config.finetune.batch_size), *callbacks])
     finally:
         console.close()
@@ -278,7 +274,7 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     samples_path = RunLayout(run_dir).samples
     reused = _reuse(record, key, samples_path, console=console)
     if reused:
-        console.log("  reused: same model and source")
+        console.line("  reused: same model and source")
         return reused
     from headstart.pipeline.data.sources import open_source
 
@@ -286,12 +282,12 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     source = open_source(SourceSpec.from_config(config.extract, source=config.source))
     split = next((s for s in ("test", "validation") if s in source.split_names), None)
     if split is None:
-        console.log("  no test or validation split: nothing to evaluate")
+        console.line("  no test or validation split: nothing to evaluate")
         return {"key": key, "done": True, "status": "ran", "seconds": 0.0, "split": None}
     start = time.perf_counter()
     metrics, seen, skipped = _evaluate(model_run, source, split, samples_path, config.finetune.batch_size, console)
     seconds = time.perf_counter() - start
-    console.log(f"  {split}: {metrics['rows']} images, {_headline(metrics)}"
+    console.line(f"  {split}: {metrics['rows']} images, {_headline(metrics)}"
                 + (f", {skipped} skipped" if skipped else ""))
     n = seen - skipped
     multi = MULTI_LABEL_KEYS if metrics.get("task") == "multi_label" else ()

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from headstart.features.reporter import Reporter, as_reporter
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError, OptionError
@@ -56,8 +57,8 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
                    validation_fraction: float | None = None, test_fraction: float | None = None,
                    path_column: str | None = None, label_column: str | None = None, images: str | None = None,
                    multi_label: bool = False, grid: str | os.PathLike | None = None, grid_size: int = 16,
-                   log: Callable[[str], None] = print, note: Callable[[str], None] | None = None,
-                   progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                   reporter: Reporter | None = None, note: Callable[[str], None] | None = None,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Accuracy, loss, per-class metrics and confusion matrix of a saved model on one split.
 
     Args:
@@ -70,10 +71,9 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
             ``label_column``, ``images`` and ``multi_label`` (``SourceSpec``; default: as the run
             recorded, when SOURCE is its source, so "test" means the same images).
         grid: write a PNG grid of at most ``grid_size`` most confidently wrong images here.
-        log: where the headline (measures to 4 decimals) goes.
+        reporter: the headline (measures to 4 decimals) and a progress line (default: quiet).
         note: where the one line naming the model a ``headstart run`` directory resolved to goes.
-        progress: ``label → progress line`` (``report.progress.ProgressLine``) drawn through the
-            split; None draws none.
+        log: the Python API's ``log=print``, used without ``reporter``.
 
     Returns:
         ``{"model", "split", "loss", "accuracy", "balanced_accuracy", "macro_f1", "rows", "per_class", "confusion_matrix",
@@ -84,6 +84,7 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
         DataError: bad source, missing split, or classes that differ from the model's.
         OptionError: bad batch or grid size.
     """
+    reporter = as_reporter(reporter, log)
     if isinstance(source, str):
         check_source_path(source)  # before the model load starts TensorFlow
     model, run, batch_size = _load(model_path, batch_size, grid_size, note)
@@ -101,7 +102,7 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
     if width != len(class_names):
         raise DataError(f"source has {len(class_names)} classes but the model predicts {width}")
     wrong = WrongImages(grid_size, width) if grid else None
-    with observed(progress, f"evaluate {split}", src.count(split), wrong) as on_batch:
+    with observed(reporter, f"evaluate {split}", src.count(split), wrong) as on_batch:
         predictions = predict_split(model, src, split, batch_size=batch_size, multi_label=multi_label,
                                     on_batch=on_batch)
     metrics = {"model": str(model_path), "split": split,
@@ -109,7 +110,7 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
                "grid": str(grid) if wrong is not None else None}
     if wrong is not None:
         write_wrong_grid(wrong.wrong, class_names, grid)
-    log(_headline(metrics, multi_label) + (f", {len(predictions.skipped)} skipped" if predictions.skipped else ""))
+    reporter.line(_headline(metrics, multi_label) + (f", {len(predictions.skipped)} skipped" if predictions.skipped else ""))
     return metrics
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 # No NumPy or TensorFlow at module level: cli.py reads EXPORT_FORMATS and QUANTIZE_MODES for --help.
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.config import EXPORT_FORMATS, QUANTIZE_MODES
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError, OutputError
@@ -76,7 +77,7 @@ def check_export_options(formats: Sequence[str], quantize: str, *, option: str =
 def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str = "none",
                  class_names: Sequence[str] | None = None,
                  calibration: Callable[[], Iterable[np.ndarray]] | None = None,
-                 log: Callable[[str], None] = print, thresholds: dict | None = None) -> dict[str, str | None]:
+                 reporter: Reporter = QUIET, thresholds: dict | None = None) -> dict[str, str | None]:
     """Exports the inference half of ``model`` (no augmentation) into ``out_dir``.
 
     Args:
@@ -87,7 +88,7 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
         class_names: names of the K classes (two for one logit); default "0", "1", …
         calibration: for ``quantize="int8"``: returns an iterable of float32 (S, S, 3) raw training
             images.
-        log: one-line messages (a converter that fails is logged, not raised: model.keras is
+        reporter: one-line messages (a converter that fails is logged, not raised: model.keras is
             already saved).
         thresholds: a multi-label model's thresholds record (``multilabel_metrics.thresholds_record``):
             the SavedModel then answers sigmoid probabilities and label sets and has a
@@ -123,10 +124,10 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
     if "saved_model" in formats:
         done["saved_model"] = str(saved)
     if "onnx" in formats:
-        done["onnx"] = _guarded("onnx", log, lambda: _write_onnx(serving, names, out_dir / EXPORT_FILES["onnx"],
+        done["onnx"] = _guarded("onnx", reporter, lambda: _write_onnx(serving, names, out_dir / EXPORT_FILES["onnx"],
                                                                   thresholds))
     if "tflite" in formats:
-        done["tflite"] = _guarded("tflite", log, lambda: _write_tflite(saved, out_dir / EXPORT_FILES["tflite"],
+        done["tflite"] = _guarded("tflite", reporter, lambda: _write_tflite(saved, out_dir / EXPORT_FILES["tflite"],
                                                                       quantize, calibration))
     if "saved_model" not in formats:
         shutil.rmtree(saved, ignore_errors=True)
@@ -347,12 +348,12 @@ def _write_tflite(saved: Path, target: Path, quantize: str,
     return str(target)
 
 
-def _guarded(fmt: str, log: Callable[[str], None], write: Callable[[], str]) -> str | None:
+def _guarded(fmt: str, reporter: Reporter, write: Callable[[], str]) -> str | None:
     try:
         return write()
     except OutputError:
         raise  # a full or read-only disk is the machine's failure, not the converter's: stop, one line
     except Exception as exc:  # noqa: BLE001 - converters raise many unrelated types
         text = " ".join(str(exc).split())[:200] or type(exc).__name__
-        log(f"warning: {fmt} export failed ({text}); model.keras and the other exports are unaffected")
+        reporter.warning(f"warning: {fmt} export failed ({text}); model.keras and the other exports are unaffected")
         return None

@@ -25,8 +25,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.config import ExportConfig
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.features.errors import Arg, parts_of
@@ -145,15 +146,13 @@ def _from_run(folder: Path, given: str, what: str | None) -> ExportInput:
     return ExportInput(given, run.kind, what or f"the {command} run {given}", run.model_path, run)
 
 
-def export_model_dir(config: ExportConfig, *, log: Callable[[str], None] = print,
-                     progress: Callable[[str], Any] | None = None) -> ExportResult:
+def export_model_dir(config: ExportConfig, *, reporter: Reporter = QUIET) -> ExportResult:
     """Exports a trained model into ``config.out``, each format checked by its own runtime.
 
     Args:
         config: the options (``ExportConfig``).
-        log: one-line status messages.
-        progress: ``label → progress line`` for the checks' pass over the images (e.g.
-            ``report.progress.ProgressLine``); None draws none.
+        reporter: one-line status messages and a progress line for the checks' pass over the
+            images (``features/reporter.py``; default: quiet).
 
     Returns:
         An ExportResult (``summary`` is the table to print). A ``--out`` that already holds this
@@ -193,9 +192,9 @@ def export_model_dir(config: ExportConfig, *, log: Callable[[str], None] = print
     with claim(config.out, command="export", what="headstart export", section="export", wanted=wanted,
                read_recorded=recorded, overwrite=config.overwrite, foreign="holds no export (no export.json)") as state:
         if state == REUSE:
-            log(f"{config.out}: already done (an export of this model with these options)")
+            reporter.line(f"{config.out}: already done (an export of this model with these options)")
             return ExportResult.from_record(config.out, read_export_record(config.out), reused=True)
-        return _export(config, given, wanted, log=log, progress=progress, kept=kept if state != REPLACE else {})
+        return _export(config, given, wanted, reporter=reporter, kept=kept if state != REPLACE else {})
 
 
 def _as_policy_sees_it(record: dict, wanted: dict, kept: dict) -> tuple[dict | None, bool]:
@@ -222,15 +221,14 @@ def _only_formats_differ(recorded: dict, wanted: dict) -> bool:
     return same and (not tflite_in_both or recorded.get("quantize") == wanted["quantize"])
 
 
-def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, log: Callable[[str], None],
-            progress: Callable[[str], Any] | None, kept: dict) -> ExportResult:
+def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, reporter: Reporter, kept: dict) -> ExportResult:
     """Builds the model, writes and checks every format (but those ``kept``: a finished export.json whose
     formats stay), then export.json (complete), listing the kept formats with the new ones."""
     from headstart.pipeline.report.export_record import write_export_record
 
     start = time.perf_counter()
     source = _open_source(config, given)
-    model, parity = _model(config, given, source, log)
+    model, parity = _model(config, given, source, reporter)
     run = given.run
     class_names = run.class_names if run is not None else list(source.class_names)
     if list(source.class_names) != class_names:
@@ -250,7 +248,7 @@ def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, log: Call
     _drop_other_formats(Path(config.out), record["options"]["formats"])
     exports, checks = write_exports(model, config.out, formats, quantize=config.quantize,
                                     class_names=class_names, source=source, batch_size=config.batch_size,
-                                    multi_label=multi_label, thresholds=thresholds, log=log, progress=progress)
+                                    multi_label=multi_label, thresholds=thresholds, reporter=reporter)
     failed = [fmt for fmt, path in exports.items() if not path]
     record.update(exports={**kept.get("exports", {}), **exports}, checks={**kept.get("checks", {}), **checks},
                   seconds=time.perf_counter() - start)
@@ -310,7 +308,7 @@ def _recorded_source(run: RunDir) -> str | None:
     return record.get("source") or None
 
 
-def _model(config: ExportConfig, given: ExportInput, source: Any, log: Callable[[str], None]) -> tuple[Any, dict | None]:
+def _model(config: ExportConfig, given: ExportInput, source: Any, reporter: Reporter) -> tuple[Any, dict | None]:
     """(the Keras model on raw images, a head run's parity check or None)."""
     from headstart.pipeline.report.rundir import load_model_file
 
@@ -320,21 +318,20 @@ def _model(config: ExportConfig, given: ExportInput, source: Any, log: Callable[
         return given.run.load_model(), None
     from headstart.pipeline.model.parity import check_parity
 
-    log(f"rebuilding {given.what} on raw images: preprocessing, {given.run.backbone['backbone']} backbone, "
+    reporter.line(f"rebuilding {given.what} on raw images: preprocessing, {given.run.backbone['backbone']} backbone, "
         f"{given.run.backbone['pooling']} pooling, head")
     model = given.run.rebuild(weights=config.weights).model
     if not config.parity_samples:
         return model, None
     parity = check_parity(model, given.run.cache, source, samples=config.parity_samples, batch_size=config.batch_size)
-    log(f"parity: {parity.samples} {parity.split} images, largest logit difference {parity.max_abs_diff:.3g} "
+    reporter.line(f"parity: {parity.samples} {parity.split} images, largest logit difference {parity.max_abs_diff:.3g} "
         f"(tolerance {parity.tolerance:.3g})")
     return model, parity.to_dict()
 
 
 def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str,
                   class_names: Sequence[str], source: Any, batch_size: int = 32, multi_label: bool = False,
-                  thresholds: dict | None = None, log: Callable[[str], None] = print,
-                  progress: Callable[[str], Any] | None = None) -> tuple[dict[str, str | None], dict]:
+                  thresholds: dict | None = None, reporter: Reporter = QUIET) -> tuple[dict[str, str | None], dict]:
     """Writes ``formats`` of ``model`` into ``out_dir`` and checks each with its own runtime.
 
     The one export step: ``headstart export``, ``finetune --export`` and ``run --export`` call it.
@@ -348,8 +345,7 @@ def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str]
             else validation, else train.
         batch_size: images per forward pass of the checks.
         multi_label, thresholds: a multi-label model and its thresholds record.
-        log: one-line messages (one per format checked).
-        progress: ``label → progress line`` for the checks' pass, or None.
+        reporter: one-line messages (one per format checked) and a progress line for the checks' pass.
 
     Returns:
         (format → path or None where its converter failed, the checks: "split" and per format
@@ -361,16 +357,16 @@ def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str]
     if quantize == "int8" and "train" not in source.split_names:
         raise OptionError(Arg("quantize", "int8"), " calibrates on the source's train split, and it has none")
     calibration = calibration_images(source, int(model.input_shape[1])) if "train" in source.split_names else None
-    log(f"exporting {', '.join(formats)} to {out_dir}")
+    reporter.line(f"exporting {', '.join(formats)} to {out_dir}")
     exports = export_model(model, out_dir, formats, quantize=quantize, class_names=list(class_names),
-                           calibration=calibration, log=log, thresholds=thresholds)
+                           calibration=calibration, reporter=reporter, thresholds=thresholds)
     split = next(s for s in CHECK_SPLITS if s in source.split_names)
-    with observed(progress, f"check {split}", source.count(split)) as on_batch:
+    with observed(reporter, f"check {split}", source.count(split)) as on_batch:
         checks = check_exports(exports, model, source, split, quantize=quantize, batch_size=batch_size,
                                multi_label=multi_label, on_batch=on_batch)
     for fmt, row in checks.items():
         if row.get("accuracy") is not None:
-            log(f"export {fmt}: {split} accuracy {row['accuracy']:.4f} (Keras model {row['keras_accuracy']:.4f}), "
+            reporter.line(f"export {fmt}: {split} accuracy {row['accuracy']:.4f} (Keras model {row['keras_accuracy']:.4f}), "
                 f"same class on {row['agreement']:.1%} of images, largest logit difference "
                 f"{row['max_abs_logit_diff']:.3g}")
     return exports, {"split": split, **checks}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from headstart.features.reporter import Reporter, as_reporter
 from headstart.features.registry import check_image_size, check_weights_option
 from headstart.pipeline.config import ExtractConfig
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
@@ -109,8 +110,8 @@ def _check_out_file(out: Path) -> None:
 def extract_features(
     config: ExtractConfig,
     *,
-    on_progress: Callable | None = None,
-    log: Callable[[str], None] = print,
+    reporter: Reporter | None = None,
+    log: Callable[[str], None] | None = None,
     originals_from: str | None = None,
 ) -> ExtractSummary:
     """Runs the frozen backbone over every requested split and writes the feature cache.
@@ -120,8 +121,10 @@ def extract_features(
 
     Args:
         config: the resolved extraction options.
-        on_progress: called with a ``headstart.features.extract.Progress`` after each committed batch.
-        log: where one-line status messages go.
+        reporter: one-line status messages, and a progress line per split drawn after each committed
+            batch (``features/reporter.py``; default: quiet).
+        log: the Python API's older way to get the lines (``log=print``): used when ``reporter`` is
+            not given.
         originals_from: with views, a finished cache of the same backbone, size, tap and source whose
             training rows are copied by key, not computed again (a backbone pass per view only).
 
@@ -134,12 +137,13 @@ def extract_features(
         headstart.features.errors.FeaturesError: backbone, weights, cache and bad-image failures
             (its subclasses).
     """
+    reporter = as_reporter(reporter, log)
     check_extract_config(config)
     _check_out_file(Path(config.out))
     shard = parse_shard(config.shard)
     source, splits = _open_source(config)
     for note in source.notes:
-        log(note)
+        reporter.line(note)
     _check_known_coverage(source, splits)  # before anything is written
     if config.strict:
         _refuse_bad_images(config, source, splits, shard)
@@ -149,12 +153,12 @@ def extract_features(
     summary = ExtractSummary(path=config.out, already_complete=writer.complete,
                              backbone=info.to_dict(), class_names=list(source.class_names))
     if writer.complete:
-        log(f"{config.out} is already complete with this configuration; nothing to do")
+        reporter.line(f"{config.out} is already complete with this configuration; nothing to do")
         return summary
     start = time.perf_counter()
     try:
         _extract_splits(writer, config, source, splits, extractor, shard=shard, summary=summary,
-                        on_progress=on_progress, log=log, originals_from=originals_from)
+                        reporter=reporter, originals_from=originals_from)
         if shard is None:  # a shard may lack a class; the merged cache is whole
             _check_committed_coverage(writer, source, splits, summary)
         else:
@@ -260,8 +264,8 @@ def _refuse_bad_images(config: ExtractConfig, source, splits: list[str], shard: 
 
 
 def _extract_splits(writer, config: ExtractConfig, source, splits: list[str], extractor, *,
-                    shard: tuple[int, int] | None, summary: ExtractSummary, on_progress: Callable | None,
-                    log: Callable[[str], None], originals_from: str | None = None) -> None:
+                    shard: tuple[int, int] | None, summary: ExtractSummary,
+                    reporter: Reporter, originals_from: str | None = None) -> None:
     """Fills every split in turn (resuming where the writer stopped), recording each in ``summary``."""
     from headstart.features.extract import extract_split
 
@@ -273,16 +277,16 @@ def _extract_splits(writer, config: ExtractConfig, source, splits: list[str], ex
 
         views = dataclasses.replace(views, originals=cached_originals(originals_from, "train", writer))
     if shard is not None:
-        log(f"shard {shard[0]}/{shard[1]}: extracting about 1/{shard[1]} of each split")
+        reporter.line(f"shard {shard[0]}/{shard[1]}: extracting about 1/{shard[1]} of each split")
     bad = 0
     for split in splits:
         consumed, _ = writer.progress(split)
         if consumed and not writer.is_done(split):
-            log(f"resuming split '{split}' after {consumed} images")
+            reporter.line(f"resuming split '{split}' after {consumed} images")
         report = extract_split(writer, split, source.dataset(split, config.image_size, shard=shard), extractor,
                                batch_size=config.batch_size, total=source.count(split, shard=shard),
                                views=views if split == "train" else None, max_bad=config.max_bad,
-                               bad_so_far=bad, on_progress=on_progress)
+                               bad_so_far=bad, reporter=reporter)
         bad += len(report.skipped)
         summary.splits[split] = {"rows": report.rows, "skipped": len(report.skipped),
                                  "images_per_second": round(report.images_per_second, 2)}

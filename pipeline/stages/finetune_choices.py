@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from headstart.features.reporter import Reporter
 from headstart.pipeline.config import FinetuneConfig
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
@@ -49,7 +50,7 @@ def check_choices(config: FinetuneConfig) -> None:
 
 
 def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],
-                   log: Callable[[str], None]) -> str:
+                   reporter: Reporter) -> str:
     """The augmentation to fine-tune with: ``--augment`` as given, or (``auto``) the items that training
     heads on their cached views did not hurt (``recipe.view_trials``), after the invariance audit has
     dropped the gross drops."""
@@ -64,17 +65,17 @@ def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Call
         progress["audit"] = result.to_dict()
         save()
         kept = {s.item for s in result.scores if s.kept}
-        log(f"augmentation audit ({result.rows} validation images, {result.seconds:.1f} s): "
+        reporter.line(f"augmentation audit ({result.rows} validation images, {result.seconds:.1f} s): "
             + ", ".join(f"{s.item} {s.measure:.3f}{'' if s.item in kept else ' ✗'}" for s in result.scores)
             + f" (untransformed {result.reference:.3f})")
     if not (progress.get("view_trials") or {}).get("done"):
-        progress["view_trials"] = _view_trials(config, plan, progress, save, log)
+        progress["view_trials"] = _view_trials(config, plan, progress, save, reporter)
         save()
     return progress["view_trials"]["augment"]
 
 
 def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],
-                 log: Callable[[str], None]) -> dict:
+                 reporter: Reporter) -> dict:
     """Runs (or resumes) the view trials; returns their record, marked done."""
     from pathlib import Path
 
@@ -87,7 +88,7 @@ def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callab
     audit = AuditResult(augment=audit_record["augment"], measure_name=audit_record["measure"],
                         reference=audit_record["reference"], rows=audit_record["rows"],
                         scores=[TransformScore(**c) for c in audit_record["candidates"]])
-    log(f"augmentation by training on cached views ({len(AUDIT_CANDIDATES)} candidates):")
+    reporter.line(f"augmentation by training on cached views ({len(AUDIT_CANDIDATES)} candidates):")
     work = Path(config.out) / "view_trials"
     base = _extract_base(config, plan)
     if config.on_cache:  # the items' caches carry activations at the head cache's tap; the kept ones are trained on
@@ -95,11 +96,11 @@ def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callab
 
         base = dataclasses.replace(base, tap=cache_tap(plan.head_run.cache)["spec"])
     result = run_view_trials(plan.head_run, base, work, extract_features=extract_features,
-                             candidates=AUDIT_CANDIDATES, audit=audit, progress=record, save=save, log=log,
+                             candidates=AUDIT_CANDIDATES, audit=audit, progress=record, save=save, log=reporter.line,
                              keep_views=config.on_cache, views=config.trial_views)
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()  # every item's cache is deleted once recorded
-    log(f"augmentation trials ({result.seconds:.1f} s) → --augment {result.augment}")
+    reporter.line(f"augmentation trials ({result.seconds:.1f} s) → --augment {result.augment}")
     return {**result.to_dict(), "done": True}
 
 
@@ -129,7 +130,7 @@ def _extract_base(config: FinetuneConfig, plan: Any) -> Any:
 
 def probe_rates(config: FinetuneConfig, plan: Any, model: Any, *, prepare: Callable[[str], None], train: Any,
                 score: Callable[[], float], measure: str, seeded_val: dict | None, progress: dict,
-                save: Callable[[], None], log: Callable[[str], None]) -> Any:
+                save: Callable[[], None], reporter: Reporter) -> Any:
     """``--probe``'s short fine-tunes; returns a ``rate_probes.ProbeResult`` (None without ``--probe``, and
     with ``--on-cache``, whose fit tries the rates itself).
 
@@ -155,7 +156,7 @@ def probe_rates(config: FinetuneConfig, plan: Any, model: Any, *, prepare: Calla
     steps = probe_steps(config, plan)
     return rate_probes.probe_rates(model, probe=probe, lr=config.lr, unfreeze=config.unfreeze, steps=steps, train=train,
                                    score=score, measure=measure, seeded=(seeded_val or {}).get(measure),
-                                   prepare=prepare, seeded_weights=model.get_weights(), done=done, save=keep, log=log)
+                                   prepare=prepare, seeded_weights=model.get_weights(), done=done, save=keep, reporter=reporter)
 
 
 def probe_steps(config: FinetuneConfig, plan: Any) -> int:

@@ -9,13 +9,14 @@ all see calibrated logits. ``--calibrate none`` skips it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
+from headstart.features.reporter import Reporter
 from headstart.pipeline.config import FinetuneConfig
 
 
 def calibrate(config: FinetuneConfig, model: Any, val_predictions: Any, *, class_names: list[str],
-              multi_label: bool, log: Callable[[str], None]) -> tuple[Any, Any, dict]:
+              multi_label: bool, reporter: Reporter) -> tuple[Any, Any, dict]:
     """Fits and attaches the temperature.
 
     Args:
@@ -25,7 +26,7 @@ def calibrate(config: FinetuneConfig, model: Any, val_predictions: Any, *, class
             without a validation split.
         class_names: the K classes.
         multi_label: one temperature per class.
-        log: where the one line about it goes.
+        reporter: where the one line about it goes.
 
     Returns:
         (model, val_predictions, record): the calibrated model and its validation predictions (the raw
@@ -39,14 +40,14 @@ def calibrate(config: FinetuneConfig, model: Any, val_predictions: Any, *, class
     if config.calibrate == "none":
         return model, val_predictions, {"method": "none", "reason": "--calibrate none"}
     if val_predictions is None or not len(val_predictions.labels):
-        log("calibration: skipped (no validation images)")
+        reporter.line("calibration: skipped (no validation images)")
         return model, val_predictions, {"method": "none", "reason": "no validation images"}
     import numpy as np
 
     k = len(class_names)
     fitted = fit_temperature(val_predictions.labels, val_predictions.logits, k, multi_label)
     if all(t is None for t in fitted):
-        log("calibration: skipped (validation does not determine a temperature: every image right with a margin)")
+        reporter.line("calibration: skipped (validation does not determine a temperature: every image right with a margin)")
         return model, val_predictions, {"method": "none", "reason": "validation does not determine a temperature"}
     temperature = [1.0 if t is None else t for t in fitted]  # a class validation cannot calibrate stays as trained
     t = np.asarray(temperature, dtype=np.float32)
@@ -59,7 +60,7 @@ def calibrate(config: FinetuneConfig, model: Any, val_predictions: Any, *, class
     val = record["validation"]
     shown = f"{temperature[0]:.3f}" if len(temperature) == 1 else \
         f"{min(temperature):.3f}–{max(temperature):.3f} (per class)"
-    log(f"calibration: temperature {shown}; validation NLL {val['before']['nll']:.4f} → {val['after']['nll']:.4f}, "
+    reporter.line(f"calibration: temperature {shown}; validation NLL {val['before']['nll']:.4f} → {val['after']['nll']:.4f}, "
         f"ECE {val['before']['ece']:.4f} → {val['after']['ece']:.4f}")
     return with_temperature(model, temperature), scaled, record
 

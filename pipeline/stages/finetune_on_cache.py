@@ -27,10 +27,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from headstart.features.reporter import Reporter
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.model.calibration import TEMPERATURE_LAYER
@@ -211,7 +212,7 @@ def cached_dataset(rows: CachedRows, *, batch_size: int, seed: int | None):
 
 
 def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, run_dir: Path,
-                   log: Callable[[str], None], callbacks: Sequence[Any],
+                   reporter: Reporter, callbacks: Sequence[Any],
                    views: Sequence[tuple[str, str]] | None = None) -> tuple[Any, dict]:
     """``finetune --on-cache``'s fit: unfreeze above the tap, train on the cache, keep the best epoch.
 
@@ -243,15 +244,15 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
     counts = trainable_counts(model)
     views = None if views is None else list(views)
     train, val, versions = _cached_splits(config, plan, [path for _, path in views or ()])
-    log(_views_line(views, versions))
-    log(f"fine-tuning {len(unfrozen)} backbone layers with weights on cached activations (--on-cache, --unfreeze "
+    reporter.line(_views_line(views, versions))
+    reporter.line(f"fine-tuning {len(unfrozen)} backbone layers with weights on cached activations (--on-cache, --unfreeze "
         f"{spec}, tap {tap['spec']} at {tap['layer']} {tuple(tap['shape'])}), {counts['trainable_params']:,} "
         f"trainable parameters; BatchNorm frozen")
     rates = PROBE_LRS if "lr" in parse_probe(config.probe) else (config.lr,)
     seeded, tried, best = top.get_weights(), [], None
     for lr in rates:
         top.set_weights(seeded)
-        stage, score = _fit_rate(config, plan, top, setup, run_dir, lr, train, val, log, callbacks, many=len(rates) > 1)
+        stage, score = _fit_rate(config, plan, top, setup, run_dir, lr, train, val, reporter, callbacks, many=len(rates) > 1)
         tried.append({"lr": lr, "best_epoch": stage.best_epoch, "epochs_run": len(stage.epoch_seconds),
                       "seconds": round(sum(stage.epoch_seconds), 2), stage.monitor: score})
         if best is None or _better(score, best[1], stage.monitor):
@@ -259,9 +260,9 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
     stage, score, lr, weights = best
     top.set_weights(weights)
     if len(rates) > 1:
-        log(f"on the cache: kept lr {lr:g} ({stage.monitor} {score:.4f}, epoch {stage.best_epoch} of "
+        reporter.line(f"on the cache: kept lr {lr:g} ({stage.monitor} {score:.4f}, epoch {stage.best_epoch} of "
             f"{len(stage.epoch_seconds)}) of {', '.join(f'{r:g}' for r in rates)}")
-    parity = check_top_parity(config, plan, model, tap, log)
+    parity = check_top_parity(config, plan, model, tap, reporter)
     return stage, {**counts, "metrics": {"unfreeze": str(spec), "lr": lr},
                    "on_cache": {"tap": tap, "rates": tried, "parity": parity and parity.to_dict(),
                                 "views": {"items": [item for item, _ in views or ()],
@@ -269,7 +270,7 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
 
 
 def _fit_rate(config: Any, plan: Any, top: Any, setup: Any, run_dir: Path, lr: float, train: Any, val: Any,
-              log: Callable[[str], None], callbacks: Sequence[Any], *, many: bool) -> tuple[Any, float]:
+              reporter: Reporter, callbacks: Sequence[Any], *, many: bool) -> tuple[Any, float]:
     """One fit of the top layers at ``lr`` to early stopping (its own backup, so a kill resumes it);
     returns (its StageOutcome, the monitored value at its best epoch; NaN when none was finite)."""
     from headstart.pipeline.model.head import compile_head
@@ -279,9 +280,9 @@ def _fit_rate(config: Any, plan: Any, top: Any, setup: Any, run_dir: Path, lr: f
         compile_head(top, plan.num_classes, lr, jit_compile=True if config.jit_compile else "auto",
                      multi_label=plan.multi_label)
     if many:
-        log(f"on the cache at lr {lr:g}:")
+        reporter.line(f"on the cache at lr {lr:g}:")
     stage = fit_stage(top, f"finetune-lr{lr:g}" if many else "finetune", run_dir=run_dir, train=train, val=val,
-                      epochs=config.epochs, patience=config.patience, log=log, num_classes=plan.num_classes,
+                      epochs=config.epochs, patience=config.patience, reporter=reporter, num_classes=plan.num_classes,
                       callbacks=callbacks, replicas=setup.replicas, multi_label=plan.multi_label, monitor=config.monitor)
     values = stage.history.get(stage.monitor, [])
     score = values[stage.best_epoch - 1] if stage.best_epoch and len(values) >= stage.best_epoch else float("nan")
@@ -297,7 +298,7 @@ def _better(score: float, best: float, monitor: str) -> bool:
     return score < best if monitor.endswith("loss") else score > best
 
 
-def check_top_parity(config: Any, plan: Any, model: Any, tap: dict, log: Callable[[str], None]) -> Any:
+def check_top_parity(config: Any, plan: Any, model: Any, tap: dict, reporter: Reporter) -> Any:
     """After training: the chain on images against the top-block model on the cached activations.
 
     Returns:
@@ -309,7 +310,7 @@ def check_top_parity(config: Any, plan: Any, model: Any, tap: dict, log: Callabl
         return None
     parity = check_parity(model, plan.head_run.cache, plan.source, samples=config.parity_samples,
                           batch_size=config.batch_size, reference=top_block_model(model, tap), field="activations")
-    log(f"parity after training: {parity.samples} {parity.split} images, the fine-tuned model on images against "
+    reporter.line(f"parity after training: {parity.samples} {parity.split} images, the fine-tuned model on images against "
         f"its top layers on cached activations, largest logit difference {parity.max_abs_diff:.3g} "
         f"(tolerance {parity.tolerance:.3g})")
     return parity

@@ -16,10 +16,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from headstart.features.reporter import Reporter
 from headstart.pipeline.config import FinetuneConfig
 from headstart.pipeline.errors import RunDirError
 from headstart.pipeline.report.rundir import RunDir
@@ -78,11 +79,11 @@ def start_progress(run: RunDir, config: FinetuneConfig, head_run: Any) -> dict:
 
 
 def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Path, spec: Any, stage: Any,
-                  metrics: dict, parity: Any, distribute: dict, log: Callable[[str], None], t_start: float,
+                  metrics: dict, parity: Any, distribute: dict, reporter: Reporter, t_start: float,
                   progress: dict, recipe: dict | None = None) -> FinetuneResult:
     """Saves the model, exports, metrics, history, curves and run.json; removes the backup."""
     run = RunDir(run_dir)
-    exports = _export(built.model, run_dir, config, plan, metrics, log) if config.export else {}
+    exports = _export(built.model, run_dir, config, plan, metrics, reporter) if config.export else {}
     epoch_seconds = stage.epoch_seconds
     seconds_per_epoch = float(np.mean(epoch_seconds)) if epoch_seconds else 0.0
     run.write_outputs(built.model, kind="finetune", metrics=metrics, history=stage.history,
@@ -105,18 +106,18 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
 
 
 def _export(model: Any, run_dir: Path, config: FinetuneConfig, plan: Any, metrics: dict,
-            log: Callable[[str], None]) -> dict[str, str | None]:
+            reporter: Reporter) -> dict[str, str | None]:
     """Writes the --export formats next to model.keras (``stages.exporting.write_exports``, as ``headstart
     export`` does) and records in ``metrics["exports"]`` how each one scores beside model.keras."""
     from headstart.pipeline.stages.exporting import write_exports
 
     exports, metrics["exports"] = write_exports(
         model, run_dir, config.export, quantize=config.quantize, class_names=plan.class_names, source=plan.source,
-        batch_size=config.batch_size, multi_label=plan.multi_label, thresholds=metrics.get("thresholds"), log=log)
+        batch_size=config.batch_size, multi_label=plan.multi_label, thresholds=metrics.get("thresholds"), reporter=reporter)
     return exports
 
 
-def add_exports(run: RunDir, config: FinetuneConfig, log: Callable[[str], None]) -> None:
+def add_exports(run: RunDir, config: FinetuneConfig, reporter: Reporter) -> None:
     """A finished run asked again with ``--export``: writes the requested formats when run.json does not
     record them all (with this ``--quantize``), checked as ``write_exports`` checks them, and records
     them in run.json and metrics.json. The model is not trained again."""
@@ -128,12 +129,12 @@ def add_exports(run: RunDir, config: FinetuneConfig, log: Callable[[str], None])
     quantize = (checked.get("tflite") or {}).get("quantize", "none")
     if set(config.export) <= have and ("tflite" not in config.export or quantize == config.quantize):
         return
-    log(f"{config.out}: adding the exports {', '.join(config.export)} to the finished run")
+    reporter.line(f"{config.out}: adding the exports {', '.join(config.export)} to the finished run")
     source = open_source(run.source_spec(source=config.source, split_specs=config.split_specs,
                                          label_options=dataclasses.asdict(config)))
     exports, checks = write_exports(run.load_model(), run.path, config.export, quantize=config.quantize,
                                     class_names=run.class_names, source=source, batch_size=config.batch_size,
-                                    multi_label=run.multi_label, thresholds=run.thresholds_record, log=log)
+                                    multi_label=run.multi_label, thresholds=run.thresholds_record, reporter=reporter)
     run.update_metrics(exports={**checked, **checks})
     run.update_record(exports={**(run.record.get("exports") or {}), **exports})
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from headstart.features.reporter import QuietReporter, Reporter, as_reporter
 from headstart.features.errors import Arg
 from headstart.pipeline.config import FinetuneConfig, HeadConfig
 from headstart.pipeline.data.source_spec import check_source_path
@@ -70,18 +71,18 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], Arg]
     return parse_unfreeze(config.unfreeze)
 
 
-def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
-             callbacks: Sequence[Any] = (), progress: Callable[[str], Any] | None = None) -> FinetuneResult:
+def finetune(config: FinetuneConfig, *, reporter: Reporter | None = None,
+             callbacks: Sequence[Any] = (), log: Callable[[str], None] | None = None) -> FinetuneResult:
     """Fine-tunes the full model and writes the run directory (see the module docstring).
 
     Args:
         config: resolved options. Backbone options (``finetune_plan.BACKBONE_OPTIONS``), when the
             config has them and they are not None, must agree with the head run (``weights`` may
             name another path to the same weights: the fingerprint decides).
-        log: one line per epoch and status messages.
+        reporter: one line per epoch and status messages, and a live progress line through every
+            epoch of both stages (``features/reporter.py``; default: quiet).
         callbacks: extra Keras callbacks for the fine-tune ``fit``.
-        progress: ``label → progress line`` (``report.progress.ProgressLine``, ``Console.progress``):
-            a live line through every epoch of both stages; None draws none.
+        log: the Python API's ``log=print``, used without ``reporter``.
 
     Returns:
         A FinetuneResult; ``summary`` is the table for the CLI to print. A ``--out`` that already
@@ -99,31 +100,31 @@ def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print,
     from headstart.pipeline.stages.finetune_outputs import add_exports, recorded_head
     from headstart.pipeline.stages.finetune_plan import HEAD_IDENTITY, head_identity, resolved_config
 
+    reporter = as_reporter(reporter, log)
     spec = check_finetune_config(config)
     head_run = (RunDir.open(config.head, kind="head", option="--head", recipe=True) if config.head
                 else None)  # a mistyped or damaged --head fails before TensorFlow starts
     if head_run is not None and head_run.path != Path(config.head):  # a `headstart run` directory
-        log(f"--head {config.head}: using {head_run.path}, the run's chosen head")
+        reporter.line(f"--head {config.head}: using {head_run.path}, the run's chosen head")
     with claim_run_dir(config.out, section="finetune", command="finetune", resolved=resolved_config(config),
                        overwrite=config.overwrite, inputs={HEAD_IDENTITY: head_identity(head_run)},
                        recorded_inputs=recorded_head, chief=config_is_chief()) as (state, run):
         if state == REUSE:
-            log(f"{config.out}: already done (a finetune run with these options from this head)")
+            reporter.line(f"{config.out}: already done (a finetune run with these options from this head)")
             if config.export:
-                add_exports(RunDir.open(config.out, kind="finetune"), config, log)
+                add_exports(RunDir.open(config.out, kind="finetune"), config, reporter)
             return FinetuneResult.from_run_dir(RunDir.open(config.out, kind="finetune"))
         return _finetune_distributed(config, spec, head_run, run.read_progress() if state == RESUME else None,
-                                     log, callbacks, progress)
+                                     reporter, callbacks)
 
 
 def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resuming: dict | None,
-                          log: Callable[[str], None], callbacks: Sequence[Any],
-                          lines: Callable[[str], Any] | None) -> FinetuneResult:
+                          reporter: Reporter, callbacks: Sequence[Any]) -> FinetuneResult:
     """Sets up the strategy (the run's first TensorFlow work), then fine-tunes on every worker."""
     from headstart.pipeline.distribute.strategy import chief_output_dir, set_up_strategy
     from headstart.pipeline.training.determinism import op_determinism
 
-    setup = set_up_strategy(config.strategy, config.batch_size, log=log,
+    setup = set_up_strategy(config.strategy, config.batch_size, log=reporter.line,
                             other_batches={"head_batch_size": config.head_batch_size})
     # Every worker runs the whole stage (saving included); only the chief's files are kept. A
     # resumed multi-worker run needs --out on a filesystem all workers see: each starts from the
@@ -140,13 +141,12 @@ def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resu
         # The same switch as train-head's (process-wide, restored afterwards); with the seed it
         # makes two CPU runs give bit-identical weights.
         with op_determinism(config.deterministic):
-            return _finetune(config, spec, setup, head_run, resuming, log=log, callbacks=callbacks, lines=lines)
+            return _finetune(config, spec, setup, head_run, resuming, reporter=reporter, callbacks=callbacks)
 
 
 def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resuming: dict | None, *,
-              log: Callable[[str], None], callbacks: Sequence[Any],
-              lines: Callable[[str], Any] | None = None) -> FinetuneResult:
-    """``finetune`` once the strategy is set up; writes into ``config.out``; ``lines``: the live epoch lines.
+              reporter: Reporter, callbacks: Sequence[Any]) -> FinetuneResult:
+    """``finetune`` once the strategy is set up; writes into ``config.out``; ``reporter`` draws the live epoch lines.
 
     ``config`` is the request as given (run.json records it, ``--augment auto`` included); ``work``
     is what the model is built and fitted with once the audit and the probes have chosen.
@@ -160,23 +160,23 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resu
     from headstart.pipeline.training.stage_gate import seeded_validation
 
     t_start = time.perf_counter()
-    plan = make_plan(config, head_run, resuming, log, is_chief=setup.info.is_chief)
+    plan = make_plan(config, head_run, resuming, reporter.line, is_chief=setup.info.is_chief)
     run = RunDir(config.out)
     run.path.mkdir(parents=True, exist_ok=True)  # a worker's scratch copy; the chief's exists (claimed)
     progress = plan.resuming if plan.resuming is not None else start_progress(run, config, head_run)
     save = lambda: run.write_progress(progress)  # noqa: E731 - the one way progress is saved
-    work = with_choices(config, choose_augment(config, plan, progress, save, log), None)
+    work = with_choices(config, choose_augment(config, plan, progress, save, reporter), None)
     keras.utils.set_random_seed(config.seed)
     with setup.strategy.scope():  # variables must be created in the strategy's scope
         built = _build(work, plan, mixed=config.mixed_precision)
-    parity = _check_parity(work, plan, built, log)
-    live = _epoch_lines(lines, plan)
-    head_stage = None if plan.head_run else _seed_head(work, plan, built, setup, run, progress, log,
+    parity = _check_parity(work, plan, built, reporter)
+    live = _epoch_lines(reporter, plan)
+    head_stage = None if plan.head_run else _seed_head(work, plan, built, setup, run, progress, reporter,
                                                        live("head epoch", config.head_batch_size))
     measure = gate_measure(config.monitor, plan.multi_label)
     seeded_val = seeded_validation(lambda split: _predict(work, plan, built.model, split)[1], plan.val_split,
                                    progress, measure, save)
-    trained = _train(work, spec, plan, built, setup, run, progress, measure, seeded_val, log,
+    trained = _train(work, spec, plan, built, setup, run, progress, measure, seeded_val, reporter,
                      [*callbacks, *live("finetune epoch", config.batch_size)])
     metrics: dict[str, Any] = {"stage": "finetune", "parity": parity and parity.to_dict(),
                                "head_stage": head_stage and head_stage.to_dict(),
@@ -184,12 +184,12 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resu
     from headstart.pipeline.stages.finetune_final import calibrate, final_metrics
 
     model, val_predictions, metrics["calibration"] = calibrate(
-        work, built.model, trained.val_predictions, class_names=plan.class_names, multi_label=plan.multi_label, log=log)
+        work, built.model, trained.val_predictions, class_names=plan.class_names, multi_label=plan.multi_label, reporter=reporter)
     built = dataclasses.replace(built, model=model)  # thresholds and test are measured on the calibrated model
     sections, thresholds = final_metrics(work, plan, built.model, val_predictions, metrics["calibration"])
     metrics.update(sections, **thresholds)
     return write_outputs(config, plan, built, run_dir=run.path, spec=trained.spec, stage=trained.stage,
-                         metrics=metrics, parity=parity, distribute=setup.distribute, log=log, t_start=t_start,
+                         metrics=metrics, parity=parity, distribute=setup.distribute, reporter=reporter, t_start=t_start,
                          progress=progress, recipe=recipe_record(progress, trained.probes))
 
 
@@ -203,7 +203,7 @@ class _Trained:
 
 
 def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, setup: Any, run: RunDir,
-           progress: dict, measure: str, seeded_val: dict | None, log: Callable[[str], None],
+           progress: dict, measure: str, seeded_val: dict | None, reporter: Reporter,
            callbacks: Sequence[Any]) -> _Trained:
     """Probes (``--probe``), then the fit at the chosen rate and depth, then the stage gate."""
     from headstart.pipeline.model.unfreeze import parse_unfreeze
@@ -216,19 +216,19 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
     probes = probe_rates(work, plan, built.model, prepare=lambda u: _compile(work, plan, built.model, setup, u),
                          train=_datasets(work, plan, work.batch_size)[0],
                          score=lambda: predict(plan.val_split)[1][measure], measure=measure, seeded_val=seeded_val,
-                         progress=progress, save=lambda: run.write_progress(progress), log=log)
+                         progress=progress, save=lambda: run.write_progress(progress), reporter=reporter)
     if probes is not None:
         work, spec = with_choices(work, work.augment, probes), parse_unfreeze(probes.unfreeze)
     if probes is not None and not probes.finetune:
-        log(f"fine-tuning skipped: no probe improved on the seeded model's validation {measure.replace('_', ' ')} "
+        reporter.line(f"fine-tuning skipped: no probe improved on the seeded model's validation {measure.replace('_', ' ')} "
             f"{probes.seeded:.4f}; keeping the seeded model")
         gate, val_predictions = keep_seeded(predict, val_split=plan.val_split, seeded_val=seeded_val, measure=measure,
                                             reason="no probe improved on the seeded model")
         stage, counts = StageOutcome(monitor="val_loss" if measure == "loss" else f"val_{measure}"), {}
     else:
-        stage, counts = _fit_backbone(work, spec, plan, built.model, setup, run.path, log, callbacks, progress)
+        stage, counts = _fit_backbone(work, spec, plan, built.model, setup, run.path, reporter, callbacks, progress)
         gate, val_predictions = apply_stage_gate(predict, built.model, val_split=plan.val_split, seeded_val=seeded_val,
-                                                 seeded_weights=seeded_weights, measure=measure, log=log)
+                                                 seeded_weights=seeded_weights, measure=measure, reporter=reporter)
     metrics = {"unfreeze": str(spec), "lr": work.lr, "augment": work.augment, "trainable": counts,
                **counts.pop("metrics", {}), **({"on_cache": counts.pop("on_cache")} if "on_cache" in counts else {}),
                "best_epoch": stage.best_epoch, "epochs_run": len(stage.epoch_seconds), "monitor": stage.monitor,
@@ -239,14 +239,14 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
 # ── the steps ────────────────────────────────────────────────────────────────────────────────
 
 
-def _epoch_lines(lines: Callable[[str], Any] | None, plan: FinetunePlan) -> Callable[[str, int], list]:
-    """``(label, batch size) → [a live progress callback]`` over the training split, or [] without ``lines``."""
-    if lines is None:
+def _epoch_lines(reporter: Reporter, plan: FinetunePlan) -> Callable[[str, int], list]:
+    """``(label, batch size) → [a live progress callback]`` over the training split, or [] for a quiet reporter."""
+    if isinstance(reporter, QuietReporter):  # it would draw nothing: no callback in the fit
         return lambda label, batch_size: []
     from headstart.pipeline.training.fit_progress import fit_progress_callback
 
     images = plan.source.count("train")
-    return lambda label, batch_size: [fit_progress_callback(lines, images, batch_size, label=label)]
+    return lambda label, batch_size: [fit_progress_callback(reporter, images, batch_size, label=label)]
 
 
 def _build(config: FinetuneConfig, plan: FinetunePlan, *, mixed: bool) -> _Built:
@@ -273,7 +273,7 @@ def _build(config: FinetuneConfig, plan: FinetunePlan, *, mixed: bool) -> _Built
     return _Built(model=model, head=head, info=info, policy=policy)
 
 
-def _check_parity(config: FinetuneConfig, plan: FinetunePlan, built: _Built, log: Callable[[str], None]) -> Any:
+def _check_parity(config: FinetuneConfig, plan: FinetunePlan, built: _Built, reporter: Reporter) -> Any:
     """The parity check against the head run's cache; None without a head run or samples."""
     from headstart.pipeline.model.parity import check_parity
 
@@ -286,7 +286,7 @@ def _check_parity(config: FinetuneConfig, plan: FinetunePlan, built: _Built, log
     parity = check_parity(reference, plan.head_run.cache, plan.source, samples=config.parity_samples,
                           batch_size=config.batch_size)
     del reference
-    log(f"parity: {parity.samples} {parity.split} images, largest logit difference "
+    reporter.line(f"parity: {parity.samples} {parity.split} images, largest logit difference "
         f"{parity.max_abs_diff:.3g} (tolerance {parity.tolerance:.3g})")
     return parity
 
@@ -314,7 +314,7 @@ def _jit(config: FinetuneConfig) -> bool | str:
 
 
 def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup: Any, run: RunDir, progress: dict,
-               log: Callable[[str], None], callbacks: Sequence[Any] = ()) -> Any:
+               reporter: Reporter, callbacks: Sequence[Any] = ()) -> Any:
     """Without a head run: trains the head on the frozen backbone (or takes the interrupted run's)."""
     from headstart.pipeline.model.assembly import freeze_backbone
     from headstart.pipeline.model.head import compile_head
@@ -324,7 +324,7 @@ def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup:
     if "head_stage" in progress:
         built.head.load_weights(seeded_head)
         return StageOutcome.from_dict(progress["head_stage"])
-    log(f"no --head: training the head on the frozen backbone for {config.head_epochs} epochs "
+    reporter.line(f"no --head: training the head on the frozen backbone for {config.head_epochs} epochs "
         f"(batch {config.head_batch_size}, lr {config.head_lr:g})")
     freeze_backbone(built.model)
     with setup.strategy.scope():
@@ -332,7 +332,7 @@ def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup:
                      multi_label=plan.multi_label)
     train, val = _datasets(config, plan, config.head_batch_size)
     head_stage = fit_stage(built.model, "head", run_dir=run.path, train=train, val=val, epochs=config.head_epochs,
-                           patience=config.patience, log=log, num_classes=plan.num_classes, monitor=config.monitor,
+                           patience=config.patience, reporter=reporter, num_classes=plan.num_classes, monitor=config.monitor,
                            callbacks=[*callbacks, *([tensorboard_callback(Path(plan.log_dir) / "head")]
                                                     if plan.log_dir else [])],
                            replicas=setup.replicas, multi_label=plan.multi_label)
@@ -357,7 +357,7 @@ def _compile(config: FinetuneConfig, plan: FinetunePlan, model: Any, setup: Any,
 
 
 def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: Any, setup: Any, run_dir: Path,
-                  log: Callable[[str], None], callbacks: Sequence[Any], progress: dict) -> tuple[Any, dict]:
+                  reporter: Reporter, callbacks: Sequence[Any], progress: dict) -> tuple[Any, dict]:
     """Unfreezes as ``--unfreeze`` asks, recompiles and fits; returns (outcome, trainable counts)."""
     from headstart.pipeline.model.assembly import trainable_counts
     from headstart.pipeline.stages.finetune_choices import kept_views
@@ -365,16 +365,16 @@ def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: 
     from headstart.pipeline.training.stage_fit import fit_stage
 
     if config.on_cache:  # the layers above the cache's tap, trained on its activations
-        return fit_top_blocks(config, spec, plan, model, setup, run_dir, log, callbacks, views=kept_views(progress))
+        return fit_top_blocks(config, spec, plan, model, setup, run_dir, reporter, callbacks, views=kept_views(progress))
     unfrozen = _compile(config, plan, model, setup, spec)
     counts = trainable_counts(model)
-    log(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "
+    reporter.line(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "
         f"{counts['trainable_params']:,} trainable parameters; BatchNorm frozen")
     train, val = _datasets(config, plan, config.batch_size)
     if plan.log_dir:
         callbacks = [*callbacks, tensorboard_callback(plan.log_dir)]
     stage = fit_stage(model, "finetune", run_dir=run_dir, train=train, val=val, epochs=config.epochs,
-                      patience=config.patience, log=log, num_classes=plan.num_classes, callbacks=callbacks,
+                      patience=config.patience, reporter=reporter, num_classes=plan.num_classes, callbacks=callbacks,
                       replicas=setup.replicas, multi_label=plan.multi_label, monitor=config.monitor)
     return stage, counts
 

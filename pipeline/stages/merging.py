@@ -9,8 +9,9 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.errors import OptionError
 
 if TYPE_CHECKING:
@@ -18,14 +19,14 @@ if TYPE_CHECKING:
 
 
 def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
-                   log: Callable[[str], None] = print) -> MergeSummary:
+                   reporter: Reporter = QUIET) -> MergeSummary:
     """``merge-features``: joins the caches of ``extract-features --shard I/N`` into one cache.
 
     Args:
         out: the cache file to write.
         shards: one cache per shard 0 … N-1, in any order.
         overwrite: replace an OUT written with another configuration.
-        log: where one-line status messages go.
+        reporter: where one-line status messages go.
 
     Returns:
         A ``headstart.features.merge.MergeSummary``.
@@ -55,4 +56,4 @@ def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
                      "numpy": numpy.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return merge_shards(out, shards, provenance=provenance, overwrite=overwrite, log=log)
+    return merge_shards(out, shards, provenance=provenance, overwrite=overwrite, reporter=reporter)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 # IMAGE_EXTENSIONS: what ``predict_images`` picks up in a directory (files named explicitly are always tried).
+from headstart.features.reporter import Reporter
 from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.checks import check_value
@@ -41,7 +42,7 @@ class PredictionRow:
 
 def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
                    batch_size: int = 32, class_names: Sequence[str] | None = None,
-                   progress: Callable[[str], Any] | None = None,
+                   reporter: Reporter | None = None,
                    note: Callable[[str], None] | None = None) -> list[PredictionRow]:
     """Classifies image files; a bad file gives a row with ``error`` set and never stops the rest.
 
@@ -52,8 +53,7 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
         batch_size: images per forward pass.
         class_names: names of the class indices; default: those the export holds, else run.json
             beside the model, else "0", "1"…
-        progress: ``label → progress line`` (``report.progress.ProgressLine``) drawn through the
-            files; None draws none.
+        reporter: draws a progress line through the files (``features/reporter.py``); None draws none.
         note: where the one line naming the model a ``headstart run`` directory resolved to goes.
 
     Returns:
@@ -77,7 +77,7 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     if len(names) != k:
         raise OptionError(f"{len(names)} class names given for a model of {k} classes")
     files = _expand(paths)
-    with observed(progress, "predict", len(files)) as on_batch:
+    with observed(reporter, "predict", len(files)) as on_batch:
         found = predict_split(predictor, FilesSource(files), FilesSource.SPLIT, batch_size=batch_size,
                               on_batch=on_batch)
     probabilities = iter(logits_to_probabilities(found.logits, k, predictor.multi_label))

@@ -2,22 +2,24 @@
 
 ``fit`` itself prints nothing (every stage runs it with ``verbose=0`` and logs one line per epoch);
 this callback draws the line in between — a bar on a terminal, a line every few seconds in a log
-(``report.progress.ProgressLine``). ``finetune`` adds one per stage when given ``progress``; ``headstart
-run`` passes its own (``run.console.fit_progress``).
+(``report.progress.ProgressLine``). ``finetune`` adds one per stage on its reporter's progress lines;
+``headstart run`` passes its own (``run.console.fit_progress``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
+
+from headstart.features.reporter import Reporter
 
 
-def fit_progress_callback(progress: Callable[[str], Any], images: int | None, batch_size: int, *,
+def fit_progress_callback(reporter: Reporter, images: int | None, batch_size: int, *,
                           label: str = "finetune epoch") -> Any:
-    """A Keras callback that draws ``progress(f"{label} N")`` through every epoch.
+    """A Keras callback that draws ``reporter.progress(f"{label} N")`` through every epoch.
 
     Args:
-        progress: ``label → progress line`` (``ProgressLine``, ``Console.progress``).
+        reporter: whose progress lines it draws (``Console``; ``QUIET`` draws none).
         images: training images per epoch, or None when unknown (no total, no ETA).
         batch_size: images per step.
         label: the line's label before the epoch number.
@@ -30,7 +32,7 @@ def fit_progress_callback(progress: Callable[[str], Any], images: int | None, ba
             self._line, self._t0, self._done0 = None, 0.0, 0
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._line = progress(f"{label} {epoch + 1}")
+            self._line = reporter.progress(f"{label} {epoch + 1}")
 
         def on_train_batch_end(self, batch, logs=None):
             done = (batch + 1) * batch_size

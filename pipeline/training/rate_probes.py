@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from headstart.features.reporter import Reporter
+
 #: The rates step 1 tries.
 PROBE_LRS = (1e-5, 1e-4, 1e-3)
 #: What ``--probe`` may name.
@@ -122,7 +124,7 @@ def lower_is_better(measure: str) -> bool:
 def probe_rates(model: Any, *, probe: Sequence[str], lr: float, unfreeze: str, steps: int, train: Any,
                 score: Callable[[], float], measure: str, seeded: float | None,
                 prepare: Callable[[str], None], seeded_weights: list, done: dict[str, dict],
-                save: Callable[[Probe], None], log: Callable[[str], None]) -> ProbeResult:
+                save: Callable[[Probe], None], reporter: Reporter) -> ProbeResult:
     """Runs the probes ``probe`` asks for and returns the choice.
 
     Args:
@@ -139,15 +141,15 @@ def probe_rates(model: Any, *, probe: Sequence[str], lr: float, unfreeze: str, s
             at the end.
         done: probes already run (a resumed run), by name.
         save: called with each probe as it finishes.
-        log: one line per probe.
+        reporter: one line per probe.
     """
     depth = "all" if "unfreeze" in probe else unfreeze
     rates = list(PROBE_LRS) if "lr" in probe else [lr]
-    probes = _run_depth(model, depth, rates, steps, train, score, prepare, seeded_weights, done, save, log)
+    probes = _run_depth(model, depth, rates, steps, train, score, prepare, seeded_weights, done, save, reporter)
     if "unfreeze" in probe:
         best_rate = _best(probes, measure).lr
         probes += _run_depth(model, top_blocks(model), [best_rate], steps, train, score, prepare, seeded_weights,
-                             done, save, log)
+                             done, save, reporter)
     model.set_weights(seeded_weights)
     best = _best(probes, measure)
     improves = seeded is None or (not math.isnan(best.score) and (
@@ -158,7 +160,7 @@ def probe_rates(model: Any, *, probe: Sequence[str], lr: float, unfreeze: str, s
 
 def _run_depth(model: Any, unfreeze: str, rates: list[float], steps: int, train: Any, score: Callable[[], float],
                prepare: Callable[[str], None], seeded_weights: list, done: dict[str, dict],
-               save: Callable[[Probe], None], log: Callable[[str], None]) -> list[Probe]:
+               save: Callable[[Probe], None], reporter: Reporter) -> list[Probe]:
     """The probes at one depth: compiled once, reset for each rate."""
     probes, prepared = [], False
     for rate in rates:
@@ -177,7 +179,7 @@ def _run_depth(model: Any, unfreeze: str, rates: list[float], steps: int, train:
         probe = Probe(rate, unfreeze, float(value), steps, time.perf_counter() - start)
         probes.append(probe)
         save(probe)
-        log(f"probe lr {rate:g}, --unfreeze {unfreeze}: validation {probe.score:.4f} after {steps} steps "
+        reporter.line(f"probe lr {rate:g}, --unfreeze {unfreeze}: validation {probe.score:.4f} after {steps} steps "
             f"({probe.seconds:.1f} s)" + ("" if math.isfinite(losses[-1]) else "; the loss diverged"))
     return probes
 

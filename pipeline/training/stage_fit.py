@@ -15,11 +15,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 
+from headstart.features.reporter import Reporter
 from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.errors import OutputError, RunDirError
 from headstart.pipeline.training.early_stopping import EarlyStopping
@@ -58,7 +59,7 @@ class StageOutcome:
 
 
 def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
-              log: Callable[[str], None], num_classes: int, callbacks: Sequence[Any] = (),
+              reporter: Reporter, num_classes: int, callbacks: Sequence[Any] = (),
               replicas: int = 1, multi_label: bool = False, monitor: str = "val_loss") -> StageOutcome:
     """Runs (or resumes) one stage's ``fit`` with ``RunBackup``; best weights restored on return.
 
@@ -69,7 +70,7 @@ def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epo
         train: ``tf.data`` batches of (images, targets) or (images, targets, sample weights); val:
             (images, targets) for validation, or None (early stopping then watches the training loss).
         epochs: most epochs. patience: early stopping's patience.
-        log: one line per epoch.
+        reporter: one line per epoch.
         num_classes: for the distributed loop's metrics.
         callbacks: extra Keras callbacks (progress bars, TensorBoard).
         replicas: replicas in sync; above 1 the stage runs ``distributed_fit``.
@@ -82,7 +83,7 @@ def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epo
 
     monitor = effective_monitor(monitor, multi_label)
     backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
-                       monitor=history_key(monitor, val is not None), stage=name, log=log)
+                       monitor=history_key(monitor, val is not None), stage=name, reporter=reporter)
     measure = []
     if val is not None and multi_label:
         measure = [MultiLabelValidation(val, num_classes)]
@@ -225,19 +226,19 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         monitor: the history key to watch ("val_loss", "loss": lower is better; "val_<measure>":
             higher is better); improvement is strict.
         stage: name used in log lines.
-        log: one line per epoch.
+        reporter: one line per epoch.
     """
 
     # The parent's batch hook only serves save_freq=N; keeping Keras's default one lets fit dispatch
     # batch callbacks asynchronously, as it does without this callback.
     on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
 
-    def __init__(self, backup_dir, *, epochs, patience, monitor, stage, log):
+    def __init__(self, backup_dir, *, epochs, patience, monitor, stage, reporter):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         import json
 
         self.dir = Path(backup_dir)
-        self.epochs, self.patience, self.monitor, self.stage, self.log = epochs, patience, monitor, stage, log
+        self.epochs, self.patience, self.monitor, self.stage, self.reporter = epochs, patience, monitor, stage, reporter
         path = self.dir / "state.json"
         self.state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
             "epoch": 0, "weights": None, "best": None, "wait": 0, "stopped": False,
@@ -264,7 +265,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         for variable, value in zip(optimizer.variables, slots):
             variable.assign(value)
         self.model._initial_epoch = self.state["epoch"]
-        self.log(f"{self.stage}: resuming after epoch {self.state['epoch']} of {self.epochs}")
+        self.reporter.line(f"{self.stage}: resuming after epoch {self.state['epoch']} of {self.epochs}")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -307,9 +308,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             if stale.name not in keep and stale.suffix == ".npz":
                 stale.unlink(missing_ok=True)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-        self.log(f"{self.stage} epoch {n}/{self.epochs}  {shown}  {state['epoch_seconds'][-1]:.1f} s")
+        self.reporter.line(f"{self.stage} epoch {n}/{self.epochs}  {shown}  {state['epoch_seconds'][-1]:.1f} s")
         if state["stopped"]:
-            self.log(stopping.stop_message())
+            self.reporter.line(stopping.stop_message())
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
@@ -318,7 +319,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     def restore_best(self, model) -> None:
         """Loads the best epoch's weights (not its optimizer state) into ``model``."""
         if self.state["best"] is None:
-            self.log(self._early_stopping(self.state).never_finite_message())
+            self.reporter.line(self._early_stopping(self.state).never_finite_message())
             return
         model.set_weights(self._read(self.state["best"]["file"])[0])
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from headstart.features.reporter import Reporter
+
 #: split → its split_metrics dict (loss, accuracy, balanced_accuracy, map, ...).
 Evaluate = Callable[[str], dict]
 #: split → (its predictions, split_metrics dict), for the gate, whose caller keeps the predictions.
@@ -42,7 +44,7 @@ def seeded_validation(evaluate: Evaluate, val_split: str | None, progress: dict,
 
 
 def apply_stage_gate(predict: Predict, model: Any, *, val_split: str | None, seeded_val: dict | None,
-                     seeded_weights: list, measure: str, log: Callable[[str], None]) -> tuple[dict, Any]:
+                     seeded_weights: list, measure: str, reporter: Reporter) -> tuple[dict, Any]:
     """Keeps the seeded weights in ``model`` when fine-tuning lowered the validation ``measure``.
 
     Returns:
@@ -64,7 +66,7 @@ def apply_stage_gate(predict: Predict, model: Any, *, val_split: str | None, see
         gate["kept"] = "seeded"
         model.set_weights(seeded_weights)
         final, _ = predict(val_split)
-        log(f"stage gate: fine-tuned validation {measure.replace('_', ' ')} {finetuned:.4f} is "
+        reporter.line(f"stage gate: fine-tuned validation {measure.replace('_', ' ')} {finetuned:.4f} is "
             f"{'above' if measure == 'loss' else 'below'} the seeded model's {seeded:.4f}; keeping the seeded model")
     return gate, final
 
