@@ -121,10 +121,8 @@ def extract_features(
 
     Args:
         config: the resolved extraction options.
-        reporter: one-line status messages, and a progress line per split drawn after each committed
-            batch (``features/reporter.py``; default: quiet).
-        log: the Python API's older way to get the lines (``log=print``): used when ``reporter`` is
-            not given.
+        reporter: status lines and a progress line per split (``features/reporter.py``; default: quiet).
+        log: the Python API's older way to get the lines (``log=print``), when ``reporter`` is not given.
         originals_from: with views, a finished cache of the same backbone, size, tap and source whose
             training rows are copied by key, not computed again (a backbone pass per view only).
 
@@ -134,8 +132,7 @@ def extract_features(
     Raises:
         OptionError: bad options.
         DataError: a bad source.
-        headstart.features.errors.FeaturesError: backbone, weights, cache and bad-image failures
-            (its subclasses).
+        headstart.features.errors.FeaturesError: backbone, weights, cache and bad-image failures.
     """
     reporter = as_reporter(reporter, log)
     check_extract_config(config)
