@@ -63,7 +63,7 @@ def main() -> None:
     import headstart.pipeline.report.out_dir  # noqa: F401
     import headstart.pipeline.sweep.best  # noqa: F401
     import headstart.pipeline.sweep.leaderboard  # noqa: F401
-    import headstart.pipeline.sweep.trainer  # noqa: F401
+    import headstart.pipeline.training.head_group  # noqa: F401
     from headstart.pipeline.config import HeadConfig, SweepConfig
     from headstart.pipeline.stages.head_training import train_head
     from headstart.pipeline.sweep.space import SearchSpace

@@ -69,7 +69,7 @@ def assert_trials_are_train_head(path: Path, trials, runs, out: Path, *, epochs:
 def test_batched_trials_equal_train_head_alone(tmp_path):
     """Every head kind and normalisation, with weight decay and label smoothing, in one group."""
     from headstart.pipeline.sweep.caches import load_caches
-    from headstart.pipeline.sweep.trainer import train_group
+    from headstart.pipeline.training.head_group import train_group
 
     path = make_cache(tmp_path / "c.h5", classes=3, views=2, flip_validation=0.2)
     cache = load_caches([str(path)])[0]
@@ -80,12 +80,36 @@ def test_batched_trials_equal_train_head_alone(tmp_path):
     assert_trials_are_train_head(path, trials, runs, tmp_path, epochs=6, patience=2, seed=3)
 
 
+def test_each_trial_of_a_group_can_start_from_its_own_seed(tmp_path):
+    """Per-trial seeds (the view trials' seeds of one arm): trial i starts where ``train-head --seed
+    seeds[i]`` starts, and its course in the group is the course it has alone under the group's seed."""
+    from headstart.pipeline.model.head import build_head
+    from headstart.pipeline.sweep.caches import load_caches
+    from headstart.pipeline.training.head_group import BatchedHeads, train_group
+
+    cache = load_caches([str(make_cache(tmp_path / "c.h5", classes=3))])[0]
+    params = TrialParams("c", 1e-2, 0.2, 0.0, 0.0, 32, "linear", None, "none", False)
+    heads = BatchedHeads(cache, seed=3)
+    heads.load([params] * 3, seeds=[3, 4, 3])
+    start = [heads.weights_at(p)["logits"][0] for p in range(3)]
+    for seed, kernel in zip((3, 4), start):
+        keras.utils.set_random_seed(seed)
+        head = build_head(cache.feature_shape, 3, dropout=0.2)
+        np.testing.assert_array_equal(kernel, head.get_layer("logits").get_weights()[0])
+    assert not np.allclose(start[0], start[1])
+    together = train_group(cache, [params] * 2, seed=3, epochs=3, patience=3, trial_seeds=[3, 4])
+    alone = train_group(cache, [params], seed=3, epochs=3, patience=3)[0]
+    np.testing.assert_allclose(together[0].weights["logits"][0], alone.weights["logits"][0], atol=TOLERANCE)
+    np.testing.assert_allclose(together[0].logits, alone.logits, atol=TOLERANCE)
+    assert not np.allclose(together[0].logits, together[1].logits)
+
+
 @pytest.mark.slow
 def test_class_weighted_and_multi_label_trials_equal_train_head_alone(tmp_path):
     """Class weights from a FILE (early stopping on balanced accuracy), and sigmoid heads on a
     multi-label cache (early stopping on mAP): still train-head's computation, trial by trial."""
     from headstart.pipeline.sweep.caches import load_caches
-    from headstart.pipeline.sweep.trainer import train_group
+    from headstart.pipeline.training.head_group import train_group
     from headstart.pipeline.training.class_weights import resolve_class_weights
 
     path = make_cache(tmp_path / "c.h5", classes=3, flip_validation=0.2)
@@ -118,7 +142,7 @@ def test_class_weighted_and_multi_label_trials_equal_train_head_alone(tmp_path):
 def test_one_trace_serves_every_group_and_a_reused_step_trains_as_a_fresh_one(tmp_path):
     """Groups load into the sweep's BatchedHeads and trials leave it without a new trace."""
     from headstart.pipeline.sweep.caches import load_caches
-    from headstart.pipeline.sweep.trainer import BatchedHeads, train_group
+    from headstart.pipeline.training.head_group import BatchedHeads, train_group
 
     cache = load_caches([str(make_cache(tmp_path / "c.h5", flip_validation=0.2))])[0]
     first = [TrialParams("c", 2e-2, 0.3, 0.01, 0.1, 32, "hidden", 16, "l2", False),
@@ -142,7 +166,7 @@ def test_one_trace_serves_every_group_and_a_reused_step_trains_as_a_fresh_one(tm
 def test_trial_without_maximum_epochs_goes_past_the_default_until_patience_stops_it(tmp_path):
     """[sweep] epochs = 0: a trial still improving at the default maximum goes on (issue 20)."""
     from headstart.pipeline.sweep.caches import load_caches
-    from headstart.pipeline.sweep.trainer import train_group
+    from headstart.pipeline.training.head_group import train_group
 
     cache = load_caches([str(make_cache(tmp_path / "c.h5", flip_validation=0.3, spread=2.0))])[0]
     trial = [TrialParams("c", 1e-3, 0.0, 0.0, 0.0, 32, "linear", None, "none", False)]

@@ -17,9 +17,9 @@ judged by what training with it does:
    unless ``keep_views`` (``finetune --on-cache``): then the extraction carries the head cache's tap
    (``base.tap``) and a kept item's cache stays, its views' activations being what the on-cache
    fine-tune trains on (``stages.finetune_on_cache.views_from``), with no second backbone pass.
-2. Heads are trained with train-head's recipe and epoch loop (``head_recipe.build_compiled_head``,
-   ``head_fit.fit_head``; no second training loop) on the originals only ("without", once for all
-   candidates) and on the originals plus the item's views ("with"), for each of several seeds.
+2. Heads are trained with train-head's recipe by the sweep's batched trainer (``training.head_group.train_group``:
+   an arm's seeds as one group, one compiled step for all of them) on the originals only ("without",
+   once for all candidates) and on the originals plus the item's views ("with"), for each of several seeds.
 3. Each head scores every validation row (correct 1 / wrong 0; the mean over labels for a
    multi-label head). The comparison is paired twice over: the same seed, and the same rows. Its
    difference is the mean over seeds of (with − without); its standard error is the larger of the
@@ -299,29 +299,41 @@ class _Trials:
                          seeds=diff.seeds, seconds=time.perf_counter() - start, extract_seconds=extract_seconds)
 
     def _scores(self, train: Any, val: Any, *, with_views: bool, multi_label: bool) -> np.ndarray:
-        """float (seeds, N_val): each seed's head's score of each validation row."""
-        import keras
+        """float (seeds, N_val): each seed's head's score of each validation row.
 
+        The seeds of an arm train as one group of the sweep's batched trainer (``training.head_group``):
+        seed s starts from ``train-head --seed (seed + s)``'s initial weights, and the group shares
+        one batch plan and dropout stream drawn from the run's seed. Shared rather than per seed
+        because a group takes one batch per step; it keeps the pairing exact (arm "with" seed s and
+        arm "without" seed s differ only by the views), and the seeds then differ by their initial
+        weights alone, so the spread over seeds is a lower bound of training noise: the per-row
+        standard error, which does not depend on it, usually decides (``paired_difference``).
+        """
         from headstart.pipeline.model.head import predict_classes
-        from headstart.pipeline.training.head_data import FeatureRows
-        from headstart.pipeline.training.head_fit import evaluate_head, fit_head
-        from headstart.pipeline.training.head_recipe import build_compiled_head
+        from headstart.pipeline.training.head_params import TrialParams
+        from headstart.pipeline.training.head_group import train_group
 
-        train_rows = FeatureRows(train, in_memory=True, with_views=with_views)
-        val_rows = FeatureRows(val, in_memory=True)
-        train_labels, val_labels = np.asarray(train.labels, np.int64), np.asarray(val.labels, np.int64)
-        num_classes = len(self.head.class_names)
-        scores = []
-        for seed in range(self.seeds):
-            config = dataclasses.replace(self.config, seed=self.config.seed + seed)
-            keras.utils.set_random_seed(config.seed)  # the initial weights; the batch plan has its own seed
-            model = build_compiled_head(config, train_rows.feature_shape, num_classes,
-                                        (x for x, _ in train_rows.eval_batches(4096)), multi_label=multi_label)
-            fit_head(model, train_rows, train_labels, (val_rows, val_labels), config=config,
-                     num_classes=num_classes, log=lambda *_: None, multi_label=multi_label)
-            _, _, logits = evaluate_head(model, val_rows, val_labels, num_classes=num_classes,
-                                         batch_size=config.batch_size, multi_label=multi_label)
-            correct = predict_classes(logits, num_classes, multi_label) == val_labels
-            scores.append(correct.reshape(len(val_labels), -1).mean(axis=1))
-            keras.backend.clear_session()  # dozens of small heads in one process
+        cache = _arm_cache(train, val, self.head.class_names, with_views, multi_label)
+        params = TrialParams.from_head_config(self.config, cache.name, with_views)
+        seeds = [self.config.seed + s for s in range(self.seeds)]
+        runs = train_group(cache, [params] * self.seeds, seed=self.config.seed, epochs=self.config.epochs,
+                           patience=self.config.patience, monitor=self.config.monitor,
+                           jit_compile=self.config.jit_compile, trial_seeds=seeds)
+        val_labels = cache.labels["validation"]
+        scores = [(predict_classes(run.logits, len(cache.class_names), multi_label) == val_labels)
+                  .reshape(len(val_labels), -1).mean(axis=1) for run in runs]
         return np.stack(scores).astype(np.float64)
+
+
+def _arm_cache(train: Any, val: Any, class_names: Sequence[str], with_views: bool, multi_label: bool) -> Any:
+    """The batched trainer's view of one arm: an item cache's training split, the head cache's validation split."""
+    from headstart.pipeline.training.head_params import SweepCache
+    from headstart.pipeline.training.head_data import FeatureRows
+
+    rows = {"train": FeatureRows(train, in_memory=True), "validation": FeatureRows(val, in_memory=True)}
+    if with_views:
+        rows["train_views"] = FeatureRows(train, in_memory=True, with_views=True)
+    return SweepCache(name="views" if with_views else "originals", path="", rows=rows,
+                      labels={"train": np.asarray(train.labels, np.int64), "validation": np.asarray(val.labels, np.int64)},
+                      class_names=list(class_names), feature_shape=rows["train"].feature_shape,
+                      views=rows["train_views"].views if with_views else 0, multi_label=multi_label)

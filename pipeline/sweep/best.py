@@ -1,6 +1,6 @@
 """``DIR/best``: the sweep's winning trial itself, as a standard ``train-head`` run directory.
 
-The best trial (the best monitored validation value: ``sweep.objective``) is not trained again:
+The best trial (the best monitored validation value: ``training.objective``) is not trained again:
 its own kept weights (``DIR/trials/``, ``sweep.trial_weights``) go through ``train_head``'s
 writer as a ``KeptHead``, with the trial's configuration, the sweep's seed, ``--monitor`` and
 ``--class-weight``. So best/ holds exactly the head the leaderboard measured (its validation

@@ -8,42 +8,13 @@ first difference found is named in the refusal.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from headstart.pipeline.errors import DataError, OptionError
-
-
-@dataclass
-class SweepCache:
-    """One cache, in memory.
-
-    Attributes:
-        name: short name for the leaderboard (the file's stem, made unique).
-        path: absolute path of the cache.
-        rows: split → FeatureRows (in memory) of the original rows; "train_views" adds the train
-            split with its augmented views when the cache has them.
-        labels: split → int64 (N,) class indices, or (N, C) multi-hot rows for a multi-label cache.
-        class_names, feature_shape, views, multi_label: as the cache says.
-        info: run.json's "cache" record, as train-head writes it.
-    """
-
-    name: str
-    path: str
-    rows: dict[str, Any]
-    labels: dict[str, np.ndarray]
-    class_names: list[str]
-    feature_shape: tuple[int, ...]
-    views: int
-    info: dict = field(default_factory=dict)
-    multi_label: bool = False
-
-    def train_rows(self, views: bool) -> Any:
-        """The training split's FeatureRows, with or without the augmented views."""
-        return self.rows["train_views"] if views and self.views else self.rows["train"]
+from headstart.pipeline.training.head_params import SweepCache
 
 
 def cache_names(paths: Sequence[str]) -> list[str]:

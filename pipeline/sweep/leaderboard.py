@@ -2,7 +2,7 @@
 
 Everything is rebuilt from the study itself, so whichever process finishes last writes a report of
 every process's trials, and a resumed sweep's report covers the trials of the runs before it.
-Trials are ranked by the sweep's monitored validation measure (``sweep.objective``), best first;
+Trials are ranked by the sweep's monitored validation measure (``training.objective``), best first;
 a multi-label sweep's rows hold ``val_map`` and its ``val_accuracy`` is the exact-match ratio.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from headstart.pipeline.config import SweepConfig
-from headstart.pipeline.sweep.objective import Objective
+from headstart.pipeline.training.objective import Objective
 from headstart.pipeline.sweep.setup import SweepSetup
 from headstart.pipeline.sweep.space import SearchSpace
 

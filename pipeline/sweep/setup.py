@@ -16,8 +16,8 @@ import numpy as np
 
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.report.tensorboard_logs import check_log_dir
-from headstart.pipeline.sweep.caches import SweepCache
-from headstart.pipeline.sweep.objective import Objective
+from headstart.pipeline.training.head_params import SweepCache
+from headstart.pipeline.training.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def prepare_sweep(config: SweepConfig, log: Callable[[str], None]) -> SweepSetup
             class weights on a multi-label cache. DataError / StoreError: see ``caches.load_caches``.
     """
     from headstart.pipeline.sweep.caches import load_caches
-    from headstart.pipeline.sweep.objective import sweep_objective
+    from headstart.pipeline.training.objective import sweep_objective
     from headstart.pipeline.training.class_weights import check_class_weight_option, training_class_weights
 
     check_class_weight_option(config.class_weight)

@@ -32,6 +32,7 @@ from typing import Any
 
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.config import HEAD_KINDS, NORMALIZATIONS, read_settings_file
+from headstart.pipeline.training.head_params import TrialParams
 
 PRUNERS = ("median", "none")
 #: Float ranges searched on a log scale (their bounds must be positive).
@@ -166,31 +167,6 @@ def read_space_file(path: str | Path) -> SearchSpace:
     if not isinstance(section, dict):
         raise OptionError(f"--config {path}: [sweep] must be a section of settings")
     return space_from_dict(section, origin=f"--config {path} [sweep]")
-
-
-@dataclass(frozen=True)
-class TrialParams:
-    """One trial's head configuration: what it trains on and how."""
-
-    cache: str
-    lr: float
-    dropout: float
-    weight_decay: float
-    label_smoothing: float
-    batch_size: int
-    head_kind: str
-    hidden_units: int | None   # None for the linear head
-    normalize: str
-    views: bool
-
-    def head_config(self, **fields: Any) -> Any:
-        """The HeadConfig that trains this trial with ``train-head`` (``fields`` add e.g. paths)."""
-        from headstart.pipeline.config import HeadConfig
-
-        return HeadConfig(lr=self.lr, dropout=self.dropout, weight_decay=self.weight_decay,
-                          label_smoothing=self.label_smoothing, batch_size=self.batch_size,
-                          head_kind=self.head_kind, hidden_units=self.hidden_units or HeadConfig().hidden_units,
-                          normalize=self.normalize, views=self.views, **fields)
 
 
 def suggest_params(trial: Any, space: SearchSpace, caches: dict[str, bool]) -> TrialParams:

@@ -10,10 +10,10 @@ asked beyond N in a race (the first N live trials by number are kept) is told FA
 
 Each round asks up to ``parallel`` trials (TPE with ``constant_liar``, so asked-but-running trials
 steer the sampler away from each other), groups them by (cache, batch size, views) and trains each
-group in one compiled step (``headstart.pipeline.sweep.trainer``), telling Optuna as each trial stops.
+group in one compiled step (``headstart.pipeline.training.head_group``), telling Optuna as each trial stops.
 Selection uses validation only: the objective is the trial's best value of the ``--monitor`` measure
 (validation loss by default, minimised; balanced accuracy, macro-F1 or a multi-label cache's mAP,
-maximised: ``sweep.objective``), which the pruner and each trial's early stopping watch too. The
+maximised: ``training.objective``), which the pruner and each trial's early stopping watch too. The
 test split is scored once, when ``DIR/best`` is written from the best trial's own weights (kept
 under ``DIR/trials/``) by ``train-head``'s writer: no retraining.
 """
@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.sweep.caches import SweepCache
+from headstart.pipeline.training.head_params import SweepCache
 from headstart.pipeline.sweep.orphans import adopt_silent_trials, remove_dead_best_dirs
 from headstart.pipeline.sweep.setup import SweepSetup
 from headstart.pipeline.sweep.storage import check_sqlite_file, check_storage_url, storage_errors, \
@@ -334,7 +334,7 @@ def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], setup: SweepS
                  log: Callable[[str], None], start: float,
                  on_trial: Callable[[int, int, float], None] | None) -> int:
     """Trains the asked trials group by group, telling Optuna as each stops; returns how many were told."""
-    from headstart.pipeline.sweep.trainer import BatchedHeads, train_group
+    from headstart.pipeline.training.head_group import BatchedHeads, train_group
 
     teller = Teller(study, config, setup.objective, running, log, start, on_trial)
     groups: dict[tuple, list[tuple[Any, TrialParams]]] = {}

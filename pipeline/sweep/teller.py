@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from headstart.pipeline.config import SweepConfig
-from headstart.pipeline.sweep.objective import Objective
+from headstart.pipeline.training.objective import Objective
 from headstart.pipeline.sweep.space import TrialParams
 from headstart.pipeline.sweep.trial_weights import save_trial_weights
 

@@ -3,7 +3,7 @@
 As DINOv2's linear evaluation (``dinov2/eval/linear.py``) trains its whole grid of linear
 classifiers on the same features in one pass, the trials of a group (same cache, batch size and
 views, hence the same batches) share each batch. ``BatchedHeads`` holds one ``HeadStack`` per
-architecture (``headstart.pipeline.sweep.stacks``), each on a trial axis of free length, and its
+architecture (``headstart.pipeline.training.head_stack``), each on a trial axis of free length, and its
 step is traced once per cache for the whole sweep: a group is loaded into the stacks, a trial
 that stops leaves them by a gather, and nothing is traced again.
 
@@ -12,7 +12,7 @@ weights drawn by ``build_head`` after ``keras.utils.set_random_seed(seed)``, the
 and normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas
 (softmax, one sigmoid logit for two classes, or one per class for a multi-label cache; each
 row's loss times its ``--class-weight`` weight), the batch plan of ``FeatureRows.plan``, and
-train-head's early stopping per trial on the ``--monitor`` column (``sweep.member``). Only the
+train-head's early stopping per trial on the ``--monitor`` column (``training.group_member``). Only the
 dropout masks come from another random stream (one draw per step shared by the group: see
 ``HeadStack.logits``); without dropout a trial matches train-head to float rounding
 (tests/test_sweep.py states the tolerance). A stopped or pruned trial is reported at once with
@@ -26,11 +26,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from headstart.pipeline.sweep.caches import SweepCache
-from headstart.pipeline.sweep.member import Member, TrialRun, finish, validation_pass
-from headstart.pipeline.sweep.objective import sweep_objective
-from headstart.pipeline.sweep.space import TrialParams
-from headstart.pipeline.sweep.stacks import HeadStack, stack_accuracy, stack_loss
+from headstart.pipeline.training.head_params import SweepCache
+from headstart.pipeline.training.group_member import Member, TrialRun, finish, validation_pass
+from headstart.pipeline.training.objective import sweep_objective
+from headstart.pipeline.training.head_params import TrialParams
+from headstart.pipeline.training.head_stack import HeadStack, stack_accuracy, stack_loss
 from headstart.pipeline.training.early_stopping import epoch_limit
 
 
@@ -42,7 +42,7 @@ def _initial_weights(params: TrialParams, cache: SweepCache, seed: int, memo: di
 
     # A dropout rate above 0 gives the Dropout layers a SeedGenerator, which draws from the global
     # generator before the Dense initialisers do: it changes their draws, its value does not.
-    key = (params.head_kind, params.hidden_units, params.normalize, params.dropout > 0)
+    key = (seed, params.head_kind, params.hidden_units, params.normalize, params.dropout > 0)
     if key not in memo:
         # The same calls in the same order as train-head (seed, then the builder).
         keras.utils.set_random_seed(seed)
@@ -99,9 +99,14 @@ class BatchedHeads:
                        tf.TensorSpec((None,), tf.float32))  # features, targets, per-row loss weights
         self.train_step = self.predict = None
 
-    def load(self, trials: Sequence[TrialParams]) -> None:
-        """Makes ``trials`` the stacked members, at their initial weights and step 0."""
-        initial = [_initial_weights(t, self.cache, self.seed, self._memo) for t in trials]
+    def load(self, trials: Sequence[TrialParams], seeds: Sequence[int] | None = None) -> None:
+        """Makes ``trials`` the stacked members, at their initial weights and step 0.
+
+        ``seeds``: each trial's initial weights are ``train-head --seed seeds[i]``'s (default: the
+        sweep's seed for all); the batch plan and dropout stream stay the group's (``self.seed``).
+        """
+        seeds = [self.seed] * len(trials) if seeds is None else list(seeds)
+        initial = [_initial_weights(t, self.cache, s, self._memo) for t, s in zip(trials, seeds)]
         grown = False
         for t, weights in zip(trials, initial):
             if t.normalize not in self.norms:
@@ -180,8 +185,8 @@ class BatchedHeads:
 def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, epochs: int, patience: int,
                 monitor: str = "val_loss", sample_weights: np.ndarray | None = None,
                 on_epoch: Callable[[int, dict[int, float]], set[int]] | None = None,
-                on_done: Callable[[int, TrialRun], None] | None = None,
-                jit_compile: bool = False, heads: BatchedHeads | None = None) -> list[TrialRun]:
+                on_done: Callable[[int, TrialRun], None] | None = None, jit_compile: bool = False,
+                heads: BatchedHeads | None = None, trial_seeds: Sequence[int] | None = None) -> list[TrialRun]:
     """Trains ``trials`` together; all must share ``batch_size`` and ``views`` (one batch plan).
 
     Args:
@@ -199,6 +204,7 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
         jit_compile: compile the step with XLA (worth it on a GPU).
         heads: the sweep's BatchedHeads for this cache (its traces serve every group); None
             makes one for this group.
+        trial_seeds: each trial's initial-weights seed (``train-head --seed``; None: ``seed``); batches, dropout: ``seed``.
 
     Returns:
         One TrialRun per trial, in order.
@@ -208,7 +214,7 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     objective = sweep_objective(monitor, cache.multi_label)
     start = time.perf_counter()
     group = heads or BatchedHeads(cache, seed, jit_compile)
-    group.load(trials)
+    group.load(trials, trial_seeds)
     members = [Member(objective, patience) for _ in trials]
     train, targets, weights, val_x = _group_data(cache, trials[0].views, sample_weights)
     runs: list[TrialRun | None] = [None] * len(members)

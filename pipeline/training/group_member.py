@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from headstart.pipeline.sweep.caches import SweepCache
-from headstart.pipeline.sweep.objective import Objective
+from headstart.pipeline.training.head_params import SweepCache
+from headstart.pipeline.training.objective import Objective
 from headstart.pipeline.training.early_stopping import EarlyStopping
 
 
@@ -37,6 +37,7 @@ class TrialRun:
         seconds: this trial's share of the group's wall time.
         weights: the best epoch's Dense weights by layer name ("hidden", "logits").
         objective: the monitored value of the kept epoch: what Optuna is told.
+        logits: float32 (N_val, L), the kept weights' validation logits.
     """
 
     history: dict[str, list[float]]
@@ -46,6 +47,7 @@ class TrialRun:
     seconds: float = 0.0
     weights: dict = field(default_factory=dict)
     objective: float = math.nan
+    logits: np.ndarray | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -136,7 +138,7 @@ def finish(member: Member, cache: SweepCache, seconds: float) -> TrialRun:
     validation["loss"] = member.history["val_loss"][member.best_epoch - 1]
     return TrialRun(history=member.history, best_epoch=member.best_epoch, stopped=member.stopped or "epochs",
                     validation=validation, seconds=seconds, weights=weights,
-                    objective=float(member.stopping.best_value))
+                    objective=float(member.stopping.best_value), logits=logits)
 
 
 __all__ = ["Member", "TrialRun", "finish", "validation_pass"]

@@ -1,7 +1,7 @@
 """One head architecture's trials stacked on a trial axis: weights, Adam, dropout, loss.
 
 Heads of one architecture are stacked on a leading trial axis of free length — kernels
-(T, C, L), one batched matmul for all — so ``headstart.pipeline.sweep.trainer.BatchedHeads``
+(T, C, L), one batched matmul for all — so ``headstart.pipeline.training.head_group.BatchedHeads``
 traces its step once and loads any group into it. Each formula is Keras's: Adam and its
 decoupled weight decay (TensorFlow's fused Adam kernel, scaled per trial), binary (one logit, or
 one per class of a multi-label head) or categorical cross-entropy from logits with label smoothing
@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from headstart.pipeline.sweep.space import TrialParams
+from headstart.pipeline.training.head_params import TrialParams
 
 
 def _free_variable(shape: Sequence[int]) -> Any:
