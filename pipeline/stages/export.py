@@ -31,7 +31,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 # No NumPy or TensorFlow at module level: cli.py reads EXPORT_FORMATS and QUANTIZE_MODES for --help.
 from headstart.features.reporter import QUIET, Reporter
@@ -40,6 +40,9 @@ from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError, OutputError
 from headstart.pipeline.report.files import atomic_write, write_dir_atomic
 from headstart.pipeline.startup import native_lines_dropped
+
+if TYPE_CHECKING:  # annotations only: numpy is imported inside the functions that use it
+    import numpy as np
 
 #: What each format is called in the export directory.
 EXPORT_FILES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
