@@ -155,19 +155,33 @@ def test_no_module_imports_itself_back_through_others():
     assert not circles, "import circles:\n" + "\n".join(sorted(set(circles)))
 
 
-#: The size limits of the guide: no library module over 400 lines, no function over 60.
+#: The size limits of the guide: a library module past 400 lines or a function past 60 is worth a
+#: look (a warning, listed in the test report), not a reason to split a concept in two (issue 29: files
+#: had been cut at the line cap rather than by meaning). Past the hard limits the test fails.
 MODULE_LINES, FUNCTION_LINES = 400, 60
+MODULE_HARD_LINES, FUNCTION_HARD_LINES = 500, 80
+
+
+def _sizes() -> list[tuple[str, int, int, int]]:
+    """(name, lines, soft limit, hard limit) of every library module and function."""
+    sizes = []
+    for module in _modules(headstart.features) + _modules(headstart.pipeline):
+        text = _source(module).read_text(encoding="utf-8")
+        sizes.append((module, text.count("\n"), MODULE_LINES, MODULE_HARD_LINES))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                sizes.append((f"{module}.{node.name}", node.end_lineno - node.lineno + 1, FUNCTION_LINES,
+                              FUNCTION_HARD_LINES))
+    return sizes
 
 
 def test_modules_and_functions_stay_small():
-    too_long = []
-    for module in _modules(headstart.features) + _modules(headstart.pipeline):
-        text = _source(module).read_text(encoding="utf-8")
-        if text.count("\n") > MODULE_LINES:
-            too_long.append(f"{module}: {text.count(chr(10))} lines")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                length = node.end_lineno - node.lineno + 1
-                if length > FUNCTION_LINES:
-                    too_long.append(f"{module}.{node.name}: {length} lines")
+    import warnings
+
+    sizes = _sizes()
+    long = [f"{name}: {lines} lines" for name, lines, soft, hard in sizes if soft < lines <= hard]
+    if long:
+        warnings.warn("worth a look (past 400 lines / 60 per function):\n" + "\n".join(long), stacklevel=1)
+    too_long = [f"{name}: {lines} lines" for name, lines, _, hard in sizes if lines > hard]
     assert not too_long, "split these into named steps:\n" + "\n".join(too_long)
+    assert len(sizes) > 1000  # every module and function was measured
