@@ -320,8 +320,9 @@ def _model(config: ExportConfig, given: ExportInput, source: Any, log: Callable[
         return given.run.load_model(), None
     from headstart.pipeline.model.parity import check_parity
 
-    log(f"rebuilding {given.what} on raw images: preprocessing, {given.run.backbone['backbone']} backbone, "
-        f"{given.run.backbone['pooling']} pooling, head")
+    chain = given.run.chain
+    log(f"rebuilding {given.what} on raw images: preprocessing, {chain.backbone.name} backbone, "
+        f"{chain.pooling} pooling, head")
     model = given.run.rebuild(weights=config.weights).model
     if not config.parity_samples:
         return model, None
