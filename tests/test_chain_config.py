@@ -158,3 +158,47 @@ def test_a_head_run_rebuilt_from_its_chain_gives_its_logits_and_finetune_records
     tuned = RunDir.open(result.run_dir, kind="finetune")
     assert tuned.chain == read_keras_chain(tuned.model_path)
     assert tuned.chain.replace(temperature=None) == chain
+    # A model.keras copied alone still says what it answers: predict reads the chain in its metadata.
+    from headstart.pipeline.stages.predictor import load_predictor
+
+    alone = tmp_path / "alone" / "model.keras"
+    alone.parent.mkdir()
+    alone.write_bytes(tuned.model_path.read_bytes())
+    predictor = load_predictor(alone)
+    assert predictor.run is None and predictor.class_names == ["cats", "dogs"] and not predictor.multi_label
+
+
+@pytest.mark.slow
+def test_exports_and_a_lone_model_file_carry_the_chain(tmp_path):
+    import shutil
+
+    import onnx
+
+    from conftest import make_splits
+    from headstart.pipeline.config import ExportConfig, ExtractConfig, HeadConfig
+    from headstart.pipeline.report.export_record import read_export_record
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.stages.exporting import export_model_dir
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.stages.predictor import load_predictor
+
+    data = make_splits(tmp_path / "images", per_class=(4, 3, 2))
+    quiet = dict(log=lambda *_: None)
+    extract_features(ExtractConfig(source=str(data), out=str(tmp_path / "f.h5"), backbone="mobilenet_v2",
+                                   alpha=0.35, weights="none", image_size=32, batch_size=8), **quiet)
+    train_head(HeadConfig(features=str(tmp_path / "f.h5"), out=str(tmp_path / "head"), epochs=1, batch_size=8),
+               **quiet)
+    chain = RunDir.open(tmp_path / "head", kind="head").chain
+    export_model_dir(ExportConfig(model=str(tmp_path / "head"), out=str(tmp_path / "export"), formats=("onnx",),
+                                  parity_samples=2, batch_size=4), **quiet)
+    assert ChainConfig.from_dict(read_export_record(tmp_path / "export")["chain"]) == chain
+    metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "export" / "model.onnx")).metadata_props}
+    assert ChainConfig.from_dict(json.loads(metadata["chain"])) == chain
+
+    alone = tmp_path / "alone" / "copy.keras"  # no run.json, no export.json beside it
+    alone.parent.mkdir()
+    shutil.copy(tmp_path / "head" / "head.keras", alone)
+    from headstart.pipeline.report.chain_record import read_keras_chain
+
+    assert read_keras_chain(alone) == chain

@@ -226,7 +226,7 @@ def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, log: Call
             progress: Callable[[str], Any] | None, kept: dict) -> ExportResult:
     """Builds the model, writes and checks every format (but those ``kept``: a finished export.json whose
     formats stay), then export.json (complete), listing the kept formats with the new ones."""
-    from headstart.pipeline.report.export_record import write_export_record
+    from headstart.pipeline.report.export_record import chain_of, write_export_record
 
     start = time.perf_counter()
     source = _open_source(config, given)
@@ -240,7 +240,8 @@ def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, log: Call
     record = {"options": wanted, "input": {"given": os.path.abspath(given.given), "kind": given.kind,
                                            "what": given.what, "model_file": os.path.abspath(given.model_file)},
               "class_names": class_names, "task": "multi_label" if multi_label else "single_label",
-              **({"thresholds": thresholds} if thresholds else {}), "source": source.describe(), "parity": parity}
+              **({"thresholds": thresholds} if thresholds else {}), "source": source.describe(), "parity": parity,
+              "chain": chain_of(run, given.model_file)}
     old = kept.get("options", {}).get("formats", [])
     formats = [f for f in config.formats if f not in old]
     if old:  # the formats there stay, with their checks, and so does their quantization
@@ -250,7 +251,8 @@ def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, log: Call
     _drop_other_formats(Path(config.out), record["options"]["formats"])
     exports, checks = write_exports(model, config.out, formats, quantize=config.quantize,
                                     class_names=class_names, source=source, batch_size=config.batch_size,
-                                    multi_label=multi_label, thresholds=thresholds, log=log, progress=progress)
+                                    multi_label=multi_label, thresholds=thresholds, log=log, progress=progress,
+                                    chain=record["chain"])
     failed = [fmt for fmt, path in exports.items() if not path]
     record.update(exports={**kept.get("exports", {}), **exports}, checks={**kept.get("checks", {}), **checks},
                   seconds=time.perf_counter() - start)
@@ -320,9 +322,8 @@ def _model(config: ExportConfig, given: ExportInput, source: Any, log: Callable[
         return given.run.load_model(), None
     from headstart.pipeline.model.parity import check_parity
 
-    chain = given.run.chain
-    log(f"rebuilding {given.what} on raw images: preprocessing, {chain.backbone.name} backbone, "
-        f"{chain.pooling} pooling, head")
+    log(f"rebuilding {given.what} on raw images: preprocessing, {given.run.chain.backbone.name} backbone, "
+        f"{given.run.chain.pooling} pooling, head")
     model = given.run.rebuild(weights=config.weights).model
     if not config.parity_samples:
         return model, None
@@ -335,7 +336,7 @@ def _model(config: ExportConfig, given: ExportInput, source: Any, log: Callable[
 def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str,
                   class_names: Sequence[str], source: Any, batch_size: int = 32, multi_label: bool = False,
                   thresholds: dict | None = None, log: Callable[[str], None] = print,
-                  progress: Callable[[str], Any] | None = None) -> tuple[dict[str, str | None], dict]:
+                  progress: Callable[[str], Any] | None = None, chain: dict | None = None) -> tuple[dict, dict]:
     """Writes ``formats`` of ``model`` into ``out_dir`` and checks each with its own runtime.
 
     The one export step: ``headstart export``, ``finetune --export`` and ``run --export`` call it.
@@ -348,7 +349,7 @@ def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str]
         source: a ``Source``: int8 calibrates on its train split; the checks run on its test split,
             else validation, else train.
         batch_size: images per forward pass of the checks.
-        multi_label, thresholds: a multi-label model and its thresholds record.
+        multi_label, thresholds, chain: a multi-label model, its thresholds record; the ONNX file's "chain".
         log: one-line messages (one per format checked).
         progress: ``label → progress line`` for the checks' pass, or None.
 
@@ -364,7 +365,7 @@ def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str]
     calibration = calibration_images(source, int(model.input_shape[1])) if "train" in source.split_names else None
     log(f"exporting {', '.join(formats)} to {out_dir}")
     exports = export_model(model, out_dir, formats, quantize=quantize, class_names=list(class_names),
-                           calibration=calibration, log=log, thresholds=thresholds)
+                           calibration=calibration, log=log, thresholds=thresholds, chain=chain)
     split = next(s for s in CHECK_SPLITS if s in source.split_names)
     with observed(progress, f"check {split}", source.count(split)) as on_batch:
         checks = check_exports(exports, model, source, split, quantize=quantize, batch_size=batch_size,

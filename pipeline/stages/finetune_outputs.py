@@ -82,7 +82,7 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
                   progress: dict, recipe: dict | None = None) -> FinetuneResult:
     """Saves the model, exports, metrics, history, curves and run.json; removes the backup."""
     run = RunDir(run_dir)
-    exports = _export(built.model, run_dir, config, plan, metrics, log) if config.export else {}
+    exports = _export(built, run_dir, config, plan, metrics, log) if config.export else {}
     epoch_seconds = stage.epoch_seconds
     seconds_per_epoch = float(np.mean(epoch_seconds)) if epoch_seconds else 0.0
     run.write_outputs(built.model, kind="finetune", metrics=metrics, history=stage.history,
@@ -104,15 +104,16 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
     return result
 
 
-def _export(model: Any, run_dir: Path, config: FinetuneConfig, plan: Any, metrics: dict,
+def _export(built: Any, run_dir: Path, config: FinetuneConfig, plan: Any, metrics: dict,
             log: Callable[[str], None]) -> dict[str, str | None]:
     """Writes the --export formats next to model.keras (``stages.exporting.write_exports``, as ``headstart
     export`` does) and records in ``metrics["exports"]`` how each one scores beside model.keras."""
     from headstart.pipeline.stages.exporting import write_exports
 
     exports, metrics["exports"] = write_exports(
-        model, run_dir, config.export, quantize=config.quantize, class_names=plan.class_names, source=plan.source,
-        batch_size=config.batch_size, multi_label=plan.multi_label, thresholds=metrics.get("thresholds"), log=log)
+        built.model, run_dir, config.export, quantize=config.quantize, class_names=plan.class_names, source=plan.source,
+        batch_size=config.batch_size, multi_label=plan.multi_label, thresholds=metrics.get("thresholds"), log=log,
+        chain=_final_chain(plan.chain, built, metrics).to_dict())
     return exports
 
 
@@ -133,7 +134,8 @@ def add_exports(run: RunDir, config: FinetuneConfig, log: Callable[[str], None])
                                          label_options=dataclasses.asdict(config)))
     exports, checks = write_exports(run.load_model(), run.path, config.export, quantize=config.quantize,
                                     class_names=run.class_names, source=source, batch_size=config.batch_size,
-                                    multi_label=run.multi_label, thresholds=run.thresholds_record, log=log)
+                                    multi_label=run.multi_label, thresholds=run.thresholds_record, log=log,
+                                    chain=run.chain.to_dict())
     run.update_metrics(exports={**checked, **checks})
     run.update_record(exports={**(run.record.get("exports") or {}), **exports})
 
