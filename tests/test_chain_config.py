@@ -202,3 +202,52 @@ def test_exports_and_a_lone_model_file_carry_the_chain(tmp_path):
     from headstart.pipeline.report.chain_record import read_keras_chain
 
     assert read_keras_chain(alone) == chain
+
+
+def _cache_with_recipe(path: Path) -> Path:
+    """A 2-class cache of 16-d blobs whose config names a backbone, as extract-features writes it."""
+    from headstart.features.store import create_or_resume
+
+    rng = np.random.default_rng(0)
+    config = {"backbone": "mobilenet_v2", "alpha": 0.35, "weights": "none", "weights_fingerprint": "w9",
+              "image_size": 32, "pooling": "avg", "preprocessing": "tf", "feature_shape": [16]}
+    writer = create_or_resume(str(path), config=config, provenance={}, class_names=["x", "y"],
+                              splits=["train", "validation"], feature_shape=(16,), dtype="float32", views=0)
+    for split, n in (("train", 32), ("validation", 16)):
+        labels = np.arange(n) % 2
+        writer.append(split, features=(labels[:, None] * 3.0 + rng.normal(size=(n, 16))).astype("float32"),
+                      labels=labels, keys=[f"{split}/{i}" for i in range(n)], views=None, consumed=n)
+        writer.finish_split(split)
+    writer.finalize()
+    return path
+
+
+def test_train_head_stores_the_chain_in_run_json_and_head_keras(tmp_path):
+    from headstart.pipeline.config import HeadConfig
+    from headstart.pipeline.report.chain_record import read_keras_chain
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.stages.head_training import train_head
+
+    cache = _cache_with_recipe(tmp_path / "f.h5")
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=2, batch_size=16, dropout=0.25),
+               log=lambda *_: None)
+    run = RunDir.open(tmp_path / "head", kind="head", recipe=True)
+    assert run.record["chain"] == run.chain.to_dict() and read_keras_chain(run.model_path) == run.chain
+    assert run.chain == ChainConfig(backbone=ChainBackbone("mobilenet_v2", "none", 0.35, "w9"), image_size=32,
+                                    pooling="avg", class_names=("x", "y"), head=ChainHead(dropout=0.25),
+                                    preprocessing="tf")
+
+
+def test_a_head_on_a_cache_without_a_backbone_recipe_has_no_chain_and_still_reads(tmp_path):
+    from conftest import make_cache
+    from headstart.pipeline.config import HeadConfig
+    from headstart.pipeline.report.chain_record import read_keras_chain
+    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.stages.head_training import train_head
+
+    cache = make_cache(tmp_path / "f.h5", counts={"train": 32, "validation": 16})
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=1, batch_size=16),
+               log=lambda *_: None)
+    run = RunDir.open(tmp_path / "head", kind="head")  # another tool's cache: no recipe asked for
+    assert "chain" not in run.record and read_keras_chain(run.model_path) is None
+    assert run.class_names == ["class0", "class1"]

@@ -148,10 +148,12 @@ def _chain(config: FinetuneConfig, head_run: Any) -> ChainConfig:
     and task are the source's, set once it is read)."""
     if head_run is None:
         defaults = ExtractConfig()
-        given = {name: getattr(config, name) if getattr(config, name) is not None else getattr(defaults, name)
-                 for name in ("backbone", "weights", "alpha", "image_size", "pooling")}
-        return ChainConfig(backbone=ChainBackbone(given["backbone"], given["weights"], given["alpha"]),
-                           image_size=given["image_size"], pooling=given["pooling"], class_names=(),
+
+        def given(name: str) -> Any:
+            return getattr(config, name) if getattr(config, name) is not None else getattr(defaults, name)
+
+        return ChainConfig(backbone=ChainBackbone(given("backbone"), given("weights"), given("alpha")),
+                           image_size=given("image_size"), pooling=given("pooling"), class_names=(),
                            head=ChainHead(dropout=HeadConfig().dropout))
     chain = head_run.chain
     recorded = {"backbone": chain.backbone.name, "alpha": chain.backbone.alpha, "image_size": chain.image_size,
