@@ -103,7 +103,7 @@ def epoch_speed(source: Path, head: Path, rounds: int, batch_size: int, log) -> 
             log(f"  round {r}: end to end {times['end_to_end'][-1]:.2f} s, on the cache {times['on_cache'][-1]:.3f} s")
     keras.backend.clear_session()
     e2e, onc = statistics.median(times["end_to_end"]), statistics.median(times["on_cache"])
-    return {"backbone": run.backbone["backbone"], "image_size": size, "top_layers": int(tap["top_layers"]), "tap_layer": tap["layer"], "tap_shape": tap["shape"],
+    return {"backbone": run.chain.backbone.name, "image_size": size, "top_layers": int(tap["top_layers"]), "tap_layer": tap["layer"], "tap_shape": tap["shape"],
             "train_rows": int(source.count("train")), "end_to_end_s": round(e2e, 3),
             "on_cache_s": round(onc, 4), "speedup": round(e2e / onc, 1), "rounds": rounds}
 

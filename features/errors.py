@@ -215,3 +215,17 @@ class TapError(FeaturesError):
 
     def __init__(self, *message: Part, field: str = "tap"):
         super().__init__(*message, field=field)
+
+
+class ChainConfigError(FeaturesError):
+    """A chain description (``features.chain_config.ChainConfig``: run.json's "chain", a model file's
+    metadata, export.json) with a field missing or wrong.
+
+    Attributes:
+        field: the dotted field at fault ("backbone.weights"); "" for the whole entry.
+        expected: what it should be, in words. found: what it was (None when missing).
+    """
+
+    def __init__(self, message: str, *, field: str, expected: str, found: Any):
+        super().__init__(message, field=field or None, value=found, rule=f"should be {expected}")
+        self.field, self.expected, self.found = field, expected, found

@@ -127,14 +127,6 @@ def adapt_head(head: keras.Model, train_batches: Iterable[np.ndarray]) -> None:
     layer.finalize_state()
 
 
-def head_architecture(record: dict) -> dict:
-    """``build_head`` keyword arguments from a run.json "head" record (older runs: the guide's
-    single-label head)."""
-    return {"dropout": float(record.get("dropout", 0.2)), "kind": record.get("kind", "linear"),
-            "hidden_units": int(record.get("hidden_units", 256)), "normalize": record.get("normalize", "none"),
-            "multi_label": bool(record.get("multi_label", False))}
-
-
 def set_head_weights(head: keras.Model, weights: list[np.ndarray]) -> None:
     """``head.set_weights`` that also refreshes a Normalization layer's statistics.
 

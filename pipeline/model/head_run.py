@@ -1,19 +1,20 @@
-"""The recipe that turns a ``train-head`` run back into a model on raw images.
+"""The rebuild of a described chain: a ``train-head`` run back into a model on raw images.
 
-A head run records where its features came from (its cache's config: backbone, weights and their
-fingerprint, alpha, image size, pooling). ``rebuild_head_chain`` rebuilds backbone, preprocessing and
-pooling from that recipe with the one chain builder (``headstart.features.chain``), checks that the
-weights are the ones the cache was made with, and puts the trained head on top. ``finetune`` starts
-from it (through ``RunDir.rebuild``); so do the benchmarks, and any stage that needs the head run as
-a model on images.
+A head run records its chain (``features.chain_config.ChainConfig``: backbone, weights and their
+fingerprint, alpha, image size, pooling, head). ``rebuild_head_chain`` rebuilds backbone,
+preprocessing and pooling from it with the one chain builder (``headstart.features.chain``), checks
+that the weights are the ones the cache was made with, and puts the trained head on top.
+``finetune`` starts from it (through ``RunDir.rebuild``, or with a new head without ``--head``); so
+do the audit, export of a head run and the benchmarks.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
+from headstart.features.chain_config import ChainConfig
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import RunDirError
 
@@ -35,23 +36,18 @@ class HeadRunModel:
     info: Any
 
 
-def rebuild_head_chain(backbone: Mapping[str, Any], num_classes: int, architecture: Mapping[str, Any],
-                       head_file: str | os.PathLike, *, weights: str | None = None,
+def rebuild_head_chain(chain: ChainConfig, head_file: str | os.PathLike | None, *,
                        augmentation: Any = None) -> HeadRunModel:
-    """Rebuilds backbone, preprocessing and pooling from a head run's recipe; puts the head on top.
+    """Builds a chain from its ``ChainConfig``: backbone, preprocessing, pooling, and the head on top.
 
-    Layers take the Keras dtype policy and ``tf.distribute`` scope in force, so call it inside
-    ``precision(...)`` and ``strategy.scope()`` where those apply. The run directory's reader
-    (``headstart.pipeline.report.rundir.RunDir.rebuild``) supplies the recipe.
+    The one rebuild of a described chain: a head run's (``RunDir.rebuild``, so finetune, the audit and
+    export), and finetune's new chain without a head run (``head_file`` None: a freshly initialised
+    head). Layers take the Keras dtype policy and ``tf.distribute`` scope in force, so call it inside
+    ``precision(...)`` and ``strategy.scope()`` where those apply.
 
     Args:
-        backbone: backbone, weights, alpha, image_size, pooling and weights_fingerprint, as the
-            head's cache recorded them.
-        num_classes: K.
-        architecture: ``build_head`` keyword arguments of the trained head.
-        head_file: the trained ``head.keras``.
-        weights: the backbone weights to load instead of the recorded ones (e.g. the file moved);
-            the recorded fingerprint decides whether they are the same weights.
+        chain: the chain; ``chain.backbone.fingerprint`` (when set) must match the weights loaded.
+        head_file: the trained ``head.keras`` whose weights go into the head, or None.
         augmentation: a layer named "augmentation" to put in front (training only), or None.
 
     Returns:
@@ -66,12 +62,11 @@ def rebuild_head_chain(backbone: Mapping[str, Any], num_classes: int, architectu
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.head import build_head
 
-    base, preprocessing, pooling, info = build_backbone_parts(
-        backbone["backbone"], weights=weights if weights is not None else backbone["weights"],
-        image_size=backbone["image_size"], alpha=backbone["alpha"], pooling=backbone["pooling"],
-        expected_fingerprint=backbone["weights_fingerprint"])
-    head = build_head(info.feature_shape, num_classes, **architecture)
-    load_head_weights(head, head_file)
+    kwargs = chain.backbone_kwargs()
+    base, preprocessing, pooling, info = build_backbone_parts(kwargs.pop("name"), **kwargs)
+    head = build_head(info.feature_shape, chain.num_classes, **chain.head_kwargs())
+    if head_file is not None:
+        load_head_weights(head, head_file)
     model = build_chain(base, preprocessing, pooling, head=head, augmentation=augmentation)
     return HeadRunModel(model=model, head=head, info=info)
 

@@ -190,9 +190,9 @@ def audit_head_run(head: Any, source: Any, *, split: str = "validation", batch_s
                    candidates: Sequence[str] = AUDIT_CANDIDATES) -> AuditResult:
     """Runs the audit with a ``train-head`` run's head on one split of a source.
 
-    The model is the head run's recipe rebuilt on raw images (``RunDir.rebuild``: the cache's
-    backbone, weights, image size and pooling, the trained head on top), so the images go through
-    the same input path as extraction.
+    The model is the head run's chain rebuilt on raw images (``rebuild_head_chain`` from its
+    ``ChainConfig``: backbone, weights, image size and pooling, the trained head on top), so the
+    images go through the same input path as extraction.
 
     Args:
         head: a ``headstart.pipeline.report.rundir.RunDir`` of a train-head (or sweep best) run,
@@ -208,16 +208,19 @@ def audit_head_run(head: Any, source: Any, *, split: str = "validation", batch_s
     Returns:
         An AuditResult.
     """
-    rebuilt = head.rebuild(weights=weights)
-    class_names = head.class_names
+    from headstart.pipeline.model.head_run import rebuild_head_chain
+
+    chain = head.chain if weights is None else head.chain.replace(weights=weights)
+    rebuilt = rebuild_head_chain(chain, head.model_path)
     total = source.count(split) or 0
     stride = max(1, -(-total // max_rows)) if total else 1
     # predict_on_batch runs the compiled inference function (training=False): an eager call per batch
     # is several times slower on CPU.
     return audit_invariance(rebuilt.model.predict_on_batch,
-                            _image_batches(source, split, head.image_size, batch_size, stride),
-                            num_classes=len(class_names), multi_label=head.multi_label,
-                            thresholds=head.thresholds(class_names), candidates=candidates)
+                            _image_batches(source, split, chain.image_size, batch_size, stride),
+                            num_classes=chain.num_classes, multi_label=chain.multi_label,
+                            thresholds=None if chain.thresholds is None else np.array(chain.thresholds),
+                            candidates=candidates)
 
 
 def _image_batches(source: Any, split: str, image_size: int, batch_size: int, stride: int):

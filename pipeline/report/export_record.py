@@ -9,6 +9,7 @@
                   compares them
     input         the path given, what it was (a finetune run, a train-head run, a model file), the model file
     class_names, task, thresholds   what the model answers (a .tflite file holds none of it)
+    chain         the model's ``ChainConfig`` (``features.chain_config``), when the input describes it
     exports, checks, parity         the files written, each format's check, a head run's parity check
 
 ``predict`` reads a .tflite file's class names (and a multi-label model's thresholds) from it;
@@ -64,3 +65,14 @@ def write_export_record(folder: str | os.PathLike, record: Mapping[str, Any]) ->
     from headstart.pipeline.report.provenance import stamp_record
 
     write_json_atomic(Path(folder) / EXPORT_JSON, stamp_record({"kind": "export", **record}))
+
+
+def chain_of(run: Any, model_file: str | os.PathLike) -> dict | None:
+    """export.json's "chain": the run directory's chain (``RunDir.chain``), else the one the model
+    file's metadata carries; None when neither describes the model."""
+    from headstart.pipeline.report.chain_record import read_keras_chain
+
+    if run is not None and run.complete:
+        return run.chain.to_dict()
+    chain = read_keras_chain(model_file)
+    return None if chain is None else chain.to_dict()

@@ -139,13 +139,21 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json_text(data) + "\n")
 
 
-def save_model_atomic(model: Any, path: str | os.PathLike) -> None:
+def save_model_atomic(model: Any, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
     """Saves a Keras model to ``path`` (a ``.keras`` file) without ever exposing a partial file.
 
     ``model.save`` writes in place, so a crash mid-save would destroy the previous file; the model
-    goes to a temporary ``.keras`` name first.
+    goes to a temporary ``.keras`` name first. ``metadata`` (e.g. the chain) goes into the file's
+    metadata.json under "headstart" (``chain_record.add_to_keras_file``).
     """
-    atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+    def save(tmp: str) -> None:
+        model.save(tmp)
+        if metadata:
+            from headstart.pipeline.report.chain_record import add_to_keras_file
+
+            add_to_keras_file(tmp, metadata)
+
+    atomic_write(path, save, suffix=".keras")
 
 
 def save_png(fig: Any, path: str | os.PathLike, *, dpi: int, title: str | None = None) -> None:

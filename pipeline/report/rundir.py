@@ -18,6 +18,7 @@ goes through ``write_outputs`` (atomic files, run.json last). The ``--out`` clai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -38,8 +39,6 @@ PROGRESS_JSON = "progress.json"
 MODEL_FILES = {"head": "head.keras", "finetune": "model.keras"}
 #: The command that writes each kind, for messages.
 COMMANDS = {"head": "train-head", "finetune": "finetune"}
-#: What a backbone recipe holds: the cache-config keys a rebuild takes, and the weights' fingerprint.
-BACKBONE_KEYS = ("backbone", "weights", "alpha", "image_size", "pooling")
 TASKS = ("single_label", "multi_label")
 
 
@@ -69,7 +68,7 @@ class RunDir:
             path: the directory.
             kind: "head" or "finetune"; None takes either.
             option: the option that named it (e.g. "--head"), for messages.
-            recipe: also check the backbone recipe (a head run that is to be rebuilt).
+            recipe: also check the chain (a head run that is to be rebuilt).
 
         Raises:
             RunDirError: missing, not a directory, unfinished (no run.json), another kind, a
@@ -106,14 +105,14 @@ class RunDir:
     def check(self, *, recipe: bool = False) -> None:
         """Reads every field its kind needs, so a damaged one fails now, in one line.
 
-        A head run's backbone recipe is read only with ``recipe`` (before it is rebuilt): caches made
-        by other tools may train heads without one.
+        A head run's chain is read only with ``recipe`` (before it is rebuilt): caches made by other
+        tools may train heads without a backbone recipe.
 
         Raises:
             RunDirError: naming the file and the field.
         """
-        needed = ["class_names", "task", "head_architecture" if self.kind == "head" else "backbone"]
-        for name in needed + (["backbone"] if recipe else []):
+        needed = ["class_names", "task", "head_architecture" if self.kind == "head" else "chain"]
+        for name in needed + (["chain"] if recipe else []):
             getattr(self, name)  # each accessor checks what it reads
 
     # ── files ────────────────────────────────────────────────────────────────────────────────
@@ -218,30 +217,24 @@ class RunDir:
         return self.cache["config"]
 
     @property
-    def backbone(self) -> dict:
-        """``BACKBONE_KEYS`` and "weights_fingerprint": the recipe that rebuilds the backbone."""
-        if self.kind == "finetune":
-            section = self._field("backbone", lambda v: isinstance(v, dict), "a table of the backbone's recipe")
-            where = "backbone"
-        else:
-            section, where = self.cache_config, "cache.config"
-        for key in (*BACKBONE_KEYS, "weights_fingerprint"):
-            if key not in section:
-                raise self._damaged(f"{where}.{key}", "present", None)
-        if not isinstance(section["image_size"], int) or isinstance(section["image_size"], bool):
-            raise self._damaged(f"{where}.image_size", "a whole number of pixels", section["image_size"])
-        return {key: section[key] for key in (*BACKBONE_KEYS, "weights_fingerprint")}
+    def chain(self) -> Any:
+        """The model chain (``features.chain_config.ChainConfig``): run.json's "chain", or for a run
+        from before it, built from its old keys (``report.chain_record.chain_from_record``)."""
+        from headstart.pipeline.report.chain_record import chain_from_record
+
+        return chain_from_record(self.record, self._damaged)
 
     @property
     def image_size(self) -> int:
-        return int(self.backbone["image_size"])
+        return self.chain.image_size
 
     @property
     def head_architecture(self) -> dict:
         """A head run's ``build_head`` keyword arguments ("head")."""
-        from headstart.pipeline.model.head import head_architecture
+        from headstart.pipeline.report.chain_record import head_from_record
 
-        return head_architecture(self._field("head", lambda v: isinstance(v, dict), "a table of the head's settings"))
+        head = head_from_record(self._field("head", lambda v: isinstance(v, dict), "a table of the head's settings"))
+        return {**dataclasses.asdict(head), "multi_label": self.multi_label}
 
     @property
     def source_record(self) -> dict:
@@ -297,12 +290,12 @@ class RunDir:
         return load_model_file(self.model_path)
 
     def rebuild(self, *, weights: str | None = None, augmentation: Any = None) -> Any:
-        """A head run as a model on raw images: backbone, preprocessing and pooling rebuilt from its
-        provenance, its head on top (``headstart.pipeline.model.head_run.rebuild_head_chain``)."""
+        """A head run as a model on raw images: its chain rebuilt, its head on top
+        (``headstart.pipeline.model.head_run.rebuild_head_chain``); ``weights`` replaces the recorded file."""
         from headstart.pipeline.model.head_run import rebuild_head_chain
 
-        return rebuild_head_chain(self.backbone, self.num_classes, self.head_architecture, self.model_path,
-                                  weights=weights, augmentation=augmentation)
+        chain = self.chain if weights is None else self.chain.replace(weights=weights)
+        return rebuild_head_chain(chain, self.model_path, augmentation=augmentation)
 
     @property
     def interrupted(self) -> bool:
@@ -347,12 +340,17 @@ class RunDir:
                       best_epoch: int | None, title: str, record: Mapping[str, Any],
                       timings: Mapping[str, Any]) -> None:
         """The model, metrics.json, thresholds.json (multi-label), history.csv, curves.png, then
-        run.json (``record`` stamped with versions, ``timings`` and the time: it marks the end)."""
+        run.json (``record`` stamped with versions, ``timings`` and the time: it marks the end).
+
+        The chain (``record["chain"]``, else built from the record's keys where it has a backbone
+        recipe) goes into run.json's "chain" and into the model file's metadata."""
+        from headstart.pipeline.report.chain_record import CHAIN_KEY, record_with_chain
         from headstart.pipeline.report.curves import plot_curves
         from headstart.pipeline.report.files import save_model_atomic, write_history_csv, write_json_atomic
         from headstart.pipeline.report.provenance import stamp_record
 
-        save_model_atomic(model, self.path / MODEL_FILES[kind])
+        record, chain = record_with_chain(kind, record)
+        save_model_atomic(model, self.path / MODEL_FILES[kind], metadata={CHAIN_KEY: chain} if chain else None)
         write_json_atomic(self.path / METRICS_JSON, metrics)
         if metrics.get("thresholds"):  # beside the model, so whoever copies it can take its cuts along
             write_json_atomic(self.thresholds_json, metrics["thresholds"])

@@ -16,7 +16,8 @@ export never leaves half a file next to ``model.keras``.
   thresholds in class order.
 - ``model.onnx``: Keras 3's ``model.export(format="onnx")``, which on the TensorFlow backend
   converts the traced function with tf2onnx (both needed); the class names go into the ONNX
-  metadata (``class_names``, JSON; a multi-label model adds ``task`` and ``thresholds``, JSON).
+  metadata (``class_names``, JSON; a multi-label model adds ``task`` and ``thresholds``, JSON; ``chain``,
+  the model's ``ChainConfig`` as JSON, when it is known).
 - ``model.tflite``: converted from the SavedModel's ``serve`` signature, ``--quantize none``
   (float32), ``float16`` (weights in float16) or ``int8`` (weights and activations in int8,
   calibrated on the run's own training images; input and output stay float32, so callers feed
@@ -80,7 +81,8 @@ def check_export_options(formats: Sequence[str], quantize: str, *, option: str =
 def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str = "none",
                  class_names: Sequence[str] | None = None,
                  calibration: Callable[[], Iterable[np.ndarray]] | None = None,
-                 reporter: Reporter = QUIET, thresholds: dict | None = None) -> dict[str, str | None]:
+                 reporter: Reporter = QUIET, thresholds: dict | None = None,
+                 chain: dict | None = None) -> dict[str, str | None]:
     """Exports the inference half of ``model`` (no augmentation) into ``out_dir``.
 
     Args:
@@ -96,6 +98,7 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
         thresholds: a multi-label model's thresholds record (``multilabel_metrics.thresholds_record``):
             the SavedModel then answers sigmoid probabilities and label sets and has a
             "thresholds" endpoint; the ONNX file carries "task" and "thresholds" metadata.
+        chain: the model's ``ChainConfig.to_dict()``, carried as the ONNX file's "chain" metadata, or None.
 
     Returns:
         format → written path, or None where the converter failed.
@@ -128,7 +131,7 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
         done["saved_model"] = str(saved)
     if "onnx" in formats:
         done["onnx"] = _guarded("onnx", reporter, lambda: _write_onnx(serving, names, out_dir / EXPORT_FILES["onnx"],
-                                                                  thresholds))
+                                                                       thresholds, chain))
     if "tflite" in formats:
         done["tflite"] = _guarded("tflite", reporter, lambda: _write_tflite(saved, out_dir / EXPORT_FILES["tflite"],
                                                                       quantize, calibration))
@@ -298,7 +301,8 @@ def _write_saved_model(serving: Any, names: list[str], target: Path, *, serving_
     write_dir_atomic(target, lambda tmp: archive.write_out(tmp, verbose=False))
 
 
-def _write_onnx(serving: Any, names: list[str], target: Path, thresholds: dict | None = None) -> str:
+def _write_onnx(serving: Any, names: list[str], target: Path, thresholds: dict | None = None,
+                chain: dict | None = None) -> str:
     import onnx
     import tensorflow as tf
 
@@ -315,6 +319,8 @@ def _write_onnx(serving: Any, names: list[str], target: Path, thresholds: dict |
         metadata = {"class_names": json.dumps(names)}
         if thresholds:
             metadata.update(task="multi_label", thresholds=json.dumps(thresholds))
+        if chain:  # the whole chain, so the file describes itself (features.chain_config)
+            metadata["chain"] = json.dumps(chain)
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

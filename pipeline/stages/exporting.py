@@ -224,7 +224,7 @@ def _only_formats_differ(recorded: dict, wanted: dict) -> bool:
 def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, reporter: Reporter, kept: dict) -> ExportResult:
     """Builds the model, writes and checks every format (but those ``kept``: a finished export.json whose
     formats stay), then export.json (complete), listing the kept formats with the new ones."""
-    from headstart.pipeline.report.export_record import write_export_record
+    from headstart.pipeline.report.export_record import chain_of, write_export_record
 
     start = time.perf_counter()
     source = _open_source(config, given)
@@ -238,7 +238,8 @@ def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, reporter:
     record = {"options": wanted, "input": {"given": os.path.abspath(given.given), "kind": given.kind,
                                            "what": given.what, "model_file": os.path.abspath(given.model_file)},
               "class_names": class_names, "task": "multi_label" if multi_label else "single_label",
-              **({"thresholds": thresholds} if thresholds else {}), "source": source.describe(), "parity": parity}
+              **({"thresholds": thresholds} if thresholds else {}), "source": source.describe(), "parity": parity,
+              "chain": chain_of(run, given.model_file)}
     old = kept.get("options", {}).get("formats", [])
     formats = [f for f in config.formats if f not in old]
     if old:  # the formats there stay, with their checks, and so does their quantization
@@ -248,7 +249,8 @@ def _export(config: ExportConfig, given: ExportInput, wanted: dict, *, reporter:
     _drop_other_formats(Path(config.out), record["options"]["formats"])
     exports, checks = write_exports(model, config.out, formats, quantize=config.quantize,
                                     class_names=class_names, source=source, batch_size=config.batch_size,
-                                    multi_label=multi_label, thresholds=thresholds, reporter=reporter)
+                                    multi_label=multi_label, thresholds=thresholds, reporter=reporter,
+                                    chain=record["chain"])
     failed = [fmt for fmt, path in exports.items() if not path]
     record.update(exports={**kept.get("exports", {}), **exports}, checks={**kept.get("checks", {}), **checks},
                   seconds=time.perf_counter() - start)
@@ -318,8 +320,8 @@ def _model(config: ExportConfig, given: ExportInput, source: Any, reporter: Repo
         return given.run.load_model(), None
     from headstart.pipeline.model.parity import check_parity
 
-    reporter.line(f"rebuilding {given.what} on raw images: preprocessing, {given.run.backbone['backbone']} backbone, "
-        f"{given.run.backbone['pooling']} pooling, head")
+    reporter.line(f"rebuilding {given.what} on raw images: preprocessing, {given.run.chain.backbone.name} backbone, "
+                  f"{given.run.chain.pooling} pooling, head")
     model = given.run.rebuild(weights=config.weights).model
     if not config.parity_samples:
         return model, None
@@ -331,7 +333,8 @@ def _model(config: ExportConfig, given: ExportInput, source: Any, reporter: Repo
 
 def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str,
                   class_names: Sequence[str], source: Any, batch_size: int = 32, multi_label: bool = False,
-                  thresholds: dict | None = None, reporter: Reporter = QUIET) -> tuple[dict[str, str | None], dict]:
+                  thresholds: dict | None = None, reporter: Reporter = QUIET,
+                  chain: dict | None = None) -> tuple[dict[str, str | None], dict]:
     """Writes ``formats`` of ``model`` into ``out_dir`` and checks each with its own runtime.
 
     The one export step: ``headstart export``, ``finetune --export`` and ``run --export`` call it.
@@ -344,7 +347,7 @@ def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str]
         source: a ``Source``: int8 calibrates on its train split; the checks run on its test split,
             else validation, else train.
         batch_size: images per forward pass of the checks.
-        multi_label, thresholds: a multi-label model and its thresholds record.
+        multi_label, thresholds, chain: a multi-label model, its thresholds record; the ONNX file's "chain".
         reporter: one-line messages (one per format checked) and a progress line for the checks' pass.
 
     Returns:
@@ -359,7 +362,7 @@ def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str]
     calibration = calibration_images(source, int(model.input_shape[1])) if "train" in source.split_names else None
     reporter.line(f"exporting {', '.join(formats)} to {out_dir}")
     exports = export_model(model, out_dir, formats, quantize=quantize, class_names=list(class_names),
-                           calibration=calibration, reporter=reporter, thresholds=thresholds)
+                           calibration=calibration, reporter=reporter, thresholds=thresholds, chain=chain)
     split = next(s for s in CHECK_SPLITS if s in source.split_names)
     with observed(reporter, f"check {split}", source.count(split)) as on_batch:
         checks = check_exports(exports, model, source, split, quantize=quantize, batch_size=batch_size,

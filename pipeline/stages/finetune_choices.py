@@ -61,7 +61,7 @@ def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Call
     if "audit" not in progress:
         from headstart.pipeline.recipe.audit import audit_head_run
 
-        result = audit_head_run(plan.head_run, plan.source, split=plan.val_split, weights=plan.recipe["weights"])
+        result = audit_head_run(plan.head_run, plan.source, split=plan.val_split, weights=plan.chain.backbone.weights)
         progress["audit"] = result.to_dict()
         save()
         kept = {s.item for s in result.scores if s.kept}
@@ -118,12 +118,12 @@ def _extract_base(config: FinetuneConfig, plan: Any) -> Any:
     """The head cache's extraction (backbone, weights, size, pooling, dtype) on finetune's SOURCE."""
     from headstart.pipeline.config import ExtractConfig
 
-    spec, recipe = plan.source_spec, plan.recipe
+    spec, chain = plan.source_spec, plan.chain
     return ExtractConfig(source=spec.source, split_specs=dict(spec.split_specs),
                          validation_fraction=spec.validation_fraction, test_fraction=spec.test_fraction,
                          path_column=spec.path_column, label_column=spec.label_column, images=spec.images,
-                         multi_label=spec.multi_label, backbone=recipe["backbone"], weights=recipe["weights"],
-                         alpha=recipe["alpha"], image_size=recipe["image_size"], pooling=recipe["pooling"],
+                         multi_label=spec.multi_label, backbone=chain.backbone.name, weights=chain.backbone.weights,
+                         alpha=chain.backbone.alpha, image_size=chain.image_size, pooling=chain.pooling,
                          dtype=plan.head_run.cache_config.get("dtype", "float32"), batch_size=config.batch_size,
                          seed=config.seed)
 

@@ -83,12 +83,12 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
                   progress: dict, recipe: dict | None = None) -> FinetuneResult:
     """Saves the model, exports, metrics, history, curves and run.json; removes the backup."""
     run = RunDir(run_dir)
-    exports = _export(built.model, run_dir, config, plan, metrics, reporter) if config.export else {}
+    exports = _export(built, run_dir, config, plan, metrics, reporter) if config.export else {}
     epoch_seconds = stage.epoch_seconds
     seconds_per_epoch = float(np.mean(epoch_seconds)) if epoch_seconds else 0.0
     run.write_outputs(built.model, kind="finetune", metrics=metrics, history=stage.history,
                       best_epoch=stage.best_epoch,
-                      title=f"finetune: {plan.recipe['backbone']} {plan.image_size}px, --unfreeze {spec}",
+                      title=f"finetune: {plan.chain.backbone.name} {plan.image_size}px, --unfreeze {spec}",
                       record={**_run_record(config, plan, built, metrics, exports, distribute, progress),
                               **({"recipe": recipe} if recipe else {})},
                       timings={"seconds_per_epoch": seconds_per_epoch, "epoch_seconds": epoch_seconds,
@@ -105,15 +105,16 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
     return result
 
 
-def _export(model: Any, run_dir: Path, config: FinetuneConfig, plan: Any, metrics: dict,
+def _export(built: Any, run_dir: Path, config: FinetuneConfig, plan: Any, metrics: dict,
             reporter: Reporter) -> dict[str, str | None]:
     """Writes the --export formats next to model.keras (``stages.exporting.write_exports``, as ``headstart
     export`` does) and records in ``metrics["exports"]`` how each one scores beside model.keras."""
     from headstart.pipeline.stages.exporting import write_exports
 
     exports, metrics["exports"] = write_exports(
-        model, run_dir, config.export, quantize=config.quantize, class_names=plan.class_names, source=plan.source,
-        batch_size=config.batch_size, multi_label=plan.multi_label, thresholds=metrics.get("thresholds"), reporter=reporter)
+        built.model, run_dir, config.export, quantize=config.quantize, class_names=plan.class_names, source=plan.source,
+        batch_size=config.batch_size, multi_label=plan.multi_label, thresholds=metrics.get("thresholds"),
+        reporter=reporter, chain=_final_chain(plan.chain, built, metrics).to_dict())
     return exports
 
 
@@ -134,7 +135,8 @@ def add_exports(run: RunDir, config: FinetuneConfig, reporter: Reporter) -> None
                                          label_options=dataclasses.asdict(config)))
     exports, checks = write_exports(run.load_model(), run.path, config.export, quantize=config.quantize,
                                     class_names=run.class_names, source=source, batch_size=config.batch_size,
-                                    multi_label=run.multi_label, thresholds=run.thresholds_record, reporter=reporter)
+                                    multi_label=run.multi_label, thresholds=run.thresholds_record, reporter=reporter,
+                                    chain=run.chain.to_dict())
     run.update_metrics(exports={**checked, **checks})
     run.update_record(exports={**(run.record.get("exports") or {}), **exports})
 
@@ -145,7 +147,8 @@ def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, ex
     from headstart.pipeline.report.provenance import precision_record
     from headstart.pipeline.training.class_weights import class_weight_record
 
-    head_run, recipe, gate = plan.head_run, plan.recipe, metrics["stage_gate"]
+    head_run, gate = plan.head_run, metrics["stage_gate"]
+    chain = _final_chain(plan.chain, built, metrics)
     return {
         "stage": "finetune", "config": resolved_config(config),
         "task": "multi_label" if plan.multi_label else "single_label",
@@ -156,8 +159,11 @@ def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, ex
         "head_run": ({"path": os.path.abspath(config.head), "cache": head_run.cache,
                       HEAD_IDENTITY: progress.get(HEAD_IDENTITY), "accuracy": _head_accuracy(head_run)}
                      if head_run else None),
-        "backbone": {**{k: recipe[k] for k in ("backbone", "weights", "alpha", "image_size", "pooling")},
-                     "weights_fingerprint": built.info.weights_fingerprint,
+        "chain": chain.to_dict(),
+        # The backbone as run.json recorded it before "chain" (``inspect`` and older readers show it).
+        "backbone": {"backbone": chain.backbone.name, "weights": chain.backbone.weights,
+                     "alpha": chain.backbone.alpha, "image_size": chain.image_size, "pooling": chain.pooling,
+                     "weights_fingerprint": chain.backbone.fingerprint,
                      "feature_shape": list(built.info.feature_shape)},
         "source": {**plan.source_spec.to_dict(), "path": os.path.abspath(config.source),
                    "describe": plan.source.describe()},
@@ -168,6 +174,19 @@ def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, ex
         "distribute": distribute,
         "precision": precision_record(built.model, built.policy),
     }
+
+
+def _final_chain(chain: Any, built: Any, metrics: dict) -> Any:
+    """The plan's chain as the model came out: the weights' fingerprint as built, the thresholds
+    chosen on validation, the fitted temperature."""
+    from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+
+    temperature = (metrics.get("calibration") or {}).get("temperature")
+    thresholds = metrics.get("thresholds")
+    return chain.replace(
+        fingerprint=built.info.weights_fingerprint,
+        thresholds=tuple(float(t) for t in thresholds_from_record(thresholds, chain.class_names)) if thresholds else None,
+        temperature=None if temperature is None else tuple(float(t) for t in np.atleast_1d(temperature)))
 
 
 def recorded_head(run: RunDir) -> dict:

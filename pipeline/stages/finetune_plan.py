@@ -1,6 +1,6 @@
 """What a ``finetune`` works from, settled before any model is built: the plan.
 
-The head run (a ``RunDir``), the backbone recipe it fixes (options that contradict it are refused),
+The head run (a ``RunDir``), the chain it fixes (``ChainConfig``; options that contradict it are refused),
 how SOURCE is read (as the head's cache read it), ``--exclude``, the classes and the task (checked
 against the head run's), the validation split, and ``--class-weight``.
 """
@@ -12,13 +12,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from headstart.pipeline.config import ExtractConfig, FinetuneConfig, config_to_dict
+from headstart.features.chain_config import ChainBackbone, ChainConfig, ChainHead
+from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_to_dict
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 
-#: Backbone options a FinetuneConfig may carry; None (or absent) means "from the head run".
-BACKBONE_OPTIONS = ("backbone", "weights", "alpha", "image_size", "pooling")
 #: How run.json and progress.json name the identity of the head a finetune started from.
 HEAD_IDENTITY = "--head (head.keras sha256)"
 
@@ -29,7 +28,8 @@ class FinetunePlan:
 
     Attributes:
         head_run: the head run (``RunDir``), or None without ``--head``.
-        recipe: ``BACKBONE_OPTIONS`` plus the expected "fingerprint".
+        chain: the chain to build (``ChainConfig``): the head run's, with ``--weights`` when given;
+            without a head run, the backbone options (or their defaults) and a new head.
         resuming: the interrupted run's progress record when resuming one.
         source_spec: how SOURCE is read (run.json's "source"). source: the resolved Source,
             ``--exclude`` applied. exclusion: the ``--exclude`` Exclusion, or None.
@@ -40,7 +40,7 @@ class FinetunePlan:
     """
 
     head_run: Any
-    recipe: dict
+    chain: ChainConfig
     resuming: dict | None
     source_spec: SourceSpec
     source: Any
@@ -57,14 +57,12 @@ class FinetunePlan:
 
     @property
     def image_size(self) -> int:
-        return self.recipe["image_size"]
+        return self.chain.image_size
 
 
 def resolved_config(config: FinetuneConfig) -> dict:
     """run.json's "config": every option, paths made absolute."""
     resolved = config_to_dict(config)
-    for name in BACKBONE_OPTIONS:
-        resolved.setdefault(name, getattr(config, name, None))
     resolved["source"] = os.path.abspath(config.source) if os.path.exists(config.source) else config.source
     resolved["out"] = os.path.abspath(config.out)
     if config.head:
@@ -81,7 +79,7 @@ def head_identity(head_run: Any) -> str | None:
 
 def make_plan(config: FinetuneConfig, head_run: Any, resuming: dict | None, log: Callable[[str], None], *,
               is_chief: bool) -> FinetunePlan:
-    """Settles the backbone recipe, resolves SOURCE (with ``--exclude``) and checks it against the head run.
+    """Settles the chain, resolves SOURCE (with ``--exclude``) and checks it against the head run.
 
     Raises:
         OptionError: backbone options that conflict with the head run, classes or a task that
@@ -92,18 +90,20 @@ def make_plan(config: FinetuneConfig, head_run: Any, resuming: dict | None, log:
     from headstart.pipeline.training.class_weights import finetune_class_weights
     from headstart.pipeline.training.monitor import check_monitor
 
-    recipe = _recipe(config, head_run)
+    chain = _chain(config, head_run)  # before SOURCE is read: a conflicting option fails first
     source_spec = source_spec_for(config, head_run)
     source, exclusion = _exclude(config, open_source(source_spec), log)
     class_names = list(source.class_names)
     multi_label = bool(getattr(source, "multi_label", False))
     _check_against_head(config, head_run, class_names, multi_label)
+    if head_run is None:  # a new head: the source's classes and task
+        chain = chain.replace(class_names=tuple(class_names), task="multi_label" if multi_label else "single_label")
     if "train" not in source.split_names:
         raise OptionError(f"{config.source}: no 'train' split to fine-tune on")
     val_split = "validation" if "validation" in source.split_names else None
     check_monitor(config.monitor, has_validation=val_split is not None, multi_label=multi_label)
     cache_path = head_run.cache.get("path") if head_run else None
-    return FinetunePlan(head_run=head_run, recipe=recipe, resuming=resuming, source_spec=source_spec, source=source,
+    return FinetunePlan(head_run=head_run, chain=chain, resuming=resuming, source_spec=source_spec, source=source,
                         exclusion=exclusion, class_names=class_names, val_split=val_split,
                         log_dir=config.tensorboard if is_chief else None, multi_label=multi_label,
                         class_weights=finetune_class_weights(config.class_weight, cache_path, source, class_names,
@@ -142,21 +142,26 @@ def task_word(multi_label: bool) -> str:
     return "multi-label" if multi_label else "single-label"
 
 
-def _recipe(config: FinetuneConfig, head_run: Any) -> dict:
-    """Backbone, weights, alpha, image size, pooling and expected fingerprint for the rebuild."""
-    given = {name: getattr(config, name, None) for name in BACKBONE_OPTIONS}
+def _chain(config: FinetuneConfig, head_run: Any) -> ChainConfig:
+    """The chain to build: the head run's (``--weights`` may name where its file is now), or, without
+    one, the backbone options (their extract defaults where not given) and a new head (its classes
+    and task are the source's, set once it is read)."""
     if head_run is None:
         defaults = ExtractConfig()
-        recipe = {name: given[name] if given[name] is not None else getattr(defaults, name)
-                  for name in BACKBONE_OPTIONS}
-        return {**recipe, "fingerprint": None}
-    backbone = head_run.backbone
-    recipe = {name: backbone[name] for name in BACKBONE_OPTIONS}
-    for name in ("backbone", "alpha", "image_size", "pooling"):
-        if given[name] is not None and given[name] != recipe[name]:
-            raise OptionError(Arg(name, given[name]), " conflicts with the head run's "
-                              f"{recipe[name]} ({head_run.cache.get('path')}); leave it out: finetune takes it "
+
+        def given(name: str) -> Any:
+            return getattr(config, name) if getattr(config, name) is not None else getattr(defaults, name)
+
+        return ChainConfig(backbone=ChainBackbone(given("backbone"), given("weights"), given("alpha")),
+                           image_size=given("image_size"), pooling=given("pooling"), class_names=(),
+                           head=ChainHead(dropout=HeadConfig().dropout))
+    chain = head_run.chain
+    recorded = {"backbone": chain.backbone.name, "alpha": chain.backbone.alpha, "image_size": chain.image_size,
+                "pooling": chain.pooling}
+    for name, value in recorded.items():
+        if getattr(config, name) is not None and getattr(config, name) != value:
+            raise OptionError(Arg(name, getattr(config, name)), " conflicts with the head run's "
+                              f"{value} ({head_run.cache.get('path')}); leave it out: finetune takes it "
                               "from the head run")
-    if given["weights"] is not None:
-        recipe["weights"] = given["weights"]  # e.g. the file moved; the fingerprint check decides
-    return {**recipe, "fingerprint": backbone["weights_fingerprint"]}
+    # e.g. the file moved; the fingerprint check decides
+    return chain if config.weights is None else chain.replace(weights=config.weights)

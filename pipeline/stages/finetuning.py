@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from headstart.features.reporter import QuietReporter, Reporter, as_reporter
 from headstart.features.errors import Arg
-from headstart.pipeline.config import FinetuneConfig, HeadConfig
+from headstart.pipeline.config import FinetuneConfig
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.report.rundir import RunDir
@@ -76,8 +76,8 @@ def finetune(config: FinetuneConfig, *, reporter: Reporter | None = None,
     """Fine-tunes the full model and writes the run directory (see the module docstring).
 
     Args:
-        config: resolved options. Backbone options (``finetune_plan.BACKBONE_OPTIONS``), when the
-            config has them and they are not None, must agree with the head run (``weights`` may
+        config: resolved options. Backbone options (backbone, alpha, image size, pooling), when
+            not None, must agree with the head run's chain (``weights`` may
             name another path to the same weights: the fingerprint decides).
         reporter: one line per epoch and status messages, and a live progress line through every
             epoch of both stages (``features/reporter.py``; default: quiet).
@@ -251,26 +251,15 @@ def _epoch_lines(reporter: Reporter, plan: FinetunePlan) -> Callable[[str, int],
 
 def _build(config: FinetuneConfig, plan: FinetunePlan, *, mixed: bool) -> _Built:
     """The chain with augmentation and head: rebuilt from the head run, or with a new head."""
-    from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.distribute.strategy import precision
-    from headstart.pipeline.model.head import build_head
+    from headstart.pipeline.model.head_run import rebuild_head_chain
 
     # Layers take the dtype policy in force when they are built.
     with precision(mixed) as policy:
-        if plan.head_run:
-            rebuilt = plan.head_run.rebuild(weights=plan.recipe["weights"],
-                                            augmentation=build_augmentation(config.augment, seed=config.seed))
-            return _Built(model=rebuilt.model, head=rebuilt.head, info=rebuilt.info, policy=policy)
-        recipe = plan.recipe
-        base, preprocessing, pooling, info = build_backbone_parts(
-            recipe["backbone"], weights=recipe["weights"], image_size=recipe["image_size"], alpha=recipe["alpha"],
-            pooling=recipe["pooling"])
-        head = build_head(info.feature_shape, plan.num_classes, dropout=HeadConfig().dropout,
-                          multi_label=plan.multi_label)
-        model = build_chain(base, preprocessing, pooling, head=head,
-                            augmentation=build_augmentation(config.augment, seed=config.seed))
-    return _Built(model=model, head=head, info=info, policy=policy)
+        built = rebuild_head_chain(plan.chain, plan.head_run.model_path if plan.head_run else None,
+                                   augmentation=build_augmentation(config.augment, seed=config.seed))
+    return _Built(model=built.model, head=built.head, info=built.info, policy=policy)
 
 
 def _check_parity(config: FinetuneConfig, plan: FinetunePlan, built: _Built, reporter: Reporter) -> Any:

@@ -39,8 +39,8 @@ class Predictor:
         path: the file or directory loaded.
         image_size: S of the (S, S, 3) input.
         width: logits per image (1 for two classes).
-        class_names: from the file itself (SavedModel, ONNX), the run.json beside it or a ``headstart
-            export`` directory's export.json, else None.
+        class_names: from the file itself (SavedModel, ONNX, the chain in a .keras file's metadata),
+            the run.json beside it or a ``headstart export`` directory's export.json, else None.
         run: the run directory beside the file (``RunDir``), or None.
         multi_label: one sigmoid logit per class (task "multi_label" in the file or its run.json).
         thresholds: a multi-label model's per-class decision thresholds (float64 (C,)), from the
@@ -134,8 +134,16 @@ def _kind_of(path: Path) -> str:
 
 
 def _load_keras(path: Path):
-    model = load_model_file(path / MODEL_FILES["finetune"] if path.is_dir() else path)
-    return int(model.input_shape[1]), int(model.output_shape[-1]), {}, model.predict_on_batch
+    from headstart.pipeline.report.chain_record import read_keras_chain
+
+    file = path / MODEL_FILES["finetune"] if path.is_dir() else path
+    model = load_model_file(file)
+    # The chain in the file's metadata says what it answers, even for a model.keras copied alone.
+    chain = read_keras_chain(file)
+    meta = {} if chain is None else {"class_names": list(chain.class_names), "task": chain.task, **(
+        {"thresholds": {"task": chain.task, "thresholds": dict(zip(chain.class_names, chain.thresholds))}}
+        if chain.thresholds else {})}
+    return int(model.input_shape[1]), int(model.output_shape[-1]), meta, model.predict_on_batch
 
 
 def _load_saved_model(path: Path):
