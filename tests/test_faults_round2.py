@@ -749,7 +749,7 @@ def test_a_stage_is_reused_only_while_its_recorded_outputs_are_intact(tmp_path):
     head.write_bytes(b"weights" * 100)
     run_json.write_text("{}")
     lines: list[str] = []
-    console = type("Console", (), {"log": staticmethod(lines.append)})
+    console = type("Console", (), {"line": staticmethod(lines.append)})
     record = {"key": "k", "done": True, "status": "ran", "outputs": output_digests(run_json, head)}
     assert _reuse(record, "k", run_json, head, console=console)["status"] == "reused"
     # run.json is needed but not digested: `finetune --export` and the recipe add to it.

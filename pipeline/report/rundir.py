@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from headstart.features.bounded_parse import loads_json
+from headstart.features.errors import Arg
 from headstart.features.regular_file import not_regular_reason
 from headstart.pipeline.errors import RunDirError
 from headstart.pipeline.report.run_layout import final_model_dir, stage_dir
@@ -78,7 +79,7 @@ class RunDir:
         where = (f"{option} " if option else "") + str(path) + (f" ({run.path})" if run.path != Path(path) else "")
         wanted = COMMANDS.get(kind or "", "train-head or finetune")
         if not run.path.is_dir():
-            raise RunDirError(f"{where}: no such run directory (give a {wanted} --out directory)")
+            raise RunDirError(f"{where}: no such run directory (give a {wanted} ", Arg("out"), " directory)")
         if not run.complete:
             what = ("incomplete (no run.json; did it finish?)" if any(run.path.glob("*.keras"))
                     else f"not a {wanted} run directory (no run.json)")

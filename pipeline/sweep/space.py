@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.config import HEAD_KINDS, NORMALIZATIONS, read_settings_file
 from headstart.pipeline.training.head_params import TrialParams
@@ -165,7 +166,7 @@ def read_space_file(path: str | Path) -> SearchSpace:
     path = Path(path)
     section = read_settings_file(path).get("sweep", {})
     if not isinstance(section, dict):
-        raise OptionError(f"--config {path}: [sweep] must be a section of settings")
+        raise OptionError(Arg("config", str(path)), ": [sweep] must be a section of settings")
     return space_from_dict(section, origin=f"--config {path} [sweep]")
 
 
