@@ -191,7 +191,7 @@ def test_exports_and_a_lone_model_file_carry_the_chain(tmp_path):
                **quiet)
     chain = RunDir.open(tmp_path / "head", kind="head").chain
     export_model_dir(ExportConfig(model=str(tmp_path / "head"), out=str(tmp_path / "export"), formats=("onnx",),
-                                  parity_samples=2, batch_size=4), **quiet)
+                                  parity_samples=2, batch_size=4))  # quiet by default since the one reporter
     assert ChainConfig.from_dict(read_export_record(tmp_path / "export")["chain"]) == chain
     metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "export" / "model.onnx")).metadata_props}
     assert ChainConfig.from_dict(json.loads(metadata["chain"])) == chain
