@@ -116,26 +116,33 @@ def test_the_chain_travels_in_a_keras_files_metadata_and_the_model_still_loads(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "plain.keras"]  # no temporary left
 
 
+def _tiny_head_run(tmp_path: Path, epochs: int) -> Path:
+    """Generated cat/dog images, a 32 px weights=None MobileNetV2 cache and a head on it; returns the images."""
+    from conftest import make_splits
+    from headstart.pipeline.config import ExtractConfig, HeadConfig
+    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.stages.head_training import train_head
+
+    data = make_splits(tmp_path / "images", per_class=(4, 3, 2))
+    extract_features(ExtractConfig(source=str(data), out=str(tmp_path / "f.h5"), backbone="mobilenet_v2",
+                                   alpha=0.35, weights="none", image_size=32, batch_size=8))
+    train_head(HeadConfig(features=str(tmp_path / "f.h5"), out=str(tmp_path / "head"), epochs=epochs, batch_size=8),
+               log=lambda *_: None)
+    return data
+
+
 @pytest.mark.slow
 def test_a_head_run_rebuilt_from_its_chain_gives_its_logits_and_finetune_records_it(tmp_path):
-    from conftest import make_splits
-    from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
+    from headstart.pipeline.config import FinetuneConfig
     from headstart.pipeline.data.source_spec import SourceSpec
     from headstart.pipeline.data.sources import open_source
     from headstart.pipeline.model.head_run import rebuild_head_chain
     from headstart.pipeline.model.parity import check_parity
     from headstart.pipeline.report.chain_record import read_keras_chain
     from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.extraction import extract_features
     from headstart.pipeline.stages.finetuning import finetune
-    from headstart.pipeline.stages.head_training import train_head
 
-    data = make_splits(tmp_path / "images", per_class=(4, 3, 2))
-    quiet = dict(log=lambda *_: None)
-    extract_features(ExtractConfig(source=str(data), out=str(tmp_path / "f.h5"), backbone="mobilenet_v2",
-                                   alpha=0.35, weights="none", image_size=32, batch_size=8), **quiet)
-    train_head(HeadConfig(features=str(tmp_path / "f.h5"), out=str(tmp_path / "head"), epochs=2, batch_size=8),
-               **quiet)
+    data = _tiny_head_run(tmp_path, epochs=2)
     head = RunDir.open(tmp_path / "head", kind="head", recipe=True)
     chain = ChainConfig.from_dict(head.record["chain"])
     assert chain == head.chain == read_keras_chain(head.model_path)
@@ -154,7 +161,7 @@ def test_a_head_run_rebuilt_from_its_chain_gives_its_logits_and_finetune_records
     assert parity.samples == 4 and parity.max_abs_diff <= parity.tolerance
 
     result = finetune(FinetuneConfig(source=str(data), head=str(tmp_path / "head"), out=str(tmp_path / "ft"),
-                                     epochs=1, batch_size=4, parity_samples=4), **quiet)
+                                     epochs=1, batch_size=4, parity_samples=4))
     tuned = RunDir.open(result.run_dir, kind="finetune")
     assert tuned.chain == read_keras_chain(tuned.model_path)
     assert tuned.chain.replace(temperature=None) == chain
@@ -174,21 +181,12 @@ def test_exports_and_a_lone_model_file_carry_the_chain(tmp_path):
 
     import onnx
 
-    from conftest import make_splits
-    from headstart.pipeline.config import ExportConfig, ExtractConfig, HeadConfig
+    from headstart.pipeline.config import ExportConfig
     from headstart.pipeline.report.export_record import read_export_record
     from headstart.pipeline.report.rundir import RunDir
     from headstart.pipeline.stages.exporting import export_model_dir
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
-    from headstart.pipeline.stages.predictor import load_predictor
 
-    data = make_splits(tmp_path / "images", per_class=(4, 3, 2))
-    quiet = dict(log=lambda *_: None)
-    extract_features(ExtractConfig(source=str(data), out=str(tmp_path / "f.h5"), backbone="mobilenet_v2",
-                                   alpha=0.35, weights="none", image_size=32, batch_size=8), **quiet)
-    train_head(HeadConfig(features=str(tmp_path / "f.h5"), out=str(tmp_path / "head"), epochs=1, batch_size=8),
-               **quiet)
+    _tiny_head_run(tmp_path, epochs=1)
     chain = RunDir.open(tmp_path / "head", kind="head").chain
     export_model_dir(ExportConfig(model=str(tmp_path / "head"), out=str(tmp_path / "export"), formats=("onnx",),
                                   parity_samples=2, batch_size=4))  # quiet by default since the one reporter
