@@ -86,7 +86,7 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     assert "reused: same source and extraction options" in result.output
     assert "reused: same features and head options" in result.output
     assert "[auto] recipe: will try image sizes 150 and 224, a 4-trial head sweep on each, 7 augmentations tried " \
-           "on cached views" in result.output, result.output
+           "on 2 cached views per image" in result.output, result.output
     assert "decision" in result.output and "fine-tuning rate" in result.output
     summary = json.loads((out / "summary.json").read_text())
     decisions = {d["name"]: d for d in summary["recipe"]["decisions"]}
@@ -106,7 +106,8 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     # The fit trained on the kept items' views (with the tap), and on no dropped item's.
     kept = [item for item, c in trials.items() if c["kept"] and c["judged_by"] == "views"]
     views = json.loads((out / "finetune" / "metrics.json").read_text())["on_cache"]["views"]
-    assert views["items"] == kept and views["per_row"] == 2 * len(kept)
+    # views per image as the plan had them at the chosen size (two, unless the budget cut them to one)
+    assert views["items"] == kept and views["per_row"] == run["config"]["trial_views"] * len(kept)
     assert sorted(Path(p).name for p in views["caches"]) == sorted(p.name for p in (out / "finetune" / "view_trials").glob("*.h5"))
     assert all(trials[item]["views_cache"] is None for item in trials if item not in kept)
     assert run["recipe"]["decisions"] == summary["recipe"]["decisions"][:-1]  # the model says how it was chosen
