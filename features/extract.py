@@ -83,6 +83,11 @@ class AugmentedViews:
     originals: Callable[[list[str]], dict] | None = None
 
 
+#: The cache-config keys two caches must share for one's rows to stand in for the other's.
+_NUMBERS_KEYS = ("backbone", "alpha", "weights_fingerprint", "image_size", "pooling", "preprocessing",
+                 "feature_shape", "dtype", "tap", "exif_orientation")
+
+
 def cached_originals(path: str, split: str, writer: StoreWriter) -> Callable[[list[str]], dict]:
     """Looks up rows of ``path``'s ``split`` by key, as ``StoreWriter.append`` takes them.
 
@@ -100,13 +105,11 @@ def cached_originals(path: str, split: str, writer: StoreWriter) -> Callable[[li
     from headstart.features.errors import StoreError
 
     cache = open_cache(path)
-    theirs, ours = cache.config, writer.config
-    for name, a, b in [("feature shape", tuple(cache.feature_shape), tuple(writer.feature_shape)),
-                       ("dtype", cache.dtype, writer.dtype), ("tap shape", cache.tap_shape, writer.tap_shape),
-                       *((key, theirs.get(key), ours.get(key)) for key in ("backbone", "alpha", "weights_fingerprint", "image_size", "pooling",
-                                                                 "preprocessing", "tap", "exif_orientation"))]:
-        if a != b:
-            raise StoreError(f"{path}: its {name} {a!r} is not the views' cache's {b!r}; its rows cannot be copied")
+    # What shapes the cached numbers (the tap's shape follows from backbone, size and tap).
+    for key in _NUMBERS_KEYS:
+        if cache.config.get(key) != writer.config.get(key):
+            raise StoreError(f"{path}: its {key} {cache.config.get(key)!r} is not the views' cache's "
+                             f"{writer.config.get(key)!r}; its rows cannot be copied")
     data = cache.split(split)
     index = {key: i for i, key in enumerate(data.keys)}
 
