@@ -2,7 +2,7 @@
 
 Every epoch the group predicts the validation split once for all its members (logits (T, N, L));
 ``validation_pass`` turns them into each member's ``val_loss``, ``val_accuracy`` and monitored
-measure exactly as train-head's loop computes them (``training.head_fit._validate``), and each
+measure (as ``training.head_fit.evaluate_head`` computes them for one model), and each
 ``Member`` applies train-head's early-stopping rule (``training.early_stopping.EarlyStopping``) to
 the monitored column. ``finish`` makes the trial's record, ``TrialRun``, with the validation
 measures of its kept weights as train-head's metrics.json would hold them.
