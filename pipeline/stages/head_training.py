@@ -276,8 +276,8 @@ def _build_head(config: HeadConfig, data: Any, strategy: Any) -> tuple[Any, str]
 
     from headstart.pipeline.distribute.strategy import precision
 
-    # Seeds the head's initial weights and its dropout masks; the batch order has its own seeded
-    # plan (headstart.pipeline.training.head_data.plan_epoch).
+    # Seeds the head's initial weights (the one-device trainer draws the same ones itself) and the
+    # Keras loop's dropout masks; the batch order has its own seeded plan (head_data.plan_epoch).
     keras.utils.set_random_seed(config.seed)
     # Variables (model and optimizer) must be created in the strategy's scope; layers take the
     # dtype policy in force when they are built.

@@ -7,16 +7,18 @@ architecture (``headstart.pipeline.training.head_stack``), each on a trial axis 
 step is traced once per cache for the whole sweep: a group is loaded into the stacks, a trial
 that stops leaves them by a gather, and nothing is traced again.
 
-What each trial computes is what ``train-head`` computes for the same configuration: initial
-weights drawn by ``build_head`` after ``keras.utils.set_random_seed(seed)``, the head's own pooling
-and normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas
-(softmax, one sigmoid logit for two classes, or one per class for a multi-label cache; each
-row's loss times its ``--class-weight`` weight), the batch plan of ``FeatureRows.plan``, and
-train-head's early stopping per trial on the ``--monitor`` column (``training.group_member``). Only the
-dropout masks come from another random stream (one draw per step shared by the group: see
-``HeadStack.logits``); without dropout a trial matches train-head to float rounding
-(tests/test_sweep.py states the tolerance). A stopped or pruned trial is reported at once with
-its best epoch's weights.
+This is the one head trainer: ``train-head`` (and diagnose's fold heads) train as a group of one
+trial (``training.head_fit.fit_head``), so a one-configuration sweep and train-head give the same
+weights bit for bit. Each trial computes what train-head's recipe says: initial weights drawn by
+``build_head`` after ``keras.utils.set_random_seed(seed)``, the head's own pooling and
+normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas
+(softmax, one sigmoid logit for two classes, or one per class for a multi-label cache; each row's
+loss times its ``--class-weight`` weight), the batch plan of ``FeatureRows.plan``, and early
+stopping per trial on the ``--monitor`` column, or on the training loss without a validation split
+(``training.group_member``). Dropout masks come from one stateless draw per step shared by the group
+(see ``HeadStack.logits``). A trial among others differs from the same trial alone by float
+rounding only (the stacked sums run over a longer trial axis; tests/test_sweep.py states the
+tolerance). A stopped or pruned trial is reported at once with its best epoch's weights.
 """
 
 from __future__ import annotations
