@@ -168,6 +168,26 @@ def test_zero_epochs_trains_until_early_stopping_past_the_default_maximum(tmp_pa
     assert epoch_limit(0) == UNLIMITED_EPOCHS == 1000 and epoch_limit(7) == 7
 
 
+def test_validation_predicted_in_chunks_changes_nothing(tmp_path, monkeypatch):
+    """The trainer predicts validation a chunk of rows at a time (a streamed split never sits in
+    memory whole): 5-row chunks give the default's history and weights, and each epoch's log line
+    carries that epoch's history row."""
+    from headstart.pipeline.training import head_group
+
+    cache = make_cache(tmp_path / "f.h5", flip_validation=0.2)
+    base = dict(features=str(cache), epochs=3, lr=1e-2, batch_size=24, seed=2)
+    whole = train_head(HeadConfig(out=str(tmp_path / "a"), **base), **QUIET)
+    monkeypatch.setattr(head_group, "VALIDATION_CHUNK_BYTES", 5 * 16 * 4)  # 5 rows of 16 float32
+    lines = []
+    chunked = train_head(HeadConfig(out=str(tmp_path / "b"), **base), log=lines.append)
+    assert whole.history == chunked.history and len(whole.history["val_loss"]) == 3
+    assert_same_weights(head_weights(tmp_path / "a"), head_weights(tmp_path / "b"))
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert epochs[0].startswith("epoch 1/3") and f"val_loss {chunked.history['val_loss'][0]:.4f}" in epochs[0]
+    timings = json.loads((tmp_path / "b" / "run.json").read_text())["timings"]
+    assert len(epochs) == len(timings["epoch_seconds"]) == 3 and min(timings["epoch_seconds"]) > 0
+
+
 def test_without_validation_split_watches_training_loss(tmp_path):
     cache = make_cache(tmp_path / "f.h5", counts={"train": 64, "test": 32})
     lines = []

@@ -2,8 +2,8 @@
 
 cleanlab needs, for every labelled image, class probabilities from a model that never saw that
 image's label. K stratified folds over the rows given: fold j's head trains on the other K - 1
-folds (``headstart.pipeline.training.head_fit.fit_head``, the same builder, compile and epoch
-loop as ``train-head``) and predicts fold j. Rows held out of every fold (the test split) get the
+folds (``headstart.pipeline.training.head_fit.fit_head``, the same builder and trainer as
+``train-head``) and predicts fold j. Rows held out of every fold (the test split) get the
 mean of the K heads' probabilities, which is just as out-of-sample.
 
 The fold heads watch their own training loss for early stopping rather than the held-out fold,
@@ -69,12 +69,10 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
     Raises:
         DataError: fewer rows than folds.
     """
-    import keras
-
-    from headstart.pipeline.model.head import build_head, logits_to_probabilities
+    from headstart.pipeline.model.head import logits_to_probabilities
     from headstart.pipeline.training.head_data import FeatureRows
     from headstart.pipeline.training.head_fit import fit_head
-    from headstart.pipeline.training.head_recipe import build_compiled_head, head_options
+    from headstart.pipeline.training.head_recipe import build_compiled_head
 
     if len(x) < 2 * folds:
         raise DataError(f"{len(x)} labelled rows are too few for {folds} folds (need {2 * folds} or more)")
@@ -83,16 +81,14 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
     probs = np.zeros((len(x), num_classes), dtype=np.float64)
     extra_sum = None if extra is None else np.zeros((len(extra), num_classes), dtype=np.float64)
     shape = tuple(x.shape[1:])
-    # One compiled model for all folds: tracing its train and predict steps costs more than a
-    # fold's training on a small cache. Each fold starts from its own seeded initial weights and a
-    # zeroed optimizer, exactly as a freshly built head would.
+    # One model for all folds (tracing its predict step costs more than a fold's training on a
+    # small cache): each fold's trainer draws its own initial weights (seed + j) and puts the kept
+    # ones into it, so nothing of the previous fold carries over.
     model = build_compiled_head(config, shape, num_classes)
     for j in range(folds):
         held, train = np.flatnonzero(fold == j), np.flatnonzero(fold != j)
-        keras.utils.set_random_seed(config.seed + j)
-        _reset(model, build_head(shape, num_classes, **head_options(config)))
         fit = fit_head(model, FeatureRows(_ArraySplit(x[train]), in_memory=True), labels[train], None,
-                       config=config, num_classes=num_classes, log=lambda _: None)
+                       config=config, num_classes=num_classes, log=lambda _: None, initial_seed=config.seed + j)
         history, best = fit.history, fit.best_epoch
         probs[held] = logits_to_probabilities(_logits(model, x[held]), num_classes)
         if extra_sum is not None and len(extra):
@@ -100,14 +96,6 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
         reporter.line(f"fold {j + 1}/{folds}: {len(train)} rows, {best} epochs, loss {history['loss'][best - 1]:.4f}")
     extra_probs = None if extra_sum is None else extra_sum / folds
     return OutOfFold(probs, fold, extra_probs, time.perf_counter() - start)
-
-
-def _reset(model, fresh) -> None:
-    """Gives ``model`` the initial weights of ``fresh`` (same architecture) and a zeroed optimizer."""
-    model.set_weights(fresh.get_weights())
-    for variable in model.optimizer.variables:
-        if not variable.path.endswith("learning_rate"):  # the iteration count and the moments
-            variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
 
 
 class _ArraySplit:

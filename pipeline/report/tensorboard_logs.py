@@ -1,6 +1,6 @@
 """TensorBoard logs of the training stages, written by Keras' own ``keras.callbacks.TensorBoard``.
 
-``train-head`` drives the callback's hooks from its epoch loop, ``finetune`` hands it to ``fit``, and
+``train-head`` calls the callback's epoch hooks with each epoch's row from the head trainer, ``finetune`` hands it to ``fit``, and
 ``headstart run`` replays a reused stage's history through it, so every log has the layout
 and names TensorBoard users know: ``LOG_DIR/train`` and ``LOG_DIR/validation`` with
 ``epoch_loss``, ``epoch_accuracy`` (and ``epoch_learning_rate`` on train) per epoch.

@@ -3,8 +3,8 @@
 Steps: check the options and the cache (no TensorFlow yet) → claim ``--out`` (its lock and the
 ``--out`` policy: a run made with the same options on the same cache is already done) → load every
 split into memory, or stream them all (``headstart.pipeline.training.head_inputs``) → build and
-compile the head (under ``--strategy`` and ``--mixed-precision``) → the epoch loop with early
-stopping (``headstart.pipeline.training.head_fit``) → validation and test metrics → the run
+compile the head (under ``--strategy`` and ``--mixed-precision``) → the fit with early stopping
+(``headstart.pipeline.training.head_fit``: a one-trial group of the sweep's batched trainer) → validation and test metrics → the run
 directory (``RunDir.write_outputs``: head.keras, metrics, history, curves, and run.json last).
 """
 
@@ -38,7 +38,7 @@ CACHE_IDENTITY = "FEATURES (fingerprint)"
 class HeadResult:
     """What ``train_head`` produced (or found already done); ``metrics`` is metrics.json's content.
 
-    ``train_rows`` and ``train_seconds`` (the training split's rows, the epoch loop's seconds) let
+    ``train_rows`` and ``train_seconds`` (the training split's rows, the fit's seconds) let
     ``headstart run`` report images per second without reading the run directory again.
     """
 
@@ -124,7 +124,8 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
         config: resolved ``train-head`` options (``features`` cache path, ``out`` run directory…).
             With ``tensorboard`` set, Keras' TensorBoard callback logs every epoch there.
         log: receives one line per epoch and status messages.
-        callbacks: extra Keras callbacks; the epoch loop calls their train, epoch and batch hooks.
+        callbacks: extra Keras callbacks; the fit calls their train and epoch hooks (batch hooks only
+            under several replicas or ``--mixed-precision``: ``head_fit.fit_head``).
         kept: a ``training.head_fit.KeptHead`` (a sweep trial's weights and history): the run
             directory is written for those weights instead of training (``sweep.best``).
 
@@ -218,7 +219,7 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
 
 def _fit(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], callbacks: Sequence[Any],
          kept: KeptHead | None = None) -> _Trained:
-    """Builds the head, runs the epoch loop (or takes ``kept``'s weights) and measures the kept weights."""
+    """Builds the head, trains it (or takes ``kept``'s weights) and measures the kept weights."""
     from headstart.pipeline.training.class_weights import training_class_weights
     from headstart.pipeline.training.head_fit import fit_head
 
@@ -275,8 +276,8 @@ def _build_head(config: HeadConfig, data: Any, strategy: Any) -> tuple[Any, str]
 
     from headstart.pipeline.distribute.strategy import precision
 
-    # Seeds the head's initial weights and its dropout masks; the batch order has its own seeded
-    # plan (headstart.pipeline.training.head_data.plan_epoch).
+    # Seeds the head's initial weights (the one-device trainer draws the same ones itself) and the
+    # Keras loop's dropout masks; the batch order has its own seeded plan (head_data.plan_epoch).
     keras.utils.set_random_seed(config.seed)
     # Variables (model and optimizer) must be created in the strategy's scope; layers take the
     # dtype policy in force when they are built.

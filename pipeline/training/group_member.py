@@ -2,7 +2,7 @@
 
 Every epoch the group predicts the validation split once for all its members (logits (T, N, L));
 ``validation_pass`` turns them into each member's ``val_loss``, ``val_accuracy`` and monitored
-measure exactly as train-head's loop computes them (``training.head_fit._validate``), and each
+measure (as ``training.head_fit.evaluate_head`` computes them for one model), and each
 ``Member`` applies train-head's early-stopping rule (``training.early_stopping.EarlyStopping``) to
 the monitored column. ``finish`` makes the trial's record, ``TrialRun``, with the validation
 measures of its kept weights as train-head's metrics.json would hold them.
@@ -37,7 +37,10 @@ class TrialRun:
         seconds: this trial's share of the group's wall time.
         weights: the best epoch's Dense weights by layer name ("hidden", "logits").
         objective: the monitored value of the kept epoch: what Optuna is told.
-        logits: float32 (N_val, L), the kept weights' validation logits.
+        logits: float32 (N_val, L), the kept weights' validation logits (None without validation).
+        epoch_seconds: wall seconds of each epoch the trial ran (the group's, validation included).
+        note: why it stopped where it did, as train-head logs it: the early-stopping line, the
+            warning that no epoch was finite, or "" (its last epoch, or pruned).
     """
 
     history: dict[str, list[float]]
@@ -48,29 +51,39 @@ class TrialRun:
     weights: dict = field(default_factory=dict)
     objective: float = math.nan
     logits: np.ndarray | None = None
+    epoch_seconds: list[float] = field(default_factory=list)
+    note: str = ""
 
     @property
     def epochs_run(self) -> int:
-        return len(self.history["val_loss"])
+        return len(self.history["loss"])
 
 
 class Member:
     """One trial's history and early stopping: train-head's rule on the monitored column, the best
-    epoch's weights and validation logits kept."""
+    epoch's weights and validation logits kept.
 
-    def __init__(self, objective: Objective, patience: int) -> None:
-        self.stopping = EarlyStopping(objective.history_key, patience)
-        # train-head's history columns, in its order (head_fit.fit_head): "val_<measure>" last.
-        self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    Without a validation split (train-head on a cache that has none, diagnose's fold heads) early
+    stopping watches the training loss, and the history holds only "loss" and "accuracy".
+    """
+
+    def __init__(self, objective: Objective, patience: int, validation: bool = True) -> None:
+        self.stopping = EarlyStopping(objective.history_key if validation else "loss", patience)
+        # The history columns in train-head's order: "val_<measure>" last.
+        self.history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+        if validation:
+            self.history.update({"val_loss": [], "val_accuracy": []})
         self.history.setdefault(self.stopping.monitor, [])
-        self.best_weights: tuple[dict, np.ndarray] | None = None
+        self.best_weights: tuple[dict, np.ndarray | None] | None = None
         self.stopped: str | None = None
+        self.epoch_seconds: list[float] = []
+        self.never_finite = False
 
     @property
     def best_epoch(self) -> int:
         return self.stopping.best_epoch or 0
 
-    def record(self, train_means: np.ndarray, val: dict[str, float], val_logits: np.ndarray, epoch: int,
+    def record(self, train_means: np.ndarray, val: dict[str, float], val_logits: np.ndarray | None, epoch: int,
                weights: Callable[[], dict]) -> None:
         """Appends one epoch (training means (2,): loss, accuracy; ``val``: this member's validation
         columns) and applies train-head's early-stopping rule."""
@@ -83,13 +96,14 @@ class Member:
         elif self.stopping.exhausted:
             self.stopped = "early"
 
-    def finished(self, pruned: bool, last: bool, logits: np.ndarray, weights: Callable[[], dict]) -> bool:
+    def finished(self, pruned: bool, last: bool, logits: np.ndarray | None, weights: Callable[[], dict]) -> bool:
         """Whether the trial stops after this epoch (early stopping, the pruner, or its last epoch)."""
         if self.stopped is None and (pruned or last):
             self.stopped = "pruned" if pruned else "epochs"
         if self.stopped is not None and self.best_weights is None:
             # Never finite: keep the last weights, as train-head does.
-            self.stopping.best_epoch = len(self.history["val_loss"])
+            self.never_finite = True
+            self.stopping.best_epoch = len(self.history["loss"])
             self.stopping.best_value = self.history[self.stopping.monitor][-1]
             self.best_weights = (weights(), logits)
         return self.stopped is not None
@@ -127,18 +141,24 @@ def validation_pass(logits: np.ndarray, cache: SweepCache, objective: Objective)
 
 
 def finish(member: Member, cache: SweepCache, seconds: float) -> TrialRun:
-    """The trial's record: history, best epoch, and validation measures of its kept weights."""
+    """The trial's record: history, best epoch, and validation measures of its kept weights (none
+    without a validation split)."""
     from headstart.pipeline.report.split_measures import measure_splits
 
     weights, logits = member.best_weights
-    sections, _ = measure_splits({"validation": cache.labels["validation"]}, {"validation": logits},
-                                 cache.class_names, multi_label=cache.multi_label)
-    validation = sections["validation"]
-    # The float64 loss early stopping and the leaderboard saw for that epoch (the same to rounding).
-    validation["loss"] = member.history["val_loss"][member.best_epoch - 1]
+    validation: dict[str, Any] = {}
+    if logits is not None:
+        sections, _ = measure_splits({"validation": cache.labels["validation"]}, {"validation": logits},
+                                     cache.class_names, multi_label=cache.multi_label)
+        validation = sections["validation"]
+        # The float64 loss early stopping and the leaderboard saw for that epoch (the same to rounding).
+        validation["loss"] = member.history["val_loss"][member.best_epoch - 1]
+    note = (member.stopping.never_finite_message() if member.never_finite
+            else member.stopping.stop_message() if member.stopped == "early" else "")
     return TrialRun(history=member.history, best_epoch=member.best_epoch, stopped=member.stopped or "epochs",
                     validation=validation, seconds=seconds, weights=weights,
-                    objective=float(member.stopping.best_value), logits=logits)
+                    objective=float(member.stopping.best_value), logits=logits,
+                    epoch_seconds=list(member.epoch_seconds), note=note)
 
 
 __all__ = ["Member", "TrialRun", "finish", "validation_pass"]

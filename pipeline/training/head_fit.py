@@ -1,21 +1,23 @@
-"""``train-head``'s epoch loop: the head trained on planned batches of cached features.
+"""``train-head``'s fit: a one-trial group of the batched head trainer, or the Keras loop where that cannot run.
 
-Why a hand-written epoch loop rather than ``model.fit``: the batches must be exactly the same
-whether the features sit in memory or stream from HDF5, and for augmented caches each epoch draws
-one view per image from a seeded plan. Feeding ``train_on_batch`` from
-``headstart.pipeline.training.head_data`` keeps that in plain NumPy, with no generator adapter
-reordering or prefetching across epochs. Early stopping is the project's one rule
-(``headstart.pipeline.training.early_stopping``, Keras's ``EarlyStopping(restore_best_weights=True)``).
+One head trainer: on one device in float32, ``fit_head`` trains the head as a group of one trial of
+``headstart.pipeline.training.head_group.train_group``, the sweep's trainer, and takes the kept
+weights into the compiled model (``KeptHead.restore``); a sweep of one configuration and
+``train-head`` with it give the same weights bit for bit (tests/test_sweep_best.py). The batches
+are the seeded plan of ``headstart.pipeline.training.head_data`` whether the features sit in memory
+or stream from HDF5, the validation split is predicted a chunk at a time, and early stopping is the
+project's one rule (``headstart.pipeline.training.early_stopping``): the monitored column, or the
+training loss without a validation split (diagnose's fold heads).
 
-With more than one replica (``--strategy``, ``headstart.pipeline.distribute.strategy``) an epoch
-instead runs ``headstart.pipeline.distribute.loop.train_epoch`` over the same planned batches, split
-across the replicas (``train_on_batch`` would give each replica the whole batch), all epochs served
-from one distributed iterator; early stopping and the restored best weights stay in this loop.
+The narrow adapter kept: with more than one replica (``--strategy``) or under ``--mixed-precision``
+the batched step does not apply (its stacked variables are float32 and unreplicated), so an epoch
+runs ``headstart.pipeline.distribute.loop.train_epoch`` on the compiled model over the same planned
+batches (split across replicas), all epochs from one distributed iterator, with the same early
+stopping and restored best weights.
 
-``--class-weight`` arrives as per-row sample weights of the training split: ``train_on_batch``'s
-``sample_weight`` (the batch loss is Σ w·l / B, the accuracy stays unweighted), or a third element of
-the distributed batches. ``--monitor`` other than val_loss adds its validation measure, computed from
-the validation logits each epoch, to the history as ``val_<measure>``; early stopping watches it.
+``--class-weight`` arrives as per-row sample weights of the training split (the batch loss is
+Σ w·l / B, the accuracy stays unweighted). ``--monitor`` other than val_loss adds its validation
+measure to the history as ``val_<measure>``; early stopping watches it.
 """
 
 from __future__ import annotations
@@ -66,34 +68,98 @@ class KeptHead:
         """Sets ``model``'s Dense layers to the kept weights; returns the fit that made them."""
         for layer, weights in self.weights.items():
             model.get_layer(layer).set_weights(weights)
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            # Its slots as a trained model's: head.keras then loads without Keras's warning that
+            # the saved optimizer has fewer variables (the moments are zero: the trainer's are not kept).
+            optimizer.build(model.trainable_variables)
         return self.fit
 
 
 def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
              num_classes: int, log: Callable[[str], None], replicas: int = 1, callbacks: Sequence[Any] = (),
-             multi_label: bool = False, sample_weights: np.ndarray | None = None) -> HeadFit:
-    """The train-head epoch loop with early stopping (also the recipe of diagnose's fold heads).
+             multi_label: bool = False, sample_weights: np.ndarray | None = None,
+             initial_seed: int | None = None) -> HeadFit:
+    """Trains the head with early stopping (train-head, and diagnose's fold heads).
 
     Args:
-        model: a compiled head (``build_compiled_head``).
+        model: a compiled head (``build_compiled_head``); it holds the kept weights on return.
         train: the training rows; ``train_labels`` (N,) their int class indices, or (N, C)
             multi-hot rows for a multi-label head.
         val: (FeatureRows, labels) watched by early stopping, or None to watch the training loss.
             A multi-label head's early stopping watches validation mAP unless ``config.monitor``
             names another measure (``monitor.effective_monitor``).
-        config: a ``HeadConfig``: epochs (0: no maximum), batch size, patience, seed and monitor.
+        config: a ``HeadConfig``: the head's recipe, epochs (0: no maximum), batch size, patience,
+            seed (initial weights, batch plan, dropout) and monitor.
         num_classes: number of classes. log: receives one line per epoch.
         replicas: devices the batches are split over (1 without tf.distribute).
-        callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``); they get the hooks ``fit``
-            would call: train begin/end, epoch begin/end with the epoch's logs, train batch begin/end.
+        callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``): train begin/end and
+            epoch begin/end with the epoch's logs. Batch hooks are called only by the Keras loop
+            (the batched step is one compiled call per batch with no Keras model behind it).
         multi_label: the head is multi-label (sigmoid per class).
         sample_weights: float32 (N,), each training row's loss weight (``--class-weight``), or None.
+        initial_seed: the seed of the initial weights when not ``config.seed`` (diagnose's folds).
 
     Returns:
-        A HeadFit; the best epoch's weights are restored into ``model``.
+        A HeadFit; the best epoch's weights are in ``model``.
     """
     import keras
 
+    hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
+    hooks.on_train_begin()
+    if replicas > 1 or model.dtype_policy.compute_dtype != "float32":
+        fit = _keras_fit(model, train, train_labels, val, config=config, num_classes=num_classes, log=log,
+                         replicas=replicas, hooks=hooks, multi_label=multi_label, sample_weights=sample_weights)
+    else:
+        fit = _group_fit(model, train, train_labels, val, config=config, num_classes=num_classes, log=log,
+                         hooks=hooks, multi_label=multi_label, sample_weights=sample_weights,
+                         initial_seed=initial_seed)
+    hooks.on_train_end()
+    return fit
+
+
+def _group_fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
+               num_classes: int, log: Callable[[str], None], hooks: Any, multi_label: bool,
+               sample_weights: np.ndarray | None, initial_seed: int | None) -> HeadFit:
+    """The head trained as a one-trial group of the sweep's batched trainer, its kept weights put in ``model``."""
+    from headstart.pipeline.model.head import adapt_head
+    from headstart.pipeline.training.head_group import train_group
+    from headstart.pipeline.training.head_params import SweepCache, TrialParams
+
+    rows, labels = {"train": train}, {"train": np.asarray(train_labels)}
+    if val is not None:
+        rows["validation"], labels["validation"] = val[0], np.asarray(val[1])
+    # The class names only label the trial's own validation record, which the caller measures again.
+    cache = SweepCache(name="train-head", path="", rows=rows, labels=labels,
+                       class_names=[str(k) for k in range(num_classes)], feature_shape=tuple(train.feature_shape),
+                       views=0, multi_label=multi_label)
+
+    def on_log(epoch: int, logs: dict[int, dict[str, float]], seconds: float) -> None:
+        hooks.on_epoch_begin(epoch - 1)
+        hooks.on_epoch_end(epoch - 1, dict(logs[0]))
+        log(_epoch_line(epoch, config.epochs, logs[0], seconds))
+        check_finite_losses("train-head", epoch, logs[0])
+
+    monitor = getattr(config, "monitor", "val_loss")
+    # views=False: ``train`` already holds the rows to train on, augmented views or not.
+    (run,) = train_group(cache, [TrialParams.from_head_config(config, cache.name, views=False)], seed=config.seed,
+                         epochs=config.epochs, patience=config.patience, monitor=monitor,
+                         sample_weights=sample_weights, on_log=on_log,
+                         jit_compile=bool(getattr(config, "jit_compile", False))
+                         and not getattr(config, "deterministic", False),
+                         trial_seeds=None if initial_seed is None else [initial_seed])
+    if run.note:
+        log(run.note)
+    # The group standardised with the statistics of these rows: the model's layer takes the same.
+    adapt_head(model, (x for x, _ in train.eval_batches(4096)))
+    watched = history_key(effective_monitor(monitor, multi_label), True) if val is not None else "loss"
+    return KeptHead(run.weights, HeadFit(run.history, run.best_epoch, run.epoch_seconds, watched)).restore(model)
+
+
+def _keras_fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
+               num_classes: int, log: Callable[[str], None], replicas: int, hooks: Any, multi_label: bool,
+               sample_weights: np.ndarray | None) -> HeadFit:
+    """The compiled model trained by ``distribute.loop.train_epoch`` (several replicas, or mixed precision)."""
     from headstart.pipeline.model.head import head_labels
 
     targets = head_labels(train_labels, num_classes, multi_label)
@@ -102,17 +168,12 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     if val is not None:
         history.update({"val_loss": [], "val_accuracy": [], stopping.monitor: []})
-    hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
     best_weights, seconds = None, []
-    feed = (_distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size, sample_weights)
-            if replicas > 1 else None)
-    hooks.on_train_begin()
+    feed = _distributed_feed(model, train, targets, config.seed, config.epochs, config.batch_size, sample_weights)
     for epoch in range(epoch_limit(config.epochs)):
         start = time.perf_counter()
         hooks.on_epoch_begin(epoch)
-        logs = _train_epoch(model, feed, train, targets, seed=config.seed, epoch=epoch,
-                            batch_size=config.batch_size, num_classes=num_classes, hooks=hooks,
-                            sample_weights=sample_weights)
+        logs = _train_epoch(model, feed, num_classes)
         if val is not None:
             logs.update(_validate(model, val, monitor, num_classes=num_classes, batch_size=config.batch_size,
                                   replicas=replicas, multi_label=multi_label))
@@ -122,7 +183,6 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
         elif stopping.exhausted:
             log(stopping.stop_message())
             break
-    hooks.on_train_end()
     if best_weights is None:
         # Every epoch diverged (NaN/inf); keep the last weights and say so rather than hide it.
         log(stopping.never_finite_message())
@@ -137,9 +197,10 @@ def _end_epoch(epoch: int, epochs: int, logs: dict, history: dict, start: float,
     for key, value in logs.items():
         history[key].append(value)
     seconds = time.perf_counter() - start
-    hooks.on_epoch_end(epoch, {key: values[-1] for key, values in history.items()})
-    log(_epoch_line(epoch + 1, epochs, history, seconds))
-    check_finite_losses("train-head", epoch + 1, {k: v[-1] for k, v in history.items()})
+    row = {key: values[-1] for key, values in history.items()}
+    hooks.on_epoch_end(epoch, row)
+    log(_epoch_line(epoch + 1, epochs, row, seconds))
+    check_finite_losses("train-head", epoch + 1, row)
     return seconds
 
 
@@ -177,25 +238,12 @@ def evaluate_head(model: Any, rows: FeatureRows, labels: np.ndarray, *, num_clas
     return loss, accuracy, logits
 
 
-def _train_epoch(model: Any, feed: Any, train: FeatureRows, targets: np.ndarray, *, seed: int, epoch: int,
-                 batch_size: int, num_classes: int, hooks: Any,
-                 sample_weights: np.ndarray | None = None) -> dict[str, float]:
-    """One epoch over the planned batches; returns its mean "loss" and "accuracy"."""
-    if feed is not None:
-        from headstart.pipeline.distribute.loop import train_epoch
+def _train_epoch(model: Any, feed: Any, num_classes: int) -> dict[str, float]:
+    """One epoch over the planned batches of ``feed``; returns its mean "loss" and "accuracy"."""
+    from headstart.pipeline.distribute.loop import train_epoch
 
-        logs = train_epoch(model, feed, num_classes)
-        return {"loss": logs["loss"], "accuracy": logs["accuracy"]}
-    loss_sum = acc_sum = 0.0
-    for step, (x, rows) in enumerate(train.train_batches(train.plan(seed, epoch), batch_size)):
-        hooks.on_train_batch_begin(step)
-        weights = None if sample_weights is None else sample_weights[rows]
-        logs = model.train_on_batch(x, targets[rows], sample_weight=weights, return_dict=True)
-        hooks.on_train_batch_end(step, logs)
-        # train_on_batch resets metrics per call; weight by batch size as fit's running means do.
-        loss_sum += float(logs["loss"]) * len(rows)
-        acc_sum += float(logs["accuracy"]) * len(rows)
-    return {"loss": loss_sum / train.n, "accuracy": acc_sum / train.n}
+    logs = train_epoch(model, feed, num_classes)
+    return {"loss": logs["loss"], "accuracy": logs["accuracy"]}
 
 
 def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed: int, epochs: int,
@@ -221,10 +269,9 @@ def _distributed_feed(model: Any, train: FeatureRows, targets: np.ndarray, seed:
     return EpochFeed(model.distribute_strategy, data, steps=steps, repeat=False)
 
 
-def _epoch_line(epoch: int, epochs: int, history: dict, seconds: float) -> str:
+def _epoch_line(epoch: int, epochs: int, row: dict[str, float], seconds: float) -> str:
+    """"epoch 3/20  loss 0.4  accuracy 0.9  val_loss …  0.12 s": one epoch's history row."""
     parts = [f"epoch {epoch}/{epochs}" if epochs > 0 else f"epoch {epoch}"]  # 0: no maximum
-    for key in history:
-        if history[key]:
-            parts.append(f"{key} {history[key][-1]:.4f}")
+    parts += [f"{key} {value:.4f}" for key, value in row.items()]
     parts.append(f"{seconds:.2f} s")
     return "  ".join(parts)

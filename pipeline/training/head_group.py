@@ -7,16 +7,18 @@ architecture (``headstart.pipeline.training.head_stack``), each on a trial axis 
 step is traced once per cache for the whole sweep: a group is loaded into the stacks, a trial
 that stops leaves them by a gather, and nothing is traced again.
 
-What each trial computes is what ``train-head`` computes for the same configuration: initial
-weights drawn by ``build_head`` after ``keras.utils.set_random_seed(seed)``, the head's own pooling
-and normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas
-(softmax, one sigmoid logit for two classes, or one per class for a multi-label cache; each
-row's loss times its ``--class-weight`` weight), the batch plan of ``FeatureRows.plan``, and
-train-head's early stopping per trial on the ``--monitor`` column (``training.group_member``). Only the
-dropout masks come from another random stream (one draw per step shared by the group: see
-``HeadStack.logits``); without dropout a trial matches train-head to float rounding
-(tests/test_sweep.py states the tolerance). A stopped or pruned trial is reported at once with
-its best epoch's weights.
+This is the one head trainer: ``train-head`` (and diagnose's fold heads) train as a group of one
+trial (``training.head_fit.fit_head``), so a one-configuration sweep and train-head give the same
+weights bit for bit. Each trial computes what train-head's recipe says: initial weights drawn by
+``build_head`` after ``keras.utils.set_random_seed(seed)``, the head's own pooling and
+normalisation layers, Keras's Adam and decoupled weight decay formulas, Keras's loss formulas
+(softmax, one sigmoid logit for two classes, or one per class for a multi-label cache; each row's
+loss times its ``--class-weight`` weight), the batch plan of ``FeatureRows.plan``, and early
+stopping per trial on the ``--monitor`` column, or on the training loss without a validation split
+(``training.group_member``). Dropout masks come from one stateless draw per step shared by the group
+(see ``HeadStack.logits``). A trial among others differs from the same trial alone by float
+rounding only (the stacked sums run over a longer trial axis; tests/test_sweep.py states the
+tolerance). A stopped or pruned trial is reported at once with its best epoch's weights.
 """
 
 from __future__ import annotations
@@ -182,15 +184,26 @@ class BatchedHeads:
         raise IndexError(position)
 
 
+#: Bytes of validation features predicted at once: the streamed loader's split never sits in memory whole.
+VALIDATION_CHUNK_BYTES = 64 << 20
+
+#: ``on_log(epoch (1-based), {index: that epoch's history row}, seconds of the epoch)``.
+EpochLog = Callable[[int, dict[int, dict[str, float]], float], None]
+
+
 def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, epochs: int, patience: int,
                 monitor: str = "val_loss", sample_weights: np.ndarray | None = None,
                 on_epoch: Callable[[int, dict[int, float]], set[int]] | None = None,
                 on_done: Callable[[int, TrialRun], None] | None = None, jit_compile: bool = False,
-                heads: BatchedHeads | None = None, trial_seeds: Sequence[int] | None = None) -> list[TrialRun]:
+                heads: BatchedHeads | None = None, trial_seeds: Sequence[int] | None = None,
+                on_log: EpochLog | None = None) -> list[TrialRun]:
     """Trains ``trials`` together; all must share ``batch_size`` and ``views`` (one batch plan).
 
+    ``train-head`` is a group of one trial (``stages.head_training``); a sweep's groups hold many.
+
     Args:
-        cache: the cache the trials train on (single- or multi-label).
+        cache: the cache the trials train on (single- or multi-label). Without a "validation"
+            split in ``cache.rows`` early stopping watches the training loss (``monitor`` unused).
         trials: the group's parameters.
         seed: the sweep's seed: every head starts as ``train-head --seed seed`` would.
         epochs: most epochs per trial; 0: until early stopping (``early_stopping.epoch_limit``).
@@ -205,6 +218,8 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
         heads: the sweep's BatchedHeads for this cache (its traces serve every group); None
             makes one for this group.
         trial_seeds: each trial's initial-weights seed (``train-head --seed``; None: ``seed``); batches, dropout: ``seed``.
+        on_log: called once per epoch, before early stopping decides, with every training trial's
+            history row (train-head's epoch line and its callbacks' epoch end); it may raise to stop.
 
     Returns:
         One TrialRun per trial, in order.
@@ -215,26 +230,20 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     start = time.perf_counter()
     group = heads or BatchedHeads(cache, seed, jit_compile)
     group.load(trials, trial_seeds)
-    members = [Member(objective, patience) for _ in trials]
-    train, targets, weights, val_x = _group_data(cache, trials[0].views, sample_weights)
+    members = [Member(objective, patience, validation="validation" in cache.rows) for _ in trials]
+    train, targets, weights = _group_data(cache, trials[0].views, sample_weights)
     runs: list[TrialRun | None] = [None] * len(members)
     limit = epoch_limit(epochs)
     for epoch in range(limit):
         active = {i for i in group.order if members[i].stopped is None}
         if len(active) < len(group.order):
             group.keep(active)  # finished trials leave the stacks: a gather, no new trace
-        sums = _train_epoch(group, train, targets, weights, seed, epoch, trials[0].batch_size)
-        logits = group.predict(val_x).numpy()
-        val = validation_pass(logits, cache, objective)
-        measured = {}
-        for position, i in enumerate(group.order):
-            if members[i].stopped is None:
-                members[i].record(sums[:, position] / train.n, {k: v[position] for k, v in val.items()},
-                                  logits[position], epoch + 1, lambda p=position: group.weights_at(p))
-                measured[i] = float(val[objective.history_key][position])
+        logits, measured = _run_epoch(group, members, cache, objective, train, targets, weights,
+                                      seed=seed, epoch=epoch, batch_size=trials[0].batch_size, on_log=on_log)
         pruned = on_epoch(epoch + 1, measured) if on_epoch is not None else set()
         for position, i in enumerate(group.order):
-            if i in measured and members[i].finished(i in pruned, epoch + 1 == limit, logits[position],
+            kept = None if logits is None else logits[position]
+            if i in measured and members[i].finished(i in pruned, epoch + 1 == limit, kept,
                                                      lambda p=position: group.weights_at(p)):
                 runs[i] = finish(members[i], cache, (time.perf_counter() - start) / len(members))
                 if on_done is not None:
@@ -244,16 +253,52 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     return runs  # type: ignore[return-value]
 
 
+def _run_epoch(group: BatchedHeads, members: list[Member], cache: SweepCache, objective: Any, train: Any,
+               targets: np.ndarray, weights: np.ndarray, *, seed: int, epoch: int, batch_size: int,
+               on_log: EpochLog | None) -> tuple[np.ndarray | None, dict[int, float]]:
+    """One epoch of the stacked members: train, validate, record each member's row.
+
+    Returns:
+        The validation logits (T, N_val, L) (None without validation), and {index: monitored value}
+        of the members still training.
+    """
+    start = time.perf_counter()
+    sums = _train_epoch(group, train, targets, weights, seed, epoch, batch_size)
+    logits = _predict_validation(group, cache.rows.get("validation"))
+    val = {} if logits is None else validation_pass(logits, cache, objective)
+    seconds = time.perf_counter() - start
+    measured, rows = {}, {}
+    for position, i in enumerate(group.order):
+        member = members[i]
+        if member.stopped is None:
+            member.record(sums[:, position] / train.n, {k: v[position] for k, v in val.items()},
+                          None if logits is None else logits[position], epoch + 1,
+                          lambda p=position: group.weights_at(p))
+            member.epoch_seconds.append(seconds)
+            measured[i] = member.history[member.stopping.monitor][-1]
+            rows[i] = {key: values[-1] for key, values in member.history.items()}
+    if on_log is not None:
+        on_log(epoch + 1, rows, seconds)
+    return logits, measured
+
+
+def _predict_validation(group: BatchedHeads, rows: Any) -> np.ndarray | None:
+    """Every member's validation logits (T, N_val, L), predicted a chunk of rows at a time; None
+    without a validation split."""
+    if rows is None:
+        return None
+    chunk = max(1, VALIDATION_CHUNK_BYTES // max(1, rows.row_bytes))
+    return np.concatenate([group.predict(x).numpy() for x, _ in rows.eval_batches(chunk)], axis=1)
+
+
 def _group_data(cache: SweepCache, views: bool, sample_weights: np.ndarray | None) -> tuple[Any, ...]:
-    """The group's training rows, their targets (``head_labels``' form, float32) and loss weights
-    (N,), and the validation features (N_val, *feature_shape)."""
+    """The group's training rows, their targets (``head_labels``' form, float32) and loss weights (N,)."""
     from headstart.pipeline.model.head import head_labels
 
     targets = head_labels(cache.labels["train"], len(cache.class_names), cache.multi_label).astype(np.float32)
     # Unweighted rows weigh 1: w · l is then l exactly, the loss train-head computes without weights.
     weights = np.ones(len(targets), np.float32) if sample_weights is None else sample_weights.astype(np.float32)
-    val_x = np.concatenate([x for x, _ in cache.rows["validation"].eval_batches(1 << 16)])
-    return cache.train_rows(views), targets, weights, val_x
+    return cache.train_rows(views), targets, weights
 
 
 def _train_epoch(group: BatchedHeads, train: Any, targets: np.ndarray, weights: np.ndarray, seed: int, epoch: int,
