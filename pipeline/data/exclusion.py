@@ -25,7 +25,7 @@ from headstart.pipeline.errors import DataError, OptionError
 if TYPE_CHECKING:
     import h5py
     import tensorflow as tf
-    
+
     from headstart.features.cache import SplitData
     from headstart.pipeline.data.source import Source
 

@@ -21,7 +21,7 @@ from headstart.pipeline.errors import ParityError, RunDirError
 
 if TYPE_CHECKING:
     import keras
-    
+
     from headstart.pipeline.data.source import Source
 
 #: Relative tolerance of the parity check per cache dtype, scaled by max(1, |largest logit|): float16
