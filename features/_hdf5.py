@@ -246,12 +246,12 @@ def first_difference(old: Any, new: Any, prefix: str = "") -> tuple[str, str, st
     return None
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _as_str(value: Any) -> str | None:
+def _as_str(value: object) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if value is None or isinstance(value, str):

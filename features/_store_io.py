@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 
 from headstart.features.registry import DTYPES
 from headstart.features._hdf5 import (FORMAT, FORMAT_VERSION, MULTI_LABEL, SINGLE_LABEL,
@@ -152,7 +153,7 @@ def remove_quietly(path: str) -> None:
         pass
 
 
-def as_rows(array: Any, shape: tuple[int, ...], dtype: str, what: str) -> np.ndarray:
+def as_rows(array: npt.ArrayLike, shape: tuple[int, ...], dtype: str, what: str) -> np.ndarray:
     """``array`` as ``dtype`` after checking it has exactly ``shape``; ValueError otherwise."""
     rows = np.asarray(array)
     if rows.shape != shape:
@@ -161,7 +162,7 @@ def as_rows(array: Any, shape: tuple[int, ...], dtype: str, what: str) -> np.nda
         return rows.astype(dtype, copy=False)
 
 
-def check_finite(given: Any, stored: np.ndarray, keys: Sequence[str], what: str) -> None:
+def check_finite(given: npt.ArrayLike, stored: np.ndarray, keys: Sequence[str], what: str) -> None:
     """Refuses rows holding inf or NaN, naming the first image's key; nothing is written.
 
     Refused rather than stored: a non-finite feature makes every head trained on the cache NaN,
@@ -251,7 +252,7 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def create_rows(group: h5py.Group, name: str, row_shape: Sequence[int], dtype: Any,
+def create_rows(group: h5py.Group, name: str, row_shape: Sequence[int], dtype: npt.DTypeLike,
                 chunk: int) -> h5py.Dataset:
     """An empty resizable dataset of rows (0, *row_shape), chunked ``chunk`` rows at a time.
 
@@ -323,7 +324,7 @@ def label_row_shape(task: str, num_classes: int) -> tuple[int, ...]:
     return (int(num_classes),) if task == MULTI_LABEL else ()
 
 
-def as_labels(labels: Any, n: int, num_classes: int, multi_label: bool) -> np.ndarray:
+def as_labels(labels: npt.ArrayLike, n: int, num_classes: int, multi_label: bool) -> np.ndarray:
     """Checks one batch of labels; returns them as stored (int64 (n,) or uint8 (n, C)).
 
     Raises:

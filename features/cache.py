@@ -14,6 +14,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 
 from headstart.features._hdf5 import (
     FORMAT_VERSION,
@@ -118,7 +119,7 @@ class CheckedDataset(h5py.Dataset):
         super().__init__(dataset.id)
         self._cache_path = path
 
-    def __getitem__(self, args: Any, new_dtype: Any = None) -> np.ndarray:
+    def __getitem__(self, args: Any, new_dtype: npt.DTypeLike | None = None) -> np.ndarray:
         try:
             return super().__getitem__(args, new_dtype=new_dtype)
         except OSError as exc:

@@ -124,7 +124,7 @@ class ChainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, *, where: str = "chain") -> "ChainConfig":
+    def from_dict(cls, data: object, *, where: str = "chain") -> "ChainConfig":
         """The chain ``to_dict`` wrote, every field checked.
 
         Args:
@@ -160,7 +160,7 @@ class ChainConfig:
 class _Reader:
     """Reads dotted fields of one dict; a missing or wrong one is a ``ChainConfigError``."""
 
-    def __init__(self, data: Any, where: str):
+    def __init__(self, data: object, where: str):
         self.data, self.where = data, where
         if not isinstance(data, Mapping):
             raise ChainConfigError(f"{where} is damaged: not a table", field="", expected="a table", found=data)
@@ -178,23 +178,23 @@ class _Reader:
         return value
 
 
-def _is_text(v: Any) -> bool:
+def _is_text(v: object) -> bool:
     return isinstance(v, str) and bool(v)
 
 
-def _is_text_or_none(v: Any) -> bool:
+def _is_text_or_none(v: object) -> bool:
     return v is None or _is_text(v)
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _is_number_or_none(v: Any) -> bool:
+def _is_number_or_none(v: object) -> bool:
     return v is None or _is_number(v)
 
 
-def _is_count(v: Any) -> bool:
+def _is_count(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
 
 
@@ -202,13 +202,13 @@ def _is_fraction(v: Any) -> bool:
     return _is_number(v) and 0 <= v < 1
 
 
-def _is_names(v: Any) -> bool:
+def _is_names(v: object) -> bool:
     return isinstance(v, list) and len(v) >= 1 and all(isinstance(n, str) for n in v)
 
 
-def _is_numbers(v: Any) -> bool:
+def _is_numbers(v: object) -> bool:
     return isinstance(v, list) and len(v) >= 1 and all(_is_number(t) for t in v)
 
 
-def _is_table(v: Any, names: Sequence[str]) -> bool:
+def _is_table(v: object, names: Sequence[str]) -> bool:
     return isinstance(v, Mapping) and set(v) == set(names) and all(_is_number(t) for t in v.values())

@@ -28,7 +28,7 @@ PREFIX = "hub:"
 HUB_WEIGHTS = ("preset", "none")
 
 
-def is_hub(name: Any) -> bool:
+def is_hub(name: object) -> bool:
     """Whether a --backbone value names a KerasHub preset."""
     return isinstance(name, str) and name.startswith(PREFIX) and len(name) > len(PREFIX)
 

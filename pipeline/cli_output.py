@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 
-def echo(message: Any = "", err: bool = False) -> None:
+def echo(message: object = "", err: bool = False) -> None:
     """Prints one message (any number of lines), control characters escaped."""
     from headstart.pipeline.report.printable import printable_lines
 

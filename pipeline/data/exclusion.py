@@ -14,13 +14,20 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TYPE_CHECKING
 
 import numpy as np
 
 from headstart.features.regular_file import not_regular_reason, open_regular
 from headstart.features.errors import Arg, Part
 from headstart.pipeline.errors import DataError, OptionError
+
+if TYPE_CHECKING:
+    import h5py
+    import tensorflow as tf
+
+    from headstart.features.cache import SplitData
+    from headstart.pipeline.data.source import Source
 
 #: Splits --exclude removes keys from.
 TRAINING_SPLITS = ("train", "validation")
@@ -128,7 +135,7 @@ class SubsetSplit:
         keep: bool (N,) rows that stay.
     """
 
-    def __init__(self, split: Any, keep: np.ndarray) -> None:
+    def __init__(self, split: SplitData | SubsetSplit, keep: np.ndarray) -> None:
         self.name = split.name
         rows = np.flatnonzero(keep)
         self.labels = np.asarray(split.labels)[rows]
@@ -148,7 +155,7 @@ class _RowSubset:
     slower per row, see head_data).
     """
 
-    def __init__(self, data: Any, rows: np.ndarray) -> None:
+    def __init__(self, data: h5py.Dataset | _RowSubset, rows: np.ndarray) -> None:
         self._data, self._rows = data, rows
         self.shape = (len(rows), *data.shape[1:])
         self.dtype = data.dtype
@@ -172,11 +179,11 @@ class ExcludingSource:
     """A data source (``headstart.pipeline.data.sources``) whose train and validation splits lack the
     excluded keys; everything else is the wrapped source's. Used by finetune, which reads images."""
 
-    def __init__(self, source: Any, exclusion: Exclusion, dropped: dict[str, frozenset]) -> None:
+    def __init__(self, source: Source, exclusion: Exclusion, dropped: dict[str, frozenset]) -> None:
         self._source, self.exclusion, self._dropped = source, exclusion, dropped
 
     @classmethod
-    def wrap(cls, source: Any, path: str, *, data: str) -> "ExcludingSource":
+    def wrap(cls, source: Source, path: str, *, data: str) -> "ExcludingSource":
         """Resolves ``path`` against the source's keys (DataError for keys it does not have)."""
         keys = {split: source.keys(split) for split in source.split_names}
         exclusion = resolve_exclusion(path, keys, data=data)
@@ -197,7 +204,7 @@ class ExcludingSource:
         dropped = self._dropped.get(split, frozenset())
         return [k for k in self._source.keys(split) if k not in dropped]
 
-    def dataset(self, split: str, image_size: int, **kwargs: Any) -> Any:
+    def dataset(self, split: str, image_size: int, **kwargs: Any) -> tf.data.Dataset:
         ds = self._source.dataset(split, image_size, **kwargs)
         dropped = self._dropped.get(split)
         if not dropped:

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
 from headstart.features.errors import Arg, StoreConfigMismatch, StoreError
 
+if TYPE_CHECKING:
+    from headstart.pipeline.data.label_source import LabelFileSource
+    from headstart.pipeline.data.source import Source
 
-def explain_label_change(error: StoreConfigMismatch, source: Any, out: str | os.PathLike) -> StoreConfigMismatch:
+
+def explain_label_change(error: StoreConfigMismatch, source: Source, out: str | os.PathLike) -> StoreConfigMismatch:
     """``error`` reworded when what differs is the label file's content (its sha256) or the folder's
     listing (``listing_digest``); else ``error``."""
     if error.field == "source.listing_sha256" and getattr(source, "kind", None) == "dir":
@@ -38,7 +42,7 @@ def explain_label_change(error: StoreConfigMismatch, source: Any, out: str | os.
                                " to replace it", field=error.field)
 
 
-def _folder_change(error: StoreConfigMismatch, source: Any, out: str | os.PathLike) -> StoreConfigMismatch:
+def _folder_change(error: StoreConfigMismatch, source: Source, out: str | os.PathLike) -> StoreConfigMismatch:
     """"the folder changed since …": files added, removed, moved to another class or rewritten."""
     where = f"the interrupted run {out}.partial started" if error.partial else f"{out} was written"
     if "=<absent>;" in str(error):  # a cache from before listings were recorded: no way to tell
@@ -50,7 +54,7 @@ def _folder_change(error: StoreConfigMismatch, source: Any, out: str | os.PathLi
                                field=error.field, partial=error.partial)
 
 
-def changed_rows(source: Any, cache_path: str | os.PathLike) -> int | None:
+def changed_rows(source: LabelFileSource, cache_path: str | os.PathLike) -> int | None:
     """Rows whose split or labels differ between ``source`` (a ``LabelFileSource``) and the cache; None
     when the cache cannot be read."""
     from headstart.features.cache import open_cache

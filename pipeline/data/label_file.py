@@ -245,7 +245,7 @@ class _Parsed:
     missing: str | None      # why its file cannot be read: "missing file", "not a regular file (…)"
 
 
-def _parse_row(record: Any, table: LabelTable, split_col: str | None, where: str) -> _Parsed:
+def _parse_row(record: dict[str, Any] | str, table: LabelTable, split_col: str | None, where: str) -> _Parsed:
     if isinstance(record, str):
         return _Parsed(None, (), None, record, "missing file")
     split, reason = _row_split(record, split_col)
@@ -256,7 +256,7 @@ def _parse_row(record: Any, table: LabelTable, split_col: str | None, where: str
     return _Parsed(key, labels, split, reason or label_reason, missing)
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     if value is None or isinstance(value, bool):
         return ""
     return str(value).strip()
@@ -272,7 +272,7 @@ def _row_split(record: dict, split_col: str | None) -> tuple[str | None, str | N
     return None, f"{shown} (expected {', '.join(SPLIT_FOLDERS)})"
 
 
-def _row_labels(value: Any, table: LabelTable) -> tuple[tuple[str, ...], str | None]:
+def _row_labels(value: object, table: LabelTable) -> tuple[tuple[str, ...], str | None]:
     if isinstance(value, list):
         names = [_text(v) for v in value]
     elif table.multi_label:

@@ -12,7 +12,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from headstart.pipeline.data.source_spec import SourceSpec
 
 
 def listing_digest(root: Path, items: Mapping[str, Sequence[tuple[str, Any]]]) -> str:
@@ -41,7 +44,7 @@ def listing_digest(root: Path, items: Mapping[str, Sequence[tuple[str, Any]]]) -
     return digest.hexdigest()
 
 
-def source_digest(spec: Any) -> str | None:
+def source_digest(spec: SourceSpec) -> str | None:
     """The content key of a ``SourceSpec``'s files: a folder's listing, a label file's sha256, None for
     a TFDS dataset or a source that cannot be read (the stage reading it then says why in one line)."""
     from headstart.pipeline.errors import HeadstartError

@@ -172,7 +172,7 @@ class SourceSpec:
                 **label_keys}
 
     @classmethod
-    def from_config(cls, config: Any, *, source: str | None = None) -> SourceSpec:
+    def from_config(cls, config: ExtractConfig, *, source: str | None = None) -> SourceSpec:
         """The spec of a stage config (``ExtractConfig``; others lack the fractions: defaults).
 
         Args:

@@ -15,9 +15,12 @@ cannot send T to zero) with ``scipy.optimize.minimize_scalar``. Keras is importe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 #: The name of the temperature layer in the chain (``headstart.features.chain.build_chain``).
 TEMPERATURE_LAYER = "temperature"
@@ -100,7 +103,7 @@ def temperature_layer(temperature: list[float]) -> Any:
                                   dtype="float32")
 
 
-def model_temperature(model: Any) -> list[float] | None:
+def model_temperature(model: keras.Model) -> list[float] | None:
     """The temperature(s) a model carries (its "temperature" layer), or None when uncalibrated."""
     layer = next((layer for layer in model.layers if layer.name == TEMPERATURE_LAYER), None)
     if layer is None:
@@ -109,7 +112,7 @@ def model_temperature(model: Any) -> list[float] | None:
     return [1.0 / float(s) for s in np.atleast_1d(np.asarray(scale, dtype=np.float64))]
 
 
-def with_temperature(model: Any, temperature: list[float]) -> Any:
+def with_temperature(model: keras.Model, temperature: list[float]) -> keras.Model:
     """The same chain (every layer shared, the augmentation kept) ending in a temperature layer.
 
     Args:

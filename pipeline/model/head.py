@@ -24,13 +24,16 @@ end-to-end model keep emitting logits (what the losses expect) while reports sho
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TYPE_CHECKING
 
 import keras
 import numpy as np
 
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.checks import check_value
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def num_logits(num_classes: int, multi_label: bool = False) -> int:
@@ -159,7 +162,7 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         self.num_classes, self.label_smoothing = int(num_classes), float(label_smoothing)
 
-    def call(self, y_true: Any, y_pred: Any) -> Any:
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), self.num_classes)
         return keras.losses.categorical_crossentropy(one_hot, y_pred, from_logits=True,
                                                      label_smoothing=self.label_smoothing)
@@ -268,7 +271,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def logits_to_probabilities(logits: Any, num_classes: int, multi_label: bool = False) -> np.ndarray:
+def logits_to_probabilities(logits: np.ndarray | tf.Tensor, num_classes: int, multi_label: bool = False) -> np.ndarray:
     """Turns head logits into class probabilities.
 
     Args:
@@ -292,7 +295,7 @@ def logits_to_probabilities(logits: Any, num_classes: int, multi_label: bool = F
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_classes(logits: Any, num_classes: int, multi_label: bool = False,
+def predict_classes(logits: np.ndarray | tf.Tensor, num_classes: int, multi_label: bool = False,
                     thresholds: Sequence[float] | None = None) -> np.ndarray:
     """Returns the predicted class index per row, int64 (N,); multi-label: the label sets, (N, C).
 

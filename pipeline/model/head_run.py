@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from headstart.features.chain_config import ChainConfig
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import RunDirError
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass
@@ -37,7 +40,7 @@ class HeadRunModel:
 
 
 def rebuild_head_chain(chain: ChainConfig, head_file: str | os.PathLike | None, *,
-                       augmentation: Any = None) -> HeadRunModel:
+                       augmentation: keras.layers.Layer | None = None) -> HeadRunModel:
     """Builds a chain from its ``ChainConfig``: backbone, preprocessing, pooling, and the head on top.
 
     The one rebuild of a described chain: a head run's (``RunDir.rebuild``, so finetune, the audit and
@@ -71,7 +74,7 @@ def rebuild_head_chain(chain: ChainConfig, head_file: str | os.PathLike | None, 
     return HeadRunModel(model=model, head=head, info=info)
 
 
-def load_head_weights(head: Any, path: str | os.PathLike) -> None:
+def load_head_weights(head: keras.Model, path: str | os.PathLike) -> None:
     """Copies the weights of a saved head (``head.keras``, loaded in safe mode) into ``head``.
 
     Raises:

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.errors import ParityError, RunDirError
+
+if TYPE_CHECKING:
+    import keras
+
+    from headstart.pipeline.data.source import Source
 
 #: Relative tolerance of the parity check per cache dtype, scaled by max(1, |largest logit|): float16
 #: keeps 11 significant bits (~5e-4 per feature), float32 differs only by summation order.
@@ -49,8 +54,8 @@ class ParityResult:
         return dataclasses.asdict(self)
 
 
-def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, batch_size: int = 32,
-                 reference: Any = None, field: str = "features") -> ParityResult:
+def check_parity(model: keras.Model, cache_info: dict, source: Source, *, samples: int, batch_size: int = 32,
+                 reference: keras.layers.Layer | None = None, field: str = "features") -> ParityResult:
     """Compares the model's inference logits with ``head(cached features)`` on the same images.
 
     Takes the first ``samples`` good images of the validation split (else test, else train) in
@@ -93,7 +98,7 @@ def check_parity(model: Any, cache_info: dict, source: Any, *, samples: int, bat
                         dtype=dtype, worst_key=keys[worst])
 
 
-def _sample(model: Any, info: dict, source: Any, samples: int,
+def _sample(model: keras.Model, info: dict, source: Source, samples: int,
             field: str = "features") -> tuple[str, list, list, np.ndarray, str]:
     """(split, keys, raw images, their cached rows of ``field`` as float32, those rows' dtype) to compare."""
     from headstart.features.errors import StoreError
@@ -126,7 +131,7 @@ def _sample(model: Any, info: dict, source: Any, samples: int,
         return split, keys, images, features, str(stored.dtype)
 
 
-def _first_cached_images(source: Any, split: str, size: int, index: dict, samples: int) -> tuple[list, list]:
+def _first_cached_images(source: Source, split: str, size: int, index: dict, samples: int) -> tuple[list, list]:
     # Up to 4× as many images are looked at: some may be bad files, or not in a partial cache.
     import tensorflow as tf
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class Bounds:
     high_open: bool = False
     expected: str | None = None
 
-    def problem(self, value: Any) -> str | None:
+    def problem(self, value: object) -> str | None:
         """What the value should be, when it is out of range (or not finite); else None."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None  # types are the config reader's business

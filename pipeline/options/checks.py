@@ -44,7 +44,7 @@ def check_value(section: str, name: str, value: Any, *, label: str | Arg | None 
         raise OptionError(label, f" must be {problem}, got {value}", field=name, value=value, rule=f"must be {problem}")
 
 
-def check_config(section: str, config: Any, *, label: Callable[[str], Part] | None = None) -> None:
+def check_config(section: str, config: object, *, label: Callable[[str], Part] | None = None) -> None:
     """Checks a section's config against the table: its input given, required options given, every
     value within its choices and range. The one check of option values, for flags, ``--config``
     files and the Python API alike; it needs no TensorFlow.

@@ -88,7 +88,7 @@ def record_with_chain(kind: str, record: Mapping[str, Any]) -> tuple[dict, dict 
     return {**record, CHAIN_KEY: chain}, chain
 
 
-def head_from_record(head: Any) -> ChainHead:
+def head_from_record(head: object) -> ChainHead:
     """A head run's "head" record as a ``ChainHead`` (runs from before head kinds: the guide's head)."""
     head = head if isinstance(head, Mapping) else {}
     return ChainHead(kind=head.get("kind", "linear"), hidden_units=int(head.get("hidden_units", 256)),

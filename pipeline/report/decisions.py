@@ -135,7 +135,7 @@ def _candidate_text(candidate: Candidate) -> str:
     return f"{_value_text(candidate.value)} {score}{mark}{note}"
 
 
-def _value_text(value: Any) -> str:
+def _value_text(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, dict):

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TYPE_CHECKING
 
 from headstart.features.bounded_parse import loads_json
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import RunDirError
+
+if TYPE_CHECKING:
+    from headstart.pipeline.report.rundir import RunDir
 
 EXPORT_JSON = "export.json"
 
@@ -67,7 +70,7 @@ def write_export_record(folder: str | os.PathLike, record: Mapping[str, Any]) ->
     write_json_atomic(Path(folder) / EXPORT_JSON, stamp_record({"kind": "export", **record}))
 
 
-def chain_of(run: Any, model_file: str | os.PathLike) -> dict | None:
+def chain_of(run: RunDir | None, model_file: str | os.PathLike) -> dict | None:
     """export.json's "chain": the run directory's chain (``RunDir.chain``), else the one the model
     file's metadata carries; None when neither describes the model."""
     from headstart.pipeline.report.chain_record import read_keras_chain

@@ -16,11 +16,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TYPE_CHECKING
 
 import numpy as np
 
 from headstart.pipeline.errors import OutputError, environment_reason
+
+if TYPE_CHECKING:
+    import keras
+    from matplotlib.figure import Figure
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = "") -> None:
     """Calls ``write(tmp)`` on a temporary name beside ``path``, then ``os.replace``s it into place.
@@ -139,7 +143,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json_text(data) + "\n")
 
 
-def save_model_atomic(model: Any, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+def save_model_atomic(model: keras.Model, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
     """Saves a Keras model to ``path`` (a ``.keras`` file) without ever exposing a partial file.
 
     ``model.save`` writes in place, so a crash mid-save would destroy the previous file; the model
@@ -156,7 +160,7 @@ def save_model_atomic(model: Any, path: str | os.PathLike, metadata: Mapping[str
     atomic_write(path, save, suffix=".keras")
 
 
-def save_png(fig: Any, path: str | os.PathLike, *, dpi: int, title: str | None = None) -> None:
+def save_png(fig: Figure, path: str | os.PathLike, *, dpi: int, title: str | None = None) -> None:
     """Lays out a matplotlib figure (with its title, if any) and writes it atomically as a PNG."""
     if title:
         fig.suptitle(title)

@@ -11,7 +11,6 @@ how to resume it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from headstart.pipeline.errors import RunDirError
 from headstart.pipeline.report.run_inspection import (acc, format_pipeline, inspect_pipeline, read_json,
@@ -296,7 +295,7 @@ def _format_export(info: dict) -> str:
     return "\n".join(lines)
 
 
-def _number(text: Any) -> float | None:
+def _number(text: str | float | None) -> float | None:
     try:
         return float(text)
     except (TypeError, ValueError):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import platform
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 
 def library_versions() -> dict[str, str]:
@@ -39,7 +42,7 @@ def utc_timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def precision_record(model: Any, policy: str) -> dict[str, Any]:
+def precision_record(model: keras.Model, policy: str) -> dict[str, Any]:
     """run.json's "precision" section: the dtype policy the model was built under, what dtype its
     logits come out in, and whether its steps were compiled with XLA."""
     return {"policy": policy, "logits_dtype": str(model.outputs[0].dtype), "jit_compile": bool(model.jit_compile)}

@@ -52,7 +52,7 @@ def wrap(label: str, text: str) -> list[str]:
                          break_long_words=False, break_on_hyphens=False) or [f"  {label}:"]
 
 
-def acc(value: Any) -> str:
+def acc(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 

@@ -10,9 +10,12 @@ confusion matrix — for a multi-label run, the test average precision of each c
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence[float]],
@@ -71,7 +74,7 @@ def _epochs(history: Mapping) -> int:
     return max((len(v) for v in history.values()), default=0)
 
 
-def _curves(ax: Any, metric: str, head: Mapping, finetune: Mapping, head_best: int | None,
+def _curves(ax: Axes, metric: str, head: Mapping, finetune: Mapping, head_best: int | None,
             finetune_best: int | None) -> None:
     offset = max((len(v) for v in head.values()), default=0)
     for history, start, stage in ((head, 0, "head"), (finetune, offset, "finetune")):
@@ -97,7 +100,7 @@ def _curves(ax: Any, metric: str, head: Mapping, finetune: Mapping, head_best: i
         ax.legend(fontsize=8)
 
 
-def _confusion(ax: Any, confusion: Sequence[Sequence[int]] | None, class_names: Sequence[str]) -> None:
+def _confusion(ax: Axes, confusion: Sequence[Sequence[int]] | None, class_names: Sequence[str]) -> None:
     if not confusion:
         ax.axis("off")
         ax.text(0.5, 0.5, "no test split", ha="center", va="center")
@@ -120,7 +123,7 @@ def _confusion(ax: Any, confusion: Sequence[Sequence[int]] | None, class_names: 
     ax.set_title(f"test confusion matrix (accuracy {accuracy:.3f})")
 
 
-def _average_precision(ax: Any, per_class: Mapping[str, Mapping]) -> None:
+def _average_precision(ax: Axes, per_class: Mapping[str, Mapping]) -> None:
     names = list(per_class)
     values = [per_class[n].get("average_precision") for n in names]
     ax.bar(range(len(names)), [0.0 if v is None else v for v in values], color="tab:blue")
@@ -134,7 +137,7 @@ def _average_precision(ax: Any, per_class: Mapping[str, Mapping]) -> None:
     ax.set_title(f"test AP per class (mAP {np.mean(defined):.3f})" if defined else "test AP per class")
 
 
-def _sample(ax: Any, samples: Mapping[str, np.ndarray], i: int, class_names: Sequence[str]) -> None:
+def _sample(ax: Axes, samples: Mapping[str, np.ndarray], i: int, class_names: Sequence[str]) -> None:
     if np.ndim(samples["labels"]) == 2:  # multi-label: label sets
         names = list(class_names)
         true = {names[c] for c in np.flatnonzero(samples["labels"][i])}

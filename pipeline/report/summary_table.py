@@ -19,7 +19,7 @@ def format_summary_table(rows: Sequence[tuple[str, Any]], *, title: str | None =
     Returns:
         The table, lines joined by newlines, no trailing newline.
     """
-    def fmt(value: Any) -> str:
+    def fmt(value: object) -> str:
         if value is None:
             return "-"
         if isinstance(value, (float, np.floating)):

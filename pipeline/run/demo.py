@@ -32,6 +32,9 @@ from headstart.pipeline.options.naming import CLI_NAMES
 if TYPE_CHECKING:  # numpy and TensorFlow load inside the functions: `headstart --help` imports this module
     import numpy as np
 
+    from headstart.pipeline.run.console import Console
+    from headstart.pipeline.run.runner import RunResult
+
 #: The classes of the generated dataset, in label order (sorted, as folder sources sort them).
 SHAPES = ("circle", "square", "triangle")
 #: Bumped whenever the drawing changes, so an old generated folder is never taken for a new one.
@@ -225,7 +228,7 @@ def demo_config(options: DemoConfig, weights: str) -> Any:
     return resolve_run_config(str(demo_source(options)), str(Path(options.out) / "run"), flags=flags)
 
 
-def run_demo(options: DemoConfig, *, console: Any) -> tuple[Any, str]:
+def run_demo(options: DemoConfig, *, console: Console) -> tuple[RunResult, str]:
     """Generates the dataset (unless ``--data``), picks the weights and runs the whole pipeline.
 
     Returns:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from headstart.features.reporter import Indented
 from headstart.pipeline.report.run_layout import RunLayout
 from headstart.pipeline.run.toml_config import RunConfig
 
+if TYPE_CHECKING:
+    from headstart.pipeline.run.console import Console
 
 
-def export_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:
+
+def export_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Console, *, key: str) -> dict:
     """Exports the run's final model into ``RUN_DIR/export``; an unchanged key finds it already done.
 
     Returns:

@@ -13,7 +13,7 @@ import base64
 import io
 from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def render_report(data: ReportData) -> str:
             + "\n</body></html>\n")
 
 
-def _num(value: Any, key: str | None = None, digits: int = 4) -> str:
+def _num(value: object, key: str | None = None, digits: int = 4) -> str:
     shown = "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else escape(str(value))
     # Only a value summary.json holds is tagged: the browser test compares each tag with the file.
     return f'<span data-summary="{escape(key)}">{shown}</span>' if key and value is not None else shown

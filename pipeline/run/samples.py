@@ -8,9 +8,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from headstart.pipeline.stages.evaluation import WrongImages
+    from headstart.pipeline.training.predictions import PredictedBatch
 
 #: Test images kept for summary.png: evenly spread over the split, the last few of them mistakes.
 SAMPLE_IMAGES, WRONG_SAMPLES = 12, 4
@@ -32,7 +36,7 @@ class SampleImages:
         self.kept: list[tuple[np.ndarray, Any, np.ndarray]] = []   # (uint8 (S, S, 3), label, logits)
         self.wrong: list[tuple[np.ndarray, Any, np.ndarray]] = []
 
-    def __call__(self, batch: Any) -> None:
+    def __call__(self, batch: PredictedBatch) -> None:
         from headstart.pipeline.model.head import predict_classes
 
         predicted = predict_classes(batch.logits, self.num_classes, self.thresholds is not None, self.thresholds)
@@ -85,7 +89,7 @@ class CellImages:
         self.num_classes = num_classes
         self.cells: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = {}
 
-    def __call__(self, batch: Any) -> None:
+    def __call__(self, batch: PredictedBatch) -> None:
         import tensorflow as tf
 
         from headstart.pipeline.model.head import predict_classes
@@ -98,7 +102,7 @@ class CellImages:
                 cell.append((str(batch.keys[j]), np.clip(small, 0, 255).astype(np.uint8)))
 
 
-def write_mistakes(path: Path, cells: CellImages, wrong: Any) -> None:
+def write_mistakes(path: Path, cells: CellImages, wrong: WrongImages) -> None:
     """``mistakes.npz`` for report.html: the confusion cells' thumbnails and the most confident mistakes.
 
     Arrays: ``cell_true``, ``cell_predicted``, ``cell_keys`` (M,) and ``cell_images`` (M, 64, 64, 3);

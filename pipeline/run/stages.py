@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TYPE_CHECKING
 
 from headstart.features.file_hash import sha256_file
 from headstart.features.reporter import Indented, LineReporter
@@ -23,6 +23,11 @@ from headstart.pipeline.report.rundir import RUN_JSON, RunDir
 from headstart.pipeline.report.run_layout import RunLayout
 from headstart.pipeline.report.skipped import skipped_lines
 from headstart.pipeline.run.toml_config import RunConfig
+
+if TYPE_CHECKING:
+    from headstart.pipeline.data.source import Source
+    from headstart.pipeline.run.console import Console
+    from headstart.pipeline.training.predictions import PredictedBatch
 
 #: What a multi-label evaluation adds to its record (and summary.json to its "test" section).
 MULTI_LABEL_KEYS = ("task", "map", "micro_f1", "exact_match")
@@ -71,7 +76,7 @@ def _changed_output(record: dict, paths: Sequence[Path]) -> str | None:
     return None
 
 
-def _reuse(record: dict | None, key: str, *paths: Path, console: Any = None) -> dict | None:
+def _reuse(record: dict | None, key: str, *paths: Path, console: Console | None = None) -> dict | None:
     """The record of a finished stage with this key whose outputs are intact (size and sha256 as
     recorded), marked "reused"; None when the stage must run, saying why when a file changed."""
     if record and record.get("key") == key and record.get("done") and all(p.exists() for p in paths):
@@ -83,7 +88,7 @@ def _reuse(record: dict | None, key: str, *paths: Path, console: Any = None) -> 
     return None
 
 
-def extract_stage(config: RunConfig, path: Path, record: dict | None, console: Any, overwrite: bool, *,
+def extract_stage(config: RunConfig, path: Path, record: dict | None, console: Console, overwrite: bool, *,
                   key: str) -> dict:
     """extract-features into ``path``; resumes a ``.partial`` file, reuses a finished one."""
     reused = _reuse(record, key, path, console=console)
@@ -119,7 +124,7 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: A
         "fingerprint": fingerprint, "splits": splits, "class_names": class_names, "skipped": skipped})
 
 
-def diagnose_stage(config: RunConfig, features: Path, out: Path, record: dict | None, console: Any, *,
+def diagnose_stage(config: RunConfig, features: Path, out: Path, record: dict | None, console: Console, *,
                    key: str) -> dict:
     """``diagnose`` of the run's cache into ``out`` (seconds; reused while the cache is unchanged)."""
     reused = _reuse(record, key, out / "report.json", console=console)
@@ -139,7 +144,7 @@ def diagnose_stage(config: RunConfig, features: Path, out: Path, record: dict | 
                                                  "report": str(out / "report.json")})
 
 
-def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Any, *,
+def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Console, *,
                key: str, sweep: "SweepPlan | None" = None) -> dict:
     """train-head on the cache into ``head_dir``, or a sweep whose best head becomes it (seconds: an
     interrupted train-head simply runs again, an interrupted sweep resumes from its study).
@@ -189,7 +194,7 @@ def _validation(metrics: dict) -> dict:
     return {k: v for k, v in (metrics.get("validation") or {}).items() if isinstance(v, (int, float))}
 
 
-def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Any, *,
+def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict | None, console: Console, *,
                 key: str, log_dir: str | None, sweep: SweepPlan) -> dict:
     """The head stage as a sweep into ``sweep.out``; its best head becomes ``head_dir`` for finetune.
 
@@ -227,7 +232,7 @@ SWEPT = ("head_kind", "hidden_units", "normalize", "lr", "weight_decay", "dropou
          "batch_size", "views")
 
 
-def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str,
+def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Console, *, key: str,
                    train_images: int, started: Callable[[], Any], callbacks: Sequence[Any] = (),
                    head_dir: Path | None = None) -> dict:
     """finetune from ``head_dir`` (default ``head/``) into ``finetune/``; resumes an interrupted one
@@ -268,7 +273,7 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
         "stage_gate": result.metrics.get("stage_gate")})
 
 
-def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Any, *, key: str) -> dict:
+def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, console: Console, *, key: str) -> dict:
     """Evaluates the saved ``finetune/model.keras`` on the test split (else validation) and keeps
     evenly spread sample images in ``samples.npz`` for summary.png."""
     samples_path = RunLayout(run_dir).samples
@@ -299,8 +304,8 @@ def evaluate_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
         "skipped": skipped})
 
 
-def _evaluate(model_run: RunDir, source: Any, split: str, samples_path: Path, batch_size: int,
-              console: Any) -> tuple[dict, int, int]:
+def _evaluate(model_run: RunDir, source: Source, split: str, samples_path: Path, batch_size: int,
+              console: Console) -> tuple[dict, int, int]:
     """One pass of the prediction loop over the split: (its metrics, items seen, items skipped);
     sample images for summary.png go to ``samples_path`` on the way."""
     from headstart.pipeline.model.calibration import model_temperature
@@ -321,7 +326,7 @@ def _evaluate(model_run: RunDir, source: Any, split: str, samples_path: Path, ba
     line, start = console.progress(f"  evaluate {split}"), time.perf_counter()
     seen = [0]
 
-    def observe(batch: Any) -> None:
+    def observe(batch: PredictedBatch) -> None:
         for observer in (samples, *pictures):
             observer(batch)
         seen[0] = batch.seen

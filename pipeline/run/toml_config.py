@@ -265,7 +265,7 @@ def _given(values: Mapping[str, Any]) -> set[str] | None:
     return set(values["set explicitly"] or ()) if "set explicitly" in values else None
 
 
-def _shown_value(value: Any, dotted: str, given: set[str] | None) -> str:
+def _shown_value(value: object, dotted: str, given: set[str] | None) -> str:
     if given is not None and "." in dotted and dotted not in given:
         return "auto"
     value = _norm(value)

@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.config import ExportConfig
@@ -35,6 +35,11 @@ from headstart.pipeline.errors import DataError, OptionError, OutputError, RunDi
 from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.report.run_layout import describe_model, final_model_dir
 from headstart.pipeline.report.rundir import RunDir
+
+if TYPE_CHECKING:
+    import keras
+
+    from headstart.pipeline.data.source import Source
 
 #: Files that mark a ``headstart run`` directory, and a sweep directory (beside its ``best/``).
 SWEEP_MARKS = ("study.db", "leaderboard.csv")
@@ -276,7 +281,7 @@ def _drop_other_formats(out: Path, formats: Sequence[str]) -> None:
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
 
 
-def _open_source(config: ExportConfig, given: ExportInput) -> Any:
+def _open_source(config: ExportConfig, given: ExportInput) -> Source:
     """The images the exports are checked on: ``--source``, else the source the run recorded."""
     from headstart.pipeline.data.source_spec import SourceSpec
     from headstart.pipeline.data.sources import open_source
@@ -310,7 +315,8 @@ def _recorded_source(run: RunDir) -> str | None:
     return record.get("source") or None
 
 
-def _model(config: ExportConfig, given: ExportInput, source: Any, reporter: Reporter) -> tuple[Any, dict | None]:
+def _model(config: ExportConfig, given: ExportInput, source: Source,
+           reporter: Reporter) -> tuple[keras.Model, dict | None]:
     """(the Keras model on raw images, a head run's parity check or None)."""
     from headstart.pipeline.report.rundir import load_model_file
 
@@ -331,8 +337,8 @@ def _model(config: ExportConfig, given: ExportInput, source: Any, reporter: Repo
     return model, parity.to_dict()
 
 
-def write_exports(model: Any, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str,
-                  class_names: Sequence[str], source: Any, batch_size: int = 32, multi_label: bool = False,
+def write_exports(model: keras.Model, out_dir: str | os.PathLike, formats: Sequence[str], *, quantize: str,
+                  class_names: Sequence[str], source: Source, batch_size: int = 32, multi_label: bool = False,
                   thresholds: dict | None = None, reporter: Reporter = QUIET,
                   chain: dict | None = None) -> tuple[dict[str, str | None], dict]:
     """Writes ``formats`` of ``model`` into ``out_dir`` and checks each with its own runtime.

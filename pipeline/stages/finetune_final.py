@@ -9,13 +9,19 @@ all see calibrated logits. ``--calibrate none`` skips it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from headstart.features.reporter import Reporter
 from headstart.pipeline.config import FinetuneConfig
 
+if TYPE_CHECKING:
+    import keras
 
-def calibrate(config: FinetuneConfig, model: Any, val_predictions: Any, *, class_names: list[str],
+    from headstart.pipeline.stages.finetune_plan import FinetunePlan
+    from headstart.pipeline.training.predictions import SplitPredictions
+
+
+def calibrate(config: FinetuneConfig, model: keras.Model, val_predictions: SplitPredictions | None, *, class_names: list[str],
               multi_label: bool, reporter: Reporter) -> tuple[Any, Any, dict]:
     """Fits and attaches the temperature.
 
@@ -65,7 +71,8 @@ def calibrate(config: FinetuneConfig, model: Any, val_predictions: Any, *, class
     return with_temperature(model, temperature), scaled, record
 
 
-def final_metrics(config: FinetuneConfig, plan: Any, model: Any, val_predictions: Any,
+def final_metrics(config: FinetuneConfig, plan: FinetunePlan, model: keras.Model,
+                  val_predictions: SplitPredictions | None,
                   calibration: dict) -> tuple[dict, dict]:
     """metrics.json's "validation" and "test" (the kept, calibrated model), and for multi-label its thresholds.
 

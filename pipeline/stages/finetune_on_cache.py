@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +35,19 @@ from headstart.features.reporter import Reporter
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.model.calibration import TEMPERATURE_LAYER
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from headstart.features.cache import FeatureCache
+    from headstart.pipeline.config import FinetuneConfig
+    from headstart.pipeline.distribute.strategy import StageStrategy
+    from headstart.pipeline.model.parity import ParityResult
+    from headstart.pipeline.model.unfreeze import Unfreeze
+    from headstart.pipeline.stages.finetune_plan import FinetunePlan
+    from headstart.pipeline.training.class_weights import ClassWeights
+    from headstart.pipeline.training.stage_fit import StageOutcome
 
 
 @dataclass(frozen=True)
@@ -52,7 +65,7 @@ class CachedRows:
     weights: np.ndarray | None = None
 
 
-def on_cache_unfreeze(spec: Any, tap: dict) -> Any:
+def on_cache_unfreeze(spec: Unfreeze, tap: dict) -> Unfreeze:
     """The ``--unfreeze`` value on the cache: only layers above the tap can train.
 
     "all" becomes "top:N" (every layer above the tap); "top:M" needs M ≤ N; "from:LAYER" is
@@ -89,7 +102,7 @@ def cache_tap(cache_info: dict) -> dict:
         return dict(cache.tap)
 
 
-def top_block_model(model: Any, tap: dict) -> Any:
+def top_block_model(model: keras.Model, tap: dict) -> keras.Model:
     """The part of the chain above the tap, as a model on cached activations; layers shared.
 
     Args:
@@ -117,7 +130,7 @@ def top_block_model(model: Any, tap: dict) -> Any:
 
 
 def load_rows(cache_info: dict, split: str, *, num_classes: int, multi_label: bool, views: bool,
-              exclude: set[str] = frozenset(), class_weights: Any = None,
+              exclude: set[str] = frozenset(), class_weights: ClassWeights | None = None,
               view_caches: Sequence[str] = ()) -> CachedRows | None:
     """Reads one split's activations (and its views' with ``views``) into memory.
 
@@ -153,7 +166,7 @@ def load_rows(cache_info: dict, split: str, *, num_classes: int, multi_label: bo
 PROVENANCE = ("backbone", "alpha", "weights_fingerprint", "image_size", "pooling", "preprocessing", "dtype")
 
 
-def views_from(path: str, base: Any, split: str) -> np.ndarray:
+def views_from(path: str, base: FeatureCache, split: str) -> np.ndarray:
     """Another cache's view activations of ``split``, in the order of ``base``'s rows.
 
     Args:
@@ -211,7 +224,8 @@ def cached_dataset(rows: CachedRows, *, batch_size: int, seed: int | None):
     return pairs.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, run_dir: Path,
+def fit_top_blocks(config: FinetuneConfig, spec: Unfreeze, plan: FinetunePlan, model: keras.Model,
+                   setup: StageStrategy, run_dir: Path,
                    reporter: Reporter, callbacks: Sequence[Any],
                    views: Sequence[tuple[str, str]] | None = None) -> tuple[Any, dict]:
     """``finetune --on-cache``'s fit: unfreeze above the tap, train on the cache, keep the best epoch.
@@ -269,8 +283,9 @@ def fit_top_blocks(config: Any, spec: Any, plan: Any, model: Any, setup: Any, ru
                                           "caches": [p for _, p in views or ()], "per_row": versions - 1}}}
 
 
-def _fit_rate(config: Any, plan: Any, top: Any, setup: Any, run_dir: Path, lr: float, train: Any, val: Any,
-              reporter: Reporter, callbacks: Sequence[Any], *, many: bool) -> tuple[Any, float]:
+def _fit_rate(config: FinetuneConfig, plan: FinetunePlan, top: keras.Model, setup: StageStrategy, run_dir: Path,
+              lr: float, train: tf.data.Dataset, val: tf.data.Dataset | None, reporter: Reporter,
+              callbacks: Sequence[Any], *, many: bool) -> tuple[StageOutcome, float]:
     """One fit of the top layers at ``lr`` to early stopping (its own backup, so a kill resumes it);
     returns (its StageOutcome, the monitored value at its best epoch; NaN when none was finite)."""
     from headstart.pipeline.model.head import compile_head
@@ -298,7 +313,8 @@ def _better(score: float, best: float, monitor: str) -> bool:
     return score < best if monitor.endswith("loss") else score > best
 
 
-def check_top_parity(config: Any, plan: Any, model: Any, tap: dict, reporter: Reporter) -> Any:
+def check_top_parity(config: FinetuneConfig, plan: FinetunePlan, model: keras.Model, tap: dict,
+                     reporter: Reporter) -> ParityResult | None:
     """After training: the chain on images against the top-block model on the cached activations.
 
     Returns:
@@ -327,7 +343,8 @@ def _views_line(views: Sequence[tuple[str, str]] | None, versions: int) -> str:
             f"training on the originals and the head cache's {versions - 1} views per row")
 
 
-def _cached_splits(config: Any, plan: Any, view_caches: Sequence[str] = ()) -> tuple[Any, Any, int]:
+def _cached_splits(config: FinetuneConfig, plan: FinetunePlan, view_caches: Sequence[str] = ()
+                   ) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
     """(shuffled train batches with views, validation batches or None, versions per training row), from
     the head's cache and ``view_caches``."""
     from headstart.pipeline.data.exclusion import read_exclude_keys
@@ -344,7 +361,7 @@ def _cached_splits(config: Any, plan: Any, view_caches: Sequence[str] = ()) -> t
             int(train.activations.shape[1]))
 
 
-def _check_above_tap(model: Any, tap: dict, spec: Any) -> None:
+def _check_above_tap(model: keras.Model, tap: dict, spec: Unfreeze) -> None:
     """``from:LAYER`` must start above the tap: below it, nothing in the cache would reach it."""
     if spec.mode != "from":
         return

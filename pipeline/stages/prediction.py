@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence, TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from headstart.pipeline.data.image_header import IMAGE_EXTENSIONS
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.checks import check_value
 from headstart.pipeline.report.progress import observed
+
+if TYPE_CHECKING:
+    from headstart.pipeline.stages.predictor import Predictor
 
 @dataclass
 class PredictionRow:
@@ -96,7 +99,7 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     return rows
 
 
-def _fill(row: PredictionRow, p: np.ndarray, names: Sequence[str], predictor: Any) -> None:
+def _fill(row: PredictionRow, p: np.ndarray, names: Sequence[str], predictor: Predictor) -> None:
     """The predicted class and its probability, or a multi-label model's label set."""
     if predictor.multi_label:
         _set_label_set(row, p, names, predictor.thresholds)

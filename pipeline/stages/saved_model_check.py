@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable, TYPE_CHECKING
 
 from headstart.pipeline.errors import RunDirError
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
+    from tensorflow.core.protobuf.meta_graph_pb2 import MetaGraphDef
 
 #: What ``stages/export._write_saved_model`` writes (plus TensorFlow's own init-op entry).
 EXPORTED_SIGNATURES = frozenset({"serving_default", "serve", "serve_bytes", "class_names", "max_image_pixels",
@@ -66,7 +70,7 @@ def check_saved_model(path: str | Path) -> None:
         _refuse(path, f"its graph holds {bad[0]}" + (f" (and {len(set(bad)) - 1} more)" if len(set(bad)) > 1 else ""))
 
 
-def _meta_graph(path: Path) -> Any:
+def _meta_graph(path: Path) -> MetaGraphDef:
     from tensorflow.core.protobuf import saved_model_pb2
 
     model = saved_model_pb2.SavedModel()
@@ -79,13 +83,13 @@ def _meta_graph(path: Path) -> Any:
     return model.meta_graphs[0]
 
 
-def _saver_functions(meta: Any) -> set[str]:
+def _saver_functions(meta: MetaGraphDef) -> set[str]:
     """The functions the saver record's save and restore nodes call (the TF2 loader runs neither)."""
     names = {meta.saver_def.save_tensor_name.split(":")[0], meta.saver_def.restore_op_name}
     return {_called(node) for node in meta.graph_def.node if node.name in names} - {""}
 
 
-def _called(node: Any) -> str:
+def _called(node: NodeDef) -> str:
     return node.attr["f"].func.name if node.op in ("PartitionedCall", "StatefulPartitionedCall") else ""
 
 

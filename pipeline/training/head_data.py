@@ -16,7 +16,7 @@ in one window, every small cache, gets a full uniform permutation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -86,7 +86,17 @@ def plan_epoch(seed: int, epoch: int, n: int, views: int = 0, *, block_rows: int
     return EpochPlan(windows, choices)
 
 
-def split_nbytes(split: Any, *, with_views: bool) -> int:
+class SplitArrays(Protocol):
+    """What ``FeatureRows`` reads: a cache split (``features.cache.SplitData``), one without its
+    excluded rows (``data.exclusion.SubsetSplit``) or in-memory arrays (diagnose's ``_ArraySplit``)."""
+
+    features: Any  # (N, *feature_shape): an h5py dataset, or anything sliced and shaped like one
+    views: Any     # (N, K, *feature_shape) likewise, or None
+
+    def __len__(self) -> int: ...
+
+
+def split_nbytes(split: SplitArrays, *, with_views: bool) -> int:
     """Bytes a split takes in memory at its stored dtype (features, plus views when used)."""
     features = split.features
     row = int(np.prod(features.shape[1:], dtype=np.int64)) * np.dtype(features.dtype).itemsize
@@ -100,13 +110,13 @@ class FeatureRows:
     """Read access to one split's features (N, *feature_shape) and views (N, K, *feature_shape).
 
     Args:
-        split: a ``headstart.features.store.SplitData`` (or anything with ``features``, ``views`` and
-            ``__len__``); its datasets must stay open while this object is used.
+        split: a ``SplitArrays`` (``features.cache.SplitData`` or anything with ``features``, ``views``
+            and ``__len__``); its datasets must stay open while this object is used.
         in_memory: load the arrays now (True) or read them from HDF5 window by window (False).
         with_views: use the stored augmented views (the training split of an augmented cache).
     """
 
-    def __init__(self, split: Any, *, in_memory: bool, with_views: bool = False) -> None:
+    def __init__(self, split: SplitArrays, *, in_memory: bool, with_views: bool = False) -> None:
         self.n = len(split)
         self.in_memory = in_memory
         self.feature_shape = tuple(split.features.shape[1:])

@@ -24,7 +24,7 @@ tolerance). A stopped or pruned trial is reported at once with its best epoch's 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +34,12 @@ from headstart.pipeline.training.objective import sweep_objective
 from headstart.pipeline.training.head_params import TrialParams
 from headstart.pipeline.training.head_stack import HeadStack, stack_accuracy, stack_loss
 from headstart.pipeline.training.early_stopping import epoch_limit
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from headstart.pipeline.training.head_data import FeatureRows
+    from headstart.pipeline.training.objective import Objective
 
 
 def _initial_weights(params: TrialParams, cache: SweepCache, seed: int, memo: dict) -> dict[str, list[np.ndarray]]:
@@ -143,13 +149,13 @@ class BatchedHeads:
                 stack.keep(positions)
         self.order = [i for s in self.stacks.values() for i in s.members]
 
-    def _features(self, x: Any) -> list[Any]:
+    def _features(self, x: tf.Tensor) -> list[tf.Tensor]:
         import tensorflow as tf
 
         variants = tf.stack([norm(x, training=False) for norm in self.normalizers])  # (V, B, C)
         return [tf.gather(variants, s.norm_index) for s in self.stacks.values()]     # (T_s, B, C)
 
-    def _train_step(self, x: Any, y: Any, w: Any) -> tuple[Any, Any]:
+    def _train_step(self, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         import tensorflow as tf
 
         self.step_count.assign_add(1)
@@ -170,7 +176,7 @@ class BatchedHeads:
         accuracy = [stack_accuracy(z, y, self.num_classes, self.multi_label) for z in logits]
         return tf.concat(losses, 0), tf.concat(accuracy, 0)
 
-    def _predict(self, x: Any) -> Any:
+    def _predict(self, x: tf.Tensor) -> tf.Tensor:
         import tensorflow as tf
 
         return tf.concat([s.logits(f, None) for s, f in zip(self.stacks.values(), self._features(x))], 0)
@@ -253,7 +259,7 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
     return runs  # type: ignore[return-value]
 
 
-def _run_epoch(group: BatchedHeads, members: list[Member], cache: SweepCache, objective: Any, train: Any,
+def _run_epoch(group: BatchedHeads, members: list[Member], cache: SweepCache, objective: Objective, train: FeatureRows,
                targets: np.ndarray, weights: np.ndarray, *, seed: int, epoch: int, batch_size: int,
                on_log: EpochLog | None) -> tuple[np.ndarray | None, dict[int, float]]:
     """One epoch of the stacked members: train, validate, record each member's row.
@@ -282,7 +288,7 @@ def _run_epoch(group: BatchedHeads, members: list[Member], cache: SweepCache, ob
     return logits, measured
 
 
-def _predict_validation(group: BatchedHeads, rows: Any) -> np.ndarray | None:
+def _predict_validation(group: BatchedHeads, rows: FeatureRows | None) -> np.ndarray | None:
     """Every member's validation logits (T, N_val, L), predicted a chunk of rows at a time; None
     without a validation split."""
     if rows is None:
@@ -301,7 +307,7 @@ def _group_data(cache: SweepCache, views: bool, sample_weights: np.ndarray | Non
     return cache.train_rows(views), targets, weights
 
 
-def _train_epoch(group: BatchedHeads, train: Any, targets: np.ndarray, weights: np.ndarray, seed: int, epoch: int,
+def _train_epoch(group: BatchedHeads, train: FeatureRows, targets: np.ndarray, weights: np.ndarray, seed: int, epoch: int,
                  batch_size: int) -> np.ndarray:
     """One epoch of every member over the planned batches; (2, T) sums of loss and accuracy × rows."""
     sums = np.zeros((2, len(group.order)))

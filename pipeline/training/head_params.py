@@ -9,9 +9,12 @@ view trials assemble it from two caches (``recipe.view_trials``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from headstart.pipeline.config import HeadConfig
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class TrialParams:
     normalize: str
     views: bool
 
-    def head_config(self, **fields: Any) -> Any:
+    def head_config(self, **fields: Any) -> HeadConfig:
         """The HeadConfig that trains this trial with ``train-head`` (``fields`` add e.g. paths)."""
         from headstart.pipeline.config import HeadConfig
 
@@ -39,7 +42,7 @@ class TrialParams:
                           normalize=self.normalize, views=self.views, **fields)
 
     @classmethod
-    def from_head_config(cls, config: Any, cache: str, views: bool) -> "TrialParams":
+    def from_head_config(cls, config: HeadConfig, cache: str, views: bool) -> "TrialParams":
         """The trial that trains as ``config`` (a HeadConfig) does on ``cache`` (``head_config``'s inverse)."""
         return cls(cache=cache, lr=config.lr, dropout=config.dropout, weight_decay=config.weight_decay,
                    label_smoothing=config.label_smoothing, batch_size=config.batch_size, head_kind=config.head_kind,

@@ -6,9 +6,13 @@ head trained anywhere starts from the same initial weights and trains with the s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Iterable, TYPE_CHECKING
 
 from headstart.pipeline.config import HeadConfig
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
 
 
 def head_options(config: HeadConfig) -> dict:
@@ -18,7 +22,8 @@ def head_options(config: HeadConfig) -> dict:
 
 
 def build_compiled_head(config: HeadConfig, feature_shape: tuple[int, ...], num_classes: int,
-                        train_batches: Any = None, *, multi_label: bool = False) -> Any:
+                        train_batches: Iterable[np.ndarray] | None = None, *,
+                        multi_label: bool = False) -> keras.Model:
     """The head of ``config``, compiled as train-head compiles it (call inside a strategy scope).
 
     Args:

@@ -10,11 +10,14 @@ and per-row class weights, and accuracy as train-head's metrics count it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
 
 from headstart.pipeline.training.head_params import TrialParams
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def _free_variable(shape: Sequence[int]) -> Any:
@@ -72,7 +75,7 @@ class HeadStack:
             variable.assign(tf.gather(variable, index))
         self.members = [self.members[p] for p in positions]
 
-    def logits(self, x: Any, noise: tuple[Any, Any] | None) -> Any:
+    def logits(self, x: tf.Tensor, noise: tuple[tf.Tensor, tf.Tensor] | None) -> tf.Tensor:
         """x (T, B, C) normalised features of each member → logits (T, B, L).
 
         ``noise`` is None for inference, else ``(uniform (B, C), seed)``: one uniform draw per
@@ -85,7 +88,7 @@ class HeadStack:
 
         rate = self.rate[:, None, None]
 
-        def dropout(h: Any, uniform: Any) -> Any:
+        def dropout(h: tf.Tensor, uniform: tf.Tensor | None) -> tf.Tensor:
             return h if noise is None else tf.where(uniform[None] >= rate, h / (1.0 - rate), 0.0)
 
         h = dropout(x, None if noise is None else noise[0])
@@ -97,7 +100,7 @@ class HeadStack:
         w, b = self.vars[-2:]
         return tf.einsum("tbc,tcl->tbl", h, w) + b[:, None, :]
 
-    def apply(self, grads: list[Any], step: Any) -> None:
+    def apply(self, grads: list[tf.Tensor], step: tf.Variable) -> None:
         """Keras's Adam, and its decoupled weight decay on kernels, for every member at once.
 
         TensorFlow's fused Adam kernel (one pass over weights and moments, where a dozen
@@ -127,7 +130,8 @@ class HeadStack:
         return out
 
 
-def stack_loss(logits: Any, y: Any, w: Any, smoothing: Any, num_classes: int, multi_label: bool = False) -> Any:
+def stack_loss(logits: tf.Tensor, y: tf.Tensor, w: tf.Tensor, smoothing: tf.Variable, num_classes: int,
+               multi_label: bool = False) -> tf.Tensor:
     """Per-member mean training loss (T,), as Keras's losses compute it, with label smoothing.
 
     Args:
@@ -153,7 +157,7 @@ def stack_loss(logits: Any, y: Any, w: Any, smoothing: Any, num_classes: int, mu
     return tf.reduce_mean(-tf.reduce_sum(target * tf.nn.log_softmax(logits), axis=-1) * w[None], axis=1)
 
 
-def stack_accuracy(logits: Any, y: Any, num_classes: int, multi_label: bool = False) -> Any:
+def stack_accuracy(logits: tf.Tensor, y: tf.Tensor, num_classes: int, multi_label: bool = False) -> tf.Tensor:
     """Per-member training accuracy (T,), unweighted as train-head's compiled metric: for sigmoid
     logits the share of (row, logit) pairs on the right side of 0 (``BinaryAccuracy(threshold=0)``)."""
     import tensorflow as tf

@@ -7,12 +7,17 @@ per class (``--class-weight``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from headstart.pipeline.data.source import Source
 
 
-def labelled_dataset(source: Any, split: str, *, image_size: int, num_classes: int, batch_size: int,
+def labelled_dataset(source: Source, split: str, *, image_size: int, num_classes: int, batch_size: int,
                      shuffle_seed: int | None = None, shuffle_buffer: int = 256, multi_label: bool = False,
-                     class_weights: Sequence[float] | None = None) -> Any:
+                     class_weights: Sequence[float] | None = None) -> tf.data.Dataset:
     """Batches of (image, target) of the good images of one split, for ``fit`` and ``evaluate``.
 
     Args:

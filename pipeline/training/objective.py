@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from headstart.pipeline.config import HIGHER_IS_BETTER
 
@@ -48,7 +47,7 @@ class Objective:
         """Optuna's study direction."""
         return "maximize" if self.higher_is_better else "minimize"
 
-    def rank(self, value: Any) -> float:
+    def rank(self, value: float | None) -> float:
         """A sort key, best first: the loss itself, a measure negated; a missing or NaN value last."""
         if value is None or not math.isfinite(float(value)):
             return math.inf

@@ -20,9 +20,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence, TYPE_CHECKING
 
 from headstart.features.reporter import Reporter
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 #: The rates step 1 tries.
 PROBE_LRS = (1e-5, 1e-4, 1e-3)
@@ -109,7 +113,7 @@ class ProbeResult:
                 "seconds": sum(p.seconds for p in self.probes)}
 
 
-def top_blocks(model: Any) -> str:
+def top_blocks(model: keras.Model) -> str:
     """``--unfreeze top:N`` for the last ``TOP_FRACTION`` of the backbone's layers."""
     import keras
 
@@ -121,7 +125,8 @@ def lower_is_better(measure: str) -> bool:
     return measure == "loss"
 
 
-def probe_rates(model: Any, *, probe: Sequence[str], lr: float, unfreeze: str, steps: int, train: Any,
+def probe_rates(model: keras.Model, *, probe: Sequence[str], lr: float, unfreeze: str, steps: int,
+                train: tf.data.Dataset,
                 score: Callable[[], float], measure: str, seeded: float | None,
                 prepare: Callable[[str], None], seeded_weights: list, done: dict[str, dict],
                 save: Callable[[Probe], None], reporter: Reporter) -> ProbeResult:
@@ -158,7 +163,7 @@ def probe_rates(model: Any, *, probe: Sequence[str], lr: float, unfreeze: str, s
                        finetune=improves)
 
 
-def _run_depth(model: Any, unfreeze: str, rates: list[float], steps: int, train: Any, score: Callable[[], float],
+def _run_depth(model: keras.Model, unfreeze: str, rates: list[float], steps: int, train: tf.data.Dataset, score: Callable[[], float],
                prepare: Callable[[str], None], seeded_weights: list, done: dict[str, dict],
                save: Callable[[Probe], None], reporter: Reporter) -> list[Probe]:
     """The probes at one depth: compiled once, reset for each rate."""
@@ -184,7 +189,7 @@ def _run_depth(model: Any, unfreeze: str, rates: list[float], steps: int, train:
     return probes
 
 
-def _reset(model: Any, seeded_weights: list, lr: float) -> None:
+def _reset(model: keras.Model, seeded_weights: list, lr: float) -> None:
     """The seeded weights and a fresh Adam at ``lr``, without recompiling (the traced step stays)."""
     model.set_weights(seeded_weights)
     # Under mixed precision Keras wraps Adam in a LossScaleOptimizer, whose own scale must survive.

@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -25,6 +25,9 @@ from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.errors import OutputError, RunDirError
 from headstart.pipeline.training.early_stopping import EarlyStopping
 from headstart.pipeline.training.finite_loss import check_finite_losses
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @dataclass
@@ -58,7 +61,8 @@ class StageOutcome:
                                             "backup_seconds", "monitor") if k in data})
 
 
-def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epochs: int, patience: int,
+def fit_stage(model: keras.Model, name: str, *, run_dir: Path, train: tf.data.Dataset,
+              val: tf.data.Dataset | None, epochs: int, patience: int,
               reporter: Reporter, num_classes: int, callbacks: Sequence[Any] = (),
               replicas: int = 1, multi_label: bool = False, monitor: str = "val_loss") -> StageOutcome:
     """Runs (or resumes) one stage's ``fit`` with ``RunBackup``; best weights restored on return.
@@ -99,7 +103,7 @@ def fit_stage(model: Any, name: str, *, run_dir: Path, train: Any, val: Any, epo
     return backup.outcome()
 
 
-def _fit(model: Any, train: Any, val: Any, *, epochs: int, num_classes: int, callbacks: list,
+def _fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset | None, *, epochs: int, num_classes: int, callbacks: list,
          distributed: bool) -> None:
     # Keras has no public way to start a fit at epoch N other than BackupAndRestore writing the
     # private _initial_epoch (RunBackup does, as its parent does); clear it around the fit so a
@@ -122,7 +126,7 @@ def _fit(model: Any, train: Any, val: Any, *, epochs: int, num_classes: int, cal
         model._initial_epoch = None
 
 
-def _check_replicas_agree(strategy: Any, backup: "RunBackup") -> None:
+def _check_replicas_agree(strategy: tf.distribute.Strategy, backup: "RunBackup") -> None:
     """Raises RunDirError unless every replica starts the stage from the same committed epoch.
 
     Each worker reads its own backup (the others a copy of the chief's). Workers that disagree would
@@ -155,7 +159,7 @@ class ValidationMeasure(keras.callbacks.Callback):
     logs dict per epoch, in order.
     """
 
-    def __init__(self, monitor: str, val: Any, num_classes: int) -> None:
+    def __init__(self, monitor: str, val: tf.data.Dataset, num_classes: int) -> None:
         super().__init__()
         self.monitor, self.val, self.num_classes = monitor, val, num_classes
 
@@ -185,7 +189,7 @@ class MultiLabelValidation(keras.callbacks.Callback):
         num_classes: C.
     """
 
-    def __init__(self, data: Any, num_classes: int) -> None:
+    def __init__(self, data: tf.data.Dataset, num_classes: int) -> None:
         super().__init__()
         self.data, self.num_classes = data, num_classes
 
