@@ -81,6 +81,10 @@ class _QuietLoader(importlib.abc.Loader):
         with _tensorflow_lines_dropped():
             self._loader.exec_module(module)
             module.config.list_physical_devices()  # device discovery logs too (cuInit on a CPU machine)
+        # TensorFlow's Python logger speaks to TensorFlow's developers ("5 out of the last 15 calls to
+        # <function …> triggered tf.function retracing": the prediction loop's smaller last batch, in the
+        # middle of finetune's table); our own warnings go through the reporter, --verbose shows these.
+        module.get_logger().setLevel("ERROR")
 
     def __getattr__(self, name: str) -> Any:  # get_resource_reader, is_package, …
         return getattr(self._loader, name)

@@ -132,3 +132,20 @@ def test_version():
     out = headstart("--version")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith(__version__) and "headstart" in out.stdout
+
+
+def test_tensorflow_python_logger_warnings_are_quiet_unless_verbose():
+    """The quiet start-up also silences TensorFlow's Python logger (tf.function retracing notes), which
+    ``--verbose`` (no hook) leaves at TensorFlow's own level."""
+    probe = """
+import logging, sys
+from headstart.pipeline.startup import quiet_tensorflow_startup
+if sys.argv[1] == "quiet":
+    quiet_tensorflow_startup()
+import tensorflow as tf
+print(tf.get_logger().getEffectiveLevel())
+"""
+    levels = {mode: subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True,
+                                   timeout=300).stdout.strip() for mode in ("quiet", "verbose")}
+    assert levels["quiet"] == "40", levels  # logging.ERROR
+    assert int(levels["verbose"]) < 40, levels
