@@ -120,7 +120,7 @@ def export_model(model: Any, out_dir: str | os.PathLike, formats: Sequence[str],
     names = [str(n) for n in (class_names or range(2 if width == 1 and not thresholds else width))]
     cuts = None
     if thresholds:
-        from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+        from headstart.pipeline.store.chain_record import thresholds_from_record
 
         cuts = [float(t) for t in thresholds_from_record(thresholds, names)]
     # TFLite converts from a SavedModel; when only that is wanted, the serving extras are skipped, and it

@@ -98,7 +98,7 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
                    or (record or {}).get("task")) == "multi_label"
     thresholds = None
     if multi_label:
-        from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+        from headstart.pipeline.store.chain_record import thresholds_from_record
 
         thresholds = thresholds_from_record(record, names or [str(i) for i in range(width)])
     return Predictor(kind, str(path), size, width, names, run, fn, multi_label, thresholds)

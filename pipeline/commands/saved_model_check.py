@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from tensorflow.core.framework.node_def_pb2 import NodeDef
     from tensorflow.core.protobuf.meta_graph_pb2 import MetaGraphDef
 
-#: What ``stages/export._write_saved_model`` writes (plus TensorFlow's own init-op entry).
+#: What ``commands/export._write_saved_model`` writes (plus TensorFlow's own init-op entry).
 EXPORTED_SIGNATURES = frozenset({"serving_default", "serve", "serve_bytes", "class_names", "max_image_pixels",
                                  "thresholds", "__saved_model_init_op"})
 #: Stateful ops a headstart export's serving functions hold: variables read, asserts, calls, loops.

@@ -142,7 +142,7 @@ def probe_rates(config: FinetuneConfig, plan: Any, model: Any, *, prepare: Calla
     from headstart.pipeline.finetuning import rate_probes
 
     probe = rate_probes.parse_probe(config.probe)
-    if not probe or config.on_cache:  # on the cache each rate trains to early stopping instead (finetune_on_cache)
+    if not probe or config.on_cache:  # on the cache each rate trains to early stopping instead (finetuning/on_cache.py)
         return None
     if not plan.val_split:
         raise OptionError(Arg("probe"), " needs a validation split to judge the probes on, and SOURCE has none",

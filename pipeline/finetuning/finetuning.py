@@ -2,12 +2,12 @@
 
 The recipe, step by step (``_finetune``): claim ``--out`` (its lock and the ``--out`` policy: the
 same options on the same head are already done, or resume where an interrupted run stopped) → the
-plan (``finetune_plan``: the head run, the backbone recipe it fixes, SOURCE read as the head's cache
+plan (``finetuning/plan.py``: the head run, the backbone recipe it fixes, SOURCE read as the head's cache
 read it) → rebuild backbone, preprocessing and pooling from the head run's provenance, check the
 weights fingerprint and put the head on top (``RunDir.rebuild``), augmentation in front → parity
 check against the cache → (without a head run: train the head on the frozen backbone, the guide's
 first workflow) → evaluate the seeded model → unfreeze (BatchNorm stays frozen), recompile, fit with
-the best epoch kept by validation loss → stage gate → outputs (``finetune_outputs``).
+the best epoch kept by validation loss → stage gate → outputs (``finetuning/outputs.py``).
 
 Resume: each stage's ``fit`` runs through ``headstart.pipeline.training.stage_fit.fit_stage``, whose
 backup callback commits one atomic state per epoch (see that module).

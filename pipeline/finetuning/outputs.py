@@ -49,7 +49,7 @@ class FinetuneResult:
     summary: str = ""
     epoch_seconds: list = field(default_factory=list)
     reused: bool = False             # the run directory already held this run
-    recipe: dict = field(default_factory=dict)  # what --augment auto and --probe chose (finetune_choices)
+    recipe: dict = field(default_factory=dict)  # what --augment auto and --probe chose (finetuning/choices.py)
 
     @classmethod
     def from_run_dir(cls, run: RunDir) -> "FinetuneResult":
@@ -179,7 +179,7 @@ def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, ex
 def _final_chain(chain: Any, built: Any, metrics: dict) -> Any:
     """The plan's chain as the model came out: the weights' fingerprint as built, the thresholds
     chosen on validation, the fitted temperature."""
-    from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+    from headstart.pipeline.store.chain_record import thresholds_from_record
 
     temperature = (metrics.get("calibration") or {}).get("temperature")
     thresholds = metrics.get("thresholds")

@@ -7,7 +7,8 @@ metadata carry it as "chain" too.
 
 ``chain_from_record`` is the only code that knows run.json's layout from before the "chain" entry:
 a head run's backbone in "cache.config", its head in "head"; a finetune's backbone in "backbone".
-No TensorFlow here.
+A multi-label chain's per-class thresholds, as thresholds.json keeps them, are read by
+``thresholds_from_record`` (run directories, finetune's chain, export, predict). No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from headstart.features.chain_config import ChainBackbone, ChainConfig, ChainHead
 from headstart.features.errors import ChainConfigError
+
+#: Threshold of a class that validation cannot tell anything about (no positive row, or none at all).
+DEFAULT_THRESHOLD = 0.5
 
 #: run.json's entry, and the key of a model file's metadata.json that holds headstart's entries.
 CHAIN_KEY, METADATA_KEY = "chain", "headstart"
@@ -130,3 +136,12 @@ def read_keras_chain(path: str | os.PathLike) -> ChainConfig | None:
         return None
     entry = (metadata.get(METADATA_KEY) or {}).get(CHAIN_KEY) if isinstance(metadata, dict) else None
     return None if entry is None else ChainConfig.from_dict(entry, where=f"{path} (metadata.json: chain)")
+
+
+def thresholds_from_record(record: dict | None, class_names: Sequence[str]) -> np.ndarray:
+    """The (C,) thresholds of a ``thresholds_record`` in ``class_names`` order.
+
+    A missing record or class gets ``DEFAULT_THRESHOLD``.
+    """
+    values = ((record or {}).get("thresholds") or {})
+    return np.array([float(values.get(name, DEFAULT_THRESHOLD)) for name in class_names], dtype=np.float64)

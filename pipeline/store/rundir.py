@@ -267,7 +267,7 @@ class RunDir:
     def thresholds(self, class_names: list[str]) -> np.ndarray | None:
         """float64 (C,) per-class thresholds of a multi-label model, in ``class_names`` order; None
         for a single-label one."""
-        from headstart.pipeline.report.multilabel_metrics import thresholds_from_record
+        from headstart.pipeline.store.chain_record import thresholds_from_record
 
         record = self.thresholds_record
         task = self.task if self.complete else (record or {}).get("task")
