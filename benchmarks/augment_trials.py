@@ -4,9 +4,9 @@ On two real datasets (the digit scans of scikit-learn written as PNG folders, an
 dog photos of ../shared/assets), with MobileNetV2 0.35 and its shared ImageNet weights at one image
 size: extract the cache, train one head (train-head's defaults), then
 
-- the invariance audit (``recipe.audit.audit_head_run``): the head scores transformed validation
+- the invariance audit (``evidence.audit.audit_head_run``): the head scores transformed validation
   images; an item is kept when accuracy drops by at most max(0.02, 2 SE);
-- the view trials (``recipe.view_trials.run_view_trials``) on every candidate, with no pre-filter,
+- the view trials (``evidence.view_trials.run_view_trials``) on every candidate, with no pre-filter,
   so each item's figures are shown: heads with and without the item's 2 cached views per training
   image, 3 seeds, paired difference ± SE; kept unless 2 SE below zero. The column "pre-filter" says
   whether auto's audit pre-filter (drop > 0.15) would have dropped it without training.
@@ -17,7 +17,7 @@ Prints one table per dataset and writes ``DIR/augment_trials.json``.
 
 ``--heads-against REV`` times only the trial heads, which is where a view trial spends most of its
 time: every item's cache is extracted once (and kept), then in one process the heads of both arms
-are trained by the view trials of git revision REV (``pipeline/recipe/view_trials.py`` as it was
+are trained by the view trials of git revision REV (``pipeline/evidence/view_trials.py`` as it was
 there, loaded from git) and by this checkout's, on the same caches; it prints seconds per item
 and both verdicts, and writes ``DIR/heads_against.json``. ``--items`` picks the candidates.
 """
@@ -42,11 +42,11 @@ def bench(name: str, source: Path, out: Path, image_size: int) -> dict:
     from headstart.pipeline.config import ExtractConfig, HeadConfig
     from headstart.pipeline.data.source_spec import SourceSpec
     from headstart.pipeline.data.sources import open_source
-    from headstart.pipeline.recipe.audit import AUDIT_CANDIDATES, audit_head_run
-    from headstart.pipeline.recipe.view_trials import PREFILTER_DROP, run_view_trials
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.evidence.audit import AUDIT_CANDIDATES, audit_head_run
+    from headstart.pipeline.evidence.view_trials import PREFILTER_DROP, run_view_trials
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     out.mkdir(parents=True, exist_ok=True)
     base = ExtractConfig(source=str(source), out=str(out / "features.h5"), backbone="mobilenet_v2", alpha=0.35,
@@ -76,12 +76,12 @@ def bench(name: str, source: Path, out: Path, image_size: int) -> dict:
 
 
 def _module_at(rev: str) -> Any:
-    """``recipe/view_trials.py`` as it was at git revision ``rev``, imported under another name."""
+    """``evidence/view_trials.py`` as it was at git revision ``rev``, imported under another name."""
     import importlib.util
     import subprocess
     import tempfile
 
-    text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:pipeline/recipe/view_trials.py"],
+    text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:pipeline/evidence/view_trials.py"],
                           check=True, capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "view_trials_before.py"
     path.write_text(text, encoding="utf-8")
@@ -96,10 +96,10 @@ def heads_against(rev: str, source: Path, out: Path, image_size: int, items: lis
     """Seconds of the trial heads per item (both arms, every seed), at ``rev`` and here, and both verdicts."""
     from headstart.features.cache import open_cache
     from headstart.pipeline.config import ExtractConfig, HeadConfig
-    from headstart.pipeline.recipe import view_trials
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.evidence import view_trials
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     out.mkdir(parents=True, exist_ok=True)
     base = ExtractConfig(source=str(source), out=str(out / "features.h5"), backbone="mobilenet_v2", alpha=0.35,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.heads_against:
         from headstart.pipeline.data.bundled import write_digits_folders
-        from headstart.pipeline.recipe.audit import AUDIT_CANDIDATES
+        from headstart.pipeline.evidence.audit import AUDIT_CANDIDATES
 
         items = args.items.split(",") if args.items else list(AUDIT_CANDIDATES)
         heads_against(args.heads_against, write_digits_folders(out / "digits-images"), out / "digits",

@@ -36,7 +36,7 @@ def real_photo_cache(root: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import layout_cats_vs_dogs_2k
     from headstart.pipeline.config import ExtractConfig
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     images = layout_cats_vs_dogs_2k(ASSETS, root / "images")
     cache = root / "features.h5"
@@ -67,7 +67,7 @@ def write_cut(cache: Path, cls: str, keep: int, path: Path) -> dict[str, int]:
 def train(cache: Path, exclude: Path, out: Path, class_weight: str, seed: int) -> dict:
     """One train-head run; returns its test measures and dog recall."""
     from headstart.pipeline.config import HeadConfig
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     result = train_head(HeadConfig(features=str(cache), out=str(out), exclude=str(exclude), seed=seed,
                                    class_weight=class_weight, overwrite=True), log=lambda *_: None)

@@ -32,7 +32,7 @@ def bench_real(out: Path) -> None:
 
     from headstart.pipeline.config import DiagnoseConfig, ExtractConfig
     from headstart.pipeline.diagnose.diagnosis import diagnose
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     cache = out / "real_features.h5"
     if not cache.exists():

@@ -42,7 +42,7 @@ def make_caches(work: Path) -> dict[str, dict[str, Path]]:
 
     from headstart.pipeline.config import ExtractConfig
     from headstart.pipeline.data.bundled import write_digits_folders
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     folders = {"photos": work / "photos",
                "digits": work / "digits",

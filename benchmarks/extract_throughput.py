@@ -63,7 +63,7 @@ def bare_forward(folder: Path, args) -> float:
 def end_to_end(folder: Path, out: Path, args) -> tuple[float, float]:
     """(images/s of the extraction loop, images/s including model build) of extract_features."""
     from headstart.pipeline.config import ExtractConfig
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     out.unlink(missing_ok=True)
     config = ExtractConfig(source=str(folder), out=str(out), backbone=args.backbone, weights="none",

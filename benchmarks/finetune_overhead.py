@@ -85,7 +85,7 @@ def plain_fit(head_dir: Path, source_dir: Path, args):
     from headstart.pipeline.model.unfreeze import parse_unfreeze
     from headstart.pipeline.model.assembly import unfreeze_backbone
     from headstart.pipeline.model.head import compile_head
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
     from headstart.pipeline.training.labelled_dataset import labelled_dataset
 
     start = time.perf_counter()
@@ -112,7 +112,7 @@ def headstart_finetune(head_dir: Path, source_dir: Path, out: Path, args):
     import json
 
     from headstart.pipeline.config import FinetuneConfig
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     timer = make_timer()
     start = time.perf_counter()
@@ -140,8 +140,8 @@ def main() -> None:
         parser.error("--epochs must be at least 2 (the first epoch traces the graph)")
 
     from headstart.pipeline.config import ExtractConfig, HeadConfig
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

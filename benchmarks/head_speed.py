@@ -53,7 +53,7 @@ def write_jpegs(root: Path, count: int, seed: int = 0) -> Path:
 def extract(folder: Path, out: Path, args) -> float:
     """Runs `extract-features` (train + validation splits); returns its wall time in seconds."""
     from headstart.pipeline.config import ExtractConfig
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     config = ExtractConfig(source=str(folder), out=str(out), backbone=args.backbone, weights="none",
                            alpha=args.alpha, image_size=args.image_size, batch_size=args.batch_size,
@@ -67,7 +67,7 @@ def extract(folder: Path, out: Path, args) -> float:
 def head_run(cache: Path, out: Path, epochs: int, args) -> tuple[float, list[float]]:
     """A full `train_head` run; returns (total seconds, per-epoch seconds)."""
     from headstart.pipeline.config import HeadConfig
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     start = time.perf_counter()
     config = HeadConfig(features=str(cache), out=str(out), epochs=epochs, patience=epochs,

@@ -121,7 +121,7 @@ def pixel_baselines(data: dict) -> dict[str, dict]:
 
 def cache_probe(cache: Path) -> dict:
     """The logistic probe on a cache (the product's own baseline)."""
-    from headstart.pipeline.recipe.baselines import feature_baselines
+    from headstart.pipeline.evidence.baselines import feature_baselines
 
     logistic = next(b for b in feature_baselines(str(cache)) if b.name == "logistic")
     return {"param": logistic.params, "validation": logistic.validation["accuracy"],

@@ -102,7 +102,7 @@ def child(args) -> dict:
     from headstart.pipeline.distribute.strategy import resolve_strategy
     from headstart.features.tfdata import without_autotune_thread
     from headstart.pipeline.distribute.loop import distributed_fit
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     strategy, info = resolve_strategy(args.strategy)
     out: dict = {"strategy": info.strategy, "replicas": info.replicas, "workers": info.workers}
@@ -171,7 +171,7 @@ def child(args) -> dict:
 def child_extract(args) -> dict:
     """Runs extract_features (one shard or all) and returns its own images/s and rows."""
     from headstart.pipeline.config import ExtractConfig
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     summary = extract_features(ExtractConfig(
         source=args.source, out=args.result + ".h5", backbone="mobilenet_v2", weights="none", alpha=0.35,
@@ -220,7 +220,7 @@ def _wait(procs) -> list[dict]:
 
 def extraction_jobs(args, images: Path) -> dict:
     """images/s of extract_features in one process vs two concurrent --shard processes; merge time."""
-    from headstart.pipeline.stages.merging import merge_features
+    from headstart.pipeline.commands.merging import merge_features
 
     def spawn(tag: str, shard: str) -> tuple[subprocess.Popen, Path]:
         result = Path(args.workdir) / f"{tag}.json"

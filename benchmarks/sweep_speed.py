@@ -38,7 +38,7 @@ def extract_real_cache(work: Path) -> Path:
     from conftest import ASSETS, MNV2_035, layout_cats_vs_dogs_2k
 
     from headstart.pipeline.config import ExtractConfig
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     images = layout_cats_vs_dogs_2k(ASSETS, work / "images")
     cache = work / "features.h5"
@@ -59,13 +59,13 @@ def main() -> None:
     args = parser.parse_args()
 
     # Everything imported now: the library's lazy imports then never load a module edited meanwhile.
-    import headstart.pipeline.report.rundir  # noqa: F401
-    import headstart.pipeline.report.out_dir  # noqa: F401
+    import headstart.pipeline.store.rundir  # noqa: F401
+    import headstart.pipeline.store.out_dir  # noqa: F401
     import headstart.pipeline.sweep.best  # noqa: F401
     import headstart.pipeline.sweep.leaderboard  # noqa: F401
     import headstart.pipeline.training.head_group  # noqa: F401
     from headstart.pipeline.config import HeadConfig, SweepConfig
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
     from headstart.pipeline.sweep.space import SearchSpace
     from headstart.pipeline.sweep.study import run_sweep, trial_params
 

@@ -49,8 +49,8 @@ def prepare(name: str, source: Path, out: Path, tap: str, image_size: int, backb
             log) -> tuple[Path, Path]:
     """Extracts the cache with the tap (and ``views`` views) and trains the guide's head; returns (cache, head run)."""
     from headstart.pipeline.config import ExtractConfig, HeadConfig
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     label = f"{name}-{backbone['backbone']}-{image_size}-{tap.replace(':', '')}"
     cache, head = out / f"{label}.h5", out / f"{label}-head"
@@ -71,8 +71,8 @@ def epoch_speed(source: Path, head: Path, rounds: int, batch_size: int, log) -> 
     from headstart.pipeline.model.assembly import unfreeze_backbone
     from headstart.pipeline.model.head import compile_head
     from headstart.pipeline.model.unfreeze import Unfreeze
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.finetune_on_cache import cache_tap, cached_dataset, load_rows, top_block_model
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.finetuning.on_cache import cache_tap, cached_dataset, load_rows, top_block_model
     from headstart.pipeline.training.labelled_dataset import labelled_dataset
 
     run = RunDir.open(head, kind="head", recipe=True)
@@ -111,8 +111,8 @@ def epoch_speed(source: Path, head: Path, rounds: int, batch_size: int, log) -> 
 def accuracy(name: str, source: Path, head: Path, out: Path, log) -> dict:
     """``finetune`` end to end (guide) and ``--on-cache`` from the same head: test accuracy and time."""
     from headstart.pipeline.config import FinetuneConfig
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     rows = {"head": {"test_accuracy": RunDir.open(head, kind="head").metrics()["test"]["accuracy"]}}
     runs = {"end_to_end": FinetuneConfig(source=str(source), head=str(head), out=str(out / f"{name}-e2e")),

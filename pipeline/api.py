@@ -48,13 +48,13 @@ _quiet()
 
 #: The API's functions: name → (module, attribute).
 FUNCTIONS: dict[str, tuple[str, str]] = {
-    "extract_features": ("headstart.pipeline.stages.extraction", "extract_features"),
-    "merge_features": ("headstart.pipeline.stages.merging", "merge_features"),
-    "train_head": ("headstart.pipeline.stages.head_training", "train_head"),
-    "finetune": ("headstart.pipeline.stages.finetuning", "finetune"),
-    "evaluate": ("headstart.pipeline.stages.evaluation", "evaluate_model"),
-    "predict": ("headstart.pipeline.stages.prediction", "predict_images"),
-    "export": ("headstart.pipeline.stages.exporting", "export_model_dir"),
+    "extract_features": ("headstart.pipeline.commands.extraction", "extract_features"),
+    "merge_features": ("headstart.pipeline.commands.merging", "merge_features"),
+    "train_head": ("headstart.pipeline.commands.head_training", "train_head"),
+    "finetune": ("headstart.pipeline.finetuning.finetuning", "finetune"),
+    "evaluate": ("headstart.pipeline.commands.evaluation", "evaluate_model"),
+    "predict": ("headstart.pipeline.commands.prediction", "predict_images"),
+    "export": ("headstart.pipeline.commands.exporting", "export_model_dir"),
     "inspect_path": ("headstart.pipeline.report.inspection", "inspect_path"),
     "load_run_config": ("headstart.pipeline.run.runner", "load_run_config"),
     "run_pipeline": ("headstart.pipeline.run.runner", "run_pipeline"),

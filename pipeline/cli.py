@@ -75,7 +75,7 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
     """
     from headstart.pipeline.data.source_spec import parse_split_option
     from headstart.pipeline.report.skipped import SHOWN, skipped_lines
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     config = ExtractConfig(source=source, out=out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
                            split_specs=parse_split_option(split_specs), **options)
@@ -101,7 +101,7 @@ def extract_features_command(source, out, splits, split_specs, quiet, **options)
 def split_command(source, **options):
     """Lay out a folder of class folders as OUT/{train,validation,test}/<class>/, stratified per class;
     links to SOURCE's files (--copy copies them), files with the same bytes in one split."""
-    from headstart.pipeline.stages.splitting import split_folders
+    from headstart.pipeline.commands.splitting import split_folders
 
     _echo(split_folders(SplitConfig(source=source, **options)).table())
 
@@ -118,7 +118,7 @@ def merge_features_command(out, shards, overwrite, quiet):
     Give every shard 0/N … N-1/N once, all of one configuration. OUT holds the rows in the order a
     single extract-features run writes them, and no longer needs the shard files.
     """
-    from headstart.pipeline.stages.merging import merge_features
+    from headstart.pipeline.commands.merging import merge_features
 
     summary = merge_features(out, list(shards), overwrite=overwrite, reporter=_console(quiet))
     if summary.already_complete:
@@ -167,7 +167,7 @@ def train_head_command(features, out, quiet, **options):
     FEATURES is a cache written by extract-features. The run directory gets head.keras,
     run.json (config and the cache's provenance), metrics.json, history.csv and curves.png.
     """
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     result = train_head(HeadConfig(features=features, out=out, **options), log=_console(quiet).line)
     _echo(result.summary)
@@ -234,7 +234,7 @@ def finetune_command(source, split_specs, export, quiet, **options):
     logits out) with metrics, history and curves.
     """
     from headstart.pipeline.data.source_spec import parse_split_option
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     config = FinetuneConfig(source=source, split_specs=parse_split_option(split_specs), export=tuple(export), **options)
     console = _console(quiet)

@@ -33,7 +33,7 @@ def evaluate_command(model, source, split, as_json, **options):
     confusion matrix.
     """
     from headstart.features.reporter import ProgressOnly
-    from headstart.pipeline.stages.evaluation import evaluate_model, format_evaluation
+    from headstart.pipeline.commands.evaluation import evaluate_model, format_evaluation
 
     # The headline is the table's first line: nothing but the result goes to stdout.
     result = evaluate_model(model, source, split, reporter=ProgressOnly(_console()),
@@ -55,7 +55,7 @@ def predict_command(model, paths, csv_path, batch_size):
     label set (each class at or above its saved threshold) with each probability. Bad files are
     reported and do not stop the others; the exit status is then 1.
     """
-    from headstart.pipeline.stages.prediction import format_prediction, predict_images, write_predictions_csv
+    from headstart.pipeline.commands.prediction import format_prediction, predict_images, write_predictions_csv
 
     rows = predict_images(model, paths, batch_size=batch_size, reporter=_console(),
                           note=lambda m: _echo(m, err=True))
@@ -82,7 +82,7 @@ def export_command(model, formats, quiet, **options):
     `headstart run` directory (its final model, RUN/model.keras). DIR gets saved_model/, model.onnx, model.tflite and export.json.
     """
     from headstart.pipeline.config import ExportConfig
-    from headstart.pipeline.stages.exporting import export_model_dir
+    from headstart.pipeline.commands.exporting import export_model_dir
 
     console = _console(quiet)
     result = export_model_dir(ExportConfig(model=model, formats=tuple(formats), **options), reporter=console)

@@ -22,7 +22,7 @@ def echo(message: object = "", err: bool = False) -> None:
 
 def echo_json(data: Any) -> None:
     """One valid JSON document on stdout and nothing else (NaN → null): what --json promises."""
-    from headstart.pipeline.report.files import json_text
+    from headstart.pipeline.store.files import json_text
 
     click.echo(json_text(data))
 

@@ -21,7 +21,7 @@ CATS_VS_DOGS_SPLITS = {
     "test": "train[50%:60%]",
 }
 DEFAULT_AUGMENT = "flip,rotate=0.1"
-#: What ``finetune --export`` can write besides model.keras (``stages.export.export_model``).
+#: What ``finetune --export`` can write besides model.keras (``commands.export.export_model``).
 EXPORT_FORMATS = ("saved_model", "onnx", "tflite")
 #: TFLite quantization of ``finetune --export tflite --quantize`` (int8: calibrated on training images).
 QUANTIZE_MODES = ("none", "float16", "int8")
@@ -153,8 +153,8 @@ class FinetuneConfig:
     head_lr: float = 1e-3
     head_batch_size: int = 64
     unfreeze: str = "all"
-    augment: str = DEFAULT_AUGMENT  # or "auto": the invariance audit chooses (stages/finetune_choices.py)
-    # "lr", "unfreeze" or "lr,unfreeze": short fine-tunes choose them on validation (training/rate_probes.py).
+    augment: str = DEFAULT_AUGMENT  # or "auto": the invariance audit chooses (finetuning/choices.py)
+    # "lr", "unfreeze" or "lr,unfreeze": short fine-tunes choose them on validation (finetuning/rate_probes.py).
     probe: str = "none"
     probe_steps: int = 0            # steps per probe; 0: one epoch, at most rate_probes.MAX_PROBE_STEPS
     trial_views: int = 2            # --augment auto: cached views per training image in each item's trial
@@ -174,7 +174,7 @@ class FinetuneConfig:
     class_weight: str = "none"      # CLASS_WEIGHT_MODES or a TOML/JSON file: class name → weight
     monitor: str = "val_loss"       # MONITORS
     calibrate: str = "temperature"  # CALIBRATIONS: fitted on validation after the stage gate
-    # Train the layers above the head's cache's tap on its cached activations (stages/finetune_on_cache.py).
+    # Train the layers above the head's cache's tap on its cached activations (finetuning/on_cache.py).
     on_cache: bool = False
 
 
@@ -215,7 +215,7 @@ class RunConfig:
     source: str = ""
     out: str = ""
     # "auto": every choice left open (augmentation, head, fine-tuning rate and depth, image size) is
-    # made on validation (headstart.pipeline.run.auto); "guide": the Keras guide's fixed recipe.
+    # made on validation (headstart.pipeline.run.auto.recipe); "guide": the Keras guide's fixed recipe.
     recipe: str = "auto"
     budget: float | None = None     # minutes the auto recipe's search may take (None: planned from speeds)
     tensorboard: bool = False

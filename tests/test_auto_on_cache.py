@@ -13,7 +13,7 @@ from recipe_images import SHIPPED, write_set
 
 
 def test_a_paired_win_needs_more_than_two_standard_errors_of_the_disagreements():
-    from headstart.pipeline.recipe.paired import compare_paired
+    from headstart.pipeline.evidence.paired import compare_paired
 
     head = np.array([True] * 90 + [False] * 10)
     # 6 images flipped to right, 1 to wrong: +0.05 with 7 disagreements, SE sqrt(7)/100 = 0.026: not beyond 2 SE.
@@ -31,8 +31,8 @@ def test_a_paired_win_needs_more_than_two_standard_errors_of_the_disagreements()
 
 
 def test_the_fine_tune_line_says_why_in_one_line():
-    from headstart.pipeline.recipe.paired import compare_paired
-    from headstart.pipeline.run.auto_finetune import finetune_line
+    from headstart.pipeline.evidence.paired import compare_paired
+    from headstart.pipeline.run.auto.finetune import finetune_line
 
     head = np.array([True] * 80 + [False] * 20)
     better, same = head.copy(), head.copy()
@@ -50,7 +50,7 @@ def test_the_fine_tune_line_says_why_in_one_line():
 def test_the_logistic_probe_folds_its_standardisation_into_a_dense_layer(monkeypatch, classes):
     from sklearn.linear_model import LogisticRegression
 
-    from headstart.pipeline.recipe import baselines
+    from headstart.pipeline.evidence import baselines
 
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, [0.5, 2.0, 5.0, 1.0], size=(90, 4)).astype(np.float32)
@@ -79,7 +79,7 @@ def test_auto_fine_tunes_on_the_cache_and_a_winning_logistic_probe_becomes_the_h
     import dataclasses
 
     from headstart.pipeline.cli import main
-    from headstart.pipeline.recipe import paired
+    from headstart.pipeline.evidence import paired
 
     real = paired.compare_paired
     monkeypatch.setattr(paired, "compare_paired", lambda a, b: dataclasses.replace(real(a, b), beats=True))

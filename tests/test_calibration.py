@@ -99,7 +99,7 @@ def test_calibrate_none_keeps_the_model_and_a_bad_word_is_refused(tmp_path):
 
     from headstart.pipeline.cli import main
     from headstart.pipeline.config import FinetuneConfig
-    from headstart.pipeline.stages.finetune_final import calibrate
+    from headstart.pipeline.finetuning.final import calibrate
     from headstart.features.reporter import QUIET, LineReporter
 
     model, predictions = object(), SimpleNamespace(labels=np.array([0, 1]), logits=np.zeros((2, 1)))

@@ -72,7 +72,7 @@ def _write_run(tmp_path: Path, record: dict) -> Path:
 
 
 def test_a_run_json_from_before_the_chain_entry_still_reads(tmp_path):
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
 
     run = RunDir.open(_write_run(tmp_path, OLD_HEAD_RECORD), kind="head", recipe=True)
     assert run.chain == ChainConfig(backbone=ChainBackbone("mobilenet_v2", "none", 0.35, "w1"), image_size=48,
@@ -83,7 +83,7 @@ def test_a_run_json_from_before_the_chain_entry_still_reads(tmp_path):
 
 def test_a_damaged_chain_entry_is_one_error_naming_run_json_and_the_field(tmp_path):
     from headstart.pipeline.errors import RunDirError
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
 
     record = {**OLD_HEAD_RECORD, "chain": {**CHAIN.to_dict(), "pooling": 7}}
     path = _write_run(tmp_path, record)
@@ -101,9 +101,9 @@ def test_a_damaged_chain_entry_is_one_error_naming_run_json_and_the_field(tmp_pa
 def test_the_chain_travels_in_a_keras_files_metadata_and_the_model_still_loads(tmp_path):
     import keras
 
-    from headstart.pipeline.report.chain_record import read_keras_chain
-    from headstart.pipeline.report.files import save_model_atomic
-    from headstart.pipeline.report.rundir import load_model_file
+    from headstart.pipeline.store.chain_record import read_keras_chain
+    from headstart.pipeline.store.files import save_model_atomic
+    from headstart.pipeline.store.rundir import load_model_file
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     save_model_atomic(model, tmp_path / "m.keras", metadata={"chain": CHAIN.to_dict()})
@@ -120,8 +120,8 @@ def _tiny_head_run(tmp_path: Path, epochs: int) -> Path:
     """Generated cat/dog images, a 32 px weights=None MobileNetV2 cache and a head on it; returns the images."""
     from conftest import make_splits
     from headstart.pipeline.config import ExtractConfig, HeadConfig
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     data = make_splits(tmp_path / "images", per_class=(4, 3, 2))
     extract_features(ExtractConfig(source=str(data), out=str(tmp_path / "f.h5"), backbone="mobilenet_v2",
@@ -138,9 +138,9 @@ def test_a_head_run_rebuilt_from_its_chain_gives_its_logits_and_finetune_records
     from headstart.pipeline.data.sources import open_source
     from headstart.pipeline.model.head_run import rebuild_head_chain
     from headstart.pipeline.model.parity import check_parity
-    from headstart.pipeline.report.chain_record import read_keras_chain
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.store.chain_record import read_keras_chain
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     data = _tiny_head_run(tmp_path, epochs=2)
     head = RunDir.open(tmp_path / "head", kind="head", recipe=True)
@@ -150,7 +150,7 @@ def test_a_head_run_rebuilt_from_its_chain_gives_its_logits_and_finetune_records
         ("mobilenet_v2", "none", 32, "avg", ("cats", "dogs"))
     assert chain.backbone.fingerprint == head.cache_config["weights_fingerprint"]
     # Its old keys alone describe the same chain (a run.json from before "chain").
-    from headstart.pipeline.report.chain_record import chain_from_record
+    from headstart.pipeline.store.chain_record import chain_from_record
 
     old = {k: v for k, v in head.record.items() if k != "chain"}
     assert chain_from_record(old, lambda *a: AssertionError(a)) == chain
@@ -166,7 +166,7 @@ def test_a_head_run_rebuilt_from_its_chain_gives_its_logits_and_finetune_records
     assert tuned.chain == read_keras_chain(tuned.model_path)
     assert tuned.chain.replace(temperature=None) == chain
     # A model.keras copied alone still says what it answers: predict reads the chain in its metadata.
-    from headstart.pipeline.stages.predictor import load_predictor
+    from headstart.pipeline.commands.predictor import load_predictor
 
     alone = tmp_path / "alone" / "model.keras"
     alone.parent.mkdir()
@@ -182,9 +182,9 @@ def test_exports_and_a_lone_model_file_carry_the_chain(tmp_path):
     import onnx
 
     from headstart.pipeline.config import ExportConfig
-    from headstart.pipeline.report.export_record import read_export_record
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.exporting import export_model_dir
+    from headstart.pipeline.store.export_record import read_export_record
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.commands.exporting import export_model_dir
 
     _tiny_head_run(tmp_path, epochs=1)
     chain = RunDir.open(tmp_path / "head", kind="head").chain
@@ -197,7 +197,7 @@ def test_exports_and_a_lone_model_file_carry_the_chain(tmp_path):
     alone = tmp_path / "alone" / "copy.keras"  # no run.json, no export.json beside it
     alone.parent.mkdir()
     shutil.copy(tmp_path / "head" / "head.keras", alone)
-    from headstart.pipeline.report.chain_record import read_keras_chain
+    from headstart.pipeline.store.chain_record import read_keras_chain
 
     assert read_keras_chain(alone) == chain
 
@@ -222,9 +222,9 @@ def _cache_with_recipe(path: Path) -> Path:
 
 def test_train_head_stores_the_chain_in_run_json_and_head_keras(tmp_path):
     from headstart.pipeline.config import HeadConfig
-    from headstart.pipeline.report.chain_record import read_keras_chain
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.store.chain_record import read_keras_chain
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.commands.head_training import train_head
 
     cache = _cache_with_recipe(tmp_path / "f.h5")
     train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=2, batch_size=16, dropout=0.25),
@@ -239,9 +239,9 @@ def test_train_head_stores_the_chain_in_run_json_and_head_keras(tmp_path):
 def test_a_head_on_a_cache_without_a_backbone_recipe_has_no_chain_and_still_reads(tmp_path):
     from conftest import make_cache
     from headstart.pipeline.config import HeadConfig
-    from headstart.pipeline.report.chain_record import read_keras_chain
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.store.chain_record import read_keras_chain
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.commands.head_training import train_head
 
     cache = make_cache(tmp_path / "f.h5", counts={"train": 32, "validation": 16})
     train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=1, batch_size=16),

@@ -90,7 +90,7 @@ def test_weighted_training_loss_equals_the_hand_computation(tmp_path):
     import keras
 
     from headstart.features.cache import open_cache
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     cache = imbalanced_cache(tmp_path / "f.h5")
     lines: list[str] = []
@@ -210,7 +210,7 @@ def test_balanced_weights_raise_balanced_accuracy_with_dogs_cut_to_70(real_photo
     import csv
 
     from headstart.features.cache import open_cache
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     cache = real_photo_cache["cache"]
     with open_cache(cache) as c:

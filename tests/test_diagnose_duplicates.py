@@ -279,7 +279,7 @@ def test_real_digit_scans_have_no_false_copies_and_planted_ones_are_found(digits
     from conftest import ASSETS, MNV2_035
     from headstart.pipeline.config import DiagnoseConfig, ExtractConfig
     from headstart.pipeline.diagnose.diagnosis import diagnose
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     weights = ASSETS / "weights" / MNV2_035
     if not weights.is_file():

@@ -74,7 +74,7 @@ def test_planted_issues_in_real_photos_are_found(tmp_path, capsys):
 
     from headstart.pipeline.cli import main
     from headstart.pipeline.config import ExtractConfig
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     made = _planted_folder(tmp_path)
     cache = tmp_path / "features.h5"

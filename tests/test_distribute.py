@@ -32,7 +32,7 @@ from headstart.pipeline.config import HeadConfig
 from headstart.pipeline.distribute.strategy import (_config_is_chief, batch_policy, chief_output_dir, precision,
                                  read_tf_config, resolve_strategy)
 from headstart.pipeline.errors import OptionError
-from headstart.pipeline.stages.head_training import train_head
+from headstart.pipeline.commands.head_training import train_head
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ["curves.png", "head.keras", "history.csv", "metrics.json", "run.json"]
@@ -44,7 +44,7 @@ BASE = dict(epochs=5, lr=5e-2, batch_size=32, seed=3, dropout=0.0)
 WORKER = r"""
 import json, sys
 from headstart.pipeline.config import HeadConfig
-from headstart.pipeline.stages.head_training import train_head
+from headstart.pipeline.commands.head_training import train_head
 for config in json.loads(sys.argv[1]):
     if "fit_check" in config:
         sys.path.insert(0, "tests")

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = r"""
 import json, sys, time, keras
 from headstart.pipeline.config import FinetuneConfig
-from headstart.pipeline.stages.finetuning import finetune
+from headstart.pipeline.finetuning.finetuning import finetune
 
 class Slow(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
@@ -52,9 +52,9 @@ RUN_FILES = {"run.json", "metrics.json", "model.keras", "history.csv"}
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Images, a weights file, a cache, a head run, and the single-device finetune to compare with."""
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.finetuning import finetune
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.finetuning.finetuning import finetune
+    from headstart.pipeline.commands.head_training import train_head
 
     root = tmp_path_factory.mktemp("dist-finetune")
     data = make_splits(root / "images")

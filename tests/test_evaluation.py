@@ -20,7 +20,7 @@ def saved(tmp_path_factory):
     from headstart.pipeline.data.augment import build_augmentation
     from headstart.pipeline.model.head import build_head
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.pipeline.report.files import save_model_atomic, write_json_atomic
+    from headstart.pipeline.store.files import save_model_atomic, write_json_atomic
 
     root = tmp_path_factory.mktemp("evaluation")
     keras.utils.set_random_seed(1)
@@ -44,7 +44,7 @@ def saved(tmp_path_factory):
 def test_evaluate_reports_metrics_confusion_and_grid(saved):
     from headstart.pipeline.data.image import load_image
     from headstart.pipeline.data.sources import resolve_source
-    from headstart.pipeline.stages.evaluation import evaluate_model
+    from headstart.pipeline.commands.evaluation import evaluate_model
 
     grid = saved.root / "wrong.png"
     lines: list[str] = []
@@ -72,7 +72,7 @@ def test_evaluate_reports_metrics_confusion_and_grid(saved):
 
 @pytest.mark.slow
 def test_evaluate_refusals(saved, tmp_path):
-    from headstart.pipeline.stages.evaluation import evaluate_model
+    from headstart.pipeline.commands.evaluation import evaluate_model
 
     with pytest.raises(RunDirError, match="no such model file"):
         evaluate_model(tmp_path / "nothing.keras", str(saved.data), log=lambda s: None)
@@ -95,7 +95,7 @@ def test_evaluate_refusals(saved, tmp_path):
 
 @pytest.mark.slow
 def test_predict_reports_bad_files_and_keeps_going(saved, tmp_path):
-    from headstart.pipeline.stages.prediction import predict_images, write_predictions_csv
+    from headstart.pipeline.commands.prediction import predict_images, write_predictions_csv
 
     rng = np.random.default_rng(0)
     good_jpg = write_image(tmp_path / "a.jpg", rng, colour=(220, 40, 40))
@@ -146,7 +146,7 @@ def test_exports_match_model_keras_without_augmentation(saved, tmp_path):
     from headstart.pipeline.data.image import load_image
     from ai_edge_litert.interpreter import Interpreter
 
-    from headstart.pipeline.stages.export import export_model
+    from headstart.pipeline.commands.export import export_model
 
     model = keras.saving.load_model(saved.model_path)
     done = export_model(model, tmp_path, ("saved_model", "tflite"))

@@ -28,9 +28,9 @@ def exported(real_photo_cache, tmp_path_factory):
     from headstart.pipeline.config import HeadConfig
     from headstart.pipeline.data.sources import resolve_source
     from headstart.features.chain import build_backbone_parts, build_chain
-    from headstart.pipeline.report.files import save_model_atomic, write_json_atomic
-    from headstart.pipeline.stages.export import export_model
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.store.files import save_model_atomic, write_json_atomic
+    from headstart.pipeline.commands.export import export_model
+    from headstart.pipeline.commands.head_training import train_head
 
     root = tmp_path_factory.mktemp("export")
     head_run = train_head(HeadConfig(features=str(real_photo_cache["cache"]), out=str(root / "head"), epochs=10,
@@ -57,7 +57,7 @@ def exported(real_photo_cache, tmp_path_factory):
 
 @pytest.mark.slow
 def test_onnx_and_tflite_predict_like_model_keras_on_real_test_photos(exported):
-    from headstart.pipeline.stages.export import check_exports
+    from headstart.pipeline.commands.export import check_exports
 
     report = check_exports(exported.done, exported.model, exported.small, "test")
     assert report["onnx"]["images"] == 100
@@ -118,7 +118,7 @@ def test_saved_model_serves_encoded_image_bytes(exported, tmp_path):
 
 @pytest.mark.slow
 def test_tflite_int8_calibrated_on_training_photos_keeps_accuracy(exported, tmp_path):
-    from headstart.pipeline.stages.export import calibration_images, check_exports, export_model
+    from headstart.pipeline.commands.export import calibration_images, check_exports, export_model
 
     done = export_model(exported.model, tmp_path, ("tflite",), quantize="int8", class_names=["cats", "dogs"],
                         calibration=calibration_images(exported.small, 128))
@@ -132,7 +132,7 @@ def test_tflite_int8_calibrated_on_training_photos_keeps_accuracy(exported, tmp_
 
 def test_int8_without_calibration_images_is_refused(tmp_path):
     from headstart.pipeline.errors import OptionError
-    from headstart.pipeline.stages.export import export_model
+    from headstart.pipeline.commands.export import export_model
 
     with pytest.raises(OptionError, match="needs calibration images"):
         export_model(None, tmp_path, ("tflite",), quantize="int8")
@@ -159,7 +159,7 @@ def test_predict_command_reads_every_export_format(exported):
 def test_export_refusals_and_a_bad_export_file(tmp_path):
     from headstart.pipeline.cli import main
     from headstart.pipeline.errors import OptionError
-    from headstart.pipeline.stages.export import check_export_options
+    from headstart.pipeline.commands.export import check_export_options
 
     with pytest.raises(OptionError, match="unknown format 'coreml'"):
         check_export_options(("coreml",), "none")

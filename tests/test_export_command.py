@@ -80,7 +80,7 @@ def test_refusals_are_one_line_and_leave_nothing(tmp_path):
 
 
 def test_a_sweep_directory_means_its_best_head_and_a_run_directory_its_finetune(tmp_path):
-    from headstart.pipeline.stages.exporting import resolve_export_input
+    from headstart.pipeline.commands.exporting import resolve_export_input
 
     best = tmp_path / "sweep" / "best"
     best.mkdir(parents=True)

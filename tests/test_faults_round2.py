@@ -458,7 +458,7 @@ def tiny_model(tmp_path_factory):
 
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.head import build_head
-    from headstart.pipeline.report.files import save_model_atomic, write_json_atomic
+    from headstart.pipeline.store.files import save_model_atomic, write_json_atomic
 
     run = tmp_path_factory.mktemp("tiny_model")
     keras.utils.set_random_seed(0)
@@ -567,7 +567,7 @@ def test_the_exported_serve_bytes_refuses_a_bomb_before_decoding_it(tiny_model, 
     import tensorflow as tf
 
     from headstart.pipeline.data.image import MAX_IMAGE_PIXELS, load_image
-    from headstart.pipeline.stages.export import export_model
+    from headstart.pipeline.commands.export import export_model
 
     model = keras.saving.load_model(tiny_model, compile=False)
     export_model(model, tmp_path, ("saved_model",), class_names=["cats", "dogs"])
@@ -626,7 +626,7 @@ def test_inspect_never_prints_a_forged_label_as_a_line_of_its_own(tmp_path):
 
 
 def test_predict_rows_and_error_lines_escape_names(tmp_path):
-    from headstart.pipeline.stages.prediction import PredictionRow, format_prediction
+    from headstart.pipeline.commands.prediction import PredictionRow, format_prediction
 
     assert format_prediction(PredictionRow("x\n.jpg", FORGED, 0.5)) == (
         "x\\n.jpg\tcats\\r\\nsplit train: 999 rows (FORGED)\t0.5000")
@@ -645,8 +645,8 @@ def test_predict_rows_and_error_lines_escape_names(tmp_path):
 def test_run_files_are_created_with_the_mode_the_umask_gives(tmp_path, umask, mode):
     import keras
 
-    from headstart.pipeline.report.curves import plot_curves
-    from headstart.pipeline.report.files import (save_model_atomic, write_history_csv, write_json_atomic,
+    from headstart.pipeline.store.curves import plot_curves
+    from headstart.pipeline.store.files import (save_model_atomic, write_history_csv, write_json_atomic,
                                                  write_text_atomic)
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])

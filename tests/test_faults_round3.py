@@ -83,7 +83,7 @@ def crafted_saved_model(tmp_path):
 
 def foreign_signatures(tmp_path):
     from headstart.pipeline.errors import RunDirError
-    from headstart.pipeline.stages.predictor import load_predictor
+    from headstart.pipeline.commands.predictor import load_predictor
 
     import tensorflow as tf
 
@@ -102,8 +102,8 @@ def foreign_signatures(tmp_path):
 def genuine_export(tmp_path):
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.head import build_head
-    from headstart.pipeline.stages.export import export_model
-    from headstart.pipeline.stages.predictor import load_predictor
+    from headstart.pipeline.commands.export import export_model
+    from headstart.pipeline.commands.predictor import load_predictor
 
     parts = build_backbone_parts("mobilenet", weights="none", image_size=32, alpha=0.25)
     model = build_chain(parts.backbone, parts.preprocessing, parts.pooling,
@@ -293,7 +293,7 @@ def diagnose_overwrite_killed_mid_write(tmp_path, monkeypatch):
 
     from headstart.pipeline.config import DiagnoseConfig
     from headstart.pipeline.diagnose.diagnosis import diagnose
-    from headstart.pipeline.report import files
+    from headstart.pipeline.store import files
 
     made, out = diagnose_cache(tmp_path, plant=True), tmp_path / "report"
     assert _invoke(["diagnose", made["path"], "--out", out, "--folds", 3]).exit_code == 0

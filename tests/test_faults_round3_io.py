@@ -185,7 +185,7 @@ def bare_model(tmp_path_factory) -> Path:
 
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.head import build_head
-    from headstart.pipeline.report.files import save_model_atomic
+    from headstart.pipeline.store.files import save_model_atomic
 
     folder = tmp_path_factory.mktemp("bare_model")
     keras.utils.set_random_seed(0)
@@ -381,7 +381,7 @@ def test_the_exit_code_rule_is_written_where_users_look():
 
 
 def test_the_exit_code_rule_holds_for_input_machine_and_busy(tmp_path, cache):
-    from headstart.pipeline.report.out_dir import LOCK_FILE
+    from headstart.pipeline.store.out_dir import LOCK_FILE
 
     assert _invoke(["train-head", cache, "--no-such-option"]).exit_code == 2  # usage
     result = _invoke(["train-head", tmp_path / "missing.h5", "--out", tmp_path / "h"])

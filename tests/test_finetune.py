@@ -45,8 +45,8 @@ def with_backbone(config: FinetuneConfig, **options) -> FinetuneConfig:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Images, a weights file, a float32 feature cache and a trained head run."""
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     root = tmp_path_factory.mktemp("finetune")
     data = make_splits(root / "images")
@@ -62,7 +62,7 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def main_run(prepared):
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     lines: list[str] = []
     result = finetune(config_for(prepared, prepared.root / "ft", export=("saved_model", "onnx", "tflite")),
@@ -143,7 +143,7 @@ def test_saved_model_reloads_in_safe_mode_with_frozen_batchnorm(main_run, prepar
 
 @pytest.mark.slow
 def test_evaluate_reproduces_the_reported_test_accuracy(main_run, prepared):
-    from headstart.pipeline.stages.evaluation import evaluate_model
+    from headstart.pipeline.commands.evaluation import evaluate_model
 
     metrics = json.loads((main_run.run_dir / "metrics.json").read_text())
     again = evaluate_model(main_run.run_dir / "model.keras", str(prepared.data), "test", log=lambda s: None)
@@ -196,7 +196,7 @@ def test_recompile_takes_effect_and_batchnorm_statistics_stay_bit_identical(prep
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.assembly import freeze_backbone, unfreeze_backbone
     from headstart.pipeline.model.unfreeze import parse_unfreeze
-    from headstart.pipeline.report.files import save_model_atomic
+    from headstart.pipeline.store.files import save_model_atomic
 
     keras.utils.set_random_seed(0)
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
@@ -278,7 +278,7 @@ def test_trainable_counts_per_unfreeze_mode():
 def test_parity_detects_a_changed_input_path(prepared, tmp_path):
     from PIL import Image
 
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     data = tmp_path / "images"
     shutil.copytree(prepared.data, data)
@@ -314,12 +314,12 @@ def test_parity_detects_perturbed_weights(prepared):
 @pytest.mark.slow
 def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_path):
     from headstart.pipeline.data.sources import resolve_source
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.store.rundir import RunDir
     from headstart.pipeline.model.head import build_head
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.parity import check_parity
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     extract_features(ExtractConfig(source=str(prepared.data), out=str(tmp_path / "f16.h5"), dtype="float16",
                                    weights=str(prepared.weights), splits=("train", "validation"), **BACKBONE),
@@ -342,7 +342,7 @@ def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_pat
 def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
     # In bfloat16 the logits drift far past any tolerance that still catches a wrong input path
     # (measured: 1.3 on a logit of 7), so --mixed-precision used to fail its own parity check.
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     out = tmp_path / "mixed"
     result = finetune(config_for(prepared, out, epochs=1, parity_samples=8, mixed_precision=True), log=lambda s: None)
@@ -357,7 +357,7 @@ def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
 
 @pytest.mark.slow
 def test_refusals(prepared, main_run, tmp_path):
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
     from headstart.features.chain import build_backbone_parts
 
     quiet = {"log": lambda s: None}
@@ -405,7 +405,7 @@ class _Sabotage(keras.callbacks.Callback):
 
 @pytest.mark.slow
 def test_without_head_trains_head_first_and_gate_keeps_seeded(prepared, tmp_path):
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     config = with_backbone(
         FinetuneConfig(source=str(prepared.data), out=str(tmp_path / "ft"), epochs=1, batch_size=16,
@@ -428,7 +428,7 @@ def test_without_head_trains_head_first_and_gate_keeps_seeded(prepared, tmp_path
 RESUME_SCRIPT = r"""
 import sys, time, keras
 from headstart.pipeline.config import FinetuneConfig
-from headstart.pipeline.stages.finetuning import finetune
+from headstart.pipeline.finetuning.finetuning import finetune
 
 class Slow(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
@@ -441,7 +441,7 @@ finetune(FinetuneConfig(source=sys.argv[1], head=sys.argv[2], out=sys.argv[4], e
 
 @pytest.mark.slow
 def test_resume_after_sigkill_restores_epoch_and_optimizer(prepared, main_run, tmp_path):
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     out = tmp_path / "ft"
     state = out / "backup" / "finetune" / "state.json"
@@ -486,9 +486,9 @@ def test_resume_after_sigkill_restores_epoch_and_optimizer(prepared, main_run, t
 @pytest.mark.slow
 @pytest.mark.assets
 def test_real_cats_vs_dogs_finetune_keeps_head_accuracy(real_photo_cache, tmp_path):
-    from headstart.pipeline.stages.evaluation import evaluate_model
-    from headstart.pipeline.stages.finetuning import finetune
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.evaluation import evaluate_model
+    from headstart.pipeline.finetuning.finetuning import finetune
+    from headstart.pipeline.commands.head_training import train_head
 
     # The session's one extraction of the 2,000 photos (MobileNetV2 0.35, shared ImageNet weights,
     # 128 px, split 70/10/20 by number): the head and fine-tuning only read it.
@@ -506,7 +506,7 @@ def test_real_cats_vs_dogs_finetune_keeps_head_accuracy(real_photo_cache, tmp_pa
 def test_class_weights_and_monitor_reach_the_fit_and_the_gate(prepared, tmp_path):
     """--class-weight balanced counted from the head's cache, weighted training batches, and
     --monitor balanced_accuracy watched by early stopping (per-epoch measure) and the stage gate."""
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     lines: list[str] = []
     result = finetune(config_for(prepared, tmp_path / "ft", epochs=2, parity_samples=0, class_weight="balanced",

@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from headstart.pipeline.report import files as report
-from headstart.pipeline.report.curves import plot_curves
-from headstart.pipeline.report.provenance import library_versions
+from headstart.pipeline.store import files as report
+from headstart.pipeline.store.curves import plot_curves
+from headstart.pipeline.store.provenance import library_versions
 from headstart.pipeline.report.summary_table import format_summary_table
 from headstart.pipeline.report.metrics import classification_metrics
 from headstart.pipeline.errors import OptionError

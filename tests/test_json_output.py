@@ -33,7 +33,7 @@ def test_the_commands_with_json_are_the_ones_tested():
 def test_json_text_is_valid_json_for_nan_infinity_and_numpy():
     import numpy as np
 
-    from headstart.pipeline.report.files import json_text
+    from headstart.pipeline.store.files import json_text
 
     text = json_text({"loss": float("nan"), "big": math.inf, "n": np.int64(3), "x": np.float32(0.5), "p": REPO})
     assert json.loads(text) == {"loss": None, "big": None, "n": 3, "x": 0.5, "p": str(REPO)}
@@ -54,7 +54,7 @@ def test_evaluate_json_is_one_document_and_its_headline_rounds(tmp_path):
 
     from headstart.features.chain import build_backbone_parts, build_chain
     from headstart.pipeline.model.head import build_head
-    from headstart.pipeline.report.files import save_model_atomic, write_json_atomic
+    from headstart.pipeline.store.files import save_model_atomic, write_json_atomic
 
     data = make_splits(tmp_path / "images")
     base, pre, pool, info = build_backbone_parts(BACKBONE["backbone"], weights="none", image_size=32,

@@ -320,7 +320,7 @@ def test_extract_a_multi_label_csv_into_a_multi_hot_cache(tmp_path):
 def test_run_and_evaluate_read_the_label_file_options(tmp_path):
     from headstart.pipeline.run.runner import load_run_config
     from headstart.pipeline.run.toml_config import to_toml
-    from headstart.pipeline.stages.evaluation import _resolve
+    from headstart.pipeline.commands.evaluation import _resolve
 
     rows = flat_images(tmp_path / "pics", {"cat": 3, "dog": 3})
     csv = write_csv(tmp_path / "labels.csv", "picture,kind", [f"{n},{lab}" for n, lab in rows])
@@ -332,7 +332,7 @@ def test_run_and_evaluate_read_the_label_file_options(tmp_path):
     assert (spec.path_column, spec.label_column, spec.images, spec.multi_label) == \
         ("picture", "kind", str(tmp_path / "pics"), True)
     assert 'path_column = "picture"' in to_toml(config) and "multi_label = true" in to_toml(config)
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
 
     (tmp_path / "ft").mkdir()
     (tmp_path / "ft" / "run.json").write_text(json.dumps({"kind": "finetune",
@@ -373,8 +373,8 @@ def test_run_and_evaluate_on_a_csv_of_bare_ids_end_to_end(tmp_path):
 
 def test_finetune_reads_the_label_file_options_from_the_head_cache_or_its_own(tmp_path):
     from headstart.pipeline.config import ExtractConfig, FinetuneConfig, config_to_dict
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.finetune_plan import source_spec_for
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.finetuning.plan import source_spec_for
 
     csv = str(tmp_path / "labels.csv")
     recorded = config_to_dict(ExtractConfig(source=csv, path_column="picture", label_column="kind",
@@ -399,8 +399,8 @@ def test_real_photos_as_a_flat_folder_and_a_csv_equal_the_class_folders(real_pho
     # again as one flat folder of symlinks plus path,label,split rows taken from that layout.
     from conftest import head_weights
     from headstart.pipeline.config import ExtractConfig, HeadConfig
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     tree, flat = real_photo_cache["images"], tmp_path / "photos"
     flat.mkdir()

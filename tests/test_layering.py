@@ -29,12 +29,14 @@ LAYERS: list[set[str]] = [
     {"options"},                        # the one table of option facts: flags, choices, ranges; its check
     {"data"},                           # the input path: source spec, sources, splits, decoding
     {"model"},                          # the model chain around the head, freezing, parity
-    {"report"},                         # run directories (RunDir, the --out policy and lock), measures, plots
+    {"store"},                          # what a run leaves on disk: RunDir, RunLayout, the --out lock, atomic files, provenance
+    {"report"},                         # measures, plots, text for people, inspect
     {"distribute"},                     # tf.distribute strategies and loops
-    {"training"},                       # the fit machinery and the one prediction loop, shared by the stages
-    {"recipe"},                         # auto's experiments on a head and a cache: audit, baselines, plan
-    {"stages"},                         # the commands: extraction, head training, fine-tuning, evaluation, export
-    {"diagnose", "sweep"},              # experimentation on a cache, built on the stages
+    {"training"},                       # the fit machinery and the one prediction loop, shared by the commands
+    {"evidence"},                       # experiments on a head and a cache: invariance audit, view trials, baselines, paired tests
+    {"commands"},                       # the commands: extraction, head training, evaluation, prediction, export
+    {"finetuning"},                     # headstart finetune: plan, choices, end-to-end and on-cache fits, gate, outputs
+    {"diagnose", "sweep"},              # experimentation on a cache, built on the commands
     {"run"},                            # headstart run and demo: the stages chained
     {"cli_errors", "cli_options", "cli_output", "api"},  # the CLI's error boundary; click options; the Python API's functions
     {"cli_models"},                     # the commands on a trained model or a finished run (evaluate, predict, export, report)

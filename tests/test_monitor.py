@@ -45,7 +45,7 @@ def test_monitor_refusals_are_one_line():
 
 @pytest.mark.slow
 def test_train_head_stops_on_validation_balanced_accuracy(tmp_path):
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     cache = make_cache(tmp_path / "f.h5", classes=3, flip_validation=0.3)
     out = tmp_path / "run"

@@ -18,9 +18,9 @@ def test_exports_carry_thresholds_and_predict_reads_label_sets_from_them(tmp_pat
     from headstart.pipeline.data.image import load_image
     from headstart.pipeline.model.head import build_head
     from headstart.pipeline.report.multilabel_metrics import thresholds_record
-    from headstart.pipeline.stages.prediction import predict_images
-    from headstart.pipeline.stages.export import export_model
-    from headstart.pipeline.stages.predictor import load_predictor
+    from headstart.pipeline.commands.prediction import predict_images
+    from headstart.pipeline.commands.export import export_model
+    from headstart.pipeline.commands.predictor import load_predictor
 
     keras.utils.set_random_seed(0)
     base, pre, pool, info = build_backbone_parts("mobilenet_v2", weights=str(WEIGHTS), image_size=32, alpha=0.35,

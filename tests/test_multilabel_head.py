@@ -85,7 +85,7 @@ def test_early_stopping_on_validation_map_keeps_the_highest_epoch():
 def test_multi_label_head_refuses_a_distributed_strategy(tmp_path, monkeypatch):
     from headstart.pipeline.config import HeadConfig
     from headstart.pipeline.errors import OptionError
-    from headstart.pipeline.stages import head_training
+    from headstart.pipeline.commands import head_training
 
     cache = make_multilabel_cache(tmp_path / "ml.h5", counts={"train": 40, "validation": 16})
 
@@ -132,7 +132,7 @@ def test_summary_plot_draws_per_class_ap_and_label_sets(tmp_path, monkeypatch):
 def test_run_samples_of_a_multi_label_model_hold_label_sets(tmp_path):
     import json
 
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
     from headstart.pipeline.run.samples import SampleImages, write_samples
     from headstart.pipeline.training.predictions import PredictedBatch
 

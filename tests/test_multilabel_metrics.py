@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from headstart.pipeline.report import multilabel_metrics as mm
+from headstart.pipeline.store.chain_record import thresholds_from_record
 
 
 def test_average_precision_by_hand():
@@ -71,5 +72,5 @@ def test_thresholds_maximise_each_class_f1_on_validation():
 def test_threshold_record_round_trips_by_class_name():
     record = mm.thresholds_record([0.2, 0.7], ["cat", "sofa"], "validation")
     assert record["chosen_on"] == "validation" and "F1" in record["rule"]
-    np.testing.assert_array_equal(mm.thresholds_from_record(record, ["sofa", "cat", "new"]), [0.7, 0.2, 0.5])
+    np.testing.assert_array_equal(thresholds_from_record(record, ["sofa", "cat", "new"]), [0.7, 0.2, 0.5])
     assert "no validation split" in mm.thresholds_record([0.5], ["x"], None)["rule"]

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 from conftest import make_cache, make_class_folders, subprocess_env
 from headstart.pipeline.cli import main
 from headstart.pipeline.errors import RunDirBusyError, RunDirError
-from headstart.pipeline.report.out_dir import FRESH, LOCK_FILE, REPLACE, RESUME, REUSE, OutDir, settle
+from headstart.pipeline.store.out_dir import FRESH, LOCK_FILE, REPLACE, RESUME, REUSE, OutDir, settle
 
 HOLD = r"""
 import sys, time
-from headstart.pipeline.report.out_dir import OutDir
+from headstart.pipeline.store.out_dir import OutDir
 with OutDir(sys.argv[1], sys.argv[2]).locked():
     print("HELD", flush=True)
     time.sleep(600)

@@ -21,9 +21,9 @@ API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 def test_every_api_name_resolves_to_the_function_the_cli_calls():
     import headstart.pipeline as api
     from headstart.pipeline.config import FinetuneConfig, HeadConfig
-    from headstart.pipeline.stages.evaluation import evaluate_model
-    from headstart.pipeline.stages.finetuning import finetune
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.evaluation import evaluate_model
+    from headstart.pipeline.finetuning.finetuning import finetune
+    from headstart.pipeline.commands.head_training import train_head
 
     for name in api.__all__:
         assert getattr(api, name) is not None, name

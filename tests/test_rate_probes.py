@@ -27,7 +27,7 @@ def _data():
 
 
 def test_each_rate_starts_from_the_seeded_weights_and_the_best_is_chosen():
-    from headstart.pipeline.training.rate_probes import PROBE_LRS, probe_rates
+    from headstart.pipeline.finetuning.rate_probes import PROBE_LRS, probe_rates
     from headstart.features.reporter import QUIET
 
     model = _model()
@@ -56,7 +56,7 @@ def test_each_rate_starts_from_the_seeded_weights_and_the_best_is_chosen():
 
 
 def test_no_fine_tuning_when_no_probe_beats_the_seeded_model_and_saved_probes_are_not_rerun():
-    from headstart.pipeline.training.rate_probes import probe_rates
+    from headstart.pipeline.finetuning.rate_probes import probe_rates
     from headstart.features.reporter import QUIET
 
     model = _model()
@@ -73,7 +73,7 @@ def test_no_fine_tuning_when_no_probe_beats_the_seeded_model_and_saved_probes_ar
 
 def test_probe_spec_parses_before_tensorflow():
     from headstart.pipeline.errors import OptionError
-    from headstart.pipeline.training.rate_probes import parse_probe
+    from headstart.pipeline.finetuning.rate_probes import parse_probe
 
     assert parse_probe("none") == () and parse_probe("unfreeze, lr") == ("lr", "unfreeze")
     with pytest.raises(OptionError, match="probe must be none, lr, unfreeze or lr,unfreeze"):

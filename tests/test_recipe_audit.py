@@ -12,10 +12,10 @@ def _audit(tmp_path, classes):
     from headstart.pipeline.config import ExtractConfig, HeadConfig
     from headstart.pipeline.data.source_spec import SourceSpec
     from headstart.pipeline.data.sources import open_source
-    from headstart.pipeline.recipe.audit import audit_head_run
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.evidence.audit import audit_head_run
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     root = write_set(tmp_path / "images", classes, counts=(("train", 40), ("validation", 16)))
     cache = tmp_path / "features.h5"
@@ -46,7 +46,7 @@ def test_every_candidate_is_kept_when_the_classes_are_symmetric(tmp_path):
 
 
 def test_the_rule_is_noise_aware_and_combines_items():
-    from headstart.pipeline.recipe.audit import MIN_DROP, audit_invariance, combine_items
+    from headstart.pipeline.evidence.audit import MIN_DROP, audit_invariance, combine_items
 
     labels = np.arange(200) % 2
     # The model reads the first pixel: the reference is right on every row; "flip" mirrors the image

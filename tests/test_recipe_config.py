@@ -58,7 +58,7 @@ def test_recipe_and_budget_are_checked_before_anything_runs():
 
 
 def test_the_sweep_searches_only_the_head_options_left_open():
-    from headstart.pipeline.run.auto_head import TRIAL_EPOCHS, head_searchable, search_space
+    from headstart.pipeline.run.auto.head import TRIAL_EPOCHS, head_searchable, search_space
 
     space = search_space(_resolve(flags={"head_lr": 3e-3}, file_values={"head": {"head_kind": "hidden"}}))
     assert space.lr == (3e-3, 3e-3) and space.head_kind == ("hidden",)
@@ -72,7 +72,7 @@ def test_the_sweep_searches_only_the_head_options_left_open():
 def test_finetune_runs_on_the_cache_and_tries_rates_only_when_open():
     from types import SimpleNamespace
 
-    from headstart.pipeline.run.auto_finetune import auto_tap, on_cache_config
+    from headstart.pipeline.run.auto.finetune import auto_tap, on_cache_config
 
     def steps(config):
         return SimpleNamespace(config=config, open=lambda name: name not in config.explicit)
@@ -94,9 +94,9 @@ def test_finetune_runs_on_the_cache_and_tries_rates_only_when_open():
 def test_the_augmentation_plan_is_made_again_at_the_chosen_size_said_and_kept_on_resume():
     from types import SimpleNamespace
 
-    from headstart.pipeline.recipe.plan import Speeds, plan_recipe
-    from headstart.pipeline.run.auto_finetune import on_cache_config
-    from headstart.pipeline.run.auto_steps import augment_plan_step
+    from headstart.pipeline.run.auto.plan import Speeds, plan_recipe
+    from headstart.pipeline.run.auto.finetune import on_cache_config
+    from headstart.pipeline.run.auto.steps import augment_plan_step
 
     config = _resolve()
     rows = {"train": 1400, "validation": 200, "test": 400}

@@ -10,7 +10,7 @@ from conftest import make_cache
 
 
 def test_baselines_choose_on_validation_and_score_test(tmp_path):
-    from headstart.pipeline.recipe.baselines import KNN_KS, LOGISTIC_CS, best_baseline, feature_baselines
+    from headstart.pipeline.evidence.baselines import KNN_KS, LOGISTIC_CS, best_baseline, feature_baselines
 
     cache = make_cache(tmp_path / "f.h5", classes=3, shape=(8,), spread=0.8)
     knn, logistic = feature_baselines(str(cache))
@@ -25,7 +25,7 @@ def test_baselines_choose_on_validation_and_score_test(tmp_path):
 
 
 def test_baselines_average_a_spatial_cache_and_subsample_a_large_one(tmp_path):
-    from headstart.pipeline.recipe.baselines import feature_baselines
+    from headstart.pipeline.evidence.baselines import feature_baselines
 
     cache = make_cache(tmp_path / "f.h5", classes=2, shape=(2, 2, 4))
     knn, _ = feature_baselines(str(cache), max_train_rows=40)
@@ -34,7 +34,7 @@ def test_baselines_average_a_spatial_cache_and_subsample_a_large_one(tmp_path):
 
 def test_baselines_need_a_validation_split(tmp_path):
     from headstart.pipeline.errors import DataError
-    from headstart.pipeline.recipe.baselines import feature_baselines
+    from headstart.pipeline.evidence.baselines import feature_baselines
 
     cache = make_cache(tmp_path / "f.h5", counts={"train": 40, "test": 10})
     with pytest.raises(DataError, match="need a validation split"):
@@ -42,14 +42,14 @@ def test_baselines_need_a_validation_split(tmp_path):
 
 
 def _speeds(**rows):
-    from headstart.pipeline.recipe.plan import Speeds
+    from headstart.pipeline.run.auto.plan import Speeds
 
     return Speeds(image_size=150, images_per_second=200.0,
                   rows=rows or {"train": 1400, "validation": 200, "test": 400})
 
 
 def test_the_plan_sizes_the_sweep_to_validation_and_keeps_everything_within_a_generous_budget():
-    from headstart.pipeline.recipe.plan import MAX_TRIALS, MIN_TRIALS, plan_recipe, sweep_trials
+    from headstart.pipeline.run.auto.plan import MAX_TRIALS, MIN_TRIALS, plan_recipe, sweep_trials
 
     assert sweep_trials(200) == 25 and sweep_trials(10) == MIN_TRIALS and sweep_trials(10**6) == MAX_TRIALS
     plan = plan_recipe(_speeds(), native_size=224, search_head=True, audit_candidates=7,
@@ -62,7 +62,7 @@ def test_the_plan_sizes_the_sweep_to_validation_and_keeps_everything_within_a_ge
 
 
 def test_a_tight_budget_cuts_the_search_in_order():
-    from headstart.pipeline.recipe.plan import MIN_TRIALS, plan_recipe
+    from headstart.pipeline.run.auto.plan import MIN_TRIALS, plan_recipe
 
     kwargs = dict(native_size=224, search_head=True, audit_candidates=7, probe_lrs=(1e-5, 1e-4, 1e-3),
                   probe_depth=True)
@@ -80,7 +80,7 @@ def test_a_tight_budget_cuts_the_search_in_order():
 
 
 def test_a_fine_tune_on_the_cache_is_priced_as_cheap_epochs():
-    from headstart.pipeline.recipe.plan import plan_recipe
+    from headstart.pipeline.run.auto.plan import plan_recipe
 
     kwargs = dict(native_size=None, search_head=True, audit_candidates=0, probe_lrs=(), probe_depth=False,
                   budget_minutes=None)
@@ -90,7 +90,7 @@ def test_a_fine_tune_on_the_cache_is_priced_as_cheap_epochs():
 
 
 def test_the_augmentation_trials_are_priced_again_at_the_chosen_size():
-    from headstart.pipeline.recipe.plan import RecipePlan, plan_augmentation, plan_recipe
+    from headstart.pipeline.run.auto.plan import RecipePlan, plan_augmentation, plan_recipe
 
     kwargs = dict(native_size=224, search_head=True, audit_candidates=7, probe_lrs=(), probe_depth=False)
     speeds = _speeds()
@@ -151,7 +151,7 @@ def test_the_fine_tuning_row_counts_only_what_its_stage_spent_outside_the_other_
     """Auto on the cache: the view trials (augmentation row) and the fine-tunes at each rate (rate
     row) ran inside the finetune stage, so the fine-tuning row keeps only the rest (each second once)."""
     from headstart.pipeline.report.decisions import Decision
-    from headstart.pipeline.run.auto import _counted_once
+    from headstart.pipeline.run.auto.recipe import _counted_once
 
     rows = [Decision("augment", "flip", seconds=373.0), Decision("lr", 1e-5, seconds=135.0),
             Decision("unfreeze", "top:30", seconds=0.0), Decision("finetune", "fine-tuned", seconds=537.0)]

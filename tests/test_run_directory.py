@@ -26,7 +26,7 @@ def cli(*args):
 
 
 def test_promote_swaps_the_chosen_size_to_the_top_by_renaming(tmp_path):
-    from headstart.pipeline.report.run_layout import RunLayout
+    from headstart.pipeline.store.run_layout import RunLayout
 
     (tmp_path / "config.toml").write_text("", encoding="utf-8")
     layout = RunLayout(tmp_path, top_size=150)
@@ -66,7 +66,7 @@ def auto_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_chosen_model_cache_and_head_are_at_the_top(auto_run):
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
 
     out, decisions = auto_run.out, auto_run.decisions
     size = decisions["image_size"]["chosen"]
@@ -146,7 +146,7 @@ def test_the_decisions_table_wraps_long_values_and_ends_with_the_time_no_decisio
     from types import SimpleNamespace as NS
 
     from headstart.pipeline.report.decisions import Decision, format_decisions
-    from headstart.pipeline.run.auto_summary import recipe_section
+    from headstart.pipeline.run.auto.summary import recipe_section
 
     head = "linear, lr 0.03, dropout 0.09, wd 0.22, smoothing 0.1, batch 64, units 128, norm layer"
     recipe = {"recipe": "auto", "decisions": [Decision("head", head, seconds=11.0).to_dict(),
@@ -160,7 +160,7 @@ def test_the_decisions_table_wraps_long_values_and_ends_with_the_time_no_decisio
 
 
 def test_a_run_directory_resolves_to_its_final_model_chosen_head_and_cache(tmp_path):
-    from headstart.pipeline.report.run_layout import chosen_cache, describe_model, final_model_dir, stage_dir
+    from headstart.pipeline.store.run_layout import chosen_cache, describe_model, final_model_dir, stage_dir
 
     run = tmp_path / "run"
     (run / "finetune").mkdir(parents=True)

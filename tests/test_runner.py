@@ -201,7 +201,7 @@ def test_inspect_describes_run_directories(finished):
 
 
 def test_summary_plot_draws_curves_confusion_and_samples(tmp_path):
-    from headstart.pipeline.report.files import read_history
+    from headstart.pipeline.store.files import read_history
     from headstart.pipeline.report.summary_plot import plot_summary
 
     rng = np.random.default_rng(0)

@@ -50,7 +50,7 @@ def assert_trials_are_train_head(path: Path, trials, runs, out: Path, *, epochs:
                                  **fields) -> None:
     """Each batched trial equals ``train-head`` alone with the same parameters (and ``fields``):
     epochs, every history column (the monitored one too), the kept weights and the validation loss."""
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     for i, (params, run) in enumerate(zip(trials, runs)):
         alone = train_head(params.head_config(features=str(path), out=str(out / f"alone{i}"), epochs=epochs,
@@ -250,8 +250,8 @@ def test_sweep_writes_leaderboard_plot_and_best_run(tmp_path):
 
 @pytest.mark.slow
 def test_multi_label_sweep_ranks_by_validation_map_and_best_is_a_multi_label_head_run(tmp_path):
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.commands.head_training import train_head
 
     path = make_multilabel_cache(tmp_path / "ml.h5")
     toml = tmp_path / "sweep.toml"
@@ -304,7 +304,7 @@ def test_sweep_refuses_a_monitor_or_class_weights_the_task_cannot_take(tmp_path)
 def test_class_weighted_sweep_without_maximum_epochs_keeps_best_with_the_weights(tmp_path):
     """--class-weight FILE reaches every trial and best/ (recorded as train-head records it);
     [sweep] epochs = 0 trains each trial until early stopping."""
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
 
     path = make_cache(tmp_path / "c.h5", classes=3, flip_validation=0.2)
     weights_file = tmp_path / "weights.json"
@@ -333,7 +333,7 @@ def test_class_weighted_sweep_without_maximum_epochs_keeps_best_with_the_weights
 def test_monitor_decides_which_trial_wins_and_what_the_result_reports(tmp_path):
     """The same trials (same seed: the sampler's random start draws the same parameters) ranked by
     validation loss and by balanced accuracy: another winner, each the best by its own measure."""
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
     from headstart.pipeline.sweep.study import run_sweep
 
     path = make_cache(tmp_path / "c.h5", classes=3, flip_validation=0.3, spread=2.0)
@@ -530,7 +530,7 @@ def test_finetune_accepts_the_sweeps_best_head_with_parity(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_on_real_photos_finds_a_head_at_least_as_good(real_photo_cache, tmp_path):
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
     from headstart.pipeline.sweep.study import run_sweep
 
     cache = str(real_photo_cache["cache"])

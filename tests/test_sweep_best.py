@@ -35,7 +35,7 @@ def _weights(run_dir: Path) -> list[np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, normalize", [("linear", "none"), ("hidden", "standardize")])
 def test_a_one_configuration_sweep_and_train_head_give_the_same_weights(tmp_path, kind, normalize):
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
     from headstart.pipeline.sweep.study import run_sweep, trial_params
     import optuna
 
@@ -66,7 +66,7 @@ def test_a_one_configuration_sweep_and_train_head_give_the_same_weights(tmp_path
 def test_best_is_the_winning_trials_own_head_not_a_retrained_copy(tmp_path, monkeypatch):
     """best/ holds the trial's weights, not a copy trained again (training is forbidden here): its
     validation loss and history are the trial's."""
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
     from headstart.pipeline.sweep.study import run_sweep
     from headstart.pipeline.training import head_fit
 

@@ -120,7 +120,7 @@ def test_views_of_another_cache_are_matched_by_key_and_checked_for_provenance(ta
 
     from headstart.features.cache import open_cache
     from headstart.pipeline.errors import DataError
-    from headstart.pipeline.stages.finetune_on_cache import views_from
+    from headstart.pipeline.finetuning.on_cache import views_from
 
     path = str(tapped["cache"])
     with open_cache(path) as cache:
@@ -146,8 +146,8 @@ def test_on_cache_finetune_reproduces_its_cached_logits_and_keeps_batchnorm(tapp
 
     from headstart.features.cache import open_cache
     from headstart.features.chain import batchnorm_layers
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.finetune_on_cache import top_block_model
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.finetuning.on_cache import top_block_model
 
     before = RunDir.open(tapped["head"], kind="head", recipe=True).rebuild(weights=str(tapped["weights"])).model
     stats = {layer.name: [w.copy() for w in layer.get_weights()] for layer in batchnorm_layers(before)}

@@ -63,8 +63,8 @@ def test_tensorboard_dir_that_is_a_file_is_refused_before_training(tmp_path):
 
 
 def test_a_reused_stage_is_replayed_through_the_keras_callback(tmp_path):
-    from headstart.pipeline.report.files import write_history_csv
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.files import write_history_csv
+    from headstart.pipeline.store.rundir import RunDir
     from headstart.pipeline.report.tensorboard_logs import write_history
 
     recorded = {"loss": [0.9, 0.5, 0.4], "accuracy": [0.5, 0.75, 0.875],

@@ -22,7 +22,7 @@ from headstart.features.cache import open_cache
 from headstart.pipeline.config import HeadConfig
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.model.head import predict_classes
-from headstart.pipeline.stages.head_training import train_head
+from headstart.pipeline.commands.head_training import train_head
 
 QUIET = {"log": lambda line: None}
 

@@ -24,7 +24,7 @@ def _configs(tmp_path, **extra):
 @pytest.mark.slow
 def test_copied_originals_equal_computed_ones_and_the_views_are_the_same(tmp_path):
     from headstart.features.cache import open_cache
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     base, views = _configs(tmp_path)
     extract_features(base, log=lambda *_: None)
@@ -47,7 +47,7 @@ def test_copied_originals_equal_computed_ones_and_the_views_are_the_same(tmp_pat
 @pytest.mark.slow
 def test_originals_from_another_image_size_are_refused(tmp_path):
     from headstart.features.errors import StoreError
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     base, views = _configs(tmp_path)
     extract_features(base, log=lambda *_: None)

@@ -11,7 +11,7 @@ from recipe_images import SHIPPED, write_set
 
 
 def test_the_paired_difference_on_fixed_numbers():
-    from headstart.pipeline.recipe.view_trials import NOISE_Z, paired_difference
+    from headstart.pipeline.evidence.view_trials import NOISE_Z, paired_difference
 
     # Two seeds, four rows. Differences per seed: (+1, 0, 0, 0)/4 = 0.25 and (+1, +1, 0, -1)/4 = 0.25.
     without = np.array([[0, 1, 1, 1], [0, 0, 1, 1]], float)
@@ -34,15 +34,15 @@ def test_the_paired_difference_on_fixed_numbers():
 
 
 def test_one_seed_has_no_seed_spread_and_a_tie_is_kept():
-    from headstart.pipeline.recipe.view_trials import paired_difference
+    from headstart.pipeline.evidence.view_trials import paired_difference
 
     same = paired_difference(np.ones((1, 10)), np.ones((1, 10)))
     assert same.mean == 0.0 and same.se == 0.0 and not same.hurts  # neutral: kept
 
 
 def test_the_budget_plan_counts_the_view_trials():
-    from headstart.pipeline.recipe.plan import TRIAL_SECONDS_PER_1K_ROWS, Speeds, plan_recipe
-    from headstart.pipeline.recipe.view_trials import SEEDS, VIEWS
+    from headstart.pipeline.run.auto.plan import TRIAL_SECONDS_PER_1K_ROWS, Speeds, plan_recipe
+    from headstart.pipeline.evidence.view_trials import SEEDS, VIEWS
 
     speeds = Speeds(image_size=150, images_per_second=200.0, rows={"train": 1400, "validation": 200, "test": 400})
     plan = plan_recipe(speeds, native_size=None, search_head=False, audit_candidates=7, probe_lrs=(),
@@ -57,10 +57,10 @@ def test_the_budget_plan_counts_the_view_trials():
 
 def _trials(tmp_path, classes):
     from headstart.pipeline.config import ExtractConfig, HeadConfig
-    from headstart.pipeline.recipe.view_trials import run_view_trials
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.evidence.view_trials import run_view_trials
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     root = write_set(tmp_path / "images", classes, counts=(("train", 32), ("validation", 24)))
     base = ExtractConfig(source=str(root), out=str(tmp_path / "features.h5"), backbone="mobilenet_v2", alpha=0.35,
@@ -140,8 +140,8 @@ def test_finetune_augment_auto_killed_during_the_trials_resumes_with_the_same_co
 
     from headstart.pipeline.cli import main
     from headstart.pipeline.config import ExtractConfig, HeadConfig
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     root = write_set(tmp_path / "images", ("left", "right"), counts=(("train", 16), ("validation", 12)))
     cache = tmp_path / "features.h5"
@@ -177,9 +177,9 @@ def test_on_cache_fine_tune_trains_on_the_views_of_the_kept_items_only(tmp_path,
 
     from headstart.pipeline.cli import main
     from headstart.pipeline.config import ExtractConfig, HeadConfig
-    from headstart.pipeline.recipe import audit
-    from headstart.pipeline.stages.extraction import extract_features
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.evidence import audit
+    from headstart.pipeline.commands.extraction import extract_features
+    from headstart.pipeline.commands.head_training import train_head
 
     monkeypatch.setattr(audit, "AUDIT_CANDIDATES", ("flip", "brightness=0.2"))  # two trials, not seven
     root = write_set(tmp_path / "images", ("left", "right"), counts=(("train", 24), ("validation", 16)))
@@ -206,8 +206,8 @@ def test_on_cache_fine_tune_trains_on_the_views_of_the_kept_items_only(tmp_path,
 
 
 def test_the_fit_names_the_views_it_draws_from_in_one_line():
-    from headstart.pipeline.stages.finetune_choices import kept_views
-    from headstart.pipeline.stages.finetune_on_cache import _views_line
+    from headstart.pipeline.finetuning.choices import kept_views
+    from headstart.pipeline.finetuning.on_cache import _views_line
 
     trials = {"view_trials": {"candidates": [
         {"item": "flip", "kept": False, "views_cache": None},

@@ -121,7 +121,7 @@ def build_augmentation(spec: str = "flip,rotate=0.1", seed: int | None = None):
 def build_fixed_transform(name: str, value: str | None, sign: int = 1):
     """One augmentation item at the edge of its range, the same for every image.
 
-    The invariance audit (``headstart.pipeline.recipe.audit``) asks how a trained head treats images
+    The invariance audit (``headstart.pipeline.evidence.audit``) asks how a trained head treats images
     transformed as the augmentation would at its strongest; it uses the same Keras layers as
     ``build_augmentation`` with their range pinned to one end, so what is audited is what trains.
 

@@ -59,9 +59,9 @@ def diagnose(config: DiagnoseConfig, *, reporter: Reporter = QUIET) -> Diagnosis
     from headstart.pipeline.diagnose.agreement import align_cache
     from headstart.pipeline.diagnose.dataset import load_cache_rows
     from headstart.pipeline.options.checks import check_config
-    from headstart.pipeline.report.out_dir import REUSE, claim
+    from headstart.pipeline.store.out_dir import REUSE, claim
 
-    from headstart.pipeline.report.run_layout import chosen_cache
+    from headstart.pipeline.store.run_layout import chosen_cache
 
     if str(chosen_cache(config.features)) != str(config.features):  # a `headstart run` directory
         reporter.line(f"{config.features}: using {chosen_cache(config.features)}, the run's chosen cache")

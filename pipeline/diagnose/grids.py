@@ -44,7 +44,7 @@ def write_grids(d, top: int) -> None:
 def _grid(path: str, root: str | None, cells: list[tuple[str, list[str], bool]], title: str) -> None:
     from PIL import Image, ImageDraw
 
-    from headstart.pipeline.report.files import atomic_write
+    from headstart.pipeline.store.files import atomic_write
 
     cell_w, cell_h = _THUMB + 2 * _PAD, _THUMB + 2 * _PAD + _TEXT_LINES * _LINE
     rows = max(1, math.ceil(len(cells) / _COLUMNS))

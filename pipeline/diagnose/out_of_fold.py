@@ -72,7 +72,7 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
     from headstart.pipeline.model.head import logits_to_probabilities
     from headstart.pipeline.training.head_data import FeatureRows
     from headstart.pipeline.training.head_fit import fit_head
-    from headstart.pipeline.training.head_recipe import build_compiled_head
+    from headstart.pipeline.training.head_build import build_compiled_head
 
     if len(x) < 2 * folds:
         raise DataError(f"{len(x)} labelled rows are too few for {folds} folds (need {2 * folds} or more)")

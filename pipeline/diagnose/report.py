@@ -101,7 +101,7 @@ def mark_started(config, fingerprint: str, other_fingerprints: list[str]) -> Non
     unfinished, which the next run redoes, never an old report.json beside new CSVs that a rerun
     would call "already done" while ``--exclude`` reads the new label_issues.csv.
     """
-    from headstart.pipeline.report.files import write_json_atomic
+    from headstart.pipeline.store.files import write_json_atomic
 
     write_json_atomic(os.path.join(config.out, "report.json"), {
         "kind": "diagnose", "complete": False, "config": config_record(config),
@@ -112,8 +112,8 @@ def mark_started(config, fingerprint: str, other_fingerprints: list[str]) -> Non
 def write_report(d, config) -> None:
     """Writes the three CSVs, then report.json (complete), into ``d.out``."""
     from headstart.pipeline.diagnose.neighbours import search_method
-    from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
-    from headstart.pipeline.report.provenance import library_versions
+    from headstart.pipeline.store.files import write_json_atomic, write_text_atomic
+    from headstart.pipeline.store.provenance import library_versions
 
     out = d.out
     label_columns = LABEL_COLUMNS + (AGREEMENT_COLUMNS if d.agreement is not None else ())

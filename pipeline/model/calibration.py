@@ -4,7 +4,7 @@ validation, so that "0.9 confident" means right about nine times in ten.
 The temperature is a layer of the model itself — a built-in ``keras.layers.Rescaling`` named
 ``"temperature"`` with ``scale = 1 / T``, after the head — so ``model.keras`` loads anywhere in safe
 mode (no custom class to register), ``get_config`` carries it, and every export (SavedModel, ONNX,
-TFLite: ``headstart.pipeline.stages.export``) computes the calibrated logits with no code of ours on
+TFLite: ``headstart.pipeline.commands.export``) computes the calibrated logits with no code of ours on
 the serving side. Dividing by a positive T never changes which class wins, so accuracy is unchanged;
 multi-label models get one T per class (one sigmoid each), and their thresholds are chosen after.
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from headstart.pipeline.errors import RunDirError
 from headstart.pipeline.report.run_inspection import (acc, format_pipeline, inspect_pipeline, read_json,
                                                      settings, wrap)
-from headstart.pipeline.report.run_layout import RunLayout
-from headstart.pipeline.report.rundir import RunDir
+from headstart.pipeline.store.run_layout import RunLayout
+from headstart.pipeline.store.rundir import RunDir
 
 
 def inspect_path(path: str) -> dict:
@@ -102,7 +102,7 @@ def _inspect_diagnose(path: Path) -> dict:
 
 
 def _inspect_export(path: Path) -> dict:
-    from headstart.pipeline.report.export_record import read_export_record
+    from headstart.pipeline.store.export_record import read_export_record
 
     return {**(read_export_record(path) or {}), "kind": "export", "path": str(path), "files": _files(path)}
 

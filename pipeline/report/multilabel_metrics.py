@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-#: Threshold of a class that validation cannot tell anything about (no positive row, or none at all).
-DEFAULT_THRESHOLD = 0.5
+from headstart.pipeline.store.chain_record import DEFAULT_THRESHOLD
+
 #: The headline measures of a multi-label split, in the order tables print them.
 HEADLINE = ("map", "micro_f1", "macro_f1", "exact_match")
 #: How the thresholds were chosen, as run.json records it.
@@ -178,15 +178,6 @@ def thresholds_record(thresholds: Sequence[float], class_names: Sequence[str], c
             "thresholds": {name: float(t) for name, t in zip(class_names, thresholds)},
             "chosen_on": chosen_on,
             "rule": THRESHOLD_RULE if chosen_on else f"no validation split: {DEFAULT_THRESHOLD} for every class"}
-
-
-def thresholds_from_record(record: dict | None, class_names: Sequence[str]) -> np.ndarray:
-    """The (C,) thresholds of a ``thresholds_record`` in ``class_names`` order.
-
-    A missing record or class gets ``DEFAULT_THRESHOLD``.
-    """
-    values = ((record or {}).get("thresholds") or {})
-    return np.array([float(values.get(name, DEFAULT_THRESHOLD)) for name in class_names], dtype=np.float64)
 
 
 def summary_rows(validation: dict | None, test: dict | None) -> list[tuple[str, Any]]:

@@ -10,8 +10,8 @@ from typing import Any
 
 from headstart.features.bounded_parse import loads_json, loads_toml
 from headstart.pipeline.errors import RunDirError
-from headstart.pipeline.report.run_layout import RunLayout
-from headstart.pipeline.report.stage_records import StageSummary
+from headstart.pipeline.store.run_layout import RunLayout
+from headstart.pipeline.store.stage_records import StageSummary
 
 _STAGE_LABELS = {"extract": "extract-features", "head": "train-head", "finetune": "finetune", "evaluate": "evaluate"}
 

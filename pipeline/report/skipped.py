@@ -31,7 +31,7 @@ def write_skipped_csv(cache: str | os.PathLike) -> Path | None:
         The CSV, or None when nothing was skipped (an older CSV there is removed).
     """
     from headstart.features.cache import open_cache
-    from headstart.pipeline.report.files import write_text_atomic
+    from headstart.pipeline.store.files import write_text_atomic
 
     target = skipped_csv_path(cache)
     with open_cache(str(cache)) as c:

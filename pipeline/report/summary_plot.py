@@ -44,7 +44,7 @@ def plot_summary(path: str | os.PathLike, *, head_history: Mapping[str, Sequence
     matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
     import matplotlib.pyplot as plt
 
-    from headstart.pipeline.report.files import save_png
+    from headstart.pipeline.store.files import save_png
 
     n_samples = 0 if samples is None else len(samples["images"])
     cols = 6

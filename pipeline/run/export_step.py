@@ -1,6 +1,6 @@
 """``headstart run --export``: the run's final model exported into ``RUN_DIR/export/``.
 
-The step is ``headstart export RUN_DIR --out RUN_DIR/export`` (``stages.exporting``, the same call,
+The step is ``headstart export RUN_DIR --out RUN_DIR/export`` (``commands.exporting``, the same call,
 checks included: the final model, fine-tuned or the chosen head's), run after the evaluate stage. What is exported shapes no model, so ``--export``
 and ``--quantize`` are left out of the finetune stage's key and of the run directory's configuration
 check: adding ``--export`` to a finished run exports it without training anything again.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headstart.features.reporter import Indented
-from headstart.pipeline.report.run_layout import RunLayout
+from headstart.pipeline.store.run_layout import RunLayout
 from headstart.pipeline.run.toml_config import RunConfig
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def export_stage(config: RunConfig, run_dir: Path, record: dict | None, console:
         The stage's record for stages.json: key, status, seconds, the files and their checks.
     """
     from headstart.pipeline.config import ExportConfig
-    from headstart.pipeline.stages.exporting import export_model_dir
+    from headstart.pipeline.commands.exporting import export_model_dir
 
     ft, start = config.finetune, time.perf_counter()
     try:

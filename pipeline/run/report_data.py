@@ -27,7 +27,7 @@ from headstart.pipeline.errors import RunDirError
 
 #: Leaderboard rows shown.
 LEADERBOARD_ROWS = 10
-from headstart.pipeline.report.run_layout import MISTAKES, REPORT_HTML, SUMMARY_JSON, RunLayout  # noqa: F401
+from headstart.pipeline.store.run_layout import MISTAKES, REPORT_HTML, SUMMARY_JSON, RunLayout  # noqa: F401
 
 
 @dataclass

@@ -37,7 +37,7 @@ def write_report(run_dir: str | Path) -> Path:
     Raises:
         RunDirError: not a finished ``headstart run`` directory.
     """
-    from headstart.pipeline.report.files import write_text_atomic
+    from headstart.pipeline.store.files import write_text_atomic
 
     data = read_report_data(run_dir)
     path = data.run_dir / REPORT_HTML

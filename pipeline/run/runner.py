@@ -1,11 +1,11 @@
 """``headstart run``: extract-features → train-head → finetune → evaluate into one run directory.
 
-One orchestrator: ``run/auto.py`` ``run_auto`` runs both recipes (``--recipe guide`` is auto with
+One orchestrator: ``run/auto/recipe.py`` ``run_auto`` runs both recipes (``--recipe guide`` is auto with
 every decision fixed to the guide's value); this module checks the options, claims the directory,
 runs it, publishes RUN/model.keras and writes the summary, the table and report.html.
 
 The run directory's layout (the chosen model, cache and head at the top, a losing image size under
-candidates/) is ``headstart.pipeline.report.run_layout.RunLayout``'s, and only its.
+candidates/) is ``headstart.pipeline.store.run_layout.RunLayout``'s, and only its.
 
 Reuse: each stage's key hashes its result-shaping options together with its input (the cache's
 fingerprint, the bytes of ``head.keras`` / ``model.keras``); a finished stage whose key is unchanged
@@ -16,7 +16,7 @@ simply run again. A run directory made with another configuration is refused, na
 difference, unless ``overwrite`` or nothing was computed there (config.toml alone: a first run that
 failed, e.g. on weights that would not load, never blocks the corrected command); nothing is written
 before every option has been checked. The run
-holds the directory's lock from start to end (``headstart.pipeline.report.out_dir``), so a second
+holds the directory's lock from start to end (``headstart.pipeline.store.out_dir``), so a second
 ``run`` into it is refused rather than resuming a stage the first one is still writing.
 """
 
@@ -34,10 +34,10 @@ from headstart.features.bounded_parse import loads_json
 from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
-from headstart.pipeline.report.files import write_json_atomic, write_text_atomic
+from headstart.pipeline.store.files import write_json_atomic, write_text_atomic
 from headstart.pipeline.report.metrics import HEADLINE
-from headstart.pipeline.report.run_layout import CONFIG_FILE, STATE_FILE, SUMMARY_JSON, RunLayout
-from headstart.pipeline.report.stage_records import StageSummary
+from headstart.pipeline.store.run_layout import CONFIG_FILE, STATE_FILE, SUMMARY_JSON, RunLayout
+from headstart.pipeline.store.stage_records import StageSummary
 from headstart.pipeline.run.console import Console
 from headstart.pipeline.run.keys import stage_key
 from headstart.pipeline.run.stages import MULTI_LABEL_KEYS
@@ -74,9 +74,9 @@ def check_run_config(config: RunConfig) -> None:
         OptionError, DataError, headstart.features.errors.FeaturesError: naming the option or path at fault.
     """
     from headstart.features.registry import alpha_backbones, get_backbone_spec
-    from headstart.pipeline.stages.extraction import check_extract_config
-    from headstart.pipeline.stages.finetuning import check_finetune_config
-    from headstart.pipeline.stages.head_training import check_head_config
+    from headstart.pipeline.commands.extraction import check_extract_config
+    from headstart.pipeline.finetuning.finetuning import check_finetune_config
+    from headstart.pipeline.commands.head_training import check_head_config
 
     from headstart.pipeline.options.checks import check_value
 
@@ -117,7 +117,7 @@ def claim_run_dir(config: RunConfig, overwrite: bool):
     Raises:
         RunDirBusyError: another process writes it. RunDirError: foreign, or another configuration.
     """
-    from headstart.pipeline.report.out_dir import claim
+    from headstart.pipeline.store.out_dir import claim
 
     run_dir = Path(config.out)
 
@@ -227,9 +227,9 @@ def _export(config: RunConfig, run_dir: Path, console: Console, records: dict, s
 
 def _run_recipe(config: RunConfig, run_dir: Path, console: Console, *, overwrite: bool,
                 finetune_callbacks: Sequence[Any]) -> dict[str, dict]:
-    """The one orchestrator (``headstart.pipeline.run.auto.run_auto``; the guide is its fixed case)
+    """The one orchestrator (``headstart.pipeline.run.auto.recipe.run_auto``; the guide is its fixed case)
     over stages.json, then the export step."""
-    from headstart.pipeline.run.auto import run_auto
+    from headstart.pipeline.run.auto.recipe import run_auto
 
     stages = _Stages(run_dir)
     records = run_auto(config, run_dir, console, stages.save, dict(stages.state), overwrite=overwrite,
@@ -244,15 +244,15 @@ def _replay(config: RunConfig, run_dir: Path, stage: str) -> None:
     """TensorBoard logs of a stage reused from a run without them, from its history.csv."""
     layout = RunLayout(run_dir)
     if config.tensorboard and not layout.tensorboard(stage).is_dir():
-        from headstart.pipeline.report.rundir import RunDir
+        from headstart.pipeline.store.rundir import RunDir
         from headstart.pipeline.report.tensorboard_logs import write_history
 
         write_history(RunDir(layout.path / stage).history(), layout.tensorboard(stage))
 
 
 def _summary(config: RunConfig, run_dir: Path, records: dict[str, dict], seconds: float) -> dict:
-    from headstart.pipeline.report.provenance import stamp_record
-    from headstart.pipeline.run.auto_summary import recipe_section
+    from headstart.pipeline.store.provenance import stamp_record
+    from headstart.pipeline.run.auto.summary import recipe_section
 
     evaluate, layout = records["evaluate"], RunLayout(run_dir)
     return stamp_record({
@@ -297,7 +297,7 @@ def _plots(layout: RunLayout, records: dict[str, dict]) -> dict[str, str]:
 def _plot(run_dir: Path, summary: dict, console: Console) -> None:
     import numpy as np
 
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
     from headstart.pipeline.report.summary_plot import plot_summary
 
     layout, samples = RunLayout(run_dir), None
@@ -328,7 +328,7 @@ def format_table(summary: dict) -> str:
         rows.append((STAGE_LABELS[name], status,
                      *("-" if getattr(rec, k) is None else f"{getattr(rec, k):.4f}" for k in HEADLINE),
                      f"{rec.seconds:.1f} s", "-" if not rec.images_per_second else f"{rec.images_per_second:.1f}"))
-    from headstart.pipeline.run.auto_summary import format_recipe
+    from headstart.pipeline.run.auto.summary import format_recipe
 
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

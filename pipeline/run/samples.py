@@ -13,7 +13,7 @@ from typing import Any, Sequence, TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from headstart.pipeline.stages.evaluation import WrongImages
+    from headstart.pipeline.commands.evaluation import WrongImages
     from headstart.pipeline.training.predictions import PredictedBatch
 
 #: Test images kept for summary.png: evenly spread over the split, the last few of them mistakes.
@@ -51,7 +51,7 @@ class SampleImages:
 def write_samples(path: Path, samples: SampleImages, class_names: Sequence[str], *, size: int, width: int) -> None:
     """``samples.npz`` for summary.png: images, labels, predicted classes and their probabilities."""
     from headstart.pipeline.model.head import logits_to_probabilities, predict_classes
-    from headstart.pipeline.report.files import atomic_write
+    from headstart.pipeline.store.files import atomic_write
 
     kept, k, multi = samples.kept, samples.num_classes, samples.thresholds is not None
     if samples.wrong and kept:  # mistakes are worth seeing: they replace some of the evenly spread images
@@ -107,9 +107,9 @@ def write_mistakes(path: Path, cells: CellImages, wrong: WrongImages) -> None:
 
     Arrays: ``cell_true``, ``cell_predicted``, ``cell_keys`` (M,) and ``cell_images`` (M, 64, 64, 3);
     ``wrong_probability``, ``wrong_true``, ``wrong_predicted``, ``wrong_keys`` (W,) and ``wrong_images``
-    (W, S, S, 3) from ``stages.evaluation.WrongImages``, most confident first.
+    (W, S, S, 3) from ``commands.evaluation.WrongImages``, most confident first.
     """
-    from headstart.pipeline.report.files import atomic_write
+    from headstart.pipeline.store.files import atomic_write
 
     flat = [(t, p, key, im) for (t, p), items in sorted(cells.cells.items()) for key, im in items]
     worst = wrong.wrong

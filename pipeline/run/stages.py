@@ -19,8 +19,8 @@ from headstart.features.file_hash import sha256_file
 from headstart.features.reporter import Indented, LineReporter
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.pipeline.report.metrics import HEADLINE
-from headstart.pipeline.report.rundir import RUN_JSON, RunDir
-from headstart.pipeline.report.run_layout import RunLayout
+from headstart.pipeline.store.rundir import RUN_JSON, RunDir
+from headstart.pipeline.store.run_layout import RunLayout
 from headstart.pipeline.report.skipped import skipped_lines
 from headstart.pipeline.run.toml_config import RunConfig
 
@@ -98,7 +98,7 @@ def extract_stage(config: RunConfig, path: Path, record: dict | None, console: C
     # A finished cache with this key that was not reused has changed since (_reuse said so): replace it.
     damaged = bool(record and record.get("key") == key and record.get("done") and path.exists())
     from headstart.features.cache import open_cache
-    from headstart.pipeline.stages.extraction import extract_features
+    from headstart.pipeline.commands.extraction import extract_features
 
     resumed = Path(f"{path}.partial").exists()
     start = time.perf_counter()
@@ -157,7 +157,7 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
     if reused:
         console.line("  reused: same features and head options")
         return reused
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.commands.head_training import train_head
 
     start = time.perf_counter()
     log_dir = str(RunLayout(head_dir.parent).tensorboard("head")) if config.tensorboard else None
@@ -203,7 +203,7 @@ def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict 
     import shutil
 
     from headstart.pipeline.config import SweepConfig
-    from headstart.pipeline.stages.head_training import HeadResult
+    from headstart.pipeline.commands.head_training import HeadResult
     from headstart.pipeline.sweep.study import run_sweep
 
     start = time.perf_counter()
@@ -244,7 +244,7 @@ def finetune_stage(config: RunConfig, run_dir: Path, record: dict | None, consol
     if reused:
         console.line("  reused: same head and fine-tuning options")
         return reused
-    from headstart.pipeline.stages.finetuning import finetune
+    from headstart.pipeline.finetuning.finetuning import finetune
 
     resume = bool(record and record.get("key") == key and not record.get("done") and ft.interrupted)
     started()
@@ -312,7 +312,7 @@ def _evaluate(model_run: RunDir, source: Source, split: str, samples_path: Path,
     from headstart.pipeline.report.calibration_measures import before_after
     from headstart.pipeline.run.samples import (CONFIDENT_MISTAKES, CellImages, SampleImages, write_mistakes,
                                                 write_samples)
-    from headstart.pipeline.stages.evaluation import WrongImages
+    from headstart.pipeline.commands.evaluation import WrongImages
     from headstart.pipeline.training.predictions import predict_split, split_metrics
 
     model = model_run.load_model()
@@ -341,7 +341,7 @@ def _evaluate(model_run: RunDir, source: Source, split: str, samples_path: Path,
     write_samples(samples_path, samples, class_names, size=int(model.input_shape[1]),
                   width=int(model.output_shape[-1]))
     if pictures:
-        from headstart.pipeline.report.run_layout import MISTAKES
+        from headstart.pipeline.store.run_layout import MISTAKES
 
         write_mistakes(samples_path.with_name(MISTAKES), *pictures)
     metrics["calibration"] = before_after(predictions.labels, predictions.logits, model_temperature(model),

@@ -31,8 +31,8 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, setup: SweepSetu
     Returns:
         The best head's test measures (metrics.json's "test"; {} without a test split).
     """
-    from headstart.pipeline.report.rundir import RunDir
-    from headstart.pipeline.stages.head_training import train_head
+    from headstart.pipeline.store.rundir import RunDir
+    from headstart.pipeline.commands.head_training import train_head
     from headstart.pipeline.sweep.trial_weights import remove_other_trials
 
     best_dir = out / "best"
@@ -95,7 +95,7 @@ def _move_into_place(tmp: Path, best_dir: Path, number: int) -> None:
     """Replaces ``best_dir`` by ``tmp``. Processes sharing a study finish together and may each
     write the same best trial: when another one's best/ lands between our removal and our move,
     theirs is the same run and ours is dropped (only a best/ of another trial is an error)."""
-    from headstart.pipeline.report.rundir import RunDir
+    from headstart.pipeline.store.rundir import RunDir
 
     for _ in range(3):  # another process's best/ may land (or be half removed) between the two steps
         shutil.rmtree(best_dir, ignore_errors=True)

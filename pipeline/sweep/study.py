@@ -162,14 +162,14 @@ SWEEP_FILES = frozenset({"study.db", "leaderboard.csv", "sweep.png", "best", TRI
 
 @contextlib.contextmanager
 def claim_sweep_dir(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Holds ``--out`` for the sweep (the ``--out`` policy of ``headstart.pipeline.report.out_dir``).
+    """Holds ``--out`` for the sweep (the ``--out`` policy of ``headstart.pipeline.store.out_dir``).
 
     Sweep processes that share a study take the directory's lock shared and work side by side;
     ``--overwrite`` takes it alone and deletes the sweep's files (and only those). Whether the
     directory's study was made with the same caches and settings is the study's to say
     (``_open_study``). A directory holding anything else is refused.
     """
-    from headstart.pipeline.report.out_dir import OutDir, settle
+    from headstart.pipeline.store.out_dir import OutDir, settle
 
     with OutDir(out, "sweep").locked(shared=not overwrite):
         foreign = sorted(p.name for p in out.iterdir() if p.name not in SWEEP_FILES and not p.name.startswith("."))
@@ -217,7 +217,7 @@ def _open_study(config: SweepConfig, space: SearchSpace, setup: SweepSetup) -> t
         study.set_user_attr("settings", settings)
         recorded = study.user_attrs.get("settings")
     if recorded != settings:
-        from headstart.pipeline.report.out_dir import first_difference
+        from headstart.pipeline.store.out_dir import first_difference
 
         difference = first_difference(_flat_settings(recorded), _flat_settings(settings))
         raise OptionError(f"{storage_url(config)}: the study was started with another configuration ({difference}); "

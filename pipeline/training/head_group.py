@@ -205,7 +205,7 @@ def train_group(cache: SweepCache, trials: Sequence[TrialParams], *, seed: int, 
                 on_log: EpochLog | None = None) -> list[TrialRun]:
     """Trains ``trials`` together; all must share ``batch_size`` and ``views`` (one batch plan).
 
-    ``train-head`` is a group of one trial (``stages.head_training``); a sweep's groups hold many.
+    ``train-head`` is a group of one trial (``commands.head_training``); a sweep's groups hold many.
 
     Args:
         cache: the cache the trials train on (single- or multi-label). Without a "validation"

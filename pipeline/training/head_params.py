@@ -3,7 +3,7 @@
 ``TrialParams`` is one head's recipe as the sweep draws it (``sweep.space.suggest_params``) and as
 ``HeadConfig`` spells it for train-head (``head_config`` / ``from_head_config``); ``SweepCache`` is
 one feature cache read into memory, as the sweep loads it (``sweep.caches.load_caches``) and as the
-view trials assemble it from two caches (``recipe.view_trials``).
+view trials assemble it from two caches (``evidence.view_trials``).
 """
 
 from __future__ import annotations

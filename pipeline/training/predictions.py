@@ -62,7 +62,7 @@ class KerasLogits:
     """A Keras model (raw images (B, S, S, 3) → logits) in the form the loop takes.
 
     Any object with ``image_size``, ``width`` and ``logits(images)`` serves the loop the same way
-    (``headstart.pipeline.stages.predictor.Predictor`` reads every exported format so).
+    (``headstart.pipeline.commands.predictor.Predictor`` reads every exported format so).
     """
 
     model: Any

@@ -275,7 +275,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        from headstart.pipeline.report.files import atomic_write, write_json_atomic
+        from headstart.pipeline.store.files import atomic_write, write_json_atomic
 
         t_backup = time.perf_counter()
         n = epoch + 1

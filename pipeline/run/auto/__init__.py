@@ -1,0 +1,1 @@
+"""``headstart run --recipe auto``: its budget plan, its steps, decisions and summary."""
