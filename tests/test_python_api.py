@@ -107,3 +107,15 @@ def test_the_readme_example_runs_offline_as_written(tmp_path):
     # TensorFlow's start-up lines (absl, CUDA, oneDNN) are not shown to API users.
     for noise in ("absl::InitializeLog", "cuda", "oneDNN", "cpu_feature_guard"):
         assert noise not in out.stderr, out.stderr[-3000:]
+
+
+def test_no_module_of_the_package_shadows_an_api_name():
+    """Importing a submodule sets it as an attribute of its package: a ``pipeline/finetune/`` package
+    would replace the API's ``headstart.pipeline.finetune`` function with a module once anything
+    imported it (the concept's package is ``finetuning/`` for that reason)."""
+    import pkgutil
+
+    import headstart.pipeline as api
+
+    modules = {m.name for m in pkgutil.iter_modules(api.__path__)}
+    assert not modules & set(api.__all__), modules & set(api.__all__)
