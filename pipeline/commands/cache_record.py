@@ -9,9 +9,9 @@ content is not.
 from __future__ import annotations
 
 import platform
-import time
 
 from headstart.pipeline.config import ExtractConfig, config_to_dict
+from headstart.pipeline.store.provenance import utc_timestamp
 
 
 def store_args(config: ExtractConfig, backbone: dict, source, splits: list[str],
@@ -88,7 +88,7 @@ def _provenance(config: ExtractConfig, shard: tuple[int, int] | None = None) -> 
                      "keras": keras.__version__, "h5py": h5py.__version__,
                      "numpy": numpy.__version__},
         "command_config": config_to_dict(config),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_timestamp(),
     }
     if shard is not None:
         provenance["shard"] = {"index": shard[0], "count": shard[1],

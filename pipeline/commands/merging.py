@@ -7,12 +7,12 @@ single-run order by each row's ``source_index``).
 from __future__ import annotations
 
 import platform
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.errors import OptionError
+from headstart.pipeline.store.provenance import utc_timestamp
 
 if TYPE_CHECKING:
     from headstart.features.merge import MergeSummary
@@ -54,6 +54,6 @@ def merge_features(out: str, shards: list[str], *, overwrite: bool = False,
         "headstart": __version__,
         "versions": {"python": platform.python_version(), "h5py": h5py.__version__,
                      "numpy": numpy.__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_timestamp(),
     }
     return merge_shards(out, shards, provenance=provenance, overwrite=overwrite, reporter=reporter)

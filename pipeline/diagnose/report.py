@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -113,7 +112,7 @@ def write_report(d, config) -> None:
     """Writes the three CSVs, then report.json (complete), into ``d.out``."""
     from headstart.pipeline.diagnose.neighbours import search_method
     from headstart.pipeline.store.files import write_json_atomic, write_text_atomic
-    from headstart.pipeline.store.provenance import library_versions
+    from headstart.pipeline.store.provenance import library_versions, utc_timestamp
 
     out = d.out
     label_columns = LABEL_COLUMNS + (AGREEMENT_COLUMNS if d.agreement is not None else ())
@@ -149,7 +148,7 @@ def write_report(d, config) -> None:
         "versions": {**library_versions(), "cleanlab": cleanlab.__version__},
         "files": ["label_issues.csv", "duplicates.csv", "outliers.csv", "label_issues.png",
                   "duplicates.png", "report.json"],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_timestamp(),
     })
 
 

@@ -35,11 +35,11 @@ import fcntl
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping
 
 from headstart.pipeline.errors import OutputError, RunDirBusyError, RunDirError
+from headstart.pipeline.store.provenance import utc_timestamp
 from headstart.pipeline.store.rundir import RunDir
 
 LOCK_FILE = ".headstart.lock"
@@ -211,7 +211,7 @@ class OutDir:
 
 def _write_holder(fd: int, command: str) -> None:
     holder = {"pid": os.getpid(), "command": command, "argv": sys.argv[1:],
-              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "since": utc_timestamp()}
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
