@@ -47,6 +47,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from headstart.features.reporter import Reporter
 from headstart.pipeline.config import FinetuneConfig
 
 #: Augmented views per training image in each item's cache (``finetune --trial-views``'s default).
@@ -202,7 +203,7 @@ def _slug(item: str) -> str:
 
 def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features: Callable[..., Any],
                     candidates: Sequence[str], audit: Any = None, progress: dict, save: Callable[[], None],
-                    log: Callable[[str], None], views: int = VIEWS, seeds: int = SEEDS,
+                    reporter: Reporter, views: int = VIEWS, seeds: int = SEEDS,
                     keep_views: bool = False) -> ViewTrialsResult:
     """Judges each candidate item by training heads with and without its cached views.
 
@@ -213,12 +214,12 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
     Args:
         head: the head run's ``RunDir`` (its cache gives the validation features; its config the recipe).
         extract: an ``ExtractConfig`` with the head cache's backbone, weights, size and source.
-        extract_features: ``stages.extraction.extract_features`` (config, log=…): writes (or resumes) a cache.
+        extract_features: ``stages.extraction.extract_features`` (config, …): writes (or resumes) a cache.
         work_dir: where the items' caches are written (and deleted once their trial is recorded).
         candidates: items as ``--augment`` spells them.
         audit: an ``AuditResult`` whose drops pre-filter gross drops, or None.
         progress: the dict this step records into (mutated); save: persists it.
-        log: one line per candidate.
+        reporter: gets one line per candidate.
         views: views per training image. seeds: seeds per arm.
         keep_views: keep a kept item's cache (its path in ``ViewTrial.views_cache``) instead of deleting it.
 
@@ -245,7 +246,7 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
         progress["rows"] = judge.rows or progress.get("rows", {})
         progress["seconds_before"] = time.perf_counter() - start
         save()
-        log(_line(trial))
+        reporter.line(_line(trial))
     trials = [ViewTrial(**done[item]) for item in candidates]
     return ViewTrialsResult(augment=combine_items([t.item for t in trials if t.kept]), views=views, seeds=seeds,
                             rows=int(progress.get("rows", {}).get("validation", 0)),
@@ -275,7 +276,7 @@ class _Trials:
 
         start = time.perf_counter()
         # the originals are the head cache's rows (same backbone, size, tap, source): copied, not recomputed
-        self.extract_features(extract, log=lambda *_: None, originals_from=self.head.cache["path"])
+        self.extract_features(extract, originals_from=self.head.cache["path"])
         extract_seconds = time.perf_counter() - start
         with open_cache(self.head.cache["path"]) as base, open_cache(extract.out) as cache:
             if "validation" not in base.splits or not len(base.split("validation")):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from headstart.features.reporter import QuietReporter, Reporter, as_reporter
+from headstart.features.reporter import QUIET, QuietReporter, Reporter
 from headstart.features.errors import Arg
 from headstart.pipeline.config import FinetuneConfig
 from headstart.pipeline.data.source_spec import check_source_path
@@ -71,8 +71,8 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], Arg]
     return parse_unfreeze(config.unfreeze)
 
 
-def finetune(config: FinetuneConfig, *, reporter: Reporter | None = None,
-             callbacks: Sequence[Any] = (), log: Callable[[str], None] | None = None) -> FinetuneResult:
+def finetune(config: FinetuneConfig, *, reporter: Reporter = QUIET,
+             callbacks: Sequence[Any] = ()) -> FinetuneResult:
     """Fine-tunes the full model and writes the run directory (see the module docstring).
 
     Args:
@@ -82,7 +82,6 @@ def finetune(config: FinetuneConfig, *, reporter: Reporter | None = None,
         reporter: one line per epoch and status messages, and a live progress line through every
             epoch of both stages (``features/reporter.py``; default: quiet).
         callbacks: extra Keras callbacks for the fine-tune ``fit``.
-        log: the Python API's ``log=print``, used without ``reporter``.
 
     Returns:
         A FinetuneResult; ``summary`` is the table for the CLI to print. A ``--out`` that already
@@ -100,7 +99,6 @@ def finetune(config: FinetuneConfig, *, reporter: Reporter | None = None,
     from headstart.pipeline.stages.finetune_outputs import add_exports, recorded_head
     from headstart.pipeline.stages.finetune_plan import HEAD_IDENTITY, head_identity, resolved_config
 
-    reporter = as_reporter(reporter, log)
     spec = check_finetune_config(config)
     head_run = (RunDir.open(config.head, kind="head", option="--head", recipe=True) if config.head
                 else None)  # a mistyped or damaged --head fails before TensorFlow starts
@@ -124,7 +122,7 @@ def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resu
     from headstart.pipeline.distribute.strategy import chief_output_dir, set_up_strategy
     from headstart.pipeline.training.determinism import op_determinism
 
-    setup = set_up_strategy(config.strategy, config.batch_size, log=reporter.line,
+    setup = set_up_strategy(config.strategy, config.batch_size, reporter=reporter,
                             other_batches={"head_batch_size": config.head_batch_size})
     # Every worker runs the whole stage (saving included); only the chief's files are kept. A
     # resumed multi-worker run needs --out on a filesystem all workers see: each starts from the
@@ -160,7 +158,7 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resu
     from headstart.pipeline.training.stage_gate import seeded_validation
 
     t_start = time.perf_counter()
-    plan = make_plan(config, head_run, resuming, reporter.line, is_chief=setup.info.is_chief)
+    plan = make_plan(config, head_run, resuming, reporter, is_chief=setup.info.is_chief)
     run = RunDir(config.out)
     run.path.mkdir(parents=True, exist_ok=True)  # a worker's scratch copy; the chief's exists (claimed)
     progress = plan.resuming if plan.resuming is not None else start_progress(run, config, head_run)
