@@ -70,7 +70,7 @@ def _trials(tmp_path, classes):
     head = RunDir.open(tmp_path / "head", kind="head", recipe=True)
     progress, saves = {}, []
     result = run_view_trials(head, base, tmp_path / "trials", extract_features=extract_features,
-                             candidates=("flip",), progress=progress,
+                             candidates=("flip",), resume_record=progress,
                              save=lambda: saves.append(dict(progress["candidates"])))
     return result, progress, saves
 

@@ -202,12 +202,12 @@ def _slug(item: str) -> str:
 
 
 def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features: Callable[..., Any],
-                    candidates: Sequence[str], audit: Any = None, progress: dict, save: Callable[[], None],
+                    candidates: Sequence[str], audit: Any = None, resume_record: dict, save: Callable[[], None],
                     reporter: Reporter, views: int = VIEWS, seeds: int = SEEDS,
                     keep_views: bool = False) -> ViewTrialsResult:
     """Judges each candidate item by training heads with and without its cached views.
 
-    Resumable: each finished candidate is recorded in ``progress["candidates"]`` and ``save`` is
+    Resumable: each finished candidate is recorded in ``resume_record["candidates"]`` and ``save`` is
     called; a killed run started again skips those, and the extractor resumes a half-written
     item cache from its last committed batch.
 
@@ -218,7 +218,7 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
         work_dir: where the items' caches are written (and deleted once their trial is recorded).
         candidates: items as ``--augment`` spells them.
         audit: an ``AuditResult`` whose drops pre-filter gross drops, or None.
-        progress: the dict this step records into (mutated); save: persists it.
+        resume_record: the dict this step records into (mutated); save: persists it.
         reporter: gets one line per candidate.
         views: views per training image. seeds: seeds per arm.
         keep_views: keep a kept item's cache (its path in ``ViewTrial.views_cache``) instead of deleting it.
@@ -228,9 +228,9 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
     """
     from headstart.pipeline.recipe.audit import combine_items
 
-    start = time.perf_counter() - float(progress.get("seconds_before", 0.0))
+    start = time.perf_counter() - float(resume_record.get("seconds_before", 0.0))
     drops = {s.item: s.drop for s in audit.scores} if audit is not None else {}
-    done = progress.setdefault("candidates", {})
+    done = resume_record.setdefault("candidates", {})
     work_dir.mkdir(parents=True, exist_ok=True)
     judge = _Trials(head, trial_config(head), seeds, extract_features, keep_views)
     for item in candidates:
@@ -243,14 +243,14 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
             trial = judge.trial(item, view_cache_config(extract, item, work_dir / f"views-{_slug(item)}.h5", views))
             trial.audit_drop = None if drop is None else float(drop)
         done[item] = trial.to_dict()
-        progress["rows"] = judge.rows or progress.get("rows", {})
-        progress["seconds_before"] = time.perf_counter() - start
+        resume_record["rows"] = judge.rows or resume_record.get("rows", {})
+        resume_record["seconds_before"] = time.perf_counter() - start
         save()
         reporter.line(_line(trial))
     trials = [ViewTrial(**done[item]) for item in candidates]
     return ViewTrialsResult(augment=combine_items([t.item for t in trials if t.kept]), views=views, seeds=seeds,
-                            rows=int(progress.get("rows", {}).get("validation", 0)),
-                            train_rows=int(progress.get("rows", {}).get("train", 0)), trials=trials, seconds=time.perf_counter() - start)
+                            rows=int(resume_record.get("rows", {}).get("validation", 0)),
+                            train_rows=int(resume_record.get("rows", {}).get("train", 0)), trials=trials, seconds=time.perf_counter() - start)
 
 
 def _line(t: ViewTrial) -> str:
