@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -165,7 +166,7 @@ def test_epoch_feed_serves_every_epoch_from_one_iterator():
     seen, iterators = [], []
     for _ in range(3):
         batches = []
-        train_epoch(model, feed, 3, on_batch=batches.append)
+        train_epoch(model, feed, 3, callbacks=SimpleNamespace(on_train_batch_end=batches.append))
         seen.append(batches)
         iterators.append(feed._iterator)
     assert seen == [[0, 1, 2, 3]] * 3 and feed.steps == 4

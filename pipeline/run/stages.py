@@ -329,7 +329,7 @@ def _evaluate(model_run: RunDir, source: Any, split: str, samples_path: Path, ba
 
     try:
         predictions = predict_split(model, source, split, batch_size=batch_size, multi_label=thresholds is not None,
-                                    on_batch=observe)
+                                    observe=observe)
     finally:
         console.close()
     metrics = split_metrics(predictions, class_names, multi_label=thresholds is not None, thresholds=thresholds)

@@ -28,7 +28,7 @@ from headstart.pipeline.training.predictions import num_classes_of, predict_spli
 
 
 class WrongImages:
-    """The ``keep`` most confidently wrong images of a split, most confident first (an ``on_batch``
+    """The ``keep`` most confidently wrong images of a split, most confident first (an ``observe``
     observer of ``predict_split``), each as (probability of the predicted class, key, true index,
     predicted index, uint8 (S, S, 3))."""
 
@@ -99,9 +99,9 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
     if width != len(class_names):
         raise DataError(f"source has {len(class_names)} classes but the model predicts {width}")
     wrong = WrongImages(grid_size, width) if grid else None
-    with observed(reporter, f"evaluate {split}", src.count(split), wrong) as on_batch:
+    with observed(reporter, f"evaluate {split}", src.count(split), wrong) as observe:
         predictions = predict_split(model, src, split, batch_size=batch_size, multi_label=multi_label,
-                                    on_batch=on_batch)
+                                    observe=observe)
     metrics = {"model": str(model_path), "split": split,
                **split_metrics(predictions, class_names, multi_label=multi_label, thresholds=thresholds),
                "grid": str(grid) if wrong is not None else None}
