@@ -250,7 +250,8 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
     trials = [ViewTrial(**done[item]) for item in candidates]
     return ViewTrialsResult(augment=combine_items([t.item for t in trials if t.kept]), views=views, seeds=seeds,
                             rows=int(resume_record.get("rows", {}).get("validation", 0)),
-                            train_rows=int(resume_record.get("rows", {}).get("train", 0)), trials=trials, seconds=time.perf_counter() - start)
+                            train_rows=int(resume_record.get("rows", {}).get("train", 0)), trials=trials,
+                            seconds=time.perf_counter() - start)
 
 
 def _line(t: ViewTrial) -> str:

@@ -71,7 +71,8 @@ def _format_seconds(seconds: float) -> str:
 
 
 class BatchProgress:
-    """An observer of the prediction loop (``predict_split``'s ``observe``) drawing a ``ProgressLine``: items seen of ``total``.
+    """An observer of the prediction loop (``predict_split``'s ``observe``) drawing a ``ProgressLine``:
+    items seen of ``total``.
 
     Args:
         line: the line to draw (a ``ProgressLine``, or ``Console.progress``'s).

@@ -96,7 +96,8 @@ def _view_trials(config: FinetuneConfig, plan: Any, resume_record: dict, save: C
 
         base = dataclasses.replace(base, tap=cache_tap(plan.head_run.cache)["spec"])
     result = run_view_trials(plan.head_run, base, work, extract_features=extract_features,
-                             candidates=AUDIT_CANDIDATES, audit=audit, resume_record=record, save=save, reporter=reporter,
+                             candidates=AUDIT_CANDIDATES, audit=audit, resume_record=record, save=save,
+                             reporter=reporter,
                              keep_views=config.on_cache, views=config.trial_views)
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()  # every item's cache is deleted once recorded

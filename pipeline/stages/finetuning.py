@@ -214,7 +214,8 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
     probes = probe_rates(work, plan, built.model, prepare=lambda u: _compile(work, plan, built.model, setup, u),
                          train=_datasets(work, plan, work.batch_size)[0],
                          score=lambda: predict(plan.val_split)[1][measure], measure=measure, seeded_val=seeded_val,
-                         resume_record=resume_record, save=lambda: run.write_resume_record(resume_record), reporter=reporter)
+                         resume_record=resume_record, save=lambda: run.write_resume_record(resume_record),
+                         reporter=reporter)
     if probes is not None:
         work, spec = with_choices(work, work.augment, probes), parse_unfreeze(probes.unfreeze)
     if probes is not None and not probes.finetune:
@@ -224,7 +225,8 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
                                             reason="no probe improved on the seeded model")
         stage, counts = StageOutcome(monitor="val_loss" if measure == "loss" else f"val_{measure}"), {}
     else:
-        stage, counts = _fit_backbone(work, spec, plan, built.model, setup, run.path, reporter, callbacks, resume_record)
+        stage, counts = _fit_backbone(work, spec, plan, built.model, setup, run.path, reporter, callbacks,
+                                      resume_record)
         gate, val_predictions = apply_stage_gate(predict, built.model, val_split=plan.val_split, seeded_val=seeded_val,
                                                  seeded_weights=seeded_weights, measure=measure, reporter=reporter)
     metrics = {"unfreeze": str(spec), "lr": work.lr, "augment": work.augment, "trainable": counts,
@@ -352,7 +354,8 @@ def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: 
     from headstart.pipeline.training.stage_fit import fit_stage
 
     if config.on_cache:  # the layers above the cache's tap, trained on its activations
-        return fit_top_blocks(config, spec, plan, model, setup, run_dir, reporter, callbacks, views=kept_views(resume_record))
+        return fit_top_blocks(config, spec, plan, model, setup, run_dir, reporter, callbacks,
+                              views=kept_views(resume_record))
     unfrozen = _compile(config, plan, model, setup, spec)
     counts = trainable_counts(model)
     reporter.line(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "

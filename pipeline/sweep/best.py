@@ -73,7 +73,8 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, setup: SweepSetu
     test = result.metrics.get("test") or {}
     scored = (f"test mAP {_fmt(test.get('map'))}" if setup.multi_label
               else f"test accuracy {_fmt(test.get('accuracy'))}")
-    reporter.line(f"best: trial {number} on {params.cache}: {key} {best_row[key]:.4f}, {scored} (scored once) -> {best_dir}")
+    reporter.line(f"best: trial {number} on {params.cache}: {key} {best_row[key]:.4f}, {scored} (scored once) "
+                  f"-> {best_dir}")
     return test
 
 

@@ -46,7 +46,8 @@ class Teller:
                  on_trial: Callable[[int, int, float], None] | None) -> None:
         from headstart.pipeline.sweep.pruning import PrunerView
 
-        self.study, self.config, self.objective, self.running, self.reporter = study, config, objective, running, reporter
+        self.study, self.config, self.objective, self.running = study, config, objective, running
+        self.reporter = reporter
         self.start, self.on_trial = start, on_trial
         self.view = PrunerView(study, max_age=config.heartbeat)
         self.reported: dict[int, dict[int, float]] = {}   # trial number → step → value
