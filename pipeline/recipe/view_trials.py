@@ -47,7 +47,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from headstart.features.reporter import Reporter
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.config import FinetuneConfig
 
 #: Augmented views per training image in each item's cache (``finetune --trial-views``'s default).
@@ -203,7 +203,7 @@ def _slug(item: str) -> str:
 
 def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features: Callable[..., Any],
                     candidates: Sequence[str], audit: Any = None, resume_record: dict, save: Callable[[], None],
-                    reporter: Reporter, views: int = VIEWS, seeds: int = SEEDS,
+                    reporter: Reporter = QUIET, views: int = VIEWS, seeds: int = SEEDS,
                     keep_views: bool = False) -> ViewTrialsResult:
     """Judges each candidate item by training heads with and without its cached views.
 
@@ -219,7 +219,7 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
         candidates: items as ``--augment`` spells them.
         audit: an ``AuditResult`` whose drops pre-filter gross drops, or None.
         resume_record: the dict this step records into (mutated); save: persists it.
-        reporter: gets one line per candidate.
+        reporter: gets one line per candidate (default: none).
         views: views per training image. seeds: seeds per arm.
         keep_views: keep a kept item's cache (its path in ``ViewTrial.views_cache``) instead of deleting it.
 
