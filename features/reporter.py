@@ -113,17 +113,17 @@ class Indented:
         return self.reporter.progress(self.prefix + label)
 
 
-def as_reporter(reporter: Reporter | None = None, log: Callable[[str], None] | None = None) -> Reporter:
-    """The reporter a public function uses: ``reporter``, else ``log`` adapted (``LineReporter``),
-    else ``QUIET``.
+def as_reporter(reporter: Reporter | None = None, write: Callable[[str], None] | None = None) -> Reporter:
+    """The reporter a public function uses: ``reporter``, else ``write`` adapted (``LineReporter``),
+    else ``QUIET``. The Python API's one adapter of its documented ``log=`` (``pipeline/api.py``).
 
     Args:
         reporter: the caller's reporter, or None.
-        log: the Python API's older ``log=`` function (``log=print``), or None.
+        write: the Python API's ``log=`` function (``log=print``), or None.
     """
     if reporter is not None:
         return reporter
-    return LineReporter(log) if log is not None else QUIET
+    return LineReporter(write) if write is not None else QUIET
 
 
 class ProgressOnly:

@@ -8,6 +8,10 @@ leaving it is rendered with ``options.naming.ARGUMENT_NAMES`` (``run_pipeline``'
 "head.epochs"), keeping its type, its facts (``field``, ``value``, ``rule``) and its traceback.
 ``headstart.pipeline`` hands these wrappers out by name; the CLI calls the stage functions themselves.
 
+The wrapper is also where the documented ``log=`` keyword (a function given each line, ``log=print``)
+becomes the stage function's ``reporter=`` (``features.reporter.as_reporter``): the library itself
+only takes a reporter.
+
 Resolving any of them also makes TensorFlow's start-up quiet for the rest of the process, as the
 CLI's is (``startup.quiet_tensorflow_startup``), unless TensorFlow is already imported.
 """
@@ -15,19 +19,25 @@ CLI's is (``startup.quiet_tensorflow_startup``), unless TensorFlow is already im
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from typing import Any, Callable
 
 from headstart.features.errors import Fault
+from headstart.features.reporter import as_reporter
 from headstart.pipeline.options.naming import ARGUMENT_NAMES
 from headstart.pipeline.startup import quiet_tensorflow_startup
 
 
 def api_function(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` whose domain errors name Python arguments (see the module docstring)."""
+    """``fn`` whose domain errors name Python arguments and, when ``fn`` takes a ``reporter``, which
+    also takes ``log=`` (see the module docstring)."""
+    takes_reporter = "reporter" in inspect.signature(fn).parameters
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
+        if takes_reporter and "log" in kwargs:
+            kwargs["reporter"] = as_reporter(kwargs.get("reporter"), kwargs.pop("log"))
         try:
             return fn(*args, **kwargs)
         except Fault as exc:

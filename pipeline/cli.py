@@ -169,7 +169,7 @@ def train_head_command(features, out, quiet, **options):
     """
     from headstart.pipeline.commands.head_training import train_head
 
-    result = train_head(HeadConfig(features=features, out=out, **options), log=_console(quiet).line)
+    result = train_head(HeadConfig(features=features, out=out, **options), reporter=_console(quiet))
     _echo(result.summary)
 
 
@@ -196,12 +196,13 @@ def sweep_command(caches, config_file, quiet, **options):
 
     config = SweepConfig(caches=tuple(caches), **options)
     space = read_space_file(config_file) if config_file else SearchSpace()
+    from headstart.features.reporter import LineReporter
     from headstart.pipeline.report.progress import ProgressLine
 
     bar = ProgressLine("sweep", quiet=quiet, log_every=float("inf"))
-    log = (lambda m: None) if quiet else (lambda m: (bar.close(), _echo(m, err=True)))
+    write = (lambda m: None) if quiet else (lambda m: (bar.close(), _echo(m, err=True)))
     try:
-        result = run_sweep(config, space, log=log,
+        result = run_sweep(config, space, reporter=LineReporter(write),
                            on_trial=lambda done, total, rate: bar.update(done, total, rate, unit="trial")
                            if bar.tty else None)
     finally:

@@ -126,8 +126,7 @@ def _tiny_head_run(tmp_path: Path, epochs: int) -> Path:
     data = make_splits(tmp_path / "images", per_class=(4, 3, 2))
     extract_features(ExtractConfig(source=str(data), out=str(tmp_path / "f.h5"), backbone="mobilenet_v2",
                                    alpha=0.35, weights="none", image_size=32, batch_size=8))
-    train_head(HeadConfig(features=str(tmp_path / "f.h5"), out=str(tmp_path / "head"), epochs=epochs, batch_size=8),
-               log=lambda *_: None)
+    train_head(HeadConfig(features=str(tmp_path / "f.h5"), out=str(tmp_path / "head"), epochs=epochs, batch_size=8))
     return data
 
 
@@ -227,8 +226,7 @@ def test_train_head_stores_the_chain_in_run_json_and_head_keras(tmp_path):
     from headstart.pipeline.commands.head_training import train_head
 
     cache = _cache_with_recipe(tmp_path / "f.h5")
-    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=2, batch_size=16, dropout=0.25),
-               log=lambda *_: None)
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=2, batch_size=16, dropout=0.25))
     run = RunDir.open(tmp_path / "head", kind="head", recipe=True)
     assert run.record["chain"] == run.chain.to_dict() and read_keras_chain(run.model_path) == run.chain
     assert run.chain == ChainConfig(backbone=ChainBackbone("mobilenet_v2", "none", 0.35, "w9"), image_size=32,
@@ -244,8 +242,7 @@ def test_a_head_on_a_cache_without_a_backbone_recipe_has_no_chain_and_still_read
     from headstart.pipeline.commands.head_training import train_head
 
     cache = make_cache(tmp_path / "f.h5", counts={"train": 32, "validation": 16})
-    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=1, batch_size=16),
-               log=lambda *_: None)
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=1, batch_size=16))
     run = RunDir.open(tmp_path / "head", kind="head")  # another tool's cache: no recipe asked for
     assert "chain" not in run.record and read_keras_chain(run.model_path) is None
     assert run.class_names == ["class0", "class1"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from headstart.features.reporter import LineReporter
 from click.testing import CliRunner
 
 from headstart.pipeline.cli import main
@@ -95,8 +97,8 @@ def test_weighted_training_loss_equals_the_hand_computation(tmp_path):
     cache = imbalanced_cache(tmp_path / "f.h5")
     lines: list[str] = []
     base = dict(features=str(cache), epochs=1, lr=1e-12, batch_size=16, dropout=0.0, seed=1)
-    weighted = train_head(HeadConfig(out=str(tmp_path / "balanced"), class_weight="balanced", **base), log=lines.append)
-    plain = train_head(HeadConfig(out=str(tmp_path / "none"), **base), log=lambda m: None)
+    weighted = train_head(HeadConfig(out=str(tmp_path / "balanced"), class_weight="balanced", **base), reporter=LineReporter(lines.append))
+    plain = train_head(HeadConfig(out=str(tmp_path / "none"), **base))
     with open_cache(cache) as c:
         x, labels = c.split("train").features[:], np.asarray(c.split("train").labels)
     model = keras.saving.load_model(tmp_path / "balanced" / "head.keras", safe_mode=True, compile=False)
@@ -222,7 +224,7 @@ def test_balanced_weights_raise_balanced_accuracy_with_dogs_cut_to_70(real_photo
     results, lines = {}, []
     for mode in ("none", "balanced"):
         results[mode] = train_head(HeadConfig(features=str(cache), out=str(tmp_path / mode), exclude=str(cut),
-                                              class_weight=mode, seed=0), log=lines.append).metrics["test"]
+                                              class_weight=mode, seed=0), reporter=LineReporter(lines.append)).metrics["test"]
     run = json.loads((tmp_path / "balanced" / "run.json").read_text())
     assert run["class_weight"]["train_counts"] == {"cats": 700, "dogs": 70}
     assert run["class_weight"]["weights"] == pytest.approx({"cats": 0.55, "dogs": 5.5})

@@ -297,7 +297,7 @@ def test_real_digit_scans_have_no_false_copies_and_planted_ones_are_found(digits
                frozenset((f"train/1/{up_src.name}", "test/1/upscaled.png"))}
     cache = tmp_path / "digits.h5"
     extract_features(ExtractConfig(source=str(images), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                   weights=str(weights), image_size=128), log=lambda *_: None)
+                                   weights=str(weights), image_size=128))
     d = diagnose(DiagnoseConfig(features=str(cache), out=str(tmp_path / "report"), folds=2))
     with open(tmp_path / "report" / "duplicates.csv", newline="", encoding="utf-8") as f:
         found = {frozenset((r["key_a"], r["key_b"])) for r in csv.DictReader(f)}

@@ -79,7 +79,7 @@ def test_planted_issues_in_real_photos_are_found(tmp_path, capsys):
     made = _planted_folder(tmp_path)
     cache = tmp_path / "features.h5"
     extract_features(ExtractConfig(source=str(made["images"]), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                   weights=str(weights), image_size=128), log=lambda *_: None)
+                                   weights=str(weights), image_size=128))
     start = time.perf_counter()
     result = CliRunner().invoke(main, ["diagnose", str(cache), "--out", str(tmp_path / "report"), "--quiet"])
     seconds = time.perf_counter() - start

@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -43,6 +44,7 @@ BASE = dict(epochs=5, lr=5e-2, batch_size=32, seed=3, dropout=0.0)
 # Runs train_head once per config given as JSON on the command line; one RESULT line per run.
 WORKER = r"""
 import json, sys
+from headstart.features.reporter import LineReporter
 from headstart.pipeline.config import HeadConfig
 from headstart.pipeline.commands.head_training import train_head
 for config in json.loads(sys.argv[1]):
@@ -51,7 +53,7 @@ for config in json.loads(sys.argv[1]):
         from test_distribute import fit_check
         print("RESULT " + json.dumps(fit_check(config["fit_check"])))
         continue
-    r = train_head(HeadConfig(**config), log=lambda m: print(m, file=sys.stderr))
+    r = train_head(HeadConfig(**config), reporter=LineReporter(lambda m: print(m, file=sys.stderr)))
     print("RESULT " + json.dumps({"test_accuracy": r.test_accuracy, "val_loss": r.val_loss,
                                   "distribute": r.distribute, "run_dir": r.run_dir, "summary": r.summary}))
 """
@@ -115,8 +117,7 @@ def single(tmp_path_factory):
     for kind, counts in COUNTS.items():
         cache = make_cache(root / f"{kind}.h5", counts=counts)
         out = root / f"single-{kind}"
-        result = train_head(HeadConfig(features=str(cache), out=str(out), strategy="default", **BASE),
-                            log=lambda m: None)
+        result = train_head(HeadConfig(features=str(cache), out=str(out), strategy="default", **BASE))
         assert result.distribute["replicas"] == 1 and result.test_accuracy > 0.9
         runs[kind] = (cache, out, result)
     return runs
@@ -165,7 +166,7 @@ def test_epoch_feed_serves_every_epoch_from_one_iterator():
     seen, iterators = [], []
     for _ in range(3):
         batches = []
-        train_epoch(model, feed, 3, on_batch=batches.append)
+        train_epoch(model, feed, 3, callbacks=SimpleNamespace(on_train_batch_end=batches.append))
         seen.append(batches)
         iterators.append(feed._iterator)
     assert seen == [[0, 1, 2, 3]] * 3 and feed.steps == 4
@@ -230,7 +231,7 @@ def test_mixed_precision_and_jit_compile(single, tmp_path):
     cache, _, single_result = single["even"]
     out = tmp_path / "run"
     result = train_head(HeadConfig(features=str(cache), out=str(out), strategy="default", mixed_precision=True,
-                                   jit_compile=True, **BASE), log=lambda m: None)
+                                   jit_compile=True, **BASE))
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
     # bfloat16 keeps 8 significant bits: the same accuracy, a loss close to the float32 run's.
     assert result.test_accuracy == single_result.test_accuracy
@@ -285,7 +286,7 @@ def test_options_and_refusals(tmp_path, monkeypatch):
     assert not scratch.exists()
 
     with pytest.raises(OptionError, match="strategy"):
-        train_head(HeadConfig(features="x.h5", out=str(tmp_path / "r"), strategy="nope"), log=lambda m: None)
+        train_head(HeadConfig(features="x.h5", out=str(tmp_path / "r"), strategy="nope"))
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 # for the test's SIGKILL). Prints one RESULT line, which test_distribute._finish collects.
 WORKER = r"""
 import json, sys, time, keras
+from headstart.features.reporter import LineReporter
 from headstart.pipeline.config import FinetuneConfig
 from headstart.pipeline.finetuning.finetuning import finetune
 
@@ -41,7 +42,7 @@ class Slow(keras.callbacks.Callback):
         time.sleep(float(sys.argv[2]))
 
 lines = []
-r = finetune(FinetuneConfig(**json.loads(sys.argv[1])), log=lines.append,
+r = finetune(FinetuneConfig(**json.loads(sys.argv[1])), reporter=LineReporter(lines.append),
              callbacks=[Slow()] if float(sys.argv[2]) else [])
 print("RESULT " + json.dumps({"test_accuracy": r.test_accuracy, "epochs_run": r.epochs_run,
                               "run_dir": r.run_dir, "lines": lines}))
@@ -60,12 +61,12 @@ def prepared(tmp_path_factory):
     data = make_splits(root / "images")
     weights = make_weights_file(root / "w.weights.h5")
     extract_features(ExtractConfig(source=str(data), out=str(root / "f.h5"), weights=str(weights), batch_size=8,
-                                   **BACKBONE), log=lambda s: None)
+                                   **BACKBONE))
     train_head(HeadConfig(features=str(root / "f.h5"), out=str(root / "head"), epochs=20, lr=1e-2, patience=20,
-                          batch_size=8), log=lambda s: None)
+                          batch_size=8))
     options = {"source": str(data), "head": str(root / "head"), "epochs": 3, "batch_size": 8, "patience": 10,
                "parity_samples": 4, "lr": 1e-4, "seed": 0}
-    single = finetune(FinetuneConfig(out=str(root / "single"), **options), log=lambda s: None)
+    single = finetune(FinetuneConfig(out=str(root / "single"), **options))
     return SimpleNamespace(root=root, options=options, single=single)
 
 

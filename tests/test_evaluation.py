@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 
+from headstart.features.reporter import LineReporter
+
 from conftest import make_class_folders, make_weights_file, write_image
 from headstart.pipeline.errors import DataError, OptionError, RunDirError
 
@@ -50,7 +52,7 @@ def test_evaluate_reports_metrics_confusion_and_grid(saved):
     lines: list[str] = []
     # A single class-folder tree: all 11 files in one split by fractions 0/0 → everything is "train".
     metrics = evaluate_model(saved.run, str(saved.data), "train", validation_fraction=0.0, test_fraction=0.0,
-                             grid=grid, grid_size=4, log=lines.append)
+                             grid=grid, grid_size=4, reporter=LineReporter(lines.append))
     assert metrics["rows"] == 10 and metrics["skipped"][0][0] == "cats/broken.jpg"
     assert np.array(metrics["confusion_matrix"]).sum() == 10
     assert set(metrics["per_class"]) == {"cats", "dogs"}
@@ -75,22 +77,21 @@ def test_evaluate_refusals(saved, tmp_path):
     from headstart.pipeline.commands.evaluation import evaluate_model
 
     with pytest.raises(RunDirError, match="no such model file"):
-        evaluate_model(tmp_path / "nothing.keras", str(saved.data), log=lambda s: None)
+        evaluate_model(tmp_path / "nothing.keras", str(saved.data))
     (tmp_path / "junk.keras").write_text("junk")
     with pytest.raises(RunDirError, match="not a complete .keras file"):
-        evaluate_model(tmp_path / "junk.keras", str(saved.data), log=lambda s: None)
+        evaluate_model(tmp_path / "junk.keras", str(saved.data))
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "zipped.keras", "w") as archive:
         archive.writestr("config.json", "not a model")
     with pytest.raises(RunDirError, match="cannot load as a Keras model"):
-        evaluate_model(tmp_path / "zipped.keras", str(saved.data), log=lambda s: None)
+        evaluate_model(tmp_path / "zipped.keras", str(saved.data))
     with pytest.raises(DataError, match="no split 'test'"):
-        evaluate_model(saved.run, str(saved.data), "test", test_fraction=0.0, log=lambda s: None)
+        evaluate_model(saved.run, str(saved.data), "test", test_fraction=0.0)
     three = make_class_folders(tmp_path / "three", classes=("a", "b", "c"), per_class=2)
     with pytest.raises(DataError, match="differ from the model's"):
-        evaluate_model(saved.run, str(three), "train", validation_fraction=0.0, test_fraction=0.0,
-                       log=lambda s: None)
+        evaluate_model(saved.run, str(three), "train", validation_fraction=0.0, test_fraction=0.0)
 
 
 @pytest.mark.slow

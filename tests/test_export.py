@@ -34,7 +34,7 @@ def exported(real_photo_cache, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     head_run = train_head(HeadConfig(features=str(real_photo_cache["cache"]), out=str(root / "head"), epochs=10,
-                                     seed=0), log=lambda s: None)
+                                     seed=0))
     base, pre, pool, _ = build_backbone_parts("mobilenet_v2", weights=str(real_photo_cache["weights"]),
                                               image_size=128, alpha=0.35, pooling="avg")
     head = keras.saving.load_model(Path(head_run.run_dir) / "head.keras", safe_mode=True)

@@ -311,16 +311,16 @@ def test_a_resumed_sweep_reruns_a_trial_killed_before_its_first_heartbeat(tmp_pa
 
     cache, out = make_cache(tmp_path / "c.h5"), tmp_path / "sw"
     space = dict(epochs=2, patience=5, parallel=2, batch_size=(32,), hidden_units=(16,), pruner="none")
-    run_sweep(SweepConfig(caches=(str(cache),), out=str(out), trials=2, heartbeat=1), SearchSpace(**space),
-              log=lambda line: None)
+    run_sweep(SweepConfig(caches=(str(cache),), out=str(out), trials=2, heartbeat=1), SearchSpace(**space))
     silent = _silent_trial(f"sqlite:///{out / 'study.db'}")
     orphan = out / f".best-{_dead_pid()}"  # a final retraining killed half-way
     orphan.mkdir()
-    code = ("from headstart.pipeline.config import SweepConfig\n"
+    code = ("from headstart.features.reporter import LineReporter\n"
+            "from headstart.pipeline.config import SweepConfig\n"
             "from headstart.pipeline.sweep.space import SearchSpace\n"
             "from headstart.pipeline.sweep.study import run_sweep\n"
             f"r = run_sweep(SweepConfig(caches=({str(cache)!r},), out={str(out)!r}, trials=3, heartbeat=1), "
-            f"SearchSpace(**{space!r}), log=print)\nprint('finished', r.finished)\n")
+            f"SearchSpace(**{space!r}), reporter=LineReporter(print))\nprint('finished', r.finished)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=subprocess_env(tmp_path / "tmp"))
     returncode, output, _ = _finish(proc, 120)  # before issue 21 it slept in its wait loop for ever

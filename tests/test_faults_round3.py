@@ -273,8 +273,7 @@ def no_lock_file_left(tmp_path):
     config = _sweep_config(tmp_path, trials=2)
     Path(config.out).mkdir()
     (Path(config.out) / ".study.lock").write_text("")  # left by an older headstart
-    run_sweep(config, SearchSpace(epochs=2, patience=2, parallel=2, batch_size=(16,), hidden_units=(16,)),
-              log=lambda line: None)
+    run_sweep(config, SearchSpace(epochs=2, patience=2, parallel=2, batch_size=(16,), hidden_units=(16,)))
     assert (Path(config.out) / "best" / "run.json").is_file()
     assert not (Path(config.out) / ".study.lock").exists()
 

@@ -23,6 +23,8 @@ import keras
 import numpy as np
 import pytest
 
+from headstart.features.reporter import LineReporter
+
 from conftest import BACKBONE, make_splits, make_weights_file
 from headstart.features.errors import WeightsError
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig
@@ -52,9 +54,9 @@ def prepared(tmp_path_factory):
     data = make_splits(root / "images")
     weights = make_weights_file(root / "mobilenet_025.weights.h5")
     extract_features(ExtractConfig(source=str(data), out=str(root / "features.h5"), weights=str(weights),
-                                   batch_size=8, **BACKBONE), log=lambda s: None)
+                                   batch_size=8, **BACKBONE))
     head = train_head(HeadConfig(features=str(root / "features.h5"), out=str(root / "head"), epochs=20,
-                                 lr=1e-2, patience=20, batch_size=8), log=lambda s: None)
+                                 lr=1e-2, patience=20, batch_size=8))
     assert head.val_accuracy == 1.0, head.summary  # a head that learned: the gate has something to keep
     return SimpleNamespace(root=root, data=data, weights=weights, features=root / "features.h5",
                            head=root / "head", head_result=head)
@@ -66,7 +68,7 @@ def main_run(prepared):
 
     lines: list[str] = []
     result = finetune(config_for(prepared, prepared.root / "ft", export=("saved_model", "onnx", "tflite")),
-                      log=lines.append)
+                      reporter=LineReporter(lines.append))
     return SimpleNamespace(result=result, lines=lines, run_dir=Path(result.run_dir))
 
 
@@ -146,7 +148,7 @@ def test_evaluate_reproduces_the_reported_test_accuracy(main_run, prepared):
     from headstart.pipeline.commands.evaluation import evaluate_model
 
     metrics = json.loads((main_run.run_dir / "metrics.json").read_text())
-    again = evaluate_model(main_run.run_dir / "model.keras", str(prepared.data), "test", log=lambda s: None)
+    again = evaluate_model(main_run.run_dir / "model.keras", str(prepared.data), "test")
     assert again["accuracy"] == metrics["test"]["accuracy"]
     assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
     assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
@@ -286,7 +288,7 @@ def test_parity_detects_a_changed_input_path(prepared, tmp_path):
         pixels = np.asarray(Image.open(path).convert("RGB"))
         Image.fromarray(255 - pixels).save(path)  # what extract-features saw is no longer what we read
     with pytest.raises(ParityError, match=r"parity check failed: on \S+ the full model's logits"):
-        finetune(config_for(prepared, tmp_path / "ft", source=str(data)), log=lambda s: None)
+        finetune(config_for(prepared, tmp_path / "ft", source=str(data)))
 
 
 @pytest.mark.slow
@@ -322,10 +324,8 @@ def test_parity_passes_on_a_float16_cache_within_its_tolerance(prepared, tmp_pat
     from headstart.pipeline.commands.head_training import train_head
 
     extract_features(ExtractConfig(source=str(prepared.data), out=str(tmp_path / "f16.h5"), dtype="float16",
-                                   weights=str(prepared.weights), splits=("train", "validation"), **BACKBONE),
-                     log=lambda s: None)
-    train_head(HeadConfig(features=str(tmp_path / "f16.h5"), out=str(tmp_path / "head"), epochs=3, lr=1e-2),
-               log=lambda s: None)
+                                   weights=str(prepared.weights), splits=("train", "validation"), **BACKBONE))
+    train_head(HeadConfig(features=str(tmp_path / "f16.h5"), out=str(tmp_path / "head"), epochs=3, lr=1e-2))
     run = RunDir.open(tmp_path / "head", kind="head").record
     base, pre, pool, _ = build_backbone_parts("mobilenet", weights=str(prepared.weights), image_size=32,
                                               alpha=0.25, pooling="avg",
@@ -345,7 +345,7 @@ def test_mixed_precision_checks_parity_on_a_float32_twin(prepared, tmp_path):
     from headstart.pipeline.finetuning.finetuning import finetune
 
     out = tmp_path / "mixed"
-    result = finetune(config_for(prepared, out, epochs=1, parity_samples=8, mixed_precision=True), log=lambda s: None)
+    result = finetune(config_for(prepared, out, epochs=1, parity_samples=8, mixed_precision=True))
     assert result.parity.dtype == "float32" and result.parity.max_abs_diff <= result.parity.tolerance
     run = json.loads((out / "run.json").read_text())
     assert run["precision"]["policy"] == "mixed_bfloat16" and run["precision"]["logits_dtype"] == "float32"
@@ -360,7 +360,7 @@ def test_refusals(prepared, main_run, tmp_path):
     from headstart.pipeline.finetuning.finetuning import finetune
     from headstart.features.chain import build_backbone_parts
 
-    quiet = {"log": lambda s: None}
+    quiet = {}
     with pytest.raises(RunDirError, match="no such run directory"):
         finetune(config_for(prepared, tmp_path / "a", head=str(tmp_path / "missing")), **quiet)
     (tmp_path / "empty").mkdir()
@@ -412,7 +412,7 @@ def test_without_head_trains_head_first_and_gate_keeps_seeded(prepared, tmp_path
                        head_epochs=20, head_lr=1e-2, head_batch_size=8, patience=20, augment="none"),
         weights=str(prepared.weights), pooling="avg", **BACKBONE)
     lines: list[str] = []
-    result = finetune(config, log=lines.append, callbacks=[_Sabotage()])
+    result = finetune(config, reporter=LineReporter(lines.append), callbacks=[_Sabotage()])
     metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
     head_history = metrics["head_stage"]["history"]
     assert len(head_history["loss"]) == 20 and metrics["parity"] is None
@@ -466,10 +466,10 @@ def test_resume_after_sigkill_restores_epoch_and_optimizer(prepared, main_run, t
     resume = FinetuneConfig(source=str(prepared.data), head=str(prepared.head), out=str(out), epochs=3,
                             batch_size=8, patience=10, parity_samples=4, resume=True)
     with pytest.raises(RunDirError, match=r"another configuration \(--lr 1e-05 there, 0\.001 now\)"):
-        finetune(FinetuneConfig(**{**resume.__dict__, "lr": 1e-3}), log=lambda s: None)
+        finetune(FinetuneConfig(**{**resume.__dict__, "lr": 1e-3}))
     lines: list[str] = []
     # The same command resumes, --resume or not (the --out policy: same options, unfinished run).
-    result = finetune(FinetuneConfig(**{**resume.__dict__, "resume": False}), log=lines.append)
+    result = finetune(FinetuneConfig(**{**resume.__dict__, "resume": False}), reporter=LineReporter(lines.append))
     assert "finetune: resuming after epoch 1 of 3" in lines
     assert sum(line.startswith("finetune epoch") for line in lines) == 2
     with open(out / "history.csv") as f:
@@ -493,12 +493,12 @@ def test_real_cats_vs_dogs_finetune_keeps_head_accuracy(real_photo_cache, tmp_pa
     # The session's one extraction of the 2,000 photos (MobileNetV2 0.35, shared ImageNet weights,
     # 128 px, split 70/10/20 by number): the head and fine-tuning only read it.
     data, cache = real_photo_cache["images"], real_photo_cache["cache"]
-    head = train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), seed=0), log=lambda s: None)
+    head = train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), seed=0))
     result = finetune(FinetuneConfig(source=str(data), head=str(tmp_path / "head"), out=str(tmp_path / "ft"),
-                                     epochs=2), log=print)
+                                     epochs=2), reporter=LineReporter(print))
     print(result.summary)
     assert result.test_accuracy >= head.test_accuracy - 0.005
-    again = evaluate_model(tmp_path / "ft", str(data), "test", log=lambda s: None)
+    again = evaluate_model(tmp_path / "ft", str(data), "test")
     assert again["accuracy"] == result.test_accuracy
 
 
@@ -510,7 +510,7 @@ def test_class_weights_and_monitor_reach_the_fit_and_the_gate(prepared, tmp_path
 
     lines: list[str] = []
     result = finetune(config_for(prepared, tmp_path / "ft", epochs=2, parity_samples=0, class_weight="balanced",
-                                 monitor="balanced_accuracy"), log=lines.append, callbacks=[_Sabotage()])
+                                 monitor="balanced_accuracy"), reporter=LineReporter(lines.append), callbacks=[_Sabotage()])
     run_dir = Path(result.run_dir)
     run = json.loads((run_dir / "run.json").read_text())
     # make_splits: 8 training images per class → both weights n / (k * n_c) = 16 / (2 * 8) = 1.

@@ -413,7 +413,7 @@ def test_real_photos_as_a_flat_folder_and_a_csv_equal_the_class_folders(real_pho
     csv = write_csv(tmp_path / "labels.csv", "path,label,split", lines[::-1])  # row order does not matter
     cache = tmp_path / "features.h5"
     extract_features(ExtractConfig(source=str(csv), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                   weights=str(real_photo_cache["weights"]), image_size=128), log=lambda *_: None)
+                                   weights=str(real_photo_cache["weights"]), image_size=128))
     folder_config, folder_rows = read_cache(real_photo_cache["cache"])
     csv_config, csv_rows = read_cache(cache)
     assert csv_config["class_names"] == folder_config["class_names"] == ["cats", "dogs"]
@@ -426,7 +426,7 @@ def test_real_photos_as_a_flat_folder_and_a_csv_equal_the_class_folders(real_pho
     heads = []
     for name, features in (("folders", real_photo_cache["cache"]), ("csv", cache)):
         heads.append(train_head(HeadConfig(features=str(features), out=str(tmp_path / f"head_{name}"), epochs=5,
-                                           seed=3), log=lambda *_: None))
+                                           seed=3)))
     first, second = heads
     assert all(np.array_equal(a, b) for a, b in zip(head_weights(first.run_dir), head_weights(second.run_dir)))
     assert (first.best_epoch, first.val_loss, first.val_accuracy, first.test_loss, first.test_accuracy) == \

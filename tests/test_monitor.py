@@ -8,6 +8,8 @@ import json
 
 import numpy as np
 import pytest
+
+from headstart.features.reporter import LineReporter
 from click.testing import CliRunner
 
 from conftest import make_cache
@@ -51,7 +53,7 @@ def test_train_head_stops_on_validation_balanced_accuracy(tmp_path):
     out = tmp_path / "run"
     lines: list[str] = []
     result = train_head(HeadConfig(features=str(cache), out=str(out), epochs=12, lr=5e-2, batch_size=16, patience=2,
-                                   monitor="balanced_accuracy"), log=lines.append)
+                                   monitor="balanced_accuracy"), reporter=LineReporter(lines.append))
     rows = list(csv.DictReader((out / "history.csv").open()))
     values = [float(r["val_balanced_accuracy"]) for r in rows]
     # The kept epoch is the first with the highest validation balanced accuracy.

@@ -20,9 +20,8 @@ def _audit(tmp_path, classes):
     root = write_set(tmp_path / "images", classes, counts=(("train", 40), ("validation", 16)))
     cache = tmp_path / "features.h5"
     extract_features(ExtractConfig(source=str(root), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                   weights=str(SHIPPED), image_size=96), log=lambda *_: None)
-    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=60, patience=10, lr=3e-3),
-               log=lambda *_: None)
+                                   weights=str(SHIPPED), image_size=96))
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=60, patience=10, lr=3e-3))
     head = RunDir.open(tmp_path / "head", kind="head", recipe=True)
     return audit_head_run(head, open_source(SourceSpec(source=str(root))))
 

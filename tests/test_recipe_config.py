@@ -111,7 +111,7 @@ def test_the_augmentation_plan_is_made_again_at_the_chosen_size_said_and_kept_on
         state[name] = record
         return record
 
-    steps = SimpleNamespace(config=config, state=state, save=save, console=SimpleNamespace(log=lines.append),
+    steps = SimpleNamespace(config=config, state=state, save=save, console=SimpleNamespace(line=lines.append),
                             open=lambda name: name not in config.explicit, fixed=False)
     same = augment_plan_step(steps, plan, 150, candidates)
     assert same.views == plan.views and same.audit and not lines  # nothing cut at the first size

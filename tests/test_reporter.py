@@ -93,3 +93,27 @@ def test_extract_features_prints_the_same_lines_through_the_console_and_nothing_
     lines: list[str] = []
     extract_features(config, log=lines.append)  # the documented log= still gets each line
     assert lines == [f"{out} is already complete with this configuration; nothing to do"]
+
+
+def test_the_api_wrapper_is_the_one_place_log_becomes_a_reporter():
+    """Library functions take only ``reporter=``; ``headstart.pipeline``'s wrapper turns the documented
+    ``log=`` into one, for every API function that takes a reporter, and leaves the others alone."""
+    from headstart.pipeline.api import api_function
+
+    def stage(config, *, reporter: Reporter = QUIET):
+        reporter.line(f"ran {config}")
+        reporter.warning("warning: a warning")
+        return reporter
+
+    lines: list[str] = []
+    assert isinstance(api_function(stage)(1, log=lines.append), LineReporter)
+    assert lines == ["ran 1", "warning: a warning"]
+    given = Indented(LineReporter(lines.append))
+    assert api_function(stage)(2, reporter=given, log=pytest.fail) is given  # a reporter wins over log=
+    assert api_function(stage)(3) is QUIET
+
+    def no_reporter(config):
+        return config
+
+    with pytest.raises(TypeError, match="log"):
+        api_function(no_reporter)(4, log=print)

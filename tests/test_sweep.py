@@ -26,7 +26,7 @@ from headstart.pipeline.errors import DataError
 from headstart.pipeline.sweep.space import SearchSpace, TrialParams
 from conftest import make_cache, make_multilabel_cache
 
-QUIET = {"log": lambda line: None}
+QUIET = {}
 #: Largest difference allowed between a trial trained among others and train-head (a group of one,
 #: bit-identical to a one-trial sweep: tests/test_sweep_best.py): the stacked step over a longer
 #: trial axis rounds float32 sums in another order (measured: 1.2e-7).
@@ -428,11 +428,12 @@ def test_two_caches_of_different_backbones_ranked_in_one_leaderboard(tmp_path):
 
 def _sweep_process(cache: Path, out: Path, trials: int, parallel: int, epochs: int) -> subprocess.Popen:
     code = ("import sys; from headstart.pipeline.config import SweepConfig;"
+            "from headstart.features.reporter import LineReporter;"
             "from headstart.pipeline.sweep.space import SearchSpace;"
             "from headstart.pipeline.sweep.study import run_sweep;"
             f"r = run_sweep(SweepConfig(caches=({str(cache)!r},), out={str(out)!r}, trials={trials}, heartbeat=2),"
             f" SearchSpace(epochs={epochs}, patience=100, parallel={parallel}, batch_size=(16,), hidden_units=(16,),"
-            " pruner='none'), log=lambda m: print(m, flush=True));"
+            " pruner='none'), reporter=LineReporter(lambda m: print(m, flush=True)));"
             "print('trained', r.trained_here, flush=True)")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -20,7 +20,7 @@ from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.sweep.space import SearchSpace
 from conftest import make_cache
 
-QUIET = {"log": lambda line: None}
+QUIET = {}
 #: How far apart another learning rate puts the weights, at least.
 DIFFERENT = 1e-3
 #: The leaderboard's float64 validation loss against metrics.json's float32 one.

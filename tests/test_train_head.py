@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import pytest
 
+from headstart.features.reporter import LineReporter
+
 from conftest import head_weights, make_cache
 from headstart.features.errors import StoreError
 from headstart.features.cache import open_cache
@@ -24,7 +26,7 @@ from headstart.pipeline.errors import DataError, OptionError, RunDirError
 from headstart.pipeline.model.head import predict_classes
 from headstart.pipeline.commands.head_training import train_head
 
-QUIET = {"log": lambda line: None}
+QUIET = {}
 
 
 def assert_same_weights(a, b):
@@ -39,7 +41,7 @@ def test_binary_head_writes_a_complete_run_dir(tmp_path):
     out = tmp_path / "run"
     lines = []
     result = train_head(HeadConfig(features=str(cache), out=str(out), epochs=6, lr=1e-2, batch_size=32),
-                        log=lines.append)
+                        reporter=LineReporter(lines.append))
     assert result.test_accuracy > 0.95 and result.val_accuracy > 0.95
     assert result.loader == "memory" and any(l.startswith("epoch 1/6") for l in lines)
     assert sorted(p.name for p in out.iterdir()) == ["curves.png", "head.keras", "history.csv",
@@ -161,7 +163,7 @@ def test_zero_epochs_trains_until_early_stopping_past_the_default_maximum(tmp_pa
     capped = train_head(HeadConfig(out=str(tmp_path / "capped"), **base), **QUIET)  # epochs: the default 20
     assert capped.epochs_run == HeadConfig().epochs == capped.best_epoch  # still improving when cut short
     lines = []
-    free = train_head(HeadConfig(out=str(tmp_path / "free"), epochs=0, **base), log=lines.append)
+    free = train_head(HeadConfig(out=str(tmp_path / "free"), epochs=0, **base), reporter=LineReporter(lines.append))
     assert free.best_epoch > HeadConfig().epochs and free.epochs_run == free.best_epoch + 2
     assert free.history["val_loss"][:20] == capped.history["val_loss"]  # the same run, not cut short
     assert any(line.startswith("epoch 21  ") for line in lines) and "early stopping" in lines[-1]
@@ -179,7 +181,7 @@ def test_validation_predicted_in_chunks_changes_nothing(tmp_path, monkeypatch):
     whole = train_head(HeadConfig(out=str(tmp_path / "a"), **base), **QUIET)
     monkeypatch.setattr(head_group, "VALIDATION_CHUNK_BYTES", 5 * 16 * 4)  # 5 rows of 16 float32
     lines = []
-    chunked = train_head(HeadConfig(out=str(tmp_path / "b"), **base), log=lines.append)
+    chunked = train_head(HeadConfig(out=str(tmp_path / "b"), **base), reporter=LineReporter(lines.append))
     assert whole.history == chunked.history and len(whole.history["val_loss"]) == 3
     assert_same_weights(head_weights(tmp_path / "a"), head_weights(tmp_path / "b"))
     epochs = [line for line in lines if line.startswith("epoch ")]
@@ -192,7 +194,7 @@ def test_without_validation_split_watches_training_loss(tmp_path):
     cache = make_cache(tmp_path / "f.h5", counts={"train": 64, "test": 32})
     lines = []
     result = train_head(HeadConfig(features=str(cache), out=str(tmp_path / "run"), epochs=2),
-                        log=lines.append)
+                        reporter=LineReporter(lines.append))
     assert result.metrics["validation"] is None and result.metrics["monitor"] == "loss"
     assert result.test_accuracy is not None and any("no validation split" in l for l in lines)
 

@@ -27,11 +27,11 @@ def test_copied_originals_equal_computed_ones_and_the_views_are_the_same(tmp_pat
     from headstart.pipeline.commands.extraction import extract_features
 
     base, views = _configs(tmp_path)
-    extract_features(base, log=lambda *_: None)
+    extract_features(base)
     computed = dataclasses.replace(views, out=str(tmp_path / "computed.h5"))
     copied = dataclasses.replace(views, out=str(tmp_path / "copied.h5"))
-    extract_features(computed, log=lambda *_: None)
-    extract_features(copied, log=lambda *_: None, originals_from=base.out)
+    extract_features(computed)
+    extract_features(copied, originals_from=base.out)
     with open_cache(base.out) as b, open_cache(computed.out) as c, open_cache(copied.out) as k:
         bt, ct, kt = b.split("train"), c.split("train"), k.split("train")
         assert kt.keys == ct.keys == bt.keys
@@ -50,7 +50,7 @@ def test_originals_from_another_image_size_are_refused(tmp_path):
     from headstart.pipeline.commands.extraction import extract_features
 
     base, views = _configs(tmp_path)
-    extract_features(base, log=lambda *_: None)
+    extract_features(base)
     other = dataclasses.replace(views, out=str(tmp_path / "other.h5"), image_size=96)
     with pytest.raises(StoreError, match=r"base.h5: its .* is not the views' cache's"):
-        extract_features(other, log=lambda *_: None, originals_from=base.out)
+        extract_features(other, originals_from=base.out)

@@ -65,14 +65,13 @@ def _trials(tmp_path, classes):
     root = write_set(tmp_path / "images", classes, counts=(("train", 32), ("validation", 24)))
     base = ExtractConfig(source=str(root), out=str(tmp_path / "features.h5"), backbone="mobilenet_v2", alpha=0.35,
                          weights=str(SHIPPED), image_size=96, splits=("train", "validation"))
-    extract_features(base, log=lambda *_: None)
-    train_head(HeadConfig(features=base.out, out=str(tmp_path / "head"), epochs=40, patience=5, lr=3e-3),
-               log=lambda *_: None)
+    extract_features(base)
+    train_head(HeadConfig(features=base.out, out=str(tmp_path / "head"), epochs=40, patience=5, lr=3e-3))
     head = RunDir.open(tmp_path / "head", kind="head", recipe=True)
     progress, saves = {}, []
     result = run_view_trials(head, base, tmp_path / "trials", extract_features=extract_features,
-                             candidates=("flip",), progress=progress,
-                             save=lambda: saves.append(dict(progress["candidates"])), log=lambda *_: None)
+                             candidates=("flip",), resume_record=progress,
+                             save=lambda: saves.append(dict(progress["candidates"])))
     return result, progress, saves
 
 
@@ -146,10 +145,8 @@ def test_finetune_augment_auto_killed_during_the_trials_resumes_with_the_same_co
     root = write_set(tmp_path / "images", ("left", "right"), counts=(("train", 16), ("validation", 12)))
     cache = tmp_path / "features.h5"
     extract_features(ExtractConfig(source=str(root), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                   weights=str(SHIPPED), image_size=96, splits=("train", "validation")),
-                     log=lambda *_: None)
-    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=40, patience=5, lr=3e-3),
-               log=lambda *_: None)
+                                   weights=str(SHIPPED), image_size=96, splits=("train", "validation")))
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=40, patience=5, lr=3e-3))
     out = tmp_path / "ft"
     argv = ["finetune", str(root), "--head", str(tmp_path / "head"), "--out", str(out), "--augment", "auto",
             "--epochs", "1", "--batch-size", "8"]
@@ -185,10 +182,8 @@ def test_on_cache_fine_tune_trains_on_the_views_of_the_kept_items_only(tmp_path,
     root = write_set(tmp_path / "images", ("left", "right"), counts=(("train", 24), ("validation", 16)))
     cache = tmp_path / "features.h5"
     extract_features(ExtractConfig(source=str(root), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                   weights=str(SHIPPED), image_size=96, splits=("train", "validation"), tap="top:30"),
-                     log=lambda *_: None)
-    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=40, patience=5, lr=3e-3),
-               log=lambda *_: None)
+                                   weights=str(SHIPPED), image_size=96, splits=("train", "validation"), tap="top:30"))
+    train_head(HeadConfig(features=str(cache), out=str(tmp_path / "head"), epochs=40, patience=5, lr=3e-3))
     out = tmp_path / "ft"
     result = CliRunner().invoke(main, ["finetune", str(root), "--head", str(tmp_path / "head"), "--out", str(out),
                                        "--on-cache", "--augment", "auto", "--epochs", "1", "--batch-size", "8",

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from headstart.features.reporter import Reporter, as_reporter
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.data.source_spec import check_source_path
 from headstart.features.errors import Arg
 from headstart.pipeline.errors import DataError, OptionError
@@ -28,7 +28,7 @@ from headstart.pipeline.training.predictions import num_classes_of, predict_spli
 
 
 class WrongImages:
-    """The ``keep`` most confidently wrong images of a split, most confident first (an ``on_batch``
+    """The ``keep`` most confidently wrong images of a split, most confident first (an ``observe``
     observer of ``predict_split``), each as (probability of the predicted class, key, true index,
     predicted index, uint8 (S, S, 3))."""
 
@@ -57,8 +57,7 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
                    validation_fraction: float | None = None, test_fraction: float | None = None,
                    path_column: str | None = None, label_column: str | None = None, images: str | None = None,
                    multi_label: bool = False, grid: str | os.PathLike | None = None, grid_size: int = 16,
-                   reporter: Reporter | None = None, note: Callable[[str], None] | None = None,
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   reporter: Reporter = QUIET, note: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Accuracy, loss, per-class metrics and confusion matrix of a saved model on one split.
 
     Args:
@@ -73,7 +72,6 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
         grid: write a PNG grid of at most ``grid_size`` most confidently wrong images here.
         reporter: the headline (measures to 4 decimals) and a progress line (default: quiet).
         note: where the one line naming the model a ``headstart run`` directory resolved to goes.
-        log: the Python API's ``log=print``, used without ``reporter``.
 
     Returns:
         ``{"model", "split", "loss", "accuracy", "balanced_accuracy", "macro_f1", "rows", "per_class", "confusion_matrix",
@@ -84,7 +82,6 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
         DataError: bad source, missing split, or classes that differ from the model's.
         OptionError: bad batch or grid size.
     """
-    reporter = as_reporter(reporter, log)
     if isinstance(source, str):
         check_source_path(source)  # before the model load starts TensorFlow
     model, run, batch_size = _load(model_path, batch_size, grid_size, note)
@@ -102,9 +99,9 @@ def evaluate_model(model_path: str | os.PathLike, source: str | Any, split: str 
     if width != len(class_names):
         raise DataError(f"source has {len(class_names)} classes but the model predicts {width}")
     wrong = WrongImages(grid_size, width) if grid else None
-    with observed(reporter, f"evaluate {split}", src.count(split), wrong) as on_batch:
+    with observed(reporter, f"evaluate {split}", src.count(split), wrong) as observe:
         predictions = predict_split(model, src, split, batch_size=batch_size, multi_label=multi_label,
-                                    on_batch=on_batch)
+                                    observe=observe)
     metrics = {"model": str(model_path), "split": split,
                **split_metrics(predictions, class_names, multi_label=multi_label, thresholds=thresholds),
                "grid": str(grid) if wrong is not None else None}

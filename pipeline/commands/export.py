@@ -186,7 +186,7 @@ def decode_for_serving(image_bytes: Any, image_size: int, max_pixels: int | None
 
 def check_exports(done: dict[str, str | None], model: Any, source: Any, split: str, *, quantize: str = "none",
                   batch_size: int = 32, multi_label: bool = False,
-                  on_batch: Callable[[Any], None] | None = None) -> dict[str, dict]:
+                  observe: Callable[[Any], None] | None = None) -> dict[str, dict]:
     """Runs every written export and ``model`` over one split, with each format's own runtime.
 
     One pass of the prediction loop (``headstart.pipeline.training.predictions.predict_split``):
@@ -201,7 +201,7 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
         batch_size: images per forward pass.
         multi_label: compare label sets (at probability 0.5): "accuracy" is then the exact-match
             ratio and "agreement" the share of images with model.keras's label set.
-        on_batch: also called with every batch (a progress line).
+        observe: also called with every batch (a progress line: ``report.progress.observed``).
 
     Returns:
         format → ``{"path", "accuracy", "keras_accuracy", "agreement" (share of images whose
@@ -220,10 +220,10 @@ def check_exports(done: dict[str, str | None], model: Any, source: Any, split: s
     def feed(batch: Any) -> None:
         for fmt, predictor in predictors.items():
             got[fmt].append(predictor.logits(batch.images))
-        if on_batch is not None:
-            on_batch(batch)
+        if observe is not None:
+            observe(batch)
 
-    reference = predict_split(model, source, split, batch_size=batch_size, multi_label=multi_label, on_batch=feed)
+    reference = predict_split(model, source, split, batch_size=batch_size, multi_label=multi_label, observe=feed)
     width = reference.logits.shape[-1]
     k = 2 if width == 1 and not multi_label else width
     labels, n = reference.labels, len(reference.labels)

@@ -370,9 +370,9 @@ def write_exports(model: keras.Model, out_dir: str | os.PathLike, formats: Seque
     exports = export_model(model, out_dir, formats, quantize=quantize, class_names=list(class_names),
                            calibration=calibration, reporter=reporter, thresholds=thresholds, chain=chain)
     split = next(s for s in CHECK_SPLITS if s in source.split_names)
-    with observed(reporter, f"check {split}", source.count(split)) as on_batch:
+    with observed(reporter, f"check {split}", source.count(split)) as observe:
         checks = check_exports(exports, model, source, split, quantize=quantize, batch_size=batch_size,
-                               multi_label=multi_label, on_batch=on_batch)
+                               multi_label=multi_label, observe=observe)
     for fmt, row in checks.items():
         if row.get("accuracy") is not None:
             reporter.line(f"export {fmt}: {split} accuracy {row['accuracy']:.4f} (Keras model {row['keras_accuracy']:.4f}), "

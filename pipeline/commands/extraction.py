@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from headstart.features.reporter import Reporter, as_reporter
+from headstart.features.reporter import QUIET, Reporter
 from headstart.features.registry import check_image_size, check_weights_option
 from headstart.pipeline.config import ExtractConfig
 from headstart.pipeline.data.source_spec import SourceSpec, check_source_path
@@ -110,8 +110,7 @@ def _check_out_file(out: Path) -> None:
 def extract_features(
     config: ExtractConfig,
     *,
-    reporter: Reporter | None = None,
-    log: Callable[[str], None] | None = None,
+    reporter: Reporter = QUIET,
     originals_from: str | None = None,
 ) -> ExtractSummary:
     """Runs the frozen backbone over every requested split and writes the feature cache.
@@ -122,7 +121,6 @@ def extract_features(
     Args:
         config: the resolved extraction options.
         reporter: status lines and a progress line per split (``features/reporter.py``; default: quiet).
-        log: the Python API's older way to get the lines (``log=print``), when ``reporter`` is not given.
         originals_from: with views, a finished cache of the same backbone, size, tap and source whose
             training rows are copied by key, not computed again (a backbone pass per view only).
 
@@ -134,7 +132,6 @@ def extract_features(
         DataError: a bad source.
         headstart.features.errors.FeaturesError: backbone, weights, cache and bad-image failures.
     """
-    reporter = as_reporter(reporter, log)
     check_extract_config(config)
     _check_out_file(Path(config.out))
     shard = parse_shard(config.shard)

@@ -21,6 +21,7 @@ import numpy as np
 
 from headstart.pipeline.config import HeadConfig, config_to_dict
 from headstart.features.errors import Arg
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.options.checks import check_config
 from headstart.pipeline.store.rundir import RunDir
@@ -116,14 +117,14 @@ def resolved_config(config: HeadConfig) -> dict:
     return {**config_to_dict(config), "features": os.path.abspath(config.features), "out": os.path.abspath(config.out)}
 
 
-def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
+def train_head(config: HeadConfig, *, reporter: Reporter = QUIET,
                callbacks: Sequence[Any] = (), kept: KeptHead | None = None) -> HeadResult:
     """Trains the head on a feature cache and writes the run directory.
 
     Args:
         config: resolved ``train-head`` options (``features`` cache path, ``out`` run directory…).
             With ``tensorboard`` set, Keras' TensorBoard callback logs every epoch there.
-        log: receives one line per epoch and status messages.
+        reporter: gets one line per epoch and status messages (default: none).
         callbacks: extra Keras callbacks; the fit calls their train and epoch hooks (batch hooks only
             under several replicas or ``--mixed-precision``: ``head_fit.fit_head``).
         kept: a ``training.head_fit.KeptHead`` (a sweep trial's weights and history): the run
@@ -151,29 +152,29 @@ def train_head(config: HeadConfig, *, log: Callable[[str], None] = print,
                        recorded_inputs=lambda run: {CACHE_IDENTITY: run.cache.get("fingerprint")},
                        chief=config_is_chief()) as (state, _):
         if state == REUSE:
-            log(f"{config.out}: already done (a train-head run with these options on this cache)")
+            reporter.line(f"{config.out}: already done (a train-head run with these options on this cache)")
             result = HeadResult.from_run_dir(RunDir.open(config.out, kind="head"))
         else:
-            result = _train_distributed(config, multi_label, log, callbacks, kept)
+            result = _train_distributed(config, multi_label, reporter, callbacks, kept)
     result.summary = _summary(result)
     return result
 
 
-def _train_distributed(config: HeadConfig, multi_label: bool, log: Callable[[str], None],
+def _train_distributed(config: HeadConfig, multi_label: bool, reporter: Reporter,
                        callbacks: Sequence[Any], kept: KeptHead | None = None) -> HeadResult:
     """Sets up the strategy (the run's first TensorFlow work), then trains on every worker."""
     from headstart.pipeline.distribute.strategy import chief_output_dir, set_up_strategy
 
     # First TensorFlow work of the run: a multi-worker strategy must be set up before any other.
-    setup = set_up_strategy(config.strategy, config.batch_size, log=log)
+    setup = set_up_strategy(config.strategy, config.batch_size, reporter=reporter)
     if multi_label and setup.replicas > 1:
         raise OptionError(Arg("strategy", config.strategy), ": a multi-label head trains on one device for now "
                           f"({setup.replicas} replicas here); use ", Arg("strategy", "default"))
     if config.jit_compile and config.deterministic:
-        log("--jit-compile: Keras runs without XLA under --deterministic")
+        reporter.line("--jit-compile: Keras runs without XLA under --deterministic")
     # Every worker runs the whole stage (saving included); only the chief's files are kept.
     with chief_output_dir(config.out, setup.info.is_chief) as out:
-        result = _train(config, out, setup, log, callbacks, kept)
+        result = _train(config, out, setup, reporter, callbacks, kept)
     if not setup.info.is_chief:
         result.run_dir = str(config.out)
     return result
@@ -191,7 +192,7 @@ class _Trained:
     timings: dict
 
 
-def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None],
+def _train(config: HeadConfig, out: Path, setup: Any, reporter: Reporter,
            callbacks: Sequence[Any] = (), kept: KeptHead | None = None) -> HeadResult:
     """``train_head`` after the strategy is set up; writes the run directory into ``out``."""
     from headstart.features.cache import open_cache
@@ -201,11 +202,11 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
     out.mkdir(parents=True, exist_ok=True)  # a worker's scratch copy; the chief's exists (claimed)
     with open_cache(config.features) as cache:
         splits = open_head_splits(cache, config.features)
-        exclusion = exclude_rows(config.exclude, splits, config.features, log)
+        exclusion = exclude_rows(config.exclude, splits, config.features, reporter)
         data = load_head_data(cache, splits, memory_limit_mb=config.memory_limit_mb, views=config.views,
-                              path=config.features, log=log)
+                              path=config.features, reporter=reporter)
         with op_determinism(config.deterministic):
-            trained = _fit(config, data, setup, log, callbacks, kept)
+            trained = _fit(config, data, setup, reporter, callbacks, kept)
         cache_info = _cache_record(config, cache, splits)
     result = _result(out, trained, data.loader, setup.distribute, cache_info)
     trained.timings.update(load_seconds=data.load_seconds, seconds_per_epoch=result.seconds_per_epoch,
@@ -217,17 +218,17 @@ def _train(config: HeadConfig, out: Path, setup: Any, log: Callable[[str], None]
     return result
 
 
-def _fit(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], callbacks: Sequence[Any],
+def _fit(config: HeadConfig, data: Any, setup: Any, reporter: Reporter, callbacks: Sequence[Any],
          kept: KeptHead | None = None) -> _Trained:
     """Builds the head, trains it (or takes ``kept``'s weights) and measures the kept weights."""
     from headstart.pipeline.training.class_weights import training_class_weights
     from headstart.pipeline.training.head_fit import fit_head
 
-    weights = training_class_weights(config.class_weight, data.class_names, data.labels["train"], log,
+    weights = training_class_weights(config.class_weight, data.class_names, data.labels["train"], reporter,
                                      multi_label=data.multi_label)
     model, policy = _build_head(config, data, setup.strategy)
     if data.validation is None:
-        log("no validation split: early stopping watches the training loss")
+        reporter.line("no validation split: early stopping watches the training loss")
     if config.tensorboard and setup.info.is_chief:  # one writer per log directory
         from headstart.pipeline.report.tensorboard_logs import tensorboard_callback
 
@@ -237,7 +238,7 @@ def _fit(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], 
         fit = kept.restore(model)
     else:
         fit = fit_head(model, data.rows["train"], data.labels["train"], data.validation, config=config,
-                       num_classes=data.num_classes, log=log, replicas=setup.replicas, callbacks=callbacks,
+                       num_classes=data.num_classes, reporter=reporter, replicas=setup.replicas, callbacks=callbacks,
                        multi_label=data.multi_label,
                        sample_weights=None if weights is None else weights.per_sample(data.labels["train"]))
     train_seconds = time.perf_counter() - t_train if kept is None else sum(fit.epoch_seconds)
@@ -249,7 +250,7 @@ def _fit(config: HeadConfig, data: Any, setup: Any, log: Callable[[str], None], 
 
 
 def write_fixed_head(config: HeadConfig, weights: Sequence[np.ndarray], *, fitted_by: str,
-                     log: Callable[[str], None] = print) -> HeadResult:
+                     reporter: Reporter = QUIET) -> HeadResult:
     """A head run directory whose linear head takes ``weights`` instead of being trained.
 
     ``train_head`` with a ``KeptHead`` (as the sweep's best/ is written), so the files, record and
@@ -266,8 +267,8 @@ def write_fixed_head(config: HeadConfig, weights: Sequence[np.ndarray], *, fitte
 
     fit = HeadFit(history={}, best_epoch=1, epoch_seconds=[0.0], monitor="val_loss")
     kept = KeptHead(weights={"logits": [np.asarray(w, dtype=np.float32) for w in weights]}, fit=fit)
-    log(f"head: weights fitted by {fitted_by}, not trained")
-    return train_head(dataclasses.replace(config, overwrite=True), log=log, kept=kept)
+    reporter.line(f"head: weights fitted by {fitted_by}, not trained")
+    return train_head(dataclasses.replace(config, overwrite=True), reporter=reporter, kept=kept)
 
 
 def _build_head(config: HeadConfig, data: Any, strategy: Any) -> tuple[Any, str]:

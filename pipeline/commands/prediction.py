@@ -80,9 +80,9 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
     if len(names) != k:
         raise OptionError(f"{len(names)} class names given for a model of {k} classes")
     files = _expand(paths)
-    with observed(reporter, "predict", len(files)) as on_batch:
+    with observed(reporter, "predict", len(files)) as observe:
         found = predict_split(predictor, FilesSource(files), FilesSource.SPLIT, batch_size=batch_size,
-                              on_batch=on_batch)
+                              observe=observe)
     probabilities = iter(logits_to_probabilities(found.logits, k, predictor.multi_label))
     good, bad = iter(found.keys), iter(found.skipped)
     next_good, next_bad = next(good, None), next(bad, (None, None))

@@ -88,7 +88,7 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, num_classes: in
     for j in range(folds):
         held, train = np.flatnonzero(fold == j), np.flatnonzero(fold != j)
         fit = fit_head(model, FeatureRows(_ArraySplit(x[train]), in_memory=True), labels[train], None,
-                       config=config, num_classes=num_classes, log=lambda _: None, initial_seed=config.seed + j)
+                       config=config, num_classes=num_classes, initial_seed=config.seed + j)
         history, best = fit.history, fit.best_epoch
         probs[held] = logits_to_probabilities(_logits(model, x[held]), num_classes)
         if extra_sum is not None and len(extra):

@@ -228,7 +228,7 @@ class EpochFeed:
 
 
 def _run(kind: str, model: Any, num_classes: int, data: tf.data.Dataset | EpochFeed,
-         on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+         after_step: Callable[[int], None] | None = None) -> dict[str, float]:
     fns = _steps(model, num_classes)
     totals, step = fns["totals"][kind], fns[kind]
     totals.assign(tf.zeros([3]))
@@ -236,8 +236,8 @@ def _run(kind: str, model: Any, num_classes: int, data: tf.data.Dataset | EpochF
     iterator, steps = feed.next_epoch()
     index = 0
     while (steps is None or index < steps) and bool(step(iterator)):
-        if on_batch is not None:
-            on_batch(index)
+        if after_step is not None:
+            after_step(index)
         index += 1
     if steps is None:
         feed.steps = index
@@ -248,7 +248,7 @@ def _run(kind: str, model: Any, num_classes: int, data: tf.data.Dataset | EpochF
 
 
 def train_epoch(model: Any, dataset: tf.data.Dataset | EpochFeed, num_classes: int, *,
-                on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+                callbacks: keras.callbacks.CallbackList | None = None) -> dict[str, float]:
     """Trains ``model`` (built and compiled in its strategy's scope) for one pass over ``dataset``.
 
     Args:
@@ -256,12 +256,14 @@ def train_epoch(model: Any, dataset: tf.data.Dataset | EpochFeed, num_classes: i
         dataset: (x, y) global batches, y as ``headstart.pipeline.model.head.head_labels`` gives them; or an
             ``EpochFeed`` of them, which serves this epoch from the fit's one iterator.
         num_classes: number of classes (picks the head's loss).
-        on_batch: called with the 0-based batch index after each step.
+        callbacks: Keras callbacks (a ``keras.callbacks.CallbackList``, or None): the loop calls their
+            ``on_train_batch_end(index)`` after each step (fine-tuning's progress line draws there).
 
     Returns:
         ``{"loss", "accuracy"}``: the epoch's means over rows, as ``fit`` reports them.
     """
-    return _run("train", model, num_classes, dataset, on_batch)
+    after_step = None if callbacks is None else callbacks.on_train_batch_end
+    return _run("train", model, num_classes, dataset, after_step)
 
 
 def evaluate(model: Any, dataset: tf.data.Dataset | EpochFeed, num_classes: int) -> dict[str, float]:
@@ -300,7 +302,7 @@ def distributed_fit(model: Any, x: tf.data.Dataset, *, num_classes: int, epochs:
     logs: dict[str, float] = {}
     for epoch in range(first, epochs):
         hooks.on_epoch_begin(epoch)
-        logs = train_epoch(model, train, num_classes, on_batch=hooks.on_train_batch_end)
+        logs = train_epoch(model, train, num_classes, callbacks=hooks)
         if val is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(model, val, num_classes).items()})
         hooks.on_epoch_end(epoch, logs)

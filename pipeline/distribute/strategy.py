@@ -30,10 +30,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from headstart.pipeline.config import STRATEGIES
 from headstart.features.errors import Arg
+from headstart.features.reporter import Reporter
 from headstart.pipeline.errors import OptionError
 
 #: Split the CPU into this many logical devices before TensorFlow starts (try ``mirrored`` on a
@@ -94,16 +95,16 @@ class StageStrategy:
         return self.info.replicas
 
 
-def set_up_strategy(name: str, batch_size: int, *, log: Callable[[str], None],
+def set_up_strategy(name: str, batch_size: int, *, reporter: Reporter,
                     other_batches: dict[str, int] | None = None) -> StageStrategy:
-    """The strategy set-up every training stage starts with: resolve, check batches, log one line.
+    """The strategy set-up every training stage starts with: resolve, check batches, report one line.
 
     Call it before any other TensorFlow work in the process (see ``resolve_strategy``).
 
     Args:
         name: ``--strategy``.
         batch_size: the stage's global ``--batch-size``.
-        log: receives the strategy line (none for a plain one-device run).
+        reporter: gets the strategy line (none for a plain one-device run).
         other_batches: further global batch sizes the stage uses, by field (e.g.
             ``{"head_batch_size": 64}``); each is checked against the replica count.
 
@@ -117,7 +118,7 @@ def set_up_strategy(name: str, batch_size: int, *, log: Callable[[str], None],
         batch_policy(info, size, option=option)
     line = strategy_line(info, distribute)
     if line:
-        log(line)
+        reporter.line(line)
     return StageStrategy(strategy=strategy, info=info, distribute=distribute)
 
 

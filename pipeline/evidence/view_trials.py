@@ -47,6 +47,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.config import FinetuneConfig
 
 #: Augmented views per training image in each item's cache (``finetune --trial-views``'s default).
@@ -201,24 +202,24 @@ def _slug(item: str) -> str:
 
 
 def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features: Callable[..., Any],
-                    candidates: Sequence[str], audit: Any = None, progress: dict, save: Callable[[], None],
-                    log: Callable[[str], None], views: int = VIEWS, seeds: int = SEEDS,
+                    candidates: Sequence[str], audit: Any = None, resume_record: dict, save: Callable[[], None],
+                    reporter: Reporter = QUIET, views: int = VIEWS, seeds: int = SEEDS,
                     keep_views: bool = False) -> ViewTrialsResult:
     """Judges each candidate item by training heads with and without its cached views.
 
-    Resumable: each finished candidate is recorded in ``progress["candidates"]`` and ``save`` is
+    Resumable: each finished candidate is recorded in ``resume_record["candidates"]`` and ``save`` is
     called; a killed run started again skips those, and the extractor resumes a half-written
     item cache from its last committed batch.
 
     Args:
         head: the head run's ``RunDir`` (its cache gives the validation features; its config the recipe).
         extract: an ``ExtractConfig`` with the head cache's backbone, weights, size and source.
-        extract_features: ``commands.extraction.extract_features`` (config, log=…): writes (or resumes) a cache.
+        extract_features: ``commands.extraction.extract_features`` (config, …): writes (or resumes) a cache.
         work_dir: where the items' caches are written (and deleted once their trial is recorded).
         candidates: items as ``--augment`` spells them.
         audit: an ``AuditResult`` whose drops pre-filter gross drops, or None.
-        progress: the dict this step records into (mutated); save: persists it.
-        log: one line per candidate.
+        resume_record: the dict this step records into (mutated); save: persists it.
+        reporter: gets one line per candidate (default: none).
         views: views per training image. seeds: seeds per arm.
         keep_views: keep a kept item's cache (its path in ``ViewTrial.views_cache``) instead of deleting it.
 
@@ -227,9 +228,9 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
     """
     from headstart.pipeline.evidence.audit import combine_items
 
-    start = time.perf_counter() - float(progress.get("seconds_before", 0.0))
+    start = time.perf_counter() - float(resume_record.get("seconds_before", 0.0))
     drops = {s.item: s.drop for s in audit.scores} if audit is not None else {}
-    done = progress.setdefault("candidates", {})
+    done = resume_record.setdefault("candidates", {})
     work_dir.mkdir(parents=True, exist_ok=True)
     judge = _Trials(head, trial_config(head), seeds, extract_features, keep_views)
     for item in candidates:
@@ -242,14 +243,15 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
             trial = judge.trial(item, view_cache_config(extract, item, work_dir / f"views-{_slug(item)}.h5", views))
             trial.audit_drop = None if drop is None else float(drop)
         done[item] = trial.to_dict()
-        progress["rows"] = judge.rows or progress.get("rows", {})
-        progress["seconds_before"] = time.perf_counter() - start
+        resume_record["rows"] = judge.rows or resume_record.get("rows", {})
+        resume_record["seconds_before"] = time.perf_counter() - start
         save()
-        log(_line(trial))
+        reporter.line(_line(trial))
     trials = [ViewTrial(**done[item]) for item in candidates]
     return ViewTrialsResult(augment=combine_items([t.item for t in trials if t.kept]), views=views, seeds=seeds,
-                            rows=int(progress.get("rows", {}).get("validation", 0)),
-                            train_rows=int(progress.get("rows", {}).get("train", 0)), trials=trials, seconds=time.perf_counter() - start)
+                            rows=int(resume_record.get("rows", {}).get("validation", 0)),
+                            train_rows=int(resume_record.get("rows", {}).get("train", 0)), trials=trials,
+                            seconds=time.perf_counter() - start)
 
 
 def _line(t: ViewTrial) -> str:
@@ -275,7 +277,7 @@ class _Trials:
 
         start = time.perf_counter()
         # the originals are the head cache's rows (same backbone, size, tap, source): copied, not recomputed
-        self.extract_features(extract, log=lambda *_: None, originals_from=self.head.cache["path"])
+        self.extract_features(extract, originals_from=self.head.cache["path"])
         extract_seconds = time.perf_counter() - start
         with open_cache(self.head.cache["path"]) as base, open_cache(extract.out) as cache:
             if "validation" not in base.splits or not len(base.split("validation")):

@@ -6,7 +6,7 @@ each remaining item's cached views (``headstart.pipeline.evidence.view_trials``)
 the items that training with them did not hurt. ``--probe lr,unfreeze``
 runs short fine-tunes from the seeded model (``headstart.pipeline.finetuning.rate_probes``) and
 fine-tunes at the best rate and depth, or not at all when no probe improves on the seeded model.
-Both results are saved in the run's progress record (a resumed run does not redo them) and in
+Both results are saved in the run's resume record (a resumed run does not redo them) and in
 run.json's "recipe".
 """
 
@@ -49,7 +49,7 @@ def check_choices(config: FinetuneConfig) -> None:
                           " (which judges end-to-end fine-tunes on images) does not apply; ", Arg("probe", "lr"), " does")
 
 
-def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],
+def choose_augment(config: FinetuneConfig, plan: Any, resume_record: dict, save: Callable[[], None],
                    reporter: Reporter) -> str:
     """The augmentation to fine-tune with: ``--augment`` as given, or (``auto``) the items that training
     heads on their cached views did not hurt (``evidence.view_trials``), after the invariance audit has
@@ -58,23 +58,23 @@ def choose_augment(config: FinetuneConfig, plan: Any, progress: dict, save: Call
         return config.augment
     if not plan.val_split:
         raise OptionError(Arg("augment", "auto"), " needs a validation split to judge augmentations on, and SOURCE has none")
-    if "audit" not in progress:
+    if "audit" not in resume_record:
         from headstart.pipeline.evidence.audit import audit_head_run
 
         result = audit_head_run(plan.head_run, plan.source, split=plan.val_split, weights=plan.chain.backbone.weights)
-        progress["audit"] = result.to_dict()
+        resume_record["audit"] = result.to_dict()
         save()
         kept = {s.item for s in result.scores if s.kept}
         reporter.line(f"augmentation audit ({result.rows} validation images, {result.seconds:.1f} s): "
             + ", ".join(f"{s.item} {s.measure:.3f}{'' if s.item in kept else ' ✗'}" for s in result.scores)
             + f" (untransformed {result.reference:.3f})")
-    if not (progress.get("view_trials") or {}).get("done"):
-        progress["view_trials"] = _view_trials(config, plan, progress, save, reporter)
+    if not (resume_record.get("view_trials") or {}).get("done"):
+        resume_record["view_trials"] = _view_trials(config, plan, resume_record, save, reporter)
         save()
-    return progress["view_trials"]["augment"]
+    return resume_record["view_trials"]["augment"]
 
 
-def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callable[[], None],
+def _view_trials(config: FinetuneConfig, plan: Any, resume_record: dict, save: Callable[[], None],
                  reporter: Reporter) -> dict:
     """Runs (or resumes) the view trials; returns their record, marked done."""
     from pathlib import Path
@@ -83,8 +83,8 @@ def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callab
     from headstart.pipeline.evidence.view_trials import run_view_trials
     from headstart.pipeline.commands.extraction import extract_features
 
-    record = progress.setdefault("view_trials", {})
-    audit_record = progress["audit"]
+    record = resume_record.setdefault("view_trials", {})
+    audit_record = resume_record["audit"]
     audit = AuditResult(augment=audit_record["augment"], measure_name=audit_record["measure"],
                         reference=audit_record["reference"], rows=audit_record["rows"],
                         scores=[TransformScore(**c) for c in audit_record["candidates"]])
@@ -96,7 +96,8 @@ def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callab
 
         base = dataclasses.replace(base, tap=cache_tap(plan.head_run.cache)["spec"])
     result = run_view_trials(plan.head_run, base, work, extract_features=extract_features,
-                             candidates=AUDIT_CANDIDATES, audit=audit, progress=record, save=save, log=reporter.line,
+                             candidates=AUDIT_CANDIDATES, audit=audit, resume_record=record, save=save,
+                             reporter=reporter,
                              keep_views=config.on_cache, views=config.trial_views)
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()  # every item's cache is deleted once recorded
@@ -104,12 +105,12 @@ def _view_trials(config: FinetuneConfig, plan: Any, progress: dict, save: Callab
     return {**result.to_dict(), "done": True}
 
 
-def kept_views(progress: dict) -> list[tuple[str, str]] | None:
+def kept_views(resume_record: dict) -> list[tuple[str, str]] | None:
     """(item, cache path) of each item the view trials kept with its cache (``--on-cache --augment auto``);
     None when no view trials ran."""
-    if "view_trials" not in progress:
+    if "view_trials" not in resume_record:
         return None
-    candidates = progress["view_trials"].get("candidates") or []
+    candidates = resume_record["view_trials"].get("candidates") or []
     candidates = candidates.values() if isinstance(candidates, dict) else candidates  # a record still under way
     return [(c["item"], c["views_cache"]) for c in candidates if c.get("kept") and c.get("views_cache")]
 
@@ -129,7 +130,7 @@ def _extract_base(config: FinetuneConfig, plan: Any) -> Any:
 
 
 def probe_rates(config: FinetuneConfig, plan: Any, model: Any, *, prepare: Callable[[str], None], train: Any,
-                score: Callable[[], float], measure: str, seeded_val: dict | None, progress: dict,
+                score: Callable[[], float], measure: str, seeded_val: dict | None, resume_record: dict,
                 save: Callable[[], None], reporter: Reporter) -> Any:
     """``--probe``'s short fine-tunes; returns a ``rate_probes.ProbeResult`` (None without ``--probe``, and
     with ``--on-cache``, whose fit tries the rates itself).
@@ -147,7 +148,7 @@ def probe_rates(config: FinetuneConfig, plan: Any, model: Any, *, prepare: Calla
     if not plan.val_split:
         raise OptionError(Arg("probe"), " needs a validation split to judge the probes on, and SOURCE has none",
                           value=config.probe)
-    done = progress.setdefault("probes", {})
+    done = resume_record.setdefault("probes", {})
 
     def keep(result: Any) -> None:
         done[result.name] = result.to_dict()
@@ -175,13 +176,13 @@ def with_choices(config: FinetuneConfig, augment: str, probes: Any) -> FinetuneC
     return dataclasses.replace(config, **chosen)
 
 
-def recipe_record(progress: dict, probes: Any) -> dict:
+def recipe_record(resume_record: dict, probes: Any) -> dict:
     """run.json's "recipe": what the audit and the probes decided (empty when neither ran)."""
     record = {}
-    if "view_trials" in progress:  # the verdict, with the audit that pre-filtered it
-        record["augment"] = {**progress["view_trials"], "audit": progress["audit"]}
-    elif "audit" in progress:  # a run recorded before the view trials existed
-        record["augment"] = progress["audit"]
+    if "view_trials" in resume_record:  # the verdict, with the audit that pre-filtered it
+        record["augment"] = {**resume_record["view_trials"], "audit": resume_record["audit"]}
+    elif "audit" in resume_record:  # a run recorded before the view trials existed
+        record["augment"] = resume_record["audit"]
     if probes is not None:
         record["probes"] = probes.to_dict()
     return record

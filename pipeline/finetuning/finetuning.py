@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from headstart.features.reporter import QuietReporter, Reporter, as_reporter
+from headstart.features.reporter import QUIET, QuietReporter, Reporter
 from headstart.features.errors import Arg
 from headstart.pipeline.config import FinetuneConfig
 from headstart.pipeline.data.source_spec import check_source_path
@@ -71,8 +71,8 @@ def check_finetune_config(config: FinetuneConfig, *, label: Callable[[str], Arg]
     return parse_unfreeze(config.unfreeze)
 
 
-def finetune(config: FinetuneConfig, *, reporter: Reporter | None = None,
-             callbacks: Sequence[Any] = (), log: Callable[[str], None] | None = None) -> FinetuneResult:
+def finetune(config: FinetuneConfig, *, reporter: Reporter = QUIET,
+             callbacks: Sequence[Any] = ()) -> FinetuneResult:
     """Fine-tunes the full model and writes the run directory (see the module docstring).
 
     Args:
@@ -82,7 +82,6 @@ def finetune(config: FinetuneConfig, *, reporter: Reporter | None = None,
         reporter: one line per epoch and status messages, and a live progress line through every
             epoch of both stages (``features/reporter.py``; default: quiet).
         callbacks: extra Keras callbacks for the fine-tune ``fit``.
-        log: the Python API's ``log=print``, used without ``reporter``.
 
     Returns:
         A FinetuneResult; ``summary`` is the table for the CLI to print. A ``--out`` that already
@@ -100,7 +99,6 @@ def finetune(config: FinetuneConfig, *, reporter: Reporter | None = None,
     from headstart.pipeline.finetuning.outputs import add_exports, recorded_head
     from headstart.pipeline.finetuning.plan import HEAD_IDENTITY, head_identity, resolved_config
 
-    reporter = as_reporter(reporter, log)
     spec = check_finetune_config(config)
     head_run = (RunDir.open(config.head, kind="head", option="--head", recipe=True) if config.head
                 else None)  # a mistyped or damaged --head fails before TensorFlow starts
@@ -114,7 +112,7 @@ def finetune(config: FinetuneConfig, *, reporter: Reporter | None = None,
             if config.export:
                 add_exports(RunDir.open(config.out, kind="finetune"), config, reporter)
             return FinetuneResult.from_run_dir(RunDir.open(config.out, kind="finetune"))
-        return _finetune_distributed(config, spec, head_run, run.read_progress() if state == RESUME else None,
+        return _finetune_distributed(config, spec, head_run, run.read_resume_record() if state == RESUME else None,
                                      reporter, callbacks)
 
 
@@ -124,7 +122,7 @@ def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resu
     from headstart.pipeline.distribute.strategy import chief_output_dir, set_up_strategy
     from headstart.pipeline.training.determinism import op_determinism
 
-    setup = set_up_strategy(config.strategy, config.batch_size, log=reporter.line,
+    setup = set_up_strategy(config.strategy, config.batch_size, reporter=reporter,
                             other_batches={"head_batch_size": config.head_batch_size})
     # Every worker runs the whole stage (saving included); only the chief's files are kept. A
     # resumed multi-worker run needs --out on a filesystem all workers see: each starts from the
@@ -137,7 +135,7 @@ def _finetune_distributed(config: FinetuneConfig, spec: Any, head_run: Any, resu
             if not config.overwrite and chief_backup.is_dir():
                 shutil.copytree(chief_backup, RunDir(out).backup_dir)
             config = dataclasses.replace(config, out=str(out))
-            resuming = RunDir(out).read_progress()
+            resuming = RunDir(out).read_resume_record()
         # The same switch as train-head's (process-wide, restored afterwards); with the seed it
         # makes two CPU runs give bit-identical weights.
         with op_determinism(config.deterministic):
@@ -154,29 +152,29 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resu
     import keras
 
     from headstart.pipeline.finetuning.choices import choose_augment, recipe_record, with_choices
-    from headstart.pipeline.finetuning.outputs import start_progress, write_outputs
+    from headstart.pipeline.finetuning.outputs import start_resume_record, write_outputs
     from headstart.pipeline.finetuning.plan import make_plan
     from headstart.pipeline.training.monitor import gate_measure
     from headstart.pipeline.finetuning.gate import seeded_validation
 
     t_start = time.perf_counter()
-    plan = make_plan(config, head_run, resuming, reporter.line, is_chief=setup.info.is_chief)
+    plan = make_plan(config, head_run, resuming, reporter, is_chief=setup.info.is_chief)
     run = RunDir(config.out)
     run.path.mkdir(parents=True, exist_ok=True)  # a worker's scratch copy; the chief's exists (claimed)
-    progress = plan.resuming if plan.resuming is not None else start_progress(run, config, head_run)
-    save = lambda: run.write_progress(progress)  # noqa: E731 - the one way progress is saved
-    work = with_choices(config, choose_augment(config, plan, progress, save, reporter), None)
+    resume_record = plan.resuming if plan.resuming is not None else start_resume_record(run, config, head_run)
+    save = lambda: run.write_resume_record(resume_record)  # noqa: E731 - the one way the record is saved
+    work = with_choices(config, choose_augment(config, plan, resume_record, save, reporter), None)
     keras.utils.set_random_seed(config.seed)
     with setup.strategy.scope():  # variables must be created in the strategy's scope
         built = _build(work, plan, mixed=config.mixed_precision)
     parity = _check_parity(work, plan, built, reporter)
     live = _epoch_lines(reporter, plan)
-    head_stage = None if plan.head_run else _seed_head(work, plan, built, setup, run, progress, reporter,
+    head_stage = None if plan.head_run else _seed_head(work, plan, built, setup, run, resume_record, reporter,
                                                        live("head epoch", config.head_batch_size))
     measure = gate_measure(config.monitor, plan.multi_label)
     seeded_val = seeded_validation(lambda split: _predict(work, plan, built.model, split)[1], plan.val_split,
-                                   progress, measure, save)
-    trained = _train(work, spec, plan, built, setup, run, progress, measure, seeded_val, reporter,
+                                   resume_record, measure, save)
+    trained = _train(work, spec, plan, built, setup, run, resume_record, measure, seeded_val, reporter,
                      [*callbacks, *live("finetune epoch", config.batch_size)])
     metrics: dict[str, Any] = {"stage": "finetune", "parity": parity and parity.to_dict(),
                                "head_stage": head_stage and head_stage.to_dict(),
@@ -190,7 +188,7 @@ def _finetune(config: FinetuneConfig, spec: Any, setup: Any, head_run: Any, resu
     metrics.update(sections, **thresholds)
     return write_outputs(config, plan, built, run_dir=run.path, spec=trained.spec, stage=trained.stage,
                          metrics=metrics, parity=parity, distribute=setup.distribute, reporter=reporter, t_start=t_start,
-                         progress=progress, recipe=recipe_record(progress, trained.probes))
+                         resume_record=resume_record, recipe=recipe_record(resume_record, trained.probes))
 
 
 @dataclass
@@ -203,7 +201,7 @@ class _Trained:
 
 
 def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, setup: Any, run: RunDir,
-           progress: dict, measure: str, seeded_val: dict | None, reporter: Reporter,
+           resume_record: dict, measure: str, seeded_val: dict | None, reporter: Reporter,
            callbacks: Sequence[Any]) -> _Trained:
     """Probes (``--probe``), then the fit at the chosen rate and depth, then the stage gate."""
     from headstart.pipeline.model.unfreeze import parse_unfreeze
@@ -216,7 +214,8 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
     probes = probe_rates(work, plan, built.model, prepare=lambda u: _compile(work, plan, built.model, setup, u),
                          train=_datasets(work, plan, work.batch_size)[0],
                          score=lambda: predict(plan.val_split)[1][measure], measure=measure, seeded_val=seeded_val,
-                         progress=progress, save=lambda: run.write_progress(progress), reporter=reporter)
+                         resume_record=resume_record, save=lambda: run.write_resume_record(resume_record),
+                         reporter=reporter)
     if probes is not None:
         work, spec = with_choices(work, work.augment, probes), parse_unfreeze(probes.unfreeze)
     if probes is not None and not probes.finetune:
@@ -226,7 +225,8 @@ def _train(work: FinetuneConfig, spec: Any, plan: FinetunePlan, built: _Built, s
                                             reason="no probe improved on the seeded model")
         stage, counts = StageOutcome(monitor="val_loss" if measure == "loss" else f"val_{measure}"), {}
     else:
-        stage, counts = _fit_backbone(work, spec, plan, built.model, setup, run.path, reporter, callbacks, progress)
+        stage, counts = _fit_backbone(work, spec, plan, built.model, setup, run.path, reporter, callbacks,
+                                      resume_record)
         gate, val_predictions = apply_stage_gate(predict, built.model, val_split=plan.val_split, seeded_val=seeded_val,
                                                  seeded_weights=seeded_weights, measure=measure, reporter=reporter)
     metrics = {"unfreeze": str(spec), "lr": work.lr, "augment": work.augment, "trainable": counts,
@@ -302,7 +302,7 @@ def _jit(config: FinetuneConfig) -> bool | str:
     return True if config.jit_compile else "auto"  # "auto": Keras's default (XLA on one GPU)
 
 
-def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup: Any, run: RunDir, progress: dict,
+def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup: Any, run: RunDir, resume_record: dict,
                reporter: Reporter, callbacks: Sequence[Any] = ()) -> Any:
     """Without a head run: trains the head on the frozen backbone (or takes the interrupted run's)."""
     from headstart.pipeline.model.assembly import freeze_backbone
@@ -310,9 +310,9 @@ def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup:
     from headstart.pipeline.training.stage_fit import StageOutcome, fit_stage
 
     seeded_head = run.backup_dir / "seeded_head.weights.h5"
-    if "head_stage" in progress:
+    if "head_stage" in resume_record:
         built.head.load_weights(seeded_head)
-        return StageOutcome.from_dict(progress["head_stage"])
+        return StageOutcome.from_dict(resume_record["head_stage"])
     reporter.line(f"no --head: training the head on the frozen backbone for {config.head_epochs} epochs "
         f"(batch {config.head_batch_size}, lr {config.head_lr:g})")
     freeze_backbone(built.model)
@@ -326,8 +326,8 @@ def _seed_head(config: FinetuneConfig, plan: FinetunePlan, built: _Built, setup:
                                                     if plan.log_dir else [])],
                            replicas=setup.replicas, multi_label=plan.multi_label)
     built.head.save_weights(seeded_head)
-    progress["head_stage"] = head_stage.to_dict()
-    run.write_progress(progress)
+    resume_record["head_stage"] = head_stage.to_dict()
+    run.write_resume_record(resume_record)
     shutil.rmtree(run.backup_dir / "head", ignore_errors=True)
     return head_stage
 
@@ -346,7 +346,7 @@ def _compile(config: FinetuneConfig, plan: FinetunePlan, model: Any, setup: Any,
 
 
 def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: Any, setup: Any, run_dir: Path,
-                  reporter: Reporter, callbacks: Sequence[Any], progress: dict) -> tuple[Any, dict]:
+                  reporter: Reporter, callbacks: Sequence[Any], resume_record: dict) -> tuple[Any, dict]:
     """Unfreezes as ``--unfreeze`` asks, recompiles and fits; returns (outcome, trainable counts)."""
     from headstart.pipeline.model.assembly import trainable_counts
     from headstart.pipeline.finetuning.choices import kept_views
@@ -354,7 +354,8 @@ def _fit_backbone(config: FinetuneConfig, spec: Any, plan: FinetunePlan, model: 
     from headstart.pipeline.training.stage_fit import fit_stage
 
     if config.on_cache:  # the layers above the cache's tap, trained on its activations
-        return fit_top_blocks(config, spec, plan, model, setup, run_dir, reporter, callbacks, views=kept_views(progress))
+        return fit_top_blocks(config, spec, plan, model, setup, run_dir, reporter, callbacks,
+                              views=kept_views(resume_record))
     unfrozen = _compile(config, plan, model, setup, spec)
     counts = trainable_counts(model)
     reporter.line(f"fine-tuning {len(unfrozen)} backbone layers with weights (--unfreeze {spec}), "

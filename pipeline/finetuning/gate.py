@@ -25,22 +25,22 @@ Evaluate = Callable[[str], dict]
 Predict = Callable[[str], tuple[Any, dict]]
 
 
-def seeded_validation(evaluate: Evaluate, val_split: str | None, progress: dict, measure: str,
-                      save_progress: Callable[[], None]) -> dict | None:
+def seeded_validation(evaluate: Evaluate, val_split: str | None, resume_record: dict, measure: str,
+                      save_record: Callable[[], None]) -> dict | None:
     """The seeded model's validation loss, accuracy and gate measure (recorded once, kept across a resume).
 
     Args:
         evaluate: scores the model as it is now on a split.
         val_split: the validation split, or None.
-        progress: the run's progress record; gets "seeded".
+        resume_record: the run's resume record; gets "seeded".
         measure: the gate's measure (``monitor.gate_measure``).
-        save_progress: writes ``progress`` (the backup's progress.json).
+        save_record: writes ``resume_record`` (the backup's progress.json).
     """
-    if val_split and "seeded" not in progress:
+    if val_split and "seeded" not in resume_record:
         seeded = evaluate(val_split)
-        progress["seeded"] = {k: seeded.get(k) for k in dict.fromkeys(("loss", "accuracy", measure))}
-        save_progress()
-    return progress.get("seeded")
+        resume_record["seeded"] = {k: seeded.get(k) for k in dict.fromkeys(("loss", "accuracy", measure))}
+        save_record()
+    return resume_record.get("seeded")
 
 
 def apply_stage_gate(predict: Predict, model: Any, *, val_split: str | None, seeded_val: dict | None,

@@ -1,4 +1,4 @@
-"""``finetune``'s outputs: the progress record of a run in flight, the files written at the end, and
+"""``finetune``'s outputs: the resume record of a run in flight, the files written at the end, and
 the ``FinetuneResult`` (also read back from a finished run directory).
 
 Files: ``model.keras``, the ``--export`` files, ``metrics.json``, ``history.csv``, ``curves.png``
@@ -69,18 +69,18 @@ class FinetuneResult:
         return result
 
 
-def start_progress(run: RunDir, config: FinetuneConfig, head_run: Any) -> dict:
-    """A fresh run's progress record (backup/progress.json); any earlier backup is dropped first."""
+def start_resume_record(run: RunDir, config: FinetuneConfig, head_run: Any) -> dict:
+    """A fresh run's resume record (backup/progress.json); any earlier backup is dropped first."""
     shutil.rmtree(run.backup_dir, ignore_errors=True)  # never resume an overwritten run's state
     run.backup_dir.mkdir(parents=True)
-    progress = {"config": resolved_config(config), HEAD_IDENTITY: head_identity(head_run)}
-    run.write_progress(progress)
-    return progress
+    resume_record = {"config": resolved_config(config), HEAD_IDENTITY: head_identity(head_run)}
+    run.write_resume_record(resume_record)
+    return resume_record
 
 
 def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Path, spec: Any, stage: Any,
                   metrics: dict, parity: Any, distribute: dict, reporter: Reporter, t_start: float,
-                  progress: dict, recipe: dict | None = None) -> FinetuneResult:
+                  resume_record: dict, recipe: dict | None = None) -> FinetuneResult:
     """Saves the model, exports, metrics, history, curves and run.json; removes the backup."""
     run = RunDir(run_dir)
     exports = _export(built, run_dir, config, plan, metrics, reporter) if config.export else {}
@@ -89,7 +89,7 @@ def write_outputs(config: FinetuneConfig, plan: Any, built: Any, *, run_dir: Pat
     run.write_outputs(built.model, kind="finetune", metrics=metrics, history=stage.history,
                       best_epoch=stage.best_epoch,
                       title=f"finetune: {plan.chain.backbone.name} {plan.image_size}px, --unfreeze {spec}",
-                      record={**_run_record(config, plan, built, metrics, exports, distribute, progress),
+                      record={**_run_record(config, plan, built, metrics, exports, distribute, resume_record),
                               **({"recipe": recipe} if recipe else {})},
                       timings={"seconds_per_epoch": seconds_per_epoch, "epoch_seconds": epoch_seconds,
                                "backup_seconds": stage.backup_seconds,
@@ -142,7 +142,7 @@ def add_exports(run: RunDir, config: FinetuneConfig, reporter: Reporter) -> None
 
 
 def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, exports: dict,
-                distribute: dict, progress: dict) -> dict:
+                distribute: dict, resume_record: dict) -> dict:
     """run.json after its "kind" (``RunDir.write_outputs`` adds versions, timings and the time)."""
     from headstart.pipeline.store.provenance import precision_record
     from headstart.pipeline.training.class_weights import class_weight_record
@@ -157,7 +157,7 @@ def _run_record(config: FinetuneConfig, plan: Any, built: Any, metrics: dict, ex
         "calibration": {k: v for k, v in (metrics.get("calibration") or {"method": "none"}).items()
                         if k in ("method", "temperature", "reason")},
         "head_run": ({"path": os.path.abspath(config.head), "cache": head_run.cache,
-                      HEAD_IDENTITY: progress.get(HEAD_IDENTITY), "accuracy": _head_accuracy(head_run)}
+                      HEAD_IDENTITY: resume_record.get(HEAD_IDENTITY), "accuracy": _head_accuracy(head_run)}
                      if head_run else None),
         "chain": chain.to_dict(),
         # The backbone as run.json recorded it before "chain" (``inspect`` and older readers show it).
@@ -193,7 +193,7 @@ def recorded_head(run: RunDir) -> dict:
     """The head identity a finetune directory recorded (run.json's "head_run", or progress.json)."""
     if run.complete:
         return {HEAD_IDENTITY: (run.record.get("head_run") or {}).get(HEAD_IDENTITY)}
-    return {HEAD_IDENTITY: (run.read_progress() or {}).get(HEAD_IDENTITY)}
+    return {HEAD_IDENTITY: (run.read_resume_record() or {}).get(HEAD_IDENTITY)}
 
 
 def summary_table(result: FinetuneResult) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from headstart.features.chain_config import ChainBackbone, ChainConfig, ChainHead
 from headstart.pipeline.config import ExtractConfig, FinetuneConfig, HeadConfig, config_to_dict
 from headstart.pipeline.data.source_spec import SourceSpec
 from headstart.features.errors import Arg
+from headstart.features.reporter import Reporter
 from headstart.pipeline.errors import OptionError
 
 #: How run.json and progress.json name the identity of the head a finetune started from.
@@ -77,7 +78,7 @@ def head_identity(head_run: Any) -> str | None:
     return sha256_file(head_run.model_path) if head_run is not None else None
 
 
-def make_plan(config: FinetuneConfig, head_run: Any, resuming: dict | None, log: Callable[[str], None], *,
+def make_plan(config: FinetuneConfig, head_run: Any, resuming: dict | None, reporter: Reporter, *,
               is_chief: bool) -> FinetunePlan:
     """Settles the chain, resolves SOURCE (with ``--exclude``) and checks it against the head run.
 
@@ -92,7 +93,7 @@ def make_plan(config: FinetuneConfig, head_run: Any, resuming: dict | None, log:
 
     chain = _chain(config, head_run)  # before SOURCE is read: a conflicting option fails first
     source_spec = source_spec_for(config, head_run)
-    source, exclusion = _exclude(config, open_source(source_spec), log)
+    source, exclusion = _exclude(config, open_source(source_spec), reporter)
     class_names = list(source.class_names)
     multi_label = bool(getattr(source, "multi_label", False))
     _check_against_head(config, head_run, class_names, multi_label)
@@ -107,7 +108,7 @@ def make_plan(config: FinetuneConfig, head_run: Any, resuming: dict | None, log:
                         exclusion=exclusion, class_names=class_names, val_split=val_split,
                         log_dir=config.tensorboard if is_chief else None, multi_label=multi_label,
                         class_weights=finetune_class_weights(config.class_weight, cache_path, source, class_names,
-                                                             log, multi_label=multi_label))
+                                                             reporter, multi_label=multi_label))
 
 
 def source_spec_for(config: FinetuneConfig, head_run: Any) -> SourceSpec:
@@ -117,14 +118,14 @@ def source_spec_for(config: FinetuneConfig, head_run: Any) -> SourceSpec:
     return head_run.source_spec(**given) if head_run else SourceSpec.from_record(None, **given)
 
 
-def _exclude(config: FinetuneConfig, source: Any, log: Callable[[str], None]) -> tuple[Any, Any]:
+def _exclude(config: FinetuneConfig, source: Any, reporter: Reporter) -> tuple[Any, Any]:
     if not config.exclude:
         return source, None
     from headstart.pipeline.data.exclusion import ExcludingSource
 
     source = ExcludingSource.wrap(source, config.exclude, data=config.source)
-    log(f"--exclude {config.exclude}: removed "
-        + ", ".join(f"{n} {k}" for n, k in source.exclusion.removed.items()) + " images")
+    reporter.line(f"--exclude {config.exclude}: removed "
+                  + ", ".join(f"{n} {k}" for n, k in source.exclusion.removed.items()) + " images")
     return source, source.exclusion
 
 

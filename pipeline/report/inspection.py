@@ -61,10 +61,10 @@ def _imbalance_warning(info: dict) -> str | None:
 def _inspect_run_dir(path: Path) -> dict:
     run = RunDir(path)
     if not run.complete:
-        progress = run.read_progress()
-        if progress is not None:
+        resume_record = run.read_resume_record()
+        if resume_record is not None:
             return {"kind": "run-directory", "path": str(path), "complete": False,
-                    "run": {"kind": "finetune", "config": progress.get("config", {})},
+                    "run": {"kind": "finetune", "config": resume_record.get("config", {})},
                     "backup": run.backup_epochs(), "files": _files(path)}
         raise RunDirError(f"{path} is not a headstart run directory (no run.json, config.toml or stages.json)")
     run = RunDir.open(path)  # a damaged run.json is reported here, naming the field

@@ -71,7 +71,8 @@ def _format_seconds(seconds: float) -> str:
 
 
 class BatchProgress:
-    """An ``on_batch`` observer of the prediction loop drawing a ``ProgressLine``: items seen of ``total``.
+    """An observer of the prediction loop (``predict_split``'s ``observe``) drawing a ``ProgressLine``:
+    items seen of ``total``.
 
     Args:
         line: the line to draw (a ``ProgressLine``, or ``Console.progress``'s).
@@ -89,11 +90,11 @@ class BatchProgress:
 @contextlib.contextmanager
 def observed(reporter: Reporter | None, label: str, total: int | None,
              *observers: Callable[[Any], None] | None) -> Iterator[Callable[[Any], None] | None]:
-    """The ``on_batch`` hook of one pass of the prediction loop: ``observers`` (None ones left out) and,
+    """The ``observe`` hook of one pass of the prediction loop: ``observers`` (None ones left out) and,
     with a ``reporter``, a ``BatchProgress`` line labelled ``label``, closed when the block ends.
 
     Yields:
-        One callable for ``predict_split``'s ``on_batch``, or None when there is nothing to call.
+        One callable for ``predict_split``'s ``observe``, or None when there is nothing to call.
     """
     # a quiet reporter draws nothing: without other observers the loop then runs bare
     drawn = reporter is not None and not isinstance(reporter, QuietReporter)

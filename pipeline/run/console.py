@@ -33,9 +33,6 @@ class Console:
             self.close()
             self._write(message)
 
-    #: The older name of ``line`` (``run/auto*.py`` still call it).
-    log = line
-
     def warning(self, message: str) -> None:
         # printed as the old log lines were (their text says "warning"), so transcripts stay the same
         self.line(message)
@@ -46,7 +43,7 @@ class Console:
 
     def debug(self, message: str) -> None:
         if self.verbose:
-            self.log(message)
+            self.line(message)
 
     def progress(self, label: str) -> ProgressLine:
         self.close()  # one live line at a time; the finished ones stay on screen

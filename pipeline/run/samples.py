@@ -1,6 +1,6 @@
 """The test images summary.png shows: evenly spread over the split, the last few of them mistakes.
 
-``SampleImages`` watches the prediction loop (an ``on_batch`` observer of
+``SampleImages`` watches the prediction loop (an ``observe`` observer of
 ``headstart.pipeline.training.predictions.predict_split``) and ``write_samples`` keeps what it saw in
 ``samples.npz`` (images, labels, predicted classes and their probabilities) for the summary plot.
 """
@@ -82,7 +82,7 @@ CELL_IMAGES, THUMBNAIL, CONFIDENT_MISTAKES = 4, 64, 8
 
 class CellImages:
     """The first ``CELL_IMAGES`` images of every off-diagonal confusion cell (true, predicted) of a
-    single-label split, as uint8 (THUMBNAIL, THUMBNAIL, 3) thumbnails with their keys (an ``on_batch``
+    single-label split, as uint8 (THUMBNAIL, THUMBNAIL, 3) thumbnails with their keys (an ``observe``
     observer of ``predict_split``)."""
 
     def __init__(self, num_classes: int):

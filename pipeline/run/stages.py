@@ -170,7 +170,7 @@ def head_stage(config: RunConfig, features: Path, head_dir: Path, record: dict |
         return _sweep_head(config, features, head_dir, record, console, key=key, log_dir=log_dir, sweep=sweep)
     result = train_head(dataclasses.replace(config.head, features=str(features), out=str(head_dir), overwrite=True,
                                             tensorboard=log_dir),
-                        log=Indented(console).line)
+                        reporter=Indented(console))
     images = result.train_rows * result.epochs_run
     return _with_outputs([head.run_json, head_dir / "head.keras"], {
         "key": key, "done": True, "status": "ran", "seconds": time.perf_counter() - start, "images": images,
@@ -211,7 +211,7 @@ def _sweep_head(config: RunConfig, features: Path, head_dir: Path, record: dict 
                                    seed=config.head.seed, tensorboard=log_dir, monitor=config.head.monitor,
                                    class_weight=config.head.class_weight,
                                    overwrite=bool(record) and record.get("key") != key),
-                       sweep.space, log=Indented(console).line)
+                       sweep.space, reporter=Indented(console))
     shutil.rmtree(head_dir, ignore_errors=True)
     shutil.copytree(sweep.out / "best", head_dir)
     best = HeadResult.from_run_dir(RunDir.open(head_dir, kind="head"))
@@ -334,7 +334,7 @@ def _evaluate(model_run: RunDir, source: Source, split: str, samples_path: Path,
 
     try:
         predictions = predict_split(model, source, split, batch_size=batch_size, multi_label=thresholds is not None,
-                                    on_batch=observe)
+                                    observe=observe)
     finally:
         console.close()
     metrics = split_metrics(predictions, class_names, multi_label=thresholds is not None, thresholds=thresholds)

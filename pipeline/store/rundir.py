@@ -137,7 +137,7 @@ class RunDir:
 
     @property
     def backup_dir(self) -> Path:
-        """Where an unfinished finetune keeps its progress and per-stage backups."""
+        """Where an unfinished finetune keeps its resume record and per-stage backups."""
         return self.path / "backup"
 
     # ── run.json, checked field by field ─────────────────────────────────────────────────────
@@ -300,18 +300,18 @@ class RunDir:
 
     @property
     def interrupted(self) -> bool:
-        """Whether an unfinished finetune left a progress record to resume from."""
+        """Whether an unfinished finetune left a resume record (backup/progress.json)."""
         return not self.complete and (self.backup_dir / PROGRESS_JSON).is_file()
 
-    def read_progress(self) -> dict | None:
-        """An unfinished finetune's progress record (backup/progress.json), or None."""
+    def read_resume_record(self) -> dict | None:
+        """An unfinished finetune's resume record (backup/progress.json), or None."""
         path = self.backup_dir / PROGRESS_JSON
         return self._read_json(path) if path.is_file() else None
 
-    def write_progress(self, progress: Mapping[str, Any]) -> None:
+    def write_resume_record(self, resume_record: Mapping[str, Any]) -> None:
         from headstart.pipeline.store.files import write_json_atomic
 
-        write_json_atomic(self.backup_dir / PROGRESS_JSON, progress)
+        write_json_atomic(self.backup_dir / PROGRESS_JSON, resume_record)
 
     def backup_epochs(self) -> dict[str, int]:
         """Stage → epochs its backup holds (``headstart.pipeline.training.stage_fit``'s state.json)."""
@@ -325,13 +325,13 @@ class RunDir:
 
     def recorded_options(self, kind: str) -> dict | None:
         """The options a ``kind`` run directory was made with: a finished run's "config", an
-        unfinished finetune's progress record's; None when it records none (another kind, or a
+        unfinished finetune's resume record's; None when it records none (another kind, or a
         record that cannot be read)."""
         try:
             if self.complete:
                 return self.config if self.kind == kind else None
-            progress = self.read_progress() if kind == "finetune" else None
-            return progress.get("config") if progress else None
+            resume_record = self.read_resume_record() if kind == "finetune" else None
+            return resume_record.get("config") if resume_record else None
         except RunDirError:
             return None
 

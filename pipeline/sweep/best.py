@@ -17,15 +17,16 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from headstart.features.reporter import Reporter
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.sweep.setup import SweepSetup
 from headstart.pipeline.sweep.space import SearchSpace, params_from_record
 
 
 def write_best(study: Any, best_row: dict[str, Any], out: Path, setup: SweepSetup, space: SearchSpace,
-               config: SweepConfig, rows: list[dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
+               config: SweepConfig, rows: list[dict[str, Any]], reporter: Reporter) -> dict[str, Any]:
     """Writes ``out/best`` from the trial of ``best_row``'s own weights unless it is there already.
 
     Returns:
@@ -43,8 +44,8 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, setup: SweepSetu
     trial = study.trials[number]
     kept = _kept_head(out, number, trial.user_attrs["result"], setup.objective.history_key)
     if kept is None:
-        log(f"best: trial {number}'s weights are not in {out / 'trials'} (trained by an older sweep, or under "
-            f"another --out): no DIR/best")
+        reporter.warning(f"best: trial {number}'s weights are not in {out / 'trials'} (trained by an older sweep, or "
+                         f"under another --out): no DIR/best")
         return {}
     params = params_from_record(trial.user_attrs["result"]["params"])
     cache = setup.caches[params.cache]
@@ -55,7 +56,7 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, setup: SweepSetu
     result = train_head(params.head_config(features=cache.path, out=str(tmp), epochs=space.epochs,
                                            patience=space.patience, seed=config.seed, overwrite=True,
                                            monitor=config.monitor, class_weight=setup.class_weight),
-                        log=lambda line: None, kept=kept)
+                        kept=kept)
     RunDir(tmp).update_record(sweep={
         "trial": number, "params": trial.user_attrs["result"]["params"], "val_loss": best_row["val_loss"],
         "monitor": key, "value": best_row[key], "storage": config.storage or str(out / "study.db"),
@@ -72,7 +73,8 @@ def write_best(study: Any, best_row: dict[str, Any], out: Path, setup: SweepSetu
     test = result.metrics.get("test") or {}
     scored = (f"test mAP {_fmt(test.get('map'))}" if setup.multi_label
               else f"test accuracy {_fmt(test.get('accuracy'))}")
-    log(f"best: trial {number} on {params.cache}: {key} {best_row[key]:.4f}, {scored} (scored once) -> {best_dir}")
+    reporter.line(f"best: trial {number} on {params.cache}: {key} {best_row[key]:.4f}, {scored} (scored once) "
+                  f"-> {best_dir}")
     return test
 
 

@@ -12,8 +12,9 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from headstart.features.reporter import Reporter
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.training.objective import Objective
 from headstart.pipeline.sweep.setup import SweepSetup
@@ -150,7 +151,7 @@ def _plot_param(ax: Any, ordered: list[dict], name: str, colours: dict[str, str]
 
 
 def write_outputs(study: Any, out: Path, setup: SweepSetup, space: SearchSpace, config: SweepConfig,
-                  log: Callable[[str], None]) -> dict[str, Any]:
+                  reporter: Reporter) -> dict[str, Any]:
     """Writes leaderboard.csv, sweep.png and DIR/best; returns SweepResult's best, table, test
     measures and the epochs its trials trained."""
     from headstart.pipeline.sweep.best import write_best
@@ -165,9 +166,9 @@ def write_outputs(study: Any, out: Path, setup: SweepSetup, space: SearchSpace, 
     summary = {"table": format_top(rows, objective=objective), "trial_epochs": sum(int(r.get("epochs") or 0)
                                                                                     for r in rows)}
     if not complete:
-        log("no trial completed (all pruned?): no DIR/best")
+        reporter.line("no trial completed (all pruned?): no DIR/best")
         return {"best": {}, "best_test_accuracy": None, **summary}
-    test = write_best(study, complete[0], out, setup, space, config, rows, log)
+    test = write_best(study, complete[0], out, setup, space, config, rows, reporter)
     return {"best": complete[0], "best_test_accuracy": test.get("accuracy"), "best_test": test, **summary}
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from headstart.features.reporter import Reporter
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.report.tensorboard_logs import check_log_dir
 from headstart.pipeline.training.head_params import SweepCache
@@ -58,7 +59,7 @@ class SweepSetup:
         return out
 
 
-def prepare_sweep(config: SweepConfig, log: Callable[[str], None]) -> SweepSetup:
+def prepare_sweep(config: SweepConfig, reporter: Reporter) -> SweepSetup:
     """Loads and checks the caches, the monitor and the class weights of ``config``.
 
     Raises:
@@ -74,7 +75,7 @@ def prepare_sweep(config: SweepConfig, log: Callable[[str], None]) -> SweepSetup
     caches = {c.name: c for c in load_caches(config.caches)}
     first = next(iter(caches.values()))
     objective = sweep_objective(config.monitor, first.multi_label)
-    weights = training_class_weights(config.class_weight, first.class_names, first.labels["train"], log,
+    weights = training_class_weights(config.class_weight, first.class_names, first.labels["train"], reporter,
                                      multi_label=first.multi_label)
     option = os.path.abspath(config.class_weight) if weights is not None and weights.mode == "file" \
         else config.class_weight

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.training.head_params import SweepCache
@@ -93,7 +94,7 @@ def storage_url(config: SweepConfig) -> str:
     return config.storage or f"sqlite:///{Path(config.out).resolve() / 'study.db'}"
 
 
-def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Callable[[str], None] = print,
+def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, reporter: Reporter = QUIET,
               on_trial: Callable[[int, int, float], None] | None = None) -> SweepResult:
     """Runs (or resumes, or joins) the sweep until ``config.trials`` trials are finished.
 
@@ -101,7 +102,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
         config: caches, output directory, total trials, seed, storage, monitor, class weights.
         space: the search space (defaults: ``SearchSpace()``); a range with lo == hi and a single
             choice are fixed (never asked of the sampler): ``SearchSpace.with_values`` fixes some.
-        log: receives one line per finished trial and status messages.
+        reporter: gets one line per finished trial and status messages (default: none).
         on_trial: called as ``on_trial(finished, total, trials_per_second)`` for a progress bar.
 
     Returns:
@@ -124,7 +125,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
         check_storage_url(config.storage, f"--storage {config.storage}")
     space = space or SearchSpace()
     start = time.perf_counter()
-    setup = prepare_sweep(config, log)
+    setup = prepare_sweep(config, reporter)
     with claim_sweep_dir(Path(config.out), config.overwrite) as out:
         where = f"--storage {config.storage}" if config.storage else str(out / "study.db")
         with storage_errors(where):
@@ -132,15 +133,15 @@ def run_sweep(config: SweepConfig, space: SearchSpace | None = None, *, log: Cal
                               if config.storage is None else "move it away, or give another --storage")
             study, storage = _open_study(config, space, setup)
         with storage_write_errors(where):
-            trained = _run_trials(study, storage, config, space, setup, log, start, on_trial)
-            best = write_outputs(study, out, setup, space, config, log)
+            trained = _run_trials(study, storage, config, space, setup, reporter, start, on_trial)
+            best = write_outputs(study, out, setup, space, config, reporter)
     return SweepResult(out=str(out), storage=storage_url(config), finished=_count(study, FINISHED),
                        trained_here=trained, seconds=time.perf_counter() - start,
                        monitor=setup.objective.history_key, **best)
 
 
 def _run_trials(study: Any, storage: Any, config: SweepConfig, space: SearchSpace, setup: SweepSetup,
-                log: Callable[[str], None], start: float, on_trial: Callable[[int, int, float], None] | None) -> int:
+                reporter: Reporter, start: float, on_trial: Callable[[int, int, float], None] | None) -> int:
     """Asks and trains rounds of trials until ``config.trials`` are finished; returns how many were trained here."""
     trained = 0
     heads: dict[str, Any] = {}  # cache name → its BatchedHeads, traced once for the whole sweep
@@ -152,7 +153,7 @@ def _run_trials(study: Any, storage: Any, config: SweepConfig, space: SearchSpac
             if not asked:
                 time.sleep(config.heartbeat)  # others (or stale trials) hold the rest; wait for them
                 continue
-            trained += _train_round(study, asked, setup, heads, space, config, running, log, start, on_trial)
+            trained += _train_round(study, asked, setup, heads, space, config, running, reporter, start, on_trial)
 
 
 #: What a sweep directory holds; anything else makes it another tool's directory.
@@ -331,12 +332,12 @@ def _surplus(study: Any, number: int, total: int) -> bool:
 
 def _train_round(study: Any, asked: list[tuple[Any, TrialParams]], setup: SweepSetup,
                  heads: dict[str, Any], space: SearchSpace, config: SweepConfig, running: set[int],
-                 log: Callable[[str], None], start: float,
+                 reporter: Reporter, start: float,
                  on_trial: Callable[[int, int, float], None] | None) -> int:
     """Trains the asked trials group by group, telling Optuna as each stops; returns how many were told."""
     from headstart.pipeline.training.head_group import BatchedHeads, train_group
 
-    teller = Teller(study, config, setup.objective, running, log, start, on_trial)
+    teller = Teller(study, config, setup.objective, running, reporter, start, on_trial)
     groups: dict[tuple, list[tuple[Any, TrialParams]]] = {}
     for trial, params in asked:
         groups.setdefault((params.cache, params.batch_size, params.views), []).append((trial, params))

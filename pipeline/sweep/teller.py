@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from headstart.features.reporter import Reporter
 from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.training.objective import Objective
 from headstart.pipeline.sweep.space import TrialParams
@@ -41,11 +42,12 @@ class Teller:
     """
 
     def __init__(self, study: Any, config: SweepConfig, objective: Objective, running: set[int],
-                 log: Callable[[str], None], start: float,
+                 reporter: Reporter, start: float,
                  on_trial: Callable[[int, int, float], None] | None) -> None:
         from headstart.pipeline.sweep.pruning import PrunerView
 
-        self.study, self.config, self.objective, self.running, self.log = study, config, objective, running, log
+        self.study, self.config, self.objective, self.running = study, config, objective, running
+        self.reporter = reporter
         self.start, self.on_trial = start, on_trial
         self.view = PrunerView(study, max_age=config.heartbeat)
         self.reported: dict[int, dict[int, float]] = {}   # trial number → step → value
@@ -81,8 +83,8 @@ class Teller:
                 save_trial_weights(Path(self.config.out), trial.number, run.weights)
             _tell(self.study, trial, params, run, self.objective)
         except UpdateFinishedTrialError:
-            self.log(f"trial {trial.number:>3} was declared stale by another process (late heartbeat) and "
-                     "queued again; dropped here")
+            self.reporter.line(f"trial {trial.number:>3} was declared stale by another process (late heartbeat) "
+                               "and queued again; dropped here")
             return
         self.told += 1
         if self.config.tensorboard:
@@ -91,7 +93,7 @@ class Teller:
             write_history(run.history, Path(self.config.tensorboard) / "trials" / f"trial_{trial.number:04d}")
         self.view.changed()
         trials = self.view.get_trials(states=trial_states(FINISHED))
-        self.log(_trial_line(trials, trial.number, params, run, self.objective, self.config.trials))
+        self.reporter.line(_trial_line(trials, trial.number, params, run, self.objective, self.config.trials))
         if self.on_trial is not None:
             self.on_trial(len(trials), self.config.trials, len(trials) / max(time.perf_counter() - self.start, 1e-9))
 

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from headstart.features.reporter import Reporter
 from headstart.pipeline.config import CLASS_WEIGHT_MODES, read_settings_file
 from headstart.pipeline.errors import OptionError
 
@@ -144,14 +145,14 @@ def read_class_weight_file(path: str | os.PathLike, class_names: Sequence[str]) 
 
 
 def training_class_weights(value: str, class_names: Sequence[str], train_labels: np.ndarray | None,
-                           log: Any, *, warn: bool = True, multi_label: bool = False) -> ClassWeights | None:
-    """``resolve_class_weights`` for a training stage, with its log lines: the imbalance warning
+                           reporter: Reporter, *, warn: bool = True, multi_label: bool = False) -> ClassWeights | None:
+    """``resolve_class_weights`` for a training stage, with its reported lines: the imbalance warning
     (without class weights, when ``warn``) or the weights in use.
 
     Args:
         value: ``--class-weight``.
         class_names: (K,). train_labels: int class indices of the training rows, (N,).
-        log: one-line status messages.
+        reporter: gets the imbalance warning and the weights line.
         warn: print the imbalance warning (train-head does; finetune leaves it to train-head and inspect).
         multi_label: a multi-label task: no warning, and class weights are refused.
     """
@@ -160,11 +161,11 @@ def training_class_weights(value: str, class_names: Sequence[str], train_labels:
     if warn and train_labels is not None and not multi_label:
         warning = imbalance_warning(class_counts(train_labels, len(class_names)), class_names, class_weight=value)
         if warning:
-            log(warning)
+            reporter.warning(warning)
     weights = resolve_class_weights(value, class_names, train_labels, multi_label=multi_label)
     if weights is not None:
-        log(f"{OPTION} {value}: " + ", ".join(f"{n} {w:.4g}" for n, w in zip(class_names, weights.weights))
-            + (" (n / (k * n_c) over the training split)" if weights.mode == "balanced" else ""))
+        reporter.line(f"{OPTION} {value}: " + ", ".join(f"{n} {w:.4g}" for n, w in zip(class_names, weights.weights))
+                      + (" (n / (k * n_c) over the training split)" if weights.mode == "balanced" else ""))
     return weights
 
 
@@ -207,7 +208,7 @@ def finetune_train_labels(cache_path: str | None, source: Any) -> tuple[np.ndarr
 
 
 def finetune_class_weights(value: str, cache_path: str | None, source: Any, class_names: Sequence[str],
-                           log: Any, *, multi_label: bool = False) -> ClassWeights | None:
+                           reporter: Reporter, *, multi_label: bool = False) -> ClassWeights | None:
     """finetune's ``--class-weight``, for its head stage and its fine-tuning alike.
 
     ``balanced`` counts the training labels with ``finetune_train_labels`` (the head's cache when
@@ -220,5 +221,5 @@ def finetune_class_weights(value: str, cache_path: str | None, source: Any, clas
     labels = None
     if value == "balanced" or (cache_path and os.path.isfile(cache_path)):
         labels, origin = finetune_train_labels(cache_path, source)
-        log(f"{OPTION} {value}: {len(labels)} training labels counted from the {origin}")
-    return training_class_weights(value, class_names, labels, log, warn=False)
+        reporter.line(f"{OPTION} {value}: {len(labels)} training labels counted from the {origin}")
+    return training_class_weights(value, class_names, labels, reporter, warn=False)

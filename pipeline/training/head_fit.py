@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from headstart.features.reporter import QUIET, Reporter
 from headstart.pipeline.training.early_stopping import EarlyStopping, epoch_limit
 from headstart.pipeline.training.finite_loss import check_finite_losses
 from headstart.pipeline.training.head_data import FeatureRows
@@ -77,7 +78,7 @@ class KeptHead:
 
 
 def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
-             num_classes: int, log: Callable[[str], None], replicas: int = 1, callbacks: Sequence[Any] = (),
+             num_classes: int, reporter: Reporter = QUIET, replicas: int = 1, callbacks: Sequence[Any] = (),
              multi_label: bool = False, sample_weights: np.ndarray | None = None,
              initial_seed: int | None = None) -> HeadFit:
     """Trains the head with early stopping (train-head, and diagnose's fold heads).
@@ -91,7 +92,7 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
             names another measure (``monitor.effective_monitor``).
         config: a ``HeadConfig``: the head's recipe, epochs (0: no maximum), batch size, patience,
             seed (initial weights, batch plan, dropout) and monitor.
-        num_classes: number of classes. log: receives one line per epoch.
+        num_classes: number of classes. reporter: gets one line per epoch (default: none).
         replicas: devices the batches are split over (1 without tf.distribute).
         callbacks: Keras callbacks (e.g. ``keras.callbacks.TensorBoard``): train begin/end and
             epoch begin/end with the epoch's logs. Batch hooks are called only by the Keras loop
@@ -108,10 +109,10 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
     hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
     hooks.on_train_begin()
     if replicas > 1 or model.dtype_policy.compute_dtype != "float32":
-        fit = _keras_fit(model, train, train_labels, val, config=config, num_classes=num_classes, log=log,
+        fit = _keras_fit(model, train, train_labels, val, config=config, num_classes=num_classes, reporter=reporter,
                          replicas=replicas, hooks=hooks, multi_label=multi_label, sample_weights=sample_weights)
     else:
-        fit = _group_fit(model, train, train_labels, val, config=config, num_classes=num_classes, log=log,
+        fit = _group_fit(model, train, train_labels, val, config=config, num_classes=num_classes, reporter=reporter,
                          hooks=hooks, multi_label=multi_label, sample_weights=sample_weights,
                          initial_seed=initial_seed)
     hooks.on_train_end()
@@ -119,7 +120,7 @@ def fit_head(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tupl
 
 
 def _group_fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
-               num_classes: int, log: Callable[[str], None], hooks: Any, multi_label: bool,
+               num_classes: int, reporter: Reporter, hooks: Any, multi_label: bool,
                sample_weights: np.ndarray | None, initial_seed: int | None) -> HeadFit:
     """The head trained as a one-trial group of the sweep's batched trainer, its kept weights put in ``model``."""
     from headstart.pipeline.model.head import adapt_head
@@ -137,7 +138,7 @@ def _group_fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tu
     def on_log(epoch: int, logs: dict[int, dict[str, float]], seconds: float) -> None:
         hooks.on_epoch_begin(epoch - 1)
         hooks.on_epoch_end(epoch - 1, dict(logs[0]))
-        log(_epoch_line(epoch, config.epochs, logs[0], seconds))
+        reporter.line(_epoch_line(epoch, config.epochs, logs[0], seconds))
         check_finite_losses("train-head", epoch, logs[0])
 
     monitor = getattr(config, "monitor", "val_loss")
@@ -149,7 +150,7 @@ def _group_fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tu
                          and not getattr(config, "deterministic", False),
                          trial_seeds=None if initial_seed is None else [initial_seed])
     if run.note:
-        log(run.note)
+        reporter.line(run.note)
     # The group standardised with the statistics of these rows: the model's layer takes the same.
     adapt_head(model, (x for x, _ in train.eval_batches(4096)))
     watched = history_key(effective_monitor(monitor, multi_label), True) if val is not None else "loss"
@@ -157,7 +158,7 @@ def _group_fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tu
 
 
 def _keras_fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tuple | None, *, config: Any,
-               num_classes: int, log: Callable[[str], None], replicas: int, hooks: Any, multi_label: bool,
+               num_classes: int, reporter: Reporter, replicas: int, hooks: Any, multi_label: bool,
                sample_weights: np.ndarray | None) -> HeadFit:
     """The compiled model trained by ``distribute.loop.train_epoch`` (several replicas, or mixed precision)."""
     from headstart.pipeline.model.head import head_labels
@@ -177,29 +178,29 @@ def _keras_fit(model: Any, train: FeatureRows, train_labels: np.ndarray, val: tu
         if val is not None:
             logs.update(_validate(model, val, monitor, num_classes=num_classes, batch_size=config.batch_size,
                                   replicas=replicas, multi_label=multi_label))
-        seconds.append(_end_epoch(epoch, config.epochs, logs, history, start, hooks, log))
+        seconds.append(_end_epoch(epoch, config.epochs, logs, history, start, hooks, reporter))
         if stopping.update(epoch + 1, history[stopping.monitor][-1]):
             best_weights = model.get_weights()
         elif stopping.exhausted:
-            log(stopping.stop_message())
+            reporter.line(stopping.stop_message())
             break
     if best_weights is None:
         # Every epoch diverged (NaN/inf); keep the last weights and say so rather than hide it.
-        log(stopping.never_finite_message())
+        reporter.line(stopping.never_finite_message())
         return HeadFit(history, len(seconds), seconds, stopping.monitor)
     model.set_weights(best_weights)
     return HeadFit(history, stopping.best_epoch, seconds, stopping.monitor)
 
 
 def _end_epoch(epoch: int, epochs: int, logs: dict, history: dict, start: float, hooks: Any,
-               log: Callable[[str], None]) -> float:
+               reporter: Reporter) -> float:
     """Records the epoch (history, callbacks, its log line) and stops on a non-finite loss; returns its seconds."""
     for key, value in logs.items():
         history[key].append(value)
     seconds = time.perf_counter() - start
     row = {key: values[-1] for key, values in history.items()}
     hooks.on_epoch_end(epoch, row)
-    log(_epoch_line(epoch + 1, epochs, row, seconds))
+    reporter.line(_epoch_line(epoch + 1, epochs, row, seconds))
     check_finite_losses("train-head", epoch + 1, row)
     return seconds
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from headstart.features.errors import Arg
+from headstart.features.reporter import Reporter
 from headstart.pipeline.errors import DataError
 from headstart.pipeline.training.head_data import FeatureRows, split_nbytes
 
@@ -73,7 +74,7 @@ def open_head_splits(cache: Any, path: str) -> dict[str, Any]:
     return {name: split for name, split in splits.items() if len(split) > 0}
 
 
-def exclude_rows(exclude: str | None, splits: dict[str, Any], data: str, log: Callable[[str], None]) -> Any:
+def exclude_rows(exclude: str | None, splits: dict[str, Any], data: str, reporter: Reporter) -> Any:
     """Applies ``--exclude`` to the splits in place; returns the Exclusion (None without one).
 
     Raises:
@@ -90,9 +91,10 @@ def exclude_rows(exclude: str | None, splits: dict[str, Any], data: str, log: Ca
         raise DataError(Arg("exclude", exclude), " removes every row of the 'train' split")
     for name in [n for n, s in splits.items() if not len(s)]:
         del splits[name]  # an emptied validation split: early stopping then watches the training loss
-    log(f"--exclude {exclude}: removed " + ", ".join(f"{n} {k}" for n, k in exclusion.removed.items())
-        + (f"; {exclusion.kept_in_test} listed test rows kept (the test split is never changed)"
-           if exclusion.kept_in_test else ""))
+    removed = ", ".join(f"{n} {k}" for n, k in exclusion.removed.items())
+    reporter.line(f"--exclude {exclude}: removed {removed}"
+                  + (f"; {exclusion.kept_in_test} listed test rows kept (the test split is never changed)"
+                     if exclusion.kept_in_test else ""))
     return exclusion
 
 
@@ -113,16 +115,17 @@ def make_loaders(splits: dict[str, Any], memory_limit_mb: int,
 
 
 def load_head_data(cache: Any, splits: dict[str, Any], *, memory_limit_mb: int, views: bool, path: str,
-                   log: Callable[[str], None]) -> HeadData:
-    """Loads the splits (in memory, or streamed) and logs what was loaded."""
+                   reporter: Reporter) -> HeadData:
+    """Loads the splits (in memory, or streamed) and reports what was loaded."""
     t_load = time.perf_counter()
     rows, loader, need = make_loaders(splits, memory_limit_mb, views)
     labels = {name: np.asarray(s.labels, dtype=np.int64) for name, s in splits.items()}
     data = HeadData(splits=splits, rows=rows, labels=labels, loader=loader, class_names=list(cache.class_names),
                     feature_shape=tuple(int(d) for d in cache.feature_shape),
                     load_seconds=time.perf_counter() - t_load, multi_label=cache.multi_label)
-    log(f"{path}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())} rows, "
-        f"{data.num_classes} {'labels (multi-label)' if data.multi_label else 'classes'}, features {data.feature_shape}"
-        + (f", {cache.views} augmented views" if rows["train"].views else "")
-        + f"; {loader} loader ({need / MB:.1f} MB, limit {memory_limit_mb} MB)")
+    kind = "labels (multi-label)" if data.multi_label else "classes"
+    reporter.line(f"{path}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())} rows, "
+                  f"{data.num_classes} {kind}, features {data.feature_shape}"
+                  + (f", {cache.views} augmented views" if rows["train"].views else "")
+                  + f"; {loader} loader ({need / MB:.1f} MB, limit {memory_limit_mb} MB)")
     return data

@@ -3,7 +3,7 @@
 ``evaluate``, finetune's metrics and stage gate, ``headstart run``'s evaluate stage, ``predict`` on
 loose files and the export checks all run ``predict_split``; what each needs beyond the logits
 (the most confidently wrong images, sample images for summary.png, the exports' own logits on the
-same images, a progress line) it takes from the ``on_batch`` hook, which sees every batch's good
+same images, a progress line) it takes from the ``observe`` hook, which sees every batch's good
 rows. Images come through ``Source.dataset`` (the one input path) and every forward pass runs in
 inference mode, so augmentation layers stay idle. Whole batches go through the model (a bad file
 is a zero image whose row is dropped after): every batch has one shape, nothing is traced again,
@@ -38,7 +38,7 @@ class SplitPredictions:
 
 @dataclass
 class PredictedBatch:
-    """One batch's good rows as the loop saw them, for ``on_batch`` observers.
+    """One batch's good rows as the loop saw them, for ``observe``'s observers.
 
     Attributes:
         images: float32 (b, S, S, 3) raw 0–255.
@@ -89,7 +89,7 @@ def num_classes_of(model: Any) -> int:
 
 
 def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32, multi_label: bool = False,
-                  on_batch: Callable[[PredictedBatch], None] | None = None) -> SplitPredictions:
+                  observe: Callable[[PredictedBatch], None] | None = None) -> SplitPredictions:
     """Runs ``model`` (inference mode) over one split of ``source``.
 
     Args:
@@ -99,7 +99,8 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32, 
         split: split name.
         batch_size: images per forward pass.
         multi_label: labels are multi-hot (N, C).
-        on_batch: called after every batch with its good rows (``PredictedBatch``).
+        observe: called after every batch with its good rows (``PredictedBatch``): the callers'
+            observers and progress line, joined by ``report.progress.observed``.
 
     Returns:
         SplitPredictions of the good images, in source order.
@@ -122,8 +123,8 @@ def predict_split(model: Any, source: Any, split: str, *, batch_size: int = 32, 
         logits.append(part.logits)
         labels.append(part.labels)
         keys.extend(part.keys)
-        if on_batch is not None:
-            on_batch(part)
+        if observe is not None:
+            observe(part)
     empty_labels = np.zeros((0, predictor.width) if multi_label else (0,), np.int64)
     return SplitPredictions(logits=np.concatenate(logits) if logits else np.zeros((0, predictor.width), np.float32),
                             labels=np.concatenate(labels) if labels else empty_labels, keys=keys, skipped=skipped)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from headstart.features.reporter import Indented
+
 
 def head_candidate_step(steps: Any, size: int, cache: dict, head: dict, baselines: dict) -> dict:
     """The head the fine-tune starts from: the sweep's, or the logistic probe's when it beats it.
@@ -43,7 +45,7 @@ def head_candidate_step(steps: Any, size: int, cache: dict, head: dict, baseline
         record = _compare(steps, size, cache, head, logistic)
         record.update(key=key, done=True, status="ran", seconds=time.perf_counter() - start)
         steps.save("head_candidates", record)
-    steps.console.log(f"  {record['line']}")
+    steps.console.line(f"  {record['line']}")
     if not record["paired"]["beats"]:
         shutil.rmtree(steps.layout.logistic_head, ignore_errors=True)  # an earlier run's winner, now beaten
         return {**head, "candidates": record}
@@ -88,7 +90,7 @@ def _write_head(steps: Any, cache: dict, out: Path, weights: list) -> dict:
     config = dataclasses.replace(steps.config.head, features=str(cache["path"]), out=str(out), head_kind="linear",
                                  dropout=0.0, normalize="none", overwrite=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = write_fixed_head(config, weights, fitted_by="logistic", log=lambda m: steps.console.log(f"  {m}"))
+    result = write_fixed_head(config, weights, fitted_by="logistic", reporter=Indented(steps.console))
     validation = {k: v for k, v in (result.metrics.get("validation") or {}).items() if not isinstance(v, (dict, list))}
     return {"path": str(out), "head_sha256": sha256_file(out / "head.keras"), "validation": validation,
             "fitted_by": "logistic", "seconds": 0.0}

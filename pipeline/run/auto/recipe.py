@@ -148,7 +148,7 @@ class _Steps:
         from headstart.pipeline.store.run_layout import LAYOUT_STATE
 
         if self.layout.promote(size):
-            self.console.log(f"[auto] {size} px chosen: its cache and head moved to the top of {self.run_dir}; "
+            self.console.line(f"[auto] {size} px chosen: its cache and head moved to the top of {self.run_dir}; "
                              f"the others are candidates in {self.layout.path / 'candidates'}")
             for other, (cache, head) in candidates.items():
                 _repoint_head(self.layout.size_head(other), self.layout.size_cache(other))

@@ -38,7 +38,7 @@ def extract_step(steps: Any, size: int) -> dict:
         # resumed run reuses this cache and a cache without it is extracted again.
         config = dataclasses.replace(config, extract=dataclasses.replace(config.extract, tap=auto_tap(config)))
     tap = f", tap {config.extract.tap}" if config.extract.tap and not steps.fixed else ""
-    steps.console.log(steps.header("extract", size, _shown(path)) + tap)
+    steps.console.line(steps.header("extract", size, _shown(path)) + tap)
     record = extract_stage(config, path, steps.state.get(name), steps.console, steps.overwrite,
                            key=extract_key(config))
     return steps.save(name, {**record, "path": str(path), "image_size": size, "multi_label": _multi_label(path)})
@@ -75,7 +75,7 @@ def plan_step(steps: Any, first: dict) -> Any:
                            probe_lrs=(), probe_depth=False, budget_minutes=config.budget,
                            trials=config.sweep.get("trials"), on_cache=auto_tap(config) is not None)
         steps.save("plan", {"key": key, "done": True, "status": "ran", "seconds": 0.0, "plan": plan.to_dict()})
-    steps.console.log(f"[auto] recipe: {plan.describe()}")
+    steps.console.line(f"[auto] recipe: {plan.describe()}")
     return plan
 
 
@@ -109,7 +109,7 @@ def augment_plan_step(steps: Any, plan: Any, size: int, candidates: dict[int, tu
                                 "plan": replanned.to_dict()})
     if replanned.cuts != plan.cuts:
         uncut = plan_augmentation(plan, speeds, size, -float("inf")).estimates["audit"]
-        steps.console.log(f"[auto] the augmentation trials at {size} px would take about {uncut / 60:.0f} min, "
+        steps.console.line(f"[auto] the augmentation trials at {size} px would take about {uncut / 60:.0f} min, "
                           f"{max(0.0, plan.budget_seconds - spent) / 60:.0f} min of the budget is left: "
                           + ", ".join(c.split(": ", 1)[-1] for c in replanned.cuts[len(plan.cuts):]))
     return replanned
@@ -126,7 +126,7 @@ def head_step(steps: Any, size: int, cache: dict, plan: Any) -> dict:
         sweep = SweepPlan(search_space(config), plan.trials_at(size), steps.layout.size_sweep(size))
     head_dir = steps.layout.size_head(size)
     what = f"sweep of {sweep.trials} trials" if sweep else "train-head"
-    steps.console.log(steps.header("head", size, _shown(head_dir), what))
+    steps.console.line(steps.header("head", size, _shown(head_dir), what))
     if steps.fixed:
         head_config, key = config, stage_key(guide_head_key(config, cache))
     else:
@@ -153,7 +153,7 @@ def diagnose_step(steps: Any, cache: dict) -> dict:
     from headstart.pipeline.run.stages import diagnose_stage
 
     out = steps.layout.diagnose
-    steps.console.log(f"[diagnose] → {_shown(out)}")
+    steps.console.line(f"[diagnose] → {_shown(out)}")
     return steps.save("diagnose", diagnose_stage(steps.config, Path(cache["path"]), out, steps.state.get("diagnose"),
                                                  steps.console, key=stage_key({"cache": cache["fingerprint"],
                                                                                "seed": steps.config.head.seed})))
@@ -197,7 +197,7 @@ def baselines_step(steps: Any, size: int, cache: dict) -> dict:
 
     key = stage_key({"cache": cache["fingerprint"], "seed": steps.config.head.seed})
     record = steps.state.get("baselines")
-    steps.console.log(f"[auto] baselines on the {size} px cache")
+    steps.console.line(f"[auto] baselines on the {size} px cache")
     if not (record and record.get("key") == key):
         import time
 
@@ -208,7 +208,7 @@ def baselines_step(steps: Any, size: int, cache: dict) -> dict:
         steps.save("baselines", record)
     for b in record["baselines"]:
         test = f", test {b['test'][b['measure']]:.4f}" if b.get("test") else ""
-        steps.console.log(f"  {b['label']}: validation {b['validation'][b['measure']]:.4f}{test}")
+        steps.console.line(f"  {b['label']}: validation {b['validation'][b['measure']]:.4f}{test}")
     return record
 
 
@@ -226,7 +226,7 @@ def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, c
     config = dataclasses.replace(steps.at_size(size), finetune=steps.finetune_options(FINETUNE_EPOCHS, plan))
     ft_key = finetune_key(config, head["head_sha256"])
     on_cache = " --on-cache" if config.finetune.on_cache and not steps.fixed else ""
-    steps.console.log(steps.header("finetune", size, _shown(steps.layout.finetune), _shown(head["path"]) + on_cache))
+    steps.console.line(steps.header("finetune", size, _shown(steps.layout.finetune), _shown(head["path"]) + on_cache))
     previous = steps.state.get("finetune")
     record = finetune_stage(config, steps.run_dir, previous, steps.console, key=ft_key,
                             train_images=int(extract["splits"].get("train", 0)),
@@ -239,7 +239,7 @@ def finetune_step(steps: Any, size: int, extract: dict, head: dict, plan: Any, c
     else:
         evidence = paired_evidence(Path(head["path"]), steps.layout.finetune)
     lr = _kept_lr(steps.layout.finetune)
-    steps.console.log(f"  {finetune_line(record.get('kept', 'finetuned'), evidence, lr)}")
+    steps.console.line(f"  {finetune_line(record.get('kept', 'finetuned'), evidence, lr)}")
     return steps.save("finetune", {**record, "paired": evidence, "on_cache_lr": lr})
 
 
@@ -253,7 +253,7 @@ def evaluate_step(steps: Any, finetune: dict) -> dict:
     """The test split through the final model, as the guide's evaluate stage."""
     from headstart.pipeline.run.stages import evaluate_stage
 
-    steps.console.log(steps.header("evaluate", 0, _shown(steps.layout.finetune / "model.keras")))
+    steps.console.line(steps.header("evaluate", 0, _shown(steps.layout.finetune / "model.keras")))
     return steps.save("evaluate", evaluate_stage(steps.config, steps.run_dir, steps.state.get("evaluate"),
                                                  steps.console, key=evaluate_key(steps.config, finetune["model_sha256"])))
 
