@@ -39,6 +39,7 @@ from recipe import ASSETS, WEIGHTS, layout_photos  # noqa: E402 - the same layou
 
 def bench(name: str, source: Path, out: Path, image_size: int) -> dict:
     """The audit's and the view trials' verdicts on one dataset, with their seconds."""
+    from headstart.features.reporter import LineReporter
     from headstart.pipeline.config import ExtractConfig, HeadConfig
     from headstart.pipeline.data.source_spec import SourceSpec
     from headstart.pipeline.data.sources import open_source
@@ -52,18 +53,18 @@ def bench(name: str, source: Path, out: Path, image_size: int) -> dict:
     base = ExtractConfig(source=str(source), out=str(out / "features.h5"), backbone="mobilenet_v2", alpha=0.35,
                          weights=str(WEIGHTS), image_size=image_size, splits=("train", "validation"))
     t = time.perf_counter()
-    extract_features(base, log=lambda *_: None)
+    extract_features(base)
     extract_seconds = time.perf_counter() - t
     if not (out / "head" / "run.json").exists():
-        train_head(HeadConfig(features=base.out, out=str(out / "head")), log=lambda *_: None)
+        train_head(HeadConfig(features=base.out, out=str(out / "head")))
     head = RunDir.open(out / "head", kind="head", recipe=True)
     audit = audit_head_run(head, open_source(SourceSpec(source=str(source))))
     # Each finished item is saved, so a benchmark killed (or crashed) part way resumes from there.
     saved = out / "trials_progress.json"
     progress = json.loads(saved.read_text()) if saved.exists() else {}
     trials = run_view_trials(head, base, out / "trials", extract_features=extract_features,
-                             candidates=AUDIT_CANDIDATES, progress=progress,
-                             save=lambda: saved.write_text(json.dumps(progress)), log=print)
+                             candidates=AUDIT_CANDIDATES, resume_record=progress,
+                             save=lambda: saved.write_text(json.dumps(progress)), reporter=LineReporter(print))
     audited = {s.item: s for s in audit.scores}
     rows = []
     for t in trials.trials:
@@ -104,9 +105,9 @@ def heads_against(rev: str, source: Path, out: Path, image_size: int, items: lis
     out.mkdir(parents=True, exist_ok=True)
     base = ExtractConfig(source=str(source), out=str(out / "features.h5"), backbone="mobilenet_v2", alpha=0.35,
                          weights=str(WEIGHTS), image_size=image_size, splits=("train", "validation"))
-    extract_features(base, log=lambda *_: None)
+    extract_features(base)
     if not (out / "head" / "run.json").exists():
-        train_head(HeadConfig(features=base.out, out=str(out / "head")), log=lambda *_: None)
+        train_head(HeadConfig(features=base.out, out=str(out / "head")))
     head = RunDir.open(out / "head", kind="head", recipe=True)
     (out / "trials").mkdir(exist_ok=True)
     modules = {"before": _module_at(rev), "after": view_trials}
@@ -114,7 +115,7 @@ def heads_against(rev: str, source: Path, out: Path, image_size: int, items: lis
     without: dict = {}
     for item in items:
         extract = view_trials.view_cache_config(base, item, out / "trials" / f"views-{view_trials._slug(item)}.h5")
-        extract_features(extract, log=lambda *_: None)
+        extract_features(extract)
         row: dict = {}
         for name, module in modules.items():
             judge = module._Trials(head, module.trial_config(head), module.SEEDS, extract_features, False)

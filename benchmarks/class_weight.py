@@ -41,7 +41,7 @@ def real_photo_cache(root: Path) -> Path:
     images = layout_cats_vs_dogs_2k(ASSETS, root / "images")
     cache = root / "features.h5"
     extract_features(ExtractConfig(source=str(images), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                   weights=str(WEIGHTS), image_size=128), log=lambda *_: None)
+                                   weights=str(WEIGHTS), image_size=128))
     return cache
 
 
@@ -70,7 +70,7 @@ def train(cache: Path, exclude: Path, out: Path, class_weight: str, seed: int) -
     from headstart.pipeline.commands.head_training import train_head
 
     result = train_head(HeadConfig(features=str(cache), out=str(out), exclude=str(exclude), seed=seed,
-                                   class_weight=class_weight, overwrite=True), log=lambda *_: None)
+                                   class_weight=class_weight, overwrite=True))
     test = result.metrics["test"]
     return {**{k: test[k] for k in MEASURES}, "dog_recall": test["per_class"]["dogs"]["recall"],
             "best_epoch": result.best_epoch}

@@ -39,10 +39,9 @@ def bench_real(out: Path) -> None:
         images = layout_cats_vs_dogs_2k(ASSETS, out / "real_images")
         t = time.perf_counter()
         extract_features(ExtractConfig(source=str(images), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                       weights=str(ASSETS / "weights" / MNV2_035), image_size=128),
-                         log=lambda *_: None)
+                                       weights=str(ASSETS / "weights" / MNV2_035), image_size=128))
         print(f"real photos: extracted in {time.perf_counter() - t:.1f} s (not part of diagnose)")
-    d = diagnose(DiagnoseConfig(features=str(cache), out=str(out / "real"), overwrite=True), log=lambda *_: None)
+    d = diagnose(DiagnoseConfig(features=str(cache), out=str(out / "real"), overwrite=True))
     print(d.summary)
     print("seconds:", json.dumps({k: round(v, 2) for k, v in d.seconds.items()}))
 

@@ -60,7 +60,7 @@ def make_caches(work: Path) -> dict[str, dict[str, Path]]:
                 t = time.perf_counter()
                 extract_features(ExtractConfig(source=str(folder), out=str(path), backbone="mobilenet_v2",
                                                alpha=float(alpha), weights=str(ASSETS / "weights" / weights),
-                                               image_size=128), log=lambda *_: None)
+                                               image_size=128))
                 print(f"{path.name}: extracted in {time.perf_counter() - t:.0f} s", flush=True)
             caches.setdefault(name, {})[alpha] = path
     return caches

@@ -70,7 +70,7 @@ def end_to_end(folder: Path, out: Path, args) -> tuple[float, float]:
                            alpha=args.alpha, image_size=args.image_size, batch_size=args.batch_size,
                            validation_fraction=0.0, test_fraction=0.0, splits=("train",))
     start = time.perf_counter()
-    summary = extract_features(config, log=lambda m: None)
+    summary = extract_features(config)
     wall = time.perf_counter() - start
     rows = summary.splits["train"]["rows"]
     return summary.splits["train"]["images_per_second"], rows / wall

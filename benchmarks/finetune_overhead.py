@@ -117,8 +117,7 @@ def headstart_finetune(head_dir: Path, source_dir: Path, out: Path, args):
     timer = make_timer()
     start = time.perf_counter()
     result = finetune(FinetuneConfig(source=str(source_dir), head=str(head_dir), out=str(out), epochs=args.epochs,
-                            batch_size=args.batch_size, patience=args.epochs, overwrite=True),
-             log=lambda s: None, callbacks=[timer])
+                            batch_size=args.batch_size, patience=args.epochs, overwrite=True), callbacks=[timer])
     backup = json.loads((out / "run.json").read_text())["timings"]["backup_seconds"]
     print(f"    finetune() resume backup per epoch: {', '.join(f'{b:.2f}' for b in backup)} s")
     return timer, time.perf_counter() - start
@@ -148,8 +147,8 @@ def main() -> None:
         source = args.source or write_jpegs(tmp / "images", args.images)
         extract_features(ExtractConfig(source=str(source), out=str(tmp / "f.h5"), backbone=args.backbone,
                                        alpha=args.alpha, weights=args.weights, image_size=args.image_size,
-                                       splits=("train", "validation")), log=lambda s: None)
-        train_head(HeadConfig(features=str(tmp / "f.h5"), out=str(tmp / "head"), epochs=5), log=lambda s: None)
+                                       splits=("train", "validation")))
+        train_head(HeadConfig(features=str(tmp / "f.h5"), out=str(tmp / "head"), epochs=5))
         print(f"{args.backbone} alpha {args.alpha} at {args.image_size} px, weights {args.weights}, "
               f"{source}, batch {args.batch_size}, {args.epochs} epochs x {args.rounds} rounds")
         results = {"plain model.fit": [], "finetune()": []}

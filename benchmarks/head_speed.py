@@ -60,7 +60,7 @@ def extract(folder: Path, out: Path, args) -> float:
                            validation_fraction=0.2, test_fraction=0.0, splits=("train", "validation"),
                            overwrite=True)
     start = time.perf_counter()
-    extract_features(config, log=lambda m: None)
+    extract_features(config)
     return time.perf_counter() - start
 
 
@@ -72,7 +72,7 @@ def head_run(cache: Path, out: Path, epochs: int, args) -> tuple[float, list[flo
     start = time.perf_counter()
     config = HeadConfig(features=str(cache), out=str(out), epochs=epochs, patience=epochs,
                         batch_size=args.head_batch_size, overwrite=True)
-    train_head(config, log=lambda m: None)
+    train_head(config)
     total = time.perf_counter() - start
     import json
 

@@ -158,7 +158,7 @@ def child(args) -> dict:
 
     run = Path(args.workdir) / f"head-{args.tag}"
     result = train_head(HeadConfig(features=args.cache, out=str(run), epochs=args.epochs, patience=args.epochs,
-                                   batch_size=64, strategy=args.strategy, overwrite=True), log=lambda m: None)
+                                   batch_size=64, strategy=args.strategy, overwrite=True))
     if info["is_chief"]:
         epochs = json.loads((run / "run.json").read_text())["timings"]["epoch_seconds"]
         rows = sum(json.loads((run / "run.json").read_text())["cache"]["splits"].values())
@@ -176,7 +176,7 @@ def child_extract(args) -> dict:
     summary = extract_features(ExtractConfig(
         source=args.source, out=args.result + ".h5", backbone="mobilenet_v2", weights="none", alpha=0.35,
         image_size=args.image_size, batch_size=args.batch_size, splits=("train",), validation_fraction=0.0,
-        test_fraction=0.0, shard=args.shard or None), log=lambda m: None)
+        test_fraction=0.0, shard=args.shard or None))
     info = summary.splits["train"]
     return {"rows": info["rows"], "images_per_second": info["images_per_second"], "path": summary.path}
 
@@ -232,7 +232,7 @@ def extraction_jobs(args, images: Path) -> dict:
     shards = _wait([spawn(f"extract-{i}", f"{i}/2") for i in range(2)])
     slowest = max(r["rows"] / r["images_per_second"] for r in shards)
     t0 = time.perf_counter()
-    merge_features(str(Path(args.workdir) / "merged.h5"), [r["path"] for r in shards], log=lambda m: None)
+    merge_features(str(Path(args.workdir) / "merged.h5"), [r["path"] for r in shards])
     return {"one": one["images_per_second"], "two": sum(r["rows"] for r in shards) / slowest,
             "merge_seconds": time.perf_counter() - t0}
 

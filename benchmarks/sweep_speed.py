@@ -43,8 +43,7 @@ def extract_real_cache(work: Path) -> Path:
     images = layout_cats_vs_dogs_2k(ASSETS, work / "images")
     cache = work / "features.h5"
     extract_features(ExtractConfig(source=str(images), out=str(cache), backbone="mobilenet_v2", alpha=0.35,
-                                   weights=str(ASSETS / "weights" / MNV2_035), image_size=128),
-                     log=lambda *_: None)
+                                   weights=str(ASSETS / "weights" / MNV2_035), image_size=128))
     return cache
 
 
@@ -76,7 +75,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     result = run_sweep(SweepConfig(caches=(str(cache),), out=str(out), trials=args.trials, seed=args.seed,
-                                   overwrite=True), space, log=lambda line: None)
+                                   overwrite=True), space)
     sweep_seconds = time.perf_counter() - t0
 
     import optuna
@@ -88,13 +87,12 @@ def main() -> None:
     t0 = time.perf_counter()
     for i, params in enumerate(alone):
         train_head(params.head_config(features=str(cache), out=str(work / f"alone_{i}"), epochs=space.epochs,
-                   patience=space.patience, seed=args.seed), log=lambda line: None)
+                   patience=space.patience, seed=args.seed))
     alone_seconds = time.perf_counter() - t0
     estimated = len(alone) < len(configs)
     baseline_seconds = alone_seconds * len(configs) / len(alone)
 
-    default = train_head(HeadConfig(features=str(cache), out=str(work / "default"), seed=args.seed),
-                         log=lambda line: None)
+    default = train_head(HeadConfig(features=str(cache), out=str(work / "default"), seed=args.seed))
     mark = "~" if estimated else ""
     print(f"cache: {cache}")
     print(f"sweep: {result.finished} trials in {sweep_seconds:.1f} s "

@@ -49,6 +49,7 @@ def backbone_options(args) -> dict:
 def prepare(name: str, source: Path, out: Path, tap: str, image_size: int, backbone: dict, views: int,
             log) -> tuple[Path, Path]:
     """Extracts the cache with the tap (and ``views`` views) and trains the guide's head; returns (cache, head run)."""
+    from headstart.features.reporter import LineReporter
     from headstart.pipeline.config import ExtractConfig, HeadConfig
     from headstart.pipeline.commands.extraction import extract_features
     from headstart.pipeline.commands.head_training import train_head
@@ -57,9 +58,9 @@ def prepare(name: str, source: Path, out: Path, tap: str, image_size: int, backb
     cache, head = out / f"{label}.h5", out / f"{label}-head"
     start = time.perf_counter()
     extract_features(ExtractConfig(source=str(source), out=str(cache), image_size=image_size, tap=tap, augment_views=views,
-                                   dtype="float16", **backbone), log=log)
+                                   dtype="float16", **backbone), reporter=LineReporter(log))
     log(f"{name}: extraction with --tap {tap} --augment-views {views}: {time.perf_counter() - start:.1f} s")
-    train_head(HeadConfig(features=str(cache), out=str(head)), log=lambda line: None)
+    train_head(HeadConfig(features=str(cache), out=str(head)))
     return cache, head
 
 
@@ -127,7 +128,7 @@ def accuracy(name: str, source: Path, head: Path, out: Path, log) -> dict:
                                        on_cache=True, lr=1e-4, epochs=30)}
     for side, config in runs.items():
         start = time.perf_counter()
-        finetune(config, log=lambda line: None)
+        finetune(config)
         seconds = time.perf_counter() - start
         metrics = RunDir.open(config.out, kind="finetune").metrics()
         rows[side] = {"test_accuracy": metrics["test"]["accuracy"], "seconds": round(seconds, 1),
