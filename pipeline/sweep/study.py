@@ -35,6 +35,7 @@ from headstart.pipeline.config import SweepConfig
 from headstart.pipeline.errors import OptionError
 from headstart.pipeline.training.head_params import SweepCache
 from headstart.pipeline.sweep.orphans import adopt_silent_trials, remove_dead_best_dirs
+from headstart.pipeline.sweep.pruning import StragglerMedianPruner
 from headstart.pipeline.sweep.setup import SweepSetup
 from headstart.pipeline.sweep.storage import check_sqlite_file, check_storage_url, storage_errors, \
     storage_write_errors
@@ -203,8 +204,7 @@ def _open_study(config: SweepConfig, space: SearchSpace, setup: SweepSetup) -> t
     # bad results for the sampler, so one round does not ask for the same region again and again.
     # The seed is offset by the trials already there, so a process joining a study draws anew.
     sampler = optuna.samplers.TPESampler(seed=config.seed, constant_liar=True)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=2) if space.pruner == "median"
-              else optuna.pruners.NopPruner())
+    pruner = StragglerMedianPruner() if space.pruner == "median" else optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=setup.objective.direction,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     already = len(study.get_trials(deepcopy=False))
