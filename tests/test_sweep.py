@@ -205,6 +205,46 @@ def test_pruner_view_decides_as_optunas_should_prune():
     assert True in decisions and False in decisions
 
 
+def test_a_straggler_past_every_finished_trial_is_pruned_when_worse_than_their_median_best():
+    """Past the last epoch any finished trial reached, MedianPruner never prunes; the sweep's pruner
+    then compares the trial's best with the median of the finished trials' bests."""
+    import optuna
+
+    from headstart.pipeline.sweep.pruning import PrunerView, StragglerMedianPruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(pruner=StragglerMedianPruner(n_startup_trials=8, n_warmup_steps=2))
+    view = PrunerView(study)
+
+    def decide(curve: list[float]) -> bool:
+        trial = study.ask()
+        for step, value in enumerate(curve, 1):
+            trial.report(value, step)
+        decision = view.should_prune(trial, dict(enumerate(curve, 1)))
+        assert decision == trial.should_prune()  # the study's own pruner, through the snapshot
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        view.changed()
+        return decision
+
+    def finish(curve: list[float]) -> None:
+        trial = study.ask()
+        for step, value in enumerate(curve, 1):
+            trial.report(value, step)
+        study.tell(trial, min(curve))
+        view.changed()
+
+    finish([0.9, 0.5, 0.3, 0.35, 0.4])        # best 0.3, stopped at epoch 5
+    finish([0.8, 0.6, 0.4, 0.45, 0.5, 0.55])  # best 0.4, epoch 6
+    creeping = [40.0 - 0.01 * e for e in range(20)]  # diverged, and improving by rounding-sized steps
+    assert not decide(creeping)  # two finished trials: too few to judge it by
+    finish([0.7, 0.5, 0.5, 0.6, 0.7])         # best 0.5
+    assert decide(creeping)  # epoch 20, worse than the median best (0.4) of three: pruned
+    assert not decide(creeping[:6])  # epoch 6: a finished trial got this far, MedianPruner's rule (8 to start)
+    assert not decide([1.0, 0.9] + [0.38] * 10)  # past them all, but better than their median best: goes on
+    assert not decide([float("nan")] * 2 + [5.0])  # epoch 3: not past the finished trials, not a straggler
+    assert decide([float("nan")] * 12)  # never finite past them all: stopped, as MedianPruner stops a NaN trial
+
+
 def test_default_head_is_the_guides_head_bit_for_bit():
     from headstart.pipeline.model.head import build_head
 
