@@ -54,14 +54,13 @@ def _kill_when(args: list[str], ready, what: str):
 
 
 def _kill_during_the_view_trials(args: list[str], out: Path) -> dict:
-    """SIGKILLs ``headstart ARGS`` once the fine-tune's view trials have recorded a trial on views (the
-    together one, or an item alone); returns their record then."""
+    """SIGKILLs ``headstart ARGS`` once the fine-tune's view trials have trained one item; returns the
+    items recorded then."""
     progress = out / "finetune" / "backup" / "progress.json"
 
     def trained() -> dict | None:
-        record = json.loads(progress.read_text())["view_trials"]
-        done = record["candidates"]
-        return dict(record) if record.get("together") or any(c["judged_by"] == "views" for c in done.values()) else None
+        done = json.loads(progress.read_text())["view_trials"]["candidates"]
+        return dict(done) if any(c["judged_by"] == "views" for c in done.values()) else None
 
     return _kill_when(args, trained, "an item was trained on its views")
 
@@ -101,26 +100,16 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     assert [b["name"] for b in summary["recipe"]["baselines"]] == ["knn", "logistic"]
     run = json.loads((out / "finetune" / "run.json").read_text())
     assert run["config"]["on_cache"] and run["config"]["probe"] == "lr" and run["config"]["augment"] == "auto"
-    augment = run["recipe"]["augment"]
-    trials = {c["item"]: c for c in augment["candidates"]}
-    done = trained["candidates"]  # by item while under way; a list once the trials are done (a kill just after)
-    done = done if isinstance(done, dict) else {c["item"]: c for c in done}
-    assert len(trials) == 7 and all(trials[item] == trial for item, trial in done.items())
-    assert augment["together"] == trained["together"]  # recorded before the kill: not trained again
-    lead = ["together"] if augment["together"] else []
-    assert [c["value"] for c in decisions["augment"]["candidates"]] == lead + list(trials)  # the trials, in the table
-    # The fit trained on the views of what the trials kept (with the tap), and on no dropped item's:
-    # the together trial's views when together they did not hurt, else each kept item's own.
+    trials = {c["item"]: c for c in run["recipe"]["augment"]["candidates"]}
+    assert len(trials) == 7 and all(trials[item] == trial for item, trial in trained.items())  # not trained again
+    assert [c["value"] for c in decisions["augment"]["candidates"]] == list(trials)  # the trials, in the table
+    # The fit trained on the kept items' views (with the tap), and on no dropped item's.
+    kept = [item for item, c in trials.items() if c["kept"] and c["judged_by"] == "views"]
     views = json.loads((out / "finetune" / "metrics.json").read_text())["on_cache"]["views"]
-    if augment["together"] and augment["together"]["kept"]:
-        kept = [augment["together"]["item"]]
-        assert kept[0] == augment["augment"] and all(c["judged_by"] in ("together", "audit") for c in trials.values())
-    else:
-        kept = [item for item, c in trials.items() if c["kept"] and c["judged_by"] == "views"]
-        assert all(trials[item]["views_cache"] is None for item in trials if item not in kept)
     # views per image as the plan had them at the chosen size (two, unless the budget cut them to one)
     assert views["items"] == kept and views["per_row"] == run["config"]["trial_views"] * len(kept)
     assert sorted(Path(p).name for p in views["caches"]) == sorted(p.name for p in (out / "finetune" / "view_trials").glob("*.h5"))
+    assert all(trials[item]["views_cache"] is None for item in trials if item not in kept)
     assert run["recipe"]["decisions"] == summary["recipe"]["decisions"][:-1]  # the model says how it was chosen
     toml = (out / "config.toml").read_text()
     assert 'recipe = "auto"' in toml and "epochs = 2" in toml and "unfreeze" not in toml

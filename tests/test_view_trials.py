@@ -48,9 +48,9 @@ def test_the_budget_plan_counts_the_view_trials():
     plan = plan_recipe(speeds, native_size=None, search_head=False, audit_candidates=7, probe_lrs=(),
                        probe_depth=False, budget_minutes=600)
     audit = 8 * 200 / 200.0  # a validation pass per item and one untransformed
-    views = VIEWS * 1400 / 200.0  # the items' views together, of the training split (its originals are copied)
-    # SEEDS heads on the originals and the views, and SEEDS on the originals alone
-    heads = ((1 + VIEWS) + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * 1.4
+    views = 7 * VIEWS * 1400 / 200.0  # each item's views of the training split (its originals are copied)
+    # SEEDS heads per item on its originals and views, and SEEDS on the originals alone
+    heads = (7 * (1 + VIEWS) + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * 1.4
     assert plan.estimates["audit"] == pytest.approx(audit + views + heads)
     assert f"7 augmentations tried on {VIEWS} cached views per image" in plan.describe()
 
@@ -96,10 +96,9 @@ def test_the_flip_is_kept_when_the_classes_are_mirror_symmetric(tmp_path):
 
 
 def _kill_after_the_first_trained_item(argv: list[str], progress) -> dict:
-    """Runs ``headstart ARGV`` in its own process; SIGKILLs it once a trial on views has been recorded (the
-    together trial, or an item's alone).
+    """Runs ``headstart ARGV`` in its own process; SIGKILLs it once one item has been trained on views.
 
-    Returns the recorded view trials at the kill ({"candidates": …, "together": …}).
+    Returns the recorded candidates at the kill.
     """
     import json
     import os
@@ -115,11 +114,10 @@ def _kill_after_the_first_trained_item(argv: list[str], progress) -> dict:
         deadline = time.monotonic() + 400
         while True:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no trial on views was recorded in time"
+            assert time.monotonic() < deadline, "no item was trained in time"
             try:
-                record = json.loads(progress.read_text())["view_trials"]
-                done = record["candidates"]
-                if record.get("together") or any(c["judged_by"] == "views" for c in done.values()):
+                done = json.loads(progress.read_text())["view_trials"]["candidates"]
+                if any(c["judged_by"] == "views" for c in done.values()):
                     break
             except (OSError, ValueError, KeyError):
                 pass
@@ -130,7 +128,7 @@ def _kill_after_the_first_trained_item(argv: list[str], progress) -> dict:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    return record
+    return done
 
 
 @pytest.mark.slow
@@ -158,12 +156,9 @@ def test_finetune_augment_auto_killed_during_the_trials_resumes_with_the_same_co
     record = json.loads((out / "run.json").read_text())["recipe"]["augment"]
     after = {c["item"]: c for c in record["candidates"]}
     assert len(after) == 7 and record["audit"]["candidates"]  # every item, and the audit that pre-filtered them
-    done = before["candidates"]  # by item while under way; a list once the trials are done (a kill just after)
-    for item, trial in (done.items() if isinstance(done, dict) else ((c["item"], c) for c in done)):
+    for item, trial in before.items():
         assert after[item] == trial  # recorded before the kill: not trained again
         assert f"  {item}: " not in result.output
-    if before.get("together"):
-        assert record["together"] == before["together"] and "  together " not in result.output
     assert "flip" not in record["augment"].split(",")
     assert not (out / "view_trials").exists()  # every item's cache deleted once recorded
     assert (record["rows"], record["train_rows"]) == (24, 32)
@@ -219,63 +214,3 @@ def test_the_fit_names_the_views_it_draws_from_in_one_line():
                                                              "trials kept (zoom=0.1)")
     assert _views_line([], 1) == "training on the originals only: the view trials kept no augmentation"
     assert _views_line(None, 3) == "training on the originals and the head cache's 2 views per row"
-
-
-def _flow(monkeypatch, tmp_path, hurts: set[str], progress: dict | None = None):
-    """run_view_trials' order of trials with each trial's verdict given (``hurts``: the specs that hurt);
-    returns (result, the specs trained, the progress record)."""
-    from types import SimpleNamespace
-
-    from headstart.pipeline.evidence import view_trials as vt
-
-    trained = []
-
-    def trial(self, item, extract):
-        trained.append(item)
-        self.rows = {"train": 10, "validation": 4}
-        bad = item in hurts
-        return vt.ViewTrial(item, kept=not bad, judged_by="views", with_measure=0.5 if bad else 0.9,
-                            without_measure=0.9, difference=-0.4 if bad else 0.0, se=0.05, seeds=3, seconds=1.0,
-                            views_cache=str(extract.out) if not bad else None)
-
-    monkeypatch.setattr(vt._Trials, "trial", trial)
-    monkeypatch.setattr(vt, "trial_config", lambda head: None)
-    audit = SimpleNamespace(scores=[SimpleNamespace(item="flip=vertical", drop=0.4), SimpleNamespace(item="flip", drop=0.0)])
-    base = SimpleNamespace(out="base.h5")
-    monkeypatch.setattr(vt, "view_cache_config", lambda extract, item, out, views: SimpleNamespace(out=str(out)))
-    progress = {} if progress is None else progress
-    result = vt.run_view_trials(None, base, tmp_path, extract_features=None, audit=audit, resume_record=progress,
-                                save=lambda: None, candidates=("flip", "flip=vertical", "zoom=0.1", "contrast=0.2"),
-                                keep_views=True)
-    return result, trained, progress
-
-
-def test_the_items_the_audit_left_are_tried_together_first_and_kept_together(monkeypatch, tmp_path):
-    from headstart.pipeline.finetuning.choices import kept_views
-
-    result, trained, progress = _flow(monkeypatch, tmp_path, hurts=set())
-    assert trained == ["flip,zoom=0.1,contrast=0.2"]  # one extraction for three items; flip=vertical pre-filtered
-    assert result.augment == "flip,zoom=0.1,contrast=0.2"
-    judged = {t.item: t.judged_by for t in result.trials}
-    assert judged == {"flip": "together", "flip=vertical": "audit", "zoom=0.1": "together", "contrast=0.2": "together"}
-    assert result.together.kept and result.to_dict()["together"]["item"] == "flip,zoom=0.1,contrast=0.2"
-    # the fine-tune on the cache trains on the together trial's views, the augmentation it measured
-    assert kept_views({"view_trials": result.to_dict()}) == [("flip,zoom=0.1,contrast=0.2",
-                                                              str(tmp_path / "views-together.h5"))]
-    again, retrained, _ = _flow(monkeypatch, tmp_path, hurts=set(), progress=progress)
-    assert retrained == [] and again.augment == result.augment  # resumed: nothing is trained twice
-
-
-def test_items_are_tried_alone_only_when_together_they_hurt(monkeypatch, tmp_path):
-    from headstart.pipeline.finetuning.choices import kept_views
-
-    together = "flip,zoom=0.1,contrast=0.2"
-    result, trained, progress = _flow(monkeypatch, tmp_path, hurts={together, "flip"})
-    assert trained == [together, "flip", "zoom=0.1", "contrast=0.2"]
-    assert result.augment == "zoom=0.1,contrast=0.2" and not result.together.kept
-    assert [t.judged_by for t in result.trials] == ["views", "audit", "views", "views"]
-    assert [item for item, _ in kept_views({"view_trials": result.to_dict()})] == ["zoom=0.1", "contrast=0.2"]
-    # killed after the together trial: the items go on alone, the together trial is not run again
-    del progress["candidates"]["zoom=0.1"], progress["candidates"]["contrast=0.2"]
-    _, retrained, _ = _flow(monkeypatch, tmp_path, hurts={together, "flip"}, progress=progress)
-    assert retrained == ["zoom=0.1", "contrast=0.2"]

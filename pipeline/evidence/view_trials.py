@@ -3,38 +3,36 @@
 The invariance audit (``headstart.pipeline.evidence.audit``) asks whether a head trained WITHOUT a
 transform still reads transformed validation images; that judges the head, not the label (it
 dropped harmless flips of cats because the head never saw one, and kept a harmful flip of
-handwritten digits because ImageNet features are nearly mirror-invariant). Here the candidates are
-judged by what training with them does:
+handwritten digits because ImageNet features are nearly mirror-invariant). Here each candidate is
+judged by what training with it does:
 
-1. The audit drops the gross drops first (``PREFILTER_DROP``): a flip of digits that falls from
-   0.95 to 0.5 needs no training to be told apart.
-2. The remaining items are tried **together** first: the training split is extracted once more with
-   ``--augment-views K --augment ITEMS`` (every item drawn in each view, as fine-tuning with
-   ``--augment ITEMS`` would draw them), into a small cache under the work folder whose originals
-   are copied by key from the head's cache (``originals_from``), so the trial costs K backbone
-   passes. When heads trained with those views are not significantly worse than heads trained
-   without, every item is kept, for the price of one item. The augmentation fine-tuning then
-   uses is the one this trial measured, which per-item trials never measure.
-3. Only when together they hurt is each item tried alone the same way (one cache per item), and
-   the ones that hurt alone are dropped: adaptive group testing. Photos and digits keep five or
-   six of the seven items, so the usual price is one extraction instead of five or six.
-4. Heads are trained with train-head's recipe by the sweep's batched trainer
-   (``training.head_group.train_group``: an arm's seeds as one group, one compiled step for all)
-   on the originals only ("without", once) and on the originals plus the views ("with"), for
-   each of several seeds. Each head scores every validation row (correct 1 / wrong 0; the mean
-   over labels for a multi-label head). The comparison is paired twice over: the same seed, and
-   the same rows. Its difference is the mean over seeds of (with − without); its standard error
-   is the larger of the spread over seeds (what training noise does) and the spread over rows of
-   each row's seed-averaged difference (what the choice of validation images does, as McNemar's
-   test sees it). A trial hurts when difference + 2 SE < 0.
+1. The training split is extracted once more per candidate, with ``--augment-views K --augment
+   ITEM`` (``commands.extraction.extract_features``, train split only; the caller passes it in, as
+   the recipe sits below the stages), into a small cache of its own
+   under the work folder; its originals are copied by key from the head's cache
+   (``originals_from``), so an item costs K backbone passes, not K + 1. One cache per transform
+   rather than one cache with views grouped by transform: the extractor draws every view from one
+   augment spec, so grouping would need a second extraction path; a cache per item
+   is resumable by the extractor as it is, and is deleted once its trial is recorded —
+   unless ``keep_views`` (``finetune --on-cache``): then the extraction carries the head cache's tap
+   (``base.tap``) and a kept item's cache stays, its views' activations being what the on-cache
+   fine-tune trains on (``finetuning.on_cache.views_from``), with no second backbone pass.
+2. Heads are trained with train-head's recipe by the sweep's batched trainer (``training.head_group.train_group``:
+   an arm's seeds as one group, one compiled step for all of them) on the originals only ("without",
+   once for all candidates) and on the originals plus the item's views ("with"), for each of several seeds.
+3. Each head scores every validation row (correct 1 / wrong 0; the mean over labels for a
+   multi-label head). The comparison is paired twice over: the same seed, and the same rows. Its
+   difference is the mean over seeds of (with − without); its standard error is the larger of the
+   spread over seeds (what training noise does) and the spread over rows of each row's
+   seed-averaged difference (what the choice of validation images does, as McNemar's test sees it).
+4. An item is kept when the difference is not significantly below zero (difference + 2 SE ≥ 0):
+   it helps or is neutral; otherwise it hurts and is dropped.
 
-A trial's cache is deleted once recorded, unless ``keep_views`` (``finetune --on-cache``): then the
-extraction carries the head cache's tap (``base.tap``) and a kept trial's cache stays, its views'
-activations being what the on-cache fine-tune trains on (``finetuning.on_cache.views_from``), with
-no second backbone pass. Each trial's cache is resumable by the extractor as it is.
+The audit stays a pre-filter only for gross drops (``PREFILTER_DROP``): a flip of digits that falls
+from 0.95 to 0.5 needs no training to be told apart. Every other item is judged here.
 
 Not done: k folds over train + validation when validation is small. The cached views exist for the
-training split only (views of validation images would mean another extraction per trial); the
+training split only (views of validation images would mean another extraction per item); the
 per-row standard error above carries the uncertainty of a small validation split instead.
 """
 
@@ -116,10 +114,8 @@ class ViewTrial:
     """One candidate's figures.
 
     Attributes:
-        item: as ``--augment`` spells it (the together trial: every item it drew, joined).
-        kept: whether it stays in the augmentation.
-        judged_by: "views" (trained with and without its views), "together" (kept by the together
-            trial, which did not hurt; its figures are that trial's), or "audit" (dropped by the pre-filter).
+        item: as ``--augment`` spells it. kept: whether it stays in the augmentation.
+        judged_by: "views" (trained with and without), or "audit" (dropped by the pre-filter).
         with_measure, without_measure: mean validation accuracy over seeds (None when not trained).
         difference, se, se_seeds, se_rows: the paired comparison (``PairedDifference``).
         seeds: seeds per arm. audit_drop: the audit's drop for the item (None without an audit).
@@ -156,7 +152,6 @@ class ViewTrialsResult:
         views: views per training image. seeds: seeds per arm.
         rows: validation rows compared (as the audit's "rows"). train_rows: training rows the heads trained on.
         trials: one per candidate, in order. seconds: wall time of the whole choice.
-        together: the trial of every item the audit left, together (None with fewer than two).
     """
 
     augment: str
@@ -166,16 +161,13 @@ class ViewTrialsResult:
     train_rows: int
     trials: list[ViewTrial] = field(default_factory=list)
     seconds: float = 0.0
-    together: ViewTrial | None = None
 
     def to_dict(self) -> dict:
         return {"augment": self.augment, "measure": "accuracy", "views": self.views, "seeds": self.seeds,
                 "rows": self.rows, "train_rows": self.train_rows, "seconds": self.seconds, "candidates": [t.to_dict() for t in self.trials],
-                "together": None if self.together is None else self.together.to_dict(),
-                "rule": f"heads trained with and without cached views ({self.seeds} seeds, paired by seed and row), "
-                        f"of the items the audit left together, and of each alone only when together they hurt; "
-                        f"a trial hurts when with − without + {NOISE_Z:g} SE < 0; the audit drops an item whose "
-                        f"drop exceeds {PREFILTER_DROP:g}"}
+                "rule": f"heads trained with and without each item's cached views ({self.seeds} seeds, paired by "
+                        f"seed and row); an item is dropped when with − without + {NOISE_Z:g} SE < 0, or when "
+                        f"the invariance audit's drop exceeds {PREFILTER_DROP:g}"}
 
 
 def trial_config(head: Any) -> Any:
@@ -213,25 +205,23 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
                     candidates: Sequence[str], audit: Any = None, resume_record: dict, save: Callable[[], None],
                     reporter: Reporter = QUIET, views: int = VIEWS, seeds: int = SEEDS,
                     keep_views: bool = False) -> ViewTrialsResult:
-    """Judges the candidate items by training heads with and without their cached views: together
-    first, each alone only when together they hurt.
+    """Judges each candidate item by training heads with and without its cached views.
 
-    Resumable: the together trial is recorded in ``resume_record["together"]``, each decided
-    candidate in ``resume_record["candidates"]``, and ``save`` is called after each; a killed run
-    started again skips those, and the extractor resumes a half-written cache from its last
-    committed batch.
+    Resumable: each finished candidate is recorded in ``resume_record["candidates"]`` and ``save`` is
+    called; a killed run started again skips those, and the extractor resumes a half-written
+    item cache from its last committed batch.
 
     Args:
         head: the head run's ``RunDir`` (its cache gives the validation features; its config the recipe).
         extract: an ``ExtractConfig`` with the head cache's backbone, weights, size and source.
         extract_features: ``commands.extraction.extract_features`` (config, …): writes (or resumes) a cache.
-        work_dir: where the trials' caches are written (and deleted once their trial is recorded).
+        work_dir: where the items' caches are written (and deleted once their trial is recorded).
         candidates: items as ``--augment`` spells them.
         audit: an ``AuditResult`` whose drops pre-filter gross drops, or None.
         resume_record: the dict this step records into (mutated); save: persists it.
-        reporter: gets one line per trial (default: none).
+        reporter: gets one line per candidate (default: none).
         views: views per training image. seeds: seeds per arm.
-        keep_views: keep a kept trial's cache (its path in ``ViewTrial.views_cache``) instead of deleting it.
+        keep_views: keep a kept item's cache (its path in ``ViewTrial.views_cache``) instead of deleting it.
 
     Returns:
         A ViewTrialsResult; ``augment`` joins the kept items.
@@ -243,72 +233,37 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
     done = resume_record.setdefault("candidates", {})
     work_dir.mkdir(parents=True, exist_ok=True)
     judge = _Trials(head, trial_config(head), seeds, extract_features, keep_views)
-
-    def record(item: str, trial: ViewTrial) -> None:
+    for item in candidates:
+        if item in done:
+            continue
+        drop = drops.get(item)
+        if drop is not None and drop > PREFILTER_DROP:
+            trial = ViewTrial(item, kept=False, judged_by="audit", audit_drop=float(drop))
+        else:
+            trial = judge.trial(item, view_cache_config(extract, item, work_dir / f"views-{_slug(item)}.h5", views))
+            trial.audit_drop = None if drop is None else float(drop)
         done[item] = trial.to_dict()
         resume_record["rows"] = judge.rows or resume_record.get("rows", {})
         resume_record["seconds_before"] = time.perf_counter() - start
         save()
-
-    left = [item for item in candidates if not _prefiltered(drops.get(item))]
-    for item in candidates:
-        if item not in left and item not in done:
-            record(item, ViewTrial(item, kept=False, judged_by="audit", audit_drop=float(drops[item])))
-            reporter.line(_line(ViewTrial(**done[item])))
-    together = _together(judge, left, extract, work_dir, views, resume_record, save, reporter)
-    for item in left:
-        if item in done:
-            continue
-        if together is not None and together.kept:
-            trial = dataclasses.replace(together, item=item, judged_by="together", views_cache=None, seconds=0.0,
-                                        extract_seconds=0.0)
-        else:
-            trial = judge.trial(item, view_cache_config(extract, item, work_dir / f"views-{_slug(item)}.h5", views))
-            reporter.line(_line(trial))
-        trial.audit_drop = None if drops.get(item) is None else float(drops[item])
-        record(item, trial)
+        reporter.line(_line(trial))
     trials = [ViewTrial(**done[item]) for item in candidates]
     return ViewTrialsResult(augment=combine_items([t.item for t in trials if t.kept]), views=views, seeds=seeds,
                             rows=int(resume_record.get("rows", {}).get("validation", 0)),
                             train_rows=int(resume_record.get("rows", {}).get("train", 0)), trials=trials,
-                            seconds=time.perf_counter() - start, together=together)
+                            seconds=time.perf_counter() - start)
 
 
-def _prefiltered(drop: float | None) -> bool:
-    return drop is not None and drop > PREFILTER_DROP
-
-
-def _together(judge: _Trials, items: Sequence[str], extract: Any, work_dir: Path, views: int, resume_record: dict,
-              save: Callable[[], None], reporter: Reporter) -> ViewTrial | None:
-    """The trial of ``items`` together (recorded in ``resume_record["together"]``); None for fewer than two."""
-    from headstart.pipeline.evidence.audit import combine_items
-
-    if len(items) < 2:
-        return None
-    if resume_record.get("together") is None and any(c.get("judged_by") == "views"
-                                                     for c in resume_record.get("candidates", {}).values()):
-        return None  # a run recorded before trials went together: its items go on alone
-    if resume_record.get("together") is None:
-        spec = combine_items(items)
-        trial = judge.trial(spec, view_cache_config(extract, spec, work_dir / "views-together.h5", views))
-        resume_record["together"] = trial.to_dict()
-        resume_record["rows"] = judge.rows
-        save()
-        reporter.line(_line(trial, together=True))
-    return ViewTrial(**resume_record["together"])
-
-
-def _line(t: ViewTrial, together: bool = False) -> str:
+def _line(t: ViewTrial) -> str:
     if t.judged_by == "audit":
         return f"  {t.item}: dropped by the audit (validation falls {t.audit_drop:.3f} under it), not trained"
-    verdict = ("" if not together else ": all kept" if t.kept else ": they hurt together, so each is tried alone")
-    return (f"  {'together ' if together else ''}{t.item}: with {t.with_measure:.4f}, without {t.without_measure:.4f}, "
+    return (f"  {t.item}: with {t.with_measure:.4f}, without {t.without_measure:.4f}, "
             f"difference {t.difference:+.4f} ± {t.se:.4f} ({t.seeds} seeds, {t.seconds:.1f} s)"
-            f"{'' if t.kept or together else ' ✗'}{verdict}")
+            f"{'' if t.kept else ' ✗'}")
 
 
 class _Trials:
-    """The head cache's validation rows, the "without" arm (trained once), and one trial per augmentation."""
+    """The head cache's validation rows, the "without" arm (trained once), and one trial per item."""
 
     def __init__(self, head: Any, config: Any, seeds: int, extract_features: Callable[..., Any], keep_views: bool):
         self.head, self.config, self.seeds, self.extract_features = head, config, seeds, extract_features
@@ -317,8 +272,7 @@ class _Trials:
         self.rows: dict[str, int] = {}
 
     def trial(self, item: str, extract: Any) -> ViewTrial:
-        """Extracts ``item``'s views (resuming; ``item`` may join several), trains both arms, deletes
-        the views' cache (unless kept)."""
+        """Extracts the item's views (resuming), trains both arms, deletes the item's cache (unless kept)."""
         from headstart.features.cache import open_cache
 
         start = time.perf_counter()

@@ -106,14 +106,10 @@ def _view_trials(config: FinetuneConfig, plan: Any, resume_record: dict, save: C
 
 
 def kept_views(resume_record: dict) -> list[tuple[str, str]] | None:
-    """(item, cache path) of the views the trials kept with their cache (``--on-cache --augment auto``): the
-    together trial's (its item joins every kept item) when it kept them all, else each kept item's;
+    """(item, cache path) of each item the view trials kept with its cache (``--on-cache --augment auto``);
     None when no view trials ran."""
     if "view_trials" not in resume_record:
         return None
-    together = resume_record["view_trials"].get("together")
-    if together and together.get("kept") and together.get("views_cache"):
-        return [(together["item"], together["views_cache"])]
     candidates = resume_record["view_trials"].get("candidates") or []
     candidates = candidates.values() if isinstance(candidates, dict) else candidates  # a record still under way
     return [(c["item"], c["views_cache"]) for c in candidates if c.get("kept") and c.get("views_cache")]

@@ -74,23 +74,17 @@ def augment_decision(steps: Any, finetune: dict, plan: Any = None) -> Decision:
                         why="an item is dropped when validation falls by more than max(0.02, 2 standard errors)",
                         candidates=[Candidate(c["item"], c["measure"], kept=c["kept"]) for c in record["candidates"]])
     seconds = float(record.get("seconds") or 0) + float(record["audit"].get("seconds") or 0)
-    views = f"{record['views']} cached view{'s' if record['views'] != 1 else ''}"
-    together = record.get("together")
-    lead = [] if together is None else [_trial_candidate({**together, "item": "together"})]
-    how = (f"heads with − without {views} of the items together, {record['seeds']} seeds; each item alone only when "
-           "together they hurt" if together is not None else
-           f"heads with − without each item's {views}, {record['seeds']} seeds")
     return Decision("augment", record["augment"], measure="val_accuracy difference", seconds=seconds,
-                    why=f"{how}; dropped when below zero by 2 SE, or by the audit when it falls by more than 0.15",
-                    candidates=lead + [_trial_candidate(c) for c in record["candidates"]])
+                    why=f"heads with − without each item's {record['views']} cached view{'s' if record['views'] != 1 else ''}, "
+                        f"{record['seeds']} seeds; "
+                        "dropped when below zero by 2 SE, or by the audit when it falls by more than 0.15",
+                    candidates=[_trial_candidate(c) for c in record["candidates"]])
 
 
 def _trial_candidate(trial: dict) -> Candidate:
     if trial["judged_by"] == "audit":
         return Candidate(trial["item"], None, trial["seconds"], kept=False,
                          note=f"audit drop {trial['audit_drop']:.3f}")
-    if trial["judged_by"] == "together":
-        return Candidate(trial["item"], None, 0.0, kept=trial["kept"], note="kept together")
     return Candidate(trial["item"], trial["difference"], trial["seconds"], kept=trial["kept"],
                      note=f"± {trial['se']:.4f}")
 

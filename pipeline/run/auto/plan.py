@@ -263,18 +263,15 @@ def _estimate(plan: RecipePlan, speeds: Speeds) -> None:
 
 
 def _augment_seconds(plan: RecipePlan, speeds: Speeds, size: int) -> float:
-    """The audit (a validation pass per item and one untransformed) and the view trials as they usually
-    go: the items together in one trial (``evidence.view_trials``), i.e. the training split through
-    the backbone once per view (its originals are copied from the head's cache) and SEEDS heads on
-    its 1 + views copies, plus SEEDS heads on the originals. Items tried alone (when together they
-    hurt) cost the same again per item, unplanned."""
+    """The audit (a validation pass per item and one untransformed) and the view trials: per item,
+    the training split through the backbone once per view (its originals are copied from the head's
+    cache) and SEEDS heads on its 1 + views copies, plus SEEDS heads on the originals."""
     from headstart.pipeline.evidence.view_trials import SEEDS
 
     items, train = plan.audit_candidates, speeds.rows.get("train", 0)
-    trials = min(items, 1)
     audit = (items + 1) * speeds.forward_seconds(speeds.rows.get("validation", 0), size)
-    views = trials * plan.views * speeds.forward_seconds(train, size)
-    heads = (trials * (1 + plan.views) + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * max(train, 1) / 1000
+    views = items * plan.views * speeds.forward_seconds(train, size)
+    heads = (items * (1 + plan.views) + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * max(train, 1) / 1000
     return audit + views + heads
 
 
