@@ -159,21 +159,3 @@ def test_the_fine_tuning_row_counts_only_what_its_stage_spent_outside_the_other_
     counted = {d.name: d.seconds for d in _counted_once(rows, record)}
     assert counted == {"augment": 373.0, "lr": 135.0, "unfreeze": 0.0, "finetune": 29.0}
     assert sum(counted.values()) == 537.0
-
-
-def test_on_cache_rates_stop_going_up_once_a_step_up_does_worse():
-    from headstart.pipeline.finetuning.on_cache import _rising
-
-    def fit(lr, **value):
-        return {"lr": lr, "best_epoch": 2, "epochs_run": 5, "seconds": 9.0, **value}
-
-    assert _rising([fit(1e-5, val_loss=0.07)]) is None  # one rate: nothing to compare yet
-    assert _rising([fit(1e-5, val_loss=0.15), fit(1e-4, val_loss=0.097)]) is None  # the step up helped: go on
-    worse = _rising([fit(1e-5, val_loss=0.0691), fit(1e-4, val_loss=0.0780)])
-    assert worse == "val_loss was no better at lr 0.0001 (0.0780) than at 1e-05 (0.0691)"
-    assert _rising([fit(1e-5, val_loss=0.07), fit(1e-4, val_loss=float("nan"))]).startswith("val_loss was no better")
-    assert _rising([fit(1e-5, val_loss=float("nan")), fit(1e-4, val_loss=0.5)]) is None  # diverged below: go on
-    # a measure where higher is better (--monitor balanced_accuracy)
-    assert _rising([fit(1e-5, val_balanced_accuracy=0.90), fit(1e-4, val_balanced_accuracy=0.95)]) is None
-    assert _rising([fit(1e-5, val_balanced_accuracy=0.95), fit(1e-4, val_balanced_accuracy=0.90)]) is not None
-    assert _rising([fit(1e-5, val_loss=0.07), fit(1e-4, val_loss=0.08), {"lr": 1e-3, "skipped": "x"}]) == "x"

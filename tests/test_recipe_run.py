@@ -82,7 +82,7 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     result = _invoke(*args)
     assert result.exit_code == 0, result.output
     assert f"finetune-lr1e-05 epoch {saved}/2" not in result.output  # the saved epoch was not run again
-    assert "probe lr" not in result.output and result.output.count("on the cache at lr") in (2, 3)
+    assert "probe lr" not in result.output and result.output.count("on the cache at lr") == 3
     assert "reused: same source and extraction options" in result.output
     assert "reused: same features and head options" in result.output
     assert "[auto] recipe: will try image sizes 150 and 224, a 4-trial head sweep on each, 7 augmentations tried " \
@@ -94,9 +94,7 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     assert list(decisions) == ["image_size", "head", "augment", "lr", "unfreeze", "finetune", "other"]
     assert [c["value"] for c in decisions["image_size"]["candidates"]] == [150, 224]
     assert decisions["image_size"]["chosen"] in (150, 224) and not decisions["image_size"]["explicit"]
-    assert [c["value"] for c in decisions["lr"]["candidates"]] == [1e-5, 1e-4, 1e-3]  # on the cache, smallest up
-    fitted = [c for c in decisions["lr"]["candidates"] if c.get("note") != "not tried"]
-    assert result.output.count("on the cache at lr") == len(fitted) >= 2  # 1e-3 only when 1e-4 beat 1e-5
+    assert {c["value"] for c in decisions["lr"]["candidates"]} == {1e-5, 1e-4, 1e-3}  # each on the cache
     assert decisions["finetune"]["measure"] == "val_accuracy" and "±" in decisions["finetune"]["candidates"][1]["note"]
     assert all(d["seconds"] >= 0 for d in decisions.values())
     assert [b["name"] for b in summary["recipe"]["baselines"]] == ["knn", "logistic"]

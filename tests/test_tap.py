@@ -265,15 +265,9 @@ def test_probe_lr_on_the_cache_trains_each_rate_to_early_stopping_and_keeps_the_
                      "--epochs", 3, "--batch-size", 8, "--parity-samples", 4)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    tried = metrics["on_cache"]["rates"]
-    assert [r["lr"] for r in tried] == [1e-5, 1e-4, 1e-3]  # from the smallest up
-    rates = [r for r in tried if "skipped" not in r]
+    rates = metrics["on_cache"]["rates"]
+    assert [r["lr"] for r in rates] == [1e-5, 1e-4, 1e-3]
     assert all(1 <= r["best_epoch"] <= r["epochs_run"] <= 3 for r in rates)
-    # 1e-3 is fitted unless 1e-4 did worse than 1e-5: a larger step is then not expected to do better
-    skipped = rates[1]["val_loss"] >= rates[0]["val_loss"]
-    assert len(rates) == (2 if skipped else 3) and result.output.count("on the cache at lr") == len(rates)
-    if skipped:
-        assert tried[2]["skipped"].startswith("val_loss was no better at lr 0.0001") and "lr 0.001 not tried" in result.output
     best = min(rates, key=lambda r: r["val_loss"])
     assert metrics["lr"] == best["lr"] and f"kept lr {best['lr']:g}" in result.output
     assert metrics["unfreeze"].startswith("top:")  # --unfreeze all on the cache: every layer above the tap

@@ -264,12 +264,7 @@ def fit_top_blocks(config: FinetuneConfig, spec: Unfreeze, plan: FinetunePlan, m
         f"trainable parameters; BatchNorm frozen")
     rates = PROBE_LRS if "lr" in parse_probe(config.probe) else (config.lr,)
     seeded, tried, best = top.get_weights(), [], None
-    for lr in sorted(rates):
-        rising = _rising(tried)
-        if rising:  # a larger step is not expected to do better than the two below it
-            tried.append({"lr": lr, "skipped": rising})
-            reporter.line(f"on the cache: lr {lr:g} not tried: {rising}")
-            continue
+    for lr in rates:
         top.set_weights(seeded)
         stage, score = _fit_rate(config, plan, top, setup, run_dir, lr, train, val, reporter, callbacks, many=len(rates) > 1)
         tried.append({"lr": lr, "best_epoch": stage.best_epoch, "epochs_run": len(stage.epoch_seconds),
@@ -279,9 +274,8 @@ def fit_top_blocks(config: FinetuneConfig, spec: Unfreeze, plan: FinetunePlan, m
     stage, score, lr, weights = best
     top.set_weights(weights)
     if len(rates) > 1:
-        fitted = ", ".join(f"{r['lr']:g}" for r in tried if "skipped" not in r)
         reporter.line(f"on the cache: kept lr {lr:g} ({stage.monitor} {score:.4f}, epoch {stage.best_epoch} of "
-            f"{len(stage.epoch_seconds)}) of {fitted}")
+            f"{len(stage.epoch_seconds)}) of {', '.join(f'{r:g}' for r in rates)}")
     parity = check_top_parity(config, plan, model, tap, reporter)
     return stage, {**counts, "metrics": {"unfreeze": str(spec), "lr": lr},
                    "on_cache": {"tap": tap, "rates": tried, "parity": parity and parity.to_dict(),
@@ -308,26 +302,6 @@ def _fit_rate(config: FinetuneConfig, plan: FinetunePlan, top: keras.Model, setu
     values = stage.history.get(stage.monitor, [])
     score = values[stage.best_epoch - 1] if stage.best_epoch and len(values) >= stage.best_epoch else float("nan")
     return stage, float(score)
-
-
-def _rising(tried: Sequence[dict]) -> str | None:
-    """Why the next (larger) rate is not tried, or None: the last rate fitted did no better on its
-    monitored value than the one below it (NaN counts as worse; a tie goes to the cheaper search).
-
-    Rates are tried from the smallest up; validation as a function of the log-rate is taken to have
-    one best (the assumption of a learning-rate range test), so once a step up does no better, a
-    larger step is not expected to, and its fit is saved. While a step up helps, the next one is tried.
-    """
-    if any("skipped" in r for r in tried):
-        return tried[-1]["skipped"]
-    if len(tried) < 2:
-        return None
-    low, high = tried[-2:]
-    key = next(k for k in high if k not in ("lr", "best_epoch", "epochs_run", "seconds"))
-    a, b = float(low[key]), float(high[key])
-    if _better(b, a, key) or a != a:
-        return None
-    return f"{key} was no better at lr {high['lr']:g} ({b:.4f}) than at {low['lr']:g} ({a:.4f})"
 
 
 def _better(score: float, best: float, monitor: str) -> bool:

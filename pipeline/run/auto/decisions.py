@@ -126,10 +126,8 @@ def _on_cache_decision(name: str, on_cache: dict, finetune: dict) -> Decision:
     monitor = next((k for k in (rates[0] if rates else {}) if k.startswith("val_")), "val_loss")
     chosen = finetune.get("on_cache_lr")
     return Decision("lr", chosen, measure=monitor, seconds=sum(float(r.get("seconds") or 0) for r in rates),
-                    why="fine-tunes on the cache, each to early stopping, from the smallest rate up until one does no better "
-                        "than the rate below it",
-                    candidates=[Candidate(r["lr"], None, 0.0, kept=False, note="not tried") if "skipped" in r else
-                                Candidate(r["lr"], r.get(monitor), float(r.get("seconds") or 0), kept=r["lr"] == chosen,
+                    why="fine-tunes on the cache, each to early stopping",
+                    candidates=[Candidate(r["lr"], r.get(monitor), float(r.get("seconds") or 0), kept=r["lr"] == chosen,
                                           note=f"epoch {r.get('best_epoch')} of {r.get('epochs_run')}")
                                 for r in rates])
 
