@@ -402,8 +402,12 @@ def test_the_exit_code_rule_holds_for_input_machine_and_busy(tmp_path, cache):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_the_exit_code_rule_holds_for_signals(tmp_path, signum, code):
-    script = ("import sys, time\nfrom headstart.pipeline.cli_errors import library_call\n"
-              "print('ready', flush=True)\nlibrary_call(lambda: time.sleep(60))()\n")
+    # SIGINT as a terminal gives it: a suite started in the background (`pytest &` from a script)
+    # passes on SIGINT ignored, which library_call rightly leaves alone, and the child then slept
+    # through it. "ready" is printed inside the call, once the handlers are installed.
+    script = ("import signal, sys, time\nfrom headstart.pipeline.cli_errors import library_call\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "library_call(lambda: (print('ready', flush=True), time.sleep(60)))()\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=subprocess_env(tmp_path))
     assert proc.stdout.readline().strip() == "ready"
