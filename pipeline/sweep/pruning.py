@@ -19,6 +19,8 @@ had stopped by epoch 76 at 0.22–0.85) holds its whole group, and the round, fo
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from typing import Any
 
@@ -85,9 +87,6 @@ class StragglerMedianPruner:
 
     def prune(self, study: Any, trial: Any) -> bool:
         """Whether ``trial`` (a FrozenTrial with its reported values) stops now (``BasePruner.prune``)."""
-        import math
-
-        import numpy as np
         from optuna.study import StudyDirection
         from optuna.trial import TrialState
 
@@ -99,10 +98,18 @@ class StragglerMedianPruner:
             return False
         if any(t.last_step is not None and t.last_step >= step for t in finished):
             return False  # some finished trial got this far: the median rule above has spoken
-        pick = max if study.direction == StudyDirection.MAXIMIZE else min
-        own = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
-        bests = [pick(vs) for t in finished if (vs := [v for v in t.intermediate_values.values() if math.isfinite(v)])]
-        if not own or len(bests) < self._stragglers:
-            return not own  # never finite: as MedianPruner, a NaN trial stops
-        median = float(np.median(bests))
-        return pick(own) < median if study.direction == StudyDirection.MAXIMIZE else pick(own) > median
+        maximize = study.direction == StudyDirection.MAXIMIZE
+        best = _best(trial, maximize)
+        if best is None:
+            return True  # never finite: as MedianPruner, a NaN trial stops
+        bests = [b for t in finished if (b := _best(t, maximize)) is not None]
+        if len(bests) < self._stragglers:
+            return False
+        median = statistics.median(bests)
+        return best < median if maximize else best > median
+
+
+def _best(trial: Any, maximize: bool) -> float | None:
+    """A trial's best finite reported value, or None when none was finite."""
+    finite = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
+    return (max if maximize else min)(finite) if finite else None
