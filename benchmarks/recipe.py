@@ -16,6 +16,14 @@ ImageNet backbone a new user would pick (MobileNetV2 0.35, the shared weights):
   ``pip install --no-deps -e`` of it), that commit's ``--recipe auto`` too, run first.
 
     python benchmarks/recipe.py [--out DIR] [--datasets cats,digits] [--budget MINUTES] [--before-python PY]
+                                [--repeats R]
+
+With ``--repeats R`` (R ≥ 2) auto and the guide run R times each, in the order auto, guide, guide,
+auto, auto, guide, … (each pair's order reversed from the last, so a machine slowing down through the
+benchmark loads neither recipe more): the wall-time ratio is then judged per pair (auto_i / guide_i,
+two runs minutes apart) and reported as the pairs' geometric mean with their range, rather than from
+one pair that a change of load between two runs can move by 30 %. Accuracies are the first run's (a
+recipe's decisions and weights are seeded; later runs only time it).
 
 Prints one table per dataset and writes ``DIR/recipe_benchmark.json``. Goals (issue 20): auto beats
 every baseline on both datasets; auto's wall time is at most 3× the guide's. Issue 26: auto at least
@@ -128,15 +136,43 @@ def cache_probe(cache: Path) -> dict:
             "test": logistic.test["accuracy"], "seconds": logistic.seconds}
 
 
-def bench(name: str, source: Path, out: Path, budget: float | None, before_python: str | None = None) -> dict:
+def alternated_runs(name: str, source: Path, out: Path, budget: float | None, repeats: int) -> tuple[dict, ...]:
+    """Auto and the guide ``repeats`` times each, each pair's order the reverse of the one before.
+
+    Returns:
+        (auto summary, guide summary, auto seconds per pair, guide seconds per pair): the summaries are
+        the first runs'; later runs write to NAME-auto-rI / NAME-guide-rI and only time the recipe.
+    """
+    summaries, seconds = {}, {"auto": [], "guide": []}
+    for i in range(repeats):
+        order = ("auto", "guide") if i % 2 == 0 else ("guide", "auto")
+        for recipe in order:
+            folder = out / (f"{name}-{recipe}" + (f"-r{i}" if i else ""))
+            summary, wall = run_headstart(source, folder, recipe, budget if recipe == "auto" else None)
+            summaries.setdefault(recipe, summary)
+            seconds[recipe].append(wall)
+            print(f"  {name} {recipe} run {i + 1}/{repeats}: {wall:.1f} s", flush=True)
+    return summaries["auto"], summaries["guide"], seconds["auto"], seconds["guide"]
+
+
+def time_ratio(auto_seconds: list[float], guide_seconds: list[float]) -> dict:
+    """Paired wall-time ratios (auto_i / guide_i): their geometric mean, smallest and largest."""
+    ratios = np.array(auto_seconds) / np.array(guide_seconds)
+    return {"pairs": [float(r) for r in ratios], "geometric_mean": float(np.exp(np.log(ratios).mean())),
+            "min": float(ratios.min()), "max": float(ratios.max())}
+
+
+def bench(name: str, source: Path, out: Path, budget: float | None, before_python: str | None = None,
+          repeats: int = 1) -> dict:
     rows = {}
     if before_python:
         before, before_s = run_headstart(source, out / f"{name}-auto-before", "auto", budget, before_python)
         rows["auto_before"] = {"test": before["test"]["accuracy"], "seconds": before_s, "recipe": before.get("recipe")}
-    auto, auto_s = run_headstart(source, out / f"{name}-auto", "auto", budget)
-    guide, guide_s = run_headstart(source, out / f"{name}-guide", "guide", None)
-    rows = {"auto": {"test": auto["test"]["accuracy"], "seconds": auto_s, "recipe": auto.get("recipe")},
-            "guide": {"test": guide["test"]["accuracy"], "seconds": guide_s}, **rows}
+    auto, guide, auto_s, guide_s = alternated_runs(name, source, out, budget, repeats)
+    ratio = time_ratio(auto_s, guide_s)
+    rows = {"auto": {"test": auto["test"]["accuracy"], "seconds": float(np.median(auto_s)), "runs": auto_s,
+                     "recipe": auto.get("recipe"), "time_ratio": ratio},
+            "guide": {"test": guide["test"]["accuracy"], "seconds": float(np.median(guide_s)), "runs": guide_s}, **rows}
     rows.update(pixel_baselines(raw_pixels(source)))
     rows["logistic_guide_cache"] = cache_probe(out / f"{name}-guide" / "features.h5")
     chosen = (auto.get("recipe") or {}).get("cache") or str(out / f"{name}-auto" / "features.h5")
@@ -149,7 +185,10 @@ def format_rows(name: str, rows: dict) -> str:
              f"  {'':24s} {'test acc.':>9s} {'time':>8s}"]
     for key, row in rows.items():
         lines.append(f"  {key:24s} {row['test']:9.4f} {row['seconds']:7.1f}s")
-    lines.append(f"  auto / guide wall time: {rows['auto']['seconds'] / rows['guide']['seconds']:.2f}x; "
+    ratio = rows["auto"]["time_ratio"]
+    pairs = len(ratio["pairs"])
+    spread = f" (geometric mean of {pairs} alternated pairs, {ratio['min']:.2f}–{ratio['max']:.2f})" if pairs > 1 else ""
+    lines.append(f"  auto / guide wall time: {ratio['geometric_mean']:.2f}x{spread}; "
                  f"auto beats every baseline: {all(rows['auto']['test'] > r['test'] for k, r in rows.items() if k != 'auto')}")
     margin = rows["auto"]["test"] - rows["logistic_auto_cache"]["test"]
     lines.append(f"  auto − logistic probe on its cache: {margin:+.4f} (issue 26's goal: at least +0.0100)")
@@ -162,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="cats,digits")
     parser.add_argument("--budget", type=float, default=None)
     parser.add_argument("--before-python", default=None, help="a Python whose headstart is the commit to compare")
+    parser.add_argument("--repeats", type=int, default=1, help="auto and the guide alternated this many times each")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "cats" and not (ASSETS / "cats_vs_dogs_2k").is_dir():
             print("cats: ../shared/assets is absent; skipped")
             continue
-        results[name] = bench(name, sources[name](), out, args.budget, args.before_python)
+        results[name] = bench(name, sources[name](), out, args.budget, args.before_python, args.repeats)
         print(format_rows(name, results[name]), flush=True)
     (out / "recipe_benchmark.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     return 0
