@@ -128,16 +128,25 @@ def test_views_of_another_cache_are_matched_by_key_and_checked_for_provenance(ta
         keys, stored = list(train.keys), np.asarray(train.view_activations[:])
         fields = dict(path="base.h5", config=cache.config, tap=cache.tap, class_names=cache.class_names)
 
-    def base(keys=keys[::-1], **changed):  # the head cache as views_from reads it; rows reversed by default
-        return SimpleNamespace(**{**fields, **changed}, split=lambda _: SimpleNamespace(keys=keys))
+    def base(keys=keys[::-1], activations=None, **changed):  # the head cache as views_from reads it; rows reversed
+        own = np.zeros((len(keys), *stored.shape[2:]), stored.dtype) if activations is None else activations
+        return SimpleNamespace(**{**fields, **changed},
+                               split=lambda _: SimpleNamespace(keys=keys, activations=own))
 
-    np.testing.assert_array_equal(views_from(path, base(), "train"), stored[::-1])  # each row its own views
-    with pytest.raises(DataError, match="no views of 1 train rows of base.h5"):
-        views_from(path, base(keys=[*keys, "dogs/new.jpg"]), "train")
+    np.testing.assert_array_equal(views_from([path], base(), "train"), stored[::-1])  # each row its own views
+    # Two caches of every row: each row has both caches' views, the first's first.
+    np.testing.assert_array_equal(views_from([path, path], base(), "train"),
+                                  np.concatenate([stored[::-1], stored[::-1]], axis=1))
+    # A row the cache lacks (an item's part holds some rows, evidence.view_parts) is its own activations.
+    new = np.full((1, *stored.shape[2:]), 7, stored.dtype)
+    padded = views_from([path], base(keys=[*keys, "dogs/new.jpg"], activations=np.concatenate(
+        [np.zeros((len(keys), *stored.shape[2:]), stored.dtype), new])), "train")
+    np.testing.assert_array_equal(padded[:-1], stored)
+    assert (padded[-1] == 7).all() and padded.shape[1] == stored.shape[1]
     with pytest.raises(DataError, match="different tap"):
-        views_from(path, base(tap={**fields["tap"], "layer": "elsewhere"}), "train")
+        views_from([path], base(tap={**fields["tap"], "layer": "elsewhere"}), "train")
     with pytest.raises(DataError, match="different weights_fingerprint"):
-        views_from(path, base(config={**fields["config"], "weights_fingerprint": "0" * 64}), "train")
+        views_from([path], base(config={**fields["config"], "weights_fingerprint": "0" * 64}), "train")
 
 
 @pytest.mark.slow

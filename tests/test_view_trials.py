@@ -40,6 +40,22 @@ def test_one_seed_has_no_seed_spread_and_a_tie_is_kept():
     assert same.mean == 0.0 and same.se == 0.0 and not same.hurts  # neutral: kept
 
 
+def test_views_by_key_gives_each_row_the_views_of_the_caches_holding_it():
+    from headstart.pipeline.evidence.view_parts import part_spec, views_by_key
+
+    originals = np.arange(4, dtype=np.float32)[:, None] * 10  # rows a, b, c, d: (4, 1)
+    keys = ["a", "b", "c", "d"]
+    whole = (["d", "c", "b", "a"], np.array([[[31], [32]], [[21], [22]], [[11], [12]], [[1], [2]]], np.float32))
+    # A cache of every row, in another order: matched by key.
+    assert views_by_key(originals, keys, [whole])[:, :, 0].tolist() == [[1, 2], [11, 12], [21, 22], [31, 32]]
+    # Items' parts: a and c hold one item's views, b another's, d none; padded with the row's original.
+    parts = [(["c", "a"], np.array([[[25], [26]], [[5], [6]]], np.float32)), (["b"], np.array([[[15], [16]]], np.float32)),
+             (["zz"], np.array([[[99], [99]]], np.float32))]  # a row outside the split is ignored
+    assert views_by_key(originals, keys, parts)[:, :, 0].tolist() == [[5, 6], [15, 16], [25, 26], [30, 30]]
+    assert views_by_key(originals, keys, [])[:, :, 0].tolist() == [[0], [10], [20], [30]]  # nothing: the original
+    assert part_spec(0, 1) is None and part_spec(2, 5) == "2/5"
+
+
 def test_the_budget_plan_counts_the_view_trials():
     from headstart.pipeline.run.auto.plan import TRIAL_SECONDS_PER_1K_ROWS, Speeds, plan_recipe
     from headstart.pipeline.evidence.view_trials import SEEDS, VIEWS
@@ -48,14 +64,14 @@ def test_the_budget_plan_counts_the_view_trials():
     plan = plan_recipe(speeds, native_size=None, search_head=False, audit_candidates=7, probe_lrs=(),
                        probe_depth=False, budget_minutes=600)
     audit = 8 * 200 / 200.0  # a validation pass per item and one untransformed
-    views = 7 * VIEWS * 1400 / 200.0  # each item's views of the training split (its originals are copied)
+    views = VIEWS * 1400 / 200.0  # each item's views of its part of the training split, all parts once
     # SEEDS heads per item on its originals and views, and SEEDS on the originals alone
     heads = (7 * (1 + VIEWS) + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * 1.4
     assert plan.estimates["audit"] == pytest.approx(audit + views + heads)
     assert f"7 augmentations tried on {VIEWS} cached views per image" in plan.describe()
 
 
-def _trials(tmp_path, classes):
+def _trials(tmp_path, classes, candidates=("flip",), keep_views=False):
     from headstart.pipeline.config import ExtractConfig, HeadConfig
     from headstart.pipeline.evidence.view_trials import run_view_trials
     from headstart.pipeline.store.rundir import RunDir
@@ -70,7 +86,7 @@ def _trials(tmp_path, classes):
     head = RunDir.open(tmp_path / "head", kind="head", recipe=True)
     progress, saves = {}, []
     result = run_view_trials(head, base, tmp_path / "trials", extract_features=extract_features,
-                             candidates=("flip",), resume_record=progress,
+                             candidates=candidates, resume_record=progress, keep_views=keep_views,
                              save=lambda: saves.append(dict(progress["candidates"])))
     return result, progress, saves
 
@@ -93,6 +109,25 @@ def test_the_flip_is_kept_when_the_classes_are_mirror_symmetric(tmp_path):
     (flip,) = result.trials
     assert flip.without_measure >= 0.9
     assert flip.kept and flip.difference + 2 * flip.se >= 0 and result.augment == "flip"
+
+
+@pytest.mark.slow
+def test_the_items_share_the_training_rows_out_and_each_trains_on_its_part(tmp_path):
+    """Two items trained: each extracts views of its own half of the rows (one pass over the split in all)."""
+    from headstart.features.cache import open_cache
+    from headstart.pipeline.data.splits import shard_of
+
+    result, _, _ = _trials(tmp_path, ("circle", "square"), candidates=("flip", "brightness=0.2"), keep_views=True)
+    parts = {}
+    for trial in result.trials:
+        assert trial.judged_by == "views" and trial.kept and trial.views_cache
+        with open_cache(trial.views_cache) as cache:
+            train = cache.split("train")
+            parts[trial.item] = set(train.keys)
+            assert train.views.shape[1] == 2 and len(train) == trial.view_rows
+    flip, brightness = parts["flip"], parts["brightness=0.2"]
+    assert flip and brightness and not flip & brightness and len(flip | brightness) == result.train_rows == 64
+    assert {shard_of(k, 2) for k in flip} == {0} and {shard_of(k, 2) for k in brightness} == {1}  # stable on resume
 
 
 def _kill_after_the_first_trained_item(argv: list[str], progress) -> dict:
@@ -212,5 +247,7 @@ def test_the_fit_names_the_views_it_draws_from_in_one_line():
     assert kept_views({}) is None  # no trials ran: --augment was given
     assert _views_line([("zoom=0.1", "x.h5")], 3).endswith("2 cached views per row of the augmentation the view "
                                                              "trials kept (zoom=0.1)")
+    assert _views_line([("zoom=0.1", "x.h5"), ("flip", "y.h5")], 2).endswith(
+        "up to 1 cached views per row of the augmentation the view trials kept, each row's of one item (zoom=0.1, flip)")
     assert _views_line([], 1) == "training on the originals only: the view trials kept no augmentation"
     assert _views_line(None, 3) == "training on the originals and the head cache's 2 views per row"

@@ -6,11 +6,13 @@ dropped harmless flips of cats because the head never saw one, and kept a harmfu
 handwritten digits because ImageNet features are nearly mirror-invariant). Here each candidate is
 judged by what training with it does:
 
-1. The training split is extracted once more per candidate, with ``--augment-views K --augment
-   ITEM`` (``commands.extraction.extract_features``, train split only; the caller passes it in, as
-   the recipe sits below the stages), into a small cache of its own
-   under the work folder; its originals are copied by key from the head's cache
-   (``originals_from``), so an item costs K backbone passes, not K + 1. One cache per transform
+1. The training rows are shared out among the M candidates the pre-filter leaves
+   (``evidence.view_parts``: a stable 1/M each), and each candidate's part is extracted once more
+   with ``--augment-views K --augment ITEM --shard j/M`` (``commands.extraction.extract_features``,
+   train split only; the caller passes it in, as the recipe sits below the stages), into a small
+   cache of its own under the work folder; its originals are copied by key from the head's cache
+   (``originals_from``), so all candidates together cost K backbone passes over the split, not
+   M × (K + 1). One cache per transform
    rather than one cache with views grouped by transform: the extractor draws every view from one
    augment spec, so grouping would need a second extraction path; a cache per item
    is resumable by the extractor as it is, and is deleted once its trial is recorded —
@@ -19,7 +21,8 @@ judged by what training with it does:
    fine-tune trains on (``finetuning.on_cache.views_from``), with no second backbone pass.
 2. Heads are trained with train-head's recipe by the sweep's batched trainer (``training.head_group.train_group``:
    an arm's seeds as one group, one compiled step for all of them) on the originals only ("without",
-   once for all candidates) and on the originals plus the item's views ("with"), for each of several seeds.
+   once for all candidates) and on every original plus the item's views of its part ("with"), for
+   each of several seeds.
 3. Each head scores every validation row (correct 1 / wrong 0; the mean over labels for a
    multi-label head). The comparison is paired twice over: the same seed, and the same rows. Its
    difference is the mean over seeds of (with − without); its standard error is the larger of the
@@ -120,6 +123,7 @@ class ViewTrial:
         difference, se, se_seeds, se_rows: the paired comparison (``PairedDifference``).
         seeds: seeds per arm. audit_drop: the audit's drop for the item (None without an audit).
         seconds: wall time of the trial, extraction of its views included. extract_seconds: of which extraction.
+        view_rows: training rows with views of the item (its part of the split, ``evidence.view_parts``).
         views_cache: the item's cache, kept for ``finetune --on-cache`` to train on (``keep_views``), or None
             (deleted once recorded).
     """
@@ -137,6 +141,7 @@ class ViewTrial:
     audit_drop: float | None = None
     seconds: float = 0.0
     extract_seconds: float = 0.0
+    view_rows: int = 0
     views_cache: str | None = None
 
     def to_dict(self) -> dict:
@@ -187,14 +192,15 @@ def trial_config(head: Any) -> Any:
                                class_weight="none", mixed_precision=False, overwrite=False)
 
 
-def view_cache_config(base: Any, item: str, out: Path, views: int = VIEWS) -> Any:
+def view_cache_config(base: Any, item: str, out: Path, views: int = VIEWS, part: str | None = None) -> Any:
     """The ExtractConfig of one item's cache: ``base``'s backbone, source and tap, train split only, ``views`` views.
 
     With ``base.tap`` the views' activations at the tap are cached too, so a kept item's cache is what
     ``finetune --on-cache`` trains its top layers on (no second pass of the backbone over the views).
+    ``part`` (``view_parts.part_spec``: "j/M") extracts only the item's part of the training rows.
     """
     return dataclasses.replace(base, out=str(out), splits=("train",), augment_views=views, augment=item,
-                               overwrite=False, shard=None, strict=False)
+                               overwrite=False, shard=part, strict=False)
 
 
 def _slug(item: str) -> str:
@@ -227,20 +233,24 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
         A ViewTrialsResult; ``augment`` joins the kept items.
     """
     from headstart.pipeline.evidence.audit import combine_items
+    from headstart.pipeline.evidence.view_parts import part_spec
 
     start = time.perf_counter() - float(resume_record.get("seconds_before", 0.0))
     drops = {s.item: s.drop for s in audit.scores} if audit is not None else {}
     done = resume_record.setdefault("candidates", {})
     work_dir.mkdir(parents=True, exist_ok=True)
     judge = _Trials(head, trial_config(head), seeds, extract_features, keep_views)
+    trained = [item for item in candidates if not _prefiltered(drops.get(item))]
     for item in candidates:
         if item in done:
             continue
         drop = drops.get(item)
-        if drop is not None and drop > PREFILTER_DROP:
+        if _prefiltered(drop):
             trial = ViewTrial(item, kept=False, judged_by="audit", audit_drop=float(drop))
         else:
-            trial = judge.trial(item, view_cache_config(extract, item, work_dir / f"views-{_slug(item)}.h5", views))
+            part = part_spec(trained.index(item), len(trained))
+            trial = judge.trial(item, view_cache_config(extract, item, work_dir / f"views-{_slug(item)}.h5", views,
+                                                        part))
             trial.audit_drop = None if drop is None else float(drop)
         done[item] = trial.to_dict()
         resume_record["rows"] = judge.rows or resume_record.get("rows", {})
@@ -254,11 +264,16 @@ def run_view_trials(head: Any, extract: Any, work_dir: Path, *, extract_features
                             seconds=time.perf_counter() - start)
 
 
+def _prefiltered(drop: float | None) -> bool:
+    return drop is not None and drop > PREFILTER_DROP
+
+
 def _line(t: ViewTrial) -> str:
     if t.judged_by == "audit":
         return f"  {t.item}: dropped by the audit (validation falls {t.audit_drop:.3f} under it), not trained"
     return (f"  {t.item}: with {t.with_measure:.4f}, without {t.without_measure:.4f}, "
-            f"difference {t.difference:+.4f} ± {t.se:.4f} ({t.seeds} seeds, {t.seconds:.1f} s)"
+            f"difference {t.difference:+.4f} ± {t.se:.4f} ({t.seeds} seeds, views of {t.view_rows} rows, "
+            f"{t.seconds:.1f} s)"
             f"{'' if t.kept else ' ✗'}")
 
 
@@ -272,7 +287,7 @@ class _Trials:
         self.rows: dict[str, int] = {}
 
     def trial(self, item: str, extract: Any) -> ViewTrial:
-        """Extracts the item's views (resuming), trains both arms, deletes the item's cache (unless kept)."""
+        """Extracts the item's views of its part (resuming), trains both arms, deletes the item's cache (unless kept)."""
         from headstart.features.cache import open_cache
 
         start = time.perf_counter()
@@ -285,12 +300,14 @@ class _Trials:
 
                 raise DataError(f"{self.head.cache['path']}: the head's cache has no validation rows to judge "
                                 "augmentations on; extract it with --splits train,validation")
-            val = base.split("validation")
-            train = cache.split("train")
+            # a part can be empty on a tiny split shared among many items: its arm is then the originals'
+            val, train = base.split("validation"), base.split("train")
+            part = cache.split("train") if "train" in cache.splits else None
             self.rows = {"train": len(train), "validation": len(val)}
             if self._without is None:
-                self._without = self._scores(train, val, with_views=False, multi_label=cache.multi_label)
-            with_scores = self._scores(train, val, with_views=True, multi_label=cache.multi_label)
+                self._without = self._scores(train, val, with_views=False, multi_label=base.multi_label)
+            with_scores = self._scores(_with_part(train, part), val, with_views=True, multi_label=base.multi_label)
+            view_rows = len(part) if part is not None else 0
         diff = paired_difference(with_scores, self._without)
         keep = self.keep_views and not diff.hurts
         if not keep:
@@ -298,7 +315,8 @@ class _Trials:
         return ViewTrial(item, kept=not diff.hurts, judged_by="views", views_cache=str(extract.out) if keep else None,
                          with_measure=float(with_scores.mean()), without_measure=float(self._without.mean()),
                          difference=diff.mean, se=diff.se, se_seeds=diff.se_seeds, se_rows=diff.se_rows,
-                         seeds=diff.seeds, seconds=time.perf_counter() - start, extract_seconds=extract_seconds)
+                         seeds=diff.seeds, seconds=time.perf_counter() - start, extract_seconds=extract_seconds,
+                         view_rows=view_rows)
 
     def _scores(self, train: Any, val: Any, *, with_views: bool, multi_label: bool) -> np.ndarray:
         """float (seeds, N_val): each seed's head's score of each validation row.
@@ -325,6 +343,28 @@ class _Trials:
         scores = [(predict_classes(run.logits, len(cache.class_names), multi_label) == val_labels)
                   .reshape(len(val_labels), -1).mean(axis=1) for run in runs]
         return np.stack(scores).astype(np.float64)
+
+
+@dataclass
+class _PartSplit:
+    """The "with" arm's training split: every original, and each row's views of the item (or its original)."""
+
+    features: np.ndarray  # (N, *feature_shape)
+    views: np.ndarray     # (N, K, *feature_shape)
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def _with_part(train: Any, part: Any | None) -> _PartSplit:
+    """The head cache's training split with the views an item's cache holds of its part of the rows."""
+    from headstart.pipeline.evidence.view_parts import views_by_key
+
+    features = np.asarray(train.features[...])
+    parts = [(list(part.keys), np.asarray(part.views[...]))] if part is not None and len(part) else []
+    views = views_by_key(features, list(train.keys), parts)
+    return _PartSplit(features, views, np.asarray(train.labels))
 
 
 def _arm_cache(train: Any, val: Any, class_names: Sequence[str], with_views: bool, multi_label: bool) -> Any:

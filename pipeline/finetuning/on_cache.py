@@ -17,9 +17,10 @@ Augmentation on the cache: each epoch, every training row is shown as its origin
 one of its K cached views, drawn uniformly (the views were augmented with the cache's ``augment``);
 the image-level ``--augment`` layer never runs, since no image does. With ``--augment auto`` the
 views of each item the view trials kept (``evidence.view_trials``, whose per-item caches carry
-activations at the same tap) join the draw: a row with two kept items has 1 + 2×2 versions. Their
-rows are matched to the head cache's by key, and their backbone, weights, size, tap and classes are
-checked against it. BatchNorm stays frozen as in
+activations at the same tap) join the draw. Each item's cache holds its part of the training rows
+(``evidence.view_parts``), so a row of a kept item's part has 1 + K versions (its original and its K
+views of that item) and a row of a dropped item's part only its original. Their rows are matched to
+the head cache's by key, and their backbone, weights, size, tap and classes are checked against it. BatchNorm stays frozen as in
 every fine-tune (the shared layers are the chain's own, frozen by ``build_chain``).
 """
 
@@ -136,7 +137,8 @@ def load_rows(cache_info: dict, split: str, *, num_classes: int, multi_label: bo
 
     Args:
         view_caches: caches of the same split holding more views (the view trials' kept items), whose
-            view activations are appended to each row's, matched by key (``views_from``).
+            view activations are appended to each row's, matched by key (``views_from``; a row outside
+            every kept item's part has its own activations there).
 
     Returns:
         CachedRows, or None when the cache has no such split or no row survives ``exclude``.
@@ -154,7 +156,8 @@ def load_rows(cache_info: dict, split: str, *, num_classes: int, multi_label: bo
         stack = [np.asarray(data.activations[:])[:, None]]
         if views and data.view_activations is not None:
             stack.append(np.asarray(data.view_activations[:]))
-        stack += [views_from(path, cache, split) for path in view_caches]
+        if view_caches:
+            stack.append(views_from(view_caches, cache, split))
         activations = np.concatenate(stack, axis=1)[keep]
         labels = data.labels[keep]
     weights = None if class_weights is None or multi_label else class_weights.per_sample(labels)
@@ -166,37 +169,38 @@ def load_rows(cache_info: dict, split: str, *, num_classes: int, multi_label: bo
 PROVENANCE = ("backbone", "alpha", "weights_fingerprint", "image_size", "pooling", "preprocessing", "dtype")
 
 
-def views_from(path: str, base: FeatureCache, split: str) -> np.ndarray:
-    """Another cache's view activations of ``split``, in the order of ``base``'s rows.
+def views_from(paths: Sequence[str], base: FeatureCache, split: str) -> np.ndarray:
+    """Other caches' view activations of ``split``, row by row of ``base`` (``evidence.view_parts``).
 
     Args:
-        path: a cache extracted with views and the same tap (a kept item's, ``evidence.view_trials``).
+        paths: caches extracted with views and the same tap (the kept items', ``evidence.view_trials``),
+            each of every row or of its item's part of the rows.
         base: the open head cache (``FeatureCache``).
 
     Returns:
-        (N, K, *tap_shape) float16: row n's K views, n as in ``base.split(split)``.
+        (N, V, *tap_shape) float16: row n's views from every cache that holds it (matched by key: the
+        same image, not the same position), padded with its own activations to the most any row has.
 
     Raises:
-        DataError: the caches differ in backbone, weights, size, tap or classes, or ``path`` lacks a row
-            of ``base`` (matched by key: the same image, not the same position).
+        DataError: a cache differs in backbone, weights, size, tap or classes, or has no views of ``split``.
     """
     from headstart.features.cache import open_cache
     from headstart.pipeline.errors import DataError
+    from headstart.pipeline.evidence.view_parts import views_by_key
 
-    with open_cache(path) as views:
-        differ = [k for k in PROVENANCE if views.config.get(k) != base.config.get(k)]
-        if views.tap != base.tap or views.class_names != base.class_names:
-            differ.append("tap" if views.tap != base.tap else "classes")
-        if differ or split not in views.splits or views.split(split).view_activations is None:
-            raise DataError(f"{path}: its views cannot train on {base.path}: "
-                            + (f"different {', '.join(differ)}" if differ else f"no views of {split}"))
-        data = views.split(split)
-        where = {key: i for i, key in enumerate(data.keys)}
-        missing = [key for key in base.split(split).keys if key not in where]
-        if missing:
-            raise DataError(f"{path}: no views of {len(missing)} {split} rows of {base.path} (e.g. {missing[0]})")
-        order = np.array([where[key] for key in base.split(split).keys], dtype=np.int64)
-        return np.asarray(data.view_activations[:])[order]
+    parts = []
+    for path in paths:
+        with open_cache(path) as views:
+            differ = [k for k in PROVENANCE if views.config.get(k) != base.config.get(k)]
+            if views.tap != base.tap or views.class_names != base.class_names:
+                differ.append("tap" if views.tap != base.tap else "classes")
+            if differ or split not in views.splits or views.split(split).view_activations is None:
+                raise DataError(f"{path}: its views cannot train on {base.path}: "
+                                + (f"different {', '.join(differ)}" if differ else f"no views of {split}"))
+            data = views.split(split)
+            parts.append((list(data.keys), np.asarray(data.view_activations[:])))
+    data = base.split(split)
+    return views_by_key(np.asarray(data.activations[:]), list(data.keys), parts)
 
 
 def cached_dataset(rows: CachedRows, *, batch_size: int, seed: int | None):
@@ -336,6 +340,9 @@ def _views_line(views: Sequence[tuple[str, str]] | None, versions: int) -> str:
     """What the training rows are drawn from, in one line."""
     if views is not None and not views and versions == 1:
         return "training on the originals only: the view trials kept no augmentation"
+    if len(views or ()) > 1:  # each row's views are its part's item's (evidence.view_parts)
+        return (f"training on the originals and up to {versions - 1} cached views per row of the augmentation the "
+                f"view trials kept, each row's of one item ({', '.join(item for item, _ in views)})")
     if views:
         return (f"training on the originals and {versions - 1} cached views per row of the augmentation the view "
                 f"trials kept ({', '.join(item for item, _ in views)})")
