@@ -31,6 +31,23 @@ def epoch_limit(epochs: int) -> int:
     return int(epochs) if epochs > 0 else UNLIMITED_EPOCHS
 
 
+@dataclass(frozen=True)
+class Bar:
+    """A rival run's best, which this run must pass in as many epochs as the rival ran, or stop.
+
+    ``finetune --on-cache --probe lr`` fits each rate to early stopping; once one rate has finished,
+    the next need not run on for long after it has had the leader's epochs and is still behind it
+    (the sweep's straggler rule, ``sweep.pruning``, for rates): it has had the same chance.
+
+    Attributes:
+        value: the rival's best value of the same monitor. epochs: epochs the rival ran. name: e.g. "lr 0.0001".
+    """
+
+    value: float
+    epochs: int
+    name: str
+
+
 @dataclass
 class EarlyStopping:
     """Best epoch and patience counter of one training stage.
@@ -65,6 +82,18 @@ class EarlyStopping:
 
     def _better(self, value: float, best: float) -> bool:
         return value > best if self.higher_is_better else value < best
+
+    def behind(self, epoch: int, bar: Bar | None) -> bool:
+        """Whether, after ``epoch`` epochs, this run has had ``bar``'s epochs and its best is not better than ``bar``'s."""
+        if bar is None or epoch < bar.epochs:
+            return False
+        return self.best_value is None or not self._better(self.best_value, bar.value)
+
+    def behind_message(self, bar: Bar) -> str:
+        """The log line when a run stops behind a rival."""
+        best = "no finite value" if self.best_value is None else f"its best {self.best_value:.4f} (epoch {self.best_epoch})"
+        return (f"stopped behind {bar.name}: {self.monitor} after {bar.epochs} epoch(s), as many as {bar.name} ran, "
+                f"{best} is not better than {bar.value:.4f}; restoring epoch {self.best_epoch}")
 
     @property
     def exhausted(self) -> bool:
