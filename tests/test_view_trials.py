@@ -65,8 +65,8 @@ def test_the_budget_plan_counts_the_view_trials():
                        probe_depth=False, budget_minutes=600)
     audit = 8 * 200 / 200.0  # a validation pass per item and one untransformed
     views = VIEWS * 1400 / 200.0  # each item's views of its part of the training split, all parts once
-    # SEEDS heads per item on its originals and views, and SEEDS on the originals alone
-    heads = (7 * (1 + VIEWS) + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * 1.4
+    # SEEDS heads per item on its originals and views (an epoch draws one version per row), and SEEDS on the originals
+    heads = (7 + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * 1.4
     assert plan.estimates["audit"] == pytest.approx(audit + views + heads)
     assert f"7 augmentations tried on {VIEWS} cached views per image" in plan.describe()
 

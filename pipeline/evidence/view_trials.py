@@ -170,7 +170,8 @@ class ViewTrialsResult:
     def to_dict(self) -> dict:
         return {"augment": self.augment, "measure": "accuracy", "views": self.views, "seeds": self.seeds,
                 "rows": self.rows, "train_rows": self.train_rows, "seconds": self.seconds, "candidates": [t.to_dict() for t in self.trials],
-                "rule": f"heads trained with and without each item's cached views ({self.seeds} seeds, paired by "
+                "rule": f"heads trained on every original with and without each item's cached views of its share of "
+                        f"the training rows ({self.seeds} seeds, paired by "
                         f"seed and row); an item is dropped when with − without + {NOISE_Z:g} SE < 0, or when "
                         f"the invariance audit's drop exceeds {PREFILTER_DROP:g}"}
 

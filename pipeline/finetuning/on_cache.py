@@ -277,7 +277,7 @@ def fit_top_blocks(config: FinetuneConfig, spec: Unfreeze, plan: FinetunePlan, m
                                  many=len(rates) > 1, bar=bar)
         tried.append({"lr": lr, "best_epoch": stage.best_epoch, "epochs_run": len(stage.epoch_seconds),
                       "seconds": round(sum(stage.epoch_seconds), 2), stage.monitor: score,
-                      "behind": bar.name if _stopped_behind(stage, score, bar) else None})
+                      "behind": bar.name if bar is not None and not _better(score, bar.value, stage.monitor) else None})
         if best is None or _better(score, best[1], stage.monitor):
             best = (stage, score, lr, top.get_weights())
     tried.sort(key=lambda t: t["lr"])
@@ -324,12 +324,6 @@ FIT_ORDER = (1e-4, 1e-3, 1e-5)
 
 def _fit_order(lr: float) -> tuple[int, float]:
     return (FIT_ORDER.index(lr) if lr in FIT_ORDER else len(FIT_ORDER), lr)
-
-
-def _stopped_behind(stage: StageOutcome, score: float, bar: Bar | None) -> bool:
-    """Whether the fit ended at the bar's epoch count without beating it (``early_stopping.Bar``)."""
-    return (bar is not None and stage.stopped_early and len(stage.epoch_seconds) == bar.epochs
-            and not _better(score, bar.value, stage.monitor))
 
 
 def _better(score: float, best: float, monitor: str) -> bool:

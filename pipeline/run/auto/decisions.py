@@ -75,8 +75,8 @@ def augment_decision(steps: Any, finetune: dict, plan: Any = None) -> Decision:
                         candidates=[Candidate(c["item"], c["measure"], kept=c["kept"]) for c in record["candidates"]])
     seconds = float(record.get("seconds") or 0) + float(record["audit"].get("seconds") or 0)
     return Decision("augment", record["augment"], measure="val_accuracy difference", seconds=seconds,
-                    why=f"heads with − without each item's {record['views']} cached view{'s' if record['views'] != 1 else ''}, "
-                        f"{record['seeds']} seeds; "
+                    why=f"heads with − without each item's {record['views']} cached view{'s' if record['views'] != 1 else ''} "
+                        f"of its share of the training rows, {record['seeds']} seeds; "
                         "dropped when below zero by 2 SE, or by the audit when it falls by more than 0.15",
                     candidates=[_trial_candidate(c) for c in record["candidates"]])
 
@@ -127,7 +127,7 @@ def _on_cache_decision(name: str, on_cache: dict, finetune: dict) -> Decision:
     chosen = finetune.get("on_cache_lr")
     return Decision("lr", chosen, measure=monitor, seconds=sum(float(r.get("seconds") or 0) for r in rates),
                     why="fine-tunes on the cache, each to early stopping, or stopped once it had had the "
-                        "leading rate's epochs and was still behind it",
+                        "leading rate's epochs, was still behind it and no longer improving",
                     candidates=[Candidate(r["lr"], r.get(monitor), float(r.get("seconds") or 0), kept=r["lr"] == chosen,
                                           note=f"epoch {r.get('best_epoch')} of {r.get('epochs_run')}"
                                                + (f", behind {r['behind']}" if r.get("behind") else ""))

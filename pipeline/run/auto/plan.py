@@ -266,13 +266,14 @@ def _augment_seconds(plan: RecipePlan, speeds: Speeds, size: int) -> float:
     """The audit (a validation pass per item and one untransformed) and the view trials: the training
     split through the backbone once per view for all items together (each item's views cover its part
     of the rows, ``evidence.view_parts``; the originals are copied from the head's cache), and per
-    item SEEDS heads on the originals with its views, plus SEEDS heads on the originals."""
+    item SEEDS heads on the originals with its views, plus SEEDS heads on the originals. A head's epoch
+    draws one version of each row, so its views do not lengthen it."""
     from headstart.pipeline.evidence.view_trials import SEEDS
 
     items, train = plan.audit_candidates, speeds.rows.get("train", 0)
     audit = (items + 1) * speeds.forward_seconds(speeds.rows.get("validation", 0), size)
     views = plan.views * speeds.forward_seconds(train, size)
-    heads = (items * (1 + plan.views) + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * max(train, 1) / 1000
+    heads = (items + 1) * SEEDS * TRIAL_SECONDS_PER_1K_ROWS * max(train, 1) / 1000
     return audit + views + heads
 
 
