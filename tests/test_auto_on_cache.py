@@ -94,9 +94,6 @@ def test_auto_fine_tunes_on_the_cache_and_a_winning_logistic_probe_becomes_the_h
     assert result.exit_code == 0, result.output
     assert "tap top:30" in result.output and "probe lr" not in result.output  # no end-to-end probe
     assert result.output.count("on the cache at lr") == 3
-    # 1e-4 first, the bar the later rates must pass in as many epochs as it ran (early_stopping.Bar)
-    at = [result.output.index(f"on the cache at lr {lr}") for lr in ("0.0001:", "0.001:", "1e-05:")]
-    assert at == sorted(at)
     assert "head: the logistic probe (L2, C=" in result.output and "beats the sweep's" in result.output
     decisions = {d["name"]: d for d in json.loads((out / "summary.json").read_text())["recipe"]["decisions"]}
     assert decisions["head"]["chosen"].startswith("logistic probe")
@@ -108,11 +105,6 @@ def test_auto_fine_tunes_on_the_cache_and_a_winning_logistic_probe_becomes_the_h
     finetune = json.loads((out / "finetune" / "run.json").read_text())
     assert Path(finetune["config"]["head"]) == out / "logistic-head" and finetune["config"]["on_cache"]
     metrics = json.loads((out / "finetune" / "metrics.json").read_text())
-    rates = {r["lr"]: r for r in metrics["on_cache"]["rates"]}
-    assert list(rates) == [1e-5, 1e-4, 1e-3] and rates[1e-4]["behind"] is None  # the first has no bar
-    for rate in rates.values():  # "behind": the rate that led when it ran, whose best it did not beat
-        if rate["behind"]:
-            assert rate["val_loss"] >= rates[float(rate["behind"].split()[-1])]["val_loss"]
     assert metrics["parity"]["max_abs_diff"] <= metrics["parity"]["tolerance"]  # the probe's weights, in the chain
     predicted = CliRunner().invoke(main, ["predict", str(out / "finetune"), str(images / "test")],
                                    catch_exceptions=False)

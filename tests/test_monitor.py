@@ -32,54 +32,6 @@ def test_early_stopping_on_a_measure_keeps_the_highest_epoch():
     assert [loss.update(e, v) for e, v in enumerate([0.5, 0.7, 0.4], start=1)] == [True, False, True]
 
 
-def test_a_run_behind_a_rivals_best_after_as_many_epochs_stops_and_resumes_stopped(tmp_path):
-    """finetune --on-cache --probe lr: a later rate stops once it has had the leader's epochs and is
-    still behind its best; the stop is committed with the epoch, so a resumed fit does not go on."""
-    import keras
-
-    from headstart.pipeline.training.early_stopping import Bar
-    from headstart.pipeline.training.stage_fit import RunBackup
-
-    bar = Bar(0.30, epochs=3, name="lr 0.0001")
-    loss = EarlyStopping("val_loss", 3)
-    for epoch, value in enumerate((0.50, 0.40, 0.45, 0.42), start=1):
-        loss.update(epoch, value)
-        assert loss.behind(epoch, bar) == (epoch >= 3)  # behind and stalled, once it has had 3 epochs
-    assert not loss.behind(4, None) and not loss.behind(4, Bar(0.41, 3, "x"))  # ahead of a weaker rival
-    improving = EarlyStopping("val_loss", 3)
-    for epoch, value in enumerate((0.50, 0.45, 0.40, 0.35), start=1):
-        improving.update(epoch, value)
-        assert not improving.behind(epoch, bar)  # still improving: a slower rate goes on
-    accuracy = EarlyStopping("val_balanced_accuracy", 3)
-    accuracy.update(1, 0.9)
-    accuracy.update(2, 0.8)
-    assert accuracy.behind(2, Bar(0.95, 1, "x")) and not accuracy.behind(2, Bar(0.85, 1, "x"))  # higher is better
-
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer="adam", loss="mse")
-    model.optimizer.build(model.trainable_variables)
-    lines = []
-    reporter = LineReporter(lines.append)
-
-    def backup():
-        made = RunBackup(tmp_path / "backup", epochs=30, patience=3, monitor="val_loss", stage="finetune-lr0.001",
-                         reporter=reporter, bar=bar)
-        made.set_model(model)
-        return made
-
-    first = backup()
-    for epoch, value in enumerate((0.50, 0.45, 0.31)):
-        first.on_epoch_begin(epoch)
-        first.on_epoch_end(epoch, {"loss": 0.1, "val_loss": value})
-    assert not first.finished and not model.stop_training  # behind after 3 epochs, but still improving
-    first.on_epoch_begin(3)
-    first.on_epoch_end(3, {"loss": 0.1, "val_loss": 0.33})
-    assert model.stop_training and first.finished and first.outcome().stopped_early
-    assert lines[-1] == ("stopped behind lr 0.0001: val_loss has not improved for 1 epoch(s) and, after at least the "
-                         "3 epoch(s) lr 0.0001 ran, its best 0.3100 (epoch 3) is not better than 0.3000; restoring epoch 3")
-    assert backup().finished  # resumed: the stop was committed with epoch 4
-
-
 def test_monitor_refusals_are_one_line():
     check_monitor("balanced_accuracy", has_validation=True)
     check_monitor("map", has_validation=True, multi_label=True)

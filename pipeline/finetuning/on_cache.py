@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from headstart.pipeline.model.unfreeze import Unfreeze
     from headstart.pipeline.finetuning.plan import FinetunePlan
     from headstart.pipeline.training.class_weights import ClassWeights
-    from headstart.pipeline.training.early_stopping import Bar
     from headstart.pipeline.training.stage_fit import StageOutcome
 
 
@@ -254,7 +253,6 @@ def fit_top_blocks(config: FinetuneConfig, spec: Unfreeze, plan: FinetunePlan, m
     """
     from headstart.pipeline.model.assembly import trainable_counts, unfreeze_backbone
     from headstart.pipeline.finetuning.rate_probes import PROBE_LRS, parse_probe
-    from headstart.pipeline.training.early_stopping import Bar
 
     tap = cache_tap(plan.head_run.cache)
     spec = on_cache_unfreeze(spec, tap)
@@ -270,17 +268,13 @@ def fit_top_blocks(config: FinetuneConfig, spec: Unfreeze, plan: FinetunePlan, m
         f"trainable parameters; BatchNorm frozen")
     rates = PROBE_LRS if "lr" in parse_probe(config.probe) else (config.lr,)
     seeded, tried, best = top.get_weights(), [], None
-    for lr in sorted(rates, key=_fit_order):
+    for lr in rates:
         top.set_weights(seeded)
-        bar = None if best is None else Bar(best[1], len(best[0].epoch_seconds), f"lr {best[2]:g}")
-        stage, score = _fit_rate(config, plan, top, setup, run_dir, lr, train, val, reporter, callbacks,
-                                 many=len(rates) > 1, bar=bar)
+        stage, score = _fit_rate(config, plan, top, setup, run_dir, lr, train, val, reporter, callbacks, many=len(rates) > 1)
         tried.append({"lr": lr, "best_epoch": stage.best_epoch, "epochs_run": len(stage.epoch_seconds),
-                      "seconds": round(sum(stage.epoch_seconds), 2), stage.monitor: score,
-                      "behind": bar.name if bar is not None and not _better(score, bar.value, stage.monitor) else None})
+                      "seconds": round(sum(stage.epoch_seconds), 2), stage.monitor: score})
         if best is None or _better(score, best[1], stage.monitor):
             best = (stage, score, lr, top.get_weights())
-    tried.sort(key=lambda t: t["lr"])
     stage, score, lr, weights = best
     top.set_weights(weights)
     if len(rates) > 1:
@@ -295,10 +289,9 @@ def fit_top_blocks(config: FinetuneConfig, spec: Unfreeze, plan: FinetunePlan, m
 
 def _fit_rate(config: FinetuneConfig, plan: FinetunePlan, top: keras.Model, setup: StageStrategy, run_dir: Path,
               lr: float, train: tf.data.Dataset, val: tf.data.Dataset | None, reporter: Reporter,
-              callbacks: Sequence[Any], *, many: bool, bar: Bar | None = None) -> tuple[StageOutcome, float]:
-    """One fit of the top layers at ``lr`` to early stopping (its own backup, so a kill resumes it), or
-    until it has had ``bar``'s epochs and is still behind it; returns (its StageOutcome, the monitored
-    value at its best epoch; NaN when none was finite)."""
+              callbacks: Sequence[Any], *, many: bool) -> tuple[StageOutcome, float]:
+    """One fit of the top layers at ``lr`` to early stopping (its own backup, so a kill resumes it);
+    returns (its StageOutcome, the monitored value at its best epoch; NaN when none was finite)."""
     from headstart.pipeline.model.head import compile_head
     from headstart.pipeline.training.stage_fit import fit_stage
 
@@ -309,21 +302,10 @@ def _fit_rate(config: FinetuneConfig, plan: FinetunePlan, top: keras.Model, setu
         reporter.line(f"on the cache at lr {lr:g}:")
     stage = fit_stage(top, f"finetune-lr{lr:g}" if many else "finetune", run_dir=run_dir, train=train, val=val,
                       epochs=config.epochs, patience=config.patience, reporter=reporter, num_classes=plan.num_classes,
-                      callbacks=callbacks, replicas=setup.replicas, multi_label=plan.multi_label, monitor=config.monitor,
-                      bar=bar)
+                      callbacks=callbacks, replicas=setup.replicas, multi_label=plan.multi_label, monitor=config.monitor)
     values = stage.history.get(stage.monitor, [])
     score = values[stage.best_epoch - 1] if stage.best_epoch and len(values) >= stage.best_epoch else float("nan")
     return stage, float(score)
-
-
-#: The order the rates are fitted in: 1e-4 first (kept in most measured runs: every one on the photos,
-#: two of three on the digits), so that it is the bar (``early_stopping.Bar``) the others must pass in
-#: as many epochs; 1e-5, whose fits are the slowest and the longest, last. Other rates go after, ascending.
-FIT_ORDER = (1e-4, 1e-3, 1e-5)
-
-
-def _fit_order(lr: float) -> tuple[int, float]:
-    return (FIT_ORDER.index(lr) if lr in FIT_ORDER else len(FIT_ORDER), lr)
 
 
 def _better(score: float, best: float, monitor: str) -> bool:

@@ -31,25 +31,6 @@ def epoch_limit(epochs: int) -> int:
     return int(epochs) if epochs > 0 else UNLIMITED_EPOCHS
 
 
-@dataclass(frozen=True)
-class Bar:
-    """A rival run's best, which this run must pass in as many epochs as the rival ran, or stop.
-
-    ``finetune --on-cache --probe lr`` fits each rate to early stopping; once one rate has finished,
-    the next need not wait out its whole patience once it has had the leader's epochs, is still
-    behind it and has stopped improving (the sweep's straggler rule, ``sweep.pruning``, for rates):
-    it has had the same chance. One still improving goes on: a smaller rate is slower by design
-    (on the photos 1e-5 improved for 8 epochs where 1e-4's best was its first).
-
-    Attributes:
-        value: the rival's best value of the same monitor. epochs: epochs the rival ran. name: e.g. "lr 0.0001".
-    """
-
-    value: float
-    epochs: int
-    name: str
-
-
 @dataclass
 class EarlyStopping:
     """Best epoch and patience counter of one training stage.
@@ -84,20 +65,6 @@ class EarlyStopping:
 
     def _better(self, value: float, best: float) -> bool:
         return value > best if self.higher_is_better else value < best
-
-    def behind(self, epoch: int, bar: Bar | None) -> bool:
-        """Whether, after ``epoch`` epochs, this run has had ``bar``'s epochs, its best is not better than
-        ``bar``'s and its last epoch did not improve it."""
-        if bar is None or epoch < bar.epochs or self.wait < 1:
-            return False
-        return self.best_value is None or not self._better(self.best_value, bar.value)
-
-    def behind_message(self, bar: Bar) -> str:
-        """The log line when a run stops behind a rival."""
-        best = "no finite value" if self.best_value is None else f"its best {self.best_value:.4f} (epoch {self.best_epoch})"
-        return (f"stopped behind {bar.name}: {self.monitor} has not improved for {self.wait} epoch(s) and, after at "
-                f"least the {bar.epochs} epoch(s) {bar.name} ran, {best} is not better than {bar.value:.4f}; "
-                f"restoring epoch {self.best_epoch}")
 
     @property
     def exhausted(self) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 from headstart.features.reporter import Reporter
 from headstart.features.errors import Arg, parts_of
 from headstart.pipeline.errors import OutputError, RunDirError
-from headstart.pipeline.training.early_stopping import Bar, EarlyStopping
+from headstart.pipeline.training.early_stopping import EarlyStopping
 from headstart.pipeline.training.finite_loss import check_finite_losses
 
 if TYPE_CHECKING:
@@ -64,8 +64,7 @@ class StageOutcome:
 def fit_stage(model: keras.Model, name: str, *, run_dir: Path, train: tf.data.Dataset,
               val: tf.data.Dataset | None, epochs: int, patience: int,
               reporter: Reporter, num_classes: int, callbacks: Sequence[Any] = (),
-              replicas: int = 1, multi_label: bool = False, monitor: str = "val_loss",
-              bar: Bar | None = None) -> StageOutcome:
+              replicas: int = 1, multi_label: bool = False, monitor: str = "val_loss") -> StageOutcome:
     """Runs (or resumes) one stage's ``fit`` with ``RunBackup``; best weights restored on return.
 
     Args:
@@ -81,7 +80,6 @@ def fit_stage(model: keras.Model, name: str, *, run_dir: Path, train: tf.data.Da
         replicas: replicas in sync; above 1 the stage runs ``distributed_fit``.
         multi_label: a multi-label model: ``MultiLabelValidation`` replaces Keras's validation pass,
             computing the validation loss and mAP from one pass per epoch.
-        bar: a rival run's best (``early_stopping.Bar``): stop once this one has had its epochs and is still behind.
         monitor: ``--monitor`` (``monitor.effective_monitor``: mAP by default for multi-label); a
             single-label measure is computed on ``val`` each epoch (``ValidationMeasure``).
     """
@@ -89,7 +87,7 @@ def fit_stage(model: keras.Model, name: str, *, run_dir: Path, train: tf.data.Da
 
     monitor = effective_monitor(monitor, multi_label)
     backup = RunBackup(run_dir / "backup" / name, epochs=epochs, patience=patience,
-                       monitor=history_key(monitor, val is not None), stage=name, reporter=reporter, bar=bar)
+                       monitor=history_key(monitor, val is not None), stage=name, reporter=reporter)
     measure = []
     if val is not None and multi_label:
         measure = [MultiLabelValidation(val, num_classes)]
@@ -233,20 +231,18 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             higher is better); improvement is strict.
         stage: name used in log lines.
         reporter: one line per epoch.
-        bar: a rival run's best (``early_stopping.Bar``); None: only patience stops the stage.
     """
 
     # The parent's batch hook only serves save_freq=N; keeping Keras's default one lets fit dispatch
     # batch callbacks asynchronously, as it does without this callback.
     on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
 
-    def __init__(self, backup_dir, *, epochs, patience, monitor, stage, reporter, bar=None):
+    def __init__(self, backup_dir, *, epochs, patience, monitor, stage, reporter):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         import json
 
         self.dir = Path(backup_dir)
         self.epochs, self.patience, self.monitor, self.stage, self.reporter = epochs, patience, monitor, stage, reporter
-        self.bar = bar
         path = self.dir / "state.json"
         self.state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
             "epoch": 0, "weights": None, "best": None, "wait": 0, "stopped": False,
@@ -304,8 +300,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             state["best"] = {"epoch": n, "value": stopping.best_value, "file": state["weights"]}
         state["wait"] = stopping.wait
         # Out of patience on the last epoch is simply the end of the stage, not an early stop.
-        behind = not stopping.exhausted and stopping.behind(n, self.bar)
-        state["stopped"] = (stopping.exhausted or behind) and n < self.epochs
+        state["stopped"] = stopping.exhausted and n < self.epochs
         state["epoch"] = n
         done = time.perf_counter()
         state["epoch_seconds"] = state["epoch_seconds"] + [done - self._t0]
@@ -319,7 +314,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
         self.reporter.line(f"{self.stage} epoch {n}/{self.epochs}  {shown}  {state['epoch_seconds'][-1]:.1f} s")
         if state["stopped"]:
-            self.reporter.line(stopping.behind_message(self.bar) if behind else stopping.stop_message())
+            self.reporter.line(stopping.stop_message())
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):

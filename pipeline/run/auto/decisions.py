@@ -126,11 +126,9 @@ def _on_cache_decision(name: str, on_cache: dict, finetune: dict) -> Decision:
     monitor = next((k for k in (rates[0] if rates else {}) if k.startswith("val_")), "val_loss")
     chosen = finetune.get("on_cache_lr")
     return Decision("lr", chosen, measure=monitor, seconds=sum(float(r.get("seconds") or 0) for r in rates),
-                    why="fine-tunes on the cache, each to early stopping, or stopped once it had had the "
-                        "leading rate's epochs, was still behind it and no longer improving",
+                    why="fine-tunes on the cache, each to early stopping",
                     candidates=[Candidate(r["lr"], r.get(monitor), float(r.get("seconds") or 0), kept=r["lr"] == chosen,
-                                          note=f"epoch {r.get('best_epoch')} of {r.get('epochs_run')}"
-                                               + (f", behind {r['behind']}" if r.get("behind") else ""))
+                                          note=f"epoch {r.get('best_epoch')} of {r.get('epochs_run')}")
                                 for r in rates])
 
 
