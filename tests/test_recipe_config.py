@@ -72,7 +72,7 @@ def test_the_sweep_searches_only_the_head_options_left_open():
 def test_finetune_runs_on_the_cache_and_tries_rates_only_when_open():
     from types import SimpleNamespace
 
-    from headstart.pipeline.run.auto.finetune import ON_CACHE_PATIENCE, auto_tap, on_cache_config
+    from headstart.pipeline.run.auto.finetune import auto_tap, on_cache_config
 
     def steps(config):
         return SimpleNamespace(config=config, open=lambda name: name not in config.explicit)
@@ -83,11 +83,8 @@ def test_finetune_runs_on_the_cache_and_tries_rates_only_when_open():
     given = on_cache_config(steps(_resolve(flags={"augment": "flip", "lr": 1e-4, "unfreeze": "top:5"})), 30)
     assert (given.augment, given.probe, given.lr, given.unfreeze) == ("flip", "none", 1e-4, "top:5")
     assert on_cache_config(steps(_resolve(flags={"epochs": 4})), 30).epochs == 4
-    # On the cache a longer patience than the guide's 3 (cheap epochs, noisy small validation), unless set.
-    assert (open_all.patience, given.patience) == (ON_CACHE_PATIENCE, ON_CACHE_PATIENCE) and ON_CACHE_PATIENCE > 3
-    assert on_cache_config(steps(_resolve(flags={"patience": 2})), 30).patience == 2
     untapped = on_cache_config(steps(_resolve()), 30, tapped=False)  # a hub backbone: end to end, nothing probed
-    assert (untapped.on_cache, untapped.probe, untapped.augment, untapped.patience) == (False, "none", "none", 3)
+    assert (untapped.on_cache, untapped.probe, untapped.augment) == (False, "none", "none")
     # The tap: one per backbone, the user's when given, none for a hub model.
     assert auto_tap(_resolve()) == "top:6"  # the default backbone, Xception: its last block
     assert auto_tap(_resolve(flags={"backbone": "mobilenet_v2"})) == "top:30"

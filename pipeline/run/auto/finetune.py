@@ -43,20 +43,11 @@ def auto_tap(config: Any) -> str | None:
     return AUTO_TAPS.get(extract.backbone, FALLBACK_TAP)
 
 
-#: Early-stopping patience of auto's fits on the cache, where the guide's fine-tune has 3: an epoch on
-#: the cache costs about a second, and on a few hundred validation images one noisy epoch must not end
-#: a rate that is still learning (digits, 179 images: 1e-4's validation loss went 0.165, 0.169, 0.293,
-#: 0.167 and patience 3 stopped it at epoch 4 with 0.165, where in a run from another sweep head it
-#: went on to 0.092 at epoch 11; test accuracy 0.9639 against 0.9944).
-ON_CACHE_PATIENCE = 5
-
-
 def on_cache_config(steps: Any, epochs: int, *, tapped: bool = True, plan: Any = None) -> Any:
     """finetune's options under auto: on the cache, each open rate trained to early stopping.
 
     ``tapped`` False (a hub backbone: no cut, no activations cached): the guide's end-to-end fine-tune
-    at the given or default rate and patience, nothing probed; on the cache ``ON_CACHE_PATIENCE``
-    unless ``patience`` was set. ``plan`` (a ``RecipePlan``): its views per image in
+    at the given or default rate, nothing probed. ``plan`` (a ``RecipePlan``): its views per image in
     the augmentation trials, and no trials when it cut them (the originals only)."""
     ft = steps.config.finetune
     trials = plan is None or plan.audit
@@ -67,8 +58,7 @@ def on_cache_config(steps: Any, epochs: int, *, tapped: bool = True, plan: Any =
         augment=ft.augment if not steps.open("finetune.augment") else ("auto" if tapped and trials else "none"),
         trial_views=plan.views if plan is not None and not steps.fixed else ft.trial_views,
         unfreeze=ft.unfreeze if not steps.open("finetune.unfreeze") else "all",  # all: every layer above the tap
-        epochs=ft.epochs if not steps.open("finetune.epochs") else epochs,
-        patience=ON_CACHE_PATIENCE if tapped and steps.open("finetune.patience") else ft.patience)
+        epochs=ft.epochs if not steps.open("finetune.epochs") else epochs)
 
 
 def paired_evidence(head_dir: Path, finetune_dir: Path) -> dict | None:
