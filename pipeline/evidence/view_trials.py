@@ -12,7 +12,7 @@ judged by what training with it does:
    train split only; the caller passes it in, as the recipe sits below the stages), into a small
    cache of its own under the work folder; its originals are copied by key from the head's cache
    (``originals_from``), so all candidates together cost K backbone passes over the split, not
-   M × (K + 1). One cache per transform
+   M × K. One cache per transform
    rather than one cache with views grouped by transform: the extractor draws every view from one
    augment spec, so grouping would need a second extraction path; a cache per item
    is resumable by the extractor as it is, and is deleted once its trial is recorded —
@@ -369,7 +369,8 @@ def _with_part(train: Any, part: Any | None) -> _PartSplit:
 
 
 def _arm_cache(train: Any, val: Any, class_names: Sequence[str], with_views: bool, multi_label: bool) -> Any:
-    """The batched trainer's view of one arm: an item cache's training split, the head cache's validation split."""
+    """The batched trainer's view of one arm: the head cache's training split (with an item's views of its
+    part for "with", ``_with_part``) and its validation split."""
     from headstart.pipeline.training.head_params import SweepCache
     from headstart.pipeline.training.head_data import FeatureRows
 

@@ -20,8 +20,9 @@ views of each item the view trials kept (``evidence.view_trials``, whose per-ite
 activations at the same tap) join the draw. Each item's cache holds its part of the training rows
 (``evidence.view_parts``), so a row of a kept item's part has 1 + K versions (its original and its K
 views of that item) and a row of a dropped item's part only its original. Their rows are matched to
-the head cache's by key, and their backbone, weights, size, tap and classes are checked against it. BatchNorm stays frozen as in
-every fine-tune (the shared layers are the chain's own, frozen by ``build_chain``).
+the head cache's by key, and their backbone, weights, size, tap and classes are checked against it.
+BatchNorm stays frozen as in every fine-tune (the shared layers are the chain's own, frozen by
+``build_chain``).
 """
 
 from __future__ import annotations
