@@ -106,8 +106,12 @@ def test_auto_plans_decides_on_validation_records_every_decision_and_resumes_aft
     # The fit trained on the kept items' views (with the tap), and on no dropped item's.
     kept = [item for item, c in trials.items() if c["kept"] and c["judged_by"] == "views"]
     views = json.loads((out / "finetune" / "metrics.json").read_text())["on_cache"]["views"]
-    # views per image as the plan had them at the chosen size (two, unless the budget cut them to one)
-    assert views["items"] == kept and views["per_row"] == run["config"]["trial_views"] * len(kept)
+    # Each kept item's views of its share of the rows (evidence.view_parts): a row draws from its original
+    # and its part's views, as many per image as the plan had them at the chosen size (two, unless the
+    # budget cut them to one); an item whose share of this tiny split is empty keeps no cache.
+    with_views = [item for item in kept if trials[item]["view_rows"]]
+    assert [item for item in kept if trials[item]["views_cache"]] == with_views
+    assert views["items"] == with_views and views["per_row"] == (run["config"]["trial_views"] if with_views else 0)
     assert sorted(Path(p).name for p in views["caches"]) == sorted(p.name for p in (out / "finetune" / "view_trials").glob("*.h5"))
     assert all(trials[item]["views_cache"] is None for item in trials if item not in kept)
     assert run["recipe"]["decisions"] == summary["recipe"]["decisions"][:-1]  # the model says how it was chosen

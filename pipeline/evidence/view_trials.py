@@ -310,7 +310,7 @@ class _Trials:
             with_scores = self._scores(_with_part(train, part), val, with_views=True, multi_label=base.multi_label)
             view_rows = len(part) if part is not None else 0
         diff = paired_difference(with_scores, self._without)
-        keep = self.keep_views and not diff.hurts
+        keep = self.keep_views and not diff.hurts and view_rows > 0  # an empty part's cache holds nothing to train on
         if not keep:
             Path(extract.out).unlink(missing_ok=True)  # recorded below; the next item needs the disk, not this
         return ViewTrial(item, kept=not diff.hurts, judged_by="views", views_cache=str(extract.out) if keep else None,

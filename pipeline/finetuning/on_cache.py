@@ -183,7 +183,8 @@ def views_from(paths: Sequence[str], base: FeatureCache, split: str) -> np.ndarr
         same image, not the same position), padded with its own activations to the most any row has.
 
     Raises:
-        DataError: a cache differs in backbone, weights, size, tap or classes, or has no views of ``split``.
+        DataError: a cache differs in backbone, weights, size, tap or classes, or has rows of ``split``
+            but no views of them. A cache without rows of ``split`` (an empty part) adds nothing.
     """
     from headstart.features.cache import open_cache
     from headstart.pipeline.errors import DataError
@@ -195,7 +196,9 @@ def views_from(paths: Sequence[str], base: FeatureCache, split: str) -> np.ndarr
             differ = [k for k in PROVENANCE if views.config.get(k) != base.config.get(k)]
             if views.tap != base.tap or views.class_names != base.class_names:
                 differ.append("tap" if views.tap != base.tap else "classes")
-            if differ or split not in views.splits or views.split(split).view_activations is None:
+            if not differ and (split not in views.splits or not len(views.split(split))):
+                continue  # an item's part of a tiny split can be empty (evidence.view_parts): no rows, no views
+            if differ or views.split(split).view_activations is None:
                 raise DataError(f"{path}: its views cannot train on {base.path}: "
                                 + (f"different {', '.join(differ)}" if differ else f"no views of {split}"))
             data = views.split(split)
