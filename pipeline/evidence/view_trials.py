@@ -285,10 +285,12 @@ class _Trials:
         self.head, self.config, self.seeds, self.extract_features = head, config, seeds, extract_features
         self.keep_views = keep_views
         self._without: np.ndarray | None = None
+        self._originals: np.ndarray | None = None  # the head cache's training features, read once for every item
         self.rows: dict[str, int] = {}
 
     def trial(self, item: str, extract: Any) -> ViewTrial:
-        """Extracts the item's views of its part (resuming), trains both arms, deletes the item's cache (unless kept)."""
+        """Extracts the item's views of its part (resuming), trains both arms, deletes the item's cache
+        (unless kept)."""
         from headstart.features.cache import open_cache
 
         start = time.perf_counter()
@@ -307,7 +309,10 @@ class _Trials:
             self.rows = {"train": len(train), "validation": len(val)}
             if self._without is None:
                 self._without = self._scores(train, val, with_views=False, multi_label=base.multi_label)
-            with_scores = self._scores(_with_part(train, part), val, with_views=True, multi_label=base.multi_label)
+            if self._originals is None:
+                self._originals = np.asarray(train.features[...])
+            with_scores = self._scores(_with_part(train, self._originals, part), val, with_views=True,
+                                       multi_label=base.multi_label)
             view_rows = len(part) if part is not None else 0
         diff = paired_difference(with_scores, self._without)
         keep = self.keep_views and not diff.hurts and view_rows > 0  # an empty part's cache holds nothing to train on
@@ -358,11 +363,11 @@ class _PartSplit:
         return len(self.features)
 
 
-def _with_part(train: Any, part: Any | None) -> _PartSplit:
-    """The head cache's training split with the views an item's cache holds of its part of the rows."""
+def _with_part(train: Any, features: np.ndarray, part: Any | None) -> _PartSplit:
+    """The head cache's training split (``features``: its rows, already read) with the views an item's
+    cache holds of its part of the rows."""
     from headstart.pipeline.evidence.view_parts import views_by_key
 
-    features = np.asarray(train.features[...])
     parts = [(list(part.keys), np.asarray(part.views[...]))] if part is not None and len(part) else []
     views = views_by_key(features, list(train.keys), parts)
     return _PartSplit(features, views, np.asarray(train.labels))

@@ -189,8 +189,9 @@ FACTS: dict[str, dict[str, OptionFact]] = {
                             "when none beats the seeded model."),
         "probe_steps": OptionFact("Training steps per probe (0: one epoch, at most 300).", bounds=at_least(0)),
         "trial_views": OptionFact("With --augment auto: cached views per training image in each candidate's trial "
-                                  "(each candidate's views cover its share of the training rows, so each view is one more pass "
-                                  "of the training split through the backbone for all candidates together).",
+                                  "(each candidate's views cover its share of the training rows, so each view is "
+                                  "one more pass of the training split through the backbone for all candidates "
+                                  "together).",
                                   bounds=at_least(1)),
         "patience": OptionFact("Early-stopping patience on the --monitor value.", bounds=at_least(0)),
         "seed": OptionFact("Seed of shuffling and augmentation.", bounds=SEED),

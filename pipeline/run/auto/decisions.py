@@ -75,8 +75,9 @@ def augment_decision(steps: Any, finetune: dict, plan: Any = None) -> Decision:
                         candidates=[Candidate(c["item"], c["measure"], kept=c["kept"]) for c in record["candidates"]])
     seconds = float(record.get("seconds") or 0) + float(record["audit"].get("seconds") or 0)
     return Decision("augment", record["augment"], measure="val_accuracy difference", seconds=seconds,
-                    why=f"heads with − without each item's {record['views']} cached view{'s' if record['views'] != 1 else ''} "
-                        f"of its share of the training rows, {record['seeds']} seeds; "
+                    why=f"heads with − without each item's {record['views']} cached "
+                        f"view{'s' if record['views'] != 1 else ''} of its share of the training rows, "
+                        f"{record['seeds']} seeds; "
                         "dropped when below zero by 2 SE, or by the audit when it falls by more than 0.15",
                     candidates=[_trial_candidate(c) for c in record["candidates"]])
 
